@@ -1,0 +1,39 @@
+"""whybox: explain PyTorch, scikit-learn and Hugging Face models, and measure how far to trust it."""
+
+from whybox.api import explain, get_explainer, methods
+from whybox.errors import (
+    InvalidInputError,
+    InvalidParameterError,
+    InvalidTargetError,
+    LayerError,
+    ModelOutputError,
+    NotDifferentiableError,
+    UnknownNameError,
+    WhyboxError,
+)
+from whybox.explainers.base import Explainer
+from whybox.explanation import Explanation
+from whybox.masking.engine import MaskingEngine
+from whybox.models.adapter import ModelAdapter, adapt
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Explainer",
+    "Explanation",
+    "InvalidInputError",
+    "InvalidParameterError",
+    "InvalidTargetError",
+    "LayerError",
+    "MaskingEngine",
+    "ModelAdapter",
+    "ModelOutputError",
+    "NotDifferentiableError",
+    "UnknownNameError",
+    "WhyboxError",
+    "__version__",
+    "adapt",
+    "explain",
+    "get_explainer",
+    "methods",
+]

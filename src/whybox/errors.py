@@ -1,0 +1,53 @@
+"""The whybox error tree.
+
+Every error subclasses :class:`WhyboxError` and the builtin it resembles, so ``except ValueError``
+keeps working. Messages name the parameter, what came in, and what to do instead.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "InvalidInputError",
+    "InvalidParameterError",
+    "InvalidTargetError",
+    "LayerError",
+    "ModelOutputError",
+    "NotDifferentiableError",
+    "UnknownNameError",
+    "WhyboxError",
+]
+
+
+class WhyboxError(Exception):
+    """Base class of every error whybox raises on purpose."""
+
+
+class InvalidParameterError(WhyboxError, ValueError):
+    """A configuration value is out of range or of the wrong kind."""
+
+
+class InvalidInputError(WhyboxError, ValueError):
+    """The inputs to explain have the wrong rank, dtype or non-finite values."""
+
+
+class InvalidTargetError(WhyboxError, ValueError):
+    """The target to explain is out of range or of the wrong kind."""
+
+
+class UnknownNameError(WhyboxError, KeyError):
+    """A registry name (method, metric, layer, model) is not known; the message lists the known ones."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message and show quotes
+        return str(self.args[0]) if self.args else ""
+
+
+class LayerError(WhyboxError, ValueError):
+    """A layer cannot be tapped (unknown, reused without a call index, non-tensor output, ...)."""
+
+
+class ModelOutputError(WhyboxError, TypeError):
+    """The model's output is not a (B, K) score tensor and no ``output=`` selector says how to get one."""
+
+
+class NotDifferentiableError(WhyboxError, TypeError):
+    """A gradient method was asked of a model whose scores carry no gradient."""

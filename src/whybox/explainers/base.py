@@ -1,0 +1,219 @@
+"""The Explainer template: validate at the boundary, guard the model, compute, package the result."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, ClassVar
+
+import torch
+
+from whybox.errors import InvalidInputError, InvalidParameterError, NotDifferentiableError
+from whybox.explanation import Explanation
+from whybox.masking.engine import MaskingEngine, check_batch_size
+from whybox.models._guard import MODES, has_train_mode_batchnorm
+from whybox.models.adapter import ModelAdapter, TorchAdapter, adapt
+from whybox.models.targets import SCORE_SPACES, Target, TargetLike, apply_score_space, resolve_target
+
+__all__ = ["Explainer", "GradientExplainer"]
+
+PERTURBATION_HINT = "a perturbation method (e.g. 'scorecam' for images, or the perturbation explainers)"
+
+
+class Explainer:
+    """Base class of every explainer.
+
+    Subclasses store keyword-only options in ``__init__`` (no work there) and implement
+    :meth:`_explain`. :meth:`explain` validates inputs, runs the computation inside the model guard
+    (eval mode, parameters frozen, everything restored on exit), and returns one :class:`Explanation`.
+    """
+
+    name: ClassVar[str] = "explainer"
+    needs_grad: ClassVar[bool] = False
+    image_only: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        batch_size: int = 64,
+        mode: str = "eval",
+        score: str = "logit",
+        seed: int | None = 0,
+    ) -> None:
+        self.adapter: ModelAdapter = adapt(model)
+        self.batch_size = check_batch_size(batch_size)
+        if mode not in MODES:
+            raise InvalidParameterError(f"mode must be one of {MODES}; got {mode!r}.")
+        if score not in SCORE_SPACES:
+            raise InvalidParameterError(f"score must be one of {SCORE_SPACES}; got {score!r}.")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise InvalidParameterError(f"seed must be a non-negative int or None; got {seed!r}.")
+        self.mode = mode
+        self.score = score
+        self.seed = seed
+        if self.needs_grad and not self.adapter.differentiable:
+            raise NotDifferentiableError(
+                f"method {self.name!r} needs gradients, but {type(self.adapter.model).__name__} is not a "
+                f"differentiable torch model; use {PERTURBATION_HINT}."
+            )
+
+    # ------------------------------------------------------------------ configuration
+    def params(self) -> dict[str, Any]:
+        """The explainer's options (every keyword of ``__init__``), JSON-friendly."""
+        out: dict[str, Any] = {}
+        for cls in type(self).__mro__:
+            init = cls.__dict__.get("__init__")
+            if init is None:
+                continue
+            for p in inspect.signature(init).parameters.values():
+                if p.kind is p.KEYWORD_ONLY and p.name not in out and hasattr(self, p.name):
+                    v = getattr(self, p.name)
+                    out[p.name] = v if isinstance(v, (bool, int, float, str, type(None), list, tuple)) else repr(v)
+        return out
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"{type(self).__name__}({opts})"
+
+    # ------------------------------------------------------------------ the call
+    def explain(self, inputs: torch.Tensor, target: TargetLike = None) -> Explanation:
+        """Explain ``inputs`` ``(B, ...)`` for ``target`` (``None`` = the predicted class of each row).
+
+        Shapes
+        ------
+        inputs: ``(B, *S)``; returns attributions ``(B, *S)``, ``(B, 1, H, W)`` or ``(B, F)`` per method.
+        """
+        x = self._validate(inputs)
+        engine = MaskingEngine(self.adapter, batch_size=self.batch_size)
+        engine_backward = [0]
+        with self.adapter.guard(self.mode):
+            if (
+                self.needs_grad
+                and self.mode == "as_is"
+                and x.shape[0] > 1
+                and isinstance(self.adapter, TorchAdapter)
+                and has_train_mode_batchnorm(self.adapter.model)
+            ):
+                raise InvalidParameterError(
+                    "mode='as_is' with a BatchNorm in training mode couples the rows of a batch, so a batched "
+                    "gradient explanation would mix rows; use mode='eval' (the default) or explain one row at a time."
+                )
+            attr, tgt, meta = self._explain(x, target, engine, engine_backward)
+        attr = attr.detach()
+        flat = attr.reshape(attr.shape[0], -1)
+        finite = torch.isfinite(flat).all(1)
+        meta = {
+            "n_forward": engine.n_forward,
+            "n_backward": engine_backward[0],
+            "seed": self.seed,
+            "finite": [bool(v) for v in finite.tolist()],
+            **meta,
+        }
+        return Explanation(
+            attributions=attr, target=tgt.index.clone(), method=self.name, params=self.params(), meta=meta
+        )
+
+    def _explain(
+        self, x: torch.Tensor, target: TargetLike, engine: MaskingEngine, n_backward: list[int]
+    ) -> tuple[torch.Tensor, Target, dict[str, Any]]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ helpers
+    def _validate(self, inputs: Any) -> torch.Tensor:
+        if not isinstance(inputs, torch.Tensor):
+            raise InvalidInputError(
+                f"inputs must be a torch.Tensor with a leading batch dimension; got {type(inputs).__name__}. "
+                "Convert with torch.as_tensor(...)."
+            )
+        x = inputs
+        if x.ndim < 2:
+            raise InvalidInputError(
+                f"inputs must have a leading batch dimension (B, ...); got shape {tuple(x.shape)}. "
+                "Add one with inputs.unsqueeze(0)."
+            )
+        if self.image_only and x.ndim != 4:
+            fix = " Add the batch dimension with inputs.unsqueeze(0)." if x.ndim == 3 else ""
+            raise InvalidInputError(
+                f"inputs for {self.name!r} must be images of shape (B, C, H, W); got shape {tuple(x.shape)}.{fix}"
+            )
+        if x.shape[0] == 0:
+            raise InvalidInputError("inputs hold no rows (batch size 0); pass at least one row.")
+        if not x.is_floating_point():
+            if self.needs_grad:
+                raise InvalidInputError(
+                    f"inputs have integer dtype {x.dtype}, which has no gradient; {self.name!r} needs float "
+                    "inputs. For token ids, attribute at the embedding layer (pass the embeddings as inputs)."
+                )
+            x = x.to(torch.float32)
+        bad = ~torch.isfinite(x)
+        if bool(bad.any()):
+            rows = bad.reshape(x.shape[0], -1).any(1).nonzero().flatten().tolist()
+            raise InvalidInputError(
+                f"inputs contain {int(bad.sum())} non-finite values (NaN or inf) in rows {rows[:10]}; "
+                "clean or impute them before explaining."
+            )
+        dtype = self.adapter.dtype if isinstance(self.adapter, TorchAdapter) else x.dtype
+        return x.detach().to(device=self.adapter.device, dtype=dtype)
+
+
+class GradientExplainer(Explainer):
+    """Shared machinery for methods built on ``d score / d input``."""
+
+    needs_grad = True
+
+    def _grads(
+        self,
+        xs: torch.Tensor,
+        rows: torch.Tensor,
+        target: Target | TargetLike,
+        engine: MaskingEngine,
+        n_backward: list[int],
+    ) -> tuple[torch.Tensor, torch.Tensor, Target]:
+        """Gradients of each row's target score w.r.t. ``xs`` ``(n, *S)``: one forward and one backward
+        per ``batch_size`` rows.
+
+        ``target`` is a resolved :class:`Target` indexed by ``rows``, or, when ``xs`` are the clean
+        inputs themselves (``rows == arange(n)``), an unresolved target that is resolved chunk by chunk
+        from the same forward (no extra pass). Returns ``(grads, target scores (n,), target)``.
+        """
+        grads = torch.empty_like(xs)
+        scores = torch.empty(xs.shape[0], dtype=torch.float64, device=xs.device)
+        resolved: list[Target] = []
+        for s in range(0, xs.shape[0], self.batch_size):
+            xi = xs[s : s + self.batch_size].detach().requires_grad_(True)
+            r = rows[s : s + xi.shape[0]]
+            with torch.enable_grad():
+                raw = self.adapter.scores(xi)
+                engine.n_forward += xi.shape[0]
+                engine.n_batches += 1
+                if not raw.requires_grad:
+                    raise NotDifferentiableError(
+                        f"the scores of {type(self.adapter.model).__name__} carry no gradient (an argmax, a "
+                        f"detach or torch.no_grad inside the model?), so {self.name!r} cannot run; use "
+                        f"{PERTURBATION_HINT}."
+                    )
+                space = apply_score_space(raw, self.score)
+                if isinstance(target, Target):
+                    sel = target.select(space, r)
+                else:
+                    t = target
+                    if isinstance(t, torch.Tensor) and t.ndim == 1 and t.shape[0] == xs.shape[0]:
+                        t = t[s : s + xi.shape[0]]
+                    elif isinstance(t, (list, tuple)):
+                        t = list(t)[s : s + xi.shape[0]]
+                    tc = resolve_target(t, raw.detach())
+                    resolved.append(tc)
+                    sel = tc.select(space)
+                (g,) = torch.autograd.grad(sel.sum(), xi)
+            n_backward[0] += xi.shape[0]
+            grads[s : s + xi.shape[0]] = g
+            scores[s : s + xi.shape[0]] = sel.detach().to(torch.float64)
+        if not isinstance(target, Target):
+            target = Target(torch.cat([t.index for t in resolved]), resolved[0].fn)
+        return grads, scores, target
+
+    def _resolve(self, target: TargetLike, x: torch.Tensor, engine: MaskingEngine) -> Target:
+        """Resolve ``target`` from one clean forward (only when needed: ``None`` or a range check)."""
+        if target is not None and callable(target) and not isinstance(target, torch.Tensor):
+            return resolve_target(target, torch.empty(x.shape[0], 1))
+        return resolve_target(target, apply_score_space(engine.forward(x), "logit"))

@@ -1,0 +1,221 @@
+"""The CAM template: tap a layer, turn (activations, gradients) into a map, ReLU, upsample, normalise.
+
+Each variant overrides :meth:`CAM.raw_map` (or, for gradient-free variants, :meth:`CAM._layer_maps`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from whybox.errors import InvalidParameterError, LayerError
+from whybox.explainers.base import PERTURBATION_HINT, Explainer
+from whybox.masking.engine import MaskingEngine
+from whybox.models.adapter import LayerLike, TorchAdapter
+from whybox.models.layers import LayerRef, auto_layer, resolve_layers, tap, to_grid
+from whybox.models.targets import Target, TargetLike, apply_score_space, resolve_target
+
+__all__ = ["CAM", "NORMALIZATIONS", "normalize_maps", "upsample"]
+
+NORMALIZATIONS = ("minmax", "max", "none")
+
+
+def upsample(maps: torch.Tensor, size: tuple[int, int], *, align_corners: bool = False) -> torch.Tensor:
+    """Bilinear resize of ``(B, C, h, w)``; half-pixel centres by default (OpenCV ``INTER_LINEAR``)."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps, size=size, mode="bilinear", align_corners=align_corners)
+
+
+def normalize_maps(maps: torch.Tensor, how: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row scaling of ``(B, ...)`` maps; returns ``(maps, degenerate (B,) bool)``.
+
+    A constant row (max - min <= 1e-12 * max(1, |max|)) becomes zeros and is flagged; never NaN.
+    """
+    b = maps.shape[0]
+    flat = maps.reshape(b, -1)
+    hi, lo = flat.amax(1), flat.amin(1)
+    tol = 1e-12 * hi.abs().clamp_min(1.0)
+    if how == "minmax":
+        degenerate = (hi - lo) <= tol
+        scale = torch.where(degenerate, torch.ones_like(hi), hi - lo)
+        out = (flat - lo[:, None]) / scale[:, None]
+    elif how == "max":
+        degenerate = hi.abs() <= tol
+        scale = torch.where(degenerate, torch.ones_like(hi), hi)
+        out = flat / scale[:, None]
+    elif how == "none":
+        return maps, (hi - lo) <= tol
+    else:
+        raise InvalidParameterError(f"normalize must be one of {NORMALIZATIONS}; got {how!r}.")
+    out = torch.where(degenerate[:, None], torch.zeros_like(out), out)
+    return out.view_as(maps), degenerate
+
+
+class CAM(Explainer):
+    """Class activation maps at one or more layers.
+
+    Parameters
+    ----------
+    layer
+        A module name (``"features.3"``; ``"act@1"`` for the second call of a reused module), a module, a
+        list of them (maps min-max scaled per layer, then averaged), or ``None``: the adapter's
+        ``layers`` or else the last layer with a spatial output (reported in ``meta["layer"]``).
+    relu
+        Apply ReLU to the raw map (the papers and pytorch-grad-cam do).
+    normalize
+        ``"minmax"`` (default), ``"max"`` or ``"none"``, per row after upsampling.
+    upsample
+        Resize to the input's H x W (bilinear, half-pixel centres); ``False`` keeps the layer's resolution.
+
+    Shapes
+    ------
+    inputs ``(B, C, H, W)`` -> attributions ``(B, 1, H, W)`` (or ``(B, 1, h, w)`` with ``upsample=False``).
+    """
+
+    image_only = True
+    uses_gradients = True
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        layer: LayerLike | Sequence[LayerLike] | None = None,
+        relu: bool = True,
+        normalize: str = "minmax",
+        upsample: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model, **kwargs)
+        if not isinstance(self.adapter, TorchAdapter):
+            raise InvalidParameterError(
+                f"method {self.name!r} taps a layer of a torch model; {type(self.adapter.model).__name__} has "
+                f"none. Use {PERTURBATION_HINT}."
+            )
+        if normalize not in NORMALIZATIONS:
+            raise InvalidParameterError(f"normalize must be one of {NORMALIZATIONS}; got {normalize!r}.")
+        self.layer = layer
+        self.relu = bool(relu)
+        self.normalize = normalize
+        self.upsample = bool(upsample)
+
+    def params(self) -> dict[str, Any]:
+        p = super().params()
+        lay = self.layer
+        if lay is not None:
+            items = [lay] if isinstance(lay, (str, torch.nn.Module)) else list(lay)
+            p["layer"] = [i if isinstance(i, str) else type(i).__name__ for i in items]
+        return p
+
+    # ------------------------------------------------------------------ to override
+    def raw_map(self, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """Map before ReLU, ``(B, h, w)``, from activations and gradients ``(B, K, h, w)``."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ pipeline
+    def _refs(self, x: torch.Tensor, engine: MaskingEngine) -> list[LayerRef]:
+        adapter = self.adapter
+        if not isinstance(adapter, TorchAdapter):  # pragma: no cover - checked in __init__
+            raise LayerError("CAM methods need a torch model.")
+        spec = self.layer if self.layer is not None else adapter.default_layers
+        if spec is None:
+            ref, spent = auto_layer(adapter, x)
+            engine.n_forward += spent
+            return [ref]
+        return resolve_layers(adapter, spec)
+
+    def _activations(
+        self, x: torch.Tensor, refs: list[LayerRef], target: TargetLike, engine: MaskingEngine, n_backward: list[int]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None, Target]:
+        """Activations (and gradients when the method uses them) at ``refs`` for all rows, chunked."""
+        acts: list[list[torch.Tensor]] = [[] for _ in refs]
+        grads: list[list[torch.Tensor]] = [[] for _ in refs]
+        idx: list[torch.Tensor] = []
+        fn = None
+        labels = [r.label for r in refs]
+        for s in range(0, x.shape[0], self.batch_size):
+            xi = x[s : s + self.batch_size]
+            t = target
+            if isinstance(t, torch.Tensor) and t.ndim == 1 and t.shape[0] == x.shape[0]:
+                t = t[s : s + xi.shape[0]]
+            elif isinstance(t, (list, tuple)):
+                t = list(t)[s : s + xi.shape[0]]
+            with tap(refs, leaf=self.uses_gradients) as tp:
+                if self.uses_gradients:
+                    with torch.enable_grad():
+                        raw = self.adapter.scores(xi)
+                        a = tp.activations()
+                        tc = resolve_target(t, raw.detach())
+                        sel = tc.select(apply_score_space(raw, self.score))
+                        if not sel.requires_grad:
+                            raise LayerError(
+                                f"the target score does not depend on layer(s) {labels} (no gradient path); "
+                                "choose a layer between the input and the scores."
+                            )
+                        g = torch.autograd.grad(sel.sum(), a, allow_unused=True)
+                    n_backward[0] += xi.shape[0]
+                    for j, (gj, aj) in enumerate(zip(g, a, strict=True)):
+                        grads[j].append(torch.zeros_like(aj) if gj is None else gj)
+                else:
+                    with torch.no_grad():
+                        raw = self.adapter.scores(xi)
+                    a = tp.activations()
+                    tc = resolve_target(t, raw)
+            engine.n_forward += xi.shape[0]
+            engine.n_batches += 1
+            for j, aj in enumerate(a):
+                acts[j].append(aj.detach())
+            idx.append(tc.index)
+            fn = tc.fn
+        tgt = Target(torch.cat(idx), fn)
+        a_all = [to_grid(torch.cat(v), lab) for v, lab in zip(acts, labels, strict=True)]
+        g_all = (
+            [to_grid(torch.cat(v), lab) for v, lab in zip(grads, labels, strict=True)] if self.uses_gradients else None
+        )
+        return a_all, g_all, tgt
+
+    def _layer_maps(
+        self,
+        x: torch.Tensor,
+        acts: list[torch.Tensor],
+        grads: list[torch.Tensor] | None,
+        tgt: Target,
+        engine: MaskingEngine,
+    ) -> list[torch.Tensor]:
+        if grads is None:  # pragma: no cover - gradient CAMs always collect gradients
+            raise RuntimeError(f"{self.name}: gradients were not collected.")
+        return [self.raw_map(a, g) for a, g in zip(acts, grads, strict=True)]
+
+    def _explain(
+        self, x: torch.Tensor, target: TargetLike, engine: MaskingEngine, n_backward: list[int]
+    ) -> tuple[torch.Tensor, Target, dict[str, Any]]:
+        refs = self._refs(x, engine)
+        acts, grads, tgt = self._activations(x, refs, target, engine, n_backward)
+        raw_maps = self._layer_maps(x, acts, grads, tgt, engine)
+        size = tuple(x.shape[-2:])
+        maps = []
+        all_negative = torch.zeros(x.shape[0], dtype=torch.bool)
+        degenerate = torch.zeros(x.shape[0], dtype=torch.bool)
+        for m in raw_maps:
+            m = m.unsqueeze(1)
+            all_negative |= (m.reshape(m.shape[0], -1).amax(1) <= 0).cpu()
+            if self.relu:
+                m = m.clamp_min(0)
+            if self.upsample:
+                m = upsample(m, size)  # type: ignore[arg-type]
+            if len(raw_maps) > 1 and self.normalize != "none":
+                m, _ = normalize_maps(m, "minmax")
+            maps.append(m)
+        out = torch.stack(maps).mean(0) if len(maps) > 1 else maps[0]
+        out, deg = normalize_maps(out, self.normalize)
+        degenerate |= deg.cpu()
+        meta: dict[str, Any] = {
+            "layer": [r.label for r in refs],
+            "layer_shape": [list(a.shape[1:]) for a in acts],
+            "degenerate": [bool(v) for v in degenerate.tolist()],
+            "all_negative": [bool(v) for v in all_negative.tolist()],
+        }
+        return out, tgt, meta

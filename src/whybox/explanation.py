@@ -1,0 +1,167 @@
+"""The one return type of every explainer."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from whybox.errors import InvalidInputError, InvalidParameterError
+
+__all__ = ["Explanation"]
+
+_FORMAT = "whybox.explanation/1"
+_MAP_REDUCTIONS = ("sum", "mean", "abs_sum", "max_abs")
+
+
+@dataclass
+class Explanation:
+    """Attributions for a batch of inputs, with everything needed to reproduce them.
+
+    Attributes
+    ----------
+    attributions
+        Tensor broadcastable to the input: ``(B, C, H, W)`` for pixel methods, ``(B, 1, H, W)`` for
+        spatial maps (CAM family), ``(B, F)`` for tabular inputs.
+    target
+        ``(B,)`` int64: the class explained for each row (``-1`` where a callable target was used).
+    method
+        Registry name of the explainer.
+    params
+        The explainer's configuration (JSON-serialisable values).
+    meta
+        Extras: at least ``n_forward``, ``n_backward``, ``seed`` and per-sample ``finite``; tensors
+        allowed (saved beside the attributions).
+
+    Shapes
+    ------
+    attributions: ``(B, *feature)``; target: ``(B,)``.
+    """
+
+    attributions: torch.Tensor
+    target: torch.Tensor
+    method: str
+    params: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.attributions.shape[0])
+
+    def __getitem__(self, index: int | slice) -> Explanation:
+        """Rows of the explanation; per-row tensors and per-row lists in ``meta`` are sliced too."""
+        idx = slice(index, index + 1) if isinstance(index, int) else index
+        n = len(self)
+        meta: dict[str, Any] = {}
+        for k, v in self.meta.items():
+            if (isinstance(v, torch.Tensor) and v.ndim >= 1 and v.shape[0] == n) or (isinstance(v, list) and len(v) == n):
+                meta[k] = v[idx]
+            else:
+                meta[k] = v
+        return Explanation(self.attributions[idx], self.target[idx], self.method, dict(self.params), meta)
+
+    def to_map(self, reduce: str = "sum") -> torch.Tensor:
+        """A ``(B, H, W)`` map for display and image metrics.
+
+        Parameters
+        ----------
+        reduce
+            How channels are combined: ``"sum"`` (signed, the default), ``"mean"``, ``"abs_sum"`` or
+            ``"max_abs"`` (Simonyan et al.'s reduction for saliency).
+
+        Raises
+        ------
+        InvalidInputError
+            For tabular attributions, which have no spatial map.
+        """
+        a = self.attributions
+        if a.ndim == 3:
+            return a
+        if a.ndim != 4:
+            raise InvalidInputError(
+                f"to_map() needs image attributions (B, C, H, W); these have shape {tuple(a.shape)}. "
+                "Use .attributions directly for tabular or token attributions."
+            )
+        if reduce == "sum":
+            return a.sum(1)
+        if reduce == "mean":
+            return a.mean(1)
+        if reduce == "abs_sum":
+            return a.abs().sum(1)
+        if reduce == "max_abs":
+            return a.abs().amax(1)
+        raise InvalidParameterError(f"reduce must be one of {_MAP_REDUCTIONS}; got {reduce!r}.")
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write to one safetensors file (tensors) with the JSON header holding method, params, meta.
+
+        No pickle is involved; :meth:`load` restores an equal object.
+        """
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        tensors: dict[str, torch.Tensor] = {
+            "attributions": self.attributions.detach().cpu().contiguous(),
+            "target": self.target.detach().cpu().contiguous(),
+        }
+        meta_json: dict[str, Any] = {}
+        for k, v in self.meta.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"meta.{k}"] = v.detach().cpu().contiguous()
+            else:
+                meta_json[k] = v
+        header = {
+            "format": _FORMAT,
+            "method": self.method,
+            "params": json.dumps(_jsonable(self.params, "params")),
+            "meta": json.dumps(_jsonable(meta_json, "meta")),
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(tensors, str(tmp), metadata=header)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Explanation:
+        """Read a file written by :meth:`save`."""
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            if header.get("format") != _FORMAT:
+                raise InvalidInputError(
+                    f"path={str(path)!r} is not a whybox explanation file (format "
+                    f"{header.get('format')!r}); write it with Explanation.save()."
+                )
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+        meta: dict[str, Any] = json.loads(header["meta"])
+        for k, v in tensors.items():
+            if k.startswith("meta."):
+                meta[k[5:]] = v
+        return cls(
+            attributions=tensors["attributions"],
+            target=tensors["target"],
+            method=header["method"],
+            params=json.loads(header["params"]),
+            meta=meta,
+        )
+
+
+def _jsonable(obj: Any, where: str) -> Any:
+    """Convert params/meta to JSON values; tensors inside containers become lists."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v, where) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v, where) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().tolist()
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
+        return obj.item()
+    return repr(obj)

@@ -1,0 +1,117 @@
+"""Feature groups: a map from every input element to one of M interpretable features.
+
+``FeatureGroups.groups`` is ``(B, *G)`` int64 with values in ``0..M-1`` where ``G`` broadcasts to one
+input row (``(1, H, W)`` for image regions shared by all channels, ``(F,)`` for tabular columns).
+Different rows may use fewer than M groups (superpixels); unused ids simply cover nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from whybox.errors import InvalidInputError, InvalidParameterError
+
+__all__ = ["FeatureGroups", "columns", "grid", "pixels", "superpixels"]
+
+
+@dataclass(frozen=True)
+class FeatureGroups:
+    groups: torch.Tensor  # (B, *G) int64
+    n_groups: int  # M (max over rows)
+    kind: str
+
+    def expand(self, masks: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Element masks for group masks ``masks`` ``(n, M)`` of input rows ``rows`` ``(n,)`` -> ``(n, *G)``."""
+        g = self.groups[rows]  # (n, *G)
+        flat = g.reshape(g.shape[0], -1)
+        out = masks.gather(1, flat)
+        return out.reshape(g.shape)
+
+    def sizes(self) -> torch.Tensor:
+        """``(B, M)`` number of elements in each group."""
+        flat = self.groups.reshape(self.groups.shape[0], -1)
+        out = torch.zeros(flat.shape[0], self.n_groups, dtype=torch.int64, device=flat.device)
+        return out.scatter_add_(1, flat, torch.ones_like(flat))
+
+
+def _image(x: torch.Tensor, what: str) -> None:
+    if x.ndim != 4:
+        raise InvalidInputError(f"{what} needs images (B, C, H, W); got inputs of shape {tuple(x.shape)}.")
+
+
+def pixels(x: torch.Tensor) -> FeatureGroups:
+    """One group per pixel position (all channels together)."""
+    _image(x, "pixels()")
+    b, _, h, w = x.shape
+    g = torch.arange(h * w, device=x.device).view(1, 1, h, w).expand(b, 1, h, w).contiguous()
+    return FeatureGroups(g, h * w, "pixels")
+
+
+def grid(x: torch.Tensor, *, patch: int | tuple[int, int]) -> FeatureGroups:
+    """Square (or ``(ph, pw)``) patches in raster order; border patches are cut."""
+    _image(x, "grid()")
+    ph, pw = (patch, patch) if isinstance(patch, int) else patch
+    if ph < 1 or pw < 1:
+        raise InvalidParameterError(f"patch must be >= 1; got {patch!r}.")
+    b, _, h, w = x.shape
+    rows = torch.arange(h, device=x.device) // ph
+    cols = torch.arange(w, device=x.device) // pw
+    ncols = (w + pw - 1) // pw
+    g = (rows.view(-1, 1) * ncols + cols.view(1, -1)).view(1, 1, h, w).expand(b, 1, h, w).contiguous()
+    return FeatureGroups(g, int(((h + ph - 1) // ph) * ncols), "grid")
+
+
+def superpixels(
+    x: torch.Tensor,
+    *,
+    n_segments: int = 50,
+    compactness: float = 10.0,
+    slic_zero: bool = False,
+    image: torch.Tensor | None = None,
+) -> FeatureGroups:
+    """SLIC (or SLICO with ``slic_zero=True``) superpixels from scikit-image, one segmentation per row.
+
+    ``image`` is the picture to segment, ``(B, C, H, W)`` in any range (defaults to ``x``); each row is
+    min-max scaled before segmentation.
+    """
+    _image(x, "superpixels()")
+    if n_segments < 1:
+        raise InvalidParameterError(f"n_segments must be >= 1; got {n_segments!r}.")
+    import numpy as np
+    from skimage.segmentation import slic
+
+    src = (image if image is not None else x).detach().to("cpu", torch.float64)
+    out = []
+    for row in src:
+        lo, hi = row.min(), row.max()
+        arr = ((row - lo) / (hi - lo + 1e-12)).permute(1, 2, 0).numpy()
+        ch = arr.shape[2]
+        seg = slic(
+            arr if ch in (1, 3) else arr.mean(2, keepdims=True),
+            n_segments=n_segments,
+            compactness=compactness,
+            slic_zero=slic_zero,
+            start_label=0,
+            channel_axis=-1,
+            enforce_connectivity=True,
+        )
+        _, seg = np.unique(seg, return_inverse=True)  # consecutive ids 0..m-1
+        out.append(torch.from_numpy(seg.reshape(arr.shape[:2]).astype(np.int64)))
+    g = torch.stack(out).unsqueeze(1).to(x.device)
+    return FeatureGroups(g, int(g.max().item()) + 1, "superpixels")
+
+
+def columns(x: torch.Tensor, *, groups: torch.Tensor | None = None) -> FeatureGroups:
+    """Tabular rows ``(B, F)``: one group per column, or the column-to-group map ``groups`` ``(F,)``."""
+    if x.ndim != 2:
+        raise InvalidInputError(f"columns() needs tabular rows (B, F); got inputs of shape {tuple(x.shape)}.")
+    b, f = x.shape
+    if groups is None:
+        g = torch.arange(f, device=x.device)
+    else:
+        g = torch.as_tensor(groups, device=x.device, dtype=torch.int64)
+        if g.shape != (f,):
+            raise InvalidParameterError(f"groups must have shape ({f},); got {tuple(g.shape)}.")
+    return FeatureGroups(g.unsqueeze(0).expand(b, f).contiguous(), int(g.max().item()) + 1, "columns")

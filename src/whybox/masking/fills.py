@@ -1,0 +1,88 @@
+"""Fills: what a removed feature becomes. Each returns a tensor shaped like the input rows."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from whybox.errors import InvalidParameterError
+
+__all__ = ["FILLS", "FillLike", "gaussian_blur", "make_fill"]
+
+FILLS = ("zero", "mean", "blur", "uniform")
+FillLike = str | float | int | torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of ``(B, C, H, W)`` images (reflect padding, kernel radius 3 sigma)."""
+    if sigma <= 0:
+        return x.clone()
+    radius = max(1, int(3.0 * sigma + 0.5))
+    t = torch.arange(-radius, radius + 1, device=x.device, dtype=torch.float64)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = (k / k.sum()).to(x.dtype)
+    c = x.shape[1]
+    h, w = x.shape[-2:]
+    pad_h, pad_w = min(radius, h - 1), min(radius, w - 1)
+    out = x
+    if pad_w > 0:
+        kw = k[radius - pad_w : radius + pad_w + 1].view(1, 1, 1, -1).repeat(c, 1, 1, 1)
+        kw = kw / kw.sum(-1, keepdim=True)
+        out = torch.nn.functional.conv2d(
+            torch.nn.functional.pad(out, (pad_w, pad_w, 0, 0), mode="reflect"), kw, groups=c
+        )
+    if pad_h > 0:
+        kh = k[radius - pad_h : radius + pad_h + 1].view(1, 1, -1, 1).repeat(c, 1, 1, 1)
+        kh = kh / kh.sum(-2, keepdim=True)
+        out = torch.nn.functional.conv2d(
+            torch.nn.functional.pad(out, (0, 0, pad_h, pad_h), mode="reflect"), kh, groups=c
+        )
+    return out
+
+
+def make_fill(
+    fill: FillLike, x: torch.Tensor, *, sigma: float = 5.0, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """The replacement values for ``x`` ``(B, ...)``, same shape, dtype and device.
+
+    Parameters
+    ----------
+    fill
+        ``"zero"``; ``"mean"`` (per-row, per-channel mean for images, per-row mean otherwise);
+        ``"blur"`` (Gaussian blur with ``sigma`` pixels, images only); ``"uniform"`` (noise drawn
+        uniformly between each row's min and max, from ``generator``); a number; a tensor
+        broadcastable to ``x``; or a callable ``x -> tensor``.
+    """
+    if isinstance(fill, torch.Tensor):
+        try:
+            return torch.broadcast_to(fill.to(device=x.device, dtype=x.dtype), x.shape).clone()
+        except RuntimeError:
+            raise InvalidParameterError(
+                f"fill tensor of shape {tuple(fill.shape)} does not broadcast to the inputs {tuple(x.shape)}."
+            ) from None
+    if callable(fill):
+        out = fill(x)
+        if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+            raise InvalidParameterError(
+                f"a callable fill must return a tensor shaped like the inputs {tuple(x.shape)}."
+            )
+        return out.to(device=x.device, dtype=x.dtype)
+    if isinstance(fill, (int, float)) and not isinstance(fill, bool):
+        return torch.full_like(x, float(fill))
+    if fill == "zero":
+        return torch.zeros_like(x)
+    if fill == "mean":
+        dims = tuple(range(2, x.ndim)) if x.ndim >= 3 else tuple(range(1, x.ndim))
+        return x.mean(dim=dims, keepdim=True).expand_as(x).clone()
+    if fill == "blur":
+        if x.ndim != 4:
+            raise InvalidParameterError(f"fill='blur' needs images (B, C, H, W); got {tuple(x.shape)}.")
+        return gaussian_blur(x, sigma)
+    if fill == "uniform":
+        flat = x.reshape(x.shape[0], -1)
+        lo = flat.amin(1).view(-1, *([1] * (x.ndim - 1)))
+        hi = flat.amax(1).view(-1, *([1] * (x.ndim - 1)))
+        u = torch.rand(x.shape, generator=generator, dtype=torch.float64).to(device=x.device, dtype=x.dtype)
+        return lo + (hi - lo) * u
+    raise InvalidParameterError(f"fill must be one of {FILLS}, a number, a tensor or a callable; got {fill!r}.")

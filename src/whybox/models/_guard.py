@@ -1,0 +1,73 @@
+"""Leave the user's model exactly as it came: modes, requires_grad, grads, hooks, global RNG."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from whybox.errors import InvalidParameterError
+
+__all__ = ["MODES", "preserved"]
+
+MODES = ("eval", "as_is")
+_HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_forward_pre_hooks_with_kwargs",
+)
+
+
+@contextmanager
+def preserved(model: nn.Module, mode: str = "eval") -> Iterator[None]:
+    """Run a block with the model in ``mode`` and its parameters frozen, then restore everything.
+
+    Restored on every exit path (errors and ``KeyboardInterrupt`` included): each module's
+    ``training`` flag, each parameter's ``requires_grad`` and ``.grad``, the set of registered
+    module hooks (any hook added inside the block and left behind is removed) and torch's global
+    CPU/CUDA RNG state. Parameters are frozen inside the block so that explainers take gradients
+    with respect to inputs or activations only and never touch weight gradients.
+    """
+    if mode not in MODES:
+        raise InvalidParameterError(f"mode must be one of {MODES}; got {mode!r}.")
+    modules = list(model.modules())
+    training = [m.training for m in modules]
+    params = list(model.parameters())
+    requires = [p.requires_grad for p in params]
+    grads = [p.grad for p in params]
+    hooks = [{a: set(getattr(m, a, {}).keys()) for a in _HOOK_DICTS} for m in modules]
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    try:
+        if mode == "eval":
+            model.eval()
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for m, flag in zip(modules, training, strict=True):
+            m.training = flag
+        for p, req, g in zip(params, requires, grads, strict=True):
+            p.requires_grad_(req)
+            p.grad = g
+        for m, before in zip(modules, hooks, strict=True):
+            for a, keys in before.items():
+                d = getattr(m, a, None)
+                if d is None:
+                    continue
+                for k in [k for k in d if k not in keys]:
+                    del d[k]
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+
+
+def has_train_mode_batchnorm(model: nn.Module) -> bool:
+    """True when a BatchNorm in training mode couples the rows of a batch."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules())

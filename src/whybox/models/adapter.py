@@ -1,0 +1,317 @@
+"""Model adapters: one seam between whybox and torch, embedding and scikit-learn models."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import torch
+from torch import nn
+
+from whybox.errors import InvalidInputError, InvalidParameterError, ModelOutputError
+from whybox.models._guard import preserved
+
+__all__ = ["EmbeddingAdapter", "ModelAdapter", "SklearnAdapter", "TorchAdapter", "adapt"]
+
+KINDS = ("classifier", "embedding")
+OutputSelector = int | str | Callable[[Any], torch.Tensor] | None
+LayerLike = str | nn.Module
+
+
+class ModelAdapter:
+    """What every explainer sees of a model.
+
+    ``scores(x) -> (B, K)`` is the one call explainers make; ``guard(mode)`` is the context in which
+    they make it, and it returns the model exactly as it came.
+    """
+
+    kind: str = "classifier"
+    differentiable: bool = False
+    model: Any
+    default_layers: list[LayerLike] | None = None
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    def guard(self, mode: str = "eval") -> AbstractContextManager[None]:
+        return nullcontext()
+
+    def named_modules(self) -> Iterator[tuple[str, nn.Module]]:
+        return iter(())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({type(self.model).__name__}, kind={self.kind!r})"
+
+
+def _describe(out: Any) -> str:
+    if isinstance(out, torch.Tensor):
+        return f"Tensor{tuple(out.shape)}"
+    if isinstance(out, Mapping):
+        return "dict with keys " + ", ".join(f"{k!r}: {_describe(v)}" for k, v in out.items())
+    if isinstance(out, Sequence) and not isinstance(out, str):
+        return f"{type(out).__name__} of " + ", ".join(f"[{i}] {_describe(v)}" for i, v in enumerate(out))
+    return type(out).__name__
+
+
+class TorchAdapter(ModelAdapter):
+    """A torch module whose (selected) output is ``(B, K)`` class scores (logits)."""
+
+    differentiable = True
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        output: OutputSelector = None,
+        layers: LayerLike | Sequence[LayerLike] | None = None,
+        preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise InvalidParameterError(
+                f"model must be a torch.nn.Module for TorchAdapter; got {type(model).__name__}."
+            )
+        if preprocess is not None and not callable(preprocess):
+            raise InvalidParameterError(f"preprocess must be callable or None; got {type(preprocess).__name__}.")
+        self.model = model
+        self.output = output
+        self.preprocess = preprocess
+        if layers is None:
+            self.default_layers = None
+        elif isinstance(layers, (str, nn.Module)):
+            self.default_layers = [layers]
+        else:
+            self.default_layers = list(layers)
+
+    @property
+    def device(self) -> torch.device:
+        for t in self.model.parameters():
+            return t.device
+        for t in self.model.buffers():
+            return t.device
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        for t in self.model.parameters():
+            if t.is_floating_point():
+                return t.dtype
+        return torch.float32
+
+    def guard(self, mode: str = "eval") -> AbstractContextManager[None]:
+        return preserved(self.model, mode)
+
+    def named_modules(self) -> Iterator[tuple[str, nn.Module]]:
+        return iter(self.model.named_modules())
+
+    def forward(self, x: torch.Tensor) -> Any:
+        if self.preprocess is not None:
+            x = self.preprocess(x)
+        return self.model(x)
+
+    def select(self, out: Any) -> torch.Tensor:
+        """Pick the score tensor out of the model's raw output."""
+        sel = self.output
+        if sel is not None:
+            try:
+                if callable(sel):
+                    out = sel(out)
+                elif isinstance(sel, str):
+                    out = out[sel] if isinstance(out, Mapping) else getattr(out, sel)
+                else:
+                    out = out[sel]
+            except (KeyError, IndexError, AttributeError, TypeError) as exc:
+                raise ModelOutputError(
+                    f"output={sel!r} does not select anything from the model's output ({_describe(out)}): "
+                    f"{exc}. Pass output= as a key, an index or a callable that returns the scores."
+                ) from exc
+        if not isinstance(out, torch.Tensor):
+            raise ModelOutputError(
+                f"the model returned {_describe(out)}; pass output= to adapt() (a key, an index or a "
+                "callable) to say which entry holds the (B, K) scores."
+            )
+        return out
+
+    def _check(self, scores: torch.Tensor, batch: int) -> torch.Tensor:
+        if scores.ndim == 1 and scores.shape[0] == batch:
+            scores = scores.unsqueeze(1)
+        if scores.ndim != 2 or scores.shape[0] != batch:
+            raise ModelOutputError(
+                f"the model's scores must have shape (B, K) = ({batch}, K); got {tuple(scores.shape)}. "
+                "Select or reshape the output with adapt(model, output=...)."
+            )
+        return scores
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        return self._check(self.select(self.forward(x)), x.shape[0])
+
+
+class EmbeddingAdapter(TorchAdapter):
+    """An embedding model turned into a scorer by similarity to reference embeddings.
+
+    ``references`` is one target embedding ``(D,)`` (K = 1) or class embeddings ``(K, D)`` (for
+    example text prompts for a CLIP-like model). Scores are cosine similarities times ``scale``
+    (a CLIP ``logit_scale``, so that softmax over them is the zero-shot classifier), or dot products.
+    """
+
+    kind = "embedding"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        references: torch.Tensor,
+        similarity: str = "cosine",
+        scale: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model, **kwargs)
+        if not isinstance(references, torch.Tensor) or references.ndim not in (1, 2):
+            got = tuple(references.shape) if isinstance(references, torch.Tensor) else type(references).__name__
+            raise InvalidParameterError(
+                f"references must be a tensor of shape (D,) or (K, D) for kind='embedding'; got {got}."
+            )
+        if similarity not in ("cosine", "dot"):
+            raise InvalidParameterError(f"similarity must be 'cosine' or 'dot'; got {similarity!r}.")
+        refs = references.detach()
+        self.references = refs.unsqueeze(0) if refs.ndim == 1 else refs
+        self.similarity = similarity
+        self.scale = float(scale)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        emb = self.select(self.forward(x))
+        if emb.ndim != 2:
+            raise ModelOutputError(
+                f"an embedding model must return (B, D) embeddings; got {tuple(emb.shape)}. "
+                "Select or pool the output with adapt(model, kind='embedding', output=...)."
+            )
+        return emb
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        emb = self.embed(x)
+        refs = self.references.to(device=emb.device, dtype=emb.dtype)
+        if refs.shape[1] != emb.shape[1]:
+            raise ModelOutputError(
+                f"references have dimension {refs.shape[1]} but the model embeds into {emb.shape[1]}; "
+                "pass reference embeddings made by the same model."
+            )
+        if self.similarity == "cosine":
+            emb = torch.nn.functional.normalize(emb, dim=1)
+            refs = torch.nn.functional.normalize(refs, dim=1)
+        return self.scale * emb @ refs.T
+
+
+class SklearnAdapter(ModelAdapter):
+    """A scikit-learn estimator: ``predict_proba`` (or ``decision_function``/``predict``) on rows ``(B, F)``.
+
+    Not differentiable: only perturbation methods apply.
+    """
+
+    differentiable = False
+
+    def __init__(self, estimator: Any, *, preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        for name in ("predict_proba", "decision_function", "predict"):
+            fn = getattr(estimator, name, None)
+            if callable(fn):
+                self._fn = fn
+                self.method_name = name
+                break
+        else:
+            raise InvalidParameterError(
+                f"model of type {type(estimator).__name__} has no predict_proba, decision_function or predict; "
+                "pass a fitted scikit-learn estimator or a torch.nn.Module."
+            )
+        self.model = estimator
+        self.preprocess = preprocess
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        import numpy as np
+
+        if self.preprocess is not None:
+            x = self.preprocess(x)
+        if x.ndim != 2:
+            raise InvalidInputError(
+                f"a scikit-learn model takes rows of shape (B, F); got inputs of shape {tuple(x.shape)}."
+            )
+        out = np.asarray(self._fn(x.detach().cpu().numpy()), dtype=np.float64)
+        t = torch.from_numpy(out)
+        return t.unsqueeze(1) if t.ndim == 1 else t
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float64
+
+
+def adapt(
+    model: Any,
+    *,
+    kind: str = "classifier",
+    output: OutputSelector = None,
+    layers: LayerLike | Sequence[LayerLike] | None = None,
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    references: torch.Tensor | None = None,
+    similarity: str = "cosine",
+    scale: float = 1.0,
+) -> ModelAdapter:
+    """Wrap a model so every explainer can call it.
+
+    Parameters
+    ----------
+    model
+        A ``torch.nn.Module`` returning class logits, an embedding model (``kind="embedding"``), a
+        fitted scikit-learn estimator, or an existing :class:`ModelAdapter` (returned unchanged).
+    kind
+        ``"classifier"`` (scores are the model's outputs) or ``"embedding"`` (scores are similarities
+        of the embedding to ``references``).
+    output
+        Selector for tuple, dict or ``ModelOutput`` outputs: an index, a key/attribute name or a callable.
+    layers
+        Default layer(s) for layer methods (CAM family): names (``"features.3"``, ``"act@1"`` for the
+        second call of a reused module) or modules.
+    preprocess
+        Applied to inputs before the model (e.g. normalisation); attributions are taken w.r.t. the raw inputs.
+    references, similarity, scale
+        For ``kind="embedding"``: target embedding ``(D,)`` or class embeddings ``(K, D)``, ``"cosine"`` or
+        ``"dot"``, and a factor on the similarities.
+
+    Raises
+    ------
+    InvalidParameterError
+        Unknown ``kind``, missing ``references`` for an embedding model, or an unsupported model type.
+    """
+    if isinstance(model, ModelAdapter):
+        return model
+    if kind not in KINDS:
+        raise InvalidParameterError(f"kind must be one of {KINDS}; got {kind!r}.")
+    if isinstance(model, nn.Module):
+        if kind == "embedding":
+            if references is None:
+                raise InvalidParameterError(
+                    "kind='embedding' needs references=: a target embedding (D,) or class embeddings (K, D)."
+                )
+            return EmbeddingAdapter(
+                model,
+                references=references,
+                similarity=similarity,
+                scale=scale,
+                output=output,
+                layers=layers,
+                preprocess=preprocess,
+            )
+        return TorchAdapter(model, output=output, layers=layers, preprocess=preprocess)
+    if hasattr(model, "fit") and any(hasattr(model, n) for n in ("predict_proba", "decision_function", "predict")):
+        if kind != "classifier":
+            raise InvalidParameterError(f"scikit-learn models support kind='classifier' only; got {kind!r}.")
+        return SklearnAdapter(model, preprocess=preprocess)
+    raise InvalidParameterError(
+        f"model of type {type(model).__name__} is not supported; pass a torch.nn.Module, a fitted "
+        "scikit-learn estimator or a whybox ModelAdapter."
+    )

@@ -1,0 +1,229 @@
+"""Layer taps: capture a layer's activation (and make it a gradient leaf) inside a ``with`` block.
+
+A layer is named by its module path (``"features.3"``), optionally with a call index for a module
+the forward pass runs more than once (``"_swish@1"`` = its second call, ``"_swish@-1"`` = its last).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import weakref
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from whybox.errors import LayerError
+from whybox.models.adapter import LayerLike, TorchAdapter
+
+__all__ = ["LayerRef", "auto_layer", "resolve_layers", "tap", "to_grid"]
+
+
+@dataclass(frozen=True)
+class LayerRef:
+    """A resolved layer: its name, the module and which call of it (``None`` = the only call)."""
+
+    name: str
+    module: nn.Module = field(compare=False)
+    call: int | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name if self.call is None else f"{self.name}@{self.call}"
+
+
+def _find(model: nn.Module, spec: LayerLike) -> LayerRef:
+    if isinstance(spec, nn.Module):
+        for name, mod in model.named_modules():
+            if mod is spec:
+                return LayerRef(name, mod)
+        raise LayerError(
+            f"layer={type(spec).__name__} module is not part of the model; pass one of its submodules "
+            "or a name from dict(model.named_modules())."
+        )
+    if not isinstance(spec, str):
+        raise LayerError(f"layer must be a module name or an nn.Module; got {type(spec).__name__}.")
+    name, call = spec, None
+    if "@" in spec:
+        name, _, c = spec.rpartition("@")
+        try:
+            call = int(c)
+        except ValueError:
+            raise LayerError(
+                f"layer={spec!r}: the part after '@' must be an integer call index, e.g. 'act@1'."
+            ) from None
+    modules = dict(model.named_modules())
+    if name not in modules or name == "":
+        names = [n for n in modules if n]
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        shown = ", ".join(names[-12:])
+        raise LayerError(
+            f"layer={spec!r} is not a module of {type(model).__name__}.{hint} "
+            f"The last modules are: {shown} (all: dict(model.named_modules()))."
+        )
+    return LayerRef(name, modules[name], call)
+
+
+def resolve_layers(adapter: TorchAdapter, layers: LayerLike | Sequence[LayerLike]) -> list[LayerRef]:
+    """Resolve names/modules to :class:`LayerRef`; unknown names list the close and the last ones."""
+    specs = [layers] if isinstance(layers, (str, nn.Module)) else list(layers)
+    if not specs:
+        raise LayerError("layers must name at least one layer; got an empty list.")
+    return [_find(adapter.model, s) for s in specs]
+
+
+def to_grid(a: torch.Tensor, label: str) -> torch.Tensor:
+    """Activations as ``(B, C, h, w)``: 4-D as is; ViT tokens ``(B, N, D)`` with N or N - 1 square reshaped."""
+    if a.ndim == 4:
+        return a
+    if a.ndim == 3:
+        n = a.shape[1]
+        for drop in (1, 0):
+            side = math.isqrt(n - drop)
+            if n - drop > 0 and side * side == n - drop:
+                return a[:, drop:, :].transpose(1, 2).reshape(a.shape[0], a.shape[2], side, side)
+        raise LayerError(
+            f"layer {label!r} outputs tokens {tuple(a.shape)} whose count {n} is not a square grid "
+            "(with or without a class token); choose a layer with a spatial output."
+        )
+    raise LayerError(
+        f"layer {label!r} outputs shape {tuple(a.shape)}; CAM methods need (B, C, h, w) or ViT tokens (B, N, D). "
+        "Choose a convolutional or transformer-block layer."
+    )
+
+
+class _Capture:
+    def __init__(self, ref: LayerRef, leaf: bool) -> None:
+        self.ref = ref
+        self.leaf = leaf
+        self.calls = 0
+        self.outputs: list[torch.Tensor] = []
+
+    def hook(self, module: nn.Module, args: object, out: object) -> object:
+        self.calls += 1
+        if not isinstance(out, torch.Tensor):
+            raise LayerError(
+                f"layer {self.ref.label!r} returns {type(out).__name__}, not a tensor; tap a module whose "
+                "output is a tensor."
+            )
+        if self.leaf:
+            a = out.detach().requires_grad_(True)
+            self.outputs.append(a)
+            return a.clone()  # downstream in-place ops act on the copy; gradients still reach ``a``
+        self.outputs.append(out.detach())
+        return None
+
+    def activation(self) -> torch.Tensor:
+        n = len(self.outputs)
+        if n == 0:
+            raise LayerError(
+                f"layer {self.ref.label!r} did not run during the forward pass; choose a layer on the path "
+                "from the input to the scores."
+            )
+        if self.ref.call is None:
+            if n > 1:
+                raise LayerError(
+                    f"layer {self.ref.name!r} ({type(self.ref.module).__name__}) runs {n} times per forward pass "
+                    f"(one module reused), so its activation is ambiguous. Name one call, e.g. "
+                    f"'{self.ref.name}@{n - 1}' for the last, or tap the block that contains it."
+                )
+            return self.outputs[0]
+        if not -n <= self.ref.call < n:
+            raise LayerError(
+                f"layer {self.ref.label!r}: the module runs {n} times per forward pass; use a call index in "
+                f"0..{n - 1} (or negative from the end)."
+            )
+        return self.outputs[self.ref.call]
+
+
+class Tap:
+    """Activations captured during one forward; ``activations()`` in the order of the layer list."""
+
+    def __init__(self, captures: list[_Capture]) -> None:
+        self._captures = captures
+
+    def activations(self) -> list[torch.Tensor]:
+        return [c.activation() for c in self._captures]
+
+    def reset(self) -> None:
+        for c in self._captures:
+            c.calls = 0
+            c.outputs.clear()
+
+
+@contextmanager
+def tap(refs: Sequence[LayerRef], *, leaf: bool) -> Iterator[Tap]:
+    """Capture the outputs of ``refs`` during forwards inside the block; hooks removed on every exit.
+
+    With ``leaf=True`` each captured activation is a fresh autograd leaf, so
+    ``torch.autograd.grad(score, activation)`` gives gradients to the layer only (nothing before it is
+    recorded, no weight gradients).
+    """
+    captures = [_Capture(r, leaf) for r in refs]
+    handles = []
+    try:
+        for c in captures:
+            handles.append(c.ref.module.register_forward_hook(c.hook))
+        yield Tap(captures)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+_AUTO: weakref.WeakKeyDictionary[nn.Module, dict[tuple[object, ...], tuple[str, int | None]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def auto_layer(adapter: TorchAdapter, x: torch.Tensor) -> tuple[LayerRef, int]:
+    """The layer CAM methods use by default: the last module call (in finishing order) whose output is a
+    spatial map ``(B, C, h, w)`` with ``h * w > 1`` or a square ViT token grid.
+
+    A reused module gets a call index (EfficientNet-Lite's single ReLU6 gives ``"_swish@1"``).
+    The choice is probed with one single-row forward and remembered per (model, input shape, module
+    count); returns ``(layer, forwards spent)``.
+    """
+    model = adapter.model
+    modules = dict(model.named_modules())
+    key = (tuple(x.shape[1:]), x.dtype, len(modules), type(adapter).__name__)
+    known = _AUTO.get(model, {}).get(key)
+    if known is not None and known[0] in modules:
+        return LayerRef(known[0], modules[known[0]], known[1]), 0
+    events: list[tuple[str, int, tuple[int, ...]]] = []
+    counts: dict[str, int] = {}
+    handles = []
+
+    def make(name: str):  # type: ignore[no-untyped-def]
+        def hook(module: nn.Module, args: object, out: object) -> None:
+            k = counts.get(name, 0)
+            counts[name] = k + 1
+            if isinstance(out, torch.Tensor):
+                events.append((name, k, tuple(out.shape)))
+
+        return hook
+
+    try:
+        for name, mod in model.named_modules():
+            if name:
+                handles.append(mod.register_forward_hook(make(name)))
+        with torch.no_grad():
+            adapter.scores(x[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    for name, k, shape in reversed(events):
+        ok = len(shape) == 4 and shape[2] * shape[3] > 1
+        if len(shape) == 3 and shape[1] > 1:
+            n = shape[1]
+            ok = any(n - d > 1 and math.isqrt(n - d) ** 2 == n - d for d in (1, 0))
+        if ok:
+            call = k if counts[name] > 1 else None
+            _AUTO.setdefault(model, {})[key] = (name, call)
+            return LayerRef(name, modules[name], call), 1
+    raise LayerError(
+        f"no layer of {type(model).__name__} produces a spatial (B, C, h, w) output; pass layer= explicitly."
+    )

@@ -1,0 +1,83 @@
+"""What to explain: an int, per-row ints, or a callable ``scores (B, K) -> (B,)``; ``None`` = prediction."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from whybox.errors import InvalidParameterError, InvalidTargetError
+
+__all__ = ["SCORE_SPACES", "Target", "TargetLike", "apply_score_space", "resolve_target"]
+
+TargetLike = int | Sequence[int] | torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None
+SCORE_SPACES = ("logit", "prob", "log_prob")
+
+
+def apply_score_space(scores: torch.Tensor, space: str) -> torch.Tensor:
+    """Map raw model scores (B, K) into the score space an explainer reads."""
+    if space == "logit":
+        return scores
+    if space == "prob":
+        return scores.softmax(-1)
+    if space == "log_prob":
+        return scores.log_softmax(-1)
+    raise InvalidParameterError(f"score must be one of {SCORE_SPACES}; got {space!r}.")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A normalised target: per-row class indices (``-1`` where ``fn`` decides) and an optional callable."""
+
+    index: torch.Tensor  # (B,) int64
+    fn: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def select(self, scores: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The explained scalar per row of ``scores`` (n, K); ``rows`` (n,) maps each to its input row."""
+        if self.fn is not None:
+            out = self.fn(scores)
+            if not isinstance(out, torch.Tensor) or out.shape != scores.shape[:1]:
+                got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                raise InvalidTargetError(
+                    f"a callable target must map scores {tuple(scores.shape)} to shape ({scores.shape[0]},); "
+                    f"it returned {got}. Return one scalar per row, e.g. lambda s: s[:, 3] - s[:, 5]."
+                )
+            return out
+        idx = self.index.to(scores.device)
+        if rows is not None:
+            idx = idx[rows.to(scores.device)]
+        return scores.gather(1, idx.view(-1, 1)).squeeze(1)
+
+
+def resolve_target(target: TargetLike, clean_scores: torch.Tensor) -> Target:
+    """Normalise ``target`` against the clean scores ``(B, K)``; ``None`` means the argmax, fixed once."""
+    b, k = clean_scores.shape
+    if target is None:
+        return Target(clean_scores.argmax(1).to(torch.int64).cpu())
+    if callable(target) and not isinstance(target, torch.Tensor):
+        return Target(torch.full((b,), -1, dtype=torch.int64), fn=target)
+    if isinstance(target, bool):
+        raise InvalidTargetError(f"target must be an int class index; got {target!r}.")
+    if isinstance(target, int):
+        idx = torch.full((b,), target, dtype=torch.int64)
+    else:
+        t = torch.as_tensor(target)
+        if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+            raise InvalidTargetError(
+                f"target must hold integer class indices; got dtype {t.dtype}. Pass e.g. torch.tensor([3, 1])."
+            )
+        if t.ndim == 0:
+            t = t.expand(b)
+        if t.shape != (b,):
+            raise InvalidTargetError(
+                f"target must be an int or hold one class per row, shape ({b},); got shape {tuple(t.shape)}."
+            )
+        idx = t.to(torch.int64).cpu()
+    bad = (idx < 0) | (idx >= k)
+    if bool(bad.any()):
+        raise InvalidTargetError(
+            f"target={idx[bad][0].item()} is out of range for a model with {k} outputs; "
+            f"use a class index in 0..{k - 1}, or target=None for the predicted class."
+        )
+    return Target(idx)

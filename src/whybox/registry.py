@@ -1,0 +1,56 @@
+"""Explicit registries of explainers (and, later, metrics). Unknown names list the known ones."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+from whybox.errors import UnknownNameError
+
+T = TypeVar("T")
+
+__all__ = ["EXPLAINERS", "Registry"]
+
+
+class Registry(Generic[T]):
+    """A name -> class mapping filled by the ``@register(name)`` decorator."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def deco(obj: T) -> T:
+            if name in self._items:
+                raise ValueError(f"{self.kind} {name!r} is registered twice.")
+            self._items[name] = obj
+            obj.name = name  # type: ignore[attr-defined]
+            return obj
+
+        return deco
+
+    def get(self, name: str) -> T:
+        if not isinstance(name, str) or name not in self._items:
+            known = sorted(self._items)
+            close = difflib.get_close_matches(str(name), known, n=3)
+            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise UnknownNameError(
+                f"method={name!r} is not a known {self.kind}.{hint} Known {self.kind}s: {', '.join(known)}."
+            )
+        return self._items[name]
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+EXPLAINERS: Registry[type] = Registry("explainer")
