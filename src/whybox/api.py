@@ -24,7 +24,9 @@ def get_explainer(name: str) -> type:
     return EXPLAINERS.get(name)
 
 
-def explain(model: Any, inputs: torch.Tensor, method: str, *, target: TargetLike = None, **params: Any) -> Explanation:
+def explain(
+    model: Any, inputs: torch.Tensor, method: str, /, *, target: TargetLike = None, **params: Any
+) -> Explanation:
     """Explain ``inputs`` with ``method``.
 
     Parameters
@@ -40,7 +42,9 @@ def explain(model: Any, inputs: torch.Tensor, method: str, *, target: TargetLike
         ``None`` (each row's predicted class), an int, per-row ints ``(B,)`` or a callable
         ``scores (B, K) -> (B,)``.
     **params
-        The method's keyword options (see ``get_explainer(method)``).
+        The method's keyword options (see ``get_explainer(method)``). ``model``, ``inputs`` and ``method``
+        are positional-only, so an option may share their names (Integrated Gradients' ``method=``
+        quadrature rule).
 
     Returns
     -------

@@ -7,6 +7,9 @@ keeps working. Messages name the parameter, what came in, and what to do instead
 from __future__ import annotations
 
 __all__ = [
+    "DataFormatError",
+    "DatasetNotFoundError",
+    "MissingExtraError",
     "InvalidInputError",
     "InvalidParameterError",
     "InvalidTargetError",
@@ -51,3 +54,15 @@ class ModelOutputError(WhyboxError, TypeError):
 
 class NotDifferentiableError(WhyboxError, TypeError):
     """A gradient method was asked of a model whose scores carry no gradient."""
+
+
+class MissingExtraError(WhyboxError, ImportError):
+    """An optional dependency group (a pip "extra") is not installed; the message says how to add it."""
+
+
+class DatasetNotFoundError(WhyboxError, FileNotFoundError):
+    """A dataset's files are not on disk; the message lists the paths searched and how to install them."""
+
+
+class DataFormatError(WhyboxError, ValueError):
+    """A data file exists but its content is not in the expected format (truncated, wrong magic, ...)."""

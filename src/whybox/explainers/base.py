@@ -88,7 +88,7 @@ class Explainer:
         engine_backward = [0]
         with self.adapter.guard(self.mode):
             if (
-                self.needs_grad
+                (self.needs_grad or getattr(self, "uses_gradients", False))  # gradient CAMs backprop all rows too
                 and self.mode == "as_is"
                 and x.shape[0] > 1
                 and isinstance(self.adapter, TorchAdapter)
@@ -152,7 +152,10 @@ class Explainer:
                 f"inputs contain {int(bad.sum())} non-finite values (NaN or inf) in rows {rows[:10]}; "
                 "clean or impute them before explaining."
             )
-        dtype = self.adapter.dtype if isinstance(self.adapter, TorchAdapter) else x.dtype
+        dtype = x.dtype  # a model without floating parameters (a pure function) runs in the input's dtype
+        params = self.adapter.model.parameters() if isinstance(self.adapter, TorchAdapter) else ()
+        if any(p.is_floating_point() for p in params):
+            dtype = self.adapter.dtype
         return x.detach().to(device=self.adapter.device, dtype=dtype)
 
 

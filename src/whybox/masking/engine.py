@@ -99,13 +99,14 @@ class MaskingEngine:
         Tensor ``(B, N)`` float64 on the model's device.
         """
         b = x.shape[0]
+        render: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
         if isinstance(masks, torch.Tensor):
             n = masks.shape[1]
             if groups is not None:
-                mt = masks
+                mt, fg = masks, groups
 
                 def render(rows: torch.Tensor, ks: torch.Tensor) -> torch.Tensor:
-                    return groups.expand(mt[rows, ks], rows)
+                    return fg.expand(mt[rows, ks], rows)
             else:
                 mt = masks
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import math
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -113,8 +113,12 @@ class _Capture:
         if self.leaf:
             a = out.detach().requires_grad_(True)
             self.outputs.append(a)
+            if out.requires_grad:
+                # an earlier tap (another layer, or an earlier call of this module) feeds ``out``: keep
+                # that path open so its gradient is the total derivative, not cut here
+                return a + (out - out.detach())
             return a.clone()  # downstream in-place ops act on the copy; gradients still reach ``a``
-        self.outputs.append(out.detach())
+        self.outputs.append(out.detach().clone())  # a copy: an in-place op downstream must not change it
         return None
 
     def activation(self) -> torch.Tensor:
@@ -160,8 +164,9 @@ def tap(refs: Sequence[LayerRef], *, leaf: bool) -> Iterator[Tap]:
     """Capture the outputs of ``refs`` during forwards inside the block; hooks removed on every exit.
 
     With ``leaf=True`` each captured activation is a fresh autograd leaf, so
-    ``torch.autograd.grad(score, activation)`` gives gradients to the layer only (nothing before it is
-    recorded, no weight gradients).
+    ``torch.autograd.grad(score, activation)`` gives gradients to the layer only (nothing before the
+    first tapped output is recorded, no weight gradients). A later tap, or a later call of a reused
+    module, passes gradients on to earlier ones, so each gets the total derivative of the score.
     """
     captures = [_Capture(r, leaf) for r in refs]
     handles = []
@@ -197,7 +202,7 @@ def auto_layer(adapter: TorchAdapter, x: torch.Tensor) -> tuple[LayerRef, int]:
     counts: dict[str, int] = {}
     handles = []
 
-    def make(name: str):  # type: ignore[no-untyped-def]
+    def make(name: str) -> Callable[[nn.Module, object, object], None]:
         def hook(module: nn.Module, args: object, out: object) -> None:
             k = counts.get(name, 0)
             counts[name] = k + 1

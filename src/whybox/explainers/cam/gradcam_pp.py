@@ -17,7 +17,7 @@ class GradCAMPlusPlus(CAM):
     """w_k = sum_ij alpha_ij^k ReLU(g_ij^k), alpha = g^2 / (2 g^2 + (sum_ab A_ab^k) g^3) (exp-score shortcut).
 
     alpha is 0 where its denominator is 0 (and so where g = 0); no epsilon is added (pytorch-grad-cam
-    adds 1e-7). ``alpha_normalize=True`` divides alpha by its per-channel spatial sum, as the authors'
+    adds 1e-6). ``alpha_normalize=True`` divides alpha by its per-channel spatial sum, as the authors'
     official code does.
     """
 

@@ -9,7 +9,7 @@ import torch
 from whybox.errors import InvalidParameterError
 from whybox.explainers.base import GradientExplainer
 from whybox.masking.engine import MaskingEngine
-from whybox.models.targets import Target, TargetLike, resolve_target
+from whybox.models.targets import Target, TargetLike
 from whybox.registry import EXPLAINERS
 
 __all__ = ["SmoothGrad"]
@@ -79,8 +79,7 @@ class SmoothGrad(GradientExplainer):
         self, x: torch.Tensor, target: TargetLike, engine: MaskingEngine, n_backward: list[int]
     ) -> tuple[torch.Tensor, Target, dict[str, Any]]:
         b, n = x.shape[0], self.n_samples
-        tgt = target if callable(target) and not isinstance(target, torch.Tensor) else None
-        tgt = resolve_target(target, engine.forward(x)) if tgt is None else resolve_target(tgt, x.new_empty(b, 1))
+        tgt = self._resolve(target, x, engine)
         flat = x.reshape(b, -1)
         if self.sigma is not None:
             sig = torch.full((b,), float(self.sigma), dtype=x.dtype, device=x.device)
