@@ -9,11 +9,11 @@ from __future__ import annotations
 __all__ = [
     "DataFormatError",
     "DatasetNotFoundError",
-    "MissingExtraError",
     "InvalidInputError",
     "InvalidParameterError",
     "InvalidTargetError",
     "LayerError",
+    "MissingExtraError",
     "ModelOutputError",
     "NotDifferentiableError",
     "UnknownNameError",

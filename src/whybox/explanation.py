@@ -53,11 +53,19 @@ class Explanation:
 
     def __getitem__(self, index: int | slice) -> Explanation:
         """Rows of the explanation; per-row tensors and per-row lists in ``meta`` are sliced too."""
-        idx = slice(index, index + 1) if isinstance(index, int) else index
         n = len(self)
+        if isinstance(index, int):  # one row, kept as a batch of one; negative counts from the end
+            if not -n <= index < n:
+                raise IndexError(f"row index {index} is out of range for an explanation of {n} rows.")
+            index %= n
+            idx = slice(index, index + 1)
+        else:
+            idx = index
         meta: dict[str, Any] = {}
         for k, v in self.meta.items():
-            if (isinstance(v, torch.Tensor) and v.ndim >= 1 and v.shape[0] == n) or (isinstance(v, list) and len(v) == n):
+            if (isinstance(v, torch.Tensor) and v.ndim >= 1 and v.shape[0] == n) or (
+                isinstance(v, list) and len(v) == n
+            ):
                 meta[k] = v[idx]
             else:
                 meta[k] = v

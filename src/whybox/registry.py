@@ -10,14 +10,15 @@ from whybox.errors import UnknownNameError
 
 T = TypeVar("T")
 
-__all__ = ["EXPLAINERS", "Registry"]
+__all__ = ["EXPLAINERS", "METRICS", "Registry"]
 
 
 class Registry(Generic[T]):
     """A name -> class mapping filled by the ``@register(name)`` decorator."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, param: str | None = None) -> None:
         self.kind = kind
+        self.param = param or kind
         self._items: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -36,7 +37,7 @@ class Registry(Generic[T]):
             close = difflib.get_close_matches(str(name), known, n=3)
             hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
             raise UnknownNameError(
-                f"method={name!r} is not a known {self.kind}.{hint} Known {self.kind}s: {', '.join(known)}."
+                f"{self.param}={name!r} is not a known {self.kind}.{hint} Known {self.kind}s: {', '.join(known)}."
             )
         return self._items[name]
 
@@ -53,4 +54,5 @@ class Registry(Generic[T]):
         return len(self._items)
 
 
-EXPLAINERS: Registry[type] = Registry("explainer")
+EXPLAINERS: Registry[type] = Registry("explainer", "method")
+METRICS: Registry[type] = Registry("metric", "metric")

@@ -12,7 +12,6 @@ Nothing here downloads anything.
 
 from __future__ import annotations
 
-from whybox.errors import DataFormatError, DatasetNotFoundError, MissingExtraError
 from whybox.data.digits import DIGITS_SPLITS, DigitsCNN, digits_cnn, load_digits
 from whybox.data.fashion_mnist import (
     FASHION_MNIST_CLASSES,
@@ -30,6 +29,7 @@ from whybox.data.imagenet import (
     photo,
     photos,
 )
+from whybox.errors import DataFormatError, DatasetNotFoundError, MissingExtraError
 
 __all__ = [
     "DIGITS_SPLITS",

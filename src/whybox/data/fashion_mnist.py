@@ -15,8 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from whybox.errors import DataFormatError, DatasetNotFoundError
-from whybox.errors import InvalidParameterError
+from whybox.errors import DataFormatError, DatasetNotFoundError, InvalidParameterError
 
 __all__ = ["FASHION_MNIST_CLASSES", "FASHION_MNIST_DIRS", "FASHION_MNIST_SPLITS", "load_fashion_mnist"]
 

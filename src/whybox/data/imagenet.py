@@ -43,8 +43,7 @@ from importlib import resources
 import numpy as np
 import torch
 
-from whybox.errors import MissingExtraError
-from whybox.errors import InvalidParameterError, UnknownNameError
+from whybox.errors import InvalidParameterError, MissingExtraError, UnknownNameError
 
 __all__ = [
     "IMAGENET_INPUT_SIZE",

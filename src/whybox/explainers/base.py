@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 from typing import Any, ClassVar
 
 import torch
@@ -84,19 +85,21 @@ class Explainer:
         inputs: ``(B, *S)``; returns attributions ``(B, *S)``, ``(B, 1, H, W)`` or ``(B, F)`` per method.
         """
         x = self._validate(inputs)
+        # seed=None draws a fresh seed per call (from the OS, global RNGs untouched); it is recorded in meta
+        self._call_seed = self.seed if self.seed is not None else int.from_bytes(os.urandom(4), "little") >> 1
         engine = MaskingEngine(self.adapter, batch_size=self.batch_size)
         engine_backward = [0]
         with self.adapter.guard(self.mode):
             if (
-                (self.needs_grad or getattr(self, "uses_gradients", False))  # gradient CAMs backprop all rows too
-                and self.mode == "as_is"
-                and x.shape[0] > 1
+                self.mode == "as_is"
+                and self.batch_size > 1
                 and isinstance(self.adapter, TorchAdapter)
                 and has_train_mode_batchnorm(self.adapter.model)
             ):
                 raise InvalidParameterError(
-                    "mode='as_is' with a BatchNorm in training mode couples the rows of a batch, so a batched "
-                    "gradient explanation would mix rows; use mode='eval' (the default) or explain one row at a time."
+                    "mode='as_is' with a BatchNorm in training mode couples the rows of every forward pass "
+                    "(inputs, path points, noisy copies or masked copies), so results would mix rows; use "
+                    "mode='eval' (the default) or batch_size=1."
                 )
             attr, tgt, meta = self._explain(x, target, engine, engine_backward)
         attr = attr.detach()
@@ -105,7 +108,7 @@ class Explainer:
         meta = {
             "n_forward": engine.n_forward,
             "n_backward": engine_backward[0],
-            "seed": self.seed,
+            "seed": self._call_seed,
             "finite": [bool(v) for v in finite.tolist()],
             **meta,
         }
@@ -119,6 +122,10 @@ class Explainer:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ helpers
+    def generator(self) -> torch.Generator:
+        """A fresh CPU generator seeded with this call's seed (``seed``, or the one drawn for ``seed=None``)."""
+        return torch.Generator().manual_seed(getattr(self, "_call_seed", self.seed or 0))
+
     def _validate(self, inputs: Any) -> torch.Tensor:
         if not isinstance(inputs, torch.Tensor):
             raise InvalidInputError(

@@ -30,8 +30,9 @@ def preserved(model: nn.Module, mode: str = "eval") -> Iterator[None]:
 
     Restored on every exit path (errors and ``KeyboardInterrupt`` included): each module's
     ``training`` flag, each parameter's ``requires_grad`` and ``.grad``, the set of registered
-    module hooks (any hook added inside the block and left behind is removed) and torch's global
-    CPU/CUDA RNG state. Parameters are frozen inside the block so that explainers take gradients
+    module hooks (any hook added inside the block and left behind is removed), buffers such as
+    BatchNorm running statistics (with ``mode="as_is"``, where a training-mode module may update them)
+    and torch's global CPU/CUDA RNG state. Parameters are frozen inside the block so that explainers take gradients
     with respect to inputs or activations only and never touch weight gradients.
     """
     if mode not in MODES:
@@ -42,6 +43,8 @@ def preserved(model: nn.Module, mode: str = "eval") -> Iterator[None]:
     requires = [p.requires_grad for p in params]
     grads = [p.grad for p in params]
     hooks = [{a: set(getattr(m, a, {}).keys()) for a in _HOOK_DICTS} for m in modules]
+    # buffers (BatchNorm running statistics) only change when modules run in training mode
+    buffers = [(b, b.detach().clone()) for b in model.buffers()] if mode == "as_is" else []
     cpu_rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
     try:
@@ -63,6 +66,9 @@ def preserved(model: nn.Module, mode: str = "eval") -> Iterator[None]:
                     continue
                 for k in [k for k in d if k not in keys]:
                     del d[k]
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
         torch.set_rng_state(cpu_rng)
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)

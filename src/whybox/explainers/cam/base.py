@@ -39,16 +39,16 @@ def normalize_maps(maps: torch.Tensor, how: str) -> tuple[torch.Tensor, torch.Te
     flat = maps.reshape(b, -1)
     hi, lo = flat.amax(1), flat.amin(1)
     tol = 1e-12 * hi.abs().clamp_min(1.0)
+    degenerate = (hi - lo) <= tol
     if how == "minmax":
-        degenerate = (hi - lo) <= tol
         scale = torch.where(degenerate, torch.ones_like(hi), hi - lo)
         out = (flat - lo[:, None]) / scale[:, None]
     elif how == "max":
-        degenerate = hi.abs() <= tol
+        degenerate = degenerate | (hi.abs() <= tol)
         scale = torch.where(degenerate, torch.ones_like(hi), hi)
         out = flat / scale[:, None]
     elif how == "none":
-        return maps, (hi - lo) <= tol
+        return maps, degenerate
     else:
         raise InvalidParameterError(f"normalize must be one of {NORMALIZATIONS}; got {how!r}.")
     out = torch.where(degenerate[:, None], torch.zeros_like(out), out)

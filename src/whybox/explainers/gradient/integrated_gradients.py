@@ -103,17 +103,14 @@ class IntegratedGradients(GradientExplainer):
         self.sigma = float(sigma)
 
     def _baseline(self, x: torch.Tensor) -> torch.Tensor:
-        gen = torch.Generator().manual_seed(self.seed or 0)
+        gen = self.generator()
         if self.baseline == "gaussian":
             noise = torch.randn(x.shape[1:], generator=gen, dtype=torch.float64).to(x.device, x.dtype)
             return x + self.sigma * noise
         if self.baseline == "uniform":
             # one draw per row from the row's own generator state: batching does not change draws
             return torch.cat(
-                [
-                    make_fill("uniform", x[i : i + 1], generator=torch.Generator().manual_seed(self.seed or 0))
-                    for i in range(x.shape[0])
-                ]
+                [make_fill("uniform", x[i : i + 1], generator=self.generator()) for i in range(x.shape[0])]
             )
         return make_fill(self.baseline, x, sigma=self.sigma)
 

@@ -86,7 +86,7 @@ class SmoothGrad(GradientExplainer):
         else:
             sig = self.noise_level * (flat.amax(1) - flat.amin(1))
         shape = (-1, *([1] * (x.ndim - 1)))
-        gen = torch.Generator().manual_seed(self.seed or 0)
+        gen = self.generator()
         noise: dict[int, torch.Tensor] = {}
         next_k = 0
         s1 = torch.zeros(x.shape, dtype=torch.float64, device=x.device)

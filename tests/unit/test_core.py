@@ -1,0 +1,560 @@
+"""Core pieces: registry, public surface, masking engine (masks, groups, fills), targets, adapters, guard."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import whybox
+from whybox.errors import InvalidInputError, InvalidParameterError, InvalidTargetError, UnknownNameError
+from whybox.explanation import Explanation
+from whybox.masking import (
+    FILLS,
+    FeatureGroups,
+    MaskingEngine,
+    columns,
+    gaussian_blur,
+    grid,
+    make_fill,
+    pixels,
+    superpixels,
+)
+from whybox.models import EmbeddingAdapter, ModelAdapter, SklearnAdapter, Target, TorchAdapter, resolve_target
+from whybox.models._guard import preserved
+from whybox.registry import EXPLAINERS, Registry
+
+F64 = torch.float64
+
+
+def rand(*shape: int, seed: int = 0, dtype: torch.dtype = F64) -> torch.Tensor:
+    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+# ------------------------------------------------------------------------------------------ registry, surface
+def test_registry_lists_names_and_suggests_close_ones() -> None:
+    reg: Registry[type] = Registry("metric")
+
+    @reg.register("deletion")
+    class Deletion: ...
+
+    @reg.register("insertion")
+    class Insertion: ...
+
+    assert reg.get("deletion") is Deletion and Deletion.name == "deletion"  # type: ignore[attr-defined]
+    assert reg.names() == ["deletion", "insertion"] and list(reg) == reg.names() and len(reg) == 2
+    assert "insertion" in reg and "road" not in reg
+    with pytest.raises(
+        UnknownNameError,
+        match=r"'insertoin' is not a known metric\. Did you mean 'insertion'\? Known metrics: deletion, insertion\.",
+    ) as info:
+        reg.get("insertoin")
+    assert isinstance(info.value, KeyError)
+    with pytest.raises(UnknownNameError, match=r"'road' is not a known metric\. Known metrics: deletion, insertion\.$"):
+        reg.get("road")
+    with pytest.raises(UnknownNameError, match=r"Known metrics: deletion, insertion"):
+        reg.get(3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"metric 'deletion' is registered twice"):
+        reg.register("deletion")(type("Other", (), {}))
+
+
+def test_explainer_registry_is_the_facade_list() -> None:
+    assert whybox.methods() == sorted(EXPLAINERS.names())
+    assert {"saliency", "input_x_gradient", "integrated_gradients", "smoothgrad", "gradcam", "scorecam"} <= set(
+        whybox.methods()
+    )
+    for name in whybox.methods():
+        cls = whybox.get_explainer(name)
+        assert issubclass(cls, whybox.Explainer) and cls.name == name
+
+
+def test_public_surface_is_pinned() -> None:
+    assert whybox.__all__ == [
+        "Explainer",
+        "Explanation",
+        "InvalidInputError",
+        "InvalidParameterError",
+        "InvalidTargetError",
+        "LayerError",
+        "MaskingEngine",
+        "ModelAdapter",
+        "ModelOutputError",
+        "NotDifferentiableError",
+        "UnknownNameError",
+        "WhyboxError",
+        "__version__",
+        "adapt",
+        "explain",
+        "get_explainer",
+        "methods",
+    ]
+    for name in whybox.__all__:
+        assert hasattr(whybox, name), name
+
+
+# ------------------------------------------------------------------------------------------ masking engine
+class Recorder(ModelAdapter):
+    """Scores = per-row sums of what it is fed (K = 2: sum and minus sum); keeps every rendered input."""
+
+    def __init__(self) -> None:
+        self.model = "recorder"
+        self.seen: list[torch.Tensor] = []
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.clone())
+        s = x.flatten(1).sum(1, keepdim=True)
+        return torch.cat([s, -s], 1)
+
+
+def _engine_case(
+    make_cnn: Callable[..., nn.Module],
+) -> tuple[TorchAdapter, torch.Tensor, FeatureGroups, torch.Tensor, Target]:
+    adapter = TorchAdapter(make_cnn(dtype=F64))
+    x = rand(2, 3, 12, 12, seed=1)
+    groups = grid(x, patch=4)
+    masks = rand(2, 5, groups.n_groups, seed=2) > 0.5
+    return adapter, x, groups, masks, Target(torch.tensor([1, 3]))
+
+
+def test_engine_chunk_size_changes_no_score_and_counts_rows(make_cnn: Callable[..., nn.Module]) -> None:
+    adapter, x, groups, masks, tgt = _engine_case(make_cnn)
+    fill = torch.zeros_like(x)
+    ref = None
+    for bs in (1, 3, 4, 64):
+        eng = MaskingEngine(adapter, batch_size=bs)
+        s = eng.scores(x, masks, fill=fill, target=tgt, groups=groups)
+        assert s.shape == (2, 5) and s.dtype == F64
+        assert eng.n_forward == 2 * 5  # one row per (input row, mask)
+        assert eng.n_batches == math.ceil(10 / bs)
+        if ref is None:
+            ref = s
+        torch.testing.assert_close(s, ref, rtol=1e-12, atol=1e-12)
+    # and the scores are the model's own, row i scored on its own target
+    with torch.no_grad():
+        for i in range(2):
+            for k in range(5):
+                m = groups.expand(masks[i, k : k + 1], torch.tensor([i]))
+                inp = torch.where(m, x[i : i + 1], fill[i : i + 1])
+                assert float(ref[i, k]) == pytest.approx(float(adapter.scores(inp)[0, tgt.index[i]]), rel=1e-12)
+
+
+def test_engine_forward_counts_rows(make_cnn: Callable[..., nn.Module]) -> None:
+    adapter, x, *_ = _engine_case(make_cnn)
+    eng = MaskingEngine(adapter, batch_size=1)
+    out = eng.forward(x)
+    assert (eng.n_forward, eng.n_batches) == (2, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(out, adapter.scores(x))
+
+
+def test_engine_group_element_and_callable_masks_agree(make_cnn: Callable[..., nn.Module]) -> None:
+    adapter, x, groups, masks, tgt = _engine_case(make_cnn)
+    fill = make_fill("mean", x)
+    eng = MaskingEngine(adapter, batch_size=4)
+    by_group = eng.scores(x, masks, fill=fill, target=tgt, groups=groups)
+    rows = torch.arange(2).repeat_interleave(5)
+    elements = groups.expand(masks.reshape(10, -1), rows).view(2, 5, 1, 12, 12)
+    by_element = eng.scores(x, elements, fill=fill, target=tgt)
+    by_callable = eng.scores(x, lambda r, k: elements[r, k], n_masks=5, fill=fill, target=tgt)
+    torch.testing.assert_close(by_element, by_group, rtol=0, atol=0)
+    torch.testing.assert_close(by_callable, by_group, rtol=0, atol=0)
+    with pytest.raises(InvalidParameterError, match="n_masks is required when masks is a callable"):
+        eng.scores(x, lambda r, k: elements[r, k], fill=fill, target=tgt)
+
+
+@pytest.mark.parametrize("kind", ["bool", "float"])
+def test_engine_renders_bool_and_float_masks_as_documented(kind: str) -> None:
+    x = rand(3, 2, 4, 4, seed=3)
+    fill = rand(3, 2, 4, 4, seed=4) - 2
+    m = rand(3, 4, 1, 4, 4, seed=5)
+    masks = m > 0.5 if kind == "bool" else m
+    rec = Recorder()
+    eng = MaskingEngine(rec, batch_size=5)
+    s = eng.scores(x, masks, fill=fill, target=Target(torch.tensor([0, 1, 0])))
+    seen = torch.cat(rec.seen).view(3, 4, 2, 4, 4)  # row-major: (row, mask)
+    xs, fs = x[:, None], fill[:, None]
+    expected = torch.where(masks, xs, fs) if kind == "bool" else fs + masks * (xs - fs)
+    torch.testing.assert_close(seen, expected, rtol=0, atol=1e-15)
+    sums = expected.flatten(2).sum(2)
+    torch.testing.assert_close(s, sums * torch.tensor([1.0, -1.0, 1.0], dtype=F64)[:, None], rtol=1e-12, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------ feature groups
+def _check_partition(fg: FeatureGroups, b: int, spatial: tuple[int, ...]) -> None:
+    assert fg.groups.dtype == torch.int64 and fg.groups.shape == (b, *spatial)
+    for row in fg.groups:
+        ids = row.unique()
+        assert torch.equal(ids, torch.arange(len(ids)))  # consecutive from 0: every id covers something
+        assert len(ids) <= fg.n_groups
+    assert fg.n_groups == int(fg.groups.max()) + 1
+    sizes = fg.sizes()
+    assert sizes.shape == (b, fg.n_groups)
+    assert torch.equal(sizes.sum(1), torch.full((b,), math.prod(spatial)))  # every element in exactly one group
+
+
+def test_grid_groups() -> None:
+    x = rand(2, 3, 12, 12)
+    fg = grid(x, patch=5)  # 3 x 3 patches, the border ones cut to 2 pixels
+    _check_partition(fg, 2, (1, 12, 12))
+    assert fg.n_groups == 9 and fg.kind == "grid"
+    assert fg.sizes()[0].tolist() == [25, 25, 10, 25, 25, 10, 10, 10, 4]
+    assert int(fg.groups[0, 0, 4, 5]) == 1 and int(fg.groups[0, 0, 11, 11]) == 8  # raster order
+    rect = grid(x, patch=(4, 6))
+    _check_partition(rect, 2, (1, 12, 12))
+    assert rect.n_groups == 6 and bool((rect.sizes() == 24).all())
+    with pytest.raises(InvalidParameterError, match=r"patch must be >= 1; got 0"):
+        grid(x, patch=0)
+    with pytest.raises(InvalidInputError, match=r"grid\(\) needs images \(B, C, H, W\); got inputs of shape \(2, 5\)"):
+        grid(rand(2, 5), patch=2)
+
+
+def test_pixel_groups() -> None:
+    fg = pixels(rand(2, 3, 4, 5))
+    _check_partition(fg, 2, (1, 4, 5))
+    assert torch.equal(fg.groups[1, 0], torch.arange(20).view(4, 5))
+
+
+def test_column_groups() -> None:
+    x = rand(3, 5)
+    _check_partition(columns(x), 3, (5,))
+    fg = columns(x, groups=torch.tensor([0, 0, 1, 2, 2]))
+    _check_partition(fg, 3, (5,))
+    assert fg.sizes()[0].tolist() == [2, 1, 2]
+    with pytest.raises(InvalidParameterError, match=r"groups must have shape \(5,\); got \(4,\)"):
+        columns(x, groups=torch.tensor([0, 1, 2, 3]))
+    with pytest.raises(InvalidInputError, match=r"columns\(\) needs tabular rows \(B, F\)"):
+        columns(rand(2, 3, 4, 4))
+
+
+def test_superpixel_groups_cover_every_pixel_with_consecutive_ids() -> None:
+    x = rand(2, 3, 16, 16, seed=6) * 0.1
+    x[0, :, :8] += 1.0  # some structure to segment
+    x[1, 0, :, 8:] += 1.0
+    fg = superpixels(x, n_segments=6)
+    _check_partition(fg, 2, (1, 16, 16))
+    assert fg.kind == "superpixels" and fg.n_groups >= 2
+    assert torch.equal(superpixels(x, n_segments=6).groups, fg.groups)  # deterministic
+
+
+def test_group_expand_maps_each_group_mask_to_its_elements() -> None:
+    x = rand(2, 1, 6, 6)
+    fg = grid(x, patch=3)
+    masks = rand(3, fg.n_groups, seed=7) > 0.5
+    rows = torch.tensor([1, 0, 1])
+    out = fg.expand(masks, rows)
+    assert out.shape == (3, 1, 6, 6) and out.dtype == torch.bool
+    for i in range(3):
+        assert torch.equal(out[i], masks[i][fg.groups[rows[i]]])
+
+
+# ------------------------------------------------------------------------------------------ fills
+def test_fill_values() -> None:
+    x = rand(2, 3, 8, 8, seed=8)
+    assert torch.equal(make_fill("zero", x), torch.zeros_like(x))
+    assert torch.equal(make_fill(0.25, x), torch.full_like(x, 0.25))
+    torch.testing.assert_close(make_fill("mean", x), x.mean((2, 3), keepdim=True).expand_as(x))
+    tab = rand(4, 5)
+    torch.testing.assert_close(make_fill("mean", tab), tab.mean(1, keepdim=True).expand_as(tab))
+    t = rand(1, 3, 1, 1, seed=9)
+    assert torch.equal(make_fill(t, x), t.expand_as(x))
+    assert torch.equal(make_fill(lambda v: v * 2, x), x * 2)
+    with pytest.raises(
+        InvalidParameterError, match=r"fill must be one of \('zero', 'mean', 'blur', 'uniform'\).*got 'black'"
+    ):
+        make_fill("black", x)
+    with pytest.raises(
+        InvalidParameterError, match=r"fill tensor of shape \(4,\) does not broadcast to the inputs \(2, 3, 8, 8\)"
+    ):
+        make_fill(torch.zeros(4), x)
+    assert FILLS == ("zero", "mean", "blur", "uniform")
+
+
+def test_blur_of_a_constant_image_is_the_constant() -> None:
+    x = torch.full((2, 3, 9, 7), 0.7, dtype=F64)
+    x[1] = -1.5
+    for sigma in (0.5, 2.0, 10.0):  # a radius beyond the image too
+        torch.testing.assert_close(make_fill("blur", x, sigma=sigma), x, rtol=0, atol=1e-12)
+    img = rand(1, 3, 9, 7, seed=10)
+    assert torch.equal(gaussian_blur(img, 0.0), img)
+    blurred = gaussian_blur(img, 1.5)
+    assert float(blurred.std()) < float(img.std())  # it smooths
+    torch.testing.assert_close(blurred.mean(), img.mean(), rtol=0.05, atol=0)
+    with pytest.raises(InvalidParameterError, match=r"fill='blur' needs images"):
+        make_fill("blur", rand(2, 5))
+
+
+def test_uniform_fill_stays_within_each_row_range_and_is_seeded() -> None:
+    x = rand(3, 2, 5, 5, seed=11)
+    x[1] *= 10
+    x[2] -= 4
+
+    def draw(seed: int) -> torch.Tensor:
+        return make_fill("uniform", x, generator=torch.Generator().manual_seed(seed))
+
+    u = draw(0)
+    flat, uf = x.flatten(1), u.flatten(1)
+    assert bool((uf >= flat.amin(1, keepdim=True)).all()) and bool((uf <= flat.amax(1, keepdim=True)).all())
+    assert torch.equal(u, draw(0))
+    assert not torch.equal(u, draw(1))
+    state = torch.get_rng_state()
+    draw(2)
+    assert torch.equal(torch.get_rng_state(), state)  # the global RNG is untouched
+
+
+# ------------------------------------------------------------------------------------------ targets
+def test_target_select_with_callable_and_per_row_indices() -> None:
+    scores = rand(4, 5, seed=12)
+    t = resolve_target(lambda s: s[:, 1] - s[:, 0], scores)
+    assert torch.equal(t.index, torch.full((4,), -1))
+    torch.testing.assert_close(t.select(scores), scores[:, 1] - scores[:, 0])
+    torch.testing.assert_close(t.select(scores, torch.tensor([0, 0, 1, 1])), scores[:, 1] - scores[:, 0])
+    idx = Target(torch.tensor([2, 4]))
+    torch.testing.assert_close(
+        idx.select(scores, torch.tensor([0, 1, 1, 0])), scores[torch.arange(4), torch.tensor([2, 4, 4, 2])]
+    )
+    assert torch.equal(resolve_target(None, scores).index, scores.argmax(1))
+    assert torch.equal(resolve_target(3, scores).index, torch.full((4,), 3))
+    assert torch.equal(resolve_target(torch.tensor(1), scores).index, torch.ones(4, dtype=torch.int64))
+    with pytest.raises(
+        InvalidTargetError, match=r"callable target must map scores \(4, 5\) to shape \(4,\); it returned float"
+    ):
+        Target(torch.full((4,), -1), fn=lambda s: 1.0).select(scores)  # type: ignore[arg-type, return-value]
+
+
+def test_callable_target_drives_the_explanation(make_cnn: Callable[..., nn.Module]) -> None:
+    model = make_cnn(dtype=F64)
+    x = rand(2, 3, 12, 12, seed=13)
+    e = whybox.explain(model, x, "saliency", abs=False, target=lambda s: s[:, 1] - s[:, 3])
+    assert torch.equal(e.target, torch.full((2,), -1))
+    a1 = whybox.explain(model, x, "saliency", abs=False, target=1).attributions
+    a3 = whybox.explain(model, x, "saliency", abs=False, target=3).attributions
+    torch.testing.assert_close(e.attributions, a1 - a3, rtol=1e-10, atol=1e-14)  # gradients are linear in the score
+
+
+# ------------------------------------------------------------------------------------------ adapters
+def _embedder(seed: int = 0) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return (
+            nn.Sequential(
+                nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 6)
+            )
+            .to(F64)
+            .eval()
+        )
+
+
+class CosineHead(nn.Module):
+    """The same scores as EmbeddingAdapter, written as a plain classifier."""
+
+    def __init__(self, embedder: nn.Module, refs: torch.Tensor, scale: float) -> None:
+        super().__init__()
+        self.embedder = embedder
+        self.refs = refs
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e = self.embedder(x)
+        return self.scale * F.cosine_similarity(e[:, None, :], self.refs[None], dim=2)
+
+
+def test_embedding_adapter_scores_are_scaled_cosine_similarities() -> None:
+    emb = _embedder()
+    refs = rand(3, 6, seed=14) - 0.5
+    x = rand(4, 3, 8, 8, seed=15)
+    adapter = whybox.adapt(emb, kind="embedding", references=refs, scale=10.0)
+    assert isinstance(adapter, EmbeddingAdapter) and adapter.kind == "embedding"
+    with torch.no_grad():
+        e = emb(x)
+        manual = 10.0 * (e @ refs.T) / (e.norm(dim=1, keepdim=True) * refs.norm(dim=1)[None])
+        torch.testing.assert_close(adapter.scores(x), manual, rtol=1e-12, atol=1e-12)
+        dot = whybox.adapt(emb, kind="embedding", references=refs, similarity="dot")
+        torch.testing.assert_close(dot.scores(x), e @ refs.T, rtol=1e-12, atol=1e-12)
+        one = whybox.adapt(emb, kind="embedding", references=refs[0])  # one target embedding: K = 1
+        assert one.scores(x).shape == (4, 1)
+
+
+@pytest.mark.parametrize("method", ["saliency", "gradcam"])
+def test_embedding_adapter_works_with_gradient_and_cam_methods(method: str) -> None:
+    emb = _embedder()
+    refs = rand(3, 6, seed=16) - 0.5
+    x = rand(2, 3, 8, 8, seed=17)
+    tgt = torch.tensor([2, 0])
+    adapter = whybox.adapt(emb, kind="embedding", references=refs, scale=5.0)
+    opts: dict[str, Any] = {"layer": "1"} if method == "gradcam" else {"abs": False}
+    e = whybox.explain(adapter, x, method, target=tgt, **opts)
+    twin_opts = {**opts, "layer": "embedder.1"} if method == "gradcam" else opts
+    ref = whybox.explain(CosineHead(emb, refs, 5.0), x, method, target=tgt, **twin_opts)
+    torch.testing.assert_close(e.attributions, ref.attributions, rtol=1e-9, atol=1e-12)
+    assert float(e.attributions.abs().amax()) > 0
+    if method == "saliency":  # and it is the gradient of the cosine similarity itself
+        xg = x.clone().requires_grad_(True)
+        s = 5.0 * F.cosine_similarity(emb(xg), refs[tgt], dim=1)
+        (g,) = torch.autograd.grad(s.sum(), xg)
+        torch.testing.assert_close(e.attributions, g, rtol=1e-9, atol=1e-12)
+
+
+def test_sklearn_adapter_scores_are_predict_proba() -> None:
+    from sklearn.linear_model import LinearRegression, LogisticRegression
+
+    rng = np.random.default_rng(0)
+    xs = rng.normal(size=(60, 4))
+    ys = (xs[:, 0] + xs[:, 1] > 0).astype(int) + (xs[:, 2] > 1).astype(int)
+    clf = LogisticRegression().fit(xs, ys)
+    adapter = whybox.adapt(clf)
+    assert isinstance(adapter, SklearnAdapter) and adapter.method_name == "predict_proba" and not adapter.differentiable
+    rows = torch.from_numpy(rng.normal(size=(5, 4)))
+    s = adapter.scores(rows)
+    assert s.dtype == F64 and s.shape == (5, 3)
+    np.testing.assert_array_equal(s.numpy(), clf.predict_proba(rows.numpy()))
+    reg = whybox.adapt(LinearRegression().fit(xs, xs[:, 0]))
+    np.testing.assert_allclose(reg.scores(rows).numpy()[:, 0], rows.numpy()[:, 0], atol=1e-10)
+    with pytest.raises(
+        InvalidInputError, match=r"scikit-learn model takes rows of shape \(B, F\); got inputs of shape \(2, 1, 4\)"
+    ):
+        adapter.scores(rows[:2, None])
+
+
+def test_adapt_returns_an_adapter_unchanged(make_cnn: Callable[..., nn.Module]) -> None:
+    adapter = whybox.adapt(make_cnn())
+    assert isinstance(adapter, TorchAdapter)
+    assert whybox.adapt(adapter) is adapter
+    assert whybox.adapt(adapter, kind="embedding") is adapter
+
+
+# ------------------------------------------------------------------------------------------ the guard
+def _state(model: nn.Module) -> tuple[Any, ...]:
+    params = list(model.parameters())
+    return (
+        [m.training for m in model.modules()],
+        [p.requires_grad for p in params],
+        [p.grad for p in params],
+        [p.detach().clone() for p in params],
+        [dict(m._forward_hooks) for m in model.modules()],
+        torch.get_rng_state(),
+    )
+
+
+def _assert_state(model: nn.Module, before: tuple[Any, ...]) -> None:
+    after = _state(model)
+    assert after[0] == before[0] and after[1] == before[1]
+    assert all(a is b for a, b in zip(after[2], before[2], strict=True))  # the very same .grad tensors
+    assert all(torch.equal(a, b) for a, b in zip(after[3], before[3], strict=True))
+    assert after[4] == before[4]
+    assert torch.equal(after[5], before[5])
+
+
+def test_guard_restores_everything_when_the_body_is_interrupted(make_cnn: Callable[..., nn.Module]) -> None:
+    model = make_cnn().train()
+    model[2].eval()
+    params = list(model.parameters())
+    params[0].requires_grad_(False)
+    params[1].grad = torch.ones_like(params[1])
+    model[0].register_forward_hook(lambda *a: None)
+    before = _state(model)
+    with pytest.raises(KeyboardInterrupt), preserved(model, "eval"):
+        assert not any(m.training for m in model.modules())  # eval inside
+        assert not any(p.requires_grad for p in model.parameters())  # frozen inside
+        model[4].register_forward_hook(lambda *a: None)  # a hook left behind
+        params[1].grad = None
+        torch.rand(10)  # the global RNG consumed
+        raise KeyboardInterrupt
+    _assert_state(model, before)
+
+
+def test_explain_interrupted_mid_call_leaves_the_model_as_it_came(make_cnn: Callable[..., nn.Module]) -> None:
+    class Interrupts(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = make_cnn()
+            self.calls = 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            out = self.net(x)
+            if self.calls == 2:
+                raise KeyboardInterrupt
+            return out
+
+    for method in ("integrated_gradients", "gradcam"):
+        model = Interrupts().train()
+        before = _state(model)
+        with pytest.raises(KeyboardInterrupt):
+            whybox.explain(model, rand(3, 3, 12, 12, dtype=torch.float32), method, batch_size=1)
+        _assert_state(model, before)
+
+
+def test_guard_mode_as_is_keeps_the_callers_mode(make_cnn: Callable[..., nn.Module]) -> None:
+    model = make_cnn().train()
+    with preserved(model, "as_is"):
+        assert all(m.training for m in model.modules())
+    assert all(m.training for m in model.modules())
+    with (
+        pytest.raises(InvalidParameterError, match=r"mode must be one of \('eval', 'as_is'\); got 'train'"),
+        preserved(model, "train"),
+    ):
+        pass
+
+
+# ------------------------------------------------------------------------------------------ Explanation
+def test_explanation_rows_and_maps() -> None:
+    a = rand(3, 2, 4, 4, seed=18) - 0.5
+    e = Explanation(
+        a,
+        torch.tensor([0, 1, 2]),
+        "saliency",
+        {"abs": False},
+        {"finite": [True, False, True], "delta": torch.arange(3.0), "seed": 0},
+    )
+    row = e[1]
+    assert len(row) == 1 and row.meta["finite"] == [False] and torch.equal(row.meta["delta"], torch.tensor([1.0]))
+    assert row.meta["seed"] == 0 and torch.equal(row.attributions, a[1:2])
+    last = e[-1]  # negative indices count from the end, as for any sequence
+    assert len(last) == 1 and last.meta["finite"] == [True] and torch.equal(last.attributions, a[2:3])
+    assert torch.equal(e[-3].target, torch.tensor([0]))
+    assert len(e[1:]) == 2 and e[1:].meta["finite"] == [False, True]
+    for bad in (3, -4):
+        with pytest.raises(IndexError, match=rf"row index {bad} is out of range for an explanation of 3 rows"):
+            e[bad]
+    assert torch.equal(e.to_map(), a.sum(1))
+    assert torch.equal(e.to_map("max_abs"), a.abs().amax(1))
+    assert torch.equal(e.to_map("abs_sum"), a.abs().sum(1))
+    torch.testing.assert_close(e.to_map("mean"), a.mean(1))
+    with pytest.raises(
+        InvalidParameterError, match=r"reduce must be one of \('sum', 'mean', 'abs_sum', 'max_abs'\); got 'max'"
+    ):
+        e.to_map("max")
+    with pytest.raises(InvalidInputError, match=r"to_map\(\) needs image attributions .*shape \(3, 5\)"):
+        Explanation(rand(3, 5), torch.zeros(3, dtype=torch.int64), "saliency").to_map()
+
+
+def test_loading_a_foreign_safetensors_file_is_refused(tmp_path: Any) -> None:
+    from safetensors.torch import save_file
+
+    path = tmp_path / "weights.safetensors"
+    save_file({"w": torch.zeros(2)}, str(path))
+    with pytest.raises(
+        InvalidInputError, match=r"is not a whybox explanation file .*write it with Explanation\.save\(\)"
+    ):
+        Explanation.load(path)
+
+
+def test_seed_none_draws_a_fresh_seed_that_is_recorded_and_reproduces_the_result() -> None:
+    """seed=None: each call draws its own seed (global RNG untouched) and meta['seed'] reproduces it exactly."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    x = torch.randn(2, 4)
+    rng = torch.get_rng_state()
+    a = whybox.explain(model, x, "smoothgrad", seed=None, n_samples=4)
+    b = whybox.explain(model, x, "smoothgrad", seed=None, n_samples=4)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert isinstance(a.meta["seed"], int) and a.meta["seed"] != b.meta["seed"]
+    assert not torch.equal(a.attributions, b.attributions)
+    again = whybox.explain(model, x, "smoothgrad", seed=a.meta["seed"], n_samples=4)
+    assert torch.equal(again.attributions, a.attributions)

@@ -1,0 +1,556 @@
+"""Every bad input gives a WhyboxError subclass (and the builtin it resembles) whose message names the
+parameter or value and says what to do instead (RELIABILITY.md "The model", STYLE.md habits 3-5)."""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import whybox
+from whybox.errors import (
+    InvalidInputError,
+    InvalidParameterError,
+    InvalidTargetError,
+    LayerError,
+    ModelOutputError,
+    NotDifferentiableError,
+    UnknownNameError,
+    WhyboxError,
+)
+from whybox.explainers.base import GradientExplainer
+from whybox.explainers.cam.base import CAM
+
+METHODS = whybox.methods()
+GRADIENT_METHODS = [m for m in METHODS if issubclass(whybox.get_explainer(m), GradientExplainer)]
+CAM_METHODS = [m for m in METHODS if issubclass(whybox.get_explainer(m), CAM)]
+
+
+@pytest.fixture
+def model(make_cnn: Callable[..., nn.Module]) -> nn.Module:
+    return make_cnn()
+
+
+@pytest.fixture
+def x(gen: torch.Generator) -> torch.Tensor:
+    return torch.rand(2, 3, 12, 12, generator=gen)
+
+
+def _raises(exc: type[BaseException], builtin: type[BaseException], match: str, fn: Callable[[], Any]) -> str:
+    with pytest.raises(exc, match=match) as info:
+        fn()
+    assert isinstance(info.value, WhyboxError)
+    assert isinstance(info.value, builtin)
+    return str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("cls", "builtin"),
+    [
+        (InvalidParameterError, ValueError),
+        (InvalidInputError, ValueError),
+        (InvalidTargetError, ValueError),
+        (UnknownNameError, KeyError),
+        (LayerError, ValueError),
+        (ModelOutputError, TypeError),
+        (NotDifferentiableError, TypeError),
+    ],
+)
+def test_error_tree_subclasses_the_builtin(cls: type[Exception], builtin: type[Exception]) -> None:
+    assert issubclass(cls, WhyboxError) and issubclass(cls, builtin)
+    assert issubclass(WhyboxError, Exception) and not issubclass(WhyboxError, (ValueError, TypeError, KeyError))
+
+
+def test_unknown_name_error_prints_without_keyerror_quotes() -> None:
+    assert str(UnknownNameError("method='x' is not known.")) == "method='x' is not known."
+
+
+# ------------------------------------------------------------------------------------------ inputs
+@pytest.mark.parametrize("method", METHODS)
+def test_one_dimensional_input(method: str, model: nn.Module) -> None:
+    _raises(
+        InvalidInputError,
+        ValueError,
+        r"inputs must have a leading batch dimension \(B, \.\.\.\); got shape \(5,\)\. Add one with inputs\.unsqueeze\(0\)",
+        lambda: whybox.explain(model, torch.rand(5), method),
+    )
+
+
+@pytest.mark.parametrize("method", CAM_METHODS)
+def test_unbatched_image_to_a_cam(method: str, model: nn.Module, x: torch.Tensor) -> None:
+    _raises(
+        InvalidInputError,
+        ValueError,
+        rf"inputs for '{method}' must be images of shape \(B, C, H, W\); got shape \(3, 12, 12\)\. "
+        r"Add the batch dimension with inputs\.unsqueeze\(0\)",
+        lambda: whybox.explain(model, x[0], method),
+    )
+
+
+def test_not_a_tensor(model: nn.Module) -> None:
+    _raises(
+        InvalidInputError,
+        ValueError,
+        r"inputs must be a torch\.Tensor .*got list\. Convert with torch\.as_tensor",
+        lambda: whybox.explain(model, [[0.0] * 4], "saliency"),
+    )
+
+
+def test_empty_batch(model: nn.Module) -> None:
+    _raises(
+        InvalidInputError,
+        ValueError,
+        r"no rows \(batch size 0\)",
+        lambda: whybox.explain(model, torch.rand(0, 3, 12, 12), "saliency"),
+    )
+
+
+@pytest.mark.parametrize("method", GRADIENT_METHODS)
+def test_integer_input_to_a_gradient_method_points_to_the_embedding(method: str) -> None:
+    emb = nn.Sequential(nn.Embedding(10, 4), nn.Flatten(), nn.Linear(12, 3))
+    ids = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    _raises(
+        InvalidInputError,
+        ValueError,
+        rf"inputs have integer dtype torch\.int64, which has no gradient; '{method}' needs float inputs\. "
+        r"For token ids, attribute at the embedding layer",
+        lambda: whybox.explain(emb, ids, method),
+    )
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_input_names_the_rows(bad: float, model: nn.Module, x: torch.Tensor) -> None:
+    x = x.clone()
+    x[1, 0, 2, 2] = bad
+    _raises(
+        InvalidInputError,
+        ValueError,
+        r"inputs contain 1 non-finite values \(NaN or inf\) in rows \[1\]; clean or impute them",
+        lambda: whybox.explain(model, x, "saliency"),
+    )
+
+
+# ------------------------------------------------------------------------------------------ targets
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("bad", [5, -1, 99])
+def test_target_out_of_range(method: str, bad: int, model: nn.Module, x: torch.Tensor) -> None:
+    _raises(
+        InvalidTargetError,
+        ValueError,
+        rf"target={bad} is out of range for a model with 5 outputs; use a class index in 0\.\.4, or target=None",
+        lambda: whybox.explain(model, x, method, target=bad),
+    )
+
+
+@pytest.mark.parametrize("method", ["saliency", "integrated_gradients", "gradcam", "scorecam"])
+def test_target_tensor_out_of_range_names_the_bad_value(method: str, model: nn.Module, x: torch.Tensor) -> None:
+    _raises(
+        InvalidTargetError,
+        ValueError,
+        r"target=7 is out of range .* 0\.\.4",
+        lambda: whybox.explain(model, x, method, target=torch.tensor([1, 7])),
+    )
+
+
+@pytest.mark.parametrize("bad", [1.5, 2.0, torch.tensor([1.0, 2.0])])
+def test_float_target(bad: Any, model: nn.Module, x: torch.Tensor) -> None:
+    _raises(
+        InvalidTargetError,
+        ValueError,
+        r"target must hold integer class indices; got dtype torch\.float\d+\. Pass e\.g\. torch\.tensor\(\[3, 1\]\)",
+        lambda: whybox.explain(model, x, "saliency", target=bad),
+    )
+
+
+def test_bool_target(model: nn.Module, x: torch.Tensor) -> None:
+    _raises(
+        InvalidTargetError,
+        ValueError,
+        r"target must be an int class index; got True",
+        lambda: whybox.explain(model, x, "saliency", target=True),
+    )
+
+
+def test_target_with_wrong_length(model: nn.Module, x: torch.Tensor) -> None:
+    _raises(
+        InvalidTargetError,
+        ValueError,
+        r"one class per row, shape \(2,\); got shape \(3,\)",
+        lambda: whybox.explain(model, x, "gradcam", target=torch.tensor([0, 1, 2])),
+    )
+
+
+def test_callable_target_with_wrong_output_shape(model: nn.Module, x: torch.Tensor) -> None:
+    _raises(
+        InvalidTargetError,
+        ValueError,
+        r"a callable target must map scores \(2, 5\) to shape \(2,\); it returned \(2, 5\)\. Return one scalar per row",
+        lambda: whybox.explain(model, x, "saliency", target=lambda s: s),
+    )
+
+
+# ------------------------------------------------------------------------------------------ names and options
+def test_unknown_method_lists_known_and_suggests(model: nn.Module, x: torch.Tensor) -> None:
+    msg = _raises(
+        UnknownNameError,
+        KeyError,
+        r"method='gradcma' is not a known explainer\. Did you mean 'gradcam'",
+        lambda: whybox.explain(model, x, "gradcma"),
+    )
+    assert msg.endswith("Known explainers: " + ", ".join(METHODS) + ".")
+    _raises(
+        UnknownNameError,
+        KeyError,
+        r"Known explainers: " + re.escape(", ".join(METHODS)),
+        lambda: whybox.get_explainer("nope"),
+    )
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_unknown_option_names_it_and_lists_the_options(method: str, model: nn.Module, x: torch.Tensor) -> None:
+    msg = _raises(
+        InvalidParameterError,
+        ValueError,
+        rf"'{method}' got an unknown option: .*'colour_map'\. Its options are: ",
+        lambda: whybox.explain(model, x, method, colour_map="viridis"),
+    )
+    for common in ("batch_size", "mode", "seed"):
+        assert common in msg.split("Its options are: ")[1]
+
+
+def test_ig_quadrature_option_named_method_reaches_the_explainer(model: nn.Module, x: torch.Tensor) -> None:
+    """IG's ``method=`` (the quadrature rule, captum's name) must not collide with explain()'s method."""
+    e = whybox.explain(model, x, "integrated_gradients", method="riemann_left", n_steps=4)
+    assert e.params["method"] == "riemann_left"
+    _raises(
+        InvalidParameterError,
+        ValueError,
+        r"method must be one of \('gausslegendre', .*'riemann_trapezoid'\); got 'simpson'",
+        lambda: whybox.explain(model, x, "integrated_gradients", method="simpson"),
+    )
+
+
+@pytest.mark.parametrize("method", CAM_METHODS)
+def test_unknown_layer_suggests_close_names(method: str) -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Sequential(
+                nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU()
+            )
+            self.head = nn.Linear(4, 5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.features(x).mean((2, 3)))
+
+    _raises(
+        LayerError,
+        ValueError,
+        r"layer='features\.33' is not a module of Net\. Did you mean 'features\.3'.*The last modules are: .*features\.3, head",
+        lambda: whybox.explain(Net(), torch.rand(1, 3, 8, 8), method, layer="features.33"),
+    )
+    _raises(
+        LayerError,
+        ValueError,
+        r"layer 'head' outputs shape \(1, 5\); CAM methods need \(B, C, h, w\)",
+        lambda: whybox.explain(Net(), torch.rand(1, 3, 8, 8), method, layer="head"),
+    )
+    _raises(
+        LayerError,
+        ValueError,
+        r"layer='features\.1@x': the part after '@' must be an integer",
+        lambda: whybox.explain(Net(), torch.rand(1, 3, 8, 8), method, layer="features.1@x"),
+    )
+
+
+# ------------------------------------------------------------------------------------------ models
+class ArgmaxOneHot(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.one_hot(self.inner(x).argmax(1), 5).to(x.dtype)
+
+
+class NoGrad(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.inner(x)
+
+
+@pytest.mark.parametrize("wrapper", [ArgmaxOneHot, NoGrad])
+@pytest.mark.parametrize("method", GRADIENT_METHODS)
+def test_non_differentiable_torch_model(
+    method: str, wrapper: type[nn.Module], model: nn.Module, x: torch.Tensor
+) -> None:
+    _raises(
+        NotDifferentiableError,
+        TypeError,
+        rf"the scores of {wrapper.__name__} carry no gradient .*so '{method}' cannot run; use a perturbation method",
+        lambda: whybox.explain(wrapper(model), x, method),
+    )
+
+
+@functools.cache
+def _logistic_regression() -> Any:
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    xs = rng.normal(size=(40, 4))
+    return LogisticRegression().fit(xs, (xs[:, 0] > 0).astype(int))
+
+
+@pytest.mark.parametrize("method", GRADIENT_METHODS)
+def test_sklearn_model_asked_for_a_gradient_method(method: str) -> None:
+    lr = _logistic_regression()
+    rows = torch.rand(3, 4, dtype=torch.float64)
+    for m in (whybox.adapt(lr), lr):
+        _raises(
+            NotDifferentiableError,
+            TypeError,
+            rf"method '{method}' needs gradients, but LogisticRegression is not a differentiable torch model; "
+            r"use a perturbation method",
+            lambda m=m: whybox.explain(m, rows, method),
+        )
+
+
+@pytest.mark.parametrize("method", CAM_METHODS)
+def test_sklearn_model_asked_for_a_cam(method: str) -> None:
+    _raises(
+        InvalidParameterError,
+        ValueError,
+        rf"method '{method}' taps a layer of a torch model; LogisticRegression has none\. Use a perturbation method",
+        lambda: whybox.explain(_logistic_regression(), torch.rand(3, 4, dtype=torch.float64), method),
+    )
+
+
+def test_unsupported_model_type() -> None:
+    _raises(
+        InvalidParameterError,
+        ValueError,
+        r"model of type str is not supported; pass a torch\.nn\.Module",
+        lambda: whybox.adapt("resnet50"),
+    )
+
+
+class TupleOut(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.inner(x), x.mean((2, 3))
+
+
+class DictOut(TupleOut):
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        return {"logits": self.inner(x), "features": x.mean((2, 3))}
+
+
+@pytest.mark.parametrize("method", ["saliency", "gradcam", "scorecam"])
+def test_tuple_or_dict_output_needs_a_selector(method: str, model: nn.Module, x: torch.Tensor) -> None:
+    _raises(
+        ModelOutputError,
+        TypeError,
+        r"the model returned tuple of \[0\] Tensor\(\d+, 5\), \[1\] Tensor\(\d+, 3\); pass output= to adapt\(\)",
+        lambda: whybox.explain(TupleOut(model), x, method),
+    )
+    _raises(
+        ModelOutputError,
+        TypeError,
+        r"the model returned dict with keys 'logits': Tensor\(\d+, 5\), 'features': Tensor\(\d+, 3\); pass output=",
+        lambda: whybox.explain(DictOut(model), x, method),
+    )
+    _raises(
+        ModelOutputError,
+        TypeError,
+        r"output='logit' does not select anything from the model's output \(dict with keys 'logits'.*'features'",
+        lambda: whybox.explain(whybox.adapt(DictOut(model), output="logit"), x, method),
+    )
+    # output= fixes it, and gives the plain model's answer
+    plain = whybox.explain(model, x, method).attributions
+    layer = {"layer": "inner.3"} if method in CAM_METHODS else {}
+    for wrapped in (
+        whybox.adapt(TupleOut(model), output=0),
+        whybox.adapt(DictOut(model), output="logits"),
+        whybox.adapt(DictOut(model), output=lambda o: o["logits"]),
+    ):
+        torch.testing.assert_close(whybox.explain(wrapped, x, method, **layer).attributions, plain)
+
+
+def test_scores_of_the_wrong_shape(x: torch.Tensor) -> None:
+    class Spatial(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * 2
+
+    _raises(
+        ModelOutputError,
+        TypeError,
+        r"scores must have shape \(B, K\) = \(2, K\); got \(2, 3, 12, 12\)",
+        lambda: whybox.explain(Spatial(), x, "saliency"),
+    )
+
+
+def test_embedding_adapter_needs_references(model: nn.Module) -> None:
+    _raises(
+        InvalidParameterError,
+        ValueError,
+        r"kind='embedding' needs references=: a target embedding \(D,\) or class embeddings \(K, D\)",
+        lambda: whybox.adapt(model, kind="embedding"),
+    )
+    _raises(
+        InvalidParameterError,
+        ValueError,
+        r"references must be a tensor of shape \(D,\) or \(K, D\).*got \(1, 2, 5\)",
+        lambda: whybox.adapt(model, kind="embedding", references=torch.rand(1, 2, 5)),
+    )
+    _raises(
+        InvalidParameterError,
+        ValueError,
+        r"kind must be one of \('classifier', 'embedding'\); got 'detector'",
+        lambda: whybox.adapt(model, kind="detector"),
+    )
+
+
+def test_embedding_references_of_the_wrong_dimension(model: nn.Module, x: torch.Tensor) -> None:
+    adapter = whybox.adapt(model, kind="embedding", references=torch.rand(3, 7))
+    _raises(
+        ModelOutputError,
+        TypeError,
+        r"references have dimension 7 but the model embeds into 5",
+        lambda: whybox.explain(adapter, x, "saliency"),
+    )
+
+
+# ------------------------------------------------------------------------------------------ options
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "8"])
+@pytest.mark.parametrize("method", METHODS)
+def test_bad_batch_size(method: str, bad: Any, model: nn.Module, x: torch.Tensor) -> None:
+    _raises(
+        InvalidParameterError,
+        ValueError,
+        rf"batch_size must be a positive int \(rows per forward pass\); got {re.escape(repr(bad))}\.",
+        lambda: whybox.explain(model, x, method, batch_size=bad),
+    )
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_bad_mode(method: str, model: nn.Module, x: torch.Tensor) -> None:
+    _raises(
+        InvalidParameterError,
+        ValueError,
+        r"mode must be one of \('eval', 'as_is'\); got 'train'\.",
+        lambda: whybox.explain(model, x, method, mode="train"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("param", "bad", "message"),
+    [
+        ("seed", -1, r"seed must be a non-negative int or None; got -1\."),
+        ("seed", 1.5, r"seed must be a non-negative int or None; got 1\.5\."),
+        ("score", "probs", r"score must be one of \('logit', 'prob', 'log_prob'\); got 'probs'\."),
+    ],
+)
+def test_bad_common_options(param: str, bad: Any, message: str, model: nn.Module, x: torch.Tensor) -> None:
+    _raises(InvalidParameterError, ValueError, message, lambda: whybox.explain(model, x, "saliency", **{param: bad}))
+
+
+@pytest.mark.parametrize("method", GRADIENT_METHODS + CAM_METHODS)
+def test_as_is_mode_refuses_batched_forwards_with_train_batchnorm(method: str, x: torch.Tensor) -> None:
+    """A training-mode BatchNorm couples the rows of every batched forward (rows, IG path points, noisy or
+    masked copies), so mode='as_is' refuses unless batch_size=1; the refusal leaves the model as it came, and
+    batch_size=1 runs without changing the BatchNorm's running statistics."""
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5)
+    ).train()
+    _raises(
+        InvalidParameterError,
+        ValueError,
+        r"mode='as_is' with a BatchNorm in training mode couples the rows .*use mode='eval' \(the default\) "
+        r"or batch_size=1",
+        lambda: whybox.explain(model, x[:1], method, mode="as_is"),
+    )
+    assert model.training
+    bn = model[1]
+    before = (bn.running_mean.clone(), bn.running_var.clone(), int(bn.num_batches_tracked))
+    opts = {"n_steps": 4} if method == "integrated_gradients" else {"n_samples": 3} if method == "smoothgrad" else {}
+    e = whybox.explain(model, x[:1], method, mode="as_is", batch_size=1, **opts)
+    assert e.meta["finite"] == [True]
+    assert torch.equal(bn.running_mean, before[0]) and torch.equal(bn.running_var, before[1])
+    assert int(bn.num_batches_tracked) == before[2]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"method": "simpson"}, r"method must be one of \('gausslegendre', 'riemann_left'.*; got 'simpson'\."),
+        ({"n_steps": 0}, r"n_steps must be an int >= 1 for method='gausslegendre'; got 0\."),
+        ({"n_steps": 2.5}, r"n_steps must be an int >= 1 for method='gausslegendre'; got 2\.5\."),
+        ({"method": "trapezoid", "n_steps": 1}, r"n_steps must be an int >= 2 for method='trapezoid'; got 1\."),
+        (
+            {"method": "riemann_trapezoid", "n_steps": 1},
+            r"n_steps must be an int >= 2 for method='riemann_trapezoid'; got 1\.",
+        ),
+        ({"baseline": "black"}, r"baseline must be one of \('zero', 'blur'.*a number or a tensor; got 'black'\."),
+        ({"sigma": -1.0}, r"sigma must be >= 0; got -1\.0\."),
+    ],
+)
+def test_bad_integrated_gradients_options(
+    options: dict[str, Any], message: str, model: nn.Module, x: torch.Tensor
+) -> None:
+    _raises(
+        InvalidParameterError, ValueError, message, lambda: whybox.explain(model, x, "integrated_gradients", **options)
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"variant": "median"}, r"variant must be one of \('mean', 'square', 'var'\); got 'median'\."),
+        ({"n_samples": 0}, r"n_samples must be an int >= 1; got 0\."),
+        ({"noise_level": -0.1}, r"noise_level must be >= 0; got -0\.1\."),
+        ({"sigma": -2.0}, r"sigma must be >= 0 or None; got -2\.0\."),
+        ({"base": "ig"}, r"base must be one of \('gradient', 'input_x_gradient'\); got 'ig'\."),
+    ],
+)
+def test_bad_smoothgrad_options(options: dict[str, Any], message: str, model: nn.Module, x: torch.Tensor) -> None:
+    _raises(InvalidParameterError, ValueError, message, lambda: whybox.explain(model, x, "smoothgrad", **options))
+
+
+@pytest.mark.parametrize("method", CAM_METHODS)
+def test_bad_cam_normalize(method: str, model: nn.Module, x: torch.Tensor) -> None:
+    _raises(
+        InvalidParameterError,
+        ValueError,
+        r"normalize must be one of \('minmax', 'max', 'none'\); got 'l2'\.",
+        lambda: whybox.explain(model, x, method, normalize="l2"),
+    )
+
+
+def test_bad_cam_variant_options(model: nn.Module, x: torch.Tensor) -> None:
+    if "scorecam" in METHODS:
+        _raises(
+            InvalidParameterError,
+            ValueError,
+            r"weighting must be one of \('softmax', 'raw'\); got 'mean'\.",
+            lambda: whybox.explain(model, x, "scorecam", weighting="mean"),
+        )
+    if "layercam" in METHODS:
+        _raises(
+            InvalidParameterError,
+            ValueError,
+            r"gamma must be > 0 or None; got 0\.",
+            lambda: whybox.explain(model, x, "layercam", gamma=0),
+        )
