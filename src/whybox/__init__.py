@@ -1,6 +1,7 @@
 """whybox: explain PyTorch, scikit-learn and Hugging Face models, and measure how far to trust it."""
 
-from whybox.api import explain, get_explainer, methods
+from whybox import metrics  # the metrics package, callable: whybox.metrics() lists the metric names
+from whybox.api import evaluate, explain, get_explainer, methods
 from whybox.errors import (
     InvalidInputError,
     InvalidParameterError,
@@ -33,7 +34,9 @@ __all__ = [
     "WhyboxError",
     "__version__",
     "adapt",
+    "evaluate",
     "explain",
     "get_explainer",
     "methods",
+    "metrics",
 ]

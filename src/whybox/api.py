@@ -1,4 +1,4 @@
-"""The facade: ``explain``, ``methods``, ``get_explainer``."""
+"""The facade: ``explain``, ``methods``, ``get_explainer``, ``evaluate``, ``metrics``."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ from typing import Any
 import torch
 
 from whybox import explainers as _explainers  # noqa: F401  (fills the registry)
+from whybox import metrics as _metrics  # noqa: F401  (fills the metric registry)
 from whybox.explanation import Explanation
+from whybox.metrics.base import MetricResult
 from whybox.models.targets import TargetLike
-from whybox.registry import EXPLAINERS
+from whybox.registry import EXPLAINERS, METRICS
 
-__all__ = ["explain", "get_explainer", "methods"]
+__all__ = ["evaluate", "explain", "get_explainer", "methods", "metrics"]
 
 
 def methods() -> list[str]:
@@ -22,6 +24,25 @@ def methods() -> list[str]:
 def get_explainer(name: str) -> type:
     """The explainer class registered under ``name``; unknown names list the known ones."""
     return EXPLAINERS.get(name)
+
+
+def metrics() -> list[str]:
+    """Registered metric names, sorted."""
+    return METRICS.names()
+
+
+def _options(cls: type) -> list[str]:
+    import inspect
+
+    return sorted(
+        {
+            p.name
+            for c in cls.__mro__
+            if "__init__" in c.__dict__
+            for p in inspect.signature(c.__dict__["__init__"]).parameters.values()
+            if p.kind is p.KEYWORD_ONLY
+        }
+    )
 
 
 def explain(
@@ -73,3 +94,55 @@ def explain(
             f"{method!r} got an unknown option: {exc}. Its options are: {', '.join(names)}."
         ) from None
     return explainer.explain(inputs, target=target)
+
+
+def evaluate(
+    model: Any,
+    inputs: torch.Tensor,
+    explanation: Explanation | torch.Tensor | str | None,
+    metric: str,
+    /,
+    *,
+    target: TargetLike = None,
+    masks: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    **params: Any,
+) -> MetricResult:
+    """Score an explanation of ``inputs`` with ``metric``.
+
+    Parameters
+    ----------
+    model
+        The model that was explained (``None`` for metrics that read only the attributions: ``sparseness``,
+        ``complexity`` and the localisation metrics).
+    inputs
+        ``(B, ...)`` tensor with a leading batch dimension.
+    explanation
+        An :class:`Explanation`, an attribution tensor ``(B, ...)``, or a method name (for ``stability``: the
+        method to run repeatedly, e.g. ``evaluate(model, x, "lime", "stability", n_runs=10)``).
+    metric
+        A name from :func:`metrics`.
+    target
+        ``None`` = the explanation's target; an int, per-row ints or a callable ``scores (B, K) -> (B,)``.
+    masks, labels
+        Ground-truth masks ``(B, H, W)`` (localisation) and true labels ``(B,)`` (ROAD accuracy).
+    **params
+        The metric's keyword options (every metric takes ``score``, ``seed``, ``batch_size`` and ``mode``).
+
+    Returns
+    -------
+    MetricResult
+        Per-sample ``scores`` ``(B,)``, ``curves`` where the metric has them, ``higher_is_better``, ``params``.
+    """
+    cls = METRICS.get(metric)
+    try:
+        m = cls(**params)
+    except TypeError as exc:
+        if "unexpected keyword argument" not in str(exc):
+            raise
+        from whybox.errors import InvalidParameterError
+
+        raise InvalidParameterError(
+            f"metric {metric!r} got an unknown option: {exc}. Its options are: {', '.join(_options(cls))}."
+        ) from None
+    return m.evaluate(model, inputs, explanation, target=target, masks=masks, labels=labels)

@@ -90,9 +90,11 @@ def test_public_surface_is_pinned() -> None:
         "WhyboxError",
         "__version__",
         "adapt",
+        "evaluate",
         "explain",
         "get_explainer",
         "methods",
+        "metrics",
     ]
     for name in whybox.__all__:
         assert hasattr(whybox, name), name

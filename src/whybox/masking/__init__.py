@@ -1,13 +1,14 @@
 """Feature groups, fills and the one perturbation loop (the masking engine)."""
 
 from whybox.masking.engine import MaskingEngine
-from whybox.masking.features import FeatureGroups, columns, grid, pixels, superpixels
+from whybox.masking.features import FeatureGroups, cells, columns, grid, pixels, superpixels
 from whybox.masking.fills import FILLS, gaussian_blur, make_fill
 
 __all__ = [
     "FILLS",
     "FeatureGroups",
     "MaskingEngine",
+    "cells",
     "columns",
     "gaussian_blur",
     "grid",

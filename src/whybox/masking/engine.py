@@ -17,10 +17,14 @@ from whybox.masking.features import FeatureGroups
 from whybox.models.adapter import ModelAdapter
 from whybox.models.targets import Target, apply_score_space
 
-__all__ = ["MaskSource", "MaskingEngine", "check_batch_size"]
+__all__ = ["FillSource", "MaskSource", "MaskingEngine", "ScoresHook", "check_batch_size"]
 
 # (rows (n,), ks (n,)) -> element masks (n, *G): bool keeps x where True; float m gives fill + m (x - fill)
 MaskSource = torch.Tensor | Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# a tensor shaped like x, or (rows (n,), ks (n,), element masks (n, *G)) -> fill rows (n, *S) for those masks
+FillSource = torch.Tensor | Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# called with every chunk's raw model scores (n, K), its rows (n,) and mask indices (n,)
+ScoresHook = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
 
 
 def check_batch_size(batch_size: int) -> int:
@@ -71,11 +75,12 @@ class MaskingEngine:
         x: torch.Tensor,
         masks: MaskSource,
         *,
-        n_masks: int | None = None,
-        fill: torch.Tensor,
+        n_masks: int | torch.Tensor | None = None,
+        fill: FillSource,
         target: Target,
         groups: FeatureGroups | None = None,
         score: str = "logit",
+        on_scores: ScoresHook | None = None,
     ) -> torch.Tensor:
         """Scores of the explained target for every (row, mask) pair.
 
@@ -87,16 +92,24 @@ class MaskingEngine:
             ``(B, N, M)`` group masks with ``groups``; ``(B, N, *G)`` element masks (``G`` broadcasting to
             ``S``); or a callable ``(rows, ks) -> (n, *G)`` making element masks on demand (for masks
             too large to hold, as RISE's or Score-CAM's), with ``n_masks`` = N.
+        n_masks
+            N for a callable ``masks``; or a ``(B,)`` int tensor of per-row counts (ragged: row i is scored on
+            masks ``0..n_masks[i]-1``, chunks still span rows, and the result holds NaN beyond each row's count).
         fill
-            Replacement values shaped like ``x``.
+            Replacement values shaped like ``x``; or a callable ``(rows, ks, element_masks) -> (n, *S)`` giving
+            the fill of each rendered mask on demand (a fill that depends on the mask, such as ROAD's noisy
+            linear imputation, or one drawn per mask, such as Infidelity's noisy baselines).
         target
             The resolved target (row ``i`` is scored on its own class).
         score
             ``"logit"``, ``"prob"`` or ``"log_prob"``.
+        on_scores
+            Optional callback ``(raw_scores (n, K), rows (n,), ks (n,))`` called once per chunk with the model's
+            raw scores, for callers that need more than the target score (e.g. the predicted class).
 
         Returns
         -------
-        Tensor ``(B, N)`` float64 on the model's device.
+        Tensor ``(B, N)`` float64 on the model's device (N = the largest count when ``n_masks`` is a tensor).
         """
         b = x.shape[0]
         render: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -115,15 +128,30 @@ class MaskingEngine:
         else:
             if n_masks is None:
                 raise InvalidParameterError("n_masks is required when masks is a callable.")
-            n = n_masks
+            n = 0 if isinstance(n_masks, torch.Tensor) else n_masks
             render = masks
-        total = b * n
+        ragged: tuple[torch.Tensor, torch.Tensor] | None = None  # (counts, ends) of per-row mask counts
+        if isinstance(n_masks, torch.Tensor):  # the (row, k) pairs of all rows, flattened row by row
+            counts = n_masks.to(device=x.device, dtype=torch.int64).reshape(-1)
+            if counts.shape[0] != b or bool((counts < 0).any()):
+                raise InvalidParameterError(f"n_masks as a tensor must hold {b} non-negative per-row counts.")
+            ragged = (counts, counts.cumsum(0))
+            n, total = int(counts.max()), int(ragged[1][-1])
+        else:
+            total = b * n
         out = torch.empty(total, dtype=torch.float64, device=x.device)
         for s in range(0, total, self.batch_size):
             idx = torch.arange(s, min(s + self.batch_size, total), device=x.device)
-            rows, ks = idx // n, idx % n
+            if ragged is None:
+                rows, ks = idx // n, idx % n
+            else:
+                rows = torch.searchsorted(ragged[1], idx, right=True)
+                ks = idx - ragged[1][rows] + ragged[0][rows]
             m = render(rows, ks).to(x.device)
-            xr, fr = x[rows], fill[rows]
+            # a chunk of one input row (the common case) broadcasts that row instead of copying it per mask
+            src = rows[:1] if bool((rows == rows[0]).all()) else rows
+            xr = x[src]
+            fr = fill(rows, ks, m) if callable(fill) else fill[src]
             if m.dtype == torch.bool:
                 inp = torch.where(m, xr, fr)
             else:
@@ -131,5 +159,11 @@ class MaskingEngine:
             raw = self.adapter.scores(inp)
             self.n_forward += inp.shape[0]
             self.n_batches += 1
+            if on_scores is not None:
+                on_scores(raw, rows, ks)
             out[s : s + inp.shape[0]] = target.select(apply_score_space(raw, score), rows).to(torch.float64)
-        return out.view(b, n)
+        if ragged is None:
+            return out.view(b, n)
+        padded = torch.full((b, n), float("nan"), dtype=torch.float64, device=x.device)
+        padded[torch.arange(n, device=x.device) < ragged[0].view(-1, 1)] = out
+        return padded

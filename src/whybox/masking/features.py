@@ -13,7 +13,7 @@ import torch
 
 from whybox.errors import InvalidInputError, InvalidParameterError
 
-__all__ = ["FeatureGroups", "columns", "grid", "pixels", "superpixels"]
+__all__ = ["FeatureGroups", "cells", "columns", "grid", "pixels", "superpixels"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,24 @@ def grid(x: torch.Tensor, *, patch: int | tuple[int, int]) -> FeatureGroups:
     ncols = (w + pw - 1) // pw
     g = (rows.view(-1, 1) * ncols + cols.view(1, -1)).view(1, 1, h, w).expand(b, 1, h, w).contiguous()
     return FeatureGroups(g, int(((h + ph - 1) // ph) * ncols), "grid")
+
+
+def cells(x: torch.Tensor, *, n: int | tuple[int, int]) -> FeatureGroups:
+    """An ``n x n`` (or ``(nh, nw)``) grid of near-equal cells covering the image, in raster order.
+
+    Pixel row ``i`` belongs to cell row ``floor(i * nh / H)`` (likewise for columns), so every cell has
+    ``floor`` or ``ceil`` of ``H / nh`` rows; ``nh`` and ``nw`` are clamped to ``H`` and ``W``.
+    """
+    _image(x, "cells()")
+    nh, nw = (n, n) if isinstance(n, int) else n
+    if nh < 1 or nw < 1:
+        raise InvalidParameterError(f"n must be >= 1; got {n!r}.")
+    b, _, h, w = x.shape
+    nh, nw = min(nh, h), min(nw, w)
+    rows = torch.arange(h, device=x.device) * nh // h
+    cols = torch.arange(w, device=x.device) * nw // w
+    g = (rows.view(-1, 1) * nw + cols.view(1, -1)).view(1, 1, h, w).expand(b, 1, h, w).contiguous()
+    return FeatureGroups(g, nh * nw, "cells")
 
 
 def superpixels(

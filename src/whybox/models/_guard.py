@@ -7,6 +7,7 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from whybox.errors import InvalidParameterError
 
@@ -42,30 +43,38 @@ def preserved(model: nn.Module, mode: str = "eval") -> Iterator[None]:
     params = list(model.parameters())
     requires = [p.requires_grad for p in params]
     grads = [p.grad for p in params]
-    hooks = [{a: set(getattr(m, a, {}).keys()) for a in _HOOK_DICTS} for m in modules]
+    # every hook registration takes the next id of one global counter: ids at or above this mark were
+    # added inside the block, and only they are removed on exit
+    first_hook_id = RemovableHandle.next_id
     # buffers (BatchNorm running statistics) only change when modules run in training mode
     buffers = [(b, b.detach().clone()) for b in model.buffers()] if mode == "as_is" else []
     cpu_rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
     try:
         if mode == "eval":
-            model.eval()
-        for p in params:
-            p.requires_grad_(False)
+            for m, flag in zip(modules, training, strict=True):
+                if flag:
+                    m.training = False
+        for p, req in zip(params, requires, strict=True):
+            if req:
+                p.requires_grad_(False)
         yield
     finally:
         for m, flag in zip(modules, training, strict=True):
-            m.training = flag
+            if m.training != flag:
+                m.training = flag
         for p, req, g in zip(params, requires, grads, strict=True):
-            p.requires_grad_(req)
-            p.grad = g
-        for m, before in zip(modules, hooks, strict=True):
-            for a, keys in before.items():
-                d = getattr(m, a, None)
-                if d is None:
-                    continue
-                for k in [k for k in d if k not in keys]:
-                    del d[k]
+            if p.requires_grad != req:
+                p.requires_grad_(req)
+            if p.grad is not g:
+                p.grad = g
+        if RemovableHandle.next_id != first_hook_id:
+            for m in modules:
+                for a in _HOOK_DICTS:
+                    d = m.__dict__.get(a)
+                    if d:
+                        for k in [k for k in d if isinstance(k, int) and k >= first_hook_id]:
+                            del d[k]
         with torch.no_grad():
             for b, saved in buffers:
                 b.copy_(saved)

@@ -101,28 +101,37 @@ class _Capture:
         self.ref = ref
         self.leaf = leaf
         self.calls = 0
-        self.outputs: list[torch.Tensor] = []
+        self.outputs: dict[int, torch.Tensor] = {}
+
+    def _wanted(self, k: int) -> bool:
+        # a non-negative call index is known in advance: keep only that call (no graph for the others);
+        # None (one call expected) and negative indices keep every call until the count is known
+        c = self.ref.call
+        return c is None or c < 0 or k == c
 
     def hook(self, module: nn.Module, args: object, out: object) -> object:
+        k = self.calls
         self.calls += 1
         if not isinstance(out, torch.Tensor):
             raise LayerError(
                 f"layer {self.ref.label!r} returns {type(out).__name__}, not a tensor; tap a module whose "
                 "output is a tensor."
             )
+        if not self._wanted(k):
+            return None
         if self.leaf:
             a = out.detach().requires_grad_(True)
-            self.outputs.append(a)
+            self.outputs[k] = a
             if out.requires_grad:
                 # an earlier tap (another layer, or an earlier call of this module) feeds ``out``: keep
                 # that path open so its gradient is the total derivative, not cut here
                 return a + (out - out.detach())
             return a.clone()  # downstream in-place ops act on the copy; gradients still reach ``a``
-        self.outputs.append(out.detach().clone())  # a copy: an in-place op downstream must not change it
+        self.outputs[k] = out.detach().clone()  # a copy: an in-place op downstream must not change it
         return None
 
     def activation(self) -> torch.Tensor:
-        n = len(self.outputs)
+        n = self.calls
         if n == 0:
             raise LayerError(
                 f"layer {self.ref.label!r} did not run during the forward pass; choose a layer on the path "
@@ -141,7 +150,7 @@ class _Capture:
                 f"layer {self.ref.label!r}: the module runs {n} times per forward pass; use a call index in "
                 f"0..{n - 1} (or negative from the end)."
             )
-        return self.outputs[self.ref.call]
+        return self.outputs[self.ref.call % n]
 
 
 class Tap:

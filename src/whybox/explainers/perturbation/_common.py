@@ -1,0 +1,485 @@
+"""Shared machinery of the perturbation family (ATTRIBUTION.md §3): feature specs, fills, coalition values.
+
+Every model evaluation of a perturbed input goes through :meth:`MaskingEngine.scores`; this module only
+prepares what the engine needs (per-row feature groups, fills, the target) and turns the scores back
+into maps. Rows are independent: a row's features, draws and results never depend on its batch
+neighbours, so ``explain(X)[i] == explain(X[i:i+1])[0]``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+import torch
+
+from whybox.errors import InvalidInputError, InvalidParameterError
+from whybox.explainers.base import Explainer
+from whybox.masking import features as F
+from whybox.masking.engine import MaskingEngine
+from whybox.masking.features import FeatureGroups
+from whybox.masking.fills import FILLS, FillLike, make_fill
+from whybox.models.targets import Target, TargetLike, apply_score_space, resolve_target
+
+__all__ = [
+    "FEATURE_SPECS",
+    "PerturbationExplainer",
+    "RegionExplainer",
+    "Regions",
+    "ShapleyExplainer",
+    "quickshift",
+    "segment_mean",
+    "shapley_weights",
+]
+
+FEATURE_SPECS = ("auto", "superpixels", "quickshift", "grid", "pixels", "columns", "elements")
+FeaturesLike = str | FeatureGroups | torch.Tensor
+DEFAULT_MAX_EVALUATIONS = 1_000_000
+F64 = torch.float64
+
+
+# ---------------------------------------------------------------------------------------------- features
+def quickshift(x: torch.Tensor, *, kernel_size: float = 4, max_dist: float = 200, ratio: float = 0.2) -> FeatureGroups:
+    """Quickshift segments with lime_image's settings, one segmentation per row of ``(B, C, H, W)`` images.
+
+    Each row is min-max scaled to [0, 1]; one or more than three channels are averaged to grey and
+    repeated to RGB (lime_image does ``gray2rgb``). On very small images quickshift may return a single
+    segment; SLIC (``features="superpixels"``) is the default for that reason.
+    """
+    if x.ndim != 4:
+        raise InvalidInputError(f"quickshift needs images (B, C, H, W); got inputs of shape {tuple(x.shape)}.")
+    import numpy as np
+    from skimage.segmentation import quickshift as _qs
+
+    out = []
+    for row in x.detach().to("cpu", F64):
+        lo, hi = row.min(), row.max()
+        r = (row - lo) / (hi - lo + 1e-12)
+        if r.shape[0] != 3:
+            r = r.mean(0, keepdim=True).expand(3, -1, -1)
+        arr = np.ascontiguousarray(r.permute(1, 2, 0).numpy())
+        seg = _qs(arr, kernel_size=kernel_size, max_dist=max_dist, ratio=ratio)
+        _, seg = np.unique(seg, return_inverse=True)
+        out.append(torch.from_numpy(seg.reshape(arr.shape[:2]).astype(np.int64)))
+    g = torch.stack(out).unsqueeze(1).to(x.device)
+    return FeatureGroups(g, int(g.max().item()) + 1, "quickshift")
+
+
+def elements(x: torch.Tensor) -> FeatureGroups:
+    """One group per scalar of a row (captum's ``feature_mask=None``)."""
+    b = x.shape[0]
+    n = math.prod(x.shape[1:])
+    g = torch.arange(n, device=x.device).view(1, *x.shape[1:]).expand(b, *x.shape[1:]).contiguous()
+    return FeatureGroups(g, n, "elements")
+
+
+def _from_tensor(mask: torch.Tensor, x: torch.Tensor, kind: str = "user") -> FeatureGroups:
+    """An integer mask ``(B, *G)``, ``(1, *G)`` or ``(*G)`` (``(H, W)`` for images) as feature groups."""
+    if mask.is_floating_point() or mask.is_complex() or mask.dtype == torch.bool:
+        raise InvalidParameterError(f"a feature mask must hold integer group ids; got dtype {mask.dtype}.")
+    g = mask.to(device=x.device, dtype=torch.int64)
+    if x.ndim == 4 and g.ndim == 2:
+        g = g.view(1, 1, *g.shape)
+    if g.ndim == x.ndim - 1:
+        g = g.unsqueeze(0)
+    b = x.shape[0]
+    ok = g.ndim == x.ndim and g.shape[0] in (1, b)
+    if ok:
+        try:
+            torch.broadcast_shapes(tuple(g.shape[1:]), tuple(x.shape[1:]))
+        except RuntimeError:
+            ok = False
+    if not ok or any(gs not in (1, xs) for gs, xs in zip(g.shape[1:], x.shape[1:], strict=True)):
+        raise InvalidParameterError(
+            f"features mask of shape {tuple(mask.shape)} does not fit inputs {tuple(x.shape)}; pass (B, *G) or "
+            "(*G) integer group ids with G broadcasting to one input row (e.g. (1, H, W) for image regions)."
+        )
+    if g.numel() and int(g.min()) < 0:
+        raise InvalidParameterError(f"feature group ids must be >= 0; got {int(g.min())}.")
+    g = g.expand(b, *g.shape[1:]).contiguous()
+    return FeatureGroups(g, int(g.max().item()) + 1 if g.numel() else 0, kind)
+
+
+def resolve_features(
+    spec: FeaturesLike,
+    x: torch.Tensor,
+    *,
+    auto: str,
+    n_segments: int,
+    compactness: float,
+    patch: int | tuple[int, int] | None,
+) -> FeatureGroups:
+    """Turn the ``features`` option into :class:`FeatureGroups` for ``x``."""
+    if isinstance(spec, FeatureGroups):
+        return _from_tensor(spec.groups, x, spec.kind)
+    if isinstance(spec, torch.Tensor):
+        return _from_tensor(spec, x)
+    if spec == "auto":
+        spec = auto if x.ndim == 4 else ("columns" if x.ndim == 2 else "elements")
+    if spec == "superpixels":
+        return F.superpixels(x, n_segments=n_segments, compactness=compactness)
+    if spec == "quickshift":
+        return quickshift(x)
+    if spec == "grid3":  # a 3 x 3 grid (exact Shapley's default on images)
+        return F.grid(x, patch=(-(-x.shape[-2] // 3), -(-x.shape[-1] // 3)))
+    if spec == "grid":
+        return F.grid(x, patch=patch if patch is not None else max(1, -(-min(x.shape[-2:]) // 8)))
+    if spec == "pixels":
+        return F.pixels(x)
+    if spec == "columns":
+        return F.columns(x)
+    if spec == "elements":
+        return elements(x)
+    raise InvalidParameterError(
+        f"features must be one of {FEATURE_SPECS}, a FeatureGroups or an integer mask tensor; got {spec!r}."
+    )
+
+
+class Regions:
+    """Per-row interpretable features: original group ids compacted to ``0..M_r-1`` per row.
+
+    ``keep`` ``(B, n_groups)`` marks the groups that are features of each row (present, and not null players
+    equal to every fill in all their elements); ``local`` ``(B, *G)`` holds the compact ids, in increasing
+    order of the original ones; dropped groups map to id 0, which renders identically either way.
+    """
+
+    def __init__(self, groups: FeatureGroups, keep: torch.Tensor) -> None:
+        self.groups = groups
+        self.keep = keep
+        b = keep.shape[0]
+        lut = keep.cumsum(1) - 1
+        flat = groups.groups.reshape(b, -1)
+        self.local = torch.where(keep.gather(1, flat), lut.gather(1, flat), 0).view(groups.groups.shape)
+        self.sizes: list[int] = keep.sum(1).tolist()
+        self._by_size: dict[int, list[int]] = {}
+        for r, m in enumerate(self.sizes):
+            self._by_size.setdefault(m, []).append(r)
+
+    def by_size(self) -> dict[int, list[int]]:
+        """Rows grouped by their number of features (rows of a size share their draws)."""
+        return self._by_size
+
+    def paint(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Compact per-row values ``(B, M_max)`` (row r uses its first M_r) -> (map ``(B, *G)``, ``(B, M)``)."""
+        b = self.keep.shape[0]
+        keep = self.keep.to(values.device)
+        full = torch.zeros(b, keep.shape[1], dtype=values.dtype, device=values.device)
+        valid = (
+            torch.arange(values.shape[1], device=values.device)
+            < torch.tensor(self.sizes, device=values.device)[:, None]
+        )
+        full[keep] = values[valid]  # both row-major: row r's kept ids ascending <-> its compact ids 0..M_r-1
+        g = self.groups.groups.to(values.device)
+        attr = full.gather(1, g.reshape(b, -1)).view(g.shape)
+        return attr, full[:, : self.groups.n_groups]
+
+
+def make_regions(groups: FeatureGroups, x: torch.Tensor, fills: torch.Tensor | None) -> Regions:
+    """Compact each row's group ids; with ``fills`` ``(B, R, *S)`` drop groups equal to every fill row."""
+    b = x.shape[0]
+    n = max(groups.n_groups, 1)
+    g_own = groups.groups.reshape(b, -1)
+    keep = torch.zeros(b, n, dtype=torch.bool, device=g_own.device).scatter_(1, g_own, True)
+    if fills is not None:
+        g_full = groups.groups.expand(b, *x.shape[1:]) if groups.groups.shape[1:] != x.shape[1:] else groups.groups
+        differ = (x.unsqueeze(1) != fills).reshape(b, fills.shape[1], -1).any(1)
+        varying = torch.zeros(b, n, dtype=torch.int64, device=g_own.device)
+        varying.scatter_add_(1, g_full.reshape(b, -1), differ.to(torch.int64))
+        keep &= varying > 0
+    return Regions(groups, keep)
+
+
+def segment_mean(x: torch.Tensor, groups: FeatureGroups) -> torch.Tensor:
+    """lime_image's ``hide_color=None``: each element becomes the mean of its group, per channel for images."""
+    b = x.shape[0]
+    g = groups.groups.expand(b, *x.shape[1:]) if groups.groups.shape[1:] != x.shape[1:] else groups.groups
+    n = max(groups.n_groups, 1)
+    key = g
+    per_channel = x.ndim == 4 and groups.groups.shape[1] == 1 and x.shape[1] > 1
+    if per_channel:
+        ch = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1)
+        key = g * x.shape[1] + ch
+        n = n * x.shape[1]
+    key = key.reshape(b, -1)
+    vals = x.reshape(b, -1).to(F64)
+    sums = torch.zeros(b, n, dtype=F64, device=x.device).scatter_add_(1, key, vals)
+    cnt = torch.zeros(b, n, dtype=F64, device=x.device).scatter_add_(1, key, torch.ones_like(vals))
+    mean = sums / cnt.clamp_min(1)
+    return mean.gather(1, key).view(x.shape).to(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------- explainers
+def _check_int(name: str, v: Any, lo: int = 1) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise InvalidParameterError(f"{name} must be an int >= {lo}; got {v!r}.")
+    return v
+
+
+def _describe(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        return f"tensor{tuple(v.shape)}"
+    if isinstance(v, FeatureGroups):
+        return f"FeatureGroups({v.kind}, {tuple(v.groups.shape)}, n_groups={v.n_groups})"
+    if isinstance(v, tuple):
+        return [_describe(i) for i in v]
+    if callable(v) and not isinstance(v, str):
+        return getattr(v, "__name__", type(v).__name__)
+    return v
+
+
+class PerturbationExplainer(Explainer):
+    """Base of the perturbation family: cost limit, clean forward and target, fills.
+
+    Parameters
+    ----------
+    fill
+        What a removed feature becomes: ``"zero"`` (default), ``"mean"``, ``"blur"``, ``"uniform"`` (drawn per
+        row from ``seed``), a number, a tensor broadcastable to the inputs, or a callable ``x -> tensor``.
+    max_evaluations
+        The most forward passes one call may spend (all rows together); a request estimated beyond it is
+        refused before any model evaluation, with the estimate. ``None``: no limit.
+    """
+
+    fill_options: ClassVar[tuple[str, ...]] = FILLS
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        fill: FillLike = "zero",
+        max_evaluations: int | None = DEFAULT_MAX_EVALUATIONS,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model, **kwargs)
+        if isinstance(fill, str) and fill not in self.fill_options:
+            raise InvalidParameterError(
+                f"fill must be one of {self.fill_options}, a number, a tensor or a callable; got {fill!r}."
+            )
+        if max_evaluations is not None:
+            _check_int("max_evaluations", max_evaluations)
+        self.fill = fill
+        self.max_evaluations = max_evaluations
+
+    def params(self) -> dict[str, Any]:
+        """As :meth:`Explainer.params`, with tensors, feature groups and callables described (never printed in
+        full) and tuples as lists (a JSON round trip gives the same value back)."""
+        out: dict[str, Any] = {}
+        for cls in type(self).__mro__:
+            init = cls.__dict__.get("__init__")
+            if init is None:
+                continue
+            for p in inspect.signature(init).parameters.values():
+                if p.kind is p.KEYWORD_ONLY and p.name not in out and hasattr(self, p.name):
+                    v = getattr(self, p.name)
+                    if isinstance(v, (bool, int, float, str, type(None), list)):
+                        out[p.name] = v
+                    elif isinstance(v, (torch.Tensor, FeatureGroups, tuple)) or callable(v):
+                        out[p.name] = _describe(v)
+                    else:
+                        out[p.name] = repr(v)
+        return out
+
+    # ------------------------------------------------------------------ helpers
+    def row_generator(self) -> torch.Generator:
+        """A fresh generator from this call's seed: every row draws the same stream, whatever its neighbours."""
+        return torch.Generator().manual_seed(self._call_seed)
+
+    def _fills(self, x: torch.Tensor, fill: FillLike | None = None) -> torch.Tensor:
+        """Fill values shaped like ``x``; random fills are drawn per row from a fresh seeded generator."""
+        fill = self.fill if fill is None else fill
+        if isinstance(fill, str) and fill == "uniform":
+            return torch.cat([make_fill(fill, x[r : r + 1], generator=self.row_generator()) for r in range(len(x))])
+        return make_fill(fill, x)
+
+    def _check_cost(self, n: int, what: str) -> None:
+        if self.max_evaluations is not None and n > self.max_evaluations:
+            raise InvalidParameterError(
+                f"{self.name!r} would need about {n:,} forward passes ({what}), more than "
+                f"max_evaluations={self.max_evaluations:,}; lower the sample count or the number of features, "
+                "or raise max_evaluations (None: no limit)."
+            )
+
+    def _clean(self, x: torch.Tensor, target: TargetLike, engine: MaskingEngine) -> tuple[Target, torch.Tensor]:
+        """Resolve the target on one clean forward; returns it with the clean scores ``f_c(x)`` ``(B,)`` float64."""
+        raw = engine.forward(x)
+        tgt = resolve_target(target, raw)
+        return tgt, tgt.select(apply_score_space(raw, self.score)).to(F64)
+
+
+class RegionExplainer(PerturbationExplainer):
+    """A perturbation method over interpretable features (regions, columns, token spans).
+
+    Parameters
+    ----------
+    features
+        ``"auto"`` (the method's default on images; ``"columns"`` on ``(B, F)`` rows; one group per scalar
+        otherwise), ``"superpixels"`` (SLIC, ``n_segments``/``compactness``), ``"quickshift"`` (lime_image's
+        segmentation), ``"grid"`` (square patches of ``patch`` pixels; default ``ceil(min(H, W) / 8)``),
+        ``"pixels"``, ``"columns"``, ``"elements"`` (one group per scalar), a :class:`FeatureGroups`, or an
+        integer mask ``(B, *G)``/``(*G)`` with ``G`` broadcasting to one row (``(1, H, W)`` or ``(H, W)``
+        for image regions, ``(F,)`` for column groups or token spans).
+    n_segments, compactness
+        SLIC options for ``features="superpixels"``.
+    patch
+        Patch side (or ``(h, w)``) for ``features="grid"``.
+
+    Shapes
+    ------
+    Per-feature values come back painted onto the groups: ``(B, 1, H, W)`` for image regions, ``(B, F)``
+    for tabular rows; ``meta["values"]`` holds them per feature ``(B, M)`` (M = the largest group id + 1).
+    """
+
+    auto_features: ClassVar[str] = "superpixels"
+    drops_null_features: ClassVar[bool] = True  # groups equal to the fill everywhere get exactly 0
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        features: FeaturesLike = "auto",
+        n_segments: int = 50,
+        compactness: float = 10.0,
+        patch: int | tuple[int, int] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model, **kwargs)
+        if isinstance(features, str) and features not in FEATURE_SPECS:
+            raise InvalidParameterError(
+                f"features must be one of {FEATURE_SPECS}, a FeatureGroups or an integer mask tensor; got {features!r}."
+            )
+        if not isinstance(features, (str, FeatureGroups, torch.Tensor)):
+            raise InvalidParameterError(
+                f"features must be one of {FEATURE_SPECS}, a FeatureGroups or an integer mask tensor; "
+                f"got {type(features).__name__}."
+            )
+        _check_int("n_segments", n_segments)
+        if patch is not None and not (
+            (isinstance(patch, int) and not isinstance(patch, bool) and patch >= 1)
+            or (
+                isinstance(patch, (tuple, list))
+                and len(patch) == 2
+                and all(isinstance(p, int) and p >= 1 for p in patch)
+            )
+        ):
+            raise InvalidParameterError(f"patch must be an int >= 1 or a pair of them; got {patch!r}.")
+        self.features = features
+        self.n_segments = n_segments
+        self.compactness = float(compactness)
+        self.patch = tuple(patch) if isinstance(patch, list) else patch
+
+    def _groups(self, x: torch.Tensor) -> FeatureGroups:
+        return resolve_features(
+            self.features,
+            x,
+            auto=self.auto_features,
+            n_segments=self.n_segments,
+            compactness=self.compactness,
+            patch=self.patch,
+        )
+
+    def _regions(self, x: torch.Tensor, fills: torch.Tensor, groups: FeatureGroups | None = None) -> Regions:
+        """Feature groups of ``x`` compacted per row (and null features dropped where the method allows)."""
+        groups = self._groups(x) if groups is None else groups
+        return make_regions(groups, x, fills if self.drops_null_features else None)
+
+    def _region_scores(
+        self,
+        engine: MaskingEngine,
+        x: torch.Tensor,
+        fills: torch.Tensor,
+        tgt: Target,
+        regions: Regions,
+        designs: Mapping[int, tuple[int, Callable[..., torch.Tensor]]],
+    ) -> dict[int, torch.Tensor]:
+        """Score every row's coalitions in one engine call: rows with different M share chunks (ragged counts).
+
+        ``designs[m] = (n_m, fn)``: a row with M_r = m is scored on the group masks ``fn(ks)`` ``(n, m)`` bool
+        for ``ks < n_m`` (draws shared by every row of that size). ``fills`` is ``(B, R, *S)``: with R > 1 (a
+        background set) each coalition is scored against every fill row and the scores are averaged.
+
+        Returns ``{m: (len(rows), n_m) float64}``, rows in the order of ``regions.by_size()[m]``.
+        """
+        sizes = regions.sizes
+        rows = [r for r, m in enumerate(sizes) if m > 0 and designs.get(m, (0,))[0] > 0]
+        if not rows:
+            return {}
+        dev, rep = x.device, fills.shape[1]
+        idx = torch.as_tensor(rows, device=dev)
+        xs = x[idx].repeat_interleave(rep, 0) if rep > 1 else x[idx]
+        fs = fills[idx].flatten(0, 1)
+        t_idx = tgt.index[idx.cpu()]
+        t = Target(t_idx.repeat_interleave(rep) if rep > 1 else t_idx, tgt.fn)
+        m_row = torch.tensor([sizes[r] for r in rows]).repeat_interleave(rep)
+        counts = torch.tensor([designs[sizes[r]][0] for r in rows]).repeat_interleave(rep)
+        local = regions.local[idx].repeat_interleave(rep, 0) if rep > 1 else regions.local[idx]
+        mmax = max(sizes[r] for r in rows)
+        fg = FeatureGroups(local, mmax, regions.groups.kind)
+
+        def render(vr: torch.Tensor, ks: torch.Tensor) -> torch.Tensor:
+            ms = m_row[vr.cpu()]
+            gm = torch.ones(vr.shape[0], mmax, dtype=torch.bool, device=dev)
+            for m in torch.unique(ms).tolist():  # usually one size per chunk
+                sel = (ms == m).nonzero().flatten().to(dev)
+                gm[sel, :m] = designs[m][1](ks[sel]).to(dev)
+            return fg.expand(gm, vr)
+
+        s = engine.scores(xs, render, n_masks=counts, fill=fs, target=t, score=self.score)
+        if rep > 1:
+            s = s.view(len(rows), rep, -1).mean(1)
+        pos = {r: i for i, r in enumerate(rows)}
+        return {
+            m: s[[pos[r] for r in rs], : designs[m][0]]
+            for m, rs in regions.by_size().items()
+            if m > 0 and designs.get(m, (0,))[0] > 0
+        }
+
+
+class ShapleyExplainer(RegionExplainer):
+    """Shapley-value methods over interpretable features, v(S) = f_c(x_S, b_S̄).
+
+    Parameters
+    ----------
+    fill
+        The baseline b (baseline Shapley, captum's semantics); zero by default.
+    background
+        ``(R, *S)`` reference rows instead: v(S) is the mean over them of f_c(x_S, b^(r)_S̄) (interventional,
+        as ``shap.KernelExplainer(model, data)``); every coalition then costs R forward passes.
+
+    Features equal to the baseline (to every background row) in all their elements are null players: they
+    get exactly 0 and are left out of M, as shap does.
+    """
+
+    def __init__(self, model: Any, *, background: torch.Tensor | None = None, **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        if background is not None:
+            if not isinstance(background, torch.Tensor) or background.ndim < 2 or background.shape[0] < 1:
+                got = tuple(background.shape) if isinstance(background, torch.Tensor) else type(background).__name__
+                raise InvalidParameterError(
+                    f"background must be a tensor of reference rows (R, *S) with R >= 1; got {got}."
+                )
+            if not bool(torch.isfinite(background).all()):
+                raise InvalidParameterError("background contains non-finite values (NaN or inf).")
+            if not (isinstance(self.fill, str) and self.fill == "zero"):
+                raise InvalidParameterError(
+                    "pass either fill= (one baseline) or background= (reference rows), not both."
+                )
+        self.background = background
+
+    def _value_fills(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, R, *S)``: the baseline (R = 1) or the background rows, for every input row."""
+        if self.background is None:
+            return self._fills(x).unsqueeze(1)
+        bg = self.background.to(device=x.device, dtype=x.dtype)
+        if tuple(bg.shape[1:]) != tuple(x.shape[1:]):
+            raise InvalidParameterError(
+                f"background rows have shape {tuple(bg.shape[1:])} but input rows {tuple(x.shape[1:])}."
+            )
+        return bg.unsqueeze(0).expand(x.shape[0], *bg.shape)
+
+
+def shapley_weights(m: int) -> torch.Tensor:
+    """``(m,)`` float64: |S|!(m-|S|-1)!/m! for |S| = 0..m-1, via lgamma."""
+    s = torch.arange(m, dtype=F64)
+    return torch.exp(torch.lgamma(s + 1) + torch.lgamma(m - s) - math.lgamma(m + 1))

@@ -1,0 +1,594 @@
+"""The Metric template and its one return type, :class:`MetricResult`.
+
+A metric is configured in ``__init__`` (keyword-only, no work there) and computes in :meth:`Metric.evaluate`:
+it validates the inputs and the explanation at the boundary, resolves the target (default: the explanation's),
+runs every model call inside ``adapter.guard(mode)`` (eval mode, everything restored on exit) and returns
+per-sample scores. Every perturbation goes through :class:`~whybox.masking.MaskingEngine` with the metric's one
+``batch_size``. Metrics keep no state between calls.
+
+Conventions (``specs/METRICS.md``): target score = softmax probability of the explained class (``score="prob"``;
+``"logit"`` and ``"log_prob"`` are options, recorded in ``params``); image features are pixels with channels
+pooled (summed, ``|.|`` first when ``abs=True``); ties are broken by a fixed seeded rule (:func:`tie_order`);
+curves have ``steps + 1`` points with x = the fraction actually revealed/removed; AUC is the trapezoid rule
+written out (:func:`trapezoid`); undefined values are NaN, counted in ``meta["n_nan"]``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from whybox.errors import InvalidInputError, InvalidParameterError, InvalidTargetError
+from whybox.explanation import Explanation
+from whybox.masking.engine import MaskingEngine, check_batch_size
+from whybox.masking.features import FeatureGroups, pixels
+from whybox.models._guard import MODES
+from whybox.models.adapter import ModelAdapter, SklearnAdapter, TorchAdapter, adapt
+from whybox.models.targets import SCORE_SPACES, Target, TargetLike, resolve_target
+
+__all__ = [
+    "Context",
+    "ExplainFn",
+    "Metric",
+    "MetricResult",
+    "boundaries",
+    "derive_generator",
+    "feature_scores",
+    "make_explain_fn",
+    "pearson",
+    "rankdata",
+    "spearman",
+    "tie_order",
+    "trapezoid",
+]
+
+# (adapter (the user's, or a randomised copy), inputs (n, *S), target (n,) ints or a Target, seed) -> Explanation
+ExplainFn = Callable[[Any, torch.Tensor, Any, "int | None"], Explanation]
+
+
+# ---------------------------------------------------------------------------------------------- the result
+@dataclass
+class MetricResult:
+    """What every metric returns.
+
+    Attributes
+    ----------
+    metric
+        Registry name of the metric.
+    scores
+        ``(B,)`` float64 on the CPU: one score per input row, NaN where undefined (see ``meta["n_nan"]``).
+    higher_is_better
+        Direction of ``scores``.
+    params
+        The metric's configuration (every keyword of its ``__init__``), JSON-friendly.
+    curves
+        Per-sample curves where the metric has them (deletion/insertion: ``"x"`` and ``"y"``, both
+        ``(B, P)``); an empty dict otherwise. Each metric's docstring names its keys.
+    meta
+        Extras: ``n_forward``, ``n_nan``, ``target`` ``(B,)`` and metric-specific entries.
+
+    Shapes
+    ------
+    scores: ``(B,)``; curves: ``(B, P)`` each (``P`` = points per curve).
+    """
+
+    metric: str
+    scores: torch.Tensor
+    higher_is_better: bool
+    params: dict[str, Any] = field(default_factory=dict)
+    curves: dict[str, torch.Tensor] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+    @property
+    def n_nan(self) -> int:
+        """Number of samples whose score is undefined (NaN)."""
+        return int(torch.isnan(self.scores).sum())
+
+    def mean(self) -> float:
+        """NaN-ignoring mean of the scores (NaN when every score is NaN); see :attr:`n_nan`."""
+        ok = self.scores[~torch.isnan(self.scores)]
+        return float(ok.mean()) if ok.numel() else math.nan
+
+    def __repr__(self) -> str:
+        return (
+            f"MetricResult(metric={self.metric!r}, n={len(self)}, mean={self.mean():.6g}, n_nan={self.n_nan}, "
+            f"higher_is_better={self.higher_is_better}, curves={sorted(self.curves)})"
+        )
+
+
+# ---------------------------------------------------------------------------------------------- shared math
+def trapezoid(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Area under ``y(x)`` along the last axis by the trapezoid rule, written out: sum (x1 - x0)(y0 + y1) / 2."""
+    return ((x[..., 1:] - x[..., :-1]) * (y[..., 1:] + y[..., :-1]) / 2).sum(-1)
+
+
+def boundaries(n: int, steps: int) -> list[int]:
+    """Step boundaries ``b_i = floor(i * n / steps)``, ``i = 0..steps`` (``steps`` clamped to ``n``).
+
+    Every feature is used exactly once and the last boundary is ``n``: ``boundaries(5, 2) == [0, 2, 5]``.
+    """
+    steps = max(1, min(int(steps), int(n)))
+    return [(i * n) // steps for i in range(steps + 1)]
+
+
+def derive_generator(seed: int, *keys: int) -> torch.Generator:
+    """A CPU generator seeded from ``(seed, *keys)`` through NumPy's ``SeedSequence`` (well mixed, never global)."""
+    state = np.random.SeedSequence([int(seed), *(int(k) for k in keys)]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state) >> 1)
+
+
+_TIE_KEY = 7_151_829  # keys of the derived generators: one stream per purpose
+
+
+def tie_order(values: torch.Tensor, seed: int, *, descending: bool = True) -> torch.Tensor:
+    """Feature order by ``values`` ``(B, N)``, ties broken by the fixed seeded rule of METRICS.md.
+
+    For row ``i`` a permutation ``rho`` of ``0..N-1`` is drawn from ``(seed, i)``; the order is a *stable*
+    sort on ``(-value, rho)`` (``(value, rho)`` when ``descending=False``). ``torch.sort(stable=True)`` is used
+    throughout; never an unstable argsort, whose tie order depends on the CPU's SIMD sort. NaN values sort last.
+
+    Returns
+    -------
+    ``(B, N)`` int64 feature indices, most relevant first.
+    """
+    b, n = values.shape
+    v = values.detach().to("cpu", torch.float64)
+    v = torch.nan_to_num(v, nan=-math.inf if descending else math.inf)
+    out = torch.empty(b, n, dtype=torch.int64)
+    for i in range(b):
+        rho = torch.randperm(n, generator=derive_generator(seed, _TIE_KEY, i))
+        by_rho = torch.argsort(rho)  # features in rho order: a stable sort on value then breaks ties by rho
+        key = -v[i, by_rho] if descending else v[i, by_rho]
+        out[i] = by_rho[torch.sort(key, stable=True).indices]
+    return out.to(values.device)
+
+
+def rankdata(a: torch.Tensor) -> torch.Tensor:
+    """Average ranks (1-based, ties averaged, as ``scipy.stats.rankdata``) along the last axis, float64."""
+    from scipy.stats import rankdata as sp_rankdata
+
+    return torch.from_numpy(np.asarray(sp_rankdata(a.detach().cpu().double().numpy(), axis=-1), dtype=np.float64))
+
+
+def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise Pearson correlation of ``(..., n)`` tensors in float64; NaN where either row is constant."""
+    a = a.detach().cpu().double()
+    b = b.detach().cpu().double()
+    da = a - a.mean(-1, keepdim=True)
+    db = b - b.mean(-1, keepdim=True)
+    na = da.pow(2).sum(-1).sqrt()
+    nb = db.pow(2).sum(-1).sqrt()
+    den = na * nb
+    # a row is constant when its spread is at round-off level of its magnitude
+    tol_a = 1e-12 * a.abs().amax(-1).clamp_min(1e-300) * math.sqrt(a.shape[-1])
+    tol_b = 1e-12 * b.abs().amax(-1).clamp_min(1e-300) * math.sqrt(b.shape[-1])
+    bad = (na <= tol_a) | (nb <= tol_b)
+    r = (da * db).sum(-1) / torch.where(bad, torch.ones_like(den), den)
+    return torch.where(bad, torch.full_like(r, math.nan), r.clamp(-1.0, 1.0))
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise Spearman correlation (Pearson of average ranks); NaN where either row is constant."""
+    return pearson(rankdata(a), rankdata(b))
+
+
+def feature_scores(
+    attributions: torch.Tensor, x: torch.Tensor, *, abs: bool = False
+) -> tuple[torch.Tensor, FeatureGroups]:
+    """Per-feature attribution ``(B, N)`` (float64) and the feature groups of ``x``.
+
+    Images ``(B, C, H, W)``: one feature per pixel; a ``(B, C, H, W)``, ``(B, 1, H, W)`` or ``(B, H, W)`` map is
+    pooled over channels by summing (``|.|`` first when ``abs``). Any other input ``(B, *S)``: one feature per
+    element, the attributions shaped like the input.
+    """
+    a = attributions.detach()
+    if abs:
+        a = a.abs()
+    b = x.shape[0]
+    if x.ndim == 4:
+        h, w = x.shape[-2:]
+        if a.ndim == 3:
+            a = a.unsqueeze(1)
+        if a.ndim != 4 or a.shape[-2:] != (h, w) or a.shape[1] not in (1, x.shape[1]):
+            raise InvalidInputError(
+                f"attributions of shape {tuple(attributions.shape)} do not match images {tuple(x.shape)}; expected "
+                f"({b}, {x.shape[1]} or 1, {h}, {w}) or ({b}, {h}, {w})."
+            )
+        return a.sum(1).reshape(b, -1).to(torch.float64), pixels(x)
+    if a.shape != x.shape:
+        raise InvalidInputError(
+            f"attributions of shape {tuple(attributions.shape)} must have the shape of the inputs {tuple(x.shape)}."
+        )
+    n = int(np.prod(x.shape[1:]))
+    g = torch.arange(n, device=x.device).view(1, *x.shape[1:]).expand(b, *x.shape[1:]).contiguous()
+    return a.reshape(b, -1).to(torch.float64), FeatureGroups(g, n, "elements")
+
+
+# ---------------------------------------------------------------------------------------------- explainers
+def make_explain_fn(
+    explainer: str | Callable[..., torch.Tensor] | None,
+    explanation: Explanation | None,
+    explainer_params: dict[str, Any] | None,
+) -> tuple[ExplainFn, str]:
+    """A function ``(adapter, inputs, target, seed) -> Explanation`` re-running the explanation's method.
+
+    ``explainer`` is a registry name, a callable ``(model, inputs, target) -> attributions`` (called with the
+    adapter's model, e.g. a randomised copy, and ``target`` an int64 tensor ``(n,)``), or ``None`` for the method recorded in ``explanation`` with its recorded ``params``.
+    ``explainer_params`` override those params. ``seed`` (when not ``None``) replaces the explainer's seed.
+    """
+    extra = dict(explainer_params or {})
+    if callable(explainer):
+        fn = explainer
+
+        def run_callable(adapter: Any, x: torch.Tensor, target: Any, seed: int | None) -> Explanation:
+            t = target.index if isinstance(target, Target) else target
+            out = fn(getattr(adapter, "model", adapter), x, t)
+            if not isinstance(out, torch.Tensor):
+                raise InvalidParameterError(
+                    f"the explainer callable must return an attribution tensor; it returned {type(out).__name__}."
+                )
+            idx = (
+                torch.as_tensor(t).reshape(-1) if isinstance(t, (torch.Tensor, int)) else torch.full((x.shape[0],), -1)
+            )
+            return Explanation(out.detach(), idx.expand(x.shape[0]).clone(), "callable")
+
+        return run_callable, getattr(explainer, "__name__", "callable")
+    from whybox.registry import EXPLAINERS
+
+    if explainer is None:
+        if explanation is None or not explanation.method:
+            raise InvalidParameterError(
+                "this metric re-runs the explainer: pass an Explanation made by whybox.explain, a method name, "
+                "or explainer= (a registry name or a callable (model, inputs, target) -> attributions)."
+            )
+        name = explanation.method
+    else:
+        name = explainer
+    cls = EXPLAINERS.get(name)
+    params: dict[str, Any] = {}
+    if explanation is not None and explanation.method == name:
+        params.update(explanation.params)
+    params.update(extra)
+
+    def run(adapter: Any, x: torch.Tensor, target: Any, seed: int | None) -> Explanation:
+        p = dict(params)
+        if seed is not None:
+            p["seed"] = seed
+        tgt = target
+        if isinstance(target, Target):
+            tgt = target.fn if target.fn is not None else target.index
+        return cls(adapter, **p).explain(x, target=tgt)
+
+    return run, name
+
+
+# ---------------------------------------------------------------------------------------------- the template
+class _ProbaAsLogits(ModelAdapter):
+    """A scikit-learn ``predict_proba`` model seen through log-probabilities, so that softmax gives back exactly
+    its probabilities (``score="prob"``) instead of a softmax of probabilities."""
+
+    def __init__(self, inner: SklearnAdapter) -> None:
+        self.inner = inner
+        self.model = inner.model
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner.scores(x).clamp_min(1e-300).log()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.inner.dtype
+
+
+@dataclass
+class Context:
+    """Everything a metric computes from, validated and on the model's device."""
+
+    adapter: ModelAdapter | None
+    x: torch.Tensor
+    attributions: torch.Tensor | None
+    target: Target | None
+    explanation: Explanation | None
+    engine: MaskingEngine | None
+    clean: torch.Tensor | None  # raw scores of the clean inputs (B, K)
+    masks: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+    method: str | None = None
+
+
+def _check_seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise InvalidParameterError(f"seed must be a non-negative int; got {seed!r}.")
+    return seed
+
+
+def check_int(name: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidParameterError(f"{name} must be an int >= {minimum}; got {value!r}.")
+    return value
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise InvalidParameterError(f"{name} must be one of {choices}; got {value!r}.")
+    return str(value)
+
+
+def check_float(name: str, value: Any, lo: float = -math.inf, hi: float = math.inf, *, lo_open: bool = False) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = (value > lo if lo_open else value >= lo) and value <= hi
+    if not ok:
+        lo_s = f"> {lo}" if lo_open else f">= {lo}"
+        raise InvalidParameterError(f"{name} must be a finite number {lo_s} and <= {hi}; got {value!r}.")
+    return float(value)
+
+
+class Metric:
+    """Base class of every metric.
+
+    Parameters
+    ----------
+    score
+        Score space of the target: ``"prob"`` (softmax probability, the default), ``"logit"`` or ``"log_prob"``.
+        A scikit-learn model with ``predict_proba`` is read as log-probabilities, so ``"prob"`` gives its own
+        probabilities.
+    seed
+        Seeds every random draw and the tie rule; the metric uses its own generators, never the global RNG.
+    batch_size
+        Model input rows per forward pass, passed to the masking engine; it bounds memory and changes no number.
+    mode
+        ``"eval"`` (the default: the model runs in eval mode during the call) or ``"as_is"``.
+
+    Subclasses set ``higher_is_better`` and implement :meth:`_compute`.
+    """
+
+    name: ClassVar[str] = "metric"
+    higher_is_better: ClassVar[bool] = True
+    needs_model: ClassVar[bool] = True
+    needs_attributions: ClassVar[bool] = True
+
+    def __init__(self, *, score: str = "prob", seed: int = 0, batch_size: int = 64, mode: str = "eval") -> None:
+        self.score = check_choice("score", score, SCORE_SPACES)
+        self.seed = _check_seed(seed)
+        self.batch_size = check_batch_size(batch_size)
+        self.mode = check_choice("mode", mode, MODES)
+
+    # ------------------------------------------------------------------ configuration
+    def params(self) -> dict[str, Any]:
+        """The metric's options (every keyword of ``__init__``), JSON-friendly."""
+        out: dict[str, Any] = {}
+        for cls in type(self).__mro__:
+            init = cls.__dict__.get("__init__")
+            if init is None:
+                continue
+            for p in inspect.signature(init).parameters.values():
+                if p.kind is p.KEYWORD_ONLY and p.name not in out and hasattr(self, p.name):
+                    v = getattr(self, p.name)
+                    if isinstance(v, (bool, int, float, str, type(None))):
+                        out[p.name] = v
+                    elif isinstance(v, (list, tuple)) and all(isinstance(e, (bool, int, float, str)) for e in v):
+                        out[p.name] = list(v)
+                    elif isinstance(v, dict):
+                        out[p.name] = {
+                            str(k): e if isinstance(e, (bool, int, float, str)) else repr(e) for k, e in v.items()
+                        }
+                    elif callable(v) and not isinstance(v, torch.Tensor):
+                        out[p.name] = getattr(v, "__name__", repr(v))
+                    else:
+                        out[p.name] = repr(v) if not isinstance(v, torch.Tensor) else f"tensor{tuple(v.shape)}"
+        return out
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"{type(self).__name__}({opts})"
+
+    def result_direction(self) -> bool:
+        """``higher_is_better`` of this configuration (a few metrics depend on an option)."""
+        return type(self).higher_is_better
+
+    # ------------------------------------------------------------------ the call
+    def __call__(self, *args: Any, **kwargs: Any) -> MetricResult:
+        return self.evaluate(*args, **kwargs)
+
+    def evaluate(
+        self,
+        model: Any,
+        inputs: torch.Tensor,
+        explanation: Explanation | torch.Tensor | str | None,
+        *,
+        target: TargetLike = None,
+        masks: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> MetricResult:
+        """Score ``explanation`` of ``inputs``.
+
+        Parameters
+        ----------
+        model
+            A torch module, scikit-learn estimator or :class:`~whybox.ModelAdapter` (``None`` for metrics that
+            read only the attributions: sparseness, complexity, localisation).
+        inputs
+            ``(B, ...)`` tensor with a leading batch dimension.
+        explanation
+            An :class:`~whybox.Explanation`, an attribution tensor ``(B, ...)``, or a method name (the metric then
+            explains ``inputs`` itself with default options).
+        target
+            ``None`` = the explanation's target (the predicted class for a bare tensor); an int, per-row ints or
+            a callable ``scores (B, K) -> (B,)``.
+        masks
+            Ground-truth masks ``(B, H, W)`` or ``(B, 1, H, W)`` for localisation metrics.
+        labels
+            True labels ``(B,)`` for accuracy-based metrics (ROAD); default: the target.
+        """
+        x = self._validate_inputs(inputs)
+        adapter = adapt(model) if model is not None else None
+        if isinstance(adapter, SklearnAdapter) and adapter.method_name == "predict_proba":
+            adapter = _ProbaAsLogits(adapter)  # its outputs are probabilities already
+        if self.needs_model and adapter is None:
+            raise InvalidParameterError(f"metric {self.name!r} needs a model; got model=None.")
+        expl: Explanation | None = None
+        method: str | None = None
+        attributions: torch.Tensor | None = None
+        if isinstance(explanation, str):
+            method = explanation
+            if self.needs_attributions:
+                if adapter is None:
+                    raise InvalidParameterError(
+                        f"explanation={explanation!r} is a method name, which needs a model to explain; pass a model."
+                    )
+                from whybox.api import explain
+
+                expl = explain(adapter, inputs, explanation, target=target)
+                attributions = expl.attributions
+        elif isinstance(explanation, Explanation):
+            expl, method, attributions = explanation, explanation.method, explanation.attributions
+        elif isinstance(explanation, torch.Tensor):
+            attributions = explanation
+        elif explanation is None and not self.needs_attributions:
+            pass
+        else:
+            raise InvalidInputError(
+                "explanation must be an Explanation, an attribution tensor (B, ...) or a method name; got "
+                f"{type(explanation).__name__}."
+            )
+        if attributions is not None:
+            attributions = self._validate_attributions(attributions, x)
+        if masks is not None:
+            masks = self._validate_masks(masks, x)
+        if labels is not None:
+            labels = torch.as_tensor(labels)
+            if labels.shape != (x.shape[0],) or labels.is_floating_point():
+                raise InvalidParameterError(
+                    f"labels must hold one integer class per row, shape ({x.shape[0]},); got {tuple(labels.shape)}."
+                )
+            labels = labels.to(torch.int64)
+        if adapter is not None:
+            x = x.to(device=adapter.device)
+            if isinstance(adapter, TorchAdapter) and any(p.is_floating_point() for p in adapter.model.parameters()):
+                x = x.to(adapter.dtype)
+            if attributions is not None:
+                attributions = attributions.to(x.device)
+        engine = MaskingEngine(adapter, batch_size=self.batch_size) if adapter is not None else None
+        if not self.needs_model or adapter is None or engine is None:
+            tgt0 = self._target_without_model(target, expl, x)
+            ctx = Context(None, x, attributions, tgt0, expl, None, None, masks, labels, method)
+            scores, curves, meta = self._compute(ctx)
+        else:
+            with adapter.guard(self.mode):
+                clean = engine.forward(x)
+                tgt = self._resolve_target(target, expl, clean, x)
+                ctx = Context(adapter, x, attributions, tgt, expl, engine, clean, masks, labels, method)
+                scores, curves, meta = self._compute(ctx)
+        scores = scores.detach().to("cpu", torch.float64)
+        if attributions is not None:
+            finite = torch.isfinite(attributions.reshape(attributions.shape[0], -1)).all(1).cpu()
+            if not bool(finite.all()):
+                scores = torch.where(finite, scores, torch.full_like(scores, math.nan))
+                meta["nonfinite_attributions"] = (~finite).nonzero().flatten().tolist()
+        out_meta: dict[str, Any] = {
+            "n_forward": engine.n_forward if engine is not None else 0,
+            "n_nan": int(torch.isnan(scores).sum()),
+        }
+        if ctx.target is not None:
+            out_meta["target"] = ctx.target.index.clone()
+        if method is not None:
+            out_meta["method"] = method
+        out_meta.update(meta)
+        return MetricResult(
+            metric=self.name,
+            scores=scores,
+            higher_is_better=self.result_direction(),
+            params=self.params(),
+            curves={k: v.detach().to("cpu") for k, v in curves.items()},
+            meta=out_meta,
+        )
+
+    def _compute(self, ctx: Context) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
+        raise NotImplementedError  # pragma: no cover - interface
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _validate_inputs(inputs: Any) -> torch.Tensor:
+        if not isinstance(inputs, torch.Tensor):
+            raise InvalidInputError(
+                f"inputs must be a torch.Tensor with a leading batch dimension; got {type(inputs).__name__}."
+            )
+        if inputs.ndim < 2:
+            raise InvalidInputError(
+                f"inputs must have a leading batch dimension (B, ...); got shape {tuple(inputs.shape)}. "
+                "Add one with inputs.unsqueeze(0)."
+            )
+        if inputs.shape[0] == 0:
+            raise InvalidInputError("inputs hold no rows (batch size 0); pass at least one row.")
+        x = inputs.detach()
+        if not x.is_floating_point():
+            x = x.to(torch.float32)
+        if not bool(torch.isfinite(x).all()):
+            raise InvalidInputError("inputs contain non-finite values (NaN or inf); clean them before evaluating.")
+        return x
+
+    @staticmethod
+    def _validate_attributions(a: Any, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(a, torch.Tensor):
+            raise InvalidInputError(f"attributions must be a tensor; got {type(a).__name__}.")
+        if a.ndim < 2 or a.shape[0] != x.shape[0]:
+            raise InvalidInputError(
+                f"attributions must have one row per input ({x.shape[0]}); got shape {tuple(a.shape)}."
+            )
+        a = a.detach()
+        return a if a.is_floating_point() else a.to(torch.float32)
+
+    @staticmethod
+    def _validate_masks(masks: Any, x: torch.Tensor) -> torch.Tensor:
+        m = torch.as_tensor(masks)
+        if x.ndim != 4:
+            raise InvalidInputError(f"masks need image inputs (B, C, H, W); got inputs {tuple(x.shape)}.")
+        if m.ndim == 4 and m.shape[1] == 1:
+            m = m[:, 0]
+        b, _, h, w = x.shape
+        if m.shape != (b, h, w):
+            raise InvalidInputError(
+                f"masks must have shape ({b}, {h}, {w}) or ({b}, 1, {h}, {w}); got {tuple(m.shape)}."
+            )
+        return m.to(torch.bool)
+
+    @staticmethod
+    def _explanation_target(expl: Explanation | None) -> torch.Tensor | None:
+        if expl is None:
+            return None
+        t = torch.as_tensor(expl.target).to(torch.int64).reshape(-1)
+        if bool((t < 0).any()):
+            raise InvalidTargetError(
+                "the explanation was made for a callable target (target -1); pass the same callable as target=."
+            )
+        return t
+
+    def _resolve_target(
+        self, target: TargetLike, expl: Explanation | None, clean: torch.Tensor | None, x: torch.Tensor
+    ) -> Target:
+        scores = clean if clean is not None else torch.empty(x.shape[0], 1)
+        if target is None:
+            t = self._explanation_target(expl)
+            if t is not None:
+                if t.shape != (x.shape[0],):
+                    raise InvalidTargetError(f"the explanation holds {t.shape[0]} targets for {x.shape[0]} input rows.")
+                return resolve_target(t, scores)
+        return resolve_target(target, scores)
+
+    def _target_without_model(self, target: TargetLike, expl: Explanation | None, x: torch.Tensor) -> Target | None:
+        if target is None:
+            t = self._explanation_target(expl)
+            return Target(t) if t is not None else None
+        if callable(target) and not isinstance(target, torch.Tensor):
+            return None
+        t = torch.as_tensor(target).to(torch.int64)
+        return Target(t.expand(x.shape[0]).clone() if t.ndim == 0 else t.reshape(-1))

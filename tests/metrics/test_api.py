@@ -1,0 +1,170 @@
+"""The metric facade and the contract every registered metric keeps: ``whybox.evaluate`` / ``whybox.metrics()``,
+declared direction, recorded params, seeded reproducibility, the model left exactly as it came."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import whybox
+from whybox.metrics.base import Metric, MetricResult
+from whybox.registry import METRICS
+
+from ._models import cnn3, randn
+
+MASKS = ("pointing_game", "energy_pointing_game", "relevance_mass", "relevance_rank")
+FAST: dict[str, dict[str, Any]] = {
+    "deletion": {"steps": 5},
+    "insertion": {"steps": 5},
+    "highest_confidence": {"steps": 5},
+    "aopc": {"steps": 5},
+    "mufidelity": {"n_samples": 12},
+    "road": {"fractions": (0.2, 0.6)},
+    "infidelity": {"n_samples": 8},
+    "max_sensitivity": {"n_samples": 3},
+    "stability": {"n_runs": 2, "explainer": "smoothgrad", "explainer_params": {"n_samples": 2}},
+}
+
+
+def test_metrics_lists_the_registry_and_every_issue_metric() -> None:
+    assert whybox.metrics() == METRICS.names() == sorted(METRICS.names())
+    for name in (
+        "deletion",
+        "insertion",
+        "highest_confidence",
+        "mufidelity",
+        "road",
+        "infidelity",
+        "max_sensitivity",
+        "randomization",
+        "random_logit",
+        "stability",
+        "pointing_game",
+        "energy_pointing_game",
+        "sparseness",
+    ):
+        assert name in whybox.metrics()
+    assert "evaluate" in whybox.__all__ and "metrics" in whybox.__all__
+    import whybox.metrics.road as road_module  # the package is importable although whybox.metrics is callable
+
+    assert road_module.ROAD.name == "road"
+
+
+def test_unknown_metric_and_unknown_option_list_what_exists() -> None:
+    x = torch.zeros(1, 3, 4, 4)
+    with pytest.raises(whybox.UnknownNameError, match="Known metrics: aopc, complexity") as exc:
+        whybox.evaluate(None, x, x, "deletoin")
+    assert "Did you mean 'deletion'" in str(exc.value)
+    with pytest.raises(whybox.InvalidParameterError, match=r"Its options are: .*steps") as err:
+        whybox.evaluate(cnn3(), x, x, "deletion", stepz=3)
+    assert isinstance(err.value, ValueError)
+    with pytest.raises(whybox.InvalidParameterError, match=r"steps must be an int >= 1; got 0"):
+        whybox.evaluate(cnn3(), x, x, "deletion", steps=0)
+    with pytest.raises(whybox.InvalidParameterError, match="score must be one of"):
+        whybox.evaluate(cnn3(), x, x, "deletion", score="softmax")
+
+
+@pytest.mark.parametrize("name", METRICS.names())
+def test_every_metric_declares_direction_and_the_shared_options(name: str) -> None:
+    cls = METRICS.get(name)
+    assert issubclass(cls, Metric) and cls.name == name and isinstance(cls.higher_is_better, bool)
+    opts = {
+        p for c in cls.__mro__ if "__init__" in c.__dict__ for p in inspect.signature(c.__dict__["__init__"]).parameters
+    }
+    assert {"seed", "batch_size", "score", "mode"} <= opts
+    params = cls(seed=3, batch_size=5).params()
+    assert params["seed"] == 3 and params["batch_size"] == 5 and params["score"] == "prob"
+
+
+def _fingerprint(model: torch.nn.Module) -> tuple:
+    h = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest()
+    return h, [m.training for m in model.modules()], [p.requires_grad for p in model.parameters()]
+
+
+@pytest.mark.parametrize("name", METRICS.names())
+def test_metric_contract(name: str) -> None:
+    """Per-sample scores (B,), seeded reproducibility, the model run in eval mode and left as it came."""
+    model = cnn3()
+    model.train()
+    seen: list[bool] = []
+    model[0].register_forward_pre_hook(lambda m, i: seen.append(m.training))
+    before = _fingerprint(model)
+    x = randn(2, 3, 8, 8, seed=1)
+    e = whybox.explain(model, x, "saliency", target=[1, 2])
+    model.train()
+    seen.clear()
+    masks = torch.zeros(2, 8, 8, dtype=torch.bool)
+    masks[:, 2:5, 2:5] = True
+    kw = {"masks": masks} if name in MASKS else {}
+    r1 = whybox.evaluate(model, x, e, name, seed=4, **kw, **FAST.get(name, {}))
+    r2 = whybox.evaluate(model, x, e, name, seed=4, **kw, **FAST.get(name, {}))
+    assert isinstance(r1, MetricResult) and r1.metric == name
+    assert r1.scores.shape == (2,) and r1.scores.dtype == torch.float64
+    torch.testing.assert_close(r1.scores, r2.scores, equal_nan=True)
+    assert r1.params["seed"] == 4 and r1.meta["n_nan"] == int(torch.isnan(r1.scores).sum())
+    assert isinstance(r1.higher_is_better, bool)
+    for k, v in r1.curves.items():
+        assert v.shape[0] == 2, k
+    if METRICS.get(name).needs_model:
+        assert seen and not any(seen), "the model must run in eval mode"
+        assert r1.meta["target"].tolist() == [1, 2]  # the explanation's target by default
+    assert _fingerprint(model) == before
+
+
+def test_bare_attribution_tensor_explains_the_predicted_class() -> None:
+    model, x = cnn3(), randn(3, 3, 8, 8, seed=2)
+    r = whybox.evaluate(model, x, randn(3, 1, 8, 8, seed=3), "deletion", steps=4)
+    assert r.meta["target"].tolist() == model(x).argmax(1).tolist()
+
+
+def test_method_name_as_explanation_is_explained_first() -> None:
+    model, x = cnn3(), randn(2, 3, 8, 8, seed=4)
+    by_name = whybox.evaluate(model, x, "saliency", "deletion", steps=4, target=1)
+    e = whybox.explain(model, x, "saliency", target=1)
+    torch.testing.assert_close(by_name.scores, whybox.evaluate(model, x, e, "deletion", steps=4).scores)
+    assert by_name.meta["method"] == "saliency"
+
+
+def test_input_errors_name_the_problem() -> None:
+    model = cnn3()
+    with pytest.raises(whybox.InvalidInputError, match="leading batch dimension"):
+        whybox.evaluate(model, torch.zeros(3), torch.zeros(3), "deletion")
+    with pytest.raises(whybox.InvalidInputError, match="one row per input"):
+        whybox.evaluate(model, torch.zeros(2, 3, 4, 4), torch.zeros(3, 1, 4, 4), "deletion")
+    with pytest.raises(whybox.InvalidInputError, match="do not match images"):
+        whybox.evaluate(model, torch.zeros(2, 3, 4, 4), torch.zeros(2, 2, 4, 4), "deletion")
+    with pytest.raises(whybox.InvalidParameterError, match="needs ground-truth masks"):
+        whybox.evaluate(None, torch.zeros(2, 3, 4, 4), torch.zeros(2, 1, 4, 4), "pointing_game")
+    with pytest.raises(whybox.InvalidParameterError, match="needs a model"):
+        whybox.evaluate(None, torch.zeros(2, 3, 4, 4), torch.zeros(2, 1, 4, 4), "deletion")
+
+
+def test_result_mean_ignores_nan_and_reports_it() -> None:
+    r = MetricResult("m", torch.tensor([1.0, math.nan, 3.0], dtype=torch.float64), True)
+    assert r.mean() == 2.0 and r.n_nan == 1 and len(r) == 3 and "n_nan=1" in repr(r)
+
+
+def test_sources_never_call_np_trapz() -> None:
+    src = Path(whybox.__file__).parent / "metrics"
+    for f in src.glob("*.py"):
+        assert "np.trapz(" not in f.read_text(), f
+
+
+def test_sklearn_probabilities_are_not_softmaxed_again() -> None:
+    """A predict_proba model: score="prob" reads its probabilities as they are (the deletion curve's first point
+    is predict_proba of the clean row)."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(100, 5))
+    clf = LogisticRegression().fit(features, (features[:, 0] > 0).astype(int))
+    x = torch.tensor(features[:3])
+    r = whybox.evaluate(clf, x, x.abs(), "deletion", target=1, steps=5)
+    np.testing.assert_allclose(r.curves["y"][:, 0].numpy(), clf.predict_proba(features[:3])[:, 1], rtol=1e-12)

@@ -1,0 +1,104 @@
+"""Pointing game, energy pointing game, relevance mass and rank: hand-computed answers and Quantus agreement."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import whybox
+
+from ._models import randn
+
+
+def _delta(h: int, w: int, row: int, col: int) -> torch.Tensor:
+    a = torch.zeros(1, 1, h, w)
+    a[0, 0, row, col] = 1.0
+    return a
+
+
+def test_pointing_game_tolerance_on_a_non_square_image() -> None:
+    """Mask = columns 0..4 of a 20 x 40 image; the map's peak 10 px to the right of it (u = 14, v = 7):
+    a hit at tolerance 15, a miss at tolerance 0; a peak on the mask hits at any tolerance."""
+    h, w = 20, 40
+    x = torch.zeros(1, 3, h, w)
+    mask = torch.zeros(1, h, w, dtype=torch.bool)
+    mask[0, :, :5] = True
+    a = _delta(h, w, 7, 14)
+    hit = whybox.evaluate(None, x, a, "pointing_game", masks=mask, target=0, tolerance=15)
+    miss = whybox.evaluate(None, x, a, "pointing_game", masks=mask, target=0, tolerance=0)
+    assert hit.scores.tolist() == [1.0] and miss.scores.tolist() == [0.0]
+    assert hit.meta["point"].tolist() == [[14, 7]]  # (u, v) = (x, y)
+    assert whybox.evaluate(None, x, a, "pointing_game", masks=mask, tolerance=10).scores.tolist() == [0.0]  # strict <
+    on = whybox.evaluate(None, x, _delta(h, w, 7, 2), "pointing_game", masks=mask, tolerance=0)
+    assert on.scores.tolist() == [1.0]
+
+
+def test_pointing_game_empty_mask_is_nan_and_class_accuracy_is_per_class() -> None:
+    x = torch.zeros(3, 1, 6, 6)
+    a = torch.cat([_delta(6, 6, 1, 1), _delta(6, 6, 5, 5), _delta(6, 6, 1, 1)])
+    masks = torch.zeros(3, 6, 6, dtype=torch.bool)
+    masks[0, :2, :2] = True
+    masks[1, :2, :2] = True
+    r = whybox.evaluate(None, x, a, "pointing_game", masks=masks, target=torch.tensor([1, 1, 2]), tolerance=0)
+    assert r.scores[:2].tolist() == [1.0, 0.0] and math.isnan(r.scores[2].item())
+    assert r.meta["class_accuracy"] == {1: 0.5} and r.meta["class_mean"] == 0.5
+    assert r.n_nan == 1 and r.mean() == 0.5
+
+
+def test_energy_pointing_game_known_values() -> None:
+    x = torch.zeros(3, 1, 4, 5)
+    masks = torch.zeros(3, 4, 5, dtype=torch.bool)
+    masks[:, 1:3, 1:4] = True  # 6 of 20 pixels
+    uniform = torch.ones(1, 1, 4, 5)
+    inside = (
+        masks[:1, None].float() * torch.rand(1, 1, 4, 5, generator=torch.Generator().manual_seed(0))
+        - (~masks[:1, None]).float()
+    )  # negative outside: L+ is zero there
+    a = torch.cat([uniform, inside, torch.zeros(1, 1, 4, 5)])
+    r = whybox.evaluate(None, x, a, "energy_pointing_game", masks=masks)
+    assert r.scores[0].item() == pytest.approx(6 / 20) and r.scores[1].item() == pytest.approx(1.0)
+    assert math.isnan(r.scores[2].item())
+    m = whybox.evaluate(None, x, a, "relevance_mass", masks=masks)
+    torch.testing.assert_close(m.scores, r.scores, equal_nan=True)
+
+
+def test_relevance_rank_of_the_ground_truth_indicator_is_one() -> None:
+    masks = torch.zeros(2, 8, 8, dtype=torch.bool)
+    masks[0, 2:5, 3:7] = True
+    masks[1, 0, :] = True
+    a = masks.float().unsqueeze(1)
+    x = torch.zeros(2, 1, 8, 8)
+    assert whybox.evaluate(None, x, a, "relevance_rank", masks=masks).scores.tolist() == [1.0, 1.0]
+    assert whybox.evaluate(None, x, a, "relevance_mass", masks=masks).scores.tolist() == [1.0, 1.0]
+    rand = whybox.evaluate(None, x, randn(2, 1, 8, 8, seed=1), "relevance_rank", masks=masks)
+    assert bool(((rand.scores >= 0) & (rand.scores <= 1)).all())
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning:quantus")
+def test_localisation_agrees_with_quantus(quantus) -> None:
+    """Maps without ties (Quantus hits on any tied maximum, ranks with an unstable argsort) and non-negative
+    (Quantus sums signed relevance in its mass accuracy); tolerance 0 for the pointing game."""
+    g = torch.Generator().manual_seed(2)
+    a = torch.rand(5, 1, 10, 10, generator=g)
+    masks = torch.rand(5, 10, 10, generator=g) < 0.3
+    x = torch.rand(5, 1, 10, 10, generator=g)
+    kw = {
+        "x_batch": x.numpy(),
+        "y_batch": np.zeros(5, dtype=int),
+        "a_batch": a.numpy(),
+        "s_batch": masks[:, None].numpy().astype(float),
+        "channel_first": True,
+    }
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(100, 2)).eval()
+    pg = quantus.PointingGame(abs=False, normalise=False, disable_warnings=True)(model=model, **kw)
+    rr = quantus.RelevanceRankAccuracy(abs=False, normalise=False, disable_warnings=True)(model=model, **kw)
+    rm = quantus.RelevanceMassAccuracy(abs=False, normalise=False, disable_warnings=True)(model=model, **kw)
+    ours_pg = whybox.evaluate(None, x, a, "pointing_game", masks=masks, tolerance=0).scores
+    ours_rr = whybox.evaluate(None, x, a, "relevance_rank", masks=masks).scores
+    ours_rm = whybox.evaluate(None, x, a, "relevance_mass", masks=masks).scores
+    np.testing.assert_array_equal(ours_pg.numpy(), np.asarray(pg, dtype=float))
+    np.testing.assert_allclose(ours_rr.numpy(), np.asarray(rr, dtype=float), atol=1e-12)
+    np.testing.assert_allclose(ours_rm.numpy(), np.asarray(rm, dtype=float), rtol=1e-6)

@@ -1,0 +1,139 @@
+"""ROAD: noisy linear imputation known answers and its linear system, the metric's protocol, and Quantus."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import whybox
+from whybox.metrics.road import noisy_linear_imputation
+
+from ._models import cnn1, randn
+
+
+def _ramp(h: int = 9, w: int = 11, c: int = 2) -> torch.Tensor:
+    i = torch.arange(h, dtype=torch.float64).view(-1, 1)
+    j = torch.arange(w, dtype=torch.float64).view(1, -1)
+    return torch.stack([i + 2 * j + k for k in range(c)])
+
+
+def test_nli_reproduces_a_linear_ramp_in_an_interior_hole() -> None:
+    img = _ramp()
+    hole = torch.zeros(9, 11, dtype=torch.bool)
+    hole[2:6, 3:8] = True
+    hole[6, 4] = True
+    out = noisy_linear_imputation(img, hole, noise=0.0)
+    torch.testing.assert_close(out, img, rtol=0, atol=1e-10)
+
+
+def test_nli_constant_image_stays_constant_even_at_the_border() -> None:
+    img = torch.full((3, 6, 7), 2.5, dtype=torch.float64)
+    hole = torch.zeros(6, 7, dtype=torch.bool)
+    hole[0, :4] = True
+    hole[3:, 5:] = True
+    torch.testing.assert_close(noisy_linear_imputation(img, hole, noise=0.0), img, rtol=0, atol=1e-12)
+
+
+def test_nli_solution_satisfies_the_weighted_mean_equations() -> None:
+    """Each removed pixel equals the weighted mean of its in-image neighbours (weights 1/6 edges, 1/12 diagonals,
+    renormalised at the border)."""
+    g = torch.Generator().manual_seed(0)
+    img = torch.rand(1, 7, 8, generator=g, dtype=torch.float64)
+    hole = torch.rand(7, 8, generator=g) < 0.5
+    out = noisy_linear_imputation(img, hole, noise=0.0)[0]
+    assert torch.equal(out[~hole], img[0][~hole])
+    for r, c in hole.nonzero().tolist():
+        num = den = 0.0
+        for dr in (-1, 0, 1):
+            for dc in (-1, 0, 1):
+                if (dr, dc) == (0, 0) or not (0 <= r + dr < 7 and 0 <= c + dc < 8):
+                    continue
+                wt = 1 / 6 if dr == 0 or dc == 0 else 1 / 12
+                num += wt * out[r + dr, c + dc].item()
+                den += wt
+        assert out[r, c].item() == pytest.approx(num / den, abs=1e-10)
+
+
+def test_nli_noise_has_the_requested_std_and_is_seeded() -> None:
+    img = _ramp(40, 40, 1)
+    hole = torch.zeros(40, 40, dtype=torch.bool)
+    hole[5:35, 5:35] = True
+    out = noisy_linear_imputation(img, hole, noise=0.01, generator=torch.Generator().manual_seed(1))
+    resid = (out - img)[0][hole]
+    assert resid.std().item() == pytest.approx(0.01, rel=0.1)
+    again = noisy_linear_imputation(img, hole, noise=0.01, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(out, again)
+
+
+def test_nli_with_nothing_known_is_nan() -> None:
+    out = noisy_linear_imputation(torch.ones(1, 3, 3), torch.ones(3, 3, dtype=torch.bool), noise=0.0)
+    assert torch.isnan(out).all()
+
+
+def test_nli_agrees_with_quantus_noisy_linear_imputation(quantus) -> None:
+    from quantus.functions.perturb_func import noisy_linear_imputation as q_nli
+
+    g = torch.Generator().manual_seed(3)
+    img = torch.rand(3, 10, 12, generator=g, dtype=torch.float64)
+    idx = torch.randperm(120, generator=g)[:70].sort().values
+    hole = torch.zeros(120, dtype=torch.bool)
+    hole[idx] = True
+    q = q_nli(img.numpy(), idx.numpy(), noise=0.0)
+    ours = noisy_linear_imputation(img, hole.view(10, 12), noise=0.0)
+    np.testing.assert_allclose(ours.numpy(), q, rtol=1e-9, atol=1e-9)
+
+
+def test_road_removes_floor_pn_pixels_and_p_one_is_nan() -> None:
+    model, x = cnn1(), randn(2, 1, 8, 8, seed=1)
+    a = randn(2, 1, 8, 8, seed=2)
+    r = whybox.evaluate(model, x, a, "road", fractions=(0.1, 0.55, 1.0), noise=0.0)
+    assert r.meta["removed_counts"] == [6, 35, 64]
+    assert torch.isnan(r.curves["morf_score"][:, 2]).all() and torch.isnan(r.curves["lerf_accuracy"][:, 2]).all()
+    assert torch.isfinite(r.scores).all()  # the means skip the undefined point
+    expected = (r.curves["lerf_score"][:, :2].mean(1) - r.curves["morf_score"][:, :2].mean(1)) / 2
+    torch.testing.assert_close(r.scores, expected)
+
+
+def test_road_is_seeded_and_chunk_size_changes_nothing() -> None:
+    model, x = cnn1(), randn(2, 1, 8, 8, seed=3)
+    a = randn(2, 1, 8, 8, seed=4)
+    r1 = whybox.evaluate(model, x, a, "road", fractions=(0.2, 0.6), batch_size=64, seed=2)
+    r2 = whybox.evaluate(model, x, a, "road", fractions=(0.2, 0.6), batch_size=3, seed=2)
+    torch.testing.assert_close(r1.curves["morf_score"], r2.curves["morf_score"], rtol=1e-5, atol=1e-7)
+    r3 = whybox.evaluate(model, x, a, "road", fractions=(0.2, 0.6), seed=3)
+    assert not torch.equal(r1.curves["morf_score"], r3.curves["morf_score"])
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning:quantus")
+def test_road_morf_accuracy_agrees_with_quantus(quantus) -> None:
+    """Quantus ROAD is MoRF only and returns the accuracy per percentage averaged over samples; with noise 0 both
+    impute deterministically. 1-channel inputs and a map without ties (Quantus ranks elements by argsort)."""
+    model, x = cnn1(seed=1), randn(6, 1, 8, 8, seed=5)
+    a = randn(6, 1, 8, 8, seed=6)
+    y = model(x).argmax(1)
+    y[::2] = (y[::2] + 1) % 10  # some wrong labels, so accuracy is not trivially 1
+    pct = [10, 30, 50, 70, 90]
+    road = quantus.ROAD(
+        percentages=pct, noise=0.0, abs=False, normalise=False, disable_warnings=True, display_progressbar=False
+    )
+    q = road(model=model, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=a.numpy(), device="cpu", channel_first=True)
+    r = whybox.evaluate(model, x, a, "road", fractions=[p / 100 for p in pct], noise=0.0, labels=y, quantity="accuracy")
+    np.testing.assert_allclose(r.curves["morf_accuracy"].mean(0).numpy(), [q[p] for p in pct], atol=1e-12)
+    assert not math.isnan(r.scores.mean().item())
+
+
+def test_batched_imputation_equals_one_by_one() -> None:
+    from whybox.metrics.road import noisy_linear_imputation_batch
+
+    g = torch.Generator().manual_seed(7)
+    imgs = torch.rand(3, 2, 6, 7, generator=g, dtype=torch.float64)
+    holes = torch.rand(3, 6, 7, generator=g) < 0.4
+    holes[1] = False  # nothing to impute
+    gens = [torch.Generator().manual_seed(i) for i in range(3)]
+    batch = noisy_linear_imputation_batch(imgs, holes, noise=0.05, generators=gens)
+    for i in range(3):
+        one = noisy_linear_imputation(imgs[i], holes[i], noise=0.05, generator=torch.Generator().manual_seed(i))
+        torch.testing.assert_close(batch[i], one, rtol=0, atol=1e-12)

@@ -1,0 +1,60 @@
+"""ROAR as a job: a label carried only by a 4 x 4 patch; the oracle map removes it (chance accuracy at t >= the
+patch share) while random removal leaves the model clearly above chance at t = 10 %."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from whybox.metrics.roar import remove_top, roar
+
+
+def _patch_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 2, (n,), generator=g)
+    x = 0.5 * torch.randn(n, 1, 8, 8, generator=g)
+    x[:, :, :4, :4] += (2 * y - 1).float().view(-1, 1, 1, 1) * 1.5  # the label lives only here (25 % of pixels)
+    return x, y
+
+
+def test_remove_top_replaces_floor_t_n_pixels_and_keep_inverts() -> None:
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    ranking = torch.arange(16).flip(0).view(1, 16)  # pixel 15 first
+    out = remove_top(x, ranking, 0.3, torch.full((1, 1, 1, 1), -1.0))  # floor(4.8) = 4 pixels
+    assert out.flatten().tolist()[-4:] == [-1.0] * 4 and bool((out.flatten()[:12] == x.flatten()[:12]).all())
+    kept = remove_top(x, ranking, 0.3, torch.full((1, 1, 1, 1), -1.0), keep=True)
+    assert kept.flatten().tolist()[-4:] == [12.0, 13.0, 14.0, 15.0] and int((kept == -1).sum()) == 12
+
+
+def test_oracle_map_drops_to_chance_and_random_removal_does_not() -> None:
+    x_tr, y_tr = _patch_data(600, 0)
+    x_te, y_te = _patch_data(300, 1)
+    oracle = torch.zeros(1, 1, 8, 8)
+    oracle[:, :, :4, :4] = 1.0
+
+    def linear() -> nn.Module:
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 2))
+
+    res = roar(
+        {"oracle": (oracle.expand(600, -1, -1, -1), oracle.expand(300, -1, -1, -1))},
+        data=(x_tr, y_tr, x_te, y_te),
+        model_fn=linear,
+        fractions=(0.1, 0.3),
+        n_retrain=2,
+        epochs=4,
+    )
+    assert bool((res.base_accuracy > 0.95).all())
+    oracle_acc, random_acc = res.mean("oracle"), res.mean("random")
+    assert abs(oracle_acc[1].item() - 0.5) < 0.1  # t = 0.3 >= 25 %: the patch is gone, chance accuracy
+    assert random_acc[0].item() > 0.85  # random removal of 10 % leaves most of the patch
+    assert res.gap("oracle")[1].item() > 0.3
+    assert res.accuracy["oracle"].shape == (2, 2) and "random" in res.table()
+    again = roar(
+        {"oracle": (oracle.expand(600, -1, -1, -1), oracle.expand(300, -1, -1, -1))},
+        data=(x_tr, y_tr, x_te, y_te),
+        model_fn=linear,
+        fractions=(0.1, 0.3),
+        n_retrain=2,
+        epochs=4,
+    )
+    torch.testing.assert_close(again.accuracy["oracle"], res.accuracy["oracle"])  # seeded end to end

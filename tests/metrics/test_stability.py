@@ -1,0 +1,72 @@
+"""Stability over repeated runs: the Jaccard / VSI / Kendall formulas on preset runs, deterministic explainers
+score 1, seeded explainers are reproducible, and "run LIME 10 times on one instance" is one call."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from scipy.stats import kendalltau
+
+import whybox
+
+from ._models import cnn1, cnn3, randn
+
+
+def test_topk_jaccard_vsi_and_kendall_on_preset_runs() -> None:
+    """Top-3 sets {a, b, c} and {a, b, d}: J = 2 / 4 = 0.5 and VSI = 100 * 2 / 3; tau-b as scipy's."""
+    runs = [torch.tensor([[3.0, 2.0, 1.0, 0.0, -0.5]]), torch.tensor([[3.0, 2.0, 0.0, 1.0, -0.5]])]
+    calls = itertools.count()
+
+    def preset(model: torch.nn.Module, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return runs[next(calls) % 2]
+
+    model = torch.nn.Sequential(torch.nn.Linear(5, 2))
+    r = whybox.evaluate(model, torch.zeros(1, 5), None, "stability", explainer=preset, n_runs=2, k=3, abs=False)
+    assert r.scores.item() == pytest.approx(0.5)
+    assert r.meta["vsi"].item() == pytest.approx(100 * 2 / 3)
+    assert r.meta["kendall"].item() == pytest.approx(kendalltau(runs[0][0], runs[1][0]).statistic)
+    torch.testing.assert_close(r.meta["std"], torch.stack(runs).std(0, unbiased=True).double())
+
+
+def test_deterministic_explainer_is_perfectly_stable() -> None:
+    model, x = cnn3(), randn(2, 3, 8, 8, seed=1)
+    for measure, value in (("jaccard", 1.0), ("kendall", 1.0), ("vsi", 100.0)):
+        r = whybox.evaluate(model, x, "saliency", "stability", n_runs=3, measure=measure)
+        torch.testing.assert_close(r.scores, torch.full((2,), value, dtype=torch.float64))
+    assert float(r.meta["mean_std"].abs().max()) == 0.0
+
+
+def test_smoothgrad_runs_differ_by_seed_and_the_metric_is_reproducible() -> None:
+    model, x = cnn1(), randn(2, 1, 8, 8, seed=2)
+    kw = {"n_runs": 4, "explainer_params": {"n_samples": 3}}
+    r1 = whybox.evaluate(model, x, "smoothgrad", "stability", **kw)
+    r2 = whybox.evaluate(model, x, "smoothgrad", "stability", **kw)
+    torch.testing.assert_close(r1.scores, r2.scores)
+    assert r1.meta["seeds"] == [0, 1, 2, 3]
+    assert bool((r1.scores < 1).all()) and bool((r1.meta["mean_std"] > 0).all())
+    more = whybox.evaluate(model, x, "smoothgrad", "stability", n_runs=4, explainer_params={"n_samples": 40})
+    assert bool((more.meta["kendall"] > r1.meta["kendall"]).all())  # more noise samples, more stable maps
+
+
+def test_stability_of_an_explanation_reruns_its_method_and_params() -> None:
+    model, x = cnn1(), randn(1, 1, 8, 8, seed=3)
+    e = whybox.explain(model, x, "smoothgrad", n_samples=3, target=2)
+    r = whybox.evaluate(model, x, e, "stability", n_runs=3)
+    assert r.meta["explainer"] == "smoothgrad" and r.meta["target"].tolist() == [2]
+    direct = whybox.evaluate(model, x, "smoothgrad", "stability", n_runs=3, target=2, explainer_params={"n_samples": 3})
+    torch.testing.assert_close(r.scores, direct.scores)
+
+
+def test_lime_ten_times_on_one_instance_is_one_call() -> None:
+    if "lime" not in whybox.methods():
+        pytest.skip("the lime explainer is not registered yet")
+    model, x = cnn3(), randn(1, 3, 16, 16, seed=4)
+    params = {"n_samples": 60, "features": "grid", "patch": 4}  # 16 square regions
+    r = whybox.evaluate(model, x, "lime", "stability", n_runs=10, k=5, explainer_params=params)
+    assert r.meta["features"] == "values" and r.meta["seeds"] == list(range(10))
+    assert 0 <= r.scores.item() <= 1 and 0 <= r.meta["vsi"].item() <= 100
+    assert r.meta["std"].shape == (1, 1, 16, 16)
+    again = whybox.evaluate(model, x, "lime", "stability", n_runs=10, k=5, explainer_params=params)
+    torch.testing.assert_close(again.scores, r.scores)
