@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 from typing import Any, ClassVar
@@ -18,6 +19,20 @@ from whybox.models.targets import SCORE_SPACES, Target, TargetLike, apply_score_
 __all__ = ["Explainer", "GradientExplainer"]
 
 PERTURBATION_HINT = "a perturbation method (e.g. 'scorecam' for images, or the perturbation explainers)"
+
+
+@functools.lru_cache(maxsize=None)
+def _keyword_options(cls: type) -> tuple[str, ...]:
+    """Keyword-only ``__init__`` options along the MRO (cached: ``inspect.signature`` is slow)."""
+    names: list[str] = []
+    for c in cls.__mro__:
+        init = c.__dict__.get("__init__")
+        if init is None or not inspect.isfunction(init):
+            continue
+        for p in inspect.signature(init).parameters.values():
+            if p.kind is p.KEYWORD_ONLY and p.name not in names:
+                names.append(p.name)
+    return tuple(names)
 
 
 class Explainer:
@@ -62,14 +77,10 @@ class Explainer:
     def params(self) -> dict[str, Any]:
         """The explainer's options (every keyword of ``__init__``), JSON-friendly."""
         out: dict[str, Any] = {}
-        for cls in type(self).__mro__:
-            init = cls.__dict__.get("__init__")
-            if init is None:
-                continue
-            for p in inspect.signature(init).parameters.values():
-                if p.kind is p.KEYWORD_ONLY and p.name not in out and hasattr(self, p.name):
-                    v = getattr(self, p.name)
-                    out[p.name] = v if isinstance(v, (bool, int, float, str, type(None), list, tuple)) else repr(v)
+        for name in _keyword_options(type(self)):
+            if hasattr(self, name):
+                v = getattr(self, name)
+                out[name] = v if isinstance(v, (bool, int, float, str, type(None), list, tuple)) else repr(v)
         return out
 
     def __repr__(self) -> str:
@@ -223,7 +234,8 @@ class GradientExplainer(Explainer):
         return grads, scores, target
 
     def _resolve(self, target: TargetLike, x: torch.Tensor, engine: MaskingEngine) -> Target:
-        """Resolve ``target`` from one clean forward (only when needed: ``None`` or a range check)."""
-        if target is not None and callable(target) and not isinstance(target, torch.Tensor):
-            return resolve_target(target, torch.empty(x.shape[0], 1))
-        return resolve_target(target, apply_score_space(engine.forward(x), "logit"))
+        """Resolve ``target``; only ``None`` costs a clean forward (an explicit class index is range-checked
+        against the model's outputs on the first scored chunk, see :meth:`Target.select`)."""
+        if target is None:
+            return resolve_target(None, engine.forward(x))
+        return resolve_target(target, None, batch=x.shape[0])

@@ -32,9 +32,12 @@ class Target:
 
     index: torch.Tensor  # (B,) int64
     fn: Callable[[torch.Tensor], torch.Tensor] | None = None
+    checked: bool = True  # False: indices not yet compared with the model's number of outputs
 
     def select(self, scores: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """The explained scalar per row of ``scores`` (n, K); ``rows`` (n,) maps each to its input row."""
+        if not self.checked and self.fn is None:
+            _check_range(self.index, scores.shape[1])
         if self.fn is not None:
             out = self.fn(scores)
             if not isinstance(out, torch.Tensor) or out.shape != scores.shape[:1]:
@@ -50,11 +53,29 @@ class Target:
         return scores.gather(1, idx.view(-1, 1)).squeeze(1)
 
 
-def resolve_target(target: TargetLike, clean_scores: torch.Tensor) -> Target:
-    """Normalise ``target`` against the clean scores ``(B, K)``; ``None`` means the argmax, fixed once."""
-    b, k = clean_scores.shape
+def _check_range(idx: torch.Tensor, k: int) -> None:
+    bad = (idx < 0) | (idx >= k)
+    if bool(bad.any()):
+        raise InvalidTargetError(
+            f"target={idx[bad][0].item()} is out of range for a model with {k} outputs; "
+            f"use a class index in 0..{k - 1}, or target=None for the predicted class."
+        )
+
+
+def resolve_target(target: TargetLike, clean_scores: torch.Tensor | None, *, batch: int | None = None) -> Target:
+    """Normalise ``target`` against the clean scores ``(B, K)``; ``None`` means the argmax, fixed once.
+
+    With ``clean_scores=None`` (and ``batch`` given) an explicit target is normalised without a forward
+    pass; its range is checked the first time it selects from real scores.
+    """
+    if clean_scores is None:
+        if target is None or batch is None:
+            raise ValueError("resolve_target needs clean_scores for target=None")  # internal misuse
+        b, k = batch, None
+    else:
+        b, k = clean_scores.shape
     if target is None:
-        return Target(clean_scores.argmax(1).to(torch.int64).cpu())
+        return Target(clean_scores.argmax(1).to(torch.int64).cpu())  # type: ignore[union-attr]
     if callable(target) and not isinstance(target, torch.Tensor):
         return Target(torch.full((b,), -1, dtype=torch.int64), fn=target)
     if isinstance(target, bool):
@@ -74,10 +95,7 @@ def resolve_target(target: TargetLike, clean_scores: torch.Tensor) -> Target:
                 f"target must be an int or hold one class per row, shape ({b},); got shape {tuple(t.shape)}."
             )
         idx = t.to(torch.int64).cpu()
-    bad = (idx < 0) | (idx >= k)
-    if bool(bad.any()):
-        raise InvalidTargetError(
-            f"target={idx[bad][0].item()} is out of range for a model with {k} outputs; "
-            f"use a class index in 0..{k - 1}, or target=None for the predicted class."
-        )
+    if k is None:
+        return Target(idx, checked=False)
+    _check_range(idx, k)
     return Target(idx)

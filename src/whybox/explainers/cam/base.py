@@ -55,6 +55,10 @@ def normalize_maps(maps: torch.Tensor, how: str) -> tuple[torch.Tensor, torch.Te
     return out.view_as(maps), degenerate
 
 
+def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts)  # one chunk: no copy
+
+
 class CAM(Explainer):
     """Class activation maps at one or more layers.
 
@@ -170,11 +174,9 @@ class CAM(Explainer):
                 acts[j].append(aj.detach())
             idx.append(tc.index)
             fn = tc.fn
-        tgt = Target(torch.cat(idx), fn)
-        a_all = [to_grid(torch.cat(v), lab) for v, lab in zip(acts, labels, strict=True)]
-        g_all = (
-            [to_grid(torch.cat(v), lab) for v, lab in zip(grads, labels, strict=True)] if self.uses_gradients else None
-        )
+        tgt = Target(_cat(idx), fn)
+        a_all = [to_grid(_cat(v), lab) for v, lab in zip(acts, labels, strict=True)]
+        g_all = [to_grid(_cat(v), lab) for v, lab in zip(grads, labels, strict=True)] if self.uses_gradients else None
         return a_all, g_all, tgt
 
     def _layer_maps(
