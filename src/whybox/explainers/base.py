@@ -21,7 +21,7 @@ __all__ = ["Explainer", "GradientExplainer"]
 PERTURBATION_HINT = "a perturbation method (e.g. 'scorecam' for images, or the perturbation explainers)"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _keyword_options(cls: type) -> tuple[str, ...]:
     """Keyword-only ``__init__`` options along the MRO (cached: ``inspect.signature`` is slow)."""
     names: list[str] = []
