@@ -14,6 +14,12 @@ Targets (issue #3): efficiency >= 0.85 for every whybox method on both models; o
 faster than captum KernelShap and 2x faster than captum Lime and lime's LimeImageExplainer; on the 224 px model
 at most captum's time at equal passes.
 
+Allocator note: at 224 px about half of every forward pass is page faults, because glibc returns each large
+activation buffer to the OS and the next pass faults it in again; how often that happens depends on what else the
+process allocates between passes, which moves per-call times by +-15 % between otherwise identical calls. Run with
+``MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=4294967296`` (recorded in the header) to take the
+allocator out of the comparison: every side then reuses its buffers and runs about 2x faster.
+
 Run ``python bench/perturbation.py [--quick] [--threads 1 --clock cpu]`` from the repository root. Writes
 ``bench/results/perturbation.md`` (the table) and ``bench/results/perturbation.json`` (everything). Offline:
 models and photos come from ``whybox.data``.
@@ -495,7 +501,8 @@ def render(results: list[dict[str, Any]], header: dict[str, Any]) -> str:
         "",
         f"- date: {header['date']}; host: {header['cpu']} ({header['cpu_count']} logical CPUs); torch "
         f"{header['torch']}; torch.set_num_threads({header['threads']}); clock: {header['clock']}; load average at "
-        f"start {header['load_start']}, at end {header['load_end']}",
+        f"start {header['load_start']}, at end {header['load_end']}; glibc malloc tunables: "
+        f"{header['malloc_env'] or 'none (default allocator)'}",
         f"- peers: {header['captum']}; {header['lime']}; {header['shap']}",
         "- passes = forward passes per image (whybox: meta; peers: their algorithm). efficiency = passes x batched "
         "per-sample forward time (same round, same batch size) / time per image. ratio = whybox / peer time, "
@@ -593,6 +600,7 @@ def main(argv: list[str] | None = None) -> int:
         "shap": shap_info,
         "load_start": load_start,
         "load_end": _load(),
+        "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
         "total_s": time.perf_counter() - t_start,
         "efficiency_target": EFFICIENCY_TARGET,
     }

@@ -21,7 +21,7 @@ from torch import nn
 
 import whybox
 from whybox import masking
-from whybox.errors import InvalidParameterError
+from whybox.errors import InvalidParameterError, InvalidTargetError
 from whybox.explainers.perturbation._common import quickshift
 from whybox.explainers.perturbation.exact_shapley import shapley_from_values
 from whybox.explainers.perturbation.kernel_shap import kernel_design
@@ -379,6 +379,25 @@ def test_feature_ablation_of_an_additive_model_is_exact_shapley() -> None:
     torch.testing.assert_close(e.attributions, abl[:, groups], atol=0, rtol=0)  # painted onto the columns
 
 
+def test_occlusion_and_ablation_fix_the_target_from_the_unperturbed_mask() -> None:
+    """No separate clean pass: B (1 + windows) and B + Σ_r (1 + M_r) forward passes (captum's counts); the
+    target is still each row's argmax; a row with nothing to ablate gets one clean pass for its target."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 6 * 6, 5)).to(F64).eval()
+    x = rand(3, 3, 6, 6, seed=48)
+    x[2] = 0.0  # equal to the zero fill everywhere: no feature to ablate
+    with torch.no_grad():
+        argmax = model(x).argmax(1)
+    e = whybox.explain(model, x, "occlusion", window=3, stride=3, batch_size=5)
+    assert e.meta["n_forward"] == 3 * (1 + 4) and torch.equal(e.target, argmax)
+    e = whybox.explain(model, x, "feature_ablation", features="grid", patch=3, batch_size=5)
+    assert e.meta["n_features"] == [4, 4, 0] and e.meta["n_forward"] == 2 * (1 + 4) + 1
+    assert torch.equal(e.target, argmax) and torch.equal(e.meta["values"][2], torch.zeros(4, dtype=F64))
+    with pytest.raises(InvalidTargetError, match="target=7 is out of range for a model with 5 outputs"):
+        whybox.explain(model, x, "occlusion", window=3, target=7)
+
+
 # ---------------------------------------------------------------------------------------------- RISE
 def test_rise_masks_have_mean_p_per_pixel() -> None:
     n, p = 3000, 0.3
@@ -447,7 +466,7 @@ def test_errors_name_the_parameter() -> None:
         whybox.explain(model, x, "occlusion", window=(7, 2))
     with pytest.raises(InvalidParameterError, match=r"stride=\(1, 3, 3\) is larger than window=\(1, 2, 2\)"):
         whybox.explain(model, x, "occlusion", window=(1, 2, 2), stride=(1, 3, 3))
-    with pytest.raises(InvalidParameterError, match=r"'occlusion' would need about 38 forward passes"):
+    with pytest.raises(InvalidParameterError, match=r"'occlusion' would need about 37 forward passes"):
         whybox.explain(model, x, "occlusion", window=1, max_evaluations=10)
     assert model.rows == 0
 

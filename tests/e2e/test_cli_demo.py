@@ -331,8 +331,19 @@ def test_heatmap_opacity_follows_magnitude_and_sign_picks_the_colour() -> None:
     np.testing.assert_allclose(rgba[1, :, 3], rgba[0, :, 3])  # opacity depends on |value| only
     assert rgba[0, 3, 0] > rgba[0, 3, 2]  # strong positive: red
     assert rgba[1, 3, 2] > rgba[1, 3, 0]  # strong negative: blue
-    seq = to_heatmap(m.abs(), clip_percentile=100)  # non-negative: sequential, brighter when larger
+    seq = to_heatmap(m.abs(), clip_percentile=100)  # auto, non-negative: sequential, brighter when larger
     assert seq[0, 3, :3].sum() > seq[0, 1, :3].sum()
+    np.testing.assert_allclose(seq, to_heatmap(m.abs(), reading="positive", clip_percentile=100))
+    # "signed" keeps zero at the centre even when every value is positive: same colours as the signed map
+    np.testing.assert_allclose(
+        to_heatmap(m.abs(), reading="signed", clip_percentile=100, max_alpha=0.8)[0], rgba[0], atol=1e-6
+    )
+    # "relative": a constant offset changes nothing (RISE) and a constant map is blank; "positive" keeps zero
+    np.testing.assert_allclose(to_heatmap(m.abs() + 7.0, reading="relative", clip_percentile=100), seq, atol=1e-6)
+    assert (to_heatmap(torch.full((3, 3), 2.5), reading="relative")[..., 3] == 0).all()
+    assert to_heatmap(torch.full((3, 3), 2.5), reading="positive")[..., 3] == pytest.approx(0.7)
+    with pytest.raises(whybox.InvalidParameterError, match="reading must be one of"):
+        to_heatmap(m, reading="abs")
     # values beyond the percentile scale saturate instead of compressing the rest
     spiky = torch.ones(10, 10)
     spiky[0, 0] = 1000.0
@@ -340,11 +351,14 @@ def test_heatmap_opacity_follows_magnitude_and_sign_picks_the_colour() -> None:
 
 
 def test_non_finite_values_are_transparent_and_maps_are_resized() -> None:
-    m = torch.ones(4, 4)
+    m = torch.arange(16.0).reshape(4, 4) + 5.0
     m[1, 2] = float("nan")
     m[2, 1] = float("inf")
-    rgba = to_heatmap(m)
-    assert rgba[1, 2, 3] == 0 and rgba[2, 1, 3] == 0 and rgba[0, 0, 3] > 0
+    rgba = to_heatmap(m, reading="relative", clip_percentile=100)
+    assert rgba[1, 2, 3] == 0 and rgba[2, 1, 3] == 0
+    finite = m.clone()
+    finite[1, 2] = finite[2, 1] = 5.0  # the minimum: non-finite pixels neither shift nor stretch the scale
+    np.testing.assert_allclose(rgba, to_heatmap(finite, reading="relative", clip_percentile=100), atol=1e-6)
     img = torch.full((1, 8, 8), 0.5)
     small = overlay(img, torch.ones(2, 2))  # a layer-resolution map covers the whole image
     assert small.shape == (8, 8, 3) and (small == small[0, 0]).all()
@@ -363,6 +377,20 @@ def test_save_png_round_trips_pixels(tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.rint(back[..., :3] * 255).astype(np.uint8), arr)
 
 
+def test_each_method_is_coloured_by_what_its_numbers_mean() -> None:
+    """CAMs and RISE are relative relevance, |gradient| a magnitude, everything else zero-centred."""
+    cams = [m for m in whybox.methods() if m.endswith("cam") or m.endswith("cam_pp")]
+    assert cams and all(cli._reading(m, {}) == "relative" for m in cams)
+    assert cli._reading("saliency", {"abs": True}) == "positive"
+    assert cli._reading("saliency", {"abs": False}) == "signed"
+    assert cli._reading("smoothgrad", {"variant": "square"}) == "positive"
+    for m in ("integrated_gradients", "input_x_gradient", "smoothgrad"):
+        assert cli._reading(m, whybox.get_explainer(m).__init__.__kwdefaults__ or {}) == "signed"
+    for m in ("rise", "occlusion", "lime", "kernel_shap", "exact_shapley"):
+        if m in whybox.methods():
+            assert cli._reading(m, {}) == ("relative" if m == "rise" else "signed")
+
+
 def test_render_demo_index_escapes_every_field() -> None:
     evil = "<b onmouseover=x>\"'&"
     page = render_demo_index(
@@ -378,7 +406,15 @@ def test_render_demo_index_escapes_every_field() -> None:
                 "grid_src": evil,
                 "top": [{"label": evil, "prob": 0.5}],
                 "overlays": [
-                    {"method": evil, "src": evil, "seconds": 1.0, "n_forward": 1, "n_backward": 0, "note": evil}
+                    {
+                        "method": evil,
+                        "src": evil,
+                        "seconds": 1.0,
+                        "n_forward": 1,
+                        "n_backward": 0,
+                        "note": evil,
+                        "reading": evil,
+                    }
                 ],
             }
         ],

@@ -139,6 +139,7 @@ class _MethodRun:
     n_backward: int | None = None
     error: str | None = None
     maps: torch.Tensor | None = None  # (N, H, W)
+    reading: str = "signed"  # how report.overlay colours the maps
     notes: list[str] = field(default_factory=list)
 
 
@@ -148,6 +149,7 @@ def _run_method(demo: _DemoData, method: str, options: dict[str, Any], target: t
     try:
         exp = whybox.explain(demo.model, demo.inputs, method, target=target, **options)
         run.maps = exp.to_map("sum").detach().cpu()
+        run.reading = _reading(method, exp.params)
     except Exception as exc:  # reported in the table, the page and the exit code; the demo goes on
         run.seconds = time.perf_counter() - start
         run.error = f"{type(exc).__name__}: {exc}"
@@ -162,6 +164,29 @@ def _run_method(demo: _DemoData, method: str, options: dict[str, Any], target: t
         for ok, deg in zip(finite, degenerate, strict=True)
     ]
     return run
+
+
+_READING_TEXT = {
+    "signed": "red raises the score, blue lowers it",
+    "positive": "brighter = larger magnitude",
+    "relative": "brighter = more relevant (relative)",
+}
+
+
+def _reading(method: str, params: dict[str, Any]) -> str:
+    """How to colour a method's maps (see :mod:`whybox.report.overlay`).
+
+    CAMs (min-max scaled) and RISE (a large constant offset) are relative relevance; Saliency with
+    ``abs=True`` and SmoothGrad's squared/variance variants are magnitudes; every other method returns
+    attributions whose zero and sign mean something, shown centred on zero even when all share one sign.
+    """
+    from whybox.explainers.cam import CAM
+
+    if issubclass(whybox.get_explainer(method), CAM) or method == "rise":
+        return "relative"
+    if params.get("abs") is True or params.get("variant") in ("square", "var"):
+        return "positive"
+    return "signed"
 
 
 def _table(runs: list[_MethodRun]) -> str:
@@ -233,7 +258,7 @@ def methods_cmd() -> None:
     "--full",
     is_flag=True,
     help="Run every method with its own defaults instead of the demo's faster options (much slower: "
-    "Score-CAM at EfficientNet-Lite0's 1280-channel head takes about 1.5 min per photo on 2 CPU cores).",
+    "Score-CAM at EfficientNet-Lite0's 1280-channel head takes 40-90 s per photo on 2 CPU cores).",
 )
 def demo_cmd(out_dir: Path, methods_opt: str | None, photos_opt: str | None, model_name: str, full: bool) -> None:
     """Explain bundled images with every method; write overlays, grids and an index.html."""
@@ -282,7 +307,7 @@ def demo_cmd(out_dir: Path, methods_opt: str | None, photos_opt: str | None, mod
         for j, run in enumerate(runs):
             src = None
             if run.maps is not None:
-                pic = overlay(demo.display[i], run.maps[i])
+                pic = overlay(demo.display[i], run.maps[i], reading=run.reading)
                 src = f"img{i:02d}_m{j:02d}_{safe_component(run.name)}.png"
                 save_titled_png(output_path(out_dir, src), pic, f"{run.name}\n{label} ({prob:.1%})")
                 panels.append((pic, run.name))
@@ -294,6 +319,7 @@ def demo_cmd(out_dir: Path, methods_opt: str | None, photos_opt: str | None, mod
                     "n_forward": "-" if run.n_forward is None else run.n_forward,
                     "n_backward": "-" if run.n_backward is None else run.n_backward,
                     "note": run.error or (run.notes[i] if run.notes else ""),
+                    "reading": "" if run.error else _READING_TEXT[run.reading],
                 }
             )
         grid_file = f"img{i:02d}_grid.png"

@@ -40,7 +40,7 @@ def render_demo_index(
     images
         One dict per image: ``name``, ``small`` (bool: draw pixels crisp), ``input_src``, ``grid_src``
         (relative file names or ``None``), ``top`` (list of ``{"label", "prob"}``) and ``overlays`` (list of
-        ``{"method", "src", "seconds", "n_forward", "n_backward", "note"}``).
+        ``{"method", "src", "seconds", "n_forward", "n_backward", "note", "reading"}``).
 
     Returns
     -------

@@ -5,21 +5,27 @@ explainers.
 
 How a map is coloured
 ---------------------
-* **Non-negative maps** (Saliency's ``|gradient|``, every CAM, SmoothGrad-squared, ...) use the
-  sequential colormap ``"inferno"``: dark purple (low) to yellow (high).
-* **Signed maps** (Integrated Gradients, Input x Gradient, signed SmoothGrad, ...) use the diverging
-  colormap ``"RdBu_r"`` centred on zero: red pixels raise the explained score, blue pixels lower it.
-  Taking ``abs`` would hide that distinction, which is exactly what those methods add over Saliency.
+``reading`` says what the numbers mean; the colours follow from it.
 
-A map is called signed when it holds at least one negative value (``signed=None``, the default); pass
-``signed=True`` or ``False`` to force one reading. The colour scale is ``s``, the
-``clip_percentile``-th percentile of ``|map|`` (99.5 by default): pixel-gradient maps have a few
-extreme pixels that would otherwise wash everything else out; values beyond ``s`` saturate. The
-heatmap's opacity grows with ``|value| / s`` up to ``max_alpha``, so pixels that do not matter leave
-the photo visible. The photo underneath is shown in grayscale by default (``base="gray"``): a red
-attribution on a red saucer would otherwise be invisible, and the photo's own colours could be read as
-attribution (compared side by side on the bundled photos). Non-finite values are shown as zero (fully transparent); an all-zero map is a
-fully transparent heatmap.
+* ``"signed"``: attributions whose zero and sign mean something (Integrated Gradients, Input x Gradient,
+  signed SmoothGrad, occlusion, LIME, the Shapley family, ...). Diverging colormap ``"RdBu_r"`` centred on
+  zero: red raises the explained score, blue lowers it, even when every value has the same sign (so two
+  methods' maps can be compared). Taking ``abs`` would hide the one thing these methods add over Saliency.
+* ``"positive"``: non-negative magnitudes with a meaningful zero (Saliency's ``|gradient|``,
+  SmoothGrad-squared). Sequential colormap ``"inferno"`` (dark purple low, yellow high) over ``[0, s]``;
+  negative values count as 0.
+* ``"relative"``: relevance maps whose offset carries no information (every CAM, min-max scaled; RISE,
+  whose maps sit on a large constant). Sequential colormap over ``[min, min + s]``: without removing the
+  offset RISE would paint the whole image. A constant map is shown blank.
+* ``"auto"`` (default): ``"signed"`` if any value is negative, else ``"positive"``.
+
+The colour scale ``s`` is the ``clip_percentile``-th percentile of the non-zero magnitudes (99.5 by
+default): pixel-gradient maps have a few extreme pixels that would otherwise wash everything else out;
+values beyond ``s`` saturate. The heatmap's opacity grows linearly with the magnitude over ``s`` up to
+``max_alpha``, so pixels that do not matter leave the photo visible. The photo underneath is shown in
+grayscale by default (``base="gray"``): a red attribution on a red saucer would otherwise be invisible,
+and the photo's own colours could be read as attribution (compared side by side on the bundled photos).
+Non-finite values are fully transparent and do not move the scale; an all-zero map is fully transparent.
 """
 
 from __future__ import annotations
@@ -35,11 +41,12 @@ from matplotlib import colormaps
 
 from whybox.errors import InvalidInputError, InvalidParameterError
 
-__all__ = ["BASES", "DIVERGING_CMAP", "SEQUENTIAL_CMAP", "overlay", "save_png", "to_heatmap"]
+__all__ = ["BASES", "DIVERGING_CMAP", "READINGS", "SEQUENTIAL_CMAP", "overlay", "save_png", "to_heatmap"]
 
 SEQUENTIAL_CMAP = "inferno"
 DIVERGING_CMAP = "RdBu_r"
 BASES = ("gray", "color")
+READINGS = ("auto", "signed", "positive", "relative")
 _LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601 luma weights
 
 
@@ -65,7 +72,7 @@ def _map_2d(attr_map: Any) -> np.ndarray:
 def to_heatmap(
     attr_map: Any,
     *,
-    signed: bool | None = None,
+    reading: str = "auto",
     clip_percentile: float = 99.5,
     max_alpha: float = 0.7,
 ) -> np.ndarray:
@@ -75,11 +82,10 @@ def to_heatmap(
     ----------
     attr_map
         ``(H, W)`` (or ``(1, H, W)``) tensor or array.
-    signed
-        ``None`` (default): signed if any value is negative. ``True``: diverging colormap centred on 0.
-        ``False``: sequential colormap over ``[0, s]`` (negative values count as 0).
+    reading
+        ``"auto"`` (default), ``"signed"``, ``"positive"`` or ``"relative"``: see the module docstring.
     clip_percentile
-        Percentile of ``|map|`` that sets the colour scale ``s``, in (0, 100].
+        Percentile of the non-zero magnitudes that sets the colour scale ``s``, in (0, 100].
     max_alpha
         Opacity at ``|value| >= s``, in [0, 1].
 
@@ -93,16 +99,26 @@ def to_heatmap(
     InvalidInputError
         If ``attr_map`` is not a 2-D tensor or array.
     InvalidParameterError
-        If ``clip_percentile`` or ``max_alpha`` is out of range.
+        If ``reading`` is unknown or ``clip_percentile`` or ``max_alpha`` is out of range.
     """
+    if reading not in READINGS:
+        raise InvalidParameterError(f"reading must be one of {READINGS}; got {reading!r}.")
     if not 0 < clip_percentile <= 100:
         raise InvalidParameterError(f"clip_percentile must be in (0, 100]; got {clip_percentile!r}.")
     if not 0 <= max_alpha <= 1:
         raise InvalidParameterError(f"max_alpha must be in [0, 1]; got {max_alpha!r}.")
-    m = np.nan_to_num(_map_2d(attr_map), nan=0.0, posinf=0.0, neginf=0.0)
-    if signed is None:
-        signed = bool((m < 0).any())
-    mag = np.abs(m) if signed else np.clip(m, 0.0, None)
+    raw = _map_2d(attr_map)
+    finite = np.isfinite(raw)
+    m = np.where(finite, raw, 0.0)
+    if reading == "auto":
+        reading = "signed" if bool((m < 0).any()) else "positive"
+    signed = reading == "signed"
+    if signed:
+        mag = np.abs(m)
+    else:
+        m = np.clip(m, 0.0, None)
+        lo = float(m[finite].min()) if reading == "relative" and finite.any() else 0.0
+        mag = np.where(finite, m - lo, 0.0)
     nonzero = mag[mag > 0]
     scale = float(np.percentile(nonzero, clip_percentile)) if nonzero.size else 0.0
     if scale <= 0.0:
@@ -131,7 +147,7 @@ def overlay(image: Any, attr_map: Any, *, base: str = "gray", **heatmap_options:
     base
         ``"gray"`` (default): the image's luma under the heatmap; ``"color"``: the image as it is.
     **heatmap_options
-        Passed to :func:`to_heatmap` (``signed``, ``clip_percentile``, ``max_alpha``).
+        Passed to :func:`to_heatmap` (``reading``, ``clip_percentile``, ``max_alpha``).
 
     Returns
     -------

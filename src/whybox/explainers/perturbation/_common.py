@@ -210,6 +210,62 @@ def segment_mean(x: torch.Tensor, groups: FeatureGroups) -> torch.Tensor:
     return mean.gather(1, key).view(x.shape).to(x.dtype)
 
 
+class FirstMaskTarget:
+    """The explained class of each row, fixed from the scores of the row's mask 0 (the unperturbed row).
+
+    Methods whose mask 0 leaves the input as it is (occlusion, ablation) need no separate clean pass: the
+    engine calls ``on_scores`` with every chunk's raw scores before it selects the target scores, and a row's
+    mask 0 is scored no later than its other masks, so the class is known before it is first used. ``None``
+    becomes the argmax of the clean scores; ints and per-row indices are validated against K on the first
+    chunk; a callable target needs nothing.
+    """
+
+    def __init__(self, target: TargetLike, b: int) -> None:
+        self.target = target
+        self.b = b
+        self.fn = target if (target is not None and callable(target) and not isinstance(target, torch.Tensor)) else None
+        self.index = torch.full((b,), -1, dtype=torch.int64)
+        self.seen = torch.zeros(b, dtype=torch.bool) if self.fn is None else torch.ones(b, dtype=torch.bool)
+        self._given: torch.Tensor | None = None
+
+    def engine_target(self, rows: torch.Tensor) -> tuple[Target, Callable[..., None] | None]:
+        """(Target, on_scores hook) for an engine call whose row i is input row ``rows[i]``."""
+        if self.fn is not None:
+            return Target(torch.full((rows.shape[0],), -1, dtype=torch.int64), self.fn), None
+        rows = rows.cpu()
+        local = torch.zeros(rows.shape[0], dtype=torch.int64)
+
+        def hook(raw: torch.Tensor, vr: torch.Tensor, ks: torch.Tensor) -> None:
+            first = (ks == 0).cpu()
+            if not bool(first.any()):
+                return
+            vr0 = vr.cpu()[first]
+            orig = rows[vr0]
+            if self.target is None:
+                cls = raw[first.to(raw.device)].argmax(1).to(torch.int64).cpu()
+            else:
+                if self._given is None:  # validates dtype, shape and range against the model's K
+                    self._given = resolve_target(self.target, torch.zeros(1, 1).expand(self.b, raw.shape[1])).index
+                cls = self._given[orig]
+            local[vr0] = cls
+            self.index[orig] = cls
+            self.seen[orig] = True
+
+        return Target(local), hook
+
+    def finish(self, x: torch.Tensor, engine: MaskingEngine) -> Target:
+        """The resolved target; rows no engine call scored (nothing to perturb) get one clean pass."""
+        if self.fn is not None:
+            return Target(self.index, self.fn)
+        missing = (~self.seen).nonzero().flatten()
+        if missing.numel():
+            raw = engine.forward(x[missing.to(x.device)])
+            full = torch.zeros(self.b, raw.shape[1], dtype=raw.dtype, device=raw.device)
+            full[missing.to(raw.device)] = raw
+            self.index[missing] = resolve_target(self.target, full).index[missing]
+        return Target(self.index)
+
+
 # ---------------------------------------------------------------------------------------------- explainers
 def _check_int(name: str, v: Any, lo: int = 1) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < lo:
@@ -389,7 +445,7 @@ class RegionExplainer(PerturbationExplainer):
         engine: MaskingEngine,
         x: torch.Tensor,
         fills: torch.Tensor,
-        tgt: Target,
+        tgt: Target | FirstMaskTarget,
         regions: Regions,
         designs: Mapping[int, tuple[int, Callable[..., torch.Tensor]]],
     ) -> dict[int, torch.Tensor]:
@@ -397,7 +453,8 @@ class RegionExplainer(PerturbationExplainer):
 
         ``designs[m] = (n_m, fn)``: a row with M_r = m is scored on the group masks ``fn(ks)`` ``(n, m)`` bool
         for ``ks < n_m`` (draws shared by every row of that size). ``fills`` is ``(B, R, *S)``: with R > 1 (a
-        background set) each coalition is scored against every fill row and the scores are averaged.
+        background set) each coalition is scored against every fill row and the scores are averaged. ``tgt`` is
+        a resolved target, or a :class:`FirstMaskTarget` when every design's mask 0 is the unperturbed row.
 
         Returns ``{m: (len(rows), n_m) float64}``, rows in the order of ``regions.by_size()[m]``.
         """
@@ -409,8 +466,12 @@ class RegionExplainer(PerturbationExplainer):
         idx = torch.as_tensor(rows, device=dev)
         xs = x[idx].repeat_interleave(rep, 0) if rep > 1 else x[idx]
         fs = fills[idx].flatten(0, 1)
-        t_idx = tgt.index[idx.cpu()]
-        t = Target(t_idx.repeat_interleave(rep) if rep > 1 else t_idx, tgt.fn)
+        hook = None
+        if isinstance(tgt, FirstMaskTarget):
+            t, hook = tgt.engine_target(idx.repeat_interleave(rep) if rep > 1 else idx)
+        else:
+            t_idx = tgt.index[idx.cpu()]
+            t = Target(t_idx.repeat_interleave(rep) if rep > 1 else t_idx, tgt.fn)
         m_row = torch.tensor([sizes[r] for r in rows]).repeat_interleave(rep)
         counts = torch.tensor([designs[sizes[r]][0] for r in rows]).repeat_interleave(rep)
         local = regions.local[idx].repeat_interleave(rep, 0) if rep > 1 else regions.local[idx]
@@ -425,7 +486,7 @@ class RegionExplainer(PerturbationExplainer):
                 gm[sel, :m] = designs[m][1](ks[sel]).to(dev)
             return fg.expand(gm, vr)
 
-        s = engine.scores(xs, render, n_masks=counts, fill=fs, target=t, score=self.score)
+        s = engine.scores(xs, render, n_masks=counts, fill=fs, target=t, score=self.score, on_scores=hook)
         if rep > 1:
             s = s.view(len(rows), rep, -1).mean(1)
         pos = {r: i for i, r in enumerate(rows)}

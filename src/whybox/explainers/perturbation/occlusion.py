@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from whybox.errors import InvalidParameterError
-from whybox.explainers.perturbation._common import F64, PerturbationExplainer
+from whybox.explainers.perturbation._common import F64, FirstMaskTarget, PerturbationExplainer
 from whybox.masking.engine import MaskingEngine
 from whybox.models.targets import Target, TargetLike
 from whybox.registry import EXPLAINERS
@@ -67,8 +67,7 @@ class Occlusion(PerturbationExplainer):
 
     Shapes
     ------
-    inputs ``(B, *S)`` -> attributions ``(B, *S)``. Cost: ``B * (2 + prod_d P_d)`` forward passes (the
-    clean row twice: once to fix the target, once beside the windows).
+    inputs ``(B, *S)`` -> attributions ``(B, *S)``. Cost: ``B * (1 + prod_d P_d)`` forward passes, as captum.
 
     References
     ----------
@@ -136,26 +135,30 @@ class Occlusion(PerturbationExplainer):
         counts = [int(a.shape[0]) for a in inside]
         n = math.prod(counts)
         b = x.shape[0]
-        self._check_cost(b * (n + 2), f"{b} rows x ({n} window positions + 2 clean passes)")
+        self._check_cost(b * (n + 1), f"{b} rows x ({n} window positions + 1 clean pass)")
         fill = self._fills(x)
-        tgt, _ = self._clean(x, target, engine)
         dev_inside = [a.to(x.device) for a in inside]
         strides = torch.tensor([math.prod(counts[d + 1 :]) for d in range(len(counts))], device=x.device)
         view_all = [-1] + [1] * len(shape)
 
         def masks(rows: torch.Tensor, ks: torch.Tensor) -> torch.Tensor:
-            pos = (ks.view(-1, 1) // strides) % torch.tensor(counts, device=x.device)
+            win = (ks - 1).clamp_min(0)
+            pos = (win.view(-1, 1) // strides) % torch.tensor(counts, device=x.device)
             cover = torch.ones(ks.shape[0], *shape, dtype=torch.bool, device=x.device)
             for d, a in enumerate(dev_inside):
                 view = [ks.shape[0]] + [1] * len(shape)
                 view[d + 1] = shape[d]
                 cover &= a[pos[:, d]].view(view)
-            return ~(cover & (ks < n).view(view_all))
+            return ~(cover & (ks > 0).view(view_all))
 
-        # mask n is the unperturbed row: f_c(x) is scored in the same engine call as the windows, so each
-        # difference comes from one kernel path (a lone clean row takes another route in float32 GEMM)
-        s = engine.scores(x, masks, n_masks=n + 1, fill=fill, target=tgt, score=self.score)
-        delta = (s[:, n : n + 1] - s[:, :n]).view(b, *counts)
+        # mask 0 is the unperturbed row: it fixes the target (no separate clean pass) and f_c(x) comes from the
+        # same engine call as the windows, so each difference comes from one kernel path (a lone clean row takes
+        # another route in float32 GEMM); masks 1..n are the windows
+        first = FirstMaskTarget(target, b)
+        tgt, hook = first.engine_target(torch.arange(b))
+        s = engine.scores(x, masks, n_masks=n + 1, fill=fill, target=tgt, score=self.score, on_scores=hook)
+        tgt = first.finish(x, engine)
+        delta = (s[:, :1] - s[:, 1:]).view(b, *counts)
         attr = coverage_average(delta, inside)
         meta = {"occlusion": {"window": list(window), "stride": list(stride), "positions": counts}}
         return attr.to(x.dtype), tgt, meta
