@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -177,28 +177,55 @@ def _single_thread() -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _train(epochs: int) -> DigitsCNN:
-    """Train a fresh :class:`DigitsCNN` deterministically, without touching the global RNG state."""
-    x, y = load_digits("train")
-    generator = torch.Generator().manual_seed(_SEED)
-    n_batches = -(-len(y) // _BATCH_SIZE)
+def fit_classifier(
+    model_fn: Callable[[], nn.Module],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    init_seed: int,
+    generator: torch.Generator,
+    lr: float = _MAX_LR,
+) -> nn.Module:
+    """Train a fresh ``model_fn()`` with cross-entropy (Adam, one-cycle schedule peaking at ``lr``), deterministically.
+
+    Parameters are initialised from ``init_seed`` inside a forked global RNG (the caller's RNG state is
+    untouched); batches are shuffled with ``generator``; training runs on one thread (see
+    :func:`_single_thread`). Shared by the digits recipe and the ROAR job. Returns the model in eval mode.
+    """
+    n_batches = -(-len(y) // batch_size)
     with _single_thread(), torch.random.fork_rng(devices=[]), torch.enable_grad():
-        torch.manual_seed(_SEED)  # parameter initialisation uses the (forked) global generator
-        model = DigitsCNN()
+        torch.manual_seed(init_seed)  # parameter initialisation uses the (forked) global generator
+        model = model_fn()
         model.train()
-        optimizer = torch.optim.Adam(model.parameters(), lr=_MAX_LR)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=_MAX_LR, total_steps=epochs * n_batches)
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * n_batches)
         for _ in range(epochs):
             order = torch.randperm(len(y), generator=generator)
-            for start in range(0, len(y), _BATCH_SIZE):
-                rows = order[start : start + _BATCH_SIZE]
+            for start in range(0, len(y), batch_size):
+                rows = order[start : start + batch_size]
                 loss = nn.functional.cross_entropy(model(x[rows]), y[rows])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 schedule.step()
-    model.eval()
-    return model
+    return model.eval()
+
+
+def _train(epochs: int) -> DigitsCNN:
+    """Train a fresh :class:`DigitsCNN` deterministically, without touching the global RNG state."""
+    x, y = load_digits("train")
+    model = fit_classifier(
+        DigitsCNN,
+        x,
+        y,
+        epochs=epochs,
+        batch_size=_BATCH_SIZE,
+        init_seed=_SEED,
+        generator=torch.Generator().manual_seed(_SEED),
+    )
+    return model  # type: ignore[return-value]
 
 
 def _load_cached(path: Path) -> DigitsCNN | None:

@@ -77,7 +77,8 @@ class Explainer:
     def params(self) -> dict[str, Any]:
         """The explainer's options (every keyword of ``__init__``), JSON-friendly."""
         out: dict[str, Any] = {}
-        for name in _keyword_options(type(self)):
+        cls: Any = type(self)  # mypy does not see classes as Hashable cache keys
+        for name in _keyword_options(cls):
             if hasattr(self, name):
                 v = getattr(self, name)
                 out[name] = v if isinstance(v, (bool, int, float, str, type(None), list, tuple)) else repr(v)

@@ -105,30 +105,19 @@ def remove_top(
 def _fit(
     model_fn: Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor, *, epochs: int, seed: int, batch_size: int
 ) -> nn.Module:
-    """Train a fresh model (Adam, one-cycle schedule peaking at 0.01), seeded; global RNG state restored."""
-    gen = derive_generator(seed, _TRAIN_KEY)
-    n_batches = -(-len(y) // batch_size)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread is as fast and makes results independent of the core count
-    try:
-        with torch.random.fork_rng(devices=[]), torch.enable_grad():
-            torch.manual_seed(seed)
-            model = model_fn()
-            model.train()
-            opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2, total_steps=epochs * n_batches)
-            for _ in range(epochs):
-                order = torch.randperm(len(y), generator=gen)
-                for s in range(0, len(y), batch_size):
-                    rows = order[s : s + batch_size]
-                    loss = nn.functional.cross_entropy(model(x[rows]), y[rows])
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    sched.step()
-    finally:
-        torch.set_num_threads(threads)
-    return model.eval()
+    """Train a fresh model with the digits recipe's trainer, seeded; global RNG state restored."""
+    from whybox.data.digits import fit_classifier
+
+    return fit_classifier(
+        model_fn,
+        x,
+        y,
+        epochs=epochs,
+        batch_size=batch_size,
+        init_seed=seed,
+        generator=derive_generator(seed, _TRAIN_KEY),
+        lr=1e-2,
+    )
 
 
 def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
