@@ -271,3 +271,25 @@ def test_constant_nonzero_map_becomes_zeros_with_minmax(method: str) -> None:
     assert e.meta["degenerate"] == [True] * 3
     raw = cam(model, images(seed=14), method, layer="1", normalize="none").attributions
     assert bool((raw > 0).all()) and float(raw.amax() - raw.amin()) <= 1e-15
+
+
+def test_gradcam_pp_weights_skip_a_vanishing_denominator() -> None:
+    """Where 2 + S_k g = 0 exactly, alpha is 0 (the position adds nothing), both with and without normalisation."""
+    from whybox.explainers.cam.gradcam_pp import GradCAMPlusPlus
+
+    a = torch.zeros(1, 2, 2, 2, dtype=F64)
+    a[0, 0] = torch.tensor([[1.0, 1.0], [1.0, 1.0]])  # S_0 = 4
+    a[0, 1] = torch.tensor([[0.5, 0.0], [0.0, 0.5]])  # S_1 = 1
+    g = torch.tensor([[[[-0.5, 1.0], [2.0, 0.0]], [[3.0, -2.0], [1.0, 0.5]]]], dtype=F64)  # (0,0,0): 2 + 4(-0.5) = 0
+    expected = _reference_raw_map("gradcam_pp", a, g)
+    assert torch.isfinite(expected).all()
+    pp = GradCAMPlusPlus.__new__(GradCAMPlusPlus)
+    pp.alpha_normalize = False
+    torch.testing.assert_close(pp.raw_map(a, g), expected)
+    a[0, 1] = -a[0, 1]  # S_1 = -1: at g = 2 the denominator vanishes where ReLU(g) > 0 (x / 0 = inf)
+    g[0, 1, 1, 0] = 2.0
+    g_without = g.clone()
+    g_without[0, 1, 1, 0] = 0.0  # alpha = 0 there: the same as a position that adds nothing
+    torch.testing.assert_close(pp.raw_map(a, g), _reference_raw_map("gradcam_pp", a, g_without))
+    pp.alpha_normalize = True
+    assert torch.isfinite(pp.raw_map(a, g)).all()

@@ -28,13 +28,18 @@ class GradCAMPlusPlus(CAM):
     def raw_map(self, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         # alpha = g^2 / (g^2 (2 + S g)) = 1 / (2 + S g) where g != 0, so alpha * ReLU(g) = ReLU(g) / (2 + S g):
         # the same weights with a third of the temporaries
-        d = (a.sum((2, 3), keepdim=True) * g).add_(2)
-        zero = d == 0  # denominator 2 g^2 + S g^3 vanishes: alpha is 0 there (and where g == 0, ReLU(g) is 0)
+        d = g * a.sum((2, 3), keepdim=True)
+        d.add_(2)
         if self.alpha_normalize:
+            zero = d == 0  # denominator 2 g^2 + S g^3 vanishes: alpha is 0 there
             alpha = (1.0 / d).masked_fill_(zero | (g == 0), 0.0)
             tot = alpha.sum((2, 3), keepdim=True)
             alpha = alpha / torch.where(tot != 0, tot, torch.ones_like(tot))
             w = (alpha * g.clamp_min(0)).sum((2, 3))
         else:
-            w = g.clamp_min(0).div_(d).masked_fill_(zero, 0.0).sum((2, 3))
+            w = torch.relu(g).div_(d).sum((2, 3))
+            if not bool(torch.isfinite(w).all()):
+                # a vanishing denominator (d == 0) gave inf or nan: alpha is 0 there. Checked on the (B, K)
+                # weights so the common case pays no full-size mask
+                w = torch.relu(g).div_(d).masked_fill_(d == 0, 0.0).sum((2, 3))
         return torch.einsum("bk,bkhw->bhw", w, a)
