@@ -6,7 +6,15 @@ values (and how far apart they are when the definitions differ), then times the 
 alternating which side goes first so a busy machine slows both alike; the ratio is the median of the per-round
 ratios Quantus / whybox. The bar: whybox at least 10x faster where both compute the same values.
 
-Run ``python bench/metrics.py [--quick] [--repeats N] [--cases digits,effnet]`` from the repository root.
+A floor per row: both sides' model passes are counted (a forward hook on the model counts the input rows of every
+call, and a hook on its output the rows a backward pass goes through), and whybox's passes per sample times the
+model's best per-sample time (forward; forward + backward to the input for the backward passes), measured in the
+same process over a few batch sizes, give the least time whybox's protocol can take. efficiency = floor / whybox
+time; max possible speedup = Quantus time / floor: where it is below 10 the bar cannot be met without doing fewer
+model passes than the protocol needs.
+
+Run ``python bench/metrics.py [--quick] [--repeats N] [--cases digits,effnet] [--threads N] [--batch-size N]``
+from the repository root (the full run: ``.venv/bin/python bench/metrics.py``).
 Writes ``bench/results/metrics.md`` (the table) and ``bench/results/metrics.json`` (everything). Offline: the
 models and photos come from ``whybox.data``; nothing is downloaded.
 """
@@ -17,6 +25,7 @@ import argparse
 import datetime as _dt
 import gc
 import json
+import math
 import os
 import platform
 import statistics
@@ -35,6 +44,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 TARGET = 10.0  # Quantus time / whybox time where both compute the same values
 LONG_CALL_S = 20.0  # a warm-up call this long is kept as the only timed sample
+FLOOR_SIZES = {"digits": (16, 32, 64, 128, 256), "effnet224": (1, 2, 4, 8, 16)}  # batch sizes tried for the floor
 
 
 # --------------------------------------------------------------------------- cases
@@ -46,6 +56,7 @@ class Case:
     y: torch.Tensor
     a: torch.Tensor  # (B, 1, H, W) channel-summed saliency, jittered so no two pixels tie
     batch_size: int
+    floor: dict[str, Any] = field(default_factory=dict)  # best per-sample model times (measure_floor)
 
     @property
     def b(self) -> int:
@@ -71,7 +82,7 @@ def build_cases(args: argparse.Namespace) -> list[Case]:
         x = x[: (8 if args.quick else 32)].contiguous()
         with torch.no_grad():
             y = model(x).argmax(1)
-        cases.append(Case("digits", model, x, y, _saliency(model, x, y), batch_size=256))
+        cases.append(Case("digits", model, x, y, _saliency(model, x, y), batch_size=args.batch_size or 256))
     if "effnet" in want:
         model = wd.efficientnet_lite0().eval()
         photos = wd.photos()
@@ -79,8 +90,123 @@ def build_cases(args: argparse.Namespace) -> list[Case]:
         x = x_all[: (1 if args.quick else 2)].contiguous()
         with torch.no_grad():
             y = model(x).argmax(1)
-        cases.append(Case("effnet224", model, x, y, _saliency(model, x, y), batch_size=4))  # best CPU throughput
+        bs = args.batch_size or 4  # best CPU throughput
+        cases.append(Case("effnet224", model, x, y, _saliency(model, x, y), batch_size=bs))
     return cases
+
+
+# --------------------------------------------------------------------------- floor
+def _best_call_s(fn: Callable[[], Any], min_s: float, min_reps: int = 3, max_reps: int = 50) -> float:
+    """The fastest of at least ``min_reps`` timed calls (more until ``min_s`` seconds are spent), after a warm-up."""
+    fn()
+    best, spent, reps = math.inf, 0.0, 0
+    while reps < min_reps or (spent < min_s and reps < max_reps):
+        t = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t
+        best, spent, reps = min(best, dt), spent + dt, reps + 1
+    return best
+
+
+def measure_floor(case: Case, sizes: tuple[int, ...], min_s: float) -> dict[str, Any]:
+    """Best per-sample time of the model over ``sizes`` (batches of the case's images, tiled): a forward pass under
+    ``no_grad`` (as the metrics score), and a forward + backward to the input with the parameters frozen (a
+    saliency map, as MPRT re-explains). Min over calls, then min over batch sizes: a lower bound either side meets
+    only at its best batch size."""
+    model, x, y = case.model, case.x, case.y
+    flags = [p.requires_grad for p in model.parameters()]
+    fwd: dict[int, float] = {}
+    grad: dict[int, float] = {}
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for bs in sizes:
+            reps = -(-bs // case.b)
+            xb = x.repeat(reps, *([1] * (x.ndim - 1)))[:bs].contiguous()
+            yb = y.repeat(reps)[:bs].view(-1, 1)
+
+            def forward(xb: torch.Tensor = xb) -> None:
+                with torch.no_grad():
+                    model(xb)
+
+            def forward_backward(xb: torch.Tensor = xb, yb: torch.Tensor = yb) -> None:
+                xi = xb.detach().requires_grad_(True)
+                torch.autograd.grad(model(xi).gather(1, yb).sum(), xi)
+
+            fwd[bs] = _best_call_s(forward, min_s) / bs
+            grad[bs] = _best_call_s(forward_backward, min_s) / bs
+    finally:
+        for p, f in zip(model.parameters(), flags, strict=True):
+            p.requires_grad_(f)
+    best_f = min(fwd, key=fwd.__getitem__)
+    best_g = min(grad, key=grad.__getitem__)
+    return {
+        "forward_s": fwd[best_f],
+        "forward_batch": best_f,
+        "forward_backward_s": grad[best_g],
+        "forward_backward_batch": best_g,
+        "forward_s_by_batch": fwd,
+        "forward_backward_s_by_batch": grad,
+    }
+
+
+def merge_floors(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two :func:`measure_floor` results combined: the faster time at every batch size."""
+    if not a:
+        return b
+    out: dict[str, Any] = {}
+    for key in ("forward_s", "forward_backward_s"):
+        by = {bs: min(a[f"{key}_by_batch"][bs], b[f"{key}_by_batch"][bs]) for bs in b[f"{key}_by_batch"]}
+        best = min(by, key=by.__getitem__)
+        out[key], out[key.replace("_s", "_batch")], out[f"{key}_by_batch"] = by[best], best, by
+    return out
+
+
+class PassCounter:
+    """Counts the model's passes during a call: rows of every forward (a forward hook on the model) and rows a
+    backward goes through (a hook on the output tensor). The hook is a plain closure, so the deep copies MPRT makes
+    on both sides carry it and keep counting; it is removed from the model on exit."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.counts = {"forward": 0, "backward": 0}
+
+    def __enter__(self) -> PassCounter:
+        counts = self.counts
+
+        def on_forward(_mod: torch.nn.Module, args: tuple[Any, ...], out: Any) -> None:
+            n = int(args[0].shape[0]) if args and isinstance(args[0], torch.Tensor) and args[0].ndim else 0
+            counts["forward"] += n
+            if isinstance(out, torch.Tensor) and out.requires_grad:
+
+                def on_grad(_g: torch.Tensor) -> None:
+                    counts["backward"] += n
+
+                out.register_hook(on_grad)
+
+        self.handle = self.model.register_forward_hook(on_forward)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.handle.remove()
+
+
+def floor_s(case: Case, forward: float, backward: float) -> float:
+    """Seconds per sample for ``forward`` passes per sample of which ``backward`` also run a backward pass."""
+    f = case.floor
+    return (forward - backward) * f["forward_s"] + backward * f["forward_backward_s"]
+
+
+def _meta_note(res: dict[str, Any]) -> str:
+    """Where whybox's own ``meta["n_forward"]`` differs from the passes the hooks counted."""
+    meta, seen = res.get("ours_meta_n_forward_per_sample"), res.get("ours_passes", {}).get("forward")
+    if meta is None or seen is None or abs(meta - seen) < 1e-9:
+        return ""
+    return f"; whybox's meta n_forward gives {meta:.4g} per sample where the hooks counted {seen:.4g} forward passes"
+
+
+def _passes(forward: float, backward: float) -> str:
+    return f"{forward:.4g}" + (f" (+{backward:.4g} bwd)" if backward else "")
 
 
 # --------------------------------------------------------------------------- rows
@@ -310,17 +436,29 @@ def _call(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - t, out
 
 
+def _counted_call(row: Row, fn: Callable[[], Any], side: str) -> tuple[float, Any]:
+    """The first (warm-up) call of a side, with its model passes counted per sample into ``row.result``."""
+    with PassCounter(row.case.model) as pc:
+        t, out = _call(fn)
+    b = row.case.b
+    row.result[f"{side}_passes"] = {k: v / b for k, v in pc.counts.items()}
+    return t, out
+
+
 def run_row(row: Row, repeats: int) -> None:
     res = row.result
     try:
-        t_ours, out_ours = _call(row.ours)
+        t_ours, out_ours = _counted_call(row, row.ours, "ours")
     except Exception as exc:  # pragma: no cover - reported, not hidden
         res["error"] = f"whybox failed: {type(exc).__name__}: {exc}"
         return
+    meta = getattr(out_ours, "meta", {})
+    if "n_forward" in meta:  # what whybox reports, beside what the hook saw
+        res["ours_meta_n_forward_per_sample"] = meta["n_forward"] / row.case.b
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            t_peer, out_peer = _call(row.peer)
+            t_peer, out_peer = _counted_call(row, row.peer, "peer")
     except Exception as exc:
         res["peer_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
         res["ours_s"] = [t_ours]
@@ -350,29 +488,38 @@ def run_row(row: Row, repeats: int) -> None:
 
 def fmt_table(rows: list[Row]) -> str:
     lines = [
-        "| case | metric | same values | max abs diff | whybox s/sample | Quantus s/sample | Quantus / whybox | >= 10x |",
-        "|---|---|---|---|---|---|---|---|",
+        "| case | metric | same values | max abs diff | passes/sample whybox | passes/sample Quantus | "
+        "floor s/sample | whybox s/sample | Quantus s/sample | Quantus / whybox | efficiency (floor / whybox) | "
+        "max possible speedup (Quantus / floor) | >= 10x |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         r = row.result
         b = row.case.b
+        name = f"| {row.case.name} | {row.metric} |"
         if "error" in r:
-            lines.append(f"| {row.case.name} | {row.metric} | - | - | - | - | {r['error']} | - |")
+            lines.append(f"{name} - | - | - | - | - | - | - | {r['error']} | - | - | - |")
             continue
         ours = statistics.median(r["ours_s"]) / b
+        po = r["ours_passes"]
+        floor = floor_s(row.case, po["forward"], po["backward"])
+        r["floor_s"] = floor
+        passes_o = _passes(po["forward"], po["backward"])
         if "peer_error" in r:
             lines.append(
-                f"| {row.case.name} | {row.metric} | - | - | {ours:.4f} | Quantus fails: {r['peer_error']} | - | - |"
+                f"{name} - | - | {passes_o} | - | {floor:.2e} | {ours:.4f} | Quantus fails: {r['peer_error']} | - | "
+                f"{floor / ours:.0%} | - | - |"
             )
             continue
+        pp = r["peer_passes"]
         peer = statistics.median(r["peer_s"]) / b
         diff = r.get("max_abs_diff", "-")
         diff_s = f"{diff:.2e}" if isinstance(diff, float) else str(diff)
         same = "yes" if row.same_values else "no"
         met = ("yes" if r["ratio"] >= TARGET else "**no**") if row.same_values else "n/a (different values)"
         lines.append(
-            f"| {row.case.name} | {row.metric} | {same} | {diff_s} | {ours:.4f} | {peer:.4f} | "
-            f"{r['ratio']:.1f}x | {met} |"
+            f"{name} {same} | {diff_s} | {passes_o} | {_passes(pp['forward'], pp['backward'])} | {floor:.2e} | "
+            f"{ours:.4f} | {peer:.4f} | {r['ratio']:.1f}x | {floor / ours:.0%} | {peer / floor:.1f}x | {met} |"
         )
     return "\n".join(lines)
 
@@ -383,11 +530,19 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--cases", default="digits,effnet")
     ap.add_argument(
-        "--threads",
+        "--batch-size",
         type=int,
         default=0,
-        help="torch intra-op threads (0 = torch's default; use 1 on a shared, oversubscribed machine)",
+        help="whybox's batch_size on every case (0 = the case's own: digits 256, effnet224 4)",
     )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (default 1, as bench/gradient.py; 0 = torch's default). On a shared, "
+        "oversubscribed 2-core machine 2 threads made every digits model call take ~0.12 s (1 thread: 0.8 ms at batch 32)",
+    )
+    ap.add_argument("--out", type=Path, default=RESULTS, help="results folder (default bench/results)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -395,6 +550,21 @@ def main() -> int:
     import quantus
 
     cases = build_cases(args)
+    floor_min_s = 0.2 if args.quick else 1.0
+
+    def floors(when: str) -> None:
+        for case in cases:
+            t0 = time.perf_counter()
+            case.floor = merge_floors(case.floor, measure_floor(case, FLOOR_SIZES[case.name], min_s=floor_min_s))
+            f = case.floor
+            print(
+                f"[{time.perf_counter() - t0:7.1f}s] {case.name:10s} floor ({when}): forward "
+                f"{f['forward_s'] * 1e6:.1f} us/sample at batch {f['forward_batch']}, forward+backward "
+                f"{f['forward_backward_s'] * 1e6:.1f} us/sample at batch {f['forward_backward_batch']}",
+                flush=True,
+            )
+
+    floors("before the rows")
     all_rows: list[Row] = []
     for case in cases:
         for row in rows_for(case, quantus, args):
@@ -405,11 +575,12 @@ def main() -> int:
                 flush=True,
             )
             all_rows.append(row)
+    floors("after the rows, min of both")  # the load of a shared machine drifts: a lower bound takes the faster
     table = fmt_table(all_rows)
     env = (
         f"{platform.platform()}, Python {platform.python_version()}, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), numpy {np.__version__}, Quantus {quantus.__version__}, "
-        f"{os.cpu_count()} CPUs, no GPU"
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, no GPU"
         if not torch.cuda.is_available()
         else "CUDA"
     )
@@ -419,15 +590,28 @@ def main() -> int:
         + "; ".join(f"{c.name}: {c.b} images, whybox batch_size {c.batch_size}" for c in cases)
         + " (digits = the bundled digits CNN on test images; effnet224 = EfficientNet-Lite0 on the bundled photos). "
         "Ratio = median over rounds of Quantus time / whybox time; rows timed once are marked in the notes. Both "
-        "sides run the same model in the same process with the same thread count.\n"
+        "sides run the same model in the same process with the same thread count.\n\n"
+        "Floor = whybox's model passes per sample (counted by hooks on the model) x the model's best per-sample "
+        "time in this process: "
+        + "; ".join(
+            f"{c.name}: forward {c.floor['forward_s'] * 1e6:.1f} us at batch {c.floor['forward_batch']} ("
+            + ", ".join(f"{bs}: {t * 1e6:.1f}" for bs, t in c.floor["forward_s_by_batch"].items())
+            + f"), forward + backward {c.floor['forward_backward_s'] * 1e6:.1f} us at batch "
+            f"{c.floor['forward_backward_batch']}"
+            for c in cases
+        )
+        + ". efficiency = floor / whybox time; max possible speedup = Quantus time / floor (above it whybox would "
+        "have to skip passes its protocol needs).\n"
     )
     notes = "\n".join(
-        f"- {r.case.name} / {r.metric}: {r.note}" + (" (timed once)" if r.result.get("single_sample") else "")
+        f"- {r.case.name} / {r.metric}: {r.note}"
+        + (" (timed once)" if r.result.get("single_sample") else "")
+        + _meta_note(r.result)
         for r in all_rows
     )
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "metrics.md").write_text(f"{header}\n{table}\n\nNotes:\n{notes}\n")
-    (RESULTS / "metrics.json").write_text(
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "metrics.md").write_text(f"{header}\n{table}\n\nNotes:\n{notes}\n")
+    (args.out / "metrics.json").write_text(
         json.dumps(
             [
                 {
@@ -436,6 +620,7 @@ def main() -> int:
                     "same_values": r.same_values,
                     "note": r.note,
                     "b": r.case.b,
+                    "floor": r.case.floor,
                     **{k: v for k, v in r.result.items()},
                 }
                 for r in all_rows
