@@ -63,17 +63,34 @@ def _parse(page: str) -> _ImgSources:
     return p
 
 
-def _table_rows(stdout: str) -> list[list[str]]:
-    """Rows of the printed table: the lines between the dashed rule and the 'wrote' line."""
+def _rows_after(stdout: str, header: list[str]) -> list[list[str]]:
+    """Rows of the printed table with this header: the lines after its dashed rule, up to a blank line."""
     lines = stdout.splitlines()
-    start = next(i for i, line in enumerate(lines) if line and set(line) == {"-"})
-    assert lines[start - 1].split() == ["method", "seconds", "forward", "backward"]
+    start = next(i for i, line in enumerate(lines) if line.split() == header)
+    assert set(lines[start + 1]) == {"-"}
     rows = []
-    for line in lines[start + 1 :]:
-        if line.startswith("wrote "):
+    for line in lines[start + 2 :]:
+        if not line.strip() or line.startswith("wrote "):
             break
         rows.append(line.split())
     return rows
+
+
+def _table_rows(stdout: str) -> list[list[str]]:
+    """Rows of the printed per-method table."""
+    return _rows_after(stdout, ["method", "seconds", "forward", "backward"])
+
+
+def _leaderboard_rows(stdout: str) -> list[list[str]]:
+    """Rows of the printed faithfulness leaderboard: rank, method, deletion AUC, insertion AUC[, note]."""
+    return _rows_after(stdout, ["rank", "method", "deletion", "insertion"])
+
+
+def _page_leaderboard(page: str) -> list[tuple[str, str, str, str]]:
+    """(rank, method, deletion, insertion) of the leaderboard table of index.html."""
+    section = page.split("<h2>Faithfulness leaderboard", 1)[1].split("</table>", 1)[0]
+    cells = r'<tr><td class="num">([^<]*)</td><td>([^<]*)</td>\s*<td class="num">([^<]*)</td>\s*<td class="num">([^<]*)</td>'
+    return re.findall(cells, section)
 
 
 def _register(monkeypatch: pytest.MonkeyPatch, name: str, cls: type) -> None:
@@ -131,7 +148,8 @@ def test_digits_demo_writes_one_overlay_per_image_and_method_and_a_self_containe
     assert {"http-equiv": "Content-Security-Policy", "content": CSP} in parsed.metas
     assert "http://" not in page and "https://" not in page and "//" not in re.sub(r"<!--.*?-->", "", page)
     assert parsed.scripts == 0
-    assert len(parsed.srcs) == cli._N_DIGITS * (len(names) + 2)  # input, grid and one overlay per method
+    # input, grid and one overlay per method and image, and the LIME stability figure
+    assert len(parsed.srcs) == cli._N_DIGITS * (len(names) + 2) + 1
     for src in parsed.srcs:
         assert "/" not in src and "\\" not in src and ":" not in src  # relative, in the folder itself
         assert (out / src).is_file(), src
@@ -139,6 +157,27 @@ def test_digits_demo_writes_one_overlay_per_image_and_method_and_a_self_containe
     from matplotlib import image as mpimg
 
     assert mpimg.imread(out / "img00_input.png").shape[:2] == (8, 8)
+
+    # the leaderboard ranks every method run (and the random reference) by insertion, in the terminal and the page
+    board = _leaderboard_rows(result.stdout)
+    assert sorted(r[1] for r in board) == sorted([*names, cli._RANDOM_ROW])
+    assert [r[0] for r in board] == [str(k) for k in range(1, len(board) + 1)]
+    deletion, insertion = [float(r[2]) for r in board], [float(r[3]) for r in board]
+    assert all(0 <= v <= 1 for v in deletion + insertion)  # AUCs of probabilities over [0, 1]
+    assert insertion == sorted(insertion, reverse=True)
+    assert "Lower deletion AUC is better; higher insertion AUC is better." in result.stdout
+    steps = cli.LEADERBOARD["deletion"]["steps"]
+    assert f"{steps} steps of 1/{steps} of the pixels" in result.stdout and "fill='blur'" in result.stdout
+    assert _page_leaderboard(page) == [(r[0], r[1], r[2], r[3]) for r in board]
+    assert "Lower deletion AUC is better; higher insertion AUC is better." in page
+
+    # the LIME stability figure: written, shown in the page with its numbers
+    assert (out / "stability_lime.png").is_file()
+    assert "stability_lime.png" in parsed.srcs
+    assert mpimg.imread(out / "stability_lime.png").ndim == 3
+    for measure in ("Jaccard@10", "Kendall tau-b", "VSI", "CSI"):
+        assert f"<td>{measure}</td>" in page
+        assert re.search(rf"^  {re.escape(measure)}\s+\S+", result.stdout, re.M), measure
 
 
 def test_data_strings_are_escaped_in_the_index(
@@ -165,6 +204,37 @@ def test_data_strings_are_escaped_in_the_index(
     assert "&lt;script&gt;alert(&#39;name&#39;)&lt;/script&gt;" in page
     assert "&#34;&gt;&lt;img src=x onerror=alert(1)&gt;&amp;" in page
     assert all((out / s).is_file() for s in parsed.srcs)
+    assert "LIME stability: skipped (lime is not among --methods)" in result.stdout
+    assert not (out / "stability_lime.png").exists() and "LIME stability" not in page
+
+
+def test_leaderboard_and_stability_numbers_are_the_public_api_s(runner: CliRunner, tmp_path: Path) -> None:
+    """The printed AUCs are whybox.evaluate's deletion/insertion of each method's map with the stated protocol,
+    and the stability numbers are whybox.evaluate(model, x, "lime", "stability") with the stated options."""
+    from whybox import data
+
+    out = tmp_path / "demo"
+    result = runner.invoke(cli.main, ["demo", "--model", "digits-cnn", "--methods", "saliency,lime", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    board = {r[1]: r for r in _leaderboard_rows(result.stdout)}
+    assert set(board) == {"saliency", "lime", cli._RANDOM_ROW}
+    x, _ = data.load_digits("test")
+    x, model = x[: cli._N_DIGITS], data.digits_cnn()
+    with torch.no_grad():
+        target = model(x).argmax(1)
+    e = whybox.explain(model, x, "saliency", target=target)
+    for col, metric in ((2, "deletion"), (3, "insertion")):
+        r = whybox.evaluate(model, x, e.to_map(), metric, target=target, **cli.LEADERBOARD[metric])
+        assert float(board["saliency"][col]) == pytest.approx(float(r.scores.mean()), abs=5e-5)
+
+    opts = {**cli.DEMO_OPTIONS["digits-cnn"]["lime"], **cli.STABILITY_OPTIONS["digits-cnn"]}
+    st = whybox.evaluate(model, x[:1], "lime", "stability", target=target[:1], n_runs=10, k=10, explainer_params=opts)
+    printed = {
+        m: line.split()[1] for line in result.stdout.splitlines() for m in ("VSI", "CSI") if line.startswith(f"  {m} ")
+    }
+    assert printed == {"VSI": f"{st.meta['vsi'].item():.1f}", "CSI": f"{st.meta['csi'].item():.1f}"}
+    assert f"n_samples={opts['n_samples']} here, fewer than the demo's LIME run" in result.stdout
+    assert "stability_lime.png" in _parse((out / "index.html").read_text(encoding="utf-8")).srcs
 
 
 def test_hostile_method_name_cannot_leave_the_output_folder(
@@ -418,9 +488,21 @@ def test_render_demo_index_escapes_every_field() -> None:
                 ],
             }
         ],
+        leaderboard={
+            "protocol": evil,
+            "sorted_by": evil,
+            "rows": [{"rank": evil, "method": evil, "deletion": 0.5, "insertion": None, "note": evil, "error": True}],
+        },
+        stability={
+            "image": evil,
+            "protocol": evil,
+            "src": evil,
+            "stats": [{"name": evil, "value": evil, "meaning": evil}],
+            "error": evil,
+        },
     )
     assert "<b " not in page and evil not in page
-    assert page.count("&lt;b onmouseover=x&gt;&#34;&#39;&amp;") >= 10
+    assert page.count("&lt;b onmouseover=x&gt;&#34;&#39;&amp;") >= 22
 
 
 # ---------------------------------------------------------------------------------------------- the real model

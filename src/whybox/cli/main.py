@@ -6,6 +6,7 @@ for the demo model and images, and :mod:`whybox.report` for the pictures and the
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,11 +24,12 @@ from whybox.report import (
     safe_component,
     save_grid_figure,
     save_png,
+    save_stability_figure,
     save_titled_png,
     write_text_atomic,
 )
 
-__all__ = ["DEMO_MODELS", "DEMO_OPTIONS", "main"]
+__all__ = ["DEMO_MODELS", "DEMO_OPTIONS", "LEADERBOARD", "STABILITY_OPTIONS", "main"]
 
 DEMO_MODELS = ("efficientnet-lite0", "digits-cnn")
 
@@ -60,8 +62,34 @@ DEMO_OPTIONS: dict[str, dict[str, dict[str, Any]]] = {
         "smoothgrad": {"n_samples": 16},
         "rise": {"n_masks": 1000},
         "shapley_sampling": {"n_permutations": 4},
+        # SLIC on 8 x 8 digits gives one pixel per superpixel, so LIME's default segment-mean fill changes
+        # nothing and every weight is 0; zero is the background of these digits: removing a pixel removes ink
+        "lime": {"fill": "zero"},
     },
 }
+
+#: The leaderboard's faithfulness protocol, the same for every method: pixel steps (each step perturbs the same
+#: share of the pixels, whatever the method's resolution or segmentation), ordered by each method's map. Deletion
+#: fills with zero (the dataset mean colour in normalised space, as RISE), insertion starts from RISE's blur:
+#: each metric's default fill. 10 steps of 10 % (11 forward passes per image and metric) keep it cheap: the whole
+#: leaderboard costs about as much as the demo's LIME, Kernel SHAP and RISE rows together.
+LEADERBOARD: dict[str, dict[str, Any]] = {
+    "deletion": {"steps": 10, "fill": "zero"},
+    "insertion": {"steps": 10, "fill": "blur"},
+}
+_LEADERBOARD_SORT = "insertion"  # higher first; deletion is shown next to it
+_RANDOM_ROW = "(random)"  # a seeded uniform random map: what an uninformative method scores
+
+#: LIME options of the stability run (10 seeds on one image), on top of the demo's LIME options; where they use
+#: fewer samples than the demo's own LIME run, the output says so. EfficientNet-Lite0: the demo's 128 samples
+#: (10 runs on one photo cost twice the LIME row, about 20 s on 2 cores); digits: 200 instead of LIME's default 1000.
+STABILITY_OPTIONS: dict[str, dict[str, Any]] = {
+    "efficientnet-lite0": {},
+    "digits-cnn": {"n_samples": 200},
+}
+_STABILITY_RUNS = 10
+_STABILITY_K = 10
+_METRIC_BATCH = {"efficientnet-lite0": 16, "digits-cnn": 64}  # forward batch of the leaderboard metrics
 
 _N_DIGITS = 3
 _TOP_K = 5
@@ -214,6 +242,156 @@ def _to_uint8(image: torch.Tensor) -> np.ndarray:
     return np.rint(arr * 255.0).astype(np.uint8)
 
 
+# ---------------------------------------------------------------------------------------------- leaderboard
+@dataclass
+class _Faithfulness:
+    name: str
+    deletion: float | None = None
+    insertion: float | None = None
+    error: str | None = None
+    note: str = ""
+
+
+def _full_resolution(maps: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """``(N, h, w)`` maps at the inputs' ``(H, W)`` (bilinear, as the overlays show them); non-finite -> 0."""
+    maps = torch.nan_to_num(maps.to(torch.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    if tuple(maps.shape[-2:]) != tuple(inputs.shape[-2:]):
+        maps = torch.nn.functional.interpolate(
+            maps.unsqueeze(1), size=tuple(inputs.shape[-2:]), mode="bilinear", align_corners=False
+        ).squeeze(1)
+    return maps
+
+
+def _faithfulness(
+    demo: _DemoData, name: str, maps: torch.Tensor, target: torch.Tensor, batch_size: int
+) -> _Faithfulness:
+    row = _Faithfulness(name)
+    try:
+        for metric, opts in LEADERBOARD.items():
+            r = whybox.evaluate(
+                demo.model, demo.inputs, _full_resolution(maps, demo.inputs), metric, target=target,
+                batch_size=batch_size, **opts,
+            )  # fmt: skip
+            setattr(row, metric, float(r.scores.nanmean()))
+    except Exception as exc:  # reported in the leaderboard and the exit code; the demo goes on
+        row.deletion = row.insertion = None
+        row.error = f"{type(exc).__name__}: {exc}"
+        row.note = f"metric failed: {row.error}"
+    return row
+
+
+def _leaderboard(demo: _DemoData, runs: list[_MethodRun], target: torch.Tensor, batch_size: int) -> list[_Faithfulness]:
+    """Mean deletion and insertion AUC over the demo images for every method run, plus a random-map row;
+    sorted by insertion (best first), rows without a score last."""
+    rows = []
+    for run in runs:
+        if run.maps is None:
+            rows.append(_Faithfulness(run.name, error=run.error, note="no map: the method failed"))
+        else:
+            rows.append(_faithfulness(demo, run.name, run.maps, target, batch_size))
+    noise = torch.rand(demo.inputs.shape[0], *demo.inputs.shape[-2:], generator=torch.Generator().manual_seed(0))
+    baseline = _faithfulness(demo, _RANDOM_ROW, noise, target, batch_size)
+    baseline.note = baseline.note or "reference: a random map (seed 0)"
+    rows.append(baseline)
+
+    def key(r: _Faithfulness) -> tuple[bool, float, str]:
+        v = getattr(r, _LEADERBOARD_SORT)
+        return (v is None, -(v if v is not None else 0.0), r.name)
+
+    return sorted(rows, key=key)
+
+
+def _leaderboard_protocol(n_images: int) -> str:
+    d, i = LEADERBOARD["deletion"], LEADERBOARD["insertion"]
+    return (
+        f"Pixel-step protocol, the same for every method: {d['steps']} steps of 1/{d['steps']} of the pixels each "
+        "(deletion and insertion alike), pixels taken in the order of each method's map (channels summed, signed, "
+        "maps at layer resolution resized bilinearly, ties by a seeded rule). Deletion replaces removed pixels with "
+        f"fill={d['fill']!r} (the dataset mean colour after normalisation); insertion starts from "
+        f"fill={i['fill']!r} (RISE's 11x11 Gaussian blur, sigma 5) and puts pixels back. Score: the top-1 class "
+        f"probability; AUC by the trapezoid rule, mean over the {n_images} images."
+    )
+
+
+def _leaderboard_table(rows: list[_Faithfulness]) -> str:
+    cells = [
+        (
+            str(k + 1) if r.insertion is not None else "-",
+            r.name,
+            "-" if r.deletion is None else f"{r.deletion:.4f}",
+            "-" if r.insertion is None else f"{r.insertion:.4f}",
+        )
+        for k, r in enumerate(rows)
+    ]
+    w1 = max(len("method"), *(len(c[1]) for c in cells))
+    lines = [f"{'rank':>4}  {'method':<{w1}}  {'deletion':>9}  {'insertion':>9}"]
+    lines.append("-" * len(lines[0]))
+    for c, r in zip(cells, rows, strict=True):
+        line = f"{c[0]:>4}  {c[1]:<{w1}}  {c[2]:>9}  {c[3]:>9}"
+        lines.append(line + (f"  {r.note}" if r.note else ""))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- stability
+@dataclass
+class _Stability:
+    image: int
+    options: dict[str, Any]
+    seconds: float = 0.0
+    result: Any = None  # whybox MetricResult
+    error: str | None = None
+
+
+def _run_stability(demo: _DemoData, options: dict[str, Any], target: torch.Tensor, image: int = 0) -> _Stability:
+    """LIME ``_STABILITY_RUNS`` times (seeds 0, 1, ...) on one image through the ``stability`` metric."""
+    st = _Stability(image, options)
+    start = time.perf_counter()
+    try:
+        st.result = whybox.evaluate(
+            demo.model, demo.inputs[image : image + 1], "lime", "stability", target=target[image : image + 1],
+            n_runs=_STABILITY_RUNS, k=_STABILITY_K, explainer_params=options,
+        )  # fmt: skip
+    except Exception as exc:  # reported on the terminal, the page and the exit code; the demo goes on
+        st.error = f"{type(exc).__name__}: {exc}"
+    st.seconds = time.perf_counter() - start
+    return st
+
+
+def _stability_stats(st: _Stability) -> list[dict[str, str]]:
+    meta = st.result.meta
+    k = meta["k"]
+    dropped = int(meta["csi_dropped"][0])
+
+    def num(v: torch.Tensor, fmt: str) -> str:
+        x = float(v[0])
+        return "n/a" if x != x else format(x, fmt)
+
+    return [
+        {"name": f"Jaccard@{k}", "value": num(meta["jaccard"], ".3f"),
+         "meaning": f"mean |A and B| / |A or B| of the top-{k} superpixels A, B of two runs (1 = same sets)"},
+        {"name": "Kendall tau-b", "value": num(meta["kendall"], ".3f"),
+         "meaning": "mean rank agreement of all the weights of two runs (1 = same order)"},
+        {"name": "VSI", "value": num(meta["vsi"], ".1f"),
+         "meaning": f"Visani's variable stability index: 100 x mean share of the top-{k} shared by two runs"},
+        {"name": "CSI", "value": num(meta["csi"], ".1f"),
+         "meaning": "Visani's coefficient stability index: 100 x share of run pairs whose 95% CIs of a weight "
+         f"overlap, averaged over the superpixels selected at least twice ({dropped} selected only once: dropped)"},
+    ]  # fmt: skip
+
+
+def _stability_protocol(st: _Stability, name: str, base_samples: Any) -> str:
+    opts = st.options
+    n = opts.get("n_samples", "default")
+    text = (
+        f"LIME run {_STABILITY_RUNS} times on image {st.image} ({name}) with seeds 0-{_STABILITY_RUNS - 1} "
+        f"(options: {_options_text(opts)}), through whybox.evaluate(model, x, 'lime', 'stability'); top-k with "
+        f"k={_STABILITY_K} by |weight|. Higher is more stable for every measure."
+    )
+    if base_samples is not None and n != base_samples:
+        text += f" n_samples={n} here, fewer than the demo's LIME run ({base_samples}), to keep the demo short."
+    return text
+
+
 # ---------------------------------------------------------------------------------------------- commands
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(version=whybox.__version__, prog_name="whybox")
@@ -293,6 +471,63 @@ def demo_cmd(out_dir: Path, methods_opt: str | None, photos_opt: str | None, mod
         click.echo(f"running {m} ...", err=True)
         runs.append(_run_method(demo, m, dict(options.get(m, {})), target))
     click.echo(_table(runs))
+    click.echo("")
+
+    start = time.perf_counter()
+    board = _leaderboard(demo, runs, target, _METRIC_BATCH[model_name])
+    board_seconds = time.perf_counter() - start
+    click.echo(
+        f"faithfulness leaderboard: mean deletion and insertion AUC over {len(demo.names)} images, "
+        f"sorted by {_LEADERBOARD_SORT} (best first); {board_seconds:.1f} s"
+    )
+    click.echo(_leaderboard_protocol(len(demo.names)))
+    click.echo("Lower deletion AUC is better; higher insertion AUC is better.")
+    click.echo(_leaderboard_table(board))
+    click.echo("")
+
+    stability: dict[str, Any] | None = None
+    st: _Stability | None = None
+    if "lime" in methods:
+        stab_opts = dict(options.get("lime", {}))
+        if not full:
+            stab_opts.update(STABILITY_OPTIONS[model_name])
+        click.echo("running the LIME stability check ...", err=True)
+        st = _run_stability(demo, stab_opts, target)
+        base_samples = options.get("lime", {}).get(
+            "n_samples", inspect.signature(whybox.get_explainer("lime")).parameters["n_samples"].default
+        )
+        stability = {
+            "image": demo.names[st.image],
+            "protocol": _stability_protocol(st, demo.names[st.image], base_samples),
+            "stats": [],
+            "error": st.error,
+            "src": None,
+        }
+        click.echo(f"LIME stability ({st.seconds:.1f} s): {stability['protocol']}")
+        if st.error:
+            click.echo(f"  FAILED: {st.error}")
+        else:
+            stats = _stability_stats(st)
+            stability["stats"] = stats
+            for row in stats:
+                click.echo(f"  {row['name']:<14} {row['value']:>7}  {row['meaning']}")
+            fig_file = "stability_lime.png"
+            lines = [f"{row['name']}: {row['value']}" for row in stats]
+            lines.append(f"CSI dropped: {int(st.result.meta['csi_dropped'][0])} (selected once)")
+            lines += ["", f"{_STABILITY_RUNS} runs, seeds 0-{_STABILITY_RUNS - 1}", f"k = {st.result.meta['k']}"]
+            lines += [f"{k} = {v!r}" for k, v in stab_opts.items()]
+            save_stability_figure(
+                output_path(out_dir, fig_file),
+                _to_uint8(demo.display[st.image]),
+                st.result.meta["mean"][0],
+                st.result.meta["std"][0],
+                title=f"LIME stability: {demo.names[st.image]} ({demo.labels[int(target[st.image])]})",
+                lines=lines,
+            )
+            stability["src"] = fig_file
+            click.echo(f"  figure: {fig_file} (mean LIME weights, their std over the runs, the numbers)")
+    else:
+        click.echo("LIME stability: skipped (lime is not among --methods)")
 
     images = []
     for i, name in enumerate(demo.names):
@@ -351,13 +586,37 @@ def demo_cmd(out_dir: Path, methods_opt: str | None, photos_opt: str | None, mod
             for r in runs
         ],
         images=images,
+        leaderboard={
+            "protocol": _leaderboard_protocol(len(demo.names)),
+            "sorted_by": f"Sorted by {_LEADERBOARD_SORT} AUC, best first. {_RANDOM_ROW} is a random map, for reference.",
+            "rows": [
+                {
+                    "rank": k + 1 if r.insertion is not None else "-",
+                    "method": r.name,
+                    "deletion": r.deletion,
+                    "insertion": r.insertion,
+                    "note": r.note,
+                    "error": r.error is not None,
+                }
+                for k, r in enumerate(board)
+            ],
+        },
+        stability=stability,
     )
     index = write_text_atomic(output_path(out_dir, "index.html"), page)
     click.echo(f"wrote {index}")
     failed = [r for r in runs if r.error]
+    problems = []
     if failed:
         names = ", ".join(r.name for r in failed)
-        raise click.ClickException(f"{len(failed)} of {len(runs)} methods failed: {names} (see the table above).")
+        problems.append(f"{len(failed)} of {len(runs)} methods failed: {names} (see the table above)")
+    bad_metrics = [r.name for r in board if r.error and not any(f.name == r.name for f in failed)]
+    if bad_metrics:
+        problems.append(f"the leaderboard metrics failed for: {', '.join(bad_metrics)}")
+    if st is not None and st.error:
+        problems.append(f"the LIME stability check failed: {st.error}")
+    if problems:
+        raise click.ClickException("; ".join(problems) + ".")
 
 
 if __name__ == "__main__":  # pragma: no cover

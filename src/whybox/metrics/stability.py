@@ -19,9 +19,10 @@ from whybox.errors import InvalidParameterError
 from whybox.metrics.base import Context, Metric, check_choice, check_int, make_explain_fn, tie_order
 from whybox.registry import METRICS
 
-__all__ = ["Stability", "kendall_tau_b", "topk_sets"]
+__all__ = ["Stability", "ci_overlap", "csi_scores", "kendall_tau_b", "topk_sets"]
 
-MEASURES = ("jaccard", "kendall", "vsi")
+MEASURES = ("jaccard", "kendall", "vsi", "csi")
+CI_Z = 1.96  # two-sided 95 % normal quantile, Visani's CI = beta +- 1.96 sd
 
 
 def topk_sets(values: torch.Tensor, k: int, seed: int) -> torch.Tensor:
@@ -44,6 +45,56 @@ def kendall_tau_b(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.tensor(out, dtype=torch.float64)
 
 
+def ci_overlap(lo_a: torch.Tensor, hi_a: torch.Tensor, lo_b: torch.Tensor, hi_b: torch.Tensor) -> torch.Tensor:
+    """Element-wise: do the intervals ``[lo_a, hi_a]`` and ``[lo_b, hi_b]`` overlap strictly?
+
+    ``max(lo) < min(hi)``: intervals that only touch do not overlap. Two identical intervals always do, even of
+    zero width (a surrogate that fits exactly gives ``sd = 0``, and identical calls must agree).
+    """
+    strict = torch.maximum(lo_a, lo_b) < torch.minimum(hi_a, hi_b)
+    return strict | ((lo_a == lo_b) & (hi_a == hi_b))
+
+
+def csi_scores(
+    values: torch.Tensor, sd: torch.Tensor, selected: torch.Tensor, *, z: float = CI_Z
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Visani's coefficient stability index from ``R`` calls.
+
+    Parameters
+    ----------
+    values, sd
+        ``(R, B, M)`` coefficients and their standard deviations; CI_j = ``values ± z · sd``.
+    selected
+        ``(R, B, M)`` bool: the features each call selected (its top-``k``). A feature with a non-finite value
+        or sd counts as not selected.
+
+    Returns
+    -------
+    ``csi`` ``(B,)``: the mean over the kept features of CSI_j = 100 · share of the pairs of calls that both
+    selected j whose CIs overlap (:func:`ci_overlap`); NaN when no feature is kept. ``per_feature`` ``(B, M)``:
+    CSI_j, NaN for features selected fewer than twice. ``dropped`` ``(B,)`` int64: the features selected by
+    exactly one call (left out, since they form no pair).
+    """
+    sel = selected & torch.isfinite(values) & torch.isfinite(sd)
+    lo, hi = values - z * sd, values + z * sd
+    pairs = torch.zeros(sel.shape[1:], dtype=torch.float64)
+    agree = torch.zeros(sel.shape[1:], dtype=torch.float64)
+    for a, b in itertools.combinations(range(sel.shape[0]), 2):
+        both = sel[a] & sel[b]
+        pairs += both.to(torch.float64)
+        agree += (both & ci_overlap(lo[a], hi[a], lo[b], hi[b])).to(torch.float64)
+    n_sel = sel.sum(0)
+    kept = n_sel >= 2
+    per_feature = torch.where(kept, 100 * agree / pairs.clamp_min(1), torch.full_like(agree, math.nan))
+    n_kept = kept.sum(1)
+    csi = torch.where(
+        n_kept > 0,
+        torch.where(kept, per_feature, 0).sum(1) / n_kept.clamp_min(1),
+        torch.full((sel.shape[1],), math.nan, dtype=torch.float64),
+    )
+    return csi, per_feature, (n_sel == 1).sum(1).to(torch.int64)
+
+
 @METRICS.register("stability")
 class Stability(Metric):
     """Run the same explainer ``n_runs`` times with seeds ``seed .. seed + n_runs - 1`` and measure agreement.
@@ -58,12 +109,20 @@ class Stability(Metric):
 
     Per row, averaged over the ``R (R - 1) / 2`` pairs of runs: top-``k`` Jaccard ``|T_a & T_b| / |T_a | T_b|``
     (ties by the seeded rule), Kendall tau-b on the full vectors, and VSI ``= 100 * mean |S_a & S_b| / k``
-    (Visani's variable stability index with S = the top-``k`` features of a call). Scores: ``measure`` (default
-    ``"jaccard"``); higher is more stable; a deterministic explainer gives J = tau = 1, VSI = 100. CSI needs the
-    local model's confidence intervals, which the explainers do not expose, so it is not computed.
+    (Visani's variable stability index with S = the top-``k`` features of a call). CSI (Visani's coefficient
+    stability index, :func:`csi_scores`) when the explainer reports the standard deviations of its per-feature
+    weights (``meta["coef_sd"]`` ``(B, M)`` next to ``meta["values"]``: LIME with its ridge surrogate): per
+    feature, CI = beta ± 1.96 sd of each call, CSI_j = 100 · share of the pairs of calls that both selected j
+    (top-``k``) whose CIs overlap strictly; features selected fewer than twice are dropped; CSI = their mean.
+    Scores: ``measure`` (default ``"jaccard"``); higher is more stable; a deterministic explainer gives
+    J = tau = 1, VSI = 100 (and CSI = 100). ``measure="csi"`` with an explainer that reports no ``coef_sd``
+    raises :class:`~whybox.InvalidParameterError`.
 
-    Curves: none. ``meta``: ``"jaccard"``, ``"kendall"``, ``"vsi"``, ``"mean_std"`` ``(B,)`` and ``"std"``
-    (per-feature standard deviation over the runs, ddof 1, shaped like the attributions).
+    Curves: none. ``meta``: ``"jaccard"``, ``"kendall"``, ``"vsi"``, ``"csi"`` (NaN, with ``"csi_note"``
+    saying why, when it cannot be computed), ``"csi_dropped"`` (features selected by one call only, int64),
+    ``"csi_features"`` ``(B, M)`` (CSI_j, NaN where dropped or never selected; ``None`` without CSI),
+    ``"mean_std"`` ``(B,)``, ``"std"`` (per-feature standard deviation over the runs, ddof 1, shaped like the
+    attributions) and ``"mean"`` (the mean attributions over the runs, same shape).
     """
 
     higher_is_better = True
@@ -130,11 +189,35 @@ class Stability(Metric):
             torch.where(ok, taus, 0).sum(1) / ok.sum(1).clamp_min(1),
             torch.full((b,), math.nan, dtype=torch.float64),
         )
-        table = {"jaccard": jaccard, "kendall": kendall, "vsi": vsi}
+        sds = [v for e in expls if isinstance(v := e.meta.get("coef_sd"), torch.Tensor)]
+        has_sd = use_values and len(sds) == self.n_runs and all(s.shape == feats.shape[1:] for s in sds)
+        nan = torch.full((b,), math.nan, dtype=torch.float64)
+        csi_meta: dict[str, Any]
+        if has_sd:
+            sd = torch.stack([s.detach().to("cpu", torch.float64) for s in sds])
+            csi, per_feature, dropped = csi_scores(feats, sd, torch.stack(tops))
+            csi_meta = {"csi_dropped": dropped, "csi_features": per_feature}
+        else:
+            why = (
+                f"explainer {name!r} reports no coefficient standard deviations (meta['coef_sd'] next to "
+                "meta['values'])"
+                if use_values or self.features == "auto"
+                else "features='attributions' has no coefficient standard deviations"
+            )
+            if self.measure == "csi":
+                raise InvalidParameterError(
+                    f"measure='csi' needs the local model's confidence intervals, but {why}; use LIME with its "
+                    "ridge surrogate (surrogate='ridge', features='auto'), or measure='jaccard', 'kendall' or 'vsi'."
+                )
+            csi = nan
+            csi_meta = {"csi_dropped": torch.zeros(b, dtype=torch.int64), "csi_features": None, "csi_note": why}
+        table = {"jaccard": jaccard, "kendall": kendall, "vsi": vsi, "csi": csi}
         meta: dict[str, Any] = {
             **table,
+            **csi_meta,
             "mean_std": std.reshape(b, -1).mean(1),
             "std": std,
+            "mean": stack.mean(0),
             "k": k,
             "features": "values" if use_values else "attributions",
             "seeds": list(range(self.seed, self.seed + self.n_runs)),

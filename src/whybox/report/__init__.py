@@ -1,6 +1,6 @@
 """Figures and static HTML reports. numpy and matplotlib are used here (and in the CLI) only."""
 
-from whybox.report.figures import save_grid_figure, save_titled_png
+from whybox.report.figures import save_grid_figure, save_stability_figure, save_titled_png
 from whybox.report.html import CSP, render_demo_index, write_text_atomic
 from whybox.report.overlay import overlay, save_png, to_heatmap
 from whybox.report.paths import output_path, safe_component
@@ -13,6 +13,7 @@ __all__ = [
     "safe_component",
     "save_grid_figure",
     "save_png",
+    "save_stability_figure",
     "save_titled_png",
     "to_heatmap",
     "write_text_atomic",

@@ -12,13 +12,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from whybox.errors import InvalidInputError
 
-__all__ = ["save_grid_figure", "save_titled_png"]
+__all__ = ["save_grid_figure", "save_stability_figure", "save_titled_png"]
 
 _PANEL_INCHES = 2.6
 _DPI = 100
@@ -71,6 +72,70 @@ def save_grid_figure(
             _draw(ax, _check_rgb(rgb), caption, fontsize=8)
         else:
             ax.set_axis_off()
+    if title:
+        fig.suptitle(title, fontsize=10, parse_math=False)
+    path = Path(path)
+    fig.savefig(path, format="png", dpi=_DPI)
+    return path
+
+
+def _map_array(m: object, what: str) -> np.ndarray:
+    if isinstance(m, torch.Tensor):
+        m = m.detach().to("cpu", torch.float64).numpy()
+    arr = np.asarray(m, dtype=np.float64)
+    if arr.ndim == 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 2:
+        raise InvalidInputError(f"{what} must have shape (H, W) (or (1, H, W)); got {arr.shape}.")
+    return np.where(np.isfinite(arr), arr, 0.0)
+
+
+def save_stability_figure(
+    path: str | os.PathLike[str],
+    rgb: np.ndarray,
+    mean_map: object,
+    std_map: object,
+    *,
+    title: str = "",
+    lines: Sequence[str] = (),
+) -> Path:
+    """Save the picture of a repeated-runs stability check as a PNG; returns the path.
+
+    Four panels: the input, the mean attribution over the runs (diverging colormap centred on zero), the
+    per-feature standard deviation over the runs on the *same* scale (so a std as large as the weights looks as
+    bright as they do), and ``lines`` of text (the stability numbers). Non-finite values are drawn as 0.
+
+    Parameters
+    ----------
+    rgb
+        ``(H, W, 3)`` input image.
+    mean_map, std_map
+        ``(H, W)`` (or ``(1, H, W)``) tensors or arrays, e.g. ``meta["mean"][i]`` and ``meta["std"][i]`` of the
+        ``stability`` metric.
+    """
+    from whybox.report.overlay import DIVERGING_CMAP, SEQUENTIAL_CMAP
+
+    rgb = _check_rgb(rgb)
+    mean = _map_array(mean_map, "mean_map")
+    std = _map_array(std_map, "std_map")
+    scale = max(float(np.abs(mean).max(initial=0.0)), float(std.max(initial=0.0))) or 1.0
+    small = max(mean.shape) < 64
+    interp = "nearest" if small else "antialiased"
+    fig = Figure(figsize=(_PANEL_INCHES * 4 + 1.0, _PANEL_INCHES + 0.9), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 4, squeeze=True)
+    _draw(axes[0], rgb, "input", fontsize=8)
+    im = axes[1].imshow(mean, cmap=DIVERGING_CMAP, vmin=-scale, vmax=scale, interpolation=interp)
+    axes[1].set_title("mean weight over the runs", fontsize=8, parse_math=False)
+    fig.colorbar(im, ax=axes[1], shrink=0.8)
+    im = axes[2].imshow(std, cmap=SEQUENTIAL_CMAP, vmin=0.0, vmax=scale, interpolation=interp)
+    axes[2].set_title("std over the runs (same scale)", fontsize=8, parse_math=False)
+    fig.colorbar(im, ax=axes[2], shrink=0.8)
+    for ax in axes[1:3]:
+        ax.set_axis_off()
+    axes[3].set_axis_off()
+    axes[3].text(0.0, 1.0, "\n".join(lines), va="top", ha="left", fontsize=8, family="monospace",
+                 parse_math=False, transform=axes[3].transAxes, wrap=True)  # fmt: skip
     if title:
         fig.suptitle(title, fontsize=10, parse_math=False)
     path = Path(path)

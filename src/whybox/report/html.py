@@ -26,7 +26,14 @@ def _environment() -> jinja2.Environment:
 
 
 def render_demo_index(
-    *, title: str, model: str, version: str, methods: list[dict[str, Any]], images: list[dict[str, Any]]
+    *,
+    title: str,
+    model: str,
+    version: str,
+    methods: list[dict[str, Any]],
+    images: list[dict[str, Any]],
+    leaderboard: dict[str, Any] | None = None,
+    stability: dict[str, Any] | None = None,
 ) -> str:
     """Render ``templates/demo_index.html``.
 
@@ -41,6 +48,13 @@ def render_demo_index(
         One dict per image: ``name``, ``small`` (bool: draw pixels crisp), ``input_src``, ``grid_src``
         (relative file names or ``None``), ``top`` (list of ``{"label", "prob"}``) and ``overlays`` (list of
         ``{"method", "src", "seconds", "n_forward", "n_backward", "note", "reading"}``).
+    leaderboard
+        ``None`` (no section) or ``{"protocol", "sorted_by"}`` (text) and ``"rows"``: one dict per method,
+        ``rank`` (int or ``"-"``), ``method``, ``deletion`` and ``insertion`` (mean AUCs or ``None``), ``note``
+        and ``error`` (bool: show the note as an error).
+    stability
+        ``None`` (no section) or ``{"image", "protocol", "src"}`` (text; the figure's file name or ``None``),
+        ``"stats"`` (list of ``{"name", "value", "meaning"}``) and ``"error"`` (text or ``None``).
 
     Returns
     -------
@@ -49,7 +63,16 @@ def render_demo_index(
     """
     source = resources.files("whybox.report").joinpath("templates/demo_index.html").read_text(encoding="utf-8")
     template = _environment().from_string(source)
-    return template.render(csp=CSP, title=title, model=model, version=version, methods=methods, images=images)
+    return template.render(
+        csp=CSP,
+        title=title,
+        model=model,
+        version=version,
+        methods=methods,
+        images=images,
+        leaderboard=leaderboard,
+        stability=stability,
+    )
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:

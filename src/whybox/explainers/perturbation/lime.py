@@ -13,7 +13,15 @@ from whybox.masking.fills import FILLS, FillLike
 from whybox.models.targets import Target, TargetLike
 from whybox.registry import EXPLAINERS
 
-__all__ = ["SURROGATES", "Lime", "cosine_kernel", "lime_samples", "weighted_lasso", "weighted_ridge"]
+__all__ = [
+    "SURROGATES",
+    "Lime",
+    "cosine_kernel",
+    "lime_samples",
+    "ridge_coef_sd",
+    "weighted_lasso",
+    "weighted_ridge",
+]
 
 SURROGATES = ("ridge", "lasso")
 
@@ -80,6 +88,55 @@ def weighted_ridge(
     return coef, *_fit_stats(z, y, w, coef, zm, ym)
 
 
+def ridge_coef_sd(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Standard deviations of the :func:`weighted_ridge` coefficients (Visani et al.'s CSI), in float64.
+
+    ``Var(β) = σ² (G + αI)⁻¹ G (G + αI)⁻¹`` with ``G = ZcᵀWZc`` and ``Zc`` the design centred on its weighted
+    mean (the intercept is not penalised, as in the fit); under errors of variance ``σ² / w_j`` this is exact
+    for the ridge estimator. ``σ²`` = weighted residual sum of squares ``Σ_j w_j r_j²`` of the unregularised
+    weighted least-squares fit with intercept, divided by ``n - p`` (``p`` its numerical rank, intercept
+    included: eigenvalues of ``X₁ᵀWX₁`` above ``1e-10`` times the largest).
+
+    Everything is computed from two ``(M + 1)``-sized eigendecompositions and a few products with the ``(n, M)``
+    design: cheap next to the ``n`` forward passes that produced ``y``.
+
+    Parameters
+    ----------
+    z, y, w, alpha
+        As :func:`weighted_ridge`: ``(n, M)``, ``(B, n)``, ``(n,)`` and the ridge strength.
+
+    Returns
+    -------
+    ``(B, M)`` standard deviations; NaN for every coefficient of a fit with no residual degrees of freedom
+    (``n <= p``). Directions with ``G + αI`` singular (``alpha = 0`` and a rank-deficient design) are left out,
+    as a pseudo-inverse does.
+
+    References
+    ----------
+    Visani et al., "Statistical stability indices for LIME", JORS 2022.
+    """
+    z, y, w = z.to(F64), y.to(F64), w.to(F64)
+    n, m = z.shape
+    x1 = torch.cat([torch.ones(n, 1, dtype=F64, device=z.device), z], 1)  # (n, M + 1)
+    g1 = (x1.T * w) @ x1  # X₁ᵀWX₁
+    lam, vec = torch.linalg.eigh(g1)
+    ok = lam > lam[-1].clamp_min(0) * 1e-10
+    dof = n - int(ok.sum())
+    if dof <= 0 or m == 0:
+        return torch.full((y.shape[0], m), float("nan"), dtype=F64, device=z.device)
+    inv = torch.where(ok, 1.0 / torch.where(ok, lam, 1.0), 0.0)
+    b = ((y * w) @ x1) @ vec * inv @ vec.T  # (B, M + 1): the unregularised WLS fit (pseudo-inverse)
+    sigma2 = ((y - b @ x1.T) ** 2) @ w / dof  # (B,)
+    gram = g1[1:, 1:] - torch.outer(g1[0, 1:], g1[0, 1:]) / g1[0, 0]  # ZcᵀWZc (Schur complement)
+    mu, u = torch.linalg.eigh(gram)
+    mu = mu.clamp_min(0)
+    den = mu + alpha
+    keep = den > mu[-1] * 1e-10 if alpha == 0 else den > 0
+    shrink = torch.where(keep, mu / torch.where(keep, den, 1.0) ** 2, 0.0)  # eigenvalues of (G+αI)⁻¹G(G+αI)⁻¹
+    var = (u * u) @ shrink  # (M,) its diagonal
+    return (sigma2.view(-1, 1) * var).sqrt()
+
+
 def weighted_lasso(
     z: torch.Tensor, y: torch.Tensor, w: torch.Tensor, alpha: float, *, max_iter: int = 10_000, tol: float = 1e-12
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -137,7 +194,10 @@ class Lime(RegionExplainer):
     ------
     inputs ``(B, *S)`` -> the coefficients painted on the groups: ``(B, 1, H, W)`` on images, ``(B, F)`` on
     rows. meta: ``values`` ``(B, M)`` (β), ``intercept``, ``r2`` (weighted R² of the surrogate) and
-    ``local_pred`` (g at the original) ``(B,)``. Cost: ``B * n_samples`` forward passes.
+    ``local_pred`` (g at the original) ``(B,)``; with the ridge surrogate also ``coef_sd`` ``(B, M)``, the
+    standard deviation of each β from the same fit (:func:`ridge_coef_sd`; 0, like β, for ids that are not
+    features of a row), which the ``stability`` metric turns into Visani's CSI. The lasso surrogate reports no
+    ``coef_sd``: its coefficients have no closed-form variance. Cost: ``B * n_samples`` forward passes.
 
     References
     ----------
@@ -191,8 +251,10 @@ class Lime(RegionExplainer):
         tgt, fx = self._clean(x, target, engine)
         mmax = max(regions.sizes)
         values = torch.zeros(b, mmax, dtype=F64, device=x.device)
+        ridge = self.surrogate == "ridge"
+        sds = torch.zeros(b, mmax, dtype=F64, device=x.device)
         intercept, r2, local = (torch.zeros(b, dtype=F64, device=x.device) for _ in range(3))
-        fit = weighted_ridge if self.surrogate == "ridge" else weighted_lasso
+        fit = weighted_ridge if ridge else weighted_lasso
         zs = {m: lime_samples(m, n, self.row_generator()).to(x.device) for m in set(regions.sizes)}
         designs = {m: (n - 1, lambda ks, z=z: z[ks + 1]) for m, z in zs.items()}  # z[0], the original, is f(x)
         scores = self._region_scores(engine, x, fills.unsqueeze(1), tgt, regions, designs)
@@ -200,8 +262,11 @@ class Lime(RegionExplainer):
             rows = regions.by_size()[m]
             z = zs[m]
             y = torch.cat([fx[rows].view(-1, 1), s], 1)
-            coef, b0, rr, lp = fit(z, y, cosine_kernel(z, self.kernel_width), self.alpha)
+            kw = cosine_kernel(z, self.kernel_width)
+            coef, b0, rr, lp = fit(z, y, kw, self.alpha)
             values[rows, :m] = coef
+            if ridge:
+                sds[rows, :m] = ridge_coef_sd(z, y, kw, self.alpha)
             intercept[rows], r2[rows], local[rows] = b0, rr, lp
         attr, full = regions.paint(values)
         meta = {
@@ -211,4 +276,6 @@ class Lime(RegionExplainer):
             "local_pred": local,
             "n_features": regions.sizes,
         }
+        if ridge:
+            meta["coef_sd"] = regions.paint(sds)[1]
         return attr.to(x.dtype), tgt, meta
