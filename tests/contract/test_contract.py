@@ -111,7 +111,11 @@ def inputs(seed: int = 0, n: int = B, dtype: torch.dtype = torch.float32) -> tor
 
 # Fewer IG steps and SmoothGrad draws keep the suite fast; no contract property depends on their number
 # (test_explanation_contract runs every method at its defaults).
-FAST: dict[str, dict[str, Any]] = {"integrated_gradients": {"n_steps": 8}, "smoothgrad": {"n_samples": 6}}
+FAST: dict[str, dict[str, Any]] = {
+    "integrated_gradients": {"n_steps": 8},
+    "smoothgrad": {"n_samples": 6},
+    "lima": {"regions": "grid", "n_regions": 16},  # 4 x 4 cells: N(N+1) = 272 passes per row
+}
 
 
 def run(model: Any, x: torch.Tensor, method: str, **kw: Any) -> whybox.Explanation:

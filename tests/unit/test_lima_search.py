@@ -1,0 +1,506 @@
+"""LIMA searches and the explainer: agreement with a slow reference written from LIMA.md, exactness of lazy
+greedy on submodular functions, pass-count formulas, determinism, targets and option errors."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import whybox
+from whybox.errors import InvalidInputError, InvalidParameterError, InvalidTargetError, UnknownNameError
+from whybox.explainers.lima.objective import Scored, SubsetScorer, effectiveness, region_angles
+from whybox.explainers.lima.search import (
+    SEARCHES,
+    SearchOptions,
+    SearchResult,
+    bidirectional_passes,
+    stochastic_passes,
+    stochastic_sample_size,
+)
+
+F64 = torch.float64
+WEIGHTS = {"lambda_cons": 20.0, "lambda_colla": 5.0, "lambda_conf": 0.01, "lambda_eff": 0.0}
+
+
+def small_cnn(seed: int = 0, classes: int = 4) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        m = nn.Sequential(
+            nn.Conv2d(3, 6, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(6, 6, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(24, classes),
+        )
+    return m.double().eval()
+
+
+def images(b: int = 2, h: int = 10, w: int = 10, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, 3, h, w, generator=g, dtype=F64) * 2 - 0.5
+
+
+def irregular_labels(h: int = 10, w: int = 10) -> torch.Tensor:
+    """Nine irregular regions (not a grid): bands of a diagonal ramp folded by parity."""
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    return ((xx + 2 * yy) % 9).to(torch.int64)
+
+
+# ---------------------------------------------------------------------------------------------- the slow oracle
+def reference_naive(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    c: int,
+    weights: dict[str, float],
+    fill: float = 0.0,
+    embed: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[list[int], list[float], list[float]]:
+    """Naive greedy straight from LIMA.md for one image ``(C, H, W)`` and labels ``(H, W)``, one plain model call
+    per image: returns (order, kept curve, removed curve)."""
+    n = int(labels.max()) + 1
+    filled = torch.full_like(x, fill)
+
+    def probs(img: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return model(img.unsqueeze(0))[0].softmax(-1)
+
+    def shown(s: list[int]) -> torch.Tensor:
+        keep = torch.zeros(labels.shape, dtype=torch.bool)
+        for i in s:
+            keep |= labels == i
+        return keep
+
+    emb = []
+    if weights["lambda_eff"] > 0:
+        for i in range(n):
+            with torch.no_grad():
+                emb.append((embed or model)(torch.where(shown([i]), x, filled).unsqueeze(0))[0])
+
+    def angle(i: int, j: int) -> float:
+        cos = float(torch.dot(emb[i], emb[j]) / (emb[i].norm() * emb[j].norm()))
+        return math.acos(max(-1.0, min(1.0, cos))) / math.pi
+
+    def value(s: list[int]) -> tuple[float, float, float]:
+        keep = shown(s)
+        pm = probs(torch.where(keep, x, filled))
+        pc = probs(torch.where(keep, filled, x))
+        k = pm.shape[0]
+        entropy = -sum(float(p) * math.log(float(p)) for p in pm if float(p) > 0)
+        eff = 0.0
+        if weights["lambda_eff"] > 0 and len(s) > 1:
+            eff = sum(min(angle(i, j) for j in s if j != i) for i in s)
+        f = (
+            weights["lambda_cons"] * float(pm[c])
+            + weights["lambda_colla"] * (1 - float(pc[c]))
+            + weights["lambda_conf"] * (1 - entropy / math.log(k))
+            + weights["lambda_eff"] * eff
+        )
+        return f, float(pm[c]), float(pc[c])
+
+    order: list[int] = []
+    kept: list[float] = []
+    removed: list[float] = []
+    while len(order) < n:
+        best = None
+        for a in range(n):  # increasing ids; strict > keeps the lowest id on ties
+            if a in order:
+                continue
+            f, pk, pr = value([*order, a])
+            if best is None or f > best[0]:
+                best = (f, a, pk, pr)
+        assert best is not None
+        order.append(best[1])
+        kept.append(best[2])
+        removed.append(best[3])
+    return order, kept, removed
+
+
+def prefix_readings(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, c: int, order: list[int]) -> torch.Tensor:
+    """(2, N): p_c(merge(S_i)) and p_c(comp(S_i)) of every prefix S_i of ``order``, by plain model calls."""
+    out = []
+    keep = torch.zeros(labels.shape, dtype=torch.bool)
+    for a in order:
+        keep |= labels == a
+        with torch.no_grad():
+            pm = model(torch.where(keep, x, 0.0).unsqueeze(0))[0].softmax(-1)[c]
+            pc = model(torch.where(keep, 0.0, x).unsqueeze(0))[0].softmax(-1)[c]
+        out.append(torch.stack([pm, pc]))
+    return torch.stack(out, 1)
+
+
+# ---------------------------------------------------------------------------------------------- naive = oracle
+@pytest.mark.parametrize(
+    "weights",
+    [
+        WEIGHTS,
+        {"lambda_cons": 1.0, "lambda_colla": 1.0, "lambda_conf": 1.0, "lambda_eff": 0.5},
+        {"lambda_cons": 0.0, "lambda_colla": 1.0, "lambda_conf": 0.0, "lambda_eff": 0.0},
+    ],
+)
+def test_naive_equals_the_slow_reference_step_by_step(weights: dict[str, float]) -> None:
+    model = small_cnn()
+    x = images(b=2)
+    labels = irregular_labels()
+    e = whybox.explain(model, x, "lima", search="naive", regions=labels, batch_size=7, **weights)
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    assert torch.equal(e.target, pred)  # target=None is the prediction
+    n = 9
+    eff = weights["lambda_eff"] > 0
+    assert e.meta["n_forward"] == 2 * (2 + n * (n + 1) + (n if eff else 0))
+    assert e.meta["search_passes"] == [n * (n + 1)] * 2
+    for r in range(2):
+        order, kept, removed = reference_naive(model, x[r], labels, int(pred[r]), weights)
+        assert e.meta["order"][r].tolist() == order
+        torch.testing.assert_close(e.meta["curve_kept"][r], torch.tensor(kept, dtype=F64), rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(e.meta["curve_removed"][r], torch.tensor(removed, dtype=F64), rtol=1e-9, atol=1e-12)
+        # rank map: the region at rank i gets N - i, painted on its pixels
+        ranks = torch.empty(n, dtype=F64)
+        ranks[torch.tensor(order)] = torch.arange(n, 0, -1, dtype=F64)
+        torch.testing.assert_close(e.attributions[r, 0], ranks[labels].to(e.attributions.dtype))
+
+
+def test_naive_follows_an_explicit_target_per_row() -> None:
+    model = small_cnn(seed=2)
+    x = images(b=2, seed=4)
+    labels = irregular_labels()
+    tgt = torch.tensor([3, 1])
+    e = whybox.explain(model, x, "lima", regions=labels, target=tgt)
+    assert torch.equal(e.target, tgt)
+    for r in range(2):
+        order, _, _ = reference_naive(model, x[r], labels, int(tgt[r]), WEIGHTS)
+        assert e.meta["order"][r].tolist() == order
+    with pytest.raises(InvalidTargetError, match="out of range for a model with 4 outputs"):
+        whybox.explain(model, x, "lima", regions=labels, target=7)
+
+
+def test_embedding_adapter_scores_and_effectiveness_follow_the_spec() -> None:
+    torch.manual_seed(0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        body = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        refs = torch.randn(3, 5, dtype=F64)
+    body = body.double().eval()
+    adapter = whybox.adapt(body, kind="embedding", references=refs, scale=100.0)
+    x = images(b=1, seed=5)
+    labels = irregular_labels()
+    weights = {"lambda_cons": 20.0, "lambda_colla": 5.0, "lambda_conf": 0.01, "lambda_eff": 0.05}
+    e = whybox.explain(adapter, x, "lima", regions=labels, **weights)
+    order, kept, _ = reference_naive(adapter.scores, x[0], labels, int(e.target[0]), weights, embed=adapter.embed)
+    assert e.meta["order"][0].tolist() == order
+    torch.testing.assert_close(e.meta["curve_kept"][0], torch.tensor(kept, dtype=F64), rtol=1e-9, atol=1e-12)
+    assert e.meta["n_forward"] == 2 + 9 * 10 + 9  # the N embedding passes, once
+
+
+# ---------------------------------------------------------------------------------------------- every search
+@pytest.mark.parametrize("search", sorted(SEARCHES))
+def test_every_search_logs_the_true_readings_of_its_prefixes(search: str) -> None:
+    model = small_cnn(seed=1)
+    x = images(b=2, seed=2)
+    labels = irregular_labels()
+    e = whybox.explain(model, x, "lima", search=search, regions=labels, batch_size=5)
+    for r in range(2):
+        order = e.meta["order"][r].tolist()
+        assert sorted(order) == list(range(9))  # a permutation of the regions
+        ref = prefix_readings(model, x[r], labels, int(e.target[r]), order)
+        torch.testing.assert_close(e.meta["curve_kept"][r], ref[0], rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(e.meta["curve_removed"][r], ref[1], rtol=1e-9, atol=1e-12)
+        obj = e.meta["curve_objective"][r]
+        gains = e.meta["gains"][r]
+        torch.testing.assert_close(gains[1:], obj[1:] - obj[:-1])
+    assert e.meta["n_forward"] == 4 + sum(e.meta["search_passes"])
+
+
+def test_pass_counts_follow_the_formulas() -> None:
+    model = small_cnn()
+    x = images(b=1, h=14, w=14)
+    lab = torch.arange(49).view(7, 7).repeat_interleave(2, 0).repeat_interleave(2, 1)  # 49 regions
+    opts = SearchOptions()
+    counts = {}
+    for search in SEARCHES:
+        e = whybox.explain(model, x, "lima", search=search, regions=lab, batch_size=64)
+        counts[search] = e.meta["search_passes"][0]
+    assert counts["naive"] == 49 * 50 == 2450
+    assert counts["bidirectional"] == bidirectional_passes(49, opts) == 1608  # 1.5x fewer than naive
+    assert counts["stochastic"] == stochastic_passes(49, opts)
+    assert stochastic_sample_size(49, opts) == 3  # ceil(ln 10) with k = N
+    assert stochastic_sample_size(49, SearchOptions(k=7)) == math.ceil(7 * math.log(10))
+    assert counts["lazy"] < counts["naive"]
+
+
+# ---------------------------------------------------------------------------------------------- set functions
+class SetFunctionScorer(SubsetScorer):
+    """F(S) given by a Python set function (no model); counts 2 passes per scored subset like the real one."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], n: int) -> None:
+        self.fn = fn
+        self.n_regions = [n]
+        self.empty = [self._scored(torch.zeros(1, n, dtype=torch.bool))]
+        self.full = [self._scored(torch.ones(1, n, dtype=torch.bool))]
+        self.passes = 0
+
+    def _scored(self, s: torch.Tensor) -> Scored:
+        v = self.fn(s).to(F64)
+        z = torch.zeros_like(v)
+        return Scored(v, z, z, z, v)
+
+    def score(self, subsets: Sequence[torch.Tensor | None]) -> list[Scored | None]:
+        out: list[Scored | None] = []
+        for s in subsets:
+            if s is None:
+                out.append(None)
+            else:
+                self.passes += 2 * s.shape[0]
+                out.append(self._scored(s))
+        return out
+
+
+def coverage(n: int, n_concepts: int, seed: int, integer: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A weighted coverage function: region i covers a random set of concepts; F(S) = weight of the union."""
+    g = torch.Generator().manual_seed(seed)
+    covers = torch.rand(n, n_concepts, generator=g) < 0.15
+    w = torch.randint(1, 4, (n_concepts,), generator=g).to(F64) if integer else torch.rand(n_concepts, generator=g)
+
+    def f(s: torch.Tensor) -> torch.Tensor:
+        union = (s.to(F64) @ covers.to(F64)) > 0  # (K, concepts)
+        return union.to(F64) @ w.to(F64)
+
+    return f
+
+
+def run(search: str, fn: Callable[[torch.Tensor], torch.Tensor], n: int, **opts: Any) -> tuple[SearchResult, int]:
+    scorer = SetFunctionScorer(fn, n)
+    (res,) = SEARCHES[search].run(scorer, SearchOptions(**opts))
+    assert res.n_forward == scorer.passes
+    return res, scorer.passes
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("integer", [False, True])  # integer weights: many exact ties, broken by the lowest id
+def test_lazy_is_exactly_naive_on_a_coverage_function_with_fewer_passes(seed: int, integer: bool) -> None:
+    n = 30
+    fn = coverage(n, 60, seed, integer)
+    ref, ref_passes = run("naive", fn, n)
+    assert ref_passes == n * (n + 1)
+    for batch in (1, 4):
+        res, passes = run("lazy", fn, n, lazy_batch=batch)
+        assert res.order.tolist() == ref.order.tolist()
+        torch.testing.assert_close(res.objective, ref.objective)
+        assert passes < ref_passes
+    assert run("lazy", fn, n)[1] < run("lazy", fn, n, lazy_batch=4)[1]  # batching costs passes, never order
+
+
+def test_on_a_modular_function_every_search_sorts_by_weight() -> None:
+    g = torch.Generator().manual_seed(0)
+    n = 25
+    w = torch.randperm(n, generator=g).to(F64)  # distinct weights
+
+    def fn(s: torch.Tensor) -> torch.Tensor:
+        return s.to(F64) @ w
+
+    expected = torch.argsort(w, descending=True).tolist()
+    for search in SEARCHES:
+        opts = {"eps": 1e-12} if search == "stochastic" else {}  # a sample as large as N: the naive choice
+        res, _ = run(search, fn, n, **opts)
+        assert res.order.tolist() == expected, search
+        torch.testing.assert_close(res.gains, w[res.order])
+
+
+def test_stochastic_with_a_full_sample_is_naive_and_is_seeded() -> None:
+    n = 20
+    fn = coverage(n, 40, seed=3)
+    ref, _ = run("naive", fn, n)
+    res, passes = run("stochastic", fn, n, eps=1e-12)
+    assert res.order.tolist() == ref.order.tolist()
+    assert passes == n * (n + 1) - 2  # the last region is the whole input, known without a pass
+    a, pa = run("stochastic", fn, n, seed=5)
+    b, _ = run("stochastic", fn, n, seed=5)
+    assert torch.equal(a.order, b.order)
+    assert pa == stochastic_passes(n, SearchOptions())
+    others = {tuple(run("stochastic", fn, n, seed=s)[0].order.tolist()) for s in range(6)}
+    assert len(others) > 1  # the seed drives the samples
+
+
+def test_bidirectional_pass_count_is_exact_for_every_n() -> None:
+    for n in (1, 2, 3, 5, 9, 17, 30):
+        for p in (1, 3, 8):
+            res, passes = run("bidirectional", coverage(n, 20, seed=n), n, n_weakest=p)
+            assert passes == bidirectional_passes(n, SearchOptions(n_weakest=p))
+            assert sorted(res.order.tolist()) == list(range(n))
+
+
+# ---------------------------------------------------------------------------------------------- through a model
+class ConceptCoverage(nn.Module):
+    """Logits (a * cov(x) + b, 0) with cov = weight of the concepts with any visible pixel: p_0 = sigmoid(...) is a
+    concave increasing function of a coverage function on the regions, hence submodular (b >= 0)."""
+
+    def __init__(self, h: int, w: int, n_concepts: int = 12, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.register_buffer("masks", (torch.rand(n_concepts, h * w, generator=g) < 0.03).to(F64))
+        self.register_buffer("w", torch.rand(n_concepts, generator=g, dtype=F64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        seen = (x.flatten(1).unsqueeze(1) * self.masks).amax(-1)  # (B, concepts): 1 if any pixel visible
+        cov = seen @ self.w
+        return torch.stack([0.8 * cov + 0.1, torch.zeros_like(cov)], 1)
+
+
+def test_lazy_equals_naive_through_the_engine_on_a_submodular_model() -> None:
+    h = w = 16
+    model = ConceptCoverage(h, w).eval()
+    x = torch.ones(2, 1, h, w, dtype=F64)
+    cons_only = {"lambda_cons": 1.0, "lambda_colla": 0.0, "lambda_conf": 0.0}
+    lab = torch.arange(64).view(8, 8).repeat_interleave(2, 0).repeat_interleave(2, 1)
+    ref = whybox.explain(model, x, "lima", search="naive", regions=lab, **cons_only)
+    lz = whybox.explain(model, x, "lima", search="lazy", regions=lab, **cons_only)
+    assert torch.equal(lz.meta["order"], ref.meta["order"])
+    torch.testing.assert_close(lz.meta["curve_kept"], ref.meta["curve_kept"])
+    assert lz.meta["n_forward"] < ref.meta["n_forward"] // 4
+
+
+# ---------------------------------------------------------------------------------------------- explainer
+def test_tabular_columns_order_by_contribution() -> None:
+    # logits (a . x, 0): without the confidence term F grows with the sum of the kept contributions a_i x_i
+    # (fill 0), so naive greedy sorts the columns by them
+    a = torch.randn(6, generator=torch.Generator().manual_seed(0), dtype=F64)
+
+    class TwoClass(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            z = x @ a
+            return torch.stack([z, torch.zeros_like(z)], 1)
+
+    x = torch.randn(3, 6, generator=torch.Generator().manual_seed(1), dtype=F64)
+    e = whybox.explain(TwoClass(), x, "lima", target=0, lambda_conf=0.0)
+    assert e.attributions.shape == (3, 6)
+    contrib = x * a
+    for r in range(3):
+        assert e.meta["order"][r].tolist() == torch.argsort(contrib[r], descending=True).tolist()
+
+
+def test_token_spans_share_one_value() -> None:
+    torch.manual_seed(0)
+    model = nn.Linear(7, 3).double().eval()
+    x = torch.randn(2, 7, dtype=F64)
+    e = whybox.explain(model, x, "lima", regions="spans", groups=[(0, 2), (2, 3), (3, 7)])
+    assert e.attributions.shape == (2, 7)
+    a = e.attributions
+    assert torch.equal(a[:, 0], a[:, 1]) and bool((a[:, 3:] == a[:, 3:4]).all())
+    assert sorted(a[0, [0, 2, 3]].tolist()) == [1.0, 2.0, 3.0]
+
+
+def test_gain_map_is_monotone_along_the_order_and_scaled() -> None:
+    model = small_cnn()
+    x = images(b=2)
+    e = whybox.explain(model, x, "lima", regions=irregular_labels(), map="gain")
+    for r in range(2):
+        v = e.meta["values"][r][e.meta["order"][r]]
+        assert bool((v[1:] <= v[:-1]).all())
+        assert float(v.max()) == 1.0 and float(v.min()) == 0.0
+
+
+def test_prior_regions_run_the_prior_explainer_and_count_its_passes() -> None:
+    model = small_cnn()
+    x = images(b=2, h=14, w=14)
+    e = whybox.explain(model, x, "lima", regions="prior", prior_grid=7, n_regions=12, search="lazy")
+    assert e.meta["n_regions"] == [math.ceil(49 / math.ceil(49 / 12))] * 2
+    assert e.meta["n_backward"] == 2  # Grad-CAM: one backward per row
+    assert e.meta["n_forward"] >= 2 + 4 + sum(e.meta["search_passes"])  # Grad-CAM's forwards (>= 1 per row) count
+    fixed = torch.rand(2, 14, 14, generator=torch.Generator().manual_seed(0))
+    e2 = whybox.explain(model, x, "lima", regions="prior", prior=fixed, prior_grid=7, prior_cells=4)
+    assert e2.meta["n_backward"] == 0 and e2.meta["n_regions"] == [13, 13]
+    assert e2.meta["n_forward"] == 4 + sum(e2.meta["search_passes"])  # a given prior map costs nothing
+
+
+def test_seeded_and_deterministic() -> None:
+    model = small_cnn()
+    x = images(b=2)
+    a = whybox.explain(model, x, "lima", search="stochastic", regions=irregular_labels(), seed=4)
+    b = whybox.explain(model, x, "lima", search="stochastic", regions=irregular_labels(), seed=4)
+    assert torch.equal(a.attributions, b.attributions) and a.meta["seed"] == 4
+    c = whybox.explain(model, x, "lima", regions="seeds", n_regions=9)
+    d = whybox.explain(model, x, "lima", regions="seeds", n_regions=9)
+    assert torch.equal(c.attributions, d.attributions)
+
+
+def test_effectiveness_term_matches_its_definition() -> None:
+    g = torch.Generator().manual_seed(0)
+    emb = torch.randn(6, 4, generator=g, dtype=F64)
+    ang = region_angles(emb)
+    subsets = torch.rand(20, 6, generator=g) < 0.5
+    subsets[0] = False
+    subsets[1] = torch.tensor([True, False, False, False, False, False])
+    got = effectiveness(subsets, ang)
+    for k in range(20):
+        s = subsets[k].nonzero().flatten().tolist()
+        want = 0.0
+        if len(s) > 1:
+            for i in s:
+                cos = [float(torch.cosine_similarity(emb[i], emb[j], 0)) for j in s if j != i]
+                want += min(math.acos(max(-1.0, min(1.0, c))) / math.pi for c in cos)
+        assert math.isclose(float(got[k]), want, rel_tol=1e-9, abs_tol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------- errors
+def _counting(model: nn.Module) -> tuple[nn.Module, list[int]]:
+    calls: list[int] = []
+    model.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
+    return model, calls
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        (
+            {"search": "greedy"},
+            InvalidParameterError,
+            r"search must be one of \('naive', 'bidirectional', 'lazy', 'stochastic'\); got 'greedy'",
+        ),
+        ({"regions": "slic"}, InvalidParameterError, r"regions must be one of \('auto', 'superpixels'.*got 'slic'"),
+        ({"map": "heat"}, InvalidParameterError, r"map must be one of \('rank', 'gain'\); got 'heat'"),
+        ({"lambda_colla": -1}, InvalidParameterError, "lambda_colla must be a finite number >= 0; got -1"),
+        ({"lambda_cons": 0, "lambda_colla": 0, "lambda_conf": 0}, InvalidParameterError, "all 0"),
+        ({"eps": 1.0}, InvalidParameterError, r"eps must be a number in \(0, 1\); got 1.0"),
+        ({"n_weakest": 0}, InvalidParameterError, "n_weakest must be an int >= 1; got 0"),
+        ({"lazy_batch": 0}, InvalidParameterError, "lazy_batch must be an int >= 1; got 0"),
+        ({"score": "log_prob"}, InvalidParameterError, r"score must be one of \('prob', 'logit'\)"),
+        ({"regions": "spans"}, InvalidParameterError, "regions='spans' needs groups="),
+        ({"prior": "gradcamm"}, UnknownNameError, "Did you mean 'gradcam'"),
+        ({"prior": "lima"}, InvalidParameterError, "would recurse"),
+        ({"regions": "columns"}, InvalidInputError, r"regions='columns' needs tabular rows \(B, F\)"),
+    ],
+)
+def test_bad_options_are_refused_before_any_model_call(options: dict[str, object], error: type, match: str) -> None:
+    model, calls = _counting(small_cnn())
+    with pytest.raises(error, match=match):
+        whybox.explain(model, images(b=1), "lima", **options)
+    assert calls == []
+
+
+def test_over_budget_requests_are_refused_with_the_estimate() -> None:
+    model, calls = _counting(small_cnn())
+    x = images(b=2, h=20, w=20)
+    lab = torch.arange(100).view(10, 10).repeat_interleave(2, 0).repeat_interleave(2, 1)
+    with pytest.raises(InvalidParameterError, match=r"up to 20,204 forward passes .*max_evaluations=5,000.*'lazy'"):
+        whybox.explain(model, x, "lima", regions=lab, max_evaluations=5000)
+    assert calls == []
+    e = whybox.explain(model, x[:1], "lima", regions=lab, search="stochastic", max_evaluations=5000)
+    assert e.meta["n_forward"] <= 5000
+
+
+def test_one_output_models_need_the_raw_score() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(300, 1)).double().eval()
+    x = images(b=1)
+    with pytest.raises(InvalidParameterError, match=r"K = 1 score per row.*score='logit'"):
+        whybox.explain(model, x, "lima", regions=irregular_labels())
+    e = whybox.explain(model, x, "lima", regions=irregular_labels(), score="logit")
+    assert e.meta["finite"] == [True]
