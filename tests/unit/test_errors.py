@@ -231,7 +231,7 @@ def test_ig_quadrature_option_named_method_reaches_the_explainer(model: nn.Modul
     _raises(
         InvalidParameterError,
         ValueError,
-        r"method must be one of \('gausslegendre', .*'riemann_trapezoid'\); got 'simpson'",
+        r"method must be one of \('gausslegendre', .*'riemann_trapezoid', 'adaptive'\); got 'simpson'",
         lambda: whybox.explain(model, x, "integrated_gradients", method="simpson"),
     )
 

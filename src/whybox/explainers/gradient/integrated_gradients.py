@@ -14,9 +14,14 @@ from whybox.masking.fills import make_fill
 from whybox.models.targets import Target, TargetLike, apply_score_space, resolve_target
 from whybox.registry import EXPLAINERS
 
-__all__ = ["RULES", "IntegratedGradients", "quadrature"]
+__all__ = ["METHODS", "RULES", "IntegratedGradients", "adaptive_start", "quadrature"]
 
 RULES = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "trapezoid", "riemann_trapezoid")
+#: ``method=`` values: the fixed rules and ``"adaptive"`` (a mesh refined where completeness fails, per row)
+METHODS = (*RULES, "adaptive")
+ADAPTIVE_ROUNDS = 8
+# stored path gradients of one row group, in elements (x the dtype's size): bounds the adaptive rule's memory
+ADAPTIVE_STORE = 2**26
 BASELINES = ("zero", "blur", "uniform", "gaussian", "mean")
 
 
@@ -52,6 +57,11 @@ def quadrature(rule: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(a), torch.from_numpy(w)
 
 
+def adaptive_start(n: int) -> int:
+    """Points of the adaptive rule's first, uniform mesh (ends included) for a budget of n gradients."""
+    return max(2, min(n, n // 8 + 1))
+
+
 @EXPLAINERS.register("integrated_gradients")
 class IntegratedGradients(GradientExplainer):
     """IG_i = (x_i - x'_i) * integral of d f_c(x' + a (x - x')) / d x_i over a in [0, 1].
@@ -62,8 +72,17 @@ class IntegratedGradients(GradientExplainer):
         Quadrature points (50, as captum).
     method
         ``"gausslegendre"`` (default, exact for polynomials of degree < 2n), ``"riemann_left"``,
-        ``"riemann_right"``, ``"riemann_middle"``, ``"trapezoid"`` (correct composite rule) or
-        ``"riemann_trapezoid"`` (captum's, weights summing to (n-1)/n).
+        ``"riemann_right"``, ``"riemann_middle"``, ``"trapezoid"`` (correct composite rule),
+        ``"riemann_trapezoid"`` (captum's, weights summing to (n-1)/n) or ``"adaptive"``: a composite
+        trapezoid rule whose mesh is refined row by row where it misses completeness. It starts from
+        ``n_steps // 8 + 1`` uniform points (ends included) and spends the rest in 8 rounds; each round
+        bisects the segments [l, r] with the largest |(f(r) - f(l)) - (r - l)(f'(l) + f'(r)) / 2|, the
+        trapezoid's exact error on the path derivative f' (f at the nodes comes with their gradients, so
+        the refinement costs no extra pass). The integrand of a ReLU-family network is piecewise constant
+        along the path and, from a dark or mean-colour baseline, swings hard near alpha = 0: there the
+        fixed rules waste nodes where nothing happens (on EfficientNet-Lite0 photos at 64 steps,
+        Gauss-Legendre misses completeness by 3-11 %, the adaptive mesh by 0.05-2 %). The weights are set
+        by the mesh alone, never fitted to f(x) - f(x'), so ``meta["delta"]`` stays an honest error.
     baseline
         ``"zero"``, ``"blur"`` (Gaussian, ``sigma`` pixels), ``"uniform"`` (U(min x, max x), seeded),
         ``"gaussian"`` (x + N(0, sigma^2), seeded), ``"mean"``, a number, or a tensor broadcastable to the inputs.
@@ -79,6 +98,8 @@ class IntegratedGradients(GradientExplainer):
     Shapes
     ------
     inputs ``(B, *S)`` -> attributions ``(B, *S)``; n_steps + 2 forwards and n_steps backwards per row.
+    ``"adaptive"`` adds ``meta["alphas"]`` ``(B, n_steps)``, each row's final mesh (sorted; it keeps the
+    row's path gradients until the mesh is final: at most ``2**26`` stored elements per row group).
     """
 
     def __init__(
@@ -92,7 +113,13 @@ class IntegratedGradients(GradientExplainer):
         **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
-        quadrature(method, n_steps)  # validates both
+        if method == "adaptive":
+            if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 2:
+                raise InvalidParameterError(f"n_steps must be an int >= 2 for method='adaptive'; got {n_steps!r}.")
+        elif method not in RULES:
+            raise InvalidParameterError(f"method must be one of {METHODS}; got {method!r}.")
+        else:
+            quadrature(method, n_steps)  # validates n_steps
         if isinstance(baseline, str) and baseline not in BASELINES:
             raise InvalidParameterError(f"baseline must be one of {BASELINES}, a number or a tensor; got {baseline!r}.")
         if sigma < 0:
@@ -123,10 +150,32 @@ class IntegratedGradients(GradientExplainer):
         tgt = resolve_target(target, ends[:b])
         both = torch.arange(2 * b, device=x.device) % b
         fx, fb = tgt.select(apply_score_space(ends, self.score), both).to(torch.float64).view(2, b)
+        diff = x - base
+        meta: dict[str, Any] = {}
+        if self.method == "adaptive":
+            total_g, meta["alphas"] = self._adaptive(x, base, diff, tgt, engine, n_backward)
+        else:
+            total_g = self._fixed(x, base, diff, tgt, engine, n_backward)
+        attr64 = diff.to(torch.float64) * total_g
+        delta = attr64.reshape(b, -1).sum(1) - (fx - fb)
+        delta_rel = delta.abs() / (fx - fb).abs().clamp_min(1e-12)
+        meta.update({"delta": delta.cpu(), "delta_rel": delta_rel.cpu(), "f_x": fx.cpu(), "f_baseline": fb.cpu()})
+        return attr64.to(x.dtype), tgt, meta
+
+    def _fixed(
+        self,
+        x: torch.Tensor,
+        base: torch.Tensor,
+        diff: torch.Tensor,
+        tgt: Target,
+        engine: MaskingEngine,
+        n_backward: list[int],
+    ) -> torch.Tensor:
+        """Sum over the rule's nodes of w_k grad f(x' + a_k (x - x')), float64 ``(B, *S)``."""
+        b = x.shape[0]
         alphas, weights = quadrature(self.method, self.n_steps)
         n = self.n_steps
         total_g = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
-        diff = x - base
         # row-major path points (row b, step k), generated chunk by chunk: memory ~ batch_size rows
         step = self.batch_size
         for s in range(0, b * n, step):
@@ -137,8 +186,96 @@ class IntegratedGradients(GradientExplainer):
             g, _, _ = self._grads(pts, rows, tgt, engine, n_backward)
             w = weights.to(x.device)[ks].view(-1, *([1] * (x.ndim - 1)))
             total_g.index_add_(0, rows, g.to(torch.float64) * w)
-        attr64 = diff.to(torch.float64) * total_g
-        delta = attr64.reshape(b, -1).sum(1) - (fx - fb)
-        delta_rel = delta.abs() / (fx - fb).abs().clamp_min(1e-12)
-        meta = {"delta": delta.cpu(), "delta_rel": delta_rel.cpu(), "f_x": fx.cpu(), "f_baseline": fb.cpu()}
-        return attr64.to(x.dtype), tgt, meta
+        return total_g
+
+    def _adaptive(
+        self,
+        x: torch.Tensor,
+        base: torch.Tensor,
+        diff: torch.Tensor,
+        tgt: Target,
+        engine: MaskingEngine,
+        n_backward: list[int],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The adaptive trapezoid rule (see ``method``): weighted gradient sums and each row's final mesh.
+
+        Rows are processed in groups whose stored gradients (n_steps per row) stay under ``ADAPTIVE_STORE``
+        elements; each round's new nodes of a group go through the model in ``batch_size`` chunks.
+        """
+        b, n = x.shape[0], self.n_steps
+        group = max(1, min(b, ADAPTIVE_STORE // max(1, n * x[0].numel())))
+        total_g = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
+        meshes = torch.zeros(b, n, dtype=torch.float64)
+        for lo in range(0, b, group):
+            rows = torch.arange(lo, min(lo + group, b), device=x.device)
+            total_g[rows], meshes[rows.cpu()] = _AdaptiveGroup(self, base[rows], diff[rows], rows, tgt).run(
+                engine, n_backward
+            )
+        return total_g, meshes
+
+
+class _AdaptiveGroup:
+    """One row group of the adaptive rule: nodes in the order they were made, their gradients kept until the
+    mesh is final."""
+
+    def __init__(
+        self, owner: IntegratedGradients, base: torch.Tensor, diff: torch.Tensor, rows: torch.Tensor, tgt: Target
+    ) -> None:
+        self.owner, self.base, self.diff, self.rows, self.tgt = owner, base, diff, rows, tgt
+        self.g_rows, self.n = rows.shape[0], owner.n_steps
+        self.bshape = [1] * (diff.ndim - 1)
+        self.store = torch.empty(self.g_rows, self.n, *diff.shape[1:], dtype=diff.dtype, device=diff.device)
+        self.alpha = torch.zeros(self.g_rows, self.n, dtype=torch.float64)
+        self.fval = torch.zeros(self.g_rows, self.n, dtype=torch.float64)
+        self.slope = torch.zeros(self.g_rows, self.n, dtype=torch.float64)  # f'(a) = grad f . (x - x')
+        self.d64 = diff.reshape(self.g_rows, -1).to(torch.float64)
+        self.made = 0
+
+    def evaluate(self, new: torch.Tensor, engine: MaskingEngine, n_backward: list[int]) -> None:
+        """Gradients at ``new`` ``(g_rows, k)`` alphas, stored at columns made .. made + k."""
+        k = new.shape[1]
+        local = torch.arange(self.g_rows).repeat_interleave(k)
+        a = new.reshape(-1)
+        dev = self.diff.device
+        loc_dev = local.to(dev)
+        pts = self.base[loc_dev] + a.to(dev, self.diff.dtype).view(-1, *self.bshape) * self.diff[loc_dev]
+        g, f, _ = self.owner._grads(pts, self.rows[loc_dev], self.tgt, engine, n_backward)
+        cols = torch.arange(self.made, self.made + k).repeat(self.g_rows)
+        self.store[loc_dev, cols.to(dev)] = g
+        self.alpha[local, cols] = a
+        self.fval[local, cols] = f.to("cpu", torch.float64)
+        s = (g.reshape(g.shape[0], -1).to(torch.float64) * self.d64[loc_dev]).sum(1)
+        self.slope[local, cols] = s.cpu()
+        self.made += k
+
+    def run(self, engine: MaskingEngine, n_backward: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        n, made0 = self.n, adaptive_start(self.n)
+        per = -(-(n - made0) // ADAPTIVE_ROUNDS)
+        self.evaluate(
+            torch.linspace(0.0, 1.0, made0, dtype=torch.float64).expand(self.g_rows, made0), engine, n_backward
+        )
+        while self.made < n:
+            m = self.made
+            a, idx = self.alpha[:, :m].sort(1)
+            fs, ss = self.fval[:, :m].gather(1, idx), self.slope[:, :m].gather(1, idx)
+            h = a[:, 1:] - a[:, :-1]
+            err = ((fs[:, 1:] - fs[:, :-1]) - h * (ss[:, 1:] + ss[:, :-1]) / 2).abs()
+            # errors at rounding level are ties (0); never split below ~1e-12
+            tol = 1e-10 * (fs.abs().amax(1, keepdim=True) + ss.abs().amax(1, keepdim=True))
+            err = torch.where(err > tol, err, torch.zeros_like(err))
+            err = torch.where(h > 2.0**-40, err, torch.full_like(err, -1.0))
+            # ties (flat stretches, err 0): the longest segment first, then the lowest alpha (stable sorts)
+            by_h = h.sort(dim=1, descending=True, stable=True).indices
+            worst = by_h.gather(1, err.gather(1, by_h).sort(dim=1, descending=True, stable=True).indices)
+            worst = worst[:, : min(per, n - m)]
+            self.evaluate((a.gather(1, worst) + a.gather(1, worst + 1)) / 2, engine, n_backward)
+        a, idx = self.alpha.sort(1)
+        w = torch.zeros_like(a)
+        h = a[:, 1:] - a[:, :-1]
+        w[:, :-1] += h / 2
+        w[:, 1:] += h / 2
+        w_dev = torch.zeros_like(w).scatter_(1, idx, w).to(self.diff.device)  # each node's weight, made order
+        acc = torch.zeros(self.g_rows, *self.diff.shape[1:], dtype=torch.float64, device=self.diff.device)
+        for j in range(n):  # one node at a time: no float64 copy of the whole store
+            acc += self.store[:, j].to(torch.float64) * w_dev[:, j].view(self.g_rows, *self.bshape)
+        return acc, a
