@@ -37,12 +37,11 @@ def coverage_average(delta: torch.Tensor, inside: list[torch.Tensor]) -> torch.T
     intervals, so the sums are separable contractions. Returns ``(B, D_1, ..., D_r)`` float64.
     """
     out = delta.to(F64)
-    count = torch.ones((), dtype=F64)
+    count = torch.ones((), dtype=F64, device=out.device)  # a 1-d CPU count would not broadcast with CUDA tensors
     for a in inside:
         a64 = a.to(device=out.device, dtype=F64)
         out = torch.tensordot(out, a64, dims=([1], [0]))  # contracts P_d, appends D_d at the end
         count = count.unsqueeze(-1) * a64.sum(0)
-    count = count.to(out.device)
     return torch.where(count > 0, out / count.clamp_min(1), torch.zeros_like(out))
 
 
