@@ -9,7 +9,10 @@ The costs stated in the explainers' docstrings (B rows, R fill rows: 1 for a sin
 - kernel_shap: ``B + R sum_{r: M_r > 0} (n_r + 1)``, n_r = the row's coalitions besides the empty and full sets
   (``meta["n_samples"]``: at most n_samples and at most 2^M_r - 2);
 - shapley_sampling: ``B + R sum_{r: M_r > 0} (1 + W (M_r - 1))``, W walks (twice the permutations when antithetic);
-- exact_shapley: ``B + R sum_r (2^M_r - 1)``.
+- exact_shapley: ``B + R sum_r (2^M_r - 1)``;
+- lima: ``sum_r (2 + P(N_r) + [lambda_eff > 0] N_r)`` with N_r the row's regions and P the search's passes:
+  naive N(N+1), bidirectional and stochastic their exact formulas, predictive between 2N + sum_{r=2}^{N-1}
+  2 min(r, m + q) and N(N+1) - 2 (data-dependent: checked against ``meta["search_passes"]``).
 
 M_r counts row r's groups that are not null players: a group equal to the fill (to every background row) in all
 its elements is left out. The tests compute M_r from the inputs they build, not from the explainer. Every count is
@@ -166,6 +169,33 @@ def exact_shapley_cost(case: Case, x: torch.Tensor, e: whybox.Explanation) -> in
     return x.shape[0] + _r(case, x) * sum(2**m - 1 for m in _sizes(case, x))
 
 
+def lima_cost(case: Case, x: torch.Tensor, e: whybox.Explanation) -> int:
+    from whybox.explainers.lima.search import SearchOptions, bidirectional_passes, stochastic_passes
+
+    assert case.ids is not None
+    ids = case.ids(x)
+    sizes = [int(torch.unique(ids[r] if ids.ndim == x.ndim else ids).numel()) for r in range(x.shape[0])]
+    search = case.options.get("search", "naive")
+    opts = SearchOptions(
+        **{k: v for k, v in case.options.items() if k in ("n_weakest", "eps", "n_predicted", "n_refresh")}
+    )
+    per_row = []
+    for n, spent in zip(sizes, e.meta["search_passes"], strict=True):
+        if search == "naive":
+            p = n * (n + 1)
+        elif search == "bidirectional":
+            p = bidirectional_passes(n, opts)
+        elif search == "stochastic":
+            p = stochastic_passes(n, opts)
+        else:  # predictive
+            q = opts.n_predicted + opts.n_refresh
+            assert 2 * n + sum(2 * min(r, q) for r in range(2, n)) <= spent <= n * (n + 1) - 2
+            p = spent
+        assert spent == p
+        per_row.append(2 + p + (n if case.options.get("lambda_eff", 0.0) > 0 else 0))
+    return sum(per_row)
+
+
 COST: dict[str, Callable[[Case, torch.Tensor, whybox.Explanation], int]] = {
     "occlusion": occlusion_cost,
     "feature_ablation": ablation_cost,
@@ -174,6 +204,7 @@ COST: dict[str, Callable[[Case, torch.Tensor, whybox.Explanation], int]] = {
     "kernel_shap": kernel_shap_cost,
     "shapley_sampling": shapley_sampling_cost,
     "exact_shapley": exact_shapley_cost,
+    "lima": lima_cost,
 }
 
 TAB_BACKGROUND = rows(2, F, seed=9)
@@ -358,6 +389,34 @@ CASES = [
         grid,
         zero_fill,
     ),
+    Case("lima-naive", "lima", small_cnn, lambda: inputs(n=2), {"regions": grid_ids(), "search": "naive"}, grid),
+    Case(
+        "lima-bidir", "lima", small_cnn, lambda: inputs(n=3), {"regions": grid_ids(), "search": "bidirectional"}, grid
+    ),
+    Case(
+        "lima-stochastic",
+        "lima",
+        small_cnn,
+        lambda: inputs(n=2),
+        {"regions": grid_ids(), "search": "stochastic", "eps": 0.3},
+        grid,
+    ),
+    Case(
+        "lima-predictive-eff",
+        "lima",
+        small_cnn,
+        lambda: inputs(n=2),
+        {"regions": grid_ids(), "search": "predictive", "lambda_eff": 0.1},
+        grid,
+    ),
+    Case(
+        "lima-tabular-predictive",
+        "lima",
+        lambda: mlp(F),
+        lambda: rows(3, F),
+        {"search": "predictive", "n_predicted": 1, "n_refresh": 0},
+        cols,
+    ),
     Case("exact-tab-nulls", "exact_shapley", lambda: mlp(F), tabular_with_nulls, {}, cols, zero_fill),
     Case(
         "exact-background",
@@ -381,9 +440,11 @@ def explain_counting(case: Case, x: torch.Tensor, batch_size: int) -> tuple[whyb
 
 
 def test_every_perturbation_method_is_covered() -> None:
-    """Every explainer of ``whybox.explainers.perturbation`` has its cost formula and cases here."""
+    """Every explainer of ``whybox.explainers.perturbation`` and ``lima`` has its cost formula and cases here."""
     family = {
-        m for m in whybox.methods() if whybox.get_explainer(m).__module__.startswith("whybox.explainers.perturbation.")
+        m
+        for m in whybox.methods()
+        if whybox.get_explainer(m).__module__.startswith(("whybox.explainers.perturbation.", "whybox.explainers.lima."))
     }
     assert family == set(COST), "a perturbation explainer without a documented pass count here"
     assert {c.method for c in CASES} == set(COST)

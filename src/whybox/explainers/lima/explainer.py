@@ -65,6 +65,9 @@ class Lima(PerturbationExplainer):
     Parameters
     ----------
     search
+        ``"predictive"`` (default: predicts F(S + a) from the logit effects already measured and scores only the
+        candidates that can still win, plus the neighbours of the region just chosen; on EfficientNet-Lite0 with
+        49 regions 3x fewer passes than naive, insertion AUC 0.018 lower, deletion 0.008 higher, bench/lima.py),
         ``"naive"`` (the reference greedy, N(N+1) passes per image), ``"bidirectional"`` (LiMA; about 1.5x
         fewer passes), ``"lazy"`` (lazy greedy: exact naive order when F is submodular, a heuristic otherwise)
         or ``"stochastic"`` (stochastic greedy, seeded). See :mod:`whybox.explainers.lima.search`.
@@ -101,6 +104,11 @@ class Lima(PerturbationExplainer):
         ``"stochastic"``: sample size ceil(N / k * ln(1 / eps)) per step; ``k=None`` means N.
     lazy_batch
         ``"lazy"``: stale candidates re-scored together per round (default 1, the fewest passes).
+    n_predicted, n_refresh, n_neighbours, slack
+        ``"predictive"``: candidates with the best predicted F scored per step (default 2), candidates measured
+        longest ago re-scored per step (default 1), regions touching the one just chosen re-scored per step
+        (default 8, the 8-connected neighbours; images only), and the margin, in units of the predictions' measured error, by which a
+        stale candidate's prediction may fall short of the best measured value and still be scored (default 1).
     fill
         What removed regions become (the masking engine's fills): ``"zero"`` by default, which on inputs
         normalised with a dataset mean is that mean colour (the reference code blacked pixels before
@@ -123,7 +131,8 @@ class Lima(PerturbationExplainer):
     all-filled input), plus the base ``n_forward``, ``n_backward``, ``seed``, ``finite``.
 
     Cost (forward passes): per image 2 reference passes (the input, which also resolves ``target=None``, and
-    the all-filled input) + the search's (naive N(N+1); see the search module) + N if ``lambda_eff > 0``,
+    the all-filled input) + the search's (naive N(N+1), predictive data-dependent and at most N(N+1) - 2;
+    see the search module) + N if ``lambda_eff > 0``,
     plus the prior explainer's for ``regions="prior"``.
 
     References
@@ -137,7 +146,7 @@ class Lima(PerturbationExplainer):
         self,
         model: Any,
         *,
-        search: str = "naive",
+        search: str = "predictive",
         regions: str | torch.Tensor = "auto",
         n_regions: int = 49,
         compactness: float = 10.0,
@@ -155,6 +164,10 @@ class Lima(PerturbationExplainer):
         eps: float = 0.1,
         k: int | None = None,
         lazy_batch: int = 1,
+        n_predicted: int = 2,
+        n_refresh: int = 1,
+        n_neighbours: int = 8,
+        slack: float = 1.0,
         fill: FillLike = "zero",
         score: str = "prob",
         **kwargs: Any,
@@ -202,6 +215,9 @@ class Lima(PerturbationExplainer):
         if k is not None:
             _check_int("k", k)
         _check_int("lazy_batch", lazy_batch)
+        _check_int("n_predicted", n_predicted)
+        if isinstance(n_refresh, bool) or not isinstance(n_refresh, int) or n_refresh < 0:
+            raise InvalidParameterError(f"n_refresh must be an int >= 0; got {n_refresh!r}.")
         if score not in SCORES:
             raise InvalidParameterError(
                 f"score must be one of {SCORES} for 'lima' (p_c is a probability, or the raw score of a one-output "
@@ -225,6 +241,14 @@ class Lima(PerturbationExplainer):
         self.eps = float(eps)
         self.k = k
         self.lazy_batch = lazy_batch
+        self.n_predicted = n_predicted
+        self.n_refresh = n_refresh
+        if isinstance(n_neighbours, bool) or not isinstance(n_neighbours, int) or n_neighbours < 0:
+            raise InvalidParameterError(f"n_neighbours must be an int >= 0; got {n_neighbours!r}.")
+        self.n_neighbours = n_neighbours
+        if isinstance(slack, bool) or not isinstance(slack, (int, float)) or not math.isfinite(slack) or slack < 0:
+            raise InvalidParameterError(f"slack must be a finite number >= 0; got {slack!r}.")
+        self.slack = float(slack)
 
     # ------------------------------------------------------------------ regions
     def _kind(self, x: torch.Tensor) -> str | None:
@@ -292,7 +316,15 @@ class Lima(PerturbationExplainer):
         counts = region_map.n_regions if region_map is not None else [self._prior_count(x)] * b
         search = SEARCHES[self.search]
         options = SearchOptions(
-            n_weakest=self.n_weakest, eps=self.eps, k=self.k, lazy_batch=self.lazy_batch, seed=self._call_seed
+            n_weakest=self.n_weakest,
+            eps=self.eps,
+            k=self.k,
+            lazy_batch=self.lazy_batch,
+            n_predicted=self.n_predicted,
+            n_refresh=self.n_refresh,
+            n_neighbours=self.n_neighbours,
+            slack=self.slack,
+            seed=self._call_seed,
         )
         eff = self.lambda_eff > 0
         cost = sum(2 + search.max_passes(n, options) + (n if eff else 0) for n in counts)

@@ -46,6 +46,7 @@ __all__ = [
     "Weights",
     "confidence",
     "effectiveness",
+    "region_adjacency",
     "region_angles",
 ]
 
@@ -146,6 +147,30 @@ def effectiveness(subsets: torch.Tensor, angles: torch.Tensor, *, chunk: int = 4
     return out
 
 
+def region_adjacency(labels: torch.Tensor, connectivity: int = 8) -> dict[int, list[int]]:
+    """Regions that touch (share an edge, or with ``connectivity=8`` also a corner), from a label map whose last
+    two dimensions are image rows and columns (``(1, H, W)`` or ``(H, W)``); ``{}`` for anything with fewer than
+    two spatial dimensions (table columns)."""
+    g = labels.squeeze(0) if labels.ndim == 3 and labels.shape[0] == 1 else labels
+    if g.ndim != 2 or min(g.shape) < 2:
+        return {}
+    g = g.to("cpu", torch.int64)
+    links = [
+        torch.stack([g[:, :-1].reshape(-1), g[:, 1:].reshape(-1)], 1),
+        torch.stack([g[:-1].reshape(-1), g[1:].reshape(-1)], 1),
+    ]
+    if connectivity == 8:
+        links.append(torch.stack([g[:-1, :-1].reshape(-1), g[1:, 1:].reshape(-1)], 1))
+        links.append(torch.stack([g[:-1, 1:].reshape(-1), g[1:, :-1].reshape(-1)], 1))
+    pairs = torch.cat(links)
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    pairs = torch.unique(torch.cat([pairs, pairs.flip(1)]), dim=0)
+    adj: dict[int, list[int]] = {}
+    for a, b in pairs.tolist():
+        adj.setdefault(a, []).append(b)
+    return adj
+
+
 # ---------------------------------------------------------------------------------------------- scorers
 class SubsetScorer:
     """What a search sees: B images with ``n_regions[b]`` regions each, scored subset by subset.
@@ -158,6 +183,11 @@ class SubsetScorer:
         :class:`Scored` (length 1) of S = {} and S = all regions of each image; known before any search
         (``merge({}) = comp(all)`` = the all-filled input, ``merge(all) = comp({})`` = the input).
 
+    weights
+        The four weights of F (searches that predict F from its readings need them).
+    probabilities
+        True when ``kept`` and ``removed`` are probabilities (``score="prob"``), False for raw scores.
+
     A search calls :meth:`score` with one ``(K_b, N_b)`` bool tensor (or ``None``) per image and gets one
     :class:`Scored` (or ``None``) back per image; all images go through the model together. Scoring one subset
     costs 2 forward passes (merge and comp).
@@ -166,9 +196,19 @@ class SubsetScorer:
     n_regions: list[int]
     empty: list[Scored]
     full: list[Scored]
+    weights: Weights = Weights()
+    probabilities: bool = True
 
     def score(self, subsets: Sequence[torch.Tensor | None]) -> list[Scored | None]:  # pragma: no cover
         raise NotImplementedError
+
+    def effectiveness_of(self, image: int, subsets: torch.Tensor) -> torch.Tensor:
+        """s_eff of ``subsets`` ``(K, N_b)`` of image ``image`` without a model pass (zeros when it has no weight)."""
+        return torch.zeros(subsets.shape[0], dtype=F64)
+
+    def neighbours(self, image: int) -> dict[int, list[int]]:
+        """Regions of image ``image`` that touch each region (images; empty where regions have no layout)."""
+        return {}
 
 
 class _EmbeddingView(ModelAdapter):
@@ -237,6 +277,8 @@ class EngineScorer(SubsetScorer):
         self.target = target
         self.weights = weights
         self.space = score
+        self.probabilities = score == "prob"
+        self._adjacency: list[dict[int, list[int]]] | None = None
         self.angles: list[torch.Tensor] | None = self._angles() if weights.eff > 0 else None
         rows = torch.arange(x.shape[0], device=raw_x.device)
         px = target.select(apply_score_space(raw_x, score), rows).to("cpu", F64)
@@ -277,6 +319,17 @@ class EngineScorer(SubsetScorer):
         self.engine.n_forward += view.n_forward
         self.engine.n_batches += view.n_batches
         return [region_angles(emb["e"][r, :n]).cpu() for r, n in enumerate(self.n_regions)]
+
+    def neighbours(self, image: int) -> dict[int, list[int]]:
+        """8-connected adjacency of the image's label map (rows of images only: columns have no layout)."""
+        if self._adjacency is None:
+            self._adjacency = [region_adjacency(self.groups.groups[r]) for r in range(len(self.n_regions))]
+        return self._adjacency[image]
+
+    def effectiveness_of(self, image: int, subsets: torch.Tensor) -> torch.Tensor:
+        if self.angles is None:
+            return torch.zeros(subsets.shape[0], dtype=F64)
+        return effectiveness(subsets, self.angles[image])
 
     def score(self, subsets: Sequence[torch.Tensor | None]) -> list[Scored | None]:
         """F and its readings for ``subsets[b]`` ``(K_b, N_b)`` bool of every image b (None: nothing for b).
