@@ -2,6 +2,7 @@
 
 from whybox import metrics  # the metrics package, callable: whybox.metrics() lists the metric names
 from whybox.api import evaluate, explain, get_explainer, methods
+from whybox.debug import find_mistakes
 from whybox.errors import (
     InvalidInputError,
     InvalidParameterError,
@@ -36,6 +37,7 @@ __all__ = [
     "adapt",
     "evaluate",
     "explain",
+    "find_mistakes",
     "get_explainer",
     "methods",
     "metrics",

@@ -92,6 +92,7 @@ def test_public_surface_is_pinned() -> None:
         "adapt",
         "evaluate",
         "explain",
+        "find_mistakes",
         "get_explainer",
         "methods",
         "metrics",

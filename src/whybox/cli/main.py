@@ -1,4 +1,4 @@
-"""``whybox`` command line: ``whybox methods`` and ``whybox demo``.
+"""``whybox`` command line: ``whybox methods``, ``whybox demo`` and ``whybox debug``.
 
 A thin layer over the public API (:func:`whybox.explain`, :func:`whybox.methods`), :mod:`whybox.data`
 for the demo model and images, and :mod:`whybox.report` for the pictures and the HTML page.
@@ -56,6 +56,8 @@ DEMO_OPTIONS: dict[str, dict[str, dict[str, Any]]] = {
         "kernel_shap": {"n_samples": 128, "batch_size": 16},  # ~50 SLIC superpixels
         "shapley_sampling": {"n_permutations": 2, "n_segments": 25, "batch_size": 16},  # 4 walks over ~25 regions
         "exact_shapley": {"features": "grid", "patch": (75, 112), "batch_size": 16},  # 3 x 2 regions: 64 coalitions
+        # the predictive search over ~25 SLICO superpixels: ~300 passes per photo (49 regions, the default: ~800)
+        "lima": {"n_regions": 25, "batch_size": 16},
     },
     "digits-cnn": {
         "integrated_gradients": {"n_steps": 32},
@@ -65,6 +67,8 @@ DEMO_OPTIONS: dict[str, dict[str, dict[str, Any]]] = {
         # SLIC on 8 x 8 digits gives one pixel per superpixel, so LIME's default segment-mean fill changes
         # nothing and every weight is 0; zero is the background of these digits: removing a pixel removes ink
         "lime": {"fill": "zero"},
+        # 16 cells of 2 x 2 pixels (SLIC on 8 x 8 digits gives single pixels)
+        "lima": {"regions": "grid", "n_regions": 16},
     },
 }
 
@@ -617,6 +621,92 @@ def demo_cmd(out_dir: Path, methods_opt: str | None, photos_opt: str | None, mod
         problems.append(f"the LIME stability check failed: {st.error}")
     if problems:
         raise click.ClickException("; ".join(problems) + ".")
+
+
+@main.command("debug")
+@click.option(
+    "--model",
+    "model_name",
+    type=click.Choice(("digits-cnn",)),
+    default="digits-cnn",
+    show_default=True,
+    help="The model whose mistakes to explain, on its labelled test split.",
+)
+@click.option("--method", default="lima", show_default=True, help="The explainer of the true class.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Explain at most this many mistakes.")
+@click.option(
+    "--regions",
+    "n_regions",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Grid regions (a square number: 16 = 4 x 4 cells of 2 x 2 pixels on the 8 x 8 digits).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, dir_okay=True, writable=True, path_type=Path),
+    default=Path("whybox-debug"),
+    show_default=True,
+    help="Folder for one PNG per mistake (created if missing).",
+)
+def debug_cmd(model_name: str, method: str, limit: int | None, n_regions: int, out_dir: Path) -> None:
+    """Find the model's misclassified test images and show the regions that cause each error."""
+    import math
+
+    from whybox.data import digits_cnn, load_digits
+
+    if method not in whybox.methods():
+        raise click.BadParameter(
+            f"unknown method {method!r}; choose one of {', '.join(whybox.methods())}.", param_hint="--method"
+        )
+    k = math.isqrt(n_regions)
+    if k * k != n_regions or k > 8:
+        raise click.BadParameter(
+            f"--regions must be a square number of grid cells up to 64 (4, 9, 16, ..., 64); got {n_regions}.",
+            param_hint="--regions",
+        )
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.BadParameter(f"cannot create {str(out_dir)!r}: {exc}", param_hint="--out") from None
+    model = digits_cnn().eval()
+    x, y = load_digits("test")
+    cells = torch.arange(8) * k // 8
+    regions = cells.view(-1, 1) * k + cells.view(1, -1)
+    t = time.perf_counter()
+    report = whybox.find_mistakes(model, x, y, method=method, max_mistakes=limit, regions=regions)
+    seconds = time.perf_counter() - t
+    click.echo(
+        f"model: {model_name}; test images: {report.n_inputs}; accuracy {report.accuracy:.1%}; "
+        f"mistakes: {report.n_wrong} ({len(report.mistakes)} explained); true class explained with {method} over {n_regions} regions "
+        f"({seconds:.1f} s)"
+    )
+    if not report.mistakes:
+        return
+    click.echo(report.table())
+    assert report.explanation is not None
+    maps = report.explanation.to_map()
+    for k_, m in enumerate(report.mistakes):
+        img = x[m.index, 0].clamp(0, 1).numpy()  # digits are scaled to [0, 1]
+        gray = np.repeat(img[..., None], 3, axis=2)
+        culprit = gray.copy()
+        culprit[m.culprit_mask.numpy()] = culprit[m.culprit_mask.numpy()] * 0.4 + np.array([0.6, 0.0, 0.0])
+        panels = [
+            (
+                _to_uint8(torch.from_numpy(gray).permute(2, 0, 1)),
+                f"#{m.index}: label {m.label}, predicted {m.predicted}",
+            ),
+            (overlay(torch.from_numpy(gray).permute(2, 0, 1), maps[k_]), f"{method}: why {m.label}"),
+            (_to_uint8(torch.from_numpy(culprit).permute(2, 0, 1)), f"culprits: {len(m.culprits)} regions (red)"),
+        ]
+        save_grid_figure(
+            output_path(out_dir, f"mistake_{k_:03d}_{m.index}.png"),
+            panels,
+            title=f"HC of {m.label} at 25/50/75/100 %: " + " ".join(f"{v:.2f}" for v in m.hc),
+            ncols=3,
+        )
+    click.echo(f"wrote {len(report.mistakes)} figures to {out_dir}/")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,242 @@
+"""Debugging wrong predictions (LIMA.md, Evaluation): find a model's mistakes and the regions behind each.
+
+For every misclassified input the *true* class is explained (LIMA by default) and the regions are inserted in the
+explanation's order into the filled input: the highest probability of the true class reached while at most 25, 50,
+75 and 100 % of the input is shown ("highest confidence", Chen et al. ICLR 2024), and where it is reached. The
+regions ranked after that point lower the true class when they are added: they are the regions that cause the
+error (``culprits``), shown as a mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from whybox.api import evaluate, explain
+from whybox.errors import InvalidInputError, InvalidParameterError
+from whybox.explainers.perturbation._common import PerturbationExplainer
+from whybox.explanation import Explanation
+from whybox.masking.features import FeatureGroups
+from whybox.models.adapter import ModelAdapter
+from whybox.registry import EXPLAINERS
+
+__all__ = ["DebugReport", "Mistake", "find_mistakes"]
+
+BUDGETS = (0.25, 0.5, 0.75, 1.0)
+CULPRIT_DROP = 0.01  # a culprit lowers the true class's probability by more than this when it is added
+
+
+@dataclass
+class Mistake:
+    """One misclassified input.
+
+    Attributes
+    ----------
+    index
+        Position in the inputs given to :func:`find_mistakes`.
+    label, predicted
+        True and predicted class; ``p_label`` and ``p_predicted`` their probabilities on the whole input.
+    hc, hc_area
+        Highest probability of the true class along region insertion with at most 25 / 50 / 75 / 100 % of the
+        input shown, and the shown fraction where it is first reached.
+    insertion
+        Insertion AUC of the true class (region steps).
+    culprits, drops
+        The regions that cause the error: among those ranked after the point of the highest confidence (100 %
+        budget), each one whose addition lowers the true class's probability by more than ``CULPRIT_DROP`` (0.01),
+        the largest drop first, with the drops (< 0).
+    culprit_mask
+        ``(H, W)`` bool (or ``(F,)`` for rows): where the culprits are.
+    regions
+        The region label map ``(H, W)`` (or ``(F,)``).
+    """
+
+    index: int
+    label: int
+    predicted: int
+    p_label: float
+    p_predicted: float
+    hc: list[float]
+    hc_area: list[float]
+    insertion: float
+    culprits: list[int]
+    drops: list[float]
+    culprit_mask: torch.Tensor
+    regions: torch.Tensor
+
+
+@dataclass
+class DebugReport:
+    """What :func:`find_mistakes` found: the mistakes explained (at most ``max_mistakes``), all ``n_wrong`` of the
+    ``n_inputs``, and the true-class explanation of the explained ones."""
+
+    n_inputs: int
+    n_wrong: int
+    mistakes: list[Mistake]
+    method: str
+    explanation: Explanation | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def accuracy(self) -> float:
+        return 1.0 - self.n_wrong / max(1, self.n_inputs)
+
+    def table(self, class_names: list[str] | None = None) -> str:
+        """A plain-text table: one line per mistake."""
+
+        def name(c: int) -> str:
+            return class_names[c] if class_names is not None and 0 <= c < len(class_names) else str(c)
+
+        head = f"{'index':>6}  {'label':>12}  {'predicted':>12}  {'p(label)':>8}  " + "  ".join(
+            f"HC<={int(b * 100)}%" for b in BUDGETS
+        )
+        lines = [head + "  reached at  culprits (largest drop)"]
+        for m in self.mistakes:
+            hc = "  ".join(f"{v:>8.3f}" for v in m.hc)
+            lines.append(
+                f"{m.index:>6}  {name(m.label):>12}  {name(m.predicted):>12}  {m.p_label:>8.3f}  {hc}  "
+                f"{m.hc_area[-1]:>10.0%}  {len(m.culprits)} ({m.drops[0] if m.drops else 0.0:+.3f})"
+            )
+        return "\n".join(lines)
+
+
+def _region_rank(values: torch.Tensor, regions: torch.Tensor) -> list[int]:
+    """Region ids by the mean of ``values`` over each region, highest first (ties: lowest id; the insertion metric
+    breaks ties by its seeded rule, so a map with tied regions may list its culprits in another order)."""
+    ids = torch.unique(regions).tolist()
+    means = [float(values[regions == i].double().mean()) for i in ids]
+    return [i for _, i in sorted(zip([-m for m in means], ids, strict=True))]
+
+
+def find_mistakes(
+    model: Any,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    method: str = "lima",
+    max_mistakes: int | None = None,
+    regions: torch.Tensor | None = None,
+    fill: Any = "zero",
+    batch_size: int = 64,
+    **params: Any,
+) -> DebugReport:
+    """Find the inputs ``model`` gets wrong and explain each one's true class (see the module docstring).
+
+    Parameters
+    ----------
+    model
+        A classifier (``nn.Module`` or adapter).
+    inputs, labels
+        ``(B, *S)`` inputs and their true classes ``(B,)``.
+    method
+        The explainer (default ``"lima"`` with ``search="predictive"``); ``params`` go to it.
+    max_mistakes
+        Explain at most this many mistakes (the first ones in input order).
+    regions
+        Region label map for the insertion steps, ``(H, W)`` / ``(B, H, W)`` (images) or ``(F,)`` (rows). Default:
+        LIMA's own regions; for other methods a grid of about 49 cells (images) or the columns (rows).
+    fill
+        What a hidden region becomes (default zero).
+    batch_size
+        Rows per model call.
+    """
+    if not isinstance(inputs, torch.Tensor) or inputs.ndim < 2:
+        raise InvalidInputError(
+            f"inputs must be a tensor (B, ...); got {type(inputs).__name__} {tuple(getattr(inputs, 'shape', ()))}."
+        )
+    if not isinstance(labels, torch.Tensor) or labels.shape != (inputs.shape[0],) or labels.is_floating_point():
+        raise InvalidInputError(
+            f"labels must be integer classes of shape ({inputs.shape[0]},), one per input; got "
+            f"{getattr(labels, 'dtype', type(labels).__name__)} {tuple(getattr(labels, 'shape', ()))}."
+        )
+    EXPLAINERS.get(method)  # unknown names list the known ones
+    if max_mistakes is not None and (
+        isinstance(max_mistakes, bool) or not isinstance(max_mistakes, int) or max_mistakes < 1
+    ):
+        raise InvalidParameterError(f"max_mistakes must be a positive int or None; got {max_mistakes!r}.")
+    net = model.model if isinstance(model, ModelAdapter) else model
+    dev = next((p.device for p in net.parameters()), inputs.device) if hasattr(net, "parameters") else inputs.device
+    probs = []
+    with torch.no_grad():
+        for s in range(0, inputs.shape[0], batch_size):
+            out = (
+                model.scores(inputs[s : s + batch_size].to(dev))
+                if isinstance(model, ModelAdapter)
+                else model(inputs[s : s + batch_size].to(dev))
+            )
+            probs.append(out.float().softmax(1).cpu())
+    p = torch.cat(probs)
+    if int(labels.max()) >= p.shape[1] or int(labels.min()) < 0:
+        raise InvalidInputError(
+            f"labels must lie in [0, {p.shape[1] - 1}] (the model's classes); got "
+            f"[{int(labels.min())}, {int(labels.max())}]."
+        )
+    pred = p.argmax(1)
+    wrong = (pred != labels.cpu()).nonzero().flatten()
+    report = DebugReport(
+        n_inputs=int(inputs.shape[0]), n_wrong=int(wrong.numel()), mistakes=[], method=method, params=dict(params)
+    )
+    if max_mistakes is not None:
+        wrong = wrong[:max_mistakes]
+    if wrong.numel() == 0:
+        return report
+    x = inputs[wrong].to(dev)
+    y = labels.cpu()[wrong].to(dev)
+    opts = dict(params)
+    if method == "lima":
+        opts.setdefault("search", "predictive")
+        if regions is not None:
+            opts.setdefault("regions", regions)
+    if issubclass(EXPLAINERS.get(method), PerturbationExplainer):
+        opts.setdefault("fill", fill)
+    e = explain(model, x, method, target=y, batch_size=batch_size, **opts)
+    report.explanation = e
+    if regions is None:
+        regions = e.meta.get("regions")
+    if regions is None:
+        from whybox.explainers.lima import regions as R
+
+        built = R.grid(x, n_regions=49) if x.ndim == 4 else R.columns(x)
+        regions = built.labels
+    regions = regions.to(dev)
+    if x.ndim == 4 and regions.ndim == 2:
+        regions = regions.expand(x.shape[0], *regions.shape)
+    elif x.ndim == 2 and regions.ndim == 1:
+        regions = regions.expand(x.shape[0], -1)
+    regions = regions.reshape(x.shape[0], *regions.shape[-(2 if x.ndim == 4 else 1) :])
+    # images: the label map as is; rows: the column ids as feature groups (the metric's own form for non-images)
+    metric_regions: Any = regions if x.ndim == 4 else FeatureGroups(regions.long(), int(regions.max()) + 1, "regions")
+    hc = evaluate(model, x, e, "highest_confidence", target=y, regions=metric_regions, fill=fill, batch_size=batch_size)
+    curves_y = hc.curves["y"]  # point i: the i best-ranked regions shown
+    maps = e.to_map() if x.ndim == 4 else e.attributions
+    for k, idx in enumerate(wrong.tolist()):
+        reg = regions[k].cpu()
+        order = _region_rank(maps[k].cpu(), reg)
+        ys = curves_y[k]
+        best = int(torch.nan_to_num(ys, nan=-1.0).argmax())  # points: 0 = nothing shown, i = i regions shown
+        # after the best subset, each region whose addition lowers the true class, the largest drop first
+        drops = [(float(ys[j + 1] - ys[j]), order[j]) for j in range(best, min(len(order), ys.shape[0] - 1))]
+        ranked = sorted((d, c) for d, c in drops if d < -CULPRIT_DROP)
+        culprits = [c for _, c in ranked]
+        mask = torch.zeros(reg.shape, dtype=torch.bool)
+        for c in culprits:
+            mask |= reg == c
+        report.mistakes.append(
+            Mistake(
+                index=idx,
+                label=int(labels[idx]),
+                predicted=int(pred[idx]),
+                p_label=float(p[idx, labels[idx]]),
+                p_predicted=float(p[idx, pred[idx]]),
+                hc=[float(v) for v in hc.meta["hc"][k]],
+                hc_area=[float(v) for v in hc.meta["hc_area"][k]],
+                insertion=float(hc.meta["auc"][k]),
+                culprits=culprits,
+                drops=[d for d, _ in ranked],
+                culprit_mask=mask,
+                regions=reg,
+            )
+        )
+    return report

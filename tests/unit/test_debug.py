@@ -1,0 +1,97 @@
+"""Debugging wrong predictions: ``whybox.find_mistakes`` on a model built so that the culprit is known, and the
+``whybox debug`` command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+import whybox
+from whybox.cli.main import main as cli
+from whybox.errors import InvalidInputError, InvalidParameterError, UnknownNameError
+
+F64 = torch.float64
+
+
+class Trap(nn.Module):
+    """Logits (x0 + x1 - 3 x2, 0): class 0 is right for every row here; a large x2 (the trap) flips it to 1."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = x[:, 0] + x[:, 1] - 3.0 * x[:, 2]
+        return torch.stack([z, torch.zeros_like(z)], 1)
+
+
+def rows() -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.tensor(
+        [[1.0, 1.0, 0.1, 0.3], [1.0, 0.5, 1.0, -0.2], [2.0, 0.5, 0.0, 0.0], [0.5, 0.5, 0.8, 1.0]], dtype=F64
+    )
+    return x, torch.zeros(4, dtype=torch.int64)
+
+
+@pytest.mark.parametrize("method", ["lima", "occlusion", "exact_shapley"])
+def test_the_trap_feature_is_the_culprit(method: str) -> None:
+    """Rows 1 and 3 are wrong (x2 outweighs x0 + x1); the true class peaks with x0 and x1 shown and x2 hidden, at
+    sigmoid(x0 + x1); adding x2 then drops it: x2 is the one culprit. x3 is never read: never a culprit."""
+    x, y = rows()
+    report = whybox.find_mistakes(Trap(), x, y, method=method)
+    assert report.n_inputs == 4 and report.n_wrong == 2 and report.accuracy == 0.5
+    assert [m.index for m in report.mistakes] == [1, 3]
+    for m in report.mistakes:
+        xi = x[m.index]
+        assert (m.label, m.predicted) == (0, 1)
+        assert m.culprits == [2]
+        assert m.drops[0] < -0.01
+        assert m.culprit_mask.tolist() == [False, False, True, False]
+        best = float(torch.sigmoid(xi[0] + xi[1]))
+        assert m.hc[-1] == pytest.approx(best, rel=1e-9)  # reached with 2 (or 3, x3 being inert) of 4 columns
+        assert m.hc_area[-1] in (0.5, 0.75)
+        assert m.p_label == pytest.approx(float(torch.sigmoid(xi[0] + xi[1] - 3 * xi[2])), rel=1e-6)
+
+
+def test_limit_and_no_mistakes() -> None:
+    x, y = rows()
+    one = whybox.find_mistakes(Trap(), x, y, max_mistakes=1)
+    assert one.n_wrong == 2 and [m.index for m in one.mistakes] == [1]
+    assert one.explanation is not None and one.explanation.attributions.shape == (1, 4)
+    right = whybox.find_mistakes(Trap(), x[[0, 2]], y[:2])
+    assert right.mistakes == [] and right.accuracy == 1.0 and right.explanation is None
+
+
+def test_bad_input_names_the_parameter() -> None:
+    x, y = rows()
+    with pytest.raises(InvalidInputError, match=r"labels must be integer classes of shape \(4,\)"):
+        whybox.find_mistakes(Trap(), x, y[:3])
+    with pytest.raises(InvalidInputError, match=r"labels must lie in \[0, 1\]"):
+        whybox.find_mistakes(Trap(), x, y + 2)
+    with pytest.raises(InvalidParameterError, match="max_mistakes must be a positive int"):
+        whybox.find_mistakes(Trap(), x, y, max_mistakes=0)
+    with pytest.raises(UnknownNameError, match="lime"):
+        whybox.find_mistakes(Trap(), x, y, method="limee")
+
+
+def test_debug_command_writes_one_figure_per_mistake(tmp_path: Path) -> None:
+    res = CliRunner().invoke(cli, ["debug", "--limit", "2", "--out", str(tmp_path / "dbg")])
+    assert res.exit_code == 0, res.output
+    assert "mistakes:" in res.output and "HC<=25%" in res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip() and ln.split()[0].isdigit()]
+    assert len(lines) == 2
+    pngs = sorted((tmp_path / "dbg").glob("mistake_*.png"))
+    assert len(pngs) == 2 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["--regions", "10"], "--regions must be a square number"),
+        (["--method", "nope"], "unknown method 'nope'"),
+        (["--limit", "0"], "--limit"),
+    ],
+)
+def test_debug_command_bad_flags(args: list[str], match: str, tmp_path: Path) -> None:
+    res = CliRunner().invoke(cli, ["debug", *args, "--out", str(tmp_path)])
+    assert res.exit_code == 2
+    assert match in res.output
