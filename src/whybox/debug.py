@@ -51,6 +51,8 @@ class Mistake:
         ``(H, W)`` bool (or ``(F,)`` for rows): where the culprits are.
     regions
         The region label map ``(H, W)`` (or ``(F,)``).
+    attribution
+        The true-class map ``(H, W)`` (channels summed) or row ``(F,)`` of the explanation.
     """
 
     index: int
@@ -65,6 +67,7 @@ class Mistake:
     drops: list[float]
     culprit_mask: torch.Tensor
     regions: torch.Tensor
+    attribution: torch.Tensor
 
 
 @dataclass
@@ -237,6 +240,7 @@ def find_mistakes(
                 drops=[d for d, _ in ranked],
                 culprit_mask=mask,
                 regions=reg,
+                attribution=maps[k].detach().cpu(),
             )
         )
     return report

@@ -40,7 +40,9 @@ def test_the_trap_feature_is_the_culprit(method: str) -> None:
     report = whybox.find_mistakes(Trap(), x, y, method=method)
     assert report.n_inputs == 4 and report.n_wrong == 2 and report.accuracy == 0.5
     assert [m.index for m in report.mistakes] == [1, 3]
-    for m in report.mistakes:
+    assert report.explanation is not None
+    for k, m in enumerate(report.mistakes):
+        assert torch.equal(m.attribution, report.explanation.attributions[k])  # the true-class row, as explained
         xi = x[m.index]
         assert (m.label, m.predicted) == (0, 1)
         assert m.culprits == [2]

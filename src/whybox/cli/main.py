@@ -685,8 +685,6 @@ def debug_cmd(model_name: str, method: str, limit: int | None, n_regions: int, o
     if not report.mistakes:
         return
     click.echo(report.table())
-    assert report.explanation is not None
-    maps = report.explanation.to_map()
     for k_, m in enumerate(report.mistakes):
         img = x[m.index, 0].clamp(0, 1).numpy()  # digits are scaled to [0, 1]
         gray = np.repeat(img[..., None], 3, axis=2)
@@ -697,7 +695,7 @@ def debug_cmd(model_name: str, method: str, limit: int | None, n_regions: int, o
                 _to_uint8(torch.from_numpy(gray).permute(2, 0, 1)),
                 f"#{m.index}: label {m.label}, predicted {m.predicted}",
             ),
-            (overlay(torch.from_numpy(gray).permute(2, 0, 1), maps[k_]), f"{method}: why {m.label}"),
+            (overlay(torch.from_numpy(gray).permute(2, 0, 1), m.attribution), f"{method}: why {m.label}"),
             (_to_uint8(torch.from_numpy(culprit).permute(2, 0, 1)), f"culprits: {len(m.culprits)} regions (red)"),
         ]
         save_grid_figure(
