@@ -18,8 +18,9 @@ from whybox.api import evaluate, explain
 from whybox.errors import InvalidInputError, InvalidParameterError
 from whybox.explainers.perturbation._common import PerturbationExplainer
 from whybox.explanation import Explanation
+from whybox.masking.engine import MaskingEngine
 from whybox.masking.features import FeatureGroups
-from whybox.models.adapter import ModelAdapter
+from whybox.models.adapter import ModelAdapter, adapt
 from whybox.registry import EXPLAINERS
 
 __all__ = ["DebugReport", "Mistake", "find_mistakes"]
@@ -159,18 +160,12 @@ def find_mistakes(
         isinstance(max_mistakes, bool) or not isinstance(max_mistakes, int) or max_mistakes < 1
     ):
         raise InvalidParameterError(f"max_mistakes must be a positive int or None; got {max_mistakes!r}.")
-    net = model.model if isinstance(model, ModelAdapter) else model
-    dev = next((p.device for p in net.parameters()), inputs.device) if hasattr(net, "parameters") else inputs.device
-    probs = []
-    with torch.no_grad():
-        for s in range(0, inputs.shape[0], batch_size):
-            out = (
-                model.scores(inputs[s : s + batch_size].to(dev))
-                if isinstance(model, ModelAdapter)
-                else model(inputs[s : s + batch_size].to(dev))
-            )
-            probs.append(out.float().softmax(1).cpu())
-    p = torch.cat(probs)
+    # the predictions: through the adapter's guard (eval mode, state restored) and the engine's chunked forward
+    adapter = model if isinstance(model, ModelAdapter) else adapt(model)
+    dev = adapter.device
+    with adapter.guard("eval"):
+        raw = MaskingEngine(adapter, batch_size=batch_size).forward(inputs.to(dev))
+    p = raw.float().softmax(1).cpu()
     if int(labels.max()) >= p.shape[1] or int(labels.min()) < 0:
         raise InvalidInputError(
             f"labels must lie in [0, {p.shape[1] - 1}] (the model's classes); got "
@@ -186,6 +181,7 @@ def find_mistakes(
     if wrong.numel() == 0:
         return report
     x = inputs[wrong].to(dev)
+    model = adapter  # the explainer and the metric reuse it
     y = labels.cpu()[wrong].to(dev)
     opts = dict(params)
     if method == "lima":

@@ -97,3 +97,15 @@ def test_debug_command_bad_flags(args: list[str], match: str, tmp_path: Path) ->
     res = CliRunner().invoke(cli, ["debug", *args, "--out", str(tmp_path)])
     assert res.exit_code == 2
     assert match in res.output
+
+
+def test_model_in_train_mode_is_read_in_eval_and_left_as_it_came() -> None:
+    """Predictions come through the adapter's guard: a dropout that would scramble them in train mode is off, and
+    the model is handed back in train mode with its parameters' flags untouched."""
+    x, y = rows()
+    model = nn.Sequential(nn.Dropout(p=0.9), Trap()).train()
+    flags = [p.requires_grad for p in model.parameters()]
+    report = whybox.find_mistakes(model, x, y)
+    assert model.training and [p.requires_grad for p in model.parameters()] == flags
+    assert [m.index for m in report.mistakes] == [1, 3]  # the eval-mode answer, every time
+    assert [m.culprits for m in report.mistakes] == [[2], [2]]
