@@ -13,7 +13,7 @@ import torch
 
 from whybox.errors import InvalidInputError, InvalidParameterError
 
-__all__ = ["FeatureGroups", "cells", "columns", "grid", "pixels", "superpixels"]
+__all__ = ["FeatureGroups", "broadcast_ids", "cells", "columns", "grid", "pixels", "superpixels"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,21 @@ class FeatureGroups:
         flat = self.groups.reshape(self.groups.shape[0], -1)
         out = torch.zeros(flat.shape[0], self.n_groups, dtype=torch.int64, device=flat.device)
         return out.scatter_add_(1, flat, torch.ones_like(flat))
+
+
+def broadcast_ids(ids: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
+    """Integer ids ``(B, *G)``, ``(1, *G)`` or ``(*G)`` (``(H, W)`` for images) as ``(B, *G)`` int64 on x's device,
+    G broadcasting to one input row; ``None`` when they do not fit ``x`` (callers word the error)."""
+    g = ids.to(device=x.device, dtype=torch.int64)
+    if x.ndim == 4 and g.ndim == 2:
+        g = g.view(1, 1, *g.shape)
+    if g.ndim == x.ndim - 1:
+        g = g.unsqueeze(0)
+    if g.ndim != x.ndim or g.shape[0] not in (1, x.shape[0]):
+        return None
+    if any(gs not in (1, xs) for gs, xs in zip(g.shape[1:], x.shape[1:], strict=True)):
+        return None
+    return g.expand(x.shape[0], *g.shape[1:]).contiguous()
 
 
 def _image(x: torch.Tensor, what: str) -> None:

@@ -141,12 +141,8 @@ def from_label_map(labels: Any, x: torch.Tensor) -> RegionMap:
         return from_masks(labels, x)
     if labels.is_floating_point() or labels.is_complex():
         raise InvalidParameterError(f"regions: a label map must hold integer region ids; got dtype {labels.dtype}.")
-    g = labels.to(device=x.device, dtype=torch.int64)
-    if x.ndim == 4 and g.ndim == 2:
-        g = g.view(1, 1, *g.shape)
-    if g.ndim == x.ndim - 1:
-        g = g.unsqueeze(0)
-    if g.ndim != x.ndim or g.shape[0] not in (1, x.shape[0]):
+    g = F.broadcast_ids(labels, x)
+    if g is None:
         raise InvalidParameterError(
             f"regions: label map of shape {tuple(labels.shape)} does not fit inputs {tuple(x.shape)}; pass "
             "(B, *G) or (*G) region ids with G broadcasting to one input row ((H, W) or (1, H, W) for images)."
@@ -156,16 +152,7 @@ def from_label_map(labels: Any, x: torch.Tensor) -> RegionMap:
             f"regions: label map has negative ids (min {int(g.min())}), i.e. elements in no region; regions must "
             "cover the input: give every element an id >= 0."
         )
-    try:
-        fits = torch.broadcast_shapes(tuple(g.shape[1:]), tuple(x.shape[1:])) == tuple(x.shape[1:])
-    except RuntimeError:
-        fits = False
-    if not fits:
-        raise InvalidParameterError(
-            f"regions: label map of shape {tuple(labels.shape)} does not fit inputs {tuple(x.shape)}; its "
-            "non-batch dims must broadcast to one input row ((H, W) or (1, H, W) for images)."
-        )
-    return _finish(g.expand(x.shape[0], *g.shape[1:]).contiguous(), x, "user")
+    return _finish(g, x, "user")
 
 
 def from_masks(masks: torch.Tensor, x: torch.Tensor) -> RegionMap:

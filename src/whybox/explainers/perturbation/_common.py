@@ -79,26 +79,14 @@ def _from_tensor(mask: torch.Tensor, x: torch.Tensor, kind: str = "user") -> Fea
     """An integer mask ``(B, *G)``, ``(1, *G)`` or ``(*G)`` (``(H, W)`` for images) as feature groups."""
     if mask.is_floating_point() or mask.is_complex() or mask.dtype == torch.bool:
         raise InvalidParameterError(f"a feature mask must hold integer group ids; got dtype {mask.dtype}.")
-    g = mask.to(device=x.device, dtype=torch.int64)
-    if x.ndim == 4 and g.ndim == 2:
-        g = g.view(1, 1, *g.shape)
-    if g.ndim == x.ndim - 1:
-        g = g.unsqueeze(0)
-    b = x.shape[0]
-    ok = g.ndim == x.ndim and g.shape[0] in (1, b)
-    if ok:
-        try:
-            torch.broadcast_shapes(tuple(g.shape[1:]), tuple(x.shape[1:]))
-        except RuntimeError:
-            ok = False
-    if not ok or any(gs not in (1, xs) for gs, xs in zip(g.shape[1:], x.shape[1:], strict=True)):
+    g = F.broadcast_ids(mask, x)
+    if g is None:
         raise InvalidParameterError(
             f"features mask of shape {tuple(mask.shape)} does not fit inputs {tuple(x.shape)}; pass (B, *G) or "
             "(*G) integer group ids with G broadcasting to one input row (e.g. (1, H, W) for image regions)."
         )
     if g.numel() and int(g.min()) < 0:
         raise InvalidParameterError(f"feature group ids must be >= 0; got {int(g.min())}.")
-    g = g.expand(b, *g.shape[1:]).contiguous()
     return FeatureGroups(g, int(g.max().item()) + 1 if g.numel() else 0, kind)
 
 
