@@ -1,4 +1,5 @@
-"""``whybox`` command line: ``whybox methods``, ``whybox demo`` and ``whybox debug``.
+"""``whybox`` command line: ``whybox methods``, ``whybox demo`` and ``whybox debug`` here; ``explain``,
+``evaluate``, ``compare``, ``report`` and ``metrics`` in :mod:`whybox.cli.jobs`.
 
 A thin layer over the public API (:func:`whybox.explain`, :func:`whybox.methods`), :mod:`whybox.data`
 for the demo model and images, and :mod:`whybox.report` for the pictures and the HTML page.
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 
 import whybox
+from whybox.cli import jobs as _jobs
 from whybox.report import (
     output_path,
     overlay,
@@ -206,19 +208,10 @@ _READING_TEXT = {
 
 
 def _reading(method: str, params: dict[str, Any]) -> str:
-    """How to colour a method's maps (see :mod:`whybox.report.overlay`).
+    """How to colour a method's maps: :func:`whybox.runs.report_data.method_reading`."""
+    from whybox.runs.report_data import method_reading
 
-    CAMs (min-max scaled) and RISE (a large constant offset) are relative relevance; Saliency with
-    ``abs=True`` and SmoothGrad's squared/variance variants are magnitudes; every other method returns
-    attributions whose zero and sign mean something, shown centred on zero even when all share one sign.
-    """
-    from whybox.explainers.cam import CAM
-
-    if issubclass(whybox.get_explainer(method), CAM) or method == "rise":
-        return "relative"
-    if params.get("abs") is True or params.get("variant") in ("square", "var"):
-        return "positive"
-    return "signed"
+    return method_reading(method, params)
 
 
 def _table(runs: list[_MethodRun]) -> str:
@@ -706,6 +699,8 @@ def debug_cmd(model_name: str, method: str, limit: int | None, n_regions: int, o
         )
     click.echo(f"wrote {len(report.mistakes)} figures to {out_dir}/")
 
+
+_jobs.register(main)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,665 @@
+"""``whybox explain``, ``evaluate``, ``compare``, ``report`` and ``metrics``: the command line over files and datasets.
+
+Models: a built-in name (``efficientnet-lite0``, ``digits-cnn``) or ``path/to/file.py:factory`` with
+``--weights``; inputs: built-in datasets (``photos``, ``digits-test``), image files and folders, ``.npy``/``.npz``
+and CSV. Every flag can live in a TOML file given with ``--config`` (flags on the command line win); unknown keys
+are errors that list them, and no string in a config is imported: a model file must be named on the command line.
+
+Exit codes: 0 done; 1 done, but some samples failed (recorded with their reasons); 2 bad flag, path, config or
+input; 3 stopped by ``--budget`` (rerun the same command to resume); 130 interrupted (rerun to resume).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Mapping
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+import torch
+
+import whybox
+from whybox.errors import WhyboxError
+from whybox.registry import METRICS
+
+__all__ = [
+    "EXIT_BUDGET",
+    "EXIT_FAILURES",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "compare_cmd",
+    "evaluate_cmd",
+    "explain_cmd",
+    "metrics_cmd",
+    "parse_options",
+    "register",
+    "report_cmd",
+]
+
+EXIT_OK = 0
+EXIT_FAILURES = 1
+EXIT_USAGE = 2
+EXIT_BUDGET = 3
+EXIT_INTERRUPTED = 130
+
+# Flags a config file may hold, with their types (dict: a table of per-method or per-metric options).
+_COMMON_KEYS: dict[str, type | tuple[type, ...]] = {
+    "model": str,
+    "weights": str,
+    "inputs": list,
+    "limit": int,
+    "label_column": str,
+    "batch_size": int,
+    "seed": int,
+    "target": str,
+}
+
+
+class BadInput(click.ClickException):
+    """A bad flag value, path, config or input: exit code 2, the message names what was wrong."""
+
+    exit_code = EXIT_USAGE
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"Error: {self.format_message()}", err=True)
+
+
+def _fail(message: str) -> BadInput:
+    return BadInput(message)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_options(
+    items: tuple[str, ...] | list[str], *, flag: str, scoped: bool
+) -> dict[str, dict[str, Any]] | dict[str, Any]:
+    """Parse ``KEY=VALUE`` (``scoped=False``) or ``NAME.KEY=VALUE`` (``scoped=True``) flags.
+
+    Values are JSON when they parse as JSON (``64``, ``true``, ``[75, 112]``, ``"zero"``), else plain strings
+    (``fill=zero``).
+    """
+    flat: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            form = "NAME.KEY=VALUE" if scoped else "KEY=VALUE"
+            raise _fail(f"{flag} takes {form}; got {item!r}.")
+        if scoped:
+            name, dot, opt = key.partition(".")
+            if not dot or not name or not opt:
+                raise _fail(f"{flag} takes NAME.KEY=VALUE (e.g. lime.n_samples=200); got {item!r}.")
+            nested.setdefault(name, {})[opt] = _parse_value(value)
+        else:
+            flat[key] = _parse_value(value)
+    return nested if scoped else flat
+
+
+def _split(value: str | list[str] | None, *, flag: str, valid: list[str]) -> list[str]:
+    if value is None:
+        return []
+    parts = value if isinstance(value, list) else [p.strip() for p in value.split(",")]
+    parts = [p for p in parts if p]
+    bad = [p for p in parts if p not in valid]
+    if bad:
+        raise _fail(f"{flag}: unknown {', '.join(map(repr, bad))}. Known: {', '.join(valid)}.")
+    if len(set(parts)) != len(parts):
+        raise _fail(f"{flag} names {', '.join(sorted({p for p in parts if parts.count(p) > 1}))} more than once.")
+    return parts
+
+
+#: Config keys whose flag is stored under another parameter name.
+_PARAM_OF = {"methods": "methods_opt", "metrics": "metrics_opt", "out": "out_dir"}
+
+
+def _apply_config(
+    ctx: click.Context, params: dict[str, Any], extra_keys: Mapping[str, type | tuple[type, ...]]
+) -> dict[str, Any]:
+    """Fill ``params`` from ``--config`` where the flag was not given on the command line; return the option
+    tables (``options``, ``metric_options``) of the config, which the caller merges under the flags."""
+    path = params.get("config")
+    if path is None:
+        return {}
+    from whybox.runs.loaders import load_config
+
+    allowed = {**_COMMON_KEYS, **extra_keys}
+    try:
+        cfg = load_config(path, allowed=allowed)
+    except WhyboxError as exc:
+        raise _fail(f"--config: {exc}") from None
+    if "model" in cfg and ":" in str(cfg["model"]):
+        raise _fail(
+            f"--config {str(path)!r}: model = {cfg['model']!r} names a Python file; a config never makes whybox "
+            "import code. Give file models on the command line (--model path/to/file.py:factory)."
+        )
+    tables: dict[str, Any] = {}
+    for key, value in cfg.items():
+        if key in ("options", "metric_options"):
+            tables[key] = value
+            continue
+        name = _PARAM_OF.get(key, key)
+        if name not in params:
+            continue
+        source = ctx.get_parameter_source(name)
+        given = source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+        if key == "inputs":
+            if not params["inputs"]:
+                params["inputs"] = tuple(str(v) for v in value)
+        elif not given:
+            params[name] = (
+                ",".join(map(str, value)) if isinstance(value, list) and key in ("methods", "metrics") else value
+            )
+    return tables
+
+
+def _merge(base: Mapping[str, Any], over: Mapping[str, Any], *, flag: str, scoped: bool) -> dict[str, Any]:
+    """Config option tables under the command line's (the flags win, key by key)."""
+    out: dict[str, Any] = {}
+    for k, v in base.items():
+        if scoped and not isinstance(v, dict):
+            raise _fail(f"--config: [{flag}] must hold one table per name ([{flag}.{k}]); got {k} = {v!r}.")
+        out[k] = dict(v) if scoped else v
+    for k, v in over.items():
+        if scoped:
+            out.setdefault(k, {}).update(v)
+        else:
+            out[k] = v
+    return out
+
+
+def _load(params: dict[str, Any]) -> tuple[Any, Any]:
+    from whybox.runs.loaders import load_inputs, load_model
+
+    if not params.get("model"):
+        raise _fail("--model is required (a built-in name such as digits-cnn, or path/to/file.py:factory).")
+    if not params.get("inputs"):
+        raise _fail(
+            "give at least one input: a dataset name (photos, digits-test), image files or folders, .npy or .csv."
+        )
+    try:
+        lm = load_model(
+            params["model"], weights=params.get("weights"), trust_model_file=bool(params.get("trust_model_file"))
+        )
+    except WhyboxError as exc:
+        raise _fail(f"--model {params['model']!r}: {exc}") from None
+    try:
+        ds = load_inputs(list(params["inputs"]), lm, limit=params.get("limit"), label_column=params.get("label_column"))
+    except WhyboxError as exc:
+        raise _fail(f"inputs: {exc}") from None
+    return lm, ds
+
+
+def _target(spec: str | None, ds: Any) -> Any:
+    if spec is None or spec == "prediction":
+        return None
+    if spec == "label":
+        if ds.labels is None:
+            raise _fail(
+                "--target label needs true labels; these inputs have none (use a labelled dataset or CSV --label-column)."
+            )
+        return ds.labels
+    try:
+        return int(spec)
+    except ValueError:
+        raise _fail(f"--target must be 'prediction', 'label' or a class index; got {spec!r}.") from None
+
+
+def _common(f: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.argument("inputs", nargs=-1),
+        click.option(
+            "--model", "model", help="Built-in model (efficientnet-lite0, digits-cnn) or path/to/file.py:factory."
+        ),
+        click.option(
+            "--weights",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Weights: .safetensors or a state dict (.pt).",
+        ),
+        click.option(
+            "--trust-model-file",
+            is_flag=True,
+            help="Allow a pickled full model in --weights (runs its code; only for files you trust).",
+        ),
+        click.option("--limit", type=click.IntRange(min=1), help="Use only the first N inputs."),
+        click.option("--label-column", help="CSV inputs: the column holding true labels."),
+        click.option(
+            "--batch-size",
+            type=click.IntRange(min=1),
+            default=64,
+            show_default=True,
+            help="Forward batch of methods and metrics.",
+        ),
+        click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True),
+        click.option(
+            "--config", type=click.Path(dir_okay=False, path_type=Path), help="TOML file holding any of these flags."
+        ),
+    ]
+    for opt in reversed(options):
+        f = opt(f)
+    return f
+
+
+def _done(code: int) -> None:
+    if code:
+        sys.exit(code)
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+@click.command("metrics")
+def metrics_cmd() -> None:
+    """List the registered metrics and their direction."""
+    names = METRICS.names()
+    width = max(len(n) for n in names)
+    for name in names:
+        hib = getattr(METRICS.get(name), "higher_is_better", None)
+        arrow = "higher is better" if hib else "lower is better" if hib is False else ""
+        doc = (METRICS.get(name).__doc__ or "").strip().splitlines()[0]
+        click.echo(f"{name:<{width}}  {arrow:<16}  {doc}")
+
+
+# ---------------------------------------------------------------------------------------------- explain
+@click.command("explain")
+@_common
+@click.option("--method", required=False, help="A method from `whybox methods`.")
+@click.option(
+    "--option", "options", multiple=True, metavar="KEY=VALUE", help="A method option (repeatable), e.g. n_samples=200."
+)
+@click.option("--target", help="'prediction' (default), 'label' or a class index.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("whybox-explain"),
+    show_default=True,
+)
+@click.pass_context
+def explain_cmd(ctx: click.Context, **params: Any) -> None:
+    """Explain INPUTS with one method: write explanation.safetensors (+ .json) and one overlay PNG per image."""
+    tables = _apply_config(ctx, params, {"method": str, "options": dict, "out": str, "target": str})
+    method = params.get("method")
+    if not method:
+        raise _fail("--method is required; see `whybox methods`.")
+    _split(method, flag="--method", valid=whybox.methods())
+    opts = _merge(
+        tables.get("options", {}),
+        parse_options(params["options"], flag="--option", scoped=False),
+        flag="options",
+        scoped=False,
+    )
+    lm, ds = _load(params)
+    target = _target(params.get("target"), ds)
+    out_dir = _make_dir(Path(params["out_dir"]), "--out")
+    from whybox.api import _options
+
+    valid = _options(whybox.get_explainer(method))
+    if "batch_size" in valid:
+        opts.setdefault("batch_size", params["batch_size"])
+    if "seed" in valid:
+        opts.setdefault("seed", params["seed"])
+    t0 = time.perf_counter()
+    try:
+        e = whybox.explain(lm.module, ds.x, method, target=target, **opts)
+    except WhyboxError as exc:
+        raise _fail(f"{method}: {exc}") from None
+    seconds = time.perf_counter() - t0
+    from whybox.report import output_path, safe_component, save_png
+    from whybox.report.overlay import overlay
+
+    e.save(output_path(out_dir, "explanation.safetensors"))
+    probs = _probabilities(lm.module, ds.x)
+    click.echo(
+        f"{method}: {len(ds.names)} inputs in {seconds:.2f}s, {e.meta.get('n_forward', 0)} forward and "
+        f"{e.meta.get('n_backward', 0)} backward passes"
+    )
+    for i, name in enumerate(ds.names):
+        t = int(e.target[i])
+        label = _label_text(lm.labels, t)
+        line = f"  {name}: explained {label!r} (p={float(probs[i, t]):.3f})" if t >= 0 else f"  {name}"
+        if ds.kind == "image":
+            a = e.attributions[i]
+            amap = a.sum(0) if a.ndim == 3 else a
+            png = output_path(out_dir, f"{i:04d}_{safe_component(name)}_{method}.png")
+            save_png(png, overlay(torch.from_numpy(lm.display(ds.x[i]).transpose(2, 0, 1).copy()), amap))
+            line += f" -> {png.name}"
+        else:
+            top = torch.argsort(e.attributions[i].abs(), descending=True)[:5].tolist()
+            cols = ds.columns or [str(j) for j in range(ds.x.shape[1])]
+            line += "; top features: " + ", ".join(f"{cols[j]}={float(e.attributions[i, j]):+.3g}" for j in top)
+        click.echo(line)
+    click.echo(f"wrote {out_dir / 'explanation.safetensors'}")
+
+
+def _make_dir(path: Path, flag: str) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _fail(f"{flag}: cannot create {str(path)!r}: {exc.strerror or exc}") from None
+    return path
+
+
+def _label_text(labels: list[str] | None, k: int) -> str:
+    return labels[k] if labels is not None and 0 <= k < len(labels) else str(k)
+
+
+def _probabilities(model: Any, x: torch.Tensor) -> torch.Tensor:
+    adapter = whybox.adapt(model) if not isinstance(model, whybox.ModelAdapter) else model
+    from whybox.models.adapter import SklearnAdapter
+
+    with adapter.guard("eval"), torch.no_grad():
+        s = adapter.scores(x.to(adapter.device)).detach().to("cpu", torch.float64)
+    return s if isinstance(adapter, SklearnAdapter) else torch.softmax(s, 1)
+
+
+# ---------------------------------------------------------------------------------------------- evaluate
+@click.command("evaluate")
+@_common
+@click.option("--method", help="The method whose explanation is scored.")
+@click.option("--metrics", "metrics_opt", default="deletion,insertion", show_default=True, metavar="A,B,...")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="A method option (repeatable).")
+@click.option(
+    "--metric-option",
+    "metric_options",
+    multiple=True,
+    metavar="METRIC.KEY=VALUE",
+    help="A metric option (repeatable), e.g. deletion.steps=20.",
+)
+@click.option("--target", help="'prediction' (default), 'label' or a class index.")
+@click.option(
+    "--json",
+    "json_out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the per-sample scores as JSON.",
+)
+@click.pass_context
+def evaluate_cmd(ctx: click.Context, **params: Any) -> None:
+    """Explain INPUTS with one method and score the explanation with each metric: mean, std and per-sample values."""
+    tables = _apply_config(
+        ctx, params, {"method": str, "metrics": (str, list), "options": dict, "metric_options": dict, "target": str}
+    )
+    method = params.get("method")
+    if not method:
+        raise _fail("--method is required; see `whybox methods`.")
+    _split(method, flag="--method", valid=whybox.methods())
+    metric_names = _split(params["metrics_opt"], flag="--metrics", valid=METRICS.names())
+    if not metric_names:
+        raise _fail("--metrics names no metric; see `whybox metrics`.")
+    opts = _merge(
+        tables.get("options", {}),
+        parse_options(params["options"], flag="--option", scoped=False),
+        flag="options",
+        scoped=False,
+    )
+    mopts = _merge(
+        tables.get("metric_options", {}),
+        parse_options(params["metric_options"], flag="--metric-option", scoped=True),
+        flag="metric_options",
+        scoped=True,
+    )
+    for name in mopts:
+        if name not in metric_names:
+            raise _fail(
+                f"--metric-option sets options of {name!r}, which is not in --metrics ({', '.join(metric_names)})."
+            )
+    lm, ds = _load(params)
+    target = _target(params.get("target"), ds)
+    from whybox.api import _options
+
+    if "batch_size" in _options(whybox.get_explainer(method)):
+        opts.setdefault("batch_size", params["batch_size"])
+    try:
+        e = whybox.explain(lm.module, ds.x, method, target=target, **opts)
+    except WhyboxError as exc:
+        raise _fail(f"{method}: {exc}") from None
+    out: dict[str, Any] = {"method": method, "samples": ds.names, "metrics": {}}
+    click.echo(f"{method} on {len(ds.names)} inputs")
+    for metric in metric_names:
+        mo = {"batch_size": params["batch_size"], "seed": params["seed"], **mopts.get(metric, {})}
+        try:
+            res = whybox.evaluate(lm.module, ds.x, e, metric, labels=ds.labels, **mo)
+        except WhyboxError as exc:
+            raise _fail(f"{metric}: {exc}") from None
+        s = res.scores.numpy()
+        ok = s[np.isfinite(s)]
+        arrow = "higher is better" if res.higher_is_better else "lower is better"
+        mean = float(ok.mean()) if ok.size else math.nan
+        std = float(ok.std()) if ok.size else math.nan
+        click.echo(f"  {metric:<18} mean {mean:.4f}  std {std:.4f}  ({arrow}; {ok.size}/{s.size} defined)")
+        out["metrics"][metric] = {
+            "higher_is_better": res.higher_is_better,
+            "scores": [float(v) if math.isfinite(v) else None for v in s.tolist()],
+            "params": res.params,
+        }
+    if params.get("json_out"):
+        from whybox.report import write_text_atomic
+
+        write_text_atomic(params["json_out"], json.dumps(out, indent=1, default=str))
+        click.echo(f"wrote {params['json_out']}")
+
+
+# ---------------------------------------------------------------------------------------------- compare
+@click.command("compare")
+@_common
+@click.option("--methods", "methods_opt", metavar="A,B,...", help="Methods to compare (default: every method).")
+@click.option("--metrics", "metrics_opt", default="deletion,insertion", show_default=True, metavar="A,B,...")
+@click.option(
+    "--option",
+    "options",
+    multiple=True,
+    metavar="METHOD.KEY=VALUE",
+    help="A method option (repeatable), e.g. lime.n_samples=200.",
+)
+@click.option(
+    "--metric-option", "metric_options", multiple=True, metavar="METRIC.KEY=VALUE", help="A metric option (repeatable)."
+)
+@click.option("--target", type=click.Choice(["prediction", "label"]), default="prediction", show_default=True)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("whybox-run"),
+    show_default=True,
+    help="The run directory (resumed when it holds the same job).",
+)
+@click.option(
+    "--shard-size", type=click.IntRange(min=1), default=16, show_default=True, help="Samples per unit of work."
+)
+@click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option("--ray-address", help="Ray cluster to join (default: start a local one).")
+@click.option(
+    "--budget",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds: start no new unit after this; rerun to resume.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace a run of a different job in --out instead of refusing.")
+@click.option(
+    "--report/--no-report",
+    "write_report",
+    default=True,
+    show_default=True,
+    help="Write report.html into the run directory.",
+)
+@click.pass_context
+def compare_cmd(ctx: click.Context, **params: Any) -> None:
+    """Every method x every metric over INPUTS, into a resumable run directory; prints the leaderboard."""
+    tables = _apply_config(
+        ctx,
+        params,
+        {
+            "methods": (str, list),
+            "metrics": (str, list),
+            "options": dict,
+            "metric_options": dict,
+            "out": str,
+            "shard_size": int,
+            "backend": str,
+            "ray_address": str,
+            "budget": (int, float),
+            "target": str,
+        },
+    )
+    from whybox.runs.job import Job, run_job
+
+    methods = _split(params["methods_opt"], flag="--methods", valid=whybox.methods()) or whybox.methods()
+    metric_names = _split(params["metrics_opt"], flag="--metrics", valid=METRICS.names())
+    mopts = _merge(
+        tables.get("options", {}),
+        parse_options(params["options"], flag="--option", scoped=True),
+        flag="options",
+        scoped=True,
+    )
+    metopts = _merge(
+        tables.get("metric_options", {}),
+        parse_options(params["metric_options"], flag="--metric-option", scoped=True),
+        flag="metric_options",
+        scoped=True,
+    )
+    try:
+        job = Job(
+            methods=tuple(methods),
+            metrics=tuple(metric_names),
+            method_options=mopts,
+            metric_options=metopts,
+            shard_size=params["shard_size"],
+            seed=params["seed"],
+            target=params["target"],
+            batch_size=params["batch_size"],
+        )
+    except WhyboxError as exc:
+        raise _fail(str(exc)) from None
+    lm, ds = _load(params)
+    out_dir = Path(params["out_dir"])
+    n = len(ds.names)
+    click.echo(
+        f"{n} inputs x {len(methods)} methods, metrics {', '.join(metric_names) or 'none'}: "
+        f"{math.ceil(n / job.shard_size) * len(methods)} units of up to {job.shard_size} samples -> {out_dir}"
+    )
+    extra = {
+        "model": lm.name,
+        "inputs": ", ".join(params["inputs"]),
+        "labels": lm.labels,
+        "display": "imagenet" if lm.name == "efficientnet-lite0" else "clamp",
+        "kind": ds.kind,
+    }
+    factory = None
+    if params["backend"] == "ray":
+        from whybox.runs.loaders import load_model
+
+        factory = partial(
+            load_model,
+            params["model"],
+            weights=params.get("weights"),
+            trust_model_file=bool(params.get("trust_model_file")),
+        )
+    budget = params.get("budget")
+    try:
+        summary = run_job(
+            job,
+            lm.module,
+            ds.x,
+            out_dir,
+            names=ds.names,
+            labels=ds.labels,
+            backend=params["backend"],
+            ray_address=params.get("ray_address"),
+            model_factory=factory,
+            budget=budget,
+            overwrite=params["overwrite"],
+            progress=lambda line: click.echo(line, err=True),
+            extra_config=extra,
+        )
+    except KeyboardInterrupt:
+        click.echo(f"interrupted; finished units are kept in {out_dir}; rerun the same command to resume.", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except WhyboxError as exc:
+        raise _fail(str(exc)) from None
+    if summary.estimate_seconds is not None and budget is not None and summary.estimate_seconds > budget:
+        click.echo(f"note: the estimate ({summary.estimate_seconds:.0f}s) exceeds --budget {budget:g}s", err=True)
+    _print_leaderboard(out_dir)
+    if params["write_report"]:
+        path = _write_report(out_dir, None, 24)
+        click.echo(f"wrote {path}")
+    click.echo(
+        f"{summary.n_computed} units computed, {summary.n_skipped} already done, {summary.n_units} in all; "
+        f"{summary.n_failed_samples} failed (sample, method) pairs; {summary.seconds:.1f}s"
+    )
+    if summary.stopped_by_budget:
+        click.echo(f"stopped by --budget {budget:g}s; rerun the same command to resume.", err=True)
+        _done(EXIT_BUDGET)
+    _done(EXIT_FAILURES if summary.n_failed_samples else EXIT_OK)
+
+
+def _print_leaderboard(run_dir: Path) -> None:
+    from whybox.runs.report_data import load_run_report
+
+    rep = load_run_report(run_dir, max_samples=0)
+    if not rep.metrics:
+        return
+    heads = [
+        f"{m.name} {'↑' if m.higher_is_better else '↓' if m.higher_is_better is False else ''}".strip()
+        for m in rep.metrics
+    ]
+    first = next((m for m in rep.metrics if m.higher_is_better is not None), None)
+
+    def key(method: str) -> tuple[bool, float]:
+        if first is None:
+            return (False, 0.0)
+        v = rep.leaderboard[method].get(first.name)
+        return (v is None, 0.0 if v is None else (-v if first.higher_is_better else v))
+
+    rows = sorted(rep.leaderboard, key=key)
+    width = max(len(r) for r in rows)
+    click.echo(f"{'method':<{width}}  " + "  ".join(f"{h:>14}" for h in heads))
+    for r in rows:
+        vals = [rep.leaderboard[r].get(m.name) for m in rep.metrics]
+        click.echo(f"{r:<{width}}  " + "  ".join(f"{'-' if v is None else f'{v:.4f}':>14}" for v in vals))
+
+
+def _write_report(run_dir: Path, out: Path | None, max_samples: int) -> Path:
+    from whybox.report.run_report import write_run_report
+    from whybox.runs.report_data import load_run_report, readings_of
+
+    rep = load_run_report(run_dir, max_samples=max_samples)
+    path = out if out is not None else run_dir / "report.html"
+    return write_run_report(rep, path, max_samples=max_samples, readings=readings_of(run_dir))
+
+
+# ---------------------------------------------------------------------------------------------- report
+@click.command("report")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The HTML file (default: RUN_DIR/report.html).",
+)
+@click.option(
+    "--max-samples", type=click.IntRange(min=0), default=24, show_default=True, help="Rows of the per-sample grid."
+)
+def report_cmd(run_dir: Path, out: Path | None, max_samples: int) -> None:
+    """Write the self-contained HTML report of the run in RUN_DIR."""
+    try:
+        path = _write_report(run_dir, out, max_samples)
+    except WhyboxError as exc:
+        raise _fail(f"RUN_DIR: {exc}") from None
+    except OSError as exc:
+        raise _fail(f"--out: cannot write {str(out)!r}: {exc.strerror or exc}") from None
+    click.echo(f"wrote {path}")
+
+
+def register(group: click.Group) -> None:
+    """Add these commands to the ``whybox`` group."""
+    for cmd in (explain_cmd, evaluate_cmd, compare_cmd, report_cmd, metrics_cmd):
+        group.add_command(cmd)

@@ -1,0 +1,1 @@
+"""Dataset-scale jobs: loaders, the run store, local and Ray backends."""

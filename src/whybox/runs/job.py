@@ -1,0 +1,619 @@
+"""Dataset-scale jobs: methods x metrics over a dataset, in units of (shard, method), resumable.
+
+A :class:`Job` is a pure description (methods, metrics, their options, shard size, seed, target rule). The
+dataset is cut into fixed shards of ``shard_size`` consecutive samples; a unit is one shard under one method:
+explain the shard, then score that explanation with every metric. A unit's result is a deterministic function
+of (model, shard, job): its seeds come from the job seed and the shard index, its target from the stored
+predictions (or labels), and the model runs with a fixed number of intra-op threads. So a run killed and
+resumed, or spread over Ray workers, ends with the same rows and the same array bytes as one uninterrupted
+local run.
+
+:func:`run_job` drives it: fingerprints, the store, predictions, the plan (only the units not yet committed),
+a cost estimate from the first units, a time budget, progress, and the local or Ray backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import platform
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from whybox.api import _options, evaluate, explain
+from whybox.errors import InvalidParameterError, WhyboxError
+from whybox.models.adapter import ModelAdapter, SklearnAdapter, adapt
+from whybox.registry import EXPLAINERS, METRICS
+from whybox.runs.store import MetricValue, RunStore, SampleResult, UnitResult
+
+__all__ = [
+    "Job",
+    "RunSummary",
+    "Unit",
+    "execute_unit",
+    "fingerprints",
+    "plan_units",
+    "run_job",
+    "shards",
+]
+
+#: Metrics a dataset run cannot compute: they need ground-truth masks the inputs do not carry.
+NEEDS_MASKS = ("pointing_game", "energy_pointing_game", "relevance_mass", "relevance_rank")
+TARGETS = ("prediction", "label")
+_MAX_CURVE_POINTS = 1024
+
+
+@dataclass(frozen=True)
+class Job:
+    """What to compute.
+
+    Parameters
+    ----------
+    methods
+        Registry names of the explainers (``whybox.methods()``).
+    metrics
+        Registry names of the metrics (``whybox.metrics()``), each applied to every method's explanation.
+        ``randomization`` (the sanity check) and ``stability`` re-run the method with its options.
+    method_options, metric_options
+        ``{name: {option: value}}``; unknown names and options are refused before any work.
+    shard_size
+        Samples per unit of work (and per model batch of an explainer call).
+    seed
+        Base seed: shard ``s`` explains and scores with seed ``seed + s``.
+    target
+        ``"prediction"`` (explain each sample's predicted class) or ``"label"`` (its true class; needs labels).
+    batch_size
+        Forward batch of methods and metrics that do not set their own.
+    threads
+        Torch intra-op threads while a unit runs (fixed so results do not depend on the machine's core count).
+    """
+
+    methods: tuple[str, ...]
+    metrics: tuple[str, ...] = ("deletion", "insertion")
+    method_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    metric_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    shard_size: int = 16
+    seed: int = 0
+    target: str = "prediction"
+    batch_size: int = 64
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "methods", tuple(self.methods))
+        object.__setattr__(self, "metrics", tuple(self.metrics))
+        if not self.methods:
+            raise InvalidParameterError("methods must name at least one method; see whybox.methods().")
+        for name in self.methods:
+            EXPLAINERS.get(name)
+        for name in self.metrics:
+            METRICS.get(name)
+            if name in NEEDS_MASKS:
+                raise InvalidParameterError(
+                    f"metric {name!r} needs ground-truth masks, which dataset runs do not carry; call "
+                    "whybox.evaluate(..., masks=...) for it."
+                )
+        for what, given, known, registry in (
+            ("method_options", self.method_options, self.methods, EXPLAINERS),
+            ("metric_options", self.metric_options, self.metrics, METRICS),
+        ):
+            for name, opts in given.items():
+                if name not in known:
+                    raise InvalidParameterError(
+                        f"{what} has options for {name!r}, which is not in this job ({', '.join(known)}); "
+                        "add it to the job or remove its options."
+                    )
+                valid = _options(registry.get(name))
+                bad = sorted(k for k in opts if k not in valid)
+                if bad:
+                    raise InvalidParameterError(
+                        f"{what}[{name!r}] has unknown option(s) {', '.join(map(repr, bad))}; {name!r} takes: "
+                        f"{', '.join(valid)}."
+                    )
+                if "seed" in opts or "explainer" in opts:
+                    raise InvalidParameterError(
+                        f"{what}[{name!r}] sets {'seed' if 'seed' in opts else 'explainer'!r}, which the job "
+                        "controls (seed: Job.seed; the explainer: the method being scored)."
+                    )
+        for pname, value in (
+            ("shard_size", self.shard_size),
+            ("batch_size", self.batch_size),
+            ("threads", self.threads),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidParameterError(f"{pname} must be a positive integer; got {value!r}.")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise InvalidParameterError(f"seed must be a non-negative integer; got {self.seed!r}.")
+        if self.target not in TARGETS:
+            raise InvalidParameterError(f"target must be one of {TARGETS}; got {self.target!r}.")
+        try:
+            json.dumps(self.config(), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidParameterError(
+                f"job options must be JSON values (numbers, strings, booleans, lists); {exc}."
+            ) from None
+
+    def config(self) -> dict[str, Any]:
+        """The job as JSON-friendly data (what the ``config`` fingerprint hashes)."""
+        return {
+            "methods": list(self.methods),
+            "metrics": list(self.metrics),
+            "method_options": {k: dict(v) for k, v in sorted(self.method_options.items())},
+            "metric_options": {k: dict(v) for k, v in sorted(self.metric_options.items())},
+            "shard_size": self.shard_size,
+            "seed": self.seed,
+            "target": self.target,
+            "batch_size": self.batch_size,
+            "threads": self.threads,
+        }
+
+    def options_for(self, method: str, shard: int) -> dict[str, Any]:
+        """The explainer options of ``method`` for ``shard``: the job's, plus batch size and the shard's seed."""
+        opts = dict(self.method_options.get(method, {}))
+        valid = _options(EXPLAINERS.get(method))
+        if "batch_size" in valid:
+            opts.setdefault("batch_size", self.batch_size)
+        if "seed" in valid:
+            opts["seed"] = self.seed + shard
+        return opts
+
+    def metric_options_for(self, metric: str, shard: int) -> dict[str, Any]:
+        """The options of ``metric`` for ``shard``."""
+        opts = dict(self.metric_options.get(metric, {}))
+        opts.setdefault("batch_size", self.batch_size)
+        opts["seed"] = self.seed + shard
+        return opts
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One unit of work: the samples ``indices`` (one shard) under ``method``."""
+
+    shard: int
+    method: str
+    indices: tuple[int, ...]
+
+
+def shards(n: int, shard_size: int) -> list[tuple[int, ...]]:
+    """Consecutive, disjoint shards covering ``range(n)``; the last may be shorter."""
+    return [tuple(range(s, min(s + shard_size, n))) for s in range(0, n, shard_size)]
+
+
+def plan_units(n: int, job: Job, done: set[tuple[int, str]] | None = None) -> list[Unit]:
+    """The units of ``job`` over ``n`` samples not in ``done``, shard by shard (every method of shard 0 first)."""
+    return [
+        Unit(s, m, idx)
+        for s, idx in enumerate(shards(n, job.shard_size))
+        for m in job.methods
+        if done is None or (s, m) not in done
+    ]
+
+
+# ---------------------------------------------------------------------------------------------- fingerprints
+def _hash_tensor(h: Any, t: torch.Tensor) -> None:
+    t = t.detach().to("cpu").contiguous()
+    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+    h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+
+
+def fingerprints(
+    job: Job, model: Any, x: torch.Tensor, names: Sequence[str], labels: torch.Tensor | None
+) -> dict[str, str]:
+    """SHA-256 digests of the job configuration, the data (inputs, names, labels) and the model weights, and
+    the versions of Python, whybox, torch and numpy: a run directory resumes only when all four match."""
+    import whybox
+
+    cfg = hashlib.sha256(json.dumps(job.config(), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    hd = hashlib.sha256()
+    _hash_tensor(hd, x)
+    hd.update(json.dumps(list(names)).encode())
+    if labels is not None:
+        _hash_tensor(hd, labels)
+    hw = hashlib.sha256()
+    module = model.model if isinstance(model, ModelAdapter) else model
+    if isinstance(module, torch.nn.Module):
+        hw.update(type(module).__qualname__.encode())
+        for k, v in sorted(module.state_dict().items()):
+            hw.update(k.encode())
+            _hash_tensor(hw, v)
+    else:  # a scikit-learn estimator: its pickled bytes (hashed, never loaded)
+        import pickle
+
+        hw.update(pickle.dumps(module))
+    versions = (
+        f"python {platform.python_version()}; whybox {whybox.__version__}; torch {torch.__version__}; "
+        f"numpy {np.__version__}"
+    )
+    return {"config": cfg, "data": hd.hexdigest(), "weights": hw.hexdigest(), "versions": versions}
+
+
+# ---------------------------------------------------------------------------------------------- one unit
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip() or repr(exc)
+    return f"{type(exc).__name__}: {text}"[:2000]
+
+
+def _curves(curves: Mapping[str, torch.Tensor], row: int) -> dict[str, list[float]] | None:
+    out: dict[str, list[float]] = {}
+    for k, v in curves.items():
+        if isinstance(v, torch.Tensor) and v.ndim == 2 and v.shape[1] <= _MAX_CURVE_POINTS:
+            out[k] = [float(a) if math.isfinite(float(a)) else float("nan") for a in v[row].tolist()]
+    if not out:
+        return None
+    # NaN is not JSON: a curve with an undefined point is dropped rather than stored as text
+    return {k: c for k, c in out.items() if all(math.isfinite(a) for a in c)} or None
+
+
+class _Nothing(Exception):
+    """No sample of the unit has a target to explain."""
+
+
+def execute_unit(
+    model: Any,
+    x: torch.Tensor,
+    unit: Unit,
+    job: Job,
+    target: torch.Tensor,
+    labels: torch.Tensor | None = None,
+) -> UnitResult:
+    """Compute one unit: explain ``x`` (the shard's inputs) with ``unit.method`` for ``target``, then score the
+    explanation with every metric of the job.
+
+    A failure of the whole shard is retried sample by sample, so one bad sample costs only itself; every failure
+    is recorded with its reason. Non-finite attributions count as a failure of that sample.
+    """
+    costs: dict[str, tuple[float, int, int]] = {}
+    samples = [SampleResult(i, None) for i in unit.indices]
+    opts = job.options_for(unit.method, unit.shard)
+    n_forward = n_backward = 0
+    errors = (WhyboxError, RuntimeError, ValueError, TypeError, IndexError, ArithmeticError)
+    with _threads(job.threads):
+        t0 = time.perf_counter()
+        rows_ok: list[int] = []
+        attributions: list[torch.Tensor | None] = [None] * len(samples)
+        live = [r for r in range(len(samples)) if int(target[r]) >= 0]
+        for r in range(len(samples)):
+            if r not in live:
+                samples[r].reason = "no prediction: the model failed on this sample (see the samples table)"
+        try:
+            if not live:
+                raise _Nothing
+            sel = torch.tensor(live)
+            e = explain(model, x[sel], unit.method, target=target[sel], **opts)
+            n_forward, n_backward = int(e.meta.get("n_forward", 0)), int(e.meta.get("n_backward", 0))
+            for j, r in enumerate(live):
+                attributions[r] = e.attributions[j].detach().to("cpu")
+        except _Nothing:
+            pass
+        except (*errors, MemoryError) as exc:
+            if len(live) == 1:
+                samples[live[0]].reason = _reason(exc)
+            else:
+                for r in live:
+                    try:
+                        e1 = explain(model, x[r : r + 1], unit.method, target=target[r : r + 1], **opts)
+                    except errors as exc1:
+                        samples[r].reason = _reason(exc1)
+                        continue
+                    n_forward += int(e1.meta.get("n_forward", 0))
+                    n_backward += int(e1.meta.get("n_backward", 0))
+                    attributions[r] = e1.attributions[0].detach().to("cpu")
+        for r, a in enumerate(attributions):
+            if a is None:
+                continue
+            if not bool(torch.isfinite(a).all()):
+                samples[r].reason = "attributions are not finite (NaN or inf); the sample is left out of the metrics"
+                attributions[r] = None
+                continue
+            samples[r].attributions = a.to(torch.float32).numpy()
+            rows_ok.append(r)
+        costs["explain"] = (time.perf_counter() - t0, n_forward, n_backward)
+        if rows_ok and job.metrics:
+            sel = torch.tensor(rows_ok)
+            from whybox.explanation import Explanation
+
+            expl = Explanation(
+                attributions=torch.stack([attributions[r] for r in rows_ok]),  # type: ignore[misc]
+                target=target[sel],
+                method=unit.method,
+                params=opts,
+                meta={"n_forward": n_forward, "n_backward": n_backward, "seed": opts.get("seed")},
+            )
+            xs, ts = x[sel], target[sel]
+            ls = labels[sel] if labels is not None else None
+            for metric in job.metrics:
+                t1 = time.perf_counter()
+                mopts = job.metric_options_for(metric, unit.shard)
+                try:
+                    res = evaluate(model, xs, expl, metric, target=ts, labels=ls, **mopts)
+                    nf, nb = int(res.meta.get("n_forward", 0)), int(res.meta.get("n_backward", 0))
+                    for j, r in enumerate(rows_ok):
+                        v = float(res.scores[j])
+                        samples[r].metrics[metric] = MetricValue(
+                            v if math.isfinite(v) else None,
+                            _curves(res.curves, j),
+                            None if math.isfinite(v) else "undefined (NaN) for this sample",
+                        )
+                except errors as exc:
+                    nf = nb = 0
+                    for r in rows_ok:
+                        samples[r].metrics[metric] = MetricValue(None, None, _reason(exc))
+                costs[f"metric:{metric}"] = (time.perf_counter() - t1, nf, nb)
+    return UnitResult(unit.shard, unit.method, samples, costs)
+
+
+# ---------------------------------------------------------------------------------------------- the driver
+@dataclass
+class RunSummary:
+    """How a :func:`run_job` call ended."""
+
+    path: Path
+    n_units: int
+    n_skipped: int  # already in the store when the call started
+    n_computed: int
+    n_failed_samples: int  # (sample, method) pairs recorded as failed, whole run
+    complete: bool  # every unit committed
+    stopped_by_budget: bool
+    seconds: float
+    estimate_seconds: float | None = None
+
+
+Progress = Callable[[str], None]
+
+
+def _predict(
+    adapter: ModelAdapter, x: torch.Tensor, shard_size: int, threads: int
+) -> tuple[list[int], list[float | None], list[str | None]]:
+    """Predicted class, its probability and the failure reason (or None) per sample; a batch that fails is
+    retried row by row, and a row that still fails gets class -1 and its reason."""
+    preds: list[int] = []
+    probs: list[float | None] = []
+    reasons: list[str | None] = []
+
+    def scores(xb: torch.Tensor) -> torch.Tensor:
+        s = adapter.scores(xb.to(adapter.device)).detach().to("cpu", torch.float64)
+        return s if isinstance(adapter, SklearnAdapter) else torch.softmax(s, dim=1)
+
+    errors = (WhyboxError, RuntimeError, ValueError, TypeError, IndexError, ArithmeticError)
+    with _threads(threads), adapter.guard("eval"), torch.no_grad():
+        for idx in shards(x.shape[0], shard_size):
+            xb = x[idx[0] : idx[-1] + 1]
+            try:
+                p = scores(xb)
+                rows: list[torch.Tensor | str] = list(p)
+            except errors:
+                rows = []
+                for r in range(xb.shape[0]):
+                    try:
+                        rows.append(scores(xb[r : r + 1])[0])
+                    except errors as exc:
+                        rows.append(_reason(exc))
+            for row in rows:
+                if isinstance(row, str):
+                    preds.append(-1)
+                    probs.append(None)
+                    reasons.append(row)
+                else:
+                    preds.append(int(row.argmax()))
+                    probs.append(float(row.max()))
+                    reasons.append(None)
+    return preds, probs, reasons
+
+
+def _fmt_s(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    m, s = divmod(round(seconds), 60)
+    return f"{m}m{s:02d}s" if m < 60 else f"{m // 60}h{m % 60:02d}m"
+
+
+def run_job(
+    job: Job,
+    model: Any,
+    x: torch.Tensor,
+    run_dir: str | Path,
+    *,
+    names: Sequence[str] | None = None,
+    labels: torch.Tensor | None = None,
+    backend: str = "local",
+    ray_address: str | None = None,
+    model_factory: Callable[[], Any] | None = None,
+    budget: float | None = None,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+    extra_config: Mapping[str, Any] | None = None,
+    before_unit: Callable[[Unit], None] | None = None,
+) -> RunSummary:
+    """Run ``job`` on ``x`` into ``run_dir``, computing only the units not already stored there.
+
+    Parameters
+    ----------
+    job
+        The :class:`Job`.
+    model
+        A torch classifier, a scikit-learn estimator or a :class:`~whybox.ModelAdapter`.
+    x
+        ``(N, ...)`` inputs.
+    run_dir
+        The run directory (created, or resumed when it holds a run of the same job, model, data and versions).
+    names, labels
+        One name per sample (default ``"0"``, ``"1"``, ...); true labels ``(N,)`` (needed for ``target="label"``).
+    backend
+        ``"local"`` (this process) or ``"ray"`` (tasks on a Ray cluster; see :mod:`whybox.runs.ray_backend`).
+    ray_address
+        The cluster to join (``None``: start a local one).
+    model_factory
+        For Ray: a picklable zero-argument callable that builds the model in each worker (default: the model
+        itself is shipped through the object store).
+    budget
+        Seconds: no new unit starts after this much time; the run can be resumed later.
+    overwrite
+        Replace a run of a different job in ``run_dir`` instead of refusing.
+    progress
+        Called with one line of text per finished unit (with the ETA) and for the estimate.
+    extra_config
+        Extra JSON data stored with the config for the report (model and input descriptions); not fingerprinted.
+    before_unit
+        Ray backend: a picklable callable run in the worker before each unit (instrumentation, fault-injection
+        tests).
+
+    Returns
+    -------
+    RunSummary
+    """
+    t_start = time.perf_counter()
+    if not isinstance(x, torch.Tensor) or x.ndim < 2 or x.shape[0] < 1:
+        raise InvalidParameterError(
+            f"x must be a tensor (N, ...) with at least one sample; got {getattr(x, 'shape', type(x).__name__)}."
+        )
+    n = int(x.shape[0])
+    names = [str(i) for i in range(n)] if names is None else [str(s) for s in names]
+    if len(names) != n:
+        raise InvalidParameterError(f"names must have one entry per sample ({n}); got {len(names)}.")
+    if labels is not None:
+        labels = torch.as_tensor(labels).to(torch.int64).reshape(-1)
+        if labels.shape[0] != n:
+            raise InvalidParameterError(f"labels must have one entry per sample ({n}); got {labels.shape[0]}.")
+    if job.target == "label" and labels is None:
+        raise InvalidParameterError("target='label' explains each sample's true class, but no labels were given.")
+    if backend not in ("local", "ray"):
+        raise InvalidParameterError(f"backend must be 'local' or 'ray'; got {backend!r}.")
+    if budget is not None and not (isinstance(budget, (int, float)) and budget > 0):
+        raise InvalidParameterError(f"budget must be a positive number of seconds; got {budget!r}.")
+    adapter = model if isinstance(model, ModelAdapter) else adapt(model)
+    say = progress or (lambda _line: None)
+
+    config = {"job": job.config(), **({"extra": dict(extra_config)} if extra_config else {})}
+    store = RunStore(
+        run_dir, fingerprints=fingerprints(job, adapter, x, names, labels), config=config, overwrite=overwrite
+    )
+    try:
+        store.save_inputs(x.detach().to("cpu").numpy())
+        if store.n_samples() != n:
+            preds, probs, reasons = _predict(adapter, x, job.shard_size, job.threads)
+            store.record_samples(
+                [
+                    (
+                        i,
+                        names[i],
+                        None if labels is None else int(labels[i]),
+                        preds[i],
+                        probs[i],
+                        i // job.shard_size,
+                        reasons[i],
+                    )
+                    for i in range(n)
+                ]
+            )
+        stored = store.predictions()
+        if job.target == "label" and labels is not None:
+            target_all = labels
+        else:
+            target_all = torch.tensor([stored[i] for i in range(n)], dtype=torch.int64)
+        done = store.done_units()
+        total = len(plan_units(n, job))
+        todo = plan_units(n, job, done)
+        n_skipped = total - len(todo)
+        if n_skipped:
+            say(f"resuming {store.path}: {n_skipped} of {total} units already done, {len(todo)} to go")
+        stopped = False
+        computed = 0
+        est: float | None = None
+        per_method: dict[str, list[float]] = {}
+
+        def on_result(res: UnitResult) -> None:
+            nonlocal computed, est
+            store.commit(res)
+            computed += 1
+            spent = sum(c[0] for c in res.costs.values())
+            per_method.setdefault(res.method, []).append(spent)
+            left = todo[computed:]
+            mean_all = float(np.mean([v for vs in per_method.values() for v in vs]))
+            eta = sum(float(np.mean(per_method.get(u.method, [mean_all]))) for u in left)
+            if backend == "ray":
+                eta /= max(1, _ray_parallelism())
+            if est is None and len(per_method) == len(job.methods):
+                est = (time.perf_counter() - t_start) + eta
+                say(f"estimate: {_fmt_s(est)} for {len(todo)} units (from the first unit of each method)")
+            failed = sum(s.reason is not None for s in res.samples)
+            say(
+                f"[{n_skipped + computed}/{total}] {res.method} shard {res.shard}: "
+                f"{spent:.1f}s" + (f", {failed} failed" if failed else "") + f", ETA {_fmt_s(eta)}"
+            )
+
+        def over_budget() -> bool:
+            return budget is not None and time.perf_counter() - t_start >= budget
+
+        if backend == "local":
+            for unit in todo:
+                if over_budget():
+                    stopped = True
+                    break
+                idx = torch.tensor(unit.indices)
+                on_result(
+                    execute_unit(adapter, x[idx], unit, job, target_all[idx], None if labels is None else labels[idx])
+                )
+        else:
+            from whybox.runs.ray_backend import run_units
+
+            stopped = run_units(
+                todo,
+                job,
+                model_factory if model_factory is not None else adapter,
+                x,
+                target_all,
+                labels,
+                on_result,
+                over_budget,
+                address=ray_address,
+                before_unit=before_unit,
+            )
+        done_now = store.done_units()
+        n_failed = store.n_failed()
+        complete = len(done_now) == total
+        return RunSummary(
+            path=store.path,
+            n_units=total,
+            n_skipped=n_skipped,
+            n_computed=computed,
+            n_failed_samples=n_failed,
+            complete=complete,
+            stopped_by_budget=stopped and not complete,
+            seconds=time.perf_counter() - t_start,
+            estimate_seconds=est,
+        )
+    finally:
+        store.close()
+
+
+def _ray_parallelism() -> int:
+    with contextlib.suppress(Exception):
+        import ray
+
+        if ray.is_initialized():
+            return int(ray.cluster_resources().get("CPU", 1))
+    return 1
+
+
+def python_info() -> str:
+    """One line naming the interpreter (for run metadata)."""
+    return f"{platform.python_implementation()} {platform.python_version()} ({sys.platform})"

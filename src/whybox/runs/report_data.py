@@ -1,0 +1,282 @@
+"""Turn a run directory into a :class:`~whybox.report.run_report.RunReport` (what ``whybox report`` renders).
+
+Everything comes from the run directory alone: the database, the attribution arrays, the stored inputs
+(``inputs.npy``) and the display rule and label names kept in the job's config. Means in the leaderboard are
+over the samples where a metric has a value; the verdicts use fixed, stated thresholds.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import sqlite3
+from collections import defaultdict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from whybox.errors import InvalidParameterError
+from whybox.registry import EXPLAINERS, METRICS
+from whybox.report.run_report import ReportMethod, ReportMetric, ReportSample, ReportVerdict, RunReport
+from whybox.runs.store import DB_NAME, INPUTS_NAME
+
+__all__ = ["SANITY_THRESHOLD", "STABILITY_THRESHOLD", "load_run_report", "method_reading", "readings_of"]
+
+#: Model-parameter randomisation passes when the mean similarity between the original map and the maps of the
+#: randomised models (Spearman of |attributions|, averaged over the cascade) is below this.
+SANITY_THRESHOLD = 0.5
+#: Stability passes when the mean agreement between seeds (top-k Jaccard by default) is at least this.
+STABILITY_THRESHOLD = 0.5
+
+_DESCRIPTIONS = {
+    "deletion": "probability of the class as the most important pixels are removed (area under the curve)",
+    "insertion": "probability of the class as the most important pixels are revealed (area under the curve)",
+    "mufidelity": "correlation between attribution sums and output drops over random subsets",
+    "road": "accuracy drop under noisy linear imputation of the top features",
+    "infidelity": "squared error between attribution-predicted and actual output changes under noise",
+    "max_sensitivity": "largest change of the map under small input noise",
+    "sparseness": "Gini index of the attributions",
+    "complexity": "entropy of the attributions",
+    "randomization": "similarity to maps of the model with randomised weights (sanity check)",
+    "random_logit": "similarity to the map of a random other class",
+    "stability": "agreement between runs with different seeds",
+    "highest_confidence": "highest class probability reached along insertion",
+    "aopc": "average drop of the output over the perturbation curve",
+}
+
+
+def method_reading(method: str, params: Mapping[str, Any]) -> str:
+    """How to colour a method's maps (see :mod:`whybox.report.overlay`); ``params`` are the options given (the
+    method's defaults fill the rest).
+
+    CAMs (min-max scaled) and RISE (a large constant offset) are relative relevance; Saliency with
+    ``abs=True`` and SmoothGrad's squared/variance variants are magnitudes; every other method returns
+    attributions whose zero and sign mean something, shown centred on zero even when all share one sign.
+    """
+    from whybox.explainers.cam import CAM
+
+    cls = EXPLAINERS.get(method)
+    full: dict[str, Any] = {}
+    for c in reversed(cls.__mro__):
+        init = c.__dict__.get("__init__")
+        if init is not None:
+            for p in inspect.signature(init).parameters.values():
+                if p.kind is p.KEYWORD_ONLY and p.default is not p.empty:
+                    full[p.name] = p.default
+    full.update(params)
+    if issubclass(cls, CAM) or method == "rise":
+        return "relative"
+    if full.get("abs") is True or full.get("variant") in ("square", "var"):
+        return "positive"
+    return "signed"
+
+
+def readings_of(run_dir: str | Path) -> dict[str, str]:
+    """``{method: reading}`` for the methods of the run in ``run_dir``, from their stored options."""
+    db = Path(run_dir) / DB_NAME
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        row = conn.execute("SELECT value FROM run WHERE key = 'config'").fetchone()
+    finally:
+        conn.close()
+    job = json.loads(row[0]).get("job", {}) if row else {}
+    opts = job.get("method_options", {})
+    return {m: method_reading(m, opts.get(m, {})) for m in job.get("methods", [])}
+
+
+def _display(x: np.ndarray, rule: str) -> np.ndarray:
+    """A model input ``(C, H, W)`` as ``(H, W, 3)`` in [0, 1]."""
+    if rule == "imagenet":
+        img = (x.astype(np.float64) * 128.0 + 127.0) / 255.0
+    else:
+        img = x.astype(np.float64)
+    img = np.clip(img, 0.0, 1.0)
+    if img.shape[0] == 1:
+        img = np.repeat(img, 3, axis=0)
+    return np.ascontiguousarray(img[:3].transpose(1, 2, 0))
+
+
+def _to_map(a: np.ndarray) -> np.ndarray | None:
+    if a.ndim == 3:
+        return a.sum(0)
+    if a.ndim == 2:
+        return a
+    return None
+
+
+def _label(names: list[str] | None, k: int | None) -> str | None:
+    if k is None:
+        return None
+    if names is not None and 0 <= k < len(names):
+        return str(names[k])
+    return str(k)
+
+
+def load_run_report(run_dir: str | Path, *, title: str | None = None, max_samples: int = 24) -> RunReport:
+    """Read the run in ``run_dir`` into a :class:`RunReport`.
+
+    Parameters
+    ----------
+    run_dir
+        A directory written by :func:`whybox.runs.run_job` (finished or not: the report shows what is there).
+    title
+        Page title (default: "whybox run: <model>").
+    max_samples
+        Samples read for the per-sample grid (the report shows at most this many).
+    """
+    run_dir = Path(run_dir)
+    db = run_dir / DB_NAME
+    if not db.is_file():
+        raise InvalidParameterError(
+            f"{str(run_dir)!r} holds no run ({DB_NAME} is missing); pass a directory written by `whybox compare`."
+        )
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        kv = dict(conn.execute("SELECT key, value FROM run").fetchall())
+        config = json.loads(kv.get("config", "{}"))
+        job = config.get("job", {})
+        extra = config.get("extra", {})
+        methods: list[str] = list(job.get("methods", []))
+        metrics: list[str] = list(job.get("metrics", []))
+        label_names = extra.get("labels")
+        samples = conn.execute("SELECT idx, name, label, prediction, probability FROM samples ORDER BY idx").fetchall()
+        results = conn.execute("SELECT idx, method, status, reason, array FROM results").fetchall()
+        values = conn.execute("SELECT idx, method, metric, value, curve, reason FROM metric_values").fetchall()
+        costs = conn.execute(
+            "SELECT method, stage, SUM(seconds), SUM(n_forward), SUM(n_backward) FROM costs GROUP BY method, stage"
+        ).fetchall()
+    finally:
+        conn.close()
+
+    by_method_status: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    failures: list[tuple[str, str, str]] = []
+    result_of: dict[tuple[int, str], tuple[str, str | None, str | None]] = {}
+    name_of = {int(i): str(n) for i, n, *_ in samples}
+    for idx, method, status, reason, array in results:
+        result_of[(int(idx), method)] = (status, reason, array)
+        by_method_status[method][0 if status == "ok" else 1] += 1
+        if status != "ok":
+            failures.append((name_of.get(int(idx), str(idx)), method, str(reason)))
+
+    # leaderboard and curves
+    sums: dict[tuple[str, str], list[float]] = defaultdict(list)
+    curve_rows: dict[tuple[str, str], list[np.ndarray]] = defaultdict(list)
+    for _idx, method, metric, value, curve, _reason in values:
+        if value is not None and math.isfinite(value):
+            sums[(method, metric)].append(float(value))
+        if curve is not None and metric in ("deletion", "insertion"):
+            y = json.loads(curve).get("y")
+            if y is not None:
+                curve_rows[(method, metric)].append(np.asarray(y, dtype=np.float64))
+    leaderboard = {
+        m: {k: (float(np.mean(sums[(m, k)])) if sums.get((m, k)) else None) for k in metrics} for m in methods
+    }
+    curves: dict[str, dict[str, np.ndarray]] = {}
+    for (method, metric), rows in sorted(curve_rows.items()):
+        lengths = {len(r) for r in rows}
+        if len(lengths) == 1:
+            curves.setdefault(metric, {})[method] = np.mean(np.stack(rows), axis=0)
+
+    report_metrics = [
+        ReportMetric(k, getattr(METRICS.get(k), "higher_is_better", None), _DESCRIPTIONS.get(k, "")) for k in metrics
+    ]
+
+    n_per_method = {m: sum(by_method_status[m]) for m in methods}
+    cost = {(m, st): (s, f, b) for m, st, s, f, b in costs}
+    report_methods = []
+    for m in methods:
+        n = n_per_method[m] or 0
+        s, f, b = cost.get((m, "explain"), (None, None, None))
+        opts = job.get("method_options", {}).get(m, {})
+        report_methods.append(
+            ReportMethod(
+                name=m,
+                options=", ".join(f"{k}={v!r}" for k, v in sorted(opts.items())) or "defaults",
+                seconds_per_sample=(s / n) if (s is not None and n) else None,
+                n_forward_per_sample=(f / n) if (f is not None and n) else None,
+                n_backward_per_sample=(b / n) if (b is not None and n) else None,
+                n_done=by_method_status[m][0],
+                n_failed=by_method_status[m][1],
+            )
+        )
+
+    verdicts = []
+    for metric, kind, passes, rule in (
+        ("randomization", "sanity", lambda v: v < SANITY_THRESHOLD, f"passes below {SANITY_THRESHOLD}"),
+        ("stability", "stability", lambda v: v >= STABILITY_THRESHOLD, f"passes at {STABILITY_THRESHOLD} or above"),
+    ):
+        if metric not in metrics:
+            continue
+        for m in methods:
+            v = leaderboard[m].get(metric)
+            verdicts.append(
+                ReportVerdict(
+                    kind=kind,
+                    method=m,
+                    passed=None if v is None else bool(passes(v)),
+                    detail=(f"mean {metric} score {v:.3f} ({rule})" if v is not None else f"no {metric} value"),
+                )
+            )
+
+    report_samples: list[ReportSample] = []
+    inputs_path = run_dir / INPUTS_NAME
+    display_rule = extra.get("display", "clamp")
+    if inputs_path.is_file() and extra.get("kind", "image") == "image":
+        x = np.load(inputs_path, mmap_mode="r", allow_pickle=False)
+        for idx, name, label, prediction, probability in samples[: max(0, int(max_samples))]:
+            idx = int(idx)
+            maps: dict[str, np.ndarray | None] = {}
+            fails: dict[str, str] = {}
+            for m in methods:
+                status, reason, array = result_of.get((idx, m), ("missing", "not computed yet", None))
+                if status == "ok" and array:
+                    maps[m] = _to_map(np.load(run_dir / array, allow_pickle=False))
+                else:
+                    maps[m] = None
+                    fails[m] = str(reason)
+            report_samples.append(
+                ReportSample(
+                    name=str(name),
+                    image=_display(np.asarray(x[idx]), display_rule),
+                    prediction=(_label(label_names, int(prediction)) or "")
+                    if int(prediction) >= 0
+                    else "(model failed)",
+                    probability=None if probability is None else float(probability),
+                    label=_label(label_names, None if label is None else int(label)),
+                    maps=maps,
+                    failures=fails,
+                )
+            )
+
+    metadata: list[tuple[str, str]] = [
+        ("model", str(extra.get("model", "?"))),
+        ("inputs", str(extra.get("inputs", "?"))),
+        (
+            "samples",
+            str(len(samples))
+            + (f" (the grid shows the first {len(report_samples)})" if len(report_samples) < len(samples) else ""),
+        ),
+        ("methods", ", ".join(methods)),
+        ("metrics", ", ".join(metrics) or "none"),
+        ("target", str(job.get("target", "prediction"))),
+        ("shard size, seed, batch size", f"{job.get('shard_size')}, {job.get('seed')}, {job.get('batch_size')}"),
+    ]
+    for k in sorted(kv):
+        if k.startswith("fingerprint."):
+            metadata.append((k.replace("fingerprint.", "fingerprint: "), kv[k]))
+    if any(job.get(k) for k in ("metric_options",)):
+        metadata.append(("metric options", json.dumps(job.get("metric_options"), sort_keys=True)))
+    return RunReport(
+        title=title or f"whybox run: {extra.get('model', run_dir.name)}",
+        metadata=metadata,
+        methods=report_methods,
+        metrics=report_metrics,
+        leaderboard=leaderboard,
+        curves=curves,
+        samples=report_samples,
+        verdicts=verdicts,
+        failures=failures,
+    )

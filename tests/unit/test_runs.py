@@ -1,0 +1,261 @@
+"""The run store and dataset jobs: units are atomic, a stopped run resumes to the same bytes as an uninterrupted
+one, a changed job refuses to resume, a failing sample is recorded and the run goes on."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import hypothesis.strategies as st
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from torch import nn
+
+from whybox.errors import InvalidParameterError, UnknownNameError
+from whybox.runs.job import Job, plan_units, run_job, shards
+from whybox.runs.store import DETERMINISTIC_TABLES, FingerprintMismatchError, RunStore, write_array_atomic
+
+
+def tiny_cnn(seed: int = 0) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        m = nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 3)
+        )
+    return m.eval()
+
+
+class Picky(nn.Module):
+    """A tiny CNN that raises on any batch holding a row whose first pixel is exactly 0.5 (a "corrupt" sample)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = tiny_cnn()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x[:, 0, 0, 0] == 0.5).any()):
+            raise RuntimeError("corrupt sample: first pixel 0.5")
+        return self.net(x)
+
+
+def data(n: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(n, 1, 8, 8, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+JOB = Job(
+    methods=("saliency", "lime", "gradcam"),
+    metrics=("deletion", "insertion"),
+    method_options={"lime": {"n_samples": 64}},
+    metric_options={"deletion": {"steps": 8}},
+    shard_size=4,
+)
+
+
+def snapshot(run_dir: Path) -> tuple[dict[str, list[tuple[object, ...]]], dict[str, bytes]]:
+    store = RunStore.open_existing(run_dir)
+    try:
+        rows = {t: store.rows(t) for t in DETERMINISTIC_TABLES}
+    finally:
+        store.close()
+    arrays = {p.relative_to(run_dir).as_posix(): p.read_bytes() for p in sorted((run_dir / "arrays").rglob("*.npy"))}
+    return rows, arrays
+
+
+@given(n=st.integers(1, 200), size=st.integers(1, 50))
+@settings(max_examples=60, deadline=None)
+def test_shards_are_disjoint_and_cover(n: int, size: int) -> None:
+    parts = shards(n, size)
+    flat = [i for p in parts for i in p]
+    assert flat == list(range(n))  # disjoint, covering, in order
+    assert all(len(p) == size for p in parts[:-1]) and 1 <= len(parts[-1]) <= size
+
+
+def test_plan_skips_done_units_only() -> None:
+    job = Job(methods=("saliency", "gradcam"), metrics=(), shard_size=3)
+    every = plan_units(7, job)
+    assert [(u.shard, u.method) for u in every] == [(s, m) for s in range(3) for m in ("saliency", "gradcam")]
+    rest = plan_units(7, job, {(0, "saliency"), (2, "gradcam")})
+    assert {(u.shard, u.method) for u in rest} == {(u.shard, u.method) for u in every} - {
+        (0, "saliency"),
+        (2, "gradcam"),
+    }
+
+
+def test_stopped_run_resumes_to_the_same_rows_and_bytes(tmp_path: Path) -> None:
+    """A run stopped after its first unit (the budget), then resumed, equals an uninterrupted run: every row of
+    the deterministic tables and every array byte; the units done before the stop are not recomputed."""
+    x, y = data()
+    full = run_job(JOB, tiny_cnn(), x, tmp_path / "full", labels=y)
+    assert full.complete and full.n_computed == 9 and full.n_failed_samples == 0
+
+    stopped = run_job(JOB, tiny_cnn(), x, tmp_path / "resumed", labels=y, budget=1e-9)
+    assert stopped.stopped_by_budget and not stopped.complete and stopped.n_computed == 0
+    # "killed" while the third unit runs: the first two are committed, the third is lost
+    from whybox.runs import job as job_mod
+
+    original = job_mod.execute_unit
+    seen: list[tuple[int, str]] = []
+
+    def counting(*args: object, **kwargs: object) -> object:
+        res = original(*args, **kwargs)  # type: ignore[arg-type]
+        seen.append((res.shard, res.method))
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+        return res
+
+    job_mod.execute_unit = counting  # type: ignore[assignment]
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_job(JOB, tiny_cnn(), x, tmp_path / "resumed", labels=y)
+    finally:
+        job_mod.execute_unit = original  # type: ignore[assignment]
+    store = RunStore.open_existing(tmp_path / "resumed")
+    try:
+        done_before = store.done_units()
+        costs_before = {r[:3]: r for r in store.rows("costs")}
+    finally:
+        store.close()
+    assert done_before == {(0, "saliency"), (0, "lime")}
+
+    rest = run_job(JOB, tiny_cnn(), x, tmp_path / "resumed", labels=y)
+    assert rest.complete and rest.n_skipped == 2 and rest.n_computed == 7
+    assert snapshot(tmp_path / "resumed") == snapshot(tmp_path / "full")
+    store = RunStore.open_existing(tmp_path / "resumed")
+    try:
+        costs_after = {r[:3]: r for r in store.rows("costs")}
+    finally:
+        store.close()
+    for key, row in costs_before.items():  # finished units were not recomputed: their cost rows are untouched
+        assert costs_after[key] == row
+
+
+def test_changed_job_or_model_refuses_to_resume(tmp_path: Path) -> None:
+    x, y = data(4)
+    job = Job(methods=("saliency",), metrics=("deletion",), shard_size=2)
+    run_job(job, tiny_cnn(), x, tmp_path / "r", labels=y)
+    with pytest.raises(FingerprintMismatchError, match=r"changed: config;.*overwrite"):
+        run_job(
+            Job(methods=("saliency",), metrics=("insertion",), shard_size=2), tiny_cnn(), x, tmp_path / "r", labels=y
+        )
+    with pytest.raises(FingerprintMismatchError, match=r"changed: weights"):
+        run_job(job, tiny_cnn(seed=1), x, tmp_path / "r", labels=y)
+    with pytest.raises(FingerprintMismatchError, match=r"changed: data"):
+        run_job(job, tiny_cnn(), x + 1e-3, tmp_path / "r", labels=y)
+    again = run_job(job, tiny_cnn(seed=1), x, tmp_path / "r", labels=y, overwrite=True)
+    assert again.complete and again.n_computed == 2 and again.n_skipped == 0
+
+
+def test_failing_sample_is_recorded_and_the_run_goes_on(tmp_path: Path) -> None:
+    """Sample 4 makes the model raise: its prediction and every method fail with the reason recorded; sample 5,
+    in the same shard, and every other sample get their attributions and metric values."""
+    x, y = data(6)
+    x[4, 0, 0, 0] = 0.5
+    job = Job(
+        methods=("saliency", "occlusion"),
+        metrics=("deletion",),
+        shard_size=2,
+        method_options={"occlusion": {"window": 4, "stride": 4}},
+    )
+    summary = run_job(job, Picky(), x, tmp_path / "r", labels=y)
+    assert summary.complete and summary.n_failed_samples == 2
+    store = RunStore.open_existing(tmp_path / "r")
+    try:
+        samples = {r[0]: r for r in store.rows("samples")}
+        results = {(r[0], r[1]): r for r in store.rows("results")}
+        values = {(r[0], r[1], r[2]): r for r in store.rows("metric_values")}
+    finally:
+        store.close()
+    assert samples[4][3] == -1 and samples[4][4] is None and "corrupt sample" in samples[4][6]
+    for method in job.methods:
+        assert results[(4, method)][2] == "failed" and "no prediction" in results[(4, method)][3]
+        for i in (0, 1, 2, 3, 5):
+            assert results[(i, method)][2] == "ok" and samples[i][6] is None
+            assert values[(i, method, "deletion")][3] is not None
+    # sample 5 shared the failing shard; its map equals the one a clean model gives it
+    import whybox
+
+    e = whybox.explain(tiny_cnn(), x[5:6], "saliency", target=int(samples[5][3]), batch_size=64, seed=2)
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "r" / "arrays" / "saliency" / "000005.npy"), e.attributions[0].numpy()
+    )
+
+
+def test_failing_sample_in_a_shard_costs_only_itself(tmp_path: Path) -> None:
+    from whybox.runs.job import Unit, execute_unit
+
+    x, _ = data(4)
+    x[1, 0, 0, 0] = 0.5
+    job = Job(methods=("saliency",), metrics=("deletion",), shard_size=4)
+    res = execute_unit(Picky(), x, Unit(0, "saliency", (0, 1, 2, 3)), job, torch.zeros(4, dtype=torch.int64))
+    reasons = [s.reason for s in res.samples]
+    assert reasons[1] is not None and "corrupt sample" in reasons[1] and reasons[1].startswith("RuntimeError")
+    assert [r is None for r in reasons] == [True, False, True, True]
+    ok = execute_unit(tiny_cnn(), x[[0]], Unit(0, "saliency", (0,)), job, torch.zeros(1, dtype=torch.int64))
+    # the good rows, explained one by one after the shard failed, equal a clean one-row run
+    assert ok.samples[0].attributions is not None and res.samples[0].attributions is not None
+    np.testing.assert_array_equal(res.samples[0].attributions, ok.samples[0].attributions)
+    # deletion scored the three good rows; the failed one has no metric values
+    assert set(res.samples[0].metrics) == {"deletion"} and res.samples[1].metrics == {}
+
+
+def test_job_validates_before_any_work() -> None:
+    with pytest.raises(UnknownNameError, match=r"Did you mean .saliency."):
+        Job(methods=("salincy",))
+    with pytest.raises(InvalidParameterError, match=r"unknown option\(s\) 'n_sample'.*n_samples"):
+        Job(methods=("lime",), method_options={"lime": {"n_sample": 3}})
+    with pytest.raises(InvalidParameterError, match="not in this job"):
+        Job(methods=("lime",), method_options={"rise": {"n_masks": 3}})
+    with pytest.raises(InvalidParameterError, match="ground-truth masks"):
+        Job(methods=("lime",), metrics=("pointing_game",))
+    with pytest.raises(InvalidParameterError, match="seed"):
+        Job(methods=("lime",), method_options={"lime": {"seed": 3}})
+    with pytest.raises(InvalidParameterError, match="shard_size must be a positive integer"):
+        Job(methods=("lime",), shard_size=0)
+    with pytest.raises(InvalidParameterError, match="target must be one of"):
+        Job(methods=("lime",), target="truth")
+
+
+def test_target_label_explains_the_true_class(tmp_path: Path) -> None:
+    x, y = data(4)
+    job = Job(methods=("saliency",), metrics=(), shard_size=4, target="label")
+    with pytest.raises(InvalidParameterError, match="no labels"):
+        run_job(job, tiny_cnn(), x, tmp_path / "nolabels")
+    run_job(job, tiny_cnn(), x, tmp_path / "r", labels=y)
+    import whybox
+
+    e = whybox.explain(tiny_cnn(), x, "saliency", target=y, batch_size=64, seed=0)
+    got = np.stack([np.load(tmp_path / "r" / "arrays" / "saliency" / f"{i:06d}.npy") for i in range(4)])
+    np.testing.assert_array_equal(got, e.attributions.numpy())
+
+
+def test_atomic_array_write_keeps_the_old_file_on_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    p = tmp_path / "a.npy"
+    write_array_atomic(p, np.arange(4.0))
+    import whybox.runs.store as store_mod
+
+    def broken(f: object, arr: np.ndarray, allow_pickle: bool = False) -> None:
+        f.write(b"\x93NUMPY partial")  # type: ignore[attr-defined]
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store_mod.np, "save", broken)
+    with pytest.raises(OSError, match="disk full"):
+        write_array_atomic(p, np.zeros(4))
+    monkeypatch.undo()
+    np.testing.assert_array_equal(np.load(p), np.arange(4.0))
+    assert sorted(os.listdir(tmp_path)) == ["a.npy"]  # no temporary file left behind
+
+
+def test_run_dir_that_is_a_file_or_not_a_database(tmp_path: Path) -> None:
+    f = tmp_path / "file"
+    f.write_text("x")
+    x, _ = data(2)
+    with pytest.raises(InvalidParameterError, match="is a file"):
+        run_job(Job(methods=("saliency",)), tiny_cnn(), x, f)
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "run.sqlite").write_text("not sqlite at all, just text" * 100)
+    with pytest.raises(InvalidParameterError, match="not a whybox run database"):
+        run_job(Job(methods=("saliency",)), tiny_cnn(), x, d)
