@@ -259,3 +259,21 @@ def test_run_dir_that_is_a_file_or_not_a_database(tmp_path: Path) -> None:
     (d / "run.sqlite").write_text("not sqlite at all, just text" * 100)
     with pytest.raises(InvalidParameterError, match="not a whybox run database"):
         run_job(Job(methods=("saliency",)), tiny_cnn(), x, d)
+
+
+def test_fingerprint_covers_every_buffer_including_0d_ones(tmp_path: Path) -> None:
+    """BatchNorm's num_batches_tracked is a 0-d buffer: it is hashed too, so changing it changes the weights
+    fingerprint (a model with other running statistics never resumes into the old run)."""
+    from whybox.runs.job import fingerprints
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(72, 3)).eval()
+    x, _ = data(2)
+    job = Job(methods=("saliency",), metrics=())
+    before = fingerprints(job, m, x, ["a", "b"], None)
+    m[1].num_batches_tracked += 1
+    after = fingerprints(job, m, x, ["a", "b"], None)
+    assert before["weights"] != after["weights"] and before["config"] == after["config"]
+    assert fingerprints(job, m, x, ["a", "c"], None)["data"] != after["data"]  # names are part of the data
+    assert run_job(job, m, x, tmp_path / "r").complete

@@ -98,6 +98,10 @@ _STABILITY_K = 10
 _METRIC_BATCH = {"efficientnet-lite0": 16, "digits-cnn": 64}  # forward batch of the leaderboard metrics
 
 _N_DIGITS = 3
+
+#: The demo's dataset run: digits test images (with efficientnet-lite0's demo) and the metrics scored on them.
+DEMO_DIGITS = 200
+DEMO_DATASET_METRICS = ("deletion", "insertion", "sparseness")
 _TOP_K = 5
 
 
@@ -140,6 +144,7 @@ def _options_text(opts: dict[str, Any]) -> str:
 
 @dataclass
 class _DemoData:
+    model_name: str
     model: torch.nn.Module
     inputs: torch.Tensor  # model inputs (N, C, H, W)
     display: torch.Tensor  # (N, 3, H, W) in [0, 1]
@@ -154,14 +159,14 @@ def _load_demo(model_name: str, photo_names: list[str] | None) -> _DemoData:
         x, y = data.load_digits("test")
         x, y = x[:_N_DIGITS], y[:_N_DIGITS]
         names = [f"digit test #{i} (true {int(t)})" for i, t in enumerate(y)]
-        return _DemoData(data.digits_cnn(), x, x.repeat(1, 3, 1, 1), names, [str(c) for c in range(10)])
+        return _DemoData(model_name, data.digits_cnn(), x, x.repeat(1, 3, 1, 1), names, [str(c) for c in range(10)])
     try:
         model = data.efficientnet_lite0()
         labels = data.imagenet_labels()
     except data.MissingExtraError as exc:
         raise DemoExtraMissing(f"--model efficientnet-lite0 needs the optional 'demo' extra. {exc}") from None
     x, names = data.photos(photo_names)
-    return _DemoData(model, x, data.imagenet_unnormalize(x), list(names), labels)
+    return _DemoData(model_name, model, x, data.imagenet_unnormalize(x), list(names), labels)
 
 
 @dataclass
@@ -175,29 +180,76 @@ class _MethodRun:
     maps: torch.Tensor | None = None  # (N, H, W)
     reading: str = "signed"  # how report.overlay colours the maps
     notes: list[str] = field(default_factory=list)
+    scores: dict[str, list[float]] | None = None  # metric -> per-image scores from the run store
 
 
-def _run_method(demo: _DemoData, method: str, options: dict[str, Any], target: torch.Tensor) -> _MethodRun:
-    run = _MethodRun(method, options)
-    start = time.perf_counter()
+def _stored_runs(
+    demo: _DemoData, methods: list[str], options: dict[str, dict[str, Any]], run_dir: Path
+) -> list[_MethodRun]:
+    """Every method over the demo images as one run in ``run_dir`` (one shard: each method explains all images in
+    one call, as ``whybox.explain`` would), with the leaderboard's deletion and insertion as the run's metrics; the
+    method rows are read back from the store. Rerunning the demo resumes the run: finished methods are kept."""
+    from whybox.runs.job import Job, run_job
+    from whybox.runs.store import RunStore
+
+    n = demo.inputs.shape[0]
+    job = Job(
+        methods=tuple(methods),
+        metrics=tuple(LEADERBOARD),
+        method_options={m: options[m] for m in methods if options.get(m)},
+        metric_options=LEADERBOARD,
+        shard_size=n,
+        batch_size=_METRIC_BATCH[demo.model_name],
+        threads=torch.get_num_threads(),
+    )
+    extra = {
+        "model": demo.model_name,
+        "inputs": ", ".join(demo.names),
+        "labels": demo.labels,
+        "display": "imagenet" if demo.model_name == "efficientnet-lite0" else "clamp",
+        "kind": "image",
+    }
+    run_job(
+        job, demo.model, demo.inputs, run_dir, names=demo.names, overwrite=True, extra_config=extra,
+        progress=lambda line: click.echo(line, err=True),
+    )  # fmt: skip
+    store = RunStore.open_existing(run_dir)
     try:
-        exp = whybox.explain(demo.model, demo.inputs, method, target=target, **options)
-        run.maps = exp.to_map("sum").detach().cpu()
-        run.reading = _reading(method, exp.params)
-    except Exception as exc:  # reported in the table, the page and the exit code; the demo goes on
-        run.seconds = time.perf_counter() - start
-        run.error = f"{type(exc).__name__}: {exc}"
-        return run
-    run.seconds = time.perf_counter() - start
-    run.n_forward = int(exp.meta.get("n_forward", 0))
-    run.n_backward = int(exp.meta.get("n_backward", 0))
-    finite = exp.meta.get("finite", [True] * len(exp))
-    degenerate = exp.meta.get("degenerate", [False] * len(exp))
-    run.notes = [
-        ("non-finite values (shown as 0)" if not ok else "") or ("constant map (shown blank)" if deg else "")
-        for ok, deg in zip(finite, degenerate, strict=True)
-    ]
-    return run
+        results = {(r[0], r[1]): r for r in store.rows("results")}
+        costs = {(r[1], r[2]): r for r in store.rows("costs")}
+        metric_rows = store.rows("metric_values")
+    finally:
+        store.close()
+    runs = []
+    for m in methods:
+        run = _MethodRun(m, dict(options.get(m, {})))
+        cost = costs.get((m, "explain"))
+        if cost is not None:
+            run.seconds, run.n_forward, run.n_backward = float(cost[3]), int(cost[4]), int(cost[5])
+        reasons = [results[(i, m)][3] for i in range(n) if results[(i, m)][2] != "ok"]
+        if len(reasons) == n:
+            run.error = str(reasons[0])
+            runs.append(run)
+            continue
+        maps = []
+        for i in range(n):
+            status, reason = results[(i, m)][2], results[(i, m)][3]
+            a = None if status != "ok" else np.load(run_dir / results[(i, m)][4], allow_pickle=False)
+            if a is None:
+                maps.append(torch.zeros(demo.inputs.shape[-2:]))
+                run.notes.append(f"failed: {reason}")
+                continue
+            t = torch.from_numpy(a)
+            maps.append(t.sum(0) if t.ndim == 3 else t)
+            run.notes.append("constant map (shown blank)" if bool((t == t.flatten()[0]).all()) else "")
+        run.maps = torch.stack(maps)
+        run.reading = _reading(m, run.options)
+        run.scores = {
+            k: [float(v) for (i, mm, kk, v, *_rest) in metric_rows if mm == m and kk == k and v is not None]
+            for k in LEADERBOARD
+        }
+        runs.append(run)
+    return runs
 
 
 _READING_TEXT = {
@@ -284,6 +336,14 @@ def _leaderboard(demo: _DemoData, runs: list[_MethodRun], target: torch.Tensor, 
     for run in runs:
         if run.maps is None:
             rows.append(_Faithfulness(run.name, error=run.error, note="no map: the method failed"))
+        elif run.scores is not None:  # computed in the run, on the method's attributions
+            row = _Faithfulness(run.name)
+            for metric in LEADERBOARD:
+                vals = run.scores.get(metric, [])
+                setattr(row, metric, float(np.mean(vals)) if vals else None)
+            if row.deletion is None or row.insertion is None:
+                row.error, row.note = "metric failed", "metric failed: see the run's report"
+            rows.append(row)
         else:
             rows.append(_faithfulness(demo, run.name, run.maps, target, batch_size))
     noise = torch.rand(demo.inputs.shape[0], *demo.inputs.shape[-2:], generator=torch.Generator().manual_seed(0))
@@ -435,8 +495,20 @@ def methods_cmd() -> None:
     help="Run every method with its own defaults instead of the demo's faster options (much slower: "
     "Score-CAM at EfficientNet-Lite0's 1280-channel head takes 40-90 s per photo on 2 CPU cores).",
 )
-def demo_cmd(out_dir: Path, methods_opt: str | None, photos_opt: str | None, model_name: str, full: bool) -> None:
-    """Explain bundled images with every method; write overlays, grids and an index.html."""
+@click.option(
+    "--digits",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Digits test images for the dataset run (every method, deletion/insertion/sparseness, a run directory "
+    "and its report in OUT/digits-test). Default: 200 with efficientnet-lite0, 0 (none) with digits-cnn.",
+)
+def demo_cmd(
+    out_dir: Path, methods_opt: str | None, photos_opt: str | None, model_name: str, full: bool, digits: int | None
+) -> None:
+    """Explain bundled images with every method; write overlays, grids, an index.html, the run and its report;
+    then a dataset run over the digits test set."""
+    if digits is None:
+        digits = DEMO_DIGITS if model_name == "efficientnet-lite0" else 0
     from whybox.data import PHOTOS
 
     chosen_methods = _split_list(methods_opt, valid=whybox.methods(), what="method", param="--methods")
@@ -463,10 +535,8 @@ def demo_cmd(out_dir: Path, methods_opt: str | None, photos_opt: str | None, mod
     options = {} if full else DEMO_OPTIONS[model_name]
     for m in methods:
         click.echo(f"options {m}: {_options_text(options.get(m, {}))}")
-    runs: list[_MethodRun] = []
-    for m in methods:
-        click.echo(f"running {m} ...", err=True)
-        runs.append(_run_method(demo, m, dict(options.get(m, {})), target))
+    run_dir = out_dir / "run"
+    runs = _stored_runs(demo, methods, options, run_dir)
     click.echo(_table(runs))
     click.echo("")
 
@@ -602,6 +672,10 @@ def demo_cmd(out_dir: Path, methods_opt: str | None, photos_opt: str | None, mod
     )
     index = write_text_atomic(output_path(out_dir, "index.html"), page)
     click.echo(f"wrote {index}")
+    report = _jobs._write_report(run_dir, None, 24)
+    click.echo(f"wrote the run ({run_dir}) and its report: {report}")
+    if digits > 0:
+        _digits_dataset_run(methods, out_dir / "digits-test", digits, full)
     failed = [r for r in runs if r.error]
     problems = []
     if failed:
@@ -614,6 +688,38 @@ def demo_cmd(out_dir: Path, methods_opt: str | None, photos_opt: str | None, mod
         problems.append(f"the LIME stability check failed: {st.error}")
     if problems:
         raise click.ClickException("; ".join(problems) + ".")
+
+
+def _digits_dataset_run(methods: list[str], run_dir: Path, n: int, full: bool) -> None:
+    """Every method over the first ``n`` digits test images with the dataset metrics, as a resumable run with its
+    report; prints the leaderboard."""
+    from whybox import data
+    from whybox.runs.job import Job, run_job
+
+    x, y = data.load_digits("test")
+    x, y = x[:n], y[:n]
+    options = {} if full else DEMO_OPTIONS["digits-cnn"]
+    job = Job(
+        methods=tuple(methods),
+        metrics=DEMO_DATASET_METRICS,
+        method_options={m: options[m] for m in methods if options.get(m)},
+        shard_size=50,
+        batch_size=_METRIC_BATCH["digits-cnn"],
+        threads=torch.get_num_threads(),
+    )
+    click.echo("")
+    click.echo(f"dataset run: digits-cnn on the first {len(y)} digits test images, every method, metrics "
+               f"{', '.join(DEMO_DATASET_METRICS)} -> {run_dir}")  # fmt: skip
+    summary = run_job(
+        job, data.digits_cnn(), x, run_dir, names=[f"digits-test-{i:04d}" for i in range(len(y))], labels=y,
+        overwrite=True, progress=lambda line: click.echo(line, err=True),
+        extra_config={"model": "digits-cnn", "inputs": f"digits-test (first {len(y)})",
+                      "labels": [str(c) for c in range(10)], "display": "clamp", "kind": "image"},
+    )  # fmt: skip
+    _jobs._print_leaderboard(run_dir)
+    report = _jobs._write_report(run_dir, None, 24)
+    click.echo(f"{summary.n_computed} units in {summary.seconds:.1f}s ({summary.n_skipped} already done); "
+               f"{summary.n_failed_samples} failed (sample, method) pairs; report: {report}")  # fmt: skip
 
 
 @main.command("debug")

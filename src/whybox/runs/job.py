@@ -201,7 +201,7 @@ def plan_units(n: int, job: Job, done: set[tuple[int, str]] | None = None) -> li
 def _hash_tensor(h: Any, t: torch.Tensor) -> None:
     t = t.detach().to("cpu").contiguous()
     h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-    h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-d buffers too
 
 
 def fingerprints(

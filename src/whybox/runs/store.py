@@ -29,6 +29,7 @@ files of an uncommitted unit, which the rerun overwrites with identical bytes.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import sqlite3
@@ -142,6 +143,14 @@ def write_array_atomic(path: str | os.PathLike[str], array: np.ndarray) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _folder(method: str) -> str:
+    if method and all(c.isascii() and (c.isalnum() or c == "_") for c in method):
+        return method
+    from whybox.report.paths import safe_component
+
+    return f"{safe_component(method)}-{hashlib.sha256(method.encode()).hexdigest()[:10]}"
 
 
 def _json(value: Any) -> str:
@@ -300,15 +309,15 @@ class RunStore:
         return {(int(s), str(m)) for s, m in self._conn.execute("SELECT shard, method FROM units")}
 
     def array_path(self, method: str, index: int) -> Path:
-        """Where the attribution array of ``index`` under ``method`` lives (registry names only: no separators)."""
-        if not method.replace("_", "").isalnum():
-            raise InvalidParameterError(f"method name {method!r} is not a registry name; it cannot name a folder.")
-        return self.path / "arrays" / method / f"{int(index):06d}.npy"
+        """Where the attribution array of ``index`` under ``method`` lives: ``arrays/<method>/<index>.npy``; a
+        method name that is not a plain ``[A-Za-z0-9_]`` word gets a sanitised folder name with a hash of the
+        name, so no name can leave the run directory or collide with another."""
+        return self.path / "arrays" / _folder(method) / f"{int(index):06d}.npy"
 
     def commit(self, unit: UnitResult) -> None:
         """Write the unit's arrays atomically, then its rows in one transaction."""
         rows, mrows = [], []
-        (self.path / "arrays" / unit.method).mkdir(parents=True, exist_ok=True)
+        self.array_path(unit.method, 0).parent.mkdir(parents=True, exist_ok=True)
         for s in unit.samples:
             rel = None
             if s.attributions is not None:
