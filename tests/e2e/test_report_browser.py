@@ -142,3 +142,51 @@ def test_report_opens_in_headless_chromium_without_errors(tmp_path: Path) -> Non
     out = REPO / "build" / "screenshots"
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(shot, out / "report.png")
+
+
+def test_report_of_a_real_run_shows_every_method_s_overlays_and_the_leaderboard(tmp_path: Path) -> None:
+    """A real run (digits CNN, 6 test images, 3 methods, 2 metrics) through `whybox compare`, then its report in
+    Chromium: every sample has one overlay per method, the leaderboard lists the methods, no errors."""
+    executable = _chromium()
+    from click.testing import CliRunner
+    from playwright.sync_api import sync_playwright
+
+    from whybox.cli.main import main as cli
+
+    run_dir = tmp_path / "run"
+    methods = ["saliency", "gradcam", "occlusion"]
+    result = CliRunner().invoke(
+        cli,
+        ["compare", "--model", "digits-cnn", "digits-test", "--limit", "6", "--methods", ",".join(methods),
+         "--metrics", "deletion,insertion", "--shard-size", "4", "--out", str(run_dir)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    path = run_dir / "report.html"
+    errors: list[str] = []
+    shot = tmp_path / "run_report.png"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.on("console", lambda msg: errors.append(f"console: {msg.text}") if msg.type == "error" else None)
+            page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
+            page.goto(path.as_uri(), wait_until="load")
+            imgs: list[dict[str, Any]] = page.eval_on_selector_all(
+                "img",
+                "els => els.map(e => ({complete: e.complete, w: e.naturalWidth, cls: e.className,"
+                " method: e.dataset.method || null}))",
+            )
+            board_methods = page.eval_on_selector_all(
+                "table.leaderboard tbody tr td:nth-child(2)", "c => c.map(x => x.textContent)"
+            )
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    assert errors == []
+    assert imgs and all(i["complete"] and i["w"] > 0 for i in imgs)
+    overlays = [i for i in imgs if "overlay" in i["cls"].split()]
+    assert sorted(i["method"] for i in overlays) == sorted(methods * 6)
+    assert sorted(board_methods) == sorted(methods)
+    out = REPO / "build" / "screenshots"
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(shot, out / "run_report.png")
