@@ -11,6 +11,7 @@ input; 3 stopped by ``--budget`` (rerun the same command to resume); 130 interru
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import sys
@@ -75,6 +76,16 @@ def _fail(message: str) -> BadInput:
     return BadInput(message)
 
 
+class _ModelFailed(BadInput):
+    """The model, or a method or metric on it, raised while explaining or scoring: exit code 1, no traceback."""
+
+    exit_code = EXIT_FAILURES
+
+
+#: What a user's model may raise on an input (as ``whybox.runs.job`` records per sample).
+_MODEL_ERRORS = (RuntimeError, ValueError, TypeError, IndexError, ArithmeticError)
+
+
 def _parse_value(text: str) -> Any:
     try:
         return json.loads(text)
@@ -115,7 +126,9 @@ def _split(value: str | list[str] | None, *, flag: str, valid: list[str]) -> lis
     parts = [p for p in parts if p]
     bad = [p for p in parts if p not in valid]
     if bad:
-        raise _fail(f"{flag}: unknown {', '.join(map(repr, bad))}. Known: {', '.join(valid)}.")
+        close = list(dict.fromkeys(c for p in bad for c in difflib.get_close_matches(p, valid, n=3)))
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise _fail(f"{flag}: unknown {', '.join(map(repr, bad))}.{hint} Known: {', '.join(valid)}.")
     if len(set(parts)) != len(parts):
         raise _fail(f"{flag} names {', '.join(sorted({p for p in parts if parts.count(p) > 1}))} more than once.")
     return parts
@@ -156,8 +169,14 @@ def _apply_config(
         source = ctx.get_parameter_source(name)
         given = source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
         if key == "inputs":
-            if not params["inputs"]:
-                params["inputs"] = tuple(str(v) for v in value)
+            if not params["inputs"]:  # relative paths in a config are relative to the config's folder
+                from whybox.runs.loaders import BUILTIN_DATASETS
+
+                base = Path(path).parent
+                params["inputs"] = tuple(
+                    str(v) if str(v) in BUILTIN_DATASETS or Path(str(v)).is_absolute() else str(base / str(v))
+                    for v in value
+                )
         elif not given:
             params[name] = (
                 ",".join(map(str, value)) if isinstance(value, list) and key in ("methods", "metrics") else value
@@ -314,6 +333,8 @@ def explain_cmd(ctx: click.Context, **params: Any) -> None:
         e = whybox.explain(lm.module, ds.x, method, target=target, **opts)
     except WhyboxError as exc:
         raise _fail(f"{method}: {exc}") from None
+    except _MODEL_ERRORS as exc:
+        raise _ModelFailed(f"{method} failed: {type(exc).__name__}: {exc}") from None
     seconds = time.perf_counter() - t0
     from whybox.report import output_path, safe_component, save_png
     from whybox.report.overlay import overlay
@@ -324,21 +345,29 @@ def explain_cmd(ctx: click.Context, **params: Any) -> None:
         f"{method}: {len(ds.names)} inputs in {seconds:.2f}s, {e.meta.get('n_forward', 0)} forward and "
         f"{e.meta.get('n_backward', 0)} backward passes"
     )
+    no_overlay: str | None = None
     for i, name in enumerate(ds.names):
         t = int(e.target[i])
         label = _label_text(lm.labels, t)
         line = f"  {name}: explained {label!r} (p={float(probs[i, t]):.3f})" if t >= 0 else f"  {name}"
         if ds.kind == "image":
-            a = e.attributions[i]
-            amap = a.sum(0) if a.ndim == 3 else a
-            png = output_path(out_dir, f"{i:04d}_{safe_component(name)}_{method}.png")
-            save_png(png, overlay(torch.from_numpy(lm.display(ds.x[i]).transpose(2, 0, 1).copy()), amap))
-            line += f" -> {png.name}"
+            try:
+                shown = lm.display(ds.x[i])
+            except WhyboxError as exc:  # arrays the display cannot show: (N, H, W), or 2 or 4+ channels
+                no_overlay = str(exc)
+            else:
+                a = e.attributions[i]
+                amap = a.sum(0) if a.ndim == 3 else a
+                png = output_path(out_dir, f"{i:04d}_{safe_component(name)}_{method}.png")
+                save_png(png, overlay(torch.from_numpy(shown.transpose(2, 0, 1).copy()), amap))
+                line += f" -> {png.name}"
         else:
             top = torch.argsort(e.attributions[i].abs(), descending=True)[:5].tolist()
             cols = ds.columns or [str(j) for j in range(ds.x.shape[1])]
             line += "; top features: " + ", ".join(f"{cols[j]}={float(e.attributions[i, j]):+.3g}" for j in top)
         click.echo(line)
+    if no_overlay is not None:
+        click.echo(f"no overlay PNGs: {no_overlay}", err=True)
     click.echo(f"wrote {out_dir / 'explanation.safetensors'}")
 
 
@@ -417,12 +446,17 @@ def evaluate_cmd(ctx: click.Context, **params: Any) -> None:
     target = _target(params.get("target"), ds)
     from whybox.api import _options
 
-    if "batch_size" in _options(whybox.get_explainer(method)):
+    valid = _options(whybox.get_explainer(method))
+    if "batch_size" in valid:
         opts.setdefault("batch_size", params["batch_size"])
+    if "seed" in valid:
+        opts.setdefault("seed", params["seed"])
     try:
         e = whybox.explain(lm.module, ds.x, method, target=target, **opts)
     except WhyboxError as exc:
         raise _fail(f"{method}: {exc}") from None
+    except _MODEL_ERRORS as exc:
+        raise _ModelFailed(f"{method} failed: {type(exc).__name__}: {exc}") from None
     out: dict[str, Any] = {"method": method, "samples": ds.names, "metrics": {}}
     click.echo(f"{method} on {len(ds.names)} inputs")
     for metric in metric_names:
@@ -431,6 +465,8 @@ def evaluate_cmd(ctx: click.Context, **params: Any) -> None:
             res = whybox.evaluate(lm.module, ds.x, e, metric, labels=ds.labels, **mo)
         except WhyboxError as exc:
             raise _fail(f"{metric}: {exc}") from None
+        except _MODEL_ERRORS as exc:
+            raise _ModelFailed(f"{metric} failed: {type(exc).__name__}: {exc}") from None
         s = res.scores.numpy()
         ok = s[np.isfinite(s)]
         arrow = "higher is better" if res.higher_is_better else "lower is better"
@@ -540,6 +576,7 @@ def compare_cmd(ctx: click.Context, **params: Any) -> None:
     except WhyboxError as exc:
         raise _fail(str(exc)) from None
     lm, ds = _load(params)
+    _target(params["target"], ds)
     out_dir = Path(params["out_dir"])
     n = len(ds.names)
     click.echo(

@@ -88,15 +88,16 @@ def readings_of(run_dir: str | Path) -> dict[str, str]:
 
 
 def _display(x: np.ndarray, rule: str) -> np.ndarray:
-    """A model input ``(C, H, W)`` as ``(H, W, 3)`` in [0, 1]."""
+    """A model input ``(C, H, W)`` or ``(H, W)`` as ``(H, W, 3)`` in [0, 1]."""
+    img = x.astype(np.float64)
+    if img.ndim == 2:  # (H, W): no channel axis
+        img = img[None]
     if rule == "imagenet":
-        img = (x.astype(np.float64) * 128.0 + 127.0) / 255.0
-    else:
-        img = x.astype(np.float64)
+        img = (img * 128.0 + 127.0) / 255.0
     img = np.clip(img, 0.0, 1.0)
-    if img.shape[0] == 1:
-        img = np.repeat(img, 3, axis=0)
-    return np.ascontiguousarray(img[:3].transpose(1, 2, 0))
+    if img.shape[0] != 3:  # one channel, or a count that is not RGB: shown as the channel mean in gray
+        img = np.repeat(img.mean(0, keepdims=True), 3, axis=0)
+    return np.ascontiguousarray(img.transpose(1, 2, 0))
 
 
 def _to_map(a: np.ndarray) -> np.ndarray | None:
@@ -143,6 +144,7 @@ def load_run_report(run_dir: str | Path, *, title: str | None = None, max_sample
         metrics: list[str] = list(job.get("metrics", []))
         label_names = extra.get("labels")
         samples = conn.execute("SELECT idx, name, label, prediction, probability FROM samples ORDER BY idx").fetchall()
+        why_no_prediction = dict(conn.execute("SELECT idx, reason FROM samples WHERE reason IS NOT NULL").fetchall())
         results = conn.execute("SELECT idx, method, status, reason, array FROM results").fetchall()
         values = conn.execute("SELECT idx, method, metric, value, curve, reason FROM metric_values").fetchall()
         costs = conn.execute(
@@ -156,6 +158,8 @@ def load_run_report(run_dir: str | Path, *, title: str | None = None, max_sample
     result_of: dict[tuple[int, str], tuple[str, str | None, str | None]] = {}
     name_of = {int(i): str(n) for i, n, *_ in samples}
     for idx, method, status, reason, array in results:
+        if status != "ok" and int(idx) in why_no_prediction:  # the model itself failed: show its reason
+            reason = f"no prediction: the model failed on this sample: {why_no_prediction[int(idx)]}"
         result_of[(int(idx), method)] = (status, reason, array)
         by_method_status[method][0 if status == "ok" else 1] += 1
         if status != "ok":

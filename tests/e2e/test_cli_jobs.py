@@ -1,0 +1,756 @@
+"""``whybox explain``, ``evaluate``, ``compare``, ``report`` and ``metrics``, driven in process.
+
+Every bad flag, path and config exits with code 2 and a message naming what was wrong; the files the commands
+write equal what the public API returns for the same options; a config file's tables reach the stored run under
+the command line's flags; the Ray backend gives the local backend's rows and bytes; a sample the model cannot
+take costs exit code 1 and shows up, escaped, in the report; hostile file names neither leave the output folder
+nor become markup.
+"""
+
+from __future__ import annotations
+
+import html.parser
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import markupsafe
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner, Result
+from PIL import Image
+
+import whybox
+from whybox.api import _options
+from whybox.cli.main import main as cli
+from whybox.data._cache import resolve_cache_dir
+from whybox.registry import METRICS
+from whybox.runs.loaders import BUILTIN_DATASETS, load_model
+from whybox.runs.store import DETERMINISTIC_TABLES, RunStore
+
+# A seeded tiny CNN on (B, 1, 8, 8), 3 classes; the global RNG is left as it was.
+MODEL_PY = """
+import torch
+from torch import nn
+
+
+def build():
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 3),
+        ).eval()
+"""
+
+SENTINEL = 7.0
+REASON = "sentinel <b>&</b> in the input"
+
+# The same CNN, raising on any input that holds SENTINEL. ``WHEN`` is when it raises: while gradients are on
+# (explaining: prediction works, the method fails) or always (the prediction fails too).
+PICKY_PY = """
+import torch
+from torch import nn
+
+SENTINEL = {sentinel!r}
+WHEN = {when!r}
+
+
+class Picky(nn.Module):
+    def __init__(self):
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            self.net = nn.Sequential(
+                nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 3),
+            )
+
+    def forward(self, x):
+        armed = WHEN == "always" or torch.is_grad_enabled()
+        if armed and bool((x == SENTINEL).any()):
+            raise RuntimeError({reason!r})
+        return self.net(x)
+
+
+def build():
+    return Picky().eval()
+"""
+
+IRIS_PY = """
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
+
+
+def build():
+    x, y = load_iris(return_X_y=True)
+    return LogisticRegression(max_iter=500).fit(x, y)
+"""
+
+
+# ---------------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private cache for the digits CNN: seeded from the user's cache when it holds the trained weights (so
+    nothing is trained and the user's cache is never written), else the CNN is trained there once."""
+    cache = tmp_path_factory.mktemp("whybox-cache")
+    for p in resolve_cache_dir().glob("digits_cnn-*.safetensors"):
+        shutil.copy(p, cache / p.name)
+    return cache
+
+
+@pytest.fixture
+def runner(cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    """The command line with the private cache, run from ``tmp_path`` (default output folders land there)."""
+    monkeypatch.setenv("WHYBOX_CACHE_DIR", str(cache_dir))
+    monkeypatch.chdir(tmp_path)
+    return CliRunner()
+
+
+@dataclass(frozen=True)
+class Files:
+    tmp: Path
+    model: Path  # model.py with build()
+    x: Path  # x.npy, (6, 1, 8, 8) in [0, 1)
+
+    @property
+    def spec(self) -> str:
+        return f"{self.model}:build"
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Files:
+    (tmp_path / "model.py").write_text(MODEL_PY)
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).random((6, 1, 8, 8)).astype(np.float32))
+    return Files(tmp_path, tmp_path / "model.py", tmp_path / "x.npy")
+
+
+def invoke(runner: CliRunner, args: list[object]) -> Result:
+    return runner.invoke(cli, [str(a) for a in args])
+
+
+def error_of(result: Result, code: int = 2) -> str:
+    """The last line of stderr of a command that must exit with ``code`` without a traceback."""
+    assert result.exit_code == code, result.output
+    assert isinstance(result.exception, SystemExit), result.exception  # a clean exit, not a traceback
+    return result.stderr.strip().splitlines()[-1]
+
+
+def known(names: list[str]) -> str:
+    return ", ".join(names)
+
+
+def snapshot(run_dir: Path) -> tuple[dict[str, list[tuple[object, ...]]], dict[str, bytes]]:
+    """Every deterministic database row and every attribution array's bytes of a run directory."""
+    store = RunStore.open_existing(run_dir)
+    try:
+        rows = {t: store.rows(t) for t in DETERMINISTIC_TABLES}
+    finally:
+        store.close()
+    arrays = {p.relative_to(run_dir).as_posix(): p.read_bytes() for p in sorted((run_dir / "arrays").rglob("*.npy"))}
+    return rows, arrays
+
+
+def stored_config(run_dir: Path) -> dict[str, object]:
+    store = RunStore.open_existing(run_dir)
+    try:
+        return store.config()
+    finally:
+        store.close()
+
+
+def leaderboard_methods(stdout: str) -> list[str]:
+    """The method column of the leaderboard `compare` prints (the rows after the ``method ...`` header)."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:1] == ["method"])
+    rows = []
+    for line in lines[start + 1 :]:
+        if line.startswith("wrote ") or " units computed, " in line:
+            break
+        rows.append(line.split()[0])
+    return rows
+
+
+class _Tags(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+
+
+def start_tags(page: str) -> list[str]:
+    p = _Tags()
+    p.feed(page)
+    return p.tags
+
+
+# ---------------------------------------------------------------------------------------------- 1. bad input
+def toml(f: Files, name: str, text: str) -> Path:
+    path = f.tmp / name
+    path.write_text(text)
+    return path
+
+
+def _no_labels(f: Files) -> str:
+    return (
+        "Error: --target label needs true labels; these inputs have none (use a labelled dataset or CSV "
+        "--label-column)."
+    )
+
+
+# (id, arguments, the exact last line of stderr)
+BAD: list[tuple[str, Callable[[Files], list[object]], Callable[[Files], str]]] = [
+    (
+        "unknown-method-near-miss",
+        lambda f: ["compare", "--model", f.spec, f.x, "--methods", "saliency,salency", "--out", f.tmp / "o"],
+        lambda f: f"Error: --methods: unknown 'salency'. Did you mean 'saliency'? Known: {known(whybox.methods())}.",
+    ),
+    (
+        "unknown-method-explain",
+        lambda f: ["explain", "--model", f.spec, f.x, "--method", "gradcamm"],
+        lambda f: (
+            "Error: --method: unknown 'gradcamm'. Did you mean 'gradcam', 'xgradcam', 'gradcam_pp'? "
+            f"Known: {known(whybox.methods())}."
+        ),
+    ),
+    (
+        "unknown-metric",
+        lambda f: ["evaluate", "--model", f.spec, f.x, "--method", "saliency", "--metrics", "deletion,insertoin"],
+        lambda f: f"Error: --metrics: unknown 'insertoin'. Did you mean 'insertion'? Known: {known(METRICS.names())}.",
+    ),
+    (
+        "option-without-equals",
+        lambda f: ["explain", "--model", f.spec, f.x, "--method", "rise", "--option", "n_masks"],
+        lambda f: "Error: --option takes KEY=VALUE; got 'n_masks'.",
+    ),
+    (
+        "scoped-option-without-dot",
+        lambda f: ["compare", "--model", f.spec, f.x, "--methods", "lime", "--option", "n_samples=3"],
+        lambda f: "Error: --option takes NAME.KEY=VALUE (e.g. lime.n_samples=200); got 'n_samples=3'.",
+    ),
+    (
+        "option-for-a-method-not-in-the-job",
+        lambda f: ["compare", "--model", f.spec, f.x, "--methods", "saliency", "--option", "lime.n_samples=3"],
+        lambda f: (
+            "Error: method_options has options for 'lime', which is not in this job (saliency); add it to the job "
+            "or remove its options."
+        ),
+    ),
+    (
+        "unknown-option-key-compare",
+        lambda f: ["compare", "--model", f.spec, f.x, "--methods", "saliency", "--option", "saliency.bogus=1"],
+        lambda f: (
+            "Error: method_options['saliency'] has unknown option(s) 'bogus'; 'saliency' takes: "
+            f"{known(_options(whybox.get_explainer('saliency')))}."
+        ),
+    ),
+    (
+        "unknown-option-key-explain",
+        lambda f: ["explain", "--model", f.spec, f.x, "--method", "saliency", "--option", "bogus=1"],
+        lambda f: (
+            "Error: saliency: 'saliency' got an unknown option: Explainer.__init__() got an unexpected keyword "
+            f"argument 'bogus'. Its options are: {known(_options(whybox.get_explainer('saliency')))}."
+        ),
+    ),
+    (
+        "metric-option-for-a-metric-not-in-metrics",
+        lambda f: ["evaluate", "--model", f.spec, f.x, "--method", "saliency", "--metric-option", "road.steps=3"],
+        lambda f: "Error: --metric-option sets options of 'road', which is not in --metrics (deletion, insertion).",
+    ),
+    (
+        "missing-model",
+        lambda f: ["compare", f.x, "--methods", "saliency"],
+        lambda f: "Error: --model is required (a built-in name such as digits-cnn, or path/to/file.py:factory).",
+    ),
+    (
+        "no-inputs",
+        lambda f: ["explain", "--model", f.spec, "--method", "saliency"],
+        lambda f: (
+            "Error: give at least one input: a dataset name (photos, digits-test), image files or folders, .npy or "
+            ".csv."
+        ),
+    ),
+    (
+        "nonexistent-input",
+        lambda f: ["compare", "--model", f.spec, f.tmp / "nope.npy", "--methods", "saliency"],
+        lambda f: (
+            f"Error: inputs: input '{f.tmp / 'nope.npy'}' is not a builtin dataset ({', '.join(BUILTIN_DATASETS)}) "
+            f"and no such file or folder exists (looked at {(f.tmp / 'nope.npy').resolve()})."
+        ),
+    ),
+    (
+        "nonexistent-model-file",
+        lambda f: ["compare", "--model", f"{f.tmp / 'nope.py'}:build", f.x, "--methods", "saliency"],
+        lambda f: (
+            f"Error: --model '{f.tmp / 'nope.py'}:build': model '{f.tmp / 'nope.py'}:build': the file "
+            f"'{f.tmp / 'nope.py'}' does not exist (looked at {(f.tmp / 'nope.py').resolve()}); give the path of a "
+            "Python file."
+        ),
+    ),
+    (
+        "missing-factory",
+        lambda f: ["explain", "--model", f"{f.model}:missing_factory", f.x, "--method", "saliency"],
+        lambda f: (
+            f"Error: --model '{f.model}:missing_factory': model '{f.model}:missing_factory': '{f.model}' defines no "
+            "'missing_factory'; functions and classes defined there: build."
+        ),
+    ),
+    (
+        "missing-weights",
+        lambda f: ["compare", "--model", f.spec, "--weights", f.tmp / "w.safetensors", f.x, "--methods", "saliency"],
+        lambda f: (
+            f"Error: --model '{f.spec}': weights='{f.tmp / 'w.safetensors'}': no such file (looked at "
+            f"{(f.tmp / 'w.safetensors').resolve()})."
+        ),
+    ),
+    (
+        "target-label-without-labels-explain",
+        lambda f: ["explain", "--model", f.spec, f.x, "--method", "saliency", "--target", "label"],
+        _no_labels,
+    ),
+    (
+        "target-label-without-labels-compare",
+        lambda f: ["compare", "--model", f.spec, f.x, "--methods", "saliency", "--target", "label"],
+        _no_labels,
+    ),
+    (
+        "config-missing",
+        lambda f: ["compare", "--config", f.tmp / "nope.toml", "--model", f.spec, f.x],
+        lambda f: (
+            f"Error: --config: cannot read the config file '{f.tmp / 'nope.toml'}': No such file or directory "
+            f"(looked at {(f.tmp / 'nope.toml').resolve()})."
+        ),
+    ),
+    (
+        "config-unknown-keys",
+        lambda f: [
+            "compare",
+            "--config",
+            toml(f, "c.toml", 'methods = ["saliency"]\nbogus = 1\nalso-bad = "x"\n'),
+            "--model",
+            f.spec,
+            f.x,
+        ],
+        lambda f: (
+            f"Error: --config: config '{f.tmp / 'c.toml'}' has unknown keys: 'bogus', 'also-bad'; allowed keys: "
+            "backend, batch_size, budget, inputs, label_column, limit, methods, metric_options, metrics, model, "
+            "options, out, ray_address, seed, shard_size, target, weights (dashes or underscores)."
+        ),
+    ),
+    (
+        "config-wrong-type",
+        lambda f: [
+            "compare",
+            "--config",
+            toml(f, "c.toml", 'methods = ["saliency"]\nshard-size = "four"\n'),
+            "--model",
+            f.spec,
+            f.x,
+        ],
+        lambda f: f"Error: --config: config '{f.tmp / 'c.toml'}': 'shard-size' must be int; got str 'four'.",
+    ),
+    (
+        "config-toml-syntax-error",
+        lambda f: [
+            "explain",
+            "--config",
+            toml(f, "c.toml", 'method = "saliency"\nseed = = 1\n'),
+            "--model",
+            f.spec,
+            f.x,
+        ],
+        lambda f: (
+            f"Error: --config: the config file '{f.tmp / 'c.toml'}' is not valid TOML: Invalid value "
+            "(at line 2, column 8)."
+        ),
+    ),
+    (
+        "config-imports-no-code",
+        lambda f: [
+            "compare",
+            "--config",
+            toml(f, "c.toml", f'model = "{f.spec}"\nmethods = ["saliency"]\n'),
+            f.x,
+        ],
+        lambda f: (
+            f"Error: --config '{f.tmp / 'c.toml'}': model = '{f.spec}' names a Python file; a config never makes "
+            "whybox import code. Give file models on the command line (--model path/to/file.py:factory)."
+        ),
+    ),
+    (
+        "out-is-a-file-explain",
+        lambda f: ["explain", "--model", f.spec, f.x, "--method", "saliency", "--out", f.x],
+        lambda f: f"Error: Invalid value for '--out': Directory '{f.x}' is a file.",
+    ),
+    (
+        "out-is-a-file-compare",
+        lambda f: ["compare", "--model", f.spec, f.x, "--methods", "saliency", "--out", f.x],
+        lambda f: f"Error: Invalid value for '--out': Directory '{f.x}' is a file.",
+    ),
+    (
+        "out-is-a-file-from-config",
+        lambda f: [
+            "compare",
+            "--config",
+            toml(f, "c.toml", f'out = "{f.x}"\nmethods = ["saliency"]\n'),
+            "--model",
+            f.spec,
+            f.x,
+        ],
+        lambda f: f"Error: the run directory '{f.x}' is a file; choose a folder (new or holding a run).",
+    ),
+    (
+        "report-on-a-folder-without-a-run",
+        lambda f: ["report", f.tmp],
+        lambda f: (
+            f"Error: RUN_DIR: '{f.tmp}' holds no run (run.sqlite is missing); pass a directory written by "
+            "`whybox compare`."
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), [pytest.param(a, m, id=i) for i, a, m in BAD])
+def test_every_bad_flag_path_and_config_exits_2_naming_it(
+    runner: CliRunner, files: Files, args: Callable[[Files], list[object]], message: Callable[[Files], str]
+) -> None:
+    argv = args(files)
+    before = sorted(files.tmp.rglob("*"))
+    result = invoke(runner, argv)
+    assert error_of(result) == message(files)
+    assert "units computed" not in result.stdout  # refused before any work
+    assert not (files.tmp / "o").exists()
+    if argv[0] == "compare":
+        assert sorted(files.tmp.rglob("*")) == before  # nothing written (no run directory, no whybox-run)
+
+
+def test_a_rerun_of_a_different_job_into_the_same_out_is_refused_until_overwrite(
+    runner: CliRunner, files: Files
+) -> None:
+    out = files.tmp / "run"
+    base = ["compare", "--model", files.spec, files.x, "--metrics", "deletion", "--out", out, "--no-report"]
+    assert invoke(runner, [*base, "--methods", "saliency"]).exit_code == 0
+    before = snapshot(out)
+
+    refused = invoke(runner, [*base, "--methods", "saliency,gradcam"])
+    message = error_of(refused)
+    assert message.startswith(f"Error: '{out}' holds a run of a different job (changed: config; config: stored ")
+    assert message.endswith(
+        "Resuming would mix results; write to a new directory, or pass overwrite=True (--overwrite) to delete the "
+        "old run."
+    )
+    assert snapshot(out) == before  # the old run is untouched
+
+    again = invoke(runner, [*base, "--methods", "saliency,gradcam", "--overwrite"])
+    assert again.exit_code == 0, again.output
+    assert "2 units computed, 0 already done, 2 in all" in again.stdout
+    assert stored_config(out)["job"]["methods"] == ["saliency", "gradcam"]  # type: ignore[index]
+
+
+# ---------------------------------------------------------------------------------------------- 2. explain
+def test_explain_writes_the_api_explanation_and_one_overlay_per_image(runner: CliRunner, files: Files) -> None:
+    out = files.tmp / "e"
+    args = ["explain", "--model", files.spec, files.x, "--method", "rise", "--option", "n_masks=64"]
+    result = invoke(runner, [*args, "--seed", "3", "--batch-size", "16", "--out", out])
+    assert result.exit_code == 0, result.output
+
+    saved = whybox.Explanation.load(out / "explanation.safetensors")
+    x = torch.from_numpy(np.load(files.x))
+    direct = whybox.explain(load_model(files.spec).module, x, "rise", n_masks=64, seed=3, batch_size=16)
+    assert torch.equal(saved.attributions, direct.attributions)
+    assert torch.equal(saved.target, direct.target)
+    assert saved.method == "rise" and saved.params == direct.params
+
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == [f"{i:04d}_x-{i}_rise.png" for i in range(6)]
+    for i in range(6):
+        assert f"  x-{i}: explained '{int(direct.target[i])}' " in result.stdout
+        assert result.stdout.count(f"-> {i:04d}_x-{i}_rise.png") == 1
+        with Image.open(out / pngs[i]) as im:
+            assert im.size[0] >= 8 and im.size[1] >= 8
+    assert sorted(p.name for p in out.iterdir()) == sorted([*pngs, "explanation.safetensors"])
+
+
+FLAT_PY = """
+import torch
+from torch import nn
+
+
+def build():
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 3)).eval()
+"""
+
+
+def _flat(f: Files) -> tuple[str, Path]:
+    """A model on (B, 8, 8) arrays: image inputs (3 dims) without a channel axis, which no overlay can show."""
+    (f.tmp / "flat.py").write_text(FLAT_PY)
+    np.save(f.tmp / "x3.npy", np.random.default_rng(0).random((3, 8, 8)).astype(np.float32))
+    return f"{f.tmp / 'flat.py'}:build", f.tmp / "x3.npy"
+
+
+def test_explain_on_arrays_no_overlay_can_show_writes_the_explanation_and_says_why(
+    runner: CliRunner, files: Files
+) -> None:
+    spec, x = _flat(files)
+    out = files.tmp / "e"
+    result = invoke(runner, ["explain", "--model", spec, x, "--method", "saliency", "--out", out])
+    assert result.exit_code == 0, result.output
+    assert result.stderr == "no overlay PNGs: display takes one model input of shape (C, H, W), got (8, 8).\n"
+    saved = whybox.Explanation.load(out / "explanation.safetensors")
+    direct = whybox.explain(load_model(spec).module, torch.from_numpy(np.load(x)), "saliency", batch_size=64)
+    assert torch.equal(saved.attributions, direct.attributions)
+    assert list(out.iterdir()) == [out / "explanation.safetensors"]
+
+
+def test_compare_on_arrays_without_a_channel_axis_writes_its_report(runner: CliRunner, files: Files) -> None:
+    spec, x = _flat(files)
+    result = invoke(runner, ["compare", "--model", spec, x, "--methods", "saliency", "--out", files.tmp / "run"])
+    assert result.exit_code == 0, result.output
+    assert (files.tmp / "run" / "report.html").is_file()
+
+
+def test_explain_on_a_csv_with_a_scikit_learn_factory_prints_the_top_features(runner: CliRunner, files: Files) -> None:
+    from sklearn.datasets import load_iris
+
+    iris = load_iris()
+    columns = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+    rows = iris.data[[0, 60, 120]]
+    (files.tmp / "iris.py").write_text(IRIS_PY)
+    csv = files.tmp / "iris.csv"
+    csv.write_text(",".join(columns) + "\n" + "".join(",".join(map(repr, r.tolist())) + "\n" for r in rows))
+    out = files.tmp / "e"
+    spec = f"{files.tmp / 'iris.py'}:build"
+    result = invoke(runner, ["explain", "--model", spec, csv, "--method", "kernel_shap", "--out", out])
+    assert result.exit_code == 0, result.output
+
+    saved = whybox.Explanation.load(out / "explanation.safetensors")
+    x = torch.tensor(rows, dtype=torch.float32)
+    direct = whybox.explain(load_model(spec).module, x, "kernel_shap", seed=0, batch_size=64)
+    assert torch.equal(saved.attributions, direct.attributions)
+    assert direct.target.tolist() == [0, 1, 2]  # the classifier gets these three right
+    assert list(out.iterdir()) == [out / "explanation.safetensors"]  # no images for a table
+    for i in range(3):
+        line = next(line for line in result.stdout.splitlines() if line.startswith(f"  iris-{i}: "))
+        assert line.startswith(f"  iris-{i}: explained '{i}' (p=")
+        printed = [item.split("=") for item in line.split("; top features: ")[1].split(", ")]
+        a = saved.attributions[i]
+        assert [name for name, _ in printed] == [columns[j] for j in torch.argsort(a.abs(), descending=True)]
+        for name, value in printed:
+            assert float(value) == pytest.approx(float(a[columns.index(name)]), rel=1e-2, abs=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- 3. evaluate
+def test_evaluate_json_holds_the_scores_of_the_api(runner: CliRunner, tmp_path: Path) -> None:
+    report = tmp_path / "scores.json"
+    args = [
+        "evaluate", "--model", "digits-cnn", "digits-test", "--limit", "6", "--method", "lime",
+        "--option", "n_samples=40", "--option", "fill=zero", "--metrics", "deletion,road",
+        "--metric-option", "deletion.steps=4", "--target", "label", "--seed", "3", "--batch-size", "16",
+        "--json", report,
+    ]  # fmt: skip
+    result = invoke(runner, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    assert data["samples"] == [f"digits-test-{i:04d}" for i in range(6)]
+
+    from whybox.data import digits_cnn, load_digits
+
+    x, y = load_digits("test")
+    x, y = x[:6], y[:6]
+    model = digits_cnn()
+    e = whybox.explain(model, x, "lime", target=y, n_samples=40, fill="zero", seed=3, batch_size=16)
+    steps: dict[str, dict[str, int]] = {"deletion": {"steps": 4}, "road": {}}
+    for metric, extra in steps.items():
+        res = whybox.evaluate(model, x, e, metric, labels=y, seed=3, batch_size=16, **extra)  # type: ignore[arg-type]
+        assert data["metrics"][metric]["scores"] == res.scores.tolist()
+        assert data["metrics"][metric]["higher_is_better"] == res.higher_is_better
+        mean = float(res.scores.mean())
+        assert f"  {metric:<18} mean {mean:.4f}" in result.stdout
+
+
+# ---------------------------------------------------------------------------------------------- 4. compare
+def test_compare_from_a_config_lets_flags_win_resumes_and_reports_every_method(runner: CliRunner, files: Files) -> None:
+    out = files.tmp / "run"
+    config = toml(
+        files,
+        "job.toml",
+        f"""
+methods = ["saliency", "lime", "occlusion"]
+metrics = ["deletion", "insertion"]
+shard-size = 4
+seed = 5
+out = "{out}"
+
+[options.lime]
+n_samples = 40
+fill = "zero"
+
+[options.occlusion]
+window = 4
+
+[metric_options.deletion]
+steps = 5
+""",
+    )
+    args = ["compare", "--config", config, "--model", files.spec, files.x, "--option", "lime.n_samples=24"]
+    args += ["--shard-size", "3"]
+    first = invoke(runner, args)
+    assert first.exit_code == 0, first.output
+    assert "6 units computed, 0 already done, 6 in all; 0 failed (sample, method) pairs" in first.stdout
+
+    job = stored_config(out)["job"]
+    assert job["method_options"] == {"lime": {"n_samples": 24, "fill": "zero"}, "occlusion": {"window": 4}}  # type: ignore[index]
+    assert job["metric_options"] == {"deletion": {"steps": 5}}  # type: ignore[index]
+    assert job["shard_size"] == 3 and job["seed"] == 5  # type: ignore[index]
+    assert job["methods"] == ["saliency", "lime", "occlusion"]  # type: ignore[index]
+    assert sorted(leaderboard_methods(first.stdout)) == ["lime", "occlusion", "saliency"]
+    page = (out / "report.html").read_text(encoding="utf-8")
+    for method in ("saliency", "lime", "occlusion"):
+        assert method in page
+
+    before = snapshot(out)
+    again = invoke(runner, args)
+    assert again.exit_code == 0, again.output
+    assert "0 units computed, 6 already done, 6 in all" in again.stdout
+    assert f"resuming {out}: 6 of 6 units already done, 0 to go" in again.stderr
+    assert snapshot(out) == before
+
+
+# ---------------------------------------------------------------------------------------------- 5. Ray
+def test_compare_on_ray_equals_the_local_backend(runner: CliRunner, files: Files) -> None:
+    try:
+        import ray
+    except ImportError:
+        if os.environ.get("WHYBOX_REQUIRE_RAY") == "1":
+            raise
+        pytest.skip("the ray extra is not installed (set WHYBOX_REQUIRE_RAY=1 to make this a failure)")
+    was_running = ray.is_initialized()  # normally not: the command starts a local cluster over this machine's CPUs
+    base = ["compare", "--model", files.spec, files.x, "--methods", "saliency,lime,gradcam"]
+    base += ["--option", "lime.n_samples=32", "--shard-size", "2", "--no-report"]
+    local = invoke(runner, [*base, "--out", files.tmp / "local"])
+    assert local.exit_code == 0, local.output
+    dist = invoke(runner, [*base, "--out", files.tmp / "ray", "--backend", "ray"])
+    assert dist.exit_code == 0, dist.output
+    assert ray.is_initialized() == was_running  # a cluster the command started, it shut down
+    assert "9 units computed, 0 already done, 9 in all" in dist.stdout
+    assert snapshot(files.tmp / "ray") == snapshot(files.tmp / "local")
+
+
+# ---------------------------------------------------------------------------------------------- 6. failures
+def _picky(f: Files, when: str) -> tuple[str, Path]:
+    (f.tmp / "picky.py").write_text(PICKY_PY.format(sentinel=SENTINEL, when=when, reason=REASON))
+    x = np.load(f.x)
+    x[2, 0, 3, 3] = SENTINEL
+    np.save(f.tmp / "xs.npy", x)
+    return f"{f.tmp / 'picky.py'}:build", f.tmp / "xs.npy"
+
+
+def test_a_sample_the_model_rejects_exits_1_and_its_reason_is_in_the_report_escaped(
+    runner: CliRunner, files: Files
+) -> None:
+    spec, x = _picky(files, "grad")
+    out = files.tmp / "run"
+    result = invoke(runner, ["compare", "--model", spec, x, "--methods", "saliency,occlusion", "--out", out])
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit)
+    # the run is complete: every unit done; only saliency (gradients on) failed, on the sentinel sample
+    assert "2 units computed, 0 already done, 2 in all; 1 failed (sample, method) pairs" in result.stdout
+    store = RunStore.open_existing(out)
+    try:
+        failed = [r for r in store.rows("results") if r[2] == "failed"]
+    finally:
+        store.close()
+    assert failed == [(2, "saliency", "failed", f"RuntimeError: {REASON}", None)]
+
+    page_path = files.tmp / "report.html"
+    report = invoke(runner, ["report", out, "--out", page_path])
+    assert report.exit_code == 0, report.output
+    assert report.stdout == f"wrote {page_path}\n"
+    page = page_path.read_text(encoding="utf-8")
+    assert f"RuntimeError: {markupsafe.escape(REASON)}" in page
+    assert REASON not in page
+
+
+def test_explain_on_a_model_that_raises_exits_1_with_the_reason_not_a_traceback(
+    runner: CliRunner, files: Files
+) -> None:
+    spec, x = _picky(files, "always")
+    result = invoke(runner, ["explain", "--model", spec, x, "--method", "saliency", "--out", files.tmp / "e"])
+    assert error_of(result, code=1) == f"Error: saliency failed: RuntimeError: {REASON}"
+
+
+def test_a_sample_whose_prediction_fails_shows_the_models_reason_in_the_report(runner: CliRunner, files: Files) -> None:
+    spec, x = _picky(files, "always")
+    out = files.tmp / "run"
+    result = invoke(runner, ["compare", "--model", spec, x, "--methods", "saliency", "--out", out])
+    assert result.exit_code == 1, result.output
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert f"RuntimeError: {markupsafe.escape(REASON)}" in page
+
+
+# ---------------------------------------------------------------------------------------------- 7. metrics
+def test_metrics_lists_every_registered_metric_with_its_direction(runner: CliRunner) -> None:
+    result = invoke(runner, ["metrics"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == METRICS.names()
+    for line, name in zip(lines, METRICS.names(), strict=True):
+        hib = METRICS.get(name).higher_is_better  # type: ignore[attr-defined]
+        direction = "higher is better" if hib else "lower is better"
+        assert line.split(None, 1)[1].startswith(direction + "  ")
+
+
+# ---------------------------------------------------------------------------------------------- 8. hostile names
+HOSTILE = ["<script>alert(1)<script>.png", 'a"b<tr>.png', "x\\..\\..\\evil.png", "-rf ~ $(id) 'x'&amp;.png"]
+
+
+def test_hostile_file_names_stay_inside_out_and_never_become_markup(runner: CliRunner, tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for name in HOSTILE:
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(images / name)
+    outside = sorted(p for p in tmp_path.rglob("*"))
+
+    out = tmp_path / "e"
+    result = invoke(runner, ["explain", "--model", "digits-cnn", images, "--method", "saliency", "--out", out])
+    assert result.exit_code == 0, result.output
+    written = [p for p in out.rglob("*")]
+    assert len(written) == len(HOSTILE) + 1  # one PNG per image and the explanation
+    for p in written:
+        assert p.resolve().parent == out.resolve() and p.is_file()
+    assert sorted(p for p in tmp_path.rglob("*") if out not in p.parents and p != out) == outside
+
+    run = tmp_path / "run"
+    compared = invoke(runner, ["compare", "--model", "digits-cnn", images, "--methods", "saliency", "--out", run])
+    assert compared.exit_code == 0, compared.output
+    reported = invoke(runner, ["report", run])
+    assert reported.exit_code == 0, reported.output
+    page = (run / "report.html").read_text(encoding="utf-8")
+    assert "<script" not in page.lower() and "script" not in start_tags(page)
+    assert "<tr>.png" not in page
+    for name in HOSTILE:
+        assert str(markupsafe.escape(name)) in page
+
+
+def test_relative_inputs_in_a_config_are_relative_to_the_config_s_folder(
+    runner: CliRunner, files: Files, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A config in conf/ naming "../x.npy" reads tmp/x.npy whatever the working directory; a built-in dataset name
+    stays a name."""
+    (files.tmp / "conf").mkdir()
+    (files.tmp / "elsewhere").mkdir()
+    cfg = files.tmp / "conf" / "run.toml"
+    cfg.write_text('inputs = ["../x.npy"]\nmethods = ["saliency"]\nmetrics = []\n')
+    monkeypatch.chdir(files.tmp / "elsewhere")
+    out = files.tmp / "run"
+    result = invoke(runner, ["compare", "--model", files.spec, "--config", cfg, "--out", out, "--no-report"])
+    assert result.exit_code == 0, result.output
+    stored = np.load(out / "inputs.npy")
+    np.testing.assert_array_equal(stored, np.load(files.x))
