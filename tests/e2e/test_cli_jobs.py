@@ -666,7 +666,7 @@ def test_a_sample_the_model_rejects_exits_1_and_its_reason_is_in_the_report_esca
         failed = [r for r in store.rows("results") if r[2] == "failed"]
     finally:
         store.close()
-    assert failed == [(2, "saliency", "failed", f"RuntimeError: {REASON}", None)]
+    assert failed == [(2, "saliency", "failed", f"RuntimeError: {REASON}", None, None)]
 
     page_path = files.tmp / "report.html"
     report = invoke(runner, ["report", out, "--out", page_path])

@@ -178,9 +178,12 @@ def test_failing_sample_is_recorded_and_the_run_goes_on(tmp_path: Path) -> None:
     import whybox
 
     e = whybox.explain(tiny_cnn(), x[5:6], "saliency", target=int(samples[5][3]), batch_size=64, seed=2)
-    np.testing.assert_array_equal(
-        np.load(tmp_path / "r" / "arrays" / "saliency" / "000005.npy"), e.attributions[0].numpy()
-    )
+    store = RunStore.open_existing(tmp_path / "r")
+    try:
+        np.testing.assert_array_equal(store.load_array("saliency", 5), e.attributions[0].numpy())
+        assert store.load_array("saliency", 4) is None
+    finally:
+        store.close()
 
 
 def test_failing_sample_in_a_shard_costs_only_itself(tmp_path: Path) -> None:
@@ -227,7 +230,7 @@ def test_target_label_explains_the_true_class(tmp_path: Path) -> None:
     import whybox
 
     e = whybox.explain(tiny_cnn(), x, "saliency", target=y, batch_size=64, seed=0)
-    got = np.stack([np.load(tmp_path / "r" / "arrays" / "saliency" / f"{i:06d}.npy") for i in range(4)])
+    got = np.load(tmp_path / "r" / "arrays" / "saliency" / "000000.npy")  # the one unit's file: 4 rows
     np.testing.assert_array_equal(got, e.attributions.numpy())
 
 

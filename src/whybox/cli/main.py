@@ -190,7 +190,7 @@ def _stored_runs(
     one call, as ``whybox.explain`` would), with the leaderboard's deletion and insertion as the run's metrics; the
     method rows are read back from the store. Rerunning the demo resumes the run: finished methods are kept."""
     from whybox.runs.job import Job, run_job
-    from whybox.runs.store import RunStore
+    from whybox.runs.store import RunStore, read_row
 
     n = demo.inputs.shape[0]
     job = Job(
@@ -234,7 +234,7 @@ def _stored_runs(
         maps = []
         for i in range(n):
             status, reason = results[(i, m)][2], results[(i, m)][3]
-            a = None if status != "ok" else np.load(run_dir / results[(i, m)][4], allow_pickle=False)
+            a = None if status != "ok" else read_row(run_dir, results[(i, m)][4], results[(i, m)][5])
             if a is None:
                 maps.append(torch.zeros(demo.inputs.shape[-2:]))
                 run.notes.append(f"failed: {reason}")

@@ -21,7 +21,7 @@ import numpy as np
 from whybox.errors import InvalidParameterError
 from whybox.registry import EXPLAINERS, METRICS
 from whybox.report.run_report import ReportMethod, ReportMetric, ReportSample, ReportVerdict, RunReport
-from whybox.runs.store import DB_NAME, INPUTS_NAME
+from whybox.runs.store import DB_NAME, INPUTS_NAME, read_row
 
 __all__ = ["SANITY_THRESHOLD", "STABILITY_THRESHOLD", "load_run_report", "method_reading", "readings_of"]
 
@@ -145,7 +145,7 @@ def load_run_report(run_dir: str | Path, *, title: str | None = None, max_sample
         label_names = extra.get("labels")
         samples = conn.execute("SELECT idx, name, label, prediction, probability FROM samples ORDER BY idx").fetchall()
         why_no_prediction = dict(conn.execute("SELECT idx, reason FROM samples WHERE reason IS NOT NULL").fetchall())
-        results = conn.execute("SELECT idx, method, status, reason, array FROM results").fetchall()
+        results = conn.execute("SELECT idx, method, status, reason, array, row FROM results").fetchall()
         values = conn.execute("SELECT idx, method, metric, value, curve, reason FROM metric_values").fetchall()
         costs = conn.execute(
             "SELECT method, stage, SUM(seconds), SUM(n_forward), SUM(n_backward) FROM costs GROUP BY method, stage"
@@ -155,12 +155,12 @@ def load_run_report(run_dir: str | Path, *, title: str | None = None, max_sample
 
     by_method_status: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     failures: list[tuple[str, str, str]] = []
-    result_of: dict[tuple[int, str], tuple[str, str | None, str | None]] = {}
+    result_of: dict[tuple[int, str], tuple[str, str | None, str | None, int | None]] = {}
     name_of = {int(i): str(n) for i, n, *_ in samples}
-    for idx, method, status, reason, array in results:
+    for idx, method, status, reason, array, row in results:
         if status != "ok" and int(idx) in why_no_prediction:  # the model itself failed: show its reason
             reason = f"no prediction: the model failed on this sample: {why_no_prediction[int(idx)]}"
-        result_of[(int(idx), method)] = (status, reason, array)
+        result_of[(int(idx), method)] = (status, reason, array, row)
         by_method_status[method][0 if status == "ok" else 1] += 1
         if status != "ok":
             failures.append((name_of.get(int(idx), str(idx)), method, str(reason)))
@@ -235,9 +235,9 @@ def load_run_report(run_dir: str | Path, *, title: str | None = None, max_sample
             maps: dict[str, np.ndarray | None] = {}
             fails: dict[str, str] = {}
             for m in methods:
-                status, reason, array = result_of.get((idx, m), ("missing", "not computed yet", None))
-                if status == "ok" and array:
-                    maps[m] = _to_map(np.load(run_dir / array, allow_pickle=False))
+                status, reason, array, row = result_of.get((idx, m), ("missing", "not computed yet", None, None))
+                if status == "ok" and array and row is not None:
+                    maps[m] = _to_map(read_row(run_dir, array, row))
                 else:
                     maps[m] = None
                     fails[m] = str(reason)
