@@ -754,3 +754,18 @@ def test_relative_inputs_in_a_config_are_relative_to_the_config_s_folder(
     assert result.exit_code == 0, result.output
     stored = np.load(out / "inputs.npy")
     np.testing.assert_array_equal(stored, np.load(files.x))
+
+
+def test_ctrl_c_exits_130_from_every_command(runner: CliRunner, files: Files, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An interrupt during the work exits with the shell's 130, not click's generic 1."""
+    import whybox
+
+    def interrupted(*_args: object, **_kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(whybox, "explain", interrupted)
+    result = invoke(
+        runner, ["explain", "--model", files.spec, files.x, "--method", "saliency", "--out", files.tmp / "e"]
+    )
+    assert result.exit_code == 130, result.output
+    assert "interrupted" in result.stderr

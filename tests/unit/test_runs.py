@@ -120,8 +120,23 @@ def test_stopped_run_resumes_to_the_same_rows_and_bytes(tmp_path: Path) -> None:
         store.close()
     assert done_before == {(0, "saliency"), (0, "lime")}
 
-    rest = run_job(JOB, tiny_cnn(), x, tmp_path / "resumed", labels=y)
+    lines: list[str] = []
+    rest = run_job(JOB, tiny_cnn(), x, tmp_path / "resumed", labels=y, progress=lines.append)
     assert rest.complete and rest.n_skipped == 2 and rest.n_computed == 7
+    assert lines[0] == f"resuming {tmp_path / 'resumed'}: 2 of 9 units already done, 7 to go"
+    # gradcam has no finished unit yet: no estimate before starting, one as soon as every method has finished one
+    # (gradcam's shard 0 is the first unit to go)
+    assert lines[1].startswith("estimate: ") and lines[1].endswith("(from the first unit of each method)")
+    assert sum(line.startswith("estimate:") for line in lines) == 1
+    # a further resume with every method seen gives its estimate before starting (shard 2's units forgotten)
+    store = RunStore.open_existing(tmp_path / "resumed")
+    try:
+        store._conn.execute("DELETE FROM units WHERE shard = 2")
+    finally:
+        store.close()
+    lines.clear()
+    again = run_job(JOB, tiny_cnn(), x, tmp_path / "resumed", labels=y, progress=lines.append)
+    assert again.n_computed == 3 and lines[1].startswith("estimate: ") and "for the 3 units to go" in lines[1]
     assert snapshot(tmp_path / "resumed") == snapshot(tmp_path / "full")
     store = RunStore.open_existing(tmp_path / "resumed")
     try:

@@ -450,7 +450,18 @@ def _stability_protocol(st: _Stability, name: str, base_samples: Any) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- commands
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """The ``whybox`` group: Ctrl-C exits with 130 (the shell's convention), saying what was kept."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("interrupted (what was finished is kept; a compare run resumes when rerun).", err=True)
+            raise click.exceptions.Exit(_jobs.EXIT_INTERRUPTED) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(version=whybox.__version__, prog_name="whybox")
 def main() -> None:
     """whybox: explain model decisions and see how far to trust the explanations."""

@@ -539,6 +539,15 @@ def run_job(
         computed = 0
         est: float | None = None
         per_method: dict[str, list[float]] = {}
+        if n_skipped and todo:  # an estimate before starting, from the units a previous call finished
+            spent: dict[tuple[int, str], float] = {}
+            for shard, method, _stage, sec, *_rest in store.rows("costs"):
+                spent[(shard, method)] = spent.get((shard, method), 0.0) + float(sec)
+            for (_shard, method), sec in spent.items():
+                per_method.setdefault(method, []).append(sec)
+            if set(per_method) >= {u.method for u in todo}:
+                est = sum(float(np.mean(per_method[u.method])) for u in todo)
+                say(f"estimate: {_fmt_s(est)} for the {len(todo)} units to go (from the units already done)")
 
         def on_result(res: UnitResult) -> None:
             nonlocal computed, est
