@@ -144,26 +144,32 @@ def test_report_opens_in_headless_chromium_without_errors(tmp_path: Path) -> Non
     shutil.copyfile(shot, out / "report.png")
 
 
-def test_report_of_a_real_run_shows_every_method_s_overlays_and_the_leaderboard(tmp_path: Path) -> None:
-    """A real run (digits CNN, 6 test images, 3 methods, 2 metrics) through `whybox compare`, then its report in
-    Chromium: every sample has one overlay per method, the leaderboard lists the methods, no errors."""
+@pytest.mark.parametrize("command", ["compare", "demo"])
+def test_report_of_a_real_run_shows_every_method_s_overlays_and_the_leaderboard(tmp_path: Path, command: str) -> None:
+    """A real run through the CLI, then its report in Chromium: every sample has one overlay per method, the
+    leaderboard lists the methods, no errors. `compare`: digits CNN, 6 test images, 3 methods, 2 metrics; `demo`:
+    the digits demo (3 images, every registered method), whose report is the run it writes."""
     executable = _chromium()
     from click.testing import CliRunner
     from playwright.sync_api import sync_playwright
 
+    import whybox
     from whybox.cli.main import main as cli
 
-    run_dir = tmp_path / "run"
-    methods = ["saliency", "gradcam", "occlusion"]
-    result = CliRunner().invoke(
-        cli,
-        ["compare", "--model", "digits-cnn", "digits-test", "--limit", "6", "--methods", ",".join(methods),
-         "--metrics", "deletion,insertion", "--shard-size", "4", "--out", str(run_dir)],
-    )  # fmt: skip
+    if command == "compare":
+        run_dir = tmp_path / "run"
+        methods, n = ["saliency", "gradcam", "occlusion"], 6
+        args = ["compare", "--model", "digits-cnn", "digits-test", "--limit", "6", "--methods", ",".join(methods),
+                "--metrics", "deletion,insertion", "--shard-size", "4", "--out", str(run_dir)]  # fmt: skip
+    else:
+        run_dir = tmp_path / "demo" / "run"
+        methods, n = whybox.methods(), 3
+        args = ["demo", "--model", "digits-cnn", "--out", str(tmp_path / "demo")]
+    result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     path = run_dir / "report.html"
     errors: list[str] = []
-    shot = tmp_path / "run_report.png"
+    shot = tmp_path / f"{command}_report.png"
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
         try:
@@ -185,8 +191,8 @@ def test_report_of_a_real_run_shows_every_method_s_overlays_and_the_leaderboard(
     assert errors == []
     assert imgs and all(i["complete"] and i["w"] > 0 for i in imgs)
     overlays = [i for i in imgs if "overlay" in i["cls"].split()]
-    assert sorted(i["method"] for i in overlays) == sorted(methods * 6)
+    assert sorted(i["method"] for i in overlays) == sorted(methods * n)
     assert sorted(board_methods) == sorted(methods)
     out = REPO / "build" / "screenshots"
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(shot, out / "run_report.png")
+    shutil.copyfile(shot, out / f"{command}_report.png")
