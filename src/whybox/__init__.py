@@ -17,6 +17,7 @@ from whybox.explainers.base import Explainer
 from whybox.explanation import Explanation
 from whybox.masking.engine import MaskingEngine
 from whybox.models.adapter import ModelAdapter, adapt
+from whybox.models.text import adapt_text  # imports no transformers: the caller brings the model and tokenizer
 
 __version__ = "0.1.0"
 
@@ -35,6 +36,7 @@ __all__ = [
     "WhyboxError",
     "__version__",
     "adapt",
+    "adapt_text",
     "evaluate",
     "explain",
     "find_mistakes",

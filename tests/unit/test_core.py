@@ -90,6 +90,7 @@ def test_public_surface_is_pinned() -> None:
         "WhyboxError",
         "__version__",
         "adapt",
+        "adapt_text",
         "evaluate",
         "explain",
         "find_mistakes",

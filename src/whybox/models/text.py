@@ -1,0 +1,335 @@
+"""Hugging Face text models as whybox adapters: explanations over tokens through the word embeddings.
+
+The model's inputs are *packed*: a float tensor ``(B, T, D + 1)`` holding each token's word embedding
+(``model.get_input_embeddings()(input_ids)``) and, in the last channel, the attention mask. The adapter unpacks
+it and calls the model with ``inputs_embeds`` and ``attention_mask``; position and token-type embeddings are
+added by the model as usual. So every whybox method works on text unchanged:
+
+- gradient methods differentiate at the word-embedding output (TRANSFORMERS.md §4; captum's
+  ``LayerIntegratedGradients`` on ``get_input_embeddings()`` is the same quantity), and a baseline
+  (:meth:`TextBatch.baseline`) keeps the special tokens and the mask channel identical to the input, so they
+  get exactly zero;
+- perturbation methods mask tokens or words (:meth:`TextBatch.token_features`, :meth:`TextBatch.word_features`)
+  by replacing their embeddings with a fill (:meth:`TextBatch.fill`: the ``[MASK]``, ``[UNK]`` or pad
+  embedding) through the masking engine; special tokens and pads are filled with themselves, so they never
+  change and get exactly zero;
+- :meth:`TextBatch.token_attributions` reduces ``(B, T, D + 1)`` attributions to ``(B, T)`` (sum over D:
+  completeness is kept) and :meth:`TextBatch.word_attributions` aggregates subwords into words.
+
+Nothing downloads: models and tokenizers are objects the caller loaded (from local folders).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from whybox.errors import InvalidInputError, InvalidParameterError, ModelOutputError
+from whybox.explanation import Explanation
+from whybox.models.adapter import EmbeddingAdapter, TorchAdapter
+
+__all__ = ["BASELINES", "TextBatch", "TextClassifierAdapter", "TextEncoderAdapter", "adapt_text"]
+
+#: Replacement tokens for baselines and fills (``zero``: zero word vectors).
+BASELINES = ("pad", "mask", "unk", "zero")
+_WORD_REDUCE = ("sum", "mean", "absmax")
+
+
+@dataclass(frozen=True)
+class TextBatch:
+    """Tokenised texts and their packed model inputs.
+
+    Shapes
+    ------
+    inputs: ``(B, T, D + 1)``; input_ids, attention_mask, special_mask: ``(B, T)``.
+    """
+
+    inputs: torch.Tensor
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    special_mask: torch.Tensor  # True at CLS/SEP/BOS/EOS and pads: never perturbed, attribution 0
+    tokens: list[list[str]]
+    word_ids: list[list[int | None]]
+    texts: list[str]
+    replacement_ids: dict[str, int | None]  # token id of "pad", "mask", "unk" (None when the tokenizer has none)
+    embeddings: nn.Module  # the model's word-embedding module (for baselines and fills)
+
+    def __len__(self) -> int:
+        return int(self.inputs.shape[0])
+
+    def _replace(self, kind: str, what: str) -> torch.Tensor:
+        if kind not in BASELINES:
+            raise InvalidParameterError(f"{what} must be one of {BASELINES}; got {kind!r}.")
+        x = self.inputs
+        d = x.shape[-1] - 1
+        if kind == "zero":
+            vec = torch.zeros(d, dtype=x.dtype, device=x.device)
+        else:
+            tok = self.replacement_ids.get(kind)
+            if tok is None:
+                have = [k for k, v in self.replacement_ids.items() if v is not None] + ["zero"]
+                raise InvalidParameterError(
+                    f"{what}={kind!r} needs a {kind} token, which this tokenizer does not have; use one of {have}."
+                )
+            with torch.no_grad():
+                vec = self.embeddings(torch.tensor([tok], device=x.device))[0].to(x.dtype)
+        out = x.clone()
+        keep = self.special_mask.to(x.device).unsqueeze(-1)
+        out[..., :d] = torch.where(keep, x[..., :d], vec.expand_as(x[..., :d]))
+        return out
+
+    def baseline(self, kind: str = "pad") -> torch.Tensor:
+        """An Integrated Gradients baseline ``(B, T, D + 1)``: every ordinary token replaced by the ``kind`` token's
+        embedding (``"zero"``: a zero vector); specials, pads and the mask channel kept identical."""
+        return self._replace(kind, "baseline")
+
+    def fill(self, kind: str = "mask") -> torch.Tensor:
+        """A masking-engine fill ``(B, T, D + 1)``: what a masked token becomes (as :meth:`baseline`)."""
+        return self._replace(kind, "fill")
+
+    def token_features(self) -> torch.Tensor:
+        """Feature ids ``(B, T, 1)`` for perturbation methods: one feature per token position."""
+        t = self.inputs.shape[1]
+        return torch.arange(t, device=self.inputs.device).view(1, t, 1).expand(len(self), t, 1).contiguous()
+
+    def word_features(self) -> torch.Tensor:
+        """Feature ids ``(B, T, 1)``: the subwords of a word share one feature; specials and pads each get their
+        own (they never change, so they get 0)."""
+        t = self.inputs.shape[1]
+        out = torch.empty(len(self), t, 1, dtype=torch.int64)
+        for r, wids in enumerate(self.word_ids):
+            n_words = 1 + max((w for w in wids if w is not None), default=-1)
+            extra = n_words
+            for i in range(t):
+                w = wids[i] if i < len(wids) else None
+                if w is None:
+                    out[r, i, 0] = extra
+                    extra += 1
+                else:
+                    out[r, i, 0] = w
+        return out.to(self.inputs.device)
+
+    def token_attributions(self, explanation: Explanation | torch.Tensor, reduce: str = "sum") -> torch.Tensor:
+        """``(B, T)`` per-token attributions. Gradient methods: ``sum`` over the embedding dimensions (signed;
+        completeness kept) or ``l2`` (unsigned norm), the mask channel left out. Perturbation methods over token or
+        word features: the feature's value (copied onto its elements). Pads are 0. A plain tensor is read as
+        per-element attributions unless its last dimension is 1."""
+        a = explanation.attributions if isinstance(explanation, Explanation) else explanation
+        if a.ndim != 3 or a.shape[:2] != self.inputs.shape[:2]:
+            raise InvalidInputError(
+                f"attributions must be (B, T, D + 1) or (B, T, 1) for this batch {tuple(self.inputs.shape)}; "
+                f"got {tuple(a.shape)}."
+            )
+        if a.shape[-1] == 1 or (isinstance(explanation, Explanation) and not _per_element(explanation.method)):
+            # perturbation methods over token or word features: every element of a token holds its feature's value
+            out = a[..., 0]
+        elif reduce == "sum":
+            out = a[..., :-1].sum(-1)
+        elif reduce == "l2":
+            out = a[..., :-1].norm(dim=-1)
+        else:
+            raise InvalidParameterError(f"reduce must be 'sum' or 'l2'; got {reduce!r}.")
+        return out * self.attention_mask.to(out.device, out.dtype)
+
+    def word_attributions(
+        self, explanation: Explanation | torch.Tensor, how: str = "sum", reduce: str = "sum"
+    ) -> list[list[tuple[str, float]]]:
+        """Per row, ``(word, value)`` pairs in order: subword values combined by ``how`` (``sum`` keeps
+        completeness, ``mean``, ``absmax`` = the value of largest magnitude); specials left out."""
+        if how not in _WORD_REDUCE:
+            raise InvalidParameterError(f"how must be one of {_WORD_REDUCE}; got {how!r}.")
+        tok = self.token_attributions(explanation, reduce=reduce).detach().to("cpu", torch.float64)
+        rows = []
+        for r, wids in enumerate(self.word_ids):
+            groups: dict[int, list[int]] = {}
+            for i, w in enumerate(wids):
+                if w is not None and not bool(self.special_mask[r, i]):
+                    groups.setdefault(w, []).append(i)
+            words = []
+            for w in sorted(groups):
+                idx = groups[w]
+                vals = tok[r, idx]
+                text = "".join(self.tokens[r][i].removeprefix("##") for i in idx)
+                if how == "sum":
+                    v = float(vals.sum())
+                elif how == "mean":
+                    v = float(vals.mean())
+                else:
+                    v = float(vals[vals.abs().argmax()])
+                words.append((text, v))
+            rows.append(words)
+        return rows
+
+
+def _per_element(method: str) -> bool:
+    """Whether ``method`` attributes every input element on its own (gradient methods: sum them over D) rather
+    than copying one value per feature onto the feature's elements (perturbation methods)."""
+    from whybox.explainers.base import GradientExplainer
+    from whybox.registry import EXPLAINERS
+
+    return method in EXPLAINERS and issubclass(EXPLAINERS.get(method), GradientExplainer)
+
+
+class _TextMixin:
+    """Tokenise, pack and unpack (shared by the classifier and the encoder adapters)."""
+
+    model: nn.Module
+    tokenizer: Any
+    max_length: int
+
+    def _embeddings(self) -> nn.Module:
+        get = getattr(self.model, "get_input_embeddings", None)
+        emb = get() if callable(get) else None
+        if not isinstance(emb, nn.Module):
+            raise InvalidParameterError(
+                f"{type(self.model).__name__} has no get_input_embeddings(); text adapters need a Hugging Face "
+                "model (or one that provides it)."
+            )
+        return emb
+
+    def encode(self, texts: str | Sequence[str]) -> TextBatch:
+        """Tokenise ``texts`` (padded to the longest, truncated at ``max_length``) into a :class:`TextBatch`."""
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts)
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise InvalidInputError("texts must be a string or a non-empty list of strings.")
+        enc = self.tokenizer(
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+            return_special_tokens_mask=True,
+        )
+        emb = self._embeddings()
+        device = next(iter(emb.parameters())).device
+        ids = enc["input_ids"].to(device)
+        mask = enc["attention_mask"].to(device)
+        special = enc["special_tokens_mask"].to(device).bool() | (mask == 0)
+        with torch.no_grad():
+            e = emb(ids)
+        inputs = torch.cat([e, mask.unsqueeze(-1).to(e.dtype)], dim=-1).detach()
+        try:
+            word_ids = [list(enc.word_ids(i)) for i in range(len(texts))]
+        except (ValueError, AttributeError):  # a slow tokenizer: every token its own word
+            word_ids = [[None if bool(s) else i for i, s in enumerate(row)] for row in special.tolist()]
+        tokens = [self.tokenizer.convert_ids_to_tokens(row) for row in enc["input_ids"].tolist()]
+        repl = {
+            "pad": getattr(self.tokenizer, "pad_token_id", None),
+            "mask": getattr(self.tokenizer, "mask_token_id", None),
+            "unk": getattr(self.tokenizer, "unk_token_id", None),
+        }
+        return TextBatch(inputs, ids, mask, special, tokens, word_ids, texts, repl, emb)
+
+    def _call(self, x: torch.Tensor) -> Any:
+        if x.ndim != 3:
+            raise InvalidInputError(
+                f"a text adapter takes packed inputs (B, T, D + 1) from adapter.encode(texts); got {tuple(x.shape)}."
+            )
+        e, m = x[..., :-1], x[..., -1]
+        return self.model(inputs_embeds=e, attention_mask=(m > 0.5).to(torch.long))
+
+
+class TextClassifierAdapter(_TextMixin, TorchAdapter):
+    """A Hugging Face sequence classifier (``...ForSequenceClassification``) and its tokenizer; scores are the
+    logits ``(B, K)``."""
+
+    def __init__(self, model: nn.Module, tokenizer: Any, *, output: Any = "logits", max_length: int = 128) -> None:
+        super().__init__(model, output=output)
+        self.tokenizer = tokenizer
+        self.max_length = int(max_length)
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return self._call(x)
+
+
+class TextEncoderAdapter(_TextMixin, EmbeddingAdapter):
+    """A sentence encoder (a Hugging Face ``AutoModel``) with sentence-transformers pooling; scores are the cosine
+    similarities of the sentence embedding to ``references`` (a reference sentence's embedding, or several)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        *,
+        references: torch.Tensor,
+        pooling: str = "mean",
+        normalize: bool = True,
+        max_length: int = 128,
+    ) -> None:
+        super().__init__(model, references=references, similarity="cosine")
+        if pooling not in ("mean", "cls"):
+            raise InvalidParameterError(f"pooling must be 'mean' or 'cls'; got {pooling!r}.")
+        self.tokenizer = tokenizer
+        self.pooling = pooling
+        self.normalize = bool(normalize)
+        self.max_length = int(max_length)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._call(x)
+        h = getattr(out, "last_hidden_state", None)
+        if h is None:
+            raise ModelOutputError(f"the encoder returned {type(out).__name__} without last_hidden_state.")
+        if self.pooling == "cls":
+            u = h[:, 0]
+        else:  # sentence-transformers mean pooling over attended tokens (CLS and SEP included)
+            m = (x[..., -1] > 0.5).to(h.dtype).unsqueeze(-1)
+            u = (h * m).sum(1) / m.sum(1).clamp_min(1e-9)
+        return torch.nn.functional.normalize(u, dim=-1) if self.normalize else u
+
+
+def adapt_text(
+    model: nn.Module,
+    tokenizer: Any,
+    *,
+    kind: str = "classifier",
+    references: str | Sequence[str] | torch.Tensor | None = None,
+    pooling: str = "mean",
+    max_length: int = 128,
+) -> TextClassifierAdapter | TextEncoderAdapter:
+    """Wrap a Hugging Face text model and its tokenizer.
+
+    Parameters
+    ----------
+    model, tokenizer
+        Loaded by the caller (``from_pretrained`` on a local folder; nothing downloads here).
+    kind
+        ``"classifier"``: scores are the model's logits. ``"embedding"``: a sentence encoder; scores are cosine
+        similarities of the (pooled) sentence embedding to ``references``.
+    references
+        For ``kind="embedding"``: a sentence (or sentences, one score each) whose embeddings are the targets, or
+        embeddings ``(D,)`` / ``(K, D)``.
+    pooling
+        Sentence embedding of an encoder: ``"mean"`` over attended tokens (sentence-transformers) or ``"cls"``.
+    max_length
+        Truncation length of :meth:`encode`.
+    """
+    if not isinstance(model, nn.Module):
+        raise InvalidParameterError(
+            f"model must be a torch.nn.Module (a Hugging Face model); got {type(model).__name__}."
+        )
+    if not callable(tokenizer):
+        raise InvalidParameterError(f"tokenizer must be a Hugging Face tokenizer; got {type(tokenizer).__name__}.")
+    if kind == "classifier":
+        return TextClassifierAdapter(model, tokenizer, max_length=max_length)
+    if kind != "embedding":
+        raise InvalidParameterError(f"kind must be 'classifier' or 'embedding'; got {kind!r}.")
+    if references is None:
+        raise InvalidParameterError(
+            "kind='embedding' needs references=: a reference sentence, several, or their embeddings (D,) / (K, D)."
+        )
+    placeholder = torch.zeros(1)
+    enc = TextEncoderAdapter(model, tokenizer, references=placeholder, pooling=pooling, max_length=max_length)
+    if isinstance(references, torch.Tensor):
+        refs = references
+    else:
+        batch = enc.encode(references)
+        with enc.guard("eval"), torch.no_grad():
+            refs = enc.embed(batch.inputs)
+    enc.references = (refs.unsqueeze(0) if refs.ndim == 1 else refs).detach()
+    return enc

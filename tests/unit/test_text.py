@@ -1,0 +1,186 @@
+"""Text models through whybox: a tiny BERT and a toy WordPiece tokenizer built locally (no hub), float64.
+
+Properties: IG at the word embeddings is complete and matches captum's LayerIntegratedGradients on
+``get_input_embeddings()``; specials and pads get exactly 0 (baseline and fill keep them); token occlusion equals
+a hand loop that replaces one token by [MASK]; word sums equal token sums; batched (with padding) equals one by
+one; a sentence encoder's score is the cosine to the reference sentence."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers", reason="the text extra (transformers) is not installed")
+tokenizers = pytest.importorskip("tokenizers", reason="the text extra (tokenizers) is not installed")
+
+import whybox  # noqa: E402
+from whybox.errors import InvalidInputError, InvalidParameterError  # noqa: E402
+from whybox.models.text import TextBatch, adapt_text  # noqa: E402
+
+F64 = torch.float64
+WORDS = ["the", "movie", "was", "great", "bad", "not", "a", "film", "plot", "acting", "good", "terrible", "it",
+         "and", "but", "very", "boring", "fun", "play", "##ing", "##ed", "love", "hate", "story"]  # fmt: skip
+SENTENCES = ["the movie was great", "it was not a good film but the acting was fun", "boring plot", "playing it"]
+
+
+def toy_tokenizer() -> object:
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS])}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+        mask_token="[MASK]",
+    )  # fmt: skip
+
+
+def tiny_bert(kind: str = "classifier", seed: int = 0) -> torch.nn.Module:
+    from transformers import BertConfig, BertForSequenceClassification, BertModel
+
+    cfg = BertConfig(
+        vocab_size=len(WORDS) + 5, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        num_labels=3, max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = BertForSequenceClassification(cfg) if kind == "classifier" else BertModel(cfg)
+    return model.to(F64).eval()
+
+
+@pytest.fixture(scope="module")
+def clf() -> object:
+    return adapt_text(tiny_bert(), toy_tokenizer())
+
+
+def test_encode_packs_embeddings_and_the_mask(clf: object) -> None:
+    batch = clf.encode(SENTENCES)
+    assert isinstance(batch, TextBatch)
+    b, t = batch.input_ids.shape
+    assert batch.inputs.shape == (b, t, 33)
+    emb = clf.model.get_input_embeddings()(batch.input_ids)
+    assert torch.equal(batch.inputs[..., :32], emb.detach())
+    assert torch.equal(batch.inputs[..., 32], batch.attention_mask.to(F64))
+    assert batch.tokens[3] == ["[CLS]", "play", "##ing", "it", "[SEP]"] + ["[PAD]"] * (t - 5)
+    assert batch.word_ids[3][:5] == [None, 0, 0, 1, None]
+    # the packed call equals the model on ids
+    with torch.no_grad():
+        direct = clf.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        assert torch.allclose(clf.scores(batch.inputs), direct, atol=1e-12)
+
+
+def test_integrated_gradients_is_complete_and_specials_get_zero(clf: object) -> None:
+    batch = clf.encode(SENTENCES)
+    base = batch.baseline("pad")
+    e = whybox.explain(clf, batch.inputs, "integrated_gradients", baseline=base, n_steps=300, target=1)
+    tok = batch.token_attributions(e)
+    with torch.no_grad():
+        fx = clf.scores(batch.inputs)[:, 1]
+        fb = clf.scores(base)[:, 1]
+    gap = (tok.sum(1) - (fx - fb)).abs()
+    assert bool((gap <= 1e-3 * (fx - fb).abs()).all()), gap
+    assert bool((tok[batch.special_mask] == 0).all())  # CLS, SEP and pads: input == baseline, mask channel fixed
+    assert bool((e.attributions[..., -1] == 0).all())  # the mask channel never moves
+
+
+def test_integrated_gradients_matches_captum_layer_ig(clf: object) -> None:
+    captum_attr = pytest.importorskip("captum.attr")
+    batch = clf.encode(SENTENCES[:2])
+    pad = clf.tokenizer.pad_token_id
+    base_ids = torch.where(batch.special_mask, batch.input_ids, torch.full_like(batch.input_ids, pad))
+
+    def forward(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return clf.model(input_ids=ids, attention_mask=mask).logits
+
+    lig = captum_attr.LayerIntegratedGradients(forward, clf.model.get_input_embeddings())
+    ref = lig.attribute(
+        batch.input_ids, baselines=base_ids, target=2, additional_forward_args=(batch.attention_mask,),
+        n_steps=64, method="gausslegendre",
+    ).sum(-1)  # fmt: skip
+    e = whybox.explain(clf, batch.inputs, "integrated_gradients", baseline=batch.baseline("pad"), n_steps=64, target=2)
+    assert torch.allclose(batch.token_attributions(e), ref * batch.attention_mask, atol=1e-9)
+
+
+def test_token_occlusion_equals_a_hand_loop_and_never_touches_specials(clf: object) -> None:
+    batch = clf.encode(SENTENCES[:2])
+    fill = batch.fill("mask")
+    e = whybox.explain(
+        clf, batch.inputs, "feature_ablation", features=batch.token_features(), fill=fill, target=0, batch_size=7
+    )
+    got = batch.token_attributions(e)
+    with torch.no_grad():
+        clean = clf.scores(batch.inputs)[:, 0]
+        for r in range(len(batch)):
+            for i in range(batch.inputs.shape[1]):
+                x = batch.inputs[r : r + 1].clone()
+                x[0, i] = fill[r, i]
+                want = 0.0 if bool(batch.special_mask[r, i]) else float(clean[r] - clf.scores(x)[0, 0])
+                assert float(got[r, i]) == pytest.approx(want, abs=1e-10), (r, i)
+    assert bool((got[batch.special_mask] == 0).all())
+
+
+def test_word_sums_equal_token_sums_and_batched_equals_one_by_one(clf: object) -> None:
+    batch = clf.encode(SENTENCES)
+    e = whybox.explain(clf, batch.inputs, "input_x_gradient", target=1)
+    words = batch.word_attributions(e)
+    tok = batch.token_attributions(e)
+    for r, row in enumerate(words):  # words leave out CLS and SEP, which input x gradient does not zero
+        ordinary = tok[r][~batch.special_mask[r]]
+        assert sum(v for _, v in row) == pytest.approx(float(ordinary.sum()), abs=1e-12)
+    assert [w for w, _ in words[3]] == ["playing", "it"]
+    for r, s in enumerate(SENTENCES):  # padding changes nothing: one row alone (no pads) gives the same values
+        one = clf.encode([s])
+        e1 = whybox.explain(clf, one.inputs, "input_x_gradient", target=1)
+        n = one.inputs.shape[1]
+        assert torch.allclose(one.token_attributions(e1)[0], tok[r, :n], atol=1e-10)
+        assert bool((tok[r, n:] == 0).all())
+
+
+def test_word_features_group_subwords(clf: object) -> None:
+    batch = clf.encode(["playing it"])
+    ids = batch.word_features()[0, :, 0].tolist()
+    assert ids[1] == ids[2] != ids[3]  # "play" + "##ing" one word, "it" another
+    assert len(set(ids)) == 4  # CLS and SEP each their own (never changing) feature
+    e = whybox.explain(clf, batch.inputs, "exact_shapley", features=batch.word_features(), fill=batch.fill("mask"))
+    with torch.no_grad():
+        t = int(clf.scores(batch.inputs).argmax())
+        full = clf.scores(batch.inputs)[0, t] - clf.scores(batch.fill("mask"))[0, t]
+    # Shapley efficiency over the two words: values add up to f(x) - f(all masked)
+    tok = batch.token_attributions(e)[0]
+    assert float(tok[1]) == float(tok[2]) != 0.0 and float(tok[0]) == float(tok[4]) == 0.0  # one value per word
+    words = batch.word_attributions(e, how="mean")  # feature values are repeated on each subword: mean = value
+    assert sum(v for _, v in words[0]) == pytest.approx(float(full), abs=1e-9)
+
+
+def test_sentence_encoder_scores_cosine_to_the_reference() -> None:
+    tok = toy_tokenizer()
+    enc = adapt_text(tiny_bert("encoder"), tok, kind="embedding", references="the movie was great")
+    batch = enc.encode(["the movie was great", "boring plot"])
+    with torch.no_grad():
+        s = enc.scores(batch.inputs)[:, 0]
+    assert float(s[0]) == pytest.approx(1.0, abs=1e-12)  # the reference itself
+    assert -1.0 <= float(s[1]) < 1.0
+    e = whybox.explain(
+        enc, batch.inputs, "integrated_gradients", baseline=batch.baseline("mask"), n_steps=200, target=0
+    )
+    gap = batch.token_attributions(e).sum(1) - (s - enc.scores(batch.baseline("mask")).detach()[:, 0])
+    assert float(gap.abs().max()) < 1e-3
+
+
+def test_bad_input_names_the_problem(clf: object) -> None:
+    batch = clf.encode("the movie")
+    with pytest.raises(InvalidParameterError, match=r"baseline must be one of \('pad', 'mask', 'unk', 'zero'\)"):
+        batch.baseline("eos")
+    with pytest.raises(InvalidInputError, match=r"packed inputs \(B, T, D \+ 1\)"):
+        clf.scores(torch.zeros(2, 5))
+    with pytest.raises(InvalidInputError, match="non-empty list of strings"):
+        clf.encode([])
+    with pytest.raises(InvalidParameterError, match="kind='embedding' needs references="):
+        adapt_text(tiny_bert("encoder"), clf.tokenizer, kind="embedding")
+    with pytest.raises(InvalidParameterError, match="reduce must be 'sum' or 'l2'"):
+        batch.token_attributions(torch.zeros_like(batch.inputs), reduce="max")
