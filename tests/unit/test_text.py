@@ -184,3 +184,28 @@ def test_bad_input_names_the_problem(clf: object) -> None:
         adapt_text(tiny_bert("encoder"), clf.tokenizer, kind="embedding")
     with pytest.raises(InvalidParameterError, match="reduce must be 'sum' or 'l2'"):
         batch.token_attributions(torch.zeros_like(batch.inputs), reduce="max")
+
+
+@pytest.mark.parametrize("method", ["integrated_gradients", "occlusion", "lime", "kernel_shap", "lima"])
+def test_explain_text_gives_word_values_and_leaves_specials_alone(clf: object, method: str) -> None:
+    """Every method family through explain_text: one value per word, in reading order; specials never perturbed
+    (perturbation methods) or kept in the baseline (IG), so the words carry the whole explanation."""
+    from whybox.models.text import explain_text
+
+    opts = {"n_steps": 300} if method == "integrated_gradients" else {}
+    out = explain_text(clf, SENTENCES[:2], method, target=1, **opts)
+    assert [w for w, _ in out.words[0]] == ["the", "movie", "was", "great"]
+    assert len(out.words[1]) == 11
+    tok = out.batch.token_attributions(out.explanation)
+    # LIME's ridge gives a never-changing feature a coefficient of about 0 (1e-9 here), the others exactly 0.
+    # LIMA's maps are cumulative along its search order, so CLS and SEP (regions that never change) get the value
+    # of their place in the order; words are read from the word regions only.
+    if method != "lima":
+        assert float(tok[out.batch.special_mask].abs().max()) <= (1e-6 if method == "lime" else 0.0)
+    else:
+        present = sorted(set(out.batch.word_features()[0].flatten().tolist()))  # words, CLS, SEP, each pad
+        assert sorted(int(i) for i in out.explanation.meta["order"][0]) == present
+    if method == "integrated_gradients":
+        with torch.no_grad():
+            gap = clf.scores(out.batch.inputs)[:, 1] - clf.scores(out.batch.baseline("pad"))[:, 1]
+        assert torch.allclose(torch.tensor([sum(v for _, v in row) for row in out.words], dtype=F64), gap, atol=1e-3)

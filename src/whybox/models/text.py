@@ -32,7 +32,16 @@ from whybox.errors import InvalidInputError, InvalidParameterError, ModelOutputE
 from whybox.explanation import Explanation
 from whybox.models.adapter import EmbeddingAdapter, TorchAdapter
 
-__all__ = ["BASELINES", "TextBatch", "TextClassifierAdapter", "TextEncoderAdapter", "adapt_text"]
+__all__ = [
+    "BASELINES",
+    "TextAttribution",
+    "TextBatch",
+    "TextClassifierAdapter",
+    "TextEncoderAdapter",
+    "adapt_text",
+    "explain_text",
+    "text_defaults",
+]
 
 #: Replacement tokens for baselines and fills (``zero``: zero word vectors).
 BASELINES = ("pad", "mask", "unk", "zero")
@@ -333,3 +342,72 @@ def adapt_text(
             refs = enc.embed(batch.inputs)
     enc.references = (refs.unsqueeze(0) if refs.ndim == 1 else refs).detach()
     return enc
+
+
+@dataclass(frozen=True)
+class TextAttribution:
+    """What :func:`explain_text` returns: the explanation of the packed inputs, the batch, and per-row
+    ``(word, value)`` pairs (``tokens``: ``(token, value)`` pairs) in reading order, specials left out."""
+
+    explanation: Explanation
+    batch: TextBatch
+    words: list[list[tuple[str, float]]]
+    tokens: list[list[tuple[str, float]]]
+
+
+def text_defaults(method: str, batch: TextBatch, *, replace: str | None = None) -> dict[str, Any]:
+    """The options that make ``method`` act on text: a baseline for Integrated Gradients (``replace``, default the
+    pad token, else zero vectors); word features (LIMA: word regions) and a fill (``replace``, default [MASK],
+    else [UNK]/pad/zero) for methods that take ``features`` / ``regions`` and ``fill``."""
+    import inspect
+
+    from whybox.registry import EXPLAINERS
+
+    cls = EXPLAINERS.get(method)
+    names = {
+        p.name
+        for c in cls.__mro__
+        if "__init__" in c.__dict__
+        for p in inspect.signature(c.__dict__["__init__"]).parameters.values()
+    }
+    have = [k for k in ("mask", "unk", "pad") if batch.replacement_ids.get(k) is not None] + ["zero"]
+    out: dict[str, Any] = {}
+    if "baseline" in names:
+        kind = replace or ("pad" if "pad" in have else "zero")
+        out["baseline"] = batch.baseline(kind)
+    if "features" in names:
+        out["features"] = batch.word_features()
+    if "regions" in names:  # LIMA: words are the regions of the subset search, valued by their marginal gain
+        out["regions"] = batch.word_features()  # (a rank map would also rank the never-changing CLS and SEP)
+        if "map" in names:
+            out["map"] = "gain"
+    if "fill" in names:
+        out["fill"] = batch.fill(replace or have[0])
+    return out
+
+
+def explain_text(
+    adapter: TextClassifierAdapter | TextEncoderAdapter,
+    texts: str | Sequence[str],
+    method: str,
+    *,
+    target: Any = None,
+    replace: str | None = None,
+    **params: Any,
+) -> TextAttribution:
+    """Explain ``texts`` with ``method`` through ``adapter`` (from :func:`adapt_text`): tokenise, fill in the text
+    options (:func:`text_defaults`; ``params`` win), explain, reduce to tokens and words (``sum`` over
+    subwords for gradient methods; one value per word for perturbation methods)."""
+    from whybox.api import explain
+
+    batch = adapter.encode(texts)
+    opts = {**text_defaults(method, batch, replace=replace), **params}
+    e = explain(adapter, batch.inputs, method, target=target, **opts)
+    grad = _per_element(method)
+    words = batch.word_attributions(e, how="sum" if grad else "mean")
+    tok = batch.token_attributions(e).detach().to("cpu", torch.float64)
+    tokens = [
+        [(batch.tokens[r][i], float(tok[r, i])) for i in range(tok.shape[1]) if not bool(batch.special_mask[r, i])]
+        for r in range(len(batch))
+    ]
+    return TextAttribution(e, batch, words, tokens)

@@ -14,10 +14,12 @@ from whybox.report.run_report import (
     render_run_report,
     write_run_report,
 )
+from whybox.report.tokens import TOKENS_CSP, render_tokens_html, render_tokens_page, render_tokens_terminal
 
 __all__ = [
     "CSP",
     "RUN_REPORT_CSP",
+    "TOKENS_CSP",
     "ReportMethod",
     "ReportMetric",
     "ReportSample",
@@ -27,6 +29,9 @@ __all__ = [
     "overlay",
     "render_demo_index",
     "render_run_report",
+    "render_tokens_html",
+    "render_tokens_page",
+    "render_tokens_terminal",
     "safe_component",
     "save_grid_figure",
     "save_png",
