@@ -1,0 +1,40 @@
+"""Attention explanations for transformers: pure tensor functions plus the Hugging Face plumbing that feeds them.
+
+- :mod:`~whybox.explainers.attention.rollout`: raw attention and attention rollout (Abnar & Zuidema 2020),
+  readouts (``cls``/``mean``/``last``) and :func:`to_grid` for ViT patch maps.
+- :mod:`~whybox.explainers.attention.relevance`: the generic gradient-weighted relevance of Chefer, Gur &
+  Wolf (ICCV 2021), single-stream form, and its residual normalisation.
+- :mod:`~whybox.explainers.attention.collect`: :func:`collect_attentions` runs a Hugging Face model once on
+  eager attention and returns logits, attentions and their gradients, leaving the model as it came.
+
+Shapes: ``L × (B, H, T, T)`` attentions -> ``R (B, T, T)`` -> ``r (B, T)`` -> ``(B, h, w)`` for ViT.
+"""
+
+from whybox.explainers.attention.collect import collect_attentions, eager_attention
+from whybox.explainers.attention.relevance import (
+    gradient_weighted_attention,
+    gradient_weighted_relevance,
+    normalize_residual,
+)
+from whybox.explainers.attention.rollout import (
+    attention_rollout,
+    discard_smallest,
+    fuse_heads,
+    raw_attention,
+    readout,
+    to_grid,
+)
+
+__all__ = [
+    "attention_rollout",
+    "collect_attentions",
+    "discard_smallest",
+    "eager_attention",
+    "fuse_heads",
+    "gradient_weighted_attention",
+    "gradient_weighted_relevance",
+    "normalize_residual",
+    "raw_attention",
+    "readout",
+    "to_grid",
+]

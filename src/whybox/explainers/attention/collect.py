@@ -1,0 +1,204 @@
+"""Collect post-softmax attentions and their gradients from a Hugging Face model, leaving the model as it came.
+
+Hugging Face returns attention probabilities only under the eager attention implementation (SDPA and flash
+log a warning and return none). :func:`collect_attentions` switches every config of the model to
+``"eager"`` for the call, runs it in eval mode with ``output_attentions=True`` and restores everything
+afterwards, errors included. ``transformers`` is never imported here: the model is duck-typed.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from whybox.errors import InvalidInputError, ModelOutputError, NotDifferentiableError
+from whybox.models._guard import preserved
+from whybox.models.targets import TargetLike, resolve_target
+
+__all__ = ["DIFFERENTIABLE_INPUTS", "collect_attentions", "eager_attention"]
+
+#: floating-point model inputs made to require grad (after ``input_ids`` became ``inputs_embeds``)
+DIFFERENTIABLE_INPUTS = ("inputs_embeds", "pixel_values", "input_values", "input_features")
+_HOOKS_FLAG = "_output_capturing_hooks_installed"  # transformers >= 5: set once its capture hooks are installed
+_MISSING = object()
+
+
+def _configs(model: nn.Module) -> list[Any]:
+    """Every HF config reachable from the model: each submodule's ``config`` and their ``sub_configs``."""
+    seen: dict[int, Any] = {}
+    stack = [m.__dict__.get("config") for m in model.modules()]
+    while stack:
+        cfg = stack.pop()
+        if cfg is None or id(cfg) in seen or not hasattr(cfg, "_attn_implementation_internal"):
+            continue
+        seen[id(cfg)] = cfg
+        stack.extend(getattr(cfg, key, None) for key in getattr(cfg, "sub_configs", None) or {})
+    return list(seen.values())
+
+
+@contextmanager
+def eager_attention(model: nn.Module) -> Iterator[None]:
+    """Run a block with every config of ``model`` on ``attn_implementation="eager"``, then restore it.
+
+    Restored on every exit path: each config's attention implementation, and transformers' per-model
+    "capture hooks installed" flag (transformers 5 installs its output-capturing forward hooks lazily on the
+    first ``output_attentions=True`` call and marks the model; :func:`whybox.models._guard.preserved` removes
+    hooks added inside a block, so the mark must go with them or later calls would capture nothing).
+
+    The implementation is set on the configs' ``_attn_implementation_internal`` directly rather than through
+    ``model.set_attn_implementation``, which validates, may warn, and cannot be undone exactly.
+    """
+    configs = _configs(model)
+    saved = [(cfg, cfg.__dict__.get("_attn_implementation_internal", _MISSING)) for cfg in configs]
+    flags = [(m, m.__dict__.get(_HOOKS_FLAG, _MISSING)) for m in model.modules()]
+    try:
+        for cfg in configs:
+            cfg._attn_implementation_internal = "eager"
+        yield
+    finally:
+        for cfg, value in saved:
+            if value is _MISSING:
+                cfg.__dict__.pop("_attn_implementation_internal", None)
+            else:
+                cfg._attn_implementation_internal = value
+        for m, flag in flags:
+            if flag is _MISSING:
+                m.__dict__.pop(_HOOKS_FLAG, None)
+            else:
+                setattr(m, _HOOKS_FLAG, flag)
+
+
+def _differentiable_inputs(model: nn.Module, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Inputs from which the attentions get a graph even when every parameter is frozen.
+
+    ``input_ids`` become ``inputs_embeds = model.get_input_embeddings()(input_ids)``; ``inputs_embeds`` and
+    the other float inputs of :data:`DIFFERENTIABLE_INPUTS` become detached leaves that require grad.
+    Parameters are never touched.
+    """
+    out = dict(inputs)
+    if out.get("input_ids") is not None and out.get("inputs_embeds") is None:
+        get_embeddings = getattr(model, "get_input_embeddings", None)
+        embeddings = get_embeddings() if callable(get_embeddings) else None
+        if not isinstance(embeddings, nn.Module):
+            raise NotDifferentiableError(
+                f"{type(model).__name__} has no get_input_embeddings() module, so input_ids cannot become a "
+                "grad-requiring inputs_embeds; pass inputs_embeds yourself or use with_grads=False."
+            )
+        out["inputs_embeds"] = embeddings(out.pop("input_ids"))
+    for key in DIFFERENTIABLE_INPUTS:
+        value = out.get(key)
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            out[key] = value.detach().requires_grad_(True)
+    return out
+
+
+def _logits(output: Any) -> torch.Tensor:
+    logits = output if isinstance(output, torch.Tensor) else getattr(output, "logits", None)
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(output).__name__
+        raise ModelOutputError(
+            f"collect_attentions needs (B, K) logits (the output's .logits); got {got}. Sequence-level heads "
+            "(e.g. *ForSequenceClassification, *ForImageClassification) give them."
+        )
+    return logits
+
+
+def _attentions(output: Any, model: nn.Module) -> list[torch.Tensor]:
+    attentions = getattr(output, "attentions", None)
+    if not attentions or any(not isinstance(a, torch.Tensor) for a in attentions):
+        raise ModelOutputError(
+            f"{type(model).__name__} returned no attention tensors with output_attentions=True under eager "
+            f"attention (got {type(attentions).__name__}); it must be a transformers model whose output has "
+            ".attentions."
+        )
+    return list(attentions)
+
+
+def collect_attentions(
+    model: nn.Module, *, target: TargetLike = None, with_grads: bool = True, **model_inputs: Any
+) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor] | None]:
+    """One forward pass (and one backward) of a Hugging Face model: logits, attentions and ``∇A``.
+
+    The call runs in eval mode with ``output_attentions=True`` on eager attention (and ``use_cache=False``
+    where the forward takes it). With ``with_grads``, ``input_ids`` are replaced by
+    ``inputs_embeds = model.get_input_embeddings()(input_ids)`` made to require grad (float inputs such as
+    ``pixel_values`` are made to require grad directly), so frozen models build a graph too; then
+    ``∇A^(l) = autograd.grad(logits[b, target_b].sum(), A^(l))``. Rows are independent (eval mode, no
+    cross-row logits), so the summed score gives per-row gradients. The model leaves exactly as it came:
+    train/eval flags, ``requires_grad`` and ``.grad`` of every parameter, hooks, global RNG and the
+    attention implementation of every config, on every exit path.
+
+    Parameters
+    ----------
+    model
+        A transformers model with a sequence-level head whose output has ``.logits (B, K)`` and
+        ``.attentions``.
+    target
+        Class to explain: an int, one int per row, a callable ``logits (B, K) -> (B,)``, or ``None`` for the
+        predicted class of each row (the argmax of this very forward pass).
+    with_grads
+        Whether to compute ``∇A`` (one backward pass); without it, no graph is built.
+    **model_inputs
+        Passed to ``model(...)``: ``input_ids``/``inputs_embeds``, ``attention_mask``, ``token_type_ids``,
+        ``pixel_values``, ...
+
+    Returns
+    -------
+    logits
+        ``(B, K)``, detached.
+    attentions
+        ``L × (B, H, T, T)`` post-softmax attention probabilities, detached, in forward order.
+    grads
+        ``L × (B, H, T, T)`` gradients of the target logits with respect to them, or ``None`` without
+        ``with_grads``.
+
+    Raises
+    ------
+    InvalidTargetError
+        ``target`` is out of range or of the wrong kind (raised after the forward pass; the model is restored).
+    ModelOutputError
+        The output has no ``(B, K)`` logits or no attentions.
+    NotDifferentiableError
+        No input could be made to require grad, so the attentions carry no graph.
+
+    Shapes
+    ------
+    ``input_ids (B, T)`` or ``pixel_values (B, C, H, W)`` -> ``(B, K)``, ``L × (B, H, T, T)``, ``L × (B, H, T, T)``
+    """
+    if "output_attentions" in model_inputs:
+        raise InvalidInputError("collect_attentions sets output_attentions itself; do not pass it.")
+    inputs = dict(model_inputs)
+    if _accepts(model, "use_cache"):
+        inputs.setdefault("use_cache", False)
+    with ExitStack() as stack:
+        stack.enter_context(preserved(model, "eval"))
+        stack.enter_context(eager_attention(model))
+        stack.enter_context(torch.enable_grad() if with_grads else torch.no_grad())
+        if with_grads:
+            inputs = _differentiable_inputs(model, inputs)
+        output = model(**inputs, output_attentions=True, return_dict=True)
+        logits = _logits(output)
+        attentions = _attentions(output, model)
+        resolved = resolve_target(target, logits.detach())
+        if not with_grads:
+            return logits.detach(), [a.detach() for a in attentions], None
+        score = resolved.select(logits)
+        if not all(a.requires_grad for a in attentions) or not score.requires_grad:
+            raise NotDifferentiableError(
+                f"the attentions of {type(model).__name__} carry no gradient: pass input_ids, inputs_embeds or "
+                f"a float input among {DIFFERENTIABLE_INPUTS} so that one can be made to require grad."
+            )
+        grads = torch.autograd.grad(score.sum(), attentions, allow_unused=True, materialize_grads=True)
+        return logits.detach(), [a.detach() for a in attentions], [g.detach() for g in grads]
+
+
+def _accepts(model: nn.Module, name: str) -> bool:
+    try:
+        return name in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
