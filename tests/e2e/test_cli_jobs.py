@@ -270,8 +270,8 @@ BAD: list[tuple[str, Callable[[Files], list[object]], Callable[[Files], str]]] =
         "no-inputs",
         lambda f: ["explain", "--model", f.spec, "--method", "saliency"],
         lambda f: (
-            "Error: give at least one input: a dataset name (photos, digits-test), image files or folders, .npy or "
-            ".csv."
+            "Error: give at least one input: a dataset name (photos, digits-test, sentiment-test), image files or "
+            "folders, .npy, .csv or .txt files (or --text for a text model)."
         ),
     ),
     (

@@ -65,3 +65,55 @@ def test_word_occlusion_finds_the_words_that_carry_the_sentiment(sentiment: tupl
     assert top[0] == "great"
     negated = dict(words[2])
     assert negated["not"] == min(negated.values()) < 0
+
+
+def test_whybox_explain_works_on_the_text_model_from_the_cli(tmp_path: object) -> None:
+    """`whybox explain --model minilm-sentiment --text ...`: word attributions printed (plain when not a
+    terminal), tokens.html written with the hostile text escaped, the explanation saved and loadable."""
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from whybox.cli.main import main as cli
+
+    out = Path(str(tmp_path)) / "t"
+    hostile = "The <script>alert(1)</script> movie was great."
+    result = CliRunner().invoke(
+        cli, ["explain", "--model", "minilm-sentiment", "--text", "The movie was great.", "--text", hostile,
+              "--method", "integrated_gradients", "--out", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "explained 'positive'" in result.stdout and "great[+" in result.stdout
+    page = (out / "tokens.html").read_text(encoding="utf-8")
+    assert "<script>" not in page and "&lt;" in page
+    e = whybox.Explanation.load(out / "explanation.safetensors")
+    assert e.method == "integrated_gradients" and e.attributions.shape[0] == 2
+    both = CliRunner().invoke(
+        cli, ["explain", "--model", "minilm-sentiment", "sentiment-test", "--text", "x", "--method", "saliency"]
+    )
+    assert both.exit_code == 2 and "either INPUTS or --text" in both.stderr
+    img = CliRunner().invoke(cli, ["explain", "--model", "digits-cnn", "--text", "x", "--method", "saliency"])
+    assert img.exit_code == 2 and "--text needs a text model" in img.stderr
+
+
+def test_text_inputs_load_from_txt_files_and_the_builtin_set(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from whybox.errors import DataFormatError, InvalidInputError
+    from whybox.runs.loaders import load_inputs, load_model
+
+    lm = load_model("minilm-sentiment")
+    p = Path(str(tmp_path)) / "reviews.txt"
+    p.write_text("The movie was great.\n\n  The plot was dull.  \n", encoding="utf-8")
+    ds = load_inputs([p, "sentiment-test"], lm, limit=4)
+    assert ds.kind == "text" and ds.texts[:2] == ["The movie was great.", "The plot was dull."]
+    assert ds.names[:2] == ["reviews.txt:1", "reviews.txt:2"] and len(ds.names) == 4
+    assert ds.labels is None  # a .txt file carries no labels
+    assert ds.x.shape[:2] == lm.module.encode(ds.texts).inputs.shape[:2]
+    only = load_inputs(["sentiment-test"], lm, limit=5)
+    assert only.labels is not None and only.labels.tolist() == sentiment_data("test")[1][:5].tolist()
+    (Path(str(tmp_path)) / "blank.txt").write_text("\n \n", encoding="utf-8")
+    with pytest.raises(DataFormatError, match="holds no text"):
+        load_inputs([Path(str(tmp_path)) / "blank.txt"], lm)
+    with pytest.raises(InvalidInputError, match="holds texts, but model 'digits-cnn' is not a text model"):
+        load_inputs(["sentiment-test"], load_model("digits-cnn"))

@@ -370,7 +370,9 @@ def test_mixing_kinds_shapes_or_labelled_and_unlabelled_names_both_sources(digit
 
 def test_missing_inputs_are_refused_naming_them_and_the_builtin_datasets(digits: LoadedModel, tmp_path: Path) -> None:
     missing = str(tmp_path / "nowhere.png")
-    with pytest.raises(DatasetNotFoundError, match=rf"{missing!r} is not a builtin dataset \(photos, digits-test\)"):
+    with pytest.raises(
+        DatasetNotFoundError, match=rf"{missing!r} is not a builtin dataset \(photos, digits-test, sentiment-test\)"
+    ):
         load_inputs(["digits-test", missing], digits)
     with pytest.raises(InvalidParameterError, match=r"pass \['digits-test'\]"):
         load_inputs("digits-test", digits)

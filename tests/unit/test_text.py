@@ -205,6 +205,12 @@ def test_explain_text_gives_word_values_and_leaves_specials_alone(clf: object, m
     else:
         present = sorted(set(out.batch.word_features()[0].flatten().tolist()))  # words, CLS, SEP, each pad
         assert sorted(int(i) for i in out.explanation.meta["order"][0]) == present
+    if method == "occlusion":  # one token at a time: the drop when that token alone becomes [MASK]
+        with torch.no_grad():
+            x = out.batch.inputs[:1].clone()
+            x[0, 4] = out.batch.fill("mask")[0, 4]  # "great"
+            drop = clf.scores(out.batch.inputs[:1])[0, 1] - clf.scores(x)[0, 1]
+        assert out.words[0][3][1] == pytest.approx(float(drop), abs=1e-10)
     if method == "integrated_gradients":
         with torch.no_grad():
             gap = clf.scores(out.batch.inputs)[:, 1] - clf.scores(out.batch.baseline("pad"))[:, 1]

@@ -202,11 +202,15 @@ def _merge(base: Mapping[str, Any], over: Mapping[str, Any], *, flag: str, scope
 def _load(params: dict[str, Any]) -> tuple[Any, Any]:
     from whybox.runs.loaders import load_inputs, load_model
 
+    texts = list(params.get("texts") or ())
     if not params.get("model"):
         raise _fail("--model is required (a built-in name such as digits-cnn, or path/to/file.py:factory).")
-    if not params.get("inputs"):
+    if texts and params.get("inputs"):
+        raise _fail("give either INPUTS or --text, not both.")
+    if not params.get("inputs") and not texts:
         raise _fail(
-            "give at least one input: a dataset name (photos, digits-test), image files or folders, .npy or .csv."
+            "give at least one input: a dataset name (photos, digits-test, sentiment-test), image files or folders, "
+            ".npy, .csv or .txt files (or --text for a text model)."
         )
     try:
         lm = load_model(
@@ -215,9 +219,18 @@ def _load(params: dict[str, Any]) -> tuple[Any, Any]:
     except WhyboxError as exc:
         raise _fail(f"--model {params['model']!r}: {exc}") from None
     try:
-        ds = load_inputs(list(params["inputs"]), lm, limit=params.get("limit"), label_column=params.get("label_column"))
+        if texts:
+            from whybox.runs.loaders import _is_text, texts_dataset
+
+            if not _is_text(lm):
+                raise _fail(f"--text needs a text model (minilm-sentiment); {lm.name!r} is not one.")
+            ds = texts_dataset(texts[: params.get("limit") or None], lm)
+        else:
+            ds = load_inputs(
+                list(params["inputs"]), lm, limit=params.get("limit"), label_column=params.get("label_column")
+            )
     except WhyboxError as exc:
-        raise _fail(f"inputs: {exc}") from None
+        raise _fail(f"{'--text' if texts else 'inputs'}: {exc}") from None
     return lm, ds
 
 
@@ -304,9 +317,17 @@ def metrics_cmd() -> None:
     default=Path("whybox-explain"),
     show_default=True,
 )
+@click.option(
+    "--text",
+    "texts",
+    multiple=True,
+    metavar="TEXT",
+    help="A text to explain with a text model such as minilm-sentiment (repeatable; instead of INPUTS).",
+)
 @click.pass_context
 def explain_cmd(ctx: click.Context, **params: Any) -> None:
-    """Explain INPUTS with one method: write explanation.safetensors (+ .json) and one overlay PNG per image."""
+    """Explain INPUTS with one method: write explanation.safetensors (+ .json) and one overlay PNG per image, or
+    for a text model the word attributions (in the terminal and in tokens.html)."""
     tables = _apply_config(ctx, params, {"method": str, "options": dict, "out": str, "target": str})
     method = params.get("method")
     if not method:
@@ -328,6 +349,9 @@ def explain_cmd(ctx: click.Context, **params: Any) -> None:
         opts.setdefault("batch_size", params["batch_size"])
     if "seed" in valid:
         opts.setdefault("seed", params["seed"])
+    if ds.kind == "text":
+        _explain_texts(lm, ds, method, target, opts, out_dir)
+        return
     t0 = time.perf_counter()
     try:
         e = whybox.explain(lm.module, ds.x, method, target=target, **opts)
@@ -369,6 +393,43 @@ def explain_cmd(ctx: click.Context, **params: Any) -> None:
     if no_overlay is not None:
         click.echo(f"no overlay PNGs: {no_overlay}", err=True)
     click.echo(f"wrote {out_dir / 'explanation.safetensors'}")
+
+
+def _explain_texts(lm: Any, ds: Any, method: str, target: Any, opts: dict[str, Any], out_dir: Path) -> None:
+    """The text branch of ``explain``: word attributions printed as a heatmap line per text and written to
+    tokens.html, the explanation of the packed inputs to explanation.safetensors."""
+    from whybox.models.text import explain_text
+    from whybox.report import output_path, render_tokens_page, render_tokens_terminal, write_text_atomic
+
+    t0 = time.perf_counter()
+    try:
+        out = explain_text(lm.module, ds.texts, method, target=target, **opts)
+    except WhyboxError as exc:
+        raise _fail(f"{method}: {exc}") from None
+    except _MODEL_ERRORS as exc:
+        raise _ModelFailed(f"{method} failed: {type(exc).__name__}: {exc}") from None
+    seconds = time.perf_counter() - t0
+    e = out.explanation
+    e.save(output_path(out_dir, "explanation.safetensors"))
+    probs = _probabilities(lm.module, out.batch.inputs)
+    click.echo(
+        f"{method}: {len(ds.names)} texts in {seconds:.2f}s, {e.meta.get('n_forward', 0)} forward and "
+        f"{e.meta.get('n_backward', 0)} backward passes; word attributions to the explained class "
+        "(red: for it, blue: against it)"
+    )
+    color = sys.stdout.isatty()
+    rows = []
+    for i, name in enumerate(ds.names):
+        t = int(e.target[i])
+        label = _label_text(lm.labels, t)
+        words = [w for w, _ in out.words[i]]
+        values = [v for _, v in out.words[i]]
+        click.echo(f"  {name}: explained {label!r} (p={float(probs[i, t]):.3f})")
+        click.echo("    " + render_tokens_terminal(words, values, color=color))
+        rows.append((f"{name}: {label} (p={float(probs[i, t]):.3f})", words, values))
+    page = output_path(out_dir, "tokens.html")
+    write_text_atomic(page, render_tokens_page(rows, title=f"whybox {method}: {lm.name}"))
+    click.echo(f"wrote {out_dir / 'explanation.safetensors'} and {page}")
 
 
 def _make_dir(path: Path, flag: str) -> Path:

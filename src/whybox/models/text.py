@@ -358,7 +358,8 @@ class TextAttribution:
 def text_defaults(method: str, batch: TextBatch, *, replace: str | None = None) -> dict[str, Any]:
     """The options that make ``method`` act on text: a baseline for Integrated Gradients (``replace``, default the
     pad token, else zero vectors); word features (LIMA: word regions) and a fill (``replace``, default [MASK],
-    else [UNK]/pad/zero) for methods that take ``features`` / ``regions`` and ``fill``."""
+    else [UNK]/pad/zero) for methods that take ``features`` / ``regions`` and ``fill``; occlusion slides a
+    one-token window (TRANSFORMERS.md §4: window 1, stride 1)."""
     import inspect
 
     from whybox.registry import EXPLAINERS
@@ -383,6 +384,10 @@ def text_defaults(method: str, batch: TextBatch, *, replace: str | None = None) 
             out["map"] = "gain"
     if "fill" in names:
         out["fill"] = batch.fill(replace or have[0])
+    if "window" in names and "stride" in names:  # occlusion: one token at a time (window 1, stride 1 over tokens)
+        width = int(batch.inputs.shape[-1])
+        out["window"] = (1, width)
+        out["stride"] = (1, width)
     return out
 
 

@@ -61,15 +61,16 @@ __all__ = [
     "load_config",
     "load_inputs",
     "load_model",
+    "texts_dataset",
 ]
 
 #: Model names :func:`load_model` knows without a file.
-BUILTIN_MODELS: tuple[str, ...] = ("efficientnet-lite0", "digits-cnn")
+BUILTIN_MODELS: tuple[str, ...] = ("efficientnet-lite0", "digits-cnn", "minilm-sentiment")
 
 #: Dataset names :func:`load_inputs` knows without a file: ``"photos"``, the photos bundled with
 #: scikit-image (:data:`whybox.data.PHOTOS`), and ``"digits-test"``, the labelled test split of
 #: :func:`whybox.data.load_digits`.
-BUILTIN_DATASETS: tuple[str, ...] = ("photos", "digits-test")
+BUILTIN_DATASETS: tuple[str, ...] = ("photos", "digits-test", "sentiment-test")
 
 #: File name endings read as images (case-insensitive).
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
@@ -544,6 +545,16 @@ def load_model(
     elif spec == "efficientnet-lite0":
         module = data.efficientnet_lite0()
         labels, prepare, display = data.imagenet_labels(), data.imagenet_preprocess, _imagenet_display
+    elif spec == "minilm-sentiment":
+        if weights_path is not None:
+            raise InvalidParameterError(
+                "weights= does not apply to minilm-sentiment (MiniLM's files and the cached head are its weights)."
+            )
+        from whybox.data.text import minilm_sentiment
+        from whybox.models.text import adapt_text
+
+        clf, tokenizer = minilm_sentiment()
+        return LoadedModel(adapt_text(clf, tokenizer), spec, ["negative", "positive"], None, _channels_display)
     else:
         kind, path, factory = _parse_spec(spec)
         if kind == "factory":
@@ -585,9 +596,11 @@ class Dataset:
     labels : torch.Tensor or None
         ``(N,)`` int64 class indices, or ``None``.
     kind : str
-        ``"image"`` or ``"tabular"``.
+        ``"image"``, ``"tabular"`` or ``"text"``.
     columns : list of str or None
         The feature names of a table (from a CSV header), else ``None``.
+    texts : list of str or None
+        ``kind="text"``: the texts; ``x`` is then the text adapter's packed ``(N, T, D + 1)`` inputs.
     """
 
     x: torch.Tensor
@@ -595,6 +608,7 @@ class Dataset:
     labels: torch.Tensor | None
     kind: str
     columns: list[str] | None
+    texts: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -731,6 +745,11 @@ def _load_images(files: list[tuple[Path, str]], model: LoadedModel, source: str)
 
 
 def _load_builtin(entry: str, model: LoadedModel, rows: int | None) -> _Part:
+    if entry == "sentiment-test":
+        raise InvalidInputError(
+            f"input 'sentiment-test' holds texts, but model {model.name!r} is not a text model; use --model "
+            "minilm-sentiment (or an image dataset: photos, digits-test)."
+        )
     if entry == "photos":
         names = list(data.PHOTOS[:rows])
         items = [(n, _prepare(model, data.photo(n), f"photos/{n}")) for n in names]
@@ -1000,6 +1019,8 @@ def load_inputs(
         raise InvalidParameterError(f"model must be a LoadedModel from load_model(), got {type(model).__name__}.")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise InvalidParameterError(f"limit must be a positive integer or None, got {limit!r}.")
+    if _is_text(model):
+        return _load_texts(paths, model, limit)
     if label_column is not None and (not isinstance(label_column, str) or not label_column.strip()):
         raise InvalidParameterError(f"label_column must be a non-empty column name or None, got {label_column!r}.")
     sources = [_classify(entry, model) for entry in paths]
@@ -1034,6 +1055,61 @@ def load_inputs(
         if remaining is not None:
             remaining -= len(part.x)
     return _combine(parts)
+
+
+def _is_text(model: LoadedModel) -> bool:
+    from whybox.models.text import TextClassifierAdapter, TextEncoderAdapter
+
+    return isinstance(model.module, (TextClassifierAdapter, TextEncoderAdapter))
+
+
+def texts_dataset(texts: Sequence[str], model: LoadedModel, *, names: Sequence[str] | None = None,
+                  labels: torch.Tensor | None = None) -> Dataset:  # fmt: skip
+    """A text :class:`Dataset`: ``texts`` encoded by the model's text adapter (padded to the longest)."""
+    texts = [str(t) for t in texts]
+    if not texts or any(not t.strip() for t in texts):
+        raise InvalidInputError("texts must be non-empty strings (blank lines are skipped in .txt files).")
+    batch = model.module.encode(texts)
+    names = _unique([f"text-{i:04d}" for i in range(len(texts))] if names is None else list(names))
+    return Dataset(batch.inputs.detach(), names, labels, "text", None, texts)
+
+
+def _load_texts(paths: Sequence[str | os.PathLike[str]], model: LoadedModel, limit: int | None) -> Dataset:
+    """Texts for a text model: the builtin ``sentiment-test`` set, or ``.txt`` files (one text per line)."""
+    texts: list[str] = []
+    names: list[str] = []
+    labels: list[int] = []
+    labelled = True
+    for entry in paths:
+        text = os.fspath(entry)
+        if text == "sentiment-test":
+            from whybox.data.text import sentiment_data
+
+            builtin_texts, builtin_labels = sentiment_data("test")
+            texts += builtin_texts
+            names += [f"sentiment-test-{i:03d}" for i in range(len(builtin_texts))]
+            labels += builtin_labels.tolist()
+            continue
+        path = Path(text).expanduser()
+        if not path.is_file() or path.suffix.lower() != ".txt":
+            raise DatasetNotFoundError(
+                f"input {text!r}: a text model reads the builtin 'sentiment-test' set or .txt files (one text per "
+                "line)" + ("; no such file." if not path.exists() else f"; got {path.suffix or 'no suffix'!r}.")
+            )
+        try:
+            lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataFormatError(f"input {text!r} could not be read as UTF-8 text: {exc}.") from None
+        lines = [ln for ln in lines if ln]
+        if not lines:
+            raise DataFormatError(f"input {text!r} holds no text (every line is blank).")
+        texts += lines
+        names += [f"{path.name}:{i + 1}" for i in range(len(lines))]
+        labelled = False
+    if limit is not None:
+        texts, names, labels = texts[:limit], names[:limit], labels[:limit]
+    y = torch.tensor(labels, dtype=torch.int64) if labelled and labels else None
+    return texts_dataset(texts, model, names=names, labels=y)
 
 
 # --------------------------------------------------------------------------------------------------
