@@ -1,0 +1,1 @@
+"""Explanations for language models: sparse-autoencoder features, generation attribution."""
