@@ -44,3 +44,42 @@ def make_cnn() -> Callable[..., nn.Sequential]:
 def gen() -> torch.Generator:
     """A CPU generator seeded with 0 (never the global RNG)."""
     return torch.Generator().manual_seed(0)
+
+
+TOY_WORDS = ["the", "movie", "was", "great", "bad", "not", "a", "film", "plot", "acting", "good", "terrible", "it",
+             "and", "but", "very", "boring", "fun", "play", "##ing", "##ed", "love", "hate", "story"]  # fmt: skip
+
+
+def toy_text_classifier(seed: int = 0, num_labels: int = 3) -> object:
+    """A tiny BERT classifier (hidden 32, 2 layers, 4 heads, float64, eval) with a toy WordPiece tokenizer, both
+    built locally, wrapped by ``whybox.adapt_text``. Needs transformers and tokenizers (the caller skips)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+
+    import whybox
+
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TOY_WORDS])}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+        mask_token="[MASK]",
+    )  # fmt: skip
+    cfg = BertConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        num_labels=num_labels, max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = BertForSequenceClassification(cfg).to(torch.float64).eval()
+    return whybox.adapt_text(model, tokenizer)
+
+
+@pytest.fixture(scope="session")
+def make_text_classifier() -> Callable[..., object]:
+    """Factory for :func:`toy_text_classifier` (the caller skips without transformers/tokenizers)."""
+    return toy_text_classifier

@@ -16,9 +16,20 @@ from whybox.registry import EXPLAINERS, METRICS
 __all__ = ["evaluate", "explain", "get_explainer", "methods", "metrics"]
 
 
-def methods() -> list[str]:
-    """Registered explainer names, sorted."""
-    return EXPLAINERS.names()
+#: The kinds of input a method can apply to (``Explainer.input_kinds``).
+INPUT_KINDS = ("image", "tabular", "text")
+
+
+def methods(kind: str | None = None) -> list[str]:
+    """Registered explainer names, sorted; with ``kind`` (``"image"``, ``"tabular"`` or ``"text"``) only the
+    methods that apply to that kind of input (CAMs and RISE: images; attention methods: text)."""
+    if kind is None:
+        return EXPLAINERS.names()
+    if kind not in INPUT_KINDS:
+        from whybox.errors import InvalidParameterError
+
+        raise InvalidParameterError(f"kind must be one of {INPUT_KINDS} or None; got {kind!r}.")
+    return [n for n in EXPLAINERS.names() if kind in getattr(EXPLAINERS.get(n), "input_kinds", INPUT_KINDS)]
 
 
 def get_explainer(name: str) -> type:

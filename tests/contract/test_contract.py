@@ -27,7 +27,7 @@ from whybox.explainers.base import GradientExplainer
 from whybox.explainers.cam.base import CAM
 
 M = TypeVar("M", bound=nn.Module)
-METHODS = whybox.methods()
+METHODS = whybox.methods("image")  # text-only methods (attention) have their own suite: test_text_contract.py
 CAM_METHODS = [m for m in METHODS if issubclass(whybox.get_explainer(m), CAM)]
 B, C, H, W, K = 3, 3, 12, 12, 5
 CHANNELS = 8

@@ -123,7 +123,7 @@ def test_digits_demo_writes_one_overlay_per_image_and_method_and_a_self_containe
     out = tmp_path / "demo"
     result = runner.invoke(cli.main, ["demo", "--model", "digits-cnn", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    names = whybox.methods()
+    names = whybox.methods("image")  # the demo runs every method that applies to images
 
     rows = _table_rows(result.stdout)
     assert [r[0] for r in rows] == names  # one row per method, in order
@@ -331,7 +331,7 @@ def test_unknown_method_is_a_usage_error_naming_it_and_listing_the_valid_ones(
     )
     assert result.exit_code == 2
     assert "unknown method 'nope'" in result.output
-    assert all(m in result.output for m in whybox.methods())
+    assert all(m in result.output for m in whybox.methods("image"))
     assert not any(tmp_path.iterdir())  # refused before any work
 
 
@@ -522,8 +522,8 @@ def test_real_demo_on_coffee_with_every_method(tmp_path: Path) -> None:
     line = next(x for x in result.stdout.splitlines() if x.startswith("image 0: coffee: "))
     label = line.removeprefix("image 0: coffee: ").rsplit(" (", 1)[0]
     assert label in {"espresso", "cup", "coffee mug", "tea cup"}, line  # EfficientNet-Lite0: espresso, 95 %
-    assert [r[0] for r in _table_rows(result.stdout)] == whybox.methods()
-    for j, m in enumerate(whybox.methods()):
+    assert [r[0] for r in _table_rows(result.stdout)] == whybox.methods("image")
+    for j, m in enumerate(whybox.methods("image")):
         assert (out / f"img00_m{j:02d}_{safe_component(m)}.png").is_file()
     page = (out / "index.html").read_text(encoding="utf-8")
     assert "espresso" in page and all((out / s).is_file() for s in _parse(page).srcs)

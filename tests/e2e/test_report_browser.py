@@ -163,7 +163,7 @@ def test_report_of_a_real_run_shows_every_method_s_overlays_and_the_leaderboard(
                 "--metrics", "deletion,insertion", "--shard-size", "4", "--out", str(run_dir)]  # fmt: skip
     else:
         run_dir = tmp_path / "demo" / "run"
-        methods, n = whybox.methods(), 3
+        methods, n = whybox.methods("image"), 3
         args = ["demo", "--model", "digits-cnn", "--out", str(tmp_path / "demo")]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output

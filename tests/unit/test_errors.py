@@ -27,7 +27,7 @@ from whybox.errors import (
 from whybox.explainers.base import GradientExplainer
 from whybox.explainers.cam.base import CAM
 
-METHODS = whybox.methods()
+METHODS = whybox.methods("image")
 GRADIENT_METHODS = [m for m in METHODS if issubclass(whybox.get_explainer(m), GradientExplainer)]
 CAM_METHODS = [m for m in METHODS if issubclass(whybox.get_explainer(m), CAM)]
 
@@ -203,11 +203,11 @@ def test_unknown_method_lists_known_and_suggests(model: nn.Module, x: torch.Tens
         r"method='gradcma' is not a known explainer\. Did you mean 'gradcam'",
         lambda: whybox.explain(model, x, "gradcma"),
     )
-    assert msg.endswith("Known explainers: " + ", ".join(METHODS) + ".")
+    assert msg.endswith("Known explainers: " + ", ".join(whybox.methods()) + ".")
     _raises(
         UnknownNameError,
         KeyError,
-        r"Known explainers: " + re.escape(", ".join(METHODS)),
+        r"Known explainers: " + re.escape(", ".join(whybox.methods())),
         lambda: whybox.get_explainer("nope"),
     )
 

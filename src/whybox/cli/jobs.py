@@ -549,7 +549,12 @@ def evaluate_cmd(ctx: click.Context, **params: Any) -> None:
 # ---------------------------------------------------------------------------------------------- compare
 @click.command("compare")
 @_common
-@click.option("--methods", "methods_opt", metavar="A,B,...", help="Methods to compare (default: every method).")
+@click.option(
+    "--methods",
+    "methods_opt",
+    metavar="A,B,...",
+    help="Methods to compare (default: every method that applies to the inputs).",
+)
 @click.option("--metrics", "metrics_opt", default="deletion,insertion", show_default=True, metavar="A,B,...")
 @click.option(
     "--option",
@@ -609,7 +614,7 @@ def compare_cmd(ctx: click.Context, **params: Any) -> None:
     )
     from whybox.runs.job import Job, run_job
 
-    methods = _split(params["methods_opt"], flag="--methods", valid=whybox.methods()) or whybox.methods()
+    methods = _split(params["methods_opt"], flag="--methods", valid=whybox.methods())
     metric_names = _split(params["metrics_opt"], flag="--metrics", valid=METRICS.names())
     mopts = _merge(
         tables.get("options", {}),
@@ -623,6 +628,11 @@ def compare_cmd(ctx: click.Context, **params: Any) -> None:
         flag="metric_options",
         scoped=True,
     )
+    loaded: tuple[Any, Any] | None = None
+    if not methods:  # every method that applies to these inputs (CAMs and RISE need images; attention needs text)
+        loaded = _load(params)
+        kind = loaded[1].kind
+        methods = whybox.methods(kind if kind in ("image", "tabular", "text") else None)
     try:
         job = Job(
             methods=tuple(methods),
@@ -636,7 +646,7 @@ def compare_cmd(ctx: click.Context, **params: Any) -> None:
         )
     except WhyboxError as exc:
         raise _fail(str(exc)) from None
-    lm, ds = _load(params)
+    lm, ds = loaded if loaded is not None else _load(params)
     _target(params["target"], ds)
     out_dir = Path(params["out_dir"])
     n = len(ds.names)

@@ -523,8 +523,8 @@ def demo_cmd(
         digits = DEMO_DIGITS if model_name == "efficientnet-lite0" else 0
     from whybox.data import PHOTOS
 
-    chosen_methods = _split_list(methods_opt, valid=whybox.methods(), what="method", param="--methods")
-    methods = chosen_methods or whybox.methods()
+    chosen_methods = _split_list(methods_opt, valid=whybox.methods("image"), what="method", param="--methods")
+    methods = chosen_methods or whybox.methods("image")
     if photos_opt is not None and model_name != "efficientnet-lite0":
         raise click.BadParameter(
             f"--photos chooses ImageNet photos; it does not apply to --model {model_name}.", param_hint="--photos"
@@ -823,9 +823,9 @@ def debug_cmd(model_name: str, method: str, limit: int | None, n_regions: int, o
 
     from whybox.data import digits_cnn, load_digits
 
-    if method not in whybox.methods():
+    if method not in whybox.methods("image"):
         raise click.BadParameter(
-            f"unknown method {method!r}; choose one of {', '.join(whybox.methods())}.", param_hint="--method"
+            f"unknown method {method!r}; choose one of {', '.join(whybox.methods('image'))}.", param_hint="--method"
         )
     k = math.isqrt(n_regions)
     if k * k != n_regions or k > 8:

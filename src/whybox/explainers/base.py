@@ -46,6 +46,8 @@ class Explainer:
     name: ClassVar[str] = "explainer"
     needs_grad: ClassVar[bool] = False
     image_only: ClassVar[bool] = False
+    #: The kinds of input the method applies to (``whybox.methods(kind)``).
+    input_kinds: ClassVar[tuple[str, ...]] = ("image", "tabular", "text")
 
     def __init__(
         self,

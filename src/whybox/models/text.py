@@ -101,25 +101,24 @@ class TextBatch:
         return self._replace(kind, "fill")
 
     def token_features(self) -> torch.Tensor:
-        """Feature ids ``(B, T, 1)`` for perturbation methods: one feature per token position."""
+        """Feature ids ``(B, T, 1)`` for perturbation methods: one feature per ordinary token (its position); the
+        specials and pads of a row share one more feature (id ``T``), which never changes (the fill keeps them), so
+        a padded row has the same features, in the same order, as the row alone."""
         t = self.inputs.shape[1]
-        return torch.arange(t, device=self.inputs.device).view(1, t, 1).expand(len(self), t, 1).contiguous()
+        ids = torch.arange(t, device=self.inputs.device).view(1, t).expand(len(self), t)
+        ids = torch.where(self.special_mask.to(self.inputs.device), torch.full_like(ids, t), ids)
+        return ids.unsqueeze(-1).contiguous()
 
     def word_features(self) -> torch.Tensor:
-        """Feature ids ``(B, T, 1)``: the subwords of a word share one feature; specials and pads each get their
-        own (they never change, so they get 0)."""
+        """Feature ids ``(B, T, 1)``: the subwords of a word share one feature (words ``0..W-1`` in reading order);
+        specials and pads share one more (id ``W``), which never changes, so padding changes nothing."""
         t = self.inputs.shape[1]
         out = torch.empty(len(self), t, 1, dtype=torch.int64)
         for r, wids in enumerate(self.word_ids):
             n_words = 1 + max((w for w in wids if w is not None), default=-1)
-            extra = n_words
             for i in range(t):
                 w = wids[i] if i < len(wids) else None
-                if w is None:
-                    out[r, i, 0] = extra
-                    extra += 1
-                else:
-                    out[r, i, 0] = w
+                out[r, i, 0] = n_words if (w is None or bool(self.special_mask[r, i])) else w
         return out.to(self.inputs.device)
 
     def token_attributions(self, explanation: Explanation | torch.Tensor, reduce: str = "sum") -> torch.Tensor:

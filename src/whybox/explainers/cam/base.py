@@ -81,6 +81,7 @@ class CAM(Explainer):
     """
 
     image_only = True
+    input_kinds = ("image",)
     uses_gradients = True
 
     def __init__(

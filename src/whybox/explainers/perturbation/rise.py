@@ -86,6 +86,7 @@ class Rise(PerturbationExplainer):
     """
 
     image_only = True
+    input_kinds = ("image",)
 
     def __init__(
         self,

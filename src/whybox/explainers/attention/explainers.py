@@ -1,0 +1,165 @@
+"""Registered attention explainers for text classifiers: ``raw_attention``, ``attention_rollout`` and
+``attention_relevance`` (Chefer, Gur & Wolf ICCV 2021, single stream).
+
+They take the packed inputs of a :class:`~whybox.models.text.TextClassifierAdapter` (``(B, T, D + 1)``: word
+embeddings and the attention mask), run the Hugging Face model once under eager attention
+(:func:`~whybox.explainers.attention.collect.collect_attentions`) and read one row of the token-to-token matrix:
+the CLS row by default (``readout="cls"``; ``"mean"`` over attended tokens for mean-pooled models). The
+attributions are ``(B, T, 1)``: one value per token (it broadcasts to the inputs), pads 0. Rollout and raw
+attention ignore the target (class-agnostic); relevance weights each head by the gradient of the target logit.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from whybox.errors import InvalidInputError, InvalidParameterError
+from whybox.explainers.attention.collect import collect_attentions
+from whybox.explainers.attention.relevance import gradient_weighted_relevance
+from whybox.explainers.attention.rollout import attention_rollout, raw_attention, readout
+from whybox.explainers.base import Explainer
+from whybox.masking.engine import MaskingEngine
+from whybox.models.targets import Target, TargetLike, resolve_target
+from whybox.registry import EXPLAINERS
+
+__all__ = ["AttentionExplainer", "AttentionRelevance", "AttentionRollout", "RawAttention"]
+
+READOUTS = ("cls", "mean")
+FUSIONS = ("mean", "max", "min")
+
+
+def _check_start(start_layer: Any) -> int:
+    if isinstance(start_layer, bool) or not isinstance(start_layer, int) or start_layer < 0:
+        raise InvalidParameterError(f"start_layer must be a non-negative int; got {start_layer!r}.")
+    return start_layer
+
+
+class AttentionExplainer(Explainer):
+    """Shared plumbing: text adapter check, one collection pass, the readout, ``(B, T, 1)`` output."""
+
+    input_kinds: ClassVar[tuple[str, ...]] = ("text",)
+    with_grads: ClassVar[bool] = False
+
+    def __init__(self, model: Any, *, readout: str = "cls", **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        from whybox.models.text import TextClassifierAdapter
+
+        if not isinstance(self.adapter, TextClassifierAdapter):
+            raise InvalidParameterError(
+                f"{self.name!r} reads a transformer's attention: pass a text classifier adapter from "
+                f"whybox.adapt_text(model, tokenizer); got {type(self.adapter).__name__}."
+            )
+        if readout not in READOUTS:
+            raise InvalidParameterError(f"readout must be one of {READOUTS}; got {readout!r}.")
+        self.readout = readout
+        self.start_layer = 0
+
+    def _matrix_row(
+        self, attentions: list[torch.Tensor], grads: list[torch.Tensor] | None, mask: torch.Tensor
+    ) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def _explain(
+        self, x: torch.Tensor, target: TargetLike, engine: MaskingEngine, n_backward: list[int]
+    ) -> tuple[torch.Tensor, Target, dict[str, Any]]:
+        if x.ndim != 3:
+            raise InvalidInputError(
+                f"{self.name!r} takes the packed text inputs (B, T, D + 1) of adapter.encode(texts); got "
+                f"{tuple(x.shape)}."
+            )
+        model = self.adapter.model
+        mask = (x[..., -1] > 0.5).to(torch.long)
+        logits, attentions, grads = collect_attentions(
+            model,
+            target=target,
+            with_grads=self.with_grads,
+            inputs_embeds=x[..., :-1],
+            attention_mask=mask,
+        )
+        engine.n_forward += x.shape[0]
+        if self.with_grads:
+            n_backward[0] += x.shape[0]
+        if self.start_layer >= len(attentions):
+            raise InvalidParameterError(
+                f"start_layer={self.start_layer} but the model has {len(attentions)} attention layers."
+            )
+        row = self._matrix_row(attentions, grads, mask)
+        row = row * mask.to(row.dtype)
+        tgt = resolve_target(target, logits.detach())
+        return row.unsqueeze(-1).to(x.dtype), tgt, {"readout": self.readout, "n_layers": len(attentions)}
+
+
+@EXPLAINERS.register("raw_attention")
+class RawAttention(AttentionExplainer):
+    """One layer's head-fused attention row (default the last layer, mean over heads): ``F^(l)[readout, :]``."""
+
+    def __init__(self, model: Any, *, layer: int = -1, head_fusion: str = "mean", **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        if head_fusion not in FUSIONS:
+            raise InvalidParameterError(f"head_fusion must be one of {FUSIONS}; got {head_fusion!r}.")
+        if isinstance(layer, bool) or not isinstance(layer, int):
+            raise InvalidParameterError(f"layer must be an int (negative counts from the last); got {layer!r}.")
+        self.layer = layer
+        self.head_fusion = head_fusion
+
+    def _matrix_row(
+        self, attentions: list[torch.Tensor], grads: list[torch.Tensor] | None, mask: torch.Tensor
+    ) -> torch.Tensor:
+        if not -len(attentions) <= self.layer < len(attentions):
+            raise InvalidParameterError(f"layer={self.layer} but the model has {len(attentions)} attention layers.")
+        return raw_attention(
+            attentions, layer=self.layer, head_fusion=self.head_fusion, readout=self.readout, mask=mask
+        )
+
+
+@EXPLAINERS.register("attention_rollout")
+class AttentionRollout(AttentionExplainer):
+    """Attention rollout (Abnar & Zuidema 2020): ``R = Â^(L) ... Â^(s)``, ``Â = rownorm(fuse(A) + I)``; the
+    readout row of R. Class-agnostic."""
+
+    def __init__(
+        self, model: Any, *, head_fusion: str = "mean", discard_ratio: float = 0.0, start_layer: int = 0, **kwargs: Any
+    ) -> None:
+        super().__init__(model, **kwargs)
+        self.start_layer = _check_start(start_layer)
+        if head_fusion not in FUSIONS:
+            raise InvalidParameterError(f"head_fusion must be one of {FUSIONS}; got {head_fusion!r}.")
+        if not isinstance(discard_ratio, (int, float)) or isinstance(discard_ratio, bool) or not 0 <= discard_ratio < 1:
+            raise InvalidParameterError(f"discard_ratio must be in [0, 1); got {discard_ratio!r}.")
+        self.head_fusion = head_fusion
+        self.discard_ratio = float(discard_ratio)
+
+    def _matrix_row(
+        self, attentions: list[torch.Tensor], grads: list[torch.Tensor] | None, mask: torch.Tensor
+    ) -> torch.Tensor:
+        r = attention_rollout(
+            attentions,
+            head_fusion=self.head_fusion,
+            discard_ratio=self.discard_ratio,
+            start_layer=self.start_layer,
+            mask=mask,
+        )
+        return readout(r, self.readout, mask=mask)
+
+
+@EXPLAINERS.register("attention_relevance")
+class AttentionRelevance(AttentionExplainer):
+    """Gradient-weighted attention relevance (Chefer, Gur & Wolf ICCV 2021): ``Ā = E_h[(∇A ⊙ A)^+]``, ``R = I``,
+    ``R ← R + Ā R`` per layer from ``start_layer``; the readout row of R. One forward and one backward pass per
+    row."""
+
+    with_grads: ClassVar[bool] = True
+
+    def __init__(self, model: Any, *, start_layer: int = 0, **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        self.start_layer = _check_start(start_layer)
+
+    def _matrix_row(
+        self, attentions: list[torch.Tensor], grads: list[torch.Tensor] | None, mask: torch.Tensor
+    ) -> torch.Tensor:
+        if grads is None:  # pragma: no cover - with_grads is set
+            raise InvalidParameterError("attention_relevance needs the attention gradients.")
+        r = gradient_weighted_relevance(attentions, grads, start_layer=self.start_layer)
+        return readout(r, self.readout, mask=mask)
