@@ -117,3 +117,17 @@ def test_text_inputs_load_from_txt_files_and_the_builtin_set(tmp_path: object) -
         load_inputs([Path(str(tmp_path)) / "blank.txt"], lm)
     with pytest.raises(InvalidInputError, match="holds texts, but model 'digits-cnn' is not a text model"):
         load_inputs(["sentiment-test"], load_model("digits-cnn"))
+
+
+@pytest.mark.parametrize("method", ["raw_attention", "attention_rollout", "attention_relevance"])
+def test_attention_methods_read_minilm(sentiment: tuple[object, object], method: str) -> None:
+    """The sentiment model passes MiniLM's attentions through, so the attention methods apply; rollout with the
+    mean readout (MiniLM is mean-pooled) sums to 1 over the real tokens."""
+    from whybox.models.text import explain_text
+
+    _, adapter = sentiment
+    out = explain_text(adapter, TEXTS[:2], method, readout="mean")
+    assert [w for w, _ in out.words[0]] == ["the", "movie", "was", "great", "."]
+    if method == "attention_rollout":
+        total = out.batch.token_attributions(out.explanation).sum(1)
+        assert torch.allclose(total, torch.ones(2, dtype=total.dtype), atol=1e-5)

@@ -87,6 +87,7 @@ def sentiment_data(split: str = "train") -> tuple[list[str], torch.Tensor]:
 @dataclass
 class _Output:
     logits: torch.Tensor
+    attentions: tuple[torch.Tensor, ...] | None = None
 
 
 class MiniLMSentiment(nn.Module):
@@ -108,7 +109,10 @@ class MiniLMSentiment(nn.Module):
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds)
+        return self._pool(self.encoder(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds),
+                          attention_mask)  # fmt: skip
+
+    def _pool(self, out: Any, attention_mask: torch.Tensor | None) -> torch.Tensor:
         h = out.last_hidden_state
         if attention_mask is None:
             attention_mask = torch.ones(h.shape[:2], dtype=torch.long, device=h.device)
@@ -121,8 +125,18 @@ class MiniLMSentiment(nn.Module):
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        return_dict: bool = True,
     ) -> _Output:
-        return _Output(self.head(self.embed(input_ids, attention_mask, inputs_embeds)))
+        """Logits ``(B, 2)``; with ``output_attentions`` also MiniLM's attentions (for the attention methods)."""
+        out = self.encoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            output_attentions=output_attentions,
+        )
+        logits = self.head(self._pool(out, attention_mask))
+        return _Output(logits, tuple(out.attentions) if output_attentions and out.attentions is not None else None)
 
 
 def _embed_texts(model: MiniLMSentiment, tokenizer: Any, texts: list[str], batch: int = 64) -> torch.Tensor:
