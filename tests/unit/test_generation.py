@@ -1,0 +1,349 @@
+"""Generation attribution for a causal LM: a tiny GPT-2 and a toy word-level tokenizer built locally (no hub),
+float64, eager attention.
+
+Properties: the adapter's scores are the model's next-token scores at each row's read position (a left-padded row
+equals the unpadded one); gradient methods over the batched steps equal a slow loop over truncated prefixes (and
+a direct autograd oracle on the model), with exact zeros at future positions and on the control channels; IG is
+complete per step; contrastive log-prob and logit differences give identical attributions; token occlusion and
+ablation equal a hand loop; exact Shapley values are efficient per step; a given continuation is used as is and a
+generated one is the greedy decode; the model comes back unchanged, also when a call raises; bad input gets exact
+messages."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers", reason="the text extra (transformers) is not installed")
+tokenizers = pytest.importorskip("tokenizers", reason="the text extra (tokenizers) is not installed")
+
+import whybox  # noqa: E402
+from whybox.errors import InvalidInputError, InvalidParameterError, UnknownNameError  # noqa: E402
+from whybox.explainers.llm.generation import (  # noqa: E402
+    MAX_NOISE_SIGMA,
+    CausalLMAdapter,
+    GenerationAttribution,
+    attribute_generation,
+)
+
+F64 = torch.float64
+EOS = "<|endoftext|>"
+WORDS = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "park", "it", "was", "very", "happy",
+         "sad", "big", "small", "red", "blue"]  # fmt: skip
+VOCAB = [EOS, *WORDS] + [f"w{i}" for i in range(100 - 1 - len(WORDS))]
+PROMPT = "the cat sat on the"
+CONT = "mat and it was"
+CONTRAST = "dog ran it sad"
+
+
+def toy_tokenizer() -> object:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(VOCAB)}, unk_token=EOS))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    # GPT-2 style: no pad and no mask token; <|endoftext|> is BOS, EOS and UNK
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token=EOS, eos_token=EOS, bos_token=EOS)
+
+
+def tiny_gpt2(seed: int = 0, dropout: float = 0.0) -> torch.nn.Module:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(
+        vocab_size=len(VOCAB), n_embd=32, n_layer=2, n_head=4, n_positions=64, resid_pdrop=dropout,
+        embd_pdrop=dropout, attn_pdrop=dropout, bos_token_id=0, eos_token_id=0, initializer_range=0.3,
+        attn_implementation="eager",
+    )  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = GPT2LMHeadModel(cfg)
+    return model.to(F64).eval()
+
+
+@pytest.fixture(scope="module")
+def lm() -> tuple[torch.nn.Module, object]:
+    return tiny_gpt2(), toy_tokenizer()
+
+
+def ids(tok: object, text: str) -> list[int]:
+    return list(tok(text, add_special_tokens=False)["input_ids"])
+
+
+def zero_baseline(x: torch.Tensor) -> torch.Tensor:
+    """Zero word vectors, control channels (mask, read position) kept."""
+    base = x.clone()
+    base[..., :-2] = 0
+    return base
+
+
+# ---------------------------------------------------------------------------------------------- the adapter
+@pytest.mark.parametrize("score", ["log_prob", "prob", "logit"])
+def test_adapter_scores_are_next_token_scores_at_the_read_position(lm: tuple, score: str) -> None:
+    model, tok = lm
+    adapter = CausalLMAdapter(model, tok, score=score)
+    z = torch.tensor([ids(tok, PROMPT + " " + CONT)] * 3)
+    read = torch.tensor([0, 4, 8])
+    x = adapter.pack(z, read)
+    assert x.shape == (3, 9, 34)
+    assert torch.equal(x[..., -2], torch.ones(3, 9, dtype=F64))
+    assert torch.equal(x[..., -1], read.view(3, 1).expand(3, 9).to(F64))
+    with torch.no_grad():
+        logits = model(input_ids=z).logits[torch.arange(3), read]
+        want = {"logit": logits, "prob": logits.softmax(-1), "log_prob": logits.log_softmax(-1)}[score]
+        assert torch.allclose(adapter.scores(x), want, atol=1e-12, rtol=0)
+
+
+def test_a_left_padded_row_scores_as_the_unpadded_row(lm: tuple) -> None:
+    model, tok = lm
+    adapter = CausalLMAdapter(model, tok)
+    z = ids(tok, PROMPT)
+    plain = adapter.pack(torch.tensor([z]), [len(z) - 1])
+    padded = adapter.pack(
+        torch.tensor([[0, 0, *z]]), [len(z) + 1], attention_mask=torch.tensor([[0, 0] + [1] * len(z)])
+    )
+    with torch.no_grad():
+        assert torch.allclose(adapter.scores(padded), adapter.scores(plain), atol=1e-12, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------- gradient methods
+@pytest.mark.parametrize("method", ["integrated_gradients", "input_x_gradient", "saliency"])
+def test_batched_steps_equal_a_loop_over_truncated_prefixes(lm: tuple, method: str) -> None:
+    model, tok = lm
+    opts = {"n_steps": 16} if method == "integrated_gradients" else {}
+    res = attribute_generation(model, tok, PROMPT, continuation=CONT, method=method, batch_size=3, **opts)
+    p, g = res.prompt_length, len(res.continuation)
+    z = res.token_ids
+    assert res.matrix.shape == (p + g, g) and res.matrix.dtype == F64
+    adapter = CausalLMAdapter(model, tok)
+    for t in range(g):
+        x = adapter.pack(torch.tensor([z[: p + t]]), [p + t - 1])
+        extra = {"baseline": zero_baseline(x)} if method == "integrated_gradients" else {}
+        e = whybox.explain(adapter, x, method, target=z[p + t], **opts, **extra)
+        want = e.attributions[0, :, :-2].sum(-1)
+        assert torch.allclose(res.matrix[: p + t, t], want, atol=1e-8, rtol=0), t
+        assert bool(res.matrix[p + t :, t].isnan().all())  # undefined: the step's target and after
+        assert not bool(res.matrix[: p + t, t].isnan().any())
+    # the raw explanation: exactly 0 at each row's future and on the two control channels
+    a = res.explanation.attributions
+    future = torch.arange(p + g).view(1, -1) >= (p + torch.arange(g)).view(-1, 1)
+    assert bool((a[future] == 0).all())
+    assert bool((a[..., -2:] == 0).all())
+    assert res.explanation.target.tolist() == z[p:]
+
+
+def test_input_x_gradient_matches_autograd_on_the_model(lm: tuple) -> None:
+    model, tok = lm
+    res = attribute_generation(model, tok, PROMPT, continuation=CONT, method="input_x_gradient")
+    p, z = res.prompt_length, res.token_ids
+    for t in range(len(z) - p):
+        e = model.get_input_embeddings()(torch.tensor([z[: p + t]])).detach().requires_grad_(True)
+        s = model(inputs_embeds=e).logits[0, -1].log_softmax(-1)[z[p + t]]
+        (grad,) = torch.autograd.grad(s, e)
+        assert torch.allclose(res.matrix[: p + t, t], (e * grad)[0].sum(-1), atol=1e-10, rtol=0), t
+        assert float(res.step_scores[t]) == pytest.approx(float(s.detach()), abs=1e-12)
+
+
+@pytest.mark.parametrize("baseline", ["zero", "unk"])
+def test_integrated_gradients_is_complete_per_step(lm: tuple, baseline: str) -> None:
+    model, tok = lm
+    res = attribute_generation(model, tok, PROMPT, continuation=CONT, baseline=baseline, n_steps=300)
+    p, z = res.prompt_length, res.token_ids
+    adapter = CausalLMAdapter(model, tok)
+    batch = adapter.steps(z, p)
+    with torch.no_grad():
+        fb = adapter.scores(batch.baseline(baseline)).gather(1, batch.targets.view(-1, 1)).squeeze(1)
+    gap = res.step_scores - fb
+    total = torch.nansum(res.matrix, 0)
+    assert bool(((total - gap).abs() <= 1e-3 * gap.abs()).all()), (total, gap)
+
+
+def test_smoothgrad_sigma_is_relative_to_the_embeddings_and_tends_to_its_base(lm: tuple) -> None:
+    model, tok = lm
+    sal = attribute_generation(model, tok, PROMPT, continuation=CONT, method="input_x_gradient")
+    sg = attribute_generation(
+        model, tok, PROMPT, continuation=CONT, method="smoothgrad", base="input_x_gradient", sigma=1e-9, n_samples=3
+    )
+    both = ~sal.matrix.isnan()
+    assert torch.equal(both, ~sg.matrix.isnan())
+    assert torch.allclose(sg.matrix[both], sal.matrix[both], atol=1e-6, rtol=1e-6)
+    e = model.get_input_embeddings()(torch.tensor(sal.token_ids)).detach()
+    level = 0.02
+    res = attribute_generation(
+        model, tok, PROMPT, continuation=CONT, method="smoothgrad", noise_level=level, n_samples=2
+    )
+    assert float(res.explanation.meta["sigma"][0]) == pytest.approx(level * float(e.max() - e.min()), rel=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------- contrastive
+def test_contrastive_log_prob_and_logit_differences_give_identical_attributions(lm: tuple) -> None:
+    model, tok = lm
+    kw = {"continuation": CONT, "contrast": CONTRAST, "n_steps": 24}
+    lp = attribute_generation(model, tok, PROMPT, score="log_prob", **kw)
+    lg = attribute_generation(model, tok, PROMPT, score="logit", **kw)
+    assert torch.equal(lp.matrix.isnan(), lg.matrix.isnan())
+    ok = ~lp.matrix.isnan()
+    assert torch.allclose(lp.matrix[ok], lg.matrix[ok], atol=1e-8, rtol=0)
+    assert lp.contrast_tokens == CONTRAST.split()
+    z, c, p = lp.token_ids, ids(tok, CONTRAST), lp.prompt_length
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([z])).logits[0]
+    for t in range(len(c)):
+        lsm = logits[p + t - 1].log_softmax(-1)
+        want = float(lsm[z[p + t]] - lsm[c[t]])
+        assert float(lp.step_scores[t]) == pytest.approx(want, abs=1e-12)
+        assert float(lg.step_scores[t]) == pytest.approx(want, abs=1e-12)
+    plain = attribute_generation(model, tok, PROMPT, continuation=CONT, n_steps=24)
+    assert not torch.allclose(plain.matrix[ok], lp.matrix[ok])  # the contrast changes the question
+
+
+# ---------------------------------------------------------------------------------------------- perturbation
+@pytest.mark.parametrize("method", ["occlusion", "feature_ablation"])
+@pytest.mark.parametrize("baseline", ["zero", "unk"])
+def test_token_perturbation_equals_a_hand_loop(lm: tuple, method: str, baseline: str) -> None:
+    model, tok = lm
+    res = attribute_generation(model, tok, PROMPT, continuation=CONT, method=method, baseline=baseline, batch_size=5)
+    p, z = res.prompt_length, res.token_ids
+    adapter = CausalLMAdapter(model, tok)
+    emb = model.get_input_embeddings()
+    with torch.no_grad():
+        vec = torch.zeros(32, dtype=F64) if baseline == "zero" else emb(torch.tensor([tok.unk_token_id]))[0]
+        for t in range(len(z) - p):
+            x = adapter.pack(torch.tensor([z]), [p + t - 1])
+            clean = adapter.scores(x)[0, z[p + t]]
+            assert float(res.step_scores[t]) == pytest.approx(float(clean), abs=1e-12)
+            for i in range(p + t):
+                xi = x.clone()
+                xi[0, i, :-2] = vec
+                want = float(clean - adapter.scores(xi)[0, z[p + t]])
+                assert float(res.matrix[i, t]) == pytest.approx(want, abs=1e-10), (t, i)
+            assert bool(res.matrix[p + t :, t].isnan().all())
+
+
+def test_exact_shapley_over_earlier_tokens_is_efficient_per_step(lm: tuple) -> None:
+    model, tok = lm
+    prompt, cont = "the cat sat", "on a mat"
+    res = attribute_generation(model, tok, prompt, continuation=cont, method="exact_shapley")
+    adapter = CausalLMAdapter(model, tok)
+    batch = adapter.steps(res.token_ids, res.prompt_length)
+    with torch.no_grad():  # v(all) - v(none): every earlier token set to the fill (zero vectors)
+        empty = adapter.scores(batch.fill("zero")).gather(1, batch.targets.view(-1, 1)).squeeze(1)
+    assert torch.allclose(torch.nansum(res.matrix, 0), res.step_scores - empty, atol=1e-10, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------- continuations
+def test_a_given_continuation_is_used_as_is(lm: tuple) -> None:
+    model, tok = lm
+    res = attribute_generation(model, tok, PROMPT, continuation=CONT, method="saliency")
+    assert isinstance(res, GenerationAttribution)
+    assert res.tokens == PROMPT.split() + CONT.split()
+    assert res.prompt_length == 5 and res.continuation == CONT.split()
+    as_ids = attribute_generation(
+        model, tok, ids(tok, PROMPT), continuation=torch.tensor(ids(tok, CONT)), method="saliency"
+    )
+    assert as_ids.tokens == res.tokens
+    assert torch.equal(as_ids.matrix.isnan(), res.matrix.isnan())
+    assert torch.equal(torch.nan_to_num(as_ids.matrix), torch.nan_to_num(res.matrix))
+
+
+def test_a_generated_continuation_is_the_greedy_decode_made_once(lm: tuple) -> None:
+    model, tok = lm
+    prompt = ids(tok, PROMPT)
+    want: list[int] = []
+    with torch.no_grad():
+        for _ in range(6):  # greedy, stopping after EOS (kept), as model.generate(do_sample=False)
+            nxt = int(model(input_ids=torch.tensor([prompt + want])).logits[0, -1].argmax())
+            want.append(nxt)
+            if nxt == tok.eos_token_id:
+                break
+    calls = [0]
+    handle = model.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    try:
+        res = attribute_generation(model, tok, PROMPT, max_new_tokens=6, method="saliency", batch_size=64)
+    finally:
+        handle.remove()
+    assert res.token_ids == prompt + want
+    assert res.tokens == tok.convert_ids_to_tokens(prompt + want)
+    # one pass per generated token, one for the gradients of all steps, one for the step scores: generated once
+    assert calls[0] == len(want) + 2
+    forced = attribute_generation(model, tok, PROMPT, continuation=want, method="saliency")
+    assert torch.equal(torch.nan_to_num(forced.matrix), torch.nan_to_num(res.matrix))
+
+
+# ---------------------------------------------------------------------------------------------- the model
+def _snapshot(model: torch.nn.Module) -> tuple:
+    return (
+        {k: v.clone() for k, v in model.state_dict().items()},
+        [m.training for m in model.modules()],
+        [p.requires_grad for p in model.parameters()],
+        model.config.to_dict(),
+    )
+
+
+def _same(model: torch.nn.Module, snap: tuple) -> bool:
+    state, training, requires, config = snap
+    return (
+        all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+        and [m.training for m in model.modules()] == training
+        and [p.requires_grad for p in model.parameters()] == requires
+        and model.config.to_dict() == config
+        and all(p.grad is None for p in model.parameters())
+    )
+
+
+def test_the_model_comes_back_unchanged_also_when_a_call_raises() -> None:
+    model, tok = tiny_gpt2(dropout=0.1), toy_tokenizer()
+    model.train()
+    model.transformer.h[0].attn.c_attn.weight.requires_grad_(False)
+    snap = _snapshot(model)
+    res = attribute_generation(model, tok, PROMPT, max_new_tokens=3, method="integrated_gradients", n_steps=8)
+    assert _same(model, snap)
+    ref = attribute_generation(tiny_gpt2(dropout=0.1), tok, PROMPT, max_new_tokens=3, n_steps=8)  # in eval mode
+    assert res.token_ids == ref.token_ids
+    assert torch.equal(torch.nan_to_num(res.matrix), torch.nan_to_num(ref.matrix))  # dropout was off inside
+    with pytest.raises(InvalidParameterError, match="max_evaluations=1"):
+        attribute_generation(model, tok, PROMPT, max_new_tokens=3, method="feature_ablation", max_evaluations=1)
+    assert _same(model, snap)
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+def test_bad_input_gets_exact_messages(lm: tuple) -> None:
+    model, tok = lm
+    cases = [
+        ({"prompt": ""}, InvalidParameterError, "prompt must be a non-empty string or hold at least one token id; got ''."),
+        ({"prompt": []}, InvalidParameterError, "prompt must be a non-empty string or hold at least one token id; got []."),
+        ({"continuation": ""}, InvalidParameterError,
+         "continuation must be a non-empty string or hold at least one token id; got ''."),
+        ({"continuation": CONT, "contrast": "dog ran"}, InvalidParameterError,
+         "contrast must have as many tokens as the continuation (4); got 2."),
+        ({"score": "probability"}, InvalidParameterError,
+         "score must be one of ('logit', 'prob', 'log_prob'); got 'probability'."),
+        ({"baseline": "blur"}, InvalidParameterError,
+         "baseline must be one of ('pad', 'mask', 'unk', 'zero'); got 'blur'."),
+        ({"baseline": "pad", "continuation": CONT}, InvalidParameterError,
+         "baseline='pad' needs a pad token, which this tokenizer does not have; use one of ['unk', 'zero']."),
+        ({"max_new_tokens": 0}, InvalidParameterError, "max_new_tokens must be an int >= 1; got 0."),
+        ({"continuation": [3, 100]}, InvalidInputError,
+         "continuation holds token id 100, outside the model's vocabulary 0..99; use the tokenizer that belongs to "
+         "the model."),
+        ({"prompt": 3.5}, InvalidParameterError,
+         "prompt must be a string or token ids (a list of ints or a 1-d integer tensor); got float."),
+        ({"continuation": CONT, "method": "smoothgrad", "sigma": 0.5}, InvalidParameterError,
+         f"sigma must be <= {MAX_NOISE_SIGMA} for generation attribution (the noise also lands on the attention-mask "
+         "and read-position channels); got 0.5. Pass a smaller sigma= or noise_level=."),
+        ({"continuation": " ".join(["the"] * 60)}, InvalidInputError,
+         "prompt (5 tokens) and continuation (60) exceed the model's 64 positions; shorten them."),
+    ]  # fmt: skip
+    for kw, err, msg in cases:
+        kw = {"prompt": PROMPT, **kw}
+        with pytest.raises(err) as info:
+            attribute_generation(model, tok, kw.pop("prompt"), **kw)
+        assert str(info.value) == msg, kw
+    with pytest.raises(UnknownNameError, match="method='integrated_gradient' is not a known explainer"):
+        attribute_generation(model, tok, PROMPT, continuation=CONT, method="integrated_gradient")
+    adapter = CausalLMAdapter(model, tok, contrast={4: 7})
+    x = adapter.pack(torch.tensor([ids(tok, PROMPT + " " + CONT)]), [5])
+    with pytest.raises(InvalidInputError) as info:
+        adapter.scores(x)
+    assert str(info.value) == "a row reads position 5, which has no contrast token; contrast covers read positions [4]."
+    with torch.no_grad():  # the contrast token scores exactly 0 against itself
+        assert float(CausalLMAdapter(model, tok, contrast={5: 7}).scores(x)[0, 7]) == 0.0
