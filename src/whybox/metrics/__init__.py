@@ -9,6 +9,7 @@ import types
 
 from whybox.metrics import (
     complexity,
+    eraser,
     faithfulness,
     localisation,
     randomization,
@@ -24,6 +25,7 @@ __all__ = [
     "Metric",
     "MetricResult",
     "complexity",
+    "eraser",
     "faithfulness",
     "localisation",
     "randomization",
