@@ -3,8 +3,9 @@
 Properties: ERASER comprehensiveness and sufficiency over words and over tokens equal a hand loop that replaces
 the top words by [MASK]; specials and pads are null features (never counted, never selected, whatever their
 attribution); padding changes nothing (batched equals one by one). Deletion and insertion over words equal a
-hand loop when the word ids are spread over every channel of the packed input; the spellings that do not work
-yet on packed text inputs are pinned as strict xfails (see their reasons).
+hand loop, with the word ids as a label map (B, T, 1), as FeatureGroups over tokens or spread over every channel,
+and with per-token attribution maps (B, T); what does not hold yet (padding moves the deletion AUC) is pinned as
+a strict xfail.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ pytest.importorskip("tokenizers", reason="the text extra (tokenizers) is not ins
 from test_text import SENTENCES, tiny_bert, toy_tokenizer
 
 import whybox
-from whybox.errors import InvalidInputError
 from whybox.masking.features import FeatureGroups
 from whybox.metrics.eraser import ERASER_FRACTIONS
 from whybox.models.text import TextBatch, adapt_text
@@ -190,12 +190,6 @@ def test_deletion_and_insertion_over_words_match_a_hand_loop(
     assert r.meta["protocol"] == "region_steps"
 
 
-@pytest.mark.xfail(
-    raises=InvalidInputError,
-    strict=True,
-    reason="faithfulness._region_groups accepts an integer label map only for images: 'regions as a segmentation "
-    "need images (B, C, H, W); got (4, 13, 33)'",
-)
 @pytest.mark.parametrize("name", ["deletion", "insertion"])
 def test_deletion_and_insertion_take_word_features_as_a_label_map(
     clf: object, batch: TextBatch, ig: object, name: str
@@ -206,13 +200,6 @@ def test_deletion_and_insertion_take_word_features_as_a_label_map(
     torch.testing.assert_close(r.curves["y"], ys, atol=1e-12, rtol=0)
 
 
-@pytest.mark.xfail(
-    raises=AssertionError,
-    strict=True,
-    reason="silently wrong: faithfulness.curve_points scatters the flattened (B, T*(D+1)) attribution map with "
-    "the (B, T) flattened region ids, so regions are ranked by the first T elements of the map (the first "
-    "token's embedding coordinates), not by their own attributions",
-)
 @pytest.mark.parametrize("name", ["deletion", "insertion"])
 def test_deletion_and_insertion_take_token_shaped_feature_groups(
     clf: object, batch: TextBatch, ig: object, name: str
@@ -225,12 +212,6 @@ def test_deletion_and_insertion_take_token_shaped_feature_groups(
     torch.testing.assert_close(r.curves["y"], ys, atol=1e-12, rtol=0)
 
 
-@pytest.mark.xfail(
-    raises=InvalidInputError,
-    strict=True,
-    reason="feature_scores requires attributions of the input's shape: 'attributions of shape (4, 13) must have "
-    "the shape of the inputs (4, 13, 33)'",
-)
 def test_deletion_takes_a_token_map(clf: object, batch: TextBatch, ig: object) -> None:
     ids = batch.word_features()
     spread = FeatureGroups(ids.expand_as(batch.inputs).contiguous(), int(ids.max()) + 1, "words")

@@ -188,7 +188,8 @@ def feature_scores(
 
     Images ``(B, C, H, W)``: one feature per pixel; a ``(B, C, H, W)``, ``(B, 1, H, W)`` or ``(B, H, W)`` map is
     pooled over channels by summing (``|.|`` first when ``abs``). Any other input ``(B, *S)``: one feature per
-    element, the attributions shaped like the input.
+    element, the attributions shaped like the input (for packed text ``(B, T, D + 1)`` also one value per token,
+    ``(B, T)`` or ``(B, T, 1)``, copied onto the token's elements).
     """
     a = attributions.detach()
     if abs:
@@ -204,9 +205,13 @@ def feature_scores(
                 f"({b}, {x.shape[1]} or 1, {h}, {w}) or ({b}, {h}, {w})."
             )
         return a.sum(1).reshape(b, -1).to(torch.float64), pixels(x)
+    if a.shape != x.shape and x.ndim == 3 and a.ndim in (2, 3) and a.shape[:2] == x.shape[:2]:
+        # one value per token (B, T) or (B, T, 1) of packed text inputs (B, T, D + 1): each element takes it
+        a = (a if a.ndim == 3 else a.unsqueeze(-1)).expand(x.shape)
     if a.shape != x.shape:
         raise InvalidInputError(
-            f"attributions of shape {tuple(attributions.shape)} must have the shape of the inputs {tuple(x.shape)}."
+            f"attributions of shape {tuple(attributions.shape)} must have the shape of the inputs {tuple(x.shape)}"
+            + (" (or one value per token: (B, T) or (B, T, 1))." if x.ndim == 3 else ".")
         )
     n = int(np.prod(x.shape[1:]))
     g = torch.arange(n, device=x.device).view(1, *x.shape[1:]).expand(b, *x.shape[1:]).contiguous()

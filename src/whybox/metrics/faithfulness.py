@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from whybox.errors import InvalidInputError, InvalidParameterError
-from whybox.masking.features import FeatureGroups, cells
+from whybox.masking.features import FeatureGroups, broadcast_ids, cells
 from whybox.masking.fills import FillLike, make_fill
 from whybox.metrics.base import (
     Context,
@@ -122,15 +122,29 @@ def _check_fill(fill: Any) -> Any:
 # ---------------------------------------------------------------------------------------------- curves
 def _region_groups(regions: Any, x: torch.Tensor) -> FeatureGroups:
     if isinstance(regions, FeatureGroups):
+        if x.ndim != 4 and regions.groups.shape[1:] != x.shape[1:]:  # e.g. (B, T, 1) token ids of (B, T, D + 1)
+            g = broadcast_ids(regions.groups, x)
+            if g is None:
+                raise InvalidParameterError(
+                    f"regions of shape {tuple(regions.groups.shape)} do not broadcast to the inputs {tuple(x.shape)}."
+                )
+            return FeatureGroups(g.expand(x.shape).contiguous(), regions.n_groups, regions.kind)
         return regions
     if isinstance(regions, int) and not isinstance(regions, bool):
         from whybox.masking.features import grid
 
         return grid(x, patch=regions)
+    if isinstance(regions, torch.Tensor) and not regions.is_floating_point() and x.ndim != 4:
+        # any other input: region ids that broadcast to a row, e.g. TextBatch.word_features() (B, T, 1)
+        gb = broadcast_ids(regions, x)
+        if gb is None or bool((gb < 0).any()):
+            raise InvalidParameterError(
+                f"regions must be non-negative region ids broadcasting to the inputs {tuple(x.shape)}, e.g. "
+                f"({x.shape[0]}, *G); got {tuple(regions.shape)}."
+            )
+        return FeatureGroups(gb.expand(x.shape).contiguous(), int(gb.max()) + 1, "regions")
     if isinstance(regions, torch.Tensor) and not regions.is_floating_point():
         g = regions.to(device=x.device, dtype=torch.int64)
-        if x.ndim != 4:
-            raise InvalidInputError(f"regions as a segmentation need images (B, C, H, W); got {tuple(x.shape)}.")
         b, _, h, w = x.shape
         if g.ndim == 2:
             g = g.expand(b, h, w)
