@@ -7,6 +7,12 @@ embeddings and the attention mask), run the Hugging Face model once under eager 
 the CLS row by default (``readout="cls"``; ``"mean"`` over attended tokens for mean-pooled models). The
 attributions are ``(B, T, 1)``: one value per token (it broadcasts to the inputs), pads 0. Rollout and raw
 attention ignore the target (class-agnostic); relevance weights each head by the gradient of the target logit.
+
+Vision transformers: ``whybox.adapt(vit)`` of a Hugging Face ``ViTForImageClassification``-like model (a config
+with ``patch_size``; images ``(B, C, H, W)`` as ``pixel_values``) works too: the CLS row without its prefix column,
+reshaped row-major to the ``(H / P, W / P)`` patch grid and repeated over each patch's pixels (no interpolation:
+every pixel carries its patch's value), ``(B, 1, H, W)``. These methods are listed under
+``whybox.methods("text")`` only: on images they need a transformer, which most image models are not.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import torch
 from whybox.errors import InvalidInputError, InvalidParameterError
 from whybox.explainers.attention.collect import collect_attentions
 from whybox.explainers.attention.relevance import gradient_weighted_relevance
-from whybox.explainers.attention.rollout import attention_rollout, raw_attention, readout
+from whybox.explainers.attention.rollout import attention_rollout, raw_attention, readout, to_grid
 from whybox.explainers.base import Explainer
 from whybox.masking.engine import MaskingEngine
 from whybox.models.targets import Target, TargetLike, resolve_target
@@ -28,6 +34,13 @@ __all__ = ["AttentionExplainer", "AttentionRelevance", "AttentionRollout", "RawA
 
 READOUTS = ("cls", "mean")
 FUSIONS = ("mean", "max", "min")
+
+
+def _patch_size(adapter: Any) -> int | None:
+    """The patch size of a Hugging Face vision transformer behind ``adapter`` (``None`` for anything else)."""
+    cfg = getattr(getattr(adapter, "model", None), "config", None)
+    p = getattr(cfg, "patch_size", None)
+    return int(p) if isinstance(p, int) and p > 0 else None
 
 
 def _check_start(start_layer: Any) -> int:
@@ -44,12 +57,17 @@ class AttentionExplainer(Explainer):
 
     def __init__(self, model: Any, *, readout: str = "cls", **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
+        from whybox.models.adapter import TorchAdapter
         from whybox.models.text import TextClassifierAdapter
 
-        if not isinstance(self.adapter, TextClassifierAdapter):
+        self._vision = not isinstance(self.adapter, TextClassifierAdapter) and _patch_size(self.adapter) is not None
+        if not isinstance(self.adapter, (TextClassifierAdapter, TorchAdapter)) or not (
+            isinstance(self.adapter, TextClassifierAdapter) or self._vision
+        ):
             raise InvalidParameterError(
                 f"{self.name!r} reads a transformer's attention: pass a text classifier adapter from "
-                f"whybox.adapt_text(model, tokenizer); got {type(self.adapter).__name__}."
+                f"whybox.adapt_text(model, tokenizer), or a Hugging Face vision transformer (a config with "
+                f"patch_size); got {type(self.adapter).__name__}."
             )
         if readout not in READOUTS:
             raise InvalidParameterError(f"readout must be one of {READOUTS}; got {readout!r}.")
@@ -64,20 +82,30 @@ class AttentionExplainer(Explainer):
     def _explain(
         self, x: torch.Tensor, target: TargetLike, engine: MaskingEngine, n_backward: list[int]
     ) -> tuple[torch.Tensor, Target, dict[str, Any]]:
-        if x.ndim != 3:
-            raise InvalidInputError(
-                f"{self.name!r} takes the packed text inputs (B, T, D + 1) of adapter.encode(texts); got "
-                f"{tuple(x.shape)}."
-            )
         model = self.adapter.model
-        mask = (x[..., -1] > 0.5).to(torch.long)
-        logits, attentions, grads = collect_attentions(
-            model,
-            target=target,
-            with_grads=self.with_grads,
-            inputs_embeds=x[..., :-1],
-            attention_mask=mask,
-        )
+        if self._vision:
+            if x.ndim != 4:
+                raise InvalidInputError(
+                    f"{self.name!r} on a vision transformer takes images (B, C, H, W); got {tuple(x.shape)}."
+                )
+            logits, attentions, grads = collect_attentions(
+                model, target=target, with_grads=self.with_grads, pixel_values=x
+            )
+            mask = torch.ones(attentions[0].shape[0], attentions[0].shape[-1], dtype=torch.long, device=x.device)
+        else:
+            if x.ndim != 3:
+                raise InvalidInputError(
+                    f"{self.name!r} takes the packed text inputs (B, T, D + 1) of adapter.encode(texts); got "
+                    f"{tuple(x.shape)}."
+                )
+            mask = (x[..., -1] > 0.5).to(torch.long)
+            logits, attentions, grads = collect_attentions(
+                model,
+                target=target,
+                with_grads=self.with_grads,
+                inputs_embeds=x[..., :-1],
+                attention_mask=mask,
+            )
         engine.n_forward += x.shape[0]
         if self.with_grads:
             n_backward[0] += x.shape[0]
@@ -88,7 +116,15 @@ class AttentionExplainer(Explainer):
         row = self._matrix_row(attentions, grads, mask)
         row = row * mask.to(row.dtype)
         tgt = resolve_target(target, logits.detach())
-        return row.unsqueeze(-1).to(x.dtype), tgt, {"readout": self.readout, "n_layers": len(attentions)}
+        meta = {"readout": self.readout, "n_layers": len(attentions)}
+        if self._vision:
+            p = _patch_size(self.adapter)
+            h, w = x.shape[-2] // p, x.shape[-1] // p  # type: ignore[operator]
+            grid = to_grid(row, prefix=row.shape[1] - h * w, h=h, w=w)  # CLS (and distillation) columns dropped
+            meta["grid"] = grid.detach().cpu()
+            full = grid.repeat_interleave(p, dim=1).repeat_interleave(p, dim=2)  # type: ignore[arg-type]
+            return full.unsqueeze(1).to(x.dtype), tgt, meta
+        return row.unsqueeze(-1).to(x.dtype), tgt, meta
 
 
 @EXPLAINERS.register("raw_attention")

@@ -1,0 +1,62 @@
+"""Attention methods on a Hugging Face vision transformer (tiny ViT built locally, float64): the map is the CLS row
+of the rollout / relevance without the CLS column, on the 4 x 4 patch grid, each patch's value repeated over its
+8 x 8 pixels; batched equals one by one; the model is left as it came."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+pytest.importorskip("transformers", reason="the text extra (transformers) is not installed")
+
+import whybox
+from whybox.explainers.attention.collect import collect_attentions
+from whybox.explainers.attention.relevance import gradient_weighted_relevance
+from whybox.explainers.attention.rollout import attention_rollout, to_grid
+
+
+@pytest.fixture(scope="module")
+def vit() -> torch.nn.Module:
+    from transformers import ViTConfig, ViTForImageClassification
+
+    cfg = ViTConfig(
+        image_size=32, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return ViTForImageClassification(cfg).to(torch.float64).eval()
+
+
+def images(n: int = 2) -> torch.Tensor:
+    return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("method", ["attention_rollout", "attention_relevance"])
+def test_vit_map_is_the_cls_row_on_the_patch_grid(vit: torch.nn.Module, method: str) -> None:
+    x = images()
+    e = whybox.explain(whybox.adapt(vit, output="logits"), x, method, target=1)
+    _, att, grads = collect_attentions(vit, target=1, with_grads=True, pixel_values=x)
+    r = attention_rollout(att) if method == "attention_rollout" else gradient_weighted_relevance(att, grads)
+    want = to_grid(r[:, 0, :], prefix=1, h=4, w=4)
+    assert torch.allclose(e.meta["grid"], want, atol=1e-12)
+    assert e.attributions.shape == (2, 1, 32, 32)
+    blocks = e.attributions[:, 0].reshape(2, 4, 8, 4, 8)
+    assert torch.equal(blocks, want[:, :, None, :, None].expand(2, 4, 8, 4, 8))  # one value per patch, no blur
+    one = whybox.explain(whybox.adapt(vit, output="logits"), x[1:], method, target=1)
+    assert torch.allclose(one.attributions[0], e.attributions[1], atol=1e-12)
+
+
+def test_vit_model_left_as_it_came(vit: torch.nn.Module) -> None:
+    before = copy.deepcopy(vit.state_dict())
+    impl = vit.config._attn_implementation
+    vit.train()
+    try:
+        whybox.explain(whybox.adapt(vit, output="logits"), images(1), "attention_relevance", target=0)
+        assert vit.training and vit.config._attn_implementation == impl
+        assert all(torch.equal(v, before[k]) for k, v in vit.state_dict().items())
+        assert all(p.grad is None for p in vit.parameters())
+    finally:
+        vit.eval()
