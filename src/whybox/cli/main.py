@@ -753,8 +753,26 @@ def _sentiment_demo(out_dir: Path) -> None:
             values = [v for _, v in out.words[i]]
             click.echo(f"    {label} {float(probs[i, t]):.0%}  " + render_tokens_terminal(words, values, color=color))
             rows.append((f"{method}: {text} -> {label} ({float(probs[i, t]):.0%})", words, values))
+    try:  # the same sentences through VADER, a rule-based black box: exact Shapley values of its words
+        from whybox.models.blackbox_text import vader
+
+        black = vader()
+    except whybox.errors.MissingExtraError as exc:
+        click.echo(f"  VADER: skipped ({exc})")
+    else:
+        start = time.perf_counter()
+        enc = black.encode(list(DEMO_TEXTS))
+        e = whybox.explain(black, enc.inputs, "exact_shapley", features=enc.features, fill=enc.fill(), allow_large=True)
+        click.echo(f"  VADER (rules, black box), exact Shapley over words ({time.perf_counter() - start:.1f} s):")
+        for i, text in enumerate(DEMO_TEXTS):
+            t = int(e.target[i])
+            label = ("negative", "positive")[t]
+            pairs = enc.word_values(e)[i]
+            words, values = [w for w, _ in pairs], [v for _, v in pairs]
+            click.echo(f"    {label:<8}       " + render_tokens_terminal(words, values, color=color))
+            rows.append((f"VADER exact_shapley: {text} -> {label}", words, values))
     page = output_path(out_dir, "sentiment.html")
-    write_text_atomic(page, render_tokens_page(rows, title="whybox demo: MiniLM sentiment, word attributions"))
+    write_text_atomic(page, render_tokens_page(rows, title="whybox demo: sentiment, word attributions"))
     click.echo(f"wrote {page}")
 
 

@@ -1,0 +1,177 @@
+"""Black-box text models (a function of strings) explained over words with the perturbation methods.
+
+A model that only reads text (VADER, a web service, a rule system) has no embeddings to differentiate. Its inputs
+are then *word-presence rows*: ``(B, W + 1)`` floats, 1 where word ``w`` of text ``b`` is kept, 0 where it is
+removed, and a last column holding the row's text index (it never changes: :meth:`BlackBoxText.fill` keeps it).
+``scores`` rebuilds each perturbed text from its kept words (joined by single spaces) and calls the model. Every
+perturbation method works through the masking engine with ``features=BlackBoxText.features`` (one feature per
+word; the padding columns of shorter texts and the index column share one never-changing feature, so they get
+exactly 0 and padding changes nothing).
+
+:func:`vader` wraps VADER (``vaderSentiment``, offline): scores ``(negative, positive)`` = ``(-compound,
++compound)``, so the explained class is the predicted polarity.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from whybox.errors import InvalidInputError, InvalidParameterError, MissingExtraError, ModelOutputError
+from whybox.models.adapter import ModelAdapter
+
+__all__ = ["BlackBoxText", "BlackBoxTextAdapter", "vader"]
+
+_WORD = re.compile(r"\S+")
+
+
+@dataclass(frozen=True)
+class BlackBoxText:
+    """Texts split into words, and the presence rows a :class:`BlackBoxTextAdapter` scores.
+
+    Shapes
+    ------
+    inputs: ``(B, W + 1)`` (W = the longest text's word count); features: ``(B, W + 1)`` int64.
+    """
+
+    texts: list[str]
+    words: list[list[str]]
+    inputs: torch.Tensor
+
+    @property
+    def features(self) -> torch.Tensor:
+        """Feature ids ``(B, W + 1)``: word ``w`` is feature ``w``; padding and the index column share feature W."""
+        b, w1 = self.inputs.shape
+        w = w1 - 1
+        ids = torch.arange(w1).expand(b, w1).clone()
+        for r, words in enumerate(self.words):
+            ids[r, len(words) :] = w
+        return ids
+
+    def fill(self) -> torch.Tensor:
+        """The fill: every word removed (0), the index column kept."""
+        out = torch.zeros_like(self.inputs)
+        out[:, -1] = self.inputs[:, -1]
+        return out
+
+    def word_values(self, explanation: Any) -> list[list[tuple[str, float]]]:
+        """``(word, value)`` pairs per text from an explanation (or ``(B, W + 1)`` tensor) of these rows."""
+        a = explanation.attributions if hasattr(explanation, "attributions") else explanation
+        a = torch.as_tensor(a).detach().to("cpu", torch.float64)
+        if a.shape != self.inputs.shape:
+            raise InvalidInputError(f"attributions must have shape {tuple(self.inputs.shape)}; got {tuple(a.shape)}.")
+        return [[(w, float(a[r, i])) for i, w in enumerate(words)] for r, words in enumerate(self.words)]
+
+
+class BlackBoxTextModel(nn.Module):
+    """A parameter-free stand-in so the adapter's guard has a module to keep (the model is a plain function)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - never called
+        return x
+
+
+class BlackBoxTextAdapter(ModelAdapter):
+    """A function ``texts -> scores (B, K)`` explained over words (not differentiable: perturbation methods only).
+
+    Parameters
+    ----------
+    score_fn
+        Maps a list of strings to a ``(B, K)`` array or tensor of class scores (probabilities or any scores).
+    labels
+        Optional class names.
+    """
+
+    differentiable = False
+
+    def __init__(self, score_fn: Callable[[list[str]], Any], *, labels: Sequence[str] | None = None) -> None:
+        if not callable(score_fn):
+            raise InvalidParameterError(
+                f"score_fn must be callable (texts -> (B, K) scores); got {type(score_fn).__name__}."
+            )
+        self.score_fn = score_fn
+        self.labels = list(labels) if labels is not None else None
+        self.model = BlackBoxTextModel()
+        self._texts: list[list[str]] = []
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float64
+
+    def guard(self, mode: str = "eval") -> Any:
+        from whybox.models._guard import preserved
+
+        return preserved(self.model, mode)
+
+    def named_modules(self) -> Any:
+        return iter(())
+
+    def encode(self, texts: str | Sequence[str]) -> BlackBoxText:
+        """Split ``texts`` into words (runs of non-space characters) and build their presence rows."""
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts)
+        if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
+            raise InvalidInputError("texts must be a non-empty string or a list of non-empty strings.")
+        words = [_WORD.findall(t) for t in texts]
+        w = max(len(ws) for ws in words)
+        start = len(self._texts)
+        self._texts.extend(words)
+        x = torch.zeros(len(texts), w + 1, dtype=torch.float64)
+        for r, ws in enumerate(words):
+            x[r, : len(ws)] = 1.0
+            x[r, -1] = float(start + r)
+        return BlackBoxText(texts, words, x)
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 2 or x.shape[1] < 2:
+            raise InvalidInputError(
+                f"a black-box text adapter takes presence rows (B, W + 1) from adapter.encode(texts); got {tuple(x.shape)}."
+            )
+        texts = []
+        for row in x.detach().to("cpu", torch.float64):
+            idx = round(float(row[-1]))
+            if not 0 <= idx < len(self._texts):
+                raise InvalidInputError(
+                    f"row index {idx} is not a text this adapter encoded; use adapter.encode(texts)."
+                )
+            words = self._texts[idx]
+            texts.append(" ".join(w for w, keep in zip(words, row[: len(words)].tolist(), strict=True) if keep > 0.5))
+        out = torch.as_tensor(self.score_fn(texts), dtype=torch.float64)
+        if out.ndim == 1:
+            out = out.unsqueeze(1)
+        if out.shape[0] != len(texts) or out.ndim != 2:
+            raise ModelOutputError(
+                f"score_fn must return (B, K) scores for {len(texts)} texts; got {tuple(out.shape)}."
+            )
+        return out
+
+
+def vader() -> BlackBoxTextAdapter:
+    """VADER (Hutto & Gilbert 2014) as a black-box text model: scores ``(negative, positive)`` =
+    ``(-compound, +compound)``.
+
+    Raises
+    ------
+    MissingExtraError
+        If ``vaderSentiment`` is not installed (``pip install 'whybox[demo]'``).
+    """
+    try:
+        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+    except ImportError as exc:
+        raise MissingExtraError(f"VADER needs vaderSentiment: pip install 'whybox[demo]' ({exc}).") from exc
+    analyzer = SentimentIntensityAnalyzer()
+
+    def score(texts: list[str]) -> torch.Tensor:
+        c = torch.tensor([analyzer.polarity_scores(t)["compound"] for t in texts], dtype=torch.float64)
+        return torch.stack([-c, c], 1)
+
+    return BlackBoxTextAdapter(score, labels=["negative", "positive"])
