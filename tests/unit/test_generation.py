@@ -347,3 +347,28 @@ def test_bad_input_gets_exact_messages(lm: tuple) -> None:
     assert str(info.value) == "a row reads position 5, which has no contrast token; contrast covers read positions [4]."
     with torch.no_grad():  # the contrast token scores exactly 0 against itself
         assert float(CausalLMAdapter(model, tok, contrast={5: 7}).scores(x)[0, 7]) == 0.0
+
+
+def test_whole_continuation_target_equals_ablating_the_total_log_likelihood(lm: tuple) -> None:
+    """Whole-continuation target: removing prompt token i (zero vector) changes the continuation's total
+    log-likelihood by exactly whole_continuation[i] (ablation is linear in the score; a continuation token counts
+    only for the steps after it)."""
+    model, tok = lm
+    res = attribute_generation(model, tok, PROMPT, continuation=CONT, method="feature_ablation")
+    p, z = res.prompt_length, torch.tensor([res.token_ids])
+    emb = model.get_input_embeddings()
+
+    def total(e: torch.Tensor) -> float:
+        with torch.no_grad():
+            logp = torch.log_softmax(model(inputs_embeds=e, use_cache=False).logits[0], -1)
+        return float(sum(logp[p + t - 1, z[0, p + t]] for t in range(z.shape[1] - p)))
+
+    e0 = emb(z).detach()
+    clean = total(e0)
+    assert clean == pytest.approx(float(res.step_scores.sum()), abs=1e-10)
+    whole = res.whole_continuation
+    for i in range(z.shape[1] - 1):  # the last token precedes no step
+        ei = e0.clone()
+        ei[0, i] = 0.0
+        assert float(whole[i]) == pytest.approx(clean - total(ei), abs=1e-10), i
+    assert float(whole[-1]) == 0.0

@@ -433,6 +433,15 @@ class GenerationAttribution:
         """The G generated (or given) tokens."""
         return self.tokens[self.prompt_length :]
 
+    @property
+    def whole_continuation(self) -> torch.Tensor:
+        """``(P + G,)``: attributions of the whole continuation's score ``sum_t s_t`` (e.g. its log-likelihood) to
+        every token: the row sums of :attr:`matrix`, a token's own and later steps counting 0 (causality: step t
+        cannot depend on tokens at or after P + t). Exact for every method that is linear in the score it
+        explains: gradients, Integrated Gradients, occlusion and ablation, Shapley values, and the LIME and
+        Kernel SHAP regressions (their fits are linear in the targets, given the same draws)."""
+        return torch.nan_to_num(torch.as_tensor(self.matrix), nan=0.0).sum(1)
+
 
 def _token_ids(tokenizer: Any, value: Any, name: str, *, special: bool) -> list[int]:
     """Token ids of a string (tokenised; ``special``: with the tokenizer's special tokens) or of given ids."""
