@@ -71,25 +71,9 @@ class TextBatch:
         return int(self.inputs.shape[0])
 
     def _replace(self, kind: str, what: str) -> torch.Tensor:
-        if kind not in BASELINES:
-            raise InvalidParameterError(f"{what} must be one of {BASELINES}; got {kind!r}.")
-        x = self.inputs
-        d = x.shape[-1] - 1
-        if kind == "zero":
-            vec = torch.zeros(d, dtype=x.dtype, device=x.device)
-        else:
-            tok = self.replacement_ids.get(kind)
-            if tok is None:
-                have = [k for k, v in self.replacement_ids.items() if v is not None] + ["zero"]
-                raise InvalidParameterError(
-                    f"{what}={kind!r} needs a {kind} token, which this tokenizer does not have; use one of {have}."
-                )
-            with torch.no_grad():
-                vec = self.embeddings(torch.tensor([tok], device=x.device))[0].to(x.dtype)
-        out = x.clone()
-        keep = self.special_mask.to(x.device).unsqueeze(-1)
-        out[..., :d] = torch.where(keep, x[..., :d], vec.expand_as(x[..., :d]))
-        return out
+        return replace_tokens(
+            self.inputs, kind, self.replacement_ids, self.embeddings, self.special_mask, n_control=1, what=what
+        )
 
     def baseline(self, kind: str = "pad") -> torch.Tensor:
         """An Integrated Gradients baseline ``(B, T, D + 1)``: every ordinary token replaced by the ``kind`` token's
@@ -180,6 +164,39 @@ def _per_element(method: str) -> bool:
     from whybox.registry import EXPLAINERS
 
     return method in EXPLAINERS and issubclass(EXPLAINERS.get(method), GradientExplainer)
+
+
+def replace_tokens(
+    x: torch.Tensor,
+    kind: str,
+    replacement_ids: dict[str, int | None],
+    embeddings: nn.Module,
+    keep: torch.Tensor,
+    *,
+    n_control: int,
+    what: str,
+) -> torch.Tensor:
+    """Packed inputs ``x`` ``(B, T, D + n_control)`` with every word vector replaced by the ``kind`` token's
+    embedding (``"zero"``: zero vectors), except where ``keep`` (``(B, T)`` or ``(T,)`` bool) holds; the control
+    channels (mask, read position) are left as they are. Shared by text batches and generation steps."""
+    if kind not in BASELINES:
+        raise InvalidParameterError(f"{what} must be one of {BASELINES}; got {kind!r}.")
+    d = x.shape[-1] - n_control
+    if kind == "zero":
+        vec = torch.zeros(d, dtype=x.dtype, device=x.device)
+    else:
+        tok = replacement_ids.get(kind)
+        if tok is None:
+            have = [k for k, v in replacement_ids.items() if v is not None] + ["zero"]
+            raise InvalidParameterError(
+                f"{what}={kind!r} needs a {kind} token, which this tokenizer does not have; use one of {have}."
+            )
+        with torch.no_grad():
+            vec = embeddings(torch.tensor([tok], device=x.device))[0].to(x.dtype)
+    out = x.clone()
+    k = keep.to(x.device).unsqueeze(-1)
+    out[..., :d] = torch.where(k, x[..., :d], vec.expand_as(x[..., :d]))
+    return out
 
 
 class _TextMixin:

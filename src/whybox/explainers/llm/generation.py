@@ -45,7 +45,7 @@ from whybox.errors import InvalidInputError, InvalidParameterError, ModelOutputE
 from whybox.explanation import Explanation
 from whybox.models.adapter import TorchAdapter
 from whybox.models.targets import SCORE_SPACES, apply_score_space
-from whybox.models.text import BASELINES, _per_element
+from whybox.models.text import BASELINES, _per_element, replace_tokens
 
 __all__ = [
     "CausalLMAdapter",
@@ -302,25 +302,9 @@ class GenerationBatch:
         return self.future_mask() | self.special_mask.view(1, -1)
 
     def _replace(self, kind: str, what: str) -> torch.Tensor:
-        if kind not in BASELINES:
-            raise InvalidParameterError(f"{what} must be one of {BASELINES}; got {kind!r}.")
-        x = self.inputs
-        d = x.shape[-1] - 2
-        if kind == "zero":
-            vec = torch.zeros(d, dtype=x.dtype, device=x.device)
-        else:
-            tok = self.replacement_ids.get(kind)
-            if tok is None:
-                have = [k for k, v in self.replacement_ids.items() if v is not None] + ["zero"]
-                raise InvalidParameterError(
-                    f"{what}={kind!r} needs a {kind} token, which this tokenizer does not have; use one of {have}."
-                )
-            with torch.no_grad():
-                vec = self.embeddings(torch.tensor([tok], device=x.device))[0].to(x.dtype)
-        out = x.clone()
-        keep = self.fixed_mask().unsqueeze(-1)
-        out[..., :d] = torch.where(keep, x[..., :d], vec.expand_as(x[..., :d]))
-        return out
+        return replace_tokens(
+            self.inputs, kind, self.replacement_ids, self.embeddings, self.fixed_mask(), n_control=2, what=what
+        )
 
     def baseline(self, kind: str = "zero") -> torch.Tensor:
         """An Integrated Gradients baseline ``(G, T, D + 2)``: the attributed tokens' word vectors replaced by the
