@@ -4,8 +4,8 @@ Properties: ERASER comprehensiveness and sufficiency over words and over tokens 
 the top words by [MASK]; specials and pads are null features (never counted, never selected, whatever their
 attribution); padding changes nothing (batched equals one by one). Deletion and insertion over words equal a
 hand loop, with the word ids as a label map (B, T, 1), as FeatureGroups over tokens or spread over every channel,
-and with per-token attribution maps (B, T); what does not hold yet (padding moves the deletion AUC) is pinned as
-a strict xfail.
+and with per-token attribution maps (B, T); CLS, SEP and pads (equal to the [MASK] fill) leave the curve, so padding
+does not move a row's AUC.
 """
 
 from __future__ import annotations
@@ -141,17 +141,20 @@ def test_eraser_on_text_batched_equals_one_by_one(clf: object, batch: TextBatch,
 def _curve_by_hand(
     clf: object, batch: TextBatch, a: torch.Tensor, *, insertion: bool, target: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Region-step deletion (insertion) over the word features, straight from RISE: regions (words, and CLS, SEP
-    and pads as their own regions) ranked by the mean attribution of their elements, removed (revealed) one per
-    step; x = share of tokens done; unused region ids of a row add points at the end (no area)."""
+    """Region-step deletion (insertion) over the word features, straight from RISE: the words ranked by the mean
+    attribution of their elements, removed (revealed) one per step; x = share of the words' tokens done. The
+    region of CLS, SEP and pads never changes under the [MASK] fill: it comes last with no area, like the unused
+    region ids of a row (points at the end, y unchanged)."""
     fill = batch.fill("mask")
     ids = batch.word_features()[..., 0]
     m = int(ids.max()) + 1
     xs, ys = [], []
     for r in range(len(batch)):
         regions = sorted(set(ids[r].tolist()))
-        value = {g: float(a[r][ids[r] == g].mean()) for g in regions}
-        order = sorted(regions, key=lambda g: -value[g])
+        words = [g for g in regions if not bool(batch.special_mask[r][ids[r] == g].all())]
+        value = {g: float(a[r][ids[r] == g].mean()) for g in words}
+        order = sorted(words, key=lambda g: -value[g])
+        n_word_tokens = sum(int((ids[r] == g).sum()) for g in words)
         x0 = batch.inputs[r : r + 1]
         cur = (fill if insertion else batch.inputs)[r : r + 1].clone()
         y, done = [_prob(clf, cur, target)], [0.0]
@@ -159,9 +162,9 @@ def _curve_by_hand(
             pos = ids[r] == g
             cur[0, pos] = x0[0, pos] if insertion else fill[r, pos]
             y.append(_prob(clf, cur, target))
-            done.append(done[-1] + float(pos.sum()) / ids.shape[1])
-        y += [y[-1]] * (m - len(regions))
-        done += [1.0] * (m - len(regions))
+            done.append(done[-1] + float(pos.sum()) / n_word_tokens)
+        y += [y[-1]] * (m - len(words))
+        done += [1.0] * (m - len(words))
         xs.append(done)
         ys.append(y)
     return torch.tensor(xs, dtype=F64), torch.tensor(ys, dtype=F64)
@@ -221,12 +224,6 @@ def test_deletion_takes_a_token_map(clf: object, batch: TextBatch, ig: object) -
     torch.testing.assert_close(r.scores, full.scores)
 
 
-@pytest.mark.xfail(
-    raises=AssertionError,
-    strict=True,
-    reason="CLS, SEP and pads stay in the deletion curve as region(s) that never change, and their tokens count "
-    "in its x-axis, so a row's AUC depends on how much padding its batch added",
-)
 def test_deletion_over_words_is_independent_of_padding(clf: object, batch: TextBatch, ig: object) -> None:
     def auc(b: TextBatch, a: torch.Tensor) -> torch.Tensor:
         ids = b.word_features()

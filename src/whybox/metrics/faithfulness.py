@@ -171,6 +171,7 @@ def curve_points(
     descending: bool = True,
     region_values: bool = False,
     pixel_values: torch.Tensor | None = None,
+    null: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Feature ranks, per-step feature counts and x-coordinates of a perturbation curve.
 
@@ -184,6 +185,9 @@ def curve_points(
     steps
         Pixel-step protocol: ``steps`` equal-count steps (boundaries ``floor(i N / steps)``). ``None``: region
         steps, one region per step, empty regions last (their steps add no area).
+    null
+        ``(B, M)`` bool, region steps only: regions that never change (every element equal to the fill), counted
+        as empty: last, and no area (text: CLS, SEP and pads, so padding changes nothing).
 
     Returns
     -------
@@ -191,6 +195,8 @@ def curve_points(
     point) and x ``(B, P)`` (fraction of the input's elements perturbed).
     """
     sizes = groups.sizes().to(torch.float64)  # (B, M) elements per feature (per input row)
+    if null is not None:
+        sizes = sizes.masked_fill(null.to(sizes.device), 0.0)
     b, m = sizes.shape
     if region_values:
         if pixel_values is None:
@@ -257,10 +263,19 @@ class _CurveMetric(Metric):
         values, groups = feature_scores(ctx.attributions, x, abs=self.abs)
         flat_rows = (values.amax(1) == values.amin(1)).cpu()
         region_steps = self.regions is not None
+        fill = resolve_fill(
+            self.fill, x, seed=self.seed, klen=self.blur_klen, sigma=self.blur_sigma, padding=self.padding
+        )
         if region_steps:
             groups = _region_groups(self.regions, x)
             if groups.groups.shape[0] != x.shape[0]:
                 raise InvalidParameterError(f"regions hold {groups.groups.shape[0]} rows for {x.shape[0]} inputs.")
+            null = None
+            if x.ndim != 4:  # non-image regions equal to the fill everywhere (text: CLS, SEP, pads) leave the curve
+                g = groups.groups.reshape(x.shape[0], -1)
+                differ = (x != fill).reshape(x.shape[0], -1).to(torch.int64)
+                changes = torch.zeros(x.shape[0], groups.n_groups, dtype=torch.int64, device=g.device)
+                null = changes.scatter_add_(1, g, differ) == 0
             ranks, counts, xs = curve_points(
                 values,
                 groups,
@@ -269,15 +284,13 @@ class _CurveMetric(Metric):
                 descending=self._descending,
                 region_values=True,
                 pixel_values=values,
+                null=null,
             )
         else:
             ranks, counts, xs = curve_points(
                 values, groups, steps=self.steps, seed=self.seed, descending=self._descending
             )
         ranks, counts = ranks.to(x.device), counts.to(x.device)
-        fill = resolve_fill(
-            self.fill, x, seed=self.seed, klen=self.blur_klen, sigma=self.blur_sigma, padding=self.padding
-        )
         insertion = self._insertion
 
         def masks(rows: torch.Tensor, ks: torch.Tensor) -> torch.Tensor:
