@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -76,13 +77,12 @@ def timed_store_run(
     return total, spent["commit"]
 
 
-def snapshot(run_dir: Path) -> tuple[dict[str, object], dict[str, bytes]]:
+def snapshot(run_dir: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
     st = store_mod.RunStore.open_existing(run_dir)
     try:
-        rows = {t: st.rows(t) for t in store_mod.DETERMINISTIC_TABLES}
+        return st.contents()
     finally:
         st.close()
-    return rows, {p.relative_to(run_dir).as_posix(): p.read_bytes() for p in sorted(run_dir.rglob("arrays/**/*.npy"))}
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ from whybox.cli.main import main as cli
 from whybox.data._cache import resolve_cache_dir
 from whybox.registry import METRICS
 from whybox.runs.loaders import BUILTIN_DATASETS, load_model
-from whybox.runs.store import DETERMINISTIC_TABLES, RunStore
+from whybox.runs.store import RunStore
 
 # A seeded tiny CNN on (B, 1, 8, 8), 3 classes; the global RNG is left as it was.
 MODEL_PY = """
@@ -143,14 +143,11 @@ def known(names: list[str]) -> str:
 
 
 def snapshot(run_dir: Path) -> tuple[dict[str, list[tuple[object, ...]]], dict[str, bytes]]:
-    """Every deterministic database row and every attribution array's bytes of a run directory."""
     store = RunStore.open_existing(run_dir)
     try:
-        rows = {t: store.rows(t) for t in DETERMINISTIC_TABLES}
+        return store.contents()
     finally:
         store.close()
-    arrays = {p.relative_to(run_dir).as_posix(): p.read_bytes() for p in sorted((run_dir / "arrays").rglob("*.npy"))}
-    return rows, arrays
 
 
 def stored_config(run_dir: Path) -> dict[str, object]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from whybox.runs.store import DETERMINISTIC_TABLES, RunStore
+from whybox.runs.store import RunStore
 
 MODEL_PY = """
 import torch
@@ -57,11 +57,9 @@ def run_cli(args: list[str], **kwargs: object) -> subprocess.CompletedProcess[st
 def snapshot(run_dir: Path) -> tuple[dict[str, list[tuple[object, ...]]], dict[str, bytes]]:
     store = RunStore.open_existing(run_dir)
     try:
-        rows = {t: store.rows(t) for t in DETERMINISTIC_TABLES}
+        return store.contents()
     finally:
         store.close()
-    arrays = {p.relative_to(run_dir).as_posix(): p.read_bytes() for p in sorted((run_dir / "arrays").rglob("*.npy"))}
-    return rows, arrays
 
 
 def units_done(run_dir: Path) -> int:

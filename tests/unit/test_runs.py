@@ -15,7 +15,7 @@ from torch import nn
 
 from whybox.errors import InvalidParameterError, UnknownNameError
 from whybox.runs.job import Job, plan_units, run_job, shards
-from whybox.runs.store import DETERMINISTIC_TABLES, FingerprintMismatchError, RunStore, write_array_atomic
+from whybox.runs.store import FingerprintMismatchError, RunStore, write_array_atomic
 
 
 def tiny_cnn(seed: int = 0) -> nn.Module:
@@ -57,11 +57,9 @@ JOB = Job(
 def snapshot(run_dir: Path) -> tuple[dict[str, list[tuple[object, ...]]], dict[str, bytes]]:
     store = RunStore.open_existing(run_dir)
     try:
-        rows = {t: store.rows(t) for t in DETERMINISTIC_TABLES}
+        return store.contents()
     finally:
         store.close()
-    arrays = {p.relative_to(run_dir).as_posix(): p.read_bytes() for p in sorted((run_dir / "arrays").rglob("*.npy"))}
-    return rows, arrays
 
 
 @given(n=st.integers(1, 200), size=st.integers(1, 50))

@@ -184,6 +184,12 @@ def _apply_config(
     return tables
 
 
+def _flag_options(tables: Mapping[str, Any], params: Mapping[str, Any], key: str, *, scoped: bool) -> dict[str, Any]:
+    """The ``--option`` (``key="options"``) or ``--metric-option`` flags over the config's table of the same name."""
+    flag = "--option" if key == "options" else "--metric-option"
+    return _merge(tables.get(key, {}), parse_options(params[key], flag=flag, scoped=scoped), flag=key, scoped=scoped)
+
+
 def _merge(base: Mapping[str, Any], over: Mapping[str, Any], *, flag: str, scoped: bool) -> dict[str, Any]:
     """Config option tables under the command line's (the flags win, key by key)."""
     out: dict[str, Any] = {}
@@ -333,12 +339,7 @@ def explain_cmd(ctx: click.Context, **params: Any) -> None:
     if not method:
         raise _fail("--method is required; see `whybox methods`.")
     _split(method, flag="--method", valid=whybox.methods())
-    opts = _merge(
-        tables.get("options", {}),
-        parse_options(params["options"], flag="--option", scoped=False),
-        flag="options",
-        scoped=False,
-    )
+    opts = _flag_options(tables, params, "options", scoped=False)
     lm, ds = _load(params)
     target = _target(params.get("target"), ds)
     out_dir = _make_dir(Path(params["out_dir"]), "--out")
@@ -486,18 +487,8 @@ def evaluate_cmd(ctx: click.Context, **params: Any) -> None:
     metric_names = _split(params["metrics_opt"], flag="--metrics", valid=METRICS.names())
     if not metric_names:
         raise _fail("--metrics names no metric; see `whybox metrics`.")
-    opts = _merge(
-        tables.get("options", {}),
-        parse_options(params["options"], flag="--option", scoped=False),
-        flag="options",
-        scoped=False,
-    )
-    mopts = _merge(
-        tables.get("metric_options", {}),
-        parse_options(params["metric_options"], flag="--metric-option", scoped=True),
-        flag="metric_options",
-        scoped=True,
-    )
+    opts = _flag_options(tables, params, "options", scoped=False)
+    mopts = _flag_options(tables, params, "metric_options", scoped=True)
     for name in mopts:
         if name not in metric_names:
             raise _fail(
@@ -616,18 +607,8 @@ def compare_cmd(ctx: click.Context, **params: Any) -> None:
 
     methods = _split(params["methods_opt"], flag="--methods", valid=whybox.methods())
     metric_names = _split(params["metrics_opt"], flag="--metrics", valid=METRICS.names())
-    mopts = _merge(
-        tables.get("options", {}),
-        parse_options(params["options"], flag="--option", scoped=True),
-        flag="options",
-        scoped=True,
-    )
-    metopts = _merge(
-        tables.get("metric_options", {}),
-        parse_options(params["metric_options"], flag="--metric-option", scoped=True),
-        flag="metric_options",
-        scoped=True,
-    )
+    mopts = _flag_options(tables, params, "options", scoped=True)
+    metopts = _flag_options(tables, params, "metric_options", scoped=True)
     loaded: tuple[Any, Any] | None = None
     if not methods:  # every method that applies to these inputs (CAMs and RISE need images; attention needs text)
         loaded = _load(params)

@@ -271,7 +271,7 @@ def load_run_report(run_dir: str | Path, *, title: str | None = None, max_sample
     for k in sorted(kv):
         if k.startswith("fingerprint."):
             metadata.append((k.replace("fingerprint.", "fingerprint: "), kv[k]))
-    if any(job.get(k) for k in ("metric_options",)):
+    if job.get("metric_options"):
         metadata.append(("metric options", json.dumps(job.get("metric_options"), sort_keys=True)))
     return RunReport(
         title=title or f"whybox run: {extra.get('model', run_dir.name)}",

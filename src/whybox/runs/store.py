@@ -387,6 +387,16 @@ class RunStore:
             raise InvalidParameterError(f"table must be one of {(*DETERMINISTIC_TABLES, 'costs')}; got {table!r}.")
         return sorted(self._conn.execute(f"SELECT * FROM {table}").fetchall(), key=repr)
 
+    def contents(self) -> tuple[dict[str, list[tuple[Any, ...]]], dict[str, bytes]]:
+        """What two runs of the same job must agree on: every row of :data:`DETERMINISTIC_TABLES` (sorted) and the
+        bytes of every attribution array file (by relative path). A resumed or Ray run equals an uninterrupted
+        local one exactly when their contents are equal."""
+        rows = {t: self.rows(t) for t in DETERMINISTIC_TABLES}
+        arrays = {
+            p.relative_to(self.path).as_posix(): p.read_bytes() for p in sorted((self.path / "arrays").rglob("*.npy"))
+        }
+        return rows, arrays
+
     def load_array(self, method: str, index: int) -> np.ndarray | None:
         """The stored attributions of sample ``index`` under ``method`` (its shape without the batch axis), or
         ``None`` when it failed or is not computed yet."""

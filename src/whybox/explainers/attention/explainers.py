@@ -57,13 +57,10 @@ class AttentionExplainer(Explainer):
 
     def __init__(self, model: Any, *, readout: str = "cls", **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
-        from whybox.models.adapter import TorchAdapter
         from whybox.models.text import TextClassifierAdapter
 
         self._vision = not isinstance(self.adapter, TextClassifierAdapter) and _patch_size(self.adapter) is not None
-        if not isinstance(self.adapter, (TextClassifierAdapter, TorchAdapter)) or not (
-            isinstance(self.adapter, TextClassifierAdapter) or self._vision
-        ):
+        if not (isinstance(self.adapter, TextClassifierAdapter) or self._vision):
             raise InvalidParameterError(
                 f"{self.name!r} reads a transformer's attention: pass a text classifier adapter from "
                 f"whybox.adapt_text(model, tokenizer), or a Hugging Face vision transformer (a config with "
