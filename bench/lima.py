@@ -19,7 +19,8 @@ Parts (``--parts``, all by default):
   insertion AUC.
 
 Images: EfficientNet-Lite0 gets the 5 bundled scikit-image photos and scikit-learn's 2 sample images, each as
-is, mirrored, and cropped (16 in all, ``--images``); the digits CNN its first test images.
+is, mirrored, cropped to the centre, to the top left, to the bottom right, and cropped and mirrored (16 of these
+42 by default, ``--images``); the digits CNN its first test images (``--digits-images``, 64 by default).
 Run ``python bench/lima.py [--quick] [--device cuda]`` from the repository root; writes
 ``bench/results/lima.md`` and ``.json`` (``--out``). Offline.
 """
@@ -67,20 +68,26 @@ METHOD_OPTIONS: dict[str, dict[str, dict[str, Any]]] = {
 
 # --------------------------------------------------------------------------- data
 def effnet_images(n: int) -> tuple[torch.Tensor, list[str]]:
-    """Up to 21 photos: 7 originals, 7 mirrored, 7 cropped to their central 70 % then preprocessed."""
+    """Up to 42 photos: the 7 originals, then mirrored, cropped to their central 70 %, cropped to the top-left and
+    to the bottom-right 80 %, and the central crop mirrored (7 each), preprocessed."""
     from sklearn.datasets import load_sample_images
 
     raw = [(name, wd.photo(name)) for name in wd.PHOTOS]
     raw += [(f"sklearn{i}", img) for i, img in enumerate(load_sample_images().images)]
     out, names = [], []
-    for variant in ("", "-mirror", "-crop"):
+    for variant in ("", "-mirror", "-crop", "-topleft", "-bottomright", "-crop-mirror"):
         for name, img in raw:
-            if variant == "-mirror":
-                img = img[:, ::-1].copy()
-            elif variant == "-crop":
-                h, w = img.shape[:2]
+            h, w = img.shape[:2]
+            if variant.startswith("-crop"):
                 dh, dw = int(h * 0.15), int(w * 0.15)
-                img = img[dh : h - dh, dw : w - dw].copy()
+                img = img[dh : h - dh, dw : w - dw]
+            elif variant == "-topleft":
+                img = img[: int(h * 0.8), : int(w * 0.8)]
+            elif variant == "-bottomright":
+                img = img[h - int(h * 0.8) :, w - int(w * 0.8) :]
+            if variant.endswith("-mirror"):
+                img = img[:, ::-1]
+            img = img.copy()
             out.append(wd.imagenet_preprocess(img))
             names.append(name + variant)
     return torch.stack(out[:n]), names[:n]
@@ -110,7 +117,8 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def parse_search(s: str) -> tuple[str, dict[str, Any]]:
-    """``"predictive:m:q[:k[:slack]]"`` -> ("predictive", n_predicted=m, n_refresh=q, n_neighbours=k, slack);
+    """``"predictive:m:q[:k[:slack[:ties]]]"`` -> ("predictive", n_predicted=m, n_refresh=q, n_neighbours=k, slack,
+    ties);
     other names as they are."""
     if s.startswith("predictive:"):
         parts = s.split(":")
@@ -119,6 +127,8 @@ def parse_search(s: str) -> tuple[str, dict[str, Any]]:
             opts["n_neighbours"] = int(parts[3])
         if len(parts) > 4:
             opts["slack"] = float(parts[4])
+        if len(parts) > 5:
+            opts["ties"] = float(parts[5])
         return "predictive", opts
     return s, {}
 
@@ -287,7 +297,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--parts", default="searches,latency,methods,mistakes")
     ap.add_argument("--models", default="digits,effnet")
-    ap.add_argument("--images", type=int, default=16)
+    ap.add_argument("--images", type=int, default=16, help="EfficientNet-Lite0 images (at most 42)")
+    ap.add_argument("--digits-images", type=int, default=64, help="digits CNN test images")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--searches", default=",".join(SEARCHES))
@@ -295,6 +306,9 @@ def main() -> None:
     ap.add_argument("--digits-regions", default="16,25,49")
     ap.add_argument("--lima-search", default="predictive", help="the search of the methods and mistakes parts")
     ap.add_argument("--pixel-steps", type=int, default=50)
+    ap.add_argument(
+        "--methods", default="", help="methods of the methods and mistakes parts (default: every image method)"
+    )
     ap.add_argument("--quick", action="store_true", help="2 images, N = 25 only, digits only")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args()
@@ -304,7 +318,7 @@ def main() -> None:
     models = set(args.models.split(","))
     searches = args.searches.split(",")
     if args.quick:
-        args.images, models = 2, {"digits"}
+        args.images, args.digits_images, models = 2, 2, {"digits"}
         args.digits_regions = args.effnet_regions = "25"
     out: dict[str, Any] = {
         "device": str(dev),
@@ -313,10 +327,10 @@ def main() -> None:
         "machine": platform.processor() or platform.machine(),
         "gpu": torch.cuda.get_device_name(0) if dev.type == "cuda" else None,
     }
-    all_methods = whybox.methods()
+    all_methods = args.methods.split(",") if args.methods else whybox.methods("image")
     if "digits" in models:
         model = wd.digits_cnn().eval().to(dev)
-        x = wd.load_digits("test")[0][: args.images].to(dev)
+        x = wd.load_digits("test")[0][: args.digits_images].to(dev)
         if "searches" in parts:
             print(f"digits CNN: searches on {x.shape[0]} images")
             out["digits_searches"] = part_searches(

@@ -4,6 +4,7 @@ greedy on submodular functions, pass-count formulas, determinism, targets and op
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,6 +26,7 @@ from whybox.explainers.lima.search import (
     SEARCHES,
     SearchOptions,
     SearchResult,
+    _Predicted,
     bidirectional_passes,
     stochastic_passes,
     stochastic_sample_size,
@@ -633,3 +635,39 @@ def test_predictive_rescores_the_neighbours_of_the_region_just_chosen() -> None:
             scored = {int(i) for row in call for i in (row & ~base).nonzero().flatten()}
             left = {a for a in adj[chosen[-1]] if a not in chosen}
             assert left <= scored, (chosen[-1], left, scored)
+
+
+class Saturated(SetFunctionScorer):
+    """Probabilities on both sides (F = 20 kept + 5 (1 - removed), LiMA's weights without s_conf)."""
+
+    weights = Weights(cons=20.0, colla=5.0, conf=0.0, eff=0.0)
+    probabilities = True
+
+
+def test_predictive_breaks_near_ties_by_the_logit_gain() -> None:
+    """Measured values within ``ties`` x the predictions' RMS error of the best are ties, broken by the largest
+    logit gain w_a + v_a; outside the window (or with ties=0) the best measured F wins."""
+    scorer = Saturated(lambda s: torch.full((s.shape[0],), 1e-9, dtype=F64), 3)
+    st = _Predicted(scorer, 0)
+    z = torch.zeros(1, dtype=F64)
+    # F of the three candidates: 5.0010 (best), 5.0002, 4.9; logit gains 0.5, 6.0, 9.0
+    for a, (value, gain) in enumerate([(5.0010, 0.5), (5.0002, 6.0), (4.9, 9.0)]):
+        st.fresh[a] = Scored(z, z, z, z, torch.tensor([value], dtype=F64))
+        st.w[a], st.v[a] = gain / 2, gain / 2
+    st.errors[:] = [0.002, 0.0]  # RMS 0.0014: the window holds candidates 0 and 1, not 2
+    assert st._settle(0, SearchOptions(ties=1.0))[0] == 1
+    assert st._settle(0, SearchOptions(ties=0.0))[0] == 0
+    assert st._settle(0, SearchOptions(ties=0.5))[0] == 0  # window 0.0007 < 0.0008
+    assert st._settle(0, SearchOptions(ties=100.0))[0] == 2
+    st.errors.clear()  # nothing measured against a prediction at this S: no window
+    assert st._settle(0, SearchOptions(ties=100.0))[0] == 0
+
+
+def test_predictive_ties_option_is_checked() -> None:
+    model = small_cnn()
+    x = images(b=1)
+    for bad in (-1.0, math.nan, True, "1"):
+        with pytest.raises(
+            InvalidParameterError, match=rf"ties must be a finite number >= 0; got {re.escape(repr(bad))}"
+        ):
+            whybox.explain(model, x, "lima", search="predictive", ties=bad)
