@@ -3,9 +3,10 @@
 Issue #4's bar, on the model where it is cheap to check: at N = 49 grid regions, over the first 64 test images,
 ``predictive`` with ``ties=1`` spends at least 3x fewer passes than ``naive`` with region-step insertion and
 deletion AUCs (the curves each search logs) no worse than naive's by more than 0.01. Measured here (torch 2.13,
-CPU): 3.06x, insertion +0.029, deletion -0.005: it climbs out of the plateaus where naive's F differences vanish
-(see ``search.predictive``); with ``ties=0`` (the default) insertion is 0.011 below naive's, one image losing 0.62.
-On EfficientNet-Lite0 at 224 px the bar is not met by any setting measured (bench/results/lima_ties.md).
+CPU): 3.39x, insertion +0.019, deletion -0.004: it climbs out of the plateaus where naive's F differences vanish
+(see ``search.predictive``). With the defaults (``ties=0``) it is 3.45x, insertion -0.0100, deletion +0.002 on
+these 64 images (one image loses 0.57 on a plateau) and +0.001 / +0.0002 on the first 256. On EfficientNet-Lite0
+at 224 px the bar is not met by any setting measured (bench/results/lima_slack.md).
 """
 
 from __future__ import annotations

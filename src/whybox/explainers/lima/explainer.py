@@ -66,8 +66,9 @@ class Lima(PerturbationExplainer):
     ----------
     search
         ``"predictive"`` (default: predicts F(S + a) from the logit effects already measured and scores only the
-        candidates that can still win, plus the neighbours of the region just chosen; on EfficientNet-Lite0 with
-        49 regions 3x fewer passes than naive, insertion AUC 0.018 lower, deletion 0.008 higher, bench/lima.py),
+        candidates predicted to win, plus the neighbours of the region just chosen; with 49 regions 3.3x fewer
+        passes than naive on EfficientNet-Lite0 at 224 px, insertion AUC 0.034 lower and deletion 0.004 higher,
+        and 3.4x fewer on the digits CNN, both AUCs within 0.002; bench/results/lima_slack.md),
         ``"naive"`` (the reference greedy, N(N+1) passes per image), ``"bidirectional"`` (LiMA; about 1.5x
         fewer passes), ``"lazy"`` (lazy greedy: exact naive order when F is submodular, a heuristic otherwise)
         or ``"stochastic"`` (stochastic greedy, seeded). See :mod:`whybox.explainers.lima.search`.
@@ -105,11 +106,12 @@ class Lima(PerturbationExplainer):
     lazy_batch
         ``"lazy"``: stale candidates re-scored together per round (default 1, the fewest passes).
     n_predicted, n_refresh, n_neighbours, slack, ties
-        ``"predictive"``: candidates with the best predicted F scored per step (default 2), candidates measured
+        ``"predictive"``: candidates with the best predicted F scored per step (default 3), candidates measured
         longest ago re-scored per step (default 1), regions touching the one just chosen re-scored per step
         (default 8, the 8-connected neighbours; images only), the margin, in units of the predictions' measured
         error, by which a stale candidate's prediction may fall short of the best measured value and still be
-        scored (default 1), and the window, in the same units, within which measured values count as ties,
+        scored (default 0: only candidates predicted to beat it; a margin costs passes and bought no AUC in
+        bench/lima.py), and the window, in the same units, within which measured values count as ties,
         broken by the larger logit gain of p_c on both sides (default 0: exact ties, lowest id; 1 helps both
         curves on the digits CNN and trades insertion for deletion on EfficientNet-Lite0, bench/lima.py).
     fill
@@ -167,10 +169,10 @@ class Lima(PerturbationExplainer):
         eps: float = 0.1,
         k: int | None = None,
         lazy_batch: int = 1,
-        n_predicted: int = 2,
+        n_predicted: int = 3,
         n_refresh: int = 1,
         n_neighbours: int = 8,
-        slack: float = 1.0,
+        slack: float = 0.0,
         ties: float = 0.0,
         fill: FillLike = "zero",
         score: str = "prob",
