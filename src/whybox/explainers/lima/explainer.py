@@ -113,7 +113,8 @@ class Lima(PerturbationExplainer):
         scored (default 0: only candidates predicted to beat it; a margin costs passes and bought no AUC in
         bench/lima.py), and the window, in the same units, within which measured values count as ties,
         broken by the larger logit gain of p_c on both sides (default 0: exact ties, lowest id; 1 helps both
-        curves on the digits CNN and trades insertion for deletion on EfficientNet-Lite0, bench/lima.py).
+        curves on the digits CNN; on EfficientNet-Lite0 it traded insertion for deletion under the earlier
+        scoring rule; bench/results/lima_slack.md and lima_ties.md).
     fill
         What removed regions become (the masking engine's fills): ``"zero"`` by default, which on inputs
         normalised with a dataset mean is that mean colour (the reference code blacked pixels before

@@ -479,7 +479,7 @@ class _Predicted:
                 # rounding), less the safety margin: slack times the predictions' error measured at this S
                 bar = bv + TOL * max(1.0, abs(bv))
                 if options.slack > 0 and self.errors:
-                    bar -= options.slack * math.sqrt(sum(e * e for e in self.errors) / len(self.errors))
+                    bar -= options.slack * self._rms_error()
                 can_win = [stale[i] for i in ranked if float(pred[i]) > bar]
                 if not can_win:
                     self.take(*self._settle(best, options))
@@ -494,13 +494,17 @@ class _Predicted:
             return sorted(top + touching + oldest)
         return None
 
+    def _rms_error(self) -> float:
+        """RMS of |predicted - measured| F over the candidates scored at the current S (call when any were)."""
+        return math.sqrt(sum(e * e for e in self.errors) / len(self.errors))
+
     def _settle(self, best: int, options: SearchOptions) -> tuple[int, Scored]:
         """The candidate to take: ``best``, or among the measured candidates whose F is within ``ties`` times the
         predictions' measured error of it (differences this search cannot resolve: it has not scored every
         candidate) the one with the largest logit gain w_a + v_a (ties: lowest id)."""
         if options.ties > 0 and self.errors and len(self.fresh) > 1:
             bv = float(self.fresh[best].value[0])
-            window = options.ties * math.sqrt(sum(e * e for e in self.errors) / len(self.errors))
+            window = options.ties * self._rms_error()
             near = sorted(a for a, sc in self.fresh.items() if float(sc.value[0]) >= bv - window)
             if len(near) > 1:
                 best = max(near, key=lambda a: (float(self.w[a] + self.v[a]), -a))
