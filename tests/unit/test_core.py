@@ -189,6 +189,59 @@ def test_engine_renders_bool_and_float_masks_as_documented(kind: str) -> None:
     torch.testing.assert_close(s, sums * torch.tensor([1.0, -1.0, 1.0], dtype=F64)[:, None], rtol=1e-12, atol=1e-12)
 
 
+class _Layouts(ModelAdapter):
+    """Records whether each chunk came channels-last; ``view=True`` flattens with ``x.view`` (which a channels-last
+    tensor refuses), ``broken=True`` always raises."""
+
+    def __init__(self, *, view: bool = False, broken: bool = False) -> None:
+        self.model = "layouts"
+        self.view, self.broken = view, broken
+        self.calls: list[bool] = []
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+        if self.broken:
+            raise RuntimeError("the model is broken")
+        flat = x.view(x.shape[0], -1) if self.view else x.flatten(1)
+        w = torch.arange(flat.shape[1], dtype=x.dtype)
+        s = flat @ w
+        return torch.stack([s, -s], 1)
+
+
+def test_engine_feeds_cpu_image_chunks_channels_last_with_unchanged_scores() -> None:
+    x, fill = rand(2, 3, 6, 6, seed=1), rand(2, 3, 6, 6, seed=2)
+    masks = rand(2, 4, 1, 6, 6, seed=3) > 0.5
+    tgt = Target(torch.tensor([0, 1]))
+    expected = torch.where(masks, x[:, None], fill[:, None]).flatten(2) @ torch.arange(108, dtype=F64)
+    expected = expected * torch.tensor([1.0, -1.0], dtype=F64)[:, None]
+    rec = _Layouts()
+    s = MaskingEngine(rec, batch_size=3).scores(x, masks, fill=fill, target=tgt)
+    assert rec.calls == [True, True, True]  # every chunk in channels-last layout
+    torch.testing.assert_close(s, expected, rtol=1e-12, atol=1e-9)
+    one_channel = _Layouts()  # (n, 1, H, W): no layout to change
+    MaskingEngine(one_channel).scores(x[:, :1], masks, fill=fill[:, :1], target=tgt)
+    assert one_channel.calls == [False]
+
+
+def test_engine_falls_back_to_the_default_layout_for_a_model_that_needs_it() -> None:
+    x, fill = rand(2, 3, 6, 6, seed=1), rand(2, 3, 6, 6, seed=2)
+    masks = rand(2, 4, 1, 6, 6, seed=3) > 0.5
+    tgt = Target(torch.tensor([0, 1]))
+    eng = MaskingEngine(_Layouts(), batch_size=3)
+    ref = eng.scores(x, masks, fill=fill, target=tgt)
+    viewer = _Layouts(view=True)  # x.view fails on a channels-last tensor
+    fallback = MaskingEngine(viewer, batch_size=3)
+    torch.testing.assert_close(fallback.scores(x, masks, fill=fill, target=tgt), ref, rtol=1e-12, atol=1e-9)
+    fallback.scores(x, masks, fill=fill, target=tgt)
+    # one refused channels-last try on the first chunk, then the default layout only (no retry per chunk)
+    assert viewer.calls == [True] + [False] * 6
+    assert fallback.n_forward == 16  # the refused try is not a pass: 2 calls x 8 rows
+    broken = _Layouts(broken=True)  # a genuine error still reaches the caller
+    with pytest.raises(RuntimeError, match="the model is broken"):
+        MaskingEngine(broken).scores(x, masks, fill=fill, target=tgt)
+    assert broken.calls == [True, False]
+
+
 # ------------------------------------------------------------------------------------------ feature groups
 def _check_partition(fg: FeatureGroups, b: int, spatial: tuple[int, ...]) -> None:
     assert fg.groups.dtype == torch.int64 and fg.groups.shape == (b, *spatial)
