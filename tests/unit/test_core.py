@@ -236,10 +236,34 @@ def test_engine_falls_back_to_the_default_layout_for_a_model_that_needs_it() -> 
     # one refused channels-last try on the first chunk, then the default layout only (no retry per chunk)
     assert viewer.calls == [True] + [False] * 6
     assert fallback.n_forward == 16  # the refused try is not a pass: 2 calls x 8 rows
-    broken = _Layouts(broken=True)  # a genuine error still reaches the caller
+    broken = _Layouts(broken=True)  # any other error reaches the caller at once: the model ran once
     with pytest.raises(RuntimeError, match="the model is broken"):
         MaskingEngine(broken).scores(x, masks, fill=fill, target=tgt)
-    assert broken.calls == [True, False]
+    assert broken.calls == [True]
+
+
+class _FlattenNet(nn.Module):
+    """conv -> relu -> flatten -> linear; ``view=True`` flattens with ``h.view``, which a channels-last ``h`` refuses."""
+
+    def __init__(self, view: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.relu, self.head = nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Linear(4 * 36, 3)
+        self.view = view
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.relu(self.conv(x))
+        return self.head(h.view(h.shape[0], -1) if self.view else h.reshape(h.shape[0], -1))
+
+
+@pytest.mark.parametrize("method", ["saliency", "integrated_gradients", "gradcam", "scorecam", "occlusion"])
+def test_every_method_family_works_on_a_model_that_refuses_channels_last(method: str) -> None:
+    x = rand(2, 3, 6, 6, seed=7)
+    params: dict[str, Any] = {"layer": "relu"} if "cam" in method else {}
+    ref = whybox.explain(_FlattenNet(view=False), x, method, target=0, **params)
+    e = whybox.explain(_FlattenNet(view=True), x, method, target=0, **params)
+    torch.testing.assert_close(e.attributions, ref.attributions, rtol=1e-5, atol=1e-6)
+    assert e.meta["n_forward"] == ref.meta["n_forward"]  # the refused try is not counted
 
 
 # ------------------------------------------------------------------------------------------ feature groups

@@ -207,7 +207,7 @@ class GradientExplainer(Explainer):
             xi = xs[s : s + self.batch_size].detach().requires_grad_(True)
             r = rows[s : s + xi.shape[0]]
             with torch.enable_grad():
-                raw = self.adapter.scores(xi)
+                raw = engine.call(self.adapter.scores, xi)  # CPU images channels-last: the gradient comes back as xi
                 engine.n_forward += xi.shape[0]
                 engine.n_batches += 1
                 if not raw.requires_grad:

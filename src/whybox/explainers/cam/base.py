@@ -5,6 +5,7 @@ Each variant overrides :meth:`CAM.raw_map` (or, for gradient-free variants, :met
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -132,6 +133,31 @@ class CAM(Explainer):
             return [ref]
         return resolve_layers(adapter, spec)
 
+    def _chunk(
+        self, xi: torch.Tensor, refs: list[LayerRef], t: TargetLike, labels: list[str]
+    ) -> tuple[list[torch.Tensor], tuple[torch.Tensor | None, ...] | None, Target]:
+        """One chunk's activations at ``refs``, their gradients (methods that use them; else None) and target.
+
+        Safe to repeat after a failure (the engine retries a chunk the model refused in channels-last layout):
+        the hooks live for this call only, and passes are counted by the caller."""
+        with tap(refs, leaf=self.uses_gradients) as tp:
+            if not self.uses_gradients:
+                with torch.no_grad():
+                    raw = self.adapter.scores(xi)
+                return tp.activations(), None, resolve_target(t, raw)
+            with torch.enable_grad():
+                raw = self.adapter.scores(xi)
+                a = tp.activations()
+                tc = resolve_target(t, raw.detach())
+                sel = tc.select(apply_score_space(raw, self.score))
+                if not sel.requires_grad:
+                    raise LayerError(
+                        f"the target score does not depend on layer(s) {labels} (no gradient path); "
+                        "choose a layer between the input and the scores."
+                    )
+                g = torch.autograd.grad(sel.sum(), a, allow_unused=True)
+            return a, g, tc
+
     def _activations(
         self, x: torch.Tensor, refs: list[LayerRef], target: TargetLike, engine: MaskingEngine, n_backward: list[int]
     ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None, Target]:
@@ -148,27 +174,11 @@ class CAM(Explainer):
                 t = t[s : s + xi.shape[0]]
             elif isinstance(t, (list, tuple)):
                 t = list(t)[s : s + xi.shape[0]]
-            with tap(refs, leaf=self.uses_gradients) as tp:
-                if self.uses_gradients:
-                    with torch.enable_grad():
-                        raw = self.adapter.scores(xi)
-                        a = tp.activations()
-                        tc = resolve_target(t, raw.detach())
-                        sel = tc.select(apply_score_space(raw, self.score))
-                        if not sel.requires_grad:
-                            raise LayerError(
-                                f"the target score does not depend on layer(s) {labels} (no gradient path); "
-                                "choose a layer between the input and the scores."
-                            )
-                        g = torch.autograd.grad(sel.sum(), a, allow_unused=True)
-                    n_backward[0] += xi.shape[0]
-                    for j, (gj, aj) in enumerate(zip(g, a, strict=True)):
-                        grads[j].append(torch.zeros_like(aj) if gj is None else gj)
-                else:
-                    with torch.no_grad():
-                        raw = self.adapter.scores(xi)
-                    a = tp.activations()
-                    tc = resolve_target(t, raw)
+            a, g, tc = engine.call(functools.partial(self._chunk, refs=refs, t=t, labels=labels), xi)
+            if g is not None:
+                n_backward[0] += xi.shape[0]
+                for j, (gj, aj) in enumerate(zip(g, a, strict=True)):
+                    grads[j].append(torch.zeros_like(aj) if gj is None else gj)
             engine.n_forward += xi.shape[0]
             engine.n_batches += 1
             for j, aj in enumerate(a):
