@@ -297,6 +297,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--parts", default="searches,latency,methods,mistakes")
     ap.add_argument("--models", default="digits,effnet")
+    ap.add_argument("--effnet-parts", default=None, help="parts for EfficientNet-Lite0 (default: --parts)")
     ap.add_argument("--images", type=int, default=16, help="EfficientNet-Lite0 images (at most 42)")
     ap.add_argument("--digits-images", type=int, default=64, help="digits CNN test images")
     ap.add_argument("--device", default="cpu")
@@ -344,7 +345,12 @@ def main() -> None:
         if "mistakes" in parts:
             print("digits CNN: misclassified test images, true class explained (16 regions)")
             out["digits_mistakes"] = part_mistakes(model.cpu(), 16, 512, args.lima_search, all_methods)
+    if args.effnet_parts is not None:
+        parts_effnet = set(args.effnet_parts.split(","))
+    else:
+        parts_effnet = parts
     if "effnet" in models:
+        parts = parts_effnet
         model = wd.efficientnet_lite0().eval().to(dev)
         x, names = effnet_images(args.images)
         x = x.to(dev)
