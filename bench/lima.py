@@ -104,9 +104,14 @@ def grid_labels(h: int, w: int, n: int) -> torch.Tensor:
 
 
 def trap(first: torch.Tensor, curve: torch.Tensor) -> np.ndarray:
-    """Per-row trapezoid AUC of ``[first, curve...]`` on x = 0, 1/N, ..., 1."""
+    """Per-row trapezoid AUC of ``[first, curve...]`` on x = 0, 1/N, ..., 1 (N = the row's regions: rows with fewer
+    regions than the widest, as superpixels give, are NaN-padded at the end)."""
     y = torch.cat([first.view(-1, 1).cpu(), curve.cpu()], 1).double()
-    return ((y[:, 1:] + y[:, :-1]) / 2).mean(1).numpy()
+    out = []
+    for row in y:
+        r = row[~torch.isnan(row)]
+        out.append(float(((r[1:] + r[:-1]) / 2).mean()))
+    return np.array(out)
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
