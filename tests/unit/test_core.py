@@ -218,9 +218,6 @@ def test_engine_feeds_cpu_image_chunks_channels_last_with_unchanged_scores() -> 
     s = MaskingEngine(rec, batch_size=3).scores(x, masks, fill=fill, target=tgt)
     assert rec.calls == [True, True, True]  # every chunk in channels-last layout
     torch.testing.assert_close(s, expected, rtol=1e-12, atol=1e-9)
-    one_channel = _Layouts()  # (n, 1, H, W): no layout to change
-    MaskingEngine(one_channel).scores(x[:, :1], masks, fill=fill[:, :1], target=tgt)
-    assert one_channel.calls == [False]
 
 
 def test_engine_falls_back_to_the_default_layout_for_a_model_that_needs_it() -> None:

@@ -89,7 +89,7 @@ class MaskingEngine:
             or inp.dim() != 4
             or inp.device.type != "cpu"
             or not inp.is_floating_point()
-            or inp.shape[1] < 2
+            or inp.shape[1] < 2  # one channel: channels-last is the same layout, skip the work
         ):
             return fn(inp)
         cl = inp.contiguous(memory_format=torch.channels_last)
