@@ -4,7 +4,8 @@
 For every rule and n_steps, on the digits CNN (the first ``--digits`` test images, float32) and on
 EfficientNet-Lite0 (the first ``--photos`` of bench/lima.py's photos at 224 px), with the zero baseline and the
 predicted class: the error |sum(IG) - (f(x) - f(x'))| / |f(x) - f(x')| per image (``meta["delta_rel"]``),
-summarised as median, 90th percentile, maximum and the count above 1 %, plus seconds per image. Same gradient count for every rule.
+summarised as median, 90th percentile, maximum and the count above 1 %, plus seconds per image. Same gradient
+count for every rule.
 The relative error is ill-conditioned where f(x) is close to f(x'), so the table also gives the absolute error
 |sum(IG) - (f(x) - f(x'))| (median and maximum, logits) and the largest |f(x) - f(x')| among the images above 1 %.
 

@@ -82,8 +82,9 @@ class IntegratedGradients(GradientExplainer):
         along the path and, from a dark or mean-colour baseline, swings hard near alpha = 0: there the
         fixed rules waste nodes where nothing happens (on 16 EfficientNet-Lite0 photos at 64 steps,
         Gauss-Legendre misses completeness by 0.04-12 %, median 5.8 %, the adaptive mesh by 0.03-2.4 %, median
-        0.54 %; at 128 steps the adaptive mesh stays under 1 % on all 16: bench/results/ig_completeness.md). The weights are set
-        by the mesh alone, never fitted to f(x) - f(x'), so ``meta["delta"]`` stays an honest error.
+        0.54 %; at 128 steps the adaptive mesh stays under 1 % on all 16: bench/results/ig_completeness.md).
+        The weights are set by the mesh alone, never fitted to f(x) - f(x'), so ``meta["delta"]`` stays an
+        honest error.
     baseline
         ``"zero"``, ``"blur"`` (Gaussian, ``sigma`` pixels), ``"uniform"`` (U(min x, max x), seeded),
         ``"gaussian"`` (x + N(0, sigma^2), seeded), ``"mean"``, a number, or a tensor broadcastable to the inputs.
