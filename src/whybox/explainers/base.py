@@ -116,7 +116,10 @@ class Explainer:
                     "mode='eval' (the default) or batch_size=1."
                 )
             attr, tgt, meta = self._explain(x, target, engine, engine_backward)
-        attr = attr.detach()
+        # the result comes back where the caller's inputs are (the work ran on the model's device)
+        home = inputs.device if isinstance(inputs, torch.Tensor) else x.device
+        attr = attr.detach().to(home)
+        meta = {k: v.to(home) if isinstance(v, torch.Tensor) else v for k, v in meta.items()}
         flat = attr.reshape(attr.shape[0], -1)
         finite = torch.isfinite(flat).all(1)
         meta = {
@@ -127,7 +130,7 @@ class Explainer:
             **meta,
         }
         return Explanation(
-            attributions=attr, target=tgt.index.clone(), method=self.name, params=self.params(), meta=meta
+            attributions=attr, target=tgt.index.to(home, copy=True), method=self.name, params=self.params(), meta=meta
         )
 
     def _explain(

@@ -1,0 +1,234 @@
+"""whybox on a DEVICE device gives what it gives on the CPU (RELIABILITY.md: results do not depend on where they run).
+
+Every registered image method, every LIMA search, every metric and the text methods run once on the CPU and once
+with the model and inputs on ``cuda``: the result lives on the inputs' device, equals the CPU result up to float64
+rounding (random draws come from seeded CPU generators, so they are the same numbers on both devices), the pass
+counts are the same, and the model leaves as it came, the DEVICE RNG state included.
+
+CI has no GPU: every test here is skipped there with that reason. Run them on a GPU machine with
+``pytest tests/contract/test_cuda.py``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import whybox
+from whybox.explainers.lima.search import SEARCHES
+
+# WHYBOX_TEST_DEVICE=cpu runs the same comparisons CPU against CPU: a dry run of this file's own mechanics.
+DEVICE = torch.device(os.environ.get("WHYBOX_TEST_DEVICE", "cuda"))
+pytestmark = pytest.mark.skipif(
+    DEVICE.type == "cuda" and not torch.cuda.is_available(), reason="no CUDA device on this machine"
+)
+
+METHODS = whybox.methods("image")
+B, C, H, W, K = 3, 3, 12, 12, 5
+FAST: dict[str, dict[str, Any]] = {
+    "integrated_gradients": {"n_steps": 8},
+    "smoothgrad": {"n_samples": 6},
+    "lima": {"regions": "grid", "n_regions": 16},
+}
+# Options with their own code paths on a device: baselines and fills drawn or computed on the input's device.
+VARIANTS: list[tuple[str, dict[str, Any]]] = [
+    ("integrated_gradients", {"baseline": "blur"}),
+    ("integrated_gradients", {"baseline": "uniform"}),
+    ("integrated_gradients", {"baseline": "gaussian"}),
+    ("integrated_gradients", {"baseline": "mean", "method": "riemann_trapezoid"}),
+    ("integrated_gradients", {"method": "adaptive"}),
+    ("smoothgrad", {"variant": "var"}),
+    ("occlusion", {"fill": "blur"}),
+    ("occlusion", {"fill": "mean"}),
+    ("rise", {"fill": "uniform"}),
+    ("lime", {"fill": "mean"}),
+    ("lima", {"regions": "superpixels", "n_regions": 9}),
+    ("lima", {"regions": "prior", "prior_grid": 4, "prior_cells": 2}),
+    ("lima", {"regions": "seeds", "n_regions": 9, "fill": "blur"}),
+    *[("lima", {"regions": "grid", "n_regions": 9, "search": s}) for s in SEARCHES],
+]
+
+
+def small_cnn(seed: int = 0) -> nn.Sequential:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = nn.Sequential(
+            nn.Conv2d(C, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Dropout(0.5),
+            nn.Linear(8, K),
+        )
+        model[1].running_mean.normal_(0.0, 0.2)
+        model[1].running_var.uniform_(0.5, 2.0)
+    return model.to(torch.float64).train()  # train mode: the call must run it in eval and give train back
+
+
+def inputs(seed: int = 0, n: int = B) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, C, H, W, generator=g, dtype=torch.float64) * 2 - 0.5
+
+
+def on_cuda(model: nn.Module) -> nn.Module:
+    return copy.deepcopy(model).to(DEVICE)
+
+
+def state(model: nn.Module) -> dict[str, Any]:
+    return {
+        "training": [m.training for m in model.modules()],
+        "requires_grad": [p.requires_grad for p in model.parameters()],
+        "grads": [p.grad for p in model.parameters()],
+        "tensors": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "devices": {p.device for p in model.parameters()},
+        "cuda_rng": torch.cuda.get_rng_state() if DEVICE.type == "cuda" else torch.empty(0),
+        "cpu_rng": torch.get_rng_state(),
+    }
+
+
+def assert_same_state(a: dict[str, Any], b: dict[str, Any]) -> None:
+    assert a["training"] == b["training"] and a["requires_grad"] == b["requires_grad"]
+    assert all(g is None for g in b["grads"])
+    assert a["devices"] == b["devices"]
+    assert a["tensors"].keys() == b["tensors"].keys()
+    assert all(torch.equal(a["tensors"][k], b["tensors"][k]) for k in a["tensors"]), "parameters or buffers changed"
+    assert torch.equal(a["cuda_rng"], b["cuda_rng"]), "the CUDA RNG state changed"
+    assert torch.equal(a["cpu_rng"], b["cpu_rng"]), "the CPU RNG state changed"
+
+
+def assert_close(gpu: torch.Tensor, cpu: torch.Tensor, rtol: float = 1e-7, what: str = "") -> None:
+    """Equal up to ``rtol`` relative to the map's scale (elements near 0 differ by more than rtol of themselves)."""
+    assert gpu.device.type == DEVICE.type, f"the result is on {gpu.device}, not on the inputs' device"
+    g = gpu.detach().cpu()
+    scale = max(float(cpu.abs().nan_to_num().max()), 1e-30)
+    torch.testing.assert_close(g, cpu, rtol=rtol, atol=rtol * scale, equal_nan=True, msg=lambda m: f"{what}: {m}")
+
+
+def compare(name: str, options: dict[str, Any]) -> tuple[whybox.Explanation, whybox.Explanation]:
+    model, x = small_cnn(), inputs()
+    opts = {**FAST.get(name, {}), **options}
+    e_cpu = whybox.explain(model, x, name, seed=3, **opts)
+    gpu_model = on_cuda(model)
+    before = state(gpu_model)
+    e_gpu = whybox.explain(gpu_model, x.to(DEVICE), name, seed=3, **opts)
+    assert_same_state(before, state(gpu_model))
+    assert e_gpu.target.tolist() == e_cpu.target.tolist()
+    assert e_gpu.attributions.dtype == e_cpu.attributions.dtype and e_gpu.attributions.shape == e_cpu.attributions.shape
+    assert_close(e_gpu.attributions, e_cpu.attributions, what=name)
+    for key in ("n_forward", "n_backward", "finite"):
+        assert e_gpu.meta[key] == e_cpu.meta[key], key
+    return e_gpu, e_cpu
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_gives_on_cuda_what_it_gives_on_the_cpu(method: str) -> None:
+    compare(method, {})
+
+
+@pytest.mark.parametrize(("method", "options"), VARIANTS, ids=[f"{m}-{o}" for m, o in VARIANTS])
+def test_device_sensitive_options_give_the_cpu_result(method: str, options: dict[str, Any]) -> None:
+    e_gpu, e_cpu = compare(method, options)
+    if method == "lima":
+        assert torch.equal(e_gpu.meta["order"].cpu(), e_cpu.meta["order"])
+    if method == "integrated_gradients":
+        assert_close(torch.as_tensor(e_gpu.meta["delta"]).to(DEVICE), torch.as_tensor(e_cpu.meta["delta"]), rtol=1e-6)
+
+
+def test_float32_channels_last_model_on_cuda_runs_every_method() -> None:
+    """The real-model path: float32 weights in channels-last memory; the maps agree with the CPU's to float32 and
+    TF32 rounding (cuDNN's convolutions run in TF32 by default: 10-bit mantissas, differences near 1e-3 of the map's
+    scale were measured on an H100)."""
+    model = small_cnn().float().eval()
+    x = inputs().float()
+    gpu_model = on_cuda(model).to(memory_format=torch.channels_last)
+    for method in METHODS:
+        e_cpu = whybox.explain(model, x, method, seed=1, **FAST.get(method, {}))
+        e_gpu = whybox.explain(gpu_model, x.to(DEVICE), method, seed=1, **FAST.get(method, {}))
+        assert e_gpu.attributions.device.type == DEVICE.type and e_gpu.attributions.dtype == torch.float32, method
+        if method == "lima":  # an order: float32 near-ties may swap two regions; the first pick is robust
+            assert torch.equal(e_gpu.meta["order"][:, 0].cpu(), e_cpu.meta["order"][:, 0]), method
+        else:
+            assert_close(e_gpu.attributions, e_cpu.attributions, rtol=1e-2, what=method)
+
+
+MASKS = ("pointing_game", "energy_pointing_game", "relevance_mass", "relevance_rank")
+METRIC_FAST: dict[str, dict[str, Any]] = {
+    "deletion": {"steps": 5},
+    "insertion": {"steps": 5},
+    "highest_confidence": {"steps": 5},
+    "aopc": {"steps": 5},
+    "mufidelity": {"n_samples": 12},
+    "road": {"fractions": (0.2, 0.6)},
+    "infidelity": {"n_samples": 8},
+    "max_sensitivity": {"n_samples": 3},
+    "stability": {"n_runs": 2, "explainer": "smoothgrad", "explainer_params": {"n_samples": 2}},
+}
+
+
+@pytest.mark.parametrize("name", whybox.metrics())
+def test_every_metric_gives_on_cuda_what_it_gives_on_the_cpu(name: str) -> None:
+    model, x = small_cnn(), inputs()
+    e = whybox.explain(model, x, "saliency", target=[1, 2, 0])
+    masks = torch.zeros(B, H, W, dtype=torch.bool)
+    masks[:, 2:6, 3:8] = True
+    kw = {**({"masks": masks} if name in MASKS else {}), **METRIC_FAST.get(name, {})}
+    r_cpu = whybox.evaluate(model, x, e, name, seed=4, **kw)
+    gpu_model = on_cuda(model)
+    before = state(gpu_model)
+    e_gpu = whybox.Explanation(
+        attributions=e.attributions.to(DEVICE),
+        target=e.target.to(DEVICE),
+        method=e.method,
+        params=e.params,
+        meta=e.meta,
+    )
+    kw_gpu = {k: (v.to(DEVICE) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+    r_gpu = whybox.evaluate(gpu_model, x.to(DEVICE), e_gpu, name, seed=4, **kw_gpu)
+    assert_same_state(before, state(gpu_model))
+    torch.testing.assert_close(r_gpu.scores.cpu(), r_cpu.scores, rtol=1e-6, atol=1e-9, equal_nan=True)
+    assert r_gpu.curves.keys() == r_cpu.curves.keys()
+    for k, v in r_cpu.curves.items():
+        torch.testing.assert_close(r_gpu.curves[k].cpu(), v, rtol=1e-6, atol=1e-9, equal_nan=True, msg=k)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_model_on_cuda_with_inputs_on_the_cpu(method: str) -> None:
+    """Inputs on another device than the model: moved to the model for the work, the result (attributions, target
+    and every tensor in meta) handed back on the inputs' device."""
+    model, x = small_cnn(), inputs()
+    ref = whybox.explain(model, x, method, seed=5, **FAST.get(method, {}))
+    e = whybox.explain(on_cuda(model), x, method, seed=5, **FAST.get(method, {}))
+    assert e.attributions.device == x.device and e.target.device == x.device
+    for k, v in e.meta.items():
+        assert not isinstance(v, torch.Tensor) or v.device == x.device, k
+    scale = float(ref.attributions.abs().max())
+    torch.testing.assert_close(e.attributions, ref.attributions, rtol=1e-7, atol=1e-7 * scale)
+
+
+@pytest.mark.parametrize("method", ["saliency", "integrated_gradients", "lime", "raw_attention", "attention_rollout",
+                                    "attention_relevance", "lima"])  # fmt: skip
+def test_text_methods_on_cuda(method: str, make_text_classifier: Any) -> None:
+    pytest.importorskip("transformers", reason="the text extra (transformers) is not installed")
+    from whybox.models.text import text_defaults
+
+    texts = ["the movie was great", "it was not a good film but the acting was fun"]
+    clf = make_text_classifier()
+    batch = clf.encode(texts)
+    opts = {**text_defaults(method, batch), **({"n_steps": 16} if method == "integrated_gradients" else {})}
+    e_cpu = whybox.explain(clf, batch.inputs, method, target=1, seed=2, **opts)
+    clf.model.to(DEVICE)
+    try:
+        gpu_inputs = batch.inputs.to(DEVICE)
+        opts_gpu = {k: (v.to(DEVICE) if isinstance(v, torch.Tensor) else v) for k, v in opts.items()}
+        e_gpu = whybox.explain(clf, gpu_inputs, method, target=1, seed=2, **opts_gpu)
+    finally:
+        clf.model.to("cpu")
+    assert_close(e_gpu.attributions, e_cpu.attributions, rtol=1e-6)
