@@ -232,3 +232,24 @@ def test_text_methods_on_cuda(method: str, make_text_classifier: Any) -> None:
     finally:
         clf.model.to("cpu")
     assert_close(e_gpu.attributions, e_cpu.attributions, rtol=1e-6)
+
+
+def test_the_command_line_on_cuda_writes_the_cpu_explanation(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``whybox explain --device cuda``: the model runs on the GPU, the inputs and the written explanation stay on
+    the CPU and equal the CPU run's (digits CNN, float32: to float rounding)."""
+    from click.testing import CliRunner
+
+    from whybox.cli.main import main as cli
+
+    monkeypatch.setenv("WHYBOX_CACHE_DIR", str(tmp_path / "cache"))
+    saved = []
+    for device in ("cpu", DEVICE.type):
+        out = tmp_path / device
+        args = ["explain", "--model", "digits-cnn", "digits-test", "--limit", "8", "--method", "integrated_gradients",
+                "--option", "n_steps=16", "--device", device, "--out", str(out)]  # fmt: skip
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0, result.output
+        saved.append(whybox.Explanation.load(out / "explanation.safetensors"))
+    assert saved[1].target.tolist() == saved[0].target.tolist()
+    scale = float(saved[0].attributions.abs().max())
+    torch.testing.assert_close(saved[1].attributions, saved[0].attributions, rtol=1e-2, atol=1e-2 * scale)

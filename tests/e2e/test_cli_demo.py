@@ -352,6 +352,16 @@ def test_unknown_model_and_misplaced_photos_are_usage_errors(runner: CliRunner, 
     assert result.exit_code == 2 and "does not apply to --model digits-cnn" in result.output
 
 
+def test_unknown_device_is_a_usage_error_before_any_work(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(cli.main, ["demo", "--model", "digits-cnn", "--device", "tpu", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "device must be 'cpu', 'auto'" in result.output and "got 'tpu'" in result.output
+    assert not (tmp_path / "o").exists()
+    if not torch.cuda.is_available():
+        result = runner.invoke(cli.main, ["demo", "--device", "cuda:1", "--out", str(tmp_path / "o")])
+        assert result.exit_code == 2 and "torch sees no CUDA device on this machine" in result.output
+        assert not (tmp_path / "o").exists()
+
+
 def test_missing_demo_extra_says_how_to_install_it(
     runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

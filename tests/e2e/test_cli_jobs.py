@@ -334,7 +334,7 @@ BAD: list[tuple[str, Callable[[Files], list[object]], Callable[[Files], str]]] =
         ],
         lambda f: (
             f"Error: --config: config '{f.tmp / 'c.toml'}' has unknown keys: 'bogus', 'also-bad'; allowed keys: "
-            "backend, batch_size, budget, inputs, label_column, limit, methods, metric_options, metrics, model, "
+            "backend, batch_size, budget, device, inputs, label_column, limit, methods, metric_options, metrics, model, "
             "options, out, ray_address, seed, shard_size, target, weights (dashes or underscores)."
         ),
     ),
@@ -399,6 +399,36 @@ BAD: list[tuple[str, Callable[[Files], list[object]], Callable[[Files], str]]] =
             f.x,
         ],
         lambda f: f"Error: the run directory '{f.x}' is a file; choose a folder (new or holding a run).",
+    ),
+    (
+        "device-unknown",
+        lambda f: ["explain", "--model", f.spec, f.x, "--method", "saliency", "--device", "tpu"],
+        lambda f: (
+            "Error: --device: device must be 'cpu', 'auto' (cuda where torch sees a GPU, else cpu), 'cuda', 'cuda:N' "
+            "or 'mps'; got 'tpu'."
+        ),
+    ),
+    (
+        "device-unknown-compare",
+        lambda f: ["compare", "--model", f.spec, f.x, "--methods", "saliency", "--device", "gpu0"],
+        lambda f: (
+            "Error: --device: device must be 'cpu', 'auto' (cuda where torch sees a GPU, else cpu), 'cuda', 'cuda:N' "
+            "or 'mps'; got 'gpu0'."
+        ),
+    ),
+    *(
+        []
+        if torch.cuda.is_available()
+        else [
+            (
+                "device-cuda-without-a-gpu",
+                lambda f: ["evaluate", "--model", f.spec, f.x, "--method", "saliency", "--device", "cuda"],
+                lambda f: (
+                    "Error: --device: device 'cuda': torch sees no CUDA device on this machine "
+                    "(torch.cuda.is_available() is False); use 'cpu', or 'auto' to use a GPU only where there is one."
+                ),
+            )
+        ]
     ),
     (
         "report-on-a-folder-without-a-run",
@@ -540,6 +570,44 @@ def test_explain_on_a_csv_with_a_scikit_learn_factory_prints_the_top_features(ru
         assert [name for name, _ in printed] == [columns[j] for j in torch.argsort(a.abs(), descending=True)]
         for name, value in printed:
             assert float(value) == pytest.approx(float(a[columns.index(name)]), rel=1e-2, abs=1e-6)
+
+
+def test_device_auto_on_a_machine_without_a_gpu_gives_the_cpu_run(runner: CliRunner, files: Files) -> None:
+    if torch.cuda.is_available() or torch.backends.mps.is_available():
+        pytest.skip("this machine has a GPU: auto picks it (tests/contract/test_cuda.py covers that)")
+    outs = []
+    for device in ("cpu", "auto"):
+        out = files.tmp / device
+        result = invoke(runner, ["explain", "--model", files.spec, files.x, "--method", "saliency", "--device", device,
+                                 "--out", out])  # fmt: skip
+        assert result.exit_code == 0, result.output
+        outs.append(whybox.Explanation.load(out / "explanation.safetensors").attributions)
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_device_refusals_that_need_a_gpu_to_reach(
+    runner: CliRunner, files: Files, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With torch claiming a GPU: a scikit-learn estimator refuses one, and the Ray backend refuses one before any
+    work (its workers load their own model on the CPU)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    (files.tmp / "iris.py").write_text(IRIS_PY)
+    csv = files.tmp / "iris.csv"
+    csv.write_text("a,b,c,d\n5.1,3.5,1.4,0.2\n")
+    spec = f"{files.tmp / 'iris.py'}:build"
+    result = invoke(runner, ["explain", "--model", spec, csv, "--method", "kernel_shap", "--device", "cuda"])
+    assert error_of(result) == (
+        f"Error: --model {spec!r}: device 'cuda' given for model {spec!r}, a LogisticRegression: estimators run on "
+        "the CPU; drop the device (or pass 'cpu')."
+    )
+    before = sorted(files.tmp.rglob("*"))
+    result = invoke(runner, ["compare", "--model", files.spec, files.x, "--methods", "saliency", "--backend", "ray",
+                             "--device", "cuda", "--out", files.tmp / "o"])  # fmt: skip
+    assert error_of(result) == (
+        "Error: --device cuda with --backend ray: Ray's workers load their own model on the CPU (their tasks ask Ray "
+        "for no GPU); use --backend local to run on this machine's GPU."
+    )
+    assert sorted(files.tmp.rglob("*")) == before
 
 
 # ---------------------------------------------------------------------------------------------- 3. evaluate

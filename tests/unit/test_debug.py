@@ -91,6 +91,7 @@ def test_debug_command_writes_one_figure_per_mistake(tmp_path: Path) -> None:
         (["--regions", "10"], "--regions must be a square number"),
         (["--method", "nope"], "unknown method 'nope'"),
         (["--limit", "0"], "--limit"),
+        (["--device", "cuda:x"], "device must be 'cpu', 'auto'"),
     ],
 )
 def test_debug_command_bad_flags(args: list[str], match: str, tmp_path: Path) -> None:

@@ -439,3 +439,34 @@ def test_config_syntax_errors_and_missing_files_name_the_path_and_line(tmp_path:
     path.write_text("n-samples = 1\nn_samples = 2\n")
     with pytest.raises(InvalidParameterError, match=r"sets 'n-samples' and 'n_samples', which are the same option"):
         load_config(path, allowed=ALLOWED)
+
+
+# ---------------------------------------------------------------------------------------------- devices
+def test_resolve_device_reads_every_documented_form_and_refuses_the_rest(monkeypatch: pytest.MonkeyPatch) -> None:
+    from whybox.runs.loaders import resolve_device
+
+    assert resolve_device(None) == resolve_device("cpu") == resolve_device(" CPU ") == torch.device("cpu")
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    for bad in ("tpu", "gpu", "cuda:x", "meta", "", 0, 1.5):
+        with pytest.raises(InvalidParameterError, match=r"device must be 'cpu', 'auto' .*; got "):
+            resolve_device(bad)  # type: ignore[arg-type]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(InvalidParameterError, match=r"device 'cuda:0': torch sees no CUDA device on this machine"):
+        resolve_device("cuda:0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("auto") == torch.device("cuda") and resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(InvalidParameterError, match=r"has 2 CUDA device\(s\), numbered from 0; pass cuda:0 to cuda:1"):
+        resolve_device("cuda:2")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(InvalidParameterError, match="torch sees no MPS"):
+        resolve_device("mps")
+
+
+def test_load_model_on_the_cpu_device_is_the_default_model() -> None:
+    a = load_model("digits-cnn", device="cpu").module
+    b = load_model("digits-cnn").module
+    assert all(p.device.type == "cpu" for p in a.parameters()) and not a.training
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))

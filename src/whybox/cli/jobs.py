@@ -60,6 +60,7 @@ _COMMON_KEYS: dict[str, type | tuple[type, ...]] = {
     "batch_size": int,
     "seed": int,
     "target": str,
+    "device": str,
 }
 
 
@@ -206,7 +207,7 @@ def _merge(base: Mapping[str, Any], over: Mapping[str, Any], *, flag: str, scope
 
 
 def _load(params: dict[str, Any]) -> tuple[Any, Any]:
-    from whybox.runs.loaders import load_inputs, load_model
+    from whybox.runs.loaders import load_inputs, load_model, resolve_device
 
     texts = list(params.get("texts") or ())
     if not params.get("model"):
@@ -219,8 +220,15 @@ def _load(params: dict[str, Any]) -> tuple[Any, Any]:
             ".npy, .csv or .txt files (or --text for a text model)."
         )
     try:
+        device = resolve_device(params.get("device"))
+    except WhyboxError as exc:
+        raise _fail(f"--device: {exc}") from None
+    try:
         lm = load_model(
-            params["model"], weights=params.get("weights"), trust_model_file=bool(params.get("trust_model_file"))
+            params["model"],
+            weights=params.get("weights"),
+            trust_model_file=bool(params.get("trust_model_file")),
+            device=device,
         )
     except WhyboxError as exc:
         raise _fail(f"--model {params['model']!r}: {exc}") from None
@@ -281,6 +289,13 @@ def _common(f: Callable[..., Any]) -> Callable[..., Any]:
             help="Forward batch of methods and metrics.",
         ),
         click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True),
+        click.option(
+            "--device",
+            default="cpu",
+            show_default=True,
+            help="Where the model runs: cpu, auto (cuda where torch sees a GPU), cuda, cuda:N or mps. Inputs and "
+            "results stay on the CPU.",
+        ),
         click.option(
             "--config", type=click.Path(dir_okay=False, path_type=Path), help="TOML file holding any of these flags."
         ),
@@ -609,6 +624,18 @@ def compare_cmd(ctx: click.Context, **params: Any) -> None:
     metric_names = _split(params["metrics_opt"], flag="--metrics", valid=METRICS.names())
     mopts = _flag_options(tables, params, "options", scoped=True)
     metopts = _flag_options(tables, params, "metric_options", scoped=True)
+    if params["backend"] == "ray" and params.get("device") not in (None, "cpu"):
+        from whybox.runs.loaders import resolve_device
+
+        try:
+            on_gpu = resolve_device(params["device"]).type != "cpu"
+        except WhyboxError as exc:
+            raise _fail(f"--device: {exc}") from None
+        if on_gpu:
+            raise _fail(
+                f"--device {params['device']} with --backend ray: Ray's workers load their own model on the CPU (their "
+                "tasks ask Ray for no GPU); use --backend local to run on this machine's GPU."
+            )
     loaded: tuple[Any, Any] | None = None
     if not methods:  # every method that applies to these inputs (CAMs and RISE need images; attention needs text)
         loaded = _load(params)
@@ -641,6 +668,7 @@ def compare_cmd(ctx: click.Context, **params: Any) -> None:
         "labels": lm.labels,
         "display": "imagenet" if lm.name == "efficientnet-lite0" else "clamp",
         "kind": ds.kind,
+        "device": str(params.get("device") or "cpu"),
     }
     factory = None
     if params["backend"] == "ray":

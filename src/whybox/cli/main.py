@@ -153,6 +153,16 @@ class _DemoData:
     labels: list[str]
 
 
+def _device(value: str) -> torch.device:
+    """``--device`` as a torch device (:func:`whybox.runs.loaders.resolve_device`), or a usage error naming it."""
+    from whybox.runs.loaders import resolve_device
+
+    try:
+        return resolve_device(value)
+    except whybox.errors.WhyboxError as exc:
+        raise click.BadParameter(str(exc), param_hint="--device") from None
+
+
 def _load_demo(model_name: str, photo_names: list[str] | None) -> _DemoData:
     from whybox import data
 
@@ -514,8 +524,20 @@ def methods_cmd() -> None:
     help="Digits test images for the dataset run (every method, deletion/insertion/sparseness, a run directory "
     "and its report in OUT/digits-test). Default: 200 with efficientnet-lite0, 0 (none) with digits-cnn.",
 )
+@click.option(
+    "--device",
+    default="cpu",
+    show_default=True,
+    help="Where the models run: cpu, auto (cuda where torch sees a GPU), cuda, cuda:N or mps.",
+)
 def demo_cmd(
-    out_dir: Path, methods_opt: str | None, photos_opt: str | None, model_name: str, full: bool, digits: int | None
+    out_dir: Path,
+    methods_opt: str | None,
+    photos_opt: str | None,
+    model_name: str,
+    full: bool,
+    digits: int | None,
+    device: str,
 ) -> None:
     """Explain bundled images with every method; write overlays, grids, an index.html, the run and its report;
     then a dataset run over the digits test set."""
@@ -530,14 +552,16 @@ def demo_cmd(
             f"--photos chooses ImageNet photos; it does not apply to --model {model_name}.", param_hint="--photos"
         )
     photo_names = _split_list(photos_opt, valid=PHOTOS, what="photo", param="--photos")
+    dev = _device(device)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise click.BadParameter(f"cannot create {str(out_dir)!r}: {exc}", param_hint="--out") from None
 
     demo = _load_demo(model_name, photo_names)
+    demo.model.to(dev)
     with torch.no_grad():
-        probs = demo.model(demo.inputs).softmax(1)
+        probs = demo.model(demo.inputs.to(dev)).softmax(1).cpu()
     top_p, top_i = probs.topk(min(_TOP_K, probs.shape[1]), dim=1)
     target = top_i[:, 0].clone()
 
@@ -687,9 +711,9 @@ def demo_cmd(
     report = _jobs._write_report(run_dir, None, 24)
     click.echo(f"wrote the run ({run_dir}) and its report: {report}")
     if digits > 0:
-        _digits_dataset_run(methods, out_dir / "digits-test", digits, full)
+        _digits_dataset_run(methods, out_dir / "digits-test", digits, full, dev)
     if model_name == "efficientnet-lite0":
-        _sentiment_demo(out_dir)
+        _sentiment_demo(out_dir, dev)
     failed = [r for r in runs if r.error]
     problems = []
     if failed:
@@ -714,7 +738,7 @@ DEMO_TEXTS = (
 )
 
 
-def _sentiment_demo(out_dir: Path) -> None:
+def _sentiment_demo(out_dir: Path, device: torch.device) -> None:
     """MiniLM + the sentiment head on DEMO_TEXTS: Integrated Gradients (64 steps from [PAD]) and word occlusion
     ([MASK]); word heatmaps printed and written to sentiment.html."""
     from whybox.models.text import explain_text
@@ -728,7 +752,7 @@ def _sentiment_demo(out_dir: Path) -> None:
     except whybox.errors.MissingExtraError as exc:
         click.echo(f"sentiment demo: skipped ({exc})")
         return
-    adapter = whybox.adapt_text(model, tokenizer)
+    adapter = whybox.adapt_text(model.to(device), tokenizer)
     click.echo(
         "sentiment: all-MiniLM-L6-v2 + a linear head trained on the project's 259 labelled sentences (95 % on the "
         "86 held out); word attributions to the predicted class (red: for it, blue: against it)"
@@ -776,7 +800,7 @@ def _sentiment_demo(out_dir: Path) -> None:
     click.echo(f"wrote {page}")
 
 
-def _digits_dataset_run(methods: list[str], run_dir: Path, n: int, full: bool) -> None:
+def _digits_dataset_run(methods: list[str], run_dir: Path, n: int, full: bool, device: torch.device) -> None:
     """Every method over the first ``n`` digits test images with the dataset metrics, as a resumable run with its
     report; prints the leaderboard."""
     from whybox import data
@@ -797,7 +821,7 @@ def _digits_dataset_run(methods: list[str], run_dir: Path, n: int, full: bool) -
     click.echo(f"dataset run: digits-cnn on the first {len(y)} digits test images, every method, metrics "
                f"{', '.join(DEMO_DATASET_METRICS)} -> {run_dir}")  # fmt: skip
     summary = run_job(
-        job, data.digits_cnn(), x, run_dir, names=[f"digits-test-{i:04d}" for i in range(len(y))], labels=y,
+        job, data.digits_cnn().to(device), x, run_dir, names=[f"digits-test-{i:04d}" for i in range(len(y))], labels=y,
         overwrite=True, progress=lambda line: click.echo(line, err=True),
         extra_config={"model": "digits-cnn", "inputs": f"digits-test (first {len(y)})",
                       "labels": [str(c) for c in range(10)], "display": "clamp", "kind": "image"},
@@ -835,7 +859,13 @@ def _digits_dataset_run(methods: list[str], run_dir: Path, n: int, full: bool) -
     show_default=True,
     help="Folder for one PNG per mistake (created if missing).",
 )
-def debug_cmd(model_name: str, method: str, limit: int | None, n_regions: int, out_dir: Path) -> None:
+@click.option(
+    "--device",
+    default="cpu",
+    show_default=True,
+    help="Where the models run: cpu, auto (cuda where torch sees a GPU), cuda, cuda:N or mps.",
+)
+def debug_cmd(model_name: str, method: str, limit: int | None, n_regions: int, out_dir: Path, device: str) -> None:
     """Find the model's misclassified test images and show the regions that cause each error."""
     import math
 
@@ -845,6 +875,7 @@ def debug_cmd(model_name: str, method: str, limit: int | None, n_regions: int, o
         raise click.BadParameter(
             f"unknown method {method!r}; choose one of {', '.join(whybox.methods('image'))}.", param_hint="--method"
         )
+    dev = _device(device)
     k = math.isqrt(n_regions)
     if k * k != n_regions or k > 8:
         raise click.BadParameter(
@@ -855,7 +886,7 @@ def debug_cmd(model_name: str, method: str, limit: int | None, n_regions: int, o
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise click.BadParameter(f"cannot create {str(out_dir)!r}: {exc}", param_hint="--out") from None
-    model = digits_cnn().eval()
+    model = digits_cnn().eval().to(dev)
     x, y = load_digits("test")
     cells = torch.arange(8) * k // 8
     regions = cells.view(-1, 1) * k + cells.view(1, -1)

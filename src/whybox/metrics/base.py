@@ -507,7 +507,8 @@ class Metric:
             out_meta["target"] = ctx.target.index.clone()
         if method is not None:
             out_meta["method"] = method
-        out_meta.update(meta)
+        # like the scores and curves, meta's tensors come back on the CPU whatever the model's device
+        out_meta.update({k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in meta.items()})
         return MetricResult(
             metric=self.name,
             scores=scores,

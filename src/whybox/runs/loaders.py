@@ -61,6 +61,7 @@ __all__ = [
     "load_config",
     "load_inputs",
     "load_model",
+    "resolve_device",
     "texts_dataset",
 ]
 
@@ -475,8 +476,57 @@ def _load_pickled_model(spec: str, path: Path, *, trust: bool) -> nn.Module:
     )
 
 
+DEVICE_CHOICES = "'cpu', 'auto' (cuda where torch sees a GPU, else cpu), 'cuda', 'cuda:N' or 'mps'"
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The torch device a ``--device`` value names, checked against what this machine has.
+
+    Parameters
+    ----------
+    device : str, torch.device or None
+        ``None`` or ``"cpu"``; ``"auto"`` (``cuda`` when ``torch.cuda.is_available()``, else ``cpu``); ``"cuda"``
+        or ``"cuda:N"``; ``"mps"``.
+
+    Raises
+    ------
+    InvalidParameterError
+        For any other value, or a device this machine does not have (the message says what to pass instead).
+    """
+    if device is None:
+        return torch.device("cpu")
+    if isinstance(device, str) and device.strip().lower() == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = device if isinstance(device, torch.device) else torch.device(str(device).strip().lower())
+    except (RuntimeError, ValueError):
+        dev = None
+    if not isinstance(device, (str, torch.device)) or dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise InvalidParameterError(f"device must be {DEVICE_CHOICES}; got {device!r}.")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InvalidParameterError(
+                f"device {str(device)!r}: torch sees no CUDA device on this machine (torch.cuda.is_available() is "
+                "False); use 'cpu', or 'auto' to use a GPU only where there is one."
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InvalidParameterError(
+                f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered "
+                f"from 0; pass cuda:0 to cuda:{torch.cuda.device_count() - 1}."
+            )
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise InvalidParameterError(
+            f"device {str(device)!r}: torch sees no MPS (Apple GPU) device on this machine; use 'cpu' or 'auto'."
+        )
+    return dev
+
+
 def load_model(
-    spec: str, *, weights: str | os.PathLike[str] | None = None, trust_model_file: bool = False
+    spec: str,
+    *,
+    weights: str | os.PathLike[str] | None = None,
+    trust_model_file: bool = False,
+    device: str | torch.device | None = None,
 ) -> LoadedModel:
     """Load the model a command-line ``--model`` string names.
 
@@ -503,6 +553,10 @@ def load_model(
         Allow unpickling torch files that hold Python objects other than tensors (full models,
         checkpoints with custom classes). Unpickling can run arbitrary code: use it only for files you
         trust. A ``UserWarning`` says so whenever it happens.
+    device : str, torch.device or None
+        Where a torch model runs (:func:`resolve_device`): ``None``/``"cpu"`` (default), ``"auto"``, ``"cuda"``,
+        ``"cuda:N"`` or ``"mps"``. Inputs stay on the CPU: explainers and metrics move each batch to the model's
+        device and hand their results back on the CPU. Estimators run on the CPU only.
 
     Returns
     -------
@@ -517,8 +571,9 @@ def load_model(
     InvalidParameterError
         For a spec or weights path that does not exist, a factory that is missing, not callable, raises
         or returns something else than a model, an unfitted estimator, weights for an estimator,
-        weights whose keys or shapes do not match the model (the message lists them), or a pickled
-        file without ``trust_model_file=True``.
+        weights whose keys or shapes do not match the model (the message lists them), a pickled
+        file without ``trust_model_file=True``, a device this machine does not have, or a device other
+        than the CPU for an estimator.
     UnknownNameError
         For a spec that is neither a builtin name nor a file form; the message lists the forms.
     DataFormatError
@@ -533,6 +588,7 @@ def load_model(
     if not isinstance(trust_model_file, bool):
         raise InvalidParameterError(f"trust_model_file must be True or False, got {trust_model_file!r}.")
     weights_path = None if weights is None else _check_weights_path(weights)
+    dev = resolve_device(device)
 
     labels: list[str] | None = None
     prepare: Callable[[np.ndarray], torch.Tensor] | None = _rgb_prepare
@@ -554,7 +610,7 @@ def load_model(
         from whybox.models.text import adapt_text
 
         clf, tokenizer = minilm_sentiment()
-        return LoadedModel(adapt_text(clf, tokenizer), spec, ["negative", "positive"], None, _channels_display)
+        return LoadedModel(adapt_text(clf.to(dev), tokenizer), spec, ["negative", "positive"], None, _channels_display)
     else:
         kind, path, factory = _parse_spec(spec)
         if kind == "factory":
@@ -574,7 +630,12 @@ def load_model(
             )
         _apply_state_dict(module, _read_state_dict(weights_path, trust=trust_model_file), weights_path, spec)
     if isinstance(module, nn.Module):
-        module.eval()
+        module.eval().to(dev)
+    elif dev.type != "cpu":
+        raise InvalidParameterError(
+            f"device {str(device)!r} given for model {spec!r}, a {type(module).__name__}: estimators run on the CPU; "
+            "drop the device (or pass 'cpu')."
+        )
     return LoadedModel(module=module, name=spec, labels=labels, prepare_image=prepare, display=display)
 
 
@@ -1071,7 +1132,8 @@ def texts_dataset(texts: Sequence[str], model: LoadedModel, *, names: Sequence[s
         raise InvalidInputError("texts must be non-empty strings (blank lines are skipped in .txt files).")
     batch = model.module.encode(texts)
     names = _unique([f"text-{i:04d}" for i in range(len(texts))] if names is None else list(names))
-    return Dataset(batch.inputs.detach(), names, labels, "text", None, texts)
+    # the inputs stay on the CPU like every dataset's (explanations come back on their inputs' device)
+    return Dataset(batch.inputs.detach().cpu(), names, labels, "text", None, texts)
 
 
 def _load_texts(paths: Sequence[str | os.PathLike[str]], model: LoadedModel, limit: int | None) -> Dataset:
