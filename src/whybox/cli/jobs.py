@@ -263,6 +263,16 @@ def _target(spec: str | None, ds: Any) -> Any:
         raise _fail(f"--target must be 'prediction', 'label' or a class index; got {spec!r}.") from None
 
 
+#: ``--device`` of every command that runs a model (explain, evaluate, compare, demo, debug).
+device_option = click.option(
+    "--device",
+    default="cpu",
+    show_default=True,
+    help="Where the model runs: cpu, auto (cuda where torch sees a GPU), cuda, cuda:N or mps. Inputs and results "
+    "stay on the CPU.",
+)
+
+
 def _common(f: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.argument("inputs", nargs=-1),
@@ -289,13 +299,7 @@ def _common(f: Callable[..., Any]) -> Callable[..., Any]:
             help="Forward batch of methods and metrics.",
         ),
         click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True),
-        click.option(
-            "--device",
-            default="cpu",
-            show_default=True,
-            help="Where the model runs: cpu, auto (cuda where torch sees a GPU), cuda, cuda:N or mps. Inputs and "
-            "results stay on the CPU.",
-        ),
+        device_option,
         click.option(
             "--config", type=click.Path(dir_okay=False, path_type=Path), help="TOML file holding any of these flags."
         ),

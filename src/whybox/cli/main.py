@@ -524,12 +524,7 @@ def methods_cmd() -> None:
     help="Digits test images for the dataset run (every method, deletion/insertion/sparseness, a run directory "
     "and its report in OUT/digits-test). Default: 200 with efficientnet-lite0, 0 (none) with digits-cnn.",
 )
-@click.option(
-    "--device",
-    default="cpu",
-    show_default=True,
-    help="Where the models run: cpu, auto (cuda where torch sees a GPU), cuda, cuda:N or mps.",
-)
+@_jobs.device_option
 def demo_cmd(
     out_dir: Path,
     methods_opt: str | None,
@@ -859,12 +854,7 @@ def _digits_dataset_run(methods: list[str], run_dir: Path, n: int, full: bool, d
     show_default=True,
     help="Folder for one PNG per mistake (created if missing).",
 )
-@click.option(
-    "--device",
-    default="cpu",
-    show_default=True,
-    help="Where the models run: cpu, auto (cuda where torch sees a GPU), cuda, cuda:N or mps.",
-)
+@_jobs.device_option
 def debug_cmd(model_name: str, method: str, limit: int | None, n_regions: int, out_dir: Path, device: str) -> None:
     """Find the model's misclassified test images and show the regions that cause each error."""
     import math

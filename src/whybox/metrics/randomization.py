@@ -159,23 +159,19 @@ def _reinit(module: nn.Module, seed: int) -> bool:
     """Re-initialise ``module`` with its own ``reset_parameters`` under ``torch.manual_seed(seed + 1)`` (Quantus'
     rule, so the two agree), the global RNG forked and restored; the draws are made on the CPU whatever the module's
     device. False when the module has no such method."""
-    reset = getattr(module, "reset_parameters", None)
-    if not callable(reset):
+    if not callable(getattr(module, "reset_parameters", None)):
         return False
-    tensors = [*module.parameters(), *module.buffers()]
-    if all(t.device.type == "cpu" for t in tensors):
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
-            torch.manual_seed(seed + 1)
-            reset()
-        return True
     # On another device reset_parameters would draw from that device's generator (other numbers than the CPU's):
-    # draw on a CPU twin and copy the values over, so the randomised model is the same wherever the model lives.
-    twin = copy.deepcopy(module).to("cpu")
+    # there it runs on a CPU twin whose values are copied over, so the randomised model is the same everywhere.
+    tensors = [*module.parameters(), *module.buffers()]
+    on_cpu = all(t.device.type == "cpu" for t in tensors)
+    twin = module if on_cpu else copy.deepcopy(module).to("cpu")
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(seed + 1)
-        getattr(twin, "reset_parameters")()  # noqa: B009 - mypy reads the attribute as a Tensor
-        for t, u in zip(tensors, [*twin.parameters(), *twin.buffers()], strict=True):
-            t.copy_(u)
+        getattr(twin, "reset_parameters")()  # noqa: B009 - mypy reads a module's attribute as a Tensor
+        if not on_cpu:
+            for t, u in zip(tensors, [*twin.parameters(), *twin.buffers()], strict=True):
+                t.copy_(u)
     return True
 
 
