@@ -140,7 +140,9 @@ def find_mistakes(
         Explain at most this many mistakes (the first ones in input order).
     regions
         Region label map for the insertion steps, ``(H, W)`` / ``(B, H, W)`` (images) or ``(F,)`` (rows). Default:
-        LIMA's own regions; for other methods a grid of about 49 cells (images) or the columns (rows).
+        LIMA's own regions; for other methods a grid of about 49 cells (images) or the columns (rows). With
+        ``method="lima"`` also one of LIMA's region kinds (``"grid"``, ``"superpixels"``, ...), which LIMA builds
+        (with ``n_regions`` and its other options in ``params``) and the steps then use.
     fill
         What a hidden region becomes (default zero).
     batch_size
@@ -156,6 +158,14 @@ def find_mistakes(
             f"{getattr(labels, 'dtype', type(labels).__name__)} {tuple(getattr(labels, 'shape', ()))}."
         )
     EXPLAINERS.get(method)  # unknown names list the known ones
+    lima_kind = None
+    if isinstance(regions, str) and method == "lima":
+        lima_kind, regions = regions, None  # LIMA builds them; the steps read them from its meta
+    elif regions is not None and not isinstance(regions, torch.Tensor):
+        raise InvalidParameterError(
+            f"regions must be a label map tensor ((H, W), (B, H, W) or (F,)) or None; got {regions!r}"
+            + (" (a region kind by name applies to method='lima' only)." if isinstance(regions, str) else ".")
+        )
     if max_mistakes is not None and (
         isinstance(max_mistakes, bool) or not isinstance(max_mistakes, int) or max_mistakes < 1
     ):
@@ -186,8 +196,8 @@ def find_mistakes(
     opts = dict(params)
     if method == "lima":
         opts.setdefault("search", "predictive")
-        if regions is not None:
-            opts.setdefault("regions", regions)
+        if regions is not None or lima_kind is not None:
+            opts.setdefault("regions", regions if regions is not None else lima_kind)
     if issubclass(EXPLAINERS.get(method), PerturbationExplainer):
         opts.setdefault("fill", fill)
     e = explain(model, x, method, target=y, batch_size=batch_size, **opts)

@@ -12,6 +12,7 @@ CI has no GPU: every test here is skipped there with that reason. Run them on a 
 from __future__ import annotations
 
 import copy
+import json
 import os
 from typing import Any
 
@@ -253,3 +254,49 @@ def test_the_command_line_on_cuda_writes_the_cpu_explanation(tmp_path: Any, monk
     assert saved[1].target.tolist() == saved[0].target.tolist()
     scale = float(saved[0].attributions.abs().max())
     torch.testing.assert_close(saved[1].attributions, saved[0].attributions, rtol=1e-2, atol=1e-2 * scale)
+
+
+def test_find_mistakes_on_cuda_gives_the_cpu_report() -> None:
+    """``whybox.find_mistakes`` with the model on the GPU and the inputs and labels on the CPU."""
+    model, x = small_cnn().eval(), inputs(seed=7, n=12)
+    labels = torch.arange(12) % K  # a random model gets most of these wrong
+    ref = whybox.find_mistakes(model, x, labels, method="lima", regions="grid", n_regions=9)
+    rep = whybox.find_mistakes(on_cuda(model), x, labels, method="lima", regions="grid", n_regions=9)
+    assert rep.n_wrong == ref.n_wrong > 0
+    for a, b in zip(rep.mistakes, ref.mistakes, strict=True):
+        assert (a.index, a.label, a.predicted, a.culprits) == (b.index, b.label, b.predicted, b.culprits)
+        assert a.hc == pytest.approx(b.hc, rel=1e-6, abs=1e-9)
+        assert a.attribution.device.type == "cpu" and torch.equal(a.culprit_mask, b.culprit_mask)
+
+
+def test_a_run_on_cuda_stores_the_cpu_run(tmp_path: Any) -> None:
+    """``run_job`` (what ``whybox compare`` runs) with the model on the GPU: the stored attributions and metric
+    values equal the CPU run's to float64 rounding."""
+    from whybox.runs.job import Job, run_job
+    from whybox.runs.store import RunStore
+
+    model, x = small_cnn().eval(), inputs(seed=8, n=6)
+    job = Job(methods=("saliency", "lime"), metrics=("deletion", "road"), shard_size=4,
+              method_options={"lime": {"n_samples": 64}}, metric_options={"road": {"fractions": (0.2, 0.6)}})  # fmt: skip
+    for name, m in (("cpu", model), ("gpu", on_cuda(model))):
+        run_job(job, m, x, tmp_path / name)
+    stores = [RunStore.open_existing(tmp_path / name) for name in ("cpu", "gpu")]
+    try:
+        cpu_values, gpu_values = (sorted(s.rows("metric_values")) for s in stores)
+        assert len(cpu_values) == len(gpu_values) == 6 * 2 * 2
+        for a, b in zip(cpu_values, gpu_values, strict=True):  # (idx, method, metric, value, curve, reason)
+            assert a[:3] == b[:3] and a[5] == b[5] and (a[3] is None) == (b[3] is None)
+            assert a[3] is None or b[3] == pytest.approx(a[3], rel=1e-6, abs=1e-9)
+            if a[4] is not None:  # the curve: {"x": [...], "y": [...]}
+                ca, cb = json.loads(a[4]), json.loads(b[4])
+                assert ca.keys() == cb.keys()
+                for key in ca:
+                    assert cb[key] == pytest.approx(ca[key], rel=1e-6, abs=1e-9, nan_ok=True), key
+        for method in job.methods:
+            for i in range(6):
+                a, b = (s.load_array(method, i) for s in stores)
+                assert a is not None and b is not None
+                assert b == pytest.approx(a, rel=1e-6, abs=1e-9 * float(abs(a).max()))
+    finally:
+        for s in stores:
+            s.close()

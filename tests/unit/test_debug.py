@@ -73,6 +73,19 @@ def test_bad_input_names_the_parameter() -> None:
         whybox.find_mistakes(Trap(), x, y, max_mistakes=0)
     with pytest.raises(UnknownNameError, match="lime"):
         whybox.find_mistakes(Trap(), x, y, method="limee")
+    with pytest.raises(InvalidParameterError, match=r"regions must be a label map tensor .* got 'columns' \(a region"):
+        whybox.find_mistakes(Trap(), x, y, method="occlusion", regions="columns")
+    with pytest.raises(InvalidParameterError, match=r"regions must be a label map tensor .* got \[0, 0, 1, 1\]\.$"):
+        whybox.find_mistakes(Trap(), x, y, regions=[0, 0, 1, 1])
+
+
+def test_lima_region_kind_by_name_is_lima_s_regions() -> None:
+    """regions="columns" with LIMA: LIMA builds its regions, and the report equals passing them as a tensor."""
+    x, y = rows()
+    by_name = whybox.find_mistakes(Trap(), x, y, regions="columns")
+    by_map = whybox.find_mistakes(Trap(), x, y, regions=torch.arange(4))
+    assert [m.culprits for m in by_name.mistakes] == [m.culprits for m in by_map.mistakes] == [[2], [2]]
+    assert [m.hc for m in by_name.mistakes] == [m.hc for m in by_map.mistakes]
 
 
 def test_debug_command_writes_one_figure_per_mistake(tmp_path: Path) -> None:
