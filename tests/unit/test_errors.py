@@ -168,6 +168,17 @@ def test_float_target(bad: Any, model: nn.Module, x: torch.Tensor) -> None:
     )
 
 
+@pytest.mark.parametrize("bad", ["cat", {"class": 1}, object()])
+def test_target_of_no_known_form(bad: Any, model: nn.Module, x: torch.Tensor) -> None:
+    _raises(
+        InvalidTargetError,
+        ValueError,
+        r"target must be None, an int class index, one int per row \(a sequence or tensor\) or a callable scores "
+        r"-> \(B,\); got (str 'cat'|dict \{'class': 1\}|object <object object at 0x[0-9a-f]+>)\.",
+        lambda: whybox.explain(model, x, "saliency", target=bad),
+    )
+
+
 def test_bool_target(model: nn.Module, x: torch.Tensor) -> None:
     _raises(
         InvalidTargetError,
@@ -520,13 +531,28 @@ def test_bad_integrated_gradients_options(
     [
         ({"variant": "median"}, r"variant must be one of \('mean', 'square', 'var'\); got 'median'\."),
         ({"n_samples": 0}, r"n_samples must be an int >= 1; got 0\."),
-        ({"noise_level": -0.1}, r"noise_level must be >= 0; got -0\.1\."),
-        ({"sigma": -2.0}, r"sigma must be >= 0 or None; got -2\.0\."),
+        ({"noise_level": -0.1}, r"noise_level must be a number >= 0; got -0\.1\."),
+        ({"noise_level": "high"}, r"noise_level must be a number >= 0; got 'high'\."),
+        ({"noise_level": float("nan")}, r"noise_level must be a number >= 0; got nan\."),
+        ({"sigma": -2.0}, r"sigma must be a number >= 0 or None; got -2\.0\."),
+        ({"sigma": "2"}, r"sigma must be a number >= 0 or None; got '2'\."),
         ({"base": "ig"}, r"base must be one of \('gradient', 'input_x_gradient'\); got 'ig'\."),
     ],
 )
 def test_bad_smoothgrad_options(options: dict[str, Any], message: str, model: nn.Module, x: torch.Tensor) -> None:
     _raises(InvalidParameterError, ValueError, message, lambda: whybox.explain(model, x, "smoothgrad", **options))
+
+
+@pytest.mark.parametrize("method", CAM_METHODS)
+@pytest.mark.parametrize("bad", [5, 2.5])
+def test_cam_layer_of_no_known_form(method: str, bad: Any, model: nn.Module, x: torch.Tensor) -> None:
+    _raises(
+        LayerError,
+        ValueError,
+        rf"layer must be a module name, an nn\.Module or a list of them; got {type(bad).__name__} {bad!r}\. Names "
+        r"are those of dict\(model\.named_modules\(\)\)\.",
+        lambda: whybox.explain(model, x, method, layer=bad),
+    )
 
 
 @pytest.mark.parametrize("method", CAM_METHODS)

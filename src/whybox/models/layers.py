@@ -70,6 +70,11 @@ def _find(model: nn.Module, spec: LayerLike) -> LayerRef:
 
 def resolve_layers(adapter: TorchAdapter, layers: LayerLike | Sequence[LayerLike]) -> list[LayerRef]:
     """Resolve names/modules to :class:`LayerRef`; unknown names list the close and the last ones."""
+    if not isinstance(layers, (str, nn.Module, list, tuple)):
+        raise LayerError(
+            f"layer must be a module name, an nn.Module or a list of them; got {type(layers).__name__} {layers!r}. "
+            "Names are those of dict(model.named_modules())."
+        )
     specs = [layers] if isinstance(layers, (str, nn.Module)) else list(layers)
     if not specs:
         raise LayerError("layers must name at least one layer; got an empty list.")

@@ -83,7 +83,13 @@ def resolve_target(target: TargetLike, clean_scores: torch.Tensor | None, *, bat
     if isinstance(target, int):
         idx = torch.full((b,), target, dtype=torch.int64)
     else:
-        t = torch.as_tensor(target)
+        try:
+            t = torch.as_tensor(target)
+        except (TypeError, ValueError, RuntimeError):
+            raise InvalidTargetError(
+                f"target must be None, an int class index, one int per row (a sequence or tensor) or a callable "
+                f"scores -> (B,); got {type(target).__name__} {target!r}."
+            ) from None
         if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
             raise InvalidTargetError(
                 f"target must hold integer class indices; got dtype {t.dtype}. Pass e.g. torch.tensor([3, 1])."
