@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from whybox.errors import InvalidInputError, InvalidParameterError
+from whybox.errors import DataFormatError, InvalidInputError, InvalidParameterError
 
 __all__ = ["Explanation"]
 
@@ -112,6 +112,10 @@ class Explanation:
         from safetensors.torch import save_file
 
         path = Path(path)
+        if path.is_dir():
+            raise InvalidParameterError(
+                f"path={str(path)!r} is a folder; pass a file path, e.g. {str(path / 'explanation.safetensors')!r}."
+            )
         tensors: dict[str, torch.Tensor] = {
             "attributions": self.attributions.detach().cpu().contiguous(),
             "target": self.target.detach().cpu().contiguous(),
@@ -137,9 +141,21 @@ class Explanation:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Explanation:
         """Read a file written by :meth:`save`."""
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(path), framework="pt") as f:
+        if Path(path).is_dir():
+            raise InvalidInputError(
+                f"path={str(path)!r} is a folder; pass the .safetensors file Explanation.save wrote."
+            )
+        if not Path(path).exists():
+            raise FileNotFoundError(f"path={str(path)!r} does not exist; pass a file written by Explanation.save().")
+        try:
+            f_open = safe_open(str(path), framework="pt")
+        except SafetensorError as exc:
+            raise DataFormatError(
+                f"path={str(path)!r} is not a safetensors file ({exc}); pass a file written by Explanation.save()."
+            ) from None
+        with f_open as f:
             header = f.metadata() or {}
             if header.get("format") != _FORMAT:
                 raise InvalidInputError(

@@ -13,7 +13,13 @@ import torch.nn.functional as F
 from torch import nn
 
 import whybox
-from whybox.errors import InvalidInputError, InvalidParameterError, InvalidTargetError, UnknownNameError
+from whybox.errors import (
+    DataFormatError,
+    InvalidInputError,
+    InvalidParameterError,
+    InvalidTargetError,
+    UnknownNameError,
+)
 from whybox.explanation import Explanation
 from whybox.masking import (
     FILLS,
@@ -621,6 +627,22 @@ def test_loading_a_foreign_safetensors_file_is_refused(tmp_path: Any) -> None:
         InvalidInputError, match=r"is not a whybox explanation file .*write it with Explanation\.save\(\)"
     ):
         Explanation.load(path)
+
+
+def test_saving_to_and_loading_from_a_folder_a_missing_or_a_broken_file_say_so(tmp_path: Any) -> None:
+    e = Explanation(rand(2, 3), torch.zeros(2, dtype=torch.int64), "saliency")
+    with pytest.raises(
+        InvalidParameterError, match=r"is a folder; pass a file path, e\.g\. .*explanation\.safetensors"
+    ):
+        e.save(tmp_path)
+    with pytest.raises(InvalidInputError, match=r"is a folder; pass the \.safetensors file Explanation\.save wrote"):
+        Explanation.load(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"nope\.safetensors' does not exist"):
+        Explanation.load(tmp_path / "nope.safetensors")
+    (tmp_path / "broken.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(DataFormatError, match=r"is not a safetensors file \(.*\); pass a file written by"):
+        Explanation.load(tmp_path / "broken.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.safetensors"]  # nothing written
 
 
 def test_seed_none_draws_a_fresh_seed_that_is_recorded_and_reproduces_the_result() -> None:

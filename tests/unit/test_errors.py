@@ -555,6 +555,15 @@ def test_cam_layer_of_no_known_form(method: str, bad: Any, model: nn.Module, x: 
     )
 
 
+def test_adapter_layers_of_no_known_form(model: nn.Module) -> None:
+    _raises(
+        LayerError,
+        ValueError,
+        r"layers must be a module name, an nn\.Module or a list of them; got int 7\.",
+        lambda: whybox.adapt(model, layers=7),
+    )
+
+
 @pytest.mark.parametrize("method", CAM_METHODS)
 def test_bad_cam_normalize(method: str, model: nn.Module, x: torch.Tensor) -> None:
     _raises(

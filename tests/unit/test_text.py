@@ -178,8 +178,12 @@ def test_bad_input_names_the_problem(clf: object) -> None:
         batch.baseline("eos")
     with pytest.raises(InvalidInputError, match=r"packed inputs \(B, T, D \+ 1\)"):
         clf.scores(torch.zeros(2, 5))
-    with pytest.raises(InvalidInputError, match="non-empty list of strings"):
+    with pytest.raises(InvalidInputError, match=r"non-empty list of strings; got \[\]\."):
         clf.encode([])
+    with pytest.raises(InvalidInputError, match=r"non-empty list of strings; got None\."):
+        clf.encode(None)
+    with pytest.raises(InvalidInputError, match=r"non-empty list of strings; got \['str', 'int'\]\."):
+        clf.encode(["a film", 3])
     with pytest.raises(InvalidParameterError, match="kind='embedding' needs references="):
         adapt_text(tiny_bert("encoder"), clf.tokenizer, kind="embedding")
     with pytest.raises(InvalidParameterError, match="reduce must be 'sum' or 'l2'"):

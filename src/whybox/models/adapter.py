@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from whybox.errors import InvalidInputError, InvalidParameterError, ModelOutputError
+from whybox.errors import InvalidInputError, InvalidParameterError, LayerError, ModelOutputError
 from whybox.models._guard import preserved
 
 __all__ = ["EmbeddingAdapter", "ModelAdapter", "SklearnAdapter", "TorchAdapter", "adapt"]
@@ -88,8 +88,13 @@ class TorchAdapter(ModelAdapter):
             self.default_layers = None
         elif isinstance(layers, (str, nn.Module)):
             self.default_layers = [layers]
-        else:
+        elif isinstance(layers, (list, tuple)):
             self.default_layers = list(layers)
+        else:
+            raise LayerError(
+                f"layers must be a module name, an nn.Module or a list of them; got {type(layers).__name__} "
+                f"{layers!r}. Names are those of dict(model.named_modules())."
+            )
 
     @property
     def device(self) -> torch.device:

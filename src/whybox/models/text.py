@@ -220,9 +220,10 @@ class _TextMixin:
         """Tokenise ``texts`` (padded to the longest, truncated at ``max_length``) into a :class:`TextBatch`."""
         if isinstance(texts, str):
             texts = [texts]
+        if not isinstance(texts, (list, tuple)) or not texts or not all(isinstance(t, str) for t in texts):
+            got = texts if not isinstance(texts, (list, tuple)) else [type(t).__name__ for t in texts][:5]
+            raise InvalidInputError(f"texts must be a string or a non-empty list of strings; got {got!r}.")
         texts = list(texts)
-        if not texts or not all(isinstance(t, str) for t in texts):
-            raise InvalidInputError("texts must be a string or a non-empty list of strings.")
         enc = self.tokenizer(
             texts,
             padding=True,
