@@ -515,7 +515,7 @@ def test_as_is_mode_refuses_batched_forwards_with_train_batchnorm(method: str, x
             r"n_steps must be an int >= 2 for method='riemann_trapezoid'; got 1\.",
         ),
         ({"baseline": "black"}, r"baseline must be one of \('zero', 'blur'.*a number or a tensor; got 'black'\."),
-        ({"sigma": -1.0}, r"sigma must be >= 0; got -1\.0\."),
+        ({"sigma": -1.0}, r"sigma must be a number >= 0; got -1\.0\."),
     ],
 )
 def test_bad_integrated_gradients_options(
@@ -586,6 +586,6 @@ def test_bad_cam_variant_options(model: nn.Module, x: torch.Tensor) -> None:
         _raises(
             InvalidParameterError,
             ValueError,
-            r"gamma must be > 0 or None; got 0\.",
+            r"gamma must be a number > 0 or None; got 0\.",
             lambda: whybox.explain(model, x, "layercam", gamma=0),
         )

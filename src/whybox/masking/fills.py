@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -69,6 +70,8 @@ def make_fill(
             )
         return out.to(device=x.device, dtype=x.dtype)
     if isinstance(fill, (int, float)) and not isinstance(fill, bool):
+        if not math.isfinite(fill):
+            raise InvalidParameterError(f"fill as a number must be finite; got {fill!r}.")
         return torch.full_like(x, float(fill))
     if fill == "zero":
         return torch.zeros_like(x)

@@ -321,6 +321,15 @@ def check_int(name: str, value: Any, minimum: int = 1) -> int:
     return value
 
 
+def check_options(name: str, value: Any) -> dict[str, Any]:
+    """A dict of keyword options (``None``: empty), copied."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise InvalidParameterError(f"{name} must be a dict of option names to values, or None; got {value!r}.")
+    return dict(value)
+
+
 def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise InvalidParameterError(f"{name} must be one of {choices}; got {value!r}.")

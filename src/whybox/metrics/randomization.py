@@ -22,6 +22,8 @@ from whybox.metrics.base import (
     Metric,
     check_choice,
     check_float,
+    check_int,
+    check_options,
     derive_generator,
     make_explain_fn,
     spearman,
@@ -192,6 +194,10 @@ class _MapComparison(Metric):
     ) -> None:
         super().__init__(**kwargs)
         self.similarity = check_choice("similarity", similarity, SIMILARITIES)
+        if isinstance(similarities, str) or not isinstance(similarities, (tuple, list)):
+            raise InvalidParameterError(
+                f"similarities must be a list of names from {SIMILARITIES}; got {similarities!r}."
+            )
         self.similarities = tuple(check_choice("similarities", v, SIMILARITIES) for v in similarities)
         if self.similarity not in self.similarities:
             self.similarities = (*self.similarities, self.similarity)
@@ -200,9 +206,9 @@ class _MapComparison(Metric):
             if clip_percentile is None
             else check_float("clip_percentile", clip_percentile, 0.0, 100.0, lo_open=True)
         )
-        self.hog_cell = int(hog_cell)
+        self.hog_cell = check_int("hog_cell", hog_cell)
         self.explainer = explainer
-        self.explainer_params = dict(explainer_params or {})
+        self.explainer_params = check_options("explainer_params", explainer_params)
 
     def _similarities(self, a: torch.Tensor, b: torch.Tensor) -> dict[str, torch.Tensor]:
         return map_similarities(

@@ -165,6 +165,8 @@ class ROAD(Metric):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if isinstance(fractions, (str, bytes)) or not isinstance(fractions, (tuple, list)):
+            raise InvalidParameterError(f"fractions must be a list of shares in (0, 1]; got {fractions!r}.")
         fr = tuple(fractions)
         if not fr:
             raise InvalidParameterError("fractions must hold at least one share in (0, 1].")

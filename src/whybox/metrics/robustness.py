@@ -19,6 +19,7 @@ from whybox.metrics.base import (
     check_choice,
     check_float,
     check_int,
+    check_options,
     derive_generator,
     make_explain_fn,
 )
@@ -85,7 +86,12 @@ class Infidelity(Metric):
         self.n_samples = check_int("n_samples", n_samples)
         self.normalize = bool(normalize)
         self.baseline = check_float("baseline", baseline)
-        if clip is not None and (len(clip) != 2 or not clip[0] < clip[1]):
+        if clip is not None and (
+            not isinstance(clip, (tuple, list))
+            or len(clip) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in clip)
+            or not clip[0] < clip[1]
+        ):
             raise InvalidParameterError(f"clip must be None or (low, high) with low < high; got {clip!r}.")
         self.clip = None if clip is None else (float(clip[0]), float(clip[1]))
         self.max_square = check_int("max_square", max_square)
@@ -190,7 +196,7 @@ class MaxSensitivity(Metric):
         self.relative = bool(relative)
         self.skip_label_change = bool(skip_label_change)
         self.explainer = explainer
-        self.explainer_params = dict(explainer_params or {})
+        self.explainer_params = check_options("explainer_params", explainer_params)
 
     def _delta(self, row: int, j: int, shape: torch.Size, x: torch.Tensor) -> torch.Tensor:
         u = torch.rand(shape, generator=derive_generator(self.seed, _SENS_KEY, row, j), dtype=torch.float64)

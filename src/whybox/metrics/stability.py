@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from whybox.errors import InvalidParameterError
-from whybox.metrics.base import Context, Metric, check_choice, check_int, make_explain_fn, tie_order
+from whybox.metrics.base import Context, Metric, check_choice, check_int, check_options, make_explain_fn, tie_order
 from whybox.registry import METRICS
 
 __all__ = ["Stability", "ci_overlap", "csi_scores", "kendall_tau_b", "topk_sets"]
@@ -147,7 +147,7 @@ class Stability(Metric):
         self.measure = check_choice("measure", measure, MEASURES)
         self.abs = bool(abs)
         self.explainer = explainer
-        self.explainer_params = dict(explainer_params or {})
+        self.explainer_params = check_options("explainer_params", explainer_params)
 
     def _compute(self, ctx: Context) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
         if ctx.target is None or ctx.adapter is None:

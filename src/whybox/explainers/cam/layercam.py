@@ -23,8 +23,8 @@ class LayerCAM(CAM):
 
     def __init__(self, model: Any, *, gamma: float | None = None, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
-        if gamma is not None and gamma <= 0:
-            raise InvalidParameterError(f"gamma must be > 0 or None; got {gamma!r}.")
+        if gamma is not None and (isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma > 0):
+            raise InvalidParameterError(f"gamma must be a number > 0 or None; got {gamma!r}.")
         self.gamma = gamma
 
     def raw_map(self, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

@@ -124,8 +124,8 @@ class IntegratedGradients(GradientExplainer):
             quadrature(method, n_steps)  # validates n_steps
         if isinstance(baseline, str) and baseline not in BASELINES:
             raise InvalidParameterError(f"baseline must be one of {BASELINES}, a number or a tensor; got {baseline!r}.")
-        if sigma < 0:
-            raise InvalidParameterError(f"sigma must be >= 0; got {sigma!r}.")
+        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma >= 0:
+            raise InvalidParameterError(f"sigma must be a number >= 0; got {sigma!r}.")
         self.n_steps = n_steps
         self.method = method
         self.baseline = baseline

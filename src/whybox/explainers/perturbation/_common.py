@@ -410,6 +410,8 @@ class RegionExplainer(PerturbationExplainer):
             raise InvalidParameterError(f"patch must be an int >= 1 or a pair of them; got {patch!r}.")
         self.features = features
         self.n_segments = n_segments
+        if isinstance(compactness, bool) or not isinstance(compactness, (int, float)) or not compactness > 0:
+            raise InvalidParameterError(f"compactness must be a number > 0; got {compactness!r}.")
         self.compactness = float(compactness)
         self.patch = tuple(patch) if isinstance(patch, list) else patch
 

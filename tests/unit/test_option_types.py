@@ -1,0 +1,93 @@
+"""Every keyword option of every registered image method and metric, given a value of the wrong type or range, either
+works or raises a WhyboxError: never a TypeError, a NumPy/LAPACK failure or an assertion from deep inside.
+
+The values: a string, a negative int, a float where an int is expected, an empty list, an empty dict, NaN and a
+bool. Options shared by every method or metric (seed, mode, score, batch_size) have their own tests in
+test_errors.py and tests/metrics/test_api.py.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import whybox
+from whybox.errors import WhyboxError
+from whybox.registry import METRICS
+
+VALUES: list[Any] = ["x", -1, 1.5, [], {}, float("nan"), True]
+SHARED = {"seed", "mode", "score", "batch_size"}
+FAST: dict[str, dict[str, Any]] = {
+    "integrated_gradients": {"n_steps": 4},
+    "smoothgrad": {"n_samples": 2},
+    "rise": {"n_masks": 20},
+    "lime": {"n_samples": 20},
+    "kernel_shap": {"n_samples": 20},
+    "lima": {"regions": "grid", "n_regions": 4},
+    "occlusion": {"window": 4, "stride": 4},
+    "stability": {"n_runs": 2, "explainer": "saliency"},
+    "mufidelity": {"n_samples": 5},
+    "infidelity": {"n_samples": 3},
+    "max_sensitivity": {"n_samples": 2},
+}
+MASKS = ("pointing_game", "energy_pointing_game", "relevance_mass", "relevance_rank")
+
+
+def _options(cls: type) -> list[str]:
+    names = {
+        p.name
+        for c in cls.__mro__
+        if "__init__" in c.__dict__
+        for p in inspect.signature(c.__dict__["__init__"]).parameters.values()
+        if p.kind is p.KEYWORD_ONLY
+    }
+    return sorted(names - SHARED)
+
+
+def _model() -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)
+        ).eval()
+
+
+def _misfits(call: Any, names: list[str]) -> list[str]:
+    out = []
+    for name in names:
+        for value in VALUES:
+            try:
+                call(name, value)
+            except WhyboxError:
+                pass
+            except Exception as exc:  # the property under test: nothing but a WhyboxError escapes
+                out.append(f"{name}={value!r}: {type(exc).__name__}: {exc}")
+    return out
+
+
+@pytest.mark.parametrize("method", whybox.methods("image"))
+def test_every_method_option_refuses_a_misfit_with_a_whybox_error(method: str) -> None:
+    model, x = _model(), torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+
+    def call(name: str, value: Any) -> None:
+        whybox.explain(model, x, method, **{**FAST.get(method, {}), name: value})
+
+    assert _misfits(call, _options(whybox.get_explainer(method))) == []
+
+
+@pytest.mark.parametrize("metric", whybox.metrics())
+def test_every_metric_option_refuses_a_misfit_with_a_whybox_error(metric: str) -> None:
+    g = torch.Generator().manual_seed(1)
+    model, x, a = _model(), torch.rand(2, 3, 8, 8, generator=g), torch.rand(2, 1, 8, 8, generator=g)
+    masks = torch.zeros(2, 8, 8, dtype=torch.bool)
+    masks[:, 2:5, 2:5] = True
+    extra = {"masks": masks} if metric in MASKS else {}
+
+    def call(name: str, value: Any) -> None:
+        whybox.evaluate(model, x, a, metric, **{**FAST.get(metric, {}), **extra, name: value})
+
+    assert _misfits(call, _options(METRICS.get(metric))) == []
