@@ -337,7 +337,7 @@ def rows_for(case: Case, quantus: Any, args: argparse.Namespace) -> list[Row]:
             )
         )
 
-    # ---- ROAD (noise 0 so both are deterministic; Quantus computes MoRF only, whybox MoRF and LeRF)
+    # ---- ROAD (noise 0 so both are deterministic; Quantus computes MoRF only, and so does whybox with orders="morf")
     pct = [10, 20, 30, 40, 50, 60, 70, 80, 90]
     road = quantus.ROAD(
         percentages=pct, noise=0.0, abs=False, normalise=False, disable_warnings=True, display_progressbar=False
@@ -347,11 +347,21 @@ def rows_for(case: Case, quantus: Any, args: argparse.Namespace) -> list[Row]:
             case,
             "ROAD",
             ours=lambda: whybox.evaluate(
-                model, x, a, "road", target=y, labels=y, fractions=[p / 100 for p in pct], noise=0.0, batch_size=bs
+                model,
+                x,
+                a,
+                "road",
+                target=y,
+                labels=y,
+                fractions=[p / 100 for p in pct],
+                noise=0.0,
+                batch_size=bs,
+                orders="morf",
             ),
             peer=lambda: road(model=model, x_batch=xn, y_batch=yn, a_batch=an, softmax=True, **common),
             same_values=(c == 1),
-            note="9 fractions, noise 0; whybox does MoRF and LeRF (2x the imputations and passes), Quantus MoRF",
+            note="9 fractions, noise 0, MoRF on both sides (whybox orders='morf'; its default, both orders, does 2x the "
+            "imputations and passes)",
             compare=lambda o, p: float(
                 np.abs(o.curves["morf_accuracy"].mean(0).numpy() - np.array([p[k] for k in pct])).max()
             ),

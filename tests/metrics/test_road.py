@@ -97,6 +97,25 @@ def test_road_removes_floor_pn_pixels_and_p_one_is_nan() -> None:
     torch.testing.assert_close(r.scores, expected)
 
 
+@pytest.mark.parametrize("noise", [0.0, 0.05])
+def test_one_order_is_that_half_of_both_at_half_the_passes(noise: float) -> None:
+    """orders="morf" / "lerf": the curves of that order exactly as orders="both" computes them (same noise draws),
+    the score their mean (MoRF: lower is better), half the passes."""
+    model, x = cnn1(), randn(3, 1, 8, 8, seed=7)
+    a = randn(3, 1, 8, 8, seed=8)
+    both = whybox.evaluate(model, x, a, "road", fractions=(0.2, 0.5, 0.8), noise=noise, seed=1)
+    for order, higher in (("morf", False), ("lerf", True)):
+        one = whybox.evaluate(model, x, a, "road", fractions=(0.2, 0.5, 0.8), noise=noise, seed=1, orders=order)
+        assert set(one.curves) == {"x", f"{order}_score", f"{order}_accuracy"}
+        for key in (f"{order}_score", f"{order}_accuracy"):
+            torch.testing.assert_close(one.curves[key], both.curves[key], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(one.scores, both.curves[f"{order}_score"].mean(1))
+        assert one.higher_is_better is higher and one.meta["n_forward"] - 3 == (both.meta["n_forward"] - 3) // 2
+    assert both.higher_is_better is True
+    with pytest.raises(whybox.InvalidParameterError, match=r"orders must be one of \('both', 'morf', 'lerf'\)"):
+        whybox.evaluate(model, x, a, "road", orders="all")
+
+
 def test_road_is_seeded_and_chunk_size_changes_nothing() -> None:
     model, x = cnn1(), randn(2, 1, 8, 8, seed=3)
     a = randn(2, 1, 8, 8, seed=4)
@@ -137,3 +156,19 @@ def test_batched_imputation_equals_one_by_one() -> None:
     for i in range(3):
         one = noisy_linear_imputation(imgs[i], holes[i], noise=0.05, generator=torch.Generator().manual_seed(i))
         torch.testing.assert_close(batch[i], one, rtol=0, atol=1e-12)
+
+
+def test_dense_block_solve_equals_the_sparse_solve(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small holes take the batched dense solve; it gives the sparse LU's imputation (images with nothing or
+    everything removed included, and holes of different sizes in one batch)."""
+    import whybox.metrics.road as road
+
+    g = torch.Generator().manual_seed(3)
+    imgs = torch.rand(5, 3, 9, 10, generator=g, dtype=torch.float64)
+    removed = torch.rand(5, 9, 10, generator=g) < torch.tensor([0.1, 0.5, 0.9, 0.0, 1.0]).view(-1, 1, 1)
+    assert int(removed[:3].flatten(1).sum(1).max()) <= road.DENSE_MAX  # the dense path is the one taken
+    dense = road.noisy_linear_imputation_batch(imgs, removed, noise=0.0)
+    monkeypatch.setattr(road, "DENSE_MAX", 0)
+    sparse = road.noisy_linear_imputation_batch(imgs, removed, noise=0.0)
+    torch.testing.assert_close(dense, sparse, rtol=1e-12, atol=1e-12, equal_nan=True)
+    assert torch.isnan(dense[4]).all() and torch.equal(dense[3], imgs[3])

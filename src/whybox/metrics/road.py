@@ -43,6 +43,45 @@ _NEIGHBOURS = (
 _NOISE_KEY = 2_000_003
 
 
+#: Images with at most this many removed pixels solve their systems as one batch of dense matrices (padded with
+#: identity rows), not one sparse LU. Measured on 96 images (1 thread): 8 x 8 with 90 % removed 3.9 ms against
+#: 9.7 ms sparse, 12 x 12 with 127 removed 16.7 against 20.9; from about 140 removed pixels the sparse solve wins.
+DENSE_MAX = 128
+
+
+def _solve_blocks_dense(
+    ri: np.ndarray,
+    ci: np.ndarray,
+    vi: np.ndarray,
+    rhs: np.ndarray,
+    img_of: np.ndarray,
+    starts: np.ndarray,
+    solvable: np.ndarray,
+) -> np.ndarray:
+    """The block-diagonal system (entries ``vi`` at ``(ri, ci)``, one block per solvable image, unknowns numbered
+    image by image from ``starts``) solved as batches of dense systems: blocks grouped by size (padded with
+    identity rows to the next power of two), so that small holes are not padded to the largest."""
+    sizes = np.diff(starts)
+    local = np.arange(rhs.shape[0]) - starts[img_of]  # each unknown's index within its image's block
+    sol = np.empty_like(rhs)
+    blocks = np.flatnonzero(solvable)
+    padded = np.maximum(8, 1 << np.ceil(np.log2(np.maximum(sizes[blocks], 1))).astype(np.int64))
+    entry_img = img_of[ri]
+    for m in np.unique(padded).tolist():
+        group = blocks[padded == m]
+        slot = np.full(len(solvable), -1, dtype=np.int64)
+        slot[group] = np.arange(group.size)
+        a = np.zeros((group.size, m, m))
+        a[:, np.arange(m), np.arange(m)] = 1.0  # padding rows: x = 0 (a real row's diagonal is set next)
+        mine = slot[entry_img] >= 0
+        a[slot[entry_img[mine]], local[ri[mine]], local[ci[mine]]] = vi[mine]  # each (row, column) pair once
+        unknowns = np.flatnonzero(slot[img_of] >= 0)
+        b = np.zeros((group.size, m, rhs.shape[1]))
+        b[slot[img_of[unknowns]], local[unknowns]] = rhs[unknowns]
+        sol[unknowns] = np.linalg.solve(a, b)[slot[img_of[unknowns]], local[unknowns]]
+    return sol
+
+
 def noisy_linear_imputation(
     image: torch.Tensor, removed: torch.Tensor, *, noise: float = 0.01, generator: torch.Generator | None = None
 ) -> torch.Tensor:
@@ -70,7 +109,8 @@ def noisy_linear_imputation_batch(
     generators: Sequence[torch.Generator | None] | None = None,
 ) -> torch.Tensor:
     """:func:`noisy_linear_imputation` of ``n`` images at once: their systems form one block-diagonal sparse
-    system, solved by one ``spsolve`` (same solution as one by one; image ``i`` draws its noise from
+    system, solved by one ``spsolve``, or, when no image has more than :data:`DENSE_MAX` removed pixels, as one
+    batch of dense systems (same solution as one by one; image ``i`` draws its noise from
     ``generators[i]``).
 
     Shapes
@@ -114,9 +154,13 @@ def noisy_linear_imputation_batch(
             known = u[~is_rem]
             rhs[known] += wt * pixels[nb[~is_rem]]  # each unknown appears once per offset: no repeated index
         vals.insert(0, diag)
-        a = coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)).tocsc()
-        sol = np.asarray(spsolve(a, rhs)).reshape(n, c)
+        ri, ci, vi = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
         starts = np.concatenate([[0], np.cumsum(rem.sum(1))])
+        if int(n_rem[solvable].max()) <= DENSE_MAX:
+            sol = _solve_blocks_dense(ri, ci, vi, rhs, img_of, starts, solvable)
+        else:
+            a = coo_matrix((vi, (ri, ci)), shape=(n, n)).tocsc()
+            sol = np.asarray(spsolve(a, rhs)).reshape(n, c)
         for i in np.flatnonzero(solvable).tolist():
             ids = pix[starts[i] : starts[i + 1]]
             v = sol[starts[i] : starts[i + 1]]
@@ -132,7 +176,9 @@ class ROAD(Metric):
     and read the target score and the accuracy (argmax = label) of the imputed input.
 
     Scores: ``(mean_p LeRF - mean_p MoRF) / 2`` of ``quantity`` (pytorch-grad-cam's ``ROADCombined``; the
-    score before removal cancels). Higher is better. Removed count = ``floor(p N)`` pixels, ranked with the
+    score before removal cancels), higher is better; with ``orders="morf"`` the mean MoRF value alone (lower is
+    better: the scores fall fast when the top-ranked pixels go; what Quantus' ROAD curve holds), with
+    ``orders="lerf"`` the mean LeRF value (higher is better). Removed count = ``floor(p N)`` pixels, ranked with the
     seeded tie rule; ``p = 1`` leaves no known pixel (singular system), so that point is NaN and the means skip
     it. Imputation and noise (``noise``, absolute, in the model's input space; ROAD's repository imputes in
     [0, 1] pixel space, where the same sigma is smaller by the normalisation's std) run per removed mask, row
@@ -142,6 +188,9 @@ class ROAD(Metric):
     ----------
     fractions
         Shares removed (0.1 ... 0.9). Both orders use the same fractions: LeRF(p) removes the p least relevant.
+    orders
+        ``"both"`` (default), ``"morf"`` or ``"lerf"``: which removal orders to compute (one order costs half the
+        imputations and passes).
     noise
         sigma of the imputation noise (0.01).
     quantity
@@ -150,7 +199,7 @@ class ROAD(Metric):
         Rank by ``|a|``.
 
     Curves: ``"x"`` ``(B, F)`` fractions, ``"morf_score"``, ``"lerf_score"``, ``"morf_accuracy"``,
-    ``"lerf_accuracy"`` ``(B, F)``. ``labels=`` (default: the target) decides accuracy.
+    ``"lerf_accuracy"`` ``(B, F)`` (those of the computed orders). ``labels=`` (default: the target) decides accuracy.
     """
 
     higher_is_better = True
@@ -162,6 +211,7 @@ class ROAD(Metric):
         noise: float = 0.01,
         quantity: str = "score",
         abs: bool = False,
+        orders: str = "both",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -174,6 +224,10 @@ class ROAD(Metric):
         self.noise = check_float("noise", noise, 0.0)
         self.quantity = check_choice("quantity", quantity, ("score", "accuracy"))
         self.abs = bool(abs)
+        self.orders = check_choice("orders", orders, ("both", "morf", "lerf"))
+
+    def result_direction(self) -> bool:
+        return self.orders != "morf"
 
     def _compute(self, ctx: Context) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
         if ctx.attributions is None or ctx.engine is None or ctx.target is None:
@@ -189,8 +243,10 @@ class ROAD(Metric):
         ranks.scatter_(1, order, torch.arange(n).expand(b, n).contiguous())
         ranks = ranks.to(x.device)
         nf = len(self.fractions)
-        counts = torch.tensor([math.floor(p * n + 1e-9) for p in self.fractions] * 2, device=x.device)
-        lerf = torch.arange(2 * nf, device=x.device) >= nf
+        names = {"both": ("morf", "lerf"), "morf": ("morf",), "lerf": ("lerf",)}[self.orders]
+        no = len(names)  # the masks: each order's fractions in turn
+        counts = torch.tensor([math.floor(p * n + 1e-9) for p in self.fractions] * no, device=x.device)
+        lerf = torch.tensor([o == "lerf" for o in names for _ in range(nf)], device=x.device)
 
         def removed(rows: torch.Tensor, ks: torch.Tensor) -> torch.Tensor:
             r = ranks[rows]
@@ -201,21 +257,27 @@ class ROAD(Metric):
             return groups.expand(~removed(rows, ks), rows)
 
         noise = self.noise
+        key_offset = nf if self.orders == "lerf" else 0  # a mask draws the noise it draws with orders="both"
 
         def fill(rows: torch.Tensor, ks: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-            gens = [
-                derive_generator(self.seed, _NOISE_KEY, r, k) for r, k in zip(rows.tolist(), ks.tolist(), strict=True)
-            ]
+            gens = (
+                [
+                    derive_generator(self.seed, _NOISE_KEY, r, k + key_offset)
+                    for r, k in zip(rows.tolist(), ks.tolist(), strict=True)
+                ]
+                if noise > 0
+                else None  # no noise is drawn
+            )
             imgs = noisy_linear_imputation_batch(x[rows], ~m[:, 0], noise=noise, generators=gens)
             return torch.nan_to_num(imgs)  # p = 1: scored on zeros, reported as NaN below
 
-        pred = torch.empty(b, 2 * nf, dtype=torch.int64)
+        pred = torch.empty(b, no * nf, dtype=torch.int64)
 
         def record(raw: torch.Tensor, rows: torch.Tensor, ks: torch.Tensor) -> None:
             pred[rows.cpu(), ks.cpu()] = raw.argmax(1).cpu()
 
         y = ctx.engine.scores(
-            x, masks, n_masks=2 * nf, fill=fill, target=ctx.target, score=self.score, on_scores=record
+            x, masks, n_masks=no * nf, fill=fill, target=ctx.target, score=self.score, on_scores=record
         ).cpu()
         labels = ctx.labels if ctx.labels is not None else ctx.target.index
         if bool((labels < 0).any()):
@@ -225,14 +287,12 @@ class ROAD(Metric):
         y = torch.where(singular, torch.full_like(y, math.nan), y)
         acc = torch.where(singular, torch.full_like(acc, math.nan), acc)
         q = y if self.quantity == "score" else acc
-        morf, lerf_q = q[:, :nf], q[:, nf:]
-        scores = (lerf_q.nanmean(1) - morf.nanmean(1)) / 2
-        xs = torch.tensor(self.fractions, dtype=torch.float64).expand(b, -1).contiguous()
-        curves = {
-            "x": xs,
-            "morf_score": y[:, :nf],
-            "lerf_score": y[:, nf:],
-            "morf_accuracy": acc[:, :nf],
-            "lerf_accuracy": acc[:, nf:],
-        }
+        part = {o: slice(j * nf, (j + 1) * nf) for j, o in enumerate(names)}
+        if self.orders == "both":
+            scores = (q[:, part["lerf"]].nanmean(1) - q[:, part["morf"]].nanmean(1)) / 2
+        else:
+            scores = q[:, part[self.orders]].nanmean(1)
+        curves = {"x": torch.tensor(self.fractions, dtype=torch.float64).expand(b, -1).contiguous()}
+        for o in names:
+            curves[f"{o}_score"], curves[f"{o}_accuracy"] = y[:, part[o]], acc[:, part[o]]
         return scores, curves, {"removed_counts": counts[:nf].tolist()}
