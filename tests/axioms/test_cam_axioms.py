@@ -294,3 +294,20 @@ def test_gradcam_pp_weights_skip_a_vanishing_denominator() -> None:
     torch.testing.assert_close(pp.raw_map(a, g), _reference_raw_map("gradcam_pp", a, g_without))
     pp.alpha_normalize = True
     assert torch.isfinite(pp.raw_map(a, g)).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("method", CAM_METHODS)
+def test_half_precision_model_gives_the_float32_map(method: str, dtype: torch.dtype) -> None:
+    """A float16 / bfloat16 model gives the float32 model's map up to the model's own rounding, and never NaN. The
+    model has a dead channel (bias -100: its activation is constant 0), whose Score-CAM mask is 0 / (0 + 1e-8):
+    in float16 the 1e-8 guard rounds to 0 and the mask was 0 / 0 = NaN before the masks were scaled in float32."""
+    model = gap_model(seed=2).float()
+    with torch.no_grad():
+        model[0].bias[0] = -100.0
+    x, target = images().float(), TARGETS
+    ref = cam(model, x, method, target=target)
+    low = cam(model.to(dtype), x.to(dtype), method, target=target)
+    assert low.attributions.dtype == dtype and bool(torch.isfinite(low.attributions).all())
+    assert low.meta["degenerate"] == ref.meta["degenerate"] == [False, False, False]
+    torch.testing.assert_close(low.attributions.float(), ref.attributions, rtol=0, atol=0.05)

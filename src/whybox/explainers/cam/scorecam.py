@@ -61,11 +61,13 @@ class ScoreCAM(CAM):
             k = a.shape[1]
 
             def masks(rows: torch.Tensor, ks: torch.Tensor, a: torch.Tensor = a) -> torch.Tensor:
-                m = a[rows, ks].unsqueeze(1).to(x.dtype)
-                m = upsample(m, size, align_corners=self.mask_align_corners)
+                # scaled in float32 at least, then cast to the input's dtype: in half precision the 1e-8 guard
+                # rounds to 0 and a constant channel gave 0 / 0 = NaN
+                work = torch.promote_types(a.dtype, torch.float32)
+                m = upsample(a[rows, ks].unsqueeze(1).to(work), size, align_corners=self.mask_align_corners)
                 flat = m.flatten(1)
                 lo, hi = flat.amin(1).view(-1, 1, 1, 1), flat.amax(1).view(-1, 1, 1, 1)
-                return (m - lo) / (hi - lo + 1e-8)
+                return ((m - lo) / (hi - lo + 1e-8)).to(x.dtype)
 
             s = engine.scores(x, masks, n_masks=k, fill=zero, target=tgt, score=self.score)
             w = s.softmax(1) if self.weighting == "softmax" else s
