@@ -19,6 +19,7 @@ from click.testing import CliRunner
 
 import whybox
 import whybox.cli.main as cli
+from whybox.api import _options
 from whybox.errors import InvalidParameterError
 from whybox.explainers.gradient.saliency import Saliency
 from whybox.registry import EXPLAINERS
@@ -383,14 +384,7 @@ def test_demo_options_are_real_options_of_their_methods() -> None:
     for model, per_method in cli.DEMO_OPTIONS.items():
         assert model in cli.DEMO_MODELS
         for method, opts in per_method.items():
-            cls = whybox.get_explainer(method)
-            accepted = {
-                p.name
-                for c in cls.__mro__
-                if "__init__" in c.__dict__
-                for p in inspect.signature(c.__dict__["__init__"]).parameters.values()
-                if p.kind is p.KEYWORD_ONLY
-            }
+            accepted = set(_options(whybox.get_explainer(method)))
             assert set(opts) <= accepted, (model, method, set(opts) - accepted)
 
 

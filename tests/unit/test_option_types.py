@@ -8,7 +8,6 @@ test_errors.py and tests/metrics/test_api.py.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import pytest
@@ -16,6 +15,7 @@ import torch
 from torch import nn
 
 import whybox
+from whybox.api import _options as keyword_options
 from whybox.errors import WhyboxError
 from whybox.registry import METRICS
 
@@ -38,14 +38,7 @@ MASKS = ("pointing_game", "energy_pointing_game", "relevance_mass", "relevance_r
 
 
 def _options(cls: type) -> list[str]:
-    names = {
-        p.name
-        for c in cls.__mro__
-        if "__init__" in c.__dict__
-        for p in inspect.signature(c.__dict__["__init__"]).parameters.values()
-        if p.kind is p.KEYWORD_ONLY
-    }
-    return sorted(names - SHARED)
+    return sorted(set(keyword_options(cls)) - SHARED)
 
 
 def _model() -> nn.Module:
