@@ -160,6 +160,20 @@ def test_float32_channels_last_model_on_cuda_runs_every_method() -> None:
             assert_close(e_gpu.attributions, e_cpu.attributions, rtol=1e-2, what=method)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_model_on_cuda_runs_every_method(dtype: torch.dtype) -> None:
+    """What GPU users run: a float16 / bfloat16 model. Every method returns finite maps in the model's dtype on the
+    inputs' device, for the predicted classes of the float32 model (the scores differ by rounding only)."""
+    model = small_cnn().float().eval()
+    x = inputs().float()
+    target = model(x).argmax(1)
+    low = on_cuda(model).to(dtype)
+    for method in METHODS:
+        e = whybox.explain(low, x.to(DEVICE, dtype), method, target=target.to(DEVICE), seed=1, **FAST.get(method, {}))
+        assert e.attributions.dtype == dtype and e.attributions.device.type == DEVICE.type, method
+        assert bool(torch.isfinite(e.attributions).all()) and e.meta["finite"] == [True] * B, method
+
+
 MASKS = ("pointing_game", "energy_pointing_game", "relevance_mass", "relevance_rank")
 METRIC_FAST: dict[str, dict[str, Any]] = {
     "deletion": {"steps": 5},
