@@ -99,7 +99,7 @@ def test_road_removes_floor_pn_pixels_and_p_one_is_nan() -> None:
 
 @pytest.mark.parametrize("noise", [0.0, 0.05])
 def test_one_order_is_that_half_of_both_at_half_the_passes(noise: float) -> None:
-    """orders="morf" / "lerf": the curves of that order exactly as orders="both" computes them (same noise draws),
+    """orders="morf" / "lerf": the curves of that order as orders="both" computes them (same noise draws),
     the score their mean (MoRF: lower is better), half the passes."""
     model, x = cnn1(), randn(3, 1, 8, 8, seed=7)
     a = randn(3, 1, 8, 8, seed=8)
@@ -108,7 +108,9 @@ def test_one_order_is_that_half_of_both_at_half_the_passes(noise: float) -> None
         one = whybox.evaluate(model, x, a, "road", fractions=(0.2, 0.5, 0.8), noise=noise, seed=1, orders=order)
         assert set(one.curves) == {"x", f"{order}_score", f"{order}_accuracy"}
         for key in (f"{order}_score", f"{order}_accuracy"):
-            torch.testing.assert_close(one.curves[key], both.curves[key], rtol=1e-12, atol=1e-12)
+            # float32 model: the batch differs (one order vs both), so oneDNN may round differently (7e-9 seen);
+            # different noise draws would move these scores by orders of magnitude more
+            torch.testing.assert_close(one.curves[key], both.curves[key], rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(one.scores, both.curves[f"{order}_score"].mean(1))
         assert one.higher_is_better is higher and one.meta["n_forward"] - 3 == (both.meta["n_forward"] - 3) // 2
     assert both.higher_is_better is True
