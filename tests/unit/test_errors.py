@@ -93,6 +93,32 @@ def test_unbatched_image_to_a_cam(method: str, model: nn.Module, x: torch.Tensor
     )
 
 
+@pytest.mark.parametrize("method", [m for m in METHODS if m not in CAM_METHODS])
+def test_unbatched_image_names_the_batch_and_the_fix(method: str, model: nn.Module, x: torch.Tensor) -> None:
+    """A (C, H, W) image reads as C samples of (H, W): either the method refuses it (WhyboxError pointing to
+    unsqueeze(0)) or the model's own error reaches the user unchanged, with a note (Python >= 3.11) saying which
+    batch shape the model got and the same fix."""
+    with pytest.raises(Exception) as info:  # either kind: the property is about the message
+        whybox.explain(model, x[0], method)
+    err = info.value
+    if isinstance(err, WhyboxError):
+        if method == "exact_shapley":  # its cost check comes first: 144 pixel features of a (12, 12) sample
+            assert "M=144 features" in str(err)
+        else:
+            assert "unsqueeze(0)" in str(err) and "(3, 12, 12)" in str(err)
+        return
+    assert "whybox" not in str(err)  # the model's message, as it raised it
+    if not hasattr(err, "add_note"):
+        pytest.skip("exception notes need Python >= 3.11")
+    notes = getattr(err, "__notes__", [])
+    assert len(notes) == 1, notes
+    assert re.search(
+        r"the model raised this on a batch of shape \(\d+, 12, 12\), built from `inputs`\. whybox reads dim 0 of "
+        r"inputs as the batch, so each sample has shape \(12, 12\)\. .*inputs\.unsqueeze\(0\)",
+        notes[0],
+    ), notes[0]
+
+
 def test_not_a_tensor(model: nn.Module) -> None:
     _raises(
         InvalidInputError,

@@ -13,7 +13,7 @@ from typing import TypeVar
 
 import torch
 
-from whybox.errors import InvalidParameterError
+from whybox.errors import InvalidParameterError, WhyboxError
 from whybox.masking.features import FeatureGroups
 from whybox.models.adapter import ModelAdapter
 from whybox.models.targets import Target, apply_score_space
@@ -40,6 +40,22 @@ def _layout_error(err: RuntimeError) -> bool:
     "view size is not compatible with input tensor's size and stride"; custom kernels ask for contiguous input)."""
     text = str(err).lower()
     return "stride" in text or "contiguous" in text
+
+
+_NOTE_MARK = "whybox: the model raised this on a batch of shape"
+
+
+def _note_batch_shape(err: BaseException, inp: torch.Tensor) -> None:
+    """Add (once) a note to the model's own error: the batch it got and how whybox reads ``inputs``."""
+    add_note = getattr(err, "add_note", None)  # PEP 678, Python >= 3.11
+    if add_note is None or any(_NOTE_MARK in n for n in getattr(err, "__notes__", ())):
+        return
+    shape, sample = tuple(inp.shape), tuple(inp.shape[1:])
+    add_note(
+        f"{_NOTE_MARK} {shape}, built from `inputs`. whybox reads dim 0 of inputs as the batch, so each sample has "
+        f"shape {sample}. If inputs is a single sample (e.g. one (C, H, W) image), add the batch dimension with "
+        "inputs.unsqueeze(0)."
+    )
 
 
 class MaskingEngine:
@@ -82,8 +98,18 @@ class MaskingEngine:
         differentiable). When its first channels-last call raises a ``RuntimeError`` about strides or contiguity
         (as ``x.view`` does), the engine calls it again on ``inp`` as it came and keeps the default layout from
         then on, so ``fn`` must be safe to repeat after such a failure (count passes outside it). Any other error
-        propagates at once.
+        propagates at once, as the model raised it (same type and message), with a note (Python >= 3.11) naming
+        the batch shape the model was given and the usual fix for a sample passed without its batch dimension.
         """
+        try:
+            return self._call(fn, inp)
+        except WhyboxError:
+            raise
+        except Exception as err:
+            _note_batch_shape(err, inp)
+            raise
+
+    def _call(self, fn: Callable[[torch.Tensor], R], inp: torch.Tensor) -> R:
         if (
             self._channels_last is False
             or inp.dim() != 4

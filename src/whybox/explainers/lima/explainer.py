@@ -269,9 +269,14 @@ class Lima(PerturbationExplainer):
                 return "superpixels"
             if x.ndim == 2:
                 return "columns"
+            hint = (
+                " If inputs is one (C, H, W) image, add the batch dimension with inputs.unsqueeze(0)."
+                if x.ndim == 3
+                else ""
+            )
             raise InvalidParameterError(
-                f"regions='auto' has no default for inputs of shape {tuple(x.shape)}; pass a label map "
-                "(B, *G) or (*G) as regions=."
+                f"regions='auto' has no default for inputs of shape {tuple(x.shape)} (superpixels for (B, C, H, W) "
+                f"images, columns for (B, F) tables); pass a label map (B, *G) or (*G) as regions=.{hint}"
             )
         return self.regions
 
