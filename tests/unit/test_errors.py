@@ -113,7 +113,7 @@ def test_unbatched_image_names_the_batch_and_the_fix(method: str, model: nn.Modu
     notes = getattr(err, "__notes__", [])
     assert len(notes) == 1, notes
     assert re.search(
-        r"the model raised this on a batch of shape \(\d+, 12, 12\), built from `inputs`\. whybox reads dim 0 of "
+        r"raised while running the model on a batch of shape \(\d+, 12, 12\), built from `inputs`\. whybox reads dim 0 of "
         r"inputs as the batch, so each sample has shape \(12, 12\)\. .*inputs\.unsqueeze\(0\)",
         notes[0],
     ), notes[0]

@@ -42,7 +42,7 @@ def _layout_error(err: RuntimeError) -> bool:
     return "stride" in text or "contiguous" in text
 
 
-_NOTE_MARK = "whybox: the model raised this on a batch of shape"
+_NOTE_MARK = "whybox: raised while running the model on a batch of shape"
 
 
 def _note_batch_shape(err: BaseException, inp: torch.Tensor) -> None:
