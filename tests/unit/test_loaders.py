@@ -470,3 +470,16 @@ def test_load_model_on_the_cpu_device_is_the_default_model() -> None:
     b = load_model("digits-cnn").module
     assert all(p.device.type == "cpu" for p in a.parameters()) and not a.training
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def test_the_python_310_toml_fallback_is_a_declared_dependency() -> None:
+    """loaders imports tomli where tomllib is missing (Python 3.10, which pyproject admits): pyproject must install
+    it there, and only there."""
+    from whybox.runs.loaders import tomllib  # tomllib or, on Python 3.10, tomli
+
+    meta = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]
+    assert meta["requires-python"] == ">=3.10"
+    deps = [d.replace(" ", "") for d in meta["dependencies"]]
+    assert any(d.startswith("tomli>=") and d.endswith(";python_version<'3.11'") for d in deps), deps
+    src = (Path(__file__).resolve().parents[2] / "src/whybox/runs/loaders.py").read_text()
+    assert "import tomli as tomllib" in src
