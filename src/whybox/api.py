@@ -67,7 +67,9 @@ def explain(
         A ``torch.nn.Module`` (adapted on the fly as a classifier), a fitted scikit-learn estimator, or
         a :class:`~whybox.models.ModelAdapter` from :func:`whybox.adapt`.
     inputs
-        ``(B, ...)`` tensor with a leading batch dimension.
+        ``(B, ...)`` tensor with a leading batch dimension, or a numeric numpy array or pandas DataFrame (copied
+        to a tensor; a DataFrame's column names go to ``meta["feature_names"]`` and must match the columns a
+        scikit-learn model was fitted on).
     method
         A name from :func:`methods`.
     target
@@ -127,7 +129,7 @@ def evaluate(
         The model that was explained (``None`` for metrics that read only the attributions: ``sparseness``,
         ``complexity`` and the localisation metrics).
     inputs
-        ``(B, ...)`` tensor with a leading batch dimension.
+        ``(B, ...)`` tensor with a leading batch dimension, or a numeric numpy array or pandas DataFrame.
     explanation
         An :class:`Explanation`, an attribution tensor ``(B, ...)``, or a method name (for ``stability``: the
         method to run repeatedly, e.g. ``evaluate(model, x, "lime", "stability", n_runs=10)``).

@@ -14,6 +14,7 @@ from whybox.explanation import Explanation
 from whybox.masking.engine import MaskingEngine, check_batch_size
 from whybox.models._guard import MODES, has_train_mode_batchnorm
 from whybox.models.adapter import ModelAdapter, TorchAdapter, adapt
+from whybox.models.inputs import as_tensor_inputs, check_feature_names
 from whybox.models.targets import SCORE_SPACES, Target, TargetLike, apply_score_space, resolve_target
 
 __all__ = ["Explainer", "GradientExplainer"]
@@ -129,6 +130,10 @@ class Explainer:
             "finite": [bool(v) for v in finite.tolist()],
             **meta,
         }
+        if (
+            getattr(self, "_feature_names", None) is not None
+        ):  # a DataFrame's columns, in the order of the attribution columns
+            meta["feature_names"] = list(self._feature_names or ())
         return Explanation(
             attributions=attr, target=tgt.index.to(home, copy=True), method=self.name, params=self.params(), meta=meta
         )
@@ -144,12 +149,9 @@ class Explainer:
         return torch.Generator().manual_seed(getattr(self, "_call_seed", self.seed or 0))
 
     def _validate(self, inputs: Any) -> torch.Tensor:
-        if not isinstance(inputs, torch.Tensor):
-            raise InvalidInputError(
-                f"inputs must be a torch.Tensor with a leading batch dimension; got {type(inputs).__name__}. "
-                "Convert with torch.as_tensor(...)."
-            )
-        x = inputs
+        x, names = as_tensor_inputs(inputs)  # numpy arrays and DataFrames (tabular models) become tensors
+        check_feature_names(names, getattr(self.adapter, "feature_names", None))
+        self._feature_names = names
         if x.ndim < 2:
             raise InvalidInputError(
                 f"inputs must have a leading batch dimension (B, ...); got shape {tuple(x.shape)}. "

@@ -30,6 +30,7 @@ from whybox.masking.engine import MaskingEngine, check_batch_size
 from whybox.masking.features import FeatureGroups, pixels
 from whybox.models._guard import MODES
 from whybox.models.adapter import ModelAdapter, SklearnAdapter, TorchAdapter, adapt
+from whybox.models.inputs import as_tensor_inputs, check_feature_names
 from whybox.models.targets import SCORE_SPACES, Target, TargetLike, resolve_target
 
 __all__ = [
@@ -431,7 +432,8 @@ class Metric:
             A torch module, scikit-learn estimator or :class:`~whybox.ModelAdapter` (``None`` for metrics that
             read only the attributions: sparseness, complexity, localisation).
         inputs
-            ``(B, ...)`` tensor with a leading batch dimension.
+            ``(B, ...)`` tensor with a leading batch dimension (for tabular models also a numpy array or a pandas
+            DataFrame of numeric columns).
         explanation
             An :class:`~whybox.Explanation`, an attribution tensor ``(B, ...)``, or a method name (the metric then
             explains ``inputs`` itself with default options).
@@ -443,8 +445,9 @@ class Metric:
         labels
             True labels ``(B,)`` for accuracy-based metrics (ROAD); default: the target.
         """
-        x = self._validate_inputs(inputs)
+        x, names = self._validate_inputs(inputs)
         adapter = adapt(model) if model is not None else None
+        check_feature_names(names, getattr(adapter, "feature_names", None))
         if isinstance(adapter, SklearnAdapter) and adapter.method_name == "predict_proba":
             adapter = _ProbaAsLogits(adapter)  # its outputs are probabilities already
         if self.needs_model and adapter is None:
@@ -532,11 +535,10 @@ class Metric:
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
-    def _validate_inputs(inputs: Any) -> torch.Tensor:
-        if not isinstance(inputs, torch.Tensor):
-            raise InvalidInputError(
-                f"inputs must be a torch.Tensor with a leading batch dimension; got {type(inputs).__name__}."
-            )
+    def _validate_inputs(inputs: Any) -> tuple[torch.Tensor, list[str] | None]:
+        """The inputs as a tensor (numpy arrays and DataFrames of tabular models converted) and a DataFrame's
+        column names (None otherwise)."""
+        inputs, names = as_tensor_inputs(inputs)
         if inputs.ndim < 2:
             raise InvalidInputError(
                 f"inputs must have a leading batch dimension (B, ...); got shape {tuple(inputs.shape)}. "
@@ -549,7 +551,7 @@ class Metric:
             x = x.to(torch.float32)
         if not bool(torch.isfinite(x).all()):
             raise InvalidInputError("inputs contain non-finite values (NaN or inf); clean them before evaluating.")
-        return x
+        return x, names
 
     @staticmethod
     def _validate_attributions(a: Any, x: torch.Tensor) -> torch.Tensor:

@@ -236,6 +236,10 @@ class SklearnAdapter(ModelAdapter):
             )
         self.model = estimator
         self.preprocess = preprocess
+        names = getattr(estimator, "feature_names_in_", None)
+        #: the columns of the DataFrame the estimator was fitted on (None: fitted on an array); rows reach it as a
+        #: DataFrame with these columns, as it expects (no feature-name warnings; ColumnTransformer by name works)
+        self.feature_names: list[str] | None = None if names is None else [str(c) for c in names]
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         import numpy as np
@@ -246,7 +250,17 @@ class SklearnAdapter(ModelAdapter):
             raise InvalidInputError(
                 f"a scikit-learn model takes rows of shape (B, F); got inputs of shape {tuple(x.shape)}."
             )
-        out = np.asarray(self._fn(x.detach().cpu().numpy()), dtype=np.float64)
+        rows: Any = x.detach().cpu().numpy()
+        if self.feature_names is not None:
+            if rows.shape[1] != len(self.feature_names):
+                raise InvalidInputError(
+                    f"the model was fitted on {len(self.feature_names)} named columns; got inputs with "
+                    f"{rows.shape[1]} columns. Pass the columns in model.feature_names_in_, in that order."
+                )
+            import pandas as pd  # the estimator was fitted on a DataFrame: pandas is installed
+
+            rows = pd.DataFrame(rows, columns=list(self.model.feature_names_in_))
+        out = np.asarray(self._fn(rows), dtype=np.float64)
         t = torch.from_numpy(out)
         return t.unsqueeze(1) if t.ndim == 1 else t
 

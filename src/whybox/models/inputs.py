@@ -1,0 +1,71 @@
+"""Inputs as they arrive: torch tensors, and the numpy arrays and pandas DataFrames of tabular work.
+
+Every explainer and metric reads its ``inputs`` through :func:`as_tensor_inputs`, so a scikit-learn user can
+pass the array or frame the model was fitted on. pandas is never imported here: a frame is recognised by its
+type's module and its ``columns`` / ``dtypes`` / ``to_numpy``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from whybox.errors import InvalidInputError
+
+__all__ = ["as_tensor_inputs", "check_feature_names", "is_dataframe"]
+
+_NUMERIC = "biuf"  # numpy dtype kinds whybox can perturb: bool, signed and unsigned int, float
+
+
+def is_dataframe(obj: Any) -> bool:
+    """True for a pandas DataFrame (duck-typed, no pandas import)."""
+    return type(obj).__module__.split(".")[0] == "pandas" and all(
+        hasattr(obj, a) for a in ("columns", "dtypes", "to_numpy")
+    )
+
+
+def as_tensor_inputs(inputs: Any) -> tuple[torch.Tensor, list[str] | None]:
+    """``(tensor, column names)``: a tensor as it is (names None); a numeric numpy array copied to a tensor of its
+    dtype (names None); a pandas DataFrame of numeric columns as a float64 tensor ``(B, F)`` with its column
+    names. Anything else, or non-numeric data, is an :class:`InvalidInputError` naming what to pass."""
+    if isinstance(inputs, torch.Tensor):
+        return inputs, None
+    if isinstance(inputs, np.ndarray):
+        if inputs.dtype.kind not in _NUMERIC:
+            raise InvalidInputError(
+                f"inputs as a numpy array must be numeric (bool, int or float); got dtype {inputs.dtype}. whybox "
+                "perturbs numbers: encode other values (e.g. ordinal or one-hot codes) and pass those."
+            )
+        return torch.tensor(np.ascontiguousarray(inputs)), None
+    if is_dataframe(inputs):
+        bad = [str(c) for c, dt in inputs.dtypes.items() if getattr(dt, "kind", "O") not in _NUMERIC]
+        if bad:
+            shown = ", ".join(repr(c) for c in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            raise InvalidInputError(
+                f"inputs (a DataFrame) has non-numeric columns {shown}; whybox perturbs numbers: encode them "
+                "(e.g. ordinal or one-hot codes, and fit the model on those) or pass only the numeric columns."
+            )
+        return torch.tensor(np.ascontiguousarray(inputs.to_numpy(dtype=np.float64))), [str(c) for c in inputs.columns]
+    raise InvalidInputError(
+        f"inputs must be a torch.Tensor, a numpy array or a pandas DataFrame with a leading batch dimension; got "
+        f"{type(inputs).__name__}. Convert with torch.as_tensor(...)."
+    )
+
+
+def check_feature_names(names: list[str] | None, fitted: list[str] | None) -> None:
+    """A DataFrame's columns against the columns the model was fitted on (both known): same names, same order."""
+    if names is None or fitted is None or names == fitted:
+        return
+    if sorted(names) == sorted(fitted):
+        raise InvalidInputError(
+            "inputs (a DataFrame) has the model's columns in another order; whybox reads them by position. "
+            "Pass inputs[model.feature_names_in_]."
+        )
+    missing = [c for c in fitted if c not in names][:5]
+    extra = [c for c in names if c not in fitted][:5]
+    raise InvalidInputError(
+        f"inputs (a DataFrame) has columns the model was not fitted on: missing {missing}, unexpected {extra}. "
+        "Pass the columns in model.feature_names_in_, in that order."
+    )

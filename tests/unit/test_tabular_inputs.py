@@ -1,0 +1,141 @@
+"""Tabular inputs as scikit-learn users hold them: numpy arrays and pandas DataFrames give the same attributions
+and metric scores as the tensor of the same rows; an estimator fitted on a DataFrame gets its rows as a DataFrame
+with its column names (no feature-name warnings, ColumnTransformer by name works); bad frames are refused with the
+fix."""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import whybox
+from whybox.errors import InvalidInputError
+
+pd = pytest.importorskip("pandas")
+from sklearn.compose import ColumnTransformer  # noqa: E402
+from sklearn.datasets import load_breast_cancer  # noqa: E402
+from sklearn.linear_model import LogisticRegression  # noqa: E402
+from sklearn.pipeline import make_pipeline  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
+
+METHODS = ["kernel_shap", "lime", "occlusion", "feature_ablation", "shapley_sampling", "exact_shapley", "lima"]
+OPTIONS = {"kernel_shap": {"n_samples": 64}, "lime": {"n_samples": 64}, "shapley_sampling": {"n_permutations": 2}}
+
+
+@pytest.fixture(scope="module")
+def frame() -> pd.DataFrame:
+    data = load_breast_cancer(as_frame=True)
+    return data.data.iloc[:, :8].assign(target=data.target)
+
+
+def _fit(x: object, y: object) -> object:
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(x, y)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_array_frame_and_tensor_give_the_same_attributions(method: str, frame: pd.DataFrame) -> None:
+    x, y = frame.drop(columns="target"), frame["target"]
+    on_frame, on_array = _fit(x, y), _fit(x.to_numpy(), y.to_numpy())
+    rows = x.iloc[:3]
+    opts = {"seed": 0, **OPTIONS.get(method, {})}
+    ref = whybox.explain(on_array, torch.tensor(rows.to_numpy()), method, **opts)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "X does not have valid feature names" from the frame-fitted model
+        by_frame = whybox.explain(on_frame, rows, method, **opts)
+        by_array = whybox.explain(on_array, rows.to_numpy(), method, **opts)
+        by_tensor = whybox.explain(on_frame, torch.tensor(rows.to_numpy()), method, **opts)
+    for e in (by_frame, by_array, by_tensor):  # the two fits agree to float64 rounding (5e-16 seen)
+        torch.testing.assert_close(e.attributions, ref.attributions, rtol=1e-9, atol=1e-12)
+        assert torch.equal(e.target, ref.target)
+    assert by_frame.meta["feature_names"] == list(x.columns)
+    assert "feature_names" not in by_array.meta and "feature_names" not in by_tensor.meta
+
+
+def test_column_transformer_selecting_by_name(frame: pd.DataFrame) -> None:
+    """A pipeline that picks columns by name only runs on a DataFrame: whybox's rows reach it as one, and the
+    attributions equal those of the same pipeline picking the columns by position, fitted on the array."""
+    x, y = frame.drop(columns="target"), frame["target"]
+    names = ["mean radius", "mean texture", "mean area"]
+    pos = [list(x.columns).index(c) for c in names]
+
+    def pipe(cols: list[object]) -> object:
+        ct = ColumnTransformer([("s", StandardScaler(), cols)], remainder="passthrough")
+        return make_pipeline(ct, LogisticRegression(max_iter=3000))
+
+    by_name = pipe(list(names)).fit(x, y)
+    by_pos = pipe(list(pos)).fit(x.to_numpy(), y.to_numpy())
+    a = whybox.explain(by_name, x.iloc[:2], "kernel_shap", n_samples=64, seed=1)
+    b = whybox.explain(by_pos, x.to_numpy()[:2], "kernel_shap", n_samples=64, seed=1)
+    torch.testing.assert_close(a.attributions, b.attributions, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("metric", ["deletion", "insertion", "infidelity"])
+def test_metrics_take_arrays_and_frames(metric: str, frame: pd.DataFrame) -> None:
+    x, y = frame.drop(columns="target"), frame["target"]
+    model = _fit(x, y)
+    e = whybox.explain(model, x.iloc[:3], "occlusion")
+    opts = {"fill": "mean"} if metric == "insertion" else {}  # insertion's default blur is for images
+    ref = whybox.evaluate(model, torch.tensor(x.iloc[:3].to_numpy()), e, metric, seed=0, **opts)
+    for rows in (x.iloc[:3], x.iloc[:3].to_numpy()):
+        got = whybox.evaluate(model, rows, e, metric, seed=0, **opts)
+        torch.testing.assert_close(got.scores, ref.scores, rtol=0, atol=0)
+
+
+def test_torch_model_takes_a_numpy_array() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3))
+    x = np.random.default_rng(0).normal(size=(4, 5)).astype(np.float32)
+    before = x.copy()
+    a = whybox.explain(model, x, "integrated_gradients", n_steps=16)
+    b = whybox.explain(model, torch.from_numpy(before.copy()), "integrated_gradients", n_steps=16)
+    torch.testing.assert_close(a.attributions, b.attributions, rtol=0, atol=0)
+    assert a.attributions.dtype == torch.float32 and a.attributions.device.type == "cpu"
+    np.testing.assert_array_equal(x, before)  # the caller's array is left as it came
+
+
+def _refused(match: str, fn: object) -> None:
+    with pytest.raises(InvalidInputError, match=match):
+        fn()  # type: ignore[operator]
+
+
+def test_bad_frames_and_arrays_are_refused_with_the_fix(frame: pd.DataFrame) -> None:
+    x, y = frame.drop(columns="target"), frame["target"]
+    model = _fit(x, y)
+    rows = x.iloc[:2]
+    _refused(
+        r"inputs \(a DataFrame\) has the model's columns in another order; whybox reads them by position\. "
+        r"Pass inputs\[model\.feature_names_in_\]\.",
+        lambda: whybox.explain(model, rows[list(reversed(x.columns))], "lime"),
+    )
+    _refused(
+        re.escape("inputs (a DataFrame) has columns the model was not fitted on: missing ['mean smoothness', ")
+        + r".*unexpected \[\]\. Pass the columns in model\.feature_names_in_, in that order\.",
+        lambda: whybox.explain(model, rows.iloc[:, :4], "lime"),
+    )
+    _refused(
+        r"inputs \(a DataFrame\) has non-numeric columns 'colour'; whybox perturbs numbers: encode them",
+        lambda: whybox.explain(model, rows.assign(colour="red"), "lime"),
+    )
+    _refused(
+        r"inputs as a numpy array must be numeric \(bool, int or float\); got dtype <U3\.",
+        lambda: whybox.explain(model, np.array([["red"] * 8]), "lime"),
+    )
+    _refused(
+        r"the model was fitted on 8 named columns; got inputs with 5 columns\. "
+        r"Pass the columns in model\.feature_names_in_, in that order\.",
+        lambda: whybox.explain(model, torch.rand(2, 5, dtype=torch.float64), "lime"),
+    )
+    _refused(
+        r"inputs \(a DataFrame\) has the model's columns in another order",
+        lambda: whybox.evaluate(model, rows[list(reversed(x.columns))], torch.rand(2, 8), "deletion"),
+    )
+    _refused(
+        r"inputs must be a torch\.Tensor, a numpy array or a pandas DataFrame with a leading batch dimension; "
+        r"got dict\.",
+        lambda: whybox.explain(model, {"a": 1}, "lime"),
+    )
