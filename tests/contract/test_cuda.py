@@ -228,6 +228,19 @@ def test_model_on_cuda_with_inputs_on_the_cpu(method: str) -> None:
     torch.testing.assert_close(e.attributions, ref.attributions, rtol=1e-7, atol=1e-7 * scale)
 
 
+@pytest.mark.parametrize("method", ["saliency", "integrated_gradients", "occlusion", "lima"])
+def test_model_on_cuda_with_a_numpy_array(method: str) -> None:
+    """A numpy array has no device: the result comes back on the CPU, equal to the CPU tensor's."""
+    model, x = small_cnn(), inputs()
+    ref = whybox.explain(model, x, method, seed=5, **FAST.get(method, {}))
+    e = whybox.explain(on_cuda(model), x.numpy(), method, seed=5, **FAST.get(method, {}))
+    assert e.attributions.device.type == "cpu" and e.target.device.type == "cpu"
+    for k, v in e.meta.items():
+        assert not isinstance(v, torch.Tensor) or v.device.type == "cpu", k
+    scale = float(ref.attributions.abs().max())
+    torch.testing.assert_close(e.attributions, ref.attributions, rtol=1e-7, atol=1e-7 * scale)
+
+
 @pytest.mark.parametrize("method", ["saliency", "integrated_gradients", "lime", "raw_attention", "attention_rollout",
                                     "attention_relevance", "lima"])  # fmt: skip
 def test_text_methods_on_cuda(method: str, make_text_classifier: Any) -> None:

@@ -123,7 +123,8 @@ def test_not_a_tensor(model: nn.Module) -> None:
     _raises(
         InvalidInputError,
         ValueError,
-        r"inputs must be a torch\.Tensor .*got list\. Convert with torch\.as_tensor",
+        r"inputs must be a torch\.Tensor, a numpy array or a pandas DataFrame with a leading batch dimension; got "
+        r"list\. Convert with torch\.as_tensor",
         lambda: whybox.explain(model, [[0.0] * 4], "saliency"),
     )
 

@@ -118,7 +118,7 @@ class Explainer:
                 )
             attr, tgt, meta = self._explain(x, target, engine, engine_backward)
         # the result comes back where the caller's inputs are (the work ran on the model's device)
-        home = inputs.device if isinstance(inputs, torch.Tensor) else x.device
+        home = inputs.device if isinstance(inputs, torch.Tensor) else torch.device("cpu")  # arrays, frames: CPU
         attr = attr.detach().to(home)
         meta = {k: v.to(home) if isinstance(v, torch.Tensor) else v for k, v in meta.items()}
         flat = attr.reshape(attr.shape[0], -1)
