@@ -483,3 +483,36 @@ def test_the_python_310_toml_fallback_is_a_declared_dependency() -> None:
     assert any(d.startswith("tomli>=") and d.endswith(";python_version<'3.11'") for d in deps), deps
     src = (Path(__file__).resolve().parents[2] / "src/whybox/runs/loaders.py").read_text()
     assert "import tomli as tomllib" in src
+
+
+def test_a_csv_for_an_estimator_fitted_on_a_dataframe_is_read_by_column_name(tmp_path: Path) -> None:
+    """The header names the columns: a table in another order reaches the model in the order it was fitted on
+    (the same rows as the fitted order give the same x); missing or unexpected columns are refused, named."""
+    (tmp_path / "sk.py").write_text(
+        textwrap.dedent(
+            """
+            import numpy as np
+            import pandas as pd
+            from sklearn.linear_model import LogisticRegression
+
+            def fitted():
+                rng = np.random.default_rng(0)
+                x = pd.DataFrame(rng.normal(size=(40, 3)), columns=["age", "height", "weight"])
+                return LogisticRegression().fit(x, (x["age"] > 0).astype(int))
+            """
+        )
+    )
+    model = load_model(f"{tmp_path}/sk.py:fitted")
+    rows = [[0.5, 1.5, -2.0], [-1.0, 0.25, 3.0]]  # age, height, weight
+    (tmp_path / "fitted.csv").write_text("age,height,weight\n" + "\n".join(",".join(map(str, r)) for r in rows))
+    (tmp_path / "shuffled.csv").write_text("weight,age,height\n" + "\n".join(f"{w},{a},{h}" for a, h, w in rows))
+    a = load_inputs([str(tmp_path / "fitted.csv")], model)
+    b = load_inputs([str(tmp_path / "shuffled.csv")], model)
+    assert a.columns == b.columns == ["age", "height", "weight"]
+    assert torch.equal(a.x, b.x) and torch.equal(a.x, torch.tensor(rows, dtype=torch.float32))
+    (tmp_path / "other.csv").write_text("age,height,shoe\n1,2,3\n")
+    with pytest.raises(
+        InvalidInputError,
+        match=r"the CSV header does not match the columns the model was fitted on: missing weight, unexpected shoe; ",
+    ):
+        load_inputs([str(tmp_path / "other.csv")], model)

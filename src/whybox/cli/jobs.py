@@ -383,6 +383,8 @@ def explain_cmd(ctx: click.Context, **params: Any) -> None:
     from whybox.report import output_path, safe_component, save_png
     from whybox.report.overlay import overlay
 
+    if ds.columns is not None:  # a CSV's header: the saved explanation names its attribution columns
+        e.meta["feature_names"] = list(ds.columns)
     e.save(output_path(out_dir, "explanation.safetensors"))
     probs = _probabilities(lm.module, ds.x)
     click.echo(

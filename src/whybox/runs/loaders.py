@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import importlib.util
 import math
 import os
@@ -1115,7 +1116,27 @@ def load_inputs(
         parts.append(part)
         if remaining is not None:
             remaining -= len(part.x)
-    return _combine(parts)
+    return _match_fitted_columns(_combine(parts), model)
+
+
+def _match_fitted_columns(ds: Dataset, model: LoadedModel) -> Dataset:
+    """A CSV table for an estimator fitted on a DataFrame: its columns put in the estimator's order (by header
+    name); a header without all of the estimator's columns, or with others, is refused naming them."""
+    fitted = getattr(model.module, "feature_names_in_", None)
+    if ds.columns is None or fitted is None:
+        return ds
+    fitted = [str(c) for c in fitted]
+    if ds.columns == fitted:
+        return ds
+    missing = [c for c in fitted if c not in ds.columns]
+    extra = [c for c in ds.columns if c not in fitted]
+    if missing or extra:
+        raise InvalidInputError(
+            f"the CSV header does not match the columns the model was fitted on: missing {_listing(missing)}, "
+            f"unexpected {_listing(extra)}; give a table with exactly the model's columns (feature_names_in_)."
+        )
+    order = torch.tensor([ds.columns.index(c) for c in fitted])
+    return dataclasses.replace(ds, x=ds.x[:, order].contiguous(), columns=fitted)
 
 
 def _is_text(model: LoadedModel) -> bool:
