@@ -139,3 +139,43 @@ def test_bad_frames_and_arrays_are_refused_with_the_fix(frame: pd.DataFrame) -> 
         r"got dict\.",
         lambda: whybox.explain(model, {"a": 1}, "lime"),
     )
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_fill_as_a_series_or_an_array_is_the_fill_as_a_tensor(method: str, frame: pd.DataFrame) -> None:
+    """fill=X.mean() (a pandas Series) or X.mean(0) (a numpy array), the usual tabular reference, is that tensor."""
+    x, y = frame.drop(columns="target"), frame["target"]
+    model = _fit(x, y)
+    mu = x.mean()
+    opts = {"seed": 0, **OPTIONS.get(method, {})}
+    ref = whybox.explain(model, x.iloc[:2], method, fill=torch.tensor(mu.to_numpy()), **opts)
+    for fill in (mu, mu.to_numpy(), x.to_numpy().mean(0)):
+        e = whybox.explain(model, x.iloc[:2], method, fill=fill, **opts)
+        torch.testing.assert_close(e.attributions, ref.attributions, rtol=1e-12, atol=1e-12)
+    by_zero = whybox.explain(model, x.iloc[:2], method, **opts)
+    assert not torch.allclose(by_zero.attributions, ref.attributions)  # the fill was used, not ignored
+
+
+def test_array_fill_in_metrics_and_baseline_in_integrated_gradients(frame: pd.DataFrame) -> None:
+    x, y = frame.drop(columns="target"), frame["target"]
+    model = _fit(x, y)
+    mu = x.mean()
+    e = whybox.explain(model, x.iloc[:3], "occlusion")
+    ref = whybox.evaluate(model, x.iloc[:3], e, "deletion", fill=torch.tensor(mu.to_numpy()))
+    for fill in (mu, mu.to_numpy()):
+        torch.testing.assert_close(whybox.evaluate(model, x.iloc[:3], e, "deletion", fill=fill).scores, ref.scores)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 6), nn.Tanh(), nn.Linear(6, 2)).double()
+    rows = x.iloc[:2].to_numpy()
+    a = whybox.explain(net, rows, "integrated_gradients", baseline=mu, n_steps=8)
+    b = whybox.explain(net, rows, "integrated_gradients", baseline=torch.tensor(mu.to_numpy()), n_steps=8)
+    torch.testing.assert_close(a.attributions, b.attributions, rtol=0, atol=0)
+
+
+def test_non_numeric_array_options_are_refused(frame: pd.DataFrame) -> None:
+    x, y = frame.drop(columns="target"), frame["target"]
+    model = _fit(x, y)
+    with pytest.raises(whybox.InvalidParameterError, match=r"fill as a pandas Series must hold numbers only"):
+        whybox.explain(model, x.iloc[:2], "occlusion", fill=pd.Series(["a"] * 8))
+    with pytest.raises(whybox.InvalidParameterError, match=r"fill as a numpy array must be numeric; got dtype <U1"):
+        whybox.evaluate(model, x.iloc[:2], torch.rand(2, 8), "deletion", fill=np.array(["a"] * 8))

@@ -53,7 +53,9 @@ def make_fill(
         ``"zero"``; ``"mean"`` (per-row, per-channel mean for images, per-row mean otherwise);
         ``"blur"`` (Gaussian blur with ``sigma`` pixels, images only); ``"uniform"`` (noise drawn
         uniformly between each row's min and max, from ``generator``); a number; a tensor
-        broadcastable to ``x``; or a callable ``x -> tensor``.
+        broadcastable to ``x`` (explainers and metrics also take a numpy array or pandas Series, e.g. the
+        training means ``X.mean()`` of tabular rows: ``"mean"`` is the row's own mean, which mixes the units
+        of different columns); or a callable ``x -> tensor``.
     """
     if isinstance(fill, torch.Tensor):
         try:

@@ -38,6 +38,7 @@ from whybox.metrics.base import (
     tie_order,
     trapezoid,
 )
+from whybox.models.inputs import tensor_option
 from whybox.models.targets import apply_score_space
 from whybox.registry import METRICS
 
@@ -112,6 +113,7 @@ def resolve_fill(
 
 
 def _check_fill(fill: Any) -> Any:
+    fill = tensor_option(fill, "fill")  # a numpy array or a pandas Series, as a tensor
     if isinstance(fill, str) and fill not in ("zero", "mean", "blur", "min", "uniform"):
         raise InvalidParameterError(
             f"fill must be 'zero', 'mean', 'blur', 'min', 'uniform', a number, a tensor or a callable; got {fill!r}."

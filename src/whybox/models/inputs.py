@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from whybox.errors import InvalidInputError
+from whybox.errors import InvalidInputError, InvalidParameterError
 
-__all__ = ["as_tensor_inputs", "check_feature_names", "is_dataframe"]
+__all__ = ["as_tensor_inputs", "check_feature_names", "is_dataframe", "tensor_option"]
 
 _NUMERIC = "biuf"  # numpy dtype kinds whybox can perturb: bool, signed and unsigned int, float
 
@@ -52,6 +52,24 @@ def as_tensor_inputs(inputs: Any) -> tuple[torch.Tensor, list[str] | None]:
         f"inputs must be a torch.Tensor, a numpy array or a pandas DataFrame with a leading batch dimension; got "
         f"{type(inputs).__name__}. Convert with torch.as_tensor(...)."
     )
+
+
+def tensor_option(value: Any, name: str) -> Any:
+    """An array-valued option (``fill=``, ``baseline=``) given as a numpy array or a pandas Series / DataFrame, as
+    a tensor (numeric data only; e.g. ``fill=X_train.mean(0)`` for tabular rows); anything else unchanged."""
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind not in _NUMERIC:
+            raise InvalidParameterError(f"{name} as a numpy array must be numeric; got dtype {value.dtype}.")
+        return torch.tensor(np.ascontiguousarray(value))
+    if type(value).__module__.split(".")[0] == "pandas" and hasattr(value, "to_numpy"):
+        try:
+            arr = np.ascontiguousarray(value.to_numpy(dtype=np.float64))
+        except (TypeError, ValueError):
+            raise InvalidParameterError(
+                f"{name} as a pandas {type(value).__name__} must hold numbers only (one per feature)."
+            ) from None
+        return torch.tensor(arr)
+    return value
 
 
 def check_feature_names(names: list[str] | None, fitted: list[str] | None) -> None:

@@ -11,6 +11,7 @@ from whybox.errors import InvalidParameterError
 from whybox.explainers.base import GradientExplainer
 from whybox.masking.engine import MaskingEngine
 from whybox.masking.fills import make_fill
+from whybox.models.inputs import tensor_option
 from whybox.models.targets import Target, TargetLike, apply_score_space, resolve_target
 from whybox.registry import EXPLAINERS
 
@@ -122,6 +123,7 @@ class IntegratedGradients(GradientExplainer):
             raise InvalidParameterError(f"method must be one of {METHODS}; got {method!r}.")
         else:
             quadrature(method, n_steps)  # validates n_steps
+        baseline = tensor_option(baseline, "baseline")  # a numpy array or a pandas Series, as a tensor
         if isinstance(baseline, str) and baseline not in BASELINES:
             raise InvalidParameterError(f"baseline must be one of {BASELINES}, a number or a tensor; got {baseline!r}.")
         if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma >= 0:

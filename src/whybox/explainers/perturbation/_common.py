@@ -21,6 +21,7 @@ from whybox.masking import features as F
 from whybox.masking.engine import MaskingEngine
 from whybox.masking.features import FeatureGroups
 from whybox.masking.fills import FILLS, FillLike, make_fill
+from whybox.models.inputs import tensor_option
 from whybox.models.targets import Target, TargetLike, apply_score_space, resolve_target
 
 __all__ = [
@@ -297,6 +298,7 @@ class PerturbationExplainer(Explainer):
         **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
+        fill = tensor_option(fill, "fill")  # e.g. fill=X_train.mean(0) as a numpy array or a pandas Series
         if isinstance(fill, str) and fill not in self.fill_options:
             raise InvalidParameterError(
                 f"fill must be one of {self.fill_options}, a number, a tensor or a callable; got {fill!r}."
