@@ -74,7 +74,8 @@ def explain(
         A name from :func:`methods`.
     target
         ``None`` (each row's predicted class), an int, per-row ints ``(B,)`` or a callable
-        ``scores (B, K) -> (B,)``.
+        ``scores (B, K) -> (B,)``; for a scikit-learn classifier also labels of its ``classes_``
+        (``"virginica"``, or one per row).
     **params
         The method's keyword options (see ``get_explainer(method)``). ``model``, ``inputs`` and ``method``
         are positional-only, so an option may share their names (Integrated Gradients' ``method=``

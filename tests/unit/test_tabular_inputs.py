@@ -179,3 +179,27 @@ def test_non_numeric_array_options_are_refused(frame: pd.DataFrame) -> None:
         whybox.explain(model, x.iloc[:2], "occlusion", fill=pd.Series(["a"] * 8))
     with pytest.raises(whybox.InvalidParameterError, match=r"fill as a numpy array must be numeric; got dtype <U1"):
         whybox.evaluate(model, x.iloc[:2], torch.rand(2, 8), "deletion", fill=np.array(["a"] * 8))
+
+
+def test_class_labels_as_targets_of_a_scikit_learn_classifier(frame: pd.DataFrame) -> None:
+    """target= may name classes_ labels (one, or one per row, mixed with indices): the same as their indices in
+    explain and evaluate; ints stay output indices even where the labels are ints; an unknown label is refused."""
+    x = frame.drop(columns="target")
+    labels = np.where(frame["target"].to_numpy() == 1, "benign", "malignant")
+    model = _fit(x, labels)
+    assert list(model.classes_) == ["benign", "malignant"]
+    rows = x.iloc[:3]
+    ref = whybox.explain(model, rows, "kernel_shap", target=[1, 0, 1], n_samples=64, seed=0)
+    for target in (["malignant", "benign", "malignant"], np.array(["malignant", "benign", "malignant"]),
+                   ["malignant", 0, 1]):  # fmt: skip
+        e = whybox.explain(model, rows, "kernel_shap", target=target, n_samples=64, seed=0)
+        assert e.target.tolist() == [1, 0, 1]
+        torch.testing.assert_close(e.attributions, ref.attributions, rtol=0, atol=0)
+    one = whybox.explain(model, rows, "occlusion", target="benign")
+    assert one.target.tolist() == [0, 0, 0]
+    r = whybox.evaluate(model, rows, ref, "deletion", target="benign")
+    torch.testing.assert_close(r.scores, whybox.evaluate(model, rows, ref, "deletion", target=0).scores)
+    with pytest.raises(whybox.InvalidTargetError, match=r"target 'cyst' is not one of the model's classes "):
+        whybox.explain(model, rows, "occlusion", target="cyst")
+    by_int = _fit(x, np.where(frame["target"].to_numpy() == 1, 7, 3))  # classes_ [3, 7]: target=1 is index 1
+    assert whybox.explain(by_int, rows, "occlusion", target=1).target.tolist() == [1, 1, 1]

@@ -15,7 +15,14 @@ from whybox.masking.engine import MaskingEngine, check_batch_size
 from whybox.models._guard import MODES, has_train_mode_batchnorm
 from whybox.models.adapter import ModelAdapter, TorchAdapter, adapt
 from whybox.models.inputs import as_tensor_inputs, check_feature_names
-from whybox.models.targets import SCORE_SPACES, Target, TargetLike, apply_score_space, resolve_target
+from whybox.models.targets import (
+    SCORE_SPACES,
+    Target,
+    TargetLike,
+    apply_score_space,
+    class_label_target,
+    resolve_target,
+)
 
 __all__ = ["Explainer", "GradientExplainer"]
 
@@ -100,6 +107,7 @@ class Explainer:
         inputs: ``(B, *S)``; returns attributions ``(B, *S)``, ``(B, 1, H, W)`` or ``(B, F)`` per method.
         """
         x = self._validate(inputs)
+        target = class_label_target(getattr(self.adapter, "model", None), target)  # scikit-learn class labels
         # seed=None draws a fresh seed per call (from the OS, global RNGs untouched); it is recorded in meta
         self._call_seed = self.seed if self.seed is not None else int.from_bytes(os.urandom(4), "little") >> 1
         engine = MaskingEngine(self.adapter, batch_size=self.batch_size)

@@ -31,7 +31,7 @@ from whybox.masking.features import FeatureGroups, pixels
 from whybox.models._guard import MODES
 from whybox.models.adapter import ModelAdapter, SklearnAdapter, TorchAdapter, adapt
 from whybox.models.inputs import as_tensor_inputs, check_feature_names
-from whybox.models.targets import SCORE_SPACES, Target, TargetLike, resolve_target
+from whybox.models.targets import SCORE_SPACES, Target, TargetLike, class_label_target, resolve_target
 
 __all__ = [
     "Context",
@@ -448,6 +448,7 @@ class Metric:
         x, names = self._validate_inputs(inputs)
         adapter = adapt(model) if model is not None else None
         check_feature_names(names, getattr(adapter, "feature_names", None))
+        target = class_label_target(getattr(adapter, "model", None), target)  # scikit-learn class labels
         if isinstance(adapter, SklearnAdapter) and adapter.method_name == "predict_proba":
             adapter = _ProbaAsLogits(adapter)  # its outputs are probabilities already
         if self.needs_model and adapter is None:

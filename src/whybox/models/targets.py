@@ -4,15 +4,41 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from whybox.errors import InvalidParameterError, InvalidTargetError
 
-__all__ = ["SCORE_SPACES", "Target", "TargetLike", "apply_score_space", "resolve_target"]
+__all__ = ["SCORE_SPACES", "Target", "TargetLike", "apply_score_space", "class_label_target", "resolve_target"]
 
 TargetLike = int | Sequence[int] | torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None
 SCORE_SPACES = ("logit", "prob", "log_prob")
+
+
+def class_label_target(model: object, target: Any) -> Any:
+    """``target`` with class labels of a scikit-learn classifier (``model.classes_``, e.g. ``"virginica"`` or
+    ``["no", "yes"]``) replaced by their output indices; ints stay indices (also where the labels are ints);
+    anything else unchanged. An unknown label is an :class:`InvalidTargetError` listing the classes."""
+    classes = getattr(model, "classes_", None)
+    if classes is None or isinstance(target, (torch.Tensor, int)) or target is None or callable(target):
+        return target
+    import numpy as np
+
+    labels = [str(c) for c in np.asarray(classes).tolist()]
+
+    def index(label: object) -> int:
+        if str(label) not in labels:
+            raise InvalidTargetError(f"target {label!r} is not one of the model's classes {labels}.")
+        return labels.index(str(label))
+
+    if isinstance(target, str):
+        return index(target)
+    if isinstance(target, (list, tuple, np.ndarray)):
+        items = np.asarray(target, dtype=object).reshape(-1).tolist() if isinstance(target, np.ndarray) else target
+        if any(isinstance(t, (str, np.str_)) for t in items):
+            return [t if isinstance(t, (int, np.integer)) and not isinstance(t, bool) else index(t) for t in items]
+    return target
 
 
 def apply_score_space(scores: torch.Tensor, space: str) -> torch.Tensor:
