@@ -835,3 +835,41 @@ def test_ctrl_c_exits_130_from_every_command(runner: CliRunner, files: Files, mo
     )
     assert result.exit_code == 130, result.output
     assert "interrupted" in result.stderr
+
+
+IRIS_NAMES_PY = """
+import numpy as np
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
+
+
+def build():
+    data = load_iris()
+    return LogisticRegression(max_iter=500).fit(data.data, np.asarray(data.target_names)[data.target])
+"""
+
+
+def test_explain_target_by_class_name(runner: CliRunner, files: Files) -> None:
+    """--target may name one of the model's classes (its labels): the same explanation as its index; a name
+    that is not a class is refused with an example of one."""
+    from sklearn.datasets import load_iris
+
+    (files.tmp / "iris_names.py").write_text(IRIS_NAMES_PY)
+    csv = files.tmp / "iris4.csv"
+    rows = load_iris().data[[0, 60]]
+    csv.write_text("a,b,c,d\n" + "".join(",".join(map(repr, r.tolist())) + "\n" for r in rows))
+    spec = f"{files.tmp / 'iris_names.py'}:build"
+    saved = []
+    for target in ("virginica", "2"):
+        out = files.tmp / f"t-{target}"
+        result = invoke(runner, ["explain", "--model", spec, csv, "--method", "occlusion", "--target", target,
+                                 "--out", out])  # fmt: skip
+        assert result.exit_code == 0, result.output
+        saved.append(whybox.Explanation.load(out / "explanation.safetensors"))
+    assert saved[0].target.tolist() == [2, 2] and torch.equal(saved[0].attributions, saved[1].attributions)
+    result = invoke(runner, ["explain", "--model", spec, csv, "--method", "occlusion", "--target", "rose"])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "Error: --target must be 'prediction', 'label', a class index, or one of the model's class names "
+        "(e.g. 'setosa'); got 'rose'."
+    )

@@ -248,7 +248,9 @@ def _load(params: dict[str, Any]) -> tuple[Any, Any]:
     return lm, ds
 
 
-def _target(spec: str | None, ds: Any) -> Any:
+def _target(spec: str | None, ds: Any, names: list[str] | None = None) -> Any:
+    """``--target``: None (the prediction), the true labels, a class index, or a class name of the model's
+    ``names`` (its labels: ImageNet's for efficientnet-lite0, ``classes_`` of a scikit-learn estimator)."""
     if spec is None or spec == "prediction":
         return None
     if spec == "label":
@@ -260,7 +262,14 @@ def _target(spec: str | None, ds: Any) -> Any:
     try:
         return int(spec)
     except ValueError:
-        raise _fail(f"--target must be 'prediction', 'label' or a class index; got {spec!r}.") from None
+        pass
+    hits = [i for i, n in enumerate(names or []) if n == spec]
+    if len(hits) == 1:
+        return hits[0]
+    if len(hits) > 1:
+        raise _fail(f"--target {spec!r} names {len(hits)} classes ({', '.join(map(str, hits))}); give the index.")
+    known = "" if not names else f", or one of the model's class names (e.g. {names[0]!r})"
+    raise _fail(f"--target must be 'prediction', 'label', a class index{known}; got {spec!r}.")
 
 
 #: ``--device`` of every command that runs a model (explain, evaluate, compare, demo, debug).
@@ -334,7 +343,7 @@ def metrics_cmd() -> None:
 @click.option(
     "--option", "options", multiple=True, metavar="KEY=VALUE", help="A method option (repeatable), e.g. n_samples=200."
 )
-@click.option("--target", help="'prediction' (default), 'label' or a class index.")
+@click.option("--target", help="'prediction' (default), 'label', a class index or a class name.")
 @click.option(
     "--out",
     "out_dir",
@@ -360,7 +369,7 @@ def explain_cmd(ctx: click.Context, **params: Any) -> None:
     _split(method, flag="--method", valid=whybox.methods())
     opts = _flag_options(tables, params, "options", scoped=False)
     lm, ds = _load(params)
-    target = _target(params.get("target"), ds)
+    target = _target(params.get("target"), ds, lm.labels)
     out_dir = _make_dir(Path(params["out_dir"]), "--out")
     from whybox.api import _options
 
@@ -488,7 +497,7 @@ def _probabilities(model: Any, x: torch.Tensor) -> torch.Tensor:
     metavar="METRIC.KEY=VALUE",
     help="A metric option (repeatable), e.g. deletion.steps=20.",
 )
-@click.option("--target", help="'prediction' (default), 'label' or a class index.")
+@click.option("--target", help="'prediction' (default), 'label', a class index or a class name.")
 @click.option(
     "--json",
     "json_out",
@@ -516,7 +525,7 @@ def evaluate_cmd(ctx: click.Context, **params: Any) -> None:
                 f"--metric-option sets options of {name!r}, which is not in --metrics ({', '.join(metric_names)})."
             )
     lm, ds = _load(params)
-    target = _target(params.get("target"), ds)
+    target = _target(params.get("target"), ds, lm.labels)
     from whybox.api import _options
 
     valid = _options(whybox.get_explainer(method))
@@ -661,7 +670,7 @@ def compare_cmd(ctx: click.Context, **params: Any) -> None:
     except WhyboxError as exc:
         raise _fail(str(exc)) from None
     lm, ds = loaded if loaded is not None else _load(params)
-    _target(params["target"], ds)
+    _target(params["target"], ds, lm.labels)
     out_dir = Path(params["out_dir"])
     n = len(ds.names)
     click.echo(
