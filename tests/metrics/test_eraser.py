@@ -218,7 +218,7 @@ def test_pure_functions() -> None:
         ({"fractions": "0.5"}, "fractions must be a non-empty increasing sequence of numbers in (0, 1]; got '0.5'."),
         ({"pool": "max"}, "pool must be one of ('sum', 'mean'); got 'max'."),
         ({"abs": 1}, "abs must be True or False; got 1."),
-        ({"fill": "blurry"}, "fill must be 'zero', 'mean', 'blur', 'min', 'uniform', a number, a tensor or a callable; got 'blurry'."),
+        ({"fill": "blurry"}, "fill must be 'auto', 'zero', 'mean', 'blur', 'min', 'uniform', a number, a tensor or a callable; got 'blurry'."),
         ({"regions": "words"}, "regions must be None (the default features), a FeatureGroups or an integer label map (B, *G); got str."),
         ({"score": "softmax"}, "score must be one of ('logit', 'prob', 'log_prob'); got 'softmax'."),
     ],

@@ -203,3 +203,32 @@ def test_class_labels_as_targets_of_a_scikit_learn_classifier(frame: pd.DataFram
         whybox.explain(model, rows, "occlusion", target="cyst")
     by_int = _fit(x, np.where(frame["target"].to_numpy() == 1, 7, 3))  # classes_ [3, 7]: target=1 is index 1
     assert whybox.explain(by_int, rows, "occlusion", target=1).target.tolist() == [1, 1, 1]
+
+
+@pytest.mark.parametrize("metric", ["insertion", "highest_confidence"])
+def test_insertion_default_fill_is_blur_for_images_and_zero_otherwise(metric: str, frame: pd.DataFrame) -> None:
+    """Tables have no blur: the default ("auto") inserts into zeros there, and into the RISE blur for images."""
+    x, y = frame.drop(columns="target"), frame["target"]
+    model = _fit(x, y)
+    e = whybox.explain(model, x.iloc[:3], "occlusion")
+    got = whybox.evaluate(model, x.iloc[:3], e, metric)
+    assert got.params["fill"] == "auto"
+    torch.testing.assert_close(got.scores, whybox.evaluate(model, x.iloc[:3], e, metric, fill="zero").scores)
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    img = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    a = whybox.explain(cnn, img, "saliency")
+    by_default = whybox.evaluate(cnn, img, a, metric, steps=8).scores
+    torch.testing.assert_close(by_default, whybox.evaluate(cnn, img, a, metric, steps=8, fill="blur").scores)
+    assert not torch.allclose(by_default, whybox.evaluate(cnn, img, a, metric, steps=8, fill="zero").scores)
+
+
+def test_randomization_names_the_users_model_and_the_alternative(frame: pd.DataFrame) -> None:
+    x, y = frame.drop(columns="target"), frame["target"]
+    model = _fit(x, y)
+    with pytest.raises(
+        whybox.InvalidParameterError,
+        match=r"randomization re-initialises the layers of a torch model; got a Pipeline model\. For other models "
+        r"use random_logit",
+    ):
+        whybox.evaluate(model, x.iloc[:2], "occlusion", "randomization")

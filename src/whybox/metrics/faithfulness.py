@@ -93,11 +93,14 @@ def resolve_fill(
 ) -> torch.Tensor:
     """The replacement values for ``x`` ``(B, ...)``.
 
-    ``"zero"``, ``"mean"`` (per-row, per-channel), ``"blur"`` (RISE kernel, :func:`rise_blur`), ``"min"``
+    ``"auto"`` (``"blur"`` for images ``(B, C, H, W)``, ``"zero"`` for other inputs: tables, token
+    embeddings), ``"zero"``, ``"mean"`` (per-row, per-channel), ``"blur"`` (RISE kernel, :func:`rise_blur`), ``"min"``
     (each row's minimum: Quantus's ``"black"``), ``"uniform"`` (uniform noise over each row's value range; row
     ``i`` draws from ``(seed, i)``), a number, a tensor broadcastable to ``x``, or a callable ``x -> tensor``.
     """
     if isinstance(fill, str):
+        if fill == "auto":
+            fill = "blur" if x.ndim == 4 else "zero"
         if fill == "blur":
             return rise_blur(x, klen=klen, sigma=sigma, padding=padding)
         if fill == "min":
@@ -114,9 +117,10 @@ def resolve_fill(
 
 def _check_fill(fill: Any) -> Any:
     fill = tensor_option(fill, "fill")  # a numpy array or a pandas Series, as a tensor
-    if isinstance(fill, str) and fill not in ("zero", "mean", "blur", "min", "uniform"):
+    if isinstance(fill, str) and fill not in ("auto", "zero", "mean", "blur", "min", "uniform"):
         raise InvalidParameterError(
-            f"fill must be 'zero', 'mean', 'blur', 'min', 'uniform', a number, a tensor or a callable; got {fill!r}."
+            "fill must be 'auto', 'zero', 'mean', 'blur', 'min', 'uniform', a number, a tensor or a callable; got "
+            f"{fill!r}."
         )
     return fill
 
@@ -355,15 +359,17 @@ class Deletion(_CurveMetric):
 class Insertion(_CurveMetric):
     """Insertion (Petsiuk et al. 2018): start from the blurred input, reveal features in relevance order.
 
-    x^(i) = fill with the top ``b_i`` features taken from x. Higher is better. ``fill`` defaults to ``"blur"``
-    (RISE's 11 x 11, sigma 5 kernel with zero padding); other options as :class:`Deletion`.
+    x^(i) = fill with the top ``b_i`` features taken from x. Higher is better. ``fill`` defaults to ``"auto"``:
+    ``"blur"`` (RISE's 11 x 11, sigma 5 kernel with zero padding) for images, ``"zero"`` for other inputs, which
+    have no blur (for tables a reference row such as the training means is the better fill); other options as
+    :class:`Deletion`.
 
     Curves: ``"x"`` ``(B, P)`` fraction revealed, ``"y"`` ``(B, P)`` target score.
     """
 
     higher_is_better = True
     _insertion = True
-    _default_fill = "blur"
+    _default_fill = "auto"  # blur for images, zero for tables and token embeddings
 
     def _compute(self, ctx: Context) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
         xs, y, meta = self._curve(ctx)
@@ -391,7 +397,7 @@ class HighestConfidence(_CurveMetric):
 
     higher_is_better = True
     _insertion = True
-    _default_fill = "blur"
+    _default_fill = "auto"  # blur for images, zero for tables and token embeddings
 
     def __init__(self, *, budget: float = 0.25, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -251,8 +251,10 @@ class Randomization(_MapComparison):
         if ctx.attributions is None or ctx.target is None:
             raise InvalidParameterError("randomization needs attributions and a model.")
         if not isinstance(ctx.adapter, TorchAdapter):
+            what = type(getattr(ctx.adapter, "model", ctx.adapter)).__name__  # the user's model, not the wrapper
             raise InvalidParameterError(
-                f"randomization re-initialises torch layers; got a {type(ctx.adapter).__name__} model."
+                f"randomization re-initialises the layers of a torch model; got a {what} model. For other models "
+                "use random_logit (explanations of other classes) as the sanity check."
             )
         fn, name = make_explain_fn(self.explainer, ctx.explanation, self.explainer_params)
         work = copy.deepcopy(ctx.adapter)  # the user's model is never modified
