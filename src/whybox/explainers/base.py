@@ -138,10 +138,9 @@ class Explainer:
             "finite": [bool(v) for v in finite.tolist()],
             **meta,
         }
-        if (
-            getattr(self, "_feature_names", None) is not None
-        ):  # a DataFrame's columns, in the order of the attribution columns
-            meta["feature_names"] = list(self._feature_names or ())
+        names = getattr(self, "_feature_names", None)
+        if names is not None:  # a DataFrame's columns, in the order of the attribution columns
+            meta["feature_names"] = list(names)
         return Explanation(
             attributions=attr, target=tgt.index.to(home, copy=True), method=self.name, params=self.params(), meta=meta
         )
