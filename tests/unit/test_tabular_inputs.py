@@ -232,3 +232,22 @@ def test_randomization_names_the_users_model_and_the_alternative(frame: pd.DataF
         r"use random_logit",
     ):
         whybox.evaluate(model, x.iloc[:2], "occlusion", "randomization")
+
+
+def test_background_set_as_a_frame_or_array_matches_shap(frame: pd.DataFrame) -> None:
+    """background= may be a DataFrame or a numpy array (the training rows a tabular user holds); exact Shapley
+    values against it equal shap.KernelExplainer's with the same background at full enumeration (the oracle)."""
+    shap = pytest.importorskip("shap")
+    x, y = frame.drop(columns="target").iloc[:, :4], frame["target"]
+    model = _fit(x.to_numpy(), y.to_numpy())
+    bg, rows = x.iloc[:12], x.iloc[100:103]
+    ref = whybox.explain(model, rows.to_numpy(), "exact_shapley", background=torch.tensor(bg.to_numpy()))
+    for background in (bg, bg.to_numpy()):
+        e = whybox.explain(model, rows.to_numpy(), "exact_shapley", background=background)
+        torch.testing.assert_close(e.attributions, ref.attributions, rtol=0, atol=0)
+    explainer = shap.KernelExplainer(model.predict_proba, bg.to_numpy())
+    values = np.asarray(explainer.shap_values(rows.to_numpy(), nsamples=2**4, silent=True))
+    if values.shape[0] != 3:  # older shap: one (rows, M) array per class
+        values = np.moveaxis(values, 0, -1)
+    want = values[np.arange(3), :, ref.target.numpy()]
+    np.testing.assert_allclose(ref.attributions.numpy(), want, rtol=1e-6, atol=1e-9)

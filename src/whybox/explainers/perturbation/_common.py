@@ -497,8 +497,9 @@ class ShapleyExplainer(RegionExplainer):
     fill
         The baseline b (baseline Shapley, captum's semantics); zero by default.
     background
-        ``(R, *S)`` reference rows instead: v(S) is the mean over them of f_c(x_S, b^(r)_S̄) (interventional,
-        as ``shap.KernelExplainer(model, data)``); every coalition then costs R forward passes.
+        ``(R, *S)`` reference rows instead (a tensor, numpy array or DataFrame): v(S) is the mean over them of
+        f_c(x_S, b^(r)_S̄) (interventional, as ``shap.KernelExplainer(model, data)``); every coalition then costs
+        R forward passes.
 
     Features equal to the baseline (to every background row) in all their elements are null players: they
     get exactly 0 and are left out of M, as shap does.
@@ -506,6 +507,7 @@ class ShapleyExplainer(RegionExplainer):
 
     def __init__(self, model: Any, *, background: torch.Tensor | None = None, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
+        background = tensor_option(background, "background")  # e.g. X_train[:50] as an array or a DataFrame
         if background is not None:
             if not isinstance(background, torch.Tensor) or background.ndim < 2 or background.shape[0] < 1:
                 got = tuple(background.shape) if isinstance(background, torch.Tensor) else type(background).__name__
