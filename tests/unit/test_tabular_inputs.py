@@ -251,3 +251,21 @@ def test_background_set_as_a_frame_or_array_matches_shap(frame: pd.DataFrame) ->
         values = np.moveaxis(values, 0, -1)
     want = values[np.arange(3), :, ref.target.numpy()]
     np.testing.assert_allclose(ref.attributions.numpy(), want, rtol=1e-6, atol=1e-9)
+
+
+def test_evaluate_refuses_a_frame_whose_columns_are_not_the_explained_ones(frame: pd.DataFrame) -> None:
+    """An explanation made on a DataFrame records its columns; evaluating it on a frame with other columns (here
+    reordered, for a torch model that has no fitted names to check against) would pair attributions with the
+    wrong columns: refused, naming both."""
+    x = frame.drop(columns="target")
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    e = whybox.explain(net, x.iloc[:2], "saliency")
+    whybox.evaluate(net, x.iloc[:2], e, "deletion")  # the same columns: fine
+    swapped = x.iloc[:2][[x.columns[1], x.columns[0], *x.columns[2:]]]
+    with pytest.raises(
+        InvalidInputError,
+        match=r"inputs \(a DataFrame\) and the explanation name different columns \(mean texture, mean radius, "
+        r"mean perimeter, mean area and 4 more vs mean radius, mean texture, .*\); evaluate the rows",
+    ):
+        whybox.evaluate(net, swapped, e, "deletion")

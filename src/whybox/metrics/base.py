@@ -294,6 +294,11 @@ class _ProbaAsLogits(ModelAdapter):
         return self.inner.dtype
 
 
+def _few(names: list[str], k: int = 4) -> str:
+    """The first ``k`` names, then how many more."""
+    return ", ".join(names[:k]) + (f" and {len(names) - k} more" if len(names) > k else "")
+
+
 @dataclass
 class Context:
     """Everything a metric computes from, validated and on the model's device."""
@@ -469,6 +474,13 @@ class Metric:
                 attributions = expl.attributions
         elif isinstance(explanation, Explanation):
             expl, method, attributions = explanation, explanation.method, explanation.attributions
+            explained = explanation.meta.get("feature_names")
+            if names is not None and explained is not None and list(explained) != names:
+                raise InvalidInputError(
+                    "inputs (a DataFrame) and the explanation name different columns "
+                    f"({_few(names)} vs {_few(list(explained))}); evaluate the rows with the columns they were "
+                    "explained with, in that order."
+                )
         elif isinstance(explanation, torch.Tensor):
             attributions = explanation
         elif explanation is None and not self.needs_attributions:
