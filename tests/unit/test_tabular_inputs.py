@@ -269,3 +269,40 @@ def test_evaluate_refuses_a_frame_whose_columns_are_not_the_explained_ones(frame
         r"mean perimeter, mean area and 4 more vs mean radius, mean texture, .*\); evaluate the rows",
     ):
         whybox.evaluate(net, swapped, e, "deletion")
+
+
+def test_frame_fitted_estimators_get_arrays_until_one_refuses_them(
+    frame: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Arrays skip pandas' per-call validation, so an estimator fitted on a DataFrame gets arrays (columns in the
+    fitted order, its feature-name warning silenced) while it takes them; one that refuses an array (picking
+    columns by name) gets DataFrames from then on, with the same results as a direct call on a DataFrame."""
+    x, y = frame.drop(columns="target"), frame["target"]
+    seen: list[type] = []
+
+    def recording(model: object) -> object:
+        original = model.predict_proba  # type: ignore[attr-defined]
+
+        def predict_proba(rows: object) -> object:
+            seen.append(type(rows))
+            return original(rows)
+
+        monkeypatch.setattr(model, "predict_proba", predict_proba)
+        return model
+
+    plain = recording(_fit(x, y))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        whybox.explain(plain, x.iloc[:2], "kernel_shap", n_samples=64, batch_size=16)
+    assert seen and set(seen) == {np.ndarray}
+    seen.clear()
+    by_name = make_pipeline(
+        ColumnTransformer([("s", StandardScaler(), ["mean radius"])], remainder="passthrough"),
+        LogisticRegression(max_iter=3000),
+    ).fit(x, y)
+    picky = recording(by_name)
+    e = whybox.explain(picky, x.iloc[:2], "occlusion", batch_size=4)
+    assert seen[0] is np.ndarray and set(seen[1:]) == {pd.DataFrame} and len(seen) > 2
+    want = by_name.predict_proba(x.iloc[:2])[np.arange(2), e.target.numpy()]
+    got = whybox.adapt(by_name).scores(torch.tensor(x.iloc[:2].to_numpy()))[torch.arange(2), e.target]
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-12)
