@@ -306,3 +306,20 @@ def test_frame_fitted_estimators_get_arrays_until_one_refuses_them(
     want = by_name.predict_proba(x.iloc[:2])[np.arange(2), e.target.numpy()]
     got = whybox.adapt(by_name).scores(torch.tensor(x.iloc[:2].to_numpy()))[torch.arange(2), e.target]
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-12)
+
+
+def test_non_finite_reference_rows_are_refused_naming_the_option(frame: pd.DataFrame) -> None:
+    """Training means of a column with a missing value are NaN: as a fill (explainers and metrics) or an IG
+    baseline they would reach the model; refused at the shared fill step, naming the option."""
+    x, y = frame.drop(columns="target"), frame["target"]
+    model = _fit(x, y)
+    mu = x.mean().to_numpy().copy()
+    mu[2] = np.nan
+    msg = r"{} tensor holds 1 non-finite values \(NaN or inf\), which the model would be asked to score; impute"
+    with pytest.raises(whybox.InvalidParameterError, match=msg.format("fill")):
+        whybox.explain(model, x.iloc[:2], "occlusion", fill=mu)
+    with pytest.raises(whybox.InvalidParameterError, match=msg.format("fill")):
+        whybox.evaluate(model, x.iloc[:2], torch.rand(2, 8), "deletion", fill=torch.tensor(mu))
+    net = nn.Sequential(nn.Linear(8, 2)).double()
+    with pytest.raises(whybox.InvalidParameterError, match=msg.format("baseline")):
+        whybox.explain(net, x.iloc[:2], "integrated_gradients", baseline=mu)

@@ -43,7 +43,12 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def make_fill(
-    fill: FillLike, x: torch.Tensor, *, sigma: float = 5.0, generator: torch.Generator | None = None
+    fill: FillLike,
+    x: torch.Tensor,
+    *,
+    sigma: float = 5.0,
+    generator: torch.Generator | None = None,
+    name: str = "fill",
 ) -> torch.Tensor:
     """The replacement values for ``x`` ``(B, ...)``, same shape, dtype and device.
 
@@ -52,12 +57,18 @@ def make_fill(
     fill
         ``"zero"``; ``"mean"`` (per-row, per-channel mean for images, per-row mean otherwise);
         ``"blur"`` (Gaussian blur with ``sigma`` pixels, images only); ``"uniform"`` (noise drawn
-        uniformly between each row's min and max, from ``generator``); a number; a tensor
+        uniformly between each row's min and max, from ``generator``); a number; a finite tensor
         broadcastable to ``x`` (explainers and metrics also take a numpy array or pandas Series, e.g. the
         training means ``X.mean()`` of tabular rows: ``"mean"`` is the row's own mean, which mixes the units
         of different columns); or a callable ``x -> tensor``.
     """
     if isinstance(fill, torch.Tensor):
+        if fill.is_floating_point() and not bool(torch.isfinite(fill).all()):
+            bad = int((~torch.isfinite(fill)).sum())
+            raise InvalidParameterError(
+                f"{name} tensor holds {bad} non-finite values (NaN or inf), which the model would be asked to score; "
+                "impute them (e.g. training means with NaN columns filled) before passing the fill."
+            )
         try:
             return torch.broadcast_to(fill.to(device=x.device, dtype=x.dtype), x.shape).clone()
         except RuntimeError:

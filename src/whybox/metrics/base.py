@@ -30,7 +30,7 @@ from whybox.masking.engine import MaskingEngine, check_batch_size
 from whybox.masking.features import FeatureGroups, pixels
 from whybox.models._guard import MODES
 from whybox.models.adapter import ModelAdapter, SklearnAdapter, TorchAdapter, adapt
-from whybox.models.inputs import as_tensor_inputs, check_feature_names
+from whybox.models.inputs import as_tensor_inputs, check_feature_names, name_list
 from whybox.models.targets import SCORE_SPACES, Target, TargetLike, class_label_target, resolve_target
 
 __all__ = [
@@ -294,11 +294,6 @@ class _ProbaAsLogits(ModelAdapter):
         return self.inner.dtype
 
 
-def _few(names: list[str], k: int = 4) -> str:
-    """The first ``k`` names, then how many more."""
-    return ", ".join(names[:k]) + (f" and {len(names) - k} more" if len(names) > k else "")
-
-
 @dataclass
 class Context:
     """Everything a metric computes from, validated and on the model's device."""
@@ -478,7 +473,7 @@ class Metric:
             if names is not None and explained is not None and list(explained) != names:
                 raise InvalidInputError(
                     "inputs (a DataFrame) and the explanation name different columns "
-                    f"({_few(names)} vs {_few(list(explained))}); evaluate the rows with the columns they were "
+                    f"({name_list(names, 4)} vs {name_list(list(explained), 4)}); evaluate the rows with the columns they were "
                     "explained with, in that order."
                 )
         elif isinstance(explanation, torch.Tensor):

@@ -238,8 +238,8 @@ class SklearnAdapter(ModelAdapter):
         self.model = estimator
         self.preprocess = preprocess
         names = getattr(estimator, "feature_names_in_", None)
-        #: the columns of the DataFrame the estimator was fitted on (None: fitted on an array); rows reach it as a
-        #: DataFrame with these columns, as it expects (no feature-name warnings; ColumnTransformer by name works)
+        #: the columns of the DataFrame the estimator was fitted on (None: fitted on an array); see :meth:`_named`
+        #: for how rows reach such an estimator
         self.feature_names: list[str] | None = None if names is None else [str(c) for c in names]
         self._frames = False  # True once the estimator has refused an array: rows go to it as DataFrames
 

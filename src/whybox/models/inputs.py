@@ -14,9 +14,19 @@ import torch
 
 from whybox.errors import InvalidInputError, InvalidParameterError
 
-__all__ = ["as_tensor_inputs", "check_feature_names", "is_dataframe", "tensor_option"]
+__all__ = ["as_tensor_inputs", "check_feature_names", "column_mismatch", "is_dataframe", "name_list", "tensor_option"]
 
 _NUMERIC = "biuf"  # numpy dtype kinds whybox can perturb: bool, signed and unsigned int, float
+
+
+def name_list(names: list[str], k: int = 5) -> str:
+    """The first ``k`` names, comma-separated, then how many more."""
+    return ", ".join(names[:k]) + (f" and {len(names) - k} more" if len(names) > k else "")
+
+
+def column_mismatch(names: list[str], fitted: list[str]) -> tuple[list[str], list[str]]:
+    """``(missing, unexpected)``: the fitted columns ``names`` lacks, and the columns of ``names`` not fitted."""
+    return [c for c in fitted if c not in names], [c for c in names if c not in fitted]
 
 
 def is_dataframe(obj: Any) -> bool:
@@ -42,9 +52,8 @@ def as_tensor_inputs(inputs: Any) -> tuple[torch.Tensor, list[str] | None]:
     if is_dataframe(inputs):
         bad = [str(c) for c, dt in inputs.dtypes.items() if getattr(dt, "kind", "O") not in _NUMERIC]
         if bad:
-            shown = ", ".join(repr(c) for c in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
             raise InvalidInputError(
-                f"inputs (a DataFrame) has non-numeric columns {shown}; whybox perturbs numbers: encode them "
+                f"inputs (a DataFrame) has non-numeric columns {name_list([repr(c) for c in bad])}; whybox perturbs numbers: encode them "
                 "(e.g. ordinal or one-hot codes, and fit the model on those) or pass only the numeric columns."
             )
         return torch.tensor(np.ascontiguousarray(inputs.to_numpy(dtype=np.float64))), [str(c) for c in inputs.columns]
@@ -81,9 +90,9 @@ def check_feature_names(names: list[str] | None, fitted: list[str] | None) -> No
             "inputs (a DataFrame) has the model's columns in another order; whybox reads them by position. "
             "Pass inputs[model.feature_names_in_]."
         )
-    missing = [c for c in fitted if c not in names][:5]
-    extra = [c for c in names if c not in fitted][:5]
+    missing, extra = column_mismatch(names, fitted)
     raise InvalidInputError(
-        f"inputs (a DataFrame) has columns the model was not fitted on: missing {missing}, unexpected {extra}. "
+        f"inputs (a DataFrame) has columns the model was not fitted on: missing {missing[:5]}, unexpected "
+        f"{extra[:5]}. "
         "Pass the columns in model.feature_names_in_, in that order."
     )

@@ -45,6 +45,7 @@ from whybox.errors import (
     UnknownNameError,
     WhyboxError,
 )
+from whybox.models.inputs import column_mismatch
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -1128,8 +1129,7 @@ def _match_fitted_columns(ds: Dataset, model: LoadedModel) -> Dataset:
     fitted = [str(c) for c in fitted]
     if ds.columns == fitted:
         return ds
-    missing = [c for c in fitted if c not in ds.columns]
-    extra = [c for c in ds.columns if c not in fitted]
+    missing, extra = column_mismatch(ds.columns, fitted)
     if missing or extra:
         raise InvalidInputError(
             f"the CSV header does not match the columns the model was fitted on: missing {_listing(missing)}, "

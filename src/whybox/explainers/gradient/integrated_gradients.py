@@ -143,7 +143,7 @@ class IntegratedGradients(GradientExplainer):
             return torch.cat(
                 [make_fill("uniform", x[i : i + 1], generator=self.generator()) for i in range(x.shape[0])]
             )
-        return make_fill(self.baseline, x, sigma=self.sigma)
+        return make_fill(self.baseline, x, sigma=self.sigma, name="baseline")
 
     def _explain(
         self, x: torch.Tensor, target: TargetLike, engine: MaskingEngine, n_backward: list[int]
