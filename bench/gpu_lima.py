@@ -13,6 +13,11 @@ at 24 % of EfficientNet-Lite0's throughput, CPU-bound, with a new batch shape at
   the CPU); ``bucket+cl``; and ``cl-weights`` (the model's weights channels-last, inputs as the engine gives
   them). Seconds, passes/s, the share of the model's own rate at the same mean batch, and whether the orders
   equal the ``as-is`` run's.
+- ``padding``: the engine's padding of CUDA chunks (``padded``: ``whybox.masking.engine.padded_rows``, chunks
+  up to 256 rows) against no padding, against its series at every size (``all``) and against powers of two of at
+  least 32 rows, each in a fresh process (cuDNN's plan cache starts empty; one
+  warm-up forward first): naive and predictive on photos 0-3 (first use of the shapes) and then on photos 4-7
+  (steady state: the shapes seen).
 - ``research``: naive against the fast searches (``--searches``) on 63 photos no CPU run has used (the 7 source
   images cropped to the top right, bottom left, centre 50 %, centre 85 %, and mirrored crops): passes, insertion
   and deletion AUC differences with standard errors. Stops starting new searches after ``--budget`` seconds.
@@ -172,6 +177,58 @@ def engine(model: torch.nn.Module, x: torch.Tensor, batch: int, searches: list[s
     return rows
 
 
+PADDINGS = ("unpadded", "padded", "all", "pow2")
+
+
+@contextlib.contextmanager
+def padding_variant(name: str) -> Iterator[None]:
+    import whybox.masking.engine as eng
+
+    pads, rows, cap = MaskingEngine._pads, eng.padded_rows, eng.PAD_MAX_ROWS
+    if name == "unpadded":
+        MaskingEngine._pads = lambda self, inp: False  # type: ignore[method-assign]
+    elif name == "pow2":
+        eng.padded_rows = lambda n, b: n if n >= b else min(_bucket(n), b)
+    elif name == "all":  # the series at every size, not only up to 256 rows
+        eng.PAD_MAX_ROWS = 1 << 62
+    try:
+        yield
+    finally:
+        MaskingEngine._pads = pads  # type: ignore[method-assign]
+        eng.padded_rows, eng.PAD_MAX_ROWS = rows, cap
+
+
+def padding_worker(model: torch.nn.Module, dev: torch.device, batch: int, variant: str) -> list[dict[str, Any]]:
+    with torch.no_grad():
+        model(torch.randn(5, 3, 224, 224, device=dev))  # CUDA and cuDNN initialised outside the timings
+    sync(dev)
+    x = effnet_images(8)[0].to(dev)
+    rows = []
+    with padding_variant(variant):
+        for search in ("naive", "predictive"):
+            for phase, xs in (("first use", x[:4]), ("steady", x[4:])):
+                e, sec = run_lima(model, xs, search, batch)
+                calls, passes = e.meta["model_calls"], int(e.meta["n_forward"])
+                rows.append({"variant": variant, "search": search, "phase": phase, "seconds": sec, "passes": passes,
+                             "rows_run": sum(calls), "shapes": len(set(calls)), "passes_per_s": passes / sec})  # fmt: skip
+                print(rows[-1], flush=True)
+    return rows
+
+
+def padding(batch: int, out_dir: Path, variants: list[str]) -> list[dict[str, Any]]:
+    import subprocess
+    import sys
+
+    rows: list[dict[str, Any]] = []
+    for variant in variants:
+        f = out_dir / f"padding_{variant}.json"
+        cmd = [sys.executable, __file__, "--parts", "padding-worker", "--variant", variant, "--out", str(out_dir),
+               "--batch-size", str(batch)]  # fmt: skip
+        subprocess.run(cmd, check=True)
+        rows += json.loads(f.read_text())
+    return rows
+
+
 def research_images() -> torch.Tensor:
     from sklearn.datasets import load_sample_images
 
@@ -231,6 +288,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=1024)
     ap.add_argument("--searches", default="predictive,predictive:4:1:8,predictive:3:1:8:0.25,bidirectional")
     ap.add_argument("--budget", type=float, default=240.0, help="seconds for the research part")
+    ap.add_argument("--paddings", default=",".join(PADDINGS), help="padding: the variants compared")
+    ap.add_argument("--variant", default="padded", help="padding-worker: which padding (internal)")
     ap.add_argument("--quick", action="store_true", help="4 photos, fewer batch sizes, naive and predictive only")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args()
@@ -251,6 +310,14 @@ def main() -> None:
     if "engine" in parts:
         x = effnet_images(n_img)[0].to(dev)
         out["engine"] = engine(model, x, args.batch_size, ["naive", "predictive"])
+    if "padding-worker" in parts:
+        args.out.mkdir(parents=True, exist_ok=True)
+        rows = padding_worker(model, dev, args.batch_size, args.variant)
+        (args.out / f"padding_{args.variant}.json").write_text(json.dumps(rows, indent=1))
+        return
+    if "padding" in parts:
+        args.out.mkdir(parents=True, exist_ok=True)
+        out["padding"] = padding(args.batch_size, args.out, args.paddings.split(","))
     if "research" in parts:
         x = research_images()[: n_img if args.quick else None].to(dev)
         searches = ["predictive"] if args.quick else args.searches.split(",")
@@ -267,6 +334,14 @@ def main() -> None:
             lines.append(f"| {r['search']} | {r['variant']} | {r['seconds']:.2f} | {r['calls']} | {r['shapes']} | "
                          f"{r['rows_run'] / r['passes']:.2f} | {r['passes_per_s']:.0f} | "
                          f"{share:.0%} | {r['same_order_as_as_is']:.2f} |")  # fmt: skip
+        lines.append("")
+    if "padding" in out:
+        lines += ["## Padding CUDA chunks (N = 49 grid regions, EfficientNet-Lite0, 224 px, 4 photos per call)", "",
+                  "| search | photos | padding | seconds | passes / s | rows run / passes | batch shapes |",
+                  "|---|---|---|---:|---:|---:|---:|"]  # fmt: skip
+        for r in sorted(out["padding"], key=lambda r: (r["search"], r["phase"], PADDINGS.index(r["variant"]))):
+            lines.append(f"| {r['search']} | {r['phase']} | {r['variant']} | {r['seconds']:.2f} | "
+                         f"{r['passes_per_s']:.0f} | {r['rows_run'] / r['passes']:.2f} | {r['shapes']} |")  # fmt: skip
         lines.append("")
     if "research" in out:
         lines += ["## Searches against naive on the 63 research photos", "",

@@ -327,3 +327,26 @@ def test_a_run_on_cuda_stores_the_cpu_run(tmp_path: Any) -> None:
     finally:
         for s in stores:
             s.close()
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="chunks are padded on CUDA only")
+def test_cuda_scoring_chunks_come_in_a_few_padded_shapes() -> None:
+    """On CUDA the engine pads scoring chunks to a short series of sizes (cuDNN plans a new shape at a cost): a LIMA
+    search that sends a new batch size at every step gives the model a few shapes, and the CPU's passes and order."""
+    from whybox.masking.engine import padded_rows
+
+    seen: dict[str, list[int]] = {"cpu": [], "cuda": []}
+    results = {}
+    for where, model, x in (("cpu", small_cnn(), inputs()), ("cuda", on_cuda(small_cnn()), inputs().to(DEVICE))):
+        hook = model.register_forward_pre_hook(lambda _m, args, w=where: seen[w].append(int(args[0].shape[0])))
+        try:
+            results[where] = whybox.explain(
+                model, x, "lima", regions="grid", n_regions=16, search="naive", batch_size=1024
+            )
+        finally:
+            hook.remove()
+    assert len(set(seen["cpu"])) == 17  # 2 (16 - k) 3 rows at step k, and the empty and full inputs (3 rows)
+    assert sorted(set(seen["cuda"])) == sorted({padded_rows(n, 1024) for n in seen["cpu"]}) == [16, 24, 32, 48, 64, 96]
+    assert sum(seen["cuda"]) < 1.5 * sum(seen["cpu"])
+    assert results["cuda"].meta["n_forward"] == results["cpu"].meta["n_forward"] == sum(seen["cpu"])
+    assert torch.equal(results["cuda"].meta["order"].cpu(), results["cpu"].meta["order"])

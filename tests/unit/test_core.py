@@ -32,6 +32,7 @@ from whybox.masking import (
     pixels,
     superpixels,
 )
+from whybox.masking.engine import padded_rows
 from whybox.models import EmbeddingAdapter, ModelAdapter, SklearnAdapter, Target, TorchAdapter, resolve_target
 from whybox.models._guard import preserved
 from whybox.registry import EXPLAINERS, Registry
@@ -243,6 +244,54 @@ def test_engine_falls_back_to_the_default_layout_for_a_model_that_needs_it() -> 
     with pytest.raises(RuntimeError, match="the model is broken"):
         MaskingEngine(broken).scores(x, masks, fill=fill, target=tgt)
     assert broken.calls == [True]
+
+
+def test_padded_rows_is_a_short_series_that_adds_under_half() -> None:
+    sizes = [padded_rows(n, 1024) for n in range(1, 1025)]
+    assert all(n <= s <= 1024 for n, s in enumerate(sizes, 1))
+    assert sizes == sorted(sizes)  # monotone: a larger chunk never gets a smaller shape
+    assert all(s < 1.5 * n for n, s in enumerate(sizes, 1) if n > 16)  # 16, 24, 32, 48, ...: worst just above 2^k
+    assert sorted(set(sizes[:256])) == [16, 24, 32, 48, 64, 96, 128, 192, 256]
+    assert sizes[256:] == list(range(257, 1025))  # larger chunks keep their size
+    assert [padded_rows(n, 40) for n in (7, 33, 40)] == [16, 40, 40]  # never above batch_size
+
+
+class _RowsSeen(nn.Module):
+    """A float64 conv net (BatchNorm included) that records the batch size of every call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                                 nn.Linear(4 * 36, 3)).double()  # fmt: skip
+        self.rows: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.rows.append(x.shape[0])
+        return self.net(x)
+
+
+def test_padded_chunks_change_no_score_and_no_pass_count_and_skip_training_mode() -> None:
+    x, fill = rand(2, 3, 6, 6, seed=1), rand(2, 3, 6, 6, seed=2)
+    masks = rand(2, 25, 1, 6, 6, seed=3) > 0.5  # 50 rows: chunks of 32 and 18 at batch_size 32
+    tgt = Target(torch.tensor([0, 2]))
+    model = _RowsSeen().eval()
+    plain = MaskingEngine(TorchAdapter(model), batch_size=32, pad=False)
+    ref, ref_fwd = plain.scores(x, masks, fill=fill, target=tgt), plain.forward(x[:1].expand(5, -1, -1, -1))
+    assert model.rows == [32, 18, 5]
+    model.rows.clear()
+    padded = MaskingEngine(TorchAdapter(model), batch_size=32, pad=True)
+    torch.testing.assert_close(padded.scores(x, masks, fill=fill, target=tgt), ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(padded.forward(x[:1].expand(5, -1, -1, -1)), ref_fwd, rtol=1e-12, atol=1e-12)
+    assert model.rows == [32, 24, 16]  # the 18-row chunk ran as 24 rows, the 5-row forward as 16
+    assert (padded.n_forward, padded.n_batches) == (plain.n_forward, plain.n_batches) == (55, 3)
+    model.rows.clear()
+    model.net[1].train()  # BatchNorm's batch statistics couple the rows: no padding, whatever pad says
+    MaskingEngine(TorchAdapter(model), batch_size=32, pad=True).scores(x, masks, fill=fill, target=tgt)
+    assert model.rows == [32, 18]
+    model.rows.clear()
+    MaskingEngine(TorchAdapter(model.eval()), batch_size=32).scores(x, masks, fill=fill, target=tgt)
+    assert model.rows == [32, 18]  # the default pads on CUDA only
 
 
 class _FlattenNet(nn.Module):
