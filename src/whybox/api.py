@@ -56,6 +56,24 @@ def _options(cls: type) -> list[str]:
     )
 
 
+def _unknown_option(what: str, exc: TypeError, cls: type, own: tuple[str, ...]) -> Exception:
+    """The error for a keyword ``cls`` does not take: its name, the closest option (or one of ``own``, the
+    keywords of explain/evaluate themselves, which a typo may have missed), and every option."""
+    import difflib
+    import re
+
+    from whybox.errors import InvalidParameterError
+
+    options = _options(cls)
+    found = re.search(r"unexpected keyword argument '([^']+)'", str(exc))
+    if found is None:
+        return InvalidParameterError(f"{what} got an unknown option ({exc}). Its options are: {', '.join(options)}.")
+    name = found.group(1)
+    close = difflib.get_close_matches(name, [*options, *own], n=1, cutoff=0.6)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return InvalidParameterError(f"{what} got an unknown option {name!r}.{hint} Its options are: {', '.join(options)}.")
+
+
 def explain(
     model: Any, inputs: torch.Tensor, method: str, /, *, target: TargetLike = None, **params: Any
 ) -> Explanation:
@@ -91,22 +109,7 @@ def explain(
     except TypeError as exc:
         if "unexpected keyword argument" not in str(exc):
             raise
-        import inspect
-
-        names = sorted(
-            {
-                p.name
-                for c in cls.__mro__
-                if "__init__" in c.__dict__
-                for p in inspect.signature(c.__dict__["__init__"]).parameters.values()
-                if p.kind is p.KEYWORD_ONLY
-            }
-        )
-        from whybox.errors import InvalidParameterError
-
-        raise InvalidParameterError(
-            f"{method!r} got an unknown option: {exc}. Its options are: {', '.join(names)}."
-        ) from None
+        raise _unknown_option(repr(method), exc, cls, ("target",)) from None
     return explainer.explain(inputs, target=target)
 
 
@@ -154,9 +157,5 @@ def evaluate(
     except TypeError as exc:
         if "unexpected keyword argument" not in str(exc):
             raise
-        from whybox.errors import InvalidParameterError
-
-        raise InvalidParameterError(
-            f"metric {metric!r} got an unknown option: {exc}. Its options are: {', '.join(_options(cls))}."
-        ) from None
+        raise _unknown_option(f"metric {metric!r}", exc, cls, ("target", "masks", "labels")) from None
     return m.evaluate(model, inputs, explanation, target=target, masks=masks, labels=labels)

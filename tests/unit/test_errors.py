@@ -255,11 +255,32 @@ def test_unknown_option_names_it_and_lists_the_options(method: str, model: nn.Mo
     msg = _raises(
         InvalidParameterError,
         ValueError,
-        rf"'{method}' got an unknown option: .*'colour_map'\. Its options are: ",
+        rf"'{method}' got an unknown option 'colour_map'\. Its options are: ",
         lambda: whybox.explain(model, x, method, colour_map="viridis"),
     )
     for common in ("batch_size", "mode", "seed"):
         assert common in msg.split("Its options are: ")[1]
+
+
+def test_an_option_name_with_a_typo_gets_the_closest_name(model: nn.Module, x: torch.Tensor) -> None:
+    """The keyword a typo missed is named, also where it is explain's or evaluate's own (target=, masks=)."""
+    cases = [
+        (
+            lambda: whybox.explain(model, x, "integrated_gradients", steps=8),
+            "'integrated_gradients'",
+            "steps",
+            "n_steps",
+        ),
+        (lambda: whybox.explain(model, x, "lime", n_sample=8), "'lime'", "n_sample", "n_samples"),
+        (lambda: whybox.explain(model, x, "saliency", targets=1), "'saliency'", "targets", "target"),
+        (lambda: whybox.evaluate(model, x, None, "sparseness", mask=1), "metric 'sparseness'", "mask", "masks"),
+        (lambda: whybox.evaluate(model, x, None, "deletion", step=4), "metric 'deletion'", "step", "steps"),
+    ]
+    for call, what, typo, fix in cases:
+        _raises(InvalidParameterError, ValueError,
+                rf"^{what} got an unknown option '{typo}'\. Did you mean '{fix}'\? Its options are: ", call)  # fmt: skip
+    _raises(InvalidParameterError, ValueError, r"^'saliency' got an unknown option 'zzz'\. Its options are: ",
+            lambda: whybox.explain(model, x, "saliency", zzz=1))  # fmt: skip
 
 
 def test_ig_quadrature_option_named_method_reaches_the_explainer(model: nn.Module, x: torch.Tensor) -> None:

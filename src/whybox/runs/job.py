@@ -15,6 +15,7 @@ a cost estimate from the first units, a time budget, progress, and the local or 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import hashlib
 import json
 import math
@@ -114,8 +115,10 @@ class Job:
                 valid = _options(registry.get(name))
                 bad = sorted(k for k in opts if k not in valid)
                 if bad:
+                    close = list(dict.fromkeys(c for b in bad for c in difflib.get_close_matches(b, valid, n=1)))
+                    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
                     raise InvalidParameterError(
-                        f"{what}[{name!r}] has unknown option(s) {', '.join(map(repr, bad))}; {name!r} takes: "
+                        f"{what}[{name!r}] has unknown option(s) {', '.join(map(repr, bad))}.{hint} {name!r} takes: "
                         f"{', '.join(valid)}."
                     )
                 if "seed" in opts or "explainer" in opts:
