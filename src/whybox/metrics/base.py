@@ -15,9 +15,10 @@ written out (:func:`trapezoid`); undefined values are NaN, counted in ``meta["n_
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -72,7 +73,8 @@ class MetricResult:
         Per-sample curves where the metric has them (deletion/insertion: ``"x"`` and ``"y"``, both
         ``(B, P)``); an empty dict otherwise. Each metric's docstring names its keys.
     meta
-        Extras: ``n_forward``, ``n_nan``, ``target`` ``(B,)`` and metric-specific entries.
+        Extras: ``n_forward`` and ``n_backward`` (every pass the metric made through the model, those of the
+        explainers it re-runs included), ``n_nan``, ``target`` ``(B,)`` and metric-specific entries.
 
     Shapes
     ------
@@ -224,8 +226,13 @@ def make_explain_fn(
     explainer: str | Callable[..., torch.Tensor] | None,
     explanation: Explanation | None,
     explainer_params: dict[str, Any] | None,
+    tally: dict[str, int] | None = None,
 ) -> tuple[ExplainFn, str]:
     """A function ``(adapter, inputs, target, seed) -> Explanation`` re-running the explanation's method.
+
+    ``tally`` (the metric's :attr:`Context.passes`) gets every run's passes added: a registry explainer's
+    ``meta["n_forward"]`` and ``meta["n_backward"]``; for a callable, the rows its torch model ran forward (counted
+    by a hook; its backward passes cannot be seen and are not counted).
 
     ``explainer`` is a registry name, a callable ``(model, inputs, target) -> attributions`` (called with the
     adapter's model, e.g. a randomised copy, and ``target`` an int64 tensor ``(n,)``), or ``None`` for the method recorded in ``explanation`` with its recorded ``params``.
@@ -237,7 +244,9 @@ def make_explain_fn(
 
         def run_callable(adapter: Any, x: torch.Tensor, target: Any, seed: int | None) -> Explanation:
             t = target.index if isinstance(target, Target) else target
-            out = fn(getattr(adapter, "model", adapter), x, t)
+            model = getattr(adapter, "model", adapter)
+            with _counting_rows(model, tally):
+                out = fn(model, x, t)
             if not isinstance(out, torch.Tensor):
                 raise InvalidParameterError(
                     f"the explainer callable must return an attribution tensor; it returned {type(out).__name__}."
@@ -272,9 +281,31 @@ def make_explain_fn(
         tgt = target
         if isinstance(target, Target):
             tgt = target.fn if target.fn is not None else target.index
-        return cls(adapter, **p).explain(x, target=tgt)
+        e = cls(adapter, **p).explain(x, target=tgt)
+        if tally is not None:
+            for key in ("n_forward", "n_backward"):
+                tally[key] += int(e.meta.get(key, 0))
+        return e
 
     return run, name
+
+
+@contextlib.contextmanager
+def _counting_rows(model: Any, tally: dict[str, int] | None) -> Iterator[None]:
+    """Add the rows ``model`` runs forward inside the block to ``tally["n_forward"]`` (torch modules only)."""
+    if tally is None or not isinstance(model, torch.nn.Module):
+        yield
+        return
+
+    def count(_m: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        tally["n_forward"] += int(first.shape[0]) if first is not None and first.dim() > 0 else 1
+
+    handle = model.register_forward_pre_hook(count)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 # ---------------------------------------------------------------------------------------------- the template
@@ -308,6 +339,8 @@ class Context:
     masks: torch.Tensor | None = None
     labels: torch.Tensor | None = None
     method: str | None = None
+    # passes spent outside ``engine`` (explainers the metric re-runs, tracing runs), added to meta's counts
+    passes: dict[str, int] = field(default_factory=lambda: {"n_forward": 0, "n_backward": 0})
 
 
 def _check_seed(seed: Any) -> int:
@@ -520,7 +553,8 @@ class Metric:
                 scores = torch.where(finite, scores, torch.full_like(scores, math.nan))
                 meta["nonfinite_attributions"] = (~finite).nonzero().flatten().tolist()
         out_meta: dict[str, Any] = {
-            "n_forward": engine.n_forward if engine is not None else 0,
+            "n_forward": (engine.n_forward if engine is not None else 0) + ctx.passes["n_forward"],
+            "n_backward": ctx.passes["n_backward"],
             "n_nan": int(torch.isnan(scores).sum()),
         }
         if ctx.target is not None:

@@ -256,10 +256,11 @@ class Randomization(_MapComparison):
                 f"randomization re-initialises the layers of a torch model; got a {what} model. For other models "
                 "use random_logit (explanations of other classes) as the sanity check."
             )
-        fn, name = make_explain_fn(self.explainer, ctx.explanation, self.explainer_params)
+        fn, name = make_explain_fn(self.explainer, ctx.explanation, self.explainer_params, ctx.passes)
         work = copy.deepcopy(ctx.adapter)  # the user's model is never modified
         with work.guard(self.mode):
             layers = execution_layers(work.model, ctx.x[:1], include_norm=self.include_norm, forward=work.scores)
+        ctx.passes["n_forward"] += 1  # the run on one row that finds the layers in execution order
         if not layers:
             raise InvalidParameterError("the model has no layer with weights to randomise.")
         steps = list(reversed(layers))
@@ -313,7 +314,7 @@ class RandomLogit(_MapComparison):
         k = ctx.clean.shape[1]
         if k < 2:
             raise InvalidParameterError(f"random_logit needs a model with at least 2 classes; got {k}.")
-        fn, name = make_explain_fn(self.explainer, ctx.explanation, self.explainer_params)
+        fn, name = make_explain_fn(self.explainer, ctx.explanation, self.explainer_params, ctx.passes)
         b = ctx.x.shape[0]
         offs = torch.tensor(
             [int(torch.randint(0, k - 1, (1,), generator=derive_generator(self.seed, _LOGIT_KEY, i))) for i in range(b)]

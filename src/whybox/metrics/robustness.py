@@ -205,7 +205,7 @@ class MaxSensitivity(Metric):
     def _compute(self, ctx: Context) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
         if ctx.attributions is None or ctx.engine is None or ctx.target is None or ctx.clean is None:
             raise InvalidParameterError("max_sensitivity needs attributions and a model.")
-        fn, name = make_explain_fn(self.explainer, ctx.explanation, self.explainer_params)
+        fn, name = make_explain_fn(self.explainer, ctx.explanation, self.explainer_params, ctx.passes)
         x = ctx.x
         b, n = x.shape[0], self.n_samples
         one = (1,) * (x.ndim - 1)

@@ -153,7 +153,7 @@ class Stability(Metric):
         if ctx.target is None or ctx.adapter is None:
             raise InvalidParameterError("stability needs a model.")
         spec = self.explainer if self.explainer is not None else (None if ctx.explanation is not None else ctx.method)
-        fn, name = make_explain_fn(spec, ctx.explanation, self.explainer_params)
+        fn, name = make_explain_fn(spec, ctx.explanation, self.explainer_params, ctx.passes)
         x = ctx.x
         b = x.shape[0]
         expls = [fn(ctx.adapter, x, ctx.target, self.seed + r) for r in range(self.n_runs)]

@@ -1,0 +1,68 @@
+"""``meta["n_forward"]`` and ``meta["n_backward"]`` of every metric count every pass it made through the model.
+
+Metrics that re-run an explainer (stability, max_sensitivity, random_logit, randomization) used to report only the
+passes of their own masking engine; the explainers' passes, and randomization's run that finds the layers, went
+uncounted (4.0 passes per sample seen by hooks against 1 reported for MPRT on the digits CNN, bench/results/metrics.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import whybox
+
+B, K = 2, 3
+OPTIONS: dict[str, dict[str, Any]] = {
+    "stability": {"explainer": "saliency", "n_runs": 3},
+    "infidelity": {"n_samples": 4},
+    "max_sensitivity": {"n_samples": 3},
+    "mufidelity": {"n_samples": 8},
+}
+NEEDS_MASKS = ("pointing_game", "energy_pointing_game", "relevance_mass", "relevance_rank")
+# backward passes of the saliency runs each metric makes: one per row per run
+BACKWARD = {"stability": 3 * B, "max_sensitivity": 3 * B, "random_logit": B, "randomization": 2 * B}
+
+
+def model_and_inputs() -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, K)).double().eval()  # fmt: skip
+    return model, torch.rand(B, 3, 8, 8, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("metric", whybox.metrics())
+def test_meta_counts_every_pass_the_model_ran(metric: str) -> None:
+    model, x = model_and_inputs()
+    e = whybox.explain(model, x, "saliency")
+    opts = dict(OPTIONS.get(metric, {}))
+    if metric in NEEDS_MASKS:
+        masks = torch.zeros(B, 8, 8, dtype=torch.bool)
+        masks[:, :4] = True
+        opts["masks"] = masks
+    rows: list[int] = []
+    handle = model.register_forward_pre_hook(lambda _m, args: rows.append(int(args[0].shape[0])))
+    try:
+        r = whybox.evaluate(model, x, e, metric, **opts)
+    finally:
+        handle.remove()
+    assert r.meta["n_forward"] == sum(rows)  # randomization's copy of the model carries the hook along
+    assert r.meta["n_backward"] == BACKWARD.get(metric, 0)
+
+
+def test_a_callable_explainers_forward_passes_are_counted_by_rows() -> None:
+    model, x = model_and_inputs()
+
+    def occlude_left(m: nn.Module, inp: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            m(inp)  # one forward pass per row, as a real explainer would make
+        a = torch.zeros_like(inp)
+        a[..., :4] = 1.0
+        return a
+
+    r = whybox.evaluate(model, x, None, "stability", explainer=occlude_left, n_runs=3)
+    assert r.meta["n_forward"] == B + 3 * B  # the clean rows, then each run's rows
+    assert r.meta["n_backward"] == 0
