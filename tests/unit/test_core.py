@@ -292,6 +292,8 @@ def test_padded_chunks_change_no_score_and_no_pass_count_and_skip_training_mode(
     model.rows.clear()
     MaskingEngine(TorchAdapter(model.eval()), batch_size=32).scores(x, masks, fill=fill, target=tgt)
     assert model.rows == [32, 18]  # the default pads on CUDA only
+    with pytest.raises(InvalidParameterError, match=r"pad must be None \(pad on CUDA only\), True or False; got 'yes'"):
+        MaskingEngine(TorchAdapter(model), pad="yes")  # type: ignore[arg-type]
 
 
 class _FlattenNet(nn.Module):

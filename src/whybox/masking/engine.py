@@ -116,6 +116,8 @@ class MaskingEngine:
     def __init__(self, adapter: ModelAdapter, *, batch_size: int = 64, pad: bool | None = None) -> None:
         self.adapter = adapter
         self.batch_size = check_batch_size(batch_size)
+        if pad not in (None, True, False):
+            raise InvalidParameterError(f"pad must be None (pad on CUDA only), True or False; got {pad!r}.")
         self.pad = pad  # None: on CUDA only (see the class)
         self.n_forward = 0
         self.n_batches = 0
