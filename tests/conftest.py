@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -83,3 +85,52 @@ def toy_text_classifier(seed: int = 0, num_labels: int = 3) -> object:
 def make_text_classifier() -> Callable[..., object]:
     """Factory for :func:`toy_text_classifier` (the caller skips without transformers/tokenizers)."""
     return toy_text_classifier
+
+
+# ---------------------------------------------------------------------------------------------- memory growth
+CALLS = 100
+WARM_UP = 5
+OBJECT_SLACK = 5  # a leak of one object per call leaves 100
+
+
+def _live() -> tuple[set[int], int, int]:
+    """(ids of the objects the collector tracks, live tensors, bytes of their storages) after a full collection.
+
+    Storage objects are left out of the ids: reading a tensor's storage here makes its Python object.
+    """
+    gc.collect()
+    objects = gc.get_objects()
+    tensors = [o for o in objects if issubclass(type(o), torch.Tensor)]  # type(): no attribute lookups on o
+    ids = {id(o) for o in objects if not issubclass(type(o), torch.UntypedStorage)}
+    return ids, len(tensors), sum(t.untyped_storage().nbytes() for t in tensors)
+
+
+def _assert_no_growth(call: Callable[[], Any]) -> None:
+    """No more live tensors or tensor bytes, and no growth in the objects the collector tracks (containers,
+    instances, closures: what a cache, a kept hook or a reference cycle would hold; a str or a dict of numbers is
+    not tracked, so a leak of those alone goes unseen here).
+
+    Object growth is objects made by the calls that are still alive *and* a larger count. Neither alone: the count
+    moves when the collector starts tracking an existing dict or tuple (it tracks them lazily), and new objects
+    survive where a cache keeps only the latest value (torch.manual_seed without CUDA queues one seeding callback
+    for a later CUDA start, replacing the one before: about 20 objects, however many calls).
+    """
+    for _ in range(WARM_UP):
+        call()
+    before = _live()
+    for _ in range(CALLS):
+        call()
+    after = _live()
+    assert after[1:] == before[1:], f"live tensors / bytes grew over {CALLS} calls: {before[1:]} -> {after[1:]}"
+    survivors = len(after[0] - before[0])
+    grown = len(after[0]) - len(before[0])
+    assert survivors <= OBJECT_SLACK or grown <= OBJECT_SLACK, (
+        f"{survivors} Python objects made by {CALLS} calls are still alive, {grown} more in all"
+    )
+
+
+@pytest.fixture
+def assert_no_growth() -> Callable[[Callable[[], Any]], None]:
+    """``assert_no_growth(call)``: 100 calls of ``call`` after a warm-up leave no tensor, tensor byte or
+    collector-tracked object behind (RELIABILITY.md: 100 repeated calls do not grow memory)."""
+    return _assert_no_growth

@@ -1,12 +1,16 @@
-"""``meta["n_forward"]`` and ``meta["n_backward"]`` of every metric count every pass it made through the model.
+"""Every metric's bookkeeping: ``meta["n_forward"]`` and ``meta["n_backward"]`` count every pass it made through
+the model, and 100 repeated calls do not grow memory (RELIABILITY.md, Resources; the check is tests/conftest.py's
+``assert_no_growth``).
 
 Metrics that re-run an explainer (stability, max_sensitivity, random_logit, randomization) used to report only the
 passes of their own masking engine; the explainers' passes, and randomization's run that finds the layers, went
 uncounted (4.0 passes per sample seen by hooks against 1 reported for MPRT on the digits CNN, bench/results/metrics.md).
+The model has a BatchNorm and a Dropout and comes in train mode, so each call also switches modes and restores them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,26 +20,29 @@ from torch import nn
 import whybox
 
 B, K = 2, 3
-OPTIONS: dict[str, dict[str, Any]] = {
+OPTIONS: dict[str, dict[str, Any]] = {  # few samples: no property here depends on their number
     "stability": {"explainer": "saliency", "n_runs": 3},
     "infidelity": {"n_samples": 4},
     "max_sensitivity": {"n_samples": 3},
     "mufidelity": {"n_samples": 8},
 }
 NEEDS_MASKS = ("pointing_game", "energy_pointing_game", "relevance_mass", "relevance_rank")
-# backward passes of the saliency runs each metric makes: one per row per run
+# backward passes of the saliency runs each metric makes: one per row per run (randomization: 2 layers with weights)
 BACKWARD = {"stability": 3 * B, "max_sensitivity": 3 * B, "random_logit": B, "randomization": 2 * B}
 
 
 def model_and_inputs() -> tuple[nn.Module, torch.Tensor]:
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                          nn.Linear(4, K)).double().eval()  # fmt: skip
-    return model, torch.rand(B, 3, 8, 8, dtype=torch.float64)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                              nn.Flatten(), nn.Dropout(0.5), nn.Linear(4, K)).double()  # fmt: skip
+        model[1].running_var.uniform_(0.5, 2.0)
+        x = torch.rand(B, 3, 8, 8, dtype=torch.float64)
+    return model.train(), x
 
 
-@pytest.mark.parametrize("metric", whybox.metrics())
-def test_meta_counts_every_pass_the_model_ran(metric: str) -> None:
+def call_of(metric: str) -> tuple[nn.Module, Callable[[], whybox.MetricResult]]:
+    """The model and a call of ``metric`` on a saliency explanation of the inputs."""
     model, x = model_and_inputs()
     e = whybox.explain(model, x, "saliency")
     opts = dict(OPTIONS.get(metric, {}))
@@ -43,10 +50,16 @@ def test_meta_counts_every_pass_the_model_ran(metric: str) -> None:
         masks = torch.zeros(B, 8, 8, dtype=torch.bool)
         masks[:, :4] = True
         opts["masks"] = masks
+    return model, lambda: whybox.evaluate(model, x, e, metric, **opts)
+
+
+@pytest.mark.parametrize("metric", whybox.metrics())
+def test_meta_counts_every_pass_the_model_ran(metric: str) -> None:
+    model, call = call_of(metric)
     rows: list[int] = []
     handle = model.register_forward_pre_hook(lambda _m, args: rows.append(int(args[0].shape[0])))
     try:
-        r = whybox.evaluate(model, x, e, metric, **opts)
+        r = call()
     finally:
         handle.remove()
     assert r.meta["n_forward"] == sum(rows)  # randomization's copy of the model carries the hook along
@@ -66,3 +79,10 @@ def test_a_callable_explainers_forward_passes_are_counted_by_rows() -> None:
     r = whybox.evaluate(model, x, None, "stability", explainer=occlude_left, n_runs=3)
     assert r.meta["n_forward"] == B + 3 * B  # the clean rows, then each run's rows
     assert r.meta["n_backward"] == 0
+
+
+@pytest.mark.parametrize("metric", whybox.metrics())
+def test_a_hundred_evaluate_calls_leave_nothing_behind(
+    metric: str, assert_no_growth: Callable[[Callable[[], Any]], None]
+) -> None:
+    assert_no_growth(call_of(metric)[1])
