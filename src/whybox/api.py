@@ -59,18 +59,16 @@ def _options(cls: type) -> list[str]:
 def _unknown_option(what: str, exc: TypeError, cls: type, own: tuple[str, ...]) -> Exception:
     """The error for a keyword ``cls`` does not take: its name, the closest option (or one of ``own``, the
     keywords of explain/evaluate themselves, which a typo may have missed), and every option."""
-    import difflib
     import re
 
-    from whybox.errors import InvalidParameterError
+    from whybox.errors import InvalidParameterError, did_you_mean
 
     options = _options(cls)
     found = re.search(r"unexpected keyword argument '([^']+)'", str(exc))
     if found is None:
         return InvalidParameterError(f"{what} got an unknown option ({exc}). Its options are: {', '.join(options)}.")
     name = found.group(1)
-    close = difflib.get_close_matches(name, [*options, *own], n=1, cutoff=0.6)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
+    hint = did_you_mean(name, [*options, *own])
     return InvalidParameterError(f"{what} got an unknown option {name!r}.{hint} Its options are: {', '.join(options)}.")
 
 

@@ -6,6 +6,10 @@ keeps working. Messages name the parameter, what came in, and what to do instead
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+from typing import Any
+
 __all__ = [
     "DataFormatError",
     "DatasetNotFoundError",
@@ -18,7 +22,17 @@ __all__ = [
     "NotDifferentiableError",
     "UnknownNameError",
     "WhyboxError",
+    "did_you_mean",
 ]
+
+
+def did_you_mean(value: Any, choices: Iterable[str], n: int = 1, cutoff: float = 0.6) -> str:
+    """`` Did you mean 'x'?`` for the choices closest to a mistyped string (up to ``n``), or ``""``: the hint every
+    "not a known name" error appends."""
+    if not isinstance(value, str):
+        return ""
+    close = difflib.get_close_matches(value, [str(c) for c in choices], n=n, cutoff=cutoff)
+    return f" Did you mean {', '.join(map(repr, close))}?" if close else ""
 
 
 class WhyboxError(Exception):

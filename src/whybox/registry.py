@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from whybox.errors import UnknownNameError
+from whybox.errors import UnknownNameError, did_you_mean
 
 T = TypeVar("T")
 
@@ -34,8 +33,7 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         if not isinstance(name, str) or name not in self._items:
             known = sorted(self._items)
-            close = difflib.get_close_matches(str(name), known, n=3)
-            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+            hint = did_you_mean(str(name), known, n=3)
             raise UnknownNameError(
                 f"{self.param}={name!r} is not a known {self.kind}.{hint} Known {self.kind}s: {', '.join(known)}."
             )

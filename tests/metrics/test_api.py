@@ -68,6 +68,14 @@ def test_unknown_metric_and_unknown_option_list_what_exists() -> None:
         whybox.evaluate(cnn3(), x, x, "deletion", steps=0)
     with pytest.raises(whybox.InvalidParameterError, match="score must be one of"):
         whybox.evaluate(cnn3(), x, x, "deletion", score="softmax")
+    with pytest.raises(
+        whybox.InvalidParameterError, match=r"score must be one of .*; got 'probs'\. Did you mean 'prob'\?$"
+    ):
+        whybox.evaluate(cnn3(), x, x, "deletion", score="probs")
+    with pytest.raises(whybox.InvalidParameterError, match=r"got 'softmax'\.$"):  # nothing close: no guess
+        whybox.evaluate(cnn3(), x, x, "deletion", score="softmax")
+    with pytest.raises(whybox.InvalidParameterError, match=r"unknown option 'stepz'\. Did you mean 'steps'\?"):
+        whybox.evaluate(cnn3(), x, x, "deletion", stepz=3)
 
 
 @pytest.mark.parametrize("name", METRICS.names())

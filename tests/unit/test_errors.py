@@ -23,6 +23,7 @@ from whybox.errors import (
     NotDifferentiableError,
     UnknownNameError,
     WhyboxError,
+    did_you_mean,
 )
 from whybox.explainers.base import GradientExplainer
 from whybox.explainers.cam.base import CAM
@@ -281,6 +282,29 @@ def test_an_option_name_with_a_typo_gets_the_closest_name(model: nn.Module, x: t
                 rf"^{what} got an unknown option '{typo}'\. Did you mean '{fix}'\? Its options are: ", call)  # fmt: skip
     _raises(InvalidParameterError, ValueError, r"^'saliency' got an unknown option 'zzz'\. Its options are: ",
             lambda: whybox.explain(model, x, "saliency", zzz=1))  # fmt: skip
+
+
+def test_a_mistyped_choice_gets_the_closest_one(model: nn.Module, x: torch.Tensor) -> None:
+    """Every "must be one of" of the common options ends with the closest choice, when one is close."""
+    cases = [
+        (lambda: whybox.explain(model, x, "lima", search="predictve"), "search", "predictive"),
+        (lambda: whybox.explain(model, x, "lima", regions="grdi"), "regions", "grid"),
+        (lambda: whybox.explain(model, x, "lima", map="ranks"), "map", "rank"),
+        (lambda: whybox.explain(model, x, "integrated_gradients", method="gauss_legendre"), "method", "gausslegendre"),
+        (lambda: whybox.explain(model, x, "occlusion", fill="blurr"), "fill", "blur"),
+        (lambda: whybox.explain(model, x, "saliency", mode="asis"), "mode", "as_is"),
+        (lambda: whybox.explain(model, x, "saliency", score="probs"), "score", "prob"),
+    ]
+    for call, name, fix in cases:
+        _raises(InvalidParameterError, ValueError, rf"^{name} must be one of .* Did you mean '{fix}'\?$", call)
+    _raises(InvalidParameterError, ValueError, r"got 'zzz'\.$", lambda: whybox.explain(model, x, "lima", search="zzz"))
+
+
+def test_did_you_mean_offers_only_close_strings() -> None:
+    assert did_you_mean("gird", ("grid", "auto")) == " Did you mean 'grid'?"
+    assert did_you_mean("salincy", ("saliency", "saliency_x", "lime"), n=2) == " Did you mean 'saliency', 'saliency_x'?"
+    assert did_you_mean("zzz", ("grid", "auto")) == ""
+    assert did_you_mean(3, ("3", "grid")) == ""  # only a mistyped string gets a guess
 
 
 def test_ig_quadrature_option_named_method_reaches_the_explainer(model: nn.Module, x: torch.Tensor) -> None:

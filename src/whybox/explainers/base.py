@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from whybox.errors import InvalidInputError, InvalidParameterError, NotDifferentiableError
+from whybox.errors import InvalidInputError, InvalidParameterError, NotDifferentiableError, did_you_mean
 from whybox.explanation import Explanation
 from whybox.masking.engine import MaskingEngine, check_batch_size
 from whybox.models._guard import MODES, has_train_mode_batchnorm
@@ -69,9 +69,11 @@ class Explainer:
         self.adapter: ModelAdapter = adapt(model)
         self.batch_size = check_batch_size(batch_size)
         if mode not in MODES:
-            raise InvalidParameterError(f"mode must be one of {MODES}; got {mode!r}.")
+            raise InvalidParameterError(f"mode must be one of {MODES}; got {mode!r}.{did_you_mean(mode, MODES)}")
         if score not in SCORE_SPACES:
-            raise InvalidParameterError(f"score must be one of {SCORE_SPACES}; got {score!r}.")
+            raise InvalidParameterError(
+                f"score must be one of {SCORE_SPACES}; got {score!r}.{did_you_mean(score, SCORE_SPACES)}"
+            )
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
             raise InvalidParameterError(f"seed must be a non-negative int or None; got {seed!r}.")
         self.mode = mode

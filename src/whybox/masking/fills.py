@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import torch
 
-from whybox.errors import InvalidParameterError
+from whybox.errors import InvalidParameterError, did_you_mean
 
 __all__ = ["FILLS", "FillLike", "gaussian_blur", "make_fill"]
 
@@ -101,4 +101,6 @@ def make_fill(
         hi = flat.amax(1).view(-1, *([1] * (x.ndim - 1)))
         u = torch.rand(x.shape, generator=generator, dtype=torch.float64).to(device=x.device, dtype=x.dtype)
         return lo + (hi - lo) * u
-    raise InvalidParameterError(f"fill must be one of {FILLS}, a number, a tensor or a callable; got {fill!r}.")
+    raise InvalidParameterError(
+        f"fill must be one of {FILLS}, a number, a tensor or a callable; got {fill!r}.{did_you_mean(fill, FILLS)}"
+    )

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from whybox.errors import InvalidInputError, InvalidParameterError, InvalidTargetError
+from whybox.errors import InvalidInputError, InvalidParameterError, InvalidTargetError, did_you_mean
 from whybox.explanation import Explanation
 from whybox.masking.engine import MaskingEngine, check_batch_size
 from whybox.masking.features import FeatureGroups, pixels
@@ -366,7 +366,7 @@ def check_options(name: str, value: Any) -> dict[str, Any]:
 
 def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     if value not in choices:
-        raise InvalidParameterError(f"{name} must be one of {choices}; got {value!r}.")
+        raise InvalidParameterError(f"{name} must be one of {choices}; got {value!r}.{did_you_mean(value, choices)}")
     return str(value)
 
 

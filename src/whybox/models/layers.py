@@ -6,7 +6,6 @@ the forward pass runs more than once (``"_swish@1"`` = its second call, ``"_swis
 
 from __future__ import annotations
 
-import difflib
 import math
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -16,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from whybox.errors import LayerError
+from whybox.errors import LayerError, did_you_mean
 from whybox.models.adapter import LayerLike, TorchAdapter
 
 __all__ = ["LayerRef", "auto_layer", "resolve_layers", "tap", "to_grid"]
@@ -58,8 +57,7 @@ def _find(model: nn.Module, spec: LayerLike) -> LayerRef:
     modules = dict(model.named_modules())
     if name not in modules or name == "":
         names = [n for n in modules if n]
-        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        hint = did_you_mean(name, names, n=3, cutoff=0.5)
         shown = ", ".join(names[-12:])
         raise LayerError(
             f"layer={spec!r} is not a module of {type(model).__name__}.{hint} "

@@ -15,7 +15,6 @@ a cost estimate from the first units, a time budget, progress, and the local or 
 from __future__ import annotations
 
 import contextlib
-import difflib
 import hashlib
 import json
 import math
@@ -31,7 +30,7 @@ import numpy as np
 import torch
 
 from whybox.api import _options, evaluate, explain
-from whybox.errors import InvalidParameterError, WhyboxError
+from whybox.errors import InvalidParameterError, WhyboxError, did_you_mean
 from whybox.models.adapter import ModelAdapter, SklearnAdapter, adapt
 from whybox.registry import EXPLAINERS, METRICS
 from whybox.runs.store import MetricValue, RunStore, SampleResult, UnitResult
@@ -115,8 +114,7 @@ class Job:
                 valid = _options(registry.get(name))
                 bad = sorted(k for k in opts if k not in valid)
                 if bad:
-                    close = list(dict.fromkeys(c for b in bad for c in difflib.get_close_matches(b, valid, n=1)))
-                    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+                    hint = "".join(dict.fromkeys(did_you_mean(b, valid) for b in bad))
                     raise InvalidParameterError(
                         f"{what}[{name!r}] has unknown option(s) {', '.join(map(repr, bad))}.{hint} {name!r} takes: "
                         f"{', '.join(valid)}."

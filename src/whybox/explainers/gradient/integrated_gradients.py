@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from whybox.errors import InvalidParameterError
+from whybox.errors import InvalidParameterError, did_you_mean
 from whybox.explainers.base import GradientExplainer
 from whybox.masking.engine import MaskingEngine
 from whybox.masking.fills import make_fill
@@ -120,7 +120,9 @@ class IntegratedGradients(GradientExplainer):
             if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 2:
                 raise InvalidParameterError(f"n_steps must be an int >= 2 for method='adaptive'; got {n_steps!r}.")
         elif method not in RULES:
-            raise InvalidParameterError(f"method must be one of {METHODS}; got {method!r}.")
+            raise InvalidParameterError(
+                f"method must be one of {METHODS}; got {method!r}.{did_you_mean(method, METHODS)}"
+            )
         else:
             quadrature(method, n_steps)  # validates n_steps
         baseline = tensor_option(baseline, "baseline")  # a numpy array or a pandas Series, as a tensor

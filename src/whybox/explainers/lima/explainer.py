@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from whybox.errors import InvalidParameterError
+from whybox.errors import InvalidParameterError, did_you_mean
 from whybox.explainers.lima import regions as R
 from whybox.explainers.lima.objective import EngineScorer, Weights
 from whybox.explainers.lima.search import SEARCHES, SearchOptions, SearchResult
@@ -181,12 +181,14 @@ class Lima(PerturbationExplainer):
     ) -> None:
         super().__init__(model, fill=fill, score=score, **kwargs)
         if not isinstance(search, str) or search not in SEARCHES:
-            raise InvalidParameterError(f"search must be one of {tuple(SEARCHES)}; got {search!r}.")
+            raise InvalidParameterError(
+                f"search must be one of {tuple(SEARCHES)}; got {search!r}.{did_you_mean(search, SEARCHES)}"
+            )
         if isinstance(regions, str):
             if regions not in R.REGION_BUILDERS:
                 raise InvalidParameterError(
                     f"regions must be one of {R.REGION_BUILDERS}, an integer label map or a bool mask stack; "
-                    f"got {regions!r}."
+                    f"got {regions!r}.{did_you_mean(regions, R.REGION_BUILDERS)}"
                 )
         elif not isinstance(regions, torch.Tensor):
             raise InvalidParameterError(
@@ -215,7 +217,7 @@ class Lima(PerturbationExplainer):
             )
         self._weights = Weights(lambda_cons, lambda_colla, lambda_conf, lambda_eff)
         if map not in MAPS:
-            raise InvalidParameterError(f"map must be one of {MAPS}; got {map!r}.")
+            raise InvalidParameterError(f"map must be one of {MAPS}; got {map!r}.{did_you_mean(map, MAPS)}")
         _check_int("n_weakest", n_weakest)
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
             raise InvalidParameterError(f"eps must be a number in (0, 1); got {eps!r}.")

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from whybox.errors import InvalidInputError, InvalidParameterError
+from whybox.errors import InvalidInputError, InvalidParameterError, did_you_mean
 from whybox.explainers.base import Explainer
 from whybox.masking import features as F
 from whybox.masking.engine import MaskingEngine
@@ -302,6 +302,7 @@ class PerturbationExplainer(Explainer):
         if isinstance(fill, str) and fill not in self.fill_options:
             raise InvalidParameterError(
                 f"fill must be one of {self.fill_options}, a number, a tensor or a callable; got {fill!r}."
+                f"{did_you_mean(fill, self.fill_options)}"
             )
         if max_evaluations is not None:
             _check_int("max_evaluations", max_evaluations)
