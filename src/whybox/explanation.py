@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from whybox.errors import DataFormatError, InvalidInputError, InvalidParameterError
+from whybox.errors import DataFormatError, InvalidInputError, InvalidParameterError, did_you_mean
 
 __all__ = ["Explanation"]
 
@@ -101,7 +101,9 @@ class Explanation:
             return a.abs().sum(1)
         if reduce == "max_abs":
             return a.abs().amax(1)
-        raise InvalidParameterError(f"reduce must be one of {_MAP_REDUCTIONS}; got {reduce!r}.")
+        raise InvalidParameterError(
+            f"reduce must be one of {_MAP_REDUCTIONS}; got {reduce!r}.{did_you_mean(reduce, _MAP_REDUCTIONS)}"
+        )
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str]) -> Path:

@@ -269,7 +269,9 @@ def test_bad_inputs_have_exact_messages() -> None:
         "activations must be finite; got 2 non-finite value(s) (NaN or inf). Drop or repair those rows first.",
     ):
         train_sae(bad, cfg)
-    with _raises(InvalidParameterError, "activation must be one of ('topk', 'relu'); got 'jumprelu'."):
+    with _raises(
+        InvalidParameterError, "activation must be one of ('topk', 'relu'); got 'jumprelu'. Did you mean 'relu'?"
+    ):
         SAEConfig(d_in=4, d_sae=8, activation="jumprelu")
     with _raises(
         InvalidInputError,

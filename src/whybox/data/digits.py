@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from whybox.data._cache import atomic_save_safetensors, resolve_cache_dir
-from whybox.errors import InvalidParameterError
+from whybox.errors import InvalidParameterError, did_you_mean
 
 __all__ = ["DIGITS_SPLITS", "DigitsCNN", "digits_cnn", "load_digits"]
 
@@ -68,7 +68,9 @@ def _split_indices() -> tuple[np.ndarray, np.ndarray]:
 
 def _check_split(split: str) -> None:
     if not isinstance(split, str) or split not in DIGITS_SPLITS:
-        raise InvalidParameterError(f"split must be one of {DIGITS_SPLITS}, got {split!r}.")
+        raise InvalidParameterError(
+            f"split must be one of {DIGITS_SPLITS}, got {split!r}.{did_you_mean(split, DIGITS_SPLITS)}"
+        )
 
 
 def load_digits(split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:

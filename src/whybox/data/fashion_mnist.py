@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from whybox.errors import DataFormatError, DatasetNotFoundError, InvalidParameterError
+from whybox.errors import DataFormatError, DatasetNotFoundError, InvalidParameterError, did_you_mean
 
 __all__ = ["FASHION_MNIST_CLASSES", "FASHION_MNIST_DIRS", "FASHION_MNIST_SPLITS", "load_fashion_mnist"]
 
@@ -135,7 +135,9 @@ def load_fashion_mnist(
         If a file is not valid IDX, or the images and labels do not match.
     """
     if not isinstance(split, str) or split not in FASHION_MNIST_SPLITS:
-        raise InvalidParameterError(f"split must be one of {FASHION_MNIST_SPLITS}, got {split!r}.")
+        raise InvalidParameterError(
+            f"split must be one of {FASHION_MNIST_SPLITS}, got {split!r}.{did_you_mean(split, FASHION_MNIST_SPLITS)}"
+        )
     image_stem, label_stem = _FILES[split]
     directories = [Path(root).expanduser()] if root is not None else [Path(d) for d in FASHION_MNIST_DIRS]
     found = _locate(directories, image_stem, label_stem)

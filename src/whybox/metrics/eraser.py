@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from whybox.errors import InvalidInputError, InvalidParameterError
+from whybox.errors import InvalidInputError, InvalidParameterError, did_you_mean
 from whybox.masking.features import FeatureGroups, broadcast_ids
 from whybox.masking.fills import FillLike
 from whybox.metrics.base import Context, Metric, tie_order
@@ -179,7 +179,7 @@ def _check_fractions(fractions: Any) -> tuple[float, ...]:
 
 def _check_pool(pool: Any) -> str:
     if pool not in POOLS:
-        raise InvalidParameterError(f"pool must be one of {POOLS}; got {pool!r}.")
+        raise InvalidParameterError(f"pool must be one of {POOLS}; got {pool!r}.{did_you_mean(pool, POOLS)}")
     return str(pool)
 
 

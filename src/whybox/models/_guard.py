@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from whybox.errors import InvalidParameterError
+from whybox.errors import InvalidParameterError, did_you_mean
 
 __all__ = ["MODES", "preserved"]
 
@@ -37,7 +37,7 @@ def preserved(model: nn.Module, mode: str = "eval") -> Iterator[None]:
     with respect to inputs or activations only and never touch weight gradients.
     """
     if mode not in MODES:
-        raise InvalidParameterError(f"mode must be one of {MODES}; got {mode!r}.")
+        raise InvalidParameterError(f"mode must be one of {MODES}; got {mode!r}.{did_you_mean(mode, MODES)}")
     modules = list(model.modules())
     training = [m.training for m in modules]
     params = list(model.parameters())

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from whybox.errors import InvalidInputError, InvalidParameterError, LayerError, ModelOutputError
+from whybox.errors import InvalidInputError, InvalidParameterError, LayerError, ModelOutputError, did_you_mean
 from whybox.models._guard import preserved
 
 __all__ = ["EmbeddingAdapter", "ModelAdapter", "SklearnAdapter", "TorchAdapter", "adapt"]
@@ -329,7 +329,7 @@ def adapt(
     if isinstance(model, ModelAdapter):
         return model
     if kind not in KINDS:
-        raise InvalidParameterError(f"kind must be one of {KINDS}; got {kind!r}.")
+        raise InvalidParameterError(f"kind must be one of {KINDS}; got {kind!r}.{did_you_mean(kind, KINDS)}")
     if isinstance(model, nn.Module):
         if kind == "embedding":
             if references is None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from whybox.errors import InvalidParameterError, InvalidTargetError
+from whybox.errors import InvalidParameterError, InvalidTargetError, did_you_mean
 
 __all__ = ["SCORE_SPACES", "Target", "TargetLike", "apply_score_space", "class_label_target", "resolve_target"]
 
@@ -49,7 +49,9 @@ def apply_score_space(scores: torch.Tensor, space: str) -> torch.Tensor:
         return scores.softmax(-1)
     if space == "log_prob":
         return scores.log_softmax(-1)
-    raise InvalidParameterError(f"score must be one of {SCORE_SPACES}; got {space!r}.")
+    raise InvalidParameterError(
+        f"score must be one of {SCORE_SPACES}; got {space!r}.{did_you_mean(space, SCORE_SPACES)}"
+    )
 
 
 @dataclass(frozen=True)

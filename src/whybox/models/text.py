@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from whybox.errors import InvalidInputError, InvalidParameterError, ModelOutputError
+from whybox.errors import InvalidInputError, InvalidParameterError, ModelOutputError, did_you_mean
 from whybox.explanation import Explanation
 from whybox.models.adapter import EmbeddingAdapter, TorchAdapter
 
@@ -133,7 +133,9 @@ class TextBatch:
         """Per row, ``(word, value)`` pairs in order: subword values combined by ``how`` (``sum`` keeps
         completeness, ``mean``, ``absmax`` = the value of largest magnitude); specials left out."""
         if how not in _WORD_REDUCE:
-            raise InvalidParameterError(f"how must be one of {_WORD_REDUCE}; got {how!r}.")
+            raise InvalidParameterError(
+                f"how must be one of {_WORD_REDUCE}; got {how!r}.{did_you_mean(how, _WORD_REDUCE)}"
+            )
         tok = self.token_attributions(explanation, reduce=reduce).detach().to("cpu", torch.float64)
         rows = []
         for r, wids in enumerate(self.word_ids):
@@ -180,7 +182,7 @@ def replace_tokens(
     embedding (``"zero"``: zero vectors), except where ``keep`` (``(B, T)`` or ``(T,)`` bool) holds; the control
     channels (mask, read position) are left as they are. Shared by text batches and generation steps."""
     if kind not in BASELINES:
-        raise InvalidParameterError(f"{what} must be one of {BASELINES}; got {kind!r}.")
+        raise InvalidParameterError(f"{what} must be one of {BASELINES}; got {kind!r}.{did_you_mean(kind, BASELINES)}")
     d = x.shape[-1] - n_control
     if kind == "zero":
         vec = torch.zeros(d, dtype=x.dtype, device=x.device)

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from matplotlib import colormaps
 
-from whybox.errors import InvalidInputError, InvalidParameterError
+from whybox.errors import InvalidInputError, InvalidParameterError, did_you_mean
 
 __all__ = ["BASES", "DIVERGING_CMAP", "READINGS", "SEQUENTIAL_CMAP", "overlay", "save_png", "to_heatmap"]
 
@@ -102,7 +102,9 @@ def to_heatmap(
         If ``reading`` is unknown or ``clip_percentile`` or ``max_alpha`` is out of range.
     """
     if reading not in READINGS:
-        raise InvalidParameterError(f"reading must be one of {READINGS}; got {reading!r}.")
+        raise InvalidParameterError(
+            f"reading must be one of {READINGS}; got {reading!r}.{did_you_mean(reading, READINGS)}"
+        )
     if not 0 < clip_percentile <= 100:
         raise InvalidParameterError(f"clip_percentile must be in (0, 100]; got {clip_percentile!r}.")
     if not 0 <= max_alpha <= 1:
@@ -162,7 +164,7 @@ def overlay(image: Any, attr_map: Any, *, base: str = "gray", **heatmap_options:
         If ``base`` is not one of :data:`BASES` (or a heatmap option is out of range).
     """
     if base not in BASES:
-        raise InvalidParameterError(f"base must be one of {BASES}; got {base!r}.")
+        raise InvalidParameterError(f"base must be one of {BASES}; got {base!r}.{did_you_mean(base, BASES)}")
     img = _as_array(image, "image")
     if img.ndim != 3 or img.shape[0] not in (1, 3):
         raise InvalidInputError(f"image must have shape (3, H, W) or (1, H, W), channels first; got {img.shape}.")

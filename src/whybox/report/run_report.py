@@ -28,7 +28,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from whybox.errors import InvalidInputError, InvalidParameterError
+from whybox.errors import InvalidInputError, InvalidParameterError, did_you_mean
 from whybox.report.html import _environment, write_text_atomic
 from whybox.report.overlay import READINGS, overlay
 
@@ -417,7 +417,9 @@ def render_run_report(
     readings = dict(readings or {})
     for method, reading in readings.items():
         if reading not in READINGS:
-            raise InvalidParameterError(f"readings[{method!r}] must be one of {READINGS}; got {reading!r}.")
+            raise InvalidParameterError(
+                f"readings[{method!r}] must be one of {READINGS}; got {reading!r}.{did_you_mean(reading, READINGS)}"
+            )
     methods = _method_names(report)
     shown = report.samples[:max_samples]
     source = resources.files("whybox.report").joinpath("templates/run_report.html").read_text(encoding="utf-8")

@@ -134,7 +134,9 @@ class Job:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise InvalidParameterError(f"seed must be a non-negative integer; got {self.seed!r}.")
         if self.target not in TARGETS:
-            raise InvalidParameterError(f"target must be one of {TARGETS}; got {self.target!r}.")
+            raise InvalidParameterError(
+                f"target must be one of {TARGETS}; got {self.target!r}.{did_you_mean(self.target, TARGETS)}"
+            )
         try:
             json.dumps(self.config(), allow_nan=False)
         except (TypeError, ValueError) as exc:

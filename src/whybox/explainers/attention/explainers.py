@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from whybox.errors import InvalidInputError, InvalidParameterError
+from whybox.errors import InvalidInputError, InvalidParameterError, did_you_mean
 from whybox.explainers.attention.collect import collect_attentions
 from whybox.explainers.attention.relevance import gradient_weighted_relevance
 from whybox.explainers.attention.rollout import attention_rollout, raw_attention, readout, to_grid
@@ -67,7 +67,9 @@ class AttentionExplainer(Explainer):
                 f"patch_size); got {type(self.adapter).__name__}."
             )
         if readout not in READOUTS:
-            raise InvalidParameterError(f"readout must be one of {READOUTS}; got {readout!r}.")
+            raise InvalidParameterError(
+                f"readout must be one of {READOUTS}; got {readout!r}.{did_you_mean(readout, READOUTS)}"
+            )
         self.readout = readout
         self.start_layer = 0
 
@@ -131,7 +133,9 @@ class RawAttention(AttentionExplainer):
     def __init__(self, model: Any, *, layer: int = -1, head_fusion: str = "mean", **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
         if head_fusion not in FUSIONS:
-            raise InvalidParameterError(f"head_fusion must be one of {FUSIONS}; got {head_fusion!r}.")
+            raise InvalidParameterError(
+                f"head_fusion must be one of {FUSIONS}; got {head_fusion!r}.{did_you_mean(head_fusion, FUSIONS)}"
+            )
         if isinstance(layer, bool) or not isinstance(layer, int):
             raise InvalidParameterError(f"layer must be an int (negative counts from the last); got {layer!r}.")
         self.layer = layer
@@ -158,7 +162,9 @@ class AttentionRollout(AttentionExplainer):
         super().__init__(model, **kwargs)
         self.start_layer = _check_start(start_layer)
         if head_fusion not in FUSIONS:
-            raise InvalidParameterError(f"head_fusion must be one of {FUSIONS}; got {head_fusion!r}.")
+            raise InvalidParameterError(
+                f"head_fusion must be one of {FUSIONS}; got {head_fusion!r}.{did_you_mean(head_fusion, FUSIONS)}"
+            )
         if not isinstance(discard_ratio, (int, float)) or isinstance(discard_ratio, bool) or not 0 <= discard_ratio < 1:
             raise InvalidParameterError(f"discard_ratio must be in [0, 1); got {discard_ratio!r}.")
         self.head_fusion = head_fusion

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-from whybox.errors import InvalidInputError, InvalidParameterError
+from whybox.errors import InvalidInputError, InvalidParameterError, did_you_mean
 
 __all__ = [
     "HEAD_FUSIONS",
@@ -61,7 +61,9 @@ def fuse_heads(attention: torch.Tensor, how: str = "mean") -> torch.Tensor:
         return attention.amax(dim=1)
     if how == "min":
         return attention.amin(dim=1)
-    raise InvalidParameterError(f"head_fusion must be one of {HEAD_FUSIONS}; got {how!r}.")
+    raise InvalidParameterError(
+        f"head_fusion must be one of {HEAD_FUSIONS}; got {how!r}.{did_you_mean(how, HEAD_FUSIONS)}"
+    )
 
 
 def discard_smallest(fused: torch.Tensor, ratio: float, *, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -170,7 +172,9 @@ def attention_rollout(
     b, _, t, _ = layers[0].shape
     m = _check_mask(mask, b, t, layers[0].device)
     if head_fusion not in HEAD_FUSIONS:
-        raise InvalidParameterError(f"head_fusion must be one of {HEAD_FUSIONS}; got {head_fusion!r}.")
+        raise InvalidParameterError(
+            f"head_fusion must be one of {HEAD_FUSIONS}; got {head_fusion!r}.{did_you_mean(head_fusion, HEAD_FUSIONS)}"
+        )
     _check_ratio(discard_ratio)
     valid = (m[:, :, None] & m[:, None, :]).to(layers[0].dtype)
     eye = torch.eye(t, dtype=layers[0].dtype, device=layers[0].device).expand(b, t, t)

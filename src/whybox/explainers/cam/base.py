@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from whybox.errors import InvalidParameterError, LayerError
+from whybox.errors import InvalidParameterError, LayerError, did_you_mean
 from whybox.explainers.base import PERTURBATION_HINT, Explainer
 from whybox.masking.engine import MaskingEngine
 from whybox.models.adapter import LayerLike, TorchAdapter
@@ -51,7 +51,9 @@ def normalize_maps(maps: torch.Tensor, how: str) -> tuple[torch.Tensor, torch.Te
     elif how == "none":
         return maps, degenerate
     else:
-        raise InvalidParameterError(f"normalize must be one of {NORMALIZATIONS}; got {how!r}.")
+        raise InvalidParameterError(
+            f"normalize must be one of {NORMALIZATIONS}; got {how!r}.{did_you_mean(how, NORMALIZATIONS)}"
+        )
     out = torch.where(degenerate[:, None], torch.zeros_like(out), out)
     return out.view_as(maps), degenerate
 
@@ -102,7 +104,9 @@ class CAM(Explainer):
                 f"none. Use {PERTURBATION_HINT}."
             )
         if normalize not in NORMALIZATIONS:
-            raise InvalidParameterError(f"normalize must be one of {NORMALIZATIONS}; got {normalize!r}.")
+            raise InvalidParameterError(
+                f"normalize must be one of {NORMALIZATIONS}; got {normalize!r}.{did_you_mean(normalize, NORMALIZATIONS)}"
+            )
         self.layer = layer
         self.relu = bool(relu)
         self.normalize = normalize

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from whybox.errors import InvalidParameterError
+from whybox.errors import InvalidParameterError, did_you_mean
 from whybox.explainers.cam.base import CAM, upsample
 from whybox.masking.engine import MaskingEngine
 from whybox.models.targets import Target
@@ -42,7 +42,9 @@ class ScoreCAM(CAM):
     ) -> None:
         super().__init__(model, **kwargs)
         if weighting not in WEIGHTINGS:
-            raise InvalidParameterError(f"weighting must be one of {WEIGHTINGS}; got {weighting!r}.")
+            raise InvalidParameterError(
+                f"weighting must be one of {WEIGHTINGS}; got {weighting!r}.{did_you_mean(weighting, WEIGHTINGS)}"
+            )
         self.weighting = weighting
         self.mask_align_corners = bool(mask_align_corners)
 

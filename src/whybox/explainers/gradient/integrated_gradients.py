@@ -33,7 +33,7 @@ def quadrature(rule: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     captum's rule of that name, whose weights sum to (n - 1) / n.
     """
     if rule not in RULES:
-        raise InvalidParameterError(f"method must be one of {RULES}; got {rule!r}.")
+        raise InvalidParameterError(f"method must be one of {RULES}; got {rule!r}.{did_you_mean(rule, RULES)}")
     min_n = 2 if rule in ("trapezoid", "riemann_trapezoid") else 1
     if isinstance(n, bool) or not isinstance(n, int) or n < min_n:
         raise InvalidParameterError(f"n_steps must be an int >= {min_n} for method={rule!r}; got {n!r}.")

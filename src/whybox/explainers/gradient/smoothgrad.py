@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from whybox.errors import InvalidParameterError
+from whybox.errors import InvalidParameterError, did_you_mean
 from whybox.explainers.base import GradientExplainer
 from whybox.masking.engine import MaskingEngine
 from whybox.models.targets import Target, TargetLike
@@ -66,9 +66,11 @@ class SmoothGrad(GradientExplainer):
         if sigma is not None and (isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma >= 0):
             raise InvalidParameterError(f"sigma must be a number >= 0 or None; got {sigma!r}.")
         if variant not in VARIANTS:
-            raise InvalidParameterError(f"variant must be one of {VARIANTS}; got {variant!r}.")
+            raise InvalidParameterError(
+                f"variant must be one of {VARIANTS}; got {variant!r}.{did_you_mean(variant, VARIANTS)}"
+            )
         if base not in BASES:
-            raise InvalidParameterError(f"base must be one of {BASES}; got {base!r}.")
+            raise InvalidParameterError(f"base must be one of {BASES}; got {base!r}.{did_you_mean(base, BASES)}")
         self.n_samples = n_samples
         self.noise_level = float(noise_level)
         self.sigma = sigma

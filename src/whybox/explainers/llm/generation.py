@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from whybox.errors import InvalidInputError, InvalidParameterError, ModelOutputError
+from whybox.errors import InvalidInputError, InvalidParameterError, ModelOutputError, did_you_mean
 from whybox.explanation import Explanation
 from whybox.models.adapter import TorchAdapter
 from whybox.models.targets import SCORE_SPACES, apply_score_space
@@ -94,7 +94,9 @@ class CausalLMAdapter(TorchAdapter):
     ) -> None:
         super().__init__(model)
         if score not in SCORE_SPACES:
-            raise InvalidParameterError(f"score must be one of {SCORE_SPACES}; got {score!r}.")
+            raise InvalidParameterError(
+                f"score must be one of {SCORE_SPACES}; got {score!r}.{did_you_mean(score, SCORE_SPACES)}"
+            )
         if contrast is not None and not isinstance(contrast, Mapping):
             raise InvalidParameterError(
                 f"contrast must map read positions to contrast token ids (a dict) or be None; "
@@ -520,9 +522,13 @@ def attribute_generation(
     if not callable(tokenizer):
         raise InvalidParameterError(f"tokenizer must be a Hugging Face tokenizer; got {type(tokenizer).__name__}.")
     if score not in SCORE_SPACES:
-        raise InvalidParameterError(f"score must be one of {SCORE_SPACES}; got {score!r}.")
+        raise InvalidParameterError(
+            f"score must be one of {SCORE_SPACES}; got {score!r}.{did_you_mean(score, SCORE_SPACES)}"
+        )
     if baseline not in BASELINES:
-        raise InvalidParameterError(f"baseline must be one of {BASELINES}; got {baseline!r}.")
+        raise InvalidParameterError(
+            f"baseline must be one of {BASELINES}; got {baseline!r}.{did_you_mean(baseline, BASELINES)}"
+        )
     cls = EXPLAINERS.get(method)  # an unknown name lists the known ones
     if "score" in method_options:  # unreachable through the signature; kept for **dict callers
         raise InvalidParameterError("pass score= to attribute_generation, not as a method option.")

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from whybox.errors import InvalidInputError, InvalidParameterError, NotDifferentiableError
+from whybox.errors import InvalidInputError, InvalidParameterError, NotDifferentiableError, did_you_mean
 
 __all__ = [
     "ACTIVATIONS",
@@ -154,7 +154,9 @@ class SAEConfig:
         _check_int("d_in", self.d_in, 1)
         _check_int("d_sae", self.d_sae, 1)
         if self.activation not in ACTIVATIONS:
-            raise InvalidParameterError(f"activation must be one of {ACTIVATIONS}; got {self.activation!r}.")
+            raise InvalidParameterError(
+                f"activation must be one of {ACTIVATIONS}; got {self.activation!r}.{did_you_mean(self.activation, ACTIVATIONS)}"
+            )
         if self.activation == "topk":
             _check_int("k", self.k, 1, self.d_sae, f"Lower k or raise d_sae (= {self.d_sae}).")
             if self.aux_k is not None:

@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from whybox.errors import InvalidInputError, InvalidParameterError, InvalidTargetError, LayerError
+from whybox.errors import InvalidInputError, InvalidParameterError, InvalidTargetError, LayerError, did_you_mean
 from whybox.explainers.llm.sae import SparseAutoencoder, top_activating
 from whybox.models._guard import preserved
 from whybox.models.text import TextClassifierAdapter, TextEncoderAdapter
@@ -526,9 +526,11 @@ class SAEFeatureAdapter(TextClassifierAdapter):
             )
         self.features = tuple(int(i) for i in feats)
         if pool not in POOLS:
-            raise InvalidParameterError(f"pool must be one of {POOLS}; got {pool!r}.")
+            raise InvalidParameterError(f"pool must be one of {POOLS}; got {pool!r}.{did_you_mean(pool, POOLS)}")
         if readout not in READOUTS:
-            raise InvalidParameterError(f"readout must be one of {READOUTS}; got {readout!r}.")
+            raise InvalidParameterError(
+                f"readout must be one of {READOUTS}; got {readout!r}.{did_you_mean(readout, READOUTS)}"
+            )
         self.pool = pool
         self.readout = readout
         self.special_span = _special_span(tokenizer)

@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from whybox.errors import InvalidParameterError
+from whybox.errors import InvalidParameterError, did_you_mean
 from whybox.explainers.perturbation._common import F64, RegionExplainer, _check_int, segment_mean
 from whybox.masking.engine import MaskingEngine
 from whybox.masking.fills import FILLS, FillLike
@@ -224,7 +224,9 @@ class Lime(RegionExplainer):
         if isinstance(kernel_width, bool) or not isinstance(kernel_width, (int, float)) or not kernel_width > 0:
             raise InvalidParameterError(f"kernel_width must be a positive number; got {kernel_width!r}.")
         if surrogate not in SURROGATES:
-            raise InvalidParameterError(f"surrogate must be one of {SURROGATES}; got {surrogate!r}.")
+            raise InvalidParameterError(
+                f"surrogate must be one of {SURROGATES}; got {surrogate!r}.{did_you_mean(surrogate, SURROGATES)}"
+            )
         if alpha is None:
             alpha = 1.0 if surrogate == "ridge" else 0.01
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha >= 0:
