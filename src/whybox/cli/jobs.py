@@ -11,7 +11,6 @@ input; 3 stopped by ``--budget`` (rerun the same command to resume); 130 interru
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import sys
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 
 import whybox
-from whybox.errors import WhyboxError
+from whybox.errors import WhyboxError, did_you_mean
 from whybox.registry import METRICS
 
 __all__ = [
@@ -127,8 +126,7 @@ def _split(value: str | list[str] | None, *, flag: str, valid: list[str]) -> lis
     parts = [p for p in parts if p]
     bad = [p for p in parts if p not in valid]
     if bad:
-        close = list(dict.fromkeys(c for p in bad for c in difflib.get_close_matches(p, valid, n=3)))
-        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        hint = "".join(dict.fromkeys(did_you_mean(p, valid, n=3) for p in bad))
         raise _fail(f"{flag}: unknown {', '.join(map(repr, bad))}.{hint} Known: {', '.join(valid)}.")
     if len(set(parts)) != len(parts):
         raise _fail(f"{flag} names {', '.join(sorted({p for p in parts if parts.count(p) > 1}))} more than once.")
