@@ -122,9 +122,8 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def parse_search(s: str) -> tuple[str, dict[str, Any]]:
-    """``"predictive:m:q[:k[:slack[:ties]]]"`` -> ("predictive", n_predicted=m, n_refresh=q, n_neighbours=k, slack,
-    ties);
-    other names as they are."""
+    """``"predictive:m:q[:k[:slack[:ties[:n_kept]]]]"`` -> ("predictive", n_predicted=m, n_refresh=q, n_neighbours=k,
+    slack, ties, n_kept); other names as they are."""
     if s.startswith("predictive:"):
         parts = s.split(":")
         opts: dict[str, Any] = {"n_predicted": int(parts[1]), "n_refresh": int(parts[2])}
@@ -134,6 +133,8 @@ def parse_search(s: str) -> tuple[str, dict[str, Any]]:
             opts["slack"] = float(parts[4])
         if len(parts) > 5:
             opts["ties"] = float(parts[5])
+        if len(parts) > 6:
+            opts["n_kept"] = int(parts[6])
         return "predictive", opts
     return s, {}
 

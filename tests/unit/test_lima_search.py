@@ -281,6 +281,19 @@ class SetFunctionScorer(SubsetScorer):
                 out.append(self._scored(s))
         return out
 
+    def read(self, subsets: Sequence[torch.Tensor | None]) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+        """F of each row (1 pass each): the kept side reads F(S + a); the removed side reads F(~(S + a)), which
+        F ignores (collaboration weight 0)."""
+        out: list[tuple[torch.Tensor, torch.Tensor] | None] = []
+        for s in subsets:
+            if s is None:
+                out.append(None)
+            else:
+                self.passes += s.shape[0]
+                v = self.fn(s).to(F64)
+                out.append((v, torch.zeros_like(v)))
+        return out
+
 
 def coverage(n: int, n_concepts: int, seed: int, integer: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
     """A weighted coverage function: region i covers a random set of concepts; F(S) = weight of the union."""
@@ -556,8 +569,8 @@ def test_predictive_is_naive_when_logit_effects_are_additive(eff: float) -> None
     # columns have no neighbours
     o = SearchOptions()
     floor = 2 * n + sum(2 * min(r, o.n_predicted + o.n_refresh) for r in range(2, n))
-    assert pr.meta["search_passes"] == [floor] * 3 == [218] * 3
-    assert n * (n + 1) // 2 > 218  # under half of naive's N(N + 1)
+    assert pr.meta["search_passes"] == [floor] * 3 == [178] * 3
+    assert n * (n + 1) // 2 > 178  # under half of naive's N(N + 1)
 
 
 def test_predictive_follows_naive_closely_on_a_cnn() -> None:
@@ -590,6 +603,8 @@ def test_predictive_options_are_checked() -> None:
         whybox.explain(model, x, "lima", search="predictive", n_predicted=0)
     with pytest.raises(InvalidParameterError, match=r"n_refresh must be an int >= 0; got -1"):
         whybox.explain(model, x, "lima", search="predictive", n_refresh=-1)
+    with pytest.raises(InvalidParameterError, match=r"n_kept must be an int >= 0; got 2.5"):
+        whybox.explain(model, x, "lima", search="predictive", n_kept=2.5)
 
 
 def test_region_adjacency_is_4_or_8_connected_and_empty_for_columns() -> None:
@@ -603,38 +618,117 @@ def test_region_adjacency_is_4_or_8_connected_and_empty_for_columns() -> None:
 
 
 class WithNeighbours(SetFunctionScorer):
-    """A modular F on a 5 x 5 grid of regions whose ``score`` calls are logged."""
+    """F given by a set function on a 5 x 5 grid of regions (8-connected), every row it reads logged."""
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], n: int, adj: dict[int, list[int]]) -> None:
         super().__init__(fn, n)
         self.adj = adj
-        self.calls: list[torch.Tensor] = []
+        self.rows: list[torch.Tensor] = []
 
     def neighbours(self, image: int) -> dict[int, list[int]]:
         return self.adj
 
-    def score(self, subsets: Sequence[torch.Tensor | None]) -> list[Scored | None]:
-        self.calls.extend(s for s in subsets if s is not None)
-        return super().score(subsets)
+    def read(self, subsets: Sequence[torch.Tensor | None]) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+        self.rows.extend(r for s in subsets if s is not None for r in s)
+        return super().read(subsets)
 
 
-def test_predictive_rescores_the_neighbours_of_the_region_just_chosen() -> None:
-    g = torch.Generator().manual_seed(2)
-    w = torch.rand(25, generator=g, dtype=F64)
-    adj = region_adjacency(torch.arange(25).view(5, 5))
-    scorer = WithNeighbours(lambda s: s.to(F64) @ w, 25, adj)
-    (res,) = SEARCHES["predictive"].run(scorer, SearchOptions(n_neighbours=8))
+def first_requests(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[int], list[int], list[int]]]:
+    """(regions chosen, candidates asked in full, kept-side reads asked) of the first request at each S."""
+    log: list[tuple[list[int], list[int], list[int]]] = []
+    plain = _Predicted.request
+
+    def spy(self: _Predicted, options: SearchOptions) -> list[int] | None:
+        out = plain(self, options)
+        if out is not None and not self.fresh and self.chosen:
+            log.append((list(self.chosen), list(out), list(self.ask_kept)))
+        return out
+
+    monkeypatch.setattr(_Predicted, "request", spy)
+    return log
+
+
+def grid_scorer(fn: Callable[[torch.Tensor], torch.Tensor]) -> WithNeighbours:
+    return WithNeighbours(fn, 25, region_adjacency(torch.arange(25).view(5, 5)))
+
+
+def test_predictive_rescores_the_neighbours_of_the_region_just_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
+    w = torch.rand(25, generator=torch.Generator().manual_seed(2), dtype=F64)
+    scorer = grid_scorer(lambda s: s.to(F64) @ w)
+    log = first_requests(monkeypatch)
+    (res,) = SEARCHES["predictive"].run(scorer, SearchOptions(n_neighbours=8, n_kept=0))
     assert res.order.tolist() == torch.argsort(w, descending=True).tolist()  # modular: predictions exact
-    # the first call after each choice scores every remaining neighbour of the chosen region
-    chosen: list[int] = []
-    for call in scorer.calls[1:]:
-        base = call[0] & call[-1] if call.shape[0] > 1 else call[0]
-        prefix = [a for a in res.order.tolist() if bool(base[a])]
-        if len(prefix) > len(chosen):  # a new step
-            chosen = prefix
-            scored = {int(i) for row in call for i in (row & ~base).nonzero().flatten()}
-            left = {a for a in adj[chosen[-1]] if a not in chosen}
-            assert left <= scored, (chosen[-1], left, scored)
+    assert len(log) == 23  # steps 1 to 23 (the last region is taken without a request)
+    for chosen, full, ask in log:  # every remaining neighbour of the region just chosen is scored in full
+        assert {a for a in scorer.adj[chosen[-1]] if a not in chosen} <= set(full), (chosen, full)
+        assert ask == []
+    assert res.n_forward == scorer.passes
+
+
+def test_predictive_reads_the_kept_side_of_the_regions_near_the_one_just_chosen(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Up to ``n_kept`` regions not scored in full: the chosen region's neighbours (best predicted first), then
+    their neighbours; 1 pass each, counted."""
+    w = torch.rand(25, generator=torch.Generator().manual_seed(3), dtype=F64)
+    scorer = grid_scorer(lambda s: s.to(F64) @ w)
+    log = first_requests(monkeypatch)
+    (res,) = SEARCHES["predictive"].run(scorer, SearchOptions(n_kept=5))
+    assert res.order.tolist() == torch.argsort(w, descending=True).tolist()
+    for chosen, full, ask in log:
+        last, left = chosen[-1], [a for a in range(25) if a not in chosen and a not in full]
+        ring1 = [a for a in left if a in scorer.adj[last]]
+        ring2 = [a for a in left if a not in ring1 and any(b in scorer.adj[last] for b in scorer.adj[a])]
+        ranked = sorted(ring1, key=lambda a: -float(w[a])) + sorted(ring2, key=lambda a: -float(w[a]))
+        assert ask == sorted(ranked[:5]), (chosen, full, ask)
+    assert sum(len(ask) for _, _, ask in log) > 50  # the reads happened
+    assert res.n_forward == scorer.passes
+
+
+def test_a_region_read_on_the_kept_side_and_then_scored_costs_one_more_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Region 13 is worth little alone and much beside region 12: its stale prediction after 12 is chosen is low,
+    the kept-side read at S = {12} reveals the gain, and only its removed side is read to score it (the order is
+    naive's)."""
+    w = torch.linspace(0.1, 0.9, 25, dtype=F64)
+    w[12], w[13] = 5.0, 0.01
+
+    def fn(s: torch.Tensor) -> torch.Tensor:
+        sf = s.to(F64)
+        return sf @ w + 10.0 * sf[:, 12] * sf[:, 13]
+
+    scorer = grid_scorer(fn)
+    log = first_requests(monkeypatch)
+    (res,) = SEARCHES["predictive"].run(scorer, SearchOptions())
+    ref, _ = run("naive", fn, 25)
+    assert res.order.tolist() == ref.order.tolist() and res.order.tolist()[:2] == [12, 13]
+    chosen, full, ask = log[0]
+    assert chosen == [12] and 13 not in full and 13 in ask
+    both = torch.zeros(25, dtype=torch.bool)
+    both[[12, 13]] = True
+    assert sum(bool(torch.equal(r, both)) for r in scorer.rows) == 1  # merge({12, 13}) read once
+    assert sum(bool(torch.equal(r, ~both)) for r in scorer.rows) == 1  # and comp({12, 13}) once
+    assert res.n_forward == scorer.passes
+
+
+def test_predictive_curves_are_the_model_readings_of_its_prefixes() -> None:
+    """With kept-side reads and removed-side completions assembled into F, every logged reading is still the
+    model's p_c of merge(S_i) and comp(S_i), and F is recomputed from them."""
+    model = small_cnn(seed=4)
+    x = images(b=2, h=12, w=12, seed=6)
+    lab = torch.arange(36).view(6, 6).repeat_interleave(2, 0).repeat_interleave(2, 1)
+    e = whybox.explain(model, x, "lima", search="predictive", regions=lab, target=1)
+    with torch.no_grad():
+        for b in range(2):
+            order = e.meta["order"][b].tolist()
+            for i in range(36):
+                keep = torch.isin(lab, torch.tensor(order[: i + 1]))
+                pm = model(torch.where(keep, x[b], 0.0).unsqueeze(0))[0].softmax(-1)
+                pc = model(torch.where(keep, 0.0, x[b]).unsqueeze(0))[0].softmax(-1)
+                conf = 1 + float((pm * pm.log()).sum()) / math.log(4)
+                assert float(e.meta["curve_kept"][b, i]) == pytest.approx(float(pm[1]), abs=1e-12)
+                assert float(e.meta["curve_removed"][b, i]) == pytest.approx(float(pc[1]), abs=1e-12)
+                f = 20 * float(pm[1]) + 5 * (1 - float(pc[1])) + 0.01 * conf
+                assert float(e.meta["curve_objective"][b, i]) == pytest.approx(f, abs=1e-9)
 
 
 class Saturated(SetFunctionScorer):

@@ -105,15 +105,17 @@ class Lima(PerturbationExplainer):
         ``"stochastic"``: sample size ceil(N / k * ln(1 / eps)) per step; ``k=None`` means N.
     lazy_batch
         ``"lazy"``: stale candidates re-scored together per round (default 1, the fewest passes).
-    n_predicted, n_refresh, n_neighbours, slack, ties
+    n_predicted, n_refresh, n_neighbours, n_kept, slack, ties
         ``"predictive"``: candidates with the best predicted F scored per step (default 3), candidates measured
-        longest ago re-scored per step (default 1), regions touching the one just chosen re-scored per step
-        (default 8, the 8-connected neighbours; images only), the margin, in units of the predictions' measured
-        error, by which a stale candidate's prediction may fall short of the best measured value and still be
-        scored (default 0: only candidates predicted to beat it; a margin costs passes and bought no AUC in
-        bench/lima.py), and the window, in the same units, within which measured values count as ties,
-        broken by the larger logit gain of p_c on both sides (default 0: exact ties, lowest id; 1 helps both
-        curves on the digits CNN; on EfficientNet-Lite0 it traded insertion for deletion under the earlier
+        longest ago re-scored per step (default 0), regions touching the one just chosen re-scored on both sides
+        per step (default 0; images only), regions near the one just chosen (its neighbours, then theirs, best
+        predicted first) read on the kept side only, 1 pass each, per step (default 16; images only: a region
+        whose fresh kept side makes it a predicted winner then costs 1 more pass to score), the margin, in units of
+        the predictions' measured error, by which a stale candidate's prediction may fall short of the best measured
+        value and still be scored (default 0: only candidates predicted to beat it; a margin costs passes and
+        bought no AUC in bench/lima.py), and the window, in the same units, within which measured values count as
+        ties, broken by the larger logit gain of p_c on both sides (default 0: exact ties, lowest id; 1 helps both
+        curves on the digits CNN; on EfficientNet-Lite0 it traded insertion for deletion under an earlier
         scoring rule; bench/results/lima_slack.md and lima_ties.md).
     fill
         What removed regions become (the masking engine's fills): ``"zero"`` by default, which on inputs
@@ -171,8 +173,9 @@ class Lima(PerturbationExplainer):
         k: int | None = None,
         lazy_batch: int = 1,
         n_predicted: int = 3,
-        n_refresh: int = 1,
-        n_neighbours: int = 8,
+        n_refresh: int = 0,
+        n_neighbours: int = 0,
+        n_kept: int = 16,
         slack: float = 0.0,
         ties: float = 0.0,
         fill: FillLike = "zero",
@@ -255,6 +258,9 @@ class Lima(PerturbationExplainer):
         if isinstance(n_neighbours, bool) or not isinstance(n_neighbours, int) or n_neighbours < 0:
             raise InvalidParameterError(f"n_neighbours must be an int >= 0; got {n_neighbours!r}.")
         self.n_neighbours = n_neighbours
+        if isinstance(n_kept, bool) or not isinstance(n_kept, int) or n_kept < 0:
+            raise InvalidParameterError(f"n_kept must be an int >= 0; got {n_kept!r}.")
+        self.n_kept = n_kept
         if isinstance(slack, bool) or not isinstance(slack, (int, float)) or not math.isfinite(slack) or slack < 0:
             raise InvalidParameterError(f"slack must be a finite number >= 0; got {slack!r}.")
         self.slack = float(slack)
@@ -340,6 +346,7 @@ class Lima(PerturbationExplainer):
             n_predicted=self.n_predicted,
             n_refresh=self.n_refresh,
             n_neighbours=self.n_neighbours,
+            n_kept=self.n_kept,
             slack=self.slack,
             ties=self.ties,
             seed=self._call_seed,

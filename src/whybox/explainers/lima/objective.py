@@ -202,6 +202,11 @@ class SubsetScorer:
     def score(self, subsets: Sequence[torch.Tensor | None]) -> list[Scored | None]:  # pragma: no cover
         raise NotImplementedError
 
+    def read(self, subsets: Sequence[torch.Tensor | None]) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+        """One side at a time: ``(p_c, s_conf)`` of ``merge(T)`` for each row T of ``subsets[b]`` ``(K_b, N_b)``
+        bool, float64 ``(K_b,)`` each on the CPU; 1 forward pass per row (``comp(S)`` is ``merge(~S)``)."""
+        raise NotImplementedError  # pragma: no cover
+
     def effectiveness_of(self, image: int, subsets: torch.Tensor) -> torch.Tensor:
         """s_eff of ``subsets`` ``(K, N_b)`` of image ``image`` without a model pass (zeros when it has no weight)."""
         return torch.zeros(subsets.shape[0], dtype=F64)
@@ -330,6 +335,44 @@ class EngineScorer(SubsetScorer):
         if self.angles is None:
             return torch.zeros(subsets.shape[0], dtype=F64)
         return effectiveness(subsets, self.angles[image])
+
+    def read(self, subsets: Sequence[torch.Tensor | None]) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+        b = len(self.n_regions)
+        if len(subsets) != b:
+            raise ValueError(f"read() needs one entry per image ({b}); got {len(subsets)}")  # internal misuse
+        counts = [0 if s is None else int(s.shape[0]) for s in subsets]
+        out: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * b
+        if sum(counts) == 0:
+            return out
+        masks = torch.zeros(b, max(counts), self.groups.n_groups, dtype=torch.bool)
+        for r, s in enumerate(subsets):
+            if s is None or s.shape[0] == 0:
+                continue
+            n = self.n_regions[r]
+            if s.dtype != torch.bool or s.ndim != 2 or s.shape[1] != n:
+                raise ValueError(f"image {r}: subsets must be (K, {n}) bool; got {s.dtype} {tuple(s.shape)}")
+            masks[r, : s.shape[0], :n] = s.cpu()
+        dev = self.x.device
+        conf = torch.zeros(b, max(counts), dtype=F64, device=dev)
+
+        def keep(raw: torch.Tensor, rows: torch.Tensor, ks: torch.Tensor) -> None:
+            conf[rows, ks] = confidence(raw)
+
+        vals = self.engine.scores(
+            self.x,
+            masks.to(dev),
+            groups=self.groups,
+            n_masks=torch.tensor(counts),
+            fill=self.fills,
+            target=self.target,
+            score=self.space,
+            on_scores=keep,
+        ).cpu()
+        conf_c = conf.cpu()
+        for r, k in enumerate(counts):
+            if subsets[r] is not None and k > 0:
+                out[r] = (vals[r, :k].to(F64), conf_c[r, :k])
+        return out
 
     def score(self, subsets: Sequence[torch.Tensor | None]) -> list[Scored | None]:
         """F and its readings for ``subsets[b]`` ``(K_b, N_b)`` bool of every image b (None: nothing for b).

@@ -21,9 +21,11 @@ Forward passes per image with N regions (2 per scored subset):
   :func:`bidirectional_passes` gives the exact count (1608 at N = 49, p = 8: 1.5x fewer than naive).
 - ``lazy``: at most N(N+1) - 2; usually far fewer (2N for the first step, then a few per step).
 - ``stochastic``: sum over r = 2..N of 2 min(r, s), s = ceil(N / k * ln(1 / eps)) (exact).
-- ``predictive``: 2N for the first step, then at least 2 min(r, m + q) per step with r regions left (m
-  ``n_predicted``, q ``n_refresh``), plus 2 per candidate predicted to beat the best measured value (less
-  ``slack`` x the measured error); at most N(N+1) - 2.
+- ``predictive``: 2N for the first step, then per step with r regions left at least 2 min(r, m + q) (m
+  ``n_predicted``, q ``n_refresh``), 2 per touching region re-scored (``n_neighbours``), 1 per kept-side read
+  (up to ``n_kept`` regions near the one just chosen), and 2 per candidate predicted to beat the best measured
+  value (less ``slack`` x the measured error), 1 where its kept side was read at this S; at most N(N+1) - 2
+  (no candidate is read twice on one side at one S).
 """
 
 from __future__ import annotations
@@ -67,11 +69,12 @@ class SearchOptions:
         ``stochastic``: sample size ceil(N / k * ln(1 / eps)) per step; ``k=None`` means k = N (a full order).
     lazy_batch
         ``lazy``: stale candidates re-scored together per round (1 = classic lazy greedy, fewest passes).
-    n_predicted, n_refresh, n_neighbours, slack
+    n_predicted, n_refresh, n_neighbours, n_kept, slack
         ``predictive``: m, the candidates with the best predicted F scored each step; q, the candidates scored
         longest ago re-scored each step to keep every prediction recent; up to this many regions touching the
-        region just chosen re-scored (their effects change most: shared or completed evidence); and the
-        safety margin, in units of the predictions' measured error at the current S, by which a stale
+        region just chosen re-scored on both sides; up to ``n_kept`` regions near the region just chosen (its
+        neighbours, then theirs) read on the kept side only, 1 pass each (their effects change most: shared or
+        completed evidence; the kept side carries the larger weight); and the safety margin, in units of the predictions' measured error at the current S, by which a stale
         candidate's prediction may fall short of the best measured F and still be scored (0: it must beat it).
     ties
         ``predictive``: measured values within ``ties`` times the predictions' measured error of the best one count
@@ -85,10 +88,11 @@ class SearchOptions:
     k: int | None = None
     lazy_batch: int = 1
     n_predicted: int = 3
-    n_refresh: int = 1
-    n_neighbours: int = 8
+    n_refresh: int = 0
+    n_neighbours: int = 0
     slack: float = 0.0
     ties: float = 0.0
+    n_kept: int = 16
     seed: int = 0
 
 
@@ -431,6 +435,8 @@ class _Predicted:
         self.conf = torch.zeros(n, dtype=F64)  # s_conf of S' + a at its last scoring
         self.age = torch.full((n,), -1, dtype=torch.int64)  # round of the last scoring (-1: never)
         self.fresh: dict[int, Scored] = {}  # candidates scored at the current S
+        self.half: dict[int, tuple[float, float]] = {}  # kept side only read at the current S: (p_c, s_conf)
+        self.ask_kept: list[int] = []  # kept-side reads asked with the last request
         self.errors: list[float] = []  # |predicted - measured| F of the candidates scored at the current S
         self.passes = 0
 
@@ -458,7 +464,21 @@ class _Predicted:
         self.steps.append(sc)
         self.kept, self.removed = float(sc.kept[0]), float(sc.removed[0])
         self.fresh.clear()
+        self.half.clear()
         self.errors.clear()
+
+    def zone(self, options: SearchOptions, ranked: list[int], skip: set[int]) -> list[int]:
+        """Up to ``n_kept`` unscored regions near the one just chosen: its neighbours, then theirs, best predicted
+        first within each ring (``ranked``: best predicted first; ``skip``: scored in full this round)."""
+        if not options.n_kept or not self.chosen:
+            return []
+        adj = self.scorer.neighbours(self.r)
+        last = self.chosen[-1]
+        ring1 = set(adj.get(last, ()))
+        ring2 = {b for a in ring1 for b in adj.get(a, ())} - ring1 - {last}
+        near = [a for a in ranked if a in ring1 and a not in skip]
+        near += [a for a in ranked if a in ring2 and a not in skip]
+        return near[: options.n_kept]
 
     def request(self, options: SearchOptions) -> list[int] | None:
         """Advance without scoring as far as possible; return the candidates to score next, or None when done."""
@@ -467,6 +487,7 @@ class _Predicted:
                 self.take(self.rem[0], self.scorer.full[self.r])
                 continue
             if not self.chosen and not self.fresh:
+                self.ask_kept = []
                 return list(self.rem)  # the first step measures every effect
             stale = [a for a in self.rem if a not in self.fresh]
             pred = self.predict(stale) if stale else torch.zeros(0, dtype=F64)
@@ -484,6 +505,7 @@ class _Predicted:
                 if not can_win:
                     self.take(*self._settle(best, options))
                     continue
+                self.ask_kept = []
                 return sorted(can_win[: options.n_predicted])
             top = [stale[i] for i in ranked[: options.n_predicted]]
             # the regions touching the one just chosen, best predicted first: their effects moved most
@@ -491,7 +513,9 @@ class _Predicted:
             touching = [stale[i] for i in ranked if stale[i] in near and stale[i] not in top][: options.n_neighbours]
             rest = [a for a in stale if a not in top and a not in touching]
             oldest = sorted(rest, key=lambda a: (int(self.age[a]), a))[: options.n_refresh]
-            return sorted(top + touching + oldest)
+            full = top + touching + oldest
+            self.ask_kept = sorted(self.zone(options, [stale[i] for i in ranked], set(full)))
+            return sorted(full)
         return None
 
     def _rms_error(self) -> float:
@@ -510,8 +534,17 @@ class _Predicted:
                 best = max(near, key=lambda a: (float(self.w[a] + self.v[a]), -a))
         return best, self.fresh[best]
 
-    def record(self, cands: list[int], sc: Scored, tick: int) -> None:
-        self.passes += 2 * len(sc)
+    def record_kept(self, cands: list[int], kept: torch.Tensor, conf: torch.Tensor) -> None:
+        """Kept-side readings at the current S (1 pass each): the kept effects and s_conf move, the removed stay."""
+        self.passes += len(cands)
+        k0 = self._link(self.kept)
+        for i, a in enumerate(cands):
+            self.w[a] = self._link(float(kept[i])) - k0
+            self.conf[a] = float(conf[i])
+            self.half[a] = (float(kept[i]), float(conf[i]))
+
+    def record(self, cands: list[int], sc: Scored, tick: int, passes: int | None = None) -> None:
+        self.passes += 2 * len(sc) if passes is None else passes
         if self.chosen or self.fresh:  # not the first step: the predictions made before this scoring, checked
             pred = self.predict(cands)
             self.errors.extend(abs(float(pred[i]) - float(sc.value[i])) for i in range(len(cands)))
@@ -533,17 +566,32 @@ def predictive(scorer: SubsetScorer, options: SearchOptions) -> list[SearchResul
     on the *logit* of p_c changes slowly. Each candidate keeps its last measured logit effects w_a (showing
     a) and v_a (removing a); F(S + a) is predicted from the current readings of S moved by those effects
     (s_conf from the candidate's last scoring, s_eff exactly). Each step scores the ``n_predicted`` best
-    predictions and the ``n_refresh`` candidates measured longest ago, then keeps scoring (``n_predicted`` at
-    a time) while an unscored candidate's prediction beats the best measured value less ``slack`` times the
-    predictions' RMS error at this S; it then takes the best measured candidate. With ``score="logit"`` the
-    effects are raw differences.
+    predictions, the ``n_refresh`` candidates measured longest ago and up to ``n_neighbours`` regions touching
+    the one just chosen, and reads the kept side alone of up to ``n_kept`` regions near the one just chosen;
+    then it keeps scoring (``n_predicted`` at a time, 1 pass for a candidate whose kept side is fresh) while an
+    unscored candidate's prediction beats the best measured value less ``slack`` times the predictions' RMS
+    error at this S; it then takes the best measured candidate. With ``score="logit"`` the effects are raw
+    differences.
+
+    Kept-side reads: a region's effect changes most when a region near it is chosen (it completes or shares
+    evidence), and the best candidates the search missed were mostly within two regions of the last one chosen
+    (bench/results/lima_slack.md, session 12: along naive's trajectory on EfficientNet-Lite0, 10 of 25 misses sat
+    at Chebyshev distance 2 and none at 1, where the touching regions were re-scored). The kept side, p_c of
+    merge(S + a), carries the larger weight (20 against 5) and costs 1 pass, so reading that side of the 16
+    nearest regions (neighbours first) costs what re-scoring 8 costs in full. Measured at N = 49 against
+    per-image naive runs: the defaults (``3:0:0`` with ``n_kept=16``) spend the passes of the former defaults
+    (``n_refresh=1, n_neighbours=8, n_kept=0``) and on EfficientNet-Lite0 give insertion 0.015 ± 0.008 below
+    naive's instead of 0.019 ± 0.006 on 63 photos and 0.011 ± 0.006 instead of 0.026 ± 0.006 on 32 others,
+    with deletion 0.008 / 0.004 above naive's; on the digits CNN (256 test images) insertion 0.022 above naive's
+    (the former: 0.001 below), deletion 0.003 above, 3.44x fewer passes.
 
     Slack: the default 0 scores only candidates predicted to win. A margin buys passes, not AUC: at N = 49 with
     ``n_predicted=2``, on the digits CNN (256 test images) slack 0, 0.25, 0.5 and 1 cost 657, 975, 1045 and 1157
     passes per image with insertion AUC within 0.006 of naive's for all four; on EfficientNet-Lite0 at 224 px (16
     photos) slack 0, 0.25 and 0.5 cost 687, 718 and 779 passes with insertion 0.045, 0.035 and 0.045 below
-    naive's. A third predicted candidate per step (the default ``n_predicted=3``) is the better use of passes there:
-    747 passes, insertion 0.034 below, deletion 0.004 above (bench/results/lima_slack.md).
+    naive's. A third predicted candidate per step (``n_predicted=3``) was the better use of passes there: 747
+    passes, insertion 0.034 below, deletion 0.004 above (bench/results/lima_slack.md; these runs predate the
+    kept-side reads).
 
     Ties: measured values closer to the best than ``ties`` times the predictions' measured error at this S are
     differences the search cannot resolve (it did not score every candidate); among them it takes the largest
@@ -564,12 +612,51 @@ def predictive(scorer: SubsetScorer, options: SearchOptions) -> list[SearchResul
         want = [st.request(options) for st in states]
         if all(w is None for w in want):
             break
-        res = scorer.score([_with(st.mask, w) if w else None for st, w in zip(states, want, strict=True)])
-        for st, w, sc in zip(states, want, res, strict=True):
-            if sc is not None and w is not None:
-                st.record(w, sc, tick)
+        _round(scorer, states, want, tick)
         tick += 1
     return [make_result(st.chosen, st.steps, scorer.empty[st.r], st.passes) for st in states]
+
+
+def _round(scorer: SubsetScorer, states: list[_Predicted], want: list[list[int] | None], tick: int) -> None:
+    """One model call for a round of ``predictive``, all images together. Per image: the candidates to score (both
+    sides, or only the removed side where the kept side was read at this S already), then the kept-side reads."""
+    rows: list[torch.Tensor | None] = []
+    plans = []
+    for st, w in zip(states, want, strict=True):
+        w = w or []
+        kept_full = [a for a in w if a not in st.half]  # both sides to read
+        rem_only = [a for a in w if a in st.half]  # the removed side only
+        ask = st.ask_kept if w else []
+        parts = []
+        if kept_full:
+            parts += [_with(st.mask, kept_full), ~_with(st.mask, kept_full)]
+        if rem_only:
+            parts.append(~_with(st.mask, rem_only))
+        if ask:
+            parts.append(_with(st.mask, ask))
+        rows.append(torch.cat(parts) if parts else None)
+        plans.append((w, kept_full, rem_only, ask))
+    res = scorer.read(rows)
+    wt = scorer.weights
+    for st, (w, kept_full, rem_only, ask), got in zip(states, plans, res, strict=True):
+        if got is None:
+            continue
+        val, conf = got
+        i, nf, nr = 0, len(kept_full), len(rem_only)
+        kept = {a: (float(val[i + j]), float(conf[i + j])) for j, a in enumerate(kept_full)}
+        removed = {a: float(val[i + nf + j]) for j, a in enumerate(kept_full)}
+        i += 2 * nf
+        removed.update({a: float(val[i + j]) for j, a in enumerate(rem_only)})
+        kept.update({a: st.half[a] for a in rem_only})
+        i += nr
+        if w:
+            k_ = torch.tensor([kept[a][0] for a in w], dtype=F64)
+            r_ = torch.tensor([removed[a] for a in w], dtype=F64)
+            c_ = torch.tensor([kept[a][1] for a in w], dtype=F64)
+            e_ = scorer.effectiveness_of(st.r, _with(st.mask, w)) if wt.eff > 0 else torch.zeros(len(w), dtype=F64)
+            st.record(w, Scored(k_, r_, c_, e_, wt.value(k_, r_, c_, e_)), tick, passes=2 * nf + nr)
+        if ask:
+            st.record_kept(ask, val[i : i + len(ask)], conf[i : i + len(ask)])
 
 
 SEARCHES: dict[str, Search] = {
