@@ -624,27 +624,27 @@ def _round(scorer: SubsetScorer, states: list[_Predicted], want: list[list[int] 
     plans = []
     for st, w in zip(states, want, strict=True):
         w = w or []
-        kept_full = [a for a in w if a not in st.half]  # both sides to read
+        both = [a for a in w if a not in st.half]  # both sides to read
         rem_only = [a for a in w if a in st.half]  # the removed side only
         ask = st.ask_kept if w else []
         parts = []
-        if kept_full:
-            parts += [_with(st.mask, kept_full), ~_with(st.mask, kept_full)]
+        if both:
+            parts += [_with(st.mask, both), ~_with(st.mask, both)]
         if rem_only:
             parts.append(~_with(st.mask, rem_only))
         if ask:
             parts.append(_with(st.mask, ask))
         rows.append(torch.cat(parts) if parts else None)
-        plans.append((w, kept_full, rem_only, ask))
+        plans.append((w, both, rem_only, ask))
     res = scorer.read(rows)
     wt = scorer.weights
-    for st, (w, kept_full, rem_only, ask), got in zip(states, plans, res, strict=True):
+    for st, (w, both, rem_only, ask), got in zip(states, plans, res, strict=True):
         if got is None:
             continue
         val, conf = got
-        i, nf, nr = 0, len(kept_full), len(rem_only)
-        kept = {a: (float(val[i + j]), float(conf[i + j])) for j, a in enumerate(kept_full)}
-        removed = {a: float(val[i + nf + j]) for j, a in enumerate(kept_full)}
+        i, nf, nr = 0, len(both), len(rem_only)
+        kept = {a: (float(val[i + j]), float(conf[i + j])) for j, a in enumerate(both)}
+        removed = {a: float(val[i + nf + j]) for j, a in enumerate(both)}
         i += 2 * nf
         removed.update({a: float(val[i + j]) for j, a in enumerate(rem_only)})
         kept.update({a: st.half[a] for a in rem_only})
