@@ -339,7 +339,9 @@ class EngineScorer(SubsetScorer):
     def read(self, subsets: Sequence[torch.Tensor | None]) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
         b = len(self.n_regions)
         if len(subsets) != b:
-            raise ValueError(f"read() needs one entry per image ({b}); got {len(subsets)}")  # internal misuse
+            raise ValueError(
+                f"score() and read() need one entry per image ({b}); got {len(subsets)}"
+            )  # internal misuse
         counts = [0 if s is None else int(s.shape[0]) for s in subsets]
         out: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * b
         if sum(counts) == 0:
@@ -377,52 +379,23 @@ class EngineScorer(SubsetScorer):
     def score(self, subsets: Sequence[torch.Tensor | None]) -> list[Scored | None]:
         """F and its readings for ``subsets[b]`` ``(K_b, N_b)`` bool of every image b (None: nothing for b).
 
-        One engine call: image b's rows are its K_b merge/comp pairs (2 K_b passes), chunked by ``batch_size``
-        across images.
+        One engine call (:meth:`read`): image b's rows are its K_b merge/comp pairs (2 K_b passes), chunked by
+        ``batch_size`` across images.
         """
-        b = len(self.n_regions)
-        if len(subsets) != b:
-            raise ValueError(f"score() needs one entry per image ({b}); got {len(subsets)}")  # internal misuse
-        counts = [0 if s is None else 2 * int(s.shape[0]) for s in subsets]
-        out: list[Scored | None] = [None] * b
-        if sum(counts) == 0:
-            return out
-        kmax, nmax = max(counts), self.groups.n_groups
-        masks = torch.zeros(b, kmax, nmax, dtype=torch.bool)
-        for r, s in enumerate(subsets):
-            if s is None or s.shape[0] == 0:
+        rows: list[torch.Tensor | None] = []
+        for s in subsets:
+            if s is None or s.dtype != torch.bool or s.ndim != 2:
+                rows.append(s)  # None, or a malformed entry that read() reports
                 continue
-            n = self.n_regions[r]
-            if s.dtype != torch.bool or s.ndim != 2 or s.shape[1] != n:
-                raise ValueError(f"image {r}: subsets must be (K, {n}) bool; got {s.dtype} {tuple(s.shape)}")
-            k = s.shape[0]
-            masks[r, 0 : 2 * k : 2, :n] = s.cpu()
-            masks[r, 1 : 2 * k : 2, :n] = ~s.cpu()
-        dev = self.x.device
-        conf = torch.zeros(b, kmax, dtype=F64, device=dev)
-
-        def keep(raw: torch.Tensor, rows: torch.Tensor, ks: torch.Tensor) -> None:
-            conf[rows, ks] = confidence(raw)
-
-        vals = self.engine.scores(
-            self.x,
-            masks.to(dev),
-            groups=self.groups,
-            n_masks=torch.tensor(counts),
-            fill=self.fills,
-            target=self.target,
-            score=self.space,
-            on_scores=keep,
-        ).cpu()
-        conf_c = conf.cpu()
-        for r, s in enumerate(subsets):
-            if s is None or s.shape[0] == 0:
+            pairs = torch.empty(2 * s.shape[0], s.shape[1], dtype=torch.bool)
+            pairs[0::2], pairs[1::2] = s.cpu(), ~s.cpu()
+            rows.append(pairs)
+        out: list[Scored | None] = []
+        for r, (s, got) in enumerate(zip(subsets, self.read(rows), strict=True)):
+            if s is None or got is None or s.shape[0] == 0:
+                out.append(None)
                 continue
-            k = s.shape[0]
-            kept, removed = vals[r, 0 : 2 * k : 2], vals[r, 1 : 2 * k : 2]
-            if self.angles is None:
-                eff = torch.zeros(k, dtype=F64)
-            else:
-                eff = effectiveness(s, self.angles[r])
-            out[r] = self._scored(kept, removed, conf_c[r, 0 : 2 * k : 2], eff)
+            vals, conf = got
+            eff = torch.zeros(s.shape[0], dtype=F64) if self.angles is None else effectiveness(s, self.angles[r])
+            out.append(self._scored(vals[0::2], vals[1::2], conf[0::2], eff))
         return out
