@@ -74,8 +74,9 @@ class SearchOptions:
         longest ago re-scored each step to keep every prediction recent; up to this many regions touching the
         region just chosen re-scored on both sides; up to ``n_kept`` regions near the region just chosen (its
         neighbours, then theirs) read on the kept side only, 1 pass each (their effects change most: shared or
-        completed evidence; the kept side carries the larger weight); and the safety margin, in units of the predictions' measured error at the current S, by which a stale
-        candidate's prediction may fall short of the best measured F and still be scored (0: it must beat it).
+        completed evidence; the kept side carries the larger weight); and the safety margin, in units of the
+        predictions' measured error at the current S, by which a stale candidate's prediction may fall short of
+        the best measured F and still be scored (0: it must beat it).
     ties
         ``predictive``: measured values within ``ties`` times the predictions' measured error of the best one count
         as ties, broken by the larger logit gain w_a + v_a (0, the default: exact ties only, broken by the lowest id).
