@@ -339,9 +339,8 @@ class EngineScorer(SubsetScorer):
     def read(self, subsets: Sequence[torch.Tensor | None]) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
         b = len(self.n_regions)
         if len(subsets) != b:
-            raise ValueError(
-                f"score() and read() need one entry per image ({b}); got {len(subsets)}"
-            )  # internal misuse
+            # internal misuse, not a user error
+            raise ValueError(f"score() and read() need one entry per image ({b}); got {len(subsets)}")
         counts = [0 if s is None else int(s.shape[0]) for s in subsets]
         out: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * b
         if sum(counts) == 0:

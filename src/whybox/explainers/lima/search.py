@@ -656,7 +656,7 @@ def _round(scorer: SubsetScorer, states: list[_Predicted], want: list[list[int] 
             k_ = torch.tensor([kept[a][0] for a in w], dtype=F64)
             r_ = torch.tensor([removed[a] for a in w], dtype=F64)
             c_ = torch.tensor([kept[a][1] for a in w], dtype=F64)
-            e_ = scorer.effectiveness_of(st.r, _with(st.mask, w)) if wt.eff > 0 else torch.zeros(len(w), dtype=F64)
+            e_ = scorer.effectiveness_of(st.r, _with(st.mask, w))  # zeros when s_eff has no weight
             st.record(w, Scored(k_, r_, c_, e_, wt.value(k_, r_, c_, e_)), tick, passes=2 * nf + nr)
         if ask:
             st.record_kept(ask, val[i : i + len(ask)], conf[i : i + len(ask)])
