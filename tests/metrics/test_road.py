@@ -166,11 +166,71 @@ def test_dense_block_solve_equals_the_sparse_solve(monkeypatch: pytest.MonkeyPat
     import whybox.metrics.road as road
 
     g = torch.Generator().manual_seed(3)
-    imgs = torch.rand(5, 3, 9, 10, generator=g, dtype=torch.float64)
-    removed = torch.rand(5, 9, 10, generator=g) < torch.tensor([0.1, 0.5, 0.9, 0.0, 1.0]).view(-1, 1, 1)
+    imgs = torch.rand(5, 3, 7, 9, generator=g, dtype=torch.float64)
+    removed = torch.rand(5, 7, 9, generator=g) < torch.tensor([0.1, 0.5, 0.9, 0.0, 1.0]).view(-1, 1, 1)
     assert int(removed[:3].flatten(1).sum(1).max()) <= road.DENSE_MAX  # the dense path is the one taken
     dense = road.noisy_linear_imputation_batch(imgs, removed, noise=0.0)
     monkeypatch.setattr(road, "DENSE_MAX", 0)
     sparse = road.noisy_linear_imputation_batch(imgs, removed, noise=0.0)
     torch.testing.assert_close(dense, sparse, rtol=1e-12, atol=1e-12, equal_nan=True)
     assert torch.isnan(dense[4]).all() and torch.equal(dense[3], imgs[3])
+
+
+def test_sparse_imputation_agrees_with_quantus_on_a_large_hole(quantus) -> None:
+    """Holes above DENSE_MAX take the sparse LU in nested-dissection order: same values as Quantus' solve."""
+    from quantus.functions.perturb_func import noisy_linear_imputation as q_nli
+
+    import whybox.metrics.road as road
+
+    g = torch.Generator().manual_seed(5)
+    img = torch.rand(3, 30, 37, generator=g, dtype=torch.float64)
+    idx = torch.randperm(30 * 37, generator=g)[:800].sort().values
+    assert idx.numel() > road.DENSE_MAX
+    hole = torch.zeros(30 * 37, dtype=torch.bool)
+    hole[idx] = True
+    q = q_nli(img.numpy(), idx.numpy(), noise=0.0)
+    ours = noisy_linear_imputation(img, hole.view(30, 37), noise=0.0)
+    np.testing.assert_allclose(ours.numpy(), q, rtol=1e-9, atol=1e-9)
+
+
+def test_dissection_key_puts_each_separator_after_its_halves() -> None:
+    from whybox.metrics.road import _dissection_key
+
+    h, w = 17, 12
+    key = _dissection_key(h, w).reshape(h, w)
+    assert key[8].min() > max(key[:8].max(), key[9:].max())  # the first split: the middle row, last
+    top, bottom = key[:8], key[9:]
+    assert top.max() < bottom.min()  # the first half entirely before the second
+    assert key[:8, 6].min() > max(key[:8, :6].max(), key[:8, 7:].max())  # the top half's split: its middle column
+
+
+def test_sparse_factors_have_no_fill_across_the_first_separator(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In nested-dissection order, eliminating one half never links it to the other: the L factor of a
+    fully removed grid (one known column) has no entry between a pixel above the middle row and one below."""
+    import scipy.sparse.linalg as sla
+
+    import whybox.metrics.road as road
+
+    factors = []
+    real = sla.splu
+
+    def spy(a, **kw):  # type: ignore[no-untyped-def]
+        lu = real(a, **kw)
+        factors.append(lu)
+        return lu
+
+    monkeypatch.setattr(sla, "splu", spy)
+    h, w = 17, 12
+    hole = torch.ones(h, w, dtype=torch.bool)
+    hole[:, 0] = False
+    img = torch.rand(1, h, w, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    out = noisy_linear_imputation(img, hole, noise=0.0)
+    (lu,) = factors
+    assert (lu.perm_r == np.arange(lu.shape[0])).all() and (lu.perm_c == np.arange(lu.shape[0])).all()
+    pix = np.flatnonzero(hole.numpy().reshape(-1))
+    pix = pix[np.argsort(road._dissection_key(h, w)[pix], kind="stable")]  # unknown j's pixel
+    rows = pix // w
+    lower = lu.L.tocoo()
+    a, b = rows[lower.row], rows[lower.col]
+    assert not (((a < 8) & (b > 8)) | ((a > 8) & (b < 8))).any()
+    assert torch.isfinite(out).all() and torch.equal(out[0][~hole], img[0][~hole])
