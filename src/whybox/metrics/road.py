@@ -45,10 +45,11 @@ _NOISE_KEY = 2_000_003
 
 
 #: Images with at most this many removed pixels solve their systems as one batch of dense matrices (padded with
-#: identity rows), not one sparse LU. Measured on 96 images (1 thread) against the nested-dissection LU: 9 x 9 with
-#: 64 removed 6.9 ms dense against 7.2 ms sparse, 10 x 10 with 80 removed 15.7 against 9.4 (the dense blocks pad
-#: to 128); the digits' ROAD masks (8 x 8, 10-90 % removed, 288 images) 7.8 against 9.3.
-DENSE_MAX = 64
+#: identity rows to a multiple of 8), not one sparse LU. Measured on 96 images (1 thread) against the
+#: nested-dissection LU: 10 x 10 with 80 removed 7.5 ms dense against 10.0 ms sparse, 11 x 11 with 100 removed 11.8
+#: against 12.1, 12 x 12 with 127 removed 19.5 against 17.2; the digits' ROAD masks (8 x 8, 10-90 % removed, 288
+#: images) 8.1 against 9.3.
+DENSE_MAX = 96
 
 
 def _solve_blocks_dense(
@@ -62,12 +63,12 @@ def _solve_blocks_dense(
 ) -> np.ndarray:
     """The block-diagonal system (entries ``vi`` at ``(ri, ci)``, one block per solvable image, unknowns numbered
     image by image from ``starts``) solved as batches of dense systems: blocks grouped by size (padded with
-    identity rows to the next power of two), so that small holes are not padded to the largest."""
+    identity rows to the next multiple of 8), so that small holes are not padded to the largest."""
     sizes = np.diff(starts)
     local = np.arange(rhs.shape[0]) - starts[img_of]  # each unknown's index within its image's block
     sol = np.empty_like(rhs)
     blocks = np.flatnonzero(solvable)
-    padded = np.maximum(8, 1 << np.ceil(np.log2(np.maximum(sizes[blocks], 1))).astype(np.int64))
+    padded = np.maximum(8, -(-sizes[blocks] // 8) * 8)
     entry_img = img_of[ri]
     for m in np.unique(padded).tolist():
         group = blocks[padded == m]
