@@ -14,7 +14,7 @@ from torch import nn
 
 import whybox
 from whybox.metrics.base import spearman
-from whybox.metrics.randomization import execution_layers, map_similarities
+from whybox.metrics.randomization import _reinit, execution_layers, map_similarities
 
 from ._models import Linear, cnn1, randn, seeded
 
@@ -51,6 +51,27 @@ def test_randomization_never_touches_the_users_model() -> None:
     assert torch.equal(torch.get_rng_state(), rng)
     assert r.meta["layers"] == ["5", "2", "0"]  # top down, execution order
     assert all(r.curves[k].shape == (2, 3) for k in ("spearman_abs", "spearman", "ssim", "hog"))
+
+
+def test_randomization_seeds_the_cpu_generator_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fork_rng(devices=[]) restores the CPU generator alone, so an accelerator's generator must not be seeded:
+    torch.manual_seed would seed CUDA's (and queue a lazy call where CUDA is not initialised)."""
+    model, x = cnn1(), randn(2, 1, 8, 8, seed=1)
+    e = whybox.explain(model, x, "saliency", target=0)
+    calls: list[str] = []
+    for mod in (torch.cuda, torch.xpu, torch.mtia):
+        monkeypatch.setattr(mod, "manual_seed_all", lambda s, _m=mod.__name__: calls.append(_m))
+    with_seed = whybox.evaluate(model, x, e, "randomization", seed=3)
+    assert calls == []
+    monkeypatch.undo()
+    fresh = copy.deepcopy(model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(4)  # Quantus' rule: the CPU draws are the same
+        fresh[5].reset_parameters()
+    mine = copy.deepcopy(model)
+    _reinit(mine[5], 3)
+    assert torch.equal(fresh[5].weight, mine[5].weight) and not torch.equal(mine[5].weight, model[5].weight)
+    assert with_seed.meta["layers"] == ["5", "2", "0"]
 
 
 def test_model_independent_explainer_scores_one_at_every_layer_and_fails() -> None:

@@ -198,7 +198,7 @@ def fit_classifier(
     """
     n_batches = -(-len(y) // batch_size)
     with _single_thread(), torch.random.fork_rng(devices=[]), torch.enable_grad():
-        torch.manual_seed(init_seed)  # parameter initialisation uses the (forked) global generator
+        torch.default_generator.manual_seed(init_seed)  # initialisation draws from the (forked) CPU generator
         model = model_fn()
         model.train()
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)

@@ -158,8 +158,8 @@ def execution_layers(
 
 
 def _reinit(module: nn.Module, seed: int) -> bool:
-    """Re-initialise ``module`` with its own ``reset_parameters`` under ``torch.manual_seed(seed + 1)`` (Quantus'
-    rule, so the two agree), the global RNG forked and restored; the draws are made on the CPU whatever the module's
+    """Re-initialise ``module`` with its own ``reset_parameters`` with the CPU generator seeded ``seed + 1`` (Quantus'
+    rule, ``torch.manual_seed(seed + 1)``, so the two agree), the global RNG forked and restored; the draws are made on the CPU whatever the module's
     device. False when the module has no such method."""
     if not callable(getattr(module, "reset_parameters", None)):
         return False
@@ -169,7 +169,10 @@ def _reinit(module: nn.Module, seed: int) -> bool:
     on_cpu = all(t.device.type == "cpu" for t in tensors)
     twin = module if on_cpu else copy.deepcopy(module).to("cpu")
     with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(seed + 1)
+        # The CPU generator alone (what torch.manual_seed seeds first): torch.manual_seed would also seed every
+        # accelerator's generator, which fork_rng(devices=[]) does not restore, and queue a lazy CUDA call with
+        # its stack trace on each layer (0.5 ms a call on a machine without CUDA).
+        torch.default_generator.manual_seed(seed + 1)
         getattr(twin, "reset_parameters")()  # noqa: B009 - mypy reads a module's attribute as a Tensor
         if not on_cpu:
             for t, u in zip(tensors, [*twin.parameters(), *twin.buffers()], strict=True):
