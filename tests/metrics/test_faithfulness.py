@@ -171,6 +171,51 @@ def test_tie_rule_is_a_stable_sort_on_minus_value_then_a_seeded_permutation() ->
     assert any(tie_order(v, seed=s)[1].tolist() != order[1].tolist() for s in range(6, 12))
 
 
+@pytest.mark.parametrize("descending", [True, False])
+def test_tie_rule_holds_on_rows_with_and_without_ties(descending: bool) -> None:
+    """Rows without a tie skip the draw (any permutation gives their order); every row still follows the rule:
+    tie-free rows, rows with one tie, with -0.0 beside 0.0, with NaNs (last) and with infinities."""
+    from whybox.metrics.base import _TIE_KEY, derive_generator
+
+    g = torch.Generator().manual_seed(0)
+    v = torch.rand(7, 9, generator=g, dtype=torch.float64)
+    v[1, 3] = v[1, 7]
+    v[2, 0], v[2, 5] = 0.0, -0.0
+    v[3, 2], v[3, 6] = math.nan, math.nan
+    v[4, 1], v[4, 4] = math.inf, math.inf
+    v[5] = 1.0
+    v[6, 0], v[6, 3], v[6, 5], v[6, 8] = math.nan, -math.inf, math.inf, math.nan  # NaN after every infinity
+    order = tie_order(v, seed=9, descending=descending)
+    sign = 1.0 if descending else -1.0  # the oracle sorts on -row: NaN last either way
+    big = torch.finfo(torch.float64).max
+    for i in range(7):
+        rho = torch.randperm(9, generator=derive_generator(9, _TIE_KEY, i)).tolist()
+        row = [-math.inf if math.isnan(e) else min(max(sign * e, -big), big) for e in v[i].tolist()]
+        assert order[i].tolist() == _slow_tie_order(row, rho), i
+
+
+def test_tie_top_and_tie_first_follow_the_tie_order() -> None:
+    """The top-k sets and the top feature the localisation metrics read equal the first k features of tie_order, ties straddling
+    position k included (values drawn from a few levels, NaN and infinities among them)."""
+    from whybox.metrics.base import tie_first, tie_top
+
+    g = torch.Generator().manual_seed(11)
+    levels = torch.tensor([0.0, -0.0, 1.0, 2.0, math.inf, -math.inf, math.nan], dtype=torch.float64)
+    for trial in range(60):
+        b, n = 4, int(torch.randint(1, 30, (1,), generator=g))
+        v = torch.rand(b, n, generator=g, dtype=torch.float64)
+        pick = torch.rand(b, n, generator=g) < 0.6
+        v[pick] = levels[torch.randint(0, len(levels), (int(pick.sum()),), generator=g)]
+        k = torch.randint(0, n + 1, (b,), generator=g)
+        top = tie_top(v, trial, k)
+        order = tie_order(v, trial)
+        assert torch.equal(tie_first(v, trial), order[:, 0])
+        for i in range(b):
+            want = torch.zeros(n, dtype=torch.bool)
+            want[order[i, : int(k[i])]] = True
+            assert torch.equal(top[i], want), (trial, i)
+
+
 def test_flat_map_is_ordered_by_the_tie_rule_and_says_so() -> None:
     model, x = cnn3(), randn(2, 3, 6, 6, seed=2)
     flat = torch.zeros(2, 1, 6, 6)

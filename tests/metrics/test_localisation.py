@@ -102,3 +102,24 @@ def test_localisation_agrees_with_quantus(quantus) -> None:
     np.testing.assert_array_equal(ours_pg.numpy(), np.asarray(pg, dtype=float))
     np.testing.assert_allclose(ours_rr.numpy(), np.asarray(rr, dtype=float), atol=1e-12)
     np.testing.assert_allclose(ours_rm.numpy(), np.asarray(rm, dtype=float), rtol=1e-6)
+
+
+@pytest.mark.parametrize("tolerance", [0.0, 1.0, 1.5, 2.0, math.sqrt(8), 3.5, 15.0])
+def test_pointing_game_distance_is_the_distance_transform_at_the_point(tolerance: float) -> None:
+    """Oracle: scipy's exact Euclidean distance transform of ~mask, read at the map's maximum, row by row."""
+    from scipy.ndimage import distance_transform_edt
+
+    g = torch.Generator().manual_seed(4)
+    h, w = 9, 13
+    a = torch.rand(40, 1, h, w, generator=g)
+    masks = torch.rand(40, h, w, generator=g) < torch.linspace(0.0, 0.2, 40).view(-1, 1, 1)
+    x = torch.rand(40, 1, h, w, generator=g)
+    r = whybox.evaluate(None, x, a, "pointing_game", masks=masks, tolerance=tolerance)
+    point = a.flatten(1).argmax(1)
+    for i in range(40):
+        m = masks[i].numpy()
+        if not m.any():
+            assert math.isnan(r.scores[i])
+            continue
+        dist = float(distance_transform_edt(~m).reshape(-1)[int(point[i])])
+        assert r.scores[i].item() == float(dist == 0.0 or dist < tolerance), i

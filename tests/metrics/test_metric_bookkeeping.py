@@ -86,3 +86,22 @@ def test_a_hundred_evaluate_calls_leave_nothing_behind(
     metric: str, assert_no_growth: Callable[[Callable[[], Any]], None]
 ) -> None:
     assert_no_growth(call_of(metric)[1])
+
+
+def test_finite_checks_see_through_an_overflowing_sum() -> None:
+    """all_finite and finite_rows answer from a sum when it is finite; a sum that overflows (finite values) or
+    holds a NaN or inf is checked value by value."""
+    from whybox.metrics.base import all_finite, finite_rows
+
+    big = torch.full((3, 4), 3e38, dtype=torch.float32)  # each row's sum overflows float32
+    assert all_finite(big) and finite_rows(big).all()
+    bad = big.clone()
+    bad[1, 2] = float("nan")
+    bad[2, 0] = float("-inf")
+    assert not all_finite(bad)
+    assert finite_rows(bad).tolist() == [True, False, False]
+    assert all_finite(torch.arange(5)) and finite_rows(torch.arange(6).view(2, 3)).all()
+    x = torch.rand(2, 1, 4, 4)
+    x[1, 0, 2, 2] = float("nan")
+    with pytest.raises(whybox.WhyboxError, match="non-finite"):
+        whybox.evaluate(None, x, torch.rand(2, 1, 4, 4), "sparseness")

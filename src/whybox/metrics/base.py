@@ -39,14 +39,19 @@ __all__ = [
     "ExplainFn",
     "Metric",
     "MetricResult",
+    "all_finite",
     "boundaries",
     "derive_generator",
     "feature_scores",
+    "feature_values",
+    "finite_rows",
     "make_explain_fn",
     "pearson",
     "rankdata",
     "spearman",
+    "tie_first",
     "tie_order",
+    "tie_top",
     "trapezoid",
 ]
 
@@ -123,6 +128,37 @@ def boundaries(n: int, steps: int) -> list[int]:
     return [(i * n) // steps for i in range(steps + 1)]
 
 
+def finite_rows(t: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` bool on the CPU: whether every value of row ``i`` of ``t`` ``(B, ...)`` is finite.
+
+    A row's sum is finite only if all its values are (an inf or NaN makes it inf or NaN), so one reduction
+    answers for the rows whose sum is finite; only the others (a NaN or inf, or a sum that overflowed) are
+    checked value by value."""
+    flat = t.detach().reshape(t.shape[0], -1)
+    if not flat.is_floating_point() and not flat.is_complex():
+        return torch.ones(t.shape[0], dtype=torch.bool)
+    if flat.device.type == "cpu" and flat.dtype in (torch.float32, torch.float64):  # NumPy: less per-call overhead
+        a = flat.numpy()
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is answered value by value below
+            ok_np = np.isfinite(a.sum(1))
+        if not ok_np.all():
+            ok_np = np.isfinite(a).all(1)
+        return torch.from_numpy(ok_np)
+    ok = torch.isfinite(flat.sum(1))
+    if not bool(ok.all()):
+        ok = torch.isfinite(flat).all(1)
+    return ok.cpu()
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """Whether every value of ``t`` is finite: its sum answers when finite (an inf or NaN would make it inf or
+    NaN); a sum that is not (a NaN or inf, or an overflow) is checked value by value."""
+    if not t.is_floating_point() and not t.is_complex():
+        return True
+    total = t.detach().sum()
+    return bool(torch.isfinite(total)) or bool(torch.isfinite(t).all())
+
+
 def derive_generator(seed: int, *keys: int) -> torch.Generator:
     """A CPU generator seeded from ``(seed, *keys)`` through NumPy's ``SeedSequence`` (well mixed, never global)."""
     state = np.random.SeedSequence([int(seed), *(int(k) for k in keys)]).generate_state(1, np.uint64)[0]
@@ -144,15 +180,64 @@ def tie_order(values: torch.Tensor, seed: int, *, descending: bool = True) -> to
     ``(B, N)`` int64 feature indices, most relevant first.
     """
     b, n = values.shape
-    v = values.detach().to("cpu", torch.float64)
-    v = torch.nan_to_num(v, nan=-math.inf if descending else math.inf)
-    out = torch.empty(b, n, dtype=torch.int64)
-    for i in range(b):
-        rho = torch.randperm(n, generator=derive_generator(seed, _TIE_KEY, i))
-        by_rho = torch.argsort(rho)  # features in rho order: a stable sort on value then breaks ties by rho
-        key = -v[i, by_rho] if descending else v[i, by_rho]
-        out[i] = by_rho[torch.sort(key, stable=True).indices]
-    return out.to(values.device)
+    v = values.detach().to("cpu", torch.float64).numpy()
+    if not np.isfinite(v).all():  # infinities become the largest floats and NaN an infinity: NaN last
+        v = np.nan_to_num(v, nan=-math.inf if descending else math.inf)
+    key = -v if descending else v
+    # One unstable (SIMD) argsort per row orders the distinct values; only rows holding a tie then need rho:
+    # sorting on the integer key dense_rank(value) * N + rho is the stable sort on (value, rho), since rho is
+    # a permutation. A row without ties keeps its first order (any rho gives it), so it draws nothing.
+    first = np.argsort(key, axis=1)
+    ranked = key[np.arange(b)[:, None], first]
+    new_value = ranked[:, 1:] != ranked[:, :-1]
+    out = first
+    for i in np.flatnonzero(~new_value.all(1)).tolist():
+        dense = np.empty(n, dtype=np.int64)
+        dense[first[i]] = np.concatenate([[0], np.cumsum(new_value[i])])
+        rho = torch.randperm(n, generator=derive_generator(seed, _TIE_KEY, i)).numpy()
+        out[i] = np.argsort(dense * n + rho)
+    return torch.from_numpy(out).to(values.device)
+
+
+def tie_top(values: torch.Tensor, seed: int, k: torch.Tensor) -> torch.Tensor:
+    """``(B, N)`` bool: the first ``k[i]`` features of row ``i`` in :func:`tie_order`'s order (most relevant
+    first), as a set, without ordering the rest: the features above the ``k``-th value, and of those tied with it
+    the ones with the smallest ``rho``. The permutation is drawn only for rows where a tie straddles position
+    ``k``. ``k`` ``(B,)`` ints in ``0..N``.
+    """
+    b, n = values.shape
+    v = values.detach().to("cpu", torch.float64).numpy()
+    if not np.isfinite(v).all():
+        v = np.nan_to_num(v, nan=-math.inf)  # as tie_order (descending): NaN last
+    key = -v
+    kk = np.clip(k.cpu().numpy(), 0, n)
+    rows = np.arange(b)
+    kth = np.sort(key, axis=1)[rows, np.maximum(kk, 1) - 1]  # the k-th smallest key (k = 0: unused)
+    better = key < kth[:, None]
+    tied = key == kth[:, None]
+    need = kk - better.sum(1)
+    top = better | (tied & (kk > 0)[:, None])
+    for i in np.flatnonzero((kk > 0) & (tied.sum(1) > need)).tolist():  # the tie straddles position k
+        rho = torch.randperm(n, generator=derive_generator(seed, _TIE_KEY, i)).numpy()
+        group = np.flatnonzero(tied[i])
+        top[i, group] = False
+        top[i, group[np.argsort(rho[group])[: need[i]]]] = True
+    return torch.from_numpy(top)
+
+
+def tie_first(values: torch.Tensor, seed: int) -> torch.Tensor:
+    """``(B,)`` the first feature of :func:`tie_order`'s order (the most relevant; of tied maxima the one with the
+    smallest ``rho``), without sorting: the permutation is drawn only for rows whose maximum is tied."""
+    v = values.detach().to("cpu", torch.float64).numpy()
+    if not np.isfinite(v).all():
+        v = np.nan_to_num(v, nan=-math.inf)  # as tie_order (descending): NaN last
+    first = v.argmax(1)
+    at_max = v == v[np.arange(v.shape[0]), first][:, None]
+    for i in np.flatnonzero(at_max.sum(1) > 1).tolist():
+        rho = torch.randperm(v.shape[1], generator=derive_generator(seed, _TIE_KEY, i)).numpy()
+        group = np.flatnonzero(at_max[i])
+        first[i] = group[rho[group].argmin()]
+    return torch.from_numpy(first)
 
 
 def rankdata(a: torch.Tensor) -> torch.Tensor:
@@ -184,10 +269,9 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return pearson(rankdata(a), rankdata(b))
 
 
-def feature_scores(
-    attributions: torch.Tensor, x: torch.Tensor, *, abs: bool = False
-) -> tuple[torch.Tensor, FeatureGroups]:
-    """Per-feature attribution ``(B, N)`` (float64) and the feature groups of ``x``.
+def feature_values(attributions: torch.Tensor, x: torch.Tensor, *, abs: bool = False) -> torch.Tensor:
+    """Per-feature attribution ``(B, N)`` (float64), the first half of :func:`feature_scores` (no feature groups:
+    what the metrics that read only the map need).
 
     Images ``(B, C, H, W)``: one feature per pixel; a ``(B, C, H, W)``, ``(B, 1, H, W)`` or ``(B, H, W)`` map is
     pooled over channels by summing (``|.|`` first when ``abs``). Any other input ``(B, *S)``: one feature per
@@ -207,7 +291,8 @@ def feature_scores(
                 f"attributions of shape {tuple(attributions.shape)} do not match images {tuple(x.shape)}; expected "
                 f"({b}, {x.shape[1]} or 1, {h}, {w}) or ({b}, {h}, {w})."
             )
-        return a.sum(1).reshape(b, -1).to(torch.float64), pixels(x)
+        a = a[:, 0] if a.shape[1] == 1 else a.sum(1)
+        return a.reshape(b, -1).to(torch.float64)
     if a.shape != x.shape and x.ndim == 3 and a.ndim in (2, 3) and a.shape[:2] == x.shape[:2]:
         # one value per token (B, T) or (B, T, 1) of packed text inputs (B, T, D + 1): each element takes it
         a = (a if a.ndim == 3 else a.unsqueeze(-1)).expand(x.shape)
@@ -216,9 +301,20 @@ def feature_scores(
             f"attributions of shape {tuple(attributions.shape)} must have the shape of the inputs {tuple(x.shape)}"
             + (" (or one value per token: (B, T) or (B, T, 1))." if x.ndim == 3 else ".")
         )
-    n = int(np.prod(x.shape[1:]))
+    return a.reshape(b, -1).to(torch.float64)
+
+
+def feature_scores(
+    attributions: torch.Tensor, x: torch.Tensor, *, abs: bool = False
+) -> tuple[torch.Tensor, FeatureGroups]:
+    """Per-feature attribution ``(B, N)`` (float64, :func:`feature_values`) and the feature groups of ``x``: its
+    pixels for images, its elements otherwise."""
+    values = feature_values(attributions, x, abs=abs)
+    if x.ndim == 4:
+        return values, pixels(x)
+    b, n = x.shape[0], int(np.prod(x.shape[1:]))
     g = torch.arange(n, device=x.device).view(1, *x.shape[1:]).expand(b, *x.shape[1:]).contiguous()
-    return a.reshape(b, -1).to(torch.float64), FeatureGroups(g, n, "elements")
+    return values, FeatureGroups(g, n, "elements")
 
 
 # ---------------------------------------------------------------------------------------------- explainers
@@ -380,6 +476,26 @@ def check_float(name: str, value: Any, lo: float = -math.inf, hi: float = math.i
     return float(value)
 
 
+_KEYWORD_OPTIONS: dict[type, tuple[str, ...]] = {}
+
+
+def _keyword_options(cls: type) -> tuple[str, ...]:
+    """The keyword-only parameters of every ``__init__`` along ``cls``'s MRO, most derived first, each once (read
+    once per class: ``inspect.signature`` cost a quarter of a millisecond per metric call)."""
+    if cls in _KEYWORD_OPTIONS:
+        return _KEYWORD_OPTIONS[cls]
+    names: list[str] = []
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None or klass is object:
+            continue
+        for p in inspect.signature(init).parameters.values():
+            if p.kind is p.KEYWORD_ONLY and p.name not in names:
+                names.append(p.name)
+    _KEYWORD_OPTIONS[cls] = tuple(names)
+    return _KEYWORD_OPTIONS[cls]
+
+
 class Metric:
     """Base class of every metric.
 
@@ -414,25 +530,20 @@ class Metric:
     def params(self) -> dict[str, Any]:
         """The metric's options (every keyword of ``__init__``), JSON-friendly."""
         out: dict[str, Any] = {}
-        for cls in type(self).__mro__:
-            init = cls.__dict__.get("__init__")
-            if init is None:
+        for name in _keyword_options(type(self)):
+            if not hasattr(self, name):
                 continue
-            for p in inspect.signature(init).parameters.values():
-                if p.kind is p.KEYWORD_ONLY and p.name not in out and hasattr(self, p.name):
-                    v = getattr(self, p.name)
-                    if isinstance(v, (bool, int, float, str, type(None))):
-                        out[p.name] = v
-                    elif isinstance(v, (list, tuple)) and all(isinstance(e, (bool, int, float, str)) for e in v):
-                        out[p.name] = list(v)
-                    elif isinstance(v, dict):
-                        out[p.name] = {
-                            str(k): e if isinstance(e, (bool, int, float, str)) else repr(e) for k, e in v.items()
-                        }
-                    elif callable(v) and not isinstance(v, torch.Tensor):
-                        out[p.name] = getattr(v, "__name__", repr(v))
-                    else:
-                        out[p.name] = repr(v) if not isinstance(v, torch.Tensor) else f"tensor{tuple(v.shape)}"
+            v = getattr(self, name)
+            if isinstance(v, (bool, int, float, str, type(None))):
+                out[name] = v
+            elif isinstance(v, (list, tuple)) and all(isinstance(e, (bool, int, float, str)) for e in v):
+                out[name] = list(v)
+            elif isinstance(v, dict):
+                out[name] = {str(k): e if isinstance(e, (bool, int, float, str)) else repr(e) for k, e in v.items()}
+            elif callable(v) and not isinstance(v, torch.Tensor):
+                out[name] = getattr(v, "__name__", repr(v))
+            else:
+                out[name] = repr(v) if not isinstance(v, torch.Tensor) else f"tensor{tuple(v.shape)}"
         return out
 
     def __repr__(self) -> str:
@@ -547,15 +658,15 @@ class Metric:
                 ctx = Context(adapter, x, attributions, tgt, expl, engine, clean, masks, labels, method)
                 scores, curves, meta = self._compute(ctx)
         scores = scores.detach().to("cpu", torch.float64)
-        if attributions is not None:
-            finite = torch.isfinite(attributions.reshape(attributions.shape[0], -1)).all(1).cpu()
+        if attributions is not None and not all_finite(attributions):
+            finite = finite_rows(attributions)
             if not bool(finite.all()):
                 scores = torch.where(finite, scores, torch.full_like(scores, math.nan))
                 meta["nonfinite_attributions"] = (~finite).nonzero().flatten().tolist()
         out_meta: dict[str, Any] = {
             "n_forward": (engine.n_forward if engine is not None else 0) + ctx.passes["n_forward"],
             "n_backward": ctx.passes["n_backward"],
-            "n_nan": int(torch.isnan(scores).sum()),
+            "n_nan": int(np.isnan(scores.numpy()).sum()),
         }
         if ctx.target is not None:
             out_meta["target"] = ctx.target.index.clone()
@@ -591,7 +702,7 @@ class Metric:
         x = inputs.detach()
         if not x.is_floating_point():
             x = x.to(torch.float32)
-        if not bool(torch.isfinite(x).all()):
+        if not all_finite(x):
             raise InvalidInputError("inputs contain non-finite values (NaN or inf); clean them before evaluating.")
         return x, names
 

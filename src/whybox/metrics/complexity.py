@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 
 from whybox.errors import InvalidParameterError
@@ -20,26 +21,30 @@ from whybox.registry import METRICS
 __all__ = ["Complexity", "Sparseness", "entropy", "gini"]
 
 
+def _abs64(v: torch.Tensor) -> np.ndarray:
+    return np.abs(v.detach().to("cpu", torch.float64).numpy())
+
+
 def gini(v: torch.Tensor) -> torch.Tensor:
     """Gini index of ``|v|`` per row: ``sum_k (2k - d - 1) v_(k) / (d sum v)`` (ascending sort, k = 1..d).
 
-    In [0, 1 - 1/d]; NaN for an all-zero row (no epsilon is added).
+    In [0, 1 - 1/d]; NaN for an all-zero row (no epsilon is added). Computed in NumPy (float64): its sort is
+    several times faster than torch's on the CPU.
     """
-    s = v.detach().to("cpu", torch.float64).abs().sort(1).values
+    s = np.sort(_abs64(v), axis=1)
     d = s.shape[1]
-    k = torch.arange(1, d + 1, dtype=torch.float64)
     total = s.sum(1)
-    g = ((2 * k - d - 1) * s).sum(1) / (d * torch.where(total > 0, total, torch.ones_like(total)))
-    return torch.where(total > 0, g, torch.full_like(g, math.nan))
+    g = s @ (2.0 * np.arange(1, d + 1) - d - 1) / (d * np.where(total > 0, total, 1.0))
+    return torch.from_numpy(np.where(total > 0, g, math.nan))
 
 
 def entropy(v: torch.Tensor) -> torch.Tensor:
     """``H = -sum p ln p`` with ``p = |v| / sum |v|`` per row (``0 ln 0 = 0``); NaN for an all-zero row."""
-    a = v.detach().to("cpu", torch.float64).abs()
-    total = a.sum(1, keepdim=True)
-    p = a / torch.where(total > 0, total, torch.ones_like(total))
-    h = -torch.where(p > 0, p * torch.log(torch.where(p > 0, p, torch.ones_like(p))), torch.zeros_like(p)).sum(1)
-    return torch.where(total.squeeze(1) > 0, h, torch.full_like(h, math.nan))
+    a = _abs64(v)
+    total = a.sum(1, keepdims=True)
+    p = a / np.where(total > 0, total, 1.0)
+    h = -(p * np.log(np.where(p > 0, p, 1.0))).sum(1)  # 0 ln 1 = 0 where p = 0
+    return torch.from_numpy(np.where(total[:, 0] > 0, h, math.nan))
 
 
 class _Flat(Metric):

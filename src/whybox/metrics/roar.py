@@ -27,7 +27,7 @@ from torch import nn
 
 from whybox.errors import InvalidInputError, InvalidParameterError
 from whybox.masking.engine import MaskingEngine
-from whybox.metrics.base import check_float, check_int, derive_generator, feature_scores, tie_order
+from whybox.metrics.base import check_float, check_int, derive_generator, feature_values, tie_order
 from whybox.models.adapter import adapt
 from whybox.models.targets import Target
 
@@ -216,8 +216,8 @@ def roar(
         else:
             a_tr, a_te = m
         rankings[name] = (
-            tie_order(feature_scores(a_tr, x_tr)[0], seed),
-            tie_order(feature_scores(a_te, x_te)[0], seed + 1),
+            tie_order(feature_values(a_tr, x_tr), seed),
+            tie_order(feature_values(a_te, x_te), seed + 1),
         )
     n_pix = x_tr.shape[-2] * x_tr.shape[-1]
     rand = [
