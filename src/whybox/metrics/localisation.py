@@ -76,7 +76,9 @@ class PointingGame(_Localisation):
         else:  # tolerance 0: a hit only on the mask itself
             hit = m[np.arange(m.shape[0]), p]
         hits = torch.from_numpy(np.where(m.any(1), hit.astype(np.float64), math.nan))
-        meta: dict[str, Any] = {"point": torch.from_numpy(np.stack([p % w, p // w], 1))}  # (u, v) = (x, y)
+        uv = np.empty((len(p), 2), dtype=np.int64)
+        uv[:, 0], uv[:, 1] = p % w, p // w
+        meta: dict[str, Any] = {"point": torch.from_numpy(uv)}  # (u, v) = (x, y)
         if ctx.target is not None:
             acc: dict[int, float] = {}
             for c in sorted(set(ctx.target.index.tolist())):
@@ -97,12 +99,12 @@ class EnergyPointingGame(_Localisation):
 
     def _compute(self, ctx: Context) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
         values, masks = self._maps(ctx)
-        pos = values.clamp_min(0)
+        pos = np.maximum(values.numpy(), 0.0)  # NumPy on the CPU maps: a few small ops, not a dozen torch calls
+        m = masks.numpy()
         total = pos.sum(1)
-        inside = (pos * masks).sum(1)
-        bad = (total <= 0) | ~masks.any(1)
-        e = inside / torch.where(bad, torch.ones_like(total), total)
-        return torch.where(bad, torch.full_like(e, math.nan), e), {}, {}
+        inside = np.where(m, pos, 0.0).sum(1)
+        bad = (total <= 0) | ~m.any(1)
+        return torch.from_numpy(np.where(bad, math.nan, inside / np.where(bad, 1.0, total))), {}, {}
 
 
 @METRICS.register("relevance_mass")
@@ -123,6 +125,7 @@ class RelevanceRank(_Localisation):
     def _compute(self, ctx: Context) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
         values, masks = self._maps(ctx)
         sizes = masks.sum(1)
-        top = tie_top(values, self.seed, sizes)  # the K highest-ranked pixels, K = |GT|
-        share = (top & masks).sum(1).to(torch.float64) / sizes.clamp_min(1)
-        return torch.where(sizes > 0, share, torch.full_like(share, math.nan)), {}, {}
+        top = tie_top(values, self.seed, sizes).numpy()  # the K highest-ranked pixels, K = |GT|
+        k = sizes.numpy()
+        share = (top & masks.numpy()).sum(1) / np.maximum(k, 1)
+        return torch.from_numpy(np.where(k > 0, share, math.nan)), {}, {}
