@@ -666,8 +666,10 @@ def main() -> int:
         "Cases: "
         + "; ".join(f"{c.name}: {c.b} images, whybox batch_size {c.batch_size}" for c in cases)
         + " (digits = the bundled digits CNN on test images; effnet224 = EfficientNet-Lite0 on the bundled photos). "
-        "Ratio = median over rounds of Quantus time / whybox time; rows timed once are marked in the notes. Both "
-        "sides run the same model in the same process with the same thread count.\n\n"
+        "Ratio = median over rounds of Quantus time / whybox time; rows timed once are marked in the notes; a call "
+        f"under {ROUND_S * 1e3:.0f} ms is repeated within each round until the round takes about that long "
+        "(calls_per_round in the JSON). Both sides run the same model in the same process with the same thread "
+        "count.\n\n"
         "Floor = whybox's model passes per sample (counted by hooks on the model) x the model's best per-sample "
         "time in this process: "
         + "; ".join(
