@@ -457,3 +457,25 @@ def test_blur_fill_is_rise_kernel_with_zero_padding() -> None:
             for j in range(10):
                 want[0, c, i, j] = (pad[0, c, i : i + 11, j : j + 11] * k).sum()
     np.testing.assert_allclose(rise_blur(x).numpy(), want, rtol=1e-12, atol=1e-12)
+
+
+def test_rankdata_equals_scipys_average_ranks() -> None:
+    """Average ranks of runs of equal values (ties), -0.0 beside 0.0, infinities, NaN rows (scipy's propagate)
+    and 1-D, 2-D and 3-D inputs, against scipy.stats.rankdata along the last axis."""
+    from scipy.stats import rankdata as sp_rankdata
+
+    from whybox.metrics.base import rankdata
+
+    rng = np.random.default_rng(3)
+    for t in range(300):
+        shape = tuple(int(d) for d in rng.integers(1, 12, size=rng.integers(1, 4)))
+        v = rng.integers(0, 4, size=shape).astype(float) if t % 2 else rng.random(shape)
+        flat = v.reshape(-1)
+        if t % 5 == 0:
+            flat[rng.integers(0, flat.size)] = -0.0
+        if t % 7 == 0:
+            flat[rng.integers(0, flat.size)] = np.inf
+        if t % 11 == 0:
+            flat[rng.integers(0, flat.size)] = np.nan
+        ours = rankdata(torch.from_numpy(v)).numpy()
+        np.testing.assert_array_equal(ours, sp_rankdata(v, axis=-1))

@@ -250,10 +250,34 @@ def tie_first(values: torch.Tensor, seed: int) -> torch.Tensor:
 
 
 def rankdata(a: torch.Tensor) -> torch.Tensor:
-    """Average ranks (1-based, ties averaged, as ``scipy.stats.rankdata``) along the last axis, float64."""
-    from scipy.stats import rankdata as sp_rankdata
+    """Average ranks (1-based, ties averaged, as ``scipy.stats.rankdata``) along the last axis, float64.
 
-    return torch.from_numpy(np.asarray(sp_rankdata(a.detach().cpu().double().numpy(), axis=-1), dtype=np.float64))
+    Every row at once: one sort, then each run of equal values takes the mean of its positions (exact: integers
+    and halves). Rows holding a NaN go through scipy (NaN ranks, its ``nan_policy="propagate"``)."""
+    v = a.detach().cpu().double().numpy()
+    shape = v.shape
+    v = v.reshape(-1, shape[-1]) if v.ndim else v.reshape(1, 1)
+    n = v.shape[1]
+    out = np.empty(v.shape, dtype=np.float64)
+    if n:
+        order = np.argsort(v, axis=1)  # unstable is fine: every member of a run of equal values gets its mean
+        rows = np.arange(v.shape[0])[:, None]
+        s = v[rows, order]
+        starts = np.ones(v.shape, dtype=bool)
+        np.not_equal(s[:, 1:], s[:, :-1], out=starts[:, 1:])  # a new run of equal values begins
+        if starts.all():  # no ties: the ranks are the positions
+            out[rows, order] = np.arange(1.0, n + 1.0)
+        else:
+            flat_starts = np.flatnonzero(starts)
+            run_len = np.diff(np.append(flat_starts, starts.size))
+            mean_pos = (flat_starts % n) + (run_len - 1) / 2 + 1  # 1-based mean position of each run
+            out[rows, order] = np.repeat(mean_pos, run_len).reshape(v.shape)
+    nan_rows = np.isnan(v).any(1)
+    if nan_rows.any():
+        from scipy.stats import rankdata as sp_rankdata
+
+        out[nan_rows] = sp_rankdata(v[nan_rows], axis=-1)
+    return torch.from_numpy(out.reshape(shape))
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
