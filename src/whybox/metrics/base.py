@@ -213,18 +213,18 @@ def tie_top(values: torch.Tensor, seed: int, k: torch.Tensor) -> torch.Tensor:
     v = values.detach().to("cpu", torch.float64).numpy()
     if not np.isfinite(v).all():
         v = np.nan_to_num(v, nan=-math.inf)  # as tie_order (descending): NaN last
-    key = -v
-    kk = np.minimum(np.maximum(k.cpu().numpy(), 0), n)  # (np.clip costs more on small arrays)
-    rows = np.arange(b)
-    kth = np.sort(key, axis=1)[rows, np.maximum(kk, 1) - 1]  # the k-th smallest key (k = 0: unused)
-    better = key < kth[:, None]
-    tied = key == kth[:, None]
-    need = kk - better.sum(1)
-    top = better | (tied & (kk > 0)[:, None])
-    straddle = (kk > 0) & (tied.sum(1) > need)  # rows where a tie straddles position k
-    if not straddle.any():
-        return torch.from_numpy(top)
-    for i in np.flatnonzero(straddle).tolist():
+    kk = k.cpu().numpy()
+    if kk.min() < 0 or kk.max() > n:
+        kk = np.minimum(np.maximum(kk, 0), n)
+    kth = np.sort(v, axis=1)[np.arange(b), n - np.maximum(kk, 1)]  # the k-th largest value (k = 0: unused)
+    top = v > kth[:, None]
+    tied = v == kth[:, None]
+    need = kk - top.sum(1)
+    n_tied = tied.sum(1)
+    if (n_tied == need).all():  # every row takes its whole tie (k = 0 rows have need = 0 and nothing tied taken)
+        return torch.from_numpy(top | (tied & (kk > 0)[:, None]))
+    top |= tied & (kk > 0)[:, None]
+    for i in np.flatnonzero((kk > 0) & (n_tied > need)).tolist():  # rows where a tie straddles position k
         rho = torch.randperm(n, generator=derive_generator(seed, _TIE_KEY, i)).numpy()
         group = np.flatnonzero(tied[i])
         top[i, group] = False
@@ -239,7 +239,7 @@ def tie_first(values: torch.Tensor, seed: int) -> torch.Tensor:
     if not np.isfinite(v).all():
         v = np.nan_to_num(v, nan=-math.inf)  # as tie_order (descending): NaN last
     first = v.argmax(1)
-    at_max = v == v.max(1, keepdims=True)
+    at_max = v == v[np.arange(v.shape[0]), first][:, None]
     if at_max.sum() == v.shape[0]:  # one maximum per row
         return torch.from_numpy(first)
     for i in np.flatnonzero(at_max.sum(1) > 1).tolist():
