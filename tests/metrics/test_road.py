@@ -234,3 +234,21 @@ def test_sparse_factors_have_no_fill_across_the_first_separator(monkeypatch: pyt
     a, b = rows[lower.row], rows[lower.col]
     assert not (((a < 8) & (b > 8)) | ((a > 8) & (b < 8))).any()
     assert torch.isfinite(out).all() and torch.equal(out[0][~hole], img[0][~hole])
+
+
+def test_sparse_batch_equals_one_by_one_on_non_square_images() -> None:
+    """Block-diagonal nested-dissection LU of several images (holes of different sizes, one image with nothing
+    removed, one with everything) gives each image its own solution and its own noise."""
+    import whybox.metrics.road as road
+
+    g = torch.Generator().manual_seed(12)
+    imgs = torch.rand(5, 2, 19, 23, generator=g, dtype=torch.float64)
+    share = torch.tensor([0.4, 0.0, 0.95, 1.0, 0.7]).view(-1, 1, 1)
+    holes = torch.rand(5, 19, 23, generator=g) < share
+    assert int(holes.flatten(1).sum(1).max()) > road.DENSE_MAX  # the sparse path is the one taken
+    gens = [torch.Generator().manual_seed(i) for i in range(5)]
+    batch = road.noisy_linear_imputation_batch(imgs, holes, noise=0.02, generators=gens)
+    for i in range(5):
+        one = noisy_linear_imputation(imgs[i], holes[i], noise=0.02, generator=torch.Generator().manual_seed(i))
+        torch.testing.assert_close(batch[i], one, rtol=0, atol=1e-12, equal_nan=True)
+    assert torch.isnan(batch[3]).all() and torch.equal(batch[1], imgs[1])
