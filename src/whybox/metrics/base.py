@@ -129,25 +129,12 @@ def boundaries(n: int, steps: int) -> list[int]:
 
 
 def finite_rows(t: torch.Tensor) -> torch.Tensor:
-    """``(B,)`` bool on the CPU: whether every value of row ``i`` of ``t`` ``(B, ...)`` is finite.
-
-    A row's sum is finite only if all its values are (an inf or NaN makes it inf or NaN), so one reduction
-    answers for the rows whose sum is finite; only the others (a NaN or inf, or a sum that overflowed) are
-    checked value by value."""
+    """``(B,)`` bool on the CPU: whether every value of row ``i`` of ``t`` ``(B, ...)`` is finite (the rows to
+    blank once :func:`all_finite` has said that some value is not)."""
     flat = t.detach().reshape(t.shape[0], -1)
     if not flat.is_floating_point() and not flat.is_complex():
         return torch.ones(t.shape[0], dtype=torch.bool)
-    if flat.device.type == "cpu" and flat.dtype in (torch.float32, torch.float64):  # NumPy: less per-call overhead
-        a = flat.numpy()
-        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is answered value by value below
-            ok_np = np.isfinite(a.sum(1))
-        if not ok_np.all():
-            ok_np = np.isfinite(a).all(1)
-        return torch.from_numpy(ok_np)
-    ok = torch.isfinite(flat.sum(1))
-    if not bool(ok.all()):
-        ok = torch.isfinite(flat).all(1)
-    return ok.cpu()
+    return torch.isfinite(flat).all(1).cpu()
 
 
 def all_finite(t: torch.Tensor) -> bool:
@@ -172,6 +159,15 @@ def derive_generator(seed: int, *keys: int) -> torch.Generator:
 _TIE_KEY = 7_151_829  # keys of the derived generators: one stream per purpose
 
 
+def _ranking_values(values: torch.Tensor, descending: bool = True) -> np.ndarray:
+    """``values`` as float64 NumPy on the CPU, ready to rank: NaN becomes -inf (``descending``) or +inf, so it comes
+    last, and infinities become the largest finite floats, so NaN comes after them too."""
+    v = values.detach().to("cpu", torch.float64).numpy()
+    if not np.isfinite(v).all():
+        v = np.nan_to_num(v, nan=-math.inf if descending else math.inf)
+    return v
+
+
 def tie_order(values: torch.Tensor, seed: int, *, descending: bool = True) -> torch.Tensor:
     """Feature order by ``values`` ``(B, N)``, ties broken by the fixed seeded rule of METRICS.md.
 
@@ -184,9 +180,7 @@ def tie_order(values: torch.Tensor, seed: int, *, descending: bool = True) -> to
     ``(B, N)`` int64 feature indices, most relevant first.
     """
     b, n = values.shape
-    v = values.detach().to("cpu", torch.float64).numpy()
-    if not np.isfinite(v).all():  # infinities become the largest floats and NaN an infinity: NaN last
-        v = np.nan_to_num(v, nan=-math.inf if descending else math.inf)
+    v = _ranking_values(values, descending)
     key = -v if descending else v
     # One unstable (SIMD) argsort per row orders the distinct values; only rows holding a tie then need rho:
     # sorting on the integer key dense_rank(value) * N + rho is the stable sort on (value, rho), since rho is
@@ -210,9 +204,7 @@ def tie_top(values: torch.Tensor, seed: int, k: torch.Tensor) -> torch.Tensor:
     ``k``. ``k`` ``(B,)`` ints in ``0..N``.
     """
     b, n = values.shape
-    v = values.detach().to("cpu", torch.float64).numpy()
-    if not np.isfinite(v).all():
-        v = np.nan_to_num(v, nan=-math.inf)  # as tie_order (descending): NaN last
+    v = _ranking_values(values)
     kk = k.cpu().numpy()
     if kk.min() < 0 or kk.max() > n:
         kk = np.minimum(np.maximum(kk, 0), n)
@@ -235,9 +227,7 @@ def tie_top(values: torch.Tensor, seed: int, k: torch.Tensor) -> torch.Tensor:
 def tie_first(values: torch.Tensor, seed: int) -> torch.Tensor:
     """``(B,)`` the first feature of :func:`tie_order`'s order (the most relevant; of tied maxima the one with the
     smallest ``rho``), without sorting: the permutation is drawn only for rows whose maximum is tied."""
-    v = values.detach().to("cpu", torch.float64).numpy()
-    if not np.isfinite(v).all():
-        v = np.nan_to_num(v, nan=-math.inf)  # as tie_order (descending): NaN last
+    v = _ranking_values(values)
     first = v.argmax(1)
     at_max = v == v[np.arange(v.shape[0]), first][:, None]
     if at_max.sum() == v.shape[0]:  # one maximum per row
