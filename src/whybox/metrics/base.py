@@ -139,15 +139,11 @@ def finite_rows(t: torch.Tensor) -> torch.Tensor:
 
 def all_finite(t: torch.Tensor) -> bool:
     """Whether every value of ``t`` is finite: its sum answers when finite (an inf or NaN would make it inf or
-    NaN); a sum that is not (a NaN or inf, or an overflow) is checked value by value."""
-    if not t.is_floating_point() and not t.is_complex():
-        return True
-    if t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64):  # NumPy: less per-call overhead
-        a = t.detach().numpy()
-        with np.errstate(over="ignore", invalid="ignore"):
-            return bool(np.isfinite(a.sum())) or bool(np.isfinite(a).all())
-    total = t.detach().sum()
-    return bool(torch.isfinite(total)) or bool(torch.isfinite(t).all())
+    NaN); a sum that is not (a NaN or inf, or an overflow) is checked value by value. One reduction and one
+    scalar read: the cheapest check on small tensors, where each extra call counts."""
+    if not t.is_floating_point():
+        return not t.is_complex() or bool(torch.isfinite(t).all())
+    return math.isfinite(t.detach().sum().item()) or bool(torch.isfinite(t).all())
 
 
 def derive_generator(seed: int, *keys: int) -> torch.Generator:
@@ -208,19 +204,18 @@ def tie_top(values: torch.Tensor, seed: int, k: torch.Tensor) -> torch.Tensor:
     kk = k.cpu().numpy()
     if kk.min() < 0 or kk.max() > n:
         kk = np.minimum(np.maximum(kk, 0), n)
-    kth = np.sort(v, axis=1)[np.arange(b), n - np.maximum(kk, 1)]  # the k-th largest value (k = 0: unused)
-    top = v > kth[:, None]
-    tied = v == kth[:, None]
-    need = kk - top.sum(1)
-    n_tied = tied.sum(1)
-    if (n_tied == need).all():  # every row takes its whole tie (k = 0 rows have need = 0 and nothing tied taken)
-        return torch.from_numpy(top | (tied & (kk > 0)[:, None]))
-    top |= tied & (kk > 0)[:, None]
-    for i in np.flatnonzero((kk > 0) & (n_tied > need)).tolist():  # rows where a tie straddles position k
+    kth = np.sort(v, axis=1)[np.arange(b), n - np.maximum(kk, 1)]  # the k-th largest value
+    kth = np.where(kk > 0, kth, np.inf)  # k = 0: nothing (no value is +inf here: _ranking_values made them finite)
+    top = v >= kth[:, None]
+    count = top.sum(1)
+    if (count == kk).all():  # every row takes its whole tie at the k-th value
+        return torch.from_numpy(top)
+    for i in np.flatnonzero(count != kk).tolist():  # a tie straddles position k: its smallest rho go in
         rho = torch.randperm(n, generator=derive_generator(seed, _TIE_KEY, i)).numpy()
-        group = np.flatnonzero(tied[i])
+        group = np.flatnonzero(v[i] == kth[i])
+        need = int(kk[i]) - (count[i] - group.size)
         top[i, group] = False
-        top[i, group[np.argsort(rho[group])[: need[i]]]] = True
+        top[i, group[np.argsort(rho[group])[:need]]] = True
     return torch.from_numpy(top)
 
 
@@ -754,7 +749,7 @@ class Metric:
             raise InvalidInputError(
                 f"masks must have shape ({b}, {h}, {w}) or ({b}, 1, {h}, {w}); got {tuple(m.shape)}."
             )
-        return m.to(torch.bool)
+        return m if m.dtype == torch.bool else m.to(torch.bool)
 
     @staticmethod
     def _explanation_target(expl: Explanation | None) -> torch.Tensor | None:

@@ -25,6 +25,20 @@ def _abs64(v: torch.Tensor) -> np.ndarray:
     return np.abs(v.detach().to("cpu", torch.float64).numpy())
 
 
+_GINI_WEIGHTS: dict[int, np.ndarray] = {}
+
+
+def _gini_weights(d: int) -> np.ndarray:
+    """``2k - d - 1`` for k = 1..d, made once per length (read-only)."""
+    w = _GINI_WEIGHTS.get(d)
+    if w is None:
+        w = 2.0 * np.arange(1, d + 1) - d - 1
+        w.flags.writeable = False
+        if len(_GINI_WEIGHTS) < 64:
+            _GINI_WEIGHTS[d] = w
+    return w
+
+
 def gini(v: torch.Tensor) -> torch.Tensor:
     """Gini index of ``|v|`` per row: ``sum_k (2k - d - 1) v_(k) / (d sum v)`` (ascending sort, k = 1..d).
 
@@ -34,7 +48,7 @@ def gini(v: torch.Tensor) -> torch.Tensor:
     s = np.sort(_abs64(v), axis=1)
     d = s.shape[1]
     total = s.sum(1)
-    g = s @ (2.0 * np.arange(1, d + 1) - d - 1) / (d * np.where(total > 0, total, 1.0))
+    g = s @ _gini_weights(d) / (d * np.where(total > 0, total, 1.0))
     return torch.from_numpy(np.where(total > 0, g, math.nan))
 
 
