@@ -194,10 +194,10 @@ def tie_order(values: torch.Tensor, seed: int, *, descending: bool = True) -> to
 
 
 def tie_top(values: torch.Tensor, seed: int, k: torch.Tensor) -> torch.Tensor:
-    """``(B, N)`` bool: the first ``k[i]`` features of row ``i`` in :func:`tie_order`'s order (most relevant
-    first), as a set, without ordering the rest: the features above the ``k``-th value, and of those tied with it
-    the ones with the smallest ``rho``. The permutation is drawn only for rows where a tie straddles position
-    ``k``. ``k`` ``(B,)`` ints in ``0..N``.
+    """``(B, N)`` bool on the CPU: the first ``k[i]`` features of row ``i`` in :func:`tie_order`'s order (most
+    relevant first), as a set, without ordering the rest: the features above the ``k``-th value, and of those tied
+    with it the ones with the smallest ``rho``. The permutation is drawn only for rows where a tie straddles
+    position ``k``. ``k`` ``(B,)`` ints in ``0..N``.
     """
     b, n = values.shape
     v = _ranking_values(values)
@@ -220,8 +220,9 @@ def tie_top(values: torch.Tensor, seed: int, k: torch.Tensor) -> torch.Tensor:
 
 
 def tie_first(values: torch.Tensor, seed: int) -> torch.Tensor:
-    """``(B,)`` the first feature of :func:`tie_order`'s order (the most relevant; of tied maxima the one with the
-    smallest ``rho``), without sorting: the permutation is drawn only for rows whose maximum is tied."""
+    """``(B,)`` int64 on the CPU: the first feature of :func:`tie_order`'s order (the most relevant; of tied
+    maxima the one with the smallest ``rho``), without sorting: the permutation is drawn only for rows whose
+    maximum is tied."""
     v = _ranking_values(values)
     first = v.argmax(1)
     at_max = v == v[np.arange(v.shape[0]), first][:, None]
