@@ -167,9 +167,10 @@ def _ranking_values(values: torch.Tensor, descending: bool = True) -> np.ndarray
 def tie_order(values: torch.Tensor, seed: int, *, descending: bool = True) -> torch.Tensor:
     """Feature order by ``values`` ``(B, N)``, ties broken by the fixed seeded rule of METRICS.md.
 
-    For row ``i`` a permutation ``rho`` of ``0..N-1`` is drawn from ``(seed, i)``; the order is a *stable*
-    sort on ``(-value, rho)`` (``(value, rho)`` when ``descending=False``). ``torch.sort(stable=True)`` is used
-    throughout; never an unstable argsort, whose tie order depends on the CPU's SIMD sort. NaN values sort last.
+    For row ``i`` a permutation ``rho`` of ``0..N-1`` is drawn from ``(seed, i)``; the order is the sort on
+    ``(-value, rho)`` (``(value, rho)`` when ``descending=False``), a total order, so no sort algorithm can change
+    it: a row without ties is ordered by its distinct values (an unstable, SIMD argsort is safe there), a row with
+    ties by the distinct integers ``dense_rank(value) * N + rho``. NaN values sort last.
 
     Returns
     -------

@@ -166,8 +166,10 @@ def noisy_linear_imputation_batch(
     n = flat.size
     if n:
         img_of, pix = flat // hw, flat % hw
-        # Unknowns numbered image by image, within an image in nested-dissection order (sparse LU factors)
-        order = np.lexsort((_dissection_key(h, w)[pix], img_of))  # order[j]: the raster-order index of unknown j
+        dense = int(n_rem[solvable].max()) <= DENSE_MAX
+        # Unknowns numbered image by image; for the sparse LU within an image in nested-dissection order (sparse
+        # factors), for the dense blocks in raster order (any order solves them alike)
+        order = np.arange(n) if dense else np.lexsort((_dissection_key(h, w)[pix], img_of))  # raster index of j
         flat_nd, pix_nd = flat[order], pix[order]
         # The grid padded by one pixel on every side: a neighbour's id is its pixel's id plus a fixed step
         hp, wp = h + 2, w + 2
@@ -199,7 +201,7 @@ def noisy_linear_imputation_batch(
 
         rhs = rhs_grid.transpose(0, 2, 3, 1).reshape(nimg * hw, c)[flat_nd]
         starts = np.concatenate([[0], np.cumsum(rem.sum(1))])
-        if int(n_rem[solvable].max()) <= DENSE_MAX:
+        if dense:
             ri, slots = np.nonzero(table >= 0)
             sol_nd = _solve_blocks_dense(ri, table[ri, slots], values(slots), rhs, img_of, starts, solvable)
         else:
