@@ -123,3 +123,33 @@ def test_pointing_game_distance_is_the_distance_transform_at_the_point(tolerance
             continue
         dist = float(distance_transform_edt(~m).reshape(-1)[int(point[i])])
         assert r.scores[i].item() == float(dist == 0.0 or dist < tolerance), i
+
+
+@pytest.mark.parametrize(
+    "metric",
+    ["pointing_game", "energy_pointing_game", "relevance_mass", "relevance_rank", "sparseness", "complexity"],
+)
+def test_a_bare_map_and_an_explanation_give_the_same_result(metric: str) -> None:
+    """A map-only metric given a bare tensor and no model takes a short path; given the same map as an Explanation
+    it takes the general one. Same scores, NaN rows (an empty mask, a non-finite map), meta and params."""
+    from whybox import Explanation
+
+    g = torch.Generator().manual_seed(5)
+    b, h, w = 6, 7, 9
+    x = torch.rand(b, 3, h, w, generator=g)
+    a = torch.rand(b, 3, h, w, generator=g) - 0.3
+    a[1, 0, 2, 2] = math.nan
+    a[2, 1, 0, 0] = math.inf
+    a[3] = a[3].round(decimals=1)  # ties
+    masks = torch.rand(b, h, w, generator=g) < 0.3
+    masks[4] = False
+    target = torch.tensor([0, 1, 1, 2, 0, 2])
+    kw = {"masks": masks} if metric not in ("sparseness", "complexity") else {}
+    short = whybox.evaluate(None, x, a, metric, target=target, seed=3, **kw)
+    general = whybox.evaluate(None, x, Explanation(a, target, "saliency"), metric, seed=3, **kw)
+    torch.testing.assert_close(short.scores, general.scores, equal_nan=True, rtol=0, atol=0)
+    assert general.meta.pop("method") == "saliency"
+    assert short.meta.keys() == general.meta.keys() and short.params == general.params
+    for k, v in short.meta.items():
+        assert torch.equal(v, general.meta[k]) if isinstance(v, torch.Tensor) else v == general.meta[k], k
+    assert short.meta["nonfinite_attributions"] == [1, 2] and short.n_nan >= 2

@@ -42,6 +42,7 @@ __all__ = [
     "all_finite",
     "boundaries",
     "derive_generator",
+    "feature_array",
     "feature_scores",
     "feature_values",
     "finite_rows",
@@ -143,7 +144,7 @@ def all_finite(t: torch.Tensor) -> bool:
     scalar read: the cheapest check on small tensors, where each extra call counts."""
     if not t.is_floating_point():
         return not t.is_complex() or bool(torch.isfinite(t).all())
-    return math.isfinite(t.detach().sum().item()) or bool(torch.isfinite(t).all())
+    return math.isfinite((t.detach() if t.requires_grad else t).sum().item()) or bool(torch.isfinite(t).all())
 
 
 def derive_generator(seed: int, *keys: int) -> torch.Generator:
@@ -155,10 +156,15 @@ def derive_generator(seed: int, *keys: int) -> torch.Generator:
 _TIE_KEY = 7_151_829  # keys of the derived generators: one stream per purpose
 
 
-def _ranking_values(values: torch.Tensor, descending: bool = True) -> np.ndarray:
+def _ranking_values(values: torch.Tensor | np.ndarray, descending: bool = True) -> np.ndarray:
     """``values`` as float64 NumPy on the CPU, ready to rank: NaN becomes -inf (``descending``) or +inf, so it comes
-    last, and infinities become the largest finite floats, so NaN comes after them too."""
-    v = values.detach().to("cpu", torch.float64).numpy()
+    last, and infinities become the largest finite floats, so NaN comes after them too. A float64 array is used as
+    it is (not modified: a cleaned copy is made when it holds a non-finite value)."""
+    if isinstance(values, np.ndarray) and values.dtype == np.float64:
+        v = values
+    else:
+        v = np.asarray(values.detach().to("cpu", torch.float64).numpy() if isinstance(values, torch.Tensor) else values)
+        v = v.astype(np.float64, copy=False)
     if not np.isfinite(v).all():
         v = np.nan_to_num(v, nan=-math.inf if descending else math.inf)
     return v
@@ -194,46 +200,71 @@ def tie_order(values: torch.Tensor, seed: int, *, descending: bool = True) -> to
     return torch.from_numpy(out).to(values.device)
 
 
-def tie_top(values: torch.Tensor, seed: int, k: torch.Tensor) -> torch.Tensor:
+def tie_top(values: torch.Tensor | np.ndarray, seed: int, k: torch.Tensor | np.ndarray) -> torch.Tensor:
     """``(B, N)`` bool on the CPU: the first ``k[i]`` features of row ``i`` in :func:`tie_order`'s order (most
     relevant first), as a set, without ordering the rest: the features above the ``k``-th value, and of those tied
     with it the ones with the smallest ``rho``. The permutation is drawn only for rows where a tie straddles
-    position ``k``. ``k`` ``(B,)`` ints in ``0..N``.
+    position ``k``. ``k`` ``(B,)`` ints in ``0..N``; ``values`` a tensor or a NumPy array (``(B, N)`` each).
     """
-    b, n = values.shape
     v = _ranking_values(values)
-    kk = k.cpu().numpy()
-    if kk.min() < 0 or kk.max() > n:
-        kk = np.minimum(np.maximum(kk, 0), n)
-    kth = np.sort(v, axis=1)[np.arange(b), n - np.maximum(kk, 1)]  # the k-th largest value
-    kth = np.where(kk > 0, kth, np.inf)  # k = 0: nothing (no value is +inf here: _ranking_values made them finite)
+    kk = k.cpu().numpy() if isinstance(k, torch.Tensor) else np.asarray(k)
+    return torch.from_numpy(_tie_top(v, seed, np.minimum(np.maximum(kk, 0), v.shape[1])))
+
+
+def _tie_top(v: np.ndarray, seed: int, kk: np.ndarray) -> np.ndarray:
+    """:func:`tie_top` on ranking values (:func:`_ranking_values`) and ``kk`` ints in ``0..N``: a NumPy ``(B, N)``
+    bool array."""
+    b, n = v.shape
+    flat = np.sort(v, axis=1).reshape(-1)  # ascending: the k-th largest value of row i sits at i * n + n - k
+    every = np.count_nonzero(kk) == b
+    at = np.arange(n, (b + 1) * n, n) - (kk if every else np.maximum(kk, 1))
+    kth = flat[at]
+    if not every:
+        kth[kk == 0] = np.inf  # k = 0: nothing (no value is +inf here: _ranking_values made them finite)
     top = v >= kth[:, None]
+    # A tie straddles position k (0 < k < N) where the next value down equals the k-th: then more than k
+    # features reach it, and its smallest rho decide which go in. (For k = N, at - 1 is the end of the row
+    # before, and for k = 0 the k-th value is +inf: neither can straddle, so they are ruled out after.)
+    tied = flat[at - 1] == kth
+    if not np.count_nonzero(tied):
+        return top
+    straddle = np.flatnonzero(tied & (kk < n) & (kk > 0))
+    if not straddle.size:
+        return top
     count = top.sum(1)
-    if (count == kk).all():  # every row takes its whole tie at the k-th value
-        return torch.from_numpy(top)
-    for i in np.flatnonzero(count != kk).tolist():  # a tie straddles position k: its smallest rho go in
+    for i in straddle.tolist():
         rho = torch.randperm(n, generator=derive_generator(seed, _TIE_KEY, i)).numpy()
         group = np.flatnonzero(v[i] == kth[i])
         need = int(kk[i]) - (count[i] - group.size)
         top[i, group] = False
         top[i, group[np.argsort(rho[group])[:need]]] = True
-    return torch.from_numpy(top)
+    return top
 
 
-def tie_first(values: torch.Tensor, seed: int) -> torch.Tensor:
+def tie_first(values: torch.Tensor | np.ndarray, seed: int) -> torch.Tensor:
     """``(B,)`` int64 on the CPU: the first feature of :func:`tie_order`'s order (the most relevant; of tied
     maxima the one with the smallest ``rho``), without sorting: the permutation is drawn only for rows whose
-    maximum is tied."""
-    v = _ranking_values(values)
+    maximum is tied. ``values`` a tensor or a NumPy array ``(B, N)``."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().to("cpu", torch.float64).numpy()
+    return torch.from_numpy(_tie_first(np.asarray(values, dtype=np.float64), seed))
+
+
+def _tie_first(v: np.ndarray, seed: int) -> np.ndarray:
+    """:func:`tie_first` of a float64 array ``(B, N)`` (NaN and infinities allowed): NumPy int64 ``(B,)``."""
+    b, n = v.shape
+    first = v.argmax(1)  # a NaN, when a row holds one, is where argmax stops
+    top = v[np.arange(b), first]
+    if np.isfinite(top).all() and np.count_nonzero(v == top[:, None]) == b:
+        return first  # one finite maximum per row (NaN and +inf excluded): the rule has nothing to break
+    v = _ranking_values(v)
     first = v.argmax(1)
-    at_max = v == v[np.arange(v.shape[0]), first][:, None]
-    if at_max.sum() == v.shape[0]:  # one maximum per row
-        return torch.from_numpy(first)
+    at_max = v == v[np.arange(b), first][:, None]
     for i in np.flatnonzero(at_max.sum(1) > 1).tolist():
-        rho = torch.randperm(v.shape[1], generator=derive_generator(seed, _TIE_KEY, i)).numpy()
+        rho = torch.randperm(n, generator=derive_generator(seed, _TIE_KEY, i)).numpy()
         group = np.flatnonzero(at_max[i])
         first[i] = group[rho[group].argmin()]
-    return torch.from_numpy(first)
+    return first
 
 
 def rankdata(a: torch.Tensor) -> torch.Tensor:
@@ -324,6 +355,30 @@ def feature_values(attributions: torch.Tensor, x: torch.Tensor, *, abs: bool = F
             + (" (or one value per token: (B, T) or (B, T, 1))." if x.ndim == 3 else ".")
         )
     return a.reshape(b, -1).to(torch.float64)
+
+
+def feature_array(attributions: torch.Tensor, x: torch.Tensor, *, abs: bool = False) -> np.ndarray:
+    """:func:`feature_values` as a NumPy ``(B, N)`` float64 array on the CPU (a copy: the caller may write to it),
+    for the metrics that read only the map. A CPU float map ``(B, 1, H, W)`` of images takes the shortest path:
+    one NumPy cast, no torch operation."""
+    a = attributions
+    sa, sx = a.shape, x.shape
+    if (
+        len(sa) == 4
+        and len(sx) == 4
+        and sa[1] == 1
+        and sa[0] == sx[0]
+        and sa[2] == sx[2]
+        and sa[3] == sx[3]
+        and a.dtype in _NUMPY_FLOATS
+        and a.is_cpu
+    ):
+        v = (a.detach() if a.requires_grad else a).numpy().reshape(sa[0], -1).astype(np.float64)
+        return np.abs(v, out=v) if abs else v
+    return feature_values(attributions, x, abs=abs).cpu().numpy().copy()
+
+
+_NUMPY_FLOATS = (torch.float32, torch.float64)
 
 
 def feature_scores(
@@ -459,6 +514,9 @@ class Context:
     method: str | None = None
     # passes spent outside ``engine`` (explainers the metric re-runs, tracing runs), added to meta's counts
     passes: dict[str, int] = field(default_factory=lambda: {"n_forward": 0, "n_backward": 0})
+    # whether every attribution value is finite (checked once, before _compute; the rows of a map that is not
+    # come back NaN)
+    finite: bool = True
 
 
 def _check_seed(seed: Any) -> int:
@@ -611,13 +669,17 @@ class Metric:
         labels
             True labels ``(B,)`` for accuracy-based metrics (ROAD); default: the target.
         """
+        if model is None and not self.needs_model and labels is None and isinstance(explanation, torch.Tensor):
+            return self._evaluate_map(inputs, explanation, target, masks)  # the common call of a map-only metric
         x, names = self._validate_inputs(inputs)
-        adapter = adapt(model) if model is not None else None
-        check_feature_names(names, getattr(adapter, "feature_names", None))
-        target = class_label_target(getattr(adapter, "model", None), target)  # scikit-learn class labels
-        if isinstance(adapter, SklearnAdapter) and adapter.method_name == "predict_proba":
-            adapter = _ProbaAsLogits(adapter)  # its outputs are probabilities already
-        if self.needs_model and adapter is None:
+        adapter: ModelAdapter | None = None
+        if model is not None:
+            adapter = adapt(model)
+            check_feature_names(names, getattr(adapter, "feature_names", None))
+            target = class_label_target(getattr(adapter, "model", None), target)  # scikit-learn class labels
+            if isinstance(adapter, SklearnAdapter) and adapter.method_name == "predict_proba":
+                adapter = _ProbaAsLogits(adapter)  # its outputs are probabilities already
+        elif self.needs_model:
             raise InvalidParameterError(f"metric {self.name!r} needs a model; got model=None.")
         expl: Explanation | None = None
         method: str | None = None
@@ -672,36 +734,82 @@ class Metric:
         if not self.needs_model or adapter is None or engine is None:
             tgt0 = self._target_without_model(target, expl, x)
             ctx = Context(None, x, attributions, tgt0, expl, None, None, masks, labels, method)
-            scores, curves, meta = self._compute(ctx)
+            scores, curves, meta = self._checked_compute(ctx)
         else:
             with adapter.guard(self.mode):
                 clean = engine.forward(x)
                 tgt = self._resolve_target(target, expl, clean, x)
                 ctx = Context(adapter, x, attributions, tgt, expl, engine, clean, masks, labels, method)
-                scores, curves, meta = self._compute(ctx)
-        scores = scores.detach().to("cpu", torch.float64)
-        if attributions is not None and not all_finite(attributions):
+                scores, curves, meta = self._checked_compute(ctx)
+        return self._result(ctx, scores, curves, meta, engine)
+
+    def _evaluate_map(
+        self, inputs: torch.Tensor, attributions: torch.Tensor, target: TargetLike, masks: torch.Tensor | None
+    ) -> MetricResult:
+        """:meth:`evaluate` of a metric that reads only the map, given an attribution tensor and no model: the same
+        checks and result, without the model-side branches (a call here costs tens of microseconds, so each counts)."""
+        x, _ = self._validate_inputs(inputs)
+        a = self._validate_attributions(attributions, x)
+        ctx = Context(
+            None,
+            x,
+            a,
+            self._target_without_model(target, None, x),
+            None,
+            None,
+            None,
+            self._validate_masks(masks, x) if masks is not None else None,
+        )
+        scores, curves, meta = self._checked_compute(ctx)
+        return self._result(ctx, scores, curves, meta, None)
+
+    def _checked_compute(self, ctx: Context) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
+        """:meth:`_compute`, after one finiteness check of the attributions (``ctx.finite``). Where a value is not
+        finite, NumPy's warnings about the arithmetic on it are silenced: its row's score is NaN either way, and
+        ``meta["nonfinite_attributions"]`` names it."""
+        ctx.finite = ctx.attributions is None or all_finite(ctx.attributions)
+        if ctx.finite:
+            return self._compute(ctx)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            return self._compute(ctx)
+
+    def _result(
+        self,
+        ctx: Context,
+        scores: torch.Tensor,
+        curves: dict[str, torch.Tensor],
+        meta: dict[str, Any],
+        engine: MaskingEngine | None,
+    ) -> MetricResult:
+        """The :class:`MetricResult` of :meth:`_compute`'s output: scores float64 on the CPU, NaN for the rows whose
+        attributions are not finite, the pass counts, and every tensor moved to the CPU."""
+        attributions = ctx.attributions
+        if scores.dtype != torch.float64 or scores.device.type != "cpu" or scores.requires_grad:
+            scores = scores.detach().to("cpu", torch.float64)
+        if attributions is not None and not ctx.finite:
             finite = finite_rows(attributions)
             if not bool(finite.all()):
                 scores = torch.where(finite, scores, torch.full_like(scores, math.nan))
                 meta["nonfinite_attributions"] = (~finite).nonzero().flatten().tolist()
+        s = scores.numpy()
         out_meta: dict[str, Any] = {
             "n_forward": (engine.n_forward if engine is not None else 0) + ctx.passes["n_forward"],
             "n_backward": ctx.passes["n_backward"],
-            "n_nan": int(np.isnan(scores.numpy()).sum()),
+            "n_nan": int(np.count_nonzero(s != s)),  # NaN is the one value unequal to itself
         }
         if ctx.target is not None:
             out_meta["target"] = ctx.target.index.clone()
-        if method is not None:
-            out_meta["method"] = method
+        if ctx.method is not None:
+            out_meta["method"] = ctx.method
         # like the scores and curves, meta's tensors come back on the CPU whatever the model's device
-        out_meta.update({k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in meta.items()})
+        for k, v in meta.items():
+            out_meta[k] = v.detach().cpu() if isinstance(v, torch.Tensor) else v
         return MetricResult(
             metric=self.name,
             scores=scores,
             higher_is_better=self.result_direction(),
             params=self.params(),
-            curves={k: v.detach().to("cpu") for k, v in curves.items()},
+            curves={k: v.detach().to("cpu") for k, v in curves.items()} if curves else {},
             meta=out_meta,
         )
 

@@ -21,8 +21,12 @@ from whybox.registry import METRICS
 __all__ = ["Complexity", "Sparseness", "entropy", "gini"]
 
 
-def _abs64(v: torch.Tensor) -> np.ndarray:
-    return np.abs(v.detach().to("cpu", torch.float64).numpy())
+def _abs64(v: torch.Tensor | np.ndarray) -> np.ndarray:
+    """``|v|`` as a new float64 NumPy array on the CPU."""
+    if isinstance(v, torch.Tensor):
+        t = v.detach().cpu()
+        v = (t if t.dtype in (torch.float32, torch.float64) else t.to(torch.float64)).numpy()
+    return np.abs(v, dtype=np.float64)  # casts on the way: one pass, one new array
 
 
 _GINI_WEIGHTS: dict[int, np.ndarray] = {}
@@ -39,35 +43,55 @@ def _gini_weights(d: int) -> np.ndarray:
     return w
 
 
-def gini(v: torch.Tensor) -> torch.Tensor:
+def gini(v: torch.Tensor | np.ndarray) -> torch.Tensor:
     """Gini index of ``|v|`` per row: ``sum_k (2k - d - 1) v_(k) / (d sum v)`` (ascending sort, k = 1..d).
 
     In [0, 1 - 1/d]; NaN for an all-zero row (no epsilon is added). Computed in NumPy (float64): its sort is
     several times faster than torch's on the CPU.
     """
-    s = np.sort(_abs64(v), axis=1)
-    d = s.shape[1]
-    total = s.sum(1)
-    g = s @ _gini_weights(d) / (d * np.where(total > 0, total, 1.0))
-    return torch.from_numpy(np.where(total > 0, g, math.nan))
+    return torch.from_numpy(_gini(_abs64(v)))
 
 
-def entropy(v: torch.Tensor) -> torch.Tensor:
+def _gini(a: np.ndarray) -> np.ndarray:
+    """:func:`gini` of ``a`` = ``|v|`` ``(B, d)`` float64, sorted in place (the caller's array is consumed)."""
+    a.sort(axis=1)
+    d = a.shape[1]
+    total = a.sum(1)
+    ok = total > 0
+    if np.count_nonzero(ok) == ok.size:
+        return (a @ _gini_weights(d)) / (d * total)
+    return np.where(ok, (a @ _gini_weights(d)) / (d * np.where(ok, total, 1.0)), math.nan)
+
+
+def entropy(v: torch.Tensor | np.ndarray) -> torch.Tensor:
     """``H = -sum p ln p`` with ``p = |v| / sum |v|`` per row (``0 ln 0 = 0``); NaN for an all-zero row."""
-    a = _abs64(v)
-    total = a.sum(1, keepdims=True)
-    p = a / np.where(total > 0, total, 1.0)
-    h = -(p * np.log(np.where(p > 0, p, 1.0))).sum(1)  # 0 ln 1 = 0 where p = 0
-    return torch.from_numpy(np.where(total[:, 0] > 0, h, math.nan))
+    return torch.from_numpy(_entropy(_abs64(v)))
+
+
+def _entropy(a: np.ndarray) -> np.ndarray:
+    """:func:`entropy` of ``a`` = ``|v|`` ``(B, d)`` float64.
+
+    A map without zeros is computed as ``H = ln T - sum(a ln a) / T`` (``T = sum a``; the same as ``-sum p ln p``,
+    ``p = a / T``): no division of the whole map. Any other goes by its shares, ``0 ln 0 = 0``.
+    """
+    if a.min() > 0:  # no zero, no NaN (the common case): one log of the map, no mask
+        total = a.sum(1)
+        return np.log(total) - np.einsum("ij,ij->i", a, np.log(a)) / total
+    t = a.sum(1)
+    p = a / np.where(t > 0, t, 1.0)[:, None]
+    lp = np.log(p, out=np.zeros_like(p), where=p > 0)  # 0 ln 0 = 0
+    return np.where(t > 0, -np.einsum("ij,ij->i", p, lp), math.nan)
 
 
 class _Flat(Metric):
     needs_model = False
 
-    def _flat(self, ctx: Context) -> torch.Tensor:
-        if ctx.attributions is None:
+    def _flat(self, ctx: Context) -> np.ndarray:
+        """``|a|`` flattened per row, ``(B, D)`` float64 NumPy."""
+        a = ctx.attributions
+        if a is None:
             raise InvalidParameterError(f"{self.name} needs attributions.")
-        return ctx.attributions.reshape(ctx.attributions.shape[0], -1)
+        return _abs64(a).reshape(a.shape[0], -1)
 
 
 @METRICS.register("sparseness")
@@ -80,7 +104,7 @@ class Sparseness(_Flat):
     higher_is_better = True
 
     def _compute(self, ctx: Context) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
-        return gini(self._flat(ctx)), {}, {}
+        return torch.from_numpy(_gini(self._flat(ctx))), {}, {}
 
 
 @METRICS.register("complexity")
@@ -92,4 +116,4 @@ class Complexity(_Flat):
     higher_is_better = False
 
     def _compute(self, ctx: Context) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
-        return entropy(self._flat(ctx)), {}, {}
+        return torch.from_numpy(_entropy(self._flat(ctx))), {}, {}

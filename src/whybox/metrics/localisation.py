@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from whybox.errors import InvalidParameterError
-from whybox.metrics.base import Context, Metric, check_float, feature_values, tie_first, tie_top
+from whybox.metrics.base import Context, Metric, _ranking_values, _tie_first, _tie_top, check_float, feature_array
 from whybox.registry import METRICS
 
 __all__ = ["EnergyPointingGame", "PointingGame", "RelevanceMass", "RelevanceRank"]
@@ -27,16 +27,17 @@ class _Localisation(Metric):
     higher_is_better = True
     needs_model = False
 
-    def _maps(self, ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
-        """Channel-summed maps ``(B, N)`` float64 and masks ``(B, N)`` bool, both on the CPU."""
+    def _maps(self, ctx: Context) -> tuple[np.ndarray, np.ndarray]:
+        """Channel-summed maps ``(B, N)`` float64 and masks ``(B, N)`` bool, both NumPy (on the CPU): a few
+        small array operations each, where the same in torch would cost a dispatch apiece."""
         if ctx.attributions is None:
             raise InvalidParameterError(f"{self.name} needs attributions.")
         if ctx.masks is None:
             raise InvalidParameterError(
                 f"{self.name} needs ground-truth masks: pass masks= (B, H, W) bool, the pixels of the target class."
             )
-        values = feature_values(ctx.attributions, ctx.x)
-        return values.cpu(), ctx.masks.reshape(ctx.masks.shape[0], -1).cpu()
+        m = ctx.masks.cpu().numpy()
+        return feature_array(ctx.attributions, ctx.x), m.reshape(m.shape[0], -1)
 
 
 @METRICS.register("pointing_game")
@@ -56,13 +57,12 @@ class PointingGame(_Localisation):
         self.tolerance = check_float("tolerance", tolerance, 0.0)
 
     def _compute(self, ctx: Context) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
-        values, masks = self._maps(ctx)
+        values, m = self._maps(ctx)
         h, w = ctx.x.shape[-2:]
-        point = tie_first(values, self.seed)
+        b, n = m.shape
+        p = _tie_first(values, self.seed)
         # The Euclidean distance from the point to its nearest mask pixel (what a distance transform of ~mask
         # holds at the point), every row at once: sqrt of the least squared pixel distance over the mask.
-        m = masks.numpy()
-        p = point.numpy()
         if self.tolerance > 0:
             rows, cols = np.divmod(np.arange(h * w), w)
             d2 = np.empty(m.shape[0], dtype=np.int64)
@@ -74,20 +74,23 @@ class PointingGame(_Localisation):
             dist = np.sqrt(d2.astype(np.float64))
             hit = (dist == 0.0) | (dist < self.tolerance)
         else:  # tolerance 0: a hit only on the mask itself
-            hit = m[np.arange(m.shape[0]), p]
-        hits = torch.from_numpy(np.where(m.any(1), hit.astype(np.float64), math.nan))
-        uv = np.empty((len(p), 2), dtype=np.int64)
-        uv[:, 0], uv[:, 1] = p % w, p // w
+            hit = m.ravel()[p + np.arange(0, b * n, n)]
+        hits = hit.astype(np.float64)
+        empty = ~m.any(1)
+        if np.count_nonzero(empty):
+            hits[empty] = math.nan
+        uv = np.empty((b, 2), dtype=np.int64)
+        np.divmod(p, w, out=(uv[:, 1], uv[:, 0]))  # (row, column) = (v, u)
         meta: dict[str, Any] = {"point": torch.from_numpy(uv)}  # (u, v) = (x, y)
         if ctx.target is not None:
             acc: dict[int, float] = {}
-            for c in sorted(set(ctx.target.index.tolist())):
-                sel = (ctx.target.index.cpu() == c) & ~torch.isnan(hits)
-                if bool(sel.any()):
-                    acc[int(c)] = float(hits[sel].mean())
+            t = ctx.target.index.cpu().numpy()
+            ok = hits == hits  # not NaN
+            for c in np.unique(t[ok]).tolist():  # the classes with a defined score, ascending
+                acc[int(c)] = float(hits[ok & (t == c)].mean())
             meta["class_accuracy"] = acc
             meta["class_mean"] = float(np.mean(list(acc.values()))) if acc else math.nan
-        return hits, {}, meta
+        return torch.from_numpy(hits), {}, meta
 
 
 @METRICS.register("energy_pointing_game")
@@ -98,9 +101,8 @@ class EnergyPointingGame(_Localisation):
     """
 
     def _compute(self, ctx: Context) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
-        values, masks = self._maps(ctx)
-        pos = np.maximum(values.numpy(), 0.0)  # NumPy on the CPU maps: a few small ops, not a dozen torch calls
-        m = masks.numpy()
+        values, m = self._maps(ctx)
+        pos = np.maximum(values, 0.0, out=values)  # _maps' array is the metric's own
         total = pos.sum(1)
         inside = np.where(m, pos, 0.0).sum(1)
         bad = (total <= 0) | ~m.any(1)
@@ -123,9 +125,10 @@ class RelevanceRank(_Localisation):
     """
 
     def _compute(self, ctx: Context) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
-        values, masks = self._maps(ctx)
-        sizes = masks.sum(1)
-        top = tie_top(values, self.seed, sizes).numpy()  # the K highest-ranked pixels, K = |GT|
-        k = sizes.numpy()
-        share = (top & masks.numpy()).sum(1) / np.maximum(k, 1)
-        return torch.from_numpy(np.where(k > 0, share, math.nan)), {}, {}
+        values, m = self._maps(ctx)
+        k = m.sum(1)
+        top = _tie_top(_ranking_values(values), self.seed, k)  # the K highest-ranked pixels, K = |GT|
+        inside = (top & m).sum(1)
+        if k.min() > 0:
+            return torch.from_numpy(inside / k), {}, {}
+        return torch.from_numpy(np.where(k > 0, inside / np.maximum(k, 1), math.nan)), {}, {}
