@@ -90,18 +90,36 @@ def test_a_hundred_evaluate_calls_leave_nothing_behind(
 
 def test_finite_checks_see_through_an_overflowing_sum() -> None:
     """all_finite and finite_rows answer from a sum when it is finite; a sum that overflows (finite values) or
-    holds a NaN or inf is checked value by value."""
+    holds a NaN or inf is checked value by value. (A CPU float tensor is read through NumPy, value by value; one
+    that requires grad takes the sum.)"""
     from whybox.metrics.base import all_finite, finite_rows
 
     big = torch.full((3, 4), 3e38, dtype=torch.float32)  # each row's sum overflows float32
     assert all_finite(big) and finite_rows(big).all()
+    assert all_finite(big.clone().requires_grad_())
     bad = big.clone()
     bad[1, 2] = float("nan")
     bad[2, 0] = float("-inf")
-    assert not all_finite(bad)
+    assert not all_finite(bad) and not all_finite(bad.clone().requires_grad_())
     assert finite_rows(bad).tolist() == [True, False, False]
     assert all_finite(torch.arange(5)) and finite_rows(torch.arange(6).view(2, 3)).all()
-    x = torch.rand(2, 1, 4, 4)
-    x[1, 0, 2, 2] = float("nan")
+
+
+def test_nan_inputs_are_an_error_where_the_metric_reads_them() -> None:
+    """A metric that runs the model refuses NaN inputs; one that reads only the map uses the inputs for their
+    shape, so a NaN there changes nothing (same scores as with clean inputs)."""
+    from ._models import cnn1
+
+    x = torch.rand(2, 1, 8, 8)
+    a = torch.rand(2, 1, 8, 8)
+    dirty = x.clone()
+    dirty[1, 0, 2, 2] = float("nan")
+    model = cnn1()
+    assert whybox.evaluate(model, x, a, "deletion", target=0, steps=4).n_nan == 0
     with pytest.raises(whybox.WhyboxError, match="non-finite"):
-        whybox.evaluate(None, x, torch.rand(2, 1, 4, 4), "sparseness")
+        whybox.evaluate(model, dirty, a, "deletion", target=0, steps=4)
+    masks = torch.zeros(2, 8, 8, dtype=torch.bool)
+    masks[:, 2:6, 2:6] = True
+    for name, kw in [("sparseness", {}), ("complexity", {}), ("pointing_game", {"masks": masks})]:
+        clean = whybox.evaluate(None, x, a, name, **kw).scores
+        assert torch.equal(whybox.evaluate(None, dirty, a, name, **kw).scores, clean)

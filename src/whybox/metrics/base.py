@@ -115,6 +115,9 @@ class MetricResult:
 
 
 # ---------------------------------------------------------------------------------------------- shared math
+_NUMPY_FLOATS = (torch.float32, torch.float64)  # the CPU dtypes read through NumPy without a cast
+
+
 def trapezoid(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Area under ``y(x)`` along the last axis by the trapezoid rule, written out: sum (x1 - x0)(y0 + y1) / 2."""
     return ((x[..., 1:] - x[..., :-1]) * (y[..., 1:] + y[..., :-1]) / 2).sum(-1)
@@ -139,11 +142,13 @@ def finite_rows(t: torch.Tensor) -> torch.Tensor:
 
 
 def all_finite(t: torch.Tensor) -> bool:
-    """Whether every value of ``t`` is finite: its sum answers when finite (an inf or NaN would make it inf or
-    NaN); a sum that is not (a NaN or inf, or an overflow) is checked value by value. One reduction and one
-    scalar read: the cheapest check on small tensors, where each extra call counts."""
+    """Whether every value of ``t`` is finite. A CPU float32/float64 tensor is checked in NumPy (one pass, no
+    dispatch: the cheapest check on the small maps where each call counts); any other by its sum (an inf or NaN
+    would make it inf or NaN; a sum that is not finite, an overflow included, is checked value by value)."""
     if not t.is_floating_point():
         return not t.is_complex() or bool(torch.isfinite(t).all())
+    if t.is_cpu and t.dtype in _NUMPY_FLOATS and not t.requires_grad:
+        return bool(np.isfinite(t.numpy()).all())
     return math.isfinite((t.detach() if t.requires_grad else t).sum().item()) or bool(torch.isfinite(t).all())
 
 
@@ -378,9 +383,6 @@ def feature_array(attributions: torch.Tensor, x: torch.Tensor, *, abs: bool = Fa
     return feature_values(attributions, x, abs=abs).cpu().numpy().copy()
 
 
-_NUMPY_FLOATS = (torch.float32, torch.float64)
-
-
 def feature_scores(
     attributions: torch.Tensor, x: torch.Tensor, *, abs: bool = False
 ) -> tuple[torch.Tensor, FeatureGroups]:
@@ -557,6 +559,8 @@ def check_float(name: str, value: Any, lo: float = -math.inf, hi: float = math.i
 
 
 _KEYWORD_OPTIONS: dict[type, tuple[str, ...]] = {}
+_MISSING = object()
+_SCALARS = frozenset((bool, int, float, str, type(None)))
 
 
 def _keyword_options(cls: type) -> tuple[str, ...]:
@@ -611,10 +615,10 @@ class Metric:
         """The metric's options (every keyword of ``__init__``), JSON-friendly."""
         out: dict[str, Any] = {}
         for name in _keyword_options(type(self)):
-            if not hasattr(self, name):
+            v = getattr(self, name, _MISSING)
+            if v is _MISSING:
                 continue
-            v = getattr(self, name)
-            if isinstance(v, (bool, int, float, str, type(None))):
+            if type(v) in _SCALARS or isinstance(v, (bool, int, float, str, type(None))):
                 out[name] = v
             elif isinstance(v, (list, tuple)) and all(isinstance(e, (bool, int, float, str)) for e in v):
                 out[name] = list(v)
@@ -657,7 +661,8 @@ class Metric:
             read only the attributions: sparseness, complexity, localisation).
         inputs
             ``(B, ...)`` tensor with a leading batch dimension (for tabular models also a numpy array or a pandas
-            DataFrame of numeric columns).
+            DataFrame of numeric columns). NaN or inf in it is an error, except for the metrics that read only the
+            map (sparseness, complexity, localisation), which use the inputs for their shape alone.
         explanation
             An :class:`~whybox.Explanation`, an attribution tensor ``(B, ...)``, or a method name (the metric then
             explains ``inputs`` itself with default options).
@@ -671,7 +676,7 @@ class Metric:
         """
         if model is None and not self.needs_model and labels is None and isinstance(explanation, torch.Tensor):
             return self._evaluate_map(inputs, explanation, target, masks)  # the common call of a map-only metric
-        x, names = self._validate_inputs(inputs)
+        x, names = self._validate_inputs(inputs, values=self.needs_model)
         adapter: ModelAdapter | None = None
         if model is not None:
             adapter = adapt(model)
@@ -747,18 +752,24 @@ class Metric:
         self, inputs: torch.Tensor, attributions: torch.Tensor, target: TargetLike, masks: torch.Tensor | None
     ) -> MetricResult:
         """:meth:`evaluate` of a metric that reads only the map, given an attribution tensor and no model: the same
-        checks and result, without the model-side branches (a call here costs tens of microseconds, so each counts)."""
-        x, _ = self._validate_inputs(inputs)
-        a = self._validate_attributions(attributions, x)
+        checks and result, without the model-side branches (a call here costs tens of microseconds, so each counts:
+        the common inputs, float tensors with a batch dimension, pass the checks inline; anything else goes
+        through the validators, which convert or raise)."""
+        x = inputs  # read for its shape alone: its values are not checked (see _validate_inputs)
+        if x.ndim < 2 or not x.shape[0] or not x.is_floating_point() or x.requires_grad:
+            x, _ = self._validate_inputs(inputs, values=False)
+        a = attributions
+        if a.ndim < 2 or a.shape[0] != x.shape[0] or not a.is_floating_point() or a.requires_grad:
+            a = self._validate_attributions(a, x)
         ctx = Context(
             None,
             x,
             a,
-            self._target_without_model(target, None, x),
+            None if target is None else self._target_without_model(target, None, x),
             None,
             None,
             None,
-            self._validate_masks(masks, x) if masks is not None else None,
+            None if masks is None else self._validate_masks(masks, x),
         )
         scores, curves, meta = self._checked_compute(ctx)
         return self._result(ctx, scores, curves, meta, None)
@@ -784,7 +795,7 @@ class Metric:
         """The :class:`MetricResult` of :meth:`_compute`'s output: scores float64 on the CPU, NaN for the rows whose
         attributions are not finite, the pass counts, and every tensor moved to the CPU."""
         attributions = ctx.attributions
-        if scores.dtype != torch.float64 or scores.device.type != "cpu" or scores.requires_grad:
+        if scores.dtype != torch.float64 or not scores.is_cpu or scores.requires_grad:
             scores = scores.detach().to("cpu", torch.float64)
         if attributions is not None and not ctx.finite:
             finite = finite_rows(attributions)
@@ -803,7 +814,7 @@ class Metric:
             out_meta["method"] = ctx.method
         # like the scores and curves, meta's tensors come back on the CPU whatever the model's device
         for k, v in meta.items():
-            out_meta[k] = v.detach().cpu() if isinstance(v, torch.Tensor) else v
+            out_meta[k] = v.detach().cpu() if isinstance(v, torch.Tensor) and (v.requires_grad or not v.is_cpu) else v
         return MetricResult(
             metric=self.name,
             scores=scores,
@@ -818,9 +829,10 @@ class Metric:
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
-    def _validate_inputs(inputs: Any) -> tuple[torch.Tensor, list[str] | None]:
+    def _validate_inputs(inputs: Any, *, values: bool = True) -> tuple[torch.Tensor, list[str] | None]:
         """The inputs as a tensor (numpy arrays and DataFrames of tabular models converted) and a DataFrame's
-        column names (None otherwise)."""
+        column names (None otherwise). ``values=False`` skips the finiteness check: the metrics that read only the
+        map use the inputs for their shape, so no input value can change their result."""
         inputs, names = as_tensor_inputs(inputs)
         if inputs.ndim < 2:
             raise InvalidInputError(
@@ -832,7 +844,7 @@ class Metric:
         x = inputs.detach()
         if not x.is_floating_point():
             x = x.to(torch.float32)
-        if not all_finite(x):
+        if values and not all_finite(x):
             raise InvalidInputError("inputs contain non-finite values (NaN or inf); clean them before evaluating.")
         return x, names
 

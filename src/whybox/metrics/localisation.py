@@ -36,7 +36,7 @@ class _Localisation(Metric):
             raise InvalidParameterError(
                 f"{self.name} needs ground-truth masks: pass masks= (B, H, W) bool, the pixels of the target class."
             )
-        m = ctx.masks.cpu().numpy()
+        m = (ctx.masks if ctx.masks.is_cpu else ctx.masks.cpu()).numpy()
         return feature_array(ctx.attributions, ctx.x), m.reshape(m.shape[0], -1)
 
 
@@ -60,7 +60,11 @@ class PointingGame(_Localisation):
         values, m = self._maps(ctx)
         h, w = ctx.x.shape[-2:]
         b, n = m.shape
-        p = _tie_first(values, self.seed)
+        starts = np.arange(0, b * n, n)  # each row's first element in the flat maps
+        p = values.argmax(1)
+        top = values.ravel()[p + starts]
+        if not (np.isfinite(top).all() and np.count_nonzero(values == top[:, None]) == b):
+            p = _tie_first(values, self.seed)  # a tied, NaN or infinite maximum: the seeded rule decides
         # The Euclidean distance from the point to its nearest mask pixel (what a distance transform of ~mask
         # holds at the point), every row at once: sqrt of the least squared pixel distance over the mask.
         if self.tolerance > 0:
@@ -74,11 +78,11 @@ class PointingGame(_Localisation):
             dist = np.sqrt(d2.astype(np.float64))
             hit = (dist == 0.0) | (dist < self.tolerance)
         else:  # tolerance 0: a hit only on the mask itself
-            hit = m.ravel()[p + np.arange(0, b * n, n)]
+            hit = m.ravel()[p + starts]
         hits = hit.astype(np.float64)
-        empty = ~m.any(1)
-        if np.count_nonzero(empty):
-            hits[empty] = math.nan
+        filled = m.any(1)
+        if np.count_nonzero(filled) < b:
+            hits[~filled] = math.nan  # an empty mask
         uv = np.empty((b, 2), dtype=np.int64)
         np.divmod(p, w, out=(uv[:, 1], uv[:, 0]))  # (row, column) = (v, u)
         meta: dict[str, Any] = {"point": torch.from_numpy(uv)}  # (u, v) = (x, y)
@@ -104,8 +108,11 @@ class EnergyPointingGame(_Localisation):
         values, m = self._maps(ctx)
         pos = np.maximum(values, 0.0, out=values)  # _maps' array is the metric's own
         total = pos.sum(1)
-        inside = np.where(m, pos, 0.0).sum(1)
-        bad = (total <= 0) | ~m.any(1)
+        inside = (pos * m).sum(1)
+        filled = m.any(1)
+        if total.min() > 0 and np.count_nonzero(filled) == filled.size:  # the common case: nothing undefined
+            return torch.from_numpy(inside / total), {}, {}
+        bad = (total <= 0) | ~filled  # NaN totals (a NaN map) stay NaN below
         return torch.from_numpy(np.where(bad, math.nan, inside / np.where(bad, 1.0, total))), {}, {}
 
 
