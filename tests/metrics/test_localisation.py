@@ -153,3 +153,17 @@ def test_a_bare_map_and_an_explanation_give_the_same_result(metric: str) -> None
     for k, v in short.meta.items():
         assert torch.equal(v, general.meta[k]) if isinstance(v, torch.Tensor) else v == general.meta[k], k
     assert short.meta["nonfinite_attributions"] == [1, 2] and short.n_nan >= 2
+
+
+def test_map_metrics_take_numpy_and_dataframe_inputs() -> None:
+    """The inputs of a map-only metric may be a numpy array or a DataFrame (tabular rows), as for every metric:
+    converted, read for their shape, the same scores as a tensor."""
+    pd = pytest.importorskip("pandas")
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(3, 5, generator=g, dtype=torch.float64)
+    a = torch.rand(3, 5, generator=g) - 0.2
+    for name in ("sparseness", "complexity"):
+        want = whybox.evaluate(None, x, a, name).scores
+        assert torch.equal(whybox.evaluate(None, x.numpy(), a, name).scores, want)
+        frame = pd.DataFrame(x.numpy(), columns=[f"c{i}" for i in range(5)])
+        assert torch.equal(whybox.evaluate(None, frame, a, name).scores, want)

@@ -165,11 +165,10 @@ def _ranking_values(values: torch.Tensor | np.ndarray, descending: bool = True) 
     """``values`` as float64 NumPy on the CPU, ready to rank: NaN becomes -inf (``descending``) or +inf, so it comes
     last, and infinities become the largest finite floats, so NaN comes after them too. A float64 array is used as
     it is (not modified: a cleaned copy is made when it holds a non-finite value)."""
-    if isinstance(values, np.ndarray) and values.dtype == np.float64:
-        v = values
+    if isinstance(values, torch.Tensor):
+        v = values.detach().to("cpu", torch.float64).numpy()
     else:
-        v = np.asarray(values.detach().to("cpu", torch.float64).numpy() if isinstance(values, torch.Tensor) else values)
-        v = v.astype(np.float64, copy=False)
+        v = np.asarray(values, dtype=np.float64)  # a float64 array as it is
     if not np.isfinite(v).all():
         v = np.nan_to_num(v, nan=-math.inf if descending else math.inf)
     return v
@@ -756,8 +755,14 @@ class Metric:
         the common inputs, float tensors with a batch dimension, pass the checks inline; anything else goes
         through the validators, which convert or raise)."""
         x = inputs  # read for its shape alone: its values are not checked (see _validate_inputs)
-        if x.ndim < 2 or not x.shape[0] or not x.is_floating_point() or x.requires_grad:
-            x, _ = self._validate_inputs(inputs, values=False)
+        if (
+            not isinstance(x, torch.Tensor)
+            or x.ndim < 2
+            or not x.shape[0]
+            or not x.is_floating_point()
+            or x.requires_grad
+        ):
+            x, _ = self._validate_inputs(inputs, values=False)  # a numpy array or DataFrame converted, or an error
         a = attributions
         if a.ndim < 2 or a.shape[0] != x.shape[0] or not a.is_floating_point() or a.requires_grad:
             a = self._validate_attributions(a, x)
