@@ -60,7 +60,7 @@ def _gini(a: np.ndarray) -> np.ndarray:
     ok = total > 0
     if np.count_nonzero(ok) == ok.size:
         return (a @ _gini_weights(d)) / (d * total)
-    return np.where(ok, (a @ _gini_weights(d)) / (d * np.where(ok, total, 1.0)), math.nan)
+    return np.where(ok, (a @ _gini_weights(d)) / (max(d, 1) * np.where(ok, total, 1.0)), math.nan)
 
 
 def entropy(v: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -74,7 +74,7 @@ def _entropy(a: np.ndarray) -> np.ndarray:
     A map without zeros is computed as ``H = ln T - sum(a ln a) / T`` (``T = sum a``; the same as ``-sum p ln p``,
     ``p = a / T``): no division of the whole map. Any other goes by its shares, ``0 ln 0 = 0``.
     """
-    if a.min() > 0:  # no zero, no NaN (the common case): one log of the map, no mask
+    if a.size and a.min() > 0:  # no zero, no NaN (the common case): one log of the map, no mask
         total = a.sum(1)
         return np.log(total) - np.einsum("ij,ij->i", a, np.log(a)) / total
     t = a.sum(1)
