@@ -92,3 +92,11 @@ def test_gini_and_entropy_equal_their_definitions_with_and_without_zeros() -> No
         c = whybox.evaluate(None, x, t, "complexity").scores.numpy()
         np.testing.assert_allclose(c, want_h, rtol=1e-12, atol=1e-12, equal_nan=True)
         assert torch.equal(t, keep)
+
+
+def test_a_map_without_features_is_nan() -> None:
+    """Zero features per row: both scores undefined (NaN), and no NumPy error or warning on the way."""
+    x = torch.zeros(2, 0)
+    for name in ("sparseness", "complexity"):
+        r = whybox.evaluate(None, x, torch.zeros(2, 0), name)
+        assert r.n_nan == 2
