@@ -60,11 +60,7 @@ class PointingGame(_Localisation):
         values, m = self._maps(ctx)
         h, w = ctx.x.shape[-2:]
         b, n = m.shape
-        starts = np.arange(0, b * n, n)  # each row's first element in the flat maps
-        p = values.argmax(1)
-        top = values.ravel()[p + starts]
-        if not (np.isfinite(top).all() and np.count_nonzero(values == top[:, None]) == b):
-            p = _tie_first(values, self.seed)  # a tied, NaN or infinite maximum: the seeded rule decides
+        p = _tie_first(values, self.seed)
         # The Euclidean distance from the point to its nearest mask pixel (what a distance transform of ~mask
         # holds at the point), every row at once: sqrt of the least squared pixel distance over the mask.
         if self.tolerance > 0:
@@ -78,7 +74,7 @@ class PointingGame(_Localisation):
             dist = np.sqrt(d2.astype(np.float64))
             hit = (dist == 0.0) | (dist < self.tolerance)
         else:  # tolerance 0: a hit only on the mask itself
-            hit = m.ravel()[p + starts]
+            hit = m.ravel()[p + np.arange(0, b * n, n)]  # each row's point in the flat masks
         hits = hit.astype(np.float64)
         filled = m.any(1)
         if np.count_nonzero(filled) < b:
