@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 import whybox
+from whybox.registry import METRICS
 
 B, K = 2, 3
 OPTIONS: dict[str, dict[str, Any]] = {  # few samples: no property here depends on their number
@@ -123,3 +124,39 @@ def test_nan_inputs_are_an_error_where_the_metric_reads_them() -> None:
     for name, kw in [("sparseness", {}), ("complexity", {}), ("pointing_game", {"masks": masks})]:
         clean = whybox.evaluate(None, x, a, name, **kw).scores
         assert torch.equal(whybox.evaluate(None, dirty, a, name, **kw).scores, clean)
+
+
+# the metrics whose scores never read the model's scores of the unperturbed inputs (reads_clean = False)
+NO_CLEAN = {"aopc", "deletion", "highest_confidence", "insertion", "randomization", "road", "stability"}
+
+
+@pytest.mark.parametrize("metric", [m for m in whybox.metrics() if METRICS.get(m).needs_model])
+def test_the_clean_pass_runs_only_where_the_scores_or_the_target_need_it(
+    metric: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A metric that does not read the clean scores skips their forward pass when the target is known (from
+    ``target=`` or the explanation); forcing the pass changes nothing but the count, by one pass per row."""
+    cls = METRICS.get(metric)
+    assert cls.reads_clean is (metric not in NO_CLEAN)
+    _model, call = call_of(metric)
+    skipped = call()
+    monkeypatch.setattr(cls, "reads_clean", True)
+    forced = call()
+    assert torch.equal(skipped.scores.isnan(), forced.scores.isnan())
+    assert torch.equal(skipped.scores.nan_to_num(), forced.scores.nan_to_num())
+    assert forced.meta["n_forward"] - skipped.meta["n_forward"] == (B if metric in NO_CLEAN else 0)
+
+
+@pytest.mark.parametrize("metric", sorted(NO_CLEAN))
+def test_a_target_out_of_range_is_refused_without_the_clean_pass(metric: str) -> None:
+    """Without the clean pass the target's range is checked where it first meets the model's scores: the same
+    error, naming the value and the range."""
+    model, x = model_and_inputs()
+    a = whybox.explain(model, x, "saliency").attributions
+    opts = (
+        {"explainer": "saliency", **OPTIONS.get(metric, {})} if metric == "randomization" else OPTIONS.get(metric, {})
+    )
+    with pytest.raises(whybox.WhyboxError, match=rf"target={K} is out of range for a model with {K} outputs"):
+        whybox.evaluate(model, x, a, metric, target=K, **opts)
+    for p in model.parameters():
+        assert p.grad is None

@@ -602,6 +602,9 @@ class Metric:
     higher_is_better: ClassVar[bool] = True
     needs_model: ClassVar[bool] = True
     needs_attributions: ClassVar[bool] = True
+    # whether _compute reads ``ctx.clean`` (the model's scores of the unperturbed inputs); when it does not, the
+    # clean forward pass runs only where the target needs it (the predicted class of a bare attribution tensor)
+    reads_clean: ClassVar[bool] = True
 
     def __init__(self, *, score: str = "prob", seed: int = 0, batch_size: int = 64, mode: str = "eval") -> None:
         self.score = check_choice("score", score, SCORE_SPACES)
@@ -741,7 +744,7 @@ class Metric:
             scores, curves, meta = self._checked_compute(ctx)
         else:
             with adapter.guard(self.mode):
-                clean = engine.forward(x)
+                clean = engine.forward(x) if self._needs_clean(target, expl) else None
                 tgt = self._resolve_target(target, expl, clean, x)
                 ctx = Context(adapter, x, attributions, tgt, expl, engine, clean, masks, labels, method)
                 scores, curves, meta = self._checked_compute(ctx)
@@ -889,17 +892,23 @@ class Metric:
             )
         return t
 
+    def _needs_clean(self, target: TargetLike, expl: Explanation | None) -> bool:
+        """Whether :meth:`evaluate` runs the clean forward pass: for a metric that reads ``ctx.clean``, and for the
+        predicted class when neither ``target`` nor the explanation names one."""
+        return self.reads_clean or (target is None and (expl is None or expl.target is None))
+
     def _resolve_target(
         self, target: TargetLike, expl: Explanation | None, clean: torch.Tensor | None, x: torch.Tensor
     ) -> Target:
-        scores = clean if clean is not None else torch.empty(x.shape[0], 1)
+        """``target`` normalised; without ``clean`` (no forward pass was needed) an explicit target's range is
+        checked the first time it selects from the model's scores, or by the explainer the metric re-runs."""
         if target is None:
             t = self._explanation_target(expl)
             if t is not None:
                 if t.shape != (x.shape[0],):
                     raise InvalidTargetError(f"the explanation holds {t.shape[0]} targets for {x.shape[0]} input rows.")
-                return resolve_target(t, scores)
-        return resolve_target(target, scores)
+                return resolve_target(t, clean, batch=x.shape[0])
+        return resolve_target(target, clean, batch=x.shape[0])
 
     def _target_without_model(self, target: TargetLike, expl: Explanation | None, x: torch.Tensor) -> Target | None:
         if target is None:

@@ -234,6 +234,8 @@ def curve_points(
 class _CurveMetric(Metric):
     """Insertion/deletion-style curves: ``steps + 1`` scores along a feature order."""
 
+    reads_clean = False  # the curve scores its own points
+
     _insertion: bool = False
     _descending: bool = True
     _default_fill: str = "zero"

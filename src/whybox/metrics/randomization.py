@@ -237,6 +237,8 @@ class Randomization(_MapComparison):
     ``meta["layers"]`` the layer names in step order.
     """
 
+    reads_clean = False  # it compares maps of the randomised copies
+
     def __init__(
         self,
         *,

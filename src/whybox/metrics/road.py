@@ -263,6 +263,7 @@ class ROAD(Metric):
     """
 
     higher_is_better = True
+    reads_clean = False
 
     def __init__(
         self,

@@ -127,6 +127,7 @@ class Stability(Metric):
 
     higher_is_better = True
     needs_attributions = False
+    reads_clean = False
 
     def __init__(
         self,
