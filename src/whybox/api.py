@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from whybox import explainers as _explainers  # noqa: F401  (fills the registry)
@@ -114,7 +115,7 @@ def explain(
 def evaluate(
     model: Any,
     inputs: torch.Tensor,
-    explanation: Explanation | torch.Tensor | str | None,
+    explanation: Explanation | torch.Tensor | np.ndarray | str | None,
     metric: str,
     /,
     *,
@@ -133,7 +134,7 @@ def evaluate(
     inputs
         ``(B, ...)`` tensor with a leading batch dimension, or a numeric numpy array or pandas DataFrame.
     explanation
-        An :class:`Explanation`, an attribution tensor ``(B, ...)``, or a method name (for ``stability``: the
+        An :class:`Explanation`, an attribution tensor or NumPy array ``(B, ...)``, or a method name (for ``stability``: the
         method to run repeatedly, e.g. ``evaluate(model, x, "lime", "stability", n_runs=10)``).
     metric
         A name from :func:`metrics`.

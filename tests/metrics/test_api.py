@@ -139,6 +139,31 @@ def test_method_name_as_explanation_is_explained_first() -> None:
     assert by_name.meta["method"] == "saliency"
 
 
+def test_a_numpy_attribution_array_scores_as_the_tensor_and_is_left_untouched() -> None:
+    """A map from another library (Quantus' ``a_batch`` is a NumPy array) needs no conversion by the caller: the
+    same scores as the tensor, for a metric that runs the model and one that reads only the map; any layout
+    (reversed strides, a read-only array) and real dtype; the array itself never written."""
+    import numpy as np
+
+    model, x = cnn3(), randn(2, 3, 8, 8, seed=5)
+    a = randn(2, 1, 8, 8, seed=6)
+    masks = torch.zeros(2, 8, 8, dtype=torch.bool)
+    masks[:, 2:6, 1:5] = True
+    flipped = np.ascontiguousarray(a.numpy()[:, :, ::-1])[:, :, ::-1]  # the same values, negative strides
+    frozen = a.numpy().astype(np.float64)
+    frozen.flags.writeable = False
+    for model_or_none, metric, kw in [(model, "deletion", {"steps": 4}), (None, "relevance_rank", {"masks": masks})]:
+        want = whybox.evaluate(model_or_none, x, a, metric, target=[0, 1], **kw).scores
+        for arr in (a.numpy(), flipped, frozen, a.numpy().astype(np.float16).astype(np.float32)):
+            before = arr.copy()
+            got = whybox.evaluate(model_or_none, x, arr, metric, target=[0, 1], **kw).scores
+            if arr.dtype == np.float32 and np.array_equal(arr, a.numpy()):
+                torch.testing.assert_close(got, want, rtol=0, atol=0)
+            assert np.array_equal(arr, before)
+    with pytest.raises(whybox.InvalidInputError, match="must hold real numbers; got dtype object"):
+        whybox.evaluate(model, x, np.empty((2, 1, 8, 8), dtype=object), "deletion", target=0)
+
+
 def test_input_errors_name_the_problem() -> None:
     model = cnn3()
     with pytest.raises(whybox.InvalidInputError, match="leading batch dimension"):

@@ -499,6 +499,15 @@ class _ProbaAsLogits(ModelAdapter):
         return self.inner.dtype
 
 
+def _array_attributions(a: np.ndarray) -> torch.Tensor:
+    """A NumPy attribution array as a tensor (a copy: the caller's array is never written); numbers only."""
+    if a.dtype.kind not in "biuf":
+        raise InvalidInputError(
+            f"an attribution array must hold real numbers; got dtype {a.dtype}. Pass e.g. a.astype(np.float32)."
+        )
+    return torch.from_numpy(np.array(a, order="C", copy=True))  # any strides, read-only arrays too
+
+
 @dataclass
 class Context:
     """Everything a metric computes from, validated and on the model's device."""
@@ -648,7 +657,7 @@ class Metric:
         self,
         model: Any,
         inputs: torch.Tensor,
-        explanation: Explanation | torch.Tensor | str | None,
+        explanation: Explanation | torch.Tensor | np.ndarray | str | None,
         *,
         target: TargetLike = None,
         masks: torch.Tensor | None = None,
@@ -666,8 +675,8 @@ class Metric:
             DataFrame of numeric columns). NaN or inf in it is an error, except for the metrics that read only the
             map (sparseness, complexity, localisation), which use the inputs for their shape alone.
         explanation
-            An :class:`~whybox.Explanation`, an attribution tensor ``(B, ...)``, or a method name (the metric then
-            explains ``inputs`` itself with default options).
+            An :class:`~whybox.Explanation`, an attribution tensor or NumPy array ``(B, ...)``, or a method name (the
+            metric then explains ``inputs`` itself with default options).
         target
             ``None`` = the explanation's target (the predicted class for a bare tensor); an int, per-row ints or
             a callable ``scores (B, K) -> (B,)``.
@@ -713,12 +722,14 @@ class Metric:
                 )
         elif isinstance(explanation, torch.Tensor):
             attributions = explanation
+        elif isinstance(explanation, np.ndarray):  # e.g. a map from another library (Quantus' a_batch)
+            attributions = _array_attributions(explanation)
         elif explanation is None and not self.needs_attributions:
             pass
         else:
             raise InvalidInputError(
-                "explanation must be an Explanation, an attribution tensor (B, ...) or a method name; got "
-                f"{type(explanation).__name__}."
+                "explanation must be an Explanation, an attribution tensor or NumPy array (B, ...) or a method name; "
+                f"got {type(explanation).__name__}."
             )
         if attributions is not None:
             attributions = self._validate_attributions(attributions, x)
