@@ -122,6 +122,25 @@ def test_similarities_of_identical_maps_are_one() -> None:
         torch.testing.assert_close(sims[k], torch.ones(2, dtype=torch.float64))
 
 
+def test_similarities_asked_for_alone_are_the_same_as_with_all() -> None:
+    """``which`` only picks what is computed (the signed Spearman alone skips the |.| maps): every subset gives
+    the same values, in the same order."""
+    from itertools import combinations
+
+    from whybox.metrics.randomization import SIMILARITIES
+
+    a, b = randn(3, 1, 40, 40, seed=7), randn(3, 1, 40, 40, seed=8)
+    b[2] = a[2] * 2.0 - 0.1  # one row rank-identical in sign, not in |.|
+    full = map_similarities(a, b, hog_cell=8)
+    assert list(full) == list(SIMILARITIES)
+    for n in range(1, len(SIMILARITIES) + 1):
+        for which in combinations(SIMILARITIES, n):
+            part = map_similarities(a, b, hog_cell=8, which=which)
+            assert list(part) == list(which)
+            for k in which:
+                torch.testing.assert_close(part[k], full[k], rtol=0, atol=0, equal_nan=True)
+
+
 @pytest.mark.filterwarnings("ignore::UserWarning:quantus")
 def test_cascading_randomization_agrees_with_quantus_mprt(quantus) -> None:
     """Same model (registration order = execution order, no norm layers), same explainer (whybox saliency), same
@@ -196,6 +215,59 @@ def test_random_logit_draws_every_other_class_uniformly() -> None:
     draws = [int(torch.randint(0, 4, (1,), generator=derive_generator(0, _LOGIT_KEY, i))) for i in range(2000)]
     counts = np.bincount(draws, minlength=4)
     assert counts.min() > 400  # uniform over the K - 1 = 4 offsets
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning:quantus")
+def test_random_logit_agrees_with_quantus_on_its_own_draws(quantus) -> None:
+    """Quantus' RandomLogit draws the other class with np.random under its seed; replayed here and given as
+    other_class, with the same explainer (whybox saliency, signed) and Spearman of the raw maps on both sides
+    (Quantus' abs and normalise off), the scores agree. (Quantus' default SSIM runs on the flattened maps, whybox's
+    on the 2-D ones: not compared.)"""
+    from quantus.functions.similarity_func import correlation_spearman
+
+    k = 10
+    model = cnn1(seed=3, classes=k)
+    x = randn(6, 1, 8, 8, seed=11)
+    y = model(x).argmax(1)
+
+    def explain_func(model: nn.Module, inputs: np.ndarray, targets: np.ndarray, **_: object) -> np.ndarray:
+        t = torch.as_tensor(inputs)
+        return whybox.explain(model, t, "saliency", target=torch.as_tensor(targets), abs=False).attributions.numpy()
+
+    a = explain_func(model, x.numpy(), y.numpy())
+    rl = quantus.RandomLogit(
+        num_classes=k, seed=42, similarity_func=correlation_spearman, abs=False, normalise=False,
+        disable_warnings=True, display_progressbar=False,
+    )  # fmt: skip
+    q = np.asarray(rl(model=model, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=a, explain_func=explain_func,
+                      explain_func_kwargs={}, device="cpu", channel_first=True))  # fmt: skip
+    np.random.seed(42)  # Quantus' draw: an index into each row's classes without its target
+    pick = np.random.randint(0, k - 1, x.shape[0])
+    others = np.array([np.delete(np.arange(k), t)[i] for t, i in zip(y.tolist(), pick, strict=True)])
+    r = whybox.evaluate(
+        model, x, a, "random_logit", target=y, explainer="saliency", explainer_params={"abs": False},
+        similarity="spearman", other_class=others,
+    )  # fmt: skip
+    assert r.meta["other_class"].tolist() == others.tolist()
+    np.testing.assert_allclose(r.scores.numpy(), q, atol=1e-9)
+
+
+def test_random_logit_other_class_is_checked_and_costs_no_clean_pass() -> None:
+    model, x = cnn1(seed=2), randn(3, 1, 8, 8, seed=6)
+    a = whybox.explain(model, x, "saliency", target=[0, 1, 2])
+    r = whybox.evaluate(model, x, a, "random_logit", other_class=[1, 2, 0])
+    assert r.meta["other_class"].tolist() == [1, 2, 0] and r.meta["n_forward"] == 3  # the explainer's rows alone
+    assert whybox.evaluate(model, x, a, "random_logit").meta["n_forward"] == 6  # the draw needs the class count
+    b = whybox.explain(model, x, "saliency", target=[1, 2, 0]).attributions
+    torch.testing.assert_close(r.meta["spearman"], map_similarities(a.attributions, b)["spearman"])
+    with pytest.raises(whybox.WhyboxError, match=r"other_class must differ from the target; rows \[1\]"):
+        whybox.evaluate(model, x, a, "random_logit", other_class=[2, 1, 0])
+    with pytest.raises(whybox.WhyboxError, match=r"other_class: target=10 is out of range for a model with 10"):
+        whybox.evaluate(model, x, a, "random_logit", other_class=10)
+    with pytest.raises(whybox.WhyboxError, match=r"other_class must hold integer class indices"):
+        whybox.evaluate(model, x, a, "random_logit", other_class=[1.0, 2.0, 0.0])
+    with pytest.raises(whybox.WhyboxError, match=r"shape \(3,\); got shape \(2,\)"):
+        whybox.evaluate(model, x, a, "random_logit", other_class=[1, 2])
 
 
 def test_sequential_names_in_ordered_dict_models() -> None:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from whybox.errors import InvalidParameterError
+from whybox.errors import InvalidParameterError, InvalidTargetError
 from whybox.metrics.base import (
     Context,
     Metric,
@@ -103,12 +103,14 @@ def map_similarities(
     """
     b = original.shape[0]
     o, r = _pooled(original, b), _pooled(other, b)
-    oa, ra = _abs_scaled(o, clip_percentile), _abs_scaled(r, clip_percentile)
     out: dict[str, torch.Tensor] = {}
-    if "spearman_abs" in which:
-        out["spearman_abs"] = spearman(oa.reshape(b, -1), ra.reshape(b, -1))
     if "spearman" in which:
         out["spearman"] = spearman(o.reshape(b, -1), r.reshape(b, -1))
+    if not {"spearman_abs", "ssim", "hog"} & set(which):
+        return out  # the signed maps alone: no |.| maps (their percentile clip takes a quantile per row)
+    oa, ra = _abs_scaled(o, clip_percentile), _abs_scaled(r, clip_percentile)
+    if "spearman_abs" in which:
+        out["spearman_abs"] = spearman(oa.reshape(b, -1), ra.reshape(b, -1))
     if "ssim" in which:
         ssim = torch.full((b,), math.nan, dtype=torch.float64)
         for i in range(b if oa.ndim == 3 else 0):
@@ -121,7 +123,7 @@ def map_similarities(
             if ho is not None and hr is not None:
                 hogs[i] = spearman(torch.from_numpy(ho)[None], torch.from_numpy(hr)[None])[0]
         out["hog"] = hogs
-    return out
+    return {k: out[k] for k in SIMILARITIES if k in out}  # one order, whichever were asked for
 
 
 # ---------------------------------------------------------------------------------------------- layers
@@ -303,29 +305,85 @@ class RandomLogit(_MapComparison):
     """Random-logit test (Sixt et al. 2020): similarity of the map for class c and the map for a class c' drawn
     uniformly (row ``i`` from ``(seed, i)``) among the other K - 1 classes.
 
+    ``other_class`` fixes c' instead of drawing it: an int or one class per row, each different from its row's
+    target (e.g. the runner-up class, or another library's draws to compare with it); then the model's clean
+    scores are not needed, and their forward pass is not run when the target is known.
+
     Scores: ``similarity`` (default ``"ssim"``: 2-D SSIM of the ``|.|`` [0, 1] maps; ``"spearman"``,
     ``"spearman_abs"`` and ``"hog"`` as :func:`map_similarities`). Lower is better: a class-sensitive method
     gives different maps. Curves: none; ``meta`` holds every similarity ``(B,)`` and ``"other_class"`` ``(B,)``.
     """
 
-    def __init__(self, *, similarity: str = "ssim", **kwargs: Any) -> None:
+    def __init__(self, *, similarity: str = "ssim", other_class: Any = None, **kwargs: Any) -> None:
         super().__init__(similarity=similarity, **kwargs)
+        self.other_class = None if other_class is None else _class_indices("other_class", other_class)
 
-    def _compute(self, ctx: Context) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
-        if ctx.attributions is None or ctx.target is None or ctx.clean is None:
-            raise InvalidParameterError("random_logit needs attributions and a model.")
-        if ctx.target.fn is not None:
-            raise InvalidParameterError("random_logit needs class targets, not a callable target.")
+    def _needs_clean(self, target: Any, expl: Any) -> bool:
+        # the draw needs the number of classes; given classes are range-checked by the explainer's run
+        return self.other_class is None or self._target_needs_clean(target, expl)
+
+    def _other(self, ctx: Context) -> torch.Tensor:
+        """``(B,)`` int64: the class each row's map is compared with."""
+        assert ctx.target is not None
+        b = ctx.x.shape[0]
+        if self.other_class is not None:
+            other = self.other_class.expand(b) if self.other_class.ndim == 0 else self.other_class
+            if other.shape != (b,):
+                raise InvalidParameterError(
+                    f"other_class must be an int or hold one class per row, shape ({b},); got shape "
+                    f"{tuple(other.shape)}."
+                )
+            same = (other == ctx.target.index.cpu()).nonzero().flatten().tolist()
+            if same:
+                raise InvalidParameterError(
+                    f"other_class must differ from the target; rows {same[:10]} have other_class == target "
+                    f"({int(other[same[0]])}). Pick another class for them."
+                )
+            return other.clone()
+        if ctx.clean is None:
+            raise InvalidParameterError("random_logit needs the model's scores to draw the other class.")
         k = ctx.clean.shape[1]
         if k < 2:
             raise InvalidParameterError(f"random_logit needs a model with at least 2 classes; got {k}.")
-        fn, name = make_explain_fn(self.explainer, ctx.explanation, self.explainer_params, ctx.passes)
-        b = ctx.x.shape[0]
         offs = torch.tensor(
             [int(torch.randint(0, k - 1, (1,), generator=derive_generator(self.seed, _LOGIT_KEY, i))) for i in range(b)]
         )
-        other = (ctx.target.index.cpu() + 1 + offs) % k
-        a = fn(ctx.adapter, ctx.x, Target(other), None).attributions
+        return (ctx.target.index.cpu() + 1 + offs) % k
+
+    def _compute(self, ctx: Context) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
+        if ctx.attributions is None or ctx.target is None or ctx.adapter is None:
+            raise InvalidParameterError("random_logit needs attributions and a model.")
+        if ctx.target.fn is not None:
+            raise InvalidParameterError("random_logit needs class targets, not a callable target.")
+        other = self._other(ctx)
+        fn, name = make_explain_fn(self.explainer, ctx.explanation, self.explainer_params, ctx.passes)
+        try:
+            a = fn(ctx.adapter, ctx.x, Target(other), None).attributions
+        except InvalidTargetError as exc:
+            if self.other_class is None:
+                raise
+            raise InvalidTargetError(f"other_class: {exc}") from None
         sims = self._similarities(ctx.attributions, a)
         meta: dict[str, Any] = {"other_class": other, "explainer": name, **sims}
         return sims[self.similarity], {}, meta
+
+
+def _class_indices(name: str, value: Any) -> torch.Tensor:
+    """An int or a sequence / array / tensor of ints as an int64 CPU tensor (0-d or 1-d), or an error naming
+    ``name``."""
+    if isinstance(value, bool):
+        raise InvalidParameterError(f"{name} must be an int class index or one per row; got {value!r}.")
+    try:
+        t = torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise InvalidParameterError(
+            f"{name} must be an int class index or one per row; got {type(value).__name__} {value!r}."
+        ) from None
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool or t.ndim > 1:
+        raise InvalidParameterError(
+            f"{name} must hold integer class indices, an int or shape (B,); got dtype {t.dtype}, shape "
+            f"{tuple(t.shape)}."
+        )
+    if bool((t < 0).any()):
+        raise InvalidParameterError(f"{name} must hold class indices >= 0; got {t.tolist()}.")
+    return t.to(device="cpu", dtype=torch.int64)
