@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""whybox metrics beside Quantus 0.6.0: pixel flipping, faithfulness correlation, ROAD and MPRT, timed in one process.
+"""whybox metrics beside Quantus 0.6.0, timed in one process: pixel flipping, faithfulness correlation, ROAD, MPRT,
+random logit, max-sensitivity, and the metrics that read only the map.
 
 Same model, inputs, targets and attributions on both sides. Each row checks whether the two compute the same
 values (and how far apart they are when the definitions differ), then times the calls round by round,
@@ -434,6 +435,104 @@ def rows_for(case: Case, quantus: Any, args: argparse.Namespace) -> list[Row]:
             same_values=True,
             note="cascading, top down, saliency, seed 42, Spearman of |a| (no percentile clip)",
             compare=compare_mprt,
+            heavy=(c != 1),
+        )
+    )
+
+    # ---- random logit: the map of a random other class, Quantus' draws replayed as whybox's other_class
+    with torch.no_grad():
+        k = int(model(x[:1]).shape[1])
+    rl = quantus.RandomLogit(
+        num_classes=k,
+        seed=42,
+        similarity_func=quantus.similarity_func.correlation_spearman,
+        abs=False,
+        normalise=False,
+        disable_warnings=True,
+        display_progressbar=False,
+    )
+    np.random.seed(42)  # Quantus' draw: an index into each row's classes without its target
+    pick = np.random.randint(0, k - 1, case.b)
+    others = torch.tensor([int(np.delete(np.arange(k), t)[i]) for t, i in zip(yn.tolist(), pick, strict=True)])
+    rows.append(
+        Row(
+            case,
+            "random logit",
+            ours=lambda: whybox.evaluate(
+                model,
+                x,
+                a0,
+                "random_logit",
+                target=y,
+                explainer="saliency",
+                similarity="spearman",
+                similarities=("spearman",),
+                other_class=others,
+                batch_size=bs,
+            ),
+            peer=lambda: np.asarray(
+                rl(
+                    model=model,
+                    x_batch=xn,
+                    y_batch=yn,
+                    a_batch=a0.numpy(),
+                    explain_func=explain_func,
+                    explain_func_kwargs={},
+                    softmax=False,
+                    **common,
+                )
+            ),
+            same_values=True,
+            note="saliency (channels summed), Spearman of the signed maps, Quantus' seed-42 classes replayed",
+            compare=lambda o, p: float(np.abs(o.scores.numpy() - p).max()),
+        )
+    )
+
+    # ---- max-sensitivity: uniform noise per step, Quantus' np.random draws replayed as whybox's deltas
+    n_sens, r_sens = (10 if c == 1 else 4) if args.quick else (50 if c == 1 else 10), 0.02
+    ms = quantus.MaxSensitivity(
+        nr_samples=n_sens, lower_bound=r_sens, disable_warnings=True, display_progressbar=False
+    )  # its defaults: difference, Frobenius norms, nanmax, no label-change check
+
+    def peer_ms() -> np.ndarray:
+        np.random.seed(0)
+        return np.asarray(
+            ms(
+                model=model,
+                x_batch=xn,
+                y_batch=yn,
+                a_batch=a0.numpy(),
+                explain_func=explain_func,
+                explain_func_kwargs={},
+                softmax=False,
+                **common,
+            )
+        )
+
+    np.random.seed(0)  # one (B, d) array per step
+    steps = [np.random.uniform(-r_sens, r_sens, size=(case.b, x[0].numel())) for _ in range(n_sens)]
+    deltas = torch.from_numpy(np.stack(steps, 1)).reshape(case.b, n_sens, *x.shape[1:]).to(x.dtype)
+    rows.append(
+        Row(
+            case,
+            "max-sensitivity",
+            ours=lambda: whybox.evaluate(
+                model,
+                x,
+                a0,
+                "max_sensitivity",
+                target=y,
+                explainer="saliency",
+                n_samples=n_sens,
+                skip_label_change=False,
+                deltas=deltas,
+                batch_size=bs,
+            ),
+            peer=peer_ms,
+            same_values=True,
+            note=f"{n_sens} draws of U(-{r_sens}, {r_sens}) noise replayed from Quantus' np.random, saliency (channels "
+            "summed), relative Frobenius norm, no label-change check",
+            compare=lambda o, p: float(np.abs(o.scores.numpy() - p).max()),
             heavy=(c != 1),
         )
     )

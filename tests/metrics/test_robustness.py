@@ -11,7 +11,7 @@ import torch
 import whybox
 from whybox.metrics.robustness import MaxSensitivity, squares
 
-from ._models import HalfSquare, Linear, cnn1, randn
+from ._models import HalfSquare, Linear, cnn1, randn, seeded
 
 
 def _linear(seed: int = 0, d: int = 12, k: int = 3) -> tuple[Linear, torch.Tensor, torch.Tensor]:
@@ -148,3 +148,65 @@ def test_max_sensitivity_agrees_with_captum_on_the_same_draws() -> None:
     ref = metrics.sensitivity_max(explain, x, perturb_func=perturb, n_perturb_samples=n, target=y)
     r = metric(model, x, explain(x, y)[0], target=y)
     np.testing.assert_allclose(r.scores.numpy(), ref.detach().double().numpy(), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning:quantus")
+def test_max_sensitivity_agrees_with_quantus_on_its_own_draws(quantus) -> None:
+    """Quantus' MaxSensitivity adds np.random uniform noise in [-lower_bound, lower_bound] to the whole batch per
+    step; replayed as deltas (its defaults: difference, Frobenius norms, nanmax, no label-change check), with the
+    same explainer on both sides, the scores agree. Without the label check whybox runs no clean pass: both make
+    one explanation per row and draw."""
+    model, x = cnn1(seed=4), randn(3, 1, 8, 8, seed=12)
+    y = model(x).argmax(1)
+    n, r = 5, 0.1
+
+    def explain_func(model: torch.nn.Module, inputs: np.ndarray, targets: np.ndarray, **_: object) -> np.ndarray:
+        t = torch.as_tensor(inputs)
+        return whybox.explain(model, t, "saliency", target=torch.as_tensor(targets)).attributions.numpy()
+
+    a = explain_func(model, x.numpy(), y.numpy())
+    ms = quantus.MaxSensitivity(nr_samples=n, lower_bound=r, disable_warnings=True, display_progressbar=False)
+    np.random.seed(7)
+    q = np.asarray(ms(model=model, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=a, explain_func=explain_func,
+                      explain_func_kwargs={}, device="cpu", channel_first=True))  # fmt: skip
+    np.random.seed(7)  # the same draws: one (B, d) array per step
+    steps = [np.random.uniform(-r, r, size=(x.shape[0], x[0].numel())) for _ in range(n)]
+    deltas = torch.from_numpy(np.stack(steps, 1)).reshape(x.shape[0], n, *x.shape[1:]).float()
+    res = whybox.evaluate(model, x, a, "max_sensitivity", target=y, explainer="saliency", n_samples=n,
+                          skip_label_change=False, deltas=deltas)  # fmt: skip
+    np.testing.assert_allclose(res.scores.numpy(), q, rtol=1e-5, atol=1e-7)
+    assert res.meta["n_forward"] == x.shape[0] * n and res.meta["n_backward"] == x.shape[0] * n
+
+
+def test_max_sensitivity_deltas_are_checked_and_shared_deltas_broadcast() -> None:
+    model, x = cnn1(), randn(2, 1, 8, 8, seed=5)
+    e = whybox.explain(model, x, "saliency")
+    d = randn(3, 1, 8, 8, seed=6) * 0.05
+    shared = whybox.evaluate(model, x, e, "max_sensitivity", n_samples=3, deltas=d)
+    per_row = whybox.evaluate(model, x, e, "max_sensitivity", n_samples=3, deltas=d.expand(2, 3, 1, 8, 8).clone())
+    torch.testing.assert_close(shared.curves["sensitivity"], per_row.curves["sensitivity"])
+    with pytest.raises(whybox.WhyboxError, match=r"deltas must have shape \(2, 4, 1, 8, 8\) or \(4, 1, 8, 8\)"):
+        whybox.evaluate(model, x, e, "max_sensitivity", n_samples=4, deltas=d)
+    with pytest.raises(whybox.WhyboxError, match=r"deltas must be a float tensor"):
+        whybox.evaluate(model, x, e, "max_sensitivity", n_samples=3, deltas=d.numpy())
+    bad = d.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(whybox.WhyboxError, match="deltas hold NaN"):
+        whybox.evaluate(model, x, e, "max_sensitivity", n_samples=3, deltas=bad)
+
+
+def test_max_sensitivity_of_a_channel_pooled_map_pools_the_new_maps_alike() -> None:
+    """A (B, 1, H, W) explanation of RGB inputs (channels summed) against the explainer's (B, 3, H, W) maps: the
+    same scores as re-explaining with a callable that sums the channels itself."""
+    model = cnn1(classes=4)
+    model[0] = seeded(lambda: torch.nn.Conv2d(3, 4, 3, padding=1), 1)
+    x = randn(2, 3, 8, 8, seed=9)
+    pooled = whybox.explain(model, x, "saliency").attributions.sum(1, keepdim=True)
+
+    def summed(m: torch.nn.Module, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return whybox.explain(m, inputs, "saliency", target=target).attributions.sum(1, keepdim=True)
+
+    kw = {"n_samples": 3, "skip_label_change": False}
+    by_name = whybox.evaluate(model, x, pooled, "max_sensitivity", explainer="saliency", **kw)
+    by_callable = whybox.evaluate(model, x, pooled, "max_sensitivity", explainer=summed, **kw)
+    torch.testing.assert_close(by_name.curves["sensitivity"], by_callable.curves["sensitivity"])

@@ -174,6 +174,13 @@ class MaxSensitivity(Metric):
     on the perturbed inputs. With ``skip_label_change`` draws that change the predicted class are left out (NaN
     in the curve); a row with every draw left out scores NaN. Lower is better, range [0, inf).
 
+    ``deltas`` gives the perturbations instead of drawing them: ``(B, n_samples, *S)`` (or ``(n_samples, *S)``
+    shared by every row), added as they are (``radius`` is then unused), e.g. to replay another library's draws.
+    An explanation pooled over channels (``(B, 1, H, W)`` for ``(B, C, H, W)`` images) is compared with the new
+    maps pooled the same way (summed over channels). Without ``skip_label_change`` the model's clean scores are
+    not needed, and their forward pass is not run when
+    the target is known.
+
     Curves: ``"sensitivity"`` ``(B, n_samples)`` per draw. ``meta["n_skipped"]`` ``(B,)``.
     """
 
@@ -186,6 +193,7 @@ class MaxSensitivity(Metric):
         n_samples: int = 50,
         relative: bool = True,
         skip_label_change: bool = True,
+        deltas: torch.Tensor | None = None,
         explainer: Any = None,
         explainer_params: dict[str, Any] | None = None,
         **kwargs: Any,
@@ -195,23 +203,56 @@ class MaxSensitivity(Metric):
         self.n_samples = check_int("n_samples", n_samples)
         self.relative = bool(relative)
         self.skip_label_change = bool(skip_label_change)
+        if deltas is not None and (not isinstance(deltas, torch.Tensor) or not deltas.is_floating_point()):
+            raise InvalidParameterError(
+                f"deltas must be a float tensor (B, n_samples, ...) or (n_samples, ...), or None; got "
+                f"{type(deltas).__name__}{'' if not isinstance(deltas, torch.Tensor) else ' of ' + str(deltas.dtype)}."
+            )
+        self.deltas = deltas
+        self._deltas: torch.Tensor | None = None  # deltas checked against this call's inputs
         self.explainer = explainer
         self.explainer_params = check_options("explainer_params", explainer_params)
 
+    def _needs_clean(self, target: Any, expl: Any) -> bool:
+        return self.skip_label_change or self._target_needs_clean(target, expl)  # the clean prediction
+
+    def _given_deltas(self, x: torch.Tensor) -> torch.Tensor | None:
+        """``deltas`` as ``(B, n_samples, *S)`` on the inputs' device and dtype, or an error naming the shapes."""
+        d = self.deltas
+        if d is None:
+            return None
+        b, n, s = x.shape[0], self.n_samples, tuple(x.shape[1:])
+        if tuple(d.shape) == (n, *s):
+            d = d.unsqueeze(0).expand(b, *d.shape)
+        if tuple(d.shape) != (b, n, *s):
+            raise InvalidParameterError(
+                f"deltas must have shape ({b}, {n}, {', '.join(map(str, s))}) or ({n}, {', '.join(map(str, s))}) "
+                f"for {b} inputs of shape {s} and n_samples={n}; got {tuple(d.shape)}."
+            )
+        if not bool(torch.isfinite(d).all()):
+            raise InvalidParameterError("deltas hold NaN or inf; pass finite perturbations.")
+        return d.detach().to(device=x.device, dtype=x.dtype)
+
     def _delta(self, row: int, j: int, shape: torch.Size, x: torch.Tensor) -> torch.Tensor:
+        if self._deltas is not None:
+            return self._deltas[row, j]
         u = torch.rand(shape, generator=derive_generator(self.seed, _SENS_KEY, row, j), dtype=torch.float64)
         return ((2 * u - 1) * self.radius).to(device=x.device, dtype=x.dtype)
 
     def _compute(self, ctx: Context) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
-        if ctx.attributions is None or ctx.engine is None or ctx.target is None or ctx.clean is None:
+        if ctx.attributions is None or ctx.engine is None or ctx.target is None:
             raise InvalidParameterError("max_sensitivity needs attributions and a model.")
         fn, name = make_explain_fn(self.explainer, ctx.explanation, self.explainer_params, ctx.passes)
         x = ctx.x
+        self._deltas = self._given_deltas(x)
         b, n = x.shape[0], self.n_samples
         one = (1,) * (x.ndim - 1)
-        pred0 = ctx.clean.argmax(1).cpu()
         pred = torch.empty(b, n, dtype=torch.int64)
+        pred0 = torch.zeros(b, dtype=torch.int64)
         if self.skip_label_change:
+            if ctx.clean is None:
+                raise InvalidParameterError("max_sensitivity with skip_label_change needs the clean scores.")
+            pred0 = ctx.clean.argmax(1).cpu()
 
             def masks(rows: torch.Tensor, ks: torch.Tensor) -> torch.Tensor:
                 return torch.zeros((rows.shape[0], *one), dtype=torch.bool, device=x.device)
@@ -237,7 +278,10 @@ class MaxSensitivity(Metric):
                 [x[r] + self._delta(r, k, x.shape[1:], x) for r, k in zip(rows.tolist(), ks.tolist(), strict=True)]
             )
             tgt = ctx.target.fn if ctx.target.fn is not None else ctx.target.index[rows]
-            att = fn(ctx.adapter, xs, tgt, None).attributions.reshape(rows.shape[0], -1).to(torch.float64).cpu()
+            att = fn(ctx.adapter, xs, tgt, None).attributions
+            if x.ndim == 4 and att.ndim == 4 and a0.shape[1] == att.shape[2] * att.shape[3] != att[0].numel():
+                att = att.sum(1)  # a channel-pooled explanation (B, 1, H, W): the new maps pooled alike
+            att = att.reshape(rows.shape[0], -1).to(torch.float64).cpu()
             if att.shape[1] != a0.shape[1]:
                 raise InvalidInputError(
                     f"the explainer returned {att.shape[1]} values per row but the explanation has {a0.shape[1]}."
