@@ -510,8 +510,8 @@ def rows_for(case: Case, quantus: Any, args: argparse.Namespace) -> list[Row]:
         )
 
     np.random.seed(0)  # one (B, d) array per step
-    steps = [np.random.uniform(-r_sens, r_sens, size=(case.b, x[0].numel())) for _ in range(n_sens)]
-    deltas = torch.from_numpy(np.stack(steps, 1)).reshape(case.b, n_sens, *x.shape[1:]).to(x.dtype)
+    draws = [np.random.uniform(-r_sens, r_sens, size=(case.b, x[0].numel())) for _ in range(n_sens)]
+    deltas = torch.from_numpy(np.stack(draws, 1)).reshape(case.b, n_sens, *x.shape[1:]).to(x.dtype)
     rows.append(
         Row(
             case,
