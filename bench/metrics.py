@@ -392,6 +392,27 @@ def rows_for(case: Case, quantus: Any, args: argparse.Namespace) -> list[Row]:
     include_norm = c != 1  # Quantus resets every module with reset_parameters (BatchNorm too)
     a0 = torch.from_numpy(explain_func(model, xn, yn))
 
+    def on_saliency(metric: Any, seed: int | None = None) -> Callable[[], Any]:
+        """A call of a Quantus metric that re-explains with ``explain_func``, on ``a0`` (np.random seeded first
+        when ``seed`` is given); its result as an array where it is a list."""
+
+        def call() -> Any:
+            if seed is not None:
+                np.random.seed(seed)
+            out = metric(
+                model=model,
+                x_batch=xn,
+                y_batch=yn,
+                a_batch=a0.numpy(),
+                explain_func=explain_func,
+                explain_func_kwargs={},
+                softmax=False,
+                **common,
+            )
+            return np.asarray(out) if isinstance(out, list) else out
+
+        return call
+
     def ours_mprt() -> Any:
         return whybox.evaluate(
             model,
@@ -422,16 +443,7 @@ def rows_for(case: Case, quantus: Any, args: argparse.Namespace) -> list[Row]:
             case,
             "MPRT (randomization)",
             ours=ours_mprt,
-            peer=lambda: mprt(
-                model=model,
-                x_batch=xn,
-                y_batch=yn,
-                a_batch=a0.numpy(),
-                explain_func=explain_func,
-                explain_func_kwargs={},
-                softmax=False,
-                **common,
-            ),
+            peer=on_saliency(mprt),
             same_values=True,
             note="cascading, top down, saliency, seed 42, Spearman of |a| (no percentile clip)",
             compare=compare_mprt,
@@ -470,18 +482,7 @@ def rows_for(case: Case, quantus: Any, args: argparse.Namespace) -> list[Row]:
                 other_class=others,
                 batch_size=bs,
             ),
-            peer=lambda: np.asarray(
-                rl(
-                    model=model,
-                    x_batch=xn,
-                    y_batch=yn,
-                    a_batch=a0.numpy(),
-                    explain_func=explain_func,
-                    explain_func_kwargs={},
-                    softmax=False,
-                    **common,
-                )
-            ),
+            peer=on_saliency(rl),
             same_values=True,
             note="saliency (channels summed), Spearman of the signed maps, Quantus' seed-42 classes replayed",
             compare=lambda o, p: float(np.abs(o.scores.numpy() - p).max()),
@@ -493,21 +494,6 @@ def rows_for(case: Case, quantus: Any, args: argparse.Namespace) -> list[Row]:
     ms = quantus.MaxSensitivity(
         nr_samples=n_sens, lower_bound=r_sens, disable_warnings=True, display_progressbar=False
     )  # its defaults: difference, Frobenius norms, nanmax, no label-change check
-
-    def peer_ms() -> np.ndarray:
-        np.random.seed(0)
-        return np.asarray(
-            ms(
-                model=model,
-                x_batch=xn,
-                y_batch=yn,
-                a_batch=a0.numpy(),
-                explain_func=explain_func,
-                explain_func_kwargs={},
-                softmax=False,
-                **common,
-            )
-        )
 
     np.random.seed(0)  # one (B, d) array per step
     draws = [np.random.uniform(-r_sens, r_sens, size=(case.b, x[0].numel())) for _ in range(n_sens)]
@@ -528,7 +514,7 @@ def rows_for(case: Case, quantus: Any, args: argparse.Namespace) -> list[Row]:
                 deltas=deltas,
                 batch_size=bs,
             ),
-            peer=peer_ms,
+            peer=on_saliency(ms, seed=0),
             same_values=True,
             note=f"{n_sens} draws of U(-{r_sens}, {r_sens}) noise replayed from Quantus' np.random, saliency (channels "
             "summed), relative Frobenius norm, no label-change check",
