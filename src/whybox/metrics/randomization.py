@@ -322,10 +322,9 @@ class RandomLogit(_MapComparison):
         # the draw needs the number of classes; given classes are range-checked by the explainer's run
         return self.other_class is None or self._target_needs_clean(target, expl)
 
-    def _other(self, ctx: Context) -> torch.Tensor:
-        """``(B,)`` int64: the class each row's map is compared with."""
-        assert ctx.target is not None
-        b = ctx.x.shape[0]
+    def _other(self, target: torch.Tensor, clean: torch.Tensor | None) -> torch.Tensor:
+        """``(B,)`` int64: the class each row's map is compared with, for the targets ``(B,)`` (CPU)."""
+        b = target.shape[0]
         if self.other_class is not None:
             other = self.other_class.expand(b) if self.other_class.ndim == 0 else self.other_class
             if other.shape != (b,):
@@ -333,29 +332,29 @@ class RandomLogit(_MapComparison):
                     f"other_class must be an int or hold one class per row, shape ({b},); got shape "
                     f"{tuple(other.shape)}."
                 )
-            same = (other == ctx.target.index.cpu()).nonzero().flatten().tolist()
+            same = (other == target).nonzero().flatten().tolist()
             if same:
                 raise InvalidParameterError(
                     f"other_class must differ from the target; rows {same[:10]} have other_class == target "
                     f"({int(other[same[0]])}). Pick another class for them."
                 )
             return other.clone()
-        if ctx.clean is None:
+        if clean is None:
             raise InvalidParameterError("random_logit needs the model's scores to draw the other class.")
-        k = ctx.clean.shape[1]
+        k = clean.shape[1]
         if k < 2:
             raise InvalidParameterError(f"random_logit needs a model with at least 2 classes; got {k}.")
         offs = torch.tensor(
             [int(torch.randint(0, k - 1, (1,), generator=derive_generator(self.seed, _LOGIT_KEY, i))) for i in range(b)]
         )
-        return (ctx.target.index.cpu() + 1 + offs) % k
+        return (target + 1 + offs) % k
 
     def _compute(self, ctx: Context) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
         if ctx.attributions is None or ctx.target is None or ctx.adapter is None:
             raise InvalidParameterError("random_logit needs attributions and a model.")
         if ctx.target.fn is not None:
             raise InvalidParameterError("random_logit needs class targets, not a callable target.")
-        other = self._other(ctx)
+        other = self._other(ctx.target.index.cpu(), ctx.clean)
         fn, name = make_explain_fn(self.explainer, ctx.explanation, self.explainer_params, ctx.passes)
         try:
             a = fn(ctx.adapter, ctx.x, Target(other), None).attributions
