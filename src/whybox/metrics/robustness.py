@@ -178,8 +178,7 @@ class MaxSensitivity(Metric):
     shared by every row), added as they are (``radius`` is then unused), e.g. to replay another library's draws.
     An explanation pooled over channels (``(B, 1, H, W)`` for ``(B, C, H, W)`` images) is compared with the new
     maps pooled the same way (summed over channels). Without ``skip_label_change`` the model's clean scores are
-    not needed, and their forward pass is not run when
-    the target is known.
+    not needed, and their forward pass is not run when the target is known.
 
     Curves: ``"sensitivity"`` ``(B, n_samples)`` per draw. ``meta["n_skipped"]`` ``(B,)``.
     """
