@@ -135,18 +135,18 @@ class Infidelity(Metric):
                 return torch.zeros((rows.shape[0], *one), dtype=torch.bool, device=x.device)
 
             def fill(rows: torch.Tensor, ks: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-                out = torch.empty((rows.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device)
-                for j, (row, k) in enumerate(zip(rows.tolist(), ks.tolist(), strict=True)):
-                    eps = torch.randn(
-                        x.shape[1:], generator=derive_generator(self.seed, _INFD_KEY, row, k), dtype=torch.float64
-                    ).to(x.device)
-                    xt = self.baseline + self.sigma * eps
-                    if self.clip is not None:
-                        xt = xt.clamp(*self.clip)
-                    xt = xt.to(x.dtype)
-                    dot[row, k] = ((x[row].to(torch.float64) - xt.to(torch.float64)) * a[row]).sum()
-                    out[j] = xt
-                return out
+                eps = torch.empty((rows.shape[0], *x.shape[1:]), dtype=torch.float64)
+                for j, (row, k) in enumerate(zip(rows.tolist(), ks.tolist(), strict=True)):  # one stream per pair
+                    g = derive_generator(self.seed, _INFD_KEY, row, k)
+                    torch.randn(x.shape[1:], generator=g, dtype=torch.float64, out=eps[j])
+                xt = self.baseline + self.sigma * eps.to(x.device)
+                if self.clip is not None:
+                    xt = xt.clamp(*self.clip)
+                xt = xt.to(x.dtype)
+                r = rows.to(x.device)
+                diff = (x[r].to(torch.float64) - xt.to(torch.float64)) * a[r]
+                dot[r, ks.to(x.device)] = diff.reshape(rows.shape[0], -1).sum(1)
+                return xt
 
             perturbed = ctx.engine.scores(x, masks, n_masks=n, fill=fill, target=ctx.target, score=self.score)
         clean = ctx.target.select(apply_score_space(ctx.clean, self.score)).to(torch.float64)
@@ -232,11 +232,21 @@ class MaxSensitivity(Metric):
             raise InvalidParameterError("deltas hold NaN or inf; pass finite perturbations.")
         return d.detach().to(device=x.device, dtype=x.dtype)
 
-    def _delta(self, row: int, j: int, shape: torch.Size, x: torch.Tensor) -> torch.Tensor:
+    def _draws(self, rows: torch.Tensor, ks: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The perturbations of the (row, draw) pairs ``(rows[i], ks[i])``, ``(n, *S)`` in the inputs' dtype: the
+        given ``deltas``, or draw ``j`` of row ``i`` from its own generator ``(seed, i, j)`` (scaled at once)."""
         if self._deltas is not None:
-            return self._deltas[row, j]
-        u = torch.rand(shape, generator=derive_generator(self.seed, _SENS_KEY, row, j), dtype=torch.float64)
+            return self._deltas[rows.to(self._deltas.device), ks.to(self._deltas.device)]
+        u = torch.empty((rows.shape[0], *x.shape[1:]), dtype=torch.float64)
+        for i, (r, k) in enumerate(zip(rows.tolist(), ks.tolist(), strict=True)):
+            torch.rand(
+                x.shape[1:], generator=derive_generator(self.seed, _SENS_KEY, r, k), dtype=torch.float64, out=u[i]
+            )
         return ((2 * u - 1) * self.radius).to(device=x.device, dtype=x.dtype)
+
+    def _delta(self, row: int, j: int, shape: torch.Size, x: torch.Tensor) -> torch.Tensor:
+        """Draw ``j`` of row ``row`` (:meth:`_draws` of one pair)."""
+        return self._draws(torch.tensor([row]), torch.tensor([j]), x)[0]
 
     def _compute(self, ctx: Context) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
         if ctx.attributions is None or ctx.engine is None or ctx.target is None:
@@ -245,37 +255,23 @@ class MaxSensitivity(Metric):
         x = ctx.x
         self._deltas = self._given_deltas(x)
         b, n = x.shape[0], self.n_samples
-        one = (1,) * (x.ndim - 1)
         pred = torch.empty(b, n, dtype=torch.int64)
         pred0 = torch.zeros(b, dtype=torch.int64)
         if self.skip_label_change:
             if ctx.clean is None:
                 raise InvalidParameterError("max_sensitivity with skip_label_change needs the clean scores.")
             pred0 = ctx.clean.argmax(1).cpu()
-
-            def masks(rows: torch.Tensor, ks: torch.Tensor) -> torch.Tensor:
-                return torch.zeros((rows.shape[0], *one), dtype=torch.bool, device=x.device)
-
-            def fill(rows: torch.Tensor, ks: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-                return torch.stack(
-                    [x[r] + self._delta(r, k, x.shape[1:], x) for r, k in zip(rows.tolist(), ks.tolist(), strict=True)]
-                )
-
-            def record(raw: torch.Tensor, rows: torch.Tensor, ks: torch.Tensor) -> None:
-                pred[rows.cpu(), ks.cpu()] = raw.argmax(1).cpu()
-
-            ctx.engine.scores(x, masks, n_masks=n, fill=fill, target=ctx.target, score=self.score, on_scores=record)
         a0 = ctx.attributions.reshape(b, -1).to(torch.float64).cpu()
         norm0 = a0.norm(dim=1)
         denom = torch.where(norm0 > 0, norm0, torch.ones_like(norm0)) if self.relative else torch.ones_like(norm0)
         sens = torch.empty(b, n, dtype=torch.float64)
         total = b * n
-        for s in range(0, total, self.batch_size):
+        for s in range(0, total, self.batch_size):  # batch_size (row, draw) pairs at a time, each drawn once
             idx = torch.arange(s, min(s + self.batch_size, total))
             rows, ks = idx // n, idx % n
-            xs = torch.stack(
-                [x[r] + self._delta(r, k, x.shape[1:], x) for r, k in zip(rows.tolist(), ks.tolist(), strict=True)]
-            )
+            xs = x[rows.to(x.device)] + self._draws(rows, ks, x)
+            if self.skip_label_change:  # the predicted class of each perturbed input: one more pass of its rows
+                pred[rows, ks] = ctx.engine.forward(xs).argmax(1).cpu()
             tgt = ctx.target.fn if ctx.target.fn is not None else ctx.target.index[rows]
             att = fn(ctx.adapter, xs, tgt, None).attributions
             if x.ndim == 4 and att.ndim == 4 and a0.shape[1] == att.shape[2] * att.shape[3] != att[0].numel():
