@@ -158,6 +158,68 @@ def derive_generator(seed: int, *keys: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state) >> 1)
 
 
+# NumPy's SeedSequence constants (O'Neill's seed_seq_fe mixing), for derived_seeds
+_SS_INIT_A, _SS_MULT_A, _SS_INIT_B, _SS_MULT_B = 0x43B0D7E5, 0x931E8875, 0x8B51F9DD, 0x58F38DED
+_SS_MIX_L, _SS_MIX_R = 0xCA01F9DD, 0x4973F715
+_M32 = np.uint64(0xFFFFFFFF)
+
+
+def _uint32_words(n: int) -> list[int]:
+    """``n >= 0`` as SeedSequence reads an int: its 32-bit words, least significant first (``[0]`` for 0)."""
+    out = [n & 0xFFFFFFFF]
+    n >>= 32
+    while n:
+        out.append(n & 0xFFFFFFFF)
+        n >>= 32
+    return out
+
+
+def derived_seeds(seed: int, key: int, cols: np.ndarray) -> list[int]:
+    """The seeds :func:`derive_generator` gives ``(seed, key, *cols[i])`` for every row ``i`` of ``cols`` ``(n, m)``
+    (ints in ``[0, 2**32)``, e.g. (row, draw) pairs), all at once: NumPy's ``SeedSequence`` entropy mixing and
+    ``generate_state(1, uint64)`` restated on uint32 arrays (one pass for thousands of pairs, where a
+    ``SeedSequence`` each costs ~8 us). ``torch.Generator().manual_seed(s)`` with ``s`` from here draws what
+    ``derive_generator`` would."""
+    cols = np.asarray(cols, dtype=np.int64)
+    cols = cols[:, None] if cols.ndim == 1 else cols
+    if cols.size and (cols.min() < 0 or cols.max() >= 2**32):
+        raise ValueError("derived_seeds needs keys in [0, 2**32)")  # internal misuse
+    n = cols.shape[0]
+    prefix = [w for v in (int(seed), int(key)) for w in _uint32_words(v)]
+    entropy = [np.full(n, w, dtype=np.uint64) for w in prefix] + [
+        cols[:, j].astype(np.uint64) for j in range(cols.shape[1])
+    ]
+    hash_const = [_SS_INIT_A]
+
+    def hashmix(v: np.ndarray) -> np.ndarray:
+        v = (v ^ np.uint64(hash_const[0])) & _M32
+        hash_const[0] = (hash_const[0] * _SS_MULT_A) & 0xFFFFFFFF
+        v = (v * np.uint64(hash_const[0])) & _M32
+        return v ^ (v >> np.uint64(16))
+
+    def mix(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        r = np.bitwise_and(x * np.uint64(_SS_MIX_L) - y * np.uint64(_SS_MIX_R), _M32)  # wraps mod 2**64, then 2**32
+        return r ^ (r >> np.uint64(16))
+
+    zero = np.zeros(n, dtype=np.uint64)
+    pool = [hashmix(entropy[i] if i < len(entropy) else zero) for i in range(4)]
+    for src in range(4):
+        for dst in range(4):
+            if src != dst:
+                pool[dst] = mix(pool[dst], hashmix(pool[src]))
+    for src in range(4, len(entropy)):
+        for dst in range(4):
+            pool[dst] = mix(pool[dst], hashmix(entropy[src]))
+    words, h = [], _SS_INIT_B
+    for i in range(2):  # generate_state(1, uint64): two uint32 words, the first the low half
+        v = (pool[i] ^ np.uint64(h)) & _M32
+        h = (h * _SS_MULT_B) & 0xFFFFFFFF
+        v = (v * np.uint64(h)) & _M32
+        words.append(v ^ (v >> np.uint64(16)))
+    state = words[0] | (words[1] << np.uint64(32))
+    return (state >> np.uint64(1)).tolist()
+
+
 _TIE_KEY = 7_151_829  # keys of the derived generators: one stream per purpose
 
 

@@ -20,7 +20,7 @@ from whybox.metrics.base import (
     check_float,
     check_int,
     check_options,
-    derive_generator,
+    derived_seeds,
     make_explain_fn,
 )
 from whybox.registry import METRICS
@@ -136,9 +136,10 @@ class Infidelity(Metric):
 
             def fill(rows: torch.Tensor, ks: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
                 eps = torch.empty((rows.shape[0], *x.shape[1:]), dtype=torch.float64)
-                for j, (row, k) in enumerate(zip(rows.tolist(), ks.tolist(), strict=True)):  # one stream per pair
-                    g = derive_generator(self.seed, _INFD_KEY, row, k)
-                    torch.randn(x.shape[1:], generator=g, dtype=torch.float64, out=eps[j])
+                g = torch.Generator()  # reseeded per pair: derive_generator(seed, key, row, draw)'s stream
+                pairs = torch.stack([rows, ks], 1).cpu().numpy()
+                for j, s in enumerate(derived_seeds(self.seed, _INFD_KEY, pairs)):
+                    torch.randn(x.shape[1:], generator=g.manual_seed(s), dtype=torch.float64, out=eps[j])
                 xt = self.baseline + self.sigma * eps.to(x.device)
                 if self.clip is not None:
                     xt = xt.clamp(*self.clip)
@@ -238,10 +239,9 @@ class MaxSensitivity(Metric):
         if self._deltas is not None:
             return self._deltas[rows.to(self._deltas.device), ks.to(self._deltas.device)]
         u = torch.empty((rows.shape[0], *x.shape[1:]), dtype=torch.float64)
-        for i, (r, k) in enumerate(zip(rows.tolist(), ks.tolist(), strict=True)):
-            torch.rand(
-                x.shape[1:], generator=derive_generator(self.seed, _SENS_KEY, r, k), dtype=torch.float64, out=u[i]
-            )
+        g = torch.Generator()  # reseeded per pair: the stream derive_generator(seed, key, row, draw) would give
+        for i, s in enumerate(derived_seeds(self.seed, _SENS_KEY, torch.stack([rows, ks], 1).cpu().numpy())):
+            torch.rand(x.shape[1:], generator=g.manual_seed(s), dtype=torch.float64, out=u[i])
         return ((2 * u - 1) * self.radius).to(device=x.device, dtype=x.dtype)
 
     def _delta(self, row: int, j: int, shape: torch.Size, x: torch.Tensor) -> torch.Tensor:
