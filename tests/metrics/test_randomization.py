@@ -264,10 +264,14 @@ def test_random_logit_other_class_is_checked_and_costs_no_clean_pass() -> None:
         whybox.evaluate(model, x, a, "random_logit", other_class=[2, 1, 0])
     with pytest.raises(whybox.WhyboxError, match=r"other_class: target=10 is out of range for a model with 10"):
         whybox.evaluate(model, x, a, "random_logit", other_class=10)
-    with pytest.raises(whybox.WhyboxError, match=r"other_class must hold integer class indices"):
+    with pytest.raises(whybox.WhyboxError, match=r"other_class: target must hold integer class indices"):
         whybox.evaluate(model, x, a, "random_logit", other_class=[1.0, 2.0, 0.0])
     with pytest.raises(whybox.WhyboxError, match=r"shape \(3,\); got shape \(2,\)"):
         whybox.evaluate(model, x, a, "random_logit", other_class=[1, 2])
+    with pytest.raises(whybox.WhyboxError, match=r"other_class: target=-1 is out of range"):
+        whybox.evaluate(model, x, a, "random_logit", other_class=-1)
+    with pytest.raises(whybox.WhyboxError, match=r"other_class must be an int .* not a callable"):
+        whybox.evaluate(model, x, a, "random_logit", other_class=lambda s: s[:, 0])
 
 
 def test_sequential_names_in_ordered_dict_models() -> None:

@@ -141,9 +141,8 @@ def test_max_sensitivity_agrees_with_captum_on_the_same_draws() -> None:
         return (whybox.explain(model, inputs, "saliency", target=target).attributions,)
 
     def perturb(inputs: torch.Tensor) -> torch.Tensor:
-        return torch.stack(
-            [inputs[i] + metric._delta(i // n, i % n, inputs.shape[1:], inputs) for i in range(inputs.shape[0])]
-        )
+        i = torch.arange(inputs.shape[0])  # captum repeats each row n times: pair (i // n, i % n)
+        return inputs + metric._draws(i // n, i % n, inputs)
 
     ref = metrics.sensitivity_max(explain, x, perturb_func=perturb, n_perturb_samples=n, target=y)
     r = metric(model, x, explain(x, y)[0], target=y)

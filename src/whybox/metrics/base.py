@@ -965,14 +965,15 @@ class Metric:
             )
         return t
 
+    def _reads_clean(self) -> bool:
+        """Whether this configuration's :meth:`_compute` reads ``ctx.clean`` (:attr:`reads_clean`; a metric whose
+        need depends on an option overrides this)."""
+        return self.reads_clean
+
     def _needs_clean(self, target: TargetLike, expl: Explanation | None) -> bool:
         """Whether :meth:`evaluate` runs the clean forward pass: for a metric that reads ``ctx.clean``, and for the
         predicted class when neither ``target`` nor the explanation names one."""
-        return self.reads_clean or self._target_needs_clean(target, expl)
-
-    @staticmethod
-    def _target_needs_clean(target: TargetLike, expl: Explanation | None) -> bool:
-        return target is None and (expl is None or expl.target is None)
+        return self._reads_clean() or (target is None and (expl is None or expl.target is None))
 
     def _resolve_target(
         self, target: TargetLike, expl: Explanation | None, clean: torch.Tensor | None, x: torch.Tensor

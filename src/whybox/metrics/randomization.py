@@ -29,7 +29,7 @@ from whybox.metrics.base import (
     spearman,
 )
 from whybox.models.adapter import TorchAdapter
-from whybox.models.targets import Target
+from whybox.models.targets import Target, resolve_target
 from whybox.registry import METRICS
 
 __all__ = ["RandomLogit", "Randomization", "execution_layers", "map_similarities"]
@@ -316,21 +316,22 @@ class RandomLogit(_MapComparison):
 
     def __init__(self, *, similarity: str = "ssim", other_class: Any = None, **kwargs: Any) -> None:
         super().__init__(similarity=similarity, **kwargs)
-        self.other_class = None if other_class is None else _class_indices("other_class", other_class)
+        self.other_class = other_class
 
-    def _needs_clean(self, target: Any, expl: Any) -> bool:
-        # the draw needs the number of classes; given classes are range-checked by the explainer's run
-        return self.other_class is None or self._target_needs_clean(target, expl)
+    def _reads_clean(self) -> bool:
+        return self.other_class is None  # the draw needs the number of classes; given ones are range-checked later
 
     def _other(self, target: torch.Tensor, clean: torch.Tensor | None) -> torch.Tensor:
         """``(B,)`` int64: the class each row's map is compared with, for the targets ``(B,)`` (CPU)."""
         b = target.shape[0]
         if self.other_class is not None:
-            other = self.other_class.expand(b) if self.other_class.ndim == 0 else self.other_class
-            if other.shape != (b,):
+            try:  # the checks of any target (ints, one per row), then the range where it meets the model's scores
+                other = resolve_target(self.other_class, None, batch=b).index
+            except InvalidTargetError as exc:
+                raise InvalidTargetError(f"other_class: {exc}") from None
+            if callable(self.other_class) and not isinstance(self.other_class, torch.Tensor):
                 raise InvalidParameterError(
-                    f"other_class must be an int or hold one class per row, shape ({b},); got shape "
-                    f"{tuple(other.shape)}."
+                    "other_class must be an int or one int class index per row, not a callable."
                 )
             same = (other == target).nonzero().flatten().tolist()
             if same:
@@ -365,24 +366,3 @@ class RandomLogit(_MapComparison):
         sims = self._similarities(ctx.attributions, a)
         meta: dict[str, Any] = {"other_class": other, "explainer": name, **sims}
         return sims[self.similarity], {}, meta
-
-
-def _class_indices(name: str, value: Any) -> torch.Tensor:
-    """An int or a sequence / array / tensor of ints as an int64 CPU tensor (0-d or 1-d), or an error naming
-    ``name``."""
-    if isinstance(value, bool):
-        raise InvalidParameterError(f"{name} must be an int class index or one per row; got {value!r}.")
-    try:
-        t = torch.as_tensor(value)
-    except (TypeError, ValueError, RuntimeError):
-        raise InvalidParameterError(
-            f"{name} must be an int class index or one per row; got {type(value).__name__} {value!r}."
-        ) from None
-    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool or t.ndim > 1:
-        raise InvalidParameterError(
-            f"{name} must hold integer class indices, an int or shape (B,); got dtype {t.dtype}, shape "
-            f"{tuple(t.shape)}."
-        )
-    if bool((t < 0).any()):
-        raise InvalidParameterError(f"{name} must hold class indices >= 0; got {t.tolist()}.")
-    return t.to(device="cpu", dtype=torch.int64)

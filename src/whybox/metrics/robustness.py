@@ -209,12 +209,11 @@ class MaxSensitivity(Metric):
                 f"{type(deltas).__name__}{'' if not isinstance(deltas, torch.Tensor) else ' of ' + str(deltas.dtype)}."
             )
         self.deltas = deltas
-        self._deltas: torch.Tensor | None = None  # deltas checked against this call's inputs
         self.explainer = explainer
         self.explainer_params = check_options("explainer_params", explainer_params)
 
-    def _needs_clean(self, target: Any, expl: Any) -> bool:
-        return self.skip_label_change or self._target_needs_clean(target, expl)  # the clean prediction
+    def _reads_clean(self) -> bool:
+        return self.skip_label_change  # the clean prediction, to see which draws change it
 
     def _given_deltas(self, x: torch.Tensor) -> torch.Tensor | None:
         """``deltas`` as ``(B, n_samples, *S)`` on the inputs' device and dtype, or an error naming the shapes."""
@@ -233,27 +232,26 @@ class MaxSensitivity(Metric):
             raise InvalidParameterError("deltas hold NaN or inf; pass finite perturbations.")
         return d.detach().to(device=x.device, dtype=x.dtype)
 
-    def _draws(self, rows: torch.Tensor, ks: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """The perturbations of the (row, draw) pairs ``(rows[i], ks[i])``, ``(n, *S)`` in the inputs' dtype: the
-        given ``deltas``, or draw ``j`` of row ``i`` from its own generator ``(seed, i, j)`` (scaled at once)."""
-        if self._deltas is not None:
-            return self._deltas[rows.to(self._deltas.device), ks.to(self._deltas.device)]
+    def _draws(
+        self, rows: torch.Tensor, ks: torch.Tensor, x: torch.Tensor, given: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The perturbations of the (row, draw) pairs ``(rows[i], ks[i])``, ``(n, *S)`` in the inputs' dtype:
+        ``given`` (:meth:`_given_deltas`) when there is one, else draw ``j`` of row ``i`` from its own generator
+        ``(seed, i, j)`` (scaled at once)."""
+        if given is not None:
+            return given[rows.to(given.device), ks.to(given.device)]
         u = torch.empty((rows.shape[0], *x.shape[1:]), dtype=torch.float64)
         g = torch.Generator()  # reseeded per pair: the stream derive_generator(seed, key, row, draw) would give
         for i, s in enumerate(derived_seeds(self.seed, _SENS_KEY, torch.stack([rows, ks], 1).cpu().numpy())):
             torch.rand(x.shape[1:], generator=g.manual_seed(s), dtype=torch.float64, out=u[i])
         return ((2 * u - 1) * self.radius).to(device=x.device, dtype=x.dtype)
 
-    def _delta(self, row: int, j: int, shape: torch.Size, x: torch.Tensor) -> torch.Tensor:
-        """Draw ``j`` of row ``row`` (:meth:`_draws` of one pair)."""
-        return self._draws(torch.tensor([row]), torch.tensor([j]), x)[0]
-
     def _compute(self, ctx: Context) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
         if ctx.attributions is None or ctx.engine is None or ctx.target is None:
             raise InvalidParameterError("max_sensitivity needs attributions and a model.")
         fn, name = make_explain_fn(self.explainer, ctx.explanation, self.explainer_params, ctx.passes)
         x = ctx.x
-        self._deltas = self._given_deltas(x)
+        given = self._given_deltas(x)
         b, n = x.shape[0], self.n_samples
         pred = torch.empty(b, n, dtype=torch.int64)
         pred0 = torch.zeros(b, dtype=torch.int64)
@@ -269,7 +267,7 @@ class MaxSensitivity(Metric):
         for s in range(0, total, self.batch_size):  # batch_size (row, draw) pairs at a time, each drawn once
             idx = torch.arange(s, min(s + self.batch_size, total))
             rows, ks = idx // n, idx % n
-            xs = x[rows.to(x.device)] + self._draws(rows, ks, x)
+            xs = x[rows.to(x.device)] + self._draws(rows, ks, x, given)
             if self.skip_label_change:  # the predicted class of each perturbed input: one more pass of its rows
                 pred[rows, ks] = ctx.engine.forward(xs).argmax(1).cpu()
             tgt = ctx.target.fn if ctx.target.fn is not None else ctx.target.index[rows]
