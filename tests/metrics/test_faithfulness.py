@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import whybox
+from whybox.masking import MaskingEngine
 from whybox.metrics.base import boundaries, tie_order, trapezoid
 from whybox.metrics.faithfulness import highest_confidence
 
@@ -278,6 +279,49 @@ def test_batch_size_changes_no_number() -> None:
     m1 = whybox.evaluate(model, x, a, "mufidelity", n_samples=30, batch_size=64)
     m2 = whybox.evaluate(model, x, a, "mufidelity", n_samples=30, batch_size=5)
     torch.testing.assert_close(m1.scores, m2.scores, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("metric", ["deletion", "insertion", "aopc"])
+def test_points_whose_input_is_unchanged_reuse_the_score_before_them(metric: str, monkeypatch) -> None:
+    """A step that moves only pixels already equal to the fill leaves the input as it was: the point is not
+    scored again, and the curve equals the one that scores every point."""
+    model = cnn3()
+    x = randn(2, 3, 4, 4, seed=30)
+    zero = [0, 1, 2, 5, 9, 10]  # raster positions black in every channel
+    x.view(2, 3, 16)[:, :, zero] = 0.0
+    x[1, 0, 3, 3] = 0.0  # one channel of a pixel: the pixel still changes under a zero fill
+    a = torch.arange(16.0, 0.0, -1.0).view(1, 1, 4, 4).expand(2, 1, 4, 4).contiguous()  # raster order
+    kw = {"target": 0, "fill": "zero", "batch_size": 5}
+    runs = {}
+    for steps in (16, 8):
+        runs[steps] = whybox.evaluate(model, x, a, metric, steps=steps, **kw)
+    # one pixel per step: the six black pixels' steps; two per step: only (0, 1) is black on both pixels
+    assert [runs[s].meta["n_unchanged_points"] for s in (16, 8)] == [12, 2]
+    assert [runs[s].meta["n_forward"] for s in (16, 8)] == [2 * 17 - 12, 2 * 9 - 2]
+    monkeypatch.setattr(MaskingEngine, "deterministic", lambda self: False)  # score every point
+    for steps, r in runs.items():
+        full = whybox.evaluate(model, x, a, metric, steps=steps, **kw)
+        assert full.meta["n_unchanged_points"] == 0 and full.meta["n_forward"] == 2 * (steps + 1)
+        torch.testing.assert_close(r.curves["y"], full.curves["y"], rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(r.scores, full.scores, rtol=1e-6, atol=1e-6)
+
+
+def test_region_steps_skip_regions_equal_to_the_fill() -> None:
+    model = cnn3()
+    x = randn(1, 3, 4, 4, seed=31)
+    x[:, :, :2, :2] = 0.0  # region 0 of a 2 x 2 grid
+    a = torch.tensor([[4.0, 3.0], [2.0, 1.0]]).repeat_interleave(2, 0).repeat_interleave(2, 1).view(1, 1, 4, 4)
+    r = whybox.evaluate(model, x, a, "deletion", regions=2, target=0, fill="zero")
+    assert r.meta["n_unchanged_points"] == 1 and r.meta["n_forward"] == 4
+    assert r.curves["y"][0, 1] == r.curves["y"][0, 0]
+
+
+def test_engine_scores_recurring_inputs_once_only_for_a_model_in_eval_mode() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Dropout(0.5))
+    engine = MaskingEngine(whybox.adapt(model))
+    assert not engine.deterministic()  # dropout draws anew at every call
+    model.eval()
+    assert engine.deterministic()
 
 
 def test_target_defaults_to_the_explanation_target() -> None:

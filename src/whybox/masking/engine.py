@@ -135,8 +135,14 @@ class MaskingEngine:
     def _pads(self, inp: torch.Tensor) -> bool:
         if self.pad is False or (self.pad is None and inp.device.type != "cuda") or not inp.is_floating_point():
             return False
-        model = getattr(self.adapter, "model", None)
         # a module in training mode (BatchNorm's batch statistics) couples the rows: padding would change them
+        return self.deterministic()
+
+    def deterministic(self) -> bool:
+        """Whether a row's scores depend on that row alone, the same at every call: no module of a torch model in
+        training mode (dropout draws anew, batch statistics couple the rows). Callers then score an input once
+        where it recurs."""
+        model = getattr(self.adapter, "model", None)
         return not (isinstance(model, torch.nn.Module) and any(m.training for m in model.modules()))
 
     def call(self, fn: Callable[[torch.Tensor], R], inp: torch.Tensor) -> R:

@@ -231,6 +231,32 @@ def curve_points(
     return ranks, counts, xs
 
 
+def changed_points(
+    x: torch.Tensor, fill: torch.Tensor, groups: FeatureGroups, ranks: torch.Tensor, counts: torch.Tensor
+) -> torch.Tensor | None:
+    """``(B, P)`` bool: whether the input at curve point ``k`` differs from the one at point ``k - 1`` (point 0
+    always counts as changed); ``None`` when every point changes.
+
+    Between two points only the features ranked in ``[counts[k-1], counts[k])`` change hands between ``x`` and the
+    fill, in deletion and insertion alike, so the input stays the same exactly when every element of those
+    features already equals its fill (a digit's black background under a zero or minimum fill).
+    """
+    g = groups.groups
+    b = x.shape[0]
+    differ = x != fill
+    pooled = tuple(i for i in range(1, x.ndim) if g.shape[i] == 1 and x.shape[i] != 1)  # e.g. channels of a pixel
+    if pooled:
+        differ = differ.any(dim=pooled, keepdim=True)
+    live = torch.zeros(b, groups.n_groups, dtype=torch.int64, device=x.device)
+    live.scatter_add_(1, g.reshape(b, -1), differ.expand(g.shape).reshape(b, -1).to(torch.int64))
+    in_order = torch.zeros_like(live).scatter_(1, ranks, (live > 0).to(torch.int64))
+    cum = torch.cat([torch.zeros(b, 1, dtype=torch.int64, device=x.device), in_order.cumsum(1)], 1)
+    changed = cum.gather(1, counts[:, 1:]) > cum.gather(1, counts[:, :-1])
+    if bool(changed.all()):
+        return None
+    return torch.cat([torch.ones(b, 1, dtype=torch.bool, device=x.device), changed], 1)
+
+
 class _CurveMetric(Metric):
     """Insertion/deletion-style curves: ``steps + 1`` scores along a feature order."""
 
@@ -306,11 +332,27 @@ class _CurveMetric(Metric):
             keep = done if insertion else ~done
             return groups.expand(keep, rows)
 
-        y = ctx.engine.scores(x, masks, n_masks=counts.shape[1], fill=fill, target=ctx.target, score=self.score)
+        changed = changed_points(x, fill, groups, ranks, counts) if ctx.engine.deterministic() else None
+        if changed is None:
+            y = ctx.engine.scores(x, masks, n_masks=counts.shape[1], fill=fill, target=ctx.target, score=self.score)
+            n_same = 0
+        else:  # score the points whose input changed; the others repeat the score of the point before
+            where = torch.sort((~changed).to(torch.uint8), dim=1, stable=True).indices  # changed points first
+
+            def changed_masks(rows: torch.Tensor, js: torch.Tensor) -> torch.Tensor:
+                return masks(rows, where[rows, js])
+
+            n_changed = changed.sum(1)
+            scored = ctx.engine.scores(
+                x, changed_masks, n_masks=n_changed, fill=fill, target=ctx.target, score=self.score
+            )
+            y = scored.gather(1, changed.cumsum(1) - 1)
+            n_same = int(changed.numel() - n_changed.sum())
         meta: dict[str, Any] = {
             "protocol": "region_steps" if region_steps else "pixel_steps",
             "n_features": int(groups.n_groups),
             "flat_map": flat_rows.tolist(),
+            "n_unchanged_points": n_same,
         }
         if bool(flat_rows.any()):
             meta["note"] = "rows with a flat map are ordered by the seeded tie rule alone"
@@ -345,6 +387,11 @@ class Deletion(_CurveMetric):
     Ties are broken by the seeded stable rule (:func:`~whybox.metrics.base.tie_order`); a flat map is ordered
     by it alone (``meta["flat_map"]``). Quantus' ``PixelFlipping`` leaves the unperturbed point out of its curve
     and orders tied pixels by an unstable argsort.
+
+    A step that moves only pixels already equal to the fill (a digit's black background under ``"zero"`` or
+    ``"min"``) leaves the input as it was: that point is not scored again but repeats the score before it
+    (:func:`changed_points`; ``meta["n_unchanged_points"]``, and ``n_forward`` counts the passes made). The same
+    holds for every curve metric here.
 
     Curves: ``"x"`` ``(B, P)`` fraction removed, ``"y"`` ``(B, P)`` target score. Scores: AUC in [0, 1] for
     probabilities.
