@@ -245,7 +245,13 @@ def rows_for(case: Case, quantus: Any, args: argparse.Namespace) -> list[Row]:
     # ---- pixel flipping = deletion without the unperturbed point, row-minimum fill, probabilities
     if c == 1:
         step, steps = 1, n
-        same, note = True, "64 one-pixel steps; Quantus curve = ours without the first point"
+        same, note = (
+            True,
+            (
+                "64 one-pixel steps; Quantus curve = ours without the first point; whybox does not re-score a point whose "
+                "step moved only pixels already at the fill (the digits' black background under the min fill)"
+            ),
+        )
     else:
         step = 3136  # must divide H*W for Quantus; its steps cut through the channel copies of pixels
         steps = (c * n) // step
