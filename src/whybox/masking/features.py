@@ -36,6 +36,17 @@ class FeatureGroups:
         return out.scatter_add_(1, flat, torch.ones_like(flat))
 
 
+def groups_touched(groups: FeatureGroups, changed: torch.Tensor) -> torch.Tensor:
+    """``(B, M)`` bool: the groups holding at least one element where ``changed`` (bool, shaped like the input
+    ``(B, *S)``) holds; e.g. ``changed = x != fill`` marks the groups whose perturbation changes the input."""
+    b = changed.shape[0]
+    g = groups.groups
+    g_full = g.expand(changed.shape) if g.shape != changed.shape else g
+    out = torch.zeros(b, max(groups.n_groups, 1), dtype=torch.int64, device=g.device)
+    out.scatter_add_(1, g_full.reshape(b, -1), changed.reshape(b, -1).to(torch.int64))
+    return out > 0
+
+
 def broadcast_ids(ids: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
     """Integer ids ``(B, *G)``, ``(1, *G)`` or ``(*G)`` (``(H, W)`` for images) as ``(B, *G)`` int64 on x's device,
     G broadcasting to one input row; ``None`` when they do not fit ``x`` (callers word the error)."""

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from whybox.errors import InvalidInputError, InvalidParameterError
-from whybox.masking.features import FeatureGroups, broadcast_ids, cells
+from whybox.masking.features import FeatureGroups, broadcast_ids, cells, groups_touched
 from whybox.masking.fills import FillLike, make_fill
 from whybox.metrics.base import (
     Context,
@@ -241,15 +241,9 @@ def changed_points(
     fill, in deletion and insertion alike, so the input stays the same exactly when every element of those
     features already equals its fill (a digit's black background under a zero or minimum fill).
     """
-    g = groups.groups
     b = x.shape[0]
-    differ = x != fill
-    pooled = tuple(i for i in range(1, x.ndim) if g.shape[i] == 1 and x.shape[i] != 1)  # e.g. channels of a pixel
-    if pooled:
-        differ = differ.any(dim=pooled, keepdim=True)
-    live = torch.zeros(b, groups.n_groups, dtype=torch.int64, device=x.device)
-    live.scatter_add_(1, g.reshape(b, -1), differ.expand(g.shape).reshape(b, -1).to(torch.int64))
-    in_order = torch.zeros_like(live).scatter_(1, ranks, (live > 0).to(torch.int64))
+    live = groups_touched(groups, (x != fill).expand(x.shape))[:, : ranks.shape[1]].to(torch.int64)
+    in_order = torch.zeros_like(live).scatter_(1, ranks, live)
     cum = torch.cat([torch.zeros(b, 1, dtype=torch.int64, device=x.device), in_order.cumsum(1)], 1)
     changed = cum.gather(1, counts[:, 1:]) > cum.gather(1, counts[:, :-1])
     if bool(changed.all()):

@@ -19,7 +19,7 @@ from whybox.errors import InvalidInputError, InvalidParameterError, did_you_mean
 from whybox.explainers.base import Explainer
 from whybox.masking import features as F
 from whybox.masking.engine import MaskingEngine
-from whybox.masking.features import FeatureGroups
+from whybox.masking.features import FeatureGroups, groups_touched
 from whybox.masking.fills import FILLS, FillLike, make_fill
 from whybox.models.inputs import tensor_option
 from whybox.models.targets import Target, TargetLike, apply_score_space, resolve_target
@@ -172,11 +172,7 @@ def make_regions(groups: FeatureGroups, x: torch.Tensor, fills: torch.Tensor | N
     g_own = groups.groups.reshape(b, -1)
     keep = torch.zeros(b, n, dtype=torch.bool, device=g_own.device).scatter_(1, g_own, True)
     if fills is not None:
-        g_full = groups.groups.expand(b, *x.shape[1:]) if groups.groups.shape[1:] != x.shape[1:] else groups.groups
-        differ = (x.unsqueeze(1) != fills).reshape(b, fills.shape[1], -1).any(1)
-        varying = torch.zeros(b, n, dtype=torch.int64, device=g_own.device)
-        varying.scatter_add_(1, g_full.reshape(b, -1), differ.to(torch.int64))
-        keep &= varying > 0
+        keep &= groups_touched(groups, (x.unsqueeze(1) != fills).any(1))
     return Regions(groups, keep)
 
 
