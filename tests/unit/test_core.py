@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -153,6 +154,65 @@ def test_engine_chunk_size_changes_no_score_and_counts_rows(make_cnn: Callable[.
                 m = groups.expand(masks[i, k : k + 1], torch.tensor([i]))
                 inp = torch.where(m, x[i : i + 1], fill[i : i + 1])
                 assert float(ref[i, k]) == pytest.approx(float(adapter.scores(inp)[0, tgt.index[i]]), rel=1e-12)
+
+
+def test_engine_prefetch_renders_the_chunks_in_order_with_the_same_scores(make_cnn: Callable[..., nn.Module]) -> None:
+    """prefetch=True renders chunk j + 1 in a worker thread while the model scores chunk j: same scores, same
+    passes, the render and fill callables called on the same chunks in the same order, never with grad enabled."""
+    adapter, x, groups, masks, tgt = _engine_case(make_cnn)
+    elements = groups.expand(masks.reshape(10, -1), torch.arange(2).repeat_interleave(5)).view(2, 5, 1, 12, 12)
+    fills = rand(2, 5, 1, 12, 12, seed=4)  # a fill per (row, mask), as ROAD's imputation
+
+    def one(prefetch: bool) -> tuple[torch.Tensor, list, list, list]:
+        calls: list[tuple[list[int], list[int]]] = []
+        grad: list[bool] = []
+        seen: list[tuple[list[int], list[int]]] = []
+        threads: set[str] = set()
+
+        def render(r: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+            calls.append((r.tolist(), k.tolist()))
+            grad.append(torch.is_grad_enabled())
+            threads.add(threading.current_thread().name.split("_")[0])
+            return elements[r, k]
+
+        def fill(r: torch.Tensor, k: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+            grad.append(torch.is_grad_enabled())
+            return fills[r, k].expand(-1, 3, -1, -1)
+
+        eng = MaskingEngine(adapter, batch_size=3)
+        s = eng.scores(
+            x,
+            render,
+            n_masks=5,
+            fill=fill,
+            target=tgt,
+            prefetch=prefetch,
+            on_scores=lambda raw, r, k: seen.append((r.tolist(), k.tolist())),
+        )
+        assert (eng.n_forward, eng.n_batches) == (10, 4)
+        assert threads == ({"whybox-render"} if prefetch else {"MainThread"})
+        return s, calls, grad, seen
+
+    runs = {p: one(p) for p in (False, True)}
+    torch.testing.assert_close(runs[True][0], runs[False][0], rtol=0, atol=0)
+    assert runs[True][1] == runs[False][1] and runs[True][3] == runs[False][3] == runs[False][1]
+    assert not any(runs[True][2]) and not any(runs[False][2])
+
+
+def test_engine_prefetch_raises_the_workers_error_and_stops(make_cnn: Callable[..., nn.Module]) -> None:
+    adapter, x, groups, masks, tgt = _engine_case(make_cnn)
+    done: list[int] = []
+
+    def fill(r: torch.Tensor, k: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        if len(done) == 2:
+            raise RuntimeError("fill failed on the third chunk")
+        done.append(1)
+        return torch.zeros(r.shape[0], *x.shape[1:])
+
+    eng = MaskingEngine(adapter, batch_size=3)
+    with pytest.raises(RuntimeError, match="fill failed on the third chunk"):
+        eng.scores(x, masks, groups=groups, fill=fill, target=tgt, prefetch=True)
+    assert eng.n_batches == 2  # the chunks rendered before the error were scored; nothing after it
 
 
 def test_engine_forward_counts_rows(make_cnn: Callable[..., nn.Module]) -> None:

@@ -9,6 +9,7 @@ forward passes are counted in one place.
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import torch
@@ -208,6 +209,7 @@ class MaskingEngine:
         groups: FeatureGroups | None = None,
         score: str = "logit",
         on_scores: ScoresHook | None = None,
+        prefetch: bool = False,
     ) -> torch.Tensor:
         """Scores of the explained target for every (row, mask) pair.
 
@@ -233,6 +235,11 @@ class MaskingEngine:
         on_scores
             Optional callback ``(raw_scores (n, K), rows (n,), ks (n,))`` called once per chunk with the model's
             raw scores, for callers that need more than the target score (e.g. the predicted class).
+        prefetch
+            Render the next chunk (its masks and fill) in a worker thread while the model scores this one: for a
+            costly fill computed off the model (ROAD's sparse solves release the GIL, as the model's kernels do).
+            The chunks are rendered one at a time in their usual order, so the values do not change; ``masks``
+            and ``fill`` must not read what ``on_scores`` writes. At most two chunks are held at once.
 
         Returns
         -------
@@ -267,7 +274,9 @@ class MaskingEngine:
         else:
             total = b * n
         out = torch.empty(total, dtype=torch.float64, device=x.device)
-        for s in range(0, total, self.batch_size):
+
+        @torch.no_grad()  # grad mode is per thread: the worker's too
+        def prepare(s: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             idx = torch.arange(s, min(s + self.batch_size, total), device=x.device)
             if ragged is None:
                 rows, ks = idx // n, idx % n
@@ -280,15 +289,33 @@ class MaskingEngine:
             xr = x[src]
             fr = fill(rows, ks, m) if callable(fill) else fill[src]
             if m.dtype == torch.bool:
-                inp = torch.where(m, xr, fr)
-            else:
-                inp = fr + m.to(x.dtype) * (xr - fr)
+                return torch.where(m, xr, fr), rows, ks
+            return fr + m.to(x.dtype) * (xr - fr), rows, ks
+
+        def run(s: int, inp: torch.Tensor, rows: torch.Tensor, ks: torch.Tensor) -> None:
             raw = self._score_chunk(inp)
             self.n_forward += inp.shape[0]
             self.n_batches += 1
             if on_scores is not None:
                 on_scores(raw, rows, ks)
             out[s : s + inp.shape[0]] = target.select(apply_score_space(raw, score), rows).to(torch.float64)
+
+        starts = range(0, total, self.batch_size)
+        if prefetch and len(starts) > 1:
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="whybox-render") as pool:
+                ahead = pool.submit(prepare, starts[0])
+                try:
+                    for j, s in enumerate(starts):
+                        ready = ahead.result()
+                        if j + 1 < len(starts):
+                            ahead = pool.submit(prepare, starts[j + 1])
+                        run(s, *ready)
+                except BaseException:
+                    ahead.cancel()  # a chunk still queued is dropped; one already rendering finishes first
+                    raise
+        else:
+            for s in starts:
+                run(s, *prepare(s))
         if ragged is None:
             return out.view(b, n)
         padded = torch.full((b, n), float("nan"), dtype=torch.float64, device=x.device)
