@@ -252,3 +252,33 @@ def test_sparse_batch_equals_one_by_one_on_non_square_images() -> None:
         one = noisy_linear_imputation(imgs[i], holes[i], noise=0.02, generator=torch.Generator().manual_seed(i))
         torch.testing.assert_close(batch[i], one, rtol=0, atol=1e-12, equal_nan=True)
     assert torch.isnan(batch[3]).all() and torch.equal(batch[1], imgs[1])
+
+
+@pytest.mark.parametrize("cpus", [1, 4])
+def test_sparse_images_factor_one_by_one_on_worker_threads(cpus: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each image of a sparse batch gets its own LU (the sizes of its own system), on worker threads when there is
+    more than one CPU, and the values do not depend on which."""
+    import os
+    import threading
+
+    import scipy.sparse.linalg as sla
+
+    import whybox.metrics.road as road
+
+    seen: list[tuple[int, str]] = []
+    real = sla.splu
+
+    def spy(a, **kw):  # type: ignore[no-untyped-def]
+        seen.append((a.shape[0], threading.current_thread().name.split("_")[0]))
+        return real(a, **kw)
+
+    g = torch.Generator().manual_seed(13)
+    imgs = torch.rand(3, 2, 21, 17, generator=g, dtype=torch.float64)
+    holes = torch.rand(3, 21, 17, generator=g) < torch.tensor([0.5, 0.8, 0.0]).view(-1, 1, 1)
+    ref = road.noisy_linear_imputation_batch(imgs, holes, noise=0.0)
+    monkeypatch.setattr(sla, "splu", spy)
+    monkeypatch.setattr(os, "cpu_count", lambda: cpus)
+    out = road.noisy_linear_imputation_batch(imgs, holes, noise=0.0)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    assert sorted(n for n, _ in seen) == sorted(holes.flatten(1).sum(1)[:2].tolist())  # image 2: nothing removed
+    assert {t for _, t in seen} == ({"whybox-road"} if cpus > 1 else {"MainThread"})

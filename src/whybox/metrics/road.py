@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -140,10 +142,12 @@ def noisy_linear_imputation_batch(
     noise: float = 0.01,
     generators: Sequence[torch.Generator | None] | None = None,
 ) -> torch.Tensor:
-    """:func:`noisy_linear_imputation` of ``n`` images at once: their systems form one block-diagonal sparse
-    system, solved by one sparse LU, or, when no image has more than :data:`DENSE_MAX` removed pixels, as one
-    batch of dense systems (same solution as one by one; image ``i`` draws its noise from
-    ``generators[i]``).
+    """:func:`noisy_linear_imputation` of ``n`` images at once: their systems are built together as one
+    block-diagonal sparse system; each image's block is then factored by its own sparse LU, the images in
+    parallel threads (four 224 x 224 images, 90 % removed at random, 1 torch thread on 2 cores: 392 ms, against
+    526 ms one after the other and 562 ms for one LU of the whole matrix; the same values), or, when no image has
+    more than :data:`DENSE_MAX` removed pixels, all are solved as one batch of dense systems (same solution as one
+    by one; image ``i`` draws its noise from ``generators[i]``).
 
     Shapes
     ------
@@ -215,10 +219,25 @@ def noisy_linear_imputation_batch(
             index = np.int32 if table.size < 2**31 else np.int64  # scipy's own choice; int32 saves a copy
             indptr = np.concatenate([[0], np.cumsum((keys >= 0).sum(1))]).astype(index)
             keys = keys[keys >= 0]  # row by row
-            a = csc_matrix((values(keys & 15), (keys >> 4).astype(index), indptr), shape=(n, n))
-            a.has_sorted_indices = True
-            lu = splu(a, permc_spec="NATURAL", diag_pivot_thresh=0.0, options={"SymmetricMode": True})
-            sol_nd = np.asarray(lu.solve(rhs)).reshape(n, c)
+            data, rows_of = values(keys & 15), (keys >> 4).astype(index)
+            sol_nd = np.empty((n, c))
+
+            def solve(i: int) -> None:  # image i's block: its columns hold only its own rows
+                s, e = int(starts[i]), int(starts[i + 1])
+                lo, hi = int(indptr[s]), int(indptr[e])
+                a = csc_matrix((data[lo:hi], rows_of[lo:hi] - s, indptr[s : e + 1] - lo), shape=(e - s, e - s))
+                a.has_sorted_indices = True
+                lu = splu(a, permc_spec="NATURAL", diag_pivot_thresh=0.0, options={"SymmetricMode": True})
+                sol_nd[s:e] = np.asarray(lu.solve(rhs[s:e])).reshape(e - s, c)
+
+            blocks = np.flatnonzero(solvable).tolist()
+            workers = min(len(blocks), os.cpu_count() or 1)
+            if workers > 1:  # SuperLU releases the GIL: the images factor in parallel
+                with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="whybox-road") as pool:
+                    list(pool.map(solve, blocks))
+            else:
+                for i in blocks:
+                    solve(i)
         sol = np.empty_like(sol_nd)
         sol[order] = sol_nd  # back to (image, raster) order, the order the noise is drawn in
         for i in np.flatnonzero(solvable).tolist():
@@ -262,8 +281,9 @@ class ROAD(Metric):
     ``"lerf_accuracy"`` ``(B, F)`` (those of the computed orders). ``labels=`` (default: the target) decides accuracy.
 
     The next chunk's imputations run in a worker thread while the model scores this one (the engine's
-    ``prefetch``; both release the GIL): on EfficientNet-Lite0 at 224 px, 2 photos, MoRF, one torch thread,
-    0.60 s a photo against 0.81 s one after the other (2 torch threads: 0.65 against 0.72), the same values.
+    ``prefetch``; both release the GIL), and the images of a chunk are solved in parallel threads: on
+    EfficientNet-Lite0 at 224 px, 2 photos, MoRF, batch 4, one torch thread on 2 cores, 0.55 s a photo against
+    0.81 s with neither, the same values.
     """
 
     higher_is_better = True
