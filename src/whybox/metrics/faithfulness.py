@@ -242,7 +242,7 @@ def changed_points(
     features already equals its fill (a digit's black background under a zero or minimum fill).
     """
     b = x.shape[0]
-    live = groups_touched(groups, (x != fill).expand(x.shape))[:, : ranks.shape[1]].to(torch.int64)
+    live = groups_touched(groups, x != fill)[:, : ranks.shape[1]].to(torch.int64)
     in_order = torch.zeros_like(live).scatter_(1, ranks, live)
     cum = torch.cat([torch.zeros(b, 1, dtype=torch.int64, device=x.device), in_order.cumsum(1)], 1)
     changed = cum.gather(1, counts[:, 1:]) > cum.gather(1, counts[:, :-1])

@@ -53,6 +53,11 @@ _NOISE_KEY = 2_000_003
 #: images) 8.1 against 9.3.
 DENSE_MAX = 96
 
+#: A sparse batch with at least this many removed pixels in all factors its images on worker threads (below it a
+#: thread's start costs about as much as the factorisations it would share: a 64 x 64 image with 1,000 removed
+#: factors in about 1 ms).
+PARALLEL_MIN = 4096
+
 
 def _solve_blocks_dense(
     ri: np.ndarray,
@@ -232,7 +237,7 @@ def noisy_linear_imputation_batch(
 
             blocks = np.flatnonzero(solvable).tolist()
             workers = min(len(blocks), os.cpu_count() or 1)
-            if workers > 1:  # SuperLU releases the GIL: the images factor in parallel
+            if workers > 1 and n >= PARALLEL_MIN:  # SuperLU releases the GIL: the images factor in parallel
                 with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="whybox-road") as pool:
                     list(pool.map(solve, blocks))
             else:
