@@ -357,14 +357,25 @@ def test_occlusion_one_by_one_window_on_a_linear_model_is_w_times_x_minus_b() ->
     [((2, 2, 3), (1, 2, 2)), ((1, 3, 3), (1, 2, 2)), ((2, 4, 3), (2, 3, 3)), ((2, 5, 6), (2, 5, 6))],
 )
 def test_occlusion_matches_the_brute_force_coverage_average(window: tuple, stride: tuple) -> None:
+    """Also where row 0's corner equals the fill: the windows inside it are not scored (their drop is 0)."""
     net = mlp(60, seed=9)
     model = Fn(lambda z: net(z.flatten(1))[:, 0])
     x, b = rand(2, 2, 5, 6, seed=37), rand(2, 5, 6, seed=38)
+    x[0, :, :4, :4] = b[:, :4, :4]
     e = whybox.explain(model, x, "occlusion", target=0, window=window, stride=stride, fill=b)
+    dead = 0
     for r in range(2):
         with torch.no_grad():
             ref = brute_occlusion(model.fn, x[r], b, window, stride)
         torch.testing.assert_close(e.attributions[r], ref, atol=1e-12, rtol=0)
+        starts = [range(0, -(-(d - w) // s) * s + 1, s) for d, w, s in zip(x.shape[1:], window, stride, strict=True)]
+        for start in itertools.product(*starts):
+            sl = tuple(slice(s0, s0 + w) for s0, w in zip(start, window, strict=True))
+            dead += bool(torch.equal(x[r][sl], b[sl]))
+    n_windows = math.prod(
+        len(range(0, -(-(d - w) // s) * s + 1, s)) for d, w, s in zip(x.shape[1:], window, stride, strict=True)
+    )
+    assert e.meta["n_unchanged_windows"] == dead and e.meta["n_forward"] == 2 * (1 + n_windows) - dead
 
 
 # ---------------------------------------------------------------------------------------------- ablation
@@ -380,8 +391,9 @@ def test_feature_ablation_of_an_additive_model_is_exact_shapley() -> None:
 
 
 def test_occlusion_and_ablation_fix_the_target_from_the_unperturbed_mask() -> None:
-    """No separate clean pass: B (1 + windows) and B + Σ_r (1 + M_r) forward passes (captum's counts); the
-    target is still each row's argmax; a row with nothing to ablate gets one clean pass for its target."""
+    """No separate clean pass: B (1 + windows) and B + Σ_r (1 + M_r) forward passes (captum's counts) where every
+    window changes its row; the target is still each row's argmax; a row with nothing to occlude or ablate (equal
+    to the fill everywhere) gets one clean pass for its target and nothing else."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 6 * 6, 5)).to(F64).eval()
@@ -390,7 +402,8 @@ def test_occlusion_and_ablation_fix_the_target_from_the_unperturbed_mask() -> No
     with torch.no_grad():
         argmax = model(x).argmax(1)
     e = whybox.explain(model, x, "occlusion", window=3, stride=3, batch_size=5)
-    assert e.meta["n_forward"] == 3 * (1 + 4) and torch.equal(e.target, argmax)
+    assert e.meta["n_forward"] == 2 * (1 + 4) + 1 and e.meta["n_unchanged_windows"] == 4
+    assert torch.equal(e.target, argmax) and torch.equal(e.attributions[2], torch.zeros_like(x[2]))
     e = whybox.explain(model, x, "feature_ablation", features="grid", patch=3, batch_size=5)
     assert e.meta["n_features"] == [4, 4, 0] and e.meta["n_forward"] == 2 * (1 + 4) + 1
     assert torch.equal(e.target, argmax) and torch.equal(e.meta["values"][2], torch.zeros(4, dtype=F64))

@@ -13,7 +13,7 @@ from whybox.masking.engine import MaskingEngine
 from whybox.models.targets import Target, TargetLike
 from whybox.registry import EXPLAINERS
 
-__all__ = ["Occlusion", "coverage_average", "window_positions"]
+__all__ = ["Occlusion", "coverage_average", "window_hits", "window_positions"]
 
 SizeLike = int | tuple[int, ...] | None
 
@@ -45,6 +45,15 @@ def coverage_average(delta: torch.Tensor, inside: list[torch.Tensor]) -> torch.T
     return torch.where(count > 0, out / count.clamp_min(1), torch.zeros_like(out))
 
 
+def window_hits(changed: torch.Tensor, inside: list[torch.Tensor]) -> torch.Tensor:
+    """``(B, P_1 * ... * P_r)`` float64: how many elements where ``changed`` ``(B, D_1, ..., D_r)`` holds each window
+    position covers (windows in raster order of their positions; ``inside`` as :func:`coverage_average`)."""
+    out = changed.to(F64)
+    for a in inside:
+        out = torch.tensordot(out, a.to(device=out.device, dtype=F64), dims=([1], [1]))  # D_d -> P_d, at the end
+    return out.reshape(changed.shape[0], -1)
+
+
 @EXPLAINERS.register("occlusion")
 class Occlusion(PerturbationExplainer):
     """Slide a ``window`` with ``stride`` over each row; element u gets the mean of f_c(x) - f_c(x with the
@@ -66,7 +75,8 @@ class Occlusion(PerturbationExplainer):
 
     Shapes
     ------
-    inputs ``(B, *S)`` -> attributions ``(B, *S)``. Cost: ``B * (1 + prod_d P_d)`` forward passes, as captum.
+    inputs ``(B, *S)`` -> attributions ``(B, *S)``. Cost: ``B * (1 + prod_d P_d)`` forward passes, as captum, less
+    one for each window whose elements all equal the fill already (its drop is exactly 0; ``meta["n_unchanged_windows"]``).
 
     References
     ----------
@@ -155,9 +165,26 @@ class Occlusion(PerturbationExplainer):
         # another route in float32 GEMM); masks 1..n are the windows
         first = FirstMaskTarget(target, b)
         tgt, hook = first.engine_target(torch.arange(b))
-        s = engine.scores(x, masks, n_masks=n + 1, fill=fill, target=tgt, score=self.score, on_scores=hook)
+        # a window whose every element already equals the fill leaves the row as it was: its drop is exactly 0,
+        # and it is not scored (as feature_ablation's null groups)
+        live = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=x.device), window_hits(x != fill, inside) > 0], 1)
+        if bool(live.all()):
+            s = engine.scores(x, masks, n_masks=n + 1, fill=fill, target=tgt, score=self.score, on_scores=hook)
+        else:
+            where = torch.sort((~live).to(torch.uint8), dim=1, stable=True).indices  # the live masks first
+
+            def live_masks(rows: torch.Tensor, js: torch.Tensor) -> torch.Tensor:
+                return masks(rows, where[rows, js])  # js == 0 is still mask 0, as the target hook expects
+
+            scored = engine.scores(
+                x, live_masks, n_masks=live.sum(1), fill=fill, target=tgt, score=self.score, on_scores=hook
+            )
+            s = torch.where(live, scored.gather(1, live.cumsum(1) - 1), scored[:, :1])
         tgt = first.finish(x, engine)
         delta = (s[:, :1] - s[:, 1:]).view(b, *counts)
         attr = coverage_average(delta, inside)
-        meta = {"occlusion": {"window": list(window), "stride": list(stride), "positions": counts}}
+        meta = {
+            "occlusion": {"window": list(window), "stride": list(stride), "positions": counts},
+            "n_unchanged_windows": int((~live).sum()),
+        }
         return attr.to(x.dtype), tgt, meta
