@@ -156,6 +156,32 @@ def test_engine_chunk_size_changes_no_score_and_counts_rows(make_cnn: Callable[.
                 assert float(ref[i, k]) == pytest.approx(float(adapter.scores(inp)[0, tgt.index[i]]), rel=1e-12)
 
 
+def test_engine_scores_only_the_live_pairs_and_returns_nan_for_the_rest(make_cnn: Callable[..., nn.Module]) -> None:
+    adapter, x, groups, masks, tgt = _engine_case(make_cnn)
+    fill = make_fill("mean", x)
+    ref = MaskingEngine(adapter, batch_size=3).scores(x, masks, fill=fill, target=tgt, groups=groups)
+    live = torch.tensor([[True, False, True, True, False], [False, False, False, True, True]])
+    seen: list[tuple[int, int]] = []
+
+    def hook(raw: torch.Tensor, r: torch.Tensor, k: torch.Tensor) -> None:
+        seen.extend(zip(r.tolist(), k.tolist(), strict=True))
+
+    eng = MaskingEngine(adapter, batch_size=3)
+    s = eng.scores(x, masks, fill=fill, target=tgt, groups=groups, live=live, on_scores=hook)
+    assert (eng.n_forward, eng.n_batches) == (5, 2)
+    assert seen == [(0, 0), (0, 2), (0, 3), (1, 3), (1, 4)]  # the pairs' own mask indices, row by row
+    torch.testing.assert_close(s[live], ref[live], rtol=0, atol=1e-12)
+    assert torch.isnan(s[~live]).all()
+    every = MaskingEngine(adapter, batch_size=3)
+    torch.testing.assert_close(
+        every.scores(x, masks, fill=fill, target=tgt, groups=groups, live=torch.ones(2, 5, dtype=torch.bool)), ref
+    )
+    with pytest.raises(InvalidParameterError, match=r"live must be \(2, 5\) bool \(rows x masks\); got \(2, 4\)"):
+        eng.scores(x, masks, fill=fill, target=tgt, groups=groups, live=live[:, :4])
+    with pytest.raises(InvalidParameterError, match="live and per-row n_masks cannot be combined"):
+        eng.scores(x, lambda r, k: masks[r, k], n_masks=torch.tensor([5, 5]), fill=fill, target=tgt, live=live)
+
+
 def test_engine_prefetch_renders_the_chunks_in_order_with_the_same_scores(make_cnn: Callable[..., nn.Module]) -> None:
     """prefetch=True renders chunk j + 1 in a worker thread while the model scores chunk j: same scores, same
     passes, the render and fill callables called on the same chunks in the same order, never with grad enabled."""

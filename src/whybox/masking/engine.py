@@ -210,6 +210,7 @@ class MaskingEngine:
         score: str = "logit",
         on_scores: ScoresHook | None = None,
         prefetch: bool = False,
+        live: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Scores of the explained target for every (row, mask) pair.
 
@@ -240,6 +241,10 @@ class MaskingEngine:
             costly fill computed off the model (ROAD's sparse solves release the GIL, as the model's kernels do).
             The chunks are rendered one at a time in their usual order, so the values do not change; ``masks``
             and ``fill`` must not read what ``on_scores`` writes. At most two chunks are held at once.
+        live
+            Optional ``(B, N)`` bool: score only these (row, mask) pairs (e.g. those whose input differs from
+            another pair's, known to score the same); the others are never rendered and come back NaN. ``masks``,
+            ``fill`` and ``on_scores`` see the pairs' own mask indices. Not with per-row ``n_masks``.
 
         Returns
         -------
@@ -265,7 +270,21 @@ class MaskingEngine:
             n = 0 if isinstance(n_masks, torch.Tensor) else n_masks
             render = masks
         ragged: tuple[torch.Tensor, torch.Tensor] | None = None  # (counts, ends) of per-row mask counts
-        if isinstance(n_masks, torch.Tensor):  # the (row, k) pairs of all rows, flattened row by row
+        picks: torch.Tensor | None = None  # with live: row i's j-th scored pair is mask picks[i, j]
+        if live is not None:
+            if isinstance(n_masks, torch.Tensor):
+                raise InvalidParameterError("live and per-row n_masks cannot be combined.")
+            live = live.to(device=x.device, dtype=torch.bool)
+            if live.shape != (b, n):
+                raise InvalidParameterError(f"live must be ({b}, {n}) bool (rows x masks); got {tuple(live.shape)}.")
+            if bool(live.all()):
+                live = None  # every pair: the plain path
+        if live is not None:
+            picks = torch.sort((~live).to(torch.uint8), dim=1, stable=True).indices  # live masks first, in order
+            counts = live.sum(1)
+            ragged = (counts, counts.cumsum(0))
+            total = int(ragged[1][-1])
+        elif isinstance(n_masks, torch.Tensor):  # the (row, k) pairs of all rows, flattened row by row
             counts = n_masks.to(device=x.device, dtype=torch.int64).reshape(-1)
             if counts.shape[0] != b or bool((counts < 0).any()):
                 raise InvalidParameterError(f"n_masks as a tensor must hold {b} non-negative per-row counts.")
@@ -283,6 +302,8 @@ class MaskingEngine:
             else:
                 rows = torch.searchsorted(ragged[1], idx, right=True)
                 ks = idx - ragged[1][rows] + ragged[0][rows]
+                if picks is not None:
+                    ks = picks[rows, ks]
             m = render(rows, ks).to(x.device)
             # a chunk of one input row (the common case) broadcasts that row instead of copying it per mask
             src = rows[:1] if bool((rows == rows[0]).all()) else rows
@@ -318,6 +339,10 @@ class MaskingEngine:
                 run(s, *prepare(s))
         if ragged is None:
             return out.view(b, n)
+        if live is not None:
+            full = torch.full((b, n), float("nan"), dtype=torch.float64, device=x.device)
+            full[live] = out  # both row by row, masks in order
+            return full
         padded = torch.full((b, n), float("nan"), dtype=torch.float64, device=x.device)
         padded[torch.arange(n, device=x.device) < ragged[0].view(-1, 1)] = out
         return padded

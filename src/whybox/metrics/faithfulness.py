@@ -326,22 +326,16 @@ class _CurveMetric(Metric):
             keep = done if insertion else ~done
             return groups.expand(keep, rows)
 
+        # the points whose input changed are scored; the others repeat the score of the point before
         changed = changed_points(x, fill, groups, ranks, counts) if ctx.engine.deterministic() else None
-        if changed is None:
-            y = ctx.engine.scores(x, masks, n_masks=counts.shape[1], fill=fill, target=ctx.target, score=self.score)
-            n_same = 0
-        else:  # score the points whose input changed; the others repeat the score of the point before
-            where = torch.sort((~changed).to(torch.uint8), dim=1, stable=True).indices  # changed points first
-
-            def changed_masks(rows: torch.Tensor, js: torch.Tensor) -> torch.Tensor:
-                return masks(rows, where[rows, js])
-
-            n_changed = changed.sum(1)
-            scored = ctx.engine.scores(
-                x, changed_masks, n_masks=n_changed, fill=fill, target=ctx.target, score=self.score
-            )
-            y = scored.gather(1, changed.cumsum(1) - 1)
-            n_same = int(changed.numel() - n_changed.sum())
+        y = ctx.engine.scores(
+            x, masks, n_masks=counts.shape[1], fill=fill, target=ctx.target, score=self.score, live=changed
+        )
+        n_same = 0
+        if changed is not None:
+            steps = torch.arange(changed.shape[1], device=changed.device)
+            y = y.gather(1, torch.where(changed, steps, 0).cummax(1).values)  # the last changed point up to each
+            n_same = int((~changed).sum())
         meta: dict[str, Any] = {
             "protocol": "region_steps" if region_steps else "pixel_steps",
             "n_features": int(groups.n_groups),

@@ -168,18 +168,8 @@ class Occlusion(PerturbationExplainer):
         # a window whose every element already equals the fill leaves the row as it was: its drop is exactly 0,
         # and it is not scored (as feature_ablation's null groups)
         live = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=x.device), window_hits(x != fill, inside) > 0], 1)
-        if bool(live.all()):
-            s = engine.scores(x, masks, n_masks=n + 1, fill=fill, target=tgt, score=self.score, on_scores=hook)
-        else:
-            where = torch.sort((~live).to(torch.uint8), dim=1, stable=True).indices  # the live masks first
-
-            def live_masks(rows: torch.Tensor, js: torch.Tensor) -> torch.Tensor:
-                return masks(rows, where[rows, js])  # js == 0 is still mask 0, as the target hook expects
-
-            scored = engine.scores(
-                x, live_masks, n_masks=live.sum(1), fill=fill, target=tgt, score=self.score, on_scores=hook
-            )
-            s = torch.where(live, scored.gather(1, live.cumsum(1) - 1), scored[:, :1])
+        s = engine.scores(x, masks, n_masks=n + 1, fill=fill, target=tgt, score=self.score, on_scores=hook, live=live)
+        s = torch.where(live, s, s[:, :1])
         tgt = first.finish(x, engine)
         delta = (s[:, :1] - s[:, 1:]).view(b, *counts)
         attr = coverage_average(delta, inside)
