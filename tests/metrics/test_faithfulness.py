@@ -243,6 +243,24 @@ def test_mufidelity_is_one_for_exact_attribution_of_a_linear_model(corr: str) ->
     torch.testing.assert_close(neg.scores, -torch.ones(3, dtype=torch.float64))
 
 
+def test_mufidelity_subsets_that_change_nothing_take_the_clean_score_without_a_pass(monkeypatch) -> None:
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(2, 6, generator=g, dtype=torch.float64)
+    x = torch.randn(2, 6, generator=g, dtype=torch.float64)
+    x[:, :3] = 0.0  # features 0-2 already at the zero fill
+    a = torch.randn(2, 6, generator=g, dtype=torch.float64)
+    subsets = torch.tensor([[1, 1, 0, 0, 0, 0], [0, 0, 1, 1, 0, 0], [0, 1, 1, 0, 0, 0], [0, 0, 0, 0, 1, 1]]).bool()
+    kw = {"target": 1, "fill": "zero", "score": "logit", "subsets": subsets}
+    r = whybox.evaluate(Linear(w), x, a, "mufidelity", **kw)
+    assert r.meta["n_forward"] == 2 + 2 * 2  # the clean rows, then subsets 1 and 3 of each row
+    assert torch.equal(r.curves["drop"][:, [0, 2]], torch.zeros(2, 2, dtype=torch.float64))
+    monkeypatch.setattr(MaskingEngine, "deterministic", lambda self: False)  # score every subset
+    full = whybox.evaluate(Linear(w), x, a, "mufidelity", **kw)
+    assert full.meta["n_forward"] == 2 + 2 * 4
+    torch.testing.assert_close(r.curves["drop"], full.curves["drop"], rtol=0, atol=1e-12)
+    torch.testing.assert_close(r.scores, full.scores, rtol=0, atol=1e-12)
+
+
 def test_mufidelity_on_images_uses_grid_cells_and_is_one_for_exact_attribution() -> None:
     g = torch.Generator().manual_seed(1)
     w = torch.randn(1, 3 * 18 * 18, generator=g, dtype=torch.float64)

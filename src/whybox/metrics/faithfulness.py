@@ -491,7 +491,8 @@ class MuFidelity(Metric):
     other inputs use one feature per element. Exactly ``round(subset_fraction * M)`` features per subset
     (``bernoulli=True``: each feature independently with that probability, xplique's rule). Row ``i`` draws its
     subsets from ``(seed, i)``. Higher is better, range [-1, 1]; NaN when either side is constant (a saturated
-    model).
+    model). A subset whose features all equal the fill already leaves the input as it was: its drop is 0, with no
+    pass.
 
     Parameters
     ----------
@@ -565,8 +566,14 @@ class MuFidelity(Metric):
                     sub[i].scatter_(1, pick, True)
         sub = sub.to(x.device)
         fill = resolve_fill(self.fill, x, seed=self.seed)
-        perturbed = ctx.engine.scores(x, ~sub, fill=fill, target=ctx.target, groups=groups, score=self.score)
+        # a subset of features already equal to the fill everywhere leaves the input as it was: its score is the
+        # clean one, with no pass
+        changes = (sub & groups_touched(groups, x != fill)[:, : sub.shape[2]].unsqueeze(1)).any(2)
+        live = changes if ctx.engine.deterministic() else None
+        perturbed = ctx.engine.scores(x, ~sub, fill=fill, target=ctx.target, groups=groups, score=self.score, live=live)
         clean = ctx.target.select(apply_score_space(ctx.clean, self.score)).to(torch.float64)
+        if live is not None:
+            perturbed = torch.where(live, perturbed, clean.unsqueeze(1))
         drop = (clean.unsqueeze(1) - perturbed).cpu()
         att = torch.einsum("bnm,bm->bn", sub.to(torch.float64), feat).cpu()
         r = pearson(att, drop) if self.corr == "pearson" else spearman(att, drop)
