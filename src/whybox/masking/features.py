@@ -40,9 +40,9 @@ def groups_touched(groups: FeatureGroups, changed: torch.Tensor) -> torch.Tensor
     """``(B, M)`` bool: the groups holding at least one element where ``changed`` (bool, shaped like the input
     ``(B, *S)``) holds; e.g. ``changed = x != fill`` marks the groups whose perturbation changes the input."""
     b = changed.shape[0]
-    g = groups.groups
+    g = groups.groups.to(changed.device)
     g_full = g.expand(changed.shape) if g.shape != changed.shape else g
-    out = torch.zeros(b, max(groups.n_groups, 1), dtype=torch.int64, device=g.device)
+    out = torch.zeros(b, groups.n_groups, dtype=torch.int64, device=changed.device)
     out.scatter_add_(1, g_full.reshape(b, -1), changed.reshape(b, -1).to(torch.int64))
     return out > 0
 

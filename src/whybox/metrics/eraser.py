@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from whybox.errors import InvalidInputError, InvalidParameterError, did_you_mean
-from whybox.masking.features import FeatureGroups, broadcast_ids
+from whybox.masking.features import FeatureGroups, broadcast_ids, groups_touched
 from whybox.masking.fills import FillLike
 from whybox.metrics.base import Context, Metric, tie_order
 from whybox.metrics.faithfulness import _check_fill, resolve_fill
@@ -146,11 +146,7 @@ def null_features(x: torch.Tensor, fill: torch.Tensor, groups: FeatureGroups) ->
     """``(B, M)`` bool: the features that the fill never changes (every element of ``x`` equals the fill there:
     special tokens and pads under ``TextBatch.fill``, a column already at the fill value) or that cover no
     element of the row. Such features are left out of ``M`` and never selected."""
-    b = x.shape[0]
-    changed = (x != fill.expand_as(x)).reshape(b, -1).to(torch.int64)
-    g = groups.groups.to(x.device).expand(b, *x.shape[1:]).reshape(b, -1)
-    hits = torch.zeros(b, groups.n_groups, dtype=torch.int64, device=x.device).scatter_add_(1, g, changed)
-    return hits == 0
+    return ~groups_touched(groups, x != fill)
 
 
 def bin_counts(n_features: torch.Tensor, fractions: tuple[float, ...]) -> torch.Tensor:

@@ -242,7 +242,7 @@ def changed_points(
     features already equals its fill (a digit's black background under a zero or minimum fill).
     """
     b = x.shape[0]
-    live = groups_touched(groups, x != fill)[:, : ranks.shape[1]].to(torch.int64)
+    live = groups_touched(groups, x != fill).to(torch.int64)
     in_order = torch.zeros_like(live).scatter_(1, ranks, live)
     cum = torch.cat([torch.zeros(b, 1, dtype=torch.int64, device=x.device), in_order.cumsum(1)], 1)
     changed = cum.gather(1, counts[:, 1:]) > cum.gather(1, counts[:, :-1])
@@ -568,7 +568,7 @@ class MuFidelity(Metric):
         fill = resolve_fill(self.fill, x, seed=self.seed)
         # a subset of features already equal to the fill everywhere leaves the input as it was: its score is the
         # clean one, with no pass
-        changes = (sub & groups_touched(groups, x != fill)[:, : sub.shape[2]].unsqueeze(1)).any(2)
+        changes = (sub & groups_touched(groups, x != fill).unsqueeze(1)).any(2)
         live = changes if ctx.engine.deterministic() else None
         perturbed = ctx.engine.scores(x, ~sub, fill=fill, target=ctx.target, groups=groups, score=self.score, live=live)
         clean = ctx.target.select(apply_score_space(ctx.clean, self.score)).to(torch.float64)

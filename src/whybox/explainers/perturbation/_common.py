@@ -172,7 +172,7 @@ def make_regions(groups: FeatureGroups, x: torch.Tensor, fills: torch.Tensor | N
     g_own = groups.groups.reshape(b, -1)
     keep = torch.zeros(b, n, dtype=torch.bool, device=g_own.device).scatter_(1, g_own, True)
     if fills is not None:
-        keep &= groups_touched(groups, (x.unsqueeze(1) != fills).any(1))
+        keep[:, : groups.n_groups] &= groups_touched(groups, (x.unsqueeze(1) != fills).any(1))
     return Regions(groups, keep)
 
 
