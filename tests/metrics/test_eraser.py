@@ -54,7 +54,8 @@ def test_additive_model_gives_the_hand_values() -> None:
     c = _eval(model, x, a, "comprehensiveness", score="logit", target=0)
     s = _eval(model, x, a, "sufficiency", score="logit", target=0)
     assert c.scores.tolist() == [pytest.approx(23 / 5, abs=1e-15)] and s.scores.tolist() == [pytest.approx(27 / 5)]
-    assert c.meta["n_selected"].tolist() == [[1, 1, 1, 1, 2]] and c.meta["n_forward"] == 1 + 5
+    assert c.meta["n_selected"].tolist() == [[1, 1, 1, 1, 2]] and c.meta["n_forward"] == 1 + 2  # 2 distinct bins
+    torch.testing.assert_close(c.curves["y"], torch.tensor([[6.0, 6.0, 6.0, 6.0, 3.0]], dtype=F64))
     assert c.params["fractions"] == list(ERASER_FRACTIONS)
 
 
@@ -140,7 +141,7 @@ def test_a_row_without_any_non_null_feature_is_nan_and_not_scored() -> None:
     r = _eval(model, x, torch.tensor([[1.0, 2.0], [1.0, 2.0]]), "comprehensiveness", score="logit", target=0)
     assert float(r.scores[0]) == 2.0  # M = 2: every bin removes column 1 (a = 2), whose contribution is 2
     assert math.isnan(float(r.scores[1])) and r.meta["n_nan"] == 1 and r.meta["n_features"] == [2, 0]
-    assert r.meta["n_forward"] == 2 + 5  # the clean rows, then five bins of the first row only
+    assert r.meta["n_forward"] == 2 + 1  # the clean rows, then the first row's one distinct bin (M = 2: all 1)
     assert bool(torch.isnan(r.curves["y"][1]).all()) and bool(torch.isnan(r.curves["x"][1]).all())
 
 

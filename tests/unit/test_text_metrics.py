@@ -87,7 +87,9 @@ def test_eraser_over_words_matches_a_hand_loop(
     torch.testing.assert_close(r.scores, want, atol=1e-12, rtol=0)
     n_words = [len({w for w in wids if w is not None}) for wids in batch.word_ids]
     assert r.meta["n_features"] == n_words == [4, 11, 2, 2]  # "playing" is one word of two tokens
-    assert r.meta["n_forward"] == 4 + 4 * 5
+    # the clean rows, then one pass per distinct bin: ceil(k M) for ERASER's bins is [1, 1, 1, 1, 2] (M = 4),
+    # [1, 1, 2, 3, 6] (M = 11) and all 1 (M = 2); a bin as large as the one before repeats its input and score
+    assert r.meta["n_forward"] == 4 + (2 + 4 + 1 + 1)
 
 
 @pytest.mark.parametrize(("name", "keep"), [("comprehensiveness", False), ("sufficiency", True)])

@@ -233,9 +233,15 @@ class _Eraser(Metric):
             top = ranks[rows] < counts_dev[rows, ks].unsqueeze(1)  # (n, M) the selected features
             return groups.expand(top if keep_top else ~top, rows)
 
-        n_masks = torch.where(n_feat > 0, k, 0)  # rows whose every feature is null are not scored (NaN)
-        if bool((n_masks > 0).any()):
-            y = ctx.engine.scores(x, masks, n_masks=n_masks, fill=fill, target=ctx.target, score=self.score).cpu()
+        # a bin selecting as many features as the bin before it (short rows: ceil(0.01 M) = ceil(0.05 M) = 1)
+        # repeats that input, and its score; rows whose every feature is null are not scored (NaN)
+        new_bin = torch.cat([torch.ones(b, 1, dtype=torch.bool), counts[:, 1:] != counts[:, :-1]], 1)
+        live = new_bin & (n_feat > 0).unsqueeze(1)
+        if bool(live.any()):
+            y = ctx.engine.scores(
+                x, masks, n_masks=k, fill=fill, target=ctx.target, score=self.score, live=live.to(x.device)
+            ).cpu()
+            y = y.gather(1, torch.where(live, torch.arange(k), 0).cummax(1).values)  # the last scored bin up to each
         else:
             y = torch.full((b, k), math.nan, dtype=torch.float64)
         clean = ctx.target.select(apply_score_space(ctx.clean, self.score)).to("cpu", torch.float64)
@@ -294,7 +300,9 @@ class Comprehensiveness(_Eraser):
     Features whose elements all equal the fill (and features covering no element) are null: they are not counted
     in ``M`` and never selected. Ties are broken by the seeded stable rule (:func:`~whybox.metrics.base.tie_order`);
     a flat map is ordered by it alone (``meta["flat_map"]``). A row with no non-null feature scores NaN. Model
-    calls: ``B`` clean rows plus ``K`` per row (``meta["n_forward"]``).
+    calls: ``B`` clean rows plus one per distinct bin of each row (``meta["n_forward"]``): a bin selecting as many
+    features as the bin before it (``ceil(0.01 M) = ceil(0.05 M) = 1`` for a short sentence) is the same input and
+    repeats its score.
 
     Curves ``(B, K)``: ``"x"`` the share of non-null features selected (``ceil(k M) / M``), ``"y"`` the target
     score of the perturbed input, ``"drop"`` ``f(x) - y``. ``meta``: ``n_features`` (M per row), ``n_null``,
