@@ -258,3 +258,16 @@ def test_bad_regions_and_attributions_give_exact_messages() -> None:
         "attributions of shape (2, 4) do not fit inputs (2, 3); expected the input's shape or one broadcasting to "
         "it (e.g. (B, 1, H, W) or (B, H, W) for images, (B, T) or (B, T, 1) for token maps)."
     )
+
+
+def test_bins_that_repeat_the_input_are_scored_again_only_for_a_model_that_draws_anew(monkeypatch) -> None:
+    """ceil(k * 4) = [1, 1, 1, 1, 2]: two distinct inputs, so 2 passes; with every bin scored (a model in training
+    mode, whose dropout draws anew) the same values from 5."""
+    from whybox.masking import MaskingEngine
+
+    model, x, a = Additive([4, 3, 2, 1]), torch.ones(1, 4, dtype=F64), torch.tensor([[4.0, 3.0, 2.0, 1.0]])
+    once = _eval(model, x, a, "comprehensiveness", score="logit", target=0)
+    monkeypatch.setattr(MaskingEngine, "deterministic", lambda self: False)
+    every = _eval(model, x, a, "comprehensiveness", score="logit", target=0)
+    assert (once.meta["n_forward"], every.meta["n_forward"]) == (1 + 2, 1 + 5)
+    torch.testing.assert_close(once.curves["y"], every.curves["y"], rtol=0, atol=0)

@@ -19,7 +19,7 @@ from whybox.masking.features import FeatureGroups
 from whybox.models.adapter import ModelAdapter
 from whybox.models.targets import Target, apply_score_space
 
-__all__ = ["FillSource", "MaskSource", "MaskingEngine", "ScoresHook", "check_batch_size", "padded_rows"]
+__all__ = ["FillSource", "MaskSource", "MaskingEngine", "ScoresHook", "check_batch_size", "padded_rows", "repeat_last"]
 
 # (rows (n,), ks (n,)) -> element masks (n, *G): bool keeps x where True; float m gives fill + m (x - fill)
 MaskSource = torch.Tensor | Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -28,6 +28,13 @@ FillSource = torch.Tensor | Callable[[torch.Tensor, torch.Tensor, torch.Tensor],
 # called with every chunk's raw model scores (n, K), its rows (n,) and mask indices (n,)
 ScoresHook = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
 R = TypeVar("R")
+
+
+def repeat_last(scores: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+    """``(B, N)`` scores where each pair that was not live (see :meth:`MaskingEngine.scores`) takes the score of the
+    last live pair before it in its row: for masks that repeat the input of the mask before them."""
+    steps = torch.arange(live.shape[1], device=live.device)
+    return scores.gather(1, torch.where(live, steps, 0).cummax(1).values.to(scores.device))
 
 
 def check_batch_size(batch_size: int) -> int:

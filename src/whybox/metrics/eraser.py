@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from whybox.errors import InvalidInputError, InvalidParameterError, did_you_mean
+from whybox.masking.engine import repeat_last
 from whybox.masking.features import FeatureGroups, broadcast_ids, groups_touched
 from whybox.masking.fills import FillLike
 from whybox.metrics.base import Context, Metric, tie_order
@@ -236,12 +237,14 @@ class _Eraser(Metric):
         # a bin selecting as many features as the bin before it (short rows: ceil(0.01 M) = ceil(0.05 M) = 1)
         # repeats that input, and its score; rows whose every feature is null are not scored (NaN)
         new_bin = torch.cat([torch.ones(b, 1, dtype=torch.bool), counts[:, 1:] != counts[:, :-1]], 1)
+        if not ctx.engine.deterministic():  # a model that draws anew (dropout) is scored on every bin
+            new_bin[:] = True
         live = new_bin & (n_feat > 0).unsqueeze(1)
         if bool(live.any()):
             y = ctx.engine.scores(
                 x, masks, n_masks=k, fill=fill, target=ctx.target, score=self.score, live=live.to(x.device)
             ).cpu()
-            y = y.gather(1, torch.where(live, torch.arange(k), 0).cummax(1).values)  # the last scored bin up to each
+            y = repeat_last(y, live)  # rows with no feature stay NaN (their first bin was not live)
         else:
             y = torch.full((b, k), math.nan, dtype=torch.float64)
         clean = ctx.target.select(apply_score_space(ctx.clean, self.score)).to("cpu", torch.float64)

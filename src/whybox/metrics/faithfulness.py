@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from whybox.errors import InvalidInputError, InvalidParameterError
+from whybox.masking.engine import repeat_last
 from whybox.masking.features import FeatureGroups, broadcast_ids, cells, groups_touched
 from whybox.masking.fills import FillLike, make_fill
 from whybox.metrics.base import (
@@ -235,7 +236,7 @@ def changed_points(
     x: torch.Tensor, fill: torch.Tensor, groups: FeatureGroups, ranks: torch.Tensor, counts: torch.Tensor
 ) -> torch.Tensor | None:
     """``(B, P)`` bool: whether the input at curve point ``k`` differs from the one at point ``k - 1`` (point 0
-    always counts as changed); ``None`` when every point changes.
+    always counts as changed).
 
     Between two points only the features ranked in ``[counts[k-1], counts[k])`` change hands between ``x`` and the
     fill, in deletion and insertion alike, so the input stays the same exactly when every element of those
@@ -246,8 +247,6 @@ def changed_points(
     in_order = torch.zeros_like(live).scatter_(1, ranks, live)
     cum = torch.cat([torch.zeros(b, 1, dtype=torch.int64, device=x.device), in_order.cumsum(1)], 1)
     changed = cum.gather(1, counts[:, 1:]) > cum.gather(1, counts[:, :-1])
-    if bool(changed.all()):
-        return None
     return torch.cat([torch.ones(b, 1, dtype=torch.bool, device=x.device), changed], 1)
 
 
@@ -333,8 +332,7 @@ class _CurveMetric(Metric):
         )
         n_same = 0
         if changed is not None:
-            steps = torch.arange(changed.shape[1], device=changed.device)
-            y = y.gather(1, torch.where(changed, steps, 0).cummax(1).values)  # the last changed point up to each
+            y = repeat_last(y, changed)
             n_same = int((~changed).sum())
         meta: dict[str, Any] = {
             "protocol": "region_steps" if region_steps else "pixel_steps",
@@ -568,12 +566,10 @@ class MuFidelity(Metric):
         fill = resolve_fill(self.fill, x, seed=self.seed)
         # a subset of features already equal to the fill everywhere leaves the input as it was: its score is the
         # clean one, with no pass
-        changes = (sub & groups_touched(groups, x != fill).unsqueeze(1)).any(2)
-        live = changes if ctx.engine.deterministic() else None
+        live = (sub & groups_touched(groups, x != fill).unsqueeze(1)).any(2)
         perturbed = ctx.engine.scores(x, ~sub, fill=fill, target=ctx.target, groups=groups, score=self.score, live=live)
         clean = ctx.target.select(apply_score_space(ctx.clean, self.score)).to(torch.float64)
-        if live is not None:
-            perturbed = torch.where(live, perturbed, clean.unsqueeze(1))
+        perturbed = torch.where(live, perturbed, clean.unsqueeze(1))
         drop = (clean.unsqueeze(1) - perturbed).cpu()
         att = torch.einsum("bnm,bm->bn", sub.to(torch.float64), feat).cpu()
         r = pearson(att, drop) if self.corr == "pearson" else spearman(att, drop)
