@@ -208,6 +208,38 @@ def test_random_logit_of_a_linear_model_gradient_is_the_weights_correlation() ->
     assert torch.equal(again.meta["other_class"], other)  # seeded
 
 
+def test_random_logit_on_tabular_maps_defaults_to_the_signed_spearman_and_refuses_ssim() -> None:
+    """SSIM and HOG compare 2-D maps: on tabular attributions the default score is the signed Spearman (the same
+    values as asking for it), and asking for SSIM is an error that names the alternatives, not a row of NaNs."""
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(4, 12, generator=g, dtype=torch.float64)
+    x = torch.randn(5, 12, generator=g, dtype=torch.float64)
+    e = whybox.explain(Linear(w), x, "saliency", abs=False)
+    r = whybox.evaluate(Linear(w), x, e, "random_logit")
+    assert r.meta["similarity"] == "spearman"
+    assert bool(torch.isfinite(r.scores).all())
+    torch.testing.assert_close(r.scores, whybox.evaluate(Linear(w), x, e, "random_logit", similarity="spearman").scores)
+    assert bool(torch.isnan(r.meta["ssim"]).all())  # reported as undefined, never the score
+    for bad in ("ssim", "hog"):
+        with pytest.raises(
+            whybox.InvalidParameterError,
+            match=rf"similarity='{bad}' compares 2-D maps and needs image attributions \(B, C, H, W\); got "
+            r"attributions of shape \(5, 12\)\. Use similarity='spearman'",
+        ):
+            whybox.evaluate(Linear(w), x, e, "random_logit", similarity=bad)
+    with pytest.raises(whybox.InvalidParameterError, match=r"similarity='ssim' compares 2-D maps"):
+        whybox.evaluate(Linear(w), x, e, "randomization", similarity="ssim")
+
+
+def test_random_logit_on_images_defaults_to_ssim() -> None:
+    model, x = cnn1(), randn(3, 1, 8, 8, seed=4)
+    e = whybox.explain(model, x, "saliency")
+    r = whybox.evaluate(model, x, e, "random_logit")
+    assert r.meta["similarity"] == "ssim"
+    torch.testing.assert_close(r.scores, r.meta["ssim"])
+    assert bool(torch.isfinite(r.scores).all())
+
+
 def test_random_logit_draws_every_other_class_uniformly() -> None:
     from whybox.metrics.base import derive_generator
     from whybox.metrics.randomization import _LOGIT_KEY

@@ -189,7 +189,7 @@ class _MapComparison(Metric):
     def __init__(
         self,
         *,
-        similarity: str = "spearman_abs",
+        similarity: str | None = "spearman_abs",
         clip_percentile: float | None = 99.0,
         hog_cell: int = 16,
         similarities: tuple[str, ...] | list[str] = SIMILARITIES,
@@ -198,13 +198,13 @@ class _MapComparison(Metric):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.similarity = check_choice("similarity", similarity, SIMILARITIES)
+        self.similarity = None if similarity is None else check_choice("similarity", similarity, SIMILARITIES)
         if isinstance(similarities, str) or not isinstance(similarities, (tuple, list)):
             raise InvalidParameterError(
                 f"similarities must be a list of names from {SIMILARITIES}; got {similarities!r}."
             )
         self.similarities = tuple(check_choice("similarities", v, SIMILARITIES) for v in similarities)
-        if self.similarity not in self.similarities:
+        if self.similarity is not None and self.similarity not in self.similarities:
             self.similarities = (*self.similarities, self.similarity)
         self.clip_percentile = (
             None
@@ -215,10 +215,28 @@ class _MapComparison(Metric):
         self.explainer = explainer
         self.explainer_params = check_options("explainer_params", explainer_params)
 
-    def _similarities(self, a: torch.Tensor, b: torch.Tensor) -> dict[str, torch.Tensor]:
-        return map_similarities(
-            a, b, clip_percentile=self.clip_percentile, hog_cell=self.hog_cell, which=self.similarities
-        )
+    def _score_similarity(self, attributions: torch.Tensor) -> str:
+        """The similarity that gives the scores: ``similarity``, or with ``None`` SSIM for image maps and the signed
+        Spearman otherwise. SSIM and HOG compare 2-D maps: asked for on other attributions they are an error (they
+        would be NaN for every row)."""
+        image = attributions.ndim == 4
+        if self.similarity is None:
+            return "ssim" if image else "spearman"
+        if self.similarity in ("ssim", "hog") and not image:
+            raise InvalidParameterError(
+                f"similarity={self.similarity!r} compares 2-D maps and needs image attributions (B, C, H, W); got "
+                f"attributions of shape {tuple(attributions.shape)}. Use similarity='spearman' (signed ranks) or "
+                "'spearman_abs' (ranks of |a|)."
+            )
+        return self.similarity
+
+    def _similarities(self, a: torch.Tensor, b: torch.Tensor, score: str) -> dict[str, torch.Tensor]:
+        """Every similarity of ``similarities`` and ``score``; attributions other than images (tabular, tokens) are
+        compared as flat vectors, so their SSIM and HOG are NaN."""
+        if a.ndim != 4:
+            a, b = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
+        which = self.similarities if score in self.similarities else (*self.similarities, score)
+        return map_similarities(a, b, clip_percentile=self.clip_percentile, hog_cell=self.hog_cell, which=which)
 
 
 @METRICS.register("randomization")
@@ -263,6 +281,7 @@ class Randomization(_MapComparison):
                 f"randomization re-initialises the layers of a torch model; got a {what} model. For other models "
                 "use random_logit (explanations of other classes) as the sanity check."
             )
+        score = self._score_similarity(ctx.attributions)
         fn, name = make_explain_fn(self.explainer, ctx.explanation, self.explainer_params, ctx.passes)
         work = copy.deepcopy(ctx.adapter)  # the user's model is never modified
         with work.guard(self.mode):
@@ -283,12 +302,12 @@ class Randomization(_MapComparison):
             done.append(lname)
             with work.guard(self.mode):
                 a = fn(work, ctx.x, ctx.target, None).attributions
-            for k, v in self._similarities(ctx.attributions, a).items():
+            for k, v in self._similarities(ctx.attributions, a, score).items():
                 sims[k].append(v)
         if not done:
             raise InvalidParameterError(f"no layer could be re-initialised (none has reset_parameters): {skipped}.")
         curves = {k: torch.stack(v, 1) for k, v in sims.items()}
-        sel = curves[self.similarity]
+        sel = curves[score]
         scores = sel[:, -1] if self.reduce == "last" else _nanmean(sel)
         return scores, curves, {"layers": done, "skipped_layers": skipped, "explainer": name}
 
@@ -309,12 +328,14 @@ class RandomLogit(_MapComparison):
     target (e.g. the runner-up class, or another library's draws to compare with it); then the model's clean
     scores are not needed, and their forward pass is not run when the target is known.
 
-    Scores: ``similarity`` (default ``"ssim"``: 2-D SSIM of the ``|.|`` [0, 1] maps; ``"spearman"``,
-    ``"spearman_abs"`` and ``"hog"`` as :func:`map_similarities`). Lower is better: a class-sensitive method
+    Scores: ``similarity`` (default ``None``: ``"ssim"``, the 2-D SSIM of the ``|.|`` [0, 1] maps, for images, and
+    ``"spearman"``, the signed maps' rank correlation, for tabular and token attributions, where SSIM is undefined;
+    ``"spearman"``, ``"spearman_abs"``, ``"ssim"`` and ``"hog"`` as :func:`map_similarities`; ``meta["similarity"]``
+    says which). Lower is better: a class-sensitive method
     gives different maps. Curves: none; ``meta`` holds every similarity ``(B,)`` and ``"other_class"`` ``(B,)``.
     """
 
-    def __init__(self, *, similarity: str = "ssim", other_class: Any = None, **kwargs: Any) -> None:
+    def __init__(self, *, similarity: str | None = None, other_class: Any = None, **kwargs: Any) -> None:
         super().__init__(similarity=similarity, **kwargs)
         self.other_class = other_class
 
@@ -355,6 +376,7 @@ class RandomLogit(_MapComparison):
             raise InvalidParameterError("random_logit needs attributions and a model.")
         if ctx.target.fn is not None:
             raise InvalidParameterError("random_logit needs class targets, not a callable target.")
+        score = self._score_similarity(ctx.attributions)
         other = self._other(ctx.target.index.cpu(), ctx.clean)
         fn, name = make_explain_fn(self.explainer, ctx.explanation, self.explainer_params, ctx.passes)
         try:
@@ -363,6 +385,6 @@ class RandomLogit(_MapComparison):
             if self.other_class is None:
                 raise
             raise InvalidTargetError(f"other_class: {exc}") from None
-        sims = self._similarities(ctx.attributions, a)
-        meta: dict[str, Any] = {"other_class": other, "explainer": name, **sims}
-        return sims[self.similarity], {}, meta
+        sims = self._similarities(ctx.attributions, a, score)
+        meta: dict[str, Any] = {"other_class": other, "explainer": name, "similarity": score, **sims}
+        return sims[score], {}, meta
