@@ -31,6 +31,11 @@ class Registry(Generic[T]):
         return deco
 
     def get(self, name: str) -> T:
+        if isinstance(name, (list, tuple)) and name and all(isinstance(n, str) for n in name):
+            raise UnknownNameError(
+                f"{self.param}= takes one {self.kind} name, not a {type(name).__name__}; got {list(name)!r}. Make one "
+                f"call per name, e.g. {{name: ... for name in {list(name)!r}}}."
+            )
         if not isinstance(name, str) or name not in self._items:
             known = sorted(self._items)
             hint = did_you_mean(str(name), known, n=3)

@@ -68,6 +68,11 @@ def test_registry_lists_names_and_suggests_close_ones() -> None:
         reg.get("road")
     with pytest.raises(UnknownNameError, match=r"Known metrics: deletion, insertion"):
         reg.get(3)  # type: ignore[arg-type]
+    with pytest.raises(
+        UnknownNameError,
+        match=r"metric= takes one metric name, not a list; got \['deletion', 'insertion'\]\. Make one call per name",
+    ):
+        reg.get(["deletion", "insertion"])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"metric 'deletion' is registered twice"):
         reg.register("deletion")(type("Other", (), {}))
 
