@@ -444,7 +444,7 @@ def test_rise_probabilities_are_non_negative() -> None:
 @pytest.mark.parametrize(
     ("method", "opts"),
     [
-        ("rise", {"n_masks": 50}),
+        ("rise", {"n_masks": 50, "score": "logit"}),
         ("lime", {"n_samples": 50, "score": "logit", "fill": "zero"}),
         ("kernel_shap", {"n_samples": 40}),
         ("shapley_sampling", {"n_permutations": 2}),
@@ -496,7 +496,9 @@ def test_quickshift_features_are_lime_images_segmentation() -> None:
     ref = torch.from_numpy(sk_quickshift(img, kernel_size=4, max_dist=200, ratio=0.2))
     pairs = {(int(a), int(b)) for a, b in zip(ours.flatten(), ref.flatten(), strict=True)}
     assert len(pairs) == len(ours.unique()) == len(ref.unique()) >= 4  # the same partition, relabelled
-    e = whybox.explain(Fn(lambda z: z.flatten(1).sum(1)), x, "lime", target=0, features="quickshift", n_samples=40)
+    e = whybox.explain(
+        Fn(lambda z: z.flatten(1).sum(1)), x, "lime", target=0, features="quickshift", n_samples=40, score="logit"
+    )
     assert e.meta["n_features"] == [len(ours.unique())]
 
 

@@ -418,6 +418,42 @@ def test_sklearn_model_asked_for_a_cam(method: str) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("call", "space"),
+    [
+        (lambda m, x: whybox.explain(m, x, "lime", n_samples=20), "prob"),
+        (lambda m, x: whybox.explain(m, x, "rise", n_masks=8), "prob"),
+        (lambda m, x: whybox.explain(m, x, "kernel_shap", n_samples=20, score="log_prob"), "log_prob"),
+        (lambda m, x: whybox.evaluate(m, x, "saliency", "deletion"), "prob"),
+        (lambda m, x: whybox.evaluate(m, x, "saliency", "mufidelity", n_samples=4), "prob"),
+    ],
+)
+def test_probability_score_on_a_one_output_model(call: Callable[..., Any], space: str) -> None:
+    """A softmax over one score is always 1: before, LIME gave all-zero weights (R^2 0) and deletion an AUC of
+    exactly 1 for a regressor. Now every explainer and metric says so and names score='logit'."""
+    model, x = nn.Sequential(nn.Flatten(), nn.Linear(3 * 6 * 6, 1)), torch.rand(2, 3, 6, 6)
+    _raises(
+        InvalidParameterError,
+        ValueError,
+        rf"score='{space}' needs a model with several outputs: this one gives K = 1 score per row \(a regressor, "
+        r".*whose softmax is always 1\. Pass score='logit' to use the raw score",
+        lambda: call(model, x),
+    )
+
+
+def test_a_regressor_explained_with_the_raw_score_gets_its_linear_terms() -> None:
+    """The fix the error names works: LIME with score='logit' on a linear regressor, with the column means as the
+    fill, recovers each column's term coef_j (x_j - mean_j) (the exact Shapley values of a linear model)."""
+    from sklearn.linear_model import Ridge
+
+    gen = np.random.default_rng(0)
+    xs = gen.normal(size=(200, 5))
+    ridge = Ridge().fit(xs, xs @ np.array([3.0, -2.0, 0.5, 0.0, 1.0]) + 0.1 * gen.normal(size=200))
+    e = whybox.explain(ridge, xs[:3], "lime", score="logit", n_samples=400, fill=torch.tensor(xs.mean(0)))
+    terms = torch.from_numpy(ridge.coef_ * (xs[:3] - xs.mean(0)))
+    torch.testing.assert_close(e.attributions.double(), terms, atol=0.03 * float(terms.abs().max()), rtol=0)
+
+
 def test_unsupported_model_type() -> None:
     _raises(
         InvalidParameterError,

@@ -42,9 +42,20 @@ def class_label_target(model: object, target: Any) -> Any:
 
 
 def apply_score_space(scores: torch.Tensor, space: str) -> torch.Tensor:
-    """Map raw model scores (B, K) into the score space an explainer reads."""
+    """Map raw model scores (B, K) into the score space an explainer reads.
+
+    ``"prob"`` and ``"log_prob"`` on a model with one output (K = 1: a regressor, a binary classifier's single
+    logit, one reference embedding) are an error: a softmax over one score is always 1, so every perturbation would
+    look like it changes nothing."""
     if space == "logit":
         return scores
+    if space in ("prob", "log_prob") and scores.ndim >= 1 and scores.shape[-1] == 1:
+        raise InvalidParameterError(
+            f"score={space!r} needs a model with several outputs: this one gives K = 1 score per row (a regressor, "
+            "a binary classifier's single logit, one reference embedding), whose softmax is always 1. Pass "
+            "score='logit' to use the raw score; for a binary classifier's probability sigmoid(z), give the model "
+            "two outputs, e.g. whybox.adapt(model, output=lambda z: torch.cat([torch.zeros_like(z), z], 1))."
+        )
     if space == "prob":
         return scores.softmax(-1)
     if space == "log_prob":

@@ -15,7 +15,7 @@ from whybox.explainers.lima.search import SEARCHES, SearchOptions, SearchResult
 from whybox.explainers.perturbation._common import F64, PerturbationExplainer, _check_int
 from whybox.masking.engine import MaskingEngine
 from whybox.masking.fills import FillLike
-from whybox.models.targets import Target, TargetLike, resolve_target
+from whybox.models.targets import Target, TargetLike, apply_score_space, resolve_target
 from whybox.registry import EXPLAINERS
 
 __all__ = ["MAPS", "Lima", "gain_values", "rank_values"]
@@ -363,11 +363,7 @@ class Lima(PerturbationExplainer):
         fills = self._fills(x)
         raw_x = engine.forward(x)
         tgt = resolve_target(target, raw_x)
-        if self.score == "prob" and raw_x.shape[1] == 1:
-            raise InvalidParameterError(
-                "score='prob' needs a model with several outputs: this one gives K = 1 score per row, whose softmax "
-                "is always 1. Pass score='logit' to use the raw score (e.g. the similarity to one target embedding)."
-            )
+        apply_score_space(raw_x[:1], self.score)  # K = 1 with score='prob' is an error before the fill's pass
         raw_fill = engine.forward(fills)
         if region_map is None:
             region_map = self._prior_regions(x, tgt, engine, n_backward)
