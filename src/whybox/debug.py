@@ -21,6 +21,8 @@ from whybox.explanation import Explanation
 from whybox.masking.engine import MaskingEngine
 from whybox.masking.features import FeatureGroups
 from whybox.models.adapter import ModelAdapter, adapt
+from whybox.models.inputs import as_tensor_inputs
+from whybox.models.targets import class_label_target
 from whybox.registry import EXPLAINERS
 
 __all__ = ["DebugReport", "Mistake", "find_mistakes"]
@@ -116,8 +118,8 @@ def _region_rank(values: torch.Tensor, regions: torch.Tensor) -> list[int]:
 
 def find_mistakes(
     model: Any,
-    inputs: torch.Tensor,
-    labels: torch.Tensor,
+    inputs: Any,
+    labels: Any,
     *,
     method: str = "lima",
     max_mistakes: int | None = None,
@@ -133,7 +135,8 @@ def find_mistakes(
     model
         A classifier (``nn.Module`` or adapter).
     inputs, labels
-        ``(B, *S)`` inputs and their true classes ``(B,)``.
+        ``(B, *S)`` inputs (a tensor, a numpy array or a DataFrame of rows) and their true classes ``(B,)`` (ints,
+        or a scikit-learn classifier's own class labels).
     method
         The explainer (default ``"lima"`` with ``search="predictive"``); ``params`` go to it.
     max_mistakes
@@ -148,10 +151,18 @@ def find_mistakes(
     batch_size
         Rows per model call.
     """
-    if not isinstance(inputs, torch.Tensor) or inputs.ndim < 2:
+    inputs, _ = as_tensor_inputs(inputs)  # a numpy array or a DataFrame of rows as a tensor
+    if inputs.ndim < 2:
         raise InvalidInputError(
-            f"inputs must be a tensor (B, ...); got {type(inputs).__name__} {tuple(getattr(inputs, 'shape', ()))}."
+            f"inputs must have a leading batch dimension (B, ...); got shape {tuple(inputs.shape)}."
         )
+    if not isinstance(labels, torch.Tensor):  # a list, array or Series; a classifier's own labels become indices
+        import numpy as np
+
+        given = np.asarray(labels.to_numpy() if hasattr(labels, "to_numpy") else labels)
+        arr = np.asarray(class_label_target(getattr(model, "model", model), given))
+        if arr.dtype.kind in "iu":
+            labels = torch.from_numpy(arr.astype(np.int64))
     if not isinstance(labels, torch.Tensor) or labels.shape != (inputs.shape[0],) or labels.is_floating_point():
         raise InvalidInputError(
             f"labels must be integer classes of shape ({inputs.shape[0]},), one per input; got "

@@ -63,6 +63,26 @@ def test_limit_and_no_mistakes() -> None:
     assert right.mistakes == [] and right.accuracy == 1.0 and right.explanation is None
 
 
+def test_rows_as_a_frame_and_a_classifier_s_own_labels() -> None:
+    """A tabular user holds a DataFrame and the labels the estimator was fitted on: the report is the one from the
+    tensor and the class indices, and an unknown label lists the classes."""
+    pd = pytest.importorskip("pandas")
+    from sklearn.linear_model import LogisticRegression
+
+    x = torch.tensor([[0.0, 0.1], [0.2, 0.0], [1.0, 0.9], [0.9, 1.1], [0.1, 0.0], [1.0, 1.0]], dtype=F64)
+    names = ["no", "no", "yes", "yes", "yes", "no"]  # the last two are the mistakes
+    clf = LogisticRegression().fit(x.numpy()[:4], names[:4])
+    frame = pd.DataFrame(x.numpy(), columns=["a", "b"])
+    by_name = whybox.find_mistakes(clf, frame, pd.Series(names), method="exact_shapley")
+    by_index = whybox.find_mistakes(clf, x, torch.tensor([0, 0, 1, 1, 1, 0]), method="exact_shapley")
+    assert by_name.n_wrong == by_index.n_wrong == 2
+    assert [(m.index, m.label, m.attribution.tolist()) for m in by_name.mistakes] == [
+        (m.index, m.label, m.attribution.tolist()) for m in by_index.mistakes
+    ]
+    with pytest.raises(whybox.InvalidTargetError, match=r"target 'maybe' is not one of the model's classes"):
+        whybox.find_mistakes(clf, frame, [*names[:5], "maybe"])
+
+
 def test_bad_input_names_the_parameter() -> None:
     x, y = rows()
     with pytest.raises(InvalidInputError, match=r"labels must be integer classes of shape \(4,\)"):

@@ -139,6 +139,11 @@ def test_bad_frames_and_arrays_are_refused_with_the_fix(frame: pd.DataFrame) -> 
         r"got dict\.",
         lambda: whybox.explain(model, {"a": 1}, "lime"),
     )
+    _refused(
+        r"inputs must be rows \(B, F\); got a pandas Series of 8 values, one row or one column\. Pass rows as a "
+        r"DataFrame: X\.iloc\[\[0\]\] \(a one-row frame\) instead of X\.iloc\[0\]\.",
+        lambda: whybox.explain(model, rows.iloc[0], "lime"),
+    )
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -57,6 +57,11 @@ def as_tensor_inputs(inputs: Any) -> tuple[torch.Tensor, list[str] | None]:
                 "(e.g. ordinal or one-hot codes, and fit the model on those) or pass only the numeric columns."
             )
         return torch.tensor(np.ascontiguousarray(inputs.to_numpy(dtype=np.float64))), [str(c) for c in inputs.columns]
+    if type(inputs).__module__.split(".")[0] == "pandas" and type(inputs).__name__ == "Series":
+        raise InvalidInputError(
+            f"inputs must be rows (B, F); got a pandas Series of {len(inputs)} values, one row or one column. Pass "
+            "rows as a DataFrame: X.iloc[[0]] (a one-row frame) instead of X.iloc[0]."
+        )
     raise InvalidInputError(
         f"inputs must be a torch.Tensor, a numpy array or a pandas DataFrame with a leading batch dimension; got "
         f"{type(inputs).__name__}. Convert with torch.as_tensor(...)."
