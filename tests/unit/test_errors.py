@@ -94,6 +94,18 @@ def test_unbatched_image_to_a_cam(method: str, model: nn.Module, x: torch.Tensor
     )
 
 
+@pytest.mark.parametrize("method", [*CAM_METHODS, "rise"])
+def test_rows_to_an_image_method_point_to_the_tabular_methods(method: str) -> None:
+    _raises(
+        InvalidInputError,
+        ValueError,
+        rf"inputs for '{method}' must be images of shape \(B, C, H, W\); got shape \(4, 6\)\. For rows of features "
+        r"use a method of whybox\.methods\('tabular'\)\.$",
+        lambda: whybox.explain(nn.Linear(6, 3), torch.rand(4, 6), method),
+    )
+    assert method not in whybox.methods("tabular")
+
+
 @pytest.mark.parametrize("method", [m for m in METHODS if m not in CAM_METHODS])
 def test_unbatched_image_names_the_batch_and_the_fix(method: str, model: nn.Module, x: torch.Tensor) -> None:
     """A (C, H, W) image reads as C samples of (H, W): either the method refuses it (WhyboxError pointing to

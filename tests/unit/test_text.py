@@ -219,3 +219,16 @@ def test_explain_text_gives_word_values_and_leaves_specials_alone(clf: object, m
         with torch.no_grad():
             gap = clf.scores(out.batch.inputs)[:, 1] - clf.scores(out.batch.baseline("pad"))[:, 1]
         assert torch.allclose(torch.tensor([sum(v for _, v in row) for row in out.words], dtype=F64), gap, atol=1e-3)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "rise", "scorecam"])
+def test_an_image_method_on_text_points_to_the_text_methods(clf: object, method: str) -> None:
+    """(B, T, D + 1) token embeddings are batched: the fix is another method, not unsqueeze(0)."""
+    batch = clf.encode(SENTENCES[:2])
+    with pytest.raises(
+        whybox.InvalidInputError,
+        match=rf"inputs for '{method}' must be images of shape \(B, C, H, W\); got shape \(2, \d+, 33\)\. These are a "
+        r"text model's token embeddings: use a method of whybox\.methods\('text'\)\.$",
+    ):
+        whybox.explain(clf, batch.inputs, method)
+    assert method not in whybox.methods("text")

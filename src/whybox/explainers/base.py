@@ -167,7 +167,12 @@ class Explainer:
                 "Add one with inputs.unsqueeze(0)."
             )
         if self.image_only and x.ndim != 4:
-            fix = " Add the batch dimension with inputs.unsqueeze(0)." if x.ndim == 3 else ""
+            if hasattr(self.adapter, "tokenizer"):
+                fix = " These are a text model's token embeddings: use a method of whybox.methods('text')."
+            elif x.ndim == 3:
+                fix = " Add the batch dimension with inputs.unsqueeze(0)."
+            else:
+                fix = " For rows of features use a method of whybox.methods('tabular')." if x.ndim == 2 else ""
             raise InvalidInputError(
                 f"inputs for {self.name!r} must be images of shape (B, C, H, W); got shape {tuple(x.shape)}.{fix}"
             )
