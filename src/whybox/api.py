@@ -109,7 +109,19 @@ def explain(
         if "unexpected keyword argument" not in str(exc):
             raise
         raise _unknown_option(repr(method), exc, cls, ("target",)) from None
-    return explainer.explain(inputs, target=target)
+    out = explainer.explain(inputs, target=target)
+    described = {k: v for k, v in params.items() if not _plain(v)}  # what out.params can only describe
+    if described:
+        out.options.update(described)
+        out.meta["described_options"] = sorted(described)
+    return out
+
+
+def _plain(value: Any) -> bool:
+    """True for an option value that ``Explanation.params`` records as it is (JSON scalars and lists of them)."""
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, (bool, int, float, str))
 
 
 def evaluate(

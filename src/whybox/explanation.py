@@ -36,6 +36,11 @@ class Explanation:
     meta
         Extras: at least ``n_forward``, ``n_backward``, ``seed`` and per-sample ``finite``; tensors
         allowed (saved beside the attributions).
+    options
+        The options ``params`` can only describe (a tensor fill or baseline, a feature mask, a callable), as they
+        were given to :func:`whybox.explain`, so that a metric re-running the method (stability, max-sensitivity,
+        randomization, random logit) runs it as it was. Their names are in ``meta["described_options"]``; tensors
+        are saved beside the attributions, callables are not (a metric then asks for them).
 
     Shapes
     ------
@@ -47,6 +52,7 @@ class Explanation:
     method: str
     params: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:
         return int(self.attributions.shape[0])
@@ -69,7 +75,9 @@ class Explanation:
                 meta[k] = v[idx]
             else:
                 meta[k] = v
-        return Explanation(self.attributions[idx], self.target[idx], self.method, dict(self.params), meta)
+        return Explanation(
+            self.attributions[idx], self.target[idx], self.method, dict(self.params), meta, dict(self.options)
+        )
 
     def to_map(self, reduce: str = "sum") -> torch.Tensor:
         """A ``(B, H, W)`` map for display and image metrics.
@@ -122,6 +130,11 @@ class Explanation:
             "attributions": self.attributions.detach().cpu().contiguous(),
             "target": self.target.detach().cpu().contiguous(),
         }
+        for k, v in self.options.items():  # tensor options; a callable cannot be saved (params describes it)
+            if type(v).__module__.split(".")[0] == "pandas" and hasattr(v, "to_numpy"):
+                v = v.to_numpy()
+            if isinstance(v, torch.Tensor) or type(v).__module__.split(".")[0] == "numpy":
+                tensors[f"option.{k}"] = torch.as_tensor(v).detach().cpu().contiguous()
         meta_json: dict[str, Any] = {}
         for k, v in self.meta.items():
             if isinstance(v, torch.Tensor):
@@ -175,6 +188,7 @@ class Explanation:
             method=header["method"],
             params=json.loads(header["params"]),
             meta=meta,
+            options={k[7:]: v for k, v in tensors.items() if k.startswith("option.")},
         )
 
 

@@ -232,3 +232,20 @@ def test_an_image_method_on_text_points_to_the_text_methods(clf: object, method:
     ):
         whybox.explain(clf, batch.inputs, method)
     assert method not in whybox.methods("text")
+
+
+@pytest.mark.parametrize("method", ["occlusion", "lime", "integrated_gradients"])
+def test_metrics_that_re_run_the_method_take_a_text_explanation(clf: object, method: str) -> None:
+    """The text options (word features, [MASK] fill, pad baseline) are tensors that params only describes; the
+    explanation keeps them, so stability and random logit re-run the method as it was (a deterministic method is
+    perfectly stable)."""
+    from whybox.models.text import explain_text
+
+    out = explain_text(clf, SENTENCES[:2], method, **({"n_samples": 30} if method == "lime" else {}))
+    assert set(out.explanation.meta["described_options"]) <= set(out.explanation.options)
+    x = out.batch.inputs
+    stable = whybox.evaluate(clf, x, out.explanation, "stability", n_runs=2)
+    if method != "lime":
+        torch.testing.assert_close(stable.scores, torch.ones(2, dtype=torch.float64))
+    other = whybox.evaluate(clf, x, out.explanation, "random_logit")
+    assert other.meta["similarity"] == "spearman" and bool(torch.isfinite(other.scores).all())

@@ -508,6 +508,17 @@ def make_explain_fn(
     params: dict[str, Any] = {}
     if explanation is not None and explanation.method == name:
         params.update(explanation.params)
+        params.update(explanation.options)  # tensors and callables as given, not their descriptions in params
+        lost = [
+            k for k in explanation.meta.get("described_options", []) if k not in explanation.options and k not in extra
+        ]
+        if lost:
+            raise InvalidParameterError(
+                f"this metric re-runs {name!r} with the explanation's options, but "
+                + ", ".join(f"{k}={explanation.params.get(k)!r}" for k in lost)
+                + " is only a description of what was given (a callable is not saved with an explanation). Pass "
+                f"the value again: explainer_params={{{', '.join(repr(k) + ': ...' for k in lost)}}}."
+            )
     params.update(extra)
 
     def run(adapter: Any, x: torch.Tensor, target: Any, seed: int | None) -> Explanation:
