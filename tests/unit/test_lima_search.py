@@ -444,7 +444,7 @@ def test_prior_regions_run_the_prior_explainer_and_count_its_passes() -> None:
     x = images(b=2, h=14, w=14)
     e = whybox.explain(model, x, "lima", regions="prior", prior_grid=7, n_regions=12, search="lazy")
     assert e.meta["n_regions"] == [math.ceil(49 / math.ceil(49 / 12))] * 2
-    assert e.meta["n_backward"] == 2  # Grad-CAM: one backward per row
+    assert e.meta["n_backward"] == 2 + 1  # Grad-CAM: one backward per row, and one row to choose its layer
     assert e.meta["n_forward"] >= 2 + 4 + sum(e.meta["search_passes"])  # Grad-CAM's forwards (>= 1 per row) count
     fixed = torch.rand(2, 14, 14, generator=torch.Generator().manual_seed(0))
     e2 = whybox.explain(model, x, "lima", regions="prior", prior=fixed, prior_grid=7, prior_cells=4)

@@ -60,3 +60,22 @@ def test_vit_model_left_as_it_came(vit: torch.nn.Module) -> None:
         assert all(p.grad is None for p in vit.parameters())
     finally:
         vit.eval()
+
+
+def test_cams_default_to_the_last_layer_whose_patch_tokens_reach_the_class_token(vit: torch.nn.Module) -> None:
+    """After the last block a ViT classifier reads the class token alone, so the final LayerNorm's patch tokens (the
+    last token grid the forward pass makes) get no gradient and their Grad-CAM was 0 everywhere. The automatic layer
+    is now the last one whose patch grid the score depends on: in the last block, the value projection, through
+    which the class token attends to the patches. (A CNN's choice is unchanged: tests/contract, EfficientNet-Lite's
+    "_swish@1".)"""
+    adapter = whybox.adapt(vit, output="logits")
+    x = images()
+    stale = whybox.explain(adapter, x, "gradcam", layer="vit.layernorm")
+    assert bool((stale.attributions == 0).all())  # what the old choice gave
+    e = whybox.explain(adapter, x, "gradcam")
+    (name,) = e.meta["layer"]  # "vit.layers.1.attention.v_proj" (module names vary with transformers' version)
+    assert ".1." in name and ("v_proj" in name or "value" in name)  # the last of the two blocks
+    flat = e.attributions.flatten(1)
+    assert bool((flat.amax(1) > 0).all()) and bool((flat.std(1) > 0).all())
+    for method in ("gradcam_pp", "layercam", "xgradcam", "hirescam"):
+        assert whybox.explain(adapter, x, method).meta["layer"] == e.meta["layer"]

@@ -196,21 +196,28 @@ _AUTO: weakref.WeakKeyDictionary[nn.Module, dict[tuple[object, ...], tuple[str, 
 )
 
 
-def auto_layer(adapter: TorchAdapter, x: torch.Tensor) -> tuple[LayerRef, int]:
+def auto_layer(adapter: TorchAdapter, x: torch.Tensor) -> tuple[LayerRef, int, int]:
     """The layer CAM methods use by default: the last module call (in finishing order) whose output is a
-    spatial map ``(B, C, h, w)`` with ``h * w > 1`` or a square ViT token grid.
+    spatial map ``(B, C, h, w)`` with ``h * w > 1`` or a square ViT token grid, and on whose grid the predicted
+    class's score depends.
+
+    The dependence matters for transformers: a ViT classifier reads only the class token after its last block,
+    so the final LayerNorm's patch tokens (and the last block's own output) get no gradient and their CAM is 0
+    everywhere; the layer chosen is then the last block's ``layernorm_before``, whose patch tokens reach the class
+    token through attention (pytorch-grad-cam's advice for ViTs). A CNN's last spatial layer is kept as before.
 
     A reused module gets a call index (EfficientNet-Lite's single ReLU6 gives ``"_swish@1"``).
-    The choice is probed with one single-row forward and remembered per (model, input shape, module
-    count); returns ``(layer, forwards spent)``.
+    The choice is probed with one single-row forward and backward and remembered per (model, input shape, module
+    count); returns ``(layer, forward passes spent, backward passes spent)`` (one row each the first time, 0 after).
+    Where no gradient can be taken, the last spatial layer is used.
     """
     model = adapter.model
     modules = dict(model.named_modules())
     key = (tuple(x.shape[1:]), x.dtype, len(modules), type(adapter).__name__)
     known = _AUTO.get(model, {}).get(key)
     if known is not None and known[0] in modules:
-        return LayerRef(known[0], modules[known[0]], known[1]), 0
-    events: list[tuple[str, int, tuple[int, ...]]] = []
+        return LayerRef(known[0], modules[known[0]], known[1]), 0, 0
+    events: list[tuple[str, int, torch.Tensor]] = []
     counts: dict[str, int] = {}
     handles = []
 
@@ -219,28 +226,63 @@ def auto_layer(adapter: TorchAdapter, x: torch.Tensor) -> tuple[LayerRef, int]:
             k = counts.get(name, 0)
             counts[name] = k + 1
             if isinstance(out, torch.Tensor):
-                events.append((name, k, tuple(out.shape)))
+                events.append((name, k, out))
 
         return hook
 
+    probe = x[:1].detach().clone()
+    if probe.is_floating_point():
+        probe.requires_grad_(True)  # a graph through every module, even with frozen weights
     try:
         for name, mod in model.named_modules():
             if name:
                 handles.append(mod.register_forward_hook(make(name)))
-        with torch.no_grad():
-            adapter.scores(x[:1])
+        with torch.enable_grad():
+            scores = adapter.scores(probe)
     finally:
         for h in handles:
             h.remove()
-    for name, k, shape in reversed(events):
-        ok = len(shape) == 4 and shape[2] * shape[3] > 1
-        if len(shape) == 3 and shape[1] > 1:
-            n = shape[1]
-            ok = any(n - d > 1 and math.isqrt(n - d) ** 2 == n - d for d in (1, 0))
-        if ok:
-            call = k if counts[name] > 1 else None
-            _AUTO.setdefault(model, {})[key] = (name, call)
-            return LayerRef(name, modules[name], call), 1
-    raise LayerError(
-        f"no layer of {type(model).__name__} produces a spatial (B, C, h, w) output; pass layer= explicitly."
-    )
+    spatial = [(name, k, t) for name, k, t in reversed(events) if _is_spatial(tuple(t.shape))]
+    if not spatial:
+        raise LayerError(
+            f"no layer of {type(model).__name__} produces a spatial (B, C, h, w) output; pass layer= explicitly."
+        )
+    chosen = spatial[0]
+    reached = _reached(scores, [t for _, _, t in spatial])
+    if reached is not None and any(reached):
+        chosen = spatial[reached.index(True)]
+    name, k, _ = chosen
+    call = k if counts[name] > 1 else None
+    _AUTO.setdefault(model, {})[key] = (name, call)
+    return LayerRef(name, modules[name], call), 1, int(reached is not None)
+
+
+def _is_spatial(shape: tuple[int, ...]) -> bool:
+    """A ``(B, C, h, w)`` map with ``h * w > 1`` or ``(B, N, D)`` tokens whose N or N - 1 is a square > 1."""
+    if len(shape) == 4:
+        return shape[2] * shape[3] > 1
+    if len(shape) == 3 and shape[1] > 1:
+        n = shape[1]
+        return any(n - d > 1 and math.isqrt(n - d) ** 2 == n - d for d in (1, 0))
+    return False
+
+
+def _reached(scores: torch.Tensor, outputs: list[torch.Tensor]) -> list[bool] | None:
+    """For each output, whether the predicted class's score has a non-zero gradient on its grid (a ViT's class
+    token left out); None where the score has no gradient at all (no graph, or a model autograd cannot run)."""
+    if not scores.requires_grad:
+        return None
+    score = scores[0, scores[0].argmax()]
+    live = [t if t.requires_grad else None for t in outputs]
+    used = [t for t in live if t is not None]
+    if not used:
+        return None
+    try:
+        grads = iter(torch.autograd.grad(score, used, allow_unused=True))
+    except RuntimeError:
+        return None
+    out = []
+    for t in live:
+        g = next(grads) if t is not None else None
+        out.append(g is not None and bool(to_grid(g, "").abs().amax() > 0))
+    return out

@@ -126,14 +126,15 @@ class CAM(Explainer):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ pipeline
-    def _refs(self, x: torch.Tensor, engine: MaskingEngine) -> list[LayerRef]:
+    def _refs(self, x: torch.Tensor, engine: MaskingEngine, n_backward: list[int]) -> list[LayerRef]:
         adapter = self.adapter
         if not isinstance(adapter, TorchAdapter):  # pragma: no cover - checked in __init__
             raise LayerError("CAM methods need a torch model.")
         spec = self.layer if self.layer is not None else adapter.default_layers
         if spec is None:
-            ref, spent = auto_layer(adapter, x)
-            engine.n_forward += spent
+            ref, forwards, backwards = auto_layer(adapter, x)
+            engine.n_forward += forwards
+            n_backward[0] += backwards
             return [ref]
         return resolve_layers(adapter, spec)
 
@@ -209,7 +210,7 @@ class CAM(Explainer):
     def _explain(
         self, x: torch.Tensor, target: TargetLike, engine: MaskingEngine, n_backward: list[int]
     ) -> tuple[torch.Tensor, Target, dict[str, Any]]:
-        refs = self._refs(x, engine)
+        refs = self._refs(x, engine, n_backward)
         acts, grads, tgt = self._activations(x, refs, target, engine, n_backward)
         raw_maps = self._layer_maps(x, acts, grads, tgt, engine)
         size = tuple(x.shape[-2:])
