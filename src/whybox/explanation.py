@@ -16,6 +16,7 @@ __all__ = ["Explanation"]
 
 _FORMAT = "whybox.explanation/1"
 _MAP_REDUCTIONS = ("sum", "mean", "abs_sum", "max_abs")
+_ROW_OPTIONS = ("fill", "baseline", "features", "regions")  # options that may hold one entry per input row
 
 
 @dataclass
@@ -75,9 +76,16 @@ class Explanation:
                 meta[k] = v[idx]
             else:
                 meta[k] = v
-        return Explanation(
-            self.attributions[idx], self.target[idx], self.method, dict(self.params), meta, dict(self.options)
-        )
+        options = {  # per-row fills, baselines and feature maps (a text batch's) follow their rows
+            k: v[idx]
+            if k in _ROW_OPTIONS
+            and isinstance(v, torch.Tensor)
+            and v.ndim == self.attributions.ndim
+            and v.shape[0] == n
+            else v
+            for k, v in self.options.items()
+        }
+        return Explanation(self.attributions[idx], self.target[idx], self.method, dict(self.params), meta, options)
 
     def to_map(self, reduce: str = "sum") -> torch.Tensor:
         """A ``(B, H, W)`` map for display and image metrics.
