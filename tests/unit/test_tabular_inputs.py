@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -328,3 +329,66 @@ def test_non_finite_reference_rows_are_refused_naming_the_option(frame: pd.DataF
     net = nn.Sequential(nn.Linear(8, 2)).double()
     with pytest.raises(whybox.InvalidParameterError, match=msg.format("baseline")):
         whybox.explain(net, x.iloc[:2], "integrated_gradients", baseline=mu)
+
+
+class _Counting(LogisticRegression):
+    """A classifier that counts its predict_proba calls and the largest call."""
+
+    calls: ClassVar[list[int]] = []
+
+    def predict_proba(self, x: object) -> np.ndarray:
+        type(self).calls.append(len(x))  # type: ignore[arg-type]
+        return super().predict_proba(x)
+
+
+def test_estimators_default_to_large_batches_with_the_same_values() -> None:
+    """A scikit-learn call costs far more than its rows: batch_size=None gives an estimator 4,096 rows a call
+    (a torch model 64); the numbers are the ones of 64-row calls, and an explicit batch_size wins."""
+    x, y = load_breast_cancer(return_X_y=True)
+    x = (x - x.mean(0)) / x.std(0)
+    model = _Counting(max_iter=1000).fit(x, y)
+    rows = x[:10]  # 30 columns: 500 coalitions a row, 5,000 rows to score
+    _Counting.calls = []
+    e = whybox.explain(model, rows, "kernel_shap", n_samples=500)
+    assert e.params["batch_size"] == 4096 and max(_Counting.calls) == 4096
+    n_default = len(_Counting.calls)
+    _Counting.calls = []
+    small = whybox.explain(model, rows, "kernel_shap", n_samples=500, batch_size=64)
+    assert small.params["batch_size"] == 64 and max(_Counting.calls) == 64 and len(_Counting.calls) > 10 * n_default
+    torch.testing.assert_close(e.attributions, small.attributions, rtol=0, atol=1e-12)
+    _Counting.calls = []
+    d = whybox.evaluate(model, rows, e, "deletion")
+    assert max(_Counting.calls) > 64
+    torch.testing.assert_close(d.scores, whybox.evaluate(model, rows, e, "deletion", batch_size=64).scores)
+    torch_model = nn.Linear(5, 2)
+    assert whybox.explain(torch_model, torch.rand(2, 5), "occlusion").params["batch_size"] == 64
+
+
+@pytest.mark.parametrize("score", ["logit", "prob", "log_prob"])
+def test_a_classifier_s_probabilities_are_read_as_probabilities(score: str) -> None:
+    """predict_proba gives probabilities: score='prob' (LIME's default) must explain them, not softmax(them),
+    which squeezes [1.0, 0.0] into [0.73, 0.27]; 'log_prob' explains their log; 'logit' the outputs as they are
+    (shap's reading). Kernel SHAP is exactly additive, so attributions + base value give the explained score back.
+    Max-sensitivity with zero perturbations re-explains in the same space: exactly 0 (the metric used to hand the
+    explainer log-probabilities whatever its score)."""
+    x, y = load_breast_cancer(return_X_y=True)
+    x = (x - x.mean(0)) / x.std(0)
+    model = LogisticRegression(max_iter=1000).fit(x[:, :6], y)
+    rows = x[:4, :6]
+    e = whybox.explain(model, rows, "kernel_shap", score=score, n_samples=200)
+    p = torch.from_numpy(model.predict_proba(rows)).gather(1, e.target.view(-1, 1)).squeeze(1)
+    want = p.log() if score == "log_prob" else p
+    torch.testing.assert_close(e.attributions.sum(1) + e.meta["base_value"], want, rtol=0, atol=1e-9)
+    zero = torch.zeros(2, 6, dtype=torch.float64)
+    sens = whybox.evaluate(model, rows, e, "max_sensitivity", n_samples=2, deltas=zero, score=score).scores
+    torch.testing.assert_close(sens, torch.zeros(4, dtype=torch.float64), rtol=0, atol=1e-9)
+
+
+def test_lime_s_default_probability_is_the_classifier_s_own() -> None:
+    x, y = load_breast_cancer(return_X_y=True)
+    x = (x - x.mean(0)) / x.std(0)
+    model = LogisticRegression(max_iter=1000).fit(x, y)
+    prob = whybox.explain(model, x[:3], "lime", n_samples=300)  # score="prob"
+    raw = whybox.explain(model, x[:3], "lime", n_samples=300, score="logit")
+    torch.testing.assert_close(prob.attributions, raw.attributions, rtol=0, atol=1e-9)
+    torch.testing.assert_close(prob.meta["intercept"], raw.meta["intercept"], rtol=0, atol=1e-9)

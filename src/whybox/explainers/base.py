@@ -11,9 +11,9 @@ import torch
 
 from whybox.errors import InvalidInputError, InvalidParameterError, NotDifferentiableError, did_you_mean
 from whybox.explanation import Explanation
-from whybox.masking.engine import MaskingEngine, check_batch_size
+from whybox.masking.engine import MaskingEngine, resolve_batch_size
 from whybox.models._guard import MODES, has_train_mode_batchnorm
-from whybox.models.adapter import ModelAdapter, TorchAdapter, adapt
+from whybox.models.adapter import ModelAdapter, TorchAdapter, adapt, scoring_adapter
 from whybox.models.inputs import as_tensor_inputs, check_feature_names
 from whybox.models.targets import (
     SCORE_SPACES,
@@ -49,6 +49,11 @@ class Explainer:
     Subclasses store keyword-only options in ``__init__`` (no work there) and implement
     :meth:`_explain`. :meth:`explain` validates inputs, runs the computation inside the model guard
     (eval mode, parameters frozen, everything restored on exit), and returns one :class:`Explanation`.
+
+    Options every explainer takes: ``batch_size`` (model input rows per call; ``None``, the default, is 64 for a
+    torch model and 4,096 for a scikit-learn estimator, whose calls cost far more than its small rows), ``mode``
+    (``"eval"`` or ``"as_is"``), ``score`` (``"logit"``, ``"prob"`` or ``"log_prob"``; defaults differ by method)
+    and ``seed``.
     """
 
     name: ClassVar[str] = "explainer"
@@ -61,13 +66,13 @@ class Explainer:
         self,
         model: Any,
         *,
-        batch_size: int = 64,
+        batch_size: int | None = None,
         mode: str = "eval",
         score: str = "logit",
         seed: int | None = 0,
     ) -> None:
         self.adapter: ModelAdapter = adapt(model)
-        self.batch_size = check_batch_size(batch_size)
+        self.batch_size = resolve_batch_size(batch_size, self.adapter)
         if mode not in MODES:
             raise InvalidParameterError(f"mode must be one of {MODES}; got {mode!r}.{did_you_mean(mode, MODES)}")
         if score not in SCORE_SPACES:
@@ -112,7 +117,7 @@ class Explainer:
         target = class_label_target(getattr(self.adapter, "model", None), target)  # scikit-learn class labels
         # seed=None draws a fresh seed per call (from the OS, global RNGs untouched); it is recorded in meta
         self._call_seed = self.seed if self.seed is not None else int.from_bytes(os.urandom(4), "little") >> 1
-        engine = MaskingEngine(self.adapter, batch_size=self.batch_size)
+        engine = MaskingEngine(scoring_adapter(self.adapter, self.score), batch_size=self.batch_size)
         engine_backward = [0]
         with self.adapter.guard(self.mode):
             if (

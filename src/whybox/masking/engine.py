@@ -16,7 +16,7 @@ import torch
 
 from whybox.errors import InvalidParameterError, WhyboxError
 from whybox.masking.features import FeatureGroups
-from whybox.models.adapter import ModelAdapter
+from whybox.models.adapter import ModelAdapter, SklearnAdapter
 from whybox.models.targets import Target, apply_score_space
 
 __all__ = ["FillSource", "MaskSource", "MaskingEngine", "ScoresHook", "check_batch_size", "padded_rows", "repeat_last"]
@@ -37,10 +37,25 @@ def repeat_last(scores: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
     return scores.gather(1, torch.where(live, steps, 0).cummax(1).values.to(scores.device))
 
 
+#: rows per model call when ``batch_size=None``: torch models (bounded by activation memory), and scikit-learn
+#: estimators, whose rows are small and whose calls cost much more than a row (a random forest's predict_proba:
+#: 5 ms a call; Kernel SHAP on 20 rows, 500 samples, 100 trees: 0.82 s at 64 rows a call, 0.08 s at 1,024)
+DEFAULT_BATCH_SIZE = 64
+ESTIMATOR_BATCH_SIZE = 4096
+
+
 def check_batch_size(batch_size: int) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InvalidParameterError(f"batch_size must be a positive int (rows per forward pass); got {batch_size!r}.")
     return batch_size
+
+
+def resolve_batch_size(batch_size: int | None, adapter: ModelAdapter | None) -> int:
+    """``batch_size``, or for ``None`` the default for the adapter's kind of model (:data:`DEFAULT_BATCH_SIZE` rows,
+    :data:`ESTIMATOR_BATCH_SIZE` for a scikit-learn estimator)."""
+    if batch_size is None:
+        return ESTIMATOR_BATCH_SIZE if isinstance(adapter, SklearnAdapter) else DEFAULT_BATCH_SIZE
+    return check_batch_size(batch_size)
 
 
 def _layout_error(err: RuntimeError) -> bool:

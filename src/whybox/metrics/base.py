@@ -27,10 +27,10 @@ import torch
 
 from whybox.errors import InvalidInputError, InvalidParameterError, InvalidTargetError, did_you_mean
 from whybox.explanation import Explanation
-from whybox.masking.engine import MaskingEngine, check_batch_size
+from whybox.masking.engine import MaskingEngine, check_batch_size, resolve_batch_size
 from whybox.masking.features import FeatureGroups, pixels
 from whybox.models._guard import MODES
-from whybox.models.adapter import ModelAdapter, SklearnAdapter, TorchAdapter, adapt
+from whybox.models.adapter import ModelAdapter, TorchAdapter, adapt, scoring_adapter
 from whybox.models.inputs import as_tensor_inputs, check_feature_names, name_list
 from whybox.models.targets import SCORE_SPACES, Target, TargetLike, class_label_target, resolve_target
 
@@ -556,22 +556,6 @@ def _counting_rows(model: Any, tally: dict[str, int] | None) -> Iterator[None]:
 
 
 # ---------------------------------------------------------------------------------------------- the template
-class _ProbaAsLogits(ModelAdapter):
-    """A scikit-learn ``predict_proba`` model seen through log-probabilities, so that softmax gives back exactly
-    its probabilities (``score="prob"``) instead of a softmax of probabilities."""
-
-    def __init__(self, inner: SklearnAdapter) -> None:
-        self.inner = inner
-        self.model = inner.model
-
-    def scores(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner.scores(x).clamp_min(1e-300).log()
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.inner.dtype
-
-
 def _array_attributions(a: np.ndarray) -> torch.Tensor:
     """A NumPy attribution array as a tensor (a copy: the caller's array is never written); numbers only."""
     if a.dtype.kind not in "biuf":
@@ -668,12 +652,13 @@ class Metric:
     ----------
     score
         Score space of the target: ``"prob"`` (softmax probability, the default), ``"logit"`` or ``"log_prob"``.
-        A scikit-learn model with ``predict_proba`` is read as log-probabilities, so ``"prob"`` gives its own
-        probabilities.
+        For a scikit-learn model's ``predict_proba``, ``"prob"`` is its own probabilities (not a softmax of them)
+        and ``"logit"`` reads them as they are too (:func:`~whybox.models.adapter.scoring_adapter`).
     seed
         Seeds every random draw and the tie rule; the metric uses its own generators, never the global RNG.
     batch_size
         Model input rows per forward pass, passed to the masking engine; it bounds memory and changes no number.
+        ``None`` (the default): 64 rows for a torch model, 4,096 for a scikit-learn estimator.
     mode
         ``"eval"`` (the default: the model runs in eval mode during the call) or ``"as_is"``.
 
@@ -688,10 +673,12 @@ class Metric:
     # clean forward pass runs only where the target needs it (the predicted class of a bare attribution tensor)
     reads_clean: ClassVar[bool] = True
 
-    def __init__(self, *, score: str = "prob", seed: int = 0, batch_size: int = 64, mode: str = "eval") -> None:
+    def __init__(
+        self, *, score: str = "prob", seed: int = 0, batch_size: int | None = None, mode: str = "eval"
+    ) -> None:
         self.score = check_choice("score", score, SCORE_SPACES)
         self.seed = _check_seed(seed)
-        self.batch_size = check_batch_size(batch_size)
+        self.batch_size = None if batch_size is None else check_batch_size(batch_size)
         self.mode = check_choice("mode", mode, MODES)
 
     # ------------------------------------------------------------------ configuration
@@ -766,8 +753,6 @@ class Metric:
             adapter = adapt(model)
             check_feature_names(names, getattr(adapter, "feature_names", None))
             target = class_label_target(getattr(adapter, "model", None), target)  # scikit-learn class labels
-            if isinstance(adapter, SklearnAdapter) and adapter.method_name == "predict_proba":
-                adapter = _ProbaAsLogits(adapter)  # its outputs are probabilities already
         elif self.needs_model:
             raise InvalidParameterError(f"metric {self.name!r} needs a model; got model=None.")
         expl: Explanation | None = None
@@ -821,7 +806,11 @@ class Metric:
                 x = x.to(adapter.dtype)
             if attributions is not None:
                 attributions = attributions.to(x.device)
-        engine = MaskingEngine(adapter, batch_size=self.batch_size) if adapter is not None else None
+        engine = (
+            MaskingEngine(scoring_adapter(adapter, self.score), batch_size=resolve_batch_size(self.batch_size, adapter))
+            if adapter is not None
+            else None
+        )
         if not self.needs_model or adapter is None or engine is None:
             tgt0 = self._target_without_model(target, expl, x)
             ctx = Context(None, x, attributions, tgt0, expl, None, None, masks, labels, method)

@@ -264,8 +264,9 @@ class MaxSensitivity(Metric):
         denom = torch.where(norm0 > 0, norm0, torch.ones_like(norm0)) if self.relative else torch.ones_like(norm0)
         sens = torch.empty(b, n, dtype=torch.float64)
         total = b * n
-        for s in range(0, total, self.batch_size):  # batch_size (row, draw) pairs at a time, each drawn once
-            idx = torch.arange(s, min(s + self.batch_size, total))
+        step = ctx.engine.batch_size
+        for s in range(0, total, step):  # batch_size (row, draw) pairs at a time, each drawn once
+            idx = torch.arange(s, min(s + step, total))
             rows, ks = idx // n, idx % n
             xs = x[rows.to(x.device)] + self._draws(rows, ks, x, given)
             if self.skip_label_change:  # the predicted class of each perturbed input: one more pass of its rows

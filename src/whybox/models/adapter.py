@@ -289,6 +289,32 @@ class SklearnAdapter(ModelAdapter):
         return torch.float64
 
 
+class ProbabilityScores(ModelAdapter):
+    """A scikit-learn ``predict_proba`` model seen through log-probabilities, so that a softmax gives back exactly
+    its probabilities (``score="prob"``) instead of a softmax of probabilities, and ``"log_prob"`` their log."""
+
+    def __init__(self, inner: SklearnAdapter) -> None:
+        self.inner = inner
+        self.model = inner.model
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner.scores(x).clamp_min(1e-300).log()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.inner.dtype
+
+
+def scoring_adapter(adapter: ModelAdapter, score: str) -> ModelAdapter:
+    """The adapter whose raw scores ``score`` maps (:func:`~whybox.models.targets.apply_score_space`): for a
+    scikit-learn classifier's ``predict_proba`` and ``score`` ``"prob"`` or ``"log_prob"`` its log-probabilities
+    (the softmax of probabilities is not them: ``[1.0, 0.0]`` would read as ``[0.73, 0.27]``); ``"logit"`` keeps the
+    model's own outputs, the probabilities, as shap's KernelExplainer and lime read them. Any other adapter as is."""
+    if score != "logit" and isinstance(adapter, SklearnAdapter) and adapter.method_name == "predict_proba":
+        return ProbabilityScores(adapter)
+    return adapter
+
+
 def adapt(
     model: Any,
     *,
