@@ -18,11 +18,11 @@ from whybox.api import evaluate, explain
 from whybox.errors import InvalidInputError, InvalidParameterError
 from whybox.explainers.perturbation._common import PerturbationExplainer
 from whybox.explanation import Explanation
-from whybox.masking.engine import MaskingEngine
+from whybox.masking.engine import MaskingEngine, resolve_batch_size
 from whybox.masking.features import FeatureGroups
-from whybox.models.adapter import ModelAdapter, adapt
+from whybox.models.adapter import ModelAdapter, adapt, scoring_adapter
 from whybox.models.inputs import as_tensor_inputs
-from whybox.models.targets import class_label_target
+from whybox.models.targets import apply_score_space, class_label_target
 from whybox.registry import EXPLAINERS
 
 __all__ = ["DebugReport", "Mistake", "find_mistakes"]
@@ -125,7 +125,7 @@ def find_mistakes(
     max_mistakes: int | None = None,
     regions: torch.Tensor | None = None,
     fill: Any = "zero",
-    batch_size: int = 64,
+    batch_size: int | None = None,
     **params: Any,
 ) -> DebugReport:
     """Find the inputs ``model`` gets wrong and explain each one's true class (see the module docstring).
@@ -149,7 +149,7 @@ def find_mistakes(
     fill
         What a hidden region becomes (default zero).
     batch_size
-        Rows per model call.
+        Rows per model call (``None``: 64 for a torch model, 4,096 for a scikit-learn estimator).
     """
     inputs, _ = as_tensor_inputs(inputs)  # a numpy array or a DataFrame of rows as a tensor
     if inputs.ndim < 2:
@@ -185,8 +185,9 @@ def find_mistakes(
     adapter = model if isinstance(model, ModelAdapter) else adapt(model)
     dev = adapter.device
     with adapter.guard("eval"):
-        raw = MaskingEngine(adapter, batch_size=batch_size).forward(inputs.to(dev))
-    p = raw.float().softmax(1).cpu()
+        scorer = scoring_adapter(adapter, "prob")  # a classifier's predict_proba read as its probabilities
+        raw = MaskingEngine(scorer, batch_size=resolve_batch_size(batch_size, adapter)).forward(inputs.to(dev))
+    p = apply_score_space(raw.double(), "prob").cpu()
     if int(labels.max()) >= p.shape[1] or int(labels.min()) < 0:
         raise InvalidInputError(
             f"labels must lie in [0, {p.shape[1] - 1}] (the model's classes); got "

@@ -79,6 +79,10 @@ def test_rows_as_a_frame_and_a_classifier_s_own_labels() -> None:
     assert [(m.index, m.label, m.attribution.tolist()) for m in by_name.mistakes] == [
         (m.index, m.label, m.attribution.tolist()) for m in by_index.mistakes
     ]
+    proba = clf.predict_proba(x.numpy())
+    for m in by_name.mistakes:  # its own probabilities, not a softmax of them
+        assert m.p_label == pytest.approx(proba[m.index, m.label], rel=1e-12)
+        assert m.p_predicted == pytest.approx(proba[m.index, m.predicted], rel=1e-12)
     with pytest.raises(whybox.InvalidTargetError, match=r"target 'maybe' is not one of the model's classes"):
         whybox.find_mistakes(clf, frame, [*names[:5], "maybe"])
 
