@@ -435,7 +435,7 @@ def test_sklearn_model_asked_for_a_cam(method: str) -> None:
     [
         (lambda m, x: whybox.explain(m, x, "lime", n_samples=20), "prob"),
         (lambda m, x: whybox.explain(m, x, "rise", n_masks=8), "prob"),
-        (lambda m, x: whybox.explain(m, x, "kernel_shap", n_samples=20, score="log_prob"), "log_prob"),
+        (lambda m, x: whybox.explain(m, x, "kernel_shap", n_samples=200, score="log_prob"), "log_prob"),
         (lambda m, x: whybox.evaluate(m, x, "saliency", "deletion"), "prob"),
         (lambda m, x: whybox.evaluate(m, x, "saliency", "mufidelity", n_samples=4), "prob"),
     ],
@@ -464,6 +464,32 @@ def test_a_regressor_explained_with_the_raw_score_gets_its_linear_terms() -> Non
     e = whybox.explain(ridge, xs[:3], "lime", score="logit", n_samples=400, fill=torch.tensor(xs.mean(0)))
     terms = torch.from_numpy(ridge.coef_ * (xs[:3] - xs.mean(0)))
     torch.testing.assert_close(e.attributions.double(), terms, atol=0.03 * float(terms.abs().max()), rtol=0)
+
+
+def test_a_baseline_that_does_not_fit_is_named_baseline(model: nn.Module, x: torch.Tensor) -> None:
+    _raises(
+        InvalidParameterError,
+        ValueError,
+        r"baseline tensor of shape \(5,\) does not broadcast to the inputs \(2, 3, 12, 12\)\.",
+        lambda: whybox.explain(model, x[:2], "integrated_gradients", baseline=torch.zeros(5)),
+    )
+
+
+def test_kernel_shap_with_fewer_samples_than_unknowns_is_refused_before_any_pass() -> None:
+    """With M features the efficiency constraint leaves M - 1 unknowns: fewer coalitions give an arbitrary
+    (minimum-norm) solution, which used to come back with meta['cond'] = inf."""
+    calls: list[int] = []
+    model = nn.Linear(10, 3)
+    model.register_forward_pre_hook(lambda _m, args: calls.append(args[0].shape[0]))
+    _raises(
+        InvalidParameterError,
+        ValueError,
+        r"kernel_shap with n_samples=5 cannot determine the values of M=10 features: the regression has 9 unknowns "
+        r"and would get 5 coalitions \(its solution would be arbitrary\)\. Use n_samples >= 20",
+        lambda: whybox.explain(model, torch.rand(2, 10), "kernel_shap", n_samples=5),
+    )
+    assert calls == []
+    assert whybox.explain(model, torch.rand(2, 10), "kernel_shap", n_samples=9).meta["cond"][0] < float("inf")
 
 
 def test_unsupported_model_type() -> None:

@@ -73,7 +73,7 @@ def make_fill(
             return torch.broadcast_to(fill.to(device=x.device, dtype=x.dtype), x.shape).clone()
         except RuntimeError:
             raise InvalidParameterError(
-                f"fill tensor of shape {tuple(fill.shape)} does not broadcast to the inputs {tuple(x.shape)}."
+                f"{name} tensor of shape {tuple(fill.shape)} does not broadcast to the inputs {tuple(x.shape)}."
             ) from None
     if callable(fill):
         out = fill(x)

@@ -241,6 +241,13 @@ class KernelShap(ShapleyExplainer):
         r = fills.shape[1]
         b = x.shape[0]
         for m in set(sizes):
+            if m >= 2 and self.budget(m) < m - 1:  # the efficiency constraint leaves M - 1 unknowns
+                raise InvalidParameterError(
+                    f"kernel_shap with n_samples={self.n_samples} cannot determine the values of M={m} features: the "
+                    f"regression has {m - 1} unknowns and would get {self.budget(m)} coalitions (its solution would be "
+                    f"arbitrary). Use n_samples >= {2 * m} ('auto' picks enough), or fewer features (features='grid' "
+                    "with a larger patch, or fewer superpixels)."
+                )
             if self.budget(m) * m > MAX_DESIGN_ELEMENTS:
                 raise InvalidParameterError(
                     f"kernel_shap with M={m} features and {self.budget(m):,} samples needs a {self.budget(m):,} x {m} "
