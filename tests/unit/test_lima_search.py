@@ -452,6 +452,15 @@ def test_prior_regions_run_the_prior_explainer_and_count_its_passes() -> None:
     assert e2.meta["n_forward"] == 4 + sum(e2.meta["search_passes"])  # a given prior map costs nothing
 
 
+def test_prior_regions_on_an_image_smaller_than_the_prior_grid_aim_at_n_regions() -> None:
+    """The G x G prior grid cannot be finer than the pixels: on 8 x 8 inputs it has 64 cells, so n_regions=9 takes
+    ceil(64 / 9) = 8 cells a region and gives 8 regions (it used to divide G^2 = 196 cells and give 3)."""
+    model = small_cnn()
+    x = images(b=2, h=8, w=8)
+    e = whybox.explain(model, x, "lima", regions="prior", n_regions=9, search="lazy")
+    assert e.meta["n_regions"] == [math.ceil(64 / math.ceil(64 / 9))] * 2 == [8, 8]
+
+
 def test_seeded_and_deterministic() -> None:
     model = small_cnn()
     x = images(b=2)

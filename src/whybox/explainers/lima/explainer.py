@@ -89,8 +89,8 @@ class Lima(PerturbationExplainer):
         ``"prior"`` regions: a registered explainer name (default ``"gradcam"``, run on the same target; its
         passes count in ``n_forward``/``n_backward``) or a prior map ``(B, H, W)``.
     prior_grid, prior_cells
-        G and d: the prior map on a G x G grid (default 14), d cells per region (default
-        ceil(G^2 / n_regions) = 4, so 49 regions).
+        G and d: the prior map on a G x G grid (default 14; no finer than the image's pixels), d cells per region
+        (default ceil(cells / n_regions): 4 on 224 x 224 images, so 49 regions; on 8 x 8 digits, 64 cells).
     prior_options
         Options for the prior explainer (e.g. ``{"layer": "features.3"}``).
     lambda_cons, lambda_colla, lambda_conf, lambda_eff
@@ -301,14 +301,19 @@ class Lima(PerturbationExplainer):
             return R.columns(x, groups=self.groups)
         return R.spans(x, groups=self.groups)
 
-    def _cells(self) -> int:
-        g = self.prior_grid
-        return self.prior_cells if self.prior_cells is not None else max(1, math.ceil(g * g / self.n_regions))
+    def _cells(self, x: torch.Tensor) -> int:
+        """d, the grid cells per region: ``prior_cells``, or enough for about ``n_regions`` regions on the grid the
+        image allows (G x G, no finer than its pixels: an 8 x 8 digit has 64 cells, not 196)."""
+        if self.prior_cells is not None:
+            return self.prior_cells
+        return max(1, math.ceil(self._grid_cells(x) / self.n_regions))
+
+    def _grid_cells(self, x: torch.Tensor) -> int:
+        return min(self.prior_grid, x.shape[-2]) * min(self.prior_grid, x.shape[-1])
 
     def _prior_count(self, x: torch.Tensor) -> int:
         R._image(x, "prior")
-        g = min(self.prior_grid, x.shape[-2]) * min(self.prior_grid, x.shape[-1])
-        return math.ceil(g / self._cells())
+        return math.ceil(self._grid_cells(x) / self._cells(x))
 
     def _prior_regions(self, x: torch.Tensor, tgt: Target, engine: MaskingEngine, n_backward: list[int]) -> R.RegionMap:
         if isinstance(self.prior, torch.Tensor):
@@ -327,7 +332,7 @@ class Lima(PerturbationExplainer):
             engine.n_forward += int(e.meta["n_forward"])
             n_backward[0] += int(e.meta["n_backward"])
             prior_map = e.attributions
-        return R.prior_patches(prior_map, x, grid_size=self.prior_grid, cells_per_region=self._cells())
+        return R.prior_patches(prior_map, x, grid_size=self.prior_grid, cells_per_region=self._cells(x))
 
     # ------------------------------------------------------------------ the call
     def _explain(
