@@ -560,6 +560,7 @@ def test_explain_on_a_csv_with_a_scikit_learn_factory_prints_the_top_features(ru
     x = torch.tensor(rows, dtype=torch.float32)
     direct = whybox.explain(load_model(spec).module, x, "kernel_shap", seed=0, batch_size=64)
     assert torch.equal(saved.attributions, direct.attributions)
+    assert saved.params["batch_size"] == 4096  # no --batch-size: an estimator's default (a torch model's is 64)
     assert saved.meta["feature_names"] == columns
     assert direct.target.tolist() == [0, 1, 2]  # the classifier gets these three right
     assert list(out.iterdir()) == [out / "explanation.safetensors"]  # no images for a table

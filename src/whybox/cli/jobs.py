@@ -301,9 +301,9 @@ def _common(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--batch-size",
             type=click.IntRange(min=1),
-            default=64,
-            show_default=True,
-            help="Forward batch of methods and metrics.",
+            default=None,
+            help="Rows per model call of methods and metrics [default: 64 for torch models, 4096 for scikit-learn "
+            "estimators].",
         ),
         click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True),
         device_option,

@@ -72,7 +72,8 @@ class Job:
     target
         ``"prediction"`` (explain each sample's predicted class) or ``"label"`` (its true class; needs labels).
     batch_size
-        Forward batch of methods and metrics that do not set their own.
+        Forward batch of methods and metrics that do not set their own (``None``: 64 rows for a torch model, 4,096
+        for a scikit-learn estimator).
     threads
         Torch intra-op threads while a unit runs (fixed so results do not depend on the machine's core count).
     """
@@ -84,7 +85,7 @@ class Job:
     shard_size: int = 16
     seed: int = 0
     target: str = "prediction"
-    batch_size: int = 64
+    batch_size: int | None = None
     threads: int = 1
 
     def __post_init__(self) -> None:
@@ -129,6 +130,8 @@ class Job:
             ("batch_size", self.batch_size),
             ("threads", self.threads),
         ):
+            if value is None and pname == "batch_size":
+                continue  # each method's and metric's default for the model
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidParameterError(f"{pname} must be a positive integer; got {value!r}.")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:

@@ -266,7 +266,10 @@ def load_run_report(run_dir: str | Path, *, title: str | None = None, max_sample
         ("methods", ", ".join(methods)),
         ("metrics", ", ".join(metrics) or "none"),
         ("target", str(job.get("target", "prediction"))),
-        ("shard size, seed, batch size", f"{job.get('shard_size')}, {job.get('seed')}, {job.get('batch_size')}"),
+        (
+            "shard size, seed, batch size",
+            f"{job.get('shard_size')}, {job.get('seed')}, {job.get('batch_size') or 'default'}",
+        ),
     ]
     for k in sorted(kv):
         if k.startswith("fingerprint."):
