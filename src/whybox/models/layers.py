@@ -205,7 +205,7 @@ def auto_layer(adapter: TorchAdapter, x: torch.Tensor) -> tuple[LayerRef, int, i
     so the final LayerNorm's patch tokens (and the last block's own output) get no gradient and their CAM is 0
     everywhere; the layer chosen is then the last one in the last block whose patch tokens reach the class token
     through attention (in Hugging Face's ViT its value projection; pytorch-grad-cam advises that block's first
-    LayerNorm, whose CAM is the same up to the projection). A CNN's last spatial layer is kept as before.
+    LayerNorm, which feeds that projection). A CNN's last spatial layer is kept as before.
 
     A reused module gets a call index (EfficientNet-Lite's single ReLU6 gives ``"_swish@1"``).
     The choice is probed with one single-row forward and backward and remembered per (model, input shape, module
