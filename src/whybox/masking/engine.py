@@ -19,7 +19,16 @@ from whybox.masking.features import FeatureGroups
 from whybox.models.adapter import ModelAdapter, SklearnAdapter
 from whybox.models.targets import Target, apply_score_space
 
-__all__ = ["FillSource", "MaskSource", "MaskingEngine", "ScoresHook", "check_batch_size", "padded_rows", "repeat_last"]
+__all__ = [
+    "FillSource",
+    "MaskSource",
+    "MaskingEngine",
+    "ScoresHook",
+    "check_batch_size",
+    "padded_rows",
+    "repeat_last",
+    "resolve_batch_size",
+]
 
 # (rows (n,), ks (n,)) -> element masks (n, *G): bool keeps x where True; float m gives fill + m (x - fill)
 MaskSource = torch.Tensor | Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

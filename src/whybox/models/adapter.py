@@ -13,7 +13,15 @@ from torch import nn
 from whybox.errors import InvalidInputError, InvalidParameterError, LayerError, ModelOutputError, did_you_mean
 from whybox.models._guard import preserved
 
-__all__ = ["EmbeddingAdapter", "ModelAdapter", "SklearnAdapter", "TorchAdapter", "adapt"]
+__all__ = [
+    "EmbeddingAdapter",
+    "ModelAdapter",
+    "ProbabilityScores",
+    "SklearnAdapter",
+    "TorchAdapter",
+    "adapt",
+    "scoring_adapter",
+]
 
 KINDS = ("classifier", "embedding")
 OutputSelector = int | str | Callable[[Any], torch.Tensor] | None
