@@ -245,6 +245,27 @@ def test_a_given_continuation_is_used_as_is(lm: tuple) -> None:
     assert torch.equal(torch.nan_to_num(as_ids.matrix), torch.nan_to_num(res.matrix))
 
 
+def test_a_tokenizer_that_returns_a_batch_of_one_gives_the_same_ids(lm: tuple) -> None:
+    """Some tokenizers (or wrappers that set return_tensors="pt") give input_ids as a (1, n) tensor, not a list:
+    its one row is the ids (before, iterating it compared a whole row with the vocabulary size and raised)."""
+    model, tok = lm
+
+    class Batched:
+        def __init__(self, inner: object) -> None:
+            self.inner = inner
+
+        def __call__(self, text: str, **kwargs: object) -> dict[str, torch.Tensor]:
+            return {"input_ids": torch.tensor([self.inner(text, **kwargs)["input_ids"]])}
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.inner, name)
+
+    res = attribute_generation(model, tok, PROMPT, continuation=CONT, method="saliency")
+    batched = attribute_generation(model, Batched(tok), PROMPT, continuation=CONT, method="saliency")
+    assert batched.token_ids == res.token_ids
+    assert torch.equal(torch.nan_to_num(batched.matrix), torch.nan_to_num(res.matrix))
+
+
 def test_a_generated_continuation_is_the_greedy_decode_made_once(lm: tuple) -> None:
     model, tok = lm
     prompt = ids(tok, PROMPT)

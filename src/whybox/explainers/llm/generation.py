@@ -432,7 +432,9 @@ class GenerationAttribution:
 def _token_ids(tokenizer: Any, value: Any, name: str, *, special: bool) -> list[int]:
     """Token ids of a string (tokenised; ``special``: with the tokenizer's special tokens) or of given ids."""
     if isinstance(value, str):
-        ids = list(tokenizer(value, add_special_tokens=special)["input_ids"]) if value else []
+        raw = tokenizer(value, add_special_tokens=special)["input_ids"] if value else []
+        raw = raw.tolist() if hasattr(raw, "tolist") else list(raw)  # a tensor or array from a tokenizer that batches
+        ids = raw[0] if len(raw) == 1 and isinstance(raw[0], list) else raw  # a batch of one: its row
     elif isinstance(value, torch.Tensor) and value.ndim == 1 and not value.is_floating_point():
         ids = [int(i) for i in value.tolist()]
     elif (
