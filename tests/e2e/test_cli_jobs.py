@@ -327,13 +327,14 @@ BAD: list[tuple[str, Callable[[Files], list[object]], Callable[[Files], str]]] =
         lambda f: [
             "compare",
             "--config",
-            toml(f, "c.toml", 'methods = ["saliency"]\nbogus = 1\nalso-bad = "x"\n'),
+            toml(f, "c.toml", 'methods = ["saliency"]\nbogus = 1\nalso-bad = "x"\nmetrix = ["deletion"]\n'),
             "--model",
             f.spec,
             f.x,
         ],
         lambda f: (
-            f"Error: --config: config '{f.tmp / 'c.toml'}' has unknown keys: 'bogus', 'also-bad'; allowed keys: "
+            f"Error: --config: config '{f.tmp / 'c.toml'}' has unknown keys: 'bogus', 'also-bad', 'metrix' (did you "
+            "mean 'metrics'?); allowed keys: "
             "backend, batch_size, budget, device, inputs, label_column, limit, methods, metric_options, metrics, model, "
             "options, out, ray_address, seed, shard_size, target, weights (dashes or underscores)."
         ),

@@ -28,6 +28,7 @@ import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Any, TypeGuard
 
@@ -1287,8 +1288,17 @@ def load_config(path: str | os.PathLike[str], *, allowed: Mapping[str, type | tu
         normalised[norm] = (key, value)
     unknown = [original for norm, (original, _) in normalised.items() if norm not in expected]
     if unknown:
+        named = [
+            repr(k)
+            + (
+                f" (did you mean {close[0]!r}?)"
+                if (close := get_close_matches(k.replace("-", "_"), expected, n=1))
+                else ""
+            )
+            for k in unknown
+        ]
         raise InvalidParameterError(
-            f"config {where} has unknown keys: {', '.join(repr(k) for k in unknown)}; allowed keys: "
+            f"config {where} has unknown keys: {', '.join(named)}; allowed keys: "
             f"{', '.join(sorted(expected)) or '(none)'} (dashes or underscores)."
         )
     tables = sorted(k for k, types in expected.items() if dict in types)
