@@ -76,15 +76,7 @@ class Explanation:
                 meta[k] = v[idx]
             else:
                 meta[k] = v
-        options = {  # per-row fills, baselines and feature maps (a text batch's) follow their rows
-            k: v[idx]
-            if k in _ROW_OPTIONS
-            and isinstance(v, torch.Tensor)
-            and v.ndim == self.attributions.ndim
-            and v.shape[0] == n
-            else v
-            for k, v in self.options.items()
-        }
+        options = row_options(self, idx)  # per-row fills, baselines and feature maps (a text batch's) follow their rows
         return Explanation(self.attributions[idx], self.target[idx], self.method, dict(self.params), meta, options)
 
     def to_map(self, reduce: str = "sum") -> torch.Tensor:
@@ -198,6 +190,22 @@ class Explanation:
             meta=meta,
             options={k[7:]: v for k, v in tensors.items() if k.startswith("option.")},
         )
+
+
+def row_options(
+    explanation: Explanation, rows: slice | torch.Tensor, *, keep: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``explanation.options`` for some of its rows: a fill, baseline, feature or region tensor with one entry per
+    row (as many rows as the explanation and as many dimensions as its attributions: a text batch's) indexed by
+    ``rows``; every other option, and any named in ``keep``, as it is."""
+    n, ndim = len(explanation), explanation.attributions.ndim
+    out = {}
+    for k, v in explanation.options.items():
+        per_row = k in _ROW_OPTIONS and isinstance(v, torch.Tensor) and v.ndim == ndim and v.shape[0] == n
+        out[k] = (
+            v[rows.to(v.device) if isinstance(rows, torch.Tensor) else rows] if per_row and k not in (keep or {}) else v
+        )
+    return out
 
 
 def _jsonable(obj: Any, where: str) -> Any:

@@ -267,6 +267,12 @@ def test_metrics_that_re_run_the_method_take_a_text_explanation(clf: object, met
         torch.testing.assert_close(stable.scores, torch.ones(2, dtype=torch.float64))
     other = whybox.evaluate(clf, x, out.explanation, "random_logit")
     assert other.meta["similarity"] == "spearman" and bool(torch.isfinite(other.scores).all())
+    if method != "lime":
+        # max-sensitivity re-explains (row, draw) pairs in chunks that mix rows: each gets its own row's options, so
+        # zero perturbations give exactly the explanation back
+        zero = torch.zeros(2, *x.shape[1:], dtype=x.dtype)
+        sens = whybox.evaluate(clf, x, out.explanation, "max_sensitivity", n_samples=2, deltas=zero, batch_size=3)
+        torch.testing.assert_close(sens.scores, torch.zeros(2, dtype=torch.float64), rtol=0, atol=1e-9)
     # one row of the explanation carries its row of the per-row options (fill, features, baseline)
     one = whybox.evaluate(clf, x[1:], out.explanation[1], "random_logit", other_class=other.meta["other_class"][1:])
     torch.testing.assert_close(one.scores, other.scores[1:])

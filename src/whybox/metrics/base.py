@@ -20,13 +20,13 @@ import inspect
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
 
 from whybox.errors import InvalidInputError, InvalidParameterError, InvalidTargetError, did_you_mean
-from whybox.explanation import Explanation
+from whybox.explanation import Explanation, row_options
 from whybox.masking.engine import MaskingEngine, check_batch_size, resolve_batch_size
 from whybox.masking.features import FeatureGroups, pixels
 from whybox.models._guard import MODES
@@ -56,8 +56,15 @@ __all__ = [
     "trapezoid",
 ]
 
-# (adapter (the user's, or a randomised copy), inputs (n, *S), target (n,) ints or a Target, seed) -> Explanation
-ExplainFn = Callable[[Any, torch.Tensor, Any, "int | None"], Explanation]
+
+class ExplainFn(Protocol):
+    """Re-runs a method: (adapter (the user's, or a randomised copy), inputs (n, *S), target (n,) ints or a Target,
+    seed, and ``rows`` (n,): which of the explanation's rows the inputs are, so per-row options follow them; None:
+    the inputs are the explanation's rows) -> Explanation."""
+
+    def __call__(
+        self, adapter: Any, x: torch.Tensor, target: Any, seed: int | None, rows: torch.Tensor | None = None
+    ) -> Explanation: ...
 
 
 # ---------------------------------------------------------------------------------------------- the result
@@ -478,7 +485,9 @@ def make_explain_fn(
     if callable(explainer):
         fn = explainer
 
-        def run_callable(adapter: Any, x: torch.Tensor, target: Any, seed: int | None) -> Explanation:
+        def run_callable(
+            adapter: Any, x: torch.Tensor, target: Any, seed: int | None, rows: torch.Tensor | None = None
+        ) -> Explanation:
             t = target.index if isinstance(target, Target) else target
             model = getattr(adapter, "model", adapter)
             with _counting_rows(model, tally):
@@ -521,8 +530,12 @@ def make_explain_fn(
             )
     params.update(extra)
 
-    def run(adapter: Any, x: torch.Tensor, target: Any, seed: int | None) -> Explanation:
+    def run(
+        adapter: Any, x: torch.Tensor, target: Any, seed: int | None, rows: torch.Tensor | None = None
+    ) -> Explanation:
         p = dict(params)
+        if rows is not None and explanation is not None and explanation.method == name:
+            p.update(row_options(explanation, rows, keep=extra))  # a text batch's fill and features, row by row
         if seed is not None:
             p["seed"] = seed
         tgt = target

@@ -272,7 +272,7 @@ class MaxSensitivity(Metric):
             if self.skip_label_change:  # the predicted class of each perturbed input: one more pass of its rows
                 pred[rows, ks] = ctx.engine.forward(xs).argmax(1).cpu()
             tgt = ctx.target.fn if ctx.target.fn is not None else ctx.target.index[rows]
-            att = fn(ctx.adapter, xs, tgt, None).attributions
+            att = fn(ctx.adapter, xs, tgt, None, rows=rows).attributions
             if x.ndim == 4 and att.ndim == 4 and a0.shape[1] == att.shape[2] * att.shape[3] != att[0].numel():
                 att = att.sum(1)  # a channel-pooled explanation (B, 1, H, W): the new maps pooled alike
             att = att.reshape(rows.shape[0], -1).to(torch.float64).cpu()
