@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from whybox.errors import DataFormatError, InvalidInputError, InvalidParameterError, did_you_mean
+from whybox.models.inputs import tensor_option
 
 __all__ = ["Explanation"]
 
@@ -131,10 +132,9 @@ class Explanation:
             "target": self.target.detach().cpu().contiguous(),
         }
         for k, v in self.options.items():  # tensor options; a callable cannot be saved (params describes it)
-            if type(v).__module__.split(".")[0] == "pandas" and hasattr(v, "to_numpy"):
-                v = v.to_numpy()
-            if isinstance(v, torch.Tensor) or type(v).__module__.split(".")[0] == "numpy":
-                tensors[f"option.{k}"] = torch.as_tensor(v).detach().cpu().contiguous()
+            v = tensor_option(v, f"options[{k!r}]")  # a numpy array or pandas Series as the explainer read it
+            if isinstance(v, torch.Tensor):
+                tensors[f"option.{k}"] = v.detach().cpu().contiguous()
         meta_json: dict[str, Any] = {}
         for k, v in self.meta.items():
             if isinstance(v, torch.Tensor):

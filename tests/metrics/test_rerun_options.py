@@ -93,3 +93,14 @@ def test_plain_options_are_not_described() -> None:
     model, x, _ = model_and_rows()
     e = whybox.explain(model, x, "occlusion", fill="mean", window=(2,), stride=[1])
     assert e.options == {} and "described_options" not in e.meta
+
+
+@pytest.mark.parametrize("kind", ["numpy", "pandas"])
+def test_an_array_or_series_fill_is_saved_as_the_tensor_the_explainer_read(kind: str, tmp_path: Path) -> None:
+    pd = pytest.importorskip("pandas")
+    model, x, fill = model_and_rows()
+    given = fill.numpy() if kind == "numpy" else pd.Series(fill.numpy(), index=[f"c{i}" for i in range(F)])
+    e = whybox.explain(model, x, "occlusion", fill=given)
+    back = whybox.Explanation.load(e.save(tmp_path / "e.safetensors"))
+    assert torch.equal(back.options["fill"], fill)
+    assert_zero(sensitivity(model, x, back))
