@@ -122,5 +122,49 @@ def test_relevance_follows_each_row_s_target(clf: Any) -> None:
 
 def test_attention_methods_refuse_models_that_are_not_text_classifiers(make_cnn: Any) -> None:
     for method in ATTENTION:
-        with pytest.raises(InvalidParameterError, match=r"pass a text classifier adapter from whybox.adapt_text"):
+        with pytest.raises(InvalidParameterError, match=r"pass a text adapter from whybox.adapt_text"):
             whybox.explain(make_cnn(), torch.rand(1, 3, 8, 8), method)
+
+
+# ------------------------------------------------------------------------------------ sentence encoders
+def _encoder(clf: Any) -> Any:
+    """The classifier's own BERT body as a mean-pooled sentence encoder scored against two reference sentences."""
+    return whybox.adapt_text(clf.model.bert, clf.tokenizer, kind="embedding", references=["boring plot", "fun story"])
+
+
+@pytest.mark.parametrize("method", ["raw_attention", "attention_rollout"])
+def test_attention_maps_of_an_encoder_are_those_of_the_classifier_built_on_it(clf: Any, method: str) -> None:
+    # the same transformer body, so the same attentions: class-agnostic maps agree whatever reads the output
+    enc = _encoder(clf)
+    e = whybox.explain(enc, enc.encode(TEXTS).inputs, method)
+    assert e.meta["readout"] == "mean"  # the row a mean-pooled encoder reads
+    c, _ = run(clf, TEXTS, method, readout="mean")
+    assert torch.equal(e.attributions, c.attributions)
+
+
+def test_relevance_of_an_encoder_weights_heads_by_the_gradient_of_the_similarity(clf: Any) -> None:
+    from whybox.explainers.attention import gradient_weighted_relevance, readout
+
+    enc = _encoder(clf)
+    batch = enc.encode(TEXTS)
+    for target in (0, 1):
+        e = whybox.explain(enc, batch.inputs, "attention_relevance", target=target)
+        # oracle: the cosine similarity to reference `target`, differentiated by hand through the eager encoder
+        bert, mask = clf.model.bert, batch.attention_mask
+        before = bert.config._attn_implementation
+        bert.config._attn_implementation = "eager"
+        try:
+            out = bert(inputs_embeds=batch.inputs[..., :-1], attention_mask=mask, output_attentions=True)
+        finally:
+            bert.config._attn_implementation = before
+        m = mask.to(out.last_hidden_state.dtype).unsqueeze(-1)
+        u = (out.last_hidden_state * m).sum(1) / m.sum(1)
+        sim = torch.nn.functional.cosine_similarity(u, enc.references[target].unsqueeze(0), dim=-1)
+        grads = torch.autograd.grad(sim.sum(), out.attentions)
+        r = gradient_weighted_relevance([a.detach() for a in out.attentions], list(grads))
+        expected = readout(r, "mean", mask=mask) * mask
+        assert torch.allclose(e.attributions[..., 0], expected, atol=1e-12)
+        assert e.meta["n_forward"] == 3 and e.meta["n_backward"] == 3
+    e0 = whybox.explain(enc, batch.inputs, "attention_relevance", target=0)
+    e1 = whybox.explain(enc, batch.inputs, "attention_relevance", target=1)
+    assert not torch.allclose(e0.attributions, e1.attributions)

@@ -210,7 +210,10 @@ class EmbeddingAdapter(TorchAdapter):
         return emb
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
-        emb = self.embed(x)
+        return self.similarities(self.embed(x))
+
+    def similarities(self, emb: torch.Tensor) -> torch.Tensor:
+        """Scores ``(B, K)`` of embeddings ``(B, D)``: their similarity to the references, times ``scale``."""
         refs = self.references.to(device=emb.device, dtype=emb.dtype)
         if refs.shape[1] != emb.shape[1]:
             raise ModelOutputError(

@@ -299,14 +299,17 @@ class TextEncoderAdapter(_TextMixin, EmbeddingAdapter):
         self.max_length = int(max_length)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        out = self._call(x)
-        h = getattr(out, "last_hidden_state", None)
+        return self.pool(self._call(x), (x[..., -1] > 0.5).to(torch.long))
+
+    def pool(self, output: Any, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The sentence embeddings ``(B, D)`` of the encoder's ``output`` (its ``last_hidden_state``)."""
+        h = getattr(output, "last_hidden_state", None)
         if h is None:
-            raise ModelOutputError(f"the encoder returned {type(out).__name__} without last_hidden_state.")
+            raise ModelOutputError(f"the encoder returned {type(output).__name__} without last_hidden_state.")
         if self.pooling == "cls":
             u = h[:, 0]
         else:  # sentence-transformers mean pooling over attended tokens (CLS and SEP included)
-            m = (x[..., -1] > 0.5).to(h.dtype).unsqueeze(-1)
+            m = attention_mask.to(h.dtype).unsqueeze(-1)
             u = (h * m).sum(1) / m.sum(1).clamp_min(1e-9)
         return torch.nn.functional.normalize(u, dim=-1) if self.normalize else u
 

@@ -9,7 +9,7 @@ afterwards, errors included. ``transformers`` is never imported here: the model 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
@@ -120,7 +120,12 @@ def _attentions(output: Any, model: nn.Module) -> list[torch.Tensor]:
 
 
 def collect_attentions(
-    model: nn.Module, *, target: TargetLike = None, with_grads: bool = True, **model_inputs: Any
+    model: nn.Module,
+    *,
+    target: TargetLike = None,
+    with_grads: bool = True,
+    scores: Callable[[Any], torch.Tensor] | None = None,
+    **model_inputs: Any,
 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor] | None]:
     """One forward pass (and one backward) of a Hugging Face model: logits, attentions and ``∇A``.
 
@@ -143,6 +148,9 @@ def collect_attentions(
         predicted class of each row (the argmax of this very forward pass).
     with_grads
         Whether to compute ``∇A`` (one backward pass); without it, no graph is built.
+    scores
+        How to read the ``(B, K)`` scores from the model's output, for a model without a sequence-level head
+        (a sentence encoder: pooled embeddings' similarity to references). Default: the output's ``.logits``.
     **model_inputs
         Passed to ``model(...)``: ``input_ids``/``inputs_embeds``, ``attention_mask``, ``token_type_ids``,
         ``pixel_values``, ...
@@ -182,7 +190,7 @@ def collect_attentions(
         if with_grads:
             inputs = _differentiable_inputs(model, inputs)
         output = model(**inputs, output_attentions=True, return_dict=True)
-        logits = _logits(output)
+        logits = _logits(output if scores is None else scores(output))
         attentions = _attentions(output, model)
         resolved = resolve_target(target, logits.detach())
         if not with_grads:

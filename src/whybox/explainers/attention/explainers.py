@@ -4,7 +4,9 @@
 They take the packed inputs of a :class:`~whybox.models.text.TextClassifierAdapter` (``(B, T, D + 1)``: word
 embeddings and the attention mask), run the Hugging Face model once under eager attention
 (:func:`~whybox.explainers.attention.collect.collect_attentions`) and read one row of the token-to-token matrix:
-the CLS row by default (``readout="cls"``; ``"mean"`` over attended tokens for mean-pooled models). The
+the CLS row (``readout="cls"``) or the mean over attended tokens (``"mean"``); by default the row the model reads,
+``"mean"`` for a mean-pooled sentence encoder (``adapt_text(..., kind="embedding")``, whose scores, the similarities of
+its pooled embedding to the references, take the place of logits) and ``"cls"`` otherwise. The
 attributions are ``(B, T, 1)``: one value per token (it broadcasts to the inputs), pads 0. Rollout and raw
 attention ignore the target (class-agnostic); relevance weights each head by the gradient of the target logit.
 
@@ -55,17 +57,21 @@ class AttentionExplainer(Explainer):
     input_kinds: ClassVar[tuple[str, ...]] = ("text",)
     with_grads: ClassVar[bool] = False
 
-    def __init__(self, model: Any, *, readout: str = "cls", **kwargs: Any) -> None:
+    def __init__(self, model: Any, *, readout: str | None = None, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
-        from whybox.models.text import TextClassifierAdapter
+        from whybox.models.text import TextClassifierAdapter, TextEncoderAdapter
 
-        self._vision = not isinstance(self.adapter, TextClassifierAdapter) and _patch_size(self.adapter) is not None
-        if not (isinstance(self.adapter, TextClassifierAdapter) or self._vision):
+        text = isinstance(self.adapter, (TextClassifierAdapter, TextEncoderAdapter))
+        self._vision = not text and _patch_size(self.adapter) is not None
+        if not (text or self._vision):
             raise InvalidParameterError(
-                f"{self.name!r} reads a transformer's attention: pass a text classifier adapter from "
-                f"whybox.adapt_text(model, tokenizer), or a Hugging Face vision transformer (a config with "
-                f"patch_size); got {type(self.adapter).__name__}."
+                f"{self.name!r} reads a transformer's attention: pass a text adapter from "
+                f"whybox.adapt_text(model, tokenizer) (a classifier, or kind='embedding' for a sentence encoder), "
+                f"or a Hugging Face vision transformer (a config with patch_size); got {type(self.adapter).__name__}."
             )
+        if readout is None:  # the row the model itself reads: a mean-pooled sentence encoder reads every token
+            mean_pooled = isinstance(self.adapter, TextEncoderAdapter) and self.adapter.pooling == "mean"
+            readout = "mean" if mean_pooled else "cls"
         if readout not in READOUTS:
             raise InvalidParameterError(
                 f"readout must be one of {READOUTS}; got {readout!r}.{did_you_mean(readout, READOUTS)}"
@@ -97,11 +103,16 @@ class AttentionExplainer(Explainer):
                     f"{self.name!r} takes the packed text inputs (B, T, D + 1) of adapter.encode(texts); got "
                     f"{tuple(x.shape)}."
                 )
+            from whybox.models.text import TextEncoderAdapter
+
             mask = (x[..., -1] > 0.5).to(torch.long)
+            encoder = self.adapter if isinstance(self.adapter, TextEncoderAdapter) else None
             logits, attentions, grads = collect_attentions(
                 model,
                 target=target,
                 with_grads=self.with_grads,
+                # a sentence encoder has no head: its scores are the pooled embedding's similarities
+                scores=None if encoder is None else (lambda out: encoder.similarities(encoder.pool(out, mask))),
                 inputs_embeds=x[..., :-1],
                 attention_mask=mask,
             )
