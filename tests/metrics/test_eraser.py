@@ -98,7 +98,7 @@ def test_probabilities_match_a_slow_oracle_from_the_paper() -> None:
         r = _eval(model, x, a, name, target=target, fill=-0.25)
         want = _oracle(model, x, a, target, ERASER_FRACTIONS, -0.25, keep)
         torch.testing.assert_close(r.scores, want, atol=1e-14, rtol=0)
-        assert r.params["score"] == "prob" and r.meta["target"].tolist() == target
+        assert r.params["score"] is None and r.meta["target"].tolist() == target
 
 
 def test_the_exact_contributions_beat_random_orderings() -> None:

@@ -433,16 +433,17 @@ def test_sklearn_model_asked_for_a_cam(method: str) -> None:
 @pytest.mark.parametrize(
     ("call", "space"),
     [
-        (lambda m, x: whybox.explain(m, x, "lime", n_samples=20), "prob"),
-        (lambda m, x: whybox.explain(m, x, "rise", n_masks=8), "prob"),
+        (lambda m, x: whybox.explain(m, x, "lime", n_samples=20, score="prob"), "prob"),
+        (lambda m, x: whybox.explain(m, x, "rise", n_masks=8, score="prob"), "prob"),
         (lambda m, x: whybox.explain(m, x, "kernel_shap", n_samples=200, score="log_prob"), "log_prob"),
-        (lambda m, x: whybox.evaluate(m, x, "saliency", "deletion"), "prob"),
-        (lambda m, x: whybox.evaluate(m, x, "saliency", "mufidelity", n_samples=4), "prob"),
+        (lambda m, x: whybox.evaluate(m, x, "saliency", "deletion", score="prob"), "prob"),
+        (lambda m, x: whybox.evaluate(m, x, "saliency", "mufidelity", n_samples=4, score="prob"), "prob"),
     ],
 )
 def test_probability_score_on_a_one_output_model(call: Callable[..., Any], space: str) -> None:
     """A softmax over one score is always 1: before, LIME gave all-zero weights (R^2 0) and deletion an AUC of
-    exactly 1 for a regressor. Now every explainer and metric says so and names score='logit'."""
+    exactly 1 for a regressor. A probability asked for by name is an error that names score='logit' (the
+    default, None, reads the raw score there: the next tests)."""
     model, x = nn.Sequential(nn.Flatten(), nn.Linear(3 * 6 * 6, 1)), torch.rand(2, 3, 6, 6)
     _raises(
         InvalidParameterError,
@@ -453,17 +454,40 @@ def test_probability_score_on_a_one_output_model(call: Callable[..., Any], space
     )
 
 
-def test_a_regressor_explained_with_the_raw_score_gets_its_linear_terms() -> None:
-    """The fix the error names works: LIME with score='logit' on a linear regressor, with the column means as the
-    fill, recovers each column's term coef_j (x_j - mean_j) (the exact Shapley values of a linear model)."""
+@pytest.mark.parametrize("score", [None, "logit"])
+def test_a_regressor_explained_with_the_raw_score_gets_its_linear_terms(score: str | None) -> None:
+    """LIME on a linear regressor, by default (which reads a one-output model's raw score, as lime's regression
+    mode) and with the score='logit' the error names, with the column means as the fill, recovers each column's
+    term coef_j (x_j - mean_j) (the exact Shapley values of a linear model)."""
     from sklearn.linear_model import Ridge
 
     gen = np.random.default_rng(0)
     xs = gen.normal(size=(200, 5))
     ridge = Ridge().fit(xs, xs @ np.array([3.0, -2.0, 0.5, 0.0, 1.0]) + 0.1 * gen.normal(size=200))
-    e = whybox.explain(ridge, xs[:3], "lime", score="logit", n_samples=400, fill=torch.tensor(xs.mean(0)))
+    opts = {} if score is None else {"score": score}
+    e = whybox.explain(ridge, xs[:3], "lime", n_samples=400, fill=torch.tensor(xs.mean(0)), **opts)
     terms = torch.from_numpy(ridge.coef_ * (xs[:3] - xs.mean(0)))
     torch.testing.assert_close(e.attributions.double(), terms, atol=0.03 * float(terms.abs().max()), rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("method", "metric"), [("lime", "deletion"), ("rise", "insertion"), ("lima", "mufidelity"), ("lime", "road")]
+)
+def test_the_default_score_is_the_probability_or_a_one_output_model_s_raw_score(method: str, metric: str) -> None:
+    """score=None (the default of LIME, RISE, LIMA and every metric) is score='prob' on a model with several outputs
+    and score='logit' on a model with one, bit for bit."""
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    fast = {"lime": {"n_samples": 30}, "rise": {"n_masks": 16}, "lima": {"regions": "grid", "n_regions": 4}}[method]
+    extra = {"mufidelity": {"n_samples": 8}, "road": {"fractions": (0.25, 0.5)}}.get(metric, {})
+    for k, named in ((1, "logit"), (3, "prob")):
+        torch.manual_seed(k)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, k)).double()
+        e = whybox.explain(model, x.double(), method, **fast)
+        e_named = whybox.explain(model, x.double(), method, score=named, **fast)
+        assert e.params["score"] is None and torch.equal(e.attributions, e_named.attributions)
+        r = whybox.evaluate(model, x.double(), e, metric, **extra)
+        r_named = whybox.evaluate(model, x.double(), e, metric, score=named, **extra)
+        assert torch.equal(r.scores, r_named.scores), (k, metric)
 
 
 def test_a_baseline_that_does_not_fit_is_named_baseline(model: nn.Module, x: torch.Tensor) -> None:

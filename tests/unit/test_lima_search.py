@@ -537,14 +537,18 @@ def test_over_budget_requests_are_refused_with_the_estimate() -> None:
     assert e.meta["n_forward"] <= 5000
 
 
-def test_one_output_models_need_the_raw_score() -> None:
+def test_one_output_models_read_the_raw_score() -> None:
+    """A probability named on a one-output model is an error (its softmax is 1); the default reads the raw score,
+    the same search as score='logit'."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(300, 1)).double().eval()
     x = images(b=1)
     with pytest.raises(InvalidParameterError, match=r"K = 1 score per row.*score='logit'"):
-        whybox.explain(model, x, "lima", regions=irregular_labels())
+        whybox.explain(model, x, "lima", regions=irregular_labels(), score="prob")
     e = whybox.explain(model, x, "lima", regions=irregular_labels(), score="logit")
     assert e.meta["finite"] == [True]
+    default = whybox.explain(model, x, "lima", regions=irregular_labels())
+    assert torch.equal(default.attributions, e.attributions) and torch.equal(default.meta["order"], e.meta["order"])
 
 
 # ---------------------------------------------------------------------------------------------- predictive

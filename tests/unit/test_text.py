@@ -174,16 +174,16 @@ def test_sentence_encoder_scores_cosine_to_the_reference() -> None:
 
 @pytest.mark.parametrize("method", ["lime", "lima"])
 def test_an_encoder_with_one_reference_explains_the_similarity(method: str) -> None:
-    """One reference sentence gives one score a row, whose softmax is 1 whatever the words: explain_text reads the
-    similarity itself (the same as score='logit'), where LIME used to return zeros; score='prob' given explicitly
-    is still the error that says why."""
+    """One reference sentence gives one score a row, whose softmax is 1 whatever the words: the default score (None)
+    reads the similarity itself (the same as score='logit'), where LIME used to return zeros; score='prob' given
+    explicitly is still the error that says why."""
     from whybox.models.text import explain_text
 
     enc = adapt_text(tiny_bert("encoder"), toy_tokenizer(), kind="embedding", references="the movie was great")
     opts = {"n_samples": 40} if method == "lime" else {}
     auto = explain_text(enc, ["the movie was boring"], method, **opts)
     given = explain_text(enc, ["the movie was boring"], method, score="logit", **opts)
-    assert auto.explanation.params["score"] == "logit"
+    assert auto.explanation.params["score"] is None
     torch.testing.assert_close(auto.explanation.attributions, given.explanation.attributions)
     assert float(auto.explanation.attributions.abs().max()) > 0
     with pytest.raises(InvalidParameterError, match=r"score='prob' needs a model with several outputs"):

@@ -52,7 +52,8 @@ class Explainer:
 
     Options every explainer takes: ``batch_size`` (model input rows per call; ``None``, the default, is 64 for a
     torch model and 4,096 for a scikit-learn estimator, whose calls cost far more than its small rows), ``mode``
-    (``"eval"`` or ``"as_is"``), ``score`` (``"logit"``, ``"prob"`` or ``"log_prob"``; defaults differ by method)
+    (``"eval"`` or ``"as_is"``), ``score`` (``"logit"``, ``"prob"``, ``"log_prob"``, or ``None``: ``"prob"``, the raw
+    score where the model has one output; defaults differ by method)
     and ``seed``.
     """
 
@@ -68,14 +69,14 @@ class Explainer:
         *,
         batch_size: int | None = None,
         mode: str = "eval",
-        score: str = "logit",
+        score: str | None = "logit",
         seed: int | None = 0,
     ) -> None:
         self.adapter: ModelAdapter = adapt(model)
         self.batch_size = resolve_batch_size(batch_size, self.adapter)
         if mode not in MODES:
             raise InvalidParameterError(f"mode must be one of {MODES}; got {mode!r}.{did_you_mean(mode, MODES)}")
-        if score not in SCORE_SPACES:
+        if score is not None and score not in SCORE_SPACES:
             raise InvalidParameterError(
                 f"score must be one of {SCORE_SPACES}; got {score!r}.{did_you_mean(score, SCORE_SPACES)}"
             )

@@ -238,7 +238,7 @@ class MaskingEngine:
         fill: FillSource,
         target: Target,
         groups: FeatureGroups | None = None,
-        score: str = "logit",
+        score: str | None = "logit",
         on_scores: ScoresHook | None = None,
         prefetch: bool = False,
         live: torch.Tensor | None = None,
@@ -263,7 +263,7 @@ class MaskingEngine:
         target
             The resolved target (row ``i`` is scored on its own class).
         score
-            ``"logit"``, ``"prob"`` or ``"log_prob"``.
+            ``"logit"``, ``"prob"``, ``"log_prob"`` or ``None`` (``"prob"``, the raw score where K = 1).
         on_scores
             Optional callback ``(raw_scores (n, K), rows (n,), ks (n,))`` called once per chunk with the model's
             raw scores, for callers that need more than the target score (e.g. the predicted class).

@@ -664,7 +664,8 @@ class Metric:
     Parameters
     ----------
     score
-        Score space of the target: ``"prob"`` (softmax probability, the default), ``"logit"`` or ``"log_prob"``.
+        Score space of the target: ``"prob"`` (softmax probability), ``"logit"`` or ``"log_prob"``; ``None`` (the
+        default) is ``"prob"``, or ``"logit"`` (the raw score) on a model with one output, such as a regressor.
         For a scikit-learn model's ``predict_proba``, ``"prob"`` is its own probabilities (not a softmax of them)
         and ``"logit"`` reads them as they are too (:func:`~whybox.models.adapter.scoring_adapter`).
     seed
@@ -687,9 +688,9 @@ class Metric:
     reads_clean: ClassVar[bool] = True
 
     def __init__(
-        self, *, score: str = "prob", seed: int = 0, batch_size: int | None = None, mode: str = "eval"
+        self, *, score: str | None = None, seed: int = 0, batch_size: int | None = None, mode: str = "eval"
     ) -> None:
-        self.score = check_choice("score", score, SCORE_SPACES)
+        self.score = None if score is None else check_choice("score", score, SCORE_SPACES)
         self.seed = _check_seed(seed)
         self.batch_size = None if batch_size is None else check_batch_size(batch_size)
         self.mode = check_choice("mode", mode, MODES)

@@ -316,9 +316,9 @@ class ProbabilityScores(ModelAdapter):
         return self.inner.dtype
 
 
-def scoring_adapter(adapter: ModelAdapter, score: str) -> ModelAdapter:
+def scoring_adapter(adapter: ModelAdapter, score: str | None) -> ModelAdapter:
     """The adapter whose raw scores ``score`` maps (:func:`~whybox.models.targets.apply_score_space`): for a
-    scikit-learn classifier's ``predict_proba`` and ``score`` ``"prob"`` or ``"log_prob"`` its log-probabilities
+    scikit-learn classifier's ``predict_proba`` and ``score`` ``"prob"``, ``None`` or ``"log_prob"`` its log-probabilities
     (the softmax of probabilities is not them: ``[1.0, 0.0]`` would read as ``[0.73, 0.27]``); ``"logit"`` keeps the
     model's own outputs, the probabilities, as shap's KernelExplainer and lime read them. Any other adapter as is."""
     if score != "logit" and isinstance(adapter, SklearnAdapter) and adapter.method_name == "predict_proba":

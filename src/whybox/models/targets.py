@@ -10,7 +10,15 @@ import torch
 
 from whybox.errors import InvalidParameterError, InvalidTargetError, did_you_mean
 
-__all__ = ["SCORE_SPACES", "Target", "TargetLike", "apply_score_space", "class_label_target", "resolve_target"]
+__all__ = [
+    "SCORE_SPACES",
+    "Target",
+    "TargetLike",
+    "apply_score_space",
+    "class_label_target",
+    "resolve_score",
+    "resolve_target",
+]
 
 TargetLike = int | Sequence[int] | torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None
 SCORE_SPACES = ("logit", "prob", "log_prob")
@@ -41,12 +49,23 @@ def class_label_target(model: object, target: Any) -> Any:
     return target
 
 
-def apply_score_space(scores: torch.Tensor, space: str) -> torch.Tensor:
+def resolve_score(space: str | None, n_outputs: int) -> str:
+    """The score space ``None`` stands for: ``"prob"``, or ``"logit"`` (the raw score) on a model with one output
+    (a regressor, a binary classifier's single logit, one reference embedding), whose softmax is always 1. A named
+    space is returned as it is."""
+    if space is None:
+        return "logit" if n_outputs == 1 else "prob"
+    return space
+
+
+def apply_score_space(scores: torch.Tensor, space: str | None) -> torch.Tensor:
     """Map raw model scores (B, K) into the score space an explainer reads.
 
-    ``"prob"`` and ``"log_prob"`` on a model with one output (K = 1: a regressor, a binary classifier's single
-    logit, one reference embedding) are an error: a softmax over one score is always 1, so every perturbation would
-    look like it changes nothing."""
+    ``None`` is the probability where the model has several outputs and the raw score where it has one
+    (:func:`resolve_score`). ``"prob"`` and ``"log_prob"`` named on a model with one output (K = 1) are an error:
+    a softmax over one score is always 1, so every perturbation would look like it changes nothing."""
+    if space is None:
+        space = resolve_score(space, int(scores.shape[-1]) if scores.ndim >= 1 else 1)
     if space == "logit":
         return scores
     if space in ("prob", "log_prob") and scores.ndim >= 1 and scores.shape[-1] == 1:

@@ -425,14 +425,12 @@ def explain_text(
     """Explain ``texts`` with ``method`` through ``adapter`` (from :func:`adapt_text`): tokenise, fill in the text
     options (:func:`text_defaults`; ``params`` win), explain, reduce to tokens and words (``sum`` over
     subwords for gradient methods; one value per word for perturbation methods). For an encoder with one reference
-    sentence the score is the similarity itself (``score="logit"``, unless ``params`` set it): a probability over one
-    reference would be 1 whatever the words."""
+    sentence the score is the similarity itself: ``score=None``, every method's default where it is not ``"logit"``,
+    reads the raw score of a one-output model (a probability over one reference would be 1 whatever the words)."""
     from whybox.api import explain
 
     batch = adapter.encode(texts)
     opts = {**text_defaults(method, batch, replace=replace), **params}
-    if isinstance(adapter, EmbeddingAdapter) and adapter.references.shape[0] == 1 and "score" not in params:
-        opts["score"] = "logit"  # one reference sentence: its similarity is the score (a softmax over it is 1)
     e = explain(adapter, batch.inputs, method, target=target, **opts)
     grad = _per_element(method)
     words = batch.word_attributions(e, how="sum" if grad else "mean")

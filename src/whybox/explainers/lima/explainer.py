@@ -15,7 +15,7 @@ from whybox.explainers.lima.search import SEARCHES, SearchOptions, SearchResult
 from whybox.explainers.perturbation._common import F64, PerturbationExplainer, _check_int
 from whybox.masking.engine import MaskingEngine
 from whybox.masking.fills import FillLike
-from whybox.models.targets import Target, TargetLike, apply_score_space, resolve_target
+from whybox.models.targets import Target, TargetLike, apply_score_space, resolve_score, resolve_target
 from whybox.registry import EXPLAINERS
 
 __all__ = ["MAPS", "Lima", "gain_values", "rank_values"]
@@ -124,7 +124,8 @@ class Lima(PerturbationExplainer):
         number, a tensor or a callable.
     score
         ``"prob"`` (p_c = softmax probability, the spec) or ``"logit"`` (p_c = the raw score: for a model with
-        one output, e.g. an embedding adapter with one target embedding).
+        one output, e.g. an embedding adapter with one target embedding or a regressor); ``None`` (the default):
+        ``"prob"``, or ``"logit"`` where the model has one output.
     max_evaluations
         Requests whose pass count bound (see below) exceeds it are refused before any model call.
 
@@ -179,7 +180,7 @@ class Lima(PerturbationExplainer):
         slack: float = 0.0,
         ties: float = 0.0,
         fill: FillLike = "zero",
-        score: str = "prob",
+        score: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(model, fill=fill, score=score, **kwargs)
@@ -230,7 +231,7 @@ class Lima(PerturbationExplainer):
         _check_int("n_predicted", n_predicted)
         if isinstance(n_refresh, bool) or not isinstance(n_refresh, int) or n_refresh < 0:
             raise InvalidParameterError(f"n_refresh must be an int >= 0; got {n_refresh!r}.")
-        if score not in SCORES:
+        if score is not None and score not in SCORES:
             raise InvalidParameterError(
                 f"score must be one of {SCORES} for 'lima' (p_c is a probability, or the raw score of a one-output "
                 f"model); got {score!r}."
@@ -368,7 +369,8 @@ class Lima(PerturbationExplainer):
         fills = self._fills(x)
         raw_x = engine.forward(x)
         tgt = resolve_target(target, raw_x)
-        apply_score_space(raw_x[:1], self.score)  # K = 1 with score='prob' is an error before the fill's pass
+        score = resolve_score(self.score, raw_x.shape[-1])
+        apply_score_space(raw_x[:1], score)  # K = 1 with score='prob' is an error before the fill's pass
         raw_fill = engine.forward(fills)
         if region_map is None:
             region_map = self._prior_regions(x, tgt, engine, n_backward)
@@ -380,7 +382,7 @@ class Lima(PerturbationExplainer):
             region_map.n_regions,
             tgt,
             self._weights,
-            self.score,
+            score,
             raw_x,
             raw_fill,
         )

@@ -17,8 +17,8 @@ Default weights are LiMA's for classifiers: cons 20, colla 5, conf 0.01, eff 0 (
 eff 0.01; s_eff grows with |S|, so it needs a tiny weight, and costs N extra passes). The ICLR paper used
 all weights 1 on CUB. For an embedding adapter the "class scores" are its similarities to the references
 (``scale * cos``): give it ``scale=100`` to get the spec's softmax over 100 cos(image, class texts); with a
-single reference (K = 1) pass ``score="logit"`` so that p_c is the similarity itself (a softmax over one
-score is always 1).
+single reference (K = 1) p_c is the similarity itself (``score="logit"``, which the default ``None`` becomes
+there: a softmax over one score is always 1).
 
 F is argued to be submodular in the paper; for real networks that is an assumption, so no approximation
 bound is promised here.

@@ -188,7 +188,8 @@ class Lime(RegionExplainer):
         See :class:`RegionExplainer`; ``"auto"`` = SLIC superpixels on images (``"quickshift"`` gives
         lime_image's own segmentation, which finds a single segment on very small images).
     score
-        ``"prob"`` (the paper's) by default.
+        ``None`` (the default): the softmax probability (``"prob"``, the paper's), or the raw score of a model with
+        one output (a regressor, as lime's ``mode="regression"``).
 
     Shapes
     ------
@@ -216,7 +217,7 @@ class Lime(RegionExplainer):
         surrogate: str = "ridge",
         alpha: float | None = None,
         fill: FillLike = "auto",
-        score: str = "prob",
+        score: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(model, fill=fill, score=score, **kwargs)

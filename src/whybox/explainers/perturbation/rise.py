@@ -72,7 +72,8 @@ class Rise(PerturbationExplainer):
     fill
         What a masked pixel moves towards: ``fill + M (x - fill)``; zero (the paper) by default.
     score
-        ``"prob"`` (softmax probability, the authors' setting; maps are then non-negative) by default.
+        ``None`` (the default): the softmax probability (``"prob"``, the authors' setting; maps are then
+        non-negative), or the raw score of a model with one output.
 
     Masks are the same for every row (one seeded draw), made per chunk of ``batch_size``, never all at once.
 
@@ -95,7 +96,7 @@ class Rise(PerturbationExplainer):
         n_masks: int = 4000,
         grid_size: int = 7,
         p_keep: float = 0.5,
-        score: str = "prob",
+        score: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(model, score=score, **kwargs)
