@@ -89,6 +89,17 @@ def build():
     return LogisticRegression(max_iter=500).fit(x, y)
 """
 
+RIDGE_PY = """
+import numpy as np
+from sklearn.linear_model import Ridge
+
+
+def build():
+    gen = np.random.default_rng(0)
+    x = gen.normal(size=(200, 3))
+    return Ridge().fit(x, x @ np.array([3.0, -2.0, 0.5]) + 10.0)
+"""
+
 
 # ---------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
@@ -573,6 +584,49 @@ def test_explain_on_a_csv_with_a_scikit_learn_factory_prints_the_top_features(ru
         assert [name for name, _ in printed] == [columns[j] for j in torch.argsort(a.abs(), descending=True)]
         for name, value in printed:
             assert float(value) == pytest.approx(float(a[columns.index(name)]), rel=1e-2, abs=1e-6)
+
+
+def test_a_scikit_learn_regressor_is_explained_evaluated_and_compared_by_its_output(
+    runner: CliRunner, files: Files
+) -> None:
+    """A regressor from a factory (it used to be refused for lacking predict_proba): its one output is what every
+    method and metric reads (score=None: the raw output of a one-output model), the lines print that output, and
+    --label-column drops the target column (blank or fractional cells included) without reading it as classes."""
+    (files.tmp / "ridge.py").write_text(RIDGE_PY)
+    spec = f"{files.tmp / 'ridge.py'}:build"
+    rows = np.array([[1.0, 0.5, -1.0], [-0.5, 2.0, 0.0], [0.0, 0.0, 3.0]])
+    csv = files.tmp / "rows.csv"
+    csv.write_text(
+        "a,y,b,c\n"
+        + "".join(f"{r[0]!r},{y},{r[1]!r},{r[2]!r}\n" for r, y in zip(rows.tolist(), ["1.5", "", "7"], strict=True))
+    )
+    out = files.tmp / "e"
+    fill = "--option=fill=zero"
+    result = invoke(runner, ["explain", "--model", spec, csv, "--label-column", "y", "--method", "lime", fill,
+                             "--out", out])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    model = load_model(spec).module
+    saved = whybox.Explanation.load(out / "explanation.safetensors")
+    assert saved.meta["feature_names"] == ["a", "b", "c"] and saved.params["score"] is None
+    terms = torch.from_numpy(model.coef_ * rows)  # a linear model's exact attributions against the zero row
+    torch.testing.assert_close(saved.attributions.double(), terms, atol=0.03 * float(terms.abs().max()), rtol=0)
+    for i, value in enumerate(model.predict(rows)):
+        assert f"  rows-{i}: output {value:.6g}; top features: " in result.stdout
+    result = invoke(runner, ["evaluate", "--model", spec, csv, "--label-column", "y", "--method", "kernel_shap",
+                             "--metrics", "deletion", "--json", files.tmp / "s.json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    scores = json.loads((files.tmp / "s.json").read_text())
+    e = whybox.explain(model, torch.tensor(rows, dtype=torch.float32), "kernel_shap", batch_size=4096)
+    direct = whybox.evaluate(model, torch.tensor(rows, dtype=torch.float32), e, "deletion", score="logit")
+    assert scores["metrics"]["deletion"]["scores"] == pytest.approx(direct.scores.tolist(), rel=1e-12)
+    result = invoke(runner, ["compare", "--model", spec, csv, "--label-column", "y", "--methods", "lime,occlusion",
+                             "--metrics", "insertion", "--out", files.tmp / "run"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (files.tmp / "run" / "report.html").is_file()
+    result = invoke(runner, ["explain", "--model", spec, csv, "--label-column", "y", "--method", "lime", "--target",
+                             "label", "--out", out])  # fmt: skip
+    assert result.exit_code == 2
+    assert "--target label explains each input's true class, but Ridge is a regressor" in result.output
 
 
 def test_device_auto_on_a_machine_without_a_gpu_gives_the_cpu_run(runner: CliRunner, files: Files) -> None:

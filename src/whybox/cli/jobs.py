@@ -246,11 +246,18 @@ def _load(params: dict[str, Any]) -> tuple[Any, Any]:
     return lm, ds
 
 
-def _target(spec: str | None, ds: Any, names: list[str] | None = None) -> Any:
+def _target(spec: str | None, ds: Any, names: list[str] | None = None, model: Any = None) -> Any:
     """``--target``: None (the prediction), the true labels, a class index, or a class name of the model's
     ``names`` (its labels: ImageNet's for efficientnet-lite0, ``classes_`` of a scikit-learn estimator)."""
     if spec is None or spec == "prediction":
         return None
+    from whybox.runs.loaders import is_regressor_model
+
+    if spec == "label" and model is not None and is_regressor_model(model):
+        raise _fail(
+            f"--target label explains each input's true class, but {type(model).__name__} is a regressor: it has no "
+            "classes, and its one output is explained by default (drop --target)."
+        )
     if spec == "label":
         if ds.labels is None:
             raise _fail(
@@ -367,7 +374,7 @@ def explain_cmd(ctx: click.Context, **params: Any) -> None:
     _split(method, flag="--method", valid=whybox.methods())
     opts = _flag_options(tables, params, "options", scoped=False)
     lm, ds = _load(params)
-    target = _target(params.get("target"), ds, lm.labels)
+    target = _target(params.get("target"), ds, lm.labels, lm.module)
     out_dir = _make_dir(Path(params["out_dir"]), "--out")
     from whybox.api import _options
 
@@ -401,8 +408,7 @@ def explain_cmd(ctx: click.Context, **params: Any) -> None:
     no_overlay: str | None = None
     for i, name in enumerate(ds.names):
         t = int(e.target[i])
-        label = _label_text(lm.labels, t)
-        line = f"  {name}: explained {label!r} (p={float(probs[i, t]):.3f})" if t >= 0 else f"  {name}"
+        line = f"  {name}: {_explained(lm.labels, probs[i], t)}" if t >= 0 else f"  {name}"
         if ds.kind == "image":
             try:
                 shown = lm.display(ds.x[i])
@@ -450,12 +456,11 @@ def _explain_texts(lm: Any, ds: Any, method: str, target: Any, opts: dict[str, A
     rows = []
     for i, name in enumerate(ds.names):
         t = int(e.target[i])
-        label = _label_text(lm.labels, t)
         words = [w for w, _ in out.words[i]]
         values = [v for _, v in out.words[i]]
-        click.echo(f"  {name}: explained {label!r} (p={float(probs[i, t]):.3f})")
+        click.echo(f"  {name}: {_explained(lm.labels, probs[i], t)}")
         click.echo("    " + render_tokens_terminal(words, values, color=color))
-        rows.append((f"{name}: {label} (p={float(probs[i, t]):.3f})", words, values))
+        rows.append((f"{name}: {_explained(lm.labels, probs[i], t, quote=False)}", words, values))
     page = output_path(out_dir, "tokens.html")
     write_text_atomic(page, render_tokens_page(rows, title=f"whybox {method}: {lm.name}"))
     click.echo(f"wrote {out_dir / 'explanation.safetensors'} and {page}")
@@ -474,12 +479,22 @@ def _label_text(labels: list[str] | None, k: int) -> str:
 
 
 def _probabilities(model: Any, x: torch.Tensor) -> torch.Tensor:
+    """Class probabilities ``(B, K)``; a one-output model's (a regressor's) own output ``(B, 1)``."""
     adapter = whybox.adapt(model) if not isinstance(model, whybox.ModelAdapter) else model
     from whybox.models.adapter import SklearnAdapter
 
     with adapter.guard("eval"), torch.no_grad():
         s = adapter.scores(x.to(adapter.device)).detach().to("cpu", torch.float64)
-    return s if isinstance(adapter, SklearnAdapter) else torch.softmax(s, 1)
+    return s if isinstance(adapter, SklearnAdapter) or s.shape[1] == 1 else torch.softmax(s, 1)
+
+
+def _explained(labels: list[str] | None, probs: torch.Tensor, t: int, *, quote: bool = True) -> str:
+    """What a row's explanation is of: ``explained 'cat' (p=0.912)``, or ``output 200.65`` for a one-output model
+    (a regressor, whose output is no class probability)."""
+    if probs.shape[0] == 1:
+        return f"output {float(probs[0]):.6g}"
+    label = _label_text(labels, t)
+    return f"explained {label!r} (p={float(probs[t]):.3f})" if quote else f"{label} (p={float(probs[t]):.3f})"
 
 
 # ---------------------------------------------------------------------------------------------- evaluate
@@ -523,7 +538,7 @@ def evaluate_cmd(ctx: click.Context, **params: Any) -> None:
                 f"--metric-option sets options of {name!r}, which is not in --metrics ({', '.join(metric_names)})."
             )
     lm, ds = _load(params)
-    target = _target(params.get("target"), ds, lm.labels)
+    target = _target(params.get("target"), ds, lm.labels, lm.module)
     from whybox.api import _options
 
     valid = _options(whybox.get_explainer(method))
@@ -668,7 +683,7 @@ def compare_cmd(ctx: click.Context, **params: Any) -> None:
     except WhyboxError as exc:
         raise _fail(str(exc)) from None
     lm, ds = loaded if loaded is not None else _load(params)
-    _target(params["target"], ds, lm.labels)
+    _target(params["target"], ds, lm.labels, lm.module)
     out_dir = Path(params["out_dir"])
     n = len(ds.names)
     click.echo(

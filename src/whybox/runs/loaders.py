@@ -107,7 +107,7 @@ class LoadedModel:
     ----------
     module : torch.nn.Module or estimator
         A ``torch.nn.Module`` in eval mode, or a fitted scikit-learn estimator (anything with
-        ``predict_proba``).
+        ``predict_proba``, ``decision_function`` or ``predict``: a classifier or a regressor).
     name : str
         ``"efficientnet-lite0"``, ``"digits-cnn"``, or the spec string of a file model.
     labels : list of str or None
@@ -319,12 +319,12 @@ def _import_and_call(spec: str, path: Path, name: str) -> Any:
         ) from exc
     if isinstance(model, nn.Module):
         return model
-    if callable(getattr(model, "predict_proba", None)):
+    if any(callable(getattr(model, m, None)) for m in ("predict_proba", "decision_function", "predict")):
         _check_fitted(spec, model)
         return model
     raise InvalidParameterError(
         f"model {spec!r}: {name}() returned a {type(model).__name__}; it must return a torch.nn.Module or a fitted "
-        "estimator with predict_proba (e.g. a scikit-learn classifier)."
+        "estimator with predict_proba, decision_function or predict (a scikit-learn classifier or regressor)."
     )
 
 
@@ -543,7 +543,7 @@ def load_model(
         * ``"path/to/file.py:factory"``: the file is imported by path (under a fresh module name; its
           folder is on ``sys.path`` only while it is imported and the factory runs) and ``factory()``
           is called with no arguments. It must return a ``torch.nn.Module`` or a fitted estimator
-          with ``predict_proba`` (e.g. scikit-learn);
+          with ``predict_proba``, ``decision_function`` or ``predict`` (a scikit-learn classifier or regressor);
         * ``"model.pt"`` (``.pth``, ``.bin``): a pickled full model, only with ``trust_model_file=True``.
     weights : str or path-like, optional
         A state dict for the model: ``.safetensors`` (read with ``safetensors.torch.load_file``) or
@@ -889,7 +889,17 @@ def _load_npz(path: Path, entry: str, rows: int | None) -> _Part:
     return part
 
 
-def _load_csv(path: Path, entry: str, rows: int | None, label_column: str | None) -> _Part:
+def is_regressor_model(module: Any) -> bool:
+    if isinstance(module, nn.Module):
+        return False
+    from sklearn.base import is_regressor
+
+    return bool(is_regressor(module))
+
+
+def _load_csv(
+    path: Path, entry: str, rows: int | None, label_column: str | None, *, class_labels: bool = True
+) -> _Part:
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
@@ -921,6 +931,8 @@ def _load_csv(path: Path, entry: str, rows: int | None, label_column: str | None
                     )
                 row: list[float] = []
                 for j, (name, cell) in enumerate(zip(columns, cells, strict=True)):
+                    if j == label_at and not class_labels:
+                        continue  # a regressor's target column: not a feature, and no class label (may be blank)
                     try:
                         value = float(cell)
                     except ValueError:
@@ -949,7 +961,7 @@ def _load_csv(path: Path, entry: str, rows: int | None, label_column: str | None
     n_features = len(columns) - (label_at is not None)
     x = torch.tensor(np.array(features, dtype=np.float32).reshape(len(features), n_features))
     names = [f"{path.stem}-{i}" for i in range(len(features))]
-    y = torch.tensor(labels, dtype=torch.int64) if label_at is not None else None
+    y = torch.tensor(labels, dtype=torch.int64) if label_at is not None and class_labels else None
     kept = [c for j, c in enumerate(columns) if j != label_at]
     return _Part(f"input {entry!r}", x, names, y, "tabular", kept)
 
@@ -1042,7 +1054,9 @@ def load_inputs(
         Keep only the first ``limit`` rows. Every entry is checked to exist, but entries after the
         limit is reached are not read.
     label_column : str, optional
-        A CSV column holding integer class indices: it becomes ``labels`` and is not a feature.
+        A CSV column holding integer class indices: it becomes ``labels`` and is not a feature. For a
+        scikit-learn regressor it holds the regression targets: left out of the features, not read as labels
+        (a regressor has no classes; its one output is what is explained).
 
     Returns
     -------
@@ -1112,7 +1126,9 @@ def load_inputs(
         elif s.kind == "npz":
             part = _load_npz(s.path, s.entry, remaining)
         else:
-            part = _load_csv(s.path, s.entry, remaining, label_column)
+            part = _load_csv(
+                s.path, s.entry, remaining, label_column, class_labels=not is_regressor_model(model.module)
+            )
         if len(part.x) == 0:
             raise DataFormatError(f"{part.source} holds no rows.")
         parts.append(part)

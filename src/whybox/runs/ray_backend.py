@@ -63,11 +63,7 @@ def _task(
     if before is not None:
         before(unit)
     model = model_or_factory
-    if (
-        not isinstance(model, (ModelAdapter, torch.nn.Module))
-        and callable(model)
-        and not hasattr(model, "predict_proba")
-    ):
+    if not isinstance(model, (ModelAdapter, torch.nn.Module)) and callable(model) and not hasattr(model, "predict"):
         model = model()
         if hasattr(model, "module") and not isinstance(model, torch.nn.Module):  # a LoadedModel from the loaders
             model = model.module

@@ -32,10 +32,13 @@ SANITY_THRESHOLD = 0.5
 STABILITY_THRESHOLD = 0.5
 
 _DESCRIPTIONS = {
-    "deletion": "probability of the class as the most important pixels are removed (area under the curve)",
-    "insertion": "probability of the class as the most important pixels are revealed (area under the curve)",
+    "deletion": "the explained score (the class probability; a one-output model's own output) as the most important "
+    "features are removed (area under the curve)",
+    "insertion": "the explained score (the class probability; a one-output model's own output) as the most important "
+    "features are revealed (area under the curve)",
     "mufidelity": "correlation between attribution sums and output drops over random subsets",
-    "road": "accuracy drop under noisy linear imputation of the top features",
+    "road": "explained score with the least relevant features imputed (noisy linear imputation) minus with the most "
+    "relevant, halved (one order alone: its score), mean over the fractions",
     "infidelity": "squared error between attribution-predicted and actual output changes under noise",
     "max_sensitivity": "largest change of the map under small input noise",
     "sparseness": "Gini index of the attributions",
