@@ -590,7 +590,7 @@ def test_a_scikit_learn_regressor_is_explained_evaluated_and_compared_by_its_out
     runner: CliRunner, files: Files
 ) -> None:
     """A regressor from a factory (it used to be refused for lacking predict_proba): its one output is what every
-    method and metric reads (score=None: the raw output of a one-output model), the lines print that output, and
+    method and metric reads (a regressor's default score is its value, score='logit'), the lines print that output, and
     --label-column drops the target column (blank or fractional cells included) without reading it as classes."""
     (files.tmp / "ridge.py").write_text(RIDGE_PY)
     spec = f"{files.tmp / 'ridge.py'}:build"
@@ -607,7 +607,7 @@ def test_a_scikit_learn_regressor_is_explained_evaluated_and_compared_by_its_out
     assert result.exit_code == 0, result.output
     model = load_model(spec).module
     saved = whybox.Explanation.load(out / "explanation.safetensors")
-    assert saved.meta["feature_names"] == ["a", "b", "c"] and saved.params["score"] is None
+    assert saved.meta["feature_names"] == ["a", "b", "c"] and saved.params["score"] == "logit"
     terms = torch.from_numpy(model.coef_ * rows)  # a linear model's exact attributions against the zero row
     torch.testing.assert_close(saved.attributions.double(), terms, atol=0.03 * float(terms.abs().max()), rtol=0)
     for i, value in enumerate(model.predict(rows)):

@@ -470,6 +470,38 @@ def test_a_regressor_explained_with_the_raw_score_gets_its_linear_terms(score: s
     torch.testing.assert_close(e.attributions.double(), terms, atol=0.03 * float(terms.abs().max()), rtol=0)
 
 
+def test_a_multi_output_regressor_is_explained_by_its_values_never_a_softmax_over_them() -> None:
+    """Two regression targets are two unrelated values: the default score used to softmax them together (no error,
+    since K = 2), so LIME explained exp(y_j) / (exp(y_0) + exp(y_1)). Now each target is its own value: LIME against
+    the zero row recovers coef_jk x_k, a metric reads the value, and a probability named is refused naming predict."""
+    from sklearn.linear_model import LinearRegression
+
+    gen = np.random.default_rng(0)
+    xs = gen.normal(size=(100, 3))
+    ys = xs @ np.array([[3.0, 0.0], [-2.0, 1.0], [0.0, 4.0]])
+    reg = LinearRegression().fit(xs, ys)
+    for j in (0, 1):
+        e = whybox.explain(reg, xs[:3], "lime", target=j, n_samples=400, fill="zero")
+        terms = torch.from_numpy(reg.coef_[j] * xs[:3])
+        torch.testing.assert_close(e.attributions.double(), terms, atol=0.03 * float(terms.abs().max()), rtol=0)
+        assert e.params["score"] == "logit"
+        r = whybox.evaluate(reg, xs[:3], e, "deletion", steps=3, fill="zero")
+        assert r.params["score"] == "logit"
+        pred = reg.predict(xs[:3])[:, j]
+        assert r.curves["y"][:, 0].tolist() == pytest.approx(pred.tolist(), rel=1e-12)  # the unperturbed point
+    for call in (
+        lambda: whybox.explain(reg, xs[:3], "lime", score="prob"),
+        lambda: whybox.evaluate(reg, xs[:3], "kernel_shap", "deletion", score="log_prob"),
+    ):
+        _raises(
+            InvalidParameterError,
+            ValueError,
+            r"score='(log_)?prob' reads class probabilities, but the outputs of LinearRegression are predicted values "
+            r"\(its predict, not predict_proba\): pass score='logit', or leave score out",
+            call,
+        )
+
+
 @pytest.mark.parametrize(
     ("method", "metric"), [("lime", "deletion"), ("rise", "insertion"), ("lima", "mufidelity"), ("lime", "road")]
 )

@@ -13,7 +13,7 @@ from whybox.errors import InvalidInputError, InvalidParameterError, NotDifferent
 from whybox.explanation import Explanation
 from whybox.masking.engine import MaskingEngine, resolve_batch_size
 from whybox.models._guard import MODES, has_train_mode_batchnorm
-from whybox.models.adapter import ModelAdapter, TorchAdapter, adapt, scoring_adapter
+from whybox.models.adapter import ModelAdapter, TorchAdapter, adapt, score_for, scoring_adapter
 from whybox.models.inputs import as_tensor_inputs, check_feature_names
 from whybox.models.targets import (
     SCORE_SPACES,
@@ -83,7 +83,7 @@ class Explainer:
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
             raise InvalidParameterError(f"seed must be a non-negative int or None; got {seed!r}.")
         self.mode = mode
-        self.score = score
+        self.score = score_for(self.adapter, score)  # a regressor's values are read as they are
         self.seed = seed
         if self.needs_grad and not self.adapter.differentiable:
             raise NotDifferentiableError(

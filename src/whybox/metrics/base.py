@@ -30,7 +30,7 @@ from whybox.explanation import Explanation, row_options
 from whybox.masking.engine import MaskingEngine, check_batch_size, resolve_batch_size
 from whybox.masking.features import FeatureGroups, pixels
 from whybox.models._guard import MODES
-from whybox.models.adapter import ModelAdapter, TorchAdapter, adapt, scoring_adapter
+from whybox.models.adapter import ModelAdapter, TorchAdapter, adapt, score_for, scoring_adapter
 from whybox.models.inputs import as_tensor_inputs, check_feature_names, name_list
 from whybox.models.targets import SCORE_SPACES, Target, TargetLike, class_label_target, resolve_target
 
@@ -769,73 +769,81 @@ class Metric:
             target = class_label_target(getattr(adapter, "model", None), target)  # scikit-learn class labels
         elif self.needs_model:
             raise InvalidParameterError(f"metric {self.name!r} needs a model; got model=None.")
-        expl: Explanation | None = None
-        method: str | None = None
-        attributions: torch.Tensor | None = None
-        if isinstance(explanation, str):
-            method = explanation
-            if self.needs_attributions:
-                if adapter is None:
-                    raise InvalidParameterError(
-                        f"explanation={explanation!r} is a method name, which needs a model to explain; pass a model."
-                    )
-                from whybox.api import explain
+        given = self.score
+        if adapter is not None:  # a regressor's values are read as they are (None), or refuse a probability
+            self.score = score_for(adapter, given)
+        try:
+            expl: Explanation | None = None
+            method: str | None = None
+            attributions: torch.Tensor | None = None
+            if isinstance(explanation, str):
+                method = explanation
+                if self.needs_attributions:
+                    if adapter is None:
+                        raise InvalidParameterError(
+                            f"explanation={explanation!r} is a method name, which needs a model to explain; pass a model."
+                        )
+                    from whybox.api import explain
 
-                expl = explain(adapter, inputs, explanation, target=target)
-                attributions = expl.attributions
-        elif isinstance(explanation, Explanation):
-            expl, method, attributions = explanation, explanation.method, explanation.attributions
-            explained = explanation.meta.get("feature_names")
-            if names is not None and explained is not None and list(explained) != names:
+                    expl = explain(adapter, inputs, explanation, target=target)
+                    attributions = expl.attributions
+            elif isinstance(explanation, Explanation):
+                expl, method, attributions = explanation, explanation.method, explanation.attributions
+                explained = explanation.meta.get("feature_names")
+                if names is not None and explained is not None and list(explained) != names:
+                    raise InvalidInputError(
+                        "inputs (a DataFrame) and the explanation name different columns "
+                        f"({name_list(names, 4)} vs {name_list(list(explained), 4)}); evaluate the rows with the columns they were "
+                        "explained with, in that order."
+                    )
+            elif isinstance(explanation, torch.Tensor):
+                attributions = explanation
+            elif isinstance(explanation, np.ndarray):  # e.g. a map from another library (Quantus' a_batch)
+                attributions = _array_attributions(explanation)
+            elif explanation is None and not self.needs_attributions:
+                pass
+            else:
                 raise InvalidInputError(
-                    "inputs (a DataFrame) and the explanation name different columns "
-                    f"({name_list(names, 4)} vs {name_list(list(explained), 4)}); evaluate the rows with the columns they were "
-                    "explained with, in that order."
+                    "explanation must be an Explanation, an attribution tensor or NumPy array (B, ...) or a method name; "
+                    f"got {type(explanation).__name__}."
                 )
-        elif isinstance(explanation, torch.Tensor):
-            attributions = explanation
-        elif isinstance(explanation, np.ndarray):  # e.g. a map from another library (Quantus' a_batch)
-            attributions = _array_attributions(explanation)
-        elif explanation is None and not self.needs_attributions:
-            pass
-        else:
-            raise InvalidInputError(
-                "explanation must be an Explanation, an attribution tensor or NumPy array (B, ...) or a method name; "
-                f"got {type(explanation).__name__}."
-            )
-        if attributions is not None:
-            attributions = self._validate_attributions(attributions, x)
-        if masks is not None:
-            masks = self._validate_masks(masks, x)
-        if labels is not None:
-            labels = torch.as_tensor(labels)
-            if labels.shape != (x.shape[0],) or labels.is_floating_point():
-                raise InvalidParameterError(
-                    f"labels must hold one integer class per row, shape ({x.shape[0]},); got {tuple(labels.shape)}."
-                )
-            labels = labels.to(torch.int64)
-        if adapter is not None:
-            x = x.to(device=adapter.device)
-            if isinstance(adapter, TorchAdapter) and any(p.is_floating_point() for p in adapter.model.parameters()):
-                x = x.to(adapter.dtype)
             if attributions is not None:
-                attributions = attributions.to(x.device)
-        engine = (
-            MaskingEngine(scoring_adapter(adapter, self.score), batch_size=resolve_batch_size(self.batch_size, adapter))
-            if adapter is not None
-            else None
-        )
-        if not self.needs_model or adapter is None or engine is None:
-            tgt0 = self._target_without_model(target, expl, x)
-            ctx = Context(None, x, attributions, tgt0, expl, None, None, masks, labels, method)
-            scores, curves, meta = self._checked_compute(ctx)
-        else:
-            with adapter.guard(self.mode):
-                clean = engine.forward(x) if self._needs_clean(target, expl) else None
-                tgt = self._resolve_target(target, expl, clean, x)
-                ctx = Context(adapter, x, attributions, tgt, expl, engine, clean, masks, labels, method)
+                attributions = self._validate_attributions(attributions, x)
+            if masks is not None:
+                masks = self._validate_masks(masks, x)
+            if labels is not None:
+                labels = torch.as_tensor(labels)
+                if labels.shape != (x.shape[0],) or labels.is_floating_point():
+                    raise InvalidParameterError(
+                        f"labels must hold one integer class per row, shape ({x.shape[0]},); got {tuple(labels.shape)}."
+                    )
+                labels = labels.to(torch.int64)
+            if adapter is not None:
+                x = x.to(device=adapter.device)
+                if isinstance(adapter, TorchAdapter) and any(p.is_floating_point() for p in adapter.model.parameters()):
+                    x = x.to(adapter.dtype)
+                if attributions is not None:
+                    attributions = attributions.to(x.device)
+            engine = (
+                MaskingEngine(
+                    scoring_adapter(adapter, self.score), batch_size=resolve_batch_size(self.batch_size, adapter)
+                )
+                if adapter is not None
+                else None
+            )
+            if not self.needs_model or adapter is None or engine is None:
+                tgt0 = self._target_without_model(target, expl, x)
+                ctx = Context(None, x, attributions, tgt0, expl, None, None, masks, labels, method)
                 scores, curves, meta = self._checked_compute(ctx)
-        return self._result(ctx, scores, curves, meta, engine)
+            else:
+                with adapter.guard(self.mode):
+                    clean = engine.forward(x) if self._needs_clean(target, expl) else None
+                    tgt = self._resolve_target(target, expl, clean, x)
+                    ctx = Context(adapter, x, attributions, tgt, expl, engine, clean, masks, labels, method)
+                    scores, curves, meta = self._checked_compute(ctx)
+            return self._result(ctx, scores, curves, meta, engine)
+        finally:
+            self.score = given
 
     def _evaluate_map(
         self, inputs: torch.Tensor, attributions: torch.Tensor, target: TargetLike, masks: torch.Tensor | None

@@ -37,6 +37,9 @@ class ModelAdapter:
 
     kind: str = "classifier"
     differentiable: bool = False
+    #: True when the outputs are predicted values (a scikit-learn regressor's ``predict``), not class scores: the
+    #: explained score is then the output itself (``score="logit"``), never a softmax over the outputs
+    outputs_values: bool = False
     model: Any
     default_layers: list[LayerLike] | None = None
 
@@ -248,6 +251,7 @@ class SklearnAdapter(ModelAdapter):
             )
         self.model = estimator
         self.preprocess = preprocess
+        self.outputs_values = self.method_name == "predict"  # a regressor's values (or bare class labels)
         names = getattr(estimator, "feature_names_in_", None)
         #: the columns of the DataFrame the estimator was fitted on (None: fitted on an array); see :meth:`_named`
         #: for how rows reach such an estimator
@@ -314,6 +318,25 @@ class ProbabilityScores(ModelAdapter):
     @property
     def dtype(self) -> torch.dtype:
         return self.inner.dtype
+
+
+def score_for(adapter: ModelAdapter, score: str | None) -> str | None:
+    """``score`` as it applies to ``adapter``: where the outputs are predicted values (a scikit-learn regressor's
+    ``predict``, :attr:`ModelAdapter.outputs_values`) the default ``None`` is ``"logit"``, the values themselves
+    (a softmax over several regression targets would mix unrelated quantities), and a probability is an error;
+    anything else unchanged (``None`` is then resolved on the number of outputs, see
+    :func:`~whybox.models.targets.resolve_score`)."""
+    if not adapter.outputs_values:
+        return score
+    if score is None:
+        return "logit"
+    if score in ("prob", "log_prob"):
+        raise InvalidParameterError(
+            f"score={score!r} reads class probabilities, but the outputs of {type(adapter.model).__name__} are "
+            "predicted values (its predict, not predict_proba): pass score='logit', or leave score out, to explain "
+            "the predicted value itself."
+        )
+    return score
 
 
 def scoring_adapter(adapter: ModelAdapter, score: str | None) -> ModelAdapter:
