@@ -87,7 +87,8 @@ def test_every_metric_declares_direction_and_the_shared_options(name: str) -> No
     }
     assert {"seed", "batch_size", "score", "mode"} <= opts
     params = cls(seed=3, batch_size=5).params()
-    assert params["seed"] == 3 and params["batch_size"] == 5 and params["score"] is None  # "prob", or the raw score of a one-output model
+    # score None: "prob", or the raw score of a one-output model
+    assert params["seed"] == 3 and params["batch_size"] == 5 and params["score"] is None
 
 
 def _fingerprint(model: torch.nn.Module) -> tuple:
