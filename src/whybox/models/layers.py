@@ -171,6 +171,19 @@ class Tap:
             c.outputs.clear()
 
 
+def check_hookable(module: nn.Module, owner: nn.Module | None = None) -> None:
+    """A :class:`LayerError` for a TorchScript module, on which forward hooks cannot be registered (torch raises a
+    bare RuntimeError): CAM methods and layer taps need the model as Python code."""
+    if isinstance(module, torch.jit.ScriptModule):
+        what = type(owner if owner is not None else module).__name__
+        raise LayerError(
+            f"this method taps a layer with a forward hook, which TorchScript modules do not support ({what} was "
+            "made by torch.jit.script or torch.jit.trace). Pass the original nn.Module (the one that was scripted), "
+            "or use a method that needs no layer: saliency, input_x_gradient, integrated_gradients, smoothgrad, "
+            "occlusion, rise, lime, kernel_shap, lima."
+        )
+
+
 @contextmanager
 def tap(refs: Sequence[LayerRef], *, leaf: bool) -> Iterator[Tap]:
     """Capture the outputs of ``refs`` during forwards inside the block; hooks removed on every exit.
@@ -184,6 +197,7 @@ def tap(refs: Sequence[LayerRef], *, leaf: bool) -> Iterator[Tap]:
     handles = []
     try:
         for c in captures:
+            check_hookable(c.ref.module)
             handles.append(c.ref.module.register_forward_hook(c.hook))
         yield Tap(captures)
     finally:
@@ -213,6 +227,7 @@ def auto_layer(adapter: TorchAdapter, x: torch.Tensor) -> tuple[LayerRef, int, i
     Where no gradient can be taken, the last spatial layer is used.
     """
     model = adapter.model
+    check_hookable(model)
     modules = dict(model.named_modules())
     key = (tuple(x.shape[1:]), x.dtype, len(modules), type(adapter).__name__)
     known = _AUTO.get(model, {}).get(key)
