@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import re
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -791,3 +792,45 @@ def test_bad_cam_variant_options(model: nn.Module, x: torch.Tensor) -> None:
             r"gamma must be a number > 0 or None; got 0\.",
             lambda: whybox.explain(model, x, "layercam", gamma=0),
         )
+
+
+@pytest.mark.parametrize("method", [*CAM_METHODS, "lima"])
+def test_a_torchscript_model_asked_for_a_layer_says_why_and_is_left_as_it_came(method: str) -> None:
+    """torch refuses forward hooks on ScriptModules with a bare RuntimeError; the CAMs (and LIMA's CAM prior) now
+    say what to pass instead, and the methods that need no layer still run on the scripted model."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)
+    )
+    with warnings.catch_warnings():  # deprecated in torch 2.13, yet users still load such models (torch.jit.load)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        scripted = torch.jit.script(net.eval())
+    x = torch.rand(2, 3, 8, 8)
+    opts = {"regions": "prior", "prior_cells": 4} if method == "lima" else {}
+    _raises(
+        LayerError,
+        ValueError,
+        r"this method taps a layer with a forward hook, which TorchScript modules do not support \(RecursiveScriptModule"
+        r" was made by torch.jit.script or torch.jit.trace\)\. Pass the original nn.Module",
+        lambda: whybox.explain(scripted, x, method, **opts),
+    )
+    assert not scripted.training and all(p.requires_grad and p.grad is None for p in scripted.parameters())
+    e = whybox.explain(scripted, x, "integrated_gradients", n_steps=8)
+    assert torch.equal(e.attributions, whybox.explain(net, x, "integrated_gradients", n_steps=8).attributions)
+
+
+def test_a_softmax_over_outputs_that_are_already_probabilities_warns_with_the_fix() -> None:
+    """A model that ends in a softmax gave LIME and the metrics softmax(p) without a word ([0.9, 0.1] read as
+    [0.69, 0.31]); now they warn, and the fix named (adapt to the log) gives back the model's own probabilities."""
+    from whybox.models.targets import ProbabilityOutputWarning
+
+    torch.manual_seed(0)
+    logits = nn.Sequential(nn.Flatten(), nn.Linear(3 * 6 * 6, 3))
+    probs = nn.Sequential(logits, nn.Softmax(1))
+    x = torch.rand(2, 3, 6, 6)
+    with pytest.warns(ProbabilityOutputWarning, match=r"already look like probabilities .* output=torch.log\)"):
+        whybox.explain(probs, x, "lime", n_samples=20)
+    with pytest.warns(ProbabilityOutputWarning):
+        whybox.evaluate(probs, x, "saliency", "deletion", steps=3)
+    fixed = whybox.explain(whybox.adapt(probs, output=torch.log), x, "lime", n_samples=20)  # no warning (errors)
+    assert torch.allclose(fixed.attributions, whybox.explain(logits, x, "lime", n_samples=20).attributions)

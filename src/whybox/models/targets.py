@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -75,13 +76,35 @@ def apply_score_space(scores: torch.Tensor, space: str | None) -> torch.Tensor:
             "score='logit' to use the raw score; for a binary classifier's probability sigmoid(z), give the model "
             "two outputs, e.g. whybox.adapt(model, output=lambda z: torch.cat([torch.zeros_like(z), z], 1))."
         )
-    if space == "prob":
-        return scores.softmax(-1)
-    if space == "log_prob":
-        return scores.log_softmax(-1)
+    if space in ("prob", "log_prob"):
+        _warn_if_probabilities(scores, space)
+        return scores.softmax(-1) if space == "prob" else scores.log_softmax(-1)
     raise InvalidParameterError(
         f"score must be one of {SCORE_SPACES}; got {space!r}.{did_you_mean(space, SCORE_SPACES)}"
     )
+
+
+class ProbabilityOutputWarning(UserWarning):
+    """A softmax is about to be applied to model outputs that are already probabilities."""
+
+
+def _warn_if_probabilities(scores: torch.Tensor, space: str) -> None:
+    """Warn when ``scores`` (B, K) already look like probabilities (a model that ends in a softmax): every row
+    non-negative and summing to 1. A softmax over them compresses them (``[0.9, 0.1]`` reads as ``[0.69, 0.31]``).
+    Checked on the CPU only (on a GPU the check would wait for the device at every chunk)."""
+    if scores.device.type != "cpu" or scores.ndim != 2 or scores.shape[1] < 2 or not scores.is_floating_point():
+        return
+    s = scores.detach()
+    if bool((s >= 0).all()) and bool(((s.sum(1) - 1).abs() <= 1e-4).all()):
+        warnings.warn(
+            f"score={space!r} applies a softmax to the model's outputs, but they already look like probabilities "
+            "(every row non-negative, summing to 1: a model that ends in a softmax), and a softmax of probabilities "
+            "compresses them ([0.9, 0.1] reads as [0.69, 0.31]). Adapt the model to their log, "
+            "whybox.adapt(model, output=torch.log), so that score='prob' gives them back; or pass score='logit' to "
+            "read them as they are.",
+            ProbabilityOutputWarning,
+            stacklevel=3,
+        )
 
 
 @dataclass(frozen=True)
