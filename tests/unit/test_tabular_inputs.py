@@ -183,6 +183,14 @@ def test_non_numeric_array_options_are_refused(frame: pd.DataFrame) -> None:
     model = _fit(x, y)
     with pytest.raises(whybox.InvalidParameterError, match=r"fill as a pandas Series must hold numbers only"):
         whybox.explain(model, x.iloc[:2], "occlusion", fill=pd.Series(["a"] * 8))
+    # the columns that are not numbers are named, and the fix: a background frame with a text column
+    background = x.iloc[:5].assign(**{str(x.columns[1]): "low"})
+    with pytest.raises(
+        whybox.InvalidParameterError,
+        match=rf"background as a pandas DataFrame must hold numbers only \(one per feature\) \(not numbers: "
+        rf"'{x.columns[1]}'\); whybox perturbs numbers: encode the other columns",
+    ):
+        whybox.explain(model, x.iloc[:2], "kernel_shap", background=background)
     with pytest.raises(whybox.InvalidParameterError, match=r"fill as a numpy array must be numeric; got dtype <U1"):
         whybox.evaluate(model, x.iloc[:2], torch.rand(2, 8), "deletion", fill=np.array(["a"] * 8))
 

@@ -79,8 +79,15 @@ def tensor_option(value: Any, name: str) -> Any:
         try:
             arr = np.ascontiguousarray(value.to_numpy(dtype=np.float64))
         except (TypeError, ValueError):
+            if hasattr(value, "columns"):
+                bad = [repr(str(c)) for c, dt in value.dtypes.items() if getattr(dt, "kind", "O") not in _NUMERIC]
+            else:  # a Series (a reference row): the entries that are not numbers
+                bad = [repr(str(k)) for k, v in value.items() if not isinstance(v, (int, float, np.number, bool))]
+            where = f" (not numbers: {name_list(bad)})" if bad else ""
             raise InvalidParameterError(
-                f"{name} as a pandas {type(value).__name__} must hold numbers only (one per feature)."
+                f"{name} as a pandas {type(value).__name__} must hold numbers only (one per feature){where}; "
+                "whybox perturbs numbers: encode the other columns (e.g. ordinal or one-hot codes, and fit the model "
+                "on those) or pass only the numeric columns."
             ) from None
         return torch.tensor(arr)
     return value
