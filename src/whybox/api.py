@@ -11,6 +11,9 @@ from whybox import explainers as _explainers  # noqa: F401  (fills the registry)
 from whybox import metrics as _metrics  # noqa: F401  (fills the metric registry)
 from whybox.explanation import Explanation
 from whybox.metrics.base import MetricResult
+from whybox.models.adapter import coder_of
+from whybox.models.categorical import has_text_columns
+from whybox.models.inputs import tensor_option
 from whybox.models.targets import TargetLike
 from whybox.registry import EXPLAINERS, METRICS
 
@@ -111,6 +114,10 @@ def explain(
         raise _unknown_option(repr(method), exc, cls, ("target",)) from None
     out = explainer.explain(inputs, target=target)
     described = {k: v for k, v in params.items() if not _plain(v)}  # what out.params can only describe
+    coder = coder_of(explainer.adapter)
+    for k, v in described.items():
+        if coder is not None and has_text_columns(v):  # kept coded, as the method read it (and as it saves)
+            described[k] = tensor_option(v, k, coder)
     if described:
         out.options.update(described)
         out.meta["described_options"] = sorted(described)

@@ -119,7 +119,8 @@ def test_bad_frames_and_arrays_are_refused_with_the_fix(frame: pd.DataFrame) -> 
         lambda: whybox.explain(model, rows.iloc[:, :4], "lime"),
     )
     _refused(
-        r"inputs \(a DataFrame\) has non-numeric columns 'colour'; whybox perturbs numbers: encode them",
+        # a text column is coded for an estimator fitted on a frame with it; this one was not
+        r"inputs \(a DataFrame\) has columns the model was not fitted on: missing \[\], unexpected \['colour'\]",
         lambda: whybox.explain(model, rows.assign(colour="red"), "lime"),
     )
     _refused(
@@ -181,16 +182,25 @@ def test_array_fill_in_metrics_and_baseline_in_integrated_gradients(frame: pd.Da
 def test_non_numeric_array_options_are_refused(frame: pd.DataFrame) -> None:
     x, y = frame.drop(columns="target"), frame["target"]
     model = _fit(x, y)
+    with pytest.raises(whybox.InvalidInputError, match=r"fill \(a DataFrame\) has columns the model was not fitted"):
+        whybox.explain(model, x.iloc[:2], "occlusion", fill=pd.Series(["a"] * 8))  # a text row is coded by name
     with pytest.raises(whybox.InvalidParameterError, match=r"fill as a pandas Series must hold numbers only"):
-        whybox.explain(model, x.iloc[:2], "occlusion", fill=pd.Series(["a"] * 8))
-    # the columns that are not numbers are named, and the fix: a background frame with a text column
+        whybox.explain(torch.nn.Linear(8, 2), x.iloc[:2], "occlusion", fill=pd.Series(["a"] * 8))
+    # a background frame with text where the inputs hold numbers: the column is named (text columns are coded for
+    # an estimator fitted on a frame, but one kind of value per column); for a torch model, the fix is to encode
     background = x.iloc[:5].assign(**{str(x.columns[1]): "low"})
+    with pytest.raises(
+        whybox.InvalidInputError,
+        match=rf"inputs: column '{x.columns[1]}' holds numbers, but another table of this call \(the inputs, a fill "
+        r"row or background rows\) holds text there",
+    ):
+        whybox.explain(model, x.iloc[:2], "kernel_shap", background=background)
     with pytest.raises(
         whybox.InvalidParameterError,
         match=rf"background as a pandas DataFrame must hold numbers only \(one per feature\) \(not numbers: "
         rf"'{x.columns[1]}'\); whybox perturbs numbers: encode the other columns",
     ):
-        whybox.explain(model, x.iloc[:2], "kernel_shap", background=background)
+        whybox.explain(torch.nn.Linear(8, 2), x.iloc[:2], "kernel_shap", background=background)
     with pytest.raises(whybox.InvalidParameterError, match=r"fill as a numpy array must be numeric; got dtype <U1"):
         whybox.evaluate(model, x.iloc[:2], torch.rand(2, 8), "deletion", fill=np.array(["a"] * 8))
 

@@ -13,8 +13,9 @@ from whybox.errors import InvalidInputError, InvalidParameterError, NotDifferent
 from whybox.explanation import Explanation
 from whybox.masking.engine import MaskingEngine, resolve_batch_size
 from whybox.models._guard import MODES, has_train_mode_batchnorm
-from whybox.models.adapter import ModelAdapter, TorchAdapter, adapt, score_for, scoring_adapter
-from whybox.models.inputs import as_tensor_inputs, check_feature_names
+from whybox.models.adapter import ModelAdapter, TorchAdapter, adapt, coder_of, score_for, scoring_adapter
+from whybox.models.categorical import categorical_columns, vocabularies
+from whybox.models.inputs import as_tensor_inputs, check_feature_names, is_dataframe
 from whybox.models.targets import (
     SCORE_SPACES,
     Target,
@@ -149,6 +150,9 @@ class Explainer:
         names = getattr(self, "_feature_names", None)
         if names is not None:  # a DataFrame's columns, in the order of the attribution columns
             meta["feature_names"] = list(names)
+        vocab = vocabularies(coder_of(self.adapter))
+        if vocab:  # what the coded cells of the options (a reference row, background rows) stand for
+            meta["categories"] = vocab
         return Explanation(
             attributions=attr, target=tgt.index.to(home, copy=True), method=self.name, params=self.params(), meta=meta
         )
@@ -164,9 +168,19 @@ class Explainer:
         return torch.Generator().manual_seed(getattr(self, "_call_seed", self.seed or 0))
 
     def _validate(self, inputs: Any) -> torch.Tensor:
-        x, names = as_tensor_inputs(inputs)  # numpy arrays and DataFrames (tabular models) become tensors
+        coder = coder_of(self.adapter)
+        x, names = as_tensor_inputs(inputs, coder)  # numpy arrays and DataFrames (tabular models) become tensors
         check_feature_names(names, getattr(self.adapter, "feature_names", None))
         self._feature_names = names
+        coded = None if coder is None or not is_dataframe(inputs) else categorical_columns(inputs)
+        fill = getattr(self, "fill", None)
+        if coded and isinstance(fill, str) and getattr(self, "background", None) is None:
+            raise InvalidParameterError(
+                f"inputs have text or categorical columns ({', '.join(map(repr, coded[:5]))}), which a fill of "
+                f"{fill!r} would set to an arbitrary value; pass a reference row as fill= (a Series "
+                "with every column, e.g. X_train.mode().iloc[0]), or for the Shapley methods background= rows "
+                "(e.g. X_train[:50])."
+            )
         if x.ndim < 2:
             raise InvalidInputError(
                 f"inputs must have a leading batch dimension (B, ...); got shape {tuple(x.shape)}. "

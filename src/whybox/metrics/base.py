@@ -30,8 +30,9 @@ from whybox.explanation import Explanation, row_options
 from whybox.masking.engine import MaskingEngine, check_batch_size, resolve_batch_size
 from whybox.masking.features import FeatureGroups, pixels
 from whybox.models._guard import MODES
-from whybox.models.adapter import ModelAdapter, TorchAdapter, adapt, score_for, scoring_adapter
-from whybox.models.inputs import as_tensor_inputs, check_feature_names, name_list
+from whybox.models.adapter import ModelAdapter, TorchAdapter, adapt, coder_of, score_for, scoring_adapter
+from whybox.models.categorical import categorical_columns, register_vocabularies
+from whybox.models.inputs import as_tensor_inputs, check_feature_names, is_dataframe, name_list, tensor_option
 from whybox.models.targets import SCORE_SPACES, Target, TargetLike, class_label_target, resolve_target
 
 __all__ = [
@@ -761,18 +762,23 @@ class Metric:
         """
         if model is None and not self.needs_model and labels is None and isinstance(explanation, torch.Tensor):
             return self._evaluate_map(inputs, explanation, target, masks)  # the common call of a map-only metric
-        x, names = self._validate_inputs(inputs, values=self.needs_model)
-        adapter: ModelAdapter | None = None
-        if model is not None:
-            adapter = adapt(model)
+        adapter: ModelAdapter | None = None if model is None else adapt(model)
+        coder = coder_of(adapter)
+        saved = explanation.meta.get("categories") if isinstance(explanation, Explanation) else None
+        if coder is not None and saved:  # the vocabularies its coded options were made with
+            register_vocabularies(coder, saved)
+        x, names = self._validate_inputs(inputs, values=self.needs_model, coder=coder)
+        if adapter is not None:
             check_feature_names(names, getattr(adapter, "feature_names", None))
             target = class_label_target(getattr(adapter, "model", None), target)  # scikit-learn class labels
         elif self.needs_model:
             raise InvalidParameterError(f"metric {self.name!r} needs a model; got model=None.")
-        given = self.score
+        given, given_fill = self.score, getattr(self, "fill", None)
         if adapter is not None:  # a regressor's values are read as they are (None), or refuse a probability
             self.score = score_for(adapter, given)
         try:
+            if coder is not None and is_dataframe(inputs) and categorical_columns(inputs):
+                self._code_fill(coder, categorical_columns(inputs))
             expl: Explanation | None = None
             method: str | None = None
             attributions: torch.Tensor | None = None
@@ -844,6 +850,8 @@ class Metric:
             return self._result(ctx, scores, curves, meta, engine)
         finally:
             self.score = given
+            if given_fill is not None:
+                self.fill = given_fill
 
     def _evaluate_map(
         self, inputs: torch.Tensor, attributions: torch.Tensor, target: TargetLike, masks: torch.Tensor | None
@@ -931,12 +939,30 @@ class Metric:
         raise NotImplementedError  # pragma: no cover - interface
 
     # ------------------------------------------------------------------ helpers
+    def _code_fill(self, coder: Any, coded: list[str]) -> None:
+        """For inputs with text or categorical columns (coded by ``coder``): a reference-row fill coded the
+        same way (for this call; :meth:`evaluate` puts the option back), and a fill by name refused (it would set
+        those columns to an arbitrary code)."""
+        fill = getattr(self, "fill", None)
+        if fill is None:
+            return
+        if isinstance(fill, str):
+            raise InvalidParameterError(
+                f"inputs have text or categorical columns ({', '.join(map(repr, coded[:5]))}), which {self.name!r} "
+                f"with fill={fill!r} would set to an arbitrary value; pass a reference row as fill= (a Series with "
+                "every column, e.g. X_train.mode().iloc[0])."
+            )
+        self.fill = tensor_option(fill, "fill", coder)
+
     @staticmethod
-    def _validate_inputs(inputs: Any, *, values: bool = True) -> tuple[torch.Tensor, list[str] | None]:
-        """The inputs as a tensor (numpy arrays and DataFrames of tabular models converted) and a DataFrame's
-        column names (None otherwise). ``values=False`` skips the finiteness check: the metrics that read only the
-        map use the inputs for their shape, so no input value can change their result."""
-        inputs, names = as_tensor_inputs(inputs)
+    def _validate_inputs(
+        inputs: Any, *, values: bool = True, coder: Any = None
+    ) -> tuple[torch.Tensor, list[str] | None]:
+        """The inputs as a tensor (numpy arrays and DataFrames of tabular models converted; text and categorical
+        columns coded by a scikit-learn estimator's adapter, ``coder``) and a DataFrame's column names (None otherwise).
+        ``values=False`` skips the finiteness check: the metrics that read only the map use the inputs for their
+        shape, so no input value can change their result."""
+        inputs, names = as_tensor_inputs(inputs, coder)
         if inputs.ndim < 2:
             raise InvalidInputError(
                 f"inputs must have a leading batch dimension (B, ...); got shape {tuple(inputs.shape)}. "

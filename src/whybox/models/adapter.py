@@ -12,6 +12,7 @@ from torch import nn
 
 from whybox.errors import InvalidInputError, InvalidParameterError, LayerError, ModelOutputError, did_you_mean
 from whybox.models._guard import preserved
+from whybox.models.categorical import decode_rows
 
 __all__ = [
     "EmbeddingAdapter",
@@ -257,6 +258,10 @@ class SklearnAdapter(ModelAdapter):
         #: for how rows reach such an estimator
         self.feature_names: list[str] | None = None if names is None else [str(c) for c in names]
         self._frames = False  # True once the estimator has refused an array: rows go to it as DataFrames
+        #: vocabularies of the text and categorical columns coded for this estimator (whybox.models.categorical),
+        #: and the columns seen holding numbers
+        self.categories: dict[str, Any] = {}
+        self.numeric_seen: set[str] = set()
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         import numpy as np
@@ -268,7 +273,9 @@ class SklearnAdapter(ModelAdapter):
                 f"a scikit-learn model takes rows of shape (B, F); got inputs of shape {tuple(x.shape)}."
             )
         rows: Any = x.detach().cpu().numpy()
-        if self.feature_names is None:
+        if self.feature_names is not None and self.categories:  # coded text/categorical columns
+            out = self._fn(decode_rows(rows, self))
+        elif self.feature_names is None:
             out = self._fn(rows)
         else:
             if rows.shape[1] != len(self.feature_names):
@@ -318,6 +325,12 @@ class ProbabilityScores(ModelAdapter):
     @property
     def dtype(self) -> torch.dtype:
         return self.inner.dtype
+
+
+def coder_of(adapter: ModelAdapter | None) -> SklearnAdapter | None:
+    """The adapter that codes the text and categorical columns of DataFrames (:mod:`whybox.models.categorical`):
+    a scikit-learn estimator's; ``None`` for any other model (a torch model takes numbers)."""
+    return adapter if isinstance(adapter, SklearnAdapter) else None
 
 
 def score_for(adapter: ModelAdapter, score: str | None) -> str | None:

@@ -36,10 +36,12 @@ def is_dataframe(obj: Any) -> bool:
     )
 
 
-def as_tensor_inputs(inputs: Any) -> tuple[torch.Tensor, list[str] | None]:
+def as_tensor_inputs(inputs: Any, coder: Any = None) -> tuple[torch.Tensor, list[str] | None]:
     """``(tensor, column names)``: a tensor as it is (names None); a numeric numpy array copied to a tensor of its
     dtype (names None); a pandas DataFrame of numeric columns as a float64 tensor ``(B, F)`` with its column
-    names. Anything else, or non-numeric data, is an :class:`InvalidInputError` naming what to pass."""
+    names; with ``coder`` (the adapter of a scikit-learn estimator fitted on a DataFrame) also a frame with text or
+    categorical columns, coded (:mod:`whybox.models.categorical`). Anything else, or non-numeric data, is an
+    :class:`InvalidInputError` naming what to pass."""
     if isinstance(inputs, torch.Tensor):
         return inputs, None
     if isinstance(inputs, np.ndarray):
@@ -51,6 +53,10 @@ def as_tensor_inputs(inputs: Any) -> tuple[torch.Tensor, list[str] | None]:
         return torch.tensor(np.ascontiguousarray(inputs)), None
     if is_dataframe(inputs):
         bad = [str(c) for c, dt in inputs.dtypes.items() if getattr(dt, "kind", "O") not in _NUMERIC]
+        if coder is not None and (bad or coder.categories):  # text columns here, or coded in another table
+            from whybox.models.categorical import encode_frame
+
+            return encode_frame(inputs, coder, "inputs"), [str(c) for c in inputs.columns]
         if bad:
             raise InvalidInputError(
                 f"inputs (a DataFrame) has non-numeric columns {name_list([repr(c) for c in bad])}; whybox perturbs numbers: encode them "
@@ -68,17 +74,27 @@ def as_tensor_inputs(inputs: Any) -> tuple[torch.Tensor, list[str] | None]:
     )
 
 
-def tensor_option(value: Any, name: str) -> Any:
+def tensor_option(value: Any, name: str, coder: Any = None) -> Any:
     """An array-valued option (``fill=``, ``baseline=``) given as a numpy array or a pandas Series / DataFrame, as
-    a tensor (numeric data only; e.g. ``fill=X_train.mean(0)`` for tabular rows); anything else unchanged."""
+    a tensor (numeric data only, e.g. ``fill=X_train.mean(0)`` for tabular rows; with ``coder``, the adapter of a
+    scikit-learn estimator fitted on a DataFrame, text and categorical columns too, coded as its inputs are);
+    anything else unchanged."""
     if isinstance(value, np.ndarray):
         if value.dtype.kind not in _NUMERIC:
             raise InvalidParameterError(f"{name} as a numpy array must be numeric; got dtype {value.dtype}.")
         return torch.tensor(np.ascontiguousarray(value))
     if type(value).__module__.split(".")[0] == "pandas" and hasattr(value, "to_numpy"):
+        if coder is not None and coder.categories and coder.feature_names is not None:  # coded in another table
+            from whybox.models.categorical import encode_frame
+
+            return encode_frame(value, coder, name)
         try:
             arr = np.ascontiguousarray(value.to_numpy(dtype=np.float64))
         except (TypeError, ValueError):
+            if coder is not None:
+                from whybox.models.categorical import encode_frame
+
+                return encode_frame(value, coder, name)
             if hasattr(value, "columns"):
                 bad = [repr(str(c)) for c, dt in value.dtypes.items() if getattr(dt, "kind", "O") not in _NUMERIC]
             else:  # a Series (a reference row): the entries that are not numbers
@@ -93,18 +109,19 @@ def tensor_option(value: Any, name: str) -> Any:
     return value
 
 
-def check_feature_names(names: list[str] | None, fitted: list[str] | None) -> None:
-    """A DataFrame's columns against the columns the model was fitted on (both known): same names, same order."""
+def check_feature_names(names: list[str] | None, fitted: list[str] | None, what: str = "inputs") -> None:
+    """A DataFrame's columns (of ``what``: the inputs, a fill row) against the columns the model was fitted on (both
+    known): same names, same order."""
     if names is None or fitted is None or names == fitted:
         return
     if sorted(names) == sorted(fitted):
         raise InvalidInputError(
-            "inputs (a DataFrame) has the model's columns in another order; whybox reads them by position. "
-            "Pass inputs[model.feature_names_in_]."
+            f"{what} (a DataFrame) has the model's columns in another order; whybox reads them by position. "
+            f"Pass {what}[model.feature_names_in_]."
         )
     missing, extra = column_mismatch(names, fitted)
     raise InvalidInputError(
-        f"inputs (a DataFrame) has columns the model was not fitted on: missing {missing[:5]}, unexpected "
+        f"{what} (a DataFrame) has columns the model was not fitted on: missing {missing[:5]}, unexpected "
         f"{extra[:5]}. "
         "Pass the columns in model.feature_names_in_, in that order."
     )

@@ -21,6 +21,7 @@ from whybox.masking import features as F
 from whybox.masking.engine import MaskingEngine
 from whybox.masking.features import FeatureGroups, groups_touched
 from whybox.masking.fills import FILLS, FillLike, make_fill
+from whybox.models.adapter import coder_of
 from whybox.models.inputs import tensor_option
 from whybox.models.targets import Target, TargetLike, apply_score_space, resolve_target
 
@@ -294,7 +295,8 @@ class PerturbationExplainer(Explainer):
         **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
-        fill = tensor_option(fill, "fill")  # e.g. fill=X_train.mean(0) as a numpy array or a pandas Series
+        # e.g. fill=X_train.mean(0) as a numpy array or a pandas Series (text columns coded for an estimator)
+        fill = tensor_option(fill, "fill", coder_of(self.adapter))
         if isinstance(fill, str) and fill not in self.fill_options:
             raise InvalidParameterError(
                 f"fill must be one of {self.fill_options}, a number, a tensor or a callable; got {fill!r}."
@@ -504,7 +506,8 @@ class ShapleyExplainer(RegionExplainer):
 
     def __init__(self, model: Any, *, background: torch.Tensor | None = None, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
-        background = tensor_option(background, "background")  # e.g. X_train[:50] as an array or a DataFrame
+        # e.g. X_train[:50] as an array or a DataFrame (text columns coded for an estimator)
+        background = tensor_option(background, "background", coder_of(self.adapter))
         if background is not None:
             if not isinstance(background, torch.Tensor) or background.ndim < 2 or background.shape[0] < 1:
                 got = tuple(background.shape) if isinstance(background, torch.Tensor) else type(background).__name__

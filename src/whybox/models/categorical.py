@@ -1,0 +1,172 @@
+"""Text and categorical columns of a pandas DataFrame, for a scikit-learn estimator fitted on such a frame (a
+``Pipeline`` whose ``ColumnTransformer`` one-hot or ordinal encodes them).
+
+The masking engine perturbs numbers, so each such column is coded as numbers: the position of the value in the
+column's vocabulary. Before every call of the estimator the codes are decoded back to the values (and to the
+column's own ``category`` dtype where it had one), so the estimator sees rows like the ones it was fitted on. A
+perturbation replaces a whole cell by another row's cell (a reference row's, a background row's), so a coded
+cell only ever holds a code of a real value.
+
+Vocabularies live on the model's :class:`~whybox.models.adapter.SklearnAdapter` and only grow: a code, once given
+to a value, keeps meaning that value. ``Explanation.meta["categories"]`` records them, and :func:`whybox.evaluate`
+takes them up before coding anything else, so an explanation's coded options (a reference row, background rows)
+mean the same when a metric re-runs the method, also after a save and a load.
+
+pandas is never imported here: a frame is recognised by its attributes (the estimator's own pandas decodes).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from whybox.errors import InvalidInputError, InvalidParameterError
+
+__all__ = [
+    "categorical_columns",
+    "decode_rows",
+    "encode_frame",
+    "has_text_columns",
+    "register_vocabularies",
+    "vocabularies",
+]
+
+_NUMERIC = "biuf"
+
+
+class _Column:
+    """One column's vocabulary: its values in code order, and its pandas ``category`` dtype if it had one."""
+
+    def __init__(self, dtype: Any = None) -> None:
+        self.values: list[Any] = []
+        self.index: dict[Any, int] = {}
+        self.dtype = dtype  # a CategoricalDtype: decoded cells get it back
+
+    def extend(self, values: list[Any]) -> None:
+        new = {v for v in values if v not in self.index}
+        for v in sorted(new, key=lambda v: (type(v).__name__, str(v))):  # the same codes whatever the row order
+            self.index[v] = len(self.values)
+            self.values.append(v)
+
+
+def categorical_columns(frame: Any) -> list[str]:
+    """The columns of a DataFrame that are not numbers (text, object, ``category`` dtypes)."""
+    return [str(c) for c, dt in frame.dtypes.items() if getattr(dt, "kind", "O") not in _NUMERIC]
+
+
+def has_text_columns(value: Any) -> bool:
+    """True for a pandas DataFrame with a non-numeric column, or a Series (a reference row) with a non-numeric
+    entry."""
+    if type(value).__module__.split(".")[0] != "pandas":
+        return False
+    if hasattr(value, "columns"):
+        return bool(categorical_columns(value))
+    if hasattr(value, "to_frame"):
+        return bool(categorical_columns(value.to_frame().T.infer_objects()))
+    return False
+
+
+def vocabularies(coder: Any) -> dict[str, list[Any]] | None:
+    """The coded columns of ``coder`` (a :class:`~whybox.models.adapter.SklearnAdapter`) and their values in code
+    order (``None``: none coded)."""
+    columns: dict[str, _Column] | None = getattr(coder, "categories", None)
+    return None if not columns else {c: list(col.values) for c, col in columns.items()}
+
+
+def encode_frame(frame: Any, coder: Any, what: str) -> torch.Tensor:
+    """``frame`` (rows of the estimator's columns, or one row as a Series) as a float64 tensor, its non-numeric
+    columns coded by ``coder``'s vocabularies (grown by the values seen here). ``(B, F)`` for a frame, ``(F,)``
+    for a Series. A column that holds text here and numbers in another table of the call (or the reverse) is an
+    error."""
+    series = not hasattr(frame, "columns")
+    if series:  # a reference row: one value per column
+        frame = frame.to_frame().T.infer_objects()
+    bad = categorical_columns(frame)
+    fitted = getattr(coder, "feature_names", None)
+    if fitted is None:
+        raise InvalidInputError(
+            f"{what} (a DataFrame) has non-numeric columns {', '.join(repr(c) for c in bad[:5])}; whybox perturbs "
+            "numbers, and codes such columns only for a scikit-learn estimator fitted on a DataFrame with them (a "
+            "Pipeline that encodes them). Encode them (e.g. ordinal or one-hot codes, and fit the model on those) "
+            "or pass only the numeric columns."
+        )
+    names = [str(c) for c in frame.columns]
+    if names != fitted:
+        from whybox.models.inputs import check_feature_names
+
+        check_feature_names(names, fitted, what)
+    columns: dict[str, _Column] = coder.categories
+    out = np.empty((len(frame), len(names)), dtype=np.float64)
+    for j, c in enumerate(names):
+        cells = frame.iloc[:, j]
+        if c not in bad:
+            if c in columns:
+                raise InvalidInputError(
+                    f"{what}: column {c!r} holds numbers, but another table of this call (the inputs, a fill row or "
+                    "background rows) holds text there; pass the same kind of value in every table."
+                )
+            out[:, j] = cells.to_numpy(dtype=np.float64)
+            continue
+        if c not in columns and c in coder.numeric_seen:
+            raise InvalidInputError(
+                f"{what}: column {c!r} holds text, but another table of this call (the inputs, a fill row or "
+                "background rows) holds numbers there; pass the same kind of value in every table."
+            )
+        values = cells.tolist()
+        missing = [i for i, v in enumerate(values) if v is None or (isinstance(v, float) and v != v)]
+        if missing:
+            raise InvalidInputError(
+                f"{what}: column {c!r} has missing values in rows {missing[:10]}; fill them in (e.g. with a "
+                "'missing' category) before explaining."
+            )
+        dtype = cells.dtype if getattr(cells.dtype, "name", "") == "category" else None
+        col = columns.setdefault(c, _Column())
+        if dtype is not None and col.dtype is None:  # decoded cells get the dtype back
+            col.dtype = dtype
+            col.extend(list(dtype.categories))  # every category (codes already given keep their values)
+        col.extend(values)
+        out[:, j] = [col.index[v] for v in values]
+    coder.numeric_seen.update(c for c in names if c not in bad)
+    t = torch.from_numpy(out)
+    return t[0] if series else t
+
+
+def register_vocabularies(coder: Any, saved: dict[str, list[Any]]) -> None:
+    """Take up the vocabularies an explanation was made with (``meta["categories"]``) before anything else is
+    coded, so that its coded options (a reference row, background rows) read as they were made; a vocabulary that
+    disagrees with one ``coder`` already holds is an error."""
+    columns: dict[str, _Column] = coder.categories
+    for c, values in saved.items():
+        col = columns.get(c)
+        if col is None:
+            col = columns[c] = _Column()
+            for v in values:
+                col.index[v] = len(col.values)
+                col.values.append(v)
+        elif col.values[: len(values)] != list(values):
+            raise InvalidParameterError(
+                f"the explanation coded column {c!r} as {list(values)[:5]}, but this model adapter codes it as "
+                f"{col.values[:5]}; evaluate with the estimator itself (a fresh adapter) or the adapter it was "
+                "explained with."
+            )
+
+
+def decode_rows(rows: np.ndarray, coder: Any) -> Any:
+    """Coded rows ``(n, F)`` back to a DataFrame of the estimator's columns: coded cells as their values (a code
+    is rounded to the nearest one in the vocabulary), the rest as numbers."""
+    import pandas as pd  # the estimator was fitted on a DataFrame: pandas is installed
+
+    columns: list[str] = coder.feature_names
+    vocab: dict[str, _Column] = coder.categories
+    data: dict[str, Any] = {}
+    for j, c in enumerate(columns):
+        col = vocab.get(c)
+        if col is None:
+            data[c] = rows[:, j]
+            continue
+        codes = np.clip(np.rint(rows[:, j]), 0, len(col.values) - 1).astype(np.int64)
+        cells = np.asarray(col.values, dtype=object)[codes]
+        data[c] = pd.Categorical(cells, dtype=col.dtype) if col.dtype is not None else cells
+    return pd.DataFrame(data, columns=columns)
