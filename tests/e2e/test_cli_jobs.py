@@ -100,6 +100,22 @@ def build():
     return Ridge().fit(x, x @ np.array([3.0, -2.0, 0.5]) + 10.0)
 """
 
+VIT_PY = """
+import torch
+import transformers
+
+import whybox
+
+
+def build():
+    cfg = transformers.ViTConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=16,
+        patch_size=8, num_labels=3, id2label={0: "cat", 1: "dog", 2: "fox"}, label2id={"cat": 0, "dog": 1, "fox": 2},
+    )
+    torch.manual_seed(0)
+    return whybox.adapt(transformers.ViTForImageClassification(cfg), output="logits")
+"""
+
 
 # ---------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
@@ -627,6 +643,30 @@ def test_a_scikit_learn_regressor_is_explained_evaluated_and_compared_by_its_out
                              "label", "--out", out])  # fmt: skip
     assert result.exit_code == 2
     assert "--target label explains each input's true class, but Ridge is a regressor" in result.output
+
+
+def test_a_factory_may_return_a_whybox_adapter_for_a_model_whose_output_is_a_model_output(
+    runner: CliRunner, files: Files
+) -> None:
+    """A Hugging Face classifier returns a ModelOutput, which needs adapt(model, output="logits"); the command line
+    had no way to say so (a factory returning the adapter was refused). Now the adapter is taken as the model, its
+    classes are named from config.id2label, and the explanation is the API's."""
+    pytest.importorskip("transformers")
+    (files.tmp / "vit.py").write_text(VIT_PY)
+    spec = f"{files.tmp / 'vit.py'}:build"
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    np.save(files.tmp / "x.npy", x.numpy())
+    out = files.tmp / "e"
+    result = invoke(runner, ["explain", "--model", spec, files.tmp / "x.npy", "--method", "gradcam", "--out", out])
+    assert result.exit_code == 0, result.output
+    lm = load_model(spec)
+    assert lm.labels == ["cat", "dog", "fox"] and not lm.module.model.training
+    saved = whybox.Explanation.load(out / "explanation.safetensors")
+    direct = whybox.explain(lm.module, x, "gradcam")
+    assert torch.equal(saved.attributions, direct.attributions)
+    names = [lm.labels[int(t)] for t in direct.target]
+    for i in range(2):
+        assert f"  x-{i}: explained {names[i]!r} (p=" in result.stdout
 
 
 def test_device_auto_on_a_machine_without_a_gpu_gives_the_cpu_run(runner: CliRunner, files: Files) -> None:

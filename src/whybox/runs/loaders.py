@@ -46,6 +46,7 @@ from whybox.errors import (
     UnknownNameError,
     WhyboxError,
 )
+from whybox.models.adapter import ModelAdapter
 from whybox.models.inputs import column_mismatch
 
 if sys.version_info >= (3, 11):
@@ -319,12 +320,15 @@ def _import_and_call(spec: str, path: Path, name: str) -> Any:
         ) from exc
     if isinstance(model, nn.Module):
         return model
+    if isinstance(model, ModelAdapter):  # e.g. whybox.adapt(hf_model, output="logits") for a ModelOutput
+        return model
     if any(callable(getattr(model, m, None)) for m in ("predict_proba", "decision_function", "predict")):
         _check_fitted(spec, model)
         return model
     raise InvalidParameterError(
-        f"model {spec!r}: {name}() returned a {type(model).__name__}; it must return a torch.nn.Module or a fitted "
-        "estimator with predict_proba, decision_function or predict (a scikit-learn classifier or regressor)."
+        f"model {spec!r}: {name}() returned a {type(model).__name__}; it must return a torch.nn.Module, a fitted "
+        "estimator with predict_proba, decision_function or predict (a scikit-learn classifier or regressor), or "
+        "a whybox adapter (whybox.adapt(model, output=...) for a model whose output is a tuple, dict or ModelOutput)."
     )
 
 
@@ -620,24 +624,30 @@ def load_model(
             module = _call_factory(spec, path, factory)
         else:
             module = _load_pickled_model(spec, path, trust=trust_model_file)
-        if not isinstance(module, nn.Module):
-            classes = getattr(module, "classes_", None)
+        inner = module.model if isinstance(module, ModelAdapter) else module
+        if not isinstance(inner, nn.Module):
+            classes = getattr(inner, "classes_", None)
             labels = [str(c) for c in classes] if classes is not None else None
             prepare = None
+        else:  # a Hugging Face classifier names its classes in its config
+            names = getattr(getattr(inner, "config", None), "id2label", None)
+            if isinstance(names, Mapping) and names and sorted(names) == list(range(len(names))):
+                labels = [str(names[i]) for i in range(len(names))]
 
+    torch_module = module.model if isinstance(module, ModelAdapter) else module  # an adapter's own model
     if weights_path is not None:
-        if not isinstance(module, nn.Module):
+        if not isinstance(torch_module, nn.Module):
             raise InvalidParameterError(
-                f"weights={str(weights)!r} given for model {spec!r}, which is a {type(module).__name__}, not a torch "
-                "module; load the fitted estimator in the factory instead and drop the weights."
+                f"weights={str(weights)!r} given for model {spec!r}, which is a {type(torch_module).__name__}, not a "
+                "torch module; load the fitted estimator in the factory instead and drop the weights."
             )
-        _apply_state_dict(module, _read_state_dict(weights_path, trust=trust_model_file), weights_path, spec)
-    if isinstance(module, nn.Module):
-        module.eval().to(dev)
+        _apply_state_dict(torch_module, _read_state_dict(weights_path, trust=trust_model_file), weights_path, spec)
+    if isinstance(torch_module, nn.Module):
+        torch_module.eval().to(dev)
     elif dev.type != "cpu":
         raise InvalidParameterError(
-            f"device {str(device)!r} given for model {spec!r}, a {type(module).__name__}: estimators run on the CPU; "
-            "drop the device (or pass 'cpu')."
+            f"device {str(device)!r} given for model {spec!r}, a {type(torch_module).__name__}: estimators run on the "
+            "CPU; drop the device (or pass 'cpu')."
         )
     return LoadedModel(module=module, name=spec, labels=labels, prepare_image=prepare, display=display)
 
