@@ -276,3 +276,36 @@ def test_metrics_that_re_run_the_method_take_a_text_explanation(clf: object, met
     # one row of the explanation carries its row of the per-row options (fill, features, baseline)
     one = whybox.evaluate(clf, x[1:], out.explanation[1], "random_logit", other_class=other.meta["other_class"][1:])
     torch.testing.assert_close(one.scores, other.scores[1:])
+
+
+def test_a_text_cut_at_max_length_warns_naming_the_rows_and_the_model_s_limit() -> None:
+    """Tokens past max_length were dropped without a word: neither read by the model nor explained."""
+    from whybox.models.text import TruncatedTextWarning
+
+    enc = adapt_text(tiny_bert(), toy_tokenizer(), max_length=8)
+    long = " ".join(["movie"] * 20)
+    with pytest.warns(TruncatedTextWarning, match=r"1 of 2 texts \(rows \[1\]\) are longer than max_length=8 tokens"):
+        batch = enc.encode(["a movie", long])
+    assert batch.inputs.shape[1] == 8
+    with pytest.warns(
+        TruncatedTextWarning, match=r"Pass a larger max_length to adapt_text \(this model reads up to 64\)"
+    ):
+        enc.encode([long])
+    adapt_text(tiny_bert(), toy_tokenizer(), max_length=32).encode([long])  # fits: no warning (warnings are errors)
+
+
+def test_a_class_name_from_the_config_is_a_target(clf: object) -> None:
+    """config.id2label names a Hugging Face classifier's classes: target='LABEL_2' is output 2 (it was refused)."""
+    from whybox.models.text import explain_text
+
+    by_name = explain_text(clf, SENTENCES[:2], "occlusion", target="LABEL_2")
+    by_index = explain_text(clf, SENTENCES[:2], "occlusion", target=2)
+    assert by_name.explanation.target.tolist() == [2, 2]
+    assert torch.equal(by_name.explanation.attributions, by_index.explanation.attributions)
+    with pytest.raises(whybox.InvalidTargetError, match=r"target 'LABEL_9' is not one of the model's classes"):
+        explain_text(clf, SENTENCES[:1], "occlusion", target="LABEL_9")
+
+
+def test_texts_given_to_explain_name_explain_text(clf: object) -> None:
+    with pytest.raises(whybox.InvalidInputError, match=r"inputs are text, but 'occlusion' takes the text adapter's pa"):
+        whybox.explain(clf, ["the movie"], "occlusion")

@@ -21,7 +21,7 @@ import json
 import os
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -92,6 +92,9 @@ class _Output:
 
 class MiniLMSentiment(nn.Module):
     """MiniLM + mean pooling + L2 normalisation + ``Linear(384, 2)``: logits of (negative, positive)."""
+
+    #: the classes by output index, as a Hugging Face classifier's ``config.id2label`` (``target="positive"``)
+    id2label: ClassVar[dict[int, str]] = {0: "negative", 1: "positive"}
 
     def __init__(self, encoder: nn.Module) -> None:
         super().__init__()

@@ -168,6 +168,15 @@ class Explainer:
         return torch.Generator().manual_seed(getattr(self, "_call_seed", self.seed or 0))
 
     def _validate(self, inputs: Any) -> torch.Tensor:
+        texts = isinstance(inputs, str) or (
+            isinstance(inputs, (list, tuple)) and bool(inputs) and all(isinstance(t, str) for t in inputs)
+        )
+        if texts and hasattr(self.adapter, "tokenizer"):
+            raise InvalidInputError(
+                f"inputs are text, but {self.name!r} takes the text adapter's packed inputs (B, T, D + 1): use "
+                "whybox.models.text.explain_text(adapter, texts, method) (word attributions, the text options filled "
+                "in), or pass adapter.encode(texts).inputs."
+            )
         coder = coder_of(self.adapter)
         x, names = as_tensor_inputs(inputs, coder)  # numpy arrays and DataFrames (tabular models) become tensors
         check_feature_names(names, getattr(self.adapter, "feature_names", None))

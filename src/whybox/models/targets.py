@@ -25,11 +25,25 @@ TargetLike = int | Sequence[int] | torch.Tensor | Callable[[torch.Tensor], torch
 SCORE_SPACES = ("logit", "prob", "log_prob")
 
 
-def class_label_target(model: object, target: Any) -> Any:
-    """``target`` with class labels of a scikit-learn classifier (``model.classes_``, e.g. ``"virginica"`` or
-    ``["no", "yes"]``) replaced by their output indices; ints stay indices (also where the labels are ints);
-    anything else unchanged. An unknown label is an :class:`InvalidTargetError` listing the classes."""
+def _class_names(model: object) -> Any:
+    """The class names of ``model`` in output order: a scikit-learn classifier's ``classes_``, or a Hugging Face
+    model's ``config.id2label`` (or its own ``id2label``); ``None`` when it names none."""
     classes = getattr(model, "classes_", None)
+    if classes is not None:
+        return classes
+    for holder in (model, getattr(model, "config", None)):
+        names = getattr(holder, "id2label", None)
+        if isinstance(names, dict) and names and sorted(names) == list(range(len(names))):
+            return [names[i] for i in range(len(names))]
+    return None
+
+
+def class_label_target(model: object, target: Any) -> Any:
+    """``target`` with class labels (a scikit-learn classifier's ``model.classes_``, e.g. ``"virginica"`` or
+    ``["no", "yes"]``; a Hugging Face classifier's ``config.id2label``, e.g. ``"POSITIVE"``) replaced by their output
+    indices; ints stay indices (also where the labels are ints); anything else unchanged. An unknown label is an
+    :class:`InvalidTargetError` listing the classes."""
+    classes = _class_names(model)
     if classes is None or isinstance(target, (torch.Tensor, int)) or target is None or callable(target):
         return target
     import numpy as np

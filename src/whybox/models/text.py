@@ -21,6 +21,7 @@ Nothing downloads: models and tokenizers are objects the caller loaded (from loc
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,7 @@ __all__ = [
     "TextBatch",
     "TextClassifierAdapter",
     "TextEncoderAdapter",
+    "TruncatedTextWarning",
     "adapt_text",
     "explain_text",
     "text_defaults",
@@ -201,6 +203,10 @@ def replace_tokens(
     return out
 
 
+class TruncatedTextWarning(UserWarning):
+    """A text was cut at the adapter's ``max_length`` tokens: its end is neither read nor explained."""
+
+
 class _TextMixin:
     """Tokenise, pack and unpack (shared by the classifier and the encoder adapters)."""
 
@@ -234,6 +240,7 @@ class _TextMixin:
             return_tensors="pt",
             return_special_tokens_mask=True,
         )
+        self._warn_truncated(enc, texts)
         emb = self._embeddings()
         device = next(iter(emb.parameters())).device
         ids = enc["input_ids"].to(device)
@@ -253,6 +260,26 @@ class _TextMixin:
             "unk": getattr(self.tokenizer, "unk_token_id", None),
         }
         return TextBatch(inputs, ids, mask, special, tokens, word_ids, texts, repl, emb)
+
+    def _warn_truncated(self, enc: Any, texts: list[str]) -> None:
+        """Warn about texts cut at ``max_length`` tokens (a fast tokenizer keeps what it cut): their ends are neither
+        read by the model nor explained."""
+        cut = [i for i, e in enumerate(getattr(enc, "encodings", None) or []) if getattr(e, "overflowing", None)]
+        if not cut:
+            return
+        limit = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
+        if limit is None:
+            limit = getattr(
+                getattr(getattr(self.model, "encoder", None), "config", None), "max_position_embeddings", None
+            )
+        most = f" (this model reads up to {limit})" if isinstance(limit, int) and limit > self.max_length else ""
+        warnings.warn(
+            f"{len(cut)} of {len(texts)} texts (rows {cut[:10]}) are longer than max_length={self.max_length} tokens: "
+            f"only their first {self.max_length} tokens are read and explained, the rest is dropped. Pass a larger "
+            f"max_length to adapt_text{most}, or split the texts.",
+            TruncatedTextWarning,
+            stacklevel=3,
+        )
 
     def _call(self, x: torch.Tensor) -> Any:
         if x.ndim != 3:
