@@ -20,8 +20,9 @@ from whybox.explainers.perturbation._common import PerturbationExplainer
 from whybox.explanation import Explanation
 from whybox.masking.engine import MaskingEngine, resolve_batch_size
 from whybox.masking.features import FeatureGroups
-from whybox.models.adapter import ModelAdapter, adapt, scoring_adapter
-from whybox.models.inputs import as_tensor_inputs
+from whybox.models.adapter import ModelAdapter, adapt, coder_of, scoring_adapter
+from whybox.models.categorical import categorical_columns
+from whybox.models.inputs import as_tensor_inputs, is_dataframe, tensor_option
 from whybox.models.targets import apply_score_space, class_label_target
 from whybox.registry import EXPLAINERS
 
@@ -89,6 +90,13 @@ class DebugReport:
     def accuracy(self) -> float:
         return 1.0 - self.n_wrong / max(1, self.n_inputs)
 
+    def __repr__(self) -> str:  # the dataclass repr printed every tensor of every mistake
+        shown = "" if len(self.mistakes) == self.n_wrong else f", {len(self.mistakes)} explained"
+        return (
+            f"DebugReport({self.n_inputs} inputs, {self.n_wrong} wrong (accuracy {self.accuracy:.3f}){shown}, "
+            f"method {self.method!r}; .table() lists the mistakes, .mistakes holds them)"
+        )
+
     def table(self, class_names: list[str] | None = None) -> str:
         """A plain-text table: one line per mistake."""
 
@@ -151,7 +159,24 @@ def find_mistakes(
     batch_size
         Rows per model call (``None``: 64 for a torch model, 4,096 for a scikit-learn estimator).
     """
-    inputs, _ = as_tensor_inputs(inputs)  # a numpy array or a DataFrame of rows as a tensor
+    adapter = model if isinstance(model, ModelAdapter) else adapt(model)
+    if adapter.outputs_values:
+        raise InvalidParameterError(
+            f"find_mistakes looks for the inputs a classifier gets wrong, but {type(adapter.model).__name__} is a "
+            "regressor (its outputs are predicted values, not classes); explain its largest errors with "
+            "whybox.explain on those rows instead."
+        )
+    coder = coder_of(adapter)
+    coded = categorical_columns(inputs) if coder is not None and is_dataframe(inputs) else []
+    inputs, _ = as_tensor_inputs(inputs, coder)  # a numpy array or a DataFrame of rows (text columns coded)
+    if coded:
+        if isinstance(fill, str):
+            raise InvalidParameterError(
+                f"inputs have text or categorical columns ({', '.join(map(repr, coded[:5]))}), which fill={fill!r} "
+                "would set to an arbitrary value; pass a reference row as fill= (a Series with every column, e.g. "
+                "X_train.mode().iloc[0])."
+            )
+        fill = tensor_option(fill, "fill", coder)  # coded once: the explainer and the metric read the same row
     if inputs.ndim < 2:
         raise InvalidInputError(
             f"inputs must have a leading batch dimension (B, ...); got shape {tuple(inputs.shape)}."
@@ -182,7 +207,6 @@ def find_mistakes(
     ):
         raise InvalidParameterError(f"max_mistakes must be a positive int or None; got {max_mistakes!r}.")
     # the predictions: through the adapter's guard (eval mode, state restored) and the engine's chunked forward
-    adapter = model if isinstance(model, ModelAdapter) else adapt(model)
     dev = adapter.device
     with adapter.guard("eval"):
         scorer = scoring_adapter(adapter, "prob")  # a classifier's predict_proba read as its probabilities

@@ -87,6 +87,46 @@ def test_rows_as_a_frame_and_a_classifier_s_own_labels() -> None:
         whybox.find_mistakes(clf, frame, [*names[:5], "maybe"])
 
 
+def test_text_columns_a_regressor_and_the_report_s_repr() -> None:
+    """A frame with a text column (coded for the pipeline) finds the same mistakes as its one-hot codes do, with a
+    reference row as the fill (a fill by name is refused); a regressor is refused by name; the report prints one
+    line, where the dataclass repr printed every tensor of every mistake."""
+    pd = pytest.importorskip("pandas")
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import RandomForestRegressor
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    frame = pd.DataFrame({"a": [0.0, 0.2, 1.0, 0.9, 0.1, 1.0], "c": ["x", "x", "y", "y", "y", "x"]})
+    y = [0, 0, 1, 1, 0, 1]  # rows 4 and 5 contradict their text column
+    pipe = make_pipeline(
+        ColumnTransformer([("oh", OneHotEncoder(), ["c"])], remainder="passthrough"), LogisticRegression(C=100.0)
+    ).fit(frame.iloc[:4], y[:4])
+    ref = pd.Series({"a": 0.5, "c": "x"})
+    report = whybox.find_mistakes(pipe, frame, y, method="exact_shapley", fill=ref)
+    wrong = [i for i, (p, t) in enumerate(zip(pipe.predict(frame), y, strict=True)) if p != t]
+    assert [m.index for m in report.mistakes] == wrong and wrong
+    for m in report.mistakes:  # exact Shapley values of the true class against the reference row, on DataFrames
+        row = frame.iloc[m.index]
+
+        def v(cols: set[str], row: object = row) -> float:
+            r = pd.DataFrame([{c: (row[c] if c in cols else ref[c]) for c in ["a", "c"]}])
+            return float(pipe.predict_proba(r)[0, m.label])
+
+        phi_a = 0.5 * (v({"a"}) - v(set())) + 0.5 * (v({"a", "c"}) - v({"c"}))
+        assert m.attribution[0].item() == pytest.approx(phi_a, abs=1e-10)
+    assert repr(report) == (
+        f"DebugReport(6 inputs, {len(wrong)} wrong (accuracy {1 - len(wrong) / 6:.3f}), method 'exact_shapley'; "
+        ".table() lists the mistakes, .mistakes holds them)"
+    )
+    with pytest.raises(InvalidParameterError, match=r"inputs have text or categorical columns \('c'\), which fill="):
+        whybox.find_mistakes(pipe, frame, y, method="exact_shapley")
+    reg = RandomForestRegressor(n_estimators=3, random_state=0).fit(frame[["a"]], y)
+    with pytest.raises(InvalidParameterError, match=r"RandomForestRegressor is a regressor \(its outputs are"):
+        whybox.find_mistakes(reg, frame[["a"]], y)
+
+
 def test_bad_input_names_the_parameter() -> None:
     x, y = rows()
     with pytest.raises(InvalidInputError, match=r"labels must be integer classes of shape \(4,\)"):
