@@ -110,9 +110,9 @@ def test_text_columns_a_regressor_and_the_report_s_repr() -> None:
     for m in report.mistakes:  # exact Shapley values of the true class against the reference row, on DataFrames
         row = frame.iloc[m.index]
 
-        def v(cols: set[str], row: object = row) -> float:
+        def v(cols: set[str], row: object = row, label: int = m.label) -> float:
             r = pd.DataFrame([{c: (row[c] if c in cols else ref[c]) for c in ["a", "c"]}])
-            return float(pipe.predict_proba(r)[0, m.label])
+            return float(pipe.predict_proba(r)[0, label])
 
         phi_a = 0.5 * (v({"a"}) - v(set())) + 0.5 * (v({"a", "c"}) - v({"c"}))
         assert m.attribution[0].item() == pytest.approx(phi_a, abs=1e-10)
