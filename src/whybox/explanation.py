@@ -114,6 +114,107 @@ class Explanation:
             f"reduce must be one of {_MAP_REDUCTIONS}; got {reduce!r}.{did_you_mean(reduce, _MAP_REDUCTIONS)}"
         )
 
+    # ------------------------------------------------------------------ display
+    def plot(
+        self,
+        inputs: Any = None,
+        *,
+        rows: Any = None,
+        top: int = 10,
+        reading: str | None = None,
+        columns: int = 4,
+    ) -> Any:
+        """A matplotlib ``Figure`` of the explanation, one panel per row (no pyplot: nothing opens a window; a
+        notebook shows the figure it returns, ``fig.savefig(path)`` writes it).
+
+        Images: the map (:meth:`to_map`) as the report colours it, over ``inputs`` ``(B, C, H, W)`` when given (each
+        image min-max scaled to [0, 1] for display; C = 1 or 3), else alone. Tabular rows ``(B, F)``: the ``top``
+        features by magnitude as bars, named by ``meta["feature_names"]`` (else ``x0, x1, ...``), largest first.
+
+        Parameters
+        ----------
+        inputs
+            The explained inputs (images only), to show under the maps.
+        rows
+            Which rows: an int, a list of ints, or ``None`` for all (at most 16).
+        top
+            Bars per tabular row.
+        reading
+            How to colour a map (:func:`whybox.report.overlay.to_heatmap`): ``"signed"``, ``"positive"`` or
+            ``"relative"``; default: the method's own (CAMs and RISE relative, magnitudes positive, else signed).
+        columns
+            Panels per figure row.
+        """
+        from matplotlib.figure import Figure
+
+        a = self.attributions.detach().cpu()
+        n = a.shape[0]
+        picked = list(range(min(n, 16))) if rows is None else [rows] if isinstance(rows, int) else list(rows)
+        bad = [r for r in picked if isinstance(r, bool) or not isinstance(r, int) or not -n <= r < n]
+        if bad or not picked:
+            raise InvalidParameterError(f"rows must be row indices in [0, {n}) (an int or a list); got {rows!r}.")
+        if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+            raise InvalidParameterError(f"top must be a positive int; got {top!r}.")
+        if isinstance(columns, bool) or not isinstance(columns, int) or columns < 1:
+            raise InvalidParameterError(f"columns must be a positive int; got {columns!r}.")
+        image = a.ndim == 4
+        if not image and a.ndim != 2:
+            raise InvalidInputError(
+                f"plot() shows image attributions (B, C, H, W) and tabular ones (B, F); these have shape "
+                f"{tuple(a.shape)}. For text, explain_text(...).words holds (word, value) pairs and "
+                "whybox.report.render_tokens_page(...) draws them."
+            )
+        ncols = min(columns, len(picked))
+        nrows = -(-len(picked) // ncols)
+        fig = Figure(figsize=(3.2 * ncols, (3.2 if image else 0.35 * min(top, a.shape[1]) + 1.0) * nrows))
+        axes = fig.subplots(nrows, ncols, squeeze=False)
+        for ax in axes.flat[len(picked) :]:
+            ax.set_axis_off()
+        if image:
+            self._plot_maps(axes.flat, picked, inputs, reading)
+        else:
+            if inputs is not None:
+                raise InvalidParameterError("inputs= is shown under image maps only; drop it for tabular rows.")
+            names = self.meta.get("feature_names") or [f"x{j}" for j in range(a.shape[1])]
+            for ax, r in zip(axes.flat, picked, strict=False):
+                v = a[r].to(torch.float64)
+                order = torch.argsort(v.abs(), descending=True, stable=True)[:top].tolist()
+                vals = [float(v[j]) for j in order]
+                ax.barh(range(len(order)), vals, color=["#b2182b" if x > 0 else "#2166ac" for x in vals])
+                ax.set_yticks(range(len(order)), [str(names[j]) for j in order])
+                ax.invert_yaxis()  # the largest on top
+                ax.axvline(0.0, color="#444", linewidth=0.6)
+                ax.set_title(f"row {r}: target {int(self.target[r])}", fontsize=9)
+        fig.suptitle(self.method, fontsize=10)
+        fig.tight_layout()
+        return fig
+
+    def _plot_maps(self, axes: Any, picked: list[int], inputs: Any, reading: str | None) -> None:
+        from whybox.report.overlay import overlay, to_heatmap
+
+        if reading is None:
+            from whybox.runs.report_data import method_reading
+
+            reading = method_reading(self.method, self.params) if self.method else "auto"
+        maps = self.to_map().detach().cpu()
+        if inputs is not None:
+            x = inputs.detach().cpu() if isinstance(inputs, torch.Tensor) else torch.as_tensor(inputs)
+            if x.ndim != 4 or x.shape[0] != maps.shape[0] or x.shape[1] not in (1, 3):
+                raise InvalidInputError(
+                    f"inputs must be the explained images (B, 1 or 3, H, W) with B = {maps.shape[0]}; got "
+                    f"{tuple(x.shape)}."
+                )
+        for ax, r in zip(axes, picked, strict=False):
+            if inputs is None:
+                ax.imshow(to_heatmap(maps[r], reading=reading))
+            else:
+                img = x[r].to(torch.float64)
+                lo, hi = img.min(), img.max()
+                img = (img - lo) / (hi - lo) if hi > lo else torch.zeros_like(img)
+                ax.imshow(overlay(img, maps[r], reading=reading))
+            ax.set_title(f"row {r}: target {int(self.target[r])}", fontsize=9)
+            ax.set_axis_off()
+
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write to one safetensors file (tensors) with the JSON header holding method, params, meta.
