@@ -6,6 +6,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -123,6 +124,7 @@ class Explanation:
         top: int = 10,
         reading: str | None = None,
         columns: int = 4,
+        labels: Any = None,
     ) -> Any:
         """A matplotlib ``Figure`` of the explanation, one panel per row (no pyplot: nothing opens a window; a
         notebook shows the figure it returns, ``fig.savefig(path)`` writes it).
@@ -144,6 +146,8 @@ class Explanation:
             ``"relative"``; default: the method's own (CAMs and RISE relative, magnitudes positive, else signed).
         columns
             Panels per figure row.
+        labels
+            Class names by output index (e.g. ``whybox.data.imagenet_labels()``) for the panel titles.
         """
         from matplotlib.figure import Figure
 
@@ -157,6 +161,12 @@ class Explanation:
             raise InvalidParameterError(f"top must be a positive int; got {top!r}.")
         if isinstance(columns, bool) or not isinstance(columns, int) or columns < 1:
             raise InvalidParameterError(f"columns must be a positive int; got {columns!r}.")
+        names_of = list(labels) if labels is not None else None
+
+        def title(r: int) -> str:
+            t = int(self.target[r])
+            return f"row {r}: {names_of[t] if names_of is not None and 0 <= t < len(names_of) else f'target {t}'}"
+
         image = a.ndim == 4
         if not image and a.ndim != 2:
             raise InvalidInputError(
@@ -171,7 +181,7 @@ class Explanation:
         for ax in axes.flat[len(picked) :]:
             ax.set_axis_off()
         if image:
-            self._plot_maps(axes.flat, picked, inputs, reading)
+            self._plot_maps(axes.flat, picked, inputs, reading, title)
         else:
             if inputs is not None:
                 raise InvalidParameterError("inputs= is shown under image maps only; drop it for tabular rows.")
@@ -184,12 +194,14 @@ class Explanation:
                 ax.set_yticks(range(len(order)), [str(names[j]) for j in order])
                 ax.invert_yaxis()  # the largest on top
                 ax.axvline(0.0, color="#444", linewidth=0.6)
-                ax.set_title(f"row {r}: target {int(self.target[r])}", fontsize=9)
+                ax.set_title(title(r), fontsize=9)
         fig.suptitle(self.method, fontsize=10)
         fig.tight_layout()
         return fig
 
-    def _plot_maps(self, axes: Any, picked: list[int], inputs: Any, reading: str | None) -> None:
+    def _plot_maps(
+        self, axes: Any, picked: list[int], inputs: Any, reading: str | None, title: Callable[[int], str]
+    ) -> None:
         from whybox.report.overlay import overlay, to_heatmap
 
         if reading is None:
@@ -212,7 +224,7 @@ class Explanation:
                 lo, hi = img.min(), img.max()
                 img = (img - lo) / (hi - lo) if hi > lo else torch.zeros_like(img)
                 ax.imshow(overlay(img, maps[r], reading=reading))
-            ax.set_title(f"row {r}: target {int(self.target[r])}", fontsize=9)
+            ax.set_title(title(r), fontsize=9)
             ax.set_axis_off()
 
     # ------------------------------------------------------------------ persistence

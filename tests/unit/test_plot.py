@@ -25,11 +25,11 @@ def test_image_panels_are_the_report_s_overlays_of_the_chosen_rows() -> None:
         torch.rand(5, 3, 12, 12, generator=torch.Generator().manual_seed(0)) * 4 - 2
     )  # not in [0, 1]: scaled for display
     e = whybox.explain(_cnn(), x, "gradcam")
-    fig = e.plot(x, rows=[3, 1], columns=4)
+    fig = e.plot(x, rows=[3, 1], columns=4, labels=["cat", "dog", "fox"])
     shown = [ax for ax in fig.axes if ax.images]
     assert len(shown) == 2 and [ax.get_title() for ax in shown] == [
-        f"row 3: target {int(e.target[3])}",
-        f"row 1: target {int(e.target[1])}",
+        f"row 3: {['cat', 'dog', 'fox'][int(e.target[3])]}",
+        f"row 1: {['cat', 'dog', 'fox'][int(e.target[1])]}",
     ]
     for ax, r in zip(shown, [3, 1], strict=True):
         img = x[r].double()
