@@ -168,6 +168,13 @@ def test_what_cannot_be_coded_is_refused_naming_the_fix(data: tuple[Any, Any]) -
     e = whybox.explain(pipe, rows, "kernel_shap", background=df.iloc[100:110])
     with pytest.raises(InvalidParameterError, match=r"'deletion' with fill='zero' would set to an arbitrary value"):
         whybox.evaluate(pipe, rows, e, "deletion")
+    coder = whybox.adapt(pipe)  # the coded rows as a tensor: the adapter still knows which columns are text
+    codes = whybox.explain(coder, rows, "occlusion", fill=df.mode().iloc[0]).options["fill"]
+    assert codes.shape == (4,)
+    with pytest.raises(InvalidParameterError, match=r"text or categorical columns \('city', 'plan'\), which a fill "):
+        whybox.explain(coder, torch.zeros(2, 4, dtype=torch.float64), "occlusion")
+    with pytest.raises(InvalidParameterError, match=r"'deletion' with fill='zero' would set to an arbitrary value"):
+        whybox.evaluate(coder, torch.zeros(2, 4, dtype=torch.float64), e.attributions[:2], "deletion")
     gaps = rows.copy()
     gaps.loc[gaps.index[1], "city"] = None
     with pytest.raises(InvalidInputError, match=r"inputs: column 'city' has missing values in rows \[1\]"):

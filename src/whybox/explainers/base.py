@@ -14,8 +14,8 @@ from whybox.explanation import Explanation
 from whybox.masking.engine import MaskingEngine, resolve_batch_size
 from whybox.models._guard import MODES, has_train_mode_batchnorm
 from whybox.models.adapter import ModelAdapter, TorchAdapter, adapt, coder_of, score_for, scoring_adapter
-from whybox.models.categorical import categorical_columns, vocabularies
-from whybox.models.inputs import as_tensor_inputs, check_feature_names, is_dataframe
+from whybox.models.categorical import vocabularies
+from whybox.models.inputs import as_tensor_inputs, check_feature_names
 from whybox.models.targets import (
     SCORE_SPACES,
     Target,
@@ -181,7 +181,7 @@ class Explainer:
         x, names = as_tensor_inputs(inputs, coder)  # numpy arrays and DataFrames (tabular models) become tensors
         check_feature_names(names, getattr(self.adapter, "feature_names", None))
         self._feature_names = names
-        coded = None if coder is None or not is_dataframe(inputs) else categorical_columns(inputs)
+        coded = list(coder.categories) if coder is not None else None  # text columns, coded here or before
         fill = getattr(self, "fill", None)
         if coded and isinstance(fill, str) and getattr(self, "background", None) is None:
             raise InvalidParameterError(

@@ -31,8 +31,8 @@ from whybox.masking.engine import MaskingEngine, check_batch_size, resolve_batch
 from whybox.masking.features import FeatureGroups, pixels
 from whybox.models._guard import MODES
 from whybox.models.adapter import ModelAdapter, TorchAdapter, adapt, coder_of, score_for, scoring_adapter
-from whybox.models.categorical import categorical_columns, register_vocabularies
-from whybox.models.inputs import as_tensor_inputs, check_feature_names, is_dataframe, name_list, tensor_option
+from whybox.models.categorical import register_vocabularies
+from whybox.models.inputs import as_tensor_inputs, check_feature_names, name_list, tensor_option
 from whybox.models.targets import SCORE_SPACES, Target, TargetLike, class_label_target, resolve_target
 
 __all__ = [
@@ -777,8 +777,8 @@ class Metric:
         if adapter is not None:  # a regressor's values are read as they are (None), or refuse a probability
             self.score = score_for(adapter, given)
         try:
-            if coder is not None and is_dataframe(inputs) and categorical_columns(inputs):
-                self._code_fill(coder, categorical_columns(inputs))
+            if coder is not None and coder.categories:  # text columns, coded from the inputs or the explanation
+                self._code_fill(coder, list(coder.categories))
             expl: Explanation | None = None
             method: str | None = None
             attributions: torch.Tensor | None = None
