@@ -79,6 +79,37 @@ def timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - t0
 
 
+def timed_pair(
+    ours: Callable[[], Any], peer: Callable[[], Any], rounds: int, n_rows: int, e: Any, counts: tuple[int, int, int]
+) -> dict[str, Any]:
+    """Time ``ours`` and ``peer`` alternately for ``rounds`` rounds (the order flips each round): per-row seconds
+    (medians), the median and range of the per-round ratios, and the passes and calls (``counts``: whybox's calls,
+    the peer's scored rows and calls; whybox's rows from its explanation ``e``)."""
+    ours_s, peer_s, ratios = [], [], []
+    for r in range(rounds):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if r % 2:
+                b, a = timed(peer), timed(ours)
+            else:
+                a, b = timed(ours), timed(peer)
+        ours_s.append(a)
+        peer_s.append(b)
+        ratios.append(a / b)
+    ours_calls, peer_rows, peer_calls = counts
+    return {
+        "ours_passes_per_row": e.meta["n_forward"] / n_rows,
+        "peer_passes_per_row": peer_rows / n_rows,
+        "ours_calls": ours_calls,
+        "peer_calls": peer_calls,
+        "ours_s_per_row": statistics.median(ours_s) / n_rows,
+        "peer_s_per_row": statistics.median(peer_s) / n_rows,
+        "ratio": statistics.median(ratios),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+    }
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import shap
     from lime.lime_tabular import LimeTabularExplainer
@@ -132,35 +163,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 warnings.simplefilter("ignore")
                 peer()
             peer_rows, peer_calls = counter.rows, counter.calls
-            ours_s, peer_s, ratios = [], [], []
-            for r in range(args.rounds):
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    if r % 2:
-                        b, a = timed(peer), timed(ours)
-                    else:
-                        a, b = timed(ours), timed(peer)
-                ours_s.append(a)
-                peer_s.append(b)
-                ratios.append(a / b)
-            out.append(
-                {
-                    "model": name,
-                    "method": method,
-                    "peer": peer_name,
-                    "rows": len(rows),
-                    "samples": n,
-                    "ours_passes_per_row": e.meta["n_forward"] / len(rows),
-                    "peer_passes_per_row": peer_rows / len(rows),
-                    "ours_calls": ours_calls,
-                    "peer_calls": peer_calls,
-                    "ours_s_per_row": statistics.median(ours_s) / len(rows),
-                    "peer_s_per_row": statistics.median(peer_s) / len(rows),
-                    "ratio": statistics.median(ratios),
-                    "ratio_min": min(ratios),
-                    "ratio_max": max(ratios),
-                }
-            )
+            row = {"model": name, "method": method, "peer": peer_name, "rows": len(rows), "samples": n}
+            out.append(row | timed_pair(ours, peer, args.rounds, len(rows), e, (ours_calls, peer_rows, peer_calls)))
             print(f"{name:28s} {method:12s} ratio {out[-1]['ratio']:.3f}", flush=True)
     out.append(text_columns(args, rows, n))
     print(f"{out[-1]['model']:28s} {out[-1]['method']:12s} ratio {out[-1]['ratio']:.3f}", flush=True)
@@ -218,33 +222,14 @@ def text_columns(args: argparse.Namespace, rows_array: np.ndarray, n: int) -> di
         theirs = np.asarray(peer())
     peer_rows, peer_calls = counter.rows, counter.calls
     same = np.abs(e.attributions.numpy() - theirs[np.arange(len(rows)), :, pred]).max()
-    ours_s, peer_s, ratios = [], [], []
-    for r in range(args.rounds):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if r % 2:
-                b, a = timed(peer), timed(ours)
-            else:
-                a, b = timed(ours), timed(peer)
-        ours_s.append(a)
-        peer_s.append(b)
-        ratios.append(a / b)
-    return {
+    row = {
         "model": "pipeline, 3 raw text columns (one-hot)",
         "method": f"kernel_shap (max diff {same:.1e})",
         "peer": "shap KernelExplainer (object array)",
         "rows": len(rows),
         "samples": n,
-        "ours_passes_per_row": e.meta["n_forward"] / len(rows),
-        "peer_passes_per_row": peer_rows / len(rows),
-        "ours_calls": ours_calls,
-        "peer_calls": peer_calls,
-        "ours_s_per_row": statistics.median(ours_s) / len(rows),
-        "peer_s_per_row": statistics.median(peer_s) / len(rows),
-        "ratio": statistics.median(ratios),
-        "ratio_min": min(ratios),
-        "ratio_max": max(ratios),
     }
+    return row | timed_pair(ours, peer, args.rounds, len(rows), e, (ours_calls, peer_rows, peer_calls))
 
 
 def write(result: dict[str, Any], args: argparse.Namespace) -> None:
