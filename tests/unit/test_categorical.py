@@ -185,6 +185,10 @@ def test_what_cannot_be_coded_is_refused_naming_the_fix(data: tuple[Any, Any]) -
     on_arrays = LogisticRegression().fit(np.random.default_rng(0).normal(size=(20, 4)), np.arange(20) % 2)
     with pytest.raises(InvalidInputError, match=r"codes such columns only for a scikit-learn estimator fitted on a Da"):
         whybox.explain(on_arrays, rows, "occlusion")
+    with pytest.raises(
+        InvalidInputError, match=r"got dtype object\. .* pass the rows as such a DataFrame \(whybox cod"
+    ):
+        whybox.explain(pipe, rows.to_numpy(), "occlusion")  # the same rows as an object array: the frame is named
     numbers = df.iloc[100:110].assign(city=1.0)  # text in the inputs, numbers in the background's column
     with pytest.raises(InvalidInputError, match=r"inputs: column 'city' holds text, but another table of this call"):
         whybox.explain(pipe, rows, "kernel_shap", background=numbers)

@@ -48,7 +48,9 @@ def as_tensor_inputs(inputs: Any, coder: Any = None) -> tuple[torch.Tensor, list
         if inputs.dtype.kind not in _NUMERIC:
             raise InvalidInputError(
                 f"inputs as a numpy array must be numeric (bool, int or float); got dtype {inputs.dtype}. whybox "
-                "perturbs numbers: encode other values (e.g. ordinal or one-hot codes) and pass those."
+                "perturbs numbers: encode other values (e.g. ordinal or one-hot codes) and pass those; for a "
+                "scikit-learn estimator fitted on a DataFrame with text columns, pass the rows as such a DataFrame "
+                "(whybox codes its text columns)."
             )
         return torch.tensor(np.ascontiguousarray(inputs)), None
     if is_dataframe(inputs):
