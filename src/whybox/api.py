@@ -113,7 +113,8 @@ def explain(
             raise
         raise _unknown_option(repr(method), exc, cls, ("target",)) from None
     out = explainer.explain(inputs, target=target)
-    described = {k: v for k, v in params.items() if not _plain(v)}  # what out.params can only describe
+    # what out.params can only describe (a tensor, a callable; a list of numbers it records as the tensor it became)
+    described = {k: v for k, v in params.items() if not _plain(v) or _listed(out.params.get(k, v)) != _listed(v)}
     coder = coder_of(explainer.adapter)
     for k, v in described.items():
         if coder is not None and has_text_columns(v):  # kept coded, as the method read it (and as it saves)
@@ -122,6 +123,11 @@ def explain(
         out.options.update(described)
         out.meta["described_options"] = sorted(described)
     return out
+
+
+def _listed(value: Any) -> Any:
+    """Tuples as lists, all the way down (``Explanation.params`` records a tuple option as a list)."""
+    return [_listed(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 def _plain(value: Any) -> bool:

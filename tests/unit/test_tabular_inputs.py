@@ -410,3 +410,32 @@ def test_lime_s_default_probability_is_the_classifier_s_own() -> None:
     raw = whybox.explain(model, x[:3], "lime", n_samples=300, score="logit")
     torch.testing.assert_close(prob.attributions, raw.attributions, rtol=0, atol=1e-9)
     torch.testing.assert_close(prob.meta["intercept"], raw.meta["intercept"], rtol=0, atol=1e-9)
+
+
+def test_a_reference_row_written_as_a_list_is_the_same_row_as_a_tensor() -> None:
+    """A list of numbers (what a config file or --option fill=[...] gives) was refused as 'fill must be one of ...'
+    (IG's baseline= even named fill); it is now the row it writes, for fills, baselines, backgrounds and metrics."""
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 3).double()
+    x = torch.rand(2, 4, dtype=torch.float64)
+    row = [0.1, 0.2, 0.3, 0.4]
+    ref = torch.tensor(row, dtype=torch.float64)
+    for method, key in (("occlusion", "fill"), ("lime", "fill"), ("integrated_gradients", "baseline")):
+        a = whybox.explain(net, x, method, **{key: row})
+        b = whybox.explain(net, x, method, **{key: ref})
+        torch.testing.assert_close(a.attributions, b.attributions, rtol=0, atol=0)
+        # kept in options, so a metric that re-runs the method gets the row back (params only describe it)
+        assert a.options[key] == row
+        s = whybox.evaluate(net, x, a, "stability", n_runs=2)
+        assert bool(torch.isfinite(s.scores).all())
+    bg = [row, [0.0, 0.0, 0.0, 0.0]]
+    a = whybox.explain(net, x, "kernel_shap", background=bg)
+    b = whybox.explain(net, x, "kernel_shap", background=torch.tensor(bg, dtype=torch.float64))
+    torch.testing.assert_close(a.attributions, b.attributions, rtol=0, atol=0)
+    d1 = whybox.evaluate(net, x, a, "deletion", fill=row)
+    d2 = whybox.evaluate(net, x, a, "deletion", fill=ref)
+    torch.testing.assert_close(d1.scores, d2.scores, rtol=0, atol=0)
+    with pytest.raises(whybox.InvalidParameterError, match=r"baseline must be one of \('zero', 'blur', 'uniform', 'g"):
+        whybox.explain(net, x, "integrated_gradients", baseline={"a": 1})
+    with pytest.raises(whybox.InvalidParameterError, match=r"fill as a list must be a row of numbers or equal rows"):
+        whybox.explain(net, x, "occlusion", fill=[[0.1, 0.2], [0.3]])

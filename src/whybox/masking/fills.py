@@ -79,12 +79,12 @@ def make_fill(
         out = fill(x)
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
             raise InvalidParameterError(
-                f"a callable fill must return a tensor shaped like the inputs {tuple(x.shape)}."
+                f"a callable {name} must return a tensor shaped like the inputs {tuple(x.shape)}."
             )
         return out.to(device=x.device, dtype=x.dtype)
     if isinstance(fill, (int, float)) and not isinstance(fill, bool):
         if not math.isfinite(fill):
-            raise InvalidParameterError(f"fill as a number must be finite; got {fill!r}.")
+            raise InvalidParameterError(f"{name} as a number must be finite; got {fill!r}.")
         return torch.full_like(x, float(fill))
     if fill == "zero":
         return torch.zeros_like(x)
@@ -102,5 +102,6 @@ def make_fill(
         u = torch.rand(x.shape, generator=generator, dtype=torch.float64).to(device=x.device, dtype=x.dtype)
         return lo + (hi - lo) * u
     raise InvalidParameterError(
-        f"fill must be one of {FILLS}, a number, a tensor or a callable; got {fill!r}.{did_you_mean(fill, FILLS)}"
+        f"{name} must be one of {FILLS}, a number, a tensor or a callable; got {fill!r}."
+        f"{did_you_mean(fill, FILLS) if isinstance(fill, str) else ''}"
     )

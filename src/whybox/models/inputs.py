@@ -76,15 +76,27 @@ def as_tensor_inputs(inputs: Any, coder: Any = None) -> tuple[torch.Tensor, list
     )
 
 
+def _numbers(value: Any) -> bool:
+    """True for a list (or tuple) of numbers, or of such lists: a row or rows written out."""
+    if isinstance(value, (list, tuple)):
+        return all(_numbers(v) for v in value)
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def tensor_option(value: Any, name: str, coder: Any = None) -> Any:
-    """An array-valued option (``fill=``, ``baseline=``) given as a numpy array or a pandas Series / DataFrame, as
-    a tensor (numeric data only, e.g. ``fill=X_train.mean(0)`` for tabular rows; with ``coder``, the adapter of a
+    """An array-valued option (``fill=``, ``baseline=``) given as a numpy array, a pandas Series / DataFrame or a
+    list of numbers (a row, or rows: ``--option fill=[5.8,3.0,4.3,1.3]`` on the command line), as a tensor (numeric data only, e.g. ``fill=X_train.mean(0)`` for tabular rows; with ``coder``, the adapter of a
     scikit-learn estimator fitted on a DataFrame, text and categorical columns too, coded as its inputs are);
     anything else unchanged."""
     if isinstance(value, np.ndarray):
         if value.dtype.kind not in _NUMERIC:
             raise InvalidParameterError(f"{name} as a numpy array must be numeric; got dtype {value.dtype}.")
         return torch.tensor(np.ascontiguousarray(value))
+    if isinstance(value, (list, tuple)) and value and _numbers(value):  # e.g. a reference row from a config file
+        try:
+            return torch.tensor(value, dtype=torch.float64)
+        except (TypeError, ValueError) as exc:  # ragged rows
+            raise InvalidParameterError(f"{name} as a list must be a row of numbers or equal rows; {exc}.") from None
     if type(value).__module__.split(".")[0] == "pandas" and hasattr(value, "to_numpy"):
         if coder is not None and coder.categories and coder.feature_names is not None:  # coded in another table
             from whybox.models.categorical import encode_frame

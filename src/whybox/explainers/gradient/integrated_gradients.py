@@ -125,8 +125,9 @@ class IntegratedGradients(GradientExplainer):
             )
         else:
             quadrature(method, n_steps)  # validates n_steps
-        baseline = tensor_option(baseline, "baseline")  # a numpy array or a pandas Series, as a tensor
-        if isinstance(baseline, str) and baseline not in BASELINES:
+        baseline = tensor_option(baseline, "baseline")  # a numpy array, pandas Series or list of numbers, as a tensor
+        known = isinstance(baseline, (str, int, float, torch.Tensor)) or callable(baseline)
+        if (isinstance(baseline, str) and baseline not in BASELINES) or not known or isinstance(baseline, bool):
             raise InvalidParameterError(f"baseline must be one of {BASELINES}, a number or a tensor; got {baseline!r}.")
         if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma >= 0:
             raise InvalidParameterError(f"sigma must be a number >= 0; got {sigma!r}.")
