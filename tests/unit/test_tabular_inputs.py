@@ -191,8 +191,8 @@ def test_non_numeric_array_options_are_refused(frame: pd.DataFrame) -> None:
     background = x.iloc[:5].assign(**{str(x.columns[1]): "low"})
     with pytest.raises(
         whybox.InvalidInputError,
-        match=rf"inputs: column '{x.columns[1]}' holds numbers, but another table of this call \(the inputs, a fill "
-        r"row or background rows\) holds text there",
+        match=rf"background: column '{x.columns[1]}' holds text, but another table of this call \(the inputs, a "
+        r"fill row or background rows\) holds numbers there",
     ):
         whybox.explain(model, x.iloc[:2], "kernel_shap", background=background)
     with pytest.raises(

@@ -163,6 +163,11 @@ class Explainer:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ helpers
+    def _code_options(self, coder: Any) -> None:
+        """Code the array-valued options given as pandas objects for a scikit-learn estimator, now that the inputs
+        have set which columns hold text (:mod:`whybox.models.categorical`); the perturbation explainers' fill and
+        background."""
+
     def generator(self) -> torch.Generator:
         """A fresh CPU generator seeded with this call's seed (``seed``, or the one drawn for ``seed=None``)."""
         return torch.Generator().manual_seed(getattr(self, "_call_seed", self.seed or 0))
@@ -181,6 +186,8 @@ class Explainer:
         x, names = as_tensor_inputs(inputs, coder)  # numpy arrays and DataFrames (tabular models) become tensors
         check_feature_names(names, getattr(self.adapter, "feature_names", None))
         self._feature_names = names
+        if coder is not None:
+            self._code_options(coder)
         coded = list(coder.categories) if coder is not None else None  # text columns, coded here or before
         fill = getattr(self, "fill", None)
         if coded and isinstance(fill, str) and getattr(self, "background", None) is None:

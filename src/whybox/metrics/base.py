@@ -32,7 +32,7 @@ from whybox.masking.features import FeatureGroups, pixels
 from whybox.models._guard import MODES
 from whybox.models.adapter import ModelAdapter, TorchAdapter, adapt, coder_of, score_for, scoring_adapter
 from whybox.models.categorical import register_vocabularies
-from whybox.models.inputs import as_tensor_inputs, check_feature_names, name_list, tensor_option
+from whybox.models.inputs import as_tensor_inputs, check_feature_names, is_pandas, name_list, tensor_option
 from whybox.models.targets import SCORE_SPACES, Target, TargetLike, class_label_target, resolve_target
 
 __all__ = [
@@ -777,8 +777,7 @@ class Metric:
         if adapter is not None:  # a regressor's values are read as they are (None), or refuse a probability
             self.score = score_for(adapter, given)
         try:
-            if coder is not None and coder.categories:  # text columns, coded from the inputs or the explanation
-                self._code_fill(coder, list(coder.categories))
+            self._code_fill(coder)  # a pandas reference row read now that the inputs are known
             expl: Explanation | None = None
             method: str | None = None
             attributions: torch.Tensor | None = None
@@ -939,20 +938,20 @@ class Metric:
         raise NotImplementedError  # pragma: no cover - interface
 
     # ------------------------------------------------------------------ helpers
-    def _code_fill(self, coder: Any, coded: list[str]) -> None:
-        """For inputs with text or categorical columns (coded by ``coder``): a reference-row fill coded the
-        same way (for this call; :meth:`evaluate` puts the option back), and a fill by name refused (it would set
-        those columns to an arbitrary code)."""
+    def _code_fill(self, coder: Any) -> None:
+        """A reference row given as a pandas Series, as a tensor for this call (:meth:`evaluate` puts the option
+        back): coded like the inputs for an estimator whose adapter (``coder``) codes text columns, where a fill by
+        name is refused (it would set those columns to an arbitrary code)."""
         fill = getattr(self, "fill", None)
-        if fill is None:
-            return
-        if isinstance(fill, str):
+        coded = list(coder.categories) if coder is not None else []
+        if isinstance(fill, str) and coded:
             raise InvalidParameterError(
                 f"inputs have text or categorical columns ({', '.join(map(repr, coded[:5]))}), which {self.name!r} "
                 f"with fill={fill!r} would set to an arbitrary value; pass a reference row as fill= (a Series with "
                 "every column, e.g. X_train.mode().iloc[0])."
             )
-        self.fill = tensor_option(fill, "fill", coder)
+        if is_pandas(fill):
+            self.fill = tensor_option(fill, "fill", coder)
 
     @staticmethod
     def _validate_inputs(

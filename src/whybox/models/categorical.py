@@ -102,6 +102,12 @@ def encode_frame(frame: Any, coder: Any, what: str) -> torch.Tensor:
     for j, c in enumerate(names):
         cells = frame.iloc[:, j]
         if c not in bad:
+            if c in columns and all(v in columns[c].index for v in cells.tolist()):
+                # values of a coded column that read as numbers here (a reference row of a category column of
+                # ints, which a Series row loses the dtype of): coded like the column's other values
+                out[:, j] = [columns[c].index[v] for v in cells.tolist()]
+                bad.append(c)
+                continue
             if c in columns:
                 raise InvalidInputError(
                     f"{what}: column {c!r} holds numbers, but another table of this call (the inputs, a fill row or "

@@ -14,7 +14,15 @@ import torch
 
 from whybox.errors import InvalidInputError, InvalidParameterError
 
-__all__ = ["as_tensor_inputs", "check_feature_names", "column_mismatch", "is_dataframe", "name_list", "tensor_option"]
+__all__ = [
+    "as_tensor_inputs",
+    "check_feature_names",
+    "column_mismatch",
+    "is_dataframe",
+    "is_pandas",
+    "name_list",
+    "tensor_option",
+]
 
 _NUMERIC = "biuf"  # numpy dtype kinds whybox can perturb: bool, signed and unsigned int, float
 
@@ -36,6 +44,11 @@ def is_dataframe(obj: Any) -> bool:
     )
 
 
+def is_pandas(obj: Any) -> bool:
+    """True for a pandas DataFrame or Series (duck-typed, no pandas import)."""
+    return type(obj).__module__.split(".")[0] == "pandas" and hasattr(obj, "to_numpy")
+
+
 def as_tensor_inputs(inputs: Any, coder: Any = None) -> tuple[torch.Tensor, list[str] | None]:
     """``(tensor, column names)``: a tensor as it is (names None); a numeric numpy array copied to a tensor of its
     dtype (names None); a pandas DataFrame of numeric columns as a float64 tensor ``(B, F)`` with its column
@@ -55,7 +68,7 @@ def as_tensor_inputs(inputs: Any, coder: Any = None) -> tuple[torch.Tensor, list
         return torch.tensor(np.ascontiguousarray(inputs)), None
     if is_dataframe(inputs):
         bad = [str(c) for c, dt in inputs.dtypes.items() if getattr(dt, "kind", "O") not in _NUMERIC]
-        if coder is not None and (bad or coder.categories):  # text columns here, or coded in another table
+        if coder is not None and (bad or coder.feature_names is not None):  # columns checked (and text coded)
             from whybox.models.categorical import encode_frame
 
             return encode_frame(inputs, coder, "inputs"), [str(c) for c in inputs.columns]

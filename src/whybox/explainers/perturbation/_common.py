@@ -22,7 +22,7 @@ from whybox.masking.engine import MaskingEngine
 from whybox.masking.features import FeatureGroups, groups_touched
 from whybox.masking.fills import FILLS, FillLike, make_fill
 from whybox.models.adapter import coder_of
-from whybox.models.inputs import tensor_option
+from whybox.models.inputs import is_pandas, tensor_option
 from whybox.models.targets import Target, TargetLike, apply_score_space, resolve_target
 
 __all__ = [
@@ -295,8 +295,8 @@ class PerturbationExplainer(Explainer):
         **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
-        # e.g. fill=X_train.mean(0) as a numpy array or a pandas Series (text columns coded for an estimator)
-        fill = tensor_option(fill, "fill", coder_of(self.adapter))
+        if not (is_pandas(fill) and coder_of(self.adapter) is not None):  # an estimator's: coded with the inputs
+            fill = tensor_option(fill, "fill")  # e.g. fill=X_train.mean(0) as a numpy array or a pandas Series
         if isinstance(fill, str) and fill not in self.fill_options:
             raise InvalidParameterError(
                 f"fill must be one of {self.fill_options}, a number, a tensor or a callable; got {fill!r}."
@@ -306,6 +306,12 @@ class PerturbationExplainer(Explainer):
             _check_int("max_evaluations", max_evaluations)
         self.fill = fill
         self.max_evaluations = max_evaluations
+
+    def _code_options(self, coder: Any) -> None:
+        """A reference row given as a pandas Series for an estimator, coded once the inputs have set which columns
+        hold text (a Series row may read a category column's values as numbers)."""
+        if is_pandas(self.fill):
+            self.fill = tensor_option(self.fill, "fill", coder)
 
     def params(self) -> dict[str, Any]:
         """As :meth:`Explainer.params`, with tensors, feature groups and callables described (never printed in
@@ -488,6 +494,18 @@ class RegionExplainer(PerturbationExplainer):
         }
 
 
+def _checked_background(background: Any) -> torch.Tensor | None:
+    """``background`` as reference rows ``(R, *S)``, finite, or an error naming it."""
+    if background is None:
+        return None
+    if not isinstance(background, torch.Tensor) or background.ndim < 2 or background.shape[0] < 1:
+        got = tuple(background.shape) if isinstance(background, torch.Tensor) else type(background).__name__
+        raise InvalidParameterError(f"background must be a tensor of reference rows (R, *S) with R >= 1; got {got}.")
+    if not bool(torch.isfinite(background).all()):
+        raise InvalidParameterError("background contains non-finite values (NaN or inf).")
+    return background
+
+
 class ShapleyExplainer(RegionExplainer):
     """Shapley-value methods over interpretable features, v(S) = f_c(x_S, b_S̄).
 
@@ -506,21 +524,16 @@ class ShapleyExplainer(RegionExplainer):
 
     def __init__(self, model: Any, *, background: torch.Tensor | None = None, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
-        # e.g. X_train[:50] as an array or a DataFrame (text columns coded for an estimator)
-        background = tensor_option(background, "background", coder_of(self.adapter))
-        if background is not None:
-            if not isinstance(background, torch.Tensor) or background.ndim < 2 or background.shape[0] < 1:
-                got = tuple(background.shape) if isinstance(background, torch.Tensor) else type(background).__name__
-                raise InvalidParameterError(
-                    f"background must be a tensor of reference rows (R, *S) with R >= 1; got {got}."
-                )
-            if not bool(torch.isfinite(background).all()):
-                raise InvalidParameterError("background contains non-finite values (NaN or inf).")
-            if not (isinstance(self.fill, str) and self.fill == "zero"):
-                raise InvalidParameterError(
-                    "pass either fill= (one baseline) or background= (reference rows), not both."
-                )
+        if not (is_pandas(background) and coder_of(self.adapter) is not None):  # an estimator's: coded with the inputs
+            background = _checked_background(tensor_option(background, "background"))  # e.g. X_train[:50]
+        if background is not None and not (isinstance(self.fill, str) and self.fill == "zero"):
+            raise InvalidParameterError("pass either fill= (one baseline) or background= (reference rows), not both.")
         self.background = background
+
+    def _code_options(self, coder: Any) -> None:
+        super()._code_options(coder)
+        if is_pandas(self.background):  # a DataFrame of reference rows for an estimator, coded as the inputs are
+            self.background = _checked_background(tensor_option(self.background, "background", coder))
 
     def _value_fills(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, R, *S)``: the baseline (R = 1) or the background rows, for every input row."""
