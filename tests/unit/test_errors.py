@@ -834,3 +834,27 @@ def test_a_softmax_over_outputs_that_are_already_probabilities_warns_with_the_fi
         whybox.evaluate(probs, x, "saliency", "deletion", steps=3)
     fixed = whybox.explain(whybox.adapt(probs, output=torch.log), x, "lime", n_samples=20)  # no warning (errors)
     assert torch.allclose(fixed.attributions, whybox.explain(logits, x, "lime", n_samples=20).attributions)
+
+
+def test_the_sanity_checks_on_a_regressor_say_why_neither_applies() -> None:
+    """randomization on an estimator pointed to random_logit, which a regressor cannot run either (it has no other
+    class): the first now says so and names what still measures the explanation, the second names the reason."""
+    from sklearn.linear_model import Ridge
+
+    gen = np.random.default_rng(0)
+    xs = gen.normal(size=(40, 3))
+    ridge = Ridge().fit(xs, xs @ np.array([1.0, -1.0, 0.5]))
+    e = whybox.explain(ridge, xs[:2], "occlusion", fill=torch.tensor(xs.mean(0)))
+    _raises(
+        InvalidParameterError,
+        ValueError,
+        r"got a Ridge model\. a regressor has no other class, so neither sanity check applies; stability",
+        lambda: whybox.evaluate(ridge, xs[:2], e, "randomization"),
+    )
+    _raises(
+        InvalidParameterError,
+        ValueError,
+        r"random_logit compares the explanation with that of another class, so it needs a model with at least 2 "
+        r"classes; this one has 1 output \(a regressor",
+        lambda: whybox.evaluate(ridge, xs[:2], e, "random_logit"),
+    )

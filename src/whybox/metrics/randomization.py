@@ -277,9 +277,14 @@ class Randomization(_MapComparison):
             raise InvalidParameterError("randomization needs attributions and a model.")
         if not isinstance(ctx.adapter, TorchAdapter):
             what = type(getattr(ctx.adapter, "model", ctx.adapter)).__name__  # the user's model, not the wrapper
+            other = (
+                "a regressor has no other class, so neither sanity check applies; stability (the method's seeds) "
+                "and max_sensitivity (small input noise) still measure the explanation"
+                if getattr(ctx.adapter, "outputs_values", False)
+                else "For other models use random_logit (explanations of other classes) as the sanity check"
+            )
             raise InvalidParameterError(
-                f"randomization re-initialises the layers of a torch model; got a {what} model. For other models "
-                "use random_logit (explanations of other classes) as the sanity check."
+                f"randomization re-initialises the layers of a torch model; got a {what} model. {other}."
             )
         score = self._score_similarity(ctx.attributions)
         fn, name = make_explain_fn(self.explainer, ctx.explanation, self.explainer_params, ctx.passes)
@@ -365,7 +370,10 @@ class RandomLogit(_MapComparison):
             raise InvalidParameterError("random_logit needs the model's scores to draw the other class.")
         k = clean.shape[1]
         if k < 2:
-            raise InvalidParameterError(f"random_logit needs a model with at least 2 classes; got {k}.")
+            raise InvalidParameterError(
+                f"random_logit compares the explanation with that of another class, so it needs a model with at least "
+                f"2 classes; this one has {k} output (a regressor, a single logit, one reference embedding)."
+            )
         offs = torch.tensor(
             [int(torch.randint(0, k - 1, (1,), generator=derive_generator(self.seed, _LOGIT_KEY, i))) for i in range(b)]
         )
