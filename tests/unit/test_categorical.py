@@ -179,6 +179,8 @@ def test_what_cannot_be_coded_is_refused_naming_the_fix(data: tuple[Any, Any]) -
         whybox.explain(coder, torch.zeros(2, 4, dtype=torch.float64), "occlusion")
     with pytest.raises(InvalidParameterError, match=r"'deletion' with fill='zero' would set to an arbitrary value"):
         whybox.evaluate(coder, torch.zeros(2, 4, dtype=torch.float64), e.attributions[:2], "deletion")
+    with pytest.raises(InvalidInputError, match=r"fitted on 4 named columns; got inputs with 3 columns"):
+        coder.scores(torch.zeros(2, 3, dtype=torch.float64))  # coded rows of the wrong width: named, not an IndexError
     gaps = rows.copy()
     gaps.loc[gaps.index[1], "city"] = None
     with pytest.raises(InvalidInputError, match=r"inputs: column 'city' has missing values in rows \[1\]"):

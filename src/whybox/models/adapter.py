@@ -273,9 +273,7 @@ class SklearnAdapter(ModelAdapter):
                 f"a scikit-learn model takes rows of shape (B, F); got inputs of shape {tuple(x.shape)}."
             )
         rows: Any = x.detach().cpu().numpy()
-        if self.feature_names is not None and self.categories:  # coded text/categorical columns
-            out = self._fn(decode_rows(rows, self))
-        elif self.feature_names is None:
+        if self.feature_names is None:
             out = self._fn(rows)
         else:
             if rows.shape[1] != len(self.feature_names):
@@ -283,7 +281,8 @@ class SklearnAdapter(ModelAdapter):
                     f"the model was fitted on {len(self.feature_names)} named columns; got inputs with "
                     f"{rows.shape[1]} columns. Pass the columns in model.feature_names_in_, in that order."
                 )
-            out = self._named(rows)
+            # coded text/categorical columns decoded to their values; else the rows as they are
+            out = self._fn(decode_rows(rows, self)) if self.categories else self._named(rows)
         t = torch.from_numpy(np.asarray(out, dtype=np.float64))
         return t.unsqueeze(1) if t.ndim == 1 else t
 

@@ -28,7 +28,6 @@ __all__ = [
     "categorical_columns",
     "decode_rows",
     "encode_frame",
-    "has_text_columns",
     "register_vocabularies",
     "vocabularies",
 ]
@@ -54,18 +53,6 @@ class _Column:
 def categorical_columns(frame: Any) -> list[str]:
     """The columns of a DataFrame that are not numbers (text, object, ``category`` dtypes)."""
     return [str(c) for c, dt in frame.dtypes.items() if getattr(dt, "kind", "O") not in _NUMERIC]
-
-
-def has_text_columns(value: Any) -> bool:
-    """True for a pandas DataFrame with a non-numeric column, or a Series (a reference row) with a non-numeric
-    entry."""
-    if type(value).__module__.split(".")[0] != "pandas":
-        return False
-    if hasattr(value, "columns"):
-        return bool(categorical_columns(value))
-    if hasattr(value, "to_frame"):
-        return bool(categorical_columns(value.to_frame().T.infer_objects()))
-    return False
 
 
 def vocabularies(coder: Any) -> dict[str, list[Any]] | None:

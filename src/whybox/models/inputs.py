@@ -98,9 +98,10 @@ def _numbers(value: Any) -> bool:
 
 def tensor_option(value: Any, name: str, coder: Any = None) -> Any:
     """An array-valued option (``fill=``, ``baseline=``) given as a numpy array, a pandas Series / DataFrame or a
-    list of numbers (a row, or rows: ``--option fill=[5.8,3.0,4.3,1.3]`` on the command line), as a tensor (numeric data only, e.g. ``fill=X_train.mean(0)`` for tabular rows; with ``coder``, the adapter of a
-    scikit-learn estimator fitted on a DataFrame, text and categorical columns too, coded as its inputs are);
-    anything else unchanged."""
+    list of numbers (a row, or rows: ``--option fill=[5.8,3.0,4.3,1.3]`` on the command line), as a tensor: numeric
+    data only (e.g. ``fill=X_train.mean(0)`` for tabular rows), and with ``coder`` (the adapter of a scikit-learn
+    estimator fitted on a DataFrame) text and categorical columns too, coded as its inputs are. Anything else is
+    returned unchanged."""
     if isinstance(value, np.ndarray):
         if value.dtype.kind not in _NUMERIC:
             raise InvalidParameterError(f"{name} as a numpy array must be numeric; got dtype {value.dtype}.")
@@ -110,18 +111,15 @@ def tensor_option(value: Any, name: str, coder: Any = None) -> Any:
             return torch.tensor(value, dtype=torch.float64)
         except (TypeError, ValueError) as exc:  # ragged rows
             raise InvalidParameterError(f"{name} as a list must be a row of numbers or equal rows; {exc}.") from None
-    if type(value).__module__.split(".")[0] == "pandas" and hasattr(value, "to_numpy"):
-        if coder is not None and coder.categories and coder.feature_names is not None:  # coded in another table
-            from whybox.models.categorical import encode_frame
+    if is_pandas(value):
+        from whybox.models.categorical import categorical_columns, encode_frame
 
+        frame = value if hasattr(value, "columns") else value.to_frame().T.infer_objects()
+        if coder is not None and (coder.categories or categorical_columns(frame)):  # text here, or coded elsewhere
             return encode_frame(value, coder, name)
         try:
             arr = np.ascontiguousarray(value.to_numpy(dtype=np.float64))
         except (TypeError, ValueError):
-            if coder is not None:
-                from whybox.models.categorical import encode_frame
-
-                return encode_frame(value, coder, name)
             if hasattr(value, "columns"):
                 bad = [repr(str(c)) for c, dt in value.dtypes.items() if getattr(dt, "kind", "O") not in _NUMERIC]
             else:  # a Series (a reference row): the entries that are not numbers
