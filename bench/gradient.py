@@ -28,6 +28,7 @@ import sys
 import time
 import types
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,6 +132,7 @@ class Case:
     sigma: float
     auto_layer_row: bool = False
     skip: set[str] = field(default_factory=set)
+    signal: bool = False  # 1-D signals (B, C, L): CAMs resized linearly along L; pytorch-grad-cam has no 1-D path
 
     @property
     def b(self) -> int:
@@ -192,7 +194,51 @@ def build_cases(args: argparse.Namespace) -> list[Case]:
                 sigma=0.15 * float(x.max() - x.min()),
             )
         )
+    if "signal" in want:
+        model = signal_cnn()
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(16, 12, 1000, generator=g)
+        cases.append(
+            Case(
+                name="signal-b16",
+                model=model,
+                x=x,
+                target=_predict(model, x),
+                batch_size=16,
+                cam_layer="act3",
+                scorecam_layer="act3",
+                ig_steps=64,
+                sg_samples=16,
+                sigma=0.15 * float(x.max() - x.min()),
+                signal=True,
+            )
+        )
     return cases
+
+
+def signal_cnn() -> torch.nn.Module:
+    """A 1-D CNN of the size used on 12-lead ECGs (3 conv blocks, 64 channels), seeded weights: the time-series
+    case (the timing does not depend on what the weights learned)."""
+    from torch import nn
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return nn.Sequential(
+            OrderedDict(
+                conv1=nn.Conv1d(12, 32, 7, padding=3),
+                bn1=nn.BatchNorm1d(32),
+                act1=nn.ReLU(),
+                pool1=nn.MaxPool1d(2),
+                conv2=nn.Conv1d(32, 64, 5, padding=2),
+                act2=nn.ReLU(),
+                pool2=nn.MaxPool1d(2),
+                conv3=nn.Conv1d(64, 64, 3, padding=1),
+                act3=nn.ReLU(),
+                gap=nn.AdaptiveAvgPool1d(1),
+                flat=nn.Flatten(),
+                head=nn.Linear(64, 5),
+            )
+        ).eval()
 
 
 # --------------------------------------------------------------------------- implementations
@@ -238,7 +284,8 @@ def make_rows(case: Case, ca: Any, pgc: Any, methods: set[str]) -> list[Row]:
     from whybox.explainers.gradient import InputXGradient, IntegratedGradients, Saliency, SmoothGrad
 
     model, x, t, bs, b = case.model, case.x, case.target, case.batch_size, case.b
-    size = tuple(x.shape[-2:])
+    size = (x.shape[-1],) if case.signal else tuple(x.shape[-2:])
+    mode = "linear" if case.signal else "bilinear"
     leaf = x.clone().requires_grad_(True)  # captum wants inputs that require grad (it warns otherwise)
     zeros = torch.zeros_like(x)
     attrs = lambda e: e.attributions  # noqa: E731
@@ -350,14 +397,14 @@ def make_rows(case: Case, ca: Any, pgc: Any, methods: set[str]) -> list[Row]:
 
     def captum_lgc() -> torch.Tensor:
         a = ca.LayerGradCam(model, mod).attribute(x, target=t, relu_attributions=True)
-        return _minmax(ca.LayerAttribution.interpolate(a, size, interpolate_mode="bilinear"))
+        return _minmax(ca.LayerAttribution.interpolate(a, size, interpolate_mode=mode))
 
     def lgc_impl(bar: bool) -> list[Impl]:
-        label = "LayerGradCam+relu+bilinear" + (" (bar)" if bar else "")
+        label = f"LayerGradCam+relu+{mode}" + (" (bar)" if bar else "")
         return captum_peer(label, captum_lgc, (1, 1), note=f"layer {layer}")
 
     def pgc_impl(cls_name: str, layer_name: str, extra: Callable[[Any], None] | None = None) -> list[Impl]:
-        if pgc is None:
+        if pgc is None or case.signal:
             return []
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -697,7 +744,9 @@ def main(argv: list[str] | None = None) -> int:
         "required, with --threads > 1, where CPU time would add up the threads)",
     )
     p.add_argument("--row-budget", type=float, default=None, help="seconds per row (default 30, --quick 8)")
-    p.add_argument("--cases", default="effnet-b1,effnet-b4,digits", help="comma list of effnet-b1,effnet-b4,digits")
+    p.add_argument(
+        "--cases", default="effnet-b1,effnet-b4,digits,signal", help="comma list of effnet-b1,effnet-b4,digits,signal"
+    )
     p.add_argument("--methods", default=",".join(ALL_METHODS), help="comma list of " + ",".join(ALL_METHODS))
     p.add_argument("--full", action="store_true", help="also Integrated Gradients and Score-CAM at EfficientNet b4")
     p.add_argument(

@@ -20,12 +20,13 @@ __all__ = ["evaluate", "explain", "get_explainer", "methods", "metrics"]
 
 
 #: The kinds of input a method can apply to (``Explainer.input_kinds``).
-INPUT_KINDS = ("image", "tabular", "text")
+INPUT_KINDS = ("image", "signal", "tabular", "text")
 
 
 def methods(kind: str | None = None) -> list[str]:
-    """Registered explainer names, sorted; with ``kind`` (``"image"``, ``"tabular"`` or ``"text"``) only the
-    methods that apply to that kind of input (CAMs and RISE: images; attention methods: text)."""
+    """Registered explainer names, sorted; with ``kind`` (``"image"``, ``"signal"``, ``"tabular"`` or ``"text"``)
+    only the methods that apply to that kind of input (CAMs and RISE: images and 1-D signals ``(B, C, L)`` of a
+    model with an ``nn.Conv1d``; attention methods: text)."""
     if kind is None:
         return EXPLAINERS.names()
     if kind not in INPUT_KINDS:

@@ -130,7 +130,8 @@ class Explanation:
         notebook shows the figure it returns, ``fig.savefig(path)`` writes it).
 
         Images: the map (:meth:`to_map`) as the report colours it, over ``inputs`` ``(B, C, H, W)`` when given (each
-        image min-max scaled to [0, 1] for display; C = 1 or 3), else alone. Tabular rows ``(B, F)``: the ``top``
+        image min-max scaled to [0, 1] for display; C = 1 or 3), else alone. 1-D signals (``meta["signal"]``): the
+        map summed over channels as a coloured band along time, under the channels of ``inputs`` ``(B, C, L)``. Tabular rows ``(B, F)``: the ``top``
         features by magnitude as bars, named by ``meta["feature_names"]`` (else ``x0, x1, ...``), largest first.
 
         Parameters
@@ -168,6 +169,14 @@ class Explanation:
             return f"row {r}: {names_of[t] if names_of is not None and 0 <= t < len(names_of) else f'target {t}'}"
 
         image = a.ndim == 4
+        signal = a.ndim == 3 and bool(self.meta.get("signal"))
+        if signal:
+            fig = Figure(figsize=(6.4, 2.2 * len(picked)))
+            axes = fig.subplots(len(picked), 1, squeeze=False)
+            self._plot_signals(axes.flat, picked, inputs, reading, title)
+            fig.suptitle(self.method, fontsize=10)
+            fig.tight_layout()
+            return fig
         if not image and a.ndim != 2:
             raise InvalidInputError(
                 f"plot() shows image attributions (B, C, H, W) and tabular ones (B, F); these have shape "
@@ -198,6 +207,43 @@ class Explanation:
         fig.suptitle(self.method, fontsize=10)
         fig.tight_layout()
         return fig
+
+    def _plot_signals(
+        self, axes: Any, picked: list[int], inputs: Any, reading: str | None, title: Callable[[int], str]
+    ) -> None:
+        """1-D signals: each row's map (summed over channels) as a coloured band along time, the report's colours,
+        under the row's channels drawn as lines when ``inputs`` ``(B, C, L)`` are given."""
+        from whybox.report.overlay import to_heatmap
+
+        if reading is None:
+            from whybox.runs.report_data import method_reading
+
+            reading = method_reading(self.method, self.params) if self.method else "auto"
+        a = self.attributions.detach().cpu().to(torch.float64)
+        maps = a.sum(1)  # (B, L)
+        x = None
+        if inputs is not None:
+            x = inputs.detach().cpu() if isinstance(inputs, torch.Tensor) else torch.as_tensor(inputs)
+            if x.ndim != 3 or x.shape[0] != a.shape[0] or x.shape[-1] != a.shape[-1]:
+                raise InvalidInputError(
+                    f"inputs must be the explained signals (B, C, L) with B = {a.shape[0]} and L = {a.shape[-1]}; "
+                    f"got {tuple(x.shape)}."
+                )
+        length = maps.shape[1]
+        for ax, r in zip(axes, picked, strict=False):
+            band = to_heatmap(maps[r].view(1, -1), reading=reading)
+            lo, hi = (0.0, 1.0)
+            if x is not None:
+                row = x[r].to(torch.float64)
+                lo, hi = float(row.min()), float(row.max())
+                hi = hi if hi > lo else lo + 1.0
+            ax.imshow(band, aspect="auto", extent=(0, length, lo, hi), alpha=0.85 if x is not None else 1.0)
+            if x is not None:
+                for c in range(x.shape[1]):
+                    ax.plot(torch.arange(length).numpy() + 0.5, x[r, c].to(torch.float64).numpy(), linewidth=0.8)
+            ax.set_xlim(0, length)
+            ax.set_xlabel("time step", fontsize=8)
+            ax.set_title(title(r), fontsize=9)
 
     def _plot_maps(
         self, axes: Any, picked: list[int], inputs: Any, reading: str | None, title: Callable[[int], str]

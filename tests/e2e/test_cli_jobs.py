@@ -563,6 +563,35 @@ def test_explain_on_arrays_no_overlay_can_show_writes_the_explanation_and_says_w
     assert list(out.iterdir()) == [out / "explanation.safetensors"]
 
 
+SIGNAL_PY = """
+import torch
+from torch import nn
+
+
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv1d(2, 4, 5, padding=2), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(4, 3)
+    ).eval()
+"""
+
+
+def test_explain_on_1d_signals_writes_one_plot_per_signal(runner: CliRunner, files: Files) -> None:
+    (files.tmp / "sig.py").write_text(SIGNAL_PY)
+    x = files.tmp / "sig.npy"
+    np.save(x, np.random.default_rng(0).standard_normal((3, 2, 40)).astype(np.float32))
+    out = files.tmp / "e"
+    result = invoke(
+        runner, ["explain", "--model", f"{files.tmp / 'sig.py'}:build", x, "--method", "gradcam", "--out", out]
+    )
+    assert result.exit_code == 0, result.output
+    saved = whybox.Explanation.load(out / "explanation.safetensors")
+    assert saved.attributions.shape == (3, 1, 40) and saved.meta["signal"] is True
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == ["0000_sig-0_gradcam.png", "0001_sig-1_gradcam.png", "0002_sig-2_gradcam.png"]
+    assert all(f"-> {p}" in result.output for p in pngs)
+
+
 def test_compare_on_arrays_without_a_channel_axis_writes_its_report(runner: CliRunner, files: Files) -> None:
     spec, x = _flat(files)
     result = invoke(runner, ["compare", "--model", spec, x, "--methods", "saliency", "--out", files.tmp / "run"])

@@ -800,3 +800,19 @@ def test_seed_none_draws_a_fresh_seed_that_is_recorded_and_reproduces_the_result
     assert not torch.equal(a.attributions, b.attributions)
     again = whybox.explain(model, x, "smoothgrad", seed=a.meta["seed"], n_samples=4)
     assert torch.equal(again.attributions, a.attributions)
+
+
+def test_rows_finite_equals_the_elementwise_check_overflowing_sums_included():
+    from whybox.explainers.base import rows_finite
+
+    flat = torch.randn(6, 50)
+    flat[1, 3] = float("nan")
+    flat[2, 7] = float("inf")
+    flat[3, :2] = 3e38  # finite values whose sum overflows to inf
+    flat[4, 0], flat[4, 1] = float("inf"), float("-inf")  # their sum is NaN
+    want = torch.isfinite(flat).all(1)
+    assert torch.equal(rows_finite(flat), want)
+    assert want.tolist() == [True, False, False, True, False, True]
+    flat[0, 0] = float("nan")  # the same tensor changed in place: checked again, not remembered
+    assert rows_finite(flat).tolist() == [False, False, False, True, False, True]
+    assert torch.equal(rows_finite(torch.ones(2, 3, dtype=torch.int64)), torch.ones(2, dtype=torch.bool))

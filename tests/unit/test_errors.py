@@ -89,8 +89,9 @@ def test_unbatched_image_to_a_cam(method: str, model: nn.Module, x: torch.Tensor
     _raises(
         InvalidInputError,
         ValueError,
-        rf"inputs for '{method}' must be images of shape \(B, C, H, W\); got shape \(3, 12, 12\)\. "
-        r"Add the batch dimension with inputs\.unsqueeze\(0\)",
+        rf"inputs for '{method}' must be images of shape \(B, C, H, W\) or signals \(B, C, L\); got shape "
+        r"\(3, 12, 12\)\. If this is one \(C, H, W\) image, add the batch dimension with inputs\.unsqueeze\(0\)\. "
+        r"It also takes 1-D signals \(B, C, L\) for a model with an nn\.Conv1d\.",
         lambda: whybox.explain(model, x[0], method),
     )
 
@@ -100,7 +101,8 @@ def test_rows_to_an_image_method_point_to_the_tabular_methods(method: str) -> No
     _raises(
         InvalidInputError,
         ValueError,
-        rf"inputs for '{method}' must be images of shape \(B, C, H, W\); got shape \(4, 6\)\. For rows of features "
+        rf"inputs for '{method}' must be images of shape \(B, C, H, W\) or signals \(B, C, L\); got shape \(4, 6\)\. "
+        r"For rows of features "
         r"use a method of whybox\.methods\('tabular'\)\.$",
         lambda: whybox.explain(nn.Linear(6, 3), torch.rand(4, 6), method),
     )

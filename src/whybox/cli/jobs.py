@@ -409,7 +409,11 @@ def explain_cmd(ctx: click.Context, **params: Any) -> None:
     for i, name in enumerate(ds.names):
         t = int(e.target[i])
         line = f"  {name}: {_explained(lm.labels, probs[i], t)}" if t >= 0 else f"  {name}"
-        if ds.kind == "image":
+        if ds.kind == "image" and e.meta.get("signal"):  # 1-D signals (N, C, L): the map along time under them
+            png = output_path(out_dir, f"{i:04d}_{safe_component(name)}_{method}.png")
+            e.plot(ds.x, rows=i).savefig(png, dpi=100)
+            line += f" -> {png.name}"
+        elif ds.kind == "image":
             try:
                 shown = lm.display(ds.x[i])
             except WhyboxError as exc:  # arrays the display cannot show: (N, H, W), or 2 or 4+ channels

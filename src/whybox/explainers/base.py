@@ -13,7 +13,15 @@ from whybox.errors import InvalidInputError, InvalidParameterError, NotDifferent
 from whybox.explanation import Explanation
 from whybox.masking.engine import MaskingEngine, resolve_batch_size
 from whybox.models._guard import MODES, has_train_mode_batchnorm
-from whybox.models.adapter import ModelAdapter, TorchAdapter, adapt, coder_of, score_for, scoring_adapter
+from whybox.models.adapter import (
+    ModelAdapter,
+    TorchAdapter,
+    adapt,
+    coder_of,
+    is_signal,
+    score_for,
+    scoring_adapter,
+)
 from whybox.models.categorical import vocabularies
 from whybox.models.inputs import as_tensor_inputs, check_feature_names
 from whybox.models.targets import (
@@ -28,6 +36,27 @@ from whybox.models.targets import (
 __all__ = ["Explainer", "GradientExplainer"]
 
 PERTURBATION_HINT = "a perturbation method (e.g. 'scorecam' for images, or the perturbation explainers)"
+
+
+def rows_finite(flat: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` bool: whether every value of each row of ``flat`` ``(B, N)`` is finite. A finite row sum proves it (a
+    NaN or an infinity makes the sum NaN or infinite), so only rows whose sum is not finite (a non-finite value, or
+    finite values that overflow the sum) are checked element by element: one reduction where a map is clean."""
+    if not flat.is_floating_point() and not flat.is_complex():
+        return torch.ones(flat.shape[0], dtype=torch.bool, device=flat.device)
+    ok = torch.isfinite(flat.sum(1))
+    if not bool(ok.all()):
+        rows = (~ok).nonzero().flatten()
+        ok[rows] = torch.isfinite(flat[rows]).all(1)
+    return ok
+
+
+def _conv1d_channels(adapter: ModelAdapter) -> int | None:
+    """The channels the first ``nn.Conv1d`` of a torch model reads; None without one."""
+    if not isinstance(adapter, TorchAdapter):
+        return None
+    conv = next((m for m in adapter.model.modules() if isinstance(m, torch.nn.Conv1d)), None)
+    return None if conv is None else int(conv.in_channels)
 
 
 @functools.cache
@@ -61,8 +90,9 @@ class Explainer:
     name: ClassVar[str] = "explainer"
     needs_grad: ClassVar[bool] = False
     image_only: ClassVar[bool] = False
+    takes_signals: ClassVar[bool] = False  # an image_only method that also maps 1-D signals (B, C, L)
     #: The kinds of input the method applies to (``whybox.methods(kind)``).
-    input_kinds: ClassVar[tuple[str, ...]] = ("image", "tabular", "text")
+    input_kinds: ClassVar[tuple[str, ...]] = ("image", "signal", "tabular", "text")
 
     def __init__(
         self,
@@ -139,7 +169,7 @@ class Explainer:
         attr = attr.detach().to(home)
         meta = {k: v.to(home) if isinstance(v, torch.Tensor) else v for k, v in meta.items()}
         flat = attr.reshape(attr.shape[0], -1)
-        finite = torch.isfinite(flat).all(1)
+        finite = rows_finite(flat)
         meta = {
             "n_forward": engine.n_forward,
             "n_backward": engine_backward[0],
@@ -153,6 +183,8 @@ class Explainer:
         vocab = vocabularies(coder_of(self.adapter))
         if vocab:  # what the coded cells of the options (a reference row, background rows) stand for
             meta["categories"] = vocab
+        if is_signal(self.adapter, x):  # 1-D signals (B, C, L): plot() draws them over time
+            meta["signal"] = True
         return Explanation(
             attributions=attr, target=tgt.index.to(home, copy=True), method=self.name, params=self.params(), meta=meta
         )
@@ -202,16 +234,27 @@ class Explainer:
                 f"inputs must have a leading batch dimension (B, ...); got shape {tuple(x.shape)}. "
                 "Add one with inputs.unsqueeze(0)."
             )
-        if self.image_only and x.ndim != 4:
+        if self.image_only and x.ndim != 4 and not (self.takes_signals and is_signal(self.adapter, x)):
             if hasattr(self.adapter, "tokenizer"):
                 fix = " These are a text model's token embeddings: use a method of whybox.methods('text')."
             elif x.ndim == 3:
-                fix = " Add the batch dimension with inputs.unsqueeze(0)."
+                fix = " If this is one (C, H, W) image, add the batch dimension with inputs.unsqueeze(0)." + (
+                    " 1-D signals (B, C, L) need a model whose first nn.Conv1d reads their C channels "
+                    f"(this one reads {_conv1d_channels(self.adapter)})."
+                    if self.takes_signals and _conv1d_channels(self.adapter) is not None
+                    else (
+                        " It also takes 1-D signals (B, C, L) for a model with an nn.Conv1d."
+                        if self.takes_signals
+                        else ""
+                    )
+                )
             else:
                 fix = " For rows of features use a method of whybox.methods('tabular')." if x.ndim == 2 else ""
-            raise InvalidInputError(
-                f"inputs for {self.name!r} must be images of shape (B, C, H, W); got shape {tuple(x.shape)}.{fix}"
+            text = hasattr(self.adapter, "tokenizer")
+            shapes = "images of shape (B, C, H, W)" + (
+                " or signals (B, C, L)" if self.takes_signals and not text else ""
             )
+            raise InvalidInputError(f"inputs for {self.name!r} must be {shapes}; got shape {tuple(x.shape)}.{fix}")
         if x.shape[0] == 0:
             raise InvalidInputError("inputs hold no rows (batch size 0); pass at least one row.")
         if not x.is_floating_point():
@@ -221,8 +264,8 @@ class Explainer:
                     "inputs. For token ids, attribute at the embedding layer (pass the embeddings as inputs)."
                 )
             x = x.to(torch.float32)
-        bad = ~torch.isfinite(x)
-        if bool(bad.any()):
+        if not bool(rows_finite(x.reshape(x.shape[0], -1)).all()):
+            bad = ~torch.isfinite(x)
             rows = bad.reshape(x.shape[0], -1).any(1).nonzero().flatten().tolist()
             raise InvalidInputError(
                 f"inputs contain {int(bad.sum())} non-finite values (NaN or inf) in rows {rows[:10]}; "
@@ -255,7 +298,8 @@ class GradientExplainer(Explainer):
         inputs themselves (``rows == arange(n)``), an unresolved target that is resolved chunk by chunk
         from the same forward (no extra pass). Returns ``(grads, target scores (n,), target)``.
         """
-        grads = torch.empty_like(xs)
+        one = xs.shape[0] <= self.batch_size  # one chunk: its gradient is the result (no copy into a buffer)
+        grads = xs if one else torch.empty_like(xs)
         scores = torch.empty(xs.shape[0], dtype=torch.float64, device=xs.device)
         resolved: list[Target] = []
         for s in range(0, xs.shape[0], self.batch_size):
@@ -285,7 +329,10 @@ class GradientExplainer(Explainer):
                     sel = tc.select(space)
                 (g,) = torch.autograd.grad(sel.sum(), xi)
             n_backward[0] += xi.shape[0]
-            grads[s : s + xi.shape[0]] = g
+            if one:
+                grads = g if g.is_contiguous() else g.contiguous()  # (a channels-last gradient: standard layout)
+            else:
+                grads[s : s + xi.shape[0]] = g
             scores[s : s + xi.shape[0]] = sel.detach().to(torch.float64)
         if not isinstance(target, Target):
             target = Target(torch.cat([t.index for t in resolved]), resolved[0].fn)

@@ -13,7 +13,7 @@ import torch
 
 from whybox.errors import InvalidInputError, InvalidParameterError
 
-__all__ = ["FeatureGroups", "broadcast_ids", "cells", "columns", "grid", "pixels", "superpixels"]
+__all__ = ["FeatureGroups", "broadcast_ids", "cells", "columns", "grid", "pixels", "segments", "superpixels"]
 
 
 @dataclass(frozen=True)
@@ -145,6 +145,27 @@ def superpixels(
         out.append(torch.from_numpy(seg.reshape(arr.shape[:2]).astype(np.int64)))
     g = torch.stack(out).unsqueeze(1).to(x.device)
     return FeatureGroups(g, int(g.max().item()) + 1, "superpixels")
+
+
+def segments(x: torch.Tensor, *, n: int = 16, length: int | None = None) -> FeatureGroups:
+    """Contiguous windows along the last axis of 1-D signals ``(B, C, L)``, each shared by all channels.
+
+    ``length`` samples per window (the last one cut at the end), else ``n`` near-equal windows: sample ``i``
+    belongs to window ``floor(i * n / L)`` (``n`` clamped to ``L``). Groups are ``(B, 1, L)``."""
+    if x.ndim != 3:
+        raise InvalidInputError(f"segments() needs 1-D signals (B, C, L); got inputs of shape {tuple(x.shape)}.")
+    b, _, l_ = x.shape
+    if length is not None:
+        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+            raise InvalidParameterError(f"patch (the window length for segments) must be an int >= 1; got {length!r}.")
+        ids = torch.arange(l_, device=x.device) // length
+        m = -(-l_ // length)
+    else:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise InvalidParameterError(f"n must be an int >= 1; got {n!r}.")
+        m = min(n, l_)
+        ids = torch.arange(l_, device=x.device) * m // l_
+    return FeatureGroups(ids.view(1, 1, l_).expand(b, 1, l_).contiguous(), int(m), "segments")
 
 
 def columns(x: torch.Tensor, *, groups: torch.Tensor | None = None) -> FeatureGroups:

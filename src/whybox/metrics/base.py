@@ -28,9 +28,17 @@ import torch
 from whybox.errors import InvalidInputError, InvalidParameterError, InvalidTargetError, did_you_mean
 from whybox.explanation import Explanation, row_options
 from whybox.masking.engine import MaskingEngine, check_batch_size, resolve_batch_size
-from whybox.masking.features import FeatureGroups, pixels
+from whybox.masking.features import FeatureGroups, pixels, segments
 from whybox.models._guard import MODES
-from whybox.models.adapter import ModelAdapter, TorchAdapter, adapt, coder_of, score_for, scoring_adapter
+from whybox.models.adapter import (
+    ModelAdapter,
+    TorchAdapter,
+    adapt,
+    coder_of,
+    is_signal,
+    score_for,
+    scoring_adapter,
+)
 from whybox.models.categorical import register_vocabularies
 from whybox.models.inputs import as_tensor_inputs, check_feature_names, is_pandas, name_list, tensor_option
 from whybox.models.targets import SCORE_SPACES, Target, TargetLike, class_label_target, resolve_target
@@ -394,19 +402,32 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return pearson(rankdata(a), rankdata(b))
 
 
-def feature_values(attributions: torch.Tensor, x: torch.Tensor, *, abs: bool = False) -> torch.Tensor:
+def feature_values(
+    attributions: torch.Tensor, x: torch.Tensor, *, abs: bool = False, signal: bool = False
+) -> torch.Tensor:
     """Per-feature attribution ``(B, N)`` (float64), the first half of :func:`feature_scores` (no feature groups:
     what the metrics that read only the map need).
 
     Images ``(B, C, H, W)``: one feature per pixel; a ``(B, C, H, W)``, ``(B, 1, H, W)`` or ``(B, H, W)`` map is
     pooled over channels by summing (``|.|`` first when ``abs``). Any other input ``(B, *S)``: one feature per
     element, the attributions shaped like the input (for packed text ``(B, T, D + 1)`` also one value per token,
-    ``(B, T)`` or ``(B, T, 1)``, copied onto the token's elements).
+    ``(B, T)`` or ``(B, T, 1)``, copied onto the token's elements). 1-D signals ``(B, C, L)`` (``signal``,
+    :func:`~whybox.models.adapter.is_signal`): one feature per time step, a ``(B, C, L)`` or ``(B, 1, L)`` map
+    pooled over channels as for images.
     """
     a = attributions.detach()
     if abs:
         a = a.abs()
     b = x.shape[0]
+    if signal and x.ndim == 3:
+        if a.ndim == 2:
+            a = a.unsqueeze(1)
+        if a.ndim != 3 or a.shape[0] != b or a.shape[-1] != x.shape[-1] or a.shape[1] not in (1, x.shape[1]):
+            raise InvalidInputError(
+                f"attributions of shape {tuple(attributions.shape)} do not match signals {tuple(x.shape)}; expected "
+                f"({b}, {x.shape[1]} or 1, {x.shape[-1]}) or ({b}, {x.shape[-1]})."
+            )
+        return a.sum(1).to(torch.float64)
     if x.ndim == 4:
         h, w = x.shape[-2:]
         if a.ndim == 3:
@@ -431,7 +452,9 @@ def feature_values(attributions: torch.Tensor, x: torch.Tensor, *, abs: bool = F
     return a.reshape(b, -1).to(torch.float64)
 
 
-def feature_array(attributions: torch.Tensor, x: torch.Tensor, *, abs: bool = False) -> np.ndarray:
+def feature_array(
+    attributions: torch.Tensor, x: torch.Tensor, *, abs: bool = False, signal: bool = False
+) -> np.ndarray:
     """:func:`feature_values` as a NumPy ``(B, N)`` float64 array on the CPU (a copy: the caller may write to it),
     for the metrics that read only the map. A CPU float map ``(B, 1, H, W)`` of images takes the shortest path:
     one NumPy cast, no torch operation."""
@@ -449,17 +472,19 @@ def feature_array(attributions: torch.Tensor, x: torch.Tensor, *, abs: bool = Fa
     ):
         v = (a.detach() if a.requires_grad else a).numpy().reshape(sa[0], -1).astype(np.float64)
         return np.abs(v, out=v) if abs else v
-    return feature_values(attributions, x, abs=abs).cpu().numpy().copy()
+    return feature_values(attributions, x, abs=abs, signal=signal).cpu().numpy().copy()
 
 
 def feature_scores(
-    attributions: torch.Tensor, x: torch.Tensor, *, abs: bool = False
+    attributions: torch.Tensor, x: torch.Tensor, *, abs: bool = False, signal: bool = False
 ) -> tuple[torch.Tensor, FeatureGroups]:
     """Per-feature attribution ``(B, N)`` (float64, :func:`feature_values`) and the feature groups of ``x``: its
-    pixels for images, its elements otherwise."""
-    values = feature_values(attributions, x, abs=abs)
+    pixels for images, its time steps for 1-D signals (``signal``), its elements otherwise."""
+    values = feature_values(attributions, x, abs=abs, signal=signal)
     if x.ndim == 4:
         return values, pixels(x)
+    if signal and x.ndim == 3:
+        return values, segments(x, length=1)
     b, n = x.shape[0], int(np.prod(x.shape[1:]))
     g = torch.arange(n, device=x.device).view(1, *x.shape[1:]).expand(b, *x.shape[1:]).contiguous()
     return values, FeatureGroups(g, n, "elements")
@@ -598,6 +623,12 @@ class Context:
     # whether every attribution value is finite (checked once, before _compute; the rows of a map that is not
     # come back NaN)
     finite: bool = True
+
+    @property
+    def signal(self) -> bool:
+        """Whether the inputs are 1-D signals ``(B, C, L)`` (:func:`~whybox.models.adapter.is_signal`): the
+        metrics' features are then time steps, all channels together, as pixels are for images."""
+        return is_signal(self.adapter, self.x)
 
 
 def _check_seed(seed: Any) -> int:

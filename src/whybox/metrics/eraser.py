@@ -26,7 +26,7 @@ import torch
 
 from whybox.errors import InvalidInputError, InvalidParameterError, did_you_mean
 from whybox.masking.engine import repeat_last
-from whybox.masking.features import FeatureGroups, broadcast_ids, groups_touched
+from whybox.masking.features import FeatureGroups, broadcast_ids, groups_touched, segments
 from whybox.masking.fills import FillLike
 from whybox.metrics.base import Context, Metric, tie_order
 from whybox.metrics.faithfulness import _check_fill, resolve_fill
@@ -50,11 +50,13 @@ POOLS = ("sum", "mean")
 
 
 # ---------------------------------------------------------------------------------------------- pure functions
-def default_features(x: torch.Tensor) -> FeatureGroups:
+def default_features(x: torch.Tensor, *, signal: bool = False) -> FeatureGroups:
     """The default features of ``x``: pixels of images ``(B, C, H, W)`` (channels together), columns of tables
-    ``(B, F)``, positions of sequences ``(B, T, D)`` (a token with its ``D`` channels, as the text adapters pack
-    them), one per element otherwise."""
+    ``(B, F)``, time steps of 1-D signals ``(B, C, L)`` (``signal``: channels together), positions of sequences
+    ``(B, T, D)`` (a token with its ``D`` channels, as the text adapters pack them), one per element otherwise."""
     b = x.shape[0]
+    if signal and x.ndim == 3:
+        return segments(x, length=1)
     if x.ndim == 4:
         h, w = x.shape[-2:]
         g = torch.arange(h * w, device=x.device).view(1, 1, h, w).expand(b, 1, h, w).contiguous()
@@ -72,7 +74,7 @@ def default_features(x: torch.Tensor) -> FeatureGroups:
     return FeatureGroups(g, n, "elements")
 
 
-def resolve_regions(regions: Any, x: torch.Tensor) -> FeatureGroups:
+def resolve_regions(regions: Any, x: torch.Tensor, *, signal: bool = False) -> FeatureGroups:
     """``regions`` (``None``, a :class:`~whybox.masking.FeatureGroups` or an integer label map) as feature groups
     of ``x`` ``(B, *S)``: ids ``(B, *G)`` with ``G`` broadcasting to one input row.
 
@@ -80,7 +82,7 @@ def resolve_regions(regions: Any, x: torch.Tensor) -> FeatureGroups:
     for packed text, ``(B, 1, H, W)`` or ``(B, H, W)`` superpixels, ``(F,)`` column groups.
     """
     if regions is None:
-        return default_features(x)
+        return default_features(x, signal=signal)
     kind = "regions"
     if isinstance(regions, FeatureGroups):
         kind, regions = regions.kind, regions.groups
@@ -215,7 +217,9 @@ class _Eraser(Metric):
             raise InvalidParameterError(f"metric {self.name!r} needs attributions and a model.")
         x = ctx.x
         b = x.shape[0]
-        groups = resolve_regions(self.regions, x)  # (B, *G): one row per input (a shared map is expanded)
+        groups = resolve_regions(
+            self.regions, x, signal=ctx.signal
+        )  # (B, *G): one row per input (a shared map is expanded)
         fill = resolve_fill(self.fill, x, seed=self.seed)
         values = pool_attributions(ctx.attributions, groups, x, pool=self.pool, abs=self.abs)
         null = null_features(x, fill, groups) | torch.isnan(values)

@@ -140,9 +140,9 @@ def _region_groups(regions: Any, x: torch.Tensor) -> FeatureGroups:
             return FeatureGroups(g.expand(x.shape).contiguous(), regions.n_groups, regions.kind)
         return regions
     if isinstance(regions, int) and not isinstance(regions, bool):
-        from whybox.masking.features import grid
+        from whybox.masking.features import grid, segments
 
-        return grid(x, patch=regions)
+        return segments(x, length=regions) if x.ndim == 3 else grid(x, patch=regions)  # windows of a 1-D signal
     if isinstance(regions, torch.Tensor) and not regions.is_floating_point() and x.ndim != 4:
         # any other input: region ids that broadcast to a row, e.g. TextBatch.word_features() (B, T, 1)
         gb = broadcast_ids(regions, x)
@@ -289,7 +289,7 @@ class _CurveMetric(Metric):
         if ctx.attributions is None or ctx.engine is None or ctx.target is None:
             raise InvalidParameterError(f"metric {self.name!r} needs attributions and a model.")
         x = ctx.x
-        values, groups = feature_scores(ctx.attributions, x, abs=self.abs)
+        values, groups = feature_scores(ctx.attributions, x, abs=self.abs, signal=ctx.signal)
         flat_rows = (values.amax(1) == values.amin(1)).cpu()
         region_steps = self.regions is not None
         fill = resolve_fill(
@@ -540,7 +540,7 @@ class MuFidelity(Metric):
         if ctx.attributions is None or ctx.engine is None or ctx.target is None or ctx.clean is None:
             raise InvalidParameterError("mufidelity needs attributions and a model.")
         x = ctx.x
-        values, px_groups = feature_scores(ctx.attributions, x, abs=self.abs)
+        values, px_groups = feature_scores(ctx.attributions, x, abs=self.abs, signal=ctx.signal)
         groups = cells(x, n=self.grid_size) if x.ndim == 4 else px_groups
         b, m = x.shape[0], groups.n_groups
         flat = groups.groups.reshape(b, -1)

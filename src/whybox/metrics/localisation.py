@@ -37,7 +37,7 @@ class _Localisation(Metric):
                 f"{self.name} needs ground-truth masks: pass masks= (B, H, W) bool, the pixels of the target class."
             )
         m = (ctx.masks if ctx.masks.is_cpu else ctx.masks.cpu()).numpy()
-        return feature_array(ctx.attributions, ctx.x), m.reshape(m.shape[0], -1)
+        return feature_array(ctx.attributions, ctx.x, signal=ctx.signal), m.reshape(m.shape[0], -1)
 
 
 @METRICS.register("pointing_game")

@@ -327,7 +327,7 @@ class ROAD(Metric):
             raise InvalidInputError(f"road needs images (B, C, H, W); got inputs of shape {tuple(x.shape)}.")
         b, _, h, w = x.shape
         n = h * w
-        values, groups = feature_scores(ctx.attributions, x, abs=self.abs)
+        values, groups = feature_scores(ctx.attributions, x, abs=self.abs, signal=ctx.signal)
         order = tie_order(values, self.seed).cpu()
         ranks = torch.empty_like(order)
         ranks.scatter_(1, order, torch.arange(n).expand(b, n).contiguous())

@@ -21,6 +21,7 @@ __all__ = [
     "SklearnAdapter",
     "TorchAdapter",
     "adapt",
+    "is_signal",
     "scoring_adapter",
 ]
 
@@ -330,6 +331,19 @@ def coder_of(adapter: ModelAdapter | None) -> SklearnAdapter | None:
     """The adapter that codes the text and categorical columns of DataFrames (:mod:`whybox.models.categorical`):
     a scikit-learn estimator's; ``None`` for any other model (a torch model takes numbers)."""
     return adapter if isinstance(adapter, SklearnAdapter) else None
+
+
+def is_signal(adapter: ModelAdapter | None, x: torch.Tensor) -> bool:
+    """True for 1-D signals ``(B, C, L)``, channels first: 3-D inputs of a torch model (not a text adapter, whose
+    packed inputs are 3-D too) whose first ``nn.Conv1d`` reads ``C`` channels, as a 1-D CNN on time series does.
+    Methods then treat the last axis as time: CAMs map it, RISE and the default features cut it into segments
+    shared by all channels, and the metrics read one value per time step."""
+    if x.ndim != 3 or not isinstance(adapter, TorchAdapter) or hasattr(adapter, "tokenizer"):
+        return False
+    for m in adapter.model.modules():
+        if isinstance(m, nn.Conv1d):
+            return m.in_channels == x.shape[1]
+    return False
 
 
 def score_for(adapter: ModelAdapter, score: str | None) -> str | None:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from whybox.errors import LayerError, did_you_mean
-from whybox.models.adapter import LayerLike, TorchAdapter
+from whybox.models.adapter import LayerLike, TorchAdapter, is_signal
 
 __all__ = ["LayerRef", "auto_layer", "resolve_layers", "tap", "to_grid"]
 
@@ -79,8 +79,16 @@ def resolve_layers(adapter: TorchAdapter, layers: LayerLike | Sequence[LayerLike
     return [_find(adapter.model, s) for s in specs]
 
 
-def to_grid(a: torch.Tensor, label: str) -> torch.Tensor:
-    """Activations as ``(B, C, h, w)``: 4-D as is; ViT tokens ``(B, N, D)`` with N or N - 1 square reshaped."""
+def to_grid(a: torch.Tensor, label: str, *, signal: bool = False) -> torch.Tensor:
+    """Activations as ``(B, C, h, w)``: 4-D as is; ViT tokens ``(B, N, D)`` with N or N - 1 square reshaped; with
+    ``signal`` (the inputs are 1-D signals) a Conv1d-style ``(B, C, L)`` output as a one-row grid ``(B, C, 1, L)``."""
+    if signal:
+        if a.ndim == 3:
+            return a.unsqueeze(2)
+        raise LayerError(
+            f"layer {label!r} outputs shape {tuple(a.shape)}; on 1-D signals CAM methods need a layer whose output is "
+            "(B, C, L) channels first, as an nn.Conv1d gives."
+        )
     if a.ndim == 4:
         return a
     if a.ndim == 3:
@@ -229,6 +237,7 @@ def auto_layer(adapter: TorchAdapter, x: torch.Tensor) -> tuple[LayerRef, int, i
     model = adapter.model
     check_hookable(model)
     modules = dict(model.named_modules())
+    signal = is_signal(adapter, x)
     key = (tuple(x.shape[1:]), x.dtype, len(modules), type(adapter).__name__)
     known = _AUTO.get(model, {}).get(key)
     if known is not None and known[0] in modules:
@@ -258,19 +267,43 @@ def auto_layer(adapter: TorchAdapter, x: torch.Tensor) -> tuple[LayerRef, int, i
     finally:
         for h in handles:
             h.remove()
-    spatial = [(name, k, t) for name, k, t in reversed(events) if _is_spatial(tuple(t.shape))]
-    if not spatial:
-        raise LayerError(
-            f"no layer of {type(model).__name__} produces a spatial (B, C, h, w) output; pass layer= explicitly."
-        )
+    if signal:
+        spatial = list(reversed(_signal_outputs(events, modules)))
+        if not spatial:
+            raise LayerError(
+                f"no layer of {type(model).__name__} produces a (B, C, L) output with L > 1 after an nn.Conv1d; pass "
+                "layer= explicitly."
+            )
+    else:
+        spatial = [(name, k, t) for name, k, t in reversed(events) if _is_spatial(tuple(t.shape))]
+        if not spatial:
+            raise LayerError(
+                f"no layer of {type(model).__name__} produces a spatial (B, C, h, w) output; pass layer= explicitly."
+            )
     chosen = spatial[0]
-    reached = _reached(scores, [t for _, _, t in spatial])
+    reached = _reached(scores, [t for _, _, t in spatial], signal=signal)
     if reached is not None and any(reached):
         chosen = spatial[reached.index(True)]
     name, k, _ = chosen
     call = k if counts[name] > 1 else None
     _AUTO.setdefault(model, {})[key] = (name, call)
     return LayerRef(name, modules[name], call), 1, int(reached is not None)
+
+
+def _signal_outputs(
+    events: list[tuple[str, int, torch.Tensor]], modules: dict[str, nn.Module]
+) -> list[tuple[str, int, torch.Tensor]]:
+    """The module calls, in finishing order, whose output is a Conv1d-style map ``(B, C, L)`` with ``L > 1``: an
+    ``nn.Conv1d``'s, and those after it that keep its ``C`` channels (its norm, activation, pooling), so that a
+    channels-last ``(B, T, D)`` output (a Linear or a transformer block on time steps) is never read as one."""
+    out = []
+    channels = None
+    for name, k, t in events:
+        if isinstance(modules[name], nn.Conv1d) and t.ndim == 3:
+            channels = t.shape[1]
+        if channels is not None and t.ndim == 3 and t.shape[1] == channels and t.shape[2] > 1:
+            out.append((name, k, t))
+    return out
 
 
 def _is_spatial(shape: tuple[int, ...]) -> bool:
@@ -283,7 +316,7 @@ def _is_spatial(shape: tuple[int, ...]) -> bool:
     return False
 
 
-def _reached(scores: torch.Tensor, outputs: list[torch.Tensor]) -> list[bool] | None:
+def _reached(scores: torch.Tensor, outputs: list[torch.Tensor], *, signal: bool = False) -> list[bool] | None:
     """For each output, whether the predicted class's score has a non-zero gradient on its grid (a ViT's class
     token left out); None where the score has no gradient at all (no graph, or a model autograd cannot run)."""
     if not scores.requires_grad:
@@ -300,5 +333,5 @@ def _reached(scores: torch.Tensor, outputs: list[torch.Tensor]) -> list[bool] | 
     out = []
     for t in live:
         g = next(grads) if t is not None else None
-        out.append(g is not None and bool(to_grid(g, "").abs().amax() > 0))
+        out.append(g is not None and bool(to_grid(g, "", signal=signal).abs().amax() > 0))
     return out

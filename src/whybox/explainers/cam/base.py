@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from whybox.errors import InvalidParameterError, LayerError, did_you_mean
 from whybox.explainers.base import PERTURBATION_HINT, Explainer
 from whybox.masking.engine import MaskingEngine
-from whybox.models.adapter import LayerLike, TorchAdapter
+from whybox.models.adapter import LayerLike, TorchAdapter, is_signal
 from whybox.models.layers import LayerRef, auto_layer, resolve_layers, tap, to_grid
 from whybox.models.targets import Target, TargetLike, apply_score_space, resolve_target
 
@@ -80,11 +80,14 @@ class CAM(Explainer):
 
     Shapes
     ------
-    inputs ``(B, C, H, W)`` -> attributions ``(B, 1, H, W)`` (or ``(B, 1, h, w)`` with ``upsample=False``).
+    inputs ``(B, C, H, W)`` -> attributions ``(B, 1, H, W)`` (or ``(B, 1, h, w)`` with ``upsample=False``);
+    1-D signals ``(B, C, L)`` of a model with an ``nn.Conv1d`` (:func:`~whybox.models.adapter.is_signal`) ->
+    ``(B, 1, L)``, from a layer output ``(B, K, L')`` read channels first and resized linearly along L.
     """
 
     image_only = True
-    input_kinds = ("image",)
+    takes_signals = True
+    input_kinds = ("image", "signal")
     uses_gradients = True
 
     def __init__(
@@ -191,8 +194,13 @@ class CAM(Explainer):
             idx.append(tc.index)
             fn = tc.fn
         tgt = Target(_cat(idx), fn)
-        a_all = [to_grid(_cat(v), lab) for v, lab in zip(acts, labels, strict=True)]
-        g_all = [to_grid(_cat(v), lab) for v, lab in zip(grads, labels, strict=True)] if self.uses_gradients else None
+        sig = is_signal(self.adapter, x)
+        a_all = [to_grid(_cat(v), lab, signal=sig) for v, lab in zip(acts, labels, strict=True)]
+        g_all = (
+            [to_grid(_cat(v), lab, signal=sig) for v, lab in zip(grads, labels, strict=True)]
+            if self.uses_gradients
+            else None
+        )
         return a_all, g_all, tgt
 
     def _layer_maps(
@@ -213,7 +221,8 @@ class CAM(Explainer):
         refs = self._refs(x, engine, n_backward)
         acts, grads, tgt = self._activations(x, refs, target, engine, n_backward)
         raw_maps = self._layer_maps(x, acts, grads, tgt, engine)
-        size = tuple(x.shape[-2:])
+        signal = x.ndim == 3  # a 1-D signal (B, C, L): its maps are one-row grids (B, 1, 1, L'), resized along L
+        size = (1, x.shape[-1]) if signal else tuple(x.shape[-2:])
         maps = []
         all_negative = torch.zeros(x.shape[0], dtype=torch.bool)
         degenerate = torch.zeros(x.shape[0], dtype=torch.bool)
@@ -229,10 +238,12 @@ class CAM(Explainer):
             maps.append(m)
         out = torch.stack(maps).mean(0) if len(maps) > 1 else maps[0]
         out, deg = normalize_maps(out, self.normalize)
+        if signal:
+            out = out.squeeze(2)
         degenerate |= deg.cpu()
         meta: dict[str, Any] = {
             "layer": [r.label for r in refs],
-            "layer_shape": [list(a.shape[1:]) for a in acts],
+            "layer_shape": [[a.shape[1], a.shape[3]] if signal else list(a.shape[1:]) for a in acts],
             "degenerate": [bool(v) for v in degenerate.tolist()],
             "all_negative": [bool(v) for v in all_negative.tolist()],
         }

@@ -56,7 +56,8 @@ class ScoreCAM(CAM):
         tgt: Target,
         engine: MaskingEngine,
     ) -> list[torch.Tensor]:
-        size = (int(x.shape[-2]), int(x.shape[-1]))
+        signal = x.ndim == 3  # 1-D signals (B, C, L): one-row grids, masks (n, 1, L)
+        size = (1, int(x.shape[-1])) if signal else (int(x.shape[-2]), int(x.shape[-1]))
         zero = torch.zeros_like(x)
         out = []
         for a in acts:
@@ -69,7 +70,8 @@ class ScoreCAM(CAM):
                 m = upsample(a[rows, ks].unsqueeze(1).to(work), size, align_corners=self.mask_align_corners)
                 flat = m.flatten(1)
                 lo, hi = flat.amin(1).view(-1, 1, 1, 1), flat.amax(1).view(-1, 1, 1, 1)
-                return ((m - lo) / (hi - lo + 1e-8)).to(x.dtype)
+                m = ((m - lo) / (hi - lo + 1e-8)).to(x.dtype)
+                return m.squeeze(2) if signal else m
 
             s = engine.scores(x, masks, n_masks=k, fill=zero, target=tgt, score=self.score)
             w = s.softmax(1) if self.weighting == "softmax" else s

@@ -15,6 +15,7 @@ from whybox.explainers.lima.search import SEARCHES, SearchOptions, SearchResult
 from whybox.explainers.perturbation._common import F64, PerturbationExplainer, _check_int
 from whybox.masking.engine import MaskingEngine
 from whybox.masking.fills import FillLike
+from whybox.models.adapter import is_signal
 from whybox.models.targets import Target, TargetLike, apply_score_space, resolve_score, resolve_target
 from whybox.registry import EXPLAINERS
 
@@ -73,12 +74,14 @@ class Lima(PerturbationExplainer):
         fewer passes), ``"lazy"`` (lazy greedy: exact naive order when F is submodular, a heuristic otherwise)
         or ``"stochastic"`` (stochastic greedy, seeded). See :mod:`whybox.explainers.lima.search`.
     regions
-        ``"auto"`` (``"superpixels"`` on images, ``"columns"`` on ``(B, F)`` rows), ``"superpixels"`` (SLICO),
+        ``"auto"`` (``"superpixels"`` on images, ``"columns"`` on ``(B, F)`` rows, ``"segments"`` on 1-D signals
+        ``(B, C, L)``: ``n_regions`` windows along L shared by all channels), ``"superpixels"`` (SLICO),
         ``"seeds"`` (a SEEDS-like variant, see :func:`~whybox.explainers.lima.regions.seeds`), ``"prior"``
-        (prior-guided patches), ``"grid"``, ``"columns"``, ``"spans"``; or an integer label map ``(B, *G)`` /
+        (prior-guided patches), ``"grid"`` (segments on signals), ``"segments"``, ``"columns"``, ``"spans"``; or an
+        integer label map ``(B, *G)`` /
         ``(*G)`` (``(H, W)`` for images), or a bool mask stack ``(N, *G)`` that must be disjoint and covering.
     n_regions
-        About how many regions ``"superpixels"``, ``"seeds"`` and ``"grid"`` make (default 49; SLICO's count
+        About how many regions ``"superpixels"``, ``"seeds"``, ``"grid"`` and ``"segments"`` make (default 49; SLICO's count
         varies per image), and the count ``"prior"`` aims at when ``prior_cells`` is None.
     compactness
         SLIC's compactness (and the spatial weight of ``"seeds"``).
@@ -273,20 +276,27 @@ class Lima(PerturbationExplainer):
     def _kind(self, x: torch.Tensor) -> str | None:
         if not isinstance(self.regions, str):
             return None
+        signal = is_signal(self.adapter, x)
         if self.regions == "auto":
             if x.ndim == 4:
                 return "superpixels"
             if x.ndim == 2:
                 return "columns"
+            if signal:
+                return "segments"
             hint = (
-                " If inputs is one (C, H, W) image, add the batch dimension with inputs.unsqueeze(0)."
+                " If inputs is one (C, H, W) image, add the batch dimension with inputs.unsqueeze(0); 1-D signals "
+                "(B, C, L) get segments by default on a model whose first nn.Conv1d reads their C channels."
                 if x.ndim == 3
                 else ""
             )
             raise InvalidParameterError(
                 f"regions='auto' has no default for inputs of shape {tuple(x.shape)} (superpixels for (B, C, H, W) "
-                f"images, columns for (B, F) tables); pass a label map (B, *G) or (*G) as regions=.{hint}"
+                f"images, columns for (B, F) tables, segments for 1-D signals); pass a label map (B, *G) or (*G) as "
+                f"regions=.{hint}"
             )
+        if self.regions == "grid" and signal:
+            return "segments"
         return self.regions
 
     def _build(self, kind: str | None, x: torch.Tensor) -> R.RegionMap:
@@ -298,6 +308,8 @@ class Lima(PerturbationExplainer):
             return R.seeds(x, n_regions=self.n_regions, compactness=self.compactness)
         if kind == "grid":
             return R.grid(x, n_regions=self.n_regions)
+        if kind == "segments":
+            return R.segments(x, n_regions=self.n_regions)
         if kind == "columns":
             return R.columns(x, groups=self.groups)
         return R.spans(x, groups=self.groups)

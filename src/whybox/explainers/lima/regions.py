@@ -51,11 +51,12 @@ __all__ = [
     "grid",
     "prior_patches",
     "seeds",
+    "segments",
     "spans",
     "superpixels",
 ]
 
-REGION_BUILDERS = ("auto", "superpixels", "seeds", "prior", "grid", "columns", "spans")
+REGION_BUILDERS = ("auto", "superpixels", "seeds", "prior", "grid", "segments", "columns", "spans")
 
 
 @dataclass(frozen=True)
@@ -183,6 +184,17 @@ def from_masks(masks: torch.Tensor, x: torch.Tensor) -> RegionMap:
         )
     labels = m.to(torch.int64).argmax(1).expand(x.shape[0], *m.shape[2:]).contiguous()
     return _finish(labels, x, "masks")
+
+
+# ---------------------------------------------------------------------------------------------- signals
+def segments(x: torch.Tensor, *, n_regions: int = 49) -> RegionMap:
+    """``n_regions`` near-equal windows along the last axis of 1-D signals ``(B, C, L)``, shared by all channels
+    (clamped to L)."""
+    if x.ndim != 3:
+        raise InvalidInputError(
+            f"regions='segments' needs 1-D signals (B, C, L); got inputs of shape {tuple(x.shape)}."
+        )
+    return _finish(F.segments(x, n=_check_n(n_regions)).groups, x, "segments")
 
 
 # ---------------------------------------------------------------------------------------------- images

@@ -21,7 +21,7 @@ from whybox.masking import features as F
 from whybox.masking.engine import MaskingEngine
 from whybox.masking.features import FeatureGroups, groups_touched
 from whybox.masking.fills import FILLS, FillLike, make_fill
-from whybox.models.adapter import coder_of
+from whybox.models.adapter import coder_of, is_signal
 from whybox.models.inputs import is_pandas, tensor_option
 from whybox.models.targets import Target, TargetLike, apply_score_space, resolve_target
 
@@ -36,7 +36,8 @@ __all__ = [
     "shapley_weights",
 ]
 
-FEATURE_SPECS = ("auto", "superpixels", "quickshift", "grid", "pixels", "columns", "elements")
+FEATURE_SPECS = ("auto", "superpixels", "quickshift", "grid", "segments", "pixels", "columns", "elements")
+SIGNAL_SEGMENTS = 16  # windows of a 1-D signal under features="auto" (8 for exact Shapley: 256 coalitions)
 FeaturesLike = str | FeatureGroups | torch.Tensor
 DEFAULT_MAX_EVALUATIONS = 1_000_000
 F64 = torch.float64
@@ -100,12 +101,31 @@ def resolve_features(
     n_segments: int,
     compactness: float,
     patch: int | tuple[int, int] | None,
+    signal: bool = False,
 ) -> FeatureGroups:
-    """Turn the ``features`` option into :class:`FeatureGroups` for ``x``."""
+    """Turn the ``features`` option into :class:`FeatureGroups` for ``x``; ``signal``: ``x`` is 1-D signals
+    ``(B, C, L)`` (:func:`~whybox.models.adapter.is_signal`), on which ``"auto"`` and ``"grid"`` are segments
+    (``patch`` samples long, else 16 windows; 8 for exact Shapley) and ``"pixels"`` one group per time step."""
     if isinstance(spec, FeatureGroups):
         return _from_tensor(spec.groups, x, spec.kind)
     if isinstance(spec, torch.Tensor):
         return _from_tensor(spec, x)
+    if signal and isinstance(spec, str) and spec in ("auto", "grid", "grid3", "pixels", "segments"):
+        if spec == "pixels":
+            return F.segments(x, length=1)
+        if isinstance(patch, (tuple, list)):
+            raise InvalidParameterError(f"patch is a window length on 1-D signals (one int); got {patch!r}.")
+        n = SIGNAL_SEGMENTS // 2 if (spec == "auto" and auto == "grid3") else SIGNAL_SEGMENTS
+        return F.segments(x, n=n, length=patch)
+    if spec == "segments":
+        if x.ndim != 3:
+            raise InvalidInputError(
+                f"features='segments' cuts 1-D signals (B, C, L) into windows; got inputs of shape {tuple(x.shape)}."
+            )
+        raise InvalidInputError(
+            "features='segments' needs 1-D signals (B, C, L) of a model whose first nn.Conv1d reads their C channels "
+            "(channels first); for other 3-D inputs pass an integer mask of shape (1, C, L) as features=."
+        )
     if spec == "auto":
         spec = auto if x.ndim == 4 else ("columns" if x.ndim == 2 else "elements")
     if spec == "superpixels":
@@ -430,6 +450,7 @@ class RegionExplainer(PerturbationExplainer):
             n_segments=self.n_segments,
             compactness=self.compactness,
             patch=self.patch,
+            signal=is_signal(self.adapter, x),
         )
 
     def _regions(self, x: torch.Tensor, fills: torch.Tensor, groups: FeatureGroups | None = None) -> Regions:

@@ -10,6 +10,7 @@ import torch
 from whybox.errors import InvalidParameterError
 from whybox.explainers.perturbation._common import F64, FirstMaskTarget, PerturbationExplainer
 from whybox.masking.engine import MaskingEngine
+from whybox.models.adapter import is_signal
 from whybox.models.targets import Target, TargetLike
 from whybox.registry import EXPLAINERS
 
@@ -64,8 +65,8 @@ class Occlusion(PerturbationExplainer):
     window
         Window extent. An int ``k`` is ``(C, k, k)`` on images (all channels at once) and ``(k,)`` on
         ``(B, F)`` rows; a pair ``(h, w)`` on images is ``(C, h, w)``; or one extent per dimension of a row
-        (as captum's ``sliding_window_shapes``). ``None``: ``(C, ceil(H/8), ceil(W/8))`` on images, one
-        element elsewhere.
+        (as captum's ``sliding_window_shapes``). ``None``: ``(C, ceil(H/8), ceil(W/8))`` on images, ``(C, ceil(L/16))``
+        on 1-D signals ``(B, C, L)`` (an int ``k`` there is ``(C, k)``), one element elsewhere.
     stride
         Step per dimension (same forms as ``window``). ``None``: half the window (at least 1), and the full
         extent along dimensions the window spans entirely (channels); at most the window. Positions per
@@ -94,7 +95,12 @@ class Occlusion(PerturbationExplainer):
         self.stride = tuple(stride) if isinstance(stride, list) else stride
 
     def _expand(
-        self, v: int | tuple[int, ...], shape: tuple[int, ...], name: str, window: tuple[int, ...] | None
+        self,
+        v: int | tuple[int, ...],
+        shape: tuple[int, ...],
+        name: str,
+        window: tuple[int, ...] | None,
+        signal: bool = False,
     ) -> tuple[int, ...]:
         image = len(shape) == 3
         if isinstance(v, int):
@@ -102,6 +108,9 @@ class Occlusion(PerturbationExplainer):
                 v = (v, v)
             elif len(shape) == 1:
                 v = (v,)
+            elif signal:  # a signal's (C, L): k is (C, k), all channels at once
+                lead = shape[0] if window is None or window[0] == shape[0] else 1
+                v = (lead if name == "stride" else shape[0], v)
             else:
                 raise InvalidParameterError(
                     f"{name} must give one extent per dimension of a row {shape} for these inputs; got {v!r}."
@@ -118,16 +127,20 @@ class Occlusion(PerturbationExplainer):
             raise InvalidParameterError(f"window={v!r} is larger than a row {shape} along some dimension.")
         return tuple(v)
 
-    def resolve(self, shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """The (window, stride) used on rows of ``shape``."""
+    def resolve(self, shape: tuple[int, ...], *, signal: bool = False) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The (window, stride) used on rows of ``shape`` (``signal``: a 1-D signal's ``(C, L)``)."""
+        window: tuple[int, ...]
         if self.window is None:
-            window = (shape[0], -(-shape[1] // 8), -(-shape[2] // 8)) if len(shape) == 3 else (1,) * len(shape)
+            if signal:
+                window = (shape[0], -(-shape[1] // 16))
+            else:
+                window = (shape[0], -(-shape[1] // 8), -(-shape[2] // 8)) if len(shape) == 3 else (1,) * len(shape)
         else:
-            window = self._expand(self.window, shape, "window", None)
+            window = self._expand(self.window, shape, "window", None, signal)
         if self.stride is None:
             stride = tuple(d if w == d else max(1, w // 2) for w, d in zip(window, shape, strict=True))
         else:
-            stride = self._expand(self.stride, shape, "stride", window)
+            stride = self._expand(self.stride, shape, "stride", window, signal)
             if any(s > w for s, w in zip(stride, window, strict=True)):
                 raise InvalidParameterError(
                     f"stride={stride!r} is larger than window={window!r} along some dimension, so some elements "
@@ -139,7 +152,7 @@ class Occlusion(PerturbationExplainer):
         self, x: torch.Tensor, target: TargetLike, engine: MaskingEngine, n_backward: list[int]
     ) -> tuple[torch.Tensor, Target, dict[str, Any]]:
         shape = tuple(x.shape[1:])
-        window, stride = self.resolve(shape)
+        window, stride = self.resolve(shape, signal=is_signal(self.adapter, x))
         inside = [window_positions(d, w, s) for d, w, s in zip(shape, window, stride, strict=True)]
         counts = [int(a.shape[0]) for a in inside]
         n = math.prod(counts)

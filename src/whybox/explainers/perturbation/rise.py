@@ -26,24 +26,29 @@ def interpolation_matrix(n_in: int, n_out: int) -> torch.Tensor:
 class RiseMasks:
     """RISE's N masks for ``(H, W)`` images, drawn once as small grids and offsets, rendered on demand.
 
-    Mask i: an ``s x s`` grid with each cell kept with probability ``p``; cell size ``C = ceil(H / s)`` (and
+    Mask i: an ``s x s`` grid (``grid_size`` may also be ``(sh, sw)``; 1-D signals use ``(1, s)``) with each cell kept with probability ``p``; cell size ``C = ceil(H / s)`` (and
     ``ceil(W / s)``); bilinear upsampling to ``(s + 1) * C``; an ``H x W`` crop at an offset uniform in
     ``0..C-1`` per axis. Upsampling is separable and linear, so a mask is ``U_h[oy:oy+H] @ G @ U_w[ox:ox+W]^T``:
     only the ``N x s x s`` grids are stored, never N full-size masks.
     """
 
     def __init__(
-        self, n: int, size: tuple[int, int], grid_size: int, p_keep: float, generator: torch.Generator
+        self,
+        n: int,
+        size: tuple[int, int],
+        grid_size: int | tuple[int, int],
+        p_keep: float,
+        generator: torch.Generator,
     ) -> None:
         h, w = size
-        s = grid_size
+        sh, sw = (grid_size, grid_size) if isinstance(grid_size, int) else grid_size
         self.size = size
-        self.cell = (-(-h // s), -(-w // s))
-        self.grids = (torch.rand(n, s, s, generator=generator, dtype=F64) < p_keep).to(F64)
+        self.cell = (-(-h // sh), -(-w // sw))
+        self.grids = (torch.rand(n, sh, sw, generator=generator, dtype=F64) < p_keep).to(F64)
         self.oy = torch.randint(0, self.cell[0], (n,), generator=generator)
         self.ox = torch.randint(0, self.cell[1], (n,), generator=generator)
-        self.uh = interpolation_matrix(s, (s + 1) * self.cell[0])
-        self.uw = interpolation_matrix(s, (s + 1) * self.cell[1])
+        self.uh = interpolation_matrix(sh, (sh + 1) * self.cell[0])
+        self.uw = interpolation_matrix(sw, (sw + 1) * self.cell[1])
 
     def __len__(self) -> int:
         return int(self.grids.shape[0])
@@ -79,7 +84,9 @@ class Rise(PerturbationExplainer):
 
     Shapes
     ------
-    inputs ``(B, C, H, W)`` -> attributions ``(B, 1, H, W)``. Cost: ``B * (1 + N)`` forward passes.
+    inputs ``(B, C, H, W)`` -> attributions ``(B, 1, H, W)``; 1-D signals ``(B, C, L)`` of a model with an
+    ``nn.Conv1d`` (:func:`~whybox.models.adapter.is_signal`) -> ``(B, 1, L)``, from ``s`` random cells along L,
+    upsampled linearly and shifted as on images. Cost: ``B * (1 + N)`` forward passes.
 
     References
     ----------
@@ -87,7 +94,8 @@ class Rise(PerturbationExplainer):
     """
 
     image_only = True
-    input_kinds = ("image",)
+    takes_signals = True
+    input_kinds = ("image", "signal")
 
     def __init__(
         self,
@@ -111,15 +119,18 @@ class Rise(PerturbationExplainer):
     def _explain(
         self, x: torch.Tensor, target: TargetLike, engine: MaskingEngine, n_backward: list[int]
     ) -> tuple[torch.Tensor, Target, dict[str, Any]]:
-        b, _, h, w = x.shape
+        signal = x.ndim == 3  # 1-D signals (B, C, L): one-row masks (1, L) from a (1, s) grid
+        b, h, w = x.shape[0], (1 if signal else x.shape[-2]), x.shape[-1]
         n = self.n_masks
         self._check_cost(b * (n + 1), f"{b} rows x ({n} masks + 1 clean pass)")
-        masks = RiseMasks(n, (h, w), self.grid_size, self.p_keep, self.row_generator())
+        grid = (1, self.grid_size) if signal else self.grid_size
+        masks = RiseMasks(n, (h, w), grid, self.p_keep, self.row_generator())
         fill = self._fills(x)
         tgt, _ = self._clean(x, target, engine)
 
         def render(rows: torch.Tensor, ks: torch.Tensor) -> torch.Tensor:
-            return masks(ks).to(device=x.device, dtype=x.dtype).unsqueeze(1)
+            m = masks(ks).to(device=x.device, dtype=x.dtype)
+            return m if signal else m.unsqueeze(1)  # (n, 1, L) for signals, (n, 1, H, W) for images
 
         s = engine.scores(x, render, n_masks=n, fill=fill, target=tgt, score=self.score)
         sal = torch.zeros(b, h * w, dtype=F64, device=x.device)
@@ -128,4 +139,4 @@ class Rise(PerturbationExplainer):
             sal += s[:, ks.to(x.device)] @ masks(ks).to(x.device).view(len(ks), -1)
         sal /= n * self.p_keep
         meta = {"rise": {"n_masks": n, "grid_size": self.grid_size, "p_keep": self.p_keep, "cell": list(masks.cell)}}
-        return sal.view(b, 1, h, w).to(x.dtype), tgt, meta
+        return sal.view((b, 1, w) if signal else (b, 1, h, w)).to(x.dtype), tgt, meta

@@ -1,0 +1,299 @@
+"""1-D signals ``(B, C, L)`` (time series for a 1-D CNN): every image method applies, with the last axis as time.
+
+Properties: each CAM on a signal equals the same CAM of the same network written with ``1 x k`` Conv2d on a one-row
+image (B, C, 1, L), and Grad-CAM equals captum's LayerGradCam with linear interpolation; the default features are
+windows shared by all channels (exact Shapley values of a linear model over 8 windows equal the windows' sums of
+w * x; occlusion's default window equals captum's Occlusion with the same window and stride); RISE and LIMA put a
+model's only read window first; the metrics read one feature per time step (deletion equals a hand-run curve);
+every method's rows are independent and its chunk size changes nothing; inputs that are not such signals get
+errors that name what would work.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import whybox
+from whybox.errors import InvalidInputError, LayerError
+from whybox.models.adapter import is_signal
+
+B, C, L, K = 3, 2, 48, 3
+
+
+def _seeded(build, seed=0):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build().eval()
+
+
+def cnn1d(seed: int = 0) -> nn.Sequential:
+    return _seeded(
+        lambda: nn.Sequential(
+            nn.Conv1d(C, 6, 5, padding=2),
+            nn.ReLU(),
+            nn.Conv1d(6, 6, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool1d(2),
+            nn.AdaptiveAvgPool1d(1),
+            nn.Flatten(),
+            nn.Linear(6, K),
+        ),
+        seed,
+    )
+
+
+def as_image_model(m: nn.Sequential) -> nn.Sequential:
+    """The same network on one-row images (B, C, 1, L): each Conv1d as a 1 x k Conv2d with the same weights."""
+    conv1, conv2 = m[0], m[2]
+    c1 = nn.Conv2d(C, 6, (1, 5), padding=(0, 2))
+    c2 = nn.Conv2d(6, 6, (1, 3), padding=(0, 1))
+    with torch.no_grad():
+        c1.weight.copy_(conv1.weight.unsqueeze(2))
+        c1.bias.copy_(conv1.bias)
+        c2.weight.copy_(conv2.weight.unsqueeze(2))
+        c2.bias.copy_(conv2.bias)
+    head = nn.Linear(6, K)
+    head.load_state_dict(m[7].state_dict())
+    return nn.Sequential(
+        c1, nn.ReLU(), c2, nn.ReLU(), nn.MaxPool2d((1, 2)), nn.AdaptiveAvgPool2d(1), nn.Flatten(), head
+    ).eval()
+
+
+def signals(n: int = B, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, C, L, generator=g)
+
+
+class WindowModel(nn.Module):
+    """Scores [sum of channel 0 over time steps lo..hi-1, 0]: only that window matters. Starts with a Conv1d so the
+    inputs read as signals (the conv's output is not used)."""
+
+    def __init__(self, lo: int, hi: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(C, 1, 1)
+        self.lo, self.hi = lo, hi
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x[:, 0, self.lo : self.hi].sum(1) + 0.0 * self.conv(x).sum((1, 2))
+        return torch.stack([s, torch.zeros_like(s)], 1)
+
+
+class LinearSignal(nn.Module):
+    """f_k(x) = sum_{c,t} W_k[c, t] x[c, t]."""
+
+    def __init__(self, seed: int = 3) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.conv = nn.Conv1d(C, 1, 1)
+        self.w = nn.Parameter(torch.randn(K, C, L, generator=g, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (
+            torch.einsum("kcl,bcl->bk", self.w, x.to(torch.float64)) + 0.0 * self.conv(x.float()).sum((1, 2))[:, None]
+        )
+
+
+CAMS = ["gradcam", "gradcam_pp", "xgradcam", "layercam", "hirescam", "scorecam"]
+
+
+# ---------------------------------------------------------------------------------------------- detection
+def test_is_signal_needs_a_conv1d_reading_the_channels():
+    x = signals()
+    assert is_signal(whybox.adapt(cnn1d()), x)
+    assert not is_signal(whybox.adapt(cnn1d()), torch.randn(B, C + 1, L))  # the conv reads 2 channels
+    assert not is_signal(whybox.adapt(nn.Sequential(nn.Linear(L, K))), x)  # no Conv1d: (B, T, D) rows
+    assert not is_signal(whybox.adapt(cnn1d()), torch.randn(B, C, 4, 4))
+
+
+# ---------------------------------------------------------------------------------------------- CAMs
+@pytest.mark.parametrize("method", CAMS)
+def test_cam_on_a_signal_equals_the_cam_of_the_same_network_on_one_row_images(method):
+    m = cnn1d()
+    x = signals()
+    e1 = whybox.explain(m, x, method, layer="3", normalize="none")
+    e2 = whybox.explain(as_image_model(m), x.unsqueeze(2), method, layer="3", normalize="none")
+    assert e1.attributions.shape == (B, 1, L)
+    assert torch.equal(e1.target, e2.target)
+    torch.testing.assert_close(e1.attributions, e2.attributions.squeeze(2), rtol=1e-5, atol=1e-6)
+    assert e1.meta["layer_shape"] == [[6, L]]
+
+
+def test_gradcam_on_a_signal_equals_captums_layer_gradcam():
+    captum_attr = pytest.importorskip("captum.attr")
+    m = cnn1d(seed=5)
+    x = signals(seed=2)
+    e = whybox.explain(m, x, "gradcam", layer="3", normalize="none", target=1)
+    ref = captum_attr.LayerGradCam(m, m[3]).attribute(x, target=1, relu_attributions=True)
+    ref = captum_attr.LayerAttribution.interpolate(ref, (L,), interpolate_mode="linear")
+    torch.testing.assert_close(e.attributions, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_the_automatic_layer_is_the_last_output_with_the_convs_channels():
+    class ConvThenLinear(nn.Module):
+        """Conv1d (B, 6, L) -> ReLU -> a Linear over channels, channels last (B, L, 6): that output is no CAM grid."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv1d(C, 6, 3, padding=1)
+            self.act = nn.ReLU()
+            self.mix = nn.Linear(6, 5)
+            self.head = nn.Linear(5, K)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.mix(self.act(self.conv(x)).transpose(1, 2))  # (B, L, 5)
+            return self.head(h.mean(1))
+
+    e = whybox.explain(cnn1d(), signals(), "gradcam")
+    assert e.meta["layer"] == ["4"]  # the max-pool after the last ReLU: (B, 6, L / 2)
+    e = whybox.explain(_seeded(ConvThenLinear), signals(), "gradcam")
+    assert e.meta["layer"] == ["act"]
+
+
+# ---------------------------------------------------------------------------------------------- perturbation
+def test_exact_shapley_over_the_default_windows_of_a_linear_model():
+    m = LinearSignal()
+    x = signals(2)
+    e = whybox.explain(m, x, "exact_shapley", target=0)
+    seg = torch.arange(L) * 8 // L  # 8 near-equal windows, all channels together
+    contrib = (m.w[0].detach() * x.to(torch.float64)).sum(1)  # (B, L): w * x summed over channels
+    want = torch.zeros(2, 8, dtype=torch.float64).index_add_(1, seg, contrib)
+    assert e.attributions.shape == (2, 1, L)
+    torch.testing.assert_close(e.meta["values"].to(torch.float64), want, rtol=1e-5, atol=1e-5)
+
+
+def test_occlusion_default_window_equals_captums_occlusion():
+    captum_attr = pytest.importorskip("captum.attr")
+    m = cnn1d(seed=1)
+    x = signals(seed=4)
+    e = whybox.explain(m, x, "occlusion", target=2)
+    w = -(-L // 16)
+    ref = captum_attr.Occlusion(m).attribute(x, sliding_window_shapes=(C, w), strides=(C, w // 2), target=2)
+    torch.testing.assert_close(e.attributions, ref, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["rise", "lima", "lime", "kernel_shap"])
+def test_the_only_window_the_model_reads_comes_first(method):
+    m = WindowModel(24, 30)
+    x = signals(2).abs() + 1.0  # the read window raises the score: its removal lowers it
+    opts = {"rise": {"n_masks": 800}, "lima": {"n_regions": 8}, "lime": {"n_samples": 300}}.get(method, {})
+    e = whybox.explain(m, x, method, target=0, **opts)
+    assert e.attributions.shape == (2, 1, L)
+    a = e.attributions[:, 0]
+    inside = a[:, 24:30].mean(1)
+    outside = torch.cat([a[:, :18], a[:, 36:]], 1).amax(1)
+    assert bool((inside > outside).all()), (method, inside, outside)
+
+
+def test_features_segments_with_a_window_length():
+    e = whybox.explain(LinearSignal(), signals(1), "feature_ablation", features="segments", patch=10, target=0)
+    assert e.meta["n_forward"] == 1 + 5  # ceil(48 / 10) windows
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+def test_deletion_on_a_signal_steps_through_time_steps_in_the_maps_order():
+    m = LinearSignal()
+    x = signals(1)
+    order = torch.randperm(L, generator=torch.Generator().manual_seed(0))
+    amap = torch.zeros(1, 1, L)
+    amap[0, 0, order] = torch.linspace(1.0, 0.1, L)  # time step order[0] first
+    r = whybox.evaluate(m, x, amap, "deletion", target=0, steps=4, score="logit")
+    want = []
+    for k in range(5):
+        xd = x.clone()
+        xd[0, :, order[: k * L // 4]] = 0.0
+        want.append(float(m(xd)[0, 0].detach()))
+    torch.testing.assert_close(
+        r.curves["y"][0].to(torch.float64), torch.tensor(want, dtype=torch.float64), rtol=1e-5, atol=1e-5
+    )
+    # a (B, C, L) map is pooled over channels as on images: the same time-step order gives the same curve
+    r2 = whybox.evaluate(m, x, amap.expand(1, C, L) / C, "deletion", target=0, steps=4, score="logit")
+    torch.testing.assert_close(r2.curves["y"], r.curves["y"])
+
+
+def test_eraser_features_of_a_signal_are_time_steps():
+    m = WindowModel(10, 14)
+    x = signals(1).abs() + 1.0
+    amap = torch.zeros(1, 1, L)
+    amap[0, 0, 10:14] = 1.0
+    # the top 10 % (5 of 48 time steps) hold the 4 read ones: removing them takes the whole score away
+    r = whybox.evaluate(m, x, amap, "comprehensiveness", target=0, fractions=(0.1,), score="logit")
+    torch.testing.assert_close(r.scores.to(torch.float64), m(x)[:, 0].detach().to(torch.float64))
+
+
+# ---------------------------------------------------------------------------------------------- contract
+FAST = {
+    "integrated_gradients": {"n_steps": 8},
+    "smoothgrad": {"n_samples": 4},
+    "rise": {"n_masks": 64},
+    "lime": {"n_samples": 64},
+    "kernel_shap": {"n_samples": 64},
+    "shapley_sampling": {"n_permutations": 4},
+    "lima": {"n_regions": 6},
+}
+
+
+@pytest.mark.parametrize("method", whybox.methods("signal"))
+def test_every_image_method_on_signals_rows_are_independent_and_chunking_changes_nothing(method):
+    m = cnn1d()
+    before = copy.deepcopy(m.state_dict())
+    x = signals()
+    opts = FAST.get(method, {})
+    e = whybox.explain(m, x, method, seed=3, **opts)
+    assert e.attributions.shape[0] == B and e.attributions.shape[-1] == L
+    assert e.attributions.shape[1] in (1, C)
+    one = whybox.explain(m, x[1:2], method, seed=3, target=e.target[1:2], **opts)
+    torch.testing.assert_close(one.attributions, e.attributions[1:2], rtol=1e-4, atol=1e-6)
+    small = whybox.explain(m, x, method, seed=3, batch_size=5, **opts)
+    torch.testing.assert_close(small.attributions, e.attributions, rtol=1e-4, atol=1e-6)
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+
+
+# ---------------------------------------------------------------------------------------------- errors
+def test_a_cam_on_3d_inputs_that_are_not_signals_says_what_would_work():
+    m = nn.Sequential(nn.Flatten(), nn.Linear(C * L, K))
+    with pytest.raises(InvalidInputError, match=r"images of shape \(B, C, H, W\) or signals \(B, C, L\)"):
+        whybox.explain(m, signals(), "gradcam")
+    with pytest.raises(InvalidInputError, match=r"first nn.Conv1d reads their C channels \(this one reads 2\)"):
+        whybox.explain(cnn1d(), torch.randn(B, C + 1, L), "gradcam")
+
+
+def test_features_segments_on_inputs_that_are_not_signals_is_refused():
+    m = nn.Sequential(nn.Flatten(), nn.Linear(C * L, K))
+    with pytest.raises(InvalidInputError, match="features='segments' needs 1-D signals"):
+        whybox.explain(m, signals(), "lime", features="segments")
+
+
+def test_a_layer_with_a_channels_last_output_on_a_signal_is_named():
+    m = cnn1d()
+    with pytest.raises(LayerError, match="outputs shape"):
+        whybox.explain(m, signals(), "gradcam", layer="6")  # Flatten: (B, 6)
+
+
+# ---------------------------------------------------------------------------------------------- plot
+def test_plot_draws_each_rows_map_along_time_under_its_channels():
+    pytest.importorskip("matplotlib")
+    import numpy as np
+
+    from whybox.report.overlay import to_heatmap
+
+    x = signals()
+    e = whybox.explain(cnn1d(), x, "occlusion")
+    assert e.meta["signal"] is True
+    fig = e.plot(x, rows=[0, 2])
+    axes = fig.axes
+    assert len(axes) == 2
+    band = axes[1].images[0].get_array()
+    np.testing.assert_allclose(band, to_heatmap(e.attributions[2].sum(0).view(1, -1), reading="signed"))
+    lines = axes[1].get_lines()
+    assert len(lines) == C
+    np.testing.assert_allclose(lines[1].get_ydata(), x[2, 1].numpy().astype(np.float64))
+    with pytest.raises(InvalidInputError, match=r"explained signals \(B, C, L\)"):
+        e.plot(x[:2])
+
+
+def test_methods_for_signals_are_the_image_methods():
+    assert whybox.methods("signal") == whybox.methods("image")
