@@ -166,6 +166,12 @@ def find_mistakes(
             "regressor (its outputs are predicted values, not classes); explain its largest errors with "
             "whybox.explain on those rows instead."
         )
+    if adapter.kind == "multilabel":
+        raise InvalidParameterError(
+            "find_mistakes looks for the inputs a classifier puts in the wrong class, but this adapter is multi-label "
+            "(kind='multilabel': independent labels, several true at once), where a row has no single true class; "
+            "explain a missed label with whybox.explain(adapter, rows, 'lima', target=label) on the rows that miss it."
+        )
     coder = coder_of(adapter)
     coded = categorical_columns(inputs) if coder is not None and is_dataframe(inputs) else []
     inputs, _ = as_tensor_inputs(inputs, coder)  # a numpy array or a DataFrame of rows (text columns coded)

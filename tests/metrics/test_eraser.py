@@ -221,7 +221,7 @@ def test_pure_functions() -> None:
         ({"abs": 1}, "abs must be True or False; got 1."),
         ({"fill": "blurry"}, "fill must be 'auto', 'zero', 'mean', 'blur', 'min', 'uniform', a number, a tensor or a callable; got 'blurry'."),
         ({"regions": "words"}, "regions must be None (the default features), a FeatureGroups or an integer label map (B, *G); got str."),
-        ({"score": "softmax"}, "score must be one of ('logit', 'prob', 'log_prob'); got 'softmax'."),
+        ({"score": "softmax"}, "score must be one of ('logit', 'prob', 'log_prob', 'sigmoid', 'log_sigmoid'); got 'softmax'."),
     ],
 )  # fmt: skip
 @pytest.mark.parametrize("cls", [Comprehensiveness, Sufficiency])

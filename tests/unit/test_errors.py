@@ -634,7 +634,7 @@ def test_embedding_adapter_needs_references(model: nn.Module) -> None:
     _raises(
         InvalidParameterError,
         ValueError,
-        r"kind must be one of \('classifier', 'embedding'\); got 'detector'",
+        r"kind must be one of \('classifier', 'multilabel', 'embedding'\); got 'detector'",
         lambda: whybox.adapt(model, kind="detector"),
     )
 
@@ -676,7 +676,11 @@ def test_bad_mode(method: str, model: nn.Module, x: torch.Tensor) -> None:
     [
         ("seed", -1, r"seed must be a non-negative int or None; got -1\."),
         ("seed", 1.5, r"seed must be a non-negative int or None; got 1\.5\."),
-        ("score", "probs", r"score must be one of \('logit', 'prob', 'log_prob'\); got 'probs'\."),
+        (
+            "score",
+            "probs",
+            r"score must be one of \('logit', 'prob', 'log_prob', 'sigmoid', 'log_sigmoid'\); got 'probs'\.",
+        ),
     ],
 )
 def test_bad_common_options(param: str, bad: Any, message: str, model: nn.Module, x: torch.Tensor) -> None:

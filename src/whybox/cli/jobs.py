@@ -483,13 +483,14 @@ def _label_text(labels: list[str] | None, k: int) -> str:
 
 
 def _probabilities(model: Any, x: torch.Tensor) -> torch.Tensor:
-    """Class probabilities ``(B, K)``; a one-output model's (a regressor's) own output ``(B, 1)``."""
+    """Class probabilities ``(B, K)`` (a multi-label classifier's: each label's sigmoid); a one-output model's (a
+    regressor's) own output ``(B, 1)``."""
     adapter = whybox.adapt(model) if not isinstance(model, whybox.ModelAdapter) else model
-    from whybox.models.adapter import SklearnAdapter
+    from whybox.models.adapter import output_probabilities
 
     with adapter.guard("eval"), torch.no_grad():
         s = adapter.scores(x.to(adapter.device)).detach().to("cpu", torch.float64)
-    return s if isinstance(adapter, SklearnAdapter) or s.shape[1] == 1 else torch.softmax(s, 1)
+    return output_probabilities(adapter, s)
 
 
 def _explained(labels: list[str] | None, probs: torch.Tensor, t: int, *, quote: bool = True) -> str:

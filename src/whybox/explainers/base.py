@@ -82,8 +82,10 @@ class Explainer:
 
     Options every explainer takes: ``batch_size`` (model input rows per call; ``None``, the default, is 64 for a
     torch model and 4,096 for a scikit-learn estimator, whose calls cost far more than its small rows), ``mode``
-    (``"eval"`` or ``"as_is"``), ``score`` (``"logit"``, ``"prob"``, ``"log_prob"``, or ``None``: ``"prob"``, the raw
-    score where the model has one output; defaults differ by method)
+    (``"eval"`` or ``"as_is"``), ``score`` (``"logit"``, ``"prob"``, ``"log_prob"``, ``"sigmoid"`` and ``"log_sigmoid"``
+    (each output as its own label's logit: multi-label classifiers, a binary classifier's single logit), or ``None``:
+    ``"prob"``, the raw score where the model has one output, ``"sigmoid"`` for ``adapt(model, kind="multilabel")``;
+    defaults differ by method)
     and ``seed``.
     """
 

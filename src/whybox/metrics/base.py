@@ -696,8 +696,10 @@ class Metric:
     Parameters
     ----------
     score
-        Score space of the target: ``"prob"`` (softmax probability), ``"logit"`` or ``"log_prob"``; ``None`` (the
-        default) is ``"prob"``, or ``"logit"`` (the raw score) on a model with one output, such as a regressor.
+        Score space of the target: ``"prob"`` (softmax probability), ``"logit"``, ``"log_prob"``, ``"sigmoid"`` or
+        ``"log_sigmoid"`` (each output as its own label's logit); ``None`` (the default) is ``"prob"``, or ``"logit"``
+        (the raw score) on a model with one output, such as a regressor, and ``"sigmoid"`` for a multi-label
+        classifier (``adapt(model, kind="multilabel")``).
         For a scikit-learn model's ``predict_proba``, ``"prob"`` is its own probabilities (not a softmax of them)
         and ``"logit"`` reads them as they are too (:func:`~whybox.models.adapter.scoring_adapter`).
     seed

@@ -22,10 +22,11 @@ __all__ = [
     "TorchAdapter",
     "adapt",
     "is_signal",
+    "output_probabilities",
     "scoring_adapter",
 ]
 
-KINDS = ("classifier", "embedding")
+KINDS = ("classifier", "multilabel", "embedding")
 OutputSelector = int | str | Callable[[Any], torch.Tensor] | None
 LayerLike = str | nn.Module
 
@@ -350,8 +351,23 @@ def score_for(adapter: ModelAdapter, score: str | None) -> str | None:
     """``score`` as it applies to ``adapter``: where the outputs are predicted values (a scikit-learn regressor's
     ``predict``, :attr:`ModelAdapter.outputs_values`) the default ``None`` is ``"logit"``, the values themselves
     (a softmax over several regression targets would mix unrelated quantities), and a probability is an error;
+    for a multi-label classifier (``kind="multilabel"``) the probability is each label's own, ``None`` and
+    ``"prob"`` are ``"sigmoid"`` and ``"log_prob"`` is ``"log_sigmoid"`` (a softmax would make the labels compete);
     anything else unchanged (``None`` is then resolved on the number of outputs, see
     :func:`~whybox.models.targets.resolve_score`)."""
+    if adapter.kind == "multilabel":
+        return {None: "sigmoid", "prob": "sigmoid", "log_prob": "log_sigmoid"}.get(score, score)
+    if score in ("sigmoid", "log_sigmoid") and isinstance(adapter, SklearnAdapter):
+        if adapter.method_name == "predict_proba":
+            raise InvalidParameterError(
+                f"score={score!r} reads each output as a logit, but {type(adapter.model).__name__}'s predict_proba "
+                "gives probabilities already: pass score='prob' (or leave score out) to explain them."
+            )
+        if adapter.outputs_values:
+            raise InvalidParameterError(
+                f"score={score!r} reads each output as a logit, but the outputs of {type(adapter.model).__name__} are "
+                "predicted values (its predict): pass score='logit', or leave score out, to explain the value itself."
+            )
     if not adapter.outputs_values:
         return score
     if score is None:
@@ -363,6 +379,17 @@ def score_for(adapter: ModelAdapter, score: str | None) -> str | None:
             "the predicted value itself."
         )
     return score
+
+
+def output_probabilities(adapter: ModelAdapter, scores: torch.Tensor) -> torch.Tensor:
+    """What a user reads as each output's probability, from raw scores ``(B, K)``: a multi-label classifier's
+    label sigmoids, a scikit-learn model's outputs as they are (``predict_proba``, or a regressor's values), a
+    one-output model's output (no softmax over one score), else the softmax."""
+    if adapter.kind == "multilabel":
+        return scores.sigmoid()
+    if isinstance(adapter, SklearnAdapter) or scores.shape[1] == 1:
+        return scores
+    return scores.softmax(1)
 
 
 def scoring_adapter(adapter: ModelAdapter, score: str | None) -> ModelAdapter:
@@ -394,7 +421,9 @@ def adapt(
         A ``torch.nn.Module`` returning class logits, an embedding model (``kind="embedding"``), a
         fitted scikit-learn estimator, or an existing :class:`ModelAdapter` (returned unchanged).
     kind
-        ``"classifier"`` (scores are the model's outputs) or ``"embedding"`` (scores are similarities
+        ``"classifier"`` (scores are the model's outputs, logits of mutually exclusive classes),
+        ``"multilabel"`` (the outputs are the logits of independent labels: the probability an explainer or metric
+        reads is each label's sigmoid, not a softmax over the labels) or ``"embedding"`` (scores are similarities
         of the embedding to ``references``).
     output
         Selector for tuple, dict or ``ModelOutput`` outputs: an index, a key/attribute name or a callable.
@@ -431,10 +460,20 @@ def adapt(
                 layers=layers,
                 preprocess=preprocess,
             )
-        return TorchAdapter(model, output=output, layers=layers, preprocess=preprocess)
+        adapter = TorchAdapter(model, output=output, layers=layers, preprocess=preprocess)
+        adapter.kind = kind
+        return adapter
     if hasattr(model, "fit") and any(hasattr(model, n) for n in ("predict_proba", "decision_function", "predict")):
         if kind != "classifier":
-            raise InvalidParameterError(f"scikit-learn models support kind='classifier' only; got {kind!r}.")
+            raise InvalidParameterError(
+                f"scikit-learn models support kind='classifier' only; got {kind!r}."
+                + (
+                    " A multi-label estimator's predict_proba gives one probability array per label: explain one "
+                    "label's estimator (e.g. model.estimators_[k] of a MultiOutputClassifier)."
+                    if kind == "multilabel"
+                    else ""
+                )
+            )
         return SklearnAdapter(model, preprocess=preprocess)
     raise InvalidParameterError(
         f"model of type {type(model).__name__} is not supported; pass a torch.nn.Module, a fitted "

@@ -13,6 +13,7 @@ from whybox.errors import InvalidParameterError, InvalidTargetError, did_you_mea
 
 __all__ = [
     "SCORE_SPACES",
+    "SOFTMAX_SPACES",
     "Target",
     "TargetLike",
     "apply_score_space",
@@ -22,7 +23,9 @@ __all__ = [
 ]
 
 TargetLike = int | Sequence[int] | torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None
-SCORE_SPACES = ("logit", "prob", "log_prob")
+SCORE_SPACES = ("logit", "prob", "log_prob", "sigmoid", "log_sigmoid")
+#: the score spaces over one set of mutually exclusive classes (a language model's vocabulary)
+SOFTMAX_SPACES = ("logit", "prob", "log_prob")
 
 
 def _class_names(model: object) -> Any:
@@ -78,17 +81,22 @@ def apply_score_space(scores: torch.Tensor, space: str | None) -> torch.Tensor:
 
     ``None`` is the probability where the model has several outputs and the raw score where it has one
     (:func:`resolve_score`). ``"prob"`` and ``"log_prob"`` named on a model with one output (K = 1) are an error:
-    a softmax over one score is always 1, so every perturbation would look like it changes nothing."""
+    a softmax over one score is always 1, so every perturbation would look like it changes nothing.
+    ``"sigmoid"`` and ``"log_sigmoid"`` read each output as the logit of its own label: the probability of a
+    multi-label classifier's labels, or of a binary classifier's single logit."""
     if space is None:
         space = resolve_score(space, int(scores.shape[-1]) if scores.ndim >= 1 else 1)
     if space == "logit":
         return scores
+    if space == "sigmoid":
+        return scores.sigmoid()
+    if space == "log_sigmoid":
+        return torch.nn.functional.logsigmoid(scores)
     if space in ("prob", "log_prob") and scores.ndim >= 1 and scores.shape[-1] == 1:
         raise InvalidParameterError(
             f"score={space!r} needs a model with several outputs: this one gives K = 1 score per row (a regressor, "
             "a binary classifier's single logit, one reference embedding), whose softmax is always 1. Pass "
-            "score='logit' to use the raw score; for a binary classifier's probability sigmoid(z), give the model "
-            "two outputs, e.g. whybox.adapt(model, output=lambda z: torch.cat([torch.zeros_like(z), z], 1))."
+            "score='logit' to use the raw score, or score='sigmoid' for a binary classifier's probability sigmoid(z)."
         )
     if space in ("prob", "log_prob"):
         _warn_if_probabilities(scores, space)

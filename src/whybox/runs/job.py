@@ -31,7 +31,7 @@ import torch
 
 from whybox.api import _options, evaluate, explain
 from whybox.errors import InvalidParameterError, WhyboxError, did_you_mean
-from whybox.models.adapter import ModelAdapter, SklearnAdapter, adapt
+from whybox.models.adapter import ModelAdapter, adapt, output_probabilities
 from whybox.registry import EXPLAINERS, METRICS
 from whybox.runs.store import MetricValue, RunStore, SampleResult, UnitResult
 
@@ -396,7 +396,7 @@ def _predict(
 
     def scores(xb: torch.Tensor) -> torch.Tensor:
         s = adapter.scores(xb.to(adapter.device)).detach().to("cpu", torch.float64)
-        return s if isinstance(adapter, SklearnAdapter) else torch.softmax(s, dim=1)
+        return output_probabilities(adapter, s)  # a multi-label model's label sigmoids, not a softmax over them
 
     errors = (WhyboxError, RuntimeError, ValueError, TypeError, IndexError, ArithmeticError)
     with _threads(threads), adapter.guard("eval"), torch.no_grad():

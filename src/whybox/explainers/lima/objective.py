@@ -186,7 +186,7 @@ class SubsetScorer:
     weights
         The four weights of F (searches that predict F from its readings need them).
     probabilities
-        True when ``kept`` and ``removed`` are probabilities (``score="prob"``), False for raw scores.
+        True when ``kept`` and ``removed`` are probabilities (``score="prob"`` or ``"sigmoid"``), False for raw scores.
 
     A search calls :meth:`score` with one ``(K_b, N_b)`` bool tensor (or ``None``) per image and gets one
     :class:`Scored` (or ``None``) back per image; all images go through the model together. Scoring one subset
@@ -282,7 +282,7 @@ class EngineScorer(SubsetScorer):
         self.target = target
         self.weights = weights
         self.space = score
-        self.probabilities = score == "prob"
+        self.probabilities = score in ("prob", "sigmoid")  # scores in (0, 1): predicted on the logit scale
         self._adjacency: list[dict[int, list[int]]] | None = None
         self.angles: list[torch.Tensor] | None = self._angles() if weights.eff > 0 else None
         rows = torch.arange(x.shape[0], device=raw_x.device)

@@ -44,7 +44,7 @@ from torch import nn
 from whybox.errors import InvalidInputError, InvalidParameterError, ModelOutputError, did_you_mean
 from whybox.explanation import Explanation
 from whybox.models.adapter import TorchAdapter
-from whybox.models.targets import SCORE_SPACES, apply_score_space
+from whybox.models.targets import SOFTMAX_SPACES, apply_score_space
 from whybox.models.text import BASELINES, _per_element, replace_tokens
 
 __all__ = [
@@ -93,9 +93,9 @@ class CausalLMAdapter(TorchAdapter):
         contrast: Mapping[int, int] | None = None,
     ) -> None:
         super().__init__(model)
-        if score not in SCORE_SPACES:
+        if score not in SOFTMAX_SPACES:
             raise InvalidParameterError(
-                f"score must be one of {SCORE_SPACES}; got {score!r}.{did_you_mean(score, SCORE_SPACES)}"
+                f"score must be one of {SOFTMAX_SPACES}; got {score!r}.{did_you_mean(score, SOFTMAX_SPACES)}"
             )
         if contrast is not None and not isinstance(contrast, Mapping):
             raise InvalidParameterError(
@@ -523,9 +523,9 @@ def attribute_generation(
         raise InvalidParameterError(f"model must be a torch.nn.Module (a causal LM); got {type(model).__name__}.")
     if not callable(tokenizer):
         raise InvalidParameterError(f"tokenizer must be a Hugging Face tokenizer; got {type(tokenizer).__name__}.")
-    if score not in SCORE_SPACES:
+    if score not in SOFTMAX_SPACES:
         raise InvalidParameterError(
-            f"score must be one of {SCORE_SPACES}; got {score!r}.{did_you_mean(score, SCORE_SPACES)}"
+            f"score must be one of {SOFTMAX_SPACES}; got {score!r}.{did_you_mean(score, SOFTMAX_SPACES)}"
         )
     if baseline not in BASELINES:
         raise InvalidParameterError(
