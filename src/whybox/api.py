@@ -12,7 +12,7 @@ from whybox import metrics as _metrics  # noqa: F401  (fills the metric registry
 from whybox.explanation import Explanation
 from whybox.metrics.base import MetricResult
 from whybox.models.adapter import coder_of
-from whybox.models.inputs import is_pandas, tensor_option
+from whybox.models.inputs import coded_later, tensor_option
 from whybox.models.targets import TargetLike
 from whybox.registry import EXPLAINERS, METRICS
 
@@ -117,7 +117,7 @@ def explain(
     described = {k: v for k, v in params.items() if not _plain(v) or _listed(out.params.get(k, v)) != _listed(v)}
     coder = coder_of(explainer.adapter)
     for k, v in described.items():
-        if coder is not None and coder.categories and is_pandas(v):  # kept coded, as the method read it (and saves)
+        if coder is not None and coder.categories and coded_later(v):  # kept coded, as the method read it (and saves)
             described[k] = tensor_option(v, k, coder)
     if described:
         out.options.update(described)

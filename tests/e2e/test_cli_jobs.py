@@ -631,6 +631,101 @@ def test_explain_on_a_csv_with_a_scikit_learn_factory_prints_the_top_features(ru
             assert float(value) == pytest.approx(float(a[columns.index(name)]), rel=1e-2, abs=1e-6)
 
 
+CHURN_PY = """
+import numpy as np
+import pandas as pd
+from sklearn.compose import ColumnTransformer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+
+def frame(n=200, seed=0):
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({
+        "age": rng.integers(18, 80, n).astype(float),
+        "city": rng.choice(["paris", "oslo", "rome"], n),
+        "income": rng.normal(50, 10, n).round(2),
+        "plan": rng.choice(["basic", "pro"], n),
+    })
+    return df, ((df.age > 40) ^ (df.city == "oslo")).astype(int)
+
+
+def build():
+    df, y = frame()
+    encode = ColumnTransformer([("num", StandardScaler(), ["age", "income"]), ("cat", OneHotEncoder(), ["city", "plan"])])
+    return make_pipeline(encode, LogisticRegression()).fit(df, y)
+"""
+
+
+def test_a_csv_with_text_columns_is_explained_evaluated_and_compared_for_a_pipeline_fitted_on_them(
+    runner: CliRunner, files: Files
+) -> None:
+    """A CSV whose text columns a Pipeline one-hot encodes (it used to be refused: 'not a finite number'): the
+    columns are coded by the estimator's adapter as a DataFrame would be through the API, a reference row with text
+    is given as a list, and the numbers equal the API's on the same frame; a fill by name is refused naming the list
+    form, a blank text cell is named."""
+    import importlib.util
+
+    (files.tmp / "churn.py").write_text(CHURN_PY)
+    spec_mod = importlib.util.spec_from_file_location("churn_for_test", files.tmp / "churn.py")
+    churn = importlib.util.module_from_spec(spec_mod)
+    spec_mod.loader.exec_module(churn)
+    df, y = churn.frame(6, seed=1)
+    csv = files.tmp / "rows.csv"
+    df[["plan", "income", "age", "city"]].assign(churn=y).to_csv(csv, index=False)  # columns in another order
+    spec = f"{files.tmp / 'churn.py'}:build"
+    ref = [40, "oslo", 50, "basic"]
+    fill = 'fill=[40, "oslo", 50, "basic"]'
+    out = files.tmp / "e"
+    args = ["explain", "--model", spec, csv, "--label-column", "churn", "--method", "kernel_shap"]
+    result = invoke(runner, [*args, "--option", fill, "--out", out])
+    assert result.exit_code == 0, result.output
+    saved = whybox.Explanation.load(out / "explanation.safetensors")
+    direct = whybox.explain(churn.build(), df.astype({"age": "float32", "income": "float32"}), "kernel_shap", fill=ref)
+    torch.testing.assert_close(
+        saved.attributions, direct.attributions.to(saved.attributions.dtype), rtol=1e-5, atol=1e-6
+    )
+    assert saved.meta["feature_names"] == ["age", "city", "income", "plan"]
+    assert saved.meta["categories"] == {"city": ["oslo", "paris", "rome"], "plan": ["basic", "pro"]}
+    assert "top features: " in result.stdout and "city=" in result.stdout
+
+    refused = invoke(runner, [*args, "--out", files.tmp / "e2"])
+    assert refused.exit_code == 2
+    assert "inputs have text or categorical columns ('city', 'plan')" in refused.output
+    assert "--option 'fill=[...]' on the command line" in refused.output
+
+    ev = invoke(
+        runner,
+        ["evaluate", "--model", spec, csv, "--label-column", "churn", "--method", "occlusion", "--option", fill,
+         "--metric-option", f"deletion.{fill}", "--metrics", "deletion", "--json", files.tmp / "ev.json"],
+    )  # fmt: skip
+    assert ev.exit_code == 0, ev.output
+    e = whybox.explain(churn.build(), df.astype({"age": "float32", "income": "float32"}), "occlusion", fill=ref)
+    want = whybox.evaluate(churn.build(), df.astype({"age": "float32", "income": "float32"}), e, "deletion", fill=ref)
+    got = json.loads((files.tmp / "ev.json").read_text())
+    assert got["metrics"]["deletion"]["scores"] == pytest.approx(want.scores.tolist(), rel=1e-6)
+
+    run = files.tmp / "run"
+    cmp = invoke(
+        runner,
+        ["compare", "--model", spec, csv, "--label-column", "churn", "--methods", "occlusion,lime",
+         "--option", f"occlusion.{fill}", "--option", f"lime.{fill}", "--metric-option", f"deletion.{fill}",
+         "--metrics", "deletion", "--out", run],
+    )  # fmt: skip
+    assert cmp.exit_code == 0, cmp.output
+    assert (run / "report.html").is_file()
+
+    blank = files.tmp / "blank.csv"
+    text = csv.read_text().splitlines()
+    cells = text[2].split(",")
+    cells[3] = ""  # the city of the second row
+    blank.write_text("\n".join([text[0], text[1], ",".join(cells), *text[3:]]) + "\n")
+    bad = invoke(runner, ["explain", "--model", spec, blank, "--label-column", "churn", "--method", "lime"])
+    assert bad.exit_code == 2
+    assert "line 3, column 'city': '' is not a finite number; fill it in (e.g. with a 'missing' category)" in bad.output
+
+
 def test_a_scikit_learn_regressor_is_explained_evaluated_and_compared_by_its_output(
     runner: CliRunner, files: Files
 ) -> None:

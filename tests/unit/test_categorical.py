@@ -222,3 +222,28 @@ def test_a_reference_row_reads_a_category_of_ints_by_its_value_not_as_a_number()
     r = whybox.evaluate(model, rows, e, "deletion", fill=ref, steps=2)
     everything = pd.DataFrame({"a": [ref["a"]] * len(rows), "k": pd.Categorical([20] * len(rows), dtype=kind)})
     np.testing.assert_allclose(r.curves["y"][:, -1].numpy(), _p(model, everything, 1), rtol=0, atol=1e-12)
+
+
+def test_a_reference_row_or_background_rows_given_as_lists_with_text_are_the_same_as_frames(
+    data: tuple[Any, Any],
+) -> None:
+    """The command line's --option fill=[...] / background=[[...], ...]: lists in the model's column order read as
+    the Series and DataFrame of the same values."""
+    pipe, df = data
+    rows = df.iloc[:3]
+    ref = df.mode().iloc[0]
+    as_list = [float(ref["age"]), str(ref["city"]), float(ref["income"]), str(ref["plan"])]
+    a = whybox.explain(pipe, rows, "occlusion", fill=as_list, target=1)
+    b = whybox.explain(pipe, rows, "occlusion", fill=ref, target=1)
+    assert torch.equal(a.attributions, b.attributions)
+    back = df.iloc[10:14]
+    c = whybox.explain(pipe, rows, "exact_shapley", background=back.values.tolist(), target=1)
+    d = whybox.explain(pipe, rows, "exact_shapley", background=back, target=1)
+    torch.testing.assert_close(c.attributions, d.attributions, rtol=0, atol=1e-12)
+    r1 = whybox.evaluate(pipe, rows, b, "deletion", fill=as_list)
+    r2 = whybox.evaluate(pipe, rows, b, "deletion", fill=ref)
+    assert torch.equal(r1.scores, r2.scores)
+    with pytest.raises(
+        InvalidParameterError, match=r"fill as a list with text must be a row of the estimator's columns"
+    ):
+        whybox.explain(pipe, rows, "occlusion", fill=["oslo", 40.0], target=1)

@@ -11,6 +11,7 @@ input; 3 stopped by ``--budget`` (rerun the same command to resume); 130 interru
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -243,6 +244,8 @@ def _load(params: dict[str, Any]) -> tuple[Any, Any]:
             )
     except WhyboxError as exc:
         raise _fail(f"{'--text' if texts else 'inputs'}: {exc}") from None
+    if ds.coder is not None:  # a CSV's text columns, coded by the estimator's adapter: explain through it
+        lm = dataclasses.replace(lm, module=ds.coder)
     return lm, ds
 
 
@@ -482,6 +485,16 @@ def _label_text(labels: list[str] | None, k: int) -> str:
     return labels[k] if labels is not None and 0 <= k < len(labels) else str(k)
 
 
+def _coded_model(load: Callable[[], Any], vocab: dict[str, list[Any]]) -> Any:
+    """A Ray worker's model for inputs whose text columns were coded: the estimator's adapter holding the
+    vocabulary they were coded with (a module-level function, so that Ray can ship it)."""
+    from whybox.models.categorical import register_vocabularies
+
+    adapter = whybox.adapt(load().module)
+    register_vocabularies(adapter, vocab)
+    return adapter
+
+
 def _probabilities(model: Any, x: torch.Tensor) -> torch.Tensor:
     """Class probabilities ``(B, K)`` (a multi-label classifier's: each label's sigmoid); a one-output model's (a
     regressor's) own output ``(B, 1)``."""
@@ -713,6 +726,10 @@ def compare_cmd(ctx: click.Context, **params: Any) -> None:
             weights=params.get("weights"),
             trust_model_file=bool(params.get("trust_model_file")),
         )
+        if ds.coder is not None:  # text columns: each worker's adapter decodes the codes with this vocabulary
+            from whybox.models.categorical import vocabularies
+
+            factory = partial(_coded_model, factory, vocabularies(ds.coder))
     budget = params.get("budget")
     try:
         summary = run_job(

@@ -40,7 +40,7 @@ from whybox.models.adapter import (
     scoring_adapter,
 )
 from whybox.models.categorical import register_vocabularies
-from whybox.models.inputs import as_tensor_inputs, check_feature_names, is_pandas, name_list, tensor_option
+from whybox.models.inputs import as_tensor_inputs, check_feature_names, coded_later, name_list, tensor_option
 from whybox.models.targets import SCORE_SPACES, Target, TargetLike, class_label_target, resolve_target
 
 __all__ = [
@@ -981,9 +981,10 @@ class Metric:
             raise InvalidParameterError(
                 f"inputs have text or categorical columns ({', '.join(map(repr, coded[:5]))}), which {self.name!r} "
                 f"with fill={fill!r} would set to an arbitrary value; pass a reference row as fill= (a Series with "
-                "every column, e.g. X_train.mode().iloc[0])."
+                "every column, e.g. X_train.mode().iloc[0], or a list of its values in the model's column order: "
+                f"--metric-option '{self.name}.fill=[...]' on the command line)."
             )
-        if is_pandas(fill):
+        if coded_later(fill):
             self.fill = tensor_option(fill, "fill", coder)
 
     @staticmethod

@@ -39,7 +39,7 @@ from whybox.metrics.base import (
     tie_order,
     trapezoid,
 )
-from whybox.models.inputs import is_pandas, tensor_option
+from whybox.models.inputs import coded_later, tensor_option
 from whybox.models.targets import apply_score_space
 from whybox.registry import METRICS
 
@@ -117,8 +117,8 @@ def resolve_fill(
 
 
 def _check_fill(fill: Any) -> Any:
-    if is_pandas(fill):
-        return fill  # a reference row as a Series: read when evaluate() knows the model (an estimator codes text)
+    if coded_later(fill):
+        return fill  # a reference row as a Series (or a list with text): read when evaluate() knows the model (an estimator codes text)
     fill = tensor_option(fill, "fill")  # a numpy array or a pandas Series, as a tensor
     if isinstance(fill, str) and fill not in ("auto", "zero", "mean", "blur", "min", "uniform"):
         raise InvalidParameterError(

@@ -17,6 +17,7 @@ from whybox.errors import InvalidInputError, InvalidParameterError
 __all__ = [
     "as_tensor_inputs",
     "check_feature_names",
+    "coded_later",
     "column_mismatch",
     "is_dataframe",
     "is_pandas",
@@ -47,6 +48,17 @@ def is_dataframe(obj: Any) -> bool:
 def is_pandas(obj: Any) -> bool:
     """True for a pandas DataFrame or Series (duck-typed, no pandas import)."""
     return type(obj).__module__.split(".")[0] == "pandas" and hasattr(obj, "to_numpy")
+
+
+def _has_text(value: Any) -> bool:
+    return isinstance(value, str) or (isinstance(value, (list, tuple)) and any(_has_text(v) for v in value))
+
+
+def coded_later(value: Any) -> bool:
+    """True for an option only the adapter of a scikit-learn estimator fitted on a DataFrame can turn into numbers,
+    once the inputs have set which columns hold text: a pandas Series or DataFrame, or a list of a row's values (or
+    of rows) with text in it, ``[40, "oslo", 50.5, "basic"]`` (``--option fill=[...]`` on the command line)."""
+    return is_pandas(value) or (isinstance(value, (list, tuple)) and bool(value) and _has_text(value))
 
 
 def as_tensor_inputs(inputs: Any, coder: Any = None) -> tuple[torch.Tensor, list[str] | None]:
@@ -111,6 +123,8 @@ def tensor_option(value: Any, name: str, coder: Any = None) -> Any:
             return torch.tensor(value, dtype=torch.float64)
         except (TypeError, ValueError) as exc:  # ragged rows
             raise InvalidParameterError(f"{name} as a list must be a row of numbers or equal rows; {exc}.") from None
+    if isinstance(value, (list, tuple)) and coder is not None and coded_later(value):
+        return _coded_rows(value, name, coder)
     if is_pandas(value):
         from whybox.models.categorical import categorical_columns, encode_frame
 
@@ -132,6 +146,30 @@ def tensor_option(value: Any, name: str, coder: Any = None) -> Any:
             ) from None
         return torch.tensor(arr)
     return value
+
+
+def _coded_rows(value: list[Any] | tuple[Any, ...], name: str, coder: Any) -> torch.Tensor:
+    """A row of values (or a list of rows) with text in it, in the estimator's column order, coded by ``coder``:
+    ``(F,)`` for a row, ``(R, F)`` for rows."""
+    columns = getattr(coder, "feature_names", None)
+    rows = list(value) if all(isinstance(v, (list, tuple)) for v in value) else [list(value)]
+    if columns is None or any(len(r) != len(columns) for r in rows):
+        want = f"{len(columns)} values, one per column ({name_list(list(columns))})" if columns else "numbers"
+        raise InvalidParameterError(
+            f"{name} as a list with text must be a row of the estimator's columns in their order: {want}; got "
+            f"{_short(value)}."
+        )
+    import pandas as pd  # the estimator was fitted on a DataFrame: pandas is installed
+
+    from whybox.models.categorical import encode_frame
+
+    coded = encode_frame(pd.DataFrame(rows, columns=list(columns)).infer_objects(), coder, name)
+    return coded if all(isinstance(v, (list, tuple)) for v in value) else coded[0]
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def check_feature_names(names: list[str] | None, fitted: list[str] | None, what: str = "inputs") -> None:

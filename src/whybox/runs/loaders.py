@@ -47,6 +47,7 @@ from whybox.errors import (
     WhyboxError,
 )
 from whybox.models.adapter import ModelAdapter
+from whybox.models.categorical import encode_frame
 from whybox.models.inputs import column_mismatch
 
 if sys.version_info >= (3, 11):
@@ -675,6 +676,9 @@ class Dataset:
         The feature names of a table (from a CSV header), else ``None``.
     texts : list of str or None
         ``kind="text"``: the texts; ``x`` is then the text adapter's packed ``(N, T, D + 1)`` inputs.
+    coder : SklearnAdapter or None
+        Where a CSV had text columns: the estimator's adapter that coded them into ``x``; explain and evaluate with
+        it (it decodes the codes for the estimator), not with the bare estimator.
     """
 
     x: torch.Tensor
@@ -683,6 +687,7 @@ class Dataset:
     kind: str
     columns: list[str] | None
     texts: list[str] | None = None
+    coder: Any = None
 
 
 @dataclass(frozen=True)
@@ -899,8 +904,24 @@ def _load_npz(path: Path, entry: str, rows: int | None) -> _Part:
     return part
 
 
+def _table_coder(module: Any) -> Any:
+    """The adapter that codes a table's text columns for ``module``: a scikit-learn estimator fitted on a DataFrame
+    (it has ``feature_names_in_``), or such an adapter; else ``None``."""
+    from whybox.models.adapter import SklearnAdapter, adapt
+
+    if isinstance(module, SklearnAdapter):
+        return module if module.feature_names is not None else None
+    if isinstance(module, (nn.Module, ModelAdapter)) or getattr(module, "feature_names_in_", None) is None:
+        return None
+    return adapt(module)
+
+
 def is_regressor_model(module: Any) -> bool:
-    if isinstance(module, nn.Module):
+    from whybox.models.adapter import SklearnAdapter
+
+    if isinstance(module, SklearnAdapter):
+        module = module.model
+    if isinstance(module, (nn.Module, ModelAdapter)):
         return False
     from sklearn.base import is_regressor
 
@@ -908,8 +929,19 @@ def is_regressor_model(module: Any) -> bool:
 
 
 def _load_csv(
-    path: Path, entry: str, rows: int | None, label_column: str | None, *, class_labels: bool = True
+    path: Path,
+    entry: str,
+    rows: int | None,
+    label_column: str | None,
+    *,
+    class_labels: bool = True,
+    coder: Any = None,
 ) -> _Part:
+    """One CSV table. With ``coder`` (the adapter of a scikit-learn estimator fitted on a DataFrame) a column with
+    text cells is read as text and coded by it (:mod:`whybox.models.categorical`), as a DataFrame with that column
+    would be through the API; otherwise every cell must be a number."""
+    text_columns: set[int] = set()
+    raw: list[list[str]] = []
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
@@ -947,10 +979,18 @@ def _load_csv(
                         value = float(cell)
                     except ValueError:
                         value = math.nan
+                    if not math.isfinite(value) and coder is not None and j != label_at and cell.strip():
+                        text_columns.add(j)  # a text cell: the column is read as text, coded for the estimator
+                        value = 0.0
                     if not math.isfinite(value):
+                        fix = (
+                            "fill it in (e.g. with a 'missing' category)"
+                            if coder is not None and not cell.strip()
+                            else "every cell must be numeric (encode categories as numbers first, or fit the model "
+                            "on a DataFrame whose pipeline encodes them: its text columns are then read as text)"
+                        )
                         raise DataFormatError(
-                            f"input {entry!r}, line {line}, column {name!r}: {cell!r} is not a finite number; every "
-                            "cell must be numeric (encode categories as numbers first)."
+                            f"input {entry!r}, line {line}, column {name!r}: {cell!r} is not a finite number; {fix}."
                         )
                     if j == label_at:
                         if value != round(value):
@@ -962,6 +1002,8 @@ def _load_csv(
                     else:
                         row.append(value)
                 features.append(row)
+                if coder is not None:
+                    raw.append([c for j, c in enumerate(cells) if j != label_at])
     except WhyboxError:
         raise
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
@@ -973,7 +1015,29 @@ def _load_csv(
     names = [f"{path.stem}-{i}" for i in range(len(features))]
     y = torch.tensor(labels, dtype=torch.int64) if label_at is not None and class_labels else None
     kept = [c for j, c in enumerate(columns) if j != label_at]
+    if text_columns:
+        texts = {columns[j] for j in text_columns}
+        x, kept = _coded_table(raw, x, kept, texts, coder, f"input {entry!r}")
     return _Part(f"input {entry!r}", x, names, y, "tabular", kept)
+
+
+def _coded_table(
+    raw: list[list[str]], x: torch.Tensor, columns: list[str], texts: set[str], coder: Any, what: str
+) -> tuple[torch.Tensor, list[str]]:
+    """A table with text columns for an estimator fitted on a DataFrame: as a DataFrame in the estimator's column
+    order (the text columns as read, the others as numbers), coded by the estimator's adapter ``coder``."""
+    import pandas as pd  # the estimator was fitted on a DataFrame: pandas is installed
+
+    fitted = list(coder.feature_names)
+    missing, extra = column_mismatch(columns, fitted)
+    if missing or extra:
+        raise InvalidInputError(
+            f"the CSV header does not match the columns the model was fitted on: missing {_listing(missing)}, "
+            f"unexpected {_listing(extra)}; give a table with exactly the model's columns (feature_names_in_)."
+        )
+    data = {c: [r[j] for r in raw] if c in texts else x[:, j].to(torch.float64).numpy() for j, c in enumerate(columns)}
+    frame = pd.DataFrame({c: data[c] for c in fitted})
+    return encode_frame(frame, coder, what).to(torch.float32), fitted
 
 
 def _unique(names: list[str]) -> list[str]:
@@ -1120,6 +1184,7 @@ def load_inputs(
 
     parts: list[_Part] = []
     remaining = limit
+    coder = None  # the estimator's adapter, where a CSV's text columns are coded (one vocabulary for every table)
     for s in sources:
         if remaining == 0:
             break
@@ -1136,21 +1201,31 @@ def load_inputs(
         elif s.kind == "npz":
             part = _load_npz(s.path, s.entry, remaining)
         else:
+            coder = coder or _table_coder(model.module)
             part = _load_csv(
-                s.path, s.entry, remaining, label_column, class_labels=not is_regressor_model(model.module)
+                s.path,
+                s.entry,
+                remaining,
+                label_column,
+                class_labels=not is_regressor_model(model.module),
+                coder=coder,
             )
         if len(part.x) == 0:
             raise DataFormatError(f"{part.source} holds no rows.")
         parts.append(part)
         if remaining is not None:
             remaining -= len(part.x)
-    return _match_fitted_columns(_combine(parts), model)
+    ds = _match_fitted_columns(_combine(parts), model)
+    if coder is not None and coder.categories:  # text columns were coded: the model to use is that adapter
+        ds = dataclasses.replace(ds, coder=coder)
+    return ds
 
 
 def _match_fitted_columns(ds: Dataset, model: LoadedModel) -> Dataset:
     """A CSV table for an estimator fitted on a DataFrame: its columns put in the estimator's order (by header
     name); a header without all of the estimator's columns, or with others, is refused naming them."""
-    fitted = getattr(model.module, "feature_names_in_", None)
+    module = getattr(model.module, "model", model.module)  # an estimator's own, also behind a whybox adapter
+    fitted = getattr(module, "feature_names_in_", None)
     if ds.columns is None or fitted is None:
         return ds
     fitted = [str(c) for c in fitted]

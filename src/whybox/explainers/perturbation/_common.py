@@ -22,7 +22,7 @@ from whybox.masking.engine import MaskingEngine
 from whybox.masking.features import FeatureGroups, groups_touched
 from whybox.masking.fills import FILLS, FillLike, make_fill
 from whybox.models.adapter import coder_of, is_signal
-from whybox.models.inputs import is_pandas, tensor_option
+from whybox.models.inputs import coded_later, tensor_option
 from whybox.models.targets import Target, TargetLike, apply_score_space, resolve_target
 
 __all__ = [
@@ -315,7 +315,7 @@ class PerturbationExplainer(Explainer):
         **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
-        if not (is_pandas(fill) and coder_of(self.adapter) is not None):  # an estimator's: coded with the inputs
+        if not (coded_later(fill) and coder_of(self.adapter) is not None):  # an estimator's: coded with the inputs
             fill = tensor_option(fill, "fill")  # e.g. fill=X_train.mean(0) as a numpy array or a pandas Series
         if isinstance(fill, str) and fill not in self.fill_options:
             raise InvalidParameterError(
@@ -330,7 +330,7 @@ class PerturbationExplainer(Explainer):
     def _code_options(self, coder: Any) -> None:
         """A reference row given as a pandas Series for an estimator, coded once the inputs have set which columns
         hold text (a Series row may read a category column's values as numbers)."""
-        if is_pandas(self.fill):
+        if coded_later(self.fill):
             self.fill = tensor_option(self.fill, "fill", coder)
 
     def params(self) -> dict[str, Any]:
@@ -545,7 +545,9 @@ class ShapleyExplainer(RegionExplainer):
 
     def __init__(self, model: Any, *, background: torch.Tensor | None = None, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
-        if not (is_pandas(background) and coder_of(self.adapter) is not None):  # an estimator's: coded with the inputs
+        if not (
+            coded_later(background) and coder_of(self.adapter) is not None
+        ):  # an estimator's: coded with the inputs
             background = _checked_background(tensor_option(background, "background"))  # e.g. X_train[:50]
         if background is not None and not (isinstance(self.fill, str) and self.fill == "zero"):
             raise InvalidParameterError("pass either fill= (one baseline) or background= (reference rows), not both.")
@@ -553,7 +555,9 @@ class ShapleyExplainer(RegionExplainer):
 
     def _code_options(self, coder: Any) -> None:
         super()._code_options(coder)
-        if is_pandas(self.background):  # a DataFrame of reference rows for an estimator, coded as the inputs are
+        if coded_later(
+            self.background
+        ):  # a DataFrame (or a list) of reference rows for an estimator, coded as the inputs are
             self.background = _checked_background(tensor_option(self.background, "background", coder))
 
     def _value_fills(self, x: torch.Tensor) -> torch.Tensor:
