@@ -729,7 +729,7 @@ def compare_cmd(ctx: click.Context, **params: Any) -> None:
         if ds.coder is not None:  # text columns: each worker's adapter decodes the codes with this vocabulary
             from whybox.models.categorical import vocabularies
 
-            factory = partial(_coded_model, factory, vocabularies(ds.coder))
+            factory = partial(_coded_model, factory, vocabularies(ds.coder) or {})
     budget = params.get("budget")
     try:
         summary = run_job(
