@@ -715,6 +715,13 @@ def test_a_csv_with_text_columns_is_explained_evaluated_and_compared_for_a_pipel
     )  # fmt: skip
     assert cmp.exit_code == 0, cmp.output
     assert (run / "report.html").is_file()
+    # what a Ray worker builds: the estimator's adapter with the run's vocabulary decodes the coded inputs alike
+    from whybox.cli.jobs import _coded_model
+
+    coded = torch.from_numpy(np.load(run / "inputs.npy"))
+    worker = _coded_model(lambda: load_model(spec), saved.meta["categories"])
+    again = whybox.explain(worker, coded, "occlusion", fill=saved.options["fill"])
+    torch.testing.assert_close(again.attributions, e.attributions.to(again.attributions.dtype), rtol=1e-5, atol=1e-6)
 
     blank = files.tmp / "blank.csv"
     text = csv.read_text().splitlines()
