@@ -591,6 +591,20 @@ def test_explain_on_1d_signals_writes_one_plot_per_signal(runner: CliRunner, fil
     assert pngs == ["0000_sig-0_gradcam.png", "0001_sig-1_gradcam.png", "0002_sig-2_gradcam.png"]
     assert all(f"-> {p}" in result.output for p in pngs)
 
+    # a run over them: every method for signals, and the report draws each signal along time with its maps
+    run = files.tmp / "run"
+    cmp = invoke(
+        runner, ["compare", "--model", f"{files.tmp / 'sig.py'}:build", x, "--metrics", "deletion", "--out", run]
+    )
+    assert cmp.exit_code == 0, cmp.output
+    assert f"3 inputs x {len(whybox.methods('signal'))} methods" in cmp.output
+    from whybox.runs.report_data import load_run_report
+
+    report = load_run_report(run)
+    assert len(report.samples) == 3
+    assert report.samples[0].image.shape == (96, 288, 3)
+    assert all(m is not None and m.shape == (1, 40) for m in report.samples[0].maps.values())
+
 
 def test_compare_on_arrays_without_a_channel_axis_writes_its_report(runner: CliRunner, files: Files) -> None:
     spec, x = _flat(files)

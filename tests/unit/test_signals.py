@@ -297,3 +297,20 @@ def test_plot_draws_each_rows_map_along_time_under_its_channels():
 
 def test_methods_for_signals_are_the_image_methods():
     assert whybox.methods("signal") == whybox.methods("image")
+
+
+def test_a_signals_report_picture_puts_each_time_step_under_its_place_in_the_map():
+    """The run report draws a signal across the picture's whole width (no margins), so that a (1, L) map resized to
+    the picture lies under the time steps it belongs to: a lone spike is drawn where its time step's map is."""
+    import numpy as np
+
+    from whybox.runs.report_data import signal_picture
+
+    sig = np.zeros((1, 40))
+    sig[0, 29] = 1.0
+    pic = signal_picture(sig, height=50, width=200)
+    assert pic.shape == (50, 200, 3) and pic.min() >= 0.0 and pic.max() <= 1.0
+    top = pic[:8].mean(2).min(0)  # the spike reaches the top band of the picture; the flat line stays low
+    drawn = np.flatnonzero(top < 0.9)
+    centre = (29 + 0.5) / 40 * 200  # where a (1, 40) map's column 29 lands when resized to 200 pixels
+    assert drawn.size and abs(drawn.mean() - centre) < 3

@@ -412,7 +412,7 @@ def explain_cmd(ctx: click.Context, **params: Any) -> None:
     for i, name in enumerate(ds.names):
         t = int(e.target[i])
         line = f"  {name}: {_explained(lm.labels, probs[i], t)}" if t >= 0 else f"  {name}"
-        if ds.kind == "image" and e.meta.get("signal"):  # 1-D signals (N, C, L): the map along time under them
+        if ds.kind == "signal":  # 1-D signals (N, C, L): the map along time under them
             png = output_path(out_dir, f"{i:04d}_{safe_component(name)}_{method}.png")
             e.plot(ds.x, rows=i).savefig(png, dpi=100)
             line += f" -> {png.name}"
@@ -686,7 +686,7 @@ def compare_cmd(ctx: click.Context, **params: Any) -> None:
     if not methods:  # every method that applies to these inputs (CAMs and RISE need images; attention needs text)
         loaded = _load(params)
         kind = loaded[1].kind
-        methods = whybox.methods(kind if kind in ("image", "tabular", "text") else None)
+        methods = whybox.methods(kind if kind in ("image", "signal", "tabular", "text") else None)
     try:
         job = Job(
             methods=tuple(methods),

@@ -161,11 +161,13 @@ def _png_uri(rgb: np.ndarray) -> str:
 
 
 def _thumbnail(rgb: np.ndarray, size: int) -> np.ndarray:
-    """Shrink ``rgb`` (uint8) so its longer side is at most ``size`` pixels (area average); never enlarge."""
+    """Shrink ``rgb`` (uint8) so its longer side is at most ``size`` pixels (area average); never enlarge. A picture
+    at least twice as wide as high (a 1-D signal drawn along time) may be ``size`` high and ``3 * size`` wide, so
+    that its time steps stay apart."""
     h, w = rgb.shape[:2]
-    if max(h, w) <= size:
+    scale = min(size / h, 3 * size / w) if w >= 2 * h else size / max(h, w)
+    if scale >= 1:
         return rgb
-    scale = size / max(h, w)
     new = (max(1, round(w * scale)), max(1, round(h * scale)))
     return np.asarray(Image.fromarray(rgb, mode="RGB").resize(new, Image.Resampling.BOX))
 

@@ -671,7 +671,8 @@ class Dataset:
     labels : torch.Tensor or None
         ``(N,)`` int64 class indices, or ``None``.
     kind : str
-        ``"image"``, ``"tabular"`` or ``"text"``.
+        ``"image"``, ``"signal"`` (``(N, C, L)`` arrays of a model whose first ``nn.Conv1d`` reads their ``C``
+        channels), ``"tabular"`` or ``"text"``.
     columns : list of str or None
         The feature names of a table (from a CSV header), else ``None``.
     texts : list of str or None
@@ -1218,7 +1219,17 @@ def load_inputs(
     ds = _match_fitted_columns(_combine(parts), model)
     if coder is not None and coder.categories:  # text columns were coded: the model to use is that adapter
         ds = dataclasses.replace(ds, coder=coder)
+    if ds.kind == "image" and ds.x.ndim == 3 and _signal_model(model.module, ds.x):
+        ds = dataclasses.replace(ds, kind="signal")  # (N, C, L) arrays a 1-D CNN reads: time series
     return ds
+
+
+def _signal_model(module: Any, x: torch.Tensor) -> bool:
+    from whybox.models.adapter import TorchAdapter, is_signal
+
+    if isinstance(module, nn.Module):
+        module = TorchAdapter(module)
+    return isinstance(module, TorchAdapter) and is_signal(module, x)
 
 
 def _match_fitted_columns(ds: Dataset, model: LoadedModel) -> Dataset:

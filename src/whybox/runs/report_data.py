@@ -103,6 +103,32 @@ def _display(x: np.ndarray, rule: str) -> np.ndarray:
     return np.ascontiguousarray(img.transpose(1, 2, 0))
 
 
+def signal_picture(x: np.ndarray, *, height: int = 96, width: int = 288) -> np.ndarray:
+    """A 1-D signal ``(C, L)`` drawn as ``(height, width, 3)`` in [0, 1]: each channel a line, min-max scaled to its
+    own band of the picture's height, time across its whole width (no margins, so that a ``(1, L)`` map resized to
+    the picture lies under the time steps it belongs to)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    sig = np.asarray(x, dtype=np.float64)
+    sig = sig[None] if sig.ndim == 1 else sig
+    fig = Figure(figsize=(width / 100, height / 100), dpi=100)
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
+    ax.set_axis_off()
+    length, channels = sig.shape[1], sig.shape[0]
+    t = np.arange(length) + 0.5
+    for c in range(channels):
+        lo, hi = float(sig[c].min()), float(sig[c].max())
+        y = (sig[c] - lo) / (hi - lo) if hi > lo else np.full(length, 0.5)
+        ax.plot(t, channels - 1 - c + 0.1 + 0.8 * y, linewidth=0.9, color=f"C{c % 10}")
+    ax.set_xlim(0, length)
+    ax.set_ylim(0, channels)
+    canvas.draw()
+    rgba = np.asarray(canvas.buffer_rgba(), dtype=np.float64)[..., :3] / 255.0
+    return np.ascontiguousarray(rgba)
+
+
 def _to_map(a: np.ndarray) -> np.ndarray | None:
     if a.ndim == 3:
         return a.sum(0)
@@ -231,7 +257,8 @@ def load_run_report(run_dir: str | Path, *, title: str | None = None, max_sample
     report_samples: list[ReportSample] = []
     inputs_path = run_dir / INPUTS_NAME
     display_rule = extra.get("display", "clamp")
-    if inputs_path.is_file() and extra.get("kind", "image") == "image":
+    kind = extra.get("kind", "image")
+    if inputs_path.is_file() and kind in ("image", "signal"):
         x = np.load(inputs_path, mmap_mode="r", allow_pickle=False)
         for idx, name, label, prediction, probability in samples[: max(0, int(max_samples))]:
             idx = int(idx)
@@ -240,14 +267,17 @@ def load_run_report(run_dir: str | Path, *, title: str | None = None, max_sample
             for m in methods:
                 status, reason, array, row = result_of.get((idx, m), ("missing", "not computed yet", None, None))
                 if status == "ok" and array and row is not None:
-                    maps[m] = _to_map(read_row(run_dir, array, row))
+                    a = read_row(run_dir, array, row)
+                    maps[m] = a.sum(0, keepdims=True) if kind == "signal" else _to_map(a)  # (1, L) along time
                 else:
                     maps[m] = None
                     fails[m] = str(reason)
             report_samples.append(
                 ReportSample(
                     name=str(name),
-                    image=_display(np.asarray(x[idx]), display_rule),
+                    image=signal_picture(np.asarray(x[idx]))
+                    if kind == "signal"
+                    else _display(np.asarray(x[idx]), display_rule),
                     prediction=(_label(label_names, int(prediction)) or "")
                     if int(prediction) >= 0
                     else "(model failed)",
