@@ -82,12 +82,13 @@ class Case:
     seg: torch.Tensor  # (B, 1, H, W) feature ids shared by every implementation
     batch_size: int
     n: int  # samples (passes) per image for the sampling methods
-    window: tuple[int, int, int]
-    stride: tuple[int, int, int]
+    window: tuple[int, ...]
+    stride: tuple[int, ...]
     rise_grid: int
-    exact_patch: tuple[int, int]
+    exact_patch: tuple[int, int] | int  # a window length on signals
     svs_permutations: int  # whybox antithetic permutations (2 walks each); captum gets 2x as many plain ones
     rounds: int
+    signal: bool = False  # 1-D signals (B, C, L): features are windows along L; lime_image and shap (images) left out
 
     @property
     def b(self) -> int:
@@ -148,6 +149,31 @@ def build_cases(args: argparse.Namespace) -> list[Case]:
                 rounds=1 if args.quick else 2,
             )
         )
+    if "signal" in want:
+        from gradient import signal_cnn  # the same seeded 1-D CNN as bench/gradient.py's signal case
+
+        from whybox.masking import segments
+
+        model = signal_cnn()
+        x = torch.randn(args.signal_images, 12, 1000, generator=torch.Generator().manual_seed(0))
+        cases.append(
+            Case(
+                "signal",
+                model,
+                x,
+                _predict(model, x),
+                segments(x, n=20).groups,
+                batch_size=100,
+                n=200,
+                window=(12, 63),
+                stride=(12, 31),
+                rise_grid=16,
+                exact_patch=125,
+                svs_permutations=2,
+                rounds=3 if args.quick else 5,
+                signal=True,
+            )
+        )
     return cases
 
 
@@ -182,11 +208,14 @@ def make_rows(case: Case, peers: dict[str, Any]) -> list[Row]:
 
     model, x, t, seg, bs, n = case.model, case.x, case.target, case.seg, case.batch_size, case.n
     ca, lime_image, shap = peers.get("captum"), peers.get("lime"), peers.get("shap")
+    if case.signal:  # image-only peers
+        lime_image = shap = None
     zeros = torch.zeros_like(x)
     digits = case.name == "digits"
-    ours_fill = "zero" if digits else "auto"  # pixel segments: a segment mean is the pixel itself
-    lime_fill = zeros if digits else _seg_mean(x, seg)
-    cap_mask = seg[:1] if digits else seg  # identical pixel ids for every digit image
+    shared = digits or case.signal  # the same feature ids for every row, and LIME's default fill is zero
+    ours_fill = "zero" if shared else "auto"  # pixel segments: a segment mean is the pixel itself
+    lime_fill = zeros if shared else _seg_mean(x, seg)
+    cap_mask = seg[:1] if shared else seg  # identical pixel ids for every digit image
     m_feat = [int(s.max()) + 1 for s in seg]
     rows: list[Row] = []
 
@@ -374,12 +403,15 @@ def make_rows(case: Case, peers: dict[str, Any]) -> list[Row]:
         )
     )
     # exact Shapley (the oracle; no peer at this size)
-    ph, pw = case.exact_patch
-    m_exact = (-(-x.shape[-2] // ph)) * (-(-x.shape[-1] // pw))
+    if isinstance(case.exact_patch, int):  # windows of a signal
+        m_exact, grid_txt = -(-x.shape[-1] // case.exact_patch), f"windows of {case.exact_patch}"
+    else:
+        ph, pw = case.exact_patch
+        m_exact, grid_txt = (-(-x.shape[-2] // ph)) * (-(-x.shape[-1] // pw)), f"grid {ph}x{pw}"
     rows.append(
         Row(
             case,
-            f"exact_shapley (grid {ph}x{pw}, M={m_exact})",
+            f"exact_shapley ({grid_txt}, M={m_exact})",
             ours("exact_shapley", features="grid", patch=case.exact_patch),
             [],
         )
@@ -548,7 +580,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="fewer rounds")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="wall time or process CPU time")
-    p.add_argument("--cases", default="digits,effnet", help="comma list of digits,effnet")
+    p.add_argument("--cases", default="digits,effnet,signal", help="comma list of digits,effnet,signal")
+    p.add_argument("--signal-images", type=int, default=16, help="signals (12 x 1000) in the signal case")
     p.add_argument("--digits-images", type=int, default=64)
     p.add_argument("--effnet-images", type=int, default=1)
     p.add_argument("--effnet-samples", type=int, default=100, help="samples (passes) per image at 224 px")
