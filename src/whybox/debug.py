@@ -20,7 +20,7 @@ from whybox.explainers.perturbation._common import PerturbationExplainer
 from whybox.explanation import Explanation
 from whybox.masking.engine import MaskingEngine, resolve_batch_size
 from whybox.masking.features import FeatureGroups
-from whybox.models.adapter import ModelAdapter, adapt, coder_of, scoring_adapter
+from whybox.models.adapter import ModelAdapter, adapt, coder_of, is_signal, scoring_adapter
 from whybox.models.categorical import categorical_columns
 from whybox.models.inputs import as_tensor_inputs, is_dataframe, tensor_option
 from whybox.models.targets import apply_score_space, class_label_target
@@ -244,24 +244,32 @@ def find_mistakes(
         opts.setdefault("fill", fill)
     e = explain(model, x, method, target=y, batch_size=batch_size, **opts)
     report.explanation = e
+    signal = is_signal(adapter, x)
     if regions is None:
         regions = e.meta.get("regions")
     if regions is None:
         from whybox.explainers.lima import regions as R
 
-        built = R.grid(x, n_regions=49) if x.ndim == 4 else R.columns(x)
+        if x.ndim == 4:
+            built = R.grid(x, n_regions=49)
+        else:  # 1-D signals (B, C, L): windows along time, as LIMA's default regions there; tables: columns
+            built = R.segments(x, n_regions=49) if signal else R.columns(x)
         regions = built.labels
     regions = regions.to(dev)
     if x.ndim == 4 and regions.ndim == 2:
         regions = regions.expand(x.shape[0], *regions.shape)
     elif x.ndim == 2 and regions.ndim == 1:
         regions = regions.expand(x.shape[0], -1)
-    regions = regions.reshape(x.shape[0], *regions.shape[-(2 if x.ndim == 4 else 1) :])
+    if signal:  # a signal's windows: (B, 1, L), shared by the channels
+        regions = regions.reshape(-1, 1, x.shape[-1]).expand(x.shape[0], 1, x.shape[-1])
+    else:
+        regions = regions.reshape(x.shape[0], *regions.shape[-(2 if x.ndim == 4 else 1) :])
     # images: the label map as is; rows: the column ids as feature groups (the metric's own form for non-images)
     metric_regions: Any = regions if x.ndim == 4 else FeatureGroups(regions.long(), int(regions.max()) + 1, "regions")
     hc = evaluate(model, x, e, "highest_confidence", target=y, regions=metric_regions, fill=fill, batch_size=batch_size)
     curves_y = hc.curves["y"]  # point i: the i best-ranked regions shown
-    maps = e.to_map() if x.ndim == 4 else e.attributions
+    # images: the channel-summed map; signals: likewise over time (B, 1, L); rows: the attributions
+    maps = e.to_map() if x.ndim == 4 else e.attributions.sum(1, keepdim=True) if signal else e.attributions
     for k, idx in enumerate(wrong.tolist()):
         reg = regions[k].cpu()
         order = _region_rank(maps[k].cpu(), reg)

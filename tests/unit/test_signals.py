@@ -214,6 +214,38 @@ def test_deletion_on_a_signal_steps_through_time_steps_in_the_maps_order():
     torch.testing.assert_close(r2.curves["y"], r.curves["y"])
 
 
+def test_region_steps_on_a_signal_remove_whole_windows_in_the_maps_order():
+    m = LinearSignal()
+    x = signals(1)
+    windows = torch.arange(L) * 6 // L  # 6 windows of 8 time steps
+    rank = torch.tensor([3, 0, 5, 1, 4, 2])  # window 3 first
+    amap = (6 - rank.argsort()).to(torch.float32)[windows].view(1, 1, L)  # window rank[0] highest
+    r = whybox.evaluate(m, x, amap, "deletion", target=0, regions=windows, score="logit")
+    want = []
+    for k in range(7):
+        xd = x.clone()
+        for w in rank[:k].tolist():
+            xd[0, :, windows == w] = 0.0
+        want.append(float(m(xd)[0, 0].detach()))
+    torch.testing.assert_close(r.curves["y"][0].to(torch.float64), torch.tensor(want, dtype=torch.float64))
+
+
+def test_find_mistakes_on_signals_inserts_windows():
+    m = cnn1d()
+    x = signals(6)
+    pred = m(x).argmax(1)
+    labels = (pred + 1) % K  # every one wrong
+    report = whybox.find_mistakes(m, x, labels, method="occlusion")
+    assert report.n_wrong == 6 and len(report.mistakes) == 6
+    p = m(x).softmax(1).detach()
+    for mk in report.mistakes:
+        assert mk.culprit_mask.shape == mk.regions.shape == mk.attribution.shape == (1, L)
+        assert int(mk.regions.max()) + 1 == 48  # 49 windows asked, clamped to the 48 time steps
+        # the whole signal shown is the model's own probability of the true class, the best reached at least that
+        assert mk.hc[-1] >= float(p[mk.index, mk.label]) - 1e-6
+        assert mk.p_label == pytest.approx(float(p[mk.index, mk.label]), abs=1e-6)
+
+
 def test_eraser_features_of_a_signal_are_time_steps():
     m = WindowModel(10, 14)
     x = signals(1).abs() + 1.0

@@ -129,7 +129,21 @@ def _check_fill(fill: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------- curves
-def _region_groups(regions: Any, x: torch.Tensor) -> FeatureGroups:
+def _region_groups(regions: Any, x: torch.Tensor, *, signal: bool = False) -> FeatureGroups:
+    """The curve's regions as feature groups; on 1-D signals ``(B, C, L)`` (``signal``) ids per time step ``(B, 1, L)``,
+    shared by the channels, as the signal's per-time-step map values are."""
+    if signal and isinstance(regions, (FeatureGroups, torch.Tensor)):
+        ids = regions.groups if isinstance(regions, FeatureGroups) else regions
+        if ids.is_floating_point():
+            raise InvalidParameterError(f"regions must hold integer region ids; got dtype {ids.dtype}.")
+        g = broadcast_ids(ids.reshape(-1, 1, ids.shape[-1]) if ids.ndim in (1, 2) else ids, x[:, :1])
+        if g is None or bool((g < 0).any()):
+            raise InvalidParameterError(
+                f"regions of a signal must be non-negative ids per time step, ({x.shape[0]}, 1, {x.shape[-1]}), "
+                f"(1, {x.shape[-1]}) or ({x.shape[-1]},); got {tuple(ids.shape)}."
+            )
+        n = regions.n_groups if isinstance(regions, FeatureGroups) else int(g.max()) + 1
+        return FeatureGroups(g.contiguous(), n, getattr(regions, "kind", "regions"))
     if isinstance(regions, FeatureGroups):
         if x.ndim != 4 and regions.groups.shape[1:] != x.shape[1:]:  # e.g. (B, T, 1) token ids of (B, T, D + 1)
             g = broadcast_ids(regions.groups, x)
@@ -296,13 +310,14 @@ class _CurveMetric(Metric):
             self.fill, x, seed=self.seed, klen=self.blur_klen, sigma=self.blur_sigma, padding=self.padding
         )
         if region_steps:
-            groups = _region_groups(self.regions, x)
+            groups = _region_groups(self.regions, x, signal=ctx.signal)
             if groups.groups.shape[0] != x.shape[0]:
                 raise InvalidParameterError(f"regions hold {groups.groups.shape[0]} rows for {x.shape[0]} inputs.")
             null = None
             if x.ndim != 4:  # non-image regions equal to the fill everywhere (text: CLS, SEP, pads) leave the curve
                 g = groups.groups.reshape(x.shape[0], -1)
-                differ = (x != fill).reshape(x.shape[0], -1).to(torch.int64)
+                moved = (x != fill).any(1) if ctx.signal else (x != fill)  # a signal's: per time step
+                differ = moved.reshape(x.shape[0], -1).to(torch.int64)
                 changes = torch.zeros(x.shape[0], groups.n_groups, dtype=torch.int64, device=g.device)
                 null = changes.scatter_add_(1, g, differ) == 0
             ranks, counts, xs = curve_points(
