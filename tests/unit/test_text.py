@@ -309,3 +309,24 @@ def test_a_class_name_from_the_config_is_a_target(clf: object) -> None:
 def test_texts_given_to_explain_name_explain_text(clf: object) -> None:
     with pytest.raises(whybox.InvalidInputError, match=r"inputs are text, but 'occlusion' takes the text adapter's pa"):
         whybox.explain(clf, ["the movie"], "occlusion")
+
+
+def test_a_model_whose_config_says_multi_label_reads_each_labels_sigmoid() -> None:
+    """A Hugging Face classifier with problem_type='multi_label_classification' (trained with a sigmoid per label,
+    e.g. a toxicity model) is adapted as kind='multilabel': LIME and the metrics read each label's sigmoid by default,
+    as they do when kind='multilabel' is named; a softmax would make the labels compete."""
+    from whybox.models.text import explain_text
+
+    model = tiny_bert()
+    model.config.problem_type = "multi_label_classification"
+    ml = adapt_text(model, toy_tokenizer())
+    assert ml.kind == "multilabel" and whybox.adapt(model, output="logits").kind == "multilabel"
+    named = adapt_text(tiny_bert(), toy_tokenizer(), kind="multilabel")
+    plain = adapt_text(tiny_bert(), toy_tokenizer())
+    assert plain.kind == "classifier"
+    a = explain_text(ml, SENTENCES[:2], "lime", target=2, n_samples=64)
+    b = explain_text(named, SENTENCES[:2], "lime", target=2, n_samples=64)
+    c = explain_text(plain, SENTENCES[:2], "lime", target=2, n_samples=64)
+    assert a.explanation.params["score"] == "sigmoid"
+    torch.testing.assert_close(a.explanation.attributions, b.explanation.attributions)
+    assert (a.explanation.attributions - c.explanation.attributions).abs().max() > 1e-6

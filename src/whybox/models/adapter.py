@@ -21,6 +21,7 @@ __all__ = [
     "SklearnAdapter",
     "TorchAdapter",
     "adapt",
+    "declares_multilabel",
     "is_signal",
     "output_probabilities",
     "scoring_adapter",
@@ -334,6 +335,12 @@ def coder_of(adapter: ModelAdapter | None) -> SklearnAdapter | None:
     return adapter if isinstance(adapter, SklearnAdapter) else None
 
 
+def declares_multilabel(model: Any) -> bool:
+    """True for a Hugging Face model whose config says its labels are independent
+    (``problem_type="multi_label_classification"``, trained with a sigmoid per label)."""
+    return getattr(getattr(model, "config", None), "problem_type", None) == "multi_label_classification"
+
+
 def is_signal(adapter: ModelAdapter | None, x: torch.Tensor) -> bool:
     """True for 1-D signals ``(B, C, L)``, channels first: 3-D inputs of a torch model (not a text adapter, whose
     packed inputs are 3-D too) whose first ``nn.Conv1d`` reads ``C`` channels, as a 1-D CNN on time series does.
@@ -423,7 +430,8 @@ def adapt(
     kind
         ``"classifier"`` (scores are the model's outputs, logits of mutually exclusive classes),
         ``"multilabel"`` (the outputs are the logits of independent labels: the probability an explainer or metric
-        reads is each label's sigmoid, not a softmax over the labels) or ``"embedding"`` (scores are similarities
+        reads is each label's sigmoid, not a softmax over the labels; also what a Hugging Face model whose config
+        has ``problem_type="multi_label_classification"`` gets) or ``"embedding"`` (scores are similarities
         of the embedding to ``references``).
     output
         Selector for tuple, dict or ``ModelOutput`` outputs: an index, a key/attribute name or a callable.
@@ -461,7 +469,7 @@ def adapt(
                 preprocess=preprocess,
             )
         adapter = TorchAdapter(model, output=output, layers=layers, preprocess=preprocess)
-        adapter.kind = kind
+        adapter.kind = "multilabel" if declares_multilabel(model) else kind
         return adapter
     if hasattr(model, "fit") and any(hasattr(model, n) for n in ("predict_proba", "decision_function", "predict")):
         if kind != "classifier":

@@ -31,7 +31,7 @@ from torch import nn
 
 from whybox.errors import InvalidInputError, InvalidParameterError, ModelOutputError, did_you_mean
 from whybox.explanation import Explanation
-from whybox.models.adapter import EmbeddingAdapter, TorchAdapter
+from whybox.models.adapter import EmbeddingAdapter, TorchAdapter, declares_multilabel
 
 __all__ = [
     "BASELINES",
@@ -357,8 +357,10 @@ def adapt_text(
     model, tokenizer
         Loaded by the caller (``from_pretrained`` on a local folder; nothing downloads here).
     kind
-        ``"classifier"``: scores are the model's logits. ``"embedding"``: a sentence encoder; scores are cosine
-        similarities of the (pooled) sentence embedding to ``references``.
+        ``"classifier"``: scores are the model's logits. ``"multilabel"``: logits of independent labels (each label's
+        sigmoid is its probability; also what a model whose config has ``problem_type="multi_label_classification"``
+        gets). ``"embedding"``: a sentence encoder; scores are cosine similarities of the (pooled) sentence embedding
+        to ``references``.
     references
         For ``kind="embedding"``: a sentence (or sentences, one score each) whose embeddings are the targets, or
         embeddings ``(D,)`` / ``(K, D)``.
@@ -373,10 +375,12 @@ def adapt_text(
         )
     if not callable(tokenizer):
         raise InvalidParameterError(f"tokenizer must be a Hugging Face tokenizer; got {type(tokenizer).__name__}.")
-    if kind == "classifier":
-        return TextClassifierAdapter(model, tokenizer, max_length=max_length)
+    if kind in ("classifier", "multilabel"):
+        adapter = TextClassifierAdapter(model, tokenizer, max_length=max_length)
+        adapter.kind = "multilabel" if kind == "multilabel" or declares_multilabel(model) else "classifier"
+        return adapter
     if kind != "embedding":
-        raise InvalidParameterError(f"kind must be 'classifier' or 'embedding'; got {kind!r}.")
+        raise InvalidParameterError(f"kind must be 'classifier', 'multilabel' or 'embedding'; got {kind!r}.")
     if references is None:
         raise InvalidParameterError(
             "kind='embedding' needs references=: a reference sentence, several, or their embeddings (D,) / (K, D)."
