@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import whybox
+from whybox.errors import InvalidInputError
 from whybox.metrics.base import Metric, MetricResult
 from whybox.registry import METRICS
 
@@ -202,3 +203,27 @@ def test_sklearn_probabilities_are_not_softmaxed_again() -> None:
     x = torch.tensor(features[:3])
     r = whybox.evaluate(clf, x, x.abs(), "deletion", target=1, steps=5)
     np.testing.assert_allclose(r.curves["y"][:, 0].numpy(), clf.predict_proba(features[:3])[:, 1], rtol=1e-12)
+
+
+def test_per_class_maps_in_shaps_layout_are_refused_with_the_indexing_that_picks_each_rows_class() -> None:
+    import re
+
+    import numpy as np
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 3).eval()
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(1))
+    values = np.random.default_rng(2).normal(size=(3, 4, 3))  # (B, F, K), as shap's multi-output values
+    target = model(x).argmax(1).numpy()
+    with pytest.raises(
+        InvalidInputError, match=re.escape("pass each row's class, e.g. values[np.arange(3), ..., target]")
+    ):
+        whybox.evaluate(model, x, values, "deletion", target=torch.as_tensor(target))
+    picked = values[np.arange(3), ..., target]  # the indexing the message names
+    r = whybox.evaluate(model, x, picked, "deletion", target=torch.as_tensor(target))
+    rows = [
+        whybox.evaluate(model, x[i : i + 1], values[i : i + 1, :, target[i]], "deletion", target=int(target[i]))
+        for i in range(3)
+    ]
+    torch.testing.assert_close(r.scores, torch.cat([q.scores for q in rows]))

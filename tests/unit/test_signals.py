@@ -246,6 +246,25 @@ def test_find_mistakes_on_signals_inserts_windows():
         assert mk.p_label == pytest.approx(float(p[mk.index, mk.label]), abs=1e-6)
 
 
+@pytest.mark.parametrize("orders", ["both", "morf"])
+def test_road_on_a_signal_equals_road_on_the_same_network_as_one_row_images(orders):
+    """A one-row image keeps only the left and right neighbours of the 8-neighbour imputation, so a removed time step
+    is the mean of its neighbours in time: ROAD on signals is ROAD on the (B, C, 1, L) images of the same network."""
+    m = cnn1d(seed=2)
+    x = signals(seed=5)
+    amap = torch.randn(B, 1, L, generator=torch.Generator().manual_seed(6))
+    r1 = whybox.evaluate(m, x, amap, "road", orders=orders, noise=0.0, fractions=(0.2, 0.5))
+    r2 = whybox.evaluate(as_image_model(m), x.unsqueeze(2), amap.unsqueeze(2), "road", orders=orders, noise=0.0,
+                         fractions=(0.2, 0.5))  # fmt: skip
+    torch.testing.assert_close(r1.scores, r2.scores, rtol=1e-5, atol=1e-6)
+    from whybox.metrics.road import noisy_linear_imputation
+
+    row = torch.arange(6.0).view(1, 1, 6) ** 2  # 0 1 4 9 16 25
+    removed = torch.zeros(1, 6, dtype=torch.bool)
+    removed[0, 2] = True  # an isolated step: (1 + 9) / 2
+    assert float(noisy_linear_imputation(row, removed, noise=0.0)[0, 0, 2]) == pytest.approx(5.0)
+
+
 def test_eraser_features_of_a_signal_are_time_steps():
     m = WindowModel(10, 14)
     x = signals(1).abs() + 1.0

@@ -445,9 +445,16 @@ def feature_values(
         # one value per token (B, T) or (B, T, 1) of packed text inputs (B, T, D + 1): each element takes it
         a = (a if a.ndim == 3 else a.unsqueeze(-1)).expand(x.shape)
     if a.shape != x.shape:
+        per_class = a.ndim == x.ndim + 1 and tuple(a.shape[:-1]) == tuple(x.shape)
         raise InvalidInputError(
             f"attributions of shape {tuple(attributions.shape)} must have the shape of the inputs {tuple(x.shape)}"
             + (" (or one value per token: (B, T) or (B, T, 1))." if x.ndim == 3 else ".")
+            + (
+                f" These hold one map per class on their last axis (shap's layout for {a.shape[-1]} outputs): pass "
+                f"each row's class, e.g. values[np.arange({b}), ..., target] with target the explained class per row."
+                if per_class
+                else ""
+            )
         )
     return a.reshape(b, -1).to(torch.float64)
 

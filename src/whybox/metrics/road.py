@@ -282,6 +282,9 @@ class ROAD(Metric):
     abs
         Rank by ``|a|``.
 
+    1-D signals ``(B, C, L)`` (:func:`~whybox.models.adapter.is_signal`) rank time steps (channels together) and
+    impute them as a one-row image: a removed step is the mean of its two neighbours in time.
+
     Curves: ``"x"`` ``(B, F)`` fractions, ``"morf_score"``, ``"lerf_score"``, ``"morf_accuracy"``,
     ``"lerf_accuracy"`` ``(B, F)`` (those of the computed orders). ``labels=`` (default: the target) decides accuracy.
 
@@ -323,9 +326,13 @@ class ROAD(Metric):
         if ctx.attributions is None or ctx.engine is None or ctx.target is None:
             raise InvalidParameterError("road needs attributions and a model.")
         x = ctx.x
-        if x.ndim != 4:
-            raise InvalidInputError(f"road needs images (B, C, H, W); got inputs of shape {tuple(x.shape)}.")
-        b, _, h, w = x.shape
+        signal = ctx.signal  # a 1-D signal (B, C, L) is imputed as a one-row image: each removed step from its two
+        if x.ndim != 4 and not signal:  # neighbours in time (the other six fall outside the row)
+            raise InvalidInputError(
+                f"road needs images (B, C, H, W) or 1-D signals (B, C, L) of a model with an nn.Conv1d; got inputs "
+                f"of shape {tuple(x.shape)}."
+            )
+        b, h, w = x.shape[0], (1 if signal else x.shape[-2]), x.shape[-1]
         n = h * w
         values, groups = feature_scores(ctx.attributions, x, abs=self.abs, signal=ctx.signal)
         order = tie_order(values, self.seed).cpu()
@@ -358,6 +365,9 @@ class ROAD(Metric):
                 if noise > 0
                 else None  # no noise is drawn
             )
+            if signal:  # (n, C, 1, L) images, (n, 1, L) removed time steps
+                imgs = noisy_linear_imputation_batch(x[rows].unsqueeze(2), ~m, noise=noise, generators=gens)
+                return torch.nan_to_num(imgs.squeeze(2))
             imgs = noisy_linear_imputation_batch(x[rows], ~m[:, 0], noise=noise, generators=gens)
             return torch.nan_to_num(imgs)  # p = 1: scored on zeros, reported as NaN below
 
