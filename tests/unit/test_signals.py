@@ -173,6 +173,11 @@ def test_occlusion_default_window_equals_captums_occlusion():
     w = -(-L // 16)
     ref = captum_attr.Occlusion(m).attribute(x, sliding_window_shapes=(C, w), strides=(C, w // 2), target=2)
     torch.testing.assert_close(e.attributions, ref, rtol=1e-4, atol=1e-6)
+    # a window in time steps alone, an int or (k,), spans every channel; the stride likewise
+    for window, stride in ((7, 3), ((7,), (3,))):
+        e = whybox.explain(m, x, "occlusion", target=2, window=window, stride=stride)
+        ref = captum_attr.Occlusion(m).attribute(x, sliding_window_shapes=(C, 7), strides=(C, 3), target=2)
+        torch.testing.assert_close(e.attributions, ref, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("method", ["rise", "lima", "lime", "kernel_shap"])

@@ -66,7 +66,7 @@ class Occlusion(PerturbationExplainer):
         Window extent. An int ``k`` is ``(C, k, k)`` on images (all channels at once) and ``(k,)`` on
         ``(B, F)`` rows; a pair ``(h, w)`` on images is ``(C, h, w)``; or one extent per dimension of a row
         (as captum's ``sliding_window_shapes``). ``None``: ``(C, ceil(H/8), ceil(W/8))`` on images, ``(C, ceil(L/16))``
-        on 1-D signals ``(B, C, L)`` (an int ``k`` there is ``(C, k)``), one element elsewhere.
+        on 1-D signals ``(B, C, L)`` (an int ``k`` or ``(k,)`` there is ``(C, k)``), one element elsewhere.
     stride
         Step per dimension (same forms as ``window``). ``None``: half the window (at least 1), and the full
         extent along dimensions the window spans entirely (channels); at most the window. Positions per
@@ -106,16 +106,13 @@ class Occlusion(PerturbationExplainer):
         if isinstance(v, int):
             if image:
                 v = (v, v)
-            elif len(shape) == 1:
+            elif len(shape) == 1 or signal:
                 v = (v,)
-            elif signal:  # a signal's (C, L): k is (C, k), all channels at once
-                lead = shape[0] if window is None or window[0] == shape[0] else 1
-                v = (lead if name == "stride" else shape[0], v)
             else:
                 raise InvalidParameterError(
                     f"{name} must give one extent per dimension of a row {shape} for these inputs; got {v!r}."
                 )
-        if image and len(v) == 2:
+        if (image and len(v) == 2) or (signal and len(v) == 1):  # spatial or time extents: all channels at once
             c = shape[0]
             lead = c if window is None or window[0] == c else 1
             v = (lead if name == "stride" else c, *v)
