@@ -247,3 +247,15 @@ def test_a_reference_row_or_background_rows_given_as_lists_with_text_are_the_sam
         InvalidParameterError, match=r"fill as a list with text must be a row of the estimator's columns"
     ):
         whybox.explain(pipe, rows, "occlusion", fill=["oslo", 40.0], target=1)
+
+
+def test_text_in_a_reference_row_for_a_model_that_takes_numbers_is_refused(data: tuple[Any, Any]) -> None:
+    _, df = data
+    torch_model = torch.nn.Linear(3, 2)
+    with pytest.raises(InvalidParameterError, match="text values are read only for a scikit-learn estimator fitted on"):
+        whybox.explain(torch_model, torch.rand(2, 3), "occlusion", fill=[1.0, "a", 2.0])
+    with pytest.raises(InvalidParameterError, match="text values are read only for a scikit-learn estimator fitted on"):
+        whybox.evaluate(torch_model, torch.rand(2, 3), "saliency", "deletion", fill=[1.0, "a", 2.0])
+    on_array = LogisticRegression().fit(df[["age", "income"]].to_numpy(), (df.age > 40).to_numpy())
+    with pytest.raises(InvalidParameterError, match="was not fitted on a DataFrame, so its inputs are numbers"):
+        whybox.explain(on_array, df[["age", "income"]].to_numpy()[:2], "occlusion", fill=[40.0, "x"])

@@ -123,7 +123,12 @@ def tensor_option(value: Any, name: str, coder: Any = None) -> Any:
             return torch.tensor(value, dtype=torch.float64)
         except (TypeError, ValueError) as exc:  # ragged rows
             raise InvalidParameterError(f"{name} as a list must be a row of numbers or equal rows; {exc}.") from None
-    if isinstance(value, (list, tuple)) and coder is not None and coded_later(value):
+    if isinstance(value, (list, tuple)) and coded_later(value):
+        if coder is None:
+            raise InvalidParameterError(
+                f"{name} holds text ({_short(value)}); text values are read only for a scikit-learn estimator fitted on "
+                "a DataFrame with text columns. This model takes numbers: give one number per feature."
+            )
         return _coded_rows(value, name, coder)
     if is_pandas(value):
         from whybox.models.categorical import categorical_columns, encode_frame
@@ -153,11 +158,15 @@ def _coded_rows(value: list[Any] | tuple[Any, ...], name: str, coder: Any) -> to
     ``(F,)`` for a row, ``(R, F)`` for rows."""
     columns = getattr(coder, "feature_names", None)
     rows = list(value) if all(isinstance(v, (list, tuple)) for v in value) else [list(value)]
-    if columns is None or any(len(r) != len(columns) for r in rows):
-        want = f"{len(columns)} values, one per column ({name_list(list(columns))})" if columns else "numbers"
+    if columns is None:
         raise InvalidParameterError(
-            f"{name} as a list with text must be a row of the estimator's columns in their order: {want}; got "
-            f"{_short(value)}."
+            f"{name} holds text ({_short(value)}), but {type(coder.model).__name__} was not fitted on a DataFrame, so "
+            "its inputs are numbers: give one number per feature."
+        )
+    if any(len(r) != len(columns) for r in rows):
+        raise InvalidParameterError(
+            f"{name} as a list with text must be a row of the estimator's columns in their order: {len(columns)} "
+            f"values, one per column ({name_list(list(columns))}); got {_short(value)}."
         )
     import pandas as pd  # the estimator was fitted on a DataFrame: pandas is installed
 
