@@ -317,10 +317,74 @@ def test_a_cam_on_3d_inputs_that_are_not_signals_says_what_would_work():
         whybox.explain(cnn1d(), torch.randn(B, C + 1, L), "gradcam")
 
 
-def test_features_segments_on_inputs_that_are_not_signals_is_refused():
-    m = nn.Sequential(nn.Flatten(), nn.Linear(C * L, K))
-    with pytest.raises(InvalidInputError, match="features='segments' needs 1-D signals"):
-        whybox.explain(m, signals(), "lime", features="segments")
+class SequenceLinear(nn.Module):
+    """A sequence model on (B, T, D), features last (no Conv1d): f_k = sum_{t,d} W_k[t, d] x[t, d]."""
+
+    def __init__(self, t: int, d: int, seed: int = 7) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.w = nn.Parameter(torch.randn(K, t, d, generator=g, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("ktd,btd->bk", self.w, x.to(torch.float64))
+
+
+def test_segments_of_a_sequence_are_windows_of_time_steps_with_all_their_features():
+    """features='segments' on (B, T, D) inputs of a model without a Conv1d (an RNN, a transformer on time steps)
+    cuts axis 1: exact Shapley values of a linear model over those windows are each window's sum of w x."""
+    t, d = 24, 5
+    m = SequenceLinear(t, d)
+    x = torch.randn(2, t, d, generator=torch.Generator().manual_seed(8))
+    e = whybox.explain(m, x, "exact_shapley", features="segments", patch=4, target=1)
+    assert e.attributions.shape == (2, t, 1)
+    contrib = (m.w[1].detach() * x.to(torch.float64)).sum(2)  # (B, T)
+    want = contrib.view(2, 6, 4).sum(2)
+    torch.testing.assert_close(e.meta["values"].to(torch.float64), want, rtol=1e-6, atol=1e-6)
+    # an LSTM reading (B, T, D) batch-first: LIME and LIMA over windows of time steps; a window map is what the
+    # metrics read as one value per time step
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        lstm = nn.LSTM(d, 8, batch_first=True)
+        head = nn.Linear(8, K)
+
+    class Tagger(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm, self.head = lstm, head
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.lstm(x)[0][:, -1])
+
+    tagger = Tagger().eval()
+    lime = whybox.explain(tagger, x, "lime", features="segments", n_samples=100)
+    assert lime.attributions.shape == (2, t, 1)
+    windows = torch.arange(t) * 16 // t
+    for w in range(16):  # one value per window
+        vals = lime.attributions[:, windows == w, 0]
+        assert torch.equal(vals, vals[:, :1].expand_as(vals))
+    lima = whybox.explain(tagger, x, "lima", regions="segments", n_regions=6)
+    assert lima.attributions.shape == (2, t, 1) and int(lima.meta["regions"].max()) + 1 == 6
+    # deletion reads the (B, T, 1) map as one value per time step: its curve runs from the sequence to all zeros
+    r = whybox.evaluate(tagger, x, lime, "deletion")
+    p = tagger(torch.cat([x, torch.zeros(1, t, d)])).softmax(1).detach().double()
+    rows = torch.arange(2)
+    torch.testing.assert_close(r.curves["y"][:, 0], p[rows, lime.target], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(r.curves["y"][:, -1], p[2, lime.target], rtol=1e-5, atol=1e-6)
+
+
+def test_segments_of_a_text_models_inputs_point_to_its_words():
+    from whybox.errors import InvalidParameterError
+
+    class FakeText(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.sum((1, 2)).unsqueeze(1).expand(-1, 2)
+
+    ad = whybox.adapt(FakeText())
+    ad.tokenizer = object()  # what marks a text adapter
+    with pytest.raises(InvalidParameterError, match="a text model's features are its words"):
+        whybox.explain(ad, torch.rand(1, 4, 3), "lime", features="segments")
+    with pytest.raises(InvalidInputError, match=r"features='segments' cuts 1-D signals \(B, C, L\) or sequences"):
+        whybox.explain(nn.Linear(4, 2), torch.rand(2, 4), "lime", features="segments")
 
 
 def test_a_layer_with_a_channels_last_output_on_a_signal_is_named():

@@ -147,14 +147,18 @@ def superpixels(
     return FeatureGroups(g, int(g.max().item()) + 1, "superpixels")
 
 
-def segments(x: torch.Tensor, *, n: int = 16, length: int | None = None) -> FeatureGroups:
-    """Contiguous windows along the last axis of 1-D signals ``(B, C, L)``, each shared by all channels.
+def segments(x: torch.Tensor, *, n: int = 16, length: int | None = None, time_axis: int = 2) -> FeatureGroups:
+    """Contiguous windows of time steps, each shared by all channels: along the last axis of 1-D signals
+    ``(B, C, L)`` (``time_axis=2``, groups ``(B, 1, L)``), or along axis 1 of sequences ``(B, T, D)`` of features per
+    time step, as an RNN or a transformer reads them (``time_axis=1``, groups ``(B, T, 1)``).
 
-    ``length`` samples per window (the last one cut at the end), else ``n`` near-equal windows: sample ``i``
-    belongs to window ``floor(i * n / L)`` (``n`` clamped to ``L``). Groups are ``(B, 1, L)``."""
-    if x.ndim != 3:
-        raise InvalidInputError(f"segments() needs 1-D signals (B, C, L); got inputs of shape {tuple(x.shape)}.")
-    b, _, l_ = x.shape
+    ``length`` steps per window (the last one cut at the end), else ``n`` near-equal windows: step ``i`` belongs to
+    window ``floor(i * n / L)`` (``n`` clamped to the number of steps)."""
+    if x.ndim != 3 or time_axis not in (1, 2):
+        raise InvalidInputError(
+            f"segments() needs 1-D signals (B, C, L) or sequences (B, T, D); got inputs of shape {tuple(x.shape)}."
+        )
+    b, l_ = x.shape[0], x.shape[time_axis]
     if length is not None:
         if isinstance(length, bool) or not isinstance(length, int) or length < 1:
             raise InvalidParameterError(f"patch (the window length for segments) must be an int >= 1; got {length!r}.")
@@ -165,7 +169,8 @@ def segments(x: torch.Tensor, *, n: int = 16, length: int | None = None) -> Feat
             raise InvalidParameterError(f"n must be an int >= 1; got {n!r}.")
         m = min(n, l_)
         ids = torch.arange(l_, device=x.device) * m // l_
-    return FeatureGroups(ids.view(1, 1, l_).expand(b, 1, l_).contiguous(), int(m), "segments")
+    shape = (b, 1, l_) if time_axis == 2 else (b, l_, 1)
+    return FeatureGroups(ids.view(1, *shape[1:]).expand(shape).contiguous(), int(m), "segments")
 
 
 def columns(x: torch.Tensor, *, groups: torch.Tensor | None = None) -> FeatureGroups:

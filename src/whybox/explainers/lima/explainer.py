@@ -308,8 +308,13 @@ class Lima(PerturbationExplainer):
             return R.seeds(x, n_regions=self.n_regions, compactness=self.compactness)
         if kind == "grid":
             return R.grid(x, n_regions=self.n_regions)
-        if kind == "segments":
-            return R.segments(x, n_regions=self.n_regions)
+        if kind == "segments":  # a Conv1d's signal (B, C, L), else a sequence (B, T, D) of features per time step
+            if hasattr(self.adapter, "tokenizer"):
+                raise InvalidParameterError(
+                    "regions='segments' cuts time series; a text model's regions are its words: use "
+                    "whybox.models.text.explain_text(adapter, texts, 'lima')."
+                )
+            return R.segments(x, n_regions=self.n_regions, time_axis=2 if is_signal(self.adapter, x) else 1)
         if kind == "columns":
             return R.columns(x, groups=self.groups)
         return R.spans(x, groups=self.groups)

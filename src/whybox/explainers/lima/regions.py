@@ -187,14 +187,15 @@ def from_masks(masks: torch.Tensor, x: torch.Tensor) -> RegionMap:
 
 
 # ---------------------------------------------------------------------------------------------- signals
-def segments(x: torch.Tensor, *, n_regions: int = 49) -> RegionMap:
-    """``n_regions`` near-equal windows along the last axis of 1-D signals ``(B, C, L)``, shared by all channels
-    (clamped to L)."""
+def segments(x: torch.Tensor, *, n_regions: int = 49, time_axis: int = 2) -> RegionMap:
+    """``n_regions`` near-equal windows of time steps, shared by all channels (clamped to the number of steps): along
+    the last axis of 1-D signals ``(B, C, L)``, or along axis 1 of sequences ``(B, T, D)`` with ``time_axis=1``."""
     if x.ndim != 3:
         raise InvalidInputError(
-            f"regions='segments' needs 1-D signals (B, C, L); got inputs of shape {tuple(x.shape)}."
+            f"regions='segments' needs 1-D signals (B, C, L) or sequences (B, T, D); got inputs of shape "
+            f"{tuple(x.shape)}."
         )
-    return _finish(F.segments(x, n=_check_n(n_regions)).groups, x, "segments")
+    return _finish(F.segments(x, n=_check_n(n_regions), time_axis=time_axis).groups, x, "segments")
 
 
 # ---------------------------------------------------------------------------------------------- images

@@ -120,12 +120,13 @@ def resolve_features(
     if spec == "segments":
         if x.ndim != 3:
             raise InvalidInputError(
-                f"features='segments' cuts 1-D signals (B, C, L) into windows; got inputs of shape {tuple(x.shape)}."
+                "features='segments' cuts 1-D signals (B, C, L) or sequences (B, T, D) into windows of time steps; "
+                f"got inputs of shape {tuple(x.shape)}."
             )
-        raise InvalidInputError(
-            "features='segments' needs 1-D signals (B, C, L) of a model whose first nn.Conv1d reads their C channels "
-            "(channels first); for other 3-D inputs pass an integer mask of shape (1, C, L) as features=."
-        )
+        if isinstance(patch, (tuple, list)):
+            raise InvalidParameterError(f"patch is a window length for segments (one int); got {patch!r}.")
+        # not a Conv1d's signal: a sequence (B, T, D) of features per time step (an RNN's, a transformer's)
+        return F.segments(x, n=SIGNAL_SEGMENTS, length=patch, time_axis=1)
     if spec == "auto":
         spec = auto if x.ndim == 4 else ("columns" if x.ndim == 2 else "elements")
     if spec == "superpixels":
@@ -443,6 +444,11 @@ class RegionExplainer(PerturbationExplainer):
         self.patch = tuple(patch) if isinstance(patch, list) else patch
 
     def _groups(self, x: torch.Tensor) -> FeatureGroups:
+        if isinstance(self.features, str) and self.features == "segments" and hasattr(self.adapter, "tokenizer"):
+            raise InvalidParameterError(
+                "features='segments' cuts time series; a text model's features are its words: use "
+                "whybox.models.text.explain_text(adapter, texts, method), or pass batch.word_features() as features=."
+            )
         return resolve_features(
             self.features,
             x,
