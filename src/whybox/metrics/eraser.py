@@ -217,9 +217,8 @@ class _Eraser(Metric):
             raise InvalidParameterError(f"metric {self.name!r} needs attributions and a model.")
         x = ctx.x
         b = x.shape[0]
-        groups = resolve_regions(
-            self.regions, x, signal=ctx.signal
-        )  # (B, *G): one row per input (a shared map is expanded)
+        # (B, *G): one row per input (a shared map is expanded)
+        groups = resolve_regions(self.regions, x, signal=ctx.signal)
         fill = resolve_fill(self.fill, x, seed=self.seed)
         values = pool_attributions(ctx.attributions, groups, x, pool=self.pool, abs=self.abs)
         null = null_features(x, fill, groups) | torch.isnan(values)

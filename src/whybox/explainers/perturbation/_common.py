@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 FEATURE_SPECS = ("auto", "superpixels", "quickshift", "grid", "segments", "pixels", "columns", "elements")
-SIGNAL_SEGMENTS = 16  # windows of a 1-D signal under features="auto" (8 for exact Shapley: 256 coalitions)
+SIGNAL_SEGMENTS = 16  # windows of a signal's (or a sequence's) time steps (exact Shapley: 8, 256 coalitions)
 FeaturesLike = str | FeatureGroups | torch.Tensor
 DEFAULT_MAX_EVALUATIONS = 1_000_000
 F64 = torch.float64
@@ -551,9 +551,8 @@ class ShapleyExplainer(RegionExplainer):
 
     def __init__(self, model: Any, *, background: torch.Tensor | None = None, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
-        if not (
-            coded_later(background) and coder_of(self.adapter) is not None
-        ):  # an estimator's: coded with the inputs
+        # an estimator's DataFrame (or list with text) is coded with the inputs, in _code_options
+        if not (coded_later(background) and coder_of(self.adapter) is not None):
             background = _checked_background(tensor_option(background, "background"))  # e.g. X_train[:50]
         if background is not None and not (isinstance(self.fill, str) and self.fill == "zero"):
             raise InvalidParameterError("pass either fill= (one baseline) or background= (reference rows), not both.")
@@ -561,9 +560,8 @@ class ShapleyExplainer(RegionExplainer):
 
     def _code_options(self, coder: Any) -> None:
         super()._code_options(coder)
-        if coded_later(
-            self.background
-        ):  # a DataFrame (or a list) of reference rows for an estimator, coded as the inputs are
+        # a DataFrame (or a list with text) of reference rows for an estimator, coded as the inputs are
+        if coded_later(self.background):
             self.background = _checked_background(tensor_option(self.background, "background", coder))
 
     def _value_fills(self, x: torch.Tensor) -> torch.Tensor:
