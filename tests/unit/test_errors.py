@@ -240,6 +240,21 @@ def test_target_with_wrong_length(model: nn.Module, x: torch.Tensor) -> None:
     )
 
 
+@pytest.mark.parametrize("method", ["saliency", "smoothgrad", "gradcam", "occlusion"])
+@pytest.mark.parametrize("target", [[0, 1, 2], (4, 0, 1), [3]], ids=["list", "tuple", "short"])
+def test_sequence_target_with_wrong_length_is_refused_whatever_the_chunking(
+    method: str, target: object, model: nn.Module, x: torch.Tensor
+) -> None:
+    # chunk by chunk (batch_size=1) a longer list must not be cut to the batch
+    n = len(target)  # type: ignore[arg-type]
+    _raises(
+        InvalidTargetError,
+        ValueError,
+        rf"one class per row, shape \(2,\); got shape \({n},\)",
+        lambda: whybox.explain(model, x, method, target=target, batch_size=1),
+    )
+
+
 def test_callable_target_with_wrong_output_shape(model: nn.Module, x: torch.Tensor) -> None:
     _raises(
         InvalidTargetError,

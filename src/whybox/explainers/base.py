@@ -30,6 +30,7 @@ from whybox.models.targets import (
     TargetLike,
     apply_score_space,
     class_label_target,
+    per_row,
     resolve_target,
 )
 
@@ -301,6 +302,8 @@ class GradientExplainer(Explainer):
         inputs themselves (``rows == arange(n)``), an unresolved target that is resolved chunk by chunk
         from the same forward (no extra pass). Returns ``(grads, target scores (n,), target)``.
         """
+        if not isinstance(target, Target):
+            target = per_row(target, xs.shape[0])  # a sequence of the wrong length fails here, not chunk by chunk
         one = xs.shape[0] <= self.batch_size  # one chunk: its gradient is the result (no copy into a buffer)
         grads = xs if one else torch.empty_like(xs)
         scores = torch.empty(xs.shape[0], dtype=torch.float64, device=xs.device)
@@ -323,10 +326,8 @@ class GradientExplainer(Explainer):
                     sel = target.select(space, r)
                 else:
                     t = target
-                    if isinstance(t, torch.Tensor) and t.ndim == 1 and t.shape[0] == xs.shape[0]:
+                    if isinstance(t, torch.Tensor):
                         t = t[s : s + xi.shape[0]]
-                    elif isinstance(t, (list, tuple)):
-                        t = list(t)[s : s + xi.shape[0]]
                     tc = resolve_target(t, raw.detach())
                     resolved.append(tc)
                     sel = tc.select(space)

@@ -165,6 +165,18 @@ def _check_range(idx: torch.Tensor, k: int) -> None:
         )
 
 
+def per_row(target: TargetLike, batch: int) -> TargetLike:
+    """An explicit sequence or tensor target as a checked ``(batch,)`` int64 tensor, ready to slice by chunk;
+    ``None``, an int, a callable and a resolved :class:`Target` pass through unchanged."""
+    if (
+        target is None
+        or isinstance(target, (int, Target))
+        or (callable(target) and not isinstance(target, torch.Tensor))
+    ):
+        return target
+    return resolve_target(target, None, batch=batch).index
+
+
 def resolve_target(target: TargetLike, clean_scores: torch.Tensor | None, *, batch: int | None = None) -> Target:
     """Normalise ``target`` against the clean scores ``(B, K)``; ``None`` means the argmax, fixed once.
 

@@ -17,7 +17,7 @@ from whybox.explainers.base import PERTURBATION_HINT, Explainer
 from whybox.masking.engine import MaskingEngine
 from whybox.models.adapter import LayerLike, TorchAdapter, is_signal
 from whybox.models.layers import LayerRef, auto_layer, resolve_layers, tap, to_grid
-from whybox.models.targets import Target, TargetLike, apply_score_space, resolve_target
+from whybox.models.targets import Target, TargetLike, apply_score_space, per_row, resolve_target
 
 __all__ = ["CAM", "NORMALIZATIONS", "normalize_maps", "upsample"]
 
@@ -175,13 +175,12 @@ class CAM(Explainer):
         idx: list[torch.Tensor] = []
         fn = None
         labels = [r.label for r in refs]
+        target = per_row(target, x.shape[0])  # a sequence of the wrong length fails here, not chunk by chunk
         for s in range(0, x.shape[0], self.batch_size):
             xi = x[s : s + self.batch_size]
             t = target
-            if isinstance(t, torch.Tensor) and t.ndim == 1 and t.shape[0] == x.shape[0]:
+            if isinstance(t, torch.Tensor):
                 t = t[s : s + xi.shape[0]]
-            elif isinstance(t, (list, tuple)):
-                t = list(t)[s : s + xi.shape[0]]
             a, g, tc = engine.call(functools.partial(self._chunk, refs=refs, t=t, labels=labels), xi)
             if g is not None:
                 n_backward[0] += xi.shape[0]
