@@ -82,5 +82,10 @@ def test_bad_input_names_the_problem() -> None:
         ad.scores(torch.zeros(2))
     with pytest.raises(InvalidInputError, match="is not a text this adapter encoded"):
         ad.scores(torch.tensor([[1.0, 1.0, 7.0]]))
-    with pytest.raises(NotDifferentiableError, match="'saliency' needs gradients, but BlackBoxTextModel is not"):
+    with pytest.raises(NotDifferentiableError, match="'saliency' needs gradients, but BlackBoxTextModel is not") as err:
         whybox.explain(ad, ad.encode("good").inputs, "saliency")
+    # the fix names the methods that run on it: perturbation ones, not CAMs nor the attention readers
+    hint = str(err.value).split("use a method that needs only the model's outputs: ")[1]
+    names = [n.strip("'.") for n in hint.split(", ")]
+    assert "kernel_shap" in names and "lime" in names
+    assert not {"scorecam", "attention_rollout", "raw_attention"} & set(names)

@@ -15,6 +15,7 @@ from whybox.masking.engine import MaskingEngine, resolve_batch_size
 from whybox.models._guard import MODES, has_train_mode_batchnorm
 from whybox.models.adapter import (
     ModelAdapter,
+    SklearnAdapter,
     TorchAdapter,
     adapt,
     coder_of,
@@ -74,6 +75,30 @@ def _keyword_options(cls: type) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _black_box_hint(adapter: ModelAdapter) -> str:
+    """The methods that need only the outputs of ``adapter``'s model, by what it reads: rows of features (a
+    scikit-learn estimator) or texts (a black-box text scorer); otherwise the general hint."""
+    from whybox.api import methods
+    from whybox.models.blackbox_text import BlackBoxTextAdapter
+    from whybox.registry import EXPLAINERS
+
+    kind = (
+        "tabular"
+        if isinstance(adapter, SklearnAdapter)
+        else "text"
+        if isinstance(adapter, BlackBoxTextAdapter)
+        else None
+    )
+    if kind is None:
+        return PERTURBATION_HINT
+    names = [
+        n
+        for n in methods(kind)
+        if not getattr(EXPLAINERS.get(n), "needs_grad", False) and ".attention" not in EXPLAINERS.get(n).__module__
+    ]
+    return "a method that needs only the model's outputs: " + ", ".join(map(repr, names))
+
+
 class Explainer:
     """Base class of every explainer.
 
@@ -122,7 +147,7 @@ class Explainer:
         if self.needs_grad and not self.adapter.differentiable:
             raise NotDifferentiableError(
                 f"method {self.name!r} needs gradients, but {type(self.adapter.model).__name__} is not a "
-                f"differentiable torch model; use {PERTURBATION_HINT}."
+                f"differentiable torch model; use {_black_box_hint(self.adapter)}."
             )
 
     # ------------------------------------------------------------------ configuration
