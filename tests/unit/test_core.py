@@ -468,6 +468,27 @@ def test_superpixel_groups_cover_every_pixel_with_consecutive_ids() -> None:
     assert torch.equal(superpixels(x, n_segments=6).groups, fg.groups)  # deterministic
 
 
+def test_superpixels_of_noise_are_not_merged_into_one_segment() -> None:
+    # SLIC at compactness 10 merges uniform noise into one segment (measured: 1 of 50 at 32 and 224 px), which
+    # would leave LIME or Kernel SHAP a single feature; the retry with a larger compactness keeps >= n_segments // 10
+    from skimage.segmentation import slic
+
+    for size in (32, 96):
+        x = rand(1, 3, size, size, seed=size)
+        direct = slic(x[0].permute(1, 2, 0).double().numpy(), n_segments=50, compactness=10.0, start_label=0)
+        assert len(torch.unique(torch.from_numpy(direct))) < 5  # the failure the retry answers
+        fg = superpixels(x, n_segments=50)
+        _check_partition(fg, 1, (1, size, size))
+        assert fg.n_groups >= 5
+    # a picture with structure keeps its segmentation as SLIC gives it
+    from skimage import data, transform
+
+    pic = torch.tensor(transform.resize(data.chelsea(), (64, 64)), dtype=torch.float64).permute(2, 0, 1)[None]
+    arr = ((pic[0] - pic.min()) / (pic.max() - pic.min() + 1e-12)).permute(1, 2, 0).numpy()
+    ref = slic(arr, n_segments=50, compactness=10.0, start_label=0, channel_axis=-1, enforce_connectivity=True)
+    assert len(torch.unique(torch.from_numpy(ref))) == superpixels(pic, n_segments=50).n_groups
+
+
 def test_group_expand_maps_each_group_mask_to_its_elements() -> None:
     x = rand(2, 1, 6, 6)
     fg = grid(x, patch=3)

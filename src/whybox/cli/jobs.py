@@ -368,8 +368,9 @@ def metrics_cmd() -> None:
 )
 @click.pass_context
 def explain_cmd(ctx: click.Context, **params: Any) -> None:
-    """Explain INPUTS with one method: write explanation.safetensors (+ .json) and one overlay PNG per image, or
-    for a text model the word attributions (in the terminal and in tokens.html)."""
+    """Explain INPUTS with one method: write explanation.safetensors (the maps, with method, options and meta in
+    its JSON header; whybox.Explanation.load reads it) and one overlay PNG per image, or for a text model the word
+    attributions (in the terminal and in tokens.html)."""
     tables = _apply_config(ctx, params, {"method": str, "options": dict, "out": str, "target": str})
     method = params.get("method")
     if not method:

@@ -119,6 +119,12 @@ def superpixels(
 
     ``image`` is the picture to segment, ``(B, C, H, W)`` in any range (defaults to ``x``); each row is
     min-max scaled before segmentation.
+
+    On noise (``torch.rand`` test images, grainy textures) SLIC's colour distances dominate and its connectivity
+    step merges everything into a segment or two, which leaves an explainer one feature. A row that gets fewer
+    than ``max(2, n_segments // 10)`` segments is segmented again with ``compactness`` x 10, then x 100 (space
+    weighs more, the segments come out near-square), keeping the first that reaches it. Natural images keep
+    ``compactness`` as given.
     """
     _image(x, "superpixels()")
     if n_segments < 1:
@@ -132,15 +138,19 @@ def superpixels(
         lo, hi = row.min(), row.max()
         arr = ((row - lo) / (hi - lo + 1e-12)).permute(1, 2, 0).numpy()
         ch = arr.shape[2]
-        seg = slic(
-            arr if ch in (1, 3) else arr.mean(2, keepdims=True),
-            n_segments=n_segments,
-            compactness=compactness,
-            slic_zero=slic_zero,
-            start_label=0,
-            channel_axis=-1,
-            enforce_connectivity=True,
-        )
+        enough = max(2, n_segments // 10)
+        for c in (compactness, compactness * 10, compactness * 100):
+            seg = slic(
+                arr if ch in (1, 3) else arr.mean(2, keepdims=True),
+                n_segments=n_segments,
+                compactness=c,
+                slic_zero=slic_zero,
+                start_label=0,
+                channel_axis=-1,
+                enforce_connectivity=True,
+            )
+            if slic_zero or len(np.unique(seg)) >= enough:
+                break
         _, seg = np.unique(seg, return_inverse=True)  # consecutive ids 0..m-1
         out.append(torch.from_numpy(seg.reshape(arr.shape[:2]).astype(np.int64)))
     g = torch.stack(out).unsqueeze(1).to(x.device)
