@@ -493,7 +493,10 @@ def test_a_rerun_of_a_different_job_into_the_same_out_is_refused_until_overwrite
 
     refused = invoke(runner, [*base, "--methods", "saliency,gradcam"])
     message = error_of(refused)
-    assert message.startswith(f"Error: '{out}' holds a run of a different job (changed: config; config: stored ")
+    assert message.startswith(
+        f"Error: '{out}' holds a run of a different job (changed: config; config: methods stored "
+        '["saliency"], now ["saliency", "gradcam"]). '
+    )
     assert message.endswith(
         "Resuming would mix results; write to a new directory, or pass overwrite=True (--overwrite) to delete the "
         "old run."

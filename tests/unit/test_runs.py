@@ -149,13 +149,36 @@ def test_changed_job_or_model_refuses_to_resume(tmp_path: Path) -> None:
     x, y = data(4)
     job = Job(methods=("saliency",), metrics=("deletion",), shard_size=2)
     run_job(job, tiny_cnn(), x, tmp_path / "r", labels=y)
-    with pytest.raises(FingerprintMismatchError, match=r"changed: config;.*overwrite"):
+    # the changed settings are named with both values, not as digests
+    with pytest.raises(
+        FingerprintMismatchError,
+        match=r'changed: config; config: metrics stored \["deletion"\], now \["insertion"\]\)\. .*overwrite',
+    ):
         run_job(
             Job(methods=("saliency",), metrics=("insertion",), shard_size=2), tiny_cnn(), x, tmp_path / "r", labels=y
         )
-    with pytest.raises(FingerprintMismatchError, match=r"changed: weights"):
+    with pytest.raises(
+        FingerprintMismatchError,
+        match=r"changed: config; config: method_options\.saliency\.abs stored \(unset\), now true, methods stored "
+        r'\["saliency"\], now \["saliency", "gradcam"\]\)',
+    ):
+        run_job(
+            Job(
+                methods=("saliency", "gradcam"),
+                metrics=("deletion",),
+                shard_size=2,
+                method_options={"saliency": {"abs": True}},
+            ),
+            tiny_cnn(),
+            x,
+            tmp_path / "r",
+            labels=y,
+        )
+    with pytest.raises(
+        FingerprintMismatchError, match=r"changed: weights; weights: the model or its weights differ \(digest stored '"
+    ):
         run_job(job, tiny_cnn(seed=1), x, tmp_path / "r", labels=y)
-    with pytest.raises(FingerprintMismatchError, match=r"changed: data"):
+    with pytest.raises(FingerprintMismatchError, match=r"changed: data; data: the inputs, their names or their labels"):
         run_job(job, tiny_cnn(), x + 1e-3, tmp_path / "r", labels=y)
     again = run_job(job, tiny_cnn(seed=1), x, tmp_path / "r", labels=y, overwrite=True)
     assert again.complete and again.n_computed == 2 and again.n_skipped == 0

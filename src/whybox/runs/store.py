@@ -173,6 +173,40 @@ def _finite_or_none(value: float | None) -> float | None:
     return v if np.isfinite(v) else None
 
 
+def _config_changes(old: Any, new: Mapping[str, Any], limit: int = 6) -> str | None:
+    """The settings that differ between a stored job configuration and ``new``, as ``key: stored X, now Y``
+    (dotted keys for nested settings; at most ``limit``), or None when the stored one is unreadable or they
+    compare equal here (the digest then differs by something the configuration does not show)."""
+    if not isinstance(old, dict):
+        return None
+    new = json.loads(_json(dict(new)))  # the JSON form the stored one went through
+
+    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(d, dict):
+            return {prefix: d}
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}."))
+        return out
+
+    a = {k.rstrip(".").removeprefix("job."): v for k, v in flat(old).items()}
+    b = {k.rstrip(".").removeprefix("job."): v for k, v in flat(new).items()}
+    keys = sorted(k for k in set(a) | set(b) if a.get(k, _MISSING) != b.get(k, _MISSING))
+    if not keys:
+        return None
+
+    def show(v: Any) -> str:
+        text = "(unset)" if v is _MISSING else json.dumps(v)
+        return text if len(text) <= 80 else text[:77] + "..."
+
+    parts = [f"{k} stored {show(a.get(k, _MISSING))}, now {show(b.get(k, _MISSING))}" for k in keys[:limit]]
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(parts) + more
+
+
+_MISSING = object()
+
+
 class RunStore:
     """A run directory: open (or create) it with the job's fingerprints, then record units as they finish.
 
@@ -216,7 +250,24 @@ class RunStore:
         if stored is not None and stored != wanted:
             changed = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
             if not overwrite:
-                detail = "; ".join(f"{k}: stored {stored.get(k)!r}, now {wanted.get(k)!r}" for k in changed)
+                said = _config_changes(self._read_config(self.db_path), config) if "config" in changed else None
+                what = {
+                    "config": said,
+                    "data": "the inputs, their names or their labels differ",
+                    "weights": "the model or its weights differ",
+                }
+
+                def digest(v: str | None) -> str:
+                    return repr(v[:12] + "...") if v and len(v) == 64 else repr(v)
+
+                detail = "; ".join(
+                    f"config: {said}"
+                    if k == "config" and said
+                    else f"{k}: {what[k]} (digest stored {digest(stored.get(k))}, now {digest(wanted.get(k))})"
+                    if what.get(k)
+                    else f"{k}: stored {stored.get(k)!r}, now {wanted.get(k)!r}"
+                    for k in changed
+                )
                 raise FingerprintMismatchError(
                     f"{str(self.path)!r} holds a run of a different job (changed: {', '.join(changed)}; {detail}). "
                     "Resuming would mix results; write to a new directory, or pass overwrite=True "
@@ -255,6 +306,19 @@ class RunStore:
         if not rows:
             return None
         return {k.removeprefix("fingerprint."): v for k, v in rows}
+
+    @staticmethod
+    def _read_config(db_path: Path) -> Any:
+        """The stored job configuration (None where it cannot be read)."""
+        try:
+            conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=60.0)
+            try:
+                row = conn.execute("SELECT value FROM run WHERE key = 'config'").fetchone()
+            finally:
+                conn.close()
+            return json.loads(row[0]) if row else None
+        except (sqlite3.DatabaseError, ValueError):
+            return None
 
     def _delete(self) -> None:
         import shutil
