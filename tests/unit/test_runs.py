@@ -126,6 +126,10 @@ def test_stopped_run_resumes_to_the_same_rows_and_bytes(tmp_path: Path) -> None:
     # (gradcam's shard 0 is the first unit to go)
     assert lines[1].startswith("estimate: ") and lines[1].endswith("(from the first unit of each method)")
     assert sum(line.startswith("estimate:") for line in lines) == 1
+    # with one shard the last method's first unit is the last unit: no estimate after the work is done
+    one: list[str] = []
+    run_job(JOB, tiny_cnn(), x[:2], tmp_path / "one", labels=y[:2], progress=one.append)
+    assert len(one) == 3 and not any(line.startswith("estimate:") for line in one), one
     # a further resume with every method seen gives its estimate before starting (shard 2's units forgotten)
     store = RunStore.open_existing(tmp_path / "resumed")
     try:

@@ -566,7 +566,7 @@ def run_job(
             eta = sum(float(np.mean(per_method.get(u.method, [mean_all]))) for u in left)
             if backend == "ray":
                 eta /= max(1, _ray_parallelism())
-            if est is None and len(per_method) == len(job.methods):
+            if est is None and len(per_method) == len(job.methods) and left:  # (none left: nothing to estimate)
                 est = (time.perf_counter() - t_start) + eta
                 say(f"estimate: {_fmt_s(est)} for {len(todo)} units (from the first unit of each method)")
             failed = sum(s.reason is not None for s in res.samples)
