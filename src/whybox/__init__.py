@@ -17,7 +17,7 @@ from whybox.explainers.base import Explainer
 from whybox.explanation import Explanation
 from whybox.masking.engine import MaskingEngine
 from whybox.models.adapter import ModelAdapter, adapt
-from whybox.models.text import adapt_text  # imports no transformers: the caller brings the model and tokenizer
+from whybox.models.text import adapt_text, explain_text  # no transformers import: the caller brings model, tokenizer
 
 __version__ = "0.1.0"
 
@@ -39,6 +39,7 @@ __all__ = [
     "adapt_text",
     "evaluate",
     "explain",
+    "explain_text",
     "find_mistakes",
     "get_explainer",
     "methods",

@@ -46,6 +46,29 @@ def metrics() -> list[str]:
     return METRICS.names()
 
 
+def _text_evaluation(
+    model: Any, inputs: Any, explanation: Any, metric: str, params: dict[str, Any]
+) -> tuple[Any, Any, dict[str, Any]]:
+    """Texts given to a text adapter become its packed inputs, and an :func:`explain_text` result its
+    explanation; a method name (``stability``) gets the options :func:`explain_text` would give it."""
+    from whybox.models.text import TextAttribution, text_defaults
+
+    if isinstance(explanation, TextAttribution):
+        explanation = explanation.explanation
+    texts = isinstance(inputs, str) or (
+        isinstance(inputs, (list, tuple)) and bool(inputs) and all(isinstance(t, str) for t in inputs)
+    )
+    if not texts or not hasattr(model, "tokenizer") or not callable(getattr(model, "encode", None)):
+        return inputs, explanation, params
+    batch = model.encode(inputs)
+    if isinstance(explanation, str) and metric == "stability":
+        params = {
+            **params,
+            "explainer_params": {**text_defaults(explanation, batch), **params.get("explainer_params", {})},
+        }
+    return batch.inputs, explanation, params
+
+
 def _options(cls: type) -> list[str]:
     import inspect
 
@@ -157,10 +180,13 @@ def evaluate(
         The model that was explained (``None`` for metrics that read only the attributions: ``sparseness``,
         ``complexity`` and the localisation metrics).
     inputs
-        ``(B, ...)`` tensor with a leading batch dimension, or a numeric numpy array or pandas DataFrame.
+        ``(B, ...)`` tensor with a leading batch dimension, or a numeric numpy array or pandas DataFrame; for a text
+        adapter (:func:`adapt_text`) also the texts themselves, which it encodes.
     explanation
-        An :class:`Explanation`, an attribution tensor or NumPy array ``(B, ...)``, or a method name (for ``stability``: the
-        method to run repeatedly, e.g. ``evaluate(model, x, "lime", "stability", n_runs=10)``).
+        An :class:`Explanation`, an attribution tensor or NumPy array ``(B, ...)``, what :func:`explain_text`
+        returned, or a method name (for ``stability``: the method to run repeatedly, e.g.
+        ``evaluate(model, x, "lime", "stability", n_runs=10)``; on texts with the text options of
+        :func:`explain_text`).
     metric
         A name from :func:`metrics`.
     target
@@ -176,6 +202,7 @@ def evaluate(
         Per-sample ``scores`` ``(B,)``, ``curves`` where the metric has them, ``higher_is_better``, ``params``.
     """
     cls = METRICS.get(metric)
+    inputs, explanation, params = _text_evaluation(model, inputs, explanation, metric, params)
     try:
         m = cls(**params)
     except TypeError as exc:

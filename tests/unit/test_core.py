@@ -106,6 +106,7 @@ def test_public_surface_is_pinned() -> None:
         "adapt_text",
         "evaluate",
         "explain",
+        "explain_text",
         "find_mistakes",
         "get_explainer",
         "methods",

@@ -307,8 +307,37 @@ def test_a_class_name_from_the_config_is_a_target(clf: object) -> None:
 
 
 def test_texts_given_to_explain_name_explain_text(clf: object) -> None:
-    with pytest.raises(whybox.InvalidInputError, match=r"inputs are text, but 'occlusion' takes the text adapter's pa"):
+    with pytest.raises(
+        whybox.InvalidInputError,
+        match=r"inputs are text, but 'occlusion' takes the text adapter's packed inputs \(B, T, D \+ 1\): use "
+        r"whybox\.explain_text\(adapter, texts, method\)",
+    ):
         whybox.explain(clf, ["the movie"], "occlusion")
+    # the function it names is at the top level, and gives the words
+    out = whybox.explain_text(clf, ["the movie"], "occlusion")  # type: ignore[arg-type]
+    assert [w for w, _ in out.words[0]] == ["the", "movie"]
+
+
+@pytest.mark.parametrize("metric", ["deletion", "comprehensiveness", "mufidelity"])
+def test_evaluate_takes_the_texts_and_what_explain_text_returned(clf: object, metric: str) -> None:
+    out = whybox.explain_text(clf, SENTENCES[:2], "occlusion")  # type: ignore[arg-type]
+    packed = whybox.evaluate(clf, out.batch.inputs, out.explanation, metric)
+    assert torch.equal(whybox.evaluate(clf, SENTENCES[:2], out, metric).scores, packed.scores)
+    assert torch.equal(whybox.evaluate(clf, out.batch.inputs, out, metric).scores, packed.scores)
+
+
+def test_stability_of_a_method_on_texts_runs_it_with_the_text_options(clf: object) -> None:
+    from whybox.models.text import text_defaults
+
+    batch = clf.encode(SENTENCES[:2])  # type: ignore[attr-defined]
+    opts = {"n_samples": 48}
+    got = whybox.evaluate(clf, SENTENCES[:2], "lime", "stability", n_runs=3, explainer_params=opts)
+    want = whybox.evaluate(
+        clf, batch.inputs, "lime", "stability", n_runs=3, explainer_params={**text_defaults("lime", batch), **opts}
+    )
+    assert torch.equal(got.scores, want.scores)
+    # over words (the text options), not over every embedding entry; tensor options named by shape
+    assert got.params["explainer_params"]["features"] == f"tensor{tuple(batch.word_features().shape)}"
 
 
 def test_a_model_whose_config_says_multi_label_reads_each_labels_sigmoid() -> None:

@@ -239,7 +239,7 @@ class Explainer:
         if texts and hasattr(self.adapter, "tokenizer"):
             raise InvalidInputError(
                 f"inputs are text, but {self.name!r} takes the text adapter's packed inputs (B, T, D + 1): use "
-                "whybox.models.text.explain_text(adapter, texts, method) (word attributions, the text options filled "
+                "whybox.explain_text(adapter, texts, method) (word attributions, the text options filled "
                 "in), or pass adapter.encode(texts).inputs."
             )
         coder = coder_of(self.adapter)

@@ -748,8 +748,15 @@ class Metric:
                 out[name] = v
             elif isinstance(v, (list, tuple)) and all(isinstance(e, (bool, int, float, str)) for e in v):
                 out[name] = list(v)
-            elif isinstance(v, dict):
-                out[name] = {str(k): e if isinstance(e, (bool, int, float, str)) else repr(e) for k, e in v.items()}
+            elif isinstance(v, dict):  # (explainer_params: a tensor option is named by its shape, as above)
+                out[name] = {
+                    str(k): e
+                    if isinstance(e, (bool, int, float, str))
+                    else f"tensor{tuple(e.shape)}"
+                    if isinstance(e, torch.Tensor)
+                    else repr(e)
+                    for k, e in v.items()
+                }
             elif callable(v) and not isinstance(v, torch.Tensor):
                 out[name] = getattr(v, "__name__", repr(v))
             else:

@@ -312,7 +312,7 @@ class Lima(PerturbationExplainer):
             if hasattr(self.adapter, "tokenizer"):
                 raise InvalidParameterError(
                     "regions='segments' cuts time series; a text model's regions are its words: use "
-                    "whybox.models.text.explain_text(adapter, texts, 'lima')."
+                    "whybox.explain_text(adapter, texts, 'lima')."
                 )
             return R.segments(x, n_regions=self.n_regions, time_axis=2 if is_signal(self.adapter, x) else 1)
         if kind == "columns":

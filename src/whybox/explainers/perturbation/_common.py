@@ -447,7 +447,7 @@ class RegionExplainer(PerturbationExplainer):
         if isinstance(self.features, str) and self.features == "segments" and hasattr(self.adapter, "tokenizer"):
             raise InvalidParameterError(
                 "features='segments' cuts time series; a text model's features are its words: use "
-                "whybox.models.text.explain_text(adapter, texts, method), or pass batch.word_features() as features=."
+                "whybox.explain_text(adapter, texts, method), or pass batch.word_features() as features=."
             )
         return resolve_features(
             self.features,
