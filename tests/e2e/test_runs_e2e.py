@@ -175,3 +175,29 @@ def test_ray_local_cluster_equals_local_backend_even_when_a_worker_dies(tmp_path
     assert local.complete and dist.complete and dist.n_computed == 15
     assert Path(marker).read_text() == "killed once"  # a worker really died, and its unit was redone
     assert snapshot(tmp_path / "ray") == snapshot(tmp_path / "local")
+
+
+def test_ray_cuts_data_options_to_each_unit_as_the_local_backend_does(tmp_path: Path, ray_cluster: object) -> None:
+    """Per-sample options from the data (a text dataset's fill and features) ship once and are cut to each unit's
+    samples in the worker: the Ray run's rows and arrays equal the local run's."""
+    import torch
+
+    from whybox.runs.job import Job, run_job
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(6, 1, 8, 8, generator=g)
+    fill = torch.rand(6, 1, 8, 8, generator=g)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(),
+        torch.nn.Linear(16, 3),
+    ).eval()  # fmt: skip
+    job = Job(methods=("occlusion", "kernel_shap"), metrics=("deletion",), shard_size=4,
+              method_options={"kernel_shap": {"n_samples": 32}})  # fmt: skip
+    given = {"occlusion": {"fill": fill, "window": 4}, "kernel_shap": {"fill": fill}}
+    local = run_job(job, model, x, tmp_path / "local", data_options=given)
+    dist = run_job(job, model, x, tmp_path / "ray", backend="ray", data_options=given)
+    assert local.complete and dist.complete
+    assert snapshot(tmp_path / "ray") == snapshot(tmp_path / "local")
+    plain = run_job(job, model, x, tmp_path / "plain")  # (the options matter: without them other arrays)
+    assert plain.complete and snapshot(tmp_path / "plain")[1] != snapshot(tmp_path / "local")[1]

@@ -131,3 +131,50 @@ def test_attention_methods_read_minilm(sentiment: tuple[object, object], method:
     if method == "attention_rollout":
         total = out.batch.token_attributions(out.explanation).sum(1)
         assert torch.allclose(total, torch.ones(2, dtype=total.dtype), atol=1e-5)
+
+
+def test_compare_and_evaluate_explain_a_text_dataset_as_explain_text_does(tmp_path: object) -> None:
+    """`whybox compare` and `whybox evaluate` on texts run each method with the text options explain_text gives
+    it (word features, the [MASK] fill, one-token occlusion): the run's arrays equal explain_text's attributions
+    (without them occlusion slid a window over every embedding entry, a different and far costlier explanation)."""
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from whybox.cli.main import main as cli
+    from whybox.models.text import explain_text
+    from whybox.runs.loaders import load_model
+    from whybox.runs.store import RunStore
+
+    tmp = Path(str(tmp_path))
+    texts = ["The movie was great.", "The pasta was not good at all."]
+    (tmp / "r.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    run = tmp / "run"
+    result = CliRunner().invoke(
+        cli, ["compare", "--model", "minilm-sentiment", str(tmp / "r.txt"), "--methods", "occlusion,kernel_shap",
+              "--option", "kernel_shap.n_samples=64", "--metrics", "deletion", "--out", str(run), "--no-report"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    adapter = load_model("minilm-sentiment").module
+    store = RunStore.open_existing(run)
+    try:
+        for method, opts in (("occlusion", {}), ("kernel_shap", {"n_samples": 64, "seed": 0})):
+            want = explain_text(adapter, texts, method, batch_size=64, **opts).explanation.attributions
+            for i in range(2):
+                got = store.load_array(method, i)
+                assert got is not None
+                torch.testing.assert_close(torch.from_numpy(got), want[i].float(), rtol=1e-5, atol=1e-6)
+    finally:
+        store.close()
+    ev = CliRunner().invoke(
+        cli, ["evaluate", "--model", "minilm-sentiment", str(tmp / "r.txt"), "--method", "occlusion",
+              "--metrics", "deletion", "--json", str(tmp / "ev.json")],
+    )  # fmt: skip
+    assert ev.exit_code == 0, ev.output
+    import json
+
+    scores = json.loads((tmp / "ev.json").read_text(encoding="utf-8"))["metrics"]["deletion"]["scores"]
+    batch = adapter.encode(texts)
+    e = explain_text(adapter, texts, "occlusion").explanation
+    want_scores = whybox.evaluate(adapter, batch.inputs, e, "deletion", seed=0).scores.tolist()
+    assert scores == pytest.approx(want_scores, rel=1e-6)

@@ -322,3 +322,39 @@ def test_fingerprint_covers_every_buffer_including_0d_ones(tmp_path: Path) -> No
     assert before["weights"] != after["weights"] and before["config"] == after["config"]
     assert fingerprints(job, m, x, ["a", "c"], None)["data"] != after["data"]  # names are part of the data
     assert run_job(job, m, x, tmp_path / "r").complete
+
+
+def test_data_options_reach_each_unit_cut_to_its_samples(tmp_path: Path) -> None:
+    """Per-sample explainer options from the data (a text dataset's fill and features) are cut to each shard's
+    samples: the run's arrays equal whybox.explain of the whole set with those options; a sample that fails
+    alone gets its own row; the job's options win; changed data options do not resume the old run."""
+    import whybox
+
+    x, y = data(5)
+    fill = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(3))  # one fill image per sample
+    job = Job(methods=("occlusion",), metrics=("deletion",), shard_size=2, method_options={"occlusion": {"window": 4}})
+    given = {"occlusion": {"fill": fill, "window": 2, "stride": 4}}
+    run_job(job, tiny_cnn(), x, tmp_path / "r", labels=y, data_options=given)
+    want = whybox.explain(tiny_cnn(), x, "occlusion", fill=fill, window=4, stride=4).attributions
+    store = RunStore.open_existing(tmp_path / "r")
+    try:
+        for i in range(5):
+            got = store.load_array("occlusion", i)
+            assert got is not None
+            torch.testing.assert_close(torch.from_numpy(got), want[i].float())
+    finally:
+        store.close()
+    with pytest.raises(FingerprintMismatchError, match=r"changed: data; data: the inputs, their names or"):
+        run_job(job, tiny_cnn(), x, tmp_path / "r", labels=y, data_options={"occlusion": {"fill": fill + 1}})
+    # shard 0 fails as a whole (sample 1 is "corrupt"), so sample 0 is explained alone, with its own fill
+    bad = x.clone()
+    bad[1, 0, 0, 0] = 0.5
+    run_job(job, Picky(), bad, tmp_path / "p", labels=y, data_options=given)
+    alone = whybox.explain(Picky(), bad[:1], "occlusion", fill=fill[:1], window=4, stride=4).attributions
+    store = RunStore.open_existing(tmp_path / "p")
+    try:
+        got0 = store.load_array("occlusion", 0)
+        assert got0 is not None and store.load_array("occlusion", 1) is None
+        torch.testing.assert_close(torch.from_numpy(got0), alone[0].float())
+    finally:
+        store.close()

@@ -16,7 +16,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -438,6 +438,19 @@ def explain_cmd(ctx: click.Context, **params: Any) -> None:
     click.echo(f"wrote {out_dir / 'explanation.safetensors'}")
 
 
+def _text_options(lm: Any, ds: Any, methods: Sequence[str]) -> dict[str, dict[str, Any]] | None:
+    """For a text dataset, each method's text options over the whole set (word features, the [MASK] fill, the
+    pad baseline, one-token occlusion windows: what explain_text gives it), or None for other data."""
+    if ds.kind != "text":
+        return None
+    from whybox.models.text import text_defaults
+
+    batch = lm.module.encode(list(ds.texts))
+    if tuple(batch.inputs.shape) != tuple(ds.x.shape):  # pragma: no cover - the dataset is this same encoding
+        raise _fail("internal: the texts encode to other inputs than the dataset's.")
+    return {m: text_defaults(m, batch) for m in methods}
+
+
 def _explain_texts(lm: Any, ds: Any, method: str, target: Any, opts: dict[str, Any], out_dir: Path) -> None:
     """The text branch of ``explain``: word attributions printed as a heatmap line per text and written to
     tokens.html, the explanation of the packed inputs to explanation.safetensors."""
@@ -565,6 +578,9 @@ def evaluate_cmd(ctx: click.Context, **params: Any) -> None:
         opts.setdefault("batch_size", params["batch_size"])
     if "seed" in valid:
         opts.setdefault("seed", params["seed"])
+    text_opts = _text_options(lm, ds, [method])
+    if text_opts:
+        opts = {**text_opts[method], **opts}  # as explain --text explains: over words, [MASK] fill, pad baseline
     try:
         e = whybox.explain(lm.module, ds.x, method, target=target, **opts)
     except WhyboxError as exc:
@@ -733,6 +749,7 @@ def compare_cmd(ctx: click.Context, **params: Any) -> None:
             factory = partial(_coded_model, factory, vocabularies(ds.coder) or {})
     budget = params.get("budget")
     try:
+        data_options = _text_options(lm, ds, job.methods)
         summary = run_job(
             job,
             lm.module,
@@ -747,6 +764,7 @@ def compare_cmd(ctx: click.Context, **params: Any) -> None:
             overwrite=params["overwrite"],
             progress=lambda line: click.echo(line, err=True),
             extra_config=extra,
+            data_options=data_options,
         )
     except KeyboardInterrupt:
         click.echo(f"interrupted; finished units are kept in {out_dir}; rerun the same command to resume.", err=True)

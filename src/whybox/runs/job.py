@@ -211,7 +211,12 @@ def _hash_tensor(h: Any, t: torch.Tensor) -> None:
 
 
 def fingerprints(
-    job: Job, model: Any, x: torch.Tensor, names: Sequence[str], labels: torch.Tensor | None
+    job: Job,
+    model: Any,
+    x: torch.Tensor,
+    names: Sequence[str],
+    labels: torch.Tensor | None,
+    data_options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, str]:
     """SHA-256 digests of the job configuration, the data (inputs, names, labels) and the model weights, and
     the versions of Python, whybox, torch and numpy: a run directory resumes only when all four match."""
@@ -223,6 +228,13 @@ def fingerprints(
     hd.update(json.dumps(list(names)).encode())
     if labels is not None:
         _hash_tensor(hd, labels)
+    for method, given in sorted((data_options or {}).items()):
+        for k, v in sorted(given.items()):
+            hd.update(f"{method}.{k}".encode())
+            if isinstance(v, torch.Tensor):
+                _hash_tensor(hd, v)
+            else:
+                hd.update(json.dumps(v, default=repr).encode())
     hw = hashlib.sha256()
     module = model.model if isinstance(model, ModelAdapter) else model
     if isinstance(module, torch.nn.Module):
@@ -268,6 +280,18 @@ def _curves(curves: Mapping[str, torch.Tensor], row: int) -> dict[str, list[floa
     return {k: c for k, c in out.items() if all(math.isfinite(a) for a in c)} or None
 
 
+def unit_data_options(
+    data_options: Mapping[str, Mapping[str, Any]] | None, unit: Unit, n: int
+) -> dict[str, Any] | None:
+    """``unit``'s share of ``data_options`` (``{method: {option: value}}`` over the whole dataset of ``n``
+    samples): tensors with one row per sample cut to the unit's samples, other values as they are."""
+    given = (data_options or {}).get(unit.method)
+    if not given:
+        return None
+    idx = torch.tensor(unit.indices)
+    return {k: v[idx] if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == n else v for k, v in given.items()}
+
+
 class _Nothing(Exception):
     """No sample of the unit has a target to explain."""
 
@@ -279,9 +303,14 @@ def execute_unit(
     job: Job,
     target: torch.Tensor,
     labels: torch.Tensor | None = None,
+    *,
+    data_options: Mapping[str, Any] | None = None,
 ) -> UnitResult:
     """Compute one unit: explain ``x`` (the shard's inputs) with ``unit.method`` for ``target``, then score the
     explanation with every metric of the job.
+
+    ``data_options`` are explainer options that come from the data (a text dataset's word features, fill and
+    baseline, see :func:`unit_data_options`): tensors hold one row per sample of ``x``; the job's own options win.
 
     A failure of the whole shard is retried sample by sample, so one bad sample costs only itself; every failure
     is recorded with its reason. Non-finite attributions count as a failure of that sample.
@@ -289,6 +318,17 @@ def execute_unit(
     costs: dict[str, tuple[float, int, int]] = {}
     samples = [SampleResult(i, None) for i in unit.indices]
     opts = job.options_for(unit.method, unit.shard)
+    n_rows = len(unit.indices)
+    per_row = {k: v for k, v in (data_options or {}).items() if k not in opts}
+
+    def options(rows: torch.Tensor | slice) -> dict[str, Any]:
+        """The options for some rows of ``x``: per-row tensors cut to them, under the job's."""
+        cut = {
+            k: v[rows] if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == n_rows else v
+            for k, v in per_row.items()
+        }
+        return {**cut, **opts}
+
     n_forward = n_backward = 0
     errors = (WhyboxError, RuntimeError, ValueError, TypeError, IndexError, ArithmeticError)
     with _threads(job.threads):
@@ -303,7 +343,7 @@ def execute_unit(
             if not live:
                 raise _Nothing
             sel = torch.tensor(live)
-            e = explain(model, x[sel], unit.method, target=target[sel], **opts)
+            e = explain(model, x[sel], unit.method, target=target[sel], **options(sel))
             n_forward, n_backward = int(e.meta.get("n_forward", 0)), int(e.meta.get("n_backward", 0))
             for j, r in enumerate(live):
                 attributions[r] = e.attributions[j].detach().to("cpu")
@@ -315,7 +355,9 @@ def execute_unit(
             else:
                 for r in live:
                     try:
-                        e1 = explain(model, x[r : r + 1], unit.method, target=target[r : r + 1], **opts)
+                        e1 = explain(
+                            model, x[r : r + 1], unit.method, target=target[r : r + 1], **options(slice(r, r + 1))
+                        )
                     except errors as exc1:
                         samples[r].reason = _reason(exc1)
                         continue
@@ -342,6 +384,7 @@ def execute_unit(
                 method=unit.method,
                 params=opts,
                 meta={"n_forward": n_forward, "n_backward": n_backward, "seed": opts.get("seed")},
+                options=options(sel),  # what stability and randomization re-run the method with
             )
             xs, ts = x[sel], target[sel]
             ls = labels[sel] if labels is not None else None
@@ -448,6 +491,7 @@ def run_job(
     progress: Progress | None = None,
     extra_config: Mapping[str, Any] | None = None,
     before_unit: Callable[[Unit], None] | None = None,
+    data_options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> RunSummary:
     """Run ``job`` on ``x`` into ``run_dir``, computing only the units not already stored there.
 
@@ -481,6 +525,11 @@ def run_job(
     before_unit
         Ray backend: a picklable callable run in the worker before each unit (instrumentation, fault-injection
         tests).
+    data_options
+        ``{method: {option: value}}`` explainer options that come from the data, such as a text dataset's word
+        features, fill and baseline (:func:`whybox.models.text.text_defaults` over the whole dataset): tensors with
+        one row per sample are cut to each unit's samples; the job's ``method_options`` win. Part of the data
+        fingerprint.
 
     Returns
     -------
@@ -510,7 +559,10 @@ def run_job(
 
     config = {"job": job.config(), **({"extra": dict(extra_config)} if extra_config else {})}
     store = RunStore(
-        run_dir, fingerprints=fingerprints(job, adapter, x, names, labels), config=config, overwrite=overwrite
+        run_dir,
+        fingerprints=fingerprints(job, adapter, x, names, labels, data_options),
+        config=config,
+        overwrite=overwrite,
     )
     try:
         store.save_inputs(x.detach().to("cpu").numpy())
@@ -585,7 +637,15 @@ def run_job(
                     break
                 idx = torch.tensor(unit.indices)
                 on_result(
-                    execute_unit(adapter, x[idx], unit, job, target_all[idx], None if labels is None else labels[idx])
+                    execute_unit(
+                        adapter,
+                        x[idx],
+                        unit,
+                        job,
+                        target_all[idx],
+                        None if labels is None else labels[idx],
+                        data_options=unit_data_options(data_options, unit, n),
+                    )
                 )
         else:
             from whybox.runs.ray_backend import run_units
@@ -601,6 +661,7 @@ def run_job(
                 over_budget,
                 address=ray_address,
                 before_unit=before_unit,
+                data_options=data_options,
             )
         done_now = store.done_units()
         n_failed = store.n_failed()

@@ -17,7 +17,7 @@ import torch
 
 from whybox.errors import MissingExtraError
 from whybox.models.adapter import ModelAdapter
-from whybox.runs.job import Job, Unit, execute_unit
+from whybox.runs.job import Job, Unit, execute_unit, unit_data_options
 from whybox.runs.store import UnitResult
 
 __all__ = ["MAX_RETRIES", "run_units"]
@@ -59,6 +59,7 @@ def _task(
     target: torch.Tensor,
     labels: torch.Tensor | None,
     before: BeforeUnit | None,
+    data_options: Any = None,
 ) -> UnitResult:
     if before is not None:
         before(unit)
@@ -68,7 +69,15 @@ def _task(
         if hasattr(model, "module") and not isinstance(model, torch.nn.Module):  # a LoadedModel from the loaders
             model = model.module
     idx = torch.tensor(unit.indices)
-    return execute_unit(model, x[idx], unit, job, target[idx], None if labels is None else labels[idx])
+    return execute_unit(
+        model,
+        x[idx],
+        unit,
+        job,
+        target[idx],
+        None if labels is None else labels[idx],
+        data_options=unit_data_options(data_options, unit, x.shape[0]),
+    )
 
 
 def run_units(
@@ -84,6 +93,7 @@ def run_units(
     address: str | None = None,
     before_unit: BeforeUnit | None = None,
     max_in_flight: int | None = None,
+    data_options: Any = None,
 ) -> bool:
     """Run ``units`` on Ray, calling ``on_result`` (in this process) as each finishes.
 
@@ -104,6 +114,9 @@ def run_units(
         Run in the worker before each unit (instrumentation, fault-injection tests).
     max_in_flight
         Tasks submitted at once (default: twice the cluster's CPUs).
+    data_options
+        Explainer options from the data over the whole dataset (see :func:`whybox.runs.job.run_job`), shipped once
+        and cut to each unit's samples in the worker.
 
     Returns
     -------
@@ -118,6 +131,7 @@ def run_units(
         x_ref = ray.put(x)
         t_ref = ray.put(target)
         l_ref = ray.put(labels)
+        d_ref = ray.put(data_options)
         cap = max_in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
         pending: dict[Any, Unit] = {}
         queue = list(units)
@@ -129,7 +143,7 @@ def run_units(
                     queue.clear()
                     break
                 unit = queue.pop(0)
-                ref = remote.remote(model_ref, x_ref, unit, job, t_ref, l_ref, before_unit)
+                ref = remote.remote(model_ref, x_ref, unit, job, t_ref, l_ref, before_unit, d_ref)
                 pending[ref] = unit
             if not pending:
                 break
