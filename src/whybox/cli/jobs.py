@@ -438,16 +438,23 @@ def explain_cmd(ctx: click.Context, **params: Any) -> None:
     click.echo(f"wrote {out_dir / 'explanation.safetensors'}")
 
 
-def _text_options(lm: Any, ds: Any, methods: Sequence[str]) -> dict[str, dict[str, Any]] | None:
-    """For a text dataset, each method's text options over the whole set (word features, the [MASK] fill, the
-    pad baseline, one-token occlusion windows: what explain_text gives it), or None for other data."""
+def _text_batch(lm: Any, ds: Any) -> Any:
+    """A text dataset's texts encoded by the model's text adapter (its inputs are the dataset's), else None."""
     if ds.kind != "text":
         return None
-    from whybox.models.text import text_defaults
-
     batch = lm.module.encode(list(ds.texts))
     if tuple(batch.inputs.shape) != tuple(ds.x.shape):  # pragma: no cover - the dataset is this same encoding
         raise _fail("internal: the texts encode to other inputs than the dataset's.")
+    return batch
+
+
+def _text_options(batch: Any, methods: Sequence[str]) -> dict[str, dict[str, Any]] | None:
+    """For a text dataset's batch, each method's text options over the whole set (word features, the [MASK]
+    fill, the pad baseline, one-token occlusion windows: what explain_text gives it); None without a batch."""
+    if batch is None:
+        return None
+    from whybox.models.text import text_defaults
+
     return {m: text_defaults(m, batch) for m in methods}
 
 
@@ -578,7 +585,7 @@ def evaluate_cmd(ctx: click.Context, **params: Any) -> None:
         opts.setdefault("batch_size", params["batch_size"])
     if "seed" in valid:
         opts.setdefault("seed", params["seed"])
-    text_opts = _text_options(lm, ds, [method])
+    text_opts = _text_options(_text_batch(lm, ds), [method])
     if text_opts:
         opts = {**text_opts[method], **opts}  # as explain --text explains: over words, [MASK] fill, pad baseline
     try:
@@ -733,6 +740,9 @@ def compare_cmd(ctx: click.Context, **params: Any) -> None:
         "kind": ds.kind,
         "device": str(params.get("device") or "cpu"),
     }
+    text_batch = _text_batch(lm, ds)
+    if text_batch is not None:  # for the report: each text's words and the positions of their tokens
+        extra["words"] = [[[w, idx] for w, idx in spans] for spans in text_batch.word_spans()]
     factory = None
     if params["backend"] == "ray":
         from whybox.runs.loaders import load_model
@@ -749,7 +759,7 @@ def compare_cmd(ctx: click.Context, **params: Any) -> None:
             factory = partial(_coded_model, factory, vocabularies(ds.coder) or {})
     budget = params.get("budget")
     try:
-        data_options = _text_options(lm, ds, job.methods)
+        data_options = _text_options(text_batch, job.methods)
         summary = run_job(
             job,
             lm.module,

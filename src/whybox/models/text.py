@@ -129,6 +129,20 @@ class TextBatch:
             raise InvalidParameterError(f"reduce must be 'sum' or 'l2'; got {reduce!r}.")
         return out * self.attention_mask.to(out.device, out.dtype)
 
+    def word_spans(self) -> list[list[tuple[str, list[int]]]]:
+        """Per row, its words in reading order, each with the positions of its tokens (specials left out); a
+        word's text is its subwords joined ("##" dropped)."""
+        rows = []
+        for r, wids in enumerate(self.word_ids):
+            groups: dict[int, list[int]] = {}
+            for i, w in enumerate(wids):
+                if w is not None and not bool(self.special_mask[r, i]):
+                    groups.setdefault(w, []).append(i)
+            rows.append(
+                [("".join(self.tokens[r][i].removeprefix("##") for i in groups[w]), groups[w]) for w in sorted(groups)]
+            )
+        return rows
+
     def word_attributions(
         self, explanation: Explanation | torch.Tensor, how: str = "sum", reduce: str = "sum"
     ) -> list[list[tuple[str, float]]]:
@@ -140,16 +154,10 @@ class TextBatch:
             )
         tok = self.token_attributions(explanation, reduce=reduce).detach().to("cpu", torch.float64)
         rows = []
-        for r, wids in enumerate(self.word_ids):
-            groups: dict[int, list[int]] = {}
-            for i, w in enumerate(wids):
-                if w is not None and not bool(self.special_mask[r, i]):
-                    groups.setdefault(w, []).append(i)
+        for r, spans in enumerate(self.word_spans()):
             words = []
-            for w in sorted(groups):
-                idx = groups[w]
+            for text, idx in spans:
                 vals = tok[r, idx]
-                text = "".join(self.tokens[r][i].removeprefix("##") for i in idx)
                 if how == "sum":
                     v = float(vals.sum())
                 elif how == "mean":

@@ -59,19 +59,22 @@ class ReportSample:
     Shapes
     ------
     image
-        ``(H, W, 3)`` float in [0, 1], the display form of the input.
+        ``(H, W, 3)`` float in [0, 1], the display form of the input; ``None`` for a text (``words``).
     maps
         ``method -> (H', W')`` map of any real values and any size (resized bilinearly to ``(H, W)``), or
-        ``None`` when the method failed on this sample.
+        ``None`` when the method failed on this sample; for a text ``(len(words),)``, one value per word.
+    words
+        A text's words in reading order (its row shows them coloured by each method's values), or ``None``.
     """
 
     name: str
-    image: np.ndarray
+    image: np.ndarray | None
     prediction: str
     probability: float | None
     label: str | None
     maps: dict[str, np.ndarray | None]
     failures: dict[str, str]
+    words: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -334,11 +337,50 @@ def _verdicts(report: RunReport) -> list[dict[str, Any]]:
     return [{"title": _VERDICT_TITLES.get(kind, kind), "rows": rows} for kind, rows in groups.items()]
 
 
+def _text_row(s: ReportSample, methods: list[str]) -> dict[str, Any]:
+    """A text sample's row: the text, and per method its words coloured by their values (red: for the predicted
+    class, blue: against), each cell scaled to its own largest magnitude."""
+    from markupsafe import Markup
+
+    from whybox.report.tokens import render_tokens_html
+
+    words = list(s.words or [])
+    cells = []
+    for m in methods:
+        vals = s.maps.get(m)
+        if m not in s.maps and m not in s.failures:
+            cells.append({"method": m, "src": None, "html": None, "failure": None})  # not run on this sample
+        elif vals is not None:
+            try:
+                html = render_tokens_html(words, np.asarray(vals, dtype=np.float64))
+            except (InvalidInputError, InvalidParameterError) as exc:
+                cells.append({"method": m, "src": None, "html": None, "failure": f"words could not be drawn: {exc}"})
+                continue
+            # (render_tokens_html escapes every word itself; its markup is the fragment's own)
+            cells.append({"method": m, "src": None, "html": Markup(html), "failure": None})
+        else:
+            cells.append({"method": m, "src": None, "html": None, "failure": s.failures.get(m) or "failed"})
+    return {
+        "name": s.name,
+        "small": False,
+        "input_src": None,
+        "text": " ".join(words),
+        "prediction": s.prediction,
+        "probability": _percent(s.probability),
+        "label": s.label,
+        "mismatch": s.label is not None and s.label != s.prediction,
+        "cells": cells,
+    }
+
+
 def _sample_rows(
     samples: list[ReportSample], methods: list[str], readings: Mapping[str, str], thumbnail: int
 ) -> list[dict[str, Any]]:
     rows = []
     for i, s in enumerate(samples):
+        if s.words is not None:
+            rows.append(_text_row(s, methods))
+            continue
         img = _check_image(s, i)
         small = max(img.shape[:2]) < _SMALL
         rgb8 = np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
@@ -350,20 +392,23 @@ def _sample_rows(
                 try:
                     pic = overlay(chw, np.asarray(attr), reading=readings.get(m, "auto"))
                 except InvalidInputError as exc:  # a malformed map: said in its cell, the rest of the page stands
-                    cells.append({"method": m, "src": None, "failure": f"map could not be drawn: {exc}"})
+                    cells.append({"method": m, "src": None, "html": None, "failure": f"map could not be drawn: {exc}"})
                     continue
-                cells.append({"method": m, "src": _png_uri(_thumbnail(pic, thumbnail)), "failure": None})
+                cells.append({"method": m, "src": _png_uri(_thumbnail(pic, thumbnail)), "html": None, "failure": None})
             elif m in s.failures:
-                cells.append({"method": m, "src": None, "failure": s.failures[m] or "failed (no reason recorded)"})
+                cells.append(
+                    {"method": m, "src": None, "html": None, "failure": s.failures[m] or "failed (no reason recorded)"}
+                )
             elif m in s.maps:
-                cells.append({"method": m, "src": None, "failure": "failed (no reason recorded)"})
+                cells.append({"method": m, "src": None, "html": None, "failure": "failed (no reason recorded)"})
             else:
-                cells.append({"method": m, "src": None, "failure": None})  # not run on this sample
+                cells.append({"method": m, "src": None, "html": None, "failure": None})  # not run on this sample
         rows.append(
             {
                 "name": s.name,
                 "small": small,
                 "input_src": _png_uri(_thumbnail(rgb8, thumbnail)),
+                "text": None,
                 "prediction": s.prediction,
                 "probability": _percent(s.probability),
                 "label": s.label,

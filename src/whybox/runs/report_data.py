@@ -103,6 +103,18 @@ def _display(x: np.ndarray, rule: str) -> np.ndarray:
     return np.ascontiguousarray(img.transpose(1, 2, 0))
 
 
+def word_values(a: np.ndarray, words: list[Any], *, per_element: bool) -> np.ndarray:
+    """One value per word from a text's stored attributions ``a`` ``(T, D + 1)`` or ``(T, 1)``, as
+    :func:`whybox.explain_text` gives them: a gradient method's entries summed over the embedding (the mask channel
+    left out) and over the word's tokens; a perturbation or attention method's feature value, the mean over the
+    word's tokens. ``words`` holds ``[word, token positions]`` pairs."""
+    a = np.asarray(a, dtype=np.float64)
+    tok = a[:, :-1].sum(-1) if per_element and a.shape[-1] > 1 else a[:, 0]
+    return np.asarray(
+        [float(tok[list(ix)].sum() if per_element else tok[list(ix)].mean()) for _w, ix in words], dtype=np.float64
+    )
+
+
 def signal_picture(x: np.ndarray, *, height: int = 96, width: int = 288) -> np.ndarray:
     """A 1-D signal ``(C, L)`` drawn as ``(height, width, 3)`` in [0, 1]: each channel a line, min-max scaled to its
     own band of the picture's height, time across its whole width (no margins, so that a ``(1, L)`` map resized to
@@ -285,6 +297,37 @@ def load_run_report(run_dir: str | Path, *, title: str | None = None, max_sample
                     label=_label(label_names, None if label is None else int(label)),
                     maps=maps,
                     failures=fails,
+                )
+            )
+
+    spans = extra.get("words")
+    if kind == "text" and isinstance(spans, list):
+        from whybox.models.text import _per_element
+
+        for idx, name, label, prediction, probability in samples[: max(0, int(max_samples))]:
+            idx = int(idx)
+            words = spans[idx] if idx < len(spans) else []
+            maps = {}
+            fails = {}
+            for m in methods:
+                status, reason, array, row = result_of.get((idx, m), ("missing", "not computed yet", None, None))
+                if status == "ok" and array and row is not None:
+                    maps[m] = word_values(read_row(run_dir, array, row), words, per_element=_per_element(m))
+                else:
+                    maps[m] = None
+                    fails[m] = str(reason)
+            report_samples.append(
+                ReportSample(
+                    name=str(name),
+                    image=None,
+                    prediction=(_label(label_names, int(prediction)) or "")
+                    if int(prediction) >= 0
+                    else "(model failed)",
+                    probability=None if probability is None else float(probability),
+                    label=_label(label_names, None if label is None else int(label)),
+                    maps=maps,
+                    failures=fails,
+                    words=[str(w) for w, _ in words],
                 )
             )
 
