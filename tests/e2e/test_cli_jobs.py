@@ -732,6 +732,17 @@ def test_a_csv_with_text_columns_is_explained_evaluated_and_compared_for_a_pipel
     )  # fmt: skip
     assert cmp.exit_code == 0, cmp.output
     assert (run / "report.html").is_file()
+    # the report shows each row as column=value cells (a text column's text) coloured by each method's values
+    from whybox.runs.report_data import load_run_report
+
+    report = load_run_report(run)
+    assert len(report.samples) == 6
+    for i, sample in enumerate(report.samples):
+        r = df.iloc[i]
+        assert sample.words == [f"age={r.age:.4g}", f"city={r.city}", f"income={r.income:.4g}", f"plan={r.plan}"]
+        np.testing.assert_allclose(sample.maps["occlusion"], e.attributions[i].numpy(), rtol=1e-5, atol=1e-6)
+    page = (run / "report.html").read_text(encoding="utf-8")
+    assert page.count('<td class="words" data-method=') == 6 * 2 and "city=oslo" in page
     # what a Ray worker builds: the estimator's adapter with the run's vocabulary decodes the coded inputs alike
     from whybox.cli.jobs import _coded_model
 

@@ -740,6 +740,11 @@ def compare_cmd(ctx: click.Context, **params: Any) -> None:
         "kind": ds.kind,
         "device": str(params.get("device") or "cpu"),
     }
+    if ds.kind == "tabular":  # for the report: the column names, and a coded text column's values by code
+        from whybox.models.categorical import vocabularies
+
+        extra["columns"] = list(ds.columns) if ds.columns is not None else None
+        extra["categories"] = vocabularies(ds.coder) if getattr(ds, "coder", None) is not None else None
     text_batch = _text_batch(lm, ds)
     if text_batch is not None:  # for the report: each text's words and the positions of their tokens
         extra["words"] = [[[w, idx] for w, idx in spans] for spans in text_batch.word_spans()]

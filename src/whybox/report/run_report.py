@@ -62,9 +62,11 @@ class ReportSample:
         ``(H, W, 3)`` float in [0, 1], the display form of the input; ``None`` for a text (``words``).
     maps
         ``method -> (H', W')`` map of any real values and any size (resized bilinearly to ``(H, W)``), or
-        ``None`` when the method failed on this sample; for a text ``(len(words),)``, one value per word.
+        ``None`` when the method failed on this sample; for a text or a table row ``(len(words),)``, one value per
+        word or column.
     words
-        A text's words in reading order (its row shows them coloured by each method's values), or ``None``.
+        A text's words in reading order, or a table row's ``column=value`` cells (the row shows them coloured by
+        each method's values), or ``None``.
     """
 
     name: str

@@ -103,6 +103,13 @@ def _display(x: np.ndarray, rule: str) -> np.ndarray:
     return np.ascontiguousarray(img.transpose(1, 2, 0))
 
 
+def _cell(v: float, values: list[Any] | None) -> str:
+    """A table cell as the report shows it: a coded text column's value (its code's), else the number."""
+    if values is not None and float(v).is_integer() and 0 <= int(v) < len(values):
+        return str(values[int(v)])
+    return f"{v:.4g}"
+
+
 def word_values(a: np.ndarray, words: list[Any], *, per_element: bool) -> np.ndarray:
     """One value per word from a text's stored attributions ``a`` ``(T, D + 1)`` or ``(T, 1)``, as
     :func:`whybox.explain_text` gives them: a gradient method's entries summed over the embedding (the mask channel
@@ -300,6 +307,38 @@ def load_run_report(run_dir: str | Path, *, title: str | None = None, max_sample
                 )
             )
 
+    if inputs_path.is_file() and kind == "tabular":
+        x = np.load(inputs_path, mmap_mode="r", allow_pickle=False)
+        columns = extra.get("columns")
+        labels_of = extra.get("categories") or {}
+        for idx, name, label, prediction, probability in samples[: max(0, int(max_samples))]:
+            idx = int(idx)
+            row_x = np.asarray(x[idx], dtype=np.float64).reshape(-1)
+            names = list(columns) if isinstance(columns, list) and len(columns) == row_x.size else None
+            names = names or [f"x{j}" for j in range(row_x.size)]
+            maps = {}
+            fails = {}
+            for m in methods:
+                status, reason, array, row = result_of.get((idx, m), ("missing", "not computed yet", None, None))
+                if status == "ok" and array and row is not None:
+                    maps[m] = np.asarray(read_row(run_dir, array, row), dtype=np.float64).reshape(-1)
+                else:
+                    maps[m] = None
+                    fails[m] = str(reason)
+            report_samples.append(
+                ReportSample(
+                    name=str(name),
+                    image=None,
+                    prediction=(_label(label_names, int(prediction)) or "")
+                    if int(prediction) >= 0
+                    else "(model failed)",
+                    probability=None if probability is None else float(probability),
+                    label=_label(label_names, None if label is None else int(label)),
+                    maps=maps,
+                    failures=fails,
+                    words=[f"{c}={_cell(v, labels_of.get(c))}" for c, v in zip(names, row_x.tolist(), strict=True)],
+                )
+            )
     spans = extra.get("words")
     if kind == "text" and isinstance(spans, list):
         from whybox.models.text import _per_element
