@@ -137,7 +137,7 @@ def explain(
         raise _unknown_option(repr(method), exc, cls, ("target",)) from None
     out = explainer.explain(inputs, target=target)
     # what out.params can only describe (a tensor, a callable; a list of numbers it records as the tensor it became)
-    described = {k: v for k, v in params.items() if not _plain(v) or _listed(out.params.get(k, v)) != _listed(v)}
+    described = {k: v for k, v in params.items() if not _plain(v) or not _same(out.params.get(k, v), v)}
     coder = coder_of(explainer.adapter)
     for k, v in described.items():
         if coder is not None and coder.categories and coded_later(v):  # kept coded, as the method read it (and saves)
@@ -151,6 +151,12 @@ def explain(
 def _listed(value: Any) -> Any:
     """Tuples as lists, all the way down (``Explanation.params`` records a tuple option as a list)."""
     return [_listed(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def _same(recorded: Any, given: Any) -> bool:
+    """Whether ``Explanation.params`` recorded the plain option ``given`` as it is: tuples become lists, and a
+    name the method keeps as a one-item list (a CAM's ``layer="features.7"``) means the same."""
+    return _listed(recorded) == _listed(given) or (isinstance(given, str) and recorded == [given])
 
 
 def _plain(value: Any) -> bool:

@@ -81,7 +81,8 @@ def test_a_callable_fill_is_asked_for_after_a_save(tmp_path: Path) -> None:
     with pytest.raises(
         whybox.InvalidParameterError,
         match=r"this metric re-runs 'occlusion' with the explanation's options, but fill='means' is only a "
-        r"description of what was given \(a callable is not saved with an explanation\)\. Pass the value again: "
+        r"description of what was given \(a callable or a module is not saved with an explanation\)\. Pass the value "
+        r"again: "
         r"explainer_params=\{'fill': \.\.\.\}\.",
     ):
         sensitivity(model, x, back)
@@ -93,6 +94,24 @@ def test_plain_options_are_not_described() -> None:
     model, x, _ = model_and_rows()
     e = whybox.explain(model, x, "occlusion", fill="mean", window=(2,), stride=[1])
     assert e.options == {} and "described_options" not in e.meta
+
+
+def test_a_cam_layer_named_by_a_string_survives_a_save(tmp_path: Path) -> None:
+    """A CAM records layer="2" as the list ["2"], which names the same layer: not a described option, so a loaded
+    explanation re-runs with it (it used to be refused as if a callable had been lost)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        cnn = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+                            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()  # fmt: skip
+        x = torch.rand(2, 3, 8, 8)
+    for layer in ("2", ["2", "0"]):
+        e = whybox.explain(cnn, x, "gradcam", layer=layer)
+        assert e.options == {} and "described_options" not in e.meta
+        back = whybox.Explanation.load(e.save(tmp_path / "cam.safetensors"))
+        here = whybox.evaluate(cnn, x, e, "max_sensitivity", n_samples=2, radius=0.01).scores
+        torch.testing.assert_close(
+            whybox.evaluate(cnn, x, back, "max_sensitivity", n_samples=2, radius=0.01).scores, here
+        )
 
 
 @pytest.mark.parametrize("kind", ["numpy", "pandas"])

@@ -558,7 +558,7 @@ def make_explain_fn(
             raise InvalidParameterError(
                 f"this metric re-runs {name!r} with the explanation's options, but "
                 + ", ".join(f"{k}={explanation.params.get(k)!r}" for k in lost)
-                + " is only a description of what was given (a callable is not saved with an explanation). Pass "
+                + " is only a description of what was given (a callable or a module is not saved with an explanation). Pass "
                 f"the value again: explainer_params={{{', '.join(repr(k) + ': ...' for k in lost)}}}."
             )
     params.update(extra)
