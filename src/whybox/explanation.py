@@ -137,7 +137,8 @@ class Explanation:
         Parameters
         ----------
         inputs
-            The explained inputs (images only), to show under the maps.
+            The explained inputs, shown under image maps (or signal bands); for tabular rows the bars are labelled
+            ``name = value`` from them (a DataFrame's text cells as they are).
         rows
             Which rows: an int, a list of ints, or ``None`` for all (at most 16).
         top
@@ -192,21 +193,51 @@ class Explanation:
         if image:
             self._plot_maps(axes.flat, picked, inputs, reading, title)
         else:
-            if inputs is not None:
-                raise InvalidParameterError("inputs= is shown under image maps only; drop it for tabular rows.")
-            names = self.meta.get("feature_names") or [f"x{j}" for j in range(a.shape[1])]
+            names = (
+                self.meta.get("feature_names")
+                or list(getattr(inputs, "columns", []))
+                or [f"x{j}" for j in range(a.shape[1])]
+            )
+            cell = self._row_values(inputs, a.shape)
             for ax, r in zip(axes.flat, picked, strict=False):
                 v = a[r].to(torch.float64)
                 order = torch.argsort(v.abs(), descending=True, stable=True)[:top].tolist()
                 vals = [float(v[j]) for j in order]
                 ax.barh(range(len(order)), vals, color=["#b2182b" if x > 0 else "#2166ac" for x in vals])
-                ax.set_yticks(range(len(order)), [str(names[j]) for j in order])
+                labels = [str(names[j]) + ("" if cell is None else f" = {cell(r, j)}") for j in order]
+                ax.set_yticks(range(len(order)), labels)
                 ax.invert_yaxis()  # the largest on top
                 ax.axvline(0.0, color="#444", linewidth=0.6)
                 ax.set_title(title(r), fontsize=9)
         fig.suptitle(self.method, fontsize=10)
         fig.tight_layout()
         return fig
+
+    @staticmethod
+    def _row_values(inputs: Any, shape: tuple[int, ...]) -> Callable[[int, int], str] | None:
+        """For tabular bars: ``(row, column) -> the explained value as text`` from ``inputs`` ``(B, F)`` (a tensor,
+        an array or a DataFrame, whose text cells show as they are), or None without inputs."""
+        if inputs is None:
+            return None
+        if hasattr(inputs, "iloc"):  # a DataFrame: its cells as they are (text columns included)
+            got = tuple(inputs.shape)
+            frame = inputs
+
+            def text(v: Any) -> str:
+                return f"{v:.4g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+
+            if got == tuple(shape):
+                return lambda r, j: text(frame.iloc[r, j])
+        else:
+            import numpy as np
+
+            x = inputs.detach().cpu() if isinstance(inputs, torch.Tensor) else torch.from_numpy(np.array(inputs))
+            got = tuple(x.shape)
+            if got == tuple(shape):
+                return lambda r, j: f"{float(x[r, j]):.4g}"
+        raise InvalidInputError(
+            f"inputs must be the explained rows (B, F) = {tuple(shape)} (a tensor, an array or a DataFrame); got {got}."
+        )
 
     def _plot_signals(
         self, axes: Any, picked: list[int], inputs: Any, reading: str | None, title: Callable[[int], str]

@@ -57,6 +57,19 @@ def test_tabular_panels_list_the_top_features_by_magnitude_with_their_names() ->
         np.testing.assert_allclose([p.get_width() for p in ax.patches], [float(v[j]) for j in order], rtol=0, atol=0)
 
 
+def test_tabular_bars_are_labelled_name_equals_value_from_the_inputs() -> None:
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame({"age": [31.0, 62.5], "income": [50.25, 12.0], "score": [0.5, -1.0]})
+    net = nn.Sequential(nn.Linear(3, 2)).double()
+    e = whybox.explain(net, frame, "input_x_gradient")
+    for given in (frame, frame.to_numpy(), torch.tensor(frame.to_numpy())):
+        fig = e.plot(given, top=2)
+        for ax, r in zip([ax for ax in fig.axes if ax.patches], range(2), strict=True):
+            order = torch.argsort(e.attributions[r].abs(), descending=True)[:2].tolist()
+            want = [f"{frame.columns[j]} = {frame.iloc[r, j]:.4g}" for j in order]
+            assert [t.get_text() for t in ax.get_yticklabels()] == want
+
+
 def test_what_cannot_be_plotted_is_refused_with_the_fix() -> None:
     x = torch.rand(2, 3, 8, 8)
     e = whybox.explain(_cnn(), x, "gradcam")
@@ -70,5 +83,9 @@ def test_what_cannot_be_plotted_is_refused_with_the_fix() -> None:
     with pytest.raises(InvalidInputError, match=r"For text, explain_text\(...\).words holds \(word, value\) pairs"):
         text.plot()
     rows = whybox.explain(nn.Linear(4, 2), torch.rand(2, 4), "saliency")
-    with pytest.raises(InvalidParameterError, match=r"inputs= is shown under image maps only"):
-        rows.plot(torch.rand(2, 4))
+    with pytest.raises(
+        InvalidInputError,
+        match=r"inputs must be the explained rows \(B, F\) = \(2, 4\) \(a tensor, an array or a DataFrame\); got "
+        r"\(2, 5\)\.",
+    ):
+        rows.plot(torch.rand(2, 5))
