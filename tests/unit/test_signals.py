@@ -434,3 +434,35 @@ def test_a_signals_report_picture_puts_each_time_step_under_its_place_in_the_map
     drawn = np.flatnonzero(top < 0.9)
     centre = (29 + 0.5) / 40 * 200  # where a (1, 40) map's column 29 lands when resized to 200 pixels
     assert drawn.size and abs(drawn.mean() - centre) < 3
+
+
+def test_localisation_metrics_take_time_step_masks_for_signals() -> None:
+    """Ground truth for a signal is the class's time steps, masks (B, L) (or (B, 1, L)): the pointing game measures
+    the distance along time, relevance mass and rank read the channel-summed map, with the model or without; the
+    same numbers as the signal laid out as a one-row image."""
+    model = cnn1d()
+    x = torch.rand(3, 2, 40, generator=torch.Generator().manual_seed(1))
+    a = torch.zeros(3, 2, 40, dtype=torch.float64)
+    a[0, 0, 5], a[0, 1, 5] = 1.0, 0.5  # peak at t=5 (channels summed: 1.5), 13 steps before the mask
+    a[0, 0, 30] = -2.0
+    a[1, 1, 22] = 3.0  # peak at t=22, on the mask
+    a[1, 0, 10] = 1.0
+    a[2, :, 35] = 1.0  # peak at t=35, 10 steps after the mask
+    masks = torch.zeros(3, 40, dtype=torch.bool)
+    masks[:, 18:26] = True
+    for m in (model, None):
+        for given in (masks, masks[:, None]):
+            assert whybox.evaluate(m, x, a, "pointing_game", masks=given, tolerance=12).scores.tolist() == [0, 1, 1]
+            assert whybox.evaluate(m, x, a, "pointing_game", masks=given, tolerance=0).scores.tolist() == [0, 1, 0]
+            mass = whybox.evaluate(m, x, a, "relevance_mass", masks=given).scores
+            assert mass.tolist() == [0.0, 0.75, 0.0]  # positive relevance inside / all positive relevance
+        image = (x[:, :, None, :], a[:, :, None, :], masks[:, None, :])  # (B, C, 1, L), masks (B, 1, L)
+        for metric in ("relevance_rank", "energy_pointing_game"):
+            got = whybox.evaluate(m, x, a, metric, masks=masks).scores
+            torch.testing.assert_close(got, whybox.evaluate(None, image[0], image[1], metric, masks=image[2]).scores)
+    with pytest.raises(
+        InvalidInputError,
+        match=r"masks must have shape \(3, 40\) or \(3, 1, 40\) for signals \(3, 2, 40\) \(the time steps of the "
+        r"class\); got \(3, 39\)\.$",
+    ):
+        whybox.evaluate(model, x, a, "pointing_game", masks=masks[:, :39])

@@ -630,12 +630,14 @@ class Context:
     # whether every attribution value is finite (checked once, before _compute; the rows of a map that is not
     # come back NaN)
     finite: bool = True
+    # signals known without the adapter here (a metric that reads only the map, given the model or masks (B, L))
+    signal_given: bool = False
 
     @property
     def signal(self) -> bool:
         """Whether the inputs are 1-D signals ``(B, C, L)`` (:func:`~whybox.models.adapter.is_signal`): the
         metrics' features are then time steps, all channels together, as pixels are for images."""
-        return is_signal(self.adapter, self.x)
+        return self.signal_given or is_signal(self.adapter, self.x)
 
 
 def _check_seed(seed: Any) -> int:
@@ -861,8 +863,9 @@ class Metric:
                 )
             if attributions is not None:
                 attributions = self._validate_attributions(attributions, x)
+            signal = is_signal(adapter, x)
             if masks is not None:
-                masks = self._validate_masks(masks, x)
+                masks, signal = self._validate_masks(masks, x, signal=signal)
             if labels is not None:
                 labels = torch.as_tensor(labels)
                 if labels.shape != (x.shape[0],) or labels.is_floating_point():
@@ -885,7 +888,7 @@ class Metric:
             )
             if not self.needs_model or adapter is None or engine is None:
                 tgt0 = self._target_without_model(target, expl, x)
-                ctx = Context(None, x, attributions, tgt0, expl, None, None, masks, labels, method)
+                ctx = Context(None, x, attributions, tgt0, expl, None, None, masks, labels, method, signal_given=signal)
                 scores, curves, meta = self._checked_compute(ctx)
             else:
                 with adapter.guard(self.mode):
@@ -918,6 +921,7 @@ class Metric:
         a = attributions
         if a.ndim < 2 or a.shape[0] != x.shape[0] or not a.is_floating_point() or a.requires_grad:
             a = self._validate_attributions(a, x)
+        m, signal = (None, False) if masks is None else self._validate_masks(masks, x)
         ctx = Context(
             None,
             x,
@@ -926,7 +930,8 @@ class Metric:
             None,
             None,
             None,
-            None if masks is None else self._validate_masks(masks, x),
+            m,
+            signal_given=signal,
         )
         scores, curves, meta = self._checked_compute(ctx)
         return self._result(ctx, scores, curves, meta, None)
@@ -1036,10 +1041,26 @@ class Metric:
         return a if a.is_floating_point() else a.to(torch.float32)
 
     @staticmethod
-    def _validate_masks(masks: Any, x: torch.Tensor) -> torch.Tensor:
+    def _validate_masks(masks: Any, x: torch.Tensor, *, signal: bool = False) -> tuple[torch.Tensor, bool]:
+        """Masks as ``(B, H, W)`` bool for images, or ``(B, L)`` for 1-D signals ``(B, C, L)`` (the time steps
+        of the class: a model with an ``nn.Conv1d``, or without a model masks of that shape); and whether the
+        inputs are signals."""
         m = torch.as_tensor(masks)
+        if x.ndim == 3:
+            if m.ndim == 3 and m.shape[1] == 1:
+                m = m[:, 0]
+            b, length = x.shape[0], x.shape[2]
+            if m.shape != (b, length):
+                raise InvalidInputError(
+                    f"masks must have shape ({b}, {length}) or ({b}, 1, {length}) for signals {tuple(x.shape)} (the "
+                    f"time steps of the class); got {tuple(m.shape)}."
+                    + ("" if signal else " Images need (B, C, H, W) inputs.")
+                )
+            return (m if m.dtype == torch.bool else m.to(torch.bool)), True
         if x.ndim != 4:
-            raise InvalidInputError(f"masks need image inputs (B, C, H, W); got inputs {tuple(x.shape)}.")
+            raise InvalidInputError(
+                f"masks need image inputs (B, C, H, W) or 1-D signals (B, C, L); got inputs {tuple(x.shape)}."
+            )
         if m.ndim == 4 and m.shape[1] == 1:
             m = m[:, 0]
         b, _, h, w = x.shape
@@ -1047,7 +1068,7 @@ class Metric:
             raise InvalidInputError(
                 f"masks must have shape ({b}, {h}, {w}) or ({b}, 1, {h}, {w}); got {tuple(m.shape)}."
             )
-        return m if m.dtype == torch.bool else m.to(torch.bool)
+        return (m if m.dtype == torch.bool else m.to(torch.bool)), False
 
     @staticmethod
     def _explanation_target(expl: Explanation | None) -> torch.Tensor | None:

@@ -34,7 +34,8 @@ class _Localisation(Metric):
             raise InvalidParameterError(f"{self.name} needs attributions.")
         if ctx.masks is None:
             raise InvalidParameterError(
-                f"{self.name} needs ground-truth masks: pass masks= (B, H, W) bool, the pixels of the target class."
+                f"{self.name} needs ground-truth masks: pass masks= (B, H, W) bool, the pixels of the target class "
+                "(for 1-D signals (B, C, L): (B, L), its time steps)."
             )
         m = (ctx.masks if ctx.masks.is_cpu else ctx.masks.cpu()).numpy()
         return feature_array(ctx.attributions, ctx.x, signal=ctx.signal), m.reshape(m.shape[0], -1)
@@ -58,7 +59,7 @@ class PointingGame(_Localisation):
 
     def _compute(self, ctx: Context) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
         values, m = self._maps(ctx)
-        h, w = ctx.x.shape[-2:]
+        h, w = (1, ctx.x.shape[-1]) if ctx.signal else ctx.x.shape[-2:]  # a signal: one row of time steps
         b, n = m.shape
         p = _tie_first(values, self.seed)
         # The Euclidean distance from the point to its nearest mask pixel (what a distance transform of ~mask
