@@ -107,8 +107,9 @@ def explain(
     Parameters
     ----------
     model
-        A ``torch.nn.Module`` (adapted on the fly as a classifier), a fitted scikit-learn estimator, or
-        a :class:`~whybox.models.ModelAdapter` from :func:`whybox.adapt`.
+        A ``torch.nn.Module`` (adapted on the fly as a classifier), a fitted scikit-learn estimator, a function
+        ``inputs -> scores (B, K)`` (a black box), or a :class:`~whybox.models.ModelAdapter` from
+        :func:`whybox.adapt`.
     inputs
         ``(B, ...)`` tensor with a leading batch dimension, or a numeric numpy array or pandas DataFrame (copied
         to a tensor; a DataFrame's column names go to ``meta["feature_names"]`` and must match the columns a

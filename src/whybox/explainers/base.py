@@ -341,10 +341,15 @@ class GradientExplainer(Explainer):
                 engine.n_forward += xi.shape[0]
                 engine.n_batches += 1
                 if not raw.requires_grad:
+                    numpy = getattr(self.adapter.model, "returns_numpy", False)  # a FunctionModel's NumPy scores
                     raise NotDifferentiableError(
-                        f"the scores of {type(self.adapter.model).__name__} carry no gradient (an argmax, a "
-                        f"detach or torch.no_grad inside the model?), so {self.name!r} cannot run; use "
-                        f"{PERTURBATION_HINT}."
+                        f"the scores of {type(self.adapter.model).__name__} carry no gradient ("
+                        + (
+                            "the function returns NumPy values, not torch tensors"
+                            if numpy
+                            else "an argmax, a detach or torch.no_grad inside the model?"
+                        )
+                        + f"), so {self.name!r} cannot run; use {PERTURBATION_HINT}."
                     )
                 space = apply_score_space(raw, self.score)
                 if isinstance(target, Target):

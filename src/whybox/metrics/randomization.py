@@ -293,7 +293,14 @@ class Randomization(_MapComparison):
             layers = execution_layers(work.model, ctx.x[:1], include_norm=self.include_norm, forward=work.scores)
         ctx.passes["n_forward"] += 1  # the run on one row that finds the layers in execution order
         if not layers:
-            raise InvalidParameterError("the model has no layer with weights to randomise.")
+            raise InvalidParameterError(
+                "the model has no layer with weights to randomise"
+                + (
+                    " (a function: pass the torch.nn.Module itself, or use random_logit as the sanity check)."
+                    if type(work.model).__name__ == "FunctionModel"
+                    else "."
+                )
+            )
         steps = list(reversed(layers))
         original_state = copy.deepcopy(work.model.state_dict()) if self.order == "independent" else None
         sims: dict[str, list[torch.Tensor]] = {k: [] for k in self.similarities}

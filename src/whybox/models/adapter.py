@@ -78,6 +78,36 @@ def _describe(out: Any) -> str:
     return type(out).__name__
 
 
+class FunctionModel(nn.Module):
+    """A function ``x -> scores (B, K)`` as a module, so a black box (a NumPy model, a remote scorer, a lambda
+    around a model that takes more arguments) is explained as a torch model is: its output may be a tensor or
+    anything NumPy reads, and comes back as a tensor on the input's device. The perturbation methods and LIMA need
+    nothing more; the gradient methods need the function to be differentiable torch code, and the CAMs a layer."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], Any]) -> None:
+        super().__init__()
+        self.fn = fn
+        self.returns_numpy = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.fn(x)
+        if isinstance(out, torch.Tensor):
+            return out
+        import numpy as np
+
+        self.returns_numpy = True
+        arr = np.asarray(out)
+        if not np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_:
+            raise ModelOutputError(
+                f"the function {getattr(self.fn, '__name__', type(self.fn).__name__)!r} returned {type(out).__name__} "
+                f"of dtype {arr.dtype}; return class scores (B, K): a tensor or a numeric array."
+            )
+        return torch.from_numpy(np.array(arr, dtype=np.float64 if arr.dtype == np.float64 else np.float32)).to(x.device)
+
+    def extra_repr(self) -> str:
+        return getattr(self.fn, "__name__", type(self.fn).__name__)
+
+
 class TorchAdapter(ModelAdapter):
     """A torch module whose (selected) output is ``(B, K)`` class scores (logits)."""
 
@@ -426,7 +456,9 @@ def adapt(
     ----------
     model
         A ``torch.nn.Module`` returning class logits, an embedding model (``kind="embedding"``), a
-        fitted scikit-learn estimator, or an existing :class:`ModelAdapter` (returned unchanged).
+        fitted scikit-learn estimator, a function ``inputs -> scores (B, K)`` (a black box: a tensor or any NumPy
+        array back; see :class:`FunctionModel`; the modules it calls are not put in eval mode by whybox), or an
+        existing :class:`ModelAdapter` (returned unchanged).
     kind
         ``"classifier"`` (scores are the model's outputs, logits of mutually exclusive classes),
         ``"multilabel"`` (the outputs are the logits of independent labels: the probability an explainer or metric
@@ -483,7 +515,15 @@ def adapt(
                 )
             )
         return SklearnAdapter(model, preprocess=preprocess)
+    if callable(model) and not isinstance(model, type):  # a function x -> scores: wrapped as a module
+        if kind == "embedding":
+            raise InvalidParameterError(
+                "kind='embedding' takes a torch.nn.Module; wrap the function in one, or return class scores (B, K)."
+            )
+        adapter = TorchAdapter(FunctionModel(model), output=output, layers=layers, preprocess=preprocess)
+        adapter.kind = kind
+        return adapter
     raise InvalidParameterError(
         f"model of type {type(model).__name__} is not supported; pass a torch.nn.Module, a fitted "
-        "scikit-learn estimator or a whybox ModelAdapter."
+        "scikit-learn estimator, a function inputs -> scores (B, K) or a whybox ModelAdapter."
     )

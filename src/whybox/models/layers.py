@@ -267,19 +267,22 @@ def auto_layer(adapter: TorchAdapter, x: torch.Tensor) -> tuple[LayerRef, int, i
     finally:
         for h in handles:
             h.remove()
+    fix = (
+        "a function has no layers to read: pass the torch.nn.Module itself, or use 'rise' or a perturbation method "
+        "(they need only the outputs)."
+        if type(model).__name__ == "FunctionModel"
+        else "pass layer= explicitly."
+    )
     if signal:
         spatial = list(reversed(_signal_outputs(events, modules)))
         if not spatial:
             raise LayerError(
-                f"no layer of {type(model).__name__} produces a (B, C, L) output with L > 1 after an nn.Conv1d; pass "
-                "layer= explicitly."
+                f"no layer of {type(model).__name__} produces a (B, C, L) output with L > 1 after an nn.Conv1d; {fix}"
             )
     else:
         spatial = [(name, k, t) for name, k, t in reversed(events) if _is_spatial(tuple(t.shape))]
         if not spatial:
-            raise LayerError(
-                f"no layer of {type(model).__name__} produces a spatial (B, C, h, w) output; pass layer= explicitly."
-            )
+            raise LayerError(f"no layer of {type(model).__name__} produces a spatial (B, C, h, w) output; {fix}")
     chosen = spatial[0]
     reached = _reached(scores, [t for _, _, t in spatial], signal=signal)
     if reached is not None and any(reached):

@@ -210,6 +210,33 @@ def _hash_tensor(h: Any, t: torch.Tensor) -> None:
     h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-d buffers too
 
 
+def _hash_function(h: Any, fn: Any) -> None:
+    """A function's identity for the weights fingerprint: its name, bytecode and constants, and the tensors,
+    arrays and numbers it closes over (an nn.Module among them by its state). Data it reaches otherwise (globals,
+    files) is not seen."""
+    code = getattr(fn, "__code__", None)
+    h.update(str(getattr(fn, "__qualname__", type(fn).__qualname__)).encode())
+    if code is None:
+        return
+    h.update(code.co_code)
+    h.update(repr(code.co_consts).encode())
+    for cell in getattr(fn, "__closure__", None) or ():
+        try:
+            v = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        if isinstance(v, torch.Tensor):
+            _hash_tensor(h, v)
+        elif isinstance(v, np.ndarray):
+            _hash_tensor(h, torch.from_numpy(np.ascontiguousarray(v)))
+        elif isinstance(v, torch.nn.Module):
+            for k, t in sorted(v.state_dict().items()):
+                h.update(k.encode())
+                _hash_tensor(h, t)
+        elif isinstance(v, (bool, int, float, str)):
+            h.update(repr(v).encode())
+
+
 def fingerprints(
     job: Job,
     model: Any,
@@ -242,6 +269,9 @@ def fingerprints(
         for k, v in sorted(module.state_dict().items()):
             hw.update(k.encode())
             _hash_tensor(hw, v)
+        fn = getattr(module, "fn", None)
+        if type(module).__name__ == "FunctionModel" and fn is not None:  # a black-box function: its code and data
+            _hash_function(hw, fn)
     else:  # a scikit-learn estimator: its pickled bytes (hashed, never loaded)
         import pickle
 

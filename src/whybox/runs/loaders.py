@@ -326,10 +326,15 @@ def _import_and_call(spec: str, path: Path, name: str) -> Any:
     if any(callable(getattr(model, m, None)) for m in ("predict_proba", "decision_function", "predict")):
         _check_fitted(spec, model)
         return model
+    if callable(model) and not isinstance(model, type):  # a function inputs -> scores: a black box
+        from whybox.models.adapter import adapt
+
+        return adapt(model)
     raise InvalidParameterError(
         f"model {spec!r}: {name}() returned a {type(model).__name__}; it must return a torch.nn.Module, a fitted "
-        "estimator with predict_proba, decision_function or predict (a scikit-learn classifier or regressor), or "
-        "a whybox adapter (whybox.adapt(model, output=...) for a model whose output is a tuple, dict or ModelOutput)."
+        "estimator with predict_proba, decision_function or predict (a scikit-learn classifier or regressor), a "
+        "function inputs -> scores (B, K), or a whybox adapter (whybox.adapt(model, output=...) for a model whose "
+        "output is a tuple, dict or ModelOutput)."
     )
 
 
