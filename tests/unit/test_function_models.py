@@ -68,7 +68,10 @@ def test_a_torch_function_takes_the_gradient_methods_and_extra_arguments() -> No
 
 def test_what_a_function_cannot_do_is_named() -> None:
     model, x = linear(), rows()
-    with pytest.raises(NotDifferentiableError, match=r"the function returns NumPy values, not torch tensors"):
+    with pytest.raises(
+        NotDifferentiableError,
+        match=r"the function returns NumPy values, not torch tensors\), so 'saliency' cannot run; use 'rise', 'lima' or a perturbation method \(they need only the outputs\)\.$",
+    ):
         whybox.explain(numpy_model(model), x, "saliency")
     with pytest.raises(
         ModelOutputError, match=r"the function '<lambda>' returned str of dtype <U4; return class scores"

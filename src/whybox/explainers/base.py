@@ -349,7 +349,12 @@ class GradientExplainer(Explainer):
                             if numpy
                             else "an argmax, a detach or torch.no_grad inside the model?"
                         )
-                        + f"), so {self.name!r} cannot run; use {PERTURBATION_HINT}."
+                        + f"), so {self.name!r} cannot run; use "
+                        + (
+                            "'rise', 'lima' or a perturbation method (they need only the outputs)."
+                            if numpy
+                            else f"{PERTURBATION_HINT}."
+                        )
                     )
                 space = apply_score_space(raw, self.score)
                 if isinstance(target, Target):
