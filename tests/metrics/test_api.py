@@ -127,6 +127,33 @@ def test_metric_contract(name: str) -> None:
     assert _fingerprint(model) == before
 
 
+@pytest.mark.parametrize("name", METRICS.names())
+def test_batched_equals_one_by_one(name: str) -> None:
+    """RELIABILITY: a sample's score does not depend on its place in the batch. The maps are plateaus (every value
+    tied four times), so the tie rule decides the orders; random draws (subsets, noise, perturbations, the other
+    class) are keyed by the sample, not its row index."""
+    model = cnn3().eval()
+    x = randn(3, 3, 8, 8, seed=1)
+    a = (
+        torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(2))
+        .repeat_interleave(2, 2)
+        .repeat_interleave(2, 3)
+    )
+    e = whybox.Explanation(a, torch.tensor([0, 1, 2]), "saliency", {"abs": True})
+    masks = torch.zeros(3, 8, 8, dtype=torch.bool)
+    masks[:, 2:6, 1:5] = True
+    kw = {"masks": masks} if name in MASKS else {}
+    opts = {**FAST.get(name, {}), "seed": 3}
+    together = whybox.evaluate(model, x, e, name, **kw, **opts).scores
+    for i in range(3):
+        alone = whybox.evaluate(
+            model, x[i : i + 1], e[i : i + 1], name, **{k: v[i : i + 1] for k, v in kw.items()}, **opts
+        )
+        torch.testing.assert_close(alone.scores, together[i : i + 1], rtol=1e-5, atol=1e-7, equal_nan=True)
+    flipped = whybox.evaluate(model, x.flip(0), e[[2, 1, 0]], name, **{k: v.flip(0) for k, v in kw.items()}, **opts)
+    torch.testing.assert_close(flipped.scores.flip(0), together, rtol=1e-5, atol=1e-7, equal_nan=True)
+
+
 def test_bare_attribution_tensor_explains_the_predicted_class() -> None:
     model, x = cnn3(), randn(3, 3, 8, 8, seed=2)
     r = whybox.evaluate(model, x, randn(3, 1, 8, 8, seed=3), "deletion", steps=4)

@@ -142,7 +142,7 @@ def test_max_sensitivity_agrees_with_captum_on_the_same_draws() -> None:
 
     def perturb(inputs: torch.Tensor) -> torch.Tensor:
         i = torch.arange(inputs.shape[0])  # captum repeats each row n times: pair (i // n, i % n)
-        return inputs + metric._draws(i // n, i % n, inputs)
+        return inputs + metric._draws(i // n, i % n, x)  # (draws keyed by the sample x[i // n] itself)
 
     ref = metrics.sensitivity_max(explain, x, perturb_func=perturb, n_perturb_samples=n, target=y)
     r = metric(model, x, explain(x, y)[0], target=y)

@@ -239,6 +239,27 @@ def derived_seeds(seed: int, key: int, cols: np.ndarray) -> list[int]:
 _TIE_KEY = 7_151_829  # keys of the derived generators: one stream per purpose
 
 
+def row_keys(x: torch.Tensor) -> list[int]:
+    """One key per row of ``x`` ``(B, ...)`` in ``[0, 2**32)``, from the row's content (its dtype and bytes): a
+    metric's random draws for a sample are keyed by it, so they do not depend on the sample's position in the batch
+    (RELIABILITY: batched equals one-by-one) while different samples still draw differently."""
+    import hashlib
+
+    rows = x.detach().to("cpu").contiguous()
+    tag = str(rows.dtype).encode()
+    flat = rows.reshape(rows.shape[0], -1)
+    if flat.dtype == torch.bfloat16:  # NumPy has no bfloat16: its bits as int16
+        flat = flat.view(torch.int16)
+    arr = flat.numpy()
+    return [int.from_bytes(hashlib.blake2b(tag + r.tobytes(), digest_size=4).digest(), "little") for r in arr]
+
+
+def _tie_rho(seed: int, n: int) -> np.ndarray:
+    """The tie rule's permutation of ``0..n-1``, drawn from ``seed`` alone: every row (and every call) that meets
+    a tie among ``n`` features uses the same one, so a sample's order does not depend on its place in the batch."""
+    return torch.randperm(n, generator=derive_generator(seed, _TIE_KEY)).numpy()
+
+
 def _ranking_values(values: torch.Tensor | np.ndarray, descending: bool = True) -> np.ndarray:
     """``values`` as float64 NumPy on the CPU, ready to rank: NaN becomes -inf (``descending``) or +inf, so it comes
     last, and infinities become the largest finite floats, so NaN comes after them too. A float64 array is used as
@@ -255,7 +276,8 @@ def _ranking_values(values: torch.Tensor | np.ndarray, descending: bool = True) 
 def tie_order(values: torch.Tensor, seed: int, *, descending: bool = True) -> torch.Tensor:
     """Feature order by ``values`` ``(B, N)``, ties broken by the fixed seeded rule of METRICS.md.
 
-    For row ``i`` a permutation ``rho`` of ``0..N-1`` is drawn from ``(seed, i)``; the order is the sort on
+    A permutation ``rho`` of ``0..N-1`` is drawn from ``seed`` (the same for every row, so a row's order does not
+    depend on its place in the batch); the order is the sort on
     ``(-value, rho)`` (``(value, rho)`` when ``descending=False``), a total order, so no sort algorithm can change
     it: a row without ties is ordered by its distinct values (an unstable, SIMD argsort is safe there), a row with
     ties by the distinct integers ``dense_rank(value) * N + rho``. NaN values sort last.
@@ -274,10 +296,11 @@ def tie_order(values: torch.Tensor, seed: int, *, descending: bool = True) -> to
     ranked = key[np.arange(b)[:, None], first]
     new_value = ranked[:, 1:] != ranked[:, :-1]
     out = first
+    rho = None
     for i in np.flatnonzero(~new_value.all(1)).tolist():
         dense = np.empty(n, dtype=np.int64)
         dense[first[i]] = np.concatenate([[0], np.cumsum(new_value[i])])
-        rho = torch.randperm(n, generator=derive_generator(seed, _TIE_KEY, i)).numpy()
+        rho = _tie_rho(seed, n) if rho is None else rho
         out[i] = np.argsort(dense * n + rho)
     return torch.from_numpy(out).to(values.device)
 
@@ -314,8 +337,8 @@ def _tie_top(v: np.ndarray, seed: int, kk: np.ndarray) -> np.ndarray:
     if not straddle.size:
         return top
     count = top.sum(1)
+    rho = _tie_rho(seed, n)
     for i in straddle.tolist():
-        rho = torch.randperm(n, generator=derive_generator(seed, _TIE_KEY, i)).numpy()
         group = np.flatnonzero(v[i] == kth[i])
         need = int(kk[i]) - (count[i] - group.size)
         top[i, group] = False
@@ -342,8 +365,8 @@ def _tie_first(v: np.ndarray, seed: int) -> np.ndarray:
     v = _ranking_values(v)
     first = v.argmax(1)
     at_max = v == v[np.arange(b), first][:, None]
+    rho = _tie_rho(seed, n)
     for i in np.flatnonzero(at_max.sum(1) > 1).tolist():
-        rho = torch.randperm(n, generator=derive_generator(seed, _TIE_KEY, i)).numpy()
         group = np.flatnonzero(at_max[i])
         first[i] = group[rho[group].argmin()]
     return first

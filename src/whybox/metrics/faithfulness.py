@@ -35,6 +35,7 @@ from whybox.metrics.base import (
     derive_generator,
     feature_scores,
     pearson,
+    row_keys,
     spearman,
     tie_order,
     trapezoid,
@@ -108,9 +109,9 @@ def resolve_fill(
             return x.reshape(x.shape[0], -1).amin(1).view(-1, *([1] * (x.ndim - 1))).expand_as(x).clone()
         if fill == "uniform":
             out = torch.empty_like(x)
-            for i in range(x.shape[0]):
+            for i, key in enumerate(row_keys(x)):
                 lo, hi = x[i].min(), x[i].max()
-                u = torch.rand(x.shape[1:], generator=derive_generator(seed, _UNIFORM_KEY, i), dtype=torch.float64)
+                u = torch.rand(x.shape[1:], generator=derive_generator(seed, _UNIFORM_KEY, key), dtype=torch.float64)
                 out[i] = lo + (hi - lo) * u.to(device=x.device, dtype=x.dtype)
             return out
     return make_fill(fill, x)
@@ -572,8 +573,8 @@ class MuFidelity(Metric):
         else:
             k = min(max(1, round(self.subset_fraction * m)), m)
             sub = torch.zeros(b, self.n_samples, m, dtype=torch.bool)
-            for i in range(b):
-                g = derive_generator(self.seed, _SUBSET_KEY, i)
+            for i, key in enumerate(row_keys(x)):  # keyed by the sample, not its place in the batch
+                g = derive_generator(self.seed, _SUBSET_KEY, key)
                 if self.bernoulli:
                     sub[i] = torch.rand(self.n_samples, m, generator=g, dtype=torch.float64) < self.subset_fraction
                 else:

@@ -26,6 +26,7 @@ from whybox.metrics.base import (
     check_options,
     derive_generator,
     make_explain_fn,
+    row_keys,
     spearman,
 )
 from whybox.models.adapter import TorchAdapter
@@ -354,8 +355,9 @@ class RandomLogit(_MapComparison):
     def _reads_clean(self) -> bool:
         return self.other_class is None  # the draw needs the number of classes; given ones are range-checked later
 
-    def _other(self, target: torch.Tensor, clean: torch.Tensor | None) -> torch.Tensor:
-        """``(B,)`` int64: the class each row's map is compared with, for the targets ``(B,)`` (CPU)."""
+    def _other(self, target: torch.Tensor, clean: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` int64: the class each row's map is compared with, for the targets ``(B,)`` (CPU); a drawn
+        class is keyed by the row's inputs ``x`` (:func:`row_keys`), not its place in the batch."""
         b = target.shape[0]
         if self.other_class is not None:
             try:  # the checks of any target (ints, one per row), then the range where it meets the model's scores
@@ -381,8 +383,12 @@ class RandomLogit(_MapComparison):
                 f"random_logit compares the explanation with that of another class, so it needs a model with at least "
                 f"2 classes; this one has {k} output (a regressor, a single logit, one reference embedding)."
             )
+        keys = row_keys(x)  # keyed by the sample, not its place in the batch
         offs = torch.tensor(
-            [int(torch.randint(0, k - 1, (1,), generator=derive_generator(self.seed, _LOGIT_KEY, i))) for i in range(b)]
+            [
+                int(torch.randint(0, k - 1, (1,), generator=derive_generator(self.seed, _LOGIT_KEY, keys[i])))
+                for i in range(b)
+            ]
         )
         return (target + 1 + offs) % k
 
@@ -392,7 +398,7 @@ class RandomLogit(_MapComparison):
         if ctx.target.fn is not None:
             raise InvalidParameterError("random_logit needs class targets, not a callable target.")
         score = self._score_similarity(ctx.attributions)
-        other = self._other(ctx.target.index.cpu(), ctx.clean)
+        other = self._other(ctx.target.index.cpu(), ctx.clean, ctx.x)
         fn, name = make_explain_fn(self.explainer, ctx.explanation, self.explainer_params, ctx.passes)
         try:
             a = fn(ctx.adapter, ctx.x, Target(other), None).attributions

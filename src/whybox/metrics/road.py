@@ -26,6 +26,7 @@ from whybox.metrics.base import (
     check_float,
     derive_generator,
     feature_scores,
+    row_keys,
     tie_order,
 )
 from whybox.registry import METRICS
@@ -354,12 +355,13 @@ class ROAD(Metric):
             return groups.expand(~removed(rows, ks), rows)
 
         noise = self.noise
+        keys = row_keys(x) if noise > 0 else []  # noise keyed by the sample, not its place in the batch
         key_offset = nf if self.orders == "lerf" else 0  # a mask draws the noise it draws with orders="both"
 
         def fill(rows: torch.Tensor, ks: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
             gens = (
                 [
-                    derive_generator(self.seed, _NOISE_KEY, r, k + key_offset)
+                    derive_generator(self.seed, _NOISE_KEY, keys[r], k + key_offset)
                     for r, k in zip(rows.tolist(), ks.tolist(), strict=True)
                 ]
                 if noise > 0

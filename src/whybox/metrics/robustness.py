@@ -22,6 +22,7 @@ from whybox.metrics.base import (
     check_options,
     derived_seeds,
     make_explain_fn,
+    row_keys,
 )
 from whybox.registry import METRICS
 
@@ -130,6 +131,7 @@ class Infidelity(Metric):
         else:
             n = self.n_samples
             dot = torch.empty(b, n, dtype=torch.float64, device=x.device)
+            keys = torch.tensor(row_keys(x), dtype=torch.int64)  # draws keyed by the sample, not its place
 
             def masks(rows: torch.Tensor, ks: torch.Tensor) -> torch.Tensor:
                 return torch.zeros((rows.shape[0], *one), dtype=torch.bool, device=x.device)
@@ -137,7 +139,7 @@ class Infidelity(Metric):
             def fill(rows: torch.Tensor, ks: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
                 eps = torch.empty((rows.shape[0], *x.shape[1:]), dtype=torch.float64)
                 g = torch.Generator()  # reseeded per pair: derive_generator(seed, key, row, draw)'s stream
-                pairs = torch.stack([rows, ks], 1).cpu().numpy()
+                pairs = torch.stack([keys[rows.cpu()], ks.cpu()], 1).numpy()  # (sample key, draw)
                 for j, s in enumerate(derived_seeds(self.seed, _INFD_KEY, pairs)):
                     torch.randn(x.shape[1:], generator=g.manual_seed(s), dtype=torch.float64, out=eps[j])
                 xt = self.baseline + self.sigma * eps.to(x.device)
@@ -242,7 +244,8 @@ class MaxSensitivity(Metric):
             return given[rows.to(given.device), ks.to(given.device)]
         u = torch.empty((rows.shape[0], *x.shape[1:]), dtype=torch.float64)
         g = torch.Generator()  # reseeded per pair: the stream derive_generator(seed, key, row, draw) would give
-        for i, s in enumerate(derived_seeds(self.seed, _SENS_KEY, torch.stack([rows, ks], 1).cpu().numpy())):
+        keys = torch.tensor(row_keys(x), dtype=torch.int64)[rows.cpu()]  # the sample's key, not its place in the batch
+        for i, s in enumerate(derived_seeds(self.seed, _SENS_KEY, torch.stack([keys, ks.cpu()], 1).numpy())):
             torch.rand(x.shape[1:], generator=g.manual_seed(s), dtype=torch.float64, out=u[i])
         return ((2 * u - 1) * self.radius).to(device=x.device, dtype=x.dtype)
 
