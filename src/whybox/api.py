@@ -209,7 +209,8 @@ def evaluate(
         Per-sample ``scores`` ``(B,)``, ``curves`` where the metric has them, ``higher_is_better``, ``params``.
     """
     cls = METRICS.get(metric)
-    inputs, explanation, params = _text_evaluation(model, inputs, explanation, metric, params)
+    if isinstance(inputs, (str, list, tuple)) or hasattr(explanation, "words"):  # texts, or an explain_text result
+        inputs, explanation, params = _text_evaluation(model, inputs, explanation, metric, params)
     try:
         m = cls(**params)
     except TypeError as exc:

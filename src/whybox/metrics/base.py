@@ -944,18 +944,12 @@ class Metric:
         a = attributions
         if a.ndim < 2 or a.shape[0] != x.shape[0] or not a.is_floating_point() or a.requires_grad:
             a = self._validate_attributions(a, x)
-        m, signal = (None, False) if masks is None else self._validate_masks(masks, x)
-        ctx = Context(
-            None,
-            x,
-            a,
-            None if target is None else self._target_without_model(target, None, x),
-            None,
-            None,
-            None,
-            m,
-            signal_given=signal,
-        )
+        tgt = None if target is None else self._target_without_model(target, None, x)
+        if masks is None:
+            ctx = Context(None, x, a, tgt, None, None, None)
+        else:
+            m, signal = self._validate_masks(masks, x)
+            ctx = Context(None, x, a, tgt, None, None, None, m, signal_given=signal)
         scores, curves, meta = self._checked_compute(ctx)
         return self._result(ctx, scores, curves, meta, None)
 
