@@ -1128,3 +1128,48 @@ def test_explain_target_by_class_name(runner: CliRunner, files: Files) -> None:
         "Error: --target must be 'prediction', 'label', a class index, or one of the model's class names "
         "(e.g. 'setosa'); got 'rose'."
     )
+
+
+FUNCTIONS_PY = """
+import numpy as np
+import torch
+
+from model import build
+
+NET = build()
+
+
+def numpy_rows():
+    w = np.arange(12, dtype=np.float64).reshape(4, 3) / 10.0
+    return lambda x: x.detach().numpy() @ w
+
+
+def torch_images():
+    return lambda x: NET(x)
+"""
+
+
+def test_compare_by_default_runs_only_the_methods_the_model_can_run(runner: CliRunner, files: Files) -> None:
+    """Without --methods, compare leaves out (and says so) the gradient methods for a model that gives no gradients
+    (a scikit-learn-like NumPy function) and the CAMs for a function (it has no layers), so no unit fails for a
+    reason known in advance; a torch function keeps the gradient methods."""
+    (files.tmp / "functions.py").write_text(FUNCTIONS_PY)
+    np.save(files.tmp / "rows.npy", np.random.default_rng(1).random((5, 4)))
+    rows = invoke(runner, ["compare", "--model", f"{files.tmp / 'functions.py'}:numpy_rows", files.tmp / "rows.npy",
+                           "--metrics", "deletion", "--out", files.tmp / "r1", "--no-report"])  # fmt: skip
+    assert rows.exit_code == 0, rows.output
+    assert "left out: input_x_gradient, integrated_gradients, saliency, smoothgrad (the model gives no gradients)" in (
+        rows.stderr
+    )
+    assert "0 failed (sample, method) pairs" in rows.stdout
+    assert "kernel_shap" in rows.stdout and "saliency " not in rows.stdout
+    images = invoke(runner, ["compare", "--model", f"{files.tmp / 'functions.py'}:torch_images", files.x,
+                             "--metrics", "deletion", "--out", files.tmp / "r2", "--no-report"])  # fmt: skip
+    assert images.exit_code == 0, images.output
+    assert "left out: gradcam, gradcam_pp, hirescam, layercam, scorecam, xgradcam (a function has no layers)" in (
+        images.stderr
+    )
+    assert "0 failed (sample, method) pairs" in images.stdout and "saliency " in images.stdout
+    module = invoke(runner, ["compare", "--model", files.spec, files.x, "--metrics", "deletion", "--out",
+                             files.tmp / "r3", "--no-report"])  # fmt: skip
+    assert module.exit_code == 0 and "left out" not in module.stderr and "gradcam " in module.stdout

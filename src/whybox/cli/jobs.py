@@ -438,6 +438,36 @@ def explain_cmd(ctx: click.Context, **params: Any) -> None:
     click.echo(f"wrote {out_dir / 'explanation.safetensors'}")
 
 
+def _model_can_run(methods: Sequence[str], model: Any, x: torch.Tensor) -> tuple[list[str], str]:
+    """Of ``methods``, those the model can run: gradient methods need a differentiable model (not a scikit-learn
+    estimator, nor a function returning NumPy values: one forward on one sample tells), CAMs need a torch model's
+    layers (not a function). Returns the methods kept and a line saying what was left out and why ("" if nothing)."""
+    from whybox.explainers.cam.base import CAM
+    from whybox.models.adapter import adapt
+    from whybox.registry import EXPLAINERS
+
+    adapter = adapt(model)
+    function = type(getattr(adapter, "model", None)).__name__ == "FunctionModel"
+    grads = bool(adapter.differentiable)
+    if grads and function:
+        probe = x[:1].detach().to(adapter.device)
+        probe = (probe if probe.is_floating_point() else probe.float()).requires_grad_(True)
+        with adapter.guard("eval"), torch.enable_grad():
+            try:
+                grads = bool(adapter.scores(probe).requires_grad)
+            except (*_MODEL_ERRORS, WhyboxError):  # the run itself records why the model fails
+                grads = False
+    no_grad = [m for m in methods if getattr(EXPLAINERS.get(m), "needs_grad", False)] if not grads else []
+    no_layer = [m for m in methods if function and issubclass(EXPLAINERS.get(m), CAM)]
+    kept = [m for m in methods if m not in no_grad and m not in no_layer]
+    why = []
+    if no_grad:
+        why.append(f"{', '.join(no_grad)} (the model gives no gradients)")
+    if no_layer:
+        why.append(f"{', '.join(no_layer)} (a function has no layers)")
+    return kept, "; ".join(why)
+
+
 def _text_batch(lm: Any, ds: Any) -> Any:
     """A text dataset's texts encoded by the model's text adapter (its inputs are the dataset's), else None."""
     if ds.kind != "text":
@@ -711,6 +741,9 @@ def compare_cmd(ctx: click.Context, **params: Any) -> None:
         loaded = _load(params)
         kind = loaded[1].kind
         methods = whybox.methods(kind if kind in ("image", "signal", "tabular", "text") else None)
+        methods, left = _model_can_run(methods, loaded[0].module, loaded[1].x)
+        if left:
+            click.echo(f"left out: {left}", err=True)
     try:
         job = Job(
             methods=tuple(methods),
