@@ -340,8 +340,9 @@ def _verdicts(report: RunReport) -> list[dict[str, Any]]:
 
 
 def _text_row(s: ReportSample, methods: list[str]) -> dict[str, Any]:
-    """A text sample's row: the text, and per method its words coloured by their values (red: for the predicted
-    class, blue: against), each cell scaled to its own largest magnitude."""
+    """The row of a text (or a table row, its ``column=value`` cells as words): the words, and per method the words
+    coloured by their values (red: for the predicted class, blue: against), each cell scaled to its own largest
+    magnitude."""
     from markupsafe import Markup
 
     from whybox.report.tokens import render_tokens_html
