@@ -12,7 +12,7 @@ import json
 import math
 import sqlite3
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +164,49 @@ def _label(names: list[str] | None, k: int | None) -> str | None:
     return str(k)
 
 
+#: What the per-sample grid shows of sample ``idx``: its picture (or None), its words (or None) and how a method's
+#: stored attributions become what is drawn, ``(array, method) -> map or one value per word``.
+SampleView = Callable[[int], tuple[np.ndarray | None, list[str] | None, Callable[[np.ndarray, str], np.ndarray | None]]]
+
+
+def _sample_view(kind: str, inputs_path: Path, extra: Mapping[str, Any]) -> SampleView | None:
+    """How the grid shows a sample of a run of ``kind``: images and signals as pictures under their maps, table rows
+    as ``column=value`` cells and texts as words, coloured per method; None when the run cannot show samples (no
+    stored inputs, or a text run from before the words were stored)."""
+    if kind == "text":
+        spans = extra.get("words")
+        if not isinstance(spans, list):
+            return None
+        from whybox.models.text import _per_element
+
+        def text(idx: int) -> Any:
+            words = spans[idx] if idx < len(spans) else []
+            return None, [str(w) for w, _ in words], lambda a, m: word_values(a, words, per_element=_per_element(m))
+
+        return text
+    if not inputs_path.is_file():
+        return None
+    x = np.load(inputs_path, mmap_mode="r", allow_pickle=False)
+    if kind == "tabular":
+        columns = extra.get("columns")
+        coded = extra.get("categories") or {}
+
+        def table(idx: int) -> Any:
+            row = np.asarray(x[idx], dtype=np.float64).reshape(-1)
+            names = list(columns) if isinstance(columns, list) and len(columns) == row.size else None
+            names = names or [f"x{j}" for j in range(row.size)]
+            cells = [f"{c}={_cell(v, coded.get(c))}" for c, v in zip(names, row.tolist(), strict=True)]
+            return None, cells, lambda a, m: np.asarray(a, dtype=np.float64).reshape(-1)
+
+        return table
+    if kind == "signal":
+        return lambda idx: (signal_picture(np.asarray(x[idx])), None, lambda a, m: a.sum(0, keepdims=True))
+    if kind == "image":
+        rule = extra.get("display", "clamp")
+        return lambda idx: (_display(np.asarray(x[idx]), rule), None, lambda a, m: _to_map(a))
+    return None
+
+
 def load_run_report(run_dir: str | Path, *, title: str | None = None, max_samples: int = 24) -> RunReport:
     """Read the run in ``run_dir`` into a :class:`RunReport`.
 
@@ -274,29 +317,25 @@ def load_run_report(run_dir: str | Path, *, title: str | None = None, max_sample
             )
 
     report_samples: list[ReportSample] = []
-    inputs_path = run_dir / INPUTS_NAME
-    display_rule = extra.get("display", "clamp")
     kind = extra.get("kind", "image")
-    if inputs_path.is_file() and kind in ("image", "signal"):
-        x = np.load(inputs_path, mmap_mode="r", allow_pickle=False)
+    view = _sample_view(kind, run_dir / INPUTS_NAME, extra)
+    if view is not None:
         for idx, name, label, prediction, probability in samples[: max(0, int(max_samples))]:
             idx = int(idx)
+            picture, words, value_of = view(idx)
             maps: dict[str, np.ndarray | None] = {}
             fails: dict[str, str] = {}
             for m in methods:
                 status, reason, array, row = result_of.get((idx, m), ("missing", "not computed yet", None, None))
                 if status == "ok" and array and row is not None:
-                    a = read_row(run_dir, array, row)
-                    maps[m] = a.sum(0, keepdims=True) if kind == "signal" else _to_map(a)  # (1, L) along time
+                    maps[m] = value_of(read_row(run_dir, array, row), m)
                 else:
                     maps[m] = None
                     fails[m] = str(reason)
             report_samples.append(
                 ReportSample(
                     name=str(name),
-                    image=signal_picture(np.asarray(x[idx]))
-                    if kind == "signal"
-                    else _display(np.asarray(x[idx]), display_rule),
+                    image=picture,
                     prediction=(_label(label_names, int(prediction)) or "")
                     if int(prediction) >= 0
                     else "(model failed)",
@@ -304,69 +343,7 @@ def load_run_report(run_dir: str | Path, *, title: str | None = None, max_sample
                     label=_label(label_names, None if label is None else int(label)),
                     maps=maps,
                     failures=fails,
-                )
-            )
-
-    if inputs_path.is_file() and kind == "tabular":
-        x = np.load(inputs_path, mmap_mode="r", allow_pickle=False)
-        columns = extra.get("columns")
-        labels_of = extra.get("categories") or {}
-        for idx, name, label, prediction, probability in samples[: max(0, int(max_samples))]:
-            idx = int(idx)
-            row_x = np.asarray(x[idx], dtype=np.float64).reshape(-1)
-            names = list(columns) if isinstance(columns, list) and len(columns) == row_x.size else None
-            names = names or [f"x{j}" for j in range(row_x.size)]
-            maps = {}
-            fails = {}
-            for m in methods:
-                status, reason, array, row = result_of.get((idx, m), ("missing", "not computed yet", None, None))
-                if status == "ok" and array and row is not None:
-                    maps[m] = np.asarray(read_row(run_dir, array, row), dtype=np.float64).reshape(-1)
-                else:
-                    maps[m] = None
-                    fails[m] = str(reason)
-            report_samples.append(
-                ReportSample(
-                    name=str(name),
-                    image=None,
-                    prediction=(_label(label_names, int(prediction)) or "")
-                    if int(prediction) >= 0
-                    else "(model failed)",
-                    probability=None if probability is None else float(probability),
-                    label=_label(label_names, None if label is None else int(label)),
-                    maps=maps,
-                    failures=fails,
-                    words=[f"{c}={_cell(v, labels_of.get(c))}" for c, v in zip(names, row_x.tolist(), strict=True)],
-                )
-            )
-    spans = extra.get("words")
-    if kind == "text" and isinstance(spans, list):
-        from whybox.models.text import _per_element
-
-        for idx, name, label, prediction, probability in samples[: max(0, int(max_samples))]:
-            idx = int(idx)
-            words = spans[idx] if idx < len(spans) else []
-            maps = {}
-            fails = {}
-            for m in methods:
-                status, reason, array, row = result_of.get((idx, m), ("missing", "not computed yet", None, None))
-                if status == "ok" and array and row is not None:
-                    maps[m] = word_values(read_row(run_dir, array, row), words, per_element=_per_element(m))
-                else:
-                    maps[m] = None
-                    fails[m] = str(reason)
-            report_samples.append(
-                ReportSample(
-                    name=str(name),
-                    image=None,
-                    prediction=(_label(label_names, int(prediction)) or "")
-                    if int(prediction) >= 0
-                    else "(model failed)",
-                    probability=None if probability is None else float(probability),
-                    label=_label(label_names, None if label is None else int(label)),
-                    maps=maps,
-                    failures=fails,
-                    words=[str(w) for w, _ in words],
+                    words=words,
                 )
             )
 
