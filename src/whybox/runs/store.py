@@ -290,15 +290,21 @@ class RunStore:
         return self._read_fingerprints(self.db_path)
 
     @staticmethod
+    def _read_run_table(db_path: Path, like: str) -> list[tuple[str, str]]:
+        """The ``(key, value)`` rows of the run table whose key is ``LIKE`` the pattern (read-only; raises
+        sqlite3.DatabaseError)."""
+        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=60.0)
+        try:
+            return conn.execute("SELECT key, value FROM run WHERE key LIKE ?", (like,)).fetchall()
+        finally:
+            conn.close()
+
+    @staticmethod
     def _read_fingerprints(db_path: Path) -> dict[str, str] | None:
         if not db_path.exists():
             return None
         try:
-            conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=60.0)
-            try:
-                rows = conn.execute("SELECT key, value FROM run WHERE key LIKE 'fingerprint.%'").fetchall()
-            finally:
-                conn.close()
+            rows = RunStore._read_run_table(db_path, "fingerprint.%")
         except sqlite3.DatabaseError as exc:
             raise InvalidParameterError(
                 f"{str(db_path)!r} is not a whybox run database ({exc}); choose another run directory."
@@ -311,12 +317,8 @@ class RunStore:
     def _read_config(db_path: Path) -> Any:
         """The stored job configuration (None where it cannot be read)."""
         try:
-            conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=60.0)
-            try:
-                row = conn.execute("SELECT value FROM run WHERE key = 'config'").fetchone()
-            finally:
-                conn.close()
-            return json.loads(row[0]) if row else None
+            rows = RunStore._read_run_table(db_path, "config")
+            return json.loads(rows[0][1]) if rows else None
         except (sqlite3.DatabaseError, ValueError):
             return None
 
