@@ -141,6 +141,16 @@ def ray_cluster() -> object:
     ray.shutdown()
 
 
+def _tiny_cnn() -> object:
+    import torch
+
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(),
+        torch.nn.Linear(16, 3),
+    ).eval()  # fmt: skip
+
+
 def die_once(marker: str, unit: object) -> None:
     """Kill the worker process the first time it starts shard 1 of saliency (a lost worker)."""
     if getattr(unit, "shard", None) == 1 and getattr(unit, "method", None) == "saliency" and not os.path.exists(marker):
@@ -158,11 +168,7 @@ def test_ray_local_cluster_equals_local_backend_even_when_a_worker_dies(tmp_path
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
     g = torch.Generator().manual_seed(0)
     x = torch.rand(20, 1, 8, 8, generator=g)
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(),
-        torch.nn.Linear(16, 3),
-    ).eval()  # fmt: skip
+    model = _tiny_cnn()
     job = Job(
         methods=("saliency", "lime", "gradcam"),
         metrics=("deletion", "insertion"),
@@ -187,11 +193,7 @@ def test_ray_cuts_data_options_to_each_unit_as_the_local_backend_does(tmp_path: 
     g = torch.Generator().manual_seed(1)
     x = torch.rand(6, 1, 8, 8, generator=g)
     fill = torch.rand(6, 1, 8, 8, generator=g)
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(),
-        torch.nn.Linear(16, 3),
-    ).eval()  # fmt: skip
+    model = _tiny_cnn()
     job = Job(methods=("occlusion", "kernel_shap"), metrics=("deletion",), shard_size=4,
               method_options={"kernel_shap": {"n_samples": 32}})  # fmt: skip
     given = {"occlusion": {"fill": fill, "window": 4}, "kernel_shap": {"fill": fill}}
