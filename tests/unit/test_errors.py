@@ -880,3 +880,17 @@ def test_the_sanity_checks_on_a_regressor_say_why_neither_applies() -> None:
         r"classes; this one has 1 output \(a regressor",
         lambda: whybox.evaluate(ridge, xs[:2], e, "random_logit"),
     )
+
+
+@pytest.mark.parametrize("texts", [["a fine film", "a dull one"], "a fine film"])
+def test_texts_given_to_a_tensor_model_name_the_text_adapters(texts: object) -> None:
+    want = (
+        r"inputs are texts, but this model reads tensors: adapt a Hugging Face classifier and its tokenizer with "
+        r"whybox\.adapt_text\(model, tokenizer\) and explain with whybox\.explain_text\(adapter, texts, method\), or "
+        r"wrap a function texts -> scores in whybox\.models\.blackbox_text\.BlackBoxTextAdapter\.$"
+    )
+    model = nn.Linear(4, 2)
+    with pytest.raises(InvalidInputError, match=want):
+        whybox.explain(model, texts, "occlusion")
+    with pytest.raises(InvalidInputError, match=want):
+        whybox.evaluate(model, texts, torch.zeros(2, 4), "deletion")

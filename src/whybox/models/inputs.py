@@ -95,6 +95,12 @@ def as_tensor_inputs(inputs: Any, coder: Any = None) -> tuple[torch.Tensor, list
             f"inputs must be rows (B, F); got a pandas Series of {len(inputs)} values, one row or one column. Pass "
             "rows as a DataFrame: X.iloc[[0]] (a one-row frame) instead of X.iloc[0]."
         )
+    if isinstance(inputs, str) or (isinstance(inputs, (list, tuple)) and inputs and isinstance(inputs[0], str)):
+        raise InvalidInputError(
+            "inputs are texts, but this model reads tensors: adapt a Hugging Face classifier and its tokenizer with "
+            "whybox.adapt_text(model, tokenizer) and explain with whybox.explain_text(adapter, texts, method), or "
+            "wrap a function texts -> scores in whybox.models.blackbox_text.BlackBoxTextAdapter."
+        )
     raise InvalidInputError(
         f"inputs must be a torch.Tensor, a numpy array or a pandas DataFrame with a leading batch dimension; got "
         f"{type(inputs).__name__}. Convert with torch.as_tensor(...)."
