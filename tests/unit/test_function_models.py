@@ -121,3 +121,13 @@ def test_a_model_file_may_return_a_function(tmp_path: object) -> None:
     lm = load_model(f"{path}:make")
     e = whybox.explain(lm.module, rows(), "occlusion")
     assert e.attributions.shape == (4, 6) and float(e.attributions[:, 3:].abs().max()) == 0.0  # unread columns: 0
+
+
+def test_a_function_returning_a_tuple_or_dict_is_selected_from_by_output() -> None:
+    model, x = linear(), rows()
+    want = whybox.explain(model, x, "occlusion").attributions
+    with pytest.raises(ModelOutputError, match=r"pass output= to adapt\(\)"):
+        whybox.explain(lambda t: {"logits": model(t), "hidden": t}, x, "occlusion")
+    for fn, output in ((lambda t: {"logits": model(t), "hidden": t}, "logits"), (lambda t: (model(t), t), 0)):
+        got = whybox.explain(whybox.adapt(fn, output=output), x, "occlusion").attributions
+        torch.testing.assert_close(got, want)

@@ -91,8 +91,8 @@ class FunctionModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.fn(x)
-        if isinstance(out, torch.Tensor):
-            return out
+        if isinstance(out, (torch.Tensor, tuple, Mapping)):  # a tuple or dict (ModelOutput): output= selects from it
+            return out  # type: ignore[return-value]
         import numpy as np
 
         self.returns_numpy = True
