@@ -235,17 +235,24 @@ class MaxSensitivity(Metric):
         return d.detach().to(device=x.device, dtype=x.dtype)
 
     def _draws(
-        self, rows: torch.Tensor, ks: torch.Tensor, x: torch.Tensor, given: torch.Tensor | None = None
+        self,
+        rows: torch.Tensor,
+        ks: torch.Tensor,
+        x: torch.Tensor,
+        given: torch.Tensor | None = None,
+        keys: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The perturbations of the (row, draw) pairs ``(rows[i], ks[i])``, ``(n, *S)`` in the inputs' dtype:
         ``given`` (:meth:`_given_deltas`) when there is one, else draw ``j`` of row ``i`` from its own generator
-        ``(seed, i, j)`` (scaled at once)."""
+        ``(seed, key of x[i], j)`` (scaled at once); ``keys`` are ``row_keys(x)`` when the caller has them."""
         if given is not None:
             return given[rows.to(given.device), ks.to(given.device)]
         u = torch.empty((rows.shape[0], *x.shape[1:]), dtype=torch.float64)
         g = torch.Generator()  # reseeded per pair: the stream derive_generator(seed, key, row, draw) would give
-        keys = torch.tensor(row_keys(x), dtype=torch.int64)[rows.cpu()]  # the sample's key, not its place in the batch
-        for i, s in enumerate(derived_seeds(self.seed, _SENS_KEY, torch.stack([keys, ks.cpu()], 1).numpy())):
+        if keys is None:
+            keys = torch.tensor(row_keys(x), dtype=torch.int64)
+        picked = keys[rows.cpu()]  # the sample's key, not its place in the batch
+        for i, s in enumerate(derived_seeds(self.seed, _SENS_KEY, torch.stack([picked, ks.cpu()], 1).numpy())):
             torch.rand(x.shape[1:], generator=g.manual_seed(s), dtype=torch.float64, out=u[i])
         return ((2 * u - 1) * self.radius).to(device=x.device, dtype=x.dtype)
 
@@ -268,10 +275,11 @@ class MaxSensitivity(Metric):
         sens = torch.empty(b, n, dtype=torch.float64)
         total = b * n
         step = ctx.engine.batch_size
+        keys = None if given is not None else torch.tensor(row_keys(x), dtype=torch.int64)  # hashed once per call
         for s in range(0, total, step):  # batch_size (row, draw) pairs at a time, each drawn once
             idx = torch.arange(s, min(s + step, total))
             rows, ks = idx // n, idx % n
-            xs = x[rows.to(x.device)] + self._draws(rows, ks, x, given)
+            xs = x[rows.to(x.device)] + self._draws(rows, ks, x, given, keys)
             if self.skip_label_change:  # the predicted class of each perturbed input: one more pass of its rows
                 pred[rows, ks] = ctx.engine.forward(xs).argmax(1).cpu()
             tgt = ctx.target.fn if ctx.target.fn is not None else ctx.target.index[rows]
