@@ -443,11 +443,11 @@ def _model_can_run(methods: Sequence[str], model: Any, x: torch.Tensor) -> tuple
     estimator, nor a function returning NumPy values: one forward on one sample tells), CAMs need a torch model's
     layers (not a function). Returns the methods kept and a line saying what was left out and why ("" if nothing)."""
     from whybox.explainers.cam.base import CAM
-    from whybox.models.adapter import adapt
+    from whybox.models.adapter import FunctionModel, adapt
     from whybox.registry import EXPLAINERS
 
     adapter = adapt(model)
-    function = type(getattr(adapter, "model", None)).__name__ == "FunctionModel"
+    function = isinstance(getattr(adapter, "model", None), FunctionModel)
     grads = bool(adapter.differentiable)
     if grads and function:
         probe = x[:1].detach().to(adapter.device)

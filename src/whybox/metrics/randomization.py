@@ -29,7 +29,7 @@ from whybox.metrics.base import (
     row_keys,
     spearman,
 )
-from whybox.models.adapter import TorchAdapter
+from whybox.models.adapter import FunctionModel, TorchAdapter
 from whybox.models.targets import Target, resolve_target
 from whybox.registry import METRICS
 
@@ -298,7 +298,7 @@ class Randomization(_MapComparison):
                 "the model has no layer with weights to randomise"
                 + (
                     " (a function: pass the torch.nn.Module itself, or use random_logit as the sanity check)."
-                    if type(work.model).__name__ == "FunctionModel"
+                    if isinstance(work.model, FunctionModel)
                     else "."
                 )
             )

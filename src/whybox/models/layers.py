@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from whybox.errors import LayerError, did_you_mean
-from whybox.models.adapter import LayerLike, TorchAdapter, is_signal
+from whybox.models.adapter import FunctionModel, LayerLike, TorchAdapter, is_signal
 
 __all__ = ["LayerRef", "auto_layer", "resolve_layers", "tap", "to_grid"]
 
@@ -270,7 +270,7 @@ def auto_layer(adapter: TorchAdapter, x: torch.Tensor) -> tuple[LayerRef, int, i
     fix = (
         "a function has no layers to read: pass the torch.nn.Module itself, or use 'rise' or a perturbation method "
         "(they need only the outputs)."
-        if type(model).__name__ == "FunctionModel"
+        if isinstance(model, FunctionModel)
         else "pass layer= explicitly."
     )
     if signal:

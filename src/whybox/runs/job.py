@@ -31,7 +31,7 @@ import torch
 
 from whybox.api import _options, evaluate, explain
 from whybox.errors import InvalidParameterError, WhyboxError, did_you_mean
-from whybox.models.adapter import ModelAdapter, adapt, output_probabilities
+from whybox.models.adapter import FunctionModel, ModelAdapter, adapt, output_probabilities
 from whybox.registry import EXPLAINERS, METRICS
 from whybox.runs.store import MetricValue, RunStore, SampleResult, UnitResult
 
@@ -269,9 +269,8 @@ def fingerprints(
         for k, v in sorted(module.state_dict().items()):
             hw.update(k.encode())
             _hash_tensor(hw, v)
-        fn = getattr(module, "fn", None)
-        if type(module).__name__ == "FunctionModel" and fn is not None:  # a black-box function: its code and data
-            _hash_function(hw, fn)
+        if isinstance(module, FunctionModel):  # a black-box function: its code and data
+            _hash_function(hw, module.fn)
     else:  # a scikit-learn estimator: its pickled bytes (hashed, never loaded)
         import pickle
 
