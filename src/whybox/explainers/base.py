@@ -79,6 +79,7 @@ def _black_box_hint(adapter: ModelAdapter) -> str:
     """The methods that need only the outputs of ``adapter``'s model, by what it reads: rows of features (a
     scikit-learn estimator) or texts (a black-box text scorer); otherwise the general hint."""
     from whybox.api import methods
+    from whybox.explainers.attention.explainers import AttentionExplainer
     from whybox.models.blackbox_text import BlackBoxTextAdapter
     from whybox.registry import EXPLAINERS
 
@@ -94,7 +95,7 @@ def _black_box_hint(adapter: ModelAdapter) -> str:
     names = [
         n
         for n in methods(kind)
-        if not getattr(EXPLAINERS.get(n), "needs_grad", False) and ".attention" not in EXPLAINERS.get(n).__module__
+        if not getattr(EXPLAINERS.get(n), "needs_grad", False) and not issubclass(EXPLAINERS.get(n), AttentionExplainer)
     ]
     return "a method that needs only the model's outputs: " + ", ".join(map(repr, names))
 
