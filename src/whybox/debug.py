@@ -191,7 +191,7 @@ def find_mistakes(
         import numpy as np
 
         given = np.asarray(labels.to_numpy() if hasattr(labels, "to_numpy") else labels)
-        arr = np.asarray(class_label_target(getattr(model, "model", model), given))
+        arr = np.asarray(class_label_target(adapter, given))
         if arr.dtype.kind in "iu":
             labels = torch.from_numpy(arr.astype(np.int64))
     if not isinstance(labels, torch.Tensor) or labels.shape != (inputs.shape[0],) or labels.is_floating_point():

@@ -21,7 +21,7 @@ tokenizers = pytest.importorskip("tokenizers", reason="the text extra (tokenizer
 
 import whybox  # noqa: E402
 from whybox.data.corpus import MIN_CHARS, _collect_paragraphs, stdlib_docstrings  # noqa: E402
-from whybox.errors import InvalidParameterError, LayerError  # noqa: E402
+from whybox.errors import InvalidParameterError, InvalidTargetError, LayerError  # noqa: E402
 from whybox.explainers.llm.sae import SAEConfig, SparseAutoencoder  # noqa: E402
 from whybox.explainers.llm.sae_text import (  # noqa: E402
     SAEFeatureAdapter,
@@ -198,6 +198,31 @@ def test_prediction_to_features_identity(clf: object, activation: str) -> None:
         assert set(pf.features.tolist()) == set(torch.nonzero(active).flatten().tolist())
         assert bool((pf.attributions.abs().diff() <= 0).all())  # sorted by |attribution|
         assert 0 <= pf.error_share <= 1
+
+
+def test_feature_adapter_explains_each_feature_value_itself(clf: object) -> None:
+    """The scores are feature values, not class logits: a feature's perturbation explanation and its metric scores
+    do not depend on which other features the adapter reads (no softmax across features), and a string target
+    names a latent, not one of the classifier's classes."""
+    sae = random_sae()
+    both = SAEFeatureAdapter.from_text_adapter(clf, sae, layer=0, features=[3, 7])  # type: ignore[arg-type]
+    alone = SAEFeatureAdapter.from_text_adapter(clf, sae, layer=0, features=[7])  # type: ignore[arg-type]
+    e2 = whybox.explain_text(both, TEXTS, "occlusion", target="latent 7")
+    e1 = whybox.explain_text(alone, TEXTS, "occlusion", target=0)
+    assert e2.explanation.target.tolist() == [1] * len(TEXTS)
+    assert e2.explanation.params["score"] == "logit"
+    assert bool(e1.explanation.attributions.abs().amax() > 0)
+    assert torch.allclose(e2.explanation.attributions, e1.explanation.attributions, atol=1e-12)
+    m2 = whybox.evaluate(both, TEXTS, e2, "comprehensiveness").scores
+    m1 = whybox.evaluate(alone, TEXTS, e1, "comprehensiveness").scores
+    assert torch.allclose(m2, m1, atol=1e-12)
+    with pytest.raises(
+        InvalidTargetError,
+        match=re.escape("target 'LABEL_1' is not one of the model's outputs ['latent 3', 'latent 7']"),
+    ):
+        whybox.explain_text(both, TEXTS[:1], "occlusion", target="LABEL_1")
+    with pytest.raises(InvalidParameterError, match=re.escape("are SAE feature values (latents [3, 7] at block 0)")):
+        whybox.explain_text(both, TEXTS[:1], "occlusion", score="prob")
 
 
 def test_errors_name_the_parameter(clf: object) -> None:

@@ -175,7 +175,7 @@ class Explainer:
         inputs: ``(B, *S)``; returns attributions ``(B, *S)``, ``(B, 1, H, W)`` or ``(B, F)`` per method.
         """
         x = self._validate(inputs)
-        target = class_label_target(getattr(self.adapter, "model", None), target)  # scikit-learn class labels
+        target = class_label_target(self.adapter, target)  # class labels, an SAE adapter's latents
         # seed=None draws a fresh seed per call (from the OS, global RNGs untouched); it is recorded in meta
         self._call_seed = self.seed if self.seed is not None else int.from_bytes(os.urandom(4), "little") >> 1
         engine = MaskingEngine(scoring_adapter(self.adapter, self.score), batch_size=self.batch_size)

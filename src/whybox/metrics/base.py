@@ -842,7 +842,7 @@ class Metric:
         x, names = self._validate_inputs(inputs, values=self.needs_model, coder=coder)
         if adapter is not None:
             check_feature_names(names, getattr(adapter, "feature_names", None))
-            target = class_label_target(getattr(adapter, "model", None), target)  # scikit-learn class labels
+            target = class_label_target(adapter, target)  # class labels, an SAE adapter's latents
         elif self.needs_model:
             raise InvalidParameterError(f"metric {self.name!r} needs a model; got model=None.")
         given, given_fill = self.score, getattr(self, "fill", None)

@@ -44,6 +44,11 @@ class ModelAdapter:
     #: True when the outputs are predicted values (a scikit-learn regressor's ``predict``), not class scores: the
     #: explained score is then the output itself (``score="logit"``), never a softmax over the outputs
     outputs_values: bool = False
+    #: what the outputs are when ``outputs_values``, for messages
+    values_described: str = "predicted values (its predict, not predict_proba)"
+    #: names of the outputs in order, when they are not the model's classes (an SAE's latents); a string ``target``
+    #: is looked up here first, then in the model's ``classes_`` / ``id2label``
+    output_names: list[str] | None = None
     model: Any
     default_layers: list[LayerLike] | None = None
 
@@ -412,8 +417,7 @@ def score_for(adapter: ModelAdapter, score: str | None) -> str | None:
     if score in ("prob", "log_prob"):
         raise InvalidParameterError(
             f"score={score!r} reads class probabilities, but the outputs of {type(adapter.model).__name__} are "
-            "predicted values (its predict, not predict_proba): pass score='logit', or leave score out, to explain "
-            "the predicted value itself."
+            f"{adapter.values_described}: pass score='logit', or leave score out, to explain the value itself."
         )
     return score
 

@@ -29,8 +29,13 @@ SOFTMAX_SPACES = ("logit", "prob", "log_prob")
 
 
 def _class_names(model: object) -> Any:
-    """The class names of ``model`` in output order: a scikit-learn classifier's ``classes_``, or a Hugging Face
-    model's ``config.id2label`` (or its own ``id2label``); ``None`` when it names none."""
+    """The class names of ``model`` in output order: an adapter's own ``output_names`` (an SAE adapter's latents),
+    else those of the model inside it: a scikit-learn classifier's ``classes_``, or a Hugging Face model's
+    ``config.id2label`` (or its own ``id2label``); ``None`` when it names none."""
+    if hasattr(model, "output_names"):  # a ModelAdapter
+        if model.output_names is not None:
+            return list(model.output_names)
+        model = getattr(model, "model", None)
     classes = getattr(model, "classes_", None)
     if classes is not None:
         return classes
@@ -42,20 +47,22 @@ def _class_names(model: object) -> Any:
 
 
 def class_label_target(model: object, target: Any) -> Any:
-    """``target`` with class labels (a scikit-learn classifier's ``model.classes_``, e.g. ``"virginica"`` or
-    ``["no", "yes"]``; a Hugging Face classifier's ``config.id2label``, e.g. ``"POSITIVE"``) replaced by their output
-    indices; ints stay indices (also where the labels are ints); anything else unchanged. An unknown label is an
-    :class:`InvalidTargetError` listing the classes."""
+    """``target`` with output names replaced by their output indices: an adapter's ``output_names`` (an SAE
+    adapter's ``"latent 12"``), else the class labels of the model (inside the adapter): a scikit-learn classifier's
+    ``classes_``, e.g. ``"virginica"`` or ``["no", "yes"]``, a Hugging Face classifier's ``config.id2label``, e.g.
+    ``"POSITIVE"``. Ints stay indices (also where the labels are ints); anything else unchanged. An unknown name is
+    an :class:`InvalidTargetError` listing the names."""
     classes = _class_names(model)
     if classes is None or isinstance(target, (torch.Tensor, int)) or target is None or callable(target):
         return target
     import numpy as np
 
     labels = [str(c) for c in np.asarray(classes).tolist()]
+    what = "outputs" if getattr(model, "output_names", None) is not None else "classes"
 
     def index(label: object) -> int:
         if str(label) not in labels:
-            raise InvalidTargetError(f"target {label!r} is not one of the model's classes {labels}.")
+            raise InvalidTargetError(f"target {label!r} is not one of the model's {what} {labels}.")
         return labels.index(str(label))
 
     if isinstance(target, str):

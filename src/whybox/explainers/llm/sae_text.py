@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from whybox.errors import InvalidInputError, InvalidParameterError, InvalidTargetError, LayerError, did_you_mean
 from whybox.explainers.llm.sae import SparseAutoencoder, top_activating
+from whybox.explainers.llm.sae import _check_sae as _check_sae_type
 from whybox.models._guard import preserved
 from whybox.models.text import TextClassifierAdapter, TextEncoderAdapter
 
@@ -156,10 +157,7 @@ def _check_pos_int(name: str, value: Any) -> int:
 
 
 def _check_sae(sae: Any, d_model: int | None = None) -> SparseAutoencoder:
-    if not isinstance(sae, SparseAutoencoder):
-        raise InvalidParameterError(
-            f"sae must be a SparseAutoencoder; got {type(sae).__name__}. Train one with train_sae()."
-        )
+    sae = _check_sae_type(sae)
     if d_model is not None and sae.d_in != d_model:
         raise InvalidParameterError(
             f"sae reads {sae.d_in}-dimensional activations but the model's hidden size is {d_model}; train the SAE "
@@ -461,7 +459,8 @@ class SAEFeatureAdapter(TextClassifierAdapter):
     Inputs are the packed ``(B, T, D + 1)`` tensors of :meth:`encode` (word embeddings + attention mask), as for
     :class:`~whybox.models.text.TextClassifierAdapter`, so ``whybox.explain(adapter, batch.inputs,
     "integrated_gradients", baseline=batch.baseline("pad"), target=j)`` attributes feature ``features[j]`` to
-    the tokens (specials keep their embedding in the baseline and get exactly 0). Score column j is
+    the tokens (specials keep their embedding in the baseline and get exactly 0); ``target="latent i"`` names
+    the column of latent i. Score column j is
 
     ``pool_{p ∈ ordinary tokens} f_{features[j]}(h_p)``, with ``h_p`` the output of block ``layer`` at token p.
 
@@ -493,6 +492,9 @@ class SAEFeatureAdapter(TextClassifierAdapter):
         §6: use it for "why did it not fire").
     max_length
         Truncation length of :meth:`encode`.
+
+    The scores are feature values, not logits: the perturbation methods and metrics explain each value as it is
+    (``score="logit"``, their default here), never a softmax over the features, and refuse ``score="prob"``.
 
     Shapes
     ------
@@ -534,6 +536,11 @@ class SAEFeatureAdapter(TextClassifierAdapter):
         self.pool = pool
         self.readout = readout
         self.special_span = _special_span(tokenizer)
+        # the outputs are feature values, not class logits: the explained score is each value itself (never a
+        # softmax over the features), and a string target names a latent, not one of the classifier's classes
+        self.outputs_values = True
+        self.values_described = f"SAE feature values (latents {list(self.features)} at block {layer})"
+        self.output_names = [f"latent {i}" for i in self.features]
 
     @classmethod
     def from_text_adapter(cls, adapter: TextAdapter, sae: SparseAutoencoder, **kwargs: Any) -> SAEFeatureAdapter:
