@@ -299,5 +299,12 @@ def test_bad_inputs_have_exact_messages() -> None:
         feature_attribution(sae, torch.zeros(3, 4), lambda h: h)
     with _raises(InvalidInputError, "target direction must have shape (4,) or (3, 4); got (5,)."):
         feature_attribution(sae, torch.zeros(3, 4), torch.ones(5))
+    result = train_sae(torch.randn(16, 4), SAEConfig(d_in=4, d_sae=8, k=2, steps=1, batch_size=8))
+    with _raises(  # what train_sae returns is not the SAE: the message says which attribute is
+        InvalidParameterError,
+        "sae must be a SparseAutoencoder; got the SAETrainingResult train_sae() returns. Pass its .model "
+        "(result.model).",
+    ):
+        sae_metrics(result, torch.zeros(3, 4))  # type: ignore[arg-type]
     with pytest.raises(ValueError):  # the builtin still catches it
         SAEConfig(d_in=4, d_sae=8, lr=0.0)

@@ -88,9 +88,15 @@ def _check_rows(x: Any, d_in: int, name: str, *, device: torch.device | None = N
 
 
 def _check_sae(sae: Any) -> SparseAutoencoder:
+    if isinstance(sae, SAETrainingResult):
+        raise InvalidParameterError(
+            "sae must be a SparseAutoencoder; got the SAETrainingResult train_sae() returns. Pass its .model "
+            "(result.model)."
+        )
     if not isinstance(sae, SparseAutoencoder):
         raise InvalidParameterError(
-            f"sae must be a SparseAutoencoder; got {type(sae).__name__}. Train one with train_sae()."
+            f"sae must be a SparseAutoencoder; got {type(sae).__name__}. Train one with train_sae() and pass its "
+            ".model."
         )
     return sae
 
