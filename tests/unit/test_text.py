@@ -172,6 +172,24 @@ def test_sentence_encoder_scores_cosine_to_the_reference() -> None:
     assert float(gap.abs().max()) < 1e-3
 
 
+def test_an_encoders_reference_sentences_name_its_scores() -> None:
+    """target= may name a reference sentence; the encoder's config.id2label (LABEL_0, LABEL_1 by default) names
+    no output of a similarity scorer and is refused."""
+    from whybox.models.text import explain_text
+
+    refs = ["the movie was great", "a very terrible and boring film"]
+    enc = adapt_text(tiny_bert("encoder"), toy_tokenizer(), kind="embedding", references=refs)
+    named = explain_text(enc, ["boring plot"], "occlusion", target="a very terrible and boring film")
+    index = explain_text(enc, ["boring plot"], "occlusion", target=1)
+    assert named.explanation.target.tolist() == [1]
+    torch.testing.assert_close(named.explanation.attributions, index.explanation.attributions)
+    with pytest.raises(whybox.InvalidTargetError, match=r"target 'LABEL_1' is not one of the model's outputs \['the"):
+        explain_text(enc, ["boring plot"], "occlusion", target="LABEL_1")
+    by_tensor = adapt_text(tiny_bert("encoder"), toy_tokenizer(), kind="embedding", references=enc.references)
+    with pytest.raises(whybox.InvalidTargetError):  # no names at all: a string target is not an index
+        explain_text(by_tensor, ["boring plot"], "occlusion", target="LABEL_1")
+
+
 @pytest.mark.parametrize("method", ["lime", "lima"])
 def test_an_encoder_with_one_reference_explains_the_similarity(method: str) -> None:
     """One reference sentence gives one score a row, whose softmax is 1 whatever the words: the default score (None)

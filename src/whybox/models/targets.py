@@ -35,6 +35,8 @@ def _class_names(model: object) -> Any:
     if hasattr(model, "output_names"):  # a ModelAdapter
         if model.output_names is not None:
             return list(model.output_names)
+        if getattr(model, "kind", None) == "embedding":  # outputs are references, not the model's classes
+            return None
         model = getattr(model, "model", None)
     classes = getattr(model, "classes_", None)
     if classes is not None:

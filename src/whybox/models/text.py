@@ -371,7 +371,7 @@ def adapt_text(
         to ``references``.
     references
         For ``kind="embedding"``: a sentence (or sentences, one score each) whose embeddings are the targets, or
-        embeddings ``(D,)`` / ``(K, D)``.
+        embeddings ``(D,)`` / ``(K, D)``. A reference sentence also names its score: ``target="a sad story"``.
     pooling
         Sentence embedding of an encoder: ``"mean"`` over attended tokens (sentence-transformers) or ``"cls"``.
     max_length
@@ -401,6 +401,7 @@ def adapt_text(
         batch = enc.encode(references)
         with enc.guard("eval"), torch.no_grad():
             refs = enc.embed(batch.inputs)
+        enc.output_names = [references] if isinstance(references, str) else [str(r) for r in references]
     enc.references = (refs.unsqueeze(0) if refs.ndim == 1 else refs).detach()
     return enc
 
