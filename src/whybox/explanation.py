@@ -18,7 +18,13 @@ __all__ = ["Explanation"]
 
 _FORMAT = "whybox.explanation/1"
 _MAP_REDUCTIONS = ("sum", "mean", "abs_sum", "max_abs")
-_ROW_OPTIONS = ("fill", "baseline", "features", "regions")  # options that may hold one entry per input row
+_ROW_OPTIONS = (
+    "fill",
+    "baseline",
+    "features",
+    "regions",
+    "noise_mask",
+)  # options that may hold one entry per input row
 
 
 @dataclass

@@ -8,6 +8,7 @@ never reads some inputs (dummy features get exactly zero), and the small CNN (co
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 import whybox
+from whybox.errors import InvalidParameterError
 from whybox.explainers.gradient.integrated_gradients import RULES, quadrature
 
 M = TypeVar("M", bound=nn.Module)
@@ -300,6 +302,31 @@ def test_smoothgrad_sigma_is_the_noise_level_times_each_rows_range() -> None:
     torch.testing.assert_close(e.meta["sigma"], 0.2 * (x.amax(1) - x.amin(1)), rtol=1e-15, atol=0)
     absolute = whybox.explain(SumSquares(), x, "smoothgrad", n_samples=2, noise_level=0.2, sigma=0.3)
     torch.testing.assert_close(absolute.meta["sigma"], torch.full((3,), 0.3, dtype=F64))
+
+
+def test_smoothgrad_noise_mask_keeps_the_noise_off_the_unmasked_elements() -> None:
+    """E = ∇Σx² = 2(x + ε·m): outside the mask every draw's gradient is exactly 2x; sigma from noise_level is the
+    range of the masked elements of each row; a row whose mask is empty gets no noise; a mask for one input
+    broadcasts over the rows, and the same mask as (B, F) gives the same result."""
+    x = rand(3, 8, seed=26, lo=-2, hi=2)
+    m = torch.zeros(3, 8, dtype=torch.bool)
+    m[0, :3], m[1, 5:] = True, True  # row 2: nowhere
+    e = whybox.explain(SumSquares(), x, "smoothgrad", n_samples=6, noise_level=0.3, noise_mask=m, seed=1)
+    a = e.attributions
+    torch.testing.assert_close(a[~m], 2 * x[~m], rtol=0, atol=1e-13)
+    assert bool(((a[m] - 2 * x[m]).abs() > 1e-6).all())  # noise landed there
+    on = [x[r][m[r]] for r in range(2)]
+    torch.testing.assert_close(
+        e.meta["sigma"], torch.tensor([0.3 * float(v.max() - v.min()) for v in on] + [0.0], dtype=F64)
+    )
+    one = torch.zeros(8, dtype=torch.bool)
+    one[2:4] = True
+    shared = whybox.explain(SumSquares(), x, "smoothgrad", n_samples=4, sigma=0.5, noise_mask=one, seed=2)
+    rows = whybox.explain(SumSquares(), x, "smoothgrad", n_samples=4, sigma=0.5, noise_mask=one.expand(3, 8), seed=2)
+    torch.testing.assert_close(shared.attributions, rows.attributions, rtol=0, atol=0)
+    torch.testing.assert_close(shared.attributions[:, ~one], 2 * x[:, ~one], rtol=0, atol=1e-13)
+    with pytest.raises(InvalidParameterError, match=re.escape("noise_mask must be broadcastable to the inputs (3, 8)")):
+        whybox.explain(SumSquares(), x, "smoothgrad", noise_mask=torch.ones(2, 8, dtype=torch.bool))
 
 
 # ------------------------------------------------------------------------------------------ adaptive rule

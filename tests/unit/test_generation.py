@@ -174,6 +174,34 @@ def test_smoothgrad_sigma_is_relative_to_the_embeddings_and_tends_to_its_base(lm
     assert float(res.explanation.meta["sigma"][0]) == pytest.approx(level * float(e.max() - e.min()), rel=1e-12)
 
 
+def test_smoothgrad_defaults_move_only_the_attributed_word_vectors(lm: tuple) -> None:
+    """The default sigma (0.15 x the embeddings' range, above MAX_NOISE_SIGMA here, as on GPT-2) runs: the noise
+    lands on the word vectors of each step's attributed tokens only, so the control channels, specials and each
+    row's future are the input's in every noisy copy; the average is of gradient x input."""
+    model, tok = lm
+    seen: list[torch.Tensor] = []
+    scores = CausalLMAdapter.scores
+
+    def spy(self: object, x: torch.Tensor) -> torch.Tensor:
+        seen.append(x.detach().clone())
+        return scores(self, x)  # type: ignore[arg-type]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(CausalLMAdapter, "scores", spy)
+        res = attribute_generation(model, tok, PROMPT, continuation=CONT, method="smoothgrad", n_samples=3)
+    assert float(res.explanation.meta["sigma"][0]) > MAX_NOISE_SIGMA
+    assert res.explanation.params["base"] == "input_x_gradient"
+    g = len(res.continuation)
+    (noisy,) = [x for x in seen if x.shape[0] == 3 * g]  # the noisy copies: one call, sample-major
+    batch = CausalLMAdapter(model, tok).steps(res.token_ids, res.prompt_length)
+    where = batch.noise_mask()
+    rows = torch.arange(3 * g) % g
+    ref, on = batch.inputs[rows], where[rows]
+    assert torch.equal(noisy[~on], ref[~on])
+    assert bool((noisy[on] != ref[on]).all())
+    assert not bool(res.matrix[~res.matrix.isnan()].eq(0).all())
+
+
 # ---------------------------------------------------------------------------------------------- contrastive
 def test_contrastive_log_prob_and_logit_differences_give_identical_attributions(lm: tuple) -> None:
     model, tok = lm
@@ -348,9 +376,10 @@ def test_bad_input_gets_exact_messages(lm: tuple) -> None:
          "the model."),
         ({"prompt": 3.5}, InvalidParameterError,
          "prompt must be a string or token ids (a list of ints or a 1-d integer tensor); got float."),
-        ({"continuation": CONT, "method": "smoothgrad", "sigma": 0.5}, InvalidParameterError,
-         f"sigma must be <= {MAX_NOISE_SIGMA} for generation attribution (the noise also lands on the attention-mask "
-         "and read-position channels); got 0.5. Pass a smaller sigma= or noise_level=."),
+        ({"continuation": CONT, "method": "smoothgrad", "sigma": 0.5, "noise_mask": None}, InvalidParameterError,
+         f"sigma must be <= {MAX_NOISE_SIGMA} for generation attribution with noise_mask=None (the noise then also "
+         "lands on the attention-mask and read-position channels); got 0.5. Pass a smaller sigma= or noise_level=, "
+         "or leave noise_mask out (noise on the word vectors only)."),
         ({"continuation": " ".join(["the"] * 60)}, InvalidInputError,
          "prompt (5 tokens) and continuation (60) exceed the model's 64 positions; shorten them."),
     ]  # fmt: skip

@@ -172,6 +172,42 @@ def test_sentence_encoder_scores_cosine_to_the_reference() -> None:
     assert float(gap.abs().max()) < 1e-3
 
 
+def test_smoothgrad_on_text_moves_only_the_ordinary_word_vectors(clf: object) -> None:
+    """explain_text's SmoothGrad adds noise to the ordinary tokens' word vectors only (the attention-mask channel,
+    specials and pads are the input's in every noisy copy: noise on the mask channel switched tokens on and off) and
+    averages gradient x input, which tends to input_x_gradient as sigma -> 0. A signed gradient summed over the
+    embedding dimensions is 0 behind BERT's embedding LayerNorm, which is why gradient is not the text default."""
+    from whybox.models.text import explain_text
+
+    texts = ["the movie was great", "boring plot"]
+    batch = clf.encode(texts)  # type: ignore[attr-defined]
+    seen: list[torch.Tensor] = []
+    scores = type(clf).scores
+
+    def spy(self: object, x: torch.Tensor) -> torch.Tensor:
+        seen.append(x.detach().clone())
+        return scores(self, x)  # type: ignore[arg-type]
+
+    keep = ~batch.noise_mask()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(type(clf), "scores", spy)
+        out = explain_text(clf, texts, "smoothgrad", n_samples=8, noise_level=0.5, batch_size=4)
+    noisy = torch.cat([x for x in seen if x.shape[0] == 4])  # the noisy copies, 4 a call, sample-major
+    assert noisy.shape[0] == 16
+    rows = torch.arange(16) % 2
+    ref = batch.inputs[rows]
+    assert torch.equal(noisy[keep[rows]], ref[keep[rows]])  # mask channel, specials and pads untouched
+    assert bool((noisy[~keep[rows]] != ref[~keep[rows]]).all())
+    assert out.explanation.params["base"] == "input_x_gradient"
+    tiny = explain_text(clf, texts, "smoothgrad", n_samples=2, sigma=1e-9)
+    ixg = explain_text(clf, texts, "input_x_gradient")
+    for a, b in zip(tiny.words, ixg.words, strict=True):
+        assert [w for w, _ in a] == [w for w, _ in b]
+        assert [v for _, v in a] == pytest.approx([v for _, v in b], abs=1e-6)
+    plain = explain_text(clf, texts, "smoothgrad", n_samples=4, base="gradient")
+    assert max(abs(v) for row in plain.words for _, v in row) < 1e-9  # the LayerNorm's invariance
+
+
 def test_an_encoders_reference_sentences_name_its_scores() -> None:
     """target= may name a reference sentence; the encoder's config.id2label (LABEL_0, LABEL_1 by default) names
     no output of a similarity scorer and is refused."""

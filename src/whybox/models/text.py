@@ -86,6 +86,14 @@ class TextBatch:
         """A masking-engine fill ``(B, T, D + 1)``: what a masked token becomes (as :meth:`baseline`)."""
         return self._replace(kind, "fill")
 
+    def noise_mask(self) -> torch.Tensor:
+        """``(B, T, D + 1)`` bool: the word vectors of the ordinary tokens, where SmoothGrad's noise may land (the
+        specials, pads and the attention-mask channel stay as they are: noise on the mask channel would switch
+        tokens on and off)."""
+        out = torch.zeros(self.inputs.shape, dtype=torch.bool, device=self.inputs.device)
+        out[..., :-1] = ~self.special_mask.to(self.inputs.device).unsqueeze(-1)
+        return out
+
     def token_features(self) -> torch.Tensor:
         """Feature ids ``(B, T, 1)`` for perturbation methods: one feature per ordinary token (its position); the
         specials and pads of a row share one more feature (id ``T``), which never changes (the fill keeps them), so
@@ -421,7 +429,10 @@ def text_defaults(method: str, batch: TextBatch, *, replace: str | None = None) 
     """The options that make ``method`` act on text: a baseline for Integrated Gradients (``replace``, default the
     pad token, else zero vectors); word features (LIMA: word regions) and a fill (``replace``, default [MASK],
     else [UNK]/pad/zero) for methods that take ``features`` / ``regions`` and ``fill``; occlusion slides a
-    one-token window (TRANSFORMERS.md §4: window 1, stride 1)."""
+    one-token window (TRANSFORMERS.md §4: window 1, stride 1); SmoothGrad adds its noise to the ordinary tokens'
+    word vectors only (:meth:`TextBatch.noise_mask`) and averages gradient × input: the sum over the embedding
+    dimensions of a signed gradient is 0 wherever a LayerNorm reads the word vectors first (BERT and its kin),
+    so a plain SmoothGrad would give every word 0."""
     import inspect
 
     from whybox.registry import EXPLAINERS
@@ -450,6 +461,9 @@ def text_defaults(method: str, batch: TextBatch, *, replace: str | None = None) 
         width = int(batch.inputs.shape[-1])
         out["window"] = (1, width)
         out["stride"] = (1, width)
+    if "noise_mask" in names:  # SmoothGrad
+        out["noise_mask"] = batch.noise_mask()
+        out["base"] = "input_x_gradient"
     return out
 
 

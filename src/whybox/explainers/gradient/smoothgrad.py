@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import math
 from typing import Any
 
 import torch
@@ -35,11 +37,18 @@ class SmoothGrad(GradientExplainer):
         population variance of E, ddof 0).
     base
         ``"gradient"`` (signed) or ``"input_x_gradient"``.
+    noise_mask
+        Where the noise lands: a bool (or 0/1) tensor broadcastable to the inputs ``(B, *S)`` (one per row) or to
+        one input ``S``; ``None``: everywhere. With ``noise_level``, sigma is that fraction of the range of each
+        row's elements under the mask. :func:`~whybox.models.text.explain_text` and generation attribution set it
+        to the ordinary tokens' word vectors, so an attention mask or a special token never moves.
 
     Notes
     -----
-    Noise comes from a generator seeded with ``seed`` for every row, drawn in sample order, so a row's
-    result depends neither on its batch neighbours nor on ``batch_size``; global RNGs are untouched.
+    Sample k's noise comes from a generator seeded with ``(seed, k)`` and is shared by every row, drawn as one
+    flat stream in a multiple of 16 values (torch draws normals in blocks of 16, so a shorter draw is a prefix of
+    a longer one): a row's result depends neither on its batch neighbours nor on ``batch_size``, nor on padding
+    after it (a text padded in a batch gets the noise it gets alone); global RNGs are untouched.
 
     Shapes
     ------
@@ -56,6 +65,7 @@ class SmoothGrad(GradientExplainer):
         sigma: float | None = None,
         variant: str = "mean",
         base: str = "gradient",
+        noise_mask: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
@@ -74,21 +84,52 @@ class SmoothGrad(GradientExplainer):
         self.n_samples = n_samples
         self.noise_level = float(noise_level)
         self.sigma = sigma
+        if noise_mask is not None and not isinstance(noise_mask, torch.Tensor):
+            raise InvalidParameterError(
+                f"noise_mask must be a tensor broadcastable to the inputs (True where noise lands) or None; got "
+                f"{type(noise_mask).__name__}."
+            )
         self.variant = variant
         self.base = base
+        self.noise_mask = noise_mask
+
+    def _noise_mask(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The mask as ``x.shape`` in ``x``'s dtype (1 where noise lands), or ``None`` for everywhere."""
+        m = self.noise_mask
+        if m is None:
+            return None
+        shape = tuple(x.shape)
+        try:
+            ok = torch.broadcast_shapes(tuple(m.shape), shape) == shape
+        except RuntimeError:
+            ok = False
+        if not ok or m.is_complex():
+            raise InvalidParameterError(
+                f"noise_mask must be broadcastable to the inputs {shape} (one mask per row) or to one input "
+                f"{shape[1:]}; got shape {tuple(m.shape)}. Pass a bool tensor that is True where noise lands."
+            )
+        return m.to(x.device).ne(0).to(x.dtype).expand(shape)
 
     def _explain(
         self, x: torch.Tensor, target: TargetLike, engine: MaskingEngine, n_backward: list[int]
     ) -> tuple[torch.Tensor, Target, dict[str, Any]]:
         b, n = x.shape[0], self.n_samples
         tgt = self._resolve(target, x, engine)
+        where = self._noise_mask(x)
         flat = x.reshape(b, -1)
         if self.sigma is not None:
             sig = torch.full((b,), float(self.sigma), dtype=x.dtype, device=x.device)
-        else:
+        elif where is None:
             sig = self.noise_level * (flat.amax(1) - flat.amin(1))
+        else:  # the range of the elements the noise lands on (0 for a row where it lands nowhere)
+            on = where.reshape(b, -1) > 0
+            hi = flat.masked_fill(~on, -torch.inf).amax(1)
+            lo = flat.masked_fill(~on, torch.inf).amin(1)
+            sig = torch.where(on.any(1), self.noise_level * (hi - lo), torch.zeros_like(hi))
         shape = (-1, *([1] * (x.ndim - 1)))
-        gen = self.generator()
+        base_seed = int(self.generator().initial_seed())
+        numel = math.prod(x.shape[1:])
+        size = max(16, -(-numel // 16) * 16)  # torch draws normals in blocks of 16: a prefix of a longer draw
         noise: dict[int, torch.Tensor] = {}
         next_k = 0
         s1 = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
@@ -100,11 +141,16 @@ class SmoothGrad(GradientExplainer):
             ks, rows = idx // b, idx % b
             for k in [k for k in noise if k < int(ks[0])]:
                 del noise[k]
-            while next_k <= int(ks[-1]):
-                noise[next_k] = torch.randn(x.shape[1:], generator=gen, dtype=torch.float32).to(x.device, x.dtype)
+            while next_k <= int(ks[-1]):  # sample k's noise from its own generator, seeded by (seed, k)
+                key = hashlib.blake2b(f"{base_seed}:{next_k}".encode(), digest_size=4).digest()
+                gen = torch.Generator().manual_seed(int.from_bytes(key, "little"))  # (torch seeds with 32 bits)
+                flat_eps = torch.randn(size, generator=gen, dtype=torch.float32)[:numel]
+                noise[next_k] = flat_eps.view(x.shape[1:]).to(x.device, x.dtype)
                 next_k += 1
             eps = torch.stack([noise[k] for k in ks.tolist()])
             rows = rows.to(x.device)
+            if where is not None:
+                eps = eps * where[rows]
             pts = x[rows] + sig[rows].view(shape) * eps
             g, _, _ = self._grads(pts, rows, tgt, engine, n_backward)
             e = (pts * g if self.base == "input_x_gradient" else g).to(torch.float64)

@@ -55,8 +55,9 @@ __all__ = [
     "generation_defaults",
 ]
 
-#: Largest SmoothGrad ``sigma`` accepted on packed inputs: the noise also lands on the mask channel (read as
-#: ``> 0.5``) and on the read-position channel (read as the rounded row mean), which must not flip (5 sigma margin).
+#: Largest SmoothGrad ``sigma`` accepted on packed inputs with ``noise_mask=None``: the noise then lands on the mask
+#: channel (read as ``> 0.5``) and on the read-position channel (read as the rounded row mean), which must not flip
+#: (5 sigma margin).
 MAX_NOISE_SIGMA = 0.1
 
 TokensLike = str | Sequence[int] | torch.Tensor
@@ -303,6 +304,13 @@ class GenerationBatch:
         """``(G, T)`` bool: tokens a baseline or fill keeps (specials and the future of each row)."""
         return self.future_mask() | self.special_mask.view(1, -1)
 
+    def noise_mask(self) -> torch.Tensor:
+        """``(G, T, D + 2)`` bool: the word vectors of the tokens each step attributes, where SmoothGrad's noise may
+        land (never the specials, a row's future or the two control channels, which noise could flip)."""
+        out = torch.zeros(self.inputs.shape, dtype=torch.bool, device=self.inputs.device)
+        out[..., :-2] = ~self.fixed_mask().to(self.inputs.device).unsqueeze(-1)
+        return out
+
     def _replace(self, kind: str, what: str) -> torch.Tensor:
         return replace_tokens(
             self.inputs, kind, self.replacement_ids, self.embeddings, self.fixed_mask(), n_control=2, what=what
@@ -350,9 +358,10 @@ def generation_defaults(
 ) -> dict[str, Any]:
     """The options that make ``method`` act on generation steps: a baseline for Integrated Gradients, token features
     (LIMA: token regions valued by their gain) and a fill (both ``baseline``) for perturbation methods, a one-token
-    occlusion window, and a SmoothGrad ``sigma`` of ``noise_level`` times the range of the word embeddings (the
-    row range would count the read-position channel). Explainers read the adapter's scores as they are
-    (``score="logit"``, the identity)."""
+    occlusion window, and for SmoothGrad a ``sigma`` of ``noise_level`` times the range of the word embeddings (the
+    row range would count the read-position channel), noise on the attributed tokens' word vectors only
+    (:meth:`GenerationBatch.noise_mask`) and gradient × input averaged (as :func:`~whybox.models.text.text_defaults`).
+    Explainers read the adapter's scores as they are (``score="logit"``, the identity)."""
     from whybox.explainers.base import _keyword_options
     from whybox.registry import EXPLAINERS
 
@@ -375,6 +384,9 @@ def generation_defaults(
     if "noise_level" in names and "sigma" in names:
         e = batch.inputs[0, :, :-2]
         out["sigma"] = float(noise_level) * float(e.max() - e.min())
+    if "noise_mask" in names:  # SmoothGrad: noise on the attributed tokens' word vectors, gradient x input
+        out["noise_mask"] = batch.noise_mask()
+        out["base"] = "input_x_gradient"
     return out
 
 
@@ -496,7 +508,9 @@ def attribute_generation(
     **method_options
         The method's options (``n_steps``, ``batch_size`` for the rows per forward pass, ...); they win over the
         defaults of :func:`generation_defaults`. SmoothGrad's ``sigma`` defaults to ``noise_level`` times the range
-        of the word embeddings and must stay ≤ ``MAX_NOISE_SIGMA`` (its noise also lands on the control channels).
+        of the word embeddings, its noise lands on the attributed tokens' word vectors only and it averages
+        gradient × input; with ``noise_mask=None`` the noise also lands on the control channels and ``sigma`` must
+        stay ≤ ``MAX_NOISE_SIGMA``.
 
     Returns
     -------
@@ -578,10 +592,12 @@ def attribute_generation(
     opts = generation_defaults(method, batch, baseline=baseline, noise_level=noise_level)
     opts.update({k: v for k, v in method_options.items() if not (k == "sigma" and v is None)})
     sigma = opts.get("sigma")
-    if "noise_level" in _keyword_options(cls) and isinstance(sigma, (int, float)) and sigma > MAX_NOISE_SIGMA:
+    noisy_controls = "noise_level" in _keyword_options(cls) and opts.get("noise_mask") is None
+    if noisy_controls and isinstance(sigma, (int, float)) and sigma > MAX_NOISE_SIGMA:
         raise InvalidParameterError(
-            f"sigma must be <= {MAX_NOISE_SIGMA} for generation attribution (the noise also lands on the "
-            f"attention-mask and read-position channels); got {sigma!r}. Pass a smaller sigma= or noise_level=."
+            f"sigma must be <= {MAX_NOISE_SIGMA} for generation attribution with noise_mask=None (the noise then "
+            f"also lands on the attention-mask and read-position channels); got {sigma!r}. Pass a smaller sigma= "
+            "or noise_level=, or leave noise_mask out (noise on the word vectors only)."
         )
     targets = batch.targets
     explanation = explain(adapter, batch.inputs, method, target=targets, **opts)
