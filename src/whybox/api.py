@@ -66,6 +66,8 @@ def _text_evaluation(
             **params,
             "explainer_params": {**text_defaults(explanation, batch), **params.get("explainer_params", {})},
         }
+    if "regions" in _options(METRICS.get(metric)) and "regions" not in params:  # words, as explain_text's
+        params = {**params, "regions": batch.word_features()}
     return batch.inputs, explanation, params
 
 
@@ -211,6 +213,14 @@ def evaluate(
     cls = METRICS.get(metric)
     if isinstance(inputs, (str, list, tuple)) or hasattr(explanation, "words"):  # texts, or an explain_text result
         inputs, explanation, params = _text_evaluation(model, inputs, explanation, metric, params)
+    packed_fill = getattr(model, "packed_fill", None)  # a text adapter: words become [MASK], never zero vectors
+    if (
+        packed_fill is not None
+        and isinstance(inputs, torch.Tensor)
+        and "fill" not in params
+        and "fill" in _options(cls)
+    ):
+        params = {**params, "fill": packed_fill(inputs)}
     try:
         m = cls(**params)
     except TypeError as exc:

@@ -374,10 +374,13 @@ def test_texts_given_to_explain_name_explain_text(clf: object) -> None:
 
 @pytest.mark.parametrize("metric", ["deletion", "comprehensiveness", "mufidelity"])
 def test_evaluate_takes_the_texts_and_what_explain_text_returned(clf: object, metric: str) -> None:
+    """Texts are encoded and read over their words (explain_text's): the packed inputs with the words as regions;
+    an explain_text result is its explanation."""
     out = whybox.explain_text(clf, SENTENCES[:2], "occlusion")  # type: ignore[arg-type]
-    packed = whybox.evaluate(clf, out.batch.inputs, out.explanation, metric)
+    words = {"regions": out.batch.word_features()} if metric != "mufidelity" else {}  # mufidelity takes no regions
+    packed = whybox.evaluate(clf, out.batch.inputs, out.explanation, metric, **words)
     assert torch.equal(whybox.evaluate(clf, SENTENCES[:2], out, metric).scores, packed.scores)
-    assert torch.equal(whybox.evaluate(clf, out.batch.inputs, out, metric).scores, packed.scores)
+    assert torch.equal(whybox.evaluate(clf, out.batch.inputs, out, metric, **words).scores, packed.scores)
 
 
 def test_stability_of_a_method_on_texts_runs_it_with_the_text_options(clf: object) -> None:

@@ -237,3 +237,55 @@ def test_deletion_over_words_is_independent_of_padding(clf: object, batch: TextB
     one = clf.encode([SENTENCES[2]])
     n = one.inputs.shape[1]
     torch.testing.assert_close(auc(one, a[2:3, :n]), padded[2:3], atol=1e-10, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------- defaults
+FILLED = [n for n in whybox.metrics() if "fill" in whybox.api._options(whybox.api.METRICS.get(n))]
+
+
+def test_packed_fill_is_the_batch_fill_without_the_texts(clf: object, batch: TextBatch) -> None:
+    """The text adapter finds the specials by position (first and last attended tokens), so its fill of the
+    packed inputs equals the batch's own (which knows the tokens), padded rows included."""
+    assert torch.equal(clf.packed_fill(batch.inputs), batch.fill("mask"))
+    assert torch.equal(clf.packed_fill(batch.inputs, "unk"), batch.fill("unk"))
+
+
+@pytest.mark.parametrize("name", FILLED)
+def test_a_metric_on_texts_replaces_words_by_mask_and_keeps_the_rest(
+    clf: object, batch: TextBatch, ig: object, name: str
+) -> None:
+    """Without fill=, every metric that fills reads a text adapter's inputs with the [MASK] fill: the attention-mask
+    channel, the specials and the pads are the input's in every model call (a zero fill switched the masked tokens
+    off and zeroed CLS and SEP); on texts it also takes the words as its regions, as explain_text's words."""
+    seen: list[torch.Tensor] = []
+    scores = type(clf).scores
+
+    def spy(self: object, x: torch.Tensor) -> torch.Tensor:
+        seen.append(x.detach().clone())
+        return scores(self, x)  # type: ignore[arg-type]
+
+    fixed = batch.noise_mask().logical_not()  # the mask channel, specials and pads
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(type(clf), "scores", spy)
+        auto = whybox.evaluate(clf, batch.inputs, ig, name, target=1)
+    moved = [x for x in seen if x.shape[1:] == batch.inputs.shape[1:]]
+    assert moved
+    for x in moved:  # each call's rows are some of the batch's: compare with the row it came from
+        for row in x:
+            r = min(range(len(batch)), key=lambda i: int((row != batch.inputs[i]).sum()))
+            assert torch.equal(row[fixed[r]], batch.inputs[r][fixed[r]]), name
+    given = whybox.evaluate(clf, batch.inputs, ig, name, target=1, fill=batch.fill("mask"))
+    torch.testing.assert_close(auto.scores, given.scores, rtol=0, atol=0, equal_nan=True)
+    if "regions" in whybox.api._options(whybox.api.METRICS.get(name)):
+        texts = whybox.evaluate(clf, SENTENCES, ig, name, target=1)
+        words = whybox.evaluate(
+            clf, batch.inputs, ig, name, target=1, fill=batch.fill("mask"), regions=batch.word_features()
+        )
+        torch.testing.assert_close(texts.scores, words.scores, rtol=0, atol=0, equal_nan=True)
+
+
+def test_infidelity_refuses_a_text_adapters_packed_inputs(clf: object, batch: TextBatch, ig: object) -> None:
+    with pytest.raises(
+        whybox.InvalidParameterError, match="infidelity perturbs every element of its inputs, and a text"
+    ):
+        whybox.evaluate(clf, batch.inputs, ig, "infidelity", target=1)

@@ -103,6 +103,13 @@ class Infidelity(Metric):
         from whybox.models.targets import apply_score_space
 
         x = ctx.x
+        if callable(getattr(ctx.adapter, "packed_fill", None)):  # a text adapter's packed (B, T, D + 1)
+            raise InvalidParameterError(
+                "infidelity perturbs every element of its inputs, and a text adapter's packed inputs hold the "
+                "attention mask in their last channel and the special tokens: noise there switches tokens on and "
+                "off. For texts use comprehensiveness, sufficiency, deletion or insertion (they replace words by "
+                "[MASK] and keep the rest)."
+            )
         a = _broadcast_attr(ctx.attributions, x)
         b = x.shape[0]
         one = (1,) * (x.ndim - 1)

@@ -219,6 +219,23 @@ def replace_tokens(
     return out
 
 
+def special_span(tokenizer: Any) -> tuple[int, int]:
+    """How many special tokens a single text gets before and after its own tokens (BERT: 1 and 1; GPT-2: 0, 0)."""
+    enc = tokenizer("a", return_special_tokens_mask=True)
+    special = list(enc["special_tokens_mask"])
+    pre = next((i for i, s in enumerate(special) if not s), len(special))
+    suf = next((i for i, s in enumerate(reversed(special)) if not s), 0)
+    return pre, suf
+
+
+def ordinary_positions(mask: torch.Tensor, pre: int, suf: int) -> torch.Tensor:
+    """(B, T) bool: attended positions other than the first ``pre`` and the last ``suf`` attended ones."""
+    m = mask > 0.5
+    rank = m.long().cumsum(1) - 1
+    n = m.sum(1, keepdim=True)
+    return m & (rank >= pre) & (rank < n - suf)
+
+
 class TruncatedTextWarning(UserWarning):
     """A text was cut at the adapter's ``max_length`` tokens: its end is neither read nor explained."""
 
@@ -276,6 +293,24 @@ class _TextMixin:
             "unk": getattr(self.tokenizer, "unk_token_id", None),
         }
         return TextBatch(inputs, ids, mask, special, tokens, word_ids, texts, repl, emb)
+
+    def packed_fill(self, x: torch.Tensor, kind: str | None = None) -> torch.Tensor:
+        """The fill of packed inputs ``x`` ``(B, T, D + 1)`` that :meth:`TextBatch.fill` gives for their texts:
+        every ordinary token's word vector replaced by the ``kind`` token's (default: [MASK], else [UNK], pad or
+        zero vectors), specials, pads and the mask channel kept. Specials are told apart by position (the first
+        and last attended tokens, as many as the tokenizer adds to one text), so the texts are not needed: the
+        metrics' default fill for a text adapter."""
+        if x.ndim != 3:
+            raise InvalidInputError(f"packed inputs must be (B, T, D + 1); got shape {tuple(x.shape)}.")
+        repl = {
+            "pad": getattr(self.tokenizer, "pad_token_id", None),
+            "mask": getattr(self.tokenizer, "mask_token_id", None),
+            "unk": getattr(self.tokenizer, "unk_token_id", None),
+        }
+        if kind is None:
+            kind = next((k for k in ("mask", "unk", "pad") if repl[k] is not None), "zero")
+        keep = ~ordinary_positions(x[..., -1], *special_span(self.tokenizer))
+        return replace_tokens(x, kind, repl, self._embeddings(), keep, n_control=1, what="fill")
 
     def _warn_truncated(self, enc: Any, texts: list[str]) -> None:
         """Warn about texts cut at ``max_length`` tokens (a fast tokenizer keeps what it cut): their ends are neither

@@ -37,7 +37,7 @@ from whybox.errors import InvalidInputError, InvalidParameterError, InvalidTarge
 from whybox.explainers.llm.sae import SparseAutoencoder, top_activating
 from whybox.explainers.llm.sae import _check_sae as _check_sae_type
 from whybox.models._guard import preserved
-from whybox.models.text import TextClassifierAdapter, TextEncoderAdapter
+from whybox.models.text import TextClassifierAdapter, TextEncoderAdapter, ordinary_positions, special_span
 
 __all__ = [
     "POOLS",
@@ -436,23 +436,6 @@ def feature_contexts(
 
 
 # ---------------------------------------------------------------------------------------------- feature adapter
-def _special_span(tokenizer: Any) -> tuple[int, int]:
-    """How many special tokens a single text gets before and after its own tokens (BERT: 1 and 1; GPT-2: 0, 0)."""
-    enc = tokenizer("a", return_special_tokens_mask=True)
-    special = list(enc["special_tokens_mask"])
-    pre = next((i for i, s in enumerate(special) if not s), len(special))
-    suf = next((i for i, s in enumerate(reversed(special)) if not s), 0)
-    return pre, suf
-
-
-def _ordinary_positions(mask: Tensor, pre: int, suf: int) -> Tensor:
-    """(B, T) bool: attended positions other than the first ``pre`` and the last ``suf`` attended ones."""
-    m = mask > 0.5
-    rank = m.long().cumsum(1) - 1
-    n = m.sum(1, keepdim=True)
-    return m & (rank >= pre) & (rank < n - suf)
-
-
 class SAEFeatureAdapter(TextClassifierAdapter):
     """A text model read through an SAE: scores are SAE features at block ``layer``, pooled over a text's tokens.
 
@@ -535,7 +518,7 @@ class SAEFeatureAdapter(TextClassifierAdapter):
             )
         self.pool = pool
         self.readout = readout
-        self.special_span = _special_span(tokenizer)
+        self.special_span = special_span(tokenizer)
         # the outputs are feature values, not class logits: the explained score is each value itself (never a
         # softmax over the features), and a string target names a latent, not one of the classifier's classes
         self.outputs_values = True
@@ -584,12 +567,12 @@ class SAEFeatureAdapter(TextClassifierAdapter):
             val = z
         idx = torch.tensor(self.features, device=val.device)
         val = val.index_select(1, idx).reshape(*h.shape[:2], len(self.features))
-        keep = _ordinary_positions(m, *self.special_span).unsqueeze(-1)
+        keep = ordinary_positions(m, *self.special_span).unsqueeze(-1)
         return val * keep
 
     def scores(self, x: Tensor) -> Tensor:
         val = self.feature_map(x)
-        keep = _ordinary_positions(x[..., -1], *self.special_span).unsqueeze(-1)
+        keep = ordinary_positions(x[..., -1], *self.special_span).unsqueeze(-1)
         if self.pool == "sum":
             return val.sum(1)
         if self.pool == "mean":
