@@ -480,12 +480,14 @@ def _text_batch(lm: Any, ds: Any) -> Any:
 
 def _text_options(batch: Any, methods: Sequence[str]) -> dict[str, dict[str, Any]] | None:
     """For a text dataset's batch, each method's text options over the whole set (word features, the [MASK]
-    fill, the pad baseline, one-token occlusion windows: what explain_text gives it); None without a batch."""
+    fill, the pad baseline, one-token occlusion windows: what explain_text gives it), and under the runs'
+    ``METRICS_KEY`` the metrics' word regions (what ``whybox.evaluate`` on the texts reads); None without a batch."""
     if batch is None:
         return None
     from whybox.models.text import text_defaults
+    from whybox.runs.job import METRICS_KEY
 
-    return {m: text_defaults(m, batch) for m in methods}
+    return {**{m: text_defaults(m, batch) for m in methods}, METRICS_KEY: {"regions": batch.word_features()}}
 
 
 def _explain_texts(lm: Any, ds: Any, method: str, target: Any, opts: dict[str, Any], out_dir: Path) -> None:
@@ -618,6 +620,12 @@ def evaluate_cmd(ctx: click.Context, **params: Any) -> None:
     text_opts = _text_options(_text_batch(lm, ds), [method])
     if text_opts:
         opts = {**text_opts[method], **opts}  # as explain --text explains: over words, [MASK] fill, pad baseline
+        from whybox.runs.job import METRICS_KEY
+
+        for metric in metric_names:  # the metrics over the same words
+            takes = _options(METRICS.get(metric))
+            extra = {k: v for k, v in text_opts[METRICS_KEY].items() if k in takes}
+            mopts[metric] = {**extra, **mopts.get(metric, {})}
     try:
         e = whybox.explain(lm.module, ds.x, method, target=target, **opts)
     except WhyboxError as exc:

@@ -309,16 +309,28 @@ def _curves(curves: Mapping[str, torch.Tensor], row: int) -> dict[str, list[floa
     return {k: c for k, c in out.items() if all(math.isfinite(a) for a in c)} or None
 
 
+#: The entry of ``data_options`` that holds options from the data for every metric that takes them (a text
+#: dataset's word regions), beside the ``{method: {...}}`` entries.
+METRICS_KEY = "*metrics"
+
+
 def unit_data_options(
     data_options: Mapping[str, Mapping[str, Any]] | None, unit: Unit, n: int
 ) -> dict[str, Any] | None:
     """``unit``'s share of ``data_options`` (``{method: {option: value}}`` over the whole dataset of ``n``
-    samples): tensors with one row per sample cut to the unit's samples, other values as they are."""
-    given = (data_options or {}).get(unit.method)
-    if not given:
-        return None
+    samples, and the metrics' under :data:`METRICS_KEY`): tensors with one row per sample cut to the unit's
+    samples, other values as they are. The metrics' share comes back under :data:`METRICS_KEY`."""
     idx = torch.tensor(unit.indices)
-    return {k: v[idx] if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == n else v for k, v in given.items()}
+
+    def cut(given: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            k: v[idx] if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == n else v for k, v in given.items()
+        }
+
+    out = cut((data_options or {}).get(unit.method) or {})
+    if (data_options or {}).get(METRICS_KEY):
+        out[METRICS_KEY] = cut(data_options[METRICS_KEY])  # type: ignore[index]
+    return out or None
 
 
 class _Nothing(Exception):
@@ -339,7 +351,8 @@ def execute_unit(
     explanation with every metric of the job.
 
     ``data_options`` are explainer options that come from the data (a text dataset's word features, fill and
-    baseline, see :func:`unit_data_options`): tensors hold one row per sample of ``x``; the job's own options win.
+    baseline, see :func:`unit_data_options`), and under :data:`METRICS_KEY` those of every metric that takes them
+    (its word regions): tensors hold one row per sample of ``x``; the job's own options win.
 
     A failure of the whole shard is retried sample by sample, so one bad sample costs only itself; every failure
     is recorded with its reason. Non-finite attributions count as a failure of that sample.
@@ -348,7 +361,8 @@ def execute_unit(
     samples = [SampleResult(i, None) for i in unit.indices]
     opts = job.options_for(unit.method, unit.shard)
     n_rows = len(unit.indices)
-    per_row = {k: v for k, v in (data_options or {}).items() if k not in opts}
+    metric_data = dict((data_options or {}).get(METRICS_KEY) or {})
+    per_row = {k: v for k, v in (data_options or {}).items() if k not in opts and k != METRICS_KEY}
 
     def options(rows: torch.Tensor | slice) -> dict[str, Any]:
         """The options for some rows of ``x``: per-row tensors cut to them, under the job's."""
@@ -420,6 +434,12 @@ def execute_unit(
             for metric in job.metrics:
                 t1 = time.perf_counter()
                 mopts = job.metric_options_for(metric, unit.shard)
+                takes = _options(METRICS.get(metric))
+                mopts = {
+                    **{k: v[sel] if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == n_rows else v
+                       for k, v in metric_data.items() if k in takes},
+                    **mopts,
+                }  # fmt: skip
                 try:
                     res = evaluate(model, xs, expl, metric, target=ts, labels=ls, **mopts)
                     nf, nb = int(res.meta.get("n_forward", 0)), int(res.meta.get("n_backward", 0))
@@ -556,8 +576,9 @@ def run_job(
         tests).
     data_options
         ``{method: {option: value}}`` explainer options that come from the data, such as a text dataset's word
-        features, fill and baseline (:func:`whybox.models.text.text_defaults` over the whole dataset): tensors with
-        one row per sample are cut to each unit's samples; the job's ``method_options`` win. Part of the data
+        features, fill and baseline (:func:`whybox.models.text.text_defaults` over the whole dataset), and under
+        :data:`METRICS_KEY` options for every metric that takes them (its word regions): tensors with one row per
+        sample are cut to each unit's samples; the job's ``method_options`` and ``metric_options`` win. Part of the data
         fingerprint.
 
     Returns
