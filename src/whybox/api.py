@@ -58,8 +58,8 @@ def _text_evaluation(
     texts = isinstance(inputs, str) or (
         isinstance(inputs, (list, tuple)) and bool(inputs) and all(isinstance(t, str) for t in inputs)
     )
-    if not texts or not hasattr(model, "tokenizer") or not callable(getattr(model, "encode", None)):
-        return inputs, explanation, params
+    if not texts or not callable(getattr(model, "encode", None)) or not callable(getattr(model, "packed_fill", None)):
+        return inputs, explanation, params  # not texts, or not a text adapter (a HF model's or a function of strings)
     batch = model.encode(inputs)
     if isinstance(explanation, str) and metric == "stability":
         params = {

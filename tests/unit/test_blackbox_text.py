@@ -89,3 +89,40 @@ def test_bad_input_names_the_problem() -> None:
     names = [n.strip("'.") for n in hint.split(", ")]
     assert "kernel_shap" in names and "lime" in names
     assert not {"scorecam", "attention_rollout", "raw_attention"} & set(names)
+
+
+def test_explain_text_and_evaluate_take_a_function_of_strings() -> None:
+    """explain_text gives a black-box text model its words as features and every word removed as the fill (the
+    additive model's contributions, as the explicit call); a label names a class; the metrics' default fill keeps
+    the index column, so every call scores the words of its own text (a zero fill read text 0 for every row); on
+    the texts the metrics read whole words."""
+    seen: list[str] = []
+
+    def spy(texts: list[str]) -> torch.Tensor:
+        seen.extend(texts)
+        return counts(texts)
+
+    ad = BlackBoxTextAdapter(spy, labels=["pos", "neg"])
+    texts = ["a very good film", "bad bad plot"]
+    out = whybox.explain_text(ad, texts, "exact_shapley", target="pos")
+    assert out.explanation.target.tolist() == [0, 0]
+    assert [[round(v, 9) for _, v in row] for row in out.words] == [[0.0, 0.5, 2.0, 0.0], [-1.0, -1.0, 0.0]]
+    assert out.tokens == out.words
+    b = ad.encode(texts)
+    assert ad.encode(texts[::-1]).inputs[:, -1].tolist() == b.inputs[:, -1].flip(0).tolist()  # each text kept once
+    assert len(ad._texts) == 2
+    for name in ("deletion", "insertion", "comprehensiveness", "sufficiency", "mufidelity"):
+        seen.clear()
+        auto = whybox.evaluate(ad, b.inputs, out, name)
+        vocab = [set(t.split()) for t in texts]
+        assert seen and all(any(set(t.split()) <= v for v in vocab) for t in seen)
+        assert all(not (set(t.split()) & vocab[0] and set(t.split()) & vocab[1]) for t in seen)
+        given = whybox.evaluate(ad, b.inputs, out, name, fill=b.fill())
+        torch.testing.assert_close(auto.scores, given.scores, rtol=0, atol=0, equal_nan=True)
+        on_texts = whybox.evaluate(ad, texts, out, name)
+        words = {"regions": b.features} if name != "mufidelity" else {}
+        torch.testing.assert_close(
+            on_texts.scores, whybox.evaluate(ad, b.inputs, out, name, **words).scores, rtol=0, atol=0, equal_nan=True
+        )
+    with pytest.raises(InvalidInputError, match=r"use whybox.explain_text\(adapter, texts, method\)"):
+        whybox.explain(ad, texts, "lime")

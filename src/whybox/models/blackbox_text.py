@@ -53,11 +53,13 @@ class BlackBoxText:
             ids[r, len(words) :] = w
         return ids
 
+    def word_features(self) -> torch.Tensor:
+        """The words as features, :attr:`features` (the name :class:`~whybox.models.text.TextBatch` uses)."""
+        return self.features
+
     def fill(self) -> torch.Tensor:
         """The fill: every word removed (0), the index column kept."""
-        out = torch.zeros_like(self.inputs)
-        out[:, -1] = self.inputs[:, -1]
-        return out
+        return _removed(self.inputs)
 
     def word_values(self, explanation: Any) -> list[list[tuple[str, float]]]:
         """``(word, value)`` pairs per text from an explanation (or ``(B, W + 1)`` tensor) of these rows."""
@@ -66,6 +68,13 @@ class BlackBoxText:
         if a.shape != self.inputs.shape:
             raise InvalidInputError(f"attributions must have shape {tuple(self.inputs.shape)}; got {tuple(a.shape)}.")
         return [[(w, float(a[r, i])) for i, w in enumerate(words)] for r, words in enumerate(self.words)]
+
+
+def _removed(x: torch.Tensor) -> torch.Tensor:
+    """Presence rows with every word removed (0) and the index column kept."""
+    out = torch.zeros_like(x)
+    out[:, -1] = x[:, -1]
+    return out
 
 
 class BlackBoxTextModel(nn.Module):
@@ -83,7 +92,11 @@ class BlackBoxTextAdapter(ModelAdapter):
     score_fn
         Maps a list of strings to a ``(B, K)`` array or tensor of class scores (probabilities or any scores).
     labels
-        Optional class names.
+        Optional class names (``target="positive"``).
+
+    Explain with :func:`whybox.explain_text` (words as features, every word removed as the fill) and score with
+    :func:`whybox.evaluate` on the texts; the adapter keeps each distinct text's words once, for the presence rows
+    to refer to.
     """
 
     differentiable = False
@@ -95,8 +108,10 @@ class BlackBoxTextAdapter(ModelAdapter):
             )
         self.score_fn = score_fn
         self.labels = list(labels) if labels is not None else None
+        self.output_names = self.labels  # target="positive"
         self.model = BlackBoxTextModel()
         self._texts: list[list[str]] = []
+        self._index: dict[tuple[str, ...], int] = {}  # a text's words -> its row index (each text kept once)
 
     @property
     def device(self) -> torch.device:
@@ -123,13 +138,22 @@ class BlackBoxTextAdapter(ModelAdapter):
             raise InvalidInputError("texts must be a non-empty string or a list of non-empty strings.")
         words = [_WORD.findall(t) for t in texts]
         w = max(len(ws) for ws in words)
-        start = len(self._texts)
-        self._texts.extend(words)
         x = torch.zeros(len(texts), w + 1, dtype=torch.float64)
         for r, ws in enumerate(words):
+            key = tuple(ws)
+            if key not in self._index:
+                self._index[key] = len(self._texts)
+                self._texts.append(ws)
             x[r, : len(ws)] = 1.0
-            x[r, -1] = float(start + r)
+            x[r, -1] = float(self._index[key])
         return BlackBoxText(texts, words, x)
+
+    def packed_fill(self, x: torch.Tensor, kind: str | None = None) -> torch.Tensor:
+        """The fill of presence rows ``x`` (every word removed, the index column kept): the metrics' default, so a
+        fill never rewrites the index column (a zero there would read another text)."""
+        if x.ndim != 2 or x.shape[1] < 2:
+            raise InvalidInputError(f"presence rows must be (B, W + 1); got shape {tuple(x.shape)}.")
+        return _removed(x)
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 2 or x.shape[1] < 2:

@@ -32,6 +32,7 @@ from torch import nn
 from whybox.errors import InvalidInputError, InvalidParameterError, ModelOutputError, did_you_mean
 from whybox.explanation import Explanation
 from whybox.models.adapter import EmbeddingAdapter, TorchAdapter, declares_multilabel
+from whybox.models.blackbox_text import BlackBoxText, BlackBoxTextAdapter
 
 __all__ = [
     "BASELINES",
@@ -452,22 +453,24 @@ def adapt_text(
 @dataclass(frozen=True)
 class TextAttribution:
     """What :func:`explain_text` returns: the explanation of the packed inputs, the batch, and per-row
-    ``(word, value)`` pairs (``tokens``: ``(token, value)`` pairs) in reading order, specials left out."""
+    ``(word, value)`` pairs (``tokens``: ``(token, value)`` pairs) in reading order, specials left out (a black-box
+    text model's words are its tokens)."""
 
     explanation: Explanation
-    batch: TextBatch
+    batch: TextBatch | BlackBoxText
     words: list[list[tuple[str, float]]]
     tokens: list[list[tuple[str, float]]]
 
 
-def text_defaults(method: str, batch: TextBatch, *, replace: str | None = None) -> dict[str, Any]:
+def text_defaults(method: str, batch: TextBatch | BlackBoxText, *, replace: str | None = None) -> dict[str, Any]:
     """The options that make ``method`` act on text: a baseline for Integrated Gradients (``replace``, default the
     pad token, else zero vectors); word features (LIMA: word regions) and a fill (``replace``, default [MASK],
     else [UNK]/pad/zero) for methods that take ``features`` / ``regions`` and ``fill``; occlusion slides a
     one-token window (TRANSFORMERS.md §4: window 1, stride 1); SmoothGrad adds its noise to the ordinary tokens'
     word vectors only (:meth:`TextBatch.noise_mask`) and averages gradient × input: the sum over the embedding
     dimensions of a signed gradient is 0 wherever a LayerNorm reads the word vectors first (BERT and its kin),
-    so a plain SmoothGrad would give every word 0."""
+    so a plain SmoothGrad would give every word 0. For a black-box text model's :class:`BlackBoxText`: its words
+    as features (LIMA: regions) and every word removed as the fill."""
     import inspect
 
     from whybox.registry import EXPLAINERS
@@ -479,6 +482,17 @@ def text_defaults(method: str, batch: TextBatch, *, replace: str | None = None) 
         if "__init__" in c.__dict__
         for p in inspect.signature(c.__dict__["__init__"]).parameters.values()
     }
+    if isinstance(batch, BlackBoxText):  # a function of strings: presence rows, one feature per word
+        opts: dict[str, Any] = {}
+        if "features" in names:
+            opts["features"] = batch.features
+        if "regions" in names:
+            opts["regions"] = batch.features
+            if "map" in names:
+                opts["map"] = "gain"
+        if "fill" in names:
+            opts["fill"] = batch.fill()
+        return opts
     have = [k for k in ("mask", "unk", "pad") if batch.replacement_ids.get(k) is not None] + ["zero"]
     out: dict[str, Any] = {}
     if "baseline" in names:
@@ -503,7 +517,7 @@ def text_defaults(method: str, batch: TextBatch, *, replace: str | None = None) 
 
 
 def explain_text(
-    adapter: TextClassifierAdapter | TextEncoderAdapter,
+    adapter: TextClassifierAdapter | TextEncoderAdapter | BlackBoxTextAdapter,
     texts: str | Sequence[str],
     method: str,
     *,
@@ -515,12 +529,17 @@ def explain_text(
     options (:func:`text_defaults`; ``params`` win), explain, reduce to tokens and words (``sum`` over
     subwords for gradient methods; one value per word for perturbation methods). For an encoder with one reference
     sentence the score is the similarity itself: ``score=None``, every method's default where it is not ``"logit"``,
-    reads the raw score of a one-output model (a probability over one reference would be 1 whatever the words)."""
+    reads the raw score of a one-output model (a probability over one reference would be 1 whatever the words).
+    A :class:`~whybox.models.blackbox_text.BlackBoxTextAdapter` (a function of strings) is explained over its words
+    with the perturbation methods."""
     from whybox.api import explain
 
     batch = adapter.encode(texts)
     opts = {**text_defaults(method, batch, replace=replace), **params}
     e = explain(adapter, batch.inputs, method, target=target, **opts)
+    if isinstance(batch, BlackBoxText):
+        words = batch.word_values(e)
+        return TextAttribution(e, batch, words, words)
     grad = _per_element(method)
     words = batch.word_attributions(e, how="sum" if grad else "mean")
     tok = batch.token_attributions(e).detach().to("cpu", torch.float64)
