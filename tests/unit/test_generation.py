@@ -422,3 +422,26 @@ def test_whole_continuation_target_equals_ablating_the_total_log_likelihood(lm: 
         ei[0, i] = 0.0
         assert float(whole[i]) == pytest.approx(clean - total(ei), abs=1e-10), i
     assert float(whole[-1]) == 0.0
+
+
+def test_a_generation_attribution_shows_each_step_and_the_whole_continuation(lm: tuple) -> None:
+    """to_html: one row per generated token with the tokens before it, titled with the matrix column's values,
+    then the whole continuation's row (every token, its row sum); _repr_html_ shows the same rows."""
+    from test_tokens_render import parse
+
+    model, tok = lm
+    res = attribute_generation(model, tok, PROMPT, continuation=CONT, method="occlusion")
+    p_len, g = res.prompt_length, len(res.continuation)
+    want_tokens: list[str] = []
+    want_titles: list[str] = []
+    for t in range(g):
+        want_tokens += res.tokens[: p_len + t]
+        want_titles += [format(float(v) + 0.0, "+.3g") for v in res.matrix[: p_len + t, t]]
+    want_tokens += res.tokens
+    want_titles += [format(float(v) + 0.0, "+.3g") for v in res.whole_continuation]
+    for page in (res.to_html(), res._repr_html_()):
+        parsed = parse(page)
+        assert parsed.texts == want_tokens
+        assert [s["title"] for s in parsed.spans] == want_titles
+    headings = parse(res.to_html()).headings
+    assert headings[1:] == [f"step {t}: {res.continuation[t]!r}" for t in range(g)] + ["whole continuation"]

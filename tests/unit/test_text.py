@@ -416,3 +416,22 @@ def test_a_model_whose_config_says_multi_label_reads_each_labels_sigmoid() -> No
     assert a.explanation.params["score"] == "sigmoid"
     torch.testing.assert_close(a.explanation.attributions, b.explanation.attributions)
     assert (a.explanation.attributions - c.explanation.attributions).abs().max() > 1e-6
+
+
+def test_a_text_attribution_shows_its_words_coloured_by_value(clf: object) -> None:
+    """to_html (a page) and _repr_html_ (what a notebook shows) hold one span per word, in reading order, titled
+    with its value and red where it is for the explained class, blue where against."""
+    from test_tokens_render import BLUE, RED, parse, rgba
+
+    out = whybox.explain_text(clf, SENTENCES[:2], "occlusion")  # type: ignore[arg-type]
+    words = [w for row in out.words for w, _ in row]
+    values = [v for row in out.words for _, v in row]
+    for page in (out.to_html(), out._repr_html_()):
+        p = parse(page)
+        assert p.texts == words
+        assert [s["title"] for s in p.spans] == [format(v + 0.0, "+.3g") for v in values]
+        assert [rgba(s)[0] for s, v in zip(p.spans, values, strict=True) if v != 0] == [
+            RED if v > 0 else BLUE for v in values if v != 0
+        ]
+    target = out.explanation.target.tolist()
+    assert parse(out.to_html()).headings[1:] == [f"text {r}, class {t}" for r, t in enumerate(target)]

@@ -238,9 +238,9 @@ class Explainer:
             isinstance(inputs, (list, tuple)) and bool(inputs) and all(isinstance(t, str) for t in inputs)
         )
         if texts and callable(getattr(self.adapter, "packed_fill", None)):  # a text adapter
-            rows = "packed inputs (B, T, D + 1)" if hasattr(self.adapter, "tokenizer") else "presence rows (B, W + 1)"
+            packed = "packed inputs (B, T, D + 1)" if hasattr(self.adapter, "tokenizer") else "presence rows (B, W + 1)"
             raise InvalidInputError(
-                f"inputs are text, but {self.name!r} takes the text adapter's {rows}: use "
+                f"inputs are text, but {self.name!r} takes the text adapter's {packed}: use "
                 "whybox.explain_text(adapter, texts, method) (word attributions, the text options filled "
                 "in), or pass adapter.encode(texts).inputs."
             )

@@ -461,6 +461,28 @@ class TextAttribution:
     words: list[list[tuple[str, float]]]
     tokens: list[list[tuple[str, float]]]
 
+    def _rows(self) -> list[tuple[str, list[str], list[float]]]:
+        target = self.explanation.target.tolist()
+        return [
+            (f"text {r}, class {target[r]}", [w for w, _ in row], [v for _, v in row])
+            for r, row in enumerate(self.words)
+        ]
+
+    def to_html(self, *, title: str | None = None, scale: float | None = None) -> str:
+        """A self-contained page of every text's words coloured by their values (red: for the explained class,
+        blue: against it; :func:`whybox.report.render_tokens_page`); ``scale``: one scale for every text."""
+        from whybox.report.tokens import render_tokens_page
+
+        return render_tokens_page(
+            self._rows(), title=title or f"{self.explanation.method}: word attributions", scale=scale
+        )
+
+    def _repr_html_(self) -> str:
+        """What a notebook shows: each text's words coloured by their values."""
+        from whybox.report.tokens import render_tokens_html
+
+        return "".join(render_tokens_html(t, v, title=h) for h, t, v in self._rows())
+
 
 def text_defaults(method: str, batch: TextBatch | BlackBoxText, *, replace: str | None = None) -> dict[str, Any]:
     """The options that make ``method`` act on text: a baseline for Integrated Gradients (``replace``, default the

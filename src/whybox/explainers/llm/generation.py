@@ -440,6 +440,28 @@ class GenerationAttribution:
         Kernel SHAP regressions (their fits are linear in the targets, given the same draws)."""
         return torch.nan_to_num(torch.as_tensor(self.matrix), nan=0.0).sum(1)
 
+    def _rows(self) -> list[tuple[str, list[str], list[float]]]:
+        p = self.prompt_length
+        rows = [
+            (f"step {t}: {self.tokens[p + t]!r}", self.tokens[: p + t], self.matrix[: p + t, t].tolist())
+            for t in range(len(self.continuation))
+        ]
+        return [*rows, ("whole continuation", self.tokens, self.whole_continuation.tolist())]
+
+    def to_html(self, *, title: str | None = None, scale: float | None = None) -> str:
+        """A self-contained page: one row per generated token showing the tokens before it coloured by their
+        attribution to it (red: for it, blue: against it), then the whole continuation's row
+        (:func:`whybox.report.render_tokens_page`); ``scale``: one scale for every row."""
+        from whybox.report.tokens import render_tokens_page
+
+        return render_tokens_page(self._rows(), title=title or f"{self.method}: generation attribution", scale=scale)
+
+    def _repr_html_(self) -> str:
+        """What a notebook shows: the rows of :meth:`to_html`."""
+        from whybox.report.tokens import render_tokens_html
+
+        return "".join(render_tokens_html(t, v, title=h) for h, t, v in self._rows())
+
 
 def _token_ids(tokenizer: Any, value: Any, name: str, *, special: bool) -> list[int]:
     """Token ids of a string (tokenised; ``special``: with the tokenizer's special tokens) or of given ids."""
