@@ -434,4 +434,5 @@ def test_a_text_attribution_shows_its_words_coloured_by_value(clf: object) -> No
             RED if v > 0 else BLUE for v in values if v != 0
         ]
     target = out.explanation.target.tolist()
-    assert parse(out.to_html()).headings[1:] == [f"text {r}, class {t}" for r, t in enumerate(target)]
+    names = clf.model.config.id2label  # type: ignore[attr-defined]
+    assert parse(out.to_html()).headings[1:] == [f"text {r}, class {t} ({names[t]})" for r, t in enumerate(target)]

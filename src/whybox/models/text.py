@@ -33,6 +33,7 @@ from whybox.errors import InvalidInputError, InvalidParameterError, ModelOutputE
 from whybox.explanation import Explanation
 from whybox.models.adapter import EmbeddingAdapter, TorchAdapter, declares_multilabel
 from whybox.models.blackbox_text import BlackBoxText, BlackBoxTextAdapter
+from whybox.models.targets import _class_names
 
 __all__ = [
     "BASELINES",
@@ -460,11 +461,17 @@ class TextAttribution:
     batch: TextBatch | BlackBoxText
     words: list[list[tuple[str, float]]]
     tokens: list[list[tuple[str, float]]]
+    #: the model's output names (``config.id2label``, a black box's labels), for display; ``None``: indices only
+    labels: list[str] | None = None
 
     def _rows(self) -> list[tuple[str, list[str], list[float]]]:
+        def name(t: int) -> str:
+            known = self.labels is not None and 0 <= t < len(self.labels)
+            return f"class {t} ({self.labels[t]})" if known else f"class {t}"  # type: ignore[index]
+
         target = self.explanation.target.tolist()
         return [
-            (f"text {r}, class {target[r]}", [w for w, _ in row], [v for _, v in row])
+            (f"text {r}, {name(target[r])}", [w for w, _ in row], [v for _, v in row])
             for r, row in enumerate(self.words)
         ]
 
@@ -559,9 +566,11 @@ def explain_text(
     batch = adapter.encode(texts)
     opts = {**text_defaults(method, batch, replace=replace), **params}
     e = explain(adapter, batch.inputs, method, target=target, **opts)
+    names = _class_names(adapter)
+    labels = None if names is None else [str(n) for n in names]
     if isinstance(batch, BlackBoxText):
         words = batch.word_values(e)
-        return TextAttribution(e, batch, words, words)
+        return TextAttribution(e, batch, words, words, labels)
     grad = _per_element(method)
     words = batch.word_attributions(e, how="sum" if grad else "mean")
     tok = batch.token_attributions(e).detach().to("cpu", torch.float64)
@@ -569,4 +578,4 @@ def explain_text(
         [(batch.tokens[r][i], float(tok[r, i])) for i in range(tok.shape[1]) if not bool(batch.special_mask[r, i])]
         for r in range(len(batch))
     ]
-    return TextAttribution(e, batch, words, tokens)
+    return TextAttribution(e, batch, words, tokens, labels)
