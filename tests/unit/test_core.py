@@ -838,3 +838,25 @@ def test_rows_finite_equals_the_elementwise_check_overflowing_sums_included():
     flat[0, 0] = float("nan")  # the same tensor changed in place: checked again, not remembered
     assert rows_finite(flat).tolist() == [False, False, False, True, False, True]
     assert torch.equal(rows_finite(torch.ones(2, 3, dtype=torch.int64)), torch.ones(2, dtype=torch.bool))
+
+
+def test_adapt_labels_name_the_outputs_for_target(make_cnn: Callable[..., nn.Module]) -> None:
+    """labels= names the outputs in order: a name as target explains that output (the same as its index, in
+    explain and evaluate); an unknown name lists the names; labels that are not a list of strings are refused."""
+    model = make_cnn()
+    x = rand(2, 3, 8, 8, seed=3, dtype=torch.float32)
+    k = int(model(x).shape[1])
+    names = [f"class {i}" for i in range(k)]
+    ad = whybox.adapt(model, labels=names)
+    by_name = whybox.explain(ad, x, "gradcam", target="class 1")
+    by_index = whybox.explain(ad, x, "gradcam", target=1)
+    assert by_name.target.tolist() == [1, 1]
+    torch.testing.assert_close(by_name.attributions, by_index.attributions, rtol=0, atol=0)
+    mixed = whybox.explain(ad, x, "saliency", target=["class 0", 2])
+    assert mixed.target.tolist() == [0, 2]
+    got = whybox.evaluate(ad, x, by_index, "deletion", target="class 1").scores
+    torch.testing.assert_close(got, whybox.evaluate(ad, x, by_index, "deletion", target=1).scores, rtol=0, atol=0)
+    with pytest.raises(whybox.InvalidTargetError, match=r"target 'dog' is not one of the model's outputs \['class 0'"):
+        whybox.explain(ad, x, "saliency", target="dog")
+    with pytest.raises(whybox.InvalidParameterError, match=r"labels must be a list of strings, one per output"):
+        whybox.adapt(model, labels="cat")

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import whybox
 import whybox.data as wd
 from whybox.data import digits as digits_mod
 from whybox.data import fashion_mnist as fm_mod
@@ -296,6 +297,16 @@ def test_efficientnet_lite0_predicts_sensible_classes_for_the_coffee_and_cat_pho
     cats = {"tabby cat", "a cat having a striped coat", "Egyptian Mau"}  # ImageNet 281, 282, 285
     assert cats & set(top5["chelsea"]), top5
     assert probs[0].max() > 0.5  # the espresso prediction is confident with the right scaling
+    # the model names its classes: a class name as target is that class, and a near miss is suggested
+    assert model.id2label[967] == labels[967] == "espresso"
+    e = whybox.explain(model, batch[:1], "saliency", target="espresso")
+    assert e.target.tolist() == [967]
+    with pytest.raises(
+        whybox.InvalidTargetError,
+        match=r"^target 'tabby' is not one of the model's 1000 classes \('tench', 'goldfish', .*\)\. Did you mean "
+        r"'tabby cat'\?$",
+    ):
+        whybox.explain(model, batch[:1], "saliency", target="tabby")
 
 
 # --------------------------------------------------------------------------------------------------

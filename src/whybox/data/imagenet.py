@@ -35,6 +35,7 @@ calls them "a cat having a striped coat", "Egyptian Mau" and "missile".
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 from collections.abc import Callable, Sequence
@@ -86,8 +87,9 @@ def efficientnet_lite0() -> torch.nn.Module:
     -------
     torch.nn.Module
         A fresh ``efficientnet_lite_pytorch.EfficientNet`` (1000 ImageNet logits for a
-        ``(N, 3, 224, 224)`` input prepared by :func:`imagenet_preprocess`). Each call builds a new
-        model, so callers may modify it freely.
+        ``(N, 3, 224, 224)`` input prepared by :func:`imagenet_preprocess`), its ``id2label`` the ImageNet class
+        names (so ``target="espresso"`` names class 967). Each call builds a new model, so callers may modify it
+        freely.
 
     Raises
     ------
@@ -112,6 +114,8 @@ def efficientnet_lite0() -> torch.nn.Module:
     state_dict = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
     model.load_state_dict(state_dict, strict=True)
     model.eval()
+    with contextlib.suppress(MissingExtraError):  # the class names, as a Hugging Face config: target="espresso"
+        model.id2label = dict(enumerate(_labels()))
     return model
 
 

@@ -453,6 +453,7 @@ def adapt(
     references: torch.Tensor | None = None,
     similarity: str = "cosine",
     scale: float = 1.0,
+    labels: Sequence[str] | None = None,
 ) -> ModelAdapter:
     """Wrap a model so every explainer can call it.
 
@@ -479,12 +480,40 @@ def adapt(
     references, similarity, scale
         For ``kind="embedding"``: target embedding ``(D,)`` or class embeddings ``(K, D)``, ``"cosine"`` or
         ``"dot"``, and a factor on the similarities.
+    labels
+        The outputs' names in order (``imagenet_labels()``; an embedding model's reference names): a string
+        ``target=`` then names an output (``target="espresso"``). A scikit-learn classifier's ``classes_`` and a
+        Hugging Face model's ``config.id2label`` name them without it.
 
     Raises
     ------
     InvalidParameterError
         Unknown ``kind``, missing ``references`` for an embedding model, or an unsupported model type.
     """
+    names = None
+    if labels is not None:
+        if isinstance(labels, str) or not isinstance(labels, Sequence) or not all(isinstance(n, str) for n in labels):
+            raise InvalidParameterError(
+                f"labels must be a list of strings, one per output in order (e.g. imagenet_labels()); got "
+                f"{labels!r:.80}."
+            )
+        names = list(labels)
+    adapter = _adapt(model, kind, output, layers, preprocess, references, similarity, scale)
+    if names is not None:
+        adapter.output_names = names
+    return adapter
+
+
+def _adapt(
+    model: Any,
+    kind: str,
+    output: OutputSelector,
+    layers: LayerLike | Sequence[LayerLike] | None,
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None,
+    references: torch.Tensor | None,
+    similarity: str,
+    scale: float,
+) -> ModelAdapter:
     if isinstance(model, ModelAdapter):
         return model
     if kind not in KINDS:

@@ -64,7 +64,15 @@ def class_label_target(model: object, target: Any) -> Any:
 
     def index(label: object) -> int:
         if str(label) not in labels:
-            raise InvalidTargetError(f"target {label!r} is not one of the model's {what} {labels}.")
+            if len(labels) <= 20:
+                raise InvalidTargetError(f"target {label!r} is not one of the model's {what} {labels}.")
+            key = str(label).lower()
+            close = [n for n in labels if key in n.lower()][:3]
+            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else did_you_mean(label, labels, n=3)
+            raise InvalidTargetError(
+                f"target {label!r} is not one of the model's {len(labels)} {what} ({', '.join(map(repr, labels[:5]))}, "
+                f"...).{hint}"
+            )
         return labels.index(str(label))
 
     if isinstance(target, str):
