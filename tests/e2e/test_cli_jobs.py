@@ -1128,6 +1128,8 @@ def test_explain_target_by_class_name(runner: CliRunner, files: Files) -> None:
         "Error: --target must be 'prediction', 'label', a class index, or one of the model's class names "
         "(e.g. 'setosa'); got 'rose'."
     )
+    result = invoke(runner, ["explain", "--model", spec, csv, "--method", "occlusion", "--target", "virginca"])
+    assert result.stderr.strip().splitlines()[-1].endswith("got 'virginca'. Did you mean 'virginica'?")
 
 
 FUNCTIONS_PY = """

@@ -307,6 +307,10 @@ def test_efficientnet_lite0_predicts_sensible_classes_for_the_coffee_and_cat_pho
         r"'tabby cat'\?$",
     ):
         whybox.explain(model, batch[:1], "saliency", target="tabby")
+    twice = [n for n in set(labels) if labels.count(n) > 1]  # ImageNet names two classes alike: never a silent pick
+    assert twice
+    with pytest.raises(whybox.InvalidTargetError, match=rf"target '{twice[0]}' names 2 of the model's classes"):
+        whybox.explain(model, batch[:1], "saliency", target=twice[0])
 
 
 # --------------------------------------------------------------------------------------------------

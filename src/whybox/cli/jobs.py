@@ -276,8 +276,11 @@ def _target(spec: str | None, ds: Any, names: list[str] | None = None, model: An
         return hits[0]
     if len(hits) > 1:
         raise _fail(f"--target {spec!r} names {len(hits)} classes ({', '.join(map(str, hits))}); give the index.")
+    from whybox.models.targets import name_hint
+
     known = "" if not names else f", or one of the model's class names (e.g. {names[0]!r})"
-    raise _fail(f"--target must be 'prediction', 'label', a class index{known}; got {spec!r}.")
+    hint = name_hint(spec, names) if names else ""
+    raise _fail(f"--target must be 'prediction', 'label', a class index{known}; got {spec!r}.{hint}")
 
 
 #: ``--device`` of every command that runs a model (explain, evaluate, compare, demo, debug).

@@ -48,6 +48,14 @@ def _class_names(model: object) -> Any:
     return None
 
 
+def name_hint(value: object, names: Sequence[str]) -> str:
+    """`` Did you mean ...?`` for a mistyped name among many: the names that contain it (``"tabby"`` ->
+    ``"tabby cat"``), else the closest by spelling; ``""`` when none is close."""
+    key = str(value).lower()
+    close = [n for n in names if key in n.lower()][:3]
+    return f" Did you mean {', '.join(map(repr, close))}?" if close else did_you_mean(value, names, n=3)
+
+
 def class_label_target(model: object, target: Any) -> Any:
     """``target`` with output names replaced by their output indices: an adapter's ``output_names`` (an SAE
     adapter's ``"latent 12"``), else the class labels of the model (inside the adapter): a scikit-learn classifier's
@@ -63,17 +71,19 @@ def class_label_target(model: object, target: Any) -> Any:
     what = "outputs" if getattr(model, "output_names", None) is not None else "classes"
 
     def index(label: object) -> int:
-        if str(label) not in labels:
+        hits = [i for i, n in enumerate(labels) if n == str(label)]
+        if len(hits) > 1:  # ImageNet names two classes 'missile' and two 'sunglasses'
+            raise InvalidTargetError(
+                f"target {label!r} names {len(hits)} of the model's {what} ({', '.join(map(str, hits))}); give the index."
+            )
+        if not hits:
             if len(labels) <= 20:
                 raise InvalidTargetError(f"target {label!r} is not one of the model's {what} {labels}.")
-            key = str(label).lower()
-            close = [n for n in labels if key in n.lower()][:3]
-            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else did_you_mean(label, labels, n=3)
             raise InvalidTargetError(
                 f"target {label!r} is not one of the model's {len(labels)} {what} ({', '.join(map(repr, labels[:5]))}, "
-                f"...).{hint}"
+                f"...).{name_hint(label, labels)}"
             )
-        return labels.index(str(label))
+        return hits[0]
 
     if isinstance(target, str):
         return index(target)
