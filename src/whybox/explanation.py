@@ -18,6 +18,9 @@ __all__ = ["Explanation"]
 
 _FORMAT = "whybox.explanation/1"
 _MAP_REDUCTIONS = ("sum", "mean", "abs_sum", "max_abs")
+#: ``meta`` lists that describe the whole explanation, never one entry per row (a slice keeps them whole even when
+#: their length happens to equal the number of rows)
+_GLOBAL_META = frozenset({"feature_names", "described_options", "layer"})
 _ROW_OPTIONS = (
     "fill",
     "baseline",
@@ -78,8 +81,9 @@ class Explanation:
             idx = index
         meta: dict[str, Any] = {}
         for k, v in self.meta.items():
-            if (isinstance(v, torch.Tensor) and v.ndim >= 1 and v.shape[0] == n) or (
-                isinstance(v, list) and len(v) == n
+            if k not in _GLOBAL_META and (
+                (isinstance(v, torch.Tensor) and v.ndim >= 1 and v.shape[0] == n)
+                or (isinstance(v, list) and len(v) == n)
             ):
                 meta[k] = v[idx]
             else:
@@ -155,7 +159,8 @@ class Explanation:
         columns
             Panels per figure row.
         labels
-            Class names by output index (e.g. ``whybox.data.imagenet_labels()``) for the panel titles.
+            Class names by output index (e.g. ``whybox.data.imagenet_labels()``) for the panel titles; by default
+            ``meta["target_names"]``, the names the model gives its outputs, where it has them.
         """
         from matplotlib.figure import Figure
 
@@ -170,10 +175,15 @@ class Explanation:
         if isinstance(columns, bool) or not isinstance(columns, int) or columns < 1:
             raise InvalidParameterError(f"columns must be a positive int; got {columns!r}.")
         names_of = list(labels) if labels is not None else None
+        known = self.meta.get("target_names")  # the model's names for each row's target, when it has names
 
         def title(r: int) -> str:
             t = int(self.target[r])
-            return f"row {r}: {names_of[t] if names_of is not None and 0 <= t < len(names_of) else f'target {t}'}"
+            if names_of is not None and 0 <= t < len(names_of):
+                return f"row {r}: {names_of[t]}"
+            if isinstance(known, list) and len(known) == len(self) and known[r] is not None:
+                return f"row {r}: {known[r]}"
+            return f"row {r}: target {t}"
 
         image = a.ndim == 4
         signal = a.ndim == 3 and bool(self.meta.get("signal"))

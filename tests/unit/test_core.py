@@ -767,6 +767,14 @@ def test_explanation_rows_and_maps() -> None:
     assert len(last) == 1 and last.meta["finite"] == [True] and torch.equal(last.attributions, a[2:3])
     assert torch.equal(e[-3].target, torch.tensor([0]))
     assert len(e[1:]) == 2 and e[1:].meta["finite"] == [False, True]
+    # lists that describe the whole explanation stay whole, also when their length equals the number of rows
+    whole = {
+        "feature_names": ["a", "b", "c"],
+        "described_options": ["baseline", "fill", "x"],
+        "layer": ["l1", "l2", "l3"],
+    }
+    e3 = Explanation(a, torch.tensor([0, 1, 2]), "saliency", {}, {**whole, "target_names": ["x", "y", "z"]})
+    assert {k: e3[1:].meta[k] for k in whole} == whole and e3[1:].meta["target_names"] == ["y", "z"]
     for bad in (3, -4):
         with pytest.raises(IndexError, match=rf"row index {bad} is out of range for an explanation of 3 rows"):
             e[bad]
@@ -860,3 +868,7 @@ def test_adapt_labels_name_the_outputs_for_target(make_cnn: Callable[..., nn.Mod
         whybox.explain(ad, x, "saliency", target="dog")
     with pytest.raises(whybox.InvalidParameterError, match=r"labels must be a list of strings, one per output"):
         whybox.adapt(model, labels="cat")
+    # each row's target by name in meta (saved with it), and as the plot's panel titles
+    assert mixed.meta["target_names"] == ["class 0", "class 2"]
+    fig = mixed.plot(x)
+    assert [ax.get_title() for ax in fig.axes if ax.get_title()] == ["row 0: class 0", "row 1: class 2"]
