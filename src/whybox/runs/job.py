@@ -314,6 +314,11 @@ def _curves(curves: Mapping[str, torch.Tensor], row: int) -> dict[str, list[floa
 METRICS_KEY = "*metrics"
 
 
+def _cut(given: Mapping[str, Any], rows: torch.Tensor | slice, n: int) -> dict[str, Any]:
+    """``given`` with each tensor of one row per sample (``n`` rows) cut to ``rows``; other values as they are."""
+    return {k: v[rows] if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == n else v for k, v in given.items()}
+
+
 def unit_data_options(
     data_options: Mapping[str, Mapping[str, Any]] | None, unit: Unit, n: int
 ) -> dict[str, Any] | None:
@@ -321,15 +326,9 @@ def unit_data_options(
     samples, and the metrics' under :data:`METRICS_KEY`): tensors with one row per sample cut to the unit's
     samples, other values as they are. The metrics' share comes back under :data:`METRICS_KEY`."""
     idx = torch.tensor(unit.indices)
-
-    def cut(given: Mapping[str, Any]) -> dict[str, Any]:
-        return {
-            k: v[idx] if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == n else v for k, v in given.items()
-        }
-
-    out = cut((data_options or {}).get(unit.method) or {})
+    out = _cut((data_options or {}).get(unit.method) or {}, idx, n)
     if (data_options or {}).get(METRICS_KEY):
-        out[METRICS_KEY] = cut(data_options[METRICS_KEY])  # type: ignore[index]
+        out[METRICS_KEY] = _cut(data_options[METRICS_KEY], idx, n)  # type: ignore[index]
     return out or None
 
 
@@ -366,11 +365,7 @@ def execute_unit(
 
     def options(rows: torch.Tensor | slice) -> dict[str, Any]:
         """The options for some rows of ``x``: per-row tensors cut to them, under the job's."""
-        cut = {
-            k: v[rows] if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == n_rows else v
-            for k, v in per_row.items()
-        }
-        return {**cut, **opts}
+        return {**_cut(per_row, rows, n_rows), **opts}
 
     n_forward = n_backward = 0
     errors = (WhyboxError, RuntimeError, ValueError, TypeError, IndexError, ArithmeticError)
@@ -435,11 +430,8 @@ def execute_unit(
                 t1 = time.perf_counter()
                 mopts = job.metric_options_for(metric, unit.shard)
                 takes = _options(METRICS.get(metric))
-                mopts = {
-                    **{k: v[sel] if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == n_rows else v
-                       for k, v in metric_data.items() if k in takes},
-                    **mopts,
-                }  # fmt: skip
+                data = _cut({k: v for k, v in metric_data.items() if k in takes}, sel, n_rows)
+                mopts = {**data, **mopts}
                 try:
                     res = evaluate(model, xs, expl, metric, target=ts, labels=ls, **mopts)
                     nf, nb = int(res.meta.get("n_forward", 0)), int(res.meta.get("n_backward", 0))
