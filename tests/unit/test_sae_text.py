@@ -248,3 +248,22 @@ def test_stdlib_corpus_is_deterministic_deduplicated_and_normalised() -> None:
     assert "tabnanny" not in sys.modules and "mailbox" not in sys.modules
     with pytest.raises(InvalidParameterError, match=re.escape("limit must be None or an int >= 0; got -1.")):
         stdlib_docstrings(limit=-1)
+
+
+def test_attention_methods_follow_the_sae_feature_not_the_classifiers_logits(clf: object) -> None:
+    """The attention methods read an SAE adapter's scores from the full forward pass (hidden_states[layer + 1]):
+    the same scores as the adapter's own; attention relevance explains the feature (its predicted 'class' is the
+    largest feature, not the classifier's argmax), with the mean readout of a score pooled over tokens."""
+    sae = random_sae()
+    fa = SAEFeatureAdapter.from_text_adapter(clf, sae, layer=0, features=[3, 7, 11], pool="mean")  # type: ignore[arg-type]
+    batch = fa.encode(TEXTS)
+    with torch.no_grad():
+        out = fa.model(
+            inputs_embeds=batch.inputs[..., :-1], attention_mask=batch.attention_mask, output_hidden_states=True
+        )
+        mask = batch.attention_mask
+        torch.testing.assert_close(fa.scores_from_output(out, mask), fa.scores(batch.inputs), rtol=0, atol=1e-12)
+        own, logits = fa.scores(batch.inputs).argmax(1), clf.scores(batch.inputs).argmax(1)  # type: ignore[attr-defined]
+    e = whybox.explain(fa, batch.inputs, "attention_relevance")
+    assert e.target.tolist() == own.tolist() and e.meta["readout"] == "mean"
+    assert e.target.tolist() != logits.tolist()  # the classifier would pick other columns here

@@ -71,7 +71,8 @@ class AttentionExplainer(Explainer):
             )
         if readout is None:  # the row the model itself reads: a mean-pooled sentence encoder reads every token
             mean_pooled = isinstance(self.adapter, TextEncoderAdapter) and self.adapter.pooling == "mean"
-            readout = "mean" if mean_pooled else "cls"
+            pooled = callable(getattr(self.adapter, "scores_from_output", None))  # SAE features pooled over tokens
+            readout = "mean" if mean_pooled or pooled else "cls"
         if readout not in READOUTS:
             raise InvalidParameterError(
                 f"readout must be one of {READOUTS}; got {readout!r}.{did_you_mean(readout, READOUTS)}"
@@ -107,14 +108,22 @@ class AttentionExplainer(Explainer):
 
             mask = (x[..., -1] > 0.5).to(torch.long)
             encoder = self.adapter if isinstance(self.adapter, TextEncoderAdapter) else None
+            own = getattr(self.adapter, "scores_from_output", None)  # an adapter whose scores are not the logits
+            extra = {"output_hidden_states": True} if callable(own) else {}
+            if (
+                encoder is not None
+            ):  # a sentence encoder has no head: its scores are the pooled embedding's similarities
+                read: Any = lambda out: encoder.similarities(encoder.pool(out, mask))  # noqa: E731
+            else:  # an SAE adapter's features at its block, pooled (None: the classifier's logits)
+                read = (lambda out: own(out, mask)) if callable(own) else None
             logits, attentions, grads = collect_attentions(
                 model,
                 target=target,
                 with_grads=self.with_grads,
-                # a sentence encoder has no head: its scores are the pooled embedding's similarities
-                scores=None if encoder is None else (lambda out: encoder.similarities(encoder.pool(out, mask))),
+                scores=read,
                 inputs_embeds=x[..., :-1],
                 attention_mask=mask,
+                **extra,
             )
         engine.n_forward += x.shape[0]
         if self.with_grads:

@@ -33,7 +33,14 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from whybox.errors import InvalidInputError, InvalidParameterError, InvalidTargetError, LayerError, did_you_mean
+from whybox.errors import (
+    InvalidInputError,
+    InvalidParameterError,
+    InvalidTargetError,
+    LayerError,
+    ModelOutputError,
+    did_you_mean,
+)
 from whybox.explainers.llm.sae import SparseAutoencoder, top_activating
 from whybox.explainers.llm.sae import _check_sae as _check_sae_type
 from whybox.models._guard import preserved
@@ -555,7 +562,10 @@ class SAEFeatureAdapter(TextClassifierAdapter):
             self.model(inputs_embeds=e, attention_mask=(m > 0.5).to(torch.long))
         if "h" not in box:
             raise LayerError(f"block {self.layer} of {type(self.model).__name__} did not run in the forward pass.")
-        h = box["h"]
+        return self._features(box["h"], m)
+
+    def _features(self, h: Tensor, m: Tensor) -> Tensor:
+        """Per-token readouts ``(B, T, n_features)`` of block outputs ``h`` ``(B, T, D)`` (mask channel ``m``)."""
         w = self.sae.W_d
         rows = h.reshape(-1, h.shape[-1]).to(w.dtype)
         z = self.sae.pre_activation(rows)
@@ -571,8 +581,22 @@ class SAEFeatureAdapter(TextClassifierAdapter):
         return val * keep
 
     def scores(self, x: Tensor) -> Tensor:
-        val = self.feature_map(x)
-        keep = ordinary_positions(x[..., -1], *self.special_span).unsqueeze(-1)
+        return self._pooled(self.feature_map(x), x[..., -1])
+
+    def scores_from_output(self, output: Any, mask: Tensor) -> Tensor:
+        """The scores ``(B, n_features)`` from a full forward pass's output with ``output_hidden_states=True``
+        (``hidden_states[layer + 1]``, the block's output in BERT-style models): how the attention methods read
+        this adapter's score (attention relevance follows the feature, not the classifier's logits)."""
+        hidden = getattr(output, "hidden_states", None)
+        if hidden is None or len(hidden) <= self.layer + 1:
+            raise ModelOutputError(
+                f"{type(self.model).__name__} returned no hidden_states[{self.layer + 1}] with output_hidden_states=True."
+            )
+        m = mask.to(hidden[self.layer + 1].dtype)
+        return self._pooled(self._features(hidden[self.layer + 1], m), m)
+
+    def _pooled(self, val: Tensor, m: Tensor) -> Tensor:
+        keep = ordinary_positions(m, *self.special_span).unsqueeze(-1)
         if self.pool == "sum":
             return val.sum(1)
         if self.pool == "mean":
