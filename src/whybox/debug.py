@@ -54,9 +54,12 @@ class Mistake:
     culprit_mask
         ``(H, W)`` bool (or ``(F,)`` for rows): where the culprits are.
     regions
-        The region label map ``(H, W)`` (or ``(F,)``).
+        The region label map ``(H, W)`` (or ``(F,)``; for a text, ``(T,)`` word ids per token).
     attribution
-        The true-class map ``(H, W)`` (channels summed) or row ``(F,)`` of the explanation.
+        The true-class map ``(H, W)`` (channels summed) or row ``(F,)`` of the explanation (a text: ``(T,)`` per
+        token).
+    culprit_words
+        For a text, the culprits as words (in the order of ``culprits``); empty otherwise.
     """
 
     index: int
@@ -72,6 +75,7 @@ class Mistake:
     culprit_mask: torch.Tensor
     regions: torch.Tensor
     attribution: torch.Tensor
+    culprit_words: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -116,14 +120,6 @@ class DebugReport:
         return "\n".join(lines)
 
 
-def _region_rank(values: torch.Tensor, regions: torch.Tensor) -> list[int]:
-    """Region ids by the mean of ``values`` over each region, highest first (ties: lowest id; the insertion metric
-    breaks ties by its seeded rule, so a map with tied regions may list its culprits in another order)."""
-    ids = torch.unique(regions).tolist()
-    means = [float(values[regions == i].double().mean()) for i in ids]
-    return [i for _, i in sorted(zip([-m for m in means], ids, strict=True))]
-
-
 def find_mistakes(
     model: Any,
     inputs: Any,
@@ -143,8 +139,10 @@ def find_mistakes(
     model
         A classifier (``nn.Module`` or adapter).
     inputs, labels
-        ``(B, *S)`` inputs (a tensor, a numpy array or a DataFrame of rows) and their true classes ``(B,)`` (ints,
-        or a scikit-learn classifier's own class labels).
+        ``(B, *S)`` inputs (a tensor, a numpy array or a DataFrame of rows; for a text adapter, the texts) and their
+        true classes ``(B,)`` (ints, or the model's class names: a scikit-learn classifier's ``classes_``, a Hugging
+        Face model's ``id2label``). Texts are explained over words with the text options of
+        :func:`~whybox.models.text.explain_text` (LIMA: word regions; the [MASK] fill), and the culprits are words.
     method
         The explainer (default ``"lima"`` with ``search="predictive"``); ``params`` go to it.
     max_mistakes
@@ -172,6 +170,18 @@ def find_mistakes(
             "(kind='multilabel': independent labels, several true at once), where a row has no single true class; "
             "explain a missed label with whybox.explain(adapter, rows, 'lima', target=label) on the rows that miss it."
         )
+    text_batch: Any = None
+    if isinstance(inputs, str) or (
+        isinstance(inputs, (list, tuple)) and bool(inputs) and all(isinstance(t, str) for t in inputs)
+    ):
+        if not (callable(getattr(adapter, "encode", None)) and callable(getattr(adapter, "packed_fill", None))):
+            raise InvalidInputError(
+                "inputs are texts, but this model reads tensors: adapt a Hugging Face classifier and its tokenizer "
+                "with whybox.adapt_text(model, tokenizer), or wrap a function texts -> scores in "
+                "whybox.models.blackbox_text.BlackBoxTextAdapter."
+            )
+        text_batch = adapter.encode(inputs)  # type: ignore[attr-defined]
+        inputs = text_batch.inputs
     coder = coder_of(adapter)
     coded = categorical_columns(inputs) if coder is not None and is_dataframe(inputs) else []
     inputs, _ = as_tensor_inputs(inputs, coder)  # a numpy array or a DataFrame of rows (text columns coded)
@@ -240,6 +250,16 @@ def find_mistakes(
         opts.setdefault("search", "predictive")
         if regions is not None or lima_kind is not None:
             opts.setdefault("regions", regions if regions is not None else lima_kind)
+    if text_batch is not None:  # words as features / regions, a word removed becomes [MASK] (or is dropped)
+        from whybox.models.text import text_defaults
+
+        rows = wrong.to(inputs.device)
+        for name, v in text_defaults(method, text_batch).items():
+            opts.setdefault(name, v[rows] if isinstance(v, torch.Tensor) and v.shape[:1] == inputs.shape[:1] else v)
+        if isinstance(fill, str):
+            fill = text_batch.fill()[rows]
+        if regions is None:
+            regions = text_batch.word_features()[rows]
     if issubclass(EXPLAINERS.get(method), PerturbationExplainer):
         opts.setdefault("fill", fill)
     e = explain(model, x, method, target=y, batch_size=batch_size, **opts)
@@ -256,29 +276,47 @@ def find_mistakes(
             built = R.segments(x, n_regions=49) if signal else R.columns(x)
         regions = built.labels
     regions = regions.to(dev)
-    if x.ndim == 4 and regions.ndim == 2:
+    packed_text = text_batch is not None and x.ndim == 3  # a HF text adapter's (B, T, D + 1): word ids per token
+    if packed_text:
+        regions = regions.reshape(x.shape[0], x.shape[1])
+    elif x.ndim == 4 and regions.ndim == 2:
         regions = regions.expand(x.shape[0], *regions.shape)
     elif x.ndim == 2 and regions.ndim == 1:
         regions = regions.expand(x.shape[0], -1)
     if signal:  # a signal's windows: (B, 1, L), shared by the channels
         regions = regions.reshape(-1, 1, x.shape[-1]).expand(x.shape[0], 1, x.shape[-1])
-    else:
+    elif not packed_text:
         regions = regions.reshape(x.shape[0], *regions.shape[-(2 if x.ndim == 4 else 1) :])
     # images: the label map as is; rows: the column ids as feature groups (the metric's own form for non-images)
-    metric_regions: Any = regions if x.ndim == 4 else FeatureGroups(regions.long(), int(regions.max()) + 1, "regions")
+    ids = regions.long().unsqueeze(-1) if packed_text else regions.long()  # a text's word ids as (B, T, 1)
+    metric_regions: Any = regions if x.ndim == 4 else FeatureGroups(ids, int(regions.max()) + 1, "regions")
     hc = evaluate(model, x, e, "highest_confidence", target=y, regions=metric_regions, fill=fill, batch_size=batch_size)
     curves_y = hc.curves["y"]  # point i: the i best-ranked regions shown
-    # images: the channel-summed map; signals: likewise over time (B, 1, L); rows: the attributions
-    maps = e.to_map() if x.ndim == 4 else e.attributions.sum(1, keepdim=True) if signal else e.attributions
+    # images: the channel-summed map; signals: likewise over time (B, 1, L); rows: the attributions; texts: per
+    # token (a word's value on each of its tokens, or a gradient summed over the embedding dimensions)
+    a = e.attributions
+    if packed_text:
+        maps = a[..., 0] if a.shape[-1] == 1 else a[..., :-1].sum(-1)
+    else:
+        maps = e.to_map() if x.ndim == 4 else a.sum(1, keepdim=True) if signal else a
+    spans = text_batch.word_spans() if packed_text else None
+    words_of = text_batch.words if text_batch is not None and not packed_text else None  # a black box's words
     for k, idx in enumerate(wrong.tolist()):
         reg = regions[k].cpu()
-        order = _region_rank(maps[k].cpu(), reg)
+        order = hc.meta["region_order"][k].tolist()  # the regions in the order the insertion curve added them
         ys = curves_y[k]
         best = int(torch.nan_to_num(ys, nan=-1.0).argmax())  # points: 0 = nothing shown, i = i regions shown
         # after the best subset, each region whose addition lowers the true class, the largest drop first
         drops = [(float(ys[j + 1] - ys[j]), order[j]) for j in range(best, min(len(order), ys.shape[0] - 1))]
         ranked = sorted((d, c) for d, c in drops if d < -CULPRIT_DROP)
         culprits = [c for _, c in ranked]
+        if spans is not None:
+            named = [w for w, _ in spans[idx]]
+        elif words_of is not None:
+            named = list(words_of[idx])
+        else:
+            named = []
+        culprit_words = [named[c] for c in culprits if 0 <= c < len(named)]
         mask = torch.zeros(reg.shape, dtype=torch.bool)
         for c in culprits:
             mask |= reg == c
@@ -297,6 +335,7 @@ def find_mistakes(
                 culprit_mask=mask,
                 regions=reg,
                 attribution=maps[k].detach().cpu(),
+                culprit_words=culprit_words,
             )
         )
     return report

@@ -187,3 +187,67 @@ def test_model_in_train_mode_is_read_in_eval_and_left_as_it_came() -> None:
     assert model.training and [p.requires_grad for p in model.parameters()] == flags
     assert [m.index for m in report.mistakes] == [1, 3]  # the eval-mode answer, every time
     assert [m.culprits for m in report.mistakes] == [[2], [2]]
+
+
+def _trap_words(texts: list[str]) -> torch.Tensor:
+    """Logits (#good + #fine - 3 #bad, 0): a text with 'bad' in it goes to class 1 unless good words outweigh it."""
+    z = torch.tensor([t.split().count("good") + t.split().count("fine") - 3.0 * t.split().count("bad") for t in texts])
+    return torch.stack([z, torch.zeros_like(z)], 1).to(F64)
+
+
+@pytest.mark.parametrize("method", ["lima", "occlusion", "exact_shapley"])
+def test_a_text_s_culprits_are_its_trap_words(method: str) -> None:
+    """Texts go in as they are: every text is class 0; a 'bad' outweighing the good words makes it a mistake, and
+    each 'bad' is a culprit word (the best subset shows the good words alone)."""
+    from whybox.models.blackbox_text import BlackBoxTextAdapter
+
+    ad = BlackBoxTextAdapter(_trap_words, labels=["ok", "trap"])
+    texts = ["good fine film", "good fine bad film", "bad plot bad good"]
+    report = whybox.find_mistakes(ad, texts, ["ok", "ok", "ok"], method=method)
+    assert [m.index for m in report.mistakes] == [1, 2]
+    assert [m.culprit_words for m in report.mistakes] == [["bad"], ["bad", "bad"]]
+    assert [sorted(m.culprits) for m in report.mistakes] == [[2], [0, 2]]  # word positions, largest drop first
+
+
+def test_a_hf_text_s_culprits_are_the_words_whose_insertion_lowers_the_true_class(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a text adapter the steps insert words (the [MASK] fill, CLS/SEP/pads kept) in the order the curve used
+    (meta region_order, ties broken by its seeded rule): each culprit is the word whose insertion there lowers the
+    true class by the reported drop, and culprit_words names it."""
+    pytest.importorskip("transformers", reason="the text extra (transformers) is not installed")
+    from test_text import SENTENCES, tiny_bert, toy_tokenizer
+
+    from whybox.models.text import adapt_text
+
+    clf = adapt_text(tiny_bert(), toy_tokenizer())
+    batch = clf.encode(SENTENCES)
+    with torch.no_grad():
+        wrong_labels = (1 - clf.scores(batch.inputs).argmax(1)).clamp(0, 2)
+    monkeypatch.setattr("whybox.debug.CULPRIT_DROP", 0.0)  # the random tiny model's drops are small: count them all
+    report = whybox.find_mistakes(clf, SENTENCES, wrong_labels, method="occlusion")
+    assert report.n_wrong == len(SENTENCES)
+    fill, ids, spans = batch.fill("mask"), batch.word_features()[..., 0], batch.word_spans()
+    found = 0
+    for m in report.mistakes:
+        r = m.index
+        words = [w for w, _ in spans[r]]
+        assert m.culprit_words == [words[c] for c in m.culprits]
+        assert torch.equal(m.regions, ids[r])
+        # replay the insertion: words in the curve's order into the filled row, the true class's probability
+        cur, ys = fill[r : r + 1].clone(), []
+        hc = whybox.evaluate(
+            clf, batch.inputs[r : r + 1], report.explanation[report.mistakes.index(m)], "highest_confidence",
+            target=m.label, regions=ids[r : r + 1, :, None], fill=fill[r : r + 1],
+        )  # fmt: skip
+        order = hc.meta["region_order"][0].tolist()
+        with torch.no_grad():
+            ys.append(float(clf.scores(cur).softmax(1)[0, m.label]))
+            for c in order[: len(words)]:
+                cur[0, ids[r] == c] = batch.inputs[r, ids[r] == c]
+                ys.append(float(clf.scores(cur).softmax(1)[0, m.label]))
+        for c, d in zip(m.culprits, m.drops, strict=True):
+            j = order.index(c)
+            assert ys[j + 1] - ys[j] == pytest.approx(d, abs=1e-9)
+            found += 1
+    assert found > 0

@@ -358,6 +358,8 @@ class _CurveMetric(Metric):
             "flat_map": flat_rows.tolist(),
             "n_unchanged_points": n_same,
         }
+        if region_steps:  # (B, M) the region ids in the order the curve moved them (point k: the first k)
+            meta["region_order"] = torch.argsort(ranks, dim=1).cpu()
         if bool(flat_rows.any()):
             meta["note"] = "rows with a flat map are ordered by the seeded tie rule alone"
         return xs, y.cpu(), meta
