@@ -110,9 +110,12 @@ def apply_score_space(scores: torch.Tensor, space: str | None) -> torch.Tensor:
     (:func:`resolve_score`). ``"prob"`` and ``"log_prob"`` named on a model with one output (K = 1) are an error:
     a softmax over one score is always 1, so every perturbation would look like it changes nothing.
     ``"sigmoid"`` and ``"log_sigmoid"`` read each output as the logit of its own label: the probability of a
-    multi-label classifier's labels, or of a binary classifier's single logit."""
+    multi-label classifier's labels, or of a binary classifier's single logit. Half-precision scores (float16,
+    bfloat16) are read in float32."""
     if space is None:
         space = resolve_score(space, int(scores.shape[-1]) if scores.ndim >= 1 else 1)
+    if scores.dtype in (torch.float16, torch.bfloat16):  # a half-precision model: softmax etc. in float32, so
+        scores = scores.float()  # probabilities are not rounded to 8 or 11 bits (bf16 drops came out all equal)
     if space == "logit":
         return scores
     if space == "sigmoid":
