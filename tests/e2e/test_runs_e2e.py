@@ -188,18 +188,22 @@ def test_ray_cuts_data_options_to_each_unit_as_the_local_backend_does(tmp_path: 
     samples in the worker: the Ray run's rows and arrays equal the local run's."""
     import torch
 
-    from whybox.runs.job import Job, run_job
+    from whybox.runs.job import METRICS_KEY, Job, run_job
 
     g = torch.Generator().manual_seed(1)
     x = torch.rand(6, 1, 8, 8, generator=g)
     fill = torch.rand(6, 1, 8, 8, generator=g)
+    regions = torch.randint(0, 5, (6, 8, 8), generator=g)  # the metrics' share: a region map per sample
     model = _tiny_cnn()
     job = Job(methods=("occlusion", "kernel_shap"), metrics=("deletion",), shard_size=4,
               method_options={"kernel_shap": {"n_samples": 32}})  # fmt: skip
-    given = {"occlusion": {"fill": fill, "window": 4}, "kernel_shap": {"fill": fill}}
+    given = {"occlusion": {"fill": fill, "window": 4}, "kernel_shap": {"fill": fill}, METRICS_KEY: {"regions": regions}}
     local = run_job(job, model, x, tmp_path / "local", data_options=given)
     dist = run_job(job, model, x, tmp_path / "ray", backend="ray", data_options=given)
     assert local.complete and dist.complete
     assert snapshot(tmp_path / "ray") == snapshot(tmp_path / "local")
     plain = run_job(job, model, x, tmp_path / "plain")  # (the options matter: without them other arrays)
     assert plain.complete and snapshot(tmp_path / "plain")[1] != snapshot(tmp_path / "local")[1]
+    no_regions = {k: v for k, v in given.items() if k != METRICS_KEY}  # and the regions other deletion values
+    run_job(job, model, x, tmp_path / "words", data_options=no_regions)
+    assert snapshot(tmp_path / "words")[0]["metric_values"] != snapshot(tmp_path / "local")[0]["metric_values"]

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from torch import nn
 
 from whybox.errors import InvalidParameterError, UnknownNameError
-from whybox.runs.job import Job, plan_units, run_job, shards
+from whybox.runs.job import METRICS_KEY, Job, plan_units, run_job, shards
 from whybox.runs.store import FingerprintMismatchError, RunStore, write_array_atomic
 
 
@@ -333,15 +333,27 @@ def test_data_options_reach_each_unit_cut_to_its_samples(tmp_path: Path) -> None
     x, y = data(5)
     fill = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(3))  # one fill image per sample
     job = Job(methods=("occlusion",), metrics=("deletion",), shard_size=2, method_options={"occlusion": {"window": 4}})
-    given = {"occlusion": {"fill": fill, "window": 2, "stride": 4}}
+    # the metrics' share (a text dataset's word regions): a region map per sample, cut to each shard alike
+    cells = torch.arange(16).view(4, 4).repeat_interleave(2, 0).repeat_interleave(2, 1)
+    regions = torch.stack([torch.randperm(16, generator=torch.Generator().manual_seed(i))[cells] for i in range(5)])
+    given = {"occlusion": {"fill": fill, "window": 2, "stride": 4}, METRICS_KEY: {"regions": regions}}
     run_job(job, tiny_cnn(), x, tmp_path / "r", labels=y, data_options=given)
-    want = whybox.explain(tiny_cnn(), x, "occlusion", fill=fill, window=4, stride=4).attributions
+    e = whybox.explain(tiny_cnn(), x, "occlusion", fill=fill, window=4, stride=4)
+    want = e.attributions
+    scores = []  # each shard's samples with the shard's seed (the tie rule), as the run scores them
+    for shard, rows in enumerate([slice(0, 2), slice(2, 4), slice(4, 5)]):
+        opts = job.metric_options_for("deletion", shard)
+        scores += whybox.evaluate(
+            tiny_cnn(), x[rows], e[rows], "deletion", regions=regions[rows], **opts
+        ).scores.tolist()
     store = RunStore.open_existing(tmp_path / "r")
     try:
         for i in range(5):
             got = store.load_array("occlusion", i)
             assert got is not None
             torch.testing.assert_close(torch.from_numpy(got), want[i].float())
+        stored = {i: v for i, _, metric, v, *_ in store.rows("metric_values") if metric == "deletion"}
+        assert [stored[i] for i in range(5)] == pytest.approx(scores, rel=1e-6)
     finally:
         store.close()
     with pytest.raises(FingerprintMismatchError, match=r"changed: data; data: the inputs, their names or"):
