@@ -12,7 +12,7 @@ from whybox import metrics as _metrics  # noqa: F401  (fills the metric registry
 from whybox.explanation import Explanation
 from whybox.metrics.base import MetricResult
 from whybox.models.adapter import coder_of
-from whybox.models.inputs import coded_later, tensor_option
+from whybox.models.inputs import coded_later, is_text_adapter, is_texts, tensor_option
 from whybox.models.targets import TargetLike
 from whybox.registry import EXPLAINERS, METRICS
 
@@ -55,10 +55,7 @@ def _text_evaluation(
 
     if isinstance(explanation, TextAttribution):
         explanation = explanation.explanation
-    texts = isinstance(inputs, str) or (
-        isinstance(inputs, (list, tuple)) and bool(inputs) and all(isinstance(t, str) for t in inputs)
-    )
-    if not texts or not callable(getattr(model, "encode", None)) or not callable(getattr(model, "packed_fill", None)):
+    if not is_texts(inputs) or not is_text_adapter(model):
         return inputs, explanation, params  # not texts, or not a text adapter (a HF model's or a function of strings)
     batch = model.encode(inputs)
     if isinstance(explanation, str) and metric == "stability":
@@ -213,14 +210,8 @@ def evaluate(
     cls = METRICS.get(metric)
     if isinstance(inputs, (str, list, tuple)) or hasattr(explanation, "words"):  # texts, or an explain_text result
         inputs, explanation, params = _text_evaluation(model, inputs, explanation, metric, params)
-    packed_fill = getattr(model, "packed_fill", None)  # a text adapter: words become [MASK], never zero vectors
-    if (
-        packed_fill is not None
-        and isinstance(inputs, torch.Tensor)
-        and "fill" not in params
-        and "fill" in _options(cls)
-    ):
-        params = {**params, "fill": packed_fill(inputs)}
+    if is_text_adapter(model) and isinstance(inputs, torch.Tensor) and "fill" not in params and "fill" in _options(cls):
+        params = {**params, "fill": model.packed_fill(inputs)}  # words become [MASK] (or are dropped), never zeros
     try:
         m = cls(**params)
     except TypeError as exc:

@@ -22,7 +22,14 @@ from whybox.masking.engine import MaskingEngine, resolve_batch_size
 from whybox.masking.features import FeatureGroups
 from whybox.models.adapter import ModelAdapter, adapt, coder_of, is_signal, scoring_adapter
 from whybox.models.categorical import categorical_columns
-from whybox.models.inputs import as_tensor_inputs, is_dataframe, tensor_option
+from whybox.models.inputs import (
+    TEXTS_GIVEN_TO_A_TENSOR_MODEL,
+    as_tensor_inputs,
+    is_dataframe,
+    is_text_adapter,
+    is_texts,
+    tensor_option,
+)
 from whybox.models.targets import apply_score_space, class_label_target
 from whybox.registry import EXPLAINERS
 
@@ -171,15 +178,9 @@ def find_mistakes(
             "explain a missed label with whybox.explain(adapter, rows, 'lima', target=label) on the rows that miss it."
         )
     text_batch: Any = None
-    if isinstance(inputs, str) or (
-        isinstance(inputs, (list, tuple)) and bool(inputs) and all(isinstance(t, str) for t in inputs)
-    ):
-        if not (callable(getattr(adapter, "encode", None)) and callable(getattr(adapter, "packed_fill", None))):
-            raise InvalidInputError(
-                "inputs are texts, but this model reads tensors: adapt a Hugging Face classifier and its tokenizer "
-                "with whybox.adapt_text(model, tokenizer), or wrap a function texts -> scores in "
-                "whybox.models.blackbox_text.BlackBoxTextAdapter."
-            )
+    if is_texts(inputs):
+        if not is_text_adapter(adapter):
+            raise InvalidInputError(TEXTS_GIVEN_TO_A_TENSOR_MODEL)
         text_batch = adapter.encode(inputs)  # type: ignore[attr-defined]
         inputs = text_batch.inputs
     coder = coder_of(adapter)

@@ -24,7 +24,7 @@ from whybox.models.adapter import (
     scoring_adapter,
 )
 from whybox.models.categorical import vocabularies
-from whybox.models.inputs import as_tensor_inputs, check_feature_names
+from whybox.models.inputs import as_tensor_inputs, check_feature_names, is_text_adapter, is_texts
 from whybox.models.targets import (
     SCORE_SPACES,
     Target,
@@ -239,10 +239,7 @@ class Explainer:
         return torch.Generator().manual_seed(getattr(self, "_call_seed", self.seed or 0))
 
     def _validate(self, inputs: Any) -> torch.Tensor:
-        texts = isinstance(inputs, str) or (
-            isinstance(inputs, (list, tuple)) and bool(inputs) and all(isinstance(t, str) for t in inputs)
-        )
-        if texts and callable(getattr(self.adapter, "packed_fill", None)):  # a text adapter
+        if is_texts(inputs) and is_text_adapter(self.adapter):
             packed = "packed inputs (B, T, D + 1)" if hasattr(self.adapter, "tokenizer") else "presence rows (B, W + 1)"
             raise InvalidInputError(
                 f"inputs are text, but {self.name!r} takes the text adapter's {packed}: use "

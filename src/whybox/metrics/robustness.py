@@ -24,6 +24,7 @@ from whybox.metrics.base import (
     make_explain_fn,
     row_keys,
 )
+from whybox.models.inputs import is_text_adapter
 from whybox.registry import METRICS
 
 __all__ = ["Infidelity", "MaxSensitivity", "squares"]
@@ -103,12 +104,12 @@ class Infidelity(Metric):
         from whybox.models.targets import apply_score_space
 
         x = ctx.x
-        if callable(getattr(ctx.adapter, "packed_fill", None)):  # a text adapter's packed (B, T, D + 1)
+        if is_text_adapter(ctx.adapter):  # packed text inputs: the mask channel, specials (or a row's index)
             raise InvalidParameterError(
-                "infidelity perturbs every element of its inputs, and a text adapter's packed inputs hold the "
-                "attention mask in their last channel and the special tokens: noise there switches tokens on and "
-                "off. For texts use comprehensiveness, sufficiency, deletion or insertion (they replace words by "
-                "[MASK] and keep the rest)."
+                "infidelity perturbs every element of its inputs, and a text adapter's inputs hold more than the "
+                "words: the attention mask in their last channel and the special tokens (a black-box text model's: "
+                "the text's index), which noise would change. For texts use comprehensiveness, sufficiency, "
+                "deletion or insertion (they replace words by [MASK], or remove them, and keep the rest)."
             )
         a = _broadcast_attr(ctx.attributions, x)
         b = x.shape[0]

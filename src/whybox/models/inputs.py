@@ -21,9 +21,31 @@ __all__ = [
     "column_mismatch",
     "is_dataframe",
     "is_pandas",
+    "is_text_adapter",
+    "is_texts",
     "name_list",
     "tensor_option",
 ]
+
+TEXTS_GIVEN_TO_A_TENSOR_MODEL = (
+    "inputs are texts, but this model reads tensors: adapt a Hugging Face classifier and its tokenizer with "
+    "whybox.adapt_text(model, tokenizer) and explain with whybox.explain_text(adapter, texts, method), or "
+    "wrap a function texts -> scores in whybox.models.blackbox_text.BlackBoxTextAdapter."
+)
+
+
+def is_texts(inputs: Any) -> bool:
+    """Whether ``inputs`` are texts: a string, or a non-empty list or tuple of strings."""
+    return isinstance(inputs, str) or (
+        isinstance(inputs, (list, tuple)) and bool(inputs) and all(isinstance(t, str) for t in inputs)
+    )
+
+
+def is_text_adapter(adapter: Any) -> bool:
+    """Whether ``adapter`` reads texts through packed inputs: a Hugging Face text adapter (:func:`whybox.adapt_text`)
+    or a black-box text model (``BlackBoxTextAdapter``): it encodes texts and fills its packed inputs."""
+    return callable(getattr(adapter, "encode", None)) and callable(getattr(adapter, "packed_fill", None))
+
 
 _NUMERIC = "biuf"  # numpy dtype kinds whybox can perturb: bool, signed and unsigned int, float
 
@@ -96,11 +118,7 @@ def as_tensor_inputs(inputs: Any, coder: Any = None) -> tuple[torch.Tensor, list
             "rows as a DataFrame: X.iloc[[0]] (a one-row frame) instead of X.iloc[0]."
         )
     if isinstance(inputs, str) or (isinstance(inputs, (list, tuple)) and inputs and isinstance(inputs[0], str)):
-        raise InvalidInputError(
-            "inputs are texts, but this model reads tensors: adapt a Hugging Face classifier and its tokenizer with "
-            "whybox.adapt_text(model, tokenizer) and explain with whybox.explain_text(adapter, texts, method), or "
-            "wrap a function texts -> scores in whybox.models.blackbox_text.BlackBoxTextAdapter."
-        )
+        raise InvalidInputError(TEXTS_GIVEN_TO_A_TENSOR_MODEL)
     raise InvalidInputError(
         f"inputs must be a torch.Tensor, a numpy array or a pandas DataFrame with a leading batch dimension; got "
         f"{type(inputs).__name__}. Convert with torch.as_tensor(...)."

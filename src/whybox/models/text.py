@@ -289,12 +289,15 @@ class _TextMixin:
         except (ValueError, AttributeError):  # a slow tokenizer: every token its own word
             word_ids = [[None if bool(s) else i for i, s in enumerate(row)] for row in special.tolist()]
         tokens = [self.tokenizer.convert_ids_to_tokens(row) for row in enc["input_ids"].tolist()]
-        repl = {
+        return TextBatch(inputs, ids, mask, special, tokens, word_ids, texts, self._replacement_ids(), emb)
+
+    def _replacement_ids(self) -> dict[str, int | None]:
+        """The token ids of ``"pad"``, ``"mask"`` and ``"unk"`` (``None`` where the tokenizer has none)."""
+        return {
             "pad": getattr(self.tokenizer, "pad_token_id", None),
             "mask": getattr(self.tokenizer, "mask_token_id", None),
             "unk": getattr(self.tokenizer, "unk_token_id", None),
         }
-        return TextBatch(inputs, ids, mask, special, tokens, word_ids, texts, repl, emb)
 
     def packed_fill(self, x: torch.Tensor, kind: str | None = None) -> torch.Tensor:
         """The fill of packed inputs ``x`` ``(B, T, D + 1)`` that :meth:`TextBatch.fill` gives for their texts:
@@ -304,11 +307,7 @@ class _TextMixin:
         metrics' default fill for a text adapter."""
         if x.ndim != 3:
             raise InvalidInputError(f"packed inputs must be (B, T, D + 1); got shape {tuple(x.shape)}.")
-        repl = {
-            "pad": getattr(self.tokenizer, "pad_token_id", None),
-            "mask": getattr(self.tokenizer, "mask_token_id", None),
-            "unk": getattr(self.tokenizer, "unk_token_id", None),
-        }
+        repl = self._replacement_ids()
         if kind is None:
             kind = next((k for k in ("mask", "unk", "pad") if repl[k] is not None), "zero")
         keep = ~ordinary_positions(x[..., -1], *special_span(self.tokenizer))
