@@ -46,8 +46,9 @@ class Explanation:
     params
         The explainer's configuration (JSON-serialisable values).
     meta
-        Extras: at least ``n_forward``, ``n_backward``, ``seed`` and per-sample ``finite``; tensors
-        allowed (saved beside the attributions).
+        Extras: at least ``n_forward``, ``n_backward``, ``seed`` and per-sample ``finite``; per-sample
+        ``target_names`` where the model names its outputs (``classes_``, ``id2label``, ``adapt(labels=)``);
+        tensors allowed (saved beside the attributions).
     options
         The options ``params`` can only describe (a tensor fill or baseline, a feature mask, a callable), as they
         were given to :func:`whybox.explain`, so that a metric re-running the method (stability, max-sensitivity,
