@@ -797,3 +797,28 @@ def test_predictive_ties_option_is_checked() -> None:
             InvalidParameterError, match=rf"ties must be a finite number >= 0; got {re.escape(repr(bad))}"
         ):
             whybox.explain(model, x, "lima", search="predictive", ties=bad)
+
+
+def test_gain_map_gives_each_region_the_change_from_its_own_step_on() -> None:
+    """map='gain': region at rank i gets sum_{j>=i} |g_j| (min-max scaled). One decisive region (all the change at
+    its step) gets 1 and the inert ones 0, where -sum_{j<=i} |g_j| made them all tie (an all-zero map); a second
+    decisive region stays above the inert ones."""
+    from whybox.explainers.lima.explainer import gain_values
+    from whybox.explainers.lima.search import SearchResult
+
+    def result(kept: list[float], removed: list[float]) -> SearchResult:
+        t = torch.tensor
+        order = torch.tensor([2, 0, 3, 1])
+        n = len(kept)
+        return SearchResult(
+            order, t(kept, dtype=F64), t(removed, dtype=F64), torch.zeros(n, dtype=F64), torch.zeros(n, dtype=F64), 0
+        )
+
+    # empty set: kept 0.5, removed 0.8 (level -0.3); the first region alone moves the level to 0.3, then nothing
+    one = gain_values(result([0.8, 0.8, 0.8, 0.8], [0.5, 0.5, 0.5, 0.5]), 0.5, 0.8)
+    assert one.tolist() == [0.0, 0.0, 1.0, 0.0]  # region 2 (rank 0) decisive, the rest inert
+    # gains |g| = 0.6, 0.3, 0, 0 along the order: values 0.9, 0.3, 0, 0 scaled by 0.9
+    two = gain_values(result([0.8, 0.95, 0.95, 0.95], [0.5, 0.35, 0.35, 0.35]), 0.5, 0.8)
+    expect = torch.zeros(4, dtype=F64)
+    expect[torch.tensor([2, 0, 3, 1])] = torch.tensor([0.9, 0.3, 0.0, 0.0], dtype=F64) / 0.9
+    torch.testing.assert_close(two, expect, rtol=0, atol=1e-12)

@@ -33,12 +33,18 @@ def rank_values(order: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def gain_values(result: SearchResult, empty_kept: float, empty_removed: float) -> torch.Tensor:
-    """``(N,)`` float64 marginal-gain map: the region at rank i gets -sum_{j<=i} |g_j| with g the step-to-step
-    change of s_cons + s_colla along the order (g_0 from the empty set), min-max scaled to [0, 1] (a constant
-    map becomes zeros)."""
+    """``(N,)`` float64 marginal-gain map: the region at rank i gets sum_{j>=i} |g_j|, the change still to come
+    from its own step on, with g the step-to-step change of s_cons + s_colla along the order (g_0 from the empty
+    set), min-max scaled to [0, 1] (a constant map becomes zeros).
+
+    LIMA.md states -sum_{j<=i} |g_j|, which is this up to a constant but one step later: it leaves out region
+    i's own gain, so a region whose step carries all the change left ties with the regions that change nothing
+    (a text whose one decisive word makes the whole difference got an all-zero map) and the second of two
+    decisive regions scored as the inert ones."""
     level = result.kept - result.removed  # s_cons + s_colla - 1
     prev = torch.cat([torch.tensor([empty_kept - empty_removed], dtype=F64), level[:-1]])
-    ranked = -(level - prev).abs().cumsum(0)
+    steps = (level - prev).abs()
+    ranked = steps.flip(0).cumsum(0).flip(0)
     lo, hi = ranked.min(), ranked.max()
     span = float(hi - lo)
     scaled = torch.zeros_like(ranked) if not span > 1e-12 * max(1.0, float(hi.abs())) else (ranked - lo) / span
@@ -101,7 +107,8 @@ class Lima(PerturbationExplainer):
         20, 5, 0.01 and 0 by default (``lambda_eff > 0`` costs N more passes per image).
     map
         ``"rank"`` (default: the region at rank i gets N - i) or ``"gain"`` (region at rank i gets
-        -sum_{j<=i} |g_j|, g the step-to-step change of s_cons + s_colla, min-max scaled).
+        sum_{j>=i} |g_j|, the change of s_cons + s_colla still to come from its own step on, min-max scaled; see
+        :func:`gain_values`).
     n_weakest
         ``"bidirectional"``: p, candidates re-scored on the removal side per round (default 8).
     eps, k
