@@ -961,6 +961,16 @@ def test_compare_on_ray_equals_the_local_backend(runner: CliRunner, files: Files
     assert ray.is_initialized() == was_running  # a cluster the command started, it shut down
     assert "9 units computed, 0 already done, 9 in all" in dist.stdout
     assert snapshot(files.tmp / "ray") == snapshot(files.tmp / "local")
+    # a black-box text model: its presence rows name texts by index, which each worker's fresh adapter must know
+    (files.tmp / "bb.py").write_text(BLACKBOX_TEXT_PY)
+    (files.tmp / "r.txt").write_text("a good film\ngood but bad plot\nbad\n")
+    base = ["compare", "--model", f"{files.tmp / 'bb.py'}:build", files.tmp / "r.txt", "--methods", "occlusion,lime"]
+    base += ["--option", "lime.n_samples=16", "--shard-size", "2", "--no-report"]
+    local = invoke(runner, [*base, "--out", files.tmp / "tlocal"])
+    dist = invoke(runner, [*base, "--out", files.tmp / "tray", "--backend", "ray"])
+    assert local.exit_code == dist.exit_code == 0, dist.output
+    assert "0 failed (sample, method) pairs" in dist.stdout
+    assert snapshot(files.tmp / "tray") == snapshot(files.tmp / "tlocal")
 
 
 # ---------------------------------------------------------------------------------------------- 6. failures
@@ -1175,3 +1185,57 @@ def test_compare_by_default_runs_only_the_methods_the_model_can_run(runner: CliR
     module = invoke(runner, ["compare", "--model", files.spec, files.x, "--metrics", "deletion", "--out",
                              files.tmp / "r3", "--no-report"])  # fmt: skip
     assert module.exit_code == 0 and "left out" not in module.stderr and "gradcam " in module.stdout
+
+
+BLACKBOX_TEXT_PY = """
+import torch
+
+from whybox.models.blackbox_text import BlackBoxTextAdapter
+
+
+def score(texts):
+    z = torch.tensor([t.split().count("good") - 2.0 * t.split().count("bad") for t in texts], dtype=torch.float64)
+    return torch.stack([-z, z], 1)
+
+
+def build():
+    return BlackBoxTextAdapter(score, labels=["neg", "pos"])
+"""
+
+
+def test_a_black_box_text_model_from_a_file_explains_compares_and_evaluates_texts(
+    runner: CliRunner, files: Files
+) -> None:
+    """A model file may return a function of strings (BlackBoxTextAdapter): --text and .txt inputs reach it, its
+    labels name the classes, compare leaves out what it cannot run (gradient and attention methods) and the run's
+    values equal explain_text / evaluate on the texts."""
+    (files.tmp / "bb.py").write_text(BLACKBOX_TEXT_PY)
+    spec = f"{files.tmp / 'bb.py'}:build"
+    texts = ["a good film", "good but bad plot"]
+    (files.tmp / "r.txt").write_text("\n".join(texts) + "\n")
+    result = invoke(runner, ["explain", "--model", spec, "--text", texts[1], "--method", "exact_shapley",
+                             "--out", files.tmp / "e"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "explained 'neg'" in result.output
+    run = files.tmp / "run"
+    result = invoke(runner, ["compare", "--model", spec, files.tmp / "r.txt", "--out", run, "--no-report"])
+    assert result.exit_code == 0, result.output
+    assert "(the model is not a transformer whybox reads attention from)" in result.output
+    assert "0 failed (sample, method) pairs" in result.output
+    from whybox.runs.loaders import load_model
+    from whybox.runs.store import RunStore
+
+    ad = load_model(spec).module
+    out = whybox.explain_text(ad, texts, "exact_shapley")
+    on_texts = whybox.evaluate(ad, texts, out, "deletion", seed=0).scores.tolist()
+    store = RunStore.open_existing(run)
+    try:
+        for i in range(2):
+            got = store.load_array("exact_shapley", i)
+            assert got is not None
+            n = len(texts[i].split())
+            assert got[:n].tolist() == pytest.approx([v for _, v in out.words[i]], abs=1e-9)
+        stored = {i: v for i, m, k, v, *_ in store.rows("metric_values") if m == "exact_shapley" and k == "deletion"}
+        assert [stored[i] for i in range(2)] == pytest.approx(on_texts, rel=1e-6)
+    finally:
+        store.close()

@@ -444,7 +444,9 @@ def explain_cmd(ctx: click.Context, **params: Any) -> None:
 def _model_can_run(methods: Sequence[str], model: Any, x: torch.Tensor) -> tuple[list[str], str]:
     """Of ``methods``, those the model can run: gradient methods need a differentiable model (not a scikit-learn
     estimator, nor a function returning NumPy values: one forward on one sample tells), CAMs need a torch model's
-    layers (not a function). Returns the methods kept and a line saying what was left out and why ("" if nothing)."""
+    layers (not a function), the attention readers a transformer (not a black-box text model). Returns the methods
+    kept and a line saying what was left out and why ("" if nothing)."""
+    from whybox.explainers.attention.explainers import AttentionExplainer
     from whybox.explainers.cam.base import CAM
     from whybox.models.adapter import FunctionModel, adapt
     from whybox.registry import EXPLAINERS
@@ -462,12 +464,21 @@ def _model_can_run(methods: Sequence[str], model: Any, x: torch.Tensor) -> tuple
                 grads = False
     no_grad = [m for m in methods if getattr(EXPLAINERS.get(m), "needs_grad", False)] if not grads else []
     no_layer = [m for m in methods if function and issubclass(EXPLAINERS.get(m), CAM)]
-    kept = [m for m in methods if m not in no_grad and m not in no_layer]
+    no_attention = []  # the attention readers need a transformer (they say so when built on anything else)
+    for m in methods:
+        if issubclass(EXPLAINERS.get(m), AttentionExplainer) and m not in no_grad:
+            try:
+                EXPLAINERS.get(m)(adapter)
+            except WhyboxError:
+                no_attention.append(m)
+    kept = [m for m in methods if m not in no_grad and m not in no_layer and m not in no_attention]
     why = []
     if no_grad:
         why.append(f"{', '.join(no_grad)} (the model gives no gradients)")
     if no_layer:
         why.append(f"{', '.join(no_layer)} (a function has no layers)")
+    if no_attention:
+        why.append(f"{', '.join(no_attention)} (the model is not a transformer whybox reads attention from)")
     return kept, "; ".join(why)
 
 
@@ -548,6 +559,14 @@ def _coded_model(load: Callable[[], Any], vocab: dict[str, list[Any]]) -> Any:
 
     adapter = whybox.adapt(load().module)
     register_vocabularies(adapter, vocab)
+    return adapter
+
+
+def _encoded_texts_model(load: Callable[[], Any], texts: list[str]) -> Any:
+    """A Ray worker's black-box text model that has encoded the dataset's texts, as the driver's did first, so
+    the index column of the dataset's presence rows names the same texts there (a module-level function)."""
+    adapter = load().module
+    adapter.encode(texts)
     return adapter
 
 
@@ -806,6 +825,10 @@ def compare_cmd(ctx: click.Context, **params: Any) -> None:
             from whybox.models.categorical import vocabularies
 
             factory = partial(_coded_model, factory, vocabularies(ds.coder) or {})
+        from whybox.models.blackbox_text import BlackBoxTextAdapter
+
+        if isinstance(lm.module, BlackBoxTextAdapter):  # its rows name texts by index: each worker encodes them
+            factory = partial(_encoded_texts_model, factory, list(ds.texts))
     budget = params.get("budget")
     try:
         data_options = _text_options(text_batch, job.methods)

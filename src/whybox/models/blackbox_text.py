@@ -53,6 +53,11 @@ class BlackBoxText:
             ids[r, len(words) :] = w
         return ids
 
+    def word_spans(self) -> list[list[tuple[str, list[int]]]]:
+        """Per row, its words in reading order, each with its column (the form
+        :meth:`~whybox.models.text.TextBatch.word_spans` gives a text's words and their token positions)."""
+        return [[(w, [i]) for i, w in enumerate(words)] for words in self.words]
+
     def word_features(self) -> torch.Tensor:
         """The words as features, :attr:`features` (the name :class:`~whybox.models.text.TextBatch` uses)."""
         return self.features

@@ -639,6 +639,9 @@ def load_model(
             names = getattr(getattr(inner, "config", None), "id2label", None)
             if isinstance(names, Mapping) and names and sorted(names) == list(range(len(names))):
                 labels = [str(names[i]) for i in range(len(names))]
+        named = getattr(module, "output_names", None)  # an adapter that names its outputs (adapt(labels=...))
+        if named is not None:
+            labels = [str(n) for n in named]
 
     torch_module = module.model if isinstance(module, ModelAdapter) else module  # an adapter's own model
     if weights_path is not None:
@@ -1258,9 +1261,10 @@ def _match_fitted_columns(ds: Dataset, model: LoadedModel) -> Dataset:
 
 
 def _is_text(model: LoadedModel) -> bool:
-    from whybox.models.text import TextClassifierAdapter, TextEncoderAdapter
+    """Whether the model reads texts: a Hugging Face text adapter or a black-box text model (a function of strings)."""
+    from whybox.models.inputs import is_text_adapter
 
-    return isinstance(model.module, (TextClassifierAdapter, TextEncoderAdapter))
+    return is_text_adapter(model.module)
 
 
 def texts_dataset(texts: Sequence[str], model: LoadedModel, *, names: Sequence[str] | None = None,

@@ -114,9 +114,13 @@ def word_values(a: np.ndarray, words: list[Any], *, per_element: bool) -> np.nda
     """One value per word from a text's stored attributions ``a`` ``(T, D + 1)`` or ``(T, 1)``, as
     :func:`whybox.explain_text` gives them: a gradient method's entries summed over the embedding (the mask channel
     left out) and over the word's tokens; a perturbation or attention method's feature value, the mean over the
-    word's tokens. ``words`` holds ``[word, token positions]`` pairs."""
+    word's tokens. ``words`` holds ``[word, token positions]`` pairs. A black-box text model's presence row
+    ``(W + 1,)`` holds one value per word (its column)."""
     a = np.asarray(a, dtype=np.float64)
-    tok = a[:, :-1].sum(-1) if per_element and a.shape[-1] > 1 else a[:, 0]
+    if a.ndim == 1:
+        tok = a
+    else:
+        tok = a[:, :-1].sum(-1) if per_element and a.shape[-1] > 1 else a[:, 0]
     return np.asarray(
         [float(tok[list(ix)].sum() if per_element else tok[list(ix)].mean()) for _w, ix in words], dtype=np.float64
     )
