@@ -31,6 +31,7 @@ from whybox.models.inputs import (
     tensor_option,
 )
 from whybox.models.targets import apply_score_space, class_label_target
+from whybox.models.targets import class_names as model_class_names
 from whybox.registry import EXPLAINERS
 
 __all__ = ["DebugReport", "Mistake", "find_mistakes"]
@@ -96,6 +97,8 @@ class DebugReport:
     method: str
     explanation: Explanation | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    #: the model's class names (``classes_``, ``id2label``, ``adapt(labels=)``), where it has them
+    class_names: list[str] | None = None
 
     @property
     def accuracy(self) -> float:
@@ -109,7 +112,9 @@ class DebugReport:
         )
 
     def table(self, class_names: list[str] | None = None) -> str:
-        """A plain-text table: one line per mistake."""
+        """A plain-text table: one line per mistake (classes by ``class_names``, by default the model's own)."""
+        if class_names is None:
+            class_names = self.class_names
 
         def name(c: int) -> str:
             return class_names[c] if class_names is not None and 0 <= c < len(class_names) else str(c)
@@ -237,7 +242,12 @@ def find_mistakes(
     pred = p.argmax(1)
     wrong = (pred != labels.cpu()).nonzero().flatten()
     report = DebugReport(
-        n_inputs=int(inputs.shape[0]), n_wrong=int(wrong.numel()), mistakes=[], method=method, params=dict(params)
+        n_inputs=int(inputs.shape[0]),
+        n_wrong=int(wrong.numel()),
+        mistakes=[],
+        method=method,
+        params=dict(params),
+        class_names=model_class_names(adapter),
     )
     if max_mistakes is not None:
         wrong = wrong[:max_mistakes]

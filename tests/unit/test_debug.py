@@ -207,6 +207,8 @@ def test_a_text_s_culprits_are_its_trap_words(method: str) -> None:
     assert [m.index for m in report.mistakes] == [1, 2]
     assert [m.culprit_words for m in report.mistakes] == [["bad"], ["bad", "bad"]]
     assert [sorted(m.culprits) for m in report.mistakes] == [[2], [0, 2]]  # word positions, largest drop first
+    assert report.class_names == ["ok", "trap"]  # the table names the classes by default
+    assert [line.split()[1:3] for line in report.table().splitlines()[1:]] == [["ok", "trap"], ["ok", "trap"]]
 
 
 def test_a_hf_text_s_culprits_are_the_words_whose_insertion_lowers_the_true_class(

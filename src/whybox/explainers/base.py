@@ -29,9 +29,9 @@ from whybox.models.targets import (
     SCORE_SPACES,
     Target,
     TargetLike,
-    _class_names,
     apply_score_space,
     class_label_target,
+    class_names,
     per_row,
     resolve_target,
 )
@@ -210,9 +210,8 @@ class Explainer:
         names = getattr(self, "_feature_names", None)
         if names is not None:  # a DataFrame's columns, in the order of the attribution columns
             meta["feature_names"] = list(names)
-        classes = _class_names(self.adapter)
-        if classes is not None:  # each row's explained output by name (classes_, id2label, adapt(labels=))
-            out_names = [str(c) for c in (classes.tolist() if hasattr(classes, "tolist") else classes)]
+        out_names = class_names(self.adapter)
+        if out_names is not None:  # each row's explained output by name (classes_, id2label, adapt(labels=))
             meta["target_names"] = [out_names[t] if 0 <= t < len(out_names) else None for t in tgt.index.tolist()]
         vocab = vocabularies(coder_of(self.adapter))
         if vocab:  # what the coded cells of the options (a reference row, background rows) stand for

@@ -56,18 +56,28 @@ def name_hint(value: object, names: Sequence[str]) -> str:
     return f" Did you mean {', '.join(map(repr, close))}?" if close else did_you_mean(value, names, n=3)
 
 
+def class_names(model: object) -> list[str] | None:
+    """The names of ``model``'s outputs in order, as strings (:func:`_class_names`: an adapter's ``output_names``,
+    ``classes_``, ``id2label``), or ``None`` when it names none."""
+    names = _class_names(model)
+    if names is None:
+        return None
+    return [str(n) for n in (names.tolist() if hasattr(names, "tolist") else names)]
+
+
 def class_label_target(model: object, target: Any) -> Any:
     """``target`` with output names replaced by their output indices: an adapter's ``output_names`` (an SAE
     adapter's ``"latent 12"``), else the class labels of the model (inside the adapter): a scikit-learn classifier's
     ``classes_``, e.g. ``"virginica"`` or ``["no", "yes"]``, a Hugging Face classifier's ``config.id2label``, e.g.
     ``"POSITIVE"``. Ints stay indices (also where the labels are ints); anything else unchanged. An unknown name is
     an :class:`InvalidTargetError` listing the names."""
-    classes = _class_names(model)
-    if classes is None or isinstance(target, (torch.Tensor, int)) or target is None or callable(target):
+    if isinstance(target, (torch.Tensor, int)) or target is None or callable(target):
+        return target
+    labels = class_names(model)
+    if labels is None:
         return target
     import numpy as np
 
-    labels = [str(c) for c in np.asarray(classes).tolist()]
     what = "outputs" if getattr(model, "output_names", None) is not None else "classes"
 
     def index(label: object) -> int:

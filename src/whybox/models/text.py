@@ -33,7 +33,7 @@ from whybox.errors import InvalidInputError, InvalidParameterError, ModelOutputE
 from whybox.explanation import Explanation
 from whybox.models.adapter import EmbeddingAdapter, TorchAdapter, declares_multilabel
 from whybox.models.blackbox_text import BlackBoxText, BlackBoxTextAdapter
-from whybox.models.targets import _class_names
+from whybox.models.targets import class_names
 
 __all__ = [
     "BASELINES",
@@ -565,8 +565,7 @@ def explain_text(
     batch = adapter.encode(texts)
     opts = {**text_defaults(method, batch, replace=replace), **params}
     e = explain(adapter, batch.inputs, method, target=target, **opts)
-    names = _class_names(adapter)
-    labels = None if names is None else [str(n) for n in names]
+    labels = class_names(adapter)
     if isinstance(batch, BlackBoxText):
         words = batch.word_values(e)
         return TextAttribution(e, batch, words, words, labels)
