@@ -471,15 +471,14 @@ def _model_can_run(methods: Sequence[str], model: Any, x: torch.Tensor) -> tuple
                 EXPLAINERS.get(m)(adapter)
             except WhyboxError:
                 no_attention.append(m)
-    kept = [m for m in methods if m not in no_grad and m not in no_layer and m not in no_attention]
-    why = []
-    if no_grad:
-        why.append(f"{', '.join(no_grad)} (the model gives no gradients)")
-    if no_layer:
-        why.append(f"{', '.join(no_layer)} (a function has no layers)")
-    if no_attention:
-        why.append(f"{', '.join(no_attention)} (the model is not a transformer whybox reads attention from)")
-    return kept, "; ".join(why)
+    reasons = (
+        (no_grad, "the model gives no gradients"),
+        (no_layer, "a function has no layers"),
+        (no_attention, "the model is not a transformer whybox reads attention from"),
+    )
+    left = {m for names, _ in reasons for m in names}
+    why = [f"{', '.join(names)} ({reason})" for names, reason in reasons if names]
+    return [m for m in methods if m not in left], "; ".join(why)
 
 
 def _text_batch(lm: Any, ds: Any) -> Any:
