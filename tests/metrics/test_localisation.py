@@ -167,3 +167,20 @@ def test_map_metrics_take_numpy_and_dataframe_inputs() -> None:
         assert torch.equal(whybox.evaluate(None, x.numpy(), a, name).scores, want)
         frame = pd.DataFrame(x.numpy(), columns=[f"c{i}" for i in range(5)])
         assert torch.equal(whybox.evaluate(None, frame, a, name).scores, want)
+
+
+@pytest.mark.parametrize("name", ["pointing_game", "relevance_mass", "sparseness"])
+def test_a_target_of_other_rows_is_refused_by_name(name: str) -> None:
+    """A metric that reads only the map takes target= as one class or one per row: another length (the labels of
+    a whole test set for a slice of it) is the error a model's metrics give, not an IndexError inside."""
+    a = randn(4, 1, 8, 8, seed=1)
+    masks = torch.zeros(4, 8, 8, dtype=torch.bool)
+    masks[:, 2:6, 2:6] = True
+    kw = {"masks": masks} if name != "sparseness" else {}
+    with pytest.raises(
+        whybox.InvalidTargetError,
+        match=r"^target must be an int or hold one class per row, shape \(4,\); got shape \(10,\)\.$",
+    ):
+        whybox.evaluate(None, randn(4, 1, 8, 8), a, name, target=torch.arange(10), **kw)
+    ok = whybox.evaluate(None, randn(4, 1, 8, 8), a, name, target=torch.tensor([0, 1, 2, 3]), **kw)
+    assert ok.scores.shape == (4,)

@@ -1128,4 +1128,8 @@ class Metric:
         if callable(target) and not isinstance(target, torch.Tensor):
             return None
         t = torch.as_tensor(target).to(torch.int64)
-        return Target(t.expand(x.shape[0]).clone() if t.ndim == 0 else t.reshape(-1))
+        if t.ndim > 1 or (t.ndim == 1 and t.shape[0] != x.shape[0]):
+            raise InvalidTargetError(  # as resolve_target says it where a model runs
+                f"target must be an int or hold one class per row, shape ({x.shape[0]},); got shape {tuple(t.shape)}."
+            )
+        return Target(t.expand(x.shape[0]).clone() if t.ndim == 0 else t)
