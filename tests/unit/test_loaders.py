@@ -238,6 +238,18 @@ def test_file_model_images_become_rgb_in_unit_range_without_resizing(tiny_py: Pa
     assert np.array_equal(model.display(x), np.repeat((gray / 255.0).astype(np.float32)[:, :, None], 3, axis=2))
 
 
+def test_a_factory_adapter_with_labels_names_the_classes_and_keeps_image_support(tiny_py: Path) -> None:
+    """A factory may return whybox.adapt(model, labels=[...]): those names are the loaded model's class names, and
+    the model still takes images."""
+    tiny_py.write_text(
+        tiny_py.read_text() + "\n\ndef named():\n    import whybox\n\n"
+        "    return whybox.adapt(Tiny(), labels=['cat', 'dog', 'fox', 'owl'])\n"
+    )
+    model = load_model(f"{tiny_py}:named")
+    assert model.labels == ["cat", "dog", "fox", "owl"]
+    assert model.prepare_image is not None
+
+
 # --------------------------------------------------------------------------------------------------
 # load_inputs
 # --------------------------------------------------------------------------------------------------
