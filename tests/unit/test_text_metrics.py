@@ -248,6 +248,7 @@ def test_packed_fill_is_the_batch_fill_without_the_texts(clf: object, batch: Tex
     packed inputs equals the batch's own (which knows the tokens), padded rows included."""
     assert torch.equal(clf.packed_fill(batch.inputs), batch.fill("mask"))
     assert torch.equal(clf.packed_fill(batch.inputs, "unk"), batch.fill("unk"))
+    assert torch.equal(clf.packed_noise_mask(batch.inputs), batch.noise_mask())
 
 
 @pytest.mark.parametrize("name", FILLED)
@@ -289,3 +290,35 @@ def test_infidelity_refuses_a_text_adapters_packed_inputs(clf: object, batch: Te
         whybox.InvalidParameterError, match="infidelity perturbs every element of its inputs, and a text"
     ):
         whybox.evaluate(clf, batch.inputs, ig, "infidelity", target=1)
+
+
+def test_max_sensitivity_on_text_moves_only_the_ordinary_word_vectors(clf: object, batch: TextBatch) -> None:
+    """Its noise lands on the ordinary tokens' word vectors: in every perturbed input the mask channel, CLS, SEP
+    and the pads are the input's (the explanation's [MASK] fill keeps them, so they stay outside the features), and
+    the word vectors do move; a black-box text model, which only reads which words are present, is refused."""
+    seen: list[torch.Tensor] = []
+    scores = type(clf).scores
+
+    def spy(self: object, x: torch.Tensor) -> torch.Tensor:
+        seen.append(x.detach().clone())
+        return scores(self, x)  # type: ignore[arg-type]
+
+    out = whybox.explain_text(clf, SENTENCES, "occlusion")
+    fixed = batch.noise_mask().logical_not()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(type(clf), "scores", spy)
+        r = whybox.evaluate(clf, SENTENCES, out, "max_sensitivity", n_samples=3, skip_label_change=False)
+    assert bool(torch.isfinite(r.scores).all())
+    moved = 0
+    for x in seen:
+        for row in x:
+            i = min(range(len(batch)), key=lambda k: int((row != batch.inputs[k]).sum()))
+            assert torch.equal(row[fixed[i]], batch.inputs[i][fixed[i]])
+            moved += int((row != batch.inputs[i]).any())
+    assert moved > 0
+    from whybox.models.blackbox_text import BlackBoxTextAdapter
+
+    ad = BlackBoxTextAdapter(lambda t: torch.ones(len(t), 2))
+    e = whybox.explain_text(ad, ["a b"], "occlusion")
+    with pytest.raises(whybox.InvalidParameterError, match="a black-box text model reads only which words"):
+        whybox.evaluate(ad, ["a b"], e, "max_sensitivity")

@@ -189,7 +189,9 @@ class MaxSensitivity(Metric):
     shared by every row), added as they are (``radius`` is then unused), e.g. to replay another library's draws.
     An explanation pooled over channels (``(B, 1, H, W)`` for ``(B, C, H, W)`` images) is compared with the new
     maps pooled the same way (summed over channels). Without ``skip_label_change`` the model's clean scores are
-    not needed, and their forward pass is not run when the target is known.
+    not needed, and their forward pass is not run when the target is known. On a text adapter's packed inputs the
+    drawn noise lands on the ordinary tokens' word vectors only (never the mask channel, specials or pads); a
+    black-box text model, which reads only which words are present, is refused.
 
     Curves: ``"sensitivity"`` ``(B, n_samples)`` per draw. ``meta["n_skipped"]`` ``(B,)``.
     """
@@ -270,6 +272,16 @@ class MaxSensitivity(Metric):
         fn, name = make_explain_fn(self.explainer, ctx.explanation, self.explainer_params, ctx.passes)
         x = ctx.x
         given = self._given_deltas(x)
+        where = None  # a text adapter's packed inputs: noise on the ordinary tokens' word vectors only
+        noise_mask = getattr(ctx.adapter, "packed_noise_mask", None)
+        if given is None and is_text_adapter(ctx.adapter):
+            if not callable(noise_mask):
+                raise InvalidParameterError(
+                    "max_sensitivity adds small noise to the inputs, but a black-box text model reads only which "
+                    "words are present, so the noise never changes what it reads (every score would be 0). Use "
+                    "stability (the method's seeds) to measure how far its explanations vary."
+                )
+            where = noise_mask(x)
         b, n = x.shape[0], self.n_samples
         pred = torch.empty(b, n, dtype=torch.int64)
         pred0 = torch.zeros(b, dtype=torch.int64)
@@ -287,7 +299,8 @@ class MaxSensitivity(Metric):
         for s in range(0, total, step):  # batch_size (row, draw) pairs at a time, each drawn once
             idx = torch.arange(s, min(s + step, total))
             rows, ks = idx // n, idx % n
-            xs = x[rows.to(x.device)] + self._draws(rows, ks, x, given, keys)
+            d = self._draws(rows, ks, x, given, keys)
+            xs = x[rows.to(x.device)] + (d if where is None else d * where[rows.to(x.device)])
             if self.skip_label_change:  # the predicted class of each perturbed input: one more pass of its rows
                 pred[rows, ks] = ctx.engine.forward(xs).argmax(1).cpu()
             tgt = ctx.target.fn if ctx.target.fn is not None else ctx.target.index[rows]

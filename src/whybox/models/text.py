@@ -313,6 +313,15 @@ class _TextMixin:
         keep = ~ordinary_positions(x[..., -1], *special_span(self.tokenizer))
         return replace_tokens(x, kind, repl, self._embeddings(), keep, n_control=1, what="fill")
 
+    def packed_noise_mask(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, T, D + 1)`` bool: where noise may land on packed inputs ``x``, the ordinary tokens' word vectors
+        (specials by position, as :meth:`packed_fill`); never the mask channel, the specials or the pads."""
+        if x.ndim != 3:
+            raise InvalidInputError(f"packed inputs must be (B, T, D + 1); got shape {tuple(x.shape)}.")
+        out = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
+        out[..., :-1] = ordinary_positions(x[..., -1], *special_span(self.tokenizer)).unsqueeze(-1)
+        return out
+
     def _warn_truncated(self, enc: Any, texts: list[str]) -> None:
         """Warn about texts cut at ``max_length`` tokens (a fast tokenizer keeps what it cut): their ends are neither
         read by the model nor explained."""
