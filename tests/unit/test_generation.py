@@ -445,3 +445,21 @@ def test_a_generation_attribution_shows_each_step_and_the_whole_continuation(lm:
         assert [s["title"] for s in parsed.spans] == want_titles
     headings = parse(res.to_html()).headings
     assert headings[1:] == [f"step {t}: {res.continuation[t]!r}" for t in range(g)] + ["whole continuation"]
+
+
+def test_byte_level_tokens_are_shown_as_the_text_they_stand_for() -> None:
+    """A GPT-2 style byte-level tokenizer's 'Ġcat' is ' cat' in token_texts and on the page (tokens keep the
+    tokenizer's own strings)."""
+    from test_tokens_render import parse
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = [EOS, "the", "Ġcat", "Ġsat", "Ġon", "Ġthe", "Ġmat", *[f"w{i}" for i in range(93)]]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token=EOS))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token=EOS, eos_token=EOS, bos_token=EOS)
+    res = attribute_generation(tiny_gpt2(), fast, "the cat sat", continuation=" on the mat", method="occlusion")
+    assert res.tokens == ["the", "Ġcat", "Ġsat", "Ġon", "Ġthe", "Ġmat"]
+    assert res.token_texts == ["the", " cat", " sat", " on", " the", " mat"]
+    assert parse(res.to_html()).texts[-6:] == res.token_texts  # the whole continuation's row

@@ -425,6 +425,9 @@ class GenerationAttribution:
     method: str
     score: str
     contrast_tokens: list[str] | None = None
+    #: each token's own text, as the tokenizer decodes it alone (GPT-2's "Ġthe" is " the"): what :meth:`to_html`
+    #: shows; ``None``: the tokens as they are
+    token_texts: list[str] | None = None
 
     @property
     def continuation(self) -> list[str]:
@@ -442,16 +445,18 @@ class GenerationAttribution:
 
     def _rows(self) -> list[tuple[str, list[str], list[float]]]:
         p = self.prompt_length
+        shown = self.token_texts if self.token_texts is not None else self.tokens
         rows = [
-            (f"step {t}: {self.tokens[p + t]!r}", self.tokens[: p + t], self.matrix[: p + t, t].tolist())
+            (f"step {t}: {shown[p + t]!r}", shown[: p + t], self.matrix[: p + t, t].tolist())
             for t in range(len(self.continuation))
         ]
-        return [*rows, ("whole continuation", self.tokens, self.whole_continuation.tolist())]
+        return [*rows, ("whole continuation", shown, self.whole_continuation.tolist())]
 
     def to_html(self, *, title: str | None = None, scale: float | None = None) -> str:
         """A self-contained page: one row per generated token showing the tokens before it coloured by their
         attribution to it (red: for it, blue: against it), then the whole continuation's row
-        (:func:`whybox.report.render_tokens_page`); ``scale``: one scale for every row."""
+        (:func:`whybox.report.render_tokens_page`); tokens as :attr:`token_texts` shows them (GPT-2's "Ġthe" as
+        " the"); ``scale``: one scale for every row."""
         from whybox.report.tokens import render_tokens_page
 
         return render_tokens_page(self._rows(), title=title or f"{self.method}: generation attribution", scale=scale)
@@ -638,4 +643,18 @@ def attribute_generation(
         method=method,
         score=score,
         contrast_tokens=None if contrast_ids is None else list(tokenizer.convert_ids_to_tokens(contrast_ids)),
+        token_texts=_decoded(tokenizer, prompt_ids + cont_ids),
     )
+
+
+def _decoded(tokenizer: Any, ids: list[int]) -> list[str] | None:
+    """Each token decoded alone (byte-level markers as the characters they stand for), or ``None`` where the
+    tokenizer cannot decode one id at a time."""
+    decode = getattr(tokenizer, "decode", None)
+    if not callable(decode):
+        return None
+    try:
+        texts = [decode([i]) for i in ids]
+    except (TypeError, ValueError, KeyError, IndexError):
+        return None
+    return texts if all(isinstance(t, str) for t in texts) else None
