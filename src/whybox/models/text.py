@@ -299,6 +299,13 @@ class _TextMixin:
             "unk": getattr(self.tokenizer, "unk_token_id", None),
         }
 
+    def _special_span(self) -> tuple[int, int]:
+        """:func:`special_span` of the tokenizer, worked out once (a metric call would tokenise again)."""
+        span = getattr(self, "_span", None)
+        if span is None:
+            span = self._span = special_span(self.tokenizer)
+        return span
+
     def packed_fill(self, x: torch.Tensor, kind: str | None = None) -> torch.Tensor:
         """The fill of packed inputs ``x`` ``(B, T, D + 1)`` that :meth:`TextBatch.fill` gives for their texts:
         every ordinary token's word vector replaced by the ``kind`` token's (default: [MASK], else [UNK], pad or
@@ -310,7 +317,7 @@ class _TextMixin:
         repl = self._replacement_ids()
         if kind is None:
             kind = next((k for k in ("mask", "unk", "pad") if repl[k] is not None), "zero")
-        keep = ~ordinary_positions(x[..., -1], *special_span(self.tokenizer))
+        keep = ~ordinary_positions(x[..., -1], *self._special_span())
         return replace_tokens(x, kind, repl, self._embeddings(), keep, n_control=1, what="fill")
 
     def packed_noise_mask(self, x: torch.Tensor) -> torch.Tensor:
@@ -319,7 +326,7 @@ class _TextMixin:
         if x.ndim != 3:
             raise InvalidInputError(f"packed inputs must be (B, T, D + 1); got shape {tuple(x.shape)}.")
         out = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
-        out[..., :-1] = ordinary_positions(x[..., -1], *special_span(self.tokenizer)).unsqueeze(-1)
+        out[..., :-1] = ordinary_positions(x[..., -1], *self._special_span()).unsqueeze(-1)
         return out
 
     def _warn_truncated(self, enc: Any, texts: list[str]) -> None:

@@ -110,9 +110,8 @@ class AttentionExplainer(Explainer):
             encoder = self.adapter if isinstance(self.adapter, TextEncoderAdapter) else None
             own = getattr(self.adapter, "scores_from_output", None)  # an adapter whose scores are not the logits
             extra = {"output_hidden_states": True} if callable(own) else {}
-            if (
-                encoder is not None
-            ):  # a sentence encoder has no head: its scores are the pooled embedding's similarities
+            # a sentence encoder has no head: its scores are the pooled embedding's similarities
+            if encoder is not None:
                 read: Any = lambda out: encoder.similarities(encoder.pool(out, mask))  # noqa: E731
             else:  # an SAE adapter's features at its block, pooled (None: the classifier's logits)
                 read = (lambda out: own(out, mask)) if callable(own) else None
