@@ -317,6 +317,30 @@ def test_lime_on_a_linear_tabular_model_recovers_signs_and_order() -> None:
     assert float(e.meta["r2"][0]) > 0.99
 
 
+def test_lime_default_fill_perturbs_images_whose_segments_are_single_pixels() -> None:
+    """SLIC on an 8 x 8 digit gives one pixel per superpixel, so lime_image's segment-mean fill (LIME's default on
+    images) left every coalition equal to the input: every coefficient 0 and R² 0, from 1000 passes a row (what
+    ``whybox explain --model digits-cnn digits-test --method lime`` wrote). Such a row gets the zero fill under
+    ``"auto"``, named in meta; a row whose segments do vary keeps the segment mean; an explicit segment-mean fill
+    that changes nothing warns."""
+    model = LinearImage((1, 8, 8), seed=34)
+    x = rand(2, 1, 8, 8, seed=35)
+    pixels = masking.pixels(x)
+    e = whybox.explain(model, x, "lime", target=0, features=pixels, score="logit", n_samples=300)
+    zero = whybox.explain(model, x, "lime", target=0, features=pixels, score="logit", n_samples=300, fill="zero")
+    assert e.meta["fill"] == ["zero", "zero"]
+    assert torch.equal(e.attributions, zero.attributions)
+    assert bool((e.meta["r2"] > 0.5).all())
+    # 2 x 2 cells: their means differ from their pixels, so the default stays lime_image's
+    cells = whybox.explain(model, x, "lime", target=0, features="grid", patch=2, score="logit", n_samples=300)
+    mean = whybox.explain(
+        model, x, "lime", target=0, features="grid", patch=2, score="logit", n_samples=300, fill="segment_mean"
+    )
+    assert "fill" not in cells.meta and torch.equal(cells.attributions, mean.attributions)
+    with pytest.warns(UserWarning, match=r"fill='segment_mean' leaves rows \[0, 1\] exactly as they are"):
+        whybox.explain(model, x, "lime", target=0, features=pixels, n_samples=20, fill="segment_mean")
+
+
 def test_lime_lasso_zeroes_small_coefficients() -> None:
     w = torch.tensor([3.0, -2.0, 0.0, 0.0, 1.0], dtype=F64)
     e = whybox.explain(Fn(lambda z: z @ w), torch.ones(1, 5, dtype=F64), "lime", target=0, score="logit",

@@ -228,7 +228,7 @@ def test_leaderboard_and_stability_numbers_are_the_public_api_s(runner: CliRunne
         r = whybox.evaluate(model, x, e.to_map(), metric, target=target, **cli.LEADERBOARD[metric])
         assert float(board["saliency"][col]) == pytest.approx(float(r.scores.mean()), abs=5e-5)
 
-    opts = {**cli.DEMO_OPTIONS["digits-cnn"]["lime"], **cli.STABILITY_OPTIONS["digits-cnn"]}
+    opts = {**cli.DEMO_OPTIONS["digits-cnn"].get("lime", {}), **cli.STABILITY_OPTIONS["digits-cnn"]}
     st = whybox.evaluate(model, x[:1], "lime", "stability", target=target[:1], n_runs=10, k=10, explainer_params=opts)
     printed = {
         m: line.split()[1] for line in result.stdout.splitlines() for m in ("VSI", "CSI") if line.startswith(f"  {m} ")

@@ -67,9 +67,6 @@ DEMO_OPTIONS: dict[str, dict[str, dict[str, Any]]] = {
         "smoothgrad": {"n_samples": 16},
         "rise": {"n_masks": 1000},
         "shapley_sampling": {"n_permutations": 4},
-        # SLIC on 8 x 8 digits gives one pixel per superpixel, so LIME's default segment-mean fill changes
-        # nothing and every weight is 0; zero is the background of these digits: removing a pixel removes ink
-        "lime": {"fill": "zero"},
         # 16 cells of 2 x 2 pixels (SLIC on 8 x 8 digits gives single pixels)
         "lima": {"regions": "grid", "n_regions": 16},
     },

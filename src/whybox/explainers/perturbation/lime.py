@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, ClassVar
 
 import torch
@@ -183,7 +184,10 @@ class Lime(RegionExplainer):
         Regularisation strength; ``None`` = 1.0 for ridge, 0.01 for lasso (sklearn's scaling of each).
     fill
         ``"auto"`` = ``"segment_mean"`` on images (absent superpixels take their mean colour, lime_image's
-        ``hide_color=None``) and zero otherwise; or any fill of the perturbation family.
+        ``hide_color=None``) and zero otherwise; or any fill of the perturbation family. An image whose segments
+        each hold one value (SLIC's single pixels on an 8 x 8 digit), which its segment means would leave as it
+        is, gets the zero fill under ``"auto"`` (``meta["fill"]`` then names each row's fill); an explicit
+        ``"segment_mean"`` there warns.
     features
         See :class:`RegionExplainer`; ``"auto"`` = SLIC superpixels on images (``"quickshift"`` gives
         lime_image's own segmentation, which finds a single segment on very small images).
@@ -242,10 +246,24 @@ class Lime(RegionExplainer):
     ) -> tuple[torch.Tensor, Target, dict[str, Any]]:
         groups = self._groups(x)
         fill = self.fill
-        if isinstance(fill, str) and fill == "auto":
+        auto = isinstance(fill, str) and fill == "auto"
+        if auto:
             fill = "segment_mean" if x.ndim == 4 else "zero"
+        row_fills = None
         if isinstance(fill, str) and fill == "segment_mean":
             fills = segment_mean(x, groups)
+            inert = (fills == x).flatten(1).all(1)  # every segment one value: its mean changes nothing
+            if auto and bool(inert.any()):
+                fills = torch.where(inert.view(-1, *(1,) * (x.ndim - 1)), self._fills(x, "zero"), fills)
+                row_fills = ["zero" if i else "segment_mean" for i in inert.tolist()]
+            elif bool(inert.any()):
+                warnings.warn(
+                    f"lime: fill='segment_mean' leaves rows {inert.nonzero().flatten().tolist()} exactly as they "
+                    "are (each of their segments holds one value, e.g. single-pixel superpixels on a small image), "
+                    "so every coefficient is 0; pass another fill (fill='zero') or larger segments "
+                    "(n_segments=, features='grid').",
+                    stacklevel=3,
+                )
         else:
             fills = self._fills(x, fill)
         regions = self._regions(x, fills.unsqueeze(1), groups)
@@ -279,6 +297,8 @@ class Lime(RegionExplainer):
             "local_pred": local,
             "n_features": regions.sizes,
         }
+        if row_fills is not None:
+            meta["fill"] = row_fills
         if ridge:
             meta["coef_sd"] = regions.paint(sds)[1]
         return attr.to(x.dtype), tgt, meta
