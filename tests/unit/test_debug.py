@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -253,3 +254,147 @@ def test_a_hf_text_s_culprits_are_the_words_whose_insertion_lowers_the_true_clas
             assert ys[j + 1] - ys[j] == pytest.approx(d, abs=1e-9)
             found += 1
     assert found > 0
+
+
+# ---------------------------------------------------------------------------------------------- the command on any model
+MODELS = '''
+import torch
+from torch import nn
+from whybox.models.blackbox_text import BlackBoxTextAdapter
+
+
+class Trap(nn.Module):
+    def forward(self, x):
+        z = x[:, 0] + x[:, 1] - 3.0 * x[:, 2]
+        return torch.stack([z, torch.zeros_like(z)], 1)
+
+
+class ImageTrap(nn.Module):
+    """Class 0 reads the top-left 4 x 4 cell of a 12 x 12 image; the bottom-right cell (the trap) pulls it to 1."""
+
+    def forward(self, x):
+        z = x[:, 0, :4, :4].sum((1, 2)) - 0.5 * x[:, 0, 8:, 8:].sum((1, 2))
+        return torch.stack([z, torch.zeros_like(z)], 1)
+
+
+def trap():
+    return Trap()
+
+
+def image_trap():
+    return ImageTrap()
+
+
+def words(texts):
+    z = torch.tensor([t.count("good") + t.count("great") - 2.0 * t.count("not") for t in texts], dtype=torch.float64)
+    return torch.stack([-z, z], 1)
+
+
+def text_trap():
+    return BlackBoxTextAdapter(words, labels=["negative", "positive"])
+'''
+
+
+@pytest.fixture
+def model_file(tmp_path: Path) -> Path:
+    path = tmp_path / "models.py"
+    path.write_text(MODELS, encoding="utf-8")
+    return path
+
+
+def _debug(*args: str) -> tuple[int, str]:
+    res = CliRunner().invoke(cli, ["debug", *args])
+    return res.exit_code, res.output
+
+
+def _module(path: Path) -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"debug_models_{abs(hash(path))}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _records(out: Path) -> list[dict]:
+    import json
+
+    return json.loads((out / "mistakes.json").read_text(encoding="utf-8"))
+
+
+def test_debug_command_on_a_table_names_the_culprit_columns(model_file: Path, tmp_path: Path) -> None:
+    """`whybox debug` was the digits CNN's alone; on a CSV with --label-column it finds the same mistakes as
+    find_mistakes and names the trap column as the culprit."""
+    x, y = rows()
+    csv = tmp_path / "rows.csv"
+    lines = ["a,b,trap,unused,y"] + [
+        ",".join(f"{v:g}" for v in r) + f",{int(t)}" for r, t in zip(x.tolist(), y, strict=True)
+    ]
+    csv.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    code, out = _debug("--model", f"{model_file}:trap", str(csv), "--label-column", "y", "--out", str(tmp_path / "d"))
+    assert code == 0, out
+    api = whybox.find_mistakes(Trap(), x.float(), y)
+    got = _records(tmp_path / "d")
+    assert [r["index"] for r in got] == [m.index for m in api.mistakes] == [1, 3]
+    assert [r["culprit_columns"] for r in got] == [["trap"], ["trap"]]
+    assert [r["hc"] for r in got] == [m.hc for m in api.mistakes]
+    assert "rows-1: culprit columns: trap" in out and "accuracy 50.0%" in out
+
+
+def test_debug_command_on_other_images_puts_its_grid_over_their_size(model_file: Path, tmp_path: Path) -> None:
+    """12 x 12 images from an .npz with 'y': --regions 9 is a 3 x 3 grid of 4 x 4 cells; the mistakes, their
+    culprit (the trap cell, 8) and their curves are find_mistakes' with that grid, and each gets a figure."""
+    import numpy as np
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 1, 12, 12, generator=g)
+    x[::2, 0, 8:, 8:] += 1.0  # the trap on rows 0, 2, 4
+    y = torch.zeros(6, dtype=torch.int64)
+    np.savez(tmp_path / "imgs.npz", x=x.numpy(), y=y.numpy())
+    code, out = _debug(
+        "--model", f"{model_file}:image_trap", str(tmp_path / "imgs.npz"), "--regions", "9", "--out", str(tmp_path / "d")
+    )  # fmt: skip
+    assert code == 0, out
+    cells = torch.arange(12) // 4
+    grid = cells.view(-1, 1) * 3 + cells.view(1, -1)
+    models = _module(model_file)
+    api = whybox.find_mistakes(models.ImageTrap(), x, y, regions=grid)
+    got = _records(tmp_path / "d")
+    assert [r["index"] for r in got] == [m.index for m in api.mistakes] == [0, 2, 4]
+    assert [r["culprits"] for r in got] == [m.culprits for m in api.mistakes] == [[8]] * 3
+    assert [r["hc"] for r in got] == [m.hc for m in api.mistakes]
+    for r in got:
+        assert (tmp_path / "d" / r["figure"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    code, out = _debug("--model", f"{model_file}:image_trap", str(tmp_path / "imgs.npz"), "--regions", "169")
+    assert code == 2 and "--regions must be a square number of grid cells up to 144 on these 12 x 12 images" in out
+
+
+def test_debug_command_on_texts_names_the_culprit_words(model_file: Path, tmp_path: Path) -> None:
+    """A text model file on the labelled sentiment-test set: the command's culprit words are find_mistakes'."""
+    from whybox.data.text import sentiment_data
+
+    code, out = _debug("--model", f"{model_file}:text_trap", "sentiment-test", "--limit", "3", "--out", str(tmp_path))
+    assert code == 0, out
+    texts, labels = sentiment_data("test")
+    models = _module(model_file)
+    api = whybox.find_mistakes(models.text_trap(), texts, labels, max_mistakes=3)
+    got = _records(tmp_path)
+    assert [r["culprit_words"] for r in got] == [m.culprit_words for m in api.mistakes]
+    assert [r["label"] for r in got] == [["negative", "positive"][m.label] for m in api.mistakes]
+    assert any(r["culprit_words"] for r in got)
+
+
+def test_debug_command_needs_labels_and_keeps_regions_for_images(model_file: Path, tmp_path: Path) -> None:
+    import numpy as np
+
+    np.save(tmp_path / "x.npy", np.zeros((2, 1, 12, 12), dtype=np.float32))
+    code, out = _debug("--model", f"{model_file}:image_trap", str(tmp_path / "x.npy"), "--out", str(tmp_path / "d"))
+    assert code == 2 and "debug needs each input's true class" in out
+    csv = tmp_path / "rows.csv"
+    csv.write_text("a,b,trap,y\n1,1,2,0\n", encoding="utf-8")
+    args = ("--model", f"{model_file}:trap", str(csv), "--label-column", "y", "--out", str(tmp_path / "d"))
+    code, out = _debug(*args, "--regions", "4")
+    assert code == 2 and "--regions sets a grid on images; these are tabular inputs" in out
+    code, out = _debug(*args, "--method", "gradcam")
+    assert code == 2 and "'gradcam' does not explain tabular inputs" in out

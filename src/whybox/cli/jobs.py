@@ -294,39 +294,50 @@ device_option = click.option(
 
 
 def _common(f: Callable[..., Any]) -> Callable[..., Any]:
-    options = [
-        click.argument("inputs", nargs=-1),
-        click.option(
+    return input_options()(f)
+
+
+def input_options(*, leave_out: tuple[str, ...] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The INPUTS argument and the flags that load a model and its inputs (``--model``, ``--weights``, ...,
+    ``--config``), less those named in ``leave_out`` (``"limit"``, ``"config"``)."""
+    options = {
+        "inputs": click.argument("inputs", nargs=-1),
+        "model": click.option(
             "--model", "model", help="Built-in model (efficientnet-lite0, digits-cnn) or path/to/file.py:factory."
         ),
-        click.option(
+        "weights": click.option(
             "--weights",
             type=click.Path(dir_okay=False, path_type=Path),
             help="Weights: .safetensors or a state dict (.pt).",
         ),
-        click.option(
+        "trust_model_file": click.option(
             "--trust-model-file",
             is_flag=True,
             help="Allow a pickled full model in --weights (runs its code; only for files you trust).",
         ),
-        click.option("--limit", type=click.IntRange(min=1), help="Use only the first N inputs."),
-        click.option("--label-column", help="CSV inputs: the column holding true labels."),
-        click.option(
+        "limit": click.option("--limit", type=click.IntRange(min=1), help="Use only the first N inputs."),
+        "label_column": click.option("--label-column", help="CSV inputs: the column holding true labels."),
+        "batch_size": click.option(
             "--batch-size",
             type=click.IntRange(min=1),
             default=None,
             help="Rows per model call of methods and metrics [default: 64 for torch models, 4096 for scikit-learn "
             "estimators].",
         ),
-        click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True),
-        device_option,
-        click.option(
+        "seed": click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True),
+        "device": device_option,
+        "config": click.option(
             "--config", type=click.Path(dir_okay=False, path_type=Path), help="TOML file holding any of these flags."
         ),
-    ]
-    for opt in reversed(options):
-        f = opt(f)
-    return f
+    }
+
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        for name, opt in reversed(options.items()):
+            if name not in leave_out:
+                f = opt(f)
+        return f
+
+    return decorate
 
 
 def _done(code: int) -> None:

@@ -870,23 +870,21 @@ def _digits_dataset_run(methods: list[str], run_dir: Path, n: int, full: bool, d
 
 
 @main.command("debug")
-@click.option(
-    "--model",
-    "model_name",
-    type=click.Choice(("digits-cnn",)),
-    default="digits-cnn",
-    show_default=True,
-    help="The model whose mistakes to explain, on its labelled test split.",
-)
+@_jobs.input_options(leave_out=("limit", "config"))
 @click.option("--method", default="lima", show_default=True, help="The explainer of the true class.")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Explain at most this many mistakes.")
+@click.option(
+    "--option", "options", multiple=True, metavar="KEY=VALUE", help="A method option (repeatable), e.g. n_samples=200."
+)
+@click.option(
+    "--limit", "max_mistakes", type=click.IntRange(min=1), default=None, help="Explain at most this many mistakes."
+)
 @click.option(
     "--regions",
     "n_regions",
     type=click.IntRange(min=1),
-    default=16,
-    show_default=True,
-    help="Grid regions (a square number: 16 = 4 x 4 cells of 2 x 2 pixels on the 8 x 8 digits).",
+    default=None,
+    help="Images: a grid of this many cells (a square number) [default: 16, 4 x 4 cells: 2 x 2 pixels on the 8 x 8 "
+    "digits]. A table's regions are its columns, a text's its words.",
 )
 @click.option(
     "--out",
@@ -894,65 +892,132 @@ def _digits_dataset_run(methods: list[str], run_dir: Path, n: int, full: bool, d
     type=click.Path(file_okay=False, dir_okay=True, writable=True, path_type=Path),
     default=Path("whybox-debug"),
     show_default=True,
-    help="Folder for one PNG per mistake (created if missing).",
+    help="Folder for mistakes.json and one PNG per mistake on images (created if missing).",
 )
-@_jobs.device_option
-def debug_cmd(model_name: str, method: str, limit: int | None, n_regions: int, out_dir: Path, device: str) -> None:
-    """Find the model's misclassified test images and show the regions that cause each error."""
+def debug_cmd(**params: Any) -> None:
+    """Find the inputs the model gets wrong among labelled INPUTS (default: the digits CNN on digits-test) and show
+    the regions that cause each error: the true class explained, its highest confidence along insertion, and the
+    culprits (regions, columns or words whose addition lowers it)."""
+    import json
     import math
 
-    from whybox.data import digits_cnn, load_digits
+    from whybox.errors import WhyboxError
 
-    if method not in whybox.methods("image"):
+    params["model"] = params["model"] or "digits-cnn"
+    if not params["inputs"] and params["model"] == "digits-cnn":
+        params["inputs"] = ("digits-test",)
+    method = params["method"]
+    if method not in whybox.methods():
         raise click.BadParameter(
-            f"unknown method {method!r}; choose one of {', '.join(whybox.methods('image'))}.", param_hint="--method"
+            f"unknown method {method!r}; choose one of {', '.join(whybox.methods())}.", param_hint="--method"
         )
-    dev = _device(device)
-    k = math.isqrt(n_regions)
-    if k * k != n_regions or k > 8:
+    opts = _jobs.parse_options(params["options"], flag="--option", scoped=False)
+    lm, ds = _jobs._load(params)
+    if ds.labels is None:
+        raise _jobs._fail(
+            "debug needs each input's true class: give a labelled dataset (digits-test, sentiment-test), an .npz "
+            "with 'y', or a CSV with --label-column."
+        )
+    kind = ds.kind
+    if method not in whybox.methods(kind):
         raise click.BadParameter(
-            f"--regions must be a square number of grid cells up to 64 (4, 9, 16, ..., 64); got {n_regions}.",
+            f"{method!r} does not explain {kind} inputs; choose one of {', '.join(whybox.methods(kind))}.",
+            param_hint="--method",
+        )
+    regions = None
+    n_regions = params["n_regions"]
+    if kind == "image":
+        n_regions = 16 if n_regions is None else n_regions
+        h, w = ds.x.shape[-2:]
+        k = math.isqrt(n_regions)
+        if k * k != n_regions or k > min(h, w):
+            raise click.BadParameter(
+                f"--regions must be a square number of grid cells up to {min(h, w) ** 2} on these {h} x {w} images "
+                f"(4, 9, 16, ...); got {n_regions}.",
+                param_hint="--regions",
+            )
+        regions = (torch.arange(h) * k // h).view(-1, 1) * k + (torch.arange(w) * k // w).view(1, -1)
+    elif n_regions is not None:
+        raise click.BadParameter(
+            f"--regions sets a grid on images; these are {kind} inputs, whose regions are "
+            f"{'words' if kind == 'text' else 'columns' if kind == 'tabular' else 'time windows'}.",
             param_hint="--regions",
         )
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise click.BadParameter(f"cannot create {str(out_dir)!r}: {exc}", param_hint="--out") from None
-    model = digits_cnn().eval().to(dev)
-    x, y = load_digits("test")
-    cells = torch.arange(8) * k // 8
-    regions = cells.view(-1, 1) * k + cells.view(1, -1)
+    from whybox.api import _options
+
+    if "seed" in _options(whybox.get_explainer(method)):
+        opts.setdefault("seed", params["seed"])
+    out_dir = _jobs._make_dir(Path(params["out_dir"]), "--out")
     t = time.perf_counter()
-    report = whybox.find_mistakes(model, x, y, method=method, max_mistakes=limit, regions=regions)
+    try:
+        report = whybox.find_mistakes(
+            lm.module, ds.texts if kind == "text" else ds.x, ds.labels, method=method,
+            max_mistakes=params["max_mistakes"], regions=regions, batch_size=params["batch_size"], **opts,
+        )  # fmt: skip
+    except WhyboxError as exc:
+        raise _jobs._fail(f"{method}: {exc}") from None
+    except _jobs._MODEL_ERRORS as exc:
+        raise _jobs._ModelFailed(f"{method} failed: {type(exc).__name__}: {exc}") from None
     seconds = time.perf_counter() - t
+    where = f" over {n_regions} regions" if kind == "image" else ""
     click.echo(
-        f"model: {model_name}; test images: {report.n_inputs}; accuracy {report.accuracy:.1%}; "
-        f"mistakes: {report.n_wrong} ({len(report.mistakes)} explained); true class explained with {method} over {n_regions} regions "
-        f"({seconds:.1f} s)"
+        f"model: {lm.name}; inputs: {report.n_inputs}; accuracy {report.accuracy:.1%}; mistakes: {report.n_wrong} "
+        f"({len(report.mistakes)} explained); true class explained with {method}{where} ({seconds:.1f} s)"
     )
-    if not report.mistakes:
-        return
-    click.echo(report.table())
-    for k_, m in enumerate(report.mistakes):
-        img = x[m.index, 0].clamp(0, 1).numpy()  # digits are scaled to [0, 1]
-        gray = np.repeat(img[..., None], 3, axis=2)
-        culprit = gray.copy()
-        culprit[m.culprit_mask.numpy()] = culprit[m.culprit_mask.numpy()] * 0.4 + np.array([0.6, 0.0, 0.0])
-        panels = [
-            (
-                _to_uint8(torch.from_numpy(gray).permute(2, 0, 1)),
-                f"#{m.index}: label {m.label}, predicted {m.predicted}",
-            ),
-            (overlay(torch.from_numpy(gray).permute(2, 0, 1), m.attribution), f"{method}: why {m.label}"),
-            (_to_uint8(torch.from_numpy(culprit).permute(2, 0, 1)), f"culprits: {len(m.culprits)} regions (red)"),
-        ]
-        save_grid_figure(
-            output_path(out_dir, f"mistake_{k_:03d}_{m.index}.png"),
-            panels,
-            title=f"HC of {m.label} at 25/50/75/100 %: " + " ".join(f"{v:.2f}" for v in m.hc),
-            ncols=3,
-        )
-    click.echo(f"wrote {len(report.mistakes)} figures to {out_dir}/")
+    names = report.class_names or lm.labels
+
+    def cls(c: int) -> str:
+        return names[c] if names is not None and 0 <= c < len(names) else str(c)
+
+    records = []
+    if report.mistakes:
+        click.echo(report.table(names))
+    for j, m in enumerate(report.mistakes):
+        record: dict[str, Any] = {
+            "index": m.index, "name": ds.names[m.index], "label": cls(m.label), "predicted": cls(m.predicted),
+            "p_label": m.p_label, "p_predicted": m.p_predicted, "hc": m.hc, "hc_area": m.hc_area,
+            "insertion": m.insertion, "culprits": m.culprits, "drops": m.drops,
+        }  # fmt: skip
+        if kind == "image":
+            record["figure"] = _mistake_figure(out_dir, j, m, lm.display(ds.x[m.index]), method, cls)
+        elif kind == "text":
+            record["culprit_words"] = m.culprit_words
+            click.echo(f"  {ds.names[m.index]}: culprit words: {', '.join(map(repr, m.culprit_words)) or '-'}")
+        elif kind == "tabular":
+            cols = ds.columns or [str(c) for c in range(ds.x.shape[1])]
+            record["culprit_columns"] = [cols[r] for r in m.culprits]
+            click.echo(f"  {ds.names[m.index]}: culprit columns: {', '.join(record['culprit_columns']) or '-'}")
+        else:  # signals: each culprit's time steps
+            steps = m.regions.reshape(-1)
+            spans = []
+            for r in m.culprits:
+                at = (steps == r).nonzero()
+                spans.append([int(at.min()), int(at.max())])
+            record["culprit_steps"] = spans
+            click.echo(f"  {ds.names[m.index]}: culprit steps: {', '.join(f'{a}-{b}' for a, b in spans) or '-'}")
+        records.append(record)
+    (out_dir / "mistakes.json").write_text(json.dumps(records, indent=1), encoding="utf-8")
+    figures = sum("figure" in r for r in records)
+    click.echo(f"wrote {out_dir / 'mistakes.json'}" + (f" and {figures} figures" if figures else ""))
+
+
+def _mistake_figure(out_dir: Path, j: int, m: Any, shown: np.ndarray, method: str, cls: Any) -> str:
+    """One mistake's input, its true-class map and its culprit regions (red), side by side; returns the file name."""
+    image = torch.from_numpy(np.ascontiguousarray(shown.transpose(2, 0, 1)))  # (3, H, W) in [0, 1]
+    culprit = shown.copy()
+    culprit[m.culprit_mask.numpy()] = culprit[m.culprit_mask.numpy()] * 0.4 + np.array([0.6, 0.0, 0.0])
+    panels = [
+        (_to_uint8(image), f"#{m.index}: label {cls(m.label)}, predicted {cls(m.predicted)}"),
+        (overlay(image, m.attribution), f"{method}: why {cls(m.label)}"),
+        (_to_uint8(torch.from_numpy(culprit).permute(2, 0, 1)), f"culprits: {len(m.culprits)} regions (red)"),
+    ]
+    path = save_grid_figure(
+        output_path(out_dir, f"mistake_{j:03d}_{m.index}.png"),
+        panels,
+        title=f"HC of {cls(m.label)} at 25/50/75/100 %: " + " ".join(f"{v:.2f}" for v in m.hc),
+        ncols=3,
+    )
+    return Path(path).name
 
 
 _jobs.register(main)
