@@ -1187,6 +1187,27 @@ def test_compare_by_default_runs_only_the_methods_the_model_can_run(runner: CliR
     assert module.exit_code == 0 and "left out" not in module.stderr and "gradcam " in module.stdout
 
 
+def test_compare_by_default_runs_the_attention_readers_on_a_vision_transformer(runner: CliRunner, files: Files) -> None:
+    """The attention readers run on a Hugging Face ViT's images but are listed under text (most image models have no
+    attention), so compare without --methods left them out of a ViT's run; now they are in it (and still not in a
+    CNN's, test above), with the numbers whybox.explain gives."""
+    pytest.importorskip("transformers")
+    (files.tmp / "vit.py").write_text(VIT_PY)
+    spec = f"{files.tmp / 'vit.py'}:build"
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    np.save(files.tmp / "x.npy", x.numpy())
+    run = invoke(runner, ["compare", "--model", spec, files.tmp / "x.npy", "--metrics", "sparseness", "--out",
+                          files.tmp / "r", "--no-report"])  # fmt: skip
+    assert run.exit_code == 0, run.output
+    assert "0 failed (sample, method) pairs" in run.stdout and "left out" not in run.stderr
+    for name in ("attention_rollout", "attention_relevance", "raw_attention", "gradcam", "lime"):
+        assert f"{name} " in run.stdout
+    store = RunStore.open_existing(files.tmp / "r")
+    want = whybox.explain(load_model(spec).module, x, "attention_rollout").attributions
+    for i in range(2):
+        assert np.allclose(store.load_array("attention_rollout", i), want[i].numpy(), atol=1e-6)
+
+
 BLACKBOX_TEXT_PY = """
 import torch
 

@@ -452,6 +452,19 @@ def explain_cmd(ctx: click.Context, **params: Any) -> None:
     click.echo(f"wrote {out_dir / 'explanation.safetensors'}")
 
 
+def methods_for(kind: str, model: Any) -> list[str]:
+    """The methods that apply to ``kind`` inputs of ``model``: ``whybox.methods(kind)``, and on images of a Hugging
+    Face vision transformer also the attention readers (listed under text, as most image models have no attention)."""
+    from whybox.explainers.attention.explainers import AttentionExplainer, _patch_size
+    from whybox.models.adapter import adapt
+    from whybox.registry import EXPLAINERS
+
+    names = whybox.methods(kind if kind in ("image", "signal", "tabular", "text") else None)
+    if kind == "image" and _patch_size(adapt(model)) is not None:
+        names = sorted({*names, *(n for n in whybox.methods() if issubclass(EXPLAINERS.get(n), AttentionExplainer))})
+    return names
+
+
 def _model_can_run(methods: Sequence[str], model: Any, x: torch.Tensor) -> tuple[list[str], str]:
     """Of ``methods``, those the model can run: gradient methods need a differentiable model (not a scikit-learn
     estimator, nor a function returning NumPy values: one forward on one sample tells), CAMs need a torch model's
@@ -777,10 +790,9 @@ def compare_cmd(ctx: click.Context, **params: Any) -> None:
                 "tasks ask Ray for no GPU); use --backend local to run on this machine's GPU."
             )
     loaded: tuple[Any, Any] | None = None
-    if not methods:  # every method that applies to these inputs (CAMs and RISE need images; attention needs text)
+    if not methods:  # every method that applies to these inputs (CAMs and RISE need images; attention a transformer)
         loaded = _load(params)
-        kind = loaded[1].kind
-        methods = whybox.methods(kind if kind in ("image", "signal", "tabular", "text") else None)
+        methods = methods_for(loaded[1].kind, loaded[0].module)
         methods, left = _model_can_run(methods, loaded[0].module, loaded[1].x)
         if left:
             click.echo(f"left out: {left}", err=True)

@@ -919,10 +919,10 @@ def debug_cmd(**params: Any) -> None:
             "with 'y', or a CSV with --label-column."
         )
     kind = ds.kind
-    if method not in whybox.methods(kind):
+    applicable = _jobs.methods_for(kind, lm.module)
+    if method not in applicable:
         raise click.BadParameter(
-            f"{method!r} does not explain {kind} inputs; choose one of {', '.join(whybox.methods(kind))}.",
-            param_hint="--method",
+            f"{method!r} does not explain {kind} inputs; choose one of {', '.join(applicable)}.", param_hint="--method"
         )
     regions = None
     n_regions = params["n_regions"]

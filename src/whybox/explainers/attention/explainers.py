@@ -14,7 +14,8 @@ Vision transformers: ``whybox.adapt(vit)`` of a Hugging Face ``ViTForImageClassi
 with ``patch_size``; images ``(B, C, H, W)`` as ``pixel_values``) works too: the CLS row without its prefix column,
 reshaped row-major to the ``(H / P, W / P)`` patch grid and repeated over each patch's pixels (no interpolation:
 every pixel carries its patch's value), ``(B, 1, H, W)``. These methods are listed under
-``whybox.methods("text")`` only: on images they need a transformer, which most image models are not.
+``whybox.methods("text")`` only: on images they need a transformer, which most image models are not (a run of
+``whybox compare`` on a vision transformer's images adds them to its default methods).
 """
 
 from __future__ import annotations
