@@ -135,6 +135,28 @@ def test_unbatched_image_names_the_batch_and_the_fix(method: str, model: nn.Modu
     ), notes[0]
 
 
+@pytest.mark.parametrize(
+    ("inputs", "fix"),
+    [
+        ((2, 12, 12, 3), r"The model's first layer, Conv2d, reads 3 channels in dim 1; these samples look channels-last: "
+                         r"pass inputs\.permute\(0, 3, 1, 2\)\.$"),
+        ((2, 1, 12, 12), r"The model's first layer, Conv2d, reads 3 channels in dim 1; these samples have 1\.$"),
+    ],
+)  # fmt: skip
+def test_images_with_other_channels_get_that_fix_not_the_batch_one(
+    model: nn.Module, inputs: tuple[int, ...], fix: str
+) -> None:
+    """A channels-last batch (an (N, H, W, C) array) or a grayscale batch for an RGB model got the note's advice to add
+    a batch dimension they already have; the note now names the first convolution's channel count and the fix."""
+    if not hasattr(RuntimeError(), "add_note"):
+        pytest.skip("exception notes need Python >= 3.11")
+    with pytest.raises(RuntimeError) as info:  # the model's own error, its type and message kept
+        whybox.explain(model, torch.rand(*inputs), "occlusion")
+    (note,) = info.value.__notes__
+    assert re.search(rf"each sample has shape {re.escape(str(inputs[1:]))}\. {fix}", note), note
+    assert "unsqueeze" not in note
+
+
 def test_not_a_tensor(model: nn.Module) -> None:
     _raises(
         InvalidInputError,

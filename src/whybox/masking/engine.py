@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
+from torch import nn
 
 from whybox.errors import InvalidParameterError, WhyboxError
 from whybox.masking.features import FeatureGroups
@@ -100,16 +101,35 @@ def padded_rows(n: int, batch_size: int) -> int:
 _NOTE_MARK = "whybox: raised while running the model on a batch of shape"
 
 
-def _note_batch_shape(err: BaseException, inp: torch.Tensor) -> None:
-    """Add (once) a note to the model's own error: the batch it got and how whybox reads ``inputs``."""
+def _channel_fix(model: Any, inp: torch.Tensor) -> str:
+    """Where the model's first convolution reads another channel count than ``inp`` has in dim 1, what to do
+    (channels-last inputs: permute them); "" otherwise."""
+    kinds = ((nn.Conv1d, 1), (nn.Conv2d, 2), (nn.Conv3d, 3))
+    modules = model.modules() if isinstance(model, nn.Module) else ()
+    found = next(((m, d) for m in modules for kind, d in kinds if isinstance(m, kind)), None)
+    if found is None or inp.ndim != found[1] + 2 or inp.shape[1] == found[0].in_channels:
+        return ""
+    conv, n = found[0], found[0].in_channels
+    reads = f"The model's first layer, {type(conv).__name__}, reads {n} channel{'s' if n != 1 else ''} in dim 1"
+    if inp.shape[-1] == n:
+        order = ", ".join(map(str, range(1, inp.ndim - 1)))
+        return f"{reads}; these samples look channels-last: pass inputs.permute(0, {inp.ndim - 1}, {order})."
+    return f"{reads}; these samples have {inp.shape[1]}."
+
+
+def _note_batch_shape(err: BaseException, inp: torch.Tensor, model: Any = None) -> None:
+    """Add (once) a note to the model's own error: the batch it got, how whybox reads ``inputs``, and the likely
+    fix (a sample without its batch dimension, or channels last)."""
     add_note = getattr(err, "add_note", None)  # PEP 678, Python >= 3.11
     if add_note is None or any(_NOTE_MARK in n for n in getattr(err, "__notes__", ())):
         return
     shape, sample = tuple(inp.shape), tuple(inp.shape[1:])
+    fix = _channel_fix(model, inp) or (
+        "If inputs is a single sample (e.g. one (C, H, W) image), add the batch dimension with inputs.unsqueeze(0)."
+    )
     add_note(
         f"{_NOTE_MARK} {shape}, built from `inputs`. whybox reads dim 0 of inputs as the batch, so each sample has "
-        f"shape {sample}. If inputs is a single sample (e.g. one (C, H, W) image), add the batch dimension with "
-        "inputs.unsqueeze(0)."
+        f"shape {sample}. {fix}"
     )
 
 
@@ -192,7 +212,7 @@ class MaskingEngine:
         except WhyboxError:
             raise
         except Exception as err:
-            _note_batch_shape(err, inp)
+            _note_batch_shape(err, inp, getattr(self.adapter, "model", None))
             raise
 
     def _call(self, fn: Callable[[torch.Tensor], R], inp: torch.Tensor) -> R:
