@@ -14,7 +14,7 @@ import torch
 from whybox.errors import DataFormatError, InvalidInputError, InvalidParameterError, did_you_mean
 from whybox.models.inputs import tensor_option
 
-__all__ = ["Explanation"]
+__all__ = ["Explanation", "digest_mismatch", "input_digest"]
 
 _FORMAT = "whybox.explanation/1"
 _MAP_REDUCTIONS = ("sum", "mean", "abs_sum", "max_abs")
@@ -28,6 +28,30 @@ _ROW_OPTIONS = (
     "regions",
     "noise_mask",
 )  # options that may hold one entry per input row
+
+
+def input_digest(x: torch.Tensor) -> torch.Tensor:
+    """``(B, 3)`` float64 on the CPU: each row's sum, sum of absolute values and sum of squares, which
+    ``meta["input_digest"]`` keeps so that a metric can tell an explanation of other inputs (shuffled rows, another
+    preprocessing) from one of the inputs it is given."""
+    v = x.detach().reshape(x.shape[0], -1).to(torch.float64)
+    return torch.stack([v.sum(1), v.abs().sum(1), (v * v).sum(1)], 1).cpu()
+
+
+def digest_mismatch(saved: torch.Tensor, x: torch.Tensor) -> list[int]:
+    """Rows whose inputs differ from those :func:`input_digest` ``saved`` describes (tolerant of float rounding:
+    the same inputs in float32 and float64, or summed on a GPU, match)."""
+    now = input_digest(x)
+    saved = saved.to(torch.float64).cpu()
+    if saved.shape != now.shape:
+        return list(range(x.shape[0]))
+    scale = torch.maximum(saved[:, 1], now[:, 1])
+    sq = torch.maximum(saved[:, 2], now[:, 2])
+    bad = ((saved[:, 0] - now[:, 0]).abs() > 1e-5 * scale + 1e-9) | (
+        (saved[:, 1] - now[:, 1]).abs() > 1e-5 * scale + 1e-9
+    )
+    bad |= (saved[:, 2] - now[:, 2]).abs() > 1e-5 * sq + 1e-12
+    return bad.nonzero().flatten().tolist()
 
 
 @dataclass
@@ -46,7 +70,8 @@ class Explanation:
     params
         The explainer's configuration (JSON-serialisable values).
     meta
-        Extras: at least ``n_forward``, ``n_backward``, ``seed`` and per-sample ``finite``; per-sample
+        Extras: at least ``n_forward``, ``n_backward``, ``seed``, per-sample ``finite`` and ``input_digest``
+        ``(B, 3)`` (:func:`input_digest`: the metrics refuse the explanation on other rows); per-sample
         ``target_names`` where the model names its outputs (``classes_``, ``id2label``, ``adapt(labels=)``);
         tensors allowed (saved beside the attributions).
     options

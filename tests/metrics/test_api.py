@@ -207,6 +207,28 @@ def test_a_numpy_attribution_array_scores_as_the_tensor_and_is_left_untouched() 
         whybox.evaluate(model, x, np.empty((2, 1, 8, 8), dtype=object), "deletion", target=0)
 
 
+def test_an_explanation_of_other_inputs_is_refused(tmp_path: Path) -> None:
+    """Scoring an explanation against inputs it does not explain (rows shuffled between the two calls, another
+    batch) gave numbers with no error: the map of one image was read on another. The explanation now keeps a digest
+    of each row it explains, and the metrics refuse other rows, naming them; the same inputs in float64, a slice
+    with its rows, a saved and loaded explanation and the bare attributions all still score."""
+    model, x = cnn3(), randn(4, 3, 8, 8, seed=7)
+    e = whybox.explain(model, x, "saliency", target=1)
+    want = whybox.evaluate(model, x, e, "deletion", steps=4).scores
+    with pytest.raises(InvalidInputError, match=r"made for other inputs than these: rows \[0, 1\] of 4 differ"):
+        whybox.evaluate(model, x[[1, 0, 2, 3]], e, "deletion", steps=4)
+    with pytest.raises(InvalidInputError, match=r"rows \[0, 1, 2, 3\] of 4 .* or its attributions"):
+        whybox.evaluate(model, randn(4, 3, 8, 8, seed=8), e, "mufidelity", n_samples=4)
+    torch.testing.assert_close(whybox.evaluate(model, x.double(), e, "deletion", steps=4).scores, want)
+    torch.testing.assert_close(whybox.evaluate(model, x[1:3], e[1:3], "deletion", steps=4).scores, want[1:3])
+    e.save(tmp_path / "e.safetensors")
+    loaded = whybox.Explanation.load(tmp_path / "e.safetensors")
+    torch.testing.assert_close(whybox.evaluate(model, x, loaded, "deletion", steps=4).scores, want)
+    with pytest.raises(InvalidInputError, match="made for other inputs"):
+        whybox.evaluate(model, x.flip(0), loaded, "deletion", steps=4)
+    whybox.evaluate(model, x.flip(0), e.attributions, "deletion", steps=4, target=1)  # a map: the caller's call
+
+
 def test_input_errors_name_the_problem() -> None:
     model = cnn3()
     with pytest.raises(whybox.InvalidInputError, match="leading batch dimension"):

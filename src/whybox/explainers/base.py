@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 import torch
 
 from whybox.errors import InvalidInputError, InvalidParameterError, NotDifferentiableError, did_you_mean
-from whybox.explanation import Explanation
+from whybox.explanation import Explanation, input_digest
 from whybox.masking.engine import MaskingEngine, resolve_batch_size
 from whybox.models._guard import MODES, has_train_mode_batchnorm
 from whybox.models.adapter import (
@@ -205,6 +205,7 @@ class Explainer:
             "n_backward": engine_backward[0],
             "seed": self._call_seed,
             "finite": [bool(v) for v in finite.tolist()],
+            "input_digest": input_digest(x),  # a metric given this explanation checks that it explains its inputs
             **meta,
         }
         names = getattr(self, "_feature_names", None)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from whybox.errors import InvalidInputError, InvalidParameterError, InvalidTargetError, did_you_mean
-from whybox.explanation import Explanation, row_options
+from whybox.explanation import Explanation, digest_mismatch, row_options
 from whybox.masking.engine import MaskingEngine, check_batch_size, resolve_batch_size
 from whybox.masking.features import FeatureGroups, pixels, segments
 from whybox.models._guard import MODES
@@ -866,6 +866,15 @@ class Metric:
                     attributions = expl.attributions
             elif isinstance(explanation, Explanation):
                 expl, method, attributions = explanation, explanation.method, explanation.attributions
+                digest = explanation.meta.get("input_digest")
+                other = digest_mismatch(digest, x) if isinstance(digest, torch.Tensor) else []
+                if other:
+                    raise InvalidInputError(
+                        f"the explanation was made for other inputs than these: rows {other[:8]}"
+                        f"{' ...' if len(other) > 8 else ''} of {x.shape[0]} differ from the rows it explains (shuffled, "
+                        "re-preprocessed or another batch?); pass the inputs it explains, or its attributions "
+                        "(explanation.attributions) to score that map on these inputs."
+                    )
                 explained = explanation.meta.get("feature_names")
                 if names is not None and explained is not None and list(explained) != names:
                     raise InvalidInputError(
