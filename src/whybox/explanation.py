@@ -34,8 +34,13 @@ def input_digest(x: torch.Tensor) -> torch.Tensor:
     """``(B, 3)`` float64 on the CPU: each row's sum, sum of absolute values and sum of squares, which
     ``meta["input_digest"]`` keeps so that a metric can tell an explanation of other inputs (shuffled rows, another
     preprocessing) from one of the inputs it is given."""
-    v = x.detach().reshape(x.shape[0], -1).to(torch.float64)
-    return torch.stack([v.sum(1), v.abs().sum(1), (v * v).sum(1)], 1).cpu()
+    flat = x.detach().reshape(x.shape[0], -1)
+    step = max(1, (1 << 20) // max(1, flat.shape[1]))  # about 8 MB of float64 at a time
+    parts = []
+    for chunk in flat.split(step):
+        v = chunk.to(torch.float64)
+        parts.append(torch.stack([v.sum(1), v.abs().sum(1), (v * v).sum(1)], 1))
+    return torch.cat(parts).cpu() if parts else torch.zeros(0, 3, dtype=torch.float64)
 
 
 def digest_mismatch(saved: torch.Tensor, x: torch.Tensor) -> list[int]:
