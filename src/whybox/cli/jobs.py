@@ -303,7 +303,9 @@ def input_options(*, leave_out: tuple[str, ...] = ()) -> Callable[[Callable[...,
     options = {
         "inputs": click.argument("inputs", nargs=-1),
         "model": click.option(
-            "--model", "model", help="Built-in model (efficientnet-lite0, digits-cnn) or path/to/file.py:factory."
+            "--model",
+            "model",
+            help="Built-in model (efficientnet-lite0, digits-cnn), model.onnx or path/to/file.py:factory.",
         ),
         "weights": click.option(
             "--weights",

@@ -461,7 +461,8 @@ def adapt(
     ----------
     model
         A ``torch.nn.Module`` returning class logits, an embedding model (``kind="embedding"``), a
-        fitted scikit-learn estimator, a function ``inputs -> scores (B, K)`` (a black box: a tensor or any NumPy
+        fitted scikit-learn estimator, an ``.onnx`` file's path or an ``onnxruntime.InferenceSession`` (a black box
+        run by ONNX Runtime, the ``onnx`` extra; ``output=`` names its output), a function ``inputs -> scores (B, K)`` (a black box: a tensor or any NumPy
         array back; see :class:`FunctionModel`; the modules it calls are not put in eval mode by whybox), or an
         existing :class:`ModelAdapter` (returned unchanged).
     kind
@@ -516,6 +517,12 @@ def _adapt(
 ) -> ModelAdapter:
     if isinstance(model, ModelAdapter):
         return model
+    from whybox.models.onnx import OnnxModel, is_onnx_path
+
+    if is_onnx_path(model) or type(model).__name__ == "InferenceSession":  # an ONNX graph: a black box
+        graph_output = output if isinstance(output, (str, int)) else None  # a callable applies to the scores after
+        model = OnnxModel(model, output=graph_output)
+        output = None if graph_output is not None else output
     if kind not in KINDS:
         raise InvalidParameterError(f"kind must be one of {KINDS}; got {kind!r}.{did_you_mean(kind, KINDS)}")
     if isinstance(model, nn.Module):

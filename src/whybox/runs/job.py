@@ -216,6 +216,9 @@ def _hash_function(h: Any, fn: Any) -> None:
     files) is not seen."""
     code = getattr(fn, "__code__", None)
     h.update(str(getattr(fn, "__qualname__", type(fn).__qualname__)).encode())
+    own = getattr(fn, "fingerprint", None)  # an ONNX graph: its bytes
+    if isinstance(own, str):
+        h.update(own.encode())
     if code is None:
         return
     h.update(code.co_code)

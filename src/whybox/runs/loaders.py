@@ -214,8 +214,8 @@ def _parse_spec(spec: str) -> tuple[str, Path, str]:
     """Classify a non-builtin spec: ``("factory", file, name)`` or ``("pickle", file, "")``."""
     head, colon, tail = spec.rpartition(":")
     forms = (
-        f"a builtin model ({', '.join(BUILTIN_MODELS)}), 'path/to/file.py:factory', or a pickled full model "
-        "'model.pt' with trust_model_file=True"
+        f"a builtin model ({', '.join(BUILTIN_MODELS)}), 'path/to/file.py:factory', an ONNX file 'model.onnx', or a "
+        "pickled full model 'model.pt' with trust_model_file=True"
     )
     if colon and head.lower().endswith(".py"):
         if not tail.isidentifier():
@@ -242,6 +242,11 @@ def _parse_spec(spec: str) -> tuple[str, Path, str]:
             f"model {spec!r}: name the function that builds the model after a colon, e.g. '{spec}:make_model'; "
             "it is called with no arguments."
         )
+    if suffix == ".onnx":
+        if not path.is_file():
+            what = "is a folder" if path.is_dir() else "does not exist"
+            raise InvalidParameterError(f"model {spec!r}: the ONNX file {what} (looked at {path.resolve()}).")
+        return "onnx", path, ""
     if suffix == ".safetensors":
         raise InvalidParameterError(
             f"model {spec!r}: a safetensors file holds weights only, not the architecture; pass the architecture "
@@ -554,7 +559,8 @@ def load_model(
           folder is on ``sys.path`` only while it is imported and the factory runs) and ``factory()``
           is called with no arguments. It must return a ``torch.nn.Module`` or a fitted estimator
           with ``predict_proba``, ``decision_function`` or ``predict`` (a scikit-learn classifier or regressor);
-        * ``"model.pt"`` (``.pth``, ``.bin``): a pickled full model, only with ``trust_model_file=True``.
+        * ``"model.pt"`` (``.pth``, ``.bin``): a pickled full model, only with ``trust_model_file=True``;
+        * ``"model.onnx"``: an ONNX graph of one input, run by ONNX Runtime as a black box (the ``onnx`` extra).
     weights : str or path-like, optional
         A state dict for the model: ``.safetensors`` (read with ``safetensors.torch.load_file``) or
         ``.pt`` / ``.pth`` / ``.bin`` (read with ``torch.load(..., weights_only=True)``), loaded with
@@ -626,7 +632,16 @@ def load_model(
         return LoadedModel(adapt_text(clf.to(dev), tokenizer), spec, ["negative", "positive"], None, _channels_display)
     else:
         kind, path, factory = _parse_spec(spec)
-        if kind == "factory":
+        if kind == "onnx":  # a black box run by ONNX Runtime; its weights are in the file
+            if weights_path is not None:
+                raise InvalidParameterError(
+                    f"weights={str(weights)!r} given for the ONNX model {spec!r}, whose weights are in the file; drop "
+                    "--weights."
+                )
+            from whybox.models.adapter import adapt
+
+            module = adapt(str(path))
+        elif kind == "factory":
             module = _call_factory(spec, path, factory)
         else:
             module = _load_pickled_model(spec, path, trust=trust_model_file)

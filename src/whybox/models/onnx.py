@@ -1,0 +1,178 @@
+"""ONNX models as black boxes: an ``.onnx`` file run by ONNX Runtime on the CPU (the ``onnx`` extra).
+
+``whybox.adapt("model.onnx")`` (or an :class:`OnnxModel`, or an ``onnxruntime.InferenceSession``) gives a black-box
+adapter: the perturbation methods, RISE, LIMA and every metric run on it and give the numbers the same network as a
+torch module gives; the gradient methods and CAMs need a torch model (an ONNX graph gives no gradients to torch).
+On the command line ``--model model.onnx`` does the same; a run's fingerprint is the file's bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from whybox.errors import DataFormatError, InvalidInputError, InvalidParameterError, MissingExtraError, did_you_mean
+
+__all__ = ["OnnxModel", "is_onnx_path"]
+
+_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+}
+
+
+def is_onnx_path(model: Any) -> bool:
+    """``model`` names an ``.onnx`` file (a string or path; it need not exist yet)."""
+    return isinstance(model, (str, os.PathLike)) and Path(model).suffix.lower() == ".onnx"
+
+
+def _runtime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise MissingExtraError(f"ONNX models need ONNX Runtime: pip install 'whybox[onnx]' ({exc}).") from exc
+    return onnxruntime
+
+
+class OnnxModel:
+    """An ONNX graph with one input, called as ``model(x) -> scores``: ``x`` ``(B, *S)`` (a tensor) goes in as a NumPy
+    array of the graph input's dtype, and the selected output ``(B, K)`` comes back as a NumPy array.
+
+    Parameters
+    ----------
+    source
+        A path to an ``.onnx`` file, the file's bytes, or an ``onnxruntime.InferenceSession`` (kept as it is).
+    output
+        Which output holds the scores: a name or an index. ``None``: the graph's only output (a graph with several
+        is an error that lists them).
+    threads
+        ONNX Runtime's intra-op threads; ``None``: torch's thread count, so the two share the machine alike.
+
+    A graph with a fixed batch dimension (an export traced with batch 1) gets its rows in chunks of that size, the
+    last one padded with copies of its last row (their outputs dropped).
+    """
+
+    def __init__(self, source: Any, *, output: str | int | None = None, threads: int | None = None) -> None:
+        ort = _runtime()
+        self.name = "onnx model"
+        self._bytes: bytes | None = None
+        if isinstance(source, ort.InferenceSession):
+            self.session = source
+        else:
+            if isinstance(source, (bytes, bytearray)):
+                self._bytes = bytes(source)
+            elif is_onnx_path(source):
+                path = Path(source).expanduser()
+                if not path.is_file():
+                    raise InvalidParameterError(
+                        f"model {str(source)!r}: no such ONNX file (looked at {path.resolve()})."
+                    )
+                self._bytes = path.read_bytes()
+                self.name = path.name
+            else:
+                raise InvalidParameterError(
+                    f"source must be an .onnx file's path, its bytes or an onnxruntime.InferenceSession; got "
+                    f"{type(source).__name__} {str(source)[:80]!r}."
+                )
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = int(threads) if threads is not None else torch.get_num_threads()
+            opts.inter_op_num_threads = 1
+            try:
+                self.session = ort.InferenceSession(self._bytes, opts, providers=["CPUExecutionProvider"])
+            except Exception as exc:  # ONNX Runtime's own error types: a corrupt or unsupported graph
+                raise DataFormatError(
+                    f"model {self.name!r} cannot be loaded by ONNX Runtime: {type(exc).__name__}: {str(exc)[:300]}"
+                ) from exc
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise InvalidParameterError(
+                f"ONNX model {self.name!r} takes {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); whybox "
+                "explains a graph of one input. Fix the others in a wrapper function: "
+                "lambda x: session.run(None, {'<input>': x.numpy(), ...})[0]."
+            )
+        self.input = inputs[0]
+        if self.input.type not in _DTYPES:
+            raise InvalidParameterError(
+                f"ONNX model {self.name!r} reads {self.input.type} inputs; whybox feeds {', '.join(_DTYPES)}."
+            )
+        self.dtype = _DTYPES[self.input.type]
+        names = [o.name for o in self.session.get_outputs()]
+        if output is None:
+            if len(names) != 1:
+                raise InvalidParameterError(
+                    f"ONNX model {self.name!r} has {len(names)} outputs ({', '.join(names)}); pass output= (a name or "
+                    "an index) to say which holds the (B, K) scores."
+                )
+            output = 0
+        if isinstance(output, str):
+            if output not in names:
+                raise InvalidParameterError(
+                    f"output={output!r} is not an output of ONNX model {self.name!r}; it has {', '.join(names)}."
+                    f"{did_you_mean(output, names)}"
+                )
+            output = names.index(output)
+        if isinstance(output, bool) or not isinstance(output, int) or not -len(names) <= output < len(names):
+            raise InvalidParameterError(
+                f"output must be an output name or an index in 0..{len(names) - 1}; got {output!r}."
+            )
+        self.output = output % len(names)
+        shape = self.input.shape
+        self.batch = shape[0] if shape and isinstance(shape[0], int) and shape[0] > 0 else None
+        self.row_shape = tuple(shape[1:]) if shape else ()
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the graph (a run's weights fingerprint); of the file's bytes where whybox read them."""
+        if self._bytes is not None:
+            return hashlib.sha256(self._bytes).hexdigest()
+        h = hashlib.sha256()
+        for i in self.session.get_inputs() + self.session.get_outputs():
+            h.update(f"{i.name}{i.shape}{i.type}".encode())
+        return h.hexdigest()
+
+    def __call__(self, x: torch.Tensor) -> np.ndarray:
+        x = torch.as_tensor(x)
+        row = tuple(x.shape[1:])
+        fixed = [(i, d) for i, d in enumerate(self.row_shape) if isinstance(d, int) and d > 0]
+        if len(row) != len(self.row_shape) or any(row[i] != d for i, d in fixed):
+            want = ", ".join(str(d) if isinstance(d, int) and d > 0 else str(d or "?") for d in self.row_shape)
+            raise InvalidInputError(
+                f"ONNX model {self.name!r} reads input {self.input.name!r} of shape (batch, {want}); got rows of "
+                f"shape {row} (a batch of {x.shape[0]} made from the inputs)."
+            )
+        arr = np.ascontiguousarray(x.detach().to("cpu").numpy(), dtype=self.dtype)
+        if self.batch is None:
+            return np.asarray(self._run(arr))
+        n, outs = arr.shape[0], []
+        for start in range(0, n, self.batch):
+            chunk = arr[start : start + self.batch]
+            short = self.batch - chunk.shape[0]
+            if short:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], short, axis=0)])
+            outs.append(np.asarray(self._run(chunk))[: self.batch - short])
+        return np.concatenate(outs)
+
+    def _run(self, arr: np.ndarray) -> Any:
+        return self.session.run(None, {self.input.name: arr})[self.output]
+
+    def __reduce__(self) -> tuple[Any, ...]:  # Ray and multiprocessing: a session does not pickle, its bytes do
+        if self._bytes is None:
+            raise TypeError("an OnnxModel made from an InferenceSession cannot be pickled; make it from the file.")
+        return (_rebuild, (self._bytes, self.output, self.name))
+
+    def __repr__(self) -> str:
+        return f"OnnxModel({self.name!r}, input {self.input.name} {self.input.shape}, output {self.output})"
+
+
+def _rebuild(data: bytes, output: int, name: str) -> OnnxModel:
+    model = OnnxModel(data, output=output)
+    model.name = name
+    return model
