@@ -453,6 +453,34 @@ def test_config_syntax_errors_and_missing_files_name_the_path_and_line(tmp_path:
         load_config(path, allowed=ALLOWED)
 
 
+def test_json_and_yaml_configs_read_as_the_toml_one(tmp_path: Path) -> None:
+    """RELIABILITY.md: configs in TOML, JSON, or YAML through a safe loader; the same settings give the same config,
+    and YAML that would build a Python object is refused, as is a file whose top level is not a mapping."""
+    want = {"methods": ["lime"], "n_samples": 50, "threshold": 0.5, "options": {"lime": {"n_samples": 100}}}
+    (tmp_path / "c.json").write_text('{"methods": ["lime"], "n-samples": 50, "threshold": 0.5, '
+                                     '"options": {"lime": {"n_samples": 100}}}')  # fmt: skip
+    (tmp_path / "c.yaml").write_text(
+        "methods: [lime]\nn-samples: 50\nthreshold: 0.5\noptions:\n  lime:\n    n_samples: 100\n"
+    )
+    (tmp_path / "c.toml").write_text(
+        'methods = ["lime"]\nn-samples = 50\nthreshold = 0.5\n[options.lime]\nn_samples = 100\n'
+    )
+    for name in ("c.json", "c.yaml", "c.toml"):
+        assert load_config(tmp_path / name, allowed=ALLOWED) == want
+    (tmp_path / "bad.yml").write_text("methods: !!python/object/apply:os.system ['echo hi']\n")
+    with pytest.raises(InvalidParameterError, match=r"bad\.yml' is not plain YAML data"):
+        load_config(tmp_path / "bad.yml", allowed=ALLOWED)
+    (tmp_path / "bad.json").write_text('{"methods": ["lime"],\n "quick": }')
+    with pytest.raises(InvalidParameterError, match=r"bad\.json' is not valid JSON: .*line 2"):
+        load_config(tmp_path / "bad.json", allowed=ALLOWED)
+    (tmp_path / "list.json").write_text('["lime"]')
+    with pytest.raises(InvalidParameterError, match=r"must hold a mapping of option names to values .* got list"):
+        load_config(tmp_path / "list.json", allowed=ALLOWED)
+    (tmp_path / "n.json").write_text('{"n_samples": null}')
+    with pytest.raises(InvalidParameterError, match=r"'n_samples' must be int; got NoneType None"):
+        load_config(tmp_path / "n.json", allowed=ALLOWED)
+
+
 # ---------------------------------------------------------------------------------------------- devices
 def test_resolve_device_reads_every_documented_form_and_refuses_the_rest(monkeypatch: pytest.MonkeyPatch) -> None:
     from whybox.runs.loaders import resolve_device

@@ -329,7 +329,9 @@ def input_options(*, leave_out: tuple[str, ...] = ()) -> Callable[[Callable[...,
         "seed": click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True),
         "device": device_option,
         "config": click.option(
-            "--config", type=click.Path(dir_okay=False, path_type=Path), help="TOML file holding any of these flags."
+            "--config",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="TOML (or .json, .yaml) file holding any of these flags.",
         ),
     }
 

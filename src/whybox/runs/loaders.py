@@ -1356,8 +1356,44 @@ def _check_value(key: str, value: Any, types: tuple[type, ...], where: str, tabl
     raise InvalidParameterError(f"config {where}: {key!r} must be {_type_names(types)}; got {got}{hint}.")
 
 
+def _parse_config(text: str, suffix: str, where: str) -> dict[str, Any]:
+    """A config's top-level mapping: JSON for ``.json``, YAML (safe loader: plain data, no tags that build
+    objects) for ``.yaml`` / ``.yml``, TOML otherwise."""
+    if suffix == ".json":
+        import json
+
+        try:
+            table = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InvalidParameterError(f"the config file {where} is not valid JSON: {exc}.") from exc
+    elif suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError as exc:
+            raise InvalidParameterError(
+                f"the config file {where} is YAML, which needs PyYAML (pip install pyyaml); or write it as TOML."
+            ) from exc
+        try:
+            table = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise InvalidParameterError(f"the config file {where} is not plain YAML data: {exc}.") from exc
+        table = {} if table is None else table
+    else:
+        try:
+            table = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise InvalidParameterError(f"the config file {where} is not valid TOML: {exc}.") from exc
+    if not isinstance(table, dict) or not all(isinstance(k, str) for k in table):
+        raise InvalidParameterError(
+            f"the config file {where} must hold a mapping of option names to values at its top level; got "
+            f"{type(table).__name__}."
+        )
+    return table
+
+
 def load_config(path: str | os.PathLike[str], *, allowed: Mapping[str, type | tuple[type, ...]]) -> dict[str, Any]:
-    """Read a TOML config file of command-line options and check its keys and value types.
+    """Read a config file of command-line options (TOML; JSON for ``.json``, YAML through a safe loader for
+    ``.yaml`` / ``.yml``) and check its keys and value types.
 
     Keys are the command-line flag names without ``--``, with dashes or underscores
     (``n-samples`` and ``n_samples`` are the same key); the result uses underscores. Nested tables are
@@ -1372,7 +1408,7 @@ def load_config(path: str | os.PathLike[str], *, allowed: Mapping[str, type | tu
     Parameters
     ----------
     path : str or path-like
-        The TOML file.
+        The config file (``.toml``, ``.json``, ``.yaml`` or ``.yml``).
     allowed : mapping of str to type or tuple of types
         The keys allowed at the top level (dashes or underscores) and the type(s) of each value. An
         integer is accepted (and converted) where ``float`` is allowed but ``int`` is not; a boolean is
@@ -1408,11 +1444,10 @@ def load_config(path: str | os.PathLike[str], *, allowed: Mapping[str, type | tu
             f"cannot read the config file {where}: {exc.strerror or exc} (looked at {p.resolve()})."
         ) from exc
     try:
-        table = tomllib.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidParameterError(f"the config file {where} is not UTF-8 text (byte {exc.start}).") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise InvalidParameterError(f"the config file {where} is not valid TOML: {exc}.") from exc
+    table = _parse_config(text, p.suffix.lower(), where)
 
     normalised: dict[str, tuple[str, Any]] = {}
     for key, value in table.items():
