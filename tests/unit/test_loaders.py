@@ -467,18 +467,16 @@ def test_json_and_yaml_configs_read_as_the_toml_one(tmp_path: Path) -> None:
     )
     for name in ("c.json", "c.yaml", "c.toml"):
         assert load_config(tmp_path / name, allowed=ALLOWED) == want
-    (tmp_path / "bad.yml").write_text("methods: !!python/object/apply:os.system ['echo hi']\n")
-    with pytest.raises(InvalidParameterError, match=r"bad\.yml' is not plain YAML data"):
-        load_config(tmp_path / "bad.yml", allowed=ALLOWED)
-    (tmp_path / "bad.json").write_text('{"methods": ["lime"],\n "quick": }')
-    with pytest.raises(InvalidParameterError, match=r"bad\.json' is not valid JSON: .*line 2"):
-        load_config(tmp_path / "bad.json", allowed=ALLOWED)
-    (tmp_path / "list.json").write_text('["lime"]')
-    with pytest.raises(InvalidParameterError, match=r"must hold a mapping of option names to values .* got list"):
-        load_config(tmp_path / "list.json", allowed=ALLOWED)
-    (tmp_path / "n.json").write_text('{"n_samples": null}')
-    with pytest.raises(InvalidParameterError, match=r"'n_samples' must be int; got NoneType None"):
-        load_config(tmp_path / "n.json", allowed=ALLOWED)
+    refused = [
+        ("bad.yml", "methods: !!python/object/apply:os.system ['echo hi']\n", r"bad\.yml' is not plain YAML data"),
+        ("bad.json", '{"methods": ["lime"],\n "quick": }', r"bad\.json' is not valid JSON: .*line 2"),
+        ("list.json", '["lime"]', r"must hold a mapping of option names to values .* got list"),
+        ("n.json", '{"n_samples": null}', r"'n_samples' must be int; got NoneType None"),
+    ]
+    for name, text, pattern in refused:
+        (tmp_path / name).write_text(text)
+        with pytest.raises(InvalidParameterError, match=pattern):
+            load_config(tmp_path / name, allowed=ALLOWED)
 
 
 # ---------------------------------------------------------------------------------------------- devices
