@@ -462,9 +462,10 @@ def adapt(
     model
         A ``torch.nn.Module`` returning class logits, an embedding model (``kind="embedding"``), a
         fitted scikit-learn estimator, an ``.onnx`` file's path or an ``onnxruntime.InferenceSession`` (a black box
-        run by ONNX Runtime, the ``onnx`` extra; ``output=`` names its output), a function ``inputs -> scores (B, K)`` (a black box: a tensor or any NumPy
-        array back; see :class:`FunctionModel`; the modules it calls are not put in eval mode by whybox), or an
-        existing :class:`ModelAdapter` (returned unchanged).
+        run by ONNX Runtime, the ``onnx`` extra; ``output=`` names its output), a function
+        ``inputs -> scores (B, K)`` (a black box: a tensor or any NumPy array back; see :class:`FunctionModel`; the
+        modules it calls are not put in eval mode by whybox), or an existing :class:`ModelAdapter` (returned
+        unchanged).
     kind
         ``"classifier"`` (scores are the model's outputs, logits of mutually exclusive classes),
         ``"multilabel"`` (the outputs are the logits of independent labels: the probability an explainer or metric
