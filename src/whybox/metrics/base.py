@@ -871,8 +871,8 @@ class Metric:
                 if other:
                     raise InvalidInputError(
                         f"the explanation was made for other inputs than these: rows {other[:8]}"
-                        f"{' ...' if len(other) > 8 else ''} of {x.shape[0]} differ from the rows it explains (shuffled, "
-                        "re-preprocessed or another batch?); pass the inputs it explains, or its attributions "
+                        f"{' ...' if len(other) > 8 else ''} of {x.shape[0]} differ from the rows it explains "
+                        "(shuffled, re-preprocessed or another batch?); pass the inputs it explains, or its attributions "
                         "(explanation.attributions) to score that map on these inputs."
                     )
                 explained = explanation.meta.get("feature_names")
