@@ -136,8 +136,11 @@ def explain(
             raise
         raise _unknown_option(repr(method), exc, cls, ("target",)) from None
     out = explainer.explain(inputs, target=target)
-    # what out.params can only describe (a tensor, a callable; a list of numbers it records as the tensor it became)
-    described = {k: v for k, v in params.items() if not _plain(v) or not _same(out.params.get(k, v), v)}
+    # what out.params can only describe (a tensor, a callable; a list of numbers it records as the tensor it became);
+    # None asks for the default, which out.params records as resolved (batch_size=None -> 64): nothing to keep
+    described = {
+        k: v for k, v in params.items() if v is not None and (not _plain(v) or not _same(out.params.get(k, v), v))
+    }
     coder = coder_of(explainer.adapter)
     for k, v in described.items():
         if coder is not None and coder.categories and coded_later(v):  # kept coded, as the method read it (and saves)

@@ -895,6 +895,32 @@ def test_evaluate_json_holds_the_scores_of_the_api(runner: CliRunner, tmp_path: 
         assert f"  {metric:<18} mean {mean:.4f}" in result.stdout
 
 
+def test_evaluate_scores_a_saved_explanation_of_the_same_inputs_only(runner: CliRunner, tmp_path: Path) -> None:
+    """--explanation: the file explain wrote is scored as it is (the numbers --method gives, stability re-running it
+    with its saved options), never on other inputs (rows in another order: refused, naming them), and never with a
+    --method beside it."""
+    base = ["--model", "digits-cnn", "digits-test", "--limit", "5"]
+    made = invoke(runner, ["explain", *base, "--method", "lime", "--option", "n_samples=60", "--out", tmp_path / "e"])
+    assert made.exit_code == 0, made.output
+    saved = tmp_path / "e" / "explanation.safetensors"
+    metrics = ["--metrics", "deletion,insertion,stability", "--metric-option", "stability.n_runs=2"]
+    again = invoke(runner, ["evaluate", *base, "--explanation", saved, *metrics, "--json", tmp_path / "a.json"])
+    fresh = invoke(runner, ["evaluate", *base, "--method", "lime", "--option", "n_samples=60", *metrics, "--json",
+                            tmp_path / "b.json"])  # fmt: skip
+    assert again.exit_code == 0, again.output
+    assert fresh.exit_code == 0, fresh.output
+    a, b = (json.loads((tmp_path / n).read_text())["metrics"] for n in ("a.json", "b.json"))
+    assert {k: v["scores"] for k, v in a.items()} == {k: v["scores"] for k, v in b.items()}
+
+    from whybox.data import load_digits
+
+    np.save(tmp_path / "shuffled.npy", load_digits("test")[0][:5].numpy()[[1, 0, 2, 3, 4]])
+    other = invoke(runner, ["evaluate", "--model", "digits-cnn", tmp_path / "shuffled.npy", "--explanation", saved])
+    assert other.exit_code == 2 and "made for other inputs than these: rows [0, 1] of 5 differ" in other.output
+    both = invoke(runner, ["evaluate", *base, "--explanation", saved, "--method", "lime"])
+    assert both.exit_code == 2 and "drop --method and --option" in both.output
+
+
 # ---------------------------------------------------------------------------------------------- 4. compare
 def test_compare_from_a_config_lets_flags_win_resumes_and_reports_every_method(runner: CliRunner, files: Files) -> None:
     out = files.tmp / "run"

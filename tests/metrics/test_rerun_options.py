@@ -96,6 +96,18 @@ def test_plain_options_are_not_described() -> None:
     assert e.options == {} and "described_options" not in e.meta
 
 
+def test_an_option_given_as_none_is_the_default_it_resolved_to(tmp_path: Path) -> None:
+    """batch_size=None (what the command line passes without --batch-size) resolves to 64 in params; it was kept as a
+    described option, so stability on a saved explanation (whybox evaluate --explanation) asked for it again."""
+    model, x, _ = model_and_rows()
+    e = whybox.explain(model, x, "lime", n_samples=40, batch_size=None, alpha=None)
+    assert e.options == {} and "described_options" not in e.meta and e.params["batch_size"] == 64
+    e.save(tmp_path / "e.safetensors")
+    loaded = whybox.Explanation.load(tmp_path / "e.safetensors")
+    got = whybox.evaluate(model, x, loaded, "stability", n_runs=2)
+    torch.testing.assert_close(got.scores, whybox.evaluate(model, x, e, "stability", n_runs=2).scores)
+
+
 def test_a_cam_layer_named_by_a_string_survives_a_save(tmp_path: Path) -> None:
     """A CAM records layer="2" as the list ["2"], which names the same layer: not a described option, so a loaded
     explanation re-runs with it (it used to be refused as if a callable had been lost)."""

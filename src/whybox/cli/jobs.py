@@ -621,6 +621,13 @@ def _explained(labels: list[str] | None, probs: torch.Tensor, t: int, *, quote: 
 @click.command("evaluate")
 @_common
 @click.option("--method", help="The method whose explanation is scored.")
+@click.option(
+    "--explanation",
+    "explanation_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Score this saved explanation (explain's explanation.safetensors) instead of explaining INPUTS again; it "
+    "must explain these inputs.",
+)
 @click.option("--metrics", "metrics_opt", default="deletion,insertion", show_default=True, metavar="A,B,...")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="A method option (repeatable).")
 @click.option(
@@ -639,13 +646,26 @@ def _explained(labels: list[str] | None, probs: torch.Tensor, t: int, *, quote: 
 )
 @click.pass_context
 def evaluate_cmd(ctx: click.Context, **params: Any) -> None:
-    """Explain INPUTS with one method and score the explanation with each metric: mean, std and per-sample values."""
+    """Explain INPUTS with one method (or take the saved --explanation of them) and score the explanation with each
+    metric: mean, std and per-sample values."""
     tables = _apply_config(
         ctx, params, {"method": str, "metrics": (str, list), "options": dict, "metric_options": dict, "target": str}
     )
     method = params.get("method")
+    saved = None
+    if params.get("explanation_file") is not None:
+        if method or params["options"] or tables.get("options"):
+            raise _fail(
+                "--explanation scores a saved explanation as it was made; drop --method and --option (its method and "
+                "options are in the file)."
+            )
+        try:
+            saved = whybox.Explanation.load(params["explanation_file"])
+        except (WhyboxError, OSError) as exc:
+            raise _fail(f"--explanation {str(params['explanation_file'])!r}: {exc}") from None
+        method = saved.method
     if not method:
-        raise _fail("--method is required; see `whybox methods`.")
+        raise _fail("--method is required (or --explanation, a saved one); see `whybox methods`.")
     _split(method, flag="--method", valid=whybox.methods())
     metric_names = _split(params["metrics_opt"], flag="--metrics", valid=METRICS.names())
     if not metric_names:
@@ -668,7 +688,8 @@ def evaluate_cmd(ctx: click.Context, **params: Any) -> None:
         opts.setdefault("seed", params["seed"])
     text_opts = _text_options(_text_batch(lm, ds), [method])
     if text_opts:
-        opts = {**text_opts[method], **opts}  # as explain --text explains: over words, [MASK] fill, pad baseline
+        if saved is None:
+            opts = {**text_opts[method], **opts}  # as explain --text explains: over words, [MASK] fill, pad baseline
         from whybox.runs.job import METRICS_KEY
 
         for metric in metric_names:  # the metrics over the same words
@@ -676,7 +697,7 @@ def evaluate_cmd(ctx: click.Context, **params: Any) -> None:
             extra = {k: v for k, v in text_opts[METRICS_KEY].items() if k in takes}
             mopts[metric] = {**extra, **mopts.get(metric, {})}
     try:
-        e = whybox.explain(lm.module, ds.x, method, target=target, **opts)
+        e = saved if saved is not None else whybox.explain(lm.module, ds.x, method, target=target, **opts)
     except WhyboxError as exc:
         raise _fail(f"{method}: {exc}") from None
     except _MODEL_ERRORS as exc:

@@ -867,7 +867,11 @@ class Metric:
             elif isinstance(explanation, Explanation):
                 expl, method, attributions = explanation, explanation.method, explanation.attributions
                 digest = explanation.meta.get("input_digest")
-                other = digest_mismatch(digest, x) if isinstance(digest, torch.Tensor) else []
+                other = (  # another row count gets the row-count error below
+                    digest_mismatch(digest, x)
+                    if isinstance(digest, torch.Tensor) and digest.shape[0] == x.shape[0]
+                    else []
+                )
                 if other:
                     raise InvalidInputError(
                         f"the explanation was made for other inputs than these: rows {other[:8]}"
