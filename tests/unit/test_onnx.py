@@ -90,6 +90,35 @@ def test_an_onnx_file_gives_the_torch_module_s_numbers(graphs: dict[str, Path], 
     assert torch.equal(got.target, want.target)
 
 
+def signal_cnn() -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(2)
+        return nn.Sequential(
+            nn.Conv1d(2, 6, 5, padding=2), nn.ReLU(), nn.AdaptiveAvgPool1d(4), nn.Flatten(), nn.Linear(24, 3)
+        ).eval()
+
+
+@pytest.mark.parametrize("method", ["occlusion", "rise", "lima", "kernel_shap"])
+def test_a_1d_cnn_exported_to_onnx_reads_signals_as_the_module_does(method: str, tmp_path: Path) -> None:
+    """A 1-D CNN's graph takes (B, C, L) signals: its first Conv is 1-D, so whybox treats the inputs as signals (time
+    windows, segments along L), as for the torch module; before, they were read as images and the defaults differed
+    (RISE, LIMA and exact Shapley failed on every row of a command-line run)."""
+    from whybox.models.adapter import is_signal
+
+    module = signal_cnn()
+    x = torch.rand(3, 2, 64, generator=torch.Generator().manual_seed(1))
+    graph = whybox.adapt(export(module, tmp_path / "sig.onnx", (x[:2],)))
+    assert is_signal(graph, x) and not is_signal(graph, x[:, :1])
+    opts = {"n_masks": 40} if method == "rise" else {}
+    got = whybox.explain(graph, x, method, seed=0, **opts)
+    want = whybox.explain(module, x, method, seed=0, **opts)
+    torch.testing.assert_close(got.attributions, want.attributions, atol=2e-5, rtol=1e-4)
+    assert got.meta.get("signal") is True
+    e = whybox.explain(module, x, "saliency")
+    torch.testing.assert_close(whybox.evaluate(graph, x, e, "deletion").scores,
+                               whybox.evaluate(module, x, e, "deletion").scores, atol=1e-5, rtol=1e-4)  # fmt: skip
+
+
 def test_metrics_on_an_onnx_model_equal_the_module_s(graphs: dict[str, Path]) -> None:
     x = images()
     model = whybox.adapt(graphs["dynamic"])

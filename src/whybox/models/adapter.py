@@ -378,11 +378,15 @@ def declares_multilabel(model: Any) -> bool:
 
 def is_signal(adapter: ModelAdapter | None, x: torch.Tensor) -> bool:
     """True for 1-D signals ``(B, C, L)``, channels first: 3-D inputs of a torch model (not a text adapter, whose
-    packed inputs are 3-D too) whose first ``nn.Conv1d`` reads ``C`` channels, as a 1-D CNN on time series does.
+    packed inputs are 3-D too) whose first ``nn.Conv1d`` reads ``C`` channels, as a 1-D CNN on time series does, or
+    of a black box whose function says it reads ``C`` channels (``fn.signal_channels``: an ONNX graph's first 1-D
+    ``Conv``).
     Methods then treat the last axis as time: CAMs map it, RISE and the default features cut it into segments
     shared by all channels, and the metrics read one value per time step."""
     if x.ndim != 3 or not isinstance(adapter, TorchAdapter) or hasattr(adapter, "tokenizer"):
         return False
+    if isinstance(adapter.model, FunctionModel):  # a black box that says so: an ONNX graph whose first Conv is 1-D
+        return getattr(adapter.model.fn, "signal_channels", None) == x.shape[1]
     for m in adapter.model.modules():
         if isinstance(m, nn.Conv1d):
             return m.in_channels == x.shape[1]

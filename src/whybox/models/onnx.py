@@ -127,6 +127,9 @@ class OnnxModel:
         shape = self.input.shape
         self.batch = shape[0] if shape and isinstance(shape[0], int) and shape[0] > 0 else None
         self.row_shape = tuple(shape[1:]) if shape else ()
+        #: the channels a graph whose first convolution is 1-D reads (a 1-D CNN on signals (B, C, L), as
+        #: ``is_signal`` finds from a torch model's first ``nn.Conv1d``); None otherwise or without the onnx package
+        self.signal_channels = _first_conv1d_channels(self._bytes) if len(self.row_shape) == 2 else None
 
     @property
     def fingerprint(self) -> str:
@@ -170,6 +173,30 @@ class OnnxModel:
 
     def __repr__(self) -> str:
         return f"OnnxModel({self.name!r}, input {self.input.name} {self.input.shape}, output {self.output})"
+
+
+def _first_conv1d_channels(data: bytes | None) -> int | None:
+    """Input channels of the graph's first ``Conv`` node (in the graph's topological order) when its kernel is 1-D
+    (weight rank 3); ``None`` for another first convolution, none, or no ``onnx`` package to read the graph with."""
+    if data is None:
+        return None
+    try:
+        import onnx
+    except ImportError:
+        return None
+    try:
+        graph = onnx.load_model_from_string(data).graph
+    except Exception:  # protobuf's own errors: ONNX Runtime read the file, so treat it as a graph without one
+        return None
+    dims = {t.name: list(t.dims) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Conv":
+            weight = dims.get(node.input[1]) if len(node.input) > 1 else None
+            if weight is None or len(weight) != 3:
+                return None
+            group = next((a.i for a in node.attribute if a.name == "group"), 1) or 1
+            return int(weight[1]) * int(group)
+    return None
 
 
 def _rebuild(data: bytes, output: int, name: str) -> OnnxModel:
