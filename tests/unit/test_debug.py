@@ -385,7 +385,9 @@ def test_debug_command_on_texts_names_the_culprit_words(model_file: Path, tmp_pa
     assert any(r["culprit_words"] for r in got)
 
 
-def test_debug_command_needs_labels_and_keeps_regions_for_images(model_file: Path, tmp_path: Path) -> None:
+def test_debug_command_refuses_unlabelled_inputs_a_grid_off_images_and_another_kind_s_method(
+    model_file: Path, tmp_path: Path
+) -> None:
     import numpy as np
 
     np.save(tmp_path / "x.npy", np.zeros((2, 1, 12, 12), dtype=np.float32))
