@@ -1213,6 +1213,31 @@ def test_compare_by_default_runs_only_the_methods_the_model_can_run(runner: CliR
     assert module.exit_code == 0 and "left out" not in module.stderr and "gradcam " in module.stdout
 
 
+def test_compare_by_default_leaves_out_exact_shapley_where_the_inputs_have_too_many_features(
+    runner: CliRunner, files: Files
+) -> None:
+    """Exact Shapley is refused above 16 features (2^M coalitions), so a default run over 20-column rows failed it on
+    every row (exit 1, a blank leaderboard row); it is left out, saying why and how to run it anyway, and with
+    features in fewer groups (--option exact_shapley.features=...) it runs and passes the limit."""
+    (files.tmp / "wide.py").write_text("import torch\n\ndef build():\n    return lambda x: x @ torch.ones(20, 2)\n")
+    np.save(files.tmp / "wide.npy", np.random.default_rng(1).random((3, 20)).astype(np.float32))
+    spec = f"{files.tmp / 'wide.py'}:build"
+    run = invoke(runner, ["compare", "--model", spec, files.tmp / "wide.npy", "--metrics", "deletion", "--out",
+                          files.tmp / "r1", "--no-report"])  # fmt: skip
+    assert run.exit_code == 0, run.output
+    assert (
+        "exact_shapley (the inputs have more than 16 features, up to 20: 2^M coalitions each; name it in --methods "
+        "with fewer features (--option exact_shapley.features=...) or --option exact_shapley.allow_large=true)"
+    ) in run.stderr
+    assert "0 failed (sample, method) pairs" in run.stdout and "exact_shapley" not in run.stdout
+    groups = json.dumps([i // 4 for i in range(20)])  # 5 groups of 4 columns
+    grouped = invoke(runner, ["compare", "--model", spec, files.tmp / "wide.npy", "--metrics", "deletion", "--out",
+                              files.tmp / "r2", "--no-report", "--option", f"exact_shapley.features={groups}"])  # fmt: skip
+    assert grouped.exit_code == 0, grouped.output
+    assert "left out" not in grouped.stderr and "exact_shapley " in grouped.stdout
+    assert "0 failed (sample, method) pairs" in grouped.stdout
+
+
 def test_compare_by_default_runs_the_attention_readers_on_a_vision_transformer(runner: CliRunner, files: Files) -> None:
     """The attention readers run on a Hugging Face ViT's images but are listed under text (most image models have no
     attention), so compare without --methods left them out of a ViT's run; now they are in it (and still not in a

@@ -84,3 +84,28 @@ def test_every_metric_option_refuses_a_misfit_with_a_whybox_error(metric: str) -
         whybox.evaluate(model, x, a, metric, **{**FAST.get(metric, {}), **extra, name: value})
 
     assert _misfits(call, _options(METRICS.get(metric))) == []
+
+
+def test_a_label_map_written_as_lists_is_the_same_option_as_its_tensor() -> None:
+    """A config file or ``--option features=[...]`` can only write a label map as lists of ints, which features=,
+    LIMA's regions= and the metrics' regions= refused ("got list"); they now read as the tensor, with the same
+    numbers, and ragged rows are an error naming the option."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 3)).eval()
+    x = torch.randn(2, 6)
+    ids = [0, 0, 1, 1, 2, 2]
+    for method, key, extra in (
+        ("exact_shapley", "features", {}),
+        ("lima", "regions", {}),
+        ("feature_ablation", "features", {}),
+    ):
+        as_list = whybox.explain(model, x, method, **{key: ids}, **extra)
+        as_tensor = whybox.explain(model, x, method, **{key: torch.tensor(ids)}, **extra)
+        assert torch.equal(as_list.attributions, as_tensor.attributions), method
+    e = whybox.explain(model, x, "saliency")
+    for metric in ("deletion", "comprehensiveness"):
+        got = whybox.evaluate(model, x, e, metric, regions=ids).scores
+        want = whybox.evaluate(model, x, e, metric, regions=torch.tensor(ids)).scores
+        assert torch.allclose(got, want, equal_nan=True), metric
+    with pytest.raises(WhyboxError, match=r"features as a list must be a row of ints or equal rows"):
+        whybox.explain(model, x, "exact_shapley", features=[[0, 1], [0]])

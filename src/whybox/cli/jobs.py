@@ -509,6 +509,37 @@ def _model_can_run(methods: Sequence[str], model: Any, x: torch.Tensor) -> tuple
     return [m for m in methods if m not in left], "; ".join(why)
 
 
+def _affordable(methods: Sequence[str], lm: Any, ds: Any, options: Mapping[str, Any]) -> tuple[list[str], str]:
+    """Of ``methods``, those within their cost limit on these inputs: exact Shapley enumerates 2^M coalitions and is
+    refused above M = 16 features, so a run that picks its methods leaves it out where some input has more (a
+    table of 30 columns, a long text) rather than fail it on those rows. Returns the methods kept and why any
+    was left out ("" if none)."""
+    from whybox.explainers.perturbation.exact_shapley import MAX_EXACT_FEATURES
+    from whybox.registry import EXPLAINERS
+
+    name = "exact_shapley"
+    opts = dict(options.get(name, {}))
+    if name not in methods or opts.get("allow_large"):
+        return list(methods), ""
+    batch = _text_batch(lm, ds)
+    if batch is not None:
+        from whybox.models.text import text_defaults
+
+        opts = {**text_defaults(name, batch), **opts}
+    try:
+        counts = EXPLAINERS.get(name)(lm.module, **opts).feature_counts(ds.x)
+    except WhyboxError:  # bad options: the run reports them
+        return list(methods), ""
+    over = [m for m in counts if m > MAX_EXACT_FEATURES]
+    if not over:
+        return list(methods), ""
+    many = f"{len(over)} of {len(counts)} inputs have" if len(over) < len(counts) else "the inputs have"
+    return [m for m in methods if m != name], (
+        f"{name} ({many} more than {MAX_EXACT_FEATURES} features, up to {max(over)}: 2^M coalitions each; name it "
+        f"in --methods with fewer features (--option {name}.features=...) or --option {name}.allow_large=true)"
+    )
+
+
 def _text_batch(lm: Any, ds: Any) -> Any:
     """A text dataset's texts encoded by the model's text adapter (its inputs are the dataset's), else None."""
     if ds.kind != "text":
@@ -819,6 +850,8 @@ def compare_cmd(ctx: click.Context, **params: Any) -> None:
         loaded = _load(params)
         methods = methods_for(loaded[1].kind, loaded[0].module)
         methods, left = _model_can_run(methods, loaded[0].module, loaded[1].x)
+        methods, costly = _affordable(methods, *loaded, mopts)
+        left = "; ".join(w for w in (left, costly) if w)
         if left:
             click.echo(f"left out: {left}", err=True)
     try:

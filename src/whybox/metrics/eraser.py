@@ -30,6 +30,7 @@ from whybox.masking.features import FeatureGroups, broadcast_ids, groups_touched
 from whybox.masking.fills import FillLike
 from whybox.metrics.base import Context, Metric, tie_order
 from whybox.metrics.faithfulness import _check_fill, resolve_fill
+from whybox.models.inputs import label_map_option
 from whybox.models.targets import apply_score_space
 from whybox.registry import METRICS
 
@@ -201,6 +202,7 @@ class _Eraser(Metric):
         super().__init__(**kwargs)
         self.fractions = _check_fractions(fractions)
         self.fill = _check_fill(fill)
+        regions = label_map_option(regions, "regions")  # a label map written as lists (a config, --metric-option)
         if regions is not None and not isinstance(regions, (FeatureGroups, torch.Tensor)):
             raise InvalidParameterError(
                 "regions must be None (the default features), a FeatureGroups or an integer label map (B, *G); "

@@ -40,7 +40,7 @@ from whybox.metrics.base import (
     tie_order,
     trapezoid,
 )
-from whybox.models.inputs import coded_later, tensor_option
+from whybox.models.inputs import coded_later, label_map_option, tensor_option
 from whybox.models.targets import apply_score_space
 from whybox.registry import METRICS
 
@@ -294,7 +294,7 @@ class _CurveMetric(Metric):
         if not isinstance(abs, bool):
             raise InvalidParameterError(f"abs must be True or False; got {abs!r}.")
         self.abs = abs
-        self.regions = regions
+        self.regions = label_map_option(regions, "regions")  # a label map written as lists (a config, --metric-option)
         self.blur_klen = check_int("blur_klen", blur_klen)
         self.blur_sigma = check_float("blur_sigma", blur_sigma, 0.0, lo_open=True)
         self.padding = check_choice("padding", padding, PADDINGS)

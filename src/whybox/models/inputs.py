@@ -132,6 +132,29 @@ def _numbers(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _ints(value: Any) -> bool:
+    """True for a list (or tuple) of ints or bools, or of such lists: a label map or a mask written out."""
+    if isinstance(value, (list, tuple)):
+        return all(_ints(v) for v in value)
+    return isinstance(value, (int, np.integer, bool, np.bool_))
+
+
+def label_map_option(value: Any, name: str) -> Any:
+    """An integer label map or a bool mask stack (``features=``, ``regions=``) given as a numpy array or as lists of
+    ints (``--option features=[0,0,1,1]`` on the command line, a JSON, TOML or YAML config), as a tensor; anything
+    else unchanged (the option's own check names what it takes)."""
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biu":
+        return torch.tensor(np.ascontiguousarray(value))
+    if isinstance(value, (list, tuple)) and value and _ints(value):
+        try:
+            return torch.tensor(value)
+        except (TypeError, ValueError) as exc:  # ragged rows
+            raise InvalidParameterError(
+                f"{name} as a list must be a row of ints or equal rows of them; {exc}."
+            ) from None
+    return value
+
+
 def tensor_option(value: Any, name: str, coder: Any = None) -> Any:
     """An array-valued option (``fill=``, ``baseline=``) given as a numpy array, a pandas Series / DataFrame or a
     list of numbers (a row, or rows: ``--option fill=[5.8,3.0,4.3,1.3]`` on the command line), as a tensor: numeric

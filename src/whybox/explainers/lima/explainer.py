@@ -16,6 +16,7 @@ from whybox.explainers.perturbation._common import F64, PerturbationExplainer, _
 from whybox.masking.engine import MaskingEngine
 from whybox.masking.fills import FillLike
 from whybox.models.adapter import is_signal
+from whybox.models.inputs import label_map_option
 from whybox.models.targets import Target, TargetLike, apply_score_space, resolve_score, resolve_target
 from whybox.registry import EXPLAINERS
 
@@ -198,6 +199,7 @@ class Lima(PerturbationExplainer):
             raise InvalidParameterError(
                 f"search must be one of {tuple(SEARCHES)}; got {search!r}.{did_you_mean(search, SEARCHES)}"
             )
+        regions = label_map_option(regions, "regions")  # a label map written as lists (a config, --option)
         if isinstance(regions, str):
             if regions not in R.REGION_BUILDERS:
                 raise InvalidParameterError(

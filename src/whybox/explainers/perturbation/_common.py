@@ -22,7 +22,7 @@ from whybox.masking.engine import MaskingEngine
 from whybox.masking.features import FeatureGroups, groups_touched
 from whybox.masking.fills import FILLS, FillLike, make_fill
 from whybox.models.adapter import coder_of, is_signal
-from whybox.models.inputs import coded_later, tensor_option
+from whybox.models.inputs import coded_later, label_map_option, tensor_option
 from whybox.models.targets import Target, TargetLike, apply_score_space, resolve_target
 
 __all__ = [
@@ -417,6 +417,7 @@ class RegionExplainer(PerturbationExplainer):
         **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
+        features = label_map_option(features, "features")  # a mask written as lists (a config, --option)
         if isinstance(features, str) and features not in FEATURE_SPECS:
             raise InvalidParameterError(
                 f"features must be one of {FEATURE_SPECS}, a FeatureGroups or an integer mask tensor; got {features!r}."

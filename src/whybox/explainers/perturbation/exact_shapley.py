@@ -64,6 +64,14 @@ class ExactShapley(ShapleyExplainer):
         super().__init__(model, **kwargs)
         self.allow_large = bool(allow_large)
 
+    def feature_counts(self, inputs: Any) -> list[int]:
+        """Each row's M, the features the enumeration covers (2^M coalitions), without a model pass: what the cost
+        check before compute reads (a run that picks its methods leaves this one out above the limit)."""
+        x = self._validate(inputs)
+        if not hasattr(self, "_call_seed"):  # a random fill's draws are seeded per call
+            self._call_seed = self.seed if self.seed is not None else 0
+        return list(self._regions(x, self._value_fills(x)).sizes)
+
     def _explain(
         self, x: torch.Tensor, target: TargetLike, engine: MaskingEngine, n_backward: list[int]
     ) -> tuple[torch.Tensor, Target, dict[str, Any]]:
