@@ -190,7 +190,9 @@ def find_mistakes(
         inputs = text_batch.inputs
     coder = coder_of(adapter)
     coded = categorical_columns(inputs) if coder is not None and is_dataframe(inputs) else []
-    inputs, _ = as_tensor_inputs(inputs, coder)  # a numpy array or a DataFrame of rows (text columns coded)
+    inputs, _ = as_tensor_inputs(
+        inputs, coder, getattr(adapter, "packing", None)
+    )  # a numpy array or a DataFrame of rows (text columns coded)
     if coded:
         if isinstance(fill, str):
             raise InvalidParameterError(

@@ -219,6 +219,12 @@ class Explainer:
             meta["categories"] = vocab
         if is_signal(self.adapter, x):  # 1-D signals (B, C, L): plot() draws them over time
             meta["signal"] = True
+        packing = getattr(self.adapter, "packing", None)
+        if (
+            packing is not None
+        ):  # packed rows of several inputs: InputPacking(meta["input_shapes"]).unpack(attributions)
+            shapes = [list(s) for s in packing.shapes]
+            meta["input_shapes"] = dict(zip(packing.names, shapes, strict=True)) if packing.names else shapes
         return Explanation(
             attributions=attr, target=tgt.index.to(home, copy=True), method=self.name, params=self.params(), meta=meta
         )
@@ -247,7 +253,8 @@ class Explainer:
                 "in), or pass adapter.encode(texts).inputs."
             )
         coder = coder_of(self.adapter)
-        x, names = as_tensor_inputs(inputs, coder)  # numpy arrays and DataFrames (tabular models) become tensors
+        # numpy arrays and DataFrames (tabular models) become tensors; a model of several inputs takes them packed
+        x, names = as_tensor_inputs(inputs, coder, getattr(self.adapter, "packing", None))
         check_feature_names(names, getattr(self.adapter, "feature_names", None))
         self._feature_names = names
         if coder is not None:
@@ -270,6 +277,11 @@ class Explainer:
         if self.image_only and x.ndim != 4 and not (self.takes_signals and is_signal(self.adapter, x)):
             if hasattr(self.adapter, "tokenizer"):
                 fix = " These are a text model's token embeddings: use a method of whybox.methods('text')."
+            elif getattr(self.adapter, "packing", None) is not None:
+                fix = (
+                    " A model of several inputs (adapt(input_shapes=...)) is explained on its packed rows (B, F): use "
+                    "a method of whybox.methods('tabular')."
+                )
             elif x.ndim == 3:
                 fix = " If this is one (C, H, W) image, add the batch dimension with inputs.unsqueeze(0)." + (
                     " 1-D signals (B, C, L) need a model whose first nn.Conv1d reads their C channels "

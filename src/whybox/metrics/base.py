@@ -839,7 +839,9 @@ class Metric:
         saved = explanation.meta.get("categories") if isinstance(explanation, Explanation) else None
         if coder is not None and saved:  # the vocabularies its coded options were made with
             register_vocabularies(coder, saved)
-        x, names = self._validate_inputs(inputs, values=self.needs_model, coder=coder)
+        x, names = self._validate_inputs(
+            inputs, values=self.needs_model, coder=coder, packing=getattr(adapter, "packing", None)
+        )
         if adapter is not None:
             check_feature_names(names, getattr(adapter, "feature_names", None))
             target = class_label_target(adapter, target)  # class labels, an SAE adapter's latents
@@ -1038,13 +1040,13 @@ class Metric:
 
     @staticmethod
     def _validate_inputs(
-        inputs: Any, *, values: bool = True, coder: Any = None
+        inputs: Any, *, values: bool = True, coder: Any = None, packing: Any = None
     ) -> tuple[torch.Tensor, list[str] | None]:
         """The inputs as a tensor (numpy arrays and DataFrames of tabular models converted; text and categorical
         columns coded by a scikit-learn estimator's adapter, ``coder``) and a DataFrame's column names (None otherwise).
         ``values=False`` skips the finiteness check: the metrics that read only the map use the inputs for their
         shape, so no input value can change their result."""
-        inputs, names = as_tensor_inputs(inputs, coder)
+        inputs, names = as_tensor_inputs(inputs, coder, packing)  # a model of several inputs: packed rows
         if inputs.ndim < 2:
             raise InvalidInputError(
                 f"inputs must have a leading batch dimension (B, ...); got shape {tuple(inputs.shape)}. "

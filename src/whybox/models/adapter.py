@@ -51,6 +51,8 @@ class ModelAdapter:
     output_names: list[str] | None = None
     model: Any
     default_layers: list[LayerLike] | None = None
+    #: the layout of packed rows for a torch model of several inputs (``adapt(model, input_shapes=...)``), else None
+    packing: Any = None
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
@@ -171,6 +173,8 @@ class TorchAdapter(ModelAdapter):
     def forward(self, x: torch.Tensor) -> Any:
         if self.preprocess is not None:
             x = self.preprocess(x)
+        if self.packing is not None:  # a model of several inputs: its packed rows cut back into them
+            return self.packing.call(self.model, x)
         return self.model(x)
 
     def select(self, out: Any) -> torch.Tensor:
@@ -458,6 +462,7 @@ def adapt(
     similarity: str = "cosine",
     scale: float = 1.0,
     labels: Sequence[str] | None = None,
+    input_shapes: Sequence[Sequence[int]] | Mapping[str, Sequence[int]] | None = None,
 ) -> ModelAdapter:
     """Wrap a model so every explainer can call it.
 
@@ -490,6 +495,12 @@ def adapt(
         The outputs' names in order (``imagenet_labels()``; an embedding model's reference names): a string
         ``target=`` then names an output (``target="espresso"``). A scikit-learn classifier's ``classes_`` and a
         Hugging Face model's ``config.id2label`` name them without it.
+    input_shapes
+        For a torch model of several inputs, ``model(image, metadata)``: one sample's shape per input, in the order
+        of its arguments (``[(3, 32, 32), (10,)]``), or by keyword (``{"image": (3, 32, 32), "metadata": (10,)}``).
+        Every method and metric then takes the inputs as a tuple (or a mapping) of tensors ``(B, *shape)``, packed
+        into rows ``(B, F)`` (:mod:`whybox.models.packed`); ``adapter.packing.unpack(explanation.attributions)``
+        gives each input's attributions, ``features=adapter.packing.input_groups()`` one feature per input.
 
     Raises
     ------
@@ -507,6 +518,15 @@ def adapt(
     adapter = _adapt(model, kind, output, layers, preprocess, references, similarity, scale)
     if names is not None:
         adapter.output_names = names
+    if input_shapes is not None:
+        from whybox.models.packed import InputPacking
+
+        if not isinstance(adapter, TorchAdapter) or isinstance(adapter.model, FunctionModel) or model is adapter:
+            raise InvalidParameterError(
+                f"input_shapes applies to a torch.nn.Module of several inputs; got {type(model).__name__}. A function "
+                "or an estimator takes one array: pack the inputs into it yourself."
+            )
+        adapter.packing = InputPacking(input_shapes)
     return adapter
 
 

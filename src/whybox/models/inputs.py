@@ -83,14 +83,27 @@ def coded_later(value: Any) -> bool:
     return is_pandas(value) or (isinstance(value, (list, tuple)) and bool(value) and _has_text(value))
 
 
-def as_tensor_inputs(inputs: Any, coder: Any = None) -> tuple[torch.Tensor, list[str] | None]:
+def as_tensor_inputs(inputs: Any, coder: Any = None, packing: Any = None) -> tuple[torch.Tensor, list[str] | None]:
     """``(tensor, column names)``: a tensor as it is (names None); a numeric numpy array copied to a tensor of its
     dtype (names None); a pandas DataFrame of numeric columns as a float64 tensor ``(B, F)`` with its column
     names; with ``coder`` (the adapter of a scikit-learn estimator fitted on a DataFrame) also a frame with text or
     categorical columns, coded (:mod:`whybox.models.categorical`). Anything else, or non-numeric data, is an
-    :class:`InvalidInputError` naming what to pass."""
+    :class:`InvalidInputError` naming what to pass. With ``packing`` (a torch model of several inputs), a tuple or
+    a mapping of its inputs' tensors, packed into rows (:mod:`whybox.models.packed`)."""
     if isinstance(inputs, torch.Tensor):
         return inputs, None
+    if packing is not None:
+        inputs = packing.pack_inputs(inputs)
+        if isinstance(inputs, torch.Tensor):
+            return inputs, None
+    if (isinstance(inputs, (tuple, list)) and len(inputs) > 1 and all(isinstance(t, torch.Tensor) for t in inputs)) or (
+        isinstance(inputs, dict) and inputs and all(isinstance(t, torch.Tensor) for t in inputs.values())
+    ):
+        raise InvalidInputError(
+            f"inputs is a {type(inputs).__name__} of {len(inputs)} tensors; for a model of several inputs, adapt it "
+            "with their per-sample shapes, whybox.adapt(model, input_shapes=[(3, 32, 32), (10,)]) (or a mapping by "
+            "argument name), and pass the tuple to that adapter. A model of one input takes one tensor (B, ...)."
+        )
     if isinstance(inputs, np.ndarray):
         if inputs.dtype.kind not in _NUMERIC:
             raise InvalidInputError(

@@ -1,0 +1,172 @@
+"""Models of several input tensors, ``model(image, metadata)`` or ``model(image=..., metadata=...)``.
+
+whybox explains one input tensor ``(B, ...)``; a model of several inputs is adapted with
+``whybox.adapt(model, input_shapes=[(3, 32, 32), (10,)])`` (or a mapping ``{"image": (3, 32, 32), "metadata": (10,)}``
+for keyword arguments). Its inputs are then *packed*: each sample's tensors flattened and laid end to end in one
+row ``(B, F)``, ``F`` = the sum of their sizes, which every method and metric takes as rows of F features
+(gradients flow through the unpacking, so gradient methods give each input's gradient, as captum's tuple inputs do;
+perturbation methods mask any features, e.g. whole inputs with ``features=packing.input_groups()``). A tuple (or a
+mapping) of the per-input tensors given as ``inputs`` is packed on the way in; :meth:`InputPacking.unpack` cuts
+attributions ``(B, F)`` back into one tensor per input, shaped as that input.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from whybox.errors import InvalidInputError, InvalidParameterError
+
+__all__ = ["InputPacking", "packing_of"]
+
+
+class InputPacking:
+    """The layout of a packed row: each input's name (``None`` for positional arguments), shape and slice.
+
+    Parameters
+    ----------
+    shapes
+        One per-sample shape per input, in the order of the model's positional arguments, or a mapping from the
+        keyword argument names to the shapes.
+    """
+
+    def __init__(self, shapes: Sequence[Sequence[int]] | Mapping[str, Sequence[int]]) -> None:
+        named = isinstance(shapes, Mapping)
+        items = list(shapes.items()) if isinstance(shapes, Mapping) else [(None, s) for s in shapes]
+        if isinstance(shapes, (str, bytes)) or not items:
+            raise InvalidParameterError(
+                f"input_shapes must list one per-sample shape per model input, e.g. [(3, 32, 32), (10,)] or "
+                f"{{'image': (3, 32, 32), 'metadata': (10,)}}; got {shapes!r}."
+            )
+        self.names: list[str] | None = [str(k) for k, _ in items] if named else None
+        self.shapes: list[tuple[int, ...]] = []
+        for key, shape in items:
+            label = f"[{key!r}]" if named else f"[{len(self.shapes)}]"
+            if isinstance(shape, int) and not isinstance(shape, bool):
+                shape = (shape,)
+            if (
+                not isinstance(shape, (tuple, list, torch.Size))
+                or not shape
+                or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape)
+            ):
+                raise InvalidParameterError(
+                    f"input_shapes{label} must be one sample's shape, a tuple of ints >= 1 without the batch "
+                    f"dimension (e.g. (3, 32, 32)); got {shape!r}."
+                )
+            self.shapes.append(tuple(int(d) for d in shape))
+        self.sizes = [math.prod(s) for s in self.shapes]
+        self.n_features = sum(self.sizes)
+
+    # ------------------------------------------------------------------ describing
+    def _label(self, i: int) -> str:
+        return repr(self.names[i]) if self.names is not None else f"input {i}"
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{self._label(i)}: {s}" for i, s in enumerate(self.shapes))
+        return f"InputPacking({parts}; {self.n_features} features per row)"
+
+    def input_groups(self) -> torch.Tensor:
+        """``(F,)`` int64: feature ``f`` belongs to input ``i`` (a label map for ``features=`` / ``regions=``: one
+        feature per input, e.g. exact Shapley values of the inputs themselves)."""
+        return torch.repeat_interleave(torch.arange(len(self.sizes)), torch.tensor(self.sizes))
+
+    # ------------------------------------------------------------------ packing
+    def pack(self, *tensors: Any, **named: Any) -> torch.Tensor:
+        """One packed row per sample, ``(B, F)``: each input ``(B, *shape)`` flattened, end to end, in one floating
+        dtype (the widest of the inputs'; integer inputs are refused: attribute those at their embedding)."""
+        if self.names is not None and tensors and not named and len(tensors) == len(self.names):
+            named = dict(zip(self.names, tensors, strict=True))
+            tensors = ()
+        if self.names is not None:
+            if tensors or set(named) != set(self.names):
+                raise InvalidInputError(
+                    f"inputs must give the model's inputs {', '.join(map(repr, self.names))} (a mapping, or a tuple in "
+                    f"that order); got {', '.join(map(repr, named)) if named else f'{len(tensors)} positional'}."
+                )
+            parts = [named[k] for k in self.names]
+        else:
+            if named or len(tensors) != len(self.shapes):
+                got = f"{len(tensors)} tensor{'s' if len(tensors) != 1 else ''}" + (
+                    f" and keywords {', '.join(map(repr, named))}" if named else ""
+                )
+                raise InvalidInputError(
+                    f"inputs must be a tuple of the model's {len(self.shapes)} inputs, shaped (B, *s) for s in "
+                    f"{self.shapes}; got {got}."
+                )
+            parts = list(tensors)
+        flat: list[torch.Tensor] = []
+        batch: int | None = None
+        for i, (t, shape) in enumerate(zip(parts, self.shapes, strict=True)):
+            if isinstance(t, np.ndarray):
+                t = torch.from_numpy(np.ascontiguousarray(t))
+            if not isinstance(t, torch.Tensor):
+                raise InvalidInputError(
+                    f"{self._label(i)} must be a tensor or a numpy array (B, *{shape}); got {type(t).__name__}."
+                )
+            if tuple(t.shape[1:]) != shape or t.ndim != len(shape) + 1:
+                raise InvalidInputError(
+                    f"{self._label(i)} must have shape (B, *{shape}) (a batch of samples shaped as input_shapes "
+                    f"says); got {tuple(t.shape)}."
+                )
+            if not t.is_floating_point():
+                raise InvalidInputError(
+                    f"{self._label(i)} has dtype {t.dtype}; packed inputs are attributed, so they must be floating "
+                    "point. Pass float values, or attribute integer ids (tokens) at their embedding layer."
+                )
+            if batch is not None and t.shape[0] != batch:
+                raise InvalidInputError(
+                    f"the inputs disagree on the batch size: {self._label(0)} has {batch} rows, {self._label(i)} "
+                    f"{t.shape[0]}; give every input the same samples, one row each."
+                )
+            batch = t.shape[0]
+            flat.append(t.reshape(t.shape[0], -1))
+        dtype = flat[0].dtype
+        for t in flat[1:]:
+            dtype = torch.promote_types(dtype, t.dtype)
+        device = flat[0].device
+        return torch.cat([t.to(device=device, dtype=dtype) for t in flat], dim=1)
+
+    def unpack(self, rows: torch.Tensor) -> list[torch.Tensor]:
+        """Packed rows ``(B, F)`` (inputs, or attributions shaped like them) cut into one tensor per input,
+        ``(B, *shape)``: views, so gradients flow through to the packed rows."""
+        if not isinstance(rows, torch.Tensor) or rows.ndim != 2 or rows.shape[1] != self.n_features:
+            got = tuple(rows.shape) if isinstance(rows, torch.Tensor) else type(rows).__name__
+            raise InvalidInputError(
+                f"packed rows must have shape (B, {self.n_features}) for the inputs {self.shapes}; got {got}. Pass "
+                "the inputs as a tuple (whybox packs them) or as adapter.packing.pack(...)."
+            )
+        return [p.reshape(rows.shape[0], *s) for p, s in zip(rows.split(self.sizes, dim=1), self.shapes, strict=True)]
+
+    def unpack_named(self, rows: torch.Tensor) -> dict[str, torch.Tensor] | list[torch.Tensor]:
+        """:meth:`unpack` as a mapping by argument name when the inputs are keyword arguments."""
+        parts = self.unpack(rows)
+        return dict(zip(self.names, parts, strict=True)) if self.names is not None else parts
+
+    def call(self, model: Any, rows: torch.Tensor) -> Any:
+        """``model`` on packed rows: its inputs unpacked, as positional or keyword arguments."""
+        parts = self.unpack(rows)
+        if self.names is not None:
+            return model(**dict(zip(self.names, parts, strict=True)))
+        return model(*parts)
+
+    def pack_inputs(self, inputs: Any) -> Any:
+        """``inputs`` given as a tuple or list of the per-input tensors (or a mapping by name), packed; anything
+        else unchanged (already packed rows, which the model call checks)."""
+        if isinstance(inputs, Mapping):
+            return self.pack(**inputs)
+        if (
+            isinstance(inputs, (tuple, list))
+            and inputs
+            and all(isinstance(t, (torch.Tensor, np.ndarray)) for t in inputs)
+        ):
+            return self.pack(*inputs)
+        return inputs
+
+
+def packing_of(adapter: Any) -> InputPacking | None:
+    """The adapter's :class:`InputPacking` (a model of several inputs), else None."""
+    return getattr(adapter, "packing", None)

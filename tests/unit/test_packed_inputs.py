@@ -1,0 +1,146 @@
+"""Torch models of several inputs, ``model(image, metadata)``: ``whybox.adapt(model, input_shapes=...)`` packs each
+sample's inputs into one row, so every tabular method and metric applies; the numbers are those of the model on its
+own inputs (captum's tuple inputs for the gradient methods, a hand-written two-player Shapley value for exact
+Shapley over whole inputs), and misfits get errors naming the fix."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+import whybox
+from whybox.errors import InvalidInputError, InvalidParameterError
+from whybox.explanation import Explanation
+from whybox.models.packed import InputPacking
+
+
+class ImageAndMeta(nn.Module):
+    """An image branch and a metadata branch joined before the head, as multimodal classifiers are."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.meta = nn.Linear(5, 4)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, image: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([self.conv(image).relu().mean((2, 3)), self.meta(meta).tanh()], 1))
+
+
+class ByKeyword(ImageAndMeta):
+    def forward(self, *, image: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return super().forward(image, meta)
+
+
+def _data() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    return ImageAndMeta().eval(), torch.randn(4, 3, 6, 6), torch.randn(4, 5)
+
+
+@pytest.mark.parametrize("method", ["saliency", "input_x_gradient", "integrated_gradients"])
+def test_gradient_methods_give_each_input_captums_tuple_input_attributions(method: str) -> None:
+    captum = pytest.importorskip("captum.attr")
+    model, img, meta = _data()
+    clf = whybox.adapt(model, input_shapes=[(3, 6, 6), (5,)])
+    opts = {"n_steps": 32} if method == "integrated_gradients" else {}
+    e = whybox.explain(clf, (img, meta), method, **opts)
+    peer_cls = {
+        "saliency": captum.Saliency,
+        "input_x_gradient": captum.InputXGradient,
+        "integrated_gradients": captum.IntegratedGradients,
+    }[method]
+    peer_opts = opts  # saliency: |gradient| on both sides by default
+    peer_inputs = (img.clone().requires_grad_(True), meta.clone().requires_grad_(True))  # captum warns otherwise
+    want = peer_cls(model).attribute(peer_inputs, target=e.target, **peer_opts)
+    got = clf.packing.unpack(e.attributions)
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == w.shape
+        assert torch.allclose(g, w, atol=1e-6, rtol=1e-5)
+
+
+def test_exact_shapley_over_whole_inputs_is_the_two_player_shapley_value() -> None:
+    """features=packing.input_groups() makes each input one player: phi_image = (v(image) - v(none) + v(both) -
+    v(meta)) / 2 with an absent input set to zero, computed here by calling the model on its own inputs."""
+    model, img, meta = _data()
+    clf = whybox.adapt(model, input_shapes=[(3, 6, 6), (5,)])
+    e = whybox.explain(clf, (img, meta), "exact_shapley", features=clf.packing.input_groups())
+    t = e.target
+    with torch.no_grad():
+        v = {
+            (a, b): model(img * a, meta * b).gather(1, t.view(-1, 1)).squeeze(1).double()
+            for a, b in itertools.product((0, 1), repeat=2)
+        }
+    phi_img = (v[1, 0] - v[0, 0] + v[1, 1] - v[0, 1]) / 2
+    phi_meta = (v[0, 1] - v[0, 0] + v[1, 1] - v[1, 0]) / 2
+    assert torch.allclose(e.meta["values"][:, :2], torch.stack([phi_img, phi_meta], 1), atol=1e-6)
+    a_img, a_meta = clf.packing.unpack(e.attributions)  # each input's value painted on all its features
+    assert torch.allclose(a_img.amax((1, 2, 3)).double(), phi_img, atol=1e-6)
+    assert torch.allclose(a_meta.amin(1).double(), phi_meta, atol=1e-6)
+
+
+def test_a_keyword_model_takes_a_mapping_a_tuple_in_order_or_packed_rows_alike() -> None:
+    _, img, meta = _data()
+    torch.manual_seed(0)
+    model = ByKeyword().eval()
+    clf = whybox.adapt(model, input_shapes={"image": (3, 6, 6), "meta": (5,)})
+    by_name = whybox.explain(clf, {"meta": meta, "image": img}, "kernel_shap", n_samples=300)
+    in_order = whybox.explain(clf, (img, meta), "kernel_shap", n_samples=300)
+    packed = whybox.explain(clf, clf.packing.pack(image=img, meta=meta), "kernel_shap", n_samples=300)
+    assert torch.equal(by_name.attributions, in_order.attributions)
+    assert torch.equal(by_name.attributions, packed.attributions)
+    parts = clf.packing.unpack_named(by_name.attributions)
+    assert isinstance(parts, dict) and parts["image"].shape == img.shape and parts["meta"].shape == meta.shape
+    assert by_name.meta["input_shapes"] == {"image": [3, 6, 6], "meta": [5]}
+
+
+def test_metrics_take_the_inputs_as_a_tuple_and_the_model_comes_back_as_it_was(tmp_path: object) -> None:
+    model, img, meta = _data()
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    clf = whybox.adapt(model, input_shapes=[(3, 6, 6), (5,)])
+    e = whybox.explain(clf, (img, meta), "saliency")
+    for metric in ("deletion", "insertion", "mufidelity", "randomization"):
+        got = whybox.evaluate(clf, (img, meta), e, metric).scores
+        want = whybox.evaluate(clf, clf.packing.pack(img, meta), e, metric).scores
+        assert torch.allclose(got, want, equal_nan=True), metric
+    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    path = tmp_path / "e.safetensors"  # type: ignore[operator]
+    e.save(path)
+    loaded = Explanation.load(path)
+    parts = InputPacking(loaded.meta["input_shapes"]).unpack(loaded.attributions)
+    assert [tuple(p.shape) for p in parts] == [tuple(img.shape), tuple(meta.shape)]
+
+
+def test_misfit_inputs_and_shapes_get_errors_that_name_the_fix() -> None:
+    model, img, meta = _data()
+    clf = whybox.adapt(model, input_shapes=[(3, 6, 6), (5,)])
+    cases = [
+        ((img, meta[:2]), r"the inputs disagree on the batch size: input 0 has 4 rows, input 1 2"),
+        ((img, meta, meta), r"inputs must be a tuple of the model's 2 inputs, shaped \(B, \*s\) for s in"),
+        ((img[:, :2], meta), r"input 0 must have shape \(B, \*\(3, 6, 6\)\) .*; got \(4, 2, 6, 6\)"),
+        ((img, meta.long()), r"input 1 has dtype torch.int64; packed inputs are attributed, so they must be floating"),
+        (img, r"packed rows must have shape \(B, 113\) .*got \(4, 3, 6, 6\)\. Pass the inputs as a tuple"),
+    ]
+    for inputs, match in cases:
+        with pytest.raises(InvalidInputError, match=match):
+            whybox.explain(clf, inputs, "saliency")
+    with pytest.raises(
+        InvalidInputError, match=r"for a model of several inputs, adapt it with their per-sample shapes"
+    ):
+        whybox.explain(model, (img, meta), "saliency")
+    with pytest.raises(
+        InvalidInputError, match=r"A model of several inputs \(adapt\(input_shapes=...\)\) is explained"
+    ):
+        whybox.explain(clf, (img, meta), "gradcam")
+    for shapes, match in (
+        ([], r"input_shapes must list one per-sample shape per model input"),
+        ([(3, 0, 6), (5,)], r"input_shapes\[0\] must be one sample's shape"),
+        ({"image": "3x6x6"}, r"input_shapes\['image'\] must be one sample's shape"),
+    ):
+        with pytest.raises(InvalidParameterError, match=match):
+            whybox.adapt(model, input_shapes=shapes)
+    with pytest.raises(InvalidParameterError, match=r"input_shapes applies to a torch.nn.Module of several inputs"):
+        whybox.adapt(lambda x: x, input_shapes=[(2,), (3,)])
