@@ -130,7 +130,17 @@ def test_misfit_inputs_and_shapes_get_errors_that_name_the_fix() -> None:
     with pytest.raises(
         InvalidInputError, match=r"for a model of several inputs, adapt it with their per-sample shapes"
     ):
-        whybox.explain(model, (img, meta), "saliency")
+        whybox.explain(nn.Linear(5, 2), (meta, meta), "saliency")
+    # a forward that needs arguments whybox would not pass is refused before any call (it was a raw TypeError)
+    for model_, shapes, match in (
+        (model, None, r"ImageAndMeta.forward also needs meta, which whybox does not pass: it calls the model with one "
+         r"tensor \(B, ...\). For several inputs explained together, adapt\(model, input_shapes=\[...\]\)"),
+        (model, [(3, 6, 6)], r"ImageAndMeta.forward also needs meta, .* 1 tensor \(input_shapes\)"),
+        (ByKeyword(), [(3, 6, 6), (5,)], r"ByKeyword.forward also needs image, meta"),
+        (ByKeyword(), {"image": (3, 6, 6)}, r"ByKeyword.forward also needs meta, .* Name every input in input_shapes"),
+    ):  # fmt: skip
+        with pytest.raises(InvalidParameterError, match=match):
+            whybox.explain(whybox.adapt(model_, input_shapes=shapes), img, "saliency")
     with pytest.raises(
         InvalidInputError, match=r"A model of several inputs \(adapt\(input_shapes=...\)\) is explained"
     ):

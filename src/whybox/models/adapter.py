@@ -527,7 +527,46 @@ def adapt(
                 "or an estimator takes one array: pack the inputs into it yourself."
             )
         adapter.packing = InputPacking(input_shapes)
+    if isinstance(adapter, TorchAdapter) and adapter is not model and not isinstance(adapter.model, FunctionModel):
+        _check_arguments(adapter.model, adapter.packing)
     return adapter
+
+
+def _check_arguments(model: nn.Module, packing: Any) -> None:
+    """Refuse, before any call, a module whose ``forward`` needs arguments whybox will not give it: more than one
+    positional tensor without ``input_shapes``, or other ones than ``input_shapes`` names."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):  # a builtin or C++ forward: nothing to read
+        return
+    empty = inspect.Parameter.empty
+    positional = [
+        p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is empty
+    ]
+    keyword = [p.name for p in params if p.kind == p.KEYWORD_ONLY and p.default is empty]
+    given = len(packing.shapes) if packing is not None and packing.names is None else 1
+    names = set(packing.names) if packing is not None and packing.names is not None else set()
+    missing = positional[given:] if not names else [n for n in positional if n not in names]
+    missing += [n for n in keyword if n not in names]
+    if not missing:
+        return
+    what = ", ".join(missing)
+    raise InvalidParameterError(
+        f"{type(model).__name__}.forward also needs {what}, which whybox does not pass: it calls the model with "
+        + (
+            "one tensor per name in input_shapes. Name every input in input_shapes."
+            if names
+            else (
+                f"{given} tensor{'s' if given != 1 else ''} (input_shapes). List every input in input_shapes."
+                if packing is not None
+                else "one tensor (B, ...). For several inputs explained together, adapt(model, input_shapes=[...]) "
+                "with each input's per-sample shape; for arguments held fixed, a function "
+                "lambda x: model(x, extra) (a black box) or a wrapping module."
+            )
+        )
+    )
 
 
 def _adapt(
