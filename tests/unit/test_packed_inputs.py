@@ -154,3 +154,42 @@ def test_misfit_inputs_and_shapes_get_errors_that_name_the_fix() -> None:
             whybox.adapt(model, input_shapes=shapes)
     with pytest.raises(InvalidParameterError, match=r"input_shapes applies to a torch.nn.Module of several inputs"):
         whybox.adapt(lambda x: x, input_shapes=[(2,), (3,)])
+
+
+class Viewing(nn.Module):
+    """Flattens its image with .view, which a channels-last tensor refuses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3 * 6 * 6 + 5, 3)
+
+    def forward(self, image: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+        return self.lin(torch.cat([image.view(image.shape[0], -1), meta], 1))
+
+
+def test_image_inputs_go_channels_last_on_the_cpu_unless_the_model_refuses_them() -> None:
+    """The unpacked images reach the model channels-last (faster convolutions, the same numbers as the contiguous
+    tensors give); a model whose .view refuses that layout gets the default one, with the same numbers."""
+    model, img, meta = _data()
+    seen: list[bool] = []
+    model.conv.register_forward_pre_hook(
+        lambda m, a: seen.append(a[0].is_contiguous(memory_format=torch.channels_last))
+    )
+    clf = whybox.adapt(model, input_shapes=[(3, 6, 6), (5,)])
+    e = whybox.explain(clf, (img, meta), "feature_ablation", features=clf.packing.input_groups())
+    assert seen and all(seen)
+    with torch.no_grad():
+        full = model(img, meta).gather(1, e.target.view(-1, 1)).squeeze(1)
+        no_meta = model(img, torch.zeros_like(meta)).gather(1, e.target.view(-1, 1)).squeeze(1)
+    assert torch.allclose(clf.packing.unpack(e.attributions)[1].amin(1), full - no_meta, atol=1e-6)
+    torch.manual_seed(0)
+    viewing = Viewing().eval()
+    vclf = whybox.adapt(viewing, input_shapes=[(3, 6, 6), (5,)])
+    got = whybox.explain(vclf, (img, meta), "integrated_gradients", n_steps=16).attributions
+
+    def flat(x: torch.Tensor) -> torch.Tensor:  # the same model on rows, written by hand
+        return viewing(x[:, :108].reshape(-1, 3, 6, 6), x[:, 108:])
+
+    want = whybox.explain(flat, torch.cat([img.flatten(1), meta], 1), "integrated_gradients", n_steps=16)
+    assert vclf.packing._channels_last is False
+    assert torch.allclose(got, want.attributions, atol=1e-6)
