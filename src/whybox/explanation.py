@@ -64,6 +64,17 @@ def digest_mismatch(saved: torch.Tensor, x: torch.Tensor) -> list[int]:
     return bad.nonzero().flatten().tolist()
 
 
+def _packed_names(shapes: Any, n: int) -> list[str]:
+    """The features of packed rows (a model of several inputs, ``meta["input_shapes"]``) named by input and
+    position; [] when the explanation is not of packed rows."""
+    if not shapes:
+        return []
+    from whybox.models.packed import InputPacking
+
+    packing = InputPacking(shapes)
+    return [packing.feature_name(j) for j in range(n)] if packing.n_features == n else []
+
+
 @dataclass
 class Explanation:
     """Attributions for a batch of inputs, with everything needed to reproduce them.
@@ -248,6 +259,7 @@ class Explanation:
             names = (
                 self.meta.get("feature_names")
                 or list(getattr(inputs, "columns", []))
+                or _packed_names(self.meta.get("input_shapes"), a.shape[1])
                 or [f"x{j}" for j in range(a.shape[1])]
             )
             cell = self._row_values(inputs, a.shape)

@@ -193,3 +193,21 @@ def test_image_inputs_go_channels_last_on_the_cpu_unless_the_model_refuses_them(
     want = whybox.explain(flat, torch.cat([img.flatten(1), meta], 1), "integrated_gradients", n_steps=16)
     assert vclf.packing._channels_last is False
     assert torch.allclose(got, want.attributions, atol=1e-6)
+
+
+def test_a_packed_explanation_names_its_features_by_input_and_position() -> None:
+    """plot() named the packed features x0 ... x112; they are named by the input they belong to and their index in
+    it, from meta["input_shapes"] (so a saved explanation plots alike)."""
+    packing = InputPacking({"image": (3, 6, 6), "meta": (5,)})
+    assert [packing.feature_name(j) for j in (0, 1, 6, 36, 107, 108, 112)] == [
+        "image[0,0,0]", "image[0,0,1]", "image[0,1,0]", "image[1,0,0]", "image[2,5,5]", "meta[0]", "meta[4]",
+    ]  # fmt: skip
+    assert InputPacking([(2,), (3,)]).feature_name(4) == "input 1[2]"
+    with pytest.raises(InvalidParameterError, match=r"feature index must be in \[0, 113\); got 113"):
+        packing.feature_name(113)
+    model, img, meta = _data()
+    clf = whybox.adapt(model, input_shapes=[(3, 6, 6), (5,)])
+    e = whybox.explain(clf, (img, meta), "saliency")
+    ax = e.plot(top=4).axes[0]
+    order = e.attributions[0].abs().argsort(descending=True)[:4].tolist()
+    assert [t.get_text() for t in ax.get_yticklabels()] == [clf.packing.feature_name(j) for j in order]

@@ -70,6 +70,18 @@ class InputPacking:
         parts = ", ".join(f"{self._label(i)}: {s}" for i, s in enumerate(self.shapes))
         return f"InputPacking({parts}; {self.n_features} features per row)"
 
+    def feature_name(self, j: int) -> str:
+        """Packed feature ``j`` by its input and position: ``"meta[3]"``, ``"image[0,5,2]"`` (``"input 1[3]"`` for
+        positional inputs)."""
+        if not 0 <= j < self.n_features:
+            raise InvalidParameterError(f"feature index must be in [0, {self.n_features}); got {j}.")
+        for i, size in enumerate(self.sizes):
+            if j < size:
+                where = ",".join(map(str, np.unravel_index(j, self.shapes[i])))
+                return f"{self.names[i] if self.names is not None else f'input {i}'}[{where}]"
+            j -= size
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def input_groups(self) -> torch.Tensor:
         """``(F,)`` int64: feature ``f`` belongs to input ``i`` (a label map for ``features=`` / ``regions=``: one
         feature per input, e.g. exact Shapley values of the inputs themselves)."""
