@@ -1311,3 +1311,65 @@ def test_a_black_box_text_model_from_a_file_explains_compares_and_evaluates_text
         assert [stored[i] for i in range(2)] == pytest.approx(on_texts, rel=1e-6)
     finally:
         store.close()
+
+
+PACKED_PY = """
+import torch
+from torch import nn
+
+import whybox
+
+
+class ImageAndMeta(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.meta = nn.Linear(5, 4)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, image, meta):
+        return self.head(torch.cat([self.conv(image).relu().mean((2, 3)), self.meta(meta).tanh()], 1))
+
+
+def build():
+    torch.manual_seed(0)
+    return whybox.adapt(ImageAndMeta().eval(), input_shapes={"image": (3, 6, 6), "meta": (5,)})
+"""
+
+
+def test_a_model_of_several_inputs_reads_them_from_an_npz_by_argument_name(runner: CliRunner, files: Files) -> None:
+    """A factory returning adapt(model, input_shapes={...}) reads its inputs from an .npz under their argument names
+    (the archive had to hold one packed 'x'); the features are named by input and position, the numbers are the
+    API's on the tuple, and an archive without one of them, or with unequal rows, says what to save."""
+    from whybox.runs.loaders import load_model
+
+    (files.tmp / "packed.py").write_text(PACKED_PY)
+    spec = f"{files.tmp / 'packed.py'}:build"
+    gen = np.random.default_rng(0)
+    img, meta = gen.normal(size=(4, 3, 6, 6)).astype(np.float32), gen.normal(size=(4, 5)).astype(np.float32)
+    np.savez(files.tmp / "mm.npz", image=img, meta=meta, y=np.array([0, 1, 2, 0]))
+    out = files.tmp / "expl"
+    result = invoke(runner, ["explain", "--model", spec, files.tmp / "mm.npz", "--method", "integrated_gradients",
+                             "--out", out])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "top features: meta[" in result.stdout
+    saved = whybox.Explanation.load(out / "explanation.safetensors")
+    clf = load_model(spec).module
+    want = whybox.explain(clf, (torch.from_numpy(img), torch.from_numpy(meta)), "integrated_gradients")
+    assert torch.allclose(saved.attributions, want.attributions, atol=1e-6)
+    assert saved.meta["feature_names"][108] == "meta[0]" and saved.meta["input_shapes"] == {"image": [3, 6, 6],
+                                                                                             "meta": [5]}  # fmt: skip
+    run = invoke(runner, ["compare", "--model", spec, files.tmp / "mm.npz", "--methods", "saliency,lime",
+                          "--metrics", "deletion", "--out", files.tmp / "run", "--no-report"])  # fmt: skip
+    assert run.exit_code == 0 and "0 failed (sample, method) pairs" in run.stdout, run.output
+    np.savez(files.tmp / "half.npz", image=img)
+    bad = invoke(runner, ["explain", "--model", spec, files.tmp / "half.npz", "--method", "saliency"])
+    assert error_of(bad).endswith(
+        "has no array 'x' (it holds: image); this model takes 2 inputs: save them as np.savez(path, image=..., "
+        "meta=..., y=labels)."
+    )
+    np.savez(files.tmp / "ragged.npz", image=img, meta=meta[:3])
+    bad = invoke(runner, ["explain", "--model", spec, files.tmp / "ragged.npz", "--method", "saliency"])
+    assert error_of(bad).endswith(
+        "the arrays 'image', 'meta' hold different numbers of rows (4, 3); give every input one row per sample."
+    )

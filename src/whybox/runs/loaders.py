@@ -901,16 +901,38 @@ def _load_npy(path: Path, entry: str, rows: int | None) -> _Part:
     return _array_part(array, f"input {entry!r}", path.stem, rows)
 
 
-def _load_npz(path: Path, entry: str, rows: int | None) -> _Part:
+def _load_npz(path: Path, entry: str, rows: int | None, packing: Any = None) -> _Part:
+    """An archive's ``x`` (and labels ``y``); for a model of several inputs (``packing``), its inputs under their
+    argument names (``x0``, ``x1``, ... for positional ones), packed into rows."""
     try:
         with np.load(path, allow_pickle=False) as archive:
             keys = list(archive.keys())
-            if "x" not in keys:
-                raise DataFormatError(
-                    f"input {entry!r} has no array 'x' (it holds: {_listing(keys)}); save it with "
-                    "np.savez(path, x=inputs, y=labels)."
+            names = None
+            if packing is not None:
+                names = packing.names or [f"x{i}" for i in range(len(packing.shapes))]
+            if names is not None and "x" not in keys and all(k in keys for k in names):
+                counts = [archive[k].shape[0] if archive[k].ndim else 0 for k in names]
+                if len(set(counts)) != 1:
+                    raise DataFormatError(
+                        f"input {entry!r}: the arrays {', '.join(map(repr, names))} hold different numbers of rows "
+                        f"({', '.join(map(str, counts))}); give every input one row per sample."
+                    )
+                try:
+                    x = packing.pack(*(torch.from_numpy(np.ascontiguousarray(archive[k])) for k in names))
+                except WhyboxError as exc:
+                    raise DataFormatError(f"input {entry!r}: {exc}") from None
+                x = x.numpy()
+            elif "x" not in keys:
+                wanted = (
+                    f"; this model takes {len(names)} inputs: save them as np.savez(path, "
+                    + ", ".join(f"{k}=..." for k in names)
+                    + ", y=labels)"
+                    if names is not None
+                    else "; save it with np.savez(path, x=inputs, y=labels)"
                 )
-            x = archive["x"]
+                raise DataFormatError(f"input {entry!r} has no array 'x' (it holds: {_listing(keys)}){wanted}.")
+            else:
+                x = archive["x"]
             y = archive["y"] if "y" in keys else None
     except WhyboxError:
         raise
@@ -919,10 +941,13 @@ def _load_npz(path: Path, entry: str, rows: int | None) -> _Part:
             f"input {entry!r} cannot be read as .npz: {type(exc).__name__}: {_clip(str(exc))}"
         ) from exc
     part = _array_part(x, f"input {entry!r}", path.stem, rows)
+    if packing is not None and "x" not in keys:  # packed inputs: each feature named by its input and position
+        part.columns = [packing.feature_name(j) for j in range(packing.n_features)]
     if y is not None:
         if y.shape[:1] != x.shape[:1]:
             raise DataFormatError(
-                f"input {entry!r}: 'y' has shape {y.shape} but 'x' has {x.shape[0]} rows; give one label per row."
+                f"input {entry!r}: 'y' has shape {y.shape} but the inputs have {x.shape[0]} rows; give one label per "
+                "row."
             )
         part.labels = _labels_from(np.asarray(y[:rows]), f"input {entry!r} ('y')", len(part.x))
     return part
@@ -1223,7 +1248,7 @@ def load_inputs(
         elif s.kind == "npy":
             part = _load_npy(s.path, s.entry, remaining)
         elif s.kind == "npz":
-            part = _load_npz(s.path, s.entry, remaining)
+            part = _load_npz(s.path, s.entry, remaining, getattr(model.module, "packing", None))
         else:
             coder = coder or _table_coder(model.module)
             part = _load_csv(
