@@ -427,3 +427,29 @@ def test_write_run_report_writes_the_rendered_page_atomically(tmp_path: Path) ->
     assert path == tmp_path / "report.html"
     assert path.read_text(encoding="utf-8") == render_run_report(report, max_samples=1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]  # no temporary file left behind
+
+
+def test_a_wide_table_row_shows_the_cells_that_matter_most_to_some_method() -> None:
+    """A row of 3,000 columns (or a model's packed inputs) put every column=value cell in the report, under every
+    method: tens of megabytes. It shows MAX_TABLE_CELLS of them, in column order, chosen so that each method's own
+    largest values are there (each method scaled by its largest magnitude), then one cell counting the others."""
+    from whybox.runs.report_data import MAX_TABLE_CELLS, _widest_cells
+
+    gen = np.random.default_rng(0)
+    words = [f"c{j}=1" for j in range(300)]
+    small = gen.normal(size=300) * 1e-3  # a method whose values are all tiny still gets its own top cells shown
+    small[[7, 250]] = 5e-3
+    big = gen.normal(size=300)
+    big[123] = 40.0
+    maps = {"small": small, "big": big, "failed": None}
+    kept, out = _widest_cells(words, maps)
+    assert (
+        len(kept) == MAX_TABLE_CELLS + 1
+        and kept[-1] == f"(+{300 - MAX_TABLE_CELLS} more columns, smaller under every method)"
+    )
+    idx = [int(w[1:].split("=")[0]) for w in kept[:-1]]
+    assert idx == sorted(idx) and {7, 250, 123} <= set(idx)
+    assert out["failed"] is None
+    for m in ("small", "big"):
+        np.testing.assert_array_equal(out[m][:-1], maps[m][idx])
+        assert out[m][-1] == 0.0

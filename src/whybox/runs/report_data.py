@@ -173,6 +173,31 @@ def _label(names: list[str] | None, k: int | None) -> str | None:
 SampleView = Callable[[int], tuple[np.ndarray | None, list[str] | None, Callable[[np.ndarray, str], np.ndarray | None]]]
 
 
+#: a table row shows at most this many ``column=value`` cells in the report (a row of 3,000 columns, or a model's
+#: packed inputs, made a page of tens of megabytes); the rest are counted in one last cell
+MAX_TABLE_CELLS = 32
+
+
+def _widest_cells(
+    words: list[str], maps: dict[str, np.ndarray | None]
+) -> tuple[list[str], dict[str, np.ndarray | None]]:
+    """The ``MAX_TABLE_CELLS`` cells of a wide row that matter most to some method (each method's values scaled by
+    their largest magnitude, as the report colours them; the largest scaled magnitude over the methods), in column
+    order, then a cell counting the others (value 0 under every method)."""
+    scaled = []
+    for v in maps.values():
+        if v is not None and len(v) == len(words):
+            a = np.abs(np.nan_to_num(np.asarray(v, dtype=np.float64)))
+            scaled.append(a / a.max() if a.max() > 0 else a)
+    score = np.max(np.stack(scaled), 0) if scaled else np.zeros(len(words))
+    keep = np.sort(np.argsort(-score, kind="stable")[:MAX_TABLE_CELLS])
+    more = len(words) - len(keep)
+    kept = [words[j] for j in keep] + [f"(+{more} more columns, smaller under every method)"]
+    return kept, {
+        m: None if v is None or len(v) != len(words) else np.append(np.asarray(v)[keep], 0.0) for m, v in maps.items()
+    }
+
+
 def _sample_view(kind: str, inputs_path: Path, extra: Mapping[str, Any]) -> SampleView | None:
     """How the grid shows a sample of a run of ``kind``: images and signals as pictures under their maps, table rows
     as ``column=value`` cells and texts as words, coloured per method; None when the run cannot show samples (no
@@ -336,6 +361,8 @@ def load_run_report(run_dir: str | Path, *, title: str | None = None, max_sample
                 else:
                     maps[m] = None
                     fails[m] = str(reason)
+            if kind == "tabular" and words is not None and len(words) > MAX_TABLE_CELLS:
+                words, maps = _widest_cells(words, maps)
             report_samples.append(
                 ReportSample(
                     name=str(name),
