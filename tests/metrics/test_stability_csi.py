@@ -138,3 +138,19 @@ def test_lime_stability_reports_csi_and_other_explainers_refuse_measure_csi() ->
         whybox.evaluate(model, x, "lime", "stability", n_runs=2, measure="csi", explainer_params=lasso)
     with pytest.raises(whybox.InvalidParameterError, match=r"explainer 'saliency' reports no coefficient"):
         whybox.evaluate(model, x, "saliency", "stability", n_runs=2, measure="csi")
+
+
+def test_coef_sd_of_a_wide_design_reads_its_rank_from_the_small_gram_matrix() -> None:
+    """With no more samples than coefficients (n <= M + 1) the plain WLS fit has no residual degrees of freedom
+    unless the design is rank deficient; the rank is read from the (n, n) Gram matrix (two (M + 1)-sized
+    eigendecompositions took 2.3 s at M = 3,077): all NaN at full rank, finite where rows repeat."""
+    from whybox.explainers.perturbation.lime import ridge_coef_sd
+
+    gen = torch.Generator().manual_seed(0)
+    z = lime_samples(30, 20, gen).to(torch.float64)  # n = 20 distinct rows, M = 30
+    w = cosine_kernel(z, 0.25)
+    y = torch.rand(2, 20, generator=gen, dtype=torch.float64)
+    assert bool(ridge_coef_sd(z, y, w, 1.0).isnan().all())
+    few = lime_samples(30, 3, gen).to(torch.float64).repeat(5, 1)  # 15 rows, rank 3 (+ the intercept): 11 dof left
+    sd = ridge_coef_sd(few, torch.rand(2, 15, generator=gen, dtype=torch.float64), cosine_kernel(few, 0.25), 1.0)
+    assert bool(sd.isfinite().all()) and bool((sd >= 0).all())

