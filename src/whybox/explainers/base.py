@@ -220,9 +220,8 @@ class Explainer:
         if is_signal(self.adapter, x):  # 1-D signals (B, C, L): plot() draws them over time
             meta["signal"] = True
         packing = getattr(self.adapter, "packing", None)
-        if (
-            packing is not None
-        ):  # packed rows of several inputs: InputPacking(meta["input_shapes"]).unpack(attributions)
+        # packed rows of several inputs: InputPacking(meta["input_shapes"]).unpack(attributions) cuts them back
+        if packing is not None:
             shapes = [list(s) for s in packing.shapes]
             meta["input_shapes"] = dict(zip(packing.names, shapes, strict=True)) if packing.names else shapes
         return Explanation(
