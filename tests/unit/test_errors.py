@@ -244,6 +244,20 @@ def test_target_of_no_known_form(bad: Any, model: nn.Module, x: torch.Tensor) ->
     )
 
 
+@pytest.mark.parametrize("bad", ["cat", ["cat", "dog"]])
+def test_a_class_name_for_a_model_without_output_names_says_how_to_name_them(
+    bad: Any, model: nn.Module, x: torch.Tensor
+) -> None:
+    _raises(
+        InvalidTargetError,
+        ValueError,
+        r"A class name needs the model's output names: whybox\.adapt\(model, labels=\[\.\.\.\]\)",
+        lambda: whybox.explain(model, x, "saliency", target=bad),
+    )
+    named = whybox.adapt(model, labels=["bird", "cat", "dog", "fish", "frog"])
+    assert whybox.explain(named, x, "saliency", target=bad).target.tolist() == ([1, 1] if bad == "cat" else [1, 2])
+
+
 def test_bool_target(model: nn.Module, x: torch.Tensor) -> None:
     _raises(
         InvalidTargetError,

@@ -241,9 +241,18 @@ def resolve_target(target: TargetLike, clean_scores: torch.Tensor | None, *, bat
         try:
             t = torch.as_tensor(target)
         except (TypeError, ValueError, RuntimeError):
+            named = isinstance(target, str) or (
+                isinstance(target, (list, tuple)) and any(isinstance(t, str) for t in target)
+            )
             raise InvalidTargetError(
                 f"target must be None, an int class index, one int per row (a sequence or tensor) or a callable "
                 f"scores -> (B,); got {type(target).__name__} {target!r}."
+                + (
+                    " A class name needs the model's output names: whybox.adapt(model, labels=[...]) (a scikit-learn "
+                    "classifier's classes_ and a Hugging Face config's id2label give them already)."
+                    if named
+                    else ""
+                )
             ) from None
         if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
             raise InvalidTargetError(
