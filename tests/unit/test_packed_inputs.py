@@ -211,3 +211,25 @@ def test_a_packed_explanation_names_its_features_by_input_and_position() -> None
     ax = e.plot(top=4).axes[0]
     order = e.attributions[0].abs().argsort(descending=True)[:4].tolist()
     assert [t.get_text() for t in ax.get_yticklabels()] == [clf.packing.feature_name(j) for j in order]
+
+
+def test_an_input_of_one_number_per_sample_has_the_empty_shape() -> None:
+    """model(x, age) with age (B,): input_shapes {"age": ()}; it unpacks to (B,), is named by its name alone, and
+    Integrated Gradients' completeness holds over both inputs."""
+
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor, age: torch.Tensor) -> torch.Tensor:
+            return self.lin(x) * age.view(-1, 1)
+
+    torch.manual_seed(0)
+    clf = whybox.adapt(Scaled(), input_shapes={"x": (4,), "age": ()})
+    x, age = torch.randn(3, 4), torch.rand(3) + 0.5
+    e = whybox.explain(clf, {"x": x, "age": age}, "integrated_gradients", n_steps=64)
+    a_x, a_age = clf.packing.unpack(e.attributions)
+    assert a_x.shape == (3, 4) and a_age.shape == (3,)
+    assert float(e.meta["delta_rel"].max()) < 1e-5
+    assert clf.packing.feature_name(4) == "age" and clf.packing.n_features == 5

@@ -48,14 +48,12 @@ class InputPacking:
             label = f"[{key!r}]" if named else f"[{len(self.shapes)}]"
             if isinstance(shape, int) and not isinstance(shape, bool):
                 shape = (shape,)
-            if (
-                not isinstance(shape, (tuple, list, torch.Size))
-                or not shape
-                or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape)
+            if not isinstance(shape, (tuple, list, torch.Size)) or not all(
+                isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape
             ):
                 raise InvalidParameterError(
                     f"input_shapes{label} must be one sample's shape, a tuple of ints >= 1 without the batch "
-                    f"dimension (e.g. (3, 32, 32)); got {shape!r}."
+                    f"dimension (e.g. (3, 32, 32); () for one number per sample, an input (B,)); got {shape!r}."
                 )
             self.shapes.append(tuple(int(d) for d in shape))
         self.sizes = [math.prod(s) for s in self.shapes]
@@ -77,8 +75,10 @@ class InputPacking:
             raise InvalidParameterError(f"feature index must be in [0, {self.n_features}); got {j}.")
         for i, size in enumerate(self.sizes):
             if j < size:
-                where = ",".join(map(str, np.unravel_index(j, self.shapes[i])))
-                return f"{self.names[i] if self.names is not None else f'input {i}'}[{where}]"
+                name = self.names[i] if self.names is not None else f"input {i}"
+                if not self.shapes[i]:  # one number per sample
+                    return name
+                return f"{name}[{','.join(map(str, np.unravel_index(j, self.shapes[i])))}]"
             j -= size
         raise AssertionError("unreachable")  # pragma: no cover
 
