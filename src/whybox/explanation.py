@@ -64,6 +64,17 @@ def digest_mismatch(saved: torch.Tensor, x: torch.Tensor) -> list[int]:
     return bad.nonzero().flatten().tolist()
 
 
+def _packing_of(shapes: Any, a: torch.Tensor) -> Any:
+    """The :class:`~whybox.models.packed.InputPacking` of packed attributions ``a`` (``meta["input_shapes"]``), else
+    None."""
+    if not shapes:
+        return None
+    from whybox.models.packed import InputPacking
+
+    packing = InputPacking(shapes)
+    return packing if packing.n_features == a.shape[-1] else None
+
+
 def _packed_names(shapes: Any, n: int) -> list[str]:
     """The features of packed rows (a model of several inputs, ``meta["input_shapes"]``) named by input and
     position; [] when the explanation is not of packed rows."""
@@ -232,6 +243,9 @@ class Explanation:
                 return f"row {r}: {known[r]}"
             return f"row {r}: target {t}"
 
+        packing = _packing_of(self.meta.get("input_shapes"), a) if a.ndim == 2 else None
+        if packing is not None and any(len(s) == 3 for s in packing.shapes):  # a model of several inputs, images too
+            return self._plot_packed(packing, picked, inputs, top, reading, title)
         image = a.ndim == 4
         signal = a.ndim == 3 and bool(self.meta.get("signal"))
         if signal:
@@ -273,6 +287,80 @@ class Explanation:
                 ax.invert_yaxis()  # the largest on top
                 ax.axvline(0.0, color="#444", linewidth=0.6)
                 ax.set_title(title(r), fontsize=9)
+        fig.suptitle(self.method, fontsize=10)
+        fig.tight_layout()
+        return fig
+
+    def _plot_packed(
+        self, packing: Any, picked: list[int], inputs: Any, top: int, reading: str | None, title: Callable[[int], str]
+    ) -> Any:
+        """Packed rows of a model of several inputs: per row, one panel per image input (its map summed over
+        channels, over the image when ``inputs`` are given) and one of bars for the ``top`` values of the others."""
+        from matplotlib.figure import Figure
+
+        from whybox.report.overlay import overlay, to_heatmap
+
+        if reading is None:
+            from whybox.runs.report_data import method_reading
+
+            reading = method_reading(self.method, self.params) if self.method else "auto"
+        a = self.attributions.detach().cpu()
+        parts = packing.unpack(a)
+        xs = None
+        if inputs is not None:
+            rows = packing.pack_inputs(inputs)
+            if not isinstance(rows, torch.Tensor) or tuple(rows.shape) != tuple(a.shape):
+                got = tuple(rows.shape) if isinstance(rows, torch.Tensor) else type(inputs).__name__
+                raise InvalidInputError(
+                    f"inputs must be the explained inputs: a tuple (or mapping) of the model's inputs, or their packed "
+                    f"rows {tuple(a.shape)}; got {got}."
+                )
+            xs = packing.unpack(rows.detach().cpu())
+        images = [i for i, s in enumerate(packing.shapes) if len(s) == 3]
+        rest = [i for i in range(len(packing.shapes)) if i not in images]
+        offsets = [0]
+        for size in packing.sizes:
+            offsets.append(offsets[-1] + size)
+        features = [j for i in rest for j in range(offsets[i], offsets[i + 1])]
+        ncols = len(images) + (1 if features else 0)
+        fig = Figure(figsize=(3.4 * ncols, 3.2 * len(picked)))
+        axes = fig.subplots(len(picked), ncols, squeeze=False)
+        mass = torch.stack([p.reshape(p.shape[0], -1).abs().sum(1) for p in parts], 1).to(torch.float64)  # (B, inputs)
+        share = mass / mass.sum(1, keepdim=True).clamp_min(1e-300)  # each input's part of the row's |attribution|
+
+        def name(i: int) -> str:
+            return packing.names[i] if packing.names is not None else f"input {i}"
+
+        for row_axes, r in zip(axes, picked, strict=True):
+            for ax, i in zip(row_axes, images, strict=False):
+                amap = parts[i][r].to(torch.float64).sum(0)
+                if xs is None or xs[i].shape[1] not in (1, 3):
+                    ax.imshow(to_heatmap(amap, reading=reading))
+                else:
+                    img = xs[i][r].to(torch.float64)
+                    lo, hi = img.min(), img.max()
+                    img = (img - lo) / (hi - lo) if hi > lo else torch.zeros_like(img)
+                    ax.imshow(overlay(img, amap, reading=reading))
+                ax.set_title(f"{title(r)}\n{name(i)}: {float(share[r, i]):.0%} of |attribution|", fontsize=9)
+                ax.set_axis_off()
+            if features:
+                ax = row_axes[-1]
+                v = a[r, features].to(torch.float64)
+                order = torch.argsort(v.abs(), descending=True, stable=True)[:top].tolist()
+                vals = [float(v[k]) for k in order]
+                ax.barh(range(len(order)), vals, color=["#b2182b" if x > 0 else "#2166ac" for x in vals])
+                flat = None if xs is None else torch.cat([xs[i].reshape(xs[i].shape[0], -1) for i in rest], 1)
+                labels = [
+                    packing.feature_name(features[k]) + ("" if flat is None else f" = {float(flat[r, k]):.4g}")
+                    for k in order
+                ]
+                ax.set_yticks(range(len(order)), labels)
+                ax.invert_yaxis()  # the largest on top
+                ax.axvline(0.0, color="#444", linewidth=0.6)
+                rest_share = float(share[r, rest].sum())
+                ax.set_title(
+                    f"{title(r)}\n{', '.join(name(i) for i in rest)}: {rest_share:.0%} of |attribution|", fontsize=9
+                )
         fig.suptitle(self.method, fontsize=10)
         fig.tight_layout()
         return fig

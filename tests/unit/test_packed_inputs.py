@@ -205,12 +205,33 @@ def test_a_packed_explanation_names_its_features_by_input_and_position() -> None
     assert InputPacking([(2,), (3,)]).feature_name(4) == "input 1[2]"
     with pytest.raises(InvalidParameterError, match=r"feature index must be in \[0, 113\); got 113"):
         packing.feature_name(113)
-    model, img, meta = _data()
-    clf = whybox.adapt(model, input_shapes=[(3, 6, 6), (5,)])
-    e = whybox.explain(clf, (img, meta), "saliency")
+    two = whybox.adapt(nn.Bilinear(3, 4, 2), input_shapes=[(3,), (4,)])  # no image: bars over every feature
+    gen = torch.Generator().manual_seed(0)
+    e = whybox.explain(two, (torch.randn(2, 3, generator=gen), torch.randn(2, 4, generator=gen)), "saliency")
     ax = e.plot(top=4).axes[0]
     order = e.attributions[0].abs().argsort(descending=True)[:4].tolist()
-    assert [t.get_text() for t in ax.get_yticklabels()] == [clf.packing.feature_name(j) for j in order]
+    assert [t.get_text() for t in ax.get_yticklabels()] == [two.packing.feature_name(j) for j in order]
+
+
+def test_a_packed_explanation_with_an_image_plots_its_map_beside_the_other_inputs_bars() -> None:
+    """With an image among the inputs, plot() draws per row the image's map over it and bars for the other inputs'
+    values, each panel titled with its input's share of the row's |attribution|."""
+    model, img, meta = _data()
+    clf = whybox.adapt(model, input_shapes=[(3, 6, 6), (5,)])
+    e = whybox.explain(clf, (img, meta), "integrated_gradients")
+    fig = e.plot((img, meta), rows=[0, 1], top=3)
+    axes = fig.axes
+    assert len(axes) == 4 and axes[0].images and not axes[1].images
+    a_img, a_meta = clf.packing.unpack(e.attributions)
+    for k, r in enumerate((0, 1)):
+        bars = axes[2 * k + 1]
+        order = a_meta[r].abs().argsort(descending=True)[:3].tolist()
+        assert [t.get_text() for t in bars.get_yticklabels()] == [f"input 1[{j}] = {float(meta[r, j]):.4g}" for j in order]
+        share = float(a_img[r].abs().sum() / e.attributions[r].abs().sum())
+        assert axes[2 * k].get_title().endswith(f"input 0: {share:.0%} of |attribution|")
+        assert bars.get_title().endswith(f"input 1: {1 - share:.0%} of |attribution|")
+    with pytest.raises(InvalidInputError, match=r"inputs must be the explained inputs: a tuple"):
+        e.plot(img)
 
 
 def test_an_input_of_one_number_per_sample_has_the_empty_shape() -> None:
