@@ -1353,6 +1353,7 @@ def test_a_model_of_several_inputs_reads_them_from_an_npz_by_argument_name(runne
                              "--out", out])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "top features: meta[" in result.stdout
+    assert sorted(p.name for p in out.glob("*.png")) == [f"{i:04d}_mm-{i}_integrated_gradients.png" for i in range(4)]
     saved = whybox.Explanation.load(out / "explanation.safetensors")
     clf = load_model(spec).module
     want = whybox.explain(clf, (torch.from_numpy(img), torch.from_numpy(meta)), "integrated_gradients")

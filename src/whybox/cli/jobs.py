@@ -450,6 +450,11 @@ def explain_cmd(ctx: click.Context, **params: Any) -> None:
             top = torch.argsort(e.attributions[i].abs(), descending=True)[:5].tolist()
             cols = ds.columns or [str(j) for j in range(ds.x.shape[1])]
             line += "; top features: " + ", ".join(f"{cols[j]}={float(e.attributions[i, j]):+.3g}" for j in top)
+            packing = getattr(lm.module, "packing", None)
+            if packing is not None and any(len(s) == 3 for s in packing.shapes):  # an image among several inputs
+                png = output_path(out_dir, f"{i:04d}_{safe_component(name)}_{method}.png")
+                e.plot(ds.x, rows=i).savefig(png, dpi=100)
+                line += f" -> {png.name}"
         click.echo(line)
     if no_overlay is not None:
         click.echo(f"no overlay PNGs: {no_overlay}", err=True)
