@@ -64,26 +64,21 @@ def digest_mismatch(saved: torch.Tensor, x: torch.Tensor) -> list[int]:
     return bad.nonzero().flatten().tolist()
 
 
-def _packing_of(shapes: Any, a: torch.Tensor) -> Any:
-    """The :class:`~whybox.models.packed.InputPacking` of packed attributions ``a`` (``meta["input_shapes"]``), else
-    None."""
+def _packing_of(shapes: Any, n: int) -> Any:
+    """The :class:`~whybox.models.packed.InputPacking` of packed rows of ``n`` features (``meta["input_shapes"]``,
+    a model of several inputs), else None."""
     if not shapes:
         return None
     from whybox.models.packed import InputPacking
 
     packing = InputPacking(shapes)
-    return packing if packing.n_features == a.shape[-1] else None
+    return packing if packing.n_features == n else None
 
 
 def _packed_names(shapes: Any, n: int) -> list[str]:
-    """The features of packed rows (a model of several inputs, ``meta["input_shapes"]``) named by input and
-    position; [] when the explanation is not of packed rows."""
-    if not shapes:
-        return []
-    from whybox.models.packed import InputPacking
-
-    packing = InputPacking(shapes)
-    return [packing.feature_name(j) for j in range(n)] if packing.n_features == n else []
+    """The features of packed rows named by input and position; [] when the explanation is not of packed rows."""
+    packing = _packing_of(shapes, n)
+    return [] if packing is None else [packing.feature_name(j) for j in range(n)]
 
 
 @dataclass
@@ -243,7 +238,7 @@ class Explanation:
                 return f"row {r}: {known[r]}"
             return f"row {r}: target {t}"
 
-        packing = _packing_of(self.meta.get("input_shapes"), a) if a.ndim == 2 else None
+        packing = _packing_of(self.meta.get("input_shapes"), a.shape[1]) if a.ndim == 2 else None
         if packing is not None and any(len(s) == 3 for s in packing.shapes):  # a model of several inputs, images too
             return self._plot_packed(packing, picked, inputs, top, reading, title)
         image = a.ndim == 4
@@ -318,10 +313,8 @@ class Explanation:
             xs = packing.unpack(rows.detach().cpu())
         images = [i for i, s in enumerate(packing.shapes) if len(s) == 3]
         rest = [i for i in range(len(packing.shapes)) if i not in images]
-        offsets = [0]
-        for size in packing.sizes:
-            offsets.append(offsets[-1] + size)
-        features = [j for i in rest for j in range(offsets[i], offsets[i + 1])]
+        ids = packing.input_groups()  # feature -> its input
+        features = torch.isin(ids, torch.tensor(rest, dtype=ids.dtype)).nonzero().flatten().tolist()
         ncols = len(images) + (1 if features else 0)
         fig = Figure(figsize=(3.4 * ncols, 3.2 * len(picked)))
         axes = fig.subplots(len(picked), ncols, squeeze=False)

@@ -21,7 +21,7 @@ import torch
 
 from whybox.errors import InvalidInputError, InvalidParameterError
 
-__all__ = ["InputPacking", "packing_of"]
+__all__ = ["InputPacking"]
 
 
 class InputPacking:
@@ -203,8 +203,3 @@ class InputPacking:
         ):
             return self.pack(*inputs)
         return inputs
-
-
-def packing_of(adapter: Any) -> InputPacking | None:
-    """The adapter's :class:`InputPacking` (a model of several inputs), else None."""
-    return getattr(adapter, "packing", None)
