@@ -98,7 +98,8 @@ def main() -> None:
         rows.append((method, t_w / 16, t_c / 16, ratio, min(ratios), max(ratios), diff))
         print(f"{method:22s} whybox {t_w / 16 * 1e3:8.3f} ms/sample  captum {t_c / 16 * 1e3:8.3f}  "
               f"ratio {ratio:.3f} ({min(ratios):.2f}-{max(ratios):.2f})  diff {diff:.1e}")  # fmt: skip
-    # wide rows: one sample of 3 x 32 x 32 + 16 values, every value a feature (3,088): the surrogate fits dominate
+    # wide rows: one sample of 3 x 32 x 32 + 16 values, every value a feature (3,088, features='columns'; the
+    # default cuts the image in 64 squares): the surrogate fits dominate
     from captum.attr import KernelShap, Lime
 
     w_img, w_meta = img[:1, :, :32, :32].contiguous(), meta[:1]
@@ -110,7 +111,7 @@ def main() -> None:
     for method, n, peer_cls in (("lime", 1000, Lime), ("kernel_shap", 8000, KernelShap)):
 
         def ours(m: str = method, k: int = n) -> Any:
-            return whybox.explain(wide, (w_img, w_meta), m, target=w_target, n_samples=k)
+            return whybox.explain(wide, (w_img, w_meta), m, target=w_target, n_samples=k, features="columns")
 
         def theirs(c: Any = peer_cls, k: int = n) -> Any:
             return c(model).attribute((w_img, w_meta), target=w_target, n_samples=k, feature_mask=each,

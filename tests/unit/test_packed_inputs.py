@@ -226,7 +226,9 @@ def test_a_packed_explanation_with_an_image_plots_its_map_beside_the_other_input
     for k, r in enumerate((0, 1)):
         bars = axes[2 * k + 1]
         order = a_meta[r].abs().argsort(descending=True)[:3].tolist()
-        assert [t.get_text() for t in bars.get_yticklabels()] == [f"input 1[{j}] = {float(meta[r, j]):.4g}" for j in order]
+        assert [t.get_text() for t in bars.get_yticklabels()] == [
+            f"input 1[{j}] = {float(meta[r, j]):.4g}" for j in order
+        ]
         share = float(a_img[r].abs().sum() / e.attributions[r].abs().sum())
         assert axes[2 * k].get_title().endswith(f"input 0: {share:.0%} of |attribution|")
         assert bars.get_title().endswith(f"input 1: {1 - share:.0%} of |attribution|")
@@ -254,3 +256,26 @@ def test_an_input_of_one_number_per_sample_has_the_empty_shape() -> None:
     assert a_x.shape == (3, 4) and a_age.shape == (3,)
     assert float(e.meta["delta_rel"].max()) < 1e-5
     assert clf.packing.feature_name(4) == "age" and clf.packing.n_features == 5
+
+
+def test_perturbation_methods_cut_a_packed_image_in_squares_and_exact_shapley_takes_whole_inputs() -> None:
+    """features='auto' on packed rows with an image: the image in squares of ceil(min(H, W) / 8) pixels shared by its
+    channels and every other value its own feature (LIME, Kernel SHAP, LIMA: 64 + 5 features for a 3 x 16 x 16 image
+    and 5 values, not 773 single values); exact Shapley over the inputs themselves (2 players)."""
+    torch.manual_seed(0)
+    model = ImageAndMeta().eval()
+    img, meta = torch.randn(2, 3, 16, 16), torch.randn(2, 5)
+    clf = whybox.adapt(model, input_shapes=[(3, 16, 16), (5,)])
+    ids = clf.packing.region_groups()
+    assert ids.unique().numel() == 64 + 5
+    square = ids[:768].view(3, 16, 16)
+    assert torch.equal(square[0], square[2]) and square[0, 0, 0] == square[0, 1, 1] != square[0, 0, 2]
+    assert ids[768:].tolist() == [64, 65, 66, 67, 68]
+    for method in ("lime", "kernel_shap", "feature_ablation"):
+        auto = whybox.explain(clf, (img, meta), method)
+        given = whybox.explain(clf, (img, meta), method, features=ids)
+        assert torch.equal(auto.attributions, given.attributions), method
+    lima = whybox.explain(clf, (img, meta), "lima")
+    assert lima.meta["n_regions"] == [69, 69]
+    exact = whybox.explain(clf, (img, meta), "exact_shapley")
+    assert exact.meta["n_features"] == [2, 2]

@@ -82,6 +82,32 @@ class InputPacking:
             j -= size
         raise AssertionError("unreachable")  # pragma: no cover
 
+    @property
+    def has_image(self) -> bool:
+        """Whether an input is an image, a per-sample shape ``(C, H, W)``."""
+        return any(len(s) == 3 for s in self.shapes)
+
+    def region_groups(self, patch: int | tuple[int, int] | None = None) -> torch.Tensor:
+        """``(F,)`` int64 feature ids for the perturbation methods' default features: each image input ``(C, H, W)``
+        in square patches of ``patch`` pixels shared by its channels (default ``ceil(min(H, W) / 8)``, as
+        ``features="grid"`` cuts images: 64 patches of a square image), every value of the other inputs its own
+        feature."""
+        ids: list[torch.Tensor] = []
+        start = 0
+        for shape, size in zip(self.shapes, self.sizes, strict=True):
+            if len(shape) == 3:
+                c, h, w = shape
+                ph, pw = (patch, patch) if isinstance(patch, int) else patch or (-(-min(h, w) // 8),) * 2
+                cols = -(-w // pw)
+                cell = (torch.arange(h) // ph).view(-1, 1) * cols + (torch.arange(w) // pw).view(1, -1)
+                cell = torch.unique(cell, return_inverse=True)[1]  # consecutive ids
+                part = cell.expand(c, h, w).reshape(-1)
+            else:
+                part = torch.arange(size)
+            ids.append(part + start)
+            start += int(part.max()) + 1
+        return torch.cat(ids)
+
     def input_groups(self) -> torch.Tensor:
         """``(F,)`` int64: feature ``f`` belongs to input ``i`` (a label map for ``features=`` / ``regions=``: one
         feature per input, e.g. exact Shapley values of the inputs themselves)."""

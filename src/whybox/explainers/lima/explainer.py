@@ -81,7 +81,9 @@ class Lima(PerturbationExplainer):
         fewer passes), ``"lazy"`` (lazy greedy: exact naive order when F is submodular, a heuristic otherwise)
         or ``"stochastic"`` (stochastic greedy, seeded). See :mod:`whybox.explainers.lima.search`.
     regions
-        ``"auto"`` (``"superpixels"`` on images, ``"columns"`` on ``(B, F)`` rows, ``"segments"`` on 1-D signals
+        ``"auto"`` (``"superpixels"`` on images, ``"columns"`` on ``(B, F)`` rows (a model of several inputs with an
+        image among them: its image in squares, :meth:`~whybox.models.packed.InputPacking.region_groups`),
+        ``"segments"`` on 1-D signals
         ``(B, C, L)``: ``n_regions`` windows along L shared by all channels), ``"superpixels"`` (SLICO),
         ``"seeds"`` (a SEEDS-like variant, see :func:`~whybox.explainers.lima.regions.seeds`), ``"prior"``
         (prior-guided patches), ``"grid"`` (segments on signals), ``"segments"``, ``"columns"``, ``"spans"``; or an
@@ -311,6 +313,10 @@ class Lima(PerturbationExplainer):
     def _build(self, kind: str | None, x: torch.Tensor) -> R.RegionMap:
         if kind is None:
             return R.from_label_map(self.regions, x)
+        packing = getattr(self.adapter, "packing", None)
+        if self.regions == "auto" and packing is not None and packing.has_image:
+            # a model of several inputs with an image among them: the image in patches, the others value by value
+            return R.columns(x, groups=packing.region_groups().to(x.device))
         if kind == "superpixels":
             return R.superpixels(x, n_regions=self.n_regions, compactness=self.compactness)
         if kind == "seeds":

@@ -386,8 +386,10 @@ class RegionExplainer(PerturbationExplainer):
     Parameters
     ----------
     features
-        ``"auto"`` (the method's default on images; ``"columns"`` on ``(B, F)`` rows; one group per scalar
-        otherwise), ``"superpixels"`` (SLIC, ``n_segments``/``compactness``), ``"quickshift"`` (lime_image's
+        ``"auto"`` (the method's default on images; ``"columns"`` on ``(B, F)`` rows; on the packed rows of a model
+        of several inputs with an image among them, the image in ``patch``-pixel squares and every other value its
+        own feature, :meth:`~whybox.models.packed.InputPacking.region_groups`, or for exact Shapley one feature per
+        input; one group per scalar otherwise), ``"superpixels"`` (SLIC, ``n_segments``/``compactness``), ``"quickshift"`` (lime_image's
         segmentation), ``"grid"`` (square patches of ``patch`` pixels; default ``ceil(min(H, W) / 8)``),
         ``"pixels"``, ``"columns"``, ``"elements"`` (one group per scalar), a :class:`FeatureGroups`, or an
         integer mask ``(B, *G)``/``(*G)`` with ``G`` broadcasting to one row (``(1, H, W)`` or ``(H, W)``
@@ -445,6 +447,12 @@ class RegionExplainer(PerturbationExplainer):
         self.patch = tuple(patch) if isinstance(patch, list) else patch
 
     def _groups(self, x: torch.Tensor) -> FeatureGroups:
+        packing = getattr(self.adapter, "packing", None)
+        if isinstance(self.features, str) and self.features == "auto" and packing is not None and packing.has_image:
+            # a model of several inputs with an image among them: the image in patches, the others value by value;
+            # exact Shapley (whose images get a 3 x 3 grid) over the inputs themselves, which input mattered
+            ids = packing.input_groups() if self.auto_features == "grid3" else packing.region_groups(self.patch)
+            return F.columns(x, groups=ids.to(x.device))
         if isinstance(self.features, str) and self.features == "segments" and hasattr(self.adapter, "tokenizer"):
             raise InvalidParameterError(
                 "features='segments' cuts time series; a text model's features are its words: use "
