@@ -144,7 +144,7 @@ def test_misfit_inputs_and_shapes_get_errors_that_name_the_fix() -> None:
     with pytest.raises(
         InvalidInputError, match=r"A model of several inputs \(adapt\(input_shapes=...\)\) is explained"
     ):
-        whybox.explain(clf, (img, meta), "gradcam")
+        whybox.explain(clf, (img, meta), "rise")
     for shapes, match in (
         ([], r"input_shapes must list one per-sample shape per model input"),
         ([(3, 0, 6), (5,)], r"input_shapes\[0\] must be one sample's shape"),
@@ -279,3 +279,35 @@ def test_perturbation_methods_cut_a_packed_image_in_squares_and_exact_shapley_ta
     assert lima.meta["n_regions"] == [69, 69]
     exact = whybox.explain(clf, (img, meta), "exact_shapley")
     assert exact.meta["n_features"] == [2, 2]
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam_pp", "xgradcam", "layercam", "hirescam"])
+def test_gradient_cams_map_the_image_input_as_the_image_model_alone_maps_it(method: str) -> None:
+    """On packed rows a gradient CAM maps the one image input: every channel of a pixel carries the map the same
+    layer gives on the image alone (the metadata held by a wrapper, the oracle), the other inputs 0; Score-CAM,
+    which masks the input with its maps, and a model of two images are refused."""
+
+    class ImageOnly(nn.Module):
+        def __init__(self, net: nn.Module, meta: torch.Tensor) -> None:
+            super().__init__()
+            self.net, self.meta = net, meta
+
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            return self.net(image, self.meta)
+
+    model, img, meta = _data()
+    clf = whybox.adapt(model, input_shapes=[(3, 6, 6), (5,)])
+    e = whybox.explain(clf, (img, meta), method)
+    want = whybox.explain(ImageOnly(model, meta), img, method, layer="net.conv")
+    a_img, a_meta = clf.packing.unpack(e.attributions)
+    assert e.meta["layer"] == ["conv"]
+    for c in range(3):
+        torch.testing.assert_close(a_img[:, c], want.attributions[:, 0], atol=1e-6, rtol=1e-5)
+    assert torch.equal(a_meta, torch.zeros_like(a_meta))
+    with pytest.raises(InvalidInputError, match=r"inputs for 'scorecam' must be images"):
+        whybox.explain(clf, (img, meta), "scorecam")
+    two = whybox.adapt(ImageAndMeta(), input_shapes=[(3, 6, 6), (3, 6, 6)])
+    with pytest.raises(
+        InvalidParameterError, match=r"maps the one image input of a model of several inputs; this one has 2"
+    ):
+        whybox.explain(two, (img, img), method)

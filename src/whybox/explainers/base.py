@@ -121,6 +121,8 @@ class Explainer:
     needs_grad: ClassVar[bool] = False
     image_only: ClassVar[bool] = False
     takes_signals: ClassVar[bool] = False  # an image_only method that also maps 1-D signals (B, C, L)
+    #: an image_only method that also maps the image input of a model of several inputs (packed rows)
+    takes_packed_images: ClassVar[bool] = False
     #: The kinds of input the method applies to (``whybox.methods(kind)``).
     input_kinds: ClassVar[tuple[str, ...]] = ("image", "signal", "tabular", "text")
 
@@ -273,13 +275,24 @@ class Explainer:
                 f"inputs must have a leading batch dimension (B, ...); got shape {tuple(x.shape)}. "
                 "Add one with inputs.unsqueeze(0)."
             )
-        if self.image_only and x.ndim != 4 and not (self.takes_signals and is_signal(self.adapter, x)):
+        packed_image = (
+            self.takes_packed_images
+            and getattr(self.adapter, "packing", None) is not None
+            and self.adapter.packing.has_image
+        )
+        if (
+            self.image_only
+            and x.ndim != 4
+            and not (self.takes_signals and is_signal(self.adapter, x))
+            and not packed_image
+        ):
             if hasattr(self.adapter, "tokenizer"):
                 fix = " These are a text model's token embeddings: use a method of whybox.methods('text')."
             elif getattr(self.adapter, "packing", None) is not None:
                 fix = (
                     " A model of several inputs (adapt(input_shapes=...)) is explained on its packed rows (B, F): use "
-                    "a method of whybox.methods('tabular')."
+                    "a method of whybox.methods('tabular')"
+                    + (" (the gradient CAMs map an image input)." if self.takes_packed_images else ".")
                 )
             elif x.ndim == 3:
                 fix = " If this is one (C, H, W) image, add the batch dimension with inputs.unsqueeze(0)." + (

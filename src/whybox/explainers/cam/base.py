@@ -87,6 +87,7 @@ class CAM(Explainer):
 
     image_only = True
     takes_signals = True
+    takes_packed_images = True  # a model of several inputs: the map of its image input (gradient CAMs)
     input_kinds = ("image", "signal")
     uses_gradients = True
 
@@ -217,11 +218,15 @@ class CAM(Explainer):
     def _explain(
         self, x: torch.Tensor, target: TargetLike, engine: MaskingEngine, n_backward: list[int]
     ) -> tuple[torch.Tensor, Target, dict[str, Any]]:
+        packing: Any = getattr(self.adapter, "packing", None)
+        image = None if packing is None else _packed_image(packing, self.name)  # before any model call
         refs = self._refs(x, engine, n_backward)
         acts, grads, tgt = self._activations(x, refs, target, engine, n_backward)
         raw_maps = self._layer_maps(x, acts, grads, tgt, engine)
         signal = x.ndim == 3  # a 1-D signal (B, C, L): its maps are one-row grids (B, 1, 1, L'), resized along L
         size = (1, x.shape[-1]) if signal else tuple(x.shape[-2:])
+        if image is not None:  # packed rows of several inputs: the map of the image input, at its size
+            size = packing.shapes[image][1:]
         maps = []
         all_negative = torch.zeros(x.shape[0], dtype=torch.bool)
         degenerate = torch.zeros(x.shape[0], dtype=torch.bool)
@@ -239,6 +244,8 @@ class CAM(Explainer):
         out, deg = normalize_maps(out, self.normalize)
         if signal:
             out = out.squeeze(2)
+        if image is not None:  # painted on the image input's values (every channel of a pixel), 0 on the others
+            out = _paint_packed(out, packing, image)
         degenerate |= deg.cpu()
         meta: dict[str, Any] = {
             "layer": [r.label for r in refs],
@@ -247,3 +254,25 @@ class CAM(Explainer):
             "all_negative": [bool(v) for v in all_negative.tolist()],
         }
         return out, tgt, meta
+
+
+def _packed_image(packing: Any, method: str) -> int:
+    """The index of the one image input ``(C, H, W)`` of a model of several inputs, which a CAM maps."""
+    images = [i for i, s in enumerate(packing.shapes) if len(s) == 3]
+    if len(images) != 1:
+        raise InvalidParameterError(
+            f"{method!r} maps the one image input of a model of several inputs; this one has {len(images)} "
+            f"({packing.shapes}). Use a method of whybox.methods('tabular') on its packed rows."
+        )
+    return images[0]
+
+
+def _paint_packed(maps: torch.Tensor, packing: Any, image: int) -> torch.Tensor:
+    """CAM maps ``(B, 1, H, W)`` as packed attributions ``(B, F)``: each pixel's value on every channel of the image
+    input, 0 on the other inputs."""
+    b = maps.shape[0]
+    parts = [
+        maps.expand(b, *packing.shapes[i]).reshape(b, -1) if i == image else maps.new_zeros(b, packing.sizes[i])
+        for i in range(len(packing.shapes))
+    ]
+    return torch.cat(parts, 1)

@@ -36,6 +36,7 @@ class ScoreCAM(CAM):
     """
 
     uses_gradients = False
+    takes_packed_images = False  # it masks the input with its maps: images only
 
     def __init__(
         self, model: Any, *, weighting: str = "softmax", mask_align_corners: bool = False, **kwargs: Any
