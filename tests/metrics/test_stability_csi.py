@@ -154,3 +154,10 @@ def test_coef_sd_of_a_wide_design_reads_its_rank_from_the_small_gram_matrix() ->
     few = lime_samples(30, 3, gen).to(torch.float64).repeat(5, 1)  # 15 rows, rank 3 (+ the intercept): 11 dof left
     sd = ridge_coef_sd(few, torch.rand(2, 15, generator=gen, dtype=torch.float64), cosine_kernel(few, 0.25), 1.0)
     assert bool(sd.isfinite().all()) and bool((sd >= 0).all())
+    # a 0/1 design given as bool takes the float32 Z Zᵀ (exact); the same numbers as the float64 design
+    yb = torch.rand(2, 15, generator=gen, dtype=torch.float64)
+    wb = cosine_kernel(few, 0.25)
+    torch.testing.assert_close(
+        ridge_coef_sd(few.bool(), yb, wb, 1.0), ridge_coef_sd(few, yb, wb, 1.0), rtol=1e-9, atol=0
+    )
+    assert bool(ridge_coef_sd(z.bool(), y, w, 1.0).isnan().all())
