@@ -239,7 +239,7 @@ class Explanation:
             return f"row {r}: target {t}"
 
         packing = _packing_of(self.meta.get("input_shapes"), a.shape[1]) if a.ndim == 2 else None
-        if packing is not None and any(len(s) == 3 for s in packing.shapes):  # a model of several inputs, images too
+        if packing is not None and packing.has_image:  # a model of several inputs, images among them
             return self._plot_packed(packing, picked, inputs, top, reading, title)
         image = a.ndim == 4
         signal = a.ndim == 3 and bool(self.meta.get("signal"))
@@ -311,7 +311,7 @@ class Explanation:
                     f"rows {tuple(a.shape)}; got {got}."
                 )
             xs = packing.unpack(rows.detach().cpu())
-        images = [i for i, s in enumerate(packing.shapes) if len(s) == 3]
+        images = packing.images
         rest = [i for i in range(len(packing.shapes)) if i not in images]
         ids = packing.input_groups()  # feature -> its input
         features = torch.isin(ids, torch.tensor(rest, dtype=ids.dtype)).nonzero().flatten().tolist()

@@ -451,7 +451,7 @@ def explain_cmd(ctx: click.Context, **params: Any) -> None:
             cols = ds.columns or [str(j) for j in range(ds.x.shape[1])]
             line += "; top features: " + ", ".join(f"{cols[j]}={float(e.attributions[i, j]):+.3g}" for j in top)
             packing = getattr(lm.module, "packing", None)
-            if packing is not None and any(len(s) == 3 for s in packing.shapes):  # an image among several inputs
+            if packing is not None and packing.has_image:  # an image among several inputs: its map, the rest as bars
                 png = output_path(out_dir, f"{i:04d}_{safe_component(name)}_{method}.png")
                 e.plot(ds.x, rows=i).savefig(png, dpi=100)
                 line += f" -> {png.name}"

@@ -83,9 +83,14 @@ class InputPacking:
         raise AssertionError("unreachable")  # pragma: no cover
 
     @property
+    def images(self) -> list[int]:
+        """The indices of the image inputs, per-sample shape ``(C, H, W)``."""
+        return [i for i, s in enumerate(self.shapes) if len(s) == 3]
+
+    @property
     def has_image(self) -> bool:
         """Whether an input is an image, a per-sample shape ``(C, H, W)``."""
-        return any(len(s) == 3 for s in self.shapes)
+        return bool(self.images)
 
     def region_groups(self, patch: int | tuple[int, int] | None = None) -> torch.Tensor:
         """``(F,)`` int64 feature ids for the perturbation methods' default features: each image input ``(C, H, W)``
@@ -172,18 +177,22 @@ class InputPacking:
     def unpack(self, rows: torch.Tensor) -> list[torch.Tensor]:
         """Packed rows ``(B, F)`` (inputs, or attributions shaped like them) cut into one tensor per input,
         ``(B, *shape)``; gradients flow through to the packed rows."""
+        self._check(rows)
+        # contiguous copies, not strided views into the rows: a convolution reads a strided image far slower (26 ms
+        # against 19 ms for 48 images of 3 x 64 x 64 in bench/packed.py's model); gradients flow through the copy
+        return [p.contiguous() for p in self._views(rows)]
+
+    def _check(self, rows: Any) -> None:
         if not isinstance(rows, torch.Tensor) or rows.ndim != 2 or rows.shape[1] != self.n_features:
             got = tuple(rows.shape) if isinstance(rows, torch.Tensor) else type(rows).__name__
             raise InvalidInputError(
                 f"packed rows must have shape (B, {self.n_features}) for the inputs {self.shapes}; got {got}. Pass "
                 "the inputs as a tuple (whybox packs them) or as adapter.packing.pack(...)."
             )
-        # contiguous copies, not strided views into the rows: a convolution reads a strided image far slower (26 ms
-        # against 19 ms for 48 images of 3 x 64 x 64 in bench/packed.py's model); gradients flow through the copy
-        return [
-            p.reshape(rows.shape[0], *s).contiguous()
-            for p, s in zip(rows.split(self.sizes, dim=1), self.shapes, strict=True)
-        ]
+
+    def _views(self, rows: torch.Tensor) -> list[torch.Tensor]:
+        """Each input's part of checked ``rows`` ``(B, *shape)`` as a strided view (no copy)."""
+        return [p.reshape(rows.shape[0], *s) for p, s in zip(rows.split(self.sizes, dim=1), self.shapes, strict=True)]
 
     def unpack_named(self, rows: torch.Tensor) -> dict[str, torch.Tensor] | list[torch.Tensor]:
         """:meth:`unpack` as a mapping by argument name when the inputs are keyword arguments."""
@@ -195,10 +204,12 @@ class InputPacking:
         inputs ``(B, C, H, W)`` reach it in channels-last memory layout (the same values; oneDNN's convolutions and
         pooling run faster on it, as the masking engine's image batches do), unless the model refuses such a
         tensor (a ``view`` of it), which is then remembered."""
-        parts = self.unpack(rows)
-        images = [i for i, p in enumerate(parts) if p.ndim == 4 and p.device.type == "cpu" and p.shape[1] > 1]
-        if images and self._channels_last is not False:
-            last = [p.contiguous(memory_format=torch.channels_last) if i in images else p for i, p in enumerate(parts)]
+        self._check(rows)
+        views = self._views(rows)
+        images = [i for i in self.images if rows.device.type == "cpu" and self.shapes[i][0] > 1]
+        if images and self._channels_last is not False:  # one copy of each image, straight into channels-last
+            last = [p.contiguous(memory_format=torch.channels_last) if i in images else p.contiguous()
+                    for i, p in enumerate(views)]  # fmt: skip
             try:
                 out = self._call(model, last)
             except RuntimeError as err:
@@ -210,7 +221,7 @@ class InputPacking:
             else:
                 self._channels_last = True
                 return out
-        return self._call(model, parts)
+        return self._call(model, [p.contiguous() for p in views])
 
     def _call(self, model: Any, parts: list[torch.Tensor]) -> Any:
         if self.names is not None:

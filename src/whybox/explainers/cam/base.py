@@ -258,7 +258,7 @@ class CAM(Explainer):
 
 def _packed_image(packing: Any, method: str) -> int:
     """The index of the one image input ``(C, H, W)`` of a model of several inputs, which a CAM maps."""
-    images = [i for i, s in enumerate(packing.shapes) if len(s) == 3]
+    images = packing.images
     if len(images) != 1:
         raise InvalidParameterError(
             f"{method!r} maps the one image input of a model of several inputs; this one has {len(images)} "

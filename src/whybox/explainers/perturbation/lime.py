@@ -102,7 +102,7 @@ def weighted_ridge(
             if int(info) == 0:
                 coef = torch.cholesky_solve(a.T @ rhs, chol).T
         else:
-            zzt = _row_gram(binary) if n < m else None
+            zzt = _row_gram(binary)
             if zzt is not None:  # AAᵀ = S (Z - 1 zmᵀ)(Z - 1 zmᵀ)ᵀ S from the exact Z Zᵀ
                 u = z @ zm
                 gram = sw * (zzt - u.view(-1, 1) - u.view(1, -1) + zm @ zm) * sw.T
