@@ -70,3 +70,37 @@ def test_lime_ten_times_on_one_instance_is_one_call() -> None:
     assert r.meta["std"].shape == (1, 1, 16, 16)
     again = whybox.evaluate(model, x, "lime", "stability", n_runs=10, k=5, explainer_params=params)
     torch.testing.assert_close(again.scores, r.scores)
+
+
+def test_few_features_take_a_top_k_of_half_of_them() -> None:
+    """With 6 features the default k=10 would select every feature, so every pair of runs would agree (J = 1,
+    VSI = 100) however unstable LIME is: the default is half the features, and a k that selects all is refused."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    x = randn(1, 6, seed=4)
+    kw = {"n_runs": 10, "explainer_params": {"n_samples": 20}}
+    r = whybox.evaluate(model, x, "lime", "stability", **kw)
+    assert r.meta["k"] == 3
+    three = whybox.evaluate(model, x, "lime", "stability", k=3, **kw)
+    torch.testing.assert_close(r.scores, three.scores)
+    assert float(r.scores) < 0.9 and float(r.meta["vsi"]) < 90
+    with pytest.raises(whybox.InvalidParameterError) as err:
+        whybox.evaluate(model, x, "lime", "stability", k=6, **kw)
+    assert str(err.value) == (
+        "k=6 selects all 6 features, so every pair of runs agrees on its top-k by construction (measure='jaccard' "
+        "would read 1). Give k below 6 (e.g. k=3), or leave k out (10, or half the features when fewer than 20), or "
+        "measure='kendall'."
+    )
+    tau = whybox.evaluate(model, x, "lime", "stability", k=6, measure="kendall", **kw)
+    torch.testing.assert_close(tau.scores, r.meta["kendall"])
+
+
+def test_an_unknown_explainer_option_names_the_closest() -> None:
+    model, x = cnn1(), randn(1, 1, 8, 8, seed=5)
+    for metric in ("stability", "max_sensitivity", "random_logit", "randomization"):
+        with pytest.raises(
+            whybox.InvalidParameterError,
+            match=r"^explainer_params: 'smoothgrad' got an unknown "
+            r"option 'n_sample'\. Did you mean 'n_samples'\? Its options are: ",
+        ):
+            whybox.evaluate(model, x, "smoothgrad", metric, explainer_params={"n_sample": 3})

@@ -597,7 +597,15 @@ def make_explain_fn(
         tgt = target
         if isinstance(target, Target):
             tgt = target.fn if target.fn is not None else target.index
-        e = cls(adapter, **p).explain(x, target=tgt)
+        try:
+            explainer_obj = cls(adapter, **p)
+        except TypeError as exc:
+            if "unexpected keyword argument" not in str(exc):
+                raise
+            from whybox.api import _unknown_option
+
+            raise _unknown_option(f"explainer_params: {name!r}", exc, cls, ()) from None
+        e = explainer_obj.explain(x, target=tgt)
         if tally is not None:
             for key in ("n_forward", "n_backward"):
                 tally[key] += int(e.meta.get(key, 0))

@@ -109,7 +109,8 @@ class Stability(Metric):
 
     Per row, averaged over the ``R (R - 1) / 2`` pairs of runs: top-``k`` Jaccard ``|T_a & T_b| / |T_a | T_b|``
     (ties by the seeded rule), Kendall tau-b on the full vectors, and VSI ``= 100 * mean |S_a & S_b| / k``
-    (Visani's variable stability index with S = the top-``k`` features of a call). CSI (Visani's coefficient
+    (Visani's variable stability index with S = the top-``k`` features of a call); ``k`` defaults to 10, or half
+    the features when there are fewer than 20 (a top-k of every feature would agree by construction). CSI (Visani's coefficient
     stability index, :func:`csi_scores`) when the explainer reports the standard deviations of its per-feature
     weights (``meta["coef_sd"]`` ``(B, M)`` next to ``meta["values"]``: LIME with its ridge surrogate): per
     feature, CI = beta ± 1.96 sd of each call, CSI_j = 100 · share of the pairs of calls that both selected j
@@ -133,7 +134,7 @@ class Stability(Metric):
         self,
         *,
         n_runs: int = 10,
-        k: int = 10,
+        k: int | None = None,
         measure: str = "jaccard",
         abs: bool = True,
         explainer: Any = None,
@@ -144,11 +145,25 @@ class Stability(Metric):
         super().__init__(**kwargs)
         self.features = check_choice("features", features, ("auto", "attributions"))
         self.n_runs = check_int("n_runs", n_runs, 2)
-        self.k = check_int("k", k)
+        self.k = None if k is None else check_int("k", k)
         self.measure = check_choice("measure", measure, MEASURES)
         self.abs = bool(abs)
         self.explainer = explainer
         self.explainer_params = check_options("explainer_params", explainer_params)
+
+    def _top_k(self, m: int) -> int:
+        """The top-``k`` size for ``m`` features: ``k`` as given, else 10 or half the features when fewer than 20.
+        A ``k`` that selects every feature makes the top-k agreement 1 by construction: refused for the measures
+        that read it."""
+        if self.k is None:
+            return max(1, min(10, m // 2))
+        if self.k >= m and m > 1 and self.measure in ("jaccard", "vsi"):
+            raise InvalidParameterError(
+                f"k={self.k} selects all {m} features, so every pair of runs agrees on its top-k by construction "
+                f"(measure={self.measure!r} would read 1). Give k below {m} (e.g. k={max(1, m // 2)}), or leave k "
+                "out (10, or half the features when fewer than 20), or measure='kendall'."
+            )
+        return min(self.k, m)
 
     def _compute(self, ctx: Context) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
         if ctx.target is None or ctx.adapter is None:
@@ -172,7 +187,7 @@ class Stability(Metric):
             maps = stack.sum(2) if (x.ndim == 4 and stack.ndim == 5) else stack
             feats = maps.reshape(self.n_runs, b, -1)
         rank_vals = feats.abs() if self.abs else feats
-        k = min(self.k, feats.shape[2])
+        k = self._top_k(feats.shape[2])
         tops = [topk_sets(rank_vals[r], k, self.seed) for r in range(self.n_runs)]
         jac, ovl, tau = [], [], []
         for i, j in itertools.combinations(range(self.n_runs), 2):
