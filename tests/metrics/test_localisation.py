@@ -184,3 +184,19 @@ def test_a_target_of_other_rows_is_refused_by_name(name: str) -> None:
         whybox.evaluate(None, randn(4, 1, 8, 8), a, name, target=torch.arange(10), **kw)
     ok = whybox.evaluate(None, randn(4, 1, 8, 8), a, name, target=torch.tensor([0, 1, 2, 3]), **kw)
     assert ok.scores.shape == (4,)
+
+
+@pytest.mark.parametrize("value", [0.0, 0.3])
+def test_a_flat_map_points_nowhere(value: float) -> None:
+    """An all-zero Grad-CAM (or any map of one value) has no maximum and no ranking: NaN, flagged in meta, where
+    the seeded tie rule alone would have made a point (a hit on small images at the default tolerance)."""
+    x = torch.zeros(3, 1, 16, 16)
+    a = torch.full((3, 1, 16, 16), value)
+    a[2, 0, 5, 5] = value + 1.0  # an ordinary map in the last row: its peak on the mask
+    mask = torch.zeros(3, 16, 16, dtype=torch.bool)
+    mask[:, 4:12, 4:12] = True
+    for metric in ("pointing_game", "relevance_rank"):
+        r = whybox.evaluate(None, x, a, metric, masks=mask)
+        assert math.isnan(r.scores[0]) and math.isnan(r.scores[1]), metric
+        assert r.meta["flat_map"] == [True, True, False]
+    assert whybox.evaluate(None, x, a, "pointing_game", masks=mask).scores[2] == 1.0

@@ -48,7 +48,9 @@ class PointingGame(_Localisation):
 
     The point is the argmax of the channel-summed map (ties by the seeded stable rule); its Euclidean distance to
     the nearest mask pixel must be strictly below ``tolerance`` (a point on the mask, distance 0, is always a hit,
-    also at ``tolerance=0``). Points are (u, v) = (column, row). Scores: 1.0 hit, 0.0 miss, NaN for an empty mask.
+    also at ``tolerance=0``). Points are (u, v) = (column, row). Scores: 1.0 hit, 0.0 miss, NaN for an empty mask
+    or a flat map (one value everywhere, e.g. an all-zero Grad-CAM: no maximum to point with; ``meta["flat_map"]``;
+    Quantus hits when any tied maximum lies in the mask, so its flat map always hits).
     ``meta["class_accuracy"]`` maps each target class to hits / (hits + misses) and ``meta["class_mean"]`` is
     their mean (the paper's summary). Higher is better.
     """
@@ -80,9 +82,12 @@ class PointingGame(_Localisation):
         filled = m.any(1)
         if np.count_nonzero(filled) < b:
             hits[~filled] = math.nan  # an empty mask
+        flat = _flat_rows(values)
+        if flat.any():
+            hits[flat] = math.nan  # a flat map points nowhere
         uv = np.empty((b, 2), dtype=np.int64)
         np.divmod(p, w, out=(uv[:, 1], uv[:, 0]))  # (row, column) = (v, u)
-        meta: dict[str, Any] = {"point": torch.from_numpy(uv)}  # (u, v) = (x, y)
+        meta: dict[str, Any] = {"point": torch.from_numpy(uv), **_flat_meta(flat)}  # (u, v) = (x, y)
         if ctx.target is not None:
             acc: dict[int, float] = {}
             t = ctx.target.index.cpu().numpy()
@@ -125,14 +130,29 @@ class RelevanceMass(EnergyPointingGame):
 @METRICS.register("relevance_rank")
 class RelevanceRank(_Localisation):
     """Relevance rank accuracy (Arras et al. 2022): with K = |GT| pixels in the mask, the share of the K
-    highest-ranked pixels (ties by the seeded stable rule) inside it. NaN for an empty mask. Higher is better.
+    highest-ranked pixels (ties by the seeded stable rule) inside it. NaN for an empty mask or a flat map (no
+    ranking; ``meta["flat_map"]``). Higher is better.
     """
 
     def _compute(self, ctx: Context) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
         values, m = self._maps(ctx)
         k = m.sum(1)
+        flat = _flat_rows(values)
         top = _tie_top(_ranking_values(values), self.seed, k)  # the K highest-ranked pixels, K = |GT|
         inside = (top & m).sum(1)
-        if k.min() > 0:
+        if k.min() > 0 and not flat.any():
             return torch.from_numpy(inside / k), {}, {}
-        return torch.from_numpy(np.where(k > 0, inside / np.maximum(k, 1), math.nan)), {}, {}
+        scores = np.where((k > 0) & ~flat, inside / np.maximum(k, 1), math.nan)
+        return torch.from_numpy(scores), {}, _flat_meta(flat)
+
+
+def _flat_rows(values: np.ndarray) -> np.ndarray:
+    """``(B,)`` bool: the rows of ``values`` ``(B, N)`` whose map is one value everywhere (an all-zero Grad-CAM):
+    no point and no ranking to score."""
+    return values.max(1) == values.min(1)
+
+
+def _flat_meta(flat: np.ndarray) -> dict[str, Any]:
+    if not flat.any():
+        return {}
+    return {"flat_map": flat.tolist(), "note": "rows with a flat map (one value everywhere) score NaN"}
