@@ -100,3 +100,20 @@ def test_a_map_without_features_is_nan() -> None:
     for name in ("sparseness", "complexity"):
         r = whybox.evaluate(None, x, torch.zeros(2, 0), name)
         assert r.n_nan == 2
+
+
+@pytest.mark.parametrize("name", ["sparseness", "complexity"])
+def test_a_map_of_another_shape_is_refused(name: str) -> None:
+    """A map that does not lie over the inputs is refused as every other metric refuses it (it was scored)."""
+    x = torch.zeros(2, 3, 8, 8)
+    for a in (torch.rand(2, 3, 4, 4), torch.rand(2, 2, 8, 8)):
+        with pytest.raises(whybox.InvalidInputError) as err:
+            whybox.evaluate(None, x, a, name)
+        assert str(err.value) == (
+            f"attributions of shape {tuple(a.shape)} do not match images (2, 3, 8, 8); expected (2, 3 or 1, 8, 8) "
+            "or (2, 8, 8)."
+        )
+    with pytest.raises(whybox.InvalidInputError, match=r"^attributions of shape \(3, 4\) must have the shape of "):
+        whybox.evaluate(None, torch.zeros(3, 5), torch.rand(3, 4), name)
+    for a in (torch.rand(2, 1, 8, 8), torch.rand(2, 8, 8)):  # the layouts that fit still score
+        assert whybox.evaluate(None, x, a, name).n_nan == 0

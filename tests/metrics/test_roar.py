@@ -3,9 +3,11 @@ patch share) while random removal leaves the model clearly above chance at t = 1
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
+from whybox.errors import InvalidInputError
 from whybox.metrics.roar import remove_top, roar
 
 
@@ -58,3 +60,21 @@ def test_oracle_map_drops_to_chance_and_random_removal_does_not() -> None:
         epochs=4,
     )
     torch.testing.assert_close(again.accuracy["oracle"], res.accuracy["oracle"])  # seeded end to end
+
+
+def test_precomputed_maps_of_other_rows_are_refused_by_name() -> None:
+    x_tr, y_tr = _patch_data(30, 0)
+    x_te, y_te = _patch_data(20, 1)
+    with pytest.raises(InvalidInputError) as err:
+        roar(
+            {"mine": (torch.rand(10, 1, 8, 8), torch.rand(20, 1, 8, 8))},
+            data=(x_tr, y_tr, x_te, y_te),
+            model_fn=lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 2)),
+            fractions=(0.1,),
+            n_retrain=1,
+            epochs=1,
+        )
+    assert str(err.value) == (
+        "methods['mine']'s train attributions: attributions of shape (10, 1, 8, 8) do not match images "
+        "(30, 1, 8, 8); expected (30, 1, 8, 8) or (30, 8, 8)."
+    )

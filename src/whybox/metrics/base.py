@@ -425,6 +425,52 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return pearson(rankdata(a), rankdata(b))
 
 
+def _channels(c: int) -> str:
+    return f"{c} or 1" if c != 1 else "1"
+
+
+def check_map_shape(attributions: torch.Tensor, x: torch.Tensor, *, signal: bool = False) -> str:
+    """How ``attributions`` lay over the inputs ``x``: ``"signal"`` (``(B, C or 1, L)`` or ``(B, L)`` on 1-D signals),
+    ``"image"`` (``(B, C or 1, H, W)`` or ``(B, H, W)`` on images), ``"tokens"`` (``(B, T)`` or ``(B, T, 1)`` on packed
+    text ``(B, T, D + 1)``) or ``"same"`` (the inputs' shape); any other shape raises
+    :class:`~whybox.InvalidInputError` saying what fits."""
+    sa, sx, b = tuple(attributions.shape), tuple(x.shape), x.shape[0]
+    if signal and len(sx) == 3:
+        if len(sa) == 2:
+            sa = (sa[0], 1, sa[1])
+        if len(sa) != 3 or sa[0] != b or sa[-1] != sx[-1] or sa[1] not in (1, sx[1]):
+            raise InvalidInputError(
+                f"attributions of shape {tuple(attributions.shape)} do not match signals {sx}; expected "
+                f"({b}, {_channels(sx[1])}, {sx[-1]}) or ({b}, {sx[-1]})."
+            )
+        return "signal"
+    if len(sx) == 4:
+        h, w = sx[-2:]
+        if len(sa) == 3:
+            sa = (sa[0], 1, *sa[1:])
+        if len(sa) != 4 or sa[0] != b or sa[-2:] != (h, w) or sa[1] not in (1, sx[1]):
+            raise InvalidInputError(
+                f"attributions of shape {tuple(attributions.shape)} do not match images {sx}; expected "
+                f"({b}, {_channels(sx[1])}, {h}, {w}) or ({b}, {h}, {w})."
+            )
+        return "image"
+    if sa == sx:
+        return "same"
+    if len(sx) == 3 and len(sa) in (2, 3) and sa[:2] == sx[:2] and (len(sa) == 2 or sa[2] == 1):
+        return "tokens"
+    per_class = len(sa) == len(sx) + 1 and sa[:-1] == sx
+    raise InvalidInputError(
+        f"attributions of shape {tuple(attributions.shape)} must have the shape of the inputs {sx}"
+        + (" (or one value per token: (B, T) or (B, T, 1))." if len(sx) == 3 else ".")
+        + (
+            f" These hold one map per class on their last axis (shap's layout for {sa[-1]} outputs): pass "
+            f"each row's class, e.g. values[np.arange({b}), ..., target] with target the explained class per row."
+            if per_class
+            else ""
+        )
+    )
+
+
 def feature_values(
     attributions: torch.Tensor, x: torch.Tensor, *, abs: bool = False, signal: bool = False
 ) -> torch.Tensor:
@@ -442,43 +488,18 @@ def feature_values(
     if abs:
         a = a.abs()
     b = x.shape[0]
-    if signal and x.ndim == 3:
-        if a.ndim == 2:
-            a = a.unsqueeze(1)
-        if a.ndim != 3 or a.shape[0] != b or a.shape[-1] != x.shape[-1] or a.shape[1] not in (1, x.shape[1]):
-            raise InvalidInputError(
-                f"attributions of shape {tuple(attributions.shape)} do not match signals {tuple(x.shape)}; expected "
-                f"({b}, {x.shape[1]} or 1, {x.shape[-1]}) or ({b}, {x.shape[-1]})."
-            )
-        return a.sum(1).to(torch.float64)
-    if x.ndim == 4:
-        h, w = x.shape[-2:]
+    layout = check_map_shape(attributions, x, signal=signal)
+    if layout == "signal":
+        return (a if a.ndim == 3 else a.unsqueeze(1)).sum(1).to(torch.float64)
+    if layout == "image":
         if a.ndim == 3:
             a = a.unsqueeze(1)
-        if a.ndim != 4 or a.shape[-2:] != (h, w) or a.shape[1] not in (1, x.shape[1]):
-            raise InvalidInputError(
-                f"attributions of shape {tuple(attributions.shape)} do not match images {tuple(x.shape)}; expected "
-                f"({b}, {x.shape[1]} or 1, {h}, {w}) or ({b}, {h}, {w})."
-            )
         if a.device.type == "cpu" and a.dtype in (torch.float32, torch.float64) and a.shape[1] == 1:  # NumPy: cheapest
             return torch.from_numpy(a.numpy().reshape(b, -1).astype(np.float64))
         a = a[:, 0] if a.shape[1] == 1 else a.sum(1)
         return a.reshape(b, -1).to(torch.float64)
-    if a.shape != x.shape and x.ndim == 3 and a.ndim in (2, 3) and a.shape[:2] == x.shape[:2]:
-        # one value per token (B, T) or (B, T, 1) of packed text inputs (B, T, D + 1): each element takes it
+    if layout == "tokens":  # one value per token (B, T) or (B, T, 1) of packed text inputs: each element takes it
         a = (a if a.ndim == 3 else a.unsqueeze(-1)).expand(x.shape)
-    if a.shape != x.shape:
-        per_class = a.ndim == x.ndim + 1 and tuple(a.shape[:-1]) == tuple(x.shape)
-        raise InvalidInputError(
-            f"attributions of shape {tuple(attributions.shape)} must have the shape of the inputs {tuple(x.shape)}"
-            + (" (or one value per token: (B, T) or (B, T, 1))." if x.ndim == 3 else ".")
-            + (
-                f" These hold one map per class on their last axis (shap's layout for {a.shape[-1]} outputs): pass "
-                f"each row's class, e.g. values[np.arange({b}), ..., target] with target the explained class per row."
-                if per_class
-                else ""
-            )
-        )
     return a.reshape(b, -1).to(torch.float64)
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from whybox.errors import InvalidParameterError
-from whybox.metrics.base import Context, Metric
+from whybox.metrics.base import Context, Metric, check_map_shape
 from whybox.registry import METRICS
 
 __all__ = ["Complexity", "Sparseness", "entropy", "gini"]
@@ -91,6 +91,7 @@ class _Flat(Metric):
         a = ctx.attributions
         if a is None:
             raise InvalidParameterError(f"{self.name} needs attributions.")
+        check_map_shape(a, ctx.x, signal=ctx.signal)
         return _abs64(a).reshape(a.shape[0], -1)
 
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from whybox.errors import InvalidInputError, InvalidParameterError
 from whybox.masking.engine import MaskingEngine
-from whybox.metrics.base import check_float, check_int, derive_generator, feature_values, tie_order
+from whybox.metrics.base import check_float, check_int, check_map_shape, derive_generator, feature_values, tie_order
 from whybox.models.adapter import adapt
 from whybox.models.targets import Target
 
@@ -214,7 +214,17 @@ def roar(
             a_tr = whybox.explain(explain_model, x_tr, m, target=y_tr, **opts).attributions
             a_te = whybox.explain(explain_model, x_te, m, target=y_te, **opts).attributions
         else:
-            a_tr, a_te = m
+            if not (isinstance(m, (tuple, list)) and len(m) == 2):
+                raise InvalidParameterError(
+                    f"methods[{name!r}] must be a method name or a pair (train attributions, test attributions); "
+                    f"got {type(m).__name__}."
+                )
+            a_tr, a_te = (torch.as_tensor(v) for v in m)
+            for part, a, xs in (("train", a_tr, x_tr), ("test", a_te, x_te)):
+                try:
+                    check_map_shape(a, xs)
+                except InvalidInputError as exc:
+                    raise InvalidInputError(f"methods[{name!r}]'s {part} attributions: {exc}") from None
         rankings[name] = (
             tie_order(feature_values(a_tr, x_tr), seed),
             tie_order(feature_values(a_te, x_te), seed + 1),
