@@ -895,6 +895,43 @@ def test_evaluate_json_holds_the_scores_of_the_api(runner: CliRunner, tmp_path: 
         assert f"  {metric:<18} mean {mean:.4f}" in result.stdout
 
 
+def test_evaluate_reads_ground_truth_masks_for_the_localisation_metrics(runner: CliRunner, tmp_path: Path) -> None:
+    """--masks feeds the localisation metrics (the first rows with --limit): the numbers of the API; without it they
+    are refused before any work, and a file that does not fit is named."""
+    g = np.random.default_rng(1)
+    masks = g.random((10, 8, 8)) < 0.3
+    np.save(tmp_path / "m.npy", masks)
+    np.savez(tmp_path / "m.npz", masks=masks[:4])
+    report = tmp_path / "s.json"
+    base = ["evaluate", "--model", "digits-cnn", "digits-test", "--limit", "4", "--method", "saliency"]
+    for given in ("m.npy", "m.npz"):
+        metrics = "deletion,pointing_game,relevance_rank"
+        result = invoke(runner, [*base, "--metrics", metrics, "--masks", given, "--json", report])
+        assert result.exit_code == 0, result.output
+        data = json.loads(report.read_text())
+        from whybox.data import digits_cnn, load_digits
+
+        x = load_digits("test")[0][:4]
+        e = whybox.explain(digits_cnn(), x, "saliency")
+        for metric in ("pointing_game", "relevance_rank"):
+            res = whybox.evaluate(None, x, e, metric, masks=torch.from_numpy(masks[:4]))
+            assert data["metrics"][metric]["scores"] == res.scores.tolist()
+    cases = [
+        (["--metrics", "deletion,pointing_game"], "Error: pointing_game needs ground-truth masks: give --masks "
+         "masks.npy, (N, H, W) bool, row i the mask of input i."),
+        (["--metrics", "deletion", "--masks", "m.npy"], "Error: --masks is read by the localisation metrics "
+         "(pointing_game, energy_pointing_game, relevance_mass, relevance_rank); --metrics has none of them."),
+        (["--metrics", "relevance_mass", "--masks", "none.npy"], "Error: --masks 'none.npy': no such file."),
+    ]  # fmt: skip
+    np.save(tmp_path / "few.npy", masks[:3])
+    np.save(tmp_path / "small.npy", masks[:4, :4, :4])
+    cases.append((["--metrics", "relevance_mass", "--masks", "few.npy"], "Error: --masks 'few.npy': 3 masks for 4 inputs; give one mask per input, in their order."))  # fmt: skip
+    cases.append((["--metrics", "relevance_mass", "--masks", "small.npy"], "Error: relevance_mass: --masks: masks must have shape (4, 8, 8) or (4, 1, 8, 8); got (4, 4, 4)."))  # fmt: skip
+    for extra, message in cases:
+        result = invoke(runner, [*base, *extra])
+        assert result.exit_code == 2 and message in result.output, (extra, result.output)
+
+
 def test_evaluate_scores_a_saved_explanation_of_the_same_inputs_only(runner: CliRunner, tmp_path: Path) -> None:
     """--explanation: the file explain wrote is scored as it is (the numbers --method gives, stability re-running it
     with its saved options), never on other inputs (rows in another order: refused, naming them), and never with a

@@ -283,3 +283,17 @@ def test_sparse_images_factor_one_by_one_on_worker_threads(cpus: int, monkeypatc
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
     assert sorted(n for n, _ in seen) == sorted(holes.flatten(1).sum(1)[:2].tolist())  # image 2: nothing removed
     assert {t for _, t in seen} == ({"whybox-road"} if cpus > 1 else {"MainThread"})
+
+
+def test_labels_outside_the_classes_are_refused() -> None:
+    """A label the model cannot predict made every accuracy point 0 without a word."""
+    model, x = cnn1(), randn(2, 1, 8, 8, seed=1)
+    a = randn(2, 1, 8, 8, seed=2)
+    k = model(x).shape[1]
+    with pytest.raises(whybox.InvalidParameterError) as err:
+        whybox.evaluate(model, x, a, "road", quantity="accuracy", labels=torch.tensor([0, k]))
+    assert str(err.value) == (
+        f"labels={k} is out of range for a model with {k} outputs; give the true class of each row, 0..{k - 1}."
+    )
+    ok = whybox.evaluate(model, x, a, "road", quantity="accuracy", labels=torch.tensor([0, k - 1]))
+    assert torch.isfinite(ok.scores).all()

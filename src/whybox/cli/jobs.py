@@ -135,7 +135,7 @@ def _split(value: str | list[str] | None, *, flag: str, valid: list[str]) -> lis
 
 
 #: Config keys whose flag is stored under another parameter name.
-_PARAM_OF = {"methods": "methods_opt", "metrics": "metrics_opt", "out": "out_dir"}
+_PARAM_OF = {"methods": "methods_opt", "metrics": "metrics_opt", "out": "out_dir", "masks": "masks_file"}
 
 
 def _apply_config(
@@ -177,6 +177,8 @@ def _apply_config(
                     str(v) if str(v) in BUILTIN_DATASETS or Path(str(v)).is_absolute() else str(base / str(v))
                     for v in value
                 )
+        elif key == "masks" and not given:  # relative to the config's folder, as its inputs
+            params[name] = Path(str(value)) if Path(str(value)).is_absolute() else Path(path).parent / str(value)
         elif not given:
             params[name] = (
                 ",".join(map(str, value)) if isinstance(value, list) and key in ("methods", "metrics") else value
@@ -675,6 +677,14 @@ def _explained(labels: list[str] | None, probs: torch.Tensor, t: int, *, quote: 
 )
 @click.option("--target", help="'prediction' (default), 'label', a class index or a class name.")
 @click.option(
+    "--masks",
+    "masks_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Ground-truth masks for the localisation metrics (pointing_game, energy_pointing_game, relevance_mass, "
+    "relevance_rank): a .npy of shape (N, H, W), bool or 0/1, or an .npz holding it as 'masks'; row i is the mask "
+    "of input i (with --limit, the first rows).",
+)
+@click.option(
     "--json",
     "json_out",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -685,7 +695,16 @@ def evaluate_cmd(ctx: click.Context, **params: Any) -> None:
     """Explain INPUTS with one method (or take the saved --explanation of them) and score the explanation with each
     metric: mean, std and per-sample values."""
     tables = _apply_config(
-        ctx, params, {"method": str, "metrics": (str, list), "options": dict, "metric_options": dict, "target": str}
+        ctx,
+        params,
+        {
+            "method": str,
+            "metrics": (str, list),
+            "options": dict,
+            "metric_options": dict,
+            "target": str,
+            "masks": str,
+        },
     )
     method = params.get("method")
     saved = None
@@ -713,7 +732,22 @@ def evaluate_cmd(ctx: click.Context, **params: Any) -> None:
             raise _fail(
                 f"--metric-option sets options of {name!r}, which is not in --metrics ({', '.join(metric_names)})."
             )
+    from whybox.runs.job import NEEDS_MASKS
+
+    localising = [m for m in metric_names if m in NEEDS_MASKS]
+    if localising and params.get("masks_file") is None:
+        raise _fail(
+            f"{', '.join(localising)} need{'s' if len(localising) == 1 else ''} ground-truth masks: give --masks "
+            "masks.npy, (N, H, W) bool, row i the mask of input i."
+        )
+    if params.get("masks_file") is not None and not localising:
+        raise _fail(
+            f"--masks is read by the localisation metrics ({', '.join(NEEDS_MASKS)}); --metrics has none of them."
+        )
+    if localising and not Path(params["masks_file"]).is_file():
+        raise _fail(f"--masks {str(params['masks_file'])!r}: no such file.")
     lm, ds = _load(params)
+    masks = _read_masks(params["masks_file"], len(ds.names), bool(params.get("limit"))) if localising else None
     target = _target(params.get("target"), ds, lm.labels, lm.module)
     from whybox.api import _options
 
@@ -743,9 +777,10 @@ def evaluate_cmd(ctx: click.Context, **params: Any) -> None:
     for metric in metric_names:
         mo = {"batch_size": params["batch_size"], "seed": params["seed"], **mopts.get(metric, {})}
         try:
-            res = whybox.evaluate(lm.module, ds.x, e, metric, labels=ds.labels, **mo)
+            extra = {"masks": masks} if metric in NEEDS_MASKS else {}
+            res = whybox.evaluate(lm.module, ds.x, e, metric, labels=ds.labels, **extra, **mo)
         except WhyboxError as exc:
-            raise _fail(f"{metric}: {exc}") from None
+            raise _fail(f"{metric}: {'--masks: ' if extra else ''}{exc}") from None
         except _MODEL_ERRORS as exc:
             raise _ModelFailed(f"{metric} failed: {type(exc).__name__}: {exc}") from None
         s = res.scores.numpy()
@@ -764,6 +799,31 @@ def evaluate_cmd(ctx: click.Context, **params: Any) -> None:
 
         write_text_atomic(params["json_out"], json.dumps(out, indent=1, default=str))
         click.echo(f"wrote {params['json_out']}")
+
+
+def _read_masks(path: Path, n: int, limited: bool) -> torch.Tensor:
+    """The ``(n, H, W)`` bool masks in ``path`` (.npy, or .npz under ``masks``): all its rows, or with ``--limit``
+    its first ``n``."""
+    try:
+        raw = np.load(path, allow_pickle=False)
+        if isinstance(raw, np.lib.npyio.NpzFile):
+            with raw:
+                arr = raw["masks"]
+        else:
+            arr = np.asarray(raw)
+    except KeyError:
+        raise _fail(f"--masks {str(path)!r}: an .npz must hold the masks as 'masks'.") from None
+    except (OSError, ValueError) as exc:
+        raise _fail(f"--masks {str(path)!r}: not a NumPy .npy or .npz file ({exc}).") from None
+    if arr.ndim != 3 or arr.dtype.kind not in "biuf":
+        raise _fail(f"--masks {str(path)!r}: expected an (N, H, W) array of bool or 0/1; got {arr.dtype} {arr.shape}.")
+    if arr.dtype.kind != "b" and not np.isin(arr, (0, 1)).all():
+        raise _fail(f"--masks {str(path)!r}: holds values other than 0 and 1; give bool masks (pixels of the class).")
+    if arr.shape[0] < n or (arr.shape[0] != n and not limited):
+        raise _fail(
+            f"--masks {str(path)!r}: {arr.shape[0]} masks for {n} inputs; give one mask per input, in their order."
+        )
+    return torch.from_numpy(arr[:n].astype(bool))
 
 
 # ---------------------------------------------------------------------------------------------- compare

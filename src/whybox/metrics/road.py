@@ -374,8 +374,17 @@ class ROAD(Metric):
             return torch.nan_to_num(imgs)  # p = 1: scored on zeros, reported as NaN below
 
         pred = torch.empty(b, no * nf, dtype=torch.int64)
+        given = ctx.labels  # checked against the number of classes on the first chunk
 
         def record(raw: torch.Tensor, rows: torch.Tensor, ks: torch.Tensor) -> None:
+            nonlocal given
+            if given is not None:
+                out, labels, given = (given < 0) | (given >= raw.shape[1]), given, None
+                if bool(out.any()):
+                    raise InvalidParameterError(
+                        f"labels={labels[out][0].item()} is out of range for a model with {raw.shape[1]} outputs; "
+                        f"give the true class of each row, 0..{raw.shape[1] - 1}."
+                    )
             pred[rows.cpu(), ks.cpu()] = raw.argmax(1).cpu()
 
         y = ctx.engine.scores(
