@@ -104,3 +104,23 @@ def test_an_unknown_explainer_option_names_the_closest() -> None:
             r"option 'n_sample'\. Did you mean 'n_samples'\? Its options are: ",
         ):
             whybox.evaluate(model, x, "smoothgrad", metric, explainer_params={"n_sample": 3})
+
+
+def test_a_row_of_fewer_features_scores_as_it_does_alone() -> None:
+    """LIME on a per-row label map of 9 and 36 regions: meta['values'] pads row 0 to 36 with zeros; the padding is
+    neither ranked nor counted, so each row's scores are the ones it gets alone (they were J = 1 for row 0)."""
+    model, x = cnn3(), randn(2, 3, 12, 12, seed=6)
+    coarse = torch.arange(9).view(3, 3).repeat_interleave(4, 0).repeat_interleave(4, 1)
+    fine = torch.arange(36).view(6, 6).repeat_interleave(2, 0).repeat_interleave(2, 1)
+    labels = torch.stack([coarse, fine]).unsqueeze(1)
+    e = whybox.explain(model, x, "lime", n_samples=30, features=labels)
+    assert e.meta["values"].shape == (2, 36) and e.meta["n_features"] == [9, 36]
+    both = whybox.evaluate(model, x, e, "stability", n_runs=4)
+    assert both.meta["k"] == [4, 10]
+    for i in range(2):
+        alone = whybox.evaluate(model, x[i : i + 1], e[i], "stability", n_runs=4)
+        for key in ("jaccard", "kendall", "vsi", "csi"):
+            torch.testing.assert_close(both.meta[key][i : i + 1], alone.meta[key], equal_nan=True)
+        w = e.meta["n_features"][i]
+        torch.testing.assert_close(both.meta["csi_features"][i : i + 1, :w], alone.meta["csi_features"], equal_nan=True)
+    assert float(both.meta["jaccard"][0]) < 1

@@ -95,6 +95,21 @@ def csi_scores(
     return csi, per_feature, (n_sel == 1).sum(1).to(torch.int64)
 
 
+def _row_widths(expls: list[Any], b: int, m: int) -> list[int]:
+    """Each row's own number of features: ``meta["n_features"]`` when every run reports the same ``b`` counts
+    (at most ``m``, the padded width of ``meta["values"]``), else ``m`` for every row."""
+    counts = [e.meta.get("n_features") for e in expls]
+    first = counts[0]
+    if (
+        isinstance(first, (list, tuple))
+        and len(first) == b
+        and all(isinstance(n, int) and 1 <= n <= m for n in first)
+        and all(c == first for c in counts)
+    ):
+        return list(first)
+    return [m] * b
+
+
 @METRICS.register("stability")
 class Stability(Metric):
     """Run the same explainer ``n_runs`` times with seeds ``seed .. seed + n_runs - 1`` and measure agreement.
@@ -186,32 +201,45 @@ class Stability(Metric):
         else:
             maps = stack.sum(2) if (x.ndim == 4 and stack.ndim == 5) else stack
             feats = maps.reshape(self.n_runs, b, -1)
-        rank_vals = feats.abs() if self.abs else feats
-        k = self._top_k(feats.shape[2])
-        tops = [topk_sets(rank_vals[r], k, self.seed) for r in range(self.n_runs)]
-        jac, ovl, tau = [], [], []
-        for i, j in itertools.combinations(range(self.n_runs), 2):
-            inter = (tops[i] & tops[j]).sum(1).to(torch.float64)
-            union = (tops[i] | tops[j]).sum(1).to(torch.float64)
-            jac.append(inter / union)
-            ovl.append(inter / k)
-            tau.append(kendall_tau_b(feats[i], feats[j]))
-        jaccard = torch.stack(jac, 1).mean(1)
-        vsi = 100 * torch.stack(ovl, 1).mean(1)
-        taus = torch.stack(tau, 1)
-        ok = ~torch.isnan(taus)
-        kendall = torch.where(
-            ok.any(1),
-            torch.where(ok, taus, 0).sum(1) / ok.sum(1).clamp_min(1),
-            torch.full((b,), math.nan, dtype=torch.float64),
-        )
         sds = [v for e in expls if isinstance(v := e.meta.get("coef_sd"), torch.Tensor)]
         has_sd = use_values and len(sds) == self.n_runs and all(s.shape == feats.shape[1:] for s in sds)
+        sd = torch.stack([s.detach().to("cpu", torch.float64) for s in sds]) if has_sd else None
+        # Rows of fewer features (superpixels, a per-row label map) are padded to the widest in meta["values"]:
+        # each row is scored over its own features, so its score is the one it gets alone.
+        widths = _row_widths(expls, b, feats.shape[2]) if use_values else [feats.shape[2]] * b
         nan = torch.full((b,), math.nan, dtype=torch.float64)
+        jaccard, vsi, kendall, csi = nan.clone(), nan.clone(), nan.clone(), nan.clone()
+        per_feature = torch.full(feats.shape[1:], math.nan, dtype=torch.float64)
+        dropped = torch.zeros(b, dtype=torch.int64)
+        ks = [0] * b
+        for w in sorted(set(widths)):
+            rows = torch.tensor([i for i in range(b) if widths[i] == w])
+            f = feats[:, rows, :w]
+            k = self._top_k(w)
+            for i in rows.tolist():
+                ks[i] = k
+            rank_vals = f.abs() if self.abs else f
+            tops = torch.stack([topk_sets(rank_vals[r], k, self.seed) for r in range(self.n_runs)])
+            jac, ovl, tau = [], [], []
+            for i, j in itertools.combinations(range(self.n_runs), 2):
+                inter = (tops[i] & tops[j]).sum(1).to(torch.float64)
+                union = (tops[i] | tops[j]).sum(1).to(torch.float64)
+                jac.append(inter / union)
+                ovl.append(inter / k)
+                tau.append(kendall_tau_b(f[i], f[j]))
+            jaccard[rows] = torch.stack(jac, 1).mean(1)
+            vsi[rows] = 100 * torch.stack(ovl, 1).mean(1)
+            taus = torch.stack(tau, 1)
+            ok = ~torch.isnan(taus)
+            kendall[rows] = torch.where(
+                ok.any(1), torch.where(ok, taus, 0).sum(1) / ok.sum(1).clamp_min(1), math.nan
+            ).to(torch.float64)
+            if sd is not None:
+                c, pf, dr = csi_scores(f, sd[:, rows, :w], tops)
+                csi[rows], dropped[rows] = c, dr
+                per_feature[rows, :w] = pf
         csi_meta: dict[str, Any]
-        if has_sd:
-            sd = torch.stack([s.detach().to("cpu", torch.float64) for s in sds])
-            csi, per_feature, dropped = csi_scores(feats, sd, torch.stack(tops))
+        if sd is not None:
             csi_meta = {"csi_dropped": dropped, "csi_features": per_feature}
         else:
             why = (
@@ -225,8 +253,8 @@ class Stability(Metric):
                     f"measure='csi' needs the local model's confidence intervals, but {why}; use LIME with its "
                     "ridge surrogate (surrogate='ridge', features='auto'), or measure='jaccard', 'kendall' or 'vsi'."
                 )
-            csi = nan
-            csi_meta = {"csi_dropped": torch.zeros(b, dtype=torch.int64), "csi_features": None, "csi_note": why}
+            csi_meta = {"csi_dropped": dropped, "csi_features": None, "csi_note": why}
+        k_meta: int | list[int] = ks[0] if len(set(ks)) == 1 else ks
         table = {"jaccard": jaccard, "kendall": kendall, "vsi": vsi, "csi": csi}
         meta: dict[str, Any] = {
             **table,
@@ -234,7 +262,7 @@ class Stability(Metric):
             "mean_std": std.reshape(b, -1).mean(1),
             "std": std,
             "mean": stack.mean(0),
-            "k": k,
+            "k": k_meta,
             "features": "values" if use_values else "attributions",
             "seeds": list(range(self.seed, self.seed + self.n_runs)),
             "explainer": name,
