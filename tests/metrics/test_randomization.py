@@ -313,3 +313,18 @@ def test_sequential_names_in_ordered_dict_models() -> None:
     r = whybox.evaluate(model, x, e, "randomization", reduce="last")
     assert r.meta["layers"] == ["b", "a"]
     torch.testing.assert_close(r.scores, r.curves["spearman_abs"][:, -1])
+
+
+def test_a_layer_given_as_a_module_is_the_copys_layer_of_that_name() -> None:
+    """randomization re-runs Grad-CAM on a copy of the model: a layer= given as the user's module (and LIMA's prior
+    layer inside prior_options) becomes the copy's module of the same name, so the scores are those of layer='2'
+    (it was 'layer=Conv2d module is not part of the model'), and the user's model is untouched."""
+    model = cnn1()
+    before = _fingerprint(model)
+    x = randn(2, 1, 8, 8, seed=3)
+    by_name = whybox.evaluate(model, x, whybox.explain(model, x, "gradcam", layer="2"), "randomization")
+    by_module = whybox.evaluate(model, x, whybox.explain(model, x, "gradcam", layer=model[2]), "randomization")
+    torch.testing.assert_close(by_module.scores, by_name.scores)
+    lima = whybox.explain(model, x, "lima", regions="prior", prior_options={"layer": model[2]}, n_regions=4)
+    assert torch.isfinite(whybox.evaluate(model, x, lima, "randomization").scores).all()
+    assert _fingerprint(model) == before

@@ -547,6 +547,7 @@ def make_explain_fn(
     explanation: Explanation | None,
     explainer_params: dict[str, Any] | None,
     tally: dict[str, int] | None = None,
+    source: torch.nn.Module | None = None,
 ) -> tuple[ExplainFn, str]:
     """A function ``(adapter, inputs, target, seed) -> Explanation`` re-running the explanation's method.
 
@@ -557,6 +558,8 @@ def make_explain_fn(
     ``explainer`` is a registry name, a callable ``(model, inputs, target) -> attributions`` (called with the
     adapter's model, e.g. a randomised copy, and ``target`` an int64 tensor ``(n,)``), or ``None`` for the method recorded in ``explanation`` with its recorded ``params``.
     ``explainer_params`` override those params. ``seed`` (when not ``None``) replaces the explainer's seed.
+    ``source``: the model the options' modules belong to (a CAM's ``layer=`` given as a module); run on a copy of
+    it (randomization's), each such option is the copy's module of the same name.
     """
     extra = dict(explainer_params or {})
     if callable(explainer):
@@ -615,6 +618,9 @@ def make_explain_fn(
             p.update(row_options(explanation, rows, keep=extra))  # a text batch's fill and features, row by row
         if seed is not None:
             p["seed"] = seed
+        model = getattr(adapter, "model", None)
+        if source is not None and isinstance(model, torch.nn.Module) and model is not source:
+            p = _rebind_modules(p, source, model)
         tgt = target
         if isinstance(target, Target):
             tgt = target.fn if target.fn is not None else target.index
@@ -633,6 +639,27 @@ def make_explain_fn(
         return e
 
     return run, name
+
+
+def _rebind_modules(options: dict[str, Any], source: torch.nn.Module, clone: torch.nn.Module) -> dict[str, Any]:
+    """``options`` with every submodule of ``source`` (also inside dicts, lists and tuples) replaced by the module of
+    the same name in ``clone`` (a deep copy of ``source``)."""
+    names = {id(m): n for n, m in source.named_modules()}
+    if not names:
+        return options
+    found = dict(clone.named_modules())
+
+    def swap(v: Any) -> Any:
+        if isinstance(v, torch.nn.Module):
+            name = names.get(id(v))
+            return found.get(name, v) if name is not None else v
+        if isinstance(v, dict):
+            return {k: swap(u) for k, u in v.items()}
+        if isinstance(v, (list, tuple)):
+            return type(v)(swap(u) for u in v)
+        return v
+
+    return {k: swap(v) for k, v in options.items()}
 
 
 @contextlib.contextmanager

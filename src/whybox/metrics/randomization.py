@@ -288,7 +288,14 @@ class Randomization(_MapComparison):
                 f"randomization re-initialises the layers of a torch model; got a {what} model. {other}."
             )
         score = self._score_similarity(ctx.attributions)
-        fn, name = make_explain_fn(self.explainer, ctx.explanation, self.explainer_params, ctx.passes)
+        source = getattr(ctx.adapter, "model", None)
+        fn, name = make_explain_fn(
+            self.explainer,
+            ctx.explanation,
+            self.explainer_params,
+            ctx.passes,
+            source=source if isinstance(source, torch.nn.Module) else None,
+        )
         work = copy.deepcopy(ctx.adapter)  # the user's model is never modified
         with work.guard(self.mode):
             layers = execution_layers(work.model, ctx.x[:1], include_norm=self.include_norm, forward=work.scores)
