@@ -797,7 +797,10 @@ def test_a_scikit_learn_regressor_is_explained_evaluated_and_compared_by_its_out
     result = invoke(runner, ["compare", "--model", spec, csv, "--label-column", "y", "--methods", "lime,occlusion",
                              "--metrics", "insertion", "--out", files.tmp / "run"])  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert (files.tmp / "run" / "report.html").is_file()
+    page = (files.tmp / "run" / "report.html").read_text()
+    for value in model.predict(rows):  # the regressor's value as its output, not a probability (it read p = 150.0%)
+        assert f"output = {value:.4g}<br>" in page
+    assert "p = " not in page
     result = invoke(runner, ["explain", "--model", spec, csv, "--label-column", "y", "--method", "lime", "--target",
                              "label", "--out", out])  # fmt: skip
     assert result.exit_code == 2

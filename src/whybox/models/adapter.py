@@ -441,6 +441,16 @@ def output_probabilities(adapter: ModelAdapter, scores: torch.Tensor) -> torch.T
     return scores.softmax(1)
 
 
+def reads_probabilities(adapter: ModelAdapter, k: int) -> bool:
+    """Whether :func:`output_probabilities` of ``k`` outputs are probabilities (a softmax, label sigmoids,
+    ``predict_proba``), not a one-output model's or a scikit-learn regressor's raw output."""
+    if adapter.kind == "multilabel":
+        return True
+    if isinstance(adapter, SklearnAdapter):
+        return adapter.method_name == "predict_proba"
+    return k > 1
+
+
 def scoring_adapter(adapter: ModelAdapter, score: str | None) -> ModelAdapter:
     """The adapter whose raw scores ``score`` maps (:func:`~whybox.models.targets.apply_score_space`): for a
     scikit-learn classifier's ``predict_proba`` and ``score`` ``"prob"``, ``None`` or ``"log_prob"`` its log-probabilities

@@ -77,6 +77,7 @@ class ReportSample:
     maps: dict[str, np.ndarray | None]
     failures: dict[str, str]
     words: list[str] | None = None
+    probability_is_output: bool = False
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,11 @@ def _short(text: str, n: int = 40) -> str:
 def _percent(p: float | None) -> str:
     v = _finite(p)
     return _DASH if v is None else f"{100.0 * v:.1f}%"
+
+
+def _score_text(s: ReportSample) -> str:
+    """``p = 93.1%``, or ``output = 0.1062`` for a one-output model's or a regressor's own output."""
+    return f"output = {_fmt(s.probability)}" if s.probability_is_output else f"p = {_percent(s.probability)}"
 
 
 def _png_uri(rgb: np.ndarray) -> str:
@@ -369,7 +375,7 @@ def _text_row(s: ReportSample, methods: list[str]) -> dict[str, Any]:
         "input_src": None,
         "text": " ".join(words),
         "prediction": s.prediction,
-        "probability": _percent(s.probability),
+        "probability": _score_text(s),
         "label": s.label,
         "mismatch": s.label is not None and s.label != s.prediction,
         "cells": cells,
@@ -413,7 +419,7 @@ def _sample_rows(
                 "input_src": _png_uri(_thumbnail(rgb8, thumbnail)),
                 "text": None,
                 "prediction": s.prediction,
-                "probability": _percent(s.probability),
+                "probability": _score_text(s),
                 "label": s.label,
                 "mismatch": s.label is not None and s.label != s.prediction,
                 "cells": cells,

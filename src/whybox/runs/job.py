@@ -31,7 +31,7 @@ import torch
 
 from whybox.api import _options, evaluate, explain
 from whybox.errors import InvalidParameterError, WhyboxError, did_you_mean
-from whybox.models.adapter import FunctionModel, ModelAdapter, adapt, output_probabilities
+from whybox.models.adapter import FunctionModel, ModelAdapter, adapt, output_probabilities, reads_probabilities
 from whybox.registry import EXPLAINERS, METRICS
 from whybox.runs.store import MetricValue, RunStore, SampleResult, UnitResult
 
@@ -474,12 +474,14 @@ Progress = Callable[[str], None]
 
 def _predict(
     adapter: ModelAdapter, x: torch.Tensor, shard_size: int, threads: int
-) -> tuple[list[int], list[float | None], list[str | None]]:
+) -> tuple[list[int], list[float | None], list[str | None], bool]:
     """Predicted class, its probability and the failure reason (or None) per sample; a batch that fails is
-    retried row by row, and a row that still fails gets class -1 and its reason."""
+    retried row by row, and a row that still fails gets class -1 and its reason. Last, whether those numbers are
+    probabilities (False: a one-output model's or a regressor's own output)."""
     preds: list[int] = []
     probs: list[float | None] = []
     reasons: list[str | None] = []
+    width = 2  # the number of outputs, once a row has given them
 
     def scores(xb: torch.Tensor) -> torch.Tensor:
         s = adapter.scores(xb.to(adapter.device)).detach().to("cpu", torch.float64)
@@ -508,7 +510,8 @@ def _predict(
                     preds.append(int(row.argmax()))
                     probs.append(float(row.max()))
                     reasons.append(None)
-    return preds, probs, reasons
+                    width = int(row.numel())
+    return preds, probs, reasons, reads_probabilities(adapter, width)
 
 
 def _fmt_s(seconds: float) -> str:
@@ -612,7 +615,7 @@ def run_job(
     try:
         store.save_inputs(x.detach().to("cpu").numpy())
         if store.n_samples() != n:
-            preds, probs, reasons = _predict(adapter, x, job.shard_size, job.threads)
+            preds, probs, reasons, probabilities = _predict(adapter, x, job.shard_size, job.threads)
             store.record_samples(
                 [
                     (
@@ -625,7 +628,8 @@ def run_job(
                         reasons[i],
                     )
                     for i in range(n)
-                ]
+                ],
+                prediction_reads="probability" if probabilities else "output",
             )
         stored = store.predictions()
         if job.target == "label" and labels is not None:

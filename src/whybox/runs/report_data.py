@@ -371,6 +371,7 @@ def load_run_report(run_dir: str | Path, *, title: str | None = None, max_sample
                     if int(prediction) >= 0
                     else "(model failed)",
                     probability=None if probability is None else float(probability),
+                    probability_is_output=kv.get("prediction_reads") == "output",
                     label=_label(label_names, None if label is None else int(label)),
                     maps=maps,
                     failures=fails,

@@ -356,11 +356,20 @@ class RunStore:
         """How many samples are recorded."""
         return int(self._conn.execute("SELECT COUNT(*) FROM samples").fetchone()[0])
 
-    def record_samples(self, rows: Sequence[tuple[int, str, int | None, int, float | None, int, str | None]]) -> None:
+    def record_samples(
+        self,
+        rows: Sequence[tuple[int, str, int | None, int, float | None, int, str | None]],
+        *,
+        prediction_reads: str | None = None,
+    ) -> None:
         """Record samples ``(index, name, label, prediction, probability, shard, reason)`` in one transaction
-        (prediction -1, probability NULL and the reason where the model failed on the sample)."""
+        (prediction -1, probability NULL and the reason where the model failed on the sample).
+        ``prediction_reads``: ``"probability"``, or ``"output"`` where the number is a one-output model's or a
+        regressor's own output (kept in the run table for the report)."""
         with self._transaction() as c:
             c.executemany("INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            if prediction_reads is not None:
+                c.execute("INSERT OR REPLACE INTO run VALUES (?, ?)", ("prediction_reads", prediction_reads))
 
     def save_inputs(self, x: np.ndarray) -> None:
         """Keep the model inputs beside the run (for the report), unless an identical file is there."""
