@@ -290,17 +290,20 @@ def test_engine_renders_bool_and_float_masks_as_documented(kind: str) -> None:
 
 class _Layouts(ModelAdapter):
     """Records whether each chunk came channels-last; ``view=True`` flattens with ``x.view`` (which a channels-last
-    tensor refuses), ``broken=True`` always raises."""
+    tensor refuses), ``check=True`` raises a ValueError on a tensor that is not contiguous (a model's own check),
+    ``broken=True`` always raises."""
 
-    def __init__(self, *, view: bool = False, broken: bool = False) -> None:
+    def __init__(self, *, view: bool = False, check: bool = False, broken: bool = False) -> None:
         self.model = "layouts"
-        self.view, self.broken = view, broken
+        self.view, self.check, self.broken = view, check, broken
         self.calls: list[bool] = []
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         self.calls.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
         if self.broken:
             raise RuntimeError("the model is broken")
+        if self.check and not x.is_contiguous():
+            raise ValueError("expects a contiguous NCHW tensor")
         flat = x.view(x.shape[0], -1) if self.view else x.flatten(1)
         w = torch.arange(flat.shape[1], dtype=x.dtype)
         s = flat @ w
@@ -325,17 +328,18 @@ def test_engine_falls_back_to_the_default_layout_for_a_model_that_needs_it() -> 
     tgt = Target(torch.tensor([0, 1]))
     eng = MaskingEngine(_Layouts(), batch_size=3)
     ref = eng.scores(x, masks, fill=fill, target=tgt)
-    viewer = _Layouts(view=True)  # x.view fails on a channels-last tensor
-    fallback = MaskingEngine(viewer, batch_size=3)
-    torch.testing.assert_close(fallback.scores(x, masks, fill=fill, target=tgt), ref, rtol=1e-12, atol=1e-9)
-    fallback.scores(x, masks, fill=fill, target=tgt)
-    # one refused channels-last try on the first chunk, then the default layout only (no retry per chunk)
-    assert viewer.calls == [True] + [False] * 6
-    assert fallback.n_forward == 16  # the refused try is not a pass: 2 calls x 8 rows
-    broken = _Layouts(broken=True)  # any other error reaches the caller at once: the model ran once
+    # x.view fails on a channels-last tensor (a RuntimeError); a model's own check may raise anything
+    for viewer in (_Layouts(view=True), _Layouts(check=True)):
+        fallback = MaskingEngine(viewer, batch_size=3)
+        torch.testing.assert_close(fallback.scores(x, masks, fill=fill, target=tgt), ref, rtol=1e-12, atol=1e-9)
+        fallback.scores(x, masks, fill=fill, target=tgt)
+        # one refused channels-last try on the first chunk, then the default layout only (no retry per chunk)
+        assert viewer.calls == [True] + [False] * 6
+        assert fallback.n_forward == 16  # the refused try is not a pass: 2 calls x 8 rows
+    broken = _Layouts(broken=True)  # an error in the default layout too reaches the caller as the model raised it
     with pytest.raises(RuntimeError, match="the model is broken"):
         MaskingEngine(broken).scores(x, masks, fill=fill, target=tgt)
-    assert broken.calls == [True]
+    assert broken.calls == [True, False]
 
 
 def test_padded_rows_is_a_short_series_that_adds_under_half() -> None:
@@ -389,15 +393,17 @@ def test_padded_chunks_change_no_score_and_no_pass_count_and_skip_training_mode(
 
 
 class _FlattenNet(nn.Module):
-    """conv -> relu -> flatten -> linear; ``view=True`` flattens with ``h.view``, which a channels-last ``h`` refuses."""
+    """conv -> relu -> flatten -> linear; ``view=True`` flattens with ``h.view``, which a channels-last ``h`` refuses;
+    ``check=True`` asserts its input is contiguous (an AssertionError on channels-last)."""
 
-    def __init__(self, view: bool) -> None:
+    def __init__(self, view: bool, check: bool = False) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.conv, self.relu, self.head = nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Linear(4 * 36, 3)
-        self.view = view
+        self.view, self.check = view, check
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert not self.check or x.is_contiguous(), "expects a contiguous NCHW tensor"
         h = self.relu(self.conv(x))
         return self.head(h.view(h.shape[0], -1) if self.view else h.reshape(h.shape[0], -1))
 
@@ -407,9 +413,10 @@ def test_every_method_family_works_on_a_model_that_refuses_channels_last(method:
     x = rand(2, 3, 6, 6, seed=7)
     params: dict[str, Any] = {"layer": "relu"} if "cam" in method else {}
     ref = whybox.explain(_FlattenNet(view=False), x, method, target=0, **params)
-    e = whybox.explain(_FlattenNet(view=True), x, method, target=0, **params)
-    torch.testing.assert_close(e.attributions, ref.attributions, rtol=1e-5, atol=1e-6)
-    assert e.meta["n_forward"] == ref.meta["n_forward"]  # the refused try is not counted
+    for refusing in (_FlattenNet(view=True), _FlattenNet(view=False, check=True)):
+        e = whybox.explain(refusing, x, method, target=0, **params)
+        torch.testing.assert_close(e.attributions, ref.attributions, rtol=1e-5, atol=1e-6)
+        assert e.meta["n_forward"] == ref.meta["n_forward"]  # the refused try is not counted
 
 
 # ------------------------------------------------------------------------------------------ feature groups

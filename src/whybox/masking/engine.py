@@ -68,13 +68,6 @@ def resolve_batch_size(batch_size: int | None, adapter: ModelAdapter | None) -> 
     return check_batch_size(batch_size)
 
 
-def _layout_error(err: RuntimeError) -> bool:
-    """Whether a model's error is about its input's memory layout (``x.view`` on a channels-last tensor says
-    "view size is not compatible with input tensor's size and stride"; custom kernels ask for contiguous input)."""
-    text = str(err).lower()
-    return "stride" in text or "contiguous" in text
-
-
 PAD_MAX_ROWS = 256  # chunks padded on CUDA only up to this size (see padded_rows)
 
 
@@ -201,11 +194,12 @@ class MaskingEngine:
         """``fn(inp)`` with ``inp`` in channels-last layout where that applies (see the class).
 
         ``fn`` runs the model on its argument (and may take gradients through it: the layout change is
-        differentiable). When its first channels-last call raises a ``RuntimeError`` about strides or contiguity
-        (as ``x.view`` does), the engine calls it again on ``inp`` as it came and keeps the default layout from
-        then on, so ``fn`` must be safe to repeat after such a failure (count passes outside it). Any other error
-        propagates at once, as the model raised it (same type and message), with a note (Python >= 3.11) naming
-        the batch shape the model was given and the usual fix for a sample passed without its batch dimension.
+        differentiable). When its first channels-last call raises (``x.view`` on such a tensor, a model's own
+        contiguity check, whatever it raises), the engine calls it again on ``inp`` as it came and keeps the default
+        layout from then on, so ``fn`` must be safe to repeat after a failure (count passes outside it). An error
+        in the default layout too propagates as the model raised it (same type and message), with a note
+        (Python >= 3.11) naming the batch shape the model was given and the usual fix for a sample passed without
+        its batch dimension.
         """
         try:
             return self._call(fn, inp)
@@ -229,11 +223,12 @@ class MaskingEngine:
             return fn(cl)
         try:
             out = fn(cl)
-        except RuntimeError as err:
-            if not _layout_error(err):  # a genuine error: the caller sees it, and the model ran once
-                raise
+        except WhyboxError:
+            raise
+        except Exception:  # any refusal of the layout (a contiguity check may raise anything)
+            out = fn(inp)  # a genuine error raises again here, in the layout the user gave
             self._channels_last = False  # the model needs the default layout
-            return fn(inp)
+            return out
         self._channels_last = True
         return out
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from whybox.errors import InvalidInputError, InvalidParameterError
+from whybox.errors import InvalidInputError, InvalidParameterError, WhyboxError
 
 __all__ = ["InputPacking"]
 
@@ -212,15 +212,14 @@ class InputPacking:
                     for i, p in enumerate(views)]  # fmt: skip
             try:
                 out = self._call(model, last)
-            except RuntimeError as err:
-                from whybox.masking.engine import _layout_error
-
-                if not _layout_error(err):
-                    raise
+            except WhyboxError:
+                raise
+            except Exception:  # any refusal of the layout; a genuine error raises again below
+                out = self._call(model, [p.contiguous() for p in views])
                 self._channels_last = False
-            else:
-                self._channels_last = True
                 return out
+            self._channels_last = True
+            return out
         return self._call(model, [p.contiguous() for p in views])
 
     def _call(self, model: Any, parts: list[torch.Tensor]) -> Any:
