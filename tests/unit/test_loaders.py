@@ -32,9 +32,9 @@ from torch import nn
 
 
 class Tiny(nn.Module):
-    def __init__(self, width=4):
+    def __init__(self, width=4, channels=3):
         super().__init__()
-        self.conv = nn.Conv2d(3, width, 3, padding=1)
+        self.conv = nn.Conv2d(channels, width, 3, padding=1)
         self.fc = nn.Linear(width, 4)
 
     def forward(self, x):
@@ -47,6 +47,10 @@ def make():
 
 def make_wide():
     return Tiny(width=6)
+
+
+def make_gray():
+    return Tiny(channels=1)
 
 
 def not_a_model():
@@ -177,7 +181,11 @@ def test_a_checkpoint_dict_gives_its_state_dict(tiny_py: Path, tmp_path: Path) -
     ("make_spec", "error", "pattern"),
     [
         (lambda d: f"{d}/absent.py:make", InvalidParameterError, r"absent\.py.*does not exist"),
-        (lambda d: f"{d}/tiny_model.py:absent", InvalidParameterError, r"defines no 'absent'.*Tiny, make, make_wide"),
+        (
+            lambda d: f"{d}/tiny_model.py:absent",
+            InvalidParameterError,
+            r"defines no 'absent'.*Tiny, make, make_gray, make_wide",
+        ),
         (lambda d: f"{d}/tiny_model.py:NUMBER", InvalidParameterError, r"'NUMBER'.*is a int, not a function"),
         (lambda d: f"{d}/tiny_model.py:not_a_model", InvalidParameterError, r"returned a int.*nn\.Module"),
         (lambda d: f"{d}/tiny_model.py", InvalidParameterError, r"after a colon.*tiny_model\.py:make_model"),
@@ -236,6 +244,21 @@ def test_file_model_images_become_rgb_in_unit_range_without_resizing(tiny_py: Pa
     rgba[0, 1] = (255, 0, 0, 255)  # pixel 0 transparent (white after compositing), pixel 1 opaque red
     assert model.prepare_image(rgba)[:, 0, :].tolist() == [[1.0, 1.0], [1.0, 0.0], [1.0, 0.0]]
     assert np.array_equal(model.display(x), np.repeat((gray / 255.0).astype(np.float32)[:, :, None], 3, axis=2))
+
+
+def test_a_grayscale_cnn_reads_image_files_as_one_channel(tiny_py: Path, tmp_path: Path) -> None:
+    """A model whose first convolution reads one channel got every image as 3-channel RGB (a raw conv error on each
+    sample); it gets (1, H, W): a grayscale file as it is, a colour one by rgb2gray."""
+    from skimage.color import rgb2gray
+
+    model = load_model(f"{tiny_py}:make_gray")
+    gray = np.array([[0, 255], [51, 102]], dtype=np.uint8)
+    rgb = np.random.default_rng(0).integers(0, 256, (2, 2, 3), dtype=np.uint8)
+    ds = load_inputs([str(_png(tmp_path / "a.png", gray)), str(_png(tmp_path / "b.png", rgb))], model)
+    assert ds.x.shape == (2, 1, 2, 2)
+    assert torch.equal(ds.x[0, 0], torch.from_numpy(gray / 255.0).float())
+    torch.testing.assert_close(ds.x[1, 0], torch.from_numpy(rgb2gray(rgb / 255.0)).float())
+    assert model.module(ds.x).shape == (2, 4)
 
 
 def test_a_factory_adapter_with_labels_names_the_classes_and_keeps_image_support(tiny_py: Path) -> None:

@@ -146,6 +146,22 @@ def _rgb_prepare(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32))
 
 
+def _gray_prepare(image: np.ndarray) -> torch.Tensor:
+    """One image to ``(1, H, W)`` float32 in [0, 1], for a model whose first convolution reads one channel: a
+    grayscale image as it is, a colour one by ``skimage.color.rgb2gray`` (RGBA composited on white), no resizing."""
+    from skimage.color import rgb2gray
+
+    rgb = _to_rgb_float(image)  # validates shape, dtype and range
+    gray = rgb[:, :, 0] if image.ndim == 2 or image.shape[2] == 1 else rgb2gray(rgb)
+    return torch.from_numpy(np.ascontiguousarray(np.clip(gray, 0.0, 1.0), dtype=np.float32)[None])
+
+
+def _first_conv_channels(model: nn.Module) -> int | None:
+    """``in_channels`` of the first ``nn.Conv2d`` of ``model`` (in registration order), or None without one."""
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return None if conv is None else int(conv.in_channels)
+
+
 def _digits_prepare(image: np.ndarray) -> torch.Tensor:
     """One image to a ``(1, 8, 8)`` float32 input of the digits CNN.
 
@@ -654,6 +670,8 @@ def load_model(
             names = getattr(getattr(inner, "config", None), "id2label", None)
             if isinstance(names, Mapping) and names and sorted(names) == list(range(len(names))):
                 labels = [str(names[i]) for i in range(len(names))]
+            if _first_conv_channels(inner) == 1:  # a grayscale CNN reads image files as one channel
+                prepare = _gray_prepare
         named = getattr(module, "output_names", None)  # an adapter that names its outputs (adapt(labels=...))
         if named is not None:
             labels = [str(n) for n in named]
