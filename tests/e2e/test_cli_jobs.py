@@ -962,6 +962,24 @@ def test_evaluate_scores_a_saved_explanation_of_the_same_inputs_only(runner: Cli
 
 
 # ---------------------------------------------------------------------------------------------- 4. compare
+def test_explain_and_evaluate_take_their_methods_table_of_a_compare_config(runner: CliRunner, files: Files) -> None:
+    """[options.lime] (the per-method tables compare reads) gives explain and evaluate lime's options and leaves the
+    other methods' tables alone; it was read as an option named 'lime'. Flat [options] keys still apply."""
+    cfg = files.tmp / "run.toml"
+    cfg.write_text("[options.lime]\nn_samples = 30\n[options.occlusion]\nwindow = 2\n")
+    flat = files.tmp / "flat.toml"
+    flat.write_text("[options]\nn_samples = 30\n")
+    for path in (cfg, flat):
+        out = files.tmp / path.stem
+        result = invoke(runner, ["explain", "--model", files.spec, files.x, "--limit", "2", "--method", "lime",
+                                 "--config", path, "--out", out])  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert whybox.Explanation.load(out / "explanation.safetensors").params["n_samples"] == 30
+    result = invoke(runner, ["evaluate", "--model", files.spec, files.x, "--limit", "2", "--method", "occlusion",
+                             "--config", cfg, "--metrics", "sparseness", "--json", files.tmp / "s.json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+
+
 def test_compare_from_a_config_lets_flags_win_resumes_and_reports_every_method(runner: CliRunner, files: Files) -> None:
     out = files.tmp / "run"
     config = toml(

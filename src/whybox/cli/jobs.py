@@ -192,6 +192,19 @@ def _flag_options(tables: Mapping[str, Any], params: Mapping[str, Any], key: str
     return _merge(tables.get(key, {}), parse_options(params[key], flag=flag, scoped=scoped), flag=key, scoped=scoped)
 
 
+def _own_options(tables: Mapping[str, Any], method: str) -> dict[str, Any]:
+    """The config's tables with ``[options]`` as one method's options: a table per method (``[options.lime]``, as
+    compare reads them) gives ``method``'s own (the others are left for the methods they name); plain keys
+    (``[options] n_samples = 500``) apply as they are."""
+    table = tables.get("options")
+    if not isinstance(table, Mapping):
+        return dict(tables)
+    names = set(whybox.methods())
+    flat = {k: v for k, v in table.items() if not (k in names and isinstance(v, Mapping))}
+    own = table.get(method)
+    return {**tables, "options": {**flat, **(dict(own) if isinstance(own, Mapping) else {})}}
+
+
 def _merge(base: Mapping[str, Any], over: Mapping[str, Any], *, flag: str, scoped: bool) -> dict[str, Any]:
     """Config option tables under the command line's (the flags win, key by key)."""
     out: dict[str, Any] = {}
@@ -396,7 +409,7 @@ def explain_cmd(ctx: click.Context, **params: Any) -> None:
     if not method:
         raise _fail("--method is required; see `whybox methods`.")
     _split(method, flag="--method", valid=whybox.methods())
-    opts = _flag_options(tables, params, "options", scoped=False)
+    opts = _flag_options(_own_options(tables, method), params, "options", scoped=False)
     lm, ds = _load(params)
     target = _target(params.get("target"), ds, lm.labels, lm.module)
     out_dir = _make_dir(Path(params["out_dir"]), "--out")
@@ -725,7 +738,7 @@ def evaluate_cmd(ctx: click.Context, **params: Any) -> None:
     metric_names = _split(params["metrics_opt"], flag="--metrics", valid=METRICS.names())
     if not metric_names:
         raise _fail("--metrics names no metric; see `whybox metrics`.")
-    opts = _flag_options(tables, params, "options", scoped=False)
+    opts = _flag_options(_own_options(tables, method), params, "options", scoped=False)
     mopts = _flag_options(tables, params, "metric_options", scoped=True)
     for name in mopts:
         if name not in metric_names:
