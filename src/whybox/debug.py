@@ -30,7 +30,7 @@ from whybox.models.inputs import (
     is_texts,
     tensor_option,
 )
-from whybox.models.targets import apply_score_space, class_label_target
+from whybox.models.targets import apply_score_space, class_label_target, true_class_indices
 from whybox.models.targets import class_names as model_class_names
 from whybox.registry import EXPLAINERS
 
@@ -209,9 +209,13 @@ def find_mistakes(
         import numpy as np
 
         given = np.asarray(labels.to_numpy() if hasattr(labels, "to_numpy") else labels)
-        arr = np.asarray(class_label_target(adapter, given))
-        if arr.dtype.kind in "iu":
-            labels = torch.from_numpy(arr.astype(np.int64))
+        classes = true_class_indices(adapter, given.reshape(-1).tolist()) if given.ndim == 1 else None
+        if classes is not None:  # a scikit-learn classifier's own labels, classes_ [1, 2, 3] or ["no", "yes"]
+            labels = torch.tensor(classes, dtype=torch.int64)
+        else:
+            arr = np.asarray(class_label_target(adapter, given))
+            if arr.dtype.kind in "iu":
+                labels = torch.from_numpy(arr.astype(np.int64))
     if not isinstance(labels, torch.Tensor) or labels.shape != (inputs.shape[0],) or labels.is_floating_point():
         raise InvalidInputError(
             f"labels must be integer classes of shape ({inputs.shape[0]},), one per input; got "

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -84,8 +85,66 @@ def test_rows_as_a_frame_and_a_classifier_s_own_labels() -> None:
     for m in by_name.mistakes:  # its own probabilities, not a softmax of them
         assert m.p_label == pytest.approx(proba[m.index, m.label], rel=1e-12)
         assert m.p_predicted == pytest.approx(proba[m.index, m.predicted], rel=1e-12)
-    with pytest.raises(whybox.InvalidTargetError, match=r"target 'maybe' is not one of the model's classes"):
+    with pytest.raises(
+        whybox.InvalidInputError, match=r"^labels: 'maybe' is not one of the model's classes \['no', 'yes'\] "
+    ):
         whybox.find_mistakes(clf, frame, [*names[:5], "maybe"])
+
+
+ESTIMATOR_PY = """
+import numpy as np
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
+
+
+def shifted():  # classes_ [1, 2, 3]
+    x, y = load_iris(return_X_y=True)
+    return LogisticRegression(max_iter=1000).fit(x, y + 1)
+
+
+def worded():  # classes_ ['no', 'yes']
+    x, y = load_iris(return_X_y=True)
+    return LogisticRegression(max_iter=1000).fit(x, np.where(y == 2, "yes", "no"))
+"""
+
+
+def test_an_estimator_s_integer_classes_are_its_labels_not_output_indices(tmp_path: Path) -> None:
+    """Labels are the values of classes_ ([1, 2, 3], [-1, 1]), as scikit-learn reads them: a model right on every row
+    read 0 % (each label shifted one class) or was refused ('labels must lie in [0, 2]'); the same through the
+    command line's --label-column, whose text labels ('yes') were refused as 'not a finite number'."""
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = load_iris(return_X_y=True)
+    rows = x[40:110:7]
+    for shift, scale in ((1, 1), (0, 2)):  # classes [1, 2, 3]; [0, 2, 4]
+        yy = y * scale + shift
+        clf = LogisticRegression(max_iter=1000).fit(x, yy)
+        truth = yy[40:110:7]
+        report = whybox.find_mistakes(clf, rows, truth, fill=x.mean(0), method="exact_shapley")
+        assert report.n_wrong == int((clf.predict(rows) != truth).sum())
+        assert [m.label for m in report.mistakes] == [list(clf.classes_).index(truth[m.index]) for m in report.mistakes]
+    path = tmp_path / "est.py"
+    path.write_text(ESTIMATOR_PY)
+    for factory, labels in (("shifted", y + 1), ("worded", np.where(y == 2, "yes", "no"))):
+        csv = tmp_path / f"{factory}.csv"
+        lines = ["a,b,c,d,y"] + [
+            ",".join(f"{v:g}" for v in r) + f",{t}" for r, t in zip(rows, labels[40:110:7], strict=True)
+        ]
+        csv.write_text("\n".join(lines) + "\n")
+        clf = _module(path).__dict__[factory]()
+        wrong = int((clf.predict(rows) != labels[40:110:7]).sum())
+        code, out = _debug("--model", f"{path}:{factory}", str(csv), "--label-column", "y", "--method",
+                           "exact_shapley", "--option", "fill=[5.8, 3.0, 3.8, 1.2]", "--out", str(tmp_path / factory))  # fmt: skip
+        assert code == 0, out
+        assert f"inputs: 10; accuracy {100 * (10 - wrong) / 10:.1f}%; mistakes: {wrong}" in out
+    csv.write_text("a,b,c,d,y\n5,3,1,0.2,maybe\n")
+    code, out = _debug("--model", f"{path}:worded", str(csv), "--label-column", "y", "--out", str(tmp_path / "x"))
+    assert (
+        code == 2
+        and ("line 2, column 'y' (the label column): labels: 'maybe' is not one of the model's classes ['no', 'yes']")
+        in out
+    )
 
 
 def test_text_columns_a_regressor_and_the_report_s_repr() -> None:

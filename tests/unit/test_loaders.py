@@ -577,3 +577,29 @@ def test_a_csv_for_an_estimator_fitted_on_a_dataframe_is_read_by_column_name(tmp
         match=r"the CSV header does not match the columns the model was fitted on: missing weight, unexpected shoe; ",
     ):
         load_inputs([str(tmp_path / "other.csv")], model)
+
+
+def test_an_estimator_s_labels_in_npz_and_csv_are_its_class_values(tmp_path: Path) -> None:
+    """'y' of an .npz and a CSV's label column hold an estimator's classes as it names them (classes_ [1, 2, 5] or
+    ['no', 'yes']), read as its output indices; a value that is not a class is named."""
+    (tmp_path / "est.py").write_text(
+        "import numpy as np\nfrom sklearn.linear_model import LogisticRegression\n\n"
+        "X = np.arange(12.0).reshape(6, 2)\n\n"
+        "def odd():\n    return LogisticRegression().fit(X, [1, 2, 5, 1, 2, 5])\n\n"
+        "def words():\n    return LogisticRegression().fit(X, ['no', 'yes'] * 3)\n"
+    )
+    odd, words = load_model(f"{tmp_path}/est.py:odd"), load_model(f"{tmp_path}/est.py:words")
+    x = np.arange(6.0).reshape(3, 2)
+    np.savez(tmp_path / "o.npz", x=x, y=np.array([5, 1, 2]))
+    np.savez(tmp_path / "w.npz", x=x, y=np.array(["yes", "no", "yes"]))
+    assert load_inputs([str(tmp_path / "o.npz")], odd).labels.tolist() == [2, 0, 1]
+    assert load_inputs([str(tmp_path / "w.npz")], words).labels.tolist() == [1, 0, 1]
+    (tmp_path / "w.csv").write_text("a,y,b\n0,yes,1\n2, no ,3\n")
+    assert load_inputs([str(tmp_path / "w.csv")], words, label_column="y").labels.tolist() == [1, 0]
+    (tmp_path / "o.csv").write_text("a,y,b\n0,5.0,1\n2,3,3\n")
+    with pytest.raises(DataFormatError) as err:
+        load_inputs([str(tmp_path / "o.csv")], odd, label_column="y")
+    assert str(err.value) == (
+        f"input {str(tmp_path / 'o.csv')!r}, line 3, column 'y' (the label column): labels: '3' is not one of the "
+        "model's classes [1, 2, 5] (its classes_); give each row's true class as the estimator names it."
+    )

@@ -7,9 +7,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
-from whybox.errors import InvalidParameterError, InvalidTargetError, did_you_mean
+from whybox.errors import InvalidInputError, InvalidParameterError, InvalidTargetError, did_you_mean
 
 __all__ = [
     "SCORE_SPACES",
@@ -20,6 +21,7 @@ __all__ = [
     "class_label_target",
     "resolve_score",
     "resolve_target",
+    "true_class_indices",
 ]
 
 TargetLike = int | Sequence[int] | torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None
@@ -46,6 +48,52 @@ def _class_names(model: object) -> Any:
         if isinstance(names, dict) and names and sorted(names) == list(range(len(names))):
             return [names[i] for i in range(len(names))]
     return None
+
+
+def estimator_classes(model: object) -> list[Any] | None:
+    """A scikit-learn classifier's ``classes_`` (also inside an adapter) as a list, or ``None``."""
+    inner = getattr(model, "model", model) if hasattr(model, "output_names") else model
+    if isinstance(inner, torch.nn.Module):
+        return None
+    classes = getattr(inner, "classes_", None)
+    return None if classes is None else list(classes.tolist() if hasattr(classes, "tolist") else classes)
+
+
+def _label_key(value: Any) -> Any:
+    """One key for a class label however it is written: a number (``1``, ``1.0``, ``np.int64(1)``, the CSV cell
+    ``"1"``) as its float value, any other text as its stripped string."""
+    if isinstance(value, (bool, np.bool_)):
+        return ("bool", bool(value))
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return float(value)
+    text = str(value).strip()
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def true_class_indices(model: object, labels: Sequence[Any], what: str = "labels") -> list[int] | None:
+    """True labels written as a scikit-learn classifier's class values (``classes_``: ``[1, 2, 3]``, ``["no",
+    "yes"]``, the cells of a CSV's label column) as its output indices; ``None`` for a model without ``classes_``
+    (its labels are output indices). A label that is not a class is an :class:`InvalidInputError` naming them."""
+    classes = estimator_classes(model)
+    if classes is None:
+        return None
+    lookup: dict[Any, int] = {}
+    for i, c in enumerate(classes):
+        lookup.setdefault(_label_key(c), i)
+    out = []
+    for v in labels:
+        found = lookup.get(_label_key(v))
+        if found is None:
+            shown = classes if len(classes) <= 20 else [*classes[:20], "..."]
+            raise InvalidInputError(
+                f"{what}: {v!r} is not one of the model's classes {shown} (its classes_); give each row's true class "
+                "as the estimator names it."
+            )
+        out.append(found)
+    return out
 
 
 def name_hint(value: object, names: Sequence[str]) -> str:

@@ -49,6 +49,7 @@ from whybox.errors import (
 from whybox.models.adapter import ModelAdapter
 from whybox.models.categorical import encode_frame
 from whybox.models.inputs import column_mismatch
+from whybox.models.targets import estimator_classes, true_class_indices
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -919,7 +920,7 @@ def _load_npy(path: Path, entry: str, rows: int | None) -> _Part:
     return _array_part(array, f"input {entry!r}", path.stem, rows)
 
 
-def _load_npz(path: Path, entry: str, rows: int | None, packing: Any = None) -> _Part:
+def _load_npz(path: Path, entry: str, rows: int | None, packing: Any = None, classes: Any = None) -> _Part:
     """An archive's ``x`` (and labels ``y``); for a model of several inputs (``packing``), its inputs under their
     argument names (``x0``, ``x1``, ... for positional ones), packed into rows."""
     try:
@@ -967,7 +968,14 @@ def _load_npz(path: Path, entry: str, rows: int | None, packing: Any = None) -> 
                 f"input {entry!r}: 'y' has shape {y.shape} but the inputs have {x.shape[0]} rows; give one label per "
                 "row."
             )
-        part.labels = _labels_from(np.asarray(y[:rows]), f"input {entry!r} ('y')", len(part.x))
+        if classes is not None:  # a scikit-learn classifier's labels: the values of its classes_
+            try:
+                found = true_class_indices(classes, np.asarray(y[:rows]).reshape(-1).tolist(), what="'y'") or []
+            except InvalidInputError as exc:
+                raise DataFormatError(f"input {entry!r}: {exc}") from None
+            part.labels = torch.tensor(found, dtype=torch.int64)
+        else:
+            part.labels = _labels_from(np.asarray(y[:rows]), f"input {entry!r} ('y')", len(part.x))
     return part
 
 
@@ -1003,10 +1011,12 @@ def _load_csv(
     *,
     class_labels: bool = True,
     coder: Any = None,
+    classes: Any = None,
 ) -> _Part:
     """One CSV table. With ``coder`` (the adapter of a scikit-learn estimator fitted on a DataFrame) a column with
     text cells is read as text and coded by it (:mod:`whybox.models.categorical`), as a DataFrame with that column
-    would be through the API; otherwise every cell must be a number."""
+    would be through the API; otherwise every cell must be a number. ``classes``: the model whose ``classes_`` the
+    label column's cells name (a scikit-learn classifier: ``1, 2, 3`` or ``yes, no``), else they are class indices."""
     text_columns: set[int] = set()
     raw: list[list[str]] = []
     try:
@@ -1042,6 +1052,14 @@ def _load_csv(
                 for j, (name, cell) in enumerate(zip(columns, cells, strict=True)):
                     if j == label_at and not class_labels:
                         continue  # a regressor's target column: not a feature, and no class label (may be blank)
+                    if j == label_at and classes is not None:  # a class of the estimator, as it names them
+                        try:
+                            labels += true_class_indices(classes, [cell], what="labels") or []
+                        except InvalidInputError as exc:
+                            raise DataFormatError(
+                                f"input {entry!r}, line {line}, column {name!r} (the label column): {exc}"
+                            ) from None
+                        continue
                     try:
                         value = float(cell)
                     except ValueError:
@@ -1266,7 +1284,13 @@ def load_inputs(
         elif s.kind == "npy":
             part = _load_npy(s.path, s.entry, remaining)
         elif s.kind == "npz":
-            part = _load_npz(s.path, s.entry, remaining, getattr(model.module, "packing", None))
+            part = _load_npz(
+                s.path,
+                s.entry,
+                remaining,
+                getattr(model.module, "packing", None),
+                classes=model.module if estimator_classes(model.module) is not None else None,
+            )
         else:
             coder = coder or _table_coder(model.module)
             part = _load_csv(
@@ -1276,6 +1300,7 @@ def load_inputs(
                 label_column,
                 class_labels=not is_regressor_model(model.module),
                 coder=coder,
+                classes=model.module if estimator_classes(model.module) is not None else None,
             )
         if len(part.x) == 0:
             raise DataFormatError(f"{part.source} holds no rows.")
