@@ -163,6 +163,33 @@ def test_fill_as_a_series_or_an_array_is_the_fill_as_a_tensor(method: str, frame
     assert not torch.allclose(by_zero.attributions, ref.attributions)  # the fill was used, not ignored
 
 
+def test_a_reference_row_or_rows_naming_the_columns_in_another_order_are_refused(frame: pd.DataFrame) -> None:
+    """A fill Series (by its index) or a background DataFrame whose names are the model's columns in another order
+    was read by position, giving other attributions and metric scores without a word; it is refused as inputs in
+    another order are. A Series without names (a default index) is read by position."""
+    x, y = frame.drop(columns="target"), frame["target"]
+    model = _fit(x, y)
+    mu, back = x.mean(), x.iloc[:6]
+    order = list(x.columns[::-1])
+    e = whybox.explain(model, x.iloc[:2], "exact_shapley", fill=mu)
+    for kwargs, what in (
+        ({"fill": mu[order]}, "fill (a Series, by its index)"),
+        ({"background": back[order]}, "background (a DataFrame)"),
+    ):
+        with pytest.raises(InvalidInputError) as err:
+            whybox.explain(model, x.iloc[:2], "exact_shapley", **kwargs)
+        name = what.split(" ")[0]
+        assert str(err.value) == (
+            f"{what} has the model's columns in another order; whybox reads them by position. "
+            f"Pass {name}[model.feature_names_in_]."
+        )
+    with pytest.raises(InvalidInputError, match=r"^fill \(a Series, by its index\) has the model's columns in another"):
+        whybox.evaluate(model, x.iloc[:2], e, "deletion", fill=mu[order])
+    positional = pd.Series(mu.to_numpy())
+    same = whybox.explain(model, x.iloc[:2], "exact_shapley", fill=positional)
+    torch.testing.assert_close(same.attributions, e.attributions)
+
+
 def test_array_fill_in_metrics_and_baseline_in_integrated_gradients(frame: pd.DataFrame) -> None:
     x, y = frame.drop(columns="target"), frame["target"]
     model = _fit(x, y)

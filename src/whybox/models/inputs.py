@@ -196,6 +196,8 @@ def tensor_option(value: Any, name: str, coder: Any = None) -> Any:
         frame = value if hasattr(value, "columns") else value.to_frame().T.infer_objects()
         if coder is not None and (coder.categories or categorical_columns(frame)):  # text here, or coded elsewhere
             return encode_frame(value, coder, name)
+        if coder is not None and getattr(coder, "feature_names", None) is not None:
+            value = _by_column_name(value, list(coder.feature_names), name)
         try:
             arr = np.ascontiguousarray(value.to_numpy(dtype=np.float64))
         except (TypeError, ValueError):
@@ -210,6 +212,17 @@ def tensor_option(value: Any, name: str, coder: Any = None) -> Any:
                 "on those) or pass only the numeric columns."
             ) from None
         return torch.tensor(arr)
+    return value
+
+
+def _by_column_name(value: Any, fitted: list[str], name: str) -> Any:
+    """A pandas Series (a reference row, by its index) or DataFrame (rows, by its columns) whose names must be the
+    columns an estimator was fitted on, in their order, as the inputs' are; one without names (a default 0..n-1
+    index) is read by position."""
+    labels = list(value.columns if hasattr(value, "columns") else value.index)
+    if labels != list(range(len(labels))):
+        kind = "a DataFrame" if hasattr(value, "columns") else "a Series, by its index"
+        check_feature_names([str(c) for c in labels], fitted, name, kind=kind)
     return value
 
 
@@ -241,19 +254,21 @@ def _short(value: Any) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-def check_feature_names(names: list[str] | None, fitted: list[str] | None, what: str = "inputs") -> None:
-    """A DataFrame's columns (of ``what``: the inputs, a fill row) against the columns the model was fitted on (both
-    known): same names, same order."""
+def check_feature_names(
+    names: list[str] | None, fitted: list[str] | None, what: str = "inputs", *, kind: str = "a DataFrame"
+) -> None:
+    """A DataFrame's columns (of ``what``: the inputs, a fill row; ``kind`` says what holds them) against the columns
+    the model was fitted on (both known): same names, same order."""
     if names is None or fitted is None or names == fitted:
         return
     if sorted(names) == sorted(fitted):
         raise InvalidInputError(
-            f"{what} (a DataFrame) has the model's columns in another order; whybox reads them by position. "
+            f"{what} ({kind}) has the model's columns in another order; whybox reads them by position. "
             f"Pass {what}[model.feature_names_in_]."
         )
     missing, extra = column_mismatch(names, fitted)
     raise InvalidInputError(
-        f"{what} (a DataFrame) has columns the model was not fitted on: missing {missing[:5]}, unexpected "
+        f"{what} ({kind}) has columns the model was not fitted on: missing {missing[:5]}, unexpected "
         f"{extra[:5]}. "
         "Pass the columns in model.feature_names_in_, in that order."
     )
