@@ -466,3 +466,28 @@ def test_a_reference_row_written_as_a_list_is_the_same_row_as_a_tensor() -> None
         whybox.explain(net, x, "integrated_gradients", baseline={"a": 1})
     with pytest.raises(whybox.InvalidParameterError, match=r"fill as a list must be a row of numbers or equal rows"):
         whybox.explain(net, x, "occlusion", fill=[[0.1, 0.2], [0.3]])
+
+
+def test_a_regressor_of_several_outputs_is_explained_for_the_output_named() -> None:
+    """The default target, the argmax, took the largest predicted value as a 'class' (rows of one batch explained
+    different outputs): refused; target=j explains output j, as a regressor fitted on that output alone does."""
+    from sklearn.linear_model import LinearRegression
+
+    g = np.random.default_rng(0)
+    x = g.normal(size=(60, 3))
+    y = np.c_[100 + 10 * x[:, 0], 100 + 10 * x[:, 1] - 3 * x[:, 2]]
+    both = LinearRegression().fit(x, y)
+    message = (
+        "LinearRegression predicts 2 values per row (a regressor of several outputs), so there is no predicted class "
+        "to explain by default; pass target=j to explain output j (0..1)."
+    )
+    with pytest.raises(whybox.InvalidTargetError) as err:
+        whybox.explain(both, x[:4], "exact_shapley", fill=x.mean(0))
+    assert str(err.value) == message
+    with pytest.raises(whybox.InvalidTargetError) as err:
+        whybox.evaluate(both, x[:4], torch.zeros(4, 3), "deletion")
+    assert str(err.value) == message
+    second = LinearRegression().fit(x, y[:, 1])
+    e = whybox.explain(both, x[:4], "exact_shapley", fill=x.mean(0), target=1)
+    alone = whybox.explain(second, x[:4], "exact_shapley", fill=x.mean(0))
+    torch.testing.assert_close(e.attributions, alone.attributions)

@@ -18,6 +18,7 @@ from whybox.models.adapter import (
     SklearnAdapter,
     TorchAdapter,
     adapt,
+    check_default_target,
     coder_of,
     is_signal,
     score_for,
@@ -179,6 +180,10 @@ class Explainer:
         """
         x = self._validate(inputs)
         target = class_label_target(self.adapter, target)  # class labels, an SAE adapter's latents
+        if target is None and isinstance(self.adapter, SklearnAdapter) and self.adapter.outputs_values and len(x):
+            # a regressor's outputs are values, not classes: several of them leave no default to explain (one
+            # row's predict says how many; not a pass of the method)
+            check_default_target(self.adapter, int(self.adapter.scores(x[:1]).shape[1]))
         # seed=None draws a fresh seed per call (from the OS, global RNGs untouched); it is recorded in meta
         self._call_seed = self.seed if self.seed is not None else int.from_bytes(os.urandom(4), "little") >> 1
         engine = MaskingEngine(scoring_adapter(self.adapter, self.score), batch_size=self.batch_size)

@@ -34,6 +34,7 @@ from whybox.models.adapter import (
     ModelAdapter,
     TorchAdapter,
     adapt,
+    check_default_target,
     coder_of,
     is_signal,
     score_for,
@@ -987,7 +988,7 @@ class Metric:
             else:
                 with adapter.guard(self.mode):
                     clean = engine.forward(x) if self._needs_clean(target, expl) else None
-                    tgt = self._resolve_target(target, expl, clean, x)
+                    tgt = self._resolve_target(target, expl, clean, x, adapter)
                     ctx = Context(adapter, x, attributions, tgt, expl, engine, clean, masks, labels, method)
                     scores, curves, meta = self._checked_compute(ctx)
             return self._result(ctx, scores, curves, meta, engine)
@@ -1180,7 +1181,12 @@ class Metric:
         return self._reads_clean() or (target is None and (expl is None or expl.target is None))
 
     def _resolve_target(
-        self, target: TargetLike, expl: Explanation | None, clean: torch.Tensor | None, x: torch.Tensor
+        self,
+        target: TargetLike,
+        expl: Explanation | None,
+        clean: torch.Tensor | None,
+        x: torch.Tensor,
+        adapter: ModelAdapter | None = None,
     ) -> Target:
         """``target`` normalised; without ``clean`` (no forward pass was needed) an explicit target's range is
         checked the first time it selects from the model's scores, or by the explainer the metric re-runs."""
@@ -1190,6 +1196,8 @@ class Metric:
                 if t.shape != (x.shape[0],):
                     raise InvalidTargetError(f"the explanation holds {t.shape[0]} targets for {x.shape[0]} input rows.")
                 return resolve_target(t, clean, batch=x.shape[0])
+            if clean is not None:
+                check_default_target(adapter, clean.shape[1])
         return resolve_target(target, clean, batch=x.shape[0])
 
     def _target_without_model(self, target: TargetLike, expl: Explanation | None, x: torch.Tensor) -> Target | None:

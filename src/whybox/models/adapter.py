@@ -10,7 +10,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from whybox.errors import InvalidInputError, InvalidParameterError, LayerError, ModelOutputError, did_you_mean
+from whybox.errors import (
+    InvalidInputError,
+    InvalidParameterError,
+    InvalidTargetError,
+    LayerError,
+    ModelOutputError,
+    did_you_mean,
+)
 from whybox.models._guard import preserved
 from whybox.models.categorical import decode_rows
 
@@ -366,6 +373,16 @@ class ProbabilityScores(ModelAdapter):
     @property
     def dtype(self) -> torch.dtype:
         return self.inner.dtype
+
+
+def check_default_target(adapter: ModelAdapter | None, k: int) -> None:
+    """Refuse ``target=None`` (the argmax) for a regressor of ``k > 1`` outputs: the largest predicted value is no
+    predicted class, and rows of one batch would explain different outputs."""
+    if k > 1 and isinstance(adapter, SklearnAdapter) and adapter.outputs_values:
+        raise InvalidTargetError(
+            f"{type(adapter.model).__name__} predicts {k} values per row (a regressor of several outputs), so there "
+            f"is no predicted class to explain by default; pass target=j to explain output j (0..{k - 1})."
+        )
 
 
 def coder_of(adapter: ModelAdapter | None) -> SklearnAdapter | None:
