@@ -242,7 +242,7 @@ def test_class_labels_as_targets_of_a_scikit_learn_classifier(frame: pd.DataFram
     rows = x.iloc[:3]
     ref = whybox.explain(model, rows, "kernel_shap", target=[1, 0, 1], n_samples=64, seed=0)
     for target in (["malignant", "benign", "malignant"], np.array(["malignant", "benign", "malignant"]),
-                   ["malignant", 0, 1]):  # fmt: skip
+                   ["malignant", 0, 1], pd.Series(["malignant", "benign", "malignant"], index=[5, 9, 2])):  # fmt: skip
         e = whybox.explain(model, rows, "kernel_shap", target=target, n_samples=64, seed=0)
         assert e.target.tolist() == [1, 0, 1]
         torch.testing.assert_close(e.attributions, ref.attributions, rtol=0, atol=0)

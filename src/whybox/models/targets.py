@@ -121,6 +121,8 @@ def class_label_target(model: object, target: Any) -> Any:
     an :class:`InvalidTargetError` listing the names."""
     if isinstance(target, (torch.Tensor, int)) or target is None or callable(target):
         return target
+    if type(target).__module__.split(".")[0] == "pandas" and hasattr(target, "to_numpy"):
+        target = target.to_numpy()  # a Series of labels (y_test rows): its values, one per row
     labels = class_names(model)
     if labels is None:
         return target
