@@ -172,6 +172,14 @@ def test_what_cannot_be_coded_is_refused_naming_the_fix(data: tuple[Any, Any]) -
     e = whybox.explain(pipe, rows, "kernel_shap", background=df.iloc[100:110])
     with pytest.raises(InvalidParameterError, match=r"'deletion' with fill='zero' would set to an arbitrary value"):
         whybox.evaluate(pipe, rows, e, "deletion")
+    for metric in ("infidelity", "max_sensitivity"):  # noise on the codes picked arbitrary categories, silently
+        with pytest.raises(InvalidParameterError) as err:
+            whybox.evaluate(pipe, rows, e, metric)
+        assert str(err.value) == (
+            f"{metric!r} adds noise to every input value, which on the coded text or categorical columns ('city', "
+            "'plan') picks arbitrary categories; score this model with the metrics that replace features by a "
+            "reference row (deletion, insertion, mufidelity, comprehensiveness with fill= a row of the training data)."
+        )
     coder = whybox.adapt(pipe)  # the coded rows as a tensor: the adapter still knows which columns are text
     codes = whybox.explain(coder, rows, "occlusion", fill=df.mode().iloc[0]).options["fill"]
     assert codes.shape == (4,)

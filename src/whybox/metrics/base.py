@@ -809,6 +809,8 @@ class Metric:
     # whether _compute reads ``ctx.clean`` (the model's scores of the unperturbed inputs); when it does not, the
     # clean forward pass runs only where the target needs it (the predicted class of a bare attribution tensor)
     reads_clean: ClassVar[bool] = True
+    # whether the metric adds noise to every input value (refused on an estimator's coded categorical columns)
+    adds_noise: ClassVar[bool] = False
 
     def __init__(
         self, *, score: str | None = None, seed: int = 0, batch_size: int | None = None, mode: str = "eval"
@@ -908,6 +910,14 @@ class Metric:
         if adapter is not None:  # a regressor's values are read as they are (None), or refuse a probability
             self.score = score_for(adapter, given)
         try:
+            if self.adds_noise and coder is not None and coder.categories:
+                coded = list(coder.categories)
+                raise InvalidParameterError(
+                    f"{self.name!r} adds noise to every input value, which on the coded text or categorical columns "
+                    f"({', '.join(map(repr, coded[:5]))}) picks arbitrary categories; score this model with the "
+                    "metrics that replace features by a reference row (deletion, insertion, mufidelity, "
+                    "comprehensiveness with fill= a row of the training data)."
+                )
             self._code_fill(coder)  # a pandas reference row read now that the inputs are known
             expl: Explanation | None = None
             method: str | None = None

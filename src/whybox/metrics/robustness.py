@@ -69,6 +69,7 @@ class Infidelity(Metric):
     """
 
     higher_is_better = False
+    adds_noise = True
 
     def __init__(
         self,
@@ -197,6 +198,7 @@ class MaxSensitivity(Metric):
     """
 
     higher_is_better = False
+    adds_noise = True
 
     def __init__(
         self,
