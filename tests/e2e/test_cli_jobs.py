@@ -898,6 +898,26 @@ def test_evaluate_json_holds_the_scores_of_the_api(runner: CliRunner, tmp_path: 
         assert f"  {metric:<18} mean {mean:.4f}" in result.stdout
 
 
+def test_a_table_wider_than_the_estimator_names_the_label_column_fix(runner: CliRunner, files: Files) -> None:
+    """A CSV whose label column was left in (no --label-column) failed every sample with scikit-learn's 'X has 5
+    features, but LogisticRegression is expecting 4'; it is refused before any work, naming the flag."""
+    (files.tmp / "iris.py").write_text(IRIS_PY)
+    spec = f"{files.tmp / 'iris.py'}:build"
+    csv = files.tmp / "iris.csv"
+    csv.write_text("a,b,c,d,y\n5.1,3.5,1.4,0.2,0\n6.3,3.3,6.0,2.5,2\n")
+    for command in ("explain", "evaluate", "compare"):
+        flag = "--methods" if command == "compare" else "--method"
+        result = invoke(runner, [command, "--model", spec, csv, flag, "occlusion", "--out" if command != "evaluate"
+                                 else "--json", files.tmp / command])  # fmt: skip
+        assert error_of(result) == (
+            "Error: inputs: 5 columns (a, b, c, d, y), but LogisticRegression takes 4 features (n_features_in_); "
+            "name the label column with --label-column (it is not a feature)."
+        ), command
+    result = invoke(runner, ["explain", "--model", spec, csv, "--label-column", "y", "--method", "occlusion",
+                             "--out", files.tmp / "ok"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+
+
 def test_evaluate_reads_ground_truth_masks_for_the_localisation_metrics(runner: CliRunner, tmp_path: Path) -> None:
     """--masks feeds the localisation metrics (the first rows with --limit): the numbers of the API; without it they
     are refused before any work, and a file that does not fit is named."""

@@ -261,7 +261,30 @@ def _load(params: dict[str, Any]) -> tuple[Any, Any]:
         raise _fail(f"{'--text' if texts else 'inputs'}: {exc}") from None
     if ds.coder is not None:  # a CSV's text columns, coded by the estimator's adapter: explain through it
         lm = dataclasses.replace(lm, module=ds.coder)
+    _check_width(lm, ds, params)
     return lm, ds
+
+
+def _check_width(lm: Any, ds: Any, params: Mapping[str, Any]) -> None:
+    """A table for an estimator that knows how many features it takes (``n_features_in_``) must have that many
+    columns: a label column left in (no --label-column) was the estimator's own ValueError on every sample."""
+    est = getattr(lm.module, "model", lm.module)
+    want = getattr(est, "n_features_in_", None)
+    if ds.kind != "tabular" or isinstance(est, torch.nn.Module) or not isinstance(want, int):
+        return
+    have = int(ds.x.shape[1])
+    if have == want:
+        return
+    cols = ds.columns or []
+    hint = (
+        "; name the label column with --label-column (it is not a feature)"
+        if have == want + 1 and not params.get("label_column")
+        else ""
+    )
+    raise _fail(
+        f"inputs: {have} columns{' (' + ', '.join(cols[:12]) + ('...' if len(cols) > 12 else '') + ')' if cols else ''}"
+        f", but {type(est).__name__} takes {want} features (n_features_in_){hint}."
+    )
 
 
 def _target(spec: str | None, ds: Any, names: list[str] | None = None, model: Any = None) -> Any:
