@@ -239,6 +239,14 @@ def find_mistakes(
     with adapter.guard("eval"):
         scorer = scoring_adapter(adapter, "prob")  # a classifier's predict_proba read as its probabilities
         raw = MaskingEngine(scorer, batch_size=resolve_batch_size(batch_size, adapter)).forward(inputs.to(dev))
+    if raw.shape[1] == 1:
+        model_name = type(getattr(adapter, "model", adapter)).__name__
+        raise InvalidParameterError(
+            f"find_mistakes compares each row's predicted class with its true one, but {model_name} gives one score "
+            "per row (a regressor, a binary classifier's single logit or decision_function), so it names no "
+            "predicted class; use a classifier with one output per class (a scikit-learn classifier with "
+            "predict_proba: SVC(probability=True), CalibratedClassifierCV(LinearSVC()); a torch model of two logits)."
+        )
     p = apply_score_space(raw.double(), "prob").cpu()
     if int(labels.max()) >= p.shape[1] or int(labels.min()) < 0:
         raise InvalidInputError(

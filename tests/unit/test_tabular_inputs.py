@@ -491,3 +491,34 @@ def test_a_regressor_of_several_outputs_is_explained_for_the_output_named() -> N
     e = whybox.explain(both, x[:4], "exact_shapley", fill=x.mean(0), target=1)
     alone = whybox.explain(second, x[:4], "exact_shapley", fill=x.mean(0))
     torch.testing.assert_close(e.attributions, alone.attributions)
+
+
+def test_a_binary_decision_function_is_the_evidence_for_the_second_class() -> None:
+    """LinearSVC's one score is the evidence for classes_[1]: named so (it was named classes_[0], 'versicolor', on a
+    row predicted 'virginica'), explained for that name; classes_[0] and find_mistakes say what to use instead."""
+    from sklearn.datasets import load_iris
+    from sklearn.svm import LinearSVC
+
+    x, y = load_iris(return_X_y=True)
+    keep = y > 0
+    names = np.array(["setosa", "versicolor", "virginica"])[y[keep]]
+    svm = LinearSVC().fit(x[keep], names)
+    rows, ref = x[[50, 140]], x[keep].mean(0)
+    e = whybox.explain(svm, rows, "exact_shapley", fill=ref)
+    assert e.meta["target_names"] == ["virginica", "virginica"]
+    torch.testing.assert_close(
+        e.attributions.sum(1).double(), torch.from_numpy(svm.decision_function(rows) - svm.decision_function(ref[None]))
+    )
+    named = whybox.explain(svm, rows, "exact_shapley", fill=ref, target="virginica")
+    torch.testing.assert_close(named.attributions, e.attributions)
+    with pytest.raises(whybox.InvalidTargetError) as err:
+        whybox.explain(svm, rows, "exact_shapley", fill=ref, target="versicolor")
+    assert str(err.value) == (
+        "target 'versicolor' is classes_[0] of LinearSVC, whose decision_function gives one score per row, the "
+        "evidence for 'virginica' (classes_[1]); 'versicolor' is its negative side. Explain 'virginica' ('versicolor''s "
+        "attributions are their negatives), or use a classifier with predict_proba (SVC(probability=True), "
+        "CalibratedClassifierCV)."
+    )
+    with pytest.raises(whybox.InvalidParameterError, match=r"^find_mistakes compares each row's predicted class with "
+                       r"its true one, but LinearSVC gives one score per row"):  # fmt: skip
+        whybox.find_mistakes(svm, rows, ["versicolor", "virginica"], fill=ref)

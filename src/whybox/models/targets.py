@@ -42,6 +42,8 @@ def _class_names(model: object) -> Any:
         model = getattr(model, "model", None)
     classes = getattr(model, "classes_", None)
     if classes is not None:
+        if _one_decision_score(model, classes):
+            return [classes[1]]  # the one score is the evidence for classes_[1]
         return classes
     for holder in (model, getattr(model, "config", None)):
         names = getattr(holder, "id2label", None)
@@ -96,6 +98,16 @@ def true_class_indices(model: object, labels: Sequence[Any], what: str = "labels
     return out
 
 
+def _one_decision_score(estimator: object, classes: Any) -> bool:
+    """Whether a scikit-learn classifier of two classes is read through ``decision_function`` (no
+    ``predict_proba``: LinearSVC, SVC without probability, RidgeClassifier): one score per row, for ``classes_[1]``."""
+    return (
+        len(classes) == 2
+        and not callable(getattr(estimator, "predict_proba", None))
+        and callable(getattr(estimator, "decision_function", None))
+    )
+
+
 def name_hint(value: object, names: Sequence[str]) -> str:
     """`` Did you mean ...?`` for a mistyped name among many: the names that contain it (``"tabby"`` ->
     ``"tabby cat"``), else the closest by spelling; ``""`` when none is close."""
@@ -130,7 +142,18 @@ def class_label_target(model: object, target: Any) -> Any:
 
     what = "outputs" if getattr(model, "output_names", None) is not None else "classes"
 
+    inner = getattr(model, "model", model) if hasattr(model, "output_names") else model
+    classes = getattr(inner, "classes_", None)
+    negative = str(classes[0]) if classes is not None and _one_decision_score(inner, classes) else None
+
     def index(label: object) -> int:
+        if negative is not None and str(label) == negative:
+            raise InvalidTargetError(
+                f"target {label!r} is classes_[0] of {type(inner).__name__}, whose decision_function gives one score "
+                f"per row, the evidence for {labels[0]!r} (classes_[1]); {label!r} is its negative side. Explain "
+                f"{labels[0]!r} ({label!r}'s attributions are their negatives), or use a classifier with predict_proba "
+                "(SVC(probability=True), CalibratedClassifierCV)."
+            )
         hits = [i for i, n in enumerate(labels) if n == str(label)]
         if len(hits) > 1:  # ImageNet names two classes 'missile' and two 'sunglasses'
             raise InvalidTargetError(
