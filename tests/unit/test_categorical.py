@@ -164,6 +164,23 @@ def test_a_saved_explanation_s_coded_options_read_the_same_after_loading(data: t
         whybox.evaluate(coder, rows, loaded, "stability", n_runs=2)
 
 
+def test_an_adapter_that_coded_fewer_values_takes_up_the_explanation_s_longer_vocabulary(
+    data: tuple[Any, Any],
+) -> None:
+    """The command line codes a CSV's rows before it reads a saved explanation: when the explanation's reference row
+    held a city the rows do not ('pune' after 'oslo', 'lima'), the adapter's vocabulary begins the explanation's
+    and is extended (it was refused), scoring as the estimator itself does."""
+    pipe, df = data
+    rows = df[df.city != "pune"].iloc[:4]
+    fill = pd.Series({"age": 40.0, "city": "pune", "income": 50.0, "plan": "basic"})
+    e = whybox.explain(pipe, rows, "kernel_shap", fill=fill, n_samples=32)
+    coder = whybox.adapt(pipe)
+    whybox.evaluate(coder, rows, e.attributions, "sparseness")  # codes the rows: 'pune' is not among them
+    assert set(coder.categories["city"].values) == set(rows.city)
+    by_coder = whybox.evaluate(coder, rows, e, "deletion", fill=fill)
+    torch.testing.assert_close(by_coder.scores, whybox.evaluate(pipe, rows, e, "deletion", fill=fill).scores)
+
+
 def test_what_cannot_be_coded_is_refused_naming_the_fix(data: tuple[Any, Any]) -> None:
     pipe, df = data
     rows = df.iloc[:2]

@@ -596,6 +596,8 @@ def test_an_estimator_s_labels_in_npz_and_csv_are_its_class_values(tmp_path: Pat
     assert load_inputs([str(tmp_path / "w.npz")], words).labels.tolist() == [1, 0, 1]
     (tmp_path / "w.csv").write_text("a,y,b\n0,yes,1\n2, no ,3\n")
     assert load_inputs([str(tmp_path / "w.csv")], words, label_column="y").labels.tolist() == [1, 0]
+    (tmp_path / "i.csv").write_text("a,y,b\n0,1,1\n2,0,3\n")  # classes of text: an integer label is an index
+    assert load_inputs([str(tmp_path / "i.csv")], words, label_column="y").labels.tolist() == [1, 0]
     (tmp_path / "o.csv").write_text("a,y,b\n0,5.0,1\n2,3,3\n")
     with pytest.raises(DataFormatError) as err:
         load_inputs([str(tmp_path / "o.csv")], odd, label_column="y")

@@ -128,17 +128,21 @@ def encode_frame(frame: Any, coder: Any, what: str) -> torch.Tensor:
 
 def register_vocabularies(coder: Any, saved: dict[str, list[Any]]) -> None:
     """Take up the vocabularies an explanation was made with (``meta["categories"]``) before anything else is
-    coded, so that its coded options (a reference row, background rows) read as they were made; a vocabulary that
-    disagrees with one ``coder`` already holds is an error."""
+    coded, so that its coded options (a reference row, background rows) read as they were made. Codes are given in
+    the order values are first seen, so one that ``coder`` already holds agrees where either vocabulary begins the
+    other (the rows coded so far held fewer values than the explanation's reference row): the longer one is kept.
+    Any other is an error."""
     columns: dict[str, _Column] = coder.categories
     for c, values in saved.items():
         col = columns.get(c)
         if col is None:
             col = columns[c] = _Column()
-            for v in values:
+        n = min(len(col.values), len(values))
+        if col.values[:n] == list(values)[:n]:
+            for v in list(values)[n:]:
                 col.index[v] = len(col.values)
                 col.values.append(v)
-        elif col.values[: len(values)] != list(values):
+        else:
             raise InvalidParameterError(
                 f"the explanation coded column {c!r} as {list(values)[:5]}, but this model adapter codes it as "
                 f"{col.values[:5]}; evaluate with the estimator itself (a fresh adapter) or the adapter it was "

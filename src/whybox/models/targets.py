@@ -78,16 +78,21 @@ def _label_key(value: Any) -> Any:
 def true_class_indices(model: object, labels: Sequence[Any], what: str = "labels") -> list[int] | None:
     """True labels written as a scikit-learn classifier's class values (``classes_``: ``[1, 2, 3]``, ``["no",
     "yes"]``, the cells of a CSV's label column) as its output indices; ``None`` for a model without ``classes_``
-    (its labels are output indices). A label that is not a class is an :class:`InvalidInputError` naming them."""
+    (its labels are output indices). Where every class is text, an integer label in ``0..K-1`` is an index. A label
+    that is not a class is an :class:`InvalidInputError` naming them."""
     classes = estimator_classes(model)
     if classes is None:
         return None
     lookup: dict[Any, int] = {}
     for i, c in enumerate(classes):
         lookup.setdefault(_label_key(c), i)
+    named = not any(isinstance(k, float) for k in lookup)  # classes of text only: a number can only be an index
     out = []
     for v in labels:
-        found = lookup.get(_label_key(v))
+        key = _label_key(v)
+        found = lookup.get(key)
+        if found is None and named and isinstance(key, float) and key.is_integer() and 0 <= key < len(classes):
+            found = int(key)  # classes_ ['no', 'yes'] and a label 1: its index, as whybox reads ints elsewhere
         if found is None:
             shown = classes if len(classes) <= 20 else [*classes[:20], "..."]
             raise InvalidInputError(
