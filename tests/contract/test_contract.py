@@ -273,7 +273,7 @@ def test_no_hook_left_and_user_hooks_kept(method: str) -> None:
 
 
 class RaisesOnSecondForward(nn.Module):
-    """Runs its features (so layer taps fire), then raises on the 2nd forward."""
+    """Runs its features (so layer taps fire), then raises on the 2nd forward and every one after it."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -285,7 +285,7 @@ class RaisesOnSecondForward(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.calls += 1
         h = self.features(x)
-        if self.calls == 2:
+        if self.calls >= 2:
             raise RuntimeError("boom on the second forward")
         return self.head(h)
 
@@ -297,7 +297,10 @@ def test_model_restored_when_forward_raises(method: str) -> None:
     before = snapshot(model)
     with pytest.raises(RuntimeError, match="boom on the second forward"):
         run(model, inputs(), method, batch_size=1)
-    assert model.calls == 2
+    # A CAM's second forward is its first channels-last one: a failure there is tried once more in the layout the
+    # user gave (a model may refuse channels-last with any error), where the model raises as it would anyway.
+    cams = {"gradcam", "gradcam_pp", "hirescam", "layercam", "scorecam", "xgradcam"}
+    assert model.calls == (3 if method in cams else 2)
     assert_restored(model, before)
 
 
