@@ -436,3 +436,69 @@ def test_a_text_attribution_shows_its_words_coloured_by_value(clf: object) -> No
     target = out.explanation.target.tolist()
     names = clf.model.config.id2label  # type: ignore[attr-defined]
     assert parse(out.to_html()).headings[1:] == [f"text {r}, class {t} ({names[t]})" for r, t in enumerate(target)]
+
+
+def _gpt2_classifier() -> tuple[torch.nn.Module, object]:
+    """A tiny GPT-2 sequence classifier and a word-level tokenizer with EOS as its pad token, as Hugging Face sets
+    GPT-2 up for classification."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2ForSequenceClassification, PreTrainedTokenizerFast
+
+    vocab = ["<eos>", *WORDS]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<eos>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<eos>", eos_token="<eos>", pad_token="<eos>")
+    cfg = GPT2Config(vocab_size=len(vocab), n_embd=16, n_layer=2, n_head=2, n_positions=32, num_labels=2,
+                     pad_token_id=0, attn_implementation="eager")  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = GPT2ForSequenceClassification(cfg)
+    return model.to(F64).eval(), fast
+
+
+def test_a_decoder_classifier_is_scored_at_each_text_s_last_token() -> None:
+    """GPT-2's classifier reads the last non-pad token, which it finds from input_ids; given word embeddings it read
+    the last position, a pad in every shorter row: a text's scores and attributions changed with its batch. Now
+    each row is read at its own last token (the model's own logits from input_ids), the default attention readout is
+    that row (row 0 reads only itself under causal attention), and a tokenizer without a pad token is named."""
+    model, tok = _gpt2_classifier()
+    clf = adapt_text(model, tok)
+    texts = ["the movie was great and fun", "boring plot", "it"]
+    batch = clf.encode(texts)
+    with torch.no_grad():
+        own = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        torch.testing.assert_close(clf.scores(batch.inputs), own)
+    both = whybox.explain_text(clf, texts, "occlusion")
+    for i, text in enumerate(texts):
+        alone = whybox.explain_text(clf, [text], "occlusion")
+        assert [w for w, _ in both.words[i]] == [w for w, _ in alone.words[0]]
+        torch.testing.assert_close(
+            torch.tensor([v for _, v in both.words[i]]), torch.tensor([v for _, v in alone.words[0]])
+        )
+    rollout = whybox.explain_text(clf, texts[:1], "raw_attention")
+    assert rollout.explanation.meta["readout"] == "last"
+    assert max(v for _, v in rollout.words[0]) < 0.9  # not everything on the first token
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    bare = Tokenizer(models.WordLevel({"<eos>": 0, "it": 1}, unk_token="<eos>"))
+    bare.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    no_pad = PreTrainedTokenizerFast(tokenizer_object=bare, unk_token="<eos>", eos_token="<eos>")
+    with pytest.raises(InvalidParameterError) as err:
+        adapt_text(model, no_pad).encode(["it"])
+    assert str(err.value) == (
+        f"the tokenizer ({type(no_pad).__name__}) has no padding token, which whybox pads texts with; set one, e.g. "
+        "tokenizer.pad_token = tokenizer.eos_token (as Hugging Face does for GPT-2)."
+    )
+
+
+def test_a_text_longer_than_the_position_table_is_cut_there() -> None:
+    """max_length (128 by default) above the model's 64 positions made a long text a raw size error deep inside
+    transformers; it is cut at 64 tokens with the truncation warning naming the model's limit."""
+    clf = adapt_text(tiny_bert(), toy_tokenizer())
+    assert clf.max_length == 64
+    long = " ".join(["the movie was great"] * 30)
+    with pytest.warns(whybox.models.text.TruncatedTextWarning, match=r"longer than max_length=64 tokens: .* This "
+                      r"model reads at most 64 tokens \(its position table\): split the texts\."):  # fmt: skip
+        e = whybox.explain_text(clf, [long], "occlusion")
+    assert len(e.words[0]) < 64

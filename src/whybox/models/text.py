@@ -267,6 +267,11 @@ class _TextMixin:
             got = texts if not isinstance(texts, (list, tuple)) else [type(t).__name__ for t in texts][:5]
             raise InvalidInputError(f"texts must be a string or a non-empty list of strings; got {got!r}.")
         texts = list(texts)
+        if getattr(self.tokenizer, "pad_token", "") is None:
+            raise InvalidParameterError(
+                f"the tokenizer ({type(self.tokenizer).__name__}) has no padding token, which whybox pads texts with; "
+                "set one, e.g. tokenizer.pad_token = tokenizer.eos_token (as Hugging Face does for GPT-2)."
+            )
         enc = self.tokenizer(
             texts,
             padding=True,
@@ -335,16 +340,17 @@ class _TextMixin:
         cut = [i for i, e in enumerate(getattr(enc, "encodings", None) or []) if getattr(e, "overflowing", None)]
         if not cut:
             return
-        limit = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
+        limit = token_limit(self.model)
         if limit is None:
-            limit = getattr(
-                getattr(getattr(self.model, "encoder", None), "config", None), "max_position_embeddings", None
-            )
-        most = f" (this model reads up to {limit})" if isinstance(limit, int) and limit > self.max_length else ""
+            limit = token_limit(getattr(self.model, "encoder", None))
+        if isinstance(limit, int) and limit <= self.max_length:
+            fix = f"This model reads at most {limit} tokens (its position table): split the texts."
+        else:
+            most = f" (this model reads up to {limit})" if isinstance(limit, int) else ""
+            fix = f"Pass a larger max_length to adapt_text{most}, or split the texts."
         warnings.warn(
             f"{len(cut)} of {len(texts)} texts (rows {cut[:10]}) are longer than max_length={self.max_length} tokens: "
-            f"only their first {self.max_length} tokens are read and explained, the rest is dropped. Pass a larger "
-            f"max_length to adapt_text{most}, or split the texts.",
+            f"only their first {self.max_length} tokens are read and explained, the rest is dropped. {fix}",
             TruncatedTextWarning,
             stacklevel=3,
         )
@@ -358,17 +364,65 @@ class _TextMixin:
         return self.model(inputs_embeds=e, attention_mask=(m > 0.5).to(torch.long))
 
 
+def reads_last_token(model: Any) -> bool:
+    """Whether a Hugging Face sequence classifier is a decoder's (GPT-2, Llama, ...: a causal LM family, not a
+    masked LM one), which scores each text at its last token: found from ``input_ids``, which whybox does not pass
+    (it passes word embeddings), so a padded row would be read at a pad."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if not isinstance(model_type, str) or not type(model).__name__.endswith("ForSequenceClassification"):
+        return False
+    try:
+        from transformers.models.auto.modeling_auto import (
+            MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+            MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+        )
+    except ImportError:  # pragma: no cover - transformers is there whenever such a model is
+        return False
+    return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def token_limit(model: Any) -> int | None:
+    """The most tokens ``model`` can read: its position table (``config.max_position_embeddings``) less the positions
+    an embedding with a ``padding_idx`` skips (RoBERTa's start at ``padding_idx + 1``); ``None`` when unknown."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if not isinstance(limit, int) or isinstance(limit, bool) or not isinstance(model, nn.Module):
+        return None
+    for m in model.modules():
+        pad = getattr(m, "padding_idx", None)
+        if hasattr(m, "position_embeddings") and isinstance(pad, int) and not isinstance(pad, bool):
+            return max(1, limit - (pad + 1))
+    return limit
+
+
 class TextClassifierAdapter(_TextMixin, TorchAdapter):
     """A Hugging Face sequence classifier (``...ForSequenceClassification``) and its tokenizer; scores are the
-    logits ``(B, K)``."""
+    logits ``(B, K)``. A decoder's classifier (:func:`reads_last_token`) is scored at each text's last token: rows
+    of one length at a time, cut after their last token (exact under causal attention, which never reads ahead)."""
 
     def __init__(self, model: nn.Module, tokenizer: Any, *, output: Any = "logits", max_length: int = 128) -> None:
         super().__init__(model, output=output)
         self.tokenizer = tokenizer
         self.max_length = int(max_length)
+        self.last_token = reads_last_token(model)
 
     def forward(self, x: torch.Tensor) -> Any:
         return self._call(x)
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.last_token or x.ndim != 3:
+            return super().scores(x)
+        attended = x[..., -1] > 0.5
+        t = x.shape[1]
+        ends = torch.where(attended, torch.arange(1, t + 1, device=x.device), 0).amax(1).clamp_min(1)  # (B,)
+        if bool((ends == t).all()):
+            return super().scores(x)
+        parts, order = [], []
+        for end in torch.unique(ends).tolist():
+            rows = (ends == end).nonzero().flatten()
+            parts.append(super().scores(x[rows, :end]))
+            order.append(rows)
+        out = torch.cat(parts)
+        return out[torch.argsort(torch.cat(order))]
 
 
 class TextEncoderAdapter(_TextMixin, EmbeddingAdapter):
@@ -443,6 +497,9 @@ def adapt_text(
         )
     if not callable(tokenizer):
         raise InvalidParameterError(f"tokenizer must be a Hugging Face tokenizer; got {type(tokenizer).__name__}.")
+    limit = token_limit(model)
+    if limit is not None and max_length > limit:  # the position table ends there: longer texts are cut (and warned)
+        max_length = limit
     if kind in ("classifier", "multilabel"):
         adapter = TextClassifierAdapter(model, tokenizer, max_length=max_length)
         adapter.kind = "multilabel" if kind == "multilabel" or declares_multilabel(model) else "classifier"

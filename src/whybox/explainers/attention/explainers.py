@@ -4,9 +4,11 @@
 They take the packed inputs of a :class:`~whybox.models.text.TextClassifierAdapter` (``(B, T, D + 1)``: word
 embeddings and the attention mask), run the Hugging Face model once under eager attention
 (:func:`~whybox.explainers.attention.collect.collect_attentions`) and read one row of the token-to-token matrix:
-the CLS row (``readout="cls"``) or the mean over attended tokens (``"mean"``); by default the row the model reads,
-``"mean"`` for a mean-pooled sentence encoder (``adapt_text(..., kind="embedding")``, whose scores, the similarities of
-its pooled embedding to the references, take the place of logits) and ``"cls"`` otherwise. The
+the CLS row (``readout="cls"``), the mean over attended tokens (``"mean"``) or the last attended token's row
+(``"last"``); by default the row the model reads, ``"mean"`` for a mean-pooled sentence encoder
+(``adapt_text(..., kind="embedding")``, whose scores, the similarities of its pooled embedding to the references, take
+the place of logits), ``"last"`` for a decoder's classifier (GPT-2's, which scores the last token; its first row, under
+causal attention, reads only itself) and ``"cls"`` otherwise. The
 attributions are ``(B, T, 1)``: one value per token (it broadcasts to the inputs), pads 0. Rollout and raw
 attention ignore the target (class-agnostic); relevance weights each head by the gradient of the target logit.
 
@@ -35,7 +37,7 @@ from whybox.registry import EXPLAINERS
 
 __all__ = ["AttentionExplainer", "AttentionRelevance", "AttentionRollout", "RawAttention"]
 
-READOUTS = ("cls", "mean")
+READOUTS = ("cls", "mean", "last")
 FUSIONS = ("mean", "max", "min")
 
 
@@ -73,7 +75,8 @@ class AttentionExplainer(Explainer):
         if readout is None:  # the row the model itself reads: a mean-pooled sentence encoder reads every token
             mean_pooled = isinstance(self.adapter, TextEncoderAdapter) and self.adapter.pooling == "mean"
             pooled = callable(getattr(self.adapter, "scores_from_output", None))  # SAE features pooled over tokens
-            readout = "mean" if mean_pooled or pooled else "cls"
+            last = isinstance(self.adapter, TextClassifierAdapter) and self.adapter.last_token  # a decoder's classifier
+            readout = "mean" if mean_pooled or pooled else "last" if last else "cls"
         if readout not in READOUTS:
             raise InvalidParameterError(
                 f"readout must be one of {READOUTS}; got {readout!r}.{did_you_mean(readout, READOUTS)}"
