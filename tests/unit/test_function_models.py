@@ -73,6 +73,14 @@ def test_what_a_function_cannot_do_is_named() -> None:
         match=r"the function returns NumPy values, not torch tensors\), so 'saliency' cannot run; use 'rise', 'lima' or a perturbation method \(they need only the outputs\)\.$",
     ):
         whybox.explain(numpy_model(model), x, "saliency")
+    w = model.weight.detach().numpy().T.copy()
+    for method in ("saliency", "integrated_gradients", "smoothgrad"):  # np.asarray(x): torch's numpy() error before
+        with pytest.raises(NotDifferentiableError) as err:
+            whybox.explain(lambda t: np.asarray(t) @ w, x, method)
+        assert str(err.value) == (
+            f"FunctionModel turns its inputs into NumPy arrays, so no gradient reaches them and {method!r} cannot "
+            "run; use 'rise', 'lima' or a perturbation method (they need only the outputs)."
+        )
     with pytest.raises(
         ModelOutputError, match=r"the function '<lambda>' returned str of dtype <U4; return class scores"
     ):

@@ -371,7 +371,16 @@ class GradientExplainer(Explainer):
             xi = xs[s : s + self.batch_size].detach().requires_grad_(True)
             r = rows[s : s + xi.shape[0]]
             with torch.enable_grad():
-                raw = engine.call(self.adapter.scores, xi)  # CPU images channels-last: the gradient comes back as xi
+                try:
+                    raw = engine.call(self.adapter.scores, xi)  # CPU images: channels-last, the gradient comes back
+                except RuntimeError as err:
+                    if "numpy()" not in str(err) or not hasattr(self.adapter.model, "returns_numpy"):
+                        raise
+                    raise NotDifferentiableError(  # a function of NumPy arrays: np.asarray(x) on a graph tensor
+                        f"{type(self.adapter.model).__name__} turns its inputs into NumPy arrays, so no gradient "
+                        f"reaches them and {self.name!r} cannot run; use 'rise', 'lima' or a perturbation method "
+                        "(they need only the outputs)."
+                    ) from None
                 engine.n_forward += xi.shape[0]
                 engine.n_batches += 1
                 if not raw.requires_grad:
