@@ -311,3 +311,17 @@ def test_gradient_cams_map_the_image_input_as_the_image_model_alone_maps_it(meth
         InvalidParameterError, match=r"maps the one image input of a model of several inputs; this one has 2"
     ):
         whybox.explain(two, (img, img), method)
+
+
+def test_compare_s_default_methods_include_the_cams_of_the_image_input() -> None:
+    """compare without --methods offered a model of several inputs the tabular methods only (no CAMs, and no line
+    saying so), though the gradient CAMs map its image input; Score-CAM, which masks images, stays out."""
+    from whybox.cli.jobs import methods_for
+
+    model, _, _ = _data()
+    names = methods_for("tabular", whybox.adapt(model, input_shapes=[(3, 6, 6), (5,)]))
+    cams = {"gradcam", "gradcam_pp", "hirescam", "layercam", "xgradcam"}
+    assert cams <= set(names) and "scorecam" not in names
+    assert set(whybox.methods("tabular")) <= set(names)
+    no_image = methods_for("tabular", whybox.adapt(nn.Bilinear(3, 4, 2), input_shapes=[(3,), (4,)]))
+    assert no_image == whybox.methods("tabular")

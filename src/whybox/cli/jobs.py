@@ -500,15 +500,21 @@ def explain_cmd(ctx: click.Context, **params: Any) -> None:
 
 
 def methods_for(kind: str, model: Any) -> list[str]:
-    """The methods that apply to ``kind`` inputs of ``model``: ``whybox.methods(kind)``, and on images of a Hugging
-    Face vision transformer also the attention readers (listed under text, as most image models have no attention)."""
+    """The methods that apply to ``kind`` inputs of ``model``: ``whybox.methods(kind)``, on images of a Hugging
+    Face vision transformer also the attention readers (listed under text, as most image models have no attention),
+    and on the packed rows of a model of several inputs with an image among them the CAMs that map that image."""
     from whybox.explainers.attention.explainers import AttentionExplainer, _patch_size
     from whybox.models.adapter import adapt
     from whybox.registry import EXPLAINERS
 
     names = whybox.methods(kind if kind in ("image", "signal", "tabular", "text") else None)
-    if kind == "image" and _patch_size(adapt(model)) is not None:
+    adapter = adapt(model)
+    if kind == "image" and _patch_size(adapter) is not None:
         names = sorted({*names, *(n for n in whybox.methods() if issubclass(EXPLAINERS.get(n), AttentionExplainer))})
+    packing = getattr(adapter, "packing", None)
+    if kind == "tabular" and packing is not None and packing.has_image:
+        cams = (n for n in whybox.methods("image") if getattr(EXPLAINERS.get(n), "takes_packed_images", False))
+        names = sorted({*names, *cams})
     return names
 
 
