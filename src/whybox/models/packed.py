@@ -239,3 +239,29 @@ class InputPacking:
         ):
             return self.pack(*inputs)
         return inputs
+
+
+def packed_option(value: Any, adapter: Any) -> Any:
+    """A reference given per input (captum's convention) for a model of several inputs, packed like its rows: a
+    tuple, list or mapping of tensors or arrays, each one sample's shape (a baseline row ``(F,)``) or with a batch
+    dimension (rows ``(B, F)``). Anything else, or any value for another model, unchanged."""
+    packing = getattr(adapter, "packing", None)
+    if packing is None:
+        return value
+    parts = list(value.values()) if isinstance(value, Mapping) else value
+    if not (
+        isinstance(parts, (tuple, list)) and parts and all(isinstance(t, (torch.Tensor, np.ndarray)) for t in parts)
+    ):
+        return value
+    tensors = [torch.as_tensor(t) for t in parts]
+    if isinstance(value, Mapping) and packing.names is not None:  # each value against its own input's shape
+        shape_of = dict(zip(packing.names, packing.shapes, strict=True))
+        shapes = [shape_of.get(k, ()) for k in value]
+    else:
+        shapes = list(packing.shapes)
+    single = len(tensors) == len(shapes) and all(t.ndim == len(s) for t, s in zip(tensors, shapes, strict=True))
+    if not single:
+        return packing.pack_inputs(value)
+    rows = [t.unsqueeze(0) for t in tensors]
+    batched = dict(zip(value.keys(), rows, strict=True)) if isinstance(value, Mapping) else rows
+    return packing.pack_inputs(batched)[0]

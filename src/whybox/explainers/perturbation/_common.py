@@ -23,6 +23,7 @@ from whybox.masking.features import FeatureGroups, groups_touched
 from whybox.masking.fills import FILLS, FillLike, make_fill
 from whybox.models.adapter import coder_of, is_signal
 from whybox.models.inputs import coded_later, label_map_option, tensor_option
+from whybox.models.packed import packed_option
 from whybox.models.targets import Target, TargetLike, apply_score_space, resolve_target
 
 __all__ = [
@@ -316,6 +317,7 @@ class PerturbationExplainer(Explainer):
         **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
+        fill = packed_option(fill, self.adapter)  # per input, for a model of several inputs
         if not (coded_later(fill) and coder_of(self.adapter) is not None):  # an estimator's: coded with the inputs
             fill = tensor_option(fill, "fill")  # e.g. fill=X_train.mean(0) as a numpy array or a pandas Series
         if isinstance(fill, str) and fill not in self.fill_options:
@@ -560,6 +562,7 @@ class ShapleyExplainer(RegionExplainer):
 
     def __init__(self, model: Any, *, background: torch.Tensor | None = None, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
+        background = packed_option(background, self.adapter)  # rows per input, for a model of several inputs
         # an estimator's DataFrame (or list with text) is coded with the inputs, in _code_options
         if not (coded_later(background) and coder_of(self.adapter) is not None):
             background = _checked_background(tensor_option(background, "background"))  # e.g. X_train[:50]
