@@ -454,6 +454,9 @@ def test_localisation_metrics_take_time_step_masks_for_signals() -> None:
         for given in (masks, masks[:, None]):
             assert whybox.evaluate(m, x, a, "pointing_game", masks=given, tolerance=12).scores.tolist() == [0, 1, 1]
             assert whybox.evaluate(m, x, a, "pointing_game", masks=given, tolerance=0).scores.tolist() == [0, 1, 0]
+            # the default: the paper's 15 px of 224 as a share of the 40 steps (2.68 steps); 15 steps hit all three
+            by_default = whybox.evaluate(m, x, a, "pointing_game", masks=given)
+            assert by_default.scores.tolist() == [0, 1, 0] and by_default.meta["tolerance"] == 15 * 40 / 224
             mass = whybox.evaluate(m, x, a, "relevance_mass", masks=given).scores
             assert mass.tolist() == [0.0, 0.75, 0.0]  # positive relevance inside / all positive relevance
         image = (x[:, :, None, :], a[:, :, None, :], masks[:, None, :])  # (B, C, 1, L), masks (B, 1, L)

@@ -22,6 +22,9 @@ from whybox.registry import METRICS
 
 __all__ = ["EnergyPointingGame", "PointingGame", "RelevanceMass", "RelevanceRank"]
 
+PAPER_TOLERANCE = 15.0  # pixels, Zhang et al. 2016 on 224-pixel images
+SIGNAL_SHARE = PAPER_TOLERANCE / 224  # a signal's default tolerance per time step of its length
+
 
 class _Localisation(Metric):
     higher_is_better = True
@@ -48,25 +51,29 @@ class PointingGame(_Localisation):
 
     The point is the argmax of the channel-summed map (ties by the seeded stable rule); its Euclidean distance to
     the nearest mask pixel must be strictly below ``tolerance`` (a point on the mask, distance 0, is always a hit,
-    also at ``tolerance=0``). Points are (u, v) = (column, row). Scores: 1.0 hit, 0.0 miss, NaN for an empty mask
+    also at ``tolerance=0``); by default 15 pixels (the paper's, on 224-pixel images), and on a 1-D signal the same
+    share of its length, ``15 L / 224`` steps (15 steps covered most of a short signal); ``meta["tolerance"]``. Points are (u, v) = (column, row). Scores: 1.0 hit, 0.0 miss, NaN for an empty mask
     or a flat map (one value everywhere, e.g. an all-zero Grad-CAM: no maximum to point with; ``meta["flat_map"]``;
     Quantus hits when any tied maximum lies in the mask, so its flat map always hits).
     ``meta["class_accuracy"]`` maps each target class to hits / (hits + misses) and ``meta["class_mean"]`` is
     their mean (the paper's summary). Higher is better.
     """
 
-    def __init__(self, *, tolerance: float = 15.0, **kwargs: Any) -> None:
+    def __init__(self, *, tolerance: float | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.tolerance = check_float("tolerance", tolerance, 0.0)
+        self.tolerance = None if tolerance is None else check_float("tolerance", tolerance, 0.0)
 
     def _compute(self, ctx: Context) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
         values, m = self._maps(ctx)
         h, w = (1, ctx.x.shape[-1]) if ctx.signal else ctx.x.shape[-2:]  # a signal: one row of time steps
+        tolerance = self.tolerance
+        if tolerance is None:  # the paper's 15 px (of 224); on a signal the same share of its length
+            tolerance = SIGNAL_SHARE * w if ctx.signal else PAPER_TOLERANCE
         b, n = m.shape
         p = _tie_first(values, self.seed)
         # The Euclidean distance from the point to its nearest mask pixel (what a distance transform of ~mask
         # holds at the point), every row at once: sqrt of the least squared pixel distance over the mask.
-        if self.tolerance > 0:
+        if tolerance > 0:
             rows, cols = np.divmod(np.arange(h * w), w)
             d2 = np.empty(m.shape[0], dtype=np.int64)
             step = max(1, (1 << 22) // (h * w))  # rows per block: at most 4M squared distances held at once
@@ -75,7 +82,7 @@ class PointingGame(_Localisation):
                 dd = (rows[None, :] - pr) ** 2 + (cols[None, :] - pc) ** 2
                 d2[i : i + step] = np.where(m[i : i + step], dd, np.iinfo(np.int64).max).min(1)
             dist = np.sqrt(d2.astype(np.float64))
-            hit = (dist == 0.0) | (dist < self.tolerance)
+            hit = (dist == 0.0) | (dist < tolerance)
         else:  # tolerance 0: a hit only on the mask itself
             hit = m.ravel()[p + np.arange(0, b * n, n)]  # each row's point in the flat masks
         hits = hit.astype(np.float64)
@@ -87,7 +94,7 @@ class PointingGame(_Localisation):
             hits[flat] = math.nan  # a flat map points nowhere
         uv = np.empty((b, 2), dtype=np.int64)
         np.divmod(p, w, out=(uv[:, 1], uv[:, 0]))  # (row, column) = (v, u)
-        meta: dict[str, Any] = {"point": torch.from_numpy(uv), **_flat_meta(flat)}  # (u, v) = (x, y)
+        meta: dict[str, Any] = {"point": torch.from_numpy(uv), "tolerance": tolerance, **_flat_meta(flat)}  # (u, v)
         if ctx.target is not None:
             acc: dict[int, float] = {}
             t = ctx.target.index.cpu().numpy()
