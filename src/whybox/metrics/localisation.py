@@ -52,7 +52,8 @@ class PointingGame(_Localisation):
     The point is the argmax of the channel-summed map (ties by the seeded stable rule); its Euclidean distance to
     the nearest mask pixel must be strictly below ``tolerance`` (a point on the mask, distance 0, is always a hit,
     also at ``tolerance=0``); by default 15 pixels (the paper's, on 224-pixel images), and on a 1-D signal the same
-    share of its length, ``15 L / 224`` steps (15 steps covered most of a short signal); ``meta["tolerance"]``. Points are (u, v) = (column, row). Scores: 1.0 hit, 0.0 miss, NaN for an empty mask
+    share of its length, ``15 L / 224`` steps (15 steps covered most of a short signal); ``meta["tolerance"]``.
+    Points are (u, v) = (column, row). Scores: 1.0 hit, 0.0 miss, NaN for an empty mask
     or a flat map (one value everywhere, e.g. an all-zero Grad-CAM: no maximum to point with; ``meta["flat_map"]``;
     Quantus hits when any tied maximum lies in the mask, so its flat map always hits).
     ``meta["class_accuracy"]`` maps each target class to hits / (hits + misses) and ``meta["class_mean"]`` is

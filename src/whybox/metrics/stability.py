@@ -125,11 +125,13 @@ class Stability(Metric):
     Per row, averaged over the ``R (R - 1) / 2`` pairs of runs: top-``k`` Jaccard ``|T_a & T_b| / |T_a | T_b|``
     (ties by the seeded rule), Kendall tau-b on the full vectors, and VSI ``= 100 * mean |S_a & S_b| / k``
     (Visani's variable stability index with S = the top-``k`` features of a call); ``k`` defaults to 10, or half
-    the features when there are fewer than 20 (a top-k of every feature would agree by construction). CSI (Visani's coefficient
-    stability index, :func:`csi_scores`) when the explainer reports the standard deviations of its per-feature
-    weights (``meta["coef_sd"]`` ``(B, M)`` next to ``meta["values"]``: LIME with its ridge surrogate): per
-    feature, CI = beta ± 1.96 sd of each call, CSI_j = 100 · share of the pairs of calls that both selected j
-    (top-``k``) whose CIs overlap strictly; features selected fewer than twice are dropped; CSI = their mean.
+    the features when there are fewer than 20 (a top-k of every feature would agree by construction). A row is
+    scored over its own features (``meta["n_features"]`` of a batch of superpixel maps of different counts), so
+    ``meta["k"]`` is a list where rows differ. CSI (Visani's coefficient stability index, :func:`csi_scores`)
+    when the explainer reports the standard deviations of its per-feature weights (``meta["coef_sd"]`` ``(B, M)``
+    next to ``meta["values"]``: LIME with its ridge surrogate): per feature, CI = beta ± 1.96 sd of each call,
+    CSI_j = 100 · share of the pairs of calls that both selected j (top-``k``) whose CIs overlap strictly;
+    features selected fewer than twice are dropped; CSI = their mean.
     Scores: ``measure`` (default ``"jaccard"``); higher is more stable; a deterministic explainer gives
     J = tau = 1, VSI = 100 (and CSI = 100). ``measure="csi"`` with an explainer that reports no ``coef_sd``
     raises :class:`~whybox.InvalidParameterError`.
