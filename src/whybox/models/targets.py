@@ -18,6 +18,7 @@ __all__ = [
     "Target",
     "TargetLike",
     "apply_score_space",
+    "class_indexer",
     "class_label_target",
     "resolve_score",
     "resolve_target",
@@ -75,11 +76,11 @@ def _label_key(value: Any) -> Any:
         return text
 
 
-def true_class_indices(model: object, labels: Sequence[Any], what: str = "labels") -> list[int] | None:
-    """True labels written as a scikit-learn classifier's class values (``classes_``: ``[1, 2, 3]``, ``["no",
-    "yes"]``, the cells of a CSV's label column) as its output indices; ``None`` for a model without ``classes_``
-    (its labels are output indices). Where every class is text, an integer label in ``0..K-1`` is an index. A label
-    that is not a class is an :class:`InvalidInputError` naming them."""
+def class_indexer(model: object, what: str = "labels") -> Callable[[Any], int] | None:
+    """A function from a true label written as a scikit-learn classifier's class value (``classes_``: ``[1, 2, 3]``,
+    ``["no", "yes"]``, a cell of a CSV's label column) to its output index; ``None`` for a model without
+    ``classes_`` (its labels are output indices). Where every class is text, an integer label in ``0..K-1`` is an
+    index. A label that is not a class is an :class:`InvalidInputError` naming them."""
     classes = estimator_classes(model)
     if classes is None:
         return None
@@ -87,8 +88,8 @@ def true_class_indices(model: object, labels: Sequence[Any], what: str = "labels
     for i, c in enumerate(classes):
         lookup.setdefault(_label_key(c), i)
     named = not any(isinstance(k, float) for k in lookup)  # classes of text only: a number can only be an index
-    out = []
-    for v in labels:
+
+    def index(v: Any) -> int:
         key = _label_key(v)
         found = lookup.get(key)
         if found is None and named and isinstance(key, float) and key.is_integer() and 0 <= key < len(classes):
@@ -99,8 +100,15 @@ def true_class_indices(model: object, labels: Sequence[Any], what: str = "labels
                 f"{what}: {v!r} is not one of the model's classes {shown} (its classes_); give each row's true class "
                 "as the estimator names it."
             )
-        out.append(found)
-    return out
+        return found
+
+    return index
+
+
+def true_class_indices(model: object, labels: Sequence[Any], what: str = "labels") -> list[int] | None:
+    """:func:`class_indexer` over ``labels``; ``None`` for a model without ``classes_``."""
+    index = class_indexer(model, what)
+    return None if index is None else [index(v) for v in labels]
 
 
 def _one_decision_score(estimator: object, classes: Any) -> bool:

@@ -49,7 +49,7 @@ from whybox.errors import (
 from whybox.models.adapter import ModelAdapter
 from whybox.models.categorical import encode_frame
 from whybox.models.inputs import column_mismatch
-from whybox.models.targets import estimator_classes, true_class_indices
+from whybox.models.targets import class_indexer, estimator_classes, true_class_indices
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -1019,6 +1019,7 @@ def _load_csv(
     label column's cells name (a scikit-learn classifier: ``1, 2, 3`` or ``yes, no``), else they are class indices."""
     text_columns: set[int] = set()
     raw: list[list[str]] = []
+    class_index = class_indexer(classes) if classes is not None else None
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
@@ -1052,9 +1053,9 @@ def _load_csv(
                 for j, (name, cell) in enumerate(zip(columns, cells, strict=True)):
                     if j == label_at and not class_labels:
                         continue  # a regressor's target column: not a feature, and no class label (may be blank)
-                    if j == label_at and classes is not None:  # a class of the estimator, as it names them
+                    if j == label_at and class_index is not None:  # a class of the estimator, as it names them
                         try:
-                            labels += true_class_indices(classes, [cell], what="labels") or []
+                            labels.append(class_index(cell))
                         except InvalidInputError as exc:
                             raise DataFormatError(
                                 f"input {entry!r}, line {line}, column {name!r} (the label column): {exc}"
