@@ -898,6 +898,62 @@ def test_evaluate_json_holds_the_scores_of_the_api(runner: CliRunner, tmp_path: 
         assert f"  {metric:<18} mean {mean:.4f}" in result.stdout
 
 
+MARKED_PY = (
+    MODEL_PY
+    + """
+
+class Picky(nn.Module):
+    \"\"\"The tiny CNN, raising on the marked sample (pixels of 0.5) once a pixel of it has been removed (0).\"\"\"
+
+    def __init__(self):
+        super().__init__()
+        self.net = build()
+
+    def forward(self, x):
+        marked, lost = (x == 0.5).flatten(1).any(1), (x == 0).flatten(1).any(1)
+        if bool((marked & lost).any()):
+            raise ValueError("the marked sample lost a pixel")
+        return self.net(x)
+
+
+def picky():
+    return Picky().eval()
+"""
+)
+
+
+def test_a_metric_failing_on_one_sample_costs_only_that_sample(runner: CliRunner, files: Files) -> None:
+    """A metric that raised on one sample of a shard recorded that error for every sample of it, and the run said
+    '0 failed', exit 0, 'No failures'. The shard is scored sample by sample then: the others keep the values
+    whybox.evaluate gives them, the one failure is counted (exit 1) and listed in the report."""
+    (files.tmp / "marked.py").write_text(MARKED_PY)
+    x = np.load(files.x)
+    x[2, 0, [0, 4, 7], [0, 4, 7]] = 0.5
+    np.save(files.tmp / "marked.npy", x)
+    out = files.tmp / "run"
+    result = invoke(runner, ["compare", "--model", f"{files.tmp / 'marked.py'}:picky", files.tmp / "marked.npy",
+                             "--methods", "saliency", "--metrics", "deletion", "--out", out])  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert "0 failed (sample, method) pairs, 1 failed metric values" in result.output
+    import sqlite3
+
+    rows = dict(
+        (i, (v, why))
+        for i, v, why in sqlite3.connect(out / "run.sqlite").execute(
+            "SELECT idx, value, reason FROM metric_values WHERE metric = 'deletion'"
+        )
+    )
+    assert rows[2] == (None, "ValueError: the marked sample lost a pixel")
+    model = load_model(f"{files.tmp / 'marked.py'}:picky").module
+    keep = [0, 1, 3, 4, 5]
+    xt = torch.from_numpy(x[keep])
+    e = whybox.explain(model, xt, "saliency")
+    want = whybox.evaluate(model, xt, e, "deletion").scores.tolist()
+    assert [rows[i][0] for i in keep] == pytest.approx(want, rel=1e-12)
+    page = (out / "report.html").read_text()
+    assert "deletion: ValueError: the marked sample lost a pixel" in page
+
+
 def test_a_table_wider_than_the_estimator_names_the_label_column_fix(runner: CliRunner, files: Files) -> None:
     """A CSV whose label column was left in (no --label-column) failed every sample with scikit-learn's 'X has 5
     features, but LogisticRegression is expecting 4'; it is refused before any work, naming the flag."""

@@ -1048,12 +1048,14 @@ def compare_cmd(ctx: click.Context, **params: Any) -> None:
         click.echo(f"wrote {path}")
     click.echo(
         f"{summary.n_computed} units computed, {summary.n_skipped} already done, {summary.n_units} in all; "
-        f"{summary.n_failed_samples} failed (sample, method) pairs; {summary.seconds:.1f}s"
+        f"{summary.n_failed_samples} failed (sample, method) pairs"
+        + (f", {summary.n_failed_metric_values} failed metric values" if summary.n_failed_metric_values else "")
+        + f"; {summary.seconds:.1f}s"
     )
     if summary.stopped_by_budget:
         click.echo(f"stopped by --budget {budget:g}s; rerun the same command to resume.", err=True)
         _done(EXIT_BUDGET)
-    _done(EXIT_FAILURES if summary.n_failed_samples else EXIT_OK)
+    _done(EXIT_FAILURES if summary.n_failed_samples or summary.n_failed_metric_values else EXIT_OK)
 
 
 def _print_leaderboard(run_dir: Path) -> None:

@@ -33,7 +33,7 @@ from whybox.api import _options, evaluate, explain
 from whybox.errors import InvalidParameterError, WhyboxError, did_you_mean
 from whybox.models.adapter import FunctionModel, ModelAdapter, adapt, output_probabilities, reads_probabilities
 from whybox.registry import EXPLAINERS, METRICS
-from whybox.runs.store import MetricValue, RunStore, SampleResult, UnitResult
+from whybox.runs.store import UNDEFINED, MetricValue, RunStore, SampleResult, UnitResult
 
 __all__ = [
     "Job",
@@ -431,24 +431,41 @@ def execute_unit(
             ls = labels[sel] if labels is not None else None
             for metric in job.metrics:
                 t1 = time.perf_counter()
-                mopts = job.metric_options_for(metric, unit.shard)
+                job_mopts = job.metric_options_for(metric, unit.shard)
                 takes = _options(METRICS.get(metric))
-                data = _cut({k: v for k, v in metric_data.items() if k in takes}, sel, n_rows)
-                mopts = {**data, **mopts}
-                try:
-                    res = evaluate(model, xs, expl, metric, target=ts, labels=ls, **mopts)
-                    nf, nb = int(res.meta.get("n_forward", 0)), int(res.meta.get("n_backward", 0))
-                    for j, r in enumerate(rows_ok):
+                own = {k: v for k, v in metric_data.items() if k in takes}
+
+                def record(res: Any, rows: list[int], metric: str = metric) -> tuple[int, int]:
+                    for j, r in enumerate(rows):
                         v = float(res.scores[j])
                         samples[r].metrics[metric] = MetricValue(
                             v if math.isfinite(v) else None,
                             _curves(res.curves, j),
-                            None if math.isfinite(v) else "undefined (NaN) for this sample",
+                            None if math.isfinite(v) else UNDEFINED,
                         )
+                    return int(res.meta.get("n_forward", 0)), int(res.meta.get("n_backward", 0))
+
+                try:
+                    mopts = {**_cut(own, sel, n_rows), **job_mopts}
+                    nf, nb = record(evaluate(model, xs, expl, metric, target=ts, labels=ls, **mopts), rows_ok)
                 except errors as exc:
                     nf = nb = 0
-                    for r in rows_ok:
-                        samples[r].metrics[metric] = MetricValue(None, None, _reason(exc))
+                    if len(rows_ok) == 1:
+                        samples[rows_ok[0]].metrics[metric] = MetricValue(None, None, _reason(exc))
+                    else:  # one sample's failure costs only that sample, as in the explain stage
+                        for j, r in enumerate(rows_ok):
+                            one = sel[j : j + 1]
+                            mopts = {**_cut(own, one, n_rows), **job_mopts}
+                            try:
+                                res1 = evaluate(
+                                    model, x[one], expl[j : j + 1], metric, target=target[one],
+                                    labels=labels[one] if labels is not None else None, **mopts,
+                                )  # fmt: skip
+                            except errors as exc1:
+                                samples[r].metrics[metric] = MetricValue(None, None, _reason(exc1))
+                                continue
+                            f1, b1 = record(res1, [r])
+                            nf, nb = nf + f1, nb + b1
                 costs[f"metric:{metric}"] = (time.perf_counter() - t1, nf, nb)
     return UnitResult(unit.shard, unit.method, samples, costs)
 
@@ -467,6 +484,7 @@ class RunSummary:
     stopped_by_budget: bool
     seconds: float
     estimate_seconds: float | None = None
+    n_failed_metric_values: int = 0  # (sample, method, metric) values that failed (not the NaN of an undefined one)
 
 
 Progress = Callable[[str], None]
@@ -714,6 +732,7 @@ def run_job(
             )
         done_now = store.done_units()
         n_failed = store.n_failed()
+        n_failed_metrics = store.n_failed_metrics(UNDEFINED)
         complete = len(done_now) == total
         return RunSummary(
             path=store.path,
@@ -721,6 +740,7 @@ def run_job(
             n_skipped=n_skipped,
             n_computed=computed,
             n_failed_samples=n_failed,
+            n_failed_metric_values=n_failed_metrics,
             complete=complete,
             stopped_by_budget=stopped and not complete,
             seconds=time.perf_counter() - t_start,

@@ -21,7 +21,7 @@ import numpy as np
 from whybox.errors import InvalidParameterError
 from whybox.registry import EXPLAINERS, METRICS
 from whybox.report.run_report import ReportMethod, ReportMetric, ReportSample, ReportVerdict, RunReport
-from whybox.runs.store import DB_NAME, INPUTS_NAME, read_row
+from whybox.runs.store import DB_NAME, INPUTS_NAME, UNDEFINED, read_row
 
 __all__ = ["SANITY_THRESHOLD", "STABILITY_THRESHOLD", "load_run_report", "method_reading", "readings_of"]
 
@@ -236,6 +236,19 @@ def _sample_view(kind: str, inputs_path: Path, extra: Mapping[str, Any]) -> Samp
     return None
 
 
+def _uneven_means(sums: Mapping[tuple[str, str], list[float]], methods: list[str], metrics: list[str]) -> str:
+    """Where a metric's means in the leaderboard are over different numbers of samples (an unfinished run, failed or
+    undefined values), how many each method's mean is over; ``""`` where every method has the same count."""
+    parts = []
+    for k in metrics:
+        counts = {m: len(sums.get((m, k), [])) for m in methods}
+        if len(set(counts.values())) > 1:
+            parts.append(f"{k} over " + ", ".join(f"{m} {n}" for m, n in counts.items()))
+    if not parts:
+        return ""
+    return "means over different samples: " + "; ".join(parts) + " (compare methods with care)"
+
+
 def load_run_report(run_dir: str | Path, *, title: str | None = None, max_samples: int = 24) -> RunReport:
     """Read the run in ``run_dir`` into a :class:`RunReport`.
 
@@ -288,9 +301,11 @@ def load_run_report(run_dir: str | Path, *, title: str | None = None, max_sample
     # leaderboard and curves
     sums: dict[tuple[str, str], list[float]] = defaultdict(list)
     curve_rows: dict[tuple[str, str], list[np.ndarray]] = defaultdict(list)
-    for _idx, method, metric, value, curve, _reason in values:
+    for idx, method, metric, value, curve, reason in values:
         if value is not None and math.isfinite(value):
             sums[(method, metric)].append(float(value))
+        elif reason is not None and reason != UNDEFINED and result_of.get((int(idx), method), ("ok",))[0] == "ok":
+            failures.append((name_of.get(int(idx), str(idx)), method, f"{metric}: {reason}"))
         if curve is not None and metric in ("deletion", "insertion"):
             y = json.loads(curve).get("y")
             if y is not None:
@@ -400,6 +415,9 @@ def load_run_report(run_dir: str | Path, *, title: str | None = None, max_sample
             metadata.append((k.replace("fingerprint.", "fingerprint: "), kv[k]))
     if job.get("metric_options"):
         metadata.append(("metric options", json.dumps(job.get("metric_options"), sort_keys=True)))
+    uneven = _uneven_means(sums, methods, metrics)
+    if uneven:
+        metadata.append(("leaderboard", uneven))
     return RunReport(
         title=title or f"whybox run: {extra.get('model', run_dir.name)}",
         metadata=metadata,

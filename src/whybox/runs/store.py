@@ -119,6 +119,10 @@ class UnitResult:
     costs: dict[str, tuple[float, int, int]]  # stage -> (seconds, n_forward, n_backward)
 
 
+#: the reason stored with a metric value that is undefined for its sample (NaN): not a failure
+UNDEFINED = "undefined (NaN) for this sample"
+
+
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened
         fd = os.open(path, os.O_RDONLY)
@@ -437,6 +441,14 @@ class RunStore:
     def n_failed(self) -> int:
         """How many (sample, method) pairs are recorded as failed."""
         return int(self._conn.execute("SELECT COUNT(*) FROM results WHERE status = 'failed'").fetchone()[0])
+
+    def n_failed_metrics(self, undefined: str) -> int:
+        """How many metric values failed (no value, and a reason other than ``undefined``, the one of a NaN)."""
+        row = self._conn.execute(
+            "SELECT COUNT(*) FROM metric_values WHERE value IS NULL AND reason IS NOT NULL AND reason != ?",
+            (undefined,),
+        ).fetchone()
+        return int(row[0])
 
     def config(self) -> dict[str, Any]:
         """The job configuration stored at creation."""
