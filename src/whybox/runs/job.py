@@ -156,26 +156,31 @@ class Job:
             "metric_options": {k: dict(v) for k, v in sorted(self.metric_options.items())},
             "shard_size": self.shard_size,
             "seed": self.seed,
+            # every shard runs with the job's seed: a sample's draws and ties are its own, so its results do not
+            # depend on the shard size (runs of an earlier scheme, seed + shard, are not resumed with this one)
+            "seeding": "per-sample",
             "target": self.target,
             "batch_size": self.batch_size,
             "threads": self.threads,
         }
 
     def options_for(self, method: str, shard: int) -> dict[str, Any]:
-        """The explainer options of ``method`` for ``shard``: the job's, plus batch size and the shard's seed."""
+        """The explainer options of ``method`` for ``shard``: the job's, plus batch size and the job's seed (the
+        same for every shard: explainers key their draws by sample, so a sample's explanation does not depend on
+        which shard holds it)."""
         opts = dict(self.method_options.get(method, {}))
         valid = _options(EXPLAINERS.get(method))
         if "batch_size" in valid:
             opts.setdefault("batch_size", self.batch_size)
         if "seed" in valid:
-            opts["seed"] = self.seed + shard
+            opts["seed"] = self.seed
         return opts
 
     def metric_options_for(self, metric: str, shard: int) -> dict[str, Any]:
-        """The options of ``metric`` for ``shard``."""
+        """The options of ``metric`` for ``shard`` (the job's seed for every shard, as :meth:`options_for`)."""
         opts = dict(self.metric_options.get(metric, {}))
         opts.setdefault("batch_size", self.batch_size)
-        opts["seed"] = self.seed + shard
+        opts["seed"] = self.seed
         return opts
 
 
