@@ -26,6 +26,14 @@ __all__ = [
 ]
 
 
+def check_bool(name: str, value: object) -> bool:
+    """``value`` as a bool, for an on/off option: ``True`` or ``False`` only (NumPy's too). ``bool("False")`` is
+    True, so a string (a command line's ``False``) is an error, not a quiet yes."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return bool(value)
+    raise InvalidParameterError(f"{name} must be True or False; got {value!r}.")
+
+
 def did_you_mean(value: Any, choices: Iterable[str], n: int = 1, cutoff: float = 0.6) -> str:
     """`` Did you mean 'x'?`` for the choices closest to a mistyped string (up to ``n``), or ``""``: the hint every
     "not a known name" error appends."""

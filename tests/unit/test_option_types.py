@@ -109,3 +109,35 @@ def test_a_label_map_written_as_lists_is_the_same_option_as_its_tensor() -> None
         assert torch.allclose(got, want, equal_nan=True), metric
     with pytest.raises(WhyboxError, match=r"features as a list must be a row of ints or equal rows"):
         whybox.explain(model, x, "exact_shapley", features=[[0, 1], [0]])
+
+
+ON_OFF = {
+    "saliency": ["abs"], "gradcam": ["relu", "upsample"], "gradcam_pp": ["alpha_normalize"],
+    "scorecam": ["mask_align_corners"], "exact_shapley": ["allow_large"], "kernel_shap": ["paired"],
+    "shapley_sampling": ["antithetic"],
+}  # fmt: skip
+METRIC_ON_OFF = {
+    "stability": ["abs"], "road": ["abs"], "infidelity": ["normalize"], "max_sensitivity": ["relative",
+    "skip_label_change"], "mufidelity": ["bernoulli", "abs"], "randomization": ["include_norm"],
+}  # fmt: skip
+
+
+def test_an_on_off_option_takes_true_or_false_only() -> None:
+    """bool('False') is True: abs='False' (a command line's Python spelling) gave absolute maps without a word.
+    Every on/off option refuses anything but a bool, and the command line reads True / False as bools."""
+    from whybox.cli.jobs import parse_options
+    from whybox.registry import EXPLAINERS
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3))
+    adapter = whybox.adapt(model)
+    for method, names in ON_OFF.items():
+        for name in names:
+            with pytest.raises(whybox.InvalidParameterError, match=rf"^{name} must be True or False; got 'False'\.$"):
+                EXPLAINERS.get(method)(adapter, **{name: "False"})
+    for metric, names in METRIC_ON_OFF.items():
+        for name in names:
+            with pytest.raises(whybox.InvalidParameterError, match=rf"^{name} must be True or False; got 'no'\.$"):
+                METRICS.get(metric)(**{name: "no"})
+    assert parse_options(("saliency.abs=False", "lime.n_samples=5", "x.y=None"), flag="--option", scoped=True) == {
+        "saliency": {"abs": False}, "lime": {"n_samples": 5}, "x": {"y": None}
+    }  # fmt: skip

@@ -87,7 +87,14 @@ class _ModelFailed(BadInput):
 _MODEL_ERRORS = (RuntimeError, ValueError, TypeError, IndexError, ArithmeticError)
 
 
+_PYTHON_WORDS = {"True": True, "False": False, "None": None}
+
+
 def _parse_value(text: str) -> Any:
+    """A flag's value as JSON (``false``, ``3``, ``[1, 2]``), Python's ``True``, ``False`` and ``None`` as
+    themselves, anything else as the text."""
+    if text.strip() in _PYTHON_WORDS:
+        return _PYTHON_WORDS[text.strip()]
     try:
         return json.loads(text)
     except json.JSONDecodeError:

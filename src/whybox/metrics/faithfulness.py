@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from whybox.errors import InvalidInputError, InvalidParameterError
+from whybox.errors import InvalidInputError, InvalidParameterError, check_bool
 from whybox.masking.engine import repeat_last
 from whybox.masking.features import FeatureGroups, broadcast_ids, cells, groups_touched
 from whybox.masking.fills import FillLike, make_fill
@@ -548,8 +548,8 @@ class MuFidelity(Metric):
         self.n_samples = check_int("n_samples", n_samples, 2)
         self.fill = _check_fill(fill)
         self.corr = check_choice("corr", corr, ("pearson", "spearman"))
-        self.bernoulli = bool(bernoulli)
-        self.abs = bool(abs)
+        self.bernoulli = check_bool("bernoulli", bernoulli)
+        self.abs = check_bool("abs", abs)
         if subsets is not None and (not isinstance(subsets, torch.Tensor) or subsets.ndim not in (2, 3)):
             raise InvalidParameterError("subsets must be a (n_samples, M) or (B, n_samples, M) bool tensor, or None.")
         self.subsets = subsets

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from whybox.errors import InvalidParameterError, InvalidTargetError
+from whybox.errors import InvalidParameterError, InvalidTargetError, check_bool
 from whybox.metrics.base import (
     Context,
     Metric,
@@ -270,7 +270,7 @@ class Randomization(_MapComparison):
     ) -> None:
         super().__init__(**kwargs)
         self.order = check_choice("order", order, ("cascading", "independent"))
-        self.include_norm = bool(include_norm)
+        self.include_norm = check_bool("include_norm", include_norm)
         self.reduce = check_choice("reduce", reduce, ("mean", "last"))
 
     def _compute(self, ctx: Context) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from whybox.errors import InvalidInputError, InvalidParameterError
+from whybox.errors import InvalidInputError, InvalidParameterError, check_bool
 from whybox.metrics.base import (
     Context,
     Metric,
@@ -317,7 +317,7 @@ class ROAD(Metric):
         self.fractions = tuple(check_float("fractions", p, 0.0, 1.0, lo_open=True) for p in fr)
         self.noise = check_float("noise", noise, 0.0)
         self.quantity = check_choice("quantity", quantity, ("score", "accuracy"))
-        self.abs = bool(abs)
+        self.abs = check_bool("abs", abs)
         self.orders = check_choice("orders", orders, ("both", "morf", "lerf"))
 
     def result_direction(self) -> bool:

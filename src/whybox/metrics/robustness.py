@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from whybox.errors import InvalidInputError, InvalidParameterError
+from whybox.errors import InvalidInputError, InvalidParameterError, check_bool
 from whybox.metrics.base import (
     Context,
     Metric,
@@ -87,7 +87,7 @@ class Infidelity(Metric):
         self.perturbation = check_choice("perturbation", perturbation, ("noisy_baseline", "square"))
         self.sigma = check_float("sigma", sigma, 0.0)
         self.n_samples = check_int("n_samples", n_samples)
-        self.normalize = bool(normalize)
+        self.normalize = check_bool("normalize", normalize)
         self.baseline = check_float("baseline", baseline)
         if clip is not None and (
             not isinstance(clip, (tuple, list))
@@ -215,8 +215,8 @@ class MaxSensitivity(Metric):
         super().__init__(**kwargs)
         self.radius = check_float("radius", radius, 0.0, lo_open=True)
         self.n_samples = check_int("n_samples", n_samples)
-        self.relative = bool(relative)
-        self.skip_label_change = bool(skip_label_change)
+        self.relative = check_bool("relative", relative)
+        self.skip_label_change = check_bool("skip_label_change", skip_label_change)
         if deltas is not None and (not isinstance(deltas, torch.Tensor) or not deltas.is_floating_point()):
             raise InvalidParameterError(
                 f"deltas must be a float tensor (B, n_samples, ...) or (n_samples, ...), or None; got "

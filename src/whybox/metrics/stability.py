@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from whybox.errors import InvalidParameterError
+from whybox.errors import InvalidParameterError, check_bool
 from whybox.metrics.base import Context, Metric, check_choice, check_int, check_options, make_explain_fn, tie_order
 from whybox.registry import METRICS
 
@@ -164,7 +164,7 @@ class Stability(Metric):
         self.n_runs = check_int("n_runs", n_runs, 2)
         self.k = None if k is None else check_int("k", k)
         self.measure = check_choice("measure", measure, MEASURES)
-        self.abs = bool(abs)
+        self.abs = check_bool("abs", abs)
         self.explainer = explainer
         self.explainer_params = check_options("explainer_params", explainer_params)
 

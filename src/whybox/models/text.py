@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from whybox.errors import InvalidInputError, InvalidParameterError, ModelOutputError, did_you_mean
+from whybox.errors import InvalidInputError, InvalidParameterError, ModelOutputError, check_bool, did_you_mean
 from whybox.explanation import Explanation
 from whybox.models.adapter import EmbeddingAdapter, TorchAdapter, declares_multilabel
 from whybox.models.blackbox_text import BlackBoxText, BlackBoxTextAdapter
@@ -444,7 +444,7 @@ class TextEncoderAdapter(_TextMixin, EmbeddingAdapter):
             raise InvalidParameterError(f"pooling must be 'mean' or 'cls'; got {pooling!r}.")
         self.tokenizer = tokenizer
         self.pooling = pooling
-        self.normalize = bool(normalize)
+        self.normalize = check_bool("normalize", normalize)
         self.max_length = int(max_length)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:

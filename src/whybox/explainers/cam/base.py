@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from whybox.errors import InvalidParameterError, LayerError, did_you_mean
+from whybox.errors import InvalidParameterError, LayerError, check_bool, did_you_mean
 from whybox.explainers.base import PERTURBATION_HINT, Explainer
 from whybox.masking.engine import MaskingEngine
 from whybox.models.adapter import LayerLike, TorchAdapter, is_signal
@@ -112,9 +112,9 @@ class CAM(Explainer):
                 f"normalize must be one of {NORMALIZATIONS}; got {normalize!r}.{did_you_mean(normalize, NORMALIZATIONS)}"
             )
         self.layer = layer
-        self.relu = bool(relu)
+        self.relu = check_bool("relu", relu)
         self.normalize = normalize
-        self.upsample = bool(upsample)
+        self.upsample = check_bool("upsample", upsample)
 
     def params(self) -> dict[str, Any]:
         p = super().params()

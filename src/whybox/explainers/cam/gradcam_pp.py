@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from whybox.errors import check_bool
 from whybox.explainers.cam.base import CAM
 from whybox.registry import EXPLAINERS
 
@@ -23,7 +24,7 @@ class GradCAMPlusPlus(CAM):
 
     def __init__(self, model: Any, *, alpha_normalize: bool = False, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
-        self.alpha_normalize = bool(alpha_normalize)
+        self.alpha_normalize = check_bool("alpha_normalize", alpha_normalize)
 
     def raw_map(self, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         # alpha = g^2 / (g^2 (2 + S g)) = 1 / (2 + S g) where g != 0, so alpha * ReLU(g) = ReLU(g) / (2 + S g):

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from whybox.errors import InvalidParameterError, did_you_mean
+from whybox.errors import InvalidParameterError, check_bool, did_you_mean
 from whybox.explainers.cam.base import CAM, upsample
 from whybox.masking.engine import MaskingEngine
 from whybox.models.targets import Target
@@ -47,7 +47,7 @@ class ScoreCAM(CAM):
                 f"weighting must be one of {WEIGHTINGS}; got {weighting!r}.{did_you_mean(weighting, WEIGHTINGS)}"
             )
         self.weighting = weighting
-        self.mask_align_corners = bool(mask_align_corners)
+        self.mask_align_corners = check_bool("mask_align_corners", mask_align_corners)
 
     def _layer_maps(
         self,

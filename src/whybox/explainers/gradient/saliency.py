@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from whybox.errors import check_bool
 from whybox.explainers.base import GradientExplainer
 from whybox.masking.engine import MaskingEngine
 from whybox.models.targets import Target, TargetLike
@@ -29,7 +30,7 @@ class Saliency(GradientExplainer):
 
     def __init__(self, model: Any, *, abs: bool = True, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
-        self.abs = bool(abs)
+        self.abs = check_bool("abs", abs)
 
     def _explain(
         self, x: torch.Tensor, target: TargetLike, engine: MaskingEngine, n_backward: list[int]

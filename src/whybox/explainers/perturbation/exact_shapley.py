@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from whybox.errors import InvalidParameterError
+from whybox.errors import InvalidParameterError, check_bool
 from whybox.explainers.perturbation._common import F64, ShapleyExplainer, shapley_weights
 from whybox.masking.engine import MaskingEngine
 from whybox.models.targets import Target, TargetLike
@@ -62,7 +62,7 @@ class ExactShapley(ShapleyExplainer):
 
     def __init__(self, model: Any, *, allow_large: bool = False, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
-        self.allow_large = bool(allow_large)
+        self.allow_large = check_bool("allow_large", allow_large)
 
     def feature_counts(self, inputs: Any) -> list[int]:
         """Each row's M, the features the enumeration covers (2^M coalitions), without a model pass: what the cost

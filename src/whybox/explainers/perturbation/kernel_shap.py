@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from whybox.errors import InvalidParameterError
+from whybox.errors import InvalidParameterError, check_bool
 from whybox.explainers.perturbation._common import F64, ShapleyExplainer
 from whybox.masking.engine import MaskingEngine
 from whybox.models.targets import Target, TargetLike
@@ -258,7 +258,7 @@ class KernelShap(ShapleyExplainer):
         ):
             raise InvalidParameterError(f"n_samples must be 'auto' or an int >= 1; got {n_samples!r}.")
         self.n_samples = n_samples
-        self.paired = bool(paired)
+        self.paired = check_bool("paired", paired)
 
     def budget(self, m: int) -> int:
         """Coalitions evaluated for a row with ``m`` features (besides ∅ and the full set)."""

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from whybox.errors import check_bool
 from whybox.explainers.perturbation._common import F64, ShapleyExplainer, _check_int
 from whybox.masking.engine import MaskingEngine
 from whybox.models.targets import Target, TargetLike
@@ -72,7 +73,7 @@ class ShapleySampling(ShapleyExplainer):
     def __init__(self, model: Any, *, n_permutations: int = 25, antithetic: bool = True, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
         self.n_permutations = _check_int("n_permutations", n_permutations)
-        self.antithetic = bool(antithetic)
+        self.antithetic = check_bool("antithetic", antithetic)
 
     def _explain(
         self, x: torch.Tensor, target: TargetLike, engine: MaskingEngine, n_backward: list[int]
