@@ -370,3 +370,25 @@ def test_data_options_reach_each_unit_cut_to_its_samples(tmp_path: Path) -> None
         torch.testing.assert_close(torch.from_numpy(got0), alone[0].float())
     finally:
         store.close()
+
+
+def test_bad_option_values_are_refused_before_any_work(tmp_path: Path) -> None:
+    """An option value a method or metric refuses (n_samples='abc', steps=0) made every sample fail (or, for a
+    metric, a run that said nothing failed) and left a run that refused the corrected command as 'a different job';
+    it is refused before anything is written. Fractional labels were truncated to classes."""
+    x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    cases = [
+        (Job(methods=("lime",), metrics=(), method_options={"lime": {"n_samples": "abc"}}),
+         "method_options['lime']: n_samples must be an int >= 2; got 'abc'."),
+        (Job(methods=("saliency",), metrics=("deletion",), metric_options={"deletion": {"steps": 0}}),
+         "metric_options['deletion']: steps must be an int >= 1; got 0."),
+    ]  # fmt: skip
+    for job, message in cases:
+        with pytest.raises(InvalidParameterError) as err:
+            run_job(job, tiny_cnn(), x, tmp_path / "run")
+        assert str(err.value) == message
+        assert not (tmp_path / "run" / "run.sqlite").exists()
+    with pytest.raises(InvalidParameterError, match=r"^labels must be integer class indices; got fractional values"):
+        run_job(Job(methods=("saliency",), metrics=()), tiny_cnn(), x, tmp_path / "run", labels=[1.7, 0.0, 2.0])
+    fixed = Job(methods=("lime",), metrics=("deletion",), method_options={"lime": {"n_samples": 20}})
+    assert run_job(fixed, tiny_cnn(), x, tmp_path / "run").complete

@@ -327,6 +327,33 @@ def _cut(given: Mapping[str, Any], rows: torch.Tensor | slice, n: int) -> dict[s
     return {k: v[rows] if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == n else v for k, v in given.items()}
 
 
+def _check_option_values(
+    job: Job, adapter: ModelAdapter, data_options: Mapping[str, Mapping[str, Any]] | None, n: int
+) -> None:
+    """Build every method and metric once with the job's options before any work: a bad value (``n_samples='abc'``,
+    ``steps=0``) is an error now, not a failure recorded on every sample (or a run that says nothing failed).
+    Only the option errors are raised here; what a method cannot do on this model is recorded per sample."""
+    first = slice(0, 1)
+    for m in job.methods:
+        given = {**_cut((data_options or {}).get(m) or {}, first, n), **job.options_for(m, 0)}
+        try:
+            EXPLAINERS.get(m)(adapter, **given)
+        except InvalidParameterError as exc:
+            raise InvalidParameterError(f"method_options[{m!r}]: {exc}") from None
+        except WhyboxError:
+            pass
+    shared = (data_options or {}).get(METRICS_KEY) or {}
+    for k in job.metrics:
+        takes = _options(METRICS.get(k))
+        given = {**_cut({o: v for o, v in shared.items() if o in takes}, first, n), **job.metric_options_for(k, 0)}
+        try:
+            METRICS.get(k)(**given)
+        except InvalidParameterError as exc:
+            raise InvalidParameterError(f"metric_options[{k!r}]: {exc}") from None
+        except WhyboxError:
+            pass
+
+
 def unit_data_options(
     data_options: Mapping[str, Mapping[str, Any]] | None, unit: Unit, n: int
 ) -> dict[str, Any] | None:
@@ -616,7 +643,13 @@ def run_job(
     if len(names) != n:
         raise InvalidParameterError(f"names must have one entry per sample ({n}); got {len(names)}.")
     if labels is not None:
-        labels = torch.as_tensor(labels).to(torch.int64).reshape(-1)
+        given = torch.as_tensor(labels)
+        if given.is_floating_point() and not bool((given == given.round()).all()):
+            raise InvalidParameterError(
+                "labels must be integer class indices; got fractional values (e.g. "
+                f"{given[given != given.round()].reshape(-1)[0].item()!r})."
+            )
+        labels = given.to(torch.int64).reshape(-1)
         if labels.shape[0] != n:
             raise InvalidParameterError(f"labels must have one entry per sample ({n}); got {labels.shape[0]}.")
     if job.target == "label" and labels is None:
@@ -626,6 +659,7 @@ def run_job(
     if budget is not None and not (isinstance(budget, (int, float)) and budget > 0):
         raise InvalidParameterError(f"budget must be a positive number of seconds; got {budget!r}.")
     adapter = model if isinstance(model, ModelAdapter) else adapt(model)
+    _check_option_values(job, adapter, data_options, n)
     say = progress or (lambda _line: None)
 
     config = {"job": job.config(), **({"extra": dict(extra_config)} if extra_config else {})}
