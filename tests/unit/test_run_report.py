@@ -374,6 +374,12 @@ def test_grid_is_capped_at_max_samples_and_says_how_many_were_left_out() -> None
     page = Page(render_run_report(report, max_samples=30))
     assert "All 30 samples shown." in " ".join(" ".join(page.texts).split())
     assert len(page.tables["failures"]) == 1 + 10  # the failures table covers every sample
+    import dataclasses
+
+    # a run's report loads only the first samples (load_run_report(max_samples=5)): the page counts the run's
+    cut = dataclasses.replace(report, samples=report.samples[:5], n_samples=30)
+    page = Page(render_run_report(cut, max_samples=5))
+    assert "Showing the first 5 of 30 samples; 25 left out" in " ".join(" ".join(page.texts).split())
 
 
 def test_grid_cells_show_overlays_failures_and_prediction_mismatch() -> None:

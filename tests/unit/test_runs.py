@@ -392,3 +392,13 @@ def test_bad_option_values_are_refused_before_any_work(tmp_path: Path) -> None:
         run_job(Job(methods=("saliency",), metrics=()), tiny_cnn(), x, tmp_path / "run", labels=[1.7, 0.0, 2.0])
     fixed = Job(methods=("lime",), metrics=("deletion",), method_options={"lime": {"n_samples": 20}})
     assert run_job(fixed, tiny_cnn(), x, tmp_path / "run").complete
+
+
+def test_overwriting_a_run_removes_its_old_report(tmp_path: Path) -> None:
+    """--overwrite --no-report left the old run's report.html beside the new run, describing what was deleted."""
+    x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    run_job(Job(methods=("saliency",), metrics=()), tiny_cnn(), x, tmp_path)
+    (tmp_path / "report.html").write_text("the old run")
+    (tmp_path / "notes.txt").write_text("the user's")
+    run_job(Job(methods=("gradcam",), metrics=()), tiny_cnn(), x, tmp_path, overwrite=True)
+    assert not (tmp_path / "report.html").exists() and (tmp_path / "notes.txt").read_text() == "the user's"

@@ -1094,9 +1094,10 @@ def _print_leaderboard(run_dir: Path) -> None:
 def _write_report(run_dir: Path, out: Path | None, max_samples: int) -> Path:
     from whybox.report.run_report import write_run_report
     from whybox.runs.report_data import load_run_report, readings_of
+    from whybox.runs.store import REPORT_NAME
 
     rep = load_run_report(run_dir, max_samples=max_samples)
-    path = out if out is not None else run_dir / "report.html"
+    path = out if out is not None else run_dir / REPORT_NAME
     return write_run_report(rep, path, max_samples=max_samples, readings=readings_of(run_dir))
 
 

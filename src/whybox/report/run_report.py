@@ -134,6 +134,8 @@ class RunReport:
     samples: list[ReportSample]
     verdicts: list[ReportVerdict]
     failures: list[tuple[str, str, str]]
+    #: the run's number of samples, where ``samples`` holds only the first of them (None: ``samples`` is all)
+    n_samples: int | None = None
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -478,6 +480,7 @@ def render_run_report(
             )
     methods = _method_names(report)
     shown = report.samples[:max_samples]
+    total = report.n_samples if report.n_samples is not None else len(report.samples)
     source = resources.files("whybox.report").joinpath("templates/run_report.html").read_text(encoding="utf-8")
     template = _environment().from_string(source)
     return template.render(
@@ -501,8 +504,8 @@ def render_run_report(
         verdicts=_verdicts(report),
         methods=methods,
         samples=_sample_rows(shown, methods, readings, thumbnail),
-        n_samples=len(report.samples),
-        n_left_out=len(report.samples) - len(shown),
+        n_samples=total,
+        n_left_out=total - len(shown),
         failures=report.failures,
         thumbnail=thumbnail,
     )

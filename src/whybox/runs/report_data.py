@@ -428,4 +428,5 @@ def load_run_report(run_dir: str | Path, *, title: str | None = None, max_sample
         samples=report_samples,
         verdicts=verdicts,
         failures=failures,
+        n_samples=len(samples),
     )

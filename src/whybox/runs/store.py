@@ -59,6 +59,7 @@ __all__ = [
 ]
 
 DB_NAME = "run.sqlite"
+REPORT_NAME = "report.html"  # the run's HTML report (whybox compare and whybox report write it)
 INPUTS_NAME = "inputs.npy"
 _SCHEMA_VERSION = "1"
 
@@ -329,7 +330,7 @@ class RunStore:
     def _delete(self) -> None:
         import shutil
 
-        for name in (DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm"):
+        for name in (DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm", REPORT_NAME):  # the old run's report goes too
             (self.path / name).unlink(missing_ok=True)
         shutil.rmtree(self.path / "arrays", ignore_errors=True)
         (self.path / "arrays").mkdir()
