@@ -402,3 +402,24 @@ def test_overwriting_a_run_removes_its_old_report(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("the user's")
     run_job(Job(methods=("gradcam",), metrics=()), tiny_cnn(), x, tmp_path, overwrite=True)
     assert not (tmp_path / "report.html").exists() and (tmp_path / "notes.txt").read_text() == "the user's"
+
+
+class _Tempered(nn.Module):
+    def __init__(self, temperature: float) -> None:
+        super().__init__()
+        self.net = tiny_cnn()
+        self.temperature = temperature
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x) / self.temperature
+
+
+def test_a_model_whose_settings_changed_is_not_resumed(tmp_path: Path) -> None:
+    """The same weights with another temperature (a factory edited between two runs) resumed as the same model,
+    mixing results of both; a user module's plain settings and class source are part of the model's digest."""
+    x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    job = Job(methods=("saliency",), metrics=())
+    run_job(job, _Tempered(1.0), x, tmp_path)
+    assert run_job(job, _Tempered(1.0), x, tmp_path).n_computed == 0  # the same model resumes
+    with pytest.raises(FingerprintMismatchError, match=r"changed: weights"):
+        run_job(job, _Tempered(0.05), x, tmp_path)

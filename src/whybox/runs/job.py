@@ -245,6 +245,30 @@ def _hash_function(h: Any, fn: Any) -> None:
             h.update(repr(v).encode())
 
 
+_LIBRARY_ROOTS = frozenset({"torch", "transformers", "whybox", "torchvision", "timm", "efficientnet_lite_pytorch"})
+
+
+def _hash_user_code(h: Any, module: torch.nn.Module) -> None:
+    """Hash what a user's own module classes are beyond their weights: each class's source and its instances' plain
+    settings (numbers, strings, flags set in ``__init__``, e.g. a temperature), so that a run does not resume
+    after the model's code was edited. Library classes (torch, transformers, ...) are known by their weights."""
+    import inspect
+
+    seen: set[type] = set()
+    for name, m in module.named_modules():
+        cls = type(m)
+        if cls.__module__.split(".")[0] in _LIBRARY_ROOTS:
+            continue
+        if cls not in seen:
+            seen.add(cls)
+            try:
+                h.update(inspect.getsource(cls).encode())
+            except (OSError, TypeError):  # defined where its source cannot be read (an interactive session)
+                h.update(cls.__qualname__.encode())
+        plain = {k: v for k, v in vars(m).items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
+        h.update(json.dumps([name, sorted(plain.items())], default=repr).encode())
+
+
 def fingerprints(
     job: Job,
     model: Any,
@@ -277,6 +301,7 @@ def fingerprints(
         for k, v in sorted(module.state_dict().items()):
             hw.update(k.encode())
             _hash_tensor(hw, v)
+        _hash_user_code(hw, module)
         if isinstance(module, FunctionModel):  # a black-box function: its code and data
             _hash_function(hw, module.fn)
     else:  # a scikit-learn estimator: its pickled bytes (hashed, never loaded)
