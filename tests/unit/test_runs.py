@@ -423,3 +423,9 @@ def test_a_model_whose_settings_changed_is_not_resumed(tmp_path: Path) -> None:
     assert run_job(job, _Tempered(1.0), x, tmp_path).n_computed == 0  # the same model resumes
     with pytest.raises(FingerprintMismatchError, match=r"changed: weights"):
         run_job(job, _Tempered(0.05), x, tmp_path)
+
+
+def test_one_method_or_metric_may_be_given_as_a_name() -> None:
+    """Job(methods="saliency") was read letter by letter ('s' is not a method)."""
+    job = Job(methods="saliency", metrics="deletion")
+    assert job.methods == ("saliency",) and job.metrics == ("deletion",)

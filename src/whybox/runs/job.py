@@ -89,8 +89,9 @@ class Job:
     threads: int = 1
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "methods", tuple(self.methods))
-        object.__setattr__(self, "metrics", tuple(self.metrics))
+        for attr in ("methods", "metrics"):  # one name is a tuple of one (tuple("lime") would be its letters)
+            value = getattr(self, attr)
+            object.__setattr__(self, attr, (value,) if isinstance(value, str) else tuple(value))
         if not self.methods:
             raise InvalidParameterError("methods must name at least one method; see whybox.methods().")
         for name in self.methods:
