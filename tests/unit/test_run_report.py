@@ -459,3 +459,16 @@ def test_a_wide_table_row_shows_the_cells_that_matter_most_to_some_method() -> N
     for m in ("small", "big"):
         np.testing.assert_array_equal(out[m][:-1], maps[m][idx])
         assert out[m][-1] == 0.0
+
+
+def test_the_leaderboard_says_when_methods_are_averaged_over_different_samples() -> None:
+    """A run stopped by its budget, or with failures, averages each method over the samples it has: the page said
+    'Mean score over the samples' for means over 8 and over 12. Where counts differ, the metadata says them."""
+    from whybox.runs.report_data import _uneven_means
+
+    sums = {("lime", "deletion"): [0.1] * 8, ("saliency", "deletion"): [0.2] * 12, ("lime", "insertion"): [0.5] * 12,
+            ("saliency", "insertion"): [0.4] * 12}  # fmt: skip
+    assert _uneven_means(sums, ["lime", "saliency"], ["deletion", "insertion"]) == (
+        "means over different samples: deletion over lime 8, saliency 12 (compare methods with care)"
+    )
+    assert _uneven_means(sums, ["lime", "saliency"], ["insertion"]) == ""

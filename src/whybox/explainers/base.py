@@ -272,9 +272,8 @@ class Explainer:
                 f"inputs have text or categorical columns ({', '.join(map(repr, coded[:5]))}), which a fill of "
                 f"{fill!r} would set to an arbitrary value; pass a reference row as fill= (a Series "
                 "with every column, e.g. X_train.mode().iloc[0], or a list of its values in the model's column "
-                "order: --option 'fill=[...]' on the command line, --option 'METHOD.fill=[...]' in compare), or for the "
-                "Shapley methods background= rows "
-                "(e.g. X_train[:50])."
+                "order: --option 'fill=[...]' on the command line, --option 'METHOD.fill=[...]' in compare), or "
+                "for the Shapley methods background= rows (e.g. X_train[:50])."
             )
         if x.ndim < 2:
             raise InvalidInputError(
