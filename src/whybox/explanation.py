@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from whybox.errors import DataFormatError, InvalidInputError, InvalidParameterError, did_you_mean
@@ -122,30 +123,64 @@ class Explanation:
     def __len__(self) -> int:
         return int(self.attributions.shape[0])
 
-    def __getitem__(self, index: int | slice) -> Explanation:
-        """Rows of the explanation; per-row tensors and per-row lists in ``meta`` are sliced too."""
-        n = len(self)
-        if isinstance(index, int):  # one row, kept as a batch of one; negative counts from the end
-            if not -n <= index < n:
-                raise IndexError(f"row index {index} is out of range for an explanation of {n} rows.")
-            index %= n
-            idx = slice(index, index + 1)
-        else:
-            idx = index
+    def __getitem__(self, index: Any) -> Explanation:
+        """Rows of the explanation, always a batch (``e[2]`` is one row): an int (NumPy's, a 0-d tensor), a slice
+        (any step) or a sequence of row indices (a list, an integer array or tensor); per-row tensors and per-row
+        lists in ``meta`` and the per-row options follow their rows."""
+        idx = self._rows(index)
         meta: dict[str, Any] = {}
+        n = len(self)
         for k, v in self.meta.items():
             if k not in _GLOBAL_META and (
                 (isinstance(v, torch.Tensor) and v.ndim >= 1 and v.shape[0] == n)
                 or (isinstance(v, list) and len(v) == n)
             ):
-                meta[k] = v[idx]
+                meta[k] = v[idx.to(v.device)] if isinstance(v, torch.Tensor) else [v[i] for i in idx.tolist()]
             else:
                 meta[k] = v
         options = row_options(self, idx)  # per-row fills, baselines and feature maps (a text batch's) follow their rows
-        return Explanation(self.attributions[idx], self.target[idx], self.method, dict(self.params), meta, options)
+        rows = idx.to(self.attributions.device)
+        return Explanation(
+            self.attributions[rows], self.target[idx.to(self.target.device)], self.method, dict(self.params), meta,
+            options,
+        )  # fmt: skip
+
+    def _rows(self, index: Any) -> torch.Tensor:
+        """``index`` as the int64 row indices it picks, in order (negative ones count from the end)."""
+        import operator
+
+        n = len(self)
+        if isinstance(index, slice):
+            return torch.tensor(list(range(n)[index]), dtype=torch.int64)
+        if not isinstance(index, (bool, np.bool_)):
+            try:
+                one = operator.index(index)  # an int, NumPy's integers, a 0-d integer tensor
+            except TypeError:
+                one = None
+            if one is not None:
+                if not -n <= one < n:
+                    raise IndexError(f"row index {one} is out of range for an explanation of {n} rows.")
+                return torch.tensor([one % n])
+        many = None
+        if isinstance(index, (list, tuple, np.ndarray, torch.Tensor)):
+            try:
+                many = torch.as_tensor(np.asarray(index) if isinstance(index, (list, tuple)) else index)
+            except (TypeError, ValueError, RuntimeError):  # text, ragged lists
+                many = None
+        if many is None or many.ndim != 1 or many.is_floating_point() or many.dtype == torch.bool:
+            raise InvalidParameterError(
+                "an explanation's rows are picked by an int, a slice or a list of row indices (e[2], e[1:4], "
+                f"e[[0, 2]]); got {type(index).__name__} {index!r}."
+            )
+        many = many.to(torch.int64).cpu()
+        bad = (many < -n) | (many >= n)
+        if bool(bad.any()):
+            raise IndexError(f"row index {int(many[bad][0])} is out of range for an explanation of {n} rows.")
+        return many % n
 
     def to_map(self, reduce: str = "sum") -> torch.Tensor:
-        """A ``(B, H, W)`` map for display and image metrics.
+        """A ``(B, H, W)`` map for display and image metrics; for 1-D signals (``meta["signal"]``, attributions
+        ``(B, C, L)``) a ``(B, L)`` map over time.
 
         Parameters
         ----------
@@ -159,6 +194,13 @@ class Explanation:
             For tabular attributions, which have no spatial map.
         """
         a = self.attributions
+        if reduce not in _MAP_REDUCTIONS:
+            raise InvalidParameterError(
+                f"reduce must be one of {_MAP_REDUCTIONS}; got {reduce!r}.{did_you_mean(reduce, _MAP_REDUCTIONS)}"
+            )
+        if a.ndim == 3 and self.meta.get("signal"):  # (B, C, L): the channels combined at each time step
+            a = a.unsqueeze(2)
+            return self._reduce(a, reduce)[:, 0]
         if a.ndim == 3:
             return a
         if a.ndim != 4:
@@ -166,17 +208,18 @@ class Explanation:
                 f"to_map() needs image attributions (B, C, H, W); these have shape {tuple(a.shape)}. "
                 "Use .attributions directly for tabular or token attributions."
             )
+        return self._reduce(a, reduce)
+
+    @staticmethod
+    def _reduce(a: torch.Tensor, reduce: str) -> torch.Tensor:
+        """``(B, C, H, W)`` -> ``(B, H, W)``, the channels combined by ``reduce`` (one of ``_MAP_REDUCTIONS``)."""
         if reduce == "sum":
             return a.sum(1)
         if reduce == "mean":
             return a.mean(1)
         if reduce == "abs_sum":
             return a.abs().sum(1)
-        if reduce == "max_abs":
-            return a.abs().amax(1)
-        raise InvalidParameterError(
-            f"reduce must be one of {_MAP_REDUCTIONS}; got {reduce!r}.{did_you_mean(reduce, _MAP_REDUCTIONS)}"
-        )
+        return a.abs().amax(1)
 
     # ------------------------------------------------------------------ display
     def plot(
@@ -219,9 +262,11 @@ class Explanation:
 
         a = self.attributions.detach().cpu()
         n = a.shape[0]
-        picked = list(range(min(n, 16))) if rows is None else [rows] if isinstance(rows, int) else list(rows)
-        bad = [r for r in picked if isinstance(r, bool) or not isinstance(r, int) or not -n <= r < n]
-        if bad or not picked:
+        try:
+            picked = list(range(min(n, 16))) if rows is None else self._rows(rows).tolist()
+        except (InvalidParameterError, IndexError):
+            picked = []
+        if not picked:
             raise InvalidParameterError(f"rows must be row indices in [0, {n}) (an int or a list); got {rows!r}.")
         if isinstance(top, bool) or not isinstance(top, int) or top < 1:
             raise InvalidParameterError(f"top must be a positive int; got {top!r}.")

@@ -785,6 +785,19 @@ def test_explanation_rows_and_maps() -> None:
     for bad in (3, -4):
         with pytest.raises(IndexError, match=rf"row index {bad} is out of range for an explanation of 3 rows"):
             e[bad]
+    # any integer-like index is one row (NumPy's ints kept a (C, H, W) 'row' and a bare meta value), lists and
+    # slices of any step pick rows in their order, anything else is named
+    for one in (np.int64(1), torch.tensor(1), np.array([1])[0]):
+        got = e[one]
+        assert torch.equal(got.attributions, a[1:2]) and got.meta["finite"] == [False] and got.target.tolist() == [1]
+    picked = e[[2, 0]]
+    assert torch.equal(picked.attributions, a[[2, 0]]) and picked.meta["finite"] == [True, True]
+    assert torch.equal(picked.meta["delta"], torch.tensor([2.0, 0.0])) and picked.target.tolist() == [2, 0]
+    assert torch.equal(e[torch.tensor([2, 0])].attributions, picked.attributions)
+    assert e[::-1].target.tolist() == [2, 1, 0] and e[::-1].meta["finite"] == [True, False, True]
+    for bad_index in ("a", 1.5, [[0]], True):
+        with pytest.raises(InvalidParameterError, match=r"^an explanation's rows are picked by an int, a slice or a "):
+            e[bad_index]
     assert torch.equal(e.to_map(), a.sum(1))
     assert torch.equal(e.to_map("max_abs"), a.abs().amax(1))
     assert torch.equal(e.to_map("abs_sum"), a.abs().sum(1))

@@ -469,3 +469,15 @@ def test_localisation_metrics_take_time_step_masks_for_signals() -> None:
         r"class\); got \(3, 39\)\.$",
     ):
         whybox.evaluate(model, x, a, "pointing_game", masks=masks[:, :39])
+
+
+def test_to_map_of_a_signal_combines_its_channels_at_each_time_step():
+    """to_map() gave a signal's (B, C, L) attributions back as they were, whatever reduce said (even a bad one)."""
+    model = cnn1d()
+    x = torch.rand(3, 2, 40, generator=torch.Generator().manual_seed(2))
+    e = whybox.explain(model, x, "saliency", abs=False)
+    a = e.attributions
+    assert torch.equal(e.to_map(), a.sum(1)) and torch.equal(e.to_map("max_abs"), a.abs().amax(1))
+    torch.testing.assert_close(e.to_map("mean"), a.mean(1))
+    with pytest.raises(whybox.InvalidParameterError, match=r"^reduce must be one of"):
+        e.to_map("bogus")
