@@ -268,6 +268,8 @@ def find_mistakes(
     if wrong.numel() == 0:
         return report
     x = inputs[wrong].to(dev)
+    if isinstance(regions, torch.Tensor) and text_batch is None:
+        regions = _mistakes_regions(regions, inputs, wrong)
     model = adapter  # the explainer and the metric reuse it
     y = labels.cpu()[wrong].to(dev)
     opts = dict(params)
@@ -364,3 +366,23 @@ def find_mistakes(
             )
         )
     return report
+
+
+def _mistakes_regions(regions: torch.Tensor, inputs: torch.Tensor, wrong: torch.Tensor) -> torch.Tensor:
+    """A label map given for every input ``(N, H, W)`` / ``(N, 1, H, W)`` (images) or ``(N, F)`` (rows) cut to the
+    mistakes' rows (``(B, 1, H, W)`` for images); one map for all, ``(H, W)`` or ``(1, H, W)`` (``(F,)`` or
+    ``(1, F)``), as one map."""
+    if inputs.ndim == 4 and regions.ndim == 4 and regions.shape[1] == 1:
+        regions = regions[:, 0]
+    per_input = regions.ndim == (3 if inputs.ndim == 4 else 2) and inputs.ndim in (2, 4)
+    if not per_input:
+        return regions
+    if regions.shape[0] == inputs.shape[0]:
+        cut = regions[wrong.to(regions.device)]
+        return cut.unsqueeze(1) if inputs.ndim == 4 else cut  # images: (B, 1, H, W), one map per row
+    if regions.shape[0] == 1:
+        return regions[0]
+    raise InvalidParameterError(
+        f"regions of shape {tuple(regions.shape)} hold {regions.shape[0]} label maps for {inputs.shape[0]} inputs; "
+        "give one map for every input (in their order) or one map for all."
+    )

@@ -56,6 +56,22 @@ def test_the_trap_feature_is_the_culprit(method: str) -> None:
         assert m.p_label == pytest.approx(float(torch.sigmoid(xi[0] + xi[1] - 3 * xi[2])), rel=1e-6)
 
 
+def test_regions_for_every_input_are_cut_to_the_mistakes() -> None:
+    """regions= of one map per input ((N, F) here, (N, H, W) for images) reached the explainer uncut beside the
+    mistakes' rows and was refused; (1, F) ended in a raw reshape error. Both are read as the shared map's
+    report; a map count that fits neither is named."""
+    x, y = rows()
+    shared = torch.tensor([0, 0, 1, 2])
+    want = whybox.find_mistakes(Trap(), x, y, regions=shared)
+    for given in (shared.expand(4, -1), shared[None]):
+        got = whybox.find_mistakes(Trap(), x, y, regions=given)
+        assert [(m.index, m.culprits, m.hc) for m in got.mistakes] == [
+            (m.index, m.culprits, m.hc) for m in want.mistakes
+        ]
+    with pytest.raises(InvalidParameterError, match=r"^regions of shape \(3, 4\) hold 3 label maps for 4 inputs"):
+        whybox.find_mistakes(Trap(), x, y, regions=shared.expand(3, -1))
+
+
 def test_limit_and_no_mistakes() -> None:
     x, y = rows()
     one = whybox.find_mistakes(Trap(), x, y, max_mistakes=1)
