@@ -558,15 +558,30 @@ class Explanation:
                     f"{header.get('format')!r}); write it with Explanation.save()."
                 )
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
-        meta: dict[str, Any] = json.loads(header["meta"])
+        fields: dict[str, Any] = {}
+        for name in ("meta", "params", "method", "attributions", "target"):
+            try:
+                if name in ("meta", "params"):
+                    fields[name] = json.loads(header[name])
+                    if not isinstance(fields[name], dict):
+                        raise ValueError(f"not a JSON object: {type(fields[name]).__name__}")
+                else:
+                    fields[name] = header[name] if name == "method" else tensors[name]
+            except (KeyError, ValueError) as exc:  # (json's decode error is a ValueError)
+                why = "missing" if isinstance(exc, KeyError) else f"damaged ({exc})"
+                raise DataFormatError(
+                    f"path={str(path)!r}: the explanation's {name!r} is {why}; the file is damaged. Write it again "
+                    "with Explanation.save()."
+                ) from None
+        meta: dict[str, Any] = fields["meta"]
         for k, v in tensors.items():
             if k.startswith("meta."):
                 meta[k[5:]] = v
         return cls(
-            attributions=tensors["attributions"],
-            target=tensors["target"],
-            method=header["method"],
-            params=json.loads(header["params"]),
+            attributions=fields["attributions"],
+            target=fields["target"],
+            method=fields["method"],
+            params=fields["params"],
             meta=meta,
             options={k[7:]: v for k, v in tensors.items() if k.startswith("option.")},
         )

@@ -821,6 +821,27 @@ def test_loading_a_foreign_safetensors_file_is_refused(tmp_path: Any) -> None:
         Explanation.load(path)
 
 
+def test_a_whybox_file_with_a_damaged_header_field_is_named(tmp_path: Any) -> None:
+    """A file that says it is an explanation but lacks 'meta' or holds broken JSON in 'params' gave KeyError or
+    JSONDecodeError; each is a DataFormatError naming the field."""
+    from safetensors.torch import save_file
+
+    from whybox.explanation import _FORMAT
+
+    tensors = {"attributions": torch.zeros(1, 2), "target": torch.zeros(1, dtype=torch.int64)}
+    good = {"format": _FORMAT, "method": "saliency", "params": "{}", "meta": "{}"}
+    for name, header in (
+        ("meta", {k: v for k, v in good.items() if k != "meta"}),
+        ("params", {**good, "params": "{x"}),
+    ):
+        path = tmp_path / f"{name}.safetensors"
+        save_file(tensors, str(path), metadata=header)
+        with pytest.raises(DataFormatError, match=rf"^path='.*{name}\.safetensors': the explanation's '{name}' is "):
+            Explanation.load(path)
+    save_file(tensors, str(tmp_path / "ok.safetensors"), metadata=good)
+    assert Explanation.load(tmp_path / "ok.safetensors").method == "saliency"
+
+
 def test_saving_to_and_loading_from_a_folder_a_missing_or_a_broken_file_say_so(tmp_path: Any) -> None:
     e = Explanation(rand(2, 3), torch.zeros(2, dtype=torch.int64), "saliency")
     with pytest.raises(
