@@ -528,8 +528,10 @@ def test_explain_writes_the_api_explanation_and_one_overlay_per_image(runner: Cl
     for i in range(6):
         assert f"  x-{i}: explained '{int(direct.target[i])}' " in result.stdout
         assert result.stdout.count(f"-> {i:04d}_x-{i}_rise.png") == 1
-        with Image.open(out / pngs[i]) as im:
-            assert im.size[0] >= 8 and im.size[1] >= 8
+        with Image.open(out / pngs[i]) as im:  # an 8 x 8 overlay, each pixel a 16 x 16 block (it was 8 x 8 pixels)
+            assert im.size == (128, 128)
+            pixels = np.asarray(im.convert("RGB"))
+        assert (pixels[::16, ::16].repeat(16, 0).repeat(16, 1) == pixels).all()
     assert sorted(p.name for p in out.iterdir()) == sorted([*pngs, "explanation.safetensors"])
 
 

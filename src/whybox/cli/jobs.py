@@ -489,7 +489,7 @@ def explain_cmd(ctx: click.Context, **params: Any) -> None:
                 a = e.attributions[i]
                 amap = a.sum(0) if a.ndim == 3 else a
                 png = output_path(out_dir, f"{i:04d}_{safe_component(name)}_{method}.png")
-                save_png(png, overlay(torch.from_numpy(shown.transpose(2, 0, 1).copy()), amap))
+                save_png(png, _enlarged(overlay(torch.from_numpy(shown.transpose(2, 0, 1).copy()), amap)))
                 line += f" -> {png.name}"
         else:
             top = torch.argsort(e.attributions[i].abs(), descending=True)[:5].tolist()
@@ -652,6 +652,19 @@ def _explain_texts(lm: Any, ds: Any, method: str, target: Any, opts: dict[str, A
     page = output_path(out_dir, "tokens.html")
     write_text_atomic(page, render_tokens_page(rows, title=f"whybox {method}: {lm.name}"))
     click.echo(f"wrote {out_dir / 'explanation.safetensors'} and {page}")
+
+
+SMALL_OVERLAY = 64  # an overlay smaller than this (8 x 8 digits) is written enlarged, to at least twice this side
+
+
+def _enlarged(picture: np.ndarray) -> np.ndarray:
+    """A small overlay ``(H, W, 3)`` repeated pixel by pixel (crisp, no smoothing) so its longer side is at least
+    ``2 * SMALL_OVERLAY``; a larger one as it is."""
+    side = max(picture.shape[:2])
+    if side >= SMALL_OVERLAY:
+        return picture
+    k = -(-2 * SMALL_OVERLAY // side)
+    return np.repeat(np.repeat(picture, k, axis=0), k, axis=1)
 
 
 def _make_dir(path: Path, flag: str) -> Path:
