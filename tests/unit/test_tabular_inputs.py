@@ -254,6 +254,11 @@ def test_class_labels_as_targets_of_a_scikit_learn_classifier(frame: pd.DataFram
         whybox.explain(model, rows, "occlusion", target="cyst")
     by_int = _fit(x, np.where(frame["target"].to_numpy() == 1, 7, 3))  # classes_ [3, 7]: target=1 is index 1
     assert whybox.explain(by_int, rows, "occlusion", target=1).target.tolist() == [1, 1, 1]
+    with pytest.raises(whybox.InvalidTargetError) as err:  # a class value out of range as an index: which to pass
+        whybox.explain(by_int, rows, "occlusion", target=7)
+    assert str(err.value) == (
+        "target=7 is an output index, out of range for 2 classes; the class labelled 7 is classes_[1]: pass target=1."
+    )
 
 
 @pytest.mark.parametrize("metric", ["insertion", "highest_confidence"])

@@ -144,6 +144,13 @@ def class_label_target(model: object, target: Any) -> Any:
     ``classes_``, e.g. ``"virginica"`` or ``["no", "yes"]``, a Hugging Face classifier's ``config.id2label``, e.g.
     ``"POSITIVE"``. Ints stay indices (also where the labels are ints); anything else unchanged. An unknown name is
     an :class:`InvalidTargetError` listing the names."""
+    if isinstance(target, int) and not isinstance(target, bool):
+        classes = estimator_classes(model)
+        if classes is not None and not 0 <= target < len(classes) and target in classes:
+            raise InvalidTargetError(
+                f"target={target} is an output index, out of range for {len(classes)} classes; the class labelled "
+                f"{target} is classes_[{classes.index(target)}]: pass target={classes.index(target)}."
+            )
     if isinstance(target, (torch.Tensor, int)) or target is None or callable(target):
         return target
     if type(target).__module__.split(".")[0] == "pandas" and hasattr(target, "to_numpy"):
