@@ -165,10 +165,10 @@ class Job:
             "threads": self.threads,
         }
 
-    def options_for(self, method: str, shard: int) -> dict[str, Any]:
-        """The explainer options of ``method`` for ``shard``: the job's, plus batch size and the job's seed (the
-        same for every shard: explainers key their draws by sample, so a sample's explanation does not depend on
-        which shard holds it)."""
+    def options_for(self, method: str) -> dict[str, Any]:
+        """The explainer options of ``method``: the job's, plus batch size and the job's seed (the same for every
+        shard: explainers key their draws by sample, so a sample's explanation does not depend on which shard holds
+        it)."""
         opts = dict(self.method_options.get(method, {}))
         valid = _options(EXPLAINERS.get(method))
         if "batch_size" in valid:
@@ -177,8 +177,8 @@ class Job:
             opts["seed"] = self.seed
         return opts
 
-    def metric_options_for(self, metric: str, shard: int) -> dict[str, Any]:
-        """The options of ``metric`` for ``shard`` (the job's seed for every shard, as :meth:`options_for`)."""
+    def metric_options_for(self, metric: str) -> dict[str, Any]:
+        """The options of ``metric`` (the job's seed for every shard, as :meth:`options_for`)."""
         opts = dict(self.metric_options.get(metric, {}))
         opts.setdefault("batch_size", self.batch_size)
         opts["seed"] = self.seed
@@ -266,7 +266,11 @@ def _hash_user_code(h: Any, module: torch.nn.Module) -> None:
                 h.update(inspect.getsource(cls).encode())
             except (OSError, TypeError):  # defined where its source cannot be read (an interactive session)
                 h.update(cls.__qualname__.encode())
-        plain = {k: v for k, v in vars(m).items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
+        plain = {  # (not the train/eval flag: the run reads the model in eval mode either way)
+            k: v
+            for k, v in vars(m).items()
+            if not k.startswith("_") and k != "training" and isinstance(v, (bool, int, float, str))
+        }
         h.update(json.dumps([name, sorted(plain.items())], default=repr).encode())
 
 
@@ -361,7 +365,7 @@ def _check_option_values(
     Only the option errors are raised here; what a method cannot do on this model is recorded per sample."""
     first = slice(0, 1)
     for m in job.methods:
-        given = {**_cut((data_options or {}).get(m) or {}, first, n), **job.options_for(m, 0)}
+        given = {**_cut((data_options or {}).get(m) or {}, first, n), **job.options_for(m)}
         try:
             EXPLAINERS.get(m)(adapter, **given)
         except InvalidParameterError as exc:
@@ -371,7 +375,7 @@ def _check_option_values(
     shared = (data_options or {}).get(METRICS_KEY) or {}
     for k in job.metrics:
         takes = _options(METRICS.get(k))
-        given = {**_cut({o: v for o, v in shared.items() if o in takes}, first, n), **job.metric_options_for(k, 0)}
+        given = {**_cut({o: v for o, v in shared.items() if o in takes}, first, n), **job.metric_options_for(k)}
         try:
             METRICS.get(k)(**given)
         except InvalidParameterError as exc:
@@ -419,7 +423,7 @@ def execute_unit(
     """
     costs: dict[str, tuple[float, int, int]] = {}
     samples = [SampleResult(i, None) for i in unit.indices]
-    opts = job.options_for(unit.method, unit.shard)
+    opts = job.options_for(unit.method)
     n_rows = len(unit.indices)
     metric_data = dict((data_options or {}).get(METRICS_KEY) or {})
     per_row = {k: v for k, v in (data_options or {}).items() if k not in opts and k != METRICS_KEY}
@@ -489,7 +493,7 @@ def execute_unit(
             ls = labels[sel] if labels is not None else None
             for metric in job.metrics:
                 t1 = time.perf_counter()
-                job_mopts = job.metric_options_for(metric, unit.shard)
+                job_mopts = job.metric_options_for(metric)
                 takes = _options(METRICS.get(metric))
                 own = {k: v for k, v in metric_data.items() if k in takes}
 
