@@ -228,8 +228,10 @@ def test_a_sample_s_results_do_not_depend_on_the_shard_size(tmp_path: Path) -> N
         conn = sqlite3.connect(tmp_path / str(size) / "run.sqlite")
         values[size] = sorted(conn.execute("SELECT idx, method, metric, value FROM metric_values").fetchall())
         conn.close()
-    assert values[5] == values[12]
+    # the same draws and tie-breaking: equal up to the last bits a convolution's sum may change with the batch's size
+    assert [v[:3] for v in values[5]] == [v[:3] for v in values[12]]
+    assert [v[3] for v in values[5]] == pytest.approx([v[3] for v in values[12]], rel=1e-7, abs=1e-12)
     e = whybox.explain(model, x, "lime", n_samples=48, seed=0)
     want = whybox.evaluate(model, x, e, "insertion", seed=0).scores.tolist()
     got = [v for _, m, k, v in values[5] if m == "lime" and k == "insertion"]
-    assert got == pytest.approx(want, rel=1e-9, abs=1e-12)
+    assert got == pytest.approx(want, rel=1e-7, abs=1e-12)
