@@ -87,6 +87,30 @@ def make_text_classifier() -> Callable[..., object]:
     return toy_text_classifier
 
 
+def toy_gpt2_classifier(num_labels: int = 2) -> tuple[nn.Module, object]:
+    """A tiny GPT-2 sequence classifier (float64, eval, eager attention) and a word-level tokenizer with EOS as its
+    pad token, as Hugging Face sets GPT-2 up for classification (not adapted: the caller passes both)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2ForSequenceClassification, PreTrainedTokenizerFast
+
+    vocab = ["<eos>", *TOY_WORDS]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<eos>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<eos>", eos_token="<eos>", pad_token="<eos>")
+    cfg = GPT2Config(vocab_size=len(vocab), n_embd=16, n_layer=2, n_head=2, n_positions=32, num_labels=num_labels,
+                     pad_token_id=0, attn_implementation="eager")  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = GPT2ForSequenceClassification(cfg)
+    return model.to(torch.float64).eval(), fast
+
+
+@pytest.fixture(scope="session")
+def make_gpt2_classifier() -> Callable[..., tuple[nn.Module, object]]:
+    """Factory for :func:`toy_gpt2_classifier` (the caller skips without transformers/tokenizers)."""
+    return toy_gpt2_classifier
+
+
 # ---------------------------------------------------------------------------------------------- memory growth
 CALLS = 100
 WARM_UP = 5

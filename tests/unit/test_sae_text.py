@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import sys
+from typing import Any
 
 import pytest
 import torch
@@ -198,6 +199,23 @@ def test_prediction_to_features_identity(clf: object, activation: str) -> None:
         assert set(pf.features.tolist()) == set(torch.nonzero(active).flatten().tolist())
         assert bool((pf.attributions.abs().diff() <= 0).all())  # sorted by |attribution|
         assert 0 <= pf.error_share <= 1
+
+
+def test_prediction_to_features_on_a_decoder_classifier_batches_texts_of_any_length(make_gpt2_classifier: Any) -> None:
+    """GPT-2's classifier is scored one token length at a time; the SAE splice indexed every such call with the whole
+    batch's token mask (IndexError for two texts of different lengths in one batch). Now each text's result is the
+    one it gets alone, in the order given."""
+    model, tok = make_gpt2_classifier(num_labels=3)
+    gpt = whybox.adapt_text(model, tok)
+    sae = SparseAutoencoder(SAEConfig(d_in=16, d_sae=24, activation="relu", seed=2), dtype=F64).eval()
+    texts = ["the movie was great and fun", "boring plot", "it was not a good film", "a very terrible film"]
+    both = prediction_to_features(gpt, texts, sae, layer=0, target=[0, 1, 2, 0], batch_size=3)  # type: ignore[arg-type]
+    assert [p.text for p in both] == texts and [p.target for p in both] == [0, 1, 2, 0]
+    for i, text in enumerate(texts):
+        (alone,) = prediction_to_features(gpt, [text], sae, layer=0, target=[0, 1, 2, 0][i])  # type: ignore[arg-type]
+        assert both[i].logit == pytest.approx(alone.logit, abs=1e-12)
+        assert torch.equal(both[i].features, alone.features)
+        torch.testing.assert_close(both[i].attributions, alone.attributions, rtol=0, atol=1e-12)
 
 
 def test_feature_adapter_explains_each_feature_value_itself(clf: object) -> None:

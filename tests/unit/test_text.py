@@ -7,6 +7,8 @@ one; a sentence encoder's score is the cosine to the reference sentence."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -438,30 +440,12 @@ def test_a_text_attribution_shows_its_words_coloured_by_value(clf: object) -> No
     assert parse(out.to_html()).headings[1:] == [f"text {r}, class {t} ({names[t]})" for r, t in enumerate(target)]
 
 
-def _gpt2_classifier() -> tuple[torch.nn.Module, object]:
-    """A tiny GPT-2 sequence classifier and a word-level tokenizer with EOS as its pad token, as Hugging Face sets
-    GPT-2 up for classification."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import GPT2Config, GPT2ForSequenceClassification, PreTrainedTokenizerFast
-
-    vocab = ["<eos>", *WORDS]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<eos>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<eos>", eos_token="<eos>", pad_token="<eos>")
-    cfg = GPT2Config(vocab_size=len(vocab), n_embd=16, n_layer=2, n_head=2, n_positions=32, num_labels=2,
-                     pad_token_id=0, attn_implementation="eager")  # fmt: skip
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = GPT2ForSequenceClassification(cfg)
-    return model.to(F64).eval(), fast
-
-
-def test_a_decoder_classifier_is_scored_at_each_text_s_last_token() -> None:
+def test_a_decoder_classifier_is_scored_at_each_text_s_last_token(make_gpt2_classifier: Any) -> None:
     """GPT-2's classifier reads the last non-pad token, which it finds from input_ids; given word embeddings it read
     the last position, a pad in every shorter row: a text's scores and attributions changed with its batch. Now
     each row is read at its own last token (the model's own logits from input_ids), the default attention readout is
     that row (row 0 reads only itself under causal attention), and a tokenizer without a pad token is named."""
-    model, tok = _gpt2_classifier()
+    model, tok = make_gpt2_classifier()
     clf = adapt_text(model, tok)
     texts = ["the movie was great and fun", "boring plot", "it"]
     batch = clf.encode(texts)

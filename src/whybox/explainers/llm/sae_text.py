@@ -723,7 +723,20 @@ def prediction_to_features(
         for s in range(0, len(texts), batch_size):
             chunk = texts[s : s + batch_size]
             tg = None if targets is None else targets[s : s + batch_size]
-            out.extend(_prediction_features_batch(adapter, block, sae, chunk, tg))
+            if not getattr(adapter, "last_token", False):
+                out.extend(_prediction_features_batch(adapter, block, sae, chunk, tg))
+                continue
+            # a decoder's classifier is scored one token length at a time (each row cut after its last token):
+            # splice the SAE into one length's rows at a time, so the block sees the rows the mask indexes
+            lengths = adapter.encode(chunk).attention_mask.sum(1).tolist()
+            done: dict[int, PredictionFeatures] = {}
+            for n in sorted(set(lengths)):
+                rows = [i for i, m in enumerate(lengths) if m == n]
+                part = _prediction_features_batch(
+                    adapter, block, sae, [chunk[i] for i in rows], None if tg is None else [tg[i] for i in rows]
+                )
+                done.update(zip(rows, part, strict=True))
+            out.extend(done[i] for i in range(len(chunk)))
     return out
 
 
