@@ -336,7 +336,8 @@ class GenerationBatch:
 
         Gradient methods: the sum over the embedding dimensions (signed; completeness kept), control channels left
         out. Perturbation methods over token features: the feature's value. A plain tensor is read as per-element
-        attributions unless its last dimension is 1.
+        attributions unless its last dimension is 1. Special tokens (BOS) get 0, as they do from every method that
+        perturbs: a gradient method's gradient there is not an attribution to a token the explanation keeps.
         """
         a = explanation.attributions if isinstance(explanation, Explanation) else explanation
         if a.ndim != 3 or a.shape[:2] != self.inputs.shape[:2] or a.shape[-1] not in (1, self.inputs.shape[-1]):
@@ -350,6 +351,8 @@ class GenerationBatch:
         else:
             out = a[..., :-2].sum(-1)
         out = out.detach().to(torch.float64)
+        # a special token is never perturbed: 0, also where a gradient method finds a gradient (saliency, x·grad)
+        out = out.masked_fill(self.special_mask.to(out.device).view(1, -1), 0.0)
         return out.masked_fill(self.future_mask().to(out.device), math.nan)
 
 
