@@ -161,6 +161,23 @@ def test_a_special_token_in_the_prompt_gets_zero_from_every_method(lm: tuple, me
         assert torch.allclose(res.matrix[1:p, 0], (e * grad)[0, 1:].sum(-1), atol=1e-10, rtol=0)
 
 
+def test_the_first_step_equals_captum_llm_gradient_attribution(lm: tuple) -> None:
+    """captum's LLMGradientAttribution(LayerIntegratedGradients) with its default baseline (token 0, this
+    tokenizer's unk) attributes step 0 as whybox does with baseline="unk"; from step 1 on captum keeps the generated
+    tokens in its baseline and attributes to the prompt only (whybox attributes to every earlier token)."""
+    captum_attr = pytest.importorskip("captum.attr", reason="captum (the dev extra) is not installed")
+    model, tok = lm
+    res = attribute_generation(
+        model, tok, PROMPT, continuation=CONT, method="integrated_gradients", n_steps=64, baseline="unk"
+    )
+    lig = captum_attr.LayerIntegratedGradients(model, model.get_input_embeddings())
+    theirs = captum_attr.LLMGradientAttribution(lig, tok).attribute(
+        captum_attr.TextTokenInput(PROMPT, tok), target=CONT, n_steps=64
+    )
+    p = res.prompt_length
+    torch.testing.assert_close(res.matrix[:p, 0], theirs.token_attr[0].to(F64), rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("baseline", ["zero", "unk"])
 def test_integrated_gradients_is_complete_per_step(lm: tuple, baseline: str) -> None:
     model, tok = lm
