@@ -79,3 +79,93 @@ def test_cams_default_to_the_last_layer_whose_patch_tokens_reach_the_class_token
     assert bool((flat.amax(1) > 0).all()) and bool((flat.std(1) > 0).all())
     for method in ("gradcam_pp", "layercam", "xgradcam", "hirescam"):
         assert whybox.explain(adapter, x, method).meta["layer"] == e.meta["layer"]
+
+
+@pytest.mark.parametrize("method", ["attention_rollout", "attention_relevance"])
+def test_the_adapter_s_preprocess_runs_before_the_vision_transformer(vit: torch.nn.Module, method: str) -> None:
+    """The attention methods called the model on the raw images: adapt(vit, preprocess=...) was ignored (the targets
+    were the raw images' argmax, the maps those of the raw images). Now they explain the model the adapter runs: the
+    same as explaining pre(x) with a plain adapter, and the targets are its predictions."""
+    x = images()
+
+    def pre(z: torch.Tensor) -> torch.Tensor:
+        return (z - 0.5) / 0.1
+
+    e = whybox.explain(whybox.adapt(vit, output="logits", preprocess=pre), x, method)
+    plain = whybox.explain(whybox.adapt(vit, output="logits"), pre(x), method)
+    raw = whybox.explain(whybox.adapt(vit, output="logits"), x, method)
+    assert e.target.tolist() == vit(pixel_values=pre(x)).logits.argmax(1).tolist()
+    assert torch.equal(e.attributions, plain.attributions) and not torch.equal(e.attributions, raw.attributions)
+
+
+def test_an_image_the_patches_do_not_tile_gets_a_map_of_its_own_size() -> None:
+    """36 x 36 images on 8 x 8 patches: the model reads a 4 x 4 grid (32 x 32 pixels); the map was 32 x 32, which
+    no metric accepted for 36 x 36 images. Now it is 36 x 36: each patch's value over its pixels, 0 on the border
+    no patch reads."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    cfg = ViTConfig(image_size=36, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                    intermediate_size=64, num_labels=3)  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = ViTForImageClassification(cfg).to(torch.float64).eval()
+    x = torch.rand(2, 3, 36, 36, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    adapter = whybox.adapt(model, output="logits")
+    e = whybox.explain(adapter, x, "attention_rollout")
+    assert e.attributions.shape == (2, 1, 36, 36) and e.meta["grid"].shape == (2, 4, 4)
+    inner = e.meta["grid"].repeat_interleave(8, 1).repeat_interleave(8, 2)
+    assert torch.equal(e.attributions[:, 0, :32, :32], inner)
+    assert bool((e.attributions[:, 0, 32:] == 0).all()) and bool((e.attributions[:, 0, :, 32:] == 0).all())
+    assert whybox.evaluate(adapter, x, e, "deletion").scores.shape == (2,)
+
+
+def test_a_clip_image_tower_as_a_zero_shot_classifier_is_explained_by_its_similarities() -> None:
+    """A CLIP vision tower with projection, adapted as an embedding model against two class embeddings: the
+    attention methods read output.logits, which it has not (ModelOutputError naming a classification head). Now
+    they score the adapter's similarities: relevance follows each class, its targets are the adapter's argmax,
+    and relevance for class k equals Chefer's rule on the attentions' gradients of that similarity."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from whybox.explainers.attention.collect import collect_attentions
+
+    cfg = CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, projection_dim=16)  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        tower = CLIPVisionModelWithProjection(cfg).to(torch.float64).eval()
+    classes = torch.randn(2, 16, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    adapter = whybox.adapt(tower, kind="embedding", output="image_embeds", references=classes, scale=10.0)
+    x = images()
+    e = whybox.explain(adapter, x, "attention_relevance")
+    assert e.target.tolist() == adapter.scores(x).argmax(1).tolist()
+    for k in (0, 1):
+        ek = whybox.explain(adapter, x, "attention_relevance", target=k)
+        _, att, grads = collect_attentions(
+            tower, target=k, scores=lambda out: adapter.similarities(out.image_embeds), pixel_values=x
+        )
+        want = to_grid(gradient_weighted_relevance(att, grads)[:, 0, :], prefix=1, h=4, w=4)
+        torch.testing.assert_close(ek.meta["grid"], want, rtol=0, atol=1e-12)
+    assert whybox.explain(adapter, x, "attention_rollout").attributions.shape == (2, 1, 32, 32)
+
+
+def test_a_model_without_input_embeddings_gets_a_not_differentiable_error() -> None:
+    """CLIPModel's get_input_embeddings raises transformers' NotImplementedError (two towers); collect_attentions
+    let it through instead of its documented NotDifferentiableError."""
+    from transformers import CLIPConfig, CLIPModel
+
+    from whybox.errors import NotDifferentiableError
+    from whybox.explainers.attention.collect import collect_attentions
+
+    cfg = CLIPConfig(
+        text_config={"vocab_size": 50, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "max_position_embeddings": 16},
+        vision_config={"image_size": 16, "patch_size": 8, "hidden_size": 16, "intermediate_size": 32,
+                       "num_hidden_layers": 1, "num_attention_heads": 2},
+        projection_dim=8,
+    )  # fmt: skip
+    model = CLIPModel(cfg).eval()
+    with pytest.raises(NotDifferentiableError, match="get_input_embeddings"):
+        collect_attentions(
+            model, scores=lambda out: out.logits_per_image, input_ids=torch.tensor([[1, 2, 3]]),
+            pixel_values=torch.rand(1, 3, 16, 16),
+        )  # fmt: skip

@@ -254,7 +254,11 @@ class EmbeddingAdapter(TorchAdapter):
         self.scale = float(scale)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        emb = self.select(self.forward(x))
+        return self.embed_output(self.forward(x))
+
+    def embed_output(self, out: Any) -> torch.Tensor:
+        """The embeddings ``(B, D)`` in the model's raw output (``output=`` selects them)."""
+        emb = self.select(out)
         if emb.ndim != 2:
             raise ModelOutputError(
                 f"an embedding model must return (B, D) embeddings; got {tuple(emb.shape)}. "

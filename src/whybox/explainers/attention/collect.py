@@ -83,7 +83,10 @@ def _differentiable_inputs(model: nn.Module, inputs: dict[str, Any]) -> dict[str
     out = dict(inputs)
     if out.get("input_ids") is not None and out.get("inputs_embeds") is None:
         get_embeddings = getattr(model, "get_input_embeddings", None)
-        embeddings = get_embeddings() if callable(get_embeddings) else None
+        try:
+            embeddings = get_embeddings() if callable(get_embeddings) else None
+        except NotImplementedError:  # transformers' default for models of two towers (CLIPModel)
+            embeddings = None
         if not isinstance(embeddings, nn.Module):
             raise NotDifferentiableError(
                 f"{type(model).__name__} has no get_input_embeddings() module, so input_ids cannot become a "

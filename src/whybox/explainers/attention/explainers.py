@@ -92,61 +92,128 @@ class AttentionExplainer(Explainer):
     def _explain(
         self, x: torch.Tensor, target: TargetLike, engine: MaskingEngine, n_backward: list[int]
     ) -> tuple[torch.Tensor, Target, dict[str, Any]]:
-        model = self.adapter.model
         if self._vision:
-            if x.ndim != 4:
-                raise InvalidInputError(
-                    f"{self.name!r} on a vision transformer takes images (B, C, H, W); got {tuple(x.shape)}."
-                )
-            logits, attentions, grads = collect_attentions(
-                model, target=target, with_grads=self.with_grads, pixel_values=x
+            return self._explain_images(x, target, engine, n_backward)
+        if x.ndim != 3:
+            raise InvalidInputError(
+                f"{self.name!r} takes the packed text inputs (B, T, D + 1) of adapter.encode(texts); got "
+                f"{tuple(x.shape)}."
             )
-            mask = torch.ones(attentions[0].shape[0], attentions[0].shape[-1], dtype=torch.long, device=x.device)
-        else:
-            if x.ndim != 3:
-                raise InvalidInputError(
-                    f"{self.name!r} takes the packed text inputs (B, T, D + 1) of adapter.encode(texts); got "
-                    f"{tuple(x.shape)}."
-                )
-            from whybox.models.text import TextEncoderAdapter
+        from whybox.models.text import TextClassifierAdapter, TextEncoderAdapter
 
-            mask = (x[..., -1] > 0.5).to(torch.long)
-            encoder = self.adapter if isinstance(self.adapter, TextEncoderAdapter) else None
-            own = getattr(self.adapter, "scores_from_output", None)  # an adapter whose scores are not the logits
-            extra = {"output_hidden_states": True} if callable(own) else {}
+        b, t = x.shape[:2]
+        mask = (x[..., -1] > 0.5).to(torch.long)
+        encoder = self.adapter if isinstance(self.adapter, TextEncoderAdapter) else None
+        own = getattr(self.adapter, "scores_from_output", None)  # an adapter whose scores are not the logits
+        extra = {"output_hidden_states": True} if callable(own) else {}
+        # a decoder's classifier reads its last position (GPT-2 cannot find the last token from inputs_embeds): each
+        # token length's rows run cut after their last token, exact under causal attention, as adapter.scores does
+        ends = torch.full((b,), t, dtype=torch.long, device=x.device)
+        if isinstance(self.adapter, TextClassifierAdapter) and self.adapter.last_token:
+            positions = torch.arange(1, t + 1, device=x.device)
+            ends = torch.where(mask.bool(), positions, 0).amax(1).clamp_min(1)
+        rows_out = x.new_zeros(b, t, dtype=torch.float64)
+        logits_out: torch.Tensor | None = None
+        n_layers = 0
+        for end in torch.unique(ends).tolist():
+            rows = (ends == end).nonzero().flatten()
+            part_mask = mask[rows, :end]
             # a sentence encoder has no head: its scores are the pooled embedding's similarities
             if encoder is not None:
-                read: Any = lambda out: encoder.similarities(encoder.pool(out, mask))  # noqa: E731
+                read: Any = lambda out, m=part_mask: encoder.similarities(encoder.pool(out, m))  # noqa: E731
             else:  # an SAE adapter's features at its block, pooled (None: the classifier's logits)
-                read = (lambda out: own(out, mask)) if callable(own) else None
+                read = (lambda out, m=part_mask: own(out, m)) if callable(own) else None
             logits, attentions, grads = collect_attentions(
-                model,
-                target=target,
+                self.adapter.model,
+                target=_rows_of(target, rows, b),
                 with_grads=self.with_grads,
                 scores=read,
-                inputs_embeds=x[..., :-1],
-                attention_mask=mask,
+                inputs_embeds=x[rows, :end, :-1],
+                attention_mask=part_mask,
                 **extra,
             )
-        engine.n_forward += x.shape[0]
+            n_layers = self._check_layers(attentions)
+            row = self._matrix_row(attentions, grads, part_mask) * part_mask.to(attentions[0].dtype)
+            rows_out[rows, :end] = row.detach().to(torch.float64)
+            if logits_out is None:
+                logits_out = logits.new_zeros(b, logits.shape[1])
+            logits_out[rows] = logits.detach()
+        engine.n_forward += b
         if self.with_grads:
-            n_backward[0] += x.shape[0]
+            n_backward[0] += b
+        assert logits_out is not None  # at least one row
+        tgt = resolve_target(target, logits_out)
+        meta = {"readout": self.readout, "n_layers": n_layers}
+        return rows_out.unsqueeze(-1).to(x.dtype), tgt, meta
+
+    def _check_layers(self, attentions: list[torch.Tensor]) -> int:
         if self.start_layer >= len(attentions):
             raise InvalidParameterError(
                 f"start_layer={self.start_layer} but the model has {len(attentions)} attention layers."
             )
+        return len(attentions)
+
+    def _explain_images(
+        self, x: torch.Tensor, target: TargetLike, engine: MaskingEngine, n_backward: list[int]
+    ) -> tuple[torch.Tensor, Target, dict[str, Any]]:
+        """A vision transformer: the model the adapter runs (its ``preprocess``, its ``output``, an embedding
+        adapter's similarities), the CLS row on the patch grid, each patch's value over its pixels (0 on a border the
+        patches do not cover), at the input's size (nearest neighbour when ``preprocess`` resizes)."""
+        from whybox.models.adapter import EmbeddingAdapter, TorchAdapter
+
+        if x.ndim != 4:
+            raise InvalidInputError(
+                f"{self.name!r} on a vision transformer takes images (B, C, H, W); got {tuple(x.shape)}."
+            )
+        adapter = self.adapter
+        pre = getattr(adapter, "preprocess", None)
+        pixels = pre(x) if callable(pre) else x
+        if not isinstance(pixels, torch.Tensor) or pixels.ndim != 4:
+            got = tuple(pixels.shape) if isinstance(pixels, torch.Tensor) else type(pixels).__name__
+            raise InvalidInputError(
+                f"{self.name!r} feeds the vision transformer pixel_values (B, C, H, W); the adapter's preprocess "
+                f"returned {got}."
+            )
+        read: Any = None  # the output's .logits
+        if isinstance(adapter, EmbeddingAdapter):
+            read = lambda out: adapter.similarities(adapter.embed_output(out))  # noqa: E731
+        elif isinstance(adapter, TorchAdapter) and adapter.output is not None:
+            read = lambda out: adapter._check(adapter.select(out), x.shape[0])  # noqa: E731
+        logits, attentions, grads = collect_attentions(
+            adapter.model, target=target, with_grads=self.with_grads, scores=read, pixel_values=pixels
+        )
+        engine.n_forward += x.shape[0]
+        if self.with_grads:
+            n_backward[0] += x.shape[0]
+        n_layers = self._check_layers(attentions)
+        mask = torch.ones(attentions[0].shape[0], attentions[0].shape[-1], dtype=torch.long, device=x.device)
         row = self._matrix_row(attentions, grads, mask)
-        row = row * mask.to(row.dtype)
         tgt = resolve_target(target, logits.detach())
-        meta = {"readout": self.readout, "n_layers": len(attentions)}
-        if self._vision:
-            p = _patch_size(self.adapter)
-            h, w = x.shape[-2] // p, x.shape[-1] // p  # type: ignore[operator]
-            grid = to_grid(row, prefix=row.shape[1] - h * w, h=h, w=w)  # CLS (and distillation) columns dropped
-            meta["grid"] = grid.detach().cpu()
-            full = grid.repeat_interleave(p, dim=1).repeat_interleave(p, dim=2)  # type: ignore[arg-type]
-            return full.unsqueeze(1).to(x.dtype), tgt, meta
-        return row.unsqueeze(-1).to(x.dtype), tgt, meta
+        p = _patch_size(adapter)
+        assert p is not None  # a vision transformer
+        height, width = pixels.shape[-2:]
+        h, w = height // p, width // p
+        grid = to_grid(row, prefix=row.shape[1] - h * w, h=h, w=w)  # CLS (and distillation) columns dropped
+        meta = {"readout": self.readout, "n_layers": n_layers, "grid": grid.detach().cpu()}
+        full = grid.repeat_interleave(p, dim=1).repeat_interleave(p, dim=2)
+        full = torch.nn.functional.pad(full, (0, width - w * p, 0, height - h * p))  # pixels no patch reads: 0
+        if tuple(full.shape[-2:]) != tuple(x.shape[-2:]):  # a resizing preprocess: back to the input's pixels
+            full = torch.nn.functional.interpolate(full.unsqueeze(1), size=tuple(x.shape[-2:]), mode="nearest")[:, 0]
+        return full.unsqueeze(1).to(x.dtype), tgt, meta
+
+
+def _rows_of(target: TargetLike, rows: torch.Tensor, batch: int) -> TargetLike:
+    """The part of ``target`` for ``rows`` of a batch of ``batch``: one target per row is cut, the rest applies
+    to every row as it is (an int, a callable, ``None``)."""
+    if target is None or isinstance(target, int) or callable(target):
+        return target
+    try:
+        t = torch.as_tensor(target)
+    except (TypeError, ValueError, RuntimeError):
+        return target  # not a target: resolve_target names it
+    if t.ndim == 1 and t.shape[0] == batch:
+        return t[rows.cpu()]
+    return target
 
 
 @EXPLAINERS.register("raw_attention")
