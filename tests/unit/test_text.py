@@ -476,6 +476,47 @@ def test_a_decoder_classifier_is_scored_at_each_text_s_last_token(make_gpt2_clas
     )
 
 
+@pytest.mark.parametrize("method", ["attention_relevance", "attention_rollout", "raw_attention"])
+def test_a_decoder_classifier_s_attention_maps_do_not_depend_on_the_batch(
+    make_gpt2_classifier: Any, method: str
+) -> None:
+    """The attention methods ran GPT-2 on the padded batch, whose logits come from the last position (a pad for every
+    shorter text): relevance followed a pad's logit and the recorded targets were a pad's argmax. Now each token
+    length's rows run cut after their last token, as the adapter scores them: a text's map and target are those it
+    gets alone, and the targets are the model's own predictions from token ids."""
+    model, tok = make_gpt2_classifier()
+    clf = adapt_text(model, tok)
+    texts = ["the movie was great and fun", "boring plot", "it was not a good film"]
+    batch = clf.encode(texts)
+    with torch.no_grad():
+        own = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.argmax(1)
+    for target in (None, 1):
+        both = whybox.explain_text(clf, texts, method, target=target).explanation
+        assert both.target.tolist() == (own.tolist() if target is None else [1, 1, 1])
+        for i, text in enumerate(texts):
+            alone = whybox.explain_text(clf, [text], method, target=target).explanation
+            n = alone.attributions.shape[1]
+            torch.testing.assert_close(both.attributions[i, :n], alone.attributions[0], rtol=0, atol=1e-12)
+            assert bool((both.attributions[i, n:] == 0).all())
+
+
+def test_a_left_padding_tokenizer_pads_after_each_text(make_gpt2_classifier: Any) -> None:
+    """With tokenizer.padding_side = "left" a shorter text's tokens sat at later positions (the inputs are word
+    embeddings: no position ids offset them), so its scores and maps changed with its batch (0.059 alone, 0.092
+    beside a longer text). whybox pads after each text whatever the side, and leaves the tokenizer's side as it was."""
+    model, tok = make_gpt2_classifier()
+    tok.padding_side = "left"
+    clf = adapt_text(model, tok)
+    texts = ["the movie was great and fun", "boring plot"]
+    batch = clf.encode(texts)
+    assert tok.padding_side == "left" and batch.attention_mask[1].tolist() == [1, 1, 0, 0, 0, 0]
+    alone = clf.encode(texts[1:])
+    torch.testing.assert_close(clf.scores(batch.inputs)[1], clf.scores(alone.inputs)[0], rtol=0, atol=1e-12)
+    both = whybox.explain_text(clf, texts, "attention_relevance", target=1).explanation
+    one = whybox.explain_text(clf, texts[1:], "attention_relevance", target=1).explanation
+    torch.testing.assert_close(both.attributions[1, :2], one.attributions[0], rtol=0, atol=1e-12)
+
+
 def test_a_text_longer_than_the_position_table_is_cut_there() -> None:
     """max_length (128 by default) above the model's 64 positions made a long text a raw size error deep inside
     transformers; it is cut at 64 tokens with the truncation warning naming the model's limit."""

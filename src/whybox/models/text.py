@@ -22,7 +22,8 @@ Nothing downloads: models and tokenizers are objects the caller loaded (from loc
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -221,6 +222,24 @@ def replace_tokens(
     return out
 
 
+@contextmanager
+def right_padded(tokenizer: Any) -> Iterator[None]:
+    """Pad after each text within the block, whatever the tokenizer's ``padding_side`` (restored after).
+
+    A left-padded row would shift its tokens' positions by its padding (the models read embeddings, or ids without
+    position ids, so nothing offsets them from the mask: a text's scores would change with its batch), and a
+    decoder's classifier reads each text's last token where its right padding starts."""
+    side = getattr(tokenizer, "padding_side", "right")
+    if side == "right":
+        yield
+        return
+    tokenizer.padding_side = "right"
+    try:
+        yield
+    finally:
+        tokenizer.padding_side = side
+
+
 def special_span(tokenizer: Any) -> tuple[int, int]:
     """How many special tokens a single text gets before and after its own tokens (BERT: 1 and 1; GPT-2: 0, 0)."""
     enc = tokenizer("a", return_special_tokens_mask=True)
@@ -272,14 +291,15 @@ class _TextMixin:
                 f"the tokenizer ({type(self.tokenizer).__name__}) has no padding token, which whybox pads texts with; "
                 "set one, e.g. tokenizer.pad_token = tokenizer.eos_token (as Hugging Face does for GPT-2)."
             )
-        enc = self.tokenizer(
-            texts,
-            padding=True,
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
-            return_special_tokens_mask=True,
-        )
+        with right_padded(self.tokenizer):
+            enc = self.tokenizer(
+                texts,
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+                return_special_tokens_mask=True,
+            )
         self._warn_truncated(enc, texts)
         emb = self._embeddings()
         device = next(iter(emb.parameters())).device

@@ -44,7 +44,13 @@ from whybox.errors import (
 from whybox.explainers.llm.sae import SparseAutoencoder, top_activating
 from whybox.explainers.llm.sae import _check_sae as _check_sae_type
 from whybox.models._guard import preserved
-from whybox.models.text import TextClassifierAdapter, TextEncoderAdapter, ordinary_positions, special_span
+from whybox.models.text import (
+    TextClassifierAdapter,
+    TextEncoderAdapter,
+    ordinary_positions,
+    right_padded,
+    special_span,
+)
 
 __all__ = [
     "POOLS",
@@ -248,14 +254,15 @@ def collect_activations(
     with adapter.guard("eval"), torch.no_grad():
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
-            enc = adapter.tokenizer(
-                [texts[i] for i in idx],
-                padding=True,
-                truncation=True,
-                max_length=max_length,
-                return_tensors="pt",
-                return_special_tokens_mask=True,
-            )
+            with right_padded(adapter.tokenizer):  # positions from 0 in every row (no position ids are passed)
+                enc = adapter.tokenizer(
+                    [texts[i] for i in idx],
+                    padding=True,
+                    truncation=True,
+                    max_length=max_length,
+                    return_tensors="pt",
+                    return_special_tokens_mask=True,
+                )
             ids = enc["input_ids"].to(device)
             mask = enc["attention_mask"].to(device)
             keep = (mask == 1) & ~enc["special_tokens_mask"].to(device).bool()
