@@ -14,8 +14,10 @@ attention ignore the target (class-agnostic); relevance weights each head by the
 
 Vision transformers: ``whybox.adapt(vit)`` of a Hugging Face ``ViTForImageClassification``-like model (a config
 with ``patch_size``; images ``(B, C, H, W)`` as ``pixel_values``) works too: the CLS row without its prefix column,
-reshaped row-major to the ``(H / P, W / P)`` patch grid and repeated over each patch's pixels (no interpolation:
-every pixel carries its patch's value), ``(B, 1, H, W)``. These methods are listed under
+reshaped row-major to the ``(H // P, W // P)`` patch grid and repeated over each patch's pixels (no interpolation:
+every pixel carries its patch's value; 0 on a border no patch reads), ``(B, 1, H, W)``. The model runs as the adapter
+runs it: its ``preprocess`` first (a resizing one gets the map back at the input's size, nearest neighbour), its
+``output=``, and an embedding adapter's similarities as the scores (a CLIP image tower against class embeddings). These methods are listed under
 ``whybox.methods("text")`` only: on images they need a transformer, which most image models are not (a run of
 ``whybox compare`` on a vision transformer's images adds them to its default methods).
 """
