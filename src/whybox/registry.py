@@ -30,17 +30,20 @@ class Registry(Generic[T]):
 
         return deco
 
-    def get(self, name: str) -> T:
+    def get(self, name: str, *, param: str | None = None) -> T:
+        """The entry registered as ``name``; an unknown name is an error naming ``param`` (default: the registry's
+        own parameter, ``method`` or ``metric``), the close matches and every known name."""
+        param = self.param if param is None else param
         if isinstance(name, (list, tuple)) and name and all(isinstance(n, str) for n in name):
             raise UnknownNameError(
-                f"{self.param}= takes one {self.kind} name, not a {type(name).__name__}; got {list(name)!r}. Make one "
+                f"{param}= takes one {self.kind} name, not a {type(name).__name__}; got {list(name)!r}. Make one "
                 f"call per name, e.g. {{name: ... for name in {list(name)!r}}}."
             )
         if not isinstance(name, str) or name not in self._items:
             known = sorted(self._items)
             hint = did_you_mean(str(name), known, n=3)
             raise UnknownNameError(
-                f"{self.param}={name!r} is not a known {self.kind}.{hint} Known {self.kind}s: {', '.join(known)}."
+                f"{param}={name!r} is not a known {self.kind}.{hint} Known {self.kind}s: {', '.join(known)}."
             )
         return self._items[name]
 

@@ -514,7 +514,7 @@ def _counting(model: nn.Module) -> tuple[nn.Module, list[int]]:
         ({"lazy_batch": 0}, InvalidParameterError, "lazy_batch must be an int >= 1; got 0"),
         ({"score": "log_prob"}, InvalidParameterError, r"score must be one of \('prob', 'logit'\)"),
         ({"regions": "spans"}, InvalidParameterError, "regions='spans' needs groups="),
-        ({"prior": "gradcamm"}, UnknownNameError, "Did you mean 'gradcam'"),
+        ({"prior": "gradcamm"}, UnknownNameError, "^prior='gradcamm' is not a known explainer. Did you mean 'gradcam'"),
         ({"prior": "lima"}, InvalidParameterError, "would recurse"),
         ({"regions": "columns"}, InvalidInputError, r"regions='columns' needs tabular rows \(B, F\)"),
     ],
@@ -535,6 +535,22 @@ def test_over_budget_requests_are_refused_with_the_estimate() -> None:
     assert calls == []
     e = whybox.explain(model, x[:1], "lima", regions=lab, search="stochastic", max_evaluations=5000)
     assert e.meta["n_forward"] <= 5000
+
+
+def test_a_prior_explainer_s_passes_count_against_max_evaluations() -> None:
+    """regions='prior' with prior='occlusion': LIMA checked only its own bound (548 passes for 2 rows of 16 regions)
+    and the prior's 130 passes ran past max_evaluations=548 (678 in all). Now the prior explainer runs first with
+    what LIMA's bound leaves, and a request over the limit is refused before any model call."""
+    model, calls = _counting(small_cnn())
+    x = images(b=2, h=8, w=8)
+    options = {"search": "naive", "regions": "prior", "prior": "occlusion", "prior_cells": 4, "fill": "zero"}
+    own = 2 * (2 + 16 * 17)
+    for limit, left in ((own, "0"), (own + 40, "40")):
+        with pytest.raises(InvalidParameterError, match=f"need {own:,} of max_evaluations={limit:,} .* {left}"):
+            whybox.explain(model, x, "lima", max_evaluations=limit, **options)
+        assert calls == []
+    e = whybox.explain(model, x, "lima", max_evaluations=own + 130, **options)
+    assert e.meta["n_forward"] == sum(calls) == own + 130
 
 
 def test_one_output_models_read_the_raw_score() -> None:

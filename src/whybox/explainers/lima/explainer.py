@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from whybox.errors import InvalidParameterError, did_you_mean
+from whybox.explainers.base import _keyword_options
 from whybox.explainers.lima import regions as R
 from whybox.explainers.lima.objective import EngineScorer, Weights
 from whybox.explainers.lima.search import SEARCHES, SearchOptions, SearchResult
@@ -155,7 +156,9 @@ class Lima(PerturbationExplainer):
     Cost (forward passes): per image 2 reference passes (the input, which also resolves ``target=None``, and
     the all-filled input) + the search's (naive N(N+1), predictive data-dependent and at most N(N+1) - 2;
     see the search module) + N if ``lambda_eff > 0``,
-    plus the prior explainer's for ``regions="prior"``.
+    plus the prior explainer's for ``regions="prior"`` (it runs first, on the same ``target``; one that takes
+    ``max_evaluations``, as the perturbation methods do, gets what LIMA's own bound leaves of it, and is refused
+    before any model call beyond that).
 
     References
     ----------
@@ -221,7 +224,7 @@ class Lima(PerturbationExplainer):
         if isinstance(prior, str):
             if prior == "lima":
                 raise InvalidParameterError("prior='lima' would recurse; use a cheap explainer such as 'gradcam'.")
-            EXPLAINERS.get(prior)  # unknown names list the known ones
+            EXPLAINERS.get(prior, param="prior")  # unknown names list the known ones
         elif not isinstance(prior, torch.Tensor):
             raise InvalidParameterError(
                 f"prior must be a registered explainer name or a prior map tensor; got {type(prior).__name__}."
@@ -348,12 +351,31 @@ class Lima(PerturbationExplainer):
         R._image(x, "prior")
         return math.ceil(self._grid_cells(x) / self._cells(x))
 
-    def _prior_regions(self, x: torch.Tensor, tgt: Target, engine: MaskingEngine, n_backward: list[int]) -> R.RegionMap:
+    def _prior_regions(
+        self, x: torch.Tensor, target: TargetLike, engine: MaskingEngine, n_backward: list[int], left: int | None
+    ) -> R.RegionMap:
+        """The prior-guided regions: the prior map given, or the prior explainer's on ``target`` (run before LIMA's
+        own passes; one that takes ``max_evaluations`` gets ``left``, what LIMA's own bound leaves of the limit)."""
         if isinstance(self.prior, torch.Tensor):
             prior_map = self.prior.to(x.device)
         else:
-            cls = EXPLAINERS.get(self.prior)
-            opts = {"batch_size": self.batch_size, "mode": self.mode, "seed": self._call_seed}
+            cls = EXPLAINERS.get(self.prior, param="prior")
+            opts: dict[str, Any] = {"batch_size": self.batch_size, "mode": self.mode, "seed": self._call_seed}
+            bounded = "max_evaluations" in _keyword_options(cls) and "max_evaluations" not in (self.prior_options or {})
+
+            def over(reason: str) -> InvalidParameterError:
+                total = self.max_evaluations or 0  # set whenever left is
+                return InvalidParameterError(
+                    f"'lima' with regions='prior': its own search may need {total - (left or 0):,} of "
+                    f"max_evaluations={total:,} forward passes, which leaves the prior explainer {self.prior!r} "
+                    f"{left:,}{reason}. Use a cheaper prior (e.g. 'gradcam'), fewer regions, or raise "
+                    "max_evaluations (prior_options={'max_evaluations': ...} sets the prior's own limit)."
+                )
+
+            if left is not None and bounded:
+                if left < 1:
+                    raise over("")
+                opts["max_evaluations"] = left
             opts.update(self.prior_options or {})
             try:
                 explainer = cls(self.adapter, **opts)
@@ -361,7 +383,12 @@ class Lima(PerturbationExplainer):
                 raise InvalidParameterError(
                     f"prior_options do not fit the prior explainer {self.prior!r}: {exc}."
                 ) from None
-            e = explainer.explain(x, target=tgt.fn if tgt.fn is not None else tgt.index)
+            try:
+                e = explainer.explain(x, target=target)
+            except InvalidParameterError as exc:
+                if left is None or not bounded or "max_evaluations" not in str(exc):
+                    raise
+                raise over(f": {str(exc).rstrip('.')}") from None
             engine.n_forward += int(e.meta["n_forward"])
             n_backward[0] += int(e.meta["n_backward"])
             prior_map = e.attributions
@@ -398,14 +425,15 @@ class Lima(PerturbationExplainer):
                 "(n_regions=), a cheaper search ('bidirectional', 'lazy' or 'stochastic'), or raise "
                 "max_evaluations (None: no limit)."
             )
+        if region_map is None:  # the prior explainer first: refused (if it must be) before any model call
+            left = None if self.max_evaluations is None else self.max_evaluations - cost
+            region_map = self._prior_regions(x, target, engine, n_backward, left)
         fills = self._fills(x)
         raw_x = engine.forward(x)
         tgt = resolve_target(target, raw_x)
         score = resolve_score(self.score, raw_x.shape[-1])
         apply_score_space(raw_x[:1], score)  # K = 1 with score='prob' is an error before the fill's pass
         raw_fill = engine.forward(fills)
-        if region_map is None:
-            region_map = self._prior_regions(x, tgt, engine, n_backward)
         scorer = EngineScorer(
             engine,
             x,
