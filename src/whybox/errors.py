@@ -20,6 +20,7 @@ __all__ = [
     "MissingExtraError",
     "ModelOutputError",
     "NotDifferentiableError",
+    "UnderdeterminedWarning",
     "UnknownNameError",
     "WhyboxError",
     "did_you_mean",
@@ -88,3 +89,8 @@ class DatasetNotFoundError(WhyboxError, FileNotFoundError):
 
 class DataFormatError(WhyboxError, ValueError):
     """A data file exists but its content is not in the expected format (truncated, wrong magic, ...)."""
+
+
+class UnderdeterminedWarning(UserWarning):
+    """A fit had fewer independent equations than unknowns (Kernel SHAP's paired draws at a small ``n_samples``): its
+    values are one of many that fit the evaluations (the minimum-norm one), not estimates of the Shapley values."""

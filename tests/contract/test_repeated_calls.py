@@ -21,7 +21,7 @@ import whybox
 SMALL: dict[str, dict[str, Any]] = {  # fewer samples: the property does not depend on their number
     "lima": {"n_regions": 9},
     "rise": {"n_masks": 32},
-    "kernel_shap": {"n_samples": 32},
+    "kernel_shap": {"n_samples": 64},  # 2M and more for M <= 32 (fewer paired draws leave the fit undetermined)
     "lime": {"n_samples": 32},
     "shapley_sampling": {"n_permutations": 1},
 }

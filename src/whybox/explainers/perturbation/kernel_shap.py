@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from whybox.errors import InvalidParameterError, check_bool
+from whybox.errors import InvalidParameterError, UnderdeterminedWarning, check_bool
 from whybox.explainers.perturbation._common import F64, ShapleyExplainer
 from whybox.masking.engine import MaskingEngine
 from whybox.models.targets import Target, TargetLike
@@ -268,6 +269,29 @@ class KernelShap(ShapleyExplainer):
             return auto_samples(m)
         return min(int(self.n_samples), 2**m - 2) if m <= 62 else int(self.n_samples)
 
+    def _check_determined(self, m: int, design: KernelDesign) -> None:
+        """Warn, before any model call, when a design's coalitions leave some of the M - 1 unknowns undetermined.
+
+        A coalition and its complement give the same equation once the efficiency constraint has eliminated the
+        last feature (the row x and -x, the target ỹ and -ỹ), so paired draws determine about n / 2 unknowns: with
+        M - 1 <= n < 2 (M - 1) the fit is the minimum-norm one of many (a 12-feature linear model: errors of 0.08
+        where 24 samples give 1e-16). Checked where it can happen, n < 2M (the rank of an n x (M - 1) matrix)."""
+        n = int(design.z.shape[0])
+        if m < 2 or n >= 2 * m:
+            return
+        z = design.z.to(F64)
+        rank = int(torch.linalg.matrix_rank(z[:, :-1] - z[:, -1:]))
+        if rank < m - 1:
+            pairs = " (a paired draw's complement adds no equation)" if self.paired else ""
+            warnings.warn(
+                f"kernel_shap with n_samples={self.n_samples} cannot determine the values of M={m} features: its "
+                f"{n} coalitions give {rank} independent equations for {m - 1} unknowns{pairs}, so the values are "
+                f"the minimum-norm fit, one of many (they still add up to the output). Use n_samples >= {2 * m} "
+                "('auto' picks enough), or fewer features.",
+                UnderdeterminedWarning,
+                stacklevel=4,
+            )
+
     def _explain(
         self, x: torch.Tensor, target: TargetLike, engine: MaskingEngine, n_backward: list[int]
     ) -> tuple[torch.Tensor, Target, dict[str, Any]]:
@@ -292,6 +316,13 @@ class KernelShap(ShapleyExplainer):
                 )
         cost = b + sum(r * (self.budget(m) + 1) for m in sizes if m > 0)
         self._check_cost(cost, f"{b} clean passes + per row (n_samples + 1) x {r} fill row(s)")
+        kd = {
+            m: kernel_design(m, self.budget(m), paired=self.paired, generator=self.row_generator())
+            for m in set(sizes)
+            if m > 0
+        }
+        for m, design in kd.items():
+            self._check_determined(m, design)
         tgt, fx = self._clean(x, target, engine)
         mmax = max(max(sizes), 1)
         values = torch.zeros(b, mmax, dtype=F64, device=x.device)
@@ -299,11 +330,6 @@ class KernelShap(ShapleyExplainer):
         n_used = [0] * b
         enumerated: list[list[int]] = [[] for _ in range(b)]
         conds = [1.0] * b
-        kd = {
-            m: kernel_design(m, self.budget(m), paired=self.paired, generator=self.row_generator())
-            for m in set(sizes)
-            if m > 0
-        }
         zall = {m: torch.cat([torch.zeros(1, m, dtype=torch.bool), d.z]).to(x.device) for m, d in kd.items()}  # ∅ first
         designs = {m: (z.shape[0], lambda ks, z=z: z[ks]) for m, z in zall.items()}
         scores = self._region_scores(engine, x, fills, tgt, regions, designs)
