@@ -271,6 +271,22 @@ def test_engine_group_element_and_callable_masks_agree(make_cnn: Callable[..., n
         eng.scores(x, lambda r, k: elements[r, k], fill=fill, target=tgt)
 
 
+@pytest.mark.parametrize("batch_size", [1, 3, 64])
+def test_engine_element_masks_without_a_channel_axis_broadcast_over_the_channels(batch_size: int) -> None:
+    """Masks (B, N, H, W) for rows (C, H, W): G = (H, W) broadcasts to S from the right, as documented. They
+    worked at batch_size=1 only: a chunk of n masks (n, H, W) met the rows (1, C, H, W) with n on the channel axis
+    (wrong scores or a RuntimeError). Now they score as (B, N, 1, H, W) masks and as a loop over the masks."""
+    g = torch.Generator().manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 7 * 5, 4)).double()
+    x = torch.rand(2, 3, 7, 5, generator=g, dtype=torch.float64)
+    masks = torch.rand(2, 10, 7, 5, generator=g) > 0.5
+    tgt = resolve_target(1, None, batch=2)
+    got = MaskingEngine(whybox.adapt(net), batch_size=batch_size).scores(x, masks, fill=torch.zeros_like(x), target=tgt)
+    with torch.no_grad():
+        want = torch.stack([net(torch.where(masks[r].unsqueeze(1), x[r], 0.0))[:, 1] for r in range(2)])
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("kind", ["bool", "float"])
 def test_engine_renders_bool_and_float_masks_as_documented(kind: str) -> None:
     x = rand(3, 2, 4, 4, seed=3)
@@ -442,7 +458,7 @@ def test_grid_groups() -> None:
     rect = grid(x, patch=(4, 6))
     _check_partition(rect, 2, (1, 12, 12))
     assert rect.n_groups == 6 and bool((rect.sizes() == 24).all())
-    with pytest.raises(InvalidParameterError, match=r"patch must be >= 1; got 0"):
+    with pytest.raises(InvalidParameterError, match=r"patch must be an int >= 1 or a pair \(rows, cols\) of them; got 0"):
         grid(x, patch=0)
     with pytest.raises(InvalidInputError, match=r"grid\(\) needs images \(B, C, H, W\); got inputs of shape \(2, 5\)"):
         grid(rand(2, 5), patch=2)
@@ -464,6 +480,27 @@ def test_column_groups() -> None:
         columns(x, groups=torch.tensor([0, 1, 2, 3]))
     with pytest.raises(InvalidInputError, match=r"columns\(\) needs tabular rows \(B, F\)"):
         columns(rand(2, 3, 4, 4))
+    # ids below 0 or not integers were taken (a -1 broke sizes() later with an index error; 0.5 became 0)
+    with pytest.raises(InvalidParameterError, match=r"groups must be ids >= 0 .*got \[0, -1, 1, 1, 1\]"):
+        columns(x, groups=torch.tensor([0, -1, 1, 1, 1]))
+    with pytest.raises(InvalidParameterError, match="groups must hold integer group ids, one per column; got dtype"):
+        columns(x, groups=torch.tensor([0.0, 0.5, 1.0, 1.0, 2.0]))
+
+
+@pytest.mark.parametrize(
+    ("build", "match"),
+    [
+        (lambda x: grid(x, patch=2.5), r"patch must be an int >= 1 or a pair \(rows, cols\) of them; got 2.5"),
+        (lambda x: grid(x, patch=(2, 0)), r"patch must be an int >= 1 .*got \(2, 0\)"),
+        (lambda x: grid(x, patch=(1, 2, 3)), r"patch must be an int >= 1 .*got \(1, 2, 3\)"),
+        (lambda x: superpixels(x, image=rand(2, 3, 8, 8)), r"image must be the inputs' pictures, 2 of 16 x 16 pixels"),
+    ],
+)
+def test_feature_builders_name_a_bad_argument(build: Callable[[torch.Tensor], Any], match: str) -> None:
+    """grid(patch=2.5) raised a bare TypeError; superpixels(image=) of another size made groups that fit no input."""
+    with pytest.raises(InvalidParameterError, match=match):
+        build(rand(2, 3, 16, 16))
+    assert grid(rand(1, 1, 6, 6), patch=np.int64(3)).n_groups == 4
 
 
 def test_superpixel_groups_cover_every_pixel_with_consecutive_ids() -> None:

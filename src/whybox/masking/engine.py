@@ -351,6 +351,8 @@ class MaskingEngine:
                 if picks is not None:
                     ks = picks[rows, ks]
             m = render(rows, ks).to(x.device)
+            if m.ndim < x.ndim:  # G broadcasts to S from the right: (n, H, W) masks for (C, H, W) rows
+                m = m.view(m.shape[0], *(1,) * (x.ndim - m.ndim), *m.shape[1:])
             # a chunk of one input row (the common case) broadcasts that row instead of copying it per mask
             src = rows[:1] if bool((rows == rows[0]).all()) else rows
             xr = x[src]

@@ -7,7 +7,9 @@ Different rows may use fewer than M groups (superpixels); unused ids simply cove
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -67,6 +69,15 @@ def _image(x: torch.Tensor, what: str) -> None:
         raise InvalidInputError(f"{what} needs images (B, C, H, W); got inputs of shape {tuple(x.shape)}.")
 
 
+def _int_pair(name: str, value: Any) -> tuple[int, int]:
+    """``value`` as ``(rows, cols)``: an int >= 1 for both, or a pair of them."""
+    pair = (value, value) if not isinstance(value, (tuple, list)) else tuple(value)
+    ok = len(pair) == 2 and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and int(v) >= 1 for v in pair)
+    if not ok:
+        raise InvalidParameterError(f"{name} must be an int >= 1 or a pair (rows, cols) of them; got {value!r}.")
+    return int(pair[0]), int(pair[1])
+
+
 def pixels(x: torch.Tensor) -> FeatureGroups:
     """One group per pixel position (all channels together)."""
     _image(x, "pixels()")
@@ -78,9 +89,7 @@ def pixels(x: torch.Tensor) -> FeatureGroups:
 def grid(x: torch.Tensor, *, patch: int | tuple[int, int]) -> FeatureGroups:
     """Square (or ``(ph, pw)``) patches in raster order; border patches are cut."""
     _image(x, "grid()")
-    ph, pw = (patch, patch) if isinstance(patch, int) else patch
-    if ph < 1 or pw < 1:
-        raise InvalidParameterError(f"patch must be >= 1; got {patch!r}.")
+    ph, pw = _int_pair("patch", patch)
     b, _, h, w = x.shape
     rows = torch.arange(h, device=x.device) // ph
     cols = torch.arange(w, device=x.device) // pw
@@ -96,9 +105,7 @@ def cells(x: torch.Tensor, *, n: int | tuple[int, int]) -> FeatureGroups:
     ``floor`` or ``ceil`` of ``H / nh`` rows; ``nh`` and ``nw`` are clamped to ``H`` and ``W``.
     """
     _image(x, "cells()")
-    nh, nw = (n, n) if isinstance(n, int) else n
-    if nh < 1 or nw < 1:
-        raise InvalidParameterError(f"n must be >= 1; got {n!r}.")
+    nh, nw = _int_pair("n", n)
     b, _, h, w = x.shape
     nh, nw = min(nh, h), min(nw, w)
     rows = torch.arange(h, device=x.device) * nh // h
@@ -132,6 +139,15 @@ def superpixels(
     import numpy as np
     from skimage.segmentation import slic
 
+    if image is not None:
+        if not isinstance(image, torch.Tensor) or image.ndim != 4:
+            got = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+            raise InvalidParameterError(f"image must be a tensor (B, C, H, W) to segment; got {got}.")
+        if (image.shape[0], *image.shape[2:]) != (x.shape[0], *x.shape[2:]):
+            raise InvalidParameterError(
+                f"image must be the inputs' pictures, {x.shape[0]} of {x.shape[2]} x {x.shape[3]} pixels (any "
+                f"channels), for groups that fit the inputs {tuple(x.shape)}; got {tuple(image.shape)}."
+            )
     src = (image if image is not None else x).detach().to("cpu", torch.float64)
     out = []
     for row in src:
@@ -191,7 +207,15 @@ def columns(x: torch.Tensor, *, groups: torch.Tensor | None = None) -> FeatureGr
     if groups is None:
         g = torch.arange(f, device=x.device)
     else:
-        g = torch.as_tensor(groups, device=x.device, dtype=torch.int64)
+        raw = torch.as_tensor(groups, device=x.device)
+        if raw.is_floating_point() or raw.is_complex() or raw.dtype == torch.bool:
+            raise InvalidParameterError(f"groups must hold integer group ids, one per column; got dtype {raw.dtype}.")
+        g = raw.to(torch.int64)
         if g.shape != (f,):
             raise InvalidParameterError(f"groups must have shape ({f},); got {tuple(g.shape)}.")
+        if f and int(g.min()) < 0:
+            raise InvalidParameterError(
+                f"groups must be ids >= 0 (column j belongs to group groups[j]); got {g.tolist()[:20]}. Number the "
+                "groups 0, 1, 2, ..."
+            )
     return FeatureGroups(g.unsqueeze(0).expand(b, f).contiguous(), int(g.max().item()) + 1, "columns")

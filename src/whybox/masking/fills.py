@@ -55,7 +55,10 @@ def make_fill(
     Parameters
     ----------
     fill
-        ``"zero"``; ``"mean"`` (per-row, per-channel mean for images, per-row mean otherwise);
+        ``"zero"``; ``"mean"`` (inputs of 3 or more dimensions are read channels first, ``(B, C, ...)``: each
+        row's mean per channel over the rest, for images ``(B, C, H, W)`` and signals ``(B, C, L)``; rows
+        ``(B, F)``: each row's mean; a sequence ``(B, T, D)`` would get each position's mean over its D values, so
+        give it a tensor fill);
         ``"blur"`` (Gaussian blur with ``sigma`` pixels, images only); ``"uniform"`` (noise drawn
         uniformly between each row's min and max, from ``generator``); a number; a finite tensor
         broadcastable to ``x`` (explainers and metrics also take a numpy array or pandas Series, e.g. the
