@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from whybox.errors import InvalidInputError
+from whybox.errors import InvalidInputError, InvalidParameterError
 from whybox.metrics.roar import remove_top, roar
 
 
@@ -78,3 +78,54 @@ def test_precomputed_maps_of_other_rows_are_refused_by_name() -> None:
         "methods['mine']'s train attributions: attributions of shape (10, 1, 8, 8) do not match images "
         "(30, 1, 8, 8); expected (30, 1, 8, 8) or (30, 8, 8)."
     )
+
+
+def _linear() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 2))
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "match"),
+    [
+        # 10 labels for 30 images trained on the first 10 without a word
+        (
+            {"y_train": slice(0, 10)},
+            InvalidInputError,
+            r"y_train must hold one label per image of x_train \(30\); got 10",
+        ),
+        ({"x_test": (20, 1, 6, 6)}, InvalidInputError, r"x_test must hold images like x_train's, \(1, 8, 8\); got"),
+        ({"y_test": "float"}, InvalidInputError, r"y_test must be integer class indices \(N,\); got torch.float32"),
+        ({"data": 3}, InvalidParameterError, r"data must be \(x_train, y_train, x_test, y_test\); got 3 items"),
+        ({"fractions": "0.5"}, InvalidParameterError, r"fractions must be shares in \[0, 1\]"),
+    ],
+)
+def test_bad_data_is_named(change: dict[str, object], error: type, match: str) -> None:
+    """Labels of another length, test images of another size, float labels, a short data tuple: raw torch or
+    Python errors before (or, for short labels, a run on part of the data)."""
+    x_tr, y_tr = _patch_data(30, 0)
+    x_te, y_te = _patch_data(20, 1)
+    data: list[object] = [x_tr, y_tr, x_te, y_te]
+    kwargs: dict[str, object] = {"fractions": (0.5,)}
+    if "y_train" in change:
+        data[1] = y_tr[change["y_train"]]  # type: ignore[index]
+    if "x_test" in change:
+        data[2] = torch.rand(*change["x_test"])  # type: ignore[misc]
+    if "y_test" in change:
+        data[3] = y_te.float()
+    if "data" in change:
+        data = data[:3]
+    if "fractions" in change:
+        kwargs["fractions"] = change["fractions"]
+    maps = (torch.rand(30, 1, 8, 8), torch.rand(20, 1, 8, 8))
+    with pytest.raises(error, match=match):
+        roar({"m": maps}, data=tuple(data), model_fn=_linear, n_retrain=1, epochs=1, **kwargs)  # type: ignore[arg-type]
+
+
+def test_one_method_name_one_fraction_and_numpy_labels_are_taken() -> None:
+    """roar("saliency") split the name into one-letter methods; fractions=0.5 and NumPy labels raised TypeError."""
+    x_tr, y_tr = _patch_data(30, 0)
+    x_te, y_te = _patch_data(20, 1)
+    model = _linear()
+    r = roar("saliency", data=(x_tr, y_tr.numpy(), x_te, y_te.numpy()), model_fn=_linear, explain_model=model,
+             fractions=0.5, n_retrain=1, epochs=1)  # fmt: skip
+    assert r.fractions == [0.5] and sorted(r.accuracy) == ["random", "saliency"]

@@ -18,10 +18,11 @@ Hooker, Erhan, Kindermans & Kim, "A Benchmark for Interpretability Methods in De
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -135,6 +136,20 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: in
     return float(hits.to(torch.float64).mean())
 
 
+def _labels(name: str, y: Any, x: torch.Tensor) -> torch.Tensor:
+    """Class labels ``(N,)`` int64 for the images ``x`` (a tensor, an array or a list)."""
+    try:
+        t = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y)
+    except (TypeError, ValueError, RuntimeError):
+        raise InvalidInputError(f"{name} must be class indices, one per image; got {type(y).__name__}.") from None
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool or t.ndim != 1:
+        raise InvalidInputError(f"{name} must be integer class indices (N,); got {t.dtype} of shape {tuple(t.shape)}.")
+    if t.shape[0] != x.shape[0]:
+        images = "x_train" if name == "y_train" else "x_test"
+        raise InvalidInputError(f"{name} must hold one label per image of {images} ({x.shape[0]}); got {t.shape[0]}.")
+    return t.to(torch.int64)
+
+
 def roar(
     methods: Mapping[str, str | tuple[torch.Tensor, torch.Tensor]] | Sequence[str],
     *,
@@ -179,6 +194,10 @@ def roar(
     n_retrain = check_int("n_retrain", n_retrain)
     epochs = check_int("epochs", epochs)
     batch_size = check_int("batch_size", batch_size)
+    if isinstance(fractions, (int, float)) and not isinstance(fractions, bool):
+        fractions = [fractions]  # one share
+    if isinstance(fractions, (str, bytes)) or not isinstance(fractions, Iterable):
+        raise InvalidParameterError(f"fractions must be shares in [0, 1], e.g. (0.1, 0.5, 0.9); got {fractions!r}.")
     fr = [check_float("fractions", t, 0.0, 1.0) for t in fractions]
     if not fr:
         raise InvalidParameterError("fractions must hold at least one share in [0, 1].")
@@ -188,16 +207,27 @@ def roar(
         x_tr, y_tr = load_digits("train")
         x_te, y_te = load_digits("test")
     else:
+        if not isinstance(data, (tuple, list)) or len(data) != 4:
+            got = f"{len(data)} items" if isinstance(data, (tuple, list)) else type(data).__name__
+            raise InvalidParameterError(f"data must be (x_train, y_train, x_test, y_test); got {got}.")
         x_tr, y_tr, x_te, y_te = data
     for name, arr in (("x_train", x_tr), ("x_test", x_te)):
         if not isinstance(arr, torch.Tensor) or arr.ndim != 4:
             raise InvalidInputError(f"{name} must be images (N, C, H, W); got {getattr(arr, 'shape', type(arr))}.")
+    if x_te.shape[1:] != x_tr.shape[1:]:
+        raise InvalidInputError(
+            f"x_test must hold images like x_train's, {tuple(x_tr.shape[1:])}; got {tuple(x_te.shape[1:])} (one model "
+            "is trained on the first and tested on the second)."
+        )
+    y_tr, y_te = _labels("y_train", y_tr, x_tr), _labels("y_test", y_te, x_te)
     if model_fn is None:
         from whybox.data import DigitsCNN
 
         model_fn = DigitsCNN
     spec: dict[str, str | tuple[torch.Tensor, torch.Tensor]] = (
-        dict(methods) if isinstance(methods, Mapping) else {m: m for m in methods}
+        dict(methods)
+        if isinstance(methods, Mapping)
+        else {m: m for m in ([methods] if isinstance(methods, str) else methods)}
     )
     if RANDOM in spec:
         raise InvalidParameterError("'random' is the built-in baseline; give your methods other names.")
