@@ -220,3 +220,27 @@ def test_the_report_of_a_text_run_colours_each_text_s_words_by_each_method(tmp_p
     page = (run / "report.html").read_text(encoding="utf-8")
     assert page.count('<td class="words" data-method=') == 2 * len(methods)
     assert "<b>bold</b>" not in page and "&lt;" in page
+
+
+def test_the_model_takes_what_its_tokenizer_returns(sentiment: tuple[object, object]) -> None:
+    """model(**tokenizer(texts, return_tensors="pt")), the Hugging Face idiom, raised TypeError on token_type_ids."""
+    model, adapter = sentiment
+    enc = adapter.tokenizer(TEXTS, padding=True, return_tensors="pt")  # type: ignore[attr-defined]
+    assert "token_type_ids" in enc
+    with torch.no_grad():
+        logits = model(**enc).logits  # type: ignore[operator]
+        torch.testing.assert_close(logits, adapter.scores(adapter.encode(TEXTS).inputs))  # type: ignore[attr-defined]
+
+
+def test_a_damaged_sentiment_cache_is_trained_again(tmp_path: object) -> None:
+    """A truncated cache file raised safetensors' deserialising error; now it is a miss, trained and written again."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    first, _ = minilm_sentiment(cache_dir=tmp_path)
+    (path,) = Path(str(tmp_path)).glob("minilm_sentiment-*.safetensors")
+    path.write_bytes(path.read_bytes()[:20])
+    again, _ = minilm_sentiment(cache_dir=tmp_path)
+    assert torch.equal(again.head.weight, first.head.weight)
+    assert torch.equal(load_file(str(path))["weight"], first.head.weight)

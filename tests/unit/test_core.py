@@ -458,7 +458,9 @@ def test_grid_groups() -> None:
     rect = grid(x, patch=(4, 6))
     _check_partition(rect, 2, (1, 12, 12))
     assert rect.n_groups == 6 and bool((rect.sizes() == 24).all())
-    with pytest.raises(InvalidParameterError, match=r"patch must be an int >= 1 or a pair \(rows, cols\) of them; got 0"):
+    with pytest.raises(
+        InvalidParameterError, match=r"patch must be an int >= 1 or a pair \(rows, cols\) of them; got 0"
+    ):
         grid(x, patch=0)
     with pytest.raises(InvalidInputError, match=r"grid\(\) needs images \(B, C, H, W\); got inputs of shape \(2, 5\)"):
         grid(rand(2, 5), patch=2)

@@ -161,6 +161,43 @@ def test_digits_cnn_replaces_a_corrupt_cache_file(tmp_path: Path, monkeypatch: p
     assert set(load_file(path)) == set(model.state_dict())
 
 
+def test_digits_cnn_from_the_cache_leaves_the_global_rng_and_has_no_grad(trained: dict[str, object]) -> None:
+    """Loading the cached weights built the model (its initialisation draws) outside the forked RNG: the caller's
+    next torch.rand changed; a freshly trained model kept .grad from its last step (a cached one has none)."""
+    assert all(p.grad is None for p in trained["model"].parameters())  # type: ignore[attr-defined]
+    before = torch.get_rng_state()
+    reloaded = wd.digits_cnn(cache_dir=trained["cache_dir"])
+    assert torch.equal(before, torch.get_rng_state())
+    assert all(p.grad is None for p in reloaded.parameters())
+
+
+def test_an_unwritable_cache_warns_and_returns_the_trained_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cache directory that cannot be written (a read-only home) raised PermissionError after training and threw
+    the model away; now it warns, naming the path and WHYBOX_CACHE_DIR, and returns the model."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    monkeypatch.setattr(digits_mod, "_train", lambda epochs: wd.DigitsCNN().eval())  # fast stand-in
+    with pytest.warns(UserWarning, match=r"could not write the digits CNN's weights to its cache .*WHYBOX_CACHE_DIR"):
+        model = wd.digits_cnn(cache_dir=blocker / "cache")
+    assert isinstance(model, wd.DigitsCNN)
+
+
+def test_the_cache_file_is_as_readable_as_the_umask_allows(tmp_path: Path) -> None:
+    """safetensors writes its file 0600, so a shared WHYBOX_CACHE_DIR was private to whoever wrote it first."""
+    import os
+
+    from whybox.data._cache import atomic_save_safetensors
+
+    old = os.umask(0o022)
+    try:
+        atomic_save_safetensors({"w": torch.zeros(2)}, tmp_path / "x.safetensors")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "x.safetensors").stat().st_mode & 0o777 == 0o644
+
+
 @pytest.mark.parametrize("epochs", [0, -1, 2.5, True, "40"])
 def test_digits_cnn_rejects_a_bad_epoch_count(epochs: object) -> None:
     with pytest.raises(InvalidParameterError, match="epochs"):

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import uuid
+import warnings
 from pathlib import Path
 
 import torch
 
-__all__ = ["CACHE_ENV_VAR", "atomic_save_safetensors", "resolve_cache_dir"]
+__all__ = ["CACHE_ENV_VAR", "atomic_save_safetensors", "resolve_cache_dir", "save_to_cache"]
 
 #: Environment variable that, when set and non-empty, overrides the default cache directory.
 CACHE_ENV_VAR = "WHYBOX_CACHE_DIR"
@@ -60,7 +61,36 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> Non
     tmp_name = str(path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"))
     try:
         save_file(payload, tmp_name)
+        os.chmod(tmp_name, 0o666 & ~_umask())  # save_file makes it 0600: a shared cache would be private
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where the system says it (Linux), else set and restored."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def save_to_cache(tensors: dict[str, torch.Tensor], path: Path, what: str) -> None:
+    """:func:`atomic_save_safetensors`, warning instead of failing when the cache cannot be written (a read-only
+    home in a container): the model just trained is still the caller's, it is only trained again next time."""
+    try:
+        atomic_save_safetensors(tensors, path)
+    except OSError as exc:
+        warnings.warn(
+            f"whybox could not write the {what} to its cache ({path}: {exc.strerror or exc}); it is returned "
+            f"uncached and will be trained again next time. Set {CACHE_ENV_VAR} to a writable directory, or pass "
+            "cache=False.",
+            stacklevel=3,
+        )

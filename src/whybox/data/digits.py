@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from whybox.data._cache import atomic_save_safetensors, resolve_cache_dir
+from whybox.data._cache import resolve_cache_dir, save_to_cache
 from whybox.errors import InvalidParameterError, did_you_mean
 
 __all__ = ["DIGITS_SPLITS", "DigitsCNN", "digits_cnn", "load_digits"]
@@ -212,6 +212,7 @@ def fit_classifier(
                 loss.backward()
                 optimizer.step()
                 schedule.step()
+        optimizer.zero_grad(set_to_none=True)  # no .grad left from the last step (a cached model has none)
     return model.eval()
 
 
@@ -235,7 +236,8 @@ def _load_cached(path: Path) -> DigitsCNN | None:
 
     try:
         state = load_file(path, device="cpu")
-        model = DigitsCNN()
+        with torch.random.fork_rng(devices=[]):  # the initialisation the weights replace draws from the global RNG
+            model = DigitsCNN()
         model.load_state_dict(state, strict=True)
     except Exception:  # unreadable or stale cache entry: treat as a miss and retrain
         return None
@@ -299,5 +301,5 @@ def digits_cnn(
         if model is not None:
             return model
     model = _train(epochs)
-    atomic_save_safetensors(model.state_dict(), path)
+    save_to_cache(model.state_dict(), path, "digits CNN's weights")
     return model

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from whybox.data._cache import atomic_save_safetensors, resolve_cache_dir
+from whybox.data._cache import resolve_cache_dir, save_to_cache
 from whybox.errors import InvalidParameterError, MissingExtraError
 
 __all__ = ["MiniLMSentiment", "minilm", "minilm_sentiment", "sentiment_data"]
@@ -130,12 +130,15 @@ class MiniLMSentiment(nn.Module):
         inputs_embeds: torch.Tensor | None = None,
         output_attentions: bool = False,
         return_dict: bool = True,
+        token_type_ids: torch.Tensor | None = None,
     ) -> _Output:
-        """Logits ``(B, 2)``; with ``output_attentions`` also MiniLM's attentions (for the attention methods)."""
+        """Logits ``(B, 2)``; with ``output_attentions`` also MiniLM's attentions (for the attention methods).
+        Takes what its tokenizer returns, ``model(**tokenizer(texts, return_tensors="pt"))``."""
         out = self.encoder(
             input_ids=input_ids,
             attention_mask=attention_mask,
             inputs_embeds=inputs_embeds,
+            token_type_ids=token_type_ids,
             output_attentions=output_attentions,
         )
         logits = self.head(self._pool(out, attention_mask))
@@ -178,15 +181,16 @@ def minilm_sentiment(
     if cache and path.is_file():
         from safetensors.torch import load_file
 
-        state = load_file(str(path))
-        model.head.load_state_dict(state)
-        return model, tokenizer
+        try:
+            model.head.load_state_dict(load_file(str(path)))
+            return model, tokenizer
+        except Exception:  # unreadable or stale cache entry: a miss, trained and written again
+            pass
     texts, labels = sentiment_data("train")
     w, b = _train_head(_embed_texts(model, tokenizer, texts), labels)
     with torch.no_grad():
         model.head.weight.copy_(w)
         model.head.bias.copy_(b)
     if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_save_safetensors({k: v.detach().clone() for k, v in model.head.state_dict().items()}, path)
+        save_to_cache({k: v.detach().clone() for k, v in model.head.state_dict().items()}, path, "sentiment head")
     return model, tokenizer

@@ -72,7 +72,9 @@ def _image(x: torch.Tensor, what: str) -> None:
 def _int_pair(name: str, value: Any) -> tuple[int, int]:
     """``value`` as ``(rows, cols)``: an int >= 1 for both, or a pair of them."""
     pair = (value, value) if not isinstance(value, (tuple, list)) else tuple(value)
-    ok = len(pair) == 2 and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and int(v) >= 1 for v in pair)
+    ok = len(pair) == 2 and all(
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) and int(v) >= 1 for v in pair
+    )
     if not ok:
         raise InvalidParameterError(f"{name} must be an int >= 1 or a pair (rows, cols) of them; got {value!r}.")
     return int(pair[0]), int(pair[1])
