@@ -183,6 +183,39 @@ def test_ray_local_cluster_equals_local_backend_even_when_a_worker_dies(tmp_path
     assert snapshot(tmp_path / "ray") == snapshot(tmp_path / "local")
 
 
+def test_ray_refuses_what_no_worker_could_run_before_any_unit(tmp_path: Path, ray_cluster: object) -> None:
+    """threads=4 on a cluster whose nodes have 2 CPUs waited forever without a word (no task could be scheduled);
+    a model that cannot be pickled gave Ray's serialisation error. Both now name the fix, and nothing ran."""
+    import threading
+
+    import torch
+
+    from whybox.errors import InvalidParameterError
+    from whybox.runs.job import Job, run_job
+
+    x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    job = Job(methods=("saliency",), metrics=("deletion",), shard_size=2, threads=4)
+    with pytest.raises(InvalidParameterError, match=r"threads=4 .* largest node has 2: no task could start"):
+        run_job(job, _tiny_cnn(), x, tmp_path / "threads", backend="ray")
+
+    class Locked(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = _tiny_cnn()
+            self.lock = threading.Lock()
+
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            with self.lock:
+                return self.net(z)
+
+    job = Job(methods=("saliency",), metrics=("deletion",), shard_size=2)
+    with pytest.raises(InvalidParameterError, match=r"cannot be shipped to Ray's workers .*pass model_factory="):
+        run_job(job, Locked(), x, tmp_path / "locked", backend="ray")
+    conn = sqlite3.connect(tmp_path / "locked" / "run.sqlite")
+    assert conn.execute("SELECT COUNT(*) FROM results").fetchone() == (0,)
+    conn.close()
+
+
 def test_ray_cuts_data_options_to_each_unit_as_the_local_backend_does(tmp_path: Path, ray_cluster: object) -> None:
     """Per-sample options from the data (a text dataset's fill and features) ship once and are cut to each unit's
     samples in the worker: the Ray run's rows and arrays equal the local run's."""

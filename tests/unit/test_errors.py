@@ -159,6 +159,22 @@ def test_images_with_other_channels_get_that_fix_not_the_batch_one(
     assert "unsqueeze" not in note
 
 
+def test_a_model_s_own_error_on_a_4d_batch_gets_no_advice_to_add_a_batch_dimension() -> None:
+    """Any error a model raised on a right-shaped (4, 1, 8, 8) batch got the note "add the batch dimension with
+    inputs.unsqueeze(0)": only a 3-D batch can be one (C, H, W) sample read as a batch."""
+    if not hasattr(RuntimeError(), "add_note"):
+        pytest.skip("exception notes need Python >= 3.11")
+
+    class Strict(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise KeyError("no such input field")
+
+    with pytest.raises(KeyError) as info:
+        whybox.explain(Strict(), torch.rand(4, 1, 8, 8), "occlusion")
+    (note,) = info.value.__notes__
+    assert note.endswith("so each sample has shape (1, 8, 8).") and "unsqueeze" not in note, note
+
+
 def test_not_a_tensor(model: nn.Module) -> None:
     _raises(
         InvalidInputError,

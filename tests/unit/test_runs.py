@@ -28,15 +28,17 @@ def tiny_cnn(seed: int = 0) -> nn.Module:
 
 
 class Picky(nn.Module):
-    """A tiny CNN that raises on any batch holding a row whose first pixel is exactly 0.5 (a "corrupt" sample)."""
+    """A tiny CNN that raises ``error`` on any batch holding a row whose first pixel is exactly 0.5 (a "corrupt"
+    sample)."""
 
-    def __init__(self) -> None:
+    def __init__(self, error: type[Exception] = RuntimeError) -> None:
         super().__init__()
         self.net = tiny_cnn()
+        self.error = error
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if bool((x[:, 0, 0, 0] == 0.5).any()):
-            raise RuntimeError("corrupt sample: first pixel 0.5")
+            raise self.error("corrupt sample: first pixel 0.5")
         return self.net(x)
 
 
@@ -188,9 +190,11 @@ def test_changed_job_or_model_refuses_to_resume(tmp_path: Path) -> None:
     assert again.complete and again.n_computed == 2 and again.n_skipped == 0
 
 
-def test_failing_sample_is_recorded_and_the_run_goes_on(tmp_path: Path) -> None:
+@pytest.mark.parametrize("error", [RuntimeError, AssertionError, KeyError, AttributeError])
+def test_failing_sample_is_recorded_and_the_run_goes_on(tmp_path: Path, error: type[Exception]) -> None:
     """Sample 4 makes the model raise: its prediction and every method fail with the reason recorded; sample 5,
-    in the same shard, and every other sample get their attributions and metric values."""
+    in the same shard, and every other sample get their attributions and metric values. A model's assert or key
+    lookup fails a sample as a RuntimeError does (they stopped the whole run)."""
     x, y = data(6)
     x[4, 0, 0, 0] = 0.5
     job = Job(
@@ -199,7 +203,7 @@ def test_failing_sample_is_recorded_and_the_run_goes_on(tmp_path: Path) -> None:
         shard_size=2,
         method_options={"occlusion": {"window": 4, "stride": 4}},
     )
-    summary = run_job(job, Picky(), x, tmp_path / "r", labels=y)
+    summary = run_job(job, Picky(error), x, tmp_path / "r", labels=y)
     assert summary.complete and summary.n_failed_samples == 2
     store = RunStore.open_existing(tmp_path / "r")
     try:

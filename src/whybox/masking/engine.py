@@ -118,11 +118,14 @@ def _note_batch_shape(err: BaseException, inp: torch.Tensor, model: Any = None) 
         return
     shape, sample = tuple(inp.shape), tuple(inp.shape[1:])
     fix = _channel_fix(model, inp) or (
+        # only a 3-D batch can be one sample whose first axis was read as the batch: one (C, H, W) image
         "If inputs is a single sample (e.g. one (C, H, W) image), add the batch dimension with inputs.unsqueeze(0)."
+        if inp.ndim == 3
+        else ""
     )
     add_note(
         f"{_NOTE_MARK} {shape}, built from `inputs`. whybox reads dim 0 of inputs as the batch, so each sample has "
-        f"shape {sample}. {fix}"
+        f"shape {sample}." + (f" {fix}" if fix else "")
     )
 
 

@@ -50,6 +50,19 @@ __all__ = [
 NEEDS_MASKS = ("pointing_game", "energy_pointing_game", "relevance_mass", "relevance_rank")
 TARGETS = ("prediction", "label")
 _MAX_CURVE_POINTS = 1024
+#: what a model or a method may raise on one sample (recorded with its reason; the run goes on): a user's model
+#: asserting its inputs' range or looking a key up fails like a ValueError would. Interrupts, exits, memory errors
+#: and the rest stop the run.
+SAMPLE_ERRORS = (
+    WhyboxError,
+    RuntimeError,
+    ValueError,
+    TypeError,
+    LookupError,
+    ArithmeticError,
+    AssertionError,
+    AttributeError,
+)
 
 
 @dataclass(frozen=True)
@@ -433,7 +446,7 @@ def execute_unit(
         return {**_cut(per_row, rows, n_rows), **opts}
 
     n_forward = n_backward = 0
-    errors = (WhyboxError, RuntimeError, ValueError, TypeError, IndexError, ArithmeticError)
+    errors = SAMPLE_ERRORS
     with _threads(job.threads):
         t0 = time.perf_counter()
         rows_ok: list[int] = []
@@ -567,7 +580,7 @@ def _predict(
         s = adapter.scores(xb.to(adapter.device)).detach().to("cpu", torch.float64)
         return output_probabilities(adapter, s)  # a multi-label model's label sigmoids, not a softmax over them
 
-    errors = (WhyboxError, RuntimeError, ValueError, TypeError, IndexError, ArithmeticError)
+    errors = SAMPLE_ERRORS
     with _threads(threads), adapter.guard("eval"), torch.no_grad():
         for idx in shards(x.shape[0], shard_size):
             xb = x[idx[0] : idx[-1] + 1]

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from whybox.errors import MissingExtraError
+from whybox.errors import InvalidParameterError, MissingExtraError
 from whybox.models.adapter import ModelAdapter
 from whybox.runs.job import Job, Unit, execute_unit, unit_data_options
 from whybox.runs.store import UnitResult
@@ -126,8 +126,21 @@ def run_units(
     ray = _ray()
     started = _init(ray, address)
     try:
+        alive = [n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
+        if alive and job.threads > max(alive):  # no node could run a task: Ray would wait for one forever
+            raise InvalidParameterError(
+                f"threads={job.threads} asks each task for {job.threads} CPUs on one node, but the Ray cluster's "
+                f"largest node has {int(max(alive))}: no task could start. Use threads <= {int(max(alive))} "
+                "(Job(threads=...))."
+            )
         remote = ray.remote(num_cpus=job.threads, max_retries=MAX_RETRIES, retry_exceptions=False)(_task)
-        model_ref = ray.put(model_or_factory)
+        try:
+            model_ref = ray.put(model_or_factory)
+        except TypeError as exc:  # Ray's "Could not serialize" for a model pickle cannot carry
+            raise InvalidParameterError(
+                f"the model cannot be shipped to Ray's workers ({str(exc).splitlines()[0]}); pass "
+                "model_factory= (a picklable function that builds the model in each worker) to run_job."
+            ) from exc
         x_ref = ray.put(x)
         t_ref = ray.put(target)
         l_ref = ray.put(labels)
