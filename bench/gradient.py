@@ -4,6 +4,8 @@
 Same model, same inputs, same explicit targets, same internal batch size for every implementation;
 the calls of one row alternate call by call within each timed round (whybox, peer, peer, whybox, ...) so a
 busy machine slows both sides alike, and each row's ratio is the median of the per-round ratios whybox / peer.
+The passes of each side are in the table; Integrated Gradients' differ by two: whybox also scores f(x) and
+f(baseline) for the completeness delta in ``meta`` (66 forward passes to captum's 64 at 64 steps), inside its time.
 
 Run ``python bench/gradient.py [--quick] [--repeats N]`` from the repository root (see bench/README.md).
 Writes ``bench/results/gradient.md`` (the table) and ``bench/results/gradient.json`` (everything).
