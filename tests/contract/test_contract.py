@@ -464,6 +464,43 @@ def test_inplace_activations_give_the_plain_answer(method: str) -> None:
         assert_same(a, b, rtol=1e-6)
 
 
+class _ShiftsItsInput(nn.Module):
+    """``small_cnn`` behind an input normalisation written in place (``x -= 0.5``), or out of place."""
+
+    def __init__(self, inplace: bool, channels: int = 3) -> None:
+        super().__init__()
+        self.inplace = inplace
+        self.net = small_cnn()
+        if channels != 3:
+            first = self.net[0]
+            self.net[0] = nn.Conv2d(channels, first.out_channels, first.kernel_size, padding=first.padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.inplace:
+            x -= 0.5
+        else:
+            x = x - 0.5
+        return self.net(x)
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+@pytest.mark.parametrize("method", METHODS)
+def test_a_model_that_writes_into_its_input_leaves_the_inputs_and_gets_the_plain_answer(
+    method: str, channels: int
+) -> None:
+    """A model normalising its input in place (x -= 0.5) changed the caller's inputs (1-channel images, where no
+    channels-last copy hid it), doubled the shift in Score-CAM's masked copies (0.05 off), and failed gradient
+    methods and the automatic CAM layer on a leaf that requires grad. The model now gets a copy of every batch."""
+    inplace = _ShiftsItsInput(inplace=True, channels=channels)
+    plain = _ShiftsItsInput(inplace=False, channels=channels)
+    plain.load_state_dict(inplace.state_dict())
+    x = inputs(seed=9)[:, :channels].contiguous()
+    before = x.clone()
+    got = run(inplace, x, method).attributions
+    assert torch.equal(x, before)
+    assert_same(got, run(plain, x, method).attributions, rtol=1e-6)
+
+
 def test_nonfinite_results_are_flagged_per_row() -> None:
     class Sqrt(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -178,6 +178,9 @@ class TorchAdapter(ModelAdapter):
         return iter(self.model.named_modules())
 
     def forward(self, x: torch.Tensor) -> Any:
+        # a model may write into its input (x -= 0.5 in forward): a copy, so the caller's inputs and the rows whybox
+        # builds its perturbations and paths from stay as they were (and a leaf that requires grad is not written)
+        x = x.clone()
         if self.preprocess is not None:
             x = self.preprocess(x)
         if self.packing is not None:  # a model of several inputs: its packed rows cut back into them
