@@ -952,3 +952,57 @@ def test_adapt_labels_name_the_outputs_for_target(make_cnn: Callable[..., nn.Mod
     assert mixed.meta["target_names"] == ["class 0", "class 2"]
     fig = mixed.plot(x)
     assert [ax.get_title() for ax in fig.axes if ax.get_title()] == ["row 0: class 0", "row 1: class 2"]
+
+
+def test_threads_explaining_one_model_each_see_it_as_it_came_and_leave_it_so() -> None:
+    """Two threads explaining one train-mode model (a web service) each froze it and set eval mode on entry and
+    restored what they found on exit: the model was left frozen in eval mode, one thread's exit put Dropout back
+    under the other's passes, and Grad-CAM's layer taps recorded the other thread's forward passes (a LayerError
+    blaming module reuse). Calls on one model now run one at a time; results equal the sequential ones."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(96, 32), nn.Dropout(0.5), nn.Linear(32, 5)
+    ).train()
+    x = torch.rand(4, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    want = {
+        m: whybox.explain(model, x, m, **o).attributions for m, o in (("saliency", {}), ("gradcam", {"layer": "1"}))
+    }
+    failures: list[str] = []
+
+    def work(method: str, options: dict[str, Any]) -> None:
+        try:
+            for _ in range(40):
+                got = whybox.explain(model, x, method, **options).attributions
+                if not torch.equal(got, want[method]):
+                    failures.append(f"{method}: {float((got - want[method]).abs().max())}")
+        except Exception as exc:  # reported below
+            failures.append(f"{method}: {type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=work, args=a) for a in [("saliency", {}), ("gradcam", {"layer": "1"})] * 2]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+    assert model.training and all(p.requires_grad for p in model.parameters())
+    assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules())
+
+
+def test_a_buffer_the_forward_replaces_is_put_back_under_mode_as_is() -> None:
+    """mode='as_is' restores buffers, but only into the tensors it saved: a forward that replaced a buffer
+    (self.calls = self.calls + 1) left the new one in place (calls = 1 after the call)."""
+
+    class Counting(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(4, 3)
+            self.register_buffer("calls", torch.zeros(()))
+
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            self.calls = self.calls + 1
+            return self.lin(z)
+
+    model = Counting()
+    saved = model.calls
+    whybox.explain(model, torch.rand(2, 4), "occlusion", mode="as_is", batch_size=1)
+    assert model.calls is saved and float(model.calls) == 0.0

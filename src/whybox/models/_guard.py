@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -33,11 +35,40 @@ def preserved(model: nn.Module, mode: str = "eval") -> Iterator[None]:
     ``training`` flag, each parameter's ``requires_grad`` and ``.grad``, the set of registered
     module hooks (any hook added inside the block and left behind is removed), buffers such as
     BatchNorm running statistics (with ``mode="as_is"``, where a training-mode module may update them)
-    and torch's global CPU/CUDA RNG state. Parameters are frozen inside the block so that explainers take gradients
-    with respect to inputs or activations only and never touch weight gradients.
+    and torch's global CPU/CUDA RNG state (a buffer a forward replaces, ``self.calls = self.calls + 1``, is put
+    back too). Parameters are frozen inside the block so that explainers take gradients with respect to inputs or
+    activations only and never touch weight gradients. Blocks on one model run one at a time (a re-entrant lock
+    per model, see :func:`_model_lock`): another thread's call on it waits.
     """
     if mode not in MODES:
         raise InvalidParameterError(f"mode must be one of {MODES}; got {mode!r}.{did_you_mean(mode, MODES)}")
+    with _model_lock(model):
+        yield from _preserved(model, mode)
+
+
+_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_LOCKS_LOCK = threading.Lock()
+
+
+@contextmanager
+def _model_lock(model: nn.Module) -> Iterator[None]:
+    """Hold ``model``'s lock for the block: whybox's calls on one model run one at a time.
+
+    Two threads explaining one model (a web service) each froze it and set it to eval mode on entry and restored
+    what they had found on exit: the second found the first's frozen, eval-mode model and left it so (training
+    stopped updating it), the first's exit switched train mode back on under the second's passes (Dropout in its
+    results), and each one's layer taps recorded the other's forward passes. A re-entrant lock per model: calls on
+    other models run alongside, and a call made from inside a call (a callable target, a model's forward) goes
+    on in the same thread."""
+    with _LOCKS_LOCK:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = threading.RLock()
+    with lock:
+        yield
+
+
+def _preserved(model: nn.Module, mode: str) -> Iterator[None]:
     modules = list(model.modules())
     training = [m.training for m in modules]
     params = list(model.parameters())
@@ -47,7 +78,12 @@ def preserved(model: nn.Module, mode: str = "eval") -> Iterator[None]:
     # added inside the block, and only they are removed on exit
     first_hook_id = RemovableHandle.next_id
     # buffers (BatchNorm running statistics) only change when modules run in training mode
-    buffers = [(b, b.detach().clone()) for b in model.buffers()] if mode == "as_is" else []
+    # (a forward may also put a new tensor in a buffer's place, self.calls = self.calls + 1: the old one goes back)
+    buffers = (
+        [(m, name, b, b.detach().clone()) for m in modules for name, b in m._buffers.items() if b is not None]
+        if mode == "as_is"
+        else []
+    )
     cpu_rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
     try:
@@ -76,7 +112,9 @@ def preserved(model: nn.Module, mode: str = "eval") -> Iterator[None]:
                         for k in [k for k in d if isinstance(k, int) and k >= first_hook_id]:
                             del d[k]
         with torch.no_grad():
-            for b, saved in buffers:
+            for m, name, b, saved in buffers:
+                if m._buffers.get(name) is not b:
+                    m._buffers[name] = b
                 b.copy_(saved)
         torch.set_rng_state(cpu_rng)
         if cuda_rng is not None:
