@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import whybox
+from whybox.errors import InvalidParameterError
 from whybox.explainers.cam.base import CAM
 
 M = TypeVar("M", bound=nn.Module)
@@ -311,3 +312,62 @@ def test_half_precision_model_gives_the_float32_map(method: str, dtype: torch.dt
     assert low.attributions.dtype == dtype and bool(torch.isfinite(low.attributions).all())
     assert low.meta["degenerate"] == ref.meta["degenerate"] == [False, False, False]
     torch.testing.assert_close(low.attributions.float(), ref.attributions, rtol=0, atol=0.05)
+
+
+class _TwoHeads(nn.Module):
+    """One stem, two heads on their own branches: head 0 reads branch ``a``, head 1 branch ``b``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.a, self.b = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.fa, self.fb = nn.Linear(8, 3), nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.stem(x)
+        return self.fa(self.a(h).relu().mean((2, 3))), self.fb(self.b(h).relu().mean((2, 3)))
+
+
+@pytest.mark.parametrize("method", ["gradcam", "scorecam"])
+def test_the_automatic_layer_of_one_head_is_not_reused_for_another(method: str) -> None:
+    """The automatic layer was cached per model and input shape, not per output: after head 0 (branch a), head 1
+    got branch a's layer (Grad-CAM: LayerError; Score-CAM: a map of the wrong branch, 0.94 off)."""
+    torch.manual_seed(0)
+    model = _TwoHeads().eval()
+    x = torch.rand(2, 3, 8, 8)
+    first = whybox.explain(whybox.adapt(model, output=0), x, method)
+    second = whybox.explain(whybox.adapt(model, output=1), x, method)
+    assert first.meta["layer"] == ["a"] and second.meta["layer"] == ["b"]
+    alone = whybox.explain(whybox.adapt(model, output=1), x, method, layer="b")
+    torch.testing.assert_close(second.attributions, alone.attributions, rtol=0, atol=0)
+
+
+def test_under_inference_mode_every_family_and_the_metrics_work() -> None:
+    """torch.inference_mode() (enable_grad cannot undo it) made Grad-CAM blame the layer it had chosen and the
+    gradient methods suggest a detach in the model; inputs made there could not take gradients. Now the calls run
+    outside it and give the results they give anywhere else."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)
+    )
+    x = torch.rand(2, 3, 8, 8)
+    methods = ("gradcam", "saliency", "integrated_gradients", "occlusion")
+    want = {m: whybox.explain(model.eval(), x, m).attributions for m in methods}
+    sens = whybox.evaluate(model, x, "saliency", "max_sensitivity", seed=0).scores
+    with torch.inference_mode():
+        xi = x.clone()  # an inference tensor
+        for m in methods:
+            torch.testing.assert_close(whybox.explain(model, xi, m).attributions, want[m], rtol=0, atol=0)
+        torch.testing.assert_close(whybox.evaluate(model, xi, "saliency", "max_sensitivity", seed=0).scores, sens)
+
+
+def test_layers_of_different_sizes_without_upsampling_are_named() -> None:
+    """upsample=False with layers of two resolutions raised torch.stack's size error."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3),
+    )  # fmt: skip
+    with pytest.raises(InvalidParameterError, match=r"different resolutions \('1' \(8, 8\), '4' \(4, 4\)\)"):
+        whybox.explain(model, torch.rand(2, 3, 8, 8), "gradcam", layer=["1", "4"], upsample=False)
+    assert whybox.explain(model, torch.rand(2, 3, 8, 8), "gradcam", layer=["1", "4"]).attributions.shape == (2, 1, 8, 8)

@@ -178,6 +178,9 @@ class Explainer:
         ------
         inputs: ``(B, *S)``; returns attributions ``(B, *S)``, ``(B, 1, H, W)`` or ``(B, F)`` per method.
         """
+        if torch.is_inference_mode_enabled():  # gradients cannot be taken there, and enable_grad does not undo it
+            with torch.inference_mode(False):
+                return self.explain(inputs, target)
         x = self._validate(inputs)
         target = class_label_target(self.adapter, target)  # class labels, an SAE adapter's latents
         if target is None and isinstance(self.adapter, SklearnAdapter) and self.adapter.outputs_values and len(x):
@@ -337,7 +340,8 @@ class Explainer:
         params = self.adapter.model.parameters() if isinstance(self.adapter, TorchAdapter) else ()
         if any(p.is_floating_point() for p in params):
             dtype = self.adapter.dtype
-        return x.detach().to(device=self.adapter.device, dtype=dtype)
+        x = x.detach().to(device=self.adapter.device, dtype=dtype)
+        return x.clone() if x.is_inference() else x  # made under torch.inference_mode: a copy can take gradients
 
 
 class GradientExplainer(Explainer):

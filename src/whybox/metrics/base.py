@@ -891,6 +891,11 @@ class Metric:
         labels
             True labels ``(B,)`` for accuracy-based metrics (ROAD); default: the target.
         """
+        if torch.is_inference_mode_enabled():  # a metric may take gradients (a re-explanation, a randomised copy)
+            with torch.inference_mode(False):
+                if isinstance(inputs, torch.Tensor) and inputs.is_inference():
+                    inputs = inputs.clone()  # a copy made outside inference mode can enter autograd
+                return self.evaluate(model, inputs, explanation, target=target, masks=masks, labels=labels)
         if model is None and not self.needs_model and labels is None and isinstance(explanation, torch.Tensor):
             return self._evaluate_map(inputs, explanation, target, masks)  # the common call of a map-only metric
         adapter: ModelAdapter | None = None if model is None else adapt(model)

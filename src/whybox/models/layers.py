@@ -218,6 +218,16 @@ _AUTO: weakref.WeakKeyDictionary[nn.Module, dict[tuple[object, ...], tuple[str, 
 )
 
 
+def _scoring_key(adapter: TorchAdapter) -> tuple[object, ...] | None:
+    """What decides which score the chosen layer must reach besides the model (two heads of one model have different
+    layers): the output selected by name or index. ``None`` (not cached: an object's id may be reused once it is
+    gone) for a callable output, a preprocess or an embedding adapter's references."""
+    out = getattr(adapter, "output", None)
+    if callable(out) or getattr(adapter, "preprocess", None) is not None or hasattr(adapter, "references"):
+        return None
+    return (repr(out),)
+
+
 def auto_layer(adapter: TorchAdapter, x: torch.Tensor) -> tuple[LayerRef, int, int]:
     """The layer CAM methods use by default: the last module call (in finishing order) whose output is a
     spatial map ``(B, C, h, w)`` with ``h * w > 1`` or a square ViT token grid, and on whose grid the predicted
@@ -238,8 +248,9 @@ def auto_layer(adapter: TorchAdapter, x: torch.Tensor) -> tuple[LayerRef, int, i
     check_hookable(model)
     modules = dict(model.named_modules())
     signal = is_signal(adapter, x)
-    key = (tuple(x.shape[1:]), x.dtype, len(modules), type(adapter).__name__)
-    known = _AUTO.get(model, {}).get(key)
+    scoring = _scoring_key(adapter)
+    key = None if scoring is None else (tuple(x.shape[1:]), x.dtype, len(modules), type(adapter).__name__, *scoring)
+    known = None if key is None else _AUTO.get(model, {}).get(key)
     if known is not None and known[0] in modules:
         return LayerRef(known[0], modules[known[0]], known[1]), 0, 0
     events: list[tuple[str, int, torch.Tensor]] = []
@@ -289,7 +300,8 @@ def auto_layer(adapter: TorchAdapter, x: torch.Tensor) -> tuple[LayerRef, int, i
         chosen = spatial[reached.index(True)]
     name, k, _ = chosen
     call = k if counts[name] > 1 else None
-    _AUTO.setdefault(model, {})[key] = (name, call)
+    if key is not None:
+        _AUTO.setdefault(model, {})[key] = (name, call)
     return LayerRef(name, modules[name], call), 1, int(reached is not None)
 
 

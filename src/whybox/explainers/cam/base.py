@@ -69,7 +69,8 @@ class CAM(Explainer):
     ----------
     layer
         A module name (``"features.3"``; ``"act@1"`` for the second call of a reused module), a module, a
-        list of them (maps min-max scaled per layer, then averaged), or ``None``: the adapter's
+        list of them (maps min-max scaled per layer unless ``normalize="none"``, then averaged), or ``None``: the
+        adapter's
         ``layers`` or else the last layer with a spatial output (reported in ``meta["layer"]``).
     relu
         Apply ReLU to the raw map (the papers and pytorch-grad-cam do).
@@ -240,6 +241,12 @@ class CAM(Explainer):
             if len(raw_maps) > 1 and self.normalize != "none":
                 m, _ = normalize_maps(m, "minmax")
             maps.append(m)
+        if len({tuple(m.shape) for m in maps}) > 1:  # only with upsample=False: the layers' own grids differ
+            grids = ", ".join(f"{r.label!r} {tuple(m.shape[-2:])}" for r, m in zip(refs, maps, strict=True))
+            raise InvalidParameterError(
+                f"layer= names layers of different resolutions ({grids}), whose maps upsample=False cannot average; "
+                "use upsample=True (the input's size), or layers of one resolution."
+            )
         out = torch.stack(maps).mean(0) if len(maps) > 1 else maps[0]
         out, deg = normalize_maps(out, self.normalize)
         if signal:
