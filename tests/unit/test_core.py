@@ -19,6 +19,7 @@ from whybox.errors import (
     InvalidInputError,
     InvalidParameterError,
     InvalidTargetError,
+    ModelOutputError,
     UnknownNameError,
 )
 from whybox.explanation import Explanation
@@ -1006,3 +1007,43 @@ def test_a_buffer_the_forward_replaces_is_put_back_under_mode_as_is() -> None:
     saved = model.calls
     whybox.explain(model, torch.rand(2, 4), "occlusion", mode="as_is", batch_size=1)
     assert model.calls is saved and float(model.calls) == 0.0
+
+
+def test_a_model_whose_weights_are_buffers_runs_in_their_dtype() -> None:
+    """A float64 model holding its weights as buffers got float32 inputs (only parameters set the dtype): torch's
+    'expected m1 and m2 to have the same dtype'. Its buffers set it now, as parameters do."""
+
+    class Fixed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer(
+                "w", torch.randn(6, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+            )
+
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            return z @ self.w
+
+    model = Fixed()
+    x = torch.rand(2, 6)
+    for method in ("saliency", "occlusion"):
+        e = whybox.explain(model, x, method, target=0)
+        assert e.attributions.dtype == torch.float64
+    torch.testing.assert_close(
+        whybox.explain(model, x, "saliency", target=0).attributions, model.w[:, 0].abs().expand(2, 6)
+    )
+
+
+def test_an_estimator_that_predicts_text_labels_is_named() -> None:
+    """predict returning class labels ('yes') raised numpy's 'could not convert string to float'."""
+
+    class OnlyPredict:
+        classes_ = np.array(["no", "yes"])
+
+        def fit(self, rows: np.ndarray, y: np.ndarray) -> OnlyPredict:
+            return self
+
+        def predict(self, rows: np.ndarray) -> np.ndarray:
+            return np.where(rows[:, 0] > 0.5, "yes", "no")
+
+    with pytest.raises(ModelOutputError, match=r"OnlyPredict\.predict returned <U3 values .*predict_proba or decision"):
+        whybox.explain(OnlyPredict(), np.random.default_rng(0).random((3, 4)), "occlusion")

@@ -336,10 +336,9 @@ class Explainer:
                 f"inputs contain {int(bad.sum())} non-finite values (NaN or inf) in rows {rows[:10]}; "
                 "clean or impute them before explaining."
             )
-        dtype = x.dtype  # a model without floating parameters (a pure function) runs in the input's dtype
-        params = self.adapter.model.parameters() if isinstance(self.adapter, TorchAdapter) else ()
-        if any(p.is_floating_point() for p in params):
-            dtype = self.adapter.dtype
+        dtype = x.dtype  # a model without floating weights (a pure function) runs in the input's dtype
+        if isinstance(self.adapter, TorchAdapter) and self.adapter.weights_dtype is not None:
+            dtype = self.adapter.weights_dtype
         x = x.detach().to(device=self.adapter.device, dtype=dtype)
         return x.clone() if x.is_inference() else x  # made under torch.inference_mode: a copy can take gradients
 

@@ -985,8 +985,8 @@ class Metric:
                 labels = labels.to(torch.int64)
             if adapter is not None:
                 x = x.to(device=adapter.device)
-                if isinstance(adapter, TorchAdapter) and any(p.is_floating_point() for p in adapter.model.parameters()):
-                    x = x.to(adapter.dtype)
+                if isinstance(adapter, TorchAdapter) and adapter.weights_dtype is not None:
+                    x = x.to(adapter.weights_dtype)
                 if attributions is not None:
                     attributions = attributions.to(x.device)
             engine = (

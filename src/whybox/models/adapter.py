@@ -166,10 +166,21 @@ class TorchAdapter(ModelAdapter):
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype the model computes in: its first floating parameter's, else its first floating buffer's (a model
+        whose weights are buffers), else float32."""
+        return self.weights_dtype or torch.float32
+
+    @property
+    def weights_dtype(self) -> torch.dtype | None:
+        """The first floating parameter's dtype, else the first floating buffer's; ``None`` for a model without
+        floating weights (a pure function, which runs in its inputs' dtype)."""
         for t in self.model.parameters():
             if t.is_floating_point():
                 return t.dtype
-        return torch.float32
+        for t in self.model.buffers():
+            if t.is_floating_point():
+                return t.dtype
+        return None
 
     def guard(self, mode: str = "eval") -> AbstractContextManager[None]:
         return preserved(self.model, mode)
@@ -339,7 +350,19 @@ class SklearnAdapter(ModelAdapter):
                 )
             # coded text/categorical columns decoded to their values; else the rows as they are
             out = self._fn(decode_rows(rows, self)) if self.categories else self._named(rows)
-        t = torch.from_numpy(np.asarray(out, dtype=np.float64))
+        arr = np.asarray(out)
+        try:
+            if arr.dtype.kind in "US":  # class labels as text ('yes'; also '1'): not scores
+                raise ValueError
+            values = arr.astype(np.float64)
+        except (ValueError, TypeError):
+            raise ModelOutputError(
+                f"{type(self.model).__name__}.{self.method_name} returned {arr.dtype} values (e.g. "
+                f"{arr.reshape(-1)[:3].tolist()!r}), not scores: class labels carry no score to explain. Give the "
+                "model predict_proba or decision_function (a classifier), or wrap it in a function that returns "
+                "class scores (B, K)."
+            ) from None
+        t = torch.from_numpy(values)
         return t.unsqueeze(1) if t.ndim == 1 else t
 
     def _named(self, rows: Any) -> Any:
