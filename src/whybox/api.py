@@ -51,7 +51,8 @@ def _text_evaluation(
 ) -> tuple[Any, Any, dict[str, Any]]:
     """Texts given to a text adapter become its packed inputs, and an :func:`explain_text` result its
     explanation; a method name (``stability``) gets the options :func:`explain_text` would give it."""
-    from whybox.models.text import TextAttribution, text_defaults
+    from whybox.models.blackbox_text import BlackBoxText
+    from whybox.models.text import TextAttribution, _per_element, text_defaults
 
     if isinstance(explanation, TextAttribution):
         explanation = explanation.explanation
@@ -63,9 +64,45 @@ def _text_evaluation(
             **params,
             "explainer_params": {**text_defaults(explanation, batch), **params.get("explainer_params", {})},
         }
-    if "regions" in _options(METRICS.get(metric)) and "regions" not in params:  # words, as explain_text's
+    options = _options(METRICS.get(metric))
+    if "regions" in options and "regions" not in params:  # words, as explain_text's
         params = {**params, "regions": batch.word_features()}
+        if "pool" in options and "pool" not in params and not isinstance(batch, BlackBoxText):
+            # a word's value as explain_text gives it: the sum of its subwords' for a gradient method (each element
+            # its own value), the mean for one that copies a value onto every element of a token or word
+            method = explanation.method if isinstance(explanation, Explanation) else explanation
+            per_element = isinstance(method, str) and _per_element(method)
+            if isinstance(method, str) and not per_element:
+                params = {**params, "pool": "mean"}
     return batch.inputs, explanation, params
+
+
+def _text_fill(model: Any, inputs: torch.Tensor, fill: Any) -> Any:
+    """A metric's fill on a text adapter's packed inputs: what a removed word becomes, specials, pads and the control
+    column never touched. ``None``: [MASK] (else [UNK], pad, zero vectors), or the word dropped for a function of
+    strings; a token name (``"mask"``, ``"unk"``, ``"pad"``) or ``"zero"``: that token's word vector; a tensor or
+    a callable as given. Other names ("mean", "blur", ...) would rewrite the specials, the attention-mask column or a
+    black box's text index (rows scored on another text's words)."""
+    from whybox.errors import InvalidParameterError
+    from whybox.models.blackbox_text import BlackBoxTextAdapter
+    from whybox.models.text import BASELINES
+
+    if fill is None:
+        return model.packed_fill(inputs)  # words become [MASK] (or are dropped), never zeros
+    if not isinstance(fill, str):
+        return fill
+    if isinstance(model, BlackBoxTextAdapter):
+        raise InvalidParameterError(
+            f"fill={fill!r} on a function of strings would rewrite its rows' text index (they would read another "
+            "text's words); its removed words are dropped from the text: leave fill out."
+        )
+    if fill not in BASELINES:
+        raise InvalidParameterError(
+            f"fill={fill!r} on a text model would also rewrite CLS, SEP, the pads and the attention-mask column; "
+            f"a removed word becomes one of {BASELINES} (that token's word vector; 'zero': zeros), or pass a tensor "
+            "such as batch.fill('unk')."
+        )
+    return model.packed_fill(inputs, kind=fill)
 
 
 def _options(cls: type) -> list[str]:
@@ -213,8 +250,8 @@ def evaluate(
     cls = METRICS.get(metric)
     if isinstance(inputs, (str, list, tuple)) or hasattr(explanation, "words"):  # texts, or an explain_text result
         inputs, explanation, params = _text_evaluation(model, inputs, explanation, metric, params)
-    if is_text_adapter(model) and isinstance(inputs, torch.Tensor) and "fill" not in params and "fill" in _options(cls):
-        params = {**params, "fill": model.packed_fill(inputs)}  # words become [MASK] (or are dropped), never zeros
+    if is_text_adapter(model) and isinstance(inputs, torch.Tensor) and "fill" in _options(cls):
+        params = {**params, "fill": _text_fill(model, inputs, params.get("fill"))}
     try:
         m = cls(**params)
     except TypeError as exc:

@@ -126,3 +126,14 @@ def test_explain_text_and_evaluate_take_a_function_of_strings() -> None:
         )
     with pytest.raises(InvalidInputError, match=r"use whybox.explain_text\(adapter, texts, method\)"):
         whybox.explain(ad, texts, "lime")
+
+
+@pytest.mark.parametrize("fill", ["zero", "mean", "mask"])
+def test_a_named_fill_on_a_function_of_strings_is_refused(fill: str) -> None:
+    """fill='zero' set the index column to 0 too: text 1's rows were scored on text 0's words (sufficiency 0.8
+    where the words give 0). A named fill is refused with the fix; the default drops the removed words."""
+    ad = BlackBoxTextAdapter(counts)
+    texts = ["a very good film", "bad bad plot"]
+    out = whybox.explain_text(ad, texts, "feature_ablation", target=0)
+    with pytest.raises(InvalidParameterError, match=rf"fill='{fill}' on a function of strings would rewrite"):
+        whybox.evaluate(ad, texts, out, "sufficiency", fill=fill)

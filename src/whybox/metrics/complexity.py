@@ -84,15 +84,56 @@ def _entropy(a: np.ndarray) -> np.ndarray:
 
 
 class _Flat(Metric):
+    """Shared body: the statistic of ``|a|`` per row, over its elements or, given ``regions``, over its features.
+
+    Parameters
+    ----------
+    regions
+        ``None``: every element of the map. A :class:`~whybox.masking.FeatureGroups` or an integer label map
+        ``(B, *G)``: one value per feature, the ``pool`` of its elements' ``|a|``, over the features a row has
+        (a text's words: ``whybox.evaluate`` on texts passes them, so a text's score does not change with the pads
+        and word-vector dimensions of its batch).
+    pool
+        ``"sum"`` or ``"mean"`` of a feature's elements (the mean for a map that copies one value per feature).
+    """
+
     needs_model = False
 
-    def _flat(self, ctx: Context) -> np.ndarray:
-        """``|a|`` flattened per row, ``(B, D)`` float64 NumPy."""
+    def __init__(self, *, regions: Any = None, pool: str = "sum", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        from whybox.masking.features import FeatureGroups
+        from whybox.metrics.eraser import _check_pool
+        from whybox.models.inputs import label_map_option
+
+        regions = label_map_option(regions, "regions")
+        if regions is not None and not isinstance(regions, (FeatureGroups, torch.Tensor)):
+            raise InvalidParameterError(
+                "regions must be None (every element), a FeatureGroups or an integer label map (B, *G); "
+                f"got {type(regions).__name__}."
+            )
+        self.regions = regions
+        self.pool = _check_pool(pool)
+
+    def _rows(self, ctx: Context) -> list[np.ndarray] | np.ndarray:
+        """``|a|`` per row: flattened, ``(B, D)`` float64 NumPy; with ``regions``, each row's feature values."""
         a = ctx.attributions
         if a is None:
             raise InvalidParameterError(f"{self.name} needs attributions.")
         check_map_shape(a, ctx.x, signal=ctx.signal)
-        return _abs64(a).reshape(a.shape[0], -1)
+        if self.regions is None:
+            return _abs64(a).reshape(a.shape[0], -1)
+        from whybox.metrics.eraser import pool_attributions, resolve_regions
+
+        groups = resolve_regions(self.regions, ctx.x, signal=ctx.signal)
+        values = pool_attributions(a, groups, ctx.x, pool=self.pool, abs=True).cpu().numpy()
+        present = (groups.sizes() > 0).cpu().numpy()
+        return [values[r][present[r]] for r in range(values.shape[0])]
+
+    def _per_row(self, ctx: Context, stat: Any) -> torch.Tensor:
+        rows = self._rows(ctx)
+        if isinstance(rows, np.ndarray):
+            return torch.from_numpy(stat(rows))
+        return torch.from_numpy(np.concatenate([stat(v[None, :]) for v in rows]))
 
 
 @METRICS.register("sparseness")
@@ -105,7 +146,7 @@ class Sparseness(_Flat):
     higher_is_better = True
 
     def _compute(self, ctx: Context) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
-        return torch.from_numpy(_gini(self._flat(ctx))), {}, {}
+        return self._per_row(ctx, _gini), {}, {}
 
 
 @METRICS.register("complexity")
@@ -117,4 +158,4 @@ class Complexity(_Flat):
     higher_is_better = False
 
     def _compute(self, ctx: Context) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
-        return torch.from_numpy(_entropy(self._flat(ctx))), {}, {}
+        return self._per_row(ctx, _entropy), {}, {}
