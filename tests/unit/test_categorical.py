@@ -189,6 +189,11 @@ def test_what_cannot_be_coded_is_refused_naming_the_fix(data: tuple[Any, Any]) -
     e = whybox.explain(pipe, rows, "kernel_shap", background=df.iloc[100:110])
     with pytest.raises(InvalidParameterError, match=r"'deletion' with fill='zero' would set to an arbitrary value"):
         whybox.evaluate(pipe, rows, e, "deletion")
+    # one number for every column set each coded one to its first category ('blue'), silently
+    with pytest.raises(InvalidParameterError, match=r"'comprehensiveness' with fill=0 would set to an arbitrary value"):
+        whybox.evaluate(pipe, rows, e, "comprehensiveness", fill=0)
+    with pytest.raises(InvalidParameterError, match=r"text or categorical columns \('city', 'plan'\), which a fill "):
+        whybox.explain(pipe, rows, "occlusion", fill=0.0)
     for metric in ("infidelity", "max_sensitivity"):  # noise on the codes picked arbitrary categories, silently
         with pytest.raises(InvalidParameterError) as err:
             whybox.evaluate(pipe, rows, e, metric)

@@ -1047,3 +1047,15 @@ def test_an_estimator_that_predicts_text_labels_is_named() -> None:
 
     with pytest.raises(ModelOutputError, match=r"OnlyPredict\.predict returned <U3 values .*predict_proba or decision"):
         whybox.explain(OnlyPredict(), np.random.default_rng(0).random((3, 4)), "occlusion")
+
+
+def test_adapting_an_adapter_refuses_the_options_it_would_drop() -> None:
+    """adapt(adapter, kind=..., output=...) returned the adapter unchanged, the options (invalid ones too) dropped
+    without a word: output=torch.log, the probability warning's own advice, changed nothing. They are refused now;
+    labels= still names an adapter's outputs."""
+    adapter = whybox.adapt(nn.Linear(4, 2))
+    for options in ({"kind": "multilabel"}, {"kind": "nonsense"}, {"output": torch.log}, {"scale": 2.0}):
+        with pytest.raises(InvalidParameterError, match=r"model is already a whybox adapter \(TorchAdapter\)"):
+            whybox.adapt(adapter, **options)
+    assert whybox.adapt(adapter) is adapter
+    assert whybox.adapt(adapter, labels=["a", "b"]).output_names == ["a", "b"]

@@ -270,7 +270,8 @@ class Explainer:
             self._code_options(coder)
         coded = list(coder.categories) if coder is not None else None  # text columns, coded here or before
         fill = getattr(self, "fill", None)
-        if coded and isinstance(fill, str) and getattr(self, "background", None) is None:
+        named = isinstance(fill, str) or (isinstance(fill, (int, float)) and not isinstance(fill, bool))
+        if coded and named and getattr(self, "background", None) is None:  # fill=0: each coded column's first code
             raise InvalidParameterError(
                 f"inputs have text or categorical columns ({', '.join(map(repr, coded[:5]))}), which a fill of "
                 f"{fill!r} would set to an arbitrary value; pass a reference row as fill= (a Series "

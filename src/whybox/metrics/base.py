@@ -1100,7 +1100,8 @@ class Metric:
         name is refused (it would set those columns to an arbitrary code)."""
         fill = getattr(self, "fill", None)
         coded = list(coder.categories) if coder is not None else []
-        if isinstance(fill, str) and coded:
+        # a name or one number for every column: a coded column's code (fill=0: its first category, 'blue')
+        if coded and (isinstance(fill, str) or (isinstance(fill, (int, float)) and not isinstance(fill, bool))):
             raise InvalidParameterError(
                 f"inputs have text or categorical columns ({', '.join(map(repr, coded[:5]))}), which {self.name!r} "
                 f"with fill={fill!r} would set to an arbitrary value; pass a reference row as fill= (a Series with "

@@ -531,7 +531,7 @@ def adapt(
         run by ONNX Runtime, the ``onnx`` extra; ``output=`` names its output), a function
         ``inputs -> scores (B, K)`` (a black box: a tensor or any NumPy array back; see :class:`FunctionModel`; the
         modules it calls are not put in eval mode by whybox), or an existing :class:`ModelAdapter` (returned
-        unchanged).
+        unchanged: only ``labels=`` and ``input_shapes=`` apply to it; the other options are refused).
     kind
         ``"classifier"`` (scores are the model's outputs, logits of mutually exclusive classes),
         ``"multilabel"`` (the outputs are the logits of independent labels: the probability an explainer or metric
@@ -637,6 +637,23 @@ def _adapt(
     scale: float,
 ) -> ModelAdapter:
     if isinstance(model, ModelAdapter):
+        given = {
+            "kind": kind if kind != "classifier" else None,
+            "output": output,
+            "layers": layers,
+            "preprocess": preprocess,
+            "references": references,
+            "similarity": similarity if similarity != "cosine" else None,
+            "scale": scale if scale != 1.0 else None,
+        }
+        ignored = [k for k, v in given.items() if v is not None]
+        if ignored:  # they would be dropped without a word: the adapter scores as it was made
+            raise InvalidParameterError(
+                f"model is already a whybox adapter ({type(model).__name__}), which adapt() returns as it is, so "
+                f"{', '.join(f'{k}=' for k in ignored)} would not apply; pass them when the adapter is made (adapt() "
+                "of the model itself), or for scores in another space pass score= to explain / evaluate "
+                "(score='logit' reads a model's outputs as they are)."
+            )
         return model
     from whybox.models.onnx import OnnxModel, is_onnx_path
 
