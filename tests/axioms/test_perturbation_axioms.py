@@ -447,6 +447,21 @@ def test_rise_masks_have_mean_p_per_pixel() -> None:
     assert torch.all((mean - p).abs() <= 5 * se)
 
 
+def test_rise_masks_are_the_authors_skimage_upsampling_cropped_at_the_shift() -> None:
+    """Mask i = skimage resize(grid, ((s + 1) C, (s + 1) C), order=1, mode="reflect") (the authors' code), cropped to
+    H x W at its offset. whybox held the edge values (F.interpolate), up to 0.4 off in the outer half cells."""
+    from skimage.transform import resize
+
+    rm = RiseMasks(12, (20, 17), (5, 4), 0.5, torch.Generator().manual_seed(3))
+    masks = rm(torch.arange(12))
+    (ch, cw) = rm.cell
+    for i in range(12):
+        big = resize(rm.grids[i].numpy(), (6 * ch, 5 * cw), order=1, mode="reflect", anti_aliasing=False)
+        oy, ox = int(rm.oy[i]), int(rm.ox[i])
+        want = torch.from_numpy(big[oy : oy + 20, ox : ox + 17])
+        torch.testing.assert_close(masks[i], want, rtol=0, atol=1e-12)
+
+
 def test_rise_of_a_constant_model_is_that_constant_within_five_se() -> None:
     c, n, p = 0.7, 600, 0.5
     model = Fn(lambda z: torch.full((z.shape[0],), c, dtype=z.dtype))

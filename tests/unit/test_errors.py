@@ -968,3 +968,11 @@ def test_texts_given_to_a_tensor_model_name_the_text_adapters(texts: object) -> 
         whybox.explain(model, texts, "occlusion")
     with pytest.raises(InvalidInputError, match=want):
         whybox.evaluate(model, texts, torch.zeros(2, 4), "deletion")
+
+
+@pytest.mark.parametrize("alpha", [math.inf, math.nan, -1.0])
+def test_lime_alpha_must_be_finite(alpha: float) -> None:
+    """alpha=inf passed the >= 0 check and crashed in torch's least squares (an internal assert); with lasso it gave
+    all-zero weights silently."""
+    with pytest.raises(InvalidParameterError, match=r"alpha must be a finite number >= 0 .*got"):
+        whybox.explain(nn.Linear(4, 2), torch.rand(2, 4), "lime", alpha=alpha)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, ClassVar
 
@@ -276,8 +277,11 @@ class Lime(RegionExplainer):
             )
         if alpha is None:
             alpha = 1.0 if surrogate == "ridge" else 0.01
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha >= 0:
-            raise InvalidParameterError(f"alpha must be a number >= 0; got {alpha!r}.")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha < math.inf:
+            raise InvalidParameterError(
+                f"alpha must be a finite number >= 0 (the surrogate's penalty: 1.0 for ridge, 0.01 for lasso by "
+                f"default); got {alpha!r}."
+            )
         self.n_samples = n_samples
         self.kernel_width = float(kernel_width)
         self.surrogate = surrogate

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from whybox.errors import InvalidParameterError
 from whybox.explainers.perturbation._common import F64, PerturbationExplainer, _check_int
@@ -17,10 +17,26 @@ __all__ = ["Rise", "RiseMasks", "interpolation_matrix"]
 
 
 def interpolation_matrix(n_in: int, n_out: int) -> torch.Tensor:
-    """``(n_out, n_in)`` float64: linear upsampling with half-pixel centres (edge values held), as bilinear
-    ``F.interpolate(..., align_corners=False)`` and skimage ``resize(order=1, mode="reflect")`` do."""
-    eye = torch.eye(n_in, dtype=F64).view(n_in, 1, n_in)
-    return F.interpolate(eye, size=n_out, mode="linear", align_corners=False).squeeze(1).T.contiguous()
+    """``(n_out, n_in)`` float64: linear upsampling with half-pixel centres, as the RISE authors' skimage
+    ``resize(order=1, mode="reflect")``: output ``j`` reads the grid at ``(j + 0.5) n_in / n_out - 0.5``, and beyond
+    the first and last cell centres the grid is mirrored about them (``c b | a b c | b a``: scipy's ``"mirror"``),
+    so the outer half cells lean toward the neighbouring cell's value instead of holding the edge one (bilinear
+    ``F.interpolate`` holds it: up to 0.4 apart there, in the part of a mask the random shift often crops in)."""
+    out = torch.zeros(n_out, n_in, dtype=F64)
+    period = 2 * (n_in - 1)
+    for j in range(n_out):
+        src = (j + 0.5) * n_in / n_out - 0.5
+        i0 = math.floor(src)
+        frac = src - i0
+        for idx, weight in ((i0, 1.0 - frac), (i0 + 1, frac)):
+            if period == 0:
+                idx = 0
+            else:
+                idx %= period
+                if idx > n_in - 1:
+                    idx = period - idx
+            out[j, idx] += weight
+    return out
 
 
 class RiseMasks:
