@@ -566,3 +566,12 @@ def test_tabular_part_prints_the_exact_shapley_values_of_its_wines(capsys: pytes
     kernel = whybox.explain(model, x_te[:3], "kernel_shap", fill=x_tr.mean(0), n_samples=512, seed=0)
     real = float((kernel.attributions - exact.attributions).abs().amax() / exact.attributions.abs().amax())
     assert stated == pytest.approx(real, abs=0.0006) and real < 0.1
+
+
+def test_the_leaderboard_says_what_a_zero_fill_is_for_each_demo_model() -> None:
+    """The protocol line called fill='zero' "the dataset mean colour after normalisation" on the digits too, whose
+    pixels are raw values in [0, 1]: zero is their black background."""
+    from whybox.cli.main import _leaderboard_protocol
+
+    assert "fill='zero' (black, the digits' background)" in _leaderboard_protocol(5, "digits-cnn")
+    assert "fill='zero' (the dataset mean colour after normalisation)" in _leaderboard_protocol(5, "efficientnet-lite0")

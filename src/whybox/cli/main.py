@@ -366,13 +366,17 @@ def _leaderboard(demo: _DemoData, runs: list[_MethodRun], target: torch.Tensor, 
     return sorted(rows, key=key)
 
 
-def _leaderboard_protocol(n_images: int) -> str:
+def _leaderboard_protocol(n_images: int, model_name: str = "efficientnet-lite0") -> str:
     d, i = LEADERBOARD["deletion"], LEADERBOARD["insertion"]
+    # zero in the model's input space: EfficientNet-Lite's normalisation centres the data; the digits are raw [0, 1]
+    zero = (
+        "black, the digits' background" if model_name == "digits-cnn" else "the dataset mean colour after normalisation"
+    )
     return (
         f"Pixel-step protocol, the same for every method: {d['steps']} steps of 1/{d['steps']} of the pixels each "
         "(deletion and insertion alike), pixels taken in the order of each method's map (channels summed, signed, "
         "maps at layer resolution resized bilinearly, ties by a seeded rule). Deletion replaces removed pixels with "
-        f"fill={d['fill']!r} (the dataset mean colour after normalisation); insertion starts from "
+        f"fill={d['fill']!r} ({zero}); insertion starts from "
         f"fill={i['fill']!r} (RISE's 11x11 Gaussian blur, sigma 5) and puts pixels back. Score: the top-1 class "
         f"probability; AUC by the trapezoid rule, mean over the {n_images} images."
     )
@@ -575,7 +579,7 @@ def demo_cmd(
         f"faithfulness leaderboard: mean deletion and insertion AUC over {len(demo.names)} images, "
         f"sorted by {_LEADERBOARD_SORT} (best first); {board_seconds:.1f} s"
     )
-    click.echo(_leaderboard_protocol(len(demo.names)))
+    click.echo(_leaderboard_protocol(len(demo.names), demo.model_name))
     click.echo("Lower deletion AUC is better; higher insertion AUC is better.")
     click.echo(_leaderboard_table(board))
     click.echo("")
@@ -682,7 +686,7 @@ def demo_cmd(
         ],
         images=images,
         leaderboard={
-            "protocol": _leaderboard_protocol(len(demo.names)),
+            "protocol": _leaderboard_protocol(len(demo.names), demo.model_name),
             "sorted_by": f"Sorted by {_LEADERBOARD_SORT} AUC, best first. {_RANDOM_ROW} is a random map, for reference.",
             "rows": [
                 {
