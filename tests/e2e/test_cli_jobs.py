@@ -1510,3 +1510,18 @@ def test_a_model_of_several_inputs_reads_them_from_an_npz_by_argument_name(runne
     assert error_of(bad).endswith(
         "the arrays 'image', 'meta' hold different numbers of rows (4, 3); give every input one row per sample."
     )
+
+
+def test_compare_exits_2_when_every_sample_refuses_a_method_s_options(runner: CliRunner, files: Files) -> None:
+    """An option value only the inputs can refuse (a features mask of 5 columns for 4) was stored as a failure of
+    every sample and the run exited 1 ("done with failed samples"), where explain exits 2 ("bad input"). It exits 2
+    now, naming the method and the explainer's message."""
+    (files.tmp / "iris.py").write_text(IRIS_PY)
+    csv = files.tmp / "iris.csv"
+    csv.write_text("a,b,c,d\n5.1,3.5,1.4,0.2\n6.2,2.9,4.3,1.3\n")
+    spec = f"{files.tmp / 'iris.py'}:build"
+    result = invoke(runner, ["compare", "--model", spec, csv, "--methods", "exact_shapley,occlusion",
+                             "--option", "exact_shapley.features=[0,0,1,1,2]", "--out", files.tmp / "run"])  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "exact_shapley: every sample refused its options (features" in result.output
+    assert "occlusion: every sample refused" not in result.output  # its samples ran

@@ -1075,7 +1075,35 @@ def compare_cmd(ctx: click.Context, **params: Any) -> None:
     if summary.stopped_by_budget:
         click.echo(f"stopped by --budget {budget:g}s; rerun the same command to resume.", err=True)
         _done(EXIT_BUDGET)
+    refused = _refused_options(out_dir) if summary.n_failed_samples else {}
+    for method, reason in refused.items():
+        click.echo(f"{method}: every sample refused its options ({reason}); fix --option {method}.KEY=...", err=True)
+    if refused:
+        _done(EXIT_USAGE)  # a bad option value, found on the inputs: not samples that failed
     _done(EXIT_FAILURES if summary.n_failed_samples or summary.n_failed_metric_values else EXIT_OK)
+
+
+def _refused_options(out_dir: Path) -> dict[str, str]:
+    """The methods whose every sample failed with one and the same InvalidParameterError: an option value that does
+    not fit the inputs (a features mask of another width), which only the explainer can tell on them."""
+    from whybox.runs.store import RunStore
+
+    store = RunStore.open_existing(out_dir)
+    try:
+        rows = store.rows("results")
+    finally:
+        store.close()
+    by_method: dict[str, list[tuple[str, str | None]]] = {}
+    for _, method, status, reason, *_ in rows:
+        by_method.setdefault(method, []).append((status, reason))
+    out = {}
+    for method, results in by_method.items():
+        reasons = {r for status, r in results if status == "failed"}
+        if len(reasons) == 1 and all(status == "failed" for status, _ in results):
+            (reason,) = reasons
+            if reason is not None and reason.startswith("InvalidParameterError:"):
+                out[method] = reason.removeprefix("InvalidParameterError: ")
+    return out
 
 
 def _print_leaderboard(run_dir: Path) -> None:
