@@ -101,17 +101,9 @@ class _Flat(Metric):
 
     def __init__(self, *, regions: Any = None, pool: str = "sum", **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        from whybox.masking.features import FeatureGroups
-        from whybox.metrics.eraser import _check_pool
-        from whybox.models.inputs import label_map_option
+        from whybox.metrics.eraser import _check_pool, check_regions
 
-        regions = label_map_option(regions, "regions")
-        if regions is not None and not isinstance(regions, (FeatureGroups, torch.Tensor)):
-            raise InvalidParameterError(
-                "regions must be None (every element), a FeatureGroups or an integer label map (B, *G); "
-                f"got {type(regions).__name__}."
-            )
-        self.regions = regions
+        self.regions = check_regions(regions, "every element")
         self.pool = _check_pool(pool)
 
     def _rows(self, ctx: Context) -> list[np.ndarray] | np.ndarray:

@@ -177,6 +177,18 @@ def _check_fractions(fractions: Any) -> tuple[float, ...]:
     return tuple(float(v) for v in vals)
 
 
+def check_regions(regions: Any, default: str) -> FeatureGroups | torch.Tensor | None:
+    """A metric's ``regions`` option: ``None`` (``default``), a :class:`FeatureGroups` or an integer label map
+    ``(B, *G)``, also written as nested lists (a config, ``--metric-option``)."""
+    regions = label_map_option(regions, "regions")
+    if regions is not None and not isinstance(regions, (FeatureGroups, torch.Tensor)):
+        raise InvalidParameterError(
+            f"regions must be None ({default}), a FeatureGroups or an integer label map (B, *G); "
+            f"got {type(regions).__name__}."
+        )
+    return regions
+
+
 def _check_pool(pool: Any) -> str:
     if pool not in POOLS:
         raise InvalidParameterError(f"pool must be one of {POOLS}; got {pool!r}.{did_you_mean(pool, POOLS)}")
@@ -202,13 +214,7 @@ class _Eraser(Metric):
         super().__init__(**kwargs)
         self.fractions = _check_fractions(fractions)
         self.fill = _check_fill(fill)
-        regions = label_map_option(regions, "regions")  # a label map written as lists (a config, --metric-option)
-        if regions is not None and not isinstance(regions, (FeatureGroups, torch.Tensor)):
-            raise InvalidParameterError(
-                "regions must be None (the default features), a FeatureGroups or an integer label map (B, *G); "
-                f"got {type(regions).__name__}."
-            )
-        self.regions = regions
+        self.regions = check_regions(regions, "the default features")
         self.pool = _check_pool(pool)
         if not isinstance(abs, bool):
             raise InvalidParameterError(f"abs must be True or False; got {abs!r}.")

@@ -143,7 +143,8 @@ class AttentionExplainer(Explainer):
         engine.n_forward += b
         if self.with_grads:
             n_backward[0] += b
-        assert logits_out is not None  # at least one row
+        if logits_out is None:  # no rows: _validate refuses an empty batch before this
+            raise InvalidInputError(f"{self.name!r} needs at least one row.")
         tgt = resolve_target(target, logits_out)
         meta = {"readout": self.readout, "n_layers": n_layers}
         return rows_out.unsqueeze(-1).to(x.dtype), tgt, meta
@@ -191,8 +192,7 @@ class AttentionExplainer(Explainer):
         mask = torch.ones(attentions[0].shape[0], attentions[0].shape[-1], dtype=torch.long, device=x.device)
         row = self._matrix_row(attentions, grads, mask)
         tgt = resolve_target(target, logits.detach())
-        p = _patch_size(adapter)
-        assert p is not None  # a vision transformer
+        p = _patch_size(adapter) or 1  # set: the explainer took the model as a vision transformer
         height, width = pixels.shape[-2:]
         h, w = height // p, width // p
         grid = to_grid(row, prefix=row.shape[1] - h * w, h=h, w=w)  # CLS (and distillation) columns dropped
