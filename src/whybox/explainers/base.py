@@ -12,6 +12,7 @@ import torch
 from whybox.errors import InvalidInputError, InvalidParameterError, NotDifferentiableError, did_you_mean
 from whybox.explanation import Explanation, input_digest
 from whybox.masking.engine import MaskingEngine, resolve_batch_size
+from whybox.masking.fills import one_value_per_column
 from whybox.models._guard import MODES, has_train_mode_batchnorm
 from whybox.models.adapter import (
     ModelAdapter,
@@ -270,8 +271,7 @@ class Explainer:
             self._code_options(coder)
         coded = list(coder.categories) if coder is not None else None  # text columns, coded here or before
         fill = getattr(self, "fill", None)
-        named = isinstance(fill, str) or (isinstance(fill, (int, float)) and not isinstance(fill, bool))
-        if coded and named and getattr(self, "background", None) is None:  # fill=0: each coded column's first code
+        if coded and one_value_per_column(fill) and getattr(self, "background", None) is None:
             raise InvalidParameterError(
                 f"inputs have text or categorical columns ({', '.join(map(repr, coded[:5]))}), which a fill of "
                 f"{fill!r} would set to an arbitrary value; pass a reference row as fill= (a Series "

@@ -42,6 +42,12 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return out
 
 
+def one_value_per_column(fill: object) -> bool:
+    """Whether ``fill`` sets every column alike, by name (``"zero"``, ``"mean"``) or as one number: on a model with
+    coded categorical columns it would set each to an arbitrary code (``0``: its first category)."""
+    return isinstance(fill, str) or (isinstance(fill, (int, float)) and not isinstance(fill, bool))
+
+
 def make_fill(
     fill: FillLike,
     x: torch.Tensor,

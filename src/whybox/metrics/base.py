@@ -29,6 +29,7 @@ from whybox.errors import InvalidInputError, InvalidParameterError, InvalidTarge
 from whybox.explanation import Explanation, digest_mismatch, row_options
 from whybox.masking.engine import MaskingEngine, check_batch_size, resolve_batch_size
 from whybox.masking.features import FeatureGroups, pixels, segments
+from whybox.masking.fills import one_value_per_column
 from whybox.models._guard import MODES
 from whybox.models.adapter import (
     ModelAdapter,
@@ -1100,8 +1101,7 @@ class Metric:
         name is refused (it would set those columns to an arbitrary code)."""
         fill = getattr(self, "fill", None)
         coded = list(coder.categories) if coder is not None else []
-        # a name or one number for every column: a coded column's code (fill=0: its first category, 'blue')
-        if coded and (isinstance(fill, str) or (isinstance(fill, (int, float)) and not isinstance(fill, bool))):
+        if coded and one_value_per_column(fill):
             raise InvalidParameterError(
                 f"inputs have text or categorical columns ({', '.join(map(repr, coded[:5]))}), which {self.name!r} "
                 f"with fill={fill!r} would set to an arbitrary value; pass a reference row as fill= (a Series with "
