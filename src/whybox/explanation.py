@@ -21,7 +21,7 @@ _FORMAT = "whybox.explanation/1"
 _MAP_REDUCTIONS = ("sum", "mean", "abs_sum", "max_abs")
 #: ``meta`` lists that describe the whole explanation, never one entry per row (a slice keeps them whole even when
 #: their length happens to equal the number of rows)
-_GLOBAL_META = frozenset({"feature_names", "described_options", "layer"})
+_GLOBAL_META = frozenset({"feature_names", "described_options", "layer", "layer_shape", "input_shapes"})
 _ROW_OPTIONS = (
     "fill",
     "baseline",
@@ -82,7 +82,32 @@ def _packed_names(shapes: Any, n: int) -> list[str]:
     return [] if packing is None else [packing.feature_name(j) for j in range(n)]
 
 
-@dataclass
+def _same(a: Any, b: Any) -> bool:
+    """Equality of explanation fields as save/load keeps them: tensors by dtype, shape and values (NaN equal to
+    NaN), a tuple equal to the list JSON gives back, NumPy scalars to Python numbers."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
+            return False
+        if a.dtype != b.dtype or a.shape != b.shape:
+            return False
+        a, b = a.detach().cpu(), b.detach().cpu()
+        if a.is_floating_point() or a.is_complex():
+            return bool(((a == b) | (a.isnan() & b.isnan())).all())
+        return torch.equal(a, b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):  # an array in meta; saved, it loads as a list
+        return _same(np.asarray(a).tolist(), np.asarray(b).tolist())
+    if isinstance(a, (dict, list, tuple)) or isinstance(b, (dict, list, tuple)):
+        return False
+    if isinstance(a, float) and isinstance(b, float) and a != a and b != b:
+        return True  # NaN in meta
+    return bool(a == b)
+
+
+@dataclass(eq=False)
 class Explanation:
     """Attributions for a batch of inputs, with everything needed to reproduce them.
 
@@ -122,6 +147,19 @@ class Explanation:
 
     def __len__(self) -> int:
         return int(self.attributions.shape[0])
+
+    def __eq__(self, other: object) -> bool:
+        """Same method, params, meta, targets and attributions (values, dtype, shape); ``options`` are not compared
+        (callables among them do not survive :meth:`save`)."""
+        if not isinstance(other, Explanation):
+            return NotImplemented
+        return (
+            self.method == other.method
+            and _same(self.attributions, other.attributions)
+            and _same(self.target, other.target)
+            and _same(self.params, other.params)
+            and _same(self.meta, other.meta)
+        )
 
     def __getitem__(self, index: Any) -> Explanation:
         """Rows of the explanation, always a batch (``e[2]`` is one row): an int (NumPy's, a 0-d tensor), a slice
@@ -167,6 +205,8 @@ class Explanation:
                 many = torch.as_tensor(np.asarray(index) if isinstance(index, (list, tuple)) else index)
             except (TypeError, ValueError, RuntimeError):  # text, ragged lists
                 many = None
+        if many is not None and many.numel() == 0:
+            many = many.to(torch.int64)  # e[[]] picks no rows, as e[1:1] does (np.asarray([]) is float64)
         if many is None or many.ndim != 1 or many.is_floating_point() or many.dtype == torch.bool:
             raise InvalidParameterError(
                 "an explanation's rows are picked by an int, a slice or a list of row indices (e[2], e[1:4], "
@@ -186,7 +226,8 @@ class Explanation:
         ----------
         reduce
             How channels are combined: ``"sum"`` (signed, the default), ``"mean"``, ``"abs_sum"`` or
-            ``"max_abs"`` (Simonyan et al.'s reduction for saliency).
+            ``"max_abs"`` (Simonyan et al.'s reduction for saliency). Attributions ``(B, H, W)`` (a model of images
+            without a channel dimension) are one channel: ``"abs_sum"`` and ``"max_abs"`` give their ``|.|``.
 
         Raises
         ------
@@ -201,8 +242,8 @@ class Explanation:
         if a.ndim == 3 and self.meta.get("signal"):  # (B, C, L): the channels combined at each time step
             a = a.unsqueeze(2)
             return self._reduce(a, reduce)[:, 0]
-        if a.ndim == 3:
-            return a
+        if a.ndim == 3:  # (B, H, W): the images of a model without a channel dimension, one channel
+            return self._reduce(a.unsqueeze(1), reduce)
         if a.ndim != 4:
             raise InvalidInputError(
                 f"to_map() needs image attributions (B, C, H, W); these have shape {tuple(a.shape)}. "
@@ -613,6 +654,8 @@ def _jsonable(obj: Any, where: str) -> Any:
         return obj.detach().cpu().tolist()
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
+    if isinstance(obj, np.ndarray):  # an array in meta (class ids): its values, as a tensor's
+        return _jsonable(obj.tolist(), where)
     if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
         return obj.item()
     return repr(obj)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,10 +33,19 @@ def _check_rgb(array: np.ndarray) -> np.ndarray:
     return arr
 
 
+def _wrapped(text: str, ax: Axes, fontsize: float) -> str:
+    """``text`` broken into lines that fit ``ax``'s width: matplotlib's own ``wrap=True`` re-reads the text as
+    mathtext whatever ``parse_math`` says (a ``$`` in a class name then fails to draw)."""
+    fig = ax.get_figure(root=True)
+    inches = ax.get_position().width * (fig.get_figwidth() if fig is not None else 4.0)
+    chars = max(8, int(inches * 72 / (0.6 * fontsize)))  # an average glyph is about 0.6 em wide
+    return "\n".join(textwrap.fill(line, chars) for line in text.split("\n"))
+
+
 def _draw(ax: Axes, rgb: np.ndarray, title: str, fontsize: float) -> None:
     small = max(rgb.shape[:2]) < 64  # e.g. 8 x 8 digits: show crisp pixels, not a blur
     ax.imshow(rgb, interpolation="nearest" if small else "antialiased")
-    ax.set_title(title, fontsize=fontsize, parse_math=False, wrap=True)
+    ax.set_title(_wrapped(title, ax, fontsize), fontsize=fontsize, parse_math=False)
     ax.set_axis_off()
 
 
@@ -134,8 +144,8 @@ def save_stability_figure(
     for ax in axes[1:3]:
         ax.set_axis_off()
     axes[3].set_axis_off()
-    axes[3].text(0.0, 1.0, "\n".join(lines), va="top", ha="left", fontsize=8, family="monospace",
-                 parse_math=False, transform=axes[3].transAxes, wrap=True)  # fmt: skip
+    axes[3].text(0.0, 1.0, _wrapped("\n".join(lines), axes[3], 8), va="top", ha="left", fontsize=8,
+                 family="monospace", parse_math=False, transform=axes[3].transAxes)  # fmt: skip
     if title:
         fig.suptitle(title, fontsize=10, parse_math=False)
     path = Path(path)

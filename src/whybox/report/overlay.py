@@ -117,10 +117,12 @@ def to_heatmap(
     signed = reading == "signed"
     if signed:
         mag = np.abs(m)
-    else:
-        m = np.clip(m, 0.0, None)
-        lo = float(m[finite].min()) if reading == "relative" and finite.any() else 0.0
+    elif reading == "relative":  # the offset carries nothing, whatever its sign: [min, min + s]
+        lo = float(m[finite].min()) if finite.any() else 0.0
         mag = np.where(finite, m - lo, 0.0)
+    else:  # "positive": negative values count as 0
+        m = np.clip(m, 0.0, None)
+        mag = m
     nonzero = mag[mag > 0]
     scale = float(np.percentile(nonzero, clip_percentile)) if nonzero.size else 0.0
     if scale <= 0.0:
