@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from whybox.errors import InvalidParameterError
+from whybox.errors import DataFormatError, InvalidParameterError
 from whybox.registry import EXPLAINERS, METRICS
 from whybox.report.run_report import ReportMethod, ReportMetric, ReportSample, ReportVerdict, RunReport
 from whybox.runs.store import DB_NAME, INPUTS_NAME, UNDEFINED, read_row
@@ -283,6 +283,11 @@ def load_run_report(run_dir: str | Path, *, title: str | None = None, max_sample
         costs = conn.execute(
             "SELECT method, stage, SUM(seconds), SUM(n_forward), SUM(n_backward) FROM costs GROUP BY method, stage"
         ).fetchall()
+    except sqlite3.DatabaseError as exc:  # another program's database, or a damaged one
+        raise DataFormatError(
+            f"{str(db)!r} is not a whybox run database, or it is damaged ({exc}); pass a directory written by "
+            "`whybox compare`."
+        ) from None
     finally:
         conn.close()
 

@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from whybox.errors import InvalidParameterError, WhyboxError
+from whybox.errors import DataFormatError, InvalidParameterError, WhyboxError
 
 __all__ = [
     "DB_NAME",
@@ -162,9 +162,39 @@ def _folder(method: str) -> str:
 
 
 def read_row(run_dir: str | os.PathLike[str], array: str, row: int) -> np.ndarray:
-    """Row ``row`` of the unit array ``array`` (a path relative to ``run_dir``), memory-mapped, as a copy."""
-    data = np.load(Path(run_dir) / array, mmap_mode="r", allow_pickle=False)
-    return np.array(data[int(row)])
+    """Row ``row`` of the unit array ``array`` (a path relative to ``run_dir``), memory-mapped, as a copy. A missing
+    or damaged file is a :class:`DataFormatError` naming it."""
+    path = Path(run_dir) / array
+    try:
+        data = np.load(path, mmap_mode="r", allow_pickle=False)
+        return np.array(data[int(row)])
+    except (OSError, ValueError, IndexError, EOFError) as exc:
+        raise DataFormatError(
+            f"the run's array file {str(path)!r} is missing or damaged ({type(exc).__name__}: {exc}); delete it "
+            "and rerun the run (whybox compare with the same arguments recomputes the units whose files are gone), "
+            "or start it over with --overwrite."
+        ) from None
+
+
+def _orphan_writes(arrays: Path) -> list[Path]:
+    """Temporary files of :func:`write_array_atomic` left by a process that died before its rename (the name holds
+    its process id); files of a live process (another run resuming here) are left alone."""
+    out = []
+    for tmp in arrays.glob("**/.*.tmp"):
+        try:
+            pid = int(tmp.name.rsplit(".", 2)[-2])
+        except (ValueError, IndexError):
+            continue
+        if pid != os.getpid():
+            try:
+                os.kill(pid, 0)
+                continue  # alive: its write is under way
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue  # another user's live process
+        out.append(tmp)
+    return out
 
 
 def _json(value: Any) -> str:
@@ -249,6 +279,8 @@ class RunStore:
             )
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / "arrays").mkdir(exist_ok=True)
+        for tmp in _orphan_writes(self.path / "arrays"):  # a killed run's unfinished write: never committed
+            tmp.unlink(missing_ok=True)
         self.db_path = self.path / DB_NAME
         stored = self._stored_fingerprints()
         wanted = {k: str(v) for k, v in fingerprints.items()}
@@ -394,8 +426,14 @@ class RunStore:
 
     # ------------------------------------------------------------------ units
     def done_units(self) -> set[tuple[int, str]]:
-        """The (shard, method) units already committed."""
-        return {(int(s), str(m)) for s, m in self._conn.execute("SELECT shard, method FROM units")}
+        """The (shard, method) units already committed whose array file is still there (a unit whose file was
+        deleted is computed again)."""
+        arrays = {str(a) for (a,) in self._conn.execute("SELECT DISTINCT array FROM results WHERE array IS NOT NULL")}
+        gone = {a for a in arrays if not (self.path / a).is_file()}
+        units = {(int(s), str(m)) for s, m in self._conn.execute("SELECT shard, method FROM units")}
+        if not gone:
+            return units
+        return {(s, m) for s, m in units if self.array_path(m, s).relative_to(self.path).as_posix() not in gone}
 
     def array_path(self, method: str, shard: int) -> Path:
         """Where the attributions of ``shard`` under ``method`` live: ``arrays/<method>/<shard>.npy``; a method
