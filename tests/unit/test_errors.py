@@ -81,7 +81,7 @@ def test_one_dimensional_input(method: str, model: nn.Module) -> None:
     _raises(
         InvalidInputError,
         ValueError,
-        r"inputs must have a leading batch dimension \(B, \.\.\.\); got shape \(5,\)\. Add one with inputs\.unsqueeze\(0\)",
+        r"inputs must have a leading batch dimension \(B, \.\.\.\); got shape \(5,\)\. Add one with inputs\[None\]",
         lambda: whybox.explain(model, torch.rand(5), method),
     )
 

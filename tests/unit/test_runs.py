@@ -431,3 +431,92 @@ def test_one_method_or_metric_may_be_given_as_a_name() -> None:
     """Job(methods="saliency") was read letter by letter ('s' is not a method)."""
     job = Job(methods="saliency", metrics="deletion")
     assert job.methods == ("saliency",) and job.metrics == ("deletion",)
+
+
+class _WithBuffer(nn.Module):
+    def __init__(self, offset: float) -> None:
+        super().__init__()
+        self.net = tiny_cnn()
+        self.register_buffer("offset", torch.tensor(offset), persistent=False)  # not in the state dict
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x - self.offset)
+
+
+def test_a_changed_adapter_or_unsaved_buffer_is_not_resumed(tmp_path: Path) -> None:
+    """What the adapter does to the model (preprocess=, output=, kind=) and buffers outside the state dict are part
+    of the model: a run made with other ones refuses to resume instead of keeping the old numbers."""
+    import whybox
+
+    x, _ = data(4)
+    job = Job(methods=("saliency",), metrics=("deletion",), metric_options={"deletion": {"steps": 4}}, shard_size=4)
+    net = tiny_cnn()
+    cases = [
+        (whybox.adapt(net, preprocess=lambda t: t * 2), whybox.adapt(net, preprocess=lambda t: t * 3)),
+        (whybox.adapt(net), whybox.adapt(net, kind="multilabel")),
+        (whybox.adapt(net), whybox.adapt(net, output=lambda o: -o)),
+        (_WithBuffer(0.0), _WithBuffer(0.5)),
+    ]
+    for i, (first, changed) in enumerate(cases):
+        run_job(job, first, x, tmp_path / str(i))
+        again = run_job(job, first, x, tmp_path / str(i))  # the same model resumes (nothing to do)
+        assert again.n_computed == 0
+        with pytest.raises(FingerprintMismatchError, match="weights"):
+            run_job(job, changed, x, tmp_path / str(i))
+
+
+def test_a_unit_whose_array_was_deleted_is_computed_again(tmp_path: Path) -> None:
+    x, _ = data(8)
+    job = Job(methods=("saliency",), metrics=("deletion",), metric_options={"deletion": {"steps": 4}}, shard_size=4)
+    run_job(job, tiny_cnn(), x, tmp_path / "a")
+    before = snapshot(tmp_path / "a")
+    (tmp_path / "a" / "arrays" / "saliency" / "000001.npy").unlink()
+    again = run_job(job, tiny_cnn(), x, tmp_path / "a")
+    assert again.n_computed == 1
+    after = snapshot(tmp_path / "a")
+    assert after[1] == before[1]  # the same array bytes back
+    assert {k: v for k, v in after[0].items() if k != "costs"} == {k: v for k, v in before[0].items() if k != "costs"}
+
+
+def test_damaged_run_files_are_named(tmp_path: Path) -> None:
+    import sqlite3
+
+    from whybox.errors import DataFormatError
+    from whybox.runs.report_data import load_run_report
+    from whybox.runs.store import read_row
+
+    x, _ = data(4)
+    job = Job(methods=("saliency",), metrics=("deletion",), metric_options={"deletion": {"steps": 4}}, shard_size=4)
+    run_job(job, tiny_cnn(), x, tmp_path / "a")
+    path = tmp_path / "a" / "arrays" / "saliency" / "000000.npy"
+    path.write_bytes(b"not an array")
+    with pytest.raises(DataFormatError, match=r"000000\.npy' is missing or damaged"):
+        read_row(tmp_path / "a", "arrays/saliency/000000.npy", 0)
+    (tmp_path / "b").mkdir()
+    sqlite3.connect(tmp_path / "b" / "run.sqlite").execute("CREATE TABLE other (a)").connection.commit()
+    with pytest.raises(DataFormatError, match="is not a whybox run database"):
+        load_run_report(tmp_path / "b")
+
+
+def test_a_killed_write_leaves_no_file_behind_after_the_rerun(tmp_path: Path) -> None:
+    x, _ = data(4)
+    job = Job(methods=("saliency",), metrics=("deletion",), metric_options={"deletion": {"steps": 4}}, shard_size=4)
+    run_job(job, tiny_cnn(), x, tmp_path / "a")
+    dead = 2**22 + 12345  # a process id no live process has here (above Linux's default pid_max)
+    orphan = tmp_path / "a" / "arrays" / "saliency" / f".000000.npy.{dead}.tmp"
+    orphan.write_bytes(b"partial")
+    live = tmp_path / "a" / "arrays" / "saliency" / f".000000.npy.{os.getppid()}.tmp"  # a live process's write
+    live.write_bytes(b"under way")
+    run_job(job, tiny_cnn(), x, tmp_path / "a")
+    assert not orphan.exists()
+    assert live.exists()
+
+
+def test_a_job_names_each_method_and_metric_once_and_labels_are_classes() -> None:
+    with pytest.raises(InvalidParameterError, match="methods names 'saliency' more than once"):
+        Job(methods=("saliency", "gradcam", "saliency"))
+    with pytest.raises(InvalidParameterError, match="metrics names 'deletion' more than once"):
+        Job(methods=("saliency",), metrics=("deletion", "deletion"))
+    x, _ = data(3)
+    with pytest.raises(InvalidParameterError, match=r"labels must be class indices >= 0; samples \[1\] have -1"):
+        run_job(Job(methods=("saliency",), target="label"), tiny_cnn(), x, "unused", labels=torch.tensor([0, -1, 2]))

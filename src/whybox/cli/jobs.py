@@ -840,7 +840,8 @@ def evaluate_cmd(ctx: click.Context, **params: Any) -> None:
         mo = {"batch_size": params["batch_size"], "seed": params["seed"], **mopts.get(metric, {})}
         try:
             extra = {"masks": masks} if metric in NEEDS_MASKS else {}
-            res = whybox.evaluate(lm.module, ds.x, e, metric, labels=ds.labels, **extra, **mo)
+            labels = ds.labels if getattr(METRICS.get(metric), "reads_labels", False) else None
+            res = whybox.evaluate(lm.module, ds.x, e, metric, labels=labels, **extra, **mo)
         except WhyboxError as exc:
             raise _fail(f"{metric}: {'--masks: ' if extra else ''}{exc}") from None
         except _MODEL_ERRORS as exc:
@@ -1160,8 +1161,11 @@ def report_cmd(run_dir: Path, out: Path | None, max_samples: int) -> None:
         path = _write_report(run_dir, out, max_samples)
     except WhyboxError as exc:
         raise _fail(f"RUN_DIR: {exc}") from None
-    except OSError as exc:
-        raise _fail(f"--out: cannot write {str(out)!r}: {exc.strerror or exc}") from None
+    except OSError as exc:  # writing the page (reading the run's files fails as a WhyboxError above)
+        where = (
+            f"--out: cannot write {str(out)!r}" if out is not None else f"cannot write {str(run_dir / 'report.html')!r}"
+        )
+        raise _fail(f"{where}: {exc.strerror or exc}") from None
     click.echo(f"wrote {path}")
 
 

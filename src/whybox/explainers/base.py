@@ -26,7 +26,13 @@ from whybox.models.adapter import (
     scoring_adapter,
 )
 from whybox.models.categorical import vocabularies
-from whybox.models.inputs import as_tensor_inputs, check_feature_names, is_text_adapter, is_texts
+from whybox.models.inputs import (
+    as_tensor_inputs,
+    check_feature_names,
+    check_option_columns,
+    is_text_adapter,
+    is_texts,
+)
 from whybox.models.targets import (
     SCORE_SPACES,
     Target,
@@ -269,6 +275,7 @@ class Explainer:
         self._feature_names = names
         if coder is not None:
             self._code_options(coder)
+        check_option_columns(getattr(self, "_option_columns", {}), names)  # a pandas fill read by position
         coded = list(coder.categories) if coder is not None else None  # text columns, coded here or before
         fill = getattr(self, "fill", None)
         if coded and one_value_per_column(fill) and getattr(self, "background", None) is None:
@@ -282,7 +289,7 @@ class Explainer:
         if x.ndim < 2:
             raise InvalidInputError(
                 f"inputs must have a leading batch dimension (B, ...); got shape {tuple(x.shape)}. "
-                "Add one with inputs.unsqueeze(0)."
+                "Add one with inputs[None] (a tensor or an array; inputs.unsqueeze(0) for a tensor)."
             )
         packed_image = (
             self.takes_packed_images
@@ -329,7 +336,7 @@ class Explainer:
                     f"inputs have integer dtype {x.dtype}, which has no gradient; {self.name!r} needs float "
                     "inputs. For token ids, attribute at the embedding layer (pass the embeddings as inputs)."
                 )
-            x = x.to(torch.float32)
+            x = x.to(self.adapter.dtype)  # float64 for an estimator: int64 ids and timestamps stay exact
         if not bool(rows_finite(x.reshape(x.shape[0], -1)).all()):
             bad = ~torch.isfinite(x)
             rows = bad.reshape(x.shape[0], -1).any(1).nonzero().flatten().tolist()

@@ -42,7 +42,14 @@ from whybox.models.adapter import (
     scoring_adapter,
 )
 from whybox.models.categorical import register_vocabularies
-from whybox.models.inputs import as_tensor_inputs, check_feature_names, coded_later, name_list, tensor_option
+from whybox.models.inputs import (
+    as_tensor_inputs,
+    check_feature_names,
+    check_option_columns,
+    coded_later,
+    name_list,
+    tensor_option,
+)
 from whybox.models.targets import SCORE_SPACES, Target, TargetLike, class_label_target, resolve_target
 
 __all__ = [
@@ -280,7 +287,8 @@ def tie_order(values: torch.Tensor, seed: int, *, descending: bool = True) -> to
 
     A permutation ``rho`` of ``0..N-1`` is drawn from ``seed`` (the same for every row, so a row's order does not
     depend on its place in the batch); the order is the sort on
-    ``(-value, rho)`` (``(value, rho)`` when ``descending=False``), a total order, so no sort algorithm can change
+    ``(-value, rho)`` (``(value, -rho)`` when ``descending=False``: least relevant first is the reverse of that
+    order, as METRICS.md's LeRF and ROAD's LeRF take it), a total order, so no sort algorithm can change
     it: a row without ties is ordered by its distinct values (an unstable, SIMD argsort is safe there), a row with
     ties by the distinct integers ``dense_rank(value) * N + rho``. NaN values sort last.
 
@@ -303,7 +311,7 @@ def tie_order(values: torch.Tensor, seed: int, *, descending: bool = True) -> to
         dense = np.empty(n, dtype=np.int64)
         dense[first[i]] = np.concatenate([[0], np.cumsum(new_value[i])])
         rho = _tie_rho(seed, n) if rho is None else rho
-        out[i] = np.argsort(dense * n + rho)
+        out[i] = np.argsort(dense * n + (rho if descending else n - 1 - rho))
     return torch.from_numpy(out).to(values.device)
 
 
@@ -807,6 +815,10 @@ class Metric:
     higher_is_better: ClassVar[bool] = True
     needs_model: ClassVar[bool] = True
     needs_attributions: ClassVar[bool] = True
+    #: whether ``labels=`` (true classes) enters the score (ROAD's accuracy); elsewhere it is refused, not ignored
+    reads_labels: ClassVar[bool] = False
+    #: whether ``masks=`` (ground-truth regions) enters the score (localisation); elsewhere refused
+    reads_masks: ClassVar[bool] = False
     # whether _compute reads ``ctx.clean`` (the model's scores of the unperturbed inputs); when it does not, the
     # clean forward pass runs only where the target needs it (the predicted class of a bare attribution tensor)
     reads_clean: ClassVar[bool] = True
@@ -897,6 +909,11 @@ class Metric:
                 if isinstance(inputs, torch.Tensor) and inputs.is_inference():
                     inputs = inputs.clone()  # a copy made outside inference mode can enter autograd
                 return self.evaluate(model, inputs, explanation, target=target, masks=masks, labels=labels)
+        if masks is not None and not self.reads_masks:
+            raise InvalidParameterError(
+                f"masks= applies to the localisation metrics (pointing_game, energy_pointing_game, relevance_mass, "
+                f"relevance_rank); {self.name!r} does not read them. Drop masks=, or score localisation with one of those."
+            )
         if model is None and not self.needs_model and labels is None and isinstance(explanation, torch.Tensor):
             return self._evaluate_map(inputs, explanation, target, masks)  # the common call of a map-only metric
         adapter: ModelAdapter | None = None if model is None else adapt(model)
@@ -905,7 +922,11 @@ class Metric:
         if coder is not None and saved:  # the vocabularies its coded options were made with
             register_vocabularies(coder, saved)
         x, names = self._validate_inputs(
-            inputs, values=self.needs_model, coder=coder, packing=getattr(adapter, "packing", None)
+            inputs,
+            values=self.needs_model,
+            coder=coder,
+            packing=getattr(adapter, "packing", None),
+            dtype=torch.float32 if adapter is None else adapter.dtype,
         )
         if adapter is not None:
             check_feature_names(names, getattr(adapter, "feature_names", None))
@@ -925,6 +946,7 @@ class Metric:
                     "comprehensiveness with fill= a row of the training data)."
                 )
             self._code_fill(coder)  # a pandas reference row read now that the inputs are known
+            check_option_columns(getattr(self, "_option_columns", {}), names)  # a pandas fill read by position
             expl: Explanation | None = None
             method: str | None = None
             attributions: torch.Tensor | None = None
@@ -978,12 +1000,7 @@ class Metric:
             if masks is not None:
                 masks, signal = self._validate_masks(masks, x, signal=signal)
             if labels is not None:
-                labels = torch.as_tensor(labels)
-                if labels.shape != (x.shape[0],) or labels.is_floating_point():
-                    raise InvalidParameterError(
-                        f"labels must hold one integer class per row, shape ({x.shape[0]},); got {tuple(labels.shape)}."
-                    )
-                labels = labels.to(torch.int64)
+                labels = self._labels(labels, adapter, x.shape[0])
             if adapter is not None:
                 x = x.to(device=adapter.device)
                 if isinstance(adapter, TorchAdapter) and adapter.weights_dtype is not None:
@@ -1113,7 +1130,7 @@ class Metric:
 
     @staticmethod
     def _validate_inputs(
-        inputs: Any, *, values: bool = True, coder: Any = None, packing: Any = None
+        inputs: Any, *, values: bool = True, coder: Any = None, packing: Any = None, dtype: torch.dtype = torch.float32
     ) -> tuple[torch.Tensor, list[str] | None]:
         """The inputs as a tensor (numpy arrays and DataFrames of tabular models converted; text and categorical
         columns coded by a scikit-learn estimator's adapter, ``coder``) and a DataFrame's column names (None otherwise).
@@ -1123,13 +1140,13 @@ class Metric:
         if inputs.ndim < 2:
             raise InvalidInputError(
                 f"inputs must have a leading batch dimension (B, ...); got shape {tuple(inputs.shape)}. "
-                "Add one with inputs.unsqueeze(0)."
+                "Add one with inputs[None] (a tensor or an array; inputs.unsqueeze(0) for a tensor)."
             )
         if inputs.shape[0] == 0:
             raise InvalidInputError("inputs hold no rows (batch size 0); pass at least one row.")
         x = inputs.detach()
         if not x.is_floating_point():
-            x = x.to(torch.float32)
+            x = x.to(dtype)  # the model's dtype (an estimator's float64 keeps int64 values exact)
         if values and not all_finite(x):
             raise InvalidInputError("inputs contain non-finite values (NaN or inf); clean them before evaluating.")
         return x, names
@@ -1222,9 +1239,34 @@ class Metric:
             return Target(t) if t is not None else None
         if callable(target) and not isinstance(target, torch.Tensor):
             return None
-        t = torch.as_tensor(target).to(torch.int64)
-        if t.ndim > 1 or (t.ndim == 1 and t.shape[0] != x.shape[0]):
-            raise InvalidTargetError(  # as resolve_target says it where a model runs
-                f"target must be an int or hold one class per row, shape ({x.shape[0]},); got shape {tuple(t.shape)}."
+        idx = resolve_target(target, None, batch=x.shape[0]).index  # the checks a model's target gets, less its range
+        if bool((idx < 0).any()):
+            raise InvalidTargetError(
+                f"target={idx[idx < 0][0].item()} is negative; use a class index 0..K-1 (K: the model's outputs)."
             )
-        return Target(t.expand(x.shape[0]).clone() if t.ndim == 0 else t)
+        return Target(idx)
+
+    def _labels(self, labels: Any, adapter: ModelAdapter | None, b: int) -> torch.Tensor:
+        """``labels=`` (true classes, one per row) as int64 ``(b,)``: class names read as ``target=`` reads them."""
+        if not self.reads_labels:
+            raise InvalidParameterError(
+                f"labels= applies to the metrics that score accuracy against true classes (road); {self.name!r} "
+                "scores the explained target and would ignore them. Pass target=labels to score the true classes."
+            )
+        if adapter is not None:
+            labels = class_label_target(adapter, labels)
+        try:
+            t = torch.as_tensor(labels)
+        except (TypeError, ValueError, RuntimeError):
+            raise InvalidParameterError(
+                f"labels must hold one class per row (indices, or the model's class names); got "
+                f"{type(labels).__name__} {labels!r:.80}."
+            ) from None
+        if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+            raise InvalidParameterError(
+                f"labels must hold integer class indices, one per row; got dtype {t.dtype}. Pass e.g. "
+                "torch.tensor([3, 1]) (or the model's class names)."
+            )
+        if t.shape != (b,):
+            raise InvalidParameterError(f"labels must hold one class per row, shape ({b},); got {tuple(t.shape)}.")
+        return t.to(torch.int64)

@@ -30,7 +30,7 @@ from whybox.masking.features import FeatureGroups, broadcast_ids, groups_touched
 from whybox.masking.fills import FillLike
 from whybox.metrics.base import Context, Metric, tie_order
 from whybox.metrics.faithfulness import _check_fill, resolve_fill
-from whybox.models.inputs import label_map_option
+from whybox.models.inputs import label_map_option, note_option_columns
 from whybox.models.targets import apply_score_space
 from whybox.registry import METRICS
 
@@ -213,6 +213,7 @@ class _Eraser(Metric):
     ) -> None:
         super().__init__(**kwargs)
         self.fractions = _check_fractions(fractions)
+        note_option_columns(self, "fill", fill)
         self.fill = _check_fill(fill)
         self.regions = check_regions(regions, "the default features")
         self.pool = _check_pool(pool)

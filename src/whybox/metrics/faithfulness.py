@@ -40,7 +40,7 @@ from whybox.metrics.base import (
     tie_order,
     trapezoid,
 )
-from whybox.models.inputs import coded_later, label_map_option, tensor_option
+from whybox.models.inputs import coded_later, label_map_option, note_option_columns, tensor_option
 from whybox.models.targets import apply_score_space
 from whybox.registry import METRICS
 
@@ -154,6 +154,10 @@ def _region_groups(regions: Any, x: torch.Tensor, *, signal: bool = False) -> Fe
                 )
             return FeatureGroups(g.expand(x.shape).contiguous(), regions.n_groups, regions.kind)
         return regions
+    if isinstance(regions, tuple) and x.ndim == 4:  # (h, w) patches, checked in _CurveMetric
+        from whybox.masking.features import grid
+
+        return grid(x, patch=regions)
     if isinstance(regions, int) and not isinstance(regions, bool):
         from whybox.masking.features import grid, segments
 
@@ -181,7 +185,7 @@ def _region_groups(regions: Any, x: torch.Tensor, *, signal: bool = False) -> Fe
             )
         return FeatureGroups(g.contiguous(), int(g.max()) + 1, "regions")
     raise InvalidParameterError(
-        "regions must be None (pixel steps), a FeatureGroups, an int patch size or an integer segmentation "
+        "regions must be None (pixel steps), a FeatureGroups, an int patch size (or (h, w)) or an integer segmentation "
         f"(B, H, W); got {type(regions).__name__}."
     )
 
@@ -290,11 +294,18 @@ class _CurveMetric(Metric):
     ) -> None:
         super().__init__(**kwargs)
         self.steps = check_int("steps", steps)
+        note_option_columns(self, "fill", fill)
         self.fill = _check_fill(self._default_fill if fill is None else fill)
         if not isinstance(abs, bool):
             raise InvalidParameterError(f"abs must be True or False; got {abs!r}.")
         self.abs = abs
-        self.regions = label_map_option(regions, "regions")  # a label map written as lists (a config, --metric-option)
+        patch = (
+            isinstance(regions, tuple)
+            and len(regions) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in regions)
+        )  # (h, w): a patch size, not a label map
+        # a label map written as lists (a config, --metric-option)
+        self.regions = regions if patch else label_map_option(regions, "regions")
         self.blur_klen = check_int("blur_klen", blur_klen)
         self.blur_sigma = check_float("blur_sigma", blur_sigma, 0.0, lo_open=True)
         self.padding = check_choice("padding", padding, PADDINGS)
@@ -494,7 +505,12 @@ class AOPC(_CurveMetric):
 
     def _compute(self, ctx: Context) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
         xs, y, meta = self._curve(ctx)
-        aopc = (y[:, :1] - y).mean(1)
+        drop = y[:, :1] - y
+        if self.regions is None:
+            aopc = drop.mean(1)
+        else:  # L = the row's own regions: the points past them (ids it lacks, empty regions) repeat the last
+            real = torch.cat([torch.ones_like(xs[:, :1], dtype=torch.bool), xs[:, 1:] > xs[:, :-1]], 1).to(y.device)
+            aopc = (drop * real).sum(1) / real.sum(1)
         meta["order"] = self.order
         return aopc, {"x": xs, "y": y}, meta
 
@@ -546,6 +562,7 @@ class MuFidelity(Metric):
         self.grid_size = check_int("grid_size", grid_size)
         self.subset_fraction = check_float("subset_fraction", subset_fraction, 0.0, 1.0, lo_open=True)
         self.n_samples = check_int("n_samples", n_samples, 2)
+        note_option_columns(self, "fill", fill)
         self.fill = _check_fill(fill)
         self.corr = check_choice("corr", corr, ("pearson", "spearman"))
         self.bernoulli = check_bool("bernoulli", bernoulli)

@@ -29,6 +29,7 @@ SIGNAL_SHARE = PAPER_TOLERANCE / 224  # a signal's default tolerance per time st
 class _Localisation(Metric):
     higher_is_better = True
     needs_model = False
+    reads_masks = True
 
     def _maps(self, ctx: Context) -> tuple[np.ndarray, np.ndarray]:
         """Channel-summed maps ``(B, N)`` float64 and masks ``(B, N)`` bool, both NumPy (on the CPU): a few

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from whybox.errors import InvalidParameterError, InvalidTargetError, check_bool
+from whybox.errors import InvalidInputError, InvalidParameterError, InvalidTargetError, check_bool
 from whybox.metrics.base import (
     Context,
     Metric,
@@ -29,8 +29,8 @@ from whybox.metrics.base import (
     row_keys,
     spearman,
 )
-from whybox.models.adapter import FunctionModel, TorchAdapter
-from whybox.models.targets import Target, resolve_target
+from whybox.models.adapter import FunctionModel, ModelAdapter, TorchAdapter
+from whybox.models.targets import Target, class_label_target, resolve_target
 from whybox.registry import METRICS
 
 __all__ = ["RandomLogit", "Randomization", "execution_layers", "map_similarities"]
@@ -41,9 +41,12 @@ _LOGIT_KEY = 4_000_037
 
 
 # ---------------------------------------------------------------------------------------------- similarities
-def _pooled(a: torch.Tensor, b: int) -> torch.Tensor:
-    """``(B, H, W)`` for image maps (channels summed), ``(B, N)`` otherwise; float64 on the CPU."""
+def _pooled(a: torch.Tensor, b: int, *, absolute: bool = False) -> torch.Tensor:
+    """``(B, H, W)`` for image maps (channels summed; ``absolute``: their ``|.|`` summed, Adebayo et al.'s grayscale
+    map, so channels of opposite sign do not cancel), ``(B, N)`` otherwise; float64 on the CPU."""
     a = a.detach().to("cpu", torch.float64)
+    if absolute:
+        a = a.abs()
     if a.ndim == 4:
         return a.sum(1)
     return a.reshape(b, -1) if a.ndim != 3 else a
@@ -92,7 +95,7 @@ def map_similarities(
 ) -> dict[str, torch.Tensor]:
     """Per-row similarities of two attribution batches (METRICS.md, model-parameter randomisation).
 
-    - ``spearman_abs``: Spearman of the channel-summed ``|.|`` maps, clipped at the ``clip_percentile`` and
+    - ``spearman_abs``: Spearman of the channel-summed ``|.|`` maps (``sum_c |a_c|``), clipped at the ``clip_percentile`` and
       scaled to [0, 1];
     - ``spearman``: Spearman of the signed channel-summed maps;
     - ``ssim``: SSIM of the ``|.|`` [0, 1] maps (scikit-image, ``gaussian_weights=True``, ``data_range=1``, window
@@ -109,7 +112,8 @@ def map_similarities(
         out["spearman"] = spearman(o.reshape(b, -1), r.reshape(b, -1))
     if not {"spearman_abs", "ssim", "hog"} & set(which):
         return out  # the signed maps alone: no |.| maps (their percentile clip takes a quantile per row)
-    oa, ra = _abs_scaled(o, clip_percentile), _abs_scaled(r, clip_percentile)
+    oa = _abs_scaled(_pooled(original, b, absolute=True), clip_percentile)
+    ra = _abs_scaled(_pooled(other, b, absolute=True), clip_percentile)
     if "spearman_abs" in which:
         out["spearman_abs"] = spearman(oa.reshape(b, -1), ra.reshape(b, -1))
     if "ssim" in which:
@@ -231,9 +235,25 @@ class _MapComparison(Metric):
             )
         return self.similarity
 
+    @staticmethod
+    def _given_map(ctx: Context) -> torch.Tensor:
+        """The explanation's map; a channel-less ``(B, H, W)`` map of images as one channel ``(B, 1, H, W)``."""
+        a = ctx.attributions
+        if a is None:
+            raise InvalidParameterError("this metric needs attributions.")
+        return a.unsqueeze(1) if a.ndim == 3 and ctx.x.ndim == 4 else a
+
     def _similarities(self, a: torch.Tensor, b: torch.Tensor, score: str) -> dict[str, torch.Tensor]:
         """Every similarity of ``similarities`` and ``score``; attributions other than images (tabular, tokens) are
-        compared as flat vectors, so their SSIM and HOG are NaN."""
+        compared as flat vectors, so their SSIM and HOG are NaN. A channel-pooled explanation ``(B, 1, H, W)`` is
+        compared with the new maps pooled alike (summed over channels), as max_sensitivity does."""
+        if a.ndim == 4 and b.ndim == 4 and a.shape[1] == 1 and b.shape[1] > 1:
+            b = b.sum(1, keepdim=True)
+        if a[0].numel() != b[0].numel():
+            raise InvalidInputError(
+                f"the explainer returned maps of shape {tuple(b.shape)} but the explanation has shape "
+                f"{tuple(a.shape)}; pass the explanation as the explainer gives it (or explainer= the method that made it)."
+            )
         if a.ndim != 4:
             a, b = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
         which = self.similarities if score in self.similarities else (*self.similarities, score)
@@ -287,7 +307,8 @@ class Randomization(_MapComparison):
             raise InvalidParameterError(
                 f"randomization re-initialises the layers of a torch model; got a {what} model. {other}."
             )
-        score = self._score_similarity(ctx.attributions)
+        given = self._given_map(ctx)
+        score = self._score_similarity(given)
         source = getattr(ctx.adapter, "model", None)
         fn, name = make_explain_fn(
             self.explainer,
@@ -322,7 +343,7 @@ class Randomization(_MapComparison):
             done.append(lname)
             with work.guard(self.mode):
                 a = fn(work, ctx.x, ctx.target, None).attributions
-            for k, v in self._similarities(ctx.attributions, a, score).items():
+            for k, v in self._similarities(given, a, score).items():
                 sims[k].append(v)
         if not done:
             raise InvalidParameterError(f"no layer could be re-initialised (none has reset_parameters): {skipped}.")
@@ -362,13 +383,16 @@ class RandomLogit(_MapComparison):
     def _reads_clean(self) -> bool:
         return self.other_class is None  # the draw needs the number of classes; given ones are range-checked later
 
-    def _other(self, target: torch.Tensor, clean: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    def _other(
+        self, target: torch.Tensor, clean: torch.Tensor | None, x: torch.Tensor, adapter: ModelAdapter | None = None
+    ) -> torch.Tensor:
         """``(B,)`` int64: the class each row's map is compared with, for the targets ``(B,)`` (CPU); a drawn
         class is keyed by the row's inputs ``x`` (:func:`row_keys`), not its place in the batch."""
         b = target.shape[0]
         if self.other_class is not None:
             try:  # the checks of any target (ints, one per row), then the range where it meets the model's scores
-                other = resolve_target(self.other_class, None, batch=b).index
+                given = self.other_class if adapter is None else class_label_target(adapter, self.other_class)
+                other = resolve_target(given, None, batch=b).index
             except InvalidTargetError as exc:
                 raise InvalidTargetError(f"other_class: {exc}") from None
             if callable(self.other_class) and not isinstance(self.other_class, torch.Tensor):
@@ -404,8 +428,9 @@ class RandomLogit(_MapComparison):
             raise InvalidParameterError("random_logit needs attributions and a model.")
         if ctx.target.fn is not None:
             raise InvalidParameterError("random_logit needs class targets, not a callable target.")
-        score = self._score_similarity(ctx.attributions)
-        other = self._other(ctx.target.index.cpu(), ctx.clean, ctx.x)
+        given = self._given_map(ctx)
+        score = self._score_similarity(given)
+        other = self._other(ctx.target.index.cpu(), ctx.clean, ctx.x, ctx.adapter)
         fn, name = make_explain_fn(self.explainer, ctx.explanation, self.explainer_params, ctx.passes)
         try:
             a = fn(ctx.adapter, ctx.x, Target(other), None).attributions
@@ -413,6 +438,6 @@ class RandomLogit(_MapComparison):
             if self.other_class is None:
                 raise
             raise InvalidTargetError(f"other_class: {exc}") from None
-        sims = self._similarities(ctx.attributions, a, score)
+        sims = self._similarities(given, a, score)
         meta: dict[str, Any] = {"other_class": other, "explainer": name, "similarity": score, **sims}
         return sims[score], {}, meta

@@ -296,6 +296,7 @@ class ROAD(Metric):
     """
 
     higher_is_better = True
+    reads_labels = True
     reads_clean = False
 
     def __init__(
@@ -373,6 +374,10 @@ class ROAD(Metric):
             imgs = noisy_linear_imputation_batch(x[rows], ~m[:, 0], noise=noise, generators=gens)
             return torch.nan_to_num(imgs)  # p = 1: scored on zeros, reported as NaN below
 
+        if ctx.labels is None and ctx.target.fn is not None:  # before any model call: accuracy needs classes
+            raise InvalidParameterError(
+                "road with a callable target needs labels= (the true classes), for the accuracy curves it records."
+            )
         pred = torch.empty(b, no * nf, dtype=torch.int64)
         given = ctx.labels  # checked against the number of classes on the first chunk
 
@@ -391,8 +396,6 @@ class ROAD(Metric):
             x, masks, n_masks=no * nf, fill=fill, target=ctx.target, score=self.score, on_scores=record, prefetch=True
         ).cpu()
         labels = ctx.labels if ctx.labels is not None else ctx.target.index
-        if bool((labels < 0).any()):
-            raise InvalidParameterError("road with a callable target needs labels= (the true classes).")
         acc = (pred == labels.cpu().view(-1, 1)).to(torch.float64)
         singular = (counts >= n).cpu().unsqueeze(0).expand(b, -1)
         y = torch.where(singular, torch.full_like(y, math.nan), y)

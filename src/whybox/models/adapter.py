@@ -92,6 +92,17 @@ def _describe(out: Any) -> str:
     return type(out).__name__
 
 
+def check_output_names(adapter: ModelAdapter, k: int) -> None:
+    """An error when ``adapt(labels=...)`` named another number of outputs than the model gives (``k``): the names
+    would be read against the wrong outputs (``target="cat"``, ``meta["target_names"]``)."""
+    names = adapter.output_names
+    if names is not None and len(names) != k:
+        raise InvalidParameterError(
+            f"labels= names {len(names)} outputs ({', '.join(map(repr, names[:3]))}{', ...' if len(names) > 3 else ''})"
+            f" but the model gives {k} scores per row; pass one name per output, in the model's output order."
+        )
+
+
 class FunctionModel(nn.Module):
     """A function ``x -> scores (B, K)`` as a module, so a black box (a NumPy model, a remote scorer, a lambda
     around a model that takes more arguments) is explained as a torch model is: its output may be a tensor or
@@ -229,6 +240,7 @@ class TorchAdapter(ModelAdapter):
                 f"the model's scores must have shape (B, K) = ({batch}, K); got {tuple(scores.shape)}. "
                 "Select or reshape the output with adapt(model, output=...)."
             )
+        check_output_names(self, scores.shape[1])
         return scores
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
@@ -341,6 +353,12 @@ class SklearnAdapter(ModelAdapter):
             )
         rows: Any = x.detach().cpu().numpy()
         if self.feature_names is None:
+            n_in = getattr(self.model, "n_features_in_", None)
+            if isinstance(n_in, (int, np.integer)) and rows.shape[1] != n_in:
+                raise InvalidInputError(
+                    f"the model was fitted on {n_in} columns; got inputs with {rows.shape[1]} columns. Pass rows "
+                    "with the columns the estimator was fitted on, in that order."
+                )
             out = self._fn(rows)
         else:
             if rows.shape[1] != len(self.feature_names):
@@ -363,7 +381,9 @@ class SklearnAdapter(ModelAdapter):
                 "class scores (B, K)."
             ) from None
         t = torch.from_numpy(values)
-        return t.unsqueeze(1) if t.ndim == 1 else t
+        t = t.unsqueeze(1) if t.ndim == 1 else t
+        check_output_names(self, t.shape[1])
+        return t
 
     def _named(self, rows: Any) -> Any:
         """The estimator (fitted on a DataFrame) on ``rows``: as an array while that works, the columns in the

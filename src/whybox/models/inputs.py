@@ -215,6 +215,45 @@ def tensor_option(value: Any, name: str, coder: Any = None) -> Any:
     return value
 
 
+def option_columns(value: Any) -> list[str] | None:
+    """The column names a pandas option carries (a Series row's index, a DataFrame's columns), or ``None``: not
+    pandas, or names by position only (a default 0..n-1 index)."""
+    if not is_pandas(value):
+        return None
+    labels = list(value.columns if hasattr(value, "columns") else value.index)
+    return None if labels == list(range(len(labels))) else [str(c) for c in labels]
+
+
+def note_option_columns(owner: Any, what: str, value: Any) -> None:
+    """Keep on ``owner`` (an explainer, a metric) the column names of its pandas option ``what``
+    (``fill=X_train.mean()``), in ``owner._option_columns``: read by position, they are checked
+    (:func:`check_option_columns`) against the inputs' columns when the inputs are a DataFrame."""
+    labels = option_columns(value)
+    if labels is not None:
+        owner._option_columns = {**getattr(owner, "_option_columns", {}), what: labels}
+
+
+def check_option_columns(options: dict[str, list[str]], names: list[str] | None) -> None:
+    """The column names of pandas options (``{"fill": [...]}`` from :func:`option_columns`) against those of the
+    inputs (a DataFrame's, ``names``): whybox reads an option by position, so its columns must be the inputs', in
+    their order. Nothing to check when the inputs carry no names."""
+    if names is None:
+        return
+    for what, labels in options.items():
+        if labels == names:
+            continue
+        if sorted(labels) == sorted(names):
+            raise InvalidInputError(
+                f"{what} (pandas) names the inputs' columns in another order; whybox reads it by position. Pass "
+                f"{what}[inputs.columns] (a Series row or a DataFrame of rows, put in the inputs' order)."
+            )
+        missing, extra = column_mismatch(labels, names)
+        raise InvalidInputError(
+            f"{what} (pandas) names other columns than the inputs: missing {missing[:5]}, unexpected {extra[:5]}. "
+            "Give it the inputs' columns, in their order."
+        )
+
+
 def _by_column_name(value: Any, fitted: list[str], name: str) -> Any:
     """A pandas Series (a reference row, by its index) or DataFrame (rows, by its columns) whose names must be the
     columns an estimator was fitted on, in their order, as the inputs' are; one without names (a default 0..n-1

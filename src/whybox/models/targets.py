@@ -151,6 +151,17 @@ def class_label_target(model: object, target: Any) -> Any:
                 f"target={target} is an output index, out of range for {len(classes)} classes; the class labelled "
                 f"{target} is classes_[{classes.index(target)}]: pass target={classes.index(target)}."
             )
+    import numpy as np
+
+    classes = estimator_classes(model)
+    # classes_ of bools or floats ([False, True] from a bool y, [0.0, 1.0] from a float y): a bool or float target
+    # is one of those labels, never an index
+    valued = classes is not None and any(isinstance(c, (bool, float)) for c in classes)
+    if valued and isinstance(target, (bool, float, np.bool_, np.floating)):
+        target = [target]
+        scalar = True
+    else:
+        scalar = False
     if isinstance(target, (torch.Tensor, int)) or target is None or callable(target):
         return target
     if type(target).__module__.split(".")[0] == "pandas" and hasattr(target, "to_numpy"):
@@ -158,7 +169,8 @@ def class_label_target(model: object, target: Any) -> Any:
     labels = class_names(model)
     if labels is None:
         return target
-    import numpy as np
+    raw = _class_names(model)
+    keys = [_label_key(c) for c in (raw.tolist() if hasattr(raw, "tolist") else raw)]
 
     what = "outputs" if getattr(model, "output_names", None) is not None else "classes"
 
@@ -175,6 +187,8 @@ def class_label_target(model: object, target: Any) -> Any:
                 "(SVC(probability=True), CalibratedClassifierCV)."
             )
         hits = [i for i, n in enumerate(labels) if n == str(label)]
+        if not hits and classes is not None:  # a label written another way: 1 or "1" for the class 1.0, np.True_
+            hits = [i for i, k in enumerate(keys) if k == _label_key(label)]
         if len(hits) > 1:  # ImageNet names two classes 'missile' and two 'sunglasses'
             raise InvalidTargetError(
                 f"target {label!r} names {len(hits)} of the model's {what} ({', '.join(map(str, hits))}); give the index."
@@ -192,8 +206,13 @@ def class_label_target(model: object, target: Any) -> Any:
         return index(target)
     if isinstance(target, (list, tuple, np.ndarray)):
         items = np.asarray(target, dtype=object).reshape(-1).tolist() if isinstance(target, np.ndarray) else target
-        if any(isinstance(t, (str, np.str_)) for t in items):
-            return [t if isinstance(t, (int, np.integer)) and not isinstance(t, bool) else index(t) for t in items]
+        label_types: tuple[type, ...] = (str, np.str_, bool, float, np.bool_, np.floating) if valued else (str, np.str_)
+        if any(isinstance(t, label_types) for t in items):
+            out = [
+                t if isinstance(t, (int, np.integer)) and not isinstance(t, (bool, np.bool_)) else index(t)
+                for t in items
+            ]
+            return out[0] if scalar else out
     return target
 
 

@@ -3,7 +3,8 @@
 A :class:`Job` is a pure description (methods, metrics, their options, shard size, seed, target rule). The
 dataset is cut into fixed shards of ``shard_size`` consecutive samples; a unit is one shard under one method:
 explain the shard, then score that explanation with every metric. A unit's result is a deterministic function
-of (model, shard, job): its seeds come from the job seed and the shard index, its target from the stored
+of (model, shard, job): every shard runs with the job's seed (each sample's draws are keyed by the sample itself,
+so results do not depend on the shard size), its target from the stored
 predictions (or labels), and the model runs with a fixed number of intra-op threads. So a run killed and
 resumed, or spread over Ray workers, ends with the same rows and the same array bytes as one uninterrupted
 local run.
@@ -81,7 +82,8 @@ class Job:
     shard_size
         Samples per unit of work (and per model batch of an explainer call).
     seed
-        Base seed: shard ``s`` explains and scores with seed ``seed + s``.
+        The seed every shard explains and scores with (a sample's random draws are keyed by the sample, so its
+        results equal ``whybox.explain(..., seed=seed)`` on it whatever the shard size).
     target
         ``"prediction"`` (explain each sample's predicted class) or ``"label"`` (its true class; needs labels).
     batch_size
@@ -107,6 +109,13 @@ class Job:
             object.__setattr__(self, attr, (value,) if isinstance(value, str) else tuple(value))
         if not self.methods:
             raise InvalidParameterError("methods must name at least one method; see whybox.methods().")
+        for attr in ("methods", "metrics"):
+            names = getattr(self, attr)
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:  # its units would share one key: the run could never be complete
+                raise InvalidParameterError(
+                    f"{attr} names {', '.join(map(repr, twice))} more than once; name each once."
+                )
         for name in self.methods:
             EXPLAINERS.get(name)
         for name in self.metrics:
@@ -287,6 +296,47 @@ def _hash_user_code(h: Any, module: torch.nn.Module) -> None:
         h.update(json.dumps([name, sorted(plain.items())], default=repr).encode())
 
 
+#: the settings of an adapter that change what the model computes (``adapt(model, preprocess=..., output=...)``)
+_ADAPTER_SETTINGS = (
+    "kind", "output", "preprocess", "default_layers", "references", "similarity", "scale", "output_names",
+    "outputs_values", "method_name",
+)  # fmt: skip
+
+
+def _hash_module(h: Any, module: torch.nn.Module) -> None:
+    """A module's weights: its state dict and the buffers the state dict leaves out (``persistent=False``)."""
+    state = module.state_dict()
+    for k, v in sorted(state.items()):
+        h.update(k.encode())
+        _hash_tensor(h, v)
+    for k, v in sorted(module.named_buffers()):
+        if k not in state:
+            h.update(f"buffer {k}".encode())
+            _hash_tensor(h, v)
+
+
+def _hash_setting(h: Any, v: Any) -> None:
+    """One adapter setting: tensors and arrays by value, modules by their weights, functions by their code and
+    data (:func:`_hash_function`), containers item by item, anything else by its type."""
+    if isinstance(v, torch.Tensor):
+        _hash_tensor(h, v)
+    elif isinstance(v, np.ndarray):
+        _hash_tensor(h, torch.from_numpy(np.ascontiguousarray(v)))
+    elif isinstance(v, torch.nn.Module):
+        h.update(type(v).__qualname__.encode())
+        _hash_module(h, v)
+    elif isinstance(v, (list, tuple)):
+        h.update(f"[{len(v)}".encode())
+        for item in v:
+            _hash_setting(h, item)
+    elif v is None or isinstance(v, (bool, int, float, str)):
+        h.update(repr(v).encode())
+    elif callable(v):
+        _hash_function(h, v)
+    else:
+        h.update(type(v).__qualname__.encode())
+
+
 def fingerprints(
     job: Job,
     model: Any,
@@ -316,9 +366,7 @@ def fingerprints(
     module = model.model if isinstance(model, ModelAdapter) else model
     if isinstance(module, torch.nn.Module):
         hw.update(type(module).__qualname__.encode())
-        for k, v in sorted(module.state_dict().items()):
-            hw.update(k.encode())
-            _hash_tensor(hw, v)
+        _hash_module(hw, module)
         _hash_user_code(hw, module)
         if isinstance(module, FunctionModel):  # a black-box function: its code and data
             _hash_function(hw, module.fn)
@@ -326,6 +374,12 @@ def fingerprints(
         import pickle
 
         hw.update(pickle.dumps(module))
+    if isinstance(model, ModelAdapter):  # how the adapter reads the model: preprocess, output, kind, layers, ...
+        hw.update(f"adapter {type(model).__qualname__}".encode())
+        for name in _ADAPTER_SETTINGS:
+            if hasattr(model, name):
+                hw.update(name.encode())
+                _hash_setting(hw, getattr(model, name))
     versions = (
         f"python {platform.python_version()}; whybox {whybox.__version__}; torch {torch.__version__}; "
         f"numpy {np.__version__}"
@@ -503,11 +557,13 @@ def execute_unit(
                 options=options(sel),  # what stability and randomization re-run the method with
             )
             xs, ts = x[sel], target[sel]
-            ls = labels[sel] if labels is not None else None
             for metric in job.metrics:
                 t1 = time.perf_counter()
                 job_mopts = job.metric_options_for(metric)
                 takes = _options(METRICS.get(metric))
+                lab = (
+                    labels if getattr(METRICS.get(metric), "reads_labels", False) else None
+                )  # true classes: where a metric reads them
                 own = {k: v for k, v in metric_data.items() if k in takes}
 
                 def record(res: Any, rows: list[int], metric: str = metric) -> tuple[int, int]:
@@ -522,6 +578,7 @@ def execute_unit(
 
                 try:
                     mopts = {**_cut(own, sel, n_rows), **job_mopts}
+                    ls = lab[sel] if lab is not None else None
                     nf, nb = record(evaluate(model, xs, expl, metric, target=ts, labels=ls, **mopts), rows_ok)
                 except errors as exc:
                     nf = nb = 0
@@ -534,7 +591,7 @@ def execute_unit(
                             try:
                                 res1 = evaluate(
                                     model, x[one], expl[j : j + 1], metric, target=target[one],
-                                    labels=labels[one] if labels is not None else None, **mopts,
+                                    labels=lab[one] if lab is not None else None, **mopts,
                                 )  # fmt: skip
                             except errors as exc1:
                                 samples[r].metrics[metric] = MetricValue(None, None, _reason(exc1))
@@ -695,6 +752,12 @@ def run_job(
         labels = given.to(torch.int64).reshape(-1)
         if labels.shape[0] != n:
             raise InvalidParameterError(f"labels must have one entry per sample ({n}); got {labels.shape[0]}.")
+        if bool((labels < 0).any()):
+            bad = (labels < 0).nonzero().flatten().tolist()
+            raise InvalidParameterError(
+                f"labels must be class indices >= 0; samples {bad[:5]} have {labels[bad[0]].item()} (a missing "
+                "label?). Drop those samples, or give their true class."
+            )
     if job.target == "label" and labels is None:
         raise InvalidParameterError("target='label' explains each sample's true class, but no labels were given.")
     if backend not in ("local", "ray"):

@@ -11,7 +11,7 @@ from whybox.errors import InvalidParameterError, did_you_mean
 from whybox.explainers.base import GradientExplainer
 from whybox.masking.engine import MaskingEngine
 from whybox.masking.fills import make_fill
-from whybox.models.inputs import tensor_option
+from whybox.models.inputs import note_option_columns, tensor_option
 from whybox.models.packed import packed_option
 from whybox.models.targets import Target, TargetLike, apply_score_space, resolve_target
 from whybox.registry import EXPLAINERS
@@ -127,6 +127,7 @@ class IntegratedGradients(GradientExplainer):
         else:
             quadrature(method, n_steps)  # validates n_steps
         baseline = packed_option(baseline, self.adapter)  # per input, for a model of several inputs
+        note_option_columns(self, "baseline", baseline)
         baseline = tensor_option(baseline, "baseline")  # a numpy array, pandas Series or list of numbers, as a tensor
         known = isinstance(baseline, (str, int, float, torch.Tensor)) or callable(baseline)
         if (isinstance(baseline, str) and baseline not in BASELINES) or not known or isinstance(baseline, bool):

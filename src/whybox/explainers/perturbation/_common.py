@@ -22,7 +22,7 @@ from whybox.masking.engine import MaskingEngine
 from whybox.masking.features import FeatureGroups, groups_touched
 from whybox.masking.fills import FILLS, FillLike, make_fill
 from whybox.models.adapter import coder_of, is_signal
-from whybox.models.inputs import coded_later, label_map_option, tensor_option
+from whybox.models.inputs import coded_later, label_map_option, note_option_columns, tensor_option
 from whybox.models.packed import packed_option
 from whybox.models.targets import Target, TargetLike, apply_score_space, resolve_target
 
@@ -318,6 +318,7 @@ class PerturbationExplainer(Explainer):
     ) -> None:
         super().__init__(model, **kwargs)
         fill = packed_option(fill, self.adapter)  # per input, for a model of several inputs
+        note_option_columns(self, "fill", fill)
         if not (coded_later(fill) and coder_of(self.adapter) is not None):  # an estimator's: coded with the inputs
             fill = tensor_option(fill, "fill")  # e.g. fill=X_train.mean(0) as a numpy array or a pandas Series
         if isinstance(fill, str) and fill not in self.fill_options:
@@ -563,6 +564,7 @@ class ShapleyExplainer(RegionExplainer):
     def __init__(self, model: Any, *, background: torch.Tensor | None = None, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
         background = packed_option(background, self.adapter)  # rows per input, for a model of several inputs
+        note_option_columns(self, "background", background)
         # an estimator's DataFrame (or list with text) is coded with the inputs, in _code_options
         if not (coded_later(background) and coder_of(self.adapter) is not None):
             background = _checked_background(tensor_option(background, "background"))  # e.g. X_train[:50]
