@@ -108,7 +108,7 @@ def test_text_inputs_load_from_txt_files_and_the_builtin_set(tmp_path: object) -
     p.write_text("The movie was great.\n\n  The plot was dull.  \n", encoding="utf-8")
     ds = load_inputs([p, "sentiment-test"], lm, limit=4)
     assert ds.kind == "text" and ds.texts[:2] == ["The movie was great.", "The plot was dull."]
-    assert ds.names[:2] == ["reviews.txt:1", "reviews.txt:2"] and len(ds.names) == 4
+    assert ds.names[:2] == ["reviews.txt:1", "reviews.txt:3"] and len(ds.names) == 4  # line numbers (2 is blank)
     assert ds.labels is None  # a .txt file carries no labels
     assert ds.x.shape[:2] == lm.module.encode(ds.texts).inputs.shape[:2]
     only = load_inputs(["sentiment-test"], lm, limit=5)

@@ -186,6 +186,10 @@ def _apply_config(
                 )
         elif key == "masks" and not given:  # relative to the config's folder, as its inputs
             params[name] = Path(str(value)) if Path(str(value)).is_absolute() else Path(path).parent / str(value)
+        elif key in ("weights", "model") and not given:  # files relative to the config's folder, as its inputs
+            beside = Path(path).parent / str(value)
+            local = key == "weights" or beside.exists()  # a model may be a built-in name (digits-cnn)
+            params[name] = str(beside) if local and not Path(str(value)).is_absolute() else value
         elif not given:
             params[name] = (
                 ",".join(map(str, value)) if isinstance(value, list) and key in ("methods", "metrics") else value
@@ -197,6 +201,17 @@ def _flag_options(tables: Mapping[str, Any], params: Mapping[str, Any], key: str
     """The ``--option`` (``key="options"``) or ``--metric-option`` flags over the config's table of the same name."""
     flag = "--option" if key == "options" else "--metric-option"
     return _merge(tables.get(key, {}), parse_options(params[key], flag=flag, scoped=scoped), flag=key, scoped=scoped)
+
+
+def _chosen_options(
+    options: Mapping[str, Any], params: Mapping[str, Any], key: str, chosen: Sequence[str]
+) -> dict[str, Any]:
+    """``options`` (one table per name) without the config's tables for names the command line left out
+    (``--methods saliency`` with a config's ``[options.lime]``: the flags win); a flag's own name stays, for the
+    error that names it."""
+    flag = "--option" if key == "options" else "--metric-option"
+    flagged = set(parse_options(params[key], flag=flag, scoped=True))
+    return {k: v for k, v in options.items() if k in chosen or k in flagged}
 
 
 def _own_options(tables: Mapping[str, Any], method: str) -> dict[str, Any]:
@@ -776,6 +791,11 @@ def evaluate_cmd(ctx: click.Context, **params: Any) -> None:
                 "--explanation scores a saved explanation as it was made; drop --method and --option (its method and "
                 "options are in the file)."
             )
+        if params.get("target") is not None:
+            raise _fail(
+                "--explanation scores a saved explanation for the targets it explains (they are in the file); drop "
+                "--target, or explain that target anew with --method."
+            )
         try:
             saved = whybox.Explanation.load(params["explanation_file"])
         except (WhyboxError, OSError) as exc:
@@ -788,7 +808,9 @@ def evaluate_cmd(ctx: click.Context, **params: Any) -> None:
     if not metric_names:
         raise _fail("--metrics names no metric; see `whybox metrics`.")
     opts = _flag_options(_own_options(tables, method), params, "options", scoped=False)
-    mopts = _flag_options(tables, params, "metric_options", scoped=True)
+    mopts = _chosen_options(
+        _flag_options(tables, params, "metric_options", scoped=True), params, "metric_options", metric_names
+    )
     for name in mopts:
         if name not in metric_names:
             raise _fail(
@@ -860,7 +882,11 @@ def evaluate_cmd(ctx: click.Context, **params: Any) -> None:
     if params.get("json_out"):
         from whybox.report import write_text_atomic
 
-        write_text_atomic(params["json_out"], json.dumps(out, indent=1, default=str))
+        try:
+            Path(params["json_out"]).parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(params["json_out"], json.dumps(out, indent=1, default=str))
+        except OSError as exc:
+            raise _fail(f"--json: cannot write {str(params['json_out'])!r}: {exc.strerror or exc}") from None
         click.echo(f"wrote {params['json_out']}")
 
 
@@ -982,6 +1008,8 @@ def compare_cmd(ctx: click.Context, **params: Any) -> None:
         left = "; ".join(w for w in (left, costly) if w)
         if left:
             click.echo(f"left out: {left}", err=True)
+    mopts = _chosen_options(mopts, params, "options", methods)
+    metopts = _chosen_options(metopts, params, "metric_options", metric_names)
     try:
         job = Job(
             methods=tuple(methods),
@@ -1076,35 +1104,51 @@ def compare_cmd(ctx: click.Context, **params: Any) -> None:
     if summary.stopped_by_budget:
         click.echo(f"stopped by --budget {budget:g}s; rerun the same command to resume.", err=True)
         _done(EXIT_BUDGET)
-    refused = _refused_options(out_dir) if summary.n_failed_samples else {}
-    for method, reason in refused.items():
+    failures = summary.n_failed_samples or summary.n_failed_metric_values
+    bad_methods, bad_metrics, reasons = _refused_options(out_dir) if failures else ({}, {}, [])
+    for method, reason in bad_methods.items():
         click.echo(f"{method}: every sample refused its options ({reason}); fix --option {method}.KEY=...", err=True)
-    if refused:
+    for metric, reason in bad_metrics.items():
+        click.echo(
+            f"{metric}: every sample refused its options ({reason}); fix --metric-option {metric}.KEY=...", err=True
+        )
+    if bad_methods or bad_metrics:
         _done(EXIT_USAGE)  # a bad option value, found on the inputs: not samples that failed
-    _done(EXIT_FAILURES if summary.n_failed_samples or summary.n_failed_metric_values else EXIT_OK)
+    for reason, count in reasons:  # why samples failed (the report lists each)
+        click.echo(f"{count} x {reason[:300]}", err=True)
+    _done(EXIT_FAILURES if failures else EXIT_OK)
 
 
-def _refused_options(out_dir: Path) -> dict[str, str]:
-    """The methods whose every sample failed with one and the same InvalidParameterError: an option value that does
-    not fit the inputs (a features mask of another width), which only the explainer can tell on them."""
-    from whybox.runs.store import RunStore
+def _refused_options(out_dir: Path) -> tuple[dict[str, str], dict[str, str], list[tuple[str, int]]]:
+    """``(methods, metrics, reasons)``: the methods whose every sample failed with one and the same
+    InvalidParameterError, the metrics whose every value did (an option value that does not fit the inputs, a
+    features mask or regions of another width, which only the method or metric can tell on them), and the most
+    frequent failure reasons with their counts (what the terminal shows when samples failed otherwise)."""
+    from collections import Counter
+
+    from whybox.runs.store import UNDEFINED, RunStore
 
     store = RunStore.open_existing(out_dir)
     try:
-        rows = store.rows("results")
+        rows, values = store.rows("results"), store.rows("metric_values")
     finally:
         store.close()
-    by_method: dict[str, list[tuple[str, str | None]]] = {}
+
+    def refused(groups: dict[str, list[str | None]]) -> dict[str, str]:
+        out = {}
+        for name, reasons in groups.items():  # None: a success
+            if len(set(reasons)) == 1 and reasons[0] is not None and reasons[0].startswith("InvalidParameterError:"):
+                out[name] = reasons[0].removeprefix("InvalidParameterError: ")
+        return out
+
+    by_method: dict[str, list[str | None]] = {}
     for _, method, status, reason, *_ in rows:
-        by_method.setdefault(method, []).append((status, reason))
-    out = {}
-    for method, results in by_method.items():
-        reasons = {r for status, r in results if status == "failed"}
-        if len(reasons) == 1 and all(status == "failed" for status, _ in results):
-            (reason,) = reasons
-            if reason is not None and reason.startswith("InvalidParameterError:"):
-                out[method] = reason.removeprefix("InvalidParameterError: ")
-    return out
+        by_method.setdefault(method, []).append(reason if status == "failed" else None)
+    by_metric: dict[str, list[str | None]] = {}
+    for _, _, metric, value, _, reason in values:  # values exist where the method explained the sample
+        by_metric.setdefault(metric, []).append(reason if value is None and reason != UNDEFINED else None)
+    failed = Counter(str(r) for rs in (*by_method.values(), *by_metric.values()) for r in rs if r is not None)
+    return refused(by_method), refused(by_metric), failed.most_common(3)
 
 
 def _print_leaderboard(run_dir: Path) -> None:

@@ -174,7 +174,7 @@ def _region_groups(regions: Any, x: torch.Tensor, *, signal: bool = False) -> Fe
     if isinstance(regions, torch.Tensor) and not regions.is_floating_point():
         g = regions.to(device=x.device, dtype=torch.int64)
         b, _, h, w = x.shape
-        if g.ndim == 2:
+        if g.ndim == 2 and g.shape == (h, w):
             g = g.expand(b, h, w)
         if g.ndim == 3:
             g = g.unsqueeze(1)

@@ -11,6 +11,7 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -66,8 +67,19 @@ def _find(model: nn.Module, spec: LayerLike) -> LayerRef:
     return LayerRef(name, modules[name], call)
 
 
+def layer_spec(layers: Any) -> Any:
+    """``layers`` with an int read as the name it writes (``layer=2``: an ``nn.Sequential``'s module ``'2'``, as
+    ``--option layer=2`` parses), alone or in a list; anything else unchanged."""
+    if isinstance(layers, int) and not isinstance(layers, bool):
+        return str(layers)
+    if isinstance(layers, (list, tuple)):
+        return [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in layers]
+    return layers
+
+
 def resolve_layers(adapter: TorchAdapter, layers: LayerLike | Sequence[LayerLike]) -> list[LayerRef]:
     """Resolve names/modules to :class:`LayerRef`; unknown names list the close and the last ones."""
+    layers = layer_spec(layers)
     if not isinstance(layers, (str, nn.Module, list, tuple)):
         raise LayerError(
             f"layer must be a module name, an nn.Module or a list of them; got {type(layers).__name__} {layers!r}. "

@@ -31,8 +31,16 @@ import numpy as np
 import torch
 
 from whybox.api import _options, evaluate, explain
-from whybox.errors import InvalidParameterError, WhyboxError, did_you_mean
-from whybox.models.adapter import FunctionModel, ModelAdapter, adapt, output_probabilities, reads_probabilities
+from whybox.errors import InvalidParameterError, LayerError, WhyboxError, did_you_mean
+from whybox.models.adapter import (
+    FunctionModel,
+    ModelAdapter,
+    TorchAdapter,
+    adapt,
+    output_probabilities,
+    reads_probabilities,
+)
+from whybox.models.layers import resolve_layers
 from whybox.registry import EXPLAINERS, METRICS
 from whybox.runs.store import UNDEFINED, MetricValue, RunStore, SampleResult, UnitResult
 
@@ -434,8 +442,11 @@ def _check_option_values(
     for m in job.methods:
         given = {**_cut((data_options or {}).get(m) or {}, first, n), **job.options_for(m)}
         try:
-            EXPLAINERS.get(m)(adapter, **given)
-        except InvalidParameterError as exc:
+            explainer = EXPLAINERS.get(m)(adapter, **given)
+            layer = given.get("layer")
+            if layer is not None and isinstance(getattr(explainer, "adapter", None), TorchAdapter):
+                resolve_layers(explainer.adapter, layer)  # a named layer the model lacks: an option error
+        except (InvalidParameterError, LayerError) as exc:
             raise InvalidParameterError(f"method_options[{m!r}]: {exc}") from None
         except WhyboxError:
             pass

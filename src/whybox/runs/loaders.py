@@ -1003,6 +1003,14 @@ def is_regressor_model(module: Any) -> bool:
     return bool(is_regressor(module))
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _load_csv(
     path: Path,
     entry: str,
@@ -1027,6 +1035,11 @@ def _load_csv(
             if header is None:
                 raise DataFormatError(f"input {entry!r} is empty; it needs a header row and one row per input.")
             columns = [c.strip() for c in header]
+            if columns and all(_is_number(c) for c in columns):  # np.savetxt's output: the first row is data
+                raise DataFormatError(
+                    f"input {entry!r}: its first row ({_listing(columns)}) holds only numbers, so it is data, not a "
+                    "header of column names; add a header row (e.g. f0,f1,...), or save the inputs as .npy."
+                )
             duplicated = sorted({c for c in columns if columns.count(c) > 1})
             if duplicated:
                 raise DataFormatError(f"input {entry!r}: the header repeats column names: {_listing(duplicated)}.")
@@ -1389,11 +1402,11 @@ def _load_texts(paths: Sequence[str | os.PathLike[str]], model: LoadedModel, lim
             lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
         except (OSError, UnicodeDecodeError) as exc:
             raise DataFormatError(f"input {text!r} could not be read as UTF-8 text: {exc}.") from None
-        lines = [ln for ln in lines if ln]
-        if not lines:
+        numbered = [(i + 1, ln) for i, ln in enumerate(lines) if ln]  # named by their line in the file
+        if not numbered:
             raise DataFormatError(f"input {text!r} holds no text (every line is blank).")
-        texts += lines
-        names += [f"{path.name}:{i + 1}" for i in range(len(lines))]
+        texts += [ln for _, ln in numbered]
+        names += [f"{path.name}:{n}" for n, _ in numbered]
         labelled = False
     if limit is not None:
         texts, names, labels = texts[:limit], names[:limit], labels[:limit]

@@ -16,7 +16,7 @@ from whybox.errors import InvalidParameterError, LayerError, check_bool, did_you
 from whybox.explainers.base import PERTURBATION_HINT, Explainer
 from whybox.masking.engine import MaskingEngine
 from whybox.models.adapter import LayerLike, TorchAdapter, is_signal
-from whybox.models.layers import LayerRef, auto_layer, resolve_layers, tap, to_grid
+from whybox.models.layers import LayerRef, auto_layer, layer_spec, resolve_layers, tap, to_grid
 from whybox.models.targets import Target, TargetLike, apply_score_space, per_row, resolve_target
 
 __all__ = ["CAM", "NORMALIZATIONS", "normalize_maps", "upsample"]
@@ -112,7 +112,7 @@ class CAM(Explainer):
             raise InvalidParameterError(
                 f"normalize must be one of {NORMALIZATIONS}; got {normalize!r}.{did_you_mean(normalize, NORMALIZATIONS)}"
             )
-        self.layer = layer
+        self.layer = layer_spec(layer)  # layer=2: the module named '2'
         self.relu = check_bool("relu", relu)
         self.normalize = normalize
         self.upsample = check_bool("upsample", upsample)

