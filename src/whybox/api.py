@@ -13,6 +13,7 @@ from whybox.explanation import Explanation
 from whybox.metrics.base import MetricResult
 from whybox.models.adapter import coder_of
 from whybox.models.inputs import coded_later, is_text_adapter, is_texts, tensor_option
+from whybox.models.packed import packed_option
 from whybox.models.targets import TargetLike
 from whybox.registry import EXPLAINERS, METRICS
 
@@ -182,6 +183,8 @@ def explain(
     for k, v in described.items():
         if coder is not None and coder.categories and coded_later(v):  # kept coded, as the method read it (and saves)
             described[k] = tensor_option(v, k, coder)
+        elif getattr(explainer.adapter, "packing", None) is not None:  # one per input: packed, as the method read it
+            described[k] = packed_option(v, explainer.adapter)
     if described:
         out.options.update(described)
         out.meta["described_options"] = sorted(described)
@@ -203,6 +206,8 @@ def _plain(value: Any) -> bool:
     """True for an option value that ``Explanation.params`` records as it is (JSON scalars and lists of them)."""
     if isinstance(value, (list, tuple)):
         return all(_plain(v) for v in value)
+    if isinstance(value, dict):  # a nested method's options (LIMA's prior_options)
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
     return value is None or isinstance(value, (bool, int, float, str))
 
 

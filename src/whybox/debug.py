@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from whybox.api import evaluate, explain
@@ -152,8 +153,9 @@ def find_mistakes(
         A classifier (``nn.Module`` or adapter).
     inputs, labels
         ``(B, *S)`` inputs (a tensor, a numpy array or a DataFrame of rows; for a text adapter, the texts) and their
-        true classes ``(B,)`` (ints, or the model's class names: a scikit-learn classifier's ``classes_``, a Hugging
-        Face model's ``id2label``). Texts are explained over words with the text options of
+        true classes ``(B,)``: a torch tensor holds output indices ``0..K-1``; a list, NumPy array or pandas Series
+        holds ints or the model's class names: a scikit-learn classifier's own labels (its ``classes_``, e.g.
+        ``y_test``, also ``[1, 2, 3]``), a Hugging Face model's ``id2label``. Texts are explained over words with the text options of
         :func:`~whybox.models.text.explain_text` (LIMA: word regions; the [MASK] fill), and the culprits are words.
     method
         The explainer (default ``"lima"`` with ``search="predictive"``); ``params`` go to it.
@@ -165,7 +167,8 @@ def find_mistakes(
         ``method="lima"`` also one of LIMA's region kinds (``"grid"``, ``"superpixels"``, ...), which LIMA builds
         (with ``n_regions`` and its other options in ``params``) and the steps then use.
     fill
-        What a hidden region becomes (default zero).
+        What a hidden region becomes (default zero): a fill name, a number, or a tensor broadcasting to one input
+        or holding one row per input (cut to the mistakes' rows).
     batch_size
         Rows per model call (``None``: 64 for a torch model, 4,096 for a scikit-learn estimator).
     """
@@ -205,9 +208,9 @@ def find_mistakes(
         raise InvalidInputError(
             f"inputs must have a leading batch dimension (B, ...); got shape {tuple(inputs.shape)}."
         )
+    if inputs.shape[0] == 0:
+        raise InvalidInputError("inputs hold no rows (batch size 0); pass at least one row.")
     if not isinstance(labels, torch.Tensor):  # a list, array or Series; a classifier's own labels become indices
-        import numpy as np
-
         given = np.asarray(labels.to_numpy() if hasattr(labels, "to_numpy") else labels)
         classes = true_class_indices(adapter, given.reshape(-1).tolist()) if given.ndim == 1 else None
         if classes is not None:  # a scikit-learn classifier's own labels, classes_ [1, 2, 3] or ["no", "yes"]
@@ -217,9 +220,19 @@ def find_mistakes(
             if arr.dtype.kind in "iu":
                 labels = torch.from_numpy(arr.astype(np.int64))
     if not isinstance(labels, torch.Tensor) or labels.shape != (inputs.shape[0],) or labels.is_floating_point():
+        shape = (
+            tuple(labels.shape) if hasattr(labels, "shape") else (len(labels),) if hasattr(labels, "__len__") else ()
+        )
+        text = not isinstance(labels, torch.Tensor) and np.asarray(labels).dtype.kind in ("U", "S", "O")
+        hint = (
+            " Class names need the model's output names: whybox.adapt(model, labels=[...]) (a scikit-learn "
+            "classifier's classes_ and a Hugging Face config's id2label give them already)."
+            if text and model_class_names(adapter) is None
+            else ""
+        )
         raise InvalidInputError(
             f"labels must be integer classes of shape ({inputs.shape[0]},), one per input; got "
-            f"{getattr(labels, 'dtype', type(labels).__name__)} {tuple(getattr(labels, 'shape', ()))}."
+            f"{getattr(labels, 'dtype', type(labels).__name__)} {shape}.{hint}"
         )
     EXPLAINERS.get(method)  # unknown names list the known ones
     lima_kind = None
@@ -270,6 +283,8 @@ def find_mistakes(
     x = inputs[wrong].to(dev)
     if isinstance(regions, torch.Tensor) and text_batch is None:
         regions = _mistakes_regions(regions, inputs, wrong)
+    if isinstance(fill, torch.Tensor) and fill.ndim == inputs.ndim and fill.shape[0] == inputs.shape[0] > 1:
+        fill = fill[wrong.to(fill.device)]  # one fill row per input: the mistakes' rows, as regions are cut
     model = adapter  # the explainer and the metric reuse it
     y = labels.cpu()[wrong].to(dev)
     opts = dict(params)

@@ -124,3 +124,22 @@ def test_txt_inputs_are_named_by_line_number(folder: Path) -> None:
     (folder / "t.txt").write_text("good movie\n\n\nbad plot\n", encoding="utf-8")
     ds = load_inputs([folder / "t.txt"], load_model("minilm-sentiment"))
     assert ds.names == ["t.txt:1", "t.txt:4"]
+
+
+def test_debug_names_an_option_its_own_flag_sets(folder: Path) -> None:
+    np.savez(folder / "xy.npz", x=np.load(folder / "x.npy"), y=np.array([0, 1, 2]))
+    r = run("debug", "--model", "model.py:build", "xy.npz", "--method", "saliency", "--option", "batch_size=8",
+            "--out", "d")  # fmt: skip
+    assert r.exit_code == 2
+    assert "batch_size= is set by --batch-size" in r.output
+
+
+def test_adapting_an_adapter_with_input_shapes_names_the_fix() -> None:
+    import torch
+
+    import whybox
+    from whybox.errors import InvalidParameterError
+
+    a = whybox.adapt(torch.nn.Linear(3, 2))
+    with pytest.raises(InvalidParameterError, match=r"adapt the module itself: whybox.adapt\(adapter.model"):
+        whybox.adapt(a, input_shapes=[(3,)])

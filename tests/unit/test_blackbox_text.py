@@ -120,7 +120,7 @@ def test_explain_text_and_evaluate_take_a_function_of_strings() -> None:
         given = whybox.evaluate(ad, b.inputs, out, name, fill=b.fill())
         torch.testing.assert_close(auto.scores, given.scores, rtol=0, atol=0, equal_nan=True)
         on_texts = whybox.evaluate(ad, texts, out, name)
-        words = {"regions": b.features} if name != "mufidelity" else {}
+        words = {"regions": b.features}  # texts: every metric over the words (mufidelity's subsets too)
         torch.testing.assert_close(
             on_texts.scores, whybox.evaluate(ad, b.inputs, out, name, **words).scores, rtol=0, atol=0, equal_nan=True
         )

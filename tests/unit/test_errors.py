@@ -843,7 +843,7 @@ def test_bad_smoothgrad_options(options: dict[str, Any], message: str, model: nn
 
 
 @pytest.mark.parametrize("method", CAM_METHODS)
-@pytest.mark.parametrize("bad", [5, 2.5])
+@pytest.mark.parametrize("bad", [2.5, {"name": "0"}])  # (an int names the module it writes: layer=5 is module '5')
 def test_cam_layer_of_no_known_form(method: str, bad: Any, model: nn.Module, x: torch.Tensor) -> None:
     _raises(
         LayerError,

@@ -949,6 +949,15 @@ def debug_cmd(**params: Any) -> None:
         )
     from whybox.api import _options
 
+    own = {"regions": "--regions", "batch_size": "--batch-size", "max_mistakes": "--limit", "method": "--method"}
+    clash = [k for k in opts if k in own]
+    if clash:  # find_mistakes' own arguments: set by their flags
+        name = clash[0]
+        raise click.BadParameter(
+            f"{name}= is set by {own[name]} in whybox debug (the steps and the explanation read the same value); "
+            f"drop --option {name}=...",
+            param_hint="--option",
+        )
     if "seed" in _options(whybox.get_explainer(method)):
         opts.setdefault("seed", params["seed"])
     out_dir = _jobs._make_dir(Path(params["out_dir"]), "--out")

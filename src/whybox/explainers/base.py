@@ -15,6 +15,7 @@ from whybox.masking.engine import MaskingEngine, resolve_batch_size
 from whybox.masking.fills import one_value_per_column
 from whybox.models._guard import MODES, has_train_mode_batchnorm
 from whybox.models.adapter import (
+    FunctionModel,
     ModelAdapter,
     SklearnAdapter,
     TorchAdapter,
@@ -309,6 +310,12 @@ class Explainer:
                     " A model of several inputs (adapt(input_shapes=...)) is explained on its packed rows (B, F): use "
                     "a method of whybox.methods('tabular')"
                     + (" (the gradient CAMs map an image input)." if self.takes_packed_images else ".")
+                )
+            elif x.ndim == 3 and self.takes_signals and isinstance(getattr(self.adapter, "model", None), FunctionModel):
+                fix = (
+                    " If these are 1-D signals (B, C, L): a function reads them when it says so, "
+                    f"fn.signal_channels = {x.shape[1]} (then adapt(fn) again); if one (C, H, W) image, add the batch "
+                    "dimension with inputs.unsqueeze(0)."
                 )
             elif x.ndim == 3:
                 fix = " If this is one (C, H, W) image, add the batch dimension with inputs.unsqueeze(0)." + (

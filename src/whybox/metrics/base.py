@@ -47,9 +47,11 @@ from whybox.models.inputs import (
     check_feature_names,
     check_option_columns,
     coded_later,
+    is_text_adapter,
     name_list,
     tensor_option,
 )
+from whybox.models.packed import packed_option
 from whybox.models.targets import SCORE_SPACES, Target, TargetLike, class_label_target, resolve_target
 
 __all__ = [
@@ -248,19 +250,39 @@ def derived_seeds(seed: int, key: int, cols: np.ndarray) -> list[int]:
 _TIE_KEY = 7_151_829  # keys of the derived generators: one stream per purpose
 
 
-def row_keys(x: torch.Tensor) -> list[int]:
+def row_keys(x: torch.Tensor, own: torch.Tensor | None = None) -> list[int]:
     """One key per row of ``x`` ``(B, ...)`` in ``[0, 2**32)``, from the row's content (its dtype and bytes): a
     metric's random draws for a sample are keyed by it, so they do not depend on the sample's position in the batch
-    (RELIABILITY: batched equals one-by-one) while different samples still draw differently."""
+    (RELIABILITY: batched equals one-by-one) while different samples still draw differently.
+
+    ``own`` ``(B, T)`` bool, for sequences ``(B, T, ...)``: the positions that are the row's own (a text's tokens,
+    not the pads its batch added); a row is keyed by its positions up to its last own one, so padding does not
+    move its key."""
     import hashlib
 
     rows = x.detach().to("cpu").contiguous()
     tag = str(rows.dtype).encode()
-    flat = rows.reshape(rows.shape[0], -1)
-    if flat.dtype == torch.bfloat16:  # NumPy has no bfloat16: its bits as int16
-        flat = flat.view(torch.int16)
-    arr = flat.numpy()
-    return [int.from_bytes(hashlib.blake2b(tag + r.tobytes(), digest_size=4).digest(), "little") for r in arr]
+    if rows.dtype == torch.bfloat16:  # NumPy has no bfloat16: its bits as int16
+        rows = rows.view(torch.int16)
+    arr = rows.numpy()
+    if own is None:
+        flat = arr.reshape(arr.shape[0], -1)
+        return [int.from_bytes(hashlib.blake2b(tag + r.tobytes(), digest_size=4).digest(), "little") for r in flat]
+    mine = own.detach().to("cpu").reshape(arr.shape[0], -1).numpy()
+    ends = [int(np.flatnonzero(o).max()) + 1 if o.any() else 0 for o in mine]
+    return [
+        int.from_bytes(hashlib.blake2b(tag + np.ascontiguousarray(r[:end]).tobytes(), digest_size=4).digest(), "little")
+        for r, end in zip(arr, ends, strict=True)
+    ]
+
+
+def text_positions(adapter: Any, x: torch.Tensor) -> torch.Tensor | None:
+    """``(B, T)`` bool: a text adapter's ordinary tokens in its packed inputs ``x`` (not the specials, nor the pads
+    a batch adds), for :func:`row_keys` to key a text by its own tokens; ``None`` for other models."""
+    mask = getattr(adapter, "packed_noise_mask", None)
+    if not is_text_adapter(adapter) or not callable(mask) or x.ndim < 2:
+        return None
+    return mask(x).reshape(x.shape[0], x.shape[1], -1).any(-1)
 
 
 def _tie_rho(seed: int, n: int) -> np.ndarray:
@@ -946,6 +968,9 @@ class Metric:
                     "comprehensiveness with fill= a row of the training data)."
                 )
             self._code_fill(coder)  # a pandas reference row read now that the inputs are known
+            if getattr(adapter, "packing", None) is not None and hasattr(self, "fill"):
+                # one fill per input, packed as the explainers pack it
+                setattr(self, "fill", packed_option(getattr(self, "fill"), adapter))  # noqa: B009, B010
             check_option_columns(getattr(self, "_option_columns", {}), names)  # a pandas fill read by position
             expl: Explanation | None = None
             method: str | None = None

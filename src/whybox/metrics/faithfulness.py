@@ -37,10 +37,11 @@ from whybox.metrics.base import (
     pearson,
     row_keys,
     spearman,
+    text_positions,
     tie_order,
     trapezoid,
 )
-from whybox.models.inputs import coded_later, label_map_option, note_option_columns, tensor_option
+from whybox.models.inputs import coded_later, is_text_adapter, label_map_option, note_option_columns, tensor_option
 from whybox.models.targets import apply_score_space
 from whybox.registry import METRICS
 
@@ -326,7 +327,9 @@ class _CurveMetric(Metric):
             if groups.groups.shape[0] != x.shape[0]:
                 raise InvalidParameterError(f"regions hold {groups.groups.shape[0]} rows for {x.shape[0]} inputs.")
             null = None
-            if x.ndim != 4:  # non-image regions equal to the fill everywhere (text: CLS, SEP, pads) leave the curve
+            if is_text_adapter(ctx.adapter):  # a text's regions equal to the fill everywhere (CLS, SEP, pads) leave
+                # the curve; elsewhere (a table's column that happens to equal its reference row) a region keeps its
+                # share of the input
                 g = groups.groups.reshape(x.shape[0], -1)
                 moved = (x != fill).any(1) if ctx.signal else (x != fill)  # a signal's: per time step
                 differ = moved.reshape(x.shape[0], -1).to(torch.int64)
@@ -556,9 +559,15 @@ class MuFidelity(Metric):
         bernoulli: bool = False,
         abs: bool = False,
         subsets: torch.Tensor | None = None,
+        regions: Any = None,
+        pool: str = "sum",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        from whybox.metrics.eraser import _check_pool, check_regions
+
+        self.regions = check_regions(regions, "the grid cells of an image, else every element")
+        self.pool = _check_pool(pool)
         self.grid_size = check_int("grid_size", grid_size)
         self.subset_fraction = check_float("subset_fraction", subset_fraction, 0.0, 1.0, lo_open=True)
         self.n_samples = check_int("n_samples", n_samples, 2)
@@ -575,11 +584,22 @@ class MuFidelity(Metric):
         if ctx.attributions is None or ctx.engine is None or ctx.target is None or ctx.clean is None:
             raise InvalidParameterError("mufidelity needs attributions and a model.")
         x = ctx.x
-        values, px_groups = feature_scores(ctx.attributions, x, abs=self.abs, signal=ctx.signal)
-        groups = cells(x, n=self.grid_size) if x.ndim == 4 else px_groups
+        fill = resolve_fill(self.fill, x, seed=self.seed)
+        own: torch.Tensor | None = None  # with regions: (B, M) the features each row has that its fill changes
+        if self.regions is not None:
+            from whybox.metrics.eraser import pool_attributions, resolve_regions
+
+            groups = resolve_regions(self.regions, x, signal=ctx.signal)
+            feat = pool_attributions(ctx.attributions, groups, x, pool=self.pool, abs=self.abs).nan_to_num(0.0)
+            own = ((groups.sizes() > 0) & groups_touched(groups, x != fill)).cpu()
+        else:
+            values, px_groups = feature_scores(ctx.attributions, x, abs=self.abs, signal=ctx.signal)
+            groups = cells(x, n=self.grid_size) if x.ndim == 4 else px_groups
+            flat = groups.groups.reshape(x.shape[0], -1)
+            feat = torch.zeros(x.shape[0], groups.n_groups, dtype=torch.float64, device=flat.device).scatter_add_(
+                1, flat, values.to(flat.device)
+            )
         b, m = x.shape[0], groups.n_groups
-        flat = groups.groups.reshape(b, -1)
-        feat = torch.zeros(b, m, dtype=torch.float64, device=flat.device).scatter_add_(1, flat, values.to(flat.device))
         if self.subsets is not None:
             given = self.subsets.to(torch.bool)
             if given.ndim == 2:
@@ -590,17 +610,22 @@ class MuFidelity(Metric):
                 )
             sub = given.contiguous()
         else:
-            k = min(max(1, round(self.subset_fraction * m)), m)
             sub = torch.zeros(b, self.n_samples, m, dtype=torch.bool)
-            for i, key in enumerate(row_keys(x)):  # keyed by the sample, not its place in the batch
+            keys = row_keys(x, text_positions(ctx.adapter, x))  # a text: keyed by its tokens, not its pads
+            for i, key in enumerate(keys):  # keyed by the sample, not its place in the batch
                 g = derive_generator(self.seed, _SUBSET_KEY, key)
+                cols = torch.arange(m) if own is None else own[i].nonzero().flatten()  # the row's own features
+                mi = int(cols.shape[0])
+                if mi == 0:
+                    continue
+                k = min(max(1, round(self.subset_fraction * mi)), mi)
                 if self.bernoulli:
-                    sub[i] = torch.rand(self.n_samples, m, generator=g, dtype=torch.float64) < self.subset_fraction
+                    drawn = torch.rand(self.n_samples, mi, generator=g, dtype=torch.float64) < self.subset_fraction
                 else:
-                    pick = torch.rand(self.n_samples, m, generator=g, dtype=torch.float64).argsort(1)[:, :k]
-                    sub[i].scatter_(1, pick, True)
+                    pick = torch.rand(self.n_samples, mi, generator=g, dtype=torch.float64).argsort(1)[:, :k]
+                    drawn = torch.zeros(self.n_samples, mi, dtype=torch.bool).scatter_(1, pick, True)
+                sub[i][:, cols] = drawn
         sub = sub.to(x.device)
-        fill = resolve_fill(self.fill, x, seed=self.seed)
         # a subset of features already equal to the fill everywhere leaves the input as it was: its score is the
         # clean one, with no pass
         live = (sub & groups_touched(groups, x != fill).unsqueeze(1)).any(2)

@@ -28,6 +28,7 @@ from whybox.metrics.base import (
     make_explain_fn,
     row_keys,
     spearman,
+    text_positions,
 )
 from whybox.models.adapter import FunctionModel, ModelAdapter, TorchAdapter
 from whybox.models.targets import Target, class_label_target, resolve_target
@@ -200,9 +201,18 @@ class _MapComparison(Metric):
         similarities: tuple[str, ...] | list[str] = SIMILARITIES,
         explainer: Any = None,
         explainer_params: dict[str, Any] | None = None,
+        regions: Any = None,
+        pool: str = "sum",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        from whybox.metrics.eraser import _check_pool, check_regions
+
+        #: features to compare the maps over (a text's words; whybox.evaluate on texts gives them): each map is pooled
+        #: per feature (``pool``) and compared over the features the row has, so a text's score does not depend on
+        #: the pads of its batch
+        self.regions = check_regions(regions, "every element")
+        self.pool = _check_pool(pool)
         self.similarity = None if similarity is None else check_choice("similarity", similarity, SIMILARITIES)
         if isinstance(similarities, str) or not isinstance(similarities, (tuple, list)):
             raise InvalidParameterError(
@@ -224,7 +234,7 @@ class _MapComparison(Metric):
         """The similarity that gives the scores: ``similarity``, or with ``None`` SSIM for image maps and the signed
         Spearman otherwise. SSIM and HOG compare 2-D maps: asked for on other attributions they are an error (they
         would be NaN for every row)."""
-        image = attributions.ndim == 4
+        image = attributions.ndim == 4 and self.regions is None
         if self.similarity is None:
             return "ssim" if image else "spearman"
         if self.similarity in ("ssim", "hog") and not image:
@@ -243,10 +253,25 @@ class _MapComparison(Metric):
             raise InvalidParameterError("this metric needs attributions.")
         return a.unsqueeze(1) if a.ndim == 3 and ctx.x.ndim == 4 else a
 
-    def _similarities(self, a: torch.Tensor, b: torch.Tensor, score: str) -> dict[str, torch.Tensor]:
+    def _similarities(self, a: torch.Tensor, b: torch.Tensor, score: str, ctx: Context) -> dict[str, torch.Tensor]:
         """Every similarity of ``similarities`` and ``score``; attributions other than images (tabular, tokens) are
         compared as flat vectors, so their SSIM and HOG are NaN. A channel-pooled explanation ``(B, 1, H, W)`` is
-        compared with the new maps pooled alike (summed over channels), as max_sensitivity does."""
+        compared with the new maps pooled alike (summed over channels), as max_sensitivity does. With ``regions``,
+        each row's pooled feature values over the features it has."""
+        which = self.similarities if score in self.similarities else (*self.similarities, score)
+        if self.regions is not None:
+            from whybox.metrics.eraser import pool_attributions, resolve_regions
+
+            groups = resolve_regions(self.regions, ctx.x, signal=ctx.signal)
+            pa = pool_attributions(a, groups, ctx.x, pool=self.pool).cpu()
+            pb = pool_attributions(b, groups, ctx.x, pool=self.pool).cpu()
+            present = (groups.sizes() > 0).cpu()
+            cp, cell = self.clip_percentile, self.hog_cell
+            rows = [
+                map_similarities(pa[i : i + 1, own], pb[i : i + 1, own], clip_percentile=cp, hog_cell=cell, which=which)
+                for i, own in enumerate(present)
+            ]
+            return {k: torch.cat([r[k] for r in rows]) for k in rows[0]}
         if a.ndim == 4 and b.ndim == 4 and a.shape[1] == 1 and b.shape[1] > 1:
             b = b.sum(1, keepdim=True)
         if a[0].numel() != b[0].numel():
@@ -256,7 +281,6 @@ class _MapComparison(Metric):
             )
         if a.ndim != 4:
             a, b = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
-        which = self.similarities if score in self.similarities else (*self.similarities, score)
         return map_similarities(a, b, clip_percentile=self.clip_percentile, hog_cell=self.hog_cell, which=which)
 
 
@@ -343,7 +367,7 @@ class Randomization(_MapComparison):
             done.append(lname)
             with work.guard(self.mode):
                 a = fn(work, ctx.x, ctx.target, None).attributions
-            for k, v in self._similarities(given, a, score).items():
+            for k, v in self._similarities(given, a, score, ctx).items():
                 sims[k].append(v)
         if not done:
             raise InvalidParameterError(f"no layer could be re-initialised (none has reset_parameters): {skipped}.")
@@ -414,7 +438,7 @@ class RandomLogit(_MapComparison):
                 f"random_logit compares the explanation with that of another class, so it needs a model with at least "
                 f"2 classes; this one has {k} output (a regressor, a single logit, one reference embedding)."
             )
-        keys = row_keys(x)  # keyed by the sample, not its place in the batch
+        keys = row_keys(x, text_positions(adapter, x))  # keyed by the sample (a text's tokens, not its pads)
         offs = torch.tensor(
             [
                 int(torch.randint(0, k - 1, (1,), generator=derive_generator(self.seed, _LOGIT_KEY, keys[i])))
@@ -438,6 +462,6 @@ class RandomLogit(_MapComparison):
             if self.other_class is None:
                 raise
             raise InvalidTargetError(f"other_class: {exc}") from None
-        sims = self._similarities(given, a, score)
+        sims = self._similarities(given, a, score, ctx)
         meta: dict[str, Any] = {"other_class": other, "explainer": name, "similarity": score, **sims}
         return sims[score], {}, meta

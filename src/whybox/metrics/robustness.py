@@ -23,6 +23,7 @@ from whybox.metrics.base import (
     derived_seeds,
     make_explain_fn,
     row_keys,
+    text_positions,
 )
 from whybox.models.inputs import is_text_adapter
 from whybox.registry import METRICS
@@ -297,7 +298,9 @@ class MaxSensitivity(Metric):
         sens = torch.empty(b, n, dtype=torch.float64)
         total = b * n
         step = ctx.engine.batch_size
-        keys = None if given is not None else torch.tensor(row_keys(x), dtype=torch.int64)  # hashed once per call
+        # hashed once per call; a text's key is read up to its last token, so the pads of its batch do not move it
+        own = text_positions(ctx.adapter, x)
+        keys = None if given is not None else torch.tensor(row_keys(x, own), dtype=torch.int64)
         for s in range(0, total, step):  # batch_size (row, draw) pairs at a time, each drawn once
             idx = torch.arange(s, min(s + step, total))
             rows, ks = idx // n, idx % n

@@ -551,7 +551,8 @@ def adapt(
         run by ONNX Runtime, the ``onnx`` extra; ``output=`` names its output), a function
         ``inputs -> scores (B, K)`` (a black box: a tensor or any NumPy array back; see :class:`FunctionModel`; the
         modules it calls are not put in eval mode by whybox), or an existing :class:`ModelAdapter` (returned
-        unchanged: only ``labels=`` and ``input_shapes=`` apply to it; the other options are refused).
+        as it is: only ``labels=`` applies to it, setting its output names; ``input_shapes=`` and the other options
+        are refused: adapt the module itself with them).
     kind
         ``"classifier"`` (scores are the model's outputs, logits of mutually exclusive classes),
         ``"multilabel"`` (the outputs are the logits of independent labels: the probability an explainer or metric
@@ -598,7 +599,13 @@ def adapt(
     if input_shapes is not None:
         from whybox.models.packed import InputPacking
 
-        if not isinstance(adapter, TorchAdapter) or isinstance(adapter.model, FunctionModel) or model is adapter:
+        if model is adapter:
+            raise InvalidParameterError(
+                "input_shapes does not apply to an existing adapter (it would change how the adapter reads its "
+                "inputs for everyone holding it); adapt the module itself: whybox.adapt(adapter.model, "
+                "input_shapes=..., ...)."
+            )
+        if not isinstance(adapter, TorchAdapter) or isinstance(adapter.model, FunctionModel):
             raise InvalidParameterError(
                 f"input_shapes applies to a torch.nn.Module of several inputs; got {type(model).__name__}. A function "
                 "or an estimator takes one array: pack the inputs into it yourself."

@@ -129,7 +129,8 @@ class OnnxModel:
         self.row_shape = tuple(shape[1:]) if shape else ()
         #: the channels a graph whose first convolution is 1-D reads (a 1-D CNN on signals (B, C, L), as
         #: ``is_signal`` finds from a torch model's first ``nn.Conv1d``); None otherwise or without the onnx package
-        self.signal_channels = _first_conv1d_channels(self._bytes) if len(self.row_shape) == 2 else None
+        graph = self._bytes if self._bytes is not None else _session_graph(self.session)
+        self.signal_channels = _first_conv1d_channels(graph) if len(self.row_shape) == 2 else None
 
     @property
     def fingerprint(self) -> str:
@@ -173,6 +174,21 @@ class OnnxModel:
 
     def __repr__(self) -> str:
         return f"OnnxModel({self.name!r}, input {self.input.name} {self.input.shape}, output {self.output})"
+
+
+def _session_graph(session: Any) -> bytes | None:
+    """The graph's bytes of an ``onnxruntime.InferenceSession`` made by the caller, from what it was made of (its
+    file or bytes, which onnxruntime keeps), or ``None`` where it keeps neither."""
+    data = getattr(session, "_model_bytes", None)
+    if isinstance(data, (bytes, bytearray)) and data:
+        return bytes(data)
+    path = getattr(session, "_model_path", None)
+    if isinstance(path, (str, Path)) and Path(path).is_file():
+        try:
+            return Path(path).read_bytes()
+        except OSError:
+            return None
+    return None
 
 
 def _first_conv1d_channels(data: bytes | None) -> int | None:

@@ -361,8 +361,6 @@ class _TextMixin:
         if not cut:
             return
         limit = token_limit(self.model)
-        if limit is None:
-            limit = token_limit(getattr(self.model, "encoder", None))
         if isinstance(limit, int) and limit <= self.max_length:
             fix = f"This model reads at most {limit} tokens (its position table): split the texts."
         else:
@@ -403,8 +401,15 @@ def reads_last_token(model: Any) -> bool:
 
 def token_limit(model: Any) -> int | None:
     """The most tokens ``model`` can read: its position table (``config.max_position_embeddings``) less the positions
-    an embedding with a ``padding_idx`` skips (RoBERTa's start at ``padding_idx + 1``); ``None`` when unknown."""
+    an embedding with a ``padding_idx`` skips (RoBERTa's start at ``padding_idx + 1``); that of its ``encoder`` for
+    a wrapper without a config (whybox's MiniLM sentiment model); ``None`` when unknown."""
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if (
+        limit is None
+        and getattr(model, "config", None) is None
+        and isinstance(getattr(model, "encoder", None), nn.Module)
+    ):
+        return token_limit(model.encoder)
     if not isinstance(limit, int) or isinstance(limit, bool) or not isinstance(model, nn.Module):
         return None
     for m in model.modules():
@@ -573,14 +578,14 @@ class TextAttribution:
         from whybox.report.tokens import render_tokens_page
 
         return render_tokens_page(
-            self._rows(), title=title or f"{self.explanation.method}: word attributions", scale=scale
+            self._rows(), title=title or f"{self.explanation.method}: word attributions", scale=scale, words=True
         )
 
     def _repr_html_(self) -> str:
         """What a notebook shows: each text's words coloured by their values."""
         from whybox.report.tokens import render_tokens_html
 
-        return "".join(render_tokens_html(t, v, title=h) for h, t, v in self._rows())
+        return "".join(render_tokens_html(t, v, title=h, words=True) for h, t, v in self._rows())
 
 
 def text_defaults(method: str, batch: TextBatch | BlackBoxText, *, replace: str | None = None) -> dict[str, Any]:
@@ -621,6 +626,8 @@ def text_defaults(method: str, batch: TextBatch | BlackBoxText, *, replace: str 
         out["baseline"] = batch.baseline(kind)
     if "features" in names:
         out["features"] = batch.word_features()
+    if "keep_null" in names:  # LIME: the specials and pads (never perturbed) out of the surrogate
+        out["keep_null"] = False
     if "regions" in names:  # LIMA: words are the regions of the subset search, valued by their marginal gain
         out["regions"] = batch.word_features()  # (a rank map would also rank the never-changing CLS and SEP)
         if "map" in names:
@@ -637,10 +644,34 @@ def text_defaults(method: str, batch: TextBatch | BlackBoxText, *, replace: str 
     return out
 
 
+def _check_replace(replace: Any, method: str, batch: TextBatch | BlackBoxText) -> None:
+    """``replace=`` of :func:`explain_text`: a token name the method reads (as its baseline or fill), never ignored."""
+    from whybox.explainers.base import _keyword_options
+    from whybox.registry import EXPLAINERS
+
+    if isinstance(batch, BlackBoxText):
+        raise InvalidParameterError(
+            f"replace={replace!r} does not apply to a function of strings: its removed words are dropped from the "
+            "text. Leave replace out."
+        )
+    if replace not in BASELINES:
+        raise InvalidParameterError(
+            f"replace must be one of {BASELINES} (the token a removed word becomes); got {replace!r}."
+            f"{did_you_mean(str(replace), BASELINES)}"
+        )
+    names = set(_keyword_options(EXPLAINERS.get(method)))
+    if not {"baseline", "fill"} & names:
+        raise InvalidParameterError(
+            f"replace={replace!r} sets the token a removed word becomes, but {method!r} removes no word (it has no "
+            "baseline or fill); leave replace out."
+        )
+
+
 def explain_text(
     adapter: TextClassifierAdapter | TextEncoderAdapter | BlackBoxTextAdapter,
     texts: str | Sequence[str],
     method: str,
+    /,
     *,
     target: Any = None,
     replace: str | None = None,
@@ -656,6 +687,8 @@ def explain_text(
     from whybox.api import explain
 
     batch = adapter.encode(texts)
+    if replace is not None:
+        _check_replace(replace, method, batch)
     opts = {**text_defaults(method, batch, replace=replace), **params}
     e = explain(adapter, batch.inputs, method, target=target, **opts)
     labels = class_names(adapter)

@@ -211,10 +211,10 @@ def _check_scale(scale: Any) -> float | None:
     return float(scale)
 
 
-def _items(tokens: list[str], values: np.ndarray, scale: float | None) -> list[dict[str, Any]]:
+def _items(tokens: list[str], values: np.ndarray, scale: float | None, *, words: bool = False) -> list[dict[str, Any]]:
     items = []
     for i, (token, v, a) in enumerate(zip(tokens, values.tolist(), _alphas(values, scale).tolist(), strict=True)):
-        text, subword = _split_subword(token)
+        text, subword = (token, False) if words else _split_subword(token)
         rgb, alpha = _colour(v, a)
         items.append(
             {
@@ -238,6 +238,7 @@ def render_tokens_html(
     *,
     scale: float | None = None,
     title: str | None = None,
+    words: bool = False,
 ) -> str:
     """Render token attributions as an HTML fragment: a ``<div class="tokens">`` of one ``<span>`` per token.
 
@@ -251,6 +252,8 @@ def render_tokens_html(
         The ``|value|`` shown at full opacity (larger ones are clipped); ``None``: the largest finite ``|value|``.
     title
         A caption (escaped) shown above the tokens in a ``<p class="tokens-title">``; ``None``: no caption.
+    words
+        ``True``: the items are whole words (a ``"##"`` at their start is their own text, not a subword marker).
 
     Returns
     -------
@@ -278,7 +281,7 @@ def render_tokens_html(
     if title is not None and not isinstance(title, str):
         raise InvalidParameterError(f"title must be a str or None; got {type(title).__name__}.")
     template = _environment().from_string(_FRAGMENT)
-    return template.render(title=title, items=_items(toks, vals, s))
+    return template.render(title=title, items=_items(toks, vals, s, words=words))
 
 
 def render_tokens_page(
@@ -286,6 +289,7 @@ def render_tokens_page(
     *,
     title: str,
     scale: float | None = None,
+    words: bool = False,
 ) -> str:
     """Render several token attributions as one self-contained HTML page.
 
@@ -299,6 +303,8 @@ def render_tokens_page(
     scale
         One scale for every row, so that colours compare across rows; ``None``: each row uses its own largest
         ``|value|``.
+    words
+        ``True``: the items are whole words (see :func:`render_tokens_html`).
 
     Returns
     -------
@@ -328,7 +334,7 @@ def render_tokens_page(
             raise InvalidInputError(f"rows[{r}][0] (the heading) must be a str; got {type(heading).__name__}.")
         toks = _check_tokens(tokens, f"rows[{r}][1]")
         vals = _check_values(values, len(toks), f"rows[{r}][2]", f"rows[{r}][1]")
-        prepared.append({"heading": heading, "spans": _items(toks, vals, s)})
+        prepared.append({"heading": heading, "spans": _items(toks, vals, s, words=words)})
     template = _environment().from_string(_PAGE)
     return template.render(
         csp=TOKENS_CSP,

@@ -24,6 +24,7 @@ runs it: its ``preprocess`` first (a resizing one gets the map back at the input
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, ClassVar
 
 import torch
@@ -125,15 +126,17 @@ class AttentionExplainer(Explainer):
                 read: Any = lambda out, m=part_mask: encoder.similarities(encoder.pool(out, m))  # noqa: E731
             else:  # an SAE adapter's features at its block, pooled (None: the classifier's logits)
                 read = (lambda out, m=part_mask: own(out, m)) if callable(own) else None
-            logits, attentions, grads = collect_attentions(
-                self.adapter.model,
-                target=_rows_of(target, rows, b),
-                with_grads=self.with_grads,
-                scores=read,
-                inputs_embeds=x[rows, :end, :-1],
-                attention_mask=part_mask,
-                **extra,
-            )
+            capture = getattr(self.adapter, "capture", None)  # an SAE adapter keeps its block's raw output
+            with capture() if callable(capture) else contextlib.nullcontext():
+                logits, attentions, grads = collect_attentions(
+                    self.adapter.model,
+                    target=_rows_of(target, rows, b),
+                    with_grads=self.with_grads,
+                    scores=read,
+                    inputs_embeds=x[rows, :end, :-1],
+                    attention_mask=part_mask,
+                    **extra,
+                )
             n_layers = self._check_layers(attentions)
             row = self._matrix_row(attentions, grads, part_mask) * part_mask.to(attentions[0].dtype)
             rows_out[rows, :end] = row.detach().to(torch.float64)

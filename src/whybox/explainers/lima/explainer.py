@@ -17,7 +17,7 @@ from whybox.explainers.perturbation._common import F64, PerturbationExplainer, _
 from whybox.masking.engine import MaskingEngine
 from whybox.masking.fills import FillLike
 from whybox.models.adapter import is_signal
-from whybox.models.inputs import label_map_option
+from whybox.models.inputs import is_text_adapter, label_map_option
 from whybox.models.targets import Target, TargetLike, apply_score_space, resolve_score, resolve_target
 from whybox.registry import EXPLAINERS
 
@@ -300,7 +300,8 @@ class Lima(PerturbationExplainer):
                 return "segments"
             hint = (
                 " If inputs is one (C, H, W) image, add the batch dimension with inputs.unsqueeze(0); 1-D signals "
-                "(B, C, L) get segments by default on a model whose first nn.Conv1d reads their C channels."
+                "(B, C, L) get segments by default on a model whose first nn.Conv1d reads their C channels (a "
+                f"function: when it says so, fn.signal_channels = {x.shape[1]})."
                 if x.ndim == 3
                 else ""
             )
@@ -365,10 +366,11 @@ class Lima(PerturbationExplainer):
 
             def over(reason: str) -> InvalidParameterError:
                 total = self.max_evaluations or 0  # set whenever left is
+                cheaper = "a cheaper prior (e.g. 'gradcam'), " if self.prior != "gradcam" else ""
                 return InvalidParameterError(
                     f"'lima' with regions='prior': its own search may need {total - (left or 0):,} of "
                     f"max_evaluations={total:,} forward passes, which leaves the prior explainer {self.prior!r} "
-                    f"{left:,}{reason}. Use a cheaper prior (e.g. 'gradcam'), fewer regions, or raise "
+                    f"{left:,}{reason}. Use {cheaper}fewer regions, or raise "
                     "max_evaluations (prior_options={'max_evaluations': ...} sets the prior's own limit)."
                 )
 
@@ -391,6 +393,9 @@ class Lima(PerturbationExplainer):
                 raise over(f": {str(exc).rstrip('.')}") from None
             engine.n_forward += int(e.meta["n_forward"])
             n_backward[0] += int(e.meta["n_backward"])
+            if left is not None and not bounded and int(e.meta["n_forward"]) > left:
+                # a prior without a limit of its own (gradients, CAMs): its passes and LIMA's bound must fit too
+                raise over(f", but it ran {int(e.meta['n_forward']):,}")
             prior_map = e.attributions
         return R.prior_patches(prior_map, x, grid_size=self.prior_grid, cells_per_region=self._cells(x))
 
@@ -401,6 +406,10 @@ class Lima(PerturbationExplainer):
         b = x.shape[0]
         kind = self._kind(x)
         region_map = None if kind == "prior" else self._build(kind, x)
+        fills = self._fills(x)
+        null = None  # a text's CLS, SEP and pads: never candidates, attribution 0
+        if region_map is not None and is_text_adapter(self.adapter):
+            region_map, null = R.merge_null(region_map, x, fills)
         counts = region_map.n_regions if region_map is not None else [self._prior_count(x)] * b
         search = SEARCHES[self.search]
         options = SearchOptions(
@@ -428,7 +437,6 @@ class Lima(PerturbationExplainer):
         if region_map is None:  # the prior explainer first: refused (if it must be) before any model call
             left = None if self.max_evaluations is None else self.max_evaluations - cost
             region_map = self._prior_regions(x, target, engine, n_backward, left)
-        fills = self._fills(x)
         raw_x = engine.forward(x)
         tgt = resolve_target(target, raw_x)
         score = resolve_score(self.score, raw_x.shape[-1])
@@ -468,6 +476,8 @@ class Lima(PerturbationExplainer):
         labels = region_map.labels
         vals_dev = values.to(labels.device)
         attr = vals_dev.gather(1, labels.reshape(b, -1)).view(labels.shape)
+        if null is not None:
+            attr = attr.masked_fill(null.to(attr.device), 0.0)
         dev = x.device
         meta = {
             "order": order.to(dev),

@@ -126,6 +126,34 @@ def _finish(labels: torch.Tensor, x: torch.Tensor, kind: str) -> RegionMap:
     return RegionMap(labels, counts, kind)
 
 
+def merge_null(region_map: RegionMap, x: torch.Tensor, fills: torch.Tensor) -> tuple[RegionMap, torch.Tensor]:
+    """``(region_map with each row's null regions merged into its first other region, null elements (B, *G))``.
+
+    A null region is one whose every element already equals its fill (a text's CLS, SEP and pads, which the fill
+    keeps): keeping or removing it leaves the input as it is, so the search's scores are the same with it merged
+    into another region, and it is no candidate (no passes, no rank). Its elements get attribution 0 (the caller
+    zeroes ``null``). A row whose regions are all null is left as it is."""
+    labels = region_map.labels
+    b = labels.shape[0]
+    groups = F.FeatureGroups(labels, region_map.n_max, "regions")
+    touched = F.groups_touched(groups, x != fills).cpu()  # (B, M): regions the fill changes
+    flat = labels.reshape(b, -1)
+    null_elements = torch.zeros_like(flat, dtype=torch.bool)
+    merged = flat.clone()
+    for r, n in enumerate(region_map.n_regions):
+        live = touched[r, :n]
+        if bool(live.all()) or not bool(live.any()):
+            continue
+        first = int(live.nonzero()[0])
+        dead = (~live).nonzero().flatten().to(flat.device)
+        hit = torch.isin(flat[r], dead)
+        null_elements[r] = hit
+        merged[r] = torch.where(hit, torch.full_like(flat[r], first), flat[r])
+    if not bool(null_elements.any()):
+        return region_map, null_elements.view(labels.shape)
+    return _finish(merged.view(labels.shape), x, region_map.kind), null_elements.view(labels.shape)
+
+
 def from_label_map(labels: Any, x: torch.Tensor) -> RegionMap:
     """A user's integer label map as a checked partition.
 
@@ -307,7 +335,11 @@ def prior_patches(prior: torch.Tensor, x: torch.Tensor, *, grid_size: int = 14, 
     cells = F.cells(x, n=grid_size).groups[:, 0]  # (B, H, W) raster ids of the G' x G' cells
     _, _, h, w = x.shape
     gh, gw = min(grid_size, h), min(grid_size, w)
-    p = torch.nn.functional.interpolate(p, size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+    if tuple(p.shape[-2:]) != (h, w):  # onto the pixels by area: each pixel takes the prior cell it lies in (a
+        # coarser prior), or the mean of the prior cells it covers (a finer one); bilinear would mix neighbours
+        up = p.shape[-2] <= h and p.shape[-1] <= w
+        p = torch.nn.functional.interpolate(p, size=(h, w), mode="nearest-exact" if up else "area")
+    p = p[:, 0]
     b = x.shape[0]
     flat = cells.reshape(b, -1).to(p.device)
     sums = torch.zeros(b, gh * gw, dtype=torch.float64, device=p.device).scatter_add_(1, flat, p.reshape(b, -1))

@@ -374,6 +374,8 @@ def generation_defaults(
         out["baseline"] = batch.baseline(baseline)
     if "features" in names:
         out["features"] = batch.token_features()
+    if "keep_null" in names:  # LIME: a step's fixed future (and specials) out of the surrogate
+        out["keep_null"] = False
     if "regions" in names:
         out["regions"] = batch.token_features()
         if "map" in names:
@@ -505,6 +507,7 @@ def attribute_generation(
     score: str = "log_prob",
     contrast: TokensLike | None = None,
     baseline: str = "zero",
+    integration: str | None = None,
     **method_options: Any,
 ) -> GenerationAttribution:
     """Attribute every generated token of a causal LM to the prompt and the earlier generated tokens.
@@ -535,6 +538,9 @@ def attribute_generation(
         What an attributed token becomes in the Integrated Gradients baseline and in perturbation fills: ``"zero"``
         (zero word vectors; GPT-2 has no pad or mask token), ``"unk"`` (GPT-2: ``<|endoftext|>``, as inseq),
         ``"pad"`` or ``"mask"`` when the tokenizer has them. Special tokens are never replaced.
+    integration
+        Integrated Gradients' own ``method`` option (its rule: ``"gausslegendre"``, ``"riemann_trapezoid"``,
+        ``"adaptive"``, ...), which cannot be passed by that name here (``method=`` names the explainer).
     **method_options
         The method's options (``n_steps``, ``batch_size`` for the rows per forward pass, ...); they win over the
         defaults of :func:`generation_defaults`. SmoothGrad's ``sigma`` defaults to ``noise_level`` times the range
@@ -560,7 +566,7 @@ def attribute_generation(
     """
     from whybox.api import explain
     from whybox.explainers.base import _keyword_options
-    from whybox.masking.engine import MaskingEngine
+    from whybox.masking.engine import MaskingEngine, resolve_batch_size
     from whybox.registry import EXPLAINERS
 
     if not isinstance(model, nn.Module):
@@ -578,6 +584,17 @@ def attribute_generation(
     cls = EXPLAINERS.get(method)  # an unknown name lists the known ones
     if "score" in method_options:  # unreachable through the signature; kept for **dict callers
         raise InvalidParameterError("pass score= to attribute_generation, not as a method option.")
+    if "target" in method_options:
+        raise InvalidParameterError(
+            "target= is not an option of attribute_generation: step t explains its own token y_t (pass contrast= "
+            "to explain y_t against another token)."
+        )
+    if integration is not None:
+        if "method" not in _keyword_options(cls):
+            raise InvalidParameterError(
+                f"integration= is Integrated Gradients' rule; {method!r} has none. Leave integration out."
+            )
+        method_options = {**method_options, "method": integration}
     mode = method_options.get("mode", "eval")
     adapter = CausalLMAdapter(model, tokenizer, score=score)
     vocab = adapter.vocab_size
@@ -592,16 +609,21 @@ def attribute_generation(
 
     prompt_ids = _token_ids(tokenizer, prompt, "prompt", special=True)
     check_vocab(prompt_ids, "prompt")
+    config = getattr(model, "config", None)
+    limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
     if continuation is None:
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise InvalidParameterError(f"max_new_tokens must be an int >= 1; got {max_new_tokens!r}.")
+        if isinstance(limit, int) and len(prompt_ids) + max_new_tokens > limit:  # before any generation pass
+            raise InvalidInputError(
+                f"prompt ({len(prompt_ids)} tokens) and max_new_tokens={max_new_tokens} exceed the model's {limit} "
+                f"positions; shorten the prompt or generate at most {max(limit - len(prompt_ids), 0)} tokens."
+            )
         cont_ids = adapter.generate(prompt_ids, max_new_tokens, mode=mode)
     else:
         cont_ids = _token_ids(tokenizer, continuation, "continuation", special=False)
         check_vocab(cont_ids, "continuation")
     p, g = len(prompt_ids), len(cont_ids)
-    config = getattr(model, "config", None)
-    limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
     if isinstance(limit, int) and p + g > limit:
         raise InvalidInputError(
             f"prompt ({p} tokens) and continuation ({g}) exceed the model's {limit} positions; shorten them."
@@ -631,7 +653,7 @@ def attribute_generation(
         )
     targets = batch.targets
     explanation = explain(adapter, batch.inputs, method, target=targets, **opts)
-    engine = MaskingEngine(adapter, batch_size=int(opts.get("batch_size", 64)))
+    engine = MaskingEngine(adapter, batch_size=resolve_batch_size(opts.get("batch_size"), adapter))
     with adapter.guard(mode):
         clean = engine.forward(batch.inputs)
     step_scores = clean.gather(1, targets.to(clean.device).view(-1, 1)).squeeze(1).to("cpu", torch.float64)

@@ -264,6 +264,9 @@ class SparseAutoencoder(nn.Module):
 
     def decode(self, f: Tensor) -> Tensor:
         """Reconstruction ``x̂ = W_d f + b_d`` (B, d_in)."""
+        d_sae = self.W_d.shape[1]
+        if f.ndim != 2 or f.shape[-1] != d_sae:
+            raise InvalidInputError(f"f must have shape (B, {d_sae}) (latent activations); got shape {tuple(f.shape)}.")
         return f @ self.W_d.T + self.b_d
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:

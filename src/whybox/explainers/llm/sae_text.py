@@ -322,12 +322,25 @@ class LatentContexts:
 
 
 def _words(tokens: list[str]) -> tuple[list[list[int]], list[int]]:
-    """Group a text's tokens into words: ``##`` continues a word (WordPiece); ``Ġ``/``▁`` or anything else starts
-    one. Returns the words (lists of token indices) and each token's word index."""
+    """Group a text's tokens into words: ``##`` continues a word (WordPiece); where the tokens mark word starts
+    (byte-level BPE's ``Ġ``, SentencePiece's ``▁``), a piece without the mark continues the word before it
+    (``Ġgame`` ``playing``), except after a special token (``<|endoftext|>``, ``[CLS]``); otherwise every token
+    starts one. Returns the words (lists of token indices) and each token's word index."""
+
+    def special(t: str) -> bool:
+        return (t.startswith("<") and t.endswith(">")) or (t.startswith("[") and t.endswith("]") and len(t) > 2)
+
+    marks = any(t.startswith(("Ġ", "▁")) for t in tokens[1:])
     words: list[list[int]] = []
     word_of: list[int] = []
     for j, t in enumerate(tokens):
-        if t.startswith("##") and words:
+        if words and t.startswith("##"):
+            cont = True
+        elif words and marks:
+            cont = not t.startswith(("Ġ", "▁")) and not special(t) and not special(tokens[j - 1])
+        else:
+            cont = False
+        if cont:
             words[-1].append(j)
         else:
             words.append([j])
@@ -590,17 +603,42 @@ class SAEFeatureAdapter(TextClassifierAdapter):
     def scores(self, x: Tensor) -> Tensor:
         return self._pooled(self.feature_map(x), x[..., -1])
 
+    @contextmanager
+    def capture(self) -> Iterator[None]:
+        """Within the block, a forward pass of the model keeps block ``layer``'s output for
+        :meth:`scores_from_output` (the raw block output that :meth:`scores` reads: GPT-2's last
+        ``hidden_states`` entry comes after ``ln_f``)."""
+        box: dict[str, Tensor] = {}
+
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            box.setdefault("h", output[0] if isinstance(output, tuple) else output)
+
+        handle = self.block.register_forward_hook(hook)
+        self._captured: dict[str, Tensor] | None = box
+        try:
+            yield
+        finally:
+            handle.remove()
+            self._captured = None
+
     def scores_from_output(self, output: Any, mask: Tensor) -> Tensor:
-        """The scores ``(B, n_features)`` from a full forward pass's output with ``output_hidden_states=True``
-        (``hidden_states[layer + 1]``, the block's output in BERT-style models): how the attention methods read
-        this adapter's score (attention relevance follows the feature, not the classifier's logits)."""
-        hidden = getattr(output, "hidden_states", None)
-        if hidden is None or len(hidden) <= self.layer + 1:
-            raise ModelOutputError(
-                f"{type(self.model).__name__} returned no hidden_states[{self.layer + 1}] with output_hidden_states=True."
-            )
-        m = mask.to(hidden[self.layer + 1].dtype)
-        return self._pooled(self._features(hidden[self.layer + 1], m), m)
+        """The scores ``(B, n_features)`` from a full forward pass's output with ``output_hidden_states=True``: the
+        block output kept by :meth:`capture` when the pass ran inside it, else ``hidden_states[layer + 1]`` (the
+        block's output in BERT-style models): how the attention methods read this adapter's score (attention
+        relevance follows the feature, not the classifier's logits)."""
+        kept = getattr(self, "_captured", None)
+        if kept and "h" in kept:
+            h = kept["h"]
+        else:
+            hidden = getattr(output, "hidden_states", None)
+            if hidden is None or len(hidden) <= self.layer + 1:
+                raise ModelOutputError(
+                    f"{type(self.model).__name__} returned no hidden_states[{self.layer + 1}] with "
+                    "output_hidden_states=True."
+                )
+            h = hidden[self.layer + 1]
+        m = mask.to(h.dtype)
+        return self._pooled(self._features(h, m), m)
 
     def _pooled(self, val: Tensor, m: Tensor) -> Tensor:
         keep = ordinary_positions(m, *self.special_span).unsqueeze(-1)

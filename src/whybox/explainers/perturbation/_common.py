@@ -293,6 +293,16 @@ def _describe(v: Any) -> Any:
     return v
 
 
+def _json_plain(value: Any) -> bool:
+    """Whether ``value`` is JSON as it is (numbers, text, None, lists, dicts with text keys): saved and loaded back
+    unchanged, so ``Explanation.params`` may hold it."""
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _json_plain(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_json_plain(v) for v in value)
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
 class PerturbationExplainer(Explainer):
     """Base of the perturbation family: cost limit, clean forward and target, fills.
 
@@ -350,6 +360,8 @@ class PerturbationExplainer(Explainer):
                     v = getattr(self, p.name)
                     if isinstance(v, (bool, int, float, str, type(None), list)):
                         out[p.name] = v
+                    elif isinstance(v, dict) and _json_plain(v):  # options of a nested method (LIMA's prior_options)
+                        out[p.name] = dict(v)
                     elif isinstance(v, (torch.Tensor, FeatureGroups, tuple)) or callable(v):
                         out[p.name] = _describe(v)
                     else:
@@ -474,7 +486,11 @@ class RegionExplainer(PerturbationExplainer):
     def _regions(self, x: torch.Tensor, fills: torch.Tensor, groups: FeatureGroups | None = None) -> Regions:
         """Feature groups of ``x`` compacted per row (and null features dropped where the method allows)."""
         groups = self._groups(x) if groups is None else groups
-        return make_regions(groups, x, fills if self.drops_null_features else None)
+        return make_regions(groups, x, fills if self._drops_null() else None)
+
+    def _drops_null(self) -> bool:
+        """Whether features equal to the fill everywhere are left out (exactly 0); LIME's ``keep_null`` decides."""
+        return self.drops_null_features
 
     def _region_scores(
         self,

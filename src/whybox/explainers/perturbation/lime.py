@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from whybox.errors import InvalidParameterError, did_you_mean
+from whybox.errors import InvalidParameterError, check_bool, did_you_mean
 from whybox.explainers.perturbation._common import F64, RegionExplainer, _check_int, segment_mean
 from whybox.masking.engine import MaskingEngine
 from whybox.masking.fills import FILLS, FillLike
@@ -237,6 +237,11 @@ class Lime(RegionExplainer):
     score
         ``None`` (the default): the softmax probability (``"prob"``, the paper's), or the raw score of a model with
         one output (a regressor, as lime's ``mode="regression"``).
+    keep_null
+        ``True`` (lime's): features equal to the fill everywhere (a digit's black background) stay in the surrogate
+        and its kernel. ``False``: they are left out and get 0, as the Shapley methods do; the text and generation
+        entry points (:func:`~whybox.explain_text`, ``attribute_generation``) use it, so the pads a batch adds to a
+        text (or the fixed future of a generation step) do not change its weights.
 
     Shapes
     ------
@@ -253,7 +258,7 @@ class Lime(RegionExplainer):
     """
 
     fill_options: ClassVar[tuple[str, ...]] = (*FILLS, "auto", "segment_mean")
-    drops_null_features = False  # lime keeps every feature in the surrogate
+    drops_null_features = False  # lime keeps every feature in the surrogate (keep_null=False: left out)
 
     def __init__(
         self,
@@ -265,9 +270,11 @@ class Lime(RegionExplainer):
         alpha: float | None = None,
         fill: FillLike = "auto",
         score: str | None = None,
+        keep_null: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(model, fill=fill, score=score, **kwargs)
+        self.keep_null = check_bool("keep_null", keep_null)
         _check_int("n_samples", n_samples, 2)
         if isinstance(kernel_width, bool) or not isinstance(kernel_width, (int, float)) or not kernel_width > 0:
             raise InvalidParameterError(f"kernel_width must be a positive number; got {kernel_width!r}.")
@@ -286,6 +293,9 @@ class Lime(RegionExplainer):
         self.kernel_width = float(kernel_width)
         self.surrogate = surrogate
         self.alpha = float(alpha)
+
+    def _drops_null(self) -> bool:
+        return not self.keep_null
 
     def _explain(
         self, x: torch.Tensor, target: TargetLike, engine: MaskingEngine, n_backward: list[int]
