@@ -167,6 +167,7 @@ def explain(
     Explanation
     """
     cls = EXPLAINERS.get(method)
+    params = {k: _python_scalar(v) for k, v in params.items()}
     try:
         explainer = cls(model, **params)
     except TypeError as exc:
@@ -189,6 +190,14 @@ def explain(
         out.options.update(described)
         out.meta["described_options"] = sorted(described)
     return out
+
+
+def _python_scalar(value: Any) -> Any:
+    """A NumPy scalar option (``np.int64(8)`` from a config grid or an array) as the Python number it holds, so the
+    options' checks read it as they read ``8``; anything else unchanged."""
+    if isinstance(value, np.generic) and value.dtype.kind in "biuf":
+        return value.item()
+    return value
 
 
 def _listed(value: Any) -> Any:
@@ -257,6 +266,7 @@ def evaluate(
         inputs, explanation, params = _text_evaluation(model, inputs, explanation, metric, params)
     if is_text_adapter(model) and isinstance(inputs, torch.Tensor) and "fill" in _options(cls):
         params = {**params, "fill": _text_fill(model, inputs, params.get("fill"))}
+    params = {k: _python_scalar(v) for k, v in params.items()}
     try:
         m = cls(**params)
     except TypeError as exc:

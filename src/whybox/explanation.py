@@ -553,7 +553,10 @@ class Explanation:
             "target": self.target.detach().cpu().contiguous(),
         }
         for k, v in self.options.items():  # tensor options; a callable cannot be saved (params describes it)
-            v = tensor_option(v, f"options[{k!r}]")  # a numpy array or pandas Series as the explainer read it
+            try:
+                v = tensor_option(v, f"options[{k!r}]")  # a numpy array or pandas Series as the explainer read it
+            except InvalidParameterError:
+                continue  # not an array (a CAM's layers given as names and modules): params describes it
             if isinstance(v, torch.Tensor):
                 tensors[f"option.{k}"] = v.detach().cpu().contiguous()
         meta_json: dict[str, Any] = {}

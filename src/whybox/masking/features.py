@@ -50,13 +50,14 @@ def groups_touched(groups: FeatureGroups, changed: torch.Tensor) -> torch.Tensor
 
 
 def broadcast_ids(ids: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
-    """Integer ids ``(B, *G)``, ``(1, *G)`` or ``(*G)`` (``(H, W)`` or ``(B, H, W)`` for images) as ``(B, *G)`` int64 on x's device,
+    """Integer ids ``(B, *G)``, ``(1, *G)`` or ``(*G)`` (images also ``(H, W)`` and ``(B, H, W)``, 1-D signals ``(L,)``
+    and ``(B, L)``: shared by the channels) as ``(B, *G)`` int64 on x's device,
     G broadcasting to one input row; ``None`` when they do not fit ``x`` (callers word the error)."""
     g = ids.to(device=x.device, dtype=torch.int64)
-    if x.ndim == 4 and g.ndim == 2:
-        g = g.view(1, 1, *g.shape)
-    if x.ndim == 4 and g.ndim == 3 and g.shape[0] == x.shape[0] and tuple(g.shape[1:]) == tuple(x.shape[-2:]):
-        g = g.unsqueeze(1)  # (B, H, W): one map per image, shared by its channels (also where B equals C)
+    if x.ndim >= 3 and g.ndim == x.ndim - 1 and g.shape[0] == x.shape[0] and tuple(g.shape[1:]) == tuple(x.shape[2:]):
+        g = g.unsqueeze(1)  # (B, H, W) of images, (B, L) of signals: one map per row, shared by its channels
+    elif 1 <= g.ndim < x.ndim - 1:
+        g = g.view(*([1] * (x.ndim - g.ndim)), *g.shape)  # (H, W) of images, (L,) of signals: shared by all
     if g.ndim == x.ndim - 1:
         g = g.unsqueeze(0)
     if g.ndim != x.ndim or g.shape[0] not in (1, x.shape[0]):

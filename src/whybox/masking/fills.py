@@ -76,7 +76,7 @@ def make_fill(
             bad = int((~torch.isfinite(fill)).sum())
             raise InvalidParameterError(
                 f"{name} tensor holds {bad} non-finite values (NaN or inf), which the model would be asked to score; "
-                "impute them (e.g. training means with NaN columns filled) before passing the fill."
+                f"impute them (e.g. training means with NaN columns filled) before passing {name}."
             )
         try:
             return torch.broadcast_to(fill.to(device=x.device, dtype=x.dtype), x.shape).clone()
@@ -102,7 +102,10 @@ def make_fill(
         return x.mean(dim=dims, keepdim=True).expand_as(x).clone()
     if fill == "blur":
         if x.ndim != 4:
-            raise InvalidParameterError(f"fill='blur' needs images (B, C, H, W); got {tuple(x.shape)}.")
+            raise InvalidParameterError(
+                f"{name}='blur' needs images (B, C, H, W); got inputs of shape {tuple(x.shape)}. Use {name}='zero', "
+                f"{name}='mean' or a tensor."
+            )
         return gaussian_blur(x, sigma)
     if fill == "uniform":
         flat = x.reshape(x.shape[0], -1)

@@ -6,8 +6,9 @@ Each variant overrides :meth:`CAM.raw_map` (or, for gradient-free variants, :met
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -91,6 +92,8 @@ class CAM(Explainer):
     takes_packed_images = True  # a model of several inputs: the map of its image input (gradient CAMs)
     input_kinds = ("image", "signal")
     uses_gradients = True
+    #: whether the weights divide by a channel's activation sum (Grad-CAM++, XGrad-CAM): warned at a signed layer
+    divides_by_activation_sum: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -223,6 +226,9 @@ class CAM(Explainer):
         image = None if packing is None else _packed_image(packing, self.name)  # before any model call
         refs = self._refs(x, engine, n_backward)
         acts, grads, tgt = self._activations(x, refs, target, engine, n_backward)
+        if self.divides_by_activation_sum:
+            for ref, a in zip(refs, acts, strict=True):
+                _warn_signed(a, ref.label, self.name)
         raw_maps = self._layer_maps(x, acts, grads, tgt, engine)
         signal = x.ndim == 3  # a 1-D signal (B, C, L): its maps are one-row grids (B, 1, 1, L'), resized along L
         size = (1, x.shape[-1]) if signal else tuple(x.shape[-2:])
@@ -261,6 +267,24 @@ class CAM(Explainer):
             "all_negative": [bool(v) for v in all_negative.tolist()],
         }
         return out, tgt, meta
+
+
+def _warn_signed(a: torch.Tensor, layer: str, method: str) -> None:
+    """Warn where ``method`` divides by a channel's activation sum (Grad-CAM++, XGrad-CAM assume post-ReLU
+    activations, ATTRIBUTION.md §2.0) at a layer with negative activations and a channel whose sum is <= 0: its
+    weight is unbounded there, and that one channel can decide the map."""
+    if not bool((a < 0).any()):
+        return
+    sums = a.sum((2, 3))
+    bad = sums <= 0
+    if bool(bad.any()):
+        warnings.warn(
+            f"{method}: layer {layer!r} has signed activations and {int(bad.any(0).sum())} channel(s) whose "
+            "activations sum to <= 0, where its weights divide by that sum (unbounded: one channel can decide the "
+            "map); choose a layer after its activation function (e.g. the ReLU module), or use 'gradcam' or "
+            "'layercam'.",
+            stacklevel=4,
+        )
 
 
 def _packed_image(packing: Any, method: str) -> int:

@@ -22,6 +22,8 @@ class GradCAMPlusPlus(CAM):
     official code does.
     """
 
+    divides_by_activation_sum = True
+
     def __init__(self, model: Any, *, alpha_normalize: bool = False, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
         self.alpha_normalize = check_bool("alpha_normalize", alpha_normalize)

@@ -14,6 +14,8 @@ __all__ = ["XGradCAM"]
 class XGradCAM(CAM):
     """w_k = sum_ij (A_ij^k / sum_ab A_ab^k) g_ij^k; channels whose activations sum to 0 get weight 0."""
 
+    divides_by_activation_sum = True
+
     def raw_map(self, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         tot = a.sum((2, 3), keepdim=True)
         safe = torch.where(tot != 0, tot, torch.ones_like(tot))

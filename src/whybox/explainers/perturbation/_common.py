@@ -134,8 +134,9 @@ def resolve_features(
         return F.superpixels(x, n_segments=n_segments, compactness=compactness)
     if spec == "quickshift":
         return quickshift(x)
-    if spec == "grid3":  # a 3 x 3 grid (exact Shapley's default on images)
-        return F.grid(x, patch=(-(-x.shape[-2] // 3), -(-x.shape[-1] // 3)))
+    if spec == "grid3":  # a 3 x 3 grid of near-equal cells (exact Shapley's default on images): 9 features on any
+        # side of 3 pixels or more (ceil-sized patches cut a 4-pixel side in 2)
+        return F.cells(x, n=3)
     if spec == "grid":
         return F.grid(x, patch=patch if patch is not None else max(1, -(-min(x.shape[-2:]) // 8)))
     if spec == "pixels":
