@@ -40,10 +40,16 @@ def test_a_cam_with_a_mixed_layer_list_saves(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("method", ["xgradcam", "gradcam_pp"])
-def test_sum_dividing_cams_warn_at_a_signed_layer(method: str) -> None:
+def test_sum_dividing_cams_warn_where_a_signed_channel_cancels(method: str) -> None:
     net = _Net()
-    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1)) - 0.5
-    with pytest.warns(UserWarning, match=rf"{method}: layer 'stem' has signed activations"):
+    with torch.no_grad():  # stem channel 0 copies input channel 0: +1 on the left half, -1 on the right (sum 0)
+        net.stem.weight.zero_()
+        net.stem.bias.zero_()
+        net.stem.weight[0, 0, 1, 1] = 1.0
+        net.stem.weight[1:, 1, 1, 1] = 1.0
+    x = torch.ones(2, 3, 8, 8)
+    x[:, 0, :, 4:] = -1.0
+    with pytest.warns(UserWarning, match=rf"{method}: layer 'stem' has signed activations, and in 1 channel"):
         whybox.explain(net, x, method, layer="stem")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # after the ReLU: no warning

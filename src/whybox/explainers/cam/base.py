@@ -269,20 +269,25 @@ class CAM(Explainer):
         return out, tgt, meta
 
 
+#: a channel's |sum of activations| below this share of its sum of |activations| counts as cancelled (_warn_signed)
+CANCEL_SHARE = 1e-3
+
+
 def _warn_signed(a: torch.Tensor, layer: str, method: str) -> None:
     """Warn where ``method`` divides by a channel's activation sum (Grad-CAM++, XGrad-CAM assume post-ReLU
-    activations, ATTRIBUTION.md §2.0) at a layer with negative activations and a channel whose sum is <= 0: its
-    weight is unbounded there, and that one channel can decide the map."""
+    activations, ATTRIBUTION.md §2.0) at a layer with negative activations where a channel's sum all but cancels
+    (below :data:`CANCEL_SHARE` of its magnitude): its weight is unbounded there, and that one channel can decide
+    the map. (A signed layer alone is common, a ViT's tokens: it is the cancellation that breaks the weights.)"""
     if not bool((a < 0).any()):
         return
     sums = a.sum((2, 3))
-    bad = sums <= 0
+    mass = a.abs().sum((2, 3))
+    bad = (sums.abs() <= CANCEL_SHARE * mass) & (mass > 0)  # a channel whose signed activations all but cancel
     if bool(bad.any()):
         warnings.warn(
-            f"{method}: layer {layer!r} has signed activations and {int(bad.any(0).sum())} channel(s) whose "
-            "activations sum to <= 0, where its weights divide by that sum (unbounded: one channel can decide the "
-            "map); choose a layer after its activation function (e.g. the ReLU module), or use 'gradcam' or "
-            "'layercam'.",
+            f"{method}: layer {layer!r} has signed activations, and in {int(bad.any(0).sum())} channel(s) they all "
+            "but cancel; its weights divide by that sum (unbounded: one channel can decide the map). Choose a layer "
+            "after its activation function (e.g. the ReLU module), or use 'gradcam' or 'layercam'.",
             stacklevel=4,
         )
 
