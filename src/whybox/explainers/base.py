@@ -5,9 +5,12 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import threading
+import weakref
 from typing import Any, ClassVar
 
 import torch
+from torch import nn
 
 from whybox.errors import InvalidInputError, InvalidParameterError, NotDifferentiableError, did_you_mean
 from whybox.explanation import Explanation, input_digest
@@ -110,6 +113,20 @@ def _black_box_hint(adapter: ModelAdapter) -> str:
     return "a method that needs only the model's outputs: " + ", ".join(map(repr, names))
 
 
+_INSTANCE_LOCKS: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
+_INSTANCE_LOCKS_LOCK = threading.Lock()
+
+
+def _instance_lock(owner: Any) -> threading.RLock:
+    """A re-entrant lock per explainer (or metric) object: one object shared by threads runs one call at a time, so
+    the state a call keeps on it (the seed drawn for ``seed=None``, recorded in meta) is its own."""
+    with _INSTANCE_LOCKS_LOCK:
+        lock = _INSTANCE_LOCKS.get(owner)
+        if lock is None:
+            lock = _INSTANCE_LOCKS[owner] = threading.RLock()
+        return lock
+
+
 class Explainer:
     """Base class of every explainer.
 
@@ -189,6 +206,10 @@ class Explainer:
         if torch.is_inference_mode_enabled():  # gradients cannot be taken there, and enable_grad does not undo it
             with torch.inference_mode(False):
                 return self.explain(inputs, target)
+        with _instance_lock(self):  # a call's own state (its seed, the inputs' columns) lives on the explainer
+            return self._explain_call(inputs, target)
+
+    def _explain_call(self, inputs: torch.Tensor, target: TargetLike) -> Explanation:
         x = self._validate(inputs)
         target = class_label_target(self.adapter, target)  # class labels, an SAE adapter's latents
         if target is None and isinstance(self.adapter, SklearnAdapter) and self.adapter.outputs_values and len(x):
@@ -342,6 +363,15 @@ class Explainer:
                 raise InvalidInputError(
                     f"inputs have integer dtype {x.dtype}, which has no gradient; {self.name!r} needs float "
                     "inputs. For token ids, attribute at the embedding layer (pass the embeddings as inputs)."
+                )
+            if isinstance(self.adapter, TorchAdapter) and any(
+                isinstance(m, nn.Embedding) for m in self.adapter.model.modules()
+            ):
+                raise InvalidInputError(
+                    f"inputs have integer dtype {x.dtype} and the model embeds them (an nn.Embedding): token ids, "
+                    f"which {self.name!r} would perturb as numbers. Explain a Hugging Face text model over words "
+                    "with whybox.explain_text(whybox.adapt_text(model, tokenizer), texts, method), or pass the "
+                    "embeddings as inputs (a model that takes inputs_embeds)."
                 )
             x = x.to(self.adapter.dtype)  # float64 for an estimator: int64 ids and timestamps stay exact
         if not bool(rows_finite(x.reshape(x.shape[0], -1)).all()):

@@ -625,7 +625,7 @@ def make_explain_fn(
         name = explanation.method
     else:
         name = explainer
-    cls = EXPLAINERS.get(name)
+    cls = EXPLAINERS.get(name, param="explainer" if explainer is not None else "method")
     params: dict[str, Any] = {}
     if explanation is not None and explanation.method == name:
         params.update(explanation.params)
@@ -664,6 +664,10 @@ def make_explain_fn(
             from whybox.api import _unknown_option
 
             raise _unknown_option(f"explainer_params: {name!r}", exc, cls, ()) from None
+        except InvalidParameterError as exc:  # a bad value among the re-run's options: say whose
+            given = sorted(k for k in extra if k in str(exc))
+            where = f"explainer_params ({', '.join(given)})" if given else f"the re-run of {name!r}"
+            raise type(exc)(f"{where}: {exc}") from None
         e = explainer_obj.explain(x, target=tgt)
         if tally is not None:
             for key in ("n_forward", "n_backward"):

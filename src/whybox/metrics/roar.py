@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from whybox.errors import InvalidInputError, InvalidParameterError
+from whybox.errors import InvalidInputError, InvalidParameterError, check_bool
 from whybox.masking.engine import MaskingEngine
 from whybox.metrics.base import check_float, check_int, check_map_shape, derive_generator, feature_values, tie_order
 from whybox.models.adapter import adapt
@@ -180,7 +180,7 @@ def roar(
     explain_model
         The trained model to explain; default :func:`whybox.data.digits_cnn` (only needed for method names).
     explain_params
-        ``method name -> options`` for :func:`whybox.explain`.
+        ``method label or name -> options`` for :func:`whybox.explain`; a key naming no method is refused.
     fractions, n_retrain, epochs
         Fractions t (0.1 ... 0.9), retrains per point (5, as the paper) and training epochs per retrain (40).
     keep
@@ -192,6 +192,8 @@ def roar(
         Optional callback receiving one line per finished training.
     """
     n_retrain = check_int("n_retrain", n_retrain)
+    seed = check_int("seed", seed, 0)
+    keep = check_bool("keep", keep)
     epochs = check_int("epochs", epochs)
     batch_size = check_int("batch_size", batch_size)
     if isinstance(fractions, (int, float)) and not isinstance(fractions, bool):
@@ -231,6 +233,14 @@ def roar(
     )
     if RANDOM in spec:
         raise InvalidParameterError("'random' is the built-in baseline; give your methods other names.")
+    options = dict(explain_params or {})
+    known = set(spec) | {m for m in spec.values() if isinstance(m, str)}
+    unused = sorted(k for k in options if k not in known)
+    if unused:  # a typo or another method: its options would be ignored
+        raise InvalidParameterError(
+            f"explain_params has options for {', '.join(map(repr, unused))}, which names none of the methods "
+            f"({', '.join(map(repr, sorted(known)))}); key them by a method's name or its label in methods."
+        )
     rankings: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for name, m in spec.items():
         if isinstance(m, str):
@@ -240,7 +250,7 @@ def roar(
                 from whybox.data import digits_cnn
 
                 explain_model = digits_cnn()
-            opts = dict((explain_params or {}).get(m, {}))
+            opts = dict(options.get(name, options.get(m, {})))  # by its label, else by the method's name
             a_tr = whybox.explain(explain_model, x_tr, m, target=y_tr, **opts).attributions
             a_te = whybox.explain(explain_model, x_te, m, target=y_te, **opts).attributions
         else:

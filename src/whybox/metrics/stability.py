@@ -201,7 +201,10 @@ class Stability(Metric):
         if use_values:
             feats = torch.stack([v.detach().to("cpu", torch.float64) for v in values])  # (R, B, M)
         else:
-            maps = stack.sum(2) if (x.ndim == 4 and stack.ndim == 5) else stack
+            pooled = (
+                x.ndim == 4 and stack.ndim == 5
+            )  # (R, B, C, H, W): channels summed (|.| first with abs, METRICS.md)
+            maps = (stack.abs() if self.abs else stack).sum(2) if pooled else stack
             feats = maps.reshape(self.n_runs, b, -1)
         sds = [v for e in expls if isinstance(v := e.meta.get("coef_sd"), torch.Tensor)]
         has_sd = use_values and len(sds) == self.n_runs and all(s.shape == feats.shape[1:] for s in sds)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import torch
 from torch import nn
@@ -59,12 +59,22 @@ def _model_lock(model: nn.Module) -> Iterator[None]:
     stopped updating it), the first's exit switched train mode back on under the second's passes (Dropout in its
     results), and each one's layer taps recorded the other's forward passes. A re-entrant lock per model: calls on
     other models run alongside, and a call made from inside a call (a callable target, a model's forward) goes
-    on in the same thread."""
+    on in the same thread.
+
+    The lock is taken on every submodule, not the model alone: two models sharing a backbone (two heads, a compiled
+    or DataParallel wrapper and the module itself) would otherwise each record and restore the state of the shared
+    modules under the other's call (the backbone left frozen in eval mode). The locks are taken in one global order
+    (by ``id``), so two calls never wait on each other in a cycle."""
     with _LOCKS_LOCK:
-        lock = _LOCKS.get(model)
-        if lock is None:
-            lock = _LOCKS[model] = threading.RLock()
-    with lock:
+        locks = []
+        for m in sorted({id(m): m for m in model.modules()}.values(), key=id):
+            lock = _LOCKS.get(m)
+            if lock is None:
+                lock = _LOCKS[m] = threading.RLock()
+            locks.append(lock)
+    with ExitStack() as stack:
+        for lock in locks:
+            stack.enter_context(lock)
         yield
 
 

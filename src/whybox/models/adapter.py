@@ -155,6 +155,9 @@ class TorchAdapter(ModelAdapter):
         self.model = model
         self.output = output
         self.preprocess = preprocess
+        from whybox.models.layers import layer_spec
+
+        layers = layer_spec(layers)  # layers=2: the module named '2', as a CAM's layer=2
         if layers is None:
             self.default_layers = None
         elif isinstance(layers, (str, nn.Module)):
@@ -169,10 +172,15 @@ class TorchAdapter(ModelAdapter):
 
     @property
     def device(self) -> torch.device:
-        for t in self.model.parameters():
-            return t.device
-        for t in self.model.buffers():
-            return t.device
+        for tensors in (self.model.parameters(), self.model.buffers()):
+            for t in tensors:
+                if t.device.type == "meta":
+                    raise InvalidParameterError(
+                        f"{type(self.model).__name__} has its weights on the 'meta' device (no data: made under "
+                        "init_empty_weights or device='meta'); load its weights (model.to_empty(device='cpu') and "
+                        "load_state_dict, or from_pretrained) before explaining it."
+                    )
+                return t.device
         return torch.device("cpu")
 
     @property
@@ -183,14 +191,16 @@ class TorchAdapter(ModelAdapter):
 
     @property
     def weights_dtype(self) -> torch.dtype | None:
-        """The first floating parameter's dtype, else the first floating buffer's; ``None`` for a model without
-        floating weights (a pure function, which runs in its inputs' dtype)."""
-        for t in self.model.parameters():
-            if t.is_floating_point():
-                return t.dtype
-        for t in self.model.buffers():
-            if t.is_floating_point():
-                return t.dtype
+        """The dtype holding most of the model's floating parameter elements (a float32 network with one float64
+        temperature runs in float32), else most of its floating buffers'; ``None`` for a model without floating
+        weights (a pure function, which runs in its inputs' dtype)."""
+        for tensors in (self.model.parameters(), self.model.buffers()):
+            count: dict[torch.dtype, int] = {}
+            for t in tensors:
+                if t.is_floating_point():
+                    count[t.dtype] = count.get(t.dtype, 0) + t.numel()
+            if count:
+                return max(count, key=lambda d: count[d])
         return None
 
     def guard(self, mode: str = "eval") -> AbstractContextManager[None]:
@@ -235,6 +245,8 @@ class TorchAdapter(ModelAdapter):
     def _check(self, scores: torch.Tensor, batch: int) -> torch.Tensor:
         if scores.ndim == 1 and scores.shape[0] == batch:
             scores = scores.unsqueeze(1)
+        elif batch == 1 and scores.ndim in (0, 1):  # a forward ending in .squeeze(): one row's () or (K,)
+            scores = scores.reshape(1, -1)
         if scores.ndim != 2 or scores.shape[0] != batch:
             raise ModelOutputError(
                 f"the model's scores must have shape (B, K) = ({batch}, K); got {tuple(scores.shape)}. "
@@ -306,7 +318,9 @@ class EmbeddingAdapter(TorchAdapter):
         if self.similarity == "cosine":
             emb = torch.nn.functional.normalize(emb, dim=1)
             refs = torch.nn.functional.normalize(refs, dim=1)
-        return self.scale * emb @ refs.T
+        out = self.scale * emb @ refs.T
+        check_output_names(self, out.shape[1])  # adapt(labels=): one name per reference
+        return out
 
 
 class SklearnAdapter(ModelAdapter):
