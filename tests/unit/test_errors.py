@@ -858,8 +858,8 @@ def test_adapter_layers_of_no_known_form(model: nn.Module) -> None:
     _raises(
         LayerError,
         ValueError,
-        r"layers must be a module name, an nn\.Module or a list of them; got int 7\.",
-        lambda: whybox.adapt(model, layers=7),
+        r"layers must be a module name, an nn\.Module or a list of them; got float 7\.5\.",
+        lambda: whybox.adapt(model, layers=7.5),  # (an int names the module it writes, as a CAM's layer=)
     )
 
 

@@ -151,6 +151,9 @@ class Explainer:
     takes_packed_images: ClassVar[bool] = False
     #: The kinds of input the method applies to (``whybox.methods(kind)``).
     input_kinds: ClassVar[tuple[str, ...]] = ("image", "signal", "tabular", "text")
+    #: whether the map ignores the target (attention rollout, raw attention): the random-logit sanity check, which
+    #: compares a class's map with another class's, does not apply and is skipped
+    class_agnostic: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -32,7 +32,7 @@ from whybox.metrics.base import (
 )
 from whybox.models.adapter import FunctionModel, ModelAdapter, TorchAdapter
 from whybox.models.targets import Target, class_label_target, resolve_target
-from whybox.registry import METRICS
+from whybox.registry import EXPLAINERS, METRICS
 
 __all__ = ["RandomLogit", "Randomization", "execution_layers", "map_similarities"]
 
@@ -454,6 +454,15 @@ class RandomLogit(_MapComparison):
             raise InvalidParameterError("random_logit needs class targets, not a callable target.")
         given = self._given_map(ctx)
         score = self._score_similarity(given)
+        method = self.explainer if isinstance(self.explainer, str) else getattr(ctx.explanation, "method", None)
+        if isinstance(method, str) and getattr(EXPLAINERS.get(method), "class_agnostic", False):
+            # the map ignores the target: comparing it with another class's says nothing (TRANSFORMERS.md §1)
+            nan = torch.full((ctx.x.shape[0],), math.nan, dtype=torch.float64)
+            return (
+                nan,
+                {},
+                {"skipped": f"{method!r} is class-agnostic: random_logit does not apply", "explainer": method},
+            )
         other = self._other(ctx.target.index.cpu(), ctx.clean, ctx.x, ctx.adapter)
         fn, name = make_explain_fn(self.explainer, ctx.explanation, self.explainer_params, ctx.passes)
         try:

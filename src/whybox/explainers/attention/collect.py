@@ -18,7 +18,7 @@ from torch import nn
 
 from whybox.errors import InvalidInputError, ModelOutputError, NotDifferentiableError
 from whybox.models._guard import preserved
-from whybox.models.targets import TargetLike, resolve_target
+from whybox.models.targets import TargetLike, apply_score_space, resolve_target
 
 __all__ = ["DIFFERENTIABLE_INPUTS", "collect_attentions", "eager_attention"]
 
@@ -128,6 +128,7 @@ def collect_attentions(
     target: TargetLike = None,
     with_grads: bool = True,
     scores: Callable[[Any], torch.Tensor] | None = None,
+    space: str | None = "logit",
     **model_inputs: Any,
 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor] | None]:
     """One forward pass (and one backward) of a Hugging Face model: logits, attentions and ``∇A``.
@@ -154,6 +155,10 @@ def collect_attentions(
     scores
         How to read the ``(B, K)`` scores from the model's output, for a model without a sequence-level head
         (a sentence encoder: pooled embeddings' similarity to references). Default: the output's ``.logits``.
+    space
+        The score space the gradients are taken in (``"logit"``, the default: the scores as they are; ``"prob"``,
+        ``"log_prob"``, ``"sigmoid"``, ...; ``None`` as the explainers read it, :func:`~whybox.models.targets.
+        apply_score_space`).
     **model_inputs
         Passed to ``model(...)``: ``input_ids``/``inputs_embeds``, ``attention_mask``, ``token_type_ids``,
         ``pixel_values``, ...
@@ -198,7 +203,7 @@ def collect_attentions(
         resolved = resolve_target(target, logits.detach())
         if not with_grads:
             return logits.detach(), [a.detach() for a in attentions], None
-        score = resolved.select(logits)
+        score = resolved.select(apply_score_space(logits, space))  # the explained score (logit, prob, ...)
         if not all(a.requires_grad for a in attentions) or not score.requires_grad:
             raise NotDifferentiableError(
                 f"the attentions of {type(model).__name__} carry no gradient: pass input_ids, inputs_embeds or "

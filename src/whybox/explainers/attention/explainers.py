@@ -45,9 +45,14 @@ FUSIONS = ("mean", "max", "min")
 
 
 def _patch_size(adapter: Any) -> int | None:
-    """The patch size of a Hugging Face vision transformer behind ``adapter`` (``None`` for anything else)."""
+    """The patch size of a Hugging Face vision transformer with global attention over one token grid behind
+    ``adapter`` (ViT, DeiT, DINOv2, CLIP's image tower, BEiT); ``None`` for anything else, also for models whose
+    config has a patch size but no such grid: stages of other sizes (``depths``, ``hidden_sizes``: ConvNeXt, Swin)
+    or windowed attention (``window_size``)."""
     cfg = getattr(getattr(adapter, "model", None), "config", None)
     p = getattr(cfg, "patch_size", None)
+    if any(getattr(cfg, k, None) is not None for k in ("depths", "hidden_sizes", "window_size")):
+        return None
     return int(p) if isinstance(p, int) and p > 0 else None
 
 
@@ -67,13 +72,20 @@ class AttentionExplainer(Explainer):
         super().__init__(model, **kwargs)
         from whybox.models.text import TextClassifierAdapter, TextEncoderAdapter
 
+        if self.mode != "eval":
+            raise InvalidParameterError(
+                f"{self.name!r} reads the attentions of the model in eval mode (dropout on attention would make "
+                f"them random); mode={self.mode!r} does not apply. Leave mode out."
+            )
+
         text = isinstance(self.adapter, (TextClassifierAdapter, TextEncoderAdapter))
         self._vision = not text and _patch_size(self.adapter) is not None
         if not (text or self._vision):
             raise InvalidParameterError(
                 f"{self.name!r} reads a transformer's attention: pass a text adapter from "
                 f"whybox.adapt_text(model, tokenizer) (a classifier, or kind='embedding' for a sentence encoder), "
-                f"or a Hugging Face vision transformer (a config with patch_size); got {type(self.adapter).__name__}."
+                "or a Hugging Face vision transformer with global attention over one patch grid (ViT, DeiT, DINOv2, "
+                f"CLIP's image tower; not Swin's windows or a ConvNeXt); got {type(self.adapter).__name__}."
             )
         if readout is None:  # the row the model itself reads: a mean-pooled sentence encoder reads every token
             mean_pooled = isinstance(self.adapter, TextEncoderAdapter) and self.adapter.pooling == "mean"
@@ -118,8 +130,13 @@ class AttentionExplainer(Explainer):
         rows_out = x.new_zeros(b, t, dtype=torch.float64)
         logits_out: torch.Tensor | None = None
         n_layers = 0
-        for end in torch.unique(ends).tolist():
-            rows = (ends == end).nonzero().flatten()
+        groups = [  # rows of one token length, at most batch_size per model call
+            chunk
+            for end in torch.unique(ends).tolist()
+            for chunk in (ends == end).nonzero().flatten().split(self.batch_size)
+        ]
+        for rows in groups:
+            end = int(ends[rows[0]])
             part_mask = mask[rows, :end]
             # a sentence encoder has no head: its scores are the pooled embedding's similarities
             if encoder is not None:
@@ -133,10 +150,15 @@ class AttentionExplainer(Explainer):
                     target=_rows_of(target, rows, b),
                     with_grads=self.with_grads,
                     scores=read,
+                    space=self.score,
                     inputs_embeds=x[rows, :end, :-1],
                     attention_mask=part_mask,
                     **extra,
                 )
+            if callable(own):  # an SAE adapter's feature at block `layer`: the layers after it never reach it
+                upto = int(getattr(self.adapter, "layer", len(attentions) - 1)) + 1
+                attentions = attentions[:upto]
+                grads = None if grads is None else grads[:upto]
             n_layers = self._check_layers(attentions)
             row = self._matrix_row(attentions, grads, part_mask) * part_mask.to(attentions[0].dtype)
             rows_out[rows, :end] = row.detach().to(torch.float64)
@@ -180,21 +202,29 @@ class AttentionExplainer(Explainer):
                 f"{self.name!r} feeds the vision transformer pixel_values (B, C, H, W); the adapter's preprocess "
                 f"returned {got}."
             )
-        read: Any = None  # the output's .logits
-        if isinstance(adapter, EmbeddingAdapter):
-            read = lambda out: adapter.similarities(adapter.embed_output(out))  # noqa: E731
-        elif isinstance(adapter, TorchAdapter) and adapter.output is not None:
-            read = lambda out: adapter._check(adapter.select(out), x.shape[0])  # noqa: E731
-        logits, attentions, grads = collect_attentions(
-            adapter.model, target=target, with_grads=self.with_grads, scores=read, pixel_values=pixels
-        )
+        parts, logit_parts = [], []
+        n_layers = 0
+        for start in range(0, x.shape[0], self.batch_size):  # at most batch_size images per model call
+            chunk = pixels[start : start + self.batch_size]
+            n = chunk.shape[0]
+            read: Any = None  # the output's .logits
+            if isinstance(adapter, EmbeddingAdapter):
+                read = lambda out: adapter.similarities(adapter.embed_output(out))  # noqa: E731
+            elif isinstance(adapter, TorchAdapter) and adapter.output is not None:
+                read = lambda out, n=n: adapter._check(adapter.select(out), n)  # noqa: E731
+            logits, attentions, grads = collect_attentions(
+                adapter.model, target=_rows_of(target, torch.arange(start, start + n), x.shape[0]),
+                with_grads=self.with_grads, scores=read, space=self.score, pixel_values=chunk,
+            )  # fmt: skip
+            n_layers = self._check_layers(attentions)
+            mask = torch.ones(n, attentions[0].shape[-1], dtype=torch.long, device=x.device)
+            parts.append(self._matrix_row(attentions, grads, mask).detach())
+            logit_parts.append(logits.detach())
         engine.n_forward += x.shape[0]
         if self.with_grads:
             n_backward[0] += x.shape[0]
-        n_layers = self._check_layers(attentions)
-        mask = torch.ones(attentions[0].shape[0], attentions[0].shape[-1], dtype=torch.long, device=x.device)
-        row = self._matrix_row(attentions, grads, mask)
-        tgt = resolve_target(target, logits.detach())
+        row = torch.cat(parts)
+        tgt = resolve_target(target, torch.cat(logit_parts))
         p = _patch_size(adapter) or 1  # set: the explainer took the model as a vision transformer
         height, width = pixels.shape[-2:]
         h, w = height // p, width // p
@@ -223,7 +253,10 @@ def _rows_of(target: TargetLike, rows: torch.Tensor, batch: int) -> TargetLike:
 
 @EXPLAINERS.register("raw_attention")
 class RawAttention(AttentionExplainer):
-    """One layer's head-fused attention row (default the last layer, mean over heads): ``F^(l)[readout, :]``."""
+    """One layer's head-fused attention row (default the last layer, mean over heads): ``F^(l)[readout, :]``.
+    Class-agnostic."""
+
+    class_agnostic = True
 
     def __init__(self, model: Any, *, layer: int = -1, head_fusion: str = "mean", **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
@@ -250,6 +283,8 @@ class RawAttention(AttentionExplainer):
 class AttentionRollout(AttentionExplainer):
     """Attention rollout (Abnar & Zuidema 2020): ``R = Â^(L) ... Â^(s)``, ``Â = rownorm(fuse(A) + I)``; the
     readout row of R. Class-agnostic."""
+
+    class_agnostic = True
 
     def __init__(
         self, model: Any, *, head_fusion: str = "mean", discard_ratio: float = 0.0, start_layer: int = 0, **kwargs: Any
