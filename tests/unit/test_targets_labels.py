@@ -136,17 +136,17 @@ def test_pandas_options_in_another_column_order_are_refused() -> None:
     x = df.iloc[:2]
     same = whybox.explain(reg, x, "occlusion", fill=df.mean())
     assert same.attributions.numpy() == pytest.approx((x - df.mean()).to_numpy())  # a linear model: w * (x - fill)
-    with pytest.raises(InvalidInputError, match=r"fill \(pandas\) names the inputs' columns in another order"):
+    with pytest.raises(InvalidInputError, match=r"fill \(pandas\) has the inputs' columns in another order"):
         whybox.explain(reg, x, "occlusion", fill=df[["c", "b", "a"]].mean())
-    with pytest.raises(InvalidInputError, match=r"background \(pandas\) names the inputs' columns in another order"):
+    with pytest.raises(InvalidInputError, match=r"background \(pandas\) has the inputs' columns in another order"):
         whybox.explain(reg, x, "exact_shapley", background=df[["c", "b", "a"]].iloc[:5])
-    with pytest.raises(InvalidInputError, match=r"fill \(pandas\) names other columns than the inputs"):
+    with pytest.raises(InvalidInputError, match=r"fill \(pandas\) has columns the inputs do not have"):
         whybox.explain(reg, x, "occlusion", fill=df.mean().rename({"a": "z"}))
-    with pytest.raises(InvalidInputError, match=r"fill \(pandas\) names the inputs' columns in another order"):
+    with pytest.raises(InvalidInputError, match=r"fill \(pandas\) has the inputs' columns in another order"):
         whybox.evaluate(reg, x, same, "deletion", fill=df[["c", "b", "a"]].mean())
     torch.manual_seed(0)
     lin = nn.Linear(3, 2)  # a torch model takes the same options
-    with pytest.raises(InvalidInputError, match=r"baseline \(pandas\) names the inputs' columns in another order"):
+    with pytest.raises(InvalidInputError, match=r"baseline \(pandas\) has the inputs' columns in another order"):
         whybox.explain(lin, x.astype("float32"), "integrated_gradients", baseline=df[["b", "a", "c"]].mean())
 
 

@@ -237,21 +237,8 @@ def check_option_columns(options: dict[str, list[str]], names: list[str] | None)
     """The column names of pandas options (``{"fill": [...]}`` from :func:`option_columns`) against those of the
     inputs (a DataFrame's, ``names``): whybox reads an option by position, so its columns must be the inputs', in
     their order. Nothing to check when the inputs carry no names."""
-    if names is None:
-        return
     for what, labels in options.items():
-        if labels == names:
-            continue
-        if sorted(labels) == sorted(names):
-            raise InvalidInputError(
-                f"{what} (pandas) names the inputs' columns in another order; whybox reads it by position. Pass "
-                f"{what}[inputs.columns] (a Series row or a DataFrame of rows, put in the inputs' order)."
-            )
-        missing, extra = column_mismatch(labels, names)
-        raise InvalidInputError(
-            f"{what} (pandas) names other columns than the inputs: missing {missing[:5]}, unexpected {extra[:5]}. "
-            "Give it the inputs' columns, in their order."
-        )
+        check_feature_names(labels, names, what, kind="pandas", against="inputs")
 
 
 def _by_column_name(value: Any, fitted: list[str], name: str) -> Any:
@@ -294,20 +281,32 @@ def _short(value: Any) -> str:
 
 
 def check_feature_names(
-    names: list[str] | None, fitted: list[str] | None, what: str = "inputs", *, kind: str = "a DataFrame"
+    names: list[str] | None,
+    fitted: list[str] | None,
+    what: str = "inputs",
+    *,
+    kind: str = "a DataFrame",
+    against: str = "model",
 ) -> None:
     """A DataFrame's columns (of ``what``: the inputs, a fill row; ``kind`` says what holds them) against the columns
-    the model was fitted on (both known): same names, same order."""
+    the model was fitted on (``against="model"``) or those of the inputs (``"inputs"``: a pandas option read by
+    position; both known): same names, same order."""
     if names is None or fitted is None or names == fitted:
         return
+    model = against == "model"
+    whose, columns = ("the model's", "model.feature_names_in_") if model else ("the inputs'", "inputs.columns")
     if sorted(names) == sorted(fitted):
         raise InvalidInputError(
-            f"{what} ({kind}) has the model's columns in another order; whybox reads them by position. "
-            f"Pass {what}[model.feature_names_in_]."
+            f"{what} ({kind}) has {whose} columns in another order; whybox reads {'them' if model else 'it'} by "
+            f"position. Pass {what}[{columns}]."
         )
     missing, extra = column_mismatch(names, fitted)
     raise InvalidInputError(
-        f"{what} ({kind}) has columns the model was not fitted on: missing {missing[:5]}, unexpected "
-        f"{extra[:5]}. "
-        "Pass the columns in model.feature_names_in_, in that order."
+        f"{what} ({kind}) has columns the {'model was not fitted on' if model else 'inputs do not have'}: missing "
+        f"{missing[:5]}, unexpected {extra[:5]}. Pass "
+        + (
+            "the columns in model.feature_names_in_, in that order."
+            if model
+            else "the inputs' columns, in their order."
+        )
     )
