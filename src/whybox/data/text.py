@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from whybox.data._cache import resolve_cache_dir, save_to_cache
-from whybox.errors import InvalidParameterError, MissingExtraError
+from whybox.errors import InvalidParameterError, MissingExtraError, check_bool
 
 __all__ = ["MiniLMSentiment", "minilm", "minilm_sentiment", "sentiment_data"]
 
@@ -174,8 +174,10 @@ def minilm_sentiment(
     sentences) and cached as ``minilm_sentiment-<recipe hash>.safetensors`` (``cache=False``: neither read nor
     written). 95 % accuracy on the test split (82 of 86), 99.6 % on the training split.
     """
+    cache = check_bool("cache", cache)
     encoder, tokenizer = minilm()
-    model = MiniLMSentiment(encoder).eval()
+    with torch.random.fork_rng(devices=[]):  # the head's random init (replaced below) leaves the caller's RNG alone
+        model = MiniLMSentiment(encoder).eval()
     key = hashlib.sha256(json.dumps(_HEAD_RECIPE, sort_keys=True).encode()).hexdigest()[:12]
     path = resolve_cache_dir(cache_dir) / f"minilm_sentiment-{key}.safetensors"
     if cache and path.is_file():
