@@ -143,3 +143,37 @@ def test_adapting_an_adapter_with_input_shapes_names_the_fix() -> None:
     a = whybox.adapt(torch.nn.Linear(3, 2))
     with pytest.raises(InvalidParameterError, match=r"adapt the module itself: whybox.adapt\(adapter.model"):
         whybox.adapt(a, input_shapes=[(3,)])
+
+
+def test_evaluate_refuses_a_saved_tabular_explanation_on_reordered_columns(folder: Path) -> None:
+    (folder / "rows.py").write_text(
+        "import torch\nfrom torch import nn\n\ndef build():\n    torch.manual_seed(0)\n    return nn.Linear(4, 3)\n"
+    )
+    rows = np.random.default_rng(0).random((3, 4))
+    (folder / "tab.csv").write_text("a,b,c,d\n" + "\n".join(",".join(f"{v:.4f}" for v in r) for r in rows) + "\n")
+    (folder / "rev.csv").write_text("d,c,b,a\n" + "\n".join(",".join(f"{v:.4f}" for v in r[::-1]) for r in rows) + "\n")
+    r = run("explain", "--model", "rows.py:build", "tab.csv", "--method", "occlusion", "--out", "e")
+    assert r.exit_code == 0, r.output
+    r = run("evaluate", "--model", "rows.py:build", "rev.csv", "--explanation", "e/explanation.safetensors",
+            "--metrics", "deletion")  # fmt: skip
+    assert r.exit_code == 2
+    assert "explains the columns a, b, c, d, but these inputs have d, c, b, a" in r.output
+
+
+def test_masks_of_signals_are_one_row_per_input(folder: Path) -> None:
+    (folder / "sig.py").write_text(
+        "import torch\nfrom torch import nn\n\ndef build():\n    torch.manual_seed(0)\n"
+        "    return nn.Sequential(nn.Conv1d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 18, 2)).eval()\n"
+    )
+    np.save(folder / "sig.npy", np.random.default_rng(0).random((4, 2, 20)).astype(np.float32))
+    masks = np.zeros((4, 20), bool)
+    masks[:, 5:10] = True
+    np.save(folder / "m.npy", masks)
+    np.save(folder / "m1.npy", masks[:, None])
+    outs = []
+    for name in ("m.npy", "m1.npy"):
+        r = run("evaluate", "--model", "sig.py:build", "sig.npy", "--method", "saliency", "--metrics",
+                "relevance_mass", "--masks", name)  # fmt: skip
+        assert r.exit_code == 0, r.output
+        outs.append([line for line in r.output.splitlines() if "relevance_mass" in line])
+    assert outs[0] == outs[1]

@@ -498,7 +498,8 @@ def test_sklearn_model_asked_for_a_cam(method: str) -> None:
     _raises(
         InvalidParameterError,
         ValueError,
-        rf"method '{method}' taps a layer of a torch model; LogisticRegression has none\. Use a perturbation method",
+        rf"method '{method}' taps a layer of a torch model; LogisticRegression has none\. Use a method that needs only "
+        r"the model's outputs: 'occlusion'",  # (it named 'scorecam', itself a CAM)
         lambda: whybox.explain(_logistic_regression(), torch.rand(3, 4, dtype=torch.float64), method),
     )
 

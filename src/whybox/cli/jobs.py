@@ -831,6 +831,12 @@ def evaluate_cmd(ctx: click.Context, **params: Any) -> None:
     if localising and not Path(params["masks_file"]).is_file():
         raise _fail(f"--masks {str(params['masks_file'])!r}: no such file.")
     lm, ds = _load(params)
+    explained = None if saved is None else saved.meta.get("feature_names")
+    if explained is not None and ds.columns is not None and list(explained) != list(ds.columns):
+        raise _fail(  # the metrics read the columns by position: another order scores other features
+            f"--explanation explains the columns {', '.join(map(str, explained))}, but these inputs have "
+            f"{', '.join(map(str, ds.columns))}; evaluate it on inputs with the columns it was made with, in that order."
+        )
     masks = _read_masks(params["masks_file"], len(ds.names), bool(params.get("limit"))) if localising else None
     target = _target(params.get("target"), ds, lm.labels, lm.module)
     from whybox.api import _options
@@ -904,8 +910,11 @@ def _read_masks(path: Path, n: int, limited: bool) -> torch.Tensor:
         raise _fail(f"--masks {str(path)!r}: an .npz must hold the masks as 'masks'.") from None
     except (OSError, ValueError) as exc:
         raise _fail(f"--masks {str(path)!r}: not a NumPy .npy or .npz file ({exc}).") from None
-    if arr.ndim != 3 or arr.dtype.kind not in "biuf":
-        raise _fail(f"--masks {str(path)!r}: expected an (N, H, W) array of bool or 0/1; got {arr.dtype} {arr.shape}.")
+    if arr.ndim not in (2, 3) or arr.dtype.kind not in "biuf":  # (N, H, W) for images, (N, L) for 1-D signals
+        raise _fail(
+            f"--masks {str(path)!r}: expected an (N, H, W) array (images; (N, L) for 1-D signals) of bool or 0/1; got "
+            f"{arr.dtype} {arr.shape}."
+        )
     if arr.dtype.kind != "b" and not np.isin(arr, (0, 1)).all():
         raise _fail(f"--masks {str(path)!r}: holds values other than 0 and 1; give bool masks (pixels of the class).")
     if arr.shape[0] < n or (arr.shape[0] != n and not limited):

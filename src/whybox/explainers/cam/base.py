@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from whybox.errors import InvalidParameterError, LayerError, check_bool, did_you_mean
-from whybox.explainers.base import PERTURBATION_HINT, Explainer
+from whybox.explainers.base import Explainer
 from whybox.masking.engine import MaskingEngine
 from whybox.models.adapter import LayerLike, TorchAdapter, is_signal
 from whybox.models.layers import LayerRef, auto_layer, layer_spec, resolve_layers, tap, to_grid
@@ -109,7 +109,8 @@ class CAM(Explainer):
         if not isinstance(self.adapter, TorchAdapter):
             raise InvalidParameterError(
                 f"method {self.name!r} taps a layer of a torch model; {type(self.adapter.model).__name__} has "
-                f"none. Use {PERTURBATION_HINT}."
+                "none. Use a method that needs only the model's outputs: 'occlusion', 'feature_ablation', "
+                "'kernel_shap' or 'lime' (and 'rise' on images)."
             )
         if normalize not in NORMALIZATIONS:
             raise InvalidParameterError(
