@@ -520,3 +520,23 @@ def test_a_job_names_each_method_and_metric_once_and_labels_are_classes() -> Non
     x, _ = data(3)
     with pytest.raises(InvalidParameterError, match=r"labels must be class indices >= 0; samples \[1\] have -1"):
         run_job(Job(methods=("saliency",), target="label"), tiny_cnn(), x, "unused", labels=torch.tensor([0, -1, 2]))
+
+
+def test_a_regressor_s_report_names_no_predicted_class(tmp_path: Path) -> None:
+    """A regressor has no classes: its samples showed class "0" as the prediction beside the output; and a table run
+    started from Python (no input kind stored) was drawn as images and crashed the report."""
+    from sklearn.linear_model import Ridge
+
+    from whybox.runs.report_data import load_run_report
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20, 3))
+    model = Ridge().fit(x, x @ np.array([1.0, -2.0, 0.5]))
+    run_job(Job(methods=("occlusion",), metrics=(), shard_size=4), model, torch.from_numpy(x[:4]), tmp_path / "r")
+    rep = load_run_report(tmp_path / "r")
+    assert [s.prediction for s in rep.samples] == ["", "", "", ""]
+    assert all(s.probability_is_output for s in rep.samples)
+    assert rep.samples[0].words is not None and rep.samples[0].words[0].startswith("x0=")  # drawn as a table row
+    from whybox.report.run_report import write_run_report
+
+    assert write_run_report(rep, tmp_path / "r.html").stat().st_size > 0

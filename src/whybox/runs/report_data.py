@@ -216,6 +216,8 @@ def _sample_view(kind: str, inputs_path: Path, extra: Mapping[str, Any]) -> Samp
     if not inputs_path.is_file():
         return None
     x = np.load(inputs_path, mmap_mode="r", allow_pickle=False)
+    if kind == "image" and x.ndim == 2:  # rows (N, F) of a run that named no kind (run_job from Python): a table
+        kind = "tabular"
     if kind == "tabular":
         columns = extra.get("columns")
         coded = extra.get("categories") or {}
@@ -383,13 +385,18 @@ def load_run_report(run_dir: str | Path, *, title: str | None = None, max_sample
                     fails[m] = str(reason)
             if kind == "tabular" and words is not None and len(words) > MAX_TABLE_CELLS:
                 words, maps = _widest_cells(words, maps)
+            outputs = kv.get("prediction_reads") == "output"
             report_samples.append(
                 ReportSample(
                     name=str(name),
                     image=picture,
-                    prediction=(_label(label_names, int(prediction)) or "")
-                    if int(prediction) >= 0
-                    else "(model failed)",
+                    prediction=(
+                        ""  # a regressor's (or one score's) output: no class to name, the number says it
+                        if outputs and label_names is None and int(prediction) >= 0
+                        else (_label(label_names, int(prediction)) or "")
+                        if int(prediction) >= 0
+                        else "(model failed)"
+                    ),
                     probability=None if probability is None else float(probability),
                     probability_is_output=kv.get("prediction_reads") == "output",
                     label=_label(label_names, None if label is None else int(label)),
