@@ -200,3 +200,20 @@ def test_a_flat_map_points_nowhere(value: float) -> None:
         assert math.isnan(r.scores[0]) and math.isnan(r.scores[1]), metric
         assert r.meta["flat_map"] == [True, True, False]
     assert whybox.evaluate(None, x, a, "pointing_game", masks=mask).scores[2] == 1.0
+
+
+@pytest.mark.parametrize("value", [0.25, math.nan, 255.0])
+def test_masks_other_than_zero_and_one_are_refused(value: float) -> None:
+    """A soft (interpolated) mask, a NaN mask or a 0/255 image mask would count every non-zero pixel as ground truth;
+    the metric refuses it and says to threshold. 0/1 floats and uint8 stay accepted."""
+    x = torch.zeros(1, 1, 6, 6)
+    a = _delta(6, 6, 1, 1)
+    soft = torch.zeros(1, 6, 6)
+    soft[0, 1, 1] = value
+    for name in ("pointing_game", "relevance_mass"):
+        with pytest.raises(whybox.errors.InvalidInputError, match=r"masks .*0/1.*masks > 0.5"):
+            whybox.evaluate(None, x, a, name, masks=soft)
+    hard = torch.zeros(1, 6, 6, dtype=torch.uint8)
+    hard[0, 1, 1] = 1
+    assert whybox.evaluate(None, x, a, "pointing_game", masks=hard.float(), tolerance=0).scores.tolist() == [1.0]
+    assert whybox.evaluate(None, x, a, "relevance_mass", masks=hard).scores.tolist() == [1.0]

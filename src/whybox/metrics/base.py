@@ -1207,7 +1207,7 @@ class Metric:
                     f"time steps of the class); got {tuple(m.shape)}."
                     + ("" if signal else " Images need (B, C, H, W) inputs.")
                 )
-            return (m if m.dtype == torch.bool else m.to(torch.bool)), True
+            return _binary_masks(m), True
         if x.ndim != 4:
             raise InvalidInputError(
                 f"masks need image inputs (B, C, H, W) or 1-D signals (B, C, L); got inputs {tuple(x.shape)}."
@@ -1219,7 +1219,7 @@ class Metric:
             raise InvalidInputError(
                 f"masks must have shape ({b}, {h}, {w}) or ({b}, 1, {h}, {w}); got {tuple(m.shape)}."
             )
-        return (m if m.dtype == torch.bool else m.to(torch.bool)), False
+        return _binary_masks(m), False
 
     @staticmethod
     def _explanation_target(expl: Explanation | None) -> torch.Tensor | None:
@@ -1299,3 +1299,18 @@ class Metric:
         if t.shape != (b,):
             raise InvalidParameterError(f"labels must hold one class per row, shape ({b},); got {tuple(t.shape)}.")
         return t.to(torch.int64)
+
+
+def _binary_masks(m: torch.Tensor) -> torch.Tensor:
+    """``masks`` as bool, refusing values other than 0 and 1 (a soft or interpolated mask, NaN): read as ``!= 0``
+    they would count a faint edge, or a NaN mask, as ground truth."""
+    if m.dtype == torch.bool:
+        return m
+    bad = ~((m == 0) | (m == 1))
+    if bool(bad.any()):
+        value = m[bad][0].item()
+        raise InvalidInputError(
+            f"masks must hold 0/1 or bool values (the ground-truth region); found {value!r}. Threshold a soft or "
+            "resized mask first, e.g. masks > 0.5."
+        )
+    return m.to(torch.bool)
