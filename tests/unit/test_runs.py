@@ -465,6 +465,91 @@ def test_a_changed_adapter_or_unsaved_buffer_is_not_resumed(tmp_path: Path) -> N
             run_job(job, changed, x, tmp_path / str(i))
 
 
+class _Scaled(nn.Module):
+    """A tiny CNN reading ``x * scale``, its scale held as any Python value (a tuple of normalisation constants, a
+    tensor kept outside the buffers)."""
+
+    def __init__(self, scale: object) -> None:
+        super().__init__()
+        self.net = tiny_cnn()
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x * torch.as_tensor(self.scale).reshape(-1)[0])
+
+
+class _Mul:
+    def __init__(self, s: float) -> None:
+        self.s = s
+
+    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        return t * self.s
+
+
+def _times(t: torch.Tensor, s: float) -> torch.Tensor:
+    return t * s
+
+
+def _closure(v: list[float]):
+    return lambda t: t * v[0]
+
+
+def test_settings_beyond_plain_numbers_are_part_of_the_model(tmp_path: Path) -> None:
+    """A model's list/tuple/tensor settings and a preprocess function's defaults, partial arguments, closed-over
+    lists and callable objects' attributes change the numbers: a run made with other ones refuses to resume."""
+    import functools
+
+    import whybox
+
+    x, _ = data(4)
+    job = Job(methods=("saliency",), metrics=("deletion",), metric_options={"deletion": {"steps": 4}}, shard_size=4)
+    net = tiny_cnn()
+    cases = [
+        (_Scaled([1.0]), _Scaled([2.0])),
+        (_Scaled((1.0,)), _Scaled((2.0,))),
+        (_Scaled(torch.tensor(1.0)), _Scaled(torch.tensor(2.0))),
+        (whybox.adapt(net, preprocess=functools.partial(_times, s=1.0)), whybox.adapt(net, preprocess=functools.partial(_times, s=2.0))),
+        (whybox.adapt(net, preprocess=lambda t, s=1.0: t * s), whybox.adapt(net, preprocess=lambda t, s=2.0: t * s)),
+        (whybox.adapt(net, preprocess=_closure([1.0])), whybox.adapt(net, preprocess=_closure([2.0]))),
+        (whybox.adapt(net, preprocess=_Mul(1.0)), whybox.adapt(net, preprocess=_Mul(2.0))),
+    ]  # fmt: skip
+    for i, (first, changed) in enumerate(cases):
+        run_job(job, first, x, tmp_path / str(i))
+        same = type(first)(first.scale) if isinstance(first, _Scaled) else first  # an equal model resumes
+        assert run_job(job, same, x, tmp_path / str(i)).n_computed == 0
+        with pytest.raises(FingerprintMismatchError, match="weights"):
+            run_job(job, changed, x, tmp_path / str(i))
+
+
+def test_a_black_box_text_run_sees_its_texts_and_its_function(tmp_path: Path) -> None:
+    """Presence rows of other texts with the same word counts are equal: the data fingerprint reads the words they
+    stand for, and the weights fingerprint the scoring function."""
+    from whybox.models.blackbox_text import BlackBoxTextAdapter
+    from whybox.models.text import text_defaults
+
+    def count(word: str):
+        def score(texts: list[str]) -> torch.Tensor:
+            s = torch.tensor([t.split().count(word) - 0.5 for t in texts], dtype=torch.float64)
+            return torch.stack([-s, s], 1)
+
+        return score
+
+    job = Job(methods=("occlusion",), metrics=("deletion",), shard_size=2)
+
+    def run(word: str, texts: list[str]) -> object:
+        ad = BlackBoxTextAdapter(count(word), labels=["neg", "pos"])
+        b = ad.encode(texts)
+        options = {"occlusion": text_defaults("occlusion", b), METRICS_KEY: {"regions": b.features}}
+        return run_job(job, ad, b.inputs, tmp_path / "run", data_options=options)
+
+    run("good", ["a good film", "bad plot here"])
+    assert run("good", ["a good film", "bad plot here"]).n_computed == 0  # type: ignore[attr-defined]
+    with pytest.raises(FingerprintMismatchError, match="data"):
+        run("good", ["a bad film", "good plot here"])
+    with pytest.raises(FingerprintMismatchError, match="weights"):
+        run("bad", ["a good film", "bad plot here"])
+
+
 def test_a_unit_whose_array_was_deleted_is_computed_again(tmp_path: Path) -> None:
     x, _ = data(8)
     job = Job(methods=("saliency",), metrics=("deletion",), metric_options={"deletion": {"steps": 4}}, shard_size=4)

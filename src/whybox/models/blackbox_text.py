@@ -160,6 +160,14 @@ class BlackBoxTextAdapter(ModelAdapter):
             raise InvalidInputError(f"presence rows must be (B, W + 1); got shape {tuple(x.shape)}.")
         return _removed(x)
 
+    def row_words(self, x: torch.Tensor) -> list[list[str]]:
+        """The words of each presence row's text (its index column), whatever is kept: what the rows stand for, so
+        a run's data fingerprint sees other texts of the same lengths (their presence rows are equal)."""
+        return [
+            list(self._texts[i]) if 0 <= (i := round(float(row[-1]))) < len(self._texts) else []
+            for row in x.detach().to("cpu", torch.float64)
+        ]
+
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 2 or x.shape[1] < 2:
             raise InvalidInputError(

@@ -246,43 +246,105 @@ def _hash_tensor(h: Any, t: torch.Tensor) -> None:
     h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-d buffers too
 
 
-def _hash_function(h: Any, fn: Any) -> None:
-    """A function's identity for the weights fingerprint: its name, bytecode and constants, and the tensors,
-    arrays and numbers it closes over (an nn.Module among them by its state). Data it reaches otherwise (globals,
-    files) is not seen."""
-    code = getattr(fn, "__code__", None)
-    h.update(str(getattr(fn, "__qualname__", type(fn).__qualname__)).encode())
-    own = getattr(fn, "fingerprint", None)  # an ONNX graph: its bytes
-    if isinstance(own, str):
-        h.update(own.encode())
-    if code is None:
+#: how deep :func:`_hash_value` follows containers, closures and objects' attributes (a bound on the cost)
+_HASH_DEPTH = 4
+
+
+def _hash_value(h: Any, v: Any, depth: int = 0, seen: set[int] | None = None) -> None:
+    """A value's identity for the weights fingerprint: tensors and arrays by value, modules by their weights,
+    numbers and strings by ``repr``, containers item by item, a function by its code, constants, defaults and what
+    it closes over, a ``functools.partial`` by its function and arguments, and any other object by its type and
+    attributes, ``_HASH_DEPTH`` levels deep (beyond, and for a value seen before, its type alone). Never an
+    object's ``repr`` (it may hold a memory address) and never a set's iteration order (it varies by process)."""
+    import functools
+
+    seen = set() if seen is None else seen
+    if v is None or isinstance(v, (bool, int, float, complex, str, bytes)):
+        h.update(repr(v).encode())
         return
-    h.update(code.co_code)
-    h.update(repr(code.co_consts).encode())
-    for cell in getattr(fn, "__closure__", None) or ():
-        try:
-            v = cell.cell_contents
-        except ValueError:  # an empty cell
-            continue
-        if isinstance(v, torch.Tensor):
-            _hash_tensor(h, v)
-        elif isinstance(v, np.ndarray):
+    if isinstance(v, torch.Tensor):
+        _hash_tensor(h, v)
+        return
+    if isinstance(v, np.ndarray):
+        if v.dtype == object:
+            h.update(f"ndarray{v.shape}".encode())
+            _hash_value(h, v.tolist(), depth, seen)
+        else:
             _hash_tensor(h, torch.from_numpy(np.ascontiguousarray(v)))
-        elif isinstance(v, torch.nn.Module):
-            for k, t in sorted(v.state_dict().items()):
-                h.update(k.encode())
-                _hash_tensor(h, t)
-        elif isinstance(v, (bool, int, float, str)):
-            h.update(repr(v).encode())
+        return
+    if isinstance(v, np.generic):
+        h.update(repr(v.item()).encode())
+        return
+    h.update(type(v).__qualname__.encode())
+    if id(v) in seen or depth >= _HASH_DEPTH:
+        return
+    seen.add(id(v))
+    if isinstance(v, torch.nn.Module):
+        _hash_module(h, v)
+    elif isinstance(v, (list, tuple)):
+        h.update(f"[{len(v)}".encode())
+        for item in v:
+            _hash_value(h, item, depth + 1, seen)
+    elif isinstance(v, dict):
+        h.update(f"{{{len(v)}".encode())
+        for k, item in v.items():  # insertion order: the same code builds the same order
+            _hash_value(h, k, depth + 1, seen)
+            _hash_value(h, item, depth + 1, seen)
+    elif isinstance(v, (set, frozenset)):
+        items = [repr(i) for i in v if i is None or isinstance(i, (bool, int, float, str, bytes))]
+        h.update(f"{{{len(v)}{sorted(items)}".encode())
+    elif isinstance(v, functools.partial):
+        _hash_value(h, v.func, depth + 1, seen)
+        _hash_value(h, v.args, depth + 1, seen)
+        _hash_value(h, v.keywords, depth + 1, seen)
+    elif hasattr(v, "__code__"):  # a Python function
+        code = v.__code__
+        h.update(str(getattr(v, "__qualname__", "")).encode())
+        h.update(code.co_code)
+        h.update(repr([c for c in code.co_consts if not hasattr(c, "co_code")]).encode())
+        for c in code.co_consts:  # nested functions' code (a lambda inside)
+            if hasattr(c, "co_code"):
+                h.update(c.co_code)
+        _hash_value(h, getattr(v, "__defaults__", None), depth + 1, seen)
+        _hash_value(h, getattr(v, "__kwdefaults__", None), depth + 1, seen)
+        for cell in getattr(v, "__closure__", None) or ():
+            try:
+                content = cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+            _hash_value(h, content, depth + 1, seen)
+    elif hasattr(v, "__func__") and hasattr(v, "__self__"):  # a bound method: its function and its object
+        _hash_value(h, v.__func__, depth + 1, seen)
+        _hash_value(h, v.__self__, depth + 1, seen)
+    else:
+        own = getattr(v, "fingerprint", None)  # an ONNX graph: its bytes
+        if isinstance(own, str):
+            h.update(own.encode())
+        try:
+            attributes = vars(v)
+        except TypeError:  # no __dict__ (a C object, __slots__): its type alone
+            return
+        for k, item in attributes.items():
+            h.update(str(k).encode())
+            _hash_value(h, item, depth + 1, seen)
+
+
+def _hash_function(h: Any, fn: Any) -> None:
+    """A function's identity for the weights fingerprint (:func:`_hash_value`): its name, bytecode, constants and
+    defaults, and the data it closes over or is bound to (tensors, arrays, numbers, containers, an nn.Module by its
+    state, a callable object by its attributes). Data it reaches otherwise (globals, files) is not seen."""
+    h.update(str(getattr(fn, "__qualname__", type(fn).__qualname__)).encode())
+    _hash_value(h, fn)
 
 
 _LIBRARY_ROOTS = frozenset({"torch", "transformers", "whybox", "torchvision", "timm", "efficientnet_lite_pytorch"})
 
 
 def _hash_user_code(h: Any, module: torch.nn.Module) -> None:
-    """Hash what a user's own module classes are beyond their weights: each class's source and its instances' plain
-    settings (numbers, strings, flags set in ``__init__``, e.g. a temperature), so that a run does not resume
-    after the model's code was edited. Library classes (torch, transformers, ...) are known by their weights."""
+    """Hash what a user's own module classes are beyond their weights: each class's source and its instances'
+    settings (numbers, strings, flags, tuples of normalisation constants, tensors kept outside the buffers, functions:
+    :func:`_hash_value`), so that a run does not resume after the model's code or settings changed. Library classes
+    (torch, transformers, ...) are known by their weights."""
     import inspect
 
     seen: set[type] = set()
@@ -296,18 +358,17 @@ def _hash_user_code(h: Any, module: torch.nn.Module) -> None:
                 h.update(inspect.getsource(cls).encode())
             except (OSError, TypeError):  # defined where its source cannot be read (an interactive session)
                 h.update(cls.__qualname__.encode())
-        plain = {  # (not the train/eval flag: the run reads the model in eval mode either way)
-            k: v
-            for k, v in vars(m).items()
-            if not k.startswith("_") and k != "training" and isinstance(v, (bool, int, float, str))
-        }
-        h.update(json.dumps([name, sorted(plain.items())], default=repr).encode())
+        h.update(name.encode())
+        for k, v in sorted(vars(m).items()):  # (not the train/eval flag: the run reads the model in eval mode)
+            if not k.startswith("_") and k != "training":
+                h.update(k.encode())
+                _hash_value(h, v)
 
 
 #: the settings of an adapter that change what the model computes (``adapt(model, preprocess=..., output=...)``)
 _ADAPTER_SETTINGS = (
     "kind", "output", "preprocess", "default_layers", "references", "similarity", "scale", "output_names",
-    "outputs_values", "method_name",
+    "outputs_values", "method_name", "score_fn", "labels",
 )  # fmt: skip
 
 
@@ -321,28 +382,6 @@ def _hash_module(h: Any, module: torch.nn.Module) -> None:
         if k not in state:
             h.update(f"buffer {k}".encode())
             _hash_tensor(h, v)
-
-
-def _hash_setting(h: Any, v: Any) -> None:
-    """One adapter setting: tensors and arrays by value, modules by their weights, functions by their code and
-    data (:func:`_hash_function`), containers item by item, anything else by its type."""
-    if isinstance(v, torch.Tensor):
-        _hash_tensor(h, v)
-    elif isinstance(v, np.ndarray):
-        _hash_tensor(h, torch.from_numpy(np.ascontiguousarray(v)))
-    elif isinstance(v, torch.nn.Module):
-        h.update(type(v).__qualname__.encode())
-        _hash_module(h, v)
-    elif isinstance(v, (list, tuple)):
-        h.update(f"[{len(v)}".encode())
-        for item in v:
-            _hash_setting(h, item)
-    elif v is None or isinstance(v, (bool, int, float, str)):
-        h.update(repr(v).encode())
-    elif callable(v):
-        _hash_function(h, v)
-    else:
-        h.update(type(v).__qualname__.encode())
 
 
 def fingerprints(
@@ -363,6 +402,9 @@ def fingerprints(
     hd.update(json.dumps(list(names)).encode())
     if labels is not None:
         _hash_tensor(hd, labels)
+    row_words = getattr(model, "row_words", None)  # a black-box text adapter: the texts its presence rows stand for
+    if callable(row_words):
+        hd.update(json.dumps(row_words(x)).encode())
     for method, given in sorted((data_options or {}).items()):
         for k, v in sorted(given.items()):
             hd.update(f"{method}.{k}".encode())
@@ -387,7 +429,7 @@ def fingerprints(
         for name in _ADAPTER_SETTINGS:
             if hasattr(model, name):
                 hw.update(name.encode())
-                _hash_setting(hw, getattr(model, name))
+                _hash_value(hw, getattr(model, name))
     versions = (
         f"python {platform.python_version()}; whybox {whybox.__version__}; torch {torch.__version__}; "
         f"numpy {np.__version__}"
