@@ -625,3 +625,28 @@ def test_a_regressor_s_report_names_no_predicted_class(tmp_path: Path) -> None:
     from whybox.report.run_report import write_run_report
 
     assert write_run_report(rep, tmp_path / "r.html").stat().st_size > 0
+
+
+def test_labels_by_class_name_are_read_as_the_model_names_them() -> None:
+    """labels= of a classifier with string classes_ (y as it came): its class names map to output indices, as
+    evaluate(labels=) and target= read them; a name the model lacks is a named error, not a raw TypeError."""
+    from sklearn.linear_model import LogisticRegression
+
+    from whybox.errors import InvalidTargetError
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 3))
+    y = np.array(["cat", "dog", "emu"])[(x[:, 0] > 0).astype(int) + (x[:, 1] > 1).astype(int)]
+    clf = LogisticRegression().fit(x, y)
+    job = Job(methods=("feature_ablation",), metrics=("deletion",), target="label", shard_size=5)
+    xt = torch.tensor(x[:5], dtype=torch.float32)
+    index = torch.tensor([list(clf.classes_).index(c) for c in y[:5]])
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
+        by_name = run_job(job, clf, xt, Path(a), labels=list(y[:5]))
+        run_job(job, clf, xt, Path(b), labels=index)
+        assert by_name.n_failed_samples == 0
+        assert snapshot(Path(a))[0]["metric_values"] == snapshot(Path(b))[0]["metric_values"]
+        with pytest.raises(InvalidTargetError, match="owl"):
+            run_job(job, clf, xt, Path(a) / "c", labels=["owl"] * 5)

@@ -41,6 +41,7 @@ from whybox.models.adapter import (
     reads_probabilities,
 )
 from whybox.models.layers import resolve_layers
+from whybox.models.targets import class_label_target
 from whybox.registry import EXPLAINERS, METRICS
 from whybox.runs.store import UNDEFINED, MetricValue, RunStore, SampleResult, UnitResult
 
@@ -795,8 +796,17 @@ def run_job(
     names = [str(i) for i in range(n)] if names is None else [str(s) for s in names]
     if len(names) != n:
         raise InvalidParameterError(f"names must have one entry per sample ({n}); got {len(names)}.")
+    adapter = model if isinstance(model, ModelAdapter) else adapt(model)
     if labels is not None:
-        given = torch.as_tensor(labels)
+        try:  # class names (a classifier's classes_, an HF model's id2label) read as target= reads them
+            given = torch.as_tensor(class_label_target(adapter, labels))
+        except WhyboxError:
+            raise
+        except (TypeError, ValueError, RuntimeError):
+            raise InvalidParameterError(
+                f"labels must hold one class per sample (indices, or the model's class names); got "
+                f"{type(labels).__name__} {labels!r:.80}."
+            ) from None
         if given.is_floating_point() and not bool((given == given.round()).all()):
             raise InvalidParameterError(
                 "labels must be integer class indices; got fractional values (e.g. "
@@ -817,7 +827,6 @@ def run_job(
         raise InvalidParameterError(f"backend must be 'local' or 'ray'; got {backend!r}.")
     if budget is not None and not (isinstance(budget, (int, float)) and budget > 0):
         raise InvalidParameterError(f"budget must be a positive number of seconds; got {budget!r}.")
-    adapter = model if isinstance(model, ModelAdapter) else adapt(model)
     _check_option_values(job, adapter, data_options, n)
     say = progress or (lambda _line: None)
 
