@@ -352,11 +352,39 @@ def test_leaderboard_follows_higher_is_better_when_flipped() -> None:
     assert none.cells("leaderboard", 0) == ["–", "–", "–"]
 
 
-def test_auc_is_the_trapezoid_rule_over_zero_to_one() -> None:
+def test_auc_is_the_trapezoid_rule_over_the_fractions() -> None:
     y = np.random.default_rng(0).random(21)
-    assert _auc(y) == pytest.approx(float(np.trapezoid(y, np.linspace(0.0, 1.0, 21))))
-    assert _auc(np.linspace(0.0, 1.0, 5)) == pytest.approx(0.5)
-    assert _auc(np.array([1.0])) is None and _auc(np.array([0.0, np.nan])) is None
+    even = np.linspace(0.0, 1.0, 21)
+    assert _auc(even, y) == pytest.approx(float(np.trapezoid(y, even)))
+    uneven = np.sort(np.r_[0.0, np.random.default_rng(1).random(19), 1.0])
+    assert _auc(uneven, y) == pytest.approx(float(np.trapezoid(y, uneven)))
+    assert _auc(np.linspace(0.0, 1.0, 5), np.linspace(0.0, 1.0, 5)) == pytest.approx(0.5)
+    assert _auc(np.zeros(1), np.array([1.0])) is None and _auc(even[:2], np.array([0.0, np.nan])) is None
+
+
+def test_the_mean_curve_of_uneven_region_steps_has_the_leaderboard_auc(tmp_path: Path) -> None:
+    """Deletion/insertion over regions of unequal area step each sample over other fractions: the report's mean
+    curve is drawn at those fractions, and its legend AUC is the leaderboard's mean of the samples' AUCs."""
+    import torch
+    from torch import nn
+
+    from whybox.runs.job import Job, run_job
+    from whybox.runs.report_data import load_run_report
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3)).eval()
+    with torch.no_grad():
+        model[1].weight.mul_(40)
+    x = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    options = {"deletion": {"regions": 6}, "insertion": {"regions": 6}}
+    job = Job(methods=("saliency",), metrics=("deletion", "insertion"), metric_options=options, shard_size=3)
+    run_job(job, model, x, tmp_path / "run")
+    report = load_run_report(tmp_path / "run")
+    for metric in ("deletion", "insertion"):
+        curve = report.curves[metric]["saliency"]
+        assert curve.shape[0] == 2 and curve[0][0] == 0.0 and curve[0][-1] == pytest.approx(1.0)
+        assert curve.shape[1] > 7  # the samples' fractions differ: their union, not 6 + 1 even steps
+        assert _auc(curve[0], curve[1]) == pytest.approx(report.leaderboard["saliency"][metric], abs=1e-12)
 
 
 # ---------------------------------------------------------------------------------------------- samples

@@ -122,7 +122,8 @@ class RunReport:
     leaderboard
         ``method -> metric -> mean score over samples`` (``None``: no value).
     curves
-        ``metric -> method -> (steps + 1,)`` mean curve over the fraction revealed/removed, 0 to 1.
+        ``metric -> method -> (2, n)`` mean curve: the fraction revealed/removed (0 to 1) and the mean score
+        there; a ``(n,)`` array is read as scores at evenly spaced fractions.
     """
 
     title: str
@@ -269,11 +270,11 @@ def _leaderboard(report: RunReport, methods: list[str]) -> dict[str, Any]:
     return {"columns": columns, "rows": rows, "sorted_by": sorted_by}
 
 
-def _auc(y: np.ndarray) -> float | None:
-    """Trapezoidal area under ``y`` sampled evenly over [0, 1]; ``None`` if too short or not finite."""
+def _auc(x: np.ndarray, y: np.ndarray) -> float | None:
+    """Trapezoidal area under ``y`` at the fractions ``x``; ``None`` if too short or not finite."""
     if y.size < 2 or not np.isfinite(y).all():
         return None
-    return float(np.sum(y[1:] + y[:-1]) / (2.0 * (y.size - 1)))
+    return float(np.sum((y[1:] + y[:-1]) * np.diff(x)) / 2.0)
 
 
 def _curve_figure(metric: str, curves: Mapping[str, np.ndarray], hib: bool | None) -> str:
@@ -288,9 +289,13 @@ def _curve_figure(metric: str, curves: Mapping[str, np.ndarray], hib: bool | Non
     palette = [colormaps["tab10"](i) for i in range(10)]  # then the same colours with other line styles
     styles = ("-", "--", ":", "-.")
     for k, (method, curve) in enumerate(curves.items()):
-        y = np.asarray(curve, dtype=np.float64).reshape(-1)
-        x = np.linspace(0.0, 1.0, y.size) if y.size > 1 else np.zeros(y.size)
-        auc = _auc(y)
+        c = np.asarray(curve, dtype=np.float64)
+        if c.ndim == 2 and c.shape[0] == 2:
+            x, y = c[0], c[1]
+        else:
+            y = c.reshape(-1)
+            x = np.linspace(0.0, 1.0, y.size) if y.size > 1 else np.zeros(y.size)
+        auc = _auc(x, y)
         ax.plot(
             x,
             np.where(np.isfinite(y), y, np.nan),

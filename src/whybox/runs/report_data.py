@@ -314,17 +314,19 @@ def load_run_report(run_dir: str | Path, *, title: str | None = None, max_sample
         elif reason is not None and reason != UNDEFINED and result_of.get((int(idx), method), ("ok",))[0] == "ok":
             failures.append((name_of.get(int(idx), str(idx)), method, f"{metric}: {reason}"))
         if curve is not None and metric in ("deletion", "insertion"):
-            y = json.loads(curve).get("y")
+            stored = json.loads(curve)
+            y = stored.get("y")
             if y is not None:
-                curve_rows[(method, metric)].append(np.asarray(y, dtype=np.float64))
+                y = np.asarray(y, dtype=np.float64)
+                x = stored.get("x")  # the fraction actually removed at each step (uneven with regions=)
+                x = np.asarray(x, dtype=np.float64) if x is not None and len(x) == y.size else _even(y.size)
+                curve_rows[(method, metric)].append(np.stack([x, y]))
     leaderboard = {
         m: {k: (float(np.mean(sums[(m, k)])) if sums.get((m, k)) else None) for k in metrics} for m in methods
     }
     curves: dict[str, dict[str, np.ndarray]] = {}
     for (method, metric), rows in sorted(curve_rows.items()):
-        lengths = {len(r) for r in rows}
-        if len(lengths) == 1:
-            curves.setdefault(metric, {})[method] = np.mean(np.stack(rows), axis=0)
+        curves.setdefault(metric, {})[method] = _mean_curve(rows)
 
     report_metrics = [
         ReportMetric(k, getattr(METRICS.get(k), "higher_is_better", None), _DESCRIPTIONS.get(k, "")) for k in metrics
@@ -442,3 +444,17 @@ def load_run_report(run_dir: str | Path, *, title: str | None = None, max_sample
         failures=failures,
         n_samples=len(samples),
     )
+
+
+def _even(n: int) -> np.ndarray:
+    return np.linspace(0.0, 1.0, n) if n > 1 else np.zeros(n)
+
+
+def _mean_curve(rows: list[np.ndarray]) -> np.ndarray:
+    """The mean of per-sample curves ``(2, n_i)`` (x: the fraction removed, increasing; y: the score) as ``(2, n)``
+    on the union of their x: each curve read piecewise linearly between its points, so the mean curve's trapezoid
+    area is the mean of the samples' areas (the leaderboard's AUC), also where samples step over uneven regions."""
+    if all(r.shape == rows[0].shape and np.array_equal(r[0], rows[0][0]) for r in rows):
+        return np.stack([rows[0][0], np.mean(np.stack([r[1] for r in rows]), axis=0)])
+    grid = np.unique(np.concatenate([r[0] for r in rows]))
+    return np.stack([grid, np.mean(np.stack([np.interp(grid, r[0], r[1]) for r in rows]), axis=0)])
