@@ -244,3 +244,18 @@ def test_a_damaged_sentiment_cache_is_trained_again(tmp_path: object) -> None:
     again, _ = minilm_sentiment(cache_dir=tmp_path)
     assert torch.equal(again.head.weight, first.head.weight)
     assert torch.equal(load_file(str(path))["weight"], first.head.weight)
+
+
+@pytest.mark.parametrize("method", ["attention_rollout", "raw_attention", "attention_relevance"])
+def test_attention_methods_read_an_sae_feature_of_minilm(sentiment: tuple[object, object], method: str) -> None:
+    """MiniLMSentiment's forward takes no output_hidden_states: the attention methods read an SAE adapter's block
+    through its capture() (they raised TypeError), and give one value per word of each text."""
+    from whybox.explainers.llm.sae import SAEConfig, SparseAutoencoder
+    from whybox.explainers.llm.sae_text import SAEFeatureAdapter
+
+    _, adapter = sentiment
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(SAEConfig(d_in=384, d_sae=32, k=8))
+    features = SAEFeatureAdapter.from_text_adapter(adapter, sae, layer=2, features=[0, 1])  # type: ignore[arg-type]
+    r = whybox.explain_text(features, TEXTS[:2], method, target=0)
+    assert [len(w) for w in r.words] == [5, 10] and all(np.isfinite(v) for w in r.words for _, v in w)

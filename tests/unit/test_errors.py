@@ -815,7 +815,7 @@ def test_as_is_mode_refuses_batched_forwards_with_train_batchnorm(method: str, x
             r"n_steps must be an int >= 2 for method='riemann_trapezoid'; got 1\.",
         ),
         ({"baseline": "black"}, r"baseline must be one of \('zero', 'blur'.*a number or a tensor; got 'black'\."),
-        ({"sigma": -1.0}, r"sigma must be a number >= 0; got -1\.0\."),
+        ({"sigma": -1.0}, r"sigma must be a finite number >= 0; got -1\.0\."),
     ],
 )
 def test_bad_integrated_gradients_options(
@@ -831,11 +831,11 @@ def test_bad_integrated_gradients_options(
     [
         ({"variant": "median"}, r"variant must be one of \('mean', 'square', 'var'\); got 'median'\."),
         ({"n_samples": 0}, r"n_samples must be an int >= 1; got 0\."),
-        ({"noise_level": -0.1}, r"noise_level must be a number >= 0; got -0\.1\."),
-        ({"noise_level": "high"}, r"noise_level must be a number >= 0; got 'high'\."),
-        ({"noise_level": float("nan")}, r"noise_level must be a number >= 0; got nan\."),
-        ({"sigma": -2.0}, r"sigma must be a number >= 0 or None; got -2\.0\."),
-        ({"sigma": "2"}, r"sigma must be a number >= 0 or None; got '2'\."),
+        ({"noise_level": -0.1}, r"noise_level must be a finite number >= 0; got -0\.1\."),
+        ({"noise_level": "high"}, r"noise_level must be a finite number >= 0; got 'high'\."),
+        ({"noise_level": float("nan")}, r"noise_level must be a finite number >= 0; got nan\."),
+        ({"sigma": -2.0}, r"sigma must be a finite number >= 0 or None; got -2\.0\."),
+        ({"sigma": "2"}, r"sigma must be a finite number >= 0 or None; got '2'\."),
         ({"base": "ig"}, r"base must be one of \('gradient', 'input_x_gradient'\); got 'ig'\."),
     ],
 )

@@ -1045,7 +1045,12 @@ class Metric:
             )
             if not self.needs_model or adapter is None or engine is None:
                 tgt0 = self._target_without_model(target, expl, x)
-                ctx = Context(None, x, attributions, tgt0, expl, None, None, masks, labels, method, signal_given=signal)
+                # a text adapter stays known to a metric of the map alone: its words are the features, not the
+                # specials and pads (:func:`text_null_features`)
+                known = adapter if is_text_adapter(adapter) else None
+                ctx = Context(
+                    known, x, attributions, tgt0, expl, None, None, masks, labels, method, signal_given=signal
+                )
                 scores, curves, meta = self._checked_compute(ctx)
             else:
                 with adapter.guard(self.mode):
@@ -1314,3 +1319,14 @@ def _binary_masks(m: torch.Tensor) -> torch.Tensor:
             "resized mask first, e.g. masks > 0.5."
         )
     return m.to(torch.bool)
+
+
+def text_null_features(ctx: Context, groups: Any) -> torch.Tensor | None:
+    """``(B, M)`` bool: on a text adapter's packed inputs, the features its fill never changes (the group of CLS,
+    SEP and the pads; a black box's pads and index column), which are no word of the text; ``None`` elsewhere."""
+    if not is_text_adapter(ctx.adapter):
+        return None
+    from whybox.masking.features import groups_touched
+
+    fill = ctx.adapter.packed_fill(ctx.x)  # type: ignore[union-attr]
+    return ~groups_touched(groups, ctx.x != fill)  # (B, T, 1) word ids expand over a token's elements

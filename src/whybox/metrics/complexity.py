@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from whybox.errors import InvalidParameterError
-from whybox.metrics.base import Context, Metric, check_map_shape
+from whybox.metrics.base import Context, Metric, check_map_shape, text_null_features
 from whybox.registry import METRICS
 
 __all__ = ["Complexity", "Sparseness", "entropy", "gini"]
@@ -92,7 +92,8 @@ class _Flat(Metric):
         ``None``: every element of the map. A :class:`~whybox.masking.FeatureGroups` or an integer label map
         ``(B, *G)``: one value per feature, the ``pool`` of its elements' ``|a|``, over the features a row has
         (a text's words: ``whybox.evaluate`` on texts passes them, so a text's score does not change with the pads
-        and word-vector dimensions of its batch).
+        and word-vector dimensions of its batch; on a text adapter's inputs the never-changing group of CLS, SEP
+        and the pads is left out).
     pool
         ``"sum"`` or ``"mean"`` of a feature's elements (the mean for a map that copies one value per feature).
     """
@@ -118,7 +119,11 @@ class _Flat(Metric):
 
         groups = resolve_regions(self.regions, ctx.x, signal=ctx.signal)
         values = pool_attributions(a, groups, ctx.x, pool=self.pool, abs=True).cpu().numpy()
-        present = (groups.sizes() > 0).cpu().numpy()
+        has = groups.sizes() > 0
+        null = text_null_features(ctx, groups)  # a text's specials and pads: no word of it
+        if null is not None:
+            has &= ~null.to(has.device)
+        present = has.cpu().numpy()
         return [values[r][present[r]] for r in range(values.shape[0])]
 
     def _per_row(self, ctx: Context, stat: Any) -> torch.Tensor:

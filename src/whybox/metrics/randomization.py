@@ -28,6 +28,7 @@ from whybox.metrics.base import (
     make_explain_fn,
     row_keys,
     spearman,
+    text_null_features,
     text_positions,
 )
 from whybox.models.adapter import FunctionModel, ModelAdapter, TorchAdapter
@@ -265,7 +266,11 @@ class _MapComparison(Metric):
             groups = resolve_regions(self.regions, ctx.x, signal=ctx.signal)
             pa = pool_attributions(a, groups, ctx.x, pool=self.pool).cpu()
             pb = pool_attributions(b, groups, ctx.x, pool=self.pool).cpu()
-            present = (groups.sizes() > 0).cpu()
+            present = groups.sizes() > 0
+            null = text_null_features(ctx, groups)  # a text's specials and pads: no word of it
+            if null is not None:
+                present &= ~null.to(present.device)
+            present = present.cpu()
             cp, cell = self.clip_percentile, self.hog_cell
             rows = [
                 map_similarities(pa[i : i + 1, own], pb[i : i + 1, own], clip_percentile=cp, hog_cell=cell, which=which)

@@ -197,6 +197,11 @@ class TorchAdapter(ModelAdapter):
         for tensors in (self.model.parameters(), self.model.buffers()):
             count: dict[torch.dtype, int] = {}
             for t in tensors:
+                if isinstance(t, nn.parameter.UninitializedParameter | nn.parameter.UninitializedBuffer):
+                    raise InvalidInputError(
+                        f"the model {type(self.model).__name__} has uninitialised lazy parameters (nn.LazyLinear, "
+                        "nn.LazyConv2d, ...); run one forward pass on an input of the right shape before explaining it."
+                    )
                 if t.is_floating_point():
                     count[t.dtype] = count.get(t.dtype, 0) + t.numel()
             if count:
@@ -292,11 +297,14 @@ class EmbeddingAdapter(TorchAdapter):
         self.scale = float(scale)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.embed_output(self.forward(x))
+        return self.embed_output(self.forward(x), batch=x.shape[0])
 
-    def embed_output(self, out: Any) -> torch.Tensor:
-        """The embeddings ``(B, D)`` in the model's raw output (``output=`` selects them)."""
+    def embed_output(self, out: Any, batch: int | None = None) -> torch.Tensor:
+        """The embeddings ``(B, D)`` in the model's raw output (``output=`` selects them); for a ``batch`` of one
+        row, a forward ending in ``.squeeze()`` may give ``(D,)`` (as classifiers' one-row ``(K,)`` is read)."""
         emb = self.select(out)
+        if batch == 1 and emb.ndim == 1:
+            emb = emb.unsqueeze(0)
         if emb.ndim != 2:
             raise ModelOutputError(
                 f"an embedding model must return (B, D) embeddings; got {tuple(emb.shape)}. "
@@ -382,6 +390,14 @@ class SklearnAdapter(ModelAdapter):
                 )
             # coded text/categorical columns decoded to their values; else the rows as they are
             out = self._fn(decode_rows(rows, self)) if self.categories else self._named(rows)
+        if isinstance(out, list) or np.ndim(out) > 2 or (np.ndim(out) >= 1 and len(out) != rows.shape[0]):
+            shapes = [np.shape(o) for o in out] if isinstance(out, list) else np.shape(out)
+            raise ModelOutputError(
+                f"{type(self.model).__name__}.{self.method_name} returned {type(out).__name__} of shape(s) "
+                f"{shapes!s:.120} for {rows.shape[0]} rows, not class scores (B, K): a multi-output (multi-label) "
+                "estimator gives one array per output. Explain one output's estimator (e.g. model.estimators_[k] of "
+                "a MultiOutputClassifier), or wrap the model in a function returning (B, K) scores."
+            )
         arr = np.asarray(out)
         try:
             if arr.dtype.kind in "US":  # class labels as text ('yes'; also '1'): not scores
@@ -704,6 +720,17 @@ def _adapt(
         output = None if graph_output is not None else output
     if kind not in KINDS:
         raise InvalidParameterError(f"kind must be one of {KINDS}; got {kind!r}.{did_you_mean(kind, KINDS)}")
+    embedding_options = {
+        "references": references,
+        "similarity": similarity if similarity != "cosine" else None,
+        "scale": scale if scale != 1.0 else None,
+    }
+    stray = [k for k, v in embedding_options.items() if v is not None]
+    if kind != "embedding" and stray:  # they would be dropped without a word: the outputs scored as they are
+        raise InvalidParameterError(
+            f"{', '.join(f'{k}=' for k in stray)} apply to embedding models only; pass kind='embedding' to score "
+            f"similarities to the references, or leave them out (kind={kind!r} scores the model's outputs)."
+        )
     if isinstance(model, nn.Module):
         if kind == "embedding":
             if references is None:
@@ -732,6 +759,13 @@ def _adapt(
                     if kind == "multilabel"
                     else ""
                 )
+            )
+        stray = [k for k, v in {"output": output, "layers": layers}.items() if v is not None]
+        if stray:
+            raise InvalidParameterError(
+                f"{', '.join(f'{k}=' for k in stray)} do not apply to a scikit-learn estimator (its scores are "
+                "predict_proba / decision_function, and it has no layers); leave them out, or wrap the estimator in "
+                "a function returning the scores you want explained."
             )
         return SklearnAdapter(model, preprocess=preprocess)
     if callable(model) and not isinstance(model, type):  # a function x -> scores: wrapped as a module

@@ -612,6 +612,8 @@ def text_defaults(method: str, batch: TextBatch | BlackBoxText, *, replace: str 
         opts: dict[str, Any] = {}
         if "features" in names:
             opts["features"] = batch.features
+        if "keep_null" in names:  # LIME: the pads and the index column (never perturbed) out of the surrogate
+            opts["keep_null"] = False
         if "regions" in names:
             opts["regions"] = batch.features
             if "map" in names:

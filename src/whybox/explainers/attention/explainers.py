@@ -120,7 +120,10 @@ class AttentionExplainer(Explainer):
         mask = (x[..., -1] > 0.5).to(torch.long)
         encoder = self.adapter if isinstance(self.adapter, TextEncoderAdapter) else None
         own = getattr(self.adapter, "scores_from_output", None)  # an adapter whose scores are not the logits
-        extra = {"output_hidden_states": True} if callable(own) else {}
+        # an adapter that keeps its block's output itself (an SAE adapter's capture()) needs no hidden states: a model
+        # whose forward does not take output_hidden_states (MiniLMSentiment) then works too
+        keeps = callable(getattr(self.adapter, "capture", None))
+        extra = {"output_hidden_states": True} if callable(own) and not keeps else {}
         # a decoder's classifier reads its last position (GPT-2 cannot find the last token from inputs_embeds): each
         # token length's rows run cut after their last token, exact under causal attention, as adapter.scores does
         ends = torch.full((b,), t, dtype=torch.long, device=x.device)

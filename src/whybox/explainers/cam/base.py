@@ -45,9 +45,10 @@ def normalize_maps(maps: torch.Tensor, how: str) -> tuple[torch.Tensor, torch.Te
     if how == "minmax":
         scale = torch.where(degenerate, torch.ones_like(hi), hi - lo)
         out = (flat - lo[:, None]) / scale[:, None]
-    elif how == "max":
-        degenerate = degenerate | (hi.abs() <= tol)
-        scale = torch.where(degenerate, torch.ones_like(hi), hi)
+    elif how == "max":  # by the largest |value|: a signed map (relu=False) keeps its signs and order
+        top = torch.maximum(hi.abs(), lo.abs())
+        degenerate = degenerate | (top <= tol)
+        scale = torch.where(degenerate, torch.ones_like(top), top)
         out = flat / scale[:, None]
     elif how == "none":
         return maps, degenerate
@@ -76,7 +77,8 @@ class CAM(Explainer):
     relu
         Apply ReLU to the raw map (the papers and pytorch-grad-cam do).
     normalize
-        ``"minmax"`` (default), ``"max"`` or ``"none"``, per row after upsampling.
+        ``"minmax"`` (default), ``"max"`` (divided by the row's largest ``|value|``: in [-1, 1], signs kept) or
+        ``"none"``, per row after upsampling.
     upsample
         Resize to the input's H x W (bilinear, half-pixel centres); ``False`` keeps the layer's resolution.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -132,8 +133,8 @@ class IntegratedGradients(GradientExplainer):
         known = isinstance(baseline, (str, int, float, torch.Tensor)) or callable(baseline)
         if (isinstance(baseline, str) and baseline not in BASELINES) or not known or isinstance(baseline, bool):
             raise InvalidParameterError(f"baseline must be one of {BASELINES}, a number or a tensor; got {baseline!r}.")
-        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma >= 0:
-            raise InvalidParameterError(f"sigma must be a number >= 0; got {sigma!r}.")
+        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not 0 <= sigma < math.inf:
+            raise InvalidParameterError(f"sigma must be a finite number >= 0; got {sigma!r}.")
         self.n_steps = n_steps
         self.method = method
         self.baseline = baseline

@@ -71,10 +71,16 @@ class SmoothGrad(GradientExplainer):
         super().__init__(model, **kwargs)
         if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
             raise InvalidParameterError(f"n_samples must be an int >= 1; got {n_samples!r}.")
-        if isinstance(noise_level, bool) or not isinstance(noise_level, (int, float)) or not noise_level >= 0:
-            raise InvalidParameterError(f"noise_level must be a number >= 0; got {noise_level!r}.")
-        if sigma is not None and (isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma >= 0):
-            raise InvalidParameterError(f"sigma must be a number >= 0 or None; got {sigma!r}.")
+        if (
+            isinstance(noise_level, bool)
+            or not isinstance(noise_level, (int, float))
+            or not 0 <= noise_level < math.inf
+        ):
+            raise InvalidParameterError(f"noise_level must be a finite number >= 0; got {noise_level!r}.")
+        if sigma is not None and (
+            isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not 0 <= sigma < math.inf
+        ):
+            raise InvalidParameterError(f"sigma must be a finite number >= 0 or None; got {sigma!r}.")
         if variant not in VARIANTS:
             raise InvalidParameterError(
                 f"variant must be one of {VARIANTS}; got {variant!r}.{did_you_mean(variant, VARIANTS)}"

@@ -1,0 +1,152 @@
+"""Regressions found by the third-pass audits: each test states the promised behaviour the code missed."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import whybox
+from whybox.errors import InvalidParameterError, WhyboxError
+
+
+def test_cam_max_normalisation_keeps_the_signs_of_a_signed_map() -> None:
+    """normalize='max' divides by the largest |value|: an all-negative map (relu=False) stays negative, in the same
+    order, within [-1, 1] (dividing by its negative max turned the most negative pixel into the brightest)."""
+    m = nn.Sequential(nn.Conv2d(1, 1, 1), nn.Flatten(), nn.Linear(4, 2)).double().eval()
+    with torch.no_grad():
+        m[0].weight.fill_(1.0)
+        m[0].bias.zero_()
+        m[2].weight.fill_(1.0)
+        m[2].bias.zero_()
+    x = torch.tensor([[[[-1.0, -2.0], [-3.0, -4.0]]]], dtype=torch.float64)
+    kw = {"layer": "0", "target": 0, "relu": False, "upsample": False}
+    raw = whybox.explain(m, x, "hirescam", normalize="none", **kw).attributions
+    scaled = whybox.explain(m, x, "hirescam", normalize="max", **kw).attributions
+    torch.testing.assert_close(scaled, raw / raw.abs().max())
+    assert float(scaled.min()) == -1.0 and bool((scaled < 0).all())
+
+
+@pytest.mark.parametrize(
+    ("method", "params"),
+    [
+        ("integrated_gradients", {"baseline": "blur", "sigma": math.inf}),
+        ("integrated_gradients", {"baseline": "gaussian", "sigma": math.inf}),
+        ("smoothgrad", {"sigma": math.inf}),
+        ("smoothgrad", {"noise_level": math.inf}),
+    ],
+)
+def test_an_infinite_noise_or_blur_width_is_refused_by_name(method: str, params: dict[str, float]) -> None:
+    """sigma=inf crashed the blur with a bare OverflowError and gave all-NaN maps elsewhere."""
+    m = nn.Sequential(nn.Conv2d(3, 2, 3, padding=1), nn.Flatten(), nn.Linear(72, 3)).double().eval()
+    x = torch.rand(1, 3, 6, 6, dtype=torch.float64)
+    name = next(iter(k for k in params if k != "baseline"))
+    with pytest.raises(InvalidParameterError, match=rf"{name} must be a finite number >= 0.*inf"):
+        whybox.explain(m, x, method, target=0, **params)
+
+
+def test_a_lazy_model_not_yet_run_is_a_named_error() -> None:
+    m = nn.Sequential(nn.LazyConv2d(2, 3, padding=1), nn.Flatten(), nn.LazyLinear(3))
+    with pytest.raises(WhyboxError, match=r"uninitialised lazy parameters.*run one forward pass"):
+        whybox.explain(m, torch.rand(1, 3, 6, 6), "saliency", target=0)
+    m(torch.rand(1, 3, 6, 6))  # once run, it explains
+    assert whybox.explain(m, torch.rand(1, 3, 6, 6), "saliency", target=0).attributions.shape == (1, 3, 6, 6)
+
+
+def test_a_multi_output_estimator_is_a_named_error_not_an_index_crash() -> None:
+    """predict_proba of a multi-output classifier is one (B, 2) array per output: stacked, it was read as (L, B, 2)
+    scores and crashed with IndexError / ValueError deep in the methods."""
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multioutput import MultiOutputClassifier
+
+    from whybox.errors import ModelOutputError
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 3))
+    y = np.stack([(x[:, 0] > 0), (x[:, 1] > 0)], 1).astype(int)
+    xt = torch.tensor(x[:3], dtype=torch.float32)
+    for model in (MultiOutputClassifier(LogisticRegression()).fit(x, y), RandomForestClassifier(5).fit(x, y)):
+        for method in ("occlusion", "kernel_shap"):
+            with pytest.raises(ModelOutputError, match=r"multi-output.*estimators_\[k\]"):
+                whybox.explain(model, xt, method, target=0)
+        with pytest.raises(ModelOutputError, match="multi-output"):
+            whybox.evaluate(model, xt, torch.rand(3, 3), "deletion", target=0)
+
+
+def test_an_embedding_forward_ending_in_squeeze_reads_a_one_row_chunk() -> None:
+    """A forward ending in .squeeze() gives (D,) for one row: read as (1, D), as a classifier's (K,) is, so a
+    result does not depend on whether some chunk holds one row."""
+
+    class Squeezed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(5, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x).squeeze()
+
+    torch.manual_seed(0)
+    m = Squeezed().eval()
+    ad = whybox.adapt(m, kind="embedding", references=torch.randn(3, 4))
+    x = torch.randn(2, 5)
+    whole = whybox.explain(ad, x, "occlusion", target=0, batch_size=2).attributions
+    for bs in (3, 11):  # 12 rows: chunks of 3 and 11 (the last of one row)
+        torch.testing.assert_close(whybox.explain(ad, x, "occlusion", target=0, batch_size=bs).attributions, whole)
+    assert whybox.explain(ad, x[:1], "saliency", target=0).attributions.shape == (1, 5)
+
+
+def test_adapt_refuses_options_its_adapter_would_drop() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    net = nn.Linear(5, 4)
+    with pytest.raises(InvalidParameterError, match=r"references=, scale= apply to embedding models only"):
+        whybox.adapt(net, references=torch.randn(3, 4), scale=100.0)
+    with pytest.raises(InvalidParameterError, match=r"similarity= apply to embedding models only.*kind='embedding'"):
+        whybox.adapt(net, similarity="dot")
+    clf = LogisticRegression().fit(np.random.default_rng(0).normal(size=(20, 3)), np.arange(20) % 2)
+    with pytest.raises(InvalidParameterError, match=r"output=, layers= do not apply to a scikit-learn estimator"):
+        whybox.adapt(clf, output=1, layers="x")
+    whybox.adapt(net, kind="embedding", references=torch.randn(3, 4), similarity="dot", scale=2.0)  # still fine
+
+
+def test_sparseness_and_complexity_of_a_text_are_over_its_words(make_text_classifier: object) -> None:
+    """The never-changing group of CLS, SEP and the pads is no word of the text: a one-word text has sparseness 0
+    and complexity 0 (d = 1), and a longer text's statistics are those of its word values alone."""
+    pytest.importorskip("transformers")
+    from whybox.metrics.complexity import entropy, gini
+
+    ad = make_text_classifier(0, 3)  # type: ignore[operator]
+    texts = ["playing", "the movie was great"]
+    for method in ("integrated_gradients", "saliency", "occlusion"):
+        r = whybox.explain_text(ad, texts, method, target=1)
+        a = r.explanation.attributions.detach().double().abs()
+        pool = (lambda t: t.mean()) if method == "occlusion" else (lambda t: t.sum())  # a copied value, or Σ|a|
+        words = [torch.stack([pool(a[i, idx]) for _, idx in spans]) for i, spans in enumerate(r.batch.word_spans())]
+        sparse = whybox.evaluate(ad, texts, r, "sparseness").scores
+        complexity = whybox.evaluate(ad, texts, r, "complexity").scores
+        assert sparse[0].item() == 0.0 and complexity[0].item() == pytest.approx(0.0, abs=1e-12)
+        assert sparse[1].item() == pytest.approx(gini(words[1][None]).item(), abs=1e-9)
+        assert complexity[1].item() == pytest.approx(entropy(words[1][None]).item(), abs=1e-9)
+
+
+def test_lime_on_a_black_box_text_leaves_its_pads_and_index_column_out() -> None:
+    """explain_text gives LIME keep_null=False on every text model, as its docstring says: the never-changing pads
+    and index column of a black box's presence rows are no feature of the surrogate."""
+    from whybox.models.blackbox_text import BlackBoxTextAdapter
+    from whybox.models.text import text_defaults
+
+    def score(texts: list[str]) -> torch.Tensor:
+        v = torch.tensor([t.split().count("great") - t.split().count("bad") for t in texts], dtype=torch.float64)
+        return torch.stack([-v, v], 1)
+
+    bb = BlackBoxTextAdapter(score, labels=["neg", "pos"])
+    texts = ["the movie was great but bad", "great"]
+    assert text_defaults("lime", bb.encode(texts))["keep_null"] is False
+    kw = {"target": 1, "seed": 0, "n_samples": 200, "score": "logit"}
+    default = whybox.explain_text(bb, texts, "lime", **kw)
+    explicit = whybox.explain_text(bb, texts, "lime", keep_null=False, **kw)
+    assert default.words == explicit.words
