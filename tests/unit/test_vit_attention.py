@@ -169,3 +169,34 @@ def test_a_model_without_input_embeddings_gets_a_not_differentiable_error() -> N
             model, scores=lambda out: out.logits_per_image, input_ids=torch.tensor([[1, 2, 3]]),
             pixel_values=torch.rand(1, 3, 16, 16),
         )  # fmt: skip
+
+
+@pytest.mark.parametrize(("height", "width"), [(16, 64), (24, 40)])
+def test_cam_lays_a_non_square_patch_grid_out_on_the_image(height: int, width: int) -> None:
+    """A 16 x 64 image of 8-pixel patches is a 2 x 8 grid (not 4 x 4), a 24 x 40 one 3 x 5 (15 patches + CLS = 16
+    tokens, not a 4 x 4 grid with the CLS as its first patch): Grad-CAM equals the hand reshape of the layer."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    cfg = ViTConfig(image_size=(height, width), patch_size=8, hidden_size=32, num_hidden_layers=2,
+                    num_attention_heads=4, intermediate_size=64, num_labels=3)  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        vit = ViTForImageClassification(cfg).double().eval()
+    x = torch.rand(2, 3, height, width, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    layer = next(n for n, _ in vit.named_modules() if n.endswith("1.layernorm_before"))  # names vary by version
+    ad = whybox.adapt(vit, output="logits")
+    e = whybox.explain(ad, x, "gradcam", target=1, layer=layer, upsample=False, normalize="none")
+    h, w = height // 8, width // 8
+    assert e.attributions.shape == (2, 1, h, w)
+    store: dict[str, torch.Tensor] = {}
+    hook = dict(vit.named_modules())[layer].register_forward_hook(lambda m, i, o: store.__setitem__("a", o))
+    try:
+        score = vit(pixel_values=x).logits[:, 1].sum()
+    finally:
+        hook.remove()
+    g = torch.autograd.grad(score, store["a"])[0][:, 1:].transpose(1, 2).reshape(2, 32, h, w)
+    a = store["a"][:, 1:].detach().transpose(1, 2).reshape(2, 32, h, w)
+    cam = (g.mean((2, 3), keepdim=True) * a).sum(1, keepdim=True).clamp_min(0)
+    torch.testing.assert_close(e.attributions, cam, rtol=0, atol=1e-12)
+    auto = whybox.explain(ad, x, "gradcam", target=1)
+    assert auto.meta["layer"] != ["vit.layernorm"]  # the final LayerNorm's patch tokens carry no gradient

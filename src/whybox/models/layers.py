@@ -91,9 +91,39 @@ def resolve_layers(adapter: TorchAdapter, layers: LayerLike | Sequence[LayerLike
     return [_find(adapter.model, s) for s in specs]
 
 
-def to_grid(a: torch.Tensor, label: str, *, signal: bool = False) -> torch.Tensor:
-    """Activations as ``(B, C, h, w)``: 4-D as is; ViT tokens ``(B, N, D)`` with N or N - 1 square reshaped; with
-    ``signal`` (the inputs are 1-D signals) a Conv1d-style ``(B, C, L)`` output as a one-row grid ``(B, C, 1, L)``."""
+#: leading tokens a ViT may put before its patches, in the order tried: a class token; none; class and
+#: distillation tokens (DeiT); a class token and registers (DINOv2 with registers)
+_PREFIXES = (1, 0, 2, 3, 4, 5)
+
+
+def token_grid(n: int, hw: tuple[int, int] | None = None) -> tuple[int, int, int] | None:
+    """``(prefix, h, w)``: how ``n`` ViT tokens lay out as leading tokens and an ``h x w`` patch grid. Given the
+    image's ``hw``, the grid of one patch size ``p`` over it (``h = H // p``, ``w = W // p``, so a 16 x 64 image of
+    8-pixel patches is 2 x 8, not 4 x 4); else (or when no patch size fits, e.g. a resizing preprocess) a square
+    grid of N - 1 or N tokens. ``None`` when neither fits."""
+    if hw is not None and hw[0] > 0 and hw[1] > 0:
+        height, width = hw
+        for prefix in _PREFIXES:
+            m = n - prefix
+            if m < 2:
+                continue
+            for p in range(1, min(height, width) + 1):
+                h, w = height // p, width // p
+                if h * w == m:
+                    return prefix, h, w
+                if h * w < m:
+                    break
+    for prefix in (1, 0):
+        side = math.isqrt(max(n - prefix, 0))
+        if n - prefix > 0 and side * side == n - prefix:
+            return prefix, side, side
+    return None
+
+
+def to_grid(a: torch.Tensor, label: str, *, signal: bool = False, hw: tuple[int, int] | None = None) -> torch.Tensor:
+    """Activations as ``(B, C, h, w)``: 4-D as is; ViT tokens ``(B, N, D)`` as their patch grid over an image of
+    ``hw`` (:func:`token_grid`: leading class/distillation tokens dropped); with ``signal`` (the inputs are 1-D
+    signals) a Conv1d-style ``(B, C, L)`` output as a one-row grid ``(B, C, 1, L)``."""
     if signal:
         if a.ndim == 3:
             return a.unsqueeze(2)
@@ -105,13 +135,14 @@ def to_grid(a: torch.Tensor, label: str, *, signal: bool = False) -> torch.Tenso
         return a
     if a.ndim == 3:
         n = a.shape[1]
-        for drop in (1, 0):
-            side = math.isqrt(n - drop)
-            if n - drop > 0 and side * side == n - drop:
-                return a[:, drop:, :].transpose(1, 2).reshape(a.shape[0], a.shape[2], side, side)
+        layout = token_grid(n, hw)
+        if layout is not None:
+            prefix, h, w = layout
+            return a[:, prefix:, :].transpose(1, 2).reshape(a.shape[0], a.shape[2], h, w)
+        over = f" of a {hw[0]} x {hw[1]} image" if hw is not None else ""
         raise LayerError(
-            f"layer {label!r} outputs tokens {tuple(a.shape)} whose count {n} is not a square grid "
-            "(with or without a class token); choose a layer with a spatial output."
+            f"layer {label!r} outputs tokens {tuple(a.shape)} whose count {n} is no patch grid{over} (after up to "
+            f"{max(_PREFIXES)} class, distillation or register tokens); choose a layer with a spatial output."
         )
     raise LayerError(
         f"layer {label!r} outputs shape {tuple(a.shape)}; CAM methods need (B, C, h, w) or ViT tokens (B, N, D). "
@@ -303,11 +334,11 @@ def auto_layer(adapter: TorchAdapter, x: torch.Tensor) -> tuple[LayerRef, int, i
                 f"no layer of {type(model).__name__} produces a (B, C, L) output with L > 1 after an nn.Conv1d; {fix}"
             )
     else:
-        spatial = [(name, k, t) for name, k, t in reversed(events) if _is_spatial(tuple(t.shape))]
+        spatial = [(name, k, t) for name, k, t in reversed(events) if _is_spatial(tuple(t.shape), image_hw(x))]
         if not spatial:
             raise LayerError(f"no layer of {type(model).__name__} produces a spatial (B, C, h, w) output; {fix}")
     chosen = spatial[0]
-    reached = _reached(scores, [t for _, _, t in spatial], signal=signal)
+    reached = _reached(scores, [t for _, _, t in spatial], signal=signal, hw=image_hw(x))
     if reached is not None and any(reached):
         chosen = spatial[reached.index(True)]
     name, k, _ = chosen
@@ -333,17 +364,25 @@ def _signal_outputs(
     return out
 
 
-def _is_spatial(shape: tuple[int, ...]) -> bool:
-    """A ``(B, C, h, w)`` map with ``h * w > 1`` or ``(B, N, D)`` tokens whose N or N - 1 is a square > 1."""
+def _is_spatial(shape: tuple[int, ...], hw: tuple[int, int] | None = None) -> bool:
+    """A ``(B, C, h, w)`` map with ``h * w > 1`` or ``(B, N, D)`` tokens that lay out as a patch grid of more than
+    one patch (:func:`token_grid`)."""
     if len(shape) == 4:
         return shape[2] * shape[3] > 1
     if len(shape) == 3 and shape[1] > 1:
-        n = shape[1]
-        return any(n - d > 1 and math.isqrt(n - d) ** 2 == n - d for d in (1, 0))
+        layout = token_grid(shape[1], hw)
+        return layout is not None and layout[1] * layout[2] > 1
     return False
 
 
-def _reached(scores: torch.Tensor, outputs: list[torch.Tensor], *, signal: bool = False) -> list[bool] | None:
+def image_hw(x: torch.Tensor) -> tuple[int, int] | None:
+    """An image batch's ``(H, W)`` (the grid a ViT's tokens lay out on); ``None`` for other inputs."""
+    return (int(x.shape[-2]), int(x.shape[-1])) if x.ndim == 4 else None
+
+
+def _reached(
+    scores: torch.Tensor, outputs: list[torch.Tensor], *, signal: bool = False, hw: tuple[int, int] | None = None
+) -> list[bool] | None:
     """For each output, whether the predicted class's score has a non-zero gradient on its grid (a ViT's class
     token left out); None where the score has no gradient at all (no graph, or a model autograd cannot run)."""
     if not scores.requires_grad:
@@ -360,5 +399,5 @@ def _reached(scores: torch.Tensor, outputs: list[torch.Tensor], *, signal: bool 
     out = []
     for t in live:
         g = next(grads) if t is not None else None
-        out.append(g is not None and bool(to_grid(g, "", signal=signal).abs().amax() > 0))
+        out.append(g is not None and bool(to_grid(g, "", signal=signal, hw=hw).abs().amax() > 0))
     return out
