@@ -52,8 +52,7 @@ def _text_evaluation(
 ) -> tuple[Any, Any, dict[str, Any]]:
     """Texts given to a text adapter become its packed inputs, and an :func:`explain_text` result its
     explanation; a method name (``stability``) gets the options :func:`explain_text` would give it."""
-    from whybox.models.blackbox_text import BlackBoxText
-    from whybox.models.text import TextAttribution, _per_element, text_defaults
+    from whybox.models.text import TextAttribution, text_defaults, word_pool
 
     if isinstance(explanation, TextAttribution):
         explanation = explanation.explanation
@@ -68,13 +67,13 @@ def _text_evaluation(
     options = _options(METRICS.get(metric))
     if "regions" in options and "regions" not in params:  # words, as explain_text's
         params = {**params, "regions": batch.word_features()}
-        if "pool" in options and "pool" not in params and not isinstance(batch, BlackBoxText):
+        if "pool" in options and "pool" not in params:
             # a word's value as explain_text gives it: the sum of its subwords' for a gradient method (each element
             # its own value), the mean for one that copies a value onto every element of a token or word
             method = explanation.method if isinstance(explanation, Explanation) else explanation
-            per_element = isinstance(method, str) and _per_element(method)
-            if isinstance(method, str) and not per_element:
-                params = {**params, "pool": "mean"}
+            pool = word_pool(model, method)
+            if pool is not None:
+                params = {**params, "pool": pool}
     return batch.inputs, explanation, params
 
 

@@ -148,12 +148,12 @@ def test_compare_and_evaluate_explain_a_text_dataset_as_explain_text_does(tmp_pa
     from whybox.runs.store import RunStore
 
     tmp = Path(str(tmp_path))
-    texts = ["The movie was great.", "The pasta was not good at all."]
+    texts = ["The headphones were great.", "The pasta was not good at all."]  # head ##phones: a word of 2 subwords
     (tmp / "r.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
     run = tmp / "run"
     result = CliRunner().invoke(
         cli, ["compare", "--model", "minilm-sentiment", str(tmp / "r.txt"), "--methods", "occlusion,kernel_shap",
-              "--option", "kernel_shap.n_samples=64", "--metrics", "deletion", "--out", str(run), "--no-report"],
+              "--option", "kernel_shap.n_samples=64", "--metrics", "deletion,sparseness", "--out", str(run), "--no-report"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     adapter = load_model("minilm-sentiment").module
@@ -166,22 +166,25 @@ def test_compare_and_evaluate_explain_a_text_dataset_as_explain_text_does(tmp_pa
                 got = store.load_array(method, i)
                 assert got is not None
                 torch.testing.assert_close(torch.from_numpy(got), want[i].float(), rtol=1e-5, atol=1e-6)
-            # the metrics read the texts as whybox.evaluate on them does: over words, [MASK] fill
-            stored = {i: v for i, m, k, v, *_ in store.rows("metric_values") if m == method and k == "deletion"}
-            on_texts = whybox.evaluate(adapter, texts, out, "deletion", seed=0, batch_size=64).scores.tolist()
-            assert [stored[i] for i in range(2)] == pytest.approx(on_texts, rel=1e-5)
+            # the metrics read the texts as whybox.evaluate on them does: over words (a word's copied value once, not
+            # once per subword), [MASK] fill
+            for metric in ("deletion", "sparseness"):
+                stored = {i: v for i, m, k, v, *_ in store.rows("metric_values") if m == method and k == metric}
+                on_texts = whybox.evaluate(adapter, texts, out, metric, seed=0, batch_size=64).scores.tolist()
+                assert [stored[i] for i in range(2)] == pytest.approx(on_texts, rel=1e-5), (method, metric)
     finally:
         store.close()
     ev = CliRunner().invoke(
         cli, ["evaluate", "--model", "minilm-sentiment", str(tmp / "r.txt"), "--method", "occlusion",
-              "--metrics", "deletion", "--json", str(tmp / "ev.json")],
+              "--metrics", "deletion,sparseness", "--json", str(tmp / "ev.json")],
     )  # fmt: skip
     assert ev.exit_code == 0, ev.output
     import json
 
-    scores = json.loads((tmp / "ev.json").read_text(encoding="utf-8"))["metrics"]["deletion"]["scores"]
-    want_scores = whybox.evaluate(adapter, texts, explain_text(adapter, texts, "occlusion"), "deletion", seed=0)
-    assert scores == pytest.approx(want_scores.scores.tolist(), rel=1e-6)
+    for metric in ("deletion", "sparseness"):
+        scores = json.loads((tmp / "ev.json").read_text(encoding="utf-8"))["metrics"][metric]["scores"]
+        want_scores = whybox.evaluate(adapter, texts, explain_text(adapter, texts, "occlusion"), metric, seed=0)
+        assert scores == pytest.approx(want_scores.scores.tolist(), rel=1e-6), metric
 
 
 def test_the_report_of_a_text_run_colours_each_text_s_words_by_each_method(tmp_path: object) -> None:

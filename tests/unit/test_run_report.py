@@ -500,3 +500,29 @@ def test_the_leaderboard_says_when_methods_are_averaged_over_different_samples()
         "means over different samples: deletion over lime 8, saliency 12 (compare methods with care)"
     )
     assert _uneven_means(sums, ["lime", "saliency"], ["insertion"]) == ""
+
+
+def test_the_leaderboard_reads_each_metric_in_the_direction_its_options_give(tmp_path: Path) -> None:
+    """aopc with order='lerf' and road with orders='morf' score lower as better (as evaluate says): the report's
+    arrows and sort follow the configured direction, not the class default."""
+    import torch
+    from torch import nn
+
+    from whybox.runs.job import Job, run_job
+    from whybox.runs.report_data import load_run_report
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Flatten(), nn.Linear(128, 3)).eval()
+    x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    options = {"aopc": {"order": "lerf", "steps": 4}, "road": {"orders": "morf", "fractions": [0.5]}}
+    job = Job(methods=("saliency",), metrics=("aopc", "road", "deletion"), metric_options=options, shard_size=2)
+    run_job(job, model, x, tmp_path / "run")
+    report = load_run_report(tmp_path / "run")
+    assert {m.name: m.higher_is_better for m in report.metrics} == {"aopc": False, "road": False, "deletion": False}
+    default = Job(methods=("saliency",), metrics=("aopc", "road"), metric_options={"road": {"fractions": [0.5]}})
+    run_job(default, model, x, tmp_path / "default")
+    assert {m.name: m.higher_is_better for m in load_run_report(tmp_path / "default").metrics} == {
+        "aopc": True,
+        "road": True,
+    }

@@ -150,3 +150,35 @@ def test_lime_on_a_black_box_text_leaves_its_pads_and_index_column_out() -> None
     default = whybox.explain_text(bb, texts, "lime", **kw)
     explicit = whybox.explain_text(bb, texts, "lime", keep_null=False, **kw)
     assert default.words == explicit.words
+
+
+def test_a_text_run_pools_a_perturbation_word_as_explain_text_reads_it(
+    make_text_classifier: object, tmp_path: object
+) -> None:
+    """A run over texts (as compare gives it) scores occlusion's words with the mean of their subwords' copied
+    value, as whybox.evaluate on the texts does: a word of two subwords no longer counts twice."""
+    pytest.importorskip("transformers")
+    from pathlib import Path
+
+    from whybox.models.text import text_defaults
+    from whybox.runs.job import METRICS_KEY, Job, run_job
+    from whybox.runs.store import RunStore
+
+    ad = make_text_classifier(0, 3)  # type: ignore[operator]
+    texts = ["playing the movie", "the movie was great"]
+    batch = ad.encode(texts)
+    assert len(batch.word_spans()[0][0][1]) > 1  # 'playing' is two subwords here
+    metrics = ("sparseness", "comprehensiveness")
+    job = Job(methods=("occlusion",), metrics=metrics, shard_size=2, target="prediction")
+    options = {"occlusion": text_defaults("occlusion", batch), METRICS_KEY: {"regions": batch.word_features()}}
+    run_job(job, ad, batch.inputs, Path(str(tmp_path)) / "run", data_options=options)
+    store = RunStore.open_existing(Path(str(tmp_path)) / "run")
+    try:
+        rows = store.contents()[0]["metric_values"]
+    finally:
+        store.close()
+    r = whybox.explain_text(ad, texts, "occlusion")
+    for metric in metrics:
+        want = whybox.evaluate(ad, texts, r, metric).scores.tolist()
+        got = [row[3] for row in sorted(rows) if row[2] == metric]
+        assert got == pytest.approx(want, abs=1e-9), metric

@@ -850,11 +850,15 @@ def evaluate_cmd(ctx: click.Context, **params: Any) -> None:
     if text_opts:
         if saved is None:
             opts = {**text_opts[method], **opts}  # as explain --text explains: over words, [MASK] fill, pad baseline
+        from whybox.models.text import word_pool
         from whybox.runs.job import METRICS_KEY
 
+        pool = word_pool(lm.module, saved.method if saved is not None else method)  # a word's value, as explained
         for metric in metric_names:  # the metrics over the same words
             takes = _options(METRICS.get(metric))
             extra = {k: v for k, v in text_opts[METRICS_KEY].items() if k in takes}
+            if pool is not None and "pool" in takes:
+                extra["pool"] = pool
             mopts[metric] = {**extra, **mopts.get(metric, {})}
     try:
         e = saved if saved is not None else whybox.explain(lm.module, ds.x, method, target=target, **opts)

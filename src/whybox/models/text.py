@@ -189,6 +189,18 @@ def _per_element(method: str) -> bool:
     return method in EXPLAINERS and issubclass(EXPLAINERS.get(method), GradientExplainer)
 
 
+def word_pool(model: Any, method: Any) -> str | None:
+    """How a metric pools a word's attribution elements into the word's value on ``model``'s packed text, as
+    :func:`explain_text` reads the word: ``"mean"`` for a method that copies one value onto every element of its
+    word (perturbation methods: a sum would count a word of two subwords twice), ``None`` (the metric's default
+    sum) for a gradient method or a black box's presence rows (one element per word)."""
+    from whybox.models.blackbox_text import BlackBoxTextAdapter
+
+    if isinstance(model, BlackBoxTextAdapter) or not isinstance(method, str) or _per_element(method):
+        return None
+    return "mean"
+
+
 def replace_tokens(
     x: torch.Tensor,
     kind: str,

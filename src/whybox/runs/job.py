@@ -40,6 +40,7 @@ from whybox.models.adapter import (
     output_probabilities,
     reads_probabilities,
 )
+from whybox.models.inputs import is_text_adapter
 from whybox.models.layers import resolve_layers
 from whybox.models.targets import class_label_target
 from whybox.registry import EXPLAINERS, METRICS
@@ -619,6 +620,12 @@ def execute_unit(
                     labels if getattr(METRICS.get(metric), "reads_labels", False) else None
                 )  # true classes: where a metric reads them
                 own = {k: v for k, v in metric_data.items() if k in takes}
+                if "regions" in own and "pool" in takes and "pool" not in job_mopts and is_text_adapter(model):
+                    from whybox.models.text import word_pool
+
+                    pool = word_pool(model, unit.method)  # a word's value as explain_text gives it
+                    if pool is not None:
+                        own["pool"] = pool
 
                 def record(res: Any, rows: list[int], metric: str = metric) -> tuple[int, int]:
                     for j, r in enumerate(rows):

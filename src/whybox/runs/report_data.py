@@ -329,7 +329,8 @@ def load_run_report(run_dir: str | Path, *, title: str | None = None, max_sample
         curves.setdefault(metric, {})[method] = _mean_curve(rows)
 
     report_metrics = [
-        ReportMetric(k, getattr(METRICS.get(k), "higher_is_better", None), _DESCRIPTIONS.get(k, "")) for k in metrics
+        ReportMetric(k, _direction(k, job.get("metric_options", {}).get(k, {})), _DESCRIPTIONS.get(k, ""))
+        for k in metrics
     ]
 
     n_per_method = {m: sum(by_method_status[m]) for m in methods}
@@ -458,3 +459,17 @@ def _mean_curve(rows: list[np.ndarray]) -> np.ndarray:
         return np.stack([rows[0][0], np.mean(np.stack([r[1] for r in rows]), axis=0)])
     grid = np.unique(np.concatenate([r[0] for r in rows]))
     return np.stack([grid, np.mean(np.stack([np.interp(grid, r[0], r[1]) for r in rows]), axis=0)])
+
+
+def _direction(name: str, options: Mapping[str, Any]) -> bool | None:
+    """Whether higher is better for metric ``name`` as the run configured it (``aopc`` with ``order='lerf'`` and
+    ``road`` with ``orders='morf'`` read lower as better: ``Metric.result_direction``); the class's direction where
+    the options do not build (data-dependent ones kept out of the job's config), ``None`` for an unknown name."""
+    try:
+        cls = METRICS.get(name)
+    except Exception:  # a run of a metric this version no longer has
+        return None
+    try:
+        return bool(cls(**{k: v for k, v in options.items() if k in ("order", "orders")}).result_direction())
+    except Exception:
+        return getattr(cls, "higher_is_better", None)
