@@ -1038,6 +1038,14 @@ def test_evaluate_scores_a_saved_explanation_of_the_same_inputs_only(runner: Cli
     assert other.exit_code == 2 and "made for other inputs than these: rows [0, 1] of 5 differ" in other.output
     both = invoke(runner, ["evaluate", *base, "--explanation", saved, "--method", "lime"])
     assert both.exit_code == 2 and "drop --method and --option" in both.output
+    # one config for explain and evaluate: its method, options and target say how to explain; --explanation wins
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('method = "lime"\ntarget = "3"\n[options]\nn_samples = 60\n')
+    configured = invoke(runner, ["evaluate", *base, "--config", cfg, "--explanation", saved, *metrics, "--json",
+                                 tmp_path / "c.json"])  # fmt: skip
+    assert configured.exit_code == 0, configured.output
+    c = json.loads((tmp_path / "c.json").read_text())["metrics"]
+    assert {k: v["scores"] for k, v in c.items()} == {k: v["scores"] for k, v in a.items()}
 
 
 # ---------------------------------------------------------------------------------------------- 4. compare
@@ -1526,3 +1534,21 @@ def test_compare_exits_2_when_every_sample_refuses_a_method_s_options(runner: Cl
     assert result.exit_code == 2, result.output
     assert "exact_shapley: every sample refused its options (features" in result.output
     assert "occlusion: every sample refused" not in result.output  # its samples ran
+
+
+def test_an_option_naming_an_argument_set_by_a_flag_is_a_usage_error(runner: CliRunner, tmp_path: Path) -> None:
+    """--option target=1 (or model=, and a metric's labels=) clashed with the call's own argument: a raw TypeError
+    and exit 1 (a model failure); now exit 2 naming the flag that sets it."""
+    base = ["--model", "digits-cnn", "digits-test", "--limit", "2"]
+    cases = [
+        (["explain", *base, "--method", "saliency", "--option", "target=1", "--out", tmp_path / "e"],
+         "--option target=...: target is set by --target"),
+        (["evaluate", *base, "--method", "saliency", "--option", "model=3", "--metrics", "deletion"],
+         "--option model=...: model is set by --model"),
+        (["evaluate", *base, "--method", "saliency", "--metrics", "deletion", "--metric-option", "deletion.labels=1"],
+         "--metric-option deletion.labels=...: labels is set by the inputs' labels"),
+        (["debug", *base, "--option", "target=1", "--out", tmp_path / "d"], "target= is set by the inputs' labels"),
+    ]  # fmt: skip
+    for args, message in cases:
+        result = invoke(runner, args)
+        assert result.exit_code == 2 and message in result.output, (args, result.output)

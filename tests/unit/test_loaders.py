@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import textwrap
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -150,6 +151,29 @@ def test_a_pickled_full_model_needs_trust_and_then_loads_with_a_warning(tmp_path
     x = torch.rand(5, 4, generator=torch.Generator().manual_seed(1))
     assert not loaded.module.training  # dropout off: the outputs are deterministic
     assert torch.equal(loaded.module(x), original.eval()(x))
+
+
+def test_a_torchscript_model_needs_trust_and_then_loads_with_torch_jit(tmp_path: Path) -> None:
+    """A torch.jit.save archive failed with torch's own 'use weights_only=False' text, even with trust: it is named,
+    and with trust loaded by torch.jit.load."""
+    import whybox
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        original = nn.Sequential(nn.Linear(4, 3)).eval()
+    path = tmp_path / "scripted.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.script is deprecated, still common in use
+        torch.jit.script(original).save(str(path))
+    with pytest.raises(InvalidParameterError, match=r"TorchScript archive .*--trust-model-file"):
+        load_model(str(path))
+    with pytest.warns(UserWarning, match="runs the code it holds"):
+        loaded = load_model(str(path), trust_model_file=True)
+    x = torch.rand(5, 4, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(
+        whybox.explain(loaded.module, x, "saliency", target=0).attributions,
+        whybox.explain(original, x, "saliency", target=0).attributions,
+    )
 
 
 def test_a_pickled_model_as_weights_gives_its_state_dict_only_when_trusted(tiny_py: Path, tmp_path: Path) -> None:

@@ -182,3 +182,66 @@ def test_a_text_run_pools_a_perturbation_word_as_explain_text_reads_it(
         want = whybox.evaluate(ad, texts, r, metric).scores.tolist()
         got = [row[3] for row in sorted(rows) if row[2] == metric]
         assert got == pytest.approx(want, abs=1e-9), metric
+
+
+def test_a_nan_csi_says_why() -> None:
+    """LIME with fewer samples than features leaves its coefficients' standard deviations undefined: CSI is NaN and
+    meta['csi_note'] says why and what to change (it came back NaN with no note)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Flatten(), nn.Linear(128, 3)).eval()
+    x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    features = torch.arange(64).reshape(1, 8, 8)
+    few = whybox.evaluate(
+        m, x, "lime", "stability", measure="csi", n_runs=2, explainer_params={"n_samples": 30, "features": features}
+    )
+    assert all(math.isnan(v) for v in few.scores.tolist())
+    assert "n_samples" in few.meta["csi_note"]
+    enough = whybox.evaluate(
+        m,
+        x,
+        "lime",
+        "stability",
+        measure="csi",
+        n_runs=2,
+        explainer_params={"n_samples": 200, "features": torch.arange(4).repeat_interleave(16).reshape(1, 8, 8)},
+    )
+    assert all(math.isfinite(v) for v in enough.scores.tolist()) and "csi_note" not in enough.meta
+
+
+def test_shown_probabilities_of_a_model_that_returns_probabilities_are_its_own() -> None:
+    """The CLI and the run report show each prediction's probability: a black box (or a model ending in softmax)
+    returning [0.1, 0.9] is shown 0.9, not the softmax of its probabilities (0.69); logits still get the softmax."""
+    from whybox.models.adapter import output_probabilities
+    from whybox.models.blackbox_text import BlackBoxTextAdapter
+
+    def score(texts: list[str]) -> np.ndarray:
+        return np.array([[0.1, 0.9] if "good" in t.split() else [0.8, 0.2] for t in texts])
+
+    bb = BlackBoxTextAdapter(score, labels=["neg", "pos"])
+    p = output_probabilities(bb, bb.scores(bb.encode(["a good day", "a day"]).inputs))
+    torch.testing.assert_close(p, torch.tensor([[0.1, 0.9], [0.8, 0.2]], dtype=torch.float64))
+    logits = torch.tensor([[0.1, 0.9], [2.0, -1.0]])
+    net = whybox.adapt(nn.Linear(2, 2))
+    torch.testing.assert_close(
+        output_probabilities(net, logits),
+        torch.tensor([[0.1, 0.9], [2.0, -1.0]]).where(torch.tensor([[True], [False]]), logits.softmax(1)),
+    )
+
+
+@pytest.mark.parametrize("name", ["", "."])
+def test_writing_to_a_folder_name_is_an_os_error_the_cli_reports(name: str, tmp_path: object) -> None:
+    """--json '' / report --out '' reached a raw ValueError ('has an empty name'): an IsADirectoryError now, which
+    the commands report as a usage error naming the flag."""
+    import os
+
+    from whybox.report.html import write_text_atomic
+
+    here = os.getcwd()
+    os.chdir(str(tmp_path))
+    try:
+        with pytest.raises(IsADirectoryError, match="is a folder, not a file name"):
+            write_text_atomic(name, "x")
+        assert os.listdir(".") == []
+    finally:
+        os.chdir(here)

@@ -214,6 +214,25 @@ def _chosen_options(
     return {k: v for k, v in options.items() if k in chosen or k in flagged}
 
 
+#: the arguments whybox.explain / whybox.evaluate take beside a method's or metric's options, and the flag that sets
+#: each on the command line (an --option of one of them would clash with it: a raw TypeError before)
+_EXPLAIN_ARGUMENTS = {"model": "--model", "inputs": "INPUTS", "method": "--method", "target": "--target"}
+_EVALUATE_ARGUMENTS = {
+    **_EXPLAIN_ARGUMENTS,
+    "explanation": "--method or --explanation",
+    "metric": "--metrics",
+    "labels": "the inputs' labels (--label-column, an .npz's y)",
+    "masks": "--masks",
+}
+
+
+def _refuse_arguments(options: Mapping[str, Any], flag: str, arguments: Mapping[str, str], scope: str = "") -> None:
+    """Exit 2 when an ``--option``/``--metric-option`` names an argument its command sets by a flag."""
+    for key in options:
+        if key in arguments:
+            raise _fail(f"{flag} {scope}{key}=...: {key} is set by {arguments[key]}, not as an option; drop it.")
+
+
 def _own_options(tables: Mapping[str, Any], method: str) -> dict[str, Any]:
     """The config's tables with ``[options]`` as one method's options: a table per method (``[options.lime]``, as
     compare reads them) gives ``method``'s own (the others are left for the methods they name); plain keys
@@ -455,6 +474,7 @@ def explain_cmd(ctx: click.Context, **params: Any) -> None:
         raise _fail("--method is required; see `whybox methods`.")
     _split(method, flag="--method", valid=whybox.methods())
     opts = _flag_options(_own_options(tables, method), params, "options", scoped=False)
+    _refuse_arguments(opts, "--option", _EXPLAIN_ARGUMENTS)
     lm, ds = _load(params)
     target = _target(params.get("target"), ds, lm.labels, lm.module)
     out_dir = _make_dir(Path(params["out_dir"]), "--out")
@@ -786,16 +806,24 @@ def evaluate_cmd(ctx: click.Context, **params: Any) -> None:
     method = params.get("method")
     saved = None
     if params.get("explanation_file") is not None:
-        if method or params["options"] or tables.get("options"):
+
+        def flagged(name: str) -> bool:  # given on the command line (a config's value is not: the flag wins over it)
+            source = ctx.get_parameter_source(name)
+            return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+        if (method and flagged("method")) or (params["options"] and flagged("options")):
             raise _fail(
                 "--explanation scores a saved explanation as it was made; drop --method and --option (its method and "
                 "options are in the file)."
             )
-        if params.get("target") is not None:
+        if params.get("target") is not None and flagged("target"):
             raise _fail(
                 "--explanation scores a saved explanation for the targets it explains (they are in the file); drop "
                 "--target, or explain that target anew with --method."
             )
+        # a config's method, options and target describe how to explain; the saved explanation already is one
+        tables = {k: v for k, v in tables.items() if k != "options"}
+        params["options"], params["target"] = (), None
         try:
             saved = whybox.Explanation.load(params["explanation_file"])
         except (WhyboxError, OSError) as exc:
@@ -816,6 +844,8 @@ def evaluate_cmd(ctx: click.Context, **params: Any) -> None:
             raise _fail(
                 f"--metric-option sets options of {name!r}, which is not in --metrics ({', '.join(metric_names)})."
             )
+        _refuse_arguments(mopts[name], "--metric-option", _EVALUATE_ARGUMENTS, scope=f"{name}.")
+    _refuse_arguments(opts, "--option", _EXPLAIN_ARGUMENTS)
     from whybox.runs.job import NEEDS_MASKS
 
     localising = [m for m in metric_names if m in NEEDS_MASKS]

@@ -951,7 +951,10 @@ def debug_cmd(**params: Any) -> None:
         )
     from whybox.api import _options
 
-    own = {"regions": "--regions", "batch_size": "--batch-size", "max_mistakes": "--limit", "method": "--method"}
+    own = {
+        "regions": "--regions", "batch_size": "--batch-size", "max_mistakes": "--limit", "method": "--method",
+        "model": "--model", "inputs": "INPUTS", "labels": "the inputs' labels", "target": "the inputs' labels",
+    }  # fmt: skip
     clash = [k for k in opts if k in own]
     if clash:  # find_mistakes' own arguments: set by their flags
         name = clash[0]

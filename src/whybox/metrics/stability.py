@@ -246,6 +246,12 @@ class Stability(Metric):
         csi_meta: dict[str, Any]
         if sd is not None:
             csi_meta = {"csi_dropped": dropped, "csi_features": per_feature}
+            if bool(torch.isnan(csi).any()):
+                csi_meta["csi_note"] = (
+                    "CSI is NaN where the surrogate's coefficient standard deviations are undefined: no residual degrees "
+                    "of freedom (n_samples at most the number of features) or a perfect fit. Give the explainer more "
+                    "samples than features (n_samples=...), or use measure='jaccard', 'kendall' or 'vsi'."
+                )
         else:
             why = (
                 f"explainer {name!r} reports no coefficient standard deviations (meta['coef_sd'] next to "

@@ -78,6 +78,8 @@ def render_demo_index(
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` through a temporary file in the same folder and a rename."""
     path = Path(path)
+    if not path.name or path.is_dir():  # '' or '.': no file name (the CLI reports an OSError as a usage error)
+        raise IsADirectoryError(f"{str(path)!r} is a folder, not a file name; give the path of a file to write")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # normal permissions, unlike mkstemp's 0600
     try:
         with open(tmp, "w", encoding="utf-8") as f:

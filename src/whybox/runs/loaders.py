@@ -376,6 +376,16 @@ def _check_fitted(spec: str, estimator: Any) -> None:
         ) from exc
 
 
+def _is_torchscript(path: Path) -> bool:
+    """Whether the zip archive at ``path`` is a TorchScript module (``torch.jit.save``: its compiled code under
+    ``code/``), not a ``torch.save`` pickle."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any("/code/" in f"/{name}" for name in z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 def _torch_load(path: Path, *, trust: bool, what: str) -> object:
     """``torch.load`` with ``weights_only=True``; a pickle of other objects needs ``trust`` (and then warns)."""
     try:
@@ -389,6 +399,27 @@ def _torch_load(path: Path, *, trust: bool, what: str) -> object:
             f"{what} {str(path)!r} cannot be read as a PyTorch file: it is neither a zip archive (torch.save) nor a "
             "pickle."
         )
+    if not is_pickle and _is_torchscript(path):  # torch.jit.save: compiled code, run by torch.jit.load
+        if not trust:
+            raise InvalidParameterError(
+                f"{what} {str(path)!r} is a TorchScript archive (torch.jit.save): loading it runs the code it holds. "
+                "If it comes from a source you trust, pass trust_model_file=True (command line: --trust-model-file); "
+                "otherwise save a state dict (torch.save(model.state_dict(), ...) or safetensors)."
+            )
+        warnings.warn(
+            f"loading the TorchScript archive {str(path)!r} because trust_model_file=True: it runs the code it holds; "
+            "do this only for files you trust.",
+            UserWarning,
+            stacklevel=4,
+        )
+        try:
+            with warnings.catch_warnings():  # torch.jit is deprecated, but the archive is what the user has
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return torch.jit.load(str(path), map_location="cpu")
+        except Exception as exc:
+            raise DataFormatError(
+                f"{what} {str(path)!r} cannot be loaded as TorchScript: {type(exc).__name__}: {_clip(str(exc))}"
+            ) from exc
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
