@@ -141,7 +141,7 @@ def find_mistakes(
     method: str = "lima",
     max_mistakes: int | None = None,
     regions: torch.Tensor | None = None,
-    fill: Any = "zero",
+    fill: Any = None,
     batch_size: int | None = None,
     **params: Any,
 ) -> DebugReport:
@@ -167,8 +167,10 @@ def find_mistakes(
         ``method="lima"`` also one of LIMA's region kinds (``"grid"``, ``"superpixels"``, ...), which LIMA builds
         (with ``n_regions`` and its other options in ``params``) and the steps then use.
     fill
-        What a hidden region becomes (default zero): a fill name, a number, or a tensor broadcasting to one input
-        or holding one row per input (cut to the mistakes' rows).
+        What a hidden region becomes, in the explanation and the insertion steps alike: a fill name, a number, or a
+        tensor broadcasting to one input or holding one row per input (cut to the mistakes' rows). Default zero;
+        on texts [MASK] (a name: one of ``"mask"``, ``"unk"``, ``"pad"``, ``"zero"``, the token a removed word
+        becomes; a black box's removed words are dropped, so it takes no fill).
     batch_size
         Rows per model call (``None``: 64 for a torch model, 4,096 for a scikit-learn estimator).
     """
@@ -191,6 +193,9 @@ def find_mistakes(
             raise InvalidInputError(TEXTS_GIVEN_TO_A_TENSOR_MODEL)
         text_batch = adapter.encode(inputs)  # type: ignore[attr-defined]
         inputs = text_batch.inputs
+        fill = _text_fill_of(adapter, text_batch, fill)
+    elif fill is None:
+        fill = "zero"
     coder = coder_of(adapter)
     coded = categorical_columns(inputs) if coder is not None and is_dataframe(inputs) else []
     inputs, _ = as_tensor_inputs(
@@ -298,8 +303,8 @@ def find_mistakes(
         rows = wrong.to(inputs.device)
         for name, v in text_defaults(method, text_batch).items():
             opts.setdefault(name, v[rows] if isinstance(v, torch.Tensor) and v.shape[:1] == inputs.shape[:1] else v)
-        if isinstance(fill, str):
-            fill = text_batch.fill()[rows]
+        if "fill" in opts:  # the explanation removes a word as the insertion steps do
+            opts["fill"] = fill
         if regions is None:
             regions = text_batch.word_features()[rows]
     if issubclass(EXPLAINERS.get(method), PerturbationExplainer):
@@ -401,3 +406,26 @@ def _mistakes_regions(regions: torch.Tensor, inputs: torch.Tensor, wrong: torch.
         f"regions of shape {tuple(regions.shape)} hold {regions.shape[0]} label maps for {inputs.shape[0]} inputs; "
         "give one map for every input (in their order) or one map for all."
     )
+
+
+def _text_fill_of(adapter: Any, batch: Any, fill: Any) -> Any:
+    """``fill=`` of :func:`find_mistakes` on texts as packed-input fill rows: ``None`` the [MASK] fill (a black box:
+    its words dropped), a token name that token's, a tensor as given; any other name refused."""
+    from whybox.models.blackbox_text import BlackBoxText
+    from whybox.models.text import BASELINES
+
+    if fill is None:
+        return batch.fill()
+    if isinstance(batch, BlackBoxText):
+        raise InvalidParameterError(
+            f"fill={fill!r} does not apply to a function of strings: its removed words are dropped from the text. "
+            "Leave fill out."
+        )
+    if isinstance(fill, str):
+        if fill not in BASELINES:
+            raise InvalidParameterError(
+                f"fill={fill!r} on texts must be one of {BASELINES} (the token a removed word becomes), or a tensor "
+                "like batch.fill('unk')."
+            )
+        return batch.fill(fill)
+    return fill

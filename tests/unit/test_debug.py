@@ -415,6 +415,16 @@ def test_debug_command_on_a_table_names_the_culprit_columns(model_file: Path, tm
     assert [r["culprit_columns"] for r in got] == [["trap"], ["trap"]]
     assert [r["hc"] for r in got] == [m.hc for m in api.mistakes]
     assert "rows-1: culprit columns: trap" in out and "accuracy 50.0%" in out
+    # LIMA's groups= makes a region of several columns: the culprit's columns are its group's (the id was read as a
+    # column index: group 1 named 'b')
+    code, out = _debug("--model", f"{model_file}:trap", str(csv), "--label-column", "y", "--out", str(tmp_path / "g"),
+                       "--option", "groups=[0,0,1,2]")  # fmt: skip
+    assert code == 0, out
+    assert [r["culprit_columns"] for r in _records(tmp_path / "g")] == [["trap"], ["trap"]]
+    code, out = _debug("--model", f"{model_file}:trap", str(csv), "--label-column", "y", "--out", str(tmp_path / "h"),
+                       "--option", "groups=[1,0,0,1]")  # fmt: skip
+    assert code == 0, out
+    assert [r["culprit_columns"] for r in _records(tmp_path / "h")] == [["b", "trap"], ["b", "trap"]]
 
 
 def test_debug_command_on_other_images_puts_its_grid_over_their_size(model_file: Path, tmp_path: Path) -> None:

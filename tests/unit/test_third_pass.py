@@ -245,3 +245,26 @@ def test_writing_to_a_folder_name_is_an_os_error_the_cli_reports(name: str, tmp_
         assert os.listdir(".") == []
     finally:
         os.chdir(here)
+
+
+def test_find_mistakes_on_texts_explains_and_steps_with_the_fill_it_is_given(make_text_classifier: object) -> None:
+    """A fill name on texts was ignored (any string, even a wrong one, gave [MASK]) and a fill tensor reached the
+    insertion steps only, the explanation still made with [MASK]: both now read the same given fill."""
+    pytest.importorskip("transformers")
+    ad = make_text_classifier(0, 3)  # type: ignore[operator]
+    texts = ["the movie was great", "playing the movie", "a bad plot"]
+    batch = ad.encode(texts)
+    with torch.no_grad():
+        wrong = ((ad.scores(batch.inputs).argmax(1) + 1) % 3).tolist()  # every text mislabelled
+    kw = {"method": "occlusion"}
+    by_name = whybox.find_mistakes(ad, texts, wrong, fill="unk", **kw)
+    by_tensor = whybox.find_mistakes(ad, texts, wrong, fill=batch.fill("unk"), **kw)
+    default = whybox.find_mistakes(ad, texts, wrong, **kw)
+    direct = whybox.explain(ad, batch.inputs, "occlusion", target=torch.tensor(wrong), fill=batch.fill("unk"),
+                            window=(1, batch.inputs.shape[-1]), stride=(1, batch.inputs.shape[-1]))  # fmt: skip
+    torch.testing.assert_close(by_name.explanation.attributions, direct.attributions)
+    torch.testing.assert_close(by_tensor.explanation.attributions, direct.attributions)
+    assert [m.hc for m in by_name.mistakes] == [m.hc for m in by_tensor.mistakes]
+    assert not torch.equal(default.explanation.attributions, direct.attributions)  # [MASK] is another fill
+    with pytest.raises(InvalidParameterError, match=r"fill='nope' on texts must be one of"):
+        whybox.find_mistakes(ad, texts, wrong, fill="nope", **kw)

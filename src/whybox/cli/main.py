@@ -1003,7 +1003,8 @@ def debug_cmd(**params: Any) -> None:
             click.echo(f"  {ds.names[m.index]}: culprit words: {', '.join(map(repr, m.culprit_words)) or '-'}")
         elif kind == "tabular":
             cols = ds.columns or [str(c) for c in range(ds.x.shape[1])]
-            record["culprit_columns"] = [cols[r] for r in m.culprits]
+            ids = m.regions.reshape(-1).tolist()  # a region is a column, or with groups= a group of columns
+            record["culprit_columns"] = [c for r in m.culprits for c, g in zip(cols, ids, strict=True) if g == r]
             click.echo(f"  {ds.names[m.index]}: culprit columns: {', '.join(record['culprit_columns']) or '-'}")
         else:  # signals: each culprit's time steps
             steps = m.regions.reshape(-1)
