@@ -268,3 +268,31 @@ def test_find_mistakes_on_texts_explains_and_steps_with_the_fill_it_is_given(mak
     assert not torch.equal(default.explanation.attributions, direct.attributions)  # [MASK] is another fill
     with pytest.raises(InvalidParameterError, match=r"fill='nope' on texts must be one of"):
         whybox.find_mistakes(ad, texts, wrong, fill="nope", **kw)
+
+
+def test_int_and_bool_columns_reach_a_frame_fitted_estimator_in_their_own_dtype() -> None:
+    """An int column cast to text and one-hot encoded saw '3.0' (never fitted: all-zero codes), so the column that
+    drives the model got exactly 0 and the Shapley values did not add up to the model's output; a bool one saw
+    '1.0' for 'True'. Cells go back as ints and bools: efficiency holds and the column gets its share."""
+    import pandas as pd
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
+
+    g = np.random.default_rng(0)
+    n = 300
+    df = pd.DataFrame({"kids": g.integers(0, 4, n), "vip": g.random(n) > 0.5, "inc": g.normal(50, 10, n)})
+    y = ((df.kids >= 2) ^ df.vip).astype(int)
+    as_text = make_pipeline(FunctionTransformer(lambda t: t.astype(str)), OneHotEncoder(handle_unknown="ignore"))
+    pipe = make_pipeline(
+        ColumnTransformer([("cat", as_text, ["kids", "vip"]), ("n", StandardScaler(), ["inc"])]), LogisticRegression()
+    ).fit(df, y)
+    rows, background = df.iloc[:4], df.iloc[100:116]
+    e = whybox.explain(pipe, rows, "exact_shapley", background=background, target=1)
+    p = pipe.predict_proba(rows)[:, 1]
+    base = pipe.predict_proba(background)[:, 1].mean()
+    np.testing.assert_allclose(base + e.attributions.sum(1).numpy(), p, atol=1e-9)
+    assert bool((e.attributions[:, 0].abs() > 0.01).all())  # kids has its share (was exactly 0)
+    half = pd.Series({"kids": 1.5, "vip": True, "inc": 50.0})  # a mean of an int column: stays a number
+    whybox.explain(pipe, rows, "occlusion", fill=half, target=1)

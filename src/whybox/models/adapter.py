@@ -363,6 +363,7 @@ class SklearnAdapter(ModelAdapter):
         #: and the columns seen holding numbers
         self.categories: dict[str, Any] = {}
         self.numeric_seen: set[str] = set()
+        self.numeric_dtypes: dict[str, Any] = {}  # int/bool columns of the frames seen: given back in their dtype
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         import numpy as np
@@ -389,7 +390,7 @@ class SklearnAdapter(ModelAdapter):
                     f"{rows.shape[1]} columns. Pass the columns in model.feature_names_in_, in that order."
                 )
             # coded text/categorical columns decoded to their values; else the rows as they are
-            out = self._fn(decode_rows(rows, self)) if self.categories else self._named(rows)
+            out = self._fn(decode_rows(rows, self)) if self.categories or self.numeric_dtypes else self._named(rows)
         if isinstance(out, list) or np.ndim(out) > 2 or (np.ndim(out) >= 1 and len(out) != rows.shape[0]):
             shapes = [np.shape(o) for o in out] if isinstance(out, list) else np.shape(out)
             raise ModelOutputError(

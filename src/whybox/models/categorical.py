@@ -101,6 +101,8 @@ def encode_frame(frame: Any, coder: Any, what: str) -> torch.Tensor:
                     "background rows) holds text there; pass the same kind of value in every table."
                 )
             out[:, j] = cells.to_numpy(dtype=np.float64)
+            if getattr(cells.dtype, "kind", "f") in "iub":  # ints and bools go back to the estimator as such
+                coder.numeric_dtypes.setdefault(c, cells.dtype)
             continue
         if c not in columns and c in coder.numeric_seen:
             raise InvalidInputError(
@@ -152,16 +154,23 @@ def register_vocabularies(coder: Any, saved: dict[str, list[Any]]) -> None:
 
 def decode_rows(rows: np.ndarray, coder: Any) -> Any:
     """Coded rows ``(n, F)`` back to a DataFrame of the estimator's columns: coded cells as their values (a code
-    is rounded to the nearest one in the vocabulary), the rest as numbers."""
+    is rounded to the nearest one in the vocabulary), int and bool columns in their own dtype where every cell is
+    whole (a fill of a column's mean, 1.5, stays a number: no cast could hold it), the rest as numbers."""
     import pandas as pd  # the estimator was fitted on a DataFrame: pandas is installed
 
     columns: list[str] = coder.feature_names
     vocab: dict[str, _Column] = coder.categories
+    typed: dict[str, Any] = getattr(coder, "numeric_dtypes", {})
     data: dict[str, Any] = {}
     for j, c in enumerate(columns):
         col = vocab.get(c)
         if col is None:
-            data[c] = rows[:, j]
+            values = rows[:, j]
+            dtype = typed.get(c)
+            whole = dtype is not None and bool(np.all(values == np.rint(values)))
+            if whole and getattr(dtype, "kind", "") == "b":
+                whole = bool(np.all((values == 0) | (values == 1)))
+            data[c] = pd.Series(values).astype(dtype) if whole else values
             continue
         codes = np.clip(np.rint(rows[:, j]), 0, len(col.values) - 1).astype(np.int64)
         cells = np.asarray(col.values, dtype=object)[codes]
