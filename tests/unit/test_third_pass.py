@@ -296,3 +296,53 @@ def test_int_and_bool_columns_reach_a_frame_fitted_estimator_in_their_own_dtype(
     assert bool((e.attributions[:, 0].abs() > 0.01).all())  # kids has its share (was exactly 0)
     half = pd.Series({"kids": 1.5, "vip": True, "inc": 50.0})  # a mean of an int column: stays a number
     whybox.explain(pipe, rows, "occlusion", fill=half, target=1)
+
+
+class _ImageAndMeta(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 3, padding=1)
+        self.fc = nn.Linear(2 * 16 + 5, 3)
+
+    def forward(self, image: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.cat([self.conv(image).flatten(1), meta / 50.0], 1))
+
+
+def test_statistic_fills_of_several_inputs_are_each_inputs_own() -> None:
+    """baseline='mean'/'uniform', fill='mean'/'min'/'uniform' and SmoothGrad's noise_level took one statistic over
+    the packed row: an image in [0, 1] beside metadata near 50 got a 'mean' of ~8 and noise on the metadata's
+    scale. Each input now gets its own: the same numbers as a fill built per input by hand."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = _ImageAndMeta().double().eval()
+    ad = whybox.adapt(model, input_shapes=[(3, 4, 4), (5,)])
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(2, 3, 4, 4, generator=g, dtype=torch.float64)
+    meta = 50 + 10 * torch.rand(2, 5, generator=g, dtype=torch.float64)
+    by_input_mean = ad.packing.pack(
+        image.mean((2, 3), keepdim=True).expand_as(image), meta.mean(1, keepdim=True).expand_as(meta)
+    )
+    by_input_min = ad.packing.pack(
+        image.amin((1, 2, 3), keepdim=True).expand_as(image), meta.amin(1, keepdim=True).expand_as(meta)
+    )
+    x = (image, meta)
+    ig = whybox.explain(ad, x, "integrated_gradients", target=0, baseline="mean", n_steps=8)
+    ig_hand = whybox.explain(ad, x, "integrated_gradients", target=0, baseline=by_input_mean, n_steps=8)
+    torch.testing.assert_close(ig.attributions, ig_hand.attributions)
+    fa = whybox.explain(ad, x, "feature_ablation", target=0, fill="mean")
+    torch.testing.assert_close(
+        fa.attributions, whybox.explain(ad, x, "feature_ablation", target=0, fill=by_input_mean).attributions
+    )
+    a = torch.rand(2, ad.packing.n_features, generator=g, dtype=torch.float64)
+    d_min = whybox.evaluate(ad, x, a, "deletion", target=0, fill="min", steps=5)
+    torch.testing.assert_close(
+        d_min.scores, whybox.evaluate(ad, x, a, "deletion", target=0, fill=by_input_min, steps=5).scores
+    )
+    from whybox.masking.fills import make_fill
+
+    drawn = ad.packing.unpack(make_fill("uniform", ad.packing.pack(image, meta), generator=g, packing=ad.packing))
+    assert bool((drawn[0] <= image.flatten(1).amax(1).view(-1, 1, 1, 1)).all())  # the image's own range
+    assert bool((drawn[1] >= meta.amin(1, keepdim=True)).all())  # the metadata's own range
+    sg = whybox.explain(ad, x, "smoothgrad", target=0, n_samples=2)
+    ranges = torch.stack([image.flatten(1).amax(1) - image.flatten(1).amin(1), meta.amax(1) - meta.amin(1)], 1)
+    torch.testing.assert_close(sg.meta["sigma"], 0.15 * ranges)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -55,6 +56,7 @@ def make_fill(
     sigma: float = 5.0,
     generator: torch.Generator | None = None,
     name: str = "fill",
+    packing: Any = None,
 ) -> torch.Tensor:
     """The replacement values for ``x`` ``(B, ...)``, same shape, dtype and device.
 
@@ -70,7 +72,14 @@ def make_fill(
         broadcastable to ``x`` (explainers and metrics also take a numpy array or pandas Series, e.g. the
         training means ``X.mean()`` of tabular rows: ``"mean"`` is the row's own mean, which mixes the units
         of different columns); or a callable ``x -> tensor``.
+    packing
+        The :class:`~whybox.models.packed.InputPacking` of a model of several inputs, whose packed rows ``x``
+        ``(B, F)`` are: ``"mean"`` and ``"uniform"`` are then each input's own (an image's per-channel means, a
+        metadata vector's mean and range), not one statistic over the packed row.
     """
+    if packing is not None and x.ndim == 2 and isinstance(fill, str) and fill in ("mean", "uniform"):
+        parts = [make_fill(fill, p, generator=generator, name=name) for p in packing.unpack(x)]
+        return torch.cat([p.reshape(x.shape[0], -1) for p in parts], 1)
     if isinstance(fill, torch.Tensor):
         if fill.is_floating_point() and not bool(torch.isfinite(fill).all()):
             bad = int((~torch.isfinite(fill)).sum())

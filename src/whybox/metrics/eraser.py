@@ -228,7 +228,7 @@ class _Eraser(Metric):
         b = x.shape[0]
         # (B, *G): one row per input (a shared map is expanded)
         groups = resolve_regions(self.regions, x, signal=ctx.signal)
-        fill = resolve_fill(self.fill, x, seed=self.seed)
+        fill = resolve_fill(self.fill, x, seed=self.seed, packing=getattr(ctx.adapter, "packing", None))
         values = pool_attributions(ctx.attributions, groups, x, pool=self.pool, abs=self.abs)
         null = null_features(x, fill, groups) | torch.isnan(values)
         ranked = torch.where(null, torch.full_like(values, -math.inf), values)

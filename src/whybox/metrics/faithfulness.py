@@ -92,7 +92,14 @@ def rise_blur(x: torch.Tensor, *, klen: int = 11, sigma: float = 5.0, padding: s
 
 
 def resolve_fill(
-    fill: FillLike, x: torch.Tensor, *, seed: int, klen: int = 11, sigma: float = 5.0, padding: str = "zero"
+    fill: FillLike,
+    x: torch.Tensor,
+    *,
+    seed: int,
+    klen: int = 11,
+    sigma: float = 5.0,
+    padding: str = "zero",
+    packing: Any = None,
 ) -> torch.Tensor:
     """The replacement values for ``x`` ``(B, ...)``.
 
@@ -100,22 +107,36 @@ def resolve_fill(
     embeddings), ``"zero"``, ``"mean"`` (per-row, per-channel), ``"blur"`` (RISE kernel, :func:`rise_blur`), ``"min"``
     (each row's minimum: Quantus's ``"black"``), ``"uniform"`` (uniform noise over each row's value range; row
     ``i`` draws from ``(seed, i)``), a number, a tensor broadcastable to ``x``, or a callable ``x -> tensor``.
+    With ``packing`` (a model of several inputs), ``"mean"``, ``"min"`` and ``"uniform"`` are each input's own.
     """
     if isinstance(fill, str):
         if fill == "auto":
             fill = "blur" if x.ndim == 4 else "zero"
         if fill == "blur":
             return rise_blur(x, klen=klen, sigma=sigma, padding=padding)
-        if fill == "min":
-            return x.reshape(x.shape[0], -1).amin(1).view(-1, *([1] * (x.ndim - 1))).expand_as(x).clone()
-        if fill == "uniform":
+        if fill in ("min", "uniform"):
+            lo, hi = _row_range(x, packing)
+            if fill == "min":
+                return lo.expand_as(x).clone()
             out = torch.empty_like(x)
             for i, key in enumerate(row_keys(x)):
-                lo, hi = x[i].min(), x[i].max()
                 u = torch.rand(x.shape[1:], generator=derive_generator(seed, _UNIFORM_KEY, key), dtype=torch.float64)
-                out[i] = lo + (hi - lo) * u.to(device=x.device, dtype=x.dtype)
+                out[i] = lo[i] + (hi[i] - lo[i]) * u.to(device=x.device, dtype=x.dtype)
             return out
-    return make_fill(fill, x)
+    return make_fill(fill, x, packing=packing)
+
+
+def _row_range(x: torch.Tensor, packing: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's minimum and maximum, broadcasting to ``x``: over the row, or with ``packing`` (a model of several
+    inputs, ``x`` its packed rows ``(B, F)``) over each input's own part, spread over its columns."""
+    if packing is not None and x.ndim == 2:
+        parts = x.split(packing.sizes, 1)
+        lo = torch.cat([p.amin(1, keepdim=True).expand_as(p) for p in parts], 1)
+        hi = torch.cat([p.amax(1, keepdim=True).expand_as(p) for p in parts], 1)
+        return lo, hi
+    flat = x.reshape(x.shape[0], -1)
+    view = (-1, *([1] * (x.ndim - 1)))
+    return flat.amin(1).view(view), flat.amax(1).view(view)
 
 
 def _check_fill(fill: Any) -> Any:
@@ -320,8 +341,9 @@ class _CurveMetric(Metric):
         flat_rows = (values.amax(1) == values.amin(1)).cpu()
         region_steps = self.regions is not None
         fill = resolve_fill(
-            self.fill, x, seed=self.seed, klen=self.blur_klen, sigma=self.blur_sigma, padding=self.padding
-        )
+            self.fill, x, seed=self.seed, klen=self.blur_klen, sigma=self.blur_sigma, padding=self.padding,
+            packing=getattr(ctx.adapter, "packing", None),
+        )  # fmt: skip
         if region_steps:
             groups = _region_groups(self.regions, x, signal=ctx.signal)
             if groups.groups.shape[0] != x.shape[0]:
@@ -584,7 +606,7 @@ class MuFidelity(Metric):
         if ctx.attributions is None or ctx.engine is None or ctx.target is None or ctx.clean is None:
             raise InvalidParameterError("mufidelity needs attributions and a model.")
         x = ctx.x
-        fill = resolve_fill(self.fill, x, seed=self.seed)
+        fill = resolve_fill(self.fill, x, seed=self.seed, packing=getattr(ctx.adapter, "packing", None))
         own: torch.Tensor | None = None  # with regions: (B, M) the features each row has that its fill changes
         if self.regions is not None:
             from whybox.metrics.eraser import pool_attributions, resolve_regions

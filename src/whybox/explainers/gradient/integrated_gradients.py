@@ -142,15 +142,19 @@ class IntegratedGradients(GradientExplainer):
 
     def _baseline(self, x: torch.Tensor) -> torch.Tensor:
         gen = self.generator()
+        packing = getattr(self.adapter, "packing", None)  # several inputs: each one's own mean / range
         if self.baseline == "gaussian":
             noise = torch.randn(x.shape[1:], generator=gen, dtype=torch.float64).to(x.device, x.dtype)
             return x + self.sigma * noise
         if self.baseline == "uniform":
             # one draw per row from the row's own generator state: batching does not change draws
             return torch.cat(
-                [make_fill("uniform", x[i : i + 1], generator=self.generator()) for i in range(x.shape[0])]
+                [
+                    make_fill("uniform", x[i : i + 1], generator=self.generator(), packing=packing)
+                    for i in range(x.shape[0])
+                ]
             )
-        return make_fill(self.baseline, x, sigma=self.sigma, name="baseline")
+        return make_fill(self.baseline, x, sigma=self.sigma, name="baseline", packing=packing)
 
     def _explain(
         self, x: torch.Tensor, target: TargetLike, engine: MaskingEngine, n_backward: list[int]

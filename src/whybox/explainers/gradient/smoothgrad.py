@@ -29,7 +29,9 @@ class SmoothGrad(GradientExplainer):
     n_samples
         Noisy copies per row (50, as the paper).
     noise_level
-        sigma as a fraction of each row's range (max x - min x); 0.15 by default.
+        sigma as a fraction of each row's range (max x - min x); 0.15 by default. A model of several inputs
+        (``adapt(model, input_shapes=...)``): of each input's own range, so each input's noise is on its scale
+        (``meta["sigma"]`` then ``(B, n_inputs)``).
     sigma
         Absolute sigma (overrides ``noise_level``; captum's ``stdevs``).
     variant
@@ -133,6 +135,20 @@ class SmoothGrad(GradientExplainer):
             lo = flat.masked_fill(~on, torch.inf).amin(1)
             sig = torch.where(on.any(1), self.noise_level * (hi - lo), torch.zeros_like(hi))
         shape = (-1, *([1] * (x.ndim - 1)))
+        scale = sig.view(shape)  # the noise's standard deviation, per row (broadcast over its elements)
+        packing = getattr(self.adapter, "packing", None)
+        if self.sigma is None and packing is not None and x.ndim == 2:
+            # a model of several inputs: each input's noise from its own range (an image in [0, 1] beside metadata
+            # in the thousands would otherwise get noise on the metadata's scale)
+            on_all = (where > 0) if where is not None else torch.ones_like(x, dtype=torch.bool)
+            per, cols = [], []
+            for part, on in zip(x.split(packing.sizes, 1), on_all.split(packing.sizes, 1), strict=True):
+                hi = part.masked_fill(~on, -torch.inf).amax(1)
+                lo = part.masked_fill(~on, torch.inf).amin(1)
+                s_in = torch.where(on.any(1), self.noise_level * (hi - lo), torch.zeros_like(hi))
+                per.append(s_in)
+                cols.append(s_in[:, None].expand(-1, part.shape[1]))
+            sig, scale = torch.stack(per, 1), torch.cat(cols, 1)
         base_seed = int(self.generator().initial_seed())
         numel = math.prod(x.shape[1:])
         size = max(16, -(-numel // 16) * 16)  # torch draws normals in blocks of 16: a prefix of a longer draw
@@ -157,7 +173,7 @@ class SmoothGrad(GradientExplainer):
             rows = rows.to(x.device)
             if where is not None:
                 eps = eps * where[rows]
-            pts = x[rows] + sig[rows].view(shape) * eps
+            pts = x[rows] + scale[rows] * eps
             g, _, _ = self._grads(pts, rows, tgt, engine, n_backward)
             e = (pts * g if self.base == "input_x_gradient" else g).to(torch.float64)
             s1.index_add_(0, rows, e)

@@ -377,9 +377,12 @@ class PerturbationExplainer(Explainer):
     def _fills(self, x: torch.Tensor, fill: FillLike | None = None) -> torch.Tensor:
         """Fill values shaped like ``x``; random fills are drawn per row from a fresh seeded generator."""
         fill = self.fill if fill is None else fill
+        packing = getattr(self.adapter, "packing", None)  # several inputs: each one's own mean / range
         if isinstance(fill, str) and fill == "uniform":
-            return torch.cat([make_fill(fill, x[r : r + 1], generator=self.row_generator()) for r in range(len(x))])
-        return make_fill(fill, x)
+            return torch.cat(
+                [make_fill(fill, x[r : r + 1], generator=self.row_generator(), packing=packing) for r in range(len(x))]
+            )
+        return make_fill(fill, x, packing=packing)
 
     def _check_cost(self, n: int, what: str) -> None:
         if self.max_evaluations is not None and n > self.max_evaluations:
