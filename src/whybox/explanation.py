@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,7 +190,8 @@ class Explanation:
         n = len(self)
         if isinstance(index, slice):
             return torch.tensor(list(range(n)[index]), dtype=torch.int64)
-        if not isinstance(index, (bool, np.bool_)):
+        shaped_or_bool = isinstance(index, torch.Tensor) and (index.dtype == torch.bool or index.ndim > 0)
+        if not isinstance(index, (bool, np.bool_)) and not shaped_or_bool:  # (operator.index reads tensor([True]) as 1)
             try:
                 one = operator.index(index)  # an int, NumPy's integers, a 0-d integer tensor
             except TypeError:
@@ -313,12 +314,21 @@ class Explanation:
             raise InvalidParameterError(f"top must be a positive int; got {top!r}.")
         if isinstance(columns, bool) or not isinstance(columns, int) or columns < 1:
             raise InvalidParameterError(f"columns must be a positive int; got {columns!r}.")
-        names_of = list(labels) if labels is not None else None
+        names_of: Any = None
+        if isinstance(labels, Mapping):  # config.id2label: {0: "negative", 1: "positive"}
+            names_of = {int(k): str(v) for k, v in labels.items()}
+        elif labels is not None:
+            if isinstance(labels, str) or not isinstance(labels, Sequence):
+                raise InvalidParameterError(
+                    f"labels must be class names by output index (a list, or a dict such as config.id2label); got "
+                    f"{type(labels).__name__} {labels!r:.60}."
+                )
+            names_of = dict(enumerate(map(str, labels)))
         known = self.meta.get("target_names")  # the model's names for each row's target, when it has names
 
         def title(r: int) -> str:
             t = int(self.target[r])
-            if names_of is not None and 0 <= t < len(names_of):
+            if names_of is not None and t in names_of:
                 return f"row {r}: {names_of[t]}"
             if isinstance(known, list) and len(known) == len(self) and known[r] is not None:
                 return f"row {r}: {known[r]}"
@@ -333,7 +343,7 @@ class Explanation:
             fig = Figure(figsize=(6.4, 2.2 * len(picked)))
             axes = fig.subplots(len(picked), 1, squeeze=False)
             self._plot_signals(axes.flat, picked, inputs, reading, title)
-            fig.suptitle(self.method, fontsize=10)
+            fig.suptitle(self.method, fontsize=10, parse_math=False)
             fig.tight_layout()
             return fig
         if not image and a.ndim != 2:
@@ -357,6 +367,16 @@ class Explanation:
                 or _packed_names(self.meta.get("input_shapes"), a.shape[1])
                 or [f"x{j}" for j in range(a.shape[1])]
             )
+            if packing is not None and isinstance(inputs, (tuple, list, Mapping)):  # the inputs as they were given
+                inputs = packing.pack_inputs(inputs)
+            given = self.meta.get("feature_names")
+            if hasattr(inputs, "iloc") and isinstance(given, list) and [str(c) for c in inputs.columns] != given:
+                if sorted(map(str, inputs.columns)) != sorted(given):
+                    raise InvalidInputError(
+                        f"inputs (a DataFrame) have columns {[str(c) for c in inputs.columns][:6]}, but the explanation "
+                        f"was made over {given[:6]}; pass the explained rows."
+                    )
+                inputs = inputs.set_axis([str(c) for c in inputs.columns], axis=1)[given]  # read by name, not place
             cell = self._row_values(inputs, a.shape)
             for ax, r in zip(axes.flat, picked, strict=False):
                 v = a[r].to(torch.float64)
@@ -365,10 +385,12 @@ class Explanation:
                 ax.barh(range(len(order)), vals, color=["#b2182b" if x > 0 else "#2166ac" for x in vals])
                 labels = [str(names[j]) + ("" if cell is None else f" = {cell(r, j)}") for j in order]
                 ax.set_yticks(range(len(order)), labels)
+                for text in ax.get_yticklabels():
+                    text.set_parse_math(False)  # a "$" in a name or a cell is shown as it is
                 ax.invert_yaxis()  # the largest on top
                 ax.axvline(0.0, color="#444", linewidth=0.6)
-                ax.set_title(title(r), fontsize=9)
-        fig.suptitle(self.method, fontsize=10)
+                ax.set_title(title(r), fontsize=9, parse_math=False)
+        fig.suptitle(self.method, fontsize=10, parse_math=False)
         fig.tight_layout()
         return fig
 
@@ -420,7 +442,9 @@ class Explanation:
                     lo, hi = img.min(), img.max()
                     img = (img - lo) / (hi - lo) if hi > lo else torch.zeros_like(img)
                     ax.imshow(overlay(img, amap, reading=reading))
-                ax.set_title(f"{title(r)}\n{name(i)}: {float(share[r, i]):.0%} of |attribution|", fontsize=9)
+                ax.set_title(
+                    f"{title(r)}\n{name(i)}: {float(share[r, i]):.0%} of |attribution|", fontsize=9, parse_math=False
+                )
                 ax.set_axis_off()
             if features:
                 ax = row_axes[-1]
@@ -434,13 +458,17 @@ class Explanation:
                     for k in order
                 ]
                 ax.set_yticks(range(len(order)), labels)
+                for text in ax.get_yticklabels():
+                    text.set_parse_math(False)  # a "$" in a name or a cell is shown as it is
                 ax.invert_yaxis()  # the largest on top
                 ax.axvline(0.0, color="#444", linewidth=0.6)
                 rest_share = float(share[r, rest].sum())
                 ax.set_title(
-                    f"{title(r)}\n{', '.join(name(i) for i in rest)}: {rest_share:.0%} of |attribution|", fontsize=9
+                    f"{title(r)}\n{', '.join(name(i) for i in rest)}: {rest_share:.0%} of |attribution|",
+                    fontsize=9,
+                    parse_math=False,
                 )
-        fig.suptitle(self.method, fontsize=10)
+        fig.suptitle(self.method, fontsize=10, parse_math=False)
         fig.tight_layout()
         return fig
 
@@ -505,7 +533,7 @@ class Explanation:
                     ax.plot(torch.arange(length).numpy() + 0.5, x[r, c].to(torch.float64).numpy(), linewidth=0.8)
             ax.set_xlim(0, length)
             ax.set_xlabel("time step", fontsize=8)
-            ax.set_title(title(r), fontsize=9)
+            ax.set_title(title(r), fontsize=9, parse_math=False)
 
     def _plot_maps(
         self, axes: Any, picked: list[int], inputs: Any, reading: str | None, title: Callable[[int], str]
@@ -532,7 +560,7 @@ class Explanation:
                 lo, hi = img.min(), img.max()
                 img = (img - lo) / (hi - lo) if hi > lo else torch.zeros_like(img)
                 ax.imshow(overlay(img, maps[r], reading=reading))
-            ax.set_title(title(r), fontsize=9)
+            ax.set_title(title(r), fontsize=9, parse_math=False)
             ax.set_axis_off()
 
     # ------------------------------------------------------------------ persistence
@@ -548,21 +576,30 @@ class Explanation:
             raise InvalidParameterError(
                 f"path={str(path)!r} is a folder; pass a file path, e.g. {str(path / 'explanation.safetensors')!r}."
             )
-        tensors: dict[str, torch.Tensor] = {
-            "attributions": self.attributions.detach().cpu().contiguous(),
-            "target": self.target.detach().cpu().contiguous(),
-        }
+        seen: set[int] = set()
+
+        def own(t: torch.Tensor) -> torch.Tensor:
+            """``t`` for the file; a copy where another saved tensor shares its memory (safetensors refuses those:
+            meta["predicted"] = e.target, an IG baseline kept in meta)."""
+            t = t.detach().cpu().contiguous()
+            ptr = t.untyped_storage().data_ptr()
+            if t.numel() and ptr in seen:
+                return t.clone()
+            seen.add(ptr)
+            return t
+
+        tensors: dict[str, torch.Tensor] = {"attributions": own(self.attributions), "target": own(self.target)}
         for k, v in self.options.items():  # tensor options; a callable cannot be saved (params describes it)
             try:
                 v = tensor_option(v, f"options[{k!r}]")  # a numpy array or pandas Series as the explainer read it
             except InvalidParameterError:
                 continue  # not an array (a CAM's layers given as names and modules): params describes it
             if isinstance(v, torch.Tensor):
-                tensors[f"option.{k}"] = v.detach().cpu().contiguous()
+                tensors[f"option.{k}"] = own(v)
         meta_json: dict[str, Any] = {}
         for k, v in self.meta.items():
             if isinstance(v, torch.Tensor):
-                tensors[f"meta.{k}"] = v.detach().cpu().contiguous()
+                tensors[f"meta.{k}"] = own(v)
             else:
                 meta_json[k] = v
         header = {

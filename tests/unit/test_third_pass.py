@@ -346,3 +346,51 @@ def test_statistic_fills_of_several_inputs_are_each_inputs_own() -> None:
     sg = whybox.explain(ad, x, "smoothgrad", target=0, n_samples=2)
     ranges = torch.stack([image.flatten(1).amax(1) - image.flatten(1).amin(1), meta.amax(1) - meta.amin(1)], 1)
     torch.testing.assert_close(sg.meta["sigma"], 0.15 * ranges)
+
+
+def test_explanation_plot_save_and_rows_take_what_users_pass() -> None:
+    """plot(labels=config.id2label) titles by name (a dict's keys were read as the names); a DataFrame in another
+    column order is labelled by name; a '$' in a cell is drawn as text; several tabular inputs plot from their
+    tuple; tensors sharing memory in meta save; a one-element bool tensor is no row index."""
+    import io
+
+    import pandas as pd
+
+    e = whybox.Explanation(
+        attributions=torch.tensor([[0.5, -0.2, 0.1], [0.1, 0.3, -0.4]], dtype=torch.float64),
+        target=torch.tensor([1, 0]),
+        method="custom $x$",
+        meta={"feature_names": ["age", "income", "city"]},
+    )
+    fig = e.plot(labels={1: "positive", 0: "negative"})
+    assert [ax.get_title() for ax in fig.axes[:2]] == ["row 0: positive", "row 1: negative"]
+    with pytest.raises(InvalidParameterError, match="labels must be class names"):
+        e.plot(labels="ab")
+    frame = pd.DataFrame({"city": ["$20k-$50k", "oslo"], "age": [41.0, 30.0], "income": [5321.0, 10.0]})
+    fig = e.plot(frame)
+    ticks = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert ticks == ["age = 41", "income = 5321", "city = $20k-$50k"]
+    fig.savefig(io.BytesIO(), format="png")  # mathtext would drop the dollars (or fail on '$^$')
+    e.meta["predicted"] = e.target  # shares memory with target
+    e.meta["raw"] = e.attributions
+    buf = __import__("tempfile").mkdtemp()
+    loaded = whybox.Explanation.load(e.save(f"{buf}/e.safetensors"))
+    assert torch.equal(loaded.meta["predicted"], e.target) and torch.equal(loaded.meta["raw"], e.attributions)
+    for index in (torch.tensor([True]), torch.tensor(False), torch.tensor([[1]])):
+        with pytest.raises(InvalidParameterError, match="rows are picked by"):
+            e[index]
+    assert e[torch.tensor(1)].target.tolist() == [0]
+    class Two(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(5, 2)
+
+        def forward(self, num: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.cat([num, extra], 1))
+
+    packed = whybox.adapt(Two(), input_shapes={"num": (3,), "extra": (2,)})
+    inputs = (torch.rand(2, 3), torch.rand(2, 2))
+    ex = whybox.explain(packed, inputs, "saliency", target=0)
+    from_tuple = [t.get_text() for t in ex.plot(inputs).axes[0].get_yticklabels()]
+    from_rows = [t.get_text() for t in ex.plot(packed.packing.pack(*inputs)).axes[0].get_yticklabels()]
+    assert from_tuple == from_rows and " = " in from_tuple[0]
