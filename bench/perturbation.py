@@ -220,6 +220,10 @@ def make_rows(case: Case, peers: dict[str, Any]) -> list[Row]:
     lime_fill = zeros if shared else _seg_mean(x, seg)
     cap_mask = seg[:1] if shared else seg  # identical pixel ids for every digit image
     m_feat = [int(s.max()) + 1 for s in seg]
+    # captum's Occlusion, FeatureAblation and ShapleyValueSampling evaluate perturbations_per_eval perturbations of
+    # every input at once (B x ppe rows per model call); whybox's batch_size counts every row of a call. Equal rows
+    # per call: ppe = bs // B. (Lime and KernelShap go one example at a time: their ppe is rows per call already.)
+    ppe = max(1, bs // x.shape[0])
     rows: list[Row] = []
 
     def ours(method: str, **kw: Any) -> Impl:
@@ -238,7 +242,7 @@ def make_rows(case: Case, peers: dict[str, Any]) -> list[Row]:
                 "captum Occlusion",
                 lambda: ca.Occlusion(model).attribute(
                     x, sliding_window_shapes=case.window, strides=case.stride, baselines=0, target=t,
-                    perturbations_per_eval=bs,
+                    perturbations_per_eval=ppe,
                 ),
                 passes=n_win + 1,
             )
@@ -260,7 +264,7 @@ def make_rows(case: Case, peers: dict[str, Any]) -> list[Row]:
             Impl(
                 "captum FeatureAblation",
                 lambda: ca.FeatureAblation(model).attribute(
-                    x, baselines=0, target=t, feature_mask=cap_mask, perturbations_per_eval=bs
+                    x, baselines=0, target=t, feature_mask=cap_mask, perturbations_per_eval=ppe
                 ),
                 passes=float(np.mean(m_feat)) + 1,
             )
@@ -391,7 +395,7 @@ def make_rows(case: Case, peers: dict[str, Any]) -> list[Row]:
             Impl(
                 "captum ShapleyValueSampling",
                 lambda: ca.ShapleyValueSampling(model).attribute(
-                    x, baselines=0, target=t, feature_mask=cap_mask, n_samples=2 * k, perturbations_per_eval=bs
+                    x, baselines=0, target=t, feature_mask=cap_mask, n_samples=2 * k, perturbations_per_eval=ppe
                 ),
                 passes=2 * k * float(np.mean(m_feat)) + 1,
                 note=f"n_samples={2 * k} plain permutations (= whybox's {k} antithetic pairs)",

@@ -42,14 +42,14 @@ METRICS = ("deletion", "insertion", "sparseness")
 
 
 def api_loop(job: Job, model: torch.nn.Module, x: torch.Tensor) -> None:
-    for s, idx in enumerate(shards(x.shape[0], job.shard_size)):
+    for idx in shards(x.shape[0], job.shard_size):
         xs = x[idx[0] : idx[-1] + 1]
         with torch.no_grad():
             target = torch.softmax(model(xs), 1).argmax(1)
         for method in job.methods:
-            e = whybox.explain(model, xs, method, target=target, **job.options_for(method, s))
+            e = whybox.explain(model, xs, method, target=target, **job.options_for(method))
             for metric in job.metrics:
-                whybox.evaluate(model, xs, e, metric, target=target, **job.metric_options_for(metric, s))
+                whybox.evaluate(model, xs, e, metric, target=target, **job.metric_options_for(metric))
 
 
 def timed_store_run(

@@ -251,7 +251,8 @@ def write(result: dict[str, Any], args: argparse.Namespace) -> None:
         "- LIME rows compare cost only: lime perturbs from the training statistics, whybox switches columns to the "
         "reference.",
         "- The last row explains raw text columns (three columns binned into low/mid/high, one-hot encoded inside the "
-        "pipeline): whybox on the DataFrame, shap on the same rows as an object array. Both sample 500 of the 2^30 "
+        "pipeline): whybox on the DataFrame, shap on the same rows as an object array. Both sample "
+        f"{result['samples']} of the 2^30 "
         "coalitions, each its own, so their values differ by sampling (max diff: the largest difference); "
         "tests/unit/test_categorical.py holds the two equal where both are exact (4 columns).",
         "",

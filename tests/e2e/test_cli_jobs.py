@@ -1552,3 +1552,47 @@ def test_an_option_naming_an_argument_set_by_a_flag_is_a_usage_error(runner: Cli
     for args, message in cases:
         result = invoke(runner, args)
         assert result.exit_code == 2 and message in result.output, (args, result.output)
+
+
+def test_a_csv_of_bool_int_and_text_columns_explains_as_its_dataframe_does(runner: CliRunner, tmp_path: Path) -> None:
+    """DataFrame.to_csv writes bools as True/False and ints as whole numbers: the CLI reads them back in those
+    types for an estimator fitted on the frame (True/False were text its OneHotEncoder never saw: a raw ValueError;
+    an int cast to text saw '3.0'), so `explain` on the CSV equals whybox.explain on the frame."""
+    (tmp_path / "frame_model.py").write_text(
+        "import numpy as np, pandas as pd\n"
+        "from sklearn.compose import ColumnTransformer\n"
+        "from sklearn.linear_model import LogisticRegression\n"
+        "from sklearn.pipeline import make_pipeline\n"
+        "from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler\n"
+        "def data():\n"
+        "    g = np.random.default_rng(0); n = 200\n"
+        "    return pd.DataFrame({'vip': g.random(n) > 0.5, 'city': g.choice(['oslo', 'lima'], n),\n"
+        "                         'kids': g.integers(0, 4, n), 'inc': g.normal(50, 10, n)})\n"
+        "def make():\n"
+        "    df = data(); y = (df.vip | (df.city == 'lima') | (df.kids > 2)).astype(int)\n"
+        "    as_text = make_pipeline(FunctionTransformer(lambda t: t.astype(str)), OneHotEncoder())\n"
+        "    pre = ColumnTransformer([('oh', OneHotEncoder(), ['vip', 'city']), ('k', as_text, ['kids']),\n"
+        "                             ('n', StandardScaler(), ['inc'])])\n"
+        "    return make_pipeline(pre, LogisticRegression()).fit(df, y)\n",
+        encoding="utf-8",
+    )
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("frame_model_t", tmp_path / "frame_model.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    frame = module.data().iloc[:4]
+    frame.to_csv(tmp_path / "rows.csv", index=False)
+    result = invoke(runner, ["explain", "--model", f"{tmp_path / 'frame_model.py'}:make", tmp_path / "rows.csv",
+                             "--method", "occlusion", "--option", 'fill=[false, "oslo", 0, 50.0]', "--out",
+                             tmp_path / "e"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    got = whybox.Explanation.load(tmp_path / "e" / "explanation.safetensors").attributions
+    import pandas as pd
+
+    want = whybox.explain(
+        module.make(), frame, "occlusion", fill=pd.Series({"vip": False, "city": "oslo", "kids": 0, "inc": 50.0})
+    )
+    torch.testing.assert_close(got.double(), want.attributions.double(), rtol=1e-5, atol=1e-6)
+    assert bool((want.attributions[:, 2].abs() > 0).any())  # kids, read as an int, has its share

@@ -380,6 +380,7 @@ def test_explanation_plot_save_and_rows_take_what_users_pass() -> None:
         with pytest.raises(InvalidParameterError, match="rows are picked by"):
             e[index]
     assert e[torch.tensor(1)].target.tolist() == [0]
+
     class Two(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -394,3 +395,44 @@ def test_explanation_plot_save_and_rows_take_what_users_pass() -> None:
     from_tuple = [t.get_text() for t in ex.plot(inputs).axes[0].get_yticklabels()]
     from_rows = [t.get_text() for t in ex.plot(packed.packing.pack(*inputs)).axes[0].get_yticklabels()]
     assert from_tuple == from_rows and " = " in from_tuple[0]
+
+
+def test_feature_ids_readable_two_ways_say_how_they_are_read() -> None:
+    """(3, H, W) ids for 3 RGB images: per-row maps, or one per-channel map shared by the rows. The same call gave
+    other groups for a batch of 2 (read per channel) than of 3 (read per row), silently; it now warns, and the
+    explicit shapes read as they say without a warning."""
+    from whybox.masking.features import AmbiguousIdsWarning
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(60, 2)).double().eval()
+    x = torch.rand(3, 3, 4, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ids = torch.arange(6).repeat_interleave(10).reshape(3, 4, 5)  # 2 groups per channel
+    with pytest.warns(AmbiguousIdsWarning, match=r"\(1, 3, 4, 5\).*\(3, 1, 4, 5\)"):
+        whybox.explain(model, x, "feature_ablation", target=0, features=ids)
+    shared = whybox.explain(model, x, "feature_ablation", target=0, features=ids[None])
+    two = whybox.explain(model, x[:2], "feature_ablation", target=0, features=ids)  # (*G): per channel, no warning
+    torch.testing.assert_close(shared.attributions[:2], two.attributions)
+    whybox.explain(model, x, "feature_ablation", target=0, features=ids[:, None])  # per row, explicitly
+
+
+def test_a_series_of_int_labels_as_target_names_the_classifiers_classes() -> None:
+    """target=y_test (a Series) of a classifier with classes_ [1, 2, 3] was read as output indices (label 2 explained
+    class 3); a Series holds labels, as find_mistakes reads it. A list of ints stays indices."""
+    import pandas as pd
+    from sklearn.linear_model import LogisticRegression
+
+    g = np.random.default_rng(0)
+    x = g.normal(size=(60, 3))
+    y = 1 + (x[:, 0] > 0).astype(int) + (x[:, 1] > 0.5).astype(int)
+    clf = LogisticRegression().fit(x, y)
+    rows = torch.tensor(x[:4])
+    labels = pd.Series(y[:4], index=[10, 11, 12, 13])
+    by_series = whybox.explain(clf, rows, "occlusion", target=labels)
+    assert by_series.target.tolist() == [list(clf.classes_).index(v) for v in y[:4]]
+    assert whybox.explain(clf, rows, "occlusion", target=[0, 1, 2, 0]).target.tolist() == [0, 1, 2, 0]
+
+
+def test_a_cache_dir_that_is_no_path_is_named() -> None:
+    from whybox.data._cache import resolve_cache_dir
+
+    with pytest.raises(InvalidParameterError, match=r"cache_dir must be a folder path .*got int 5"):
+        resolve_cache_dir(5)  # type: ignore[arg-type]

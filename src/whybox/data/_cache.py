@@ -30,6 +30,13 @@ def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
         The directory, with ``~`` expanded.
     """
     if cache_dir is not None:
+        if not isinstance(cache_dir, (str, os.PathLike)):
+            from whybox.errors import InvalidParameterError
+
+            raise InvalidParameterError(
+                f"cache_dir must be a folder path (a str or pathlib.Path), or None for the default cache; got "
+                f"{type(cache_dir).__name__} {cache_dir!r:.60}."
+            )
         return Path(cache_dir).expanduser()
     env = os.environ.get(CACHE_ENV_VAR, "").strip()
     if env:

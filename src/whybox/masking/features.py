@@ -15,7 +15,17 @@ import torch
 
 from whybox.errors import InvalidInputError, InvalidParameterError
 
-__all__ = ["FeatureGroups", "broadcast_ids", "cells", "columns", "grid", "pixels", "segments", "superpixels"]
+__all__ = [
+    "AmbiguousIdsWarning",
+    "FeatureGroups",
+    "broadcast_ids",
+    "cells",
+    "columns",
+    "grid",
+    "pixels",
+    "segments",
+    "superpixels",
+]
 
 
 @dataclass(frozen=True)
@@ -49,12 +59,27 @@ def groups_touched(groups: FeatureGroups, changed: torch.Tensor) -> torch.Tensor
     return out > 0
 
 
+class AmbiguousIdsWarning(UserWarning):
+    """Feature ids ``(B, H, W)`` given with as many rows as channels: per-row maps or one per-channel map."""
+
+
 def broadcast_ids(ids: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
     """Integer ids ``(B, *G)``, ``(1, *G)`` or ``(*G)`` (images also ``(H, W)`` and ``(B, H, W)``, 1-D signals ``(L,)``
     and ``(B, L)``: shared by the channels) as ``(B, *G)`` int64 on x's device,
     G broadcasting to one input row; ``None`` when they do not fit ``x`` (callers word the error)."""
     g = ids.to(device=x.device, dtype=torch.int64)
     if x.ndim >= 3 and g.ndim == x.ndim - 1 and g.shape[0] == x.shape[0] and tuple(g.shape[1:]) == tuple(x.shape[2:]):
+        if x.shape[0] == x.shape[1] > 1:  # (C, H, W) per channel, shared by the rows, reads the same: say which
+            import warnings
+
+            warnings.warn(
+                f"feature ids of shape {tuple(ids.shape)} for {x.shape[0]} inputs of {x.shape[1]} channels are read as "
+                f"one map per input row, shared by its channels; for one per-channel map shared by every row pass "
+                f"them as (1, {', '.join(map(str, g.shape))}), for one map per row as ({x.shape[0]}, 1, "
+                f"{', '.join(map(str, g.shape[1:]))}) (either silences this).",
+                AmbiguousIdsWarning,
+                stacklevel=3,
+            )
         g = g.unsqueeze(1)  # (B, H, W) of images, (B, L) of signals: one map per row, shared by its channels
     elif 1 <= g.ndim < x.ndim - 1:
         g = g.view(*([1] * (x.ndim - g.ndim)), *g.shape)  # (H, W) of images, (L,) of signals: shared by all

@@ -167,6 +167,8 @@ class InputPacking:
                     f"{t.shape[0]}; give every input the same samples, one row each."
                 )
             batch = t.shape[0]
+            if batch == 0:
+                raise InvalidInputError("inputs hold no rows (batch size 0); pass at least one row.")
             flat.append(t.reshape(t.shape[0], -1))
         dtype = flat[0].dtype
         for t in flat[1:]:

@@ -142,7 +142,8 @@ def class_label_target(model: object, target: Any) -> Any:
     """``target`` with output names replaced by their output indices: an adapter's ``output_names`` (an SAE
     adapter's ``"latent 12"``), else the class labels of the model (inside the adapter): a scikit-learn classifier's
     ``classes_``, e.g. ``"virginica"`` or ``["no", "yes"]``, a Hugging Face classifier's ``config.id2label``, e.g.
-    ``"POSITIVE"``. Ints stay indices (also where the labels are ints); anything else unchanged. An unknown name is
+    ``"POSITIVE"``. Ints stay indices (also where the labels are ints), except in a pandas Series: ``y_test`` holds
+    the classifier's labels, so a Series of ints is read as its ``classes_``; anything else unchanged. An unknown name is
     an :class:`InvalidTargetError` listing the names."""
     if isinstance(target, int) and not isinstance(target, bool):
         classes = estimator_classes(model)
@@ -164,11 +165,16 @@ def class_label_target(model: object, target: Any) -> Any:
         scalar = False
     if isinstance(target, (torch.Tensor, int)) or target is None or callable(target):
         return target
-    if type(target).__module__.split(".")[0] == "pandas" and hasattr(target, "to_numpy"):
+    series = type(target).__module__.split(".")[0] == "pandas" and hasattr(target, "to_numpy")
+    if series:
         target = target.to_numpy()  # a Series of labels (y_test rows): its values, one per row
     labels = class_names(model)
     if labels is None:
         return target
+    if series and classes is not None and not valued:  # y_test of int classes_ [1, 2, 3]: labels, not indices
+        given = np.asarray(target, dtype=object).reshape(-1).tolist()
+        if all(isinstance(t, (int, np.integer)) and not isinstance(t, (bool, np.bool_)) for t in given):
+            target = [str(t) for t in given]  # matched by name below (a label's str is its class name)
     raw = _class_names(model)
     keys = [_label_key(c) for c in (raw.tolist() if hasattr(raw, "tolist") else raw)]
 

@@ -1145,10 +1145,23 @@ def _load_csv(
     names = [f"{path.stem}-{i}" for i in range(len(features))]
     y = torch.tensor(labels, dtype=torch.int64) if label_at is not None and class_labels else None
     kept = [c for j, c in enumerate(columns) if j != label_at]
-    if text_columns:
+    if coder is not None and getattr(coder, "feature_names", None) is not None and features:
+        # an estimator fitted on a DataFrame: its rows as such a frame would give them (text, bool and int columns
+        # in their types, which the adapter gives back to the estimator)
+        texts = {columns[j] for j in text_columns}
+        x, kept = _coded_table(raw, x, kept, texts, coder, f"input {entry!r}")
+    elif text_columns:
         texts = {columns[j] for j in text_columns}
         x, kept = _coded_table(raw, x, kept, texts, coder, f"input {entry!r}")
     return _Part(f"input {entry!r}", x, names, y, "tabular", kept)
+
+
+def _is_int(cell: str) -> bool:
+    try:
+        int(cell)
+    except ValueError:
+        return False
+    return True
 
 
 def _coded_table(
@@ -1165,7 +1178,17 @@ def _coded_table(
             f"the CSV header does not match the columns the model was fitted on: missing {_listing(missing)}, "
             f"unexpected {_listing(extra)}; give a table with exactly the model's columns (feature_names_in_)."
         )
-    data = {c: [r[j] for r in raw] if c in texts else x[:, j].to(torch.float64).numpy() for j, c in enumerate(columns)}
+    data: dict[str, Any] = {}
+    for j, c in enumerate(columns):
+        cells = [r[j].strip() for r in raw]
+        if all(v.lower() in ("true", "false") for v in cells):  # DataFrame.to_csv's bools
+            data[c] = np.array([v.lower() == "true" for v in cells])
+        elif c in texts:
+            data[c] = [r[j] for r in raw]
+        elif all(_is_int(v) for v in cells):  # whole numbers written as such: an int column
+            data[c] = np.array([int(v) for v in cells], dtype=np.int64)
+        else:
+            data[c] = np.array([float(v) for v in cells], dtype=np.float64)
     frame = pd.DataFrame({c: data[c] for c in fitted})
     return encode_frame(frame, coder, what).to(torch.float32), fitted
 
