@@ -436,3 +436,48 @@ def test_a_cache_dir_that_is_no_path_is_named() -> None:
 
     with pytest.raises(InvalidParameterError, match=r"cache_dir must be a folder path .*got int 5"):
         resolve_cache_dir(5)  # type: ignore[arg-type]
+
+
+def test_lima_refuses_a_prior_it_cannot_afford_before_any_pass() -> None:
+    """max_evaluations one short of LIMA with a Grad-CAM prior: refused before the prior's passes ran (2 rows were
+    scored first), as max_evaluations promises for over-budget requests."""
+    from whybox import get_explainer
+
+    class Counter(nn.Module):
+        def __init__(self, net: nn.Module) -> None:
+            super().__init__()
+            self.net, self.rows = net, 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.rows += x.shape[0]
+            return self.net(x)
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 5))
+    m = Counter(net.eval())
+    x = torch.rand(2, 3, 9, 10, generator=torch.Generator().manual_seed(0))
+    kw = {"regions": "prior", "prior_grid": 3, "prior_cells": 1, "search": "naive", "prior_options": {"layer": "net.1"}}
+    n = get_explainer("lima")(m, **kw).explain(x).meta["n_forward"]
+    m.rows = 0
+    with pytest.raises(InvalidParameterError, match="max_evaluations"):
+        get_explainer("lima")(m, max_evaluations=n - 1, **kw).explain(x)
+    assert m.rows == 0
+
+
+@pytest.mark.parametrize(
+    ("array", "match"),
+    [
+        (np.full((2, 2, 3), 1.5), r"values in \[0, 1\]"),
+        (np.zeros((2, 2, 3), dtype=np.int64), "uint8 .* or float"),
+        (np.zeros((2, 2, 3), dtype=bool), "uint8 .* or float"),
+    ],
+)
+def test_save_png_names_what_it_cannot_draw(array: np.ndarray, match: str, tmp_path: object) -> None:
+    from whybox.errors import InvalidInputError
+    from whybox.report.overlay import save_png
+
+    with pytest.raises(InvalidInputError, match=match):
+        save_png(f"{tmp_path}/a.png", array)
+    save_png(f"{tmp_path}/b.png", np.zeros((2, 2, 3), dtype=np.uint8))
+    save_png(f"{tmp_path}/c.png", np.full((2, 2, 4), 0.5))

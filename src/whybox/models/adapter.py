@@ -601,6 +601,8 @@ def adapt(
         second call of a reused module) or modules.
     preprocess
         Applied to inputs before the model (e.g. normalisation); attributions are taken w.r.t. the raw inputs.
+        With ``input_shapes`` it receives the packed rows ``(B, F)`` (``adapter.packing.unpack`` cuts them into the
+        inputs; return rows of the same shape), so an image normalisation must unpack, normalise and pack.
     references, similarity, scale
         For ``kind="embedding"``: target embedding ``(D,)`` or class embeddings ``(K, D)``, ``"cosine"`` or
         ``"dot"``, and a factor on the similarities.

@@ -202,6 +202,17 @@ def save_png(path: str | os.PathLike[str], array: np.ndarray) -> Path:
     arr = np.asarray(array)
     if arr.ndim != 3 or arr.shape[2] not in (3, 4):
         raise InvalidInputError(f"array must have shape (H, W, 3) or (H, W, 4); got {arr.shape}.")
+    if arr.dtype != np.uint8:
+        if arr.dtype.kind != "f":
+            raise InvalidInputError(
+                f"array must be uint8 (0-255) or float in [0, 1]; got dtype {arr.dtype}. Convert it, e.g. "
+                "(a / a.max() * 255).astype(np.uint8)."
+            )
+        if arr.size and not (np.isfinite(arr).all() and arr.min() >= 0.0 and arr.max() <= 1.0):
+            raise InvalidInputError(
+                f"array of floats must hold values in [0, 1]; got [{np.nanmin(arr):.4g}, {np.nanmax(arr):.4g}]"
+                " (or NaN). Clip or rescale it first."
+            )
     path = Path(path)
     mpimg.imsave(path, arr, format="png")
     return path

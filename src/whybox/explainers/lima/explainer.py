@@ -378,6 +378,8 @@ class Lima(PerturbationExplainer):
                 if left < 1:
                     raise over("")
                 opts["max_evaluations"] = left
+            if left is not None and not bounded and left < x.shape[0]:  # any prior reads each row at least once
+                raise over(f", fewer than the {x.shape[0]:,} (one per row) any prior needs")
             opts.update(self.prior_options or {})
             try:
                 explainer = cls(self.adapter, **opts)
