@@ -481,3 +481,22 @@ def test_save_png_names_what_it_cannot_draw(array: np.ndarray, match: str, tmp_p
         save_png(f"{tmp_path}/a.png", array)
     save_png(f"{tmp_path}/b.png", np.zeros((2, 2, 3), dtype=np.uint8))
     save_png(f"{tmp_path}/c.png", np.full((2, 2, 4), 0.5))
+
+
+def test_one_number_per_input_as_a_baseline_or_fill() -> None:
+    """captum's baselines=(0.0, 50.0): one number per input over its shape (was refused as 'does not broadcast');
+    the same numbers as the tensors built by hand."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = _ImageAndMeta().double().eval()
+    ad = whybox.adapt(model, input_shapes=[(3, 4, 4), (5,)])
+    g = torch.Generator().manual_seed(1)
+    x = (
+        torch.rand(2, 3, 4, 4, generator=g, dtype=torch.float64),
+        50 + torch.rand(2, 5, generator=g, dtype=torch.float64),
+    )
+    by_hand = (torch.zeros(3, 4, 4, dtype=torch.float64), torch.full((5,), 50.0, dtype=torch.float64))
+    for method, key in (("integrated_gradients", "baseline"), ("feature_ablation", "fill")):
+        want = whybox.explain(ad, x, method, target=0, **{key: by_hand}).attributions
+        for given in ((0.0, 50.0), [0, 50], (torch.tensor(0.0), 50.0), (torch.zeros(3, 4, 4), 50.0)):
+            torch.testing.assert_close(whybox.explain(ad, x, method, target=0, **{key: given}).attributions, want)

@@ -246,21 +246,37 @@ class InputPacking:
 def packed_option(value: Any, adapter: Any) -> Any:
     """A reference given per input (captum's convention) for a model of several inputs, packed like its rows: a
     tuple, list or mapping of tensors or arrays, each one sample's shape (a baseline row ``(F,)``) or with a batch
-    dimension (rows ``(B, F)``). Anything else, or any value for another model, unchanged."""
+    dimension (rows ``(B, F)``), or of one number per input (``(0.0, 50.0)``: that value over the input). Anything
+    else, or any value for another model, unchanged."""
     packing = getattr(adapter, "packing", None)
     if packing is None:
         return value
     parts = list(value.values()) if isinstance(value, Mapping) else value
+    number = (int, float, np.integer, np.floating)
     if not (
-        isinstance(parts, (tuple, list)) and parts and all(isinstance(t, (torch.Tensor, np.ndarray)) for t in parts)
+        isinstance(parts, (tuple, list))
+        and parts
+        and all(isinstance(t, (torch.Tensor, np.ndarray, *number)) and not isinstance(t, bool) for t in parts)
+        and any(isinstance(t, (torch.Tensor, np.ndarray)) or len(parts) > 1 for t in parts)
     ):
         return value
-    tensors = [torch.as_tensor(t) for t in parts]
     if isinstance(value, Mapping) and packing.names is not None:  # each value against its own input's shape
         shape_of = dict(zip(packing.names, packing.shapes, strict=True))
         shapes = [shape_of.get(k, ()) for k in value]
     else:
         shapes = list(packing.shapes)
+    if len(parts) == len(shapes) and any(isinstance(t, number) or getattr(t, "ndim", 1) == 0 for t in parts):
+        # one number per input (captum's baselines=(0.0, 50.0)): that value over the input's shape, batched like the
+        # other parts where they are
+        batch = next((int(t.shape[0]) for t, sh in zip(parts, shapes, strict=True)
+                      if isinstance(t, (torch.Tensor, np.ndarray)) and t.ndim == len(sh) + 1), None)  # fmt: skip
+        full = [
+            torch.full(((batch,) if batch else ()) + tuple(sh), float(t)) if isinstance(t, number) or t.ndim == 0 else t
+            for t, sh in zip(parts, shapes, strict=True)
+        ]
+        value = dict(zip(value.keys(), full, strict=True)) if isinstance(value, Mapping) else full
+        parts = full
+    tensors = [torch.as_tensor(t) for t in parts]
     single = len(tensors) == len(shapes) and all(t.ndim == len(s) for t, s in zip(tensors, shapes, strict=True))
     if not single:
         return packing.pack_inputs(value)
