@@ -201,16 +201,30 @@ def test_smoothgrad_sigma_is_relative_to_the_embeddings_and_tends_to_its_base(lm
     both = ~sal.matrix.isnan()
     assert torch.equal(both, ~sg.matrix.isnan())
     assert torch.allclose(sg.matrix[both], sal.matrix[both], atol=1e-6, rtol=1e-6)
-    e = model.get_input_embeddings()(torch.tensor(sal.token_ids)).detach()
     level = 0.02
     res = attribute_generation(
         model, tok, PROMPT, continuation=CONT, method="smoothgrad", noise_level=level, n_samples=2
     )
-    assert float(res.explanation.meta["sigma"][0]) == pytest.approx(level * float(e.max() - e.min()), rel=1e-12)
+    # each step's sigma from its own attributed word vectors (its prefix): a step reads as on that prefix alone, so
+    # the tokens after it change nothing (one sigma over the whole sequence moved every step with the continuation)
+    batch = CausalLMAdapter(model, tok).steps(res.token_ids, res.prompt_length)
+    on = batch.noise_mask()
+    want = [level * float(batch.inputs[t][on[t]].max() - batch.inputs[t][on[t]].min()) for t in range(len(on))]
+    assert res.explanation.meta["sigma"].tolist() == pytest.approx(want, rel=1e-12)
+    longer = attribute_generation(  # 'dog''s word vector reaches past the first step's range
+        model, tok, PROMPT, continuation="mat dog", method="smoothgrad", noise_level=level, n_samples=2
+    )
+    first = attribute_generation(
+        model, tok, PROMPT, continuation="mat", method="smoothgrad", noise_level=level, n_samples=2
+    )
+    assert float(longer.explanation.meta["sigma"][0]) == float(first.explanation.meta["sigma"][0])
+    a, b = first.explanation.attributions[0], longer.explanation.attributions[0]
+    t = a.shape[0]
+    torch.testing.assert_close(a, b[:t], equal_nan=True)
 
 
 def test_smoothgrad_defaults_move_only_the_attributed_word_vectors(lm: tuple) -> None:
-    """The default sigma (0.15 x the embeddings' range, above MAX_NOISE_SIGMA here, as on GPT-2) runs: the noise
+    """The default sigma (0.15 x each step's word vectors' range, above MAX_NOISE_SIGMA here, as on GPT-2) runs: the noise
     lands on the word vectors of each step's attributed tokens only, so the control channels, specials and each
     row's future are the input's in every noisy copy; the average is of gradient x input."""
     model, tok = lm

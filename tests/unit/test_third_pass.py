@@ -500,3 +500,18 @@ def test_one_number_per_input_as_a_baseline_or_fill() -> None:
         want = whybox.explain(ad, x, method, target=0, **{key: by_hand}).attributions
         for given in ((0.0, 50.0), [0, 50], (torch.tensor(0.0), 50.0), (torch.zeros(3, 4, 4), 50.0)):
             torch.testing.assert_close(whybox.explain(ad, x, method, target=0, **{key: given}).attributions, want)
+
+
+def test_an_sae_reads_activations_of_another_float_dtype() -> None:
+    """A float32 SAE given a float64 model's activations (collect_activations keeps the model's dtype) raised torch's
+    'expected m1 and m2 to have the same dtype'; it reads them in its own dtype, as sae_metrics does."""
+    from whybox.explainers.llm.sae import SAEConfig, SparseAutoencoder
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        sae = SparseAutoencoder(SAEConfig(d_in=8, d_sae=16, k=4))
+    x = torch.rand(3, 8, dtype=torch.float64)
+    f = sae.encode(x)
+    torch.testing.assert_close(f, sae.encode(x.float()))
+    torch.testing.assert_close(sae.decode(f.double()), sae.decode(f))
+    assert sae(x)[0].dtype == torch.float32

@@ -361,8 +361,8 @@ def generation_defaults(
 ) -> dict[str, Any]:
     """The options that make ``method`` act on generation steps: a baseline for Integrated Gradients, token features
     (LIMA: token regions valued by their gain) and a fill (both ``baseline``) for perturbation methods, a one-token
-    occlusion window, and for SmoothGrad a ``sigma`` of ``noise_level`` times the range of the word embeddings (the
-    row range would count the read-position channel), noise on the attributed tokens' word vectors only
+    occlusion window, and for SmoothGrad a sigma of ``noise_level`` times the range of each step's attributed word
+    vectors (its prefix's, as a call on that prefix alone reads it; never the control channels), noise on them only
     (:meth:`GenerationBatch.noise_mask`) and gradient × input averaged (as :func:`~whybox.models.text.text_defaults`).
     Explainers read the adapter's scores as they are (``score="logit"``, the identity)."""
     from whybox.explainers.base import _keyword_options
@@ -386,9 +386,8 @@ def generation_defaults(
         width = int(batch.inputs.shape[-1])
         out["window"] = (1, width)
         out["stride"] = (1, width)
-    if "noise_level" in names and "sigma" in names:
-        e = batch.inputs[0, :, :-2]
-        out["sigma"] = float(noise_level) * float(e.max() - e.min())
+    if "noise_level" in names:  # each step's sigma from its own attributed tokens (the noise mask): its prefix alone
+        out["noise_level"] = float(noise_level)
     if "noise_mask" in names:  # SmoothGrad: noise on the attributed tokens' word vectors, gradient x input
         out["noise_mask"] = batch.noise_mask()
         out["base"] = "input_x_gradient"
@@ -543,8 +542,8 @@ def attribute_generation(
         ``"adaptive"``, ...), which cannot be passed by that name here (``method=`` names the explainer).
     **method_options
         The method's options (``n_steps``, ``batch_size`` for the rows per forward pass, ...); they win over the
-        defaults of :func:`generation_defaults`. SmoothGrad's ``sigma`` defaults to ``noise_level`` times the range
-        of the word embeddings, its noise lands on the attributed tokens' word vectors only and it averages
+        defaults of :func:`generation_defaults`. SmoothGrad's sigma defaults to ``noise_level`` times the range of
+        each step's attributed word vectors, its noise lands on the attributed tokens' word vectors only and it averages
         gradient × input; with ``noise_mask=None`` the noise also lands on the control channels and ``sigma`` must
         stay ≤ ``MAX_NOISE_SIGMA``.
 

@@ -249,6 +249,8 @@ class SparseAutoencoder(nn.Module):
         """``z = W_e (x − b_d) + b_e``, (B, d_in) -> (B, d_sae); use it for "why did latent i not fire"."""
         if x.ndim != 2 or x.shape[-1] != self.d_in:
             raise InvalidInputError(f"x must have shape (B, {self.d_in}); got shape {tuple(x.shape)}.")
+        if x.dtype != self.W_e.dtype:  # float64 activations of a float64 model into a float32 SAE: read in its dtype
+            x = x.to(self.W_e.dtype)
         return (x - self.b_d) @ self.W_e.T + self.b_e
 
     def activate(self, z: Tensor) -> Tensor:
@@ -267,6 +269,8 @@ class SparseAutoencoder(nn.Module):
         d_sae = self.W_d.shape[1]
         if f.ndim != 2 or f.shape[-1] != d_sae:
             raise InvalidInputError(f"f must have shape (B, {d_sae}) (latent activations); got shape {tuple(f.shape)}.")
+        if f.dtype != self.W_d.dtype:
+            f = f.to(self.W_d.dtype)
         return f @ self.W_d.T + self.b_d
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
