@@ -221,12 +221,11 @@ def test_shown_probabilities_of_a_model_that_returns_probabilities_are_its_own()
     bb = BlackBoxTextAdapter(score, labels=["neg", "pos"])
     p = output_probabilities(bb, bb.scores(bb.encode(["a good day", "a day"]).inputs))
     torch.testing.assert_close(p, torch.tensor([[0.1, 0.9], [0.8, 0.2]], dtype=torch.float64))
-    logits = torch.tensor([[0.1, 0.9], [2.0, -1.0]])
+    logits = torch.tensor([[0.1, 0.9], [2.0, -1.0]])  # one decision for the batch: logits here, both softmaxed
     net = whybox.adapt(nn.Linear(2, 2))
-    torch.testing.assert_close(
-        output_probabilities(net, logits),
-        torch.tensor([[0.1, 0.9], [2.0, -1.0]]).where(torch.tensor([[True], [False]]), logits.softmax(1)),
-    )
+    torch.testing.assert_close(output_probabilities(net, logits), logits.softmax(1))
+    rounded = torch.tensor([[0.9, 0.05, 0.0499], [0.2, 0.3, 0.5]])  # an API's 4 decimals: still its probabilities
+    torch.testing.assert_close(output_probabilities(net, rounded), rounded)
 
 
 @pytest.mark.parametrize("name", ["", "."])
@@ -515,3 +514,106 @@ def test_an_sae_reads_activations_of_another_float_dtype() -> None:
     torch.testing.assert_close(f, sae.encode(x.float()))
     torch.testing.assert_close(sae.decode(f.double()), sae.decode(f))
     assert sae(x)[0].dtype == torch.float32
+
+
+def test_a_word_equal_to_the_fill_token_stays_a_word_of_its_text(make_gpt2_classifier: object) -> None:
+    """Without [MASK] the fill is the unknown token, which an out-of-vocabulary word already is: that word is still
+    one of the text's words for sparseness (only CLS/SEP/pads are left out)."""
+    pytest.importorskip("transformers")
+    from whybox.metrics.complexity import gini
+
+    model, tok = make_gpt2_classifier()  # type: ignore[operator]
+    clf = whybox.adapt_text(model, tok)
+    texts = ["the movie was zzyzx great", "the plot was good"]  # 'zzyzx': out of the toy vocabulary
+    r = whybox.explain_text(clf, texts, "occlusion", target=0)
+    want = [gini(torch.tensor([abs(v) for _, v in w], dtype=torch.float64)[None]).item() for w in r.words]
+    assert len(r.words[0]) == 5
+    assert whybox.evaluate(clf, texts, r, "sparseness").scores.tolist() == pytest.approx(want, abs=1e-9)
+
+
+def test_fingerprints_of_a_function_with_a_set_literal_agree_across_processes(tmp_path: object) -> None:
+    """A set literal in a model's function compiles to a frozenset, whose repr order follows the process's string
+    hashing: two processes hashed one model differently and a run refused to resume. Its constants are sorted."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    folder = Path(str(tmp_path))
+    (folder / "setmodel.py").write_text(
+        "import torch\nfrom torch import nn\n"
+        "def act(t, name='relu'):\n    return torch.relu(t) if name in {'relu', 'gelu', 'silu', 'tanh'} else t\n"
+        "class M(nn.Module):\n    def __init__(self):\n        super().__init__(); self.fc = nn.Linear(3, 2); self.act = act\n"
+        "    def forward(self, x):\n        return self.act(self.fc(x))\n",
+        encoding="utf-8",
+    )
+    code = (
+        "import sys, torch; sys.path.insert(0, sys.argv[1]); from setmodel import M\n"
+        "from whybox.runs.job import Job, fingerprints\n"
+        "torch.manual_seed(0); m = M()\n"
+        "print(fingerprints(Job(methods=('saliency',)), m, torch.zeros(1, 3), ['0'], None)['weights'])\n"
+    )
+    digests = set()
+    for seed in ("1", "2", "3"):
+        env = {**__import__("os").environ, "PYTHONHASHSEED": seed, "OMP_NUM_THREADS": "1"}
+        out = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, env=env)
+        assert out.returncode == 0, out.stderr
+        digests.add(out.stdout.strip())
+    assert len(digests) == 1
+
+
+def test_a_state_dict_saved_as_code_pt_is_no_torchscript(tmp_path: object) -> None:
+    """torch.save names its archive's top folder after the file: code.pt holds code/data.pkl, which read as a
+    TorchScript archive's code/ folder."""
+    from pathlib import Path
+
+    from whybox.runs.loaders import _is_torchscript
+
+    path = Path(str(tmp_path)) / "code.pt"
+    torch.save(nn.Linear(3, 2).state_dict(), path)
+    assert not _is_torchscript(path)
+
+
+def test_typed_columns_read_the_same_whatever_shares_their_call() -> None:
+    """An int column went back as int only when every cell of the call was whole: one filled cell (the training
+    mean) turned the call's column to float, so a row's score hung on batch_size. Per cell now; a value outside a
+    uint8 column's range stays a float (pandas refused the cast)."""
+    import pandas as pd
+    from sklearn.compose import make_column_transformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer, OneHotEncoder
+
+    rng = np.random.default_rng(0)
+    x = pd.DataFrame({"a": rng.normal(size=80), "k": rng.integers(0, 3, 80)})
+    y = ((x.k == 2) | (x.a > 1)).astype(int)
+    as_text = make_pipeline(FunctionTransformer(lambda d: d.astype(str)), OneHotEncoder(handle_unknown="ignore"))
+    pipe = make_pipeline(make_column_transformer((as_text, ["k"]), remainder="passthrough"), LogisticRegression())
+    pipe.fit(x, y)
+    rows, ref = x.iloc[:4], x.mean()
+    one = whybox.explain(pipe, rows, "exact_shapley", fill=ref, target=1, batch_size=1)
+    many = whybox.explain(pipe, rows, "exact_shapley", fill=ref, target=1, batch_size=64)
+    torch.testing.assert_close(one.attributions, many.attributions)
+    small = pd.DataFrame({"a": rng.normal(size=60), "k": rng.integers(0, 3, 60).astype(np.uint8)})
+    clf = LogisticRegression().fit(small, (small.a + small.k > 1).astype(int))
+    e = whybox.explain(clf, small.iloc[:3], "exact_shapley", fill=pd.Series({"a": 0.0, "k": -1.0}))
+    assert bool(torch.isfinite(e.attributions).all())
+
+
+def test_cam_on_a_vit_behind_a_resizing_preprocess_reads_its_configured_grid() -> None:
+    """24 x 40 images resized to the ViT's 32 x 32 (CLS + 4 x 4 tokens): the image's own size suggested 2 prefix
+    tokens and a 3 x 5 grid; the model's config says 4 x 4."""
+    pytest.importorskip("transformers")
+    from transformers import ViTConfig, ViTForImageClassification
+
+    cfg = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                    intermediate_size=64, num_labels=3)  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        vit = ViTForImageClassification(cfg).double().eval()
+
+    def resize(t: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.interpolate(t, size=(32, 32), mode="bilinear", align_corners=False)
+
+    ad = whybox.adapt(vit, output="logits", preprocess=resize)
+    x = torch.rand(2, 3, 24, 40, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert whybox.explain(ad, x, "gradcam", target=1, upsample=False).attributions.shape == (2, 1, 4, 4)

@@ -1322,11 +1322,16 @@ def _binary_masks(m: torch.Tensor) -> torch.Tensor:
 
 
 def text_null_features(ctx: Context, groups: Any) -> torch.Tensor | None:
-    """``(B, M)`` bool: on a text adapter's packed inputs, the features its fill never changes (the group of CLS,
-    SEP and the pads; a black box's pads and index column), which are no word of the text; ``None`` elsewhere."""
+    """``(B, M)`` bool: on a text adapter's packed inputs, the features holding none of a text's own tokens (the
+    group of CLS, SEP and the pads; a black box's pads and index column), which are no word of the text; ``None``
+    elsewhere."""
     if not is_text_adapter(ctx.adapter):
         return None
     from whybox.masking.features import groups_touched
 
+    ordinary = text_positions(ctx.adapter, ctx.x)  # (B, T): a text's own tokens (a word equal to [UNK] included)
+    if ordinary is not None:
+        shape = ctx.x.shape
+        return ~groups_touched(groups, ordinary.view(*ordinary.shape, *([1] * (len(shape) - 2))).expand(shape))
     fill = ctx.adapter.packed_fill(ctx.x)  # type: ignore[union-attr]
-    return ~groups_touched(groups, ctx.x != fill)  # (B, T, 1) word ids expand over a token's elements
+    return ~groups_touched(groups, ctx.x != fill)

@@ -531,16 +531,19 @@ def score_for(adapter: ModelAdapter, score: str | None) -> str | None:
 def output_probabilities(adapter: ModelAdapter, scores: torch.Tensor) -> torch.Tensor:
     """What a user reads as each output's probability, from raw scores ``(B, K)``: a multi-label classifier's
     label sigmoids, a scikit-learn model's outputs as they are (``predict_proba``, or a regressor's values), a
-    one-output model's output (no softmax over one score), a row that already sums to one over non-negative
-    values as it is, else the softmax."""
+    one-output model's output (no softmax over one score), outputs that already are distributions (every row
+    non-negative, summing to one) as they are, else the softmax."""
     if adapter.kind == "multilabel":
         return scores.sigmoid()
     if isinstance(adapter, SklearnAdapter) or scores.shape[1] == 1:
         return scores
-    # a row that already is a distribution (a model ending in softmax, a black box returning probabilities) is
-    # read as it is: its softmax would show [0.1, 0.9] as [0.31, 0.69]
-    given = (scores >= 0).all(1) & ((scores.sum(1) - 1).abs() <= 1e-6)
-    return torch.where(given[:, None], scores, scores.softmax(1))
+    # outputs that already are distributions (a model ending in softmax, a black box returning probabilities) are
+    # read as they are: their softmax would show [0.1, 0.9] as [0.31, 0.69]. One decision for the batch, all rows
+    # non-negative and summing to 1 within rounding (4 decimals from an API, float32 over K classes)
+    tol = 1e-3 + scores.shape[1] * 1.2e-7
+    if bool((scores >= 0).all()) and bool(((scores.sum(1) - 1).abs() <= tol).all()):
+        return scores
+    return scores.softmax(1)
 
 
 def reads_probabilities(adapter: ModelAdapter, k: int) -> bool:

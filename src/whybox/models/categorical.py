@@ -154,8 +154,8 @@ def register_vocabularies(coder: Any, saved: dict[str, list[Any]]) -> None:
 
 def decode_rows(rows: np.ndarray, coder: Any) -> Any:
     """Coded rows ``(n, F)`` back to a DataFrame of the estimator's columns: coded cells as their values (a code
-    is rounded to the nearest one in the vocabulary), int and bool columns in their own dtype where every cell is
-    whole (a fill of a column's mean, 1.5, stays a number: no cast could hold it), the rest as numbers."""
+    is rounded to the nearest one in the vocabulary), int and bool columns in their own dtype (:func:`_typed_cells`),
+    the rest as numbers."""
     import pandas as pd  # the estimator was fitted on a DataFrame: pandas is installed
 
     columns: list[str] = coder.feature_names
@@ -165,14 +165,36 @@ def decode_rows(rows: np.ndarray, coder: Any) -> Any:
     for j, c in enumerate(columns):
         col = vocab.get(c)
         if col is None:
-            values = rows[:, j]
             dtype = typed.get(c)
-            whole = dtype is not None and bool(np.all(values == np.rint(values)))
-            if whole and getattr(dtype, "kind", "") == "b":
-                whole = bool(np.all((values == 0) | (values == 1)))
-            data[c] = pd.Series(values).astype(dtype) if whole else values
+            data[c] = rows[:, j] if dtype is None else _typed_cells(rows[:, j], dtype)
             continue
         codes = np.clip(np.rint(rows[:, j]), 0, len(col.values) - 1).astype(np.int64)
         cells = np.asarray(col.values, dtype=object)[codes]
         data[c] = pd.Categorical(cells, dtype=col.dtype) if col.dtype is not None else cells
     return pd.DataFrame(data, columns=columns)
+
+
+def _typed_cells(values: np.ndarray, dtype: Any) -> Any:
+    """A column's cells in its own int or bool ``dtype``: each cell that is whole (and 0/1 for a bool, in range
+    for an int) as such, so a row reads the same whatever else shares its call. A cell no cast holds (a fill of
+    the column's mean, 1.5; 300 in a uint8 column) stays a float, in an object column beside the typed cells."""
+    import pandas as pd
+
+    kind = getattr(dtype, "kind", "f")
+    ok = values == np.rint(values)
+    if kind == "b":
+        ok &= (values == 0) | (values == 1)
+    else:
+        try:
+            info = np.iinfo(np.dtype(getattr(dtype, "numpy_dtype", dtype)))
+            ok &= (values >= info.min) & (values <= info.max)
+        except TypeError:
+            pass
+    if bool(ok.all()):
+        return pd.Series(values).astype(dtype)
+    if not bool(ok.any()):
+        return values
+    cast = bool if kind == "b" else int
+    return np.array(
+        [cast(v) if k else float(v) for v, k in zip(values.tolist(), ok.tolist(), strict=True)], dtype=object
+    )

@@ -96,31 +96,81 @@ def resolve_layers(adapter: TorchAdapter, layers: LayerLike | Sequence[LayerLike
 _PREFIXES = (1, 0, 2, 3, 4, 5)
 
 
-def token_grid(n: int, hw: tuple[int, int] | None = None) -> tuple[int, int, int] | None:
-    """``(prefix, h, w)``: how ``n`` ViT tokens lay out as leading tokens and an ``h x w`` patch grid. Given the
-    image's ``hw``, the grid of one patch size ``p`` over it (``h = H // p``, ``w = W // p``, so a 16 x 64 image of
-    8-pixel patches is 2 x 8, not 4 x 4); else (or when no patch size fits, e.g. a resizing preprocess) a square
-    grid of N - 1 or N tokens. ``None`` when neither fits."""
-    if hw is not None and hw[0] > 0 and hw[1] > 0:
-        height, width = hw
+def token_grid(
+    n: int, hw: tuple[int, int] | None = None, grids: Sequence[tuple[int, int]] = ()
+) -> tuple[int, int, int] | None:
+    """``(prefix, h, w)``: how ``n`` ViT tokens lay out as leading tokens and an ``h x w`` patch grid. First the
+    model's own ``grids`` (its config's image size over its patch size: what it sees after any resizing
+    preprocess); then, given the image's ``hw``, the grid of a patch size dividing both sides (a 16 x 64 image of
+    8-pixel patches is 2 x 8, not 4 x 4); then a square grid of N - 1 or N tokens. ``None`` when none fits."""
+    for h, w in grids:
         for prefix in _PREFIXES:
-            m = n - prefix
-            if m < 2:
-                continue
-            for p in range(1, min(height, width) + 1):
-                h, w = height // p, width // p
-                if h * w == m:
-                    return prefix, h, w
-                if h * w < m:
-                    break
+            if h * w > 1 and h * w == n - prefix:
+                return prefix, h, w
+    sizes: list[int] = []
+    if hw is not None and hw[0] > 0 and hw[1] > 0:
+        sizes = [p for p in range(1, min(hw) + 1) if hw[0] % p == 0 and hw[1] % p == 0]
+
+    def on_image(prefix: int) -> tuple[int, int, int] | None:
+        for p in sizes:
+            assert hw is not None
+            if n - prefix > 1 and (hw[0] // p) * (hw[1] // p) == n - prefix:
+                return prefix, hw[0] // p, hw[1] // p
+        return None
+
+    # a class token or none over the image; then a square grid (a resizing preprocess: the image's size is not
+    # what the model sees); only then more leading tokens over the image (DeiT's two, registers)
+    for prefix in (1, 0):
+        if (found := on_image(prefix)) is not None:
+            return found
     for prefix in (1, 0):
         side = math.isqrt(max(n - prefix, 0))
         if n - prefix > 0 and side * side == n - prefix:
             return prefix, side, side
+    for prefix in _PREFIXES[2:]:
+        if (found := on_image(prefix)) is not None:
+            return found
     return None
 
 
-def to_grid(a: torch.Tensor, label: str, *, signal: bool = False, hw: tuple[int, int] | None = None) -> torch.Tensor:
+def model_grids(model: Any) -> list[tuple[int, int]]:
+    """The patch grids a vision transformer declares: a Hugging Face config's ``image_size`` over its
+    ``patch_size`` (CLIP: its vision config's), a timm model's ``patch_embed.grid_size``; empty for other models."""
+    out: list[tuple[int, int]] = []
+    cfg = getattr(model, "config", None)
+    for c in (cfg, getattr(cfg, "vision_config", None)):
+        size, patch = getattr(c, "image_size", None), getattr(c, "patch_size", None)
+        if size is None or patch is None:
+            continue
+        (hs, ws), (hp, wp) = _pair(size), _pair(patch)
+        if hs and ws and hp and wp and hs % hp == 0 and ws % wp == 0:
+            out.append((hs // hp, ws // wp))
+    grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
+    if grid is not None:
+        pair = _pair(grid)
+        if pair[0] and pair[1]:
+            out.append(pair)
+    return out
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    try:
+        if isinstance(v, (int, float)):
+            return int(v), int(v)
+        a, b = tuple(v)[:2]
+        return int(a), int(b)
+    except (TypeError, ValueError):
+        return 0, 0
+
+
+def to_grid(
+    a: torch.Tensor,
+    label: str,
+    *,
+    signal: bool = False,
+    hw: tuple[int, int] | None = None,
+    grids: Sequence[tuple[int, int]] = (),
+) -> torch.Tensor:
     """Activations as ``(B, C, h, w)``: 4-D as is; ViT tokens ``(B, N, D)`` as their patch grid over an image of
     ``hw`` (:func:`token_grid`: leading class/distillation tokens dropped); with ``signal`` (the inputs are 1-D
     signals) a Conv1d-style ``(B, C, L)`` output as a one-row grid ``(B, C, 1, L)``."""
@@ -135,7 +185,7 @@ def to_grid(a: torch.Tensor, label: str, *, signal: bool = False, hw: tuple[int,
         return a
     if a.ndim == 3:
         n = a.shape[1]
-        layout = token_grid(n, hw)
+        layout = token_grid(n, hw, grids)
         if layout is not None:
             prefix, h, w = layout
             return a[:, prefix:, :].transpose(1, 2).reshape(a.shape[0], a.shape[2], h, w)
@@ -334,11 +384,12 @@ def auto_layer(adapter: TorchAdapter, x: torch.Tensor) -> tuple[LayerRef, int, i
                 f"no layer of {type(model).__name__} produces a (B, C, L) output with L > 1 after an nn.Conv1d; {fix}"
             )
     else:
-        spatial = [(name, k, t) for name, k, t in reversed(events) if _is_spatial(tuple(t.shape), image_hw(x))]
+        grids = model_grids(model)
+        spatial = [(name, k, t) for name, k, t in reversed(events) if _is_spatial(tuple(t.shape), image_hw(x), grids)]
         if not spatial:
             raise LayerError(f"no layer of {type(model).__name__} produces a spatial (B, C, h, w) output; {fix}")
     chosen = spatial[0]
-    reached = _reached(scores, [t for _, _, t in spatial], signal=signal, hw=image_hw(x))
+    reached = _reached(scores, [t for _, _, t in spatial], signal=signal, hw=image_hw(x), grids=model_grids(model))
     if reached is not None and any(reached):
         chosen = spatial[reached.index(True)]
     name, k, _ = chosen
@@ -364,13 +415,15 @@ def _signal_outputs(
     return out
 
 
-def _is_spatial(shape: tuple[int, ...], hw: tuple[int, int] | None = None) -> bool:
+def _is_spatial(
+    shape: tuple[int, ...], hw: tuple[int, int] | None = None, grids: Sequence[tuple[int, int]] = ()
+) -> bool:
     """A ``(B, C, h, w)`` map with ``h * w > 1`` or ``(B, N, D)`` tokens that lay out as a patch grid of more than
     one patch (:func:`token_grid`)."""
     if len(shape) == 4:
         return shape[2] * shape[3] > 1
     if len(shape) == 3 and shape[1] > 1:
-        layout = token_grid(shape[1], hw)
+        layout = token_grid(shape[1], hw, grids)
         return layout is not None and layout[1] * layout[2] > 1
     return False
 
@@ -381,7 +434,12 @@ def image_hw(x: torch.Tensor) -> tuple[int, int] | None:
 
 
 def _reached(
-    scores: torch.Tensor, outputs: list[torch.Tensor], *, signal: bool = False, hw: tuple[int, int] | None = None
+    scores: torch.Tensor,
+    outputs: list[torch.Tensor],
+    *,
+    signal: bool = False,
+    hw: tuple[int, int] | None = None,
+    grids: Sequence[tuple[int, int]] = (),
 ) -> list[bool] | None:
     """For each output, whether the predicted class's score has a non-zero gradient on its grid (a ViT's class
     token left out); None where the score has no gradient at all (no graph, or a model autograd cannot run)."""
@@ -399,5 +457,5 @@ def _reached(
     out = []
     for t in live:
         g = next(grads) if t is not None else None
-        out.append(g is not None and bool(to_grid(g, "", signal=signal, hw=hw).abs().amax() > 0))
+        out.append(g is not None and bool(to_grid(g, "", signal=signal, hw=hw, grids=grids).abs().amax() > 0))
     return out

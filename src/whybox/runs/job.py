@@ -303,10 +303,7 @@ def _hash_value(h: Any, v: Any, depth: int = 0, seen: set[int] | None = None) ->
         code = v.__code__
         h.update(str(getattr(v, "__qualname__", "")).encode())
         h.update(code.co_code)
-        h.update(repr([c for c in code.co_consts if not hasattr(c, "co_code")]).encode())
-        for c in code.co_consts:  # nested functions' code (a lambda inside)
-            if hasattr(c, "co_code"):
-                h.update(c.co_code)
+        h.update(_consts_repr(code.co_consts).encode())
         _hash_value(h, getattr(v, "__defaults__", None), depth + 1, seen)
         _hash_value(h, getattr(v, "__kwdefaults__", None), depth + 1, seen)
         for cell in getattr(v, "__closure__", None) or ():
@@ -329,6 +326,19 @@ def _hash_value(h: Any, v: Any, depth: int = 0, seen: set[int] | None = None) ->
         for k, item in attributes.items():
             h.update(str(k).encode())
             _hash_value(h, item, depth + 1, seen)
+
+
+def _consts_repr(consts: Any) -> str:
+    """A code object's constants as text that is the same in every process: a frozenset (``x in {"a", "b"}``
+    compiles to one) sorted, since its order follows the process's string hashing; nested code (a lambda inside)
+    by its bytecode and constants."""
+    if hasattr(consts, "co_code"):
+        return f"<code {consts.co_code.hex()} {_consts_repr(consts.co_consts)}>"
+    if isinstance(consts, (frozenset, set)):
+        return "{" + ", ".join(sorted(_consts_repr(c) for c in consts)) + "}"
+    if isinstance(consts, tuple):
+        return "(" + ", ".join(_consts_repr(c) for c in consts) + ")"
+    return repr(consts)
 
 
 def _hash_function(h: Any, fn: Any) -> None:

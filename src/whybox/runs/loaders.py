@@ -380,8 +380,9 @@ def _is_torchscript(path: Path) -> bool:
     """Whether the zip archive at ``path`` is a TorchScript module (``torch.jit.save``: its compiled code under
     ``code/``), not a ``torch.save`` pickle."""
     try:
-        with zipfile.ZipFile(path) as z:
-            return any("/code/" in f"/{name}" for name in z.namelist())
+        with zipfile.ZipFile(path) as z:  # <top>/code/__torch__/... (torch.save's own entries are <top>/data.pkl,
+            # and its top folder is named after the file: code.pt holds code/data.pkl)
+            return any(len(parts := name.split("/")) > 2 and parts[1] == "code" for name in z.namelist())
     except (OSError, zipfile.BadZipFile):
         return False
 

@@ -17,7 +17,16 @@ from whybox.errors import InvalidParameterError, LayerError, check_bool, did_you
 from whybox.explainers.base import Explainer
 from whybox.masking.engine import MaskingEngine
 from whybox.models.adapter import LayerLike, TorchAdapter, is_signal
-from whybox.models.layers import LayerRef, auto_layer, image_hw, layer_spec, resolve_layers, tap, to_grid
+from whybox.models.layers import (
+    LayerRef,
+    auto_layer,
+    image_hw,
+    layer_spec,
+    model_grids,
+    resolve_layers,
+    tap,
+    to_grid,
+)
 from whybox.models.targets import Target, TargetLike, apply_score_space, per_row, resolve_target
 
 __all__ = ["CAM", "NORMALIZATIONS", "normalize_maps", "upsample"]
@@ -202,10 +211,11 @@ class CAM(Explainer):
             fn = tc.fn
         tgt = Target(_cat(idx), fn)
         sig = is_signal(self.adapter, x)
-        hw = image_hw(x)  # a ViT's tokens lay out on the image's patch grid
-        a_all = [to_grid(_cat(v), lab, signal=sig, hw=hw) for v, lab in zip(acts, labels, strict=True)]
+        hw = image_hw(x)  # a ViT's tokens lay out on its declared patch grid, else the image's
+        grids = model_grids(getattr(self.adapter, "model", None))
+        a_all = [to_grid(_cat(v), lab, signal=sig, hw=hw, grids=grids) for v, lab in zip(acts, labels, strict=True)]
         g_all = (
-            [to_grid(_cat(v), lab, signal=sig, hw=hw) for v, lab in zip(grads, labels, strict=True)]
+            [to_grid(_cat(v), lab, signal=sig, hw=hw, grids=grids) for v, lab in zip(grads, labels, strict=True)]
             if self.uses_gradients
             else None
         )
