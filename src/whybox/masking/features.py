@@ -59,6 +59,17 @@ def groups_touched(groups: FeatureGroups, changed: torch.Tensor) -> torch.Tensor
     return out > 0
 
 
+def _disjoint(g: torch.Tensor) -> bool:
+    """Whether the id sets of ``g``'s first-axis slices are pairwise disjoint (a per-channel feature mask)."""
+    seen: set[int] = set()
+    for part in g:
+        ids = set(torch.unique(part).tolist())
+        if seen & ids:
+            return False
+        seen |= ids
+    return True
+
+
 class AmbiguousIdsWarning(UserWarning):
     """Feature ids ``(B, H, W)`` given with as many rows as channels: per-row maps or one per-channel map."""
 
@@ -69,7 +80,8 @@ def broadcast_ids(ids: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
     G broadcasting to one input row; ``None`` when they do not fit ``x`` (callers word the error)."""
     g = ids.to(device=x.device, dtype=torch.int64)
     if x.ndim >= 3 and g.ndim == x.ndim - 1 and g.shape[0] == x.shape[0] and tuple(g.shape[1:]) == tuple(x.shape[2:]):
-        if x.shape[0] == x.shape[1] > 1:  # (C, H, W) per channel, shared by the rows, reads the same: say which
+        if x.shape[0] == x.shape[1] > 1 and _disjoint(g):  # per-channel groups (each channel its own ids, unlike
+            # per-row maps, which reuse one id range) that also read as per-row maps: say which reading is taken
             import warnings
 
             warnings.warn(
