@@ -1596,3 +1596,38 @@ def test_a_csv_of_bool_int_and_text_columns_explains_as_its_dataframe_does(runne
     )
     torch.testing.assert_close(got.double(), want.attributions.double(), rtol=1e-5, atol=1e-6)
     assert bool((want.attributions[:, 2].abs() > 0).any())  # kids, read as an int, has its share
+
+
+def test_a_csv_of_bool_and_int_columns_alone_keeps_their_types(runner: CliRunner, tmp_path: Path) -> None:
+    """Without a text column the CLI dropped the adapter that knew the int and bool columns' types: the estimator
+    saw 1.0 and 3.0 and gave those columns exactly 0."""
+    (tmp_path / "typed_model.py").write_text(
+        "import numpy as np, pandas as pd\n"
+        "from sklearn.compose import ColumnTransformer\n"
+        "from sklearn.linear_model import LogisticRegression\n"
+        "from sklearn.pipeline import make_pipeline\n"
+        "from sklearn.preprocessing import FunctionTransformer, OneHotEncoder\n"
+        "def data():\n"
+        "    g = np.random.default_rng(0); n = 200\n"
+        "    return pd.DataFrame({'vip': g.random(n) > 0.5, 'kids': g.integers(0, 4, n), 'inc': g.normal(50, 10, n)})\n"
+        "def make():\n"
+        "    df = data(); y = (df.vip ^ (df.kids > 1)).astype(int)\n"
+        "    as_text = make_pipeline(FunctionTransformer(lambda t: t.astype(str)), OneHotEncoder())\n"
+        "    pre = ColumnTransformer([('t', as_text, ['vip', 'kids'])], remainder='passthrough')\n"
+        "    return make_pipeline(pre, LogisticRegression()).fit(df, y)\n",
+        encoding="utf-8",
+    )
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("typed_model_t", tmp_path / "typed_model.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    frame = module.data().iloc[:4]
+    frame.to_csv(tmp_path / "rows.csv", index=False)
+    result = invoke(runner, ["explain", "--model", f"{tmp_path / 'typed_model.py'}:make", tmp_path / "rows.csv",
+                             "--method", "occlusion", "--option", "fill=0", "--out", tmp_path / "e"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    got = whybox.Explanation.load(tmp_path / "e" / "explanation.safetensors").attributions
+    want = whybox.explain(module.make(), frame, "occlusion", fill=0).attributions
+    torch.testing.assert_close(got.double(), want.double(), rtol=1e-5, atol=1e-6)

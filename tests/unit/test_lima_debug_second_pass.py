@@ -63,7 +63,9 @@ def test_an_unbounded_prior_s_passes_count_against_max_evaluations() -> None:
     e = whybox.explain(model, x, "lima", max_evaluations=None, **opts)
     n = e.meta["n_regions"][0]
     bound = 2 + n * (n + 1)  # LIMA's own bound (naive search), all of it left to LIMA
-    with pytest.raises(InvalidParameterError, match="leaves the prior explainer 'gradcam' 0, but it ran 1"):
+    with pytest.raises(
+        InvalidParameterError, match=r"leaves the prior explainer 'gradcam' 0, fewer than the 1 \(one per row\)"
+    ):
         whybox.explain(model, x, "lima", max_evaluations=bound, **opts)
     ok = whybox.explain(model, x, "lima", max_evaluations=bound + 1, **opts)  # the prior's one pass fits
     assert int(ok.meta["n_forward"]) <= bound + 1

@@ -617,3 +617,63 @@ def test_cam_on_a_vit_behind_a_resizing_preprocess_reads_its_configured_grid() -
     ad = whybox.adapt(vit, output="logits", preprocess=resize)
     x = torch.rand(2, 3, 24, 40, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     assert whybox.explain(ad, x, "gradcam", target=1, upsample=False).attributions.shape == (2, 1, 4, 4)
+
+
+def test_second_review_regressions() -> None:
+    """From the review of this session's later commits: a declared ViT grid yields to the image's own patch grid
+    (timm's dynamic size), and fills in where the image's size is not the model's (a resize); a Series of int
+    class indices for text classes_ stays indices; a bfloat16 softmax is read as probabilities; an int column fed
+    to np.log1p with a mean fill works (an object column broke the ufunc); metrics take one fill per input."""
+    import pandas as pd
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    from whybox.models.adapter import output_probabilities
+    from whybox.models.layers import token_grid
+
+    assert token_grid(17, (16, 64), grids=[(4, 4)]) == (1, 2, 8)
+    assert token_grid(17, (24, 40), grids=[(4, 4)]) == (1, 4, 4)
+    assert token_grid(197, (480, 640), grids=[(14, 14)]) == (1, 14, 14)
+    g = np.random.default_rng(0)
+    x = g.normal(size=(40, 2))
+    clf = LogisticRegression().fit(x, np.array(["no", "yes"])[(x[:, 0] > 0).astype(int)])
+    rows = torch.tensor(x[:3])
+    assert whybox.explain(clf, rows, "occlusion", target=pd.Series([1, 0, 1])).target.tolist() == [1, 0, 1]
+    net = nn.Sequential(nn.Linear(4, 300), nn.Softmax(1)).to(torch.bfloat16)
+    with torch.no_grad():
+        p = net(torch.rand(8, 4, dtype=torch.bfloat16)).double()
+    torch.testing.assert_close(output_probabilities(whybox.adapt(net), p), p)
+    frame = pd.DataFrame({"a": g.normal(size=60), "k": g.integers(0, 4, 60)})
+    pipe = make_pipeline(FunctionTransformer(np.log1p), LogisticRegression()).fit(
+        frame.abs(), (frame.k > 1).astype(int)
+    )
+    e = whybox.explain(pipe, frame.abs().iloc[:3], "exact_shapley", fill=frame.abs().mean(), target=1)
+    assert bool(torch.isfinite(e.attributions).all())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = _ImageAndMeta().double().eval()
+    ad = whybox.adapt(model, input_shapes=[(3, 4, 4), (5,)])
+    xs = (torch.rand(2, 3, 4, 4, dtype=torch.float64), 50 + torch.rand(2, 5, dtype=torch.float64))
+    a = torch.rand(2, ad.packing.n_features, dtype=torch.float64)
+    hand = (torch.zeros(3, 4, 4, dtype=torch.float64), torch.full((5,), 50.0, dtype=torch.float64))
+    for metric in ("deletion", "comprehensiveness"):
+        got = whybox.evaluate(ad, xs, a, metric, target=0, fill=(0.0, 50.0)).scores
+        torch.testing.assert_close(got, whybox.evaluate(ad, xs, a, metric, target=0, fill=hand).scores)
+
+
+def test_generation_smoothgrad_with_noise_everywhere_keeps_its_sigma_bound() -> None:
+    """noise_mask=None puts the noise on the control channels too: the default sigma (from the word embeddings'
+    range) is refused above MAX_NOISE_SIGMA, as it was before the per-step sigma."""
+    pytest.importorskip("transformers")
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_generation import CONT, PROMPT, tiny_gpt2, toy_tokenizer
+
+    from whybox.explainers.llm.generation import attribute_generation
+
+    with pytest.raises(InvalidParameterError, match=r"sigma must be <= .* noise_mask=None"):
+        attribute_generation(tiny_gpt2(), toy_tokenizer(), PROMPT, continuation=CONT, method="smoothgrad",
+                             noise_mask=None, n_samples=2)  # fmt: skip

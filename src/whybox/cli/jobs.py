@@ -714,13 +714,15 @@ def _label_text(labels: list[str] | None, k: int) -> str:
     return labels[k] if labels is not None and 0 <= k < len(labels) else str(k)
 
 
-def _coded_model(load: Callable[[], Any], vocab: dict[str, list[Any]]) -> Any:
-    """A Ray worker's model for inputs whose text columns were coded: the estimator's adapter holding the
-    vocabulary they were coded with (a module-level function, so that Ray can ship it)."""
+def _coded_model(load: Callable[[], Any], vocab: dict[str, list[Any]], dtypes: dict[str, Any] | None = None) -> Any:
+    """A Ray worker's model for inputs whose text columns were coded (or int/bool columns read in their types):
+    the estimator's adapter holding the vocabulary they were coded with and the columns' dtypes (a module-level
+    function, so that Ray can ship it)."""
     from whybox.models.categorical import register_vocabularies
 
     adapter = whybox.adapt(load().module)
     register_vocabularies(adapter, vocab)
+    getattr(adapter, "numeric_dtypes", {}).update(dtypes or {})
     return adapter
 
 
@@ -1103,7 +1105,9 @@ def compare_cmd(ctx: click.Context, **params: Any) -> None:
         if ds.coder is not None:  # text columns: each worker's adapter decodes the codes with this vocabulary
             from whybox.models.categorical import vocabularies
 
-            factory = partial(_coded_model, factory, vocabularies(ds.coder) or {})
+            factory = partial(
+                _coded_model, factory, vocabularies(ds.coder) or {}, dict(getattr(ds.coder, "numeric_dtypes", {}))
+            )
         from whybox.models.blackbox_text import BlackBoxTextAdapter
 
         if isinstance(lm.module, BlackBoxTextAdapter):  # its rows name texts by index: each worker encodes them

@@ -142,6 +142,8 @@ def _row_range(x: torch.Tensor, packing: Any = None) -> tuple[torch.Tensor, torc
 def _check_fill(fill: Any) -> Any:
     if coded_later(fill):
         return fill  # a reference row as a Series (or a list with text): read when evaluate() knows the model (an estimator codes text)
+    if isinstance(fill, tuple) and fill and not all(isinstance(v, str) for v in fill):
+        return fill  # one per input of a model of several inputs ((0.0, 50.0)), or a row: read in evaluate()
     fill = tensor_option(fill, "fill")  # a numpy array or a pandas Series, as a tensor
     if isinstance(fill, str) and fill not in ("auto", "zero", "mean", "blur", "min", "uniform"):
         raise InvalidParameterError(

@@ -390,7 +390,7 @@ class SklearnAdapter(ModelAdapter):
                     f"{rows.shape[1]} columns. Pass the columns in model.feature_names_in_, in that order."
                 )
             # coded text/categorical columns decoded to their values; else the rows as they are
-            out = self._fn(decode_rows(rows, self)) if self.categories or self.numeric_dtypes else self._named(rows)
+            out = self._decoded(rows) if self.categories or self.numeric_dtypes else self._named(rows)
         if isinstance(out, list) or np.ndim(out) > 2 or (np.ndim(out) >= 1 and len(out) != rows.shape[0]):
             shapes = [np.shape(o) for o in out] if isinstance(out, list) else np.shape(out)
             raise ModelOutputError(
@@ -415,6 +415,22 @@ class SklearnAdapter(ModelAdapter):
         t = t.unsqueeze(1) if t.ndim == 1 else t
         check_output_names(self, t.shape[1])
         return t
+
+    def _decoded(self, rows: Any) -> Any:
+        """The estimator on ``rows`` decoded to a DataFrame of its columns (:func:`decode_rows`), one call per group
+        of rows whose int/bool columns read in one dtype (:func:`typed_groups`), the outputs put back in order."""
+        import numpy as np
+
+        from whybox.models.categorical import typed_groups
+
+        groups = typed_groups(rows, self)
+        if len(groups) == 1:
+            return self._fn(decode_rows(rows, self))
+        parts = [np.asarray(self._fn(decode_rows(rows[g], self))) for g in groups]
+        out = np.empty((rows.shape[0], *parts[0].shape[1:]), dtype=np.result_type(*parts))
+        for g, part in zip(groups, parts, strict=True):
+            out[g] = part
+        return out
 
     def _named(self, rows: Any) -> Any:
         """The estimator (fitted on a DataFrame) on ``rows``: as an array while that works, the columns in the
@@ -540,7 +556,9 @@ def output_probabilities(adapter: ModelAdapter, scores: torch.Tensor) -> torch.T
     # outputs that already are distributions (a model ending in softmax, a black box returning probabilities) are
     # read as they are: their softmax would show [0.1, 0.9] as [0.31, 0.69]. One decision for the batch, all rows
     # non-negative and summing to 1 within rounding (4 decimals from an API, float32 over K classes)
-    tol = 1e-3 + scores.shape[1] * 1.2e-7
+    dtype = getattr(adapter, "weights_dtype", None)
+    eps = torch.finfo(dtype).eps if isinstance(dtype, torch.dtype) and dtype.is_floating_point else 0.0
+    tol = 1e-3 + scores.shape[1] * 1.2e-7 + (eps if eps > 1e-4 else 0.0)  # a bfloat16 softmax sums to 1 +- 3e-3
     if bool((scores >= 0).all()) and bool(((scores.sum(1) - 1).abs() <= tol).all()):
         return scores
     return scores.softmax(1)

@@ -174,12 +174,9 @@ def decode_rows(rows: np.ndarray, coder: Any) -> Any:
     return pd.DataFrame(data, columns=columns)
 
 
-def _typed_cells(values: np.ndarray, dtype: Any) -> Any:
-    """A column's cells in its own int or bool ``dtype``: each cell that is whole (and 0/1 for a bool, in range
-    for an int) as such, so a row reads the same whatever else shares its call. A cell no cast holds (a fill of
-    the column's mean, 1.5; 300 in a uint8 column) stays a float, in an object column beside the typed cells."""
-    import pandas as pd
-
+def typed_ok(values: np.ndarray, dtype: Any) -> np.ndarray:
+    """``(n,)`` bool: the cells of a column that its int or bool ``dtype`` holds (whole; 0/1 for a bool; in range
+    for an int)."""
     kind = getattr(dtype, "kind", "f")
     ok = values == np.rint(values)
     if kind == "b":
@@ -190,11 +187,30 @@ def _typed_cells(values: np.ndarray, dtype: Any) -> Any:
             ok &= (values >= info.min) & (values <= info.max)
         except TypeError:
             pass
+    return ok
+
+
+def typed_groups(rows: np.ndarray, coder: Any) -> list[np.ndarray]:
+    """The row indices of ``rows`` ``(n, F)`` grouped so that each int or bool column of a group either holds in
+    its dtype in every row or in none (:func:`decode_rows` then gives one dtype per column): one group when every
+    cell holds (the common case), more where a fill row's mean (1.5) or an out-of-range value meets whole cells."""
+    typed: dict[str, Any] = getattr(coder, "numeric_dtypes", {})
+    cols = [(j, typed[c]) for j, c in enumerate(coder.feature_names) if c in typed and c not in coder.categories]
+    if not cols:
+        return [np.arange(rows.shape[0])]
+    ok = np.stack([typed_ok(rows[:, j], dtype) for j, dtype in cols], 1)
     if bool(ok.all()):
+        return [np.arange(rows.shape[0])]
+    keys, inverse = np.unique(ok, axis=0, return_inverse=True)
+    return [np.flatnonzero(inverse.reshape(-1) == k) for k in range(len(keys))]
+
+
+def _typed_cells(values: np.ndarray, dtype: Any) -> Any:
+    """A column's cells in its own int or bool ``dtype`` where every cell holds in it (:func:`typed_ok`), else
+    as floats (a fill of the column's mean, 1.5; 300 in a uint8 column): the caller groups rows
+    (:func:`typed_groups`) so that a row reads the same whatever else shares its call."""
+    import pandas as pd
+
+    if bool(typed_ok(values, dtype).all()):
         return pd.Series(values).astype(dtype)
-    if not bool(ok.any()):
-        return values
-    cast = bool if kind == "b" else int
-    return np.array(
-        [cast(v) if k else float(v) for v, k in zip(values.tolist(), ok.tolist(), strict=True)], dtype=object
-    )
+    return values

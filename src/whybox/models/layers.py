@@ -99,30 +99,32 @@ _PREFIXES = (1, 0, 2, 3, 4, 5)
 def token_grid(
     n: int, hw: tuple[int, int] | None = None, grids: Sequence[tuple[int, int]] = ()
 ) -> tuple[int, int, int] | None:
-    """``(prefix, h, w)``: how ``n`` ViT tokens lay out as leading tokens and an ``h x w`` patch grid. First the
-    model's own ``grids`` (its config's image size over its patch size: what it sees after any resizing
-    preprocess); then, given the image's ``hw``, the grid of a patch size dividing both sides (a 16 x 64 image of
-    8-pixel patches is 2 x 8, not 4 x 4); then a square grid of N - 1 or N tokens. ``None`` when none fits."""
-    for h, w in grids:
-        for prefix in _PREFIXES:
-            if h * w > 1 and h * w == n - prefix:
-                return prefix, h, w
+    """``(prefix, h, w)``: how ``n`` ViT tokens lay out as leading tokens and an ``h x w`` patch grid. First, given
+    the image's ``hw``, a class token (or none) and the grid of a patch size dividing both sides (a 16 x 64 image
+    of 8-pixel patches is 2 x 8, not 4 x 4); then the model's own ``grids`` (its config's image size over its patch
+    size: what it sees after a resizing preprocess); then a square grid of N - 1 or N tokens; then more leading
+    tokens over the image. ``None`` when none fits."""
     sizes: list[int] = []
     if hw is not None and hw[0] > 0 and hw[1] > 0:
         sizes = [p for p in range(1, min(hw) + 1) if hw[0] % p == 0 and hw[1] % p == 0]
 
     def on_image(prefix: int) -> tuple[int, int, int] | None:
-        for p in sizes:
-            assert hw is not None
-            if n - prefix > 1 and (hw[0] // p) * (hw[1] // p) == n - prefix:
-                return prefix, hw[0] // p, hw[1] // p
+        for p in sizes:  # (sizes is empty without hw)
+            height, width = hw or (0, 0)
+            if n - prefix > 1 and (height // p) * (width // p) == n - prefix:
+                return prefix, height // p, width // p
         return None
 
-    # a class token or none over the image; then a square grid (a resizing preprocess: the image's size is not
-    # what the model sees); only then more leading tokens over the image (DeiT's two, registers)
+    # a class token or none over the image (a model taking other sizes than its config's: timm's dynamic size,
+    # interpolated position embeddings); then the declared grid (a resizing preprocess: the image's size is not
+    # what the model sees); then a square grid; only then more leading tokens over the image (DeiT's, registers)
     for prefix in (1, 0):
         if (found := on_image(prefix)) is not None:
             return found
+    for h, w in grids:
+        for prefix in _PREFIXES:
+            if h * w > 1 and h * w == n - prefix:
+                return prefix, h, w
     for prefix in (1, 0):
         side = math.isqrt(max(n - prefix, 0))
         if n - prefix > 0 and side * side == n - prefix:

@@ -167,11 +167,14 @@ def class_label_target(model: object, target: Any) -> Any:
         return target
     series = type(target).__module__.split(".")[0] == "pandas" and hasattr(target, "to_numpy")
     if series:
-        target = target.to_numpy()  # a Series of labels (y_test rows): its values, one per row
+        target = np.array(target.to_numpy())  # a Series of labels (y_test rows): its values (a writable copy)
     labels = class_names(model)
     if labels is None:
         return target
-    if series and classes is not None and not valued:  # y_test of int classes_ [1, 2, 3]: labels, not indices
+    int_classes = classes is not None and all(
+        isinstance(c, (int, np.integer)) and not isinstance(c, (bool, np.bool_)) for c in classes
+    )
+    if series and int_classes:  # y_test of int classes_ [1, 2, 3]: labels, not indices (text classes_: indices)
         given = np.asarray(target, dtype=object).reshape(-1).tolist()
         if all(isinstance(t, (int, np.integer)) and not isinstance(t, (bool, np.bool_)) for t in given):
             target = [str(t) for t in given]  # matched by name below (a label's str is its class name)

@@ -1377,7 +1377,8 @@ def load_inputs(
         if remaining is not None:
             remaining -= len(part.x)
     ds = _match_fitted_columns(_combine(parts), model)
-    if coder is not None and coder.categories:  # text columns were coded: the model to use is that adapter
+    if coder is not None and (coder.categories or getattr(coder, "numeric_dtypes", None)):
+        # text columns coded, or int/bool columns read in their types: the model to use is that adapter
         ds = dataclasses.replace(ds, coder=coder)
     if ds.kind == "image" and ds.x.ndim == 3 and _signal_model(model.module, ds.x):
         ds = dataclasses.replace(ds, kind="signal")  # (N, C, L) arrays a 1-D CNN reads: time series

@@ -642,8 +642,13 @@ def attribute_generation(
     noise_level = method_options.get("noise_level", 0.15)
     opts = generation_defaults(method, batch, baseline=baseline, noise_level=noise_level)
     opts.update({k: v for k, v in method_options.items() if not (k == "sigma" and v is None)})
-    sigma = opts.get("sigma")
     noisy_controls = "noise_level" in _keyword_options(cls) and opts.get("noise_mask") is None
+    if noisy_controls and opts.get("sigma") is None:
+        # noise everywhere: the row range would count the control channels (the read position grows with the
+        # step), so sigma comes from the word embeddings' range, one for every step, and must stay small
+        e = batch.inputs[0, :, :-2]
+        opts["sigma"] = float(noise_level) * float(e.max() - e.min())
+    sigma = opts.get("sigma")
     if noisy_controls and isinstance(sigma, (int, float)) and sigma > MAX_NOISE_SIGMA:
         raise InvalidParameterError(
             f"sigma must be <= {MAX_NOISE_SIGMA} for generation attribution with noise_mask=None (the noise then "
