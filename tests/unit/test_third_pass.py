@@ -677,3 +677,82 @@ def test_generation_smoothgrad_with_noise_everywhere_keeps_its_sigma_bound() -> 
     with pytest.raises(InvalidParameterError, match=r"sigma must be <= .* noise_mask=None"):
         attribute_generation(tiny_gpt2(), toy_tokenizer(), PROMPT, continuation=CONT, method="smoothgrad",
                              noise_mask=None, n_samples=2)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("n", "hw", "grids", "patches", "want"),
+    [
+        (17, (16, 64), [(4, 4)], [(8, 8)], (1, 2, 8)),  # a dynamic-size ViT: its image's grid, the same CLS
+        (17, (24, 40), [(4, 4)], [(8, 8)], (1, 4, 4)),  # behind a resize to 32 x 32: the declared grid
+        (577, (360, 640), [(24, 24)], [(16, 16)], (1, 24, 24)),  # a 16:9 frame resized to 384 (18 x 32 is chance)
+        (198, (176, 288), [(14, 14)], [(16, 16)], (2, 14, 14)),  # DeiT behind a resize: 11 x 18 + 0 is chance
+        (197, (224, 224), [(14, 14)], [(16, 16)], (1, 14, 14)),
+        (17, (16, 64), [], [], (1, 2, 8)),  # no declared grid: the image's
+        (197, (240, 320), [], [], (1, 14, 14)),  # a square before 5 leading tokens over a chance grid
+        (198, (224, 224), [], [], (2, 14, 14)),  # DeiT without a config: its two leading tokens
+        (49, (224, 224), [], [], (0, 7, 7)),
+    ],
+)
+def test_token_grid_reads_the_layout_a_vit_has(
+    n: int,
+    hw: tuple[int, int],
+    grids: list[tuple[int, int]],
+    patches: list[tuple[int, int]],
+    want: tuple[int, int, int],
+) -> None:
+    from whybox.models.layers import token_grid
+
+    assert token_grid(n, hw, grids, patches) == want
+
+
+def test_generation_smoothgrad_noise_everywhere_does_not_read_the_future() -> None:
+    """With noise_mask=None the default sigma came from the whole sequence: changing the last continuation token
+    moved step 0. It comes from the embedding matrix now."""
+    pytest.importorskip("transformers")
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_generation import PROMPT, tiny_gpt2, toy_tokenizer
+
+    from whybox.explainers.llm.generation import attribute_generation
+
+    model, tok = tiny_gpt2(), toy_tokenizer()
+    kw = {"method": "smoothgrad", "noise_mask": None, "noise_level": 0.01, "n_samples": 2}
+    a = attribute_generation(model, tok, PROMPT, continuation="mat and it was", **kw)
+    b = attribute_generation(model, tok, PROMPT, continuation="mat and it w60", **kw)
+    assert float(a.explanation.meta["sigma"][0]) == float(b.explanation.meta["sigma"][0])
+    torch.testing.assert_close(a.explanation.attributions[0], b.explanation.attributions[0], equal_nan=True)
+
+
+def test_typed_columns_cost_no_extra_estimator_calls() -> None:
+    """Splitting a call by which int cells a mean fill touched made one call per mask pattern (LIME: 1,025 calls
+    for 32 rows instead of 10); an object column of whole and non-whole cells keeps one call per batch."""
+    import pandas as pd
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    calls = []
+
+    def count(t: object) -> object:
+        calls.append(1)
+        return t
+
+    g = np.random.default_rng(0)
+    frame = pd.DataFrame({f"k{i}": g.integers(0, 5, 80) for i in range(4)})
+    pipe = make_pipeline(FunctionTransformer(count), LogisticRegression()).fit(frame, (frame.k0 > 2).astype(int))
+    calls.clear()
+    whybox.explain(pipe, frame.iloc[:8], "lime", fill=frame.mean(), target=1, n_samples=64, batch_size=4096)
+    assert len(calls) <= 3
+
+
+def test_a_fill_row_of_numpy_float32_scalars_is_a_row() -> None:
+    """list(X_train.mean(0)) of a float32 array holds np.float32 scalars: read as a row like Python floats."""
+    x = torch.rand(3, 4)
+    model = nn.Linear(4, 2)
+    row = list(np.float32([0.1, 0.2, 0.3, 0.4]))  # np.float32 scalars
+    want = whybox.explain(model, x, "feature_ablation", target=0, fill=torch.tensor([0.1, 0.2, 0.3, 0.4]))
+    torch.testing.assert_close(
+        whybox.explain(model, x, "feature_ablation", target=0, fill=row).attributions, want.attributions
+    )

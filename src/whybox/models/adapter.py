@@ -364,6 +364,7 @@ class SklearnAdapter(ModelAdapter):
         self.categories: dict[str, Any] = {}
         self.numeric_seen: set[str] = set()
         self.numeric_dtypes: dict[str, Any] = {}  # int/bool columns of the frames seen: given back in their dtype
+        self._object_refused = False  # the estimator refused an object column of whole and non-whole cells
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         import numpy as np
@@ -417,20 +418,30 @@ class SklearnAdapter(ModelAdapter):
         return t
 
     def _decoded(self, rows: Any) -> Any:
-        """The estimator on ``rows`` decoded to a DataFrame of its columns (:func:`decode_rows`), one call per group
-        of rows whose int/bool columns read in one dtype (:func:`typed_groups`), the outputs put back in order."""
-        import numpy as np
+        """The estimator on ``rows`` decoded to a DataFrame of its columns (:func:`decode_rows`): an int/bool column
+        of whole and non-whole cells (a mean fill) goes as each cell holds (an object column, so a row reads the
+        same whatever shares its call); an estimator that refuses object columns (``np.log1p``) gets them as floats
+        from then on (numeric steps read 2 and 2.0 alike)."""
+        if not self._object_refused:
+            try:
+                return self._fn(decode_rows(rows, self, mixed="object"))
+            except Exception:  # retried with float columns below; its error, if any, is the one raised
+                if not self._has_mixed(rows):
+                    raise
+                self._object_refused = True
+        return self._fn(decode_rows(rows, self, mixed="float"))
 
-        from whybox.models.categorical import typed_groups
+    def _has_mixed(self, rows: Any) -> bool:
+        """Whether an int/bool column of ``rows`` holds cells of both kinds (whole and not)."""
+        from whybox.models.categorical import typed_ok
 
-        groups = typed_groups(rows, self)
-        if len(groups) == 1:
-            return self._fn(decode_rows(rows, self))
-        parts = [np.asarray(self._fn(decode_rows(rows[g], self))) for g in groups]
-        out = np.empty((rows.shape[0], *parts[0].shape[1:]), dtype=np.result_type(*parts))
-        for g, part in zip(groups, parts, strict=True):
-            out[g] = part
-        return out
+        for j, c in enumerate(self.feature_names or []):
+            dtype = self.numeric_dtypes.get(c)
+            if dtype is not None and c not in self.categories:
+                ok = typed_ok(rows[:, j], dtype)
+                if bool(ok.any()) and not bool(ok.all()):
+                    return True
+        return False
 
     def _named(self, rows: Any) -> Any:
         """The estimator (fitted on a DataFrame) on ``rows``: as an array while that works, the columns in the

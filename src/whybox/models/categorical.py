@@ -152,10 +152,10 @@ def register_vocabularies(coder: Any, saved: dict[str, list[Any]]) -> None:
             )
 
 
-def decode_rows(rows: np.ndarray, coder: Any) -> Any:
+def decode_rows(rows: np.ndarray, coder: Any, mixed: str = "object") -> Any:
     """Coded rows ``(n, F)`` back to a DataFrame of the estimator's columns: coded cells as their values (a code
-    is rounded to the nearest one in the vocabulary), int and bool columns in their own dtype (:func:`_typed_cells`),
-    the rest as numbers."""
+    is rounded to the nearest one in the vocabulary), int and bool columns in their own dtype (:func:`_typed_cells`,
+    ``mixed`` for a column of whole and non-whole cells), the rest as numbers."""
     import pandas as pd  # the estimator was fitted on a DataFrame: pandas is installed
 
     columns: list[str] = coder.feature_names
@@ -166,7 +166,7 @@ def decode_rows(rows: np.ndarray, coder: Any) -> Any:
         col = vocab.get(c)
         if col is None:
             dtype = typed.get(c)
-            data[c] = rows[:, j] if dtype is None else _typed_cells(rows[:, j], dtype)
+            data[c] = rows[:, j] if dtype is None else _typed_cells(rows[:, j], dtype, mixed)
             continue
         codes = np.clip(np.rint(rows[:, j]), 0, len(col.values) - 1).astype(np.int64)
         cells = np.asarray(col.values, dtype=object)[codes]
@@ -190,27 +190,19 @@ def typed_ok(values: np.ndarray, dtype: Any) -> np.ndarray:
     return ok
 
 
-def typed_groups(rows: np.ndarray, coder: Any) -> list[np.ndarray]:
-    """The row indices of ``rows`` ``(n, F)`` grouped so that each int or bool column of a group either holds in
-    its dtype in every row or in none (:func:`decode_rows` then gives one dtype per column): one group when every
-    cell holds (the common case), more where a fill row's mean (1.5) or an out-of-range value meets whole cells."""
-    typed: dict[str, Any] = getattr(coder, "numeric_dtypes", {})
-    cols = [(j, typed[c]) for j, c in enumerate(coder.feature_names) if c in typed and c not in coder.categories]
-    if not cols:
-        return [np.arange(rows.shape[0])]
-    ok = np.stack([typed_ok(rows[:, j], dtype) for j, dtype in cols], 1)
-    if bool(ok.all()):
-        return [np.arange(rows.shape[0])]
-    keys, inverse = np.unique(ok, axis=0, return_inverse=True)
-    return [np.flatnonzero(inverse.reshape(-1) == k) for k in range(len(keys))]
-
-
-def _typed_cells(values: np.ndarray, dtype: Any) -> Any:
-    """A column's cells in its own int or bool ``dtype`` where every cell holds in it (:func:`typed_ok`), else
-    as floats (a fill of the column's mean, 1.5; 300 in a uint8 column): the caller groups rows
-    (:func:`typed_groups`) so that a row reads the same whatever else shares its call."""
+def _typed_cells(values: np.ndarray, dtype: Any, mixed: str = "object") -> Any:
+    """A column's cells in its own int or bool ``dtype`` (:func:`typed_ok`), so a row reads the same whatever else
+    shares its call. Where some cells cannot be cast (a fill of the column's mean, 1.5; 300 in a uint8 column),
+    ``mixed="object"`` gives each cell as it holds (ints beside floats: ``astype(str)`` reads '2' and '1.5') and
+    ``"float"`` every cell as a float (for estimators that refuse object columns, e.g. ``np.log1p``)."""
     import pandas as pd
 
-    if bool(typed_ok(values, dtype).all()):
+    ok = typed_ok(values, dtype)
+    if bool(ok.all()):
         return pd.Series(values).astype(dtype)
-    return values
+    if mixed == "float" or not bool(ok.any()):
+        return values
+    cast = bool if getattr(dtype, "kind", "") == "b" else int
+    return np.array(
+        [cast(v) if k else float(v) for v, k in zip(values.tolist(), ok.tolist(), strict=True)], dtype=object
+    )

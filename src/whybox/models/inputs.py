@@ -142,7 +142,7 @@ def _numbers(value: Any) -> bool:
     """True for a list (or tuple) of numbers, or of such lists: a row or rows written out."""
     if isinstance(value, (list, tuple)):
         return all(_numbers(v) for v in value)
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
 
 def _ints(value: Any) -> bool:

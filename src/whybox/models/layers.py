@@ -97,48 +97,62 @@ _PREFIXES = (1, 0, 2, 3, 4, 5)
 
 
 def token_grid(
-    n: int, hw: tuple[int, int] | None = None, grids: Sequence[tuple[int, int]] = ()
+    n: int,
+    hw: tuple[int, int] | None = None,
+    grids: Sequence[tuple[int, int]] = (),
+    patches: Sequence[tuple[int, int]] = (),
 ) -> tuple[int, int, int] | None:
     """``(prefix, h, w)``: how ``n`` ViT tokens lay out as leading tokens and an ``h x w`` patch grid. First, given
-    the image's ``hw``, a class token (or none) and the grid of a patch size dividing both sides (a 16 x 64 image
-    of 8-pixel patches is 2 x 8, not 4 x 4); then the model's own ``grids`` (its config's image size over its patch
+    the image's ``hw``, a class token (or none) and the grid of the model's declared ``patches`` (else of any patch
+    size dividing both sides) over it (a 16 x 64 image of 8-pixel patches is 2 x 8, not 4 x 4); then the model's own ``grids`` (its config's image size over its patch
     size: what it sees after a resizing preprocess); then a square grid of N - 1 or N tokens; then more leading
     tokens over the image. ``None`` when none fits."""
-    sizes: list[int] = []
+    sizes: list[tuple[int, int]] = []
     if hw is not None and hw[0] > 0 and hw[1] > 0:
-        sizes = [p for p in range(1, min(hw) + 1) if hw[0] % p == 0 and hw[1] % p == 0]
+        # the model's own patch size where it declares one (another size dividing the image would be chance: a
+        # 360 x 640 frame resized to a 384-px ViT is 18 x 32 patches of 20 px, the same count as its 24 x 24)
+        sizes = [(a, b) for a, b in patches if a > 0 and b > 0 and hw[0] % a == 0 and hw[1] % b == 0]
+        if not patches:
+            sizes = [(p, p) for p in range(1, min(hw) + 1) if hw[0] % p == 0 and hw[1] % p == 0]
 
     def on_image(prefix: int) -> tuple[int, int, int] | None:
-        for p in sizes:  # (sizes is empty without hw)
-            height, width = hw or (0, 0)
-            if n - prefix > 1 and (height // p) * (width // p) == n - prefix:
-                return prefix, height // p, width // p
+        height, width = hw or (0, 0)
+        for a, b in sizes:  # (empty without hw)
+            if n - prefix > 1 and (height // a) * (width // b) == n - prefix:
+                return prefix, height // a, width // b
         return None
 
-    # a class token or none over the image (a model taking other sizes than its config's: timm's dynamic size,
-    # interpolated position embeddings); then the declared grid (a resizing preprocess: the image's size is not
-    # what the model sees); then a square grid; only then more leading tokens over the image (DeiT's, registers)
-    for prefix in (1, 0):
-        if (found := on_image(prefix)) is not None:
-            return found
-    for h, w in grids:
-        for prefix in _PREFIXES:
-            if h * w > 1 and h * w == n - prefix:
-                return prefix, h, w
-    for prefix in (1, 0):
+    # the declared grid (what the model sees behind a resizing preprocess) against the image's own (a model taking
+    # other sizes than its config's: timm's dynamic size, interpolated position embeddings): where both fit with
+    # the same leading tokens the image's is the model's; where they need different ones the image's is chance
+    declared = next(
+        ((prefix, h, w) for h, w in grids for prefix in _PREFIXES if h * w > 1 and h * w == n - prefix), None
+    )
+    on = next((found for prefix in _PREFIXES if (found := on_image(prefix)) is not None), None)
+    if on is not None and (declared is None or on[0] == declared[0]) and (on[0] in (0, 1) or patches):
+        return on
+    if declared is not None:
+        return declared
+    for prefix in (1, 0):  # no declared grid: a square (a resizing preprocess), then more leading tokens
         side = math.isqrt(max(n - prefix, 0))
         if n - prefix > 0 and side * side == n - prefix:
             return prefix, side, side
-    for prefix in _PREFIXES[2:]:
-        if (found := on_image(prefix)) is not None:
-            return found
-    return None
+    return on
 
 
 def model_grids(model: Any) -> list[tuple[int, int]]:
     """The patch grids a vision transformer declares: a Hugging Face config's ``image_size`` over its
     ``patch_size`` (CLIP: its vision config's), a timm model's ``patch_embed.grid_size``; empty for other models."""
-    out: list[tuple[int, int]] = []
+    return [g for g, _ in _declared(model)]
+
+
+def model_patches(model: Any) -> list[tuple[int, int]]:
+    """The patch sizes ``(ph, pw)`` a vision transformer declares (as :func:`model_grids`)."""
+    return [p for _, p in _declared(model) if p[0] and p[1]]
+
+
+def _declared(model: Any) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    out: list[tuple[tuple[int, int], tuple[int, int]]] = []
     cfg = getattr(model, "config", None)
     for c in (cfg, getattr(cfg, "vision_config", None)):
         size, patch = getattr(c, "image_size", None), getattr(c, "patch_size", None)
@@ -146,12 +160,13 @@ def model_grids(model: Any) -> list[tuple[int, int]]:
             continue
         (hs, ws), (hp, wp) = _pair(size), _pair(patch)
         if hs and ws and hp and wp and hs % hp == 0 and ws % wp == 0:
-            out.append((hs // hp, ws // wp))
-    grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
+            out.append(((hs // hp, ws // wp), (hp, wp)))
+    embed = getattr(model, "patch_embed", None)
+    grid = getattr(embed, "grid_size", None)
     if grid is not None:
         pair = _pair(grid)
         if pair[0] and pair[1]:
-            out.append(pair)
+            out.append((pair, _pair(getattr(embed, "patch_size", 0))))
     return out
 
 
@@ -172,6 +187,7 @@ def to_grid(
     signal: bool = False,
     hw: tuple[int, int] | None = None,
     grids: Sequence[tuple[int, int]] = (),
+    patches: Sequence[tuple[int, int]] = (),
 ) -> torch.Tensor:
     """Activations as ``(B, C, h, w)``: 4-D as is; ViT tokens ``(B, N, D)`` as their patch grid over an image of
     ``hw`` (:func:`token_grid`: leading class/distillation tokens dropped); with ``signal`` (the inputs are 1-D
@@ -187,7 +203,7 @@ def to_grid(
         return a
     if a.ndim == 3:
         n = a.shape[1]
-        layout = token_grid(n, hw, grids)
+        layout = token_grid(n, hw, grids, patches)
         if layout is not None:
             prefix, h, w = layout
             return a[:, prefix:, :].transpose(1, 2).reshape(a.shape[0], a.shape[2], h, w)
@@ -386,12 +402,21 @@ def auto_layer(adapter: TorchAdapter, x: torch.Tensor) -> tuple[LayerRef, int, i
                 f"no layer of {type(model).__name__} produces a (B, C, L) output with L > 1 after an nn.Conv1d; {fix}"
             )
     else:
-        grids = model_grids(model)
-        spatial = [(name, k, t) for name, k, t in reversed(events) if _is_spatial(tuple(t.shape), image_hw(x), grids)]
+        grids, patches = model_grids(model), model_patches(model)
+        spatial = [
+            (name, k, t) for name, k, t in reversed(events) if _is_spatial(tuple(t.shape), image_hw(x), grids, patches)
+        ]
         if not spatial:
             raise LayerError(f"no layer of {type(model).__name__} produces a spatial (B, C, h, w) output; {fix}")
     chosen = spatial[0]
-    reached = _reached(scores, [t for _, _, t in spatial], signal=signal, hw=image_hw(x), grids=model_grids(model))
+    reached = _reached(
+        scores,
+        [t for _, _, t in spatial],
+        signal=signal,
+        hw=image_hw(x),
+        grids=model_grids(model),
+        patches=model_patches(model),
+    )
     if reached is not None and any(reached):
         chosen = spatial[reached.index(True)]
     name, k, _ = chosen
@@ -418,14 +443,17 @@ def _signal_outputs(
 
 
 def _is_spatial(
-    shape: tuple[int, ...], hw: tuple[int, int] | None = None, grids: Sequence[tuple[int, int]] = ()
+    shape: tuple[int, ...],
+    hw: tuple[int, int] | None = None,
+    grids: Sequence[tuple[int, int]] = (),
+    patches: Sequence[tuple[int, int]] = (),
 ) -> bool:
     """A ``(B, C, h, w)`` map with ``h * w > 1`` or ``(B, N, D)`` tokens that lay out as a patch grid of more than
     one patch (:func:`token_grid`)."""
     if len(shape) == 4:
         return shape[2] * shape[3] > 1
     if len(shape) == 3 and shape[1] > 1:
-        layout = token_grid(shape[1], hw, grids)
+        layout = token_grid(shape[1], hw, grids, patches)
         return layout is not None and layout[1] * layout[2] > 1
     return False
 
@@ -442,6 +470,7 @@ def _reached(
     signal: bool = False,
     hw: tuple[int, int] | None = None,
     grids: Sequence[tuple[int, int]] = (),
+    patches: Sequence[tuple[int, int]] = (),
 ) -> list[bool] | None:
     """For each output, whether the predicted class's score has a non-zero gradient on its grid (a ViT's class
     token left out); None where the score has no gradient at all (no graph, or a model autograd cannot run)."""
@@ -459,5 +488,7 @@ def _reached(
     out = []
     for t in live:
         g = next(grads) if t is not None else None
-        out.append(g is not None and bool(to_grid(g, "", signal=signal, hw=hw, grids=grids).abs().amax() > 0))
+        out.append(
+            g is not None and bool(to_grid(g, "", signal=signal, hw=hw, grids=grids, patches=patches).abs().amax() > 0)
+        )
     return out

@@ -23,6 +23,7 @@ from whybox.models.layers import (
     image_hw,
     layer_spec,
     model_grids,
+    model_patches,
     resolve_layers,
     tap,
     to_grid,
@@ -212,13 +213,10 @@ class CAM(Explainer):
         tgt = Target(_cat(idx), fn)
         sig = is_signal(self.adapter, x)
         hw = image_hw(x)  # a ViT's tokens lay out on its declared patch grid, else the image's
-        grids = model_grids(getattr(self.adapter, "model", None))
-        a_all = [to_grid(_cat(v), lab, signal=sig, hw=hw, grids=grids) for v, lab in zip(acts, labels, strict=True)]
-        g_all = (
-            [to_grid(_cat(v), lab, signal=sig, hw=hw, grids=grids) for v, lab in zip(grads, labels, strict=True)]
-            if self.uses_gradients
-            else None
-        )
+        model = getattr(self.adapter, "model", None)
+        lay = functools.partial(to_grid, signal=sig, hw=hw, grids=model_grids(model), patches=model_patches(model))
+        a_all = [lay(_cat(v), lab) for v, lab in zip(acts, labels, strict=True)]
+        g_all = [lay(_cat(v), lab) for v, lab in zip(grads, labels, strict=True)] if self.uses_gradients else None
         return a_all, g_all, tgt
 
     def _layer_maps(

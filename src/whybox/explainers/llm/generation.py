@@ -544,8 +544,8 @@ def attribute_generation(
         The method's options (``n_steps``, ``batch_size`` for the rows per forward pass, ...); they win over the
         defaults of :func:`generation_defaults`. SmoothGrad's sigma defaults to ``noise_level`` times the range of
         each step's attributed word vectors, its noise lands on the attributed tokens' word vectors only and it averages
-        gradient × input; with ``noise_mask=None`` the noise also lands on the control channels and ``sigma`` must
-        stay ≤ ``MAX_NOISE_SIGMA``.
+        gradient × input; with ``noise_mask=None`` the noise also lands on the control channels, sigma defaults to
+        ``noise_level`` times the range of the embedding matrix and must stay ≤ ``MAX_NOISE_SIGMA``.
 
     Returns
     -------
@@ -645,9 +645,10 @@ def attribute_generation(
     noisy_controls = "noise_level" in _keyword_options(cls) and opts.get("noise_mask") is None
     if noisy_controls and opts.get("sigma") is None:
         # noise everywhere: the row range would count the control channels (the read position grows with the
-        # step), so sigma comes from the word embeddings' range, one for every step, and must stay small
-        e = batch.inputs[0, :, :-2]
-        opts["sigma"] = float(noise_level) * float(e.max() - e.min())
+        # step), so sigma comes from the model's embedding matrix (no step's tokens: the same whatever follows)
+        # and must stay small
+        w = getattr(batch.embeddings, "weight", torch.zeros(1)).detach()
+        opts["sigma"] = float(noise_level) * float(w.max() - w.min())
     sigma = opts.get("sigma")
     if noisy_controls and isinstance(sigma, (int, float)) and sigma > MAX_NOISE_SIGMA:
         raise InvalidParameterError(
