@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from whybox.errors import DataFormatError, InvalidParameterError
+from whybox.errors import DataFormatError, InvalidParameterError, WhyboxError
 from whybox.registry import EXPLAINERS, METRICS
 from whybox.report.run_report import ReportMethod, ReportMetric, ReportSample, ReportVerdict, RunReport
 from whybox.runs.store import DB_NAME, INPUTS_NAME, UNDEFINED, read_row
@@ -465,11 +465,10 @@ def _direction(name: str, options: Mapping[str, Any]) -> bool | None:
     """Whether higher is better for metric ``name`` as the run configured it (``aopc`` with ``order='lerf'`` and
     ``road`` with ``orders='morf'`` read lower as better: ``Metric.result_direction``); the class's direction where
     the options do not build (data-dependent ones kept out of the job's config), ``None`` for an unknown name."""
-    try:
-        cls = METRICS.get(name)
-    except Exception:  # a run of a metric this version no longer has
+    if name not in METRICS.names():  # a run of a metric this version no longer has
         return None
+    cls = METRICS.get(name)
     try:
         return bool(cls(**{k: v for k, v in options.items() if k in ("order", "orders")}).result_direction())
-    except Exception:
+    except (WhyboxError, TypeError):  # an order this version refuses: the class's own direction
         return getattr(cls, "higher_is_better", None)
