@@ -1146,12 +1146,9 @@ def _load_csv(
     names = [f"{path.stem}-{i}" for i in range(len(features))]
     y = torch.tensor(labels, dtype=torch.int64) if label_at is not None and class_labels else None
     kept = [c for j, c in enumerate(columns) if j != label_at]
-    if coder is not None and getattr(coder, "feature_names", None) is not None and features:
-        # an estimator fitted on a DataFrame: its rows as such a frame would give them (text, bool and int columns
-        # in their types, which the adapter gives back to the estimator)
-        texts = {columns[j] for j in text_columns}
-        x, kept = _coded_table(raw, x, kept, texts, coder, f"input {entry!r}")
-    elif text_columns:
+    if text_columns or (coder is not None and getattr(coder, "feature_names", None) is not None and features):
+        # text columns, or an estimator fitted on a DataFrame: its rows as such a frame would give them (text, bool
+        # and int columns in their types, which the adapter gives back to the estimator)
         texts = {columns[j] for j in text_columns}
         x, kept = _coded_table(raw, x, kept, texts, coder, f"input {entry!r}")
     return _Part(f"input {entry!r}", x, names, y, "tabular", kept)
