@@ -193,7 +193,9 @@ def find_mistakes(
             raise InvalidInputError(TEXTS_GIVEN_TO_A_TENSOR_MODEL)
         text_batch = adapter.encode(inputs)  # type: ignore[attr-defined]
         inputs = text_batch.inputs
-        fill = _text_fill_of(adapter, text_batch, fill)
+        from whybox.api import _text_fill
+
+        fill = _text_fill(adapter, text_batch.inputs, fill)  # None: [MASK]; a token name; a tensor as given
     elif fill is None:
         fill = "zero"
     coder = coder_of(adapter)
@@ -406,26 +408,3 @@ def _mistakes_regions(regions: torch.Tensor, inputs: torch.Tensor, wrong: torch.
         f"regions of shape {tuple(regions.shape)} hold {regions.shape[0]} label maps for {inputs.shape[0]} inputs; "
         "give one map for every input (in their order) or one map for all."
     )
-
-
-def _text_fill_of(adapter: Any, batch: Any, fill: Any) -> Any:
-    """``fill=`` of :func:`find_mistakes` on texts as packed-input fill rows: ``None`` the [MASK] fill (a black box:
-    its words dropped), a token name that token's, a tensor as given; any other name refused."""
-    from whybox.models.blackbox_text import BlackBoxText
-    from whybox.models.text import BASELINES
-
-    if fill is None:
-        return batch.fill()
-    if isinstance(batch, BlackBoxText):
-        raise InvalidParameterError(
-            f"fill={fill!r} does not apply to a function of strings: its removed words are dropped from the text. "
-            "Leave fill out."
-        )
-    if isinstance(fill, str):
-        if fill not in BASELINES:
-            raise InvalidParameterError(
-                f"fill={fill!r} on texts must be one of {BASELINES} (the token a removed word becomes), or a tensor "
-                "like batch.fill('unk')."
-            )
-        return batch.fill(fill)
-    return fill

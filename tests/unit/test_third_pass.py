@@ -265,7 +265,7 @@ def test_find_mistakes_on_texts_explains_and_steps_with_the_fill_it_is_given(mak
     torch.testing.assert_close(by_tensor.explanation.attributions, direct.attributions)
     assert [m.hc for m in by_name.mistakes] == [m.hc for m in by_tensor.mistakes]
     assert not torch.equal(default.explanation.attributions, direct.attributions)  # [MASK] is another fill
-    with pytest.raises(InvalidParameterError, match=r"fill='nope' on texts must be one of"):
+    with pytest.raises(InvalidParameterError, match=r"fill='nope' on a text model .* one of"):
         whybox.find_mistakes(ad, texts, wrong, fill="nope", **kw)
 
 
@@ -293,8 +293,11 @@ def test_int_and_bool_columns_reach_a_frame_fitted_estimator_in_their_own_dtype(
     base = pipe.predict_proba(background)[:, 1].mean()
     np.testing.assert_allclose(base + e.attributions.sum(1).numpy(), p, atol=1e-9)
     assert bool((e.attributions[:, 0].abs() > 0.01).all())  # kids has its share (was exactly 0)
-    half = pd.Series({"kids": 1.5, "vip": True, "inc": 50.0})  # a mean of an int column: stays a number
-    whybox.explain(pipe, rows, "occlusion", fill=half, target=1)
+    # a fill no int holds (a column's mean, 1.5) stays a number: occluding kids is the model's drop with 1.5 there
+    half = pd.Series({"kids": 1.5, "vip": True, "inc": 50.0})
+    occ = whybox.explain(pipe, rows, "occlusion", fill=half, target=1)
+    filled = rows.astype({"kids": object}).assign(kids=1.5)
+    np.testing.assert_allclose(occ.attributions[:, 0].numpy(), p - pipe.predict_proba(filled)[:, 1], atol=1e-9)
 
 
 class _ImageAndMeta(nn.Module):
@@ -595,8 +598,10 @@ def test_typed_columns_read_the_same_whatever_shares_their_call() -> None:
     torch.testing.assert_close(one.attributions, many.attributions)
     small = pd.DataFrame({"a": rng.normal(size=60), "k": rng.integers(0, 3, 60).astype(np.uint8)})
     clf = LogisticRegression().fit(small, (small.a + small.k > 1).astype(int))
-    e = whybox.explain(clf, small.iloc[:3], "exact_shapley", fill=pd.Series({"a": 0.0, "k": -1.0}))
-    assert bool(torch.isfinite(e.attributions).all())
+    ref = pd.Series({"a": 0.0, "k": -1.0})  # -1 no uint8 holds: a float there, and the values add up
+    e = whybox.explain(clf, small.iloc[:3], "exact_shapley", fill=ref, target=1)
+    drop = clf.predict_proba(small.iloc[:3])[:, 1] - clf.predict_proba(ref.to_frame().T)[:, 1]
+    np.testing.assert_allclose(e.attributions.sum(1).numpy(), drop, atol=1e-9)
 
 
 def test_cam_on_a_vit_behind_a_resizing_preprocess_reads_its_configured_grid() -> None:

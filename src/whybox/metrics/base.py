@@ -1048,7 +1048,7 @@ class Metric:
             if not self.needs_model or adapter is None or engine is None:
                 tgt0 = self._target_without_model(target, expl, x)
                 # a text adapter stays known to a metric of the map alone: its words are the features, not the
-                # specials and pads (:func:`text_null_features`)
+                # specials and pads (:func:`present_features`)
                 known = adapter if is_text_adapter(adapter) else None
                 ctx = Context(
                     known, x, attributions, tgt0, expl, None, None, masks, labels, method, signal_given=signal
@@ -1323,7 +1323,7 @@ def _binary_masks(m: torch.Tensor) -> torch.Tensor:
     return m.to(torch.bool)
 
 
-def text_null_features(ctx: Context, groups: Any) -> torch.Tensor | None:
+def _text_null_features(ctx: Context, groups: Any) -> torch.Tensor | None:
     """``(B, M)`` bool: on a text adapter's packed inputs, the features holding none of a text's own tokens (the
     group of CLS, SEP and the pads; a black box's pads and index column), which are no word of the text; ``None``
     elsewhere."""
@@ -1337,3 +1337,14 @@ def text_null_features(ctx: Context, groups: Any) -> torch.Tensor | None:
         return ~groups_touched(groups, ordinary.view(*ordinary.shape, *([1] * (len(shape) - 2))).expand(shape))
     fill = ctx.adapter.packed_fill(ctx.x)  # type: ignore[union-attr]
     return ~groups_touched(groups, ctx.x != fill)
+
+
+def present_features(ctx: Context, groups: Any) -> torch.Tensor:
+    """``(B, M)`` bool: the features each row has (groups with elements), on a text adapter's packed inputs only its
+    words (:func:`_text_null_features`: not the group of CLS, SEP and the pads). What the metrics that read the map
+    over ``regions`` compare or summarise."""
+    present = groups.sizes() > 0
+    null = _text_null_features(ctx, groups)
+    if null is not None:
+        present &= ~null.to(present.device)
+    return present

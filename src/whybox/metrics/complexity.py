@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from whybox.errors import InvalidParameterError
-from whybox.metrics.base import Context, Metric, check_map_shape, text_null_features
+from whybox.metrics.base import Context, Metric, check_map_shape, present_features
 from whybox.registry import METRICS
 
 __all__ = ["Complexity", "Sparseness", "entropy", "gini"]
@@ -119,11 +119,7 @@ class _Flat(Metric):
 
         groups = resolve_regions(self.regions, ctx.x, signal=ctx.signal)
         values = pool_attributions(a, groups, ctx.x, pool=self.pool, abs=True).cpu().numpy()
-        has = groups.sizes() > 0
-        null = text_null_features(ctx, groups)  # a text's specials and pads: no word of it
-        if null is not None:
-            has &= ~null.to(has.device)
-        present = has.cpu().numpy()
+        present = present_features(ctx, groups).cpu().numpy()  # a text's words, not its specials and pads
         return [values[r][present[r]] for r in range(values.shape[0])]
 
     def _per_row(self, ctx: Context, stat: Any) -> torch.Tensor:

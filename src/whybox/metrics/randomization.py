@@ -26,9 +26,9 @@ from whybox.metrics.base import (
     check_options,
     derive_generator,
     make_explain_fn,
+    present_features,
     row_keys,
     spearman,
-    text_null_features,
     text_positions,
 )
 from whybox.models.adapter import FunctionModel, ModelAdapter, TorchAdapter
@@ -266,11 +266,7 @@ class _MapComparison(Metric):
             groups = resolve_regions(self.regions, ctx.x, signal=ctx.signal)
             pa = pool_attributions(a, groups, ctx.x, pool=self.pool).cpu()
             pb = pool_attributions(b, groups, ctx.x, pool=self.pool).cpu()
-            present = groups.sizes() > 0
-            null = text_null_features(ctx, groups)  # a text's specials and pads: no word of it
-            if null is not None:
-                present &= ~null.to(present.device)
-            present = present.cpu()
+            present = present_features(ctx, groups).cpu()  # a text's words, not its specials and pads
             cp, cell = self.clip_percentile, self.hog_cell
             rows = [
                 map_similarities(pa[i : i + 1, own], pb[i : i + 1, own], clip_percentile=cp, hog_cell=cell, which=which)

@@ -341,14 +341,6 @@ def _consts_repr(consts: Any) -> str:
     return repr(consts)
 
 
-def _hash_function(h: Any, fn: Any) -> None:
-    """A function's identity for the weights fingerprint (:func:`_hash_value`): its name, bytecode, constants and
-    defaults, and the data it closes over or is bound to (tensors, arrays, numbers, containers, an nn.Module by its
-    state, a callable object by its attributes). Data it reaches otherwise (globals, files) is not seen."""
-    h.update(str(getattr(fn, "__qualname__", type(fn).__qualname__)).encode())
-    _hash_value(h, fn)
-
-
 _LIBRARY_ROOTS = frozenset({"torch", "transformers", "whybox", "torchvision", "timm", "efficientnet_lite_pytorch"})
 
 
@@ -431,7 +423,7 @@ def fingerprints(
         _hash_module(hw, module)
         _hash_user_code(hw, module)
         if isinstance(module, FunctionModel):  # a black-box function: its code and data
-            _hash_function(hw, module.fn)
+            _hash_value(hw, module.fn)  # its code and the data it closes over
     else:  # a scikit-learn estimator: its pickled bytes (hashed, never loaded)
         import pickle
 
