@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -93,6 +94,12 @@ class IntegratedGradients(GradientExplainer):
         ``"gaussian"`` (x + N(0, sigma^2), seeded), ``"mean"``, a number, or a tensor broadcastable to the inputs.
     sigma
         For the blur and gaussian baselines.
+    n_baselines
+        Baselines per row (1). Above 1, the baseline is a distribution and IG is averaged over its k rows
+        (Sturmfels, Lundberg & Lee 2020), complete in expectation: mean_j sum IG^(j) = f(x) - mean_j f(x'_j).
+        ``"uniform"`` and ``"gaussian"`` then draw k seeded baselines per row; a tensor baseline must hold the k
+        rows, ``(k, *S)``, shared by every input row (e.g. k training images). Deterministic baselines (zero,
+        blur, mean, a number) would give k equal rows and are refused.
 
     Notes
     -----
@@ -102,8 +109,10 @@ class IntegratedGradients(GradientExplainer):
 
     Shapes
     ------
-    inputs ``(B, *S)`` -> attributions ``(B, *S)``; n_steps + 2 forwards and n_steps backwards per row.
-    ``"adaptive"`` adds ``meta["alphas"]`` ``(B, n_steps)``, each row's final mesh (sorted; it keeps the
+    inputs ``(B, *S)`` -> attributions ``(B, *S)``; n_steps + 2 forwards and n_steps backwards per row, and
+    k (n_steps + 1) + 1 forwards and k n_steps backwards with ``n_baselines=k``; ``meta["f_baseline"]`` is then
+    the mean of f over the k baselines. ``"adaptive"`` adds ``meta["alphas"]`` ``(B, n_steps)`` (``(B, k,
+    n_steps)`` with k baselines), each row's final mesh (sorted; it keeps the
     row's path gradients until the mesh is final: at most ``2**26`` stored elements per row group).
     """
 
@@ -115,6 +124,7 @@ class IntegratedGradients(GradientExplainer):
         method: str = "gausslegendre",
         baseline: str | float | torch.Tensor = "zero",
         sigma: float = 5.0,
+        n_baselines: int = 1,
         **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
@@ -135,43 +145,71 @@ class IntegratedGradients(GradientExplainer):
             raise InvalidParameterError(f"baseline must be one of {BASELINES}, a number or a tensor; got {baseline!r}.")
         if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not 0 <= sigma < math.inf:
             raise InvalidParameterError(f"sigma must be a finite number >= 0; got {sigma!r}.")
+        if isinstance(n_baselines, bool) or not isinstance(n_baselines, int) or n_baselines < 1:
+            raise InvalidParameterError(f"n_baselines must be an int >= 1; got {n_baselines!r}.")
+        if n_baselines > 1 and not (baseline in ("uniform", "gaussian") or isinstance(baseline, torch.Tensor)):
+            raise InvalidParameterError(
+                f"n_baselines={n_baselines} needs a random baseline ('uniform' or 'gaussian') or a tensor of "
+                f"{n_baselines} baseline rows; baseline={baseline!r} gives the same row every time. Pass "
+                "n_baselines=1, or a distribution."
+            )
         self.n_steps = n_steps
+        self.n_baselines = n_baselines
         self.method = method
         self.baseline = baseline
         self.sigma = float(sigma)
 
     def _baseline(self, x: torch.Tensor) -> torch.Tensor:
+        """The baselines ``(B * k, *S)``, row-major (row b's k baselines at b k .. b k + k - 1)."""
         gen = self.generator()
+        k = self.n_baselines
         packing = getattr(self.adapter, "packing", None)  # several inputs: each one's own mean / range
-        if self.baseline == "gaussian":
-            noise = torch.randn(x.shape[1:], generator=gen, dtype=torch.float64).to(x.device, x.dtype)
-            return x + self.sigma * noise
+        if self.baseline == "gaussian":  # the j-th draw is shared by every row: batching does not change draws
+            noise = torch.stack([torch.randn(x.shape[1:], generator=gen, dtype=torch.float64) for _ in range(k)])
+            out = x.unsqueeze(1) + self.sigma * noise.to(x.device, x.dtype)
+            return out.reshape(-1, *x.shape[1:])
         if self.baseline == "uniform":
-            # one draw per row from the row's own generator state: batching does not change draws
-            return torch.cat(
-                [
-                    make_fill("uniform", x[i : i + 1], generator=self.generator(), packing=packing)
-                    for i in range(x.shape[0])
-                ]
-            )
+            # each row's k draws from the row's own generator state: batching does not change draws
+            rows = []
+            for i in range(x.shape[0]):
+                g = self.generator()
+                rows += [make_fill("uniform", x[i : i + 1], generator=g, packing=packing) for _ in range(k)]
+            return torch.cat(rows)
+        if k > 1:  # a tensor of k baseline rows, shared by every input row
+            t = self.baseline
+            assert isinstance(t, torch.Tensor)
+            if t.ndim != x.ndim or t.shape[0] != k:
+                raise InvalidParameterError(
+                    f"baseline of shape {tuple(t.shape)} with n_baselines={k} must hold {k} rows shaped like one "
+                    f"input row, ({k}, {', '.join(map(str, x.shape[1:]))}); pass {k} baselines stacked on the "
+                    "first dimension, or set n_baselines to their number."
+                )
+            rows_t = make_fill(t, x[:1].expand(k, *x.shape[1:]), name="baseline")
+            return rows_t.repeat(x.shape[0], *([1] * (x.ndim - 1)))
         return make_fill(self.baseline, x, sigma=self.sigma, name="baseline", packing=packing)
 
     def _explain(
         self, x: torch.Tensor, target: TargetLike, engine: MaskingEngine, n_backward: list[int]
     ) -> tuple[torch.Tensor, Target, dict[str, Any]]:
-        b = x.shape[0]
-        base = self._baseline(x)
+        b, k = x.shape[0], self.n_baselines
+        base = self._baseline(x)  # (B k, *S)
         ends = engine.forward(torch.cat([x, base]))  # f(x) and f(x'): target resolution and the delta
         tgt = resolve_target(target, ends[:b])
-        both = torch.arange(2 * b, device=x.device) % b
-        fx, fb = tgt.select(apply_score_space(ends, self.score), both).to(torch.float64).view(2, b)
-        diff = x - base
+        both = torch.cat([torch.arange(b), torch.arange(b).repeat_interleave(k)]).to(x.device)
+        f_all = tgt.select(apply_score_space(ends, self.score), both).to(torch.float64)
+        fx, fb = f_all[:b], f_all[b:].view(b, k).mean(1)
+        xs = x if k == 1 else x.repeat_interleave(k, 0)
+        tgt_k = tgt if k == 1 else replace(tgt, index=tgt.index.repeat_interleave(k))
+        diff = xs - base
         meta: dict[str, Any] = {}
         if self.method == "adaptive":
-            total_g, meta["alphas"] = self._adaptive(x, base, diff, tgt, engine, n_backward)
+            total_g, alphas = self._adaptive(xs, base, diff, tgt_k, engine, n_backward)
+            meta["alphas"] = alphas if k == 1 else alphas.view(b, k, -1)
         else:
-            total_g = self._fixed(x, base, diff, tgt, engine, n_backward)
+            total_g = self._fixed(xs, base, diff, tgt_k, engine, n_backward)
         attr64 = diff.to(torch.float64) * total_g
+        if k > 1:  # the mean over each row's k baselines
+            attr64 = attr64.view(b, k, *x.shape[1:]).mean(1)
         delta = attr64.reshape(b, -1).sum(1) - (fx - fb)
         delta_rel = delta.abs() / (fx - fb).abs().clamp_min(1e-12)
         meta.update({"delta": delta.cpu(), "delta_rel": delta_rel.cpu(), "f_x": fx.cpu(), "f_baseline": fb.cpu()})
