@@ -243,6 +243,12 @@ class Explanation:
         if a.ndim == 3 and self.meta.get("signal"):  # (B, C, L): the channels combined at each time step
             a = a.unsqueeze(2)
             return self._reduce(a, reduce)[:, 0]
+        if a.ndim == 3 and self.meta.get("tokens"):
+            raise InvalidInputError(
+                f"to_map() needs image attributions; these are token attributions {tuple(a.shape)} (a text model's "
+                "explanation). Read words and values from explain_text(...).words, or sum .attributions over the last "
+                "dimension for one value per token."
+            )
         if a.ndim == 3:  # (B, H, W): the images of a model without a channel dimension, one channel
             return self._reduce(a.unsqueeze(1), reduce)
         if a.ndim != 4:
@@ -337,8 +343,9 @@ class Explanation:
         packing = _packing_of(self.meta.get("input_shapes"), a.shape[1]) if a.ndim == 2 else None
         if packing is not None and packing.has_image:  # a model of several inputs, images among them
             return self._plot_packed(packing, picked, inputs, top, reading, title)
-        image = a.ndim == 4
         signal = a.ndim == 3 and bool(self.meta.get("signal"))
+        # (B, H, W): the images of a model without a channel dimension (token attributions are marked)
+        image = a.ndim == 4 or (a.ndim == 3 and not signal and not self.meta.get("tokens"))
         if signal:
             fig = Figure(figsize=(6.4, 2.2 * len(picked)))
             axes = fig.subplots(len(picked), 1, squeeze=False)
@@ -348,7 +355,7 @@ class Explanation:
             return fig
         if not image and a.ndim != 2:
             raise InvalidInputError(
-                f"plot() shows image attributions (B, C, H, W) and tabular ones (B, F); these have shape "
+                f"plot() shows image attributions (B, C, H, W) or (B, H, W) and tabular ones (B, F); these have shape "
                 f"{tuple(a.shape)}. For text, explain_text(...).words holds (word, value) pairs and "
                 "whybox.report.render_tokens_page(...) draws them."
             )
@@ -547,6 +554,8 @@ class Explanation:
         maps = self.to_map().detach().cpu()
         if inputs is not None:
             x = inputs.detach().cpu() if isinstance(inputs, torch.Tensor) else torch.as_tensor(inputs)
+            if x.ndim == 3 and self.attributions.ndim == 3:  # channel-less images, as explained
+                x = x.unsqueeze(1)
             if x.ndim != 4 or x.shape[0] != maps.shape[0] or x.shape[1] not in (1, 3):
                 raise InvalidInputError(
                     f"inputs must be the explained images (B, 1 or 3, H, W) with B = {maps.shape[0]}; got "
@@ -654,6 +663,13 @@ class Explanation:
                     f"path={str(path)!r}: the explanation's {name!r} is {why}; the file is damaged. Write it again "
                     "with Explanation.save()."
                 ) from None
+        attr, tgt = fields["attributions"], fields["target"]
+        if attr.ndim == 0 or tgt.ndim != 1 or tgt.shape[0] != attr.shape[0] or tgt.is_floating_point():
+            raise DataFormatError(
+                f"path={str(path)!r}: the explanation's target {tuple(tgt.shape)} {tgt.dtype} does not give one class "
+                f"index per row of its attributions {tuple(attr.shape)}; the file is damaged or was not written by "
+                "Explanation.save(). Write it again with Explanation.save()."
+            )
         meta: dict[str, Any] = fields["meta"]
         for k, v in tensors.items():
             if k.startswith("meta."):

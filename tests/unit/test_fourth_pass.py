@@ -72,3 +72,56 @@ def test_baseline_distribution_refusals_name_the_fix(params: dict[str, object], 
         params = {**params, "baseline": torch.zeros(4, 6, dtype=torch.float64)}
     with pytest.raises(InvalidParameterError, match=words):
         whybox.explain(m, torch.randn(2, 6, dtype=torch.float64), "integrated_gradients", **params)
+
+
+def test_load_refuses_a_target_that_does_not_match_the_rows(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A hand-made or damaged file whose target has another length than the attributions fails at load, naming
+    both shapes (it failed later, inside a metric, with an index error)."""
+    from safetensors.torch import load_file, save_file
+
+    from whybox.errors import DataFormatError
+
+    m = _tanh_mlp()
+    e = whybox.explain(m, torch.randn(3, 6, dtype=torch.float64), "saliency")
+    path = tmp_path / "e.safetensors"
+    e.save(path)
+    assert whybox.Explanation.load(path) == e
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        header = f.metadata()
+    tensors = load_file(str(path))
+    tensors["target"] = tensors["target"][:2].clone()
+    save_file(tensors, str(path), metadata=header)
+    with pytest.raises(DataFormatError, match=r"target \(2,\) torch.int64 does not give one class index per row"):
+        whybox.Explanation.load(path)
+
+
+def test_channel_less_images_plot_and_token_attributions_are_not_maps() -> None:
+    """A model of images without a channel dimension (B, H, W) explains and maps (to_map's docstring) and now
+    plots, over the images when given; token attributions (B, T, D) are marked and to_map refuses them (it returned
+    them unchanged as a 'map')."""
+    import sys
+    from pathlib import Path
+
+    from whybox.errors import InvalidInputError
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 3)).eval()
+    x = torch.rand(2, 6, 6)
+    e = whybox.explain(model, x, "input_x_gradient")
+    assert "tokens" not in e.meta
+    for fig in (e.plot(), e.plot(x), e.plot(x[:, None])):
+        assert len([ax for ax in fig.axes if ax.images]) == 2
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_text import tiny_bert, toy_tokenizer
+
+    from whybox.models.text import adapt_text
+
+    clf = adapt_text(tiny_bert(), toy_tokenizer())
+    t = whybox.explain_text(clf, ["the movie was great"], "saliency").explanation
+    assert t.meta["tokens"] is True and t.attributions.ndim == 3
+    with pytest.raises(InvalidInputError, match="token attributions"):
+        t.to_map()
+    with pytest.raises(InvalidInputError, match="explain_text"):
+        t.plot()

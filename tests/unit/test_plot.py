@@ -79,7 +79,9 @@ def test_what_cannot_be_plotted_is_refused_with_the_fix() -> None:
         e.plot(rows=5)
     with pytest.raises(InvalidInputError, match=r"inputs must be the explained images \(B, 1 or 3, H, W\) with B = 2"):
         e.plot(x[:1])
-    text = whybox.Explanation(torch.zeros(2, 5, 1), torch.zeros(2, dtype=torch.long), "occlusion")
+    text = whybox.Explanation(
+        torch.zeros(2, 5, 1), torch.zeros(2, dtype=torch.long), "occlusion", meta={"tokens": True}
+    )
     with pytest.raises(InvalidInputError, match=r"For text, explain_text\(...\).words holds \(word, value\) pairs"):
         text.plot()
     rows = whybox.explain(nn.Linear(4, 2), torch.rand(2, 4), "saliency")

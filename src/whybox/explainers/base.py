@@ -261,6 +261,8 @@ class Explainer:
             meta["categories"] = vocab
         if is_signal(self.adapter, x):  # 1-D signals (B, C, L): plot() draws them over time
             meta["signal"] = True
+        elif attr.ndim == 3 and getattr(self.adapter, "tokenizer", None) is not None:
+            meta["tokens"] = True  # token attributions (B, T, D): not a channel-less image, no map
         packing = getattr(self.adapter, "packing", None)
         # packed rows of several inputs: InputPacking(meta["input_shapes"]).unpack(attributions) cuts them back
         if packing is not None:
