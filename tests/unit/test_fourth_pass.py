@@ -125,3 +125,67 @@ def test_channel_less_images_plot_and_token_attributions_are_not_maps() -> None:
         t.to_map()
     with pytest.raises(InvalidInputError, match="explain_text"):
         t.plot()
+
+
+def test_lima_refuses_a_prior_map_with_nan_or_inf() -> None:
+    """A prior map with NaN cells ranked them as 0 (between the real values) and inf as the largest, silently."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 64, 3)).eval()
+    x = torch.rand(1, 3, 8, 8)
+    prior = torch.full((1, 8, 8), float("nan"))
+    prior[0, :4, :4] = -1.0
+    with pytest.raises(InvalidParameterError, match=r"prior map holds 48 non-finite values"):
+        whybox.explain(m, x, "lima", search="naive", regions="prior", prior=prior, prior_grid=2, prior_cells=1)
+
+
+class _Tagger(nn.Module):
+    """An LSTM reading (B, T, D) batch-first: a sequence model, no Conv1d."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(4, 8, batch_first=True)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.rnn(x)[0][:, -1])
+
+
+def test_localisation_reads_a_sequence_along_its_time_axis() -> None:
+    """Masks (B, T) of a sequence model's inputs (B, T, D) mark time steps (the README: sequence maps are read as one
+    value per time step); they were read as a signal's (B, L = D) and a map over time could never be scored, while
+    masks over the D features were accepted as time."""
+    from whybox.errors import InvalidInputError
+
+    torch.manual_seed(0)
+    m = _Tagger().eval()
+    x = torch.randn(2, 12, 4)
+    masks = torch.zeros(2, 12, dtype=torch.bool)
+    masks[:, 8:] = True
+    for e in (
+        whybox.explain(m, x, "feature_ablation", features="segments", patch=3),  # (B, T, 1)
+        whybox.explain(m, x, "integrated_gradients", n_steps=8),  # (B, T, D)
+    ):
+        per_step = e.attributions.to(torch.float64).sum(2)
+        pos = per_step.clamp_min(0)
+        want = (pos * masks).sum(1) / pos.sum(1)
+        got = whybox.evaluate(m, x, e, "relevance_mass", masks=masks).scores
+        torch.testing.assert_close(got, want)
+        hit = masks[torch.arange(2), per_step.argmax(1)].to(torch.float64)
+        torch.testing.assert_close(whybox.evaluate(m, x, e, "pointing_game", masks=masks, tolerance=0).scores, hit)
+        # the map alone, no model: masks (B, T) tell the sequence apart from a signal's (B, L)
+        alone = whybox.evaluate(None, x, e.attributions, "relevance_mass", masks=masks).scores
+        torch.testing.assert_close(alone, want)
+    with pytest.raises(InvalidInputError, match=r"masks must have shape \(2, 12\) or \(2, 12, 1\) for the sequences"):
+        whybox.evaluate(m, x, e, "relevance_mass", masks=torch.ones(2, 4, dtype=torch.bool))
+
+
+def test_localisation_of_channel_less_images_reads_their_pixels() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 3)).eval()
+    x = torch.rand(2, 6, 6)
+    e = whybox.explain(model, x, "saliency")
+    masks = torch.zeros(2, 6, 6, dtype=torch.bool)
+    masks[:, :3] = True
+    a = e.attributions.to(torch.float64).clamp_min(0)
+    want = (a * masks).sum((1, 2)) / a.sum((1, 2))
+    torch.testing.assert_close(whybox.evaluate(model, x, e, "energy_pointing_game", masks=masks).scores, want)

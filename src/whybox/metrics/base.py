@@ -747,6 +747,8 @@ class Context:
     finite: bool = True
     # signals known without the adapter here (a metric that reads only the map, given the model or masks (B, L))
     signal_given: bool = False
+    # a sequence (B, T, D) of a model without Conv1d whose masks (B, T) mark time steps (the localisation metrics)
+    sequence: bool = False
 
     @property
     def signal(self) -> bool:
@@ -1027,9 +1029,11 @@ class Metric:
                 )
             if attributions is not None:
                 attributions = self._validate_attributions(attributions, x)
-            signal = is_signal(adapter, x)
+            signal, sequence = is_signal(adapter, x), False
             if masks is not None:
-                masks, signal = self._validate_masks(masks, x, signal=signal)
+                # a 3-D input of a model that reads no signal (and no text) is a sequence (B, T, D): masks over T
+                seq_model = adapter is not None and not signal and not is_text_adapter(adapter)
+                masks, signal, sequence = self._validate_masks(masks, x, signal=signal, sequence=seq_model)
             if labels is not None:
                 labels = self._labels(labels, adapter, x.shape[0])
             if adapter is not None:
@@ -1051,7 +1055,18 @@ class Metric:
                 # specials and pads (:func:`present_features`)
                 known = adapter if is_text_adapter(adapter) else None
                 ctx = Context(
-                    known, x, attributions, tgt0, expl, None, None, masks, labels, method, signal_given=signal
+                    known,
+                    x,
+                    attributions,
+                    tgt0,
+                    expl,
+                    None,
+                    None,
+                    masks,
+                    labels,
+                    method,
+                    signal_given=signal,
+                    sequence=sequence,
                 )
                 scores, curves, meta = self._checked_compute(ctx)
             else:
@@ -1089,8 +1104,8 @@ class Metric:
         if masks is None:
             ctx = Context(None, x, a, tgt, None, None, None)
         else:
-            m, signal = self._validate_masks(masks, x)
-            ctx = Context(None, x, a, tgt, None, None, None, m, signal_given=signal)
+            m, signal, sequence = self._validate_masks(masks, x)
+            ctx = Context(None, x, a, tgt, None, None, None, m, signal_given=signal, sequence=sequence)
         scores, curves, meta = self._checked_compute(ctx)
         return self._result(ctx, scores, curves, meta, None)
 
@@ -1199,22 +1214,44 @@ class Metric:
         return a if a.is_floating_point() else a.to(torch.float32)
 
     @staticmethod
-    def _validate_masks(masks: Any, x: torch.Tensor, *, signal: bool = False) -> tuple[torch.Tensor, bool]:
-        """Masks as ``(B, H, W)`` bool for images, or ``(B, L)`` for 1-D signals ``(B, C, L)`` (the time steps
-        of the class: a model with an ``nn.Conv1d``, or without a model masks of that shape); and whether the
-        inputs are signals."""
+    def _validate_masks(
+        masks: Any, x: torch.Tensor, *, signal: bool = False, sequence: bool | None = None
+    ) -> tuple[torch.Tensor, bool, bool]:
+        """Masks as ``(B, H, W)`` bool for images, ``(B, L)`` for 1-D signals ``(B, C, L)`` (the time steps of the
+        class: a model with an ``nn.Conv1d``), ``(B, T)`` for sequences ``(B, T, D)`` (``sequence``: a model that
+        reads 3-D inputs as no signal, an LSTM or a transformer batch-first), or masks shaped like 3-D inputs (images
+        without a channel dimension ``(B, H, W)``: each element's own); without a model (``sequence`` None) the
+        masks' shape tells, ``(B, L)`` first. Returns the masks, whether the inputs are signals and whether they are
+        sequences."""
         m = torch.as_tensor(masks)
         if x.ndim == 3:
-            if m.ndim == 3 and m.shape[1] == 1:
+            b, t, length = x.shape
+            if tuple(m.shape) == tuple(x.shape) and not signal and t > 1 and length > 1:
+                return _binary_masks(m), False, False  # channel-less images (B, H, W), or one flag per element
+            if m.ndim == 3 and m.shape[1] == 1 and not sequence:
                 m = m[:, 0]
-            b, length = x.shape[0], x.shape[2]
+            if m.ndim == 3 and m.shape[2] == 1 and not signal:
+                m = m[:, :, 0]
+            if sequence is None and not signal:  # no model: (B, L) a signal's time steps, else (B, T) a sequence's
+                sequence = tuple(m.shape) == (b, t) and t != length
+            if sequence:
+                if tuple(m.shape) != (b, t):
+                    raise InvalidInputError(
+                        f"masks must have shape ({b}, {t}) or ({b}, {t}, 1) for the sequences {tuple(x.shape)} (the "
+                        f"time steps of the class, along axis 1); got {tuple(m.shape)}."
+                    )
+                return _binary_masks(m), False, True
             if m.shape != (b, length):
                 raise InvalidInputError(
                     f"masks must have shape ({b}, {length}) or ({b}, 1, {length}) for signals {tuple(x.shape)} (the "
                     f"time steps of the class); got {tuple(m.shape)}."
-                    + ("" if signal else " Images need (B, C, H, W) inputs.")
+                    + (
+                        ""
+                        if signal
+                        else f" For sequences (B, T, D) the masks are ({b}, {t}). Images need (B, C, H, W) inputs."
+                    )
                 )
-            return _binary_masks(m), True
+            return _binary_masks(m), True, False
         if x.ndim != 4:
             raise InvalidInputError(
                 f"masks need image inputs (B, C, H, W) or 1-D signals (B, C, L); got inputs {tuple(x.shape)}."
@@ -1226,7 +1263,7 @@ class Metric:
             raise InvalidInputError(
                 f"masks must have shape ({b}, {h}, {w}) or ({b}, 1, {h}, {w}); got {tuple(m.shape)}."
             )
-        return _binary_masks(m), False
+        return _binary_masks(m), False, False
 
     @staticmethod
     def _explanation_target(expl: Explanation | None) -> torch.Tensor | None:

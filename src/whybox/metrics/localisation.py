@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from whybox.errors import InvalidParameterError
+from whybox.errors import InvalidInputError, InvalidParameterError
 from whybox.metrics.base import Context, Metric, _ranking_values, _tie_first, _tie_top, check_float, feature_array
 from whybox.registry import METRICS
 
@@ -39,9 +39,18 @@ class _Localisation(Metric):
         if ctx.masks is None:
             raise InvalidParameterError(
                 f"{self.name} needs ground-truth masks: pass masks= (B, H, W) bool, the pixels of the target class "
-                "(for 1-D signals (B, C, L): (B, L), its time steps)."
+                "(for 1-D signals (B, C, L): (B, L), its time steps; for sequences (B, T, D): (B, T))."
             )
         m = (ctx.masks if ctx.masks.is_cpu else ctx.masks.cpu()).numpy()
+        if ctx.sequence:  # a sequence (B, T, D): one value per time step, its D features summed
+            a, t = ctx.attributions, ctx.x.shape[1]
+            if a.ndim != 3 or a.shape[1] != t:
+                raise InvalidInputError(
+                    f"{self.name} on sequences {tuple(ctx.x.shape)} needs a map over their {t} time steps, (B, {t}, 1) "
+                    f"or (B, {t}, D); got {tuple(a.shape)}."
+                )
+            values = a.detach().to("cpu", torch.float64).sum(2).numpy()
+            return values, m.reshape(m.shape[0], -1)
         return feature_array(ctx.attributions, ctx.x, signal=ctx.signal), m.reshape(m.shape[0], -1)
 
 
@@ -67,10 +76,11 @@ class PointingGame(_Localisation):
 
     def _compute(self, ctx: Context) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
         values, m = self._maps(ctx)
-        h, w = (1, ctx.x.shape[-1]) if ctx.signal else ctx.x.shape[-2:]  # a signal: one row of time steps
+        line = ctx.signal or ctx.sequence  # one row of time steps
+        h, w = (1, ctx.x.shape[1] if ctx.sequence else ctx.x.shape[-1]) if line else ctx.x.shape[-2:]
         tolerance = self.tolerance
-        if tolerance is None:  # the paper's 15 px (of 224); on a signal the same share of its length
-            tolerance = SIGNAL_SHARE * w if ctx.signal else PAPER_TOLERANCE
+        if tolerance is None:  # the paper's 15 px (of 224); on a signal or sequence the same share of its length
+            tolerance = SIGNAL_SHARE * w if line else PAPER_TOLERANCE
         b, n = m.shape
         p = _tie_first(values, self.seed)
         # The Euclidean distance from the point to its nearest mask pixel (what a distance transform of ~mask

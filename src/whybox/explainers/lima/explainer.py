@@ -225,6 +225,12 @@ class Lima(PerturbationExplainer):
             if prior == "lima":
                 raise InvalidParameterError("prior='lima' would recurse; use a cheap explainer such as 'gradcam'.")
             EXPLAINERS.get(prior, param="prior")  # unknown names list the known ones
+        elif isinstance(prior, torch.Tensor) and prior.is_floating_point() and not bool(torch.isfinite(prior).all()):
+            bad = int((~torch.isfinite(prior)).sum())
+            raise InvalidParameterError(
+                f"prior map holds {bad} non-finite values (NaN or inf), which cannot rank the patches; replace them "
+                "(e.g. torch.nan_to_num(prior, nan=0.0, posinf=..., neginf=...)) before passing prior=."
+            )
         elif not isinstance(prior, torch.Tensor):
             raise InvalidParameterError(
                 f"prior must be a registered explainer name or a prior map tensor; got {type(prior).__name__}."
