@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -189,3 +190,29 @@ def test_localisation_of_channel_less_images_reads_their_pixels() -> None:
     a = e.attributions.to(torch.float64).clamp_min(0)
     want = (a * masks).sum((1, 2)) / a.sum((1, 2))
     torch.testing.assert_close(whybox.evaluate(model, x, e, "energy_pointing_game", masks=masks).scores, want)
+
+
+def test_background_categories_the_inputs_categorical_does_not_list_reach_the_estimator() -> None:
+    """A row built by hand, pd.Categorical(['rome']), knows only its own city: background rows' cities (paris, oslo)
+    were decoded into that dtype and reached the estimator as NaN (one-hot: all zeros), so Shapley values and the
+    base value were silently wrong."""
+    pd = pytest.importorskip("pandas")
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    X = pd.DataFrame({"city": pd.Categorical(["paris", "rome", "oslo"] * 20), "v": np.arange(60.0) % 7})
+    y = (X.city == "rome") | (X.v > 4)
+    enc = ColumnTransformer([("c", OneHotEncoder(handle_unknown="ignore"), ["city"])], remainder="passthrough")
+    model = make_pipeline(enc, LogisticRegression()).fit(X, y)
+    x = pd.DataFrame({"city": pd.Categorical(["rome"]), "v": [1.0]})
+    bg = X.iloc[[0, 2]]  # paris, oslo
+    e = whybox.explain(model, x, "exact_shapley", background=bg, target=True, score="prob")
+    f_bg = model.predict_proba(bg)[:, 1].mean()
+    assert float(e.meta["base_value"][0]) == pytest.approx(f_bg, abs=1e-12)
+    assert float(e.attributions.sum()) == pytest.approx(model.predict_proba(x)[0, 1] - f_bg, abs=1e-12)
+    fill = pd.Series({"city": "paris", "v": 1.0})
+    fa = whybox.explain(model, x, "feature_ablation", fill=fill, target=True, score="prob")
+    want = model.predict_proba(x)[0, 1] - model.predict_proba(X.iloc[[0]].assign(v=1.0))[0, 1]
+    assert float(fa.attributions[0, 0]) == pytest.approx(want, abs=1e-12)

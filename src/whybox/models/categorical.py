@@ -170,7 +170,15 @@ def decode_rows(rows: np.ndarray, coder: Any, mixed: str = "object") -> Any:
             continue
         codes = np.clip(np.rint(rows[:, j]), 0, len(col.values) - 1).astype(np.int64)
         cells = np.asarray(col.values, dtype=object)[codes]
-        data[c] = pd.Categorical(cells, dtype=col.dtype) if col.dtype is not None else cells
+        if col.dtype is None:
+            data[c] = cells
+            continue
+        # values another table brought in (a background row's city that the input row's own Categorical does not
+        # list): the dtype widened by them, in code order, so that they reach the estimator (not as NaN)
+        known = set(col.dtype.categories)
+        extra = [v for v in col.values if v not in known]
+        dtype = col.dtype if not extra else pd.CategoricalDtype([*col.dtype.categories, *extra], col.dtype.ordered)
+        data[c] = pd.Categorical(cells, dtype=dtype)
     return pd.DataFrame(data, columns=columns)
 
 
