@@ -216,3 +216,59 @@ def test_background_categories_the_inputs_categorical_does_not_list_reach_the_es
     fa = whybox.explain(model, x, "feature_ablation", fill=fill, target=True, score="prob")
     want = model.predict_proba(x)[0, 1] - model.predict_proba(X.iloc[[0]].assign(v=1.0))[0, 1]
     assert float(fa.attributions[0, 0]) == pytest.approx(want, abs=1e-12)
+
+
+def _tiny_vit(cls_name: str = "ViT") -> nn.Module:
+    import transformers
+
+    config = getattr(transformers, f"{cls_name}Config")(
+        image_size=32, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return getattr(transformers, f"{cls_name}ForImageClassification")(config).to(torch.float64).eval()
+
+
+@pytest.mark.parametrize("method", ["attention_rollout", "attention_relevance", "raw_attention"])
+def test_attention_methods_leave_images_alone_under_an_in_place_preprocess(method: str) -> None:
+    """The adapter's preprocess ran on the caller's images: an in-place normalisation rewrote them."""
+    ad = whybox.adapt(_tiny_vit(), output="logits", preprocess=lambda x: x.sub_(0.5).div_(0.25))
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    kept = x.clone()
+    e = whybox.explain(ad, x, method)
+    assert torch.equal(x, kept)
+    again = whybox.explain(ad, x, method)
+    torch.testing.assert_close(again.attributions, e.attributions)
+
+
+def test_attention_relevance_reads_the_mean_row_of_a_mean_pooling_model() -> None:
+    """BEiT's head reads the mean of its patch tokens (config.use_mean_pooling): the CLS row never sees the last
+    layer's gradient, so with start_layer at the last layer the default (CLS) map was all zeros."""
+    pytest.importorskip("transformers")
+    ad = whybox.adapt(_tiny_vit("Beit"), output="logits")
+    x = torch.randn(1, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    e = whybox.explain(ad, x, "attention_relevance", target=1, start_layer=1)
+    assert e.meta["readout"] == "mean"
+    assert float(e.attributions.abs().max()) > 0
+    cls = whybox.explain(ad, x, "attention_relevance", target=1, start_layer=1, readout="cls")
+    assert float(cls.attributions.abs().max()) == 0.0  # what the CLS row gave
+
+
+def test_attention_word_values_sum_their_subwords() -> None:
+    """An attention method gives each token its own value: a word of two subwords is their sum (the readout row
+    sums to 1 over the tokens), not their mean (as for a perturbation method's copied value)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_text import tiny_bert, toy_tokenizer
+
+    from whybox.models.text import adapt_text, word_pool
+
+    clf = adapt_text(tiny_bert(), toy_tokenizer())
+    out = whybox.explain_text(clf, ["playing it"], "attention_rollout")
+    tok = dict(out.tokens[0])
+    words = dict(out.words[0])
+    assert words["playing"] == pytest.approx(tok["play"] + tok["##ing"], abs=1e-12)
+    assert word_pool(clf, "attention_rollout") is None and word_pool(clf, "occlusion") == "mean"

@@ -95,6 +95,8 @@ class MiniLMSentiment(nn.Module):
 
     #: the classes by output index, as a Hugging Face classifier's ``config.id2label`` (``target="positive"``)
     id2label: ClassVar[dict[int, str]] = {0: "negative", 1: "positive"}
+    #: the head reads the mean of the token states: the attention methods' default readout is then the mean row
+    pooling: ClassVar[str] = "mean"
 
     def __init__(self, encoder: nn.Module) -> None:
         super().__init__()

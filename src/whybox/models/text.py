@@ -181,19 +181,22 @@ class TextBatch:
 
 
 def _per_element(method: str) -> bool:
-    """Whether ``method`` attributes every input element on its own (gradient methods: sum them over D) rather
-    than copying one value per feature onto the feature's elements (perturbation methods)."""
+    """Whether ``method`` attributes every input element (gradient methods: sum them over D) or every token
+    (attention methods) on its own, rather than copying one value per feature onto the feature's elements
+    (perturbation methods): a word's value is then the sum over its subwords, not their mean."""
+    from whybox.explainers.attention.explainers import AttentionExplainer
     from whybox.explainers.base import GradientExplainer
     from whybox.registry import EXPLAINERS
 
-    return method in EXPLAINERS and issubclass(EXPLAINERS.get(method), GradientExplainer)
+    return method in EXPLAINERS and issubclass(EXPLAINERS.get(method), (GradientExplainer, AttentionExplainer))
 
 
 def word_pool(model: Any, method: Any) -> str | None:
     """How a metric pools a word's attribution elements into the word's value on ``model``'s packed text, as
     :func:`explain_text` reads the word: ``"mean"`` for a method that copies one value onto every element of its
     word (perturbation methods: a sum would count a word of two subwords twice), ``None`` (the metric's default
-    sum) for a gradient method or a black box's presence rows (one element per word)."""
+    sum) for a gradient or attention method (each token its own value) or a black box's presence rows (one element
+    per word)."""
     from whybox.models.blackbox_text import BlackBoxTextAdapter
 
     if isinstance(model, BlackBoxTextAdapter) or not isinstance(method, str) or _per_element(method):

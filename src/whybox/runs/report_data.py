@@ -113,8 +113,8 @@ def _cell(v: float, values: list[Any] | None) -> str:
 def word_values(a: np.ndarray, words: list[Any], *, per_element: bool) -> np.ndarray:
     """One value per word from a text's stored attributions ``a`` ``(T, D + 1)`` or ``(T, 1)``, as
     :func:`whybox.explain_text` gives them: a gradient method's entries summed over the embedding (the mask channel
-    left out) and over the word's tokens; a perturbation or attention method's feature value, the mean over the
-    word's tokens. ``words`` holds ``[word, token positions]`` pairs. A black-box text model's presence row
+    left out) and over the word's tokens, an attention method's token values summed over the word's tokens; a
+    perturbation method's feature value, the mean over the word's tokens. ``words`` holds ``[word, token positions]`` pairs. A black-box text model's presence row
     ``(W + 1,)`` holds one value per word (its column)."""
     a = np.asarray(a, dtype=np.float64)
     if a.ndim == 1:

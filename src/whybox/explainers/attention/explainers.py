@@ -7,7 +7,9 @@ embeddings and the attention mask), run the Hugging Face model once under eager 
 the CLS row (``readout="cls"``), the mean over attended tokens (``"mean"``) or the last attended token's row
 (``"last"``); by default the row the model reads, ``"mean"`` for a mean-pooled sentence encoder
 (``adapt_text(..., kind="embedding")``, whose scores, the similarities of its pooled embedding to the references, take
-the place of logits), ``"last"`` for a decoder's classifier (GPT-2's, which scores the last token; its first row, under
+the place of logits) and for a classifier whose head reads the mean of the tokens (a model that sets
+``pooling = "mean"``, as whybox.data's MiniLM sentiment model; BEiT's ``config.use_mean_pooling``), ``"last"`` for a
+decoder's classifier (GPT-2's, which scores the last token; its first row, under
 causal attention, reads only itself) and ``"cls"`` otherwise. The
 attributions are ``(B, T, 1)``: one value per token (it broadcasts to the inputs), pads 0. Rollout and raw
 attention ignore the target (class-agnostic); relevance weights each head by the gradient of the target logit.
@@ -91,7 +93,13 @@ class AttentionExplainer(Explainer):
             mean_pooled = isinstance(self.adapter, TextEncoderAdapter) and self.adapter.pooling == "mean"
             pooled = callable(getattr(self.adapter, "scores_from_output", None))  # SAE features pooled over tokens
             last = isinstance(self.adapter, TextClassifierAdapter) and self.adapter.last_token  # a decoder's classifier
-            readout = "mean" if mean_pooled or pooled else "last" if last else "cls"
+            # a classifier head over the mean of the tokens: one that says so (``model.pooling = "mean"``, as
+            # whybox.data's MiniLM sentiment model), or a Hugging Face vision model pooling its patches (BEiT's
+            # ``config.use_mean_pooling``; the readout is then the mean over every token row, the CLS row included)
+            model = getattr(self.adapter, "model", None)
+            said = getattr(model, "pooling", None) == "mean"
+            config_mean = self._vision and getattr(getattr(model, "config", None), "use_mean_pooling", False) is True
+            readout = "mean" if mean_pooled or pooled or said or config_mean else "last" if last else "cls"
         if readout not in READOUTS:
             raise InvalidParameterError(
                 f"readout must be one of {READOUTS}; got {readout!r}.{did_you_mean(readout, READOUTS)}"
@@ -198,7 +206,7 @@ class AttentionExplainer(Explainer):
             )
         adapter = self.adapter
         pre = getattr(adapter, "preprocess", None)
-        pixels = pre(x) if callable(pre) else x
+        pixels = pre(x.clone()) if callable(pre) else x  # a preprocess may write into its input (as forward's)
         if not isinstance(pixels, torch.Tensor) or pixels.ndim != 4:
             got = tuple(pixels.shape) if isinstance(pixels, torch.Tensor) else type(pixels).__name__
             raise InvalidInputError(
