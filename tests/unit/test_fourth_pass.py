@@ -272,3 +272,57 @@ def test_attention_word_values_sum_their_subwords() -> None:
     words = dict(out.words[0])
     assert words["playing"] == pytest.approx(tok["play"] + tok["##ing"], abs=1e-12)
     assert word_pool(clf, "attention_rollout") is None and word_pool(clf, "occlusion") == "mean"
+
+
+def _gen_lm() -> tuple[nn.Module, object]:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_generation import tiny_gpt2, toy_tokenizer
+
+    return tiny_gpt2(), toy_tokenizer()
+
+
+def test_lima_on_a_generation_step_ignores_the_tokens_after_it() -> None:
+    """Each step's numbers are the method's on that step's prefix alone (README): LIMA kept the step's future tokens
+    (which its fill leaves as they are) as do-nothing candidates, so step 1 changed with the continuation after it."""
+    from whybox.explainers.llm.generation import attribute_generation
+
+    m, tok = _gen_lm()
+    short = attribute_generation(m, tok, "the cat sat on", continuation="a mat", method="lima")
+    long = attribute_generation(m, tok, "the cat sat on", continuation="a mat and it was", method="lima")
+    p = short.prompt_length
+    torch.testing.assert_close(long.matrix[: p + 1, 1], short.matrix[: p + 1, 1])
+    assert bool(long.matrix[p + 2 :, 1].isnan().all())
+
+
+def test_generation_refuses_methods_that_cannot_attribute_a_step() -> None:
+    """The attention methods (and CAMs, RISE) failed with advice to pass an adapter, which the caller never does
+    here; a bad integration= was reported as a bad method."""
+    from whybox.explainers.llm.generation import attribute_generation
+
+    m, tok = _gen_lm()
+    with pytest.raises(InvalidParameterError, match=r"method='attention_rollout' reads a classifier's or encoder's"):
+        attribute_generation(m, tok, "the cat", continuation="sat", method="attention_rollout")
+    with pytest.raises(InvalidParameterError, match=r"method='gradcam' does not apply to text; attribute_generation"):
+        attribute_generation(m, tok, "the cat", continuation="sat", method="gradcam")
+    with pytest.raises(InvalidParameterError, match=r"integration must be one of .*got 'gauss'"):
+        attribute_generation(m, tok, "the cat", continuation="sat", method="integrated_gradients", integration="gauss")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_sae_density_is_exact_for_a_half_precision_sae(dtype: torch.dtype) -> None:
+    """The active-row count was cast to the SAE's dtype: float16 overflowed to inf past 65,504 rows, bfloat16
+    rounded 69,997 / 70,000 to 1.0."""
+    from whybox.explainers.llm.sae import SAEConfig, SparseAutoencoder, top_activating
+
+    sae = SparseAutoencoder(SAEConfig(d_in=4, d_sae=8, activation="relu"))
+    with torch.no_grad():
+        sae.b_e.fill_(10.0)  # every latent fires on the zero rows
+    acts = torch.zeros(70_000, 4)
+    acts[:3] = -1e4 * sae.W_e[0].detach()  # latent 0 off on 3 rows
+    top = top_activating(sae.to(dtype), acts.to(dtype), k=2)
+    torch.testing.assert_close(
+        top.density[:2].double(), torch.tensor([69_997 / 70_000, 1.0], dtype=torch.float64), rtol=1e-6, atol=0
+    )

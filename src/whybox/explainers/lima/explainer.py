@@ -416,7 +416,8 @@ class Lima(PerturbationExplainer):
         region_map = None if kind == "prior" else self._build(kind, x)
         fills = self._fills(x)
         null = None  # a text's CLS, SEP and pads: never candidates, attribution 0
-        if region_map is not None and is_text_adapter(self.adapter):
+        # (a causal LM's generation steps too: each step's specials and future tokens, which its fill keeps)
+        if region_map is not None and (is_text_adapter(self.adapter) or getattr(self.adapter, "null_regions", False)):
             region_map, null = R.merge_null(region_map, x, fills)
         counts = region_map.n_regions if region_map is not None else [self._prior_count(x)] * b
         search = SEARCHES[self.search]

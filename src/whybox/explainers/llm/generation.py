@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -84,6 +84,9 @@ class CausalLMAdapter(TorchAdapter):
     inputs: packed ``(B, T, D + 2)`` = word embeddings ``(B, T, D)``, attention mask ``(B, T)``, read position
     ``(B, T)`` (one value per row, repeated); scores: ``(B, V)``.
     """
+
+    #: LIMA leaves out regions its fill keeps as they are (each step's specials and future tokens): no candidates
+    null_regions: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -526,8 +529,9 @@ def attribute_generation(
     max_new_tokens
         Tokens to generate when ``continuation`` is ``None``.
     method
-        Any registered whybox method (:func:`whybox.methods`); gradient methods differentiate at the word
-        embeddings, perturbation methods mask single tokens through the masking engine.
+        A text method of :func:`whybox.methods` (``methods("text")``) other than the attention methods (which read a
+        classifier's or encoder's attention rows through :func:`whybox.adapt_text`); gradient methods differentiate
+        at the word embeddings, perturbation methods and LIMA mask single tokens through the masking engine.
     score
         Step t's score: ``"log_prob"`` (log softmax(logits[P + t − 1])[y_t], default), ``"prob"`` or ``"logit"``.
     contrast
@@ -581,6 +585,17 @@ def attribute_generation(
             f"baseline must be one of {BASELINES}; got {baseline!r}.{did_you_mean(baseline, BASELINES)}"
         )
     cls = EXPLAINERS.get(method)  # an unknown name lists the known ones
+    from whybox.api import methods as _methods
+    from whybox.explainers.attention.explainers import AttentionExplainer
+
+    usable = [n for n in _methods("text") if not issubclass(EXPLAINERS.get(n), AttentionExplainer)]
+    if method not in usable:
+        why = (
+            "reads a classifier's or encoder's attention rows (through whybox.adapt_text), not a generation step's"
+            if issubclass(cls, AttentionExplainer)
+            else "does not apply to text"
+        )
+        raise InvalidParameterError(f"method={method!r} {why}; attribute_generation takes one of {usable}.")
     if "score" in method_options:  # unreachable through the signature; kept for **dict callers
         raise InvalidParameterError("pass score= to attribute_generation, not as a method option.")
     if "target" in method_options:
@@ -592,6 +607,12 @@ def attribute_generation(
         if "method" not in _keyword_options(cls):
             raise InvalidParameterError(
                 f"integration= is Integrated Gradients' rule; {method!r} has none. Leave integration out."
+            )
+        from whybox.explainers.gradient.integrated_gradients import METHODS as IG_RULES
+
+        if integration not in IG_RULES:
+            raise InvalidParameterError(
+                f"integration must be one of {IG_RULES}; got {integration!r}.{did_you_mean(str(integration), IG_RULES)}"
             )
         method_options = {**method_options, "method": integration}
     mode = method_options.get("mode", "eval")

@@ -595,6 +595,13 @@ class TopActivations:
     contexts: list[list[str]] | None
 
 
+def _density(count: Tensor, n: int, dtype: torch.dtype) -> Tensor:
+    """``count / n`` divided in float64 (a float16 count overflows past 65,504 rows, a bfloat16 one rounds past
+    256), in ``dtype`` when that holds it (float32 for a half-precision SAE)."""
+    out = count.to(torch.float64) / max(n, 1)
+    return out.to(torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype)
+
+
 @torch.no_grad()
 def top_activating(
     sae: SparseAutoencoder,
@@ -666,7 +673,9 @@ def top_activating(
     ctx = None
     if contexts is not None:
         ctx = [[contexts[j] for j in row] for row in indices.tolist()]
-    return TopActivations(latents=lat, values=values, indices=indices, density=count.to(p.dtype) / n, contexts=ctx)
+    return TopActivations(
+        latents=lat, values=values, indices=indices, density=_density(count, n, p.dtype), contexts=ctx
+    )
 
 
 # ---------------------------------------------------------------------------------------------- attribution
