@@ -326,3 +326,41 @@ def test_sae_density_is_exact_for_a_half_precision_sae(dtype: torch.dtype) -> No
     torch.testing.assert_close(
         top.density[:2].double(), torch.tensor([69_997 / 70_000, 1.0], dtype=torch.float64), rtol=1e-6, atol=0
     )
+
+
+def test_a_multilabel_estimator_explains_each_labels_own_probability() -> None:
+    """A OneVsRestClassifier on a label-indicator matrix gives each label's probability in one (B, K) array; score
+    'prob' (LIME's and the metrics' default) renormalised them across labels (p1 / sum p: 0.09 for 0.165) and
+    kind='multilabel' was refused. It is now detected; rows that do not sum to 1 under a softmax are an error."""
+    from sklearn.datasets import make_multilabel_classification
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+
+    from whybox.errors import ModelOutputError
+
+    X, Y = make_multilabel_classification(n_samples=200, n_features=5, n_classes=3, random_state=0)
+    X = X.astype(float)
+    model = OneVsRestClassifier(LogisticRegression(max_iter=500)).fit(X, Y)
+    x, bg = X[:2], X[10:14]
+    p = model.predict_proba(x)
+    assert whybox.adapt(model).kind == "multilabel"
+    lime = whybox.explain(model, x, "lime", fill=bg.mean(0), target=1, n_samples=300, seed=0)
+    np.testing.assert_allclose(lime.meta["local_pred"].numpy(), p[:, 1], atol=0.02)  # the surrogate near P(label 1)
+    curve = whybox.evaluate(model, x, whybox.explain(model, x, "occlusion", fill=bg.mean(0), target=1), "deletion")
+    np.testing.assert_allclose(curve.curves["y"][:, 0].numpy(), p[:, 1], rtol=1e-9)
+    shap = whybox.explain(model, x, "exact_shapley", background=bg, target=1, score="prob")
+    f_bg = model.predict_proba(bg)[:, 1].mean()
+    np.testing.assert_allclose(shap.attributions.sum(1).numpy(), p[:, 1] - f_bg, atol=1e-9)
+
+    class Labels:  # an estimator of independent labels that says nothing about it
+        classes_ = np.arange(3)
+
+        def fit(self, *a: object) -> None: ...
+
+        def predict_proba(self, rows: np.ndarray) -> np.ndarray:
+            return model.predict_proba(rows)
+
+    with pytest.raises(ModelOutputError, match=r"rows sum to .*kind='multilabel'"):
+        whybox.explain(Labels(), x, "lime", fill=bg.mean(0), target=1, n_samples=50)
+    e = whybox.explain(whybox.adapt(Labels(), kind="multilabel"), x, "exact_shapley", background=bg, target=1)
+    np.testing.assert_allclose(e.attributions.sum(1).numpy(), p[:, 1] - f_bg, atol=1e-9)

@@ -117,8 +117,10 @@ def test_a_sigmoid_of_predict_proba_or_of_a_regressors_values_is_refused():
     reg = LinearRegression().fit(x, x[:, 1])
     with pytest.raises(InvalidParameterError, match=r"are predicted values \(its predict\): pass score='logit'"):
         whybox.evaluate(reg, x[:2], "occlusion", "deletion", score="log_sigmoid")
-    with pytest.raises(InvalidParameterError, match="explain one label's estimator"):
-        whybox.adapt(clf, kind="multilabel")
+    with pytest.raises(
+        InvalidParameterError, match="kind='multilabel' reads each label's probability from predict_proba"
+    ):
+        whybox.adapt(reg, kind="multilabel")
 
 
 def test_find_mistakes_on_a_multilabel_model_says_why_not():

@@ -23,6 +23,7 @@ from whybox.models.categorical import decode_rows
 
 __all__ = [
     "EmbeddingAdapter",
+    "LabelLogitScores",
     "ModelAdapter",
     "ProbabilityScores",
     "SklearnAdapter",
@@ -476,11 +477,32 @@ class ProbabilityScores(ModelAdapter):
         self.model = inner.model
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner.scores(x).clamp_min(1e-300).log()
+        p = self.inner.scores(x)
+        if p.shape[1] > 1:
+            sums = p.sum(1)
+            off = (sums - 1).abs() > 1e-4
+            if bool(off.any()):  # not one distribution per row: a softmax of their log would renormalise them
+                raise ModelOutputError(
+                    f"{type(self.model).__name__}.predict_proba rows sum to {float(sums[off][0]):.4g}, not 1: each "
+                    "output is its own label's probability (a multi-label estimator), which a softmax would make "
+                    "compete. Adapt it with whybox.adapt(model, kind='multilabel') to explain each label's "
+                    "probability, or pass score='logit' to read the outputs as they are."
+                )
+        return p.clamp_min(1e-300).log()
 
     @property
     def dtype(self) -> torch.dtype:
         return self.inner.dtype
+
+
+class LabelLogitScores(ProbabilityScores):
+    """A multi-label scikit-learn ``predict_proba`` (each output its own label's probability) seen through the
+    labels' logits, log(p / (1 - p)), so that a sigmoid gives back exactly each label's probability
+    (``score="prob"`` of ``kind="multilabel"``) and ``"log_sigmoid"`` its log."""
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.inner.scores(x).clamp(1e-300, 1.0)
+        return p.log() - (-p).log1p().clamp_min(-1e300)  # a probability of 1 reads as a logit of +inf
 
 
 def check_default_target(adapter: ModelAdapter | None, k: int) -> None:
@@ -503,6 +525,21 @@ def declares_multilabel(model: Any) -> bool:
     """True for a Hugging Face model whose config says its labels are independent
     (``problem_type="multi_label_classification"``, trained with a sigmoid per label)."""
     return getattr(getattr(model, "config", None), "problem_type", None) == "multi_label_classification"
+
+
+def fitted_multilabel(estimator: Any) -> bool:
+    """True for a scikit-learn estimator fitted on a label-indicator matrix whose ``predict_proba`` gives each
+    label's own probability in one ``(B, K)`` array: a ``OneVsRestClassifier`` (``multilabel_``), an
+    ``MLPClassifier`` (its label binarizer's ``y_type_``), a ``ClassifierChain``; the last step of a Pipeline."""
+    final = getattr(estimator, "_final_estimator", estimator)  # a Pipeline's classifier
+    try:
+        if getattr(final, "multilabel_", False) is True:
+            return True
+    except (AttributeError, ValueError):  # an unfitted property
+        return False
+    if getattr(getattr(final, "_label_binarizer", None), "y_type_", "") == "multilabel-indicator":
+        return True
+    return type(final).__name__ == "ClassifierChain" and hasattr(final, "estimators_")
 
 
 def is_signal(adapter: ModelAdapter | None, x: torch.Tensor) -> bool:
@@ -560,9 +597,11 @@ def output_probabilities(adapter: ModelAdapter, scores: torch.Tensor) -> torch.T
     label sigmoids, a scikit-learn model's outputs as they are (``predict_proba``, or a regressor's values), a
     one-output model's output (no softmax over one score), outputs that already are distributions (every row
     non-negative, summing to one) as they are, else the softmax."""
+    if isinstance(adapter, SklearnAdapter):  # predict_proba (a multi-label one's too) or values, as they are
+        return scores
     if adapter.kind == "multilabel":
         return scores.sigmoid()
-    if isinstance(adapter, SklearnAdapter) or scores.shape[1] == 1:
+    if scores.shape[1] == 1:
         return scores
     # outputs that already are distributions (a model ending in softmax, a black box returning probabilities) are
     # read as they are: their softmax would show [0.1, 0.9] as [0.31, 0.69]. One decision for the batch, all rows
@@ -588,10 +627,11 @@ def reads_probabilities(adapter: ModelAdapter, k: int) -> bool:
 def scoring_adapter(adapter: ModelAdapter, score: str | None) -> ModelAdapter:
     """The adapter whose raw scores ``score`` maps (:func:`~whybox.models.targets.apply_score_space`): for a
     scikit-learn classifier's ``predict_proba`` and ``score`` ``"prob"``, ``None`` or ``"log_prob"`` its log-probabilities
-    (the softmax of probabilities is not them: ``[1.0, 0.0]`` would read as ``[0.73, 0.27]``); ``"logit"`` keeps the
+    (the softmax of probabilities is not them: ``[1.0, 0.0]`` would read as ``[0.73, 0.27]``), a multi-label one's
+    label logits (each label's sigmoid is its probability); ``"logit"`` keeps the
     model's own outputs, the probabilities, as shap's KernelExplainer and lime read them. Any other adapter as is."""
     if score != "logit" and isinstance(adapter, SklearnAdapter) and adapter.method_name == "predict_proba":
-        return ProbabilityScores(adapter)
+        return LabelLogitScores(adapter) if adapter.kind == "multilabel" else ProbabilityScores(adapter)
     return adapter
 
 
@@ -624,7 +664,9 @@ def adapt(
         ``"classifier"`` (scores are the model's outputs, logits of mutually exclusive classes),
         ``"multilabel"`` (the outputs are the logits of independent labels: the probability an explainer or metric
         reads is each label's sigmoid, not a softmax over the labels; also what a Hugging Face model whose config
-        has ``problem_type="multi_label_classification"`` gets) or ``"embedding"`` (scores are similarities
+        has ``problem_type="multi_label_classification"`` gets; for a scikit-learn estimator, a ``predict_proba``
+        of each label's own probability, detected for one fitted on a label-indicator matrix) or ``"embedding"``
+        (scores are similarities
         of the embedding to ``references``).
     output
         Selector for tuple, dict or ``ModelOutput`` outputs: an index, a key/attribute name or a callable.
@@ -789,15 +831,12 @@ def _adapt(
         adapter.kind = "multilabel" if declares_multilabel(model) else kind
         return adapter
     if hasattr(model, "fit") and any(hasattr(model, n) for n in ("predict_proba", "decision_function", "predict")):
-        if kind != "classifier":
+        if kind not in ("classifier", "multilabel"):
+            raise InvalidParameterError(f"scikit-learn models support kind='classifier' or 'multilabel'; got {kind!r}.")
+        if kind == "multilabel" and not callable(getattr(model, "predict_proba", None)):
             raise InvalidParameterError(
-                f"scikit-learn models support kind='classifier' only; got {kind!r}."
-                + (
-                    " A multi-label estimator's predict_proba gives one probability array per label: explain one "
-                    "label's estimator (e.g. model.estimators_[k] of a MultiOutputClassifier)."
-                    if kind == "multilabel"
-                    else ""
-                )
+                f"kind='multilabel' reads each label's probability from predict_proba, which {type(model).__name__} "
+                "does not have; leave kind out to explain its decision_function or predict."
             )
         stray = [k for k, v in {"output": output, "layers": layers}.items() if v is not None]
         if stray:
@@ -806,7 +845,11 @@ def _adapt(
                 "predict_proba / decision_function, and it has no layers); leave them out, or wrap the estimator in "
                 "a function returning the scores you want explained."
             )
-        return SklearnAdapter(model, preprocess=preprocess)
+        sk = SklearnAdapter(model, preprocess=preprocess)
+        # labels of their own (an estimator fitted on a label-indicator matrix): each label's probability explained
+        if sk.method_name == "predict_proba" and (kind == "multilabel" or fitted_multilabel(model)):
+            sk.kind = "multilabel"
+        return sk
     if callable(model) and not isinstance(model, type):  # a function x -> scores: wrapped as a module
         if kind == "embedding":
             raise InvalidParameterError(
