@@ -177,3 +177,20 @@ def test_masks_of_signals_are_one_row_per_input(folder: Path) -> None:
         assert r.exit_code == 0, r.output
         outs.append([line for line in r.output.splitlines() if "relevance_mass" in line])
     assert outs[0] == outs[1]
+
+
+def test_a_config_s_out_folder_is_beside_it_and_report_out_makes_its_folder(folder: Path) -> None:
+    """Fourth-pass audit: a config's `out` went to the working directory while its inputs were read beside it; `report
+    --out` into a new folder failed with 'No such file or directory'."""
+    cfg = folder / "proj"
+    cfg.mkdir()
+    np.save(cfg / "x.npy", np.load(folder / "x.npy"))
+    (cfg / "run.toml").write_text(
+        'inputs = ["x.npy"]\nout = "results"\nmethods = ["saliency"]\nmetrics = ["deletion"]\n'
+    )
+    r = run("compare", "--model", "model.py:build", "--config", "proj/run.toml", "--no-report")
+    assert r.exit_code == 0, r.output
+    assert (cfg / "results").is_dir() and not (folder / "results").exists()
+    r = run("report", "proj/results", "--out", "new dir/deep/r.html")
+    assert r.exit_code == 0, r.output
+    assert (folder / "new dir" / "deep" / "r.html").is_file()

@@ -364,3 +364,46 @@ def test_a_multilabel_estimator_explains_each_labels_own_probability() -> None:
         whybox.explain(Labels(), x, "lime", fill=bg.mean(0), target=1, n_samples=50)
     e = whybox.explain(whybox.adapt(Labels(), kind="multilabel"), x, "exact_shapley", background=bg, target=1)
     np.testing.assert_allclose(e.attributions.sum(1).numpy(), p[:, 1] - f_bg, atol=1e-9)
+
+
+_MODULE_W = np.ones((4, 3))  # a black box's weights, read from the module's globals (as W = np.load(...) would be)
+_MODULE_SCALE = 1.0
+
+
+def _module_scores(x: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(x.detach().numpy().astype(np.float64) @ _MODULE_W)
+
+
+def _act(h: torch.Tensor) -> torch.Tensor:
+    return torch.tanh(h) * _MODULE_SCALE
+
+
+class _HelperNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _act(self.fc(x))
+
+
+def test_run_fingerprint_covers_the_module_globals_a_model_reads() -> None:
+    """A black box whose weights are a module-level global, and a model whose forward calls a module-level helper
+    reading a constant, resumed stale runs after the global changed (only code, defaults and closures were hashed)."""
+    from whybox.runs.job import Job, fingerprints
+
+    global _MODULE_W, _MODULE_SCALE
+    job = Job(methods=("occlusion",))
+    x = torch.zeros(2, 4)
+    net = _HelperNet()
+    before = [fingerprints(job, whybox.adapt(m), x, [], None)["weights"] for m in (_module_scores, net)]
+    again = [fingerprints(job, whybox.adapt(m), x, [], None)["weights"] for m in (_module_scores, net)]
+    assert again == before
+    old_w, old_scale = _MODULE_W, _MODULE_SCALE
+    try:
+        _MODULE_W = -old_w
+        _MODULE_SCALE = -3.0
+        after = [fingerprints(job, whybox.adapt(m), x, [], None)["weights"] for m in (_module_scores, net)]
+    finally:
+        _MODULE_W, _MODULE_SCALE = old_w, old_scale
+    assert after[0] != before[0] and after[1] != before[1]

@@ -184,7 +184,7 @@ def _apply_config(
                     str(v) if str(v) in BUILTIN_DATASETS or Path(str(v)).is_absolute() else str(base / str(v))
                     for v in value
                 )
-        elif key == "masks" and not given:  # relative to the config's folder, as its inputs
+        elif key in ("masks", "out") and not given:  # relative to the config's folder, as its inputs
             params[name] = Path(str(value)) if Path(str(value)).is_absolute() else Path(path).parent / str(value)
         elif key in ("weights", "model") and not given:  # files relative to the config's folder, as its inputs
             beside = Path(path).parent / str(value)
@@ -1231,6 +1231,7 @@ def _write_report(run_dir: Path, out: Path | None, max_samples: int) -> Path:
 
     rep = load_run_report(run_dir, max_samples=max_samples)
     path = out if out is not None else run_dir / REPORT_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)  # --out in a new folder (as --json's)
     return write_run_report(rep, path, max_samples=max_samples, readings=readings_of(run_dir))
 
 

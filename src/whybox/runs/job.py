@@ -312,6 +312,7 @@ def _hash_value(h: Any, v: Any, depth: int = 0, seen: set[int] | None = None) ->
             except ValueError:  # an empty cell
                 continue
             _hash_value(h, content, depth + 1, seen)
+        _hash_globals(h, v, depth + 1, seen)
     elif hasattr(v, "__func__") and hasattr(v, "__self__"):  # a bound method: its function and its object
         _hash_value(h, v.__func__, depth + 1, seen)
         _hash_value(h, v.__self__, depth + 1, seen)
@@ -326,6 +327,50 @@ def _hash_value(h: Any, v: Any, depth: int = 0, seen: set[int] | None = None) ->
         for k, item in attributes.items():
             h.update(str(k).encode())
             _hash_value(h, item, depth + 1, seen)
+
+
+def _user_code(fn: Any) -> bool:
+    """Whether ``fn`` (a Python function) was written by the user: its file is neither in an installed package
+    (site-packages) nor in the standard library."""
+    import sysconfig
+
+    file = str(getattr(getattr(fn, "__code__", None), "co_filename", ""))
+    if not file or file.startswith("<frozen") or "site-packages" in file or "dist-packages" in file:
+        return False
+    stdlib = sysconfig.get_paths().get("stdlib", "")
+    return not (stdlib and file.startswith(stdlib))
+
+
+def _global_names(code: Any) -> list[str]:
+    """The global names ``code`` and the code nested in it (a lambda, a comprehension) may read, sorted."""
+    names = set(code.co_names)
+    for c in code.co_consts:
+        if hasattr(c, "co_names"):
+            names.update(_global_names(c))
+    return sorted(names)
+
+
+def _hash_globals(h: Any, fn: Any, depth: int, seen: set[int]) -> None:
+    """The module-level values a user's function reads (``W = np.load(...)`` beside ``def scores(x)``, a ``clf``
+    fitted at import, a helper function and the constants it reads), as :func:`_hash_value` hashes them; modules
+    and classes by name (a class of the model is hashed by its source where it is one of the model's modules).
+    Library functions are known by their code alone."""
+    glob = getattr(fn, "__globals__", None)
+    if not isinstance(glob, dict) or not _user_code(fn):
+        return
+    import types
+
+    for name in _global_names(fn.__code__):
+        if name not in glob:  # a builtin or an attribute name
+            continue
+        value = glob[name]
+        h.update(f"global {name}".encode())
+        if isinstance(value, types.ModuleType):
+            h.update(value.__name__.encode())
+        elif isinstance(value, type):
+            h.update(f"{value.__module__}.{value.__qualname__}".encode())
+        else:
+            _hash_value(h, value, depth, seen)
 
 
 def _consts_repr(consts: Any) -> str:
@@ -345,9 +390,10 @@ _LIBRARY_ROOTS = frozenset({"torch", "transformers", "whybox", "torchvision", "t
 
 
 def _hash_user_code(h: Any, module: torch.nn.Module) -> None:
-    """Hash what a user's own module classes are beyond their weights: each class's source and its instances'
-    settings (numbers, strings, flags, tuples of normalisation constants, tensors kept outside the buffers, functions:
-    :func:`_hash_value`), so that a run does not resume after the model's code or settings changed. Library classes
+    """Hash what a user's own module classes are beyond their weights: each class's source, the module-level
+    helpers and constants its methods read (:func:`_hash_globals`) and its instances' settings (numbers, strings,
+    flags, tuples of normalisation constants, tensors kept outside the buffers, functions: :func:`_hash_value`), so
+    that a run does not resume after the model's code or settings changed. Library classes
     (torch, transformers, ...) are known by their weights."""
     import inspect
 
@@ -362,6 +408,10 @@ def _hash_user_code(h: Any, module: torch.nn.Module) -> None:
                 h.update(inspect.getsource(cls).encode())
             except (OSError, TypeError):  # defined where its source cannot be read (an interactive session)
                 h.update(cls.__qualname__.encode())
+            for k, fn in sorted(vars(cls).items()):  # the module-level helpers and constants its methods read
+                if hasattr(fn, "__code__"):
+                    h.update(f"method {k}".encode())
+                    _hash_globals(h, fn, 1, set())
         h.update(name.encode())
         for k, v in sorted(vars(m).items()):  # (not the train/eval flag: the run reads the model in eval mode)
             if not k.startswith("_") and k != "training":
