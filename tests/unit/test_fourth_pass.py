@@ -407,3 +407,34 @@ def test_run_fingerprint_covers_the_module_globals_a_model_reads() -> None:
     finally:
         _MODULE_W, _MODULE_SCALE = old_w, old_scale
     assert after[0] != before[0] and after[1] != before[1]
+
+
+def test_a_black_box_text_model_returning_probabilities_is_read_as_them() -> None:
+    """score='prob' took the softmax of a score_fn's probabilities (0.8 - 0.2 read as 0.25 instead of 0.6), with a
+    warning whose advice (adapt(model, output=torch.log)) does not apply to a black box."""
+    import warnings
+
+    from whybox.errors import ModelOutputError
+    from whybox.models.blackbox_text import BlackBoxTextAdapter
+
+    def probs(texts: list[str]) -> np.ndarray:
+        p = np.array([0.2 + 0.6 * ("good" in t.split()) for t in texts])
+        return np.stack([1 - p, p], 1)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no ProbabilityOutputWarning
+        r = whybox.explain_text(BlackBoxTextAdapter(probs), ["the food was good"], "occlusion", target=1, score="prob")
+    assert dict(r.words[0])["good"] == pytest.approx(0.6, abs=1e-12)
+    scores = BlackBoxTextAdapter(lambda texts: probs(texts) * 3.0)  # not probabilities: their softmax, as before
+    s = whybox.explain_text(scores, ["the food was good"], "occlusion", target=1, score="prob")
+    f64 = torch.float64
+    want = float(torch.tensor([0.6, 2.4], dtype=f64).softmax(0)[1] - torch.tensor([2.4, 0.6], dtype=f64).softmax(0)[1])
+    assert dict(s.words[0])["good"] == pytest.approx(want, abs=1e-12)
+
+    def changing(texts: list[str]) -> np.ndarray:  # probabilities for the whole text only
+        return probs(texts) * np.array([[1.0 if t == "the food was good" else 3.0] for t in texts])
+
+    with pytest.raises(ModelOutputError, match="returned probabilities before"):
+        whybox.explain_text(
+            BlackBoxTextAdapter(changing), ["the food was good"], "occlusion", target=1, score="prob", batch_size=1
+        )

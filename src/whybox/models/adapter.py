@@ -628,10 +628,15 @@ def scoring_adapter(adapter: ModelAdapter, score: str | None) -> ModelAdapter:
     """The adapter whose raw scores ``score`` maps (:func:`~whybox.models.targets.apply_score_space`): for a
     scikit-learn classifier's ``predict_proba`` and ``score`` ``"prob"``, ``None`` or ``"log_prob"`` its log-probabilities
     (the softmax of probabilities is not them: ``[1.0, 0.0]`` would read as ``[0.73, 0.27]``), a multi-label one's
-    label logits (each label's sigmoid is its probability); ``"logit"`` keeps the
+    label logits (each label's sigmoid is its probability), and the same for a black-box text model whose function
+    returns probabilities; ``"logit"`` keeps the
     model's own outputs, the probabilities, as shap's KernelExplainer and lime read them. Any other adapter as is."""
     if score != "logit" and isinstance(adapter, SklearnAdapter) and adapter.method_name == "predict_proba":
         return LabelLogitScores(adapter) if adapter.kind == "multilabel" else ProbabilityScores(adapter)
+    own = getattr(adapter, "probability_scores", None)  # a black-box text model that may return probabilities
+    if score in (None, "prob", "log_prob") and callable(own):
+        scorer: ModelAdapter = own()
+        return scorer
     return adapter
 
 

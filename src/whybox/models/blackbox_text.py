@@ -98,6 +98,11 @@ class BlackBoxTextAdapter(ModelAdapter):
         Maps a list of strings to a ``(B, K)`` array or tensor of class scores (probabilities or any scores).
     labels
         Optional class names (``target="positive"``).
+    probabilities
+        Whether ``score_fn`` returns class probabilities (each row a distribution), which ``score="prob"`` (LIME's
+        and the metrics' default) then reads as they are, as a scikit-learn ``predict_proba``, not as their softmax
+        (0.8 would read as 0.65); ``None`` (default): decided from the first scored batch (every row non-negative,
+        summing to 1) and kept.
 
     Explain with :func:`whybox.explain_text` (words as features, every word removed as the fill) and score with
     :func:`whybox.evaluate` on the texts; the adapter keeps each distinct text's words once, for the presence rows
@@ -106,12 +111,22 @@ class BlackBoxTextAdapter(ModelAdapter):
 
     differentiable = False
 
-    def __init__(self, score_fn: Callable[[list[str]], Any], *, labels: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        score_fn: Callable[[list[str]], Any],
+        *,
+        labels: Sequence[str] | None = None,
+        probabilities: bool | None = None,
+    ) -> None:
         if not callable(score_fn):
             raise InvalidParameterError(
                 f"score_fn must be callable (texts -> (B, K) scores); got {type(score_fn).__name__}."
             )
+        if probabilities is not None and not isinstance(probabilities, bool):
+            raise InvalidParameterError(f"probabilities must be True, False or None; got {probabilities!r}.")
         self.score_fn = score_fn
+        self.probabilities = probabilities
+        self._read_as: bool | None = probabilities  # the decision taken (probabilities None: at the first batch)
         self.labels = list(labels) if labels is not None else None
         self.output_names = self.labels  # target="positive"
         self.model = BlackBoxTextModel()
@@ -153,6 +168,11 @@ class BlackBoxTextAdapter(ModelAdapter):
             x[r, -1] = float(self._index[key])
         return BlackBoxText(texts, words, x)
 
+    def probability_scores(self) -> ModelAdapter:
+        """This adapter seen through the log of its probabilities when ``score_fn`` returns them (a softmax then
+        gives them back), else as it is: what ``score="prob"`` and ``"log_prob"`` read."""
+        return _TextProbabilities(self)
+
     def packed_fill(self, x: torch.Tensor, kind: str | None = None) -> torch.Tensor:
         """The fill of presence rows ``x`` (every word removed, the index column kept): the metrics' default, so a
         fill never rewrites the index column (a zero there would read another text)."""
@@ -190,6 +210,36 @@ class BlackBoxTextAdapter(ModelAdapter):
                 f"score_fn must return (B, K) scores for {len(texts)} texts; got {tuple(out.shape)}."
             )
         return out
+
+
+class _TextProbabilities(ModelAdapter):
+    """A black-box text model read for ``score="prob"``/``"log_prob"``: the log of its probabilities where its
+    ``score_fn`` returns probabilities (decided once, see ``BlackBoxTextAdapter(probabilities=)``), else its scores."""
+
+    def __init__(self, inner: BlackBoxTextAdapter) -> None:
+        self.inner = inner
+        self.model = inner.model
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.inner.dtype
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.inner.scores(x)
+        if s.shape[1] < 2:  # one score: no distribution (a softmax over it is 1 and is refused elsewhere)
+            return s
+        dist = bool((s >= 0).all()) and bool(((s.sum(1) - 1).abs() <= 1e-6).all())
+        if self.inner._read_as is None:
+            self.inner._read_as = dist
+        if not self.inner._read_as:
+            return s
+        if not dist:
+            raise ModelOutputError(
+                "score_fn returned probabilities before (rows summing to 1) and now rows that are not "
+                f"(e.g. {[round(v, 4) for v in s[0].tolist()]}); pass BlackBoxTextAdapter(..., probabilities=False) "
+                "to read its outputs as scores, or return probabilities for every text."
+            )
+        return s.clamp_min(1e-300).log()
 
 
 def vader() -> BlackBoxTextAdapter:

@@ -422,7 +422,7 @@ def _hash_user_code(h: Any, module: torch.nn.Module) -> None:
 #: the settings of an adapter that change what the model computes (``adapt(model, preprocess=..., output=...)``)
 _ADAPTER_SETTINGS = (
     "kind", "output", "preprocess", "default_layers", "references", "similarity", "scale", "output_names",
-    "outputs_values", "method_name", "score_fn", "labels",
+    "outputs_values", "method_name", "score_fn", "labels", "probabilities",
 )  # fmt: skip
 
 
