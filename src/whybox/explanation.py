@@ -689,15 +689,24 @@ def row_options(
 ) -> dict[str, Any]:
     """``explanation.options`` for some of its rows: a fill, baseline, feature or region tensor with one entry per
     row (as many rows as the explanation and as many dimensions as its attributions: a text batch's) indexed by
-    ``rows``; every other option, and any named in ``keep``, as it is."""
+    ``rows``; every other option, any named in ``keep``, and Integrated Gradients' k baseline rows shared by every
+    row (``n_baselines`` > 1), as it is."""
     n, ndim = len(explanation), explanation.attributions.ndim
     out = {}
+    shared = {"baseline"} if _int_param(explanation.params.get("n_baselines")) > 1 else set()  # k baseline rows
     for k, v in explanation.options.items():
-        per_row = k in _ROW_OPTIONS and isinstance(v, torch.Tensor) and v.ndim == ndim and v.shape[0] == n
+        per_row = (
+            k in _ROW_OPTIONS and k not in shared and isinstance(v, torch.Tensor) and v.ndim == ndim and v.shape[0] == n
+        )
         out[k] = (
             v[rows.to(v.device) if isinstance(rows, torch.Tensor) else rows] if per_row and k not in (keep or {}) else v
         )
     return out
+
+
+def _int_param(v: Any) -> int:
+    """An int parameter as recorded in ``params`` (1 where absent or not an int)."""
+    return v if isinstance(v, int) and not isinstance(v, bool) else 1
 
 
 def _jsonable(obj: Any, where: str) -> Any:

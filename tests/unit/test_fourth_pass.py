@@ -438,3 +438,45 @@ def test_a_black_box_text_model_returning_probabilities_is_read_as_them() -> Non
         whybox.explain_text(
             BlackBoxTextAdapter(changing), ["the food was good"], "occlusion", target=1, score="prob", batch_size=1
         )
+
+
+def test_k_shared_baselines_are_never_cut_by_row_even_when_k_equals_the_rows(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """n_baselines=k with k baseline rows shared by every input: when k happened to equal the batch (or a run's
+    shard), row slicing and metrics cut them as one baseline per row (e[0] carried one; max_sensitivity failed)."""
+    from whybox.runs.job import Job, run_job
+    from whybox.runs.store import RunStore
+
+    m = _tanh_mlp()
+    x = torch.randn(3, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    bg = torch.randn(3, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    e = whybox.explain(m, x, "integrated_gradients", baseline=bg, n_baselines=3, n_steps=8, target=0)
+    assert tuple(e[0].options["baseline"].shape) == (3, 6)
+    alone = whybox.explain(m, x[:1], "integrated_gradients", baseline=bg, n_baselines=3, n_steps=8, target=0)
+    torch.testing.assert_close(e[0].attributions, alone.attributions)
+    r = whybox.evaluate(m, x, e, "max_sensitivity", n_samples=2)
+    assert bool(torch.isfinite(r.scores).all())
+    job = Job(
+        methods=("integrated_gradients",),
+        shard_size=3,
+        method_options={"integrated_gradients": {"n_steps": 8, "n_baselines": 3}},
+    )
+    x6 = torch.cat([x, x.flip(0)])
+    run_job(job, m, x6, tmp_path / "r", data_options={"integrated_gradients": {"baseline": bg}})
+    want = whybox.explain(m, x6, "integrated_gradients", baseline=bg, n_baselines=3, n_steps=8).attributions
+    store = RunStore.open_existing(tmp_path / "r")
+    try:
+        got = torch.stack([torch.from_numpy(store.load_array("integrated_gradients", i)) for i in range(6)])
+    finally:
+        store.close()
+    torch.testing.assert_close(got.to(torch.float64), want, atol=1e-6, rtol=1e-6)
+
+
+def test_gaussian_baseline_is_clipped_to_each_rows_range() -> None:
+    """ATTRIBUTION.md 1.3: x + N(0, sigma^2), clipped; it left [0, 1] images for [-11, 11] at the default sigma."""
+    m = nn.Sequential(nn.Flatten(), nn.Linear(12, 2)).double()
+    x = torch.rand(2, 3, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    ig = whybox.get_explainer("integrated_gradients")(m, baseline="gaussian", sigma=0.3, n_baselines=4)
+    base = ig._baseline(x).view(2, 4, 3, 2, 2)
+    lo, hi = x.amin((1, 2, 3)).view(2, 1, 1, 1, 1), x.amax((1, 2, 3)).view(2, 1, 1, 1, 1)
+    assert bool(((base >= lo) & (base <= hi)).all())
+    assert bool((base != x.unsqueeze(1)).any())  # noise, not the inputs

@@ -523,9 +523,22 @@ def _curves(curves: Mapping[str, torch.Tensor], row: int) -> dict[str, list[floa
 METRICS_KEY = "*metrics"
 
 
-def _cut(given: Mapping[str, Any], rows: torch.Tensor | slice, n: int) -> dict[str, Any]:
-    """``given`` with each tensor of one row per sample (``n`` rows) cut to ``rows``; other values as they are."""
-    return {k: v[rows] if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == n else v for k, v in given.items()}
+def _cut(
+    given: Mapping[str, Any], rows: torch.Tensor | slice, n: int, keep: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """``given`` with each tensor of one row per sample (``n`` rows) cut to ``rows``, except those named in ``keep``;
+    other values as they are."""
+    return {
+        k: v[rows] if k not in keep and isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == n else v
+        for k, v in given.items()
+    }
+
+
+def _shared(opts: Mapping[str, Any]) -> frozenset[str]:
+    """The tensor options of a method that are never cut by sample: Integrated Gradients' k baseline rows, shared by
+    every sample (``n_baselines`` > 1), whatever k is."""
+    k = opts.get("n_baselines")
+    return frozenset({"baseline"}) if isinstance(k, int) and not isinstance(k, bool) and k > 1 else frozenset()
 
 
 def _check_option_values(
@@ -536,7 +549,7 @@ def _check_option_values(
     Only the option errors are raised here; what a method cannot do on this model is recorded per sample."""
     first = slice(0, 1)
     for m in job.methods:
-        given = {**_cut((data_options or {}).get(m) or {}, first, n), **job.options_for(m)}
+        given = {**_cut((data_options or {}).get(m) or {}, first, n, _shared(job.options_for(m))), **job.options_for(m)}
         try:
             explainer = EXPLAINERS.get(m)(adapter, **given)
             layer = given.get("layer")
@@ -559,13 +572,14 @@ def _check_option_values(
 
 
 def unit_data_options(
-    data_options: Mapping[str, Mapping[str, Any]] | None, unit: Unit, n: int
+    data_options: Mapping[str, Mapping[str, Any]] | None, unit: Unit, n: int, job: Job | None = None
 ) -> dict[str, Any] | None:
     """``unit``'s share of ``data_options`` (``{method: {option: value}}`` over the whole dataset of ``n``
     samples, and the metrics' under :data:`METRICS_KEY`): tensors with one row per sample cut to the unit's
     samples, other values as they are. The metrics' share comes back under :data:`METRICS_KEY`."""
     idx = torch.tensor(unit.indices)
-    out = _cut((data_options or {}).get(unit.method) or {}, idx, n)
+    keep = _shared(job.options_for(unit.method)) if job is not None else frozenset()
+    out = _cut((data_options or {}).get(unit.method) or {}, idx, n, keep)
     if (data_options or {}).get(METRICS_KEY):
         out[METRICS_KEY] = _cut(data_options[METRICS_KEY], idx, n)  # type: ignore[index]
     return out or None
@@ -604,7 +618,7 @@ def execute_unit(
 
     def options(rows: torch.Tensor | slice) -> dict[str, Any]:
         """The options for some rows of ``x``: per-row tensors cut to them, under the job's."""
-        return {**_cut(per_row, rows, n_rows), **opts}
+        return {**_cut(per_row, rows, n_rows, _shared(opts)), **opts}
 
     n_forward = n_backward = 0
     errors = SAMPLE_ERRORS
@@ -977,7 +991,7 @@ def run_job(
                         job,
                         target_all[idx],
                         None if labels is None else labels[idx],
-                        data_options=unit_data_options(data_options, unit, n),
+                        data_options=unit_data_options(data_options, unit, n, job),
                     )
                 )
         else:

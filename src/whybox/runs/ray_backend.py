@@ -76,7 +76,7 @@ def _task(
         job,
         target[idx],
         None if labels is None else labels[idx],
-        data_options=unit_data_options(data_options, unit, x.shape[0]),
+        data_options=unit_data_options(data_options, unit, x.shape[0], job),
     )
 
 

@@ -91,7 +91,9 @@ class IntegratedGradients(GradientExplainer):
         honest error.
     baseline
         ``"zero"``, ``"blur"`` (Gaussian, ``sigma`` pixels), ``"uniform"`` (U(min x, max x), seeded),
-        ``"gaussian"`` (x + N(0, sigma^2), seeded), ``"mean"``, a number, or a tensor broadcastable to the inputs.
+        ``"gaussian"`` (x + N(0, sigma^2), seeded, clipped to the row's range [min x, max x]: each input's own for a
+        model of several inputs; sigma in the inputs' units), ``"mean"``, a number, or a tensor broadcastable to the
+        inputs.
     sigma
         For the blur and gaussian baselines.
     n_baselines
@@ -167,7 +169,8 @@ class IntegratedGradients(GradientExplainer):
         if self.baseline == "gaussian":  # the j-th draw is shared by every row: batching does not change draws
             noise = torch.stack([torch.randn(x.shape[1:], generator=gen, dtype=torch.float64) for _ in range(k)])
             out = x.unsqueeze(1) + self.sigma * noise.to(x.device, x.dtype)
-            return out.reshape(-1, *x.shape[1:])
+            lo, hi = _row_range(x, packing)  # clipped to each row's range (ATTRIBUTION.md 1.3): a baseline of the data
+            return torch.minimum(torch.maximum(out, lo.unsqueeze(1)), hi.unsqueeze(1)).reshape(-1, *x.shape[1:])
         if self.baseline == "uniform":
             # each row's k draws from the row's own generator state: batching does not change draws
             rows = []
@@ -265,6 +268,17 @@ class IntegratedGradients(GradientExplainer):
                 engine, n_backward
             )
         return total_g, meshes
+
+
+def _row_range(x: torch.Tensor, packing: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's min and max, broadcast to ``x`` ``(B, *S)``; for the packed rows of a model of several inputs,
+    each input's own."""
+    if packing is not None and x.ndim == 2:
+        parts = [_row_range(p) for p in packing.unpack(x)]
+        return tuple(torch.cat([p[i].reshape(x.shape[0], -1) for p in parts], 1) for i in (0, 1))  # type: ignore[return-value]
+    flat = x.reshape(x.shape[0], -1)
+    shape = (-1, *([1] * (x.ndim - 1)))
+    return flat.amin(1).view(shape).expand_as(x), flat.amax(1).view(shape).expand_as(x)
 
 
 class _AdaptiveGroup:
