@@ -176,8 +176,23 @@ def test_localisation_reads_a_sequence_along_its_time_axis() -> None:
         # the map alone, no model: masks (B, T) tell the sequence apart from a signal's (B, L)
         alone = whybox.evaluate(None, x, e.attributions, "relevance_mass", masks=masks).scores
         torch.testing.assert_close(alone, want)
-    with pytest.raises(InvalidInputError, match=r"masks must have shape \(2, 12\) or \(2, 12, 1\) for the sequences"):
-        whybox.evaluate(m, x, e, "relevance_mass", masks=torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(
+        InvalidInputError, match=r"masks must have shape \(2, 4\) .* For sequences \(B, T, D\) the masks are \(2, 12\)"
+    ):
+        whybox.evaluate(m, x, e, "relevance_mass", masks=torch.ones(2, 5, dtype=torch.bool))
+    # 3-D inputs of a model that declares no signal, with masks over the last axis (B, L): read as before, as a
+    # signal's time steps, the same with and without the model
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(32, 2)).eval()
+    xs = torch.rand(2, 2, 16, generator=torch.Generator().manual_seed(1))
+    sal = whybox.explain(mlp, xs, "saliency")
+    steps = torch.zeros(2, 16, dtype=torch.bool)
+    steps[:, :6] = True
+    with_model = whybox.evaluate(mlp, xs, sal, "relevance_mass", masks=steps).scores
+    torch.testing.assert_close(
+        with_model, whybox.evaluate(None, xs, sal.attributions, "relevance_mass", masks=steps).scores
+    )
+    per_step = sal.attributions.to(torch.float64).sum(1).clamp_min(0)
+    torch.testing.assert_close(with_model, (per_step * steps).sum(1) / per_step.sum(1))
 
 
 def test_localisation_of_channel_less_images_reads_their_pixels() -> None:
@@ -480,3 +495,48 @@ def test_gaussian_baseline_is_clipped_to_each_rows_range() -> None:
     lo, hi = x.amin((1, 2, 3)).view(2, 1, 1, 1, 1), x.amax((1, 2, 3)).view(2, 1, 1, 1, 1)
     assert bool(((base >= lo) & (base <= hi)).all())
     assert bool((base != x.unsqueeze(1)).any())  # noise, not the inputs
+
+
+_MODULE_LOG = __import__("logging").getLogger("whybox-test-fourth-pass")
+_MODULE_CALLS = 0
+
+
+def _logged_scores(x: torch.Tensor) -> torch.Tensor:
+    global _MODULE_CALLS
+    _MODULE_CALLS += 1  # state the function writes: not a setting
+    _MODULE_LOG.debug("scoring %d rows", x.shape[0])
+    return torch.from_numpy(x.detach().numpy().astype(np.float64) @ _MODULE_W)
+
+
+def test_run_fingerprint_leaves_out_process_state_among_the_globals() -> None:
+    """The first globals fix hashed a module-level logger (its manager lists every logger of the process, its cache
+    fills at the first call) and a call counter: a run of such a model never resumed."""
+    from whybox.runs.job import Job, fingerprints
+
+    job, x = Job(methods=("occlusion",)), torch.zeros(2, 4)
+    before = fingerprints(job, whybox.adapt(_logged_scores), x, [], None)["weights"]
+    _logged_scores(x)
+    __import__("logging").getLogger("whybox-test-another-logger")
+    assert fingerprints(job, whybox.adapt(_logged_scores), x, [], None)["weights"] == before
+
+
+@pytest.mark.parametrize("batch_size", [1, 64])
+def test_rounded_or_half_precision_probabilities_of_a_black_box_are_read_as_them(batch_size: int) -> None:
+    """The probability check took 1e-6 as rounding: probabilities rounded to 3 decimals (a web API) or cast to float16
+    were softmaxed at one batch size and refused mid-run at another."""
+    from whybox.models.blackbox_text import BlackBoxTextAdapter
+
+    def probs(texts: list[str]) -> np.ndarray:
+        z = np.array([[0.3, 1.0 + 1.5 * ("slow" in t.split()), -0.2] for t in texts])
+        p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+        return p
+
+    want = whybox.explain_text(
+        BlackBoxTextAdapter(probs), ["the service was slow"], "occlusion", target=1, score="prob"
+    )
+    for cast in (lambda p: p.round(3), lambda p: p.astype(np.float16)):
+        ad = BlackBoxTextAdapter(lambda texts, cast=cast: cast(probs(texts)))
+        got = whybox.explain_text(
+            ad, ["the service was slow"], "occlusion", target=1, score="prob", batch_size=batch_size
+        )
+        assert dict(got.words[0])["slow"] == pytest.approx(dict(want.words[0])["slow"], abs=2e-3)

@@ -1218,11 +1218,11 @@ class Metric:
         masks: Any, x: torch.Tensor, *, signal: bool = False, sequence: bool | None = None
     ) -> tuple[torch.Tensor, bool, bool]:
         """Masks as ``(B, H, W)`` bool for images, ``(B, L)`` for 1-D signals ``(B, C, L)`` (the time steps of the
-        class: a model with an ``nn.Conv1d``), ``(B, T)`` for sequences ``(B, T, D)`` (``sequence``: a model that
-        reads 3-D inputs as no signal, an LSTM or a transformer batch-first), or masks shaped like 3-D inputs (images
-        without a channel dimension ``(B, H, W)``: each element's own); without a model (``sequence`` None) the
-        masks' shape tells, ``(B, L)`` first. Returns the masks, whether the inputs are signals and whether they are
-        sequences."""
+        class: a model with an ``nn.Conv1d``), ``(B, T)`` for sequences ``(B, T, D)`` read batch-first (an LSTM, a
+        transformer), or masks shaped like 3-D inputs (images without a channel dimension ``(B, H, W)``: each
+        element's own). For 3-D inputs of no declared signal the masks' shape tells; where ``(B, T)`` and ``(B, L)``
+        are one shape, ``sequence`` (a model that reads no signal) reads them as a sequence's, else as a signal's.
+        Returns the masks, whether the inputs are signals and whether they are sequences."""
         m = torch.as_tensor(masks)
         if x.ndim == 3:
             b, t, length = x.shape
@@ -1232,8 +1232,10 @@ class Metric:
                 m = m[:, 0]
             if m.ndim == 3 and m.shape[2] == 1 and not signal:
                 m = m[:, :, 0]
-            if sequence is None and not signal:  # no model: (B, L) a signal's time steps, else (B, T) a sequence's
-                sequence = tuple(m.shape) == (b, t) and t != length
+            if not signal:  # the masks' shape tells: (B, T) a sequence's time steps, (B, L) the last axis's; when
+                # T == L, a model that reads no signal (``sequence``) takes them as a sequence's, the map alone as a
+                # signal's
+                sequence = tuple(m.shape) == (b, t) and (t != length or bool(sequence))
             if sequence:
                 if tuple(m.shape) != (b, t):
                     raise InvalidInputError(

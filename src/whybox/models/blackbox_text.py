@@ -127,6 +127,7 @@ class BlackBoxTextAdapter(ModelAdapter):
         self.score_fn = score_fn
         self.probabilities = probabilities
         self._read_as: bool | None = probabilities  # the decision taken (probabilities None: at the first batch)
+        self._eps = 0.0  # the machine epsilon of score_fn's last output (float16 probabilities sum to 1 within it)
         self.labels = list(labels) if labels is not None else None
         self.output_names = self.labels  # target="positive"
         self.model = BlackBoxTextModel()
@@ -202,7 +203,14 @@ class BlackBoxTextAdapter(ModelAdapter):
                 )
             words = self._texts[idx]
             texts.append(" ".join(w for w, keep in zip(words, row[: len(words)].tolist(), strict=True) if keep > 0.5))
-        out = torch.as_tensor(self.score_fn(texts), dtype=torch.float64)
+        raw = self.score_fn(texts)
+        kind = getattr(raw, "dtype", None)  # half precision or bfloat16 probabilities sum to 1 only within their eps
+        self._eps = float(torch.finfo(kind).eps) if isinstance(kind, torch.dtype) and kind.is_floating_point else 0.0
+        if hasattr(kind, "kind") and getattr(kind, "kind", "") == "f":  # a NumPy float dtype
+            import numpy as np
+
+            self._eps = float(np.finfo(kind).eps)
+        out = torch.as_tensor(raw, dtype=torch.float64)
         if out.ndim == 1:
             out = out.unsqueeze(1)
         if out.shape[0] != len(texts) or out.ndim != 2:
@@ -228,7 +236,11 @@ class _TextProbabilities(ModelAdapter):
         s = self.inner.scores(x)
         if s.shape[1] < 2:  # one score: no distribution (a softmax over it is 1 and is refused elsewhere)
             return s
-        dist = bool((s >= 0).all()) and bool(((s.sum(1) - 1).abs() <= 1e-6).all())
+        # rows of probabilities within rounding (4 decimals from an API, float32 or float16 over K classes), as
+        # whybox.models.adapter.output_probabilities reads them
+        eps = self.inner._eps
+        tol = 1e-3 + s.shape[1] * (1.2e-7 + (eps if eps > 1e-4 else 0.0))
+        dist = bool((s >= 0).all()) and bool(((s.sum(1) - 1).abs() <= tol).all())
         if self.inner._read_as is None:
             self.inner._read_as = dist
         if not self.inner._read_as:

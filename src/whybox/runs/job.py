@@ -341,26 +341,55 @@ def _user_code(fn: Any) -> bool:
     return not (stdlib and file.startswith(stdlib))
 
 
-def _global_names(code: Any) -> list[str]:
-    """The global names ``code`` and the code nested in it (a lambda, a comprehension) may read, sorted."""
-    names = set(code.co_names)
+def _global_names(code: Any) -> tuple[set[str], set[str]]:
+    """The global names ``code`` and the code nested in it (a lambda, a comprehension) may read, and those it
+    writes (``global n; n += 1``: state, not a setting)."""
+    import dis
+
+    read, written = set(code.co_names), set()
+    for ins in dis.get_instructions(code):
+        if ins.opname in ("STORE_GLOBAL", "DELETE_GLOBAL"):
+            written.add(str(ins.argval))
     for c in code.co_consts:
         if hasattr(c, "co_names"):
-            names.update(_global_names(c))
-    return sorted(names)
+            r, w = _global_names(c)
+            read |= r
+            written |= w
+    return read, written
+
+
+def _settings_like(v: Any, depth: int = 0) -> bool:
+    """Whether a module-level value is a setting or data the run's numbers follow (numbers, strings, arrays,
+    tensors, modules, fitted estimators, functions, and containers of them), rather than process state (a logger,
+    a lock, a cache, a registry), which differs between processes and is left out of the fingerprint."""
+    import functools
+
+    if v is None or isinstance(v, (bool, int, float, complex, str, bytes, np.generic, np.ndarray, torch.Tensor)):
+        return True
+    if isinstance(v, (torch.nn.Module, functools.partial)) or hasattr(v, "__code__"):
+        return True
+    if hasattr(v, "fit") and any(callable(getattr(v, n, None)) for n in ("predict", "predict_proba", "transform")):
+        return True  # a scikit-learn estimator fitted at import (clf = joblib.load(...))
+    if isinstance(v, (list, tuple, set, frozenset)) and depth < 2:
+        return all(_settings_like(i, depth + 1) for i in list(v)[:64])
+    if isinstance(v, dict) and depth < 2:
+        return all(_settings_like(k, depth + 1) and _settings_like(i, depth + 1) for k, i in list(v.items())[:64])
+    return False
 
 
 def _hash_globals(h: Any, fn: Any, depth: int, seen: set[int]) -> None:
-    """The module-level values a user's function reads (``W = np.load(...)`` beside ``def scores(x)``, a ``clf``
+    """The module-level settings a user's function reads (``W = np.load(...)`` beside ``def scores(x)``, a ``clf``
     fitted at import, a helper function and the constants it reads), as :func:`_hash_value` hashes them; modules
-    and classes by name (a class of the model is hashed by its source where it is one of the model's modules).
+    and classes by name (a class of the model is hashed by its source where it is one of the model's modules), other
+    objects (loggers, locks, caches: process state) by type, and names the code writes (counters) not at all.
     Library functions are known by their code alone."""
     glob = getattr(fn, "__globals__", None)
     if not isinstance(glob, dict) or not _user_code(fn):
         return
     import types
 
-    for name in _global_names(fn.__code__):
+    read, written = _global_names(fn.__code__)
+    for name in sorted(read - written):
         if name not in glob:  # a builtin or an attribute name
             continue
         value = glob[name]
@@ -369,8 +398,10 @@ def _hash_globals(h: Any, fn: Any, depth: int, seen: set[int]) -> None:
             h.update(value.__name__.encode())
         elif isinstance(value, type):
             h.update(f"{value.__module__}.{value.__qualname__}".encode())
-        else:
+        elif _settings_like(value):
             _hash_value(h, value, depth, seen)
+        else:
+            h.update(type(value).__qualname__.encode())
 
 
 def _consts_repr(consts: Any) -> str:
