@@ -540,3 +540,55 @@ def test_rounded_or_half_precision_probabilities_of_a_black_box_are_read_as_them
             ad, ["the service was slow"], "occlusion", target=1, score="prob", batch_size=batch_size
         )
         assert dict(got.words[0])["slow"] == pytest.approx(dict(want.words[0])["slow"], abs=2e-3)
+
+
+class _TinyMLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def _roar_data() -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(12, 1, 4, 4, generator=g, dtype=torch.float64)  # float64 images: trained in the model's dtype
+    y = torch.arange(12) % 3
+    return x, y, x.clone(), y.clone()
+
+
+def test_roar_ranks_tied_pixels_alike_in_both_splits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test split broke ties with seed + 1: an image and its map ranked differently as a training and a test
+    image, so the drop measured a train/test shift (accuracy below chance for an oracle map)."""
+    import whybox.metrics.roar as roar_mod
+
+    seen: list[torch.Tensor] = []
+    real = roar_mod.remove_top
+
+    def spy(x: torch.Tensor, ranking: torch.Tensor, *a: object, **k: object) -> torch.Tensor:
+        seen.append(ranking.clone())
+        return real(x, ranking, *a, **k)
+
+    monkeypatch.setattr(roar_mod, "remove_top", spy)
+    data = _roar_data()
+    tied = torch.zeros(12, 1, 4, 4)
+    tied[:, :, :2, :2] = 1.0  # a box: 4 tied pixels on, 12 tied off
+    res = roar_mod.roar({"box": (tied, tied)}, data=data, model_fn=_TinyMLP, fractions=(0.25,), n_retrain=1, epochs=1)
+    assert torch.equal(seen[0], seen[1])  # train and test rankings of the same images and map
+    assert set(res.accuracy) == {"box", "random"}
+
+
+def test_roar_refuses_a_model_fn_that_would_train_one_model_in_place() -> None:
+    from whybox.metrics.roar import roar
+
+    data, net = _roar_data(), _TinyMLP()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    maps = (torch.rand(12, 1, 4, 4), torch.rand(12, 1, 4, 4))
+    with pytest.raises(InvalidParameterError, match="got a _TinyMLP instance"):
+        roar({"m": maps}, data=data, model_fn=net, fractions=(0.5,), n_retrain=1, epochs=1)  # type: ignore[arg-type]
+    with pytest.raises(InvalidParameterError, match="model_fn returned the same _TinyMLP twice"):
+        roar({"m": maps}, data=data, model_fn=lambda: net, fractions=(0.5,), n_retrain=2, epochs=1)
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())
+    with pytest.raises(InvalidParameterError, match="explains your data= on explain_model, which is not given"):
+        roar(["saliency"], data=data, model_fn=_TinyMLP, fractions=(0.5,), n_retrain=1, epochs=1)

@@ -121,6 +121,33 @@ def _fit(
     )
 
 
+def _fresh_models(model_fn: Any) -> Callable[[], nn.Module]:
+    """``model_fn`` checked to build a new ``nn.Module`` at every call: a model instance (``model_fn=net``) or a
+    function returning one existing model (``lambda: net``) would be trained in place, each retrain going on from the
+    last."""
+    if isinstance(model_fn, nn.Module) or not callable(model_fn):
+        what = f"a {type(model_fn).__name__} instance" if isinstance(model_fn, nn.Module) else type(model_fn).__name__
+        raise InvalidParameterError(
+            "model_fn must build a fresh, untrained model at every call (a class such as MyNet, or a function "
+            f"returning a new nn.Module); got {what}."
+        )
+    built: list[nn.Module] = []
+
+    def fresh() -> nn.Module:
+        m = model_fn()
+        if not isinstance(m, nn.Module):
+            raise InvalidParameterError(f"model_fn must return an nn.Module; it returned {type(m).__name__}.")
+        if any(m is b for b in built):
+            raise InvalidParameterError(
+                f"model_fn returned the same {type(m).__name__} twice; it must build a fresh, untrained model at every "
+                "call (e.g. model_fn=MyNet, not lambda: net), or every retrain would train that one model further."
+            )
+        built.append(m)
+        return m
+
+    return fresh
+
+
 def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
     """Test accuracy, scored through the masking engine (an all-kept mask: the images are already modified)."""
     adapter = adapt(model)
@@ -178,7 +205,8 @@ def roar(
     model_fn
         Builds a fresh, untrained model; default :class:`whybox.data.DigitsCNN`.
     explain_model
-        The trained model to explain; default :func:`whybox.data.digits_cnn` (only needed for method names).
+        The trained model to explain; default :func:`whybox.data.digits_cnn` (only needed for method names; with your
+        own ``data=`` it must be given).
     explain_params
         ``method label or name -> options`` for :func:`whybox.explain`; a key naming no method is refused.
     fractions, n_retrain, epochs
@@ -226,6 +254,11 @@ def roar(
         from whybox.data import DigitsCNN
 
         model_fn = DigitsCNN
+    model_fn = _fresh_models(model_fn)
+    with torch.random.fork_rng(devices=[]):
+        probe = model_fn()  # the models' dtype: the images are trained and tested in it (float64 or uint8 data)
+    dtype = next((p.dtype for p in probe.parameters() if p.is_floating_point()), torch.float32)
+    x_tr, x_te = x_tr.to(dtype), x_te.to(dtype)
     spec: dict[str, str | tuple[torch.Tensor, torch.Tensor]] = (
         dict(methods)
         if isinstance(methods, Mapping)
@@ -247,6 +280,12 @@ def roar(
             import whybox
 
             if explain_model is None:
+                if data is not None:  # the bundled digits CNN explains the bundled digits only
+                    raise InvalidParameterError(
+                        f"methods[{name!r}] = {m!r} explains your data= on explain_model, which is not given (the "
+                        "default, the bundled digits CNN, reads only the bundled digits); pass explain_model= (your "
+                        "trained model), or precomputed maps (train attributions, test attributions)."
+                    )
                 from whybox.data import digits_cnn
 
                 explain_model = digits_cnn()
@@ -265,9 +304,9 @@ def roar(
                     check_map_shape(a, xs)
                 except InvalidInputError as exc:
                     raise InvalidInputError(f"methods[{name!r}]'s {part} attributions: {exc}") from None
-        rankings[name] = (
+        rankings[name] = (  # one tie rule for both splits: an image ranks its tied pixels alike in either
             tie_order(feature_values(a_tr, x_tr), seed),
-            tie_order(feature_values(a_te, x_te), seed + 1),
+            tie_order(feature_values(a_te, x_te), seed),
         )
     n_pix = x_tr.shape[-2] * x_tr.shape[-1]
     rand = [
