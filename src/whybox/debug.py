@@ -17,11 +17,12 @@ import torch
 
 from whybox.api import evaluate, explain
 from whybox.errors import InvalidInputError, InvalidParameterError
+from whybox.explainers.base import _keyword_options
 from whybox.explainers.perturbation._common import PerturbationExplainer
 from whybox.explanation import Explanation
 from whybox.masking.engine import MaskingEngine, resolve_batch_size
 from whybox.masking.features import FeatureGroups
-from whybox.models.adapter import ModelAdapter, adapt, coder_of, is_signal, scoring_adapter
+from whybox.models.adapter import ModelAdapter, TorchAdapter, adapt, coder_of, is_signal, scoring_adapter
 from whybox.models.categorical import categorical_columns
 from whybox.models.inputs import (
     TEXTS_GIVEN_TO_A_TENSOR_MODEL,
@@ -242,6 +243,11 @@ def find_mistakes(
             f"{getattr(labels, 'dtype', type(labels).__name__)} {shape}.{hint}"
         )
     EXPLAINERS.get(method)  # unknown names list the known ones
+    if "target" in params:
+        raise InvalidParameterError(
+            "target= is not an option of find_mistakes: each mistake is explained for its true class, from labels; "
+            "to explain another class, call whybox.explain(model, rows, method, target=...) on the rows."
+        )
     lima_kind = None
     if isinstance(regions, str) and method == "lima":
         lima_kind, regions = regions, None  # LIMA builds them; the steps read them from its meta
@@ -256,6 +262,9 @@ def find_mistakes(
         raise InvalidParameterError(f"max_mistakes must be a positive int or None; got {max_mistakes!r}.")
     # the predictions: through the adapter's guard (eval mode, state restored) and the engine's chunked forward
     dev = adapter.device
+    w_dtype = getattr(adapter, "weights_dtype", None)
+    if isinstance(adapter, TorchAdapter) and isinstance(w_dtype, torch.dtype) and text_batch is None:
+        inputs = inputs.to(w_dtype)  # float64 or uint8 data into a float32 model, as explain and evaluate read them
     with adapter.guard("eval"):
         scorer = scoring_adapter(adapter, "prob")  # a classifier's predict_proba read as its probabilities
         raw = MaskingEngine(scorer, batch_size=resolve_batch_size(batch_size, adapter)).forward(inputs.to(dev))
@@ -309,8 +318,12 @@ def find_mistakes(
             opts["fill"] = fill
         if regions is None:
             regions = text_batch.word_features()[rows]
-    if issubclass(EXPLAINERS.get(method), PerturbationExplainer):
+    cls: type = EXPLAINERS.get(method)
+    takes_baseline = "baseline" in _keyword_options(cls)
+    if issubclass(cls, PerturbationExplainer):
         opts.setdefault("fill", fill)
+    elif takes_baseline and text_batch is None:
+        opts.setdefault("baseline", fill)  # Integrated Gradients: the hidden state is its baseline
     e = explain(model, x, method, target=y, batch_size=batch_size, **opts)
     report.explanation = e
     signal = is_signal(adapter, x)
@@ -391,17 +404,17 @@ def find_mistakes(
 
 
 def _mistakes_regions(regions: torch.Tensor, inputs: torch.Tensor, wrong: torch.Tensor) -> torch.Tensor:
-    """A label map given for every input ``(N, H, W)`` / ``(N, 1, H, W)`` (images) or ``(N, F)`` (rows) cut to the
-    mistakes' rows (``(B, 1, H, W)`` for images); one map for all, ``(H, W)`` or ``(1, H, W)`` (``(F,)`` or
-    ``(1, F)``), as one map."""
-    if inputs.ndim == 4 and regions.ndim == 4 and regions.shape[1] == 1:
-        regions = regions[:, 0]
-    per_input = regions.ndim == (3 if inputs.ndim == 4 else 2) and inputs.ndim in (2, 4)
+    """A label map given for every input ``(N, H, W)`` / ``(N, 1, H, W)`` (images), ``(N, L)`` / ``(N, 1, L)``
+    (1-D signals) or ``(N, F)`` (rows) cut to the mistakes' rows (``(B, 1, H, W)`` for images, ``(B, 1, L)`` for
+    signals); one map for all, ``(H, W)`` or ``(1, H, W)`` (``(L,)``, ``(F,)`` or ``(1, F)``), as one map."""
+    if inputs.ndim in (3, 4) and regions.ndim == inputs.ndim and regions.shape[1] == 1:
+        regions = regions[:, 0]  # (N, 1, H, W) images, (N, 1, L) signals
+    per_input = regions.ndim == inputs.ndim - 1 and inputs.ndim in (2, 3, 4)
     if not per_input:
         return regions
     if regions.shape[0] == inputs.shape[0]:
         cut = regions[wrong.to(regions.device)]
-        return cut.unsqueeze(1) if inputs.ndim == 4 else cut  # images: (B, 1, H, W), one map per row
+        return cut.unsqueeze(1) if inputs.ndim in (3, 4) else cut  # images (B, 1, H, W), signals (B, 1, L)
     if regions.shape[0] == 1:
         return regions[0]
     raise InvalidParameterError(

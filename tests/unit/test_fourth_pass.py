@@ -592,3 +592,39 @@ def test_roar_refuses_a_model_fn_that_would_train_one_model_in_place() -> None:
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())
     with pytest.raises(InvalidParameterError, match="explains your data= on explain_model, which is not given"):
         roar(["saliency"], data=data, model_fn=_TinyMLP, fractions=(0.5,), n_retrain=1, epochs=1)
+
+
+class _SpikeNet(nn.Module):
+    """Class 0 from channel 0's first half, class 1 from a spike in channel 1 at steps 48..51."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = nn.Conv1d(2, 2, 1)
+        with torch.no_grad():
+            self.c.weight.copy_(torch.eye(2)[:, :, None])
+            self.c.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.c(x)
+        return torch.stack([10 * h[:, 0, :32].mean(1), 5 * h[:, 1, 48:52].sum(1)], 1)
+
+
+def test_find_mistakes_reads_float64_data_per_signal_regions_and_a_baseline_fill() -> None:
+    """find_mistakes crashed on float64 data a float32 model reads elsewhere, on one region map per signal, gave a
+    raw TypeError for target=, and Integrated Gradients ignored fill= (the insertion steps used it)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 2, 64, generator=g, dtype=torch.float64) * 0.1
+    x[:, 0, :32] += 0.5
+    x[::2, 1, 48:52] = 1.0  # the spike: predicted class 1 where the label says 0
+    y = torch.zeros(6, dtype=torch.int64)
+    seg = torch.arange(64) // 4
+    shared = whybox.find_mistakes(_SpikeNet(), x, y, method="occlusion", regions=seg)
+    assert [m.culprits for m in shared.mistakes] == [[12], [12], [12]]
+    for per_input in (seg.expand(6, -1), seg.expand(6, 1, -1)):
+        got = whybox.find_mistakes(_SpikeNet(), x, y, method="occlusion", regions=per_input)
+        assert [m.culprits for m in got.mistakes] == [[12], [12], [12]]
+    with pytest.raises(InvalidParameterError, match="target= is not an option of find_mistakes"):
+        whybox.find_mistakes(_SpikeNet(), x, y, method="occlusion", target=1)
+    ig = whybox.find_mistakes(_SpikeNet(), x, y, method="integrated_gradients", fill=0.3, n_steps=8)
+    want = whybox.explain(_SpikeNet(), x[::2].float(), "integrated_gradients", target=0, baseline=0.3, n_steps=8)
+    torch.testing.assert_close(ig.explanation.attributions, want.attributions)
