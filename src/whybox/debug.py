@@ -409,7 +409,7 @@ def _mistakes_regions(regions: torch.Tensor, inputs: torch.Tensor, wrong: torch.
     signals); one map for all, ``(H, W)`` or ``(1, H, W)`` (``(L,)``, ``(F,)`` or ``(1, F)``), as one map."""
     if inputs.ndim in (3, 4) and regions.ndim == inputs.ndim and regions.shape[1] == 1:
         regions = regions[:, 0]  # (N, 1, H, W) images, (N, 1, L) signals
-    per_input = regions.ndim == inputs.ndim - 1 and inputs.ndim in (2, 3, 4)
+    per_input = inputs.ndim in (2, 3, 4) and regions.ndim == (3 if inputs.ndim == 4 else 2)  # (N, H, W), (N, L|F)
     if not per_input:
         return regions
     if regions.shape[0] == inputs.shape[0]:
