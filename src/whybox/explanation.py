@@ -485,18 +485,24 @@ class Explanation:
         an array or a DataFrame, whose text cells show as they are), or None without inputs."""
         if inputs is None:
             return None
+        import numpy as np
+
+        def text(v: Any) -> str:
+            return (
+                f"{v:.4g}" if isinstance(v, (int, float, np.number)) and not isinstance(v, (bool, np.bool_)) else str(v)
+            )
+
         if hasattr(inputs, "iloc"):  # a DataFrame: its cells as they are (text columns included)
             got = tuple(inputs.shape)
             frame = inputs
-
-            def text(v: Any) -> str:
-                return f"{v:.4g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
-
             if got == tuple(shape):
                 return lambda r, j: text(frame.iloc[r, j])
+        elif not isinstance(inputs, torch.Tensor) and np.asarray(inputs).dtype == object:  # cells of text and numbers
+            cells = np.asarray(inputs)
+            got = tuple(cells.shape)
+            if got == tuple(shape):
+                return lambda r, j: text(cells[r, j])
         else:
-            import numpy as np
-
             x = inputs.detach().cpu() if isinstance(inputs, torch.Tensor) else torch.from_numpy(np.array(inputs))
             got = tuple(x.shape)
             if got == tuple(shape):

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner, Result
+from torch import nn
 
 from whybox.cli.main import main as cli
 
@@ -194,3 +196,48 @@ def test_a_config_s_out_folder_is_beside_it_and_report_out_makes_its_folder(fold
     r = run("report", "proj/results", "--out", "new dir/deep/r.html")
     assert r.exit_code == 0, r.output
     assert (folder / "new dir" / "deep" / "r.html").is_file()
+
+
+def test_explain_colours_an_image_overlay_with_the_method_s_reading(folder: Path) -> None:
+    """Fourth-pass audit: `whybox explain` drew RISE (an offset map) with the 'auto' reading, while plot(), the demo and
+    the run report colour it 'relative' (the whole image painted)."""
+    from PIL import Image
+
+    import whybox
+    from whybox.report.overlay import overlay
+
+    x = np.random.default_rng(1).random((1, 3, 12, 20)).astype(np.float32)
+    np.save(folder / "img.npy", x)
+    (folder / "imgmodel.py").write_text(
+        "import torch\n\ndef make():\n    torch.manual_seed(0)\n    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, "
+        "padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3)).eval()\n"
+    )
+    r = run(
+        "explain", "img.npy", "--model", "imgmodel.py:make", "--method", "rise", "--option", "n_masks=50", "--out", "ex"
+    )
+    assert r.exit_code == 0, r.output
+    e = whybox.Explanation.load(folder / "ex" / "explanation.safetensors")
+    png = np.asarray(Image.open(next((folder / "ex").glob("*.png"))))[..., :3]
+    k = png.shape[0] // x.shape[2]
+    want = overlay(torch.from_numpy(x[0]), e.to_map()[0], reading="relative").astype(int)
+    assert np.abs(png[::k, ::k].astype(int) - want).max() == 0
+
+
+def test_a_signal_run_from_python_is_drawn_as_signals_and_hash_cells_stay_as_they_are(tmp_path: Path) -> None:
+    """A run_job of 1-D signals was shown as 2-pixel grey images (its kind defaulted to image); a table cell named
+    '##b' was glued to its neighbour as a WordPiece piece."""
+    from whybox.report import ReportSample
+    from whybox.report.run_report import _text_row
+    from whybox.runs.job import Job, run_job
+    from whybox.runs.report_data import load_run_report
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv1d(2, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(4, 3))
+    run_job(Job(methods=("saliency",), metrics=("deletion",)), m.eval(), torch.randn(2, 2, 40), tmp_path / "r")
+    sample = load_run_report(tmp_path / "r").samples[0]
+    assert sample.image is not None and sample.image.shape == (96, 288, 3)
+    assert sample.maps["saliency"].shape == (1, 40)
+    row = ReportSample(name="row0", image=None, prediction="1", probability=0.9, label=None,
+                       maps={"m": np.array([0.16, 0.30, 0.003])}, failures={}, words=["a=0.5", "##b=0.25", "c=1"])  # fmt: skip
+    html = str(_text_row(row, ["m"]))
+    assert "##b=0.25" in html and "subword" not in html

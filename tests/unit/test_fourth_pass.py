@@ -628,3 +628,21 @@ def test_find_mistakes_reads_float64_data_per_signal_regions_and_a_baseline_fill
     ig = whybox.find_mistakes(_SpikeNet(), x, y, method="integrated_gradients", fill=0.3, n_steps=8)
     want = whybox.explain(_SpikeNet(), x[::2].float(), "integrated_gradients", target=0, baseline=0.3, n_steps=8)
     torch.testing.assert_close(ig.explanation.attributions, want.attributions)
+
+
+def test_plot_labels_the_cells_of_an_object_array_as_they_are() -> None:
+    """plot(inputs=X.to_numpy()) of a table with a text column raised a raw TypeError (object arrays)."""
+    pd = pytest.importorskip("pandas")
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    X = pd.DataFrame({"num": np.arange(30.0) % 5, "color": ["red", "green", "blue"] * 10})
+    y = (X.num > 2) | (X.color == "red")
+    enc = ColumnTransformer([("c", OneHotEncoder(), ["color"])], remainder="passthrough")
+    model = make_pipeline(enc, LogisticRegression()).fit(X, y)
+    e = whybox.explain(model, X.iloc[:2], "exact_shapley", background=X.iloc[5:9])
+    fig = e.plot(X.iloc[:2].to_numpy(), top=2)
+    labels = [t.get_text() for ax in fig.axes for t in ax.get_yticklabels()]
+    assert "color = red" in labels or "color = green" in labels

@@ -498,6 +498,7 @@ def explain_cmd(ctx: click.Context, **params: Any) -> None:
     seconds = time.perf_counter() - t0
     from whybox.report import output_path, safe_component, save_png
     from whybox.report.overlay import overlay
+    from whybox.runs.report_data import method_reading
 
     if ds.columns is not None:  # a CSV's header: the saved explanation names its attribution columns
         e.meta["feature_names"] = list(ds.columns)
@@ -524,7 +525,9 @@ def explain_cmd(ctx: click.Context, **params: Any) -> None:
                 a = e.attributions[i]
                 amap = a.sum(0) if a.ndim == 3 else a
                 png = output_path(out_dir, f"{i:04d}_{safe_component(name)}_{method}.png")
-                save_png(png, _enlarged(overlay(torch.from_numpy(shown.transpose(2, 0, 1).copy()), amap)))
+                picture = torch.from_numpy(shown.transpose(2, 0, 1).copy())
+                reading = method_reading(method, e.params)  # as plot(), the demo and the run report colour it
+                save_png(png, _enlarged(overlay(picture, amap, reading=reading)))
                 line += f" -> {png.name}"
         else:
             top = torch.argsort(e.attributions[i].abs(), descending=True)[:5].tolist()

@@ -368,7 +368,8 @@ def _text_row(s: ReportSample, methods: list[str]) -> dict[str, Any]:
             cells.append({"method": m, "src": None, "html": None, "failure": None})  # not run on this sample
         elif vals is not None:
             try:
-                html = render_tokens_html(words, np.asarray(vals, dtype=np.float64))
+                # whole words and table cells as they are: a "##b" column is no WordPiece piece
+                html = render_tokens_html(words, np.asarray(vals, dtype=np.float64), words=True)
             except (InvalidInputError, InvalidParameterError) as exc:
                 cells.append({"method": m, "src": None, "html": None, "failure": f"words could not be drawn: {exc}"})
                 continue

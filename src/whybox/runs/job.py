@@ -37,6 +37,7 @@ from whybox.models.adapter import (
     ModelAdapter,
     TorchAdapter,
     adapt,
+    is_signal,
     output_probabilities,
     reads_probabilities,
 )
@@ -934,7 +935,10 @@ def run_job(
     _check_option_values(job, adapter, data_options, n)
     say = progress or (lambda _line: None)
 
-    config = {"job": job.config(), **({"extra": dict(extra_config)} if extra_config else {})}
+    extra = dict(extra_config or {})
+    if "kind" not in extra and is_signal(adapter, x):  # a signal run from Python: its report draws signals over time
+        extra["kind"] = "signal"
+    config = {"job": job.config(), **({"extra": extra} if extra else {})}
     store = RunStore(
         run_dir,
         fingerprints=fingerprints(job, adapter, x, names, labels, data_options),
