@@ -646,3 +646,47 @@ def test_plot_labels_the_cells_of_an_object_array_as_they_are() -> None:
     fig = e.plot(X.iloc[:2].to_numpy(), top=2)
     labels = [t.get_text() for ax in fig.axes for t in ax.get_yticklabels()]
     assert "color = red" in labels or "color = green" in labels
+
+
+def _small_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 7 * 9, 4)).eval()
+
+
+def test_faithfulness_options_that_would_be_ignored_are_refused_or_applied() -> None:
+    """An even blur_klen crashed inside the engine; steps= with regions= and grid_size= with regions= were silently
+    ignored (and recorded in params); mufidelity's pool='mean' did nothing without regions."""
+    m = _small_cnn()
+    x = torch.rand(2, 1, 7, 9, generator=torch.Generator().manual_seed(0))
+    a = torch.rand(2, 1, 7, 9, generator=torch.Generator().manual_seed(1))
+    with pytest.raises(InvalidParameterError, match="blur_klen must be an odd kernel length"):
+        whybox.evaluate(m, x, a, "insertion", fill="blur", blur_klen=10)
+    with pytest.raises(InvalidParameterError, match=r"steps=3 applies to pixel steps; with regions="):
+        whybox.evaluate(m, x, a, "deletion", regions=3, steps=3)
+    r = whybox.evaluate(m, x, a, "deletion", regions=3)
+    assert r.params["steps"] is None and r.meta["protocol"] == "region_steps"
+    with pytest.raises(InvalidParameterError, match=r"grid_size=5 sets the grid cells of images; with regions="):
+        whybox.evaluate(m, x, a, "mufidelity", regions=torch.arange(63).view(7, 9) // 7, grid_size=5)
+    kw = {"n_samples": 20, "grid_size": 3}
+    total = whybox.evaluate(m, x, a, "mufidelity", pool="sum", **kw)
+    mean = whybox.evaluate(m, x, a, "mufidelity", pool="mean", **kw)
+    assert not torch.allclose(total.curves["attribution_sum"], mean.curves["attribution_sum"])  # 7 x 9: unequal cells
+    torch.testing.assert_close(total.curves["drop"], mean.curves["drop"])  # the same subsets, pooled otherwise
+
+
+def test_metric_results_record_the_score_space_they_read() -> None:
+    """METRICS.md: record the score space; params said None both for a 4-class model (probabilities) and a
+    one-output model (the raw logit)."""
+    x = torch.rand(2, 1, 7, 9, generator=torch.Generator().manual_seed(0))
+    a = torch.rand(2, 1, 7, 9, generator=torch.Generator().manual_seed(1))
+    assert whybox.evaluate(_small_cnn(), x, a, "deletion", steps=4).meta["score"] == "prob"
+    one = nn.Sequential(nn.Flatten(), nn.Linear(63, 1)).eval()
+    assert whybox.evaluate(one, x, a, "deletion", steps=4).meta["score"] == "logit"
+    assert whybox.evaluate(one, x, a, "deletion", steps=4, score="logit").meta["score"] == "logit"
+
+
+def test_road_flags_a_flat_map() -> None:
+    x = torch.rand(2, 1, 7, 9, generator=torch.Generator().manual_seed(0))
+    flat = torch.ones(2, 1, 7, 9)
+    r = whybox.evaluate(_small_cnn(), x, flat, "road", fractions=(0.2,))
+    assert r.meta["flat_map"] == [True, True] and "tie rule" in r.meta["note"]

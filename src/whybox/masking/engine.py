@@ -169,6 +169,7 @@ class MaskingEngine:
         self.pad = pad  # None: on CUDA only (see the class)
         self.n_forward = 0
         self.n_batches = 0
+        self.n_outputs: int | None = None  # K of the scores seen (what a default score space resolves on)
         self._channels_last: bool | None = None  # None: not tried yet; False: the model refused it
 
     def _score_chunk(self, inp: torch.Tensor) -> torch.Tensor:
@@ -176,9 +177,13 @@ class MaskingEngine:
         n = inp.shape[0]
         size = padded_rows(n, self.batch_size) if self._pads(inp) else n
         if size == n:
-            return self.call(self.adapter.scores, inp)
-        full = torch.cat([inp, inp[-1:].expand(size - n, *inp.shape[1:])])
-        return self.call(self.adapter.scores, full)[:n]
+            out = self.call(self.adapter.scores, inp)
+        else:
+            full = torch.cat([inp, inp[-1:].expand(size - n, *inp.shape[1:])])
+            out = self.call(self.adapter.scores, full)[:n]
+        if out.ndim == 2:
+            self.n_outputs = int(out.shape[1])
+        return out
 
     def _pads(self, inp: torch.Tensor) -> bool:
         if self.pad is False or (self.pad is None and inp.device.type != "cuda") or not inp.is_floating_point():

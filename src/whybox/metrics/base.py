@@ -52,7 +52,14 @@ from whybox.models.inputs import (
     tensor_option,
 )
 from whybox.models.packed import packed_option
-from whybox.models.targets import SCORE_SPACES, Target, TargetLike, class_label_target, resolve_target
+from whybox.models.targets import (
+    SCORE_SPACES,
+    Target,
+    TargetLike,
+    class_label_target,
+    resolve_score,
+    resolve_target,
+)
 
 __all__ = [
     "Context",
@@ -1145,6 +1152,10 @@ class Metric:
         }
         if ctx.target is not None:
             out_meta["target"] = ctx.target.index.clone()
+        if engine is not None and engine.n_outputs is not None:  # the score space the model's scores were read in
+            out_meta["score"] = resolve_score(self.score, engine.n_outputs)
+        elif self.score is not None:
+            out_meta["score"] = self.score
         if ctx.method is not None:
             out_meta["method"] = ctx.method
         # like the scores and curves, meta's tensors come back on the CPU whatever the model's device

@@ -307,7 +307,7 @@ class _CurveMetric(Metric):
     def __init__(
         self,
         *,
-        steps: int = 100,
+        steps: int | None = None,
         fill: FillLike | None = None,
         abs: bool = False,
         regions: Any = None,
@@ -317,7 +317,12 @@ class _CurveMetric(Metric):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.steps = check_int("steps", steps)
+        if steps is not None and regions is not None:  # one step per region: a steps count would not apply
+            raise InvalidParameterError(
+                f"steps={steps!r} applies to pixel steps; with regions= the curve takes one step per region (each "
+                "row's own count). Leave steps out, or regions out for pixel steps."
+            )
+        self.steps = None if regions is not None else 100 if steps is None else check_int("steps", steps)
         note_option_columns(self, "fill", fill)
         self.fill = _check_fill(self._default_fill if fill is None else fill)
         if not isinstance(abs, bool):
@@ -331,6 +336,10 @@ class _CurveMetric(Metric):
         # a label map written as lists (a config, --metric-option)
         self.regions = regions if patch else label_map_option(regions, "regions")
         self.blur_klen = check_int("blur_klen", blur_klen)
+        if self.blur_klen % 2 == 0:  # an even kernel has no centre: the blurred image would come out a pixel larger
+            raise InvalidParameterError(
+                f"blur_klen must be an odd kernel length (a centre pixel and as many on each side); got {blur_klen}."
+            )
         self.blur_sigma = check_float("blur_sigma", blur_sigma, 0.0, lo_open=True)
         self.padding = check_choice("padding", padding, PADDINGS)
 
@@ -371,7 +380,7 @@ class _CurveMetric(Metric):
             )
         else:
             ranks, counts, xs = curve_points(
-                values, groups, steps=self.steps, seed=self.seed, descending=self._descending
+                values, groups, steps=self.steps or 100, seed=self.seed, descending=self._descending
             )
         ranks, counts = ranks.to(x.device), counts.to(x.device)
         insertion = self._insertion
@@ -413,7 +422,8 @@ class Deletion(_CurveMetric):
     Parameters
     ----------
     steps
-        Curve steps (``steps + 1`` points; clamped to the number of features). Pixel-step protocol.
+        Curve steps (``steps + 1`` points; clamped to the number of features; default 100). Pixel-step protocol only:
+        with ``regions`` the curve takes one step per region, and ``steps`` is refused.
     fill
         What a removed pixel becomes: ``"zero"`` (default; the dataset mean in normalised space, as RISE),
         ``"mean"``, ``"blur"``, ``"min"``, ``"uniform"``, a number, a tensor or a callable.
@@ -513,8 +523,10 @@ class AOPC(_CurveMetric):
 
     Pixel flipping in MoRF (most relevant first; higher is better) or LeRF (least relevant first; lower is
     better) order with ``steps = L`` (100). The fill defaults to ``"uniform"`` noise over each row's value range
-    (Samek), seeded. ``regions=(h, w)`` as an int patch size flips a non-overlapping grid of patches (Quantus'
-    ``RegionPerturbation`` layout) instead of Samek's overlapping 9 x 9 windows. A random order is not an option:
+    (Samek), seeded. ``regions=(h, w)`` as an int patch size flips a non-overlapping grid of patches from the
+    top-left corner, ranked by their mean attribution, one patch a step, instead of Samek's overlapping 9 x 9
+    windows (Quantus' ``RegionPerturbation`` gives the same curve where the patches tile the image; elsewhere it
+    centres its grid on padding and ranks patches by their sum). A random order is not an option:
     pass a random attribution map as the baseline instead (its direction would be undefined).
 
     Curves: ``"x"``, ``"y"`` as :class:`Deletion`.
@@ -558,7 +570,11 @@ class MuFidelity(Metric):
     Parameters
     ----------
     grid_size, subset_fraction, n_samples
-        9, 0.2, 200.
+        9, 0.2, 200 (``grid_size``: images without ``regions``).
+    regions, pool
+        Features of your own (a label map, a patch size, ...: as :class:`Deletion`'s ``regions``) instead of the
+        grid; a feature's attribution is the ``pool`` (``"sum"``, default, or ``"mean"``) of its elements' values,
+        over regions or grid cells alike.
     fill
         ``"zero"`` (default) or any fill of :class:`Deletion`.
     corr
@@ -575,7 +591,7 @@ class MuFidelity(Metric):
     def __init__(
         self,
         *,
-        grid_size: int = 9,
+        grid_size: int | None = None,
         subset_fraction: float = 0.2,
         n_samples: int = 200,
         fill: FillLike = "zero",
@@ -592,7 +608,12 @@ class MuFidelity(Metric):
 
         self.regions = check_regions(regions, "the grid cells of an image, else every element")
         self.pool = _check_pool(pool)
-        self.grid_size = check_int("grid_size", grid_size)
+        if grid_size is not None and regions is not None:  # the regions are the features: no grid
+            raise InvalidParameterError(
+                f"grid_size={grid_size!r} sets the grid cells of images; with regions= the regions are the features. "
+                "Leave grid_size out, or regions out for the grid."
+            )
+        self.grid_size = None if regions is not None else 9 if grid_size is None else check_int("grid_size", grid_size)
         self.subset_fraction = check_float("subset_fraction", subset_fraction, 0.0, 1.0, lo_open=True)
         self.n_samples = check_int("n_samples", n_samples, 2)
         note_option_columns(self, "fill", fill)
@@ -618,11 +639,16 @@ class MuFidelity(Metric):
             own = ((groups.sizes() > 0) & groups_touched(groups, x != fill)).cpu()
         else:
             values, px_groups = feature_scores(ctx.attributions, x, abs=self.abs, signal=ctx.signal)
-            groups = cells(x, n=self.grid_size) if x.ndim == 4 else px_groups
+            groups = cells(x, n=self.grid_size or 9) if x.ndim == 4 else px_groups
             flat = groups.groups.reshape(x.shape[0], -1)
             feat = torch.zeros(x.shape[0], groups.n_groups, dtype=torch.float64, device=flat.device).scatter_add_(
                 1, flat, values.to(flat.device)
             )
+            if (
+                self.pool == "mean"
+            ):  # a cell's mean attribution (cells of unequal size on images the grid does not tile)
+                count = torch.zeros_like(feat).scatter_add_(1, flat, torch.ones_like(values, device=flat.device))
+                feat = feat / count.clamp_min(1)
         b, m = x.shape[0], groups.n_groups
         if self.subsets is not None:
             given = self.subsets.to(torch.bool)

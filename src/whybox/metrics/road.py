@@ -409,4 +409,9 @@ class ROAD(Metric):
         curves = {"x": torch.tensor(self.fractions, dtype=torch.float64).expand(b, -1).contiguous()}
         for o in names:
             curves[f"{o}_score"], curves[f"{o}_accuracy"] = y[:, part[o]], acc[:, part[o]]
-        return scores, curves, {"removed_counts": counts[:nf].tolist()}
+        meta: dict[str, Any] = {"removed_counts": counts[:nf].tolist()}
+        flat = (values.amax(1) == values.amin(1)).cpu()
+        if bool(flat.any()):  # as deletion's: such a map orders its pixels by the seeded tie rule alone
+            meta["flat_map"] = flat.tolist()
+            meta["note"] = "rows with a flat map are ordered by the seeded tie rule alone"
+        return scores, curves, meta
