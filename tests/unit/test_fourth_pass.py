@@ -690,3 +690,21 @@ def test_road_flags_a_flat_map() -> None:
     flat = torch.ones(2, 1, 7, 9)
     r = whybox.evaluate(_small_cnn(), x, flat, "road", fractions=(0.2,))
     assert r.meta["flat_map"] == [True, True] and "tie rule" in r.meta["note"]
+
+
+def test_stability_kendall_ranks_by_abs_as_documented() -> None:
+    """Kendall tau-b was always on the signed weights: abs=True ('ranking by |weight|', the default) did nothing."""
+    import itertools
+
+    from scipy.stats import kendalltau
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, 3)).eval()
+    x = torch.randn(1, 12)
+    opts = {"n_runs": 4, "measure": "kendall", "explainer_params": {"n_samples": 40}}
+    got = {a: whybox.evaluate(net, x, "lime", "stability", abs=a, **opts).scores.item() for a in (True, False)}
+    v = [whybox.explain(net, x, "lime", n_samples=40, seed=s).meta["values"][0].numpy() for s in range(4)]
+    pairs = list(itertools.combinations(range(4), 2))
+    want_abs = np.mean([kendalltau(abs(v[a]), abs(v[b])).statistic for a, b in pairs])
+    want_signed = np.mean([kendalltau(v[a], v[b]).statistic for a, b in pairs])
+    assert got[True] == pytest.approx(want_abs, abs=1e-12) and got[False] == pytest.approx(want_signed, abs=1e-12)

@@ -123,7 +123,7 @@ class Stability(Metric):
     ``|weight|`` (``abs=True``).
 
     Per row, averaged over the ``R (R - 1) / 2`` pairs of runs: top-``k`` Jaccard ``|T_a & T_b| / |T_a | T_b|``
-    (ties by the seeded rule), Kendall tau-b on the full vectors, and VSI ``= 100 * mean |S_a & S_b| / k``
+    (ties by the seeded rule), Kendall tau-b on the full vectors (|weight| with abs=True), and VSI ``= 100 * mean |S_a & S_b| / k``
     (Visani's variable stability index with S = the top-``k`` features of a call); ``k`` defaults to 10, or half
     the features when there are fewer than 20 (a top-k of every feature would agree by construction). A row is
     scored over its own features (``meta["n_features"]`` of a batch of superpixel maps of different counts), so
@@ -231,7 +231,7 @@ class Stability(Metric):
                 union = (tops[i] | tops[j]).sum(1).to(torch.float64)
                 jac.append(inter / union)
                 ovl.append(inter / k)
-                tau.append(kendall_tau_b(f[i], f[j]))
+                tau.append(kendall_tau_b(rank_vals[i], rank_vals[j]))  # the ranking abs= sets, as the top-k
             jaccard[rows] = torch.stack(jac, 1).mean(1)
             vsi[rows] = 100 * torch.stack(ovl, 1).mean(1)
             taus = torch.stack(tau, 1)
