@@ -34,7 +34,7 @@ from whybox.models.inputs import (
 )
 from whybox.models.targets import apply_score_space, class_label_target, true_class_indices
 from whybox.models.targets import class_names as model_class_names
-from whybox.registry import EXPLAINERS
+from whybox.registry import EXPLAINERS, METRICS
 
 __all__ = ["DebugReport", "Mistake", "find_mistakes"]
 
@@ -263,7 +263,8 @@ def find_mistakes(
     # the predictions: through the adapter's guard (eval mode, state restored) and the engine's chunked forward
     dev = adapter.device
     w_dtype = getattr(adapter, "weights_dtype", None)
-    if isinstance(adapter, TorchAdapter) and isinstance(w_dtype, torch.dtype) and text_batch is None:
+    floats = inputs.is_floating_point() or inputs.dtype == torch.uint8  # not token ids: explain says what fits them
+    if isinstance(adapter, TorchAdapter) and isinstance(w_dtype, torch.dtype) and text_batch is None and floats:
         inputs = inputs.to(w_dtype)  # float64 or uint8 data into a float32 model, as explain and evaluate read them
     with adapter.guard("eval"):
         scorer = scoring_adapter(adapter, "prob")  # a classifier's predict_proba read as its probabilities
@@ -322,8 +323,11 @@ def find_mistakes(
     takes_baseline = "baseline" in _keyword_options(cls)
     if issubclass(cls, PerturbationExplainer):
         opts.setdefault("fill", fill)
-    elif takes_baseline and text_batch is None:
-        opts.setdefault("baseline", fill)  # Integrated Gradients: the hidden state is its baseline
+    elif takes_baseline and text_batch is None and "baseline" not in opts:
+        # Integrated Gradients: its baseline is the hidden state the insertion steps start from, resolved as they
+        # resolve it (the same blur, the same uniform draws, "min")
+        hc = METRICS.get("highest_confidence")(fill=fill)
+        opts["baseline"] = hc.fill_values(x, adapter)
     e = explain(model, x, method, target=y, batch_size=batch_size, **opts)
     report.explanation = e
     signal = is_signal(adapter, x)

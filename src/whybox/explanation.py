@@ -497,7 +497,7 @@ class Explanation:
             frame = inputs
             if got == tuple(shape):
                 return lambda r, j: text(frame.iloc[r, j])
-        elif not isinstance(inputs, torch.Tensor) and np.asarray(inputs).dtype == object:  # cells of text and numbers
+        elif not isinstance(inputs, torch.Tensor) and np.asarray(inputs).dtype.kind in "OUS":  # text cells too
             cells = np.asarray(inputs)
             got = tuple(cells.shape)
             if got == tuple(shape):

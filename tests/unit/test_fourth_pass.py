@@ -708,3 +708,159 @@ def test_stability_kendall_ranks_by_abs_as_documented() -> None:
     want_abs = np.mean([kendalltau(abs(v[a]), abs(v[b])).statistic for a, b in pairs])
     want_signed = np.mean([kendalltau(v[a], v[b]).statistic for a, b in pairs])
     assert got[True] == pytest.approx(want_abs, abs=1e-12) and got[False] == pytest.approx(want_signed, abs=1e-12)
+
+
+class _Settings:  # a plain settings object (as a dataclass or SimpleNamespace): hashed by its values
+    def __init__(self) -> None:
+        self.scale = 1.0
+        self.norm = {"mean": {"value": [1.0, 0.5]}}  # three levels deep
+
+
+_SETTINGS = _Settings()
+
+
+def _settings_scores(x: torch.Tensor) -> torch.Tensor:
+    s = _SETTINGS.scale * _SETTINGS.norm["mean"]["value"][0]
+    return x.sum(1, keepdim=True).repeat(1, 2) * s
+
+
+def test_run_fingerprint_follows_settings_objects_and_leaves_modules_by_name() -> None:
+    """The process-state filter dropped plain settings objects (a dataclass, a namespace) and dicts nested three
+    deep, and a module closed over (import torch inside a factory) crashed the hasher (OSError from ctypes)."""
+    from whybox.runs.job import Job, fingerprints
+
+    job, x = Job(methods=("occlusion",)), torch.zeros(2, 4)
+    before = fingerprints(job, whybox.adapt(_settings_scores), x, [], None)["weights"]
+    _SETTINGS.norm["mean"]["value"][0] = 2.0
+    try:
+        assert fingerprints(job, whybox.adapt(_settings_scores), x, [], None)["weights"] != before
+    finally:
+        _SETTINGS.norm["mean"]["value"][0] = 1.0
+
+    def make() -> object:
+        import torch as t
+
+        return lambda rows: t.as_tensor(rows).sum(1, keepdim=True).repeat(1, 2)
+
+    digest = fingerprints(job, whybox.adapt(make()), x, [], None)["weights"]
+    assert digest == fingerprints(job, whybox.adapt(make()), x, [], None)["weights"]
+
+
+def test_find_mistakes_ig_takes_the_insertion_fill_and_keeps_token_id_errors() -> None:
+    """The first fill -> baseline mapping refused fill='min' (no IG baseline of that name) and left 'blur' and
+    'uniform' to IG's own versions (another blur, other draws); the dtype cast turned token ids into floats."""
+    from whybox.errors import InvalidInputError
+    from whybox.metrics.faithfulness import resolve_fill
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 2, 64, generator=g) * 0.1
+    x[:, 0, :32] += 0.5
+    x[::2, 1, 48:52] = 1.0
+    y = torch.zeros(6, dtype=torch.int64)
+    for fill in ("min", "uniform", "mean"):
+        rep = whybox.find_mistakes(_SpikeNet(), x, y, method="integrated_gradients", fill=fill, n_steps=4)
+        base = rep.explanation.options["baseline"]
+        torch.testing.assert_close(base, resolve_fill(fill, x[::2], seed=0))
+    emb = nn.Sequential(nn.Embedding(10, 4), nn.Flatten(), nn.Linear(12, 2))
+    with pytest.raises(InvalidInputError, match="token ids"):
+        whybox.find_mistakes(emb, torch.randint(0, 10, (3, 3)), torch.ones(3, dtype=torch.int64), method="occlusion")
+
+
+def test_loaders_refuse_an_unnamed_csv_column_and_read_configs_like_flags(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """pandas' to_csv index became a feature (then a raw shape error); a TOML target = 3 was refused and a YAML 1e-1
+    read as a string; text sources mixed with and without labels lost the labels silently; a UTF-8 BOM stayed in the
+    first text."""
+    from whybox.errors import DataFormatError, InvalidInputError
+    from whybox.runs.loaders import _load_csv, _load_texts, _parse_config
+
+    (tmp_path / "t.csv").write_text(",a,b\n0,1.0,2.0\n1,3.0,4.0\n")
+    with pytest.raises(DataFormatError, match=r"has no name \(pandas writes its index so: save with .*index=False"):
+        _load_csv(tmp_path / "t.csv", "t.csv", None, None)
+    got = _parse_config("noise_level: 1e-1\nsteps: 3\nname: abc\nq: '1e-1'\n", ".yaml", "c.yaml")
+    assert got == {"noise_level": 0.1, "steps": 3, "name": "abc", "q": "1e-1"}
+
+    class _Model:  # what _load_texts reads of a loaded text model
+        pass
+
+    (tmp_path / "a.txt").write_text("\ufeffThe plot was dull.\nGreat food.\n", encoding="utf-8")
+    import whybox.runs.loaders as L
+
+    seen: dict[str, object] = {}
+    real = L.texts_dataset
+
+    def spy(texts, model, *, names, labels):  # type: ignore[no-untyped-def]
+        seen.update(texts=texts, labels=labels)
+        return None
+
+    L.texts_dataset = spy  # type: ignore[assignment]
+    try:
+        _load_texts([str(tmp_path / "a.txt")], _Model(), None)  # type: ignore[arg-type]
+        assert seen["texts"] == ["The plot was dull.", "Great food."] and seen["labels"] is None
+        _load_texts(["sentiment-test", str(tmp_path / "a.txt")], _Model(), 3)  # type: ignore[arg-type]
+        assert seen["labels"] is not None and len(seen["labels"]) == 3  # type: ignore[arg-type]
+        with pytest.raises(InvalidInputError, match=r"sentiment-test has labels but .*a.txt has none"):
+            _load_texts(["sentiment-test", str(tmp_path / "a.txt")], _Model(), None)  # type: ignore[arg-type]
+    finally:
+        L.texts_dataset = real  # type: ignore[assignment]
+
+
+def test_digits_model_with_weights_leaves_the_rng_and_trains_under_inference_mode(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """load_model('digits-cnn', weights=...) drew its throwaway initialisation from the caller's RNG; the shared
+    trainer failed on a first call inside torch.inference_mode()."""
+    from whybox.data import DigitsCNN
+    from whybox.data.digits import fit_classifier
+    from whybox.runs.loaders import load_model
+
+    torch.save(DigitsCNN().state_dict(), tmp_path / "w.pt")
+    torch.manual_seed(123)
+    want = torch.rand(1)
+    torch.manual_seed(123)
+    load_model("digits-cnn", weights=tmp_path / "w.pt")
+    assert torch.equal(torch.rand(1), want)
+    x, y = torch.rand(8, 1, 8, 8), torch.arange(8) % 10
+    with torch.inference_mode():
+        m = fit_classifier(
+            DigitsCNN, x, y, epochs=1, batch_size=4, init_seed=0, generator=torch.Generator().manual_seed(0)
+        )
+    assert isinstance(m, DigitsCNN)
+
+
+def test_five_class_probabilities_rounded_to_3_decimals_are_read_as_them() -> None:
+    """Rounded to 3 decimals, 5 classes can sum to 0.998: beyond the first tolerance, so they were softmaxed."""
+    from whybox.models.blackbox_text import BlackBoxTextAdapter
+
+    def probs(texts: list[str]) -> np.ndarray:
+        z = np.array([[0.3, 1.0 + 2.0 * ("slow" in t.split()), -0.2, 0.1, 0.4] for t in texts])
+        return np.exp(z) / np.exp(z).sum(1, keepdims=True)
+
+    def rounded(texts: list[str]) -> np.ndarray:
+        return probs(texts).round(3)
+
+    want = whybox.explain_text(
+        BlackBoxTextAdapter(probs), ["the service was slow"], "occlusion", target=1, score="prob"
+    )
+    got = whybox.explain_text(
+        BlackBoxTextAdapter(rounded), ["the service was slow"], "occlusion", target=1, score="prob"
+    )
+    assert dict(got.words[0])["slow"] == pytest.approx(dict(want.words[0])["slow"], abs=3e-3)
+
+
+def test_roar_frees_the_models_it_has_trained() -> None:
+    """The in-place check kept every retrained model alive until roar returned."""
+    import weakref
+
+    from whybox.metrics.roar import roar
+
+    alive: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+
+    def build() -> nn.Module:
+        m = _TinyMLP()
+        alive.add(m)
+        assert len(alive) <= 2, len(alive)  # the one being built and at most one not yet collected
+        return m
+
+    import gc
+
+    gc.collect()
+    roar({"m": (torch.rand(12, 1, 4, 4), torch.rand(12, 1, 4, 4))}, data=_roar_data(), model_fn=build,
+         fractions=(0.25, 0.5), n_retrain=2, epochs=1)  # fmt: skip

@@ -181,3 +181,17 @@ def test_command_line_onnx_model(graphs: dict[str, Path], tmp_path: Path) -> Non
         run_job(job, whybox.adapt(graphs["other"]), x, tmp_path / "r")
     again = run_job(job, whybox.adapt(graphs["dynamic"]), x, tmp_path / "r")
     assert again.complete and again.n_computed == 0
+
+
+def test_an_onnx_grayscale_cnn_reads_image_files_as_one_channel(tmp_path: Path) -> None:
+    """Fourth-pass audit: the loader looked for an nn.Conv2d to choose grayscale image files, which an ONNX graph has
+    none of, so a 1-channel ONNX CNN was given RGB rows and every method failed."""
+    from whybox.runs.loaders import _gray_prepare, load_inputs, load_model
+
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(128, 3)).eval()
+    path = export(cnn, tmp_path / "g.onnx", (images(2),))
+    lm = load_model(str(path))
+    assert lm.prepare_image is _gray_prepare
+    ds = load_inputs(["digits-test"], lm, limit=2)
+    assert tuple(ds.x.shape[1:]) == (1, 8, 8)

@@ -59,7 +59,7 @@ _COMMON_KEYS: dict[str, type | tuple[type, ...]] = {
     "label_column": str,
     "batch_size": int,
     "seed": int,
-    "target": str,
+    "target": (str, int),
     "device": str,
 }
 
@@ -190,6 +190,8 @@ def _apply_config(
             beside = Path(path).parent / str(value)
             local = key == "weights" or beside.exists()  # a model may be a built-in name (digits-cnn)
             params[name] = str(beside) if local and not Path(str(value)).is_absolute() else value
+        elif key == "target" and not given:  # target = 3 (a class index), as --target 3
+            params[name] = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
         elif not given:
             params[name] = (
                 ",".join(map(str, value)) if isinstance(value, list) and key in ("methods", "metrics") else value
@@ -468,7 +470,7 @@ def explain_cmd(ctx: click.Context, **params: Any) -> None:
     """Explain INPUTS with one method: write explanation.safetensors (the maps, with method, options and meta in
     its JSON header; whybox.Explanation.load reads it) and one overlay PNG per image, or for a text model the word
     attributions (in the terminal and in tokens.html)."""
-    tables = _apply_config(ctx, params, {"method": str, "options": dict, "out": str, "target": str})
+    tables = _apply_config(ctx, params, {"method": str, "options": dict, "out": str, "target": (str, int)})
     method = params.get("method")
     if not method:
         raise _fail("--method is required; see `whybox methods`.")
@@ -775,7 +777,7 @@ def _explained(labels: list[str] | None, probs: torch.Tensor, t: int, *, quote: 
     "metric_options",
     multiple=True,
     metavar="METRIC.KEY=VALUE",
-    help="A metric option (repeatable), e.g. deletion.steps=20.",
+    help="A metric option (repeatable), e.g. deletion.steps=20 (pixel steps: images, signals, tables).",
 )
 @click.option("--target", help="'prediction' (default), 'label', a class index or a class name.")
 @click.option(
@@ -804,7 +806,7 @@ def evaluate_cmd(ctx: click.Context, **params: Any) -> None:
             "metrics": (str, list),
             "options": dict,
             "metric_options": dict,
-            "target": str,
+            "target": (str, int),
             "masks": str,
         },
     )
@@ -1026,7 +1028,7 @@ def compare_cmd(ctx: click.Context, **params: Any) -> None:
             "backend": str,
             "ray_address": str,
             "budget": (int, float),
-            "target": str,
+            "target": (str, int),
         },
     )
     from whybox.runs.job import Job, run_job

@@ -197,7 +197,8 @@ def fit_classifier(
     :func:`_single_thread`). Shared by the digits recipe and the ROAR job. Returns the model in eval mode.
     """
     n_batches = -(-len(y) // batch_size)
-    with _single_thread(), torch.random.fork_rng(devices=[]), torch.enable_grad():
+    # trains under torch.inference_mode() or no_grad too (a first call inside either would otherwise fail)
+    with _single_thread(), torch.random.fork_rng(devices=[]), torch.inference_mode(False), torch.enable_grad():
         torch.default_generator.manual_seed(init_seed)  # initialisation draws from the (forked) CPU generator
         model = model_fn()
         model.train()

@@ -319,8 +319,8 @@ class _CurveMetric(Metric):
         super().__init__(**kwargs)
         if steps is not None and regions is not None:  # one step per region: a steps count would not apply
             raise InvalidParameterError(
-                f"steps={steps!r} applies to pixel steps; with regions= the curve takes one step per region (each "
-                "row's own count). Leave steps out, or regions out for pixel steps."
+                f"steps={steps!r} applies to pixel steps; with regions= (on texts: their words, always) the curve "
+                "takes one step per region (each row's own count). Leave steps out, or regions out for pixel steps."
             )
         self.steps = None if regions is not None else 100 if steps is None else check_int("steps", steps)
         note_option_columns(self, "fill", fill)
@@ -343,6 +343,14 @@ class _CurveMetric(Metric):
         self.blur_sigma = check_float("blur_sigma", blur_sigma, 0.0, lo_open=True)
         self.padding = check_choice("padding", padding, PADDINGS)
 
+    def fill_values(self, x: torch.Tensor, adapter: Any = None) -> torch.Tensor:
+        """What a removed feature of ``x`` becomes along this metric's curve (its ``fill`` resolved on ``x``, as the
+        curve resolves it): the hidden state an explainer's baseline can share (``find_mistakes``)."""
+        return resolve_fill(
+            self.fill, x, seed=self.seed, klen=self.blur_klen, sigma=self.blur_sigma, padding=self.padding,
+            packing=getattr(adapter, "packing", None),
+        )  # fmt: skip
+
     def _curve(self, ctx: Context) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         """``(x (B, P), y (B, P), meta)`` of the insertion (or deletion) curve."""
         if ctx.attributions is None or ctx.engine is None or ctx.target is None:
@@ -351,10 +359,7 @@ class _CurveMetric(Metric):
         values, groups = feature_scores(ctx.attributions, x, abs=self.abs, signal=ctx.signal)
         flat_rows = (values.amax(1) == values.amin(1)).cpu()
         region_steps = self.regions is not None
-        fill = resolve_fill(
-            self.fill, x, seed=self.seed, klen=self.blur_klen, sigma=self.blur_sigma, padding=self.padding,
-            packing=getattr(ctx.adapter, "packing", None),
-        )  # fmt: skip
+        fill = self.fill_values(x, ctx.adapter)
         if region_steps:
             groups = _region_groups(self.regions, x, signal=ctx.signal)
             if groups.groups.shape[0] != x.shape[0]:

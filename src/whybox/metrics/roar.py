@@ -131,18 +131,21 @@ def _fresh_models(model_fn: Any) -> Callable[[], nn.Module]:
             "model_fn must build a fresh, untrained model at every call (a class such as MyNet, or a function "
             f"returning a new nn.Module); got {what}."
         )
-    built: list[nn.Module] = []
+    import weakref
+
+    built: list[weakref.ref[nn.Module]] = []  # weak: the retrained models are freed as the job goes on
 
     def fresh() -> nn.Module:
         m = model_fn()
         if not isinstance(m, nn.Module):
             raise InvalidParameterError(f"model_fn must return an nn.Module; it returned {type(m).__name__}.")
-        if any(m is b for b in built):
+        built[:] = [r for r in built if r() is not None]
+        if any(r() is m for r in built):
             raise InvalidParameterError(
                 f"model_fn returned the same {type(m).__name__} twice; it must build a fresh, untrained model at every "
                 "call (e.g. model_fn=MyNet, not lambda: net), or every retrain would train that one model further."
             )
-        built.append(m)
+        built.append(weakref.ref(m))
         return m
 
     return fresh
@@ -258,6 +261,7 @@ def roar(
     with torch.random.fork_rng(devices=[]):
         probe = model_fn()  # the models' dtype: the images are trained and tested in it (float64 or uint8 data)
     dtype = next((p.dtype for p in probe.parameters() if p.is_floating_point()), torch.float32)
+    del probe
     x_tr, x_te = x_tr.to(dtype), x_te.to(dtype)
     spec: dict[str, str | tuple[torch.Tensor, torch.Tensor]] = (
         dict(methods)

@@ -236,10 +236,9 @@ class _TextProbabilities(ModelAdapter):
         s = self.inner.scores(x)
         if s.shape[1] < 2:  # one score: no distribution (a softmax over it is 1 and is refused elsewhere)
             return s
-        # rows of probabilities within rounding (4 decimals from an API, float32 or float16 over K classes), as
-        # whybox.models.adapter.output_probabilities reads them
-        eps = self.inner._eps
-        tol = 1e-3 + s.shape[1] * (1.2e-7 + (eps if eps > 1e-4 else 0.0))
+        # rows of probabilities within rounding: 3 decimals from an API (up to 5e-4 a class), float32 or float16
+        eps, k = self.inner._eps, s.shape[1]
+        tol = 1e-3 + min(k, 20) * 5e-4 + k * (1.2e-7 + (eps if eps > 1e-4 else 0.0))
         dist = bool((s >= 0).all()) and bool(((s.sum(1) - 1).abs() <= tol).all())
         if self.inner._read_as is None:
             self.inner._read_as = dist

@@ -278,6 +278,18 @@ def _hash_value(h: Any, v: Any, depth: int = 0, seen: set[int] | None = None) ->
     if isinstance(v, np.generic):
         h.update(repr(v.item()).encode())
         return
+    if _is_pandas(v):  # a Series or DataFrame: its values, index and columns
+        h.update(type(v).__qualname__.encode())
+        _hash_value(h, v.to_numpy(), depth, seen)
+        _hash_value(h, [str(i) for i in getattr(v, "columns", [])] + [str(i) for i in v.index], depth, seen)
+        return
+    import types
+
+    if isinstance(v, (types.ModuleType, type)):  # a module (``import torch`` closed over) or a class: by name
+        h.update(
+            f"{type(v).__qualname__} {getattr(v, '__module__', '')}.{getattr(v, '__qualname__', v.__name__)}".encode()
+        )
+        return
     h.update(type(v).__qualname__.encode())
     if id(v) in seen or depth >= _HASH_DEPTH:
         return
@@ -361,21 +373,34 @@ def _global_names(code: Any) -> tuple[set[str], set[str]]:
 
 def _settings_like(v: Any, depth: int = 0) -> bool:
     """Whether a module-level value is a setting or data the run's numbers follow (numbers, strings, arrays,
-    tensors, modules, fitted estimators, functions, and containers of them), rather than process state (a logger,
-    a lock, a cache, a registry), which differs between processes and is left out of the fingerprint."""
+    tensors, pandas tables, modules, fitted estimators, functions, containers of them, and plain objects holding
+    them: a dataclass or namespace of settings), rather than process state (a logger, a lock, a cache of objects, a
+    registry), which differs between processes and is left out of the fingerprint. Looked into 4 levels deep."""
     import functools
 
     if v is None or isinstance(v, (bool, int, float, complex, str, bytes, np.generic, np.ndarray, torch.Tensor)):
         return True
     if isinstance(v, (torch.nn.Module, functools.partial)) or hasattr(v, "__code__"):
         return True
+    if _is_pandas(v):
+        return True
     if hasattr(v, "fit") and any(callable(getattr(v, n, None)) for n in ("predict", "predict_proba", "transform")):
-        return True  # a scikit-learn estimator fitted at import (clf = joblib.load(...))
-    if isinstance(v, (list, tuple, set, frozenset)) and depth < 2:
+        return True  # a scikit-learn estimator or Pipeline fitted at import (clf = joblib.load(...))
+    if depth >= 4:
+        return False
+    if isinstance(v, (list, tuple, set, frozenset)):
         return all(_settings_like(i, depth + 1) for i in list(v)[:64])
-    if isinstance(v, dict) and depth < 2:
+    if isinstance(v, dict):
         return all(_settings_like(k, depth + 1) and _settings_like(i, depth + 1) for k, i in list(v.items())[:64])
-    return False
+    try:
+        attributes = vars(v)
+    except TypeError:  # a C object without a __dict__ (a lock, a generator)
+        return False
+    return all(_settings_like(i, depth + 1) for i in list(attributes.values())[:64])
+
+
+def _is_pandas(v: Any) -> bool:
+    return type(v).__module__.split(".")[0] == "pandas" and callable(getattr(v, "to_numpy", None))
 
 
 def _hash_globals(h: Any, fn: Any, depth: int, seen: set[int]) -> None:
@@ -400,7 +425,7 @@ def _hash_globals(h: Any, fn: Any, depth: int, seen: set[int]) -> None:
         elif isinstance(value, type):
             h.update(f"{value.__module__}.{value.__qualname__}".encode())
         elif _settings_like(value):
-            _hash_value(h, value, depth, seen)
+            _hash_value(h, value, 0, seen)  # a setting of its own: followed as deep as a model's settings
         else:
             h.update(type(value).__qualname__.encode())
 

@@ -163,6 +163,13 @@ def _first_conv_channels(model: nn.Module) -> int | None:
     return None if conv is None else int(conv.in_channels)
 
 
+def _onnx_gray(model: Any) -> bool:
+    """Whether ``model`` is an ONNX graph (a :class:`~whybox.models.adapter.FunctionModel` around an ONNX model)
+    whose input is one-channel images ``(batch, 1, H, W)``."""
+    shape = getattr(getattr(model, "fn", None), "row_shape", None)
+    return isinstance(shape, tuple) and len(shape) == 3 and shape[0] == 1
+
+
 def _digits_prepare(image: np.ndarray) -> torch.Tensor:
     """One image to a ``(1, 8, 8)`` float32 input of the digits CNN.
 
@@ -664,7 +671,11 @@ def load_model(
     module: Any
     if spec == "digits-cnn":
         # with weights, skip the (cached) training: the weights replace them anyway
-        module = data.DigitsCNN() if weights_path is not None else data.digits_cnn()
+        if weights_path is not None:
+            with torch.random.fork_rng(devices=[]):  # its random initialisation, replaced by the weights, draws
+                module = data.DigitsCNN()  # from a forked generator: the caller's RNG state stays as it was
+        else:
+            module = data.digits_cnn()
         labels, prepare = [str(c) for c in range(10)], _digits_prepare
     elif spec == "efficientnet-lite0":
         module = data.efficientnet_lite0()
@@ -703,7 +714,7 @@ def load_model(
             names = getattr(getattr(inner, "config", None), "id2label", None)
             if isinstance(names, Mapping) and names and sorted(names) == list(range(len(names))):
                 labels = [str(names[i]) for i in range(len(names))]
-            if _first_conv_channels(inner) == 1:  # a grayscale CNN reads image files as one channel
+            if _first_conv_channels(inner) == 1 or _onnx_gray(inner):  # a grayscale CNN reads files as one channel
                 prepare = _gray_prepare
         named = getattr(module, "output_names", None)  # an adapter that names its outputs (adapt(labels=...))
         if named is not None:
@@ -1072,6 +1083,13 @@ def _load_csv(
                     f"input {entry!r}: its first row ({_listing(columns)}) holds only numbers, so it is data, not a "
                     "header of column names; add a header row (e.g. f0,f1,...), or save the inputs as .npy."
                 )
+            unnamed = [j for j, c in enumerate(columns) if not c]
+            if unnamed:  # pandas' to_csv writes its index under an empty name: it would be read as a feature
+                raise DataFormatError(
+                    f"input {entry!r}: column{'s' if len(unnamed) > 1 else ''} {_listing([str(j) for j in unnamed])} "
+                    "of the header ha" + ("ve" if len(unnamed) > 1 else "s") + " no name (pandas writes its index "
+                    "so: save with DataFrame.to_csv(path, index=False)); name every column."
+                )
             duplicated = sorted({c for c in columns if columns.count(c) > 1})
             if duplicated:
                 raise DataFormatError(f"input {entry!r}: the header repeats column names: {_listing(duplicated)}.")
@@ -1433,9 +1451,11 @@ def _load_texts(paths: Sequence[str | os.PathLike[str]], model: LoadedModel, lim
     """Texts for a text model: the builtin ``sentiment-test`` set, or ``.txt`` files (one text per line)."""
     texts: list[str] = []
     names: list[str] = []
-    labels: list[int] = []
-    labelled = True
+    labels: list[int] = []  # -1: a row of a source without labels
+    sources: list[str] = []  # each row's source, for the mixed-labels error
     for entry in paths:
+        if limit is not None and len(texts) >= limit:
+            break  # sources past the limit are not read
         text = os.fspath(entry)
         if text == "sentiment-test":
             from whybox.data.text import sentiment_data
@@ -1444,6 +1464,7 @@ def _load_texts(paths: Sequence[str | os.PathLike[str]], model: LoadedModel, lim
             texts += builtin_texts
             names += [f"sentiment-test-{i:03d}" for i in range(len(builtin_texts))]
             labels += builtin_labels.tolist()
+            sources += [text] * len(builtin_texts)
             continue
         path = Path(text).expanduser()
         if not path.is_file() or path.suffix.lower() != ".txt":
@@ -1452,7 +1473,7 @@ def _load_texts(paths: Sequence[str | os.PathLike[str]], model: LoadedModel, lim
                 "line)" + ("; no such file." if not path.exists() else f"; got {path.suffix or 'no suffix'!r}.")
             )
         try:
-            lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+            lines = [ln.strip() for ln in path.read_text(encoding="utf-8-sig").splitlines()]  # a BOM left out
         except (OSError, UnicodeDecodeError) as exc:
             raise DataFormatError(f"input {text!r} could not be read as UTF-8 text: {exc}.") from None
         numbered = [(i + 1, ln) for i, ln in enumerate(lines) if ln]  # named by their line in the file
@@ -1460,10 +1481,18 @@ def _load_texts(paths: Sequence[str | os.PathLike[str]], model: LoadedModel, lim
             raise DataFormatError(f"input {text!r} holds no text (every line is blank).")
         texts += [ln for _, ln in numbered]
         names += [f"{path.name}:{n}" for n, _ in numbered]
-        labelled = False
+        labels += [-1] * len(numbered)
+        sources += [text] * len(numbered)
     if limit is not None:
-        texts, names, labels = texts[:limit], names[:limit], labels[:limit]
-    y = torch.tensor(labels, dtype=torch.int64) if labelled and labels else None
+        texts, names, labels, sources = texts[:limit], names[:limit], labels[:limit], sources[:limit]
+    with_labels = [s for s, lab in zip(sources, labels, strict=True) if lab >= 0]
+    without = [s for s, lab in zip(sources, labels, strict=True) if lab < 0]
+    if with_labels and without:  # as image inputs: labels for every input or for none
+        raise InvalidInputError(
+            f"{with_labels[0]} has labels but {without[0]} has none; give labels for every input or for none (load "
+            "them in separate runs)."
+        )
+    y = torch.tensor(labels, dtype=torch.int64) if with_labels else None
     return texts_dataset(texts, model, names=names, labels=y)
 
 
@@ -1491,6 +1520,19 @@ def _check_value(key: str, value: Any, types: tuple[type, ...], where: str, tabl
     raise InvalidParameterError(f"config {where}: {key!r} must be {_type_names(types)}; got {got}{hint}.")
 
 
+def _yaml_loader(yaml: Any) -> Any:
+    """PyYAML's safe loader reading floats as YAML 1.2 (and TOML, JSON) write them: ``1e-1`` and ``2E5`` are numbers
+    (YAML 1.1, PyYAML's default, wants a dot and a signed exponent and read them as strings)."""
+    import re
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    number = re.compile(r"^[-+]?(?:\d[\d_]*)?(?:\.\d*)?[eE][-+]?\d+$|^[-+]?(?:\d[\d_]*)?\.\d+$|^[-+]?\d+\.\d*$")
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", number, list("-+0123456789."))
+    return Loader
+
+
 def _parse_config(text: str, suffix: str, where: str) -> dict[str, Any]:
     """A config's top-level mapping: JSON for ``.json``, YAML (safe loader: plain data, no tags that build
     objects) for ``.yaml`` / ``.yml``, TOML otherwise."""
@@ -1509,7 +1551,7 @@ def _parse_config(text: str, suffix: str, where: str) -> dict[str, Any]:
                 f"the config file {where} is YAML, which needs PyYAML (pip install pyyaml); or write it as TOML."
             ) from exc
         try:
-            table = yaml.safe_load(text)
+            table = yaml.load(text, Loader=_yaml_loader(yaml))  # a SafeLoader subclass: plain data only
         except yaml.YAMLError as exc:
             raise InvalidParameterError(f"the config file {where} is not plain YAML data: {exc}.") from exc
         table = {} if table is None else table
