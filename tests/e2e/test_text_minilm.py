@@ -106,11 +106,15 @@ def test_text_inputs_load_from_txt_files_and_the_builtin_set(tmp_path: object) -
     lm = load_model("minilm-sentiment")
     p = Path(str(tmp_path)) / "reviews.txt"
     p.write_text("The movie was great.\n\n  The plot was dull.  \n", encoding="utf-8")
-    ds = load_inputs([p, "sentiment-test"], lm, limit=4)
-    assert ds.kind == "text" and ds.texts[:2] == ["The movie was great.", "The plot was dull."]
-    assert ds.names[:2] == ["reviews.txt:1", "reviews.txt:3"] and len(ds.names) == 4  # line numbers (2 is blank)
+    ds = load_inputs([p], lm)
+    assert ds.kind == "text" and ds.texts == ["The movie was great.", "The plot was dull."]
+    assert ds.names == ["reviews.txt:1", "reviews.txt:3"]  # line numbers (2 is blank)
     assert ds.labels is None  # a .txt file carries no labels
     assert ds.x.shape[:2] == lm.module.encode(ds.texts).inputs.shape[:2]
+    with pytest.raises(InvalidInputError, match=r"has labels but .*reviews.txt has none"):  # as image inputs
+        load_inputs([p, "sentiment-test"], lm, limit=4)
+    first = load_inputs(["sentiment-test", p], lm, limit=2)  # the rows kept are all labelled
+    assert first.labels is not None and len(first.labels) == 2
     only = load_inputs(["sentiment-test"], lm, limit=5)
     assert only.labels is not None and only.labels.tolist() == sentiment_data("test")[1][:5].tolist()
     (Path(str(tmp_path)) / "blank.txt").write_text("\n \n", encoding="utf-8")
@@ -128,7 +132,7 @@ def test_attention_methods_read_minilm(sentiment: tuple[object, object], method:
 
     _, adapter = sentiment
     out = explain_text(adapter, TEXTS[:2], method, readout="mean")
-    assert [w for w, _ in out.words[0]] == ["the", "movie", "was", "great", "."]
+    assert [w for w, _ in out.words[0]] == ["The", "movie", "was", "great", "."]  # as written in the text
     if method == "attention_rollout":
         total = out.batch.token_attributions(out.explanation).sum(1)
         assert torch.allclose(total, torch.ones(2, dtype=total.dtype), atol=1e-5)

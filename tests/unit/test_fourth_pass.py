@@ -286,7 +286,7 @@ def test_attention_word_values_sum_their_subwords() -> None:
     tok = dict(out.tokens[0])
     words = dict(out.words[0])
     assert words["playing"] == pytest.approx(tok["play"] + tok["##ing"], abs=1e-12)
-    assert word_pool(clf, "attention_rollout") is None and word_pool(clf, "occlusion") == "mean"
+    assert word_pool(clf, "attention_rollout") == "sum" and word_pool(clf, "occlusion") == "mean"
 
 
 def _gen_lm() -> tuple[nn.Module, object]:
@@ -864,3 +864,45 @@ def test_roar_frees_the_models_it_has_trained() -> None:
     gc.collect()
     roar({"m": (torch.rand(12, 1, 4, 4), torch.rand(12, 1, 4, 4))}, data=_roar_data(), model_fn=build,
          fractions=(0.25, 0.5), n_retrain=2, epochs=1)  # fmt: skip
+
+
+def test_text_curves_rank_words_as_explain_text_and_stability_reads_words() -> None:
+    """Deletion on texts ranked a word by the mean of its subwords' gradient values (explain_text sums them: a
+    two-subword word fell in rank); stability with a gradient method scored embedding elements, pads and specials
+    included, so a text's score changed with the longer texts of its batch."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_text import tiny_bert, toy_tokenizer
+
+    from whybox.models.text import adapt_text
+
+    clf = adapt_text(tiny_bert(), toy_tokenizer())
+    texts = ["played it was very fun", "the movie was not a good film but the acting was fun"]
+    out = whybox.explain_text(clf, texts, "integrated_gradients", n_steps=8)
+    r = whybox.evaluate(clf, texts, out, "deletion")
+    order = r.meta["region_order"][0].tolist()
+    words = [w for w, _ in out.words[0]]
+    by_value = sorted(range(len(words)), key=lambda i: -out.words[0][i][1])
+    assert order[: len(words)] == by_value
+    kw = {"n_runs": 3, "measure": "kendall", "explainer_params": {"n_samples": 4}}
+    alone = whybox.evaluate(clf, texts[:1], "smoothgrad", "stability", **kw).scores
+    batch = whybox.evaluate(clf, texts, "smoothgrad", "stability", **kw).scores
+    torch.testing.assert_close(batch[:1], alone)
+
+
+def test_words_are_read_as_written_with_a_byte_level_or_unk_tokenizer() -> None:
+    """Words were their tokens joined: 'Ġ' markers and byte mojibake ('ĠcafÃ©') for byte-level BPE, '[UNK]' for an
+    out-of-vocabulary word (in out.words, to_html and the run report)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_text import tiny_bert, toy_tokenizer
+
+    from whybox.models.text import adapt_text
+
+    clf = adapt_text(tiny_bert(), toy_tokenizer())
+    out = whybox.explain_text(clf, ["the café movie was playing"], "occlusion")
+    assert [w for w, _ in out.words[0]] == ["the", "café", "movie", "was", "playing"]

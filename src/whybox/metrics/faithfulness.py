@@ -224,6 +224,7 @@ def curve_points(
     region_values: bool = False,
     pixel_values: torch.Tensor | None = None,
     null: torch.Tensor | None = None,
+    region_pool: str = "mean",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Feature ranks, per-step feature counts and x-coordinates of a perturbation curve.
 
@@ -232,8 +233,9 @@ def curve_points(
     values
         ``(B, N)`` per-feature relevance (ignored when ``region_values``).
     groups
-        The features; with ``region_values`` the regions, ranked by the mean of ``pixel_values`` ``(B, P)`` over
-        each region's pixels (a region map painted back on the pixels gives its own values).
+        The features; with ``region_values`` the regions, ranked by the mean (``region_pool="sum"``: the sum) of
+        ``pixel_values`` ``(B, P)`` over each region's pixels (a region map painted back on the pixels gives its own
+        values by the mean; a text's words, each token its own value, rank by the sum).
     steps
         Pixel-step protocol: ``steps`` equal-count steps (boundaries ``floor(i N / steps)``). ``None``: region
         steps, one region per step, empty regions last (their steps add no area).
@@ -257,7 +259,8 @@ def curve_points(
         sums = torch.zeros(b, m, dtype=torch.float64, device=flat.device).scatter_add_(
             1, flat, pixel_values.to(flat.device, torch.float64)
         )
-        values = torch.where(sizes > 0, sums / sizes.clamp_min(1), torch.full_like(sums, -math.inf))
+        pooled = sums if region_pool == "sum" else sums / sizes.clamp_min(1)
+        values = torch.where(sizes > 0, pooled, torch.full_like(sums, -math.inf))
     order = tie_order(values, seed, descending=descending).cpu()
     if region_values:  # empty regions (unused ids) last, whatever the direction
         empty = (sizes.cpu() == 0).gather(1, order).to(torch.int64)
@@ -314,9 +317,18 @@ class _CurveMetric(Metric):
         blur_klen: int = 11,
         blur_sigma: float = 5.0,
         padding: str = "zero",
+        pool: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        from whybox.metrics.eraser import _check_pool
+
+        if pool is not None and regions is None:
+            raise InvalidParameterError(
+                f"pool={pool!r} ranks regions by their elements' values; it applies with regions= only (pixel steps "
+                "rank each pixel by its own value). Leave pool out, or give regions."
+            )
+        self.pool = "mean" if pool is None else _check_pool(pool)
         if steps is not None and regions is not None:  # one step per region: a steps count would not apply
             raise InvalidParameterError(
                 f"steps={steps!r} applies to pixel steps; with regions= (on texts: their words, always) the curve "
@@ -382,6 +394,7 @@ class _CurveMetric(Metric):
                 region_values=True,
                 pixel_values=values,
                 null=null,
+                region_pool=self.pool,
             )
         else:
             ranks, counts, xs = curve_points(
@@ -429,6 +442,10 @@ class Deletion(_CurveMetric):
     steps
         Curve steps (``steps + 1`` points; clamped to the number of features; default 100). Pixel-step protocol only:
         with ``regions`` the curve takes one step per region, and ``steps`` is refused.
+    pool
+        With ``regions``: a region's rank is the ``"mean"`` (default) or ``"sum"`` of its elements' attributions
+        (texts: ``"sum"`` for gradient and attention methods, whose tokens each carry their own value, as
+        :func:`~whybox.explain_text`'s words).
     fill
         What a removed pixel becomes: ``"zero"`` (default; the dataset mean in normalised space, as RISE),
         ``"mean"``, ``"blur"``, ``"min"``, ``"uniform"``, a number, a tensor or a callable.

@@ -119,8 +119,11 @@ class Stability(Metric):
     ``(model, inputs, target) -> attributions``, which then gets no seed) and ``explainer_params`` override them.
     Features (``features``): ``"auto"`` uses the per-region weights ``meta["values"]`` ``(B, M)`` when the
     explainer reports them (LIME, Kernel SHAP, Shapley on superpixels: the same segmentation in every run), else
-    the attributions; ``"attributions"`` always ranks image pixels (channels summed) or input elements. Ranking by
-    ``|weight|`` (``abs=True``).
+    the attributions; ``"attributions"`` always ranks image pixels (channels summed) or input elements. ``regions``
+    (a label map, as the other metrics') ranks the map pooled over them instead (``pool``: ``"sum"`` or ``"mean"``);
+    on texts given to a text adapter they are its words, pooled as :func:`~whybox.explain_text` pools them, so a
+    text scores over its own words (not its pads, specials and embedding elements). Ranking by ``|weight|``
+    (``abs=True``).
 
     Per row, averaged over the ``R (R - 1) / 2`` pairs of runs: top-``k`` Jaccard ``|T_a & T_b| / |T_a | T_b|``
     (ties by the seeded rule), Kendall tau-b on the full vectors (|weight| with abs=True), and VSI ``= 100 * mean |S_a & S_b| / k``
@@ -157,10 +160,16 @@ class Stability(Metric):
         explainer: Any = None,
         explainer_params: dict[str, Any] | None = None,
         features: str = "auto",
+        regions: Any = None,
+        pool: str = "sum",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        from whybox.metrics.eraser import _check_pool, check_regions
+
         self.features = check_choice("features", features, ("auto", "attributions"))
+        self.regions = check_regions(regions, "the attributions' own features")
+        self.pool = _check_pool(pool)
         self.n_runs = check_int("n_runs", n_runs, 2)
         self.k = None if k is None else check_int("k", k)
         self.measure = check_choice("measure", measure, MEASURES)
@@ -198,8 +207,22 @@ class Stability(Metric):
             and len(values) == self.n_runs
             and all(v.shape == values[0].shape and v.shape[0] == b for v in values)
         )
+        widths: list[int] | None = None
         if use_values:
             feats = torch.stack([v.detach().to("cpu", torch.float64) for v in values])  # (R, B, M)
+        elif self.regions is not None:  # the map pooled over regions (a text's words: explain_text's word values)
+            from whybox.metrics.base import present_features
+            from whybox.metrics.eraser import pool_attributions, resolve_regions
+
+            groups = resolve_regions(self.regions, x, signal=ctx.signal)
+            feats = torch.stack(
+                [pool_attributions(e.attributions, groups, x, pool=self.pool).cpu().nan_to_num(0.0) for e in expls]
+            )
+            present = present_features(ctx, groups).cpu()
+            counts = present.sum(1)
+            prefix = bool((present == (torch.arange(present.shape[1]) < counts.unsqueeze(1))).all())
+            if prefix:  # each row's own features first (a text's words 0..W-1): scored over them alone
+                widths = [max(1, int(c)) for c in counts.tolist()]
         else:
             pooled = (
                 x.ndim == 4 and stack.ndim == 5
@@ -211,7 +234,8 @@ class Stability(Metric):
         sd = torch.stack([s.detach().to("cpu", torch.float64) for s in sds]) if has_sd else None
         # Rows of fewer features (superpixels, a per-row label map) are padded to the widest in meta["values"]:
         # each row is scored over its own features, so its score is the one it gets alone.
-        widths = _row_widths(expls, b, feats.shape[2]) if use_values else [feats.shape[2]] * b
+        if widths is None:
+            widths = _row_widths(expls, b, feats.shape[2]) if use_values else [feats.shape[2]] * b
         nan = torch.full((b,), math.nan, dtype=torch.float64)
         jaccard, vsi, kendall, csi = nan.clone(), nan.clone(), nan.clone(), nan.clone()
         per_feature = torch.full(feats.shape[1:], math.nan, dtype=torch.float64)

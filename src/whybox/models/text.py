@@ -71,6 +71,7 @@ class TextBatch:
     texts: list[str]
     replacement_ids: dict[str, int | None]  # token id of "pad", "mask", "unk" (None when the tokenizer has none)
     embeddings: nn.Module  # the model's word-embedding module (for baselines and fills)
+    word_texts: list[dict[int, str]] | None = None  # per row, each word's text as written (a fast tokenizer's)
 
     def __len__(self) -> int:
         return int(self.inputs.shape[0])
@@ -149,10 +150,16 @@ class TextBatch:
             for i, w in enumerate(wids):
                 if w is not None and not bool(self.special_mask[r, i]):
                     groups.setdefault(w, []).append(i)
-            rows.append(
-                [("".join(self.tokens[r][i].removeprefix("##") for i in groups[w]), groups[w]) for w in sorted(groups)]
-            )
+            rows.append([(self._word_text(r, w, groups[w]), groups[w]) for w in sorted(groups)])
         return rows
+
+    def _word_text(self, r: int, w: int, positions: list[int]) -> str:
+        """Word ``w`` of row ``r`` as written in the text (a fast tokenizer's character span: no byte-level BPE
+        markers, no [UNK]), else its subwords joined ("##" dropped)."""
+        spans = self.word_texts[r] if self.word_texts is not None and r < len(self.word_texts) else None
+        if spans is not None and w in spans:
+            return spans[w]
+        return "".join(self.tokens[r][i].removeprefix("##") for i in positions)
 
     def word_attributions(
         self, explanation: Explanation | torch.Tensor, how: str = "sum", reduce: str = "sum"
@@ -194,14 +201,16 @@ def _per_element(method: str) -> bool:
 def word_pool(model: Any, method: Any) -> str | None:
     """How a metric pools a word's attribution elements into the word's value on ``model``'s packed text, as
     :func:`explain_text` reads the word: ``"mean"`` for a method that copies one value onto every element of its
-    word (perturbation methods: a sum would count a word of two subwords twice), ``None`` (the metric's default
-    sum) for a gradient or attention method (each token its own value) or a black box's presence rows (one element
-    per word)."""
+    word (perturbation methods: a sum would count a word of two subwords twice), ``"sum"`` for a gradient or
+    attention method (each token its own value) or a black box's presence rows (one element per word); ``None``
+    for an explanation not made by a named method (the metric's default)."""
     from whybox.models.blackbox_text import BlackBoxTextAdapter
 
-    if isinstance(model, BlackBoxTextAdapter) or not isinstance(method, str) or _per_element(method):
+    if isinstance(model, BlackBoxTextAdapter):
+        return "sum"
+    if not isinstance(method, str):
         return None
-    return "mean"
+    return "sum" if _per_element(method) else "mean"
 
 
 def replace_tokens(
@@ -272,6 +281,25 @@ def ordinary_positions(mask: torch.Tensor, pre: int, suf: int) -> torch.Tensor:
     return m & (rank >= pre) & (rank < n - suf)
 
 
+def _word_texts(enc: Any, texts: list[str], word_ids: list[list[int | None]]) -> list[dict[int, str]] | None:
+    """Per row, each word's text as written, from a fast tokenizer's character spans (``None``: a slow tokenizer)."""
+    to_chars = getattr(enc, "word_to_chars", None)
+    if not callable(to_chars):
+        return None
+    out: list[dict[int, str]] = []
+    try:
+        for r, wids in enumerate(word_ids):
+            row: dict[int, str] = {}
+            for w in {w for w in wids if w is not None}:
+                span = to_chars(r, w)
+                if span is not None:
+                    row[w] = texts[r][span.start : span.end].strip()
+            out.append(row)
+    except (ValueError, AttributeError, TypeError, IndexError):  # no character spans (a slow tokenizer)
+        return None
+    return out
+
+
 class TruncatedTextWarning(UserWarning):
     """A text was cut at the adapter's ``max_length`` tokens: its end is neither read nor explained."""
 
@@ -329,7 +357,10 @@ class _TextMixin:
         except (ValueError, AttributeError):  # a slow tokenizer: every token its own word
             word_ids = [[None if bool(s) else i for i, s in enumerate(row)] for row in special.tolist()]
         tokens = [self.tokenizer.convert_ids_to_tokens(row) for row in enc["input_ids"].tolist()]
-        return TextBatch(inputs, ids, mask, special, tokens, word_ids, texts, self._replacement_ids(), emb)
+        word_texts = _word_texts(enc, texts, word_ids)
+        return TextBatch(
+            inputs, ids, mask, special, tokens, word_ids, texts, self._replacement_ids(), emb, word_texts=word_texts
+        )
 
     def _replacement_ids(self) -> dict[str, int | None]:
         """The token ids of ``"pad"``, ``"mask"`` and ``"unk"`` (``None`` where the tokenizer has none)."""
