@@ -286,7 +286,7 @@ def test_attention_word_values_sum_their_subwords() -> None:
     tok = dict(out.tokens[0])
     words = dict(out.words[0])
     assert words["playing"] == pytest.approx(tok["play"] + tok["##ing"], abs=1e-12)
-    assert word_pool(clf, "attention_rollout") == "sum" and word_pool(clf, "occlusion") == "mean"
+    assert word_pool(clf, "attention_rollout") == "sum" and word_pool(clf, "lime") == "mean"
 
 
 def _gen_lm() -> tuple[nn.Module, object]:
@@ -906,3 +906,21 @@ def test_words_are_read_as_written_with_a_byte_level_or_unk_tokenizer() -> None:
     clf = adapt_text(tiny_bert(), toy_tokenizer())
     out = whybox.explain_text(clf, ["the café movie was playing"], "occlusion")
     assert [w for w, _ in out.words[0]] == ["the", "café", "movie", "was", "playing"]
+
+
+def test_occlusion_word_values_sum_their_tokens() -> None:
+    """Occlusion on text hides one token at a time; a word's value was the mean of its tokens' drops, matching
+    neither the word removed nor the sum. It is the sum, as for the other methods whose tokens carry their own."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_text import tiny_bert, toy_tokenizer
+
+    from whybox.models.text import adapt_text, word_pool
+
+    clf = adapt_text(tiny_bert(), toy_tokenizer())
+    out = whybox.explain_text(clf, ["playing it"], "occlusion")
+    tok = dict(out.tokens[0])
+    assert dict(out.words[0])["playing"] == pytest.approx(tok["play"] + tok["##ing"], abs=1e-12)
+    assert word_pool(clf, "occlusion") == "sum" and word_pool(clf, "feature_ablation") == "mean"

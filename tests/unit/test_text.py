@@ -376,9 +376,8 @@ def test_evaluate_takes_the_texts_and_what_explain_text_returned(clf: object, me
     """Texts are encoded and read over their words (explain_text's): the packed inputs with the words as regions;
     an explain_text result is its explanation."""
     out = whybox.explain_text(clf, SENTENCES[:2], "occlusion")  # type: ignore[arg-type]
-    words: dict[str, object] = {"regions": out.batch.word_features()}
-    if metric != "deletion":  # a word's value as explain_text shows an occlusion's: the mean over its elements
-        words["pool"] = "mean"
+    # a word's value as explain_text shows an occlusion's (one token a window): the sum over its tokens
+    words: dict[str, object] = {"regions": out.batch.word_features(), "pool": "sum"}
     packed = whybox.evaluate(clf, out.batch.inputs, out.explanation, metric, **words)
     assert torch.equal(whybox.evaluate(clf, SENTENCES[:2], out, metric).scores, packed.scores)
     assert torch.equal(whybox.evaluate(clf, out.batch.inputs, out, metric, **words).scores, packed.scores)

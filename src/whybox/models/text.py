@@ -198,11 +198,19 @@ def _per_element(method: str) -> bool:
     return method in EXPLAINERS and issubclass(EXPLAINERS.get(method), (GradientExplainer, AttentionExplainer))
 
 
+def _sums_tokens(method: str) -> bool:
+    """Whether a word's value is the sum of its tokens' values under ``method``: every token carries its own value
+    (gradient and attention methods, and occlusion, whose window is one token on text), rather than its word's copied
+    value (the perturbation methods over word features)."""
+    return _per_element(method) or method == "occlusion"
+
+
 def word_pool(model: Any, method: Any) -> str | None:
     """How a metric pools a word's attribution elements into the word's value on ``model``'s packed text, as
     :func:`explain_text` reads the word: ``"mean"`` for a method that copies one value onto every element of its
-    word (perturbation methods: a sum would count a word of two subwords twice), ``"sum"`` for a gradient or
-    attention method (each token its own value) or a black box's presence rows (one element per word); ``None``
+    word (perturbation methods over word features: a sum would count a word of two subwords twice), ``"sum"`` for a
+    gradient or attention method or occlusion (each token its own value) or a black box's presence rows (one
+    element per word); ``None``
     for an explanation not made by a named method (the metric's default)."""
     from whybox.models.blackbox_text import BlackBoxTextAdapter
 
@@ -210,7 +218,7 @@ def word_pool(model: Any, method: Any) -> str | None:
         return "sum"
     if not isinstance(method, str):
         return None
-    return "sum" if _per_element(method) else "mean"
+    return "sum" if _sums_tokens(method) else "mean"
 
 
 def replace_tokens(
@@ -743,8 +751,7 @@ def explain_text(
     if isinstance(batch, BlackBoxText):
         words = batch.word_values(e)
         return TextAttribution(e, batch, words, words, labels)
-    grad = _per_element(method)
-    words = batch.word_attributions(e, how="sum" if grad else "mean")
+    words = batch.word_attributions(e, how="sum" if _sums_tokens(method) else "mean")
     tok = batch.token_attributions(e).detach().to("cpu", torch.float64)
     tokens = [
         [(batch.tokens[r][i], float(tok[r, i])) for i in range(tok.shape[1]) if not bool(batch.special_mask[r, i])]

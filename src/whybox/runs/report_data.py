@@ -110,19 +110,20 @@ def _cell(v: float, values: list[Any] | None) -> str:
     return f"{v:.4g}"
 
 
-def word_values(a: np.ndarray, words: list[Any], *, per_element: bool) -> np.ndarray:
+def word_values(a: np.ndarray, words: list[Any], *, per_element: bool, sum_tokens: bool | None = None) -> np.ndarray:
     """One value per word from a text's stored attributions ``a`` ``(T, D + 1)`` or ``(T, 1)``, as
     :func:`whybox.explain_text` gives them: a gradient method's entries summed over the embedding (the mask channel
-    left out) and over the word's tokens, an attention method's token values summed over the word's tokens; a
-    perturbation method's feature value, the mean over the word's tokens. ``words`` holds ``[word, token positions]`` pairs. A black-box text model's presence row
+    left out) and over the word's tokens, an attention method's or occlusion's token values summed over the word's
+    tokens (``sum_tokens``, default ``per_element``); a perturbation method's feature value, the mean over them. ``words`` holds ``[word, token positions]`` pairs. A black-box text model's presence row
     ``(W + 1,)`` holds one value per word (its column)."""
     a = np.asarray(a, dtype=np.float64)
     if a.ndim == 1:
         tok = a
     else:
         tok = a[:, :-1].sum(-1) if per_element and a.shape[-1] > 1 else a[:, 0]
+    total = per_element if sum_tokens is None else sum_tokens  # each token its own value: the word sums them
     return np.asarray(
-        [float(tok[list(ix)].sum() if per_element else tok[list(ix)].mean()) for _w, ix in words], dtype=np.float64
+        [float(tok[list(ix)].sum() if total else tok[list(ix)].mean()) for _w, ix in words], dtype=np.float64
     )
 
 
@@ -206,11 +207,15 @@ def _sample_view(kind: str, inputs_path: Path, extra: Mapping[str, Any]) -> Samp
         spans = extra.get("words")
         if not isinstance(spans, list):
             return None
-        from whybox.models.text import _per_element
+        from whybox.models.text import _per_element, _sums_tokens
 
         def text(idx: int) -> Any:
             words = spans[idx] if idx < len(spans) else []
-            return None, [str(w) for w, _ in words], lambda a, m: word_values(a, words, per_element=_per_element(m))
+            return (
+                None,
+                [str(w) for w, _ in words],
+                lambda a, m: word_values(a, words, per_element=_per_element(m), sum_tokens=_sums_tokens(m)),
+            )
 
         return text
     if not inputs_path.is_file():
