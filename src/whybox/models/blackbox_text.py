@@ -245,8 +245,14 @@ class _TextProbabilities(ModelAdapter):
         if not self.inner._read_as:
             return s
         if not dist:
+            before = (
+                "BlackBoxTextAdapter(probabilities=True) says score_fn returns probabilities, but it returned rows "
+                "that are not"
+                if self.inner.probabilities
+                else "score_fn returned probabilities before (rows summing to 1) and now rows that are not"
+            )
             raise ModelOutputError(
-                "score_fn returned probabilities before (rows summing to 1) and now rows that are not "
+                f"{before} "
                 f"(e.g. {[round(v, 4) for v in s[0].tolist()]}); pass BlackBoxTextAdapter(..., probabilities=False) "
                 "to read its outputs as scores, or return probabilities for every text."
             )
