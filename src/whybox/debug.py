@@ -326,8 +326,10 @@ def find_mistakes(
     elif takes_baseline and text_batch is None and "baseline" not in opts:
         # Integrated Gradients: its baseline is the hidden state the insertion steps start from, resolved as they
         # resolve it (the same blur, the same uniform draws, "min")
-        hc = METRICS.get("highest_confidence")(fill=fill)
-        opts["baseline"] = hc.fill_values(x, adapter)
+        if isinstance(fill, str):  # a fill name: resolved as the metric resolves it
+            opts["baseline"] = METRICS.get("highest_confidence")(fill=fill).fill_values(x, adapter)
+        else:  # a number, a tensor, a reference row (a Series read by its column names): as the metric reads it
+            opts["baseline"] = fill
     e = explain(model, x, method, target=y, batch_size=batch_size, **opts)
     report.explanation = e
     signal = is_signal(adapter, x)

@@ -761,9 +761,13 @@ def test_find_mistakes_ig_takes_the_insertion_fill_and_keeps_token_id_errors() -
         rep = whybox.find_mistakes(_SpikeNet(), x, y, method="integrated_gradients", fill=fill, n_steps=4)
         base = rep.explanation.options["baseline"]
         torch.testing.assert_close(base, resolve_fill(fill, x[::2], seed=0))
-    emb = nn.Sequential(nn.Embedding(10, 4), nn.Flatten(), nn.Linear(12, 2))
+    torch.manual_seed(0)
+    emb = nn.Sequential(nn.Embedding(10, 4), nn.Flatten(), nn.Linear(12, 2)).eval()
+    ids = torch.randint(0, 10, (3, 3), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        wrong = 1 - emb(ids).argmax(1)  # every row a mistake: each is explained
     with pytest.raises(InvalidInputError, match="token ids"):
-        whybox.find_mistakes(emb, torch.randint(0, 10, (3, 3)), torch.ones(3, dtype=torch.int64), method="occlusion")
+        whybox.find_mistakes(emb, ids, wrong, method="occlusion")
 
 
 def test_loaders_refuse_an_unnamed_csv_column_and_read_configs_like_flags(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -924,3 +928,61 @@ def test_occlusion_word_values_sum_their_tokens() -> None:
     tok = dict(out.tokens[0])
     assert dict(out.words[0])["playing"] == pytest.approx(tok["play"] + tok["##ing"], abs=1e-12)
     assert word_pool(clf, "occlusion") == "sum" and word_pool(clf, "feature_ablation") == "mean"
+
+
+def test_stability_over_regions_scores_each_rows_own_regions() -> None:
+    """Ids a label map leaves unused counted as constant-0 features: Kendall tau changed when a map was renumbered
+    (SLIC's start_label=1) and with the other rows' maps in the batch."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 3)
+    )
+    net = net.eval()
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    lab = torch.arange(8).view(8, 1) // 2 * 4 + torch.arange(8).view(1, 8) // 2  # 16 blocks
+    kw = {"measure": "kendall", "n_runs": 3, "explainer_params": {"n_samples": 4, "noise_level": 0.3}}
+    a = whybox.evaluate(net, x, "smoothgrad", "stability", regions=lab, **kw).scores
+    torch.testing.assert_close(whybox.evaluate(net, x, "smoothgrad", "stability", regions=lab + 1, **kw).scores, a)
+    m1 = lab // 2
+    m1[m1 == 7] = 9  # ids 7 and 8 unused
+    maps = torch.stack([lab, m1])
+    alone = whybox.evaluate(net, x[1:], "smoothgrad", "stability", regions=maps[1:], **kw).scores
+    both = whybox.evaluate(net, x, "smoothgrad", "stability", regions=maps, **kw).scores
+    torch.testing.assert_close(both[1:], alone)
+
+
+def test_run_fingerprint_reads_pandas_objects_dates_and_plain_values() -> None:
+    """The first pandas branch crashed on an Index, a Timestamp and dates (raw errors ended the run); a dataclass
+    holding a torch dtype (no __dict__) was taken for process state, so a changed setting beside it resumed stale
+    numbers."""
+    import dataclasses
+    import hashlib
+
+    import pandas as pd
+
+    from whybox.runs.job import Job, _hash_value, fingerprints
+
+    def digest(v: object) -> str:
+        h = hashlib.sha256()
+        _hash_value(h, v)
+        return h.hexdigest()
+
+    for v in (pd.Index(["a", "b"]), pd.Timestamp("2020-01-01"), pd.Series(pd.date_range("2020", periods=3)),
+              np.array(["a", "b"]), np.array(["2020-01-01"], dtype="datetime64[D]")):  # fmt: skip
+        assert digest(v) == digest(v)
+    assert digest(pd.Series([1.0, 2.0])) != digest(pd.Series([1.0, 3.0]))
+
+    @dataclasses.dataclass
+    class Cfg:
+        scale: float
+        dtype: torch.dtype = torch.float32
+
+    cfg = Cfg(1.0)
+    job, x = Job(methods=("occlusion",)), torch.zeros(2, 4)
+
+    def scores(rows: torch.Tensor) -> torch.Tensor:
+        return rows.to(cfg.dtype).sum(1, keepdim=True).repeat(1, 2) * cfg.scale
+
+    before = fingerprints(job, whybox.adapt(scores), x, [], None)["weights"]
+    cfg.scale = 5.0
+    assert fingerprints(job, whybox.adapt(scores), x, [], None)["weights"] != before

@@ -218,11 +218,12 @@ class Stability(Metric):
             feats = torch.stack(
                 [pool_attributions(e.attributions, groups, x, pool=self.pool).cpu().nan_to_num(0.0) for e in expls]
             )
+            # each row scored over its own regions alone (ids a map leaves unused, a text's specials and pads left
+            # out): its present regions moved first, in id order, and the row cut to their count
             present = present_features(ctx, groups).cpu()
-            counts = present.sum(1)
-            prefix = bool((present == (torch.arange(present.shape[1]) < counts.unsqueeze(1))).all())
-            if prefix:  # each row's own features first (a text's words 0..W-1): scored over them alone
-                widths = [max(1, int(c)) for c in counts.tolist()]
+            first = torch.argsort((~present).to(torch.int8), dim=1, stable=True)
+            feats = feats.gather(2, first.unsqueeze(0).expand(self.n_runs, -1, -1))
+            widths = [max(1, int(c)) for c in present.sum(1).tolist()]
         else:
             pooled = (
                 x.ndim == 4 and stack.ndim == 5

@@ -269,6 +269,10 @@ def _hash_value(h: Any, v: Any, depth: int = 0, seen: set[int] | None = None) ->
         _hash_tensor(h, v)
         return
     if isinstance(v, np.ndarray):
+        if v.dtype.kind in "MmUSV":  # dates, durations, strings, raw bytes: by their bytes
+            h.update(f"ndarray{v.dtype.str}{v.shape}".encode())
+            h.update(np.ascontiguousarray(v).tobytes())
+            return
         if v.dtype == object:
             h.update(f"ndarray{v.shape}".encode())
             _hash_value(h, v.tolist(), depth, seen)
@@ -278,10 +282,18 @@ def _hash_value(h: Any, v: Any, depth: int = 0, seen: set[int] | None = None) ->
     if isinstance(v, np.generic):
         h.update(repr(v.item()).encode())
         return
-    if _is_pandas(v):  # a Series or DataFrame: its values, index and columns
+    if _is_pandas(v):  # a Series, DataFrame or Index by pandas' own row hashes (any dtype); a scalar by its text
+        import pandas as pd
+
         h.update(type(v).__qualname__.encode())
-        _hash_value(h, v.to_numpy(), depth, seen)
-        _hash_value(h, [str(i) for i in getattr(v, "columns", [])] + [str(i) for i in v.index], depth, seen)
+        try:
+            rows = pd.util.hash_pandas_object(v, index=True).to_numpy()
+        except TypeError:  # a Timestamp, a Timedelta, a Categorical, ...
+            h.update(str(v).encode())
+            return
+        h.update(f"rows{rows.shape}".encode())
+        h.update(np.ascontiguousarray(rows).tobytes())
+        h.update(repr([str(c) for c in getattr(v, "columns", [])]).encode())
         return
     import types
 
@@ -289,6 +301,9 @@ def _hash_value(h: Any, v: Any, depth: int = 0, seen: set[int] | None = None) ->
         h.update(
             f"{type(v).__qualname__} {getattr(v, '__module__', '')}.{getattr(v, '__qualname__', v.__name__)}".encode()
         )
+        return
+    if _plain_value(v):
+        h.update(f"{type(v).__qualname__} {v!r}".encode())  # their repr holds no memory address
         return
     h.update(type(v).__qualname__.encode())
     if id(v) in seen or depth >= _HASH_DEPTH:
@@ -392,6 +407,8 @@ def _settings_like(v: Any, depth: int = 0) -> bool:
         return all(_settings_like(i, depth + 1) for i in list(v)[:64])
     if isinstance(v, dict):
         return all(_settings_like(k, depth + 1) and _settings_like(i, depth + 1) for k, i in list(v.items())[:64])
+    if _plain_value(v):
+        return True
     try:
         attributes = vars(v)
     except TypeError:  # a C object without a __dict__ (a lock, a generator)
@@ -399,8 +416,21 @@ def _settings_like(v: Any, depth: int = 0) -> bool:
     return all(_settings_like(i, depth + 1) for i in list(attributes.values())[:64])
 
 
+def _plain_value(v: Any) -> bool:
+    """A value without a ``__dict__`` that is still a setting, hashed by its text: a torch dtype or device, a path, an
+    enum member, a date, a compiled pattern."""
+    import datetime
+    import enum
+    import pathlib
+    import re
+
+    return isinstance(v, (torch.dtype, torch.device, pathlib.PurePath, enum.Enum, datetime.date, datetime.timedelta,
+                          re.Pattern))  # fmt: skip
+
+
 def _is_pandas(v: Any) -> bool:
-    return type(v).__module__.split(".")[0] == "pandas" and callable(getattr(v, "to_numpy", None))
+    """A pandas object (a table, an index, a timestamp, ...)."""
+    return type(v).__module__.split(".")[0] == "pandas"
 
 
 def _hash_globals(h: Any, fn: Any, depth: int, seen: set[int]) -> None:

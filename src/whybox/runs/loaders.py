@@ -1088,7 +1088,8 @@ def _load_csv(
                 raise DataFormatError(
                     f"input {entry!r}: column{'s' if len(unnamed) > 1 else ''} {_listing([str(j) for j in unnamed])} "
                     "of the header ha" + ("ve" if len(unnamed) > 1 else "s") + " no name (pandas writes its index "
-                    "so: save with DataFrame.to_csv(path, index=False)); name every column."
+                    "so: save with DataFrame.to_csv(path, index=False); a trailing comma leaves one too); name every "
+                    "column."
                 )
             duplicated = sorted({c for c in columns if columns.count(c) > 1})
             if duplicated:
