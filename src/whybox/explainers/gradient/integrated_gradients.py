@@ -178,9 +178,9 @@ class IntegratedGradients(GradientExplainer):
                 g = self.generator()
                 rows += [make_fill("uniform", x[i : i + 1], generator=g, packing=packing) for _ in range(k)]
             return torch.cat(rows)
-        if k > 1:  # a tensor of k baseline rows, shared by every input row
-            t = self.baseline
-            assert isinstance(t, torch.Tensor)
+        t = self.baseline
+        if k > 1 and isinstance(t, torch.Tensor):  # k baseline rows, shared by every input row (the constructor
+            # refused k > 1 with any other deterministic baseline)
             if t.ndim != x.ndim or t.shape[0] != k:
                 raise InvalidParameterError(
                     f"baseline of shape {tuple(t.shape)} with n_baselines={k} must hold {k} rows shaped like one "
