@@ -401,14 +401,14 @@ def _settings_like(v: Any, depth: int = 0) -> bool:
         return True
     if hasattr(v, "fit") and any(callable(getattr(v, n, None)) for n in ("predict", "predict_proba", "transform")):
         return True  # a scikit-learn estimator or Pipeline fitted at import (clf = joblib.load(...))
+    if _plain_value(v):
+        return True
     if depth >= 4:
         return False
     if isinstance(v, (list, tuple, set, frozenset)):
         return all(_settings_like(i, depth + 1) for i in list(v)[:64])
     if isinstance(v, dict):
         return all(_settings_like(k, depth + 1) and _settings_like(i, depth + 1) for k, i in list(v.items())[:64])
-    if _plain_value(v):
-        return True
     try:
         attributes = vars(v)
     except TypeError:  # a C object without a __dict__ (a lock, a generator)
