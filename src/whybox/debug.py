@@ -200,6 +200,10 @@ def find_mistakes(
     elif fill is None:
         fill = "zero"
     coder = coder_of(adapter)
+    if is_dataframe(inputs) and hasattr(fill, "index") and hasattr(fill, "to_numpy") and getattr(fill, "ndim", 0) == 1:
+        cols, row_names = [str(c) for c in inputs.columns], [str(i) for i in fill.index]
+        if row_names != cols and sorted(row_names) == sorted(cols):  # a reference row read by its column names
+            fill = fill.set_axis(row_names)[cols]
     coded = categorical_columns(inputs) if coder is not None and is_dataframe(inputs) else []
     inputs, _ = as_tensor_inputs(
         inputs, coder, getattr(adapter, "packing", None)

@@ -986,3 +986,54 @@ def test_run_fingerprint_reads_pandas_objects_dates_and_plain_values() -> None:
     before = fingerprints(job, whybox.adapt(scores), x, [], None)["weights"]
     cfg.scale = 5.0
     assert fingerprints(job, whybox.adapt(scores), x, [], None)["weights"] != before
+
+
+def test_fingerprint_sees_every_cell_of_pandas_arrays_long_patterns_and_numpy_dtypes() -> None:
+    """A Categorical or nullable-int array fell back to str() (cut to its ends), a long pattern to its repr (cut at
+    200 characters), and a dataclass holding a numpy dtype was taken for process state: changes went unseen. Two
+    temporaries hashed in turn could also share an id, so the second was skipped as already seen."""
+    import dataclasses
+    import hashlib
+    import re
+
+    import pandas as pd
+
+    from whybox.runs.job import _hash_value, _settings_like
+
+    def digest(*vs: object) -> str:
+        h = hashlib.sha256()
+        seen: set[int] = set()
+        for v in vs:
+            _hash_value(h, v, 0, seen)
+        return h.hexdigest()
+
+    cells = [1] * 100
+    changed = list(cells)
+    changed[50] = 5
+    cat = pd.Categorical(["a"] * 100)
+    assert digest(cat, pd.array(cells, dtype="Int64")) != digest(cat, pd.array(changed, dtype="Int64"))
+    assert digest(pd.Categorical(["a"] * 50 + ["b"] + ["a"] * 49)) != digest(cat)
+    long = "x" * 300
+    assert digest(re.compile(long + "(a|b)")) != digest(re.compile(long + "(a|c)"))
+
+    @dataclasses.dataclass
+    class Cfg:
+        scale: float
+        dtype: object = np.dtype("float32")
+
+    assert _settings_like(Cfg(1.0)) and digest(Cfg(1.0)) != digest(Cfg(5.0))
+
+
+def test_find_mistakes_reads_a_reference_row_by_its_column_names() -> None:
+    """A Series fill in another column order than the DataFrame was read by position (explain refuses it)."""
+    pd = pytest.importorskip("pandas")
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2)).eval()
+    X = pd.DataFrame(np.random.default_rng(0).normal(size=(12, 4)), columns=list("abcd"))
+    with torch.no_grad():
+        y = 1 - net(torch.tensor(X.to_numpy(), dtype=torch.float32)).argmax(1)  # every row a mistake
+    ref = pd.Series({"a": 0.1, "b": -0.2, "c": 0.3, "d": 0.4})
+    kw = {"method": "occlusion", "max_mistakes": 3}
+    ordered = whybox.find_mistakes(net, X, y, fill=ref, **kw).explanation.attributions
+    shuffled = whybox.find_mistakes(net, X, y, fill=ref[["d", "c", "b", "a"]], **kw).explanation.attributions
+    torch.testing.assert_close(shuffled, ordered)

@@ -275,7 +275,7 @@ def _hash_value(h: Any, v: Any, depth: int = 0, seen: set[int] | None = None) ->
             return
         if v.dtype == object:
             h.update(f"ndarray{v.shape}".encode())
-            _hash_value(h, v.tolist(), depth, seen)
+            _hash_value(h, v.tolist(), depth, set())  # a temporary: its id may be a freed one's (not in seen)
         else:
             _hash_tensor(h, torch.from_numpy(np.ascontiguousarray(v)))
         return
@@ -288,8 +288,13 @@ def _hash_value(h: Any, v: Any, depth: int = 0, seen: set[int] | None = None) ->
         h.update(type(v).__qualname__.encode())
         try:
             rows = pd.util.hash_pandas_object(v, index=True).to_numpy()
-        except TypeError:  # a Timestamp, a Timedelta, a Categorical, ...
-            h.update(str(v).encode())
+        except TypeError:  # a Categorical or extension array, cells pandas cannot hash (lists), a Timestamp
+            if getattr(v, "ndim", 0) >= 1:  # every cell (str() would shorten a long one to its ends)
+                cells = np.asarray(v, dtype=object).ravel().tolist()
+                h.update(f"cells{getattr(v, 'shape', ())}".encode())
+                _hash_value(h, [str(c) if _is_pandas(c) else c for c in cells], depth, set())  # a temporary
+            else:
+                h.update(str(v).encode())
             return
         h.update(f"rows{rows.shape}".encode())
         h.update(np.ascontiguousarray(rows).tobytes())
@@ -302,8 +307,9 @@ def _hash_value(h: Any, v: Any, depth: int = 0, seen: set[int] | None = None) ->
             f"{type(v).__qualname__} {getattr(v, '__module__', '')}.{getattr(v, '__qualname__', v.__name__)}".encode()
         )
         return
-    if _plain_value(v):
-        h.update(f"{type(v).__qualname__} {v!r}".encode())  # their repr holds no memory address
+    if _plain_value(v):  # their repr holds no memory address; a pattern's may be cut short, so its text
+        text = f"{v.pattern!r} {v.flags}" if hasattr(v, "pattern") and hasattr(v, "flags") else repr(v)
+        h.update(f"{type(v).__qualname__} {text}".encode())
         return
     h.update(type(v).__qualname__.encode())
     if id(v) in seen or depth >= _HASH_DEPTH:
@@ -401,7 +407,7 @@ def _settings_like(v: Any, depth: int = 0) -> bool:
         return True
     if hasattr(v, "fit") and any(callable(getattr(v, n, None)) for n in ("predict", "predict_proba", "transform")):
         return True  # a scikit-learn estimator or Pipeline fitted at import (clf = joblib.load(...))
-    if _plain_value(v):
+    if _plain_value(v) or isinstance(v, type):  # a class (np.float32): by its name
         return True
     if depth >= 4:
         return False
@@ -420,17 +426,20 @@ def _plain_value(v: Any) -> bool:
     """A value without a ``__dict__`` that is still a setting, hashed by its text: a torch dtype or device, a path, an
     enum member, a date, a compiled pattern."""
     import datetime
+    import decimal
     import enum
+    import fractions
     import pathlib
     import re
 
-    return isinstance(v, (torch.dtype, torch.device, pathlib.PurePath, enum.Enum, datetime.date, datetime.timedelta,
-                          re.Pattern))  # fmt: skip
+    return isinstance(v, (torch.dtype, torch.device, np.dtype, pathlib.PurePath, enum.Enum, datetime.date,
+                          datetime.time, datetime.timedelta, re.Pattern, range, slice, decimal.Decimal,
+                          fractions.Fraction))  # fmt: skip
 
 
 def _is_pandas(v: Any) -> bool:
-    """A pandas object (a table, an index, a timestamp, ...)."""
-    return type(v).__module__.split(".")[0] == "pandas"
+    """A pandas value (a table, an index, an array, a timestamp, ...; not a groupby or other view of one)."""
+    return type(v).__module__.split(".")[0] == "pandas" and callable(getattr(v, "to_numpy", None))
 
 
 def _hash_globals(h: Any, fn: Any, depth: int, seen: set[int]) -> None:
