@@ -27,9 +27,11 @@ from whybox.models.categorical import categorical_columns
 from whybox.models.inputs import (
     TEXTS_GIVEN_TO_A_TENSOR_MODEL,
     as_tensor_inputs,
+    check_option_columns,
     is_dataframe,
     is_text_adapter,
     is_texts,
+    option_columns,
     tensor_option,
 )
 from whybox.models.targets import apply_score_space, class_label_target, true_class_indices
@@ -200,10 +202,9 @@ def find_mistakes(
     elif fill is None:
         fill = "zero"
     coder = coder_of(adapter)
-    if is_dataframe(inputs) and hasattr(fill, "index") and hasattr(fill, "to_numpy") and getattr(fill, "ndim", 0) == 1:
-        cols, row_names = [str(c) for c in inputs.columns], [str(i) for i in fill.index]
-        if row_names != cols and sorted(row_names) == sorted(cols):  # a reference row read by its column names
-            fill = fill.set_axis(row_names)[cols]
+    fill_columns = option_columns(fill)
+    if fill_columns is not None and is_dataframe(inputs):  # read by position, as explain and evaluate read it: the
+        check_option_columns({"fill": fill_columns}, [str(c) for c in inputs.columns])  # inputs' columns, in order
     coded = categorical_columns(inputs) if coder is not None and is_dataframe(inputs) else []
     inputs, _ = as_tensor_inputs(
         inputs, coder, getattr(adapter, "packing", None)

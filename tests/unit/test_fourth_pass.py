@@ -1024,8 +1024,11 @@ def test_fingerprint_sees_every_cell_of_pandas_arrays_long_patterns_and_numpy_dt
     assert _settings_like(Cfg(1.0)) and digest(Cfg(1.0)) != digest(Cfg(5.0))
 
 
-def test_find_mistakes_reads_a_reference_row_by_its_column_names() -> None:
-    """A Series fill in another column order than the DataFrame was read by position (explain refuses it)."""
+def test_find_mistakes_refuses_a_reference_row_in_another_column_order() -> None:
+    """A Series fill in another column order than the DataFrame was read by position, silently; explain and evaluate
+    refuse it (options are read by position), and find_mistakes now does as they do."""
+    from whybox.errors import InvalidInputError
+
     pd = pytest.importorskip("pandas")
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2)).eval()
@@ -1034,6 +1037,11 @@ def test_find_mistakes_reads_a_reference_row_by_its_column_names() -> None:
         y = 1 - net(torch.tensor(X.to_numpy(), dtype=torch.float32)).argmax(1)  # every row a mistake
     ref = pd.Series({"a": 0.1, "b": -0.2, "c": 0.3, "d": 0.4})
     kw = {"method": "occlusion", "max_mistakes": 3}
-    ordered = whybox.find_mistakes(net, X, y, fill=ref, **kw).explanation.attributions
-    shuffled = whybox.find_mistakes(net, X, y, fill=ref[["d", "c", "b", "a"]], **kw).explanation.attributions
-    torch.testing.assert_close(shuffled, ordered)
+    assert whybox.find_mistakes(net, X, y, fill=ref, **kw).n_wrong == 12
+    shuffled = ref[["d", "c", "b", "a"]]
+    order = r"\(pandas\) has the inputs' columns in another order"
+    for method in ("occlusion", "integrated_gradients"):
+        with pytest.raises(InvalidInputError, match=order):
+            whybox.find_mistakes(net, X, y, fill=shuffled, method=method, max_mistakes=3)
+    with pytest.raises(InvalidInputError, match=order):  # as explain reads it
+        whybox.explain(net, X, "occlusion", fill=shuffled)
