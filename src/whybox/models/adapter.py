@@ -20,6 +20,7 @@ from whybox.errors import (
 )
 from whybox.models._guard import preserved
 from whybox.models.categorical import decode_rows
+from whybox.models.targets import distribution_rows
 
 __all__ = [
     "EmbeddingAdapter",
@@ -479,11 +480,10 @@ class ProbabilityScores(ModelAdapter):
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         p = self.inner.scores(x)
         if p.shape[1] > 1:
-            sums = p.sum(1)
-            off = (sums - 1).abs() > 1e-4
+            off = ~distribution_rows(p)
             if bool(off.any()):  # not one distribution per row: a softmax of their log would renormalise them
                 raise ModelOutputError(
-                    f"{type(self.model).__name__}.predict_proba rows sum to {float(sums[off][0]):.4g}, not 1: each "
+                    f"{type(self.model).__name__}.predict_proba rows sum to {float(p[off][0].sum()):.4g}, not 1: each "
                     "output is its own label's probability (a multi-label estimator), which a softmax would make "
                     "compete. Adapt it with whybox.adapt(model, kind='multilabel') to explain each label's "
                     "probability, or pass score='logit' to read the outputs as they are."
@@ -604,12 +604,10 @@ def output_probabilities(adapter: ModelAdapter, scores: torch.Tensor) -> torch.T
     if scores.shape[1] == 1:
         return scores
     # outputs that already are distributions (a model ending in softmax, a black box returning probabilities) are
-    # read as they are: their softmax would show [0.1, 0.9] as [0.31, 0.69]. One decision for the batch, all rows
-    # non-negative and summing to 1 within rounding (4 decimals from an API, float32 over K classes)
+    # read as they are: their softmax would show [0.1, 0.9] as [0.31, 0.69]. One decision for the batch
     dtype = getattr(adapter, "weights_dtype", None)
     eps = torch.finfo(dtype).eps if isinstance(dtype, torch.dtype) and dtype.is_floating_point else 0.0
-    tol = 1e-3 + scores.shape[1] * 1.2e-7 + (eps if eps > 1e-4 else 0.0)  # a bfloat16 softmax sums to 1 +- 3e-3
-    if bool((scores >= 0).all()) and bool(((scores.sum(1) - 1).abs() <= tol).all()):
+    if bool(distribution_rows(scores, eps).all()):
         return scores
     return scores.softmax(1)
 

@@ -24,6 +24,7 @@ from torch import nn
 
 from whybox.errors import InvalidInputError, InvalidParameterError, MissingExtraError, ModelOutputError
 from whybox.models.adapter import ModelAdapter
+from whybox.models.targets import distribution_rows
 
 __all__ = ["BlackBoxText", "BlackBoxTextAdapter", "vader"]
 
@@ -236,10 +237,7 @@ class _TextProbabilities(ModelAdapter):
         s = self.inner.scores(x)
         if s.shape[1] < 2:  # one score: no distribution (a softmax over it is 1 and is refused elsewhere)
             return s
-        # rows of probabilities within rounding: 3 decimals from an API (up to 5e-4 a class), float32 or float16
-        eps, k = self.inner._eps, s.shape[1]
-        tol = 1e-3 + min(k, 20) * 5e-4 + k * (1.2e-7 + (eps if eps > 1e-4 else 0.0))
-        dist = bool((s >= 0).all()) and bool(((s.sum(1) - 1).abs() <= tol).all())
+        dist = bool(distribution_rows(s, self.inner._eps).all())  # within 3-decimal, float16 or bfloat16 rounding
         if self.inner._read_as is None:
             self.inner._read_as = dist
         if not self.inner._read_as:

@@ -271,14 +271,24 @@ class ProbabilityOutputWarning(UserWarning):
     """A softmax is about to be applied to model outputs that are already probabilities."""
 
 
+def distribution_rows(scores: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
+    """``(B,)`` bool: the rows of ``scores`` ``(B, K)`` that are probability distributions within rounding (every
+    entry non-negative, summing to 1 within 1e-3, plus up to 5e-4 a class for probabilities rounded to 3 decimals by an
+    API, plus ``eps`` a class for probabilities in a coarse dtype: a bfloat16 softmax sums to 1 +- 3e-3). The one
+    test whybox uses to tell probabilities from scores."""
+    k = scores.shape[1]
+    tol = 1e-3 + min(k, 20) * 5e-4 + k * (1.2e-7 + (eps if eps > 1e-4 else 0.0))
+    s = scores.detach()
+    return (s >= 0).all(1) & ((s.sum(1) - 1).abs() <= tol)
+
+
 def _warn_if_probabilities(scores: torch.Tensor, space: str) -> None:
     """Warn when ``scores`` (B, K) already look like probabilities (a model that ends in a softmax): every row
     non-negative and summing to 1. A softmax over them compresses them (``[0.9, 0.1]`` reads as ``[0.69, 0.31]``).
     Checked on the CPU only (on a GPU the check would wait for the device at every chunk)."""
     if scores.device.type != "cpu" or scores.ndim != 2 or scores.shape[1] < 2 or not scores.is_floating_point():
         return
-    s = scores.detach()
-    if bool((s >= 0).all()) and bool(((s.sum(1) - 1).abs() <= 1e-4).all()):
+    if bool(distribution_rows(scores).all()):
         warnings.warn(
             f"score={space!r} applies a softmax to the model's outputs, but they already look like probabilities "
             "(every row non-negative, summing to 1: a model that ends in a softmax), and a softmax of probabilities "
