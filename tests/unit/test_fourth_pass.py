@@ -821,12 +821,21 @@ def test_digits_model_with_weights_leaves_the_rng_and_trains_under_inference_mod
     torch.manual_seed(123)
     load_model("digits-cnn", weights=tmp_path / "w.pt")
     assert torch.equal(torch.rand(1), want)
-    x, y = torch.rand(8, 1, 8, 8), torch.arange(8) % 10
+    x, y = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(1)), torch.arange(8) % 10
+
+    def fit(epochs: int) -> dict[str, torch.Tensor]:
+        g = torch.Generator().manual_seed(0)
+        return fit_classifier(DigitsCNN, x, y, epochs=epochs, batch_size=4, init_seed=0, generator=g).state_dict()
+
+    want = fit(2)
     with torch.inference_mode():
-        m = fit_classifier(
-            DigitsCNN, x, y, epochs=1, batch_size=4, init_seed=0, generator=torch.Generator().manual_seed(0)
-        )
-    assert isinstance(m, DigitsCNN)
+        got = fit(2)
+    for name, value in want.items():  # the same training under inference mode as outside it
+        torch.testing.assert_close(got[name], value, msg=name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # the initialisation fit_classifier draws (init_seed=0)
+        init = DigitsCNN().state_dict()
+    assert not torch.equal(init["head.fc.weight"], got["head.fc.weight"])  # and it did train
 
 
 def test_five_class_probabilities_rounded_to_3_decimals_are_read_as_them() -> None:
