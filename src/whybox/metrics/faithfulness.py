@@ -185,7 +185,12 @@ def _region_groups(regions: Any, x: torch.Tensor, *, signal: bool = False) -> Fe
     if isinstance(regions, int) and not isinstance(regions, bool):
         from whybox.masking.features import grid, segments
 
-        return segments(x, length=regions) if x.ndim == 3 else grid(x, patch=regions)  # windows of a 1-D signal
+        if x.ndim == 3 and signal:  # windows of a 1-D signal's time steps (its last axis), shared by the channels
+            return segments(x, length=regions)
+        if x.ndim == 3:  # a sequence (B, T, D): windows along axis 1 with all D features, one id per element
+            s = segments(x, length=regions, time_axis=1)
+            return FeatureGroups(s.groups.expand(x.shape).contiguous(), s.n_groups, s.kind)
+        return grid(x, patch=regions)
     if isinstance(regions, torch.Tensor) and not regions.is_floating_point() and x.ndim != 4:
         # any other input: region ids that broadcast to a row, e.g. TextBatch.word_features() (B, T, 1)
         gb = broadcast_ids(regions, x)
@@ -453,7 +458,8 @@ class Deletion(_CurveMetric):
         Rank by ``|a|`` (channels pooled after ``|.|``).
     regions
         Region-step protocol: a :class:`~whybox.masking.FeatureGroups`, an integer segmentation ``(B, H, W)`` or
-        an int patch size. One region per step, regions ranked by their mean attribution (a region map painted
+        an int patch size (on 1-D signals ``(B, C, L)`` and sequences ``(B, T, D)``: windows of that many time
+        steps, the last axis of a signal, axis 1 of a sequence). One region per step, regions ranked by their mean attribution (a region map painted
         back on the pixels gives its own values); x = the area fraction removed (unequal steps).
     blur_klen, blur_sigma, padding
         RISE's blur kernel for ``fill="blur"`` (11, 5, zero padding).
