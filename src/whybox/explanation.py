@@ -603,8 +603,12 @@ class Explanation:
             seen.add(ptr)
             return t
 
+        from whybox.masking.features import FeatureGroups
+
         tensors: dict[str, torch.Tensor] = {"attributions": own(self.attributions), "target": own(self.target)}
         for k, v in self.options.items():  # tensor options; a callable cannot be saved (params describes it)
+            if isinstance(v, FeatureGroups):  # its ids: features=ids gives the same groups (each row's present ids)
+                v = v.groups
             try:
                 v = tensor_option(v, f"options[{k!r}]")  # a numpy array or pandas Series as the explainer read it
             except InvalidParameterError:
@@ -697,17 +701,56 @@ def row_options(
     row (as many rows as the explanation and as many dimensions as its attributions: a text batch's) indexed by
     ``rows``; every other option, any named in ``keep``, and Integrated Gradients' k baseline rows shared by every
     row (``n_baselines`` > 1), as it is."""
-    n, ndim = len(explanation), explanation.attributions.ndim
-    out = {}
+    from whybox.masking.features import FeatureGroups
+
+    n, shape = len(explanation), tuple(explanation.attributions.shape)
+    out: dict[str, Any] = {}
     shared = {"baseline"} if _int_param(explanation.params.get("n_baselines")) > 1 else set()  # k baseline rows
+    idx = rows.cpu().numpy() if isinstance(rows, torch.Tensor) else np.arange(n)[rows]
+
     for k, v in explanation.options.items():
+        ids = v.groups if isinstance(v, FeatureGroups) else v
+        if _is_dataframe(ids):
+            ids = ids.to_numpy()  # one reference row per input row: a DataFrame of as many rows
+        vshape = tuple(getattr(ids, "shape", ()))
+        integer = (isinstance(ids, torch.Tensor) and not ids.is_floating_point()) or (
+            isinstance(ids, np.ndarray) and ids.dtype.kind in "iu"
+        )
         per_row = (
-            k in _ROW_OPTIONS and k not in shared and isinstance(v, torch.Tensor) and v.ndim == ndim and v.shape[0] == n
+            k in _ROW_OPTIONS
+            and k not in shared
+            and k not in (keep or {})
+            and isinstance(ids, (torch.Tensor, np.ndarray))
+            and len(vshape) >= 1
+            and vshape[0] == n
+            and (
+                len(vshape) == len(shape)
+                # one id map per row shared by its channels, (B, H, W) of images or (B, L) of signals, as
+                # broadcast_ids reads it (also a FeatureGroups' ids)
+                or (
+                    k in ("features", "regions")
+                    and integer
+                    and len(shape) >= 3
+                    and len(vshape) == len(shape) - 1
+                    and vshape[1:] == shape[2:]
+                )
+            )
         )
-        out[k] = (
-            v[rows.to(v.device) if isinstance(rows, torch.Tensor) else rows] if per_row and k not in (keep or {}) else v
-        )
+        if not per_row:
+            out[k] = v
+        elif isinstance(v, FeatureGroups):
+            out[k] = FeatureGroups(v.groups[torch.as_tensor(idx, device=v.groups.device)], v.n_groups, v.kind)
+        elif isinstance(v, torch.Tensor):
+            out[k] = v[torch.as_tensor(idx, device=v.device)]
+        elif isinstance(v, np.ndarray):
+            out[k] = v[idx]
+        else:  # a DataFrame: its rows, names kept for the column-order check
+            out[k] = v.iloc[idx]
     return out
+
+
+def _is_dataframe(v: Any) -> bool:
+    return type(v).__name__ == "DataFrame" and hasattr(v, "iloc") and hasattr(v, "to_numpy")
 
 
 def _int_param(v: Any) -> int:
