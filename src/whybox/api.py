@@ -48,33 +48,42 @@ def metrics() -> list[str]:
 
 
 def _text_evaluation(
-    model: Any, inputs: Any, explanation: Any, metric: str, params: dict[str, Any]
+    model: Any, inputs: Any, explanation: Any, metric: str, params: dict[str, Any], target: Any
 ) -> tuple[Any, Any, dict[str, Any]]:
     """Texts given to a text adapter become its packed inputs, and an :func:`explain_text` result its
-    explanation; a method name (``stability``) gets the options :func:`explain_text` would give it."""
-    from whybox.models.text import TextAttribution, text_defaults, word_pool
+    explanation; a method name is explained as :func:`explain_text` explains it (``stability``, which re-runs the
+    method itself, gets those text options)."""
+    from whybox.models.text import TextAttribution, explain_text, text_defaults
 
     if isinstance(explanation, TextAttribution):
         explanation = explanation.explanation
     if not is_texts(inputs) or not is_text_adapter(model):
         return inputs, explanation, params  # not texts, or not a text adapter (a HF model's or a function of strings)
     batch = model.encode(inputs)
-    if isinstance(explanation, str) and metric == "stability":
-        params = {
-            **params,
-            "explainer_params": {**text_defaults(explanation, batch), **params.get("explainer_params", {})},
-        }
+    if isinstance(explanation, str):
+        if not METRICS.get(metric).needs_attributions:  # stability: runs the method itself, with the text options
+            params = {
+                **params,
+                "explainer_params": {**text_defaults(explanation, batch), **params.get("explainer_params", {})},
+            }
+        else:  # the explanation explain_text gives (its options follow the rows a metric re-runs)
+            explanation = explain_text(model, inputs, explanation, target=target).explanation
     options = _options(METRICS.get(metric))
     if "regions" in options and "regions" not in params:  # words, as explain_text's
         params = {**params, "regions": batch.word_features()}
-        if "pool" in options and "pool" not in params:
-            # a word's value as explain_text gives it: the sum of its subwords' for a gradient method (each element
-            # its own value), the mean for one that copies a value onto every element of a token or word
-            method = explanation.method if isinstance(explanation, Explanation) else explanation
-            pool = word_pool(model, method)
-            if pool is not None:
-                params = {**params, "pool": pool}
     return batch.inputs, explanation, params
+
+
+def _text_pool(model: Any, explanation: Any, cls: type, params: dict[str, Any]) -> dict[str, Any]:
+    """A text adapter's regions (its words, given or by default) pooled as :func:`explain_text` reads a word:
+    the sum of its tokens' values for a gradient method, the mean for one that copies a value onto every token."""
+    from whybox.models.text import word_pool
+
+    if params.get("regions") is None or "pool" in params or "pool" not in _options(cls):
+        return params
+    method = explanation.method if isinstance(explanation, Explanation) else explanation
+    pool = word_pool(model, method)
+    return params if pool is None else {**params, "pool": pool}
 
 
 def _text_fill(model: Any, inputs: torch.Tensor, fill: Any) -> Any:
@@ -243,9 +252,9 @@ def evaluate(
         adapter (:func:`adapt_text`) also the texts themselves, which it encodes.
     explanation
         An :class:`Explanation`, an attribution tensor or NumPy array ``(B, ...)``, what :func:`explain_text`
-        returned, or a method name (for ``stability``: the method to run repeatedly, e.g.
-        ``evaluate(model, x, "lime", "stability", n_runs=10)``; on texts with the text options of
-        :func:`explain_text`).
+        returned, or a method name (explained first; for ``stability`` the method to run repeatedly, e.g.
+        ``evaluate(model, x, "lime", "stability", n_runs=10)``; texts are explained as :func:`explain_text`
+        explains them, with its text options).
     metric
         A name from :func:`metrics`.
     target
@@ -262,9 +271,11 @@ def evaluate(
     """
     cls = METRICS.get(metric)
     if isinstance(inputs, (str, list, tuple)) or hasattr(explanation, "words"):  # texts, or an explain_text result
-        inputs, explanation, params = _text_evaluation(model, inputs, explanation, metric, params)
-    if is_text_adapter(model) and isinstance(inputs, torch.Tensor) and "fill" in _options(cls):
-        params = {**params, "fill": _text_fill(model, inputs, params.get("fill"))}
+        inputs, explanation, params = _text_evaluation(model, inputs, explanation, metric, params, target)
+    if is_text_adapter(model) and isinstance(inputs, torch.Tensor):
+        if "fill" in _options(cls):
+            params = {**params, "fill": _text_fill(model, inputs, params.get("fill"))}
+        params = _text_pool(model, explanation, cls, params)
     params = {k: _python_scalar(v) for k, v in params.items()}
     try:
         m = cls(**params)

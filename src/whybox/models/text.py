@@ -162,10 +162,14 @@ class TextBatch:
         return "".join(self.tokens[r][i].removeprefix("##") for i in positions)
 
     def word_attributions(
-        self, explanation: Explanation | torch.Tensor, how: str = "sum", reduce: str = "sum"
+        self, explanation: Explanation | torch.Tensor, how: str | None = None, reduce: str = "sum"
     ) -> list[list[tuple[str, float]]]:
         """Per row, ``(word, value)`` pairs in order: subword values combined by ``how`` (``sum`` keeps
-        completeness, ``mean``, ``absmax`` = the value of largest magnitude); specials left out."""
+        completeness, ``mean``, ``absmax`` = the value of largest magnitude); specials left out. ``None``: as
+        :func:`explain_text` combines them, ``sum`` for a method that gives each token its own value (gradients,
+        attention, occlusion) or a plain tensor, ``mean`` for one that copies a word's value onto its tokens."""
+        if how is None:
+            how = "sum" if not isinstance(explanation, Explanation) or _sums_tokens(explanation.method) else "mean"
         if how not in _WORD_REDUCE:
             raise InvalidParameterError(
                 f"how must be one of {_WORD_REDUCE}; got {how!r}.{did_you_mean(how, _WORD_REDUCE)}"
@@ -751,7 +755,7 @@ def explain_text(
     if isinstance(batch, BlackBoxText):
         words = batch.word_values(e)
         return TextAttribution(e, batch, words, words, labels)
-    words = batch.word_attributions(e, how="sum" if _sums_tokens(method) else "mean")
+    words = batch.word_attributions(e)  # as the method gives a word its value
     tok = batch.token_attributions(e).detach().to("cpu", torch.float64)
     tokens = [
         [(batch.tokens[r][i], float(tok[r, i])) for i in range(tok.shape[1]) if not bool(batch.special_mask[r, i])]

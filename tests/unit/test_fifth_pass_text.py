@@ -1,0 +1,63 @@
+"""Fifth-pass audit regressions on texts: a method name is explained as explain_text explains it, a word's value is
+pooled one way whether the word regions are given or implied, and a saved explanation's words read as explain_text's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers", reason="the text extra (transformers) is not installed")
+tokenizers = pytest.importorskip("tokenizers", reason="the text extra (tokenizers) is not installed")
+
+import whybox  # noqa: E402
+
+TEXTS = ["playing the movie was great", "the film was boring playing it", "played it and love the story"]
+
+
+@pytest.mark.parametrize("method", ["occlusion", "integrated_gradients", "lime"])
+def test_a_method_name_on_texts_is_explained_as_explain_text_explains_it(
+    make_text_classifier: Any, method: str
+) -> None:
+    """evaluate(clf, texts, "occlusion", "deletion") scores what explain_text gives (one-token window, [MASK]
+    fill, word features; IG from the pad baseline), not a plain explain of the packed inputs that occludes the
+    attention-mask column and CLS with zeros."""
+    clf = make_text_classifier()
+    by_text = whybox.explain_text(clf, TEXTS, method, target=1)
+    for metric in ("deletion", "comprehensiveness"):
+        by_name = whybox.evaluate(clf, TEXTS, method, metric, target=1)
+        want = whybox.evaluate(clf, TEXTS, by_text, metric)
+        torch.testing.assert_close(by_name.scores, want.scores, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("method", "metric"),
+    [
+        ("feature_ablation", "comprehensiveness"),
+        ("feature_ablation", "mufidelity"),
+        ("integrated_gradients", "deletion"),
+    ],
+)
+def test_word_regions_given_or_implied_score_alike(make_text_classifier: Any, method: str, metric: str) -> None:
+    """regions=batch.word_features() are the regions evaluate takes on texts by default: passing them (on the texts
+    or on the packed inputs) pools a word as explain_text does (a perturbation method's copied value not counted once
+    per subword, a gradient method's tokens summed), so the scores do not change."""
+    clf = make_text_classifier()
+    out = whybox.explain_text(clf, TEXTS, method, target=0)
+    implied = whybox.evaluate(clf, TEXTS, out, metric).scores
+    given = whybox.evaluate(clf, TEXTS, out, metric, regions=out.batch.word_features()).scores
+    packed = whybox.evaluate(clf, out.batch.inputs, out.explanation, metric, regions=out.batch.word_features()).scores
+    torch.testing.assert_close(given, implied, rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(packed, implied, rtol=0, atol=0, equal_nan=True)
+
+
+def test_word_attributions_of_a_saved_explanation_read_as_explain_text(make_text_classifier: Any, tmp_path) -> None:
+    """TextBatch.word_attributions without how= combines a word's subwords as explain_text does: a perturbation
+    method's copied value once (it read 'playing' at twice its value after a save and a load), a gradient's summed."""
+    clf = make_text_classifier()
+    for method in ("feature_ablation", "saliency"):
+        out = whybox.explain_text(clf, TEXTS[:1], method, target=0)
+        out.explanation.save(tmp_path / f"{method}.safetensors")
+        loaded = whybox.Explanation.load(tmp_path / f"{method}.safetensors")
+        assert out.batch.word_attributions(loaded) == out.words
