@@ -119,3 +119,34 @@ def test_a_reference_row_per_input_as_an_array_follows_the_rows(kind: str) -> No
         torch.testing.assert_close(got, want)
     st = whybox.evaluate(clf, xs.iloc[1:3], e[1:3], "stability", n_runs=2).scores
     assert torch.equal(st, torch.ones(2, dtype=st.dtype))
+
+
+def test_occlusion_counts_only_the_windows_it_scores_against_max_evaluations() -> None:
+    """max_evaluations is the most forward passes a call may spend; occlusion skips windows whose elements all
+    equal the fill, so a call spending n passes runs at max_evaluations=n and is refused at n - 1 (it was refused
+    at n, counting the skipped windows)."""
+    from whybox.errors import InvalidParameterError
+
+    m = _Img(10, 9).double()
+    x = torch.randn(3, 3, 10, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    x[1, :, :5] = 0
+    e = whybox.explain(m, x, "occlusion", window=3, stride=2)
+    n = e.meta["n_forward"]
+    assert e.meta["n_unchanged_windows"] > 0 and n == 3 * (1 + 5 * 4) - e.meta["n_unchanged_windows"]
+    ok = whybox.explain(m, x, "occlusion", window=3, stride=2, max_evaluations=n)
+    torch.testing.assert_close(ok.attributions, e.attributions, rtol=0, atol=0)
+    with pytest.raises(InvalidParameterError, match="max_evaluations"):
+        whybox.explain(m, x, "occlusion", window=3, stride=2, max_evaluations=n - 1)
+
+
+def test_exact_shapley_refusal_names_an_option_that_works_on_sequences() -> None:
+    """On sequences (B, T, D) the refusal above 12 features suggests features='segments' (grid() needs images)."""
+    from whybox.errors import InvalidParameterError
+
+    torch.manual_seed(0)
+    m = _Seq().eval()
+    x = torch.randn(1, 9, 3)
+    with pytest.raises(InvalidParameterError, match="features='segments'") as info:
+        whybox.explain(m, x, "exact_shapley")
+    assert "features='grid'" not in str(info.value)
+    assert whybox.explain(m, x, "exact_shapley", features="segments").meta["n_features"] == [9]

@@ -82,11 +82,17 @@ class ExactShapley(ShapleyExplainer):
         big = max(sizes)
         cost = b + sum(r * (2**m - 1) for m in sizes if m > 0)
         if big > MAX_EXACT_FEATURES and not self.allow_large:
+            fewer = (
+                "features='grid' with a larger patch=, or a feature mask"
+                if x.ndim == 4
+                else "features='segments' with a longer patch=, or a feature mask"
+                if x.ndim == 3
+                else "a feature mask grouping the columns, e.g. features=[0, 0, 1, 1, 2, ...]"
+            )
             raise InvalidParameterError(
                 f"exact_shapley enumerates 2^M coalitions: M={big} features would cost {cost:,} forward passes "
                 f"({2**big:,} per row); it is refused above M={MAX_EXACT_FEATURES}. Use fewer features "
-                "(features='grid' with a larger patch, or a feature mask), kernel_shap or shapley_sampling, "
-                "or pass allow_large=True."
+                f"({fewer}), kernel_shap or shapley_sampling, or pass allow_large=True."
             )
         self._check_cost(cost, f"{b} clean passes + per row (2^M - 1) x {r} fill row(s)")
         tgt, fx = self._clean(x, target, engine)

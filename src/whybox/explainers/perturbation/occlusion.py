@@ -154,8 +154,16 @@ class Occlusion(PerturbationExplainer):
         counts = [int(a.shape[0]) for a in inside]
         n = math.prod(counts)
         b = x.shape[0]
-        self._check_cost(b * (n + 1), f"{b} rows x ({n} window positions + 1 clean pass)")
         fill = self._fills(x)
+        # a window whose every element already equals the fill leaves the row as it was: its drop is exactly 0,
+        # and it is not scored (as feature_ablation's null groups), nor counted against max_evaluations
+        live = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=x.device), window_hits(x != fill, inside) > 0], 1)
+        skipped = int((~live).sum())
+        self._check_cost(
+            b * (n + 1) - skipped,
+            f"{b} rows x ({n} window positions + 1 clean pass)"
+            + (f", less {skipped} windows equal to the fill" if skipped else ""),
+        )
         dev_inside = [a.to(x.device) for a in inside]
         strides = torch.tensor([math.prod(counts[d + 1 :]) for d in range(len(counts))], device=x.device)
         view_all = [-1] + [1] * len(shape)
@@ -175,9 +183,6 @@ class Occlusion(PerturbationExplainer):
         # another route in float32 GEMM); masks 1..n are the windows
         first = FirstMaskTarget(target, b)
         tgt, hook = first.engine_target(torch.arange(b))
-        # a window whose every element already equals the fill leaves the row as it was: its drop is exactly 0,
-        # and it is not scored (as feature_ablation's null groups)
-        live = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=x.device), window_hits(x != fill, inside) > 0], 1)
         s = engine.scores(x, masks, n_masks=n + 1, fill=fill, target=tgt, score=self.score, on_scores=hook, live=live)
         s = torch.where(live, s, s[:, :1])
         tgt = first.finish(x, engine)
@@ -185,6 +190,6 @@ class Occlusion(PerturbationExplainer):
         attr = coverage_average(delta, inside)
         meta = {
             "occlusion": {"window": list(window), "stride": list(stride), "positions": counts},
-            "n_unchanged_windows": int((~live).sum()),
+            "n_unchanged_windows": skipped,
         }
         return attr.to(x.dtype), tgt, meta
