@@ -9,10 +9,10 @@ import torch
 
 from whybox import explainers as _explainers  # noqa: F401  (fills the registry)
 from whybox import metrics as _metrics  # noqa: F401  (fills the metric registry)
-from whybox.explanation import Explanation
+from whybox.explanation import _ROW_OPTIONS, Explanation
 from whybox.metrics.base import MetricResult
 from whybox.models.adapter import coder_of
-from whybox.models.inputs import coded_later, is_text_adapter, is_texts, tensor_option
+from whybox.models.inputs import coded_later, is_text_adapter, is_texts, label_map_option, tensor_option
 from whybox.models.packed import packed_option
 from whybox.models.targets import TargetLike
 from whybox.registry import EXPLAINERS, METRICS
@@ -188,12 +188,25 @@ def explain(
     described = {
         k: v for k, v in params.items() if v is not None and (not _plain(v) or not _same(out.params.get(k, v), v))
     }
+    for k, v in params.items():  # rows of values (one fill or id map per input): kept, to follow their rows
+        if (
+            k in _ROW_OPTIONS
+            and k not in described
+            and isinstance(v, (list, tuple))
+            and v
+            and isinstance(v[0], (list, tuple))
+        ):
+            described[k] = v
     coder = coder_of(explainer.adapter)
     for k, v in described.items():
         if coder is not None and coder.categories and coded_later(v):  # kept coded, as the method read it (and saves)
             described[k] = tensor_option(v, k, coder)
         elif getattr(explainer.adapter, "packing", None) is not None:  # one per input: packed, as the method read it
             described[k] = packed_option(v, explainer.adapter)
+        elif k in ("features", "regions"):  # ids as the integer tensor the method read (lists, NumPy arrays)
+            described[k] = label_map_option(v, k)
+        elif k in _ROW_OPTIONS and isinstance(v, (list, tuple, np.ndarray)):  # a fill / baseline as its tensor
+            described[k] = tensor_option(v, k)
     if described:
         out.options.update(described)
         out.meta["described_options"] = sorted(described)

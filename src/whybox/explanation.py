@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from whybox.errors import DataFormatError, InvalidInputError, InvalidParameterError, did_you_mean
-from whybox.models.inputs import tensor_option
+from whybox.models.inputs import label_map_option, tensor_option
 
 __all__ = ["Explanation", "digest_mismatch", "input_digest"]
 
@@ -316,11 +316,14 @@ class Explanation:
             picked = []
         if not picked:
             raise InvalidParameterError(f"rows must be row indices in [0, {n}) (an int or a list); got {rows!r}.")
+        top, columns = (v.item() if isinstance(v, np.integer) else v for v in (top, columns))  # NumPy's ints too
         if isinstance(top, bool) or not isinstance(top, int) or top < 1:
             raise InvalidParameterError(f"top must be a positive int; got {top!r}.")
         if isinstance(columns, bool) or not isinstance(columns, int) or columns < 1:
             raise InvalidParameterError(f"columns must be a positive int; got {columns!r}.")
         names_of: Any = None
+        if (isinstance(labels, np.ndarray) and labels.ndim == 1) or type(labels).__name__ == "Index":
+            labels = list(labels)  # an estimator's classes_, a pandas Index of class names
         if isinstance(labels, Mapping):  # config.id2label: {0: "negative", 1: "positive"}
             names_of = {int(k): str(v) for k, v in labels.items()}
         elif labels is not None:
@@ -609,6 +612,8 @@ class Explanation:
         for k, v in self.options.items():  # tensor options; a callable cannot be saved (params describes it)
             if isinstance(v, FeatureGroups):  # its ids: features=ids gives the same groups (each row's present ids)
                 v = v.groups
+            if k in ("features", "regions"):
+                v = label_map_option(v, f"options[{k!r}]")  # ids stay integers (a list of ints is not a float fill)
             try:
                 v = tensor_option(v, f"options[{k!r}]")  # a numpy array or pandas Series as the explainer read it
             except InvalidParameterError:

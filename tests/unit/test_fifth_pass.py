@@ -150,3 +150,40 @@ def test_exact_shapley_refusal_names_an_option_that_works_on_sequences() -> None
         whybox.explain(m, x, "exact_shapley")
     assert "features='grid'" not in str(info.value)
     assert whybox.explain(m, x, "exact_shapley", features="segments").meta["n_features"] == [9]
+
+
+def test_list_options_are_kept_as_the_tensors_the_method_read(tmp_path) -> None:
+    """features=[0, 0, 1, 1, 2] (the README's --option form) saves as integer ids, so a loaded explanation re-runs
+    (it came back float64 and was refused as a feature mask); a fill of one row per input given as nested lists
+    follows its rows in a re-run as a tensor fill does."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    x = torch.randn(4, 5, dtype=torch.float64)
+    e = whybox.explain(m, x, "kernel_shap", features=[0, 0, 1, 1, 2])
+    e.save(tmp_path / "e.safetensors")
+    loaded = whybox.Explanation.load(tmp_path / "e.safetensors")
+    assert loaded.options["features"].dtype == torch.int64
+    for ex in (e, loaded):
+        st = whybox.evaluate(m, x, ex, "stability", n_runs=2).scores
+        assert torch.equal(st, torch.ones(4, dtype=st.dtype))
+    refs = torch.randn(4, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    by_list = whybox.explain(m, x, "feature_ablation", fill=refs.tolist())
+    by_tensor = whybox.explain(m, x, "feature_ablation", fill=refs)
+    got = whybox.evaluate(m, x, by_list, "max_sensitivity", n_samples=2, seed=0).scores
+    want = whybox.evaluate(m, x, by_tensor, "max_sensitivity", n_samples=2, seed=0).scores
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    st = whybox.evaluate(m, x[1:3], by_list[1:3], "stability", n_runs=2).scores
+    assert torch.equal(st, torch.ones(2, dtype=st.dtype))
+
+
+def test_plot_takes_class_names_as_an_array_and_top_as_a_numpy_int() -> None:
+    """An estimator's classes_ (a NumPy array) or a pandas Index names the classes as a list does; top=np.int64(3)."""
+    pytest.importorskip("matplotlib")
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(5, 3)).double()
+    e = whybox.explain(m, torch.randn(2, 5, dtype=torch.float64), "saliency", target=1)
+    fig = e.plot(labels=np.array(["a", "b", "c"]), top=np.int64(3))
+    import matplotlib.pyplot as plt
+
+    assert "row 0: b" in [ax.get_title() for ax in fig.axes]
+    plt.close(fig)

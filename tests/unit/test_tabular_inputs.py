@@ -456,8 +456,9 @@ def test_a_reference_row_written_as_a_list_is_the_same_row_as_a_tensor() -> None
         a = whybox.explain(net, x, method, **{key: row})
         b = whybox.explain(net, x, method, **{key: ref})
         torch.testing.assert_close(a.attributions, b.attributions, rtol=0, atol=0)
-        # kept in options, so a metric that re-runs the method gets the row back (params only describe it)
-        assert a.options[key] == row
+        # kept in options as the tensor it became, so a metric that re-runs the method gets the row back (params
+        # only describe it) and a slice of a per-row fill follows its rows
+        assert torch.equal(a.options[key], ref)
         s = whybox.evaluate(net, x, a, "stability", n_runs=2)
         assert bool(torch.isfinite(s.scores).all())
     bg = [row, [0.0, 0.0, 0.0, 0.0]]
