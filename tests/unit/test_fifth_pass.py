@@ -187,3 +187,57 @@ def test_plot_takes_class_names_as_an_array_and_top_as_a_numpy_int() -> None:
 
     assert "row 0: b" in [ax.get_title() for ax in fig.axes]
     plt.close(fig)
+
+
+class _Scaled(nn.Module):
+    """A user module with a private setting and a call counter its forward writes."""
+
+    def __init__(self, temperature: float) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.LeakyReLU(0.01), nn.Flatten(), nn.Linear(32, 3))
+        self._temperature = temperature
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.body(x) / self._temperature
+
+
+def test_run_fingerprint_sees_library_layer_settings_and_private_settings() -> None:
+    """A run does not resume after a change that keeps every weight's shape: a torch layer's settings (a LeakyReLU's
+    slope, a convolution's padding), which were left out as "known by their weights", and a user module's private
+    setting (self._temperature), which was left out with torch's own underscore tables; an attribute forward writes
+    (a call counter) is process state and does not block a resume."""
+    from whybox.runs.job import Job, fingerprints
+
+    job, x = Job(methods=("occlusion",)), torch.zeros(2, 1, 4, 4)
+
+    def weights(m: nn.Module) -> str:
+        return fingerprints(job, whybox.adapt(m), x, [], None)["weights"]
+
+    torch.manual_seed(0)
+    m = _Scaled(1.0).eval()
+    before = weights(m)
+    with torch.no_grad():
+        m(torch.zeros(1, 1, 4, 4))
+    assert m.calls == 1 and weights(m) == before
+    m._temperature = 0.01
+    assert weights(m) != before
+    m._temperature = 1.0
+    assert weights(m) == before
+    m.body[1].negative_slope = 0.5
+    assert weights(m) != before
+    m.body[1].negative_slope = 0.01
+    m.body[0].padding = (2, 2)
+    assert weights(m) != before
+
+
+def test_run_fingerprint_of_a_function_model_is_the_same_after_a_call() -> None:
+    """A function model learns at its first call whether it returns NumPy; that is not a setting of the model."""
+    from whybox.runs.job import Job, fingerprints
+
+    job, x = Job(methods=("occlusion",)), torch.zeros(2, 4)
+    adapter = whybox.adapt(lambda rows: np.asarray(rows).sum(1, keepdims=True).repeat(2, 1))
+    before = fingerprints(job, adapter, x, [], None)["weights"]
+    whybox.explain(adapter, x + 1, "occlusion")
+    assert fingerprints(job, adapter, x, [], None)["weights"] == before

@@ -489,14 +489,20 @@ def _hash_user_code(h: Any, module: torch.nn.Module) -> None:
     """Hash what a user's own module classes are beyond their weights: each class's source, the module-level
     helpers and constants its methods read (:func:`_hash_globals`) and its instances' settings (numbers, strings,
     flags, tuples of normalisation constants, tensors kept outside the buffers, functions: :func:`_hash_value`), so
-    that a run does not resume after the model's code or settings changed. Library classes
-    (torch, transformers, ...) are known by their weights."""
+    that a run does not resume after the model's code or settings changed. Library layers (torch, transformers,
+    ...) by their class, their plain settings (a convolution's padding, an activation's slope) and their weights."""
     import inspect
 
     seen: set[type] = set()
+    internals = _module_internals()
     for name, m in module.named_modules():
         cls = type(m)
-        if cls.__module__.split(".")[0] in _LIBRARY_ROOTS:
+        if cls.__module__.split(".")[0] in _LIBRARY_ROOTS:  # a library layer: which one, and its plain settings
+            h.update(f"{name} {cls.__module__}.{cls.__qualname__}".encode())  # (a Conv2d's padding, a slope, p)
+            written = _forward_writes(cls)  # (a function model's returns_numpy, learnt at its first call)
+            for k, v in sorted(vars(m).items()):
+                if not k.startswith("_") and k != "training" and k not in written and _plain_setting(v):
+                    h.update(f"{k}={v!r}".encode())
             continue
         if cls not in seen:
             seen.add(cls)
@@ -509,10 +515,44 @@ def _hash_user_code(h: Any, module: torch.nn.Module) -> None:
                     h.update(f"method {k}".encode())
                     _hash_globals(h, fn, 1, set())
         h.update(name.encode())
+        written = _forward_writes(cls)
         for k, v in sorted(vars(m).items()):  # (not the train/eval flag: the run reads the model in eval mode)
-            if not k.startswith("_") and k != "training":
+            # its own settings, private ones too (self._temperature); not torch's bookkeeping (hooks, the
+            # parameter and submodule tables), nor what forward writes (a call counter, a cache: process state)
+            if k not in internals and k != "training" and k not in written:
                 h.update(k.encode())
                 _hash_value(h, v)
+
+
+def _module_internals() -> frozenset[str]:
+    """The attribute names ``nn.Module.__init__`` gives every module (its parameter, buffer and submodule tables and
+    hook dictionaries): torch's bookkeeping, not a user's setting."""
+    return frozenset(vars(torch.nn.Module()))
+
+
+def _forward_writes(cls: type) -> set[str]:
+    """The attribute names ``cls.forward`` (and the code nested in it) assigns: state the model keeps across calls (a
+    counter, a cache), which differs between processes, not a setting."""
+    import dis
+
+    fn = getattr(cls, "forward", None)
+    code = getattr(fn, "__code__", None)
+    names: set[str] = set()
+    stack = [code] if code is not None else []
+    while stack:
+        c = stack.pop()
+        for ins in dis.get_instructions(c):
+            if ins.opname in ("STORE_ATTR", "DELETE_ATTR"):
+                names.add(str(ins.argval))
+        stack.extend(k for k in c.co_consts if hasattr(k, "co_code"))
+    return names
+
+
+def _plain_setting(v: Any) -> bool:
+    """A library layer's setting hashed by its ``repr``: a number, a string, a flag or a tuple of them."""
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return True
+    return isinstance(v, tuple) and all(i is None or isinstance(i, (bool, int, float, str)) for i in v)
 
 
 #: the settings of an adapter that change what the model computes (``adapt(model, preprocess=..., output=...)``)
