@@ -307,6 +307,10 @@ def find_mistakes(
         regions = _mistakes_regions(regions, inputs, wrong)
     if isinstance(fill, torch.Tensor) and fill.ndim == inputs.ndim and fill.shape[0] == inputs.shape[0] > 1:
         fill = fill[wrong.to(fill.device)]  # one fill row per input: the mistakes' rows, as regions are cut
+    if isinstance(fill, str) and text_batch is None:
+        # a fill name resolved once, as the insertion steps resolve it (RISE's blur kernel, the metric's seeded
+        # uniform draws, "min"): the explanation hides a region exactly as the steps that rank it do
+        fill = METRICS.get("highest_confidence")(fill=fill).fill_values(x, adapter)
     model = adapter  # the explainer and the metric reuse it
     y = labels.cpu()[wrong].to(dev)
     opts = dict(params)
@@ -329,12 +333,9 @@ def find_mistakes(
     if issubclass(cls, PerturbationExplainer):
         opts.setdefault("fill", fill)
     elif takes_baseline and text_batch is None and "baseline" not in opts:
-        # Integrated Gradients: its baseline is the hidden state the insertion steps start from, resolved as they
-        # resolve it (the same blur, the same uniform draws, "min")
-        if isinstance(fill, str):  # a fill name: resolved as the metric resolves it
-            opts["baseline"] = METRICS.get("highest_confidence")(fill=fill).fill_values(x, adapter)
-        else:  # a number, a tensor, a reference row (a Series read by its column names): as the metric reads it
-            opts["baseline"] = fill
+        # Integrated Gradients: its baseline is the hidden state the insertion steps start from (a fill name
+        # resolved as they resolve it; a number, a tensor, a reference row read as the metric reads it)
+        opts["baseline"] = fill
     e = explain(model, x, method, target=y, batch_size=batch_size, **opts)
     report.explanation = e
     signal = is_signal(adapter, x)
