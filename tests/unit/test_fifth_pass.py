@@ -260,3 +260,29 @@ def test_find_mistakes_hides_a_region_alike_in_the_explanation_and_the_steps(fil
     steps = whybox.evaluate(model, x[rows], e, "highest_confidence", target=t, regions=e.meta["regions"], fill=fill)
     empty = torch.as_tensor(e.meta["empty_score"]).flatten().to(torch.float64)
     torch.testing.assert_close(empty, steps.curves["y"][:, 0].to(torch.float64), rtol=0, atol=1e-6)
+
+
+def test_roar_checks_its_data_before_training() -> None:
+    """Labels outside the model's classes, NaN images and NaN maps are WhyboxErrors naming what is wrong (raw
+    cross-entropy / index errors after training had started; NaN data and maps were trained on and ranked by the tie
+    rule alone); NumPy images are read as the labels are."""
+    from whybox.errors import InvalidInputError
+    from whybox.metrics.roar import roar
+
+    g = torch.Generator().manual_seed(0)
+    xtr, xte = torch.rand(40, 1, 6, 6, generator=g), torch.rand(20, 1, 6, 6, generator=g)
+    ytr, yte = torch.randint(0, 3, (40,), generator=g), torch.randint(0, 3, (20,), generator=g)
+    maps = {"m": (torch.randn(40, 1, 6, 6, generator=g), torch.randn(20, 1, 6, 6, generator=g))}
+    kw = dict(model_fn=lambda: nn.Sequential(nn.Flatten(), nn.Linear(36, 3)), fractions=[0.5], n_retrain=1, epochs=1)
+    with pytest.raises(InvalidInputError, match=r"y_train must hold class indices in \[0, 2\].*got 5"):
+        roar(maps, data=(xtr, ytr + 5, xte, yte), **kw)
+    with pytest.raises(InvalidInputError, match=r"y_test must hold class indices in \[0, 2\].*got -1"):
+        roar(maps, data=(xtr, ytr, xte, yte - 1), **kw)
+    with pytest.raises(InvalidInputError, match="x_test contains non-finite values"):
+        roar(maps, data=(xtr, ytr, torch.full_like(xte, float("nan")), yte), **kw)
+    nan_maps = {"m": (maps["m"][0], torch.full_like(xte, float("nan")))}
+    with pytest.raises(InvalidInputError, match=r"methods\['m'\]'s test attributions are not finite"):
+        roar(nan_maps, data=(xtr, ytr, xte, yte), **kw)
+    a = roar(maps, data=(xtr.numpy(), ytr, xte.numpy(), yte), **kw)
+    b = roar(maps, data=(xtr, ytr, xte, yte), **kw)
+    torch.testing.assert_close(a.accuracy["m"], b.accuracy["m"], rtol=0, atol=0)

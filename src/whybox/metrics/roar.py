@@ -244,9 +244,25 @@ def roar(
             got = f"{len(data)} items" if isinstance(data, (tuple, list)) else type(data).__name__
             raise InvalidParameterError(f"data must be (x_train, y_train, x_test, y_test); got {got}.")
         x_tr, y_tr, x_te, y_te = data
+    images = []
     for name, arr in (("x_train", x_tr), ("x_test", x_te)):
-        if not isinstance(arr, torch.Tensor) or arr.ndim != 4:
-            raise InvalidInputError(f"{name} must be images (N, C, H, W); got {getattr(arr, 'shape', type(arr))}.")
+        if isinstance(arr, np.ndarray) and arr.dtype.kind in "biuf":  # the labels may be arrays: the images too
+            arr = torch.from_numpy(np.ascontiguousarray(arr))
+        if not isinstance(arr, torch.Tensor):
+            raise InvalidInputError(
+                f"{name} must be a torch.Tensor (or a numeric NumPy array) of images (N, C, H, W); got "
+                f"{type(arr).__name__}."
+            )
+        if arr.ndim != 4:
+            raise InvalidInputError(f"{name} must be images (N, C, H, W); got shape {tuple(arr.shape)}.")
+        bad = ~torch.isfinite(arr.reshape(arr.shape[0], -1)).all(1) if arr.is_floating_point() else None
+        if bad is not None and bool(bad.any()):
+            raise InvalidInputError(
+                f"{name} contains non-finite values (NaN or inf) in {int(bad.sum())} of {arr.shape[0]} images (first: "
+                f"{bad.nonzero().flatten()[:5].tolist()}); clean or drop them before training on them."
+            )
+        images.append(arr)
+    x_tr, x_te = images
     if x_te.shape[1:] != x_tr.shape[1:]:
         raise InvalidInputError(
             f"x_test must hold images like x_train's, {tuple(x_tr.shape[1:])}; got {tuple(x_te.shape[1:])} (one model "
@@ -261,8 +277,19 @@ def roar(
     with torch.random.fork_rng(devices=[]):
         probe = model_fn()  # the models' dtype: the images are trained and tested in it (float64 or uint8 data)
     dtype = next((p.dtype for p in probe.parameters() if p.is_floating_point()), torch.float32)
-    del probe
     x_tr, x_te = x_tr.to(dtype), x_te.to(dtype)
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        n_classes = probe.eval()(x_tr[:1]).shape[-1]  # the classes a model of model_fn scores
+    del probe
+    for name, y in (("y_train", y_tr), ("y_test", y_te)):
+        out_of_range = (y < 0) | (y >= n_classes)
+        if bool(out_of_range.any()):
+            i = int(out_of_range.nonzero()[0, 0])
+            raise InvalidInputError(
+                f"{name} must hold class indices in [0, {n_classes - 1}] (the model_fn's models score {n_classes} "
+                f"classes); got {int(y[i])} at position {i}. Map your labels to 0..{n_classes - 1}, or give a "
+                "model_fn with as many outputs as classes."
+            )
     spec: dict[str, str | tuple[torch.Tensor, torch.Tensor]] = (
         dict(methods)
         if isinstance(methods, Mapping)
@@ -308,6 +335,14 @@ def roar(
                     check_map_shape(a, xs)
                 except InvalidInputError as exc:
                     raise InvalidInputError(f"methods[{name!r}]'s {part} attributions: {exc}") from None
+        for part, a in (("train", a_tr), ("test", a_te)):
+            bad = ~torch.isfinite(a.reshape(a.shape[0], -1)).all(1)
+            if bool(bad.any()):  # no ranking: the tie rule alone would order them, reported as the method's curve
+                raise InvalidInputError(
+                    f"methods[{name!r}]'s {part} attributions are not finite (NaN or inf) for {int(bad.sum())} of "
+                    f"{a.shape[0]} images (first: {bad.nonzero().flatten()[:5].tolist()}), so they rank no pixels; "
+                    "recompute them, or leave the method out."
+                )
         rankings[name] = (  # one tie rule for both splits: an image ranks its tied pixels alike in either
             tie_order(feature_values(a_tr, x_tr), seed),
             tie_order(feature_values(a_te, x_te), seed),
