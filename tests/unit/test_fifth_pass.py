@@ -286,3 +286,31 @@ def test_roar_checks_its_data_before_training() -> None:
     a = roar(maps, data=(xtr.numpy(), ytr, xte.numpy(), yte), **kw)
     b = roar(maps, data=(xtr, ytr, xte, yte), **kw)
     torch.testing.assert_close(a.accuracy["m"], b.accuracy["m"], rtol=0, atol=0)
+
+
+class _BatchStatsNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4, track_running_stats=False)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("method", ["saliency", "occlusion"])
+def test_batchnorm_without_running_stats_is_refused_unless_one_row_per_pass(method: str) -> None:
+    """A BatchNorm with track_running_stats=False normalises with the batch's statistics in eval mode too: rows are
+    coupled as under a training-mode BatchNorm (refused with mode='as_is'); the results changed with batch_size
+    without a word. Refused for batch_size > 1, and at batch_size=1 a row's map is the same alone or in a batch."""
+    from whybox.errors import InvalidParameterError
+
+    m = _BatchStatsNet().eval()
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    with pytest.raises(InvalidParameterError, match=r"track_running_stats=False.*batch_size=1"):
+        whybox.explain(m, x, method, target=0)
+    both = whybox.explain(m, x, method, target=0, batch_size=1).attributions
+    alone = whybox.explain(m, x[1:], method, target=0, batch_size=1).attributions
+    torch.testing.assert_close(both[1:], alone)

@@ -195,8 +195,12 @@ class MaskingEngine:
         """Whether a row's scores depend on that row alone, the same at every call: no module of a torch model in
         training mode (dropout draws anew, batch statistics couple the rows). Callers then score an input once
         where it recurs."""
+        from whybox.models._guard import batchnorm_couples_rows
+
         model = getattr(self.adapter, "model", None)
-        return not (isinstance(model, torch.nn.Module) and any(m.training for m in model.modules()))
+        return not (
+            isinstance(model, torch.nn.Module) and any(m.training or batchnorm_couples_rows(m) for m in model.modules())
+        )
 
     def call(self, fn: Callable[[torch.Tensor], R], inp: torch.Tensor) -> R:
         """``fn(inp)`` with ``inp`` in channels-last layout where that applies (see the class).

@@ -132,5 +132,11 @@ def _preserved(model: nn.Module, mode: str) -> Iterator[None]:
 
 
 def has_train_mode_batchnorm(model: nn.Module) -> bool:
-    """True when a BatchNorm in training mode couples the rows of a batch."""
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules())
+    """True when a BatchNorm couples the rows of a batch: one in training mode, or one without running statistics
+    (``track_running_stats=False``), which normalises with the batch's own statistics in eval mode too."""
+    return any(batchnorm_couples_rows(m) for m in model.modules())
+
+
+def batchnorm_couples_rows(m: nn.Module) -> bool:
+    """Whether ``m`` is a BatchNorm that normalises a batch with that batch's statistics as it is now."""
+    return isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or m.running_mean is None)
