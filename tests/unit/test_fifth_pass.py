@@ -314,3 +314,31 @@ def test_batchnorm_without_running_stats_is_refused_unless_one_row_per_pass(meth
     both = whybox.explain(m, x, method, target=0, batch_size=1).attributions
     alone = whybox.explain(m, x[1:], method, target=0, batch_size=1).attributions
     torch.testing.assert_close(both[1:], alone)
+
+
+def test_embedding_adapter_and_output_options_are_checked() -> None:
+    """scale= and references= of kind='embedding' get WhyboxErrors naming the option (raw ValueError, TypeError,
+    IndexError, or all-NaN maps without a word); a one-element tensor scale (CLIP's logit_scale.exp()) still works;
+    output=True is refused (it selected entry 1)."""
+    from whybox.errors import InvalidParameterError
+
+    torch.manual_seed(0)
+    enc = nn.Linear(6, 4)
+    refs = torch.randn(3, 4)
+    for bad in ("abc", None, float("nan"), 0.0, True):
+        with pytest.raises(InvalidParameterError, match="scale must be a finite number > 0"):
+            whybox.adapt(enc, kind="embedding", references=refs, scale=bad)
+    for bad_refs in (torch.zeros(0, 4), torch.full((2, 4), float("nan")), torch.ones(2, 4, dtype=torch.int64)):
+        with pytest.raises(InvalidParameterError, match="references must be finite floating-point"):
+            whybox.adapt(enc, kind="embedding", references=bad_refs)
+    a = whybox.adapt(enc, kind="embedding", references=refs, scale=torch.tensor(100.0))
+    b = whybox.adapt(enc, kind="embedding", references=refs, scale=100.0)
+    x = torch.randn(2, 6)
+    torch.testing.assert_close(a.scores(x), b.scores(x))
+
+    class TwoHeads(nn.Module):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return x[:, :3], x[:, 3:]
+
+    with pytest.raises(InvalidParameterError, match="output=True is a flag"):
+        whybox.adapt(TwoHeads(), output=True)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -155,6 +157,11 @@ class TorchAdapter(ModelAdapter):
         if preprocess is not None and not callable(preprocess):
             raise InvalidParameterError(f"preprocess must be callable or None; got {type(preprocess).__name__}.")
         self.model = model
+        if isinstance(output, bool):  # True would select entry 1, False entry 0, without a word
+            raise InvalidParameterError(
+                f"output={output!r} is a flag, not an entry of the model's output; pass output= as a key, an index "
+                "(an int) or a callable that returns the (B, K) scores."
+            )
         self.output = output
         self.preprocess = preprocess
         from whybox.models.layers import layer_spec
@@ -293,6 +300,20 @@ class EmbeddingAdapter(TorchAdapter):
             )
         if similarity not in ("cosine", "dot"):
             raise InvalidParameterError(f"similarity must be 'cosine' or 'dot'; got {similarity!r}.")
+        if not references.is_floating_point() or references.numel() == 0 or not bool(torch.isfinite(references).all()):
+            raise InvalidParameterError(
+                f"references must be finite floating-point embeddings, (D,) or (K, D) with K >= 1; got "
+                f"{references.dtype} of shape {tuple(references.shape)}"
+                + (" holding NaN or inf" if references.is_floating_point() and references.numel() else "")
+                + ". Pass the embeddings of your target(s) or class prompts."
+            )
+        number = (isinstance(scale, (int, float, np.integer, np.floating)) and not isinstance(scale, bool)) or (
+            isinstance(scale, torch.Tensor) and scale.numel() == 1 and scale.is_floating_point()
+        )  # (a CLIP model's logit_scale.exp() is a one-element tensor)
+        if not number or not (math.isfinite(float(scale)) and float(scale) > 0):
+            raise InvalidParameterError(
+                f"scale must be a finite number > 0 (a CLIP logit_scale.exp(), e.g. 100.0); got {scale!r}."
+            )
         refs = references.detach()
         self.references = refs.unsqueeze(0) if refs.ndim == 1 else refs
         self.similarity = similarity
