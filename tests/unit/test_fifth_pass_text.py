@@ -61,3 +61,16 @@ def test_word_attributions_of_a_saved_explanation_read_as_explain_text(make_text
         out.explanation.save(tmp_path / f"{method}.safetensors")
         loaded = whybox.Explanation.load(tmp_path / f"{method}.safetensors")
         assert out.batch.word_attributions(loaded) == out.words
+
+
+@pytest.mark.parametrize("metric", ["deletion", "insertion", "aopc", "highest_confidence"])
+def test_a_text_without_words_scores_nan_on_the_curves(make_text_classifier: Any, metric: str) -> None:
+    """METRICS.md: undefined values are NaN, never silently a number. An empty text's curve never moves (x stays 0):
+    its deletion AUC read 0.0, the best score, pulling a method's mean toward "better"; the other row is unchanged."""
+    clf = make_text_classifier()
+    texts = ["", "it was not a good film"]
+    out = whybox.explain_text(clf, texts, "occlusion", target=1)
+    r = whybox.evaluate(clf, texts, out, metric)
+    assert torch.isnan(r.scores[0]) and torch.isfinite(r.scores[1])
+    alone = whybox.evaluate(clf, texts[1:], whybox.explain_text(clf, texts[1:], "occlusion", target=1), metric)
+    torch.testing.assert_close(r.scores[1:], alone.scores)

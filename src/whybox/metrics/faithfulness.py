@@ -435,6 +435,16 @@ class _CurveMetric(Metric):
         return xs, y.cpu(), meta
 
 
+def _undefined(score: torch.Tensor, xs: torch.Tensor, meta: dict[str, Any]) -> torch.Tensor:
+    """``score`` with NaN for the rows that have nothing to remove (a text of no words: its curve never moves), whose
+    area and confidence are undefined (METRICS.md: NaN, never silently a number)."""
+    empty = xs[:, -1] <= 0
+    if not bool(empty.any()):
+        return score
+    meta["note"] = "; ".join([*([meta["note"]] if "note" in meta else []), "rows with no features to remove score NaN"])
+    return torch.where(empty.to(score.device), torch.full_like(score, math.nan), score)
+
+
 @METRICS.register("deletion")
 class Deletion(_CurveMetric):
     """Deletion (Petsiuk et al. 2018): remove features in relevance order; area under the target score.
@@ -483,7 +493,7 @@ class Deletion(_CurveMetric):
 
     def _compute(self, ctx: Context) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
         xs, y, meta = self._curve(ctx)
-        return trapezoid(xs, y), {"x": xs, "y": y}, meta
+        return _undefined(trapezoid(xs, y), xs, meta), {"x": xs, "y": y}, meta
 
 
 @METRICS.register("insertion")
@@ -504,7 +514,7 @@ class Insertion(_CurveMetric):
 
     def _compute(self, ctx: Context) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
         xs, y, meta = self._curve(ctx)
-        return trapezoid(xs, y), {"x": xs, "y": y}, meta
+        return _undefined(trapezoid(xs, y), xs, meta), {"x": xs, "y": y}, meta
 
 
 def highest_confidence(xs: torch.Tensor, y: torch.Tensor, budget: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -539,10 +549,11 @@ class HighestConfidence(_CurveMetric):
         hc, _ = highest_confidence(xs, y, self.budget)
         table = [highest_confidence(xs, y, b) for b in HC_BUDGETS]
         meta["budgets"] = list(HC_BUDGETS)
-        meta["hc"] = torch.stack([t[0] for t in table], 1)
-        meta["hc_area"] = torch.stack([t[1] for t in table], 1)
-        meta["auc"] = trapezoid(xs, y)
-        return hc, {"x": xs, "y": y}, meta
+        empty = (xs[:, -1] <= 0).unsqueeze(1)
+        meta["hc"] = torch.stack([t[0] for t in table], 1).masked_fill(empty, math.nan)
+        meta["hc_area"] = torch.stack([t[1] for t in table], 1).to(torch.float64).masked_fill(empty, math.nan)
+        meta["auc"] = _undefined(trapezoid(xs, y), xs, {})
+        return _undefined(hc, xs, meta), {"x": xs, "y": y}, meta
 
 
 @METRICS.register("aopc")
@@ -579,7 +590,7 @@ class AOPC(_CurveMetric):
             real = torch.cat([torch.ones_like(xs[:, :1], dtype=torch.bool), xs[:, 1:] > xs[:, :-1]], 1).to(y.device)
             aopc = (drop * real).sum(1) / real.sum(1)
         meta["order"] = self.order
-        return aopc, {"x": xs, "y": y}, meta
+        return _undefined(aopc, xs, meta), {"x": xs, "y": y}, meta
 
 
 # ---------------------------------------------------------------------------------------------- MuFidelity
