@@ -31,10 +31,22 @@ _ROW_OPTIONS = (
 )  # options that may hold one entry per input row
 
 
-def input_digest(x: torch.Tensor) -> torch.Tensor:
+def input_digest(x: torch.Tensor, adapter: Any = None) -> torch.Tensor:
     """``(B, 3)`` float64 on the CPU: each row's sum, sum of absolute values and sum of squares, which
     ``meta["input_digest"]`` keeps so that a metric can tell an explanation of other inputs (shuffled rows, another
-    preprocessing) from one of the inputs it is given."""
+    preprocessing) from one of the inputs it is given. A black-box text adapter's presence rows stand for the words
+    of a text the adapter keeps (its index column depends on what it encoded before): their digest is three 31-bit
+    parts of a SHA-256 of each row's words and presence values."""
+    row_words = getattr(adapter, "row_words", None)
+    if callable(row_words) and x.ndim == 2:
+        import hashlib
+
+        out = []
+        for words, row in zip(row_words(x), x.detach().to("cpu", torch.float64)[:, :-1].tolist(), strict=True):
+            key = "\x1f".join(words) + "\x1e" + ",".join(repr(v) for v in row[: len(words)])
+            d = hashlib.sha256(key.encode()).digest()
+            out.append([float(int.from_bytes(d[4 * i : 4 * i + 4], "little") >> 1) for i in range(3)])
+        return torch.tensor(out, dtype=torch.float64).reshape(-1, 3)
     flat = x.detach().reshape(x.shape[0], -1)
     step = max(1, (1 << 20) // max(1, flat.shape[1]))  # about 8 MB of float64 at a time
     parts = []
@@ -49,10 +61,10 @@ def input_digest(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts).cpu() if parts else torch.zeros(0, 3, dtype=torch.float64)
 
 
-def digest_mismatch(saved: torch.Tensor, x: torch.Tensor) -> list[int]:
+def digest_mismatch(saved: torch.Tensor, x: torch.Tensor, adapter: Any = None) -> list[int]:
     """Rows whose inputs differ from those :func:`input_digest` ``saved`` describes (tolerant of float rounding:
     the same inputs in float32 and float64, or summed on a GPU, match)."""
-    now = input_digest(x)
+    now = input_digest(x, adapter)
     saved = saved.to(torch.float64).cpu()
     if saved.shape != now.shape:
         return list(range(x.shape[0]))

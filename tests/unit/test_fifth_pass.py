@@ -342,3 +342,27 @@ def test_embedding_adapter_and_output_options_are_checked() -> None:
 
     with pytest.raises(InvalidParameterError, match="output=True is a flag"):
         whybox.adapt(TwoHeads(), output=True)
+
+
+def test_a_black_box_text_explanation_is_checked_against_its_words(tmp_path) -> None:
+    """A black box's presence rows stand for words the adapter keeps (the index column depends on what it encoded
+    before): a saved explanation was accepted on other texts of the same word counts, and refused on its own texts
+    by an adapter that had encoded another text first. Its input digest now covers the words."""
+    from whybox.errors import InvalidInputError
+    from whybox.models.blackbox_text import BlackBoxTextAdapter
+
+    def counts(texts: list[str]) -> torch.Tensor:
+        s = torch.tensor([2.0 * t.split().count("good") - t.split().count("bad") for t in texts], dtype=torch.float64)
+        return torch.stack([s, -s], 1)
+
+    texts = ["a good film", "bad plot"]
+    out = whybox.explain_text(BlackBoxTextAdapter(counts), texts, "occlusion", target=0)
+    out.explanation.save(tmp_path / "bb.safetensors")
+    loaded = whybox.Explanation.load(tmp_path / "bb.safetensors")
+    with pytest.raises(InvalidInputError, match="made for other inputs"):
+        whybox.evaluate(BlackBoxTextAdapter(counts), ["a bad film", "good plot"], loaded, "comprehensiveness")
+    later = BlackBoxTextAdapter(counts)
+    later.encode(["an earlier text"])
+    r = whybox.evaluate(later, texts, loaded, "comprehensiveness")
+    want = whybox.evaluate(BlackBoxTextAdapter(counts), texts, out, "comprehensiveness")
+    torch.testing.assert_close(r.scores, want.scores, equal_nan=True)

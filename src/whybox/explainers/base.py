@@ -252,7 +252,9 @@ class Explainer:
             "n_backward": engine_backward[0],
             "seed": self._call_seed,
             "finite": [bool(v) for v in finite.tolist()],
-            "input_digest": input_digest(x),  # a metric given this explanation checks that it explains its inputs
+            "input_digest": input_digest(
+                x, self.adapter
+            ),  # a metric given this explanation checks that it explains its inputs
             **meta,
         }
         names = getattr(self, "_feature_names", None)

@@ -1005,7 +1005,7 @@ class Metric:
                 expl, method, attributions = explanation, explanation.method, explanation.attributions
                 digest = explanation.meta.get("input_digest")
                 other = (  # another row count gets the row-count error below
-                    digest_mismatch(digest, x)
+                    digest_mismatch(digest, x, adapter)
                     if isinstance(digest, torch.Tensor) and digest.shape[0] == x.shape[0]
                     else []
                 )
