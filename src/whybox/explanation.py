@@ -730,9 +730,11 @@ def row_options(
         if _is_dataframe(ids):
             ids = ids.to_numpy()  # one reference row per input row: a DataFrame of as many rows
         vshape = tuple(getattr(ids, "shape", ()))
-        integer = (isinstance(ids, torch.Tensor) and not ids.is_floating_point()) or (
+        # integer ids (a bool stack (N, H, W) is N regions shared by every row, never one entry per row)
+        integer = (isinstance(ids, torch.Tensor) and not ids.is_floating_point() and ids.dtype != torch.bool) or (
             isinstance(ids, np.ndarray) and ids.dtype.kind in "iu"
         )
+        stack = isinstance(ids, torch.Tensor) and ids.dtype == torch.bool and k in ("features", "regions")
         per_row = (
             k in _ROW_OPTIONS
             and k not in shared
@@ -741,7 +743,10 @@ def row_options(
             and len(vshape) >= 1
             and vshape[0] == n
             and (
-                len(vshape) == len(shape)
+                # a bool mask stack: (N, *G) regions shared by every row, (B, N, *G) per row ((B, N, H, W) of images)
+                (len(vshape) == len(shape) + 1 or (len(shape) == 4 and len(vshape) == 4))
+                if stack
+                else len(vshape) == len(shape)
                 # one id map per row shared by its channels, (B, H, W) of images or (B, L) of signals, as
                 # broadcast_ids reads it (also a FeatureGroups' ids)
                 or (

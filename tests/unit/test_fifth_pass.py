@@ -366,3 +366,25 @@ def test_a_black_box_text_explanation_is_checked_against_its_words(tmp_path) -> 
     r = whybox.evaluate(later, texts, loaded, "comprehensiveness")
     want = whybox.evaluate(BlackBoxTextAdapter(counts), texts, out, "comprehensiveness")
     torch.testing.assert_close(r.scores, want.scores, equal_nan=True)
+
+
+def test_a_shared_bool_mask_stack_is_not_cut_by_row() -> None:
+    """LIMA's regions as a bool stack (N, *G) are N regions shared by every row: when N equals the batch size they
+    were cut by row in slices and re-runs (images (N, H, W) since the per-row id maps; tables (N, F) before),
+    and the re-run refused its masks as not covering the input."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 2, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(2 * 6 * 6, 3)).double()
+    x = torch.randn(3, 3, 6, 6, dtype=torch.float64)
+    masks = torch.zeros(3, 6, 6, dtype=torch.bool)
+    masks[0, :2], masks[1, 2:4], masks[2, 4:] = True, True, True
+    e = whybox.explain(m, x, "lima", regions=masks)
+    assert torch.equal(e[1:].options["regions"], masks)
+    torch.testing.assert_close(whybox.explain(m, x[1:], "lima", **e[1:].options).attributions, e.attributions[1:])
+    s = whybox.evaluate(m, x, e, "max_sensitivity", n_samples=2, seed=0, radius=1e-9).scores
+    assert float(s.max()) < 1e-6
+    t = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    rows = torch.randn(3, 3, dtype=torch.float64)
+    cols = torch.eye(3, dtype=torch.bool)  # 3 regions of one column each, N == B == 3
+    et = whybox.explain(t, rows, "lima", regions=cols)
+    assert torch.equal(et[1:].options["regions"], cols)
+    torch.testing.assert_close(whybox.explain(t, rows[1:], "lima", **et[1:].options).attributions, et.attributions[1:])
