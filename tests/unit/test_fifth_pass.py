@@ -388,3 +388,51 @@ def test_a_shared_bool_mask_stack_is_not_cut_by_row() -> None:
     et = whybox.explain(t, rows, "lima", regions=cols)
     assert torch.equal(et[1:].options["regions"], cols)
     torch.testing.assert_close(whybox.explain(t, rows[1:], "lima", **et[1:].options).attributions, et.attributions[1:])
+
+
+class _Cached(nn.Module):
+    """State a call writes through a helper and under a decorator; a setting a setter (not forward) changes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+        self._pe_cache: torch.Tensor | None = None
+        self.n_seen = 0
+        self._calls = 0
+        self._temperature = 1.0
+
+    def _positions(self, x: torch.Tensor) -> torch.Tensor:
+        if self._pe_cache is None or self._pe_cache.shape[0] != x.shape[1]:
+            self._pe_cache = torch.arange(x.shape[1], dtype=x.dtype)
+        return self._pe_cache
+
+    def _count(self, x: torch.Tensor) -> None:
+        self.n_seen += x.shape[0]
+
+    def set_temperature(self, t: float) -> None:
+        self._temperature = t
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._calls += 1
+        self._count(x)
+        return self.lin(x + self._positions(x) * 0) / self._temperature
+
+
+def test_run_fingerprint_leaves_out_what_a_call_writes_through_helpers_and_decorators() -> None:
+    """What forward writes through the helpers it calls and under a decorator (a cache, counters) is state: the
+    fingerprint is the same after a call; a setting changed by a setter forward does not call is seen."""
+    from whybox.runs.job import Job, fingerprints
+
+    torch.manual_seed(0)
+    m = _Cached().eval()
+    job, x = Job(methods=("occlusion",)), torch.zeros(2, 4)
+
+    def weights() -> str:
+        return fingerprints(job, whybox.adapt(m), x, [], None)["weights"]
+
+    before = weights()
+    m(torch.zeros(1, 4))
+    assert (m.n_seen, m._calls) == (1, 1) and weights() == before
+    m.set_temperature(0.5)
+    assert weights() != before

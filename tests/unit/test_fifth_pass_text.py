@@ -74,3 +74,18 @@ def test_a_text_without_words_scores_nan_on_the_curves(make_text_classifier: Any
     assert torch.isnan(r.scores[0]) and torch.isfinite(r.scores[1])
     alone = whybox.evaluate(clf, texts[1:], whybox.explain_text(clf, texts[1:], "occlusion", target=1), metric)
     torch.testing.assert_close(r.scores[1:], alone.scores)
+
+
+def test_run_fingerprint_does_not_follow_where_a_hugging_face_model_was_loaded_from(make_text_classifier: Any) -> None:
+    """The same checkpoint loaded from another directory (its name_or_path) resumes a run; layer settings count."""
+    from whybox.runs.job import Job, fingerprints
+
+    clf = make_text_classifier()
+    b = clf.encode(["the movie was great"]).inputs
+    job = Job(methods=("saliency",))
+    before = fingerprints(job, clf, b, [], None)["weights"]
+    clf.model.name_or_path = "/mnt/other_copy/checkpoint"
+    assert fingerprints(job, clf, b, [], None)["weights"] == before
+    dropout = next(m for m in clf.model.modules() if isinstance(m, torch.nn.Dropout))
+    dropout.p = 0.5
+    assert fingerprints(job, clf, b, [], None)["weights"] != before

@@ -501,7 +501,14 @@ def _hash_user_code(h: Any, module: torch.nn.Module) -> None:
             h.update(f"{name} {cls.__module__}.{cls.__qualname__}".encode())  # (a Conv2d's padding, a slope, p)
             written = _forward_writes(cls)  # (a function model's returns_numpy, learnt at its first call)
             for k, v in sorted(vars(m).items()):
-                if not k.startswith("_") and k != "training" and k not in written and _plain_setting(v):
+                # (not where it was loaded from: a Hugging Face model's name_or_path is a location, not a setting)
+                if (
+                    not k.startswith("_")
+                    and k != "training"
+                    and k not in written
+                    and "path" not in k
+                    and _plain_setting(v)
+                ):
                     h.update(f"{k}={v!r}".encode())
             continue
         if cls not in seen:
@@ -531,20 +538,37 @@ def _module_internals() -> frozenset[str]:
 
 
 def _forward_writes(cls: type) -> set[str]:
-    """The attribute names ``cls.forward`` (and the code nested in it) assigns: state the model keeps across calls (a
-    counter, a cache), which differs between processes, not a setting."""
+    """The attribute names a call of the model may assign: those ``cls.forward`` assigns, through its decorators
+    (``__wrapped__``), the code nested in it and the methods of ``cls`` it names (``self._positions(x)``), in turn:
+    state the model keeps across calls (a counter, a cache), which differs between processes, not a setting."""
     import dis
 
-    fn = getattr(cls, "forward", None)
-    code = getattr(fn, "__code__", None)
     names: set[str] = set()
-    stack = [code] if code is not None else []
+    done: set[int] = set()
+    own = cls.__module__.split(".")[0]
+    stack = [getattr(cls, "forward", None)]
     while stack:
-        c = stack.pop()
-        for ins in dis.get_instructions(c):
-            if ins.opname in ("STORE_ATTR", "DELETE_ATTR"):
-                names.add(str(ins.argval))
-        stack.extend(k for k in c.co_consts if hasattr(k, "co_code"))
+        fn = stack.pop()
+        while hasattr(fn, "__wrapped__"):  # @torch.no_grad(), functools.wraps decorators
+            fn = fn.__wrapped__
+        root = str(getattr(fn, "__module__", "") or "").split(".")[0]
+        if root in _LIBRARY_ROOTS and root != own:
+            continue  # torch's own methods a user model calls (self.register_buffer): not its state
+        code = getattr(fn, "__code__", None)
+        codes = [code] if code is not None else []
+        while codes:
+            c = codes.pop()
+            if id(c) in done:
+                continue
+            done.add(id(c))
+            for ins in dis.get_instructions(c):
+                if ins.opname in ("STORE_ATTR", "DELETE_ATTR"):
+                    names.add(str(ins.argval))
+            codes.extend(k for k in c.co_consts if hasattr(k, "co_code"))
+            for name in c.co_names:  # the class's own methods it may call
+                member = getattr(cls, name, None)
+                if callable(member) and not isinstance(member, type) and name != "__init__":
+                    stack.append(member)
     return names
 
 
