@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -9,6 +10,7 @@ import torch
 
 from whybox import explainers as _explainers  # noqa: F401  (fills the registry)
 from whybox import metrics as _metrics  # noqa: F401  (fills the metric registry)
+from whybox.errors import InvalidParameterError
 from whybox.explanation import _ROW_OPTIONS, Explanation
 from whybox.metrics.base import MetricResult
 from whybox.models.adapter import coder_of
@@ -201,12 +203,14 @@ def explain(
     for k, v in described.items():
         if coder is not None and coder.categories and coded_later(v):  # kept coded, as the method read it (and saves)
             described[k] = tensor_option(v, k, coder)
-        elif getattr(explainer.adapter, "packing", None) is not None:  # one per input: packed, as the method read it
-            described[k] = packed_option(v, explainer.adapter)
-        elif k in ("features", "regions"):  # ids as the integer tensor the method read (lists, NumPy arrays)
+            continue
+        if getattr(explainer.adapter, "packing", None) is not None:  # one per input: packed, as the method read it
+            v = described[k] = packed_option(v, explainer.adapter)
+        if k in ("features", "regions"):  # ids as the integer tensor the method read (lists, NumPy arrays)
             described[k] = label_map_option(v, k)
         elif k in _ROW_OPTIONS and isinstance(v, (list, tuple, np.ndarray)):  # a fill / baseline as its tensor
-            described[k] = tensor_option(v, k)
+            with contextlib.suppress(InvalidParameterError):  # not an array of numbers: kept as the method read it
+                described[k] = tensor_option(v, k)
     if described:
         out.options.update(described)
         out.meta["described_options"] = sorted(described)

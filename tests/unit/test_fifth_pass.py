@@ -436,3 +436,27 @@ def test_run_fingerprint_leaves_out_what_a_call_writes_through_helpers_and_decor
     assert (m.n_seen, m._calls) == (1, 1) and weights() == before
     m.set_temperature(0.5)
     assert weights() != before
+
+
+def test_a_packed_model_s_per_row_fill_as_nested_lists_follows_its_rows() -> None:
+    """A model of two inputs (an image and a vector) packed into rows: a fill of one packed row per input given as
+    nested lists follows its rows in re-runs and slices (max-sensitivity refused it: (3, 53) for 6 rows)."""
+
+    class ImageAndMeta(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.meta, self.head = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(5, 4), nn.Linear(8, 3)
+
+        def forward(self, image: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+            return self.head(torch.cat([self.conv(image).relu().mean((2, 3)), self.meta(meta).tanh()], 1))
+
+    torch.manual_seed(0)
+    clf = whybox.adapt(ImageAndMeta().eval(), input_shapes=[(3, 4, 4), (5,)])
+    img, meta = torch.randn(3, 3, 4, 4), torch.randn(3, 5)
+    feat = [0] * 48 + [1, 2, 3, 4, 5]
+    rows = clf.packing.pack(img, meta).flip(0)
+    e = whybox.explain(clf, (img, meta), "feature_ablation", features=feat, fill=rows.tolist())
+    s = whybox.evaluate(clf, (img, meta), e, "max_sensitivity", n_samples=2, seed=0, radius=1e-9).scores
+    assert float(s.max()) < 1e-5
+    st = whybox.evaluate(clf, (img[1:], meta[1:]), e[1:], "stability", n_runs=2).scores
+    assert torch.equal(st, torch.ones(2, dtype=st.dtype))

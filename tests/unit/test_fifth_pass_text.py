@@ -89,3 +89,15 @@ def test_run_fingerprint_does_not_follow_where_a_hugging_face_model_was_loaded_f
     dropout = next(m for m in clf.model.modules() if isinstance(m, torch.nn.Dropout))
     dropout.p = 0.5
     assert fingerprints(job, clf, b, [], None)["weights"] != before
+
+
+def test_an_unregistered_method_s_map_is_read_element_by_element(make_text_classifier: Any) -> None:
+    """An Explanation of a method whybox does not know (a custom explainer's or a wrapped captum map) is read as
+    a plain tensor: tokens sum their embedding elements and words their tokens (it read the first element only, and
+    word_attributions halved split words)."""
+    clf = make_text_classifier()
+    out = whybox.explain_text(clf, TEXTS[:1], "saliency", target=0)
+    e = out.explanation
+    custom = whybox.Explanation(e.attributions, e.target, "my_method")
+    torch.testing.assert_close(out.batch.token_attributions(custom), out.batch.token_attributions(e.attributions))
+    assert out.batch.word_attributions(custom) == out.batch.word_attributions(e.attributions) == out.words

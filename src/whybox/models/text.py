@@ -130,7 +130,7 @@ class TextBatch:
                 f"attributions must be (B, T, D + 1) or (B, T, 1) for this batch {tuple(self.inputs.shape)}; "
                 f"got {tuple(a.shape)}."
             )
-        if a.shape[-1] == 1 or (isinstance(explanation, Explanation) and not _per_element(explanation.method)):
+        if a.shape[-1] == 1 or (isinstance(explanation, Explanation) and _copies_values(explanation.method)):
             # perturbation methods over token or word features: every element of a token holds its feature's value
             out = a[..., 0]
         elif reduce == "sum":
@@ -167,9 +167,11 @@ class TextBatch:
         """Per row, ``(word, value)`` pairs in order: subword values combined by ``how`` (``sum`` keeps
         completeness, ``mean``, ``absmax`` = the value of largest magnitude); specials left out. ``None``: as
         :func:`explain_text` combines them, ``sum`` for a method that gives each token its own value (gradients,
-        attention, occlusion) or a plain tensor, ``mean`` for one that copies a word's value onto its tokens."""
+        attention, occlusion), a plain tensor or an unregistered method, ``mean`` for one that copies a word's value onto
+        its tokens."""
         if how is None:
-            how = "sum" if not isinstance(explanation, Explanation) or _sums_tokens(explanation.method) else "mean"
+            copies = isinstance(explanation, Explanation) and _copies_values(explanation.method)
+            how = "mean" if copies and not _sums_tokens(explanation.method) else "sum"
         if how not in _WORD_REDUCE:
             raise InvalidParameterError(
                 f"how must be one of {_WORD_REDUCE}; got {how!r}.{did_you_mean(how, _WORD_REDUCE)}"
@@ -202,6 +204,15 @@ def _per_element(method: str) -> bool:
     return method in EXPLAINERS and issubclass(EXPLAINERS.get(method), (GradientExplainer, AttentionExplainer))
 
 
+def _copies_values(method: str) -> bool:
+    """Whether ``method`` is a registered method that copies one value onto every element of its feature (the
+    perturbation methods); an unregistered one (a custom explainer's, a wrapped captum map) is read element by
+    element, as a plain tensor."""
+    from whybox.registry import EXPLAINERS
+
+    return method in EXPLAINERS and not _per_element(method)
+
+
 def _sums_tokens(method: str) -> bool:
     """Whether a word's value is the sum of its tokens' values under ``method``: every token carries its own value
     (gradient and attention methods, and occlusion, whose window is one token on text), rather than its word's copied
@@ -222,7 +233,7 @@ def word_pool(model: Any, method: Any) -> str | None:
         return "sum"
     if not isinstance(method, str):
         return None
-    return "sum" if _sums_tokens(method) else "mean"
+    return "mean" if _copies_values(method) and not _sums_tokens(method) else "sum"
 
 
 def replace_tokens(

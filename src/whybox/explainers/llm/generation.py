@@ -45,7 +45,7 @@ from whybox.errors import InvalidInputError, InvalidParameterError, ModelOutputE
 from whybox.explanation import Explanation
 from whybox.models.adapter import TorchAdapter
 from whybox.models.targets import SOFTMAX_SPACES, apply_score_space
-from whybox.models.text import BASELINES, _per_element, replace_tokens
+from whybox.models.text import BASELINES, _copies_values, replace_tokens
 
 __all__ = [
     "CausalLMAdapter",
@@ -349,7 +349,7 @@ class GenerationBatch:
                 f"got {tuple(a.shape)}. attribute_generation needs a method that attributes input elements or "
                 "token features."
             )
-        if a.shape[-1] == 1 or (isinstance(explanation, Explanation) and not _per_element(explanation.method)):
+        if a.shape[-1] == 1 or (isinstance(explanation, Explanation) and _copies_values(explanation.method)):
             out = a[..., 0]
         else:
             out = a[..., :-2].sum(-1)
