@@ -460,3 +460,50 @@ def test_a_packed_model_s_per_row_fill_as_nested_lists_follows_its_rows() -> Non
     assert float(s.max()) < 1e-5
     st = whybox.evaluate(clf, (img[1:], meta[1:]), e[1:], "stability", n_runs=2).scores
     assert torch.equal(st, torch.ones(2, dtype=st.dtype))
+
+
+class _ChannelsLast(nn.Module):
+    """A 1-D CNN fed (B, T, D): the same network reads a signal (B, C, L) and its channels-last sequence twin."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.transpose(1, 2))
+
+
+@pytest.mark.parametrize("metric", ["deletion", "insertion", "aopc", "mufidelity"])
+def test_a_sequence_s_per_step_map_steps_over_time_steps_as_a_signal_s(metric: str) -> None:
+    """README: maps (B, T, 1) of sequences are read as one value per time step. Without regions the curves stepped
+    over the T x D elements, the step's value tied on its D copies; a sequence now scores as its signal twin."""
+    torch.manual_seed(0)
+    conv = nn.Sequential(nn.Conv1d(2, 4, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(64, 3)).eval()
+    xs = torch.randn(2, 2, 16)
+    a = torch.rand(2, 1, 16)
+    # (the same random subsets and a fixed fill: random draws are keyed by each row's values in their layout)
+    opts = (
+        {"subsets": torch.rand(20, 16, generator=torch.Generator().manual_seed(3)) < 0.25}
+        if metric == "mufidelity"
+        else {"fill": "zero"}
+    )
+    sig = whybox.evaluate(conv, xs, a, metric, target=1, **opts)
+    seq = whybox.evaluate(_ChannelsLast(conv).eval(), xs.transpose(1, 2), a.transpose(1, 2), metric, target=1, **opts)
+    torch.testing.assert_close(seq.scores, sig.scores, rtol=0, atol=1e-6)
+
+
+def test_mufidelity_takes_a_patch_size_as_deletion_does() -> None:
+    """Its docstring: regions as Deletion's, a label map or a patch size; an int was refused on every input."""
+    from whybox.masking.features import grid, segments
+
+    torch.manual_seed(0)
+    m = _Seq().eval()
+    x, a = torch.randn(2, 8, 3), torch.rand(2, 8, 1)
+    got = whybox.evaluate(m, x, a, "mufidelity", regions=2, n_samples=20, target=0).scores
+    want = whybox.evaluate(m, x, a, "mufidelity", regions=segments(x, length=2, time_axis=1), n_samples=20, target=0)
+    torch.testing.assert_close(got, want.scores, rtol=0, atol=0)
+    img = _Img(8, 8)
+    xi, ai = torch.rand(1, 3, 8, 8), torch.rand(1, 1, 8, 8)
+    got = whybox.evaluate(img, xi, ai, "mufidelity", regions=(2, 4), n_samples=20, target=0).scores
+    want = whybox.evaluate(img, xi, ai, "mufidelity", regions=grid(xi, patch=(2, 4)), n_samples=20, target=0).scores
+    torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -569,7 +569,15 @@ def feature_scores(
     attributions: torch.Tensor, x: torch.Tensor, *, abs: bool = False, signal: bool = False
 ) -> tuple[torch.Tensor, FeatureGroups]:
     """Per-feature attribution ``(B, N)`` (float64, :func:`feature_values`) and the feature groups of ``x``: its
-    pixels for images, its time steps for 1-D signals (``signal``), its elements otherwise."""
+    pixels for images, its time steps for 1-D signals (``signal``) and for sequences ``(B, T, D)`` given one value
+    per step (``(B, T)`` or ``(B, T, 1)`` maps), its elements otherwise."""
+    if x.ndim == 3 and not signal and check_map_shape(attributions, x) == "tokens":
+        # one value per time step of a sequence (B, T, D) or per token of packed text: the features are the steps,
+        # all D elements together, as pixels on images (not T x D elements with tied copies of the step's value)
+        a = attributions.detach()
+        a = (a.abs() if abs else a).reshape(x.shape[0], x.shape[1]).to(torch.float64)
+        steps = segments(x, length=1, time_axis=1)
+        return a, FeatureGroups(steps.groups.expand(x.shape).contiguous(), steps.n_groups, "segments")
     values = feature_values(attributions, x, abs=abs, signal=signal)
     if x.ndim == 4:
         return values, pixels(x)

@@ -34,6 +34,7 @@ from whybox.metrics.base import (
     check_int,
     derive_generator,
     feature_scores,
+    feature_values,
     pearson,
     row_keys,
     spearman,
@@ -397,7 +398,10 @@ class _CurveMetric(Metric):
                 seed=self.seed,
                 descending=self._descending,
                 region_values=True,
-                pixel_values=values,
+                # per element, as the regions' ids lie (a sequence's per-step value on each of its D elements)
+                pixel_values=values
+                if groups.groups[0].numel() == values.shape[1]
+                else feature_values(ctx.attributions, x, abs=self.abs, signal=ctx.signal),
                 null=null,
                 region_pool=self.pool,
             )
@@ -645,7 +649,12 @@ class MuFidelity(Metric):
         super().__init__(**kwargs)
         from whybox.metrics.eraser import _check_pool, check_regions
 
-        self.regions = check_regions(regions, "the grid cells of an image, else every element")
+        patch = (isinstance(regions, int) and not isinstance(regions, bool) and regions >= 1) or (
+            isinstance(regions, tuple)
+            and len(regions) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in regions)
+        )  # a patch size, as Deletion's regions: windows of time steps, or (h, w) patches of images
+        self.regions = regions if patch else check_regions(regions, "the grid cells of an image, else every element")
         self.pool = _check_pool(pool)
         if grid_size is not None and regions is not None:  # the regions are the features: no grid
             raise InvalidParameterError(
@@ -673,21 +682,28 @@ class MuFidelity(Metric):
         if self.regions is not None:
             from whybox.metrics.eraser import pool_attributions, resolve_regions
 
-            groups = resolve_regions(self.regions, x, signal=ctx.signal)
+            groups = (
+                _region_groups(self.regions, x, signal=ctx.signal)
+                if isinstance(self.regions, (int, tuple))
+                else resolve_regions(self.regions, x, signal=ctx.signal)
+            )
             feat = pool_attributions(ctx.attributions, groups, x, pool=self.pool, abs=self.abs).nan_to_num(0.0)
             own = ((groups.sizes() > 0) & groups_touched(groups, x != fill)).cpu()
         else:
             values, px_groups = feature_scores(ctx.attributions, x, abs=self.abs, signal=ctx.signal)
-            groups = cells(x, n=self.grid_size or 9) if x.ndim == 4 else px_groups
-            flat = groups.groups.reshape(x.shape[0], -1)
-            feat = torch.zeros(x.shape[0], groups.n_groups, dtype=torch.float64, device=flat.device).scatter_add_(
-                1, flat, values.to(flat.device)
-            )
-            if (
-                self.pool == "mean"
-            ):  # a cell's mean attribution (cells of unequal size on images the grid does not tile)
-                count = torch.zeros_like(feat).scatter_add_(1, flat, torch.ones_like(values, device=flat.device))
-                feat = feat / count.clamp_min(1)
+            if x.ndim == 4:
+                groups = cells(x, n=self.grid_size or 9)
+                flat = groups.groups.reshape(x.shape[0], -1)
+                feat = torch.zeros(x.shape[0], groups.n_groups, dtype=torch.float64, device=flat.device).scatter_add_(
+                    1, flat, values.to(flat.device)
+                )
+                if (
+                    self.pool == "mean"
+                ):  # a cell's mean attribution (cells of unequal size where the grid does not tile)
+                    count = torch.zeros_like(feat).scatter_add_(1, flat, torch.ones_like(values, device=flat.device))
+                    feat = feat / count.clamp_min(1)
+            else:  # the features themselves (a signal's or a sequence's time steps, a table's columns): their values
+                groups, feat = px_groups, values
         b, m = x.shape[0], groups.n_groups
         if self.subsets is not None:
             given = self.subsets.to(torch.bool)
