@@ -507,3 +507,28 @@ def test_mufidelity_takes_a_patch_size_as_deletion_does() -> None:
     got = whybox.evaluate(img, xi, ai, "mufidelity", regions=(2, 4), n_samples=20, target=0).scores
     want = whybox.evaluate(img, xi, ai, "mufidelity", regions=grid(xi, patch=(2, 4)), n_samples=20, target=0).scores
     torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("metric", "opts"),
+    [
+        ("comprehensiveness", {}),
+        ("sufficiency", {}),
+        ("random_logit", {"explainer": "saliency"}),
+        ("max_sensitivity", {"explainer": "saliency", "n_samples": 2}),
+        ("infidelity", {"n_samples": 4}),
+    ],
+)
+def test_a_signal_s_to_map_is_read_as_its_one_channel_map(metric: str, opts: dict) -> None:
+    """Explanation.to_map() of a 1-D signal is (B, L), one value per time step; every metric reads it as the (B, 1, L)
+    map (comprehensiveness and sufficiency refused it, random_logit and max_sensitivity refused a channel-summed map
+    they pool for images, infidelity read a (B, L) map as one map per channel when B == C)."""
+    torch.manual_seed(0)
+    conv = nn.Sequential(nn.Conv1d(2, 4, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(48, 3)).eval()
+    xs = torch.randn(2, 2, 12)
+    m = whybox.explain(conv, xs, "saliency", target=0).to_map()
+    assert m.shape == (2, 12)
+    got = whybox.evaluate(conv, xs, m, metric, target=0, **opts).scores
+    want = whybox.evaluate(conv, xs, m.unsqueeze(1), metric, target=0, **opts).scores
+    torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+    assert bool(torch.isfinite(got).all())

@@ -118,7 +118,7 @@ class _Flat(Metric):
         from whybox.metrics.eraser import pool_attributions, resolve_regions
 
         groups = resolve_regions(self.regions, ctx.x, signal=ctx.signal)
-        values = pool_attributions(a, groups, ctx.x, pool=self.pool, abs=True).cpu().numpy()
+        values = pool_attributions(a, groups, ctx.x, pool=self.pool, abs=True, signal=ctx.signal).cpu().numpy()
         present = present_features(ctx, groups).cpu().numpy()  # a text's words, not its specials and pads
         return [values[r][present[r]] for r in range(values.shape[0])]
 

@@ -110,18 +110,26 @@ def resolve_regions(regions: Any, x: torch.Tensor, *, signal: bool = False) -> F
 
 
 def pool_attributions(
-    attributions: torch.Tensor, groups: FeatureGroups, x: torch.Tensor, *, pool: str = "sum", abs: bool = False
+    attributions: torch.Tensor,
+    groups: FeatureGroups,
+    x: torch.Tensor,
+    *,
+    pool: str = "sum",
+    abs: bool = False,
+    signal: bool = False,
 ) -> torch.Tensor:
     """Per-feature attribution ``(B, M)`` float64: the ``pool`` (sum or mean) of a feature's attribution elements.
 
     ``attributions`` are shaped like ``x`` or broadcast to one input row (``(B, 1, H, W)`` image maps, ``(B, T, 1)``
-    token maps); ``(B, H, W)`` maps of images and ``(B, T)`` maps of sequences are accepted as such. With images
+    token maps); ``(B, H, W)`` maps of images, ``(B, L)`` maps of 1-D signals (``signal``: one value per time step,
+    shared by the channels, what ``Explanation.to_map()`` gives) and ``(B, T)`` maps of sequences are accepted as
+    such. With images
     and pixel features the sum pools the channels (``|.|`` first when ``abs``), as METRICS.md asks. A feature
     with no attribution element gets NaN.
     """
     a = attributions.detach()
     b = x.shape[0]
-    if x.ndim == 4 and a.ndim == 3:
+    if (x.ndim == 4 and a.ndim == 3) or (signal and x.ndim == 3 and a.ndim == 2):
         a = a.unsqueeze(1)
     elif x.ndim == 3 and a.ndim == 2:
         a = a.unsqueeze(-1)
@@ -229,7 +237,7 @@ class _Eraser(Metric):
         # (B, *G): one row per input (a shared map is expanded)
         groups = resolve_regions(self.regions, x, signal=ctx.signal)
         fill = resolve_fill(self.fill, x, seed=self.seed, packing=getattr(ctx.adapter, "packing", None))
-        values = pool_attributions(ctx.attributions, groups, x, pool=self.pool, abs=self.abs)
+        values = pool_attributions(ctx.attributions, groups, x, pool=self.pool, abs=self.abs, signal=ctx.signal)
         null = null_features(x, fill, groups) | torch.isnan(values)
         ranked = torch.where(null, torch.full_like(values, -math.inf), values)
         order = tie_order(ranked, self.seed).to(x.device)  # null features last

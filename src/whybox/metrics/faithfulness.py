@@ -687,7 +687,9 @@ class MuFidelity(Metric):
                 if isinstance(self.regions, (int, tuple))
                 else resolve_regions(self.regions, x, signal=ctx.signal)
             )
-            feat = pool_attributions(ctx.attributions, groups, x, pool=self.pool, abs=self.abs).nan_to_num(0.0)
+            feat = pool_attributions(
+                ctx.attributions, groups, x, pool=self.pool, abs=self.abs, signal=ctx.signal
+            ).nan_to_num(0.0)
             own = ((groups.sizes() > 0) & groups_touched(groups, x != fill)).cpu()
         else:
             values, px_groups = feature_scores(ctx.attributions, x, abs=self.abs, signal=ctx.signal)

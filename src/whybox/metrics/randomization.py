@@ -252,7 +252,8 @@ class _MapComparison(Metric):
         a = ctx.attributions
         if a is None:
             raise InvalidParameterError("this metric needs attributions.")
-        return a.unsqueeze(1) if a.ndim == 3 and ctx.x.ndim == 4 else a
+        one_channel = (a.ndim == 3 and ctx.x.ndim == 4) or (ctx.signal and a.ndim == 2 and ctx.x.ndim == 3)
+        return a.unsqueeze(1) if one_channel else a  # (B, H, W) of images, (B, L) of signals: one channel
 
     def _similarities(self, a: torch.Tensor, b: torch.Tensor, score: str, ctx: Context) -> dict[str, torch.Tensor]:
         """Every similarity of ``similarities`` and ``score``; attributions other than images (tabular, tokens) are
@@ -264,8 +265,8 @@ class _MapComparison(Metric):
             from whybox.metrics.eraser import pool_attributions, resolve_regions
 
             groups = resolve_regions(self.regions, ctx.x, signal=ctx.signal)
-            pa = pool_attributions(a, groups, ctx.x, pool=self.pool).cpu()
-            pb = pool_attributions(b, groups, ctx.x, pool=self.pool).cpu()
+            pa = pool_attributions(a, groups, ctx.x, pool=self.pool, signal=ctx.signal).cpu()
+            pb = pool_attributions(b, groups, ctx.x, pool=self.pool, signal=ctx.signal).cpu()
             present = present_features(ctx, groups).cpu()  # a text's words, not its specials and pads
             cp, cell = self.clip_percentile, self.hog_cell
             rows = [
@@ -273,7 +274,8 @@ class _MapComparison(Metric):
                 for i, own in enumerate(present)
             ]
             return {k: torch.cat([r[k] for r in rows]) for k in rows[0]}
-        if a.ndim == 4 and b.ndim == 4 and a.shape[1] == 1 and b.shape[1] > 1:
+        pooled_layout = a.ndim == 4 or (ctx.signal and a.ndim == 3)  # images, 1-D signals (B, 1, L)
+        if pooled_layout and b.ndim == a.ndim and a.shape[1] == 1 and b.shape[1] > 1:
             b = b.sum(1, keepdim=True)
         if a[0].numel() != b[0].numel():
             raise InvalidInputError(

@@ -19,6 +19,7 @@ from whybox.metrics.base import (
     check_choice,
     check_float,
     check_int,
+    check_map_shape,
     check_options,
     derived_seeds,
     make_explain_fn,
@@ -34,10 +35,15 @@ _INFD_KEY = 3_000_017
 _SENS_KEY = 3_000_029
 
 
-def _broadcast_attr(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Attributions as a tensor shaped like ``x`` (a 1-channel or channel-less image map is repeated)."""
-    if x.ndim == 4 and a.ndim == 3:
+def _broadcast_attr(a: torch.Tensor, x: torch.Tensor, *, signal: bool = False) -> torch.Tensor:
+    """Attributions as a tensor shaped like ``x``: a 1-channel or channel-less map of images ``(B, H, W)`` or of 1-D
+    signals ``(B, L)`` is repeated over the channels, one value per step of a sequence ``(B, T)`` over its D features
+    (the layouts :func:`~whybox.metrics.base.check_map_shape` reads)."""
+    layout = check_map_shape(a, x, signal=signal)
+    if layout in ("image", "signal") and a.ndim == x.ndim - 1:
         a = a.unsqueeze(1)
+    elif layout == "tokens" and a.ndim == 2:
+        a = a.unsqueeze(-1)
     try:
         return torch.broadcast_to(a, x.shape).to(torch.float64)
     except RuntimeError:
@@ -113,7 +119,7 @@ class Infidelity(Metric):
                 "the text's index), which noise would change. For texts use comprehensiveness, sufficiency, "
                 "deletion or insertion (they replace words by [MASK], or remove them, and keep the rest)."
             )
-        a = _broadcast_attr(ctx.attributions, x)
+        a = _broadcast_attr(ctx.attributions, x, signal=ctx.signal)
         b = x.shape[0]
         one = (1,) * (x.ndim - 1)
         if self.perturbation == "square":
@@ -310,8 +316,9 @@ class MaxSensitivity(Metric):
                 pred[rows, ks] = ctx.engine.forward(xs).argmax(1).cpu()
             tgt = ctx.target.fn if ctx.target.fn is not None else ctx.target.index[rows]
             att = fn(ctx.adapter, xs, tgt, None, rows=rows).attributions
-            if x.ndim == 4 and att.ndim == 4 and a0.shape[1] == att.shape[2] * att.shape[3] != att[0].numel():
-                att = att.sum(1)  # a channel-pooled explanation (B, 1, H, W): the new maps pooled alike
+            pooled_layout = x.ndim == 4 or (ctx.signal and x.ndim == 3)  # images, 1-D signals
+            if pooled_layout and att.ndim == x.ndim and a0.shape[1] == att[0, 0].numel() != att[0].numel():
+                att = att.sum(1)  # a channel-pooled explanation (B, 1, H, W), (B, L): the new maps pooled alike
             att = att.reshape(rows.shape[0], -1).to(torch.float64).cpu()
             if att.shape[1] != a0.shape[1]:
                 raise InvalidInputError(

@@ -216,7 +216,12 @@ class Stability(Metric):
 
             groups = resolve_regions(self.regions, x, signal=ctx.signal)
             feats = torch.stack(
-                [pool_attributions(e.attributions, groups, x, pool=self.pool).cpu().nan_to_num(0.0) for e in expls]
+                [
+                    pool_attributions(e.attributions, groups, x, pool=self.pool, signal=ctx.signal)
+                    .cpu()
+                    .nan_to_num(0.0)
+                    for e in expls
+                ]
             )
             # each row scored over its own regions alone (ids a map leaves unused, a text's specials and pads left
             # out): its present regions moved first, in id order, and the row cut to their count
