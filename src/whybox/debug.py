@@ -346,20 +346,26 @@ def find_mistakes(
 
         if x.ndim == 4:
             built = R.grid(x, n_regions=49)
-        else:  # 1-D signals (B, C, L): windows along time, as LIMA's default regions there; tables: columns
-            built = R.segments(x, n_regions=49) if signal else R.columns(x)
+        elif x.ndim == 3:  # 1-D signals (B, C, L) and sequences (B, T, D): windows along time, as LIMA's default
+            built = R.segments(x, n_regions=min(49, x.shape[2 if signal else 1]), time_axis=2 if signal else 1)
+        else:  # tables: columns
+            built = R.columns(x)
         regions = built.labels
     regions = regions.to(dev)
     packed_text = text_batch is not None and x.ndim == 3  # a HF text adapter's (B, T, D + 1): word ids per token
+    sequence = x.ndim == 3 and not signal and not packed_text  # (B, T, D): ids per time step (B, T, 1)
     if packed_text:
         regions = regions.reshape(x.shape[0], x.shape[1])
+    elif sequence:
+        per_step = regions.numel() in (x.shape[1], x.shape[0] * x.shape[1])  # (T,), (B, T), (B, 1, T), (B, T, 1)
+        regions = regions.reshape(-1, x.shape[1], 1 if per_step else x.shape[2]).expand(x.shape[0], -1, -1)
     elif x.ndim == 4 and regions.ndim == 2:
         regions = regions.expand(x.shape[0], *regions.shape)
     elif x.ndim == 2 and regions.ndim == 1:
         regions = regions.expand(x.shape[0], -1)
     if signal:  # a signal's windows: (B, 1, L), shared by the channels
         regions = regions.reshape(-1, 1, x.shape[-1]).expand(x.shape[0], 1, x.shape[-1])
-    elif not packed_text:
+    elif not packed_text and not sequence:
         regions = regions.reshape(x.shape[0], *regions.shape[-(2 if x.ndim == 4 else 1) :])
     # images: the label map as is; rows: the column ids as feature groups (the metric's own form for non-images)
     ids = regions.long().unsqueeze(-1) if packed_text else regions.long()  # a text's word ids as (B, T, 1)
@@ -419,7 +425,9 @@ def _mistakes_regions(regions: torch.Tensor, inputs: torch.Tensor, wrong: torch.
     """A label map given for every input ``(N, H, W)`` / ``(N, 1, H, W)`` (images), ``(N, L)`` / ``(N, 1, L)``
     (1-D signals) or ``(N, F)`` (rows) cut to the mistakes' rows (``(B, 1, H, W)`` for images, ``(B, 1, L)`` for
     signals); one map for all, ``(H, W)`` or ``(1, H, W)`` (``(L,)``, ``(F,)`` or ``(1, F)``), as one map."""
-    if inputs.ndim in (3, 4) and regions.ndim == inputs.ndim and regions.shape[1] == 1:
+    if inputs.ndim == 3 and regions.ndim == 3 and regions.shape[-1] == 1 and regions.shape[1] == inputs.shape[1] > 1:
+        regions = regions[..., 0]  # (N, T, 1) of sequences (B, T, D): ids per time step
+    elif inputs.ndim in (3, 4) and regions.ndim == inputs.ndim and regions.shape[1] == 1:
         regions = regions[:, 0]  # (N, 1, H, W) images, (N, 1, L) signals
     per_input = inputs.ndim in (2, 3, 4) and regions.ndim == (3 if inputs.ndim == 4 else 2)  # (N, H, W), (N, L|F)
     if not per_input:

@@ -532,3 +532,25 @@ def test_a_signal_s_to_map_is_read_as_its_one_channel_map(metric: str, opts: dic
     want = whybox.evaluate(conv, xs, m.unsqueeze(1), metric, target=0, **opts).scores
     torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
     assert bool(torch.isfinite(got).all())
+
+
+def test_find_mistakes_on_sequences_works_with_windows_of_time_steps() -> None:
+    """find_mistakes on sequences (B, T, D) with LIMA's regions="segments", a method over segments (it fell back
+    to table columns) and a label map per input (N, T, 1): a raw reshape error before; now each mistake's regions
+    are its time-step windows (T, 1), and the insertion steps equal the metric's on those windows."""
+    torch.manual_seed(0)
+    m = _Seq().eval()
+    x = torch.randn(6, 8, 3)
+    with torch.no_grad():
+        labels = (m(x).argmax(1) + 1) % 3  # every row a mistake
+    r = whybox.find_mistakes(m, x, labels, regions="segments", n_regions=4)
+    assert len(r.mistakes) == 6 and all(tuple(mk.regions.shape) == (8, 1) for mk in r.mistakes)
+    assert all(set(mk.regions.flatten().tolist()) == {0, 1, 2, 3} for mk in r.mistakes)
+    r2 = whybox.find_mistakes(m, x, labels, method="kernel_shap", features="segments", patch=2, n_samples=40)
+    assert all(tuple(mk.regions.shape) == (8, 1) for mk in r2.mistakes)
+    ids = (torch.arange(8) // 2).view(1, 8, 1).expand(6, 8, 1)
+    r3 = whybox.find_mistakes(m, x, labels, method="occlusion", regions=ids)
+    mk = r3.mistakes[0]
+    assert torch.equal(mk.regions, ids[0])
+    hc = whybox.evaluate(m, x[:1], r3.explanation[:1], "highest_confidence", target=labels[:1], regions=ids[:1])
+    assert mk.insertion == pytest.approx(float(hc.meta["auc"][0]), abs=1e-6)  # (float32 rows batched or alone)
