@@ -101,3 +101,18 @@ def test_an_unregistered_method_s_map_is_read_element_by_element(make_text_class
     custom = whybox.Explanation(e.attributions, e.target, "my_method")
     torch.testing.assert_close(out.batch.token_attributions(custom), out.batch.token_attributions(e.attributions))
     assert out.batch.word_attributions(custom) == out.batch.word_attributions(e.attributions) == out.words
+
+
+def test_prediction_to_features_names_an_empty_text_of_a_decoder_classifier(make_gpt2_classifier: Any) -> None:
+    """A decoder's classifier reads its class at the last token; an empty text has none (a raw IndexError from
+    inside the model before): a WhyboxError naming the text, and the other texts still explain."""
+    from whybox.errors import InvalidInputError
+    from whybox.explainers.llm.sae import SAEConfig, train_sae
+    from whybox.explainers.llm.sae_text import prediction_to_features
+
+    m, tok = make_gpt2_classifier(3)
+    ad = whybox.adapt_text(m, tok)
+    sae = train_sae(torch.randn(50, 16, dtype=torch.float64), SAEConfig(d_in=16, d_sae=8, k=2, steps=3, batch_size=10))
+    with pytest.raises(InvalidInputError, match=r"texts \[1\] hold no tokens"):
+        prediction_to_features(ad, ["the movie was great", "", "fun"], sae.model, layer=0)
+    assert len(prediction_to_features(ad, ["the movie was great", "fun"], sae.model, layer=0)) == 2

@@ -774,6 +774,12 @@ def prediction_to_features(
             # a decoder's classifier is scored one token length at a time (each row cut after its last token):
             # splice the SAE into one length's rows at a time, so the block sees the rows the mask indexes
             lengths = adapter.encode(chunk).attention_mask.sum(1).tolist()
+            empty = [s + i for i, m in enumerate(lengths) if m == 0]
+            if empty:  # no last token to read the class from
+                raise InvalidInputError(
+                    f"texts {empty[:8]} hold no tokens once tokenised (e.g. ''): a decoder's classifier reads its "
+                    "class at a text's last token, so they have no prediction to explain; leave them out."
+                )
             done: dict[int, PredictionFeatures] = {}
             for n in sorted(set(lengths)):
                 rows = [i for i, m in enumerate(lengths) if m == n]
