@@ -63,7 +63,9 @@ def _text_evaluation(
         return inputs, explanation, params  # not texts, or not a text adapter (a HF model's or a function of strings)
     batch = model.encode(inputs)
     if isinstance(explanation, str):
-        if not METRICS.get(metric).needs_attributions:  # stability: runs the method itself, with the text options
+        if not getattr(
+            METRICS.get(metric), "needs_attributions", True
+        ):  # stability: runs the method itself, with the text options
             params = {
                 **params,
                 "explainer_params": {**text_defaults(explanation, batch), **params.get("explainer_params", {})},

@@ -697,7 +697,7 @@ class Explanation:
                 f"index per row of its attributions {tuple(attr.shape)}; the file is damaged or was not written by "
                 "Explanation.save(). Write it again with Explanation.save()."
             )
-        meta: dict[str, Any] = fields["meta"]
+        meta: dict[str, Any] = _untag_time(fields["meta"])  # dates and times as they were saved
         for k, v in tensors.items():
             if k.startswith("meta."):
                 meta[k[5:]] = v
@@ -726,7 +726,7 @@ def row_options(
     idx = rows.cpu().numpy() if isinstance(rows, torch.Tensor) else np.arange(n)[rows]
 
     for k, v in explanation.options.items():
-        ids = v.groups if isinstance(v, FeatureGroups) else v
+        ids: Any = v.groups if isinstance(v, FeatureGroups) else v
         if _is_dataframe(ids):
             ids = ids.to_numpy()  # one reference row per input row: a DataFrame of as many rows
         vshape = tuple(getattr(ids, "shape", ()))
@@ -792,6 +792,60 @@ def _jsonable(obj: Any, where: str) -> Any:
         return obj
     if isinstance(obj, np.ndarray):  # an array in meta (class ids): its values, as a tensor's
         return _jsonable(obj.tolist(), where)
+    tagged = _tag_time(obj)
+    if tagged is not None:
+        return tagged
     if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
         return obj.item()
     return repr(obj)
+
+
+_TIME_TAG = "__whybox_time__"
+
+
+def _tag_time(obj: Any) -> dict[str, str] | None:
+    """A date or time value (a pandas Timestamp or Timedelta, a datetime, a date, a NumPy datetime64) as a tagged
+    JSON object that :func:`_untag_time` reads back as the same value (a column's vocabulary of dates: the coded
+    options of a loaded explanation must mean what they meant); ``None`` for anything else."""
+    import datetime
+
+    kind = type(obj).__module__.split(".")[0]
+    if kind == "pandas" and type(obj).__name__ == "Timestamp":
+        return {_TIME_TAG: "timestamp", "value": obj.isoformat()}
+    if kind == "pandas" and type(obj).__name__ == "Timedelta":
+        return {_TIME_TAG: "pd_timedelta", "value": str(obj)}
+    if isinstance(obj, np.datetime64):
+        return {_TIME_TAG: "datetime64", "value": str(obj)}
+    if isinstance(obj, datetime.datetime):
+        return {_TIME_TAG: "datetime", "value": obj.isoformat()}
+    if isinstance(obj, datetime.date):
+        return {_TIME_TAG: "date", "value": obj.isoformat()}
+    if isinstance(obj, datetime.timedelta):
+        return {_TIME_TAG: "timedelta", "value": repr(obj.total_seconds())}
+    return None
+
+
+def _untag_time(obj: Any) -> Any:
+    """:func:`_tag_time`'s objects in loaded JSON back to their values (pandas' only where pandas is installed)."""
+    if isinstance(obj, list):
+        return [_untag_time(v) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    kind, value = obj.get(_TIME_TAG), obj.get("value")
+    if not isinstance(kind, str) or not isinstance(value, str) or len(obj) != 2:
+        return {k: _untag_time(v) for k, v in obj.items()}
+    import datetime
+
+    if kind in ("timestamp", "pd_timedelta"):
+        import pandas as pd
+
+        return pd.Timestamp(value) if kind == "timestamp" else pd.Timedelta(value)
+    if kind == "datetime64":
+        return np.datetime64(value)
+    if kind == "datetime":
+        return datetime.datetime.fromisoformat(value)
+    if kind == "date":
+        return datetime.date.fromisoformat(value)
+    if kind == "timedelta":
+        return datetime.timedelta(seconds=float(value))
+    return obj

@@ -554,3 +554,45 @@ def test_find_mistakes_on_sequences_works_with_windows_of_time_steps() -> None:
     assert torch.equal(mk.regions, ids[0])
     hc = whybox.evaluate(m, x[:1], r3.explanation[:1], "highest_confidence", target=labels[:1], regions=ids[:1])
     assert mk.insertion == pytest.approx(float(hc.meta["auc"][0]), abs=1e-6)  # (float32 rows batched or alone)
+
+
+def test_a_date_column_s_vocabulary_survives_save_and_load(tmp_path) -> None:
+    """A Pipeline reading a datetime column: its coded vocabulary came back as the values' repr strings after a save,
+    so the loaded explanation was refused as made for other inputs (the real dates got new codes)."""
+    pd = pytest.importorskip("pandas")
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    rng = np.random.RandomState(0)
+    days = pd.to_datetime(rng.choice(["2024-01-05", "2024-02-10", "2024-03-15"], 200))
+    X = pd.DataFrame({"signup": days, "x": rng.randn(200)})
+    y = (X.x > 0).astype(int)
+    month = FunctionTransformer(lambda d: d.apply(lambda c: c.dt.month).to_numpy(), feature_names_out="one-to-one")
+    clf = make_pipeline(ColumnTransformer([("m", month, ["signup"])], remainder="passthrough"), LogisticRegression())
+    clf.fit(X, y)
+    xs, fill = X.iloc[:3], X.iloc[10]
+    e = whybox.explain(clf, xs, "kernel_shap", fill=fill)
+    e.save(tmp_path / "e.safetensors")
+    loaded = whybox.Explanation.load(tmp_path / "e.safetensors")
+    assert loaded.meta["categories"] == e.meta["categories"]
+    got = whybox.evaluate(clf, xs, loaded, "deletion", fill=fill).scores
+    torch.testing.assert_close(got, whybox.evaluate(clf, xs, e, "deletion", fill=fill).scores)
+
+
+def test_dates_and_times_in_meta_round_trip(tmp_path) -> None:
+    import datetime
+
+    pd = pytest.importorskip("pandas")
+    values = [
+        pd.Timestamp("2024-01-05 10:00", tz="UTC"),
+        pd.Timedelta("1 days 02:00:00"),
+        np.datetime64("2024-03-01"),
+        datetime.datetime(2024, 1, 2, 3, 4, 5),
+        datetime.date(2024, 1, 2),
+        datetime.timedelta(seconds=90),
+    ]
+    e = whybox.Explanation(torch.zeros(1, 2), torch.zeros(1, dtype=torch.int64), "saliency", meta={"v": values})
+    e.save(tmp_path / "t.safetensors")
+    assert whybox.Explanation.load(tmp_path / "t.safetensors").meta["v"] == values

@@ -170,8 +170,8 @@ class TextBatch:
         attention, occlusion), a plain tensor or an unregistered method, ``mean`` for one that copies a word's value onto
         its tokens."""
         if how is None:
-            copies = isinstance(explanation, Explanation) and _copies_values(explanation.method)
-            how = "mean" if copies and not _sums_tokens(explanation.method) else "sum"
+            method = explanation.method if isinstance(explanation, Explanation) else None
+            how = "mean" if method is not None and _copies_values(method) and not _sums_tokens(method) else "sum"
         if how not in _WORD_REDUCE:
             raise InvalidParameterError(
                 f"how must be one of {_WORD_REDUCE}; got {how!r}.{did_you_mean(how, _WORD_REDUCE)}"

@@ -546,7 +546,7 @@ def _forward_writes(cls: type) -> set[str]:
     names: set[str] = set()
     done: set[int] = set()
     own = cls.__module__.split(".")[0]
-    stack = [getattr(cls, "forward", None)]
+    stack: list[Any] = [getattr(cls, "forward", None)]
     while stack:
         fn = stack.pop()
         while hasattr(fn, "__wrapped__"):  # @torch.no_grad(), functools.wraps decorators
