@@ -596,3 +596,24 @@ def test_dates_and_times_in_meta_round_trip(tmp_path) -> None:
     e = whybox.Explanation(torch.zeros(1, 2), torch.zeros(1, dtype=torch.int64), "saliency", meta={"v": values})
     e.save(tmp_path / "t.safetensors")
     assert whybox.Explanation.load(tmp_path / "t.safetensors").meta["v"] == values
+
+
+@pytest.mark.parametrize("method", ["lime", "kernel_shap"])
+def test_stability_over_feature_values_does_not_depend_on_how_the_ids_are_numbered(method: str) -> None:
+    """A segmentation with ids {0, 1, 5, 7} (gaps) scores as the same segmentation numbered 0..3: stability read
+    each row's first n_features columns of meta["values"] (two of them always-zero gap columns)."""
+    torch.manual_seed(0)
+    m = _Img(8, 8)
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    q = torch.zeros(1, 1, 8, 8, dtype=torch.long)
+    q[..., :4, 4:], q[..., 4:, :4], q[..., 4:, 4:] = 1, 2, 3
+    gaps = torch.tensor([0, 1, 5, 7])[q]
+    opts = {"n_samples": 30, "fill": "zero"}
+    dense = whybox.evaluate(m, x, method, "stability", explainer_params={"features": q, **opts}, n_runs=3, k=2)
+    sparse = whybox.evaluate(m, x, method, "stability", explainer_params={"features": gaps, **opts}, n_runs=3, k=2)
+    for key in ("jaccard", "kendall", "vsi"):
+        torch.testing.assert_close(sparse.meta[key], dense.meta[key], equal_nan=True)
+    if method == "lime":
+        csi = sparse.meta["csi_features"]  # per feature id: the gaps have none
+        assert torch.isnan(csi[:, [2, 3, 4, 6]]).all()
+        torch.testing.assert_close(csi[:, [0, 1, 5, 7]], dense.meta["csi_features"], equal_nan=True)

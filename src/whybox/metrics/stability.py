@@ -208,8 +208,17 @@ class Stability(Metric):
             and all(v.shape == values[0].shape and v.shape[0] == b for v in values)
         )
         widths: list[int] | None = None
+        kept: torch.Tensor | None = None
         if use_values:
             feats = torch.stack([v.detach().to("cpu", torch.float64) for v in values])  # (R, B, M)
+            first_kept = expls[0].meta.get("kept_features")
+            if isinstance(first_kept, torch.Tensor) and tuple(first_kept.shape) == tuple(feats.shape[1:]):
+                # each row's own features first, in id order (ids with gaps, a user's segmentation {0, 2, 5}),
+                # so a row of n features is scored over them, not over the first n columns
+                kept = first_kept.detach().cpu().to(torch.bool)
+                first = torch.argsort((~kept).to(torch.int8), dim=1, stable=True)
+                feats = feats.gather(2, first.unsqueeze(0).expand(self.n_runs, -1, -1))
+                widths = [max(1, int(c)) for c in kept.sum(1).tolist()]
         elif self.regions is not None:  # the map pooled over regions (a text's words: explain_text's word values)
             from whybox.metrics.base import present_features
             from whybox.metrics.eraser import pool_attributions, resolve_regions
@@ -238,6 +247,8 @@ class Stability(Metric):
         sds = [v for e in expls if isinstance(v := e.meta.get("coef_sd"), torch.Tensor)]
         has_sd = use_values and len(sds) == self.n_runs and all(s.shape == feats.shape[1:] for s in sds)
         sd = torch.stack([s.detach().to("cpu", torch.float64) for s in sds]) if has_sd else None
+        if sd is not None and kept is not None:  # the same columns as the coefficients
+            sd = sd.gather(2, torch.argsort((~kept).to(torch.int8), dim=1, stable=True).unsqueeze(0).expand_as(sd))
         # Rows of fewer features (superpixels, a per-row label map) are padded to the widest in meta["values"]:
         # each row is scored over its own features, so its score is the one it gets alone.
         if widths is None:
@@ -274,6 +285,9 @@ class Stability(Metric):
                 csi[rows], dropped[rows] = c, dr
                 per_feature[rows, :w] = pf
         csi_meta: dict[str, Any]
+        if kept is not None:  # per feature id again (the columns of meta["values"])
+            back = torch.argsort((~kept).to(torch.int8), dim=1, stable=True)
+            per_feature = torch.full_like(per_feature, math.nan).scatter_(1, back, per_feature)
         if sd is not None:
             csi_meta = {"csi_dropped": dropped, "csi_features": per_feature}
             if bool(torch.isnan(csi).any()):

@@ -174,6 +174,11 @@ class Regions:
         """Rows grouped by their number of features (rows of a size share their draws)."""
         return self._by_size
 
+    def kept(self) -> torch.Tensor:
+        """``(B, n_groups)`` bool: which feature ids are each row's features (the columns of ``meta["values"]`` its
+        ``meta["n_features"]`` counts; ids a row lacks, or whose elements all equal every fill, are not)."""
+        return self.keep[:, : self.groups.n_groups].clone()
+
     def paint(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Compact per-row values ``(B, M_max)`` (row r uses its first M_r) -> (map ``(B, *G)``, ``(B, M)``)."""
         b = self.keep.shape[0]

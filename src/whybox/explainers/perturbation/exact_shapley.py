@@ -105,4 +105,8 @@ class ExactShapley(ShapleyExplainer):
             values[rows, :m] = shapley_from_values(v, m)
             base[rows] = s[:, 0]
         attr, full = regions.paint(values)
-        return attr.to(x.dtype), tgt, {"values": full, "base_value": base, "n_features": sizes}
+        return (
+            attr.to(x.dtype),
+            tgt,
+            {"values": full, "base_value": base, "n_features": sizes, "kept_features": regions.kept()},
+        )

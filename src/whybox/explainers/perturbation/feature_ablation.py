@@ -55,4 +55,4 @@ class FeatureAblation(RegionExplainer):
             values[regions.by_size()[m], :m] = s[:, :1] - s[:, 1:]
         attr, full = regions.paint(values)
         attr = attr.expand(x.shape).contiguous() if attr.shape != x.shape else attr
-        return attr.to(x.dtype), tgt, {"values": full, "n_features": sizes}
+        return attr.to(x.dtype), tgt, {"values": full, "n_features": sizes, "kept_features": regions.kept()}

@@ -348,5 +348,6 @@ class KernelShap(ShapleyExplainer):
             "enumerated_sizes": enumerated,
             "cond": conds,
             "n_features": sizes,
+            "kept_features": regions.kept(),
         }
         return attr.to(x.dtype), tgt, meta

@@ -352,6 +352,7 @@ class Lime(RegionExplainer):
             "r2": r2,
             "local_pred": local,
             "n_features": regions.sizes,
+            "kept_features": regions.kept(),
         }
         if row_fills is not None:
             meta["fill"] = row_fills

@@ -117,5 +117,12 @@ class ShapleySampling(ShapleyExplainer):
             base[rows] = s[:, 0]
         attr, full = regions.paint(values)
         _, full_se = regions.paint(se)
-        meta = {"values": full, "se": full_se, "base_value": base, "n_features": sizes, "n_walks": walks}
+        meta = {
+            "values": full,
+            "se": full_se,
+            "base_value": base,
+            "n_features": sizes,
+            "n_walks": walks,
+            "kept_features": regions.kept(),
+        }
         return attr.to(x.dtype), tgt, meta
