@@ -357,7 +357,8 @@ def find_mistakes(
     if packed_text:
         regions = regions.reshape(x.shape[0], x.shape[1])
     elif sequence:
-        per_step = regions.numel() in (x.shape[1], x.shape[0] * x.shape[1])  # (T,), (B, T), (B, 1, T), (B, T, 1)
+        t = x.shape[1]  # ids per time step: (T,), (B, T), (B, 1, T) or (B, T, 1); else per element (B, T, D)
+        per_step = regions.ndim <= 2 or (regions.ndim == 3 and (regions.shape[-1] == 1 or regions.shape[1:] == (1, t)))
         regions = regions.reshape(-1, x.shape[1], 1 if per_step else x.shape[2]).expand(x.shape[0], -1, -1)
     elif x.ndim == 4 and regions.ndim == 2:
         regions = regions.expand(x.shape[0], *regions.shape)

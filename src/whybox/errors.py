@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 __all__ = [
+    "BatchCouplingWarning",
     "DataFormatError",
     "DatasetNotFoundError",
     "InvalidInputError",
@@ -89,6 +90,12 @@ class DatasetNotFoundError(WhyboxError, FileNotFoundError):
 
 class DataFormatError(WhyboxError, ValueError):
     """A data file exists but its content is not in the expected format (truncated, wrong magic, ...)."""
+
+
+class BatchCouplingWarning(UserWarning):
+    """The model's output for a row depends on the other rows of its batch (a BatchNorm without running
+    statistics normalises every forward pass with that batch's statistics, in eval mode too): results change with
+    ``batch_size`` and with what is explained beside a row."""
 
 
 class UnderdeterminedWarning(UserWarning):

@@ -68,6 +68,15 @@ def digest_mismatch(saved: torch.Tensor, x: torch.Tensor, adapter: Any = None) -
     saved = saved.to(torch.float64).cpu()
     if saved.shape != now.shape:
         return list(range(x.shape[0]))
+    if callable(getattr(adapter, "row_words", None)):  # a black box's rows: the words' hash, or (an explanation saved
+        # before it covered the words) the presence rows' sums, as they were kept then
+        words = _bad_rows(saved, now)
+        return [i for i in words if i in set(_bad_rows(saved, input_digest(x)))]
+    return _bad_rows(saved, now)
+
+
+def _bad_rows(saved: torch.Tensor, now: torch.Tensor) -> list[int]:
+    """Rows whose two ``(B, 3)`` digests differ beyond float rounding."""
     scale = torch.maximum(saved[:, 1], now[:, 1])
     sq = torch.maximum(saved[:, 2], now[:, 2])
     bad = ((saved[:, 0] - now[:, 0]).abs() > 1e-5 * scale + 1e-9) | (
@@ -810,6 +819,8 @@ def _tag_time(obj: Any) -> dict[str, str] | None:
     import datetime
 
     kind = type(obj).__module__.split(".")[0]
+    if kind == "pandas" and type(obj).__name__ == "NaTType":  # a missing date (a datetime subclass)
+        return {_TIME_TAG: "nat", "value": "NaT"}
     if kind == "pandas" and type(obj).__name__ == "Timestamp":
         return {_TIME_TAG: "timestamp", "value": obj.isoformat()}
     if kind == "pandas" and type(obj).__name__ == "Timedelta":
@@ -836,16 +847,19 @@ def _untag_time(obj: Any) -> Any:
         return {k: _untag_time(v) for k, v in obj.items()}
     import datetime
 
-    if kind in ("timestamp", "pd_timedelta"):
-        import pandas as pd
+    try:
+        if kind in ("timestamp", "pd_timedelta", "nat"):
+            import pandas as pd
 
-        return pd.Timestamp(value) if kind == "timestamp" else pd.Timedelta(value)
-    if kind == "datetime64":
-        return np.datetime64(value)
-    if kind == "datetime":
-        return datetime.datetime.fromisoformat(value)
-    if kind == "date":
-        return datetime.date.fromisoformat(value)
-    if kind == "timedelta":
-        return datetime.timedelta(seconds=float(value))
-    return obj
+            return pd.NaT if kind == "nat" else pd.Timestamp(value) if kind == "timestamp" else pd.Timedelta(value)
+        if kind == "datetime64":
+            return np.datetime64(value)
+        if kind == "datetime":
+            return datetime.datetime.fromisoformat(value)
+        if kind == "date":
+            return datetime.date.fromisoformat(value)
+        if kind == "timedelta":
+            return datetime.timedelta(seconds=float(value))
+    except (ValueError, TypeError, ImportError):  # not one of ours (a user's dict of these keys): as it was saved
+        pass
+    return dict(obj)

@@ -301,16 +301,19 @@ class _BatchStatsNet(nn.Module):
 
 
 @pytest.mark.parametrize("method", ["saliency", "occlusion"])
-def test_batchnorm_without_running_stats_is_refused_unless_one_row_per_pass(method: str) -> None:
+def test_batchnorm_without_running_stats_warns_that_rows_are_coupled(method: str) -> None:
     """A BatchNorm with track_running_stats=False normalises with the batch's statistics in eval mode too: rows are
-    coupled as under a training-mode BatchNorm (refused with mode='as_is'); the results changed with batch_size
-    without a word. Refused for batch_size > 1, and at batch_size=1 a row's map is the same alone or in a batch."""
-    from whybox.errors import InvalidParameterError
+    coupled (the results changed with batch_size without a word). Explaining and scoring with batch_size > 1 warns
+    (BatchCouplingWarning; a table model's BatchNorm1d cannot run one row, so it is not refused); at batch_size=1
+    a row's map is the same alone or in a batch."""
+    from whybox.errors import BatchCouplingWarning
 
     m = _BatchStatsNet().eval()
     x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
-    with pytest.raises(InvalidParameterError, match=r"track_running_stats=False.*batch_size=1"):
-        whybox.explain(m, x, method, target=0)
+    with pytest.warns(BatchCouplingWarning, match=r"track_running_stats=False.*batch_size=1"):
+        e = whybox.explain(m, x, method, target=0)
+    with pytest.warns(BatchCouplingWarning, match="the scores"):
+        whybox.evaluate(m, x, e, "deletion", steps=4)
     both = whybox.explain(m, x, method, target=0, batch_size=1).attributions
     alone = whybox.explain(m, x[1:], method, target=0, batch_size=1).attributions
     torch.testing.assert_close(both[1:], alone)
@@ -328,13 +331,14 @@ def test_embedding_adapter_and_output_options_are_checked() -> None:
     for bad in ("abc", None, float("nan"), 0.0, True):
         with pytest.raises(InvalidParameterError, match="scale must be a finite number > 0"):
             whybox.adapt(enc, kind="embedding", references=refs, scale=bad)
-    for bad_refs in (torch.zeros(0, 4), torch.full((2, 4), float("nan")), torch.ones(2, 4, dtype=torch.int64)):
-        with pytest.raises(InvalidParameterError, match="references must be finite floating-point"):
+    for bad_refs in (torch.zeros(0, 4), torch.full((2, 4), float("nan")), torch.ones(2, 4, dtype=torch.bool)):
+        with pytest.raises(InvalidParameterError, match="references must be finite real embeddings"):
             whybox.adapt(enc, kind="embedding", references=bad_refs)
-    a = whybox.adapt(enc, kind="embedding", references=refs, scale=torch.tensor(100.0))
     b = whybox.adapt(enc, kind="embedding", references=refs, scale=100.0)
     x = torch.randn(2, 6)
-    torch.testing.assert_close(a.scores(x), b.scores(x))
+    for same in (torch.tensor(100.0), torch.tensor(100), np.array(100.0), np.float32(100.0)):
+        a = whybox.adapt(enc, kind="embedding", references=refs, scale=same)
+        torch.testing.assert_close(a.scores(x), b.scores(x))
 
     class TwoHeads(nn.Module):
         def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -366,6 +370,13 @@ def test_a_black_box_text_explanation_is_checked_against_its_words(tmp_path) -> 
     r = whybox.evaluate(later, texts, loaded, "comprehensiveness")
     want = whybox.evaluate(BlackBoxTextAdapter(counts), texts, out, "comprehensiveness")
     torch.testing.assert_close(r.scores, want.scores, equal_nan=True)
+    # an explanation saved before the digest covered the words (the presence rows' sums) still scores its texts
+    from whybox.explanation import input_digest
+
+    old = whybox.Explanation.load(tmp_path / "bb.safetensors")
+    old.meta["input_digest"] = input_digest(out.batch.inputs)
+    again = whybox.evaluate(BlackBoxTextAdapter(counts), texts, old, "comprehensiveness")
+    torch.testing.assert_close(again.scores, want.scores, equal_nan=True)
 
 
 def test_a_shared_bool_mask_stack_is_not_cut_by_row() -> None:
@@ -554,6 +565,10 @@ def test_find_mistakes_on_sequences_works_with_windows_of_time_steps() -> None:
     assert torch.equal(mk.regions, ids[0])
     hc = whybox.evaluate(m, x[:1], r3.explanation[:1], "highest_confidence", target=labels[:1], regions=ids[:1])
     assert mk.insertion == pytest.approx(float(hc.meta["auc"][0]), abs=1e-6)  # (float32 rows batched or alone)
+    # one shared map of element ids (1, T, D) with D == the number of mistakes (3): per element, not per step
+    cols = (torch.arange(24).view(1, 8, 3) % 3).clone()
+    r4 = whybox.find_mistakes(m, x[:3], labels[:3], method="occlusion", regions=cols)
+    assert all(torch.equal(mk.regions, cols[0]) for mk in r4.mistakes)
 
 
 def test_a_date_column_s_vocabulary_survives_save_and_load(tmp_path) -> None:
@@ -593,9 +608,13 @@ def test_dates_and_times_in_meta_round_trip(tmp_path) -> None:
         datetime.date(2024, 1, 2),
         datetime.timedelta(seconds=90),
     ]
-    e = whybox.Explanation(torch.zeros(1, 2), torch.zeros(1, dtype=torch.int64), "saliency", meta={"v": values})
+    mine = {"__whybox_time__": "date", "value": "not a date"}  # a user's dict of the tag's keys: kept as it is
+    meta = {"v": values, "missing": [pd.NaT, pd.Timestamp("2024-01-01")], "mine": mine}
+    e = whybox.Explanation(torch.zeros(1, 2), torch.zeros(1, dtype=torch.int64), "saliency", meta=meta)
     e.save(tmp_path / "t.safetensors")
-    assert whybox.Explanation.load(tmp_path / "t.safetensors").meta["v"] == values
+    loaded = whybox.Explanation.load(tmp_path / "t.safetensors").meta
+    assert loaded["v"] == values and loaded["mine"] == mine
+    assert loaded["missing"][0] is pd.NaT and loaded["missing"][1] == pd.Timestamp("2024-01-01")
 
 
 @pytest.mark.parametrize("method", ["lime", "kernel_shap"])
@@ -617,3 +636,22 @@ def test_stability_over_feature_values_does_not_depend_on_how_the_ids_are_number
         csi = sparse.meta["csi_features"]  # per feature id: the gaps have none
         assert torch.isnan(csi[:, [2, 3, 4, 6]]).all()
         torch.testing.assert_close(csi[:, [0, 1, 5, 7]], dense.meta["csi_features"], equal_nan=True)
+
+
+def test_a_sequence_s_full_map_with_copied_step_values_scores_as_its_step_map() -> None:
+    """features="segments" on a sequence returns (B, T, D) maps, each step's value copied onto its D elements: the
+    curves and mufidelity read them per time step (summed over D, as images pool channels), as the (B, T, 1) map."""
+    from whybox.masking.features import segments
+
+    torch.manual_seed(0)
+    m = _Seq().double().eval()
+    x = torch.randn(3, 6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    full = whybox.explain(m, x, "feature_ablation", target=0, features=segments(x, length=1, time_axis=1)).attributions
+    assert full.shape == (3, 6, 3)
+    for metric in ("deletion", "insertion", "aopc", "mufidelity"):
+        opts = {"n_samples": 8} if metric == "mufidelity" else {}
+        a = whybox.evaluate(m, x, full, metric, target=0, **opts)
+        b = whybox.evaluate(m, x, full[..., :1], metric, target=0, **opts)
+        torch.testing.assert_close(a.scores, b.scores, rtol=0, atol=1e-12)
+    s = whybox.evaluate(m, x, full[..., 0], "max_sensitivity", target=0, explainer="saliency", n_samples=2).scores
+    assert bool(torch.isfinite(s).all())

@@ -3,6 +3,7 @@ pooled one way whether the word regions are given or implied, and a saved explan
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -116,3 +117,12 @@ def test_prediction_to_features_names_an_empty_text_of_a_decoder_classifier(make
     with pytest.raises(InvalidInputError, match=r"texts \[1\] hold no tokens"):
         prediction_to_features(ad, ["the movie was great", "", "fun"], sae.model, layer=0)
     assert len(prediction_to_features(ad, ["the movie was great", "fun"], sae.model, layer=0)) == 2
+
+
+def test_a_text_encoder_s_reference_embeddings_are_checked(make_text_classifier: Any) -> None:
+    """adapt_text(kind="embedding", references=tensor) checks the embeddings as adapt does (NaN gave all-NaN words)."""
+    from whybox.errors import InvalidParameterError
+
+    clf = make_text_classifier()
+    with pytest.raises(InvalidParameterError, match="references must be finite real embeddings"):
+        whybox.adapt_text(clf.model.bert, clf.tokenizer, kind="embedding", references=torch.full((2, 32), math.nan))

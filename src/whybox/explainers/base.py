@@ -16,7 +16,7 @@ from whybox.errors import InvalidInputError, InvalidParameterError, NotDifferent
 from whybox.explanation import Explanation, input_digest
 from whybox.masking.engine import MaskingEngine, resolve_batch_size
 from whybox.masking.fills import one_value_per_column
-from whybox.models._guard import MODES, has_train_mode_batchnorm
+from whybox.models._guard import MODES, has_train_mode_batchnorm, warn_batch_statistics
 from whybox.models.adapter import (
     FunctionModel,
     ModelAdapter,
@@ -225,21 +225,18 @@ class Explainer:
         engine_backward = [0]
         with self.adapter.guard(self.mode):
             if (
-                self.batch_size > 1
+                self.mode == "as_is"
+                and self.batch_size > 1
                 and isinstance(self.adapter, TorchAdapter)
                 and has_train_mode_batchnorm(self.adapter.model)
             ):
-                why = (
-                    "mode='as_is' with a BatchNorm in training mode"
-                    if self.mode == "as_is"
-                    else "a BatchNorm without running statistics (track_running_stats=False; it normalises with each "
-                    "batch's own statistics in eval mode too)"
-                )
-                fix = "mode='eval' (the default) or batch_size=1" if self.mode == "as_is" else "batch_size=1"
                 raise InvalidParameterError(
-                    f"{why} couples the rows of every forward pass (inputs, path points, noisy copies or masked "
-                    f"copies), so results would mix rows and change with batch_size; use {fix}."
+                    "mode='as_is' with a BatchNorm in training mode couples the rows of every forward pass "
+                    "(inputs, path points, noisy copies or masked copies), so results would mix rows; use "
+                    "mode='eval' (the default) or batch_size=1."
                 )
+            if isinstance(self.adapter, TorchAdapter):
+                warn_batch_statistics(self.adapter.model, self.batch_size, "the attributions")
             attr, tgt, meta = self._explain(x, target, engine, engine_backward)
         # the result comes back where the caller's inputs are (the work ran on the model's device)
         home = inputs.device if isinstance(inputs, torch.Tensor) else torch.device("cpu")  # arrays, frames: CPU

@@ -566,16 +566,20 @@ def feature_array(
 
 
 def feature_scores(
-    attributions: torch.Tensor, x: torch.Tensor, *, abs: bool = False, signal: bool = False
+    attributions: torch.Tensor, x: torch.Tensor, *, abs: bool = False, signal: bool = False, sequence: bool = False
 ) -> tuple[torch.Tensor, FeatureGroups]:
     """Per-feature attribution ``(B, N)`` (float64, :func:`feature_values`) and the feature groups of ``x``: its
     pixels for images, its time steps for 1-D signals (``signal``) and for sequences ``(B, T, D)`` given one value
-    per step (``(B, T)`` or ``(B, T, 1)`` maps), its elements otherwise."""
-    if x.ndim == 3 and not signal and check_map_shape(attributions, x) == "tokens":
+    per step (``(B, T)`` or ``(B, T, 1)`` maps) or of a model that reads them as such (``sequence``: a full
+    ``(B, T, D)`` map summed over D, ``|.|`` first with ``abs``, as images pool their channels), its elements
+    otherwise."""
+    layout = check_map_shape(attributions, x, signal=signal) if x.ndim == 3 and not signal else None
+    if layout == "tokens" or (sequence and layout == "same"):
         # one value per time step of a sequence (B, T, D) or per token of packed text: the features are the steps,
         # all D elements together, as pixels on images (not T x D elements with tied copies of the step's value)
         a = attributions.detach()
-        a = (a.abs() if abs else a).reshape(x.shape[0], x.shape[1]).to(torch.float64)
+        a = a.abs() if abs else a
+        a = (a.sum(-1) if layout == "same" else a.reshape(x.shape[0], x.shape[1])).to(torch.float64)
         steps = segments(x, length=1, time_axis=1)
         return a, FeatureGroups(steps.groups.expand(x.shape).contiguous(), steps.n_groups, "segments")
     values = feature_values(attributions, x, abs=abs, signal=signal)
@@ -1064,6 +1068,10 @@ class Metric:
                 if adapter is not None
                 else None
             )
+            if self.needs_model and engine is not None and isinstance(adapter, TorchAdapter):
+                from whybox.models._guard import warn_batch_statistics
+
+                warn_batch_statistics(adapter.model, engine.batch_size, "the scores")
             if not self.needs_model or adapter is None or engine is None:
                 tgt0 = self._target_without_model(target, expl, x)
                 # a text adapter stays known to a metric of the map alone: its words are the features, not the

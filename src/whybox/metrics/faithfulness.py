@@ -155,6 +155,12 @@ def _check_fill(fill: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------- curves
+def _sequence(ctx: Context) -> bool:
+    """Inputs ``(B, T, D)`` of a model that reads them as a sequence of time steps (not a Conv1d's signal, not a
+    text adapter's packed tokens, not a black box's rows)."""
+    return ctx.x.ndim == 3 and not ctx.signal and ctx.adapter is not None and not is_text_adapter(ctx.adapter)
+
+
 def _region_groups(regions: Any, x: torch.Tensor, *, signal: bool = False) -> FeatureGroups:
     """The curve's regions as feature groups; on 1-D signals ``(B, C, L)`` (``signal``) ids per time step ``(B, 1, L)``,
     shared by the channels, as the signal's per-time-step map values are."""
@@ -374,7 +380,7 @@ class _CurveMetric(Metric):
         if ctx.attributions is None or ctx.engine is None or ctx.target is None:
             raise InvalidParameterError(f"metric {self.name!r} needs attributions and a model.")
         x = ctx.x
-        values, groups = feature_scores(ctx.attributions, x, abs=self.abs, signal=ctx.signal)
+        values, groups = feature_scores(ctx.attributions, x, abs=self.abs, signal=ctx.signal, sequence=_sequence(ctx))
         flat_rows = (values.amax(1) == values.amin(1)).cpu()
         region_steps = self.regions is not None
         fill = self.fill_values(x, ctx.adapter)
@@ -692,7 +698,9 @@ class MuFidelity(Metric):
             ).nan_to_num(0.0)
             own = ((groups.sizes() > 0) & groups_touched(groups, x != fill)).cpu()
         else:
-            values, px_groups = feature_scores(ctx.attributions, x, abs=self.abs, signal=ctx.signal)
+            values, px_groups = feature_scores(
+                ctx.attributions, x, abs=self.abs, signal=ctx.signal, sequence=_sequence(ctx)
+            )
             if x.ndim == 4:
                 groups = cells(x, n=self.grid_size or 9)
                 flat = groups.groups.reshape(x.shape[0], -1)

@@ -6,6 +6,7 @@ import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -132,9 +133,28 @@ def _preserved(model: nn.Module, mode: str) -> Iterator[None]:
 
 
 def has_train_mode_batchnorm(model: nn.Module) -> bool:
-    """True when a BatchNorm couples the rows of a batch: one in training mode, or one without running statistics
-    (``track_running_stats=False``), which normalises with the batch's own statistics in eval mode too."""
-    return any(batchnorm_couples_rows(m) for m in model.modules())
+    """True when a BatchNorm in training mode couples the rows of a batch."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules())
+
+
+def warn_batch_statistics(model: Any, batch_size: int, what: str) -> None:
+    """Warn (:class:`~whybox.errors.BatchCouplingWarning`) when ``model`` holds a BatchNorm without running
+    statistics and ``batch_size`` > 1: its rows are coupled in eval mode too, so ``what`` is not per row."""
+    if batch_size <= 1 or not isinstance(model, nn.Module):
+        return
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is None for m in model.modules()):
+        import warnings
+
+        from whybox.errors import BatchCouplingWarning
+
+        warnings.warn(
+            f"a BatchNorm without running statistics (track_running_stats=False) normalises every forward pass "
+            f"with its batch's statistics, in eval mode too, so {what} depend on the rows scored beside each row and "
+            "on batch_size; pass batch_size=1 where the model takes one row, or give the BatchNorm running "
+            "statistics.",
+            BatchCouplingWarning,
+            stacklevel=4,
+        )
 
 
 def batchnorm_couples_rows(m: nn.Module) -> bool:

@@ -273,6 +273,18 @@ class TorchAdapter(ModelAdapter):
         return self._check(self.select(self.forward(x)), x.shape[0])
 
 
+def check_references(references: torch.Tensor) -> None:
+    """An embedding adapter's ``references``: finite real embeddings ``(D,)`` or ``(K, D)``, K >= 1."""
+    bad = references.is_complex() or references.dtype == torch.bool or references.numel() == 0
+    if bad or not bool(torch.isfinite(references).all()):
+        raise InvalidParameterError(
+            f"references must be finite real embeddings, (D,) or (K, D) with K >= 1; got {references.dtype} of "
+            f"shape {tuple(references.shape)}"
+            + (" holding NaN or inf" if not bad else "")
+            + ". Pass the embeddings of your target(s) or class prompts."
+        )
+
+
 class EmbeddingAdapter(TorchAdapter):
     """An embedding model turned into a scorer by similarity to reference embeddings.
 
@@ -300,16 +312,13 @@ class EmbeddingAdapter(TorchAdapter):
             )
         if similarity not in ("cosine", "dot"):
             raise InvalidParameterError(f"similarity must be 'cosine' or 'dot'; got {similarity!r}.")
-        if not references.is_floating_point() or references.numel() == 0 or not bool(torch.isfinite(references).all()):
-            raise InvalidParameterError(
-                f"references must be finite floating-point embeddings, (D,) or (K, D) with K >= 1; got "
-                f"{references.dtype} of shape {tuple(references.shape)}"
-                + (" holding NaN or inf" if references.is_floating_point() and references.numel() else "")
-                + ". Pass the embeddings of your target(s) or class prompts."
-            )
-        number = (isinstance(scale, (int, float, np.integer, np.floating)) and not isinstance(scale, bool)) or (
-            isinstance(scale, torch.Tensor) and scale.numel() == 1 and scale.is_floating_point()
-        )  # (a CLIP model's logit_scale.exp() is a one-element tensor)
+        check_references(references)
+        if isinstance(scale, torch.Tensor):  # a CLIP model's logit_scale.exp(): a one-element tensor
+            number = scale.numel() == 1 and not scale.is_complex() and scale.dtype != torch.bool
+        elif isinstance(scale, np.ndarray):
+            number = scale.size == 1 and scale.dtype.kind in "iuf"
+        else:
+            number = isinstance(scale, (int, float, np.integer, np.floating)) and not isinstance(scale, bool)
         if not number or not (math.isfinite(float(scale)) and float(scale) > 0):
             raise InvalidParameterError(
                 f"scale must be a finite number > 0 (a CLIP logit_scale.exp(), e.g. 100.0); got {scale!r}."

@@ -32,7 +32,7 @@ from torch import nn
 
 from whybox.errors import InvalidInputError, InvalidParameterError, ModelOutputError, check_bool, did_you_mean
 from whybox.explanation import Explanation
-from whybox.models.adapter import EmbeddingAdapter, TorchAdapter, declares_multilabel
+from whybox.models.adapter import EmbeddingAdapter, TorchAdapter, check_references, declares_multilabel
 from whybox.models.blackbox_text import BlackBoxText, BlackBoxTextAdapter
 from whybox.models.targets import class_names
 
@@ -613,6 +613,11 @@ def adapt_text(
         with enc.guard("eval"), torch.no_grad():
             refs = enc.embed(batch.inputs)
         enc.output_names = [references] if isinstance(references, str) else [str(r) for r in references]
+    if refs.ndim not in (1, 2):
+        raise InvalidParameterError(
+            f"references must be text(s) or embeddings of shape (D,) or (K, D); got shape {tuple(refs.shape)}."
+        )
+    check_references(refs)
     enc.references = (refs.unsqueeze(0) if refs.ndim == 1 else refs).detach()
     return enc
 

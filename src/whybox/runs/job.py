@@ -506,7 +506,7 @@ def _hash_user_code(h: Any, module: torch.nn.Module) -> None:
                     not k.startswith("_")
                     and k != "training"
                     and k not in written
-                    and "path" not in k
+                    and k != "name_or_path"
                     and _plain_setting(v)
                 ):
                     h.update(f"{k}={v!r}".encode())
@@ -565,9 +565,10 @@ def _forward_writes(cls: type) -> set[str]:
                 if ins.opname in ("STORE_ATTR", "DELETE_ATTR"):
                     names.add(str(ins.argval))
             codes.extend(k for k in c.co_consts if hasattr(k, "co_code"))
-            for name in c.co_names:  # the class's own methods it may call
-                member = getattr(cls, name, None)
-                if callable(member) and not isinstance(member, type) and name != "__init__":
+            for ins in dis.get_instructions(c):  # the class's own methods it calls (self._positions(x))
+                called = ins.opname == "LOAD_METHOD" or (ins.opname == "LOAD_ATTR" and "NULL" in (ins.argrepr or ""))
+                member = getattr(cls, str(ins.argval), None) if called else None
+                if callable(member) and not isinstance(member, type) and ins.argval != "__init__":
                     stack.append(member)
     return names
 
