@@ -126,3 +126,20 @@ def test_a_text_encoder_s_reference_embeddings_are_checked(make_text_classifier:
     clf = make_text_classifier()
     with pytest.raises(InvalidParameterError, match="references must be finite real embeddings"):
         whybox.adapt_text(clf.model.bert, clf.tokenizer, kind="embedding", references=torch.full((2, 32), math.nan))
+
+
+@pytest.mark.parametrize("method", ["occlusion", "integrated_gradients"])
+def test_a_model_asked_for_attentions_still_returns_them_after_any_method(
+    make_text_classifier: Any, method: str
+) -> None:
+    """transformers installs its output-capturing hooks at the first forward asking for attentions and marks the
+    module; whybox removed the hooks but left the mark, so the user's model returned no attentions for the rest of
+    the session (only the attention methods restored the mark)."""
+    clf = make_text_classifier()
+    model = clf.model
+    model.set_attn_implementation("eager")  # (sdpa returns no attentions)
+    model.config.output_attentions = True
+    ids = clf.tokenizer(TEXTS[:2], padding=True, return_tensors="pt")
+    whybox.explain_text(clf, TEXTS[:2], method, target=0)
+    with torch.no_grad():
+        assert len(model(**ids).attentions) == model.config.num_hidden_layers

@@ -79,6 +79,10 @@ def _model_lock(model: nn.Module) -> Iterator[None]:
         yield
 
 
+_CAPTURE_MARK = "_output_capturing_hooks_installed"  # transformers >= 5 (see _preserved)
+_MISSING = object()
+
+
 def _preserved(model: nn.Module, mode: str) -> Iterator[None]:
     modules = list(model.modules())
     training = [m.training for m in modules]
@@ -88,6 +92,10 @@ def _preserved(model: nn.Module, mode: str) -> Iterator[None]:
     # every hook registration takes the next id of one global counter: ids at or above this mark were
     # added inside the block, and only they are removed on exit
     first_hook_id = RemovableHandle.next_id
+    # transformers (>= 5) installs its output-capturing hooks (attentions, hidden states) at the first forward that
+    # asks for them and marks the module; the hooks are removed below, so the mark goes back to what it was too
+    # (left set, transformers would never install them again: the model would return no attentions)
+    marks = [(m, m.__dict__.get(_CAPTURE_MARK, _MISSING)) for m in modules]
     # buffers (BatchNorm running statistics) only change when modules run in training mode
     # (a forward may also put a new tensor in a buffer's place, self.calls = self.calls + 1: the old one goes back)
     buffers = (
@@ -115,6 +123,12 @@ def _preserved(model: nn.Module, mode: str) -> Iterator[None]:
                 p.requires_grad_(req)
             if p.grad is not g:
                 p.grad = g
+        for m, mark in marks:
+            if m.__dict__.get(_CAPTURE_MARK, _MISSING) is not mark:
+                if mark is _MISSING:
+                    m.__dict__.pop(_CAPTURE_MARK, None)
+                else:
+                    m.__dict__[_CAPTURE_MARK] = mark
         if RemovableHandle.next_id != first_hook_id:
             for m in modules:
                 for a in _HOOK_DICTS:
