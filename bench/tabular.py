@@ -168,7 +168,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"{name:28s} {method:12s} ratio {out[-1]['ratio']:.3f}", flush=True)
     out.append(text_columns(args, rows, n))
     print(f"{out[-1]['model']:28s} {out[-1]['method']:12s} ratio {out[-1]['ratio']:.3f}", flush=True)
-    return {"rows": out}
+    return {"rows": out, "samples": out[-1]["samples"]}  # the text-column row's coalition samples (the note)
 
 
 def text_columns(args: argparse.Namespace, rows_array: np.ndarray, n: int) -> dict[str, Any]:

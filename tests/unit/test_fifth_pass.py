@@ -655,3 +655,20 @@ def test_a_sequence_s_full_map_with_copied_step_values_scores_as_its_step_map() 
         torch.testing.assert_close(a.scores, b.scores, rtol=0, atol=1e-12)
     s = whybox.evaluate(m, x, full[..., 0], "max_sensitivity", target=0, explainer="saliency", n_samples=2).scores
     assert bool(torch.isfinite(s).all())
+
+
+def test_a_target_made_under_inference_mode_works_everywhere() -> None:
+    """Targets from m(x).argmax(1) inside torch.inference_mode are inference tensors: the gradient methods, the
+    metrics and find_mistakes crashed ("Inference tensors cannot be saved for backward"); inputs were already copied."""
+    m = _Img(8, 8).eval()
+    with torch.inference_mode():
+        x = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+        t = m(x).argmax(1)
+        labels = (t + 1) % 4
+        for method in ("saliency", "gradcam"):
+            e = whybox.explain(m, x, method, target=t)
+            assert bool(torch.isfinite(e.attributions).all())
+        s = whybox.evaluate(m, x, e, "deletion", target=t, steps=4).scores
+        assert bool(torch.isfinite(s).all())
+        r = whybox.find_mistakes(m, x, labels, method="saliency")
+    assert len(r.mistakes) == 3

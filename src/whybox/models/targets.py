@@ -322,6 +322,8 @@ class Target:
                 )
             return out
         idx = self.index.to(scores.device)
+        if idx.is_inference():  # made under torch.inference_mode: a gather under autograd cannot save it
+            idx = idx.clone()
         if rows is not None:
             idx = idx[rows.to(scores.device)]
         return scores.gather(1, idx.view(-1, 1)).squeeze(1)
