@@ -672,3 +672,53 @@ def test_a_target_made_under_inference_mode_works_everywhere() -> None:
         assert bool(torch.isfinite(s).all())
         r = whybox.find_mistakes(m, x, labels, method="saliency")
     assert len(r.mistakes) == 3
+
+
+def test_one_metric_object_shared_by_threads_scores_each_call_in_its_own_score_space() -> None:
+    """A metric keeps the score space it resolves for a model on itself during a call: two threads sharing one
+    Deletion on a softmax classifier and a multi-label model read each other's (263 of 300 results wrong)."""
+    import threading
+
+    from whybox.metrics.faithfulness import Deletion
+
+    torch.manual_seed(0)
+    clf = nn.Sequential(nn.Linear(6, 4)).eval()
+    multi = whybox.adapt(nn.Sequential(nn.Linear(6, 4)).eval(), kind="multilabel")
+    x = torch.randn(3, 6)
+    a = torch.randn(3, 6)
+    metric = Deletion(steps=5)
+    want = metric.evaluate(clf, x, a, target=1).scores
+    got: list[torch.Tensor] = []
+
+    def run(model: object, keep: bool) -> None:
+        for _ in range(40):
+            r = metric.evaluate(model, x, a, target=1).scores
+            if keep:
+                got.append(r)
+
+    threads = [threading.Thread(target=run, args=(clf, True)), threading.Thread(target=run, args=(multi, False))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 40 and all(torch.equal(g, want) for g in got)
+
+
+@pytest.mark.parametrize("method", ["smoothgrad", "rise"])
+def test_a_call_made_from_inside_a_call_leaves_the_outer_call_s_seed(method: str) -> None:
+    """A target callable that explains again with the same explainer object (seed=None) replaced the outer call's
+    drawn seed: its recorded seed no longer reproduced its result."""
+    from whybox.registry import EXPLAINERS
+
+    m = _Img(8, 8).eval()
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    opts = {"n_samples": 4} if method == "smoothgrad" else {"n_masks": 16}
+    explainer = EXPLAINERS.get(method)(m, seed=None, **opts)
+
+    def target(scores: torch.Tensor) -> torch.Tensor:
+        explainer.explain(x[:1], target=0)
+        return scores[:, 1]
+
+    e = explainer.explain(x, target=target)
+    again = whybox.explain(m, x, method, seed=e.meta["seed"], target=1, **opts)
+    torch.testing.assert_close(e.attributions, again.attributions)

@@ -113,6 +113,9 @@ def _black_box_hint(adapter: ModelAdapter) -> str:
     return "a method that needs only the model's outputs: " + ", ".join(map(repr, names))
 
 
+#: what one call keeps on its explainer object (its seed, the inputs' column names)
+_CALL_STATE = ("_call_seed", "_feature_names")
+
 _INSTANCE_LOCKS: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
 _INSTANCE_LOCKS_LOCK = threading.Lock()
 
@@ -210,7 +213,17 @@ class Explainer:
             with torch.inference_mode(False):
                 return self.explain(inputs, target)
         with _instance_lock(self):  # a call's own state (its seed, the inputs' columns) lives on the explainer
-            return self._explain_call(inputs, target)
+            # a call made from inside this one (a target callable that explains again with this object) leaves
+            # the outer call's state as it found it
+            state = {k: self.__dict__[k] for k in _CALL_STATE if k in self.__dict__}
+            try:
+                return self._explain_call(inputs, target)
+            finally:
+                for k in _CALL_STATE:
+                    if k in state:
+                        self.__dict__[k] = state[k]
+                    else:
+                        self.__dict__.pop(k, None)
 
     def _explain_call(self, inputs: torch.Tensor, target: TargetLike) -> Explanation:
         x = self._validate(inputs)

@@ -956,6 +956,23 @@ class Metric:
                 if isinstance(inputs, torch.Tensor) and inputs.is_inference():
                     inputs = inputs.clone()  # a copy made outside inference mode can enter autograd
                 return self.evaluate(model, inputs, explanation, target=target, masks=masks, labels=labels)
+        from whybox.explainers.base import _instance_lock
+
+        # one metric object shared by threads scores one call at a time: a call keeps state on it (its score space
+        # and fill resolved for its model, restored on exit)
+        with _instance_lock(self):
+            return self._evaluate_call(model, inputs, explanation, target=target, masks=masks, labels=labels)
+
+    def _evaluate_call(
+        self,
+        model: Any,
+        inputs: torch.Tensor,
+        explanation: Explanation | torch.Tensor | np.ndarray | str | None,
+        *,
+        target: TargetLike = None,
+        masks: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> MetricResult:
         if masks is not None and not self.reads_masks:
             raise InvalidParameterError(
                 f"masks= applies to the localisation metrics (pointing_game, energy_pointing_game, relevance_mass, "
