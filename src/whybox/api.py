@@ -63,9 +63,8 @@ def _text_evaluation(
         return inputs, explanation, params  # not texts, or not a text adapter (a HF model's or a function of strings)
     batch = model.encode(inputs)
     if isinstance(explanation, str):
-        if not getattr(
-            METRICS.get(metric), "needs_attributions", True
-        ):  # stability: runs the method itself, with the text options
+        reruns_itself = not getattr(METRICS.get(metric), "needs_attributions", True)
+        if reruns_itself:  # stability: runs the method itself, with the text options
             params = {
                 **params,
                 "explainer_params": {**text_defaults(explanation, batch), **params.get("explainer_params", {})},

@@ -70,8 +70,8 @@ def digest_mismatch(saved: torch.Tensor, x: torch.Tensor, adapter: Any = None) -
         return list(range(x.shape[0]))
     if callable(getattr(adapter, "row_words", None)):  # a black box's rows: the words' hash, or (an explanation saved
         # before it covered the words) the presence rows' sums, as they were kept then
-        words = _bad_rows(saved, now)
-        return [i for i in words if i in set(_bad_rows(saved, input_digest(x)))]
+        old = set(_bad_rows(saved, input_digest(x)))
+        return [i for i in _bad_rows(saved, now) if i in old]
     return _bad_rows(saved, now)
 
 
