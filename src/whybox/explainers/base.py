@@ -5,8 +5,6 @@ from __future__ import annotations
 import functools
 import inspect
 import os
-import threading
-import weakref
 from typing import Any, ClassVar
 
 import torch
@@ -16,7 +14,13 @@ from whybox.errors import InvalidInputError, InvalidParameterError, NotDifferent
 from whybox.explanation import Explanation, input_digest
 from whybox.masking.engine import MaskingEngine, resolve_batch_size
 from whybox.masking.fills import one_value_per_column
-from whybox.models._guard import MODES, has_train_mode_batchnorm, warn_batch_statistics
+from whybox.models._guard import (
+    MODES,
+    has_train_mode_batchnorm,
+    instance_lock,
+    public_call,
+    warn_batch_statistics,
+)
 from whybox.models.adapter import (
     FunctionModel,
     ModelAdapter,
@@ -116,19 +120,6 @@ def _black_box_hint(adapter: ModelAdapter) -> str:
 #: what one call keeps on its explainer object (its seed, the inputs' column names)
 _CALL_STATE = ("_call_seed", "_feature_names")
 
-_INSTANCE_LOCKS: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
-_INSTANCE_LOCKS_LOCK = threading.Lock()
-
-
-def _instance_lock(owner: Any) -> threading.RLock:
-    """A re-entrant lock per explainer (or metric) object: one object shared by threads runs one call at a time, so
-    the state a call keeps on it (the seed drawn for ``seed=None``, recorded in meta) is its own."""
-    with _INSTANCE_LOCKS_LOCK:
-        lock = _INSTANCE_LOCKS.get(owner)
-        if lock is None:
-            lock = _INSTANCE_LOCKS[owner] = threading.RLock()
-        return lock
-
 
 class Explainer:
     """Base class of every explainer.
@@ -212,7 +203,8 @@ class Explainer:
         if torch.is_inference_mode_enabled():  # gradients cannot be taken there, and enable_grad does not undo it
             with torch.inference_mode(False):
                 return self.explain(inputs, target)
-        with _instance_lock(self):  # a call's own state (its seed, the inputs' columns) lives on the explainer
+        # a call's own state (its seed, the inputs' columns) lives on the explainer
+        with instance_lock(self), public_call():
             # a call made from inside this one (a target callable that explains again with this object) leaves
             # the outer call's state as it found it
             state = {k: self.__dict__[k] for k in _CALL_STATE if k in self.__dict__}

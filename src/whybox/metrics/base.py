@@ -30,7 +30,7 @@ from whybox.explanation import Explanation, digest_mismatch, row_options
 from whybox.masking.engine import MaskingEngine, check_batch_size, resolve_batch_size
 from whybox.masking.features import FeatureGroups, pixels, segments
 from whybox.masking.fills import one_value_per_column
-from whybox.models._guard import MODES
+from whybox.models._guard import MODES, instance_lock, public_call
 from whybox.models.adapter import (
     ModelAdapter,
     TorchAdapter,
@@ -956,11 +956,9 @@ class Metric:
                 if isinstance(inputs, torch.Tensor) and inputs.is_inference():
                     inputs = inputs.clone()  # a copy made outside inference mode can enter autograd
                 return self.evaluate(model, inputs, explanation, target=target, masks=masks, labels=labels)
-        from whybox.explainers.base import _instance_lock
-
         # one metric object shared by threads scores one call at a time: a call keeps state on it (its score space
         # and fill resolved for its model, restored on exit)
-        with _instance_lock(self):
+        with instance_lock(self), public_call():
             return self._evaluate_call(model, inputs, explanation, target=target, masks=masks, labels=labels)
 
     def _evaluate_call(

@@ -319,8 +319,6 @@ class MaxSensitivity(Metric):
             pooled_layout = x.ndim == 4 or (ctx.signal and x.ndim == 3)  # images, 1-D signals
             if pooled_layout and att.ndim == x.ndim and a0.shape[1] == att[0, 0].numel() != att[0].numel():
                 att = att.sum(1)  # a channel-pooled explanation (B, 1, H, W), (B, L): the new maps pooled alike
-            elif x.ndim == 3 and att.ndim == 3 and a0.shape[1] == att.shape[1] != att[0].numel():
-                att = att.sum(-1)  # one value per step of a sequence (B, T) or (B, T, 1): the new maps over D alike
             att = att.reshape(rows.shape[0], -1).to(torch.float64).cpu()
             if att.shape[1] != a0.shape[1]:
                 raise InvalidInputError(

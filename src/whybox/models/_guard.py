@@ -151,11 +151,54 @@ def has_train_mode_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules())
 
 
+_INSTANCE_LOCKS: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
+_INSTANCE_LOCKS_LOCK = threading.Lock()
+_UNHASHABLE_LOCK = threading.RLock()  # objects that cannot key a dict (a subclass defining __eq__ only) share one
+
+
+def instance_lock(owner: Any) -> threading.RLock:
+    """A re-entrant lock per explainer (or metric) object: one object shared by threads runs one call at a time, so
+    the state a call keeps on it (the seed drawn for ``seed=None``, recorded in meta; a metric's resolved score
+    space) is its own."""
+    with _INSTANCE_LOCKS_LOCK:
+        try:
+            lock = _INSTANCE_LOCKS.get(owner)
+            if lock is None:
+                lock = _INSTANCE_LOCKS[owner] = threading.RLock()
+        except TypeError:  # unhashable
+            return _UNHASHABLE_LOCK
+        return lock
+
+
+_CALLS = threading.local()  # depth of whybox calls on this thread (a metric's re-explanations are inner calls)
+
+
+@contextmanager
+def public_call() -> Iterator[None]:
+    """Marks an explain or evaluate call, so that a warning about the model is given once, by the outermost call."""
+    _CALLS.depth = getattr(_CALLS, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _CALLS.depth -= 1
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` of the first frame outside whybox (the user's call), counted from the caller of warn."""
+    import sys
+
+    frame: Any = sys._getframe(2)
+    level = 2
+    while frame is not None and str(frame.f_globals.get("__name__", "")).split(".")[0] == "whybox":
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def warn_batch_statistics(model: Any, batch_size: int, what: str) -> None:
     """Warn (:class:`~whybox.errors.BatchCouplingWarning`) when ``model`` holds a BatchNorm without running
     statistics and ``batch_size`` > 1: its rows are coupled in eval mode too, so ``what`` is not per row."""
-    if batch_size <= 1 or not isinstance(model, nn.Module):
-        return
+    if batch_size <= 1 or not isinstance(model, nn.Module) or getattr(_CALLS, "depth", 0) > 1:
+        return  # (an inner call: the outermost one warned)
     if any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is None for m in model.modules()):
         import warnings
 
@@ -167,7 +210,7 @@ def warn_batch_statistics(model: Any, batch_size: int, what: str) -> None:
             "on batch_size; pass batch_size=1 where the model takes one row, or give the BatchNorm running "
             "statistics.",
             BatchCouplingWarning,
-            stacklevel=4,
+            stacklevel=_user_stacklevel(),
         )
 
 

@@ -319,14 +319,19 @@ class EmbeddingAdapter(TorchAdapter):
             number = scale.size == 1 and scale.dtype.kind in "iuf"
         else:
             number = isinstance(scale, (int, float, np.integer, np.floating)) and not isinstance(scale, bool)
-        if not number or not (math.isfinite(float(scale)) and float(scale) > 0):
+        value = (
+            float(scale.detach().reshape(()).item() if isinstance(scale, torch.Tensor) else np.asarray(scale).item())
+            if number
+            else math.nan
+        )
+        if not number or not (math.isfinite(value) and value > 0):
             raise InvalidParameterError(
                 f"scale must be a finite number > 0 (a CLIP logit_scale.exp(), e.g. 100.0); got {scale!r}."
             )
         refs = references.detach()
         self.references = refs.unsqueeze(0) if refs.ndim == 1 else refs
         self.similarity = similarity
-        self.scale = float(scale)
+        self.scale = value
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.embed_output(self.forward(x), batch=x.shape[0])

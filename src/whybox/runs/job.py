@@ -565,9 +565,10 @@ def _forward_writes(cls: type) -> set[str]:
                 if ins.opname in ("STORE_ATTR", "DELETE_ATTR"):
                     names.add(str(ins.argval))
             codes.extend(k for k in c.co_consts if hasattr(k, "co_code"))
-            for ins in dis.get_instructions(c):  # the class's own methods it calls (self._positions(x))
-                called = ins.opname == "LOAD_METHOD" or (ins.opname == "LOAD_ATTR" and "NULL" in (ins.argrepr or ""))
-                member = getattr(cls, str(ins.argval), None) if called else None
+            for ins in dis.get_instructions(c):  # the class's own methods it names: calls (self._positions(x)) and
+                # callables it hands on (checkpoint(self._body, x)); a setter forward never names keeps its writes
+                named = ins.opname in ("LOAD_METHOD", "LOAD_ATTR")
+                member = getattr(cls, str(ins.argval), None) if named else None
                 if callable(member) and not isinstance(member, type) and ins.argval != "__init__":
                     stack.append(member)
     return names

@@ -497,6 +497,7 @@ class Lima(PerturbationExplainer):
             "values": values.to(dev),
             "regions": labels,
             "n_regions": list(region_map.n_regions),
+            "n_features": list(region_map.n_regions),  # each row's regions, ids 0..n-1 (stability reads this)
             "search_passes": [res.n_forward for res in results],
             "full_score": torch.cat([s.kept for s in scorer.full]).to(dev),
             "empty_score": torch.cat([s.kept for s in scorer.empty]).to(dev),
