@@ -630,11 +630,21 @@ class Explanation:
         from whybox.masking.features import FeatureGroups
 
         tensors: dict[str, torch.Tensor] = {"attributions": own(self.attributions), "target": own(self.target)}
+        nested: dict[str, dict[str, Any]] = {}
         for k, v in self.options.items():  # tensor options; a callable cannot be saved (params describes it)
             if isinstance(v, FeatureGroups):  # its ids: features=ids gives the same groups (each row's present ids)
                 v = v.groups
             if k in ("features", "regions"):
                 v = label_map_option(v, f"options[{k!r}]")  # ids stay integers (a list of ints is not a float fill)
+            if isinstance(v, dict):  # a nested method's options (LIMA's prior_options): its tensors by key, the rest
+                plain = {}  # in the header
+                for sub, w in v.items():
+                    if isinstance(w, torch.Tensor) and "/" not in str(sub):
+                        tensors[f"optiondict.{k}/{sub}"] = own(w)
+                    else:
+                        plain[str(sub)] = w
+                nested[k] = plain
+                continue
             try:
                 v = tensor_option(v, f"options[{k!r}]")  # a numpy array or pandas Series as the explainer read it
             except InvalidParameterError:
@@ -653,6 +663,8 @@ class Explanation:
             "params": json.dumps(_jsonable(self.params, "params")),
             "meta": json.dumps(_jsonable(meta_json, "meta")),
         }
+        if nested:
+            header["option_dicts"] = json.dumps(_jsonable(nested, "options"))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         save_file(tensors, str(tmp), metadata=header)
@@ -710,13 +722,24 @@ class Explanation:
         for k, v in tensors.items():
             if k.startswith("meta."):
                 meta[k[5:]] = v
+        options: dict[str, Any] = {k[7:]: v for k, v in tensors.items() if k.startswith("option.")}
+        try:
+            nested = json.loads(header.get("option_dicts") or "{}")
+        except ValueError:
+            nested = {}
+        for name, plain in nested.items() if isinstance(nested, dict) else ():  # a nested method's options
+            options[name] = dict(plain) if isinstance(plain, dict) else {}
+        for key, v in tensors.items():  # ... and their tensors
+            if key.startswith("optiondict."):
+                name, sub = key[len("optiondict.") :].split("/", 1)
+                options.setdefault(name, {})[sub] = v
         return cls(
             attributions=fields["attributions"],
             target=fields["target"],
             method=fields["method"],
             params=fields["params"],
             meta=meta,
-            options={k[7:]: v for k, v in tensors.items() if k.startswith("option.")},
+            options=options,
         )
 
 

@@ -734,3 +734,21 @@ def test_a_metric_subclass_that_is_unhashable_still_scores() -> None:
     a = torch.rand(2, 1, 6, 6, generator=torch.Generator().manual_seed(0))
     got = Mine().evaluate(None, torch.rand(2, 3, 6, 6), a).scores
     torch.testing.assert_close(got, Sparseness().evaluate(None, torch.rand(2, 3, 6, 6), a).scores)
+
+
+def test_a_tensor_inside_a_nested_option_is_saved(tmp_path) -> None:
+    """README: save stores an explanation's tensors. LIMA's prior_options={"baseline": tensor, "n_steps": 4} lost the
+    tensor at a save, and every metric re-running LIMA refused the loaded explanation."""
+    m = _Img(8, 8).eval()
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    prior = {"baseline": torch.full((1, 3, 8, 8), 0.1), "n_steps": 4}
+    opts = {"regions": "grid", "n_regions": 4, "prior": "integrated_gradients", "prior_options": prior}
+    e = whybox.explain(m, x, "lima", **opts)
+    e.save(tmp_path / "e.safetensors")
+    loaded = whybox.Explanation.load(tmp_path / "e.safetensors")
+    assert torch.equal(loaded.options["prior_options"]["baseline"], prior["baseline"])
+    assert loaded.options["prior_options"]["n_steps"] == 4
+    again = whybox.explain(m, x, "lima", **{**loaded.params, **loaded.options})
+    torch.testing.assert_close(again.attributions, e.attributions)
+    st = whybox.evaluate(m, x, loaded, "stability", n_runs=2).scores
+    assert bool(torch.isfinite(st).all())
