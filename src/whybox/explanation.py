@@ -636,14 +636,17 @@ class Explanation:
                 v = v.groups
             if k in ("features", "regions"):
                 v = label_map_option(v, f"options[{k!r}]")  # ids stay integers (a list of ints is not a float fill)
-            if isinstance(v, dict):  # a nested method's options (LIMA's prior_options): its tensors by key, the rest
-                plain = {}  # in the header
-                for sub, w in v.items():
-                    if isinstance(w, torch.Tensor) and "/" not in str(sub):
+            if isinstance(v, dict):  # a nested method's options (LIMA's prior_options): its arrays as tensors by key,
+                # its plain values in the header; one that is neither (a module, a callable) leaves the whole option
+                # out, so a re-run asks for it again rather than running on its text
+                arrays = {str(sub): torch.from_numpy(np.ascontiguousarray(w)) if isinstance(w, np.ndarray) else w
+                          for sub, w in v.items()
+                          if isinstance(w, torch.Tensor) or (isinstance(w, np.ndarray) and w.dtype.kind in "biuf")}  # fmt: skip
+                plain = {str(sub): w for sub, w in v.items() if str(sub) not in arrays}
+                if all("/" not in sub for sub in arrays) and _json_plain(plain):
+                    for sub, w in arrays.items():
                         tensors[f"optiondict.{k}/{sub}"] = own(w)
-                    else:
-                        plain[str(sub)] = w
-                nested[k] = plain
+                    nested[k] = plain
                 continue
             try:
                 v = tensor_option(v, f"options[{k!r}]")  # a numpy array or pandas Series as the explainer read it
@@ -750,14 +753,24 @@ def row_options(
     row (as many rows as the explanation and as many dimensions as its attributions: a text batch's) indexed by
     ``rows``; every other option, any named in ``keep``, and Integrated Gradients' k baseline rows shared by every
     row (``n_baselines`` > 1), as it is."""
+    n, shape = len(explanation), tuple(explanation.attributions.shape)
+    idx = rows.cpu().numpy() if isinstance(rows, torch.Tensor) else np.arange(n)[rows]
+    out = _rows_of(explanation.options, explanation.params, n, shape, idx, keep or {})
+    for k, v in explanation.options.items():  # a nested method's options (LIMA's prior_options): theirs alike
+        if isinstance(v, dict) and k.endswith("_options") and k not in (keep or {}):
+            out[k] = {**v, **_rows_of(v, v, n, shape, idx, {})}
+    return out
+
+
+def _rows_of(
+    options: dict[str, Any], params: dict[str, Any], n: int, shape: tuple[int, ...], idx: np.ndarray, keep: Any
+) -> dict[str, Any]:
+    """:func:`row_options`' rule on one dict of options (``params``: where ``n_baselines`` is read)."""
     from whybox.masking.features import FeatureGroups
 
-    n, shape = len(explanation), tuple(explanation.attributions.shape)
     out: dict[str, Any] = {}
-    shared = {"baseline"} if _int_param(explanation.params.get("n_baselines")) > 1 else set()  # k baseline rows
-    idx = rows.cpu().numpy() if isinstance(rows, torch.Tensor) else np.arange(n)[rows]
-
-    for k, v in explanation.options.items():
+    shared = {"baseline"} if _int_param(params.get("n_baselines")) > 1 else set()  # k baseline rows
+    for k, v in options.items():
         ids: Any = v.groups if isinstance(v, FeatureGroups) else v
         if _is_dataframe(ids):
             ids = ids.to_numpy()  # one reference row per input row: a DataFrame of as many rows
@@ -770,7 +783,7 @@ def row_options(
         per_row = (
             k in _ROW_OPTIONS
             and k not in shared
-            and k not in (keep or {})
+            and k not in keep
             and isinstance(ids, (torch.Tensor, np.ndarray))
             and len(vshape) >= 1
             and vshape[0] == n
@@ -801,6 +814,17 @@ def row_options(
         else:  # a DataFrame: its rows, names kept for the column-order check
             out[k] = v.iloc[idx]
     return out
+
+
+def _json_plain(v: Any) -> bool:
+    """A value JSON keeps as it is: None, a bool, a number, a string, or lists and string-keyed dicts of them."""
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return True
+    if isinstance(v, (list, tuple)):
+        return all(_json_plain(i) for i in v)
+    if isinstance(v, dict):
+        return all(isinstance(k, str) and _json_plain(i) for k, i in v.items())
+    return False
 
 
 def _is_dataframe(v: Any) -> bool:

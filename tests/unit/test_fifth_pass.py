@@ -752,3 +752,63 @@ def test_a_tensor_inside_a_nested_option_is_saved(tmp_path) -> None:
     torch.testing.assert_close(again.attributions, e.attributions)
     st = whybox.evaluate(m, x, loaded, "stability", n_runs=2).scores
     assert bool(torch.isfinite(st).all())
+
+
+def test_the_batch_coupling_warning_is_given_once_when_evaluate_explains_first() -> None:
+    """evaluate with a method name explains first: the warning came from neither call when the metric reads only the
+    map (sparseness) or scores one row at a time (batch_size=1), though the explainer's rows were coupled."""
+    from whybox.errors import BatchCouplingWarning
+
+    m = _BatchStatsNet().eval()
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    for metric, opts in (("sparseness", {}), ("deletion", {"batch_size": 1, "steps": 4})):
+        with pytest.warns(BatchCouplingWarning) as caught:
+            whybox.evaluate(m, x, "saliency", metric, target=0, **opts)
+        assert len(caught) == 1 and caught[0].filename == __file__
+
+
+def test_nested_options_slice_by_row_and_a_module_inside_is_asked_for_again(tmp_path) -> None:
+    """LIMA's prior_options: a baseline of one row per input follows e[1:] (it stayed 3 rows for 2); a module inside
+    (a prior's layer) is not saved as its text (a re-run failed with 'layer=Conv2d(...) is not a module'), so the
+    loaded explanation asks for it again."""
+    from whybox.errors import InvalidParameterError
+
+    m = _Img(8, 8).eval()
+    x = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    base = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    prior = {"baseline": base, "n_steps": 4}
+    e = whybox.explain(m, x, "lima", regions="grid", n_regions=4, prior="integrated_gradients", prior_options=prior)
+    sub = e[1:]
+    assert torch.equal(sub.options["prior_options"]["baseline"], base[1:])
+    sub.save(tmp_path / "s.safetensors")
+    loaded = whybox.Explanation.load(tmp_path / "s.safetensors")
+    torch.testing.assert_close(whybox.explain(m, x[1:], "lima", **{**loaded.params, **loaded.options}).attributions,
+                               e.attributions[1:])  # fmt: skip
+    e2 = whybox.explain(m, x, "lima", regions="prior", prior="gradcam", prior_options={"layer": m.conv})
+    e2.save(tmp_path / "g.safetensors")
+    with pytest.raises(InvalidParameterError, match="only a description"):
+        whybox.evaluate(m, x, whybox.Explanation.load(tmp_path / "g.safetensors"), "stability", n_runs=2)
+
+
+def test_run_fingerprint_keeps_a_setting_that_another_object_s_method_of_the_same_name_would_write() -> None:
+    """forward calling self.cfg.update(...) does not make the model's own update() a method forward runs: the
+    setting update() writes stays in the fingerprint."""
+    from whybox.runs.job import _forward_writes
+
+    class Cfg:
+        def update(self, v: float) -> None:
+            self.v = v
+
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cfg, self.scale = Cfg(), 1.0
+
+        def update(self, s: float) -> None:
+            self.scale = s
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.cfg.update(1.0)
+            return x * self.scale
+
+    assert "scale" not in _forward_writes(Scaled)

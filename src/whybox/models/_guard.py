@@ -177,6 +177,8 @@ _CALLS = threading.local()  # depth of whybox calls on this thread (a metric's r
 def public_call() -> Iterator[None]:
     """Marks an explain or evaluate call, so that a warning about the model is given once, by the outermost call."""
     _CALLS.depth = getattr(_CALLS, "depth", 0) + 1
+    if _CALLS.depth == 1:
+        _CALLS.warned = set()  # the models warned about in this outermost call
     try:
         yield
     finally:
@@ -197,10 +199,16 @@ def _user_stacklevel() -> int:
 def warn_batch_statistics(model: Any, batch_size: int, what: str) -> None:
     """Warn (:class:`~whybox.errors.BatchCouplingWarning`) when ``model`` holds a BatchNorm without running
     statistics and ``batch_size`` > 1: its rows are coupled in eval mode too, so ``what`` is not per row."""
-    if batch_size <= 1 or not isinstance(model, nn.Module) or getattr(_CALLS, "depth", 0) > 1:
-        return  # (an inner call: the outermost one warned)
+    if batch_size <= 1 or not isinstance(model, nn.Module):
+        return
+    warned = getattr(_CALLS, "warned", None)
+    if warned is not None and id(model) in warned:
+        return  # once per outermost call (a metric's re-explanations are inner calls)
     if any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is None for m in model.modules()):
         import warnings
+
+        if warned is not None:
+            warned.add(id(model))
 
         from whybox.errors import BatchCouplingWarning
 

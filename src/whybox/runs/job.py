@@ -565,12 +565,22 @@ def _forward_writes(cls: type) -> set[str]:
                 if ins.opname in ("STORE_ATTR", "DELETE_ATTR"):
                     names.add(str(ins.argval))
             codes.extend(k for k in c.co_consts if hasattr(k, "co_code"))
-            for ins in dis.get_instructions(c):  # the class's own methods it names: calls (self._positions(x)) and
-                # callables it hands on (checkpoint(self._body, x)); a setter forward never names keeps its writes
-                named = ins.opname in ("LOAD_METHOD", "LOAD_ATTR")
+            me = c.co_varnames[0] if c.co_argcount else None  # ``self`` (a nested function's first argument is
+            # not: its loads of ``self`` are free variables, and count too)
+            previous = None
+            for ins in dis.get_instructions(c):  # the class's own methods it names on ``self``: calls
+                # (self._positions(x)) and callables it hands on (checkpoint(self._body, x)); not another object's
+                # attribute of the same name (self.cfg.update), nor a setter forward never names
+                on_self = (
+                    previous is not None
+                    and previous.argval in (me, "self")
+                    and previous.opname in ("LOAD_FAST", "LOAD_DEREF", "LOAD_CLOSURE")
+                )
+                named = on_self and ins.opname in ("LOAD_METHOD", "LOAD_ATTR")
                 member = getattr(cls, str(ins.argval), None) if named else None
                 if callable(member) and not isinstance(member, type) and ins.argval != "__init__":
                     stack.append(member)
+                previous = ins
     return names
 
 
