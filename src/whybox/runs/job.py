@@ -495,11 +495,13 @@ def _hash_user_code(h: Any, module: torch.nn.Module) -> None:
 
     seen: set[type] = set()
     internals = _module_internals()
+    writes: dict[type, set[str]] = {}  # per class, read once (a BERT repeats a dozen layer classes)
     for name, m in module.named_modules():
         cls = type(m)
         if cls.__module__.split(".")[0] in _LIBRARY_ROOTS:  # a library layer: which one, and its plain settings
             h.update(f"{name} {cls.__module__}.{cls.__qualname__}".encode())  # (a Conv2d's padding, a slope, p)
-            written = _forward_writes(cls)  # (a function model's returns_numpy, learnt at its first call)
+            written = writes.get(cls) or writes.setdefault(cls, _forward_writes(cls))  # (a function model's
+            # returns_numpy, learnt at its first call)
             for k, v in sorted(vars(m).items()):
                 # (not where it was loaded from: a Hugging Face model's name_or_path is a location, not a setting)
                 if (
@@ -522,7 +524,7 @@ def _hash_user_code(h: Any, module: torch.nn.Module) -> None:
                     h.update(f"method {k}".encode())
                     _hash_globals(h, fn, 1, set())
         h.update(name.encode())
-        written = _forward_writes(cls)
+        written = writes.get(cls) or writes.setdefault(cls, _forward_writes(cls))
         for k, v in sorted(vars(m).items()):  # (not the train/eval flag: the run reads the model in eval mode)
             # its own settings, private ones too (self._temperature); not torch's bookkeeping (hooks, the
             # parameter and submodule tables), nor what forward writes (a call counter, a cache: process state)
@@ -561,16 +563,16 @@ def _forward_writes(cls: type) -> set[str]:
             if id(c) in done:
                 continue
             done.add(id(c))
-            for ins in dis.get_instructions(c):
-                if ins.opname in ("STORE_ATTR", "DELETE_ATTR"):
-                    names.add(str(ins.argval))
             codes.extend(k for k in c.co_consts if hasattr(k, "co_code"))
             me = c.co_varnames[0] if c.co_argcount else None  # ``self`` (a nested function's first argument is
             # not: its loads of ``self`` are free variables, and count too)
             previous = None
-            for ins in dis.get_instructions(c):  # the class's own methods it names on ``self``: calls
-                # (self._positions(x)) and callables it hands on (checkpoint(self._body, x)); not another object's
-                # attribute of the same name (self.cfg.update), nor a setter forward never names
+            for ins in dis.get_instructions(c):
+                if ins.opname in ("STORE_ATTR", "DELETE_ATTR"):
+                    names.add(str(ins.argval))
+                # the class's own methods it names on ``self``: calls (self._positions(x)) and callables it hands on
+                # (checkpoint(self._body, x)); not another object's attribute of the same name (self.cfg.update),
+                # nor a setter forward never names
                 on_self = (
                     previous is not None
                     and previous.argval in (me, "self")
