@@ -23,13 +23,14 @@ __all__ = ["evaluate", "explain", "get_explainer", "methods", "metrics"]
 
 
 #: The kinds of input a method can apply to (``Explainer.input_kinds``).
-INPUT_KINDS = ("image", "signal", "tabular", "text")
+INPUT_KINDS = ("image", "signal", "sequence", "tabular", "text")
 
 
 def methods(kind: str | None = None) -> list[str]:
-    """Registered explainer names, sorted; with ``kind`` (``"image"``, ``"signal"``, ``"tabular"`` or ``"text"``)
-    only the methods that apply to that kind of input (CAMs and RISE: images and 1-D signals ``(B, C, L)`` of a
-    model with an ``nn.Conv1d``; attention methods: text)."""
+    """Registered explainer names, sorted; with ``kind`` (``"image"``, ``"signal"``, ``"sequence"``, ``"tabular"``
+    or ``"text"``) only the methods that apply to that kind of input (CAMs and RISE: images and 1-D signals
+    ``(B, C, L)`` of a model with an ``nn.Conv1d``; attention methods: text; sequences ``(B, T, D)`` of a recurrent
+    or transformer model over time: the gradient and perturbation methods and LIMA)."""
     if kind is None:
         return EXPLAINERS.names()
     if kind not in INPUT_KINDS:

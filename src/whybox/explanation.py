@@ -306,7 +306,9 @@ class Explanation:
 
         Images: the map (:meth:`to_map`) as the report colours it, over ``inputs`` ``(B, C, H, W)`` when given (each
         image min-max scaled to [0, 1] for display; C = 1 or 3), else alone. 1-D signals (``meta["signal"]``): the
-        map summed over channels as a coloured band along time, under the channels of ``inputs`` ``(B, C, L)``. Tabular rows ``(B, F)``: the ``top``
+        map summed over channels as a coloured band along time, under the channels of ``inputs`` ``(B, C, L)``;
+        sequences (``meta["sequence"]``, ``(B, T, D)``): the map summed over the ``D`` features as that band, under
+        the features of ``inputs`` ``(B, T, D)`` drawn as lines over the ``T`` steps. Tabular rows ``(B, F)``: the ``top``
         features by magnitude as bars, named by ``meta["feature_names"]`` (else ``x0, x1, ...``), largest first.
 
         Parameters
@@ -368,12 +370,13 @@ class Explanation:
         if packing is not None and packing.has_image:  # a model of several inputs, images among them
             return self._plot_packed(packing, picked, inputs, top, reading, title)
         signal = a.ndim == 3 and bool(self.meta.get("signal"))
+        sequence = a.ndim == 3 and bool(self.meta.get("sequence"))
         # (B, H, W): the images of a model without a channel dimension (token attributions are marked)
-        image = a.ndim == 4 or (a.ndim == 3 and not signal and not self.meta.get("tokens"))
-        if signal:
+        image = a.ndim == 4 or (a.ndim == 3 and not signal and not sequence and not self.meta.get("tokens"))
+        if signal or sequence:
             fig = Figure(figsize=(6.4, 2.2 * len(picked)))
             axes = fig.subplots(len(picked), 1, squeeze=False)
-            self._plot_signals(axes.flat, picked, inputs, reading, title)
+            self._plot_signals(axes.flat, picked, inputs, reading, title, sequence=sequence)
             fig.suptitle(self.method, fontsize=10, parse_math=False)
             fig.tight_layout()
             return fig
@@ -536,10 +539,18 @@ class Explanation:
         )
 
     def _plot_signals(
-        self, axes: Any, picked: list[int], inputs: Any, reading: str | None, title: Callable[[int], str]
+        self,
+        axes: Any,
+        picked: list[int],
+        inputs: Any,
+        reading: str | None,
+        title: Callable[[int], str],
+        *,
+        sequence: bool = False,
     ) -> None:
         """1-D signals: each row's map (summed over channels) as a coloured band along time, the report's colours,
-        under the row's channels drawn as lines when ``inputs`` ``(B, C, L)`` are given."""
+        under the row's channels drawn as lines when ``inputs`` ``(B, C, L)`` are given. Sequences (``sequence``,
+        ``(B, T, D)``): the same, time along axis 1 and the ``D`` features as the lines."""
         from whybox.report.overlay import to_heatmap
 
         if reading is None:
@@ -547,13 +558,21 @@ class Explanation:
 
             reading = method_reading(self.method, self.params) if self.method else "auto"
         a = self.attributions.detach().cpu().to(torch.float64)
+        if sequence:  # (B, T, D) -> (B, D, T): the features as channels along time
+            a = a.transpose(1, 2)
         maps = a.sum(1)  # (B, L)
         x = None
         if inputs is not None:
             x = inputs.detach().cpu() if isinstance(inputs, torch.Tensor) else torch.as_tensor(inputs)
+            if sequence and x.ndim == 3:
+                x = x.transpose(1, 2)
             if x.ndim != 3 or x.shape[0] != a.shape[0] or x.shape[-1] != a.shape[-1]:
+                shown = tuple(x.transpose(1, 2).shape) if sequence and x.ndim == 3 else tuple(x.shape)
                 raise InvalidInputError(
-                    f"inputs must be the explained signals (B, C, L) with B = {a.shape[0]} and L = {a.shape[-1]}; "
+                    f"inputs must be the explained sequences (B, T, D) with B = {a.shape[0]} and T = {a.shape[-1]}; "
+                    f"got {shown}."
+                    if sequence
+                    else f"inputs must be the explained signals (B, C, L) with B = {a.shape[0]} and L = {a.shape[-1]}; "
                     f"got {tuple(x.shape)}."
                 )
         length = maps.shape[1]

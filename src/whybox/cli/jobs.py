@@ -514,7 +514,7 @@ def explain_cmd(ctx: click.Context, **params: Any) -> None:
     for i, name in enumerate(ds.names):
         t = int(e.target[i])
         line = f"  {name}: {_explained(lm.labels, probs[i], t)}" if t >= 0 else f"  {name}"
-        if ds.kind == "signal":  # 1-D signals (N, C, L): the map along time under them
+        if ds.kind in ("signal", "sequence"):  # signals (N, C, L), sequences (N, T, D): the map along time under them
             png = output_path(out_dir, f"{i:04d}_{safe_component(name)}_{method}.png")
             e.plot(ds.x, rows=i).savefig(png, dpi=100)
             line += f" -> {png.name}"
@@ -550,11 +550,12 @@ def methods_for(kind: str, model: Any) -> list[str]:
     """The methods that apply to ``kind`` inputs of ``model``: ``whybox.methods(kind)``, on images of a Hugging
     Face vision transformer also the attention readers (listed under text, as most image models have no attention),
     and on the packed rows of a model of several inputs with an image among them the CAMs that map that image."""
+    from whybox.api import INPUT_KINDS
     from whybox.explainers.attention.explainers import AttentionExplainer, _patch_size
     from whybox.models.adapter import adapt
     from whybox.registry import EXPLAINERS
 
-    names = whybox.methods(kind if kind in ("image", "signal", "tabular", "text") else None)
+    names = whybox.methods(kind if kind in INPUT_KINDS else None)
     adapter = adapt(model)
     if kind == "image" and _patch_size(adapter) is not None:
         names = sorted({*names, *(n for n in whybox.methods() if issubclass(EXPLAINERS.get(n), AttentionExplainer))})

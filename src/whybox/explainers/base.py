@@ -29,6 +29,7 @@ from whybox.models.adapter import (
     adapt,
     check_default_target,
     coder_of,
+    is_sequence,
     is_signal,
     score_for,
     scoring_adapter,
@@ -144,7 +145,7 @@ class Explainer:
     #: an image_only method that also maps the image input of a model of several inputs (packed rows)
     takes_packed_images: ClassVar[bool] = False
     #: The kinds of input the method applies to (``whybox.methods(kind)``).
-    input_kinds: ClassVar[tuple[str, ...]] = ("image", "signal", "tabular", "text")
+    input_kinds: ClassVar[tuple[str, ...]] = ("image", "signal", "sequence", "tabular", "text")
     #: whether the map ignores the target (attention rollout, raw attention): the random-logit sanity check, which
     #: compares a class's map with another class's, does not apply and is skipped
     class_agnostic: ClassVar[bool] = False
@@ -270,6 +271,8 @@ class Explainer:
             meta["categories"] = vocab
         if is_signal(self.adapter, x):  # 1-D signals (B, C, L): plot() draws them over time
             meta["signal"] = True
+        elif attr.ndim == 3 and is_sequence(self.adapter, x):  # sequences (B, T, D): plot() draws them over time too
+            meta["sequence"] = True
         elif attr.ndim == 3 and getattr(self.adapter, "tokenizer", None) is not None:
             meta["tokens"] = True  # token attributions (B, T, D): not a channel-less image, no map
         packing = getattr(self.adapter, "packing", None)

@@ -594,6 +594,21 @@ def is_signal(adapter: ModelAdapter | None, x: torch.Tensor) -> bool:
     return False
 
 
+def is_sequence(adapter: ModelAdapter | None, x: torch.Tensor) -> bool:
+    """True for sequences ``(B, T, D)``: 3-D inputs of a model that reads time steps of ``D`` features (a recurrent
+    network, a transformer over time), the form the curve metrics step over one time step at a time. Not a 1-D
+    signal (:func:`is_signal`), not a text adapter's packed tokens, and not the channel-less images ``(B, H, W)`` of
+    a torch model with an ``nn.Conv2d``. Used to pick the methods and the pictures for such inputs (the CLI's
+    ``sequence`` kind)."""
+    if x.ndim != 3 or not isinstance(adapter, TorchAdapter) or hasattr(adapter, "tokenizer"):
+        return False
+    if is_signal(adapter, x):
+        return False
+    if isinstance(adapter.model, FunctionModel):
+        return True
+    return not any(isinstance(m, nn.Conv2d) for m in adapter.model.modules())
+
+
 def score_for(adapter: ModelAdapter, score: str | None) -> str | None:
     """``score`` as it applies to ``adapter``: where the outputs are predicted values (a scikit-learn regressor's
     ``predict``, :attr:`ModelAdapter.outputs_values`) the default ``None`` is ``"logit"``, the values themselves

@@ -37,6 +37,7 @@ from whybox.models.adapter import (
     ModelAdapter,
     TorchAdapter,
     adapt,
+    is_sequence,
     is_signal,
     output_probabilities,
     reads_probabilities,
@@ -1080,6 +1081,8 @@ def run_job(
     extra = dict(extra_config or {})
     if "kind" not in extra and is_signal(adapter, x):  # a signal run from Python: its report draws signals over time
         extra["kind"] = "signal"
+    elif "kind" not in extra and is_sequence(adapter, x):  # sequences (N, T, D) too, their features over time
+        extra["kind"] = "sequence"
     config = {"job": job.config(), **({"extra": extra} if extra else {})}
     store = RunStore(
         run_dir,

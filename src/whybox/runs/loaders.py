@@ -757,7 +757,8 @@ class Dataset:
         ``(N,)`` int64 class indices, or ``None``.
     kind : str
         ``"image"``, ``"signal"`` (``(N, C, L)`` arrays of a model whose first ``nn.Conv1d`` reads their ``C``
-        channels), ``"tabular"`` or ``"text"``.
+        channels), ``"sequence"`` (other ``(N, T, D)`` arrays of a torch model without an ``nn.Conv2d``: time steps
+        of ``D`` features, as a recurrent or transformer model reads them), ``"tabular"`` or ``"text"``.
     columns : list of str or None
         The feature names of a table (from a CSV header), else ``None``.
     texts : list of str or None
@@ -1307,7 +1308,8 @@ def load_inputs(
     Dataset
         ``x`` float32 ``(N, ...)``; ``names`` unique (repeats get ``#2``, ``#3``, ...); ``labels``
         ``(N,)`` int64 when every source has labels; ``kind`` ``"image"`` (image sources, and arrays with
-        3 or more dims) or ``"tabular"`` (CSV, 2-dim arrays); ``columns`` from the CSV header.
+        3 or more dims), ``"signal"`` or ``"sequence"`` (3-dim arrays of time series, see :class:`Dataset`) or
+        ``"tabular"`` (CSV, 2-dim arrays); ``columns`` from the CSV header.
 
     Raises
     ------
@@ -1396,17 +1398,22 @@ def load_inputs(
     if coder is not None and (coder.categories or getattr(coder, "numeric_dtypes", None)):
         # text columns coded, or int/bool columns read in their types: the model to use is that adapter
         ds = dataclasses.replace(ds, coder=coder)
-    if ds.kind == "image" and ds.x.ndim == 3 and _signal_model(model.module, ds.x):
-        ds = dataclasses.replace(ds, kind="signal")  # (N, C, L) arrays a 1-D CNN reads: time series
+    if ds.kind == "image" and ds.x.ndim == 3:
+        # (N, C, L) arrays a 1-D CNN reads: signals; (N, T, D) a recurrent or transformer model reads: sequences
+        ds = dataclasses.replace(ds, kind=_timed_kind(model.module, ds.x) or ds.kind)
     return ds
 
 
-def _signal_model(module: Any, x: torch.Tensor) -> bool:
-    from whybox.models.adapter import TorchAdapter, is_signal
+def _timed_kind(module: Any, x: torch.Tensor) -> str | None:
+    """``"signal"`` or ``"sequence"`` for 3-D inputs ``x`` of ``module`` that are time series (see
+    :func:`~whybox.models.adapter.is_signal` and :func:`~whybox.models.adapter.is_sequence`), else None."""
+    from whybox.models.adapter import TorchAdapter, is_sequence, is_signal
 
     if isinstance(module, nn.Module):
         module = TorchAdapter(module)
-    return isinstance(module, TorchAdapter) and is_signal(module, x)
+    if not isinstance(module, TorchAdapter):
+        return None
+    return "signal" if is_signal(module, x) else "sequence" if is_sequence(module, x) else None
 
 
 def _match_fitted_columns(ds: Dataset, model: LoadedModel) -> Dataset:

@@ -200,7 +200,7 @@ def _widest_cells(
 
 
 def _sample_view(kind: str, inputs_path: Path, extra: Mapping[str, Any]) -> SampleView | None:
-    """How the grid shows a sample of a run of ``kind``: images and signals as pictures under their maps, table rows
+    """How the grid shows a sample of a run of ``kind``: images, signals and sequences as pictures under their maps, table rows
     as ``column=value`` cells and texts as words, coloured per method; None when the run cannot show samples (no
     stored inputs, or a text run from before the words were stored)."""
     if kind == "text":
@@ -237,6 +237,8 @@ def _sample_view(kind: str, inputs_path: Path, extra: Mapping[str, Any]) -> Samp
         return table
     if kind == "signal":
         return lambda idx: (signal_picture(np.asarray(x[idx])), None, lambda a, m: a.sum(0, keepdims=True))
+    if kind == "sequence":  # (T, D): the D features as lines over the T steps, the map summed over them
+        return lambda idx: (signal_picture(np.asarray(x[idx]).T), None, lambda a, m: a.sum(-1)[None])
     if kind == "image":
         rule = extra.get("display", "clamp")
         return lambda idx: (_display(np.asarray(x[idx]), rule), None, lambda a, m: _to_map(a))

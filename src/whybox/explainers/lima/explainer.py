@@ -16,7 +16,7 @@ from whybox.explainers.lima.search import SEARCHES, SearchOptions, SearchResult
 from whybox.explainers.perturbation._common import F64, PerturbationExplainer, _check_int
 from whybox.masking.engine import MaskingEngine
 from whybox.masking.fills import FillLike
-from whybox.models.adapter import is_signal
+from whybox.models.adapter import is_sequence, is_signal
 from whybox.models.inputs import is_text_adapter, label_map_option
 from whybox.models.targets import Target, TargetLike, apply_score_space, resolve_score, resolve_target
 from whybox.registry import EXPLAINERS
@@ -85,9 +85,10 @@ class Lima(PerturbationExplainer):
         ``"auto"`` (``"superpixels"`` on images, ``"columns"`` on ``(B, F)`` rows (a model of several inputs with an
         image among them: its image in squares, :meth:`~whybox.models.packed.InputPacking.region_groups`),
         ``"segments"`` on 1-D signals
-        ``(B, C, L)``: ``n_regions`` windows along L shared by all channels), ``"superpixels"`` (SLICO),
+        ``(B, C, L)``: ``n_regions`` windows along L shared by all channels, and on sequences ``(B, T, D)``:
+        windows along T shared by the D features), ``"superpixels"`` (SLICO),
         ``"seeds"`` (a SEEDS-like variant, see :func:`~whybox.explainers.lima.regions.seeds`), ``"prior"``
-        (prior-guided patches), ``"grid"`` (segments on signals), ``"segments"``, ``"columns"``, ``"spans"``; or an
+        (prior-guided patches), ``"grid"`` (segments on signals and sequences), ``"segments"``, ``"columns"``, ``"spans"``; or an
         integer label map ``(B, *G)`` /
         ``(*G)`` (``(H, W)`` for images), or a bool mask stack ``(N, *G)`` that must be disjoint and covering.
     n_regions
@@ -296,27 +297,28 @@ class Lima(PerturbationExplainer):
     def _kind(self, x: torch.Tensor) -> str | None:
         if not isinstance(self.regions, str):
             return None
-        signal = is_signal(self.adapter, x)
+        timed = is_signal(self.adapter, x) or is_sequence(self.adapter, x)  # both cut into windows along time
         if self.regions == "auto":
             if x.ndim == 4:
                 return "superpixels"
             if x.ndim == 2:
                 return "columns"
-            if signal:
+            if timed:
                 return "segments"
             hint = (
                 " If inputs is one (C, H, W) image, add the batch dimension with inputs.unsqueeze(0); 1-D signals "
                 "(B, C, L) get segments by default on a model whose first nn.Conv1d reads their C channels (a "
-                f"function: when it says so, fn.signal_channels = {x.shape[1]})."
+                f"function: when it says so, fn.signal_channels = {x.shape[1]}); sequences (B, T, D) on a model without "
+                "an nn.Conv2d, or with regions='segments' (windows along T)."
                 if x.ndim == 3
                 else ""
             )
             raise InvalidParameterError(
                 f"regions='auto' has no default for inputs of shape {tuple(x.shape)} (superpixels for (B, C, H, W) "
-                f"images, columns for (B, F) tables, segments for 1-D signals); pass a label map (B, *G) or (*G) as "
+                f"images, columns for (B, F) tables, segments for 1-D signals and sequences); pass a label map (B, *G) or (*G) as "
                 f"regions=.{hint}"
             )
-        if self.regions == "grid" and signal:
+        if self.regions == "grid" and timed:
             return "segments"
         return self.regions
 
