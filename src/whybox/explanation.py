@@ -28,6 +28,7 @@ _ROW_OPTIONS = (
     "features",
     "regions",
     "noise_mask",
+    "prior",  # LIMA's prior map (B, H, W) / (B, C, H, W)
 )  # options that may hold one entry per input row
 
 
@@ -812,10 +813,9 @@ def _rows_of(
                 if stack
                 else len(vshape) == len(shape)
                 # one id map per row shared by its channels, (B, H, W) of images or (B, L) of signals, as
-                # broadcast_ids reads it (also a FeatureGroups' ids)
+                # broadcast_ids reads it (also a FeatureGroups' ids); LIMA's prior map (B, H, W) likewise
                 or (
-                    k in ("features", "regions")
-                    and integer
+                    ((k in ("features", "regions") and integer) or k == "prior")
                     and len(shape) >= 3
                     and len(vshape) == len(shape) - 1
                     and vshape[1:] == shape[2:]

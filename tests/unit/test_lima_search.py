@@ -512,7 +512,7 @@ def _counting(model: nn.Module) -> tuple[nn.Module, list[int]]:
         ({"eps": 1.0}, InvalidParameterError, r"eps must be a number in \(0, 1\); got 1.0"),
         ({"n_weakest": 0}, InvalidParameterError, "n_weakest must be an int >= 1; got 0"),
         ({"lazy_batch": 0}, InvalidParameterError, "lazy_batch must be an int >= 1; got 0"),
-        ({"score": "log_prob"}, InvalidParameterError, r"score must be one of \('prob', 'logit'\)"),
+        ({"score": "log_prob"}, InvalidParameterError, r"score must be one of \('prob', 'logit', 'sigmoid'\)"),
         ({"regions": "spans"}, InvalidParameterError, "regions='spans' needs groups="),
         ({"prior": "gradcamm"}, UnknownNameError, "^prior='gradcamm' is not a known explainer. Did you mean 'gradcam'"),
         ({"prior": "lima"}, InvalidParameterError, "would recurse"),

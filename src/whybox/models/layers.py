@@ -56,6 +56,11 @@ def _find(model: nn.Module, spec: LayerLike) -> LayerRef:
                 f"layer={spec!r}: the part after '@' must be an integer call index, e.g. 'act@1'."
             ) from None
     modules = dict(model.named_modules())
+    if name and name not in modules:  # a second name of a module registered twice (one ReLU at '1' and '3')
+        alias = dict(model.named_modules(remove_duplicate=False)).get(name)
+        first = next((n for n, mod in modules.items() if mod is alias), None) if alias is not None else None
+        if first is not None:
+            return LayerRef(first, modules[first], call)
     if name not in modules or name == "":
         names = [n for n in modules if n]
         hint = did_you_mean(name, names, n=3, cutoff=0.5)

@@ -45,12 +45,16 @@ def upsample(maps: torch.Tensor, size: tuple[int, int], *, align_corners: bool =
 def normalize_maps(maps: torch.Tensor, how: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row scaling of ``(B, ...)`` maps; returns ``(maps, degenerate (B,) bool)``.
 
-    A constant row (max - min <= 1e-12 * max(1, |max|)) becomes zeros and is flagged; never NaN.
+    A constant row becomes zeros and is flagged; never NaN. Constant means max - min within the rounding of the
+    maps' dtype: at most ``max(1e-12, 16 eps) * max(|max|, |min|)`` (eps of the dtype: 1.9e-6 relative in float32,
+    where a 1 x 1 layer's map upsampled differs from a constant by ~1e-7 relative; 1e-12 in float64), and at least
+    1e-12 absolute.
     """
     b = maps.shape[0]
     flat = maps.reshape(b, -1)
     hi, lo = flat.amax(1), flat.amin(1)
-    tol = 1e-12 * hi.abs().clamp_min(1.0)
+    rel = max(1e-12, 16 * torch.finfo(flat.dtype).eps) if flat.is_floating_point() else 1e-12
+    tol = (rel * torch.maximum(hi.abs(), lo.abs())).clamp_min(1e-12)
     degenerate = (hi - lo) <= tol
     if how == "minmax":
         scale = torch.where(degenerate, torch.ones_like(hi), hi - lo)
@@ -236,6 +240,12 @@ class CAM(Explainer):
     ) -> tuple[torch.Tensor, Target, dict[str, Any]]:
         packing: Any = getattr(self.adapter, "packing", None)
         image = None if packing is None else _packed_image(packing, self.name)  # before any model call
+        if image is not None and not self.upsample:
+            raise InvalidParameterError(
+                f"upsample=False keeps {self.name}'s map at the layer's grid, but the rows of a model of several inputs "
+                f"get the map painted on their image input at its size {tuple(packing.shapes[image][1:])}; use "
+                "upsample=True (the default)."
+            )
         refs = self._refs(x, engine, n_backward)
         acts, grads, tgt = self._activations(x, refs, target, engine, n_backward)
         if self.divides_by_activation_sum:

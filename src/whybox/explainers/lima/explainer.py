@@ -24,7 +24,7 @@ from whybox.registry import EXPLAINERS
 __all__ = ["MAPS", "Lima", "gain_values", "rank_values"]
 
 MAPS = ("rank", "gain")
-SCORES = ("prob", "logit")
+SCORES = ("prob", "logit", "sigmoid")
 
 
 def rank_values(order: torch.Tensor, n: int) -> torch.Tensor:
@@ -138,8 +138,9 @@ class Lima(PerturbationExplainer):
         normalisation: pass that value as a number or tensor to reproduce it); ``"mean"``, ``"blur"``, a
         number, a tensor or a callable.
     score
-        ``"prob"`` (p_c = softmax probability, the spec) or ``"logit"`` (p_c = the raw score: for a model with
-        one output, e.g. an embedding adapter with one target embedding or a regressor); ``None`` (the default):
+        ``"prob"`` (p_c = softmax probability, the spec), ``"logit"`` (p_c = the raw score: for a model with
+        one output, e.g. an embedding adapter with one target embedding or a regressor) or ``"sigmoid"`` (p_c =
+        sigmoid of each output: a binary classifier with one logit, or a multi-label one); ``None`` (the default):
         ``"prob"``, or ``"logit"`` where the model has one output.
     max_evaluations
         Requests whose pass count bound (see below) exceeds it are refused before any model call.
@@ -257,8 +258,8 @@ class Lima(PerturbationExplainer):
             raise InvalidParameterError(f"n_refresh must be an int >= 0; got {n_refresh!r}.")
         if score is not None and score not in SCORES:
             raise InvalidParameterError(
-                f"score must be one of {SCORES} for 'lima' (p_c is a probability, or the raw score of a one-output "
-                f"model); got {score!r}."
+                f"score must be one of {SCORES} for 'lima' (p_c is a probability, the raw score of a one-output "
+                f"model, or a one-logit classifier's sigmoid); got {score!r}."
             )
         self.search = search
         self.regions = regions
