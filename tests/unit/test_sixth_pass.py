@@ -156,3 +156,171 @@ def test_a_sequence_run_from_python_is_drawn_as_sequences(tmp_path: Path) -> Non
     run_job(Job(methods=("saliency",), metrics=()), _gru(), x, run_dir=tmp_path / "r")
     report = load_run_report(tmp_path / "r")
     assert report.samples[0].image.shape == (96, 288, 3) and report.samples[0].maps["saliency"].shape == (1, 12)
+
+
+# ---------------------------------------------------------------------------------------------- CAMs
+def _pooled_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)
+    ).eval()
+
+
+@pytest.mark.parametrize("method", ["gradcam", "hirescam", "layercam", "xgradcam", "gradcam_pp"])
+def test_a_1x1_layer_s_cam_is_flagged_constant_and_adds_nothing_to_a_list_of_layers(method: str) -> None:
+    model, x = _pooled_cnn(), torch.randn(4, 3, 23, 31, generator=torch.Generator().manual_seed(0))
+    e = whybox.explain(model, x, method, layer="2")  # one number per row, upsampled: rounding noise ~1e-9
+    assert e.meta["degenerate"] == [True] * 4 and bool((e.attributions == 0).all())
+    alone = whybox.explain(model, x, method, layer="1")
+    both = whybox.explain(model, x, method, layer=["1", "2"])
+    torch.testing.assert_close(both.attributions, alone.attributions, rtol=0, atol=1e-6)
+
+
+def test_normalize_maps_keeps_real_contrast_at_any_magnitude() -> None:
+    from whybox.explainers.cam.base import normalize_maps
+
+    for scale in (1e-8, 1.0, 1e8):
+        m = torch.tensor([[0.0, 1.0, 2.0]], dtype=torch.float32) * scale
+        out, deg = normalize_maps(m, "minmax")
+        assert not bool(deg[0]) and out.tolist() == [[0.0, 0.5, 1.0]], scale
+    m = torch.tensor([[1.0, 1.0 + 2e-7, 1.0]])  # within float32 rounding of a constant
+    assert bool(normalize_maps(m, "minmax")[1][0]) and not bool(normalize_maps(m.double(), "minmax")[1][0])
+
+
+def test_a_packed_image_cam_without_upsampling_is_refused_naming_the_fix() -> None:
+    torch.manual_seed(0)
+
+    class Two(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2), nn.ReLU())
+            self.fc = nn.Linear(4 + 4, 3)
+
+        def forward(self, image: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.cat([self.conv(image).mean((2, 3)), extra], 1))
+
+    adapter = whybox.adapt(Two().eval(), input_shapes=[(3, 9, 11), (4,)])
+    x = adapter.packing.pack_inputs([torch.rand(2, 3, 9, 11), torch.rand(2, 4)])
+    for method in ("gradcam", "hirescam"):
+        with pytest.raises(InvalidParameterError, match=r"upsample=False .* at its size \(9, 11\); use upsample=True"):
+            whybox.explain(adapter, x, method, layer="conv.1", upsample=False)
+        assert whybox.explain(adapter, x, method, layer="conv.1").attributions.shape == x.shape
+
+
+def test_a_second_name_of_a_reused_module_is_that_module() -> None:
+    relu = nn.ReLU()
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), relu, nn.Conv2d(8, 6, 3, padding=1), relu, nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(), nn.Linear(6, 5),
+    ).eval()  # fmt: skip
+    x = torch.randn(2, 3, 10, 12)
+    with pytest.raises(whybox.errors.LayerError, match=r"runs 2 times per forward pass.*'1@1' for the last"):
+        whybox.explain(model, x, "gradcam", layer="3")
+    by_alias = whybox.explain(model, x, "gradcam", layer="3@1")
+    assert torch.equal(by_alias.attributions, whybox.explain(model, x, "gradcam", layer="1@1").attributions)
+
+
+# ---------------------------------------------------------------------------------------------- LIMA
+def test_lima_s_per_row_prior_map_follows_its_rows() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(24, 4)
+    ).eval()
+    x, prior = torch.rand(2, 3, 8, 8), torch.rand(2, 8, 8)
+    e = whybox.explain(model, x, "lima", search="lazy", regions="prior", prior=prior, prior_cells=8)
+    assert torch.equal(e[1:2].options["prior"], prior[1:2])
+    alone = whybox.explain(model, x[1:2], "lima", search="lazy", regions="prior", prior=prior[1:2], prior_cells=8)
+    assert torch.equal(alone.attributions, e.attributions[1:2])
+    assert whybox.evaluate(model, x[1:2], e[1:2], "stability", n_runs=2).scores.tolist() == [1.0]
+    assert whybox.evaluate(model, x, e, "max_sensitivity", n_samples=2, radius=1e-9).scores.shape == (2,)
+
+
+def test_lima_takes_the_sigmoid_its_one_logit_error_advises() -> None:
+    torch.manual_seed(0)
+    lin = nn.Linear(6, 1).eval()
+    x = torch.randn(3, 6)
+    with pytest.raises(InvalidParameterError, match=r"score='sigmoid' for a binary classifier"):
+        whybox.explain(lin, x, "lima", search="naive", score="prob")
+    a = whybox.explain(lin, x, "lima", search="naive", score="sigmoid")
+    b = whybox.explain(lambda t: torch.sigmoid(lin(t)), x, "lima", search="naive", score="logit")  # p itself
+    assert torch.equal(a.attributions, b.attributions)
+
+
+# ---------------------------------------------------------------------------------------------- scikit-learn
+def test_a_one_column_predict_proba_is_explained_as_the_probability_by_default() -> None:
+    from sklearn.base import BaseEstimator, ClassifierMixin
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(80, 3))
+    lr = LogisticRegression().fit(X, (X[:, 0] + X[:, 1] > 0).astype(int))
+
+    class PositiveProba(ClassifierMixin, BaseEstimator):  # a wrapped model that returns P(y=1) only
+        def fit(self, X: np.ndarray, y: np.ndarray) -> PositiveProba:
+            self.n_features_in_ = X.shape[1]
+            return self
+
+        def predict_proba(self, X: np.ndarray) -> np.ndarray:
+            return lr.predict_proba(X)[:, 1:]
+
+    m = PositiveProba().fit(X, None)
+    x, fill = X[:2], X.mean(0)
+    fn = lambda t: lr.predict_proba(t.numpy())[:, 1:]  # noqa: E731 - the same scorer as a plain function
+    p = lr.predict_proba(x)[:, 1]
+    oracle = np.stack([p - lr.predict_proba(np.where(np.arange(3) == j, fill, x))[:, 1] for j in range(3)], 1)
+    for score in (None, "logit"):
+        e = whybox.explain(m, x, "occlusion", fill=fill, score=score)
+        np.testing.assert_allclose(e.attributions.numpy(), oracle, rtol=1e-9, atol=1e-12)
+    lime = whybox.explain(m, x, "lime", fill=fill, seed=0, n_samples=500)
+    lime_fn = whybox.explain(fn, torch.tensor(x), "lime", fill=torch.tensor(fill), seed=0, n_samples=500)
+    torch.testing.assert_close(lime.attributions, lime_fn.attributions.to(lime.attributions.dtype))
+    e = whybox.explain(m, x, "exact_shapley", fill=fill)
+    d = whybox.evaluate(m, x, e, "deletion", fill=fill).scores
+    d_fn = whybox.evaluate(fn, torch.tensor(x), e, "deletion", fill=torch.tensor(fill)).scores
+    torch.testing.assert_close(d, d_fn.to(d.dtype)) and bool(((d >= 0) & (d <= 1)).all())
+
+
+def test_an_unfitted_estimator_is_a_whybox_error_saying_fit_it() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    with pytest.raises(InvalidParameterError, match=r"this LogisticRegression is not fitted .*call \.fit\(X, y\)"):
+        whybox.explain(LogisticRegression(), np.zeros((2, 3)), "occlusion")
+
+
+# ---------------------------------------------------------------------------------------------- TorchScript models
+def _gray_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 5 * 7, 3)).eval()
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # loading a full model file says it runs the file's code
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.script is deprecated, still common in use
+def test_a_torchscript_gray_cnn_gets_one_channel_images_and_compare_leaves_the_cams_out(tmp_path: Path) -> None:
+    from PIL import Image
+
+    Image.fromarray((np.random.default_rng(0).random((5, 7)) * 255).astype(np.uint8), mode="L").save(tmp_path / "g.png")
+    model = _gray_cnn()
+    paths = {"script": tmp_path / "s.pt", "trace": tmp_path / "t.pt"}
+    torch.jit.save(torch.jit.script(model), str(paths["script"]))
+    torch.jit.save(torch.jit.trace(model, torch.rand(1, 1, 5, 7)), str(paths["trace"]))
+    for path in paths.values():
+        lm = load_model(str(path), trust_model_file=True)
+        ds = load_inputs([str(tmp_path / "g.png")], lm)
+        assert ds.x.shape == (1, 1, 5, 7), path
+    out = tmp_path / "run"
+    res = CliRunner().invoke(
+        cli, ["compare", "--model", str(paths["script"]), "--trust-model-file", str(tmp_path / "g.png"),
+              "--metrics", "sparseness", "--out", str(out), "--no-report"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "0 failed (sample, method) pairs" in res.output
+    assert (
+        "gradcam_pp, hirescam, layercam, scorecam, xgradcam (a TorchScript model takes no forward hooks" in res.stderr
+    )
+    from whybox.models.adapter import first_conv_channels
+
+    conv1d = torch.jit.script(nn.Sequential(nn.Conv1d(2, 3, 3, groups=1), nn.Flatten()))
+    assert first_conv_channels(conv1d, nn.Conv1d) == 2 and first_conv_channels(conv1d, nn.Conv2d) is None
+    grouped = torch.jit.script(nn.Conv2d(4, 8, 3, groups=2))
+    assert first_conv_channels(grouped, nn.Conv2d) == 4

@@ -569,7 +569,7 @@ def methods_for(kind: str, model: Any) -> list[str]:
 def _model_can_run(methods: Sequence[str], model: Any, x: torch.Tensor) -> tuple[list[str], str]:
     """Of ``methods``, those the model can run: gradient methods need a differentiable model (not a scikit-learn
     estimator, nor a function returning NumPy values: one forward on one sample tells), CAMs need a torch model's
-    layers (not a function), the attention readers a transformer (not a black-box text model). Returns the methods
+    layers and hooks on them (not a function, not a TorchScript model), the attention readers a transformer (not a black-box text model). Returns the methods
     kept and a line saying what was left out and why ("" if nothing)."""
     from whybox.explainers.attention.explainers import AttentionExplainer
     from whybox.explainers.cam.base import CAM
@@ -589,6 +589,8 @@ def _model_can_run(methods: Sequence[str], model: Any, x: torch.Tensor) -> tuple
                 grads = False
     no_grad = [m for m in methods if getattr(EXPLAINERS.get(m), "needs_grad", False)] if not grads else []
     no_layer = [m for m in methods if function and issubclass(EXPLAINERS.get(m), CAM)]
+    scripted = isinstance(getattr(adapter, "model", None), torch.jit.ScriptModule)
+    no_hook = [m for m in methods if scripted and issubclass(EXPLAINERS.get(m), CAM)]
     no_attention = []  # the attention readers need a transformer (they say so when built on anything else)
     for m in methods:
         if issubclass(EXPLAINERS.get(m), AttentionExplainer) and m not in no_grad:
@@ -599,6 +601,7 @@ def _model_can_run(methods: Sequence[str], model: Any, x: torch.Tensor) -> tuple
     reasons = (
         (no_grad, "the model gives no gradients"),
         (no_layer, "a function has no layers"),
+        (no_hook, "a TorchScript model takes no forward hooks on its layers"),
         (no_attention, "the model is not a transformer whybox reads attention from"),
     )
     left = {m for names, _ in reasons for m in names}

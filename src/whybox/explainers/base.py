@@ -29,6 +29,7 @@ from whybox.models.adapter import (
     adapt,
     check_default_target,
     coder_of,
+    first_conv_channels,
     is_sequence,
     is_signal,
     score_for,
@@ -75,8 +76,7 @@ def _conv1d_channels(adapter: ModelAdapter) -> int | None:
     """The channels the first ``nn.Conv1d`` of a torch model reads; None without one."""
     if not isinstance(adapter, TorchAdapter):
         return None
-    conv = next((m for m in adapter.model.modules() if isinstance(m, torch.nn.Conv1d)), None)
-    return None if conv is None else int(conv.in_channels)
+    return first_conv_channels(adapter.model, torch.nn.Conv1d)
 
 
 @functools.cache

@@ -404,6 +404,17 @@ class SklearnAdapter(ModelAdapter):
         self._object_refused = False  # the estimator refused an object column of whole and non-whole cells
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
+        try:
+            return self._scores(x)
+        except Exception as exc:
+            if type(exc).__name__ == "NotFittedError" and isinstance(exc, (ValueError, AttributeError)):
+                raise InvalidParameterError(
+                    f"model: this {type(self.model).__name__} is not fitted ({exc}); call .fit(X, y) on it (or load a "
+                    "fitted one) before explaining it."
+                ) from exc
+            raise
+
+    def _scores(self, x: torch.Tensor) -> torch.Tensor:
         import numpy as np
 
         if self.preprocess is not None:
@@ -506,7 +517,9 @@ class SklearnAdapter(ModelAdapter):
 
 class ProbabilityScores(ModelAdapter):
     """A scikit-learn ``predict_proba`` model seen through log-probabilities, so that a softmax gives back exactly
-    its probabilities (``score="prob"``) instead of a softmax of probabilities, and ``"log_prob"`` their log."""
+    its probabilities (``score="prob"``) instead of a softmax of probabilities, and ``"log_prob"`` their log. A
+    ``predict_proba`` of one column (a wrapped model's P(positive) alone) is one score, read as it is: its
+    probability, not its log (a softmax over one output is always 1; the default score of one output is the raw one)."""
 
     def __init__(self, inner: SklearnAdapter) -> None:
         self.inner = inner
@@ -514,6 +527,8 @@ class ProbabilityScores(ModelAdapter):
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         p = self.inner.scores(x)
+        if p.shape[1] == 1:
+            return p
         if p.shape[1] > 1:
             off = ~distribution_rows(p)
             if bool(off.any()):  # not one distribution per row: a softmax of their log would renormalise them
@@ -577,6 +592,31 @@ def fitted_multilabel(estimator: Any) -> bool:
     return type(final).__name__ == "ClassifierChain" and hasattr(final, "estimators_")
 
 
+def is_conv(module: nn.Module, cls: type[nn.Module]) -> bool:
+    """Whether ``module`` is a ``cls`` convolution (``nn.Conv1d``, ``nn.Conv2d``): the layer itself, or its
+    TorchScript form (a scripted or traced model's submodules are script modules that keep the class's name)."""
+    if isinstance(module, cls):
+        return True
+    return isinstance(module, torch.jit.ScriptModule) and getattr(module, "original_name", None) == cls.__name__
+
+
+def first_conv_channels(model: nn.Module, cls: type[nn.Module]) -> int | None:
+    """The input channels of ``model``'s first ``cls`` convolution (registration order; TorchScript too), or None
+    without one. Read from the weight ``(out, in / groups, ...)`` where a traced module keeps no ``in_channels``
+    (nor ``groups``: read as 1, as a first convolution's are)."""
+    conv = next((m for m in model.modules() if is_conv(m, cls)), None)
+    if conv is None:
+        return None
+    channels = getattr(conv, "in_channels", None)
+    if isinstance(channels, int):
+        return channels
+    weight = getattr(conv, "weight", None)
+    groups = getattr(conv, "groups", None)
+    if not isinstance(weight, torch.Tensor) or weight.ndim < 2:
+        return None
+    return int(weight.shape[1]) * (groups if isinstance(groups, int) else 1)
+
+
 def is_signal(adapter: ModelAdapter | None, x: torch.Tensor) -> bool:
     """True for 1-D signals ``(B, C, L)``, channels first: 3-D inputs of a torch model (not a text adapter, whose
     packed inputs are 3-D too) whose first ``nn.Conv1d`` reads ``C`` channels, as a 1-D CNN on time series does, or
@@ -588,10 +628,8 @@ def is_signal(adapter: ModelAdapter | None, x: torch.Tensor) -> bool:
         return False
     if isinstance(adapter.model, FunctionModel):  # a black box that says so: an ONNX graph whose first Conv is 1-D
         return getattr(adapter.model.fn, "signal_channels", None) == x.shape[1]
-    for m in adapter.model.modules():
-        if isinstance(m, nn.Conv1d):
-            return m.in_channels == x.shape[1]
-    return False
+    channels = first_conv_channels(adapter.model, nn.Conv1d)
+    return channels is not None and channels == x.shape[1]
 
 
 def is_sequence(adapter: ModelAdapter | None, x: torch.Tensor) -> bool:
@@ -606,7 +644,7 @@ def is_sequence(adapter: ModelAdapter | None, x: torch.Tensor) -> bool:
         return False
     if isinstance(adapter.model, FunctionModel):
         return True
-    return not any(isinstance(m, nn.Conv2d) for m in adapter.model.modules())
+    return not any(is_conv(m, nn.Conv2d) for m in adapter.model.modules())
 
 
 def score_for(adapter: ModelAdapter, score: str | None) -> str | None:

@@ -158,9 +158,11 @@ def _gray_prepare(image: np.ndarray) -> torch.Tensor:
 
 
 def _first_conv_channels(model: nn.Module) -> int | None:
-    """``in_channels`` of the first ``nn.Conv2d`` of ``model`` (in registration order), or None without one."""
-    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    return None if conv is None else int(conv.in_channels)
+    """``in_channels`` of the first ``nn.Conv2d`` of ``model`` (in registration order; a TorchScript model's too),
+    or None without one."""
+    from whybox.models.adapter import first_conv_channels
+
+    return first_conv_channels(model, nn.Conv2d)
 
 
 def _onnx_gray(model: Any) -> bool:
