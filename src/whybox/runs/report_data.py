@@ -23,13 +23,26 @@ from whybox.registry import EXPLAINERS, METRICS
 from whybox.report.run_report import ReportMethod, ReportMetric, ReportSample, ReportVerdict, RunReport
 from whybox.runs.store import DB_NAME, INPUTS_NAME, UNDEFINED, read_row
 
-__all__ = ["SANITY_THRESHOLD", "STABILITY_THRESHOLD", "load_run_report", "method_reading", "readings_of"]
+__all__ = [
+    "SANITY_THRESHOLD",
+    "STABILITY_THRESHOLD",
+    "STABILITY_THRESHOLDS",
+    "load_run_report",
+    "method_reading",
+    "readings_of",
+]
 
 #: Model-parameter randomisation passes when the mean similarity between the original map and the maps of the
 #: randomised models (Spearman of |attributions|, averaged over the cascade) is below this.
 SANITY_THRESHOLD = 0.5
-#: Stability passes when the mean agreement between seeds (top-k Jaccard by default) is at least this.
+#: Stability passes when the mean agreement between seeds in the default measure (top-k Jaccard) is at least this.
 STABILITY_THRESHOLD = 0.5
+#: Stability's pass mark on each measure's own scale (``whybox.metrics.stability``; every one reads higher as more
+#: stable): Jaccard in [0, 1]; Kendall's tau in [-1, 1], where 0 is a chance ordering, so 0.5 (three pairs of
+#: features in four ordered alike), not the middle of its range; VSI and CSI are percentages (0-100), so half of
+#: the top-k features shared, half of the pairs of confidence intervals overlapping. A measure not listed here (a
+#: run of another version) gets no verdict.
+STABILITY_THRESHOLDS: dict[str, float] = {"jaccard": STABILITY_THRESHOLD, "kendall": 0.5, "vsi": 50.0, "csi": 50.0}
 
 _DESCRIPTIONS = {
     "deletion": "the explained score (the class probability; a one-output model's own output) as the most important "
@@ -360,10 +373,20 @@ def load_run_report(run_dir: str | Path, *, title: str | None = None, max_sample
         )
 
     verdicts = []
-    for metric, kind, passes, rule in (
-        ("randomization", "sanity", lambda v: v < SANITY_THRESHOLD, f"passes below {SANITY_THRESHOLD}"),
-        ("stability", "stability", lambda v: v >= STABILITY_THRESHOLD, f"passes at {STABILITY_THRESHOLD} or above"),
-    ):
+    measure = _stability_measure(job.get("metric_options", {}).get("stability", {}))
+    stable_at = STABILITY_THRESHOLDS.get(measure)
+    rules: tuple[tuple[str, str, Callable[[float], bool] | None, str], ...] = (
+        ("randomization", "sanity", lambda v: v < SANITY_THRESHOLD, f"passes below {SANITY_THRESHOLD:g}"),
+        (
+            "stability",
+            "stability",
+            None if stable_at is None else (lambda v: v >= stable_at),
+            f"{measure}, no threshold for this measure"
+            if stable_at is None
+            else f"{measure}, passes at {stable_at:g} or above",
+        ),
+    )
+    for metric, kind, passes, rule in rules:
         if metric not in metrics:
             continue
         for m in methods:
@@ -372,7 +395,7 @@ def load_run_report(run_dir: str | Path, *, title: str | None = None, max_sample
                 ReportVerdict(
                     kind=kind,
                     method=m,
-                    passed=None if v is None else bool(passes(v)),
+                    passed=None if v is None or passes is None else bool(passes(v)),
                     detail=(f"mean {metric} score {v:.3f} ({rule})" if v is not None else f"no {metric} value"),
                 )
             )
@@ -466,6 +489,16 @@ def _mean_curve(rows: list[np.ndarray]) -> np.ndarray:
         return np.stack([rows[0][0], np.mean(np.stack([r[1] for r in rows]), axis=0)])
     grid = np.unique(np.concatenate([r[0] for r in rows]))
     return np.stack([grid, np.mean(np.stack([np.interp(grid, r[0], r[1]) for r in rows]), axis=0)])
+
+
+def _stability_measure(options: Mapping[str, Any]) -> str:
+    """The measure a run's stability metric scored with: its ``measure`` option, else the metric's default."""
+    measure = options.get("measure") if isinstance(options, Mapping) else None
+    if isinstance(measure, str):
+        return measure
+    from whybox.metrics.stability import Stability
+
+    return str(inspect.signature(Stability).parameters["measure"].default)
 
 
 def _direction(name: str, options: Mapping[str, Any]) -> bool | None:

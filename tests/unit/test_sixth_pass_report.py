@@ -1,0 +1,62 @@
+"""Sixth-pass findings on what the reports show, each a property the earlier code broke: the run report's stability
+verdict on the configured measure's own scale, `whybox debug`'s map in the method's reading, whole words shown as
+they are by `whybox explain` on texts, and empty pictures refused with an error that names their shape."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+
+# ---------------------------------------------------------------------------------------------- stability verdict
+def _stability_run(tmp_path: Path, measure: str | None, n_samples: int) -> Any:
+    from whybox.runs.job import Job, run_job
+    from whybox.runs.report_data import load_run_report
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 3)).eval()
+    with torch.no_grad():
+        model[1].weight.mul_(5)
+    x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    options: dict[str, Any] = {"n_runs": 3} if measure is None else {"n_runs": 3, "measure": measure}
+    job = Job(
+        methods=("lime",),
+        metrics=("stability",),
+        method_options={"lime": {"n_samples": n_samples}},
+        metric_options={"stability": options},
+        shard_size=2,
+    )
+    out = tmp_path / f"run_{measure}_{n_samples}"
+    run_job(job, model, x, out)
+    return load_run_report(out)
+
+
+@pytest.mark.parametrize(
+    ("measure", "n_samples", "threshold", "shown"),
+    [
+        (None, 40, 0.5, "jaccard, passes at 0.5 or above"),  # the metric's default measure
+        ("jaccard", 40, 0.5, "jaccard, passes at 0.5 or above"),
+        ("kendall", 40, 0.5, "kendall, passes at 0.5 or above"),  # tau in [-1, 1], 0 = chance
+        ("vsi", 40, 50.0, "vsi, passes at 50 or above"),  # a percentage: 0-100
+        ("csi", 100, 50.0, "csi, passes at 50 or above"),  # a percentage: 0-100 (needs more samples than features)
+    ],
+)
+def test_the_stability_verdict_reads_the_configured_measure_on_its_own_scale(
+    tmp_path: Path, measure: str | None, n_samples: int, threshold: float, shown: str
+) -> None:
+    """The verdict compared every measure's mean with 0.5: LIME's VSI of 36.7 (a percentage) 'passed' on the runs
+    whose Jaccard, 0.233, fails. Each measure now has its own stated threshold."""
+    report = _stability_run(tmp_path, measure, n_samples)
+    v = report.leaderboard["lime"]["stability"]
+    assert v is not None
+    (verdict,) = report.verdicts
+    assert verdict.kind == "stability" and verdict.method == "lime"
+    assert verdict.detail == f"mean stability score {v:.3f} ({shown})"
+    assert verdict.passed is (v >= threshold)
+    if measure in (None, "jaccard", "vsi"):  # the same unstable runs fail under both top-k agreements
+        assert verdict.passed is False
