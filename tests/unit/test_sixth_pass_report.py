@@ -7,9 +7,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 from torch import nn
+
+import whybox
+from whybox.cli.main import main as cli
+from whybox.report import overlay
+from whybox.runs.report_data import method_reading
 
 
 # ---------------------------------------------------------------------------------------------- stability verdict
@@ -60,3 +67,44 @@ def test_the_stability_verdict_reads_the_configured_measure_on_its_own_scale(
     assert verdict.passed is (v >= threshold)
     if measure in (None, "jaccard", "vsi"):  # the same unstable runs fail under both top-k agreements
         assert verdict.passed is False
+
+
+# ---------------------------------------------------------------------------------------------- debug's reading
+def test_debug_draws_the_true_class_map_in_the_method_s_reading(tmp_path: Path, monkeypatch: Any) -> None:
+    """RISE's maps sit on a large constant (0.18-0.35 here): read 'auto' (as positive) every pixel got an opacity of
+    at least 0.36; the figure's map panel is now overlay(..., reading=method_reading('rise', options)), the
+    reading explain, plot and the run report use."""
+    import whybox.cli.main as cli_main
+
+    reports: list[Any] = []
+    images: list[Any] = []
+    panels: list[Any] = []
+    find, draw, save = whybox.find_mistakes, cli_main.overlay, cli_main.save_grid_figure
+
+    def find_spy(*args: Any, **kwargs: Any) -> Any:
+        reports.append(find(*args, **kwargs))
+        return reports[-1]
+
+    def overlay_spy(image: Any, *args: Any, **kwargs: Any) -> Any:
+        images.append(image)
+        return draw(image, *args, **kwargs)
+
+    def save_spy(path: Any, grid: Any, **kwargs: Any) -> Any:
+        panels.append(grid)
+        return save(path, grid, **kwargs)
+
+    monkeypatch.setattr(whybox, "find_mistakes", find_spy)
+    monkeypatch.setattr(cli_main, "overlay", overlay_spy)
+    monkeypatch.setattr(cli_main, "save_grid_figure", save_spy)
+    options = {"n_masks": 500}
+    res = CliRunner().invoke(
+        cli, ["debug", "--method", "rise", "--option", "n_masks=500", "--limit", "1", "--out", str(tmp_path / "d")]
+    )
+    assert res.exit_code == 0, res.output
+    (report,), (image,), (grid,) = reports, images, panels
+    (m,) = report.mistakes
+    reading = method_reading("rise", options)
+    assert reading == "relative"
+    drawn = grid[1][0]
+    assert np.array_equal(drawn, overlay(image, m.attribution, reading=reading))
+    assert not np.array_equal(drawn, overlay(image, m.attribution))  # what "auto" painted

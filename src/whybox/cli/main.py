@@ -997,7 +997,8 @@ def debug_cmd(**params: Any) -> None:
             "insertion": m.insertion, "culprits": m.culprits, "drops": m.drops,
         }  # fmt: skip
         if kind == "image":
-            record["figure"] = _mistake_figure(out_dir, j, m, lm.display(ds.x[m.index]), method, cls)
+            shown = lm.display(ds.x[m.index])
+            record["figure"] = _mistake_figure(out_dir, j, m, shown, method, _reading(method, opts), cls)
         elif kind == "text":
             record["culprit_words"] = m.culprit_words
             click.echo(f"  {ds.names[m.index]}: culprit words: {', '.join(map(repr, m.culprit_words)) or '-'}")
@@ -1020,14 +1021,15 @@ def debug_cmd(**params: Any) -> None:
     click.echo(f"wrote {out_dir / 'mistakes.json'}" + (f" and {figures} figures" if figures else ""))
 
 
-def _mistake_figure(out_dir: Path, j: int, m: Any, shown: np.ndarray, method: str, cls: Any) -> str:
-    """One mistake's input, its true-class map and its culprit regions (red), side by side; returns the file name."""
+def _mistake_figure(out_dir: Path, j: int, m: Any, shown: np.ndarray, method: str, reading: str, cls: Any) -> str:
+    """One mistake's input, its true-class map (coloured in the method's ``reading``, as explain, plot and the run
+    report colour it) and its culprit regions (red), side by side; returns the file name."""
     image = torch.from_numpy(np.ascontiguousarray(shown.transpose(2, 0, 1)))  # (3, H, W) in [0, 1]
     culprit = shown.copy()
     culprit[m.culprit_mask.numpy()] = culprit[m.culprit_mask.numpy()] * 0.4 + np.array([0.6, 0.0, 0.0])
     panels = [
         (_to_uint8(image), f"#{m.index}: label {cls(m.label)}, predicted {cls(m.predicted)}"),
-        (overlay(image, m.attribution), f"{method}: why {cls(m.label)}"),
+        (overlay(image, m.attribution, reading=reading), f"{method}: why {cls(m.label)}"),
         (_to_uint8(torch.from_numpy(culprit).permute(2, 0, 1)), f"culprits: {len(m.culprits)} regions (red)"),
     ]
     path = save_grid_figure(
