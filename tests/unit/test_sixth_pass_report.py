@@ -4,6 +4,7 @@ they are by `whybox explain` on texts, and empty pictures refused with an error 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,8 @@ from torch import nn
 
 import whybox
 from whybox.cli.main import main as cli
-from whybox.report import overlay
+from whybox.errors import InvalidParameterError
+from whybox.report import overlay, render_tokens_terminal
 from whybox.runs.report_data import method_reading
 
 
@@ -108,3 +110,48 @@ def test_debug_draws_the_true_class_map_in_the_method_s_reading(tmp_path: Path, 
     drawn = grid[1][0]
     assert np.array_equal(drawn, overlay(image, m.attribution, reading=reading))
     assert not np.array_equal(drawn, overlay(image, m.attribution))  # what "auto" painted
+
+
+# ---------------------------------------------------------------------------------------------- whole words
+BB_PY = """
+import numpy as np
+from whybox.models.blackbox_text import BlackBoxTextAdapter
+
+
+def make():
+    def fn(texts):
+        s = np.array([t.count("python") + 0.5 * t.count("love") for t in texts], dtype=float)
+        return np.stack([-s, s], 1)
+
+    return BlackBoxTextAdapter(fn, labels=["neg", "pos"])
+"""
+
+
+def test_render_tokens_terminal_shows_whole_words_as_they_are() -> None:
+    """words=True (as render_tokens_page's): a word that starts with '##' is its own text, set off by a space."""
+    words, values = ["I", "love", "##python"], [0.0, 0.5, 1.0]
+    assert render_tokens_terminal(words, values, color=False, words=True) == "I[+0] love[+0.5] ##python[+1]"
+    assert render_tokens_terminal(words, values, color=False) == "I[+0] love[+0.5]python[+1]"  # WordPiece tokens
+    coloured = render_tokens_terminal(words, values, words=True)
+    assert coloured.count(" ") == 2 and "m##python\x1b[0m" in coloured
+    with pytest.raises(
+        InvalidParameterError, match=r"words must be a bool \(True: whole words, not subword tokens\); got 'yes'\."
+    ):
+        render_tokens_terminal(words, values, words="yes")
+
+
+def test_explain_on_a_black_box_text_model_shows_its_words_as_they_are(tmp_path: Path) -> None:
+    """`whybox explain --text 'I love ##python'` showed 'love[+0.5]python[+1]' and a 'tok subword' span 'python':
+    the terminal line and tokens.html now show explain_text's words, '##python' among them, as its to_html does."""
+    (tmp_path / "bb.py").write_text(BB_PY, encoding="utf-8")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(
+        cli, ["explain", "--model", f"{tmp_path / 'bb.py'}:make", "--text", "I love ##python", "--method", "occlusion",
+              "--out", str(out)],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "    I[+0] love[+0.5] ##python[+1]" in res.output.splitlines()
+    page = (out / "tokens.html").read_text(encoding="utf-8")
+    spans = re.findall(r"<span class=\"([^\"]+)\"[^>]*>([^<]*)</span>", page)
+    assert spans == [("tok", "I"), ("tok", "love"), ("tok", "##python")]
+    assert "subword" not in page

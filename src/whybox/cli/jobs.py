@@ -691,10 +691,10 @@ def _explain_texts(lm: Any, ds: Any, method: str, target: Any, opts: dict[str, A
         words = [w for w, _ in out.words[i]]
         values = [v for _, v in out.words[i]]
         click.echo(f"  {name}: {_explained(lm.labels, probs[i], t)}")
-        click.echo("    " + render_tokens_terminal(words, values, color=color))
+        click.echo("    " + render_tokens_terminal(words, values, color=color, words=True))  # whole words
         rows.append((f"{name}: {_explained(lm.labels, probs[i], t, quote=False)}", words, values))
     page = output_path(out_dir, "tokens.html")
-    write_text_atomic(page, render_tokens_page(rows, title=f"whybox {method}: {lm.name}"))
+    write_text_atomic(page, render_tokens_page(rows, title=f"whybox {method}: {lm.name}", words=True))
     click.echo(f"wrote {out_dir / 'explanation.safetensors'} and {page}")
 
 

@@ -774,7 +774,8 @@ def _sentiment_demo(out_dir: Path, device: torch.device) -> None:
             label = ("negative", "positive")[t]
             words = [w for w, _ in out.words[i]]
             values = [v for _, v in out.words[i]]
-            click.echo(f"    {label} {float(probs[i, t]):.0%}  " + render_tokens_terminal(words, values, color=color))
+            line = render_tokens_terminal(words, values, color=color, words=True)  # explain_text's whole words
+            click.echo(f"    {label} {float(probs[i, t]):.0%}  " + line)
             rows.append((f"{method}: {text} -> {label} ({float(probs[i, t]):.0%})", words, values))
     try:  # the same sentences through VADER, a rule-based black box: exact Shapley values of its words
         from whybox.models.blackbox_text import vader
@@ -792,10 +793,10 @@ def _sentiment_demo(out_dir: Path, device: torch.device) -> None:
             label = ("negative", "positive")[t]
             pairs = enc.word_values(e)[i]
             words, values = [w for w, _ in pairs], [v for _, v in pairs]
-            click.echo(f"    {label:<8}       " + render_tokens_terminal(words, values, color=color))
+            click.echo(f"    {label:<8}       " + render_tokens_terminal(words, values, color=color, words=True))
             rows.append((f"VADER exact_shapley: {text} -> {label}", words, values))
     page = output_path(out_dir, "sentiment.html")
-    write_text_atomic(page, render_tokens_page(rows, title="whybox demo: sentiment, word attributions"))
+    write_text_atomic(page, render_tokens_page(rows, title="whybox demo: sentiment, word attributions", words=True))
     click.echo(f"wrote {page}")
 
 

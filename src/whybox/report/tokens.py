@@ -350,13 +350,14 @@ def render_tokens_terminal(
     *,
     color: bool = True,
     scale: float | None = None,
+    words: bool = False,
 ) -> str:
     """Render token attributions as one line of text for a terminal.
 
     Parameters
     ----------
-    tokens, values, scale
-        As in :func:`render_tokens_html`.
+    tokens, values, scale, words
+        As in :func:`render_tokens_html` (``words=True``: whole words, a leading ``"##"`` kept as their text).
     color
         ``True``: each token in black on a 24-bit background (``ESC[38;2;0;0;0;48;2;r;g;bm`` ... ``ESC[0m``),
         white blended towards red (``v >= 0``) or blue (``v < 0``) by ``min(|v| / scale, 1)``, grey for NaN.
@@ -365,8 +366,8 @@ def render_tokens_terminal(
     Returns
     -------
     str
-        One line, without a trailing newline. Tokens are separated by a space, subwords joined to the previous
-        token; control characters in tokens are shown as escapes, so the only ESC characters in the line are
+        One line, without a trailing newline. Tokens are separated by a space, subwords (unless ``words``) joined
+        to the previous token; control characters in tokens are shown as escapes, so the only ESC characters in the line are
         the colour sequences above.
 
     Raises
@@ -376,11 +377,13 @@ def render_tokens_terminal(
     """
     if not isinstance(color, bool):
         raise InvalidParameterError(f"color must be a bool; got {color!r}.")
+    if not isinstance(words, bool):
+        raise InvalidParameterError(f"words must be a bool (True: whole words, not subword tokens); got {words!r}.")
     toks = _check_tokens(tokens, "tokens")
     vals = _check_values(values, len(toks), "values", "tokens")
     s = _check_scale(scale)
     parts = []
-    for it in _items(toks, vals, s):
+    for it in _items(toks, vals, s, words=words):
         if color:
             r, g, b = _blend_on_white(it["rgb"], it["alpha"])
             parts.append(f"{it['sep']}\x1b[38;2;0;0;0;48;2;{r};{g};{b}m{it['text']}\x1b[0m")
