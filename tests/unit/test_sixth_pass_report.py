@@ -16,8 +16,8 @@ from torch import nn
 
 import whybox
 from whybox.cli.main import main as cli
-from whybox.errors import InvalidParameterError
-from whybox.report import overlay, render_tokens_terminal
+from whybox.errors import InvalidInputError, InvalidParameterError
+from whybox.report import overlay, render_tokens_terminal, save_png
 from whybox.runs.report_data import method_reading
 
 
@@ -155,3 +155,28 @@ def test_explain_on_a_black_box_text_model_shows_its_words_as_they_are(tmp_path:
     spans = re.findall(r"<span class=\"([^\"]+)\"[^>]*>([^<]*)</span>", page)
     assert spans == [("tok", "I"), ("tok", "love"), ("tok", "##python")]
     assert "subword" not in page
+
+
+# ---------------------------------------------------------------------------------------------- empty pictures
+@pytest.mark.parametrize("shape", [(3, 0, 5), (1, 4, 0), (3, 0, 0)])
+def test_overlay_refuses_an_image_without_pixels_naming_its_shape(shape: tuple[int, int, int]) -> None:
+    with pytest.raises(InvalidInputError) as info:
+        overlay(np.zeros(shape), np.zeros((1, 5)))
+    assert str(info.value) == (
+        f"image must be at least 1 x 1 pixels; got shape {shape}. Pass a picture with a height and a width, "
+        "(3, H, W) or (1, H, W)."
+    )
+
+
+@pytest.mark.parametrize(("shape", "dtype"), [((0, 3, 3), np.float64), ((2, 0, 4), np.uint8), ((0, 0, 3), np.float32)])
+def test_save_png_refuses_an_array_without_pixels_naming_its_shape(
+    tmp_path: Path, shape: tuple[int, int, int], dtype: Any
+) -> None:
+    path = tmp_path / "empty.png"
+    with pytest.raises(InvalidInputError) as info:
+        save_png(path, np.zeros(shape, dtype=dtype))
+    assert str(info.value) == (
+        f"array must be at least 1 x 1 pixels; got shape {shape}. Pass an (H, W, 3) or (H, W, 4) array with a "
+        "height and a width."
+    )
+    assert not path.exists()

@@ -161,7 +161,8 @@ def overlay(image: Any, attr_map: Any, *, base: str = "gray", **heatmap_options:
     Raises
     ------
     InvalidInputError
-        If the image is not ``(3 or 1, H, W)`` with finite values in [0, 1], or the map is not 2-D.
+        If the image is not ``(3 or 1, H, W)`` with ``H, W >= 1`` and finite values in [0, 1], or the map is not
+        2-D.
     InvalidParameterError
         If ``base`` is not one of :data:`BASES` (or a heatmap option is out of range).
     """
@@ -170,6 +171,11 @@ def overlay(image: Any, attr_map: Any, *, base: str = "gray", **heatmap_options:
     img = _as_array(image, "image")
     if img.ndim != 3 or img.shape[0] not in (1, 3):
         raise InvalidInputError(f"image must have shape (3, H, W) or (1, H, W), channels first; got {img.shape}.")
+    if img.shape[1] < 1 or img.shape[2] < 1:
+        raise InvalidInputError(
+            f"image must be at least 1 x 1 pixels; got shape {img.shape}. Pass a picture with a height and a width, "
+            "(3, H, W) or (1, H, W)."
+        )
     if not np.isfinite(img).all() or img.min() < 0.0 or img.max() > 1.0:
         raise InvalidInputError(
             "image must hold finite values in [0, 1]; got range "
@@ -196,19 +202,26 @@ def save_png(path: str | os.PathLike[str], array: np.ndarray) -> Path:
     """Write an ``(H, W, 3)`` or ``(H, W, 4)`` uint8 (or float in [0, 1]) array as a PNG, pixel for pixel.
 
     Uses :func:`matplotlib.image.imsave` (no GUI, no pyplot, the global backend untouched). Returns the path.
+    An array of another shape, without pixels (a zero height or width), of another dtype or with floats outside
+    [0, 1] raises :class:`~whybox.InvalidInputError`.
     """
     from matplotlib import image as mpimg
 
     arr = np.asarray(array)
     if arr.ndim != 3 or arr.shape[2] not in (3, 4):
         raise InvalidInputError(f"array must have shape (H, W, 3) or (H, W, 4); got {arr.shape}.")
+    if arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise InvalidInputError(
+            f"array must be at least 1 x 1 pixels; got shape {arr.shape}. Pass an (H, W, 3) or (H, W, 4) array with "
+            "a height and a width."
+        )
     if arr.dtype != np.uint8:
         if arr.dtype.kind != "f":
             raise InvalidInputError(
                 f"array must be uint8 (0-255) or float in [0, 1]; got dtype {arr.dtype}. Convert it, e.g. "
                 "(a / a.max() * 255).astype(np.uint8)."
             )
-        if arr.size and not (np.isfinite(arr).all() and arr.min() >= 0.0 and arr.max() <= 1.0):
+        if not (np.isfinite(arr).all() and arr.min() >= 0.0 and arr.max() <= 1.0):
             raise InvalidInputError(
                 f"array of floats must hold values in [0, 1]; got [{np.nanmin(arr):.4g}, {np.nanmax(arr):.4g}]"
                 " (or NaN). Clip or rescale it first."
