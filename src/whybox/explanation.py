@@ -879,7 +879,7 @@ _TIME_TAG = "__whybox_time__"
 
 
 def _tag_time(obj: Any) -> dict[str, str] | None:
-    """A date or time value (a pandas Timestamp or Timedelta, a datetime, a date, a NumPy datetime64) as a tagged
+    """A date or time value (a pandas Timestamp or Timedelta, a datetime, a date, a NumPy datetime64 or timedelta64) as a tagged
     JSON object that :func:`_untag_time` reads back as the same value (a column's vocabulary of dates: the coded
     options of a loaded explanation must mean what they meant); ``None`` for anything else."""
     import datetime
@@ -893,6 +893,10 @@ def _tag_time(obj: Any) -> dict[str, str] | None:
         return {_TIME_TAG: "pd_timedelta", "value": str(obj)}
     if isinstance(obj, np.datetime64):
         return {_TIME_TAG: "datetime64", "value": str(obj)}
+    if isinstance(obj, np.timedelta64):  # "<count> <unit>" in its own unit ("NaT <unit>" for a missing one)
+        unit, step = np.datetime_data(obj.dtype)
+        count = "NaT" if np.isnat(obj) else str(int(obj.astype(np.int64)))
+        return {_TIME_TAG: "timedelta64", "value": f"{count} {step}{unit}" if step != 1 else f"{count} {unit}"}
     if isinstance(obj, datetime.datetime):
         return {_TIME_TAG: "datetime", "value": obj.isoformat()}
     if isinstance(obj, datetime.date):
@@ -920,6 +924,9 @@ def _untag_time(obj: Any) -> Any:
             return pd.NaT if kind == "nat" else pd.Timestamp(value) if kind == "timestamp" else pd.Timedelta(value)
         if kind == "datetime64":
             return np.datetime64(value)
+        if kind == "timedelta64":
+            count, unit = value.split(" ")
+            return np.timedelta64("NaT" if count == "NaT" else int(count), unit)
         if kind == "datetime":
             return datetime.datetime.fromisoformat(value)
         if kind == "date":

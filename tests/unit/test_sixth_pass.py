@@ -324,3 +324,18 @@ def test_a_torchscript_gray_cnn_gets_one_channel_images_and_compare_leaves_the_c
     assert first_conv_channels(conv1d, nn.Conv1d) == 2 and first_conv_channels(conv1d, nn.Conv2d) is None
     grouped = torch.jit.script(nn.Conv2d(4, 8, 3, groups=2))
     assert first_conv_channels(grouped, nn.Conv2d) == 4
+
+
+# ---------------------------------------------------------------------------------------------- saved explanations
+def test_numpy_durations_in_meta_round_trip_in_their_own_units(tmp_path: Path) -> None:
+    from whybox.explanation import Explanation
+
+    values = [np.timedelta64(5, "D"), np.timedelta64("NaT", "s"), np.timedelta64(3, "25ms"), np.timedelta64(-7, "h")]
+    e = Explanation(
+        attributions=torch.zeros(1, 2), target=torch.zeros(1, dtype=torch.long), method="occlusion", params={},
+        meta={"durations": values},
+    )  # fmt: skip
+    e.save(tmp_path / "e.safetensors")
+    back = Explanation.load(tmp_path / "e.safetensors").meta["durations"]
+    assert [type(v) for v in back] == [np.timedelta64] * 4 and [v.dtype for v in back] == [v.dtype for v in values]
+    assert back[0] == values[0] and np.isnat(back[1]) and back[2] == values[2] and back[3] == values[3]
