@@ -243,7 +243,8 @@ class Explanation:
 
     def to_map(self, reduce: str = "sum") -> torch.Tensor:
         """A ``(B, H, W)`` map for display and image metrics; for 1-D signals (``meta["signal"]``, attributions
-        ``(B, C, L)``) a ``(B, L)`` map over time.
+        ``(B, C, L)``) a ``(B, L)`` map over time, and for sequences (``meta["sequence"]``, ``(B, T, D)``) a ``(B, T)``
+        one (the ``D`` features combined at each step).
 
         Parameters
         ----------
@@ -265,6 +266,8 @@ class Explanation:
         if a.ndim == 3 and self.meta.get("signal"):  # (B, C, L): the channels combined at each time step
             a = a.unsqueeze(2)
             return self._reduce(a, reduce)[:, 0]
+        if a.ndim == 3 and self.meta.get("sequence"):  # (B, T, D): the features combined at each time step
+            return self._reduce(a.transpose(1, 2).unsqueeze(2), reduce)[:, 0]
         if a.ndim == 3 and self.meta.get("tokens"):
             raise InvalidInputError(
                 f"to_map() needs image attributions; these are token attributions {tuple(a.shape)} (a text model's "
@@ -586,8 +589,9 @@ class Explanation:
                 hi = hi if hi > lo else lo + 1.0
             ax.imshow(band, aspect="auto", extent=(0, length, lo, hi), alpha=0.85 if x is not None else 1.0)
             if x is not None:
-                for c in range(x.shape[1]):
-                    ax.plot(torch.arange(length).numpy() + 0.5, x[r, c].to(torch.float64).numpy(), linewidth=0.8)
+                for c in range(x.shape[1]):  # one step (T = 1): a marker, as a line of one point draws nothing
+                    ax.plot(torch.arange(length).numpy() + 0.5, x[r, c].to(torch.float64).numpy(), linewidth=0.8,
+                            marker="o" if length == 1 else None)  # fmt: skip
             ax.set_xlim(0, length)
             ax.set_xlabel("time step", fontsize=8)
             ax.set_title(title(r), fontsize=9, parse_math=False)
@@ -813,13 +817,16 @@ def _rows_of(
                 if stack
                 else len(vshape) == len(shape)
                 # one id map per row shared by its channels, (B, H, W) of images or (B, L) of signals, as
-                # broadcast_ids reads it (also a FeatureGroups' ids); LIMA's prior map (B, H, W) likewise
+                # broadcast_ids reads it (also a FeatureGroups' ids)
                 or (
-                    ((k in ("features", "regions") and integer) or k == "prior")
+                    k in ("features", "regions")
+                    and integer
                     and len(shape) >= 3
                     and len(vshape) == len(shape) - 1
                     and vshape[1:] == shape[2:]
                 )
+                # LIMA's prior map: always one per row, (B, H', W') or (B, C, H', W') at any resolution
+                or (k == "prior" and len(vshape) in (3, 4))
             )
         )
         if not per_row:
@@ -926,7 +933,8 @@ def _untag_time(obj: Any) -> Any:
             return np.datetime64(value)
         if kind == "timedelta64":
             count, unit = value.split(" ")
-            return np.timedelta64("NaT" if count == "NaT" else int(count), unit)
+            make: Any = np.timedelta64  # its stubs take literal units only
+            return make("NaT", unit) if count == "NaT" else make(int(count), unit)
         if kind == "datetime":
             return datetime.datetime.fromisoformat(value)
         if kind == "date":

@@ -76,6 +76,24 @@ def test_sequences_are_their_own_kind_with_the_methods_that_apply_to_them() -> N
     assert not is_sequence(whybox.adapt(conv1d), x)  # a Conv1d reading 12 channels: a signal
     conv2d = nn.Sequential(nn.Unflatten(1, (1, 12)), nn.Conv2d(1, 2, 3), nn.Flatten(), nn.LazyLinear(3))
     assert not is_sequence(whybox.adapt(conv2d), x)  # channel-less images (B, H, W) of a 2-D CNN
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(48, 3))
+    assert not is_sequence(whybox.adapt(mlp), x)  # nothing says it reads steps: gray images of an MLP
+    assert not is_sequence(whybox.adapt(lambda t: _gru()(t)), x)  # a black box does not tell
+
+    class Permuted(nn.Module):  # a 1-D CNN over time that takes (B, T, D) and permutes it
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv1d(4, 5, 3)
+            self.fc = nn.Linear(5, 3)
+
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.conv(t.transpose(1, 2)).mean(-1))
+
+    assert is_sequence(whybox.adapt(Permuted()), x)
+    encoder = nn.TransformerEncoder(
+        nn.TransformerEncoderLayer(4, 2, 8, batch_first=True), 1, enable_nested_tensor=False
+    )
+    assert is_sequence(whybox.adapt(nn.Sequential(encoder, nn.Flatten(), nn.Linear(48, 3))), x)
     for name in names:  # every listed method runs on a GRU's sequences (exact Shapley over fewer features)
         opts = {"features": torch.arange(12).view(12, 1).expand(12, 4) // 3} if name == "exact_shapley" else {}
         e = whybox.explain(_gru(), x, name, **opts)
@@ -90,8 +108,10 @@ def test_lima_cuts_sequences_into_time_windows_by_default() -> None:
     grid = whybox.explain(model, x, "lima", regions="grid", n_regions=6)
     assert torch.equal(grid.attributions, segments.attributions)
     flat_images = nn.Sequential(nn.Unflatten(1, (1, 12)), nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 10 * 2, 3))
-    with pytest.raises(InvalidParameterError, match=r"sequences \(B, T, D\) on a model without an nn.Conv2d"):
-        whybox.explain(flat_images.eval(), x, "lima")
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(48, 3))  # an MLP on gray images (B, H, W): not a sequence either
+    for images in (flat_images.eval(), mlp.eval()):
+        with pytest.raises(InvalidParameterError, match=r"sequences \(B, T, D\) on a model with a recurrent layer"):
+            whybox.explain(images, x, "lima")
 
 
 def test_a_sequence_plot_draws_the_features_over_time_under_the_map() -> None:
@@ -278,7 +298,8 @@ def test_a_one_column_predict_proba_is_explained_as_the_probability_by_default()
     e = whybox.explain(m, x, "exact_shapley", fill=fill)
     d = whybox.evaluate(m, x, e, "deletion", fill=fill).scores
     d_fn = whybox.evaluate(fn, torch.tensor(x), e, "deletion", fill=torch.tensor(fill)).scores
-    torch.testing.assert_close(d, d_fn.to(d.dtype)) and bool(((d >= 0) & (d <= 1)).all())
+    torch.testing.assert_close(d, d_fn.to(d.dtype))
+    assert bool(((d >= 0) & (d <= 1)).all())
 
 
 def test_an_unfitted_estimator_is_a_whybox_error_saying_fit_it() -> None:
@@ -322,8 +343,15 @@ def test_a_torchscript_gray_cnn_gets_one_channel_images_and_compare_leaves_the_c
 
     conv1d = torch.jit.script(nn.Sequential(nn.Conv1d(2, 3, 3, groups=1), nn.Flatten()))
     assert first_conv_channels(conv1d, nn.Conv1d) == 2 and first_conv_channels(conv1d, nn.Conv2d) is None
-    grouped = torch.jit.script(nn.Conv2d(4, 8, 3, groups=2))
-    assert first_conv_channels(grouped, nn.Conv2d) == 4
+    grouped = [
+        (torch.jit.script(nn.Conv2d(4, 8, 3, groups=2)), 4),
+        (torch.jit.trace(nn.Conv2d(4, 8, 3, groups=2), torch.rand(1, 4, 5, 5)), 4),  # no groups kept: its graph's
+        (torch.jit.trace(nn.Sequential(nn.Conv2d(3, 6, 3, groups=3)), torch.rand(1, 3, 5, 5)), 3),
+    ]
+    assert [first_conv_channels(m, nn.Conv2d) for m, _ in grouped] == [c for _, c in grouped]
+    traced_signal = torch.jit.trace(nn.Sequential(nn.Conv1d(4, 8, 3, groups=4)), torch.rand(2, 4, 12))
+    assert first_conv_channels(traced_signal, nn.Conv1d) == 4
+    assert not is_sequence(whybox.adapt(traced_signal), torch.rand(2, 4, 12))  # a signal of 4 channels
 
 
 # ---------------------------------------------------------------------------------------------- saved explanations
@@ -339,3 +367,90 @@ def test_numpy_durations_in_meta_round_trip_in_their_own_units(tmp_path: Path) -
     back = Explanation.load(tmp_path / "e.safetensors").meta["durations"]
     assert [type(v) for v in back] == [np.timedelta64] * 4 and [v.dtype for v in back] == [v.dtype for v in values]
     assert back[0] == values[0] and np.isnat(back[1]) and back[2] == values[2] and back[3] == values[3]
+
+
+def test_a_sequence_s_map_is_one_value_per_time_step() -> None:
+    x = torch.randn(2, 12, 4)
+    e = whybox.explain(_gru(), x, "saliency")
+    torch.testing.assert_close(e.to_map(), e.attributions.sum(-1))
+    torch.testing.assert_close(e.to_map("max_abs"), e.attributions.abs().amax(-1))
+    lima = whybox.explain(_gru(), x, "lima", n_regions=4)
+    assert lima.to_map().shape == (2, 12)
+
+
+def test_lima_s_coarse_per_row_prior_follows_its_rows_too() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(24, 4)
+    ).eval()
+    x = torch.rand(2, 3, 8, 8)
+    for prior in (torch.rand(2, 4, 4), torch.rand(2, 1, 4, 4)):
+        e = whybox.explain(model, x, "lima", search="lazy", regions="prior", prior=prior, prior_cells=4)
+        assert torch.equal(e[1:2].options["prior"], prior[1:2])
+        assert whybox.evaluate(model, x[1:2], e[1:2], "stability", n_runs=2).scores.tolist() == [1.0]
+
+
+def test_a_bfloat16_cam_with_real_contrast_is_not_flagged_constant() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)
+    ).eval()
+    with torch.no_grad():  # every activation positive: a CAM of 5 to 12 % contrast on an offset
+        model[0].weight.abs_()
+        model[0].bias.fill_(8.0)
+        model[4].weight.abs_()
+    model = model.to(torch.bfloat16)
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    for method in ("gradcam", "scorecam"):
+        raw = whybox.explain(model, x, method, layer="1", normalize="none").attributions.float().flatten(1)
+        contrast = (raw.amax(1) - raw.amin(1)) / raw.amax(1)
+        assert bool((contrast > 0.04).all()), method  # real, if coarse: bf16 rounds at 0.8 %
+        e = whybox.explain(model, x, method, layer="1")
+        assert e.meta["degenerate"] == [False, False], method
+        assert e.attributions.float().flatten(1).amax(1).tolist() == [1.0, 1.0], method
+
+
+def test_the_one_column_predict_proba_score_errors_do_not_send_the_user_in_a_circle() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 3))
+    lr = LogisticRegression().fit(X, (X[:, 0] > 0).astype(int))
+    with pytest.raises(InvalidParameterError, match=r"leave score out to explain them .*score='logit' where it is one"):
+        whybox.explain(lr, X[:2], "occlusion", score="sigmoid")
+
+
+@pytest.mark.parametrize("metric", ["relevance_mass", "pointing_game", "relevance_rank", "energy_pointing_game"])
+def test_localisation_refuses_a_sequence_map_of_another_feature_width(metric: str) -> None:
+    x = torch.randn(2, 8, 3, generator=torch.Generator().manual_seed(0))
+    masks = torch.zeros(2, 8, dtype=torch.bool)
+    masks[:, 5:] = True
+    for width, ok in ((1, True), (3, True), (5, False)):
+        a = torch.rand(2, 8, width, generator=torch.Generator().manual_seed(1))
+        if ok:
+            assert whybox.evaluate(_gru_d(3), x, a, metric, masks=masks, target=0).scores.shape == (2,)
+        else:
+            with pytest.raises(whybox.errors.InvalidInputError, match=r"\(B, 8, 1\) or \(B, 8, 3\); got \(2, 8, 5\)"):
+                whybox.evaluate(_gru_d(3), x, a, metric, masks=masks, target=0)
+
+
+def _gru_d(d: int) -> nn.Module:
+    torch.manual_seed(0)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gru = nn.GRU(d, 5, batch_first=True)
+            self.fc = nn.Linear(5, 2)
+
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.gru(t)[0][:, -1])
+
+    return Net().eval()
+
+
+def test_a_one_step_sequence_plot_shows_its_features_as_markers() -> None:
+    x = torch.randn(2, 1, 4)
+    fig = whybox.explain(_gru(), x, "saliency").plot(x)
+    lines = [line for ax in fig.axes for line in ax.lines]
+    assert len(lines) == 8 and all(line.get_marker() == "o" for line in lines)

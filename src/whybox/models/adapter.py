@@ -602,8 +602,9 @@ def is_conv(module: nn.Module, cls: type[nn.Module]) -> bool:
 
 def first_conv_channels(model: nn.Module, cls: type[nn.Module]) -> int | None:
     """The input channels of ``model``'s first ``cls`` convolution (registration order; TorchScript too), or None
-    without one. Read from the weight ``(out, in / groups, ...)`` where a traced module keeps no ``in_channels``
-    (nor ``groups``: read as 1, as a first convolution's are)."""
+    without one (or where a traced module does not tell). A traced module keeps neither ``in_channels`` nor
+    ``groups``: they are read from its weight ``(out, in / groups, ...)`` and the ``groups`` its graph's
+    convolution call was traced with."""
     conv = next((m for m in model.modules() if is_conv(m, cls)), None)
     if conv is None:
         return None
@@ -612,9 +613,27 @@ def first_conv_channels(model: nn.Module, cls: type[nn.Module]) -> int | None:
         return channels
     weight = getattr(conv, "weight", None)
     groups = getattr(conv, "groups", None)
-    if not isinstance(weight, torch.Tensor) or weight.ndim < 2:
+    if not isinstance(groups, int):
+        groups = _traced_groups(conv)
+    if not isinstance(weight, torch.Tensor) or weight.ndim < 2 or groups is None:
         return None
-    return int(weight.shape[1]) * (groups if isinstance(groups, int) else 1)
+    return int(weight.shape[1]) * groups
+
+
+def _traced_groups(conv: Any) -> int | None:
+    """The ``groups`` constant of a traced convolution's ``aten::_convolution`` call (its 9th input), or None."""
+    try:
+        node = conv.graph.findNode("aten::_convolution")
+        value = list(node.inputs())[8]
+        groups = value.toIValue() if value.node().kind() == "prim::Constant" else None
+    except Exception:  # not a traced convolution's graph: unknown
+        return None
+    return groups if isinstance(groups, int) and not isinstance(groups, bool) and groups >= 1 else None
+
+
+#: layers that read the steps of a sequence (B, T, D): recurrent layers and attention (also as TorchScript modules)
+_STEP_LAYERS: tuple[type[nn.Module], ...] = (nn.RNNBase, nn.MultiheadAttention)
+_STEP_LAYER_NAMES = frozenset({"RNN", "GRU", "LSTM", "MultiheadAttention"})
 
 
 def is_signal(adapter: ModelAdapter | None, x: torch.Tensor) -> bool:
@@ -633,18 +652,26 @@ def is_signal(adapter: ModelAdapter | None, x: torch.Tensor) -> bool:
 
 
 def is_sequence(adapter: ModelAdapter | None, x: torch.Tensor) -> bool:
-    """True for sequences ``(B, T, D)``: 3-D inputs of a model that reads time steps of ``D`` features (a recurrent
-    network, a transformer over time), the form the curve metrics step over one time step at a time. Not a 1-D
-    signal (:func:`is_signal`), not a text adapter's packed tokens, and not the channel-less images ``(B, H, W)`` of
-    a torch model with an ``nn.Conv2d``. Used to pick the methods and the pictures for such inputs (the CLI's
-    ``sequence`` kind)."""
+    """True for sequences ``(B, T, D)``: 3-D inputs of a torch model that reads time steps of ``D`` features, as it
+    shows by its layers: a recurrent layer (``nn.RNN``, ``nn.GRU``, ``nn.LSTM``), an ``nn.MultiheadAttention`` (a
+    transformer over time), or an ``nn.Conv1d`` reading ``D`` channels (a 1-D CNN that permutes the steps into
+    place); TorchScript forms of these too. Not a 1-D signal (:func:`is_signal`), not a text adapter's packed tokens,
+    not a black box (a function, an ONNX graph: nothing tells), and not the channel-less images ``(B, H, W)`` of a
+    model with an ``nn.Conv2d`` or of one without any of these layers (an MLP on gray images). Used to pick the
+    methods and the pictures for such inputs (the ``sequence`` kind)."""
     if x.ndim != 3 or not isinstance(adapter, TorchAdapter) or hasattr(adapter, "tokenizer"):
         return False
-    if is_signal(adapter, x):
+    if isinstance(adapter.model, FunctionModel) or is_signal(adapter, x):
         return False
-    if isinstance(adapter.model, FunctionModel):
-        return True
-    return not any(is_conv(m, nn.Conv2d) for m in adapter.model.modules())
+    modules = list(adapter.model.modules())
+    if any(is_conv(m, nn.Conv2d) for m in modules):
+        return False
+    steps = any(
+        isinstance(m, _STEP_LAYERS)
+        or (isinstance(m, torch.jit.ScriptModule) and getattr(m, "original_name", None) in _STEP_LAYER_NAMES)
+        for m in modules
+    )
+    return steps or first_conv_channels(adapter.model, nn.Conv1d) == x.shape[2]
 
 
 def score_for(adapter: ModelAdapter, score: str | None) -> str | None:
@@ -661,7 +688,8 @@ def score_for(adapter: ModelAdapter, score: str | None) -> str | None:
         if adapter.method_name == "predict_proba":
             raise InvalidParameterError(
                 f"score={score!r} reads each output as a logit, but {type(adapter.model).__name__}'s predict_proba "
-                "gives probabilities already: pass score='prob' (or leave score out) to explain them."
+                "gives probabilities already: leave score out to explain them (or pass score='prob' where they are "
+                "one column per class, score='logit' where it is one column)."
             )
         if adapter.outputs_values:
             raise InvalidParameterError(

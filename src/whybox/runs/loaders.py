@@ -759,8 +759,9 @@ class Dataset:
         ``(N,)`` int64 class indices, or ``None``.
     kind : str
         ``"image"``, ``"signal"`` (``(N, C, L)`` arrays of a model whose first ``nn.Conv1d`` reads their ``C``
-        channels), ``"sequence"`` (other ``(N, T, D)`` arrays of a torch model without an ``nn.Conv2d``: time steps
-        of ``D`` features, as a recurrent or transformer model reads them), ``"tabular"`` or ``"text"``.
+        channels), ``"sequence"`` (``(N, T, D)`` arrays of a torch model with a recurrent layer, an
+        ``nn.MultiheadAttention`` or an ``nn.Conv1d`` reading ``D`` channels: time steps of ``D`` features, see
+        :func:`~whybox.models.adapter.is_sequence`), ``"tabular"`` or ``"text"``.
     columns : list of str or None
         The feature names of a table (from a CSV header), else ``None``.
     texts : list of str or None

@@ -309,8 +309,9 @@ class Lima(PerturbationExplainer):
             hint = (
                 " If inputs is one (C, H, W) image, add the batch dimension with inputs.unsqueeze(0); 1-D signals "
                 "(B, C, L) get segments by default on a model whose first nn.Conv1d reads their C channels (a "
-                f"function: when it says so, fn.signal_channels = {x.shape[1]}); sequences (B, T, D) on a model without "
-                "an nn.Conv2d, or with regions='segments' (windows along T)."
+                f"function: when it says so, fn.signal_channels = {x.shape[1]}); sequences (B, T, D) on a model with a "
+                "recurrent layer, an nn.MultiheadAttention or a Conv1d reading D channels, else with "
+                "regions='segments' (windows along T)."
                 if x.ndim == 3
                 else ""
             )
