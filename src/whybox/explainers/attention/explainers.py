@@ -14,19 +14,23 @@ causal attention, reads only itself) and ``"cls"`` otherwise. The
 attributions are ``(B, T, 1)``: one value per token (it broadcasts to the inputs), pads 0. Rollout and raw
 attention ignore the target (class-agnostic); relevance weights each head by the gradient of the target logit.
 
-Vision transformers: ``whybox.adapt(vit)`` of a Hugging Face ``ViTForImageClassification``-like model (a config
-with ``patch_size``; images ``(B, C, H, W)`` as ``pixel_values``) works too: the CLS row without its prefix column,
-reshaped row-major to the ``(H // P, W // P)`` patch grid and repeated over each patch's pixels (no interpolation:
-every pixel carries its patch's value; 0 on a border no patch reads), ``(B, 1, H, W)``. The model runs as the adapter
-runs it: its ``preprocess`` first (a resizing one gets the map back at the input's size, nearest neighbour), its
-``output=``, and an embedding adapter's similarities as the scores (a CLIP image tower against class embeddings). These methods are listed under
-``whybox.methods("text")`` only: on images they need a transformer, which most image models are not (a run of
-``whybox compare`` on a vision transformer's images adds them to its default methods).
+Vision transformers: ``whybox.adapt(vit)`` of a Hugging Face ``ViTForImageClassification``-like model (a config with
+``patch_size``, or a classifier on a two-tower config's image tower with it in ``config.vision_config``,
+``CLIPForImageClassification``; images ``(B, C, H, W)`` as ``pixel_values``) works too: the readout row (the CLS row;
+the mean over the patch rows for a model without a CLS token, SigLIP's image tower, whose tokens are its patches, and
+for a classifier averaging them) without its prefix columns, reshaped row-major to the ``(H // P, W // P)`` patch grid
+and repeated over each patch's pixels (no interpolation: every pixel carries its patch's value; 0 on a border no patch
+reads), ``(B, 1, H, W)``. The model runs as the adapter runs it: its ``preprocess`` first (a resizing one gets the map
+back at the input's size, nearest neighbour), its ``output=``, and an embedding adapter's similarities as the scores
+(a CLIP image tower against class embeddings). These methods are listed under ``whybox.methods("text")`` only: on
+images they need a transformer, which most image models are not (a run of ``whybox compare`` on a vision transformer's
+images adds them to its default methods).
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 from typing import Any, ClassVar
 
 import torch
@@ -48,14 +52,29 @@ FUSIONS = ("mean", "max", "min")
 
 def _patch_size(adapter: Any) -> int | None:
     """The patch size of a Hugging Face vision transformer with global attention over one token grid behind
-    ``adapter`` (ViT, DeiT, DINOv2, CLIP's image tower, BEiT); ``None`` for anything else, also for models whose
-    config has a patch size but no such grid: stages of other sizes (``depths``, ``hidden_sizes``: ConvNeXt, Swin)
-    or windowed attention (``window_size``)."""
-    cfg = getattr(getattr(adapter, "model", None), "config", None)
+    ``adapter`` (ViT, DeiT, DINOv2, CLIP's and SigLIP's image towers, BEiT); ``None`` for anything else, also for
+    models whose config has a patch size but no such grid: stages of other sizes (``depths``, ``hidden_sizes``:
+    ConvNeXt, Swin) or windowed attention (``window_size``). A classifier on a two-tower config's image tower
+    (``CLIPForImageClassification``) keeps it in ``config.vision_config``: read there when the model's forward takes
+    ``pixel_values`` and no ``input_ids`` (a model of both towers, CLIPModel, needs text too)."""
+    model = getattr(adapter, "model", None)
+    cfg = getattr(model, "config", None)
     p = getattr(cfg, "patch_size", None)
+    vision = getattr(cfg, "vision_config", None)
+    if p is None and vision is not None and _image_only(model):
+        cfg, p = vision, getattr(vision, "patch_size", None)
     if any(getattr(cfg, k, None) is not None for k in ("depths", "hidden_sizes", "window_size")):
         return None
     return int(p) if isinstance(p, int) and p > 0 else None
+
+
+def _image_only(model: Any) -> bool:
+    """Whether ``model``'s forward takes ``pixel_values`` and no ``input_ids``."""
+    try:
+        names = inspect.signature(model.forward).parameters
+    except (AttributeError, TypeError, ValueError):
+        return False
+    return "pixel_values" in names and "input_ids" not in names
 
 
 def _check_start(start_layer: Any) -> int:
@@ -95,11 +114,20 @@ class AttentionExplainer(Explainer):
             last = isinstance(self.adapter, TextClassifierAdapter) and self.adapter.last_token  # a decoder's classifier
             # a classifier head over the mean of the tokens: one that says so (``model.pooling = "mean"``, as
             # whybox.data's MiniLM sentiment model), or a Hugging Face vision model pooling its patches (BEiT's
-            # ``config.use_mean_pooling``; the readout is then the mean over every token row, the CLS row included)
+            # ``config.use_mean_pooling``; a classifier on a two-tower config's image tower, whose patch size sits in
+            # ``config.vision_config``: CLIP's, MetaCLIP 2's and SigLIP's *ForImageClassification average the patch
+            # tokens; the readout is then the mean over every token row, the CLS row included)
             model = getattr(self.adapter, "model", None)
+            config = getattr(model, "config", None)
             said = getattr(model, "pooling", None) == "mean"
-            config_mean = self._vision and getattr(getattr(model, "config", None), "use_mean_pooling", False) is True
+            config_mean = self._vision and (
+                getattr(config, "use_mean_pooling", False) is True or getattr(config, "patch_size", None) is None
+            )
             readout = "mean" if mean_pooled or pooled or said or config_mean else "last" if last else "cls"
+            # a vision model without a CLS token reads the mean of its patch rows instead (known at the first call)
+            self._cls_chosen = False
+        else:
+            self._cls_chosen = readout == "cls"
         if readout not in READOUTS:
             raise InvalidParameterError(
                 f"readout must be one of {READOUTS}; got {readout!r}.{did_you_mean(readout, READOUTS)}"
@@ -108,9 +136,24 @@ class AttentionExplainer(Explainer):
         self.start_layer = 0
 
     def _matrix_row(
-        self, attentions: list[torch.Tensor], grads: list[torch.Tensor] | None, mask: torch.Tensor
+        self, attentions: list[torch.Tensor], grads: list[torch.Tensor] | None, mask: torch.Tensor, how: str
     ) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def _image_readout(self, tokens: int, h: int, w: int) -> str:
+        """The readout on a vision model of ``tokens`` tokens for an ``h x w`` patch grid: ``self.readout``, but
+        the mean of the patch rows where no prefix token precedes them (SigLIP's image tower: no CLS row to read;
+        its classifier averages the patch tokens; the tower's attention-pooling head weighs them by a probe's
+        attention, which ``output_attentions`` does not return, so the uniform mean stands in for it)."""
+        if tokens != h * w or self.readout != "cls":
+            return self.readout
+        if self._cls_chosen:
+            raise InvalidParameterError(
+                f"readout='cls' reads the CLS token's row, but {type(self.adapter.model).__name__} has no CLS token: "
+                f"its {tokens} tokens are its {h}x{w} patches. Pass readout='mean' (the mean over the patch rows, "
+                "what SigLIP's classifier pools) or leave readout out."
+            )
+        return "mean"
 
     def _explain(
         self, x: torch.Tensor, target: TargetLike, engine: MaskingEngine, n_backward: list[int]
@@ -171,7 +214,7 @@ class AttentionExplainer(Explainer):
                 attentions = attentions[:upto]
                 grads = None if grads is None else grads[:upto]
             n_layers = self._check_layers(attentions)
-            row = self._matrix_row(attentions, grads, part_mask) * part_mask.to(attentions[0].dtype)
+            row = self._matrix_row(attentions, grads, part_mask, self.readout) * part_mask.to(attentions[0].dtype)
             rows_out[rows, :end] = row.detach().to(torch.float64)
             if logits_out is None:
                 logits_out = logits.new_zeros(b, logits.shape[1])
@@ -213,8 +256,12 @@ class AttentionExplainer(Explainer):
                 f"{self.name!r} feeds the vision transformer pixel_values (B, C, H, W); the adapter's preprocess "
                 f"returned {got}."
             )
+        p = _patch_size(adapter) or 1  # set: the explainer took the model as a vision transformer
+        height, width = pixels.shape[-2:]
+        h, w = height // p, width // p
         parts, logit_parts = [], []
         n_layers = 0
+        how = self.readout
         for start in range(0, x.shape[0], self.batch_size):  # at most batch_size images per model call
             chunk = pixels[start : start + self.batch_size]
             n = chunk.shape[0]
@@ -228,19 +275,18 @@ class AttentionExplainer(Explainer):
                 with_grads=self.with_grads, scores=read, space=self.score, pixel_values=chunk,
             )  # fmt: skip
             n_layers = self._check_layers(attentions)
-            mask = torch.ones(n, attentions[0].shape[-1], dtype=torch.long, device=x.device)
-            parts.append(self._matrix_row(attentions, grads, mask).detach())
+            tokens = attentions[0].shape[-1]
+            how = self._image_readout(tokens, h, w)
+            mask = torch.ones(n, tokens, dtype=torch.long, device=x.device)
+            parts.append(self._matrix_row(attentions, grads, mask, how).detach())
             logit_parts.append(logits.detach())
         engine.n_forward += x.shape[0]
         if self.with_grads:
             n_backward[0] += x.shape[0]
         row = torch.cat(parts)
         tgt = resolve_target(target, torch.cat(logit_parts))
-        p = _patch_size(adapter) or 1  # set: the explainer took the model as a vision transformer
-        height, width = pixels.shape[-2:]
-        h, w = height // p, width // p
         grid = to_grid(row, prefix=row.shape[1] - h * w, h=h, w=w)  # CLS (and distillation) columns dropped
-        meta = {"readout": self.readout, "n_layers": n_layers, "grid": grid.detach().cpu()}
+        meta = {"readout": how, "n_layers": n_layers, "grid": grid.detach().cpu()}
         full = grid.repeat_interleave(p, dim=1).repeat_interleave(p, dim=2)
         full = torch.nn.functional.pad(full, (0, width - w * p, 0, height - h * p))  # pixels no patch reads: 0
         if tuple(full.shape[-2:]) != tuple(x.shape[-2:]):  # a resizing preprocess: back to the input's pixels
@@ -281,13 +327,11 @@ class RawAttention(AttentionExplainer):
         self.head_fusion = head_fusion
 
     def _matrix_row(
-        self, attentions: list[torch.Tensor], grads: list[torch.Tensor] | None, mask: torch.Tensor
+        self, attentions: list[torch.Tensor], grads: list[torch.Tensor] | None, mask: torch.Tensor, how: str
     ) -> torch.Tensor:
         if not -len(attentions) <= self.layer < len(attentions):
             raise InvalidParameterError(f"layer={self.layer} but the model has {len(attentions)} attention layers.")
-        return raw_attention(
-            attentions, layer=self.layer, head_fusion=self.head_fusion, readout=self.readout, mask=mask
-        )
+        return raw_attention(attentions, layer=self.layer, head_fusion=self.head_fusion, readout=how, mask=mask)
 
 
 @EXPLAINERS.register("attention_rollout")
@@ -312,7 +356,7 @@ class AttentionRollout(AttentionExplainer):
         self.discard_ratio = float(discard_ratio)
 
     def _matrix_row(
-        self, attentions: list[torch.Tensor], grads: list[torch.Tensor] | None, mask: torch.Tensor
+        self, attentions: list[torch.Tensor], grads: list[torch.Tensor] | None, mask: torch.Tensor, how: str
     ) -> torch.Tensor:
         r = attention_rollout(
             attentions,
@@ -321,7 +365,7 @@ class AttentionRollout(AttentionExplainer):
             start_layer=self.start_layer,
             mask=mask,
         )
-        return readout(r, self.readout, mask=mask)
+        return readout(r, how, mask=mask)
 
 
 @EXPLAINERS.register("attention_relevance")
@@ -337,9 +381,9 @@ class AttentionRelevance(AttentionExplainer):
         self.start_layer = _check_start(start_layer)
 
     def _matrix_row(
-        self, attentions: list[torch.Tensor], grads: list[torch.Tensor] | None, mask: torch.Tensor
+        self, attentions: list[torch.Tensor], grads: list[torch.Tensor] | None, mask: torch.Tensor, how: str
     ) -> torch.Tensor:
         if grads is None:  # pragma: no cover - with_grads is set
             raise InvalidParameterError("attention_relevance needs the attention gradients.")
         r = gradient_weighted_relevance(attentions, grads, start_layer=self.start_layer)
-        return readout(r, self.readout, mask=mask)
+        return readout(r, how, mask=mask)

@@ -1,0 +1,99 @@
+"""Sixth review of the attention readers (tiny Hugging Face models built from configs, random weights, float64, no
+downloads): the row a vision model reads when it has no CLS token, a CLIP classifier's patch size, models whose
+attention class was fixed when built, a user's wrapper whose forward takes no output_attentions, and the patch-row
+mean of a mean-pooling image model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("transformers", reason="the text extra (transformers) is not installed")
+
+import transformers
+
+import whybox
+from whybox.errors import InvalidParameterError
+from whybox.explainers.attention.collect import collect_attentions
+from whybox.explainers.attention.relevance import gradient_weighted_relevance
+from whybox.explainers.attention.rollout import attention_rollout
+
+TOWER = dict(
+    image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4
+)
+
+
+def _built(make: object) -> torch.nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return make().to(torch.float64).eval()  # type: ignore[operator]
+
+
+def images(n: int = 2) -> torch.Tensor:
+    return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+
+def _matrix(method: str, att: list[torch.Tensor], grads: list[torch.Tensor] | None) -> torch.Tensor:
+    return attention_rollout(att) if method == "attention_rollout" else gradient_weighted_relevance(att, grads or [])
+
+
+# --- a vision transformer without a CLS token (SigLIP's image tower) -------------------------------------------------
+
+
+def _siglip_tower() -> torch.nn.Module:
+    return _built(lambda: transformers.SiglipVisionModel(transformers.SiglipVisionConfig(**TOWER)))
+
+
+@pytest.mark.parametrize("method", ["attention_rollout", "attention_relevance"])
+def test_a_tower_without_cls_reads_the_mean_of_its_patch_rows(method: str) -> None:
+    """SigLIP's tower has 16 tokens for 16 patches (no CLS): the map was R[:, 0] (the top-left patch's row, read as
+    if it were a CLS row, 0.285 on that patch against ~0.04 elsewhere); it is the mean over the patch rows."""
+    tower = _siglip_tower()
+    refs = torch.randn(2, 32, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    ad = whybox.adapt(tower, kind="embedding", output="pooler_output", references=refs)
+    x = images()
+    e = whybox.explain(ad, x, method, target=1)
+    _, att, grads = collect_attentions(
+        tower, target=1, scores=lambda o: ad.similarities(o.pooler_output), pixel_values=x
+    )
+    assert att[0].shape[-1] == 16  # no prefix token
+    r = _matrix(method, att, grads)
+    assert e.meta["readout"] == "mean"
+    torch.testing.assert_close(e.meta["grid"], r.mean(1).reshape(2, 4, 4), atol=1e-12, rtol=0)
+    assert not torch.allclose(e.meta["grid"], r[:, 0].reshape(2, 4, 4), atol=1e-6)
+
+
+def test_a_cls_readout_asked_of_a_tower_without_cls_is_refused() -> None:
+    refs = torch.randn(2, 32, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    ad = whybox.adapt(_siglip_tower(), kind="embedding", output="pooler_output", references=refs)
+    with pytest.raises(InvalidParameterError, match=r"readout='cls'.*no CLS token.*readout='mean'"):
+        whybox.explain(ad, images(), "attention_rollout", readout="cls")
+
+
+def _clip_classifier() -> torch.nn.Module:
+    config = transformers.CLIPConfig(vision_config=TOWER, num_labels=3)
+    return _built(lambda: transformers.CLIPForImageClassification(config))
+
+
+def test_a_clip_classifier_is_taken_with_its_patch_size_from_the_vision_config() -> None:
+    """CLIPForImageClassification keeps patch_size in config.vision_config: it was refused as 'not a vision
+    transformer' although the error named CLIP's image tower among those supported. Its head averages the patch
+    tokens, so the default readout is the mean."""
+    clip = _clip_classifier()
+    x = images()
+    ad = whybox.adapt(clip, output="logits")
+    e = whybox.explain(ad, x, "attention_rollout")
+    assert e.meta["readout"] == "mean" and e.attributions.shape == (2, 1, 32, 32)
+    cls = whybox.explain(ad, x, "attention_rollout", readout="cls")
+    _, att, _ = collect_attentions(clip, with_grads=False, pixel_values=x)
+    want = attention_rollout(att)[:, 0, 1:].reshape(2, 4, 4)
+    torch.testing.assert_close(cls.meta["grid"], want, atol=1e-12, rtol=0)
+
+
+def test_a_two_tower_model_is_not_taken_for_a_vision_transformer() -> None:
+    """CLIPModel has a vision_config too, but its forward needs input_ids: still refused up front."""
+    config = transformers.CLIPConfig(vision_config=TOWER, text_config=dict(hidden_size=32, intermediate_size=64,
+        num_hidden_layers=1, num_attention_heads=4, vocab_size=50))  # fmt: skip
+    model = _built(lambda: transformers.CLIPModel(config))
+    with pytest.raises(InvalidParameterError, match="vision transformer"):
+        whybox.explain(whybox.adapt(model, output="logits_per_image"), images(), "attention_rollout")
