@@ -97,3 +97,28 @@ def test_a_two_tower_model_is_not_taken_for_a_vision_transformer() -> None:
     model = _built(lambda: transformers.CLIPModel(config))
     with pytest.raises(InvalidParameterError, match="vision transformer"):
         whybox.explain(whybox.adapt(model, output="logits_per_image"), images(), "attention_rollout")
+
+
+# --- a model whose attention class was fixed when it was built -------------------------------------------------------
+
+
+def _data2vec(**kw: object) -> torch.nn.Module:
+    config = transformers.Data2VecVisionConfig(**TOWER, num_labels=3, **kw)
+    return _built(lambda: transformers.Data2VecVisionForImageClassification(config))
+
+
+def test_attentions_of_none_name_the_attention_class_chosen_when_built() -> None:
+    """Data2VecVision (of the BEiT family) picks its SDPA attention modules when built: under the config switched to eager
+    they still returned attentions (None, None), and the error said the model had run 'under eager attention'."""
+    from whybox.errors import ModelOutputError
+
+    model = _data2vec()
+    assert model.config._attn_implementation == "sdpa"
+    with pytest.raises(ModelOutputError, match=r"\(None, None\).*when it was built.*attn_implementation=.eager."):
+        whybox.explain(whybox.adapt(model, output="logits"), images(), "attention_rollout")
+    with pytest.raises(ModelOutputError, match="when it was built"):
+        collect_attentions(model, with_grads=False, pixel_values=images())
+    assert model.config._attn_implementation == "sdpa"  # left as it came
+    eager = _data2vec(attn_implementation="eager")  # the fix the message names works
+    e = whybox.explain(whybox.adapt(eager, output="logits"), images(), "attention_rollout")
+    assert e.meta["grid"].shape == (2, 4, 4)

@@ -3,7 +3,8 @@
 Hugging Face returns attention probabilities only under the eager attention implementation (SDPA and flash
 log a warning and return none). :func:`collect_attentions` switches every config of the model to
 ``"eager"`` for the call, runs it in eval mode with ``output_attentions=True`` and restores everything
-afterwards, errors included. ``transformers`` is never imported here: the model is duck-typed.
+afterwards, errors included. A model that chose its attention modules when it was built (Data2VecVision)
+returns ``None`` attentions all the same: it is refused, naming ``attn_implementation="eager"`` at build time. ``transformers`` is never imported here: the model is duck-typed.
 """
 
 from __future__ import annotations
@@ -113,6 +114,17 @@ def _logits(output: Any) -> torch.Tensor:
 
 def _attentions(output: Any, model: nn.Module) -> list[torch.Tensor]:
     attentions = getattr(output, "attentions", None)
+    if isinstance(attentions, (tuple, list)) and attentions and any(a is None for a in attentions):
+        # a model that picked its attention modules when it was built (Data2VecVision: SDPA by default) runs
+        # them whatever its config says at call time, and they return no probabilities
+        shown = "(" + ", ".join("None" if a is None else "tensor" for a in attentions[:4])
+        shown += ", ...)" if len(attentions) > 4 else ")"
+        raise ModelOutputError(
+            f"{type(model).__name__} returned attentions {shown} with output_attentions=True although its config "
+            "was set to eager attention for the call: it chose its attention modules when it was built (SDPA or "
+            'flash attention return no probabilities). Build or load it with attn_implementation="eager" '
+            '(Config(..., attn_implementation="eager") or from_pretrained(..., attn_implementation="eager")).'
+        )
     if not attentions or any(not isinstance(a, torch.Tensor) for a in attentions):
         raise ModelOutputError(
             f"{type(model).__name__} returned no attention tensors with output_attentions=True under eager "
