@@ -122,3 +122,70 @@ def test_attentions_of_none_name_the_attention_class_chosen_when_built() -> None
     eager = _data2vec(attn_implementation="eager")  # the fix the message names works
     e = whybox.explain(whybox.adapt(eager, output="logits"), images(), "attention_rollout")
     assert e.meta["grid"].shape == (2, 4, 4)
+
+
+# --- a user's wrapper around a Hugging Face encoder ------------------------------------------------------------------
+
+
+def _text_parts() -> tuple[object, object]:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_text import tiny_bert, toy_tokenizer
+
+    return tiny_bert, toy_tokenizer
+
+
+class _Wrapper(torch.nn.Module):
+    """A head of the user's own on a BERT encoder; ``passes`` gives its forward output_attentions and return_dict."""
+
+    def __init__(self, encoder: torch.nn.Module, passes: bool) -> None:
+        super().__init__()
+        self.enc, self.passes = encoder, passes
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1)
+            self.head = torch.nn.Linear(32, 2).to(torch.float64)
+
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return self.enc.get_input_embeddings()  # type: ignore[operator,no-any-return]
+
+    def _run(self, input_ids: object, attention_mask: object, inputs_embeds: object, **kw: object) -> object:
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        out = self.enc(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kw)
+        return SequenceClassifierOutput(logits=self.head(out.last_hidden_state[:, 0]), attentions=out.attentions)
+
+
+class _Plain(_Wrapper):
+    def forward(self, input_ids: object = None, attention_mask: object = None, inputs_embeds: object = None) -> object:
+        return self._run(input_ids, attention_mask, inputs_embeds)
+
+
+class _Passing(_Wrapper):
+    def forward(
+        self, input_ids: object = None, attention_mask: object = None, inputs_embeds: object = None,
+        output_attentions: bool = False, return_dict: bool = True,
+    ) -> object:  # fmt: skip
+        return self._run(input_ids, attention_mask, inputs_embeds, output_attentions=output_attentions)
+
+
+def test_a_wrapper_whose_forward_takes_no_output_attentions_is_refused_by_name() -> None:
+    """attention_rollout on a user's wrapper module crashed with a bare TypeError from the model call
+    ("forward() got an unexpected keyword argument 'output_attentions'")."""
+    from whybox.errors import ModelOutputError
+    from whybox.models.text import adapt_text
+
+    tiny_bert, toy_tokenizer = _text_parts()
+    plain = adapt_text(_Plain(tiny_bert("encoder"), passes=False).eval(), toy_tokenizer())  # type: ignore[operator]
+    texts = ["the movie was great", "boring plot"]
+    with pytest.raises(ModelOutputError, match=r"_Plain\.forward takes no output_attentions.*\.attentions"):
+        whybox.explain_text(plain, texts, "attention_rollout")
+    encoder = tiny_bert("encoder")  # type: ignore[operator]
+    passing = adapt_text(_Passing(encoder, passes=True).eval(), toy_tokenizer())  # type: ignore[operator]
+    out = whybox.explain_text(passing, texts, "attention_rollout")  # the forward the message asks for works
+    ids = toy_tokenizer()(texts, padding=True, return_tensors="pt")  # type: ignore[operator]
+    encoder.set_attn_implementation("eager")  # type: ignore[operator]
+    att = encoder(**ids, output_attentions=True).attentions  # type: ignore[operator]
+    want = attention_rollout(list(att), mask=ids["attention_mask"])[:, 0] * ids["attention_mask"]
+    torch.testing.assert_close(out.explanation.attributions[..., 0], want, atol=1e-10, rtol=0)

@@ -200,6 +200,17 @@ def collect_attentions(
     """
     if "output_attentions" in model_inputs:
         raise InvalidInputError("collect_attentions sets output_attentions itself; do not pass it.")
+    missing = [name for name in ("output_attentions", "return_dict") if not _takes(model, name)]
+    if missing:
+        name = type(model).__name__
+        raise ModelOutputError(
+            f"{name}.forward takes no {' and no '.join(missing)}: the attention methods call the model with "
+            "output_attentions=True, return_dict=True and read the output's .attentions (one (B, H, T, T) tensor "
+            f"per layer). Give {name}.forward output_attentions=False and return_dict=None parameters, pass them "
+            "to the Hugging Face model inside and return its .attentions with the logits (e.g. "
+            "SequenceClassifierOutput(logits=..., attentions=out.attentions)), or explain the Hugging Face model "
+            "itself."
+        )
     inputs = dict(model_inputs)
     if _accepts(model, "use_cache"):
         inputs.setdefault("use_cache", False)
@@ -230,3 +241,13 @@ def _accepts(model: nn.Module, name: str) -> bool:
         return name in inspect.signature(model.forward).parameters
     except (TypeError, ValueError):
         return False
+
+
+def _takes(model: nn.Module, name: str) -> bool:
+    """Whether ``model.forward`` can be given ``name``: a parameter of that name or ``**kwargs`` (True where the
+    signature cannot be read: the call then tells)."""
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
