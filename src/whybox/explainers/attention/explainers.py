@@ -3,28 +3,30 @@
 
 They take the packed inputs of a :class:`~whybox.models.text.TextClassifierAdapter` (``(B, T, D + 1)``: word
 embeddings and the attention mask), run the Hugging Face model once under eager attention
-(:func:`~whybox.explainers.attention.collect.collect_attentions`) and read one row of the token-to-token matrix:
-the CLS row (``readout="cls"``), the mean over attended tokens (``"mean"``) or the last attended token's row
-(``"last"``); by default the row the model reads, ``"mean"`` for a mean-pooled sentence encoder
-(``adapt_text(..., kind="embedding")``, whose scores, the similarities of its pooled embedding to the references, take
-the place of logits) and for a classifier whose head reads the mean of the tokens (a model that sets
-``pooling = "mean"``, as whybox.data's MiniLM sentiment model; BEiT's ``config.use_mean_pooling``), ``"last"`` for a
-decoder's classifier (GPT-2's, which scores the last token; its first row, under
-causal attention, reads only itself) and ``"cls"`` otherwise. The
-attributions are ``(B, T, 1)``: one value per token (it broadcasts to the inputs), pads 0. Rollout and raw
-attention ignore the target (class-agnostic); relevance weights each head by the gradient of the target logit.
+(:func:`~whybox.explainers.attention.collect.collect_attentions`) and read one row of the token-to-token matrix: the
+CLS row (``readout="cls"``), the mean over attended tokens (``"mean"``) or the last attended token's row (``"last"``);
+by default the row the model reads, ``"mean"`` for a mean-pooled sentence encoder (``adapt_text(...,
+kind="embedding")``, whose scores, the similarities of its pooled embedding to the references, take the place of
+logits) and for a classifier whose head reads the mean of the tokens (a model that sets ``pooling = "mean"``, as
+whybox.data's MiniLM sentiment model; BEiT's ``config.use_mean_pooling``: on images the mean is over the patch rows,
+the CLS row left out, as BEiT's pooler ``layernorm(hidden[:, 1:].mean(1))`` reads them; a text encoder's mean is over
+every attended token, the CLS row included, as a sentence encoder's mean pooling), ``"last"`` for a decoder's
+classifier (GPT-2's, which scores the last token; its first row, under causal attention, reads only itself) and
+``"cls"`` otherwise. The attributions are ``(B, T, 1)``: one value per token (it broadcasts to the inputs), pads 0.
+Rollout and raw attention ignore the target (class-agnostic); relevance weights each head by the gradient of the
+target logit.
 
 Vision transformers: ``whybox.adapt(vit)`` of a Hugging Face ``ViTForImageClassification``-like model (a config with
 ``patch_size``, or a classifier on a two-tower config's image tower with it in ``config.vision_config``,
 ``CLIPForImageClassification``; images ``(B, C, H, W)`` as ``pixel_values``) works too: the readout row (the CLS row;
-the mean over the patch rows for a model without a CLS token, SigLIP's image tower, whose tokens are its patches, and
-for a classifier averaging them) without its prefix columns, reshaped row-major to the ``(H // P, W // P)`` patch grid
-and repeated over each patch's pixels (no interpolation: every pixel carries its patch's value; 0 on a border no patch
-reads), ``(B, 1, H, W)``. The model runs as the adapter runs it: its ``preprocess`` first (a resizing one gets the map
-back at the input's size, nearest neighbour), its ``output=``, and an embedding adapter's similarities as the scores
-(a CLIP image tower against class embeddings). These methods are listed under ``whybox.methods("text")`` only: on
-images they need a transformer, which most image models are not (a run of ``whybox compare`` on a vision transformer's
-images adds them to its default methods).
+the mean over the patch rows, prefix tokens left out, for a model without a CLS token, SigLIP's image tower, whose
+tokens are its patches, and for a classifier averaging them, BEiT's and CLIP's) without its prefix columns, reshaped
+row-major to the ``(H // P, W // P)`` patch grid and repeated over each patch's pixels (no interpolation: every pixel
+carries its patch's value; 0 on a border no patch reads), ``(B, 1, H, W)``. The model runs as the adapter runs it: its
+``preprocess`` first (a resizing one gets the map back at the input's size, nearest neighbour), its ``output=``, and
+an embedding adapter's similarities as the scores (a CLIP image tower against class embeddings). These methods are
+listed under ``whybox.methods("text")`` only: on images they need a transformer, which most image models are not (a
+run of ``whybox compare`` on a vision transformer's images adds them to its default methods).
 """
 
 from __future__ import annotations
@@ -116,7 +118,7 @@ class AttentionExplainer(Explainer):
             # whybox.data's MiniLM sentiment model), or a Hugging Face vision model pooling its patches (BEiT's
             # ``config.use_mean_pooling``; a classifier on a two-tower config's image tower, whose patch size sits in
             # ``config.vision_config``: CLIP's, MetaCLIP 2's and SigLIP's *ForImageClassification average the patch
-            # tokens; the readout is then the mean over every token row, the CLS row included)
+            # tokens; on images the mean is over the patch rows, the prefix tokens' rows left out, as those pool)
             model = getattr(self.adapter, "model", None)
             config = getattr(model, "config", None)
             said = getattr(model, "pooling", None) == "mean"
@@ -136,8 +138,15 @@ class AttentionExplainer(Explainer):
         self.start_layer = 0
 
     def _matrix_row(
-        self, attentions: list[torch.Tensor], grads: list[torch.Tensor] | None, mask: torch.Tensor, how: str
+        self,
+        attentions: list[torch.Tensor],
+        grads: list[torch.Tensor] | None,
+        mask: torch.Tensor,
+        how: str,
+        rows: torch.Tensor | None = None,
     ) -> torch.Tensor:  # pragma: no cover - interface
+        """Row ``how`` of the method's token-by-token matrix; ``rows`` (default ``mask``) marks the rows a ``"mean"``
+        readout averages (on images the patch rows) and the columns kept."""
         raise NotImplementedError
 
     def _image_readout(self, tokens: int, h: int, w: int) -> str:
@@ -278,7 +287,9 @@ class AttentionExplainer(Explainer):
             tokens = attentions[0].shape[-1]
             how = self._image_readout(tokens, h, w)
             mask = torch.ones(n, tokens, dtype=torch.long, device=x.device)
-            parts.append(self._matrix_row(attentions, grads, mask, how).detach())
+            rows = mask.clone()
+            rows[:, : max(tokens - h * w, 0)] = 0  # "mean" averages the patch rows: no image model's pooler reads CLS
+            parts.append(self._matrix_row(attentions, grads, mask, how, rows).detach())
             logit_parts.append(logits.detach())
         engine.n_forward += x.shape[0]
         if self.with_grads:
@@ -327,11 +338,18 @@ class RawAttention(AttentionExplainer):
         self.head_fusion = head_fusion
 
     def _matrix_row(
-        self, attentions: list[torch.Tensor], grads: list[torch.Tensor] | None, mask: torch.Tensor, how: str
+        self,
+        attentions: list[torch.Tensor],
+        grads: list[torch.Tensor] | None,
+        mask: torch.Tensor,
+        how: str,
+        rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if not -len(attentions) <= self.layer < len(attentions):
             raise InvalidParameterError(f"layer={self.layer} but the model has {len(attentions)} attention layers.")
-        return raw_attention(attentions, layer=self.layer, head_fusion=self.head_fusion, readout=how, mask=mask)
+        return raw_attention(
+            attentions, layer=self.layer, head_fusion=self.head_fusion, readout=how, mask=mask if rows is None else rows
+        )
 
 
 @EXPLAINERS.register("attention_rollout")
@@ -356,7 +374,12 @@ class AttentionRollout(AttentionExplainer):
         self.discard_ratio = float(discard_ratio)
 
     def _matrix_row(
-        self, attentions: list[torch.Tensor], grads: list[torch.Tensor] | None, mask: torch.Tensor, how: str
+        self,
+        attentions: list[torch.Tensor],
+        grads: list[torch.Tensor] | None,
+        mask: torch.Tensor,
+        how: str,
+        rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
         r = attention_rollout(
             attentions,
@@ -365,7 +388,7 @@ class AttentionRollout(AttentionExplainer):
             start_layer=self.start_layer,
             mask=mask,
         )
-        return readout(r, how, mask=mask)
+        return readout(r, how, mask=mask if rows is None else rows)
 
 
 @EXPLAINERS.register("attention_relevance")
@@ -381,9 +404,14 @@ class AttentionRelevance(AttentionExplainer):
         self.start_layer = _check_start(start_layer)
 
     def _matrix_row(
-        self, attentions: list[torch.Tensor], grads: list[torch.Tensor] | None, mask: torch.Tensor, how: str
+        self,
+        attentions: list[torch.Tensor],
+        grads: list[torch.Tensor] | None,
+        mask: torch.Tensor,
+        how: str,
+        rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if grads is None:  # pragma: no cover - with_grads is set
             raise InvalidParameterError("attention_relevance needs the attention gradients.")
         r = gradient_weighted_relevance(attentions, grads, start_layer=self.start_layer)
-        return readout(r, how, mask=mask)
+        return readout(r, how, mask=mask if rows is None else rows)
