@@ -216,3 +216,44 @@ def test_the_mean_readout_of_an_image_model_is_over_its_patch_rows(method: str, 
     assert e.meta["readout"] == "mean"
     want = r[:, 1:, 1:].mean(1).reshape(2, 4, 4)  # the patch rows' mean, the CLS column dropped
     torch.testing.assert_close(e.meta["grid"], want, atol=1e-12, rtol=0)
+
+
+# --- the tie rule does not read the batch's padded width -------------------------------------------------------------
+
+
+def test_tie_order_draws_each_row_over_its_own_width() -> None:
+    """A row's tie permutation is the one of its own features, 0..w-1, drawn from the seed; the batch's padding
+    features w..N-1 after them: a row of width N keeps the permutation of 0..N-1 it always had."""
+    from whybox.metrics.base import _TIE_KEY, derive_generator, tie_order
+
+    seed = 7
+    row = torch.tensor([0.5, 0.0, 0.2, 0.0, 0.0, 0.2], dtype=torch.float64)
+    padded = torch.cat([row, torch.full((4,), -torch.inf, dtype=torch.float64)])
+    batch = torch.stack([padded, torch.arange(10, dtype=torch.float64) % 3])
+    got = tie_order(batch, seed, widths=torch.tensor([6, 10]))
+    assert got[0, :6].tolist() == tie_order(row[None], seed)[0].tolist() and got[0, 6:].tolist() == [6, 7, 8, 9]
+    assert torch.equal(got[1], tie_order(batch[1:], seed)[0])  # a full-width row: as before
+    rho = torch.randperm(6, generator=derive_generator(seed, _TIE_KEY))  # the oracle: sort on (-value, rho)
+    want = sorted(range(6), key=lambda j: (-float(row[j]), int(rho[j])))
+    assert got[0, :6].tolist() == want
+
+
+def test_text_deletion_with_tied_attributions_does_not_depend_on_the_batch() -> None:
+    """Rollout (max fusion, half discarded) leaves exact zeros on two words of 'the movie was great'; its deletion
+    score was 0.335326831 alone and 0.335328686 beside a longer text (the tie permutation drawn over the batch's 12
+    regions instead of the text's own 5)."""
+    from whybox.models.text import adapt_text
+
+    tiny_bert, toy_tokenizer = _text_parts()
+    clf = adapt_text(tiny_bert(), toy_tokenizer())  # type: ignore[operator]
+    texts = ["the movie was great", "it was not a good film but the acting was fun"]
+    kw = dict(head_fusion="max", discard_ratio=0.5)
+    both = whybox.explain_text(clf, texts, "attention_rollout", **kw)
+    alone = whybox.explain_text(clf, texts[:1], "attention_rollout", **kw)
+    a = alone.explanation.attributions[0, :, 0]
+    assert int((a[1:5] == 0).sum()) == 2  # two words tied at 0
+    rb = whybox.evaluate(clf, texts, both, "deletion")
+    r1 = whybox.evaluate(clf, texts[:1], alone, "deletion")
+    n = r1.curves["y"].shape[1]
+    torch.testing.assert_close(rb.curves["y"][0, :n], r1.curves["y"][0], atol=1e-12, rtol=0)
+    assert rb.scores[0].item() == pytest.approx(r1.scores[0].item(), abs=1e-12)

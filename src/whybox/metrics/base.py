@@ -76,6 +76,7 @@ __all__ = [
     "make_explain_fn",
     "pearson",
     "rankdata",
+    "row_widths",
     "spearman",
     "tie_first",
     "tie_order",
@@ -311,11 +312,15 @@ def _ranking_values(values: torch.Tensor | np.ndarray, descending: bool = True) 
     return v
 
 
-def tie_order(values: torch.Tensor, seed: int, *, descending: bool = True) -> torch.Tensor:
+def tie_order(
+    values: torch.Tensor, seed: int, *, descending: bool = True, widths: torch.Tensor | np.ndarray | None = None
+) -> torch.Tensor:
     """Feature order by ``values`` ``(B, N)``, ties broken by the fixed seeded rule of METRICS.md.
 
     A permutation ``rho`` of ``0..N-1`` is drawn from ``seed`` (the same for every row, so a row's order does not
-    depend on its place in the batch); the order is the sort on
+    depend on its place in the batch; a row of ``widths[i] = w < N`` features, the rest the batch's padding, draws
+    the permutation of its own ``0..w-1`` and gives its padding ``rho = w..N-1``, so its order does not depend on
+    the batch's width either: a text beside a longer one is ordered as alone); the order is the sort on
     ``(-value, rho)`` (``(value, -rho)`` when ``descending=False``: least relevant first is the reverse of that
     order, as METRICS.md's LeRF and ROAD's LeRF take it), a total order, so no sort algorithm can change
     it: a row without ties is ordered by its distinct values (an unstable, SIMD argsort is safe there), a row with
@@ -335,13 +340,27 @@ def tie_order(values: torch.Tensor, seed: int, *, descending: bool = True) -> to
     ranked = key[np.arange(b)[:, None], first]
     new_value = ranked[:, 1:] != ranked[:, :-1]
     out = first
-    rho = None
+    own = None if widths is None else np.minimum(np.asarray(torch.as_tensor(widths).cpu(), dtype=np.int64), n)
+    rhos: dict[int, np.ndarray] = {}  # one permutation per width
     for i in np.flatnonzero(~new_value.all(1)).tolist():
         dense = np.empty(n, dtype=np.int64)
         dense[first[i]] = np.concatenate([[0], np.cumsum(new_value[i])])
-        rho = _tie_rho(seed, n) if rho is None else rho
+        w = n if own is None else max(int(own.reshape(-1)[i if own.size > 1 else 0]), 0)
+        if w not in rhos:
+            rhos[w] = _tie_rho(seed, n) if w == n else np.concatenate([_tie_rho(seed, w), np.arange(w, n)])
+        rho = rhos[w]
         out[i] = np.argsort(dense * n + (rho if descending else n - 1 - rho))
     return torch.from_numpy(out).to(values.device)
+
+
+def row_widths(sizes: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` int64 on the CPU: each row's own feature count from its features' sizes ``(B, M)``: one past its
+    last feature covering an element (the features after it are the batch's padding, e.g. the word ids of a longer
+    text), for :func:`tie_order`'s ``widths``."""
+    used = sizes.detach().cpu() > 0
+    m = used.shape[1]
+    last = m - torch.flip(used, dims=[1]).to(torch.int64).argmax(1)
+    return torch.where(used.any(1), last, torch.zeros_like(last))
 
 
 def tie_top(values: torch.Tensor | np.ndarray, seed: int, k: torch.Tensor | np.ndarray) -> torch.Tensor:

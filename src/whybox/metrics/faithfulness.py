@@ -37,6 +37,7 @@ from whybox.metrics.base import (
     feature_values,
     pearson,
     row_keys,
+    row_widths,
     spearman,
     text_positions,
     tie_order,
@@ -261,6 +262,7 @@ def curve_points(
     point) and x ``(B, P)`` (fraction of the input's elements perturbed).
     """
     sizes = groups.sizes().to(torch.float64)  # (B, M) elements per feature (per input row)
+    widths = row_widths(sizes)  # ties are broken within a row's own features, not the batch's padding
     if null is not None:
         sizes = sizes.masked_fill(null.to(sizes.device), 0.0)
     b, m = sizes.shape
@@ -273,7 +275,7 @@ def curve_points(
         )
         pooled = sums if region_pool == "sum" else sums / sizes.clamp_min(1)
         values = torch.where(sizes > 0, pooled, torch.full_like(sums, -math.inf))
-    order = tie_order(values, seed, descending=descending).cpu()
+    order = tie_order(values, seed, descending=descending, widths=widths).cpu()
     if region_values:  # empty regions (unused ids) last, whatever the direction
         empty = (sizes.cpu() == 0).gather(1, order).to(torch.int64)
         order = order.gather(1, torch.sort(empty, dim=1, stable=True).indices)
