@@ -454,3 +454,39 @@ def test_a_one_step_sequence_plot_shows_its_features_as_markers() -> None:
     fig = whybox.explain(_gru(), x, "saliency").plot(x)
     lines = [line for ax in fig.axes for line in ax.lines]
     assert len(lines) == 8 and all(line.get_marker() == "o" for line in lines)
+
+
+@pytest.mark.parametrize("metric", ["deletion", "insertion", "comprehensiveness", "sufficiency"])
+def test_a_row_s_tied_features_are_ordered_as_alone_beside_a_row_of_more_regions(metric: str) -> None:
+    torch.manual_seed(0)
+    net = (
+        nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 3))
+        .double()
+        .eval()
+    )  # float64: a row scores the same in any batch, so only the tie order can differ
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    ids = torch.arange(64).reshape(8, 8)
+    regions = torch.stack([(ids // 8 // 3) * 3 + (ids % 8) // 3, ((ids // 8) // 4) * 2 + (ids % 8) // 4])  # 9, 4
+    flat = torch.ones(2, 3, 8, 8, dtype=torch.float64)  # every region tied: the seeded rule alone orders them
+    for seed in range(3):
+        both = whybox.evaluate(net, x, flat, metric, regions=regions, seed=seed, target=0).scores[1]
+        alone = whybox.evaluate(net, x[1:], flat[1:], metric, regions=regions[1:], seed=seed, target=0).scores[0]
+        torch.testing.assert_close(both, alone, rtol=0, atol=1e-12)
+
+
+def test_an_unrolled_recurrent_cell_reads_a_sequence() -> None:
+    class Cell(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cell = nn.LSTMCell(4, 6)
+            self.fc = nn.Linear(6, 3)
+
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            h = c = t.new_zeros(t.shape[0], 6)
+            for i in range(t.shape[1]):
+                h, c = self.cell(t[:, i], (h, c))
+            return self.fc(h)
+
+    x = torch.randn(2, 12, 4)
+    assert is_sequence(whybox.adapt(Cell().eval()), x)
+    assert whybox.explain(Cell().eval(), x, "lima", n_regions=4).to_map().shape == (2, 12)

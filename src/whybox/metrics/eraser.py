@@ -28,7 +28,7 @@ from whybox.errors import InvalidInputError, InvalidParameterError, did_you_mean
 from whybox.masking.engine import repeat_last
 from whybox.masking.features import FeatureGroups, broadcast_ids, groups_touched, segments
 from whybox.masking.fills import FillLike
-from whybox.metrics.base import Context, Metric, tie_order
+from whybox.metrics.base import Context, Metric, row_widths, tie_order
 from whybox.metrics.faithfulness import _check_fill, resolve_fill
 from whybox.models.inputs import label_map_option, note_option_columns
 from whybox.models.targets import apply_score_space
@@ -240,7 +240,9 @@ class _Eraser(Metric):
         values = pool_attributions(ctx.attributions, groups, x, pool=self.pool, abs=self.abs, signal=ctx.signal)
         null = null_features(x, fill, groups) | torch.isnan(values)
         ranked = torch.where(null, torch.full_like(values, -math.inf), values)
-        order = tie_order(ranked, self.seed).to(x.device)  # null features last
+        # null features last; ties broken within a row's own features (not the batch's padding), as the curves do
+        widths = row_widths(groups.sizes())
+        order = tie_order(ranked, self.seed, widths=widths).to(x.device)
         ranks = torch.empty_like(order).scatter_(
             1, order, torch.arange(order.shape[1], device=x.device).expand_as(order)
         )

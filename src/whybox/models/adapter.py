@@ -632,8 +632,8 @@ def _traced_groups(conv: Any) -> int | None:
 
 
 #: layers that read the steps of a sequence (B, T, D): recurrent layers and attention (also as TorchScript modules)
-_STEP_LAYERS: tuple[type[nn.Module], ...] = (nn.RNNBase, nn.MultiheadAttention)
-_STEP_LAYER_NAMES = frozenset({"RNN", "GRU", "LSTM", "MultiheadAttention"})
+_STEP_LAYERS: tuple[type[nn.Module], ...] = (nn.RNNBase, nn.RNNCellBase, nn.MultiheadAttention)
+_STEP_LAYER_NAMES = frozenset({"RNN", "GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell", "MultiheadAttention"})
 
 
 def is_signal(adapter: ModelAdapter | None, x: torch.Tensor) -> bool:
@@ -653,7 +653,8 @@ def is_signal(adapter: ModelAdapter | None, x: torch.Tensor) -> bool:
 
 def is_sequence(adapter: ModelAdapter | None, x: torch.Tensor) -> bool:
     """True for sequences ``(B, T, D)``: 3-D inputs of a torch model that reads time steps of ``D`` features, as it
-    shows by its layers: a recurrent layer (``nn.RNN``, ``nn.GRU``, ``nn.LSTM``), an ``nn.MultiheadAttention`` (a
+    shows by its layers: a recurrent layer (``nn.RNN``, ``nn.GRU``, ``nn.LSTM``, or their cells unrolled over the
+    steps), an ``nn.MultiheadAttention`` (a
     transformer over time), or an ``nn.Conv1d`` reading ``D`` channels (a 1-D CNN that permutes the steps into
     place); TorchScript forms of these too. Not a 1-D signal (:func:`is_signal`), not a text adapter's packed tokens,
     not a black box (a function, an ONNX graph: nothing tells), and not the channel-less images ``(B, H, W)`` of a
