@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from whybox.api import evaluate, explain
-from whybox.errors import InvalidInputError, InvalidParameterError
+from whybox.errors import InvalidInputError, InvalidParameterError, InvalidTargetError
 from whybox.explainers.base import _keyword_options
 from whybox.explainers.perturbation._common import PerturbationExplainer
 from whybox.explanation import Explanation
@@ -229,7 +229,10 @@ def find_mistakes(
         if classes is not None:  # a scikit-learn classifier's own labels, classes_ [1, 2, 3] or ["no", "yes"]
             labels = torch.tensor(classes, dtype=torch.int64)
         else:
-            arr = np.asarray(class_label_target(adapter, given))
+            try:
+                arr = np.asarray(class_label_target(adapter, given))
+            except InvalidTargetError as exc:  # a class name the model does not have: say it of labels
+                raise InvalidTargetError(str(exc).replace("target ", "labels: ", 1)) from None
             if arr.dtype.kind in "iu":
                 labels = torch.from_numpy(arr.astype(np.int64))
     if not isinstance(labels, torch.Tensor) or labels.shape != (inputs.shape[0],) or labels.is_floating_point():
@@ -304,7 +307,10 @@ def find_mistakes(
         return report
     x = inputs[wrong].to(dev)
     if isinstance(regions, torch.Tensor) and text_batch is None:
-        regions = _mistakes_regions(regions, inputs, wrong)
+        if inputs.ndim == 3 and not is_signal(adapter, inputs[:1]):  # sequences (N, T, D): ids per time step
+            regions = _sequence_regions(regions, inputs, wrong)
+        else:
+            regions = _mistakes_regions(regions, inputs, wrong)
     if isinstance(fill, torch.Tensor) and fill.ndim == inputs.ndim and fill.shape[0] == inputs.shape[0] > 1:
         fill = fill[wrong.to(fill.device)]  # one fill row per input: the mistakes' rows, as regions are cut
     if isinstance(fill, str) and text_batch is None:
@@ -420,6 +426,28 @@ def find_mistakes(
             )
         )
     return report
+
+
+def _sequence_regions(regions: torch.Tensor, inputs: torch.Tensor, wrong: torch.Tensor) -> torch.Tensor:
+    """A label map of sequences ``(N, T, D)`` as the mistakes' maps ``(B, T, 1)`` (ids per time step) or
+    ``(B, T, D)`` (per element), what LIMA and the curve take: one map for all, ``(T,)``, ``(T, 1)``, ``(1, T)``,
+    ``(1, T, 1)``, ``(T, D)`` or ``(1, T, D)``, repeated; one per input, ``(N, T)``, ``(N, T, 1)``, ``(N, 1, T)`` or
+    ``(N, T, D)``, cut to the mistakes' rows."""
+    n, t, d = inputs.shape
+    shape = tuple(regions.shape)
+    if shape in ((t,), (t, 1), (1, t), (1, t, 1), (1, 1, t)):
+        one = regions.reshape(1, t, 1)
+    elif shape in ((t, d), (1, t, d)) and not (shape == (t, d) and t == n and d == t):
+        one = regions.reshape(1, t, d)
+    elif shape in ((n, t), (n, t, 1), (n, 1, t), (n, t, d)):
+        per = regions.reshape(n, t, d if shape == (n, t, d) and d != 1 else 1)
+        return per[wrong.to(per.device)]
+    else:
+        raise InvalidParameterError(
+            f"regions of shape {shape} do not fit sequences {tuple(inputs.shape)}: give ids per time step, ({t},), "
+            f"({t}, 1) or one map per input ({n}, {t}) / ({n}, {t}, 1), or per element ({t}, {d}) / ({n}, {t}, {d})."
+        )
+    return one.expand(int(wrong.numel()), -1, -1)
 
 
 def _mistakes_regions(regions: torch.Tensor, inputs: torch.Tensor, wrong: torch.Tensor) -> torch.Tensor:

@@ -490,3 +490,36 @@ def test_an_unrolled_recurrent_cell_reads_a_sequence() -> None:
     x = torch.randn(2, 12, 4)
     assert is_sequence(whybox.adapt(Cell().eval()), x)
     assert whybox.explain(Cell().eval(), x, "lima", n_regions=4).to_map().shape == (2, 12)
+
+
+# ---------------------------------------------------------------------------------------------- find_mistakes
+@pytest.mark.parametrize("shape", ["(T,)", "(T, 1)", "(1, T, 1)", "(N, T)", "(N, T, 1)"])
+def test_find_mistakes_on_sequences_takes_every_documented_label_map_with_lima(shape: str) -> None:
+    torch.manual_seed(0)
+    model, x = _gru_d(3), torch.randn(10, 8, 3)
+    y = (model(x).argmax(1) + 1) % 2  # every input a mistake
+    steps = torch.arange(8) // 2  # 4 windows of 2 time steps
+    regions = {
+        "(T,)": steps, "(T, 1)": steps.view(8, 1), "(1, T, 1)": steps.view(1, 8, 1),
+        "(N, T)": steps.expand(10, 8).clone(), "(N, T, 1)": steps.view(1, 8, 1).expand(10, 8, 1).clone(),
+    }[shape]  # fmt: skip
+    lima = whybox.find_mistakes(model, x, y, method="lima", regions=regions, max_mistakes=3)
+    occ = whybox.find_mistakes(model, x, y, method="occlusion", regions=regions, max_mistakes=3)
+    assert len(lima.mistakes) == len(occ.mistakes) == 3
+    for m in lima.mistakes:
+        assert torch.equal(m.regions.reshape(-1), steps) and m.attribution.shape[0] == 8
+    direct = whybox.explain(model, x[:3], "lima", target=y[:3], regions=steps.view(8, 1), search="predictive")
+    assert torch.equal(lima.explanation.attributions, direct.attributions)
+
+
+def test_find_mistakes_names_labels_for_an_unknown_class_name() -> None:
+    adapter = whybox.adapt(nn.Linear(3, 3), labels=["a", "b", "c"])
+    with pytest.raises(whybox.errors.InvalidTargetError, match=r"^labels: 'zz' is not one of the model's outputs"):
+        whybox.find_mistakes(adapter, torch.randn(4, 3), ["a", "b", "c", "zz"], method="occlusion")
+
+
+def test_whybox_debug_refuses_n_regions_which_its_regions_flag_sets(tmp_path: Path) -> None:
+    args = ["debug", "--limit", "1", "--method", "lima", "--option", "n_regions=25", "--out", str(tmp_path / "d")]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 2
+    assert "n_regions= is set by --regions in whybox debug" in res.output

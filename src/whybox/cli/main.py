@@ -953,7 +953,8 @@ def debug_cmd(**params: Any) -> None:
     from whybox.api import _options
 
     own = {
-        "regions": "--regions", "batch_size": "--batch-size", "max_mistakes": "--limit", "method": "--method",
+        "regions": "--regions", "n_regions": "--regions", "batch_size": "--batch-size", "max_mistakes": "--limit",
+        "method": "--method",
         "model": "--model", "inputs": "INPUTS", "labels": "the inputs' labels", "target": "the inputs' labels",
     }  # fmt: skip
     clash = [k for k in opts if k in own]
