@@ -207,7 +207,7 @@ def explain(
             described[k] = tensor_option(v, k, coder)
             continue
         if getattr(explainer.adapter, "packing", None) is not None:  # one per input: packed, as the method read it
-            v = described[k] = packed_option(v, explainer.adapter)
+            v = described[k] = packed_option(v, explainer.adapter, k)
         if k in ("features", "regions"):  # ids as the integer tensor the method read (lists, NumPy arrays)
             described[k] = label_map_option(v, k)
         elif k in _ROW_OPTIONS and isinstance(v, (list, tuple, np.ndarray)):  # a fill / baseline as its tensor

@@ -523,3 +523,48 @@ def test_whybox_debug_refuses_n_regions_which_its_regions_flag_sets(tmp_path: Pa
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 2
     assert "n_regions= is set by --regions in whybox debug" in res.output
+
+
+# ---------------------------------------------------------------------------------------------- several inputs
+class _TwoInputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(3 * 4 * 4, 2)
+        self.b = nn.Linear(5, 2)
+
+    def forward(self, image: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+        return self.a(image.flatten(1)) + self.b(meta)
+
+
+def test_a_per_input_option_that_does_not_fit_is_said_of_that_option() -> None:
+    torch.manual_seed(0)
+    adapter = whybox.adapt(_TwoInputs(), input_shapes={"image": (3, 4, 4), "meta": (5,)})
+    inputs = {"image": torch.randn(2, 3, 4, 4), "meta": torch.randn(2, 5)}
+    with pytest.raises(InvalidParameterError, match=r"^fill= given per input must name each of the model's inputs "):
+        whybox.explain(adapter, inputs, "feature_ablation", fill={"image": 0.0, "metadata": 1.0})
+    with pytest.raises(InvalidParameterError, match=r"^fill= given per input must name .*; got 'image'\."):
+        whybox.explain(adapter, inputs, "feature_ablation", fill={"image": 0.0})
+    with pytest.raises(InvalidParameterError, match=r"^baseline= given per input does not fit the model's inputs"):
+        whybox.explain(
+            adapter, inputs, "integrated_gradients", baseline={"image": torch.zeros(3, 4, 4), "meta": torch.zeros(4)}
+        )
+    with pytest.raises(InvalidParameterError, match=r"^background= given per input must name"):
+        whybox.explain(
+            adapter, inputs, "kernel_shap", background={"image": torch.zeros(3, 3, 4, 4), "metaa": torch.zeros(3, 5)}
+        )
+    e = whybox.explain(adapter, inputs, "saliency")
+    with pytest.raises(InvalidParameterError, match=r"^fill= given per input must name"):
+        whybox.evaluate(adapter, inputs, e, "deletion", fill={"img": 0.0, "meta": 0.0})
+    ok = whybox.explain(adapter, inputs, "feature_ablation", fill={"meta": 1.0, "image": 0.0})  # any key order
+    assert torch.isfinite(ok.attributions).all()
+
+
+def test_features_grid_on_several_inputs_cuts_the_image_in_squares() -> None:
+    torch.manual_seed(0)
+    adapter = whybox.adapt(_TwoInputs(), input_shapes=[(3, 4, 4), (5,)])
+    x = (torch.randn(2, 3, 4, 4), torch.randn(2, 5))
+    grid = whybox.explain(adapter, x, "feature_ablation", features="grid", patch=2)
+    given = whybox.explain(adapter, x, "feature_ablation", features=adapter.packing.region_groups(2))
+    assert torch.equal(grid.attributions, given.attributions)
+    with pytest.raises(InvalidParameterError, match=r"features='superpixels' segments images .* use features='grid'"):
+        whybox.explain(adapter, x, "feature_ablation", features="superpixels")

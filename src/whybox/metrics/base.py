@@ -1029,7 +1029,7 @@ class Metric:
             self._code_fill(coder)  # a pandas reference row read now that the inputs are known
             if getattr(adapter, "packing", None) is not None and hasattr(self, "fill"):
                 # one fill per input, packed as the explainers pack it
-                setattr(self, "fill", packed_option(getattr(self, "fill"), adapter))  # noqa: B009, B010
+                setattr(self, "fill", packed_option(getattr(self, "fill"), adapter, "fill"))  # noqa: B009, B010
             if isinstance(getattr(self, "fill", None), tuple):  # a row given as a tuple: as a list would be read
                 setattr(self, "fill", tensor_option(getattr(self, "fill"), "fill"))  # noqa: B009, B010
             check_option_columns(getattr(self, "_option_columns", {}), names)  # a pandas fill read by position

@@ -243,11 +243,12 @@ class InputPacking:
         return inputs
 
 
-def packed_option(value: Any, adapter: Any) -> Any:
+def packed_option(value: Any, adapter: Any, name: str = "option") -> Any:
     """A reference given per input (captum's convention) for a model of several inputs, packed like its rows: a
     tuple, list or mapping of tensors or arrays, each one sample's shape (a baseline row ``(F,)``) or with a batch
     dimension (rows ``(B, F)``), or of one number per input (``(0.0, 50.0)``: that value over the input). Anything
-    else, or any value for another model, unchanged."""
+    else, or any value for another model, unchanged. A per-input value that does not fit the inputs is an
+    :class:`InvalidParameterError` naming the option ``name`` (``fill``, ``baseline``, ``background``)."""
     packing = getattr(adapter, "packing", None)
     if packing is None:
         return value
@@ -257,9 +258,34 @@ def packed_option(value: Any, adapter: Any) -> Any:
         isinstance(parts, (tuple, list))
         and parts
         and all(isinstance(t, (torch.Tensor, np.ndarray, *number)) and not isinstance(t, bool) for t in parts)
-        and any(isinstance(t, (torch.Tensor, np.ndarray)) or len(parts) > 1 for t in parts)
     ):
         return value
+    per_input = name in ("fill", "baseline", "background")  # options read per input (not a nested dict option)
+    if (
+        per_input
+        and isinstance(value, Mapping)
+        and packing.names is not None
+        and set(map(str, value)) != set(packing.names)
+    ):
+        given = ", ".join(repr(str(k)) for k in value)
+        raise InvalidParameterError(
+            f"{name}= given per input must name each of the model's inputs "
+            f"{', '.join(map(repr, packing.names))}; got {given}. Give one value per input (a number, or a tensor "
+            "of that input's shape), or one value for all."
+        )
+    if not any(isinstance(t, (torch.Tensor, np.ndarray)) or len(parts) > 1 for t in parts):
+        return value
+    try:
+        return _pack_option(value, parts, packing, number)
+    except InvalidInputError as exc:  # said of the inputs by pack_inputs: it is the option that does not fit
+        raise InvalidParameterError(
+            f"{name}= given per input does not fit the model's inputs: {exc} (in {name}=; each part is that input's "
+            "one-sample shape, or rows (B, *shape), or one number)"
+        ) from None
+
+
+def _pack_option(value: Any, parts: Any, packing: InputPacking, number: tuple[type, ...]) -> Any:
+    """:func:`packed_option`'s packing of a per-input value."""
     if isinstance(value, Mapping) and packing.names is not None:  # each value against its own input's shape
         shape_of = dict(zip(packing.names, packing.shapes, strict=True))
         shapes = [shape_of.get(k, ()) for k in value]

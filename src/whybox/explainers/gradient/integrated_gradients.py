@@ -139,7 +139,7 @@ class IntegratedGradients(GradientExplainer):
             )
         else:
             quadrature(method, n_steps)  # validates n_steps
-        baseline = packed_option(baseline, self.adapter)  # per input, for a model of several inputs
+        baseline = packed_option(baseline, self.adapter, "baseline")  # per input, for a model of several inputs
         note_option_columns(self, "baseline", baseline)
         baseline = tensor_option(baseline, "baseline")  # a numpy array, pandas Series or list of numbers, as a tensor
         known = isinstance(baseline, (str, int, float, torch.Tensor)) or callable(baseline)

@@ -333,7 +333,7 @@ class PerturbationExplainer(Explainer):
         **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
-        fill = packed_option(fill, self.adapter)  # per input, for a model of several inputs
+        fill = packed_option(fill, self.adapter, "fill")  # per input, for a model of several inputs
         note_option_columns(self, "fill", fill)
         if not (coded_later(fill) and coder_of(self.adapter) is not None):  # an estimator's: coded with the inputs
             fill = tensor_option(fill, "fill")  # e.g. fill=X_train.mean(0) as a numpy array or a pandas Series
@@ -477,6 +477,16 @@ class RegionExplainer(PerturbationExplainer):
             # exact Shapley (whose images get a 3 x 3 grid) over the inputs themselves, which input mattered
             ids = packing.input_groups() if self.auto_features == "grid3" else packing.region_groups(self.patch)
             return F.columns(x, groups=ids.to(x.device))
+        if isinstance(self.features, str) and packing is not None and packing.has_image and x.ndim == 2:
+            if self.features == "grid":  # the image in squares of `patch` pixels, the other inputs value by value
+                return F.columns(x, groups=packing.region_groups(self.patch).to(x.device))
+            if self.features in ("superpixels", "quickshift", "pixels", "segments"):
+                raise InvalidParameterError(
+                    f"features={self.features!r} segments images (B, C, H, W); these are the packed rows of a model "
+                    "of several inputs: use features='grid' (its image in squares of patch= pixels, the other inputs "
+                    "value by value), leave features out, or pass adapter.packing.region_groups(patch) or "
+                    "adapter.packing.input_groups()."
+                )
         if isinstance(self.features, str) and self.features == "segments" and hasattr(self.adapter, "tokenizer"):
             raise InvalidParameterError(
                 "features='segments' cuts time series; a text model's features are its words: use "
@@ -588,7 +598,9 @@ class ShapleyExplainer(RegionExplainer):
 
     def __init__(self, model: Any, *, background: torch.Tensor | None = None, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
-        background = packed_option(background, self.adapter)  # rows per input, for a model of several inputs
+        background = packed_option(
+            background, self.adapter, "background"
+        )  # rows per input, for a model of several inputs
         note_option_columns(self, "background", background)
         # an estimator's DataFrame (or list with text) is coded with the inputs, in _code_options
         if not (coded_later(background) and coder_of(self.adapter) is not None):
