@@ -717,10 +717,17 @@ class Explanation:
             ) from None
         with f_open as f:
             header = f.metadata() or {}
-            if header.get("format") != _FORMAT:
+            fmt = header.get("format")
+            if isinstance(fmt, str) and fmt.startswith(_FORMAT.rsplit("/", 1)[0] + "/") and fmt != _FORMAT:
+                raise DataFormatError(
+                    f"path={str(path)!r} is a whybox explanation of format {fmt!r}, which this whybox "
+                    f"({_FORMAT!r}) does not read: it was written by another version; load it with that version "
+                    "(upgrade whybox if it is newer)."
+                )
+            if fmt != _FORMAT:
                 raise InvalidInputError(
-                    f"path={str(path)!r} is not a whybox explanation file (format "
-                    f"{header.get('format')!r}); write it with Explanation.save()."
+                    f"path={str(path)!r} is not a whybox explanation file (format {fmt!r}); write it with "
+                    "Explanation.save()."
                 )
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
         fields: dict[str, Any] = {}
@@ -758,8 +765,15 @@ class Explanation:
             options[name] = dict(plain) if isinstance(plain, dict) else {}
         for key, v in tensors.items():  # ... and their tensors
             if key.startswith("optiondict."):
-                name, sub = key[len("optiondict.") :].split("/", 1)
-                options.setdefault(name, {})[sub] = v
+                name, slash, sub = key[len("optiondict.") :].partition("/")
+                holder = options.setdefault(name, {})
+                if not slash or not isinstance(holder, dict):
+                    raise DataFormatError(
+                        f"path={str(path)!r}: the explanation's option {key!r} is damaged (a nested option's tensor "
+                        f"{'without its key' if not slash else 'beside a plain option of that name'}); the file is "
+                        "damaged. Write it again with Explanation.save()."
+                    )
+                holder[sub] = v
         return cls(
             attributions=fields["attributions"],
             target=fields["target"],

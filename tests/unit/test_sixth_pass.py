@@ -568,3 +568,43 @@ def test_features_grid_on_several_inputs_cuts_the_image_in_squares() -> None:
     assert torch.equal(grid.attributions, given.attributions)
     with pytest.raises(InvalidParameterError, match=r"features='superpixels' segments images .* use features='grid'"):
         whybox.explain(adapter, x, "feature_ablation", features="superpixels")
+
+
+def test_load_says_which_format_a_newer_file_has_and_refuses_damaged_nested_options(tmp_path: Path) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from whybox.explanation import Explanation
+
+    e = whybox.explain(nn.Linear(4, 3).eval(), torch.randn(2, 4), "occlusion")
+    e.save(tmp_path / "e.safetensors")
+    with safe_open(str(tmp_path / "e.safetensors"), framework="pt") as f:
+        header = f.metadata()
+    tensors = load_file(str(tmp_path / "e.safetensors"))
+    save_file(tensors, str(tmp_path / "future.safetensors"), metadata={**header, "format": "whybox.explanation/2"})
+    with pytest.raises(whybox.errors.DataFormatError, match=r"format 'whybox.explanation/2', which this whybox"):
+        Explanation.load(tmp_path / "future.safetensors")
+    for key, why in (("optiondict.prior_options", "without its key"), ("option.fill", "beside a plain option")):
+        extra = (
+            {key: torch.zeros(1)}
+            if key.startswith("optiondict")
+            else {key: torch.zeros(1), "optiondict.fill/x": torch.zeros(1)}
+        )
+        save_file({**tensors, **extra}, str(tmp_path / "damaged.safetensors"), metadata=header)
+        with pytest.raises(whybox.errors.DataFormatError, match=why):
+            Explanation.load(tmp_path / "damaged.safetensors")
+
+
+def test_cli_evaluate_of_a_file_from_another_method_says_so(tmp_path: Path) -> None:
+    from whybox.explanation import Explanation
+
+    (tmp_path / "gru.py").write_text(GRU_PY)
+    x = np.random.default_rng(0).normal(size=(2, 12, 4)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    e = whybox.explain(_gru(), torch.from_numpy(x), "saliency")
+    Explanation(e.attributions, e.target, "my_shap", {}, dict(e.meta)).save(tmp_path / "mine.safetensors")
+    res = CliRunner().invoke(
+        cli, ["evaluate", "--model", f"{tmp_path / 'gru.py'}:build", str(tmp_path / "x.npy"),
+              "--explanation", str(tmp_path / "mine.safetensors"), "--metrics", "deletion"],
+    )  # fmt: skip
+    assert res.exit_code == 2 and "was made by 'my_shap', not a whybox method" in res.output

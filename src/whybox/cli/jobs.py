@@ -840,6 +840,12 @@ def evaluate_cmd(ctx: click.Context, **params: Any) -> None:
         except (WhyboxError, OSError) as exc:
             raise _fail(f"--explanation {str(params['explanation_file'])!r}: {exc}") from None
         method = saved.method
+        if method not in whybox.methods():
+            raise _fail(
+                f"--explanation {str(params['explanation_file'])!r} was made by {method!r}, not a whybox method; this "
+                "command scores what whybox explain wrote (score other attributions with whybox.evaluate(model, "
+                "inputs, attributions, metric) in Python)."
+            )
     if not method:
         raise _fail("--method is required (or --explanation, a saved one); see `whybox methods`.")
     _split(method, flag="--method", valid=whybox.methods())
