@@ -112,7 +112,9 @@ def test_a_sigmoid_of_predict_proba_or_of_a_regressors_values_is_refused():
     x = rows(40).numpy()
     y = (x[:, 0] > 0).astype(int)
     clf = LogisticRegression().fit(x, y)
-    with pytest.raises(InvalidParameterError, match="predict_proba gives probabilities already: pass score='prob'"):
+    with pytest.raises(
+        InvalidParameterError, match="predict_proba gives probabilities already: leave score out to explain them"
+    ):
         whybox.explain(clf, x[:2], "lime", score="sigmoid")
     reg = LinearRegression().fit(x, x[:, 1])
     with pytest.raises(InvalidParameterError, match=r"are predicted values \(its predict\): pass score='logit'"):
