@@ -435,9 +435,15 @@ def _sequence_regions(regions: torch.Tensor, inputs: torch.Tensor, wrong: torch.
     ``(N, T, D)``, cut to the mistakes' rows."""
     n, t, d = inputs.shape
     shape = tuple(regions.shape)
+    if shape == (t, d) and n == t and d == t and t > 1:  # one map per element, or one per input per step?
+        raise InvalidParameterError(
+            f"regions of shape {shape} on {n} sequences of {t} steps of {d} features can be one map per element "
+            f"for all, or one map per input of ids per step: give ({1}, {t}, {d}) for the first, ({n}, {t}, 1) for "
+            "the second."
+        )
     if shape in ((t,), (t, 1), (1, t), (1, t, 1), (1, 1, t)):
         one = regions.reshape(1, t, 1)
-    elif shape in ((t, d), (1, t, d)) and not (shape == (t, d) and t == n and d == t):
+    elif shape in ((t, d), (1, t, d)):
         one = regions.reshape(1, t, d)
     elif shape in ((n, t), (n, t, 1), (n, 1, t), (n, t, d)):
         per = regions.reshape(n, t, d if shape == (n, t, d) and d != 1 else 1)

@@ -608,3 +608,54 @@ def test_cli_evaluate_of_a_file_from_another_method_says_so(tmp_path: Path) -> N
               "--explanation", str(tmp_path / "mine.safetensors"), "--metrics", "deletion"],
     )  # fmt: skip
     assert res.exit_code == 2 and "was made by 'my_shap', not a whybox method" in res.output
+
+
+def test_whybox_debug_takes_n_regions_on_sequences_where_it_sets_lima_s_time_windows(
+    seq_files: tuple[str, Path, Path], tmp_path: Path
+) -> None:
+    import json
+
+    spec, _npy, npz = seq_files
+    spans = []
+    for n in (3, 6):
+        out = tmp_path / f"d{n}"
+        args = ["debug", "--model", spec, str(npz), "--method", "lima", "--limit", "1", "--option", f"n_regions={n}"]
+        res = CliRunner().invoke(cli, [*args, "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        spans.append(
+            [b - a + 1 for r in json.loads((out / "mistakes.json").read_text()) for a, b in r["culprit_steps"]]
+        )
+    assert max(spans[0]) == 4 and max(spans[1]) == 2  # 12 steps in 3 windows of 4, in 6 of 2
+
+
+def test_find_mistakes_refuses_a_sequence_map_it_cannot_read_one_way() -> None:
+    torch.manual_seed(0)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gru = nn.GRU(8, 5, batch_first=True)
+            self.fc = nn.Linear(5, 2)
+
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.gru(t)[0][:, -1])
+
+    model, x = Net().eval(), torch.randn(8, 8, 8)
+    y = (model(x).argmax(1) + 1) % 2
+    per_element = (torch.arange(64).view(8, 8) // 16).contiguous()  # (T, D) = (N, T): 4 regions, or one per row?
+    with pytest.raises(InvalidParameterError, match=r"give \(1, 8, 8\) for the first, \(8, 8, 1\) for the second"):
+        whybox.find_mistakes(model, x, y, method="occlusion", regions=per_element)
+    report = whybox.find_mistakes(model, x, y, method="occlusion", regions=per_element.view(1, 8, 8), max_mistakes=1)
+    assert torch.equal(report.mistakes[0].regions.reshape(8, 8), per_element)
+
+
+def test_nested_options_of_a_model_of_several_inputs_are_not_read_per_input() -> None:
+    torch.manual_seed(0)
+    named = whybox.adapt(_TwoInputs(), input_shapes={"image": (3, 4, 4), "meta": (5,)})
+    inputs = {"image": torch.randn(2, 3, 4, 4), "meta": torch.randn(2, 5)}
+    e = whybox.explain(named, inputs, "lima", seed=0, prior_options={"baseline": torch.zeros(53), "n_steps": 4})
+    assert e.options["prior_options"]["n_steps"] == 4 and torch.isfinite(e.attributions).all()
+    positional = whybox.adapt(_TwoInputs(), input_shapes=[(3, 4, 4), (5,)])
+    x = (torch.randn(2, 3, 4, 4), torch.randn(2, 5))
+    with pytest.raises(InvalidParameterError, match=r"fill= is a mapping, but this model's inputs have no names"):
+        whybox.explain(positional, x, "feature_ablation", fill={0: 0.5, 1: 1.0})

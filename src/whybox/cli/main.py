@@ -953,10 +953,11 @@ def debug_cmd(**params: Any) -> None:
     from whybox.api import _options
 
     own = {
-        "regions": "--regions", "n_regions": "--regions", "batch_size": "--batch-size", "max_mistakes": "--limit",
-        "method": "--method",
+        "regions": "--regions", "batch_size": "--batch-size", "max_mistakes": "--limit", "method": "--method",
         "model": "--model", "inputs": "INPUTS", "labels": "the inputs' labels", "target": "the inputs' labels",
     }  # fmt: skip
+    if kind == "image":  # --regions builds the grid LIMA searches (elsewhere LIMA's n_regions time windows are)
+        own["n_regions"] = "--regions"
     clash = [k for k in opts if k in own]
     if clash:  # find_mistakes' own arguments: set by their flags
         name = clash[0]

@@ -261,6 +261,13 @@ def packed_option(value: Any, adapter: Any, name: str = "option") -> Any:
     ):
         return value
     per_input = name in ("fill", "baseline", "background")  # options read per input (not a nested dict option)
+    if isinstance(value, Mapping) and not per_input and name != "option":
+        return value  # a nested method's options (LIMA's prior_options): not one value per input
+    if isinstance(value, Mapping) and packing.names is None:
+        raise InvalidParameterError(
+            f"{name}= is a mapping, but this model's inputs have no names (input_shapes was a list): give one value "
+            f"per input as a tuple in their order, or adapt the model with input_shapes={{name: shape, ...}}."
+        )
     if (
         per_input
         and isinstance(value, Mapping)
