@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -659,3 +660,18 @@ def test_nested_options_of_a_model_of_several_inputs_are_not_read_per_input() ->
     x = (torch.randn(2, 3, 4, 4), torch.randn(2, 5))
     with pytest.raises(InvalidParameterError, match=r"fill= is a mapping, but this model's inputs have no names"):
         whybox.explain(positional, x, "feature_ablation", fill={0: 0.5, 1: 1.0})
+
+
+@pytest.mark.parametrize("metric", ["comprehensiveness", "sufficiency"])
+def test_a_text_s_tied_token_positions_are_ordered_as_alone_beside_a_longer_text(
+    metric: str, make_text_classifier: Any
+) -> None:
+    clf = make_text_classifier()
+    texts = ["the movie was great", "not a good film and the plot was very boring but fun"]
+    batch, one = clf.encode(texts), clf.encode(texts[:1])
+    n = one.inputs.shape[1]
+    flat = torch.ones(2, batch.inputs.shape[1], dtype=torch.float64)  # every token tied
+    for seed in range(3):  # token positions (no regions): the pads of the longer text are not this text's features
+        both = whybox.evaluate(clf, batch.inputs, flat, metric, fill=batch.fill("mask"), target=1, seed=seed)
+        alone = whybox.evaluate(clf, one.inputs, flat[:1, :n], metric, fill=one.fill("mask"), target=1, seed=seed)
+        torch.testing.assert_close(both.scores[0], alone.scores[0], rtol=0, atol=1e-12)

@@ -238,6 +238,7 @@ def curve_points(
     pixel_values: torch.Tensor | None = None,
     null: torch.Tensor | None = None,
     region_pool: str = "mean",
+    widths: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Feature ranks, per-step feature counts and x-coordinates of a perturbation curve.
 
@@ -255,6 +256,9 @@ def curve_points(
     null
         ``(B, M)`` bool, region steps only: regions that never change (every element equal to the fill), counted
         as empty: last, and no area (text: CLS, SEP and pads, so padding changes nothing).
+    widths
+        ``(B,)`` at most each row's own feature count (:func:`~whybox.metrics.base.row_widths` with a text's
+        inputs); ties are broken within it.
 
     Returns
     -------
@@ -262,7 +266,8 @@ def curve_points(
     point) and x ``(B, P)`` (fraction of the input's elements perturbed).
     """
     sizes = groups.sizes().to(torch.float64)  # (B, M) elements per feature (per input row)
-    widths = row_widths(sizes)  # ties are broken within a row's own features, not the batch's padding
+    # ties are broken within a row's own features, not the batch's padding (``widths``: given, a text's)
+    widths = row_widths(sizes) if widths is None else torch.minimum(row_widths(sizes), widths.cpu())
     if null is not None:
         sizes = sizes.masked_fill(null.to(sizes.device), 0.0)
     b, m = sizes.shape
@@ -412,10 +417,16 @@ class _CurveMetric(Metric):
                 else feature_values(ctx.attributions, x, abs=self.abs, signal=ctx.signal),
                 null=null,
                 region_pool=self.pool,
+                widths=row_widths(groups.sizes(), x, ctx.adapter),
             )
         else:
             ranks, counts, xs = curve_points(
-                values, groups, steps=self.steps or 100, seed=self.seed, descending=self._descending
+                values,
+                groups,
+                steps=self.steps or 100,
+                seed=self.seed,
+                descending=self._descending,
+                widths=row_widths(groups.sizes(), x, ctx.adapter),
             )
         ranks, counts = ranks.to(x.device), counts.to(x.device)
         insertion = self._insertion
