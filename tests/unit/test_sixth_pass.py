@@ -675,3 +675,18 @@ def test_a_text_s_tied_token_positions_are_ordered_as_alone_beside_a_longer_text
         both = whybox.evaluate(clf, batch.inputs, flat, metric, fill=batch.fill("mask"), target=1, seed=seed)
         alone = whybox.evaluate(clf, one.inputs, flat[:1, :n], metric, fill=one.fill("mask"), target=1, seed=seed)
         torch.testing.assert_close(both.scores[0], alone.scores[0], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("metric", ["deletion", "insertion", "highest_confidence"])
+def test_curve_regions_as_feature_groups_of_one_map_per_image_read_as_the_tensor(metric: str) -> None:
+    from whybox.masking.features import FeatureGroups
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 3)
+    ).eval()
+    x = torch.rand(2, 3, 8, 8)
+    ids = (torch.arange(64).view(8, 8) // 16).expand(2, 8, 8).clone()
+    by_groups = whybox.evaluate(net, x, "saliency", metric, regions=FeatureGroups(ids, 4, "regions"))
+    by_tensor = whybox.evaluate(net, x, "saliency", metric, regions=ids)
+    assert torch.equal(by_groups.scores, by_tensor.scores)

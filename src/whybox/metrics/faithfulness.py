@@ -185,6 +185,9 @@ def _region_groups(regions: Any, x: torch.Tensor, *, signal: bool = False) -> Fe
                     f"regions of shape {tuple(regions.groups.shape)} do not broadcast to the inputs {tuple(x.shape)}."
                 )
             return FeatureGroups(g.expand(x.shape).contiguous(), regions.n_groups, regions.kind)
+        if x.ndim == 4 and regions.groups.ndim == 3 and tuple(regions.groups.shape) == (x.shape[0], *x.shape[2:]):
+            # one (H, W) map per image, as a tensor label map is read: shared by the channels
+            return FeatureGroups(regions.groups.unsqueeze(1), regions.n_groups, regions.kind)
         return regions
     if isinstance(regions, tuple) and x.ndim == 4:  # (h, w) patches, checked in _CurveMetric
         from whybox.masking.features import grid
