@@ -690,3 +690,34 @@ def test_curve_regions_as_feature_groups_of_one_map_per_image_read_as_the_tensor
     by_groups = whybox.evaluate(net, x, "saliency", metric, regions=FeatureGroups(ids, 4, "regions"))
     by_tensor = whybox.evaluate(net, x, "saliency", metric, regions=ids)
     assert torch.equal(by_groups.scores, by_tensor.scores)
+
+
+# ---------------------------------------------------------------------------------------------- README as written
+def test_train_sae_takes_collect_activations_result_as_the_readme_writes_it() -> None:
+    from whybox.explainers.llm.sae import SAEConfig, train_sae
+    from whybox.explainers.llm.sae_text import TokenActivations
+
+    acts = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))
+    collected = TokenActivations(acts, [(0, i) for i in range(64)], ["w"] * 64)
+    config = SAEConfig(d_in=8, d_sae=16, k=4, steps=5, batch_size=16)
+    a, b = train_sae(collected, config), train_sae(acts, config)
+    assert all(torch.equal(p, q) for p, q in zip(a.model.parameters(), b.model.parameters(), strict=True))
+
+
+def test_lima_warns_of_probability_outputs_only_when_every_row_looks_like_them() -> None:
+    import warnings
+
+    from whybox.models.targets import ProbabilityOutputWarning, distribution_rows
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv1d(3, 6, 5, padding=2), nn.ReLU(), nn.Conv1d(6, 8, 5, padding=2), nn.ReLU(),
+        nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(8, 4),
+    ).eval()  # fmt: skip
+    x = torch.randn(2, 3, 100)
+    assert distribution_rows(model(x)).tolist() == [True, False]  # raw logits whose first row sums to 1 by chance
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ProbabilityOutputWarning)
+        whybox.explain(model, x, "lima", n_regions=8)
+    with pytest.warns(ProbabilityOutputWarning):
+        whybox.explain(nn.Sequential(model, nn.Softmax(-1)).eval(), x, "lima", n_regions=8)

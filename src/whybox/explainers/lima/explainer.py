@@ -453,7 +453,9 @@ class Lima(PerturbationExplainer):
         raw_x = engine.forward(x)
         tgt = resolve_target(target, raw_x)
         score = resolve_score(self.score, raw_x.shape[-1])
-        apply_score_space(raw_x[:1], score)  # K = 1 with score='prob' is an error before the fill's pass
+        # K = 1 with score='prob' is an error before the fill's pass; outputs that already look like probabilities
+        # warn on every row, as the metrics read them (one row of raw logits can sum to 1 by chance)
+        apply_score_space(raw_x, score)
         raw_fill = engine.forward(fills)
         scorer = EngineScorer(
             engine,

@@ -393,8 +393,9 @@ def train_sae(activations: Tensor | Iterable[Tensor], config: SAEConfig) -> SAET
     Parameters
     ----------
     activations
-        A tensor (N, d_in), shuffled into batches of ``batch_size`` each epoch, or an iterable of (B, d_in)
-        tensors used in order (its first batch is also the geometric-median sample). The model takes their
+        A tensor (N, d_in), shuffled into batches of ``batch_size`` each epoch (``collect_activations``'s result
+        stands for its ``.acts``), or an iterable of (B, d_in) tensors used in order (its first batch is also the
+        geometric-median sample). The model takes their
         dtype (float32 or float64; other floating types train in float32) and device.
     config
         The :class:`SAEConfig`.
@@ -415,6 +416,9 @@ def train_sae(activations: Tensor | Iterable[Tensor], config: SAEConfig) -> SAET
     if not isinstance(config, SAEConfig):
         raise InvalidParameterError(f"config must be an SAEConfig; got {type(config).__name__}.")
     d_in = config.d_in
+    own = getattr(activations, "acts", None)
+    if isinstance(own, Tensor) and hasattr(activations, "token_refs"):  # collect_activations' result: its rows
+        activations = own
     if isinstance(activations, Tensor):
         x = _check_rows(activations, d_in, "activations")
         first = x
