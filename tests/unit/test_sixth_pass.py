@@ -721,3 +721,57 @@ def test_lima_warns_of_probability_outputs_only_when_every_row_looks_like_them()
         whybox.explain(model, x, "lima", n_regions=8)
     with pytest.warns(ProbabilityOutputWarning):
         whybox.explain(nn.Sequential(model, nn.Softmax(-1)).eval(), x, "lima", n_regions=8)
+
+
+# ---------------------------------------------------------------------------------------------- fourth review
+def test_probability_outputs_warn_by_the_whole_call_not_by_the_chunk() -> None:
+    import warnings
+
+    from whybox.models.targets import ProbabilityOutputWarning
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv1d(3, 6, 5, padding=2), nn.ReLU(), nn.Conv1d(6, 8, 5, padding=2), nn.ReLU(),
+        nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(8, 4),
+    ).eval()  # fmt: skip
+    x = torch.randn(2, 3, 100)  # raw logits whose first row sums to 1 by chance
+    for batch_size in (1, 8, 64):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ProbabilityOutputWarning)
+            e = whybox.explain(model, x, "lima", n_regions=8, batch_size=batch_size)
+            whybox.evaluate(model, x, e, "deletion", batch_size=batch_size)
+    softmax = nn.Sequential(model, nn.Softmax(-1)).eval()
+    for batch_size in (1, 64):
+        with pytest.warns(ProbabilityOutputWarning):
+            whybox.evaluate(softmax, x, e, "deletion", batch_size=batch_size)
+
+
+def test_text_ties_keep_the_seeded_rule_whatever_order_the_feature_ids_have(make_text_classifier: Any) -> None:
+    from whybox.masking.features import FeatureGroups
+
+    clf = make_text_classifier()
+    batch = clf.encode(["the movie was great", "not a good film and the plot was very boring but fun"])
+    t = batch.inputs.shape[1]
+    reverse = FeatureGroups((t - 1 - torch.arange(t)).view(1, t, 1).expand(2, t, 1).contiguous(), t, "positions")
+    flat = torch.ones(2, t, dtype=torch.float64)
+    scores = {
+        whybox.evaluate(clf, batch.inputs, flat, "comprehensiveness", fill=batch.fill("mask"), target=1, seed=s,
+                        regions=reverse).scores[0].item()
+        for s in range(4)
+    }  # fmt: skip
+    assert len(scores) > 1  # the seed still decides the order of the short text's tied tokens
+
+
+def test_whybox_debug_refuses_n_regions_where_lima_s_regions_are_columns(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    (tmp_path / "mlp.py").write_text(
+        "import torch\nfrom torch import nn\n\n\ndef build():\n    torch.manual_seed(0)\n"
+        "    return nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3)).eval()\n"
+    )
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "t.npz", x=rng.normal(size=(12, 5)).astype(np.float32), y=rng.integers(0, 3, 12))
+    args = ["debug", "--model", f"{tmp_path / 'mlp.py'}:build", str(tmp_path / "t.npz"), "--method", "lima"]
+    res = CliRunner().invoke(cli, [*args, "--option", "n_regions=2", "--out", str(tmp_path / "d")])
+    assert res.exit_code == 2 and "n_regions= has no effect on tabular inputs: their regions are their columns" in (
+        res.output
+    )

@@ -956,8 +956,14 @@ def debug_cmd(**params: Any) -> None:
         "regions": "--regions", "batch_size": "--batch-size", "max_mistakes": "--limit", "method": "--method",
         "model": "--model", "inputs": "INPUTS", "labels": "the inputs' labels", "target": "the inputs' labels",
     }  # fmt: skip
-    if kind == "image":  # --regions builds the grid LIMA searches (elsewhere LIMA's n_regions time windows are)
+    if kind == "image":  # --regions builds the grid LIMA searches (on sequences and signals n_regions sets its windows)
         own["n_regions"] = "--regions"
+    elif kind in ("tabular", "text") and "n_regions" in opts:
+        raise click.BadParameter(
+            f"n_regions= has no effect on {kind} inputs: their regions are their "
+            f"{'columns' if kind == 'tabular' else 'words'}; drop --option n_regions=...",
+            param_hint="--option",
+        )
     clash = [k for k in opts if k in own]
     if clash:  # find_mistakes' own arguments: set by their flags
         name = clash[0]

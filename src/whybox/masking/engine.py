@@ -18,7 +18,7 @@ from torch import nn
 from whybox.errors import InvalidParameterError, WhyboxError
 from whybox.masking.features import FeatureGroups
 from whybox.models.adapter import ModelAdapter, SklearnAdapter
-from whybox.models.targets import Target, apply_score_space
+from whybox.models.targets import Target, apply_score_space, probability_check_over_chunks
 
 __all__ = [
     "FillSource",
@@ -255,6 +255,26 @@ class MaskingEngine:
             self.n_batches += 1
         return torch.cat(outs)
 
+    @staticmethod
+    def _run_chunks(starts: range, prepare: Callable[[int], Any], run: Callable[..., None], prefetch: bool) -> None:
+        """Score every chunk of :meth:`scores`: ``prepare`` renders chunk ``s``, ``run`` scores it; with
+        ``prefetch`` the next chunk renders in a worker thread while the model scores this one."""
+        if prefetch and len(starts) > 1:
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="whybox-render") as pool:
+                ahead = pool.submit(prepare, starts[0])
+                try:
+                    for j, s in enumerate(starts):
+                        ready = ahead.result()
+                        if j + 1 < len(starts):
+                            ahead = pool.submit(prepare, starts[j + 1])
+                        run(s, *ready)
+                except BaseException:
+                    ahead.cancel()  # a chunk still queued is dropped; one already rendering finishes first
+                    raise
+        else:
+            for s in starts:
+                run(s, *prepare(s))
+
     @torch.no_grad()
     def scores(
         self,
@@ -382,21 +402,8 @@ class MaskingEngine:
             out[s : s + inp.shape[0]] = target.select(apply_score_space(raw, score), rows).to(torch.float64)
 
         starts = range(0, total, self.batch_size)
-        if prefetch and len(starts) > 1:
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="whybox-render") as pool:
-                ahead = pool.submit(prepare, starts[0])
-                try:
-                    for j, s in enumerate(starts):
-                        ready = ahead.result()
-                        if j + 1 < len(starts):
-                            ahead = pool.submit(prepare, starts[j + 1])
-                        run(s, *ready)
-                except BaseException:
-                    ahead.cancel()  # a chunk still queued is dropped; one already rendering finishes first
-                    raise
-        else:
-            for s in starts:
-                run(s, *prepare(s))
+        with probability_check_over_chunks():  # one warning for the call, whatever batch_size cuts it into
+            self._run_chunks(starts, prepare, run, prefetch)
         if ragged is None:
             return out.view(b, n)
         if live is not None:

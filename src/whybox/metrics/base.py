@@ -353,21 +353,31 @@ def tie_order(
     return torch.from_numpy(out).to(values.device)
 
 
-def row_widths(sizes: torch.Tensor, x: torch.Tensor | None = None, adapter: Any = None) -> torch.Tensor:
+def row_widths(
+    sizes: torch.Tensor, x: torch.Tensor | None = None, adapter: Any = None, groups: Any = None
+) -> torch.Tensor:
     """``(B,)`` int64 on the CPU: each row's own feature count from its features' sizes ``(B, M)``: one past its
     last feature covering an element (the features after it are the batch's padding, e.g. the word ids of a longer
     text), for :func:`tie_order`'s ``widths``. With a Hugging Face text adapter's packed inputs ``x`` ``(B, T, D + 1)``
-    and features no finer than its tokens (``M <= T``: token positions, words), at most one past the row's last
-    attended token: a pad position is a feature of the batch's width, not of the text."""
+    and their feature ``groups`` (ids per token), at most one past the largest id on the row's attended tokens: a
+    feature only on pad positions (a token position past the text) is the batch's width, not the text's."""
     used = sizes.detach().cpu() > 0
     m = used.shape[1]
     last = m - torch.flip(used, dims=[1]).to(torch.int64).argmax(1)
     widths = torch.where(used.any(1), last, torch.zeros_like(last))
-    if x is not None and x.ndim == 3 and m <= x.shape[1] and getattr(adapter, "tokenizer", None) is not None:
+    ids = getattr(groups, "groups", None)
+    if (
+        x is not None
+        and x.ndim == 3
+        and isinstance(ids, torch.Tensor)
+        and ids.ndim == 3
+        and tuple(ids.shape[:2]) == tuple(x.shape[:2])
+        and getattr(adapter, "tokenizer", None) is not None
+    ):
         attended = x[..., -1].detach().cpu() > 0.5  # the attention-mask column
-        t = attended.shape[1]
-        text = t - torch.flip(attended, dims=[1]).to(torch.int64).argmax(1)
-        widths = torch.minimum(widths, torch.where(attended.any(1), text, torch.zeros_like(text)))
+        token_ids = ids[..., 0].detach().cpu().to(torch.int64)  # a token's feature (its elements share it)
+        text = torch.where(attended, token_ids, torch.full_like(token_ids, -1)).amax(1) + 1
+        widths = torch.minimum(widths, text.clamp_min(0))
     return widths
 
 

@@ -241,7 +241,7 @@ class _Eraser(Metric):
         null = null_features(x, fill, groups) | torch.isnan(values)
         ranked = torch.where(null, torch.full_like(values, -math.inf), values)
         # null features last; ties broken within a row's own features (not the batch's padding), as the curves do
-        widths = row_widths(groups.sizes(), x, ctx.adapter)
+        widths = row_widths(groups.sizes(), x, ctx.adapter, groups)
         order = tie_order(ranked, self.seed, widths=widths).to(x.device)
         ranks = torch.empty_like(order).scatter_(
             1, order, torch.arange(order.shape[1], device=x.device).expand_as(order)

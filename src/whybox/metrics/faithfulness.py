@@ -420,7 +420,7 @@ class _CurveMetric(Metric):
                 else feature_values(ctx.attributions, x, abs=self.abs, signal=ctx.signal),
                 null=null,
                 region_pool=self.pool,
-                widths=row_widths(groups.sizes(), x, ctx.adapter),
+                widths=row_widths(groups.sizes(), x, ctx.adapter, groups),
             )
         else:
             ranks, counts, xs = curve_points(
@@ -429,7 +429,7 @@ class _CurveMetric(Metric):
                 steps=self.steps or 100,
                 seed=self.seed,
                 descending=self._descending,
-                widths=row_widths(groups.sizes(), x, ctx.adapter),
+                widths=row_widths(groups.sizes(), x, ctx.adapter, groups),
             )
         ranks, counts = ranks.to(x.device), counts.to(x.device)
         insertion = self._insertion

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -282,22 +284,50 @@ def distribution_rows(scores: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
     return (s >= 0).all(1) & ((s.sum(1) - 1).abs() <= tol)
 
 
+#: set by :func:`probability_check_over_chunks`: the chunks' verdicts gathered instead of a warning per chunk
+_CHUNKS: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar("whybox_probability_chunks", default=None)
+
+
+@contextlib.contextmanager
+def probability_check_over_chunks() -> Iterator[None]:
+    """Within it, :func:`apply_score_space` does not warn per call that its scores look like probabilities: the
+    warning is given once at the end, when every chunk's rows looked so (the masking engine's chunks of one input's
+    perturbations can look like probabilities by chance where the whole call does not: no warning that depends on
+    ``batch_size``)."""
+    seen: list[Any] = []
+    token = _CHUNKS.set(seen)
+    try:
+        yield
+    finally:
+        _CHUNKS.reset(token)
+    if seen and all(looks for looks, _ in seen):
+        _probability_warning(seen[0][1], stacklevel=4)
+
+
 def _warn_if_probabilities(scores: torch.Tensor, space: str) -> None:
     """Warn when ``scores`` (B, K) already look like probabilities (a model that ends in a softmax): every row
     non-negative and summing to 1. A softmax over them compresses them (``[0.9, 0.1]`` reads as ``[0.69, 0.31]``).
     Checked on the CPU only (on a GPU the check would wait for the device at every chunk)."""
     if scores.device.type != "cpu" or scores.ndim != 2 or scores.shape[1] < 2 or not scores.is_floating_point():
         return
-    if bool(distribution_rows(scores).all()):
-        warnings.warn(
-            f"score={space!r} applies a softmax to the model's outputs, but they already look like probabilities "
-            "(every row non-negative, summing to 1: a model that ends in a softmax), and a softmax of probabilities "
-            "compresses them ([0.9, 0.1] reads as [0.69, 0.31]). Adapt the model to their log, "
-            "whybox.adapt(model, output=torch.log), so that score='prob' gives them back; or pass score='logit' to "
-            "read them as they are.",
-            ProbabilityOutputWarning,
-            stacklevel=3,
-        )
+    looks = bool(distribution_rows(scores).all())
+    gathered = _CHUNKS.get()
+    if gathered is not None:
+        gathered.append((looks, space))
+    elif looks:
+        _probability_warning(space, stacklevel=4)
+
+
+def _probability_warning(space: str, stacklevel: int) -> None:
+    warnings.warn(
+        f"score={space!r} applies a softmax to the model's outputs, but they already look like probabilities "
+        "(every row non-negative, summing to 1: a model that ends in a softmax), and a softmax of probabilities "
+        "compresses them ([0.9, 0.1] reads as [0.69, 0.31]). Adapt the model to their log, "
+        "whybox.adapt(model, output=torch.log), so that score='prob' gives them back; or pass score='logit' to "
+        "read them as they are.",
+        ProbabilityOutputWarning,
+        stacklevel=stacklevel,
+    )
 
 
 @dataclass(frozen=True)
