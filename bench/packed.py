@@ -146,6 +146,7 @@ def main() -> None:
         *(f"| {m} | {n} | {w:.2f} | {c:.2f} | {r:.3f} ({lo:.2f}-{hi:.2f}) |" for m, n, w, c, r, lo, hi in wide_rows),
         "",
     ]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines))
     print(f"wrote {args.out}")
 
