@@ -775,3 +775,17 @@ def test_whybox_debug_refuses_n_regions_where_lima_s_regions_are_columns(tmp_pat
     assert res.exit_code == 2 and "n_regions= has no effect on tabular inputs: their regions are their columns" in (
         res.output
     )
+
+
+@pytest.mark.parametrize("metric", ["deletion", "insertion", "highest_confidence", "mufidelity"])
+def test_one_region_map_for_all_images_is_taken_in_each_documented_form(metric: str) -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 3)
+    ).eval()
+    x = torch.rand(2, 3, 8, 8)
+    ids = torch.arange(64).view(8, 8) // 16
+    opts = {"n_samples": 8, "seed": 0} if metric == "mufidelity" else {}
+    want = whybox.evaluate(net, x, "saliency", metric, regions=ids, **opts).scores
+    for shared in (ids[None], ids[None, None], ids.expand(2, 8, 8).clone()):  # as comprehensiveness takes them
+        torch.testing.assert_close(whybox.evaluate(net, x, "saliency", metric, regions=shared, **opts).scores, want)

@@ -218,9 +218,12 @@ def _region_groups(regions: Any, x: torch.Tensor, *, signal: bool = False) -> Fe
             g = g.expand(b, h, w)
         if g.ndim == 3:
             g = g.unsqueeze(1)
+        if g.ndim == 4 and tuple(g.shape) == (1, 1, h, w):  # one map for all, (1, H, W) or (1, 1, H, W)
+            g = g.expand(b, 1, h, w)
         if g.shape != (b, 1, h, w) or bool((g < 0).any()):
             raise InvalidParameterError(
-                f"regions must be non-negative region ids of shape ({b}, 1, {h}, {w}), ({b}, {h}, {w}) or ({h}, {w}); "
+                f"regions must be non-negative region ids of shape ({b}, 1, {h}, {w}), ({b}, {h}, {w}) or ({h}, {w}) "
+                f"(one map for all: also (1, {h}, {w}) or (1, 1, {h}, {w})); "
                 f"got {tuple(regions.shape)}."
             )
         return FeatureGroups(g.contiguous(), int(g.max()) + 1, "regions")
