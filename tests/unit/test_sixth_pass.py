@@ -789,3 +789,27 @@ def test_one_region_map_for_all_images_is_taken_in_each_documented_form(metric: 
     want = whybox.evaluate(net, x, "saliency", metric, regions=ids, **opts).scores
     for shared in (ids[None], ids[None, None], ids.expand(2, 8, 8).clone()):  # as comprehensiveness takes them
         torch.testing.assert_close(whybox.evaluate(net, x, "saliency", metric, regions=shared, **opts).scores, want)
+
+
+@pytest.mark.parametrize("method", ["lima", "lime", "rise"])
+def test_a_softmax_model_gets_one_probability_warning_per_call_at_the_user_s_line(method: str) -> None:
+    import warnings
+
+    from whybox.models.targets import ProbabilityOutputWarning
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 3),
+        nn.Softmax(-1),
+    ).eval()  # fmt: skip
+    x = torch.rand(2, 3, 8, 8)
+    opts = {"n_regions": 8} if method == "lima" else {}
+    for call in (
+        lambda: whybox.explain(model, x, method, **opts),
+        lambda: whybox.evaluate(model, x, method, "insertion"),  # explains inside
+    ):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            call()
+        ours = [w for w in caught if issubclass(w.category, ProbabilityOutputWarning)]
+        assert len(ours) == 1 and ours[0].filename == __file__

@@ -51,6 +51,7 @@ from whybox.models.targets import (
     class_label_target,
     class_names,
     per_row,
+    probability_check_over_chunks,
     resolve_target,
 )
 
@@ -205,7 +206,7 @@ class Explainer:
             with torch.inference_mode(False):
                 return self.explain(inputs, target)
         # a call's own state (its seed, the inputs' columns) lives on the explainer
-        with instance_lock(self), public_call():
+        with instance_lock(self), public_call(), probability_check_over_chunks():  # one probability warning a call
             # a call made from inside this one (a target callable that explains again with this object) leaves
             # the outer call's state as it found it
             state = {k: self.__dict__[k] for k in _CALL_STATE if k in self.__dict__}

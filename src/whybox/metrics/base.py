@@ -57,6 +57,7 @@ from whybox.models.targets import (
     Target,
     TargetLike,
     class_label_target,
+    probability_check_over_chunks,
     resolve_score,
     resolve_target,
 )
@@ -995,7 +996,7 @@ class Metric:
                 return self.evaluate(model, inputs, explanation, target=target, masks=masks, labels=labels)
         # one metric object shared by threads scores one call at a time: a call keeps state on it (its score space
         # and fill resolved for its model, restored on exit)
-        with instance_lock(self), public_call():
+        with instance_lock(self), public_call(), probability_check_over_chunks():  # one probability warning a call
             return self._evaluate_call(model, inputs, explanation, target=target, masks=masks, labels=labels)
 
     def _evaluate_call(

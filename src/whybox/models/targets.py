@@ -291,9 +291,13 @@ _CHUNKS: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar("whyb
 @contextlib.contextmanager
 def probability_check_over_chunks() -> Iterator[None]:
     """Within it, :func:`apply_score_space` does not warn per call that its scores look like probabilities: the
-    warning is given once at the end, when every chunk's rows looked so (the masking engine's chunks of one input's
+    warning is given once at the end, when every reading's rows looked so (the masking engine's chunks of one input's
     perturbations can look like probabilities by chance where the whole call does not: no warning that depends on
-    ``batch_size``)."""
+    ``batch_size``). Nested in another (an explanation made inside a metric's call), the outermost one decides:
+    one warning per public call."""
+    if _CHUNKS.get() is not None:  # inside an outer call's check (a metric that explains): that call warns
+        yield
+        return
     seen: list[Any] = []
     token = _CHUNKS.set(seen)
     try:
@@ -319,6 +323,14 @@ def _warn_if_probabilities(scores: torch.Tensor, space: str) -> None:
 
 
 def _probability_warning(space: str, stacklevel: int) -> None:
+    """The warning, at the user's line: the first frame outside whybox (and contextlib, whose ``__exit__`` ends a
+    :func:`probability_check_over_chunks`); ``stacklevel`` where no such frame is found."""
+    import sys
+
+    frame: Any = sys._getframe(1)
+    level = 2
+    while frame is not None and str(frame.f_globals.get("__name__", "")).split(".")[0] in ("whybox", "contextlib"):
+        frame, level = frame.f_back, level + 1
     warnings.warn(
         f"score={space!r} applies a softmax to the model's outputs, but they already look like probabilities "
         "(every row non-negative, summing to 1: a model that ends in a softmax), and a softmax of probabilities "
@@ -326,7 +338,7 @@ def _probability_warning(space: str, stacklevel: int) -> None:
         "whybox.adapt(model, output=torch.log), so that score='prob' gives them back; or pass score='logit' to "
         "read them as they are.",
         ProbabilityOutputWarning,
-        stacklevel=stacklevel,
+        stacklevel=level if frame is not None else stacklevel,
     )
 
 
