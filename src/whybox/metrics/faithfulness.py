@@ -244,7 +244,8 @@ def curve_points(
     pixel_values: torch.Tensor | None = None,
     null: torch.Tensor | None = None,
     region_pool: str = "mean",
-    widths: torch.Tensor | None = None,
+    x: torch.Tensor | None = None,
+    adapter: Any = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Feature ranks, per-step feature counts and x-coordinates of a perturbation curve.
 
@@ -262,9 +263,9 @@ def curve_points(
     null
         ``(B, M)`` bool, region steps only: regions that never change (every element equal to the fill), counted
         as empty: last, and no area (text: CLS, SEP and pads, so padding changes nothing).
-    widths
-        ``(B,)`` at most each row's own feature count (:func:`~whybox.metrics.base.row_widths` with a text's
-        inputs); ties are broken within it.
+    x, adapter
+        The inputs and their adapter: a text's rows break ties within its own tokens
+        (:func:`~whybox.metrics.base.row_widths`).
 
     Returns
     -------
@@ -272,8 +273,7 @@ def curve_points(
     point) and x ``(B, P)`` (fraction of the input's elements perturbed).
     """
     sizes = groups.sizes().to(torch.float64)  # (B, M) elements per feature (per input row)
-    # ties are broken within a row's own features, not the batch's padding (``widths``: given, a text's)
-    widths = row_widths(sizes) if widths is None else torch.minimum(row_widths(sizes), widths.cpu())
+    widths = row_widths(sizes, x, adapter, groups)  # ties broken within a row's own features, not the batch's padding
     if null is not None:
         sizes = sizes.masked_fill(null.to(sizes.device), 0.0)
     b, m = sizes.shape
@@ -423,7 +423,8 @@ class _CurveMetric(Metric):
                 else feature_values(ctx.attributions, x, abs=self.abs, signal=ctx.signal),
                 null=null,
                 region_pool=self.pool,
-                widths=row_widths(groups.sizes(), x, ctx.adapter, groups),
+                x=x,
+                adapter=ctx.adapter,
             )
         else:
             ranks, counts, xs = curve_points(
@@ -432,7 +433,8 @@ class _CurveMetric(Metric):
                 steps=self.steps or 100,
                 seed=self.seed,
                 descending=self._descending,
-                widths=row_widths(groups.sizes(), x, ctx.adapter, groups),
+                x=x,
+                adapter=ctx.adapter,
             )
         ranks, counts = ranks.to(x.device), counts.to(x.device)
         insertion = self._insertion
