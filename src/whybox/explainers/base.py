@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -121,6 +122,17 @@ def _black_box_hint(adapter: ModelAdapter) -> str:
 
 #: what one call keeps on its explainer object (its seed, the inputs' column names)
 _CALL_STATE = ("_call_seed", "_feature_names")
+
+
+def _home_device(inputs: Any) -> torch.device:
+    """Where an explanation of ``inputs`` comes back: a tensor's device; the one device of the tensors of a tuple,
+    list or mapping (a model of several inputs, given its inputs apart); the CPU for arrays and frames (no device)
+    and for tensors on several devices."""
+    if isinstance(inputs, torch.Tensor):
+        return inputs.device
+    parts = inputs.values() if isinstance(inputs, Mapping) else inputs if isinstance(inputs, (tuple, list)) else ()
+    devices = {t.device for t in parts if isinstance(t, torch.Tensor)}
+    return devices.pop() if len(devices) == 1 else torch.device("cpu")
 
 
 class Explainer:
@@ -246,7 +258,7 @@ class Explainer:
                 warn_batch_statistics(self.adapter.model, self.batch_size, "the attributions")
             attr, tgt, meta = self._explain(x, target, engine, engine_backward)
         # the result comes back where the caller's inputs are (the work ran on the model's device)
-        home = inputs.device if isinstance(inputs, torch.Tensor) else torch.device("cpu")  # arrays, frames: CPU
+        home = _home_device(inputs)
         attr = attr.detach().to(home)
         meta = {k: v.to(home) if isinstance(v, torch.Tensor) else v for k, v in meta.items()}
         flat = attr.reshape(attr.shape[0], -1)

@@ -103,6 +103,7 @@ def _preserved(model: nn.Module, mode: str) -> Iterator[None]:
         if mode == "as_is"
         else []
     )
+    cudnn_enabled = torch.backends.cudnn.enabled
     cpu_rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
     try:
@@ -113,8 +114,11 @@ def _preserved(model: nn.Module, mode: str) -> Iterator[None]:
         for p, req in zip(params, requires, strict=True):
             if req:
                 p.requires_grad_(False)
+        _rnn_gradients_without_cudnn(modules)
         yield
     finally:
+        if torch.backends.cudnn.enabled != cudnn_enabled:  # a forward that raised between the RNN hooks
+            torch.backends.cudnn.enabled = cudnn_enabled
         for m, flag in zip(modules, training, strict=True):
             if m.training != flag:
                 m.training = flag
@@ -144,6 +148,31 @@ def _preserved(model: nn.Module, mode: str) -> Iterator[None]:
         torch.set_rng_state(cpu_rng)
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)
+
+
+def _rnn_gradients_without_cudnn(modules: list[nn.Module]) -> None:
+    """Hooks (removed with the block's others) that run each recurrent layer in eval mode without cuDNN while
+    gradients are taken on a CUDA device: cuDNN's RNN backward runs in training mode only ("cudnn RNN backward can
+    only be called in training mode"), so every gradient method failed on a GRU or LSTM on the GPU. PyTorch's own
+    kernels compute the same function; passes without gradients (the perturbation methods' scoring) keep cuDNN."""
+    for m in modules:
+        if not isinstance(m, nn.RNNBase) or m.training:
+            continue
+        saved: list[bool] = []
+
+        def off(mod: nn.Module, args: tuple[Any, ...], saved: list[bool] = saved) -> None:
+            x = args[0] if args else None
+            x = x.data if isinstance(x, nn.utils.rnn.PackedSequence) else x
+            if torch.is_grad_enabled() and isinstance(x, torch.Tensor) and x.is_cuda:
+                saved.append(torch.backends.cudnn.enabled)
+                torch.backends.cudnn.enabled = False
+
+        def back(mod: nn.Module, args: tuple[Any, ...], out: Any, saved: list[bool] = saved) -> None:
+            if saved:
+                torch.backends.cudnn.enabled = saved.pop()
+
+        m.register_forward_pre_hook(off)
+        m.register_forward_hook(back, always_call=True)
 
 
 def has_train_mode_batchnorm(model: nn.Module) -> bool:
