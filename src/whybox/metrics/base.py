@@ -37,6 +37,7 @@ from whybox.models.adapter import (
     adapt,
     check_default_target,
     coder_of,
+    is_sequence,
     is_signal,
     score_for,
     scoring_adapter,
@@ -601,6 +602,13 @@ def feature_array(
         v = (a.detach() if a.requires_grad else a).numpy().reshape(sa[0], -1).astype(np.float64)
         return np.abs(v, out=v) if abs else v
     return feature_values(attributions, x, abs=abs, signal=signal).cpu().numpy().copy()
+
+
+def reads_sequence(ctx: Context) -> bool:
+    """Inputs ``(B, T, D)`` of a model that reads them as a sequence of time steps
+    (:func:`~whybox.models.adapter.is_sequence`: not a Conv1d's signal, not a text adapter's packed tokens, not a
+    black box's rows, not an MLP's gray images ``(B, H, W)``, whose features are their pixels)."""
+    return ctx.x.ndim == 3 and not ctx.signal and is_sequence(ctx.adapter, ctx.x)
 
 
 def feature_scores(

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from whybox.errors import InvalidParameterError
-from whybox.metrics.base import Context, Metric, check_map_shape, present_features
+from whybox.metrics.base import Context, Metric, check_map_shape, present_features, reads_sequence
 from whybox.registry import METRICS
 
 __all__ = ["Complexity", "Sparseness", "entropy", "gini"]
@@ -117,7 +117,7 @@ class _Flat(Metric):
             return _abs64(a).reshape(a.shape[0], -1)
         from whybox.metrics.eraser import pool_attributions, resolve_regions
 
-        groups = resolve_regions(self.regions, ctx.x, signal=ctx.signal)
+        groups = resolve_regions(self.regions, ctx.x, signal=ctx.signal, sequence=reads_sequence(ctx))
         values = pool_attributions(a, groups, ctx.x, pool=self.pool, abs=True, signal=ctx.signal).cpu().numpy()
         present = present_features(ctx, groups).cpu().numpy()  # a text's words, not its specials and pads
         return [values[r][present[r]] for r in range(values.shape[0])]

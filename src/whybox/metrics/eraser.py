@@ -28,7 +28,7 @@ from whybox.errors import InvalidInputError, InvalidParameterError, did_you_mean
 from whybox.masking.engine import repeat_last
 from whybox.masking.features import FeatureGroups, broadcast_ids, groups_touched, segments
 from whybox.masking.fills import FillLike
-from whybox.metrics.base import Context, Metric, row_widths, tie_order
+from whybox.metrics.base import Context, Metric, reads_sequence, row_widths, tie_order
 from whybox.metrics.faithfulness import _check_fill, resolve_fill
 from whybox.models.inputs import label_map_option, note_option_columns
 from whybox.models.targets import apply_score_space
@@ -75,12 +75,14 @@ def default_features(x: torch.Tensor, *, signal: bool = False) -> FeatureGroups:
     return FeatureGroups(g, n, "elements")
 
 
-def resolve_regions(regions: Any, x: torch.Tensor, *, signal: bool = False) -> FeatureGroups:
+def resolve_regions(regions: Any, x: torch.Tensor, *, signal: bool = False, sequence: bool = False) -> FeatureGroups:
     """``regions`` (``None``, a :class:`~whybox.masking.FeatureGroups` or an integer label map) as feature groups
     of ``x`` ``(B, *S)``: ids ``(B, *G)`` with ``G`` broadcasting to one input row.
 
     A label map may be ``(B, *G)``, ``(1, *G)`` or ``(*G)`` (``(H, W)`` for images); e.g. ``(B, T, 1)`` word ids
-    for packed text, ``(B, 1, H, W)`` or ``(B, H, W)`` superpixels, ``(F,)`` column groups.
+    for packed text, ``(B, 1, H, W)`` or ``(B, H, W)`` superpixels, ``(F,)`` column groups; for sequences
+    ``(B, T, D)`` of a model that reads time steps (``sequence``) also ids per step ``(B, T)``, ``(1, T)`` or ``(T,)``,
+    shared by the step's D features.
     """
     if regions is None:
         return default_features(x, signal=signal)
@@ -95,6 +97,8 @@ def resolve_regions(regions: Any, x: torch.Tensor, *, signal: bool = False) -> F
     if regions.is_floating_point() or regions.is_complex() or regions.dtype == torch.bool:
         raise InvalidParameterError(f"regions must hold integer feature ids; got dtype {regions.dtype}.")
     ids = regions
+    if sequence and x.ndim == 3 and ids.ndim in (1, 2) and ids.shape[-1] == x.shape[1]:
+        ids = ids.reshape(-1, x.shape[1], 1)  # one id per time step, shared by its D features
     if x.ndim == 4 and ids.ndim == 3 and ids.shape[0] in (1, x.shape[0]) and ids.shape[1:] == x.shape[-2:]:
         ids = ids.unsqueeze(1)  # (B, H, W) segmentation shared by the channels
     g = broadcast_ids(ids, x)
@@ -235,7 +239,7 @@ class _Eraser(Metric):
         x = ctx.x
         b = x.shape[0]
         # (B, *G): one row per input (a shared map is expanded)
-        groups = resolve_regions(self.regions, x, signal=ctx.signal)
+        groups = resolve_regions(self.regions, x, signal=ctx.signal, sequence=reads_sequence(ctx))
         fill = resolve_fill(self.fill, x, seed=self.seed, packing=getattr(ctx.adapter, "packing", None))
         values = pool_attributions(ctx.attributions, groups, x, pool=self.pool, abs=self.abs, signal=ctx.signal)
         null = null_features(x, fill, groups) | torch.isnan(values)

@@ -36,6 +36,7 @@ from whybox.metrics.base import (
     feature_scores,
     feature_values,
     pearson,
+    reads_sequence,
     row_keys,
     row_widths,
     spearman,
@@ -156,15 +157,24 @@ def _check_fill(fill: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------- curves
-def _sequence(ctx: Context) -> bool:
-    """Inputs ``(B, T, D)`` of a model that reads them as a sequence of time steps (not a Conv1d's signal, not a
-    text adapter's packed tokens, not a black box's rows)."""
-    return ctx.x.ndim == 3 and not ctx.signal and ctx.adapter is not None and not is_text_adapter(ctx.adapter)
-
-
-def _region_groups(regions: Any, x: torch.Tensor, *, signal: bool = False) -> FeatureGroups:
+def _region_groups(regions: Any, x: torch.Tensor, *, signal: bool = False, sequence: bool = False) -> FeatureGroups:
     """The curve's regions as feature groups; on 1-D signals ``(B, C, L)`` (``signal``) ids per time step ``(B, 1, L)``,
-    shared by the channels, as the signal's per-time-step map values are."""
+    shared by the channels, as the signal's per-time-step map values are; on sequences ``(B, T, D)`` (``sequence``)
+    ids per time step ``(B, T)``, ``(1, T)`` or ``(T,)`` are shared by the step's D features (as ``(B, T, 1)``)."""
+    if sequence and isinstance(regions, (FeatureGroups, torch.Tensor)):
+        ids = regions.groups if isinstance(regions, FeatureGroups) else regions
+        if ids.ndim in (1, 2) and ids.shape[-1] == x.shape[1]:
+            if ids.is_floating_point():
+                raise InvalidParameterError(f"regions must hold integer region ids; got dtype {ids.dtype}.")
+            g = broadcast_ids(ids.reshape(-1, x.shape[1], 1), x)
+            if g is None or bool((g < 0).any()):
+                raise InvalidParameterError(
+                    f"regions of a sequence must be non-negative ids per time step, ({x.shape[0]}, {x.shape[1]}), "
+                    f"(1, {x.shape[1]}) or ({x.shape[1]},), or per element ({x.shape[0]}, {x.shape[1]}, "
+                    f"{x.shape[2]}); got {tuple(ids.shape)}."
+                )
+            n = regions.n_groups if isinstance(regions, FeatureGroups) else int(g.max()) + 1
+            return FeatureGroups(g.expand(x.shape).contiguous(), n, getattr(regions, "kind", "regions"))
     if signal and isinstance(regions, (FeatureGroups, torch.Tensor)):
         ids = regions.groups if isinstance(regions, FeatureGroups) else regions
         if ids.is_floating_point():
@@ -393,12 +403,14 @@ class _CurveMetric(Metric):
         if ctx.attributions is None or ctx.engine is None or ctx.target is None:
             raise InvalidParameterError(f"metric {self.name!r} needs attributions and a model.")
         x = ctx.x
-        values, groups = feature_scores(ctx.attributions, x, abs=self.abs, signal=ctx.signal, sequence=_sequence(ctx))
+        values, groups = feature_scores(
+            ctx.attributions, x, abs=self.abs, signal=ctx.signal, sequence=reads_sequence(ctx)
+        )
         flat_rows = (values.amax(1) == values.amin(1)).cpu()
         region_steps = self.regions is not None
         fill = self.fill_values(x, ctx.adapter)
         if region_steps:
-            groups = _region_groups(self.regions, x, signal=ctx.signal)
+            groups = _region_groups(self.regions, x, signal=ctx.signal, sequence=reads_sequence(ctx))
             if groups.groups.shape[0] != x.shape[0]:
                 raise InvalidParameterError(f"regions hold {groups.groups.shape[0]} rows for {x.shape[0]} inputs.")
             null = None
@@ -689,6 +701,7 @@ class MuFidelity(Metric):
                 "Leave grid_size out, or regions out for the grid."
             )
         self.grid_size = None if regions is not None else 9 if grid_size is None else check_int("grid_size", grid_size)
+        self._grid_given = grid_size is not None
         self.subset_fraction = check_float("subset_fraction", subset_fraction, 0.0, 1.0, lo_open=True)
         self.n_samples = check_int("n_samples", n_samples, 2)
         note_option_columns(self, "fill", fill)
@@ -710,9 +723,9 @@ class MuFidelity(Metric):
             from whybox.metrics.eraser import pool_attributions, resolve_regions
 
             groups = (
-                _region_groups(self.regions, x, signal=ctx.signal)
+                _region_groups(self.regions, x, signal=ctx.signal, sequence=reads_sequence(ctx))
                 if isinstance(self.regions, (int, tuple))
-                else resolve_regions(self.regions, x, signal=ctx.signal)
+                else resolve_regions(self.regions, x, signal=ctx.signal, sequence=reads_sequence(ctx))
             )
             feat = pool_attributions(
                 ctx.attributions, groups, x, pool=self.pool, abs=self.abs, signal=ctx.signal
@@ -720,7 +733,7 @@ class MuFidelity(Metric):
             own = ((groups.sizes() > 0) & groups_touched(groups, x != fill)).cpu()
         else:
             values, px_groups = feature_scores(
-                ctx.attributions, x, abs=self.abs, signal=ctx.signal, sequence=_sequence(ctx)
+                ctx.attributions, x, abs=self.abs, signal=ctx.signal, sequence=reads_sequence(ctx)
             )
             if x.ndim == 4:
                 groups = cells(x, n=self.grid_size or 9)
@@ -734,6 +747,12 @@ class MuFidelity(Metric):
                     count = torch.zeros_like(feat).scatter_add_(1, flat, torch.ones_like(values, device=flat.device))
                     feat = feat / count.clamp_min(1)
             else:  # the features themselves (a signal's or a sequence's time steps, a table's columns): their values
+                if self._grid_given:
+                    raise InvalidParameterError(
+                        f"grid_size={self.grid_size!r} sets the grid cells of images; inputs of shape {tuple(x.shape)} "
+                        "are not images, and their features are their own (time steps, columns, tokens). Leave "
+                        "grid_size out, or pass regions= (an int: windows of that many time steps, or region ids)."
+                    )
                 groups, feat = px_groups, values
         b, m = x.shape[0], groups.n_groups
         if self.subsets is not None:

@@ -44,10 +44,12 @@ class _Localisation(Metric):
         m = (ctx.masks if ctx.masks.is_cpu else ctx.masks.cpu()).numpy()
         if ctx.sequence:  # a sequence (B, T, D): one value per time step, its D features summed
             a, t = ctx.attributions, ctx.x.shape[1]
+            if a.ndim == 2 and a.shape[1] == t:  # one value per step, what Explanation.to_map() gives
+                a = a.unsqueeze(2)
             if a.ndim != 3 or a.shape[1] != t or a.shape[2] not in (1, ctx.x.shape[2]):
                 raise InvalidInputError(
-                    f"{self.name} on sequences {tuple(ctx.x.shape)} needs a map over their {t} time steps, (B, {t}, 1) "
-                    f"or (B, {t}, {ctx.x.shape[2]}); got {tuple(a.shape)}."
+                    f"{self.name} on sequences {tuple(ctx.x.shape)} needs a map over their {t} time steps, (B, {t}), "
+                    f"(B, {t}, 1) or (B, {t}, {ctx.x.shape[2]}); got {tuple(a.shape)}."
                 )
             values = a.detach().to("cpu", torch.float64).sum(2).numpy()
             return values, m.reshape(m.shape[0], -1)

@@ -27,6 +27,7 @@ from whybox.metrics.base import (
     derive_generator,
     make_explain_fn,
     present_features,
+    reads_sequence,
     row_keys,
     spearman,
     text_positions,
@@ -264,7 +265,7 @@ class _MapComparison(Metric):
         if self.regions is not None:
             from whybox.metrics.eraser import pool_attributions, resolve_regions
 
-            groups = resolve_regions(self.regions, ctx.x, signal=ctx.signal)
+            groups = resolve_regions(self.regions, ctx.x, signal=ctx.signal, sequence=reads_sequence(ctx))
             pa = pool_attributions(a, groups, ctx.x, pool=self.pool, signal=ctx.signal).cpu()
             pb = pool_attributions(b, groups, ctx.x, pool=self.pool, signal=ctx.signal).cpu()
             present = present_features(ctx, groups).cpu()  # a text's words, not its specials and pads
@@ -277,6 +278,8 @@ class _MapComparison(Metric):
         pooled_layout = a.ndim == 4 or (ctx.signal and a.ndim == 3)  # images, 1-D signals (B, 1, L)
         if pooled_layout and b.ndim == a.ndim and a.shape[1] == 1 and b.shape[1] > 1:
             b = b.sum(1, keepdim=True)
+        elif reads_sequence(ctx) and b.ndim == 3 and a[0].numel() == b.shape[1] != b[0].numel():
+            b = b.sum(2).reshape(a.shape)  # one value per time step of a sequence (B, T), to_map()'s: pooled alike
         if a[0].numel() != b[0].numel():
             raise InvalidInputError(
                 f"the explainer returned maps of shape {tuple(b.shape)} but the explanation has shape "
@@ -345,6 +348,9 @@ class Randomization(_MapComparison):
             source=source if isinstance(source, torch.nn.Module) else None,
         )
         work = copy.deepcopy(ctx.adapter)  # the user's model is never modified
+        for m in work.model.modules():  # a copied cuDNN RNN's weights are no longer one block: compacted again
+            if isinstance(m, nn.RNNBase):  # (else cuDNN warns and compacts them at every call); no-op on the CPU
+                m.flatten_parameters()
         with work.guard(self.mode):
             layers = execution_layers(work.model, ctx.x[:1], include_norm=self.include_norm, forward=work.scores)
         ctx.passes["n_forward"] += 1  # the run on one row that finds the layers in execution order

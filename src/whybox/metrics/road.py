@@ -26,6 +26,7 @@ from whybox.metrics.base import (
     check_float,
     derive_generator,
     feature_scores,
+    reads_sequence,
     row_keys,
     tie_order,
 )
@@ -284,7 +285,10 @@ class ROAD(Metric):
         Rank by ``|a|``.
 
     1-D signals ``(B, C, L)`` (:func:`~whybox.models.adapter.is_signal`) rank time steps (channels together) and
-    impute them as a one-row image: a removed step is the mean of its two neighbours in time.
+    impute them as a one-row image: a removed step is the mean of its two neighbours in time. Sequences ``(B, T, D)``
+    of a model that reads time steps (a recurrent or attention model) rank their steps (a full map summed over D,
+    ``|.|`` first with ``abs``; or one value per step, ``(B, T)``) and impute each removed step's D features alike,
+    from the neighbouring steps.
 
     Curves: ``"x"`` ``(B, F)`` fractions, ``"morf_score"``, ``"lerf_score"``, ``"morf_accuracy"``,
     ``"lerf_accuracy"`` ``(B, F)`` (those of the computed orders). ``labels=`` (default: the target) decides accuracy.
@@ -329,14 +333,16 @@ class ROAD(Metric):
             raise InvalidParameterError("road needs attributions and a model.")
         x = ctx.x
         signal = ctx.signal  # a 1-D signal (B, C, L) is imputed as a one-row image: each removed step from its two
-        if x.ndim != 4 and not signal:  # neighbours in time (the other six fall outside the row)
+        # neighbours in time (the other six fall outside the row); a sequence (B, T, D) as the signal (B, D, T)
+        sequence = reads_sequence(ctx)
+        if x.ndim != 4 and not signal and not sequence:
             raise InvalidInputError(
-                f"road needs images (B, C, H, W) or 1-D signals (B, C, L) of a model with an nn.Conv1d; got inputs "
-                f"of shape {tuple(x.shape)}."
+                f"road needs images (B, C, H, W), 1-D signals (B, C, L) of a model with an nn.Conv1d or sequences "
+                f"(B, T, D) of a model that reads time steps; got inputs of shape {tuple(x.shape)}."
             )
-        b, h, w = x.shape[0], (1 if signal else x.shape[-2]), x.shape[-1]
-        n = h * w
-        values, groups = feature_scores(ctx.attributions, x, abs=self.abs, signal=ctx.signal)
+        b = x.shape[0]
+        n = x.shape[1] if sequence else (1 if signal else x.shape[-2]) * x.shape[-1]
+        values, groups = feature_scores(ctx.attributions, x, abs=self.abs, signal=signal, sequence=sequence)
         order = tie_order(values, self.seed).cpu()
         ranks = torch.empty_like(order)
         ranks.scatter_(1, order, torch.arange(n).expand(b, n).contiguous())
@@ -368,6 +374,12 @@ class ROAD(Metric):
                 if noise > 0
                 else None  # no noise is drawn
             )
+            if sequence:  # (n, D, 1, T) images, (n, 1, T) removed time steps (each step's D features together)
+                rem = ~m[:, :, 0]
+                imgs = noisy_linear_imputation_batch(
+                    x[rows].transpose(1, 2).unsqueeze(2), rem.unsqueeze(1), noise=noise, generators=gens
+                )
+                return torch.nan_to_num(imgs.squeeze(2).transpose(1, 2))
             if signal:  # (n, C, 1, L) images, (n, 1, L) removed time steps
                 imgs = noisy_linear_imputation_batch(x[rows].unsqueeze(2), ~m, noise=noise, generators=gens)
                 return torch.nan_to_num(imgs.squeeze(2))

@@ -23,6 +23,7 @@ from whybox.metrics.base import (
     check_options,
     derived_seeds,
     make_explain_fn,
+    reads_sequence,
     row_keys,
     text_positions,
 )
@@ -307,6 +308,7 @@ class MaxSensitivity(Metric):
         # hashed once per call; a text's key is read up to its last token, so the pads of its batch do not move it
         own = text_positions(ctx.adapter, x)
         keys = None if given is not None else torch.tensor(row_keys(x, own), dtype=torch.int64)
+        sequence = reads_sequence(ctx)
         for s in range(0, total, step):  # batch_size (row, draw) pairs at a time, each drawn once
             idx = torch.arange(s, min(s + step, total))
             rows, ks = idx // n, idx % n
@@ -319,6 +321,8 @@ class MaxSensitivity(Metric):
             pooled_layout = x.ndim == 4 or (ctx.signal and x.ndim == 3)  # images, 1-D signals
             if pooled_layout and att.ndim == x.ndim and a0.shape[1] == att[0, 0].numel() != att[0].numel():
                 att = att.sum(1)  # a channel-pooled explanation (B, 1, H, W), (B, L): the new maps pooled alike
+            elif sequence and att.ndim == 3 and a0.shape[1] == att.shape[1] != att[0].numel():
+                att = att.sum(2)  # one value per time step of a sequence (B, T), to_map()'s: pooled alike
             att = att.reshape(rows.shape[0], -1).to(torch.float64).cpu()
             if att.shape[1] != a0.shape[1]:
                 raise InvalidInputError(

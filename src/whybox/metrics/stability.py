@@ -16,7 +16,16 @@ import numpy as np
 import torch
 
 from whybox.errors import InvalidParameterError, check_bool
-from whybox.metrics.base import Context, Metric, check_choice, check_int, check_options, make_explain_fn, tie_order
+from whybox.metrics.base import (
+    Context,
+    Metric,
+    check_choice,
+    check_int,
+    check_options,
+    make_explain_fn,
+    reads_sequence,
+    tie_order,
+)
 from whybox.registry import METRICS
 
 __all__ = ["Stability", "ci_overlap", "csi_scores", "kendall_tau_b", "topk_sets"]
@@ -223,7 +232,7 @@ class Stability(Metric):
             from whybox.metrics.base import present_features
             from whybox.metrics.eraser import pool_attributions, resolve_regions
 
-            groups = resolve_regions(self.regions, x, signal=ctx.signal)
+            groups = resolve_regions(self.regions, x, signal=ctx.signal, sequence=reads_sequence(ctx))
             feats = torch.stack(
                 [
                     pool_attributions(e.attributions, groups, x, pool=self.pool, signal=ctx.signal)

@@ -648,7 +648,53 @@ def is_signal(adapter: ModelAdapter | None, x: torch.Tensor) -> bool:
     if isinstance(adapter.model, FunctionModel):  # a black box that says so: an ONNX graph whose first Conv is 1-D
         return getattr(adapter.model.fn, "signal_channels", None) == x.shape[1]
     channels = first_conv_channels(adapter.model, nn.Conv1d)
-    return channels is not None and channels == x.shape[1]
+    if channels is None or channels != x.shape[1]:
+        return False
+    # (B, T, D) with T == D that the model permutes into (B, D, T) is a sequence (is_sequence)
+    return not (x.shape[1] == x.shape[2] and _conv_reads_transposed(adapter, x))
+
+
+def _conv_reads_transposed(adapter: TorchAdapter, x: torch.Tensor) -> bool:
+    """Whether the first ``nn.Conv1d`` of ``adapter``'s model reads its 3-D inputs transposed, ``(B, T, D)``
+    permuted into ``(B, D, T)`` (a 1-D CNN over a sequence): the one case where the shapes cannot tell a signal
+    from a sequence is T == D. One forward pass of the first row (in eval mode, nothing of the model changed)
+    shows what the convolution gets: the row transposed (True), else False (the row as it is, or anything else,
+    e.g. after a preprocessing step: read as a signal, as before). Remembered per adapter and input shape."""
+    memo = adapter.__dict__.setdefault("_transposed_memo", {})
+    key = (tuple(x.shape[1:]), x.dtype)
+    if key in memo:
+        return bool(memo[key])
+    conv = next((m for m in adapter.model.modules() if isinstance(m, nn.Conv1d)), None)
+    if conv is None or bool((x[0] == x[0].transpose(0, 1)).all()):  # TorchScript, or a symmetric row: no telling
+        return False
+    seen: list[torch.Tensor] = []
+
+    def grab(_m: nn.Module, args: tuple[Any, ...]) -> None:
+        if not seen and args and isinstance(args[0], torch.Tensor):
+            seen.append(args[0].detach())
+        raise _Probed
+
+    row = x[:1].detach().to(device=adapter.device)
+    if adapter.weights_dtype is not None:
+        row = row.to(adapter.weights_dtype)
+    handle = conv.register_forward_pre_hook(grab)
+    try:
+        with adapter.guard("eval"), torch.no_grad():
+            adapter.forward(row)
+    except _Probed:
+        pass
+    except Exception:  # the model does not run on this row: no telling
+        return False
+    finally:
+        handle.remove()
+    got = seen[0] if seen else None
+    transposed = got is not None and got.shape == row.transpose(1, 2).shape and torch.equal(got, row.transpose(1, 2))
+    memo[key] = transposed
+    return transposed
+
+
+class _Probed(Exception):
+    """Stops the probe's forward pass at the first convolution (nothing after it runs)."""
 
 
 def is_sequence(adapter: ModelAdapter | None, x: torch.Tensor) -> bool:

@@ -1,0 +1,213 @@
+"""Seventh-pass fixes: each test states the property a user relied on and failed before the fix."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+import whybox
+
+
+class GRUNet(nn.Module):
+    def __init__(self, d: int = 3, k: int = 4) -> None:
+        super().__init__()
+        self.rnn = nn.GRU(d, 5, batch_first=True)
+        self.head = nn.Linear(5, k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.rnn(x)[0][:, -1])
+
+
+class SignalTwin(nn.Module):
+    """The GRU read as a Conv1d signal model (B, D, T): an identity 1 x 1 convolution, then the GRU over time."""
+
+    def __init__(self, inner: GRUNet, d: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(d, d, 1, bias=False)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.eye(d, dtype=self.conv.weight.dtype).unsqueeze(-1))
+        self.inner = inner
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        return self.inner(self.conv(s).transpose(1, 2))
+
+
+def _gru(seed: int = 0) -> tuple[GRUNet, torch.Tensor]:
+    torch.manual_seed(seed)
+    return GRUNet().double().eval(), torch.randn(3, 9, 3, dtype=torch.float64)
+
+
+def test_road_on_a_sequence_equals_road_on_its_signal_twin() -> None:
+    """ROAD on a recurrent model's sequences (B, T, D) ranks time steps and imputes each removed step's features from
+    the neighbouring steps: the numbers of the same model read as a Conv1d signal (B, D, T) (it refused them)."""
+    model, x = _gru()
+    e = whybox.explain(model, x, "saliency")
+    twin = SignalTwin(model).double().eval()
+    for orders in ("both", "morf"):
+        got = whybox.evaluate(model, x, e, "road", noise=0.0, orders=orders, fractions=(0.2, 0.5, 0.8))
+        want = whybox.evaluate(
+            twin, x.transpose(1, 2), e.attributions.transpose(1, 2), "road", target=e.target, noise=0.0,
+            orders=orders, fractions=(0.2, 0.5, 0.8),
+        )  # fmt: skip
+        torch.testing.assert_close(got.scores, want.scores, rtol=1e-12, atol=1e-12)
+        for k in want.curves:
+            torch.testing.assert_close(got.curves[k], want.curves[k], rtol=1e-12, atol=1e-12, equal_nan=True)
+
+
+def test_road_on_a_sequence_imputes_a_removed_step_from_its_neighbours() -> None:
+    """One step of five removed (the top-ranked, p = 0.2, no noise): the model reads that step as the mean of the
+    steps before and after it, all D features alike; a (B, T) map of one value per step ranks the same steps."""
+    model, x = _gru()
+    x = x[:, :5]
+    a = torch.zeros(3, 5)
+    a[:, 2] = 1.0  # step 2 first
+    r = whybox.evaluate(model, x, a, "road", target=0, noise=0.0, orders="morf", fractions=(0.2,))
+    imputed = x.clone()
+    imputed[:, 2] = (x[:, 1] + x[:, 3]) / 2
+    with torch.no_grad():
+        want = model(imputed).softmax(1)[:, 0]
+    torch.testing.assert_close(r.curves["morf_score"][:, 0], want, rtol=1e-10, atol=1e-12)
+    full = whybox.evaluate(model, x, a.unsqueeze(-1).expand(3, 5, 3), "road", target=0, noise=0.0, orders="morf",
+                           fractions=(0.2,))  # fmt: skip
+    torch.testing.assert_close(full.scores, r.scores)
+
+
+def test_road_on_sequences_is_the_same_alone_and_in_a_batch() -> None:
+    model, x = _gru()
+    e = whybox.explain(model, x, "integrated_gradients", n_steps=8)
+    batch = whybox.evaluate(model, x, e, "road", fractions=(0.3, 0.7), seed=2)
+    for i in range(3):
+        alone = whybox.evaluate(model, x[i : i + 1], e[i : i + 1], "road", fractions=(0.3, 0.7), seed=2)
+        torch.testing.assert_close(alone.scores, batch.scores[i : i + 1], rtol=1e-12, atol=1e-12)
+
+
+def test_the_curves_rank_an_mlps_gray_images_and_a_black_boxs_rows_by_their_pixels() -> None:
+    """An MLP on gray images (B, H, W) and a black box's 3-D inputs are not sequences (is_sequence): deletion ranks
+    their 64 pixels, as a per-pixel oracle does, not their 8 rows (a full map summed over the last axis)."""
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.Tanh(), nn.Linear(16, 3)).double().eval()
+    x = torch.randn(2, 8, 8, dtype=torch.float64)
+    e = whybox.explain(mlp, x, "saliency")
+    got = whybox.evaluate(mlp, x, e, "deletion", steps=64)
+    assert got.meta["n_features"] == 64
+    box = whybox.adapt(lambda z: mlp(z))
+    assert whybox.evaluate(box, x, e, "deletion", steps=64).meta["n_features"] == 64
+    want = []
+    with torch.no_grad():
+        for i in range(2):
+            order = torch.argsort(-e.attributions[i].flatten(), stable=True)
+            k = int(e.target[i])
+            ys = []
+            for n in range(65):
+                z = x[i].flatten().clone()
+                z[order[:n]] = 0
+                ys.append(float(mlp(z.view(1, 8, 8)).softmax(1)[0, k]))
+            want.append(sum((a + b) / 2 for a, b in itertools.pairwise(ys)) / 64)
+    torch.testing.assert_close(got.scores, torch.tensor(want, dtype=got.scores.dtype), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["max_sensitivity", "random_logit", "randomization"])
+def test_the_metrics_that_rerun_the_method_take_a_sequences_to_map(name: str) -> None:
+    """A sequence's Explanation.to_map() (B, T), one value per step, is what the curves read; the metrics that re-run
+    the method pool the new (B, T, D) maps alike (they refused it): the numbers of an explainer that gives the
+    per-step sums itself."""
+    model, x = _gru()
+    e = whybox.explain(model, x, "saliency", abs=False)
+
+    def per_step(m: nn.Module, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return whybox.explain(m, z, "saliency", target=t, abs=False).attributions.sum(-1)
+
+    extra = {"n_samples": 3} if name == "max_sensitivity" else {}
+    got = whybox.evaluate(
+        model, x, e.to_map(), name, target=e.target, explainer="saliency", explainer_params={"abs": False}, seed=1,
+        **extra,
+    )  # fmt: skip
+    want = whybox.evaluate(model, x, e.to_map(), name, target=e.target, explainer=per_step, seed=1, **extra)
+    torch.testing.assert_close(got.scores, want.scores, rtol=1e-10, atol=1e-12, equal_nan=True)
+
+
+@pytest.mark.parametrize("name", ["relevance_mass", "pointing_game"])
+def test_localisation_takes_a_sequences_to_map(name: str) -> None:
+    model, x = _gru()
+    masks = torch.zeros(3, 9, dtype=torch.bool)
+    masks[:, 2:5] = True
+    e = whybox.explain(model, x, "integrated_gradients", n_steps=8)
+    full = whybox.evaluate(model, x, e, name, masks=masks)
+    per_step = whybox.evaluate(model, x, e.to_map(), name, masks=masks, target=e.target)
+    torch.testing.assert_close(per_step.scores, full.scores, rtol=1e-12, atol=1e-12, equal_nan=True)
+
+
+@pytest.mark.parametrize("name", ["deletion", "comprehensiveness", "sufficiency", "aopc", "mufidelity"])
+@pytest.mark.parametrize("t", [6, 3])  # t == 3: as many steps as features, where (B, T) ids read along D before
+def test_region_ids_per_time_step_of_a_sequence(name: str, t: int) -> None:
+    """Region ids (B, T) of a sequence (B, T, D) are ids per time step, shared by the step's features: the scores of
+    the same ids as (B, T, 1) (before, T != D was refused and T == D read them along the D features)."""
+    model, x = _gru()
+    x = x[:, :t]
+    e = whybox.explain(model, x, "saliency")
+    ids = torch.tensor([[0, 1, 1, 2, 2, 2][:t]] * 3)
+    opts = {"n_samples": 8, "seed": 0} if name == "mufidelity" else {}
+    a = whybox.evaluate(model, x, e, name, regions=ids, **opts)
+    b = whybox.evaluate(model, x, e, name, regions=ids.unsqueeze(-1), **opts)
+    torch.testing.assert_close(a.scores, b.scores, rtol=0, atol=0, equal_nan=True)
+
+
+def test_mufidelity_refuses_grid_size_where_there_is_no_image() -> None:
+    model, x = _gru()
+    e = whybox.explain(model, x, "saliency")
+    with pytest.raises(whybox.errors.InvalidParameterError, match=r"grid_size=2 sets the grid cells of images"):
+        whybox.evaluate(model, x, e, "mufidelity", grid_size=2, n_samples=8)
+
+
+def test_a_recurrent_layer_that_raises_leaves_cudnn_as_it_was() -> None:
+    """The hooks that run a recurrent layer without cuDNN while gradients are taken on CUDA are removed with the
+    call, and cuDNN's switch is as it was also after a forward that raised (on the CPU the hooks change nothing)."""
+
+    class Raising(GRUNet):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = super().forward(x)
+            raise RuntimeError("boom")
+            return out
+
+    model = Raising().double().eval()
+    before = torch.backends.cudnn.enabled
+    with pytest.raises(RuntimeError, match="boom"):
+        whybox.explain(model, torch.randn(2, 5, 3, dtype=torch.float64), "saliency", target=0)
+    assert torch.backends.cudnn.enabled == before
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+class PermutingCNN(nn.Module):
+    """A 1-D CNN over a sequence (B, T, D): the steps permuted into the convolution's channels-first layout."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(d, 6, 3, padding=1)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.conv(x.permute(0, 2, 1)).relu().amax(-1))
+
+
+@pytest.mark.parametrize("t", [8, 4])
+def test_a_cnn_that_permutes_a_sequence_is_read_as_one_also_when_t_equals_d(t: int) -> None:
+    """T == D: the shapes cannot tell a signal (B, C, L) from a sequence (B, T, D); the convolution's input does. A
+    permuting CNN's inputs are sequences for every T (they were signals at T == D: windows, maps and metrics ran
+    along the features), a signal CNN's stay signals, and the probe changes nothing of the model."""
+    from whybox.models.adapter import is_sequence, is_signal
+
+    torch.manual_seed(0)
+    model = PermutingCNN(4).train()
+    x = torch.randn(2, t, 4)
+    ad = whybox.adapt(model)
+    assert is_sequence(ad, x) and not is_signal(ad, x)
+    assert model.training and all(not m._forward_pre_hooks for m in model.modules())
+    e = whybox.explain(model, x, "lima")
+    assert e.attributions.shape == (2, t, 1) and e.to_map().shape == (2, t)
+    signal_cnn = nn.Sequential(nn.Conv1d(4, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveMaxPool1d(1), nn.Flatten(),
+                               nn.Linear(6, 3))  # fmt: skip
+    sig = whybox.adapt(signal_cnn)
+    assert is_signal(sig, torch.randn(2, 4, 4)) and not is_sequence(sig, torch.randn(2, 4, 4))
