@@ -488,3 +488,40 @@ def test_every_metric_on_a_recurrent_model_gives_on_cuda_what_it_gives_on_the_cp
     assert r_gpu.curves.keys() == r_cpu.curves.keys()
     for k, v in r_cpu.curves.items():
         torch.testing.assert_close(r_gpu.curves[k].cpu(), v, rtol=1e-6, atol=1e-9, equal_nan=True, msg=k)
+
+
+class _StackedLSTM(nn.Module):
+    """Two LSTM layers with dropout between them: in training mode another function, so its gradients on CUDA are
+    taken without cuDNN; the packed variant feeds it a PackedSequence of unequal lengths."""
+
+    def __init__(self, packed: bool = False) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(4, 6, num_layers=2, dropout=0.3, batch_first=True)
+        self.head = nn.Linear(6, K)
+        self.packed = packed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed:
+            lengths = torch.tensor([x.shape[1] - i % 3 for i in range(x.shape[0])])
+            seq = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+            return self.head(self.rnn(seq)[1][0][-1])
+        return self.head(self.rnn(x)[0][:, -1])
+
+
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("method", ["saliency", "integrated_gradients", "smoothgrad"])
+def test_gradients_of_a_stacked_lstm_with_dropout_on_cuda(method: str, packed: bool) -> None:
+    """The layer whose training mode differs (dropout between layers) runs without cuDNN while gradients are taken:
+    the CPU's maps, cuDNN's switch and the layer's mode as they were."""
+    torch.manual_seed(0)
+    model = _StackedLSTM(packed).double().eval()
+    x = torch.randn(B, 7, 4, dtype=torch.float64)
+    opts = {**FAST.get(method, {}), "seed": 2}
+    e_cpu = whybox.explain(model, x, method, **opts)
+    gpu_model = on_cuda(model)
+    before = state(gpu_model)
+    flag = torch.backends.cudnn.enabled
+    e_gpu = whybox.explain(gpu_model, x.to(DEVICE), method, **opts)
+    assert torch.backends.cudnn.enabled == flag
+    assert_same_state(before, state(gpu_model))
+    assert_close(e_gpu.attributions, e_cpu.attributions, what=method)

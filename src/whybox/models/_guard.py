@@ -151,28 +151,37 @@ def _preserved(model: nn.Module, mode: str) -> Iterator[None]:
 
 
 def _rnn_gradients_without_cudnn(modules: list[nn.Module]) -> None:
-    """Hooks (removed with the block's others) that run each recurrent layer in eval mode without cuDNN while
-    gradients are taken on a CUDA device: cuDNN's RNN backward runs in training mode only ("cudnn RNN backward can
-    only be called in training mode"), so every gradient method failed on a GRU or LSTM on the GPU. PyTorch's own
-    kernels compute the same function; passes without gradients (the perturbation methods' scoring) keep cuDNN."""
+    """Hooks (removed with the block's others) that let gradients through each eval-mode recurrent layer on a CUDA
+    device: cuDNN's RNN backward runs in training mode only ("cudnn RNN backward can only be called in training
+    mode"), so every gradient method failed on a GRU or LSTM on the GPU. While gradients are taken, a layer without
+    dropout between its layers (the function is the same in both modes) runs in training mode, a flag of its own;
+    one with such dropout runs without cuDNN (PyTorch's own kernels, the same function; cuDNN's switch is global, put
+    back after the layer and on exit). Passes without gradients (the perturbation methods' scoring) are untouched."""
     for m in modules:
         if not isinstance(m, nn.RNNBase) or m.training:
             continue
+        same_in_training = m.num_layers == 1 or float(m.dropout) == 0.0
         saved: list[bool] = []
 
-        def off(mod: nn.Module, args: tuple[Any, ...], saved: list[bool] = saved) -> None:
+        def before(
+            mod: nn.Module, args: tuple[Any, ...], saved: list[bool] = saved, flag: bool = same_in_training
+        ) -> None:
             x = args[0] if args else None
             x = x.data if isinstance(x, nn.utils.rnn.PackedSequence) else x
             if torch.is_grad_enabled() and isinstance(x, torch.Tensor) and x.is_cuda:
-                saved.append(torch.backends.cudnn.enabled)
-                torch.backends.cudnn.enabled = False
+                if flag:
+                    mod.training = True
+                else:
+                    saved.append(torch.backends.cudnn.enabled)
+                    torch.backends.cudnn.enabled = False
 
-        def back(mod: nn.Module, args: tuple[Any, ...], out: Any, saved: list[bool] = saved) -> None:
+        def after(mod: nn.Module, args: tuple[Any, ...], out: Any, saved: list[bool] = saved) -> None:
+            mod.training = False
             if saved:
                 torch.backends.cudnn.enabled = saved.pop()
 
-        m.register_forward_pre_hook(off)
-        m.register_forward_hook(back, always_call=True)
+        m.register_forward_pre_hook(before)
+        m.register_forward_hook(after, always_call=True)
 
 
 def has_train_mode_batchnorm(model: nn.Module) -> bool:
