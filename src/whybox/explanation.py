@@ -148,7 +148,8 @@ class Explanation:
         Extras: at least ``n_forward``, ``n_backward``, ``seed``, per-sample ``finite`` and ``input_digest``
         ``(B, 3)`` (:func:`input_digest`: the metrics refuse the explanation on other rows); per-sample
         ``target_names`` where the model names its outputs (``classes_``, ``id2label``, ``adapt(labels=)``);
-        tensors allowed (saved beside the attributions).
+        tensors allowed as values (saved beside the attributions as tensors); anything nested (a list or dict
+        holding tensors, a dict with int keys) is saved as JSON: its tensors come back as lists, its keys as strings.
     options
         The options ``params`` can only describe (a tensor fill or baseline, a feature mask, a callable), as they
         were given to :func:`whybox.explain`, so that a metric re-running the method (stability, max-sensitivity,
@@ -328,7 +329,8 @@ class Explanation:
             How to colour a map (:func:`whybox.report.overlay.to_heatmap`): ``"signed"``, ``"positive"`` or
             ``"relative"``; default: the method's own (CAMs and RISE relative, magnitudes positive, else signed).
         columns
-            Panels per figure row.
+            Panels per figure row (images and tables; signals and sequences are drawn one under another, a
+            row each, their maps along the time axis).
         labels
             Class names by output index (e.g. ``whybox.data.imagenet_labels()``) for the panel titles; by default
             ``meta["target_names"]``, the names the model gives its outputs, where it has them.
@@ -352,7 +354,13 @@ class Explanation:
         if (isinstance(labels, np.ndarray) and labels.ndim == 1) or type(labels).__name__ == "Index":
             labels = list(labels)  # an estimator's classes_, a pandas Index of class names
         if isinstance(labels, Mapping):  # config.id2label: {0: "negative", 1: "positive"}
-            names_of = {int(k): str(v) for k, v in labels.items()}
+            try:
+                names_of = {int(k): str(v) for k, v in labels.items()}
+            except (TypeError, ValueError):
+                raise InvalidParameterError(
+                    "labels must map output indices to class names, such as config.id2label ({0: 'negative', ...}); "
+                    f"got keys {list(labels)[:3]!r}: that is names to indices (config.label2id?). Pass id2label."
+                ) from None
         elif labels is not None:
             if isinstance(labels, str) or not isinstance(labels, Sequence):
                 raise InvalidParameterError(
@@ -681,6 +689,11 @@ class Explanation:
         meta_json: dict[str, Any] = {}
         for k, v in self.meta.items():
             if isinstance(v, torch.Tensor):
+                if v.is_meta:
+                    raise InvalidParameterError(
+                        f"meta[{k!r}] is a tensor on the 'meta' device (a shape without values), which cannot be "
+                        "saved; store its shape instead, e.g. list(t.shape)."
+                    )
                 tensors[f"meta.{k}"] = own(v)
             else:
                 meta_json[k] = v

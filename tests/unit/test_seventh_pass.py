@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import pytest
 import torch
@@ -211,3 +212,38 @@ def test_a_cnn_that_permutes_a_sequence_is_read_as_one_also_when_t_equals_d(t: i
                                nn.Linear(6, 3))  # fmt: skip
     sig = whybox.adapt(signal_cnn)
     assert is_signal(sig, torch.randn(2, 4, 4)) and not is_sequence(sig, torch.randn(2, 4, 4))
+
+
+@pytest.mark.parametrize("method", ["saliency", "lime"])
+def test_a_callable_target_returning_class_indices_is_refused(method: str) -> None:
+    """target=lambda s: s.argmin(1) gives class indices, not a score: a gradient method crashed inside torch and LIME
+    explained the index as if it were a score; both now say what a callable target returns."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 4)).eval()
+    x = torch.randn(2, 3, 2, 2)
+    with pytest.raises(whybox.errors.InvalidTargetError, match=r"returned torch.int64 values, which look like class"):
+        whybox.explain(
+            model, x, method, target=lambda s: s.argmin(1), **({"n_samples": 16} if method == "lime" else {})
+        )
+    whybox.explain(
+        model, x, method, target=lambda s: s[:, 1] - s[:, 0], **({"n_samples": 16} if method == "lime" else {})
+    )
+
+
+def test_plot_names_label2id_given_as_labels() -> None:
+    pytest.importorskip("matplotlib")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 2, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    x = torch.rand(1, 3, 6, 6)
+    e = whybox.explain(model, x, "saliency")
+    with pytest.raises(whybox.errors.InvalidParameterError, match=r"config.label2id\?\). Pass id2label"):
+        e.plot(x, labels={"negative": 0, "positive": 1})
+
+
+def test_saving_a_meta_device_tensor_is_a_clear_error(tmp_path: Any) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 4)).eval()
+    e = whybox.explain(model, torch.randn(2, 3, 2, 2), "saliency")
+    e.meta["shape_only"] = torch.empty(2, 3, device="meta")
+    with pytest.raises(whybox.errors.InvalidParameterError, match=r"meta\['shape_only'\] is a tensor on the 'meta'"):
+        e.save(tmp_path / "e.safetensors")

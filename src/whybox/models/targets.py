@@ -362,6 +362,13 @@ class Target:
                     f"a callable target must map scores {tuple(scores.shape)} to shape ({scores.shape[0]},); "
                     f"it returned {got}. Return one scalar per row, e.g. lambda s: s[:, 3] - s[:, 5]."
                 )
+            if not (out.is_floating_point() or out.is_complex()):
+                raise InvalidTargetError(
+                    f"a callable target must return one score per row (floating point), the quantity explained; it "
+                    f"returned {out.dtype} values, which look like class indices (e.g. s.argmin(1)). Return the "
+                    "scores themselves, e.g. lambda s: s[:, 3] - s[:, 5], or pass the class indices as target= "
+                    "(an int or one per row)."
+                )
             return out
         idx = self.index.to(scores.device)
         if idx.is_inference():  # made under torch.inference_mode: a gather under autograd cannot save it
