@@ -164,8 +164,9 @@ def test_mufidelity_refuses_grid_size_where_there_is_no_image() -> None:
 
 
 def test_a_recurrent_layer_that_raises_leaves_cudnn_as_it_was() -> None:
-    """The hooks that run a recurrent layer without cuDNN while gradients are taken on CUDA are removed with the
-    call, and cuDNN's switch is as it was also after a forward that raised (on the CPU the hooks change nothing)."""
+    """The hooks that let CUDA gradients through an eval-mode recurrent layer (training mode with its dropout at 0
+    for that forward) are removed with the call, and the layer is back in eval mode with its dropout, also after a
+    forward that raised; cuDNN's process-wide switch is never touched (on the CPU the hooks change nothing)."""
 
     class Raising(GRUNet):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -179,6 +180,7 @@ def test_a_recurrent_layer_that_raises_leaves_cudnn_as_it_was() -> None:
         whybox.explain(model, torch.randn(2, 5, 3, dtype=torch.float64), "saliency", target=0)
     assert torch.backends.cudnn.enabled == before
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    assert not model.rnn.training and model.rnn.dropout == 0.0
 
 
 class PermutingCNN(nn.Module):
@@ -247,3 +249,128 @@ def test_saving_a_meta_device_tensor_is_a_clear_error(tmp_path: Any) -> None:
     e.meta["shape_only"] = torch.empty(2, 3, device="meta")
     with pytest.raises(whybox.errors.InvalidParameterError, match=r"meta\['shape_only'\] is a tensor on the 'meta'"):
         e.save(tmp_path / "e.safetensors")
+
+
+class NormThenPermute(PermutingCNN):
+    def __init__(self, d: int) -> None:
+        super().__init__(d)
+        self.norm = nn.LayerNorm(d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.norm(x))
+
+
+def test_the_t_equals_d_probe_sees_through_per_step_layers_and_any_first_row() -> None:
+    """A LayerNorm over D before the permute, a first row of zeros: still a sequence at T == D (the probe compared
+    values before: both read as signals), the same answer whichever row comes first."""
+    from whybox.models.adapter import is_sequence
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 5)
+    x[0] = 0.0
+    assert is_sequence(whybox.adapt(NormThenPermute(5).eval()), x)
+    assert is_sequence(whybox.adapt(PermutingCNN(5).eval()), x)
+    assert is_sequence(whybox.adapt(PermutingCNN(5).eval()), x.flip(0))
+
+
+def test_the_t_equals_d_probe_is_safe_beside_another_threads_call() -> None:
+    """The probe's hook is set under the model's lock: a thread explaining the model meanwhile never meets it (it
+    raised the probe's exception in 39 of its calls), and the other thread's answers never vary."""
+    import threading
+
+    from whybox.models.adapter import _TRANSPOSED, is_signal
+
+    torch.manual_seed(0)
+    model = PermutingCNN(6).eval()
+    errors: list[str] = []
+    answers: set[bool] = set()
+    stop = threading.Event()
+
+    def explain() -> None:
+        for _ in range(30):
+            try:
+                whybox.explain(model, torch.randn(2, 8, 6), "saliency")
+            except Exception as exc:  # the test counts every failure
+                errors.append(type(exc).__name__)
+        stop.set()
+
+    t = threading.Thread(target=explain)
+    t.start()
+    x6 = torch.randn(2, 6, 6)
+    while not stop.is_set():
+        _TRANSPOSED.pop(model, None)  # probe again every time
+        answers.add(is_signal(whybox.adapt(model), x6))
+    t.join(timeout=60)
+    assert errors == [] and answers == {False}
+
+
+def test_region_ids_per_element_of_a_square_sequence_still_broadcast() -> None:
+    """(T, D) ids shared by the rows (the documented (*G) form) at T == D != B are per element, as before; (D,) at
+    T == D is read per step with a warning naming (1, 1, D)."""
+    from whybox.masking.features import AmbiguousIdsWarning
+
+    model, x = _gru()
+    x = x[:, :3]  # T = D = 3, B = 3: (T, D) ids look like (B, T) ones, so take B = 2
+    x = x[:2]
+    e = whybox.explain(model, x, "saliency")
+    per_element = torch.arange(9).view(3, 3) % 2
+    a = whybox.evaluate(model, x, e, "deletion", regions=per_element)
+    b = whybox.evaluate(model, x, e, "deletion", regions=per_element.expand(2, 3, 3))
+    torch.testing.assert_close(a.scores, b.scores, rtol=0, atol=0)
+    with pytest.warns(AmbiguousIdsWarning, match=r"read one per time step; for ids per feature.*\(1, 1, 3\)"):
+        c = whybox.evaluate(model, x, e, "deletion", regions=torch.tensor([0, 0, 1]))
+    d = whybox.evaluate(model, x, e, "deletion", regions=torch.tensor([0, 0, 1]).view(1, 3, 1))
+    torch.testing.assert_close(c.scores, d.scores, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["sparseness", "complexity"])
+def test_map_only_metrics_take_per_step_region_ids_of_a_sequence_model(name: str) -> None:
+    model, x = _gru()
+    e = whybox.explain(model, x, "integrated_gradients", n_steps=8)
+    steps = torch.arange(9) // 3
+    a = whybox.evaluate(model, x, e, name, regions=steps)
+    b = whybox.evaluate(model, x, e, name, regions=steps.view(1, 9, 1))
+    torch.testing.assert_close(a.scores, b.scores, rtol=0, atol=0)
+
+
+def test_mufidelity_reruns_from_its_own_recorded_params_on_a_table() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3)).eval()
+    x = torch.randn(4, 5)
+    e = whybox.explain(model, x, "saliency")
+    r = whybox.evaluate(model, x, e, "mufidelity", n_samples=8)
+    again = whybox.evaluate(model, x, e, "mufidelity", **r.params)
+    torch.testing.assert_close(again.scores, r.scores, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("name", ["randomization", "random_logit", "max_sensitivity"])
+def test_metrics_rerun_a_seed_none_explanation_with_the_seed_it_drew(name: str) -> None:
+    """An explanation made with seed=None records its drawn seed; the metrics that re-run its method use it, so
+    their own seed decides their result (each re-run drew a fresh seed: two calls with seed=0 differed)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(48, 3)).eval()
+    x = torch.rand(3, 1, 4, 4)
+    e = whybox.explain(model, x, "lime", target=0, seed=None, n_samples=32)
+    extra = {"n_samples": 2} if name == "max_sensitivity" else {}
+    a = whybox.evaluate(model, x, e, name, seed=0, **extra)
+    b = whybox.evaluate(model, x, e, name, seed=0, **extra)
+    torch.testing.assert_close(a.scores, b.scores, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("method", ["saliency", "lime"])
+def test_as_is_dropout_is_decided_by_the_seed_not_the_global_generator(method: str) -> None:
+    """mode='as_is' with Dropout in training mode: the model's draws come from the call's seed (another global seed
+    before the call changed the result), and the global generator comes back as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Dropout(0.5), nn.Flatten(),
+                              nn.Linear(64, 3)).train()  # fmt: skip
+        x = torch.rand(2, 1, 4, 4)
+        opts = {"target": 0, "seed": 0, "mode": "as_is", **({"n_samples": 16} if method == "lime" else {})}
+        runs = []
+        for global_seed in (1, 2):
+            torch.manual_seed(global_seed)
+            state = torch.get_rng_state()
+            runs.append(whybox.explain(model, x, method, **opts).attributions)
+            assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(runs[0], runs[1])

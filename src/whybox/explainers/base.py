@@ -20,6 +20,7 @@ from whybox.models._guard import (
     has_train_mode_batchnorm,
     instance_lock,
     public_call,
+    seed_global_rngs,
     warn_batch_statistics,
 )
 from whybox.models.adapter import (
@@ -243,6 +244,8 @@ class Explainer:
         engine = MaskingEngine(scoring_adapter(self.adapter, self.score), batch_size=self.batch_size)
         engine_backward = [0]
         with self.adapter.guard(self.mode):
+            if self.mode == "as_is" and isinstance(self.adapter, TorchAdapter):  # Dropout in training mode draws
+                seed_global_rngs(self._call_seed, self.adapter.device)
             if (
                 self.mode == "as_is"
                 and self.batch_size > 1

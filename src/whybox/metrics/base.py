@@ -30,7 +30,7 @@ from whybox.explanation import Explanation, digest_mismatch, row_options
 from whybox.masking.engine import MaskingEngine, check_batch_size, resolve_batch_size
 from whybox.masking.features import FeatureGroups, pixels, segments
 from whybox.masking.fills import one_value_per_column
-from whybox.models._guard import MODES, instance_lock, public_call
+from whybox.models._guard import MODES, _user_stacklevel, instance_lock, public_call, seed_global_rngs
 from whybox.models.adapter import (
     ModelAdapter,
     TorchAdapter,
@@ -604,11 +604,37 @@ def feature_array(
     return feature_values(attributions, x, abs=abs, signal=signal).cpu().numpy().copy()
 
 
+def step_ids(ids: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
+    """Region ids of a sequence ``x`` ``(B, T, D)`` given one per time step, ``(T,)``, ``(1, T)`` or ``(B, T)``, as
+    ``(n, T, 1)`` (shared by the step's D features); ``None`` for ids of another form (``(B, T, 1)``, per element
+    ``(T, D)`` or ``(B, T, D)``, per feature ``(1, 1, D)``), which broadcast as they are. Where T == D a 1-D or
+    one-row map could also be per feature: it is read per step, with an :class:`AmbiguousIdsWarning`."""
+    t, d = x.shape[1], x.shape[2]
+    one_row = ids.ndim == 1 or (ids.ndim == 2 and ids.shape[0] == 1)
+    if not (
+        (ids.ndim == 1 and ids.shape[0] == t)
+        or (ids.ndim == 2 and ids.shape[1] == t and ids.shape[0] in (1, x.shape[0]))
+    ):
+        return None
+    if t == d and one_row:
+        import warnings
+
+        from whybox.masking.features import AmbiguousIdsWarning
+
+        warnings.warn(
+            f"region ids of shape {tuple(ids.shape)} for sequences of {t} steps of {d} features are read one per time "
+            f"step; for ids per feature, shared by the steps, pass them as (1, 1, {d}).",
+            AmbiguousIdsWarning,
+            stacklevel=_user_stacklevel(),
+        )
+    return ids.reshape(-1, t, 1)
+
+
 def reads_sequence(ctx: Context) -> bool:
     """Inputs ``(B, T, D)`` of a model that reads them as a sequence of time steps
     (:func:`~whybox.models.adapter.is_sequence`: not a Conv1d's signal, not a text adapter's packed tokens, not a
     black box's rows, not an MLP's gray images ``(B, H, W)``, whose features are their pixels)."""
-    return ctx.x.ndim == 3 and not ctx.signal and is_sequence(ctx.adapter, ctx.x)
+    return ctx.x.ndim == 3 and not ctx.signal and (ctx.steps_given or is_sequence(ctx.adapter, ctx.x))
 
 
 def feature_scores(
@@ -695,6 +721,10 @@ def make_explain_fn(
     if explanation is not None and explanation.method == name:
         params.update(explanation.params)
         params.update(explanation.options)  # tensors and callables as given, not their descriptions in params
+        if params.get("seed", 0) is None and isinstance(explanation.meta.get("seed"), int):
+            # made with seed=None: the seed that call drew (meta), so the re-runs draw as the map did and a metric's
+            # own seed decides its result (each re-run drew a fresh seed: two calls of randomization differed)
+            params["seed"] = explanation.meta["seed"]
         lost = [
             k for k in explanation.meta.get("described_options", []) if k not in explanation.options and k not in extra
         ]
@@ -814,6 +844,9 @@ class Context:
     signal_given: bool = False
     # a sequence (B, T, D) of a model without Conv1d whose masks (B, T) mark time steps (the localisation metrics)
     sequence: bool = False
+    # inputs of a model that reads time steps (is_sequence), known without the adapter here (a metric of the map
+    # alone given the model: sparseness, complexity); see reads_sequence
+    steps_given: bool = False
 
     @property
     def signal(self) -> bool:
@@ -1151,10 +1184,13 @@ class Metric:
                     method,
                     signal_given=signal,
                     sequence=sequence,
+                    steps_given=adapter is not None and is_sequence(adapter, x),
                 )
                 scores, curves, meta = self._checked_compute(ctx)
             else:
                 with adapter.guard(self.mode):
+                    if self.mode == "as_is" and isinstance(adapter, TorchAdapter) and self.seed is not None:
+                        seed_global_rngs(self.seed, adapter.device)  # Dropout in training mode draws: the seed decides
                     clean = engine.forward(x) if self._needs_clean(target, expl) else None
                     tgt = self._resolve_target(target, expl, clean, x, adapter)
                     ctx = Context(adapter, x, attributions, tgt, expl, engine, clean, masks, labels, method)

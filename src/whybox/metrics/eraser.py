@@ -28,7 +28,7 @@ from whybox.errors import InvalidInputError, InvalidParameterError, did_you_mean
 from whybox.masking.engine import repeat_last
 from whybox.masking.features import FeatureGroups, broadcast_ids, groups_touched, segments
 from whybox.masking.fills import FillLike
-from whybox.metrics.base import Context, Metric, reads_sequence, row_widths, tie_order
+from whybox.metrics.base import Context, Metric, reads_sequence, row_widths, step_ids, tie_order
 from whybox.metrics.faithfulness import _check_fill, resolve_fill
 from whybox.models.inputs import label_map_option, note_option_columns
 from whybox.models.targets import apply_score_space
@@ -97,8 +97,8 @@ def resolve_regions(regions: Any, x: torch.Tensor, *, signal: bool = False, sequ
     if regions.is_floating_point() or regions.is_complex() or regions.dtype == torch.bool:
         raise InvalidParameterError(f"regions must hold integer feature ids; got dtype {regions.dtype}.")
     ids = regions
-    if sequence and x.ndim == 3 and ids.ndim in (1, 2) and ids.shape[-1] == x.shape[1]:
-        ids = ids.reshape(-1, x.shape[1], 1)  # one id per time step, shared by its D features
+    if sequence and x.ndim == 3 and (per_step := step_ids(ids, x)) is not None:
+        ids = per_step  # one id per time step, shared by its D features
     if x.ndim == 4 and ids.ndim == 3 and ids.shape[0] in (1, x.shape[0]) and ids.shape[1:] == x.shape[-2:]:
         ids = ids.unsqueeze(1)  # (B, H, W) segmentation shared by the channels
     g = broadcast_ids(ids, x)

@@ -40,6 +40,7 @@ from whybox.metrics.base import (
     row_keys,
     row_widths,
     spearman,
+    step_ids,
     text_positions,
     tie_order,
     trapezoid,
@@ -163,10 +164,11 @@ def _region_groups(regions: Any, x: torch.Tensor, *, signal: bool = False, seque
     ids per time step ``(B, T)``, ``(1, T)`` or ``(T,)`` are shared by the step's D features (as ``(B, T, 1)``)."""
     if sequence and isinstance(regions, (FeatureGroups, torch.Tensor)):
         ids = regions.groups if isinstance(regions, FeatureGroups) else regions
-        if ids.ndim in (1, 2) and ids.shape[-1] == x.shape[1]:
+        per_step = step_ids(ids, x)
+        if per_step is not None:
             if ids.is_floating_point():
                 raise InvalidParameterError(f"regions must hold integer region ids; got dtype {ids.dtype}.")
-            g = broadcast_ids(ids.reshape(-1, x.shape[1], 1), x)
+            g = broadcast_ids(per_step, x)
             if g is None or bool((g < 0).any()):
                 raise InvalidParameterError(
                     f"regions of a sequence must be non-negative ids per time step, ({x.shape[0]}, {x.shape[1]}), "
@@ -701,7 +703,9 @@ class MuFidelity(Metric):
                 "Leave grid_size out, or regions out for the grid."
             )
         self.grid_size = None if regions is not None else 9 if grid_size is None else check_int("grid_size", grid_size)
-        self._grid_given = grid_size is not None
+        # a grid_size other than the default on inputs without images is refused at compute time; the default, which
+        # every result's params record, is accepted anywhere (evaluate(..., **result.params) re-runs it)
+        self._grid_given = grid_size is not None and self.grid_size != 9
         self.subset_fraction = check_float("subset_fraction", subset_fraction, 0.0, 1.0, lo_open=True)
         self.n_samples = check_int("n_samples", n_samples, 2)
         note_option_columns(self, "fill", fill)

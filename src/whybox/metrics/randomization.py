@@ -32,6 +32,7 @@ from whybox.metrics.base import (
     spearman,
     text_positions,
 )
+from whybox.models._guard import GLOBAL_RNG_LOCK
 from whybox.models.adapter import FunctionModel, ModelAdapter, TorchAdapter
 from whybox.models.targets import Target, class_label_target, resolve_target
 from whybox.registry import EXPLAINERS, METRICS
@@ -178,7 +179,7 @@ def _reinit(module: nn.Module, seed: int) -> bool:
     tensors = [*module.parameters(), *module.buffers()]
     on_cpu = all(t.device.type == "cpu" for t in tensors)
     twin = module if on_cpu else copy.deepcopy(module).to("cpu")
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
+    with GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]), torch.no_grad():
         # The CPU generator alone (what torch.manual_seed seeds first): torch.manual_seed would also seed every
         # accelerator's generator, which fork_rng(devices=[]) does not restore, and queue a lazy CUDA call with
         # its stack trace on each layer (0.5 ms a call on a machine without CUDA).

@@ -103,9 +103,9 @@ def _preserved(model: nn.Module, mode: str) -> Iterator[None]:
         if mode == "as_is"
         else []
     )
-    cudnn_enabled = torch.backends.cudnn.enabled
-    cpu_rng = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    with GLOBAL_RNG_LOCK:
+        cpu_rng = torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
     try:
         if mode == "eval":
             for m, flag in zip(modules, training, strict=True):
@@ -114,11 +114,9 @@ def _preserved(model: nn.Module, mode: str) -> Iterator[None]:
         for p, req in zip(params, requires, strict=True):
             if req:
                 p.requires_grad_(False)
-        _rnn_gradients_without_cudnn(modules)
+        _rnn_gradients_through_cudnn(modules)
         yield
     finally:
-        if torch.backends.cudnn.enabled != cudnn_enabled:  # a forward that raised between the RNN hooks
-            torch.backends.cudnn.enabled = cudnn_enabled
         for m, flag in zip(modules, training, strict=True):
             if m.training != flag:
                 m.training = flag
@@ -145,43 +143,58 @@ def _preserved(model: nn.Module, mode: str) -> Iterator[None]:
                 if m._buffers.get(name) is not b:
                     m._buffers[name] = b
                 b.copy_(saved)
-        torch.set_rng_state(cpu_rng)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state_all(cuda_rng)
+        with GLOBAL_RNG_LOCK:
+            torch.set_rng_state(cpu_rng)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state_all(cuda_rng)
 
 
-def _rnn_gradients_without_cudnn(modules: list[nn.Module]) -> None:
+def _rnn_gradients_through_cudnn(modules: list[nn.Module]) -> None:
     """Hooks (removed with the block's others) that let gradients through each eval-mode recurrent layer on a CUDA
     device: cuDNN's RNN backward runs in training mode only ("cudnn RNN backward can only be called in training
-    mode"), so every gradient method failed on a GRU or LSTM on the GPU. While gradients are taken, a layer without
-    dropout between its layers (the function is the same in both modes) runs in training mode, a flag of its own;
-    one with such dropout runs without cuDNN (PyTorch's own kernels, the same function; cuDNN's switch is global, put
-    back after the layer and on exit). Passes without gradients (the perturbation methods' scoring) are untouched."""
+    mode"), so every gradient method failed on a GRU or LSTM on the GPU. While gradients are taken, the layer runs in
+    training mode with its between-layer dropout set to 0 for that forward: the eval-mode function, through cuDNN's
+    training path. Both are the layer's own attributes, put back after its forward (also when it raises) and under
+    the model's lock, so no process-wide switch changes (cuDNN's is global: threads and nested calls left it off).
+    Passes without gradients (the perturbation methods' scoring) are untouched."""
     for m in modules:
         if not isinstance(m, nn.RNNBase) or m.training:
             continue
-        same_in_training = m.num_layers == 1 or float(m.dropout) == 0.0
-        saved: list[bool] = []
+        saved: list[float] = []
 
-        def before(
-            mod: nn.Module, args: tuple[Any, ...], saved: list[bool] = saved, flag: bool = same_in_training
-        ) -> None:
-            x = args[0] if args else None
+        def before(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], saved: list[float] = saved) -> None:
+            x = args[0] if args else kwargs.get("input")
             x = x.data if isinstance(x, nn.utils.rnn.PackedSequence) else x
             if torch.is_grad_enabled() and isinstance(x, torch.Tensor) and x.is_cuda:
-                if flag:
-                    mod.training = True
-                else:
-                    saved.append(torch.backends.cudnn.enabled)
-                    torch.backends.cudnn.enabled = False
+                saved.append(float(getattr(mod, "dropout", 0.0)))
+                setattr(mod, "dropout", 0.0)  # noqa: B010 - mypy reads a module's attribute as a Tensor
+                mod.training = True
 
-        def after(mod: nn.Module, args: tuple[Any, ...], out: Any, saved: list[bool] = saved) -> None:
-            mod.training = False
+        def after(mod: nn.Module, args: tuple[Any, ...], out: Any, saved: list[float] = saved) -> None:
             if saved:
-                torch.backends.cudnn.enabled = saved.pop()
+                setattr(mod, "dropout", saved.pop())  # noqa: B010
+                mod.training = False
 
-        m.register_forward_pre_hook(before)
+        m.register_forward_pre_hook(before, with_kwargs=True)
         m.register_forward_hook(after, always_call=True)
+
+
+#: held while whybox sets and reads torch's process-wide generators (a seed, a draw, the guard's restore): another
+#: whybox call's restore on another model cannot land between a seed and its draws (randomization's re-initialised
+#: layers took other weights when it did). Code outside whybox drawing from the global generators in another thread
+#: is not held back: see the README (the global generators are process-wide).
+GLOBAL_RNG_LOCK = threading.RLock()
+
+
+def seed_global_rngs(seed: int, device: torch.device | None) -> None:
+    """Seed the CPU generator (and ``device``'s, a CUDA one) from ``seed`` inside a guarded block, whose exit
+    restores them: under ``mode="as_is"`` a model's stochastic layers (Dropout in training mode) draw from them, so
+    the call's ``seed`` decides its result, as everywhere else."""
+    with GLOBAL_RNG_LOCK:
+        torch.default_generator.manual_seed(seed)
+        if device is not None and device.type == "cuda":
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
 
 
 def has_train_mode_batchnorm(model: nn.Module) -> bool:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import warnings
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, nullcontext, suppress
 from typing import Any
 
 import numpy as np
@@ -654,41 +655,58 @@ def is_signal(adapter: ModelAdapter | None, x: torch.Tensor) -> bool:
     return not (x.shape[1] == x.shape[2] and _conv_reads_transposed(adapter, x))
 
 
+_TRANSPOSED: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], bool]] = weakref.WeakKeyDictionary()
+
+
 def _conv_reads_transposed(adapter: TorchAdapter, x: torch.Tensor) -> bool:
-    """Whether the first ``nn.Conv1d`` of ``adapter``'s model reads its 3-D inputs transposed, ``(B, T, D)``
-    permuted into ``(B, D, T)`` (a 1-D CNN over a sequence): the one case where the shapes cannot tell a signal
-    from a sequence is T == D. One forward pass of the first row (in eval mode, nothing of the model changed)
-    shows what the convolution gets: the row transposed (True), else False (the row as it is, or anything else,
-    e.g. after a preprocessing step: read as a signal, as before). Remembered per adapter and input shape."""
-    memo = adapter.__dict__.setdefault("_transposed_memo", {})
+    """Whether the first ``nn.Conv1d`` of ``adapter``'s model reads 3-D inputs with their axis 1 along its time axis:
+    ``(B, T, D)`` permuted into ``(B, D, T)`` (a 1-D CNN over a sequence), the one case the shapes cannot tell from a
+    signal ``(B, C, L)`` being T == D. Two forward passes of one row, each stopped at that convolution (in eval mode,
+    under the model's lock; not counted in ``n_forward``): the row, and the row with its first step (``x[:, 0]``)
+    changed. Where only the convolution's first time position changes, axis 1 is time (a per-step LayerNorm or Linear
+    before the permute keeps that); where only its first channel changes, axis 1 is channels; anything else (an
+    operation mixing both axes, a model that does not run) reads as a signal, as before. Remembered per model, input
+    shape and dtype."""
     key = (tuple(x.shape[1:]), x.dtype)
+    memo = _TRANSPOSED.setdefault(adapter.model, {})
     if key in memo:
-        return bool(memo[key])
+        return memo[key]
     conv = next((m for m in adapter.model.modules() if isinstance(m, nn.Conv1d)), None)
-    if conv is None or bool((x[0] == x[0].transpose(0, 1)).all()):  # TorchScript, or a symmetric row: no telling
+    if conv is None:  # TorchScript: no telling
         return False
-    seen: list[torch.Tensor] = []
-
-    def grab(_m: nn.Module, args: tuple[Any, ...]) -> None:
-        if not seen and args and isinstance(args[0], torch.Tensor):
-            seen.append(args[0].detach())
-        raise _Probed
-
     row = x[:1].detach().to(device=adapter.device)
     if adapter.weights_dtype is not None:
         row = row.to(adapter.weights_dtype)
-    handle = conv.register_forward_pre_hook(grab)
+    if not row.is_floating_point():
+        return False
+    moved = row.clone()
+    # a change no rounding hides and no per-step normalisation undoes (it varies along the step's features)
+    ramp = torch.linspace(1.0, 2.0, row.shape[2], device=row.device, dtype=row.dtype)
+    moved[:, 0] = moved[:, 0] + ramp * (1.0 + moved[:, 0].abs())
+    seen: list[torch.Tensor] = []
+
+    def grab(_m: nn.Module, args: tuple[Any, ...]) -> None:
+        if args and isinstance(args[0], torch.Tensor):
+            seen.append(args[0].detach())
+        raise _Probed
+
     try:
         with adapter.guard("eval"), torch.no_grad():
-            adapter.forward(row)
-    except _Probed:
-        pass
+            handle = conv.register_forward_pre_hook(grab)  # inside the lock: no other call on the model sees it
+            try:
+                for r in (row, moved):
+                    with suppress(_Probed):
+                        adapter.forward(r)
+            finally:
+                handle.remove()
     except Exception:  # the model does not run on this row: no telling
         return False
-    finally:
-        handle.remove()
-    got = seen[0] if seen else None
-    transposed = got is not None and got.shape == row.transpose(1, 2).shape and torch.equal(got, row.transpose(1, 2))
+    transposed = False
+    if len(seen) == 2 and seen[0].shape == seen[1].shape and seen[0].ndim == 3:
+        changed = (seen[0] != seen[1])[0]  # (channels, time) of the convolution's input
+        at_time = changed.any(0).nonzero().flatten().tolist()
+        at_channel = changed.any(1).nonzero().flatten().tolist()
+        transposed = at_time == [0] and len(at_channel) > 1
     memo[key] = transposed
     return transposed
 
