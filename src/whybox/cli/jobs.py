@@ -210,10 +210,28 @@ def _chosen_options(
 ) -> dict[str, Any]:
     """``options`` (one table per name) without the config's tables for names the command line left out
     (``--methods saliency`` with a config's ``[options.lime]``: the flags win); a flag's own name stays, for the
-    error that names it."""
+    error that names it. A name that is no registered method (metric) at all is an error (``_refuse_unknown``)."""
+    _refuse_unknown(options, params, key)
     flag = "--option" if key == "options" else "--metric-option"
     flagged = set(parse_options(params[key], flag=flag, scoped=True))
     return {k: v for k, v in options.items() if k in chosen or k in flagged}
+
+
+def _refuse_unknown(options: Mapping[str, Any], params: Mapping[str, Any], key: str) -> None:
+    """Exit 2 when ``options`` (one table per name) has a table for a name that is no registered method
+    (``key="options"``) or metric (``"metric_options"``), from a flag or a config's table (``[options.lmie]``,
+    ``[metric_options.deletoin]``): the error names where it came from, with a did-you-mean; a typo is never
+    dropped as a table for a method the command line left out."""
+    flag = "--option" if key == "options" else "--metric-option"
+    flagged = set(parse_options(params[key], flag=flag, scoped=True))
+    kind, registered = ("method", whybox.methods()) if key == "options" else ("metric", METRICS.names())
+    for name in options:
+        if name not in registered:
+            where = f"{flag} {name}.KEY=..." if name in flagged else f"--config: [{key}.{name}]"
+            raise _fail(
+                f"{where}: {name!r} is not a {kind}.{did_you_mean(name, registered, n=3)} "
+                f"Known: {', '.join(registered)}."
+            )
 
 
 #: the arguments whybox.explain / whybox.evaluate take beside a method's or metric's options, and the flag that sets
@@ -1047,6 +1065,8 @@ def compare_cmd(ctx: click.Context, **params: Any) -> None:
     metric_names = _split(params["metrics_opt"], flag="--metrics", valid=METRICS.names())
     mopts = _flag_options(tables, params, "options", scoped=True)
     metopts = _flag_options(tables, params, "metric_options", scoped=True)
+    _refuse_unknown(mopts, params, "options")  # before loading the model and inputs
+    _refuse_unknown(metopts, params, "metric_options")
     if params["backend"] == "ray" and params.get("device") not in (None, "cpu"):
         from whybox.runs.loaders import resolve_device
 

@@ -1,0 +1,125 @@
+"""Seventh-pass findings on runs and the CLI, each a property the earlier code broke: a misspelt method or metric
+in a config's option tables is an error (it was dropped), two runs opening one new folder at once are serialised
+(both were accepted, or one failed with a false error), a damaged array file of a finished unit is computed again
+(the rerun crashed), metric values print with 4 significant digits (small ones printed as 0.0000), and explain and
+debug remove the pictures of an earlier, larger run from their --out (they stayed beside the new results)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import whybox
+from whybox.cli.main import main as cli
+from whybox.registry import METRICS
+from whybox.runs.report_data import load_run_report
+
+MODEL_PY = """
+import torch
+from torch import nn
+
+
+class Scaled(nn.Module):
+    def __init__(self, scale):
+        super().__init__()
+        self.scale = scale
+        self.net = nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 3)
+        )
+
+    def forward(self, x):
+        return self.net(x) * self.scale
+
+
+def build():
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return Scaled(1.0).eval()
+
+
+def tiny():
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return Scaled(1e-3).eval()
+"""
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> tuple[str, Path, Path]:
+    """``(model spec, x.npy, xy.npz)``: a tiny CNN of 8 x 8 one-channel images, 6 inputs, and 6 labelled ones."""
+    (tmp_path / "model.py").write_text(MODEL_PY)
+    x = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0)).numpy()
+    np.save(tmp_path / "x.npy", x)
+    np.savez(tmp_path / "xy.npz", x=x, y=np.array([0, 1, 2, 0, 1, 2]))
+    return f"{tmp_path / 'model.py'}:build", tmp_path / "x.npy", tmp_path / "xy.npz"
+
+
+def known(names: list[str]) -> str:
+    return ", ".join(names)
+
+
+# ------------------------------------------------------------------------ a typo in a config's option tables
+@pytest.mark.parametrize(
+    ("command", "config", "error"),
+    [
+        (
+            ["compare", "--no-report"],
+            'methods = ["lime", "saliency"]\nmetrics = ["deletion"]\n[options.lmie]\nn_samples = 5\n',
+            "Error: --config: [options.lmie]: 'lmie' is not a method. Did you mean 'lime'? Known: {methods}.",
+        ),
+        (
+            ["compare", "--no-report"],
+            'methods = ["saliency"]\nmetrics = ["deletion"]\n[metric_options.deletoin]\nsteps = 3\n',
+            "Error: --config: [metric_options.deletoin]: 'deletoin' is not a metric. Did you mean 'deletion'? "
+            "Known: {metrics}.",
+        ),
+        (
+            ["evaluate"],
+            'method = "saliency"\nmetrics = ["deletion"]\n[metric_options.deletoin]\nsteps = 3\n',
+            "Error: --config: [metric_options.deletoin]: 'deletoin' is not a metric. Did you mean 'deletion'? "
+            "Known: {metrics}.",
+        ),
+    ],
+)
+def test_a_misspelt_name_in_a_configs_option_tables_is_an_error_with_a_hint(
+    files: tuple[str, Path, Path], tmp_path: Path, command: list[str], config: str, error: str
+) -> None:
+    spec, x, _ = files
+    (tmp_path / "cfg.toml").write_text(config)
+    args = [*command, "--model", spec, str(x), "--config", str(tmp_path / "cfg.toml")]
+    if command[0] == "compare":
+        args += ["--out", str(tmp_path / "run")]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 2, res.output
+    assert res.output.strip().splitlines()[-1] == error.format(
+        methods=known(whybox.methods()), metrics=known(METRICS.names())
+    )
+    assert not (tmp_path / "run").exists()  # refused before any work
+
+
+def test_the_same_typo_as_a_flag_gets_the_same_hint(files: tuple[str, Path, Path], tmp_path: Path) -> None:
+    spec, x, _ = files
+    args = ["compare", "--model", spec, str(x), "--methods", "saliency", "--metrics", "deletion"]
+    res = CliRunner().invoke(cli, [*args, "--metric-option", "deletoin.steps=3", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2
+    assert res.output.strip().splitlines()[-1] == (
+        "Error: --metric-option deletoin.KEY=...: 'deletoin' is not a metric. Did you mean 'deletion'? "
+        f"Known: {known(METRICS.names())}."
+    )
+
+
+def test_a_configs_table_for_a_known_method_left_out_by_the_flags_is_still_dropped(
+    files: tuple[str, Path, Path], tmp_path: Path
+) -> None:
+    """``--methods saliency`` over a config naming lime, with ``[options.lime]``: the flags win, lime's table is no
+    error (it names a real method)."""
+    spec, x, _ = files
+    (tmp_path / "cfg.toml").write_text('methods = ["lime"]\nmetrics = ["deletion"]\n[options.lime]\nn_samples = 8\n')
+    args = ["compare", "--model", spec, str(x), "--config", str(tmp_path / "cfg.toml"), "--methods", "saliency"]
+    res = CliRunner().invoke(cli, [*args, "--no-report", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    assert [m.name for m in load_run_report(tmp_path / "r", max_samples=0).methods] == ["saliency"]
