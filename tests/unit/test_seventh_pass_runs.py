@@ -6,6 +6,9 @@ debug remove the pictures of an earlier, larger run from their --out (they staye
 
 from __future__ import annotations
 
+import json
+import sqlite3
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +18,11 @@ from click.testing import CliRunner
 
 import whybox
 from whybox.cli.main import main as cli
+from whybox.errors import InvalidParameterError
 from whybox.registry import METRICS
+from whybox.runs import store as store_module
 from whybox.runs.report_data import load_run_report
+from whybox.runs.store import FingerprintMismatchError, RunBusyError, RunStore
 
 MODEL_PY = """
 import torch
@@ -123,3 +129,94 @@ def test_a_configs_table_for_a_known_method_left_out_by_the_flags_is_still_dropp
     res = CliRunner().invoke(cli, [*args, "--no-report", "--out", str(tmp_path / "r")])
     assert res.exit_code == 0, res.output
     assert [m.name for m in load_run_report(tmp_path / "r", max_samples=0).methods] == ["saliency"]
+
+
+# ------------------------------------------------------------------------ two runs opening one new folder at once
+FPS = {"config": "a", "data": "d", "weights": "w", "versions": "v"}
+
+
+def _open_together(run_dir: Path, fingerprints: tuple[dict[str, str], dict[str, str]]) -> list[object]:
+    """Open two RunStores on ``run_dir`` from two threads released at the same moment: each one's store, or the
+    exception it raised."""
+    out: list[object] = [None, None]
+    go = threading.Barrier(2)
+
+    def open_(k: int) -> None:
+        go.wait()
+        try:
+            s = RunStore(run_dir, fingerprints=fingerprints[k], config={"job": {"seed": k}})
+            s.close()
+            out[k] = "opened"
+        except Exception as exc:  # what each opener got is the result
+            out[k] = exc
+
+    threads = [threading.Thread(target=open_, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+def _stored(run_dir: Path) -> tuple[dict[str, str], str]:
+    c = sqlite3.connect(run_dir / "run.sqlite")
+    try:
+        rows = dict(c.execute("SELECT key, value FROM run").fetchall())
+    finally:
+        c.close()
+    return {k.removeprefix("fingerprint."): v for k, v in rows.items() if k.startswith("fingerprint.")}, rows["config"]
+
+
+def test_two_openers_of_one_new_folder_with_the_same_job_both_join_it(tmp_path: Path) -> None:
+    for i in range(25):
+        got = _open_together(tmp_path / str(i), (FPS, FPS))
+        assert got == ["opened", "opened"], got  # never a false "not a whybox run database" nor "database is locked"
+        assert _stored(tmp_path / str(i))[0] == FPS
+
+
+def test_of_two_openers_of_one_new_folder_with_different_jobs_one_is_refused(tmp_path: Path) -> None:
+    other = {**FPS, "config": "b"}
+    for i in range(25):
+        got = _open_together(tmp_path / str(i), (FPS, other))
+        opened = [k for k in (0, 1) if got[k] == "opened"]
+        refused = [k for k in (0, 1) if isinstance(got[k], FingerprintMismatchError)]
+        assert len(opened) == 1 and len(refused) == 1, got
+        fps, config = _stored(tmp_path / str(i))
+        assert fps == (FPS, other)[opened[0]]  # the folder is labelled with the job that opened it, and only it
+        assert json.loads(config) == {"job": {"seed": opened[0]}}
+
+
+def test_a_folder_locked_by_another_writer_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_module, "BUSY_TIMEOUT", 0.3)
+    tmp_path.joinpath("r").mkdir()
+    other = sqlite3.connect(tmp_path / "r" / "run.sqlite", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process creating the run, its write under way
+    try:
+        with pytest.raises(RunBusyError, match=r"run\.sqlite' stayed locked by another process for 0\.3s"):
+            RunStore(tmp_path / "r", fingerprints=FPS, config={})
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    RunStore(tmp_path / "r", fingerprints=FPS, config={}).close()  # free again: it opens
+
+
+def test_overwrite_still_replaces_a_run_of_another_job(tmp_path: Path) -> None:
+    s = RunStore(tmp_path, fingerprints=FPS, config={"a": 1})
+    s.record_samples([(0, "x", None, 1, 0.5, 0, None)])
+    s.close()
+    with pytest.raises(FingerprintMismatchError, match="changed: config"):
+        RunStore(tmp_path, fingerprints={**FPS, "config": "b"}, config={"a": 2})
+    s = RunStore(tmp_path, fingerprints={**FPS, "config": "b"}, config={"a": 2}, overwrite=True)
+    assert s.n_samples() == 0 and s.config() == {"a": 2} and s.fingerprints() == {**FPS, "config": "b"}
+    s.close()
+
+
+def test_an_sqlite_file_of_something_else_is_refused_and_left_as_it_is(tmp_path: Path) -> None:
+    c = sqlite3.connect(tmp_path / "run.sqlite")
+    c.execute("CREATE TABLE other (a)")
+    c.commit()
+    c.close()
+    before = (tmp_path / "run.sqlite").read_bytes()
+    with pytest.raises(InvalidParameterError, match=r"is not a whybox run database \(it has tables other but no 'run'"):
+        RunStore(tmp_path, fingerprints=FPS, config={})
+    assert (tmp_path / "run.sqlite").read_bytes() == before  # not switched to WAL, no tables added

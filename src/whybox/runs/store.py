@@ -36,7 +36,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,7 @@ __all__ = [
     "SCHEMA",
     "FingerprintMismatchError",
     "MetricValue",
+    "RunBusyError",
     "RunStore",
     "SampleResult",
     "UnitResult",
@@ -241,6 +242,39 @@ def _config_changes(old: Any, new: Mapping[str, Any], limit: int = 6) -> str | N
 
 _MISSING = object()
 
+#: seconds a run waits for another process writing to the same run database before giving up
+BUSY_TIMEOUT = 60.0
+
+
+class RunBusyError(WhyboxError, RuntimeError):
+    """Another process held the run database's write lock for longer than ``BUSY_TIMEOUT``."""
+
+
+def _busy(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
+
+
+def _busy_error(db_path: Path) -> RunBusyError:
+    return RunBusyError(
+        f"{str(db_path)!r} stayed locked by another process for {BUSY_TIMEOUT:g}s (another whybox run writing to "
+        "the same run directory?); wait for it to finish, or write to another directory."
+    )
+
+
+def _retry_busy(call: Callable[[], Any], db_path: Path) -> Any:
+    """``call()``, retried while SQLite answers "database is locked" at once (as it does, without waiting, where
+    two connections would deadlock), for up to ``BUSY_TIMEOUT``."""
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    while True:
+        try:
+            return call()
+        except sqlite3.OperationalError as exc:
+            if not _busy(exc):
+                raise
+            if time.monotonic() > deadline:
+                raise _busy_error(db_path) from None
+            time.sleep(0.01)
+
 
 class RunStore:
     """A run directory: open (or create) it with the job's fingerprints, then record units as they finish.
@@ -261,7 +295,13 @@ class RunStore:
     Raises
     ------
     FingerprintMismatchError
-        If ``path`` holds a run whose fingerprints differ (names which ones), and ``overwrite`` is false.
+        If ``path`` holds a run whose fingerprints differ (names which ones), and ``overwrite`` is false. The check
+        and the writing of the fingerprints are one transaction: of two runs opening one new directory at once, the
+        second finds the first's fingerprints (and joins the run, the same job, or is refused).
+    RunBusyError
+        If another process holds the database's write lock for longer than ``BUSY_TIMEOUT`` seconds.
+    InvalidParameterError
+        If ``path`` is a file, or its ``run.sqlite`` is not a whybox run database (left as it is).
     """
 
     def __init__(
@@ -282,50 +322,89 @@ class RunStore:
         for tmp in _orphan_writes(self.path / "arrays"):  # a killed run's unfinished write: never committed
             tmp.unlink(missing_ok=True)
         self.db_path = self.path / DB_NAME
-        stored = self._stored_fingerprints()
         wanted = {k: str(v) for k, v in fingerprints.items()}
-        if stored is not None and stored != wanted:
-            changed = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
-            if not overwrite:
-                said = _config_changes(self._read_config(self.db_path), config) if "config" in changed else None
-                what = {
-                    "config": said,
-                    "data": "the inputs, their names or their labels differ",
-                    "weights": "the model or its weights differ",
-                }
+        self._conn = sqlite3.connect(self.db_path, isolation_level=None, timeout=BUSY_TIMEOUT)
+        try:
+            self._open(wanted, config, overwrite)
+        except BaseException:
+            self._conn.close()
+            raise
 
-                def digest(v: str | None) -> str:
-                    return repr(v[:12] + "...") if v and len(v) == 64 else repr(v)
+    def _open(self, wanted: dict[str, str], config: Mapping[str, Any], overwrite: bool) -> None:
+        """Check the stored fingerprints against ``wanted`` and write them (and the schema) where there are none, in
+        one ``BEGIN IMMEDIATE`` transaction: two runs opening one new folder at once are serialised, so the second
+        finds the first's fingerprints and joins it (the same job) or is refused (another job)."""
+        c = self._conn
 
-                detail = "; ".join(
-                    f"config: {said}"
-                    if k == "config" and said
-                    else f"{k}: {what[k]} (digest stored {digest(stored.get(k))}, now {digest(wanted.get(k))})"
-                    if what.get(k)
-                    else f"{k}: stored {stored.get(k)!r}, now {wanted.get(k)!r}"
-                    for k in changed
-                )
-                raise FingerprintMismatchError(
-                    f"{str(self.path)!r} holds a run of a different job (changed: {', '.join(changed)}; {detail}). "
-                    "Resuming would mix results; write to a new directory, or pass overwrite=True "
-                    "(--overwrite) to delete the old run."
-                )
-            self._delete()
-            stored = None
-        self._conn = sqlite3.connect(self.db_path, isolation_level=None, timeout=60.0)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.executescript(SCHEMA)
-        if stored is None:
-            with self._transaction() as c:
-                rows = [(f"fingerprint.{k}", v) for k, v in wanted.items()]
-                rows += [("schema", _SCHEMA_VERSION), ("config", _json(dict(config)))]
-                c.executemany("INSERT OR REPLACE INTO run VALUES (?, ?)", rows)
+        def check_tables() -> None:  # an SQLite file of something else is left as it is
+            tables = {str(n) for (n,) in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if tables and "run" not in tables:
+                raise sqlite3.DatabaseError(f"it has tables {', '.join(sorted(tables))} but no 'run' table")
+
+        try:
+            _retry_busy(check_tables, self.db_path)
+            # WAL is a property of the file, set once; two connections switching a new file at once can deadlock,
+            # which SQLite answers at once with "database is locked" (no busy wait): retry until BUSY_TIMEOUT
+            _retry_busy(lambda: c.execute("PRAGMA journal_mode=WAL"), self.db_path)
+            c.execute("PRAGMA synchronous=FULL")
+            with self._transaction():
+                check_tables()  # again, under the write lock
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        c.execute(statement)
+                rows = c.execute("SELECT key, value FROM run WHERE key LIKE 'fingerprint.%'").fetchall()
+                stored = {str(k).removeprefix("fingerprint."): str(v) for k, v in rows} or None
+                if stored is not None and stored != wanted:
+                    if not overwrite:
+                        row = c.execute("SELECT value FROM run WHERE key = 'config'").fetchone()
+                        raise self._mismatch(stored, wanted, row[0] if row else None, config)
+                    self._delete(c)
+                    stored = None
+                if stored is None:
+                    new = [(f"fingerprint.{k}", v) for k, v in wanted.items()]
+                    new += [("schema", _SCHEMA_VERSION), ("config", _json(dict(config)))]
+                    c.executemany("INSERT OR REPLACE INTO run VALUES (?, ?)", new)
+        except sqlite3.DatabaseError as exc:
+            if _busy(exc):
+                raise _busy_error(self.db_path) from None
+            raise InvalidParameterError(
+                f"{str(self.db_path)!r} is not a whybox run database ({exc}); choose another run directory."
+            ) from None
+
+    def _mismatch(
+        self, stored: dict[str, str], wanted: dict[str, str], stored_config: str | None, config: Mapping[str, Any]
+    ) -> FingerprintMismatchError:
+        """The error for a folder holding a run of another job: what changed."""
+        changed = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+        try:
+            old = json.loads(stored_config) if stored_config is not None else None
+        except ValueError:
+            old = None
+        said = _config_changes(old, config) if "config" in changed else None
+        what = {
+            "config": said,
+            "data": "the inputs, their names or their labels differ",
+            "weights": "the model or its weights differ",
+        }
+
+        def digest(v: str | None) -> str:
+            return repr(v[:12] + "...") if v and len(v) == 64 else repr(v)
+
+        detail = "; ".join(
+            f"config: {said}"
+            if k == "config" and said
+            else f"{k}: {what[k]} (digest stored {digest(stored.get(k))}, now {digest(wanted.get(k))})"
+            if what.get(k)
+            else f"{k}: stored {stored.get(k)!r}, now {wanted.get(k)!r}"
+            for k in changed
+        )
+        return FingerprintMismatchError(
+            f"{str(self.path)!r} holds a run of a different job (changed: {', '.join(changed)}; {detail}). "
+            "Resuming would mix results; write to a new directory, or pass overwrite=True "
+            "(--overwrite) to delete the old run."
+        )
 
     # ------------------------------------------------------------------ lifecycle
-    def _stored_fingerprints(self) -> dict[str, str] | None:
-        return self._read_fingerprints(self.db_path)
-
     @staticmethod
     def _read_run_table(db_path: Path, like: str) -> list[tuple[str, str]]:
         """The ``(key, value)`` rows of the run table whose key is ``LIKE`` the pattern (read-only; raises
@@ -350,20 +429,14 @@ class RunStore:
             return None
         return {k.removeprefix("fingerprint."): v for k, v in rows}
 
-    @staticmethod
-    def _read_config(db_path: Path) -> Any:
-        """The stored job configuration (None where it cannot be read)."""
-        try:
-            rows = RunStore._read_run_table(db_path, "config")
-            return json.loads(rows[0][1]) if rows else None
-        except (sqlite3.DatabaseError, ValueError):
-            return None
-
-    def _delete(self) -> None:
+    def _delete(self, c: sqlite3.Connection) -> None:
+        """Delete the old run (``overwrite``), inside the caller's write transaction: every row, the arrays and the
+        report."""
         import shutil
 
-        for name in (DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm", REPORT_NAME):  # the old run's report goes too
-            (self.path / name).unlink(missing_ok=True)
+        for table in (*DETERMINISTIC_TABLES, "costs"):
+            c.execute(f"DELETE FROM {table}")
+        (self.path / REPORT_NAME).unlink(missing_ok=True)  # the old run's report goes too
         shutil.rmtree(self.path / "arrays", ignore_errors=True)
         (self.path / "arrays").mkdir()
 
@@ -379,8 +452,14 @@ class RunStore:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction: ``BEGIN IMMEDIATE`` waits up to ``BUSY_TIMEOUT`` for another writer of the run."""
         c = self._conn
-        c.execute("BEGIN IMMEDIATE")
+        try:
+            c.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if _busy(exc):
+                raise _busy_error(self.db_path) from None
+            raise
         try:
             yield c
         except BaseException:
@@ -496,7 +575,8 @@ class RunStore:
 
     def fingerprints(self) -> dict[str, str]:
         """The stored fingerprints."""
-        return self._stored_fingerprints() or {}
+        rows = self._conn.execute("SELECT key, value FROM run WHERE key LIKE 'fingerprint.%'").fetchall()
+        return {str(k).removeprefix("fingerprint."): str(v) for k, v in rows}
 
     @classmethod
     def open_existing(cls, path: str | os.PathLike[str]) -> RunStore:
