@@ -18,9 +18,10 @@ from click.testing import CliRunner
 
 import whybox
 from whybox.cli.main import main as cli
-from whybox.errors import InvalidParameterError
+from whybox.errors import DataFormatError, InvalidParameterError
 from whybox.registry import METRICS
 from whybox.runs import store as store_module
+from whybox.runs.job import Job, run_job
 from whybox.runs.report_data import load_run_report
 from whybox.runs.store import FingerprintMismatchError, RunBusyError, RunStore
 
@@ -220,3 +221,67 @@ def test_an_sqlite_file_of_something_else_is_refused_and_left_as_it_is(tmp_path:
     with pytest.raises(InvalidParameterError, match=r"is not a whybox run database \(it has tables other but no 'run'"):
         RunStore(tmp_path, fingerprints=FPS, config={})
     assert (tmp_path / "run.sqlite").read_bytes() == before  # not switched to WAL, no tables added
+
+
+# ------------------------------------------------------------------------ a damaged array of a finished unit
+def _tiny_cnn() -> torch.nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        m = torch.nn.Sequential(
+            torch.nn.Conv2d(1, 4, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(2),
+            torch.nn.Flatten(),
+            torch.nn.Linear(16, 3),
+        )
+    return m.eval()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "header only", "empty", "fewer rows"])
+def test_a_unit_whose_array_file_is_damaged_is_computed_again_to_the_same_bytes(tmp_path: Path, damage: str) -> None:
+    x = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    job = Job(methods=("saliency",), metrics=("deletion",), metric_options={"deletion": {"steps": 4}}, shard_size=4)
+    run_job(job, _tiny_cnn(), x, tmp_path)
+    with RunStore.open_existing(tmp_path) as s:
+        before = s.contents()
+    path = tmp_path / "arrays" / "saliency" / "000001.npy"
+    good = path.read_bytes()
+    if damage == "fewer rows":
+        np.save(path, np.load(path)[:2])  # a whole .npy, but short of the rows the database points into
+    else:
+        path.write_bytes(good[: {"truncated": len(good) - 4, "header only": 128, "empty": 0}[damage]])
+    again = run_job(job, _tiny_cnn(), x, tmp_path)
+    assert again.n_computed == 1 and again.n_skipped == 1
+    with RunStore.open_existing(tmp_path) as s:
+        after = s.contents()
+    assert after == before
+
+
+def test_compare_says_error_with_exit_2_when_its_report_cannot_be_written(
+    files: tuple[str, Path, Path], tmp_path: Path
+) -> None:
+    spec, x, _ = files
+    out = tmp_path / "r"
+    (out / "report.html").mkdir(parents=True)  # a folder where the page goes
+    args = ["compare", "--model", spec, str(x), "--methods", "saliency", "--metrics", "deletion", "--out", str(out)]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 2, res.output
+    assert res.output.strip().splitlines()[-1].startswith(f"Error: cannot write {str(out / 'report.html')!r}: ")
+
+
+def test_compare_says_error_with_exit_2_when_the_run_cannot_be_read_back(
+    files: tuple[str, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import whybox.runs.report_data as report_data
+
+    def damaged(*_a: object, **_k: object) -> None:
+        raise DataFormatError("the run's array file 'arrays/saliency/000000.npy' is missing or damaged")
+
+    monkeypatch.setattr(report_data, "load_run_report", damaged)
+    spec, x, _ = files
+    args = ["compare", "--model", spec, str(x), "--methods", "saliency", "--metrics", "deletion"]
+    res = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2, res.output
+    assert res.output.strip().splitlines()[-1] == (
+        "Error: --out: the run's array file 'arrays/saliency/000000.npy' is missing or damaged"
+    )

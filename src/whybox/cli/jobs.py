@@ -1173,10 +1173,15 @@ def compare_cmd(ctx: click.Context, **params: Any) -> None:
         raise _fail(str(exc)) from None
     if summary.estimate_seconds is not None and budget is not None and summary.estimate_seconds > budget:
         click.echo(f"note: the estimate ({summary.estimate_seconds:.0f}s) exceeds --budget {budget:g}s", err=True)
-    _print_leaderboard(out_dir)
-    if params["write_report"]:
-        path = _write_report(out_dir, None, 24)
-        click.echo(f"wrote {path}")
+    try:  # a run file damaged after its unit was checked, or a report that cannot be written: as `whybox report`
+        _print_leaderboard(out_dir)
+        if params["write_report"]:
+            path = _write_report(out_dir, None, 24)
+            click.echo(f"wrote {path}")
+    except WhyboxError as exc:
+        raise _fail(f"--out: {exc}") from None
+    except OSError as exc:
+        raise _fail(f"cannot write {str(out_dir / 'report.html')!r}: {exc.strerror or exc}") from None
     click.echo(
         f"{summary.n_computed} units computed, {summary.n_skipped} already done, {summary.n_units} in all; "
         f"{summary.n_failed_samples} failed (sample, method) pairs"

@@ -177,6 +177,18 @@ def read_row(run_dir: str | os.PathLike[str], array: str, row: int) -> np.ndarra
         ) from None
 
 
+def _array_whole(path: Path, last_row: int) -> bool:
+    """Whether ``path`` is a readable ``.npy`` file with at least ``last_row + 1`` rows whose size holds what its
+    header promises (a truncated or overwritten file does not); memory-maps it, reading the header only."""
+    try:
+        data = np.load(path, mmap_mode="r", allow_pickle=False)
+        rows = data.shape[0] if data.ndim else 0
+        del data
+    except (OSError, ValueError, EOFError):
+        return False
+    return bool(rows > last_row)
+
+
 def _orphan_writes(arrays: Path) -> list[Path]:
     """Temporary files of :func:`write_array_atomic` left by a process that died before its rename (the name holds
     its process id); files of a live process (another run resuming here) are left alone."""
@@ -505,10 +517,11 @@ class RunStore:
 
     # ------------------------------------------------------------------ units
     def done_units(self) -> set[tuple[int, str]]:
-        """The (shard, method) units already committed whose array file is still there (a unit whose file was
-        deleted is computed again)."""
-        arrays = {str(a) for (a,) in self._conn.execute("SELECT DISTINCT array FROM results WHERE array IS NOT NULL")}
-        gone = {a for a in arrays if not (self.path / a).is_file()}
+        """The (shard, method) units already committed whose array file is still there and whole (a unit whose
+        file was deleted, truncated or otherwise damaged is computed again). Only each file's ``.npy`` header and
+        size are read, not its values."""
+        arrays = self._conn.execute("SELECT array, MAX(row) FROM results WHERE array IS NOT NULL GROUP BY array")
+        gone = {str(a) for a, last in arrays if not _array_whole(self.path / str(a), int(last))}
         units = {(int(s), str(m)) for s, m in self._conn.execute("SELECT shard, method FROM units")}
         if not gone:
             return units
