@@ -7,6 +7,7 @@ debug remove the pictures of an earlier, larger run from their --out (they staye
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 from pathlib import Path
@@ -285,3 +286,35 @@ def test_compare_says_error_with_exit_2_when_the_run_cannot_be_read_back(
     assert res.output.strip().splitlines()[-1] == (
         "Error: --out: the run's array file 'arrays/saliency/000000.npy' is missing or damaged"
     )
+
+
+# ------------------------------------------------------------------------ 4 significant digits
+def test_evaluate_and_the_leaderboard_print_small_values_to_4_significant_digits(
+    files: tuple[str, Path, Path], tmp_path: Path
+) -> None:
+    """A model whose outputs are 1e-3 of the tiny CNN's: infidelity ~1e-7, which four fixed decimals showed as
+    0.0000; what is printed equals the exact mean to 4 significant digits."""
+    spec, x, _ = files
+    spec = spec.replace(":build", ":tiny")
+    args = ["--model", spec, str(x), "--metrics", "infidelity"]
+    res = CliRunner().invoke(cli, ["evaluate", *args, "--method", "saliency", "--json", str(tmp_path / "e.json")])
+    assert res.exit_code == 0, res.output
+    scores = json.loads((tmp_path / "e.json").read_text())["metrics"]["infidelity"]["scores"]
+    mean = float(np.mean(scores))
+    assert 0 < abs(mean) < 1e-4
+    printed = re.search(r"infidelity\s+mean (\S+)\s+std (\S+)", res.output)
+    assert printed is not None, res.output
+    assert float(printed[1]) == pytest.approx(mean, rel=5e-4)
+    assert float(printed[2]) == pytest.approx(float(np.std(scores)), rel=5e-4)
+
+    run = tmp_path / "r"
+    res = CliRunner().invoke(
+        cli, ["compare", *args, "--methods", "saliency,occlusion", "--no-report", "--out", str(run)]
+    )
+    assert res.exit_code == 0, res.output
+    board = load_run_report(run, max_samples=0).leaderboard
+    for method in ("saliency", "occlusion"):
+        line = next(ln for ln in res.output.splitlines() if ln.startswith(method + " "))
+        value = board[method]["infidelity"]
+        assert value is not None and 0 < abs(value) < 1e-4
+        assert float(line.split()[1]) == pytest.approx(value, rel=5e-4)

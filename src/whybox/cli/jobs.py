@@ -948,7 +948,9 @@ def evaluate_cmd(ctx: click.Context, **params: Any) -> None:
         arrow = "higher is better" if res.higher_is_better else "lower is better"
         mean = float(ok.mean()) if ok.size else math.nan
         std = float(ok.std()) if ok.size else math.nan
-        click.echo(f"  {metric:<18} mean {mean:.4f}  std {std:.4f}  ({arrow}; {ok.size}/{s.size} defined)")
+        click.echo(  # 4 significant digits, as the report: infidelity's ~1e-6 is no 0.0000
+            f"  {metric:<18} mean {mean:<10.4g}  std {std:<10.4g}  ({arrow}; {ok.size}/{s.size} defined)"
+        )
         out["metrics"][metric] = {
             "higher_is_better": res.higher_is_better,
             "scores": [float(v) if math.isfinite(v) else None for v in s.tolist()],
@@ -1261,7 +1263,7 @@ def _print_leaderboard(run_dir: Path) -> None:
     click.echo(f"{'method':<{width}}  " + "  ".join(f"{h:>14}" for h in heads))
     for r in rows:
         vals = [rep.leaderboard[r].get(m.name) for m in rep.metrics]
-        click.echo(f"{r:<{width}}  " + "  ".join(f"{'-' if v is None else f'{v:.4f}':>14}" for v in vals))
+        click.echo(f"{r:<{width}}  " + "  ".join(f"{'-' if v is None else f'{v:.4g}':>14}" for v in vals))
 
 
 def _write_report(run_dir: Path, out: Path | None, max_samples: int) -> Path:
