@@ -318,3 +318,44 @@ def test_evaluate_and_the_leaderboard_print_small_values_to_4_significant_digits
         value = board[method]["infidelity"]
         assert value is not None and 0 < abs(value) < 1e-4
         assert float(line.split()[1]) == pytest.approx(value, rel=5e-4)
+
+
+# ------------------------------------------------------------------------ stale pictures of an earlier run
+def test_explain_into_a_used_folder_leaves_only_this_runs_overlays(
+    files: tuple[str, Path, Path], tmp_path: Path
+) -> None:
+    spec, x, _ = files
+    out = tmp_path / "ex"
+    args = ["explain", "--model", spec, str(x), "--method", "saliency", "--out", str(out)]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    assert len(list(out.glob("*.png"))) == 6
+    mine = ["notes.txt", "mine.png", "0001_notes.txt", "0001_x-1_saliency.png.bak", "0009 x saliency.png"]
+    for name in mine:
+        (out / name).write_text("the user's")
+    (out / "tokens.html").write_text("an earlier text run's page")
+    (out / "0007_x-7_occlusion.png").write_bytes(b"an earlier occlusion run's overlay")
+    res = CliRunner().invoke(cli, [*args, "--limit", "2"])
+    assert res.exit_code == 0, res.output
+    rows = whybox.Explanation.load(out / "explanation.safetensors").attributions.shape[0]
+    overlays = sorted(p.name for p in out.iterdir() if re.fullmatch(r"\d{4}_.*\.png", p.name))
+    assert rows == 2 and overlays == ["0000_x-0_saliency.png", "0001_x-1_saliency.png"]
+    assert sorted(p.name for p in out.iterdir()) == sorted([*overlays, *mine, "explanation.safetensors"])
+    assert all((out / name).read_text() == "the user's" for name in mine)
+
+
+def test_debug_into_a_used_folder_leaves_only_this_runs_mistake_figures(
+    files: tuple[str, Path, Path], tmp_path: Path
+) -> None:
+    spec, _, xy = files
+    out = tmp_path / "dbg"
+    args = ["debug", "--model", spec, str(xy), "--method", "occlusion", "--regions", "4", "--out", str(out)]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    first = sorted(p.name for p in out.glob("mistake_*.png"))
+    assert len(first) >= 2, res.output  # the untrained CNN gets most of the 6 wrong
+    (out / "mistake_notes.png").write_text("the user's")
+    res = CliRunner().invoke(cli, [*args, "--limit", "1"])
+    assert res.exit_code == 0, res.output
+    figures = [r["figure"] for r in json.loads((out / "mistakes.json").read_text())]
+    assert sorted(p.name for p in out.glob("mistake_*.png")) == sorted([*figures, "mistake_notes.png"])
+    assert len(figures) == 1

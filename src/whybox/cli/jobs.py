@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -475,6 +476,9 @@ def metrics_cmd() -> None:
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("whybox-explain"),
     show_default=True,
+    help="Output folder (created if missing). The overlay PNGs (NNNN_<input>_<method>.png) and tokens.html that an "
+    "earlier explain left there and this one does not rewrite are removed, so the folder shows this explanation "
+    "only; other files are left alone.",
 )
 @click.option(
     "--text",
@@ -507,6 +511,7 @@ def explain_cmd(ctx: click.Context, **params: Any) -> None:
         opts.setdefault("seed", params["seed"])
     if ds.kind == "text":
         _explain_texts(lm, ds, method, target, opts, out_dir)
+        _remove_stale(out_dir, _explain_outputs(), {"tokens.html"})
         return
     t0 = time.perf_counter()
     try:
@@ -529,6 +534,7 @@ def explain_cmd(ctx: click.Context, **params: Any) -> None:
         f"{e.meta.get('n_backward', 0)} backward passes"
     )
     no_overlay: str | None = None
+    written: set[str] = set()
     for i, name in enumerate(ds.names):
         t = int(e.target[i])
         line = f"  {name}: {_explained(lm.labels, probs[i], t)}" if t >= 0 else f"  {name}"
@@ -536,6 +542,7 @@ def explain_cmd(ctx: click.Context, **params: Any) -> None:
             png = output_path(out_dir, f"{i:04d}_{safe_component(name)}_{method}.png")
             e.plot(ds.x, rows=i).savefig(png, dpi=100)
             line += f" -> {png.name}"
+            written.add(png.name)
         elif ds.kind == "image":
             try:
                 shown = lm.display(ds.x[i])
@@ -549,6 +556,7 @@ def explain_cmd(ctx: click.Context, **params: Any) -> None:
                 reading = method_reading(method, e.params)  # as plot(), the demo and the run report colour it
                 save_png(png, _enlarged(overlay(picture, amap, reading=reading)))
                 line += f" -> {png.name}"
+                written.add(png.name)
         else:
             top = torch.argsort(e.attributions[i].abs(), descending=True)[:5].tolist()
             cols = ds.columns or [str(j) for j in range(ds.x.shape[1])]
@@ -558,10 +566,37 @@ def explain_cmd(ctx: click.Context, **params: Any) -> None:
                 png = output_path(out_dir, f"{i:04d}_{safe_component(name)}_{method}.png")
                 e.plot(ds.x, rows=i).savefig(png, dpi=100)
                 line += f" -> {png.name}"
+                written.add(png.name)
         click.echo(line)
     if no_overlay is not None:
         click.echo(f"no overlay PNGs: {no_overlay}", err=True)
+    _remove_stale(out_dir, _explain_outputs(), written)
     click.echo(f"wrote {out_dir / 'explanation.safetensors'}")
+
+
+def _explain_outputs() -> re.Pattern[str]:
+    """The names of the files ``whybox explain`` writes beside its explanation.safetensors: an overlay per input,
+    ``{index:04d}_{safe_component(name)}_{method}.png``, and a text model's ``tokens.html``."""
+    methods = "|".join(map(re.escape, whybox.methods()))
+    return re.compile(rf"\d{{4,}}_[A-Za-z0-9_-]{{1,40}}_(?:{methods})\.png|tokens\.html")
+
+
+def _remove_stale(out_dir: Path, pattern: re.Pattern[str], written: set[str]) -> None:
+    """Delete the files in ``out_dir`` whose whole name matches ``pattern`` (what an earlier run of the command
+    wrote there) but which this run did not write (``written``): an earlier, larger run's overlays beside this
+    run's results would show rows the results no longer hold. Files of other names are never touched."""
+    stale = [
+        p
+        for p in out_dir.iterdir()
+        if p.name not in written and pattern.fullmatch(p.name) and (p.is_file() or p.is_symlink())
+    ]
+    for p in stale:
+        try:
+            p.unlink(missing_ok=True)
+        except OSError as exc:
+            raise _fail(f"--out: cannot remove {str(p)!r}, left by an earlier run: {exc.strerror or exc}") from None
+    if stale:
+        click.echo(f"removed {len(stale)} file(s) an earlier run left in {out_dir}", err=True)
 
 
 def methods_for(kind: str, model: Any) -> list[str]:

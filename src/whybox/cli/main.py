@@ -8,6 +8,7 @@ for the demo model and images, and :mod:`whybox.report` for the pictures and the
 from __future__ import annotations
 
 import inspect
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -899,7 +900,9 @@ def _digits_dataset_run(methods: list[str], run_dir: Path, n: int, full: bool, d
     type=click.Path(file_okay=False, dir_okay=True, writable=True, path_type=Path),
     default=Path("whybox-debug"),
     show_default=True,
-    help="Folder for mistakes.json and one PNG per mistake on images (created if missing).",
+    help="Folder for mistakes.json and one PNG per mistake on images (created if missing). The mistake PNGs "
+    "(mistake_NNN_<index>.png) an earlier debug left there and this one does not rewrite are removed; other files "
+    "are left alone.",
 )
 def debug_cmd(**params: Any) -> None:
     """Find the inputs the model gets wrong among labelled INPUTS (default: the digits CNN on digits-test) and show
@@ -1027,6 +1030,9 @@ def debug_cmd(**params: Any) -> None:
         records.append(record)
     (out_dir / "mistakes.json").write_text(json.dumps(records, indent=1), encoding="utf-8")
     figures = sum("figure" in r for r in records)
+    _jobs._remove_stale(
+        out_dir, re.compile(r"mistake_\d{3,}_\d+\.png"), {r["figure"] for r in records if "figure" in r}
+    )
     click.echo(f"wrote {out_dir / 'mistakes.json'}" + (f" and {figures} figures" if figures else ""))
 
 
