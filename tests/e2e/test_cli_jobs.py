@@ -633,7 +633,7 @@ def test_explain_on_a_csv_with_a_scikit_learn_factory_prints_the_top_features(ru
     assert result.exit_code == 0, result.output
 
     saved = whybox.Explanation.load(out / "explanation.safetensors")
-    x = torch.tensor(rows, dtype=torch.float32)
+    x = torch.tensor(rows, dtype=torch.float64)  # a table is read in float64 for an estimator, as the API reads it
     direct = whybox.explain(load_model(spec).module, x, "kernel_shap", seed=0, batch_size=64)
     assert torch.equal(saved.attributions, direct.attributions)
     assert saved.params["batch_size"] == 4096  # no --batch-size: an estimator's default (a torch model's is 64)

@@ -752,7 +752,8 @@ class Dataset:
     Attributes
     ----------
     x : torch.Tensor
-        ``(N, ...)`` float32 model inputs: ``(N, C, H, W)`` for images, ``(N, F)`` for tables.
+        ``(N, ...)`` model inputs: ``(N, C, H, W)`` float32 for images, ``(N, F)`` for tables (float32, or float64
+        for a model that computes in it: a scikit-learn estimator, a torch model with float64 weights).
     names : list of str
         One unique name per row (a repeated name gets ``#2``, ``#3``, ... appended).
     labels : torch.Tensor or None
@@ -944,7 +945,28 @@ def _labels_from(values: np.ndarray, source: str, n: int) -> torch.Tensor:
     )
 
 
-def _array_part(array: np.ndarray, source: str, stem: str, rows: int | None) -> _Part:
+def _table_dtype(module: Any) -> torch.dtype:
+    """The dtype a table's rows are read in for ``module``: float64 where the model computes in it (a scikit-learn
+    estimator, as the API reads a DataFrame for it: epoch seconds, or 1000.00001, lose their last digits in float32;
+    a torch model with float64 weights), else float32 as before (a torch model computes in its weights' dtype, and
+    explain casts its inputs to it; a black box ``inputs -> scores`` is often torch code with float32 constants)."""
+    from whybox.models.adapter import TorchAdapter
+
+    if isinstance(module, nn.Module):
+        module = TorchAdapter(module)
+    if not isinstance(module, ModelAdapter):
+        return torch.float64  # a fitted estimator: its adapter computes in float64
+    try:
+        dtype = module.dtype
+    except WhyboxError:  # e.g. lazy parameters: explaining names the fix
+        return torch.float32
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _array_part(
+    array: np.ndarray, source: str, stem: str, rows: int | None, table_dtype: torch.dtype = torch.float32
+) -> _Part:
+    """Arrays ``(N, ...)`` as model inputs: rows ``(N, F)`` (a table) in ``table_dtype``, others in float32."""
     if array.dtype.kind not in "biuf":
         raise DataFormatError(f"{source}: the inputs must be numbers, got dtype {array.dtype}.")
     if array.ndim < 2:
@@ -952,22 +974,30 @@ def _array_part(array: np.ndarray, source: str, stem: str, rows: int | None) -> 
             f"{source}: the inputs must have shape (N, ...) with at least 2 dims (N, F) or (N, C, H, W), got "
             f"{array.shape}; add a dimension with x[:, None] for one feature."
         )
-    x = torch.from_numpy(np.array(array[:rows], dtype=np.float32))
-    kind = "tabular" if x.ndim == 2 else "image"
+    kind = "tabular" if array.ndim == 2 else "image"
+    wide = kind == "tabular" and table_dtype == torch.float64
+    x = torch.from_numpy(np.array(array[:rows], dtype=np.float64 if wide else np.float32))
     return _Part(source, x, [f"{stem}-{i}" for i in range(len(x))], None, kind)
 
 
-def _load_npy(path: Path, entry: str, rows: int | None) -> _Part:
+def _load_npy(path: Path, entry: str, rows: int | None, table_dtype: torch.dtype = torch.float32) -> _Part:
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except Exception as exc:
         raise DataFormatError(
             f"input {entry!r} cannot be read as .npy: {type(exc).__name__}: {_clip(str(exc))}"
         ) from exc
-    return _array_part(array, f"input {entry!r}", path.stem, rows)
+    return _array_part(array, f"input {entry!r}", path.stem, rows, table_dtype)
 
 
-def _load_npz(path: Path, entry: str, rows: int | None, packing: Any = None, classes: Any = None) -> _Part:
+def _load_npz(
+    path: Path,
+    entry: str,
+    rows: int | None,
+    packing: Any = None,
+    classes: Any = None,
+    table_dtype: torch.dtype = torch.float32,
+) -> _Part:
     """An archive's ``x`` (and labels ``y``); for a model of several inputs (``packing``), its inputs under their
     argument names (``x0``, ``x1``, ... for positional ones), packed into rows."""
     try:
@@ -1006,7 +1036,7 @@ def _load_npz(path: Path, entry: str, rows: int | None, packing: Any = None, cla
         raise DataFormatError(
             f"input {entry!r} cannot be read as .npz: {type(exc).__name__}: {_clip(str(exc))}"
         ) from exc
-    part = _array_part(x, f"input {entry!r}", path.stem, rows)
+    part = _array_part(x, f"input {entry!r}", path.stem, rows, table_dtype)
     if packing is not None and "x" not in keys:  # packed inputs: each feature named by its input and position
         part.columns = [packing.feature_name(j) for j in range(packing.n_features)]
     if y is not None:
@@ -1067,8 +1097,9 @@ def _load_csv(
     class_labels: bool = True,
     coder: Any = None,
     classes: Any = None,
+    table_dtype: torch.dtype = torch.float32,
 ) -> _Part:
-    """One CSV table. With ``coder`` (the adapter of a scikit-learn estimator fitted on a DataFrame) a column with
+    """One CSV table, its numbers in ``table_dtype`` (:func:`_table_dtype`). With ``coder`` (the adapter of a scikit-learn estimator fitted on a DataFrame) a column with
     text cells is read as text and coded by it (:mod:`whybox.models.categorical`), as a DataFrame with that column
     would be through the API; otherwise every cell must be a number. ``classes``: the model whose ``classes_`` the
     label column's cells name (a scikit-learn classifier: ``1, 2, 3`` or ``yes, no``), else they are class indices."""
@@ -1165,7 +1196,8 @@ def _load_csv(
             f"input {entry!r} cannot be read as CSV: {type(exc).__name__}: {_clip(str(exc))}"
         ) from exc
     n_features = len(columns) - (label_at is not None)
-    x = torch.tensor(np.array(features, dtype=np.float32).reshape(len(features), n_features))
+    wide = table_dtype == torch.float64
+    x = torch.tensor(np.array(features, dtype=np.float64 if wide else np.float32).reshape(len(features), n_features))
     names = [f"{path.stem}-{i}" for i in range(len(features))]
     y = torch.tensor(labels, dtype=torch.int64) if label_at is not None and class_labels else None
     kept = [c for j, c in enumerate(columns) if j != label_at]
@@ -1173,7 +1205,7 @@ def _load_csv(
         # text columns, or an estimator fitted on a DataFrame: its rows as such a frame would give them (text, bool
         # and int columns in their types, which the adapter gives back to the estimator)
         texts = {columns[j] for j in text_columns}
-        x, kept = _coded_table(raw, x, kept, texts, coder, f"input {entry!r}")
+        x, kept = _coded_table(raw, x, kept, texts, coder, f"input {entry!r}", table_dtype)
     return _Part(f"input {entry!r}", x, names, y, "tabular", kept)
 
 
@@ -1186,10 +1218,17 @@ def _is_int(cell: str) -> bool:
 
 
 def _coded_table(
-    raw: list[list[str]], x: torch.Tensor, columns: list[str], texts: set[str], coder: Any, what: str
+    raw: list[list[str]],
+    x: torch.Tensor,
+    columns: list[str],
+    texts: set[str],
+    coder: Any,
+    what: str,
+    dtype: torch.dtype = torch.float64,
 ) -> tuple[torch.Tensor, list[str]]:
     """A table with text columns for an estimator fitted on a DataFrame: as a DataFrame in the estimator's column
-    order (the text columns as read, the others as numbers), coded by the estimator's adapter ``coder``."""
+    order (the text columns as read, the others as numbers), coded by the estimator's adapter ``coder``, in
+    ``dtype``."""
     import pandas as pd  # the estimator was fitted on a DataFrame: pandas is installed
 
     fitted = list(coder.feature_names)
@@ -1211,7 +1250,7 @@ def _coded_table(
         else:
             data[c] = np.array([float(v) for v in cells], dtype=np.float64)
     frame = pd.DataFrame({c: data[c] for c in fitted})
-    return encode_frame(frame, coder, what).to(torch.float32), fitted
+    return encode_frame(frame, coder, what).to(dtype), fitted
 
 
 def _unique(names: list[str]) -> list[str]:
@@ -1309,7 +1348,9 @@ def load_inputs(
     Returns
     -------
     Dataset
-        ``x`` float32 ``(N, ...)``; ``names`` unique (repeats get ``#2``, ``#3``, ...); ``labels``
+        ``x`` ``(N, ...)``: float32, except tables (CSV, 2-dim arrays) for a model that computes in float64 (a
+        scikit-learn estimator, as the API reads a DataFrame for it; a torch model with float64 weights): float64;
+        ``names`` unique (repeats get ``#2``, ``#3``, ...); ``labels``
         ``(N,)`` int64 when every source has labels; ``kind`` ``"image"`` (image sources, and arrays with
         3 or more dims), ``"signal"`` or ``"sequence"`` (3-dim arrays of time series, see :class:`Dataset`) or
         ``"tabular"`` (CSV, 2-dim arrays); ``columns`` from the CSV header.
@@ -1360,6 +1401,7 @@ def load_inputs(
     parts: list[_Part] = []
     remaining = limit
     coder = None  # the estimator's adapter, where a CSV's text columns are coded (one vocabulary for every table)
+    table_dtype = _table_dtype(model.module)
     for s in sources:
         if remaining == 0:
             break
@@ -1372,7 +1414,7 @@ def load_inputs(
         elif s.kind == "image":
             part = _load_images([(s.path, s.path.name)], model, f"input {s.entry!r}")
         elif s.kind == "npy":
-            part = _load_npy(s.path, s.entry, remaining)
+            part = _load_npy(s.path, s.entry, remaining, table_dtype)
         elif s.kind == "npz":
             part = _load_npz(
                 s.path,
@@ -1380,6 +1422,7 @@ def load_inputs(
                 remaining,
                 getattr(model.module, "packing", None),
                 classes=model.module if estimator_classes(model.module) is not None else None,
+                table_dtype=table_dtype,
             )
         else:
             coder = coder or _table_coder(model.module)
@@ -1391,6 +1434,7 @@ def load_inputs(
                 class_labels=not is_regressor_model(model.module),
                 coder=coder,
                 classes=model.module if estimator_classes(model.module) is not None else None,
+                table_dtype=table_dtype,
             )
         if len(part.x) == 0:
             raise DataFormatError(f"{part.source} holds no rows.")

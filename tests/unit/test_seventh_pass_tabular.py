@@ -1,0 +1,114 @@
+"""Seventh-pass findings on tables and run reports, each a property the earlier code broke: the command line reads a
+table in the precision the API gives an estimator, a reference row may hold a DataFrame's bools, float32 rows meet a
+float64 fill unrounded, the run report's legend says which class its maps explain, and a map's NaN cell stays its
+own when the map is resized for an overlay."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+from sklearn.linear_model import LogisticRegression
+from torch import nn
+
+import whybox
+from whybox.cli.main import main as cli
+from whybox.runs.loaders import LoadedModel, load_inputs, load_model
+
+MODELS_PY = """
+import numpy as np
+import pandas as pd
+from sklearn.linear_model import LinearRegression, LogisticRegression
+
+
+def stamps():
+    # 'ts': epoch seconds; the target is seconds since 1_700_000_000 (float32 holds ts only to 128 s)
+    ts = np.array([1_699_999_990 + 7 * i for i in range(20)], dtype=np.int64)
+    X = pd.DataFrame({"ts": ts, "x": (np.arange(20) % 3).astype(float)})
+    return LinearRegression().fit(X, (ts - 1_700_000_000).astype(float))
+
+
+def pressure():
+    rng = np.random.RandomState(0)
+    X = np.c_[rng.randn(50) * 0.01 + 1000.0, rng.randn(50)]  # a pressure in hPa near 1000
+    return LinearRegression().fit(X, 1e6 * (X[:, 0] - 1000.0) + X[:, 1])
+
+
+def owners():
+    rng = np.random.RandomState(1)
+    n = 200
+    df = pd.DataFrame({"n kids": rng.randint(0, 4, n), "owner": rng.rand(n) > 0.5, "w": rng.randn(n)})
+    return LogisticRegression().fit(df, ((df["n kids"] > 1) ^ df.owner).astype(int))
+"""
+
+
+@pytest.fixture
+def models(tmp_path: Path) -> Path:
+    path = tmp_path / "tab_models.py"
+    path.write_text(MODELS_PY, encoding="utf-8")
+    return path
+
+
+def _owners() -> LogisticRegression:
+    rng = np.random.RandomState(1)
+    n = 200
+    df = pd.DataFrame({"n kids": rng.randint(0, 4, n), "owner": rng.rand(n) > 0.5, "w": rng.randn(n)})
+    return LogisticRegression().fit(df, ((df["n kids"] > 1) ^ df.owner).astype(int))
+
+
+def _cli(*args: str) -> str:
+    res = CliRunner().invoke(cli, [str(a) for a in args])
+    assert res.exit_code == 0, res.output
+    return res.output
+
+
+# ---------------------------------------------------------------------------------------------- 1. CLI tables
+def test_the_cli_explains_a_csv_for_an_estimator_exactly_as_the_api_explains_its_dataframe(
+    models: Path, tmp_path: Path
+) -> None:
+    """The CSV was read in float32: epoch seconds 1700000001 and 1700000063 both became 1700000000, so ablating
+    'ts' changed nothing and the CLI gave [[0, 0], [0, 0]] where the API gives [[11, 0], [73, 0]]."""
+    csv = tmp_path / "stamps.csv"
+    csv.write_text("ts,x\n1700000001,1\n1700000063,1\n", encoding="utf-8")
+    spec = f"{models}:stamps"
+    _cli("explain", "--model", spec, csv, "--method", "feature_ablation", "--option", "fill=[1699999990, 1]",
+         "--out", tmp_path / "e")  # fmt: skip
+    saved = whybox.Explanation.load(tmp_path / "e" / "explanation.safetensors")
+    api = whybox.explain(load_model(spec).module, pd.read_csv(csv), "feature_ablation", fill=[1_699_999_990, 1])
+    assert torch.equal(saved.attributions, api.attributions)
+    assert saved.attributions.tolist() == [[11.0, 0.0], [73.0, 0.0]]  # the closed form: coef 1 x (ts - fill)
+
+
+def test_the_cli_explains_a_float64_npy_for_an_estimator_exactly_as_the_api_explains_the_array(
+    models: Path, tmp_path: Path
+) -> None:
+    x = np.array([[1000.00001, 0.0], [999.99999, 0.0]])
+    np.save(tmp_path / "p.npy", x)
+    spec = f"{models}:pressure"
+    _cli("explain", "--model", spec, tmp_path / "p.npy", "--method", "feature_ablation", "--option",
+         "fill=[1000.0, 0.0]", "--out", tmp_path / "e")  # fmt: skip
+    saved = whybox.Explanation.load(tmp_path / "e" / "explanation.safetensors")
+    api = whybox.explain(load_model(spec).module, x, "feature_ablation", fill=[1000.0, 0.0])
+    assert torch.equal(saved.attributions, api.attributions)
+    assert np.allclose(saved.attributions.numpy(), [[10.0, 0.0], [-10.0, 0.0]], atol=1e-3)  # float32 read 0s
+
+
+def test_tables_are_read_in_the_dtype_the_model_computes_in_and_images_stay_float32(
+    models: Path, tmp_path: Path
+) -> None:
+    """An estimator's table is float64 (as the API reads a DataFrame for it), a float32 torch model's float32 (as
+    before: it computes in its weights' dtype), a float64 one's float64; arrays of images stay float32."""
+    np.save(tmp_path / "t.npy", np.array([[1.25, 2.5], [3.0, 4.0]]))
+    np.save(tmp_path / "img.npy", np.zeros((2, 1, 4, 4)))
+    estimator = load_model(f"{models}:pressure")
+    f32 = LoadedModel(nn.Linear(2, 2), "f32", None, None, lambda t: t.numpy())
+    f64 = LoadedModel(nn.Linear(2, 2).double(), "f64", None, None, lambda t: t.numpy())
+    assert load_inputs([tmp_path / "t.npy"], estimator).x.dtype == torch.float64
+    assert load_inputs([tmp_path / "t.npy"], f32).x.dtype == torch.float32
+    assert load_inputs([tmp_path / "t.npy"], f64).x.dtype == torch.float64
+    conv = LoadedModel(nn.Conv2d(1, 1, 3), "conv", None, None, lambda t: t.numpy())
+    assert load_inputs([tmp_path / "img.npy"], conv).x.dtype == torch.float32
