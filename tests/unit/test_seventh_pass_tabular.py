@@ -17,6 +17,7 @@ from torch import nn
 
 import whybox
 from whybox.cli.main import main as cli
+from whybox.errors import InvalidParameterError
 from whybox.runs.loaders import LoadedModel, load_inputs, load_model
 
 MODELS_PY = """
@@ -112,3 +113,52 @@ def test_tables_are_read_in_the_dtype_the_model_computes_in_and_images_stay_floa
     assert load_inputs([tmp_path / "t.npy"], f64).x.dtype == torch.float64
     conv = LoadedModel(nn.Conv2d(1, 1, 3), "conv", None, None, lambda t: t.numpy())
     assert load_inputs([tmp_path / "img.npy"], conv).x.dtype == torch.float32
+
+
+# ---------------------------------------------------------------------------------------------- 2. bools in rows
+def test_a_reference_row_may_hold_a_dataframes_bools_as_0_and_1() -> None:
+    """fill=[1, True, 0.0] (or df.mode().iloc[0].tolist()) was refused as not one of the fill names; it is the
+    row [1, 1, 0.0], and a Series with the same values gives the same attributions."""
+    clf = _owners()
+    xs = pd.DataFrame({"n kids": [2, 0], "owner": [True, False], "w": [0.5, -1.0]})
+    ones = whybox.explain(clf, xs, "feature_ablation", fill=[1, 1, 0.0], target=1)
+    series = whybox.explain(
+        clf, xs, "feature_ablation", fill=pd.Series({"n kids": 1, "owner": True, "w": 0.0}), target=1
+    )
+    for fill in ([1, True, 0.0], (1, np.bool_(True), 0.0)):
+        e = whybox.explain(clf, xs, "feature_ablation", fill=fill, target=1)
+        assert torch.equal(e.attributions, ones.attributions)
+        assert torch.equal(e.attributions, series.attributions)
+
+
+def test_background_rows_and_metric_fills_may_hold_bools_too() -> None:
+    clf = _owners()
+    xs = pd.DataFrame({"n kids": [2, 0], "owner": [True, False], "w": [0.5, -1.0]})
+    rows = whybox.explain(clf, xs, "kernel_shap", background=[[1, True, 0.0], [0, False, 1.0]], target=1)
+    frame = pd.DataFrame({"n kids": [1, 0], "owner": [True, False], "w": [0.0, 1.0]})
+    assert torch.equal(
+        rows.attributions, whybox.explain(clf, xs, "kernel_shap", background=frame, target=1).attributions
+    )
+    a = np.array([[1.0, 0.5, 0.25], [0.25, 1.0, 0.5]])
+    listed = whybox.evaluate(clf, xs, a, "deletion", fill=[1, True, 0.0], target=1)
+    numbers = whybox.evaluate(clf, xs, a, "deletion", fill=[1, 1, 0.0], target=1)
+    assert torch.equal(listed.scores, numbers.scores) and torch.equal(listed.curves["y"], numbers.curves["y"])
+
+
+def test_a_bare_true_is_still_no_fill() -> None:
+    clf = _owners()
+    xs = pd.DataFrame({"n kids": [2, 0], "owner": [True, False], "w": [0.5, -1.0]})
+    with pytest.raises(InvalidParameterError, match=r"fill must be one of .*; got True\."):
+        whybox.explain(clf, xs, "feature_ablation", fill=True, target=1)
+
+
+def test_the_cli_reads_true_in_a_fill_row(models: Path, tmp_path: Path) -> None:
+    csv = tmp_path / "owners.csv"
+    xs = pd.DataFrame({"n kids": [2, 0], "owner": [True, False], "w": [0.5, -1.0]})
+    xs.to_csv(csv, index=False)
+    spec = f"{models}:owners"
+    _cli("explain", "--model", spec, csv, "--method", "feature_ablation", "--option", "fill=[1, true, 0.0]",
+         "--out", tmp_path / "e")  # fmt: skip
+    saved = whybox.Explanation.load(tmp_path / "e" / "explanation.safetensors")
+    api = whybox.explain(load_model(spec).module, xs, "feature_ablation", fill=[1, 1, 0.0])
+    assert torch.equal(saved.attributions, api.attributions)

@@ -139,10 +139,12 @@ def as_tensor_inputs(inputs: Any, coder: Any = None, packing: Any = None) -> tup
 
 
 def _numbers(value: Any) -> bool:
-    """True for a list (or tuple) of numbers, or of such lists: a row or rows written out."""
+    """True for a list (or tuple) of numbers, or of such lists: a row or rows written out. A bool in them is a
+    number, 0 or 1, as in a DataFrame's bool column (``df.mode().iloc[0].tolist()``: ``[1, True, 0.0]``); only
+    lists are read here, so a bare ``True`` is never taken for a row."""
     if isinstance(value, (list, tuple)):
         return all(_numbers(v) for v in value)
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    return isinstance(value, (int, float, np.integer, np.floating, np.bool_))  # bool is an int
 
 
 def _ints(value: Any) -> bool:
@@ -170,8 +172,8 @@ def label_map_option(value: Any, name: str) -> Any:
 
 def tensor_option(value: Any, name: str, coder: Any = None) -> Any:
     """An array-valued option (``fill=``, ``baseline=``) given as a numpy array, a pandas Series / DataFrame or a
-    list of numbers (a row, or rows: ``--option fill=[5.8,3.0,4.3,1.3]`` on the command line), as a tensor: numeric
-    data only (e.g. ``fill=X_train.mean(0)`` for tabular rows), and with ``coder`` (the adapter of a scikit-learn
+    list of numbers (a row, or rows: ``--option fill=[5.8,3.0,4.3,1.3]`` on the command line; a bool in it is 0 or
+    1, as in a DataFrame's bool column), as a tensor: numeric data only (e.g. ``fill=X_train.mean(0)`` for tabular rows), and with ``coder`` (the adapter of a scikit-learn
     estimator fitted on a DataFrame) text and categorical columns too, coded as its inputs are. Anything else is
     returned unchanged."""
     if isinstance(value, np.ndarray):
