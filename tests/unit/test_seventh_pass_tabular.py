@@ -18,6 +18,7 @@ from torch import nn
 import whybox
 from whybox.cli.main import main as cli
 from whybox.errors import InvalidParameterError
+from whybox.report.run_report import ReportSample, RunReport, render_run_report
 from whybox.runs.loaders import LoadedModel, load_inputs, load_model
 
 MODELS_PY = """
@@ -191,3 +192,29 @@ def test_float32_rows_meet_a_float64_fill_unrounded_in_explain_and_evaluate() ->
     f32 = whybox.evaluate(reg, xs, a, "deletion", fill=fill)
     f64 = whybox.evaluate(reg, xs.astype(np.float64), a, "deletion", fill=fill)
     assert torch.equal(f32.curves["y"], f64.curves["y"])  # the float32 rows, widened exactly, meet the fill as is
+
+
+# ---------------------------------------------------------------------------------------------- 4. the legend
+def _page(target: str) -> str:
+    sample = ReportSample("s0", np.full((4, 4, 3), 0.5), "cat", 0.9, "dog", {"m": np.zeros((4, 4))}, {})
+    return render_run_report(RunReport("t", [], [], [], {}, {}, [sample], [], [], target=target))
+
+
+def test_the_legend_says_the_maps_explain_the_label_in_a_run_with_target_label() -> None:
+    label, prediction = _page("label"), _page("prediction")
+    assert "evidence for the predicted class" not in label + prediction
+    assert "red for evidence for the explained class" in label
+    assert "this run explains each sample's true label, not the model's prediction" in label
+    assert "this run explains each sample's predicted class" in prediction and "true label, not" not in prediction
+
+
+def test_a_run_with_target_label_reports_it(tmp_path: Path) -> None:
+    from whybox.runs.job import Job, run_job
+    from whybox.runs.report_data import load_run_report
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+    x = torch.rand(2, 1, 4, 4)
+    run_job(Job(methods=("saliency",), metrics=(), target="label"), net, x, tmp_path / "r",
+            labels=torch.tensor([0, 1]))  # fmt: skip
+    assert load_run_report(tmp_path / "r").target == "label"

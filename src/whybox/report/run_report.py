@@ -137,6 +137,8 @@ class RunReport:
     failures: list[tuple[str, str, str]]
     #: the run's number of samples, where ``samples`` holds only the first of them (None: ``samples`` is all)
     n_samples: int | None = None
+    #: what the maps explain: ``"prediction"`` (each sample's predicted class) or ``"label"`` (its true label)
+    target: str = "prediction"
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -354,8 +356,8 @@ def _verdicts(report: RunReport) -> list[dict[str, Any]]:
 
 def _text_row(s: ReportSample, methods: list[str]) -> dict[str, Any]:
     """The row of a text (or a table row, its ``column=value`` cells as words): the words, and per method the words
-    coloured by their values (red: for the predicted class, blue: against), each cell scaled to its own largest
-    magnitude."""
+    coloured by their values (red: for the explained class, blue: against; the predicted class, or the true label
+    in a run with target "label"), each cell scaled to its own largest magnitude."""
     from markupsafe import Markup
 
     from whybox.report.tokens import render_tokens_html
@@ -514,6 +516,7 @@ def render_run_report(
         n_left_out=total - len(shown),
         failures=report.failures,
         thumbnail=thumbnail,
+        target=report.target,
     )
 
 

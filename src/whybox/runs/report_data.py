@@ -474,6 +474,7 @@ def load_run_report(run_dir: str | Path, *, title: str | None = None, max_sample
         verdicts=verdicts,
         failures=failures,
         n_samples=len(samples),
+        target=str(job.get("target", "prediction")),
     )
 
 
