@@ -18,6 +18,7 @@ from torch import nn
 import whybox
 from whybox.cli.main import main as cli
 from whybox.errors import InvalidParameterError
+from whybox.report import overlay
 from whybox.report.run_report import ReportSample, RunReport, render_run_report
 from whybox.runs.loaders import LoadedModel, load_inputs, load_model
 
@@ -218,3 +219,38 @@ def test_a_run_with_target_label_reports_it(tmp_path: Path) -> None:
     run_job(Job(methods=("saliency",), metrics=(), target="label"), net, x, tmp_path / "r",
             labels=torch.tensor([0, 1]))  # fmt: skip
     assert load_run_report(tmp_path / "r").target == "label"
+
+
+# ---------------------------------------------------------------------------------------------- 5. NaN in overlays
+def _uncoloured(o: np.ndarray, image: np.ndarray) -> np.ndarray:
+    bare = overlay(image, np.zeros(image.shape[1:]))  # an all-zero map is fully transparent: the image alone
+    return (o == bare).all(-1)
+
+
+@pytest.mark.parametrize(("size", "cells"), [((8, 8), (2, 2)), ((7, 10), (3, 3)), ((5, 5), (4, 2))])
+def test_a_non_finite_map_cell_blanks_only_the_pixels_it_is_nearest_to(
+    size: tuple[int, int], cells: tuple[int, int]
+) -> None:
+    """A 2 x 2 map [[1, nan], [0.5, -1]] over 8 x 8 left 48 pixels uncoloured (the NaN spread by the bilinear
+    resize); only the pixels whose nearest map cell (pixel centres, as a nearest resize maps them) is non-finite
+    are transparent, and every other one is coloured."""
+    h, w = size
+    rng = np.random.default_rng(0)
+    m = rng.uniform(0.3, 1.0, cells) * rng.choice([-1.0, 1.0], cells)  # every finite cell far from zero
+    m[0, -1] = np.nan
+    m[-1, 0] = np.inf
+    image = np.full((3, h, w), 0.5)
+    o = overlay(image, m, reading="signed")
+    rows = np.minimum(np.floor((np.arange(h) + 0.5) * cells[0] / h), cells[0] - 1).astype(int)
+    cols = np.minimum(np.floor((np.arange(w) + 0.5) * cells[1] / w), cells[1] - 1).astype(int)
+    nearest_bad = ~np.isfinite(m)[rows[:, None], cols[None, :]]
+    assert np.array_equal(_uncoloured(o, image), nearest_bad)
+
+
+def test_a_finite_map_is_resized_as_before() -> None:
+    m = np.array([[1.0, -0.5], [0.25, -1.0]])
+    image = np.full((3, 8, 8), 0.5)
+    resized = torch.nn.functional.interpolate(
+        torch.from_numpy(m)[None, None], size=(8, 8), mode="bilinear", align_corners=False
+    )[0, 0].numpy()
+    assert np.array_equal(overlay(image, m, reading="signed"), overlay(image, resized, reading="signed"))

@@ -69,6 +69,24 @@ def _map_2d(attr_map: Any) -> np.ndarray:
     return m
 
 
+def _resized(m: np.ndarray, h: int, w: int) -> np.ndarray:
+    """``m`` resized bilinearly to ``(h, w)``, its non-finite cells kept out: each pixel is the bilinear mean of
+    the finite cells around it (their weights renormalised), and a pixel whose nearest cell is non-finite is NaN
+    (transparent). Resizing ``m`` as it is would spread one NaN cell over every pixel it touches (a 2 x 2 CAM with
+    one NaN cell left three quarters of the picture blank)."""
+    t = torch.from_numpy(np.ascontiguousarray(m, dtype=np.float64))[None, None]
+    finite = torch.isfinite(t)
+    if bool(finite.all()):
+        return F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
+    weight = finite.to(t.dtype)
+    sums = F.interpolate(torch.where(finite, t, 0.0), size=(h, w), mode="bilinear", align_corners=False)
+    weights = F.interpolate(weight, size=(h, w), mode="bilinear", align_corners=False)
+    near = F.interpolate(weight, size=(h, w), mode="nearest-exact")[0, 0] > 0.5  # the nearest cell is finite
+    # where the nearest cell is finite it weighs at least 1/4 in the bilinear mean: weights > 0 there
+    out = torch.where(near, sums[0, 0] / weights[0, 0].clamp_min(1e-12), torch.nan)
+    return out.numpy()
+
+
 def to_heatmap(
     attr_map: Any,
     *,
@@ -147,7 +165,8 @@ def overlay(image: Any, attr_map: Any, *, base: str = "gray", **heatmap_options:
         ``(3, H, W)`` RGB (or ``(1, H, W)`` grayscale) tensor or array with values in [0, 1]
         (e.g. :func:`whybox.data.imagenet_unnormalize` of a model input).
     attr_map
-        ``(H, W)`` map; a map of another size (a CAM at layer resolution) is resized bilinearly.
+        ``(H, W)`` map; a map of another size (a CAM at layer resolution) is resized bilinearly, over its finite
+        cells only: a pixel whose nearest map cell is non-finite is transparent, the others are drawn.
     base
         ``"gray"`` (default): the image's luma under the heatmap; ``"color"``: the image as it is.
     **heatmap_options
@@ -187,8 +206,7 @@ def overlay(image: Any, attr_map: Any, *, base: str = "gray", **heatmap_options:
     h, w = img.shape[1:]
     m = _map_2d(attr_map)
     if m.shape != (h, w):
-        t = torch.from_numpy(np.ascontiguousarray(m))[None, None]
-        m = F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
+        m = _resized(m, h, w)
     rgba = to_heatmap(m, **heatmap_options).astype(np.float64)
     under = img.transpose(1, 2, 0)
     if base == "gray":
