@@ -417,8 +417,6 @@ class Explainer:
         dtype = x.dtype  # a model without floating weights (a pure function) runs in the input's dtype
         if isinstance(self.adapter, TorchAdapter) and self.adapter.weights_dtype is not None:
             dtype = self.adapter.weights_dtype
-        elif isinstance(self.adapter, SklearnAdapter):  # an estimator computes in float64: float32 rows are built
-            dtype = self.adapter.dtype  # in it too, so a float64 fill or background row reaches it unrounded
         x = x.detach().to(device=self.adapter.device, dtype=dtype)
         return x.clone() if x.is_inference() else x  # made under torch.inference_mode: a copy can take gradients
 

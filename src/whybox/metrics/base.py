@@ -33,7 +33,6 @@ from whybox.masking.fills import one_value_per_column
 from whybox.models._guard import MODES, _user_stacklevel, instance_lock, public_call, seed_global_rngs
 from whybox.models.adapter import (
     ModelAdapter,
-    SklearnAdapter,
     TorchAdapter,
     adapt,
     check_default_target,
@@ -1154,8 +1153,6 @@ class Metric:
                 x = x.to(device=adapter.device)
                 if isinstance(adapter, TorchAdapter) and adapter.weights_dtype is not None:
                     x = x.to(adapter.weights_dtype)
-                elif isinstance(adapter, SklearnAdapter):  # an estimator computes in float64: its perturbed rows
-                    x = x.to(adapter.dtype)  # too, so a float64 fill reaches it unrounded
                 if attributions is not None:
                     attributions = attributions.to(x.device)
             engine = (
