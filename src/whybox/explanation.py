@@ -896,6 +896,11 @@ def _jsonable(obj: Any, where: str) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_jsonable(v, where) for v in obj]
     if isinstance(obj, torch.Tensor):
+        if obj.is_meta:
+            raise InvalidParameterError(
+                f"{where} holds a tensor on the 'meta' device (a shape without values), which cannot be saved; store "
+                "its shape instead, e.g. list(t.shape)."
+            )
         return obj.detach().cpu().tolist()
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj

@@ -151,7 +151,13 @@ def test_region_ids_per_time_step_of_a_sequence(name: str, t: int) -> None:
     e = whybox.explain(model, x, "saliency")
     ids = torch.tensor([[0, 1, 1, 2, 2, 2][:t]] * 3)
     opts = {"n_samples": 8, "seed": 0} if name == "mufidelity" else {}
-    a = whybox.evaluate(model, x, e, name, regions=ids, **opts)
+    if t == 3:  # as many steps as features: (B, T) ids could also be (B, D) ones, read per step with a warning
+        from whybox.masking.features import AmbiguousIdsWarning
+
+        with pytest.warns(AmbiguousIdsWarning):
+            a = whybox.evaluate(model, x, e, name, regions=ids, **opts)
+    else:
+        a = whybox.evaluate(model, x, e, name, regions=ids, **opts)
     b = whybox.evaluate(model, x, e, name, regions=ids.unsqueeze(-1), **opts)
     torch.testing.assert_close(a.scores, b.scores, rtol=0, atol=0, equal_nan=True)
 
@@ -374,3 +380,42 @@ def test_as_is_dropout_is_decided_by_the_seed_not_the_global_generator(method: s
             runs.append(whybox.explain(model, x, method, **opts).attributions)
             assert torch.equal(torch.get_rng_state(), state)
     assert torch.equal(runs[0], runs[1])
+
+
+def test_a_callable_target_returning_complex_scores_is_refused() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 4)).eval()
+    with pytest.raises(whybox.errors.InvalidTargetError, match=r"one real score per row.*complex64"):
+        whybox.explain(model, torch.randn(2, 3, 2, 2), "occlusion", target=lambda s: s[:, 0] + 1j * s[:, 1])
+
+
+def test_saving_a_meta_device_tensor_nested_in_meta_is_a_clear_error(tmp_path: Any) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 4)).eval()
+    e = whybox.explain(model, torch.randn(2, 3, 2, 2), "saliency")
+    e.meta["shapes"] = [torch.empty(2, device="meta")]
+    with pytest.raises(whybox.errors.InvalidParameterError, match=r"meta holds a tensor on the 'meta' device"):
+        e.save(tmp_path / "e.safetensors")
+
+
+def test_the_t_equals_d_probe_answers_per_preprocess() -> None:
+    """Two adapters of one model, one transposing its inputs first: each gets its own answer (the first one probed
+    decided for both)."""
+    from whybox.models.adapter import is_sequence
+
+    model = PermutingCNN(5).eval()
+    x = torch.randn(2, 5, 5)
+    plain = whybox.adapt(model)
+    flipped = whybox.adapt(model, preprocess=lambda t: t.transpose(1, 2))
+    assert is_sequence(plain, x) and not is_sequence(flipped, x)
+    assert not is_sequence(whybox.adapt(model, preprocess=lambda t: t.transpose(1, 2)), x)
+
+
+def test_per_row_ids_of_a_square_sequence_warn_of_their_two_readings() -> None:
+    from whybox.masking.features import AmbiguousIdsWarning
+
+    model, x = _gru()
+    x = x[:, :3]
+    e = whybox.explain(model, x, "saliency")
+    with pytest.warns(AmbiguousIdsWarning, match=r"\(3, 1, 3\) \(one per row\)"):
+        whybox.evaluate(model, x, e, "deletion", regions=torch.tensor([[0, 0, 1]] * 3))

@@ -102,7 +102,8 @@ def test_the_cli_explains_a_float64_npy_for_an_estimator_exactly_as_the_api_expl
 def test_tables_are_read_in_the_dtype_the_model_computes_in_and_images_stay_float32(
     models: Path, tmp_path: Path
 ) -> None:
-    """An estimator's table is float64 (as the API reads a DataFrame for it), a float32 torch model's float32 (as
+    """An estimator's table is float64 (as the API reads a DataFrame for it; a file of float32 numbers stays float32,
+    as the API gives such an array to an estimator that may need it), a float32 torch model's float32 (as
     before: it computes in its weights' dtype), a float64 one's float64; arrays of images stay float32."""
     np.save(tmp_path / "t.npy", np.array([[1.25, 2.5], [3.0, 4.0]]))
     np.save(tmp_path / "img.npy", np.zeros((2, 1, 4, 4)))
@@ -110,6 +111,8 @@ def test_tables_are_read_in_the_dtype_the_model_computes_in_and_images_stay_floa
     f32 = LoadedModel(nn.Linear(2, 2), "f32", None, None, lambda t: t.numpy())
     f64 = LoadedModel(nn.Linear(2, 2).double(), "f64", None, None, lambda t: t.numpy())
     assert load_inputs([tmp_path / "t.npy"], estimator).x.dtype == torch.float64
+    np.save(tmp_path / "t32.npy", np.array([[1.25, 2.5], [3.0, 4.0]], dtype=np.float32))  # the user's choice: kept
+    assert load_inputs([tmp_path / "t32.npy"], estimator).x.dtype == torch.float32
     assert load_inputs([tmp_path / "t.npy"], f32).x.dtype == torch.float32
     assert load_inputs([tmp_path / "t.npy"], f64).x.dtype == torch.float64
     conv = LoadedModel(nn.Conv2d(1, 1, 3), "conv", None, None, lambda t: t.numpy())

@@ -666,8 +666,8 @@ def _conv_reads_transposed(adapter: TorchAdapter, x: torch.Tensor) -> bool:
     changed. Where only the convolution's first time position changes, axis 1 is time (a per-step LayerNorm or Linear
     before the permute keeps that); where only its first channel changes, axis 1 is channels; anything else (an
     operation mixing both axes, a model that does not run) reads as a signal, as before. Remembered per model, input
-    shape and dtype."""
-    key = (tuple(x.shape[1:]), x.dtype)
+    shape, dtype and the adapter's preprocess."""
+    key = (tuple(x.shape[1:]), x.dtype, adapter.preprocess)  # a preprocess (a transpose) changes the answer
     memo = _TRANSPOSED.setdefault(adapter.model, {})
     if key in memo:
         return memo[key]

@@ -362,7 +362,12 @@ class Target:
                     f"a callable target must map scores {tuple(scores.shape)} to shape ({scores.shape[0]},); "
                     f"it returned {got}. Return one scalar per row, e.g. lambda s: s[:, 3] - s[:, 5]."
                 )
-            if not (out.is_floating_point() or out.is_complex()):
+            if out.is_complex():
+                raise InvalidTargetError(
+                    "a callable target must return one real score per row, the quantity explained; it returned "
+                    f"{out.dtype} values. Return a real part or a magnitude, e.g. lambda s: s[:, 3].real."
+                )
+            if not out.is_floating_point():
                 raise InvalidTargetError(
                     f"a callable target must return one score per row (floating point), the quantity explained; it "
                     f"returned {out.dtype} values, which look like class indices (e.g. s.argmin(1)). Return the "

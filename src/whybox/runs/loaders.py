@@ -966,7 +966,8 @@ def _table_dtype(module: Any) -> torch.dtype:
 def _array_part(
     array: np.ndarray, source: str, stem: str, rows: int | None, table_dtype: torch.dtype = torch.float32
 ) -> _Part:
-    """Arrays ``(N, ...)`` as model inputs: rows ``(N, F)`` (a table) in ``table_dtype``, others in float32."""
+    """Arrays ``(N, ...)`` as model inputs: rows ``(N, F)`` (a table) in ``table_dtype`` (float32 where the file's
+    numbers are float32 or narrower), others in float32."""
     if array.dtype.kind not in "biuf":
         raise DataFormatError(f"{source}: the inputs must be numbers, got dtype {array.dtype}.")
     if array.ndim < 2:
@@ -975,7 +976,9 @@ def _array_part(
             f"{array.shape}; add a dimension with x[:, None] for one feature."
         )
     kind = "tabular" if array.ndim == 2 else "image"
-    wide = kind == "tabular" and table_dtype == torch.float64
+    # a table for an estimator in float64, unless the file holds float32 (or narrower) numbers: those the user chose
+    # (an estimator that needs float32 rows, a skorch net, is given them as the API would be)
+    wide = kind == "tabular" and table_dtype == torch.float64 and not (array.dtype.kind == "f" and array.itemsize <= 4)
     x = torch.from_numpy(np.array(array[:rows], dtype=np.float64 if wide else np.float32))
     return _Part(source, x, [f"{stem}-{i}" for i in range(len(x))], None, kind)
 

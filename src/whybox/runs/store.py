@@ -395,7 +395,7 @@ class RunStore:
         said = _config_changes(old, config) if "config" in changed else None
         what = {
             "config": said,
-            "data": "the inputs, their names or their labels differ",
+            "data": "the inputs (their values or the dtype they were read in), their names or their labels differ",
             "weights": "the model or its weights differ",
         }
 
