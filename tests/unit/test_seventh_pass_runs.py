@@ -329,18 +329,37 @@ def test_explain_into_a_used_folder_leaves_only_this_runs_overlays(
     args = ["explain", "--model", spec, str(x), "--method", "saliency", "--out", str(out)]
     assert CliRunner().invoke(cli, args).exit_code == 0
     assert len(list(out.glob("*.png"))) == 6
-    mine = ["notes.txt", "mine.png", "0001_notes.txt", "0001_x-1_saliency.png.bak", "0009 x saliency.png"]
+    # the user's own files, of whybox's forms of name too (tokens.html, an overlay-like PNG): whybox never wrote them
+    mine = ["notes.txt", "mine.png", "0001_notes.txt", "0001_x-1_saliency.png.bak", "0009 x saliency.png",
+            "tokens.html", "0007_x-7_occlusion.png"]  # fmt: skip
     for name in mine:
         (out / name).write_text("the user's")
-    (out / "tokens.html").write_text("an earlier text run's page")
-    (out / "0007_x-7_occlusion.png").write_bytes(b"an earlier occlusion run's overlay")
     res = CliRunner().invoke(cli, [*args, "--limit", "2"])
     assert res.exit_code == 0, res.output
     rows = whybox.Explanation.load(out / "explanation.safetensors").attributions.shape[0]
-    overlays = sorted(p.name for p in out.iterdir() if re.fullmatch(r"\d{4}_.*\.png", p.name))
+    overlays = sorted(p.name for p in out.iterdir() if re.fullmatch(r"\d{4}_x-\d_saliency\.png", p.name))
     assert rows == 2 and overlays == ["0000_x-0_saliency.png", "0001_x-1_saliency.png"]
-    assert sorted(p.name for p in out.iterdir()) == sorted([*overlays, *mine, "explanation.safetensors"])
+    kept = [*overlays, *mine, "explanation.safetensors", ".whybox-explain-files.json"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(kept)
     assert all((out / name).read_text() == "the user's" for name in mine)
+
+
+def test_explain_into_a_folder_whybox_never_wrote_removes_nothing(
+    files: tuple[str, Path, Path], tmp_path: Path
+) -> None:
+    """A review found the first cut deleted the user's files whose names fit the overlay pattern (explain --out .
+    in a folder of the user's 0001_cat_saliency.png, tokens.html): only files whybox listed as its own go."""
+    spec, x, _ = files
+    out = tmp_path / "mine"
+    out.mkdir()
+    mine = ["0001_cat_saliency.png", "0007_holiday_lime.png", "tokens.html", "0002_x-2_saliency.png"]
+    for name in mine:
+        (out / name).write_text("the user's")
+    args = ["explain", "--model", spec, str(x), "--method", "saliency", "--out", str(out), "--limit", "2"]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    assert all((out / name).read_text() == "the user's" for name in mine)
+    assert "removed" not in res.output
 
 
 def test_debug_into_a_used_folder_leaves_only_this_runs_mistake_figures(

@@ -477,8 +477,8 @@ def metrics_cmd() -> None:
     default=Path("whybox-explain"),
     show_default=True,
     help="Output folder (created if missing). The overlay PNGs (NNNN_<input>_<method>.png) and tokens.html that an "
-    "earlier explain left there and this one does not rewrite are removed, so the folder shows this explanation "
-    "only; other files are left alone.",
+    "earlier explain wrote there (listed in .whybox-explain-files.json) and this one does not rewrite are removed, "
+    "so the folder shows this explanation only; other files, your own of such names too, are left alone.",
 )
 @click.option(
     "--text",
@@ -581,14 +581,26 @@ def _explain_outputs() -> re.Pattern[str]:
     return re.compile(rf"\d{{4,}}_[A-Za-z0-9_-]{{1,40}}_(?:{methods})\.png|tokens\.html")
 
 
-def _remove_stale(out_dir: Path, pattern: re.Pattern[str], written: set[str]) -> None:
-    """Delete the files in ``out_dir`` whose whole name matches ``pattern`` (what an earlier run of the command
-    wrote there) but which this run did not write (``written``): an earlier, larger run's overlays beside this
-    run's results would show rows the results no longer hold. Files of other names are never touched."""
+def _remove_stale(out_dir: Path, pattern: re.Pattern[str], written: set[str], command: str = "explain") -> None:
+    """Delete the files an earlier run of ``command`` wrote in ``out_dir`` (listed in its manifest,
+    ``.whybox-<command>-files.json``, and of its naming ``pattern``) that this run did not write (``written``): an
+    earlier, larger run's overlays beside this run's results would show rows the results no longer hold. Only files
+    whybox itself listed go: a user's own file of the same form of name is never touched (a folder without a
+    manifest, one whybox never wrote or wrote before manifests, loses nothing). Then this run's list replaces the
+    manifest."""
+    manifest = out_dir / f".whybox-{command}-files.json"
+    try:
+        listed = json.loads(manifest.read_text(encoding="utf-8")) if manifest.is_file() else []
+        earlier = {str(n) for n in listed} if isinstance(listed, list) else set()
+    except (OSError, ValueError):  # unreadable: nothing is known to be whybox's
+        earlier = set()
     stale = [
-        p
-        for p in out_dir.iterdir()
-        if p.name not in written and pattern.fullmatch(p.name) and (p.is_file() or p.is_symlink())
+        out_dir / n
+        for n in sorted(earlier - written)
+        if "/" not in n
+        and "\\" not in n
+        and pattern.fullmatch(n)
+        and ((out_dir / n).is_file() or (out_dir / n).is_symlink())
     ]
     for p in stale:
         try:
@@ -597,6 +609,10 @@ def _remove_stale(out_dir: Path, pattern: re.Pattern[str], written: set[str]) ->
             raise _fail(f"--out: cannot remove {str(p)!r}, left by an earlier run: {exc.strerror or exc}") from None
     if stale:
         click.echo(f"removed {len(stale)} file(s) an earlier run left in {out_dir}", err=True)
+    try:
+        manifest.write_text(json.dumps(sorted(written)), encoding="utf-8")
+    except OSError as exc:
+        raise _fail(f"--out: cannot write {str(manifest)!r}: {exc.strerror or exc}") from None
 
 
 def methods_for(kind: str, model: Any) -> list[str]:

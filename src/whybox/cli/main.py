@@ -901,8 +901,8 @@ def _digits_dataset_run(methods: list[str], run_dir: Path, n: int, full: bool, d
     default=Path("whybox-debug"),
     show_default=True,
     help="Folder for mistakes.json and one PNG per mistake on images (created if missing). The mistake PNGs "
-    "(mistake_NNN_<index>.png) an earlier debug left there and this one does not rewrite are removed; other files "
-    "are left alone.",
+    "(mistake_NNN_<index>.png) an earlier debug wrote there (listed in .whybox-debug-files.json) and this one does "
+    "not rewrite are removed; other files, your own of such names too, are left alone.",
 )
 def debug_cmd(**params: Any) -> None:
     """Find the inputs the model gets wrong among labelled INPUTS (default: the digits CNN on digits-test) and show
@@ -1031,7 +1031,7 @@ def debug_cmd(**params: Any) -> None:
     (out_dir / "mistakes.json").write_text(json.dumps(records, indent=1), encoding="utf-8")
     figures = sum("figure" in r for r in records)
     _jobs._remove_stale(
-        out_dir, re.compile(r"mistake_\d{3,}_\d+\.png"), {r["figure"] for r in records if "figure" in r}
+        out_dir, re.compile(r"mistake_\d{3,}_\d+\.png"), {r["figure"] for r in records if "figure" in r}, "debug"
     )
     click.echo(f"wrote {out_dir / 'mistakes.json'}" + (f" and {figures} figures" if figures else ""))
 

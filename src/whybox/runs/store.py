@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import sqlite3
 import time
@@ -179,14 +180,25 @@ def read_row(run_dir: str | os.PathLike[str], array: str, row: int) -> np.ndarra
 
 def _array_whole(path: Path, last_row: int) -> bool:
     """Whether ``path`` is a readable ``.npy`` file with at least ``last_row + 1`` rows whose size holds what its
-    header promises (a truncated or overwritten file does not); memory-maps it, reading the header only."""
+    header promises (a truncated or overwritten file does not); reads the header alone (memory-mapping each file
+    cost 0.7 ms, 7 s for a run of 10,000 units)."""
+    from numpy.lib import format as npy_format
+
     try:
-        data = np.load(path, mmap_mode="r", allow_pickle=False)
-        rows = data.shape[0] if data.ndim else 0
-        del data
+        with open(path, "rb") as f:
+            version = npy_format.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = npy_format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, _, dtype = npy_format.read_array_header_2_0(f)
+            else:
+                return False
+            start, size = f.tell(), os.fstat(f.fileno()).st_size
     except (OSError, ValueError, EOFError):
         return False
-    return bool(rows > last_row)
+    if dtype.hasobject or not shape:
+        return False
+    return bool(shape[0] > last_row and size >= start + math.prod(shape) * dtype.itemsize)
 
 
 def _orphan_writes(arrays: Path) -> list[Path]:
@@ -379,8 +391,17 @@ class RunStore:
         except sqlite3.DatabaseError as exc:
             if _busy(exc):
                 raise _busy_error(self.db_path) from None
-            raise InvalidParameterError(
-                f"{str(self.db_path)!r} is not a whybox run database ({exc}); choose another run directory."
+            if (
+                not isinstance(exc, sqlite3.OperationalError)
+                or "no such table" in str(exc)
+                or "not a database" in str(exc)
+            ):
+                raise InvalidParameterError(
+                    f"{str(self.db_path)!r} is not a whybox run database ({exc}); choose another run directory."
+                ) from None
+            raise InvalidParameterError(  # read-only folder, full disk, unopenable file: the database is fine
+                f"{str(self.db_path)!r} cannot be written ({exc}); check the run directory's permissions and free "
+                "space, or choose another run directory."
             ) from None
 
     def _mismatch(
@@ -395,7 +416,7 @@ class RunStore:
         said = _config_changes(old, config) if "config" in changed else None
         what = {
             "config": said,
-            "data": "the inputs (their values or the dtype they were read in), their names or their labels differ",
+            "data": "the inputs, their names or their labels differ (values, or the dtype the inputs were read in)",
             "weights": "the model or its weights differ",
         }
 
