@@ -532,7 +532,9 @@ def test_explain_writes_the_api_explanation_and_one_overlay_per_image(runner: Cl
             assert im.size == (128, 128)
             pixels = np.asarray(im.convert("RGB"))
         assert (pixels[::16, ::16].repeat(16, 0).repeat(16, 1) == pixels).all()
-    assert sorted(p.name for p in out.iterdir()) == sorted([*pngs, "explanation.safetensors"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [*pngs, "explanation.safetensors", ".whybox-explain-files.json"]
+    )
 
 
 FLAT_PY = """
@@ -565,7 +567,7 @@ def test_explain_on_arrays_no_overlay_can_show_writes_the_explanation_and_says_w
     saved = whybox.Explanation.load(out / "explanation.safetensors")
     direct = whybox.explain(load_model(spec).module, torch.from_numpy(np.load(x)), "saliency", batch_size=64)
     assert torch.equal(saved.attributions, direct.attributions)
-    assert list(out.iterdir()) == [out / "explanation.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == [".whybox-explain-files.json", "explanation.safetensors"]
 
 
 SIGNAL_PY = """
@@ -639,7 +641,10 @@ def test_explain_on_a_csv_with_a_scikit_learn_factory_prints_the_top_features(ru
     assert saved.params["batch_size"] == 4096  # no --batch-size: an estimator's default (a torch model's is 64)
     assert saved.meta["feature_names"] == columns
     assert direct.target.tolist() == [0, 1, 2]  # the classifier gets these three right
-    assert list(out.iterdir()) == [out / "explanation.safetensors"]  # no images for a table
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".whybox-explain-files.json",
+        "explanation.safetensors",
+    ]  # no images for a table
     for i in range(3):
         line = next(line for line in result.stdout.splitlines() if line.startswith(f"  iris-{i}: "))
         assert line.startswith(f"  iris-{i}: explained '{i}' (p=")
@@ -1224,7 +1229,7 @@ def test_hostile_file_names_stay_inside_out_and_never_become_markup(runner: CliR
     result = invoke(runner, ["explain", "--model", "digits-cnn", images, "--method", "saliency", "--out", out])
     assert result.exit_code == 0, result.output
     written = [p for p in out.rglob("*")]
-    assert len(written) == len(HOSTILE) + 1  # one PNG per image and the explanation
+    assert len(written) == len(HOSTILE) + 2  # one PNG per image, the explanation and the list of its files
     for p in written:
         assert p.resolve().parent == out.resolve() and p.is_file()
     assert sorted(p for p in tmp_path.rglob("*") if out not in p.parents and p != out) == outside

@@ -419,3 +419,28 @@ def test_per_row_ids_of_a_square_sequence_warn_of_their_two_readings() -> None:
     e = whybox.explain(model, x, "saliency")
     with pytest.warns(AmbiguousIdsWarning, match=r"\(3, 1, 3\) \(one per row\)"):
         whybox.evaluate(model, x, e, "deletion", regions=torch.tensor([[0, 0, 1]] * 3))
+
+
+def test_the_t_equals_d_probe_takes_unhashable_preprocesses_and_keeps_no_model_alive() -> None:
+    """A preprocess object without __hash__ crashed the probe's memo, and a preprocess bound to the model (its own
+    norm layer) kept the model alive in the module-level memo: the answer now lives on that adapter."""
+    import gc
+    import weakref
+
+    class Scale:
+        def __eq__(self, other: object) -> bool:
+            return isinstance(other, Scale)
+
+        def __call__(self, t: torch.Tensor) -> torch.Tensor:
+            return t * 2
+
+    from whybox.models.adapter import is_sequence
+
+    model = NormThenPermute(5).eval()
+    x = torch.randn(2, 5, 5)
+    assert is_sequence(whybox.adapt(model, preprocess=Scale()), x)
+    assert is_sequence(whybox.adapt(model, preprocess=model.norm), x)
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None

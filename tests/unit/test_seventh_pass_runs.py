@@ -378,3 +378,16 @@ def test_debug_into_a_used_folder_leaves_only_this_runs_mistake_figures(
     figures = [r["figure"] for r in json.loads((out / "mistakes.json").read_text())]
     assert sorted(p.name for p in out.glob("mistake_*.png")) == sorted([*figures, "mistake_notes.png"])
     assert len(figures) == 1
+
+
+def test_the_list_of_explains_files_is_not_written_through_a_link_out_of_the_folder(
+    files: tuple[str, Path, Path], tmp_path: Path
+) -> None:
+    spec, x, _ = files
+    out, outside = tmp_path / "linked", tmp_path / "victim.txt"
+    out.mkdir()
+    outside.write_text("keep me")
+    (out / ".whybox-explain-files.json").symlink_to(outside)
+    res = CliRunner().invoke(cli, ["explain", "--model", spec, str(x), "--method", "saliency", "--out", str(out)])
+    assert res.exit_code == 2 and "Error: --out:" in res.output
+    assert outside.read_text() == "keep me"

@@ -154,6 +154,7 @@ def test_the_cli_reads_3d_arrays_of_a_recurrent_model_as_sequences(seq_files: tu
     )
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in ex.iterdir()) == [
+        ".whybox-explain-files.json",
         "0000_seq-0_lima.png",
         "0001_seq-1_lima.png",
         "explanation.safetensors",

@@ -527,7 +527,7 @@ def explain_cmd(ctx: click.Context, **params: Any) -> None:
 
     if ds.columns is not None:  # a CSV's header: the saved explanation names its attribution columns
         e.meta["feature_names"] = list(ds.columns)
-    e.save(output_path(out_dir, "explanation.safetensors"))
+    _save_explanation(e, output_path(out_dir, "explanation.safetensors"))
     probs = _probabilities(lm.module, ds.x)
     click.echo(
         f"{method}: {len(ds.names)} inputs in {seconds:.2f}s, {e.meta.get('n_forward', 0)} forward and "
@@ -581,6 +581,16 @@ def _explain_outputs() -> re.Pattern[str]:
     return re.compile(rf"\d{{4,}}_[A-Za-z0-9_-]{{1,40}}_(?:{methods})\.png|tokens\.html")
 
 
+def _save_explanation(e: Any, path: Path) -> None:
+    """``e.save(path)``; a folder that cannot be written (read-only, full) is an ``Error:`` line, not a traceback."""
+    try:
+        e.save(path)
+    except WhyboxError:
+        raise
+    except Exception as exc:  # OSError, or safetensors' own error wrapping one
+        raise _fail(f"--out: cannot write {str(path)!r}: {exc}") from None
+
+
 def _remove_stale(out_dir: Path, pattern: re.Pattern[str], written: set[str], command: str = "explain") -> None:
     """Delete the files an earlier run of ``command`` wrote in ``out_dir`` (listed in its manifest,
     ``.whybox-<command>-files.json``, and of its naming ``pattern``) that this run did not write (``written``): an
@@ -588,7 +598,12 @@ def _remove_stale(out_dir: Path, pattern: re.Pattern[str], written: set[str], co
     whybox itself listed go: a user's own file of the same form of name is never touched (a folder without a
     manifest, one whybox never wrote or wrote before manifests, loses nothing). Then this run's list replaces the
     manifest."""
-    manifest = out_dir / f".whybox-{command}-files.json"
+    from whybox.report import output_path
+
+    try:  # not through a link out of the folder
+        manifest = output_path(out_dir, f".whybox-{command}-files.json")
+    except WhyboxError as exc:
+        raise _fail(f"--out: {exc}") from None
     try:
         listed = json.loads(manifest.read_text(encoding="utf-8")) if manifest.is_file() else []
         earlier = {str(n) for n in listed} if isinstance(listed, list) else set()
@@ -746,7 +761,7 @@ def _explain_texts(lm: Any, ds: Any, method: str, target: Any, opts: dict[str, A
         raise _ModelFailed(f"{method} failed: {type(exc).__name__}: {exc}") from None
     seconds = time.perf_counter() - t0
     e = out.explanation
-    e.save(output_path(out_dir, "explanation.safetensors"))
+    _save_explanation(e, output_path(out_dir, "explanation.safetensors"))
     probs = _probabilities(lm.module, out.batch.inputs)
     click.echo(
         f"{method}: {len(ds.names)} texts in {seconds:.2f}s, {e.meta.get('n_forward', 0)} forward and "

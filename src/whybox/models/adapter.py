@@ -666,9 +666,15 @@ def _conv_reads_transposed(adapter: TorchAdapter, x: torch.Tensor) -> bool:
     changed. Where only the convolution's first time position changes, axis 1 is time (a per-step LayerNorm or Linear
     before the permute keeps that); where only its first channel changes, axis 1 is channels; anything else (an
     operation mixing both axes, a model that does not run) reads as a signal, as before. Remembered per model, input
-    shape, dtype and the adapter's preprocess."""
-    key = (tuple(x.shape[1:]), x.dtype, adapter.preprocess)  # a preprocess (a transpose) changes the answer
-    memo = _TRANSPOSED.setdefault(adapter.model, {})
+    shape and dtype (per adapter where it has a preprocess)."""
+    key = (tuple(x.shape[1:]), x.dtype)
+    # the answer is the model's, or with a preprocess (a transpose changes it) the adapter's own: kept on it, so it
+    # goes with the adapter (no preprocess is hashed or kept alive)
+    memo = (
+        _TRANSPOSED.setdefault(adapter.model, {})
+        if adapter.preprocess is None
+        else adapter.__dict__.setdefault("_transposed_memo", {})
+    )
     if key in memo:
         return memo[key]
     conv = next((m for m in adapter.model.modules() if isinstance(m, nn.Conv1d)), None)

@@ -341,8 +341,14 @@ class RunStore:
             raise InvalidParameterError(
                 f"the run directory {str(self.path)!r} is a file; choose a folder (new or holding a run)."
             )
-        self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / "arrays").mkdir(exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            (self.path / "arrays").mkdir(exist_ok=True)
+        except OSError as exc:
+            raise InvalidParameterError(
+                f"the run directory {str(self.path)!r} cannot be written ({exc.strerror or exc}); check its "
+                "permissions and free space, or choose another folder."
+            ) from None
         for tmp in _orphan_writes(self.path / "arrays"):  # a killed run's unfinished write: never committed
             tmp.unlink(missing_ok=True)
         self.db_path = self.path / DB_NAME
