@@ -444,3 +444,49 @@ def test_the_t_equals_d_probe_takes_unhashable_preprocesses_and_keeps_no_model_a
     del model
     gc.collect()
     assert ref() is None
+
+
+def test_lima_paints_a_label_map_shared_along_time_over_the_whole_input() -> None:
+    """Feature groups (1, 1, D) of a sequence, channel groups (1, C, 1) of a signal: LIMA painted them at the map's
+    own shape ((B, 1, D), (B, C, 1)), which deletion refused and to_map read as (B, 1); now over every step."""
+    model, x = _gru()
+    groups = torch.tensor([0, 0, 1]).view(1, 1, 3)
+    e = whybox.explain(model, x, "lima", regions=groups, search="naive")
+    assert e.attributions.shape == x.shape and e.to_map().shape == (3, 9)
+    assert torch.equal(e.attributions, e.attributions[:, :1].expand_as(e.attributions))
+    whybox.evaluate(model, x, e, "deletion")
+    torch.manual_seed(0)
+    sig = nn.Sequential(nn.Conv1d(2, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(),
+                        nn.Linear(4, 3)).double().eval()  # fmt: skip
+    s = torch.randn(2, 2, 12, dtype=torch.float64)
+    es = whybox.explain(sig, s, "lima", regions=torch.tensor([0, 1]).view(1, 2, 1), search="naive")
+    assert es.attributions.shape == s.shape
+    whybox.evaluate(sig, s, es, "deletion")
+
+
+def test_lima_reads_region_ids_per_time_step_of_a_sequence_as_the_metrics_do() -> None:
+    """(B, T) ids were refused at T != D (and read along the features at T == D); they are one id per step, the
+    explanation of the same ids as (B, T, 1)."""
+    model, x = _gru()
+    ids = (torch.arange(9) // 3).expand(3, 9)
+    a = whybox.explain(model, x, "lima", regions=ids, search="naive")
+    b = whybox.explain(model, x, "lima", regions=ids.unsqueeze(-1), search="naive")
+    torch.testing.assert_close(a.attributions, b.attributions, rtol=0, atol=0)
+
+
+def test_lima_spans_on_a_texts_tokens(make_text_classifier: Any) -> None:
+    """regions='spans' (LIMA.md: token spans) refused every text model, whose packed rows are (B, T, ...); the spans
+    are the same regions as a (T, 1) label map."""
+    clf = make_text_classifier()
+    texts = ["not a good film but very fun"]
+    t = clf.encode(texts).inputs.shape[1]
+    spans = whybox.explain_text(clf, texts, "lima", regions="spans", groups=[(0, 4), (4, t)], search="naive")
+    label_map = whybox.explain_text(clf, texts, "lima", regions=torch.tensor([0] * 4 + [1] * (t - 4)).view(t, 1),
+                                    search="naive")  # fmt: skip
+    assert spans.words == label_map.words
+
+
+def test_lima_names_the_time_kinds_when_an_image_kind_is_asked_of_a_sequence() -> None:
+    model, x = _gru()
+    with pytest.raises(whybox.errors.InvalidInputError, match=r"Use regions='segments' \(windows along time"):
+        whybox.explain(model, x, "lima", regions="superpixels")

@@ -1,7 +1,7 @@
 """Feature groups, fills and the one perturbation loop (the masking engine)."""
 
 from whybox.masking.engine import MaskingEngine
-from whybox.masking.features import FeatureGroups, cells, columns, grid, pixels, segments, superpixels
+from whybox.masking.features import FeatureGroups, cells, columns, grid, pixels, segments, step_ids, superpixels
 from whybox.masking.fills import FILLS, gaussian_blur, make_fill
 
 __all__ = [
@@ -15,5 +15,6 @@ __all__ = [
     "make_fill",
     "pixels",
     "segments",
+    "step_ids",
     "superpixels",
 ]

@@ -24,6 +24,7 @@ __all__ = [
     "grid",
     "pixels",
     "segments",
+    "step_ids",
     "superpixels",
 ]
 
@@ -102,6 +103,33 @@ def broadcast_ids(ids: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
     if any(gs not in (1, xs) for gs, xs in zip(g.shape[1:], x.shape[1:], strict=True)):
         return None
     return g.expand(x.shape[0], *g.shape[1:]).contiguous()
+
+
+def step_ids(ids: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
+    """Region ids of a sequence ``x`` ``(B, T, D)`` given one per time step, ``(T,)``, ``(1, T)`` or ``(B, T)``, as
+    ``(n, T, 1)`` (shared by the step's D features); ``None`` for ids of another form (``(B, T, 1)``, per element
+    ``(T, D)`` or ``(B, T, D)``, per feature ``(1, 1, D)``), which broadcast as they are. Where T == D a 1-D,
+    one-row or (B, T) map could also be per feature: it is read per step, with an :class:`AmbiguousIdsWarning`."""
+    t, d = x.shape[1], x.shape[2]
+    one_row = ids.ndim == 1 or (ids.ndim == 2 and ids.shape[0] == 1)
+    if not (
+        (ids.ndim == 1 and ids.shape[0] == t)
+        or (ids.ndim == 2 and ids.shape[1] == t and ids.shape[0] in (1, x.shape[0]))
+    ):
+        return None
+    if t == d and (one_row or ids.shape[0] == x.shape[0]):  # (B, T) or (B, D): either reading fits
+        import warnings
+
+        from whybox.models._guard import _user_stacklevel
+
+        warnings.warn(
+            f"region ids of shape {tuple(ids.shape)} for sequences of {t} steps of {d} features are read one per time "
+            f"step; for ids per feature, shared by the steps, pass them as (1, 1, {d}) (one map for all rows) or "
+            f"({x.shape[0]}, 1, {d}) (one per row).",
+            AmbiguousIdsWarning,
+            stacklevel=_user_stacklevel(),
+        )
+    return ids.reshape(-1, t, 1)
 
 
 def _image(x: torch.Tensor, what: str) -> None:

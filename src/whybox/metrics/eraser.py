@@ -26,9 +26,9 @@ import torch
 
 from whybox.errors import InvalidInputError, InvalidParameterError, did_you_mean
 from whybox.masking.engine import repeat_last
-from whybox.masking.features import FeatureGroups, broadcast_ids, groups_touched, segments
+from whybox.masking.features import FeatureGroups, broadcast_ids, groups_touched, segments, step_ids
 from whybox.masking.fills import FillLike
-from whybox.metrics.base import Context, Metric, reads_sequence, row_widths, step_ids, tie_order
+from whybox.metrics.base import Context, Metric, reads_sequence, row_widths, tie_order
 from whybox.metrics.faithfulness import _check_fill, resolve_fill
 from whybox.models.inputs import label_map_option, note_option_columns
 from whybox.models.targets import apply_score_space

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from whybox.errors import InvalidInputError, InvalidParameterError, check_bool
 from whybox.masking.engine import repeat_last
-from whybox.masking.features import FeatureGroups, broadcast_ids, cells, groups_touched
+from whybox.masking.features import FeatureGroups, broadcast_ids, cells, groups_touched, step_ids
 from whybox.masking.fills import FillLike, make_fill
 from whybox.metrics.base import (
     Context,
@@ -40,7 +40,6 @@ from whybox.metrics.base import (
     row_keys,
     row_widths,
     spearman,
-    step_ids,
     text_positions,
     tie_order,
     trapezoid,

@@ -326,7 +326,7 @@ class Lima(PerturbationExplainer):
 
     def _build(self, kind: str | None, x: torch.Tensor) -> R.RegionMap:
         if kind is None:
-            return R.from_label_map(self.regions, x)
+            return R.from_label_map(self.regions, x, sequence=is_sequence(self.adapter, x))
         packing = getattr(self.adapter, "packing", None)
         if self.regions == "auto" and packing is not None and packing.has_image:
             # a model of several inputs with an image among them: the image in patches, the others value by value
@@ -493,6 +493,13 @@ class Lima(PerturbationExplainer):
         attr = vals_dev.gather(1, labels.reshape(b, -1)).view(labels.shape)
         if null is not None:
             attr = attr.masked_fill(null.to(attr.device), 0.0)
+        # a label map shared along the time or space axes (feature groups (1, 1, D) of a sequence, channel groups
+        # (1, C, 1) of a signal) is painted over them: the map reads as every other of its kind ((B, T, D), (B, C, L))
+        along = (
+            range(2, x.ndim) if x.ndim == 4 else ((2,) if is_signal(self.adapter, x) else (1,)) if x.ndim == 3 else (1,)
+        )
+        if attr.ndim == x.ndim and any(attr.shape[a] == 1 < x.shape[a] for a in along):
+            attr = attr.expand(x.shape).contiguous()
         dev = x.device
         meta = {
             "order": order.to(dev),

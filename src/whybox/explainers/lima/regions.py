@@ -154,10 +154,12 @@ def merge_null(region_map: RegionMap, x: torch.Tensor, fills: torch.Tensor) -> t
     return _finish(merged.view(labels.shape), x, region_map.kind), null_elements.view(labels.shape)
 
 
-def from_label_map(labels: Any, x: torch.Tensor) -> RegionMap:
+def from_label_map(labels: Any, x: torch.Tensor, *, sequence: bool = False) -> RegionMap:
     """A user's integer label map as a checked partition.
 
-    Accepts ``(B, *G)``, ``(*G)`` (shared by the rows) or ``(H, W)`` for images; ids are compacted per row to
+    Accepts ``(B, *G)``, ``(*G)`` (shared by the rows) or ``(H, W)`` for images, and for sequences ``(B, T, D)``
+    (``sequence``) ids per time step ``(B, T)``, ``(1, T)`` or ``(T,)`` (:func:`whybox.masking.step_ids`, as the
+    metrics read them); ids are compacted per row to
     ``0..N_b-1`` in increasing order (``meta["regions"]`` holds the compacted map). Negative ids mean an
     element belongs to no region and are refused, as are maps that do not fit the inputs.
     """
@@ -170,7 +172,8 @@ def from_label_map(labels: Any, x: torch.Tensor) -> RegionMap:
         return from_masks(labels, x)
     if labels.is_floating_point() or labels.is_complex():
         raise InvalidParameterError(f"regions: a label map must hold integer region ids; got dtype {labels.dtype}.")
-    g = F.broadcast_ids(labels, x)
+    per_step = F.step_ids(labels, x) if sequence and x.ndim == 3 else None
+    g = F.broadcast_ids(labels if per_step is None else per_step, x)
     if g is None:
         raise InvalidParameterError(
             f"regions: label map of shape {tuple(labels.shape)} does not fit inputs {tuple(x.shape)}; pass "
@@ -231,7 +234,12 @@ def _image(x: torch.Tensor, what: str) -> None:
     if x.ndim != 4:
         raise InvalidInputError(
             f"regions={what!r} needs images (B, C, H, W); got inputs of shape {tuple(x.shape)}. Use "
-            "regions='columns' or 'spans' for (B, F) rows, or pass a label map."
+            + (
+                "regions='segments' (windows along time; 'grid' is the same there) for 1-D signals and sequences, "
+                "'spans' for a text's tokens, or pass a label map."
+                if x.ndim == 3
+                else "regions='columns' or 'spans' for (B, F) rows, or pass a label map."
+            )
         )
 
 
@@ -380,12 +388,13 @@ def _ids(groups: Any, n: int, what: str) -> torch.Tensor:
 
 
 def spans(x: torch.Tensor, *, groups: Any) -> RegionMap:
-    """Token rows ``(B, T)``: regions from explicit spans ``[(start, stop), ...]`` (half-open, disjoint, covering
-    ``0..T-1``) or from per-token group ids ``(T,)``."""
-    if x.ndim != 2:
+    """Token rows ``(B, T)``, or the packed token rows ``(B, T, ...)`` of a text adapter: regions from explicit
+    spans ``[(start, stop), ...]`` (half-open, disjoint, covering ``0..T-1``) or from per-token group ids ``(T,)``
+    (on packed rows ``(B, T, 1)``, each position's channels together)."""
+    if x.ndim not in (2, 3):
         raise InvalidInputError(
-            f"regions='spans' needs token rows (B, T); got inputs of shape {tuple(x.shape)}. Pass a label map for "
-            "other layouts."
+            f"regions='spans' needs token rows (B, T) or a text adapter's packed rows (B, T, ...); got inputs of "
+            f"shape {tuple(x.shape)}. Pass a label map for other layouts."
         )
     t = x.shape[1]
     if groups is None:
@@ -414,4 +423,5 @@ def spans(x: torch.Tensor, *, groups: Any) -> RegionMap:
             )
     else:
         lab = _ids(groups, t, "groups")
-    return _finish(lab.to(x.device).unsqueeze(0).expand(x.shape[0], -1).contiguous(), x, "spans")
+    lab = lab.to(x.device).unsqueeze(0).expand(x.shape[0], -1)
+    return _finish((lab.unsqueeze(2) if x.ndim == 3 else lab).contiguous(), x, "spans")
