@@ -199,16 +199,19 @@ def test_every_metric_gives_on_cuda_what_it_gives_on_the_cpu(name: str) -> None:
     masks = torch.zeros(B, H, W, dtype=torch.bool)
     masks[:, 2:6, 3:8] = True
     kw = {**({"masks": masks} if name in MASKS else {}), **METRIC_FAST.get(name, {})}
+    compare_metric(model, x, e, name, kw)
+
+
+def compare_metric(model: nn.Module, x: torch.Tensor, e: whybox.Explanation, name: str, kw: dict[str, Any]) -> None:
+    """The metric on the CPU and with the model, inputs, explanation and tensor options on DEVICE: the same scores
+    and curves, the model as it came."""
     r_cpu = whybox.evaluate(model, x, e, name, seed=4, **kw)
     gpu_model = on_cuda(model)
     before = state(gpu_model)
     e_gpu = whybox.Explanation(
-        attributions=e.attributions.to(DEVICE),
-        target=e.target.to(DEVICE),
-        method=e.method,
-        params=e.params,
+        attributions=e.attributions.to(DEVICE), target=e.target.to(DEVICE), method=e.method, params=e.params,
         meta=e.meta,
-    )
+    )  # fmt: skip
     kw_gpu = {k: (v.to(DEVICE) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
     r_gpu = whybox.evaluate(gpu_model, x.to(DEVICE), e_gpu, name, seed=4, **kw_gpu)
     assert_same_state(before, state(gpu_model))
@@ -474,25 +477,12 @@ def test_every_metric_on_a_recurrent_model_gives_on_cuda_what_it_gives_on_the_cp
     model, x = kind_case("sequence")
     model.eval()
     e = whybox.explain(model, x, "saliency", target=[1, 2, 0])
-    kw = METRIC_FAST.get(name, {})
-    r_cpu = whybox.evaluate(model, x, e, name, seed=4, **kw)
-    gpu_model = on_cuda(model)
-    before = state(gpu_model)
-    e_gpu = whybox.Explanation(
-        attributions=e.attributions.to(DEVICE), target=e.target.to(DEVICE), method=e.method, params=e.params,
-        meta=e.meta,
-    )  # fmt: skip
-    r_gpu = whybox.evaluate(gpu_model, x.to(DEVICE), e_gpu, name, seed=4, **kw)
-    assert_same_state(before, state(gpu_model))
-    torch.testing.assert_close(r_gpu.scores.cpu(), r_cpu.scores, rtol=1e-6, atol=1e-9, equal_nan=True)
-    assert r_gpu.curves.keys() == r_cpu.curves.keys()
-    for k, v in r_cpu.curves.items():
-        torch.testing.assert_close(r_gpu.curves[k].cpu(), v, rtol=1e-6, atol=1e-9, equal_nan=True, msg=k)
+    compare_metric(model, x, e, name, METRIC_FAST.get(name, {}))
 
 
 class _StackedLSTM(nn.Module):
-    """Two LSTM layers with dropout between them: in training mode another function, so its gradients on CUDA are
-    taken without cuDNN; the packed variant feeds it a PackedSequence of unequal lengths."""
+    """Two LSTM layers with dropout between them: in training mode another function, so its CUDA gradient passes
+    run in training mode with that dropout at 0; the packed variant feeds it a PackedSequence of unequal lengths."""
 
     def __init__(self, packed: bool = False) -> None:
         super().__init__()
@@ -511,8 +501,8 @@ class _StackedLSTM(nn.Module):
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("method", ["saliency", "integrated_gradients", "smoothgrad"])
 def test_gradients_of_a_stacked_lstm_with_dropout_on_cuda(method: str, packed: bool) -> None:
-    """The layer whose training mode differs (dropout between layers) runs without cuDNN while gradients are taken:
-    the CPU's maps, cuDNN's switch and the layer's mode as they were."""
+    """The layer whose training mode differs (dropout between layers) takes its gradient passes in training mode with
+    its dropout at 0: the CPU's maps, cuDNN's switch, the layer's mode and dropout as they were."""
     torch.manual_seed(0)
     model = _StackedLSTM(packed).double().eval()
     x = torch.randn(B, 7, 4, dtype=torch.float64)
