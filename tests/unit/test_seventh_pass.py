@@ -490,3 +490,17 @@ def test_lima_names_the_time_kinds_when_an_image_kind_is_asked_of_a_sequence() -
     model, x = _gru()
     with pytest.raises(whybox.errors.InvalidInputError, match=r"Use regions='segments' \(windows along time"):
         whybox.explain(model, x, "lima", regions="superpixels")
+
+
+def test_lima_spreads_a_shared_label_map_over_space_only_not_over_the_channels() -> None:
+    """A (1, 1, 1, W) map of column regions gives what the same regions as an (H, W) map give, (B, 1, H, W): the
+    first cut of the spreading painted it over the channels too (to_map 3 times larger)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 3)).double().eval()  # fmt: skip
+    x = torch.rand(2, 3, 6, 6, dtype=torch.float64)
+    cols = torch.tensor([0, 0, 1, 1, 2, 2])
+    a = whybox.explain(model, x, "lima", regions=cols.view(1, 1, 1, 6), search="naive")
+    b = whybox.explain(model, x, "lima", regions=cols.expand(6, 6), search="naive")
+    assert a.attributions.shape == b.attributions.shape == (2, 1, 6, 6)
+    torch.testing.assert_close(a.attributions, b.attributions, rtol=0, atol=0)

@@ -496,10 +496,11 @@ class Lima(PerturbationExplainer):
         # a label map shared along the time or space axes (feature groups (1, 1, D) of a sequence, channel groups
         # (1, C, 1) of a signal) is painted over them: the map reads as every other of its kind ((B, T, D), (B, C, L))
         along = (
-            range(2, x.ndim) if x.ndim == 4 else ((2,) if is_signal(self.adapter, x) else (1,)) if x.ndim == 3 else (1,)
+            range(2, x.ndim) if x.ndim >= 4 else ((2,) if is_signal(self.adapter, x) else (1,)) if x.ndim == 3 else (1,)
         )
-        if attr.ndim == x.ndim and any(attr.shape[a] == 1 < x.shape[a] for a in along):
-            attr = attr.expand(x.shape).contiguous()
+        if attr.ndim == x.ndim and any(attr.shape[a] == 1 < x.shape[a] for a in along):  # those axes alone: an
+            # image map shared by the channels stays (B, 1, H, W)
+            attr = attr.expand(*(x.shape[a] if a in along else attr.shape[a] for a in range(x.ndim))).contiguous()
         dev = x.device
         meta = {
             "order": order.to(dev),
