@@ -9,6 +9,7 @@ error (``culprits``), shown as a mask.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -373,7 +374,14 @@ def find_mistakes(
     if signal:  # a signal's windows: (B, 1, L), shared by the channels
         regions = regions.reshape(-1, 1, x.shape[-1]).expand(x.shape[0], 1, x.shape[-1])
     elif not packed_text and not sequence:
-        regions = regions.reshape(x.shape[0], *regions.shape[-(2 if x.ndim == 4 else 1) :])
+        tail = tuple(regions.shape[-(2 if x.ndim == 4 else 1) :])
+        if regions.numel() != x.shape[0] * math.prod(tail) or (x.ndim == 4 and tail != tuple(x.shape[-2:])):
+            raise InvalidParameterError(
+                f"regions of shape {tuple(regions.shape)} are not a label map find_mistakes can step through on "
+                f"inputs {tuple(x.shape)}: give one id per pixel, shared by the channels, (H, W), (1, H, W) or one "
+                "map per input (N, H, W) / (N, 1, H, W) for images, one id per column (F,) or (N, F) for rows."
+            )
+        regions = regions.reshape(x.shape[0], *tail)
     # images: the label map as is; rows: the column ids as feature groups (the metric's own form for non-images)
     ids = regions.long().unsqueeze(-1) if packed_text else regions.long()  # a text's word ids as (B, T, 1)
     metric_regions: Any = regions if x.ndim == 4 else FeatureGroups(ids, int(regions.max()) + 1, "regions")

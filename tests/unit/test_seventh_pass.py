@@ -504,3 +504,16 @@ def test_lima_spreads_a_shared_label_map_over_space_only_not_over_the_channels()
     b = whybox.explain(model, x, "lima", regions=cols.expand(6, 6), search="naive")
     assert a.attributions.shape == b.attributions.shape == (2, 1, 6, 6)
     torch.testing.assert_close(a.attributions, b.attributions, rtol=0, atol=0)
+
+
+def test_find_mistakes_refuses_an_image_label_map_of_channel_groups_with_a_clear_error() -> None:
+    """(1, C, 1, 1) channel groups: LIMA takes them, but the insertion steps of find_mistakes go over pixels; it
+    failed with torch's reshape error."""
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                        nn.Linear(16, 3)).eval()  # fmt: skip
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        labels = (cnn(x).argmax(-1) + 1) % 3
+    with pytest.raises(whybox.errors.InvalidParameterError, match=r"one id per pixel, shared by the channels"):
+        whybox.find_mistakes(cnn, x, labels, regions=torch.arange(3).reshape(1, 3, 1, 1))
