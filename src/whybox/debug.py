@@ -474,6 +474,23 @@ def _mistakes_regions(regions: torch.Tensor, inputs: torch.Tensor, wrong: torch.
         regions = regions[:, 0]  # (N, 1, H, W) images, (N, 1, L) signals
     per_input = inputs.ndim in (2, 3, 4) and regions.ndim == (3 if inputs.ndim == 4 else 2)  # (N, H, W), (N, L|F)
     if not per_input:
+        tail = tuple(inputs.shape[-2:]) if inputs.ndim == 4 else tuple(inputs.shape[-1:])
+        one = tuple(regions.shape[regions.ndim - len(tail) :]) == tail and all(
+            d == 1 for d in regions.shape[: -len(tail)]
+        )
+        if inputs.ndim in (2, 3, 4) and not one:  # checked here, against the user's inputs (not the mistakes' rows)
+            what = (
+                "(H, W) or (1, H, W)"
+                if inputs.ndim == 4
+                else "(L,) or (1, L)"
+                if inputs.ndim == 3
+                else "(F,) or (1, F)"
+            )
+            per = f"({inputs.shape[0]}, {', '.join(map(str, tail))})"
+            raise InvalidParameterError(
+                f"regions of shape {tuple(regions.shape)} do not fit inputs {tuple(inputs.shape)}: give one label map "
+                f"for all, {what} = {tail if len(tail) > 1 else tail[0]}, or one per input, {per}."
+            )
         return regions
     if regions.shape[0] == inputs.shape[0]:
         cut = regions[wrong.to(regions.device)]

@@ -515,5 +515,32 @@ def test_find_mistakes_refuses_an_image_label_map_of_channel_groups_with_a_clear
     x = torch.rand(2, 3, 8, 8)
     with torch.no_grad():
         labels = (cnn(x).argmax(-1) + 1) % 3
-    with pytest.raises(whybox.errors.InvalidParameterError, match=r"one id per pixel, shared by the channels"):
+    with pytest.raises(whybox.errors.InvalidParameterError, match=r"\(1, 3, 1, 1\) do not fit inputs \(2, 3, 8, 8\)"):
         whybox.find_mistakes(cnn, x, labels, regions=torch.arange(3).reshape(1, 3, 1, 1))
+
+
+def test_find_mistakes_names_the_users_own_inputs_when_a_label_map_does_not_fit() -> None:
+    """A (4, 8) map on 12 images of 8 x 8 was checked against the 8 mistakes' rows, and the error's advice ((8, 8, 8))
+    was then refused; the error names the user's inputs and the shapes that fit them."""
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                        nn.Linear(16, 3)).eval()  # fmt: skip
+    x = torch.rand(12, 1, 8, 8)
+    with torch.no_grad():
+        labels = (cnn(x).argmax(-1) + 1) % 3  # every row wrong
+    with pytest.raises(
+        whybox.errors.InvalidParameterError, match=r"inputs \(12, 1, 8, 8\).*one per input, \(12, 8, 8\)"
+    ):
+        whybox.find_mistakes(cnn, x, labels, method="occlusion", regions=torch.zeros(4, 8, dtype=torch.long))
+    report = whybox.find_mistakes(cnn, x, labels, method="occlusion", regions=torch.zeros(12, 8, 8, dtype=torch.long))
+    assert report.n_wrong == 12
+
+
+def test_roar_names_an_empty_split() -> None:
+    from whybox.metrics.roar import roar
+
+    x = torch.rand(4, 1, 4, 4)
+    y = torch.arange(4) % 2
+    with pytest.raises(whybox.errors.InvalidInputError, match=r"x_test holds no images"):
+        roar(["saliency"], data=(x, y, x[:0], y[:0]), model_fn=lambda: nn.Sequential(nn.Flatten(), nn.Linear(16, 2)),
+             explain_model=nn.Sequential(nn.Flatten(), nn.Linear(16, 2)))  # fmt: skip

@@ -255,6 +255,10 @@ def roar(
             )
         if arr.ndim != 4:
             raise InvalidInputError(f"{name} must be images (N, C, H, W); got shape {tuple(arr.shape)}.")
+        if arr.shape[0] == 0:
+            raise InvalidInputError(
+                f"{name} holds no images (shape {tuple(arr.shape)}); ROAR trains and tests on both."
+            )
         bad = ~torch.isfinite(arr.reshape(arr.shape[0], -1)).all(1) if arr.is_floating_point() else None
         if bad is not None and bool(bad.any()):
             raise InvalidInputError(
