@@ -544,3 +544,27 @@ def test_roar_names_an_empty_split() -> None:
     with pytest.raises(whybox.errors.InvalidInputError, match=r"x_test holds no images"):
         roar(["saliency"], data=(x, y, x[:0], y[:0]), model_fn=lambda: nn.Sequential(nn.Flatten(), nn.Linear(16, 2)),
              explain_model=nn.Sequential(nn.Flatten(), nn.Linear(16, 2)))  # fmt: skip
+
+
+@pytest.mark.parametrize("bad", [0, 1, -3, "64", None])
+def test_adapt_text_checks_max_length(bad: Any, make_text_classifier: Any) -> None:
+    """max_length 0 or 1 turned truncation off silently (an 82-token text then crashed inside the model), -3, '64'
+    and None raised raw Python errors."""
+    clf = make_text_classifier()
+    with pytest.raises(whybox.errors.InvalidParameterError, match=r"max_length"):
+        whybox.adapt_text(clf.model, clf.tokenizer, max_length=bad)
+
+
+@pytest.mark.parametrize("option", [{"references": "a sad story"}, {"pooling": "cls"}, {"pooling": "bogus"}])
+def test_adapt_text_refuses_encoder_options_for_a_classifier(option: dict[str, Any], make_text_classifier: Any) -> None:
+    clf = make_text_classifier()
+    with pytest.raises(whybox.errors.InvalidParameterError, match=r"apply to kind='embedding'"):
+        whybox.adapt_text(clf.model, clf.tokenizer, **option)
+
+
+def test_a_black_box_text_model_names_the_empty_text() -> None:
+    from whybox.models.blackbox_text import BlackBoxTextAdapter
+
+    box = BlackBoxTextAdapter(lambda texts: torch.rand(len(texts), 2))
+    with pytest.raises(whybox.errors.InvalidInputError, match=r"texts\[2\] is ''"):
+        box.encode(["good movie", "great", ""])

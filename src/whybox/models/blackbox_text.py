@@ -156,8 +156,14 @@ class BlackBoxTextAdapter(ModelAdapter):
         if isinstance(texts, str):
             texts = [texts]
         texts = list(texts)
-        if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
-            raise InvalidInputError("texts must be a non-empty string or a list of non-empty strings.")
+        if not texts:
+            raise InvalidInputError("texts must be a non-empty string or a list of non-empty strings; got none.")
+        bad = next((i for i, t in enumerate(texts) if not (isinstance(t, str) and t.strip())), None)
+        if bad is not None:
+            raise InvalidInputError(
+                f"texts must be a non-empty string or a list of non-empty strings; texts[{bad}] is {texts[bad]!r} "
+                "(a black box's words are its non-space runs: such a text has none to explain; drop it)."
+            )
         words = [_WORD.findall(t) for t in texts]
         w = max(len(ws) for ws in words)
         x = torch.zeros(len(texts), w + 1, dtype=torch.float64)

@@ -591,9 +591,28 @@ def adapt_text(
         )
     if not callable(tokenizer):
         raise InvalidParameterError(f"tokenizer must be a Hugging Face tokenizer; got {type(tokenizer).__name__}.")
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+        raise InvalidParameterError(
+            f"max_length must be a positive int, the number of tokens a text is cut to; got {max_length!r}."
+        )
+    count = getattr(tokenizer, "num_special_tokens_to_add", None)
+    specials = int(count(pair=False)) if callable(count) else 0
+    if max_length <= specials:  # the tokenizer would then not cut at all (and no warning would say so)
+        raise InvalidParameterError(
+            f"max_length={max_length} leaves no room for a token beside the tokenizer's {specials} special tokens; "
+            f"pass at least {specials + 1} (the default is 128)."
+        )
     limit = token_limit(model)
     if limit is not None and max_length > limit:  # the position table ends there: longer texts are cut (and warned)
         max_length = limit
+    if kind in ("classifier", "multilabel") and (references is not None or pooling != "mean"):
+        given = ", ".join(
+            f"{k}={v!r}" for k, v in (("references", references), ("pooling", pooling)) if v not in (None, "mean")
+        )
+        raise InvalidParameterError(
+            f"{given}: references= and pooling= apply to kind='embedding' (a sentence encoder) only; a "
+            f"kind={kind!r} model's scores are its logits. Leave them out, or pass kind='embedding'."
+        )
     if kind in ("classifier", "multilabel"):
         adapter = TextClassifierAdapter(model, tokenizer, max_length=max_length)
         adapter.kind = "multilabel" if kind == "multilabel" or declares_multilabel(model) else "classifier"
