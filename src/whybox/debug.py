@@ -9,7 +9,6 @@ error (``culprits``), shown as a mask.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -374,14 +373,7 @@ def find_mistakes(
     if signal:  # a signal's windows: (B, 1, L), shared by the channels
         regions = regions.reshape(-1, 1, x.shape[-1]).expand(x.shape[0], 1, x.shape[-1])
     elif not packed_text and not sequence:
-        tail = tuple(regions.shape[-(2 if x.ndim == 4 else 1) :])
-        if regions.numel() != x.shape[0] * math.prod(tail) or (x.ndim == 4 and tail != tuple(x.shape[-2:])):
-            raise InvalidParameterError(
-                f"regions of shape {tuple(regions.shape)} are not a label map find_mistakes can step through on "
-                f"inputs {tuple(x.shape)}: give one id per pixel, shared by the channels, (H, W), (1, H, W) or one "
-                "map per input (N, H, W) / (N, 1, H, W) for images, one id per column (F,) or (N, F) for rows."
-            )
-        regions = regions.reshape(x.shape[0], *tail)
+        regions = regions.reshape(x.shape[0], *regions.shape[-(2 if x.ndim == 4 else 1) :])
     # images: the label map as is; rows: the column ids as feature groups (the metric's own form for non-images)
     ids = regions.long().unsqueeze(-1) if packed_text else regions.long()  # a text's word ids as (B, T, 1)
     metric_regions: Any = regions if x.ndim == 4 else FeatureGroups(ids, int(regions.max()) + 1, "regions")
@@ -492,6 +484,19 @@ def _mistakes_regions(regions: torch.Tensor, inputs: torch.Tensor, wrong: torch.
                 f"for all, {what} = {tail if len(tail) > 1 else tail[0]}, or one per input, {per}."
             )
         return regions
+    tail = tuple(inputs.shape[-2:]) if inputs.ndim == 4 else tuple(inputs.shape[-1:])
+    if tuple(regions.shape[1:]) != tail:  # one map per input, each of another size than the inputs'
+        raise InvalidParameterError(
+            f"regions of shape {tuple(regions.shape)} do not fit inputs {tuple(inputs.shape)}: each input's label "
+            f"map must be {tail if len(tail) > 1 else tail[0]}, one id per "
+            + (
+                "pixel (shared by the channels)."
+                if inputs.ndim == 4
+                else "time step."
+                if inputs.ndim == 3
+                else "column."
+            )
+        )
     if regions.shape[0] == inputs.shape[0]:
         cut = regions[wrong.to(regions.device)]
         return cut.unsqueeze(1) if inputs.ndim in (3, 4) else cut  # images (B, 1, H, W), signals (B, 1, L)

@@ -169,22 +169,27 @@ def test_mufidelity_refuses_grid_size_where_there_is_no_image() -> None:
         whybox.evaluate(model, x, e, "mufidelity", grid_size=2, n_samples=8)
 
 
-def test_a_recurrent_layer_that_raises_leaves_cudnn_as_it_was() -> None:
-    """The hooks that let CUDA gradients through an eval-mode recurrent layer (training mode with its dropout at 0
-    for that forward) are removed with the call, and the layer is back in eval mode with its dropout, also after a
-    forward that raised; cuDNN's process-wide switch is never touched (on the CPU the hooks change nothing)."""
+def test_the_guard_hooks_no_recurrent_layer_whose_weights_are_on_the_cpu() -> None:
+    """The hooks that take CUDA gradients through an eval-mode recurrent layer are set only where cuDNN runs it: a
+    CPU layer gets none during the call (they cost two Python calls per forward and showed the user's own forward
+    hooks training=True), and none is left after a forward that raised. (The CUDA side: tests/contract/test_cuda.py.)"""
+    seen: list[int] = []
+
+    class Recording(GRUNet):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(len(self.rnn._forward_pre_hooks) + len(self.rnn._forward_hooks))
+            return super().forward(x)
 
     class Raising(GRUNet):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            out = super().forward(x)
+            super().forward(x)
             raise RuntimeError("boom")
-            return out
 
+    whybox.explain(Recording().double().eval(), torch.randn(2, 5, 3, dtype=torch.float64), "saliency", target=0)
+    assert seen and set(seen) == {0}
     model = Raising().double().eval()
-    before = torch.backends.cudnn.enabled
     with pytest.raises(RuntimeError, match="boom"):
         whybox.explain(model, torch.randn(2, 5, 3, dtype=torch.float64), "saliency", target=0)
-    assert torch.backends.cudnn.enabled == before
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
     assert not model.rnn.training and model.rnn.dropout == 0.0
 
@@ -534,6 +539,8 @@ def test_find_mistakes_names_the_users_own_inputs_when_a_label_map_does_not_fit(
         whybox.find_mistakes(cnn, x, labels, method="occlusion", regions=torch.zeros(4, 8, dtype=torch.long))
     report = whybox.find_mistakes(cnn, x, labels, method="occlusion", regions=torch.zeros(12, 8, 8, dtype=torch.long))
     assert report.n_wrong == 12
+    with pytest.raises(whybox.errors.InvalidParameterError, match=r"each input's label map must be \(8, 8\)"):
+        whybox.find_mistakes(cnn, x, labels, method="occlusion", regions=torch.zeros(12, 4, 4, dtype=torch.long))
 
 
 def test_roar_names_an_empty_split() -> None:

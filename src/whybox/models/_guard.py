@@ -156,9 +156,12 @@ def _rnn_gradients_through_cudnn(modules: list[nn.Module]) -> None:
     training mode with its between-layer dropout set to 0 for that forward: the eval-mode function, through cuDNN's
     training path. Both are the layer's own attributes, put back after its forward (also when it raises) and under
     the model's lock, so no process-wide switch changes (cuDNN's is global: threads and nested calls left it off).
-    Passes without gradients (the perturbation methods' scoring) are untouched."""
+    Passes without gradients (the perturbation methods' scoring) are untouched, and so is a layer whose weights are
+    not on a CUDA device (no hooks: nothing to do there)."""
     for m in modules:
         if not isinstance(m, nn.RNNBase) or m.training:
+            continue
+        if not any(p.is_cuda for p in m.parameters(recurse=False)):  # cuDNN runs it only where its weights are
             continue
         saved: list[float] = []
 
