@@ -126,12 +126,17 @@ class DebugReport:
         head = f"{'index':>6}  {'label':>12}  {'predicted':>12}  {'p(label)':>8}  " + "  ".join(
             f"HC<={int(b * 100)}%" for b in BUDGETS
         )
-        lines = [head + "  reached at  culprits (largest drop)"]
+        lines = [head + "  reached at  culprits  largest drop"]
         for m in self.mistakes:
             hc = "  ".join(f"{v:>8.3f}" for v in m.hc)
+            if m.culprits:  # the culprit whose addition lowers the true class most: its region id (a text: its word)
+                first = m.culprit_words[0] if m.culprit_words else f"region {m.culprits[0]}"
+                worst = f"{m.drops[0]:+.3f} ({first})"
+            else:
+                worst = "-"
             lines.append(
                 f"{m.index:>6}  {name(m.label):>12}  {name(m.predicted):>12}  {m.p_label:>8.3f}  {hc}  "
-                f"{m.hc_area[-1]:>10.0%}  {len(m.culprits)} ({m.drops[0] if m.drops else 0.0:+.3f})"
+                f"{m.hc_area[-1]:>10.0%}  {len(m.culprits):>8}  {worst}"
             )
         return "\n".join(lines)
 

@@ -314,6 +314,7 @@ def load_run_report(run_dir: str | Path, *, title: str | None = None, max_sample
         conn.close()
 
     by_method_status: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    n_tried: dict[str, int] = defaultdict(int)  # samples the method ran on (the model predicted them)
     failures: list[tuple[str, str, str]] = []
     result_of: dict[tuple[int, str], tuple[str, str | None, str | None, int | None]] = {}
     name_of = {int(i): str(n) for i, n, *_ in samples}
@@ -322,6 +323,7 @@ def load_run_report(run_dir: str | Path, *, title: str | None = None, max_sample
             reason = f"no prediction: the model failed on this sample: {why_no_prediction[int(idx)]}"
         result_of[(int(idx), method)] = (status, reason, array, row)
         by_method_status[method][0 if status == "ok" else 1] += 1
+        n_tried[method] += int(idx) not in why_no_prediction
         if status != "ok":
             failures.append((name_of.get(int(idx), str(idx)), method, str(reason)))
 
@@ -353,7 +355,8 @@ def load_run_report(run_dir: str | Path, *, title: str | None = None, max_sample
         for k in metrics
     ]
 
-    n_per_method = {m: sum(by_method_status[m]) for m in methods}
+    # the cost per sample the method ran on: a sample the model failed on cost it nothing
+    n_per_method = {m: n_tried[m] for m in methods}
     cost = {(m, st): (s, f, b) for m, st, s, f, b in costs}
     report_methods = []
     for m in methods:
