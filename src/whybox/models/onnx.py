@@ -3,7 +3,8 @@
 ``whybox.adapt("model.onnx")`` (or an :class:`OnnxModel`, or an ``onnxruntime.InferenceSession``) gives a black-box
 adapter: the perturbation methods, RISE, LIMA and every metric run on it and give the numbers the same network as a
 torch module gives; the gradient methods and CAMs need a torch model (an ONNX graph gives no gradients to torch).
-On the command line ``--model model.onnx`` does the same; a run's fingerprint is the file's bytes.
+On the command line ``--model model.onnx`` does the same; a run's fingerprint is the graph's bytes (the file's, or
+those a session was made from).
 """
 
 from __future__ import annotations
@@ -129,18 +130,29 @@ class OnnxModel:
         self.row_shape = tuple(shape[1:]) if shape else ()
         #: the channels a graph whose first convolution is 1-D reads (a 1-D CNN on signals (B, C, L), as
         #: ``is_signal`` finds from a torch model's first ``nn.Conv1d``); None otherwise or without the onnx package
+        # a session's graph as it is now, the one it was made from (read once: a file rewritten later is another)
         graph = self._bytes if self._bytes is not None else _session_graph(self.session)
+        self._digest = hashlib.sha256(graph).hexdigest() if graph is not None else None
         self.signal_channels = _first_conv1d_channels(graph) if len(self.row_shape) == 2 else None
 
     @property
     def fingerprint(self) -> str:
-        """SHA-256 of the graph (a run's weights fingerprint); of the file's bytes where whybox read them."""
-        if self._bytes is not None:
-            return hashlib.sha256(self._bytes).hexdigest()
-        h = hashlib.sha256()
-        for i in self.session.get_inputs() + self.session.get_outputs():
-            h.update(f"{i.name}{i.shape}{i.type}".encode())
-        return h.hexdigest()
+        """SHA-256 of the graph (a run's weights fingerprint): of the file's bytes where whybox read them, of the
+        bytes or the file a session passed in was made from (read when this model was made).
+
+        Raises
+        ------
+        InvalidParameterError
+            For a session whose graph cannot be read (its file is gone): without it a run could not tell a model of
+            other weights from this one.
+        """
+        if self._digest is None:
+            raise InvalidParameterError(
+                f"ONNX model {self.name!r} comes from an onnxruntime.InferenceSession whose graph whybox cannot read "
+                "(ONNX Runtime keeps neither its bytes nor a file that is still there), so a run cannot fingerprint "
+                "its weights; make the model from the .onnx file's path or bytes: whybox.adapt('model.onnx')."
+            )
+        return self._digest
 
     def __call__(self, x: torch.Tensor) -> np.ndarray:
         x = torch.as_tensor(x)

@@ -44,6 +44,7 @@ from whybox.models.adapter import (
 )
 from whybox.models.inputs import is_text_adapter
 from whybox.models.layers import resolve_layers
+from whybox.models.onnx import OnnxModel
 from whybox.models.targets import class_label_target
 from whybox.registry import EXPLAINERS, METRICS
 from whybox.runs.store import UNDEFINED, MetricValue, RunStore, SampleResult, UnitResult
@@ -257,7 +258,8 @@ _HASH_DEPTH = 4
 def _hash_value(h: Any, v: Any, depth: int = 0, seen: set[int] | None = None) -> None:
     """A value's identity for the weights fingerprint: tensors and arrays by value, modules by their weights,
     numbers and strings by ``repr``, containers item by item, a function by its code, constants, defaults and what
-    it closes over, a ``functools.partial`` by its function and arguments, and any other object by its type and
+    it closes over, a ``functools.partial`` by its function and arguments, an ONNX model by its graph's bytes and
+    output, and any other object by its type and
     attributes, ``_HASH_DEPTH`` levels deep (beyond, and for a value seen before, its type alone). Never an
     object's ``repr`` (it may hold a memory address) and never a set's iteration order (it varies by process)."""
     import functools
@@ -312,6 +314,9 @@ def _hash_value(h: Any, v: Any, depth: int = 0, seen: set[int] | None = None) ->
         text = f"{v.pattern!r} {v.flags}" if hasattr(v, "pattern") and hasattr(v, "flags") else repr(v)
         h.update(f"{type(v).__qualname__} {text}".encode())
         return
+    if isinstance(v, OnnxModel):  # its graph's bytes (a session's too: its own attributes hold only a file's path)
+        h.update(f"OnnxModel {v.fingerprint} output {v.output}".encode())
+        return
     h.update(type(v).__qualname__.encode())
     if id(v) in seen or depth >= _HASH_DEPTH:
         return
@@ -352,9 +357,6 @@ def _hash_value(h: Any, v: Any, depth: int = 0, seen: set[int] | None = None) ->
         _hash_value(h, v.__func__, depth + 1, seen)
         _hash_value(h, v.__self__, depth + 1, seen)
     else:
-        own = getattr(v, "fingerprint", None)  # an ONNX graph: its bytes
-        if isinstance(own, str):
-            h.update(own.encode())
         try:
             attributes = vars(v)
         except TypeError:  # no __dict__ (a C object, __slots__): its type alone

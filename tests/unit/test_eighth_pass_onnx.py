@@ -1,0 +1,106 @@
+"""ONNX models, eighth pass: a model given as an ``onnxruntime.InferenceSession`` fingerprints a run by its graph's
+bytes, as a path-made one does (a re-exported file of new weights no longer resumes a stale run)."""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import whybox
+from whybox.errors import InvalidParameterError
+from whybox.models.onnx import OnnxModel
+from whybox.runs.job import Job, fingerprints, run_job
+from whybox.runs.store import FingerprintMismatchError
+
+ort = pytest.importorskip("onnxruntime", reason="the onnx extra (onnxruntime) is not installed")
+pytest.importorskip("onnx", reason="exporting the test models needs the onnx package (dev extra)")
+
+X = torch.randn(4, 6, generator=torch.Generator().manual_seed(0))
+
+
+def _export(module: nn.Module, path: Path, x: torch.Tensor, n_out: int = 1) -> Path:
+    outputs = ["y", "z"][:n_out]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's own deprecation notices
+        torch.onnx.export(module, (x,), str(path), dynamo=False, input_names=["c"], output_names=outputs,
+                          dynamic_axes={n: {0: "b"} for n in ["c", *outputs]})  # fmt: skip
+    return path
+
+
+def linear(seed: int) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return nn.Linear(6, 3).eval()
+
+
+# ------------------------------------------------------------------ 1. a session's run is fingerprinted by its graph
+def test_a_session_made_model_refuses_a_run_after_its_file_got_new_weights(tmp_path: Path) -> None:
+    path, run = tmp_path / "model.onnx", tmp_path / "run"
+    job = Job(methods=("occlusion",))
+    _export(linear(1), path, X)
+    assert run_job(job, whybox.adapt(ort.InferenceSession(str(path))), X, run).n_computed == 1
+    again = run_job(job, whybox.adapt(ort.InferenceSession(str(path))), X, run)  # the same weights: resumes
+    assert (again.n_computed, again.n_skipped) == (0, 1)
+    _export(linear(2), path, X)  # retrained, re-exported to the same file
+    with pytest.raises(FingerprintMismatchError, match="changed: weights"):
+        run_job(job, whybox.adapt(ort.InferenceSession(str(path))), X, run)
+
+
+def test_a_session_fingerprint_is_the_bytes_it_was_made_from(tmp_path: Path) -> None:
+    """A session from the file, one from its bytes and the path itself: one fingerprint, the bytes' SHA-256; the
+    graph is read when the model is made (the session runs those weights, whatever the file holds later)."""
+    path = _export(linear(1), tmp_path / "model.onnx", X)
+    data = path.read_bytes()
+    made = OnnxModel(ort.InferenceSession(str(path)))
+    digests = {
+        made.fingerprint,
+        OnnxModel(ort.InferenceSession(data)).fingerprint,
+        OnnxModel(path).fingerprint,
+        hashlib.sha256(data).hexdigest(),
+    }
+    assert len(digests) == 1
+    _export(linear(2), path, X)
+    assert made.fingerprint == hashlib.sha256(data).hexdigest() != OnnxModel(path).fingerprint
+
+
+def test_a_session_whose_graph_is_gone_cannot_fingerprint_a_run(tmp_path: Path) -> None:
+    path = _export(linear(1), tmp_path / "model.onnx", X)
+    session = ort.InferenceSession(str(path))
+    path.unlink()
+    model = whybox.adapt(session)
+    assert np.allclose(model.scores(X).numpy(), linear(1)(X).detach().numpy(), atol=1e-5)  # it still scores
+    with pytest.raises(InvalidParameterError, match=r"cannot fingerprint its weights; make the model from the \.onnx"):
+        run_job(Job(methods=("occlusion",)), model, X, tmp_path / "run")
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+class TwoHeads(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = linear(1), linear(2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.a(x), self.b(x)
+
+
+def test_the_graph_output_and_a_closure_over_the_graph_enter_the_weights_fingerprint(tmp_path: Path) -> None:
+    job = Job(methods=("occlusion",))
+    two = _export(TwoHeads(), tmp_path / "two.onnx", X, n_out=2)
+
+    def weights(model: object) -> str:
+        return fingerprints(job, whybox.adapt(model), X, [], None)["weights"]
+
+    session = ort.InferenceSession(str(two))
+    assert weights(whybox.adapt(session, output="y")) != weights(whybox.adapt(session, output="z"))
+    one = _export(linear(1), tmp_path / "one.onnx", X)
+    first = OnnxModel(ort.InferenceSession(str(one)))
+    before = weights(lambda x: first(x) * 2)
+    _export(linear(2), one, X)
+    second = OnnxModel(ort.InferenceSession(str(one)))
+    assert weights(lambda x: second(x) * 2) != before
