@@ -1,5 +1,7 @@
 """ONNX models, eighth pass: a model given as an ``onnxruntime.InferenceSession`` fingerprints a run by its graph's
-bytes, as a path-made one does (a re-exported file of new weights no longer resumes a stale run)."""
+bytes, as a path-made one does (a re-exported file of new weights no longer resumes a stale run); an integer graph
+input refuses the non-whole values a fill, baseline or background makes (NumPy's cast cut them toward zero without a
+word)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import torch
 from torch import nn
 
 import whybox
-from whybox.errors import InvalidParameterError
+from whybox.errors import InvalidInputError, InvalidParameterError
 from whybox.models.onnx import OnnxModel
 from whybox.runs.job import Job, fingerprints, run_job
 from whybox.runs.store import FingerprintMismatchError
@@ -104,3 +106,71 @@ def test_the_graph_output_and_a_closure_over_the_graph_enter_the_weights_fingerp
     _export(linear(2), one, X)
     second = OnnxModel(ort.InferenceSession(str(one)))
     assert weights(lambda x: second(x) * 2) != before
+
+
+# ------------------------------------------------------------------ 2. an integer input refuses non-whole values
+class Counts(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(5, 3)
+        with torch.no_grad():
+            self.lin.weight.copy_(torch.linspace(-1, 1, 15).reshape(3, 5))
+            self.lin.bias.zero_()
+
+    def forward(self, c: torch.Tensor) -> torch.Tensor:
+        return self.lin(c.float())
+
+
+COUNTS = torch.tensor([[1, 2, 4, 6, 8], [3, 0, 2, 5, 1]])
+
+
+@pytest.fixture(params=[torch.int64, torch.int32], ids=["int64", "int32"])
+def counts_graph(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Path, str]:
+    dtype = request.param
+    return _export(Counts().eval(), tmp_path / "counts.onnx", COUNTS.to(dtype)), str(dtype).removeprefix("torch.")
+
+
+@pytest.mark.parametrize(("fill", "seen", "read"), [(2.5, "2.5", "2"), (-0.7, "-0.7", "0"), ("mean", "4.2", "4")])
+def test_a_non_whole_fill_for_an_integer_graph_input_is_refused(
+    counts_graph: tuple[Path, str], fill: object, seen: str, read: str
+) -> None:
+    path, kind = counts_graph
+    with pytest.raises(InvalidInputError) as info:
+        whybox.explain(whybox.adapt(path), COUNTS, "occlusion", target=0, fill=fill)
+    message = str(info.value)
+    assert f"reads input 'c' as {kind} (whole numbers)" in message
+    assert f"holds {seen}, which it would read as {read}" in message
+    assert "fill=0" in message and "export the graph with a float input" in message
+
+
+def test_a_non_whole_background_for_an_integer_graph_input_is_refused(counts_graph: tuple[Path, str]) -> None:
+    path, _ = counts_graph
+    background = COUNTS.float().mean(0, keepdim=True)  # (2, 1, 3, 5.5, 4.5)
+    for method in ("kernel_shap", "shapley_sampling"):
+        with pytest.raises(InvalidInputError, match=r"holds 5\.5, which it would read as 5"):
+            whybox.explain(whybox.adapt(path), COUNTS, method, target=0, background=background)
+
+
+def test_whole_valued_floats_reach_an_integer_graph_as_the_torch_module_reads_them(
+    counts_graph: tuple[Path, str],
+) -> None:
+    """Whole fills given as floats (4.0, a tensor of whole values, the rounded mean) pass, and the graph's map is
+    the torch module's."""
+    path, _ = counts_graph
+    model = whybox.adapt(path)
+    for fill in (4.0, COUNTS.float().mean(0).round()):
+        got = whybox.explain(model, COUNTS, "occlusion", target=0, fill=fill).attributions
+        want = whybox.explain(Counts().eval(), COUNTS, "occlusion", target=0, fill=fill).attributions
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    graph = OnnxModel(path)
+    np.testing.assert_array_equal(graph(COUNTS.double()), graph(COUNTS))
+
+
+def test_values_an_integer_graph_input_cannot_hold_are_refused(counts_graph: tuple[Path, str]) -> None:
+    path, kind = counts_graph
+    graph = OnnxModel(path)
+    for bad in (1e30, float("inf"), float("nan")):
+        x = COUNTS.double().clone()
+        x[1, 3] = bad
+        with pytest.raises(InvalidInputError, match=rf"which {kind} cannot hold \(at \[1, 3\] of a batch of 2 rows\)"):
+            graph(x)

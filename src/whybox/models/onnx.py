@@ -59,6 +59,12 @@ class OnnxModel:
 
     A graph with a fixed batch dimension (an export traced with batch 1) gets its rows in chunks of that size, the
     last one padded with copies of its last row (their outputs dropped).
+
+    Raises
+    ------
+    InvalidInputError
+        When called on values an integer graph input (``int64``, ``int32``) cannot hold as they are: a non-whole
+        fill, baseline, background or noise (ONNX Runtime would get them cut toward zero), or values out of range.
     """
 
     def __init__(self, source: Any, *, output: str | int | None = None, threads: int | None = None) -> None:
@@ -164,6 +170,8 @@ class OnnxModel:
                 f"ONNX model {self.name!r} reads input {self.input.name!r} of shape (batch, {want}); got rows of "
                 f"shape {row} (a batch of {x.shape[0]} made from the inputs)."
             )
+        if x.is_floating_point() and np.issubdtype(self.dtype, np.integer):
+            self._check_whole(x.detach())
         arr = np.ascontiguousarray(x.detach().to("cpu").numpy(), dtype=self.dtype)
         if self.batch is None:
             return np.asarray(self._run(arr))
@@ -175,6 +183,29 @@ class OnnxModel:
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], short, axis=0)])
             outs.append(np.asarray(self._run(chunk))[: self.batch - short])
         return np.concatenate(outs)
+
+    def _check_whole(self, x: torch.Tensor) -> None:
+        """Refuse floats an integer graph input would get changed: NumPy's cast cuts 4.2 to 4 and -0.7 to 0 without
+        a word (and wraps what is out of range), so the graph would score other values than the method made."""
+        kind = np.dtype(self.dtype)
+        info = np.iinfo(kind.name)
+        bad = ~torch.isfinite(x) | (x != torch.round(x)) | (x < info.min) | (x > info.max)
+        if not bool(bad.any()):
+            return
+        where = tuple(int(i) for i in bad.nonzero()[0])
+        v = float(x[where])
+        got = (
+            f"{v:.6g}, which it would read as {int(v)}"
+            if np.isfinite(v) and info.min <= v <= info.max
+            else f"{v:.6g}, which {kind.name} cannot hold"
+        )
+        raise InvalidInputError(
+            f"ONNX model {self.name!r} reads input {self.input.name!r} as {kind.name} (whole numbers), but a batch "
+            f"made from the inputs holds {got} (at {list(where)} of a batch of {x.shape[0]} rows): a fill, baseline, "
+            "background or noise gave non-whole values. Pass whole-number fills (fill=0, or a tensor of whole values "
+            "such as X.float().mean(0).round()) and whole-valued baselines or backgrounds, or export the graph with a "
+            "float input (cast to integers inside it)."
+        )
 
     def _run(self, arr: np.ndarray) -> Any:
         return self.session.run(None, {self.input.name: arr})[self.output]
