@@ -52,3 +52,32 @@ def test_the_run_reports_cost_per_sample_leaves_out_samples_the_model_failed_on(
     (method,) = load_run_report(tmp_path / "run").methods
     assert (method.n_done, method.n_failed) == (8, 1)
     assert method.n_forward_per_sample == 5.0
+
+
+def test_evaluate_refuses_an_unknown_metric_option_before_it_explains_or_prints_a_metric(tmp_path: Path) -> None:
+    """``--metrics deletion,road --metric-option road.percentages=...`` printed the explanation's and deletion's
+    lines and then failed on road's option: the keys are checked first, as compare checks them (exit 2, one Error
+    line, a did-you-mean, nothing printed before it)."""
+    from click.testing import CliRunner
+
+    from whybox.cli.main import main as cli
+
+    (tmp_path / "model.py").write_text(
+        "import numpy as np\n"
+        "CALLS = []\n"
+        "def build():\n"
+        "    def f(x):\n"
+        "        CALLS.append(len(x))\n"
+        "        return np.asarray(x) @ np.arange(6.0).reshape(3, 2)\n"
+        "    return f\n"
+    )
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(4, 3)))
+    args = ["evaluate", "--model", f"{tmp_path / 'model.py'}:build", str(tmp_path / "x.npy"), "--method"]
+    res = CliRunner().invoke(
+        cli, [*args, "feature_ablation", "--metrics", "deletion,road", "--metric-option", "road.fraction=0.5"]
+    )
+    assert res.exit_code == 2, res.output
+    assert res.output.strip().splitlines() == [
+        "Error: --metric-option road: unknown option(s) 'fraction'. Did you mean 'fractions'? 'road' takes: abs, "
+        "batch_size, fractions, mode, noise, orders, quantity, score, seed."
+    ]

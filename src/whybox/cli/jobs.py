@@ -946,6 +946,16 @@ def evaluate_cmd(ctx: click.Context, **params: Any) -> None:
                 f"--metric-option sets options of {name!r}, which is not in --metrics ({', '.join(metric_names)})."
             )
         _refuse_arguments(mopts[name], "--metric-option", _EVALUATE_ARGUMENTS, scope=f"{name}.")
+        from whybox.api import _options as option_names
+
+        takes_keys = option_names(METRICS.get(name))
+        bad = sorted(k for k in mopts[name] if k not in takes_keys)
+        if bad:  # before the explanation and the other metrics are computed and printed
+            hint = "".join(dict.fromkeys(did_you_mean(b, takes_keys) for b in bad))
+            raise _fail(
+                f"--metric-option {name}: unknown option(s) {', '.join(map(repr, bad))}.{hint} {name!r} takes: "
+                f"{', '.join(takes_keys)}."
+            )
     _refuse_arguments(opts, "--option", _EXPLAIN_ARGUMENTS)
     from whybox.runs.job import NEEDS_MASKS
 
