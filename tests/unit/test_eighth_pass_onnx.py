@@ -1,11 +1,12 @@
 """ONNX models, eighth pass: a model given as an ``onnxruntime.InferenceSession`` fingerprints a run by its graph's
 bytes, as a path-made one does (a re-exported file of new weights no longer resumes a stale run); an integer graph
 input refuses the non-whole values a fill, baseline or background makes (NumPy's cast cut them toward zero without a
-word)."""
+word); a gradient method names the ONNX graph; pickling keeps ``threads=``."""
 
 from __future__ import annotations
 
 import hashlib
+import pickle
 import warnings
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 import whybox
-from whybox.errors import InvalidInputError, InvalidParameterError
+from whybox.errors import InvalidInputError, InvalidParameterError, NotDifferentiableError
 from whybox.models.onnx import OnnxModel
 from whybox.runs.job import Job, fingerprints, run_job
 from whybox.runs.store import FingerprintMismatchError
@@ -174,3 +175,24 @@ def test_values_an_integer_graph_input_cannot_hold_are_refused(counts_graph: tup
         x[1, 3] = bad
         with pytest.raises(InvalidInputError, match=rf"which {kind} cannot hold \(at \[1, 3\] of a batch of 2 rows\)"):
             graph(x)
+
+
+# ------------------------------------------------------------------ 3. smaller ones
+def test_a_gradient_method_on_an_onnx_graph_names_the_graph(tmp_path: Path) -> None:
+    path = _export(linear(1), tmp_path / "net.onnx", X)
+    for method in ("saliency", "integrated_gradients"):
+        with pytest.raises(
+            NotDifferentiableError,
+            match=rf"method '{method}' needs gradients, but ONNX model 'net.onnx' runs in ONNX Runtime, outside torch",
+        ):
+            whybox.explain(str(path), X, method, target=0)
+
+
+def test_a_pickled_onnx_model_keeps_its_threads_and_a_session_refuses_threads(tmp_path: Path) -> None:
+    path = _export(linear(1), tmp_path / "net.onnx", X)
+    model = OnnxModel(path, threads=1)
+    again = pickle.loads(pickle.dumps(model))
+    assert again.threads == 1 and again.session.get_session_options().intra_op_num_threads == 1
+    np.testing.assert_array_equal(again(X), model(X))
+    with pytest.raises(InvalidParameterError, match=r"threads=2 cannot apply to an onnxruntime\.InferenceSession"):
+        OnnxModel(ort.InferenceSession(str(path)), threads=2)

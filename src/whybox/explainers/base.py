@@ -45,6 +45,7 @@ from whybox.models.inputs import (
     is_text_adapter,
     is_texts,
 )
+from whybox.models.onnx import OnnxModel
 from whybox.models.targets import (
     SCORE_SPACES,
     Target,
@@ -190,6 +191,13 @@ class Explainer:
             raise NotDifferentiableError(
                 f"method {self.name!r} needs gradients, but {type(self.adapter.model).__name__} is not a "
                 f"differentiable torch model; use {_black_box_hint(self.adapter)}."
+            )
+        graph = getattr(getattr(self.adapter, "model", None), "fn", None)
+        if self.needs_grad and isinstance(graph, OnnxModel):  # a FunctionModel would only say "NumPy values" later
+            raise NotDifferentiableError(
+                f"method {self.name!r} needs gradients, but ONNX model {graph.name!r} runs in ONNX Runtime, outside "
+                "torch, so no gradient reaches its inputs and it cannot run; use 'rise', 'lima' or a perturbation "
+                "method (they need only the outputs), or explain the torch module the graph was exported from."
             )
 
     # ------------------------------------------------------------------ configuration

@@ -55,7 +55,8 @@ class OnnxModel:
         Which output holds the scores: a name or an index. ``None``: the graph's only output (a graph with several
         is an error that lists them).
     threads
-        ONNX Runtime's intra-op threads; ``None``: torch's thread count, so the two share the machine alike.
+        ONNX Runtime's intra-op threads; ``None``: torch's thread count, so the two share the machine alike (a
+        session passed in keeps its own options: ``threads`` is then an error).
 
     A graph with a fixed batch dimension (an export traced with batch 1) gets its rows in chunks of that size, the
     last one padded with copies of its last row (their outputs dropped).
@@ -71,7 +72,13 @@ class OnnxModel:
         ort = _runtime()
         self.name = "onnx model"
         self._bytes: bytes | None = None
+        self.threads = threads
         if isinstance(source, ort.InferenceSession):
+            if threads is not None:  # it would be dropped without a word: the session was made with its own options
+                raise InvalidParameterError(
+                    f"threads={threads!r} cannot apply to an onnxruntime.InferenceSession passed in (it runs with the "
+                    "SessionOptions it was made with); set intra_op_num_threads there, or pass the .onnx file's path."
+                )
             self.session = source
         else:
             if isinstance(source, (bytes, bytearray)):
@@ -213,7 +220,7 @@ class OnnxModel:
     def __reduce__(self) -> tuple[Any, ...]:  # Ray and multiprocessing: a session does not pickle, its bytes do
         if self._bytes is None:
             raise TypeError("an OnnxModel made from an InferenceSession cannot be pickled; make it from the file.")
-        return (_rebuild, (self._bytes, self.output, self.name))
+        return (_rebuild, (self._bytes, self.output, self.name, self.threads))
 
     def __repr__(self) -> str:
         return f"OnnxModel({self.name!r}, input {self.input.name} {self.input.shape}, output {self.output})"
@@ -258,7 +265,7 @@ def _first_conv1d_channels(data: bytes | None) -> int | None:
     return None
 
 
-def _rebuild(data: bytes, output: int, name: str) -> OnnxModel:
-    model = OnnxModel(data, output=output)
+def _rebuild(data: bytes, output: int, name: str, threads: int | None = None) -> OnnxModel:
+    model = OnnxModel(data, output=output, threads=threads)
     model.name = name
     return model
