@@ -11,7 +11,7 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 from torch import nn
@@ -106,14 +106,26 @@ def token_grid(
     hw: tuple[int, int] | None = None,
     grids: Sequence[tuple[int, int]] = (),
     patches: Sequence[tuple[int, int]] = (),
+    *,
+    hierarchical: bool = False,
 ) -> tuple[int, int, int] | None:
     """``(prefix, h, w)``: how ``n`` ViT tokens lay out as leading tokens and an ``h x w`` patch grid. First, given
     the image's ``hw``, a class token (or none) and the grid of the model's declared ``patches`` (else of any patch
-    size dividing both sides) over it (a 16 x 64 image of 8-pixel patches is 2 x 8, not 4 x 4); then the model's own ``grids`` (its config's image size over its patch
-    size: what it sees after a resizing preprocess); then a square grid of N - 1 or N tokens; then more leading
-    tokens over the image. ``None`` when none fits."""
+    size dividing both sides) over it (a 16 x 64 image of 8-pixel patches is 2 x 8, not 4 x 4); then the model's own
+    ``grids`` (its config's image size over its patch size: what it sees after a resizing preprocess); then a square
+    grid of N - 1 or N tokens; then more leading tokens over the image. ``None`` when none fits.
+
+    A ``hierarchical`` model (Swin: each stage merges 2 x 2 patches) has no leading token, and ``patches`` and
+    ``grids`` list every stage's: stage ``k`` is the image over ``patch * 2**k``, rounded up (the model pads the
+    image to whole patches, a stage to an even size), so a 32 x 80 image of 4-pixel patches is 8 x 20, 4 x 10 and
+    2 x 5. Where the image's size is known and no stage fits, ``None``: a square guess there would lay a stage's
+    tokens out wrong (2 x 5 tokens as 3 x 3 and a class token)."""
+    prefixes = (0,) if hierarchical else _PREFIXES
     sizes: list[tuple[int, int]] = []
-    if hw is not None and hw[0] > 0 and hw[1] > 0:
+    known = hw is not None and hw[0] > 0 and hw[1] > 0
+    if known and hierarchical:
+        sizes = [(a, b) for a, b in patches if a > 0 and b > 0]  # padded to whole patches: any size fits
+    elif known and hw is not None:
         # the model's own patch size where it declares one (another size dividing the image would be chance: a
         # 360 x 640 frame resized to a 384-px ViT is 18 x 32 patches of 20 px, the same count as its 24 x 24)
         sizes = [(a, b) for a, b in patches if a > 0 and b > 0 and hw[0] % a == 0 and hw[1] % b == 0]
@@ -123,48 +135,94 @@ def token_grid(
     def on_image(prefix: int) -> tuple[int, int, int] | None:
         height, width = hw or (0, 0)
         for a, b in sizes:  # (empty without hw)
-            if n - prefix > 1 and (height // a) * (width // b) == n - prefix:
-                return prefix, height // a, width // b
+            h, w = (-(-height // a), -(-width // b)) if hierarchical else (height // a, width // b)
+            if n - prefix > 1 and h * w == n - prefix:
+                return prefix, h, w
         return None
 
     # the declared grid (what the model sees behind a resizing preprocess) against the image's own (a model taking
     # other sizes than its config's: timm's dynamic size, interpolated position embeddings): where both fit with
     # the same leading tokens the image's is the model's; where they need different ones the image's is chance
     declared = next(
-        ((prefix, h, w) for h, w in grids for prefix in _PREFIXES if h * w > 1 and h * w == n - prefix), None
+        ((prefix, h, w) for h, w in grids for prefix in prefixes if h * w > 1 and h * w == n - prefix), None
     )
-    on = next((found for prefix in _PREFIXES if (found := on_image(prefix)) is not None), None)
+    on = next((found for prefix in prefixes if (found := on_image(prefix)) is not None), None)
     if on is not None and (declared is None or on[0] == declared[0]) and (on[0] in (0, 1) or patches):
         return on
     if declared is not None:
         return declared
-    for prefix in (1, 0):  # no declared grid: a square (a resizing preprocess), then more leading tokens
-        side = math.isqrt(max(n - prefix, 0))
+    if hierarchical and known:
+        return None
+    for prefix in (0,) if hierarchical else (1, 0):  # no declared grid: a square (a resizing preprocess), then more
+        side = math.isqrt(max(n - prefix, 0))  # leading tokens
         if n - prefix > 0 and side * side == n - prefix:
             return prefix, side, side
     return on
 
 
+#: Hugging Face model types whose stages each merge 2 x 2 patches (Swin's patch merging, FocalNet's downsampling)
+#: and read no class token: their tokens lay out on one grid per stage (:func:`token_grid`)
+_HIERARCHICAL = frozenset({"swin", "swinv2", "donut-swin", "maskformer-swin", "focalnet"})
+
+
 def model_grids(model: Any) -> list[tuple[int, int]]:
     """The patch grids a vision transformer declares: a Hugging Face config's ``image_size`` over its
-    ``patch_size`` (CLIP: its vision config's), a timm model's ``patch_embed.grid_size``; empty for other models."""
+    ``patch_size`` (CLIP: its vision config's; Swin: each stage's), a timm model's ``patch_embed.grid_size``;
+    empty for other models."""
     return [g for g, _ in _declared(model)]
 
 
 def model_patches(model: Any) -> list[tuple[int, int]]:
-    """The patch sizes ``(ph, pw)`` a vision transformer declares (as :func:`model_grids`)."""
+    """The patch sizes ``(ph, pw)`` a vision transformer declares (as :func:`model_grids`; Swin: each stage's)."""
     return [p for _, p in _declared(model) if p[0] and p[1]]
+
+
+def model_hierarchical(model: Any) -> bool:
+    """Whether ``model`` is a hierarchical vision transformer (Swin, Swin V2, Donut's and MaskFormer's Swin,
+    FocalNet: a Hugging Face config of one of those types), whose token grid halves at each stage."""
+    return any(_stages(c) > 0 for c in _configs(model))
+
+
+class GridOptions(TypedDict):
+    """What :func:`token_grid` reads from a model (:func:`grid_options`)."""
+
+    grids: list[tuple[int, int]]
+    patches: list[tuple[int, int]]
+    hierarchical: bool
+
+
+def grid_options(model: Any) -> GridOptions:
+    """The keyword arguments :func:`token_grid` (and :func:`to_grid`) take from ``model``: its declared ``grids``
+    and ``patches`` and whether it is ``hierarchical``."""
+    return {"grids": model_grids(model), "patches": model_patches(model), "hierarchical": model_hierarchical(model)}
+
+
+def _configs(model: Any) -> list[Any]:
+    cfg = getattr(model, "config", None)
+    return [c for c in (cfg, getattr(cfg, "vision_config", None)) if c is not None]
+
+
+def _stages(config: Any) -> int:
+    """The number of stages of a hierarchical model's ``config`` (its ``depths``); 0 for other models."""
+    if getattr(config, "model_type", None) not in _HIERARCHICAL:
+        return 0
+    depths = getattr(config, "depths", None)
+    return len(depths) if isinstance(depths, (list, tuple)) else 0
 
 
 def _declared(model: Any) -> list[tuple[tuple[int, int], tuple[int, int]]]:
     out: list[tuple[tuple[int, int], tuple[int, int]]] = []
-    cfg = getattr(model, "config", None)
-    for c in (cfg, getattr(cfg, "vision_config", None)):
+    for c in _configs(model):
         size, patch = getattr(c, "image_size", None), getattr(c, "patch_size", None)
         if size is None or patch is None:
             continue
         (hs, ws), (hp, wp) = _pair(size), _pair(patch)
-        if hs and ws and hp and wp and hs % hp == 0 and ws % wp == 0:
+        stages = _stages(c)
+        if stages and hs and ws and hp and wp:  # stage k: patches of patch * 2**k, the image padded to whole ones
+            for k in range(stages):
+                ph, pw = hp << k, wp << k
+                out.append(((-(-hs // ph), -(-ws // pw)), (ph, pw)))
+        elif hs and ws and hp and wp and hs % hp == 0 and ws % wp == 0:
             out.append(((hs // hp, ws // wp), (hp, wp)))
     embed = getattr(model, "patch_embed", None)
     grid = getattr(embed, "grid_size", None)
@@ -193,10 +251,11 @@ def to_grid(
     hw: tuple[int, int] | None = None,
     grids: Sequence[tuple[int, int]] = (),
     patches: Sequence[tuple[int, int]] = (),
+    hierarchical: bool = False,
 ) -> torch.Tensor:
     """Activations as ``(B, C, h, w)``: 4-D as is; ViT tokens ``(B, N, D)`` as their patch grid over an image of
-    ``hw`` (:func:`token_grid`: leading class/distillation tokens dropped); with ``signal`` (the inputs are 1-D
-    signals) a Conv1d-style ``(B, C, L)`` output as a one-row grid ``(B, C, 1, L)``."""
+    ``hw`` (:func:`token_grid`: leading class/distillation tokens dropped; a ``hierarchical`` model's stage grids);
+    with ``signal`` (the inputs are 1-D signals) a Conv1d-style ``(B, C, L)`` output as a one-row grid ``(B, C, 1, L)``."""
     if signal:
         if a.ndim == 3:
             return a.unsqueeze(2)
@@ -208,14 +267,19 @@ def to_grid(
         return a
     if a.ndim == 3:
         n = a.shape[1]
-        layout = token_grid(n, hw, grids, patches)
+        layout = token_grid(n, hw, grids, patches, hierarchical=hierarchical)
         if layout is not None:
             prefix, h, w = layout
             return a[:, prefix:, :].transpose(1, 2).reshape(a.shape[0], a.shape[2], h, w)
         over = f" of a {hw[0]} x {hw[1]} image" if hw is not None else ""
+        lead = (
+            "at any stage of this hierarchical model (the image over the patch size times 2**stage, rounded up)"
+            if hierarchical
+            else f"(after up to {max(_PREFIXES)} class, distillation or register tokens)"
+        )
         raise LayerError(
-            f"layer {label!r} outputs tokens {tuple(a.shape)} whose count {n} is no patch grid{over} (after up to "
-            f"{max(_PREFIXES)} class, distillation or register tokens); choose a layer with a spatial output."
+            f"layer {label!r} outputs tokens {tuple(a.shape)} whose count {n} is no patch grid{over} {lead}; "
+            "choose a layer with a spatial output."
         )
     raise LayerError(
         f"layer {label!r} outputs shape {tuple(a.shape)}; CAM methods need (B, C, h, w) or ViT tokens (B, N, D). "
@@ -364,6 +428,7 @@ def auto_layer(adapter: TorchAdapter, x: torch.Tensor) -> tuple[LayerRef, int, i
     check_hookable(model)
     modules = dict(model.named_modules())
     signal = is_signal(adapter, x)
+    options = grid_options(model)
     scoring = _scoring_key(adapter)
     key = None if scoring is None else (tuple(x.shape[1:]), x.dtype, len(modules), type(adapter).__name__, *scoring)
     known = None if key is None else _AUTO.get(model, {}).get(key)
@@ -407,21 +472,13 @@ def auto_layer(adapter: TorchAdapter, x: torch.Tensor) -> tuple[LayerRef, int, i
                 f"no layer of {type(model).__name__} produces a (B, C, L) output with L > 1 after an nn.Conv1d; {fix}"
             )
     else:
-        grids, patches = model_grids(model), model_patches(model)
         spatial = [
-            (name, k, t) for name, k, t in reversed(events) if _is_spatial(tuple(t.shape), image_hw(x), grids, patches)
+            (name, k, t) for name, k, t in reversed(events) if _is_spatial(tuple(t.shape), image_hw(x), **options)
         ]
         if not spatial:
             raise LayerError(f"no layer of {type(model).__name__} produces a spatial (B, C, h, w) output; {fix}")
     chosen = spatial[0]
-    reached = _reached(
-        scores,
-        [t for _, _, t in spatial],
-        signal=signal,
-        hw=image_hw(x),
-        grids=model_grids(model),
-        patches=model_patches(model),
-    )
+    reached = _reached(scores, [t for _, _, t in spatial], signal=signal, hw=image_hw(x), **options)
     if reached is not None and any(reached):
         chosen = spatial[reached.index(True)]
     name, k, _ = chosen
@@ -452,13 +509,15 @@ def _is_spatial(
     hw: tuple[int, int] | None = None,
     grids: Sequence[tuple[int, int]] = (),
     patches: Sequence[tuple[int, int]] = (),
+    hierarchical: bool = False,
 ) -> bool:
-    """A ``(B, C, h, w)`` map with ``h * w > 1`` or ``(B, N, D)`` tokens that lay out as a patch grid of more than
-    one patch (:func:`token_grid`)."""
+    """A ``(B, C, h, w)`` map with ``h * w > 1`` or ``(B, N, D)`` tokens of ``D > 1`` features that lay out as a
+    patch grid of more than one patch (:func:`token_grid`). One feature per token is a pooled ``(B, C, 1)`` output
+    (Swin's pooler), whose channel count may equal a stage's token count by chance."""
     if len(shape) == 4:
         return shape[2] * shape[3] > 1
-    if len(shape) == 3 and shape[1] > 1:
-        layout = token_grid(shape[1], hw, grids, patches)
+    if len(shape) == 3 and shape[1] > 1 and shape[2] > 1:
+        layout = token_grid(shape[1], hw, grids, patches, hierarchical=hierarchical)
         return layout is not None and layout[1] * layout[2] > 1
     return False
 
@@ -476,6 +535,7 @@ def _reached(
     hw: tuple[int, int] | None = None,
     grids: Sequence[tuple[int, int]] = (),
     patches: Sequence[tuple[int, int]] = (),
+    hierarchical: bool = False,
 ) -> list[bool] | None:
     """For each output, whether the predicted class's score has a non-zero gradient on its grid (a ViT's class
     token left out); None where the score has no gradient at all (no graph, or a model autograd cannot run)."""
@@ -494,6 +554,12 @@ def _reached(
     for t in live:
         g = next(grads) if t is not None else None
         out.append(
-            g is not None and bool(to_grid(g, "", signal=signal, hw=hw, grids=grids, patches=patches).abs().amax() > 0)
+            g is not None
+            and bool(
+                to_grid(g, "", signal=signal, hw=hw, grids=grids, patches=patches, hierarchical=hierarchical)
+                .abs()
+                .amax()
+                > 0
+            )
         )
     return out

@@ -20,10 +20,9 @@ from whybox.models.adapter import LayerLike, TorchAdapter, is_signal
 from whybox.models.layers import (
     LayerRef,
     auto_layer,
+    grid_options,
     image_hw,
     layer_spec,
-    model_grids,
-    model_patches,
     resolve_layers,
     tap,
     to_grid,
@@ -218,7 +217,7 @@ class CAM(Explainer):
         sig = is_signal(self.adapter, x)
         hw = image_hw(x)  # a ViT's tokens lay out on its declared patch grid, else the image's
         model = getattr(self.adapter, "model", None)
-        lay = functools.partial(to_grid, signal=sig, hw=hw, grids=model_grids(model), patches=model_patches(model))
+        lay = functools.partial(to_grid, signal=sig, hw=hw, **grid_options(model))
         a_all = [lay(_cat(v), lab) for v, lab in zip(acts, labels, strict=True)]
         g_all = [lay(_cat(v), lab) for v, lab in zip(grads, labels, strict=True)] if self.uses_gradients else None
         return a_all, g_all, tgt

@@ -1,0 +1,117 @@
+"""Eighth review, vision: a hierarchical transformer's (Swin's) token grids on non-square images, baselines and fills
+that require grad, and the error for a per-channel baseline written flat. The Swin models are tiny Hugging Face
+models built from configs (random weights, float64, no downloads); Hugging Face's own ``reshaped_hidden_states``
+are the oracle for the grids."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import whybox
+from whybox.errors import LayerError
+from whybox.models.layers import grid_options, to_grid, token_grid
+
+# --- Swin on non-square images: one token grid per stage, no class token ----------------------------------------------
+
+
+def _swin(kind: str = "swin", head: bool = False) -> nn.Module:
+    transformers = pytest.importorskip("transformers", reason="the text extra (transformers) is not installed")
+    config_cls, model_cls = {
+        "swin": ("SwinConfig", "SwinForImageClassification" if head else "SwinModel"),
+        "swinv2": ("Swinv2Config", "Swinv2Model"),
+        "focalnet": ("FocalNetConfig", "FocalNetModel"),
+    }[kind]
+    kw: dict[str, Any] = {} if kind == "focalnet" else {"num_heads": [1, 1, 1], "window_size": 2}
+    cfg = getattr(transformers, config_cls)(
+        image_size=(32, 80), patch_size=4, embed_dim=8, depths=[1, 1, 1], num_labels=3, **kw
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return getattr(transformers, model_cls)(cfg).double().eval()
+
+
+def _images(h: int, w: int) -> torch.Tensor:
+    return torch.rand(2, 3, h, w, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+
+SIZES = [(32, 80), (32, 64), (36, 84), (32, 32)]  # the config's; other stage grids; padded to whole patches; square
+
+
+@pytest.mark.parametrize("kind", ["swin", "swinv2", "focalnet"])
+@pytest.mark.parametrize("hw", SIZES)
+def test_hierarchical_token_grids_are_hugging_faces_reshaped_hidden_states(kind: str, hw: tuple[int, int]) -> None:
+    """Every stage's tokens laid out as the model itself lays them out: 32 x 80 at 4-pixel patches is 8 x 20, 4 x 10
+    and 2 x 5 with no class token (the last stage was read as a class token and 3 x 3); 32 x 64's 4 x 8 and 2 x 4
+    fitted no layout; 36 x 84 pads to 9 x 21, 5 x 11, 3 x 6."""
+    model = _swin(kind)
+    x = _images(*hw)
+    with torch.no_grad():
+        out = model(pixel_values=x, output_hidden_states=True)
+    options = grid_options(model)
+    assert options["hierarchical"]
+    for tokens, want in zip(out.hidden_states, out.reshaped_hidden_states, strict=True):
+        torch.testing.assert_close(to_grid(tokens, "stage", hw=hw, **options), want, rtol=0, atol=0)
+
+
+def _gradcam_oracle(model: nn.Module, x: torch.Tensor, target: int, grid: tuple[int, int]) -> torch.Tensor:
+    """Grad-CAM by hand on ``swin.layernorm``'s tokens laid out on ``grid`` (no ReLU, no normalization)."""
+    acts: list[torch.Tensor] = []
+    handle = model.swin.layernorm.register_forward_hook(lambda mod, i, o: acts.append(o))
+    try:
+        logits = model(pixel_values=x).logits
+    finally:
+        handle.remove()
+    (grad,) = torch.autograd.grad(logits[:, target].sum(), acts[0])
+    a = acts[0].detach().transpose(1, 2).reshape(x.shape[0], -1, *grid)
+    g = grad.transpose(1, 2).reshape(x.shape[0], -1, *grid)
+    return (g.mean((2, 3), keepdim=True) * a).sum(1, keepdim=True)
+
+
+@pytest.mark.parametrize("hw", SIZES)
+def test_swin_gradcam_on_any_image_equals_the_hand_oracle(hw: tuple[int, int]) -> None:
+    """The default layer is the last stage's norm on every image shape (32 x 64 fell back to stage 1), its map is
+    laid out on the grid Hugging Face reports, and naming the layer gives the same (it was refused at 32 x 64)."""
+    model = _swin(head=True)
+    x = _images(*hw)
+    with torch.no_grad():
+        grid = tuple(model(pixel_values=x, output_hidden_states=True).reshaped_hidden_states[-1].shape[-2:])
+    want = _gradcam_oracle(model, x, 1, grid)  # type: ignore[arg-type]
+    ad = whybox.adapt(model, output="logits")
+    opts = {"target": 1, "normalize": "none", "upsample": False, "relu": False}
+    e = whybox.explain(ad, x, "gradcam", **opts)
+    assert e.meta["layer"] == ["swin.layernorm"]
+    assert [tuple(s) for s in e.meta["layer_shape"]] == [(32, *grid)]
+    torch.testing.assert_close(e.attributions, want)
+    named = whybox.explain(ad, x, "gradcam", layer="swin.layernorm", **opts)
+    torch.testing.assert_close(named.attributions, want)
+
+
+def test_swin_tokens_no_stage_has_are_refused_and_a_pooled_output_is_no_grid() -> None:
+    """A token count no stage of the image (nor of the config's 32 x 80, what a resizing preprocess gives) has gets
+    an error naming the stage rule, not a square guess with a class token (17 tokens were CLS + 4 x 4); the pooler's (B, C, 1), whose C = 32 equals stage 2's 4 x 8
+    tokens on a 32 x 64 image, is not a token grid."""
+    from whybox.models.layers import _is_spatial
+
+    options = grid_options(_swin())
+    assert token_grid(17, (32, 32), **options) is None
+    assert token_grid(10, (32, 80), **options) == (0, 2, 5)
+    assert token_grid(10, (64, 64), **options) == (0, 2, 5)  # the config's grid behind a resize
+    with pytest.raises(LayerError, match=r"count 17 is no patch grid of a 32 x 32 image at any stage of this hier"):
+        to_grid(torch.zeros(1, 17, 8), "swin.layernorm", hw=(32, 32), **options)
+    assert _is_spatial((1, 32, 8), (32, 64), **options)
+    assert not _is_spatial((1, 32, 1), (32, 64), **options)
+
+
+def test_a_plain_vit_is_not_hierarchical() -> None:
+    """A ViT keeps its single declared grid and its class token."""
+    transformers = pytest.importorskip("transformers", reason="the text extra (transformers) is not installed")
+    vit = transformers.ViTModel(transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=16,
+                                                       num_hidden_layers=1, num_attention_heads=2,
+                                                       intermediate_size=32))  # fmt: skip
+    options = grid_options(vit)
+    assert options == {"grids": [(4, 4)], "patches": [(8, 8)], "hierarchical": False}
+    assert token_grid(17, (32, 32), **options) == (1, 4, 4)
