@@ -13,6 +13,7 @@ from torch import nn
 
 import whybox
 from whybox.errors import LayerError
+from whybox.masking.fills import make_fill
 from whybox.models.layers import grid_options, to_grid, token_grid
 
 # --- Swin on non-square images: one token grid per stage, no class token ----------------------------------------------
@@ -115,3 +116,68 @@ def test_a_plain_vit_is_not_hierarchical() -> None:
     options = grid_options(vit)
     assert options == {"grids": [(4, 4)], "patches": [(8, 8)], "hierarchical": False}
     assert token_grid(17, (32, 32), **options) == (1, 4, 4)
+
+
+# --- a baseline, fill or background that requires grad ------------------------------------------------------------------
+
+
+def _smooth() -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return nn.Sequential(
+            nn.Conv2d(3, 5, 3, padding=1), nn.Tanh(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 4)
+        ).eval()
+
+
+def _graphs(obj: object, path: str = "") -> list[str]:
+    """The paths of the tensors in ``obj`` (nested dicts, lists, tuples) that are attached to an autograd graph."""
+    if isinstance(obj, torch.Tensor):
+        return [path] if obj.requires_grad else []
+    if isinstance(obj, dict):
+        return [p for k, v in obj.items() for p in _graphs(v, f"{path}.{k}")]
+    if isinstance(obj, (list, tuple)):
+        return [p for i, v in enumerate(obj) for p in _graphs(v, f"{path}[{i}]")]
+    return []
+
+
+X = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize(
+    ("method", "kw", "learned"),
+    [
+        ("integrated_gradients", {"n_steps": 8}, {"baseline": torch.zeros(1, 3, 8, 8)}),
+        ("integrated_gradients", {"n_steps": 4, "n_baselines": 3}, {"baseline": torch.rand(3, 3, 8, 8)}),
+        ("feature_ablation", {"patch": 4}, {"fill": torch.full((1, 3, 8, 8), 0.5)}),
+        ("rise", {"n_masks": 16}, {"fill": torch.full((1, 3, 8, 8), 0.5)}),
+    ],
+)
+def test_a_baseline_that_requires_grad_gives_the_plain_tensors_result(
+    method: str, kw: dict[str, Any], learned: dict[str, torch.Tensor]
+) -> None:
+    """A baseline learned elsewhere (an nn.Parameter) gives the result of its plain values, and nothing in the
+    result is attached to an autograd graph (meta["delta"] and ["delta_rel"] were: .numpy() failed)."""
+    model = _smooth()
+    params = {k: nn.Parameter(v.clone()) for k, v in learned.items()}
+    got = whybox.explain(model, X, method, target=1, **kw, **params)
+    want = whybox.explain(model, X, method, target=1, **kw, **learned)
+    assert _graphs(got.attributions, "attributions") + _graphs(got.meta, "meta") == []
+    torch.testing.assert_close(got.attributions, want.attributions, rtol=0, atol=0)
+    if method == "integrated_gradients":
+        torch.testing.assert_close(got.meta["delta"], want.meta["delta"], rtol=0, atol=0)
+        got.meta["delta"].numpy()
+
+
+def test_fills_keep_no_graph() -> None:
+    """make_fill (behind every fill=, baseline= and metric fill) returns data: a Parameter's values, a callable's
+    output, without their graphs; a deletion curve with a learned fill is the plain fill's."""
+    p = nn.Parameter(torch.full((1, 3, 1, 1), 0.25))
+    assert not make_fill(p, X).requires_grad
+    assert not make_fill(lambda t: t * p, X).requires_grad
+    e = whybox.explain(_smooth(), X, "integrated_gradients", target=1, baseline=lambda t: t * p, n_steps=4)
+    assert _graphs(e.meta, "meta") == []
+    a = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    got = whybox.evaluate(_smooth(), X, a, "deletion", target=1, fill=p)
+    want = whybox.evaluate(_smooth(), X, a, "deletion", target=1, fill=p.detach().clone())
+    assert not got.scores.requires_grad
+    torch.testing.assert_close(got.scores, want.scores, rtol=0, atol=0)

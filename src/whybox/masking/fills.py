@@ -71,7 +71,8 @@ def make_fill(
         uniformly between each row's min and max, from ``generator``); a number; a finite tensor
         broadcastable to ``x`` (explainers and metrics also take a numpy array or pandas Series, e.g. the
         training means ``X.mean()`` of tabular rows: ``"mean"`` is the row's own mean, which mixes the units
-        of different columns); or a callable ``x -> tensor``.
+        of different columns); or a callable ``x -> tensor``. A tensor's (or a callable's) values are used, not its
+        graph: a baseline learned elsewhere (an ``nn.Parameter``) leaves nothing in the result that requires grad.
     packing
         The :class:`~whybox.models.packed.InputPacking` of a model of several inputs, whose packed rows ``x``
         ``(B, F)`` are: ``"mean"`` and ``"uniform"`` are then each input's own (an image's per-channel means, a
@@ -88,7 +89,7 @@ def make_fill(
                 f"impute them (e.g. training means with NaN columns filled) before passing {name}."
             )
         try:
-            return torch.broadcast_to(fill.to(device=x.device, dtype=x.dtype), x.shape).clone()
+            return torch.broadcast_to(fill.detach().to(device=x.device, dtype=x.dtype), x.shape).clone()
         except RuntimeError:
             raise InvalidParameterError(
                 f"{name} tensor of shape {tuple(fill.shape)} does not broadcast to the inputs {tuple(x.shape)}."
@@ -99,7 +100,7 @@ def make_fill(
             raise InvalidParameterError(
                 f"a callable {name} must return a tensor shaped like the inputs {tuple(x.shape)}."
             )
-        return out.to(device=x.device, dtype=x.dtype)
+        return out.detach().to(device=x.device, dtype=x.dtype)
     if isinstance(fill, (int, float)) and not isinstance(fill, bool):
         if not math.isfinite(fill):
             raise InvalidParameterError(f"{name} as a number must be finite; got {fill!r}.")
