@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import whybox
-from whybox.errors import LayerError
+from whybox.errors import InvalidParameterError, LayerError
 from whybox.masking.fills import make_fill
 from whybox.models.layers import grid_options, to_grid, token_grid
 
@@ -181,3 +181,44 @@ def test_fills_keep_no_graph() -> None:
     want = whybox.evaluate(_smooth(), X, a, "deletion", target=1, fill=p.detach().clone())
     assert not got.scores.requires_grad
     torch.testing.assert_close(got.scores, want.scores, rtol=0, atol=0)
+
+
+# --- a per-channel baseline written flat ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "option", "value"),
+    [
+        ("integrated_gradients", "baseline", [0.1, 0.2, 0.3]),
+        ("integrated_gradients", "baseline", torch.tensor([0.1, 0.2, 0.3])),
+        ("occlusion", "fill", [0.1, 0.2, 0.3]),
+    ],
+)
+def test_a_flat_per_channel_baseline_gets_the_shape_that_works(method: str, option: str, value: object) -> None:
+    """(3,) on (B, 3, H, W) lines up with the width, not the channels: the error says to give (3, 1, 1), and that
+    shape works (as the full tensor it stands for)."""
+    model = _smooth()
+    with pytest.raises(InvalidParameterError) as err:
+        whybox.explain(model, X, method, target=1, **{option: value})
+    assert str(err.value) == (
+        f"{option} tensor of shape (3,) does not broadcast to the inputs (2, 3, 8, 8). Shapes line up from the last "
+        "dimension, which is 8 in the inputs; for one value per channel give shape (3, 1, 1), e.g. "
+        "torch.tensor(values).view(3, 1, 1)."
+    )
+    per_channel = torch.tensor([0.1, 0.2, 0.3]).view(3, 1, 1)
+    got = whybox.explain(model, X, method, target=1, **{option: per_channel})
+    want = whybox.explain(model, X, method, target=1, **{option: per_channel.expand(1, 3, 8, 8).clone()})
+    torch.testing.assert_close(got.attributions, want.attributions, rtol=0, atol=0)
+
+
+def test_a_flat_baseline_of_another_length_gets_no_channel_hint() -> None:
+    """Only a length equal to the channel count is read as one value per channel; what broadcasts is unchanged
+    ((8,) lines up with the width)."""
+    model = _smooth()
+    with pytest.raises(InvalidParameterError) as err:
+        whybox.explain(model, X, "integrated_gradients", target=1, baseline=torch.zeros(5))
+    assert str(err.value) == "baseline tensor of shape (5,) does not broadcast to the inputs (2, 3, 8, 8)."
+    row = torch.linspace(0, 1, 8)
+    got = whybox.explain(model, X, "integrated_gradients", target=1, baseline=row, n_steps=4)
+    want = whybox.explain(model, X, "integrated_gradients", target=1, baseline=row.expand(1, 3, 8, 8), n_steps=4)
+    torch.testing.assert_close(got.attributions, want.attributions, rtol=0, atol=0)

@@ -91,8 +91,16 @@ def make_fill(
         try:
             return torch.broadcast_to(fill.detach().to(device=x.device, dtype=x.dtype), x.shape).clone()
         except RuntimeError:
+            hint = ""
+            if x.ndim >= 3 and fill.numel() == x.shape[1] > 1:  # one value per channel, written flat: (C,)
+                per = (x.shape[1],) + (1,) * (x.ndim - 2)
+                view = ", ".join(map(str, per))
+                hint = (
+                    f" Shapes line up from the last dimension, which is {x.shape[-1]} in the inputs; for one value per "
+                    f"channel give shape ({view}), e.g. torch.tensor(values).view({view})."
+                )
             raise InvalidParameterError(
-                f"{name} tensor of shape {tuple(fill.shape)} does not broadcast to the inputs {tuple(x.shape)}."
+                f"{name} tensor of shape {tuple(fill.shape)} does not broadcast to the inputs {tuple(x.shape)}.{hint}"
             ) from None
     if callable(fill):
         out = fill(x)
