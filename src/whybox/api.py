@@ -14,7 +14,14 @@ from whybox.errors import InvalidParameterError
 from whybox.explanation import _ROW_OPTIONS, Explanation
 from whybox.metrics.base import MetricResult
 from whybox.models.adapter import coder_of
-from whybox.models.inputs import coded_later, is_text_adapter, is_texts, label_map_option, tensor_option
+from whybox.models.inputs import (
+    coded_later,
+    is_text_adapter,
+    is_texts,
+    label_map_option,
+    python_number,
+    tensor_option,
+)
 from whybox.models.packed import packed_option
 from whybox.models.targets import TargetLike
 from whybox.registry import EXPLAINERS, METRICS
@@ -221,10 +228,12 @@ def explain(
 
 def _python_scalar(value: Any) -> Any:
     """A NumPy scalar option (``np.int64(8)`` from a config grid or an array) as the Python number it holds, so the
-    options' checks read it as they read ``8``; anything else unchanged."""
-    if isinstance(value, np.generic) and value.dtype.kind in "biuf":
+    options' checks read it as they read ``8`` (:func:`~whybox.models.inputs.python_number`; NumPy's bool as
+    ``True``); anything else unchanged. A sequence of numbers (``fractions=``, ``window=``) is read by its option's
+    own check (:func:`~whybox.models.inputs.python_numbers`), so the classes take NumPy values too."""
+    if isinstance(value, np.generic) and value.dtype.kind == "b":
         return value.item()
-    return value
+    return python_number(value) if isinstance(value, np.generic) else value
 
 
 def _listed(value: Any) -> Any:

@@ -30,7 +30,7 @@ from whybox.masking.features import FeatureGroups, broadcast_ids, groups_touched
 from whybox.masking.fills import FillLike
 from whybox.metrics.base import Context, Metric, reads_sequence, row_widths, tie_order
 from whybox.metrics.faithfulness import _check_fill, resolve_fill
-from whybox.models.inputs import label_map_option, note_option_columns
+from whybox.models.inputs import label_map_option, note_option_columns, python_numbers
 from whybox.models.targets import apply_score_space
 from whybox.registry import METRICS
 
@@ -178,6 +178,7 @@ def bin_counts(n_features: torch.Tensor, fractions: tuple[float, ...]) -> torch.
 
 def _check_fractions(fractions: Any) -> tuple[float, ...]:
     msg = f"fractions must be a non-empty increasing sequence of numbers in (0, 1]; got {fractions!r}."
+    fractions = python_numbers(fractions)  # a NumPy array or a tensor of shares, NumPy scalars in a list
     if isinstance(fractions, (str, bytes)) or not hasattr(fractions, "__iter__"):
         raise InvalidParameterError(msg)
     vals = list(fractions)

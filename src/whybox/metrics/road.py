@@ -30,6 +30,7 @@ from whybox.metrics.base import (
     row_keys,
     tie_order,
 )
+from whybox.models.inputs import python_numbers
 from whybox.registry import METRICS
 
 __all__ = ["ROAD", "noisy_linear_imputation", "noisy_linear_imputation_batch"]
@@ -314,6 +315,7 @@ class ROAD(Metric):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        fractions = python_numbers(fractions)  # a NumPy array or a tensor of shares, NumPy scalars in a list
         if isinstance(fractions, (str, bytes)) or not isinstance(fractions, (tuple, list)):
             raise InvalidParameterError(f"fractions must be a list of shares in (0, 1]; got {fractions!r}.")
         fr = tuple(fractions)

@@ -30,6 +30,7 @@ from whybox.errors import InvalidInputError, InvalidParameterError, check_bool
 from whybox.masking.engine import MaskingEngine
 from whybox.metrics.base import check_float, check_int, check_map_shape, derive_generator, feature_values, tie_order
 from whybox.models.adapter import adapt
+from whybox.models.inputs import python_numbers
 from whybox.models.targets import Target
 
 __all__ = ["RoarResult", "remove_top", "roar"]
@@ -227,6 +228,7 @@ def roar(
     keep = check_bool("keep", keep)
     epochs = check_int("epochs", epochs)
     batch_size = check_int("batch_size", batch_size)
+    fractions = python_numbers(fractions)  # a NumPy array or a tensor of shares, NumPy scalars in a list
     if isinstance(fractions, (int, float)) and not isinstance(fractions, bool):
         fractions = [fractions]  # one share
     if isinstance(fractions, (str, bytes)) or not isinstance(fractions, Iterable):

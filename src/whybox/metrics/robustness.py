@@ -27,7 +27,7 @@ from whybox.metrics.base import (
     row_keys,
     text_positions,
 )
-from whybox.models.inputs import is_text_adapter
+from whybox.models.inputs import is_text_adapter, python_numbers
 from whybox.registry import METRICS
 
 __all__ = ["Infidelity", "MaxSensitivity", "squares"]
@@ -97,6 +97,7 @@ class Infidelity(Metric):
         self.n_samples = check_int("n_samples", n_samples)
         self.normalize = check_bool("normalize", normalize)
         self.baseline = check_float("baseline", baseline)
+        clip = python_numbers(clip)  # (low, high) as a NumPy array or a tensor, or NumPy scalars in a tuple
         if clip is not None and (
             not isinstance(clip, (tuple, list))
             or len(clip) != 2

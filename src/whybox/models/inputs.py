@@ -24,6 +24,8 @@ __all__ = [
     "is_text_adapter",
     "is_texts",
     "name_list",
+    "python_number",
+    "python_numbers",
     "tensor_option",
 ]
 
@@ -152,6 +154,50 @@ def _ints(value: Any) -> bool:
     if isinstance(value, (list, tuple)):
         return all(_ints(v) for v in value)
     return isinstance(value, (int, np.integer, bool, np.bool_))
+
+
+def python_number(value: Any) -> Any:
+    """A real NumPy scalar or 0-d tensor (``np.float32(0.1)``, ``np.int64(8)``, ``torch.tensor(0.5)``) as the Python
+    number it holds, so an option's check reads it as it reads ``0.1`` or ``8``; anything else unchanged (a bool,
+    NumPy's or a bool tensor's, stays what it is: an option that refuses ``True`` refuses it still).
+
+    A float of fewer than 64 bits is read as the shortest decimal that its own precision reads back to it, as NumPy
+    prints it: ``np.float32(0.1)`` is ``0.1``, not ``0.10000000149011612`` (a share of 0.1 of 10 features is 1
+    feature, as with ``0.1``, not 2); a bfloat16 (which NumPy lacks) as its exact value."""
+    if isinstance(value, torch.Tensor) and value.ndim == 0 and value.dtype != torch.bool and not value.is_complex():
+        value = value.detach().cpu()
+        if value.dtype == torch.bfloat16:  # NumPy has no bfloat16 (no shortest decimal of its own): its exact value
+            return float(value)
+        value = value.numpy()[()]
+    if isinstance(value, np.generic) and value.dtype.kind in "iu":
+        return int(value)
+    if isinstance(value, np.generic) and value.dtype.kind == "f":
+        return float(str(value)) if value.dtype.itemsize < 8 else float(value)
+    return value
+
+
+def python_numbers(value: Any) -> Any:
+    """A sequence-of-numbers option (``fractions=``, ``window=``, ``clip=``) given as a NumPy array or a tensor of
+    real numbers, or as a list or tuple holding NumPy scalars or 0-d tensors (``list(np.linspace(0.1, 0.9, 9))``), as
+    the list (the tuple) of the Python numbers it holds (:func:`python_number`), so the option's check reads it as it
+    reads ``[0.1, 0.5]``. A bool array or tensor, and bools in a list, are kept as they came (an option that refuses
+    bools refuses them still); anything else unchanged."""
+    if isinstance(value, torch.Tensor) and value.dtype != torch.bool and not value.is_complex():
+        value = value.detach().cpu()
+        if value.dtype == torch.bfloat16:  # NumPy has no bfloat16: its exact values
+            return value.double().tolist()
+        value = value.numpy()
+    if isinstance(value, np.ndarray) and value.dtype.kind in "iuf":
+        return _python_rows(value)
+    if isinstance(value, list):
+        return [python_number(v) for v in value]
+    if type(value) is tuple:  # not a named tuple: its fields are not a sequence of numbers
+        return tuple(python_number(v) for v in value)
+    return value
+
+
+def _python_rows(a: np.ndarray) -> Any:
+    return python_number(a[()]) if a.ndim == 0 else [_python_rows(r) for r in a]
 
 
 def label_map_option(value: Any, name: str) -> Any:

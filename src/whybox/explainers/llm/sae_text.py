@@ -44,6 +44,7 @@ from whybox.errors import (
 from whybox.explainers.llm.sae import SparseAutoencoder, top_activating
 from whybox.explainers.llm.sae import _check_sae as _check_sae_type
 from whybox.models._guard import preserved
+from whybox.models.inputs import python_number, python_numbers
 from whybox.models.text import (
     TextClassifierAdapter,
     TextEncoderAdapter,
@@ -527,6 +528,7 @@ class SAEFeatureAdapter(TextClassifierAdapter):
         self.sae = _check_sae(sae, _hidden_size(model))
         self.block = _block(model, layer)
         self.layer = layer
+        features = python_numbers(python_number(features))  # NumPy ids, ids as an array or a tensor: Python ints
         feats = [features] if isinstance(features, int) and not isinstance(features, bool) else features
         if (
             not isinstance(feats, Sequence)

@@ -22,7 +22,14 @@ from whybox.masking.engine import MaskingEngine
 from whybox.masking.features import FeatureGroups, groups_touched
 from whybox.masking.fills import FILLS, FillLike, make_fill
 from whybox.models.adapter import coder_of, is_signal
-from whybox.models.inputs import coded_later, label_map_option, note_option_columns, tensor_option
+from whybox.models.inputs import (
+    coded_later,
+    label_map_option,
+    note_option_columns,
+    python_number,
+    python_numbers,
+    tensor_option,
+)
 from whybox.models.packed import packed_option
 from whybox.models.targets import Target, TargetLike, apply_score_space, resolve_target
 
@@ -454,6 +461,7 @@ class RegionExplainer(PerturbationExplainer):
                 f"got {type(features).__name__}."
             )
         _check_int("n_segments", n_segments)
+        patch = python_numbers(python_number(patch))  # NumPy ints, a pair as an array or a tensor: Python ints
         if patch is not None and not (
             (isinstance(patch, int) and not isinstance(patch, bool) and patch >= 1)
             or (

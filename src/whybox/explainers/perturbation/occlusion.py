@@ -11,6 +11,7 @@ from whybox.errors import InvalidParameterError
 from whybox.explainers.perturbation._common import F64, FirstMaskTarget, PerturbationExplainer
 from whybox.masking.engine import MaskingEngine
 from whybox.models.adapter import is_signal
+from whybox.models.inputs import python_number, python_numbers
 from whybox.models.targets import Target, TargetLike
 from whybox.registry import EXPLAINERS
 
@@ -86,6 +87,8 @@ class Occlusion(PerturbationExplainer):
 
     def __init__(self, model: Any, *, window: SizeLike = None, stride: SizeLike = None, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
+        # NumPy ints, and sizes as a NumPy array or a tensor, read as the Python ints they hold
+        window, stride = (python_numbers(python_number(v)) for v in (window, stride))
         for name, v in (("window", window), ("stride", stride)):
             ok = v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1)
             ok = ok or (isinstance(v, (tuple, list)) and len(v) > 0 and all(isinstance(i, int) and i >= 1 for i in v))

@@ -1,0 +1,102 @@
+"""Eighth-pass fixes: each test states the property a user relied on and failed before the fix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import whybox
+from whybox.errors import InvalidParameterError
+from whybox.metrics.eraser import Comprehensiveness, Sufficiency
+from whybox.metrics.road import ROAD
+from whybox.metrics.robustness import Infidelity
+
+
+# ------------------------------------------------------------------ sequences of numbers given as NumPy / torch
+def _linear() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    return nn.Linear(10, 3).eval(), torch.randn(2, 10), torch.randn(2, 10)
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        np.array([0.1, 0.5], dtype=np.float32),
+        [np.float32(0.1), np.float32(0.5)],
+        torch.tensor([0.1, 0.5]),
+        (np.float64(0.1), np.float16(0.5)),
+        [torch.tensor(0.1), torch.tensor(0.5)],
+    ],
+    ids=["float32-array", "float32-list", "tensor", "mixed-tuple", "0d-tensors"],
+)
+@pytest.mark.parametrize("metric", ["comprehensiveness", "sufficiency"])
+def test_eraser_fractions_from_numpy_or_torch_score_as_the_python_list(metric: str, given: Any) -> None:
+    """A float32 0.1 is the share 0.1 (NumPy prints it so): 10 features at 0.1 is one feature, not two, so the
+    scores equal those of the Python list exactly, through evaluate() and the class."""
+    model, x, a = _linear()
+    ref = whybox.evaluate(model, x, a, metric, target=0, fractions=[0.1, 0.5])
+    got = whybox.evaluate(model, x, a, metric, target=0, fractions=given)
+    assert got.params["fractions"] == [0.1, 0.5]
+    torch.testing.assert_close(got.scores, ref.scores, rtol=0, atol=0)
+    cls = {"comprehensiveness": Comprehensiveness, "sufficiency": Sufficiency}[metric]
+    assert cls(fractions=given).fractions == (0.1, 0.5)
+
+
+def test_eraser_fractions_numpy_int_one_is_the_whole() -> None:
+    model, x, a = _linear()
+    ref = whybox.evaluate(model, x, a, "comprehensiveness", target=0, fractions=(1,))
+    got = whybox.evaluate(model, x, a, "comprehensiveness", target=0, fractions=(np.int64(1),))
+    torch.testing.assert_close(got.scores, ref.scores, rtol=0, atol=0)
+
+
+def test_road_fractions_from_numpy_or_torch() -> None:
+    """ROAD took lists and tuples only: a float64 array was refused too."""
+    for given in (np.array([0.2, 0.6]), np.array([0.2, 0.6], dtype=np.float32), torch.tensor([0.2, 0.6])):
+        assert ROAD(fractions=given).fractions == (0.2, 0.6)
+
+
+@pytest.mark.parametrize(
+    "bad", [[True], np.array([True, True]), torch.tensor([True]), [np.True_]], ids=["bool", "np", "torch", "np-item"]
+)
+def test_bool_fractions_are_still_refused(bad: Any) -> None:
+    with pytest.raises(InvalidParameterError, match="fractions must be a non-empty increasing sequence"):
+        Comprehensiveness(fractions=bad)
+    with pytest.raises(InvalidParameterError, match="fractions"):
+        ROAD(fractions=bad)
+
+
+def test_fractions_error_names_the_value_given() -> None:
+    with pytest.raises(InvalidParameterError, match=r"got array\(\[0\.5, 0\.1\], dtype=float32\)"):
+        Comprehensiveness(fractions=np.array([0.5, 0.1], dtype=np.float32))
+
+
+def test_other_number_sequences_take_numpy_and_torch() -> None:
+    """infidelity's clip, occlusion's window and stride, the region methods' patch: NumPy and torch too."""
+    assert Infidelity(clip=np.array([-1.0, 1.0], dtype=np.float32)).clip == (-1.0, 1.0)
+    assert Infidelity(clip=(np.float32(-0.5), torch.tensor(0.5))).clip == (-0.5, 0.5)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    x = torch.randn(1, 3, 8, 8)
+    ref = whybox.explain(model.eval(), x, "occlusion", target=1, window=(3, 2, 2), stride=(3, 2, 2))
+    for window in (np.array([3, 2, 2]), torch.tensor([3, 2, 2]), [np.int64(3), np.int64(2), np.int64(2)]):
+        got = whybox.explain(model, x, "occlusion", target=1, window=window, stride=(3, 2, 2))
+        torch.testing.assert_close(got.attributions, ref.attributions, rtol=0, atol=0)
+    ref = whybox.explain(model, x, "feature_ablation", target=1, features="grid", patch=(4, 2))
+    got = whybox.explain(model, x, "feature_ablation", target=1, features="grid", patch=np.array([4, 2]))
+    torch.testing.assert_close(got.attributions, ref.attributions, rtol=0, atol=0)
+
+
+def test_python_numbers_reads_each_real_scalar_as_the_number_it_shows() -> None:
+    from whybox.models.inputs import python_number, python_numbers
+
+    assert python_number(np.float32(0.1)) == 0.1 and type(python_number(np.float32(0.1))) is float
+    assert python_number(torch.tensor(0.1, dtype=torch.bfloat16)) == float(torch.tensor(0.1, dtype=torch.bfloat16))
+    assert python_number(np.int64(7)) == 7 and type(python_number(np.int64(7))) is int
+    assert python_number(np.True_) is np.True_  # bools stay bools: refused where a number is asked
+    assert python_numbers(np.array([[1, 2], [3, 4]], dtype=np.int32)) == [[1, 2], [3, 4]]
+    assert python_numbers((np.float32(0.25), 1)) == (0.25, 1)
+    assert python_numbers("0.1") == "0.1"
