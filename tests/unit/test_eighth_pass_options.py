@@ -100,3 +100,43 @@ def test_python_numbers_reads_each_real_scalar_as_the_number_it_shows() -> None:
     assert python_numbers(np.array([[1, 2], [3, 4]], dtype=np.int32)) == [[1, 2], [3, 4]]
     assert python_numbers((np.float32(0.25), 1)) == (0.25, 1)
     assert python_numbers("0.1") == "0.1"
+
+
+# ------------------------------------------------------------------ references= as a NumPy array of embeddings
+def test_adapt_text_takes_numpy_reference_embeddings() -> None:
+    """sentence-transformers' encode() returns NumPy: the same adapter as the tensor gives, the same scores."""
+    from test_text import SENTENCES, tiny_bert, toy_tokenizer
+
+    tok, bert = toy_tokenizer(), tiny_bert("encoder")
+    by_text = whybox.adapt_text(bert, tok, kind="embedding", references=["boring plot", "fun story"])
+    refs = by_text.references.numpy().copy()
+    by_array = whybox.adapt_text(bert, tok, kind="embedding", references=refs)
+    assert isinstance(by_array.references, torch.Tensor)
+    torch.testing.assert_close(by_array.references, by_text.references, rtol=0, atol=0)
+    batch = by_text.encode(SENTENCES[:2])
+    torch.testing.assert_close(by_array.scores(batch.inputs), by_text.scores(batch.inputs), rtol=0, atol=0)
+    refs[:] = 0  # a copy: the user's array changing later changes nothing
+    assert bool(by_array.references.abs().sum() > 0)
+    sentences = whybox.adapt_text(bert, tok, kind="embedding", references=np.array(["boring plot", "fun story"]))
+    torch.testing.assert_close(sentences.references, by_text.references, rtol=0, atol=0)
+    assert sentences.output_names == ["boring plot", "fun story"]
+
+
+@pytest.mark.parametrize("bad", [[0.1, 0.2], 3, np.array([True, False]), {"a": 1}])
+def test_adapt_text_wrong_references_name_references(bad: Any) -> None:
+    from test_text import tiny_bert, toy_tokenizer
+
+    with pytest.raises(InvalidParameterError, match=r"^references must be a reference sentence.*Pass the sentences"):
+        whybox.adapt_text(tiny_bert("encoder"), toy_tokenizer(), kind="embedding", references=bad)
+
+
+def test_adapt_embedding_takes_numpy_references() -> None:
+    torch.manual_seed(0)
+    model = nn.Linear(4, 6).double().eval()
+    refs = np.random.default_rng(0).standard_normal((3, 6))
+    x = torch.randn(5, 4, dtype=torch.float64)
+    by_array = whybox.adapt(model, kind="embedding", references=refs)
+    by_tensor = whybox.adapt(model, kind="embedding", references=torch.from_numpy(refs.copy()))
+    torch.testing.assert_close(by_array.scores(x), by_tensor.scores(x), rtol=0, atol=0)
+    with pytest.raises(InvalidParameterError, match=r"^references must be embeddings .*got list of float\. Pass"):
+        whybox.adapt(model, kind="embedding", references=[0.1] * 6)

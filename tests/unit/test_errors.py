@@ -719,7 +719,7 @@ def test_embedding_adapter_needs_references(model: nn.Module) -> None:
     _raises(
         InvalidParameterError,
         ValueError,
-        r"references must be a tensor of shape \(D,\) or \(K, D\).*got \(1, 2, 5\)",
+        r"references must be embeddings of shape \(D,\) or \(K, D\).*got shape \(1, 2, 5\)",
         lambda: whybox.adapt(model, kind="embedding", references=torch.rand(1, 2, 5)),
     )
     _raises(

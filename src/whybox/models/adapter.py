@@ -274,6 +274,24 @@ class TorchAdapter(ModelAdapter):
         return self._check(self.select(self.forward(x)), x.shape[0])
 
 
+def embeddings_tensor(references: Any) -> Any:
+    """``references`` given as a NumPy array of numbers (what a sentence-transformers ``encode()`` returns by
+    default) as a tensor of its dtype (a copy); anything else unchanged."""
+    if isinstance(references, np.ndarray) and references.dtype.kind in "iuf":
+        return torch.tensor(np.ascontiguousarray(references))
+    return references
+
+
+def described_type(value: Any) -> str:
+    """What a wrong ``references=`` is, for an error: ``ndarray of dtype <U5``, ``list of float``, ``dict``."""
+    if isinstance(value, np.ndarray):
+        return f"ndarray of dtype {value.dtype} and shape {value.shape}"
+    if isinstance(value, (list, tuple)):
+        kinds = sorted({type(v).__name__ for v in value})
+        return f"{type(value).__name__} of {', '.join(kinds)}" if kinds else f"an empty {type(value).__name__}"
+    return type(value).__name__
+
+
 def check_references(references: torch.Tensor) -> None:
     """An embedding adapter's ``references``: finite real embeddings ``(D,)`` or ``(K, D)``, K >= 1."""
     bad = references.is_complex() or references.dtype == torch.bool or references.numel() == 0
@@ -300,16 +318,23 @@ class EmbeddingAdapter(TorchAdapter):
         self,
         model: nn.Module,
         *,
-        references: torch.Tensor,
+        references: torch.Tensor | np.ndarray,
         similarity: str = "cosine",
         scale: float = 1.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
-        if not isinstance(references, torch.Tensor) or references.ndim not in (1, 2):
-            got = tuple(references.shape) if isinstance(references, torch.Tensor) else type(references).__name__
+        references = embeddings_tensor(references)  # a NumPy array of embeddings (a sentence encoder's encode())
+        if not isinstance(references, torch.Tensor):
             raise InvalidParameterError(
-                f"references must be a tensor of shape (D,) or (K, D) for kind='embedding'; got {got}."
+                f"references must be embeddings for kind='embedding', a tensor or a NumPy array of numbers of shape "
+                f"(D,) (one target) or (K, D) (one per class); got {described_type(references)}. Pass the model's "
+                "embeddings of your target(s) or class prompts (torch.stack them, or torch.tensor(a list of numbers))."
+            )
+        if references.ndim not in (1, 2):
+            raise InvalidParameterError(
+                f"references must be embeddings of shape (D,) or (K, D) for kind='embedding'; got shape "
+                f"{tuple(references.shape)}."
             )
         if similarity not in ("cosine", "dot"):
             raise InvalidParameterError(f"similarity must be 'cosine' or 'dot'; got {similarity!r}.")
@@ -832,7 +857,7 @@ def adapt(
     output: OutputSelector = None,
     layers: LayerLike | Sequence[LayerLike] | None = None,
     preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    references: torch.Tensor | None = None,
+    references: torch.Tensor | np.ndarray | None = None,
     similarity: str = "cosine",
     scale: float = 1.0,
     labels: Sequence[str] | None = None,
@@ -868,7 +893,8 @@ def adapt(
         With ``input_shapes`` it receives the packed rows ``(B, F)`` (``adapter.packing.unpack`` cuts them into the
         inputs; return rows of the same shape), so an image normalisation must unpack, normalise and pack.
     references, similarity, scale
-        For ``kind="embedding"``: target embedding ``(D,)`` or class embeddings ``(K, D)``, ``"cosine"`` or
+        For ``kind="embedding"``: target embedding ``(D,)`` or class embeddings ``(K, D)`` (a tensor, or a NumPy
+        array of numbers such as a sentence encoder's ``encode()``, read as a tensor of its dtype), ``"cosine"`` or
         ``"dot"``, and a factor on the similarities.
     labels
         The outputs' names in order (``imagenet_labels()``; an embedding model's reference names): a string
@@ -960,7 +986,7 @@ def _adapt(
     output: OutputSelector,
     layers: LayerLike | Sequence[LayerLike] | None,
     preprocess: Callable[[torch.Tensor], torch.Tensor] | None,
-    references: torch.Tensor | None,
+    references: torch.Tensor | np.ndarray | None,
     similarity: str,
     scale: float,
 ) -> ModelAdapter:

@@ -27,12 +27,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from whybox.errors import InvalidInputError, InvalidParameterError, ModelOutputError, check_bool, did_you_mean
 from whybox.explanation import Explanation
-from whybox.models.adapter import EmbeddingAdapter, TorchAdapter, check_references, declares_multilabel
+from whybox.models.adapter import (
+    EmbeddingAdapter,
+    TorchAdapter,
+    check_references,
+    declares_multilabel,
+    described_type,
+    embeddings_tensor,
+)
 from whybox.models.blackbox_text import BlackBoxText, BlackBoxTextAdapter
 from whybox.models.targets import class_names
 
@@ -562,7 +570,7 @@ def adapt_text(
     tokenizer: Any,
     *,
     kind: str = "classifier",
-    references: str | Sequence[str] | torch.Tensor | None = None,
+    references: str | Sequence[str] | torch.Tensor | np.ndarray | None = None,
     pooling: str = "mean",
     max_length: int = 128,
 ) -> TextClassifierAdapter | TextEncoderAdapter:
@@ -579,7 +587,8 @@ def adapt_text(
         to ``references``.
     references
         For ``kind="embedding"``: a sentence (or sentences, one score each) whose embeddings are the targets, or
-        embeddings ``(D,)`` / ``(K, D)``. A reference sentence also names its score: ``target="a sad story"``.
+        embeddings ``(D,)`` / ``(K, D)``: a tensor, or a NumPy array of numbers (what a sentence-transformers
+        ``encode()`` returns), read as a tensor of its dtype. A NumPy array of strings holds sentences. A reference sentence also names its score: ``target="a sad story"``.
     pooling
         Sentence embedding of an encoder: ``"mean"`` over attended tokens (sentence-transformers) or ``"cls"``.
     max_length
@@ -623,15 +632,29 @@ def adapt_text(
         raise InvalidParameterError(
             "kind='embedding' needs references=: a reference sentence, several, or their embeddings (D,) / (K, D)."
         )
+    if isinstance(references, np.ndarray) and references.dtype.kind in "US":  # sentences in an array
+        references = references.tolist()
+    references = embeddings_tensor(references)  # a NumPy array of embeddings (a sentence encoder's encode())
+    sentences: str | list[str] | None = None
+    if isinstance(references, str):
+        sentences = references
+    elif isinstance(references, (list, tuple)) and references and all(isinstance(r, str) for r in references):
+        sentences = list(references)
+    if not isinstance(references, torch.Tensor) and sentences is None:
+        raise InvalidParameterError(
+            "references must be a reference sentence, a non-empty list of sentences, or their embeddings (D,) / "
+            f"(K, D) as a tensor or a NumPy array of numbers; got {described_type(references)}. Pass the sentences "
+            "themselves, or the encoder's embeddings of them (torch.tensor of a list of numbers)."
+        )
     placeholder = torch.zeros(1)
     enc = TextEncoderAdapter(model, tokenizer, references=placeholder, pooling=pooling, max_length=max_length)
-    if isinstance(references, torch.Tensor):
-        refs = references
-    else:
-        batch = enc.encode(references)
+    if sentences is not None:
+        batch = enc.encode(sentences)
         with enc.guard("eval"), torch.no_grad():
             refs = enc.embed(batch.inputs)
-        enc.output_names = [references] if isinstance(references, str) else [str(r) for r in references]
+        enc.output_names = [sentences] if isinstance(sentences, str) else sentences
+    else:
+        refs = torch.as_tensor(references)  # a tensor already (refused above otherwise)
     if refs.ndim not in (1, 2):
         raise InvalidParameterError(
             f"references must be text(s) or embeddings of shape (D,) or (K, D); got shape {tuple(refs.shape)}."
