@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -140,3 +141,54 @@ def test_adapt_embedding_takes_numpy_references() -> None:
     torch.testing.assert_close(by_array.scores(x), by_tensor.scores(x), rtol=0, atol=0)
     with pytest.raises(InvalidParameterError, match=r"^references must be embeddings .*got list of float\. Pass"):
         whybox.adapt(model, kind="embedding", references=[0.1] * 6)
+
+
+# ------------------------------------------------------------------ meta["n_forward"] counts every row scored
+class _CountingRegressor:
+    """A regressor that says nothing of its outputs (no n_outputs_), counting the rows it predicts."""
+
+    def __init__(self, n_outputs: int = 1, stated: bool = False) -> None:
+        self.w = np.arange(1.0, 1.0 + 4 * n_outputs).reshape(4, n_outputs) if n_outputs > 1 else np.arange(1.0, 5.0)
+        self.n_features_in_ = 4
+        self.rows = 0
+        if stated:
+            self.n_outputs_ = n_outputs
+
+    def fit(self, x: Any, y: Any) -> _CountingRegressor:
+        return self
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        self.rows += len(x)
+        return x @ self.w
+
+
+@pytest.mark.parametrize("stated", [False, True], ids=["unstated", "n_outputs_"])
+@pytest.mark.parametrize("method", ["occlusion", "feature_ablation", "kernel_shap", "lime"])
+def test_n_forward_equals_rows_the_regressor_scored(method: str, stated: bool) -> None:
+    est = _CountingRegressor(stated=stated)
+    x = np.random.default_rng(0).standard_normal((3, 4))
+    opts = {"n_samples": 20} if method in ("kernel_shap", "lime") else {}
+    for target in (None, 0):
+        est.rows = 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a regressor's default score space note
+            e = whybox.explain(est, x, method, target=target, **opts)
+        assert e.meta["n_forward"] == est.rows
+    # n_outputs_ says how many without a call: no extra row; else one row more than with target=0
+    est.rows = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        whybox.explain(est, x, "occlusion")
+    none_rows = est.rows
+    est.rows = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        whybox.explain(est, x, "occlusion", target=0)
+    assert none_rows == est.rows + (0 if stated else 1)
+
+
+@pytest.mark.parametrize("stated", [False, True])
+def test_multi_output_regressor_still_refuses_the_default_target(stated: bool) -> None:
+    est = _CountingRegressor(n_outputs=2, stated=stated)
+    with pytest.raises(whybox.errors.InvalidTargetError, match="predicts 2 values per row"):
+        whybox.explain(est, np.ones((2, 4)), "occlusion")

@@ -243,13 +243,15 @@ class Explainer:
     def _explain_call(self, inputs: torch.Tensor, target: TargetLike) -> Explanation:
         x = self._validate(inputs)
         target = class_label_target(self.adapter, target)  # class labels, an SAE adapter's latents
+        engine = MaskingEngine(scoring_adapter(self.adapter, self.score), batch_size=self.batch_size)
         if target is None and isinstance(self.adapter, SklearnAdapter) and self.adapter.outputs_values and len(x):
-            # a regressor's outputs are values, not classes: several of them leave no default to explain (one
-            # row's predict says how many; not a pass of the method)
-            check_default_target(self.adapter, int(self.adapter.scores(x[:1]).shape[1]))
+            # a regressor's outputs are values, not classes: several of them leave no default to explain. The
+            # estimator's n_outputs_ says how many without a call; else one row's predict, through the engine so
+            # that meta["n_forward"] counts it (it is a row the model scores)
+            k = self.adapter.stated_outputs()
+            check_default_target(self.adapter, k if k is not None else int(engine.forward(x[:1]).shape[1]))
         # seed=None draws a fresh seed per call (from the OS, global RNGs untouched); it is recorded in meta
         self._call_seed = self.seed if self.seed is not None else int.from_bytes(os.urandom(4), "little") >> 1
-        engine = MaskingEngine(scoring_adapter(self.adapter, self.score), batch_size=self.batch_size)
         engine_backward = [0]
         with self.adapter.guard(self.mode):
             if self.mode == "as_is" and isinstance(self.adapter, TorchAdapter):  # Dropout in training mode draws

@@ -429,6 +429,18 @@ class SklearnAdapter(ModelAdapter):
         self.numeric_dtypes: dict[str, Any] = {}  # int/bool columns of the frames seen: given back in their dtype
         self._object_refused = False  # the estimator refused an object column of whole and non-whole cells
 
+    def stated_outputs(self) -> int | None:
+        """The number of outputs the fitted estimator states without a call (``n_outputs_``: trees, forests,
+        MLPs, a Pipeline's last step), or ``None`` where it states none (a linear model, a custom estimator)."""
+        final = getattr(self.model, "_final_estimator", self.model)
+        try:
+            n = getattr(final, "n_outputs_", None)
+        except (AttributeError, ValueError):  # a property of an unfitted estimator: ask the model instead
+            return None
+        if isinstance(n, (int, np.integer)) and not isinstance(n, (bool, np.bool_)) and n >= 1:
+            return int(n)
+        return None
+
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         try:
             return self._scores(x)
