@@ -12,6 +12,7 @@ from torch import nn
 
 import whybox
 from whybox.errors import InvalidParameterError
+from whybox.masking.features import AmbiguousIdsWarning
 from whybox.metrics.eraser import Comprehensiveness, Sufficiency
 from whybox.metrics.road import ROAD
 from whybox.metrics.robustness import Infidelity
@@ -192,3 +193,89 @@ def test_multi_output_regressor_still_refuses_the_default_target(stated: bool) -
     est = _CountingRegressor(n_outputs=2, stated=stated)
     with pytest.raises(whybox.errors.InvalidTargetError, match="predicts 2 values per row"):
         whybox.explain(est, np.ones((2, 4)), "occlusion")
+
+
+# ------------------------------------------------------------------ sequence region ids per time step
+class _GRUNet(nn.Module):
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.rnn = nn.GRU(d, 5, batch_first=True)
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.rnn(x)[0][:, -1])
+
+
+def _seq(t: int, d: int) -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    return _GRUNet(d).eval(), torch.randn(2, t, d)
+
+
+REGION_METHODS = [
+    ("feature_ablation", {}),
+    ("kernel_shap", {"n_samples": 40}),
+    ("shapley_sampling", {"n_permutations": 4}),
+    ("exact_shapley", {}),
+    ("lime", {"n_samples": 40}),
+]
+
+
+@pytest.mark.parametrize(("method", "opts"), REGION_METHODS, ids=[m for m, _ in REGION_METHODS])
+def test_sequence_step_ids_equal_the_same_ids_given_per_element(method: str, opts: dict[str, Any]) -> None:
+    """(T,), (1, T) and (B, T) ids are one id per time step, shared by its D features, as the metrics read them:
+    the same numbers as the (B, T, D) map that spells it out (refused before, suggesting (1, H, W))."""
+    model, x = _seq(6, 3)
+    steps = torch.tensor([0, 0, 1, 1, 2, 3])
+    full = steps.view(1, 6, 1).expand(2, 6, 3)
+    ref = whybox.explain(model, x, method, target=1, features=full, seed=0, **opts)
+    for ids in (steps, steps.view(1, 6), steps.expand(2, 6), steps.tolist()):
+        got = whybox.explain(model, x, method, target=1, features=ids, seed=0, **opts)
+        torch.testing.assert_close(got.attributions.expand_as(ref.attributions), ref.attributions)
+        torch.testing.assert_close(got.meta["values"], ref.meta["values"])
+
+
+@pytest.mark.parametrize(("method", "opts"), REGION_METHODS, ids=[m for m, _ in REGION_METHODS])
+def test_sequence_step_ids_where_t_equals_d_are_read_per_step_with_a_warning(method: str, opts: dict[str, Any]) -> None:
+    """T == D: a (T,) map was silently read per feature; now per step, as the metrics read it, and said so; (1, 1, D)
+    stays the per-feature form, without a warning."""
+    model, x = _seq(4, 4)
+    steps = torch.tensor([0, 0, 1, 2])
+    ref = whybox.explain(model, x, method, target=1, features=steps.view(1, 4, 1).expand(2, 4, 4), seed=0, **opts)
+    with pytest.warns(AmbiguousIdsWarning, match=r"read one per time step.*\(1, 1, 4\)"):
+        got = whybox.explain(model, x, method, target=1, features=steps, seed=0, **opts)
+    torch.testing.assert_close(got.attributions.expand_as(ref.attributions), ref.attributions)
+    per_feature = steps.view(1, 1, 4).expand(2, 4, 4)
+    ref = whybox.explain(model, x, method, target=1, features=per_feature, seed=0, **opts)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = whybox.explain(model, x, method, target=1, features=steps.view(1, 1, 4), seed=0, **opts)
+    torch.testing.assert_close(got.attributions.expand_as(ref.attributions), ref.attributions)
+
+
+def test_sequence_ids_that_fit_no_form_name_the_sequence_forms() -> None:
+    model, x = _seq(6, 3)
+    with pytest.raises(
+        InvalidParameterError,
+        match=r"does not fit sequences \(2, 6, 3\).*one per time step \(6,\), \(1, 6\) or \(2, 6\)",
+    ):
+        whybox.explain(model, x, "feature_ablation", target=1, features=torch.zeros(5, dtype=torch.long))
+
+
+def test_step_ids_leave_images_tables_and_signals_as_they_were() -> None:
+    """Not a sequence: a Conv1d's signal (B, C, L) reads (L,) ids per time step shared by the channels, as before,
+    and an MLP's gray images (B, H, W) read (W,) ids per column."""
+    torch.manual_seed(0)
+    conv = nn.Sequential(nn.Conv1d(3, 4, 3, padding=1), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+    s = torch.randn(2, 3, 6)
+    ids = torch.tensor([0, 0, 1, 1, 2, 2])
+    ref = whybox.explain(conv, s, "feature_ablation", target=0, features=ids.view(1, 1, 6).expand(2, 3, 6))
+    got = whybox.explain(conv, s, "feature_ablation", target=0, features=ids)
+    torch.testing.assert_close(got.attributions.expand_as(ref.attributions), ref.attributions)
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(12, 3)).eval()
+    g = torch.randn(2, 4, 3)
+    cols = torch.tensor([0, 1, 1])
+    ref = whybox.explain(mlp, g, "feature_ablation", target=0, features=cols.view(1, 1, 3).expand(2, 4, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = whybox.explain(mlp, g, "feature_ablation", target=0, features=cols)
+    torch.testing.assert_close(got.attributions.expand_as(ref.attributions), ref.attributions)

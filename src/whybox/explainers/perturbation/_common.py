@@ -21,7 +21,7 @@ from whybox.masking import features as F
 from whybox.masking.engine import MaskingEngine
 from whybox.masking.features import FeatureGroups, groups_touched
 from whybox.masking.fills import FILLS, FillLike, make_fill
-from whybox.models.adapter import coder_of, is_signal
+from whybox.models.adapter import coder_of, is_sequence, is_signal
 from whybox.models.inputs import (
     coded_later,
     label_map_option,
@@ -86,12 +86,25 @@ def elements(x: torch.Tensor) -> FeatureGroups:
     return FeatureGroups(g, n, "elements")
 
 
-def _from_tensor(mask: torch.Tensor, x: torch.Tensor, kind: str = "user") -> FeatureGroups:
-    """An integer mask ``(B, *G)``, ``(1, *G)`` or ``(*G)`` (``(H, W)`` for images) as feature groups."""
+def _from_tensor(mask: torch.Tensor, x: torch.Tensor, kind: str = "user", *, sequence: bool = False) -> FeatureGroups:
+    """An integer mask ``(B, *G)``, ``(1, *G)`` or ``(*G)`` (``(H, W)`` for images) as feature groups; for sequences
+    ``(B, T, D)`` of a model that reads time steps (``sequence``) also ids per step ``(T,)``, ``(1, T)`` or ``(B, T)``,
+    shared by the step's D features (:func:`whybox.masking.step_ids`, as the metrics and LIMA read them)."""
     if mask.is_floating_point() or mask.is_complex() or mask.dtype == torch.bool:
         raise InvalidParameterError(f"a feature mask must hold integer group ids; got dtype {mask.dtype}.")
-    g = F.broadcast_ids(mask, x)
+    per_step = F.step_ids(mask, x) if sequence and x.ndim == 3 else None
+    g = F.broadcast_ids(mask if per_step is None else per_step, x)
     if g is None:
+        if sequence and x.ndim == 3:
+            t, d = x.shape[1], x.shape[2]
+            forms = (
+                f"one per time step ({t},), (1, {t}) or ({x.shape[0]}, {t}) (shared by the step's {d} features), per "
+                f"feature (1, 1, {d}) or per element ({t}, {d}) / ({x.shape[0]}, {t}, {d})"
+            )
+            raise InvalidParameterError(
+                f"features mask of shape {tuple(mask.shape)} does not fit sequences {tuple(x.shape)} (B, T, D); pass "
+                f"integer group ids: {forms}."
+            )
         raise InvalidParameterError(
             f"features mask of shape {tuple(mask.shape)} does not fit inputs {tuple(x.shape)}; pass (B, *G) or "
             "(*G) integer group ids with G broadcasting to one input row (e.g. (1, H, W) for image regions)."
@@ -110,14 +123,17 @@ def resolve_features(
     compactness: float,
     patch: int | tuple[int, int] | None,
     signal: bool = False,
+    sequence: bool = False,
 ) -> FeatureGroups:
     """Turn the ``features`` option into :class:`FeatureGroups` for ``x``; ``signal``: ``x`` is 1-D signals
     ``(B, C, L)`` (:func:`~whybox.models.adapter.is_signal`), on which ``"auto"`` and ``"grid"`` are segments
-    (``patch`` samples long, else 16 windows; 8 for exact Shapley) and ``"pixels"`` one group per time step."""
+    (``patch`` samples long, else 16 windows; 8 for exact Shapley) and ``"pixels"`` one group per time step;
+    ``sequence``: ``x`` is sequences ``(B, T, D)`` of a model that reads time steps
+    (:func:`~whybox.models.adapter.is_sequence`), whose integer masks may also give one id per step."""
     if isinstance(spec, FeatureGroups):
-        return _from_tensor(spec.groups, x, spec.kind)
+        return _from_tensor(spec.groups, x, spec.kind, sequence=sequence)
     if isinstance(spec, torch.Tensor):
-        return _from_tensor(spec, x)
+        return _from_tensor(spec, x, sequence=sequence)
     if signal and isinstance(spec, str) and spec in ("auto", "grid", "grid3", "pixels", "segments"):
         if spec == "pixels":
             return F.segments(x, length=1)
@@ -424,7 +440,11 @@ class RegionExplainer(PerturbationExplainer):
         segmentation), ``"grid"`` (square patches of ``patch`` pixels; default ``ceil(min(H, W) / 8)``),
         ``"pixels"``, ``"columns"``, ``"elements"`` (one group per scalar), a :class:`FeatureGroups`, or an
         integer mask ``(B, *G)``/``(*G)`` with ``G`` broadcasting to one row (``(1, H, W)`` or ``(H, W)``
-        for image regions, ``(F,)`` for column groups or token spans).
+        for image regions, ``(F,)`` for column groups or token spans; for sequences ``(B, T, D)`` of a model that
+        reads time steps (:func:`~whybox.models.adapter.is_sequence`) also one id per step, ``(T,)``, ``(1, T)`` or
+        ``(B, T)``, shared by the step's D features, as the metrics and LIMA read region ids: where T == D such a map
+        is read per step, with an :class:`~whybox.masking.features.AmbiguousIdsWarning`; per feature is
+        ``(1, 1, D)``).
     n_segments, compactness
         SLIC options for ``features="superpixels"``.
     patch
@@ -508,6 +528,7 @@ class RegionExplainer(PerturbationExplainer):
             compactness=self.compactness,
             patch=self.patch,
             signal=is_signal(self.adapter, x),
+            sequence=isinstance(self.features, (torch.Tensor, FeatureGroups)) and is_sequence(self.adapter, x),
         )
 
     def _regions(self, x: torch.Tensor, fills: torch.Tensor, groups: FeatureGroups | None = None) -> Regions:
