@@ -201,6 +201,11 @@ class Lima(PerturbationExplainer):
         score: str | None = None,
         **kwargs: Any,
     ) -> None:
+        if score is not None and score not in SCORES:  # before the base class's check, which lists every space
+            raise InvalidParameterError(
+                f"score must be one of {SCORES} for 'lima' (p_c is a probability, the raw score of a one-output "
+                f"model, or a one-logit classifier's sigmoid); got {score!r}.{did_you_mean(str(score), SCORES)}"
+            )
         super().__init__(model, fill=fill, score=score, **kwargs)
         if not isinstance(search, str) or search not in SEARCHES:
             raise InvalidParameterError(
@@ -256,11 +261,6 @@ class Lima(PerturbationExplainer):
         _check_int("n_predicted", n_predicted)
         if isinstance(n_refresh, bool) or not isinstance(n_refresh, int) or n_refresh < 0:
             raise InvalidParameterError(f"n_refresh must be an int >= 0; got {n_refresh!r}.")
-        if score is not None and score not in SCORES:
-            raise InvalidParameterError(
-                f"score must be one of {SCORES} for 'lima' (p_c is a probability, the raw score of a one-output "
-                f"model, or a one-logit classifier's sigmoid); got {score!r}."
-            )
         self.search = search
         self.regions = regions
         self.n_regions = n_regions

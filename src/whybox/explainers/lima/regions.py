@@ -188,9 +188,11 @@ def from_label_map(labels: Any, x: torch.Tensor, *, sequence: bool = False) -> R
 
 
 def from_masks(masks: torch.Tensor, x: torch.Tensor) -> RegionMap:
-    """Region masks ``(N, *G)`` (shared) or ``(B, N, *G)`` bool as a partition; refused unless every element is
-    in exactly one mask (overlapping masks, e.g. from SAM, would make ``I - merge(S)`` meaningless)."""
+    """Region masks ``(N, *G)`` (shared; for images ``(N, H, W)`` or ``(N, 1, H, W)``) or ``(B, N, *G)`` bool as a
+    partition; refused unless every element is in exactly one mask (overlapping masks, e.g. from SAM, would make ``I - merge(S)`` meaningless)."""
     m = masks.to(x.device)
+    if x.ndim == 4 and m.ndim == 4 and m.shape[1] == 1 and m.shape[0] > 1:
+        m = m[:, 0]  # (N, 1, H, W): N masks in the label maps' image form (B, 1, H, W) would be one mask per row
     if x.ndim == 4 and m.ndim in (3, 4):  # (N, H, W) or (B, N, H, W): one channel-shared region map
         m = m.unsqueeze(-3)
     if m.ndim == x.ndim:
@@ -204,7 +206,7 @@ def from_masks(masks: torch.Tensor, x: torch.Tensor) -> RegionMap:
     if not fits:
         raise InvalidParameterError(
             f"regions: mask stack of shape {tuple(masks.shape)} does not fit inputs {tuple(x.shape)}; pass "
-            "(N, *G) or (B, N, *G) bool masks ((N, H, W) for images)."
+            "(N, *G) or (B, N, *G) bool masks ((N, H, W) or (N, 1, H, W) for images)."
         )
     count = m.sum(1)
     over, under = int((count > 1).sum()), int((count == 0).sum())
