@@ -176,7 +176,7 @@ def text_columns(args: argparse.Namespace, rows_array: np.ndarray, n: int) -> di
     "high" text, a Pipeline that one-hot encodes them (a ColumnTransformer by name) and scales the rest, explained
     on the raw DataFrame by whybox (which codes the text columns and decodes them before each call) and by shap's
     KernelExplainer on the same rows as an object array (shap's string support), with the same reference row (the
-    training mode of each text column, the mean of the others) and the same coalitions."""
+    training mode of each text column, the mean of the others) and as many coalitions (each side samples its own)."""
     import pandas as pd
     import shap
     from sklearn.compose import ColumnTransformer
@@ -235,7 +235,8 @@ def text_columns(args: argparse.Namespace, rows_array: np.ndarray, n: int) -> di
 def write(result: dict[str, Any], args: argparse.Namespace) -> None:
     from importlib.metadata import version
 
-    RESULTS.mkdir(exist_ok=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     head = (
         f"- date: {_dt.datetime.now().isoformat(timespec='seconds')}; {platform.platform()}; Python "
         f"{platform.python_version()}; torch {torch.__version__} (1 thread); scikit-learn {version('scikit-learn')}; "
@@ -266,14 +267,15 @@ def write(result: dict[str, Any], args: argparse.Namespace) -> None:
             f"{r['peer_passes_per_row']:.0f} | {r['ours_calls']} | {r['peer_calls']} | {r['ours_s_per_row'] * 1e3:.2f} ms | "
             f"{r['peer_s_per_row'] * 1e3:.2f} ms | {r['ratio']:.3f} ({r['ratio_min']:.3f}-{r['ratio_max']:.3f}) |"
         )
-    (RESULTS / "tabular.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "tabular.json").write_text(json.dumps({"header": head, **result}, indent=1) + "\n")
+    (out / "tabular.md").write_text("\n".join(lines) + "\n")
+    (out / "tabular.json").write_text(json.dumps({"header": head, **result}, indent=1) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--quick", action="store_true", help="5 rows, 200 samples")
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--out", type=Path, default=RESULTS, help="results folder (default bench/results)")
     args = p.parse_args(argv)
     write(run(args), args)
     return 0
