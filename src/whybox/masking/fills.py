@@ -16,31 +16,57 @@ FILLS = ("zero", "mean", "blur", "uniform")
 FillLike = str | float | int | torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
 
 
+def _mirror_indices(n: int, radius: int, taps: int, device: torch.device) -> torch.Tensor:
+    """Positions ``-radius .. n - 1 - radius + taps - 1`` of an axis of ``n >= 2`` samples, mirrored into
+    ``0 .. n - 1`` about the first and last sample (``d c b | a b c d | c b a``): scipy's ``mode="mirror"``, periodic
+    with period ``2 (n - 1)``, so a kernel longer than the axis reads each sample as often as scipy does."""
+    period = 2 * (n - 1)
+    u = torch.remainder(torch.arange(-radius, n - radius + taps - 1, device=device), period)
+    return torch.where(u < n, u, period - u)
+
+
+def _blur_axis(x: torch.Tensor, k: torch.Tensor, dim: int) -> torch.Tensor:
+    """``x`` ``(B, C, H, W)`` correlated with the odd kernel ``k`` (float64, centred) along ``dim`` (2 or 3), mirror
+    padded. Taps further apart than the mirror's period read the same samples, so they are summed first: the kernel
+    never has more than ``2 (n - 1)`` taps, whatever its radius."""
+    n = x.shape[dim]
+    if n == 1:  # the mirror of one sample is that sample: a kernel summing to 1 leaves it as it is
+        return x
+    radius = (k.numel() - 1) // 2
+    taps = min(k.numel(), 2 * (n - 1))
+    folded = torch.zeros(taps, dtype=torch.float64, device=x.device)
+    folded.index_add_(0, torch.arange(k.numel(), device=x.device) % taps, k)
+    padded = x.index_select(dim, _mirror_indices(n, radius, taps, x.device))
+    c = x.shape[1]
+    shape = (c, 1, 1, taps) if dim == 3 else (c, 1, taps, 1)
+    return torch.nn.functional.conv2d(padded, folded.to(x.dtype).view(1, 1, *shape[2:]).expand(shape), groups=c)
+
+
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of ``(B, C, H, W)`` images (reflect padding, kernel radius 3 sigma)."""
-    if sigma <= 0:
+    """Separable Gaussian blur of images ``(B, C, H, W)`` with standard deviation ``sigma`` pixels, per channel.
+
+    The kernel has radius ``int(3 sigma + 0.5)`` and sums to 1; the image is mirrored at its border
+    (``d c b | a b c d | c b a``) as far as the kernel reaches, also beyond the image's own size (8 x 8 digits at
+    ``sigma=5``): each channel equals ``scipy.ndimage.gaussian_filter(channel, sigma, mode="mirror", truncate=3)``.
+    ``sigma=0`` returns a copy.
+
+    Raises
+    ------
+    InvalidParameterError
+        ``sigma`` is not a finite number >= 0.
+    """
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not 0 <= sigma < math.inf:
+        raise InvalidParameterError(
+            f"sigma (the blur's standard deviation in pixels) must be a finite number >= 0; got {sigma!r}."
+        )
+    radius = int(3.0 * sigma + 0.5)
+    if radius == 0 or x.numel() == 0:
         return x.clone()
-    radius = max(1, int(3.0 * sigma + 0.5))
     t = torch.arange(-radius, radius + 1, device=x.device, dtype=torch.float64)
     k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = (k / k.sum()).to(x.dtype)
-    c = x.shape[1]
-    h, w = x.shape[-2:]
-    pad_h, pad_w = min(radius, h - 1), min(radius, w - 1)
-    out = x
-    if pad_w > 0:
-        kw = k[radius - pad_w : radius + pad_w + 1].view(1, 1, 1, -1).repeat(c, 1, 1, 1)
-        kw = kw / kw.sum(-1, keepdim=True)
-        out = torch.nn.functional.conv2d(
-            torch.nn.functional.pad(out, (pad_w, pad_w, 0, 0), mode="reflect"), kw, groups=c
-        )
-    if pad_h > 0:
-        kh = k[radius - pad_h : radius + pad_h + 1].view(1, 1, -1, 1).repeat(c, 1, 1, 1)
-        kh = kh / kh.sum(-2, keepdim=True)
-        out = torch.nn.functional.conv2d(
-            torch.nn.functional.pad(out, (0, 0, pad_h, pad_h), mode="reflect"), kh, groups=c
-        )
-    return out
+    k = k / k.sum()
+    out = _blur_axis(_blur_axis(x, k, 3), k, 2)
+    return x.clone() if out is x else out  # 1 x 1 images: left as they are, in a tensor of their own
 
 
 def one_value_per_column(fill: object) -> bool:
