@@ -8,9 +8,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
+import whybox
 from whybox.errors import InvalidParameterError
-from whybox.masking import gaussian_blur, make_fill
+from whybox.masking import gaussian_blur, make_fill, superpixels
 
 
 # ---------------------------------------------------------------------------------------------- the blur fill
@@ -61,3 +63,36 @@ def test_a_bad_blur_sigma_is_named(sigma: object) -> None:
         InvalidParameterError, match=r"^sigma \(the blur's standard deviation in pixels\) must be a fin"
     ):
         make_fill("blur", torch.rand(1, 3, 8, 8), sigma=sigma)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------- superpixels
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"compactness": 0.0}, "compactness must be a number > 0; got 0.0."),
+        ({"compactness": -1.0}, "compactness must be a number > 0; got -1.0."),
+        ({"compactness": float("nan")}, "compactness must be a number > 0; got nan."),
+        ({"compactness": "10"}, "compactness must be a number > 0; got '10'."),
+        ({"n_segments": None}, "n_segments must be an int >= 1; got None."),
+        ({"n_segments": "50"}, "n_segments must be an int >= 1; got '50'."),
+        ({"n_segments": True}, "n_segments must be an int >= 1; got True."),
+        ({"n_segments": 0}, "n_segments must be an int >= 1; got 0."),
+    ],
+)
+def test_superpixels_checks_its_options_as_the_explainers_do(kw: dict[str, object], message: str) -> None:
+    x = torch.rand(1, 3, 16, 16)
+    with pytest.raises(InvalidParameterError) as direct:
+        superpixels(x, **kw)  # type: ignore[arg-type]
+    assert str(direct.value) == message
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 2)).eval()
+    with pytest.raises(InvalidParameterError) as through:
+        whybox.explain(model, x, "lime", features="superpixels", n_samples=8, **kw)
+    assert str(through.value) == message
+
+
+def test_superpixels_takes_numpy_numbers() -> None:
+    pytest.importorskip("skimage")
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    a = superpixels(x, n_segments=np.int64(9), compactness=np.float32(10.0))
+    b = superpixels(x, n_segments=9, compactness=10.0)
+    assert torch.equal(a.groups, b.groups) and a.n_groups == b.n_groups

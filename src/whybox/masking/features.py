@@ -184,6 +184,16 @@ def cells(x: torch.Tensor, *, n: int | tuple[int, int]) -> FeatureGroups:
     return FeatureGroups(g, nh * nw, "cells")
 
 
+def slic_options(n_segments: Any, compactness: Any) -> tuple[int, float]:
+    """SLIC's ``n_segments`` (an int >= 1) and ``compactness`` (a number > 0) checked, as Python numbers: the check
+    of :func:`superpixels` and of the explainers' options of the same names."""
+    if isinstance(n_segments, bool) or not isinstance(n_segments, numbers.Integral) or n_segments < 1:
+        raise InvalidParameterError(f"n_segments must be an int >= 1; got {n_segments!r}.")
+    if isinstance(compactness, bool) or not isinstance(compactness, numbers.Real) or not float(compactness) > 0:
+        raise InvalidParameterError(f"compactness must be a number > 0; got {compactness!r}.")
+    return int(n_segments), float(compactness)
+
+
 def superpixels(
     x: torch.Tensor,
     *,
@@ -202,10 +212,14 @@ def superpixels(
     than ``max(2, n_segments // 10)`` segments is segmented again with ``compactness`` x 10, then x 100 (space
     weighs more, the segments come out near-square), keeping the first that reaches it. Natural images keep
     ``compactness`` as given.
+
+    Raises
+    ------
+    InvalidParameterError
+        ``n_segments`` not an int >= 1, ``compactness`` not a number > 0, or ``image`` not the inputs' pictures.
     """
     _image(x, "superpixels()")
-    if n_segments < 1:
-        raise InvalidParameterError(f"n_segments must be >= 1; got {n_segments!r}.")
+    n_segments, compactness = slic_options(n_segments, compactness)
     import numpy as np
     from skimage.segmentation import slic
 

@@ -480,7 +480,6 @@ class RegionExplainer(PerturbationExplainer):
                 f"features must be one of {FEATURE_SPECS}, a FeatureGroups or an integer mask tensor; "
                 f"got {type(features).__name__}."
             )
-        _check_int("n_segments", n_segments)
         patch = python_numbers(python_number(patch))  # NumPy ints, a pair as an array or a tensor: Python ints
         if patch is not None and not (
             (isinstance(patch, int) and not isinstance(patch, bool) and patch >= 1)
@@ -492,10 +491,7 @@ class RegionExplainer(PerturbationExplainer):
         ):
             raise InvalidParameterError(f"patch must be an int >= 1 or a pair of them; got {patch!r}.")
         self.features = features
-        self.n_segments = n_segments
-        if isinstance(compactness, bool) or not isinstance(compactness, (int, float)) or not compactness > 0:
-            raise InvalidParameterError(f"compactness must be a number > 0; got {compactness!r}.")
-        self.compactness = float(compactness)
+        self.n_segments, self.compactness = F.slic_options(n_segments, compactness)
         self.patch = tuple(patch) if isinstance(patch, list) else patch
 
     def _groups(self, x: torch.Tensor) -> FeatureGroups:
