@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 import whybox
-from whybox.errors import InvalidParameterError
-from whybox.masking import gaussian_blur, make_fill, superpixels
+from whybox.errors import InvalidInputError, InvalidParameterError
+from whybox.masking import MaskingEngine, columns, gaussian_blur, make_fill, superpixels
 
 
 # ---------------------------------------------------------------------------------------------- the blur fill
@@ -96,3 +96,54 @@ def test_superpixels_takes_numpy_numbers() -> None:
     a = superpixels(x, n_segments=np.int64(9), compactness=np.float32(10.0))
     b = superpixels(x, n_segments=9, compactness=10.0)
     assert torch.equal(a.groups, b.groups) and a.n_groups == b.n_groups
+
+
+# ---------------------------------------------------------------------------------------------- fills, groups, engine
+def test_a_numpy_fill_is_read_as_the_tensor_it_holds() -> None:
+    x = torch.rand(2, 4)
+    values = np.array([0.5, -1.0, 2.0, 3.0])
+    torch.testing.assert_close(make_fill(values, x), torch.tensor(values, dtype=x.dtype).expand(2, 4))
+    with pytest.raises(InvalidParameterError, match="does not broadcast to the inputs"):
+        make_fill(np.zeros(3), x)
+
+
+@pytest.mark.parametrize("fill", ["mean", "blur", "uniform"])
+def test_statistics_of_integer_inputs_are_refused_with_the_fix(fill: str) -> None:
+    x = torch.zeros(1, 3, 4, 4, dtype=torch.uint8)
+    with pytest.raises(
+        InvalidInputError, match=rf"^fill='{fill}' is computed .* dtype torch.uint8\. Pass x\.float\(\)"
+    ):
+        make_fill(fill, x)
+    assert torch.equal(make_fill("zero", x), x)  # a fill that reads no statistic keeps the dtype
+
+
+@pytest.mark.parametrize("fill", ["zero", "mean", "blur", "uniform", 0.5])
+def test_fills_of_no_rows_are_empty(fill: object) -> None:
+    x = torch.rand(0, 3, 4, 4)
+    out = make_fill(fill, x, generator=torch.Generator().manual_seed(0))  # type: ignore[arg-type]
+    assert out.shape == x.shape and out.dtype == x.dtype
+
+
+def test_columns_of_rows_without_columns_is_named() -> None:
+    with pytest.raises(InvalidInputError, match=r"^columns\(\) needs rows of at least one column .* shape \(2, 0\)"):
+        columns(torch.rand(2, 0))
+
+
+def test_an_empty_batch_gets_scores_of_no_rows() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3)).eval()
+    engine = MaskingEngine(whybox.adapt(model))
+    out = engine.forward(torch.rand(0, 4))
+    assert out.shape == (0, 3) and engine.n_forward == 0
+
+
+def test_an_empty_batch_a_model_cannot_score_is_named() -> None:
+    from whybox.models.adapter import ModelAdapter
+
+    class NoEmpty(ModelAdapter):
+        def scores(self, x: torch.Tensor) -> torch.Tensor:
+            if x.shape[0] == 0:
+                raise ValueError("Found array with 0 sample(s)")
+            return x
+
+    with pytest.raises(InvalidInputError, match=r"^x holds no rows \(shape \(0, 4\)\) .*pass at least one row\.$"):
+        MaskingEngine(NoEmpty()).forward(torch.rand(0, 4))

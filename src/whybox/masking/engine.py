@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from whybox.errors import InvalidParameterError, WhyboxError
+from whybox.errors import InvalidInputError, InvalidParameterError, WhyboxError
 from whybox.masking.features import FeatureGroups
 from whybox.models.adapter import ModelAdapter, SklearnAdapter
 from whybox.models.targets import Target, apply_score_space, probability_check_over_chunks
@@ -246,7 +246,11 @@ class MaskingEngine:
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Raw scores ``(n, K)`` of ``x``, chunked."""
+        """Raw scores ``(n, K)`` of ``x``, chunked. ``x`` with no rows gives scores of no rows ``(0, K)``: the
+        model is asked for them once (a torch model answers an empty batch; one that cannot gets an
+        :class:`~whybox.errors.InvalidInputError`)."""
+        if x.shape[0] == 0:
+            return self._forward_empty(x)
         outs = []
         for s in range(0, x.shape[0], self.batch_size):
             chunk = x[s : s + self.batch_size]
@@ -254,6 +258,19 @@ class MaskingEngine:
             self.n_forward += chunk.shape[0]
             self.n_batches += 1
         return torch.cat(outs)
+
+    def _forward_empty(self, x: torch.Tensor) -> torch.Tensor:
+        try:
+            out = self._score_chunk(x)
+        except WhyboxError:
+            raise
+        except Exception as err:
+            raise InvalidInputError(
+                f"x holds no rows (shape {tuple(x.shape)}) and the model cannot score an empty batch to say how many "
+                f"outputs it has ({type(err).__name__}: {err}); pass at least one row."
+            ) from err
+        self.n_batches += 1
+        return out
 
     @staticmethod
     def _run_chunks(starts: range, prepare: Callable[[int], Any], run: Callable[..., None], prefetch: bool) -> None:

@@ -288,6 +288,10 @@ def columns(x: torch.Tensor, *, groups: torch.Tensor | None = None) -> FeatureGr
     if x.ndim != 2:
         raise InvalidInputError(f"columns() needs tabular rows (B, F); got inputs of shape {tuple(x.shape)}.")
     b, f = x.shape
+    if f == 0:
+        raise InvalidInputError(
+            f"columns() needs rows of at least one column (feature) to group; got inputs of shape {tuple(x.shape)}."
+        )
     if groups is None:
         g = torch.arange(f, device=x.device)
     else:
@@ -297,7 +301,7 @@ def columns(x: torch.Tensor, *, groups: torch.Tensor | None = None) -> FeatureGr
         g = raw.to(torch.int64)
         if g.shape != (f,):
             raise InvalidParameterError(f"groups must have shape ({f},); got {tuple(g.shape)}.")
-        if f and int(g.min()) < 0:
+        if int(g.min()) < 0:
             raise InvalidParameterError(
                 f"groups must be ids >= 0 (column j belongs to group groups[j]); got {g.tolist()[:20]}. Number the "
                 "groups 0, 1, 2, ..."

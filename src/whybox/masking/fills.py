@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from whybox.errors import InvalidParameterError, did_you_mean
+from whybox.errors import InvalidInputError, InvalidParameterError, did_you_mean
 
 __all__ = ["FILLS", "FillLike", "gaussian_blur", "make_fill"]
 
@@ -95,15 +95,34 @@ def make_fill(
         give it a tensor fill);
         ``"blur"`` (Gaussian blur with ``sigma`` pixels, images only); ``"uniform"`` (noise drawn
         uniformly between each row's min and max, from ``generator``); a number; a finite tensor
-        broadcastable to ``x`` (explainers and metrics also take a numpy array or pandas Series, e.g. the
-        training means ``X.mean()`` of tabular rows: ``"mean"`` is the row's own mean, which mixes the units
-        of different columns); or a callable ``x -> tensor``. A tensor's (or a callable's) values are used, not its
+        broadcastable to ``x``, or a numpy array or pandas Series read as one (as the explainers and metrics read
+        it), e.g. the training means ``X.mean()`` of tabular rows: ``"mean"`` is the row's own mean, which mixes the
+        units of different columns; or a callable ``x -> tensor``. A tensor's (or a callable's) values are used, not its
         graph: a baseline learned elsewhere (an ``nn.Parameter``) leaves nothing in the result that requires grad.
     packing
         The :class:`~whybox.models.packed.InputPacking` of a model of several inputs, whose packed rows ``x``
         ``(B, F)`` are: ``"mean"`` and ``"uniform"`` are then each input's own (an image's per-channel means, a
         metadata vector's mean and range), not one statistic over the packed row.
+
+    Inputs with no rows (or rows of no values) get an empty fill.
+
+    Raises
+    ------
+    InvalidParameterError
+        An unknown ``fill`` name; a tensor (or array) ``fill`` that holds NaN or inf or does not broadcast to ``x``;
+        ``sigma`` of ``"blur"`` not a finite number >= 0.
+    InvalidInputError
+        ``"mean"``, ``"blur"`` or ``"uniform"`` of integer inputs (convert them to float, as the explainers do).
     """
+    from whybox.models.inputs import tensor_option
+
+    fill = tensor_option(fill, name)  # a numpy array or a pandas Series (training means), as the explainers take it
+    if isinstance(fill, str) and fill in ("mean", "blur", "uniform") and not x.is_floating_point():
+        raise InvalidInputError(
+            f"{name}={fill!r} is computed from the inputs' values in floating point; got inputs of dtype {x.dtype}. "
+            f"Pass x.float() (the explainers convert integer inputs to the model's float dtype first), or give "
+            f"{name} as a number or a tensor."
+        )
     if packing is not None and x.ndim == 2 and isinstance(fill, str) and fill in ("mean", "uniform"):
         parts = [make_fill(fill, p, generator=generator, name=name) for p in packing.unpack(x)]
         return torch.cat([p.reshape(x.shape[0], -1) for p in parts], 1)
@@ -142,6 +161,8 @@ def make_fill(
     if fill == "zero":
         return torch.zeros_like(x)
     if fill == "mean":
+        if x.numel() == 0:  # no rows, or rows of no values: nothing to fill
+            return torch.empty_like(x)
         dims = tuple(range(2, x.ndim)) if x.ndim >= 3 else tuple(range(1, x.ndim))
         return x.mean(dim=dims, keepdim=True).expand_as(x).clone()
     if fill == "blur":
@@ -152,6 +173,8 @@ def make_fill(
             )
         return gaussian_blur(x, sigma)
     if fill == "uniform":
+        if x.numel() == 0:
+            return torch.empty_like(x)
         flat = x.reshape(x.shape[0], -1)
         lo = flat.amin(1).view(-1, *([1] * (x.ndim - 1)))
         hi = flat.amax(1).view(-1, *([1] * (x.ndim - 1)))
