@@ -12,7 +12,7 @@ from torch import nn
 
 import whybox
 from whybox.errors import InvalidInputError, InvalidParameterError
-from whybox.masking import MaskingEngine, columns, gaussian_blur, make_fill, superpixels
+from whybox.masking import MaskingEngine, columns, gaussian_blur, make_fill, segments, superpixels
 
 
 # ---------------------------------------------------------------------------------------------- the blur fill
@@ -147,3 +147,15 @@ def test_an_empty_batch_a_model_cannot_score_is_named() -> None:
 
     with pytest.raises(InvalidInputError, match=r"^x holds no rows \(shape \(0, 4\)\) .*pass at least one row\.$"):
         MaskingEngine(NoEmpty()).forward(torch.rand(0, 4))
+
+
+def test_segments_names_its_own_length_option() -> None:
+    x = torch.rand(2, 3, 10)
+    with pytest.raises(InvalidParameterError) as err:
+        segments(x, length=0)
+    assert str(err.value) == "length (the window length for segments) must be an int >= 1; got 0."
+    with pytest.raises(InvalidParameterError, match=r"^patch \(the window length for segments\)"):
+        segments(x, length=0, name="patch")
+    model = nn.Sequential(nn.Flatten(), nn.Linear(30, 2)).eval()
+    with pytest.raises(InvalidParameterError, match=r"^regions \(the window length for segments\) must be an int"):
+        whybox.evaluate(model, x, torch.rand(2, 3, 10), "deletion", regions=0)

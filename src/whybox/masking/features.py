@@ -257,13 +257,16 @@ def superpixels(
     return FeatureGroups(g, int(g.max().item()) + 1, "superpixels")
 
 
-def segments(x: torch.Tensor, *, n: int = 16, length: int | None = None, time_axis: int = 2) -> FeatureGroups:
+def segments(
+    x: torch.Tensor, *, n: int = 16, length: int | None = None, time_axis: int = 2, name: str = "length"
+) -> FeatureGroups:
     """Contiguous windows of time steps, each shared by all channels: along the last axis of 1-D signals
     ``(B, C, L)`` (``time_axis=2``, groups ``(B, 1, L)``), or along axis 1 of sequences ``(B, T, D)`` of features per
     time step, as an RNN or a transformer reads them (``time_axis=1``, groups ``(B, T, 1)``).
 
     ``length`` steps per window (the last one cut at the end), else ``n`` near-equal windows: step ``i`` belongs to
-    window ``floor(i * n / L)`` (``n`` clamped to the number of steps)."""
+    window ``floor(i * n / L)`` (``n`` clamped to the number of steps). ``name`` is what an error calls ``length``
+    (the option a caller took it from, e.g. an explainer's ``patch``)."""
     if x.ndim != 3 or time_axis not in (1, 2):
         raise InvalidInputError(
             f"segments() needs 1-D signals (B, C, L) or sequences (B, T, D); got inputs of shape {tuple(x.shape)}."
@@ -271,7 +274,7 @@ def segments(x: torch.Tensor, *, n: int = 16, length: int | None = None, time_ax
     b, l_ = x.shape[0], x.shape[time_axis]
     if length is not None:
         if isinstance(length, bool) or not isinstance(length, int) or length < 1:
-            raise InvalidParameterError(f"patch (the window length for segments) must be an int >= 1; got {length!r}.")
+            raise InvalidParameterError(f"{name} (the window length for segments) must be an int >= 1; got {length!r}.")
         ids = torch.arange(l_, device=x.device) // length
         m = -(-l_ // length)
     else:

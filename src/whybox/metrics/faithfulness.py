@@ -208,9 +208,9 @@ def _region_groups(regions: Any, x: torch.Tensor, *, signal: bool = False, seque
         from whybox.masking.features import grid, segments
 
         if x.ndim == 3 and signal:  # windows of a 1-D signal's time steps (its last axis), shared by the channels
-            return segments(x, length=regions)
+            return segments(x, length=regions, name="regions")
         if x.ndim == 3:  # a sequence (B, T, D): windows along axis 1 with all D features, one id per element
-            s = segments(x, length=regions, time_axis=1)
+            s = segments(x, length=regions, time_axis=1, name="regions")
             return FeatureGroups(s.groups.expand(x.shape).contiguous(), s.n_groups, s.kind)
         return grid(x, patch=regions)
     if isinstance(regions, torch.Tensor) and not regions.is_floating_point() and x.ndim != 4:

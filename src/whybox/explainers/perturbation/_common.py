@@ -140,7 +140,7 @@ def resolve_features(
         if isinstance(patch, (tuple, list)):
             raise InvalidParameterError(f"patch is a window length on 1-D signals (one int); got {patch!r}.")
         n = SIGNAL_SEGMENTS // 2 if (spec == "auto" and auto == "grid3") else SIGNAL_SEGMENTS
-        return F.segments(x, n=n, length=patch)
+        return F.segments(x, n=n, length=patch, name="patch")
     if spec == "segments":
         if x.ndim != 3:
             raise InvalidInputError(
@@ -150,7 +150,7 @@ def resolve_features(
         if isinstance(patch, (tuple, list)):
             raise InvalidParameterError(f"patch is a window length for segments (one int); got {patch!r}.")
         # not a Conv1d's signal: a sequence (B, T, D) of features per time step (an RNN's, a transformer's)
-        return F.segments(x, n=SIGNAL_SEGMENTS, length=patch, time_axis=1)
+        return F.segments(x, n=SIGNAL_SEGMENTS, length=patch, time_axis=1, name="patch")
     if spec == "auto":
         spec = auto if x.ndim == 4 else ("columns" if x.ndim == 2 else "elements")
     if spec == "superpixels":
