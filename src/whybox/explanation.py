@@ -315,6 +315,8 @@ class Explanation:
         sequences (``meta["sequence"]``, ``(B, T, D)``): the map summed over the ``D`` features as that band, under
         the features of ``inputs`` ``(B, T, D)`` drawn as lines over the ``T`` steps. Tabular rows ``(B, F)``: the ``top``
         features by magnitude as bars, named by ``meta["feature_names"]`` (else ``x0, x1, ...``), largest first.
+        Text (token attributions, ``meta["tokens"]``, and a black-box text model's word-presence rows,
+        ``meta["word_presence"]``) is refused: ``explain_text(...).words`` holds its (word, value) pairs.
 
         Parameters
         ----------
@@ -378,6 +380,12 @@ class Explanation:
                 return f"row {r}: {known[r]}"
             return f"row {r}: target {t}"
 
+        if a.ndim == 2 and self.meta.get("word_presence"):
+            raise InvalidInputError(
+                f"plot() does not draw a black-box text model's explanation: its attributions {tuple(a.shape)} are "
+                "word-presence rows (one column per word of each text, the last the text's index), not a table. "
+                "explain_text(...).words holds (word, value) pairs and whybox.report.render_tokens_page(...) draws them."
+            )
         packing = _packing_of(self.meta.get("input_shapes"), a.shape[1]) if a.ndim == 2 else None
         if packing is not None and packing.has_image:  # a model of several inputs, images among them
             return self._plot_packed(packing, picked, inputs, top, reading, title)

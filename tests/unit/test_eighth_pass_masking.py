@@ -5,6 +5,8 @@ black-box text model's explanation is recognised as text by plot(), also after s
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,10 @@ from torch import nn
 
 import whybox
 from whybox.errors import InvalidInputError, InvalidParameterError
+from whybox.explanation import Explanation
 from whybox.masking import MaskingEngine, columns, gaussian_blur, make_fill, segments, superpixels
+from whybox.models.blackbox_text import BlackBoxTextAdapter
+from whybox.models.text import explain_text
 
 
 # ---------------------------------------------------------------------------------------------- the blur fill
@@ -159,3 +164,23 @@ def test_segments_names_its_own_length_option() -> None:
     model = nn.Sequential(nn.Flatten(), nn.Linear(30, 2)).eval()
     with pytest.raises(InvalidParameterError, match=r"^regions \(the window length for segments\) must be an int"):
         whybox.evaluate(model, x, torch.rand(2, 3, 10), "deletion", regions=0)
+
+
+# ---------------------------------------------------------------------------------------------- black-box text
+def _polarity(texts: list[str]) -> torch.Tensor:
+    bad = torch.tensor([float("bad" in t.split()) for t in texts], dtype=torch.float64)
+    return torch.stack([1.0 - bad, bad], 1)
+
+
+def test_a_black_box_text_explanation_is_refused_by_plot_like_a_text_models(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    ad = BlackBoxTextAdapter(_polarity, labels=["neg", "pos"])
+    r = explain_text(ad, ["this is bad", "a good day"], "occlusion")
+    assert r.explanation.meta["word_presence"] is True
+    for e in (r.explanation, Explanation.load(r.explanation.save(tmp_path / "e.safetensors")), r.explanation[1]):
+        with pytest.raises(InvalidInputError, match=r"word-presence rows .* explain_text\(\.\.\.\)\.words holds"):
+            e.plot()
+    # a table is no text: its explanation still draws bars
+    tab = whybox.explain(nn.Sequential(nn.Linear(3, 2)).eval(), torch.rand(2, 3), "feature_ablation")
+    assert "word_presence" not in tab.meta
+    tab.plot()

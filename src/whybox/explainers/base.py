@@ -301,6 +301,8 @@ class Explainer:
             meta["sequence"] = True
         elif attr.ndim == 3 and getattr(self.adapter, "tokenizer", None) is not None:
             meta["tokens"] = True  # token attributions (B, T, D): not a channel-less image, no map
+        elif attr.ndim == 2 and callable(getattr(self.adapter, "row_words", None)):
+            meta["word_presence"] = True  # a black-box text model's word-presence rows (B, W + 1): words, not a table
         packing = getattr(self.adapter, "packing", None)
         # packed rows of several inputs: InputPacking(meta["input_shapes"]).unpack(attributions) cuts them back
         if packing is not None:
