@@ -118,6 +118,130 @@ def test_a_plain_vit_is_not_hierarchical() -> None:
     assert token_grid(17, (32, 32), **options) == (1, 4, 4)
 
 
+# --- Swin behind a resizing preprocess: the grids of the image the model sees, one row per input -----------------------
+
+
+def _resize(size: tuple[int, int]) -> Any:
+    return lambda x: nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def _hand_gradcam(model: nn.Module, module: nn.Module, x: torch.Tensor, target: int, grid: tuple[int, int]) -> Any:
+    """Grad-CAM by hand on ``module``'s tokens laid out on ``grid`` (no ReLU, no normalization)."""
+    acts: list[torch.Tensor] = []
+    handle = module.register_forward_hook(lambda mod, i, o: acts.append(o))
+    try:
+        logits = model(pixel_values=x).logits
+    finally:
+        handle.remove()
+    (grad,) = torch.autograd.grad(logits[:, target].sum(), acts[0])
+    a = acts[0].detach().transpose(1, 2).reshape(x.shape[0], -1, *grid)
+    g = grad.transpose(1, 2).reshape(x.shape[0], -1, *grid)
+    return (g.mean((2, 3), keepdim=True) * a).sum(1, keepdim=True)
+
+
+STAGES = [f"swin.encoder.layers.{k}.blocks.0.layernorm_after" for k in range(3)] + ["swin.layernorm"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "seen"),
+    [((80, 32), (32, 80)), ((16, 160), (32, 80)), ((60, 90), (48, 48))],
+    ids=["portrait-to-config", "wide-to-config", "to-another-size"],
+)
+def test_swin_behind_a_resize_lays_every_stage_on_the_grid_of_what_it_sees(
+    raw: tuple[int, int], seen: tuple[int, int]
+) -> None:
+    """The grids are those of the image the model sees, not the raw one's: a portrait 80 x 32 image resized to the
+    config's 32 x 80 was laid out transposed (the last stage's 2 x 5 tokens as 5 x 2, stage 1's 4 x 10 as 10 x 4:
+    a stage's count matched the raw image by chance), a wide 16 x 160 one as 1 x 10, 2 x 20 and 4 x 40; and behind a resize to 48 x 48 (not
+    the config's size) the last stage's 3 x 3 fitted no grid of the raw 60 x 90: the default layer then was a
+    windowed attention's batch of windows and failed with a raw broadcast error. The default layer and every named
+    stage give Hugging Face's reshaped_hidden_states grids and the hand Grad-CAM on them."""
+    model = _swin(head=True)
+    x = _images(*raw)
+    pre = _resize(seen)
+    with torch.no_grad():
+        grids = [
+            tuple(h.shape[-2:]) for h in model(pixel_values=pre(x), output_hidden_states=True).reshaped_hidden_states
+        ]
+    ad = whybox.adapt(model, output="logits", preprocess=pre)
+    opts = {"target": 1, "normalize": "none", "upsample": False, "relu": False}
+    e = whybox.explain(ad, x, "gradcam", **opts)
+    assert e.meta["layer"] == ["swin.layernorm"]
+    modules = dict(model.named_modules())
+    for name, grid in zip(STAGES, [*grids[:3], grids[2]], strict=True):
+        got = whybox.explain(ad, x, "gradcam", layer=name, **opts)
+        assert [tuple(s[1:]) for s in got.meta["layer_shape"]] == [grid], name
+        want = _hand_gradcam(model, modules[name], pre(x), 1, grid)  # type: ignore[arg-type]
+        torch.testing.assert_close(got.attributions, want, msg=name)
+        if name == "swin.layernorm":
+            torch.testing.assert_close(e.attributions, want)
+
+
+def test_a_windowed_attention_output_is_refused_as_a_cam_layer() -> None:
+    """A Swin block's windowed attention puts a batch of windows first (80 rows of 2 x 2 tokens for 2 images of 8 x
+    20 patches): no map of each input, so naming it is an error that says so (it broke later as a raw broadcast
+    error, or laid windows out as an image)."""
+    model = _swin(head=True)
+    x = _images(32, 80)
+    rows: dict[str, int] = {}  # the first axis of each module output of the first block (its names vary by version)
+
+    def record(name: str) -> Any:
+        def hook(mod: nn.Module, i: object, o: object) -> None:
+            if isinstance(o, torch.Tensor):
+                rows.setdefault(name, o.shape[0])
+
+        return hook
+
+    block = model.swin.encoder.layers[0].blocks[0]
+    handles = [mod.register_forward_hook(record(n)) for n, mod in block.named_modules() if n]
+    try:
+        with torch.no_grad():
+            model(pixel_values=x)
+    finally:
+        for h in handles:
+            h.remove()
+    name = "swin.encoder.layers.0.blocks.0." + next(
+        n for n, r in rows.items() if r == 80 and n.startswith("attention.")
+    )
+    with pytest.raises(LayerError) as err:
+        whybox.explain(whybox.adapt(model, output="logits"), x, "gradcam", target=1, layer=name)
+    assert str(err.value).startswith(
+        f"layer '{name}' outputs shape (80, 4, 8), whose first axis holds 80 rows for a batch of 2 inputs: no map of "
+        "each input (a windowed attention's batch of windows"
+    )
+
+
+class _Windows(nn.Module):
+    """(B, C, H, W) as a batch of its four quadrants (4B, C, H/2, W/2), as a windowed attention cuts an image."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        return x.reshape(b, c, 2, h // 2, 2, w // 2).permute(0, 2, 4, 1, 3, 5).reshape(4 * b, c, h // 2, w // 2)
+
+
+class _Merge(nn.Module):
+    """The windows of each input back as one row of features (B, 4 C h w)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0] // 4, -1)
+
+
+def test_the_default_cam_layer_has_one_row_per_input() -> None:
+    """The last spatial output of this CNN is a batch of windows (4 rows per input), which the default layer choice
+    took and then failed on; it is passed over for the convolution before it, whose map is that of naming it."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(), _Windows(), _Merge(), nn.Linear(64, 3)).eval()
+    x = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    e = whybox.explain(model, x, "gradcam", target=1)
+    assert e.meta["layer"] == ["1"]
+    torch.testing.assert_close(e.attributions, whybox.explain(model, x, "gradcam", target=1, layer="1").attributions)
+    with pytest.raises(
+        LayerError, match=r"layer '2' outputs shape \(8, 4, 2, 2\), whose first axis holds 8 rows for a"
+    ):
+        whybox.explain(model, x, "gradcam", target=1, layer="2")
+
+
 # --- a baseline, fill or background that requires grad ------------------------------------------------------------------
 
 

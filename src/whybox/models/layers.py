@@ -410,8 +410,9 @@ def _scoring_key(adapter: TorchAdapter) -> tuple[object, ...] | None:
 
 def auto_layer(adapter: TorchAdapter, x: torch.Tensor) -> tuple[LayerRef, int, int]:
     """The layer CAM methods use by default: the last module call (in finishing order) whose output is a
-    spatial map ``(B, C, h, w)`` with ``h * w > 1`` or a square ViT token grid, and on whose grid the predicted
-    class's score depends.
+    spatial map ``(B, C, h, w)`` with ``h * w > 1`` or a ViT token grid (:func:`token_grid`, over the image the
+    model sees: :func:`seen_hw`), one row per input (a Swin block's windowed attention puts a batch of windows
+    first), and on whose grid the predicted class's score depends.
 
     The dependence matters for transformers: a ViT classifier reads only the class token after its last block,
     so the final LayerNorm's patch tokens (and the last block's own output) get no gradient and their CAM is 0
@@ -465,6 +466,7 @@ def auto_layer(adapter: TorchAdapter, x: torch.Tensor) -> tuple[LayerRef, int, i
         if isinstance(model, FunctionModel)
         else "pass layer= explicitly."
     )
+    hw = None if signal else seen_hw(adapter, x)  # the grid of what the model sees (behind a resizing preprocess)
     if signal:
         spatial = list(reversed(_signal_outputs(events, modules)))
         if not spatial:
@@ -472,13 +474,16 @@ def auto_layer(adapter: TorchAdapter, x: torch.Tensor) -> tuple[LayerRef, int, i
                 f"no layer of {type(model).__name__} produces a (B, C, L) output with L > 1 after an nn.Conv1d; {fix}"
             )
     else:
+        # one row per input (the probe's one): a windowed attention's batch of windows is no map of the input
         spatial = [
-            (name, k, t) for name, k, t in reversed(events) if _is_spatial(tuple(t.shape), image_hw(x), **options)
+            (name, k, t)
+            for name, k, t in reversed(events)
+            if _is_spatial(tuple(t.shape), hw, **options) and t.shape[0] == probe.shape[0]
         ]
         if not spatial:
             raise LayerError(f"no layer of {type(model).__name__} produces a spatial (B, C, h, w) output; {fix}")
     chosen = spatial[0]
-    reached = _reached(scores, [t for _, _, t in spatial], signal=signal, hw=image_hw(x), **options)
+    reached = _reached(scores, [t for _, _, t in spatial], signal=signal, hw=hw, **options)
     if reached is not None and any(reached):
         chosen = spatial[reached.index(True)]
     name, k, _ = chosen
@@ -525,6 +530,22 @@ def _is_spatial(
 def image_hw(x: torch.Tensor) -> tuple[int, int] | None:
     """An image batch's ``(H, W)`` (the grid a ViT's tokens lay out on); ``None`` for other inputs."""
     return (int(x.shape[-2]), int(x.shape[-1])) if x.ndim == 4 else None
+
+
+def seen_hw(adapter: Any, x: torch.Tensor) -> tuple[int, int] | None:
+    """The ``(H, W)`` of the images ``adapter``'s model sees for inputs ``x``: behind a ``preprocess`` (a resize to
+    the model's size, a channels-last to channels-first transpose) that of its output for the first row, where that
+    is a 4-D image batch; else ``x``'s own (:func:`image_hw`). A ViT's tokens lay out on the grid of what it sees: a
+    Swin behind a resize to 32 x 32 has a last stage of 2 x 2 whatever the raw image's size. One call of the
+    preprocess on one row, no model pass (call it after the model ran on ``x``: a preprocess that fails has said so
+    there)."""
+    hw = image_hw(x)
+    pre = getattr(adapter, "preprocess", None)
+    if pre is None or getattr(adapter, "packing", None) is not None or x.ndim < 2:
+        return hw  # a model of several inputs preprocesses its packed rows, not an image
+    with torch.no_grad():
+        seen = pre(x[:1].detach().clone())
+    return image_hw(seen) if isinstance(seen, torch.Tensor) else hw
 
 
 def _reached(

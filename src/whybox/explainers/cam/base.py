@@ -21,9 +21,9 @@ from whybox.models.layers import (
     LayerRef,
     auto_layer,
     grid_options,
-    image_hw,
     layer_spec,
     resolve_layers,
+    seen_hw,
     tap,
     to_grid,
 )
@@ -210,12 +210,20 @@ class CAM(Explainer):
             engine.n_forward += xi.shape[0]
             engine.n_batches += 1
             for j, aj in enumerate(a):
+                if aj.ndim > 0 and aj.shape[0] != xi.shape[0]:
+                    raise LayerError(
+                        f"layer {labels[j]!r} outputs shape {tuple(aj.shape)}, whose first axis holds "
+                        f"{aj.shape[0]} rows for a batch of {xi.shape[0]} inputs: no map of each input (a windowed "
+                        "attention's batch of windows, as inside a Swin block, or a sequence-first (N, B, D) "
+                        "output); choose a layer with one row per input (a Swin block's output or its "
+                        "layernorm_after, a stage's output)."
+                    )
                 acts[j].append(aj.detach())
             idx.append(tc.index)
             fn = tc.fn
         tgt = Target(_cat(idx), fn)
         sig = is_signal(self.adapter, x)
-        hw = image_hw(x)  # a ViT's tokens lay out on its declared patch grid, else the image's
+        hw = seen_hw(self.adapter, x)  # a ViT's tokens lay out on the image its model sees (behind a resize)
         model = getattr(self.adapter, "model", None)
         lay = functools.partial(to_grid, signal=sig, hw=hw, **grid_options(model))
         a_all = [lay(_cat(v), lab) for v, lab in zip(acts, labels, strict=True)]
