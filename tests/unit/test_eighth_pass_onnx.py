@@ -1,7 +1,8 @@
 """ONNX models, eighth pass: a model given as an ``onnxruntime.InferenceSession`` fingerprints a run by its graph's
 bytes, as a path-made one does (a re-exported file of new weights no longer resumes a stale run); an integer graph
 input refuses the non-whole values a fill, baseline or background makes (NumPy's cast cut them toward zero without a
-word); a gradient method names the ONNX graph; pickling keeps ``threads=``."""
+word); a gradient method and a CAM name the ONNX graph; pickling keeps ``threads=``; a graph whose weights are in
+external data files loads from its path, fingerprints them too and pickles by its path."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 import whybox
-from whybox.errors import InvalidInputError, InvalidParameterError, NotDifferentiableError
+from whybox.errors import DataFormatError, InvalidInputError, InvalidParameterError, NotDifferentiableError
 from whybox.models.onnx import OnnxModel
 from whybox.runs.job import Job, fingerprints, run_job
 from whybox.runs.store import FingerprintMismatchError
@@ -196,3 +197,106 @@ def test_a_pickled_onnx_model_keeps_its_threads_and_a_session_refuses_threads(tm
     np.testing.assert_array_equal(again(X), model(X))
     with pytest.raises(InvalidParameterError, match=r"threads=2 cannot apply to an onnxruntime\.InferenceSession"):
         OnnxModel(ort.InferenceSession(str(path)), threads=2)
+
+
+# ------------------------------------------------------------------ 4. weights in external data files
+def _export_external(folder: Path, seed: int, *, constant: bool = False) -> np.ndarray:
+    """A graph y = x @ W saved with W in ``model.onnx.data`` (``save_as_external_data``): W an initializer, or with
+    ``constant`` a Constant node's value (an attribute tensor); returns W."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(seed).standard_normal((6, 3)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["c", "W"], ["y"])]
+    if constant:
+        nodes.insert(0, helper.make_node("Constant", [], ["W"], value=numpy_helper.from_array(w, "W")))
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, ["b", 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 3])],
+        [] if constant else [numpy_helper.from_array(w, "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    (folder / "model.onnx.data").unlink(missing_ok=True)
+    onnx.save_model(model, str(folder / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="model.onnx.data", size_threshold=0, convert_attribute=True)  # fmt: skip
+    return w
+
+
+@pytest.mark.parametrize("constant", [False, True], ids=["initializer", "constant"])
+def test_weights_in_external_data_enter_the_fingerprint(tmp_path: Path, constant: bool) -> None:
+    """A re-export of new weights leaves model.onnx's bytes as they were (the weights are in model.onnx.data): the
+    fingerprint, of a session made from the file and of the path, now reads the data file too, so a run refuses
+    to resume onto the new weights (it resumed stale) and resumes onto the same ones; the path-made model loads
+    (ONNX Runtime refused its bytes: 'escapes working directory') and scores x @ W."""
+    path, run, job = tmp_path / "model.onnx", tmp_path / "run", Job(methods=("occlusion",))
+    w1 = _export_external(tmp_path, 1, constant=constant)
+    graph = path.read_bytes()
+    np.testing.assert_allclose(whybox.adapt(path).scores(X).numpy(), X.numpy() @ w1, rtol=1e-5, atol=1e-5)
+    first = {OnnxModel(path).fingerprint, OnnxModel(ort.InferenceSession(str(path))).fingerprint}
+    assert len(first) == 1 and first != {hashlib.sha256(graph).hexdigest()}
+    assert run_job(job, whybox.adapt(ort.InferenceSession(str(path))), X, run).n_computed == 1
+    assert run_job(job, whybox.adapt(path), X, run).n_skipped == 1  # the same weights: resumes
+    _export_external(tmp_path, 2, constant=constant)  # retrained, re-exported to the same files
+    assert path.read_bytes() == graph
+    second = {OnnxModel(path).fingerprint, OnnxModel(ort.InferenceSession(str(path))).fingerprint}
+    assert len(second) == 1 and second != first
+    for model in (ort.InferenceSession(str(path)), path):
+        with pytest.raises(FingerprintMismatchError, match="changed: weights"):
+            run_job(job, whybox.adapt(model), X, run)
+
+
+def test_a_graph_whose_external_data_cannot_be_read_or_listed_cannot_fingerprint_a_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rather than a fingerprint of the graph without its weights: a session whose data file is gone, and (without
+    the onnx package, which lists the files) a graph that names a 'location'; a graph without one fingerprints by
+    its bytes as before."""
+    path = tmp_path / "model.onnx"
+    _export_external(tmp_path, 1)
+    session = ort.InferenceSession(str(path))
+    (tmp_path / "model.onnx.data").rename(tmp_path / "moved.data")
+    with pytest.raises(InvalidParameterError, match=r"keeps weights in the external data file 'model\.onnx\.data', wh"):
+        run_job(Job(methods=("occlusion",)), whybox.adapt(session), X, tmp_path / "run")
+    (tmp_path / "moved.data").rename(tmp_path / "model.onnx.data")
+    plain = _export(linear(1), tmp_path / "plain.onnx", X)
+    monkeypatch.setitem(__import__("sys").modules, "onnx", None)  # import onnx raises ImportError
+    with pytest.raises(InvalidParameterError, match=r"may keep its weights in external data files .* pip install"):
+        OnnxModel(path).fingerprint  # noqa: B018
+    assert OnnxModel(plain).fingerprint == hashlib.sha256(plain.read_bytes()).hexdigest()
+
+
+def test_an_external_data_graph_from_bytes_says_to_pass_its_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ONNX Runtime finds the data file of a graph given as bytes only in the working directory; elsewhere the
+    error says which file the graph names and to pass the path."""
+    _export_external(tmp_path, 1)
+    data = (tmp_path / "model.onnx").read_bytes()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    with pytest.raises(DataFormatError, match=r"external data file\(s\) 'model\.onnx\.data'.* made from its path"):
+        OnnxModel(data)
+
+
+def test_an_external_data_model_pickles_by_its_path_and_refuses_other_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its bytes would not carry its weights: pickled by its path, rebuilt there with the same fingerprint and
+    scores, refused when the files there changed; one made from bytes (data read from the working directory) is
+    refused pickling."""
+    path = tmp_path / "model.onnx"
+    _export_external(tmp_path, 1)
+    model = OnnxModel(path, threads=1)
+    blob = pickle.dumps(model)
+    again = pickle.loads(blob)
+    np.testing.assert_array_equal(again(X), model(X))
+    assert (again.fingerprint, again.name, again.threads) == (model.fingerprint, "model.onnx", 1)
+    _export_external(tmp_path, 2)
+    with pytest.raises(InvalidParameterError, match=r"the files there now hold another graph or other weights"):
+        pickle.loads(blob)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TypeError, match=r"made from bytes whose weights are in external data files \('model\.onnx\.da"):
+        pickle.dumps(OnnxModel(path.read_bytes()))

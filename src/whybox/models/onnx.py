@@ -4,13 +4,15 @@
 adapter: the perturbation methods, RISE, LIMA and every metric run on it and give the numbers the same network as a
 torch module gives; the gradient methods and CAMs need a torch model (an ONNX graph gives no gradients to torch).
 On the command line ``--model model.onnx`` does the same; a run's fingerprint is the graph's bytes (the file's, or
-those a session was made from).
+those a session was made from) and, for a graph saved with its weights in external data files
+(``save_as_external_data=True``: ``model.onnx`` and ``model.onnx.data``), those files' bytes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +52,10 @@ class OnnxModel:
     Parameters
     ----------
     source
-        A path to an ``.onnx`` file, the file's bytes, or an ``onnxruntime.InferenceSession`` (kept as it is).
+        A path to an ``.onnx`` file, the file's bytes, or an ``onnxruntime.InferenceSession`` (kept as it is). A
+        graph whose weights are in external data files (saved with ``save_as_external_data=True``) finds them next
+        to its path (ONNX Runtime reads them relative to the ``.onnx`` file; from bytes, relative to the working
+        directory).
     output
         Which output holds the scores: a name or an index. ``None``: the graph's only output (a graph with several
         is an error that lists them).
@@ -72,6 +77,7 @@ class OnnxModel:
         ort = _runtime()
         self.name = "onnx model"
         self._bytes: bytes | None = None
+        self._path: Path | None = None  # the file a path-made model was read from (pickled by it: external data)
         self.threads = threads
         if isinstance(source, ort.InferenceSession):
             if threads is not None:  # it would be dropped without a word: the session was made with its own options
@@ -90,6 +96,7 @@ class OnnxModel:
                         f"model {str(source)!r}: no such ONNX file (looked at {path.resolve()})."
                     )
                 self._bytes = path.read_bytes()
+                self._path = path.absolute()
                 self.name = path.name
             else:
                 raise InvalidParameterError(
@@ -99,11 +106,22 @@ class OnnxModel:
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = int(threads) if threads is not None else torch.get_num_threads()
             opts.inter_op_num_threads = 1
+            # from the file where there is one: ONNX Runtime finds a graph's external data files next to it
+            made = str(self._path) if self._path is not None else self._bytes
             try:
-                self.session = ort.InferenceSession(self._bytes, opts, providers=["CPUExecutionProvider"])
+                self.session = ort.InferenceSession(made, opts, providers=["CPUExecutionProvider"])
             except Exception as exc:  # ONNX Runtime's own error types: a corrupt or unsupported graph
+                files = _external_files(self._bytes) if self._path is None else []
+                hint = (
+                    f" The graph keeps its weights in external data file(s) {', '.join(map(repr, files))}, which "
+                    "ONNX Runtime finds next to the .onnx file only when the model is made from its path: "
+                    "whybox.adapt('path/to/model.onnx')."
+                    if files
+                    else ""
+                )
                 raise DataFormatError(
-                    f"model {self.name!r} cannot be loaded by ONNX Runtime: {type(exc).__name__}: {str(exc)[:300]}"
+                    f"model {self.name!r} cannot be loaded by ONNX Runtime: {type(exc).__name__}: "
+                    f"{str(exc)[:300]}{hint}"
                 ) from exc
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
@@ -143,28 +161,64 @@ class OnnxModel:
         self.row_shape = tuple(shape[1:]) if shape else ()
         #: the channels a graph whose first convolution is 1-D reads (a 1-D CNN on signals (B, C, L), as
         #: ``is_signal`` finds from a torch model's first ``nn.Conv1d``); None otherwise or without the onnx package
-        # a session's graph as it is now, the one it was made from (read once: a file rewritten later is another)
-        graph = self._bytes if self._bytes is not None else _session_graph(self.session)
-        self._digest = hashlib.sha256(graph).hexdigest() if graph is not None else None
+        # a session's graph as it is now, the one it was made from (read once: a file rewritten later is another),
+        # with the external data files it names (next to its file; a graph made from bytes: the working directory's)
+        if self._bytes is not None:
+            graph: bytes | None = self._bytes
+            folder = self._path.parent if self._path is not None else Path.cwd()
+        else:
+            graph, folder = _session_graph(self.session)
+        self._external = _external_files(graph) if graph is not None else []
+        self._digest, self._why = self._fingerprint(graph, folder)
         self.signal_channels = _first_conv1d_channels(graph) if len(self.row_shape) == 2 else None
 
-    @property
-    def fingerprint(self) -> str:
-        """SHA-256 of the graph (a run's weights fingerprint): of the file's bytes where whybox read them, of the
-        bytes or the file a session passed in was made from (read when this model was made).
-
-        Raises
-        ------
-        InvalidParameterError
-            For a session whose graph cannot be read (its file is gone): without it a run could not tell a model of
-            other weights from this one.
-        """
-        if self._digest is None:
-            raise InvalidParameterError(
+    def _fingerprint(self, graph: bytes | None, folder: Path) -> tuple[str | None, str]:
+        """SHA-256 of ``graph`` and of the external data files it names (read from ``folder``), or ``None`` and why a
+        run cannot fingerprint this model's weights."""
+        if graph is None:
+            return None, (
                 f"ONNX model {self.name!r} comes from an onnxruntime.InferenceSession whose graph whybox cannot read "
                 "(ONNX Runtime keeps neither its bytes nor a file that is still there), so a run cannot fingerprint "
                 "its weights; make the model from the .onnx file's path or bytes: whybox.adapt('model.onnx')."
             )
+        if self._external is None:
+            return None, (
+                f"ONNX model {self.name!r} may keep its weights in external data files (its graph names a "
+                "'location'), which whybox lists with the onnx package only, so a run cannot fingerprint its "
+                "weights by the graph alone; install it: pip install 'whybox[onnx]'."
+            )
+        h = hashlib.sha256(graph)
+        for name in self._external:  # the weights: a graph re-exported with new ones may keep its own bytes
+            file = folder / name
+            h.update(f"\n{name}\n".encode())
+            try:
+                with file.open("rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        h.update(block)
+            except OSError as exc:
+                return None, (
+                    f"ONNX model {self.name!r} keeps weights in the external data file {name!r}, which whybox cannot "
+                    f"read at {file} ({type(exc).__name__}), so a run cannot fingerprint its weights; keep the file "
+                    "next to the .onnx file and make the model from the .onnx file's path."
+                )
+        return h.hexdigest(), ""
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the graph (a run's weights fingerprint): of the file's bytes where whybox read them, of the
+        bytes or the file a session passed in was made from, then of each external data file the graph names (its
+        weights, where it was saved with ``save_as_external_data=True``); all read when this model was made. A graph
+        without external data: the SHA-256 of its bytes.
+
+        Raises
+        ------
+        InvalidParameterError
+            For a session whose graph cannot be read (its file is gone), a graph whose external data file cannot be
+            read, or one that may name such files where the onnx package is not installed to list them: without
+            them a run could not tell a model of other weights from this one.
+        """
+        if self._digest is None:
+            raise InvalidParameterError(self._why)
         return self._digest
 
     def __call__(self, x: torch.Tensor) -> np.ndarray:
@@ -220,25 +274,88 @@ class OnnxModel:
     def __reduce__(self) -> tuple[Any, ...]:  # Ray and multiprocessing: a session does not pickle, its bytes do
         if self._bytes is None:
             raise TypeError("an OnnxModel made from an InferenceSession cannot be pickled; make it from the file.")
+        if self._path is not None and self._external != []:  # weights in files next to it (or maybe: no onnx to
+            # tell): rebuilt from its path, checked by fingerprint
+            return (_rebuild_from_path, (str(self._path), self.output, self.name, self.threads, self._digest))
+        if self._external:
+            raise TypeError(
+                f"ONNX model {self.name!r} was made from bytes whose weights are in external data files "
+                f"({', '.join(map(repr, self._external))}), which its bytes do not carry, so it cannot be pickled; "
+                "make it from the .onnx file's path (rebuilt from that path where it is unpickled)."
+            )
         return (_rebuild, (self._bytes, self.output, self.name, self.threads))
 
     def __repr__(self) -> str:
         return f"OnnxModel({self.name!r}, input {self.input.name} {self.input.shape}, output {self.output})"
 
 
-def _session_graph(session: Any) -> bytes | None:
+def _session_graph(session: Any) -> tuple[bytes | None, Path]:
     """The graph's bytes of an ``onnxruntime.InferenceSession`` made by the caller, from what it was made of (its
-    file or bytes, which onnxruntime keeps), or ``None`` where it keeps neither."""
+    file or bytes, which onnxruntime keeps), or ``None`` where it keeps neither; and the folder its external data
+    files are read from (its file's, or for bytes the working directory)."""
     data = getattr(session, "_model_bytes", None)
     if isinstance(data, (bytes, bytearray)) and data:
-        return bytes(data)
+        return bytes(data), Path.cwd()
     path = getattr(session, "_model_path", None)
     if isinstance(path, (str, Path)) and Path(path).is_file():
         try:
-            return Path(path).read_bytes()
+            return Path(path).read_bytes(), Path(path).absolute().parent
         except OSError:
-            return None
-    return None
+            return None, Path.cwd()
+    return None, Path.cwd()
+
+
+def _external_files(data: bytes) -> list[str] | None:
+    """The external data files (their ``location``, relative to the graph's folder) that the tensors of the graph
+    ``data`` keep their values in, sorted; ``None`` where that cannot be told: without the onnx package (or where it
+    cannot read the graph) and the bytes hold the word ``location`` that naming one takes."""
+    try:
+        import onnx
+    except ImportError:
+        return None if b"location" in data else []
+    try:
+        model = onnx.load_model_from_string(data)
+    except Exception:  # protobuf's own errors: ONNX Runtime read the graph, so say what the bytes allow
+        return None if b"location" in data else []
+    return sorted(
+        {
+            entry.value
+            for tensor in _tensors(model)
+            if tensor.data_location == onnx.TensorProto.EXTERNAL
+            for entry in tensor.external_data
+            if entry.key == "location"
+        }
+    )
+
+
+def _tensors(model: Any) -> Iterator[Any]:
+    """Every ``TensorProto`` of an ONNX ``model``: initializers (sparse ones' values and indices), node attributes,
+    those of subgraphs (``If``, ``Loop``, ``Scan`` bodies) and of local functions."""
+
+    def of_graph(graph: Any) -> Iterator[Any]:
+        yield from graph.initializer
+        for sparse in graph.sparse_initializer:
+            yield from (sparse.values, sparse.indices)
+        for node in graph.node:
+            yield from of_node(node)
+
+    def of_node(node: Any) -> Iterator[Any]:
+        for a in node.attribute:
+            if a.HasField("t"):
+                yield a.t
+            yield from a.tensors
+            sparse = [a.sparse_tensor] if a.HasField("sparse_tensor") else []
+            for sp in [*sparse, *a.sparse_tensors]:
+                yield from (sp.values, sp.indices)
+            if a.HasField("g"):
+                yield from of_graph(a.g)
+            for g in a.graphs:
+                yield from of_graph(g)
+
+    yield from of_graph(model.graph)
+    for function in model.functions:
+        for node in function.node:
+            yield from of_node(node)
 
 
 def _first_conv1d_channels(data: bytes | None) -> int | None:
@@ -267,5 +384,19 @@ def _first_conv1d_channels(data: bytes | None) -> int | None:
 
 def _rebuild(data: bytes, output: int, name: str, threads: int | None = None) -> OnnxModel:
     model = OnnxModel(data, output=output, threads=threads)
+    model.name = name
+    return model
+
+
+def _rebuild_from_path(path: str, output: int, name: str, threads: int | None, digest: str | None) -> OnnxModel:
+    """A pickled model whose weights are in external data files, made again from its path: refused where the
+    files there are not those it was made from (another machine's, or re-exported since)."""
+    model = OnnxModel(path, output=output, threads=threads)
+    if model._digest != digest:
+        raise InvalidParameterError(
+            f"ONNX model {name!r} was pickled from {path} with its external data files, but the files there now hold "
+            "another graph or other weights (re-exported since, or another machine's), so it cannot be rebuilt as "
+            "it was; give every worker the same files (a shared folder) and keep them unchanged during a run."
+        )
     model.name = name
     return model
