@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 import whybox
-from whybox.errors import DataFormatError, InvalidInputError, InvalidParameterError, NotDifferentiableError
+from whybox.errors import DataFormatError, InvalidInputError, InvalidParameterError, LayerError, NotDifferentiableError
 from whybox.models.onnx import OnnxModel
 from whybox.runs.job import Job, fingerprints, run_job
 from whybox.runs.store import FingerprintMismatchError
@@ -197,6 +197,18 @@ def test_a_pickled_onnx_model_keeps_its_threads_and_a_session_refuses_threads(tm
     np.testing.assert_array_equal(again(X), model(X))
     with pytest.raises(InvalidParameterError, match=r"threads=2 cannot apply to an onnxruntime\.InferenceSession"):
         OnnxModel(ort.InferenceSession(str(path)), threads=2)
+
+
+def test_a_cam_on_an_onnx_graph_names_the_graph(tmp_path: Path) -> None:
+    """A CAM said 'no layer of FunctionModel produces a spatial output; a function has no layers' on an ONNX graph;
+    it names the graph and why, as the gradient methods do."""
+    path = _export(linear(1), tmp_path / "net.onnx", X)
+    for method in ("gradcam", "scorecam"):
+        with pytest.raises(
+            LayerError,
+            match=rf"method '{method}' taps a layer of a torch model, but ONNX model 'net\.onnx' runs in ONNX Runtime",
+        ):
+            whybox.explain(str(path), X, method, target=0)
 
 
 # ------------------------------------------------------------------ 4. weights in external data files

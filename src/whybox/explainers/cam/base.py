@@ -27,6 +27,7 @@ from whybox.models.layers import (
     tap,
     to_grid,
 )
+from whybox.models.onnx import OnnxModel
 from whybox.models.targets import Target, TargetLike, apply_score_space, per_row, resolve_target
 
 __all__ = ["CAM", "NORMALIZATIONS", "normalize_maps", "upsample"]
@@ -126,6 +127,13 @@ class CAM(Explainer):
                 f"method {self.name!r} taps a layer of a torch model; {type(self.adapter.model).__name__} has "
                 "none. Use a method that needs only the model's outputs: 'occlusion', 'feature_ablation', "
                 "'kernel_shap' or 'lime' (and 'rise' on images)."
+            )
+        graph = getattr(self.adapter.model, "fn", None)
+        if isinstance(graph, OnnxModel):  # a FunctionModel would only say "a function has no layers" later
+            raise LayerError(
+                f"method {self.name!r} taps a layer of a torch model, but ONNX model {graph.name!r} runs in ONNX "
+                "Runtime, outside torch, so whybox can hook none of its layers; use 'rise', 'lima' or a perturbation "
+                "method (they need only the outputs), or explain the torch module the graph was exported from."
             )
         if normalize not in NORMALIZATIONS:
             raise InvalidParameterError(
