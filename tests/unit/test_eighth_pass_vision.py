@@ -207,7 +207,7 @@ def test_a_windowed_attention_output_is_refused_as_a_cam_layer() -> None:
         whybox.explain(whybox.adapt(model, output="logits"), x, "gradcam", target=1, layer=name)
     assert str(err.value).startswith(
         f"layer '{name}' outputs shape (80, 4, 8), whose first axis holds 80 rows for a batch of 2 inputs: no map of "
-        "each input (a windowed attention's batch of windows"
+        "each input (the model folds something into the batch there: a windowed attention's windows"
     )
 
 
@@ -346,3 +346,37 @@ def test_a_flat_baseline_of_another_length_gets_no_channel_hint() -> None:
     got = whybox.explain(model, X, "integrated_gradients", target=1, baseline=row, n_steps=4)
     want = whybox.explain(model, X, "integrated_gradients", target=1, baseline=row.expand(1, 3, 8, 8), n_steps=4)
     torch.testing.assert_close(got.attributions, want.attributions, rtol=0, atol=0)
+
+
+def test_a_model_that_folds_copies_into_the_batch_gets_errors_that_say_so() -> None:
+    """A test-time-augmentation model (the input and its mirror image in one batch) has no spatial layer of one
+    row per input: the default layer's error says its spatial outputs hold more rows than inputs and points to the
+    other methods; a named one names the folding (not Swin's windows alone)."""
+    from whybox.errors import LayerError
+
+    class Augmented(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.head = nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            both = self.conv(torch.cat([x, x.flip(-1)]))  # (2B, 4, H, W)
+            pooled = both.mean((2, 3))
+            return self.head((pooled[: len(x)] + pooled[len(x) :]) / 2)
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = Augmented().eval()
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(LayerError) as info:
+        whybox.explain(model, x, "gradcam")
+    assert str(info.value) == (
+        "no layer of Augmented produces a spatial (B, C, h, w) output of one row per input (1 spatial outputs, e.g. "
+        "'conv' of shape (2, 4, 8, 8) for one input, hold more than one row per input: the model folds frames, "
+        "windows or augmented copies into the batch there, so none is a map of each input); use a gradient or "
+        "perturbation method (saliency, integrated_gradients, occlusion, rise, lima)."
+    )
+    with pytest.raises(LayerError, match=r"4 rows for a batch of 2 inputs: .* test-time augmented copies"):
+        whybox.explain(model, x, "gradcam", layer="conv")
+    assert whybox.explain(model, x, "saliency").attributions.shape == x.shape

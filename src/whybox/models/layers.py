@@ -475,13 +475,22 @@ def auto_layer(adapter: TorchAdapter, x: torch.Tensor) -> tuple[LayerRef, int, i
             )
     else:
         # one row per input (the probe's one): a windowed attention's batch of windows is no map of the input
-        spatial = [
-            (name, k, t)
-            for name, k, t in reversed(events)
-            if _is_spatial(tuple(t.shape), hw, **options) and t.shape[0] == probe.shape[0]
-        ]
+        maps = [(name, k, t) for name, k, t in reversed(events) if _is_spatial(tuple(t.shape), hw, **options)]
+        spatial = [(name, k, t) for name, k, t in maps if t.shape[0] == probe.shape[0]]
         if not spatial:
-            raise LayerError(f"no layer of {type(model).__name__} produces a spatial (B, C, h, w) output; {fix}")
+            folded = (
+                f" ({len(maps)} spatial outputs, e.g. {maps[0][0]!r} of shape {tuple(maps[0][2].shape)} for one input, "
+                "hold more than one row per input: the model folds frames, windows or augmented copies into the "
+                "batch there, so none is a map of each input)"
+                if maps
+                else ""
+            )
+            if maps:  # a layer passed by name would be refused alike
+                fix = "use a gradient or perturbation method (saliency, integrated_gradients, occlusion, rise, lima)."
+            raise LayerError(
+                f"no layer of {type(model).__name__} produces a spatial (B, C, h, w) output of one row per input"
+                f"{folded}; {fix}"
+            )
     chosen = spatial[0]
     reached = _reached(scores, [t for _, _, t in spatial], signal=signal, hw=hw, **options)
     if reached is not None and any(reached):

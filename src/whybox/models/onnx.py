@@ -111,7 +111,7 @@ class OnnxModel:
             try:
                 self.session = ort.InferenceSession(made, opts, providers=["CPUExecutionProvider"])
             except Exception as exc:  # ONNX Runtime's own error types: a corrupt or unsupported graph
-                files = _external_files(self._bytes) if self._path is None else []
+                files = _external_files(self._bytes, Path.cwd()) if self._path is None else []
                 hint = (
                     f" The graph keeps its weights in external data file(s) {', '.join(map(repr, files))}, which "
                     "ONNX Runtime finds next to the .onnx file only when the model is made from its path: "
@@ -168,7 +168,7 @@ class OnnxModel:
             folder = self._path.parent if self._path is not None else Path.cwd()
         else:
             graph, folder = _session_graph(self.session)
-        self._external = _external_files(graph) if graph is not None else []
+        self._external = _external_files(graph, folder) if graph is not None else []
         self._digest, self._why = self._fingerprint(graph, folder)
         self.signal_channels = _first_conv1d_channels(graph) if len(self.row_shape) == 2 else None
 
@@ -180,12 +180,6 @@ class OnnxModel:
                 f"ONNX model {self.name!r} comes from an onnxruntime.InferenceSession whose graph whybox cannot read "
                 "(ONNX Runtime keeps neither its bytes nor a file that is still there), so a run cannot fingerprint "
                 "its weights; make the model from the .onnx file's path or bytes: whybox.adapt('model.onnx')."
-            )
-        if self._external is None:
-            return None, (
-                f"ONNX model {self.name!r} may keep its weights in external data files (its graph names a "
-                "'location'), which whybox lists with the onnx package only, so a run cannot fingerprint its "
-                "weights by the graph alone; install it: pip install 'whybox[onnx]'."
             )
         h = hashlib.sha256(graph)
         for name in self._external:  # the weights: a graph re-exported with new ones may keep its own bytes
@@ -213,9 +207,8 @@ class OnnxModel:
         Raises
         ------
         InvalidParameterError
-            For a session whose graph cannot be read (its file is gone), a graph whose external data file cannot be
-            read, or one that may name such files where the onnx package is not installed to list them: without
-            them a run could not tell a model of other weights from this one.
+            For a session whose graph cannot be read (its file is gone) or a graph whose external data file cannot be
+            read: without them a run could not tell a model of other weights from this one.
         """
         if self._digest is None:
             raise InvalidParameterError(self._why)
@@ -274,8 +267,8 @@ class OnnxModel:
     def __reduce__(self) -> tuple[Any, ...]:  # Ray and multiprocessing: a session does not pickle, its bytes do
         if self._bytes is None:
             raise TypeError("an OnnxModel made from an InferenceSession cannot be pickled; make it from the file.")
-        if self._path is not None and self._external != []:  # weights in files next to it (or maybe: no onnx to
-            # tell): rebuilt from its path, checked by fingerprint
+        if self._path is not None and self._external:  # weights in files next to it: rebuilt from its path, checked
+            # by fingerprint
             return (_rebuild_from_path, (str(self._path), self.output, self.name, self.threads, self._digest))
         if self._external:
             raise TypeError(
@@ -305,18 +298,20 @@ def _session_graph(session: Any) -> tuple[bytes | None, Path]:
     return None, Path.cwd()
 
 
-def _external_files(data: bytes) -> list[str] | None:
+def _external_files(data: bytes, folder: Path) -> list[str]:
     """The external data files (their ``location``, relative to the graph's folder) that the tensors of the graph
-    ``data`` keep their values in, sorted; ``None`` where that cannot be told: without the onnx package (or where it
-    cannot read the graph) and the bytes hold the word ``location`` that naming one takes."""
+    ``data`` keep their values in, sorted. With the onnx package, read from the tensors; without it (or where it
+    cannot read the graph), from the bytes: each ``location`` entry of an external-data list (a key ``location``
+    followed by its value, a path) whose path is a file in ``folder`` (an output or tensor named "location" is
+    followed by no such path)."""
     try:
         import onnx
     except ImportError:
-        return None if b"location" in data else []
+        return _external_files_in_bytes(data, folder)
     try:
         model = onnx.load_model_from_string(data)
     except Exception:  # protobuf's own errors: ONNX Runtime read the graph, so say what the bytes allow
-        return None if b"location" in data else []
+        return _external_files_in_bytes(data, folder)
     return sorted(
         {
             entry.value
@@ -326,6 +321,26 @@ def _external_files(data: bytes) -> list[str] | None:
             if entry.key == "location"
         }
     )
+
+
+def _external_files_in_bytes(data: bytes, folder: Path) -> list[str]:
+    """:func:`_external_files` without the onnx package: a ``StringStringEntryProto`` is field 1 (the key,
+    ``0a 08 "location"``) then field 2 (the value, ``12 <length> <path>``), in protobuf's wire format."""
+    key, found, start = b"\x0a\x08location\x12", set(), 0
+    while (at := data.find(key, start)) >= 0:
+        start, i, length, shift = at + 1, at + len(key), 0, 0
+        while i < len(data) and shift < 35:  # the value's length, a varint
+            length |= (data[i] & 0x7F) << shift
+            shift, i = shift + 7, i + 1
+            if not data[i - 1] & 0x80:
+                break
+        try:
+            name = data[i : i + length].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        if name and len(name) == length and "\x00" not in name:
+            found.add(name)
+    return sorted(name for name in found if (folder / name).is_file())
 
 
 def _tensors(model: Any) -> Iterator[Any]:

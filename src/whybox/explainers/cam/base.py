@@ -221,10 +221,12 @@ class CAM(Explainer):
                 if aj.ndim > 0 and aj.shape[0] != xi.shape[0]:
                     raise LayerError(
                         f"layer {labels[j]!r} outputs shape {tuple(aj.shape)}, whose first axis holds "
-                        f"{aj.shape[0]} rows for a batch of {xi.shape[0]} inputs: no map of each input (a windowed "
-                        "attention's batch of windows, as inside a Swin block, or a sequence-first (N, B, D) "
-                        "output); choose a layer with one row per input (a Swin block's output or its "
-                        "layernorm_after, a stage's output)."
+                        f"{aj.shape[0]} rows for a batch of {xi.shape[0]} inputs: no map of each input (the model "
+                        "folds something into the batch there: a windowed attention's windows, as inside a Swin "
+                        "block, a video's frames, test-time augmented copies, or it is a sequence-first (N, B, D) "
+                        "output); choose a layer after the rows are folded back into one per input (a Swin block's "
+                        "output or its layernorm_after, a stage's output; for frames, the layer after they are "
+                        "pooled or reshaped back)."
                     )
                 acts[j].append(aj.detach())
             idx.append(tc.index)
