@@ -515,3 +515,49 @@ def test_gradients_of_a_stacked_lstm_with_dropout_on_cuda(method: str, packed: b
     assert torch.backends.cudnn.enabled == flag
     assert_same_state(before, state(gpu_model))
     assert_close(e_gpu.attributions, e_cpu.attributions, what=method)
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (2, 9), (8, 8), (13, 40)])
+def test_the_blur_fill_on_cuda_is_scipys_mirror_gaussian_at_any_size(hw: tuple[int, int]) -> None:
+    """The blur gathers mirrored indices on the image's own device (session 32): on CUDA it equals scipy's
+    ``gaussian_filter(mode="mirror", truncate=3)`` in float64, also where the kernel is longer than the image."""
+    from scipy.ndimage import gaussian_filter
+
+    from whybox.masking.fills import gaussian_blur
+
+    x = torch.rand(2, 3, *hw, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for sigma in (0.7, 5.0):
+        got = gaussian_blur(x.to(DEVICE), sigma)
+        assert got.device.type == DEVICE.type
+        want = torch.stack(
+            [torch.stack([torch.from_numpy(gaussian_filter(c.numpy(), sigma, mode="mirror", truncate=3)) for c in r])
+             for r in x]
+        )  # fmt: skip
+        torch.testing.assert_close(got.cpu(), want, rtol=0, atol=1e-12)
+
+
+def test_a_swin_cam_behind_a_resize_on_cuda_gives_the_cpu_map() -> None:
+    """Grad-CAM on a Hugging Face Swin behind a resizing preprocess (session 32: the token grid of the image the
+    model sees, one preprocess call on one row to tell it): the same layer, grid and map on the GPU as on the CPU."""
+    transformers = pytest.importorskip("transformers", reason="the text extra (transformers) is not installed")
+    cfg = transformers.SwinConfig(image_size=(32, 80), patch_size=4, embed_dim=8, depths=[1, 1, 1],
+                                  num_heads=[1, 1, 1], window_size=2, num_labels=3)  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = transformers.SwinForImageClassification(cfg).double().eval()
+
+    def resize(x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.interpolate(x, size=(32, 80), mode="bilinear", align_corners=False)
+
+    x = torch.rand(2, 3, 80, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    opts = {"target": 1, "normalize": "none"}
+    ref = whybox.explain(whybox.adapt(model, output="logits", preprocess=resize), x, "gradcam", **opts)
+    model.to(DEVICE)
+    try:
+        e = whybox.explain(whybox.adapt(model, output="logits", preprocess=resize), x.to(DEVICE), "gradcam", **opts)
+    finally:
+        model.to("cpu")
+    assert e.meta["layer"] == ref.meta["layer"] == ["swin.layernorm"]
+    assert e.meta["layer_shape"] == ref.meta["layer_shape"] == [[32, 2, 5]]
+    assert e.attributions.device.type == DEVICE.type
+    torch.testing.assert_close(e.attributions.cpu(), ref.attributions, rtol=1e-9, atol=1e-9)
