@@ -100,29 +100,30 @@ def _text_pool(model: Any, explanation: Any, cls: type, params: dict[str, Any]) 
 def _text_fill(model: Any, inputs: torch.Tensor, fill: Any) -> Any:
     """A metric's fill on a text adapter's packed inputs: what a removed word becomes, specials, pads and the control
     column never touched. ``None``: [MASK] (else [UNK], pad, zero vectors), or the word dropped for a function of
-    strings; a token name (``"mask"``, ``"unk"``, ``"pad"``) or ``"zero"``: that token's word vector; a tensor or
-    a callable as given. Other names ("mean", "blur", ...) would rewrite the specials, the attention-mask column or a
-    black box's text index (rows scored on another text's words)."""
-    from whybox.errors import InvalidParameterError
-    from whybox.models.blackbox_text import BlackBoxTextAdapter
-    from whybox.models.text import BASELINES
+    strings; a token name (``"mask"``, ``"unk"``, ``"pad"``), ``"zero"`` or a number: as
+    :func:`~whybox.models.text.text_replacement` reads it (:func:`explain_text`'s ``fill=`` alike); a tensor or a
+    callable as given. Other names ("mean", "blur", ...) would rewrite the specials, the attention-mask column or a
+    black box's text index (rows scored on another text's words): refused."""
+    from whybox.models.text import text_replacement
 
     if fill is None:
         return model.packed_fill(inputs)  # words become [MASK] (or are dropped), never zeros
-    if not isinstance(fill, str):
-        return fill
-    if isinstance(model, BlackBoxTextAdapter):
-        raise InvalidParameterError(
-            f"fill={fill!r} on a function of strings would rewrite its rows' text index (they would read another "
-            "text's words); its removed words are dropped from the text: leave fill out."
-        )
-    if fill not in BASELINES:
-        raise InvalidParameterError(
-            f"fill={fill!r} on a text model would also rewrite CLS, SEP, the pads and the attention-mask column; "
-            f"a removed word becomes one of {BASELINES} (that token's word vector; 'zero': zeros), or pass a tensor "
-            "such as batch.fill('unk')."
-        )
-    return model.packed_fill(inputs, kind=fill)
+    return text_replacement(model, inputs, fill, option="fill")
+
+
+def _rerun_fills(model: Any, inputs: torch.Tensor, rerun: dict[str, Any]) -> dict[str, Any]:
+    """``explainer_params`` of a metric that re-runs a method on a text adapter's packed ``inputs``: a ``fill`` or
+    ``baseline`` name or number read as :func:`explain_text` reads it (checked now), on the rows of each re-run."""
+    from whybox.models.inputs import python_number
+    from whybox.models.text import ReRunFill, text_replacement
+
+    out = dict(rerun)
+    for k in ("fill", "baseline"):
+        v = python_number(out.get(k))
+        if isinstance(v, str) or (isinstance(v, (int, float)) and not isinstance(v, bool)):
+            text_replacement(model, inputs, v, option=k)  # refused now, not in the first re-run
+            out[k] = ReRunFill(model, v, k)
+    return out
 
 
 def _options(cls: type) -> list[str]:
@@ -303,6 +304,9 @@ def evaluate(
     if is_text_adapter(model) and isinstance(inputs, torch.Tensor):
         if "fill" in _options(cls):
             params = {**params, "fill": _text_fill(model, inputs, params.get("fill"))}
+        rerun = params.get("explainer_params")
+        if isinstance(rerun, dict) and any(k in rerun for k in ("fill", "baseline")):  # the re-runs' fill alike
+            params = {**params, "explainer_params": _rerun_fills(model, inputs, rerun)}
         params = _text_pool(model, explanation, cls, params)
     params = {k: _python_scalar(v) for k, v in params.items()}
     try:

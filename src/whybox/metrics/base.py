@@ -716,7 +716,9 @@ def make_explain_fn(
     ) -> Explanation:
         p = dict(params)
         if rows is not None and explanation is not None and explanation.method == name:
-            p.update(row_options(explanation, rows, keep=extra))  # a text batch's fill and features, row by row
+            # a text batch's fill and features, row by row; explainer_params' own values stay (the explanation's
+            # option of that name came back in their place: its B rows against the re-run's)
+            p.update({k: v for k, v in row_options(explanation, rows, keep=extra).items() if k not in extra})
         if seed is not None:
             p["seed"] = seed
         model = getattr(adapter, "model", None)

@@ -54,6 +54,7 @@ __all__ = [
     "adapt_text",
     "explain_text",
     "text_defaults",
+    "text_replacement",
 ]
 
 #: Replacement tokens for baselines and fills (``zero``: zero word vectors).
@@ -84,7 +85,7 @@ class TextBatch:
     def __len__(self) -> int:
         return int(self.inputs.shape[0])
 
-    def _replace(self, kind: str, what: str) -> torch.Tensor:
+    def _replace(self, kind: str | float, what: str) -> torch.Tensor:
         return replace_tokens(
             self.inputs, kind, self.replacement_ids, self.embeddings, self.special_mask, n_control=1, what=what
         )
@@ -246,7 +247,7 @@ def word_pool(model: Any, method: Any) -> str | None:
 
 def replace_tokens(
     x: torch.Tensor,
-    kind: str,
+    kind: str | float,
     replacement_ids: dict[str, int | None],
     embeddings: nn.Module,
     keep: torch.Tensor,
@@ -255,10 +256,16 @@ def replace_tokens(
     what: str,
 ) -> torch.Tensor:
     """Packed inputs ``x`` ``(B, T, D + n_control)`` with every word vector replaced by the ``kind`` token's
-    embedding (``"zero"``: zero vectors), except where ``keep`` (``(B, T)`` or ``(T,)`` bool) holds; the control
-    channels (mask, read position) are left as they are. Shared by text batches and generation steps."""
+    embedding (``"zero"``: zero vectors; a number: vectors of that number), except where ``keep`` (``(B, T)`` or
+    ``(T,)`` bool) holds; the control channels (mask, read position) are left as they are. Shared by text batches
+    and generation steps."""
+    if not isinstance(kind, str) and not isinstance(kind, bool):  # a number: every element of the word vectors
+        vec = torch.full((x.shape[-1] - n_control,), float(kind), dtype=x.dtype, device=x.device)
+        return _replaced(x, vec, keep, n_control)
     if kind not in BASELINES:
-        raise InvalidParameterError(f"{what} must be one of {BASELINES}; got {kind!r}.{did_you_mean(kind, BASELINES)}")
+        raise InvalidParameterError(
+            f"{what} must be one of {BASELINES}; got {kind!r}.{did_you_mean(str(kind), BASELINES)}"
+        )
     d = x.shape[-1] - n_control
     if kind == "zero":
         vec = torch.zeros(d, dtype=x.dtype, device=x.device)
@@ -271,6 +278,12 @@ def replace_tokens(
             )
         with torch.no_grad():
             vec = embeddings(torch.tensor([tok], device=x.device))[0].to(x.dtype)
+    return _replaced(x, vec, keep, n_control)
+
+
+def _replaced(x: torch.Tensor, vec: torch.Tensor, keep: torch.Tensor, n_control: int) -> torch.Tensor:
+    """``x`` with every word vector ``vec`` except where ``keep`` holds, the control channels as they are."""
+    d = x.shape[-1] - n_control
     out = x.clone()
     k = keep.to(x.device).unsqueeze(-1)
     out[..., :d] = torch.where(k, x[..., :d], vec.expand_as(x[..., :d]))
@@ -408,12 +421,12 @@ class _TextMixin:
             span = self._span = special_span(self.tokenizer)
         return span
 
-    def packed_fill(self, x: torch.Tensor, kind: str | None = None) -> torch.Tensor:
+    def packed_fill(self, x: torch.Tensor, kind: str | float | None = None) -> torch.Tensor:
         """The fill of packed inputs ``x`` ``(B, T, D + 1)`` that :meth:`TextBatch.fill` gives for their texts:
         every ordinary token's word vector replaced by the ``kind`` token's (default: [MASK], else [UNK], pad or
-        zero vectors), specials, pads and the mask channel kept. Specials are told apart by position (the first
-        and last attended tokens, as many as the tokenizer adds to one text), so the texts are not needed: the
-        metrics' default fill for a text adapter."""
+        zero vectors; a number: vectors of that number), specials, pads and the mask channel kept. Specials are
+        told apart by position (the first and last attended tokens, as many as the tokenizer adds to one text), so
+        the texts are not needed: the metrics' default fill for a text adapter."""
         if x.ndim != 3:
             raise InvalidInputError(f"packed inputs must be (B, T, D + 1); got shape {tuple(x.shape)}.")
         repl = self._replacement_ids()
@@ -762,6 +775,58 @@ def text_defaults(method: str, batch: TextBatch | BlackBoxText, *, replace: str 
     return out
 
 
+def text_replacement(
+    adapter: Any, x: torch.Tensor, value: Any, *, option: str = "fill", batch: TextBatch | None = None, via: str = ""
+) -> Any:
+    """What a removed word becomes on a text adapter's packed inputs ``x`` when ``option`` (a perturbation method's
+    or a metric's ``fill``, Integrated Gradients' ``baseline``) is given as a name or a number, as every text option
+    reads it: a token name (``"mask"``, ``"unk"``, ``"pad"``) or ``"zero"``: that token's word vector (zeros) in place
+    of each ordinary token's; a number: word vectors of that number; CLS, SEP, the pads and the attention-mask column
+    kept (they never change, and get exactly 0). ``batch``: the texts' :class:`TextBatch` (its specials as the
+    tokenizer marks them; else told apart by position, :meth:`~_TextMixin.packed_fill`). A tensor, a callable or a
+    row per input is returned as given (the caller's own fill).
+
+    Raises
+    ------
+    InvalidParameterError
+        Another name (``"mean"``, ``"blur"``, ...) or a non-finite number, which would rewrite the specials, the pads
+        and the mask column; any name or number on a function of strings (it would rewrite its rows' text index, so
+        they would read another text's words). ``via`` names the option the message points to instead
+        (:func:`explain_text`'s ``"replace"``).
+    """
+    from whybox.models.inputs import python_number
+
+    value = python_number(value)
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return value
+    if isinstance(adapter, BlackBoxTextAdapter):
+        raise InvalidParameterError(
+            f"{option}={value!r} on a function of strings would rewrite its rows' text index (they would read another "
+            f"text's words); its removed words are dropped from the text: leave {option} out."
+        )
+    if (isinstance(value, str) and value not in BASELINES) or (isinstance(value, float) and not np.isfinite(value)):
+        tensor = f"batch.{'baseline' if option == 'baseline' else 'fill'}('unk')"
+        if via:
+            fix = (
+                f"say what a removed word becomes with {via}= one of {BASELINES} (that token's word vector; 'zero': "
+                f"zero vectors), or pass {option}= one of those, a number (each element of its word vector) or a "
+                f"tensor such as {tensor}"
+            )
+        else:
+            fix = (
+                f"a removed word becomes one of {BASELINES} (that token's word vector; 'zero': zeros), a number (each "
+                f"element of its word vector), or pass a tensor such as {tensor}"
+            )
+        hint = did_you_mean(value, BASELINES) if isinstance(value, str) else ""
+        raise InvalidParameterError(
+            f"{option}={value!r} on a text model would also rewrite CLS, SEP, the pads and the attention-mask column; "
+            f"{fix}.{hint}"
+        )
+    if batch is not None:
+        return batch._replace(value, option)
+    return adapter.packed_fill(x, kind=value)
+
+
 def _check_replace(replace: Any, method: str, batch: TextBatch | BlackBoxText) -> None:
     """``replace=`` of :func:`explain_text`: a token name the method reads (as its baseline or fill), never ignored."""
     from whybox.explainers.base import _keyword_options
@@ -785,6 +850,43 @@ def _check_replace(replace: Any, method: str, batch: TextBatch | BlackBoxText) -
         )
 
 
+@dataclass(frozen=True)
+class ReRunFill:
+    """A ``fill`` or ``baseline`` name or number of a metric's re-runs of a method on a text adapter's packed rows
+    (``explainer_params``), read on the rows each re-run explains (:func:`text_replacement`), however many."""
+
+    adapter: Any
+    value: str | float
+    option: str
+
+    def __call__(self, x: torch.Tensor) -> Any:
+        return text_replacement(self.adapter, x, self.value, option=self.option)
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+def _text_options(adapter: Any, method: str, batch: TextBatch | BlackBoxText, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` of :func:`explain_text` with a ``fill`` or ``baseline`` of ``method`` given as a name or a number
+    read as the text options read it (:func:`text_replacement`: the removed words' vectors only, the specials, pads
+    and mask column kept), and one given as ``None`` left to the text default (the method's own default would rewrite
+    them)."""
+    from whybox.explainers.base import _keyword_options
+    from whybox.registry import EXPLAINERS
+
+    out = dict(params)
+    takes = set(_keyword_options(EXPLAINERS.get(method)))
+    for k in ("fill", "baseline"):
+        if k not in out or k not in takes:  # an option the method does not take: its unknown-option error
+            continue
+        if out[k] is None:
+            del out[k]
+            continue
+        text_batch = batch if isinstance(batch, TextBatch) else None
+        out[k] = text_replacement(adapter, batch.inputs, out[k], option=k, batch=text_batch, via="replace")
+    return out
+
+
 def explain_text(
     adapter: TextClassifierAdapter | TextEncoderAdapter | BlackBoxTextAdapter,
     texts: str | Sequence[str],
@@ -801,13 +903,20 @@ def explain_text(
     sentence the score is the similarity itself: ``score=None``, every method's default where it is not ``"logit"``,
     reads the raw score of a one-output model (a probability over one reference would be 1 whatever the words).
     A :class:`~whybox.models.blackbox_text.BlackBoxTextAdapter` (a function of strings) is explained over its words
-    with the perturbation methods."""
+    with the perturbation methods.
+
+    What a removed word becomes is ``replace=`` (a token name or ``"zero"``); a method's ``fill=`` or ``baseline=``
+    given as one of those names or a number means the same (:func:`text_replacement`: ``fill="zero"`` is
+    ``replace="zero"``, ``fill=0.5`` word vectors of 0.5), so CLS, SEP, the pads and the attention-mask column never
+    change and get exactly 0; other names (``"mean"``, ``"blur"``) are refused, as is any name or number on a function
+    of strings (its removed words are dropped from the text). ``None`` is the text default; a tensor is used as
+    given."""
     from whybox.api import explain
 
     batch = adapter.encode(texts)
     if replace is not None:
         _check_replace(replace, method, batch)
-    opts = {**text_defaults(method, batch, replace=replace), **params}
+    opts = {**text_defaults(method, batch, replace=replace), **_text_options(adapter, method, batch, params)}
     e = explain(adapter, batch.inputs, method, target=target, **opts)
     labels = class_names(adapter)
     if isinstance(batch, BlackBoxText):

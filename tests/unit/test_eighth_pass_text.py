@@ -1,0 +1,138 @@
+"""Eighth-pass audit regressions on texts: a method's fill= or baseline= given to explain_text as a name or a number
+means what replace= (and evaluate's fill=) means, so CLS, SEP, the pads and the attention-mask column never change."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+pytest.importorskip("transformers", reason="the text extra (transformers) is not installed")
+pytest.importorskip("tokenizers", reason="the text extra (tokenizers) is not installed")
+
+import whybox
+from whybox.errors import InvalidParameterError
+from whybox.models.blackbox_text import BlackBoxTextAdapter
+
+TEXTS = ["playing the movie was great", "bad film", "the plot was not very fun and boring"]
+CHEAP = {"lime": {"n_samples": 40}, "kernel_shap": {"n_samples": 40}, "lima": {"max_evaluations": 200}}
+
+
+def counts(texts: list[str]) -> torch.Tensor:
+    """An additive toy function of strings: score = 2 x #"good" - #"bad" + 0.1 x #words, and its negative."""
+    s = torch.tensor(
+        [2.0 * t.split().count("good") - t.split().count("bad") + 0.1 * len(t.split()) for t in texts],
+        dtype=torch.float64,
+    )
+    return torch.stack([-s, s], 1)
+
+
+def _by_hand(batch: Any, value: float) -> torch.Tensor:
+    """The packed inputs with every ordinary token's word vector set to ``value`` (CLS, SEP, pads, mask kept)."""
+    out = batch.inputs.clone()
+    ordinary = ~batch.special_mask
+    out[..., :-1][ordinary] = value
+    return out
+
+
+# ------------------------------------------------------------------------------ 1. fill= / baseline= in explain_text
+@pytest.mark.parametrize("method", ["feature_ablation", "occlusion", "kernel_shap", "lima"])
+@pytest.mark.parametrize("kind", ["zero", "unk", 0.0])
+def test_a_named_or_zero_fill_in_explain_text_is_replace(make_text_classifier: Any, method: str, kind: Any) -> None:
+    """fill='zero' (or 0.0) was passed to the method as it is: it zeroed CLS, SEP, the pads and the attention-mask
+    column too (|a| up to 0.44 on them, other word values than replace='zero'); 'unk' was refused as an image fill.
+    It is now replace='zero' ('unk': replace='unk'), exactly, and the specials and pads get exactly 0."""
+    clf = make_text_classifier()
+    opts = CHEAP.get(method, {})
+    named = whybox.explain_text(clf, TEXTS, method, target=1, fill=kind, **opts)
+    replaced = whybox.explain_text(clf, TEXTS, method, target=1, replace="zero" if kind == 0.0 else kind, **opts)
+    torch.testing.assert_close(named.explanation.attributions, replaced.explanation.attributions, rtol=0, atol=0)
+    assert named.words == replaced.words
+    assert float(named.explanation.attributions[named.batch.special_mask].abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("kind", ["zero", "pad", 0.0, None])
+def test_a_named_or_zero_baseline_in_explain_text_is_replace(make_text_classifier: Any, kind: Any) -> None:
+    """Integrated Gradients' baseline='zero' (0.0, None) rewrote the specials and the mask column (|a| 0.34 on CLS,
+    SEP and pads); 'pad' was refused. Each is now the text baseline of that token (None: the default, 'pad')."""
+    clf = make_text_classifier()
+    named = whybox.explain_text(clf, TEXTS, "integrated_gradients", target=1, n_steps=8, baseline=kind)
+    replace = "zero" if kind == 0.0 else (kind or "pad")
+    replaced = whybox.explain_text(clf, TEXTS, "integrated_gradients", target=1, n_steps=8, replace=replace)
+    torch.testing.assert_close(named.explanation.attributions, replaced.explanation.attributions, rtol=0, atol=0)
+    assert float(named.explanation.attributions[named.batch.special_mask].abs().max()) == 0.0
+
+
+def test_a_number_is_every_element_of_a_removed_word_s_vector(make_text_classifier: Any) -> None:
+    """fill=0.5 (a NumPy scalar alike) sets a removed word's vector to 0.5 and keeps the specials, pads and mask
+    column: the map equals the one of that fill built by hand, in explain_text and in evaluate."""
+    import numpy as np
+
+    clf = make_text_classifier()
+    batch = clf.encode(TEXTS)
+    hand = _by_hand(batch, 0.5)
+    for value in (0.5, np.float32(0.5)):
+        named = whybox.explain_text(clf, TEXTS, "feature_ablation", target=1, fill=value)
+        given = whybox.explain_text(clf, TEXTS, "feature_ablation", target=1, fill=hand)
+        torch.testing.assert_close(named.explanation.attributions, given.explanation.attributions, rtol=0, atol=0)
+        assert float(named.explanation.attributions[batch.special_mask].abs().max()) == 0.0
+    out = whybox.explain_text(clf, TEXTS, "integrated_gradients", target=1, n_steps=8)
+    by_number = whybox.evaluate(clf, TEXTS, out, "deletion", fill=0.5).scores
+    by_hand = whybox.evaluate(clf, TEXTS, out, "deletion", fill=hand).scores
+    torch.testing.assert_close(by_number, by_hand, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("method", "option", "value"), [("occlusion", "fill", "mean"),
+                         ("lime", "fill", "blur"), ("integrated_gradients", "baseline", "uniform")])  # fmt: skip
+def test_a_fill_evaluate_refuses_is_refused_with_replace_named(
+    make_text_classifier: Any, method: str, option: str, value: str
+) -> None:
+    """What evaluate refuses on text ('mean', 'blur', ...) was passed on to the method (which rewrote the specials,
+    or refused it naming only image fills); it is now refused with the parameter, the value and replace='s choices."""
+    clf = make_text_classifier()
+    want = (
+        rf"{option}='{value}' on a text model would also rewrite CLS, SEP, the pads and the attention-mask column; "
+        r"say what a removed word becomes with replace= one of \('pad', 'mask', 'unk', 'zero'\)"
+    )
+    with pytest.raises(InvalidParameterError, match=want):
+        whybox.explain_text(clf, TEXTS, method, target=1, **{option: value})
+
+
+@pytest.mark.parametrize("fill", ["zero", 0.0, "mask"])
+def test_a_named_or_numeric_fill_on_a_function_of_strings_is_refused_in_explain_text(fill: Any) -> None:
+    """fill='zero' also zeroed a black box's text-index column: row 1's pad and index feature was scored on text 0's
+    words (-3.5 where it gets 0). explain_text now refuses it as evaluate does; fill=None is the default."""
+    ad = BlackBoxTextAdapter(counts, labels=["neg", "pos"])
+    texts = ["good good good", "bad"]
+    with pytest.raises(InvalidParameterError, match=rf"fill={fill!r} on a function of strings would rewrite its rows"):
+        whybox.explain_text(ad, texts, "feature_ablation", target="pos", fill=fill)
+    with pytest.raises(InvalidParameterError, match=r"fill=0.0 on a function of strings would rewrite"):
+        whybox.evaluate(ad, texts, "feature_ablation", "deletion", fill=0.0)
+    default = whybox.explain_text(ad, texts, "feature_ablation", target="pos")
+    none = whybox.explain_text(ad, texts, "feature_ablation", target="pos", fill=None)
+    assert torch.equal(default.explanation.attributions, none.explanation.attributions)
+    torch.testing.assert_close(
+        default.explanation.attributions[1],
+        torch.tensor([-0.9, 0.0, 0.0, 0.0], dtype=torch.float64),
+        rtol=0,
+        atol=1e-12,
+    )
+
+
+def test_a_named_fill_of_a_metric_s_re_runs_is_the_text_fill(make_text_classifier: Any) -> None:
+    """explainer_params={'fill': 'zero'} of a metric that re-runs the method went to the method as it is (zeroing
+    the specials and mask column in every re-run); it is now the text fill of zero word vectors."""
+    clf = make_text_classifier()
+    out = whybox.explain_text(clf, TEXTS, "feature_ablation", target=1)
+
+    def zero_words(x: torch.Tensor) -> torch.Tensor:  # every re-run's rows: attended tokens but CLS and SEP zeroed
+        out = x.clone()
+        for r in range(x.shape[0]):
+            attended = (x[r, :, -1] > 0.5).nonzero().flatten()
+            out[r, attended[1:-1], :-1] = 0.0
+        return out
+
+    named = whybox.evaluate(clf, TEXTS, out, "max_sensitivity", n_samples=3, explainer_params={"fill": "zero"})
+    given = whybox.evaluate(clf, TEXTS, out, "max_sensitivity", n_samples=3, explainer_params={"fill": zero_words})
+    torch.testing.assert_close(named.scores, given.scores, rtol=0, atol=0)
