@@ -69,7 +69,7 @@ def _text_evaluation(
         explanation = explanation.explanation
     if not is_texts(inputs) or not is_text_adapter(model):
         return inputs, explanation, params  # not texts, or not a text adapter (a HF model's or a function of strings)
-    batch = model.encode(inputs)
+    batch = _padded_as_explained(model, inputs, model.encode(inputs), explanation)
     if isinstance(explanation, str):
         reruns_itself = not getattr(METRICS.get(metric), "needs_attributions", True)
         if reruns_itself:  # stability: runs the method itself, with the text options
@@ -83,6 +83,50 @@ def _text_evaluation(
     if "regions" in options and "regions" not in params:  # words, as explain_text's
         params = {**params, "regions": batch.word_features()}
     return batch.inputs, explanation, params
+
+
+def _padded_as_explained(model: Any, texts: Any, batch: Any, explanation: Any) -> Any:
+    """The texts' ``batch`` padded to the length of the explanation's rows when it is longer (a slice of the
+    explanation of a batch with a longer text keeps that batch's padding: ``out.explanation[1:2]``), so the metric
+    reads the rows exactly as they were explained; the extra positions must then be pads there, with 0 attribution (a
+    black box: its pad columns and index column).
+
+    Raises
+    ------
+    InvalidInputError
+        The explanation has fewer positions than the texts, non-zero values beyond them, or more than the adapter's
+        ``max_length``: it explains other texts."""
+    from whybox.errors import InvalidInputError
+    from whybox.models.blackbox_text import BlackBoxText
+
+    a = explanation.attributions if isinstance(explanation, Explanation) else explanation
+    if not isinstance(a, (torch.Tensor, np.ndarray)) or a.ndim < 2 or a.shape[0] != batch.inputs.shape[0]:
+        return batch  # a method name, or another row count (the metric's error)
+    have, want = int(batch.inputs.shape[1]), int(a.shape[1])
+    if want == have:
+        return batch
+    blackbox = isinstance(batch, BlackBoxText)
+    unit = "columns (words, then the text index)" if blackbox else "token positions"
+    fix = "evaluate it on the texts it explains, or explain these texts (whybox.explain_text)"
+    if want < have:
+        raise InvalidInputError(
+            f"the explanation's rows cover {want} {unit}, these texts {have}: it explains other (shorter) texts; {fix}."
+        )
+    extra = a[:, have - 1 :] if blackbox else a[:, have:]  # a black box: the pad columns and the index column
+    rows = [r for r in range(int(a.shape[0])) if bool((extra[r] != 0).any())]
+    if rows:
+        raise InvalidInputError(
+            f"the explanation's rows cover {want} {unit}, these texts {have}, and rows {rows[:8]} hold non-zero "
+            f"values beyond them, where these texts have only pads (which get exactly 0): it explains other texts; "
+            f"{fix}."
+        )
+    padded = model._encode(texts, want)
+    if int(padded.inputs.shape[1]) != want:
+        raise InvalidInputError(
+            f"the explanation's rows cover {want} {unit}, more than this adapter reads (max_length="
+            f"{getattr(model, 'max_length', None)}): it was made by another adapter; {fix}."
+        )
+    return padded
 
 
 def _text_pool(model: Any, explanation: Any, cls: type, params: dict[str, Any]) -> dict[str, Any]:
@@ -278,7 +322,9 @@ def evaluate(
         ``complexity`` and the localisation metrics).
     inputs
         ``(B, ...)`` tensor with a leading batch dimension, or a numeric numpy array or pandas DataFrame; for a text
-        adapter (:func:`adapt_text`) also the texts themselves, which it encodes.
+        adapter (:func:`adapt_text`) also the texts themselves, which it encodes (padded to the explanation's rows
+        where they are longer: a slice of a batch's explanation, ``out.explanation[1:2]``, scores ``texts[1:2]`` as
+        that row scored in the batch).
     explanation
         An :class:`Explanation`, an attribution tensor or NumPy array ``(B, ...)``, what :func:`explain_text`
         returned, or a method name (explained first; for ``stability`` the method to run repeatedly, e.g.

@@ -1,5 +1,6 @@
 """Eighth-pass audit regressions on texts: a method's fill= or baseline= given to explain_text as a name or a number
-means what replace= (and evaluate's fill=) means, so CLS, SEP, the pads and the attention-mask column never change."""
+means what replace= (and evaluate's fill=) means, so CLS, SEP, the pads and the attention-mask column never change;
+a slice of a text explanation scores its texts as the whole batch scored those rows."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ pytest.importorskip("transformers", reason="the text extra (transformers) is not
 pytest.importorskip("tokenizers", reason="the text extra (tokenizers) is not installed")
 
 import whybox
-from whybox.errors import InvalidParameterError
+from whybox.errors import InvalidInputError, InvalidParameterError
 from whybox.models.blackbox_text import BlackBoxTextAdapter
 
 TEXTS = ["playing the movie was great", "bad film", "the plot was not very fun and boring"]
@@ -136,3 +137,54 @@ def test_a_named_fill_of_a_metric_s_re_runs_is_the_text_fill(make_text_classifie
     named = whybox.evaluate(clf, TEXTS, out, "max_sensitivity", n_samples=3, explainer_params={"fill": "zero"})
     given = whybox.evaluate(clf, TEXTS, out, "max_sensitivity", n_samples=3, explainer_params={"fill": zero_words})
     torch.testing.assert_close(named.scores, given.scores, rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------ 2. a slice of a text explanation's rows
+METRICS = ["deletion", "insertion", "comprehensiveness", "sufficiency", "aopc", "mufidelity", "highest_confidence",
+           "max_sensitivity", "stability", "random_logit", "sparseness", "complexity"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def explained(make_text_classifier: Any) -> dict[str, Any]:
+    clf = make_text_classifier()
+    return {m: whybox.explain_text(clf, TEXTS, m, target=1) for m in ("integrated_gradients", "feature_ablation")} | {
+        "clf": clf
+    }
+
+
+@pytest.mark.parametrize("method", ["integrated_gradients", "feature_ablation"])
+@pytest.mark.parametrize("metric", METRICS)
+def test_a_slice_of_a_text_explanation_scores_as_its_rows_in_the_batch(
+    explained: dict[str, Any], method: str, metric: str
+) -> None:
+    """evaluate(clf, texts[1:2], out.explanation[1:2], metric) failed on a shape mismatch ((1, 10, 33) vs (1, 4, 33)):
+    the texts were re-encoded to their own shorter length while the rows keep the batch's. They are now read padded
+    as they were explained, so the row scores what it scored in the whole batch, for every text metric."""
+    clf, out = explained["clf"], explained[method]
+    whole = whybox.evaluate(clf, TEXTS, out, metric).scores
+    for rows in ([1], [1, 0]):
+        part = whybox.evaluate(clf, [TEXTS[r] for r in rows], out.explanation[rows], metric).scores
+        torch.testing.assert_close(part, whole[rows], rtol=0, atol=1e-12, equal_nan=True)
+
+
+def test_a_slice_of_a_black_box_explanation_scores_as_its_row_in_the_batch() -> None:
+    """A black box's presence rows of a slice had fewer columns than the explanation's rows ((1, 3) vs (1, 4))."""
+    ad = BlackBoxTextAdapter(counts, labels=["neg", "pos"])
+    texts = ["good good very good", "bad film", "good"]
+    out = whybox.explain_text(ad, texts, "feature_ablation", target="pos", score="logit")
+    for metric in ("deletion", "comprehensiveness", "sufficiency"):
+        whole = whybox.evaluate(ad, texts, out, metric, score="logit").scores
+        part = whybox.evaluate(ad, texts[1:], out.explanation[1:], metric, score="logit").scores
+        torch.testing.assert_close(part, whole[1:], rtol=0, atol=0, equal_nan=True)
+
+
+def test_rows_that_do_not_fit_the_texts_get_an_error_that_says_so(explained: dict[str, Any]) -> None:
+    """An explanation longer than the texts with values beyond them, or shorter than the texts, explains other texts:
+    the error says what does not match and what to do (it was a bare shape mismatch)."""
+    clf, out = explained["clf"], explained["integrated_gradients"]
+    with pytest.raises(InvalidInputError, match=r"rows \[0\] hold non-zero values beyond them, where these texts have"):
+        whybox.evaluate(clf, TEXTS[1:2], out.explanation[2:3].attributions, "deletion")  # the third text's row
+    with pytest.raises(
+        InvalidInputError, match=r"cover 4 token positions, these texts 10: it explains other \(shorter"
+    ):
+        whybox.evaluate(clf, TEXTS[2:3], whybox.explain_text(clf, TEXTS[1:2], "saliency").explanation, "deletion")

@@ -153,6 +153,11 @@ class BlackBoxTextAdapter(ModelAdapter):
 
     def encode(self, texts: str | Sequence[str]) -> BlackBoxText:
         """Split ``texts`` into words (runs of non-space characters) and build their presence rows."""
+        return self._encode(texts)
+
+    def _encode(self, texts: str | Sequence[str], length: int | None = None) -> BlackBoxText:
+        """:meth:`encode`, with rows of ``length`` columns (``W + 1``) when that is more than the longest text's word
+        count and its index column (these rows in a batch with a longer text: a slice of its explanation fits them)."""
         if isinstance(texts, str):
             texts = [texts]
         texts = list(texts)
@@ -165,7 +170,7 @@ class BlackBoxTextAdapter(ModelAdapter):
                 "(a black box's words are its non-space runs: such a text has none to explain; drop it)."
             )
         words = [_WORD.findall(t) for t in texts]
-        w = max(len(ws) for ws in words)
+        w = max(max(len(ws) for ws in words), (length or 0) - 1)
         x = torch.zeros(len(texts), w + 1, dtype=torch.float64)
         for r, ws in enumerate(words):
             key = tuple(ws)

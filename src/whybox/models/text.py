@@ -367,6 +367,11 @@ class _TextMixin:
 
     def encode(self, texts: str | Sequence[str]) -> TextBatch:
         """Tokenise ``texts`` (padded to the longest, truncated at ``max_length``) into a :class:`TextBatch`."""
+        return self._encode(texts)
+
+    def _encode(self, texts: str | Sequence[str], length: int | None = None) -> TextBatch:
+        """:meth:`encode`, padded to ``length`` tokens when that is more than the longest text's (what these rows are
+        in a batch with a longer text: a slice of that batch's explanation fits them)."""
         if isinstance(texts, str):
             texts = [texts]
         if not isinstance(texts, (list, tuple)) or not texts or not all(isinstance(t, str) for t in texts):
@@ -387,6 +392,15 @@ class _TextMixin:
                 return_tensors="pt",
                 return_special_tokens_mask=True,
             )
+            if length is not None and enc["input_ids"].shape[1] < length <= self.max_length:  # shorter texts: none cut
+                enc = self.tokenizer(
+                    texts,
+                    padding="max_length",
+                    truncation=True,
+                    max_length=length,
+                    return_tensors="pt",
+                    return_special_tokens_mask=True,
+                )
         self._warn_truncated(enc, texts)
         emb = self._embeddings()
         device = next(iter(emb.parameters())).device
