@@ -319,3 +319,49 @@ def test_an_external_data_model_pickles_by_its_path_and_refuses_other_files(
     monkeypatch.chdir(tmp_path)
     with pytest.raises(TypeError, match=r"made from bytes whose weights are in external data files \('model\.onnx\.da"):
         pickle.dumps(OnnxModel(path.read_bytes()))
+
+
+def test_without_onnx_the_bytes_give_the_external_files_the_package_lists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The byte-level reading (no onnx package) finds the same files as the package: a non-ASCII name (its byte
+    length is not its character count) and one file per tensor; a node whose last input is named "location",
+    followed by its output's name, is no external data entry, even where a file of that name lies beside it."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from whybox.models.onnx import _external_files
+
+    rng = np.random.default_rng(0)
+    w, b = rng.standard_normal((6, 3)).astype(np.float32), rng.standard_normal(3).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["c", "Wé ü"], ["m"]), helper.make_node("Add", ["m", "B✓"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, ["b", 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 3])],
+        [numpy_helper.from_array(w, "Wé ü"), numpy_helper.from_array(b, "B✓")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save_model(model, str(tmp_path / "m.onnx"), save_as_external_data=True, all_tensors_to_one_file=False,
+                    size_threshold=0)  # fmt: skip
+    data = (tmp_path / "m.onnx").read_bytes()
+    listed = _external_files(data, tmp_path)
+    assert len(listed) == 2 and any(not name.isascii() for name in listed)
+    decoy = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Relu", ["location"], ["feats"])],
+            "d",
+            [helper.make_tensor_value_info("location", TensorProto.FLOAT, ["b", 3])],
+            [helper.make_tensor_value_info("feats", TensorProto.FLOAT, ["b", 3])],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    (tmp_path / "feats").write_text("notes")
+    decoy_bytes = decoy.SerializeToString()
+    assert _external_files(decoy_bytes, tmp_path) == []
+    with_onnx = OnnxModel(tmp_path / "m.onnx").fingerprint
+    monkeypatch.setitem(__import__("sys").modules, "onnx", None)  # import onnx raises ImportError
+    assert _external_files(data, tmp_path) == listed
+    assert _external_files(decoy_bytes, tmp_path) == []
+    assert OnnxModel(tmp_path / "m.onnx").fingerprint == with_onnx

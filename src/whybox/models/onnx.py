@@ -324,23 +324,50 @@ def _external_files(data: bytes, folder: Path) -> list[str]:
 
 
 def _external_files_in_bytes(data: bytes, folder: Path) -> list[str]:
-    """:func:`_external_files` without the onnx package: a ``StringStringEntryProto`` is field 1 (the key,
-    ``0a 08 "location"``) then field 2 (the value, ``12 <length> <path>``), in protobuf's wire format."""
+    """:func:`_external_files` without the onnx package, from protobuf's wire format: a tensor's external data is a
+    list of ``StringStringEntryProto`` (its field 13, tag ``6a <length>``), one of them field 1, the key
+    (``0a 08 "location"``), then field 2, the value (``12 <length> <path>``). The enclosing tag and length are
+    checked, so a node whose last input is named "location" (followed by its output, ``12 <length> <name>``) is no
+    entry; a path is kept where it is a file in ``folder``."""
     key, found, start = b"\x0a\x08location\x12", set(), 0
     while (at := data.find(key, start)) >= 0:
-        start, i, length, shift = at + 1, at + len(key), 0, 0
-        while i < len(data) and shift < 35:  # the value's length, a varint
-            length |= (data[i] & 0x7F) << shift
-            shift, i = shift + 7, i + 1
-            if not data[i - 1] & 0x80:
-                break
+        start, i = at + 1, at + len(key)
+        length, size = _varint(data, i)
+        raw = data[i + size : i + size + length]
+        if size == 0 or len(raw) != length:
+            continue
+        entry = len(key) + size + length  # the entry's own length, which its tag's length must be
+        if data[max(0, at - 1 - len(_encode_varint(entry))) : at] != b"\x6a" + _encode_varint(entry):
+            continue
         try:
-            name = data[i : i + length].decode("utf-8")
+            name = raw.decode("utf-8")
         except UnicodeDecodeError:
             continue
-        if name and len(name) == length and "\x00" not in name:
+        if name and "\x00" not in name:
             found.add(name)
     return sorted(name for name in found if (folder / name).is_file())
+
+
+def _varint(data: bytes, i: int) -> tuple[int, int]:
+    """The varint at ``data[i:]`` and its size in bytes (0 where the bytes end inside it)."""
+    value = shift = 0
+    for n in range(10):
+        if i + n >= len(data):
+            return 0, 0
+        value |= (data[i + n] & 0x7F) << shift
+        shift += 7
+        if not data[i + n] & 0x80:
+            return value, n + 1
+    return 0, 0
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
 
 
 def _tensors(model: Any) -> Iterator[Any]:
