@@ -427,8 +427,8 @@ class Explainer:
                 "clean or impute them before explaining."
             )
         dtype = x.dtype  # a model without floating weights (a pure function) runs in the input's dtype
-        if isinstance(self.adapter, TorchAdapter) and self.adapter.weights_dtype is not None:
-            dtype = self.adapter.weights_dtype
+        if isinstance(self.adapter, TorchAdapter):
+            dtype = self.adapter.weights_dtype or dtype  # one walk over the weights: it runs on every call
         x = x.detach().to(device=self.adapter.device, dtype=dtype)
         return x.clone() if x.is_inference() else x  # made under torch.inference_mode: a copy can take gradients
 

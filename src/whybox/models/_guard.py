@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -43,8 +43,9 @@ def preserved(model: nn.Module, mode: str = "eval") -> Iterator[None]:
     """
     if mode not in MODES:
         raise InvalidParameterError(f"mode must be one of {MODES}; got {mode!r}.{did_you_mean(mode, MODES)}")
-    with _model_lock(model):
-        yield from _preserved(model, mode)
+    modules = list(model.modules())  # one walk over the model for the lock and the state (this runs on every call)
+    with _model_lock(model, modules):
+        yield from _preserved(model, mode, modules)
 
 
 _LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
@@ -52,7 +53,7 @@ _LOCKS_LOCK = threading.Lock()
 
 
 @contextmanager
-def _model_lock(model: nn.Module) -> Iterator[None]:
+def _model_lock(model: nn.Module, modules: list[nn.Module] | None = None) -> Iterator[None]:
     """Hold ``model``'s lock for the block: whybox's calls on one model run one at a time.
 
     Two threads explaining one model (a web service) each froze it and set it to eval mode on entry and restored
@@ -65,28 +66,39 @@ def _model_lock(model: nn.Module) -> Iterator[None]:
     The lock is taken on every submodule, not the model alone: two models sharing a backbone (two heads, a compiled
     or DataParallel wrapper and the module itself) would otherwise each record and restore the state of the shared
     modules under the other's call (the backbone left frozen in eval mode). The locks are taken in one global order
-    (by ``id``), so two calls never wait on each other in a cycle."""
+    (by ``id``), so two calls never wait on each other in a cycle. ``modules``: ``list(model.modules())``, where
+    the caller has it."""
     with _LOCKS_LOCK:
         locks = []
-        for m in sorted({id(m): m for m in model.modules()}.values(), key=id):
+        for m in sorted({id(m): m for m in (model.modules() if modules is None else modules)}.values(), key=id):
             lock = _LOCKS.get(m)
             if lock is None:
                 lock = _LOCKS[m] = threading.RLock()
             locks.append(lock)
-    with ExitStack() as stack:
+    held = 0  # acquired one by one and released in reverse order on every exit path (no ExitStack: every call)
+    try:
         for lock in locks:
-            stack.enter_context(lock)
+            lock.acquire()
+            held += 1
         yield
+    finally:
+        for lock in reversed(locks[:held]):
+            lock.release()
 
 
 _CAPTURE_MARK = "_output_capturing_hooks_installed"  # transformers >= 5 (see _preserved)
 _MISSING = object()
 
 
-def _preserved(model: nn.Module, mode: str) -> Iterator[None]:
-    modules = list(model.modules())
+def _preserved(model: nn.Module, mode: str, modules: list[nn.Module]) -> Iterator[None]:
     training = [m.training for m in modules]
-    params = list(model.parameters())
+    seen: set[int] = set()  # model.parameters(), read from the modules walked already (the same order, no repeats)
+    params = [
+        p
+        for m in modules
+        for p in m._parameters.values()
+        if p is not None and not (id(p) in seen or seen.add(id(p)))  # type: ignore[func-returns-value]
+    ]
     requires = [p.requires_grad for p in params]
     grads = [p.grad for p in params]
     # every hook registration takes the next id of one global counter: ids at or above this mark were
