@@ -813,9 +813,26 @@ def row_options(
     ``rows``; every other option, any named in ``keep``, and Integrated Gradients' k baseline rows shared by every
     row (``n_baselines`` > 1), as it is."""
     n, shape = len(explanation), tuple(explanation.attributions.shape)
+    return options_for_rows(explanation.options, rows, n, shape, params=explanation.params, keep=keep)
+
+
+def options_for_rows(
+    options: dict[str, Any],
+    rows: slice | torch.Tensor,
+    n: int,
+    shape: tuple[int, ...],
+    *,
+    params: dict[str, Any] | None = None,
+    keep: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A method's ``options`` over ``n`` rows (``shape``: the rows' attributions or inputs, ``(n, ...)``) for some of
+    those rows, by :func:`row_options`' rule: a fill, baseline, feature or region tensor with one entry per row
+    indexed by ``rows``; every other option, any named in ``keep``, and Integrated Gradients' k baseline rows
+    (``n_baselines`` > 1 in ``params``, else in ``options``) as they are. A metric's ``explainer_params`` on the
+    rows it re-runs the method on (max_sensitivity's noisy copies: each input's row once per draw) read alike."""
     idx = rows.cpu().numpy() if isinstance(rows, torch.Tensor) else np.arange(n)[rows]
-    out = _rows_of(explanation.options, explanation.params, n, shape, idx, keep or {})
-    for k, v in explanation.options.items():  # a nested method's options (LIMA's prior_options): theirs alike
+    out = _rows_of(options, options if params is None else params, n, shape, idx, keep or {})
+    for k, v in options.items():  # a nested method's options (LIMA's prior_options): theirs alike
         if isinstance(v, dict) and k.endswith("_options") and k not in (keep or {}):
             out[k] = {**v, **_rows_of(v, v, n, shape, idx, {})}
     return out

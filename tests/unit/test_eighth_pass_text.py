@@ -188,3 +188,45 @@ def test_rows_that_do_not_fit_the_texts_get_an_error_that_says_so(explained: dic
         InvalidInputError, match=r"cover 4 token positions, these texts 10: it explains other \(shorter"
     ):
         whybox.evaluate(clf, TEXTS[2:3], whybox.explain_text(clf, TEXTS[1:2], "saliency").explanation, "deletion")
+
+
+# ------------------------------------------------ 3. explainer_params' per-row tensors on max_sensitivity's rows
+def test_a_per_row_text_fill_in_explainer_params_follows_max_sensitivity_s_rows(make_text_classifier: Any) -> None:
+    """The fix the refusal of fill='mean' suggests, explainer_params={'fill': batch.fill('unk')}, failed in
+    max_sensitivity ("fill tensor of shape (3, 10, 33) does not broadcast to the inputs (6, 10, 33)"): its re-runs
+    explain noisy copies, each input's row once per draw. The tensor's rows now follow them, as the explanation's own
+    fill does: it scores exactly what the explanation made with that fill scores without explainer_params."""
+    clf = make_text_classifier()
+    out = whybox.explain_text(clf, TEXTS, "feature_ablation", target=1, replace="unk")
+    fill = out.batch.fill("unk")
+    for n_samples in (1, 2):
+        own = whybox.evaluate(clf, TEXTS, out, "max_sensitivity", n_samples=n_samples, batch_size=4)
+        given = whybox.evaluate(
+            clf, TEXTS, out, "max_sensitivity", n_samples=n_samples, batch_size=4, explainer_params={"fill": fill}
+        )
+        torch.testing.assert_close(given.scores, own.scores, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind", ["image", "table"])
+def test_a_per_row_fill_in_explainer_params_follows_max_sensitivity_s_rows(make_cnn: Any, kind: str) -> None:
+    """An image's or a table's fill of one row per input in explainer_params failed in max_sensitivity alike (its
+    B rows against the re-run's B x n_samples); it now scores what the explanation made with that fill scores."""
+    g = torch.Generator().manual_seed(0)
+    if kind == "image":
+        model: Any = make_cnn(dtype=torch.float64)
+        x = torch.rand(3, 3, 8, 8, generator=g, dtype=torch.float64)
+        opts: dict[str, Any] = {
+            "features": torch.arange(16).reshape(4, 4).repeat_interleave(2, 0).repeat_interleave(2, 1)
+        }
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).double()
+        x = torch.rand(3, 5, generator=g, dtype=torch.float64)
+        opts = {}
+    fill = torch.rand(x.shape, generator=g, dtype=torch.float64)  # another reference for every row
+    e = whybox.explain(model, x, "feature_ablation", target=1, fill=fill, **opts)
+    own = whybox.evaluate(model, x, e, "max_sensitivity", n_samples=3, batch_size=4)
+    given = whybox.evaluate(model, x, e, "max_sensitivity", n_samples=3, batch_size=4, explainer_params={"fill": fill})
+    torch.testing.assert_close(given.scores, own.scores, rtol=0, atol=0)
+    assert bool((own.scores > 0).all())

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from whybox.errors import InvalidInputError, InvalidParameterError, InvalidTargetError, did_you_mean
-from whybox.explanation import Explanation, digest_mismatch, row_options
+from whybox.explanation import Explanation, digest_mismatch, options_for_rows, row_options
 from whybox.masking.engine import MaskingEngine, check_batch_size, resolve_batch_size
 from whybox.masking.features import FeatureGroups, pixels, segments
 from whybox.masking.fills import one_value_per_column
@@ -89,11 +89,18 @@ __all__ = [
 
 class ExplainFn(Protocol):
     """Re-runs a method: (adapter (the user's, or a randomised copy), inputs (n, *S), target (n,) ints or a Target,
-    seed, and ``rows`` (n,): which of the explanation's rows the inputs are, so per-row options follow them; None:
-    the inputs are the explanation's rows) -> Explanation."""
+    seed, and ``rows`` (n,): which of the explanation's rows the inputs are, so per-row options follow them (the
+    explanation's, and ``explainer_params``' of one row per input: ``n_rows`` inputs, default the explanation's
+    rows); None: the inputs are the explanation's rows) -> Explanation."""
 
     def __call__(
-        self, adapter: Any, x: torch.Tensor, target: Any, seed: int | None, rows: torch.Tensor | None = None
+        self,
+        adapter: Any,
+        x: torch.Tensor,
+        target: Any,
+        seed: int | None,
+        rows: torch.Tensor | None = None,
+        n_rows: int | None = None,
     ) -> Explanation: ...
 
 
@@ -663,7 +670,12 @@ def make_explain_fn(
         fn = explainer
 
         def run_callable(
-            adapter: Any, x: torch.Tensor, target: Any, seed: int | None, rows: torch.Tensor | None = None
+            adapter: Any,
+            x: torch.Tensor,
+            target: Any,
+            seed: int | None,
+            rows: torch.Tensor | None = None,
+            n_rows: int | None = None,
         ) -> Explanation:
             t = target.index if isinstance(target, Target) else target
             model = getattr(adapter, "model", adapter)
@@ -712,13 +724,23 @@ def make_explain_fn(
     params.update(extra)
 
     def run(
-        adapter: Any, x: torch.Tensor, target: Any, seed: int | None, rows: torch.Tensor | None = None
+        adapter: Any,
+        x: torch.Tensor,
+        target: Any,
+        seed: int | None,
+        rows: torch.Tensor | None = None,
+        n_rows: int | None = None,
     ) -> Explanation:
         p = dict(params)
         if rows is not None and explanation is not None and explanation.method == name:
             # a text batch's fill and features, row by row; explainer_params' own values stay (the explanation's
             # option of that name came back in their place: its B rows against the re-run's)
             p.update({k: v for k, v in row_options(explanation, rows, keep=extra).items() if k not in extra})
+        n = n_rows if n_rows is not None else len(explanation) if explanation is not None else None
+        if rows is not None and n is not None and extra:
+            # explainer_params' own per-row fill, baseline or features (one row per input) follow the rows alike
+            cut = options_for_rows(extra, rows, n, (n, *x.shape[1:]), params=p)
+            p.update({k: v for k, v in cut.items() if v is not extra[k]})
         if seed is not None:
             p["seed"] = seed
         model = getattr(adapter, "model", None)

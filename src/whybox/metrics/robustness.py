@@ -318,7 +318,7 @@ class MaxSensitivity(Metric):
             if self.skip_label_change:  # the predicted class of each perturbed input: one more pass of its rows
                 pred[rows, ks] = ctx.engine.forward(xs).argmax(1).cpu()
             tgt = ctx.target.fn if ctx.target.fn is not None else ctx.target.index[rows]
-            att = fn(ctx.adapter, xs, tgt, None, rows=rows).attributions
+            att = fn(ctx.adapter, xs, tgt, None, rows=rows, n_rows=b).attributions
             pooled_layout = x.ndim == 4 or (ctx.signal and x.ndim == 3)  # images, 1-D signals
             if pooled_layout and att.ndim == x.ndim and a0.shape[1] == att[0, 0].numel() != att[0].numel():
                 att = att.sum(1)  # a channel-pooled explanation (B, 1, H, W), (B, L): the new maps pooled alike
