@@ -230,3 +230,32 @@ def test_a_per_row_fill_in_explainer_params_follows_max_sensitivity_s_rows(make_
     given = whybox.evaluate(model, x, e, "max_sensitivity", n_samples=3, batch_size=4, explainer_params={"fill": fill})
     torch.testing.assert_close(given.scores, own.scores, rtol=0, atol=0)
     assert bool((own.scores > 0).all())
+
+
+# ------------------------------------------------------------------- 4. replace= beside a fill= / baseline= name
+@pytest.mark.parametrize(
+    ("method", "option", "replace", "value"),
+    [("feature_ablation", "fill", "unk", "zero"), ("lime", "fill", "zero", 0.5), ("occlusion", "fill", "mask", "unk"),
+     ("integrated_gradients", "baseline", "pad", "unk")],
+)  # fmt: skip
+def test_replace_beside_another_fill_or_baseline_is_refused(
+    make_text_classifier: Any, method: str, option: str, replace: str, value: Any
+) -> None:
+    """explain_text(replace='unk', fill='zero') dropped replace= without a word (it gave replace='zero's values):
+    both say what a removed word becomes, so two that differ are now refused naming both."""
+    clf = make_text_classifier()
+    want = (
+        rf"replace='{replace}' and {option}={value!r} both say what a removed word becomes, and they differ; give one "
+        rf"of them \(replace= one of \('pad', 'mask', 'unk', 'zero'\), or {option}= one of those names"
+    )
+    with pytest.raises(InvalidParameterError, match=want):
+        whybox.explain_text(clf, TEXTS, method, target=1, replace=replace, **{option: value}, **CHEAP.get(method, {}))
+
+
+@pytest.mark.parametrize(("replace", "value"), [("unk", "unk"), ("zero", "zero"), ("zero", 0.0), ("zero", 0)])
+def test_replace_beside_the_same_fill_is_that_replace(make_text_classifier: Any, replace: str, value: Any) -> None:
+    """replace= and a fill= that means the same word vector ('zero' and 0.0) pass, and explain as either alone."""
+    clf = make_text_classifier()
+    both = whybox.explain_text(clf, TEXTS, "feature_ablation", target=1, replace=replace, fill=value)
+    alone = whybox.explain_text(clf, TEXTS, "feature_ablation", target=1, replace=replace)
+    assert torch.equal(both.explanation.attributions, alone.explanation.attributions)

@@ -53,6 +53,7 @@ __all__ = [
     "TruncatedTextWarning",
     "adapt_text",
     "explain_text",
+    "explain_text_options",
     "text_defaults",
     "text_replacement",
 ]
@@ -864,6 +865,52 @@ def _check_replace(replace: Any, method: str, batch: TextBatch | BlackBoxText) -
         )
 
 
+def _check_replace_agrees(replace: str, method: str, params: dict[str, Any]) -> None:
+    """``replace=`` beside a ``fill=`` or ``baseline=`` of ``method`` given as a name or a number: both say what a
+    removed word becomes, so one that means another word vector than ``replace`` (``fill="zero"`` beside
+    ``replace="unk"``) is refused; one that means the same (``"unk"`` and ``"unk"``, ``"zero"`` and ``0.0``) passes."""
+    from whybox.explainers.base import _keyword_options
+    from whybox.models.inputs import python_number
+    from whybox.registry import EXPLAINERS
+
+    takes = set(_keyword_options(EXPLAINERS.get(method)))
+    for k in ("fill", "baseline"):
+        v = python_number(params.get(k))
+        if k not in takes or isinstance(v, bool) or not isinstance(v, (str, int, float)):
+            continue  # not given, None (the text default: replace's), a tensor or a callable
+        same = v == replace if isinstance(v, str) else (replace == "zero" and v == 0)
+        if not same:
+            raise InvalidParameterError(
+                f"replace={replace!r} and {k}={v!r} both say what a removed word becomes, and they differ; give "
+                f"one of them (replace= one of {BASELINES}, or {k}= one of those names, a number or a tensor)."
+            )
+
+
+def explain_text_options(
+    adapter: Any,
+    method: str,
+    batch: TextBatch | BlackBoxText,
+    params: dict[str, Any],
+    /,
+    replace: str | None = None,
+) -> dict[str, Any]:
+    """The options :func:`explain_text` explains ``batch`` (``adapter.encode(texts)``) with: the text options
+    (:func:`text_defaults`, ``replace=`` as it reads it) under the method's ``params``, a ``fill`` or ``baseline``
+    name or number among them read as :func:`text_replacement` reads it (``None``: the text default). The command
+    line explains a text file with them, so ``whybox evaluate`` scores what ``whybox explain --text`` explains.
+
+    Raises
+    ------
+    InvalidParameterError
+        ``replace`` that is no token name or that the method does not read, or that differs from a ``fill`` or
+        ``baseline`` name or number also given; a ``fill`` or ``baseline`` that :func:`text_replacement` refuses.
+    """
+    if replace is not None:
+        _check_replace(replace, method, batch)
+        _check_replace_agrees(replace, method, params)
+    return {**text_defaults(method, batch, replace=replace), **_text_options(adapter, method, batch, params)}
+
+
 @dataclass(frozen=True)
 class ReRunFill:
     """A ``fill`` or ``baseline`` name or number of a metric's re-runs of a method on a text adapter's packed rows
@@ -924,13 +971,12 @@ def explain_text(
     ``replace="zero"``, ``fill=0.5`` word vectors of 0.5), so CLS, SEP, the pads and the attention-mask column never
     change and get exactly 0; other names (``"mean"``, ``"blur"``) are refused, as is any name or number on a function
     of strings (its removed words are dropped from the text). ``None`` is the text default; a tensor is used as
-    given."""
+    given. ``replace=`` beside a ``fill=`` or ``baseline=`` name or number that means another word vector is refused
+    (one of them would be dropped); one that means the same (``replace="zero"``, ``fill=0.0``) passes."""
     from whybox.api import explain
 
     batch = adapter.encode(texts)
-    if replace is not None:
-        _check_replace(replace, method, batch)
-    opts = {**text_defaults(method, batch, replace=replace), **_text_options(adapter, method, batch, params)}
+    opts = explain_text_options(adapter, method, batch, params, replace)
     e = explain(adapter, batch.inputs, method, target=target, **opts)
     labels = class_names(adapter)
     if isinstance(batch, BlackBoxText):
