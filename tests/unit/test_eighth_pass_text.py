@@ -4,15 +4,21 @@ a slice of a text explanation scores its texts as the whole batch scored those r
 
 from __future__ import annotations
 
+import inspect
+import json
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 
 pytest.importorskip("transformers", reason="the text extra (transformers) is not installed")
 pytest.importorskip("tokenizers", reason="the text extra (tokenizers) is not installed")
 
 import whybox
+from whybox.cli.main import main as cli
 from whybox.errors import InvalidInputError, InvalidParameterError
 from whybox.models.blackbox_text import BlackBoxTextAdapter
 
@@ -259,3 +265,70 @@ def test_replace_beside_the_same_fill_is_that_replace(make_text_classifier: Any,
     both = whybox.explain_text(clf, TEXTS, "feature_ablation", target=1, replace=replace, fill=value)
     alone = whybox.explain_text(clf, TEXTS, "feature_ablation", target=1, replace=replace)
     assert torch.equal(both.explanation.attributions, alone.explanation.attributions)
+
+
+# -------------------------------------------------- 5. the command line reads a text's fill as explain_text does
+@pytest.fixture
+def text_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """model.py:build (the toy BERT classifier of conftest) and t.txt (two of TEXTS) in the working folder."""
+    import conftest
+
+    monkeypatch.chdir(tmp_path)
+    source = inspect.getsource(conftest.toy_text_classifier)
+    (tmp_path / "model.py").write_text(
+        f"import torch\n\nTOY_WORDS = {conftest.TOY_WORDS!r}\n\n\n{source}\n\ndef build():\n    return toy_text_classifier()\n"
+    )
+    (tmp_path / "t.txt").write_text("\n".join(TEXTS[:2]) + "\n")
+    return tmp_path
+
+
+def _cli(*args: str) -> Any:
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+@pytest.mark.parametrize("option", ["fill=zero", "fill=mask", "fill=0.5", "replace=unk"])
+def test_cli_evaluate_scores_what_explain_text_explains_with_the_same_option(text_files: Path, option: str) -> None:
+    """whybox evaluate t.txt --method feature_ablation --option fill=zero passed fill='zero' to the method as it is
+    (sparseness 0.1712 where explain --text with that option, then evaluate --explanation, gives 0.1418), and fill=mask
+    or replace=unk were refused. It now explains with explain_text's options: the same scores, exactly."""
+    model = ["--model", "model.py:build"]
+    r = _cli("evaluate", *model, "t.txt", "--method", "feature_ablation", "--option", option,
+             "--metrics", "sparseness,deletion", "--json", "own.json")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    texts = [a for t in TEXTS[:2] for a in ("--text", t)]
+    r = _cli("explain", *model, *texts, "--method", "feature_ablation", "--option", option, "--out", "ex")
+    assert r.exit_code == 0, r.output
+    r = _cli("evaluate", *model, "t.txt", "--explanation", "ex/explanation.safetensors",
+             "--metrics", "sparseness,deletion", "--json", "saved.json")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    own, saved = (json.loads((text_files / f).read_text())["metrics"] for f in ("own.json", "saved.json"))
+    for metric in ("sparseness", "deletion"):
+        assert own[metric]["scores"] == saved[metric]["scores"]
+
+
+def test_cli_evaluate_refuses_a_text_fill_as_explain_text_does(text_files: Path) -> None:
+    """evaluate's fill=mean on texts reached the method (which rewrote the specials); refused as explain_text does."""
+    r = _cli("evaluate", "--model", "model.py:build", "t.txt", "--method", "feature_ablation",
+             "--option", "fill=mean", "--metrics", "sparseness")  # fmt: skip
+    assert r.exit_code == 2, r.output
+    assert "feature_ablation: fill='mean' on a text model would also rewrite CLS, SEP, the pads" in r.output
+
+
+def test_cli_compare_explains_a_text_fill_as_explain_text_does(text_files: Path, make_text_classifier: Any) -> None:
+    """whybox compare passed --option feature_ablation.fill=zero (integrated_gradients.baseline=unk, ...) to the
+    method as it is, and refused fill=mask as an image fill; each unit's maps are now explain_text's, exactly."""
+    given = {"feature_ablation": {"fill": "zero"}, "integrated_gradients": {"baseline": "unk"},
+             "kernel_shap": {"fill": 0.5, "n_samples": 40}, "occlusion": {"fill": "mask"}}  # fmt: skip
+    flags = [a for m, o in given.items() for k, v in o.items() for a in ("--option", f"{m}.{k}={v}")]
+    r = _cli("compare", "--model", "model.py:build", "t.txt", "--methods", ",".join(given), *flags,
+             "--metrics", "max_sensitivity", "--out", "run", "--no-report")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    clf = make_text_classifier()  # what model.py:build builds
+    for method, opts in given.items():
+        got = np.load(text_files / "run" / "arrays" / method / "000000.npy")
+        want = whybox.explain_text(clf, TEXTS[:2], method, seed=0, **opts).explanation.attributions
+        np.testing.assert_array_equal(got, want.float().numpy())
+    r = _cli("compare", "--model", "model.py:build", "t.txt", "--methods", "occlusion",
+             "--option", "occlusion.fill=mean", "--out", "run2", "--no-report")  # fmt: skip
+    assert r.exit_code == 2, r.output
+    assert "method_options['occlusion']: fill='mean' on a text model would also rewrite CLS, SEP" in r.output

@@ -987,10 +987,17 @@ def evaluate_cmd(ctx: click.Context, **params: Any) -> None:
         opts.setdefault("batch_size", params["batch_size"])
     if "seed" in valid:
         opts.setdefault("seed", params["seed"])
-    text_opts = _text_options(_text_batch(lm, ds), [method])
+    batch = _text_batch(lm, ds)
+    text_opts = _text_options(batch, [method])
     if text_opts:
-        if saved is None:
-            opts = {**text_opts[method], **opts}  # as explain --text explains: over words, [MASK] fill, pad baseline
+        if saved is None:  # as explain --text explains: over words, [MASK] fill, pad baseline; fill=zero, replace=unk
+            from whybox.models.text import explain_text_options
+
+            replace = opts.pop("replace", None)  # explain_text's own option, as explain --text reads it
+            try:
+                opts = explain_text_options(lm.module, method, batch, opts, replace)
+            except WhyboxError as exc:
+                raise _fail(f"{method}: {exc}") from None
         from whybox.models.text import word_pool
         from whybox.runs.job import METRICS_KEY
 

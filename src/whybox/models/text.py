@@ -54,6 +54,7 @@ __all__ = [
     "adapt_text",
     "explain_text",
     "explain_text_options",
+    "read_text_fills",
     "text_defaults",
     "text_replacement",
 ]
@@ -909,6 +910,21 @@ def explain_text_options(
         _check_replace(replace, method, batch)
         _check_replace_agrees(replace, method, params)
     return {**text_defaults(method, batch, replace=replace), **_text_options(adapter, method, batch, params)}
+
+
+def read_text_fills(adapter: Any, x: torch.Tensor, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` of ``method`` on a text adapter's packed rows ``x`` with a ``fill`` or ``baseline`` name or number
+    read as :func:`explain_text` reads it (:func:`text_replacement` on those rows: the removed words' vectors only);
+    other values, ``None`` among them, as they are. A run's method options (``whybox compare``) on its shards."""
+    from whybox.explainers.base import _keyword_options
+    from whybox.registry import EXPLAINERS
+
+    takes = set(_keyword_options(EXPLAINERS.get(method)))
+    out = dict(params)
+    for k in ("fill", "baseline"):
+        if k in out and k in takes and out[k] is not None:
+            out[k] = text_replacement(adapter, x, out[k], option=k)
+    return out
 
 
 @dataclass(frozen=True)

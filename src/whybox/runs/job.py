@@ -46,6 +46,7 @@ from whybox.models.inputs import is_text_adapter
 from whybox.models.layers import resolve_layers
 from whybox.models.onnx import OnnxModel
 from whybox.models.targets import class_label_target
+from whybox.models.text import read_text_fills
 from whybox.registry import EXPLAINERS, METRICS
 from whybox.runs.store import UNDEFINED, MetricValue, RunStore, SampleResult, UnitResult
 
@@ -718,16 +719,37 @@ def _shared(opts: Mapping[str, Any]) -> frozenset[str]:
     return frozenset({"baseline"}) if isinstance(k, int) and not isinstance(k, bool) and k > 1 else frozenset()
 
 
+def _packed_text(model: Any, x: Any) -> bool:
+    """Whether ``x`` are a text adapter's packed inputs (their fill or baseline names are read as text)."""
+    return is_text_adapter(model) and isinstance(x, torch.Tensor)
+
+
+def _text_job_options(model: Any, x: Any, opts: dict[str, Any], data: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A method's job options on a text adapter's packed inputs with a ``fill`` or ``baseline`` of ``None`` left to
+    the data's text option of that name (:func:`~whybox.models.text.explain_text`'s default), where there is one."""
+    if not _packed_text(model, x) or not data:
+        return opts
+    return {k: v for k, v in opts.items() if not (k in ("fill", "baseline") and v is None and k in data)}
+
+
 def _check_option_values(
-    job: Job, adapter: ModelAdapter, data_options: Mapping[str, Mapping[str, Any]] | None, n: int
+    job: Job,
+    adapter: ModelAdapter,
+    data_options: Mapping[str, Mapping[str, Any]] | None,
+    n: int,
+    x: torch.Tensor | None = None,
 ) -> None:
     """Build every method and metric once with the job's options before any work: a bad value (``n_samples='abc'``,
     ``steps=0``) is an error now, not a failure recorded on every sample (or a run that says nothing failed).
     Only the option errors are raised here; what a method cannot do on this model is recorded per sample."""
     first = slice(0, 1)
     for m in job.methods:
-        given = {**_cut((data_options or {}).get(m) or {}, first, n, _shared(job.options_for(m))), **job.options_for(m)}
+        data = (data_options or {}).get(m) or {}
+        own = _text_job_options(adapter, x, job.options_for(m), data)
+        given = {**_cut({k: v for k, v in data.items() if k not in own}, first, n, _shared(own)), **own}
         try:
+            if x is not None and _packed_text(adapter, x):
+                given = read_text_fills(adapter, x[first], m, given)
             explainer = EXPLAINERS.get(m)(adapter, **given)
             layer = given.get("layer")
             if layer is not None and isinstance(getattr(explainer, "adapter", None), TorchAdapter):
@@ -788,14 +810,16 @@ def execute_unit(
     """
     costs: dict[str, tuple[float, int, int]] = {}
     samples = [SampleResult(i, None) for i in unit.indices]
-    opts = job.options_for(unit.method)
+    opts = _text_job_options(model, x, job.options_for(unit.method), data_options)
     n_rows = len(unit.indices)
     metric_data = dict((data_options or {}).get(METRICS_KEY) or {})
     per_row = {k: v for k, v in (data_options or {}).items() if k not in opts and k != METRICS_KEY}
 
     def options(rows: torch.Tensor | slice) -> dict[str, Any]:
-        """The options for some rows of ``x``: per-row tensors cut to them, under the job's."""
-        return {**_cut(per_row, rows, n_rows, _shared(opts)), **opts}
+        """The options for some rows of ``x``: per-row tensors cut to them, under the job's (on a text adapter's
+        packed rows a fill or baseline name or number read on those rows, as explain_text reads it)."""
+        given = {**_cut(per_row, rows, n_rows, _shared(opts)), **opts}
+        return read_text_fills(model, x[rows], unit.method, given) if _packed_text(model, x) else given
 
     n_forward = n_backward = 0
     errors = SAMPLE_ERRORS
@@ -1077,7 +1101,7 @@ def run_job(
         raise InvalidParameterError(f"backend must be 'local' or 'ray'; got {backend!r}.")
     if budget is not None and not (isinstance(budget, (int, float)) and budget > 0):
         raise InvalidParameterError(f"budget must be a positive number of seconds; got {budget!r}.")
-    _check_option_values(job, adapter, data_options, n)
+    _check_option_values(job, adapter, data_options, n, x)
     say = progress or (lambda _line: None)
 
     extra = dict(extra_config or {})
