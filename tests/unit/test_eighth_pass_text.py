@@ -332,3 +332,20 @@ def test_cli_compare_explains_a_text_fill_as_explain_text_does(text_files: Path,
              "--option", "occlusion.fill=mean", "--out", "run2", "--no-report")  # fmt: skip
     assert r.exit_code == 2, r.output
     assert "method_options['occlusion']: fill='mean' on a text model would also rewrite CLS, SEP" in r.output
+
+
+def test_a_run_s_fill_of_none_on_texts_is_the_texts_default(make_text_classifier: Any, tmp_path: Path) -> None:
+    """A run's fill=None (from Python: the command line cannot say None) went to the method over the texts' own
+    [MASK] fill, which it replaced by the method's image default; it is now the texts' default, as explain_text's."""
+    from whybox.models.text import text_defaults
+    from whybox.runs.job import Job, run_job
+
+    clf = make_text_classifier()
+    batch = clf.encode(TEXTS)
+    job = Job(methods=("feature_ablation",), metrics=(), method_options={"feature_ablation": {"fill": None}})
+    run_job(
+        job, clf, batch.inputs, tmp_path, data_options={"feature_ablation": text_defaults("feature_ablation", batch)}
+    )
+    got = np.load(tmp_path / "arrays" / "feature_ablation" / "000000.npy")
+    want = whybox.explain_text(clf, TEXTS, "feature_ablation", seed=0).explanation.attributions
+    np.testing.assert_array_equal(got, want.float().numpy())
