@@ -258,6 +258,21 @@ def test_replace_beside_another_fill_or_baseline_is_refused(
         whybox.explain_text(clf, TEXTS, method, target=1, replace=replace, **{option: value}, **CHEAP.get(method, {}))
 
 
+@pytest.mark.parametrize(("method", "option"), [("feature_ablation", "fill"), ("integrated_gradients", "baseline")])
+@pytest.mark.parametrize("kind", ["tensor", "callable"])
+def test_replace_beside_a_tensor_or_callable_fill_is_refused(
+    make_text_classifier: Any, method: str, option: str, kind: str
+) -> None:
+    """A tensor (batch.fill('zero')) or a callable beside replace='unk' took over and replace= was dropped without a
+    word: refused, naming both."""
+    clf = make_text_classifier()
+    tensor = clf.encode(TEXTS).fill("zero")
+    value = tensor if kind == "tensor" else (lambda x: tensor)
+    want = rf"replace='unk' and {option}= \(a {kind}\) both say what a removed word becomes; give one of them"
+    with pytest.raises(InvalidParameterError, match=want):
+        whybox.explain_text(clf, TEXTS, method, target=1, replace="unk", **{option: value}, **CHEAP.get(method, {}))
+
+
 @pytest.mark.parametrize(("replace", "value"), [("unk", "unk"), ("zero", "zero"), ("zero", 0.0), ("zero", 0)])
 def test_replace_beside_the_same_fill_is_that_replace(make_text_classifier: Any, replace: str, value: Any) -> None:
     """replace= and a fill= that means the same word vector ('zero' and 0.0) pass, and explain as either alone."""

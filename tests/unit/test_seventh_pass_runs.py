@@ -391,3 +391,22 @@ def test_the_list_of_explains_files_is_not_written_through_a_link_out_of_the_fol
     res = CliRunner().invoke(cli, ["explain", "--model", spec, str(x), "--method", "saliency", "--out", str(out)])
     assert res.exit_code == 2 and "Error: --out:" in res.output
     assert outside.read_text() == "keep me"
+
+
+def test_a_run_made_before_the_results_epoch_was_raised_does_not_resume(tmp_path: Path) -> None:
+    """A change in what a stored option means (a text's fill= read as replace=, session 32) left the fingerprints
+    as they were, so a run begun before it resumed and mixed units of two readings: the versions fingerprint holds
+    the results epoch, and a run of another epoch is refused like one of another version."""
+    from whybox.runs import job as job_module
+
+    x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    job = Job(methods=("saliency",), shard_size=1)
+    run_job(job, _tiny_cnn(), x, tmp_path / "run")
+    before = job_module.RESULTS_EPOCH
+    try:
+        job_module.RESULTS_EPOCH = before + 1
+        with pytest.raises(FingerprintMismatchError, match=r"changed: versions"):
+            run_job(job, _tiny_cnn(), x, tmp_path / "run")
+    finally:
+        job_module.RESULTS_EPOCH = before
+    assert run_job(job, _tiny_cnn(), x, tmp_path / "run").n_computed == 0

@@ -867,9 +867,10 @@ def _check_replace(replace: Any, method: str, batch: TextBatch | BlackBoxText) -
 
 
 def _check_replace_agrees(replace: str, method: str, params: dict[str, Any]) -> None:
-    """``replace=`` beside a ``fill=`` or ``baseline=`` of ``method`` given as a name or a number: both say what a
-    removed word becomes, so one that means another word vector than ``replace`` (``fill="zero"`` beside
-    ``replace="unk"``) is refused; one that means the same (``"unk"`` and ``"unk"``, ``"zero"`` and ``0.0``) passes."""
+    """``replace=`` beside a ``fill=`` or ``baseline=`` of ``method``: both say what a removed word becomes, so a name
+    or number that means another word vector than ``replace`` (``fill="zero"`` beside ``replace="unk"``), a tensor
+    or a callable is refused; a name or number that means the same (``"unk"`` and ``"unk"``, ``"zero"`` and
+    ``0.0``) passes."""
     from whybox.explainers.base import _keyword_options
     from whybox.models.inputs import python_number
     from whybox.registry import EXPLAINERS
@@ -877,8 +878,16 @@ def _check_replace_agrees(replace: str, method: str, params: dict[str, Any]) -> 
     takes = set(_keyword_options(EXPLAINERS.get(method)))
     for k in ("fill", "baseline"):
         v = python_number(params.get(k))
-        if k not in takes or isinstance(v, bool) or not isinstance(v, (str, int, float)):
-            continue  # not given, None (the text default: replace's), a tensor or a callable
+        if k not in takes or v is None:
+            continue  # not given, or None (the text default: replace's)
+        if isinstance(v, torch.Tensor) or callable(v):  # its own vectors: replace= would be dropped without a word
+            raise InvalidParameterError(
+                f"replace={replace!r} and {k}= (a {'tensor' if isinstance(v, torch.Tensor) else 'callable'}) both say "
+                f"what a removed word becomes; give one of them (the {k} alone, or replace= alone: one of "
+                f"{BASELINES})."
+            )
+        if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+            continue  # refused by the fill's own check
         same = v == replace if isinstance(v, str) else (replace == "zero" and v == 0)
         if not same:
             raise InvalidParameterError(

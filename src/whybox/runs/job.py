@@ -616,6 +616,12 @@ def _hash_module(h: Any, module: torch.nn.Module) -> None:
             _hash_tensor(h, v)
 
 
+#: Raised when whybox changes what a stored run's options mean or what its results are within one version: a run
+#: made before then resumes only with --overwrite (its units would mix two readings). 2: a text's fill=/baseline=
+#: read as replace= reads it, the blur fill as scipy's mirror Gaussian on small images, ONNX external data hashed.
+RESULTS_EPOCH = 2
+
+
 def fingerprints(
     job: Job,
     model: Any,
@@ -625,7 +631,8 @@ def fingerprints(
     data_options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, str]:
     """SHA-256 digests of the job configuration, the data (inputs, names, labels) and the model weights, and
-    the versions of Python, whybox, torch and numpy: a run directory resumes only when all four match."""
+    the versions of Python, whybox (with its :data:`RESULTS_EPOCH`), torch and numpy: a run directory resumes only
+    when all four match."""
     import whybox
 
     cfg = hashlib.sha256(json.dumps(job.config(), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
@@ -663,8 +670,8 @@ def fingerprints(
                 hw.update(name.encode())
                 _hash_value(hw, getattr(model, name))
     versions = (
-        f"python {platform.python_version()}; whybox {whybox.__version__}; torch {torch.__version__}; "
-        f"numpy {np.__version__}"
+        f"python {platform.python_version()}; whybox {whybox.__version__} (results {RESULTS_EPOCH}); "
+        f"torch {torch.__version__}; numpy {np.__version__}"
     )
     return {"config": cfg, "data": hd.hexdigest(), "weights": hw.hexdigest(), "versions": versions}
 
