@@ -380,3 +380,24 @@ def test_a_model_that_folds_copies_into_the_batch_gets_errors_that_say_so() -> N
     with pytest.raises(LayerError, match=r"4 rows for a batch of 2 inputs: .* test-time augmented copies"):
         whybox.explain(model, x, "gradcam", layer="conv")
     assert whybox.explain(model, x, "saliency").attributions.shape == x.shape
+
+
+def test_the_signed_layer_warning_fires_where_a_channel_cancels_and_not_after_a_relu() -> None:
+    """Grad-CAM++ and XGrad-CAM divide by a channel's activation sum: a conv layer whose channel's signed
+    activations sum to about 0 warns; the same model's ReLU output (non-negative) does not. (The check reads the
+    minimum, one reduction, instead of a mask's any(): 27 us against 351 us on a digits batch.)"""
+    import warnings
+
+    conv = nn.Conv2d(1, 2, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([1.0, 1.0]).view(2, 1, 1, 1))
+    model = nn.Sequential(conv, nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 3)).eval()
+    x = torch.zeros(1, 1, 4, 4)
+    x[0, 0, :2] = 1.0
+    x[0, 0, 2:] = -1.0  # the conv's channels sum to 0 over the image: its weights divide by ~0
+    for method in ("gradcam_pp", "xgradcam"):
+        with pytest.warns(UserWarning, match=r"has signed activations, and in 2 channel\(s\) they all but cancel"):
+            whybox.explain(model, x, method, layer="0", target=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            whybox.explain(model, x, method, layer="1", target=0)

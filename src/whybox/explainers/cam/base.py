@@ -317,7 +317,7 @@ def _warn_signed(a: torch.Tensor, layer: str, method: str) -> None:
     activations, ATTRIBUTION.md §2.0) at a layer with negative activations where a channel's sum all but cancels
     (below :data:`CANCEL_SHARE` of its magnitude): its weight is unbounded there, and that one channel can decide
     the map. (A signed layer alone is common, a ViT's tokens: it is the cancellation that breaks the weights.)"""
-    if not bool((a < 0).any()):
+    if a.numel() == 0 or not bool(a.amin() < 0):  # one reduction (a mask's any() took 13x as long: every call)
         return
     sums = a.sum((2, 3))
     mass = a.abs().sum((2, 3))
