@@ -60,16 +60,7 @@ def test_hierarchical_token_grids_are_hugging_faces_reshaped_hidden_states(kind:
 
 def _gradcam_oracle(model: nn.Module, x: torch.Tensor, target: int, grid: tuple[int, int]) -> torch.Tensor:
     """Grad-CAM by hand on ``swin.layernorm``'s tokens laid out on ``grid`` (no ReLU, no normalization)."""
-    acts: list[torch.Tensor] = []
-    handle = model.swin.layernorm.register_forward_hook(lambda mod, i, o: acts.append(o))
-    try:
-        logits = model(pixel_values=x).logits
-    finally:
-        handle.remove()
-    (grad,) = torch.autograd.grad(logits[:, target].sum(), acts[0])
-    a = acts[0].detach().transpose(1, 2).reshape(x.shape[0], -1, *grid)
-    g = grad.transpose(1, 2).reshape(x.shape[0], -1, *grid)
-    return (g.mean((2, 3), keepdim=True) * a).sum(1, keepdim=True)
+    return _hand_gradcam(model, model.swin.layernorm, x, target, grid)  # type: ignore[union-attr,arg-type]
 
 
 @pytest.mark.parametrize("hw", SIZES)
