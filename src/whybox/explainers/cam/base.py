@@ -21,6 +21,7 @@ from whybox.models.layers import (
     LayerRef,
     auto_layer,
     grid_options,
+    is_leaf_inplace_error,
     layer_spec,
     resolve_layers,
     seen_hw,
@@ -171,19 +172,30 @@ class CAM(Explainer):
         return resolve_layers(adapter, spec)
 
     def _chunk(
-        self, xi: torch.Tensor, refs: list[LayerRef], t: TargetLike, labels: list[str]
+        self, xi: torch.Tensor, refs: list[LayerRef], t: TargetLike, labels: list[str], engine: MaskingEngine
     ) -> tuple[list[torch.Tensor], tuple[torch.Tensor | None, ...] | None, Target]:
         """One chunk's activations at ``refs``, their gradients (methods that use them; else None) and target.
 
         Safe to repeat after a failure (the engine retries a chunk the model refused in channels-last layout):
-        the hooks live for this call only, and passes are counted by the caller."""
+        the hooks live for this call only, and passes are counted by the caller, bar the one rerun below."""
         with tap(refs, leaf=self.uses_gradients) as tp:
             if not self.uses_gradients:
                 with torch.no_grad():
                     raw = self.adapter.scores(xi)
                 return tp.activations(), None, resolve_target(t, raw)
             with torch.enable_grad():
-                raw = self.adapter.scores(xi)
+                try:
+                    raw = self.adapter.scores(xi)
+                    rerun = tp.written()  # the model wrote into a tapped output under no_grad
+                except RuntimeError as e:
+                    if tp.copying() or not is_leaf_inplace_error(e):
+                        raise
+                    rerun = True  # the model writes into a tapped layer's output in place: autograd refused the leaf
+                if rerun:
+                    # once per layer module: its taps hand on a copy from now on (layers._WRITTEN_DOWNSTREAM)
+                    tp.rerun_copying()
+                    engine.n_forward += xi.shape[0]
+                    raw = self.adapter.scores(xi)
                 a = tp.activations()
                 tc = resolve_target(t, raw.detach())
                 sel = tc.select(apply_score_space(raw, self.score))
@@ -210,7 +222,7 @@ class CAM(Explainer):
             t = target
             if isinstance(t, torch.Tensor):
                 t = t[s : s + xi.shape[0]]
-            a, g, tc = engine.call(functools.partial(self._chunk, refs=refs, t=t, labels=labels), xi)
+            a, g, tc = engine.call(functools.partial(self._chunk, refs=refs, t=t, labels=labels, engine=engine), xi)
             if g is not None:
                 n_backward[0] += xi.shape[0]
                 for j, (gj, aj) in enumerate(zip(g, a, strict=True)):
