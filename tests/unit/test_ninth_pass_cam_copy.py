@@ -93,3 +93,25 @@ def test_the_maps_match_a_hand_grad_cam_of_the_uncopied_tap(x: torch.Tensor) -> 
     (g,) = torch.autograd.grad(s, acts[0])
     cam = torch.relu((g.mean((2, 3), keepdim=True) * acts[0]).sum(1)).detach()
     torch.testing.assert_close(out.attributions[:, 0], cam, rtol=1e-6, atol=1e-7)
+
+
+class DropNet(Net):
+    """Dropout before the tapped layer and an in-place ReLU after it: the rerun must draw the first forward's mask."""
+
+    def __init__(self) -> None:
+        super().__init__("inplace_relu")
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.relu(self.act(self.conv2(self.drop(torch.tanh(self.conv1(x))))))
+        return self.fc(h.mean((2, 3)))
+
+
+def test_the_rerun_draws_what_the_first_forward_drew(x: torch.Tensor) -> None:
+    m = DropNet().train()
+    first = whybox.explain(m, x, "gradcam", layer="act", target=0, mode="as_is", seed=3)
+    assert m.act in layers._WRITTEN_DOWNSTREAM
+    again = whybox.explain(m, x, "gradcam", layer="act", target=0, mode="as_is", seed=3)
+    torch.testing.assert_close(first.attributions, again.attributions, rtol=0, atol=0)
+    other = whybox.explain(m, x, "gradcam", layer="act", target=0, mode="as_is", seed=4)
+    assert not torch.equal(other.attributions, first.attributions)  # the dropout mask does matter here

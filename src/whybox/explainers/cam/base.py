@@ -36,6 +36,16 @@ __all__ = ["CAM", "NORMALIZATIONS", "normalize_maps", "upsample"]
 NORMALIZATIONS = ("minmax", "max", "none")
 
 
+def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def _set_rng_state(state: tuple[torch.Tensor, torch.Tensor | None], device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
 def upsample(maps: torch.Tensor, size: tuple[int, int], *, align_corners: bool = False) -> torch.Tensor:
     """Bilinear resize of ``(B, C, h, w)``; half-pixel centres by default (OpenCV ``INTER_LINEAR``)."""
     if tuple(maps.shape[-2:]) == tuple(size):
@@ -184,17 +194,21 @@ class CAM(Explainer):
                     raw = self.adapter.scores(xi)
                 return tp.activations(), None, resolve_target(t, raw)
             with torch.enable_grad():
+                # a rerun draws what the first forward drew (dropout under mode="as_is"): the same output as a call
+                # that copied from the start
+                rng = None if tp.copying() else _rng_state(xi.device)
                 try:
                     raw = self.adapter.scores(xi)
                     rerun = tp.written()  # the model wrote into a tapped output under no_grad
                 except RuntimeError as e:
-                    if tp.copying() or not is_leaf_inplace_error(e):
+                    if rng is None or not is_leaf_inplace_error(e):
                         raise
                     rerun = True  # the model writes into a tapped layer's output in place: autograd refused the leaf
-                if rerun:
+                if rerun and rng is not None:
                     # once per layer module: its taps hand on a copy from now on (layers._WRITTEN_DOWNSTREAM)
                     tp.rerun_copying()
                     engine.n_forward += xi.shape[0]
+                    _set_rng_state(rng, xi.device)
                     raw = self.adapter.scores(xi)
                 a = tp.activations()
                 tc = resolve_target(t, raw.detach())
