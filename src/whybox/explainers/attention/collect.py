@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from whybox.errors import InvalidInputError, ModelOutputError, NotDifferentiableError
+from whybox.models._embeds import embedding_module, embedding_output, stand_in_ids, takes_inputs_embeds
 from whybox.models._guard import preserved
 from whybox.models.targets import TargetLike, apply_score_space, resolve_target
 
@@ -79,16 +80,12 @@ def _differentiable_inputs(model: nn.Module, inputs: dict[str, Any]) -> dict[str
 
     ``input_ids`` become ``inputs_embeds = model.get_input_embeddings()(input_ids)``; ``inputs_embeds`` and
     the other float inputs of :data:`DIFFERENTIABLE_INPUTS` become detached leaves that require grad.
-    Parameters are never touched.
+    Parameters are never touched. (A model that takes no ``inputs_embeds`` keeps its ``input_ids``: :func:`_by_ids`.)
     """
     out = dict(inputs)
     if out.get("input_ids") is not None and out.get("inputs_embeds") is None:
-        get_embeddings = getattr(model, "get_input_embeddings", None)
-        try:
-            embeddings = get_embeddings() if callable(get_embeddings) else None
-        except NotImplementedError:  # transformers' default for models of two towers (CLIPModel)
-            embeddings = None
-        if not isinstance(embeddings, nn.Module):
+        embeddings = embedding_module(model)
+        if embeddings is None:  # transformers' get_input_embeddings of models of two towers (CLIPModel) raises
             raise NotDifferentiableError(
                 f"{type(model).__name__} has no get_input_embeddings() module, so input_ids cannot become a "
                 "grad-requiring inputs_embeds; pass inputs_embeds yourself or use with_grads=False."
@@ -98,6 +95,32 @@ def _differentiable_inputs(model: nn.Module, inputs: dict[str, Any]) -> dict[str
         value = out.get(key)
         if isinstance(value, torch.Tensor) and value.is_floating_point():
             out[key] = value.detach().requires_grad_(True)
+    return out
+
+
+def _by_ids(model: nn.Module, inputs: dict[str, Any], with_grads: bool, stack: ExitStack) -> dict[str, Any]:
+    """The inputs of a model whose forward takes ``input_ids`` and no ``inputs_embeds`` (CLIP's text towers, whose
+    ``**kwargs`` would swallow ``inputs_embeds``): ``input_ids`` are kept, and with ``with_grads`` its word-embedding
+    module's output becomes a detached leaf that requires grad (a forward hook inside ``stack``); ``inputs_embeds``
+    become that output, with :func:`~whybox.models._embeds.stand_in_ids` from ``attention_mask`` (all attended when
+    absent) marking each row's end-of-text token where the model pools."""
+    out = dict(inputs)
+    given = out.pop("inputs_embeds", None)
+    if given is None:
+        if with_grads and out.get("input_ids") is not None:
+            stack.enter_context(embedding_output(model, lambda e: e.detach().requires_grad_(True)))
+        return out
+    if out.get("input_ids") is not None:
+        raise InvalidInputError("pass input_ids or inputs_embeds, not both.")
+    if not isinstance(given, torch.Tensor) or given.ndim != 3:
+        got = tuple(given.shape) if isinstance(given, torch.Tensor) else type(given).__name__
+        raise InvalidInputError(f"inputs_embeds must be a (B, T, D) tensor; got {got}.")
+    vectors = given.detach().requires_grad_(True) if with_grads else given
+    mask = out.get("attention_mask")
+    if mask is None:
+        mask = torch.ones(given.shape[:2], dtype=torch.long, device=given.device)
+    out["input_ids"] = stand_in_ids(model, mask)
+    stack.enter_context(embedding_output(model, lambda e: vectors.to(e.dtype)))
     return out
 
 
@@ -148,7 +171,11 @@ def collect_attentions(
     The call runs in eval mode with ``output_attentions=True`` on eager attention (and ``use_cache=False``
     where the forward takes it). With ``with_grads``, ``input_ids`` are replaced by
     ``inputs_embeds = model.get_input_embeddings()(input_ids)`` made to require grad (float inputs such as
-    ``pixel_values`` are made to require grad directly), so frozen models build a graph too; then
+    ``pixel_values`` are made to require grad directly), so frozen models build a graph too. A model whose forward
+    takes ``input_ids`` and no ``inputs_embeds`` (CLIP's text towers) keeps its ``input_ids``, and its
+    word-embedding module's output is made to require grad instead by a forward hook that lives for the call;
+    ``inputs_embeds`` given to such a model reach it as that module's output, with stand-in ``input_ids`` that mark
+    each row's last attended token (``attention_mask``) as its end-of-text token, where CLIP pools. Then
     ``∇A^(l) = autograd.grad(logits[b, target_b].sum(), A^(l))``. Rows are independent (eval mode, no
     cross-row logits), so the summed score gives per-row gradients. The model leaves exactly as it came:
     train/eval flags, ``requires_grad`` and ``.grad`` of every parameter, hooks, global RNG and the
@@ -218,7 +245,9 @@ def collect_attentions(
         stack.enter_context(preserved(model, "eval"))
         stack.enter_context(eager_attention(model))
         stack.enter_context(torch.enable_grad() if with_grads else torch.no_grad())
-        if with_grads:
+        if not takes_inputs_embeds(model):  # CLIP's text towers: input_ids, word vectors through a hook
+            inputs = _by_ids(model, inputs, with_grads, stack)
+        elif with_grads:
             inputs = _differentiable_inputs(model, inputs)
         output = model(**inputs, output_attentions=True, return_dict=True)
         logits = _logits(output if scores is None else scores(output))
