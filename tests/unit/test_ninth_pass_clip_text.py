@@ -148,3 +148,59 @@ def test_inputs_embeds_to_a_clip_text_tower_act_as_their_input_ids(eos):
     ):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
     assert not model.get_input_embeddings()._forward_hooks
+
+
+@pytest.mark.parametrize("cls", ["CLIPTextModelWithProjection", "CLIPTextModel"])
+def test_adapt_text_embeds_a_clip_text_tower_as_the_model_does(cls):
+    """adapt_text(kind='embedding') of a CLIP text tower: its sentence embedding is the model's own (text_embeds of
+    the projection model, pooler_output of the plain one: the end-of-text token's final state), for the texts and
+    for the references."""
+    model = _clip_text(getattr(transformers, cls), eos=3, vocab=len(WORDS) + 5)
+    tok = _tokenizer()
+    enc = whybox.adapt_text(model, tok, kind="embedding", references=["a good story", "the film was sad"])
+    assert enc.pooling == "model"
+    batch = enc.encode(["the movie was great", "a sad plot", "fun"])
+    with torch.no_grad():
+        got = enc.embed(batch.inputs)
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+        ref_batch = tok(["a good story", "the film was sad"], padding=True, return_tensors="pt")
+        ref_out = model(**ref_batch)
+    key = "text_embeds" if cls.endswith("Projection") else "pooler_output"
+    torch.testing.assert_close(got, torch.nn.functional.normalize(getattr(out, key), dim=-1), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(
+        enc.references, torch.nn.functional.normalize(getattr(ref_out, key), dim=-1), rtol=1e-10, atol=1e-12
+    )
+    assert not model.get_input_embeddings()._forward_hooks
+
+
+def test_explain_text_on_a_clip_text_tower_matches_the_oracles():
+    """Gradients at the word vectors and attention relevance (read at the end-of-text row, the last attended token)
+    of a CLIP text encoder equal those of a plain forward of the model on the texts' own ids."""
+    model = _clip_text(eos=3, vocab=len(WORDS) + 5)
+    tok = _tokenizer()
+    enc = whybox.adapt_text(model, tok, kind="embedding", references=["a good story", "the film was sad"])
+    texts = ["the movie was great", "a sad plot"]
+    batch = enc.encode(texts)
+    refs = enc.references
+
+    def sims(out):
+        return torch.nn.functional.normalize(out.text_embeds, dim=-1) @ refs.T
+
+    # gradient oracle: d sims[:, 1] / d (word-embedding output) of a plain forward with the real ids
+    plain = _clip_text(eos=3, vocab=len(WORDS) + 5)
+    kept = []
+    handle = plain.get_input_embeddings().register_forward_hook(lambda m, i, o: kept.append(o) or o.retain_grad())
+    try:
+        sims(plain(input_ids=batch.input_ids, attention_mask=batch.attention_mask))[:, 1].sum().backward()
+    finally:
+        handle.remove()
+    want = kept[0].grad * batch.attention_mask.unsqueeze(-1)
+    got = whybox.explain(enc, batch.inputs, "saliency", target=1, abs=False)
+    torch.testing.assert_close(got.attributions[..., :-1] * batch.attention_mask.unsqueeze(-1), want)
+
+    res = whybox.explain_text(enc, texts, "attention_relevance", target=1, score="logit")
+    assert res.explanation.meta["readout"] == "last"
+    plain = _clip_text(eos=3, vocab=len(WORDS) + 5)
+    _, _, want_rows = _oracle(plain, batch.input_ids, batch.attention_mask, sims, 1, eot_id=3)
+    assert (batch.input_ids == 3).int().argmax(-1).tolist() == [5, 4]  # [SEP], the end-of-text token of each row
+    torch.testing.assert_close(res.explanation.attributions[..., 0], want_rows, rtol=1e-10, atol=1e-12)

@@ -3,7 +3,10 @@
 The model's inputs are *packed*: a float tensor ``(B, T, D + 1)`` holding each token's word embedding
 (``model.get_input_embeddings()(input_ids)``) and, in the last channel, the attention mask. The adapter unpacks
 it and calls the model with ``inputs_embeds`` and ``attention_mask``; position and token-type embeddings are
-added by the model as usual. So every whybox method works on text unchanged:
+added by the model as usual. A model whose forward takes ``input_ids`` and no ``inputs_embeds`` (CLIP's text towers)
+gets the word vectors as its embedding module's output instead (a forward hook for the call), with stand-in
+``input_ids`` that mark each row's last attended token as its end-of-text token, where CLIP pools
+(:mod:`whybox.models._embeds`). So every whybox method works on text unchanged:
 
 - gradient methods differentiate at the word-embedding output (TRANSFORMERS.md §4; captum's
   ``LayerIntegratedGradients`` on ``get_input_embeddings()`` is the same quantity), and a baseline
@@ -33,6 +36,7 @@ from torch import nn
 
 from whybox.errors import InvalidInputError, InvalidParameterError, ModelOutputError, check_bool, did_you_mean
 from whybox.explanation import Explanation
+from whybox.models._embeds import embedding_output, stand_in_ids, takes_inputs_embeds
 from whybox.models.adapter import (
     EmbeddingAdapter,
     TorchAdapter,
@@ -46,6 +50,7 @@ from whybox.models.targets import class_names
 
 __all__ = [
     "BASELINES",
+    "POOLINGS",
     "TextAttribution",
     "TextBatch",
     "TextClassifierAdapter",
@@ -61,6 +66,8 @@ __all__ = [
 
 #: Replacement tokens for baselines and fills (``zero``: zero word vectors).
 BASELINES = ("pad", "mask", "unk", "zero")
+#: Sentence embeddings of an encoder: mean over attended tokens, the first token, the model's own pooled output.
+POOLINGS = ("mean", "cls", "model")
 _WORD_REDUCE = ("sum", "mean", "absmax")
 
 
@@ -484,8 +491,13 @@ class _TextMixin:
             raise InvalidInputError(
                 f"a text adapter takes packed inputs (B, T, D + 1) from adapter.encode(texts); got {tuple(x.shape)}."
             )
-        e, m = x[..., :-1], x[..., -1]
-        return self.model(inputs_embeds=e, attention_mask=(m > 0.5).to(torch.long))
+        e, m = x[..., :-1], (x[..., -1] > 0.5).to(torch.long)
+        if takes_inputs_embeds(self.model):
+            return self.model(inputs_embeds=e, attention_mask=m)
+        # CLIP's text towers take no inputs_embeds: the word vectors come out of their embedding module instead, and
+        # stand-in ids mark each row's last attended token as its end-of-text token, where CLIP pools
+        with embedding_output(self.model, lambda out: e.to(out.dtype)):
+            return self.model(input_ids=stand_in_ids(self.model, m), attention_mask=m)
 
 
 def reads_last_token(model: Any) -> bool:
@@ -557,8 +569,9 @@ class TextClassifierAdapter(_TextMixin, TorchAdapter):
 
 
 class TextEncoderAdapter(_TextMixin, EmbeddingAdapter):
-    """A sentence encoder (a Hugging Face ``AutoModel``) with sentence-transformers pooling; scores are the cosine
-    similarities of the sentence embedding to ``references`` (a reference sentence's embedding, or several)."""
+    """A sentence encoder (a Hugging Face ``AutoModel``) with sentence-transformers pooling, or the model's own
+    (``pooling="model"``: a CLIP text tower's ``text_embeds``); scores are the cosine similarities of the sentence
+    embedding to ``references`` (a reference sentence's embedding, or several)."""
 
     def __init__(
         self,
@@ -571,8 +584,10 @@ class TextEncoderAdapter(_TextMixin, EmbeddingAdapter):
         max_length: int = 128,
     ) -> None:
         super().__init__(model, references=references, similarity="cosine")
-        if pooling not in ("mean", "cls"):
-            raise InvalidParameterError(f"pooling must be 'mean' or 'cls'; got {pooling!r}.")
+        if pooling not in POOLINGS:
+            raise InvalidParameterError(
+                f"pooling must be one of {POOLINGS}; got {pooling!r}.{did_you_mean(str(pooling), POOLINGS)}"
+            )
         self.tokenizer = tokenizer
         self.pooling = pooling
         self.normalize = check_bool("normalize", normalize)
@@ -582,7 +597,21 @@ class TextEncoderAdapter(_TextMixin, EmbeddingAdapter):
         return self.pool(self._call(x), (x[..., -1] > 0.5).to(torch.long))
 
     def pool(self, output: Any, attention_mask: torch.Tensor) -> torch.Tensor:
-        """The sentence embeddings ``(B, D)`` of the encoder's ``output`` (its ``last_hidden_state``)."""
+        """The sentence embeddings ``(B, D)`` of the encoder's ``output``: its ``last_hidden_state`` pooled (``"mean"``,
+        ``"cls"``), or (``"model"``) its own ``text_embeds`` (CLIPTextModelWithProjection: the projection of the
+        end-of-text token's final state), else its ``pooler_output`` (CLIPTextModel: that state itself)."""
+        if self.pooling == "model":
+            u = next(
+                (v for v in (getattr(output, k, None) for k in ("text_embeds", "pooler_output")) if v is not None),
+                None,
+            )
+            if not isinstance(u, torch.Tensor) or u.ndim != 2:
+                raise ModelOutputError(
+                    f"pooling='model' reads the encoder's own sentence embedding (text_embeds or pooler_output), but "
+                    f"{type(self.model).__name__} returned {type(output).__name__} without a (B, D) one; pass "
+                    "pooling='mean' or 'cls' to pool its last_hidden_state."
+                )
+            return torch.nn.functional.normalize(u, dim=-1) if self.normalize else u
         h = getattr(output, "last_hidden_state", None)
         if h is None:
             raise ModelOutputError(f"the encoder returned {type(output).__name__} without last_hidden_state.")
@@ -600,7 +629,7 @@ def adapt_text(
     *,
     kind: str = "classifier",
     references: str | Sequence[str] | torch.Tensor | np.ndarray | None = None,
-    pooling: str = "mean",
+    pooling: str | None = None,
     max_length: int = 128,
 ) -> TextClassifierAdapter | TextEncoderAdapter:
     """Wrap a Hugging Face text model and its tokenizer.
@@ -619,7 +648,12 @@ def adapt_text(
         embeddings ``(D,)`` / ``(K, D)``: a tensor, or a NumPy array of numbers (what a sentence-transformers
         ``encode()`` returns), read as a tensor of its dtype. A NumPy array of strings holds sentences. A reference sentence also names its score: ``target="a sad story"``.
     pooling
-        Sentence embedding of an encoder: ``"mean"`` over attended tokens (sentence-transformers) or ``"cls"``.
+        Sentence embedding of an encoder: ``"mean"`` over attended tokens (sentence-transformers), ``"cls"``, or
+        ``"model"``: the model's own, its output's ``text_embeds`` (CLIPTextModelWithProjection: the projection of the
+        end-of-text token's final state, what CLIP compares with images), else its ``pooler_output``
+        (CLIPTextModel: that state). ``None`` (default): ``"model"`` for a model whose forward takes ``input_ids``
+        and no ``inputs_embeds`` (CLIP's text towers, which whybox gives word vectors through their embedding
+        module), ``"mean"`` otherwise.
     max_length
         Truncation length of :meth:`encode`.
     """
@@ -643,7 +677,7 @@ def adapt_text(
     limit = token_limit(model)
     if limit is not None and max_length > limit:  # the position table ends there: longer texts are cut (and warned)
         max_length = limit
-    if kind in ("classifier", "multilabel") and (references is not None or pooling != "mean"):
+    if kind in ("classifier", "multilabel") and (references is not None or pooling not in (None, "mean")):
         given = ", ".join(
             f"{k}={v!r}" for k, v in (("references", references), ("pooling", pooling)) if v not in (None, "mean")
         )
@@ -675,6 +709,8 @@ def adapt_text(
             f"(K, D) as a tensor or a NumPy array of numbers; got {described_type(references)}. Pass the sentences "
             "themselves, or the encoder's embeddings of them (torch.tensor of a list of numbers)."
         )
+    if pooling is None:  # CLIP's text towers: their own sentence embedding (the end-of-text token's, projected)
+        pooling = "mean" if takes_inputs_embeds(model) else "model"
     placeholder = torch.zeros(1)
     enc = TextEncoderAdapter(model, tokenizer, references=placeholder, pooling=pooling, max_length=max_length)
     if sentences is not None:

@@ -11,8 +11,9 @@ logits) and for a classifier whose head reads the mean of the tokens (a model th
 whybox.data's MiniLM sentiment model; BEiT's ``config.use_mean_pooling``: on images the mean is over the patch rows,
 the CLS row left out, as BEiT's pooler ``layernorm(hidden[:, 1:].mean(1))`` reads them; a text encoder's mean is over
 every attended token, the CLS row included, as a sentence encoder's mean pooling), ``"last"`` for a decoder's
-classifier (GPT-2's, which scores the last token; its first row, under causal attention, reads only itself) and
-``"cls"`` otherwise. The attributions are ``(B, T, 1)``: one value per token (it broadcasts to the inputs), pads 0.
+classifier (GPT-2's, which scores the last token; its first row, under causal attention, reads only itself) and for
+a CLIP text tower pooled by the model itself (``pooling="model"``, the default there: CLIP reads the end-of-text
+token, the last attended one), and ``"cls"`` otherwise. The attributions are ``(B, T, 1)``: one value per token (it broadcasts to the inputs), pads 0.
 Rollout and raw attention ignore the target (class-agnostic); relevance weights each head by the gradient of the
 target logit.
 
@@ -43,6 +44,7 @@ from whybox.explainers.attention.relevance import gradient_weighted_relevance
 from whybox.explainers.attention.rollout import attention_rollout, raw_attention, readout, to_grid
 from whybox.explainers.base import Explainer
 from whybox.masking.engine import MaskingEngine
+from whybox.models._embeds import takes_inputs_embeds
 from whybox.models.targets import Target, TargetLike, resolve_target
 from whybox.registry import EXPLAINERS
 
@@ -114,6 +116,10 @@ class AttentionExplainer(Explainer):
             mean_pooled = isinstance(self.adapter, TextEncoderAdapter) and self.adapter.pooling == "mean"
             pooled = callable(getattr(self.adapter, "scores_from_output", None))  # SAE features pooled over tokens
             last = isinstance(self.adapter, TextClassifierAdapter) and self.adapter.last_token  # a decoder's classifier
+            # an encoder pooled by the model itself: a CLIP text tower (no inputs_embeds) pools its end-of-text token,
+            # the last attended one; a model given inputs_embeds (BERT's pooler, AltCLIP's) its first token
+            own_pool = isinstance(self.adapter, TextEncoderAdapter) and self.adapter.pooling == "model"
+            last = last or (own_pool and not takes_inputs_embeds(self.adapter.model))
             # a classifier head over the mean of the tokens: one that says so (``model.pooling = "mean"``, as
             # whybox.data's MiniLM sentiment model), or a Hugging Face vision model pooling its patches (BEiT's
             # ``config.use_mean_pooling``; a classifier on a two-tower config's image tower, whose patch size sits in
