@@ -26,6 +26,11 @@ Tables (``SCHEMA``):
 
 A unit is either wholly in the database or not at all. Killed at any point, a run leaves at most orphan array
 files of an uncommitted unit, which the rerun overwrites with identical bytes.
+
+Every write (a unit, the samples, the inputs) first checks, under the database's write lock, that the run's stored
+fingerprints are still the ones this store opened with, and moves its array files into place only then: a process
+whose run another process has replaced (``overwrite=True``, a different job) gets :class:`RunReplacedError` and
+writes nothing into the new run, neither rows nor files.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ __all__ = [
     "FingerprintMismatchError",
     "MetricValue",
     "RunBusyError",
+    "RunReplacedError",
     "RunStore",
     "SampleResult",
     "UnitResult",
@@ -135,23 +141,38 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def write_array_atomic(path: str | os.PathLike[str], array: np.ndarray) -> Path:
-    """Write ``array`` as ``.npy`` through a temporary file in the same folder, fsync, rename, fsync the folder.
-
-    A reader sees either the old file, or no file, or the complete new one; never a partial array.
-    """
-    path = Path(path)
+def _write_temp(path: Path, array: np.ndarray) -> Path:
+    """Write ``array`` as ``.npy`` to a temporary file beside ``path`` (named with this process's id), fsynced; the
+    caller renames it into place (:func:`_place`) or deletes it. Nothing is left behind when the write fails."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
             np.save(f, np.ascontiguousarray(array), allow_pickle=False)
             f.flush()
             os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _place(tmp: Path, path: Path) -> None:
+    """Rename the temporary file ``tmp`` onto ``path`` and fsync the folder (deleting ``tmp`` if the rename fails)."""
+    try:
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def write_array_atomic(path: str | os.PathLike[str], array: np.ndarray) -> Path:
+    """Write ``array`` as ``.npy`` through a temporary file in the same folder, fsync, rename, fsync the folder.
+
+    A reader sees either the old file, or no file, or the complete new one; never a partial array.
+    """
+    path = Path(path)
+    _place(_write_temp(path, array), path)
     return path
 
 
@@ -274,6 +295,11 @@ class RunBusyError(WhyboxError, RuntimeError):
     """Another process held the run database's write lock for longer than ``BUSY_TIMEOUT``."""
 
 
+class RunReplacedError(WhyboxError, RuntimeError):
+    """The run directory was taken over by a run of a different job (``overwrite=True``) while this store wrote to
+    it; the refused write left nothing in the new run."""
+
+
 def _busy(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
 
@@ -326,6 +352,12 @@ class RunStore:
         If another process holds the database's write lock for longer than ``BUSY_TIMEOUT`` seconds.
     InvalidParameterError
         If ``path`` is a file, or its ``run.sqlite`` is not a whybox run database (left as it is).
+
+    Notes
+    -----
+    ``overwrite`` deletes the old run even while another process is still writing to it; that process's next write
+    (:meth:`commit`, :meth:`record_samples`, :meth:`save_inputs`) finds other fingerprints under the write lock and
+    raises :class:`RunReplacedError`, leaving the new run's rows and files as they are.
     """
 
     def __init__(
@@ -353,6 +385,7 @@ class RunStore:
             tmp.unlink(missing_ok=True)
         self.db_path = self.path / DB_NAME
         wanted = {k: str(v) for k, v in fingerprints.items()}
+        self._fingerprints = wanted  # the run this store writes to: every write checks it is still the stored one
         self._conn = sqlite3.connect(self.db_path, isolation_level=None, timeout=BUSY_TIMEOUT)
         try:
             self._open(wanted, config, overwrite)
@@ -377,7 +410,7 @@ class RunStore:
             # which SQLite answers at once with "database is locked" (no busy wait): retry until BUSY_TIMEOUT
             _retry_busy(lambda: c.execute("PRAGMA journal_mode=WAL"), self.db_path)
             c.execute("PRAGMA synchronous=FULL")
-            with self._transaction():
+            with self._transaction(check=False):
                 check_tables()  # again, under the write lock
                 for statement in SCHEMA.split(";"):
                     if statement.strip():
@@ -477,7 +510,8 @@ class RunStore:
             c.execute(f"DELETE FROM {table}")
         (self.path / REPORT_NAME).unlink(missing_ok=True)  # the old run's report goes too
         shutil.rmtree(self.path / "arrays", ignore_errors=True)
-        (self.path / "arrays").mkdir()
+        # exist_ok: a process still writing the old run may have just made a folder here; its files never land
+        (self.path / "arrays").mkdir(exist_ok=True)
 
     def close(self) -> None:
         """Close the database connection (checkpointing the WAL)."""
@@ -489,9 +523,29 @@ class RunStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _stored_fingerprints(self) -> dict[str, str]:
+        rows = self._conn.execute("SELECT key, value FROM run WHERE key LIKE 'fingerprint.%'").fetchall()
+        return {str(k).removeprefix("fingerprint."): str(v) for k, v in rows}
+
+    def _replaced(self, what: str) -> RunReplacedError | None:
+        """The error for a write of ``what`` into a run whose stored fingerprints are no longer this store's (another
+        process replaced it with ``overwrite=True``), or None while they are the same."""
+        stored = self._stored_fingerprints()
+        if stored == self._fingerprints:
+            return None
+        changed = sorted(k for k in set(stored) | set(self._fingerprints) if stored.get(k) != self._fingerprints.get(k))
+        return RunReplacedError(
+            f"{str(self.path)!r} was replaced by another process with a run of a different job (overwrite=True or "
+            f"--overwrite; changed: {', '.join(changed)}) while this run was writing to it; nothing of {what} was "
+            "recorded or written there. This run's earlier results went with the old run: rerun it into "
+            "another directory, or wait for the other run to finish."
+        )
+
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction: ``BEGIN IMMEDIATE`` waits up to ``BUSY_TIMEOUT`` for another writer of the run."""
+    def _transaction(self, *, check: bool = True, what: str = "this write") -> Iterator[sqlite3.Connection]:
+        """A write transaction: ``BEGIN IMMEDIATE`` waits up to ``BUSY_TIMEOUT`` for another writer of the run. With
+        ``check``, it first checks, under the write lock, that the run is still the one this store opened
+        (:class:`RunReplacedError` names ``what`` otherwise)."""
         c = self._conn
         try:
             c.execute("BEGIN IMMEDIATE")
@@ -500,6 +554,8 @@ class RunStore:
                 raise _busy_error(self.db_path) from None
             raise
         try:
+            if check and (err := self._replaced(what)) is not None:
+                raise err
             yield c
         except BaseException:
             c.execute("ROLLBACK")
@@ -521,13 +577,14 @@ class RunStore:
         (prediction -1, probability NULL and the reason where the model failed on the sample).
         ``prediction_reads``: ``"probability"``, or ``"output"`` where the number is a one-output model's or a
         regressor's own output (kept in the run table for the report)."""
-        with self._transaction() as c:
+        with self._transaction(what="the samples") as c:
             c.executemany("INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
             if prediction_reads is not None:
                 c.execute("INSERT OR REPLACE INTO run VALUES (?, ?)", ("prediction_reads", prediction_reads))
 
     def save_inputs(self, x: np.ndarray) -> None:
-        """Keep the model inputs beside the run (for the report), unless an identical file is there."""
+        """Keep the model inputs beside the run (for the report), unless an identical file is there. The file is
+        renamed into place under the write lock, once the run is checked to be still this store's."""
         p = self.path / INPUTS_NAME
         if p.exists():
             try:
@@ -536,7 +593,31 @@ class RunStore:
                     return
             except (OSError, ValueError):
                 pass
-        write_array_atomic(p, x)
+        self._write_files({p: x}, "the inputs", lambda _c: None)
+
+    def _write_files(
+        self, files: Mapping[Path, np.ndarray], what: str, rows: Callable[[sqlite3.Connection], None]
+    ) -> None:
+        """Write ``files`` to temporary files (the slow part, outside the lock), then, in one write transaction that
+        first checks the run is still this store's, rename them into place and write the ``rows``. A refused or
+        failed write deletes its temporary files and leaves the run's files as they were."""
+        temps: dict[Path, Path] = {}
+        try:
+            for path, array in files.items():
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    temps[path] = _write_temp(path, array)
+                except OSError:  # the folder deleted under us by an overwrite: say so, not "no such file"
+                    if (err := self._replaced(what)) is not None:
+                        raise err from None
+                    raise
+            with self._transaction(what=what) as c:
+                for path, tmp in temps.items():
+                    _place(tmp, path)
+                rows(c)
+        finally:
+            for tmp in temps.values():
+                tmp.unlink(missing_ok=True)  # placed ones are gone already
 
     def predictions(self) -> dict[int, int]:
         """``{sample index: predicted class}``."""
@@ -561,14 +642,22 @@ class RunStore:
         return self.path / "arrays" / _folder(method) / f"{int(shard):06d}.npy"
 
     def commit(self, unit: UnitResult) -> None:
-        """Write the unit's arrays atomically, then its rows in one transaction."""
+        """Write the unit's array file (temporary file, fsync), then, in one write transaction, rename it into place
+        and record its rows.
+
+        Raises
+        ------
+        RunReplacedError
+            If another process has replaced the run (``overwrite=True``, another job) since this store opened it:
+            checked under the write lock, before the file is renamed, so neither rows nor the file reach the new run.
+        """
         rows, mrows = [], []
         ok = [s for s in unit.samples if s.attributions is not None]
         rel = None
+        files: dict[Path, np.ndarray] = {}
         if ok:  # one file per unit: the rows of its samples with attributions, in sample order
             path = self.array_path(unit.method, unit.shard)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_array_atomic(path, np.stack([s.attributions for s in ok]).astype(np.float32))  # type: ignore[misc]
+            files[path] = np.stack([s.attributions for s in ok]).astype(np.float32)  # type: ignore[misc]
             rel = path.relative_to(self.path).as_posix()
         row_of = {s.index: k for k, s in enumerate(ok)}
         for s in unit.samples:
@@ -580,7 +669,8 @@ class RunStore:
                 mrows.append((s.index, unit.method, metric, _finite_or_none(mv.value), curve, mv.reason))
         n_failed = sum(s.reason is not None for s in unit.samples)
         now = time.time()
-        with self._transaction() as c:
+
+        def write_rows(c: sqlite3.Connection) -> None:
             c.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?)", rows)
             c.executemany("INSERT OR REPLACE INTO metric_values VALUES (?, ?, ?, ?, ?, ?)", mrows)
             c.executemany(
@@ -594,6 +684,8 @@ class RunStore:
                 "INSERT OR REPLACE INTO units VALUES (?, ?, ?, ?)",
                 (unit.shard, unit.method, len(unit.samples), n_failed),
             )
+
+        self._write_files(files, f"the unit (shard {unit.shard}, method {unit.method!r})", write_rows)
 
     # ------------------------------------------------------------------ reading
     def n_failed(self) -> int:
@@ -615,8 +707,7 @@ class RunStore:
 
     def fingerprints(self) -> dict[str, str]:
         """The stored fingerprints."""
-        rows = self._conn.execute("SELECT key, value FROM run WHERE key LIKE 'fingerprint.%'").fetchall()
-        return {str(k).removeprefix("fingerprint."): str(v) for k, v in rows}
+        return self._stored_fingerprints()
 
     @classmethod
     def open_existing(cls, path: str | os.PathLike[str]) -> RunStore:
