@@ -1,9 +1,11 @@
 """Ninth-pass findings on runs, each a property the earlier code broke: a run replaced by another process
 (``overwrite=True``, a different job) while it still ran kept committing its results, rows and array files, into the
-new run, which then counted them as its own."""
+new run, which then counted them as its own; and a ``.txt`` input was split at Unicode line breaks (U+2028, U+0085,
+form feeds, ...), not only at newlines, so one line became several texts with wrong ``<file>:<line>`` names."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -138,3 +140,26 @@ def test_a_run_replaced_while_it_runs_stops_and_the_new_run_holds_only_its_own_r
     again = run_job(job(2), _net(), x, tmp_path / "ow")
     assert (again.n_computed, again.n_skipped, again.complete) == (0, 8, True)
     assert _contents(tmp_path / "ow") == _contents(tmp_path / "clean")
+
+
+# ------------------------------------------------------------------------ .txt lines
+def test_a_txt_input_is_split_at_newlines_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lines end at \\n, \\r\\n or a lone \\r; U+2028, U+2029, U+0085, form feed, vertical tab and the separators
+    \\x1c-\\x1e inside a line stay in its text, and each text is named by its line in the file."""
+    import whybox.runs.loaders as L
+
+    inside = "\u2028\u2029\x85\x0c\x0b\x1c\x1d\x1e"
+    lines = [f"one{inside}still one", "", "two\x0cpage", "three\u2028four", "five", "six"]
+    raw = lines[0] + "\n" + lines[1] + "\r\n" + lines[2] + "\r" + lines[3] + "\n" + lines[4] + "\r\n" + lines[5] + "\n"
+    (tmp_path / "t.txt").write_bytes(raw.encode("utf-8"))
+    seen: dict[str, Any] = {}
+
+    def spy(texts: list[str], model: object, *, names: list[str], labels: object) -> None:
+        seen.update(texts=texts, names=names)
+
+    monkeypatch.setattr(L, "texts_dataset", spy)
+    L._load_texts([str(tmp_path / "t.txt")], object(), None)  # type: ignore[arg-type]
+    assert seen["texts"] == [ln for ln in lines if ln]
+    assert seen["names"] == ["t.txt:1", "t.txt:3", "t.txt:4", "t.txt:5", "t.txt:6"]
+    L._load_texts([os.fspath(tmp_path / "t.txt")], object(), 2)  # type: ignore[arg-type]
+    assert seen["texts"] == [lines[0], lines[2]] and seen["names"] == ["t.txt:1", "t.txt:3"]

@@ -1531,7 +1531,10 @@ def _load_texts(paths: Sequence[str | os.PathLike[str]], model: LoadedModel, lim
                 "line)" + ("; no such file." if not path.exists() else f"; got {path.suffix or 'no suffix'!r}.")
             )
         try:
-            lines = [ln.strip() for ln in path.read_text(encoding="utf-8-sig").splitlines()]  # a BOM left out
+            # lines end at \n, \r\n or a lone \r (read_text's universal newlines make them all \n); not
+            # str.splitlines, which also splits at U+2028, U+0085, form feeds and other characters a pasted text may
+            # hold: one line became several texts, and the later ones' <file>:<line> names were wrong
+            lines = [ln.strip() for ln in path.read_text(encoding="utf-8-sig").split("\n")]  # a BOM left out
         except (OSError, UnicodeDecodeError) as exc:
             raise DataFormatError(f"input {text!r} could not be read as UTF-8 text: {exc}.") from None
         numbered = [(i + 1, ln) for i, ln in enumerate(lines) if ln]  # named by their line in the file
