@@ -97,7 +97,10 @@ class Job:
         Samples per unit of work (and per model batch of an explainer call).
     seed
         The seed every shard explains and scores with (a sample's random draws are keyed by the sample, so its
-        results equal ``whybox.explain(..., seed=seed)`` on it whatever the shard size).
+        results equal ``whybox.explain(..., seed=seed)`` on it whatever the shard size, up to float rounding: the
+        model sees the sample in a batch of another size, and float32 kernels such as convolutions may round
+        differently per batch size (differences around 1e-7, float32's rounding). ``shard_size`` and
+        ``batch_size`` are in the config fingerprint, so no stored run mixes results computed at different sizes).
     target
         ``"prediction"`` (explain each sample's predicted class) or ``"label"`` (its true class; needs labels).
     batch_size
