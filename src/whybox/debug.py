@@ -22,8 +22,8 @@ from whybox.explainers.perturbation._common import PerturbationExplainer
 from whybox.explanation import Explanation
 from whybox.masking.engine import MaskingEngine, resolve_batch_size
 from whybox.masking.features import FeatureGroups
+from whybox.masking.fills import one_value_per_column
 from whybox.models.adapter import ModelAdapter, TorchAdapter, adapt, coder_of, is_signal, scoring_adapter
-from whybox.models.categorical import categorical_columns
 from whybox.models.inputs import (
     TEXTS_GIVEN_TO_A_TENSOR_MODEL,
     as_tensor_inputs,
@@ -34,6 +34,7 @@ from whybox.models.inputs import (
     option_columns,
     tensor_option,
 )
+from whybox.models.packed import packed_option
 from whybox.models.targets import apply_score_space, class_label_target, true_class_indices
 from whybox.models.targets import class_names as model_class_names
 from whybox.registry import EXPLAINERS, METRICS
@@ -175,12 +176,22 @@ def find_mistakes(
         ``method="lima"`` also one of LIMA's region kinds (``"grid"``, ``"superpixels"``, ...), which LIMA builds
         (with ``n_regions`` and its other options in ``params``) and the steps then use.
     fill
-        What a hidden region becomes, in the explanation and the insertion steps alike: a fill name, a number, or a
-        tensor broadcasting to one input or holding one row per input (cut to the mistakes' rows). Default zero;
-        on texts [MASK] (a name: one of ``"mask"``, ``"unk"``, ``"pad"``, ``"zero"``, the token a removed word
-        becomes; a black box's removed words are dropped, so it takes no fill).
+        What a hidden region becomes, in the explanation and the insertion steps alike: a fill name, a number, or
+        values broadcasting to one input or holding one row per input (cut to the mistakes' rows), as a tensor,
+        NumPy array, list, pandas Series (a reference row) or DataFrame (rows), or per input for a model of several
+        inputs. Default zero; on texts [MASK] (a name: one of ``"mask"``, ``"unk"``, ``"pad"``, ``"zero"``, the
+        token a removed word becomes; a black box's removed words are dropped, so it takes no fill).
+        Rows with text or categorical columns (a scikit-learn estimator fitted on such a DataFrame, also the rows
+        the command line codes from a CSV) need a reference row here: a fill by name or number is refused, as
+        :func:`~whybox.explain` refuses it, since it would set such a column to an arbitrary category.
     batch_size
         Rows per model call (``None``: 64 for a torch model, 4,096 for a scikit-learn estimator).
+
+    Raises
+    ------
+    InvalidParameterError
+        A fill by name or number on rows with text or categorical columns; a fill that neither broadcasts to one
+        input nor holds one row per input (said of the inputs given, not of the mistakes' rows).
     """
     adapter = model if isinstance(model, ModelAdapter) else adapt(model)
     if adapter.outputs_values:
@@ -210,24 +221,30 @@ def find_mistakes(
     fill_columns = option_columns(fill)
     if fill_columns is not None and is_dataframe(inputs):  # read by position, as explain and evaluate read it: the
         check_option_columns({"fill": fill_columns}, [str(c) for c in inputs.columns])  # inputs' columns, in order
-    coded = categorical_columns(inputs) if coder is not None and is_dataframe(inputs) else []
     inputs, _ = as_tensor_inputs(
         inputs, coder, getattr(adapter, "packing", None)
     )  # a numpy array or a DataFrame of rows (text columns coded)
-    if coded:
-        if isinstance(fill, str):
-            raise InvalidParameterError(
-                f"inputs have text or categorical columns ({', '.join(map(repr, coded[:5]))}), which fill={fill!r} "
-                "would set to an arbitrary value; pass a reference row as fill= (a Series with every column, e.g. "
-                "X_train.mode().iloc[0])."
-            )
-        fill = tensor_option(fill, "fill", coder)  # coded once: the explainer and the metric read the same row
+    # text columns coded here (a DataFrame) or before (the command line's CSV, coded by its adapter): what the
+    # explainers and metrics refuse a fill by name or number for, as they would set such a column to its first value
+    coded = list(coder.categories) if coder is not None else []
+    if coded and one_value_per_column(fill):
+        raise InvalidParameterError(
+            f"inputs have text or categorical columns ({', '.join(map(repr, coded[:5]))}), which fill={fill!r} "
+            "would set to an arbitrary value; pass a reference row as fill= (a Series with every column, e.g. "
+            "X_train.mode().iloc[0], or a list of its values in the model's column order: --option 'fill=[...]' on "
+            "the command line)."
+        )
+    if text_batch is None:  # a reference row or rows (an array, a list, pandas), per input for several inputs:
+        # a tensor, coded once (the explainer and the metric read the same row) and cut below to the mistakes' rows
+        fill = tensor_option(packed_option(fill, adapter, "fill"), "fill", coder)
     if inputs.ndim < 2:
         raise InvalidInputError(
             f"inputs must have a leading batch dimension (B, ...); got shape {tuple(inputs.shape)}."
         )
     if inputs.shape[0] == 0:
         raise InvalidInputError("inputs hold no rows (batch size 0); pass at least one row.")
+    if isinstance(fill, torch.Tensor) and text_batch is None:
+        _check_fill(fill, inputs)  # against the user's inputs, before the cut to the mistakes' rows
     if not isinstance(labels, torch.Tensor):  # a list, array or Series; a classifier's own labels become indices
         given = np.asarray(labels.to_numpy() if hasattr(labels, "to_numpy") else labels)
         classes = true_class_indices(adapter, given.reshape(-1).tolist()) if given.ndim == 1 else None
@@ -511,3 +528,24 @@ def _mistakes_regions(regions: torch.Tensor, inputs: torch.Tensor, wrong: torch.
         f"regions of shape {tuple(regions.shape)} hold {regions.shape[0]} label maps for {inputs.shape[0]} inputs; "
         "give one map for every input (in their order) or one map for all."
     )
+
+
+def _check_fill(fill: torch.Tensor, inputs: torch.Tensor) -> None:
+    """A fill tensor must broadcast to one input (a value, a row, a reference image) or hold one row per input, the
+    shape of ``inputs`` ``(N, *S)``; said of the user's inputs, not of the mistakes' rows it is cut to."""
+    try:
+        fits = torch.broadcast_shapes(fill.shape, inputs.shape) == inputs.shape
+    except RuntimeError:
+        fits = False
+    if not fits:
+        one = tuple(inputs.shape[1:])
+        hint = ""
+        if inputs.ndim >= 3 and fill.numel() == inputs.shape[1] > 1:  # one value per channel, written flat: (C,)
+            view = ", ".join(map(str, (inputs.shape[1],) + (1,) * (inputs.ndim - 2)))
+            hint = f" For one value per channel give shape ({view}), e.g. torch.tensor(values).view({view})."
+        raise InvalidParameterError(
+            f"fill of shape {tuple(fill.shape)} does not fit the inputs {tuple(inputs.shape)}: give values that "
+            f"broadcast to one input {one} (a reference row, a value per channel) or one row per input, "
+            f"{tuple(inputs.shape)}."
+            f"{hint}"
+        )

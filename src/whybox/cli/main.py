@@ -881,7 +881,13 @@ def _digits_dataset_run(methods: list[str], run_dir: Path, n: int, full: bool, d
 @_jobs.input_options(leave_out=("limit", "config"))
 @click.option("--method", default="lima", show_default=True, help="The explainer of the true class.")
 @click.option(
-    "--option", "options", multiple=True, metavar="KEY=VALUE", help="A method option (repeatable), e.g. n_samples=200."
+    "--option",
+    "options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A method option (repeatable), e.g. n_samples=200; fill=[...] is a reference row, in the model's column "
+    "order, that a hidden column becomes in the explanation and the insertion steps (needed for a CSV with text "
+    "columns: --option 'fill=[40, \"oslo\", 1]').",
 )
 @click.option(
     "--limit", "max_mistakes", type=click.IntRange(min=1), default=None, help="Explain at most this many mistakes."
