@@ -180,7 +180,9 @@ def find_mistakes(
         values broadcasting to one input or holding one row per input (cut to the mistakes' rows), as a tensor,
         NumPy array, list, pandas Series (a reference row) or DataFrame (rows), or per input for a model of several
         inputs. Default zero; on texts [MASK] (a name: one of ``"mask"``, ``"unk"``, ``"pad"``, ``"zero"``, the
-        token a removed word becomes; a black box's removed words are dropped, so it takes no fill).
+        token a removed word becomes; a black box's removed words are dropped, so it takes no fill). With
+        ``background=`` rows in ``params`` (the Shapley methods) the explanation reads those instead, and ``fill``
+        only the insertion steps.
         Rows with text or categorical columns (a scikit-learn estimator fitted on such a DataFrame, also the rows
         the command line codes from a CSV) need a reference row here: a fill by name or number is refused, as
         :func:`~whybox.explain` refuses it, since it would set such a column to an arbitrary category.
@@ -227,9 +229,16 @@ def find_mistakes(
     # text columns coded here (a DataFrame) or before (the command line's CSV, coded by its adapter): what the
     # explainers and metrics refuse a fill by name or number for, as they would set such a column to its first value
     coded = list(coder.categories) if coder is not None else []
+    background = params.get("background") is not None  # the Shapley methods' reference rows, for the explanation
     if coded and one_value_per_column(fill):
+        why = (
+            "background= is read by the explanation only; the insertion steps hide regions with find_mistakes' "
+            "own fill= (default 'zero'), and "
+            if background
+            else ""
+        )
         raise InvalidParameterError(
-            f"inputs have text or categorical columns ({', '.join(map(repr, coded[:5]))}), which fill={fill!r} "
+            f"{why}inputs have text or categorical columns ({', '.join(map(repr, coded[:5]))}), which fill={fill!r} "
             "would set to an arbitrary value; pass a reference row as fill= (a Series with every column, e.g. "
             "X_train.mode().iloc[0], or a list of its values in the model's column order: --option 'fill=[...]' on "
             "the command line)."
@@ -359,7 +368,8 @@ def find_mistakes(
     cls: type = EXPLAINERS.get(method)
     takes_baseline = "baseline" in _keyword_options(cls)
     if issubclass(cls, PerturbationExplainer):
-        opts.setdefault("fill", fill)
+        if not background:  # background rows replace the explainer's fill (it takes one or the other)
+            opts.setdefault("fill", fill)
     elif takes_baseline and text_batch is None and "baseline" not in opts:
         # Integrated Gradients: its baseline is the hidden state the insertion steps start from (a fill name
         # resolved as they resolve it; a number, a tensor, a reference row read as the metric reads it)

@@ -134,6 +134,60 @@ def _rows() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return x, (x[:, 0] > 0).long(), torch.randn(10, 5, generator=g, dtype=F64)
 
 
+@pytest.mark.parametrize("method", ["kernel_shap", "exact_shapley", "shapley_sampling"])
+def test_background_rows_explain_the_mistakes_as_explain_does(method: str) -> None:
+    """find_mistakes(background=bg) was refused ('pass either fill= or background=') though no fill was given: its
+    own default fill went to the explainer too. Now the explanation is explain's with background=bg on the mistakes'
+    rows for their true class, and the insertion steps still hide with find_mistakes' fill (zero by default)."""
+    x, y, bg = _rows()
+    extra = {"kernel_shap": {"n_samples": 200}, "shapley_sampling": {"n_permutations": 20}}.get(method, {})
+    report = whybox.find_mistakes(Linear(), x, y, method=method, background=bg, **extra)
+    rows = [m.index for m in report.mistakes]
+    assert report.n_wrong == len(rows) > 0
+    ref = whybox.explain(Linear(), x[rows], method, background=bg, target=[m.label for m in report.mistakes], **extra)
+    assert report.explanation is not None
+    torch.testing.assert_close(report.explanation.attributions, ref.attributions)
+    steps = whybox.evaluate(
+        Linear(), x[rows], report.explanation, "highest_confidence", target=[m.label for m in report.mistakes],
+        regions=torch.arange(5), fill="zero",
+    )  # fmt: skip
+    np.testing.assert_allclose([m.hc for m in report.mistakes], steps.meta["hc"].numpy(), rtol=0, atol=1e-9)
+
+
+def test_background_with_categorical_rows_needs_find_mistakes_own_fill_and_then_explains_by_the_rows() -> None:
+    """On a frame with a text column, background= alone is refused with a message that names find_mistakes' own
+    fill (the insertion steps still need one reference row); with fill= given too, the explanation is explain's with
+    background= only, and the steps use that row."""
+    pytest.importorskip("sklearn")
+    pd = pytest.importorskip("pandas")
+    from sklearn.compose import make_column_transformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"age": rng.normal(40, 10, 120), "city": rng.choice(["Zurich", "new york", "Paris"], 120)})
+    pipe = make_pipeline(
+        make_column_transformer((OneHotEncoder(), ["city"]), remainder="passthrough"), LogisticRegression()
+    ).fit(df, np.where(df.city == "Paris", "yes", "no"))
+    test, bg = df.iloc[:20], df.iloc[60:80]
+    labels = np.where(test.age > 40, "yes", "no")
+    with pytest.raises(
+        InvalidParameterError,
+        match=r"^background= is read by the explanation only; the insertion steps hide regions with find_mistakes' "
+        r"own fill= \(default 'zero'\), and inputs have text or categorical columns \('city'\)",
+    ):
+        whybox.find_mistakes(pipe, test, labels, method="exact_shapley", background=bg)
+    ref = df.mode().iloc[0]
+    report = whybox.find_mistakes(pipe, test, labels, method="exact_shapley", fill=ref, background=bg)
+    assert report.n_wrong > 0 and report.explanation is not None
+    rows = [m.index for m in report.mistakes]
+    alone = whybox.explain(
+        pipe, test.iloc[rows], "exact_shapley", background=bg, target=[m.label for m in report.mistakes]
+    )
+    torch.testing.assert_close(report.explanation.attributions, alone.attributions)
+
+
 @pytest.mark.parametrize("form", ["tensor", "numpy", "list", "dataframe"])
 def test_a_fill_of_one_row_per_input_in_any_form_is_cut_to_the_mistakes(form: str) -> None:
     """A fill of one row per input, as a NumPy array, a list of rows or a DataFrame (as explain and evaluate take it),
