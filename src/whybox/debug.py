@@ -172,7 +172,9 @@ def find_mistakes(
         Explain at most this many mistakes (the first ones in input order).
     regions
         Region label map for the insertion steps, ``(H, W)`` / ``(B, H, W)`` (images) or ``(F,)`` (rows). Default:
-        LIMA's own regions; for other methods a grid of about 49 cells (images) or the columns (rows). With
+        LIMA's own regions; for other methods a grid of about 49 cells (images), the columns (rows), or for a model
+        of several inputs with an image its image in squares and the other inputs value by value
+        (``adapter.packing.region_groups(patch)``, the perturbation methods' default features). With
         ``method="lima"`` also one of LIMA's region kinds (``"grid"``, ``"superpixels"``, ...), which LIMA builds
         (with ``n_regions`` and its other options in ``params``) and the steps then use.
     fill
@@ -382,10 +384,13 @@ def find_mistakes(
     if regions is None:
         from whybox.explainers.lima import regions as R
 
+        packing = getattr(adapter, "packing", None)
         if x.ndim == 4:
             built = R.grid(x, n_regions=49)
         elif x.ndim == 3:  # 1-D signals (B, C, L) and sequences (B, T, D): windows along time, as LIMA's default
             built = R.segments(x, n_regions=min(49, x.shape[2 if signal else 1]), time_axis=2 if signal else 1)
+        elif packing is not None and packing.has_image:  # several inputs: the image in squares, others by value
+            built = R.columns(x, groups=packing.region_groups(opts.get("patch")).to(x.device))  # as the explainers'
         else:  # tables: columns
             built = R.columns(x)
         regions = built.labels

@@ -227,3 +227,30 @@ def test_a_fill_that_fits_neither_one_input_nor_every_input_is_said_of_the_input
         r"\(5,\) \(a reference row, a value per channel\) or one row per input, \(30, 5\)\.$",
     ):
         whybox.find_mistakes(Linear(), x, y, method="feature_ablation", fill=np.zeros((7, 5)))
+
+
+class Watermark(nn.Module):
+    """Reads a 2 x 2 corner of the image (its mean, times 3) and a little of meta[0]."""
+
+    def forward(self, image: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+        z = 3 * image[:, :, :2, :2].mean((1, 2, 3)) + 0.01 * meta[:, 0]
+        return torch.stack([-z, z], 1)
+
+
+@pytest.mark.parametrize("method", ["feature_ablation", "integrated_gradients"])
+def test_a_model_of_several_inputs_is_stepped_over_the_explainer_s_squares(method: str) -> None:
+    """The insertion steps and culprits of a model of an image (3, 8, 8) and metadata (4,) used one region per packed
+    value (196: each channel of each pixel apart); now the explainers' default features, the image in 1 x 1 squares
+    shared by the channels and each metadata value (68 regions), so a pixel's culprit holds its 3 channels."""
+    clf = whybox.adapt(Watermark(), input_shapes=[(3, 8, 8), (4,)])
+    g = torch.Generator().manual_seed(0)
+    img, meta = torch.rand(6, 3, 8, 8, generator=g), torch.randn(6, 4, generator=g)
+    report = whybox.find_mistakes(clf, (img, meta), torch.zeros(6, dtype=torch.long), method=method)
+    assert report.n_wrong == 6
+    groups = clf.packing.region_groups()
+    assert int(groups.max()) + 1 == 68
+    for m in report.mistakes:
+        assert torch.equal(m.regions, groups)
+        assert m.culprits and set(m.culprits) <= {0, 1, 8, 9}  # the 2 x 2 watermark's pixels
+        for c in m.culprits:
+            assert int(m.culprit_mask.sum()) >= 3 and bool(m.culprit_mask[groups == c].all())
