@@ -403,7 +403,8 @@ def train_sae(activations: Tensor | Iterable[Tensor], config: SAEConfig) -> SAET
     Returns
     -------
     SAETrainingResult
-        The model in eval mode, the loss history and the dead-latent counters.
+        The model in eval mode with no ``.grad`` left on its parameters, the loss history and the dead-latent
+        counters.
 
     Raises
     ------
@@ -494,6 +495,7 @@ def train_sae(activations: Tensor | Iterable[Tensor], config: SAEConfig) -> SAET
             history.append(_log_entry(step, last))
     if n_steps and (n_steps - 1) % config.log_every != 0:
         history.append(_log_entry(n_steps - 1, last))
+    opt.zero_grad(set_to_none=True)  # the last step's gradients are no part of the model (nor its memory)
     model.eval()
     return SAETrainingResult(
         model=model, config=config, history=tuple(history), n_steps=n_steps, steps_since_fired=since_fired
