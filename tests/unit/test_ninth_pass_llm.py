@@ -1,6 +1,7 @@
 """Ninth pass on the language-model tools.
 
-Properties: ``train_sae`` leaves no gradient on its model."""
+Properties: ``collect_activations`` refuses a tokenizer without a padding token with the message the text
+adapter gives; ``train_sae`` leaves no gradient on its model."""
 
 from __future__ import annotations
 
@@ -11,7 +12,24 @@ transformers = pytest.importorskip("transformers", reason="the text extra (trans
 tokenizers = pytest.importorskip("tokenizers", reason="the text extra (tokenizers) is not installed")
 
 
+import whybox  # noqa: E402
+from whybox.errors import InvalidParameterError  # noqa: E402
 from whybox.explainers.llm.sae import SAEConfig, train_sae  # noqa: E402
+from whybox.explainers.llm.sae_text import collect_activations  # noqa: E402
+
+
+# ---------------------------------------------------------------------------------------------- SAE plumbing
+def test_collect_activations_refuses_a_tokenizer_without_a_pad_token(make_gpt2_classifier: object) -> None:
+    model, tok = make_gpt2_classifier()  # type: ignore[operator]
+    tok.pad_token = None
+    ad = whybox.adapt_text(model, tok)
+    with pytest.raises(InvalidParameterError) as encode_err:
+        ad.encode(["the movie"])
+    for texts in (["the movie", "a good film was"], ["the movie"]):
+        with pytest.raises(InvalidParameterError) as err:
+            collect_activations(ad, texts, layer=0)
+        assert str(err.value) == str(encode_err.value)
+        assert "tokenizer.pad_token = tokenizer.eos_token" in str(err.value)
 
 
 @pytest.mark.parametrize("activation", ["topk", "relu"])

@@ -299,6 +299,22 @@ def _replaced(x: torch.Tensor, vec: torch.Tensor, keep: torch.Tensor, n_control:
     return out
 
 
+def check_pad_token(tokenizer: Any) -> None:
+    """Refuse a tokenizer without a padding token, which whybox pads a batch of texts with (Hugging Face would raise
+    its own ValueError in the middle of the call).
+
+    Raises
+    ------
+    InvalidParameterError
+        ``tokenizer.pad_token`` is ``None``; the message says how to set one.
+    """
+    if getattr(tokenizer, "pad_token", "") is None:
+        raise InvalidParameterError(
+            f"the tokenizer ({type(tokenizer).__name__}) has no padding token, which whybox pads texts with; "
+            "set one, e.g. tokenizer.pad_token = tokenizer.eos_token (as Hugging Face does for GPT-2)."
+        )
+
+
 @contextmanager
 def right_padded(tokenizer: Any) -> Iterator[None]:
     """Pad after each text within the block, whatever the tokenizer's ``padding_side`` (restored after).
@@ -387,11 +403,7 @@ class _TextMixin:
             got = texts if not isinstance(texts, (list, tuple)) else [type(t).__name__ for t in texts][:5]
             raise InvalidInputError(f"texts must be a string or a non-empty list of strings; got {got!r}.")
         texts = list(texts)
-        if getattr(self.tokenizer, "pad_token", "") is None:
-            raise InvalidParameterError(
-                f"the tokenizer ({type(self.tokenizer).__name__}) has no padding token, which whybox pads texts with; "
-                "set one, e.g. tokenizer.pad_token = tokenizer.eos_token (as Hugging Face does for GPT-2)."
-            )
+        check_pad_token(self.tokenizer)
         with right_padded(self.tokenizer):
             enc = self.tokenizer(
                 texts,

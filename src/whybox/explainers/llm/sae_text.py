@@ -48,6 +48,7 @@ from whybox.models.inputs import python_number, python_numbers
 from whybox.models.text import (
     TextClassifierAdapter,
     TextEncoderAdapter,
+    check_pad_token,
     ordinary_positions,
     right_padded,
     special_span,
@@ -241,7 +242,7 @@ def collect_activations(
     Raises
     ------
     InvalidParameterError, InvalidInputError, LayerError
-        Not a text adapter, bad texts or sizes, ``layer`` out of range.
+        Not a text adapter, a tokenizer without a padding token, bad texts or sizes, ``layer`` out of range.
     """
     adapter = _check_adapter(adapter)
     texts = _check_texts(texts)
@@ -249,6 +250,7 @@ def collect_activations(
     _check_pos_int("max_length", max_length)
     model = adapter.model
     block = _block(model, layer)
+    check_pad_token(adapter.tokenizer)  # texts are padded within a batch
     device = adapter.device
     order = sorted(range(len(texts)), key=lambda i: (len(texts[i]), i))
     per_text: dict[int, tuple[Tensor, list[int], list[str]]] = {}
