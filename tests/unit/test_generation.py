@@ -424,7 +424,8 @@ def test_bad_input_gets_exact_messages(lm: tuple) -> None:
          "continuation holds token id 100, outside the model's vocabulary 0..99; use the tokenizer that belongs to "
          "the model."),
         ({"prompt": 3.5}, InvalidParameterError,
-         "prompt must be a string or token ids (a list of ints or a 1-d integer tensor); got float."),
+         "prompt must be a string or token ids (a list of ints, or a 1-d or (1, P) integer tensor or array); got "
+         "float."),
         ({"continuation": CONT, "method": "smoothgrad", "sigma": 0.5, "noise_mask": None}, InvalidParameterError,
          f"sigma must be <= {MAX_NOISE_SIGMA} for generation attribution with noise_mask=None (the noise then also "
          "lands on the attention-mask and read-position channels); got 0.5. Pass a smaller sigma= or noise_level=, "

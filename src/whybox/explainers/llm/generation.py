@@ -38,6 +38,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -60,7 +61,7 @@ __all__ = [
 #: (5 sigma margin).
 MAX_NOISE_SIGMA = 0.1
 
-TokensLike = str | Sequence[int] | torch.Tensor
+TokensLike = str | Sequence[int] | torch.Tensor | np.ndarray
 
 
 # ---------------------------------------------------------------------------------------------- the adapter
@@ -476,22 +477,42 @@ class GenerationAttribution:
 
 
 def _token_ids(tokenizer: Any, value: Any, name: str, *, special: bool) -> list[int]:
-    """Token ids of a string (tokenised; ``special``: with the tokenizer's special tokens) or of given ids."""
+    """Token ids of a string (tokenised; ``special``: with the tokenizer's special tokens) or of given ids: a list of
+    ints (NumPy integers and 0-d integer tensors read as the ints they hold), or a 1-d integer tensor or NumPy array,
+    or a ``(1, P)`` one (what ``tokenizer(text, return_tensors="pt")["input_ids"]`` returns: its row)."""
+    from whybox.models.inputs import python_number
+
     if isinstance(value, str):
         raw = tokenizer(value, add_special_tokens=special)["input_ids"] if value else []
         raw = raw.tolist() if hasattr(raw, "tolist") else list(raw)  # a tensor or array from a tokenizer that batches
         ids = raw[0] if len(raw) == 1 and isinstance(raw[0], list) else raw  # a batch of one: its row
-    elif isinstance(value, torch.Tensor) and value.ndim == 1 and not value.is_floating_point():
-        ids = [int(i) for i in value.tolist()]
-    elif (
-        isinstance(value, Sequence)
-        and not isinstance(value, (str, bytes))
-        and all(isinstance(i, int) and not isinstance(i, bool) for i in value)
-    ):
-        ids = [int(i) for i in value]
+    elif isinstance(value, (torch.Tensor, np.ndarray)):
+        integer = (
+            value.dtype.kind in "iu"
+            if isinstance(value, np.ndarray)
+            else not (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool)
+        )
+        shape = tuple(value.shape)
+        if not integer or not (len(shape) == 1 or (len(shape) == 2 and shape[0] == 1)):
+            kind = type(value).__name__
+            raise InvalidParameterError(
+                f"{name} must be a string or token ids (a list of ints, or a 1-d or (1, P) integer tensor or array); "
+                f"got a {kind} of dtype {value.dtype} and shape {shape}. attribute_generation explains one sequence: "
+                "pass one row of integer ids (ids[0] of a batch)."
+            )
+        ids = [int(i) for i in value.reshape(-1).tolist()]
+    elif isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        ids = [python_number(i) for i in value]  # NumPy integers (list(np.array(ids))) as Python ints
+        bad = next((k for k, v in enumerate(ids) if isinstance(v, bool) or not isinstance(v, int)), None)
+        if bad is not None:
+            raise InvalidParameterError(
+                f"{name} must be a string or token ids (a list of ints, or a 1-d or (1, P) integer tensor or array); "
+                f"got a {type(value).__name__} holding {value[bad]!r} ({type(value[bad]).__name__}) at index {bad}."
+            )
     else:
         raise InvalidParameterError(
-            f"{name} must be a string or token ids (a list of ints or a 1-d integer tensor); got {type(value).__name__}."
+            f"{name} must be a string or token ids (a list of ints, or a 1-d or (1, P) integer tensor or array); "
+            f"got {type(value).__name__}."
         )
     if not ids:
         raise InvalidParameterError(f"{name} must be a non-empty string or hold at least one token id; got {value!r}.")
@@ -520,7 +541,8 @@ def attribute_generation(
         A Hugging Face causal LM (GPT-2 style) and its tokenizer, loaded by the caller. The model comes back exactly
         as it came (modes, ``requires_grad``, config), also when the call raises.
     prompt
-        A string (tokenised with the tokenizer's special tokens) or token ids.
+        A string (tokenised with the tokenizer's special tokens) or token ids: a list of ints (NumPy integers too), a
+        1-d integer tensor or array, or a ``(1, P)`` one (``tokenizer(text, return_tensors="pt")["input_ids"]``).
     continuation
         The G tokens to attribute (teacher forcing: used as they are): a string, tokenised on its own without
         special tokens (it is the text *after* the prompt; a GPT-2 word starts with its space, " world"), or ids.
