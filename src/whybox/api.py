@@ -337,13 +337,20 @@ def evaluate(
     masks, labels
         Ground-truth masks ``(B, H, W)`` (localisation) and true labels ``(B,)`` (ROAD accuracy).
     **params
-        The metric's keyword options (every metric takes ``score``, ``seed``, ``batch_size`` and ``mode``).
+        The metric's keyword options (every metric takes ``score``, ``seed``, ``batch_size`` and ``mode``). On a
+        :class:`~whybox.explainers.llm.generation.CausalLMAdapter`'s packed step rows a ``fill`` (default
+        ``"zero"``) or a re-run's ``fill``/``baseline`` given as a name or a number replaces only the word vectors
+        of the tokens each step attributes: the attention-mask and read-position channels, the specials and each
+        step's future tokens are kept (:meth:`~whybox.explainers.llm.generation.CausalLMAdapter.packed_fill`, as
+        ``batch.fill()`` of :func:`~whybox.explainers.llm.generation.attribute_generation`).
 
     Returns
     -------
     MetricResult
         Per-sample ``scores`` ``(B,)``, ``curves`` where the metric has them, ``higher_is_better``, ``params``.
     """
+    from whybox.explainers.llm.generation import CausalLMAdapter, step_metric_options
+
     cls = METRICS.get(metric)
     if isinstance(inputs, (str, list, tuple)) or hasattr(explanation, "words"):  # texts, or an explain_text result
         inputs, explanation, params = _text_evaluation(model, inputs, explanation, metric, params, target)
@@ -354,6 +361,10 @@ def evaluate(
         if isinstance(rerun, dict) and any(k in rerun for k in ("fill", "baseline")):  # the re-runs' fill alike
             params = {**params, "explainer_params": _rerun_fills(model, inputs, rerun)}
         params = _text_pool(model, explanation, cls, params)
+    elif isinstance(inputs, torch.Tensor) and isinstance(model, CausalLMAdapter):
+        # a fill that keeps the control channels (each row's read position, its attention mask), the specials and
+        # each step's future, as attribute_generation's fills do; the metrics' own default would zero them all
+        params = step_metric_options(model, inputs, _options(cls), params)
     params = {k: _python_scalar(v) for k, v in params.items()}
     try:
         m = cls(**params)

@@ -1,8 +1,13 @@
-"""Ninth pass on the language-model tools: SAE plumbing, token ids.
+"""Ninth pass on the language-model tools: generation attribution scored by the metrics, SAE plumbing, token ids.
 
-Properties: ``collect_activations`` refuses a tokenizer without a padding token with the message the text
-adapter gives; ``train_sae`` leaves no gradient on its model; prompts given as a ``(1, P)`` tensor, a NumPy array or
-a list of NumPy ints are the ids they hold, and other shapes get messages naming the shape and the fix."""
+Properties: a generation explanation holds exactly 0 on the two control channels (attention mask, read position)
+whatever the method, its token values unchanged; ``whybox.evaluate`` on a ``CausalLMAdapter`` gives exactly what the
+step batch's own fill gives (``fill=batch.fill()``, the oracle), for the default fill and for a named one, and
+refuses a fill name that would rewrite the control channels; the adapter's packed fill of step rows is the batch's
+fill, told from the packed rows alone (specials, pads and each step's future kept); ``collect_activations`` refuses
+a tokenizer without a padding token with the message the text adapter gives; ``train_sae`` leaves no gradient on
+its model; prompts given as a ``(1, P)`` tensor, a NumPy array or a list of NumPy ints are the ids they hold, and
+other shapes get messages naming the shape and the fix."""
 
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from test_generation import tiny_gpt2, toy_tokenizer  # noqa: E402
 
 import whybox  # noqa: E402
 from whybox.errors import InvalidParameterError  # noqa: E402
-from whybox.explainers.llm.generation import attribute_generation  # noqa: E402
+from whybox.explainers.llm.generation import CausalLMAdapter, attribute_generation  # noqa: E402
 from whybox.explainers.llm.sae import SAEConfig, train_sae  # noqa: E402
 from whybox.explainers.llm.sae_text import collect_activations  # noqa: E402
 
@@ -37,6 +42,113 @@ def _ids(tok: object, text: str) -> list[int]:
 def _sequence(tok: object) -> tuple[list[int], list[int]]:
     """A prompt that starts with BOS (a special token, kept by every fill) and its continuation."""
     return [0, *_ids(tok, PROMPT)], _ids(tok, CONT)
+
+
+# ---------------------------------------------------------------------------------------------- control channels
+@pytest.mark.parametrize("method", ["occlusion", "feature_ablation", "integrated_gradients", "saliency"])
+def test_generation_attributions_are_exactly_zero_on_the_control_channels(lm: tuple, method: str) -> None:
+    model, tok = lm
+    prompt, cont = _sequence(tok)
+    out = attribute_generation(model, tok, prompt, continuation=cont, method=method)
+    a = out.explanation.attributions
+    assert a.shape[-1] == 32 + 2
+    assert torch.equal(a[..., -2:], torch.zeros_like(a[..., -2:]))
+    if method in ("occlusion", "feature_ablation"):  # the token's value, copied onto each of its word elements
+        m = out.matrix.T  # (G, T)
+        ok = ~torch.isnan(m)
+        assert torch.equal(a[..., 0].double()[ok], m[ok])
+        assert torch.equal(a[..., :-2], a[..., :1].expand_as(a[..., :-2]))
+
+
+def test_explain_on_a_causal_lm_adapter_gives_zero_on_the_control_channels(lm: tuple) -> None:
+    model, tok = lm
+    prompt, cont = _sequence(tok)
+    ad = CausalLMAdapter(model, tok)
+    batch = ad.steps(prompt + cont, len(prompt))
+    e = whybox.explain(ad, batch.inputs, "feature_ablation", target=batch.targets, score="logit",
+                       features=batch.token_features(), fill=batch.fill())  # fmt: skip
+    assert torch.equal(e.attributions[..., -2:], torch.zeros_like(e.attributions[..., -2:]))
+    assert bool((e.attributions[..., 0] != 0).any())
+
+
+# ---------------------------------------------------------------------------------------------- the metrics' fill
+@pytest.mark.parametrize("kind", ["zero", "unk"])
+def test_packed_fill_of_step_rows_is_the_batch_fill(lm: tuple, kind: str) -> None:
+    model, tok = lm
+    prompt, cont = _sequence(tok)
+    ad = CausalLMAdapter(model, tok)
+    batch = ad.steps(prompt + cont, len(prompt))
+    assert torch.equal(ad.packed_fill(batch.inputs, kind), batch.fill(kind))
+    assert torch.equal(ad.fixed_positions(batch.inputs), batch.fixed_mask())
+
+
+def test_packed_fill_keeps_the_padding_of_a_left_padded_row(lm: tuple) -> None:
+    model, tok = lm
+    ad = CausalLMAdapter(model, tok)
+    z = torch.tensor([[5, 5, 2, 3, 4]])
+    x = ad.pack(z, [4], attention_mask=torch.tensor([[0, 0, 1, 1, 1]]))
+    fill = ad.packed_fill(x)
+    assert torch.equal(fill[0, :2], x[0, :2])  # the pads
+    assert torch.equal(fill[0, 2:, :-2], torch.zeros_like(fill[0, 2:, :-2]))
+    assert torch.equal(fill[..., -2:], x[..., -2:])
+
+
+@pytest.mark.parametrize("metric", ["deletion", "insertion", "comprehensiveness"])
+def test_evaluate_on_a_causal_lm_equals_the_batch_fill_oracle(lm: tuple, metric: str) -> None:
+    model, tok = lm
+    prompt, cont = _sequence(tok)
+    out = attribute_generation(model, tok, prompt, continuation=cont, method="occlusion")
+    ad = CausalLMAdapter(model, tok)
+    batch = ad.steps(prompt + cont, len(prompt))
+    seen: set[int] = set()
+    read = ad.read_positions
+
+    def spy(x: torch.Tensor) -> torch.Tensor:
+        r = read(x)
+        seen.update(r.tolist())
+        return r
+
+    ad.read_positions = spy  # type: ignore[method-assign]
+    got = whybox.evaluate(ad, batch.inputs, out.explanation, metric)
+    assert seen == set(range(len(prompt) - 1, len(prompt) + len(cont) - 1))  # each step scored at its own position
+    oracle = whybox.evaluate(ad, batch.inputs, out.explanation, metric, fill=batch.fill())
+    assert torch.equal(torch.as_tensor(got.scores), torch.as_tensor(oracle.scores))
+    named = whybox.evaluate(ad, batch.inputs, out.explanation, metric, fill="unk")
+    oracle_unk = whybox.evaluate(ad, batch.inputs, out.explanation, metric, fill=batch.fill("unk"))
+    assert torch.equal(torch.as_tensor(named.scores), torch.as_tensor(oracle_unk.scores))
+
+
+def test_evaluate_refuses_a_fill_that_would_rewrite_the_control_channels(lm: tuple) -> None:
+    model, tok = lm
+    prompt, cont = _sequence(tok)
+    ad = CausalLMAdapter(model, tok)
+    batch = ad.steps(prompt + cont, len(prompt))
+    expl = torch.ones(batch.inputs.shape, dtype=batch.inputs.dtype)
+    with pytest.raises(InvalidParameterError) as err:
+        whybox.evaluate(ad, batch.inputs, expl, "deletion", fill="mean", target=batch.targets)
+    assert str(err.value) == (
+        "fill='mean' on a causal LM's step rows would also rewrite their attention-mask and read-position channels "
+        "(each step would be scored at another position), the special tokens and each step's future tokens; pass "
+        "one of ('pad', 'mask', 'unk', 'zero') (that token's word vector; 'zero': zeros), a number (each element of "
+        "the word vector), or a tensor such as batch.fill('unk') of batch = adapter.steps(ids, prompt_length)."
+    )
+    with pytest.raises(InvalidParameterError, match="needs a mask token"):
+        whybox.evaluate(ad, batch.inputs, expl, "deletion", fill="mask", target=batch.targets)
+
+
+def test_a_rerun_fill_name_is_read_on_each_rerun_rows(lm: tuple) -> None:
+    from whybox.explainers.llm.generation import step_metric_options
+
+    model, tok = lm
+    prompt, cont = _sequence(tok)
+    ad = CausalLMAdapter(model, tok)
+    batch = ad.steps(prompt + cont, len(prompt))
+    opts = step_metric_options(ad, batch.inputs, ["explainer_params"], {"explainer_params": {"fill": "unk"}})
+    fill = opts["explainer_params"]["fill"]
+    assert torch.equal(fill(batch.inputs), batch.fill("unk"))
+    assert torch.equal(fill(batch.inputs[1:]), batch.fill("unk")[1:])  # the rows of the re-run, whichever
+    with pytest.raises(InvalidParameterError, match="baseline='blur' on a causal LM's step rows"):
+        step_metric_options(ad, batch.inputs, ["explainer_params"], {"explainer_params": {"baseline": "blur"}})
 
 
 # ---------------------------------------------------------------------------------------------- SAE plumbing

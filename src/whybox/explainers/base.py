@@ -270,6 +270,7 @@ class Explainer:
             if isinstance(self.adapter, TorchAdapter):
                 warn_batch_statistics(self.adapter.model, self.batch_size, "the attributions")
             attr, tgt, meta = self._explain(x, target, engine, engine_backward)
+        attr = _controls_zeroed(attr, x, getattr(self.adapter, "control_channels", 0))
         # the result comes back where the caller's inputs are (the work ran on the model's device)
         home = _home_device(inputs)
         attr = attr.detach().to(home)
@@ -518,3 +519,18 @@ class GradientExplainer(Explainer):
         if target is None:
             return resolve_target(None, engine.forward(x))
         return resolve_target(target, None, batch=x.shape[0])
+
+
+def _controls_zeroed(attr: torch.Tensor, x: torch.Tensor, n_control: Any) -> torch.Tensor:
+    """``attr`` with 0 in the last ``n_control`` channels of per-element attributions (``attr`` shaped as the inputs
+    ``x``), which an adapter declares as control channels rather than features (a :class:`~whybox.explainers.llm.
+    generation.CausalLMAdapter`'s attention mask and read position): a method that copies one value onto every
+    element of its window or feature (occlusion, feature ablation) would put the token's value there, and a metric
+    ranking elements would read them as features. Attributions of another shape (one value per feature) as they are."""
+    if not isinstance(n_control, int) or isinstance(n_control, bool) or n_control <= 0:
+        return attr
+    if attr.shape != x.shape or attr.ndim < 2 or attr.shape[-1] <= n_control:
+        return attr
+    out = attr.clone()
+    out[..., -n_control:] = 0
+    return out

@@ -88,6 +88,9 @@ class CausalLMAdapter(TorchAdapter):
 
     #: LIMA leaves out regions its fill keeps as they are (each step's specials and future tokens): no candidates
     null_regions: ClassVar[bool] = True
+    #: the attention-mask and read-position channels are controls, not features: every method's per-element
+    #: attributions are exactly 0 there (occlusion and feature ablation would copy the token's value onto them)
+    control_channels: ClassVar[int] = 2
 
     def __init__(
         self,
@@ -230,15 +233,52 @@ class CausalLMAdapter(TorchAdapter):
             )
         z = torch.tensor(ids, dtype=torch.int64, device=self.device)
         inputs = self.pack(z.view(1, -1).expand(g, -1), torch.arange(p - 1, p - 1 + g))
-        specials = set(getattr(self.tokenizer, "all_special_ids", None) or [])
+        specials = set(self._special_ids())
         special = torch.tensor([i in specials for i in ids], dtype=torch.bool, device=self.device)
         tokens = list(self.tokenizer.convert_ids_to_tokens(ids))
-        repl = {
+        return GenerationBatch(inputs, z, p, special, tokens, self._replacement_ids(), self.embeddings())
+
+    def _special_ids(self) -> list[int]:
+        """The tokenizer's special token ids (BOS, EOS, ...): never replaced by a baseline or fill."""
+        return [int(i) for i in (getattr(self.tokenizer, "all_special_ids", None) or [])]
+
+    def _replacement_ids(self) -> dict[str, int | None]:
+        """The token ids of ``"pad"``, ``"mask"`` and ``"unk"`` (``None`` where the tokenizer has none)."""
+        return {
             "pad": getattr(self.tokenizer, "pad_token_id", None),
             "mask": getattr(self.tokenizer, "mask_token_id", None),
             "unk": getattr(self.tokenizer, "unk_token_id", None),
         }
-        return GenerationBatch(inputs, z, p, special, tokens, repl, self.embeddings())
+
+    def fixed_positions(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, T)`` bool: the tokens of packed rows ``x`` that a fill keeps, told from ``x`` alone: the positions
+        after each row's read position (the future, which its score does not depend on), the padding (attention
+        mask 0) and the special tokens (a word vector equal to a special token's embedding, as :meth:`pack` wrote
+        it). For the rows of :meth:`steps`, :meth:`GenerationBatch.fixed_mask`."""
+        if x.ndim != 3 or x.shape[-1] < 3:
+            raise InvalidInputError(f"packed inputs must be (B, T, D + 2); got shape {tuple(x.shape)}.")
+        t = x.shape[1]
+        read = self.read_positions(x).to(x.device)
+        keep = torch.arange(t, device=x.device).view(1, t) > read.view(-1, 1)
+        keep |= x[..., -2] <= 0.5
+        ids = self._special_ids()
+        if ids:
+            with torch.no_grad():
+                vecs = self.embeddings()(torch.tensor(ids, dtype=torch.int64, device=x.device)).to(x.dtype)
+            words = x[..., :-2]
+            for v in vecs:
+                keep |= (words == v).all(-1)
+        return keep
+
+    def packed_fill(self, x: torch.Tensor, kind: str | float = "zero") -> torch.Tensor:
+        """The fill of packed rows ``x`` ``(B, T, D + 2)`` that :meth:`GenerationBatch.fill` gives for the rows of
+        :meth:`steps`: the word vector of every token a row attributes replaced by the ``kind`` token's (``"zero"``:
+        zero vectors, the default of :func:`attribute_generation`; ``"unk"``, ``"pad"``, ``"mask"``; a number:
+        vectors of that number), the tokens of :meth:`fixed_positions` and the two control channels kept. The
+        metrics' default fill on a causal LM (:func:`whybox.evaluate`)."""
+        return replace_tokens(
+            x, kind, self._replacement_ids(), self.embeddings(), self.fixed_positions(x), n_control=2, what="fill"
+        )
 
     @torch.no_grad()
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, *, mode: str = "eval") -> list[int]:
@@ -258,6 +298,77 @@ class CausalLMAdapter(TorchAdapter):
                 if eos is not None and tok == eos:
                     break
         return new
+
+
+def step_replacement(adapter: CausalLMAdapter, x: torch.Tensor, value: Any, *, option: str = "fill") -> Any:
+    """What an attributed token becomes on a causal LM's packed step rows ``x`` when a metric's ``fill`` (or a
+    re-run method's ``fill`` or ``baseline``) is a name or a number: :meth:`CausalLMAdapter.packed_fill` of that kind
+    (each step's specials, future tokens and control channels kept, as :func:`attribute_generation` reads its
+    ``baseline``); ``None``: the ``"zero"`` fill; a tensor or a callable as given (the caller's own).
+
+    Raises
+    ------
+    InvalidParameterError
+        Another name (``"mean"``, ``"blur"``, ...) or a non-finite number, which would also rewrite the control
+        channels (steps then scored at other positions), the specials and each step's future tokens.
+    """
+    from whybox.models.inputs import python_number
+
+    value = python_number(value)
+    if value is None:
+        return adapter.packed_fill(x)
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return value
+    if (isinstance(value, str) and value not in BASELINES) or (isinstance(value, float) and not math.isfinite(value)):
+        hint = did_you_mean(value, BASELINES) if isinstance(value, str) else ""
+        raise InvalidParameterError(
+            f"{option}={value!r} on a causal LM's step rows would also rewrite their attention-mask and "
+            "read-position channels (each step would be scored at another position), the special tokens and each "
+            f"step's future tokens; pass one of {BASELINES} (that token's word vector; 'zero': zeros), a number (each "
+            f"element of the word vector), or a tensor such as batch.{'baseline' if option == 'baseline' else 'fill'}"
+            f"('unk') of batch = adapter.steps(ids, prompt_length).{hint}"
+        )
+    return adapter.packed_fill(x, value)
+
+
+@dataclass(frozen=True)
+class StepFill:
+    """A ``fill`` or ``baseline`` name or number of a metric's re-runs of a method on a causal LM's packed step rows
+    (``explainer_params``), read on the rows each re-run explains (:func:`step_replacement`)."""
+
+    adapter: CausalLMAdapter
+    value: str | float
+    option: str
+
+    def __call__(self, x: torch.Tensor) -> Any:
+        return step_replacement(self.adapter, x, self.value, option=self.option)
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+def step_metric_options(
+    adapter: CausalLMAdapter, x: torch.Tensor, options: list[str], params: dict[str, Any]
+) -> dict[str, Any]:
+    """A metric's ``params`` on a causal LM's packed step rows ``x``: its ``fill`` (default included) as
+    :func:`step_replacement` reads it, and a re-run method's ``fill`` or ``baseline`` name or number
+    (``explainer_params``) alike, so that no metric rewrites the control channels, the specials or a step's future.
+    ``options``: the metric's keyword options."""
+    from whybox.models.inputs import python_number
+
+    out = dict(params)
+    if "fill" in options:
+        out["fill"] = step_replacement(adapter, x, out.get("fill"))
+    rerun = out.get("explainer_params")
+    if isinstance(rerun, dict):
+        rerun = dict(rerun)
+        for k in ("fill", "baseline"):
+            v = python_number(rerun.get(k))
+            if isinstance(v, str) or (isinstance(v, (int, float)) and not isinstance(v, bool)):
+                step_replacement(adapter, x, v, option=k)  # refused now, not in the first re-run
+                rerun[k] = StepFill(adapter, v, k)
+        out["explainer_params"] = rerun
+    return out
 
 
 def _check_exact(t: int, dtype: torch.dtype) -> None:
