@@ -68,10 +68,29 @@ class Infidelity(Metric):
     ``beta = E[I^T a df] / E[(I^T a)^2]`` and ``INFD = E[(df - beta I^T a)^2]`` (invariant to scaling ``a``).
 
     Perturbations: ``"noisy_baseline"`` (``x - I = baseline + eps``, ``eps ~ N(0, sigma^2)`` per element, clipped
-    to ``clip`` when given; row ``i`` draw ``k`` from ``(seed, i, k)``) or ``"square"`` (``I = x`` on one square
-    of side ``1..max_square`` at every position, zero elsewhere: ``x - I`` zeroes the square; deterministic, so
-    ``n_samples`` is the number of squares). A 1-channel map is repeated over the input's channels. Lower is
-    better, range [0, inf); NaN when every ``I^T a`` is 0 with ``normalize``.
+    to ``clip`` when given; ``n_samples`` draws, row ``i`` draw ``k`` from ``(seed, i, k)``) or ``"square"``
+    (``I = x - baseline`` on one square of side ``1..max_square`` at every position, zero elsewhere: ``x - I`` sets
+    the square to ``baseline``, default 0, which zeroes it as the official code; deterministic, one perturbation per
+    square). ``sigma``, ``clip`` and ``n_samples`` belong to the noise and are refused with ``"square"``;
+    ``max_square`` belongs to the squares and is refused with ``"noisy_baseline"``. A 1-channel map is repeated
+    over the input's channels. Lower is better, range [0, inf); NaN when every ``I^T a`` is 0 with ``normalize``.
+
+    Parameters
+    ----------
+    perturbation
+        ``"noisy_baseline"`` (default) or ``"square"`` (images ``(B, C, H, W)``).
+    sigma, n_samples, clip
+        ``"noisy_baseline"`` only: the noise's standard deviation (default 0.2), the number of draws (default 100)
+        and an optional ``(low, high)`` range the noisy reference is clipped to.
+    baseline
+        The noisy reference's mean, or the value a square is set to (default 0).
+    max_square
+        ``"square"`` only: the largest side of a square (default 10).
+
+    Raises
+    ------
+    InvalidParameterError
+        An option of the other perturbation (``sigma=`` with ``perturbation="square"``, ...).
 
     Curves: ``"attribution_dot"`` (``I^T a``) and ``"drop"`` (``f(x) - f(x - I)``), ``(B, n)``.
     """
@@ -83,18 +102,35 @@ class Infidelity(Metric):
         self,
         *,
         perturbation: str = "noisy_baseline",
-        sigma: float = 0.2,
-        n_samples: int = 100,
+        sigma: float | None = None,
+        n_samples: int | None = None,
         normalize: bool = True,
         baseline: float = 0.0,
         clip: tuple[float, float] | None = None,
-        max_square: int = 10,
+        max_square: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.perturbation = check_choice("perturbation", perturbation, ("noisy_baseline", "square"))
-        self.sigma = check_float("sigma", sigma, 0.0)
-        self.n_samples = check_int("n_samples", n_samples)
+        square = self.perturbation == "square"
+        # an option the chosen perturbation does not read is refused, not ignored: the squares are deterministic and
+        # set to the baseline (no noise, no clip, one perturbation per square); the noise has no squares. The unused
+        # options are None, so a result's params re-run it (evaluate(..., **result.params))
+        unused = {"sigma": sigma, "n_samples": n_samples, "clip": clip} if square else {"max_square": max_square}
+        for name, value in unused.items():
+            if value is not None:
+                use = (
+                    "the squares are set to baseline= with no noise, one perturbation per square (max_square= sets "
+                    "how many)"
+                    if square
+                    else "its perturbations are noise around baseline=, not squares"
+                )
+                raise InvalidParameterError(
+                    f"{name}={value!r} does not apply to perturbation={self.perturbation!r}: {use}. Leave {name} "
+                    f"out, or use perturbation={'noisy_baseline' if square else 'square'!r}."
+                )
+        self.sigma = None if square else check_float("sigma", 0.2 if sigma is None else sigma, 0.0)
+        self.n_samples = None if square else check_int("n_samples", 100 if n_samples is None else n_samples)
         self.normalize = check_bool("normalize", normalize)
         self.baseline = check_float("baseline", baseline)
         clip = python_numbers(clip)  # (low, high) as a NumPy array or a tensor, or NumPy scalars in a tuple
@@ -106,7 +142,7 @@ class Infidelity(Metric):
         ):
             raise InvalidParameterError(f"clip must be None or (low, high) with low < high; got {clip!r}.")
         self.clip = None if clip is None else (float(clip[0]), float(clip[1]))
-        self.max_square = check_int("max_square", max_square)
+        self.max_square = check_int("max_square", 10 if max_square is None else max_square) if square else None
 
     def _compute(self, ctx: Context) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
         if ctx.attributions is None or ctx.engine is None or ctx.target is None or ctx.clean is None:
@@ -128,10 +164,11 @@ class Infidelity(Metric):
             if x.ndim != 4:
                 raise InvalidInputError(f"perturbation='square' needs images (B, C, H, W); got {tuple(x.shape)}.")
             h, w = x.shape[-2:]
-            sq = squares(h, w, self.max_square).to(x.device)
+            sq = squares(h, w, self.max_square or 10).to(x.device)
             n = sq.shape[0]
-            # I^T a over a square = box sum of (x * a) pooled over channels, from an integral image
-            xa = (x.to(torch.float64) * a).sum(1)
+            # I = x - baseline on a square: I^T a = box sum of ((x - baseline) * a) pooled over channels, from an
+            # integral image
+            xa = ((x.to(torch.float64) - self.baseline) * a).sum(1)
             ii = torch.nn.functional.pad(xa.cumsum(1).cumsum(2), (1, 0, 1, 0))
             s_, t_, l_ = sq[:, 0], sq[:, 1], sq[:, 2]
             dot = ii[:, t_ + s_, l_ + s_] - ii[:, t_, l_ + s_] - ii[:, t_ + s_, l_] + ii[:, t_, l_]
@@ -144,10 +181,10 @@ class Infidelity(Metric):
                 return (~inside).unsqueeze(1)
 
             perturbed = ctx.engine.scores(
-                x, masks, n_masks=n, fill=torch.zeros_like(x), target=ctx.target, score=self.score
+                x, masks, n_masks=n, fill=torch.full_like(x, self.baseline), target=ctx.target, score=self.score
             )
         else:
-            n = self.n_samples
+            n = self.n_samples or 100
             dot = torch.empty(b, n, dtype=torch.float64, device=x.device)
             keys = torch.tensor(row_keys(x), dtype=torch.int64)  # draws keyed by the sample, not its place
 
@@ -160,7 +197,7 @@ class Infidelity(Metric):
                 pairs = torch.stack([keys[rows.cpu()], ks.cpu()], 1).numpy()  # (sample key, draw)
                 for j, s in enumerate(derived_seeds(self.seed, _INFD_KEY, pairs)):
                     torch.randn(x.shape[1:], generator=g.manual_seed(s), dtype=torch.float64, out=eps[j])
-                xt = self.baseline + self.sigma * eps.to(x.device)
+                xt = self.baseline + (self.sigma or 0.0) * eps.to(x.device)
                 if self.clip is not None:
                     xt = xt.clamp(*self.clip)
                 xt = xt.to(x.dtype)
