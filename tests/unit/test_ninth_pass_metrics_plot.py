@@ -3,6 +3,7 @@ relied on and failed before the fix."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -91,3 +92,63 @@ def test_infidelity_re_runs_from_its_recorded_params(perturbation: str) -> None:
     assert all(r.params[k] is None for k in unused)
     again = whybox.evaluate(model, x, a, "infidelity", target=0, **r.params)
     torch.testing.assert_close(again.scores, r.scores, rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------ mufidelity: grid_size vs regions
+def test_mufidelity_same_partition_as_grid_or_regions_gives_the_same_subsets_and_score() -> None:
+    """A 6x6 image whose top half equals the fill (0) and its 3x3 grid's 2x2 cells passed as a label map: the same
+    9 features, subsets of round(0.2 * 9) = 2 of them drawn among all 9 (the black cells too), the same score."""
+    g = torch.Generator().manual_seed(0)
+    model = _cnn(6)
+    x = torch.randn(1, 1, 6, 6, generator=g, dtype=torch.float64)
+    x[:, :, :3, :] = 0  # the top rows equal the fill
+    a = torch.randn(1, 1, 6, 6, generator=g, dtype=torch.float64)
+    cells = torch.arange(9).view(3, 3).repeat_interleave(2, 0).repeat_interleave(2, 1)[None]
+    grid = whybox.evaluate(model, x, a, "mufidelity", grid_size=3, n_samples=200, target=0)
+    regions = whybox.evaluate(model, x, a, "mufidelity", regions=cells, n_samples=200, target=0)
+    torch.testing.assert_close(regions.curves["attribution_sum"], grid.curves["attribution_sum"], rtol=0, atol=0)
+    torch.testing.assert_close(regions.curves["drop"], grid.curves["drop"], rtol=0, atol=0)
+    torch.testing.assert_close(regions.scores, grid.scores, rtol=0, atol=0)
+    # C(9, 2) = 36 different subsets of 2 cells (each pair's attribution sum is its own)
+    assert regions.curves["attribution_sum"].unique().numel() == math.comb(9, 2)
+    # subsets of black cells only are kept with drop 0 (their input is unchanged), not left out of the draw
+    assert bool((regions.curves["drop"] == 0).any())
+
+
+def test_mufidelity_draws_only_the_regions_a_row_has() -> None:
+    """A label id absent from a row is none of its features: row 0 of 4 regions draws round(0.5 * 4) = 2 of them,
+    never the ids only row 1 has, so its subsets are those of the same map alone."""
+    g = torch.Generator().manual_seed(1)
+    model = _cnn(4)
+    x = torch.randn(2, 1, 4, 4, generator=g, dtype=torch.float64)
+    a = torch.randn(2, 1, 4, 4, generator=g, dtype=torch.float64)
+    quad = torch.arange(4).view(2, 2).repeat_interleave(2, 0).repeat_interleave(2, 1)
+    labels = torch.stack([quad, torch.arange(16).view(4, 4)])  # row 1: 16 regions, ids 4..15 absent from row 0
+    both = whybox.evaluate(model, x, a, "mufidelity", regions=labels, subset_fraction=0.5, n_samples=20, target=0)
+    alone = whybox.evaluate(
+        model, x[:1], a[:1], "mufidelity", regions=quad[None], subset_fraction=0.5, n_samples=20, target=0
+    )
+    torch.testing.assert_close(both.curves["attribution_sum"][0], alone.curves["attribution_sum"][0], rtol=0, atol=0)
+    torch.testing.assert_close(both.scores[0], alone.scores[0], rtol=0, atol=0)
+
+
+def test_mufidelity_on_a_text_draws_its_words_only(make_text_classifier: Any) -> None:
+    """A text's specials and pads share one region the fill never changes: none of its words, never drawn. Word j
+    of a row holds 2**j (on one token), the specials 2**W: each subset's attribution sum spells the words it
+    perturbs, exactly round(0.5 * W) of its W words and never the specials."""
+    pytest.importorskip("transformers", reason="the text extra (transformers) is not installed")
+    pytest.importorskip("tokenizers", reason="the text extra (tokenizers) is not installed")
+    clf = make_text_classifier()
+    batch = clf.encode(["it was not a good film", "playing it"])
+    ids = batch.word_features()[..., 0]
+    a = torch.zeros(ids.shape, dtype=torch.float64)
+    for r in range(2):
+        for j in range(int(ids[r].max()) + 1):  # ids[r].max() = W, the specials' region
+            a[r, (ids[r] == j).nonzero()[0, 0]] = 2.0**j
+    res = whybox.evaluate(
+        clf, batch.inputs, a, "mufidelity", regions=ids[..., None], pool="sum", subset_fraction=0.5, n_samples=30,
+        target=0,
+    )  # fmt: skip
+    for r, sums in enumerate(res.curves["attribution_sum"].to(torch.int64).tolist()):
+        n_words = int(ids[r].max())
+        assert all(s < 2**n_words and bin(s).count("1") == round(0.5 * n_words) for s in sums), (r, sums)

@@ -645,10 +645,12 @@ class MuFidelity(Metric):
     ``muF = corr_S( sum_{i in S} a_i , f(x) - f(x with x_S = fill) )`` over ``n_samples`` random subsets S of
     features. Image features are the cells of a ``grid_size x grid_size`` grid (:func:`~whybox.masking.cells`);
     other inputs use one feature per element. Exactly ``round(subset_fraction * M)`` features per subset
-    (``bernoulli=True``: each feature independently with that probability, xplique's rule). Row ``i`` draws its
-    subsets from ``(seed, i)``. Higher is better, range [-1, 1]; NaN when either side is constant (a saturated
-    model). A subset whose features all equal the fill already leaves the input as it was: its drop is 0, with no
-    pass.
+    (``bernoulli=True``: each feature independently with that probability, xplique's rule), ``M`` the row's features:
+    the grid's cells, or the regions present in that row (a text's words: its specials and pads, which the fill
+    never changes, are none of them). Row ``i`` draws its subsets from ``(seed, i)``. Higher is better, range
+    [-1, 1]; NaN when either side is constant (a saturated model). A subset whose features all equal the fill
+    already (a black corner) stays in the draw but leaves the input as it was: its drop is 0, with no pass; the same
+    partition given as ``grid_size`` or as a ``regions`` label map gives the same subsets and score.
 
     Parameters
     ----------
@@ -721,7 +723,7 @@ class MuFidelity(Metric):
             raise InvalidParameterError("mufidelity needs attributions and a model.")
         x = ctx.x
         fill = resolve_fill(self.fill, x, seed=self.seed, packing=getattr(ctx.adapter, "packing", None))
-        own: torch.Tensor | None = None  # with regions: (B, M) the features each row has that its fill changes
+        own: torch.Tensor | None = None  # with regions: (B, M) the features of each row, the ones its draws pick from
         if self.regions is not None:
             from whybox.metrics.eraser import pool_attributions, resolve_regions
 
@@ -733,7 +735,15 @@ class MuFidelity(Metric):
             feat = pool_attributions(
                 ctx.attributions, groups, x, pool=self.pool, abs=self.abs, signal=ctx.signal
             ).nan_to_num(0.0)
-            own = ((groups.sizes() > 0) & groups_touched(groups, x != fill)).cpu()
+            # a row's features are the regions it has (a label id absent from that row, e.g. a shorter text's word
+            # ids beyond its own, is none of its features); on a text, whose specials and pads share one region the
+            # fill never changes, that region is none of the text's words either (so its pads change nothing).
+            # Elsewhere a region that merely equals the fill (a black corner) stays in the draw, as a grid cell does:
+            # its subsets are kept, with the clean score and no pass
+            own = groups.sizes() > 0
+            if is_text_adapter(ctx.adapter):
+                own = own & groups_touched(groups, x != fill)
+            own = own.cpu()
         else:
             values, px_groups = feature_scores(
                 ctx.attributions, x, abs=self.abs, signal=ctx.signal, sequence=reads_sequence(ctx)
