@@ -329,7 +329,8 @@ class Explanation:
             Bars per tabular row.
         reading
             How to colour a map (:func:`whybox.report.overlay.to_heatmap`): ``"signed"``, ``"positive"`` or
-            ``"relative"``; default: the method's own (CAMs and RISE relative, magnitudes positive, else signed).
+            ``"relative"``; default: the method's own (CAMs and RISE relative, magnitudes positive, else signed: a
+            method whybox does not know, e.g. another library's maps, too).
         columns
             Panels per figure row (images and tables; signals and sequences are drawn one under another, a
             row each, their maps along the time axis).

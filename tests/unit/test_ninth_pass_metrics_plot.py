@@ -6,13 +6,16 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import whybox
+from whybox import Explanation
 from whybox.errors import InvalidParameterError
 from whybox.metrics.robustness import squares
+from whybox.runs.report_data import method_reading
 
 
 def _cnn(side: int) -> nn.Module:
@@ -152,3 +155,31 @@ def test_mufidelity_on_a_text_draws_its_words_only(make_text_classifier: Any) ->
     for r, sums in enumerate(res.curves["attribution_sum"].to(torch.int64).tolist()):
         n_words = int(ids[r].max())
         assert all(s < 2**n_words and bin(s).count("1") == round(0.5 * n_words) for s in sums), (r, sums)
+
+
+# ------------------------------------------------------------------ plot: a method whybox does not know
+@pytest.mark.parametrize("method", ["captum_integrated_gradients", "my_method"])
+def test_a_method_whybox_does_not_know_is_read_signed(method: str) -> None:
+    assert method_reading(method, {}) == "signed"
+    assert method_reading(method, {"abs": True}) == "signed"  # nothing says what a foreign option means
+    assert method_reading("gradcam", {}) == "relative"  # a known method keeps its own reading
+
+
+def test_plot_draws_another_library_s_maps_as_signed() -> None:
+    """Images and signals explained by a method whybox does not know plot with the default reading, the
+    same picture as reading='signed'."""
+    FigureCanvasAgg = pytest.importorskip("matplotlib.backends.backend_agg").FigureCanvasAgg
+    g = torch.Generator().manual_seed(0)
+    e = Explanation(torch.randn(2, 3, 8, 8, generator=g), torch.zeros(2, dtype=torch.long), "captum_saliency")
+    x = torch.rand(2, 3, 8, 8, generator=g)
+
+    def pixels(fig: Any) -> np.ndarray:
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        return np.asarray(canvas.buffer_rgba())
+
+    np.testing.assert_array_equal(pixels(e.plot(x)), pixels(e.plot(x, reading="signed")))
+    signal = Explanation(
+        torch.randn(2, 2, 10, generator=g), torch.zeros(2, dtype=torch.long), "my_method", meta={"signal": True}
+    )
+    np.testing.assert_array_equal(pixels(signal.plot()), pixels(signal.plot(reading="signed")))

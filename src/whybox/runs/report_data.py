@@ -70,10 +70,14 @@ def method_reading(method: str, params: Mapping[str, Any]) -> str:
 
     CAMs (min-max scaled) and RISE (a large constant offset) are relative relevance; Saliency with
     ``abs=True`` and SmoothGrad's squared/variance variants are magnitudes; every other method returns
-    attributions whose zero and sign mean something, shown centred on zero even when all share one sign.
+    attributions whose zero and sign mean something, shown centred on zero even when all share one sign. A method
+    whybox does not know (another library's maps, a name from another version) is shown signed: nothing says its
+    values are relative or magnitudes, and a signed view hides no sign.
     """
     from whybox.explainers.cam import CAM
 
+    if method not in EXPLAINERS:
+        return "signed"
     cls = EXPLAINERS.get(method)
     full: dict[str, Any] = {}
     for c in reversed(cls.__mro__):
