@@ -13,8 +13,9 @@ from torch import nn
 
 import whybox
 from whybox import Explanation
-from whybox.errors import InvalidParameterError
+from whybox.errors import InvalidInputError, InvalidParameterError
 from whybox.metrics.robustness import squares
+from whybox.report.overlay import overlay
 from whybox.runs.report_data import method_reading
 
 
@@ -183,3 +184,30 @@ def test_plot_draws_another_library_s_maps_as_signed() -> None:
         torch.randn(2, 2, 10, generator=g), torch.zeros(2, dtype=torch.long), "my_method", meta={"signal": True}
     )
     np.testing.assert_array_equal(pixels(signal.plot()), pixels(signal.plot(reading="signed")))
+
+
+# ------------------------------------------------------------------ overlay: a picture of 0-255 values
+@pytest.mark.parametrize(
+    "image",
+    [torch.full((3, 4, 4), 200, dtype=torch.uint8), np.full((3, 4, 4), 200, dtype=np.uint8)],
+    ids=["torch", "numpy"],
+)
+def test_overlay_tells_to_divide_a_uint8_picture_by_255(image: Any) -> None:
+    with pytest.raises(InvalidInputError, match=r"uint8 picture holds 0-255 values: divide it by 255 first"):
+        overlay(image, torch.rand(4, 4))
+
+
+def test_overlay_names_both_fixes_for_floats_in_0_255_and_only_normalisation_below_0() -> None:
+    with pytest.raises(InvalidInputError, match=r"If it holds 0-255 values, divide it by 255 first.*normalisation"):
+        overlay(torch.full((3, 4, 4), 37.0), torch.rand(4, 4))
+    with pytest.raises(InvalidInputError) as info:
+        overlay(torch.full((3, 4, 4), -1.5), torch.rand(4, 4))
+    assert "255" not in str(info.value).split("].", 1)[1] and "normalisation" in str(info.value)
+
+
+def test_a_run_report_sample_of_0_255_values_is_told_to_divide_by_255() -> None:
+    from whybox.report.run_report import ReportSample, _check_image
+
+    sample = ReportSample("a", np.full((4, 4, 3), 200, dtype=np.uint8), "cat", 0.9, None, {}, {})
+    with pytest.raises(InvalidInputError, match=r"samples\[3\]\.image .* uint8 picture holds 0-255 values"):
+        _check_image(sample, 3)

@@ -58,6 +58,17 @@ def _as_array(x: Any, what: str) -> np.ndarray:
     raise InvalidInputError(f"{what} must be a torch.Tensor or a numpy array; got {type(x).__name__}.")
 
 
+def _range_hint(img: np.ndarray, dtype: Any) -> str:
+    """The fix for a picture outside [0, 1]: divide a uint8 picture by 255; one whose values lie in [0, 255] may
+    hold 0-255 values too (or be normalised); else undo the model's normalisation."""
+    undo = "undo the model's normalisation (e.g. whybox.data.imagenet_unnormalize)"
+    if dtype == torch.uint8 if isinstance(dtype, torch.dtype) else isinstance(dtype, np.dtype) and dtype == np.uint8:
+        return f"A {dtype} picture holds 0-255 values: divide it by 255 first (image / 255, or image.float() / 255)."
+    if bool(np.isfinite(img).all()) and img.min() >= 0.0 and img.max() <= 255.0:
+        return f"If it holds 0-255 values, divide it by 255 first (image / 255); else {undo}."
+    return f"{undo[0].upper()}{undo[1:]} first."
+
+
 def _map_2d(attr_map: Any) -> np.ndarray:
     m = _as_array(attr_map, "map")
     if m.ndim == 3 and m.shape[0] == 1:
@@ -187,6 +198,7 @@ def overlay(image: Any, attr_map: Any, *, base: str = "gray", **heatmap_options:
     """
     if base not in BASES:
         raise InvalidParameterError(f"base must be one of {BASES}; got {base!r}.{did_you_mean(base, BASES)}")
+    dtype = getattr(image, "dtype", None)
     img = _as_array(image, "image")
     if img.ndim != 3 or img.shape[0] not in (1, 3):
         raise InvalidInputError(f"image must have shape (3, H, W) or (1, H, W), channels first; got {img.shape}.")
@@ -198,8 +210,7 @@ def overlay(image: Any, attr_map: Any, *, base: str = "gray", **heatmap_options:
     if not np.isfinite(img).all() or img.min() < 0.0 or img.max() > 1.0:
         raise InvalidInputError(
             "image must hold finite values in [0, 1]; got range "
-            f"[{np.nanmin(img):.4g}, {np.nanmax(img):.4g}]. Undo the model's normalisation first "
-            "(e.g. whybox.data.imagenet_unnormalize)."
+            f"[{np.nanmin(img):.4g}, {np.nanmax(img):.4g}]. {_range_hint(img, dtype)}"
         )
     if img.shape[0] == 1:
         img = np.repeat(img, 3, axis=0)

@@ -30,7 +30,7 @@ from PIL import Image
 
 from whybox.errors import InvalidInputError, InvalidParameterError, did_you_mean
 from whybox.report.html import _environment, write_text_atomic
-from whybox.report.overlay import READINGS, overlay
+from whybox.report.overlay import READINGS, _range_hint, overlay
 
 __all__ = [
     "RUN_REPORT_CSP",
@@ -195,7 +195,8 @@ def _check_image(sample: ReportSample, index: int) -> np.ndarray:
     if not np.isfinite(img).all() or img.min() < 0.0 or img.max() > 1.0:
         raise InvalidInputError(
             f"samples[{index}].image must hold finite values in [0, 1]; got range "
-            f"[{np.nanmin(img):.4g}, {np.nanmax(img):.4g}]. Pass the display form of the input (unnormalised)."
+            f"[{np.nanmin(img):.4g}, {np.nanmax(img):.4g}]. Pass the display form of the input. "
+            f"{_range_hint(img, getattr(sample.image, 'dtype', None))}"
         )
     return img
 
