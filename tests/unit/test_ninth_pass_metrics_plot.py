@@ -211,3 +211,42 @@ def test_a_run_report_sample_of_0_255_values_is_told_to_divide_by_255() -> None:
     sample = ReportSample("a", np.full((4, 4, 3), 200, dtype=np.uint8), "cat", 0.9, None, {}, {})
     with pytest.raises(InvalidInputError, match=r"samples\[3\]\.image .* uint8 picture holds 0-255 values"):
         _check_image(sample, 3)
+
+
+def test_mufidelity_on_generation_steps_draws_each_step_s_own_tokens_only() -> None:
+    # a step's features are the tokens it attributes: its future tokens and the specials, which the fill keeps, are
+    # none of them (CausalLMAdapter.null_regions), as a text's pads are none of its words. Token j holds attribution
+    # 2**j, so each subset's attribution sum spells the tokens drawn
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_generation import ids, tiny_gpt2, toy_tokenizer
+
+    from whybox.explainers.llm.generation import CausalLMAdapter
+
+    model, tok = tiny_gpt2(), toy_tokenizer()
+    prompt, cont = ids(tok, "the cat sat on the"), ids(tok, "mat and it was")
+    ad = CausalLMAdapter(model, tok)
+    batch = ad.steps(prompt + cont, len(prompt))
+    g, t = batch.inputs.shape[:2]
+    a = (2.0 ** torch.arange(t, dtype=torch.float64)).view(1, t, 1).expand(g, t, 1).contiguous()
+    r = whybox.evaluate(
+        ad,
+        batch.inputs,
+        a,
+        "mufidelity",
+        regions=batch.token_features(),
+        n_samples=12,
+        subset_fraction=0.5,
+        target=batch.targets,
+        pool="sum",
+    )
+    fixed = ad.fixed_positions(batch.inputs)
+    for row in range(g):
+        own = int((~fixed[row]).sum())
+        subsets = {tuple(j for j in range(t) if int(s) >> j & 1) for s in r.curves["attribution_sum"][row].tolist()}
+        assert subsets, row
+        for sub in subsets:
+            assert not any(bool(fixed[row, j]) for j in sub), (row, sub)
+            assert len(sub) == round(0.5 * own), (row, sub, own)

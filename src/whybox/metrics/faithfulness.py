@@ -415,7 +415,7 @@ class _CurveMetric(Metric):
             if groups.groups.shape[0] != x.shape[0]:
                 raise InvalidParameterError(f"regions hold {groups.groups.shape[0]} rows for {x.shape[0]} inputs.")
             null = None
-            if is_text_adapter(ctx.adapter):  # a text's regions equal to the fill everywhere (CLS, SEP, pads) leave
+            if _null_regions(ctx.adapter):  # a text's regions equal to the fill everywhere (CLS, SEP, pads) leave
                 # the curve; elsewhere (a table's column that happens to equal its reference row) a region keeps its
                 # share of the input
                 g = groups.groups.reshape(x.shape[0], -1)
@@ -600,6 +600,12 @@ class HighestConfidence(_CurveMetric):
         return _undefined(hc, xs, meta), {"x": xs, "y": y}, meta
 
 
+def _null_regions(adapter: Any) -> bool:
+    """Whether regions the fill leaves as they are count as none of a row's features: a text's specials and pads, a
+    language model's generation step's future tokens and specials (an adapter that declares ``null_regions``)."""
+    return is_text_adapter(adapter) or bool(getattr(adapter, "null_regions", False))
+
+
 @METRICS.register("aopc")
 class AOPC(_CurveMetric):
     """Area over the perturbation curve (Samek et al. 2017): ``1/(L+1) sum_k (f(x^(0)) - f(x^(k)))``.
@@ -741,7 +747,7 @@ class MuFidelity(Metric):
             # Elsewhere a region that merely equals the fill (a black corner) stays in the draw, as a grid cell does:
             # its subsets are kept, with the clean score and no pass
             own = groups.sizes() > 0
-            if is_text_adapter(ctx.adapter):
+            if _null_regions(ctx.adapter):  # (a generation step's future tokens and specials too)
                 own = own & groups_touched(groups, x != fill)
             own = own.cpu()
         else:

@@ -622,7 +622,9 @@ def _hash_module(h: Any, module: torch.nn.Module) -> None:
 #: Raised when whybox changes what a stored run's options mean or what its results are within one version: a run
 #: made before then resumes only with --overwrite (its units would mix two readings). 2: a text's fill=/baseline=
 #: read as replace= reads it, the blur fill as scipy's mirror Gaussian on small images, ONNX external data hashed.
-RESULTS_EPOCH = 2
+#: 3: infidelity's square perturbation sets each square to baseline= (it was zeroed whatever the baseline);
+#: mufidelity's regions= draws among every region a row has (regions equal to the fill were left out off texts).
+RESULTS_EPOCH = 3
 
 
 def fingerprints(
