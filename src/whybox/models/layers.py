@@ -287,26 +287,12 @@ def to_grid(
     )
 
 
-# Layer modules whose model writes into the tapped output downstream (a ReLU(inplace=True) after it, ``x += ...``):
-# their leaf taps hand the model a copy. Found once per module by the first forward (see :meth:`Tap.rerun_copying`).
-_WRITTEN_DOWNSTREAM: weakref.WeakSet[nn.Module] = weakref.WeakSet()
-
-_LEAF_INPLACE = "leaf variable that requires grad is being used in an in-place operation"
-
-
-def is_leaf_inplace_error(err: BaseException) -> bool:
-    """Whether ``err`` is torch's refusal of an in-place op on a leaf that requires grad (or a view of one)."""
-    return isinstance(err, RuntimeError) and _LEAF_INPLACE in str(err).lower()
-
-
 class _Capture:
     def __init__(self, ref: LayerRef, leaf: bool) -> None:
         self.ref = ref
         self.leaf = leaf
-        self.copy = leaf and ref.module in _WRITTEN_DOWNSTREAM
         self.calls = 0
         self.outputs: dict[int, torch.Tensor] = {}
-        self.versions: dict[int, int] = {}
 
     def _wanted(self, k: int) -> bool:
         # a non-negative call index is known in advance: keep only that call (no graph for the others);
@@ -331,12 +317,7 @@ class _Capture:
                 # an earlier tap (another layer, or an earlier call of this module) feeds ``out``: keep
                 # that path open so its gradient is the total derivative, not cut here
                 return a + (out - out.detach())
-            if self.copy:
-                return a.clone()  # downstream in-place ops act on the copy; gradients still reach ``a``
-            # the leaf itself goes on (no copy: most models never write into a layer's output). A write into it
-            # is refused by autograd, or (under no_grad inside the forward) moves its version: Tap.written
-            self.versions[k] = a._version
-            return a
+            return a.clone()  # downstream in-place ops act on the copy; gradients still reach ``a``
         self.outputs[k] = out.detach().clone()  # a copy: an in-place op downstream must not change it
         return None
 
@@ -376,23 +357,6 @@ class Tap:
         for c in self._captures:
             c.calls = 0
             c.outputs.clear()
-            c.versions.clear()
-
-    def written(self) -> bool:
-        """Whether the model wrote into an activation handed on uncopied (its version moved)."""
-        return any(c.outputs[k]._version != v for c in self._captures for k, v in c.versions.items())
-
-    def copying(self) -> bool:
-        """Whether every leaf tap already hands the model a copy (a rerun cannot help)."""
-        return all(c.copy for c in self._captures if c.leaf)
-
-    def rerun_copying(self) -> None:
-        """Before running the forward again: every leaf tap hands on a copy, from now on for these layers."""
-        for c in self._captures:
-            if c.leaf:
-                c.copy = True
-                _WRITTEN_DOWNSTREAM.add(c.ref.module)
-        self.reset()
 
 
 def check_hookable(module: nn.Module, owner: nn.Module | None = None) -> None:

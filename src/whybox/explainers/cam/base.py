@@ -21,7 +21,6 @@ from whybox.models.layers import (
     LayerRef,
     auto_layer,
     grid_options,
-    is_leaf_inplace_error,
     layer_spec,
     resolve_layers,
     seen_hw,
@@ -34,16 +33,6 @@ from whybox.models.targets import Target, TargetLike, apply_score_space, per_row
 __all__ = ["CAM", "NORMALIZATIONS", "normalize_maps", "upsample"]
 
 NORMALIZATIONS = ("minmax", "max", "none")
-
-
-def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-
-
-def _set_rng_state(state: tuple[torch.Tensor, torch.Tensor | None], device: torch.device) -> None:
-    torch.set_rng_state(state[0])
-    if state[1] is not None:
-        torch.cuda.set_rng_state(state[1], device)
 
 
 def upsample(maps: torch.Tensor, size: tuple[int, int], *, align_corners: bool = False) -> torch.Tensor:
@@ -182,34 +171,19 @@ class CAM(Explainer):
         return resolve_layers(adapter, spec)
 
     def _chunk(
-        self, xi: torch.Tensor, refs: list[LayerRef], t: TargetLike, labels: list[str], engine: MaskingEngine
+        self, xi: torch.Tensor, refs: list[LayerRef], t: TargetLike, labels: list[str]
     ) -> tuple[list[torch.Tensor], tuple[torch.Tensor | None, ...] | None, Target]:
         """One chunk's activations at ``refs``, their gradients (methods that use them; else None) and target.
 
         Safe to repeat after a failure (the engine retries a chunk the model refused in channels-last layout):
-        the hooks live for this call only, and passes are counted by the caller, bar the one rerun below."""
+        the hooks live for this call only, and passes are counted by the caller."""
         with tap(refs, leaf=self.uses_gradients) as tp:
             if not self.uses_gradients:
                 with torch.no_grad():
                     raw = self.adapter.scores(xi)
                 return tp.activations(), None, resolve_target(t, raw)
             with torch.enable_grad():
-                # a rerun draws what the first forward drew (dropout under mode="as_is"): the same output as a call
-                # that copied from the start
-                rng = None if tp.copying() else _rng_state(xi.device)
-                try:
-                    raw = self.adapter.scores(xi)
-                    rerun = tp.written()  # the model wrote into a tapped output under no_grad
-                except RuntimeError as e:
-                    if rng is None or not is_leaf_inplace_error(e):
-                        raise
-                    rerun = True  # the model writes into a tapped layer's output in place: autograd refused the leaf
-                if rerun and rng is not None:
-                    # once per layer module: its taps hand on a copy from now on (layers._WRITTEN_DOWNSTREAM)
-                    tp.rerun_copying()
-                    engine.n_forward += xi.shape[0]
-                    _set_rng_state(rng, xi.device)
-                    raw = self.adapter.scores(xi)
+                raw = self.adapter.scores(xi)
                 a = tp.activations()
                 tc = resolve_target(t, raw.detach())
                 sel = tc.select(apply_score_space(raw, self.score))
@@ -236,7 +210,7 @@ class CAM(Explainer):
             t = target
             if isinstance(t, torch.Tensor):
                 t = t[s : s + xi.shape[0]]
-            a, g, tc = engine.call(functools.partial(self._chunk, refs=refs, t=t, labels=labels, engine=engine), xi)
+            a, g, tc = engine.call(functools.partial(self._chunk, refs=refs, t=t, labels=labels), xi)
             if g is not None:
                 n_backward[0] += xi.shape[0]
                 for j, (gj, aj) in enumerate(zip(g, a, strict=True)):
