@@ -524,9 +524,10 @@ class GradientExplainer(Explainer):
 def _controls_zeroed(attr: torch.Tensor, x: torch.Tensor, n_control: Any) -> torch.Tensor:
     """``attr`` with 0 in the last ``n_control`` channels of per-element attributions (``attr`` shaped as the inputs
     ``x``), which an adapter declares as control channels rather than features (a :class:`~whybox.explainers.llm.
-    generation.CausalLMAdapter`'s attention mask and read position): a method that copies one value onto every
-    element of its window or feature (occlusion, feature ablation) would put the token's value there, and a metric
-    ranking elements would read them as features. Attributions of another shape (one value per feature) as they are."""
+    generation.CausalLMAdapter`'s attention mask and read position, a text adapter's attention mask, a black-box text
+    adapter's text index): a method that copies one value onto every element of its window or feature (occlusion,
+    feature ablation) would put the token's value there, and a metric ranking elements would read them as features.
+    Attributions of another shape (one value per feature) as they are."""
     if not isinstance(n_control, int) or isinstance(n_control, bool) or n_control <= 0:
         return attr
     if attr.shape != x.shape or attr.ndim < 2 or attr.shape[-1] <= n_control:

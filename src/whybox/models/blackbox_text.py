@@ -6,7 +6,8 @@ removed, and a last column holding the row's text index (it never changes: :meth
 ``scores`` rebuilds each perturbed text from its kept words (joined by single spaces) and calls the model. Every
 perturbation method works through the masking engine with ``features=BlackBoxText.features`` (one feature per
 word; the padding columns of shorter texts and the index column share one never-changing feature, so they get
-exactly 0 and padding changes nothing).
+exactly 0 and padding changes nothing). The index column is a control, not a feature (``control_channels = 1``):
+every method's attributions hold exactly 0 there, also with a fill that rewrites it (a zero there reads text 0).
 
 :func:`vader` wraps VADER (``vaderSentiment``, offline): scores ``(negative, positive)`` = ``(-compound,
 +compound)``, so the explained class is the predicted polarity.
@@ -17,7 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -111,6 +112,8 @@ class BlackBoxTextAdapter(ModelAdapter):
     """
 
     differentiable = False
+    #: the text-index column is a control, not a feature: every method's attributions are exactly 0 there
+    control_channels: ClassVar[int] = 1
 
     def __init__(
         self,

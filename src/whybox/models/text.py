@@ -16,6 +16,10 @@ gets the word vectors as its embedding module's output instead (a forward hook f
   by replacing their embeddings with a fill (:meth:`TextBatch.fill`: the ``[MASK]``, ``[UNK]`` or pad
   embedding) through the masking engine; special tokens and pads are filled with themselves, so they never
   change and get exactly zero;
+- the mask channel is a control, not a feature (``control_channels = 1``): every method's per-element attributions
+  hold exactly 0 there (occlusion and feature ablation, which copy a token's or word's value onto its elements, would
+  put it there; the models read the mask only as ``> 0.5``, so its gradient is 0 anyway), also where a fill given to
+  :func:`whybox.explain` rewrites it (its own zero fill, element by element): the text options never do;
 - :meth:`TextBatch.token_attributions` reduces ``(B, T, D + 1)`` attributions to ``(B, T)`` (sum over D:
   completeness is kept) and :meth:`TextBatch.word_attributions` aggregates subwords into words.
 
@@ -28,7 +32,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -379,6 +383,9 @@ class _TextMixin:
     model: nn.Module
     tokenizer: Any
     max_length: int
+    #: the attention-mask channel is a control, not a feature: every method's per-element attributions are exactly 0
+    #: there (occlusion and feature ablation would copy the token's value onto it)
+    control_channels: ClassVar[int] = 1
 
     def _embeddings(self) -> nn.Module:
         get = getattr(self.model, "get_input_embeddings", None)

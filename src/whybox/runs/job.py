@@ -623,7 +623,9 @@ def _hash_module(h: Any, module: torch.nn.Module) -> None:
 #: made before then resumes only with --overwrite (its units would mix two readings). 2: a text's fill=/baseline=
 #: read as replace= reads it, the blur fill as scipy's mirror Gaussian on small images, ONNX external data hashed.
 #: 3: infidelity's square perturbation sets each square to baseline= (it was zeroed whatever the baseline);
-#: mufidelity's regions= draws among every region a row has (regions equal to the fill were left out off texts).
+#: mufidelity's regions= draws among every region a row has (regions equal to the fill were left out off texts); a
+#: text adapter's attention-mask channel and a black box's text-index column hold 0 in every map (occlusion and
+#: feature ablation copied the token's value onto the mask channel).
 RESULTS_EPOCH = 3
 
 
