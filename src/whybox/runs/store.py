@@ -27,10 +27,11 @@ Tables (``SCHEMA``):
 A unit is either wholly in the database or not at all. Killed at any point, a run leaves at most orphan array
 files of an uncommitted unit, which the rerun overwrites with identical bytes.
 
-Every write (a unit, the samples, the inputs) first checks, under the database's write lock, that the run's stored
-fingerprints are still the ones this store opened with, and moves its array files into place only then: a process
-whose run another process has replaced (``overwrite=True``, a different job) gets :class:`RunReplacedError` and
-writes nothing into the new run, neither rows nor files.
+Every write (a unit, the samples, the inputs) first checks, under the database's write lock, that the run's
+``run.sqlite`` is still the file this store opened (not deleted, moved away or made anew by another run) and that its
+stored fingerprints are still the ones this store opened with, and moves its files into place only then: a process
+whose run another process has replaced (``overwrite=True``, a different job) or whose folder was deleted or replaced
+gets :class:`RunReplacedError` and writes nothing into the new run, neither rows nor files.
 """
 
 from __future__ import annotations
@@ -243,6 +244,15 @@ def _orphan_writes(arrays: Path) -> list[Path]:
     return out
 
 
+def _file_id(path: Path) -> tuple[int, int] | None:
+    """``(st_dev, st_ino)`` of the file at ``path``: which file it is, or None where there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
 def _json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
@@ -296,8 +306,8 @@ class RunBusyError(WhyboxError, RuntimeError):
 
 
 class RunReplacedError(WhyboxError, RuntimeError):
-    """The run directory was taken over by a run of a different job (``overwrite=True``) while this store wrote to
-    it; the refused write left nothing in the new run."""
+    """The run directory was taken over by a run of a different job (``overwrite=True``), or deleted, moved away or
+    made anew by another run, while this store wrote to it; the refused write left nothing in the new run."""
 
 
 def _busy(exc: BaseException) -> bool:
@@ -357,7 +367,10 @@ class RunStore:
     -----
     ``overwrite`` deletes the old run even while another process is still writing to it; that process's next write
     (:meth:`commit`, :meth:`record_samples`, :meth:`save_inputs`) finds other fingerprints under the write lock and
-    raises :class:`RunReplacedError`, leaving the new run's rows and files as they are.
+    raises :class:`RunReplacedError`, leaving the new run's rows and files as they are. So does its next write
+    after the folder was deleted (``rm -rf``) or moved away, whether or not another run started in its place: the
+    store checks that the ``run.sqlite`` at its path is still the file it opened (device and inode), and makes no
+    folder of a deleted run again.
     """
 
     def __init__(
@@ -387,6 +400,9 @@ class RunStore:
         wanted = {k: str(v) for k, v in fingerprints.items()}
         self._fingerprints = wanted  # the run this store writes to: every write checks it is still the stored one
         self._conn = sqlite3.connect(self.db_path, isolation_level=None, timeout=BUSY_TIMEOUT)
+        # the file the connection opened (connect opens or creates it): a write checks it is still the one at db_path,
+        # since the connection keeps reading and writing a deleted or moved-away database as if nothing happened
+        self._db_id = _file_id(self.db_path)
         try:
             self._open(wanted, config, overwrite)
         except BaseException:
@@ -528,8 +544,17 @@ class RunStore:
         return {str(k).removeprefix("fingerprint."): str(v) for k, v in rows}
 
     def _replaced(self, what: str) -> RunReplacedError | None:
-        """The error for a write of ``what`` into a run whose stored fingerprints are no longer this store's (another
-        process replaced it with ``overwrite=True``), or None while they are the same."""
+        """The error for a write of ``what`` into a run that is no longer this store's, or None while it is: the
+        database file at ``db_path`` must be the one this store opened (the folder was not deleted, moved away or
+        made anew) and its stored fingerprints this store's (another process did not replace the run with
+        ``overwrite=True``)."""
+        if self._db_id is None or _file_id(self.db_path) != self._db_id:
+            return RunReplacedError(
+                f"{str(self.path)!r} was deleted or replaced (its {DB_NAME} is no longer the database this run "
+                "opened: the folder was removed, moved away, or another run started in its place) while this run "
+                f"was writing to it; nothing of {what} was recorded or written there. This run's earlier results "
+                "went with the old folder: rerun it (into another directory while another run uses this one)."
+            )
         stored = self._stored_fingerprints()
         if stored == self._fingerprints:
             return None
@@ -605,9 +630,9 @@ class RunStore:
         try:
             for path, array in files.items():
                 try:
-                    path.parent.mkdir(parents=True, exist_ok=True)
+                    self._make_folders(path.parent)
                     temps[path] = _write_temp(path, array)
-                except OSError:  # the folder deleted under us by an overwrite: say so, not "no such file"
+                except OSError:  # the folder deleted under us (overwrite, rm -rf): say so, not "no such file"
                     if (err := self._replaced(what)) is not None:
                         raise err from None
                     raise
@@ -618,6 +643,13 @@ class RunStore:
         finally:
             for tmp in temps.values():
                 tmp.unlink(missing_ok=True)  # placed ones are gone already
+
+    def _make_folders(self, folder: Path) -> None:
+        """Make ``folder`` and the folders between it and the run directory, never the run directory itself: a run
+        whose folder was deleted does not make it again (its write fails and is refused)."""
+        parts = folder.relative_to(self.path).parts
+        for k in range(1, len(parts) + 1):
+            self.path.joinpath(*parts[:k]).mkdir(exist_ok=True)
 
     def predictions(self) -> dict[int, int]:
         """``{sample index: predicted class}``."""
