@@ -1,18 +1,21 @@
 """Ninth-pass findings on the run store, each a property the earlier code broke: a run whose folder was deleted
 (``rm -rf``) or moved away, and taken by another run, still wrote its array files into the new run (the new run read
-the old one's values) and its rows into its deleted database; and a deleted folder was made again by the old run's
-next write."""
+the old one's values) and its rows into its deleted database; a deleted folder was made again by the old run's next
+write; and an overwrite deleting ``arrays/`` under a running write gave a bare FileNotFoundError, not
+RunReplacedError."""
 
 from __future__ import annotations
 
 import re
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+import whybox.runs.store as store_module
 from whybox.runs.store import MetricValue, RunReplacedError, RunStore, SampleResult, UnitResult
 
 FPS = {"config": "a", "data": "d", "weights": "w", "versions": "v"}
@@ -106,3 +109,43 @@ def test_a_store_of_a_folder_left_alone_still_writes_and_makes_a_deleted_method_
     s.commit(_unit(1, 2.0))
     assert s.done_units() == {(0, "saliency"), (1, "saliency")}
     s.close()
+
+
+# ------------------------------------------------------------------------ an overwrite deleting arrays/ under a write
+def test_a_write_whose_folder_an_overwrite_deletes_under_it_gets_run_replaced_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run B (overwrite=True, another job) deletes arrays/ inside its open transaction while run A writes its
+    temporary file; A's failed write waits for B's commit and says the run was replaced, not "no such file"."""
+    old = RunStore(tmp_path, fingerprints=FPS, config={})
+    deleted, done = threading.Event(), threading.Event()
+    real_delete, real_write = RunStore._delete, store_module._write_temp
+
+    def slow_delete(self: RunStore, c: Any) -> None:
+        real_delete(self, c)
+        deleted.set()
+        done.wait(0.5)  # B commits a while after A's write failed
+
+    def replace(errors: list[BaseException]) -> None:
+        try:
+            RunStore(tmp_path, fingerprints=OTHER, config={}, overwrite=True).close()
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    errors: list[BaseException] = []
+    thread = threading.Thread(target=replace, args=(errors,))
+
+    def write_temp(path: Path, array: np.ndarray) -> Path:
+        thread.start()
+        assert deleted.wait(30)
+        return real_write(path, array)
+
+    monkeypatch.setattr(RunStore, "_delete", slow_delete)
+    monkeypatch.setattr(store_module, "_write_temp", write_temp)
+    with pytest.raises(RunReplacedError, match=r"was replaced by another process .* nothing of the unit \(shard 0"):
+        old.commit(_unit(0, 1.0))
+    done.set()
+    thread.join(30)
+    assert errors == []
+    assert _contents(tmp_path)[1] == {} and _temp_files(tmp_path) == []
+    old.close()

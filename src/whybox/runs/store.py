@@ -633,7 +633,10 @@ class RunStore:
                     self._make_folders(path.parent)
                     temps[path] = _write_temp(path, array)
                 except OSError:  # the folder deleted under us (overwrite, rm -rf): say so, not "no such file"
-                    if (err := self._replaced(what)) is not None:
+                    try:  # under the write lock: an overwrite deleting arrays/ is committed (or rolled back) first
+                        with self._transaction(what=what):
+                            pass
+                    except RunReplacedError as err:
                         raise err from None
                     raise
             with self._transaction(what=what) as c:
