@@ -1,13 +1,17 @@
 """Ninth-pass findings on the run store, each a property the earlier code broke: a run whose folder was deleted
 (``rm -rf``) or moved away, and taken by another run, still wrote its array files into the new run (the new run read
 the old one's values) and its rows into its deleted database; a deleted folder was made again by the old run's next
-write; and an overwrite deleting ``arrays/`` under a running write gave a bare FileNotFoundError, not
-RunReplacedError."""
+write; the inputs' temporary files of killed runs piled up in the run folder (each the full input set); and an
+overwrite deleting ``arrays/`` under a running write gave a bare FileNotFoundError, not RunReplacedError."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -15,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+import whybox
 import whybox.runs.store as store_module
 from whybox.runs.store import MetricValue, RunReplacedError, RunStore, SampleResult, UnitResult
 
@@ -108,6 +113,45 @@ def test_a_store_of_a_folder_left_alone_still_writes_and_makes_a_deleted_method_
     s.commit(_unit(0, 1.0))
     s.commit(_unit(1, 2.0))
     assert s.done_units() == {(0, "saliency"), (1, "saliency")}
+    s.close()
+
+
+# ------------------------------------------------------------------------ the inputs' temporary files of killed runs
+def test_the_inputs_temporary_files_of_dead_processes_are_deleted_and_a_live_one_s_kept(tmp_path: Path) -> None:
+    RunStore(tmp_path, fingerprints=FPS, config={}).close()
+    dead = [tmp_path / f".inputs.npy.{DEAD + k}.tmp" for k in range(3)] + [tmp_path / f".report.html.{DEAD}.tmp"]
+    live = tmp_path / f".inputs.npy.{os.getppid()}.tmp"  # a live process's write
+    other = tmp_path / f".notes.txt.{DEAD}.tmp"  # not a file of the run's: left alone
+    for p in (*dead, live, other):
+        p.write_bytes(b"partial")
+    RunStore(tmp_path, fingerprints=FPS, config={}).close()  # a resume
+    assert _temp_files(tmp_path) == sorted([live.name, other.name])
+    RunStore(tmp_path, fingerprints=OTHER, config={}, overwrite=True).close()  # the old run's writes go with it
+    assert _temp_files(tmp_path) == [other.name]
+
+
+def test_a_run_killed_while_it_writes_the_inputs_leaves_no_temporary_file_after_the_rerun(tmp_path: Path) -> None:
+    script = (
+        "import os, signal, sys, numpy as np\n"
+        "import whybox.runs.store as S\n"
+        "real = os.fsync\n"
+        "def fsync(fd):\n"
+        "    real(fd)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "S.os.fsync = fsync\n"
+        "s = S.RunStore(sys.argv[1], fingerprints={'config': 'a'}, config={})\n"
+        "s.save_inputs(np.ones((64, 3), np.float32))\n"
+    )
+    src = str(Path(whybox.__file__).parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], env=env, stderr=subprocess.PIPE)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == -signal.SIGKILL, err
+    assert _temp_files(tmp_path) == [f".inputs.npy.{proc.pid}.tmp"]
+    s = RunStore(tmp_path, fingerprints={"config": "a"}, config={})
+    s.save_inputs(np.ones((64, 3), np.float32))
+    assert _temp_files(tmp_path) == []
+    np.testing.assert_array_equal(np.load(tmp_path / "inputs.npy"), np.ones((64, 3), np.float32))
     s.close()
 
 

@@ -24,8 +24,10 @@ Tables (``SCHEMA``):
   process that has already probed a model's CAM layer spends one pass less); everything else is a
   deterministic function of the job.
 
-A unit is either wholly in the database or not at all. Killed at any point, a run leaves at most orphan array
-files of an uncommitted unit, which the rerun overwrites with identical bytes.
+A unit is either wholly in the database or not at all. Killed at any point, a run leaves at most the temporary
+files of an unfinished write (``arrays/<method>/.<shard>.npy.<pid>.tmp``, ``.inputs.npy.<pid>.tmp``), which the next
+store to open the run deletes once their process is gone (``overwrite=True`` deletes every one), and the rerun
+writes the files again with identical bytes.
 
 Every write (a unit, the samples, the inputs) first checks, under the database's write lock, that the run's
 ``run.sqlite`` is still the file this store opened (not deleted, moved away or made anew by another run) and that its
@@ -223,11 +225,17 @@ def _array_whole(path: Path, last_row: int) -> bool:
     return bool(shape[0] > last_row and size >= start + math.prod(shape) * dtype.itemsize)
 
 
-def _orphan_writes(arrays: Path) -> list[Path]:
-    """Temporary files of :func:`write_array_atomic` left by a process that died before its rename (the name holds
-    its process id); files of a live process (another run resuming here) are left alone."""
+def _root_temps(run_dir: Path) -> list[Path]:
+    """The temporary files of the inputs and the report in the run folder (``.inputs.npy.<pid>.tmp``, ...)."""
+    return [tmp for name in (INPUTS_NAME, REPORT_NAME) for tmp in run_dir.glob(f".{name}.*.tmp")]
+
+
+def _orphan_writes(run_dir: Path) -> list[Path]:
+    """Temporary files of an atomic write (:func:`_write_temp`: the unit arrays under ``arrays/``, the inputs and the
+    report in the run folder) left by a process that died before its rename (the name holds its process id); files
+    of a live process (another run resuming here) are left alone."""
     out = []
-    for tmp in arrays.glob("**/.*.tmp"):
+    for tmp in [*(run_dir / "arrays").glob("**/.*.tmp"), *_root_temps(run_dir)]:
         try:
             pid = int(tmp.name.rsplit(".", 2)[-2])
         except (ValueError, IndexError):
@@ -394,7 +402,7 @@ class RunStore:
                 f"the run directory {str(self.path)!r} cannot be written ({exc.strerror or exc}); check its "
                 "permissions and free space, or choose another folder."
             ) from None
-        for tmp in _orphan_writes(self.path / "arrays"):  # a killed run's unfinished write: never committed
+        for tmp in _orphan_writes(self.path):  # a killed run's unfinished write: never committed
             tmp.unlink(missing_ok=True)
         self.db_path = self.path / DB_NAME
         wanted = {k: str(v) for k, v in fingerprints.items()}
@@ -525,6 +533,8 @@ class RunStore:
         for table in (*DETERMINISTIC_TABLES, "costs"):
             c.execute(f"DELETE FROM {table}")
         (self.path / REPORT_NAME).unlink(missing_ok=True)  # the old run's report goes too
+        for tmp in self.path.glob(f".{INPUTS_NAME}.*.tmp"):  # the old run's inputs writes (refused, were they live)
+            tmp.unlink(missing_ok=True)
         shutil.rmtree(self.path / "arrays", ignore_errors=True)
         # exist_ok: a process still writing the old run may have just made a folder here; its files never land
         (self.path / "arrays").mkdir(exist_ok=True)
