@@ -10,6 +10,12 @@ CLIP's sentence embedding is the final state at the first end-of-text token (``c
 id for configs of ``eos_token_id=2``, those written before transformers' PR 24773), the last attended token of a
 right-padded row. :func:`stand_in_ids` gives ids that mark it there, so word vectors without their ids run through
 the model exactly as the ids they came from.
+
+That holds only for a model that pools there. Which ones do is read from transformers' own source, class by class
+(:data:`END_OF_TEXT_POOLED`), not guessed from the signature: other models whose forward takes no ``inputs_embeds``
+(SigLIP's text towers read the last position, ``[:, -1]``, a pad once a shorter text shares the batch with a longer
+one) are refused by :func:`check_word_vectors`, as their sentence embedding would change with the other texts of the
+batch.
 """
 
 from __future__ import annotations
@@ -21,9 +27,48 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from whybox.errors import NotDifferentiableError
+from whybox.errors import InvalidParameterError, NotDifferentiableError
 
-__all__ = ["embedding_module", "embedding_output", "stand_in_ids", "takes_inputs_embeds"]
+__all__ = [
+    "END_OF_TEXT_POOLED",
+    "check_word_vectors",
+    "embedding_module",
+    "embedding_output",
+    "end_of_text_pooling",
+    "stand_in_ids",
+    "takes_inputs_embeds",
+]
+
+#: transformers' text models whose forward takes ``input_ids`` and no ``inputs_embeds`` and whose sentence embedding
+#: (``pooler_output``, and ``text_embeds`` projected from it) is the final state at the end-of-text token, each read
+#: in transformers' source (4.40 to 5.x), with how the token is found: ``"eos"``, the first position of
+#: ``config.eos_token_id`` (the largest id where that is 2, CLIP's configs from before transformers' PR 24773);
+#: ``"argmax"``, the position of the largest id (OwlViT's and X-CLIP's text towers, whatever the config says). Each
+#: runs its text under a causal mask built from ``attention_mask``, so that state does not read the pads after the
+#: text. Left out on purpose: SigLIP and SigLIP 2 (they pool the last position, ``[:, -1]``) and Sam3LiteText (the
+#: largest id, but after depthwise convolutions along the sequence that mix pads into the text); any other model
+#: without ``inputs_embeds`` is left out until its pooling is read.
+END_OF_TEXT_POOLED: dict[str, str] = {
+    "CLIPTextModel": "eos",
+    "CLIPTextModelWithProjection": "eos",
+    "CLIPSegTextModel": "eos",
+    "GroupViTTextModel": "eos",
+    "GroupViTTextTransformer": "eos",
+    "MetaClip2TextModel": "eos",
+    "MetaClip2TextModelWithProjection": "eos",
+    "Aimv2TextModel": "eos",
+    "OwlViTTextModel": "argmax",
+    "OwlViTTextTransformer": "argmax",
+    "Owlv2TextModel": "argmax",
+    "Owlv2TextTransformer": "argmax",
+    "XCLIPTextModel": "argmax",
+}
+
+#: where models whybox refuses pool instead, for their message
+_POOLS_ELSEWHERE = {
+    "SiglipTextModel": "the last position ([:, -1]), a pad once a text shares its batch with a longer one",
+    "Siglip2TextModel": "the last position ([:, -1]), a pad once a text shares its batch with a longer one",
+}
 
 
 def takes_inputs_embeds(model: nn.Module) -> bool:
@@ -37,6 +82,56 @@ def takes_inputs_embeds(model: nn.Module) -> bool:
     except (TypeError, ValueError):
         return True
     return "inputs_embeds" in params or "input_ids" not in params or embedding_module(model) is None
+
+
+def end_of_text_pooling(model: nn.Module) -> str | None:
+    """How ``model`` finds the end-of-text token it pools (``"eos"`` or ``"argmax"``, :data:`END_OF_TEXT_POOLED`), for
+    a transformers class of that list or a subclass of one; ``None`` for any other model."""
+    for cls in type(model).__mro__:
+        if cls.__module__.startswith("transformers.") and cls.__name__ in END_OF_TEXT_POOLED:
+            return END_OF_TEXT_POOLED[cls.__name__]
+    return None
+
+
+def _eos_id(model: nn.Module) -> object:
+    eos = getattr(getattr(model, "config", None), "eos_token_id", None)
+    if isinstance(eos, (list, tuple)):
+        eos = eos[0] if eos else None
+    return eos
+
+
+def check_word_vectors(model: nn.Module) -> None:
+    """Refuse to give word vectors to a model whose forward takes no ``inputs_embeds`` unless it pools the
+    end-of-text token as CLIP does (:data:`END_OF_TEXT_POOLED`), the one place :func:`stand_in_ids` can mark; a model
+    that takes ``inputs_embeds`` passes.
+
+    Raises
+    ------
+    InvalidParameterError
+        ``model`` takes no ``inputs_embeds`` and is not on that list, or is on it as one pooling at
+        ``config.eos_token_id`` but has no int there.
+    """
+    if takes_inputs_embeds(model):
+        return
+    name = type(model).__name__
+    rule = end_of_text_pooling(model)
+    if rule is None:
+        where = _POOLS_ELSEWHERE.get(name, "in a way whybox has not checked")
+        known = ", ".join(sorted(END_OF_TEXT_POOLED))
+        raise InvalidParameterError(
+            f"model: {name}.forward takes input_ids and no inputs_embeds, so whybox can give it word vectors only "
+            "through its embedding module with stand-in ids, which mark the end-of-text token of each text; that is "
+            f"exact only for a model that pools there, as CLIP's text towers do ({known}). {name} pools {where}, so "
+            "its sentence embeddings, scores and explanations would depend on which other texts share the batch. "
+            f"Explaining {name} is not supported yet; use a model whose forward takes inputs_embeds, or one of those "
+            "text towers."
+        )
+    eos = _eos_id(model)
+    if rule == "eos" and (isinstance(eos, bool) or not isinstance(eos, int)):
+        raise InvalidParameterError(
+            f"model: {name} pools the final state at its end-of-text token, config.eos_token_id, which is {eos!r}; "
+            "set model.config.eos_token_id (and the model's eos_token_id) to the tokenizer's end-of-text id."
+        )
 
 
 def embedding_module(model: nn.Module) -> nn.Module | None:
@@ -74,17 +169,21 @@ def embedding_output(model: nn.Module, replace: Callable[[torch.Tensor], torch.T
 
 
 def stand_in_ids(model: nn.Module, attention_mask: torch.Tensor) -> torch.Tensor:
-    """``(B, T)`` ids for a model given its word vectors through :func:`embedding_output`: the end-of-text id
-    (``config.eos_token_id``) at each row's last attended token, where CLIP pools, and ``0`` elsewhere (``1`` when
-    the end-of-text id is 0). So CLIP's pooling (the first end-of-text id; the largest id for ``eos_token_id=2``)
-    reads the same position as for the row's own ids. Without an int ``eos_token_id``: zeros."""
+    """``(B, T)`` ids for a model given its word vectors through :func:`embedding_output`: an end-of-text mark at each
+    row's last attended token, where the models of :data:`END_OF_TEXT_POOLED` pool, and ``0`` elsewhere. The mark is
+    ``config.eos_token_id`` (the fill is ``1`` when that is 0), so CLIP's pooling (the first end-of-text id; the
+    largest id for ``eos_token_id=2``) reads the same position as for the row's own ids; for a model that pools the
+    largest id (``"argmax"``) it is that id where it is positive, else ``1``. Without an int ``eos_token_id``
+    (refused by :func:`check_word_vectors` where the model reads it): zeros, or the mark ``1`` for ``"argmax"``."""
     mask = attention_mask > 0.5 if attention_mask.is_floating_point() else attention_mask != 0
-    eos = getattr(getattr(model, "config", None), "eos_token_id", None)
-    if isinstance(eos, (list, tuple)):
-        eos = eos[0] if eos else None
+    eos = _eos_id(model)
+    if isinstance(eos, bool) or not isinstance(eos, int):
+        eos = None
+    if end_of_text_pooling(model) == "argmax" and (eos is None or eos <= 0):
+        eos = 1  # the largest id of the row: any positive id above the fill 0
     fill = 1 if eos == 0 else 0
     ids = torch.full(mask.shape, fill, dtype=torch.long, device=mask.device)
-    if isinstance(eos, int) and not isinstance(eos, bool):
+    if eos is not None:
         t = mask.shape[-1]
         positions = torch.arange(t, device=mask.device).expand_as(mask)
         last = torch.where(mask, positions, -1).amax(-1).clamp_min(0)  # a row of no attended token: position 0

@@ -6,7 +6,8 @@ it and calls the model with ``inputs_embeds`` and ``attention_mask``; position a
 added by the model as usual. A model whose forward takes ``input_ids`` and no ``inputs_embeds`` (CLIP's text towers)
 gets the word vectors as its embedding module's output instead (a forward hook for the call), with stand-in
 ``input_ids`` that mark each row's last attended token as its end-of-text token, where CLIP pools
-(:mod:`whybox.models._embeds`). So every whybox method works on text unchanged:
+(:mod:`whybox.models._embeds`); other models without ``inputs_embeds``, which pool elsewhere (SigLIP's text towers
+read the last position, a pad in a padded row), are refused. So every whybox method works on text unchanged:
 
 - gradient methods differentiate at the word-embedding output (TRANSFORMERS.md §4; captum's
   ``LayerIntegratedGradients`` on ``get_input_embeddings()`` is the same quantity), and a baseline
@@ -40,7 +41,7 @@ from torch import nn
 
 from whybox.errors import InvalidInputError, InvalidParameterError, ModelOutputError, check_bool, did_you_mean
 from whybox.explanation import Explanation
-from whybox.models._embeds import embedding_output, stand_in_ids, takes_inputs_embeds
+from whybox.models._embeds import check_word_vectors, embedding_output, stand_in_ids, takes_inputs_embeds
 from whybox.models.adapter import (
     EmbeddingAdapter,
     TorchAdapter,
@@ -514,7 +515,9 @@ class _TextMixin:
         if takes_inputs_embeds(self.model):
             return self.model(inputs_embeds=e, attention_mask=m)
         # CLIP's text towers take no inputs_embeds: the word vectors come out of their embedding module instead, and
-        # stand-in ids mark each row's last attended token as its end-of-text token, where CLIP pools
+        # stand-in ids mark each row's last attended token as its end-of-text token, where CLIP pools (a model that
+        # pools elsewhere, SigLIP's text tower, is refused: its embedding would depend on the batch's padding)
+        check_word_vectors(self.model)
         with embedding_output(self.model, lambda out: e.to(out.dtype)):
             return self.model(input_ids=stand_in_ids(self.model, m), attention_mask=m)
 
@@ -675,6 +678,14 @@ def adapt_text(
         module), ``"mean"`` otherwise.
     max_length
         Truncation length of :meth:`encode`.
+
+    Raises
+    ------
+    InvalidParameterError
+        Among others: ``model``'s forward takes no ``inputs_embeds`` and it does not pool the end-of-text token as
+        CLIP does (:data:`whybox.models._embeds.END_OF_TEXT_POOLED`: the text towers of CLIP, CLIPSeg, GroupViT,
+        OwlViT, OWLv2, X-CLIP, MetaCLIP 2 and AIMv2). SigLIP's text towers, which pool the last position (a pad in a
+        padded row), are not supported yet.
     """
     if not isinstance(model, nn.Module):
         raise InvalidParameterError(
@@ -682,6 +693,7 @@ def adapt_text(
         )
     if not callable(tokenizer):
         raise InvalidParameterError(f"tokenizer must be a Hugging Face tokenizer; got {type(tokenizer).__name__}.")
+    check_word_vectors(model)  # a model without inputs_embeds: only one pooling where stand-in ids mark the text's end
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
         raise InvalidParameterError(
             f"max_length must be a positive int, the number of tokens a text is cut to; got {max_length!r}."

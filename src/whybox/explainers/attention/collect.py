@@ -18,7 +18,13 @@ import torch
 from torch import nn
 
 from whybox.errors import InvalidInputError, ModelOutputError, NotDifferentiableError
-from whybox.models._embeds import embedding_module, embedding_output, stand_in_ids, takes_inputs_embeds
+from whybox.models._embeds import (
+    check_word_vectors,
+    embedding_module,
+    embedding_output,
+    stand_in_ids,
+    takes_inputs_embeds,
+)
 from whybox.models._guard import preserved
 from whybox.models.targets import TargetLike, apply_score_space, resolve_target
 
@@ -103,7 +109,8 @@ def _by_ids(model: nn.Module, inputs: dict[str, Any], with_grads: bool, stack: E
     ``**kwargs`` would swallow ``inputs_embeds``): ``input_ids`` are kept, and with ``with_grads`` its word-embedding
     module's output becomes a detached leaf that requires grad (a forward hook inside ``stack``); ``inputs_embeds``
     become that output, with :func:`~whybox.models._embeds.stand_in_ids` from ``attention_mask`` (all attended when
-    absent) marking each row's end-of-text token where the model pools."""
+    absent) marking each row's end-of-text token where the model pools: for a model of
+    :data:`~whybox.models._embeds.END_OF_TEXT_POOLED` only, others are refused (their own ids are read as given)."""
     out = dict(inputs)
     given = out.pop("inputs_embeds", None)
     if given is None:
@@ -112,6 +119,7 @@ def _by_ids(model: nn.Module, inputs: dict[str, Any], with_grads: bool, stack: E
         return out
     if out.get("input_ids") is not None:
         raise InvalidInputError("pass input_ids or inputs_embeds, not both.")
+    check_word_vectors(model)  # stand-in ids are read right only by a model that pools its end-of-text token
     if not isinstance(given, torch.Tensor) or given.ndim != 3:
         got = tuple(given.shape) if isinstance(given, torch.Tensor) else type(given).__name__
         raise InvalidInputError(f"inputs_embeds must be a (B, T, D) tensor; got {got}.")
@@ -175,7 +183,8 @@ def collect_attentions(
     takes ``input_ids`` and no ``inputs_embeds`` (CLIP's text towers) keeps its ``input_ids``, and its
     word-embedding module's output is made to require grad instead by a forward hook that lives for the call;
     ``inputs_embeds`` given to such a model reach it as that module's output, with stand-in ``input_ids`` that mark
-    each row's last attended token (``attention_mask``) as its end-of-text token, where CLIP pools. Then
+    each row's last attended token (``attention_mask``) as its end-of-text token, where CLIP pools (a model that
+    pools elsewhere, SigLIP's text tower, is refused ``inputs_embeds``: the stand-in ids would not say where). Then
     ``∇A^(l) = autograd.grad(logits[b, target_b].sum(), A^(l))``. Rows are independent (eval mode, no
     cross-row logits), so the summed score gives per-row gradients. The model leaves exactly as it came:
     train/eval flags, ``requires_grad`` and ``.grad`` of every parameter, hooks, global RNG and the
@@ -220,6 +229,9 @@ def collect_attentions(
         The output has no ``(B, K)`` logits or no attentions.
     NotDifferentiableError
         No input could be made to require grad, so the attentions carry no graph.
+    InvalidParameterError
+        ``inputs_embeds`` for a model whose forward takes none and that does not pool its end-of-text token as CLIP
+        does (SigLIP's text towers): :func:`~whybox.models._embeds.check_word_vectors`.
 
     Shapes
     ------
