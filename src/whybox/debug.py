@@ -187,15 +187,16 @@ def find_mistakes(
         only the insertion steps.
         Rows with text or categorical columns (a scikit-learn estimator fitted on such a DataFrame, also the rows
         the command line codes from a CSV) need a reference row here: a fill by name or number is refused, as
-        :func:`~whybox.explain` refuses it, since it would set such a column to an arbitrary category.
+        :func:`~whybox.explain` refuses it, since it would set such a column to an arbitrary category; so is a reference row holding a category the model's encoder was not fitted on.
     batch_size
         Rows per model call (``None``: 64 for a torch model, 4,096 for a scikit-learn estimator).
 
     Raises
     ------
     InvalidParameterError
-        A fill by name or number on rows with text or categorical columns; a fill that neither broadcasts to one
-        input nor holds one row per input (said of the inputs given, not of the mistakes' rows).
+        A fill by name or number on rows with text or categorical columns, or a reference row holding a category
+        the model's encoder refuses (``handle_unknown="error"``); a fill that neither broadcasts to one input nor
+        holds one row per input (said of the inputs given, not of the mistakes' rows).
     """
     adapter = model if isinstance(model, ModelAdapter) else adapt(model)
     if adapter.outputs_values:

@@ -450,7 +450,38 @@ class SklearnAdapter(ModelAdapter):
                     f"model: this {type(self.model).__name__} is not fitted ({exc}); call .fit(X, y) on it (or load a "
                     "fitted one) before explaining it."
                 ) from exc
+            if isinstance(exc, ValueError) and "unknown categor" in str(exc).lower() and self.categories:
+                self._refuse_unknown(exc)
             raise
+
+    def _refuse_unknown(self, exc: Exception) -> None:
+        """The estimator refused a category it was not fitted on (scikit-learn's "Found unknown categories ..."),
+        where whybox could not read its encoder's categories beforehand (:func:`~whybox.models.categorical.
+        model_categories`: an encoder behind a step that may change the values): the values of the coded columns
+        that the estimator's message names, by the table that brought them in (the inputs, a fill row, background
+        rows), as whybox's error for that table. Nothing raised where the message names none of them."""
+        text = str(exc)
+        named = text.split(" in column")[0]  # "Found unknown categories ['berlin'] in column 0 during transform"
+        found: dict[str, dict[str, list[Any]]] = {}  # table -> column -> values named in the message
+        for c, col in self.categories.items():
+            for v in col.values:
+                if repr(v) in named:
+                    found.setdefault(getattr(col, "origin", {}).get(v, "inputs"), {}).setdefault(c, []).append(v)
+        if not found:
+            return
+        options = {what: cols for what, cols in found.items() if what != "inputs"}
+        tables = options or found
+        parts = [
+            f"{what}: column {c!r} holds {', '.join(map(repr, values[:5]))}"
+            for what, cols in tables.items()
+            for c, values in cols.items()
+        ]
+        names = " and ".join(sorted(tables))
+        error = InvalidParameterError if options else InvalidInputError
+        raise error(
+            f"the model refused a category it was not fitted on ({text}): {'; '.join(parts[:5])}. Give {names} "
+            "categories the model was fitted on."
+        ) from exc
 
     def _scores(self, x: torch.Tensor) -> torch.Tensor:
         import numpy as np

@@ -28,6 +28,7 @@ __all__ = [
     "categorical_columns",
     "decode_rows",
     "encode_frame",
+    "model_categories",
     "register_vocabularies",
     "vocabularies",
 ]
@@ -36,18 +37,21 @@ _NUMERIC = "biuf"
 
 
 class _Column:
-    """One column's vocabulary: its values in code order, and its pandas ``category`` dtype if it had one."""
+    """One column's vocabulary: its values in code order, its pandas ``category`` dtype if it had one, and the table
+    that brought each value in (``"inputs"``, ``"fill"``, ...)."""
 
     def __init__(self, dtype: Any = None) -> None:
         self.values: list[Any] = []
         self.index: dict[Any, int] = {}
         self.dtype = dtype  # a CategoricalDtype: decoded cells get it back
+        self.origin: dict[Any, str] = {}
 
-    def extend(self, values: list[Any]) -> None:
+    def extend(self, values: list[Any], what: str = "inputs") -> None:
         new = {v for v in values if v not in self.index}
         for v in sorted(new, key=lambda v: (type(v).__name__, str(v))):  # the same codes whatever the row order
             self.index[v] = len(self.values)
             self.values.append(v)
+            self.origin[v] = what
 
 
 def categorical_columns(frame: Any) -> list[str]:
@@ -66,7 +70,8 @@ def encode_frame(frame: Any, coder: Any, what: str) -> torch.Tensor:
     """``frame`` (rows of the estimator's columns, or one row as a Series) as a float64 tensor, its non-numeric
     columns coded by ``coder``'s vocabularies (grown by the values seen here). ``(B, F)`` for a frame, ``(F,)``
     for a Series. A column that holds text here and numbers in another table of the call (or the reverse) is an
-    error."""
+    error, and so is a category the estimator's encoder refuses (:func:`model_categories`): ``InvalidInputError``
+    for the inputs, ``InvalidParameterError`` for an option (a fill row, background rows)."""
     series = not hasattr(frame, "columns")
     if series:  # a reference row: one value per column
         frame = frame.to_frame().T.infer_objects()
@@ -85,6 +90,7 @@ def encode_frame(frame: Any, coder: Any, what: str) -> torch.Tensor:
 
         check_feature_names(names, fitted, what)
     columns: dict[str, _Column] = coder.categories
+    known = _known_categories(getattr(coder, "model", None), fitted) if bad else {}
     out = np.empty((len(frame), len(names)), dtype=np.float64)
     for j, c in enumerate(names):
         cells = frame.iloc[:, j]
@@ -92,6 +98,7 @@ def encode_frame(frame: Any, coder: Any, what: str) -> torch.Tensor:
             if c in columns and all(v in columns[c].index for v in cells.tolist()):
                 # values of a coded column that read as numbers here (a reference row of a category column of
                 # ints, which a Series row loses the dtype of): coded like the column's other values
+                _check_known(cells.tolist(), c, known, coder, what)
                 out[:, j] = [columns[c].index[v] for v in cells.tolist()]
                 bad.append(c)
                 continue
@@ -116,16 +123,135 @@ def encode_frame(frame: Any, coder: Any, what: str) -> torch.Tensor:
                 f"{what}: column {c!r} has missing values in rows {missing[:10]}; fill them in (e.g. with a "
                 "'missing' category) before explaining."
             )
+        _check_known(values, c, known, coder, what)
         dtype = cells.dtype if getattr(cells.dtype, "name", "") == "category" else None
         col = columns.setdefault(c, _Column())
         if dtype is not None and col.dtype is None:  # decoded cells get the dtype back
             col.dtype = dtype
-            col.extend(list(dtype.categories))  # every category (codes already given keep their values)
-        col.extend(values)
+            col.extend(list(dtype.categories), what)  # every category (codes already given keep their values)
+        col.extend(values, what)
         out[:, j] = [col.index[v] for v in values]
     coder.numeric_seen.update(c for c in names if c not in bad)
     t = torch.from_numpy(out)
     return t[0] if series else t
+
+
+def model_categories(estimator: Any, columns: list[str] | None) -> dict[str, list[Any]]:
+    """The categories a fitted scikit-learn estimator knows of its input ``columns`` (its ``feature_names_in_``):
+    for each column an encoder reads as it came in, the values of that encoder's ``categories_``, where the encoder
+    refuses any other (``handle_unknown="error"``, the default of ``OneHotEncoder`` and ``OrdinalEncoder``); a
+    column read by several such encoders, the values all of them know. Read through a ``Pipeline`` (its first
+    step, and the steps after a ``SimpleImputer``, which leaves the values whybox gives as they are), a
+    ``ColumnTransformer`` (the columns each transformer picks) and a ``FeatureUnion``; an encoder behind any other
+    step (one that may change the values: a ``FunctionTransformer``) is not read, nor is a column an encoder takes
+    any value of (``handle_unknown="ignore"``)."""
+    return {c: values for c, (values, _) in _known_categories(estimator, columns).items()}
+
+
+def _known_categories(estimator: Any, columns: list[str] | None) -> dict[str, tuple[list[Any], str]]:
+    """:func:`model_categories`, each column's values with the name of the encoder that reads it."""
+    out: dict[str, tuple[list[Any], str]] = {}
+    if estimator is not None and columns:
+        _read_encoders(estimator, list(columns), out)
+    return out
+
+
+def _read_encoders(step: Any, columns: list[str], out: dict[str, tuple[list[Any], str]]) -> None:
+    cats = getattr(step, "categories_", None)
+    if isinstance(cats, list) and hasattr(step, "handle_unknown"):  # an encoder: OneHotEncoder, OrdinalEncoder
+        if step.handle_unknown == "error" and len(cats) == len(columns) == getattr(step, "n_features_in_", -1):
+            for c, values in zip(columns, cats, strict=True):
+                seen = [v for v in np.asarray(values, dtype=object).tolist() if _present(v)]
+                out[c] = (
+                    (seen, type(step).__name__) if c not in out else ([v for v in out[c][0] if v in seen], out[c][1])
+                )
+        return
+    steps = getattr(step, "steps", None)
+    if isinstance(steps, list):  # a Pipeline: its first step reads the columns as they came in
+        for _, inner in steps:
+            if inner is None or (isinstance(inner, str) and inner == "passthrough"):
+                continue
+            _read_encoders(inner, columns, out)
+            if type(inner).__name__ != "SimpleImputer" or getattr(inner, "n_features_in_", -1) != len(columns):
+                return  # the next step reads what this one made of the columns
+        return
+    transformers = getattr(step, "transformers_", None)
+    if isinstance(transformers, list):  # a fitted ColumnTransformer: each transformer reads the columns it picks
+        for entry in transformers:
+            if len(entry) < 3 or isinstance(entry[1], str):  # "drop", "passthrough"
+                continue
+            picked = _picked_columns(entry[2], columns)
+            if picked is not None:
+                _read_encoders(entry[1], picked, out)
+        return
+    union = getattr(step, "transformer_list", None)
+    if isinstance(union, list):  # a FeatureUnion: every part reads every column
+        for entry in union:
+            if len(entry) >= 2 and not isinstance(entry[1], str):
+                _read_encoders(entry[1], columns, out)
+
+
+def _present(value: Any) -> bool:
+    """Whether an encoder's category is a value (not None, NaN or pandas' NA: missing values, which whybox refuses
+    in the tables it codes)."""
+    try:
+        return value is not None and bool(value == value)
+    except (TypeError, ValueError):
+        return False
+
+
+def _picked_columns(selection: Any, columns: list[str]) -> list[str] | None:
+    """The names of the columns a ColumnTransformer's ``selection`` (names, positions, a slice, a bool mask) picks
+    of ``columns``, or ``None`` where it does not say."""
+    if isinstance(selection, str):
+        selection = [selection]
+    if isinstance(selection, slice):
+        return None if any(isinstance(b, str) for b in (selection.start, selection.stop)) else columns[selection]
+    try:
+        picked = np.asarray(selection).tolist()
+    except (TypeError, ValueError):
+        return None
+    if not isinstance(picked, list):
+        return None
+    if picked and all(isinstance(p, bool) for p in picked):
+        return [c for c, keep in zip(columns, picked, strict=False) if keep] if len(picked) == len(columns) else None
+    if all(isinstance(p, str) for p in picked):
+        return [str(p) for p in picked] if all(p in columns for p in picked) else None
+    if all(isinstance(p, int) and -len(columns) <= p < len(columns) for p in picked):
+        return [columns[p] for p in picked]
+    return None
+
+
+def _check_known(
+    values: list[Any], column: str, known: dict[str, tuple[list[Any], str]], coder: Any, what: str
+) -> None:
+    """Refuse a value of a coded ``column`` that the estimator's encoder does not know (:func:`model_categories`):
+    the estimator would refuse every row holding it. ``InvalidInputError`` for the inputs, ``InvalidParameterError``
+    for an option (a fill row, background rows)."""
+    if column not in known:
+        return
+    ok, encoder = known[column]
+    try:
+        lookup: Any = set(ok)
+        unknown = list(dict.fromkeys(v for v in values if v not in lookup))
+    except TypeError:  # unhashable values: compared one by one
+        unknown = [v for i, v in enumerate(values) if v not in ok and v not in values[:i]]
+    if not unknown:
+        return
+    model = type(getattr(coder, "model", None)).__name__
+    listed = ", ".join(map(repr, ok[:10])) + (f" and {len(ok) - 10} more" if len(ok) > 10 else "")
+    error = InvalidInputError if what == "inputs" else InvalidParameterError
+    if what == "inputs":
+        fix = "explain rows of the categories the model was fitted on, or refit it with handle_unknown='ignore'"
+    elif what == "background":
+        fix = "give background rows of the categories the model was fitted on (e.g. X_train[:50])"
+    else:
+        fix = f"give {what} a category the model knows (e.g. X_train.mode().iloc[0] as the reference row)"
+    raise error(
+        f"{what}: column {column!r} holds {', '.join(map(repr, unknown[:5]))}, a category the model was not fitted "
+        f"on: its {encoder} (in the {model}) knows only {listed} there and refuses any other (handle_unknown='error'); "
+        f"{fix}."
+    )
 
 
 def register_vocabularies(coder: Any, saved: dict[str, list[Any]]) -> None:
@@ -144,6 +270,7 @@ def register_vocabularies(coder: Any, saved: dict[str, list[Any]]) -> None:
             for v in list(values)[n:]:
                 col.index[v] = len(col.values)
                 col.values.append(v)
+                col.origin[v] = "the explanation"
         else:
             raise InvalidParameterError(
                 f"the explanation coded column {c!r} as {list(values)[:5]}, but this model adapter codes it as "

@@ -220,8 +220,9 @@ def tensor_option(value: Any, name: str, coder: Any = None) -> Any:
     """An array-valued option (``fill=``, ``baseline=``) given as a numpy array, a pandas Series / DataFrame or a
     list of numbers (a row, or rows: ``--option fill=[5.8,3.0,4.3,1.3]`` on the command line; a bool in it is 0 or
     1, as in a DataFrame's bool column), as a tensor: numeric data only (e.g. ``fill=X_train.mean(0)`` for tabular rows), and with ``coder`` (the adapter of a scikit-learn
-    estimator fitted on a DataFrame) text and categorical columns too, coded as its inputs are. Anything else is
-    returned unchanged."""
+    estimator fitted on a DataFrame) text and categorical columns too, coded as its inputs are (a category the
+    estimator's encoder refuses is an ``InvalidParameterError`` naming the ones it knows:
+    :func:`whybox.models.categorical.model_categories`). Anything else is returned unchanged."""
     if isinstance(value, np.ndarray):
         if value.dtype.kind not in _NUMERIC:
             raise InvalidParameterError(f"{name} as a numpy array must be numeric; got dtype {value.dtype}.")
