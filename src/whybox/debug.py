@@ -186,8 +186,9 @@ def find_mistakes(
         ``background=`` rows in ``params`` (the Shapley methods) the explanation reads those instead, and ``fill``
         only the insertion steps.
         Rows with text or categorical columns (a scikit-learn estimator fitted on such a DataFrame, also the rows
-        the command line codes from a CSV) need a reference row here: a fill by name or number is refused, as
-        :func:`~whybox.explain` refuses it, since it would set such a column to an arbitrary category; so is a reference row holding a category the model's encoder was not fitted on.
+        the command line codes from a CSV) need a reference row here: a fill by name or number (also a 0-d array or
+        tensor) is refused, as :func:`~whybox.explain` refuses it, since it would set such a column to an arbitrary
+        category; so is a reference row holding a category the model's encoder was not fitted on.
     batch_size
         Rows per model call (``None``: 64 for a torch model, 4,096 for a scikit-learn estimator).
 

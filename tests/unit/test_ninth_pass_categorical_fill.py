@@ -3,7 +3,8 @@
 out of explain, find_mistakes and ``whybox debug`` as it was. Now whybox reads the categories the encoders know
 (``model_categories``) and refuses such a value before any call of the model, naming the option, the column, the
 value and the known categories; where it cannot read them, the estimator's refusal is turned into whybox's error
-for the table that brought the value in."""
+for the table that brought the value in. And a fill of one number given as a 0-d tensor or array is refused on coded
+categorical rows as the number itself is."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("sklearn")
 pd = pytest.importorskip("pandas")
@@ -212,3 +214,33 @@ def test_debug_on_the_command_line_names_the_unknown_category_of_its_fill(tmp_pa
     assert "ValueError" not in text
     res = CliRunner().invoke(cli, [*base, "--option", 'fill=[40, "rome"]', "--out", str(tmp_path / "e")])
     assert res.exit_code == 0, res.output
+
+
+ZERO_D = [torch.tensor(0.0), torch.tensor(0), np.array(0.0), np.float32(0.0), np.int64(0)]
+
+
+@pytest.mark.parametrize("fill", ZERO_D, ids=["tensor-float", "tensor-int", "ndarray", "np.float32", "np.int64"])
+def test_a_fill_of_one_number_as_a_0d_tensor_or_array_is_refused_on_categorical_rows_as_the_number(fill: Any) -> None:
+    """A 0-d tensor or array broadcasts to every column as the number does: it set every hidden city to code 0 (an
+    arbitrary city, the first of the vocabulary) where the number is refused."""
+    x, y = _frame()
+    pipe = _fit(OneHotEncoder())
+    arbitrary = (
+        r"inputs have text or categorical columns \('city'\), which (a fill of|fill=).* would set to an arbitrary"
+    )
+    with pytest.raises(InvalidParameterError, match=arbitrary):
+        whybox.explain(pipe, x[:3], "feature_ablation", target=1, fill=fill)
+    with pytest.raises(InvalidParameterError, match=arbitrary):
+        whybox.find_mistakes(pipe, x, y, method="feature_ablation", fill=fill)
+    e = whybox.explain(pipe, x[:3], "feature_ablation", target=1, fill=[0, 0, "rome"])
+    with pytest.raises(InvalidParameterError, match="would set to an arbitrary value"):
+        whybox.evaluate(pipe, x[:3], e, "deletion", fill=fill)
+
+
+@pytest.mark.parametrize("fill", ZERO_D, ids=["tensor-float", "tensor-int", "ndarray", "np.float32", "np.int64"])
+def test_a_0d_fill_on_numeric_rows_is_still_the_number(fill: Any) -> None:
+    x, y = _frame()
+    numeric = LogisticRegression().fit(x[["a", "b"]], y)
+    got = whybox.explain(numeric, x[["a", "b"]][:4], "feature_ablation", target=1, fill=fill)
+    want = whybox.explain(numeric, x[["a", "b"]][:4], "feature_ablation", target=1, fill=0.0)
+    torch.testing.assert_close(got.attributions, want.attributions, rtol=0, atol=0)

@@ -71,8 +71,16 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 def one_value_per_column(fill: object) -> bool:
     """Whether ``fill`` sets every column alike, by name (``"zero"``, ``"mean"``) or as one number: on a model with
-    coded categorical columns it would set each to an arbitrary code (``0``: its first category)."""
-    return isinstance(fill, str) or (isinstance(fill, (int, float)) and not isinstance(fill, bool))
+    coded categorical columns it would set each to an arbitrary code (``0``: its first category). A NumPy scalar, a
+    0-d NumPy array or a 0-d tensor holding a number is such a number (it broadcasts to every column alike)."""
+    import numpy as np
+
+    from whybox.models.inputs import python_number
+
+    if isinstance(fill, np.ndarray) and fill.ndim == 0:
+        fill = fill[()]  # its NumPy scalar
+    fill = python_number(fill)  # a real NumPy scalar or 0-d tensor as its Python number; a bool one stays a bool
+    return isinstance(fill, str) or (isinstance(fill, (int, float)) and not isinstance(fill, (bool, np.bool_)))
 
 
 def make_fill(

@@ -226,7 +226,7 @@ def tensor_option(value: Any, name: str, coder: Any = None) -> Any:
     if isinstance(value, np.ndarray):
         if value.dtype.kind not in _NUMERIC:
             raise InvalidParameterError(f"{name} as a numpy array must be numeric; got dtype {value.dtype}.")
-        return torch.tensor(np.ascontiguousarray(value))
+        return torch.tensor(np.ascontiguousarray(value)).reshape(value.shape)  # a 0-d array stays 0-d (one number)
     if isinstance(value, (list, tuple)) and value and _numbers(value):  # e.g. a reference row from a config file
         try:
             return torch.tensor(value, dtype=torch.float64)
