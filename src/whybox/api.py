@@ -15,6 +15,7 @@ from whybox.explanation import _ROW_OPTIONS, Explanation
 from whybox.metrics.base import MetricResult
 from whybox.models.adapter import coder_of
 from whybox.models.inputs import (
+    as_tensor_inputs,
     coded_later,
     is_text_adapter,
     is_texts,
@@ -342,7 +343,8 @@ def evaluate(
         ``"zero"``) or a re-run's ``fill``/``baseline`` given as a name or a number replaces only the word vectors
         of the tokens each step attributes: the attention-mask and read-position channels, the specials and each
         step's future tokens are kept (:meth:`~whybox.explainers.llm.generation.CausalLMAdapter.packed_fill`, as
-        ``batch.fill()`` of :func:`~whybox.explainers.llm.generation.attribute_generation`).
+        ``batch.fill()`` of :func:`~whybox.explainers.llm.generation.attribute_generation`), for the rows as a tensor
+        or a NumPy array alike.
 
     Returns
     -------
@@ -354,6 +356,9 @@ def evaluate(
     cls = METRICS.get(metric)
     if isinstance(inputs, (str, list, tuple)) or hasattr(explanation, "words"):  # texts, or an explain_text result
         inputs, explanation, params = _text_evaluation(model, inputs, explanation, metric, params, target)
+    if (is_text_adapter(model) or isinstance(model, CausalLMAdapter)) and isinstance(inputs, np.ndarray):
+        # packed rows as an array: the tensor the metric would read, so its fill below is made for them alike
+        inputs = as_tensor_inputs(inputs)[0]
     if is_text_adapter(model) and isinstance(inputs, torch.Tensor):
         if "fill" in _options(cls):
             params = {**params, "fill": _text_fill(model, inputs, params.get("fill"))}
