@@ -1,7 +1,9 @@
-"""Ninth pass on generation steps scored by the metrics: every input form.
+"""Ninth pass on generation steps scored by the metrics: every input form, every metric.
 
 Properties: ``whybox.evaluate`` on a ``CausalLMAdapter`` scores the step rows given as a NumPy array exactly as the
-same rows as a tensor, each step at its own read position (a text adapter's packed rows alike)."""
+same rows as a tensor, each step at its own read position (a text adapter's packed rows alike); ``infidelity``, whose
+noise covers every element, is refused there with a message naming the metrics to use; ``max_sensitivity`` never
+runs the model on a row whose control channels, specials or future tokens differ from the step's."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ tokenizers = pytest.importorskip("tokenizers", reason="the text extra (tokenizer
 from test_generation import tiny_gpt2, toy_tokenizer  # noqa: E402
 
 import whybox  # noqa: E402
+from whybox.errors import InvalidParameterError  # noqa: E402
 from whybox.explainers.llm.generation import CausalLMAdapter, GenerationBatch, attribute_generation  # noqa: E402
 
 PROMPT = "the cat sat on"
@@ -89,3 +92,35 @@ def test_text_adapter_rows_as_a_numpy_array_score_as_the_tensor(make_text_classi
     tensor = whybox.evaluate(clf, enc.inputs, expl, "deletion")
     array = whybox.evaluate(clf, enc.inputs.numpy(), expl, "deletion")
     assert torch.equal(torch.as_tensor(array.scores), torch.as_tensor(tensor.scores))
+
+
+# ---------------------------------------------------------------------------------------------- 2. noise metrics
+def test_infidelity_on_step_rows_is_refused_naming_the_metrics_to_use(lm: tuple) -> None:
+    model, tok = lm
+    ad, batch, prompt, cont = _steps(lm)
+    out = attribute_generation(model, tok, prompt, continuation=cont, method="integrated_gradients", n_steps=8)
+    with pytest.raises(InvalidParameterError) as err:
+        whybox.evaluate(ad, batch.inputs, out.explanation, "infidelity", n_samples=4)
+    assert str(err.value) == (
+        "infidelity perturbs every element of its inputs, and the step rows of CausalLMAdapter hold more than the "
+        "attributed tokens' word vectors: the attention-mask and read-position channels (their last two), the "
+        "special tokens and each step's future tokens, which noise would change (a step would be scored at other "
+        "positions). Score generation steps with deletion, insertion, comprehensiveness, sufficiency or mufidelity "
+        "(they replace the attributed tokens' word vectors and keep the rest), or max_sensitivity (its noise lands "
+        "on those word vectors only)."
+    )
+
+
+def test_packed_noise_mask_of_step_rows_is_the_batch_noise_mask(lm: tuple) -> None:
+    ad, batch, _, _ = _steps(lm)
+    assert torch.equal(ad.packed_noise_mask(batch.inputs), batch.noise_mask())
+
+
+def test_max_sensitivity_noise_lands_on_the_attributed_word_vectors_only(lm: tuple) -> None:
+    model, tok = lm
+    ad, batch, prompt, cont = _steps(lm)
+    out = attribute_generation(model, tok, prompt, continuation=cont, method="saliency")
+    seen = _spy_forward(ad)
+    r = whybox.evaluate(ad, batch.inputs, out.explanation, "max_sensitivity", n_samples=3, radius=0.5)
+    _assert_steps_kept(seen, batch)
+    assert bool(torch.isfinite(torch.as_tensor(r.scores)).any())

@@ -90,7 +90,9 @@ class Infidelity(Metric):
     Raises
     ------
     InvalidParameterError
-        An option of the other perturbation (``sigma=`` with ``perturbation="square"``, ...).
+        An option of the other perturbation (``sigma=`` with ``perturbation="square"``, ...); a text adapter's
+        packed inputs or a :class:`~whybox.explainers.llm.generation.CausalLMAdapter`'s step rows, whose control
+        channels (attention mask, read position), specials and future tokens the noise would rewrite.
 
     Curves: ``"attribution_dot"`` (``I^T a``) and ``"drop"`` (``f(x) - f(x - I)``), ``(B, n)``.
     """
@@ -156,6 +158,15 @@ class Infidelity(Metric):
                 "words: the attention mask in their last channel and the special tokens (a black-box text model's: "
                 "the text's index), which noise would change. For texts use comprehensiveness, sufficiency, "
                 "deletion or insertion (they replace words by [MASK], or remove them, and keep the rest)."
+            )
+        if getattr(ctx.adapter, "control_channels", 0):  # a causal LM's step rows: mask and read-position channels
+            raise InvalidParameterError(
+                f"infidelity perturbs every element of its inputs, and the step rows of {type(ctx.adapter).__name__} "
+                f"hold more than the attributed tokens' word vectors: the attention-mask and read-position channels "
+                "(their last two), the special tokens and each step's future tokens, which noise would change (a step "
+                "would be scored at other positions). Score generation steps with deletion, insertion, "
+                "comprehensiveness, sufficiency or mufidelity (they replace the attributed tokens' word vectors and "
+                "keep the rest), or max_sensitivity (its noise lands on those word vectors only)."
             )
         a = _broadcast_attr(ctx.attributions, x, signal=ctx.signal)
         b = x.shape[0]
@@ -237,8 +248,10 @@ class MaxSensitivity(Metric):
     An explanation pooled over channels (``(B, 1, H, W)`` for ``(B, C, H, W)`` images) is compared with the new
     maps pooled the same way (summed over channels). Without ``skip_label_change`` the model's clean scores are
     not needed, and their forward pass is not run when the target is known. On a text adapter's packed inputs the
-    drawn noise lands on the ordinary tokens' word vectors only (never the mask channel, specials or pads); a
-    black-box text model, which reads only which words are present, is refused.
+    drawn noise lands on the ordinary tokens' word vectors only (never the mask channel, specials or pads), and on a
+    causal LM's generation step rows on the word vectors of the tokens each step attributes (never the attention-mask
+    and read-position channels, the specials or the step's future tokens); a black-box text model, which reads only
+    which words are present, is refused.
 
     Curves: ``"sensitivity"`` ``(B, n_samples)`` per draw. ``meta["n_skipped"]`` ``(B,)``.
     """
@@ -329,6 +342,8 @@ class MaxSensitivity(Metric):
                     "words are present, so the noise never changes what it reads (every score would be 0). Use "
                     "stability (the method's seeds) to measure how far its explanations vary."
                 )
+            where = noise_mask(x)
+        elif given is None and callable(noise_mask):  # a causal LM's step rows: each step's attributed word vectors
             where = noise_mask(x)
         b, n = x.shape[0], self.n_samples
         pred = torch.empty(b, n, dtype=torch.int64)

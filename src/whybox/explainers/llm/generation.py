@@ -280,6 +280,14 @@ class CausalLMAdapter(TorchAdapter):
             x, kind, self._replacement_ids(), self.embeddings(), self.fixed_positions(x), n_control=2, what="fill"
         )
 
+    def packed_noise_mask(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, T, D + 2)`` bool: where noise may land on packed rows ``x``: the word vectors of the tokens each row
+        attributes (not :meth:`fixed_positions`), never the two control channels; for the rows of :meth:`steps`,
+        :meth:`GenerationBatch.noise_mask`. ``max_sensitivity``'s noise lands there."""
+        out = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
+        out[..., :-2] = ~self.fixed_positions(x).unsqueeze(-1)
+        return out
+
     @torch.no_grad()
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, *, mode: str = "eval") -> list[int]:
         """Greedy decoding (argmax at every step, no sampling), once: the ids after the prompt.
@@ -352,8 +360,10 @@ def step_metric_options(
 ) -> dict[str, Any]:
     """A metric's ``params`` on a causal LM's packed step rows ``x``: its ``fill`` (default included) as
     :func:`step_replacement` reads it, and a re-run method's ``fill`` or ``baseline`` name or number
-    (``explainer_params``) alike, so that no metric rewrites the control channels, the specials or a step's future.
-    ``options``: the metric's keyword options."""
+    (``explainer_params``) alike. With ``max_sensitivity``'s noise on the attributed word vectors only
+    (:meth:`CausalLMAdapter.packed_noise_mask`) and ``infidelity`` refused (its noise covers every element), no
+    metric's own perturbation rewrites the control channels, the specials or a step's future (given tensors or
+    ``deltas=`` are used as they are). ``options``: the metric's keyword options."""
     from whybox.models.inputs import python_number
 
     out = dict(params)
