@@ -225,14 +225,24 @@ def explain(
     **params
         The method's keyword options (see ``get_explainer(method)``). ``model``, ``inputs`` and ``method``
         are positional-only, so an option may share their names (Integrated Gradients' ``method=``
-        quadrature rule).
+        quadrature rule). On a :class:`~whybox.explainers.llm.generation.CausalLMAdapter`'s packed step rows the
+        options left out take :func:`~whybox.explainers.llm.generation.attribute_generation`'s defaults for the
+        method (:func:`~whybox.explainers.llm.generation.step_explain_options`: a baseline and fill that replace only
+        each step's attributed word vectors, keeping the attention-mask and read-position channels, the specials and
+        each step's future; token features), so the result equals ``attribute_generation(...).explanation``; a
+        ``fill`` or ``baseline`` given as a name or a number is read the same way.
 
     Returns
     -------
     Explanation
     """
+    from whybox.explainers.llm.generation import CausalLMAdapter, step_explain_options
+
     cls = EXPLAINERS.get(method)
     params = {k: _python_scalar(v) for k, v in params.items()}
+    if isinstance(model, CausalLMAdapter):  # step rows: attribute_generation's defaults, read on these rows
+        inputs = as_tensor_inputs(inputs)[0]
+        params = step_explain_options(model, inputs, method, params)
     try:
         explainer = cls(model, **params)
     except TypeError as exc:
@@ -344,7 +354,9 @@ def evaluate(
         of the tokens each step attributes: the attention-mask and read-position channels, the specials and each
         step's future tokens are kept (:meth:`~whybox.explainers.llm.generation.CausalLMAdapter.packed_fill`, as
         ``batch.fill()`` of :func:`~whybox.explainers.llm.generation.attribute_generation`), for the rows as a tensor
-        or a NumPy array alike.
+        or a NumPy array alike; a method name (the explanation, ``explainer=``) runs with
+        :func:`explain`'s defaults there (those of ``attribute_generation``). ``infidelity``, whose noise rewrites
+        every element, is refused there.
 
     Returns
     -------

@@ -1,9 +1,12 @@
-"""Ninth pass on generation steps scored by the metrics: every input form, every metric.
+"""Ninth pass on generation steps scored by the metrics: every input form, every metric, every way to name a method.
 
 Properties: ``whybox.evaluate`` on a ``CausalLMAdapter`` scores the step rows given as a NumPy array exactly as the
 same rows as a tensor, each step at its own read position (a text adapter's packed rows alike); ``infidelity``, whose
 noise covers every element, is refused there with a message naming the metrics to use; ``max_sensitivity`` never
-runs the model on a row whose control channels, specials or future tokens differ from the step's."""
+runs the model on a row whose control channels, specials or future tokens differ from the step's; a method named by
+its name (``whybox.explain``, ``evaluate`` with a method name, ``max_sensitivity``'s ``explainer=``) runs with
+:func:`attribute_generation`'s defaults for it, so its result equals that of ``attribute_generation`` (the oracle),
+and a fill or baseline given by name is the step batch's fill of that name."""
 
 from __future__ import annotations
 
@@ -94,6 +97,14 @@ def test_text_adapter_rows_as_a_numpy_array_score_as_the_tensor(make_text_classi
     assert torch.equal(torch.as_tensor(array.scores), torch.as_tensor(tensor.scores))
 
 
+def test_explain_on_step_rows_as_a_numpy_array_equals_attribute_generation(lm: tuple) -> None:
+    model, tok = lm
+    ad, batch, prompt, cont = _steps(lm)
+    oracle = attribute_generation(model, tok, prompt, continuation=cont, method="integrated_gradients", n_steps=8)
+    got = whybox.explain(ad, batch.inputs.numpy(), "integrated_gradients", target=batch.targets, n_steps=8)
+    assert torch.equal(got.attributions, oracle.explanation.attributions)
+
+
 # ---------------------------------------------------------------------------------------------- 2. noise metrics
 def test_infidelity_on_step_rows_is_refused_naming_the_metrics_to_use(lm: tuple) -> None:
     model, tok = lm
@@ -124,3 +135,63 @@ def test_max_sensitivity_noise_lands_on_the_attributed_word_vectors_only(lm: tup
     r = whybox.evaluate(ad, batch.inputs, out.explanation, "max_sensitivity", n_samples=3, radius=0.5)
     _assert_steps_kept(seen, batch)
     assert bool(torch.isfinite(torch.as_tensor(r.scores)).any())
+
+
+# ---------------------------------------------------------------------------------------------- 3. method names
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [
+        ("integrated_gradients", {"n_steps": 8}),
+        ("feature_ablation", {}),
+        ("occlusion", {}),
+        ("smoothgrad", {"n_samples": 4}),
+        ("kernel_shap", {"n_samples": 16}),
+    ],
+)
+def test_explain_on_a_causal_lm_adapter_equals_attribute_generation(lm: tuple, method: str, options: dict) -> None:
+    model, tok = lm
+    ad, batch, prompt, cont = _steps(lm)
+    oracle = attribute_generation(model, tok, prompt, continuation=cont, method=method, **options).explanation
+    seen = _spy_forward(ad)
+    got = whybox.explain(ad, batch.inputs, method, target=batch.targets, **options)
+    assert torch.equal(got.attributions, oracle.attributions)
+    _assert_steps_kept(seen, batch)
+
+
+def test_a_fill_or_baseline_name_given_to_explain_is_the_batch_fill(lm: tuple) -> None:
+    ad, batch, _, _ = _steps(lm)
+    named = whybox.explain(ad, batch.inputs, "occlusion", target=batch.targets, fill="unk")
+    given = whybox.explain(ad, batch.inputs, "occlusion", target=batch.targets, fill=batch.fill("unk"))
+    assert torch.equal(named.attributions, given.attributions)
+    ig = whybox.explain(ad, batch.inputs, "integrated_gradients", target=batch.targets, baseline=0.0, n_steps=4)
+    oracle = whybox.explain(
+        ad, batch.inputs, "integrated_gradients", target=batch.targets, baseline=batch.baseline("zero"), n_steps=4
+    )
+    assert torch.equal(ig.attributions, oracle.attributions)
+    with pytest.raises(InvalidParameterError, match=r"^baseline='blur' on a causal LM's step rows would also"):
+        whybox.explain(ad, batch.inputs, "integrated_gradients", target=batch.targets, baseline="blur")
+
+
+@pytest.mark.parametrize("metric", ["deletion", "comprehensiveness"])
+def test_evaluate_with_a_method_name_scores_attribute_generation_s_explanation(lm: tuple, metric: str) -> None:
+    model, tok = lm
+    ad, batch, prompt, cont = _steps(lm)
+    out = attribute_generation(model, tok, prompt, continuation=cont, method="integrated_gradients")
+    oracle = whybox.evaluate(ad, batch.inputs, out.explanation, metric)
+    seen = _spy_forward(ad)
+    got = whybox.evaluate(ad, batch.inputs, "integrated_gradients", metric, target=batch.targets)
+    assert torch.equal(torch.as_tensor(got.scores), torch.as_tensor(oracle.scores))
+    _assert_steps_kept(seen, batch)
+
+
+def test_max_sensitivity_rerun_by_name_equals_the_rerun_of_attribute_generation_s_options(lm: tuple) -> None:
+    model, tok = lm
+    ad, batch, prompt, cont = _steps(lm)
+    out = attribute_generation(model, tok, prompt, continuation=cont, method="integrated_gradients", n_steps=8)
+    oracle = whybox.evaluate(ad, batch.inputs, out.explanation, "max_sensitivity", n_samples=2)
+    seen = _spy_forward(ad)
+    got = whybox.evaluate(ad, batch.inputs, out.explanation.attributions, "max_sensitivity", n_samples=2,
+                          target=batch.targets, explainer="integrated_gradients",
+                          explainer_params={"n_steps": 8})  # fmt: skip
+    assert torch.equal(torch.as_tensor(got.scores), torch.as_tensor(oracle.scores))
+    _assert_steps_kept(seen, batch)

@@ -743,6 +743,10 @@ def make_explain_fn(
             p.update({k: v for k, v in cut.items() if v is not extra[k]})
         if seed is not None:
             p["seed"] = seed
+        from whybox.explainers.llm.generation import CausalLMAdapter, step_explain_options
+
+        if isinstance(adapter, CausalLMAdapter):  # step rows: attribute_generation's defaults, on these rows
+            p = step_explain_options(adapter, x, name, p)
         model = getattr(adapter, "model", None)
         if source is not None and isinstance(model, torch.nn.Module) and model is not source:
             p = _rebind_modules(p, source, model)

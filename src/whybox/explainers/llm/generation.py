@@ -76,6 +76,9 @@ class CausalLMAdapter(TorchAdapter):
     score
         The score space over the vocabulary: ``"log_prob"`` (log-softmax, default), ``"prob"`` or ``"logit"``.
         Explainers should read these scores as they are (their own ``score="logit"``, the identity).
+        :func:`whybox.explain` and the metrics' re-runs of a method on this adapter fill in the options left out
+        as :func:`attribute_generation` does (:func:`step_explain_options`); an explainer class built on it
+        directly (``IntegratedGradients(adapter)``) keeps its own defaults, which rewrite the control channels.
     contrast
         Contrastive scores: ``{read position: contrast token id}``. A row reading position q returns
         ``s − s[contrast[q]]`` over the vocabulary, so the target y gives s(y) − s(c). ``None``: plain scores.
@@ -355,15 +358,88 @@ class StepFill:
         return repr(self.value)
 
 
+@dataclass(frozen=True)
+class PackedSteps:
+    """Step rows ``inputs`` ``(B, T, D + 2)`` of a :class:`CausalLMAdapter` read from the rows alone (the fixed tokens
+    by :meth:`CausalLMAdapter.fixed_positions`), with the helpers of :class:`GenerationBatch` that
+    :func:`generation_defaults` reads; for the rows of :meth:`CausalLMAdapter.steps` they give what the batch gives."""
+
+    adapter: CausalLMAdapter
+    inputs: torch.Tensor
+
+    def fixed_mask(self) -> torch.Tensor:
+        """``(B, T)`` bool: the tokens a baseline or fill keeps (:meth:`CausalLMAdapter.fixed_positions`)."""
+        return self.adapter.fixed_positions(self.inputs)
+
+    def noise_mask(self) -> torch.Tensor:
+        """``(B, T, D + 2)`` bool: :meth:`CausalLMAdapter.packed_noise_mask`."""
+        return self.adapter.packed_noise_mask(self.inputs)
+
+    def baseline(self, kind: str = "zero") -> torch.Tensor:
+        """:meth:`GenerationBatch.baseline` of these rows."""
+        return self._replace(kind, "baseline")
+
+    def fill(self, kind: str = "zero") -> torch.Tensor:
+        """:meth:`GenerationBatch.fill` of these rows (:meth:`CausalLMAdapter.packed_fill`)."""
+        return self._replace(kind, "fill")
+
+    def _replace(self, kind: str, what: str) -> torch.Tensor:
+        a = self.adapter
+        return replace_tokens(
+            self.inputs, kind, a._replacement_ids(), a.embeddings(), self.fixed_mask(), n_control=2, what=what
+        )
+
+    def token_features(self) -> torch.Tensor:
+        """Feature ids ``(B, T, 1)``: one feature per token position (:meth:`GenerationBatch.token_features`)."""
+        b, t = self.inputs.shape[:2]
+        return torch.arange(t, device=self.inputs.device).view(1, t, 1).expand(b, t, 1).contiguous()
+
+
+def step_explain_options(
+    adapter: CausalLMAdapter, x: torch.Tensor, method: str, params: dict[str, Any]
+) -> dict[str, Any]:
+    """A method's options on a causal LM's packed step rows ``x``: ``params`` as given, and for every option left out
+    the default :func:`attribute_generation` gives that method (:func:`generation_defaults` with
+    ``baseline="zero"``: the Integrated Gradients baseline and the perturbation fill replace only each step's
+    attributed word vectors, token features, a one-token occlusion window, SmoothGrad's noise on the attributed word
+    vectors); a ``fill`` or ``baseline`` of ``None``, a name or a number as :func:`step_replacement` reads it. The
+    methods' own defaults (a zero baseline or fill of every element) would rewrite the attention-mask and
+    read-position channels (each step explained at other positions), the specials and each step's future. What
+    :func:`whybox.explain` and the metrics' re-runs of a method on a :class:`CausalLMAdapter` use.
+
+    Raises
+    ------
+    InvalidParameterError
+        A ``fill`` or ``baseline`` name other than ``"zero"``, ``"unk"``, ``"pad"``, ``"mask"``
+        (:func:`step_replacement`).
+    InvalidInputError
+        ``x`` is not packed rows ``(B, T, D + 2)`` with a read position in ``0..T-1``.
+    """
+    from whybox.models.inputs import python_number
+
+    out = dict(params)
+    for k, v in generation_defaults(method, PackedSteps(adapter, x)).items():
+        if k == "fill" and out.get("background") is not None:
+            continue  # the Shapley methods' background rows stand for the removed tokens: no fill beside them
+        if k not in out or (k in ("fill", "baseline") and out[k] is None):
+            out[k] = v
+    for k in ("fill", "baseline"):
+        v = python_number(out.get(k))
+        if isinstance(v, str) or (isinstance(v, (int, float)) and not isinstance(v, bool)):
+            out[k] = step_replacement(adapter, x, v, option=k)
+    return out
+
+
 def step_metric_options(
     adapter: CausalLMAdapter, x: torch.Tensor, options: list[str], params: dict[str, Any]
 ) -> dict[str, Any]:
     """A metric's ``params`` on a causal LM's packed step rows ``x``: its ``fill`` (default included) as
     :func:`step_replacement` reads it, and a re-run method's ``fill`` or ``baseline`` name or number
-    (``explainer_params``) alike. With ``max_sensitivity``'s noise on the attributed word vectors only
+    (``explainer_params``) alike. With the re-runs' other defaults (:func:`step_explain_options` on each re-run's
+    rows), ``max_sensitivity``'s noise on the attributed word vectors only
     (:meth:`CausalLMAdapter.packed_noise_mask`) and ``infidelity`` refused (its noise covers every element), no
-    metric's own perturbation rewrites the control channels, the specials or a step's future (given tensors or
-    ``deltas=`` are used as they are). ``options``: the metric's keyword options."""
+    metric rewrites the control channels, the specials or a step's future unless given tensors or ``deltas=`` that
+    do. ``options``: the metric's keyword options."""
     from whybox.models.inputs import python_number
 
     out = dict(params)
@@ -482,7 +558,7 @@ class GenerationBatch:
 
 
 def generation_defaults(
-    method: str, batch: GenerationBatch, *, baseline: str = "zero", noise_level: float = 0.15
+    method: str, batch: GenerationBatch | PackedSteps, *, baseline: str = "zero", noise_level: float = 0.15
 ) -> dict[str, Any]:
     """The options that make ``method`` act on generation steps: a baseline for Integrated Gradients, token features
     (LIMA: token regions valued by their gain) and a fill (both ``baseline``) for perturbation methods, a one-token
