@@ -116,8 +116,11 @@ class DebugReport:
             f"method {self.method!r}; .table() lists the mistakes, .mistakes holds them)"
         )
 
-    def table(self, class_names: list[str] | None = None) -> str:
-        """A plain-text table: one line per mistake (classes by ``class_names``, by default the model's own)."""
+    def table(self, class_names: list[str] | None = None, column_names: list[str] | None = None) -> str:
+        """A plain-text table: one line per mistake (classes by ``class_names``, by default the model's own).
+
+        ``column_names``: a table's columns (``(F,)`` region maps), to name the culprit of the largest drop by its
+        column(s) instead of its region id."""
         if class_names is None:
             class_names = self.class_names
 
@@ -132,6 +135,9 @@ class DebugReport:
             hc = "  ".join(f"{v:>8.3f}" for v in m.hc)
             if m.culprits:  # the culprit whose addition lowers the true class most: its region id (a text: its word)
                 first = m.culprit_words[0] if m.culprit_words else f"region {m.culprits[0]}"
+                ids = m.regions.reshape(-1).tolist()
+                if column_names is not None and m.regions.ndim == 1 and len(ids) == len(column_names):
+                    first = ", ".join(c for c, g in zip(column_names, ids, strict=True) if g == m.culprits[0])
                 worst = f"{m.drops[0]:+.3f} ({first})"
             else:
                 worst = "-"

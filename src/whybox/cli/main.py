@@ -1007,7 +1007,8 @@ def debug_cmd(**params: Any) -> None:
 
     records = []
     if report.mistakes:
-        click.echo(report.table(names))
+        columns = (ds.columns or [str(c) for c in range(ds.x.shape[1])]) if kind == "tabular" else None
+        click.echo(report.table(names, column_names=columns))
     for j, m in enumerate(report.mistakes):
         record: dict[str, Any] = {
             "index": m.index, "name": ds.names[m.index], "label": cls(m.label), "predicted": cls(m.predicted),

@@ -141,6 +141,18 @@ def _listing(names: Sequence[str]) -> str:
     return shown if len(names) <= _MAX_LISTED else f"{shown} and {len(names) - _MAX_LISTED} more"
 
 
+def _header_mismatch(missing: Sequence[str], extra: Sequence[str]) -> str:
+    """The refusal of a CSV whose header is not the estimator's columns; where the table only holds one column more,
+    it is likely the labels: the flag that says so."""
+    msg = (
+        f"the CSV header does not match the columns the model was fitted on: missing {_listing(missing)}, "
+        f"unexpected {_listing(extra)}; give a table with exactly the model's columns (feature_names_in_)"
+    )
+    if not missing and len(extra) == 1:
+        msg += f", or, if {extra[0]!r} holds the true labels, say so with --label-column {extra[0]} (label_column in a config file)"
+    return msg + "."
+
+
 def _rgb_prepare(image: np.ndarray) -> torch.Tensor:
     """One image to ``(3, H, W)`` float32 RGB in [0, 1]: grayscale replicated, RGBA composited on white, no resizing."""
     rgb = _to_rgb_float(image)
@@ -1237,10 +1249,7 @@ def _coded_table(
     fitted = list(coder.feature_names)
     missing, extra = column_mismatch(columns, fitted)
     if missing or extra:
-        raise InvalidInputError(
-            f"the CSV header does not match the columns the model was fitted on: missing {_listing(missing)}, "
-            f"unexpected {_listing(extra)}; give a table with exactly the model's columns (feature_names_in_)."
-        )
+        raise InvalidInputError(_header_mismatch(missing, extra))
     data: dict[str, Any] = {}
     for j, c in enumerate(columns):
         cells = [r[j].strip() for r in raw]
@@ -1478,10 +1487,7 @@ def _match_fitted_columns(ds: Dataset, model: LoadedModel) -> Dataset:
         return ds
     missing, extra = column_mismatch(ds.columns, fitted)
     if missing or extra:
-        raise InvalidInputError(
-            f"the CSV header does not match the columns the model was fitted on: missing {_listing(missing)}, "
-            f"unexpected {_listing(extra)}; give a table with exactly the model's columns (feature_names_in_)."
-        )
+        raise InvalidInputError(_header_mismatch(missing, extra))
     order = torch.tensor([ds.columns.index(c) for c in fitted])
     return dataclasses.replace(ds, x=ds.x[:, order].contiguous(), columns=fitted)
 
