@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 __all__ = [
+    "AmbiguousLayoutWarning",
     "BatchCouplingWarning",
     "DataFormatError",
     "DatasetNotFoundError",
@@ -90,6 +91,12 @@ class DatasetNotFoundError(WhyboxError, FileNotFoundError):
 
 class DataFormatError(WhyboxError, ValueError):
     """A data file exists but its content is not in the expected format (truncated, wrong magic, ...)."""
+
+
+class AmbiguousLayoutWarning(UserWarning):
+    """3-D inputs ``(B, N, N)`` of a model whose first ``nn.Conv1d`` reads ``N`` channels fit both a 1-D signal
+    ``(B, C, L)`` and a sequence ``(B, T, D)`` the model permutes, and whybox could not probe the model to tell (a
+    TorchScript model, one that does not run on one row): they are read as signals."""
 
 
 class BatchCouplingWarning(UserWarning):

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from whybox.errors import (
+    AmbiguousLayoutWarning,
     InvalidInputError,
     InvalidParameterError,
     InvalidTargetError,
@@ -711,7 +712,16 @@ def is_signal(adapter: ModelAdapter | None, x: torch.Tensor) -> bool:
     of a black box whose function says it reads ``C`` channels (``fn.signal_channels``: an ONNX graph's first 1-D
     ``Conv``).
     Methods then treat the last axis as time: CAMs map it, RISE and the default features cut it into segments
-    shared by all channels, and the metrics read one value per time step."""
+    shared by all channels, and the metrics read one value per time step.
+
+    The shapes alone do not settle it: a sequence ``(B, T, D)`` that the model permutes into ``(B, D, T)`` before
+    that convolution also matches where ``T == D``, and so does one projected to ``H`` features per step first
+    (``Linear(D, H)``, then the permute) where ``H == T``. One probe of the model's first row
+    (:func:`_conv_reading`) shows which axis reaches the convolution's time axis: where it is axis 1 the inputs are
+    no signals. Where the probe cannot tell (a TorchScript model, one that does not run on one row, an operation
+    mixing both axes before the convolution) they are read as signals, as the shapes say; at ``T == D``, the one
+    case where the shapes fit both readings as well, with an :class:`~whybox.errors.AmbiguousLayoutWarning` (once
+    per model and input shape) saying so and how to choose."""
     if x.ndim != 3 or not isinstance(adapter, TorchAdapter) or hasattr(adapter, "tokenizer"):
         return False
     if isinstance(adapter.model, FunctionModel):  # a black box that says so: an ONNX graph whose first Conv is 1-D
@@ -719,22 +729,25 @@ def is_signal(adapter: ModelAdapter | None, x: torch.Tensor) -> bool:
     channels = first_conv_channels(adapter.model, nn.Conv1d)
     if channels is None or channels != x.shape[1]:
         return False
-    # (B, T, D) with T == D that the model permutes into (B, D, T) is a sequence (is_sequence)
-    return not (x.shape[1] == x.shape[2] and _conv_reads_transposed(adapter, x))
+    # (B, T, D) that the model permutes into (B, D, T), projected or not, is no signal (at T == D: is_sequence)
+    return _conv_reading(adapter, x) != "time"
 
 
-_TRANSPOSED: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], bool]] = weakref.WeakKeyDictionary()
+_TRANSPOSED: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], str | None]] = weakref.WeakKeyDictionary()
 
 
-def _conv_reads_transposed(adapter: TorchAdapter, x: torch.Tensor) -> bool:
-    """Whether the first ``nn.Conv1d`` of ``adapter``'s model reads 3-D inputs with their axis 1 along its time axis:
-    ``(B, T, D)`` permuted into ``(B, D, T)`` (a 1-D CNN over a sequence), the one case the shapes cannot tell from a
-    signal ``(B, C, L)`` being T == D. Two forward passes of one row, each stopped at that convolution (in eval mode,
-    under the model's lock; not counted in ``n_forward``): the row, and the row with its first step (``x[:, 0]``)
-    changed. Where only the convolution's first time position changes, axis 1 is time (a per-step LayerNorm or Linear
-    before the permute keeps that); where only its first channel changes, axis 1 is channels; anything else (an
-    operation mixing both axes, a model that does not run) reads as a signal, as before. Remembered per model, input
-    shape and dtype (per adapter where it has a preprocess)."""
+def _conv_reading(adapter: TorchAdapter, x: torch.Tensor) -> str | None:
+    """Which axis of 3-D inputs reaches the first ``nn.Conv1d`` of ``adapter``'s model as its time axis: ``"time"``
+    where axis 1 does (a sequence ``(B, T, D)`` permuted into ``(B, D, T)``, a 1-D CNN over a sequence, also behind
+    a per-step projection ``Linear(D, H)``), ``"channels"`` where axis 1 reaches its channels (a signal
+    ``(B, C, L)``), ``None`` where there is no telling. Two forward passes of one row, each stopped at that
+    convolution (in eval mode, under the model's lock; not counted in ``n_forward``): the row, and the row with its
+    first entry along axis 1 (``x[:, 0]``) changed. Where only the convolution's first time position changes, axis 1
+    is time (a per-step LayerNorm or Linear before the permute keeps that); where only its first channel changes,
+    axis 1 is channels; anything else (an operation mixing both axes, a model that does not run, a TorchScript model,
+    whose modules take no hooks) is ``None``, which :func:`is_signal` reads as a signal, at ``T == D`` with an
+    :class:`~whybox.errors.AmbiguousLayoutWarning`. Remembered per model, input shape and dtype (per adapter where
+    it has a preprocess)."""
     key = (tuple(x.shape[1:]), x.dtype)
     # the answer is the model's, or with a preprocess (a transpose changes it) the adapter's own: kept on it, so it
     # goes with the adapter (no preprocess is hashed or kept alive)
@@ -745,14 +758,37 @@ def _conv_reads_transposed(adapter: TorchAdapter, x: torch.Tensor) -> bool:
     )
     if key in memo:
         return memo[key]
+    reading, why = _probe_conv_reading(adapter, x)
+    if not _lazy(adapter.model):  # a lazy model's first forward pass changes it: probe it again then
+        memo[key] = reading
+    if reading is None and x.shape[1] == x.shape[2]:
+        n = x.shape[1]
+        warnings.warn(
+            f"inputs of shape {tuple(x.shape)} for {type(adapter.model).__name__}, whose first Conv1d reads {n} "
+            f"channels, are read as 1-D signals (B, C, L) = (B, {n}, {n}), time along the last axis; they could as "
+            f"well be sequences (B, T, D) that the model permutes into (B, D, T), time along axis 1, and {why}. If "
+            "they are sequences, adapt the module itself (not a scripted or traced one) so that whybox sees the "
+            "permute, or explain them as the signals the model sees, time last: pass x.transpose(1, 2) with "
+            "whybox.adapt(model, preprocess=lambda z: z.transpose(1, 2)). Where the inputs are signals (B, C, L), "
+            "this reading is right: filter AmbiguousLayoutWarning to silence it.",
+            AmbiguousLayoutWarning,
+            stacklevel=3,
+        )
+    return reading
+
+
+def _probe_conv_reading(adapter: TorchAdapter, x: torch.Tensor) -> tuple[str | None, str]:
+    """:func:`_conv_reading`'s probe, uncached: the reading, and where it is ``None`` why (for the warning)."""
     conv = next((m for m in adapter.model.modules() if isinstance(m, nn.Conv1d)), None)
-    if conv is None:  # TorchScript: no telling
-        return False
+    if conv is None:  # TorchScript: its modules take no hooks
+        return None, "whybox cannot look inside a TorchScript model to tell"
+    if _lazy(adapter.model):
+        return None, "the model's lazy parameters are not initialised yet (run it once first)"
     row = x[:1].detach().to(device=adapter.device)
     if adapter.weights_dtype is not None:
         row = row.to(adapter.weights_dtype)
     if not row.is_floating_point():
-        return False
+        return None, f"whybox cannot probe {row.dtype} inputs to tell"
     moved = row.clone()
     # a change no rounding hides and no per-step normalisation undoes (it varies along the step's features)
     ramp = torch.linspace(1.0, 2.0, row.shape[2], device=row.device, dtype=row.dtype)
@@ -773,16 +809,23 @@ def _conv_reads_transposed(adapter: TorchAdapter, x: torch.Tensor) -> bool:
                         adapter.forward(r)
             finally:
                 handle.remove()
-    except Exception:  # the model does not run on this row: no telling
-        return False
-    transposed = False
+    except Exception as exc:  # the model does not run on this row: no telling
+        return None, f"the model does not run on one row to tell ({type(exc).__name__})"
     if len(seen) == 2 and seen[0].shape == seen[1].shape and seen[0].ndim == 3:
         changed = (seen[0] != seen[1])[0]  # (channels, time) of the convolution's input
         at_time = changed.any(0).nonzero().flatten().tolist()
         at_channel = changed.any(1).nonzero().flatten().tolist()
-        transposed = at_time == [0] and len(at_channel) > 1
-    memo[key] = transposed
-    return transposed
+        if at_time == [0] and len(at_channel) > 1:
+            return "time", ""
+        if at_channel == [0] and len(at_time) > 1:
+            return "channels", ""
+    return None, "changing the first row's x[:, 0] did not reach the Conv1d at one time step or at one channel"
+
+
+def _lazy(model: nn.Module) -> bool:
+    """Whether ``model`` has lazy parameters or buffers not initialised yet (``nn.LazyLinear`` before a pass)."""
+    uninitialised = (nn.parameter.UninitializedParameter, nn.parameter.UninitializedBuffer)
+    return any(isinstance(t, uninitialised) for t in (*model.parameters(), *model.buffers()))
 
 
 class _Probed(Exception):

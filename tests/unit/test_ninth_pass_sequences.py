@@ -1,0 +1,134 @@
+"""Ninth pass: how whybox tells 3-D sequences (B, T, D) from 1-D signals (B, C, L)."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import whybox
+from whybox.errors import AmbiguousLayoutWarning, InvalidInputError
+from whybox.models.adapter import is_sequence, is_signal
+
+
+class ProjectedConv(nn.Module):
+    """A sequence model (B, T, D): a per-step projection Linear(D, H), the permute, then Conv1d(H)."""
+
+    def __init__(self, d: int, h: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(d, h)
+        self.conv = nn.Conv1d(h, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(self.proj(x).transpose(1, 2)).relu().mean(-1))
+
+
+class PermutedConv(nn.Module):
+    """A 1-D CNN over sequences (B, T, D): the permute, then Conv1d(D)."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(d, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x.transpose(1, 2)).relu().mean(-1))
+
+
+def _signal_cnn(c: int) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv1d(c, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(4, 2)
+    )
+
+
+@pytest.mark.parametrize("method", ["lime", "occlusion", "kernel_shap"])
+def test_a_projected_sequence_reads_the_same_whether_or_not_its_width_equals_t(method: str) -> None:
+    """Linear(D, H) then the permute and Conv1d(H): with H == T the conv's channel count matched x.shape[1] and the
+    sequences were read as signals (maps (B, 1, D), windows cut along D); the probe now sees axis 1 reach the conv's
+    time axis, so H == T reads as H != T does: not a signal, the same map shape and the same numbers as the model
+    with the projection's width changed but nothing else."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 3)
+    wide, narrow = ProjectedConv(3, 8).eval(), ProjectedConv(3, 5).eval()
+    assert not is_signal(whybox.adapt(wide), x)
+    assert is_signal(whybox.adapt(wide), x) == is_signal(whybox.adapt(narrow), x)
+    opts = {"n_samples": 64, "seed": 0} if method != "occlusion" else {}
+    a = whybox.explain(wide, x, method, **opts)
+    b = whybox.explain(narrow, x, method, **opts)
+    assert "signal" not in a.meta and a.attributions.shape == b.attributions.shape
+    if method == "occlusion":  # features and windows the same: each one's score change is the model's own
+        assert a.meta["occlusion"] == b.meta["occlusion"]
+
+
+def test_gradcam_on_a_projected_sequence_is_refused_as_for_any_width() -> None:
+    """Grad-CAM stretched 8 conv positions (time) onto 3 features when H == T; it is now refused as at H != T."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 3)
+    for h in (8, 5):
+        with pytest.raises(InvalidInputError):
+            whybox.explain(ProjectedConv(3, h).eval(), x, "gradcam")
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 3), (2, 4, 4), (2, 1, 6)])
+def test_genuine_signal_models_still_read_as_signals_without_a_warning(shape: tuple[int, int, int]) -> None:
+    """The probe now runs wherever the first Conv1d reads x.shape[1] channels; a 1-D CNN on signals (B, C, L) still
+    reads as one (the probe sees axis 1 reach its channels), with no warning, also behind a per-time-step op."""
+    torch.manual_seed(0)
+    x = torch.randn(*shape)
+    plain = _signal_cnn(shape[1]).eval()
+    scaled = nn.Sequential(nn.Linear(shape[2], shape[2]), _signal_cnn(shape[1])).eval()  # a Linear along L
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AmbiguousLayoutWarning)
+        for model in (plain, scaled):
+            assert is_signal(whybox.adapt(model), x)
+            e = whybox.explain(model, x, "occlusion")
+            assert e.meta.get("signal") is True
+
+
+def test_a_traced_square_sequence_model_warns_that_it_is_read_as_a_signal() -> None:
+    """The same 1-D CNN over (B, T, D) at T == D: eager it reads as a sequence, traced the probe cannot look inside
+    and it fell back to a signal silently; it still reads as a signal (the shapes fit both), now with an
+    AmbiguousLayoutWarning naming the shape and the ways to say otherwise, once per model and shape."""
+    torch.manual_seed(0)
+    model = PermutedConv(4).eval()
+    x = torch.randn(2, 4, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.trace is deprecated, still common in use
+        traced, again = torch.jit.trace(model, x), torch.jit.trace(model, x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AmbiguousLayoutWarning)
+        assert is_sequence(whybox.adapt(model), x) and not is_signal(whybox.adapt(model), x)
+    adapter = whybox.adapt(traced)
+    with pytest.warns(
+        AmbiguousLayoutWarning,
+        match=r"inputs of shape \(2, 4, 4\) for \w+, whose first Conv1d reads 4 channels, are read as 1-D signals "
+        r"\(B, C, L\).*cannot look inside a TorchScript model.*adapt the module itself.*x\.transpose\(1, 2\) with "
+        r"whybox\.adapt\(model, preprocess=lambda z: z\.transpose\(1, 2\)\)",
+    ):
+        assert is_signal(adapter, x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AmbiguousLayoutWarning)
+        assert is_signal(adapter, x)  # remembered: said once per model and shape
+    with pytest.warns(AmbiguousLayoutWarning):  # so does explain, on another traced copy
+        e = whybox.explain(again, x, "lime", n_samples=16, seed=0)
+    assert e.meta.get("signal") is True
+
+
+def test_the_suggested_transposed_signals_read_as_signals_of_the_model() -> None:
+    """The warning's way out: x.transpose(1, 2) with a transposing preprocess is the signal (B, D, T) the model's
+    conv sees; the eager model then reads as a signal with no warning, its per-time-step feature ablation the
+    sequence's per-step one, transposed."""
+    torch.manual_seed(0)
+    model = PermutedConv(4).eval()
+    x = torch.randn(2, 4, 4)
+    adapter = whybox.adapt(model, preprocess=lambda z: z.transpose(1, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AmbiguousLayoutWarning)
+        assert is_signal(adapter, x.transpose(1, 2))
+        sig = whybox.explain(adapter, x.transpose(1, 2).contiguous(), "feature_ablation", features="segments", patch=1)
+    seq = whybox.explain(model, x, "feature_ablation", features=torch.arange(4).view(1, 4, 1))
+    assert sig.meta.get("signal") is True
+    torch.testing.assert_close(sig.attributions, seq.attributions.transpose(1, 2), rtol=1e-5, atol=1e-6)
