@@ -1,4 +1,4 @@
-"""Ninth pass: how whybox tells 3-D sequences (B, T, D) from 1-D signals (B, C, L)."""
+"""Ninth pass: how whybox tells 3-D sequences (B, T, D) from 1-D signals (B, C, L), and variable-length inputs."""
 
 from __future__ import annotations
 
@@ -132,3 +132,59 @@ def test_the_suggested_transposed_signals_read_as_signals_of_the_model() -> None
     seq = whybox.explain(model, x, "feature_ablation", features=torch.arange(4).view(1, 4, 1))
     assert sig.meta.get("signal") is True
     torch.testing.assert_close(sig.attributions, seq.attributions.transpose(1, 2), rtol=1e-5, atol=1e-6)
+
+
+def test_nested_tensor_inputs_are_an_error_naming_inputs_and_the_padding() -> None:
+    torch.manual_seed(0)
+
+    class GRUNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn, self.fc = nn.GRU(3, 8, batch_first=True), nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.rnn(x)[1][-1])
+
+    net = GRUNet().eval()
+    samples = [torch.randn(5, 3), torch.randn(7, 3)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch: the strided layout is a prototype
+        nested = torch.nested.nested_tensor(samples)
+    jagged = torch.nested.nested_tensor(samples, layout=torch.jagged)
+    msg = r"inputs is a nested tensor of 2 samples .*pad them to \(B, T, D\), e\.g\. torch\.nested\.to_padded_tensor"
+    for given in (nested, jagged):
+        with pytest.raises(InvalidInputError, match=msg):
+            whybox.explain(net, given, "occlusion")
+        with pytest.raises(InvalidInputError, match=msg):
+            whybox.evaluate(net, given, torch.zeros(2, 7, 3), "deletion")
+    # the two paddings the messages name give the same rows, and those explain
+    padded = torch.nested.to_padded_tensor(nested, 0.0)
+    torch.testing.assert_close(padded, nn.utils.rnn.pad_sequence(samples, batch_first=True), rtol=0, atol=0)
+    assert whybox.explain(net, padded, "saliency").attributions.shape == (2, 7, 3)
+
+
+@pytest.mark.parametrize("enforce_sorted", [True, False])
+def test_a_packed_sequence_is_told_to_pad_not_to_convert(enforce_sorted: bool) -> None:
+    """A PackedSequence was told to convert with torch.as_tensor (which fails on it) or, unsorted, to adapt a model
+    of several inputs: both now name pad_packed_sequence."""
+    seqs = [torch.randn(7, 3), torch.randn(5, 3)]
+    packed = nn.utils.rnn.pack_sequence(seqs, enforce_sorted=enforce_sorted)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(21, 2)).eval()
+    msg = r"inputs is a PackedSequence; .*torch\.nn\.utils\.rnn\.pad_packed_sequence\(inputs, batch_first=True\)"
+    with pytest.raises(InvalidInputError, match=msg):
+        whybox.explain(model, packed, "saliency")
+    with pytest.raises(InvalidInputError, match=msg):
+        whybox.evaluate(model, packed, torch.zeros(2, 7, 3), "deletion")
+
+
+def test_a_list_of_unequal_samples_is_told_to_pad_them() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(21, 2)).eval()
+    with pytest.raises(
+        InvalidInputError,
+        match=r"input_shapes=.*if these are its samples, of different lengths \(\(5, 3\), \(7, 3\): variable-length "
+        r"sequences\), pad them into one \(B, T, D\) with torch\.nn\.utils\.rnn\.pad_sequence\(inputs, batch_first=True\)",
+    ):
+        whybox.explain(model, [torch.randn(5, 3), torch.randn(7, 3)], "saliency")
+    with pytest.raises(InvalidInputError) as info:  # a model's several inputs (different ranks): no such hint
+        whybox.explain(model, [torch.randn(2, 3, 4, 4), torch.randn(2, 10)], "saliency")
+    assert "pad_sequence" not in str(info.value)

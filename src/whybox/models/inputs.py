@@ -90,10 +90,24 @@ def as_tensor_inputs(inputs: Any, coder: Any = None, packing: Any = None) -> tup
     dtype (names None); a pandas DataFrame of numeric columns as a float64 tensor ``(B, F)`` with its column
     names; with ``coder`` (the adapter of a scikit-learn estimator fitted on a DataFrame) also a frame with text or
     categorical columns, coded (:mod:`whybox.models.categorical`). Anything else, or non-numeric data, is an
-    :class:`InvalidInputError` naming what to pass. With ``packing`` (a torch model of several inputs), a tuple or
+    :class:`InvalidInputError` naming what to pass (a nested tensor, a ``PackedSequence`` or a list of samples of
+    different lengths, variable-length sequences: how to pad them to one tensor). With ``packing`` (a torch model of several inputs), a tuple or
     a mapping of its inputs' tensors, packed into rows (:mod:`whybox.models.packed`)."""
     if isinstance(inputs, torch.Tensor):
+        if inputs.is_nested:  # samples of different lengths: no shape (B, ...) to perturb, batch or map
+            raise InvalidInputError(
+                f"inputs is a nested tensor of {inputs.size(0)} samples of different shapes (variable-length "
+                "sequences); whybox takes one tensor (B, ...) of equal-shaped rows: pad them to (B, T, D), e.g. "
+                "torch.nested.to_padded_tensor(inputs, 0.0), with a model that reads padded rows (a mask, or its "
+                "own lengths)."
+            )
         return inputs, None
+    if isinstance(inputs, torch.nn.utils.rnn.PackedSequence):
+        raise InvalidInputError(
+            "inputs is a PackedSequence; whybox takes one tensor (B, ...) of equal-shaped rows: pad the sequences "
+            "to (B, T, D) with torch.nn.utils.rnn.pad_packed_sequence(inputs, batch_first=True)[0] and pass that, "
+            "with a model that takes padded rows (packing them itself, if it must, inside its forward)."
+        )
     if packing is not None:
         inputs = packing.pack_inputs(inputs)
         if isinstance(inputs, torch.Tensor):
@@ -101,10 +115,24 @@ def as_tensor_inputs(inputs: Any, coder: Any = None, packing: Any = None) -> tup
     if (isinstance(inputs, (tuple, list)) and len(inputs) > 1 and all(isinstance(t, torch.Tensor) for t in inputs)) or (
         isinstance(inputs, dict) and inputs and all(isinstance(t, torch.Tensor) for t in inputs.values())
     ):
+        tensors = list(inputs.values()) if isinstance(inputs, dict) else list(inputs)
+        uneven = (
+            isinstance(inputs, (tuple, list))
+            and len({t.shape for t in tensors}) > 1
+            and len({t.ndim for t in tensors}) == 1
+            and tensors[0].ndim >= 1
+        )
         raise InvalidInputError(
             f"inputs is a {type(inputs).__name__} of {len(inputs)} tensors; for a model of several inputs, adapt it "
             "with their per-sample shapes, whybox.adapt(model, input_shapes=[(3, 32, 32), (10,)]) (or a mapping by "
-            "argument name), and pass the tuple to that adapter. A model of one input takes one tensor (B, ...)."
+            "argument name), and pass the tuple to that adapter. A model of one input takes one tensor (B, ...)"
+            + (
+                f"; if these are its samples, of different lengths ({', '.join(str(tuple(t.shape)) for t in tensors[:3])}"
+                f"{', ...' if len(tensors) > 3 else ''}: variable-length sequences), pad them into one (B, T, D) with "
+                "torch.nn.utils.rnn.pad_sequence(inputs, batch_first=True)."
+                if uneven
+                else "."
+            )
         )
     if isinstance(inputs, np.ndarray):
         if inputs.dtype.kind not in _NUMERIC:
