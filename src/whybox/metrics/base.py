@@ -652,6 +652,7 @@ def make_explain_fn(
     explainer_params: dict[str, Any] | None,
     tally: dict[str, int] | None = None,
     source: torch.nn.Module | None = None,
+    origin: Any = None,
 ) -> tuple[ExplainFn, str]:
     """A function ``(adapter, inputs, target, seed) -> Explanation`` re-running the explanation's method.
 
@@ -664,6 +665,10 @@ def make_explain_fn(
     ``explainer_params`` override those params. ``seed`` (when not ``None``) replaces the explainer's seed.
     ``source``: the model the options' modules belong to (a CAM's ``layer=`` given as a module); run on a copy of
     it (randomization's), each such option is the copy's module of the same name.
+    ``origin``: the adapter the re-runs' adapter is a copy of (randomization's, whose layers it re-initialises). On a
+    :class:`~whybox.explainers.llm.generation.CausalLMAdapter` the step options (each step's fixed tokens, the fill and
+    baseline word vectors, the token features) are read with it: they belong to the inputs, not to the copy's
+    weights (a re-initialised word embedding no longer knows the specials the rows hold, nor the fill tokens' vectors).
     """
     extra = dict(explainer_params or {})
     if callable(explainer):
@@ -746,7 +751,9 @@ def make_explain_fn(
         from whybox.explainers.llm.generation import CausalLMAdapter, step_explain_options
 
         if isinstance(adapter, CausalLMAdapter):  # step rows: attribute_generation's defaults, on these rows
-            p = step_explain_options(adapter, x, name, p)
+            # read with the adapter the rows were made by: a randomised copy's embedding no longer matches them
+            steps_of = origin if isinstance(origin, CausalLMAdapter) else adapter
+            p = step_explain_options(steps_of, x, name, p)
         model = getattr(adapter, "model", None)
         if source is not None and isinstance(model, torch.nn.Module) and model is not source:
             p = _rebind_modules(p, source, model)

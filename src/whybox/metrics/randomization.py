@@ -347,6 +347,7 @@ class Randomization(_MapComparison):
             self.explainer_params,
             ctx.passes,
             source=source if isinstance(source, torch.nn.Module) else None,
+            origin=ctx.adapter,  # the step structure of a causal LM's rows: read with the weights that made them
         )
         work = copy.deepcopy(ctx.adapter)  # the user's model is never modified
         for m in work.model.modules():  # a copied cuDNN RNN's weights are no longer one block: compacted again
