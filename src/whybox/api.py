@@ -363,7 +363,7 @@ def evaluate(
     MetricResult
         Per-sample ``scores`` ``(B,)``, ``curves`` where the metric has them, ``higher_is_better``, ``params``.
     """
-    from whybox.explainers.llm.generation import CausalLMAdapter, step_metric_options
+    from whybox.explainers.llm.generation import CausalLMAdapter, PackedSteps, step_metric_options
 
     cls = METRICS.get(metric)
     if isinstance(inputs, (str, list, tuple)) or hasattr(explanation, "words"):  # texts, or an explain_text result
@@ -382,6 +382,12 @@ def evaluate(
         # a fill that keeps the control channels (each row's read position, its attention mask), the specials and
         # each step's future, as attribute_generation's fills do; the metrics' own default would zero them all
         params = step_metric_options(model, inputs, _options(cls), params)
+        options = _options(cls)
+        if "regions" in options and "fill" in options and params.get("regions") is None:
+            # one region per token, as attribute_generation's token features: each step's future tokens and specials,
+            # which its fill keeps, leave the curves and subsets (element steps would count them, and each
+            # word-vector dimension, as features)
+            params = {**params, "regions": PackedSteps(model, inputs).token_features()}
     params = {k: _python_scalar(v) for k, v in params.items()}
     try:
         m = cls(**params)

@@ -22,7 +22,8 @@ from test_generation import tiny_gpt2, toy_tokenizer  # noqa: E402
 
 import whybox  # noqa: E402
 import whybox.explainers.llm.generation as gen  # noqa: E402
-from whybox.explainers.llm.generation import CausalLMAdapter, GenerationBatch  # noqa: E402
+from whybox.errors import InvalidParameterError  # noqa: E402
+from whybox.explainers.llm.generation import CausalLMAdapter, GenerationBatch, attribute_generation  # noqa: E402
 from whybox.registry import EXPLAINERS, METRICS  # noqa: E402
 
 PROMPT = "the cat sat on the"
@@ -117,3 +118,74 @@ def test_randomization_rerun_fill_by_name_is_the_rows_token(lm: tuple, monkeypat
     want = batch.fill("unk")
     for f in fills:
         assert torch.equal(f, want)
+
+
+# ---------------------------------------------------------------------------------------------- default regions
+@pytest.mark.parametrize("metric", ["deletion", "insertion", "aopc", "comprehensiveness", "mufidelity"])
+@pytest.mark.parametrize("method", ["kernel_shap", "integrated_gradients"])
+def test_default_regions_of_step_rows_are_their_tokens(lm: tuple, metric: str, method: str) -> None:
+    model, tok = lm
+    ad, batch, prompt, cont = _steps(lm)
+    x, tg = batch.inputs, batch.targets
+    sizes = {"n_samples": 64} if method == "kernel_shap" else {"n_steps": 16}
+    out = attribute_generation(model, tok, prompt, continuation=cont, method=method, **sizes)
+    opts: dict[str, Any] = {"n_samples": 16, "subset_fraction": 0.5} if metric == "mufidelity" else {}
+    plain = whybox.evaluate(ad, x, out.explanation, metric, target=tg, **opts)
+    given = whybox.evaluate(ad, x, out.explanation, metric, target=tg, regions=batch.token_features(), **opts)
+    none = whybox.evaluate(ad, x, out.explanation, metric, target=tg, regions=None, **opts)
+    assert torch.equal(plain.scores, given.scores)
+    assert torch.equal(none.scores, given.scores)
+    for k, v in given.curves.items():
+        assert torch.allclose(plain.curves[k], v, rtol=0, atol=0, equal_nan=True)
+
+
+def test_deletion_steps_over_each_steps_own_tokens(lm: tuple) -> None:
+    """Deletion without regions steps over the tokens each step attributes (1/5 and 1/6 of them), never a future
+    token or a special nor a word-vector dimension."""
+    model, tok = lm
+    ad, batch, prompt, cont = _steps(lm)
+    out = attribute_generation(model, tok, prompt, continuation=cont, method="kernel_shap", n_samples=64)
+    r = whybox.evaluate(ad, batch.inputs, out.explanation, "deletion", target=batch.targets)
+    own = (~batch.fixed_mask()).sum(1).tolist()
+    assert own == [5, 6]
+    for row, n in enumerate(own):
+        xs = r.curves["x"][row]
+        want = torch.arange(n + 1, dtype=xs.dtype) / n
+        assert torch.allclose(xs[: n + 1], want)
+        assert bool((xs[n:] == 1).all())
+
+
+def test_mufidelity_without_regions_replaces_half_of_each_steps_tokens(
+    lm: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, tok = lm
+    ad, batch, prompt, cont = _steps(lm)
+    x, tg = batch.inputs, batch.targets
+    out = attribute_generation(model, tok, prompt, continuation=cont, method="integrated_gradients")
+    seen: list[torch.Tensor] = []
+    forward = ad.forward
+
+    def spy(z: torch.Tensor) -> Any:
+        seen.append(z.detach().clone())
+        return forward(z)
+
+    monkeypatch.setattr(ad, "forward", spy)
+    whybox.evaluate(ad, x, out.explanation, "mufidelity", target=tg, n_samples=8, subset_fraction=0.5)
+    own = (~batch.fixed_mask()).sum(1)
+    counts = set()
+    for rows in seen:
+        for z in rows:
+            g = int(z[0, -1]) - (len(prompt) - 1)  # the step this row reads
+            changed = (z[:, :-2] != x[g, :, :-2]).any(-1)
+            assert not bool((changed & batch.fixed_mask()[g]).any())  # never a future token or a special
+            if bool(changed.any()):
+                counts.add((g, int(changed.sum())))
+    assert counts == {(0, round(0.5 * int(own[0]))), (1, round(0.5 * int(own[1])))}
+
+
+def test_steps_with_default_regions_of_step_rows_is_refused(lm: tuple) -> None:
+    model, tok = lm
+    ad, batch, prompt, cont = _steps(lm)
+    out = attribute_generation(model, tok, prompt, continuation=cont, method="kernel_shap", n_samples=32)
+    with pytest.raises(InvalidParameterError, match="on a causal LM's step rows: their tokens, always"):
+        whybox.evaluate(ad, batch.inputs, out.explanation, "deletion", target=batch.targets, steps=10)
