@@ -229,8 +229,9 @@ def explain(
         options left out take :func:`~whybox.explainers.llm.generation.attribute_generation`'s defaults for the
         method (:func:`~whybox.explainers.llm.generation.step_explain_options`: a baseline and fill that replace only
         each step's attributed word vectors, keeping the attention-mask and read-position channels, the specials and
-        each step's future; token features), so the result equals ``attribute_generation(...).explanation``; a
-        ``fill`` or ``baseline`` given as a name or a number is read the same way.
+        each step's future; token features), so with ``target=batch.targets`` (the continuation's tokens) the result
+        equals ``attribute_generation(...).explanation`` (``target=None`` explains each step's argmax token instead);
+        a ``fill`` or ``baseline`` given as a name or a number is read the same way.
 
     Returns
     -------
@@ -355,8 +356,12 @@ def evaluate(
         step's future tokens are kept (:meth:`~whybox.explainers.llm.generation.CausalLMAdapter.packed_fill`, as
         ``batch.fill()`` of :func:`~whybox.explainers.llm.generation.attribute_generation`), for the rows as a tensor
         or a NumPy array alike; a method name (the explanation, ``explainer=``) runs with
-        :func:`explain`'s defaults there (those of ``attribute_generation``). ``infidelity``, whose noise rewrites
-        every element, is refused there.
+        :func:`explain`'s defaults there (those of ``attribute_generation``; give ``target=batch.targets`` to explain
+        and score the continuation's tokens as ``attribute_generation`` does: ``target=None`` takes each step's
+        argmax token). ``regions`` left out (or ``None``) of a metric that perturbs (``deletion``, ``insertion``,
+        ``highest_confidence``, ``aopc``, ``mufidelity``, ``comprehensiveness``, ``sufficiency``) is one region per
+        token, ``batch.token_features()``, so each step's future tokens and specials, which its fill keeps, are none
+        of its features. ``infidelity``, whose noise rewrites every element, is refused there.
 
     Returns
     -------

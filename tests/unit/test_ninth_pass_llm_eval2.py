@@ -189,3 +189,12 @@ def test_steps_with_default_regions_of_step_rows_is_refused(lm: tuple) -> None:
     out = attribute_generation(model, tok, prompt, continuation=cont, method="kernel_shap", n_samples=32)
     with pytest.raises(InvalidParameterError, match="on a causal LM's step rows: their tokens, always"):
         whybox.evaluate(ad, batch.inputs, out.explanation, "deletion", target=batch.targets, steps=10)
+
+
+# ---------------------------------------------------------------------------------------------- the docs' example
+def test_explain_with_the_continuation_as_target_is_attribute_generations(lm: tuple) -> None:
+    model, tok = lm
+    ad, batch, prompt, cont = _steps(lm)
+    out = attribute_generation(model, tok, prompt, continuation=cont)
+    e = whybox.explain(ad, batch.inputs, "integrated_gradients", target=batch.targets)
+    assert torch.equal(e.attributions, out.explanation.attributions)
