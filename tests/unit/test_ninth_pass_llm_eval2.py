@@ -10,6 +10,7 @@ explanation, as the docs write it."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import pytest
@@ -68,6 +69,7 @@ def test_randomization_reruns_keep_the_step_structure_of_the_rows(
     explain = cls.explain
     maps: list[torch.Tensor] = []
 
+    @functools.wraps(explain)
     def record(self: Any, inputs: torch.Tensor, **kw: Any) -> Any:
         out = explain(self, inputs, **kw)
         maps.append(out.attributions.detach().clone())
@@ -104,6 +106,7 @@ def test_randomization_rerun_fill_by_name_is_the_rows_token(lm: tuple, monkeypat
     init = cls.__init__
     fills: list[torch.Tensor] = []
 
+    @functools.wraps(init)  # the options read from its signature (and cached) stay the class's own
     def record(self: Any, adapter: Any, **kw: Any) -> None:
         init(self, adapter, **kw)
         f = kw["fill"]
