@@ -156,6 +156,24 @@ def _text_fill(model: Any, inputs: torch.Tensor, fill: Any) -> Any:
     return text_replacement(model, inputs, fill, option="fill")
 
 
+def _blackbox_text_options(model: Any, inputs: torch.Tensor, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` of ``method`` on a black-box text model's presence rows: a ``fill`` (or ``baseline``) left out is
+    every word dropped with the text index kept (``packed_fill``, the metrics' default); a name or number is read as
+    :func:`explain_text` reads it. The methods' own zero fill set the index column to 0, and a row whose words were
+    removed was scored on text 0's words: their values leaked into this text's (an ignored word got +0.5, and the
+    values no longer added up to f(x) - f(fill)). Beside ``background=`` rows nothing is added."""
+    from whybox.explainers.base import _keyword_options
+    from whybox.models.text import read_text_fills
+
+    takes = set(_keyword_options(EXPLAINERS.get(method)))
+    out = read_text_fills(model, inputs, method, params)
+    if params.get("background") is None:
+        for k in ("fill", "baseline"):
+            if k in takes and out.get(k) is None:
+                out[k] = model.packed_fill(inputs)
+    return out
+
+
 def _rerun_fills(model: Any, inputs: torch.Tensor, rerun: dict[str, Any]) -> dict[str, Any]:
     """``explainer_params`` of a metric that re-runs a method on a text adapter's packed ``inputs``: a ``fill`` or
     ``baseline`` name or number read as :func:`explain_text` reads it (checked now), on the rows of each re-run."""
@@ -238,12 +256,17 @@ def explain(
     Explanation
     """
     from whybox.explainers.llm.generation import CausalLMAdapter, step_explain_options
+    from whybox.models.blackbox_text import BlackBoxTextAdapter
 
     cls = EXPLAINERS.get(method)
     params = {k: _python_scalar(v) for k, v in params.items()}
     if isinstance(model, CausalLMAdapter):  # step rows: attribute_generation's defaults, read on these rows
         inputs = as_tensor_inputs(inputs)[0]
         params = step_explain_options(model, inputs, method, params)
+    elif isinstance(model, BlackBoxTextAdapter) and not is_texts(inputs):
+        # presence rows: a removed word is dropped, the text index kept
+        inputs = as_tensor_inputs(inputs)[0]
+        params = _blackbox_text_options(model, inputs, method, params)
     try:
         explainer = cls(model, **params)
     except TypeError as exc:
