@@ -23,6 +23,7 @@ __all__ = [
     "ModelOutputError",
     "NotDifferentiableError",
     "UnderdeterminedWarning",
+    "UnknownCategoryError",
     "UnknownNameError",
     "WhyboxError",
     "did_you_mean",
@@ -56,6 +57,13 @@ class InvalidParameterError(WhyboxError, ValueError):
 
 class InvalidInputError(WhyboxError, ValueError):
     """The inputs to explain have the wrong rank, dtype or non-finite values."""
+
+
+class UnknownCategoryError(WhyboxError, ValueError):
+    """A scikit-learn estimator refused a category it was not fitted on, and whybox cannot tell which table of the
+    call (the inputs, a fill row, background rows) brought it in: the message quotes the estimator's refusal and
+    lists the candidates. Where one table did, the error is that table's (:class:`InvalidInputError` for the
+    inputs, :class:`InvalidParameterError` for an option)."""
 
 
 class InvalidTargetError(WhyboxError, ValueError):

@@ -23,7 +23,7 @@ from whybox.errors import (
     did_you_mean,
 )
 from whybox.models._guard import preserved
-from whybox.models.categorical import decode_rows
+from whybox.models.categorical import decode_rows, refused_categories
 from whybox.models.targets import distribution_rows
 
 __all__ = [
@@ -427,6 +427,10 @@ class SklearnAdapter(ModelAdapter):
         #: and the columns seen holding numbers
         self.categories: dict[str, Any] = {}
         self.numeric_seen: set[str] = set()
+        #: the coded values each table of the current call brought in (table -> (kind, column -> values)), reset
+        #: when a call reads its inputs (as_tensor_inputs): what names the table of a category the estimator
+        #: refuses (whybox.models.categorical.refused_categories)
+        self.tables: dict[str, tuple[str, dict[str, list[Any]]]] = {}
         self.numeric_dtypes: dict[str, Any] = {}  # int/bool columns of the frames seen: given back in their dtype
         self._object_refused = False  # the estimator refused an object column of whole and non-whole cells
 
@@ -451,38 +455,7 @@ class SklearnAdapter(ModelAdapter):
                     f"model: this {type(self.model).__name__} is not fitted ({exc}); call .fit(X, y) on it (or load a "
                     "fitted one) before explaining it."
                 ) from exc
-            if isinstance(exc, ValueError) and "unknown categor" in str(exc).lower() and self.categories:
-                self._refuse_unknown(exc)
             raise
-
-    def _refuse_unknown(self, exc: Exception) -> None:
-        """The estimator refused a category it was not fitted on (scikit-learn's "Found unknown categories ..."),
-        where whybox could not read its encoder's categories beforehand (:func:`~whybox.models.categorical.
-        model_categories`: an encoder behind a step that may change the values): the values of the coded columns
-        that the estimator's message names, by the table that brought them in (the inputs, a fill row, background
-        rows), as whybox's error for that table. Nothing raised where the message names none of them."""
-        text = str(exc)
-        named = text.split(" in column")[0]  # "Found unknown categories ['berlin'] in column 0 during transform"
-        found: dict[str, dict[str, list[Any]]] = {}  # table -> column -> values named in the message
-        for c, col in self.categories.items():
-            for v in col.values:
-                if repr(v) in named:
-                    found.setdefault(getattr(col, "origin", {}).get(v, "inputs"), {}).setdefault(c, []).append(v)
-        if not found:
-            return
-        options = {what: cols for what, cols in found.items() if what != "inputs"}
-        tables = options or found
-        parts = [
-            f"{what}: column {c!r} holds {', '.join(map(repr, values[:5]))}"
-            for what, cols in tables.items()
-            for c, values in cols.items()
-        ]
-        names = " and ".join(sorted(tables))
-        error = InvalidParameterError if options else InvalidInputError
-        raise error(
-            f"the model refused a category it was not fitted on ({text}): {'; '.join(parts[:5])}. Give {names} "
-            "categories the model was fitted on."
-        ) from exc
 
     def _scores(self, x: torch.Tensor) -> torch.Tensor:
         import numpy as np
@@ -509,7 +482,16 @@ class SklearnAdapter(ModelAdapter):
                     f"{rows.shape[1]} columns. Pass the columns in model.feature_names_in_, in that order."
                 )
             # coded text/categorical columns decoded to their values; else the rows as they are
-            out = self._decoded(rows) if self.categories or self.numeric_dtypes else self._named(rows)
+            try:
+                out = self._decoded(rows) if self.categories or self.numeric_dtypes else self._named(rows)
+            except ValueError as exc:
+                if "unknown categor" in str(exc).lower() and self.categories:
+                    # a category the estimator was not fitted on (where whybox could not read its encoder's
+                    # beforehand, or a run's data row): whybox's error, naming the table, column and value
+                    error = refused_categories(rows, self, exc)
+                    if error is not None:
+                        raise error from exc
+                raise
         if isinstance(out, list) or np.ndim(out) > 2 or (np.ndim(out) >= 1 and len(out) != rows.shape[0]):
             shapes = [np.shape(o) for o in out] if isinstance(out, list) else np.shape(out)
             raise ModelOutputError(

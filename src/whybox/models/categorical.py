@@ -17,41 +17,44 @@ pandas is never imported here: a frame is recognised by its attributes (the esti
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from whybox.errors import InvalidInputError, InvalidParameterError
+from whybox.errors import InvalidInputError, InvalidParameterError, UnknownCategoryError, WhyboxError
 
 __all__ = [
     "categorical_columns",
     "decode_rows",
     "encode_frame",
     "model_categories",
+    "refused_categories",
     "register_vocabularies",
+    "start_call",
     "vocabularies",
 ]
 
 _NUMERIC = "biuf"
 
+#: what a coded table is to the call: the inputs explained (a DataFrame given to the API), an option (a fill row,
+#: background rows), or the data rows of a run (a CSV the command line reads), scored one by one
+Kind = Literal["inputs", "option", "data"]
+
 
 class _Column:
-    """One column's vocabulary: its values in code order, its pandas ``category`` dtype if it had one, and the table
-    that brought each value in (``"inputs"``, ``"fill"``, ...)."""
+    """One column's vocabulary: its values in code order, and its pandas ``category`` dtype if it had one."""
 
     def __init__(self, dtype: Any = None) -> None:
         self.values: list[Any] = []
         self.index: dict[Any, int] = {}
         self.dtype = dtype  # a CategoricalDtype: decoded cells get it back
-        self.origin: dict[Any, str] = {}
 
-    def extend(self, values: list[Any], what: str = "inputs") -> None:
+    def extend(self, values: list[Any]) -> None:
         new = {v for v in values if v not in self.index}
         for v in sorted(new, key=lambda v: (type(v).__name__, str(v))):  # the same codes whatever the row order
             self.index[v] = len(self.values)
             self.values.append(v)
-            self.origin[v] = what
 
 
 def categorical_columns(frame: Any) -> list[str]:
@@ -66,12 +69,17 @@ def vocabularies(coder: Any) -> dict[str, list[Any]] | None:
     return None if not columns else {c: list(col.values) for c, col in columns.items()}
 
 
-def encode_frame(frame: Any, coder: Any, what: str) -> torch.Tensor:
+def encode_frame(frame: Any, coder: Any, what: str, kind: Kind) -> torch.Tensor:
     """``frame`` (rows of the estimator's columns, or one row as a Series) as a float64 tensor, its non-numeric
     columns coded by ``coder``'s vocabularies (grown by the values seen here). ``(B, F)`` for a frame, ``(F,)``
-    for a Series. A column that holds text here and numbers in another table of the call (or the reverse) is an
-    error, and so is a category the estimator's encoder refuses (:func:`model_categories`): ``InvalidInputError``
-    for the inputs, ``InvalidParameterError`` for an option (a fill row, background rows)."""
+    for a Series. ``what`` names the table in messages; ``kind`` says what it is to the call (:data:`Kind`).
+
+    A column that holds text here and numbers in another table of the call (or the reverse) is an error, and so is
+    a category the estimator's encoder refuses (:func:`model_categories`): ``InvalidInputError`` for the inputs,
+    ``InvalidParameterError`` for an option. A run's data rows (``kind="data"``) are not refused for it: the model
+    is asked row by row there, and a row holding such a value fails alone (:func:`refused_categories` names it).
+    The coded values of each table are noted on ``coder.tables`` for :func:`refused_categories`; coding the
+    inputs starts a new call (the tables of the call before are forgotten)."""
     series = not hasattr(frame, "columns")
     if series:  # a reference row: one value per column
         frame = frame.to_frame().T.infer_objects()
@@ -90,6 +98,9 @@ def encode_frame(frame: Any, coder: Any, what: str) -> torch.Tensor:
 
         check_feature_names(names, fitted, what)
     columns: dict[str, _Column] = coder.categories
+    if kind == "inputs":  # a new call: the tables of the one before are not its own
+        start_call(coder)
+    noted: dict[str, list[Any]] = {}  # the coded values of this table, by column
     known = _known_categories(getattr(coder, "model", None), fitted) if bad else {}
     out = np.empty((len(frame), len(names)), dtype=np.float64)
     for j, c in enumerate(names):
@@ -98,8 +109,9 @@ def encode_frame(frame: Any, coder: Any, what: str) -> torch.Tensor:
             if c in columns and all(v in columns[c].index for v in cells.tolist()):
                 # values of a coded column that read as numbers here (a reference row of a category column of
                 # ints, which a Series row loses the dtype of): coded like the column's other values
-                _check_known(cells.tolist(), c, known, coder, what)
+                _check_known(cells.tolist(), c, known, coder, what, kind)
                 out[:, j] = [columns[c].index[v] for v in cells.tolist()]
+                noted[c] = cells.tolist()
                 bad.append(c)
                 continue
             if c in columns:
@@ -123,17 +135,51 @@ def encode_frame(frame: Any, coder: Any, what: str) -> torch.Tensor:
                 f"{what}: column {c!r} has missing values in rows {missing[:10]}; fill them in (e.g. with a "
                 "'missing' category) before explaining."
             )
-        _check_known(values, c, known, coder, what)
+        _check_known(values, c, known, coder, what, kind)
         dtype = cells.dtype if getattr(cells.dtype, "name", "") == "category" else None
         col = columns.setdefault(c, _Column())
         if dtype is not None and col.dtype is None:  # decoded cells get the dtype back
             col.dtype = dtype
-            col.extend(list(dtype.categories), what)  # every category (codes already given keep their values)
-        col.extend(values, what)
+            col.extend(list(dtype.categories))  # every category (codes already given keep their values)
+        col.extend(values)
         out[:, j] = [col.index[v] for v in values]
+        noted[c] = values
     coder.numeric_seen.update(c for c in names if c not in bad)
+    _note(coder, what, kind, noted)
     t = torch.from_numpy(out)
     return t[0] if series else t
+
+
+def start_call(coder: Any, rows: torch.Tensor | None = None) -> None:
+    """A call of whybox starts on ``coder`` (the estimator's adapter) with its inputs: the tables noted for the call
+    before (:func:`encode_frame`) are forgotten, and ``rows`` (inputs given as coded rows ``(B, F)``, not coded in
+    this call) noted as the call's inputs."""
+    tables = getattr(coder, "tables", None)
+    if tables is None:
+        return
+    tables.clear()
+    columns: dict[str, _Column] = getattr(coder, "categories", {})
+    names = getattr(coder, "feature_names", None)
+    if rows is None or not columns or names is None or rows.ndim != 2 or rows.shape[1] != len(names):
+        return
+    noted: dict[str, list[Any]] = {}
+    for j, c in enumerate(names):
+        col = columns.get(c)
+        if col is not None and col.values and rows.shape[0]:
+            codes = torch.unique(rows[:, j].detach().double().cpu()).numpy()
+            codes = np.unique(np.clip(np.rint(codes[np.isfinite(codes)]), 0, len(col.values) - 1).astype(np.int64))
+            noted[c] = [col.values[k] for k in codes.tolist()]
+    _note(coder, "inputs", "inputs", noted)
+
+
+def _note(coder: Any, what: str, kind: Kind, noted: dict[str, list[Any]]) -> None:
+    """Note on ``coder.tables`` the coded values (by column) that the table ``what`` brought into this call."""
+    tables: dict[str, tuple[str, dict[str, list[Any]]]] | None = getattr(coder, "tables", None)
+    if tables is None or not noted:
+        return
+    _, seen = tables.setdefault(what, (kind, {}))
+    for c, values in noted.items():
+        seen[c] = list(dict.fromkeys([*seen.get(c, []), *values]))
 
 
 def model_categories(estimator: Any, columns: list[str] | None) -> dict[str, list[Any]]:
@@ -223,12 +269,12 @@ def _picked_columns(selection: Any, columns: list[str]) -> list[str] | None:
 
 
 def _check_known(
-    values: list[Any], column: str, known: dict[str, tuple[list[Any], str]], coder: Any, what: str
+    values: list[Any], column: str, known: dict[str, tuple[list[Any], str]], coder: Any, what: str, kind: Kind
 ) -> None:
     """Refuse a value of a coded ``column`` that the estimator's encoder does not know (:func:`model_categories`):
     the estimator would refuse every row holding it. ``InvalidInputError`` for the inputs, ``InvalidParameterError``
-    for an option (a fill row, background rows)."""
-    if column not in known:
+    for an option; nothing for a run's data rows (each row that holds it fails alone, when the model is asked)."""
+    if column not in known or kind == "data":
         return
     ok, encoder = known[column]
     try:
@@ -238,19 +284,83 @@ def _check_known(
         unknown = [v for i, v in enumerate(values) if v not in ok and v not in values[:i]]
     if not unknown:
         return
-    model = type(getattr(coder, "model", None)).__name__
-    listed = ", ".join(map(repr, ok[:10])) + (f" and {len(ok) - 10} more" if len(ok) > 10 else "")
-    error = InvalidInputError if what == "inputs" else InvalidParameterError
-    if what == "inputs":
+    error = InvalidInputError if kind == "inputs" else InvalidParameterError
+    if kind == "inputs":
         fix = "explain rows of the categories the model was fitted on, or refit it with handle_unknown='ignore'"
-    elif what == "background":
+    elif "background" in what:
         fix = "give background rows of the categories the model was fitted on (e.g. X_train[:50])"
     else:
         fix = f"give {what} a category the model knows (e.g. X_train.mode().iloc[0] as the reference row)"
-    raise error(
-        f"{what}: column {column!r} holds {', '.join(map(repr, unknown[:5]))}, a category the model was not fitted "
-        f"on: its {encoder} (in the {model}) knows only {listed} there and refuses any other (handle_unknown='error'); "
-        f"{fix}."
+    raise error(f"{what}: column {column!r} holds {_unknown_text(unknown, ok, encoder, coder)}; {fix}.")
+
+
+def _unknown_text(unknown: list[Any], ok: list[Any], encoder: str, coder: Any) -> str:
+    """``'berlin', a category the model was not fitted on: its OneHotEncoder (in the Pipeline) knows only ...``"""
+    model = type(getattr(coder, "model", None)).__name__
+    listed = ", ".join(map(repr, ok[:10])) + (f" and {len(ok) - 10} more" if len(ok) > 10 else "")
+    return (
+        f"{', '.join(map(repr, unknown[:5]))}, a category the model was not fitted on: its {encoder} (in the "
+        f"{model}) knows only {listed} there and refuses any other (handle_unknown='error')"
+    )
+
+
+def refused_categories(rows: np.ndarray, coder: Any, exc: Exception) -> WhyboxError | None:
+    """whybox's error for the estimator's refusal ``exc`` of a category it was not fitted on (scikit-learn's
+    ``Found unknown categories ['berlin'] in column 0 during transform``) on the coded ``rows`` ``(n, F)`` it was
+    given, or ``None`` where the rows hold no value it can be about.
+
+    The values refused are those of the rows' coded columns that the encoder does not know (where
+    :func:`model_categories` reads it), else those the estimator's message names (an encoder behind a
+    ``FunctionTransformer``: which of the columns it means, whybox cannot read). The table that brought them in is
+    read from the tables coded in this call (``coder.tables``, :func:`encode_frame`). Where one table did, its
+    error: ``InvalidInputError`` for the inputs or a run's data rows, ``InvalidParameterError`` for an option;
+    where several could have, or none of this call did (rows coded before it), an ``UnknownCategoryError`` that
+    lists the candidates (table, column, value) without picking one."""
+    text = str(exc)
+    named = text.split(" in column")[0]  # "Found unknown categories ['berlin'] in column 0 during transform"
+    known = _known_categories(getattr(coder, "model", None), list(coder.feature_names or []))
+    columns: dict[str, _Column] = coder.categories
+    refused: dict[str, list[Any]] = {}  # column -> its values in the rows the estimator refuses (or may)
+    for j, c in enumerate(coder.feature_names or []):
+        col = columns.get(c)
+        if col is None or not col.values:
+            continue
+        codes = np.unique(np.clip(np.rint(rows[:, j]), 0, len(col.values) - 1).astype(np.int64))
+        present = [col.values[k] for k in codes.tolist()]
+        if c in known:
+            ok = known[c][0]
+            values = [v for v in present if v not in ok]
+        else:
+            values = [v for v in present if repr(v) in named]
+        if values:
+            refused[c] = values
+    if not refused:
+        return None
+    tables: dict[str, tuple[str, dict[str, list[Any]]]] = getattr(coder, "tables", {})
+    found: dict[tuple[str, str], dict[str, list[Any]]] = {}  # (table, kind) -> column -> values it brought
+    earlier = "rows coded before this call"
+    for c, values in refused.items():
+        for v in values:
+            owners = [(what, kind) for what, (kind, seen) in tables.items() if v in seen.get(c, [])]
+            for owner in owners or [(earlier, "")]:
+                found.setdefault(owner, {}).setdefault(c, []).append(v)
+    parts = []
+    for (what, _), cols in found.items():
+        for c, values in cols.items():
+            about = f"{_unknown_text(values, *known[c], coder)}" if c in known else ", ".join(map(repr, values[:5]))
+            parts.append(f"{what}: column {c!r} holds {about}")
+    listed = "; ".join(parts[:8]) + (f"; and {len(parts) - 8} more" if len(parts) > 8 else "")
+    what, kind = next(iter(found)) if len(found) == 1 else (earlier, "")  # one table of this call brought them
+    sure = all(c in known for c in refused) or len(refused) == 1  # which column: read, or the only candidate
+    if kind and sure:
+        error: type[WhyboxError] = InvalidParameterError if kind == "option" else InvalidInputError
+        return error(
+            f"the model refused a category it was not fitted on ({text}): {listed}. Give {what} categories the "
+            "model was fitted on."
+        )
+    return UnknownCategoryError(
+        f"the model refused a category it was not fitted on ({text}), and whybox cannot tell which of these "
+        f"brought it in: {listed}. Give every one of them categories the model was fitted on."
     )
 
 
@@ -270,7 +380,6 @@ def register_vocabularies(coder: Any, saved: dict[str, list[Any]]) -> None:
             for v in list(values)[n:]:
                 col.index[v] = len(col.values)
                 col.values.append(v)
-                col.origin[v] = "the explanation"
         else:
             raise InvalidParameterError(
                 f"the explanation coded column {c!r} as {list(values)[:5]}, but this model adapter codes it as "

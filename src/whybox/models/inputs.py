@@ -86,6 +86,21 @@ def coded_later(value: Any) -> bool:
 
 
 def as_tensor_inputs(inputs: Any, coder: Any = None, packing: Any = None) -> tuple[torch.Tensor, list[str] | None]:
+    """``(tensor, column names)`` of ``inputs`` (:func:`_as_tensor_inputs`). With ``coder``, a call of whybox starts
+    on it: the coded tables of its call before are forgotten and these inputs are this call's (what names the table
+    of a category the estimator refuses: :func:`whybox.models.categorical.refused_categories`)."""
+    if coder is None or not hasattr(coder, "tables"):
+        return _as_tensor_inputs(inputs, coder, packing)
+    from whybox.models.categorical import start_call
+
+    start_call(coder)
+    x, names = _as_tensor_inputs(inputs, coder, packing)
+    if "inputs" not in coder.tables:  # inputs given as coded rows (a tensor), not coded here
+        start_call(coder, x)
+    return x, names
+
+
+def _as_tensor_inputs(inputs: Any, coder: Any = None, packing: Any = None) -> tuple[torch.Tensor, list[str] | None]:
     """``(tensor, column names)``: a tensor as it is (names None); a numeric numpy array copied to a tensor of its
     dtype (names None); a pandas DataFrame of numeric columns as a float64 tensor ``(B, F)`` with its column
     names; with ``coder`` (the adapter of a scikit-learn estimator fitted on a DataFrame) also a frame with text or
@@ -148,7 +163,7 @@ def as_tensor_inputs(inputs: Any, coder: Any = None, packing: Any = None) -> tup
         if coder is not None and (bad or coder.feature_names is not None):  # columns checked (and text coded)
             from whybox.models.categorical import encode_frame
 
-            return encode_frame(inputs, coder, "inputs"), [str(c) for c in inputs.columns]
+            return encode_frame(inputs, coder, "inputs", "inputs"), [str(c) for c in inputs.columns]
         if bad:
             raise InvalidInputError(
                 f"inputs (a DataFrame) has non-numeric columns {name_list([repr(c) for c in bad])}; whybox perturbs numbers: encode them "
@@ -272,7 +287,7 @@ def tensor_option(value: Any, name: str, coder: Any = None) -> Any:
 
         frame = value if hasattr(value, "columns") else value.to_frame().T.infer_objects()
         if coder is not None and (coder.categories or categorical_columns(frame)):  # text here, or coded elsewhere
-            return encode_frame(value, coder, name)
+            return encode_frame(value, coder, name, "option")
         if coder is not None and getattr(coder, "feature_names", None) is not None:
             value = _by_column_name(value, list(coder.feature_names), name)
         try:
@@ -348,7 +363,7 @@ def _coded_rows(value: list[Any] | tuple[Any, ...], name: str, coder: Any) -> to
 
     from whybox.models.categorical import encode_frame
 
-    coded = encode_frame(pd.DataFrame(rows, columns=list(columns)).infer_objects(), coder, name)
+    coded = encode_frame(pd.DataFrame(rows, columns=list(columns)).infer_objects(), coder, name, "option")
     return coded if all(isinstance(v, (list, tuple)) for v in value) else coded[0]
 
 

@@ -1243,7 +1243,9 @@ def _coded_table(
 ) -> tuple[torch.Tensor, list[str]]:
     """A table with text columns for an estimator fitted on a DataFrame: as a DataFrame in the estimator's column
     order (the text columns as read, the others as numbers), coded by the estimator's adapter ``coder``, in
-    ``dtype``."""
+    ``dtype``. Its rows are data rows (``kind="data"``): a row holding a category the estimator's encoder was not
+    fitted on is not refused here, it fails alone when the model is asked for it (a run records it with its
+    reason, naming the column and the value) and the other rows go on."""
     import pandas as pd  # the estimator was fitted on a DataFrame: pandas is installed
 
     fitted = list(coder.feature_names)
@@ -1262,7 +1264,7 @@ def _coded_table(
         else:
             data[c] = np.array([float(v) for v in cells], dtype=np.float64)
     frame = pd.DataFrame({c: data[c] for c in fitted})
-    return encode_frame(frame, coder, what).to(dtype), fitted
+    return encode_frame(frame, coder, what, "data").to(dtype), fitted
 
 
 def _unique(names: list[str]) -> list[str]:
