@@ -8,6 +8,7 @@ the same adapter; and a run store opened on a relative path wrote nowhere once t
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ import whybox  # noqa: E402
 from whybox.cli.main import main as cli  # noqa: E402
 from whybox.errors import InvalidInputError, InvalidParameterError, UnknownCategoryError, WhyboxError  # noqa: E402
 from whybox.models.categorical import encode_frame  # noqa: E402
+from whybox.runs.store import MetricValue, RunStore, SampleResult, UnitResult  # noqa: E402
 
 PIPELINE_PY = """
 import numpy as np, pandas as pd
@@ -174,3 +176,30 @@ def test_the_table_of_a_refusal_is_read_from_this_call_not_from_an_earlier_call_
     codes = torch.tensor([[0.1, float(adapter.categories["city"].index["rome"])]], dtype=torch.float64)
     with pytest.raises(InvalidParameterError, match=r"\): fill: column 'city' holds 'berlin'\. Give fill"):
         whybox.explain(adapter, codes, "feature_ablation", target=1, fill=[0.0, "berlin"])
+
+
+def _unit(shard: int, value: float) -> UnitResult:
+    samples = [
+        SampleResult(index=shard * 2 + k, attributions=np.full((1, 2, 2), value + k), metrics={"m": MetricValue(value)})
+        for k in range(2)
+    ]
+    return UnitResult(shard=shard, method="saliency", samples=samples, costs={"explain": (0.1, 1, 1)})
+
+
+def test_a_store_opened_on_a_relative_path_keeps_writing_there_when_the_working_folder_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    store = RunStore("run", fingerprints={"config": "c", "data": "d", "weights": "w", "versions": "v"}, config={})
+    store.commit(_unit(0, 1.0))
+    monkeypatch.chdir(tmp_path / "b")  # a notebook cell or the model's own code moves the working folder
+    store.commit(_unit(1, 2.0))
+    assert store.path == tmp_path / "a" / "run"
+    assert sorted(store.done_units()) == [(0, "saliency"), (1, "saliency")]
+    assert sorted(p.name for p in (tmp_path / "a" / "run" / "arrays" / "saliency").iterdir()) == [
+        "000000.npy",
+        "000001.npy",
+    ]
+    assert os.listdir(tmp_path / "b") == []

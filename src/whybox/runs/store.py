@@ -350,7 +350,8 @@ class RunStore:
     Parameters
     ----------
     path
-        The run directory (created if missing).
+        The run directory (created if missing); a relative path is taken from the working folder at opening, and the
+        store keeps writing there if the working folder changes later.
     fingerprints
         ``{"config": ..., "data": ..., "weights": ..., "versions": ...}``: hex digests (or short texts) that
         identify the job. A directory created with other values refuses to open: a changed job never
@@ -389,7 +390,9 @@ class RunStore:
         config: Mapping[str, Any],
         overwrite: bool = False,
     ) -> None:
-        self.path = Path(path)
+        # absolute: the store keeps writing into the folder it opened when the working folder changes later (a
+        # notebook cell, the model's own code), rather than into another "run" under the new one
+        self.path = Path(path).absolute()
         if self.path.exists() and not self.path.is_dir():
             raise InvalidParameterError(
                 f"the run directory {str(self.path)!r} is a file; choose a folder (new or holding a run)."
