@@ -718,6 +718,12 @@ def is_signal(adapter: ModelAdapter | None, x: torch.Tensor) -> bool:
 _TRANSPOSED: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], str | None]] = weakref.WeakKeyDictionary()
 
 
+_TRANSPOSE_ADVICE = (
+    ", or explain them as the signals the model sees, time last: pass x.transpose(1, 2) with "
+    "whybox.adapt(model, preprocess=lambda z: z.transpose(1, 2))"
+)
+
+
 def _conv_reading(adapter: TorchAdapter, x: torch.Tensor) -> str | None:
     """Which axis of 3-D inputs reaches the first ``nn.Conv1d`` of ``adapter``'s model as its time axis: ``"time"``
     where axis 1 does (a sequence ``(B, T, D)`` permuted into ``(B, D, T)``, a 1-D CNN over a sequence, also behind
@@ -745,14 +751,15 @@ def _conv_reading(adapter: TorchAdapter, x: torch.Tensor) -> str | None:
         memo[key] = reading
     if reading is None and x.shape[1] == x.shape[2]:
         n = x.shape[1]
+        # a scripted or traced model stays out of sight behind a transposing preprocess too: no advice that cannot work
+        scripted = any(isinstance(m, torch.jit.ScriptModule) for m in adapter.model.modules())
         warnings.warn(
             f"inputs of shape {tuple(x.shape)} for {type(adapter.model).__name__}, whose first Conv1d reads {n} "
             f"channels, are read as 1-D signals (B, C, L) = (B, {n}, {n}), time along the last axis; they could as "
             f"well be sequences (B, T, D) that the model permutes into (B, D, T), time along axis 1, and {why}. If "
             "they are sequences, adapt the module itself (not a scripted or traced one) so that whybox sees the "
-            "permute, or explain them as the signals the model sees, time last: pass x.transpose(1, 2) with "
-            "whybox.adapt(model, preprocess=lambda z: z.transpose(1, 2)). Where the inputs are signals (B, C, L), "
-            "this reading is right: filter AmbiguousLayoutWarning to silence it.",
+            f"permute{_TRANSPOSE_ADVICE if not scripted else ''}. Where the inputs are signals (B, C, L), this "
+            "reading is right: filter AmbiguousLayoutWarning to silence it.",
             AmbiguousLayoutWarning,
             stacklevel=3,
         )
@@ -797,9 +804,11 @@ def _probe_conv_reading(adapter: TorchAdapter, x: torch.Tensor) -> tuple[str | N
         changed = (seen[0] != seen[1])[0]  # (channels, time) of the convolution's input
         at_time = changed.any(0).nonzero().flatten().tolist()
         at_channel = changed.any(1).nonzero().flatten().tolist()
-        if at_time == [0] and len(at_channel) > 1:
+        # each answer needs the other axis to have more than one position: at one time position (L == 1) "only the
+        # first time position changed" holds whatever the layout, as "only the first channel" does at one channel
+        if at_time == [0] and len(at_channel) > 1 and changed.shape[1] > 1:
             return "time", ""
-        if at_channel == [0] and len(at_time) > 1:
+        if at_channel == [0] and len(at_time) > 1 and changed.shape[0] > 1:
             return "channels", ""
     return None, "changing the first row's x[:, 0] did not reach the Conv1d at one time step or at one channel"
 
