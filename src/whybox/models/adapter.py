@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 import warnings
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -395,6 +396,9 @@ class EmbeddingAdapter(TorchAdapter):
         return out
 
 
+_CALL_TABLES = threading.local()  # SklearnAdapter.tables, per thread
+
+
 class SklearnAdapter(ModelAdapter):
     """A scikit-learn estimator: ``predict_proba`` (or ``decision_function``/``predict``) on rows ``(B, F)``.
 
@@ -427,12 +431,19 @@ class SklearnAdapter(ModelAdapter):
         #: and the columns seen holding numbers
         self.categories: dict[str, Any] = {}
         self.numeric_seen: set[str] = set()
-        #: the coded values each table of the current call brought in (table -> (kind, column -> values)), reset
-        #: when a call reads its inputs (as_tensor_inputs): what names the table of a category the estimator
-        #: refuses (whybox.models.categorical.refused_categories)
-        self.tables: dict[str, tuple[str, dict[str, list[Any]]]] = {}
         self.numeric_dtypes: dict[str, Any] = {}  # int/bool columns of the frames seen: given back in their dtype
         self._object_refused = False  # the estimator refused an object column of whole and non-whole cells
+
+    @property
+    def tables(self) -> dict[str, tuple[str, dict[str, list[Any]]]]:
+        """The coded values each table of the current call brought in (table -> (kind, column -> values)), reset
+        when a call reads its inputs (as_tensor_inputs): what names the table of a category the estimator refuses
+        (whybox.models.categorical.refused_categories). Per thread: two threads' calls on one estimator keep
+        their own (a refusal in one was blamed on the other's fill)."""
+        mine: weakref.WeakKeyDictionary[SklearnAdapter, dict[str, tuple[str, dict[str, list[Any]]]]] = (
+            _CALL_TABLES.__dict__.setdefault("by_adapter", weakref.WeakKeyDictionary())
+        )
+        return mine.setdefault(self, {})
 
     def stated_outputs(self) -> int | None:
         """The number of outputs the fitted estimator states without a call (``n_outputs_``: trees, forests,
