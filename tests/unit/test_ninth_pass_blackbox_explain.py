@@ -56,3 +56,25 @@ def test_a_fill_name_is_refused_as_explain_text_refuses_it_and_a_background_gets
     bg = bb.packed_fill(x)[1:]  # one reference row: "bad film" with every word dropped
     out = whybox.explain(bb, x[1:], "kernel_shap", target=1, background=bg, seed=0)
     torch.testing.assert_close(out.attributions.to(torch.float64), EXPECTED[1:], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["exact_shapley", "kernel_shap", "lime", "lima", "feature_ablation"])
+def test_a_metric_s_rerun_by_name_explains_as_explain_does(method: str) -> None:
+    # randomization, random_logit and stability re-run a method named by explainer= (or by a bare map's metric):
+    # the re-run took the method's zero fill, scoring removed-word rows on text 0's words
+    from whybox.metrics.base import make_explain_fn
+
+    bb = BlackBoxTextAdapter(_score)
+    x = bb.encode([*TEXTS, "film good bad good"]).inputs
+    ref = whybox.explain(bb, x, method, target=1, seed=0)
+    run, _ = make_explain_fn(method, None, None)
+    torch.testing.assert_close(run(bb, x, 1, 0).attributions, ref.attributions, rtol=0, atol=0)
+
+
+def test_random_logit_by_explainer_name_equals_the_method_name_result() -> None:
+    bb = BlackBoxTextAdapter(_score)
+    x = bb.encode([*TEXTS, "film good bad good"]).inputs
+    e = whybox.explain(bb, x, "exact_shapley", target=1)
+    by_name = whybox.evaluate(bb, x, e, "random_logit", target=1, seed=0)
+    by_map = whybox.evaluate(bb, x, e.attributions, "random_logit", target=1, seed=0, explainer="exact_shapley")
+    torch.testing.assert_close(by_map.scores, by_name.scores, rtol=0, atol=1e-12, equal_nan=True)

@@ -754,6 +754,12 @@ def make_explain_fn(
             # read with the adapter the rows were made by: a randomised copy's embedding no longer matches them
             steps_of = origin if isinstance(origin, CausalLMAdapter) else adapter
             p = step_explain_options(steps_of, x, name, p)
+        elif is_text_adapter(adapter) and hasattr(adapter, "row_words") and isinstance(x, torch.Tensor):
+            # a black-box text model's presence rows: a fill left out drops words and keeps the text index, as
+            # whybox.explain does there (the methods' zero fill would score rows on text 0's words)
+            from whybox.api import _blackbox_text_options
+
+            p = _blackbox_text_options(adapter, x, name, p)
         model = getattr(adapter, "model", None)
         if source is not None and isinstance(model, torch.nn.Module) and model is not source:
             p = _rebind_modules(p, source, model)
