@@ -661,7 +661,7 @@ def test_faithfulness_options_that_would_be_ignored_are_refused_or_applied() -> 
     a = torch.rand(2, 1, 7, 9, generator=torch.Generator().manual_seed(1))
     with pytest.raises(InvalidParameterError, match="blur_klen must be an odd kernel length"):
         whybox.evaluate(m, x, a, "insertion", fill="blur", blur_klen=10)
-    with pytest.raises(InvalidParameterError, match=r"steps=3 applies to pixel steps; with regions="):
+    with pytest.raises(InvalidParameterError, match=r"steps=3 applies to element steps; with regions"):
         whybox.evaluate(m, x, a, "deletion", regions=3, steps=3)
     r = whybox.evaluate(m, x, a, "deletion", regions=3)
     assert r.params["steps"] is None and r.meta["protocol"] == "region_steps"

@@ -190,7 +190,7 @@ def test_steps_with_default_regions_of_step_rows_is_refused(lm: tuple) -> None:
     model, tok = lm
     ad, batch, prompt, cont = _steps(lm)
     out = attribute_generation(model, tok, prompt, continuation=cont, method="kernel_shap", n_samples=32)
-    with pytest.raises(InvalidParameterError, match="on a causal LM's step rows: their tokens, always"):
+    with pytest.raises(InvalidParameterError, match="on a causal LM's step rows their tokens, always"):
         whybox.evaluate(ad, batch.inputs, out.explanation, "deletion", target=batch.targets, steps=10)
 
 

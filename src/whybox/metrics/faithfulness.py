@@ -367,9 +367,9 @@ class _CurveMetric(Metric):
         self.pool = "mean" if pool is None else _check_pool(pool)
         if steps is not None and regions is not None:  # one step per region: a steps count would not apply
             raise InvalidParameterError(
-                f"steps={steps!r} applies to pixel steps; with regions= (on texts: their words, on a causal LM's step "
-                "rows: their tokens, always) the curve takes one step per region (each row's own count). Leave steps "
-                "out, or regions out for pixel steps."
+                f"steps={steps!r} applies to element steps; with regions (on texts their words where regions is left "
+                "out; on a causal LM's step rows their tokens, always) the curve takes one step per region (each "
+                "row's own count). Leave steps out; for element steps (not on step rows) give regions=None."
             )
         self.steps = None if regions is not None else 100 if steps is None else check_int("steps", steps)
         note_option_columns(self, "fill", fill)
