@@ -749,12 +749,13 @@ def make_explain_fn(
         if seed is not None:
             p["seed"] = seed
         from whybox.explainers.llm.generation import CausalLMAdapter, step_explain_options
+        from whybox.models.blackbox_text import BlackBoxTextAdapter
 
         if isinstance(adapter, CausalLMAdapter):  # step rows: attribute_generation's defaults, on these rows
             # read with the adapter the rows were made by: a randomised copy's embedding no longer matches them
             steps_of = origin if isinstance(origin, CausalLMAdapter) else adapter
             p = step_explain_options(steps_of, x, name, p)
-        elif is_text_adapter(adapter) and hasattr(adapter, "row_words") and isinstance(x, torch.Tensor):
+        elif isinstance(adapter, BlackBoxTextAdapter) and isinstance(x, torch.Tensor):
             # a black-box text model's presence rows: a fill left out drops words and keeps the text index, as
             # whybox.explain does there (the methods' zero fill would score rows on text 0's words)
             from whybox.api import _blackbox_text_options
