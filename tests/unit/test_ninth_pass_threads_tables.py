@@ -69,3 +69,29 @@ def test_a_thread_s_refused_inputs_are_not_blamed_on_another_thread_s_fill() -> 
     assert isinstance(caught["B"], InvalidParameterError) and "fill: column 'home' holds 'berlin'" in str(caught["B"])
     assert isinstance(caught["A"], InvalidInputError), caught["A"]
     assert "inputs: column 'home' holds 'berlin'" in str(caught["A"])
+
+
+def test_an_adapter_subclass_defining_eq_is_explained_and_keeps_its_own_tables() -> None:
+    # the per-thread record is keyed by identity: a subclass defining __eq__ alone has no hash, and one hashing by
+    # value would share its record with an equal adapter of the same estimator
+    from sklearn.linear_model import LogisticRegression
+
+    from whybox.models.adapter import SklearnAdapter
+
+    class Named(SklearnAdapter):
+        def __eq__(self, other: object) -> bool:
+            return isinstance(other, Named) and other.model is self.model
+
+    class ByValue(Named):
+        def __hash__(self) -> int:
+            return id(self.model)
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(20, 3)), (rng.normal(size=20) > 0).astype(int)
+    est = LogisticRegression().fit(x, y)
+    out = whybox.explain(Named(est), x[:2], "feature_ablation", target=1)
+    assert out.attributions.shape == (2, 3)
+    a, b = ByValue(est), ByValue(est)
+    assert a == b and hash(a) == hash(b)
+    a.tables["inputs"] = ("inputs", {})
+    assert b.tables == {} and "inputs" in a.tables

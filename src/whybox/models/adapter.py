@@ -440,10 +440,17 @@ class SklearnAdapter(ModelAdapter):
         when a call reads its inputs (as_tensor_inputs): what names the table of a category the estimator refuses
         (whybox.models.categorical.refused_categories). Per thread: two threads' calls on one estimator keep
         their own (a refusal in one was blamed on the other's fill)."""
-        mine: weakref.WeakKeyDictionary[SklearnAdapter, dict[str, tuple[str, dict[str, list[Any]]]]] = (
-            _CALL_TABLES.__dict__.setdefault("by_adapter", weakref.WeakKeyDictionary())
+        # keyed by identity (an adapter subclass may define __eq__, and so no hash or a hash by value), with a weak
+        # reference telling a reused id from this adapter; entries of adapters gone are dropped as new ones come
+        mine: dict[int, tuple[weakref.ref[SklearnAdapter], dict[str, tuple[str, dict[str, list[Any]]]]]] = (
+            _CALL_TABLES.__dict__.setdefault("by_id", {})
         )
-        return mine.setdefault(self, {})
+        entry = mine.get(id(self))
+        if entry is None or entry[0]() is not self:
+            for k in [k for k, (ref, _) in mine.items() if ref() is None]:
+                del mine[k]
+            entry = mine[id(self)] = (weakref.ref(self), {})
+        return entry[1]
 
     def stated_outputs(self) -> int | None:
         """The number of outputs the fitted estimator states without a call (``n_outputs_``: trees, forests,
