@@ -174,21 +174,6 @@ def _blackbox_text_options(model: Any, inputs: torch.Tensor, method: str, params
     return out
 
 
-def _rerun_fills(model: Any, inputs: torch.Tensor, rerun: dict[str, Any]) -> dict[str, Any]:
-    """``explainer_params`` of a metric that re-runs a method on a text adapter's packed ``inputs``: a ``fill`` or
-    ``baseline`` name or number read as :func:`explain_text` reads it (checked now), on the rows of each re-run."""
-    from whybox.models.inputs import python_number
-    from whybox.models.text import ReRunFill, text_replacement
-
-    out = dict(rerun)
-    for k in ("fill", "baseline"):
-        v = python_number(out.get(k))
-        if isinstance(v, str) or (isinstance(v, (int, float)) and not isinstance(v, bool)):
-            text_replacement(model, inputs, v, option=k)  # refused now, not in the first re-run
-            out[k] = ReRunFill(model, v, k)
-    return out
-
-
 def _options(cls: type) -> list[str]:
     import inspect
 
@@ -404,7 +389,9 @@ def evaluate(
             params = {**params, "fill": _text_fill(model, inputs, params.get("fill"))}
         rerun = params.get("explainer_params")
         if isinstance(rerun, dict) and any(k in rerun for k in ("fill", "baseline")):  # the re-runs' fill alike
-            params = {**params, "explainer_params": _rerun_fills(model, inputs, rerun)}
+            from whybox.models.text import rerun_fills
+
+            params = {**params, "explainer_params": rerun_fills(model, inputs, rerun)}
         params = _text_pool(model, explanation, cls, params)
     elif isinstance(inputs, torch.Tensor) and isinstance(model, CausalLMAdapter):
         # a fill that keeps the control channels (each row's read position, its attention mask), the specials and

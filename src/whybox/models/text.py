@@ -30,7 +30,7 @@ Nothing downloads: models and tokenizers are objects the caller loaded (from loc
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -1005,18 +1005,37 @@ def read_text_fills(adapter: Any, x: torch.Tensor, method: str, params: dict[str
 
 @dataclass(frozen=True)
 class ReRunFill:
-    """A ``fill`` or ``baseline`` name or number of a metric's re-runs of a method on a text adapter's packed rows
-    (``explainer_params``), read on the rows each re-run explains (:func:`text_replacement`), however many."""
+    """A ``fill`` or ``baseline`` name or number of a metric's re-runs of a method on an adapter's packed rows
+    (``explainer_params``), read on the rows each re-run explains by ``replace`` (:func:`text_replacement` for a text
+    adapter, a causal LM's ``step_replacement`` for its step rows), however many."""
 
     adapter: Any
     value: str | float
     option: str
+    replace: Callable[..., Any] = text_replacement
 
     def __call__(self, x: torch.Tensor) -> Any:
-        return text_replacement(self.adapter, x, self.value, option=self.option)
+        return self.replace(self.adapter, x, self.value, option=self.option)
 
     def __repr__(self) -> str:
         return repr(self.value)
+
+
+def rerun_fills(
+    adapter: Any, x: torch.Tensor, rerun: dict[str, Any], replace: Callable[..., Any] = text_replacement
+) -> dict[str, Any]:
+    """``explainer_params`` of a metric that re-runs a method on ``adapter``'s packed rows ``x``: a ``fill`` or
+    ``baseline`` name or number read by ``replace`` (checked now, not in the first re-run), on the rows of each
+    re-run (:class:`ReRunFill`); other values as they are."""
+    from whybox.models.inputs import python_number
+
+    out = dict(rerun)
+    for k in ("fill", "baseline"):
+        v = python_number(out.get(k))
+        if isinstance(v, str) or (isinstance(v, (int, float)) and not isinstance(v, bool)):
+            replace(adapter, x, v, option=k)
+            out[k] = ReRunFill(adapter, v, k, replace)
+    return out
 
 
 def _text_options(adapter: Any, method: str, batch: TextBatch | BlackBoxText, params: dict[str, Any]) -> dict[str, Any]:

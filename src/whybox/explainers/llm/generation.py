@@ -46,7 +46,7 @@ from whybox.errors import InvalidInputError, InvalidParameterError, ModelOutputE
 from whybox.explanation import Explanation
 from whybox.models.adapter import TorchAdapter
 from whybox.models.targets import SOFTMAX_SPACES, apply_score_space
-from whybox.models.text import BASELINES, _copies_values, replace_tokens
+from whybox.models.text import BASELINES, _copies_values, replace_tokens, rerun_fills
 
 __all__ = [
     "CausalLMAdapter",
@@ -343,22 +343,6 @@ def step_replacement(adapter: CausalLMAdapter, x: torch.Tensor, value: Any, *, o
 
 
 @dataclass(frozen=True)
-class StepFill:
-    """A ``fill`` or ``baseline`` name or number of a metric's re-runs of a method on a causal LM's packed step rows
-    (``explainer_params``), read on the rows each re-run explains (:func:`step_replacement`)."""
-
-    adapter: CausalLMAdapter
-    value: str | float
-    option: str
-
-    def __call__(self, x: torch.Tensor) -> Any:
-        return step_replacement(self.adapter, x, self.value, option=self.option)
-
-    def __repr__(self) -> str:
-        return repr(self.value)
-
-
-@dataclass(frozen=True)
 class PackedSteps:
     """Step rows ``inputs`` ``(B, T, D + 2)`` of a :class:`CausalLMAdapter` read from the rows alone (the fixed tokens
     by :meth:`CausalLMAdapter.fixed_positions`), with the helpers of :class:`GenerationBatch` that
@@ -440,20 +424,12 @@ def step_metric_options(
     (:meth:`CausalLMAdapter.packed_noise_mask`) and ``infidelity`` refused (its noise covers every element), no
     metric rewrites the control channels, the specials or a step's future unless given tensors or ``deltas=`` that
     do. ``options``: the metric's keyword options."""
-    from whybox.models.inputs import python_number
-
     out = dict(params)
     if "fill" in options:
         out["fill"] = step_replacement(adapter, x, out.get("fill"))
     rerun = out.get("explainer_params")
-    if isinstance(rerun, dict):
-        rerun = dict(rerun)
-        for k in ("fill", "baseline"):
-            v = python_number(rerun.get(k))
-            if isinstance(v, str) or (isinstance(v, (int, float)) and not isinstance(v, bool)):
-                step_replacement(adapter, x, v, option=k)  # refused now, not in the first re-run
-                rerun[k] = StepFill(adapter, v, k)
-        out["explainer_params"] = rerun
+    if isinstance(rerun, dict):  # a name or number read on each re-run's rows, as a text adapter's are
+        out["explainer_params"] = rerun_fills(adapter, x, rerun, replace=step_replacement)
     return out
 
 
